@@ -1,0 +1,183 @@
+//! Hangar's two image-list formats.
+//!
+//! - default: one image per line (`nginx:1.22`, `reg.io/user/app`, and, beyond Hangar,
+//!   `app@sha256:…` or `app:tag@sha256:…`);
+//! - mirror: `SOURCE DEST TAG`, three fields separated by runs of spaces (tabs are not
+//!   separators, as in Hangar).
+//!
+//! Blank lines and whole-line comments (`#`, `//`) are dropped; lines that fit neither format
+//! are skipped with a warning naming the line, never silently.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::reference::{ImageRef, has_explicit_registry};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineKind {
+    Default(ImageRef),
+    /// `dest` carries the destination project and name; `dest_registry_explicit` says
+    /// whether DEST named a registry (used when `-d` is not given).
+    Mirror {
+        source: ImageRef,
+        dest: ImageRef,
+        dest_registry_explicit: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    /// 1-based index among kept lines, Hangar's `[IMG:N]`.
+    pub index: usize,
+    /// 1-based line number in the file.
+    pub line_no: usize,
+    /// The line as written (trimmed), which is what the failed list gets back.
+    pub original: String,
+    pub kind: LineKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListWarning {
+    pub line_no: usize,
+    pub line: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ImageList {
+    pub entries: Vec<ListEntry>,
+    pub warnings: Vec<ListWarning>,
+}
+
+impl ImageList {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid(format!("cannot read image list {}: {e}", path.display()))
+        })?;
+        Ok(Self::parse(&text))
+    }
+
+    pub fn parse(text: &str) -> Self {
+        let mut list = Self::default();
+        for (i, raw) in text.lines().enumerate() {
+            let line_no = i + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with("//") {
+                continue;
+            }
+            match parse_line(line) {
+                Ok(kind) => list.entries.push(ListEntry {
+                    index: list.entries.len() + 1,
+                    line_no,
+                    original: line.to_owned(),
+                    kind,
+                }),
+                Err(e) => list.warnings.push(ListWarning {
+                    line_no,
+                    line: line.to_owned(),
+                    message: e.message,
+                }),
+            }
+        }
+        list
+    }
+}
+
+fn parse_line(line: &str) -> Result<LineKind> {
+    let fields: Vec<&str> = line.split(' ').filter(|f| !f.is_empty()).collect();
+    match fields.as_slice() {
+        [image] => Ok(LineKind::Default(ImageRef::parse(image)?)),
+        [source, dest, tag] => {
+            let source = ImageRef::parse(source)?;
+            if source.tag.as_deref() != Some(crate::reference::DEFAULT_TAG)
+                || source.digest.is_some()
+            {
+                return Err(Error::invalid(
+                    "invalid format: the SOURCE column of a mirror line must not carry a tag or digest",
+                ));
+            }
+            let dest_ref = ImageRef::parse(dest)?;
+            if dest.contains('@') || dest.rsplit('/').next().is_some_and(|n| n.contains(':')) {
+                return Err(Error::invalid(
+                    "invalid format: the DEST column of a mirror line must not carry a tag",
+                ));
+            }
+            crate::reference::validate_tag(tag)?;
+            let with_tag = |mut r: ImageRef| {
+                r.tag = Some((*tag).to_owned());
+                r
+            };
+            Ok(LineKind::Mirror {
+                source: with_tag(source),
+                dest: with_tag(dest_ref),
+                dest_registry_explicit: has_explicit_registry(dest),
+            })
+        }
+        _ => Err(Error::invalid("invalid format")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_formats_comments_and_warnings() {
+        let text = "# comment\n\n// also comment\nnginx:1.22\n  reg.io/user/app  \n\
+                    src.io/lib/app   dst.io/mirror/app v1\nTEST INVALID IMAGE LIST LINE\n\
+                    a\tb c\nbad@sha256:123\n";
+        let list = ImageList::parse(text);
+        assert_eq!(list.entries.len(), 3);
+        assert_eq!(list.entries[0].index, 1);
+        assert_eq!(list.entries[0].line_no, 4);
+        assert_eq!(list.entries[1].original, "reg.io/user/app");
+        let LineKind::Mirror {
+            source,
+            dest,
+            dest_registry_explicit,
+        } = &list.entries[2].kind
+        else {
+            panic!("expected a mirror line");
+        };
+        assert_eq!(source.to_string(), "src.io/lib/app:v1");
+        assert_eq!(dest.to_string(), "dst.io/mirror/app:v1");
+        assert!(dest_registry_explicit);
+        let warned: Vec<usize> = list.warnings.iter().map(|w| w.line_no).collect();
+        assert_eq!(warned, vec![7, 8, 9]);
+        assert!(
+            list.warnings[2].message.contains("digest"),
+            "{:?}",
+            list.warnings[2]
+        );
+    }
+
+    #[test]
+    fn mirror_line_without_registry_in_dest() {
+        let list = ImageList::parse("nginx mirror/nginx 1.0");
+        let LineKind::Mirror {
+            dest,
+            dest_registry_explicit,
+            ..
+        } = &list.entries[0].kind
+        else {
+            panic!("expected a mirror line");
+        };
+        assert!(!dest_registry_explicit);
+        assert_eq!(dest.repository(), "mirror/nginx");
+    }
+
+    #[test]
+    fn mirror_line_rejects_tagged_dest() {
+        let list = ImageList::parse("nginx mirror/nginx:2 1.0");
+        assert!(list.entries.is_empty());
+        assert_eq!(list.warnings.len(), 1);
+    }
+
+    #[test]
+    fn digest_pinned_lines_are_entries() {
+        let hex = "c".repeat(64);
+        let list = ImageList::parse(&format!("app@sha256:{hex}\napp:v2@sha256:{hex}\n"));
+        assert_eq!(list.entries.len(), 2);
+        assert!(list.warnings.is_empty());
+    }
+}

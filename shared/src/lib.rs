@@ -1,0 +1,20 @@
+//! Everything the coordinator and the workers both need: value types (references, list
+//! lines, digests, manifests), registry access, the image-store abstraction, task and
+//! event types, and the queue trait with its in-process backend.
+
+pub mod auth;
+pub mod digest;
+pub mod error;
+pub mod imagelist;
+pub mod index_builder;
+pub mod manifest;
+pub mod queue;
+pub mod reference;
+pub mod registry;
+pub mod retry;
+pub mod store;
+pub mod task;
+pub mod verify;
+
+pub use digest::Digest;
+pub use error::{Error, FailureClass, Result};

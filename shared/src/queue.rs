@@ -1,0 +1,266 @@
+//! The task queue and the event sink, as traits with the in-process backend.
+//!
+//! The semantics are JetStream's, so a JetStream backend implements the same trait:
+//! at-least-once delivery, explicit `ack`, `nak` with a delay (redelivery with the attempt
+//! counted), `in_progress` to hold a long task, and `max_deliver` after which the worker
+//! reports the task failed instead of handing it back.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, mpsc};
+
+use crate::error::Result;
+use crate::task::{Event, TaskEnvelope};
+
+/// A delivered task; exactly one of `ack` or `nak` should be called.
+pub struct Delivery {
+    pub task: TaskEnvelope,
+    /// 1 on first delivery.
+    pub attempt: u32,
+    handle: Box<dyn DeliveryHandle>,
+}
+
+impl Delivery {
+    pub fn new(task: TaskEnvelope, attempt: u32, handle: Box<dyn DeliveryHandle>) -> Self {
+        Self {
+            task,
+            attempt,
+            handle,
+        }
+    }
+
+    pub async fn ack(self) -> Result<()> {
+        self.handle.ack().await
+    }
+
+    pub async fn nak(self, delay: Duration) -> Result<()> {
+        self.handle.nak(self.task, self.attempt, delay).await
+    }
+
+    pub async fn in_progress(&self) -> Result<()> {
+        self.handle.in_progress().await
+    }
+}
+
+#[async_trait]
+pub trait DeliveryHandle: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<()>;
+    async fn nak(self: Box<Self>, task: TaskEnvelope, attempt: u32, delay: Duration) -> Result<()>;
+    async fn in_progress(&self) -> Result<()>;
+}
+
+#[async_trait]
+pub trait TaskQueue: Send + Sync {
+    async fn publish(&self, task: TaskEnvelope) -> Result<()>;
+    /// The next task, or `None` once the queue is closed and drained.
+    async fn next(&self) -> Option<Delivery>;
+    /// No more tasks will be published; waiting consumers get `None`.
+    async fn close(&self);
+    /// Deliveries after which a failing task is reported failed for good.
+    fn max_deliver(&self) -> u32;
+}
+
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: Event);
+}
+
+/// Tokio channels in one process: the embedded backend.
+pub struct MemoryQueue {
+    inner: Arc<Shared>,
+    max_deliver: u32,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    tasks: VecDeque<(TaskEnvelope, u32)>,
+    /// naked tasks waiting out their delay; the queue is not drained until they are back.
+    delayed: usize,
+    closed: bool,
+}
+
+impl MemoryQueue {
+    pub fn new(max_deliver: u32) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                ready: Notify::new(),
+            }),
+            max_deliver: max_deliver.max(1),
+        }
+    }
+}
+
+impl Shared {
+    fn push(&self, task: TaskEnvelope, attempt: u32) {
+        if let Ok(mut st) = self.state.lock() {
+            st.tasks.push_back((task, attempt));
+        }
+        self.ready.notify_one();
+    }
+}
+
+struct MemoryHandle {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl DeliveryHandle for MemoryHandle {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+
+    async fn nak(self: Box<Self>, task: TaskEnvelope, attempt: u32, delay: Duration) -> Result<()> {
+        if let Ok(mut st) = self.shared.state.lock() {
+            st.delayed += 1;
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Ok(mut st) = shared.state.lock() {
+                st.delayed -= 1;
+                st.tasks.push_back((task, attempt + 1));
+            }
+            shared.ready.notify_one();
+        });
+        Ok(())
+    }
+
+    async fn in_progress(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TaskQueue for MemoryQueue {
+    async fn publish(&self, task: TaskEnvelope) -> Result<()> {
+        self.inner.push(task, 1);
+        Ok(())
+    }
+
+    async fn next(&self) -> Option<Delivery> {
+        loop {
+            let notified = self.inner.ready.notified();
+            {
+                let mut st = self.inner.state.lock().ok()?;
+                if let Some((task, attempt)) = st.tasks.pop_front() {
+                    if !st.tasks.is_empty() {
+                        // Wake another consumer for the rest.
+                        self.inner.ready.notify_one();
+                    }
+                    let handle = Box::new(MemoryHandle {
+                        shared: self.inner.clone(),
+                    });
+                    return Some(Delivery::new(task, attempt, handle));
+                }
+                if st.closed && st.delayed == 0 {
+                    self.inner.ready.notify_one();
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    async fn close(&self) {
+        if let Ok(mut st) = self.inner.state.lock() {
+            st.closed = true;
+        }
+        self.inner.ready.notify_waiters();
+        self.inner.ready.notify_one();
+    }
+
+    fn max_deliver(&self) -> u32 {
+        self.max_deliver
+    }
+}
+
+/// Events into an unbounded channel: handlers never block on a slow tracker.
+pub struct ChannelSink(pub mpsc::UnboundedSender<Event>);
+
+impl EventSink for ChannelSink {
+    fn emit(&self, event: Event) {
+        // A closed receiver means the job is over; late events have nowhere to go.
+        let _ = self.0.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Index, OCI_INDEX};
+    use crate::store::RepoRef;
+    use crate::task::{IndexTask, Task};
+
+    fn task(id: u64) -> TaskEnvelope {
+        TaskEnvelope {
+            job: "j".into(),
+            id,
+            key: format!("k{id}"),
+            trace: None,
+            task: Task::Index(IndexTask {
+                dest: RepoRef::registry("r", "p/n"),
+                tag: "t".into(),
+                added: Index {
+                    schema_version: 2,
+                    media_type: Some(OCI_INDEX.into()),
+                    manifests: vec![],
+                }
+                .manifests,
+                source_index: None,
+                overwrite: false,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn redelivers_naked_tasks_with_attempt_counted_then_drains() {
+        let q = Arc::new(MemoryQueue::new(3));
+        q.publish(task(1)).await.unwrap();
+        let d = q.next().await.unwrap();
+        assert_eq!(d.attempt, 1);
+        d.nak(Duration::from_millis(5)).await.unwrap();
+        q.close().await;
+        let d = q
+            .next()
+            .await
+            .expect("naked task comes back even after close");
+        assert_eq!((d.task.id, d.attempt), (1, 2));
+        d.ack().await.unwrap();
+        assert!(q.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn many_consumers_each_get_distinct_tasks() {
+        let q = Arc::new(MemoryQueue::new(1));
+        for i in 0..50 {
+            q.publish(task(i)).await.unwrap();
+        }
+        q.close().await;
+        let mut handles = Vec::new();
+        for _ in 0..4 {
+            let q = q.clone();
+            handles.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Some(d) = q.next().await {
+                    got.push(d.task.id);
+                    d.ack().await.unwrap();
+                }
+                got
+            }));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await.unwrap());
+        }
+        all.sort();
+        assert_eq!(all, (0..50).collect::<Vec<_>>());
+    }
+}

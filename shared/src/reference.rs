@@ -1,0 +1,319 @@
+//! Image references, normalised exactly as Hangar does (it never uses a reference parser:
+//! it splits on `/`), plus digest pinning, which Hangar cannot do.
+//!
+//! | input | registry | project | name |
+//! |---|---|---|---|
+//! | `nginx` | docker.io | library | nginx |
+//! | `user/nginx` | docker.io | user | nginx |
+//! | `reg.io/nginx` | reg.io | library | nginx |
+//! | `reg.io/a/b/c/img` | reg.io | a | b/c/img |
+//! | `a/b/c/img` | docker.io | a | b/c/img |
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+pub const DEFAULT_REGISTRY: &str = "docker.io";
+pub const DEFAULT_PROJECT: &str = "library";
+pub const DEFAULT_TAG: &str = "latest";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ImageRef {
+    pub registry: String,
+    pub project: String,
+    pub name: String,
+    /// `None` only for a digest-pinned reference written without a tag.
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+/// "Looks like a registry", Hangar's test for the first path segment.
+pub fn is_registry_segment(segment: &str) -> bool {
+    segment.contains('.') || segment.contains(':') || segment == "localhost"
+}
+
+/// Whether a name's first segment names a registry (rather than defaulting to docker.io).
+pub fn has_explicit_registry(name: &str) -> bool {
+    let first = name.split('/').find(|s| !s.is_empty());
+    let segments = name.split('/').filter(|s| !s.is_empty()).count();
+    segments > 1 && first.is_some_and(is_registry_segment)
+}
+
+impl ImageRef {
+    /// Parses one image name with Hangar's rules, accepting `@sha256:…` pins.
+    pub fn parse(input: &str) -> Result<Self> {
+        let input = input.trim();
+        if input.is_empty() {
+            return Err(Error::invalid("empty image reference"));
+        }
+        if input.chars().any(char::is_whitespace) {
+            return Err(Error::invalid(format!(
+                "image reference {input:?} contains whitespace"
+            )));
+        }
+        let (named, digest) = match input.split_once('@') {
+            Some((named, digest)) => (named, Some(digest.parse::<Digest>()?)),
+            None => (input, None),
+        };
+        let mut segments: Vec<&str> = named.split('/').filter(|s| !s.is_empty()).collect();
+        let Some(last) = segments.pop() else {
+            return Err(Error::invalid(format!(
+                "image reference {input:?} has no name"
+            )));
+        };
+        let (last, tag) = match last.rsplit_once(':') {
+            Some((name, tag)) => (name, Some(tag)),
+            None => (last, None),
+        };
+        if let Some(tag) = tag {
+            validate_tag(tag).map_err(|e| e.context(format!("image reference {input:?}")))?;
+        }
+        if last.is_empty() {
+            return Err(Error::invalid(format!(
+                "image reference {input:?} has an empty name"
+            )));
+        }
+        segments.push(last);
+        let (registry, project, name) = split_segments(&segments);
+        for part in project.split('/').chain(name.split('/')) {
+            validate_component(part)
+                .map_err(|e| e.context(format!("image reference {input:?}")))?;
+        }
+        let tag = match (tag, &digest) {
+            (Some(t), _) => Some(t.to_owned()),
+            (None, Some(_)) => None,
+            (None, None) => Some(DEFAULT_TAG.to_owned()),
+        };
+        Ok(Self {
+            registry,
+            project,
+            name,
+            tag,
+            digest,
+        })
+    }
+
+    /// `project/name`, the repository path inside the registry.
+    pub fn repository(&self) -> String {
+        format!("{}/{}", self.project, self.name)
+    }
+
+    /// What to ask the registry for: the digest when pinned, else the tag.
+    pub fn manifest_reference(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => DEFAULT_TAG.to_owned(),
+        }
+    }
+
+    /// `registry/project/name:tag` without the digest, as Hangar prints it.
+    pub fn name_and_tag(&self) -> String {
+        match &self.tag {
+            Some(t) => format!("{}/{}:{}", self.registry, self.repository(), t),
+            None => format!("{}/{}", self.registry, self.repository()),
+        }
+    }
+
+    pub fn with_registry(mut self, registry: Option<&str>) -> Self {
+        if let Some(r) = registry.filter(|r| !r.is_empty()) {
+            self.registry = r.trim_end_matches('/').to_owned();
+        }
+        self
+    }
+
+    pub fn with_project(mut self, project: Option<&str>) -> Self {
+        if let Some(p) = project.filter(|p| !p.is_empty()) {
+            self.project = p.trim_matches('/').to_owned();
+        }
+        self
+    }
+
+    /// A cosign signature tag (`sha256-<hex>.sig`): Hangar refuses to copy these directly.
+    pub fn is_signature_tag(&self) -> bool {
+        self.tag.as_deref().is_some_and(|t| {
+            t.strip_prefix("sha256-")
+                .and_then(|rest| rest.strip_suffix(".sig"))
+                .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+    }
+}
+
+fn split_segments(segments: &[&str]) -> (String, String, String) {
+    let first_is_registry = is_registry_segment(segments[0]);
+    match segments.len() {
+        1 => (
+            DEFAULT_REGISTRY.into(),
+            DEFAULT_PROJECT.into(),
+            segments[0].into(),
+        ),
+        2 if first_is_registry => (
+            segments[0].into(),
+            DEFAULT_PROJECT.into(),
+            segments[1].into(),
+        ),
+        2 => (
+            DEFAULT_REGISTRY.into(),
+            segments[0].into(),
+            segments[1].into(),
+        ),
+        _ if first_is_registry => (
+            segments[0].into(),
+            segments[1].into(),
+            segments[2..].join("/"),
+        ),
+        _ => (
+            DEFAULT_REGISTRY.into(),
+            segments[0].into(),
+            segments[1..].join("/"),
+        ),
+    }
+}
+
+/// Distribution's tag grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn validate_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("invalid tag {tag:?}")))
+    }
+}
+
+/// Distribution's path-component grammar: lowercase alphanumerics joined by `.`, `_`, `__` or `-`.
+fn validate_component(part: &str) -> Result<()> {
+    let ok = !part.is_empty()
+        && part.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+        && part
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && part
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid repository name component {part:?}"
+        )))
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name_and_tag())?;
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(s: &str) -> (String, String, String, String) {
+        let r = ImageRef::parse(s).unwrap();
+        (r.registry, r.project, r.name, r.tag.unwrap_or_default())
+    }
+
+    fn t(a: &str, b: &str, c: &str, d: &str) -> (String, String, String, String) {
+        (a.into(), b.into(), c.into(), d.into())
+    }
+
+    #[test]
+    fn normalises_like_hangar() {
+        assert_eq!(parts("nginx"), t("docker.io", "library", "nginx", "latest"));
+        assert_eq!(
+            parts("nginx:1.22"),
+            t("docker.io", "library", "nginx", "1.22")
+        );
+        assert_eq!(
+            parts("user/nginx"),
+            t("docker.io", "user", "nginx", "latest")
+        );
+        assert_eq!(
+            parts("reg.io/nginx"),
+            t("reg.io", "library", "nginx", "latest")
+        );
+        assert_eq!(
+            parts("reg.io/user/nginx:1"),
+            t("reg.io", "user", "nginx", "1")
+        );
+        assert_eq!(
+            parts("127.0.0.1:5000/library/name"),
+            t("127.0.0.1:5000", "library", "name", "latest")
+        );
+        assert_eq!(
+            parts("reg.io/a/b/c/img:t"),
+            t("reg.io", "a", "b/c/img", "t")
+        );
+        assert_eq!(parts("a/b/c/img:t"), t("docker.io", "a", "b/c/img", "t"));
+        assert_eq!(
+            parts("localhost/nginx"),
+            t("localhost", "library", "nginx", "latest")
+        );
+        assert_eq!(
+            parts("localhost:5000/nginx"),
+            t("localhost:5000", "library", "nginx", "latest")
+        );
+        assert_eq!(
+            parts("//reg.io//user/nginx"),
+            t("reg.io", "user", "nginx", "latest")
+        );
+    }
+
+    #[test]
+    fn parses_digest_pins() {
+        let hex = "a".repeat(64);
+        let r = ImageRef::parse(&format!("reg.io/app@sha256:{hex}")).unwrap();
+        assert_eq!(r.tag, None);
+        assert_eq!(r.manifest_reference(), format!("sha256:{hex}"));
+        assert_eq!(r.to_string(), format!("reg.io/library/app@sha256:{hex}"));
+        let r = ImageRef::parse(&format!("app:v1@sha256:{hex}")).unwrap();
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+        assert_eq!(r.manifest_reference(), format!("sha256:{hex}"));
+        assert!(ImageRef::parse("app@sha256:abc").is_err());
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        assert!(ImageRef::parse("").is_err());
+        assert!(ImageRef::parse("Nginx").is_err());
+        assert!(ImageRef::parse("nginx:").is_err());
+        assert!(ImageRef::parse("nginx:ba$d").is_err());
+        assert!(ImageRef::parse("a b").is_err());
+    }
+
+    #[test]
+    fn overrides_replace_wholesale() {
+        let r = ImageRef::parse("reg.io/user/nginx:1")
+            .unwrap()
+            .with_registry(Some("dst:5000"))
+            .with_project(Some("mirror"));
+        assert_eq!(r.to_string(), "dst:5000/mirror/nginx:1");
+    }
+
+    #[test]
+    fn spots_signature_tags() {
+        let sig = format!("nginx:sha256-{}.sig", "b".repeat(64));
+        assert!(ImageRef::parse(&sig).unwrap().is_signature_tag());
+        assert!(!ImageRef::parse("nginx:1.sig").unwrap().is_signature_tag());
+    }
+}

@@ -1,0 +1,424 @@
+//! A registry, over oci-client: anonymous, basic or bearer-token auth (oci-client answers
+//! the `WWW-Authenticate` challenge), plain HTTP or TLS with or without verification,
+//! streamed blobs, raw manifests. oci-client does not retry; [`crate::retry`] does, on the
+//! failure classes this module assigns.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+
+use crate::auth::Credentials;
+use crate::digest::Digest;
+use crate::error::{Error, FailureClass, Result};
+use crate::manifest::{ACCEPTED, Descriptor, RawManifest};
+use crate::retry::RetryPolicy;
+use crate::verify::{ByteStream, verified};
+
+pub const USER_AGENT: &str = concat!("hangar-fleet/", env!("CARGO_PKG_VERSION"));
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// `--tls-verify`: `Some(false)` skips certificate checks and allows plain HTTP.
+    pub tls_verify: Option<bool>,
+    pub retry: RetryPolicy,
+}
+
+/// Which side of a copy an operation is on; decides how a 4xx is classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+pub struct Registry {
+    host: String,
+    client: Client,
+    auth: RegistryAuth,
+    retry: RetryPolicy,
+    /// Also used for the few calls oci-client lacks (manifest DELETE).
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Registry({}://{})", self.scheme, self.host)
+    }
+}
+
+impl Registry {
+    /// Connects to `host`, deciding the scheme once: TLS, or with `--tls-verify=false`
+    /// plain HTTP when the registry does not speak TLS.
+    pub async fn connect(
+        host: &str,
+        opts: &RegistryOptions,
+        creds: Option<Credentials>,
+    ) -> Result<Self> {
+        let insecure = opts.tls_verify == Some(false);
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .tls_danger_accept_invalid_certs(insecure)
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::internal(format!("http client: {e}")))?;
+        let scheme = if insecure {
+            probe_scheme(&http, host).await
+        } else {
+            "https"
+        };
+        let config = ClientConfig {
+            protocol: if scheme == "http" {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: insecure,
+            use_monolithic_push: true,
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(300)),
+            user_agent: USER_AGENT,
+            platform_resolver: None,
+            ..Default::default()
+        };
+        let client = Client::try_from(config).map_err(|e| classify(e, Side::Source, host))?;
+        let auth = match creds {
+            Some(c) => RegistryAuth::Basic(c.username, c.password),
+            None => RegistryAuth::Anonymous,
+        };
+        let probe = Reference::with_tag(host.to_owned(), "library/probe".into(), "latest".into());
+        client
+            .store_auth_if_needed(probe.resolve_registry(), &auth)
+            .await;
+        Ok(Self {
+            host: host.to_owned(),
+            client,
+            auth,
+            retry: opts.retry,
+            http,
+            scheme,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn retry(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    fn reference(&self, repo: &str, reference: &str) -> Reference {
+        let registry = self.host.clone();
+        if reference.starts_with("sha256:") {
+            Reference::with_digest(registry, repo.to_owned(), reference.to_owned())
+        } else {
+            Reference::with_tag(registry, repo.to_owned(), reference.to_owned())
+        }
+    }
+
+    fn repo_ref(&self, repo: &str) -> Reference {
+        self.reference(repo, "latest")
+    }
+
+    /// The manifest at `reference` (tag or digest), verified when asked for by digest.
+    pub async fn manifest(&self, repo: &str, reference: &str, side: Side) -> Result<RawManifest> {
+        let r = self.reference(repo, reference);
+        let expected: Option<Digest> = reference.parse().ok();
+        let what = format!("{}/{repo}:{reference}", self.host);
+        self.retry
+            .run(&format!("get manifest {what}"), || async {
+                let (bytes, _) = self
+                    .client
+                    .pull_manifest_raw(&r, &self.auth, ACCEPTED)
+                    .await
+                    .map_err(|e| classify(e, side, &what))?;
+                RawManifest::from_bytes(bytes, expected.as_ref()).map_err(|e| e.context(&what))
+            })
+            .await
+    }
+
+    /// Like [`Self::manifest`], with "not found" as `None`.
+    pub async fn manifest_opt(
+        &self,
+        repo: &str,
+        reference: &str,
+        side: Side,
+    ) -> Result<Option<RawManifest>> {
+        match self.manifest(repo, reference, side).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.class == FailureClass::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        manifest: &RawManifest,
+    ) -> Result<()> {
+        let r = self.reference(repo, reference);
+        let what = format!("{}/{repo}:{reference}", self.host);
+        let content_type = manifest.media_type.parse().map_err(|_| {
+            Error::invalid(format!(
+                "media type {:?} is not a valid header",
+                manifest.media_type
+            ))
+        })?;
+        self.retry
+            .run(&format!("put manifest {what}"), || async {
+                self.client
+                    .push_manifest_raw(
+                        &r,
+                        manifest.bytes.clone(),
+                        std::clone::Clone::clone(&content_type),
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|e| classify(e, Side::Destination, &what))
+            })
+            .await
+    }
+
+    pub async fn blob_exists(&self, repo: &str, digest: &Digest, side: Side) -> Result<bool> {
+        let r = self.repo_ref(repo);
+        let what = format!("{}/{repo}@{digest}", self.host);
+        self.retry
+            .run(&format!("head blob {what}"), || async {
+                self.client
+                    .blob_exists(&r, &digest.to_string())
+                    .await
+                    .map_err(|e| classify(e, side, &what))
+            })
+            .await
+    }
+
+    /// Opens a blob as a stream verified against `desc` (size and digest). One attempt:
+    /// the caller retries the whole copy, since a consumed stream cannot be replayed.
+    pub async fn blob_stream(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Result<ByteStream> {
+        let r = self.repo_ref(repo);
+        let what = format!("{}/{repo}@{}", self.host, desc.digest);
+        let digest = desc.digest.to_string();
+        let sized = self
+            .client
+            .pull_blob_stream(&r, digest.as_str())
+            .await
+            .map_err(|e| classify(e, Side::Source, &what))?;
+        let what_stream = what.clone();
+        let raw = sized
+            .stream
+            .map_err(move |e| {
+                Error::new(FailureClass::Network, format!("reading {what_stream}: {e}"))
+            })
+            .boxed();
+        Ok(verified(raw, desc.digest.clone(), desc.size, progress))
+    }
+
+    /// Uploads a blob from a stream in one PUT with a known length. If the stream fails
+    /// (including a digest mismatch on its last chunk) the upload is abandoned unfinished.
+    pub async fn push_blob(&self, repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()> {
+        let r = self.repo_ref(repo);
+        let what = format!("{}/{repo}@{}", self.host, desc.digest);
+        let failure = Arc::new(std::sync::Mutex::new(None::<Error>));
+        let seen = failure.clone();
+        let body = stream.map_err(move |e: Error| {
+            let msg = e.message.clone();
+            if let Ok(mut slot) = seen.lock() {
+                *slot = Some(e);
+            }
+            OciDistributionError::GenericError(Some(msg))
+        });
+        let res = self
+            .client
+            .push_blob_stream(&r, body, &desc.digest.to_string(), Some(desc.size))
+            .await;
+        if let Some(e) = failure.lock().ok().and_then(|mut s| s.take()) {
+            return Err(e);
+        }
+        res.map(drop)
+            .map_err(|e| classify(e, Side::Destination, &what))
+    }
+
+    /// Cross-repository mount. `Ok(false)` when the registry declined (it then expects an
+    /// ordinary upload).
+    pub async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool> {
+        let r = self.repo_ref(repo);
+        let from = self.repo_ref(from_repo);
+        match self.client.mount_blob(&r, &from, &digest.to_string()).await {
+            Ok(()) => Ok(true),
+            Err(
+                OciDistributionError::SpecViolationError(_)
+                | OciDistributionError::RegistryNoLocationError,
+            ) => Ok(false),
+            Err(e) => {
+                let e = classify(
+                    e,
+                    Side::Destination,
+                    &format!("{}/{repo} mount {digest} from {from_repo}", self.host),
+                );
+                if e.class.is_retryable() || e.class == FailureClass::Auth {
+                    Err(e)
+                } else {
+                    Ok(false)
+                }
+            }
+        }
+    }
+
+    pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
+        let r = self.repo_ref(repo);
+        let what = format!("{}/{repo}", self.host);
+        let mut tags = self
+            .retry
+            .run(&format!("list tags {what}"), || async {
+                self.client
+                    .list_tags(&r, &self.auth, None, None)
+                    .await
+                    .map(|t| t.tags)
+                    .map_err(|e| classify(e, Side::Source, &what))
+            })
+            .await?;
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// Deletes a manifest by digest (oci-client has no DELETE; the token comes from it).
+    pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()> {
+        let r = self.reference(repo, &digest.to_string());
+        let what = format!("{}/{repo}@{digest}", self.host);
+        let token = self
+            .client
+            .auth(&r, &self.auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| classify(e, Side::Destination, &what))?;
+        let url = format!(
+            "{}://{}/v2/{repo}/manifests/{digest}",
+            self.scheme, self.host
+        );
+        let mut req = self.http.delete(&url);
+        req = match (&token, &self.auth) {
+            (Some(t), _) => req.bearer_auth(t),
+            (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+            _ => req,
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Error::new(FailureClass::Network, format!("delete {what}: {e}")))?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            code => Err(status_error(
+                code,
+                Side::Destination,
+                &format!("delete {what}"),
+            )),
+        }
+    }
+}
+
+async fn probe_scheme(http: &reqwest::Client, host: &str) -> &'static str {
+    let url = format!("https://{host}/v2/");
+    match tokio::time::timeout(Duration::from_secs(10), http.get(&url).send()).await {
+        Ok(Ok(_)) => "https",
+        _ => {
+            tracing::debug!(host, "registry does not answer over TLS; using plain HTTP");
+            "http"
+        }
+    }
+}
+
+fn status_error(code: u16, side: Side, what: &str) -> Error {
+    let class = match code {
+        401 | 403 => FailureClass::Auth,
+        404 => FailureClass::NotFound,
+        429 => FailureClass::RateLimited,
+        500..=599 => FailureClass::Server,
+        415 => FailureClass::UnsupportedMediaType,
+        _ if side == Side::Destination => FailureClass::DestinationRejected,
+        _ => FailureClass::InvalidInput,
+    };
+    Error::new(class, format!("{what}: HTTP {code}"))
+}
+
+/// Assigns a [`FailureClass`] to an oci-client error.
+pub fn classify(err: OciDistributionError, side: Side, what: &str) -> Error {
+    use OciDistributionError as E;
+    let (class, detail) = match &err {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
+            (FailureClass::Auth, err.to_string())
+        }
+        E::ImageManifestNotFoundError(_) => (FailureClass::NotFound, err.to_string()),
+        E::RegistryError { envelope, .. } => {
+            let class = envelope
+                .errors
+                .first()
+                .map(|e| match &e.code {
+                    OciErrorCode::BlobUnknown
+                    | OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::NotFound
+                    | OciErrorCode::BlobUploadUnknown => FailureClass::NotFound,
+                    OciErrorCode::Unauthorized | OciErrorCode::Denied => FailureClass::Auth,
+                    OciErrorCode::Toomanyrequests => FailureClass::RateLimited,
+                    OciErrorCode::DigestInvalid if side == Side::Source => {
+                        FailureClass::DigestMismatch
+                    }
+                    _ if side == Side::Destination => FailureClass::DestinationRejected,
+                    _ => FailureClass::InvalidInput,
+                })
+                .unwrap_or(FailureClass::Internal);
+            let msgs: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| format!("{:?}: {}", e.code, e.message))
+                .collect();
+            (class, msgs.join("; "))
+        }
+        E::ServerError { code, message, .. } => {
+            let e = status_error(*code, side, what);
+            let msg = message.trim();
+            let msg = if msg.len() > 200 { &msg[..200] } else { msg };
+            (e.class, format!("HTTP {code} {msg}"))
+        }
+        E::RequestError(re) => {
+            let class = if re.is_connect()
+                || re.is_timeout()
+                || re.is_request()
+                || re.is_body()
+                || re.is_decode()
+            {
+                FailureClass::Network
+            } else {
+                match re.status() {
+                    Some(s) => status_error(s.as_u16(), side, what).class,
+                    None => FailureClass::Network,
+                }
+            };
+            (class, format!("{re}"))
+        }
+        E::IoError(_) => (FailureClass::Network, err.to_string()),
+        E::DigestError(_) => (FailureClass::DigestMismatch, err.to_string()),
+        E::UnsupportedMediaTypeError(_) | E::IncompatibleLayerMediaTypeError(_) => {
+            (FailureClass::UnsupportedMediaType, err.to_string())
+        }
+        E::SpecViolationError(_) | E::RegistryNoLocationError | E::RegistryNoDigestError
+            if side == Side::Destination =>
+        {
+            (FailureClass::DestinationRejected, err.to_string())
+        }
+        _ => (FailureClass::Internal, err.to_string()),
+    };
+    Error::new(class, format!("{what}: {detail}"))
+}

@@ -1,0 +1,167 @@
+//! Where images live. Every command moves blobs and manifests from one store to another;
+//! the copy engine, the planner and the handlers only see this trait. A registry is the
+//! first implementation; the zip archive and the blob cache plug in beside it.
+//!
+//! Tasks name stores by a serialisable [`StoreRef`]; a worker turns it into a live store
+//! with its own credentials through a [`StoreResolver`], so no secret travels in a task.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::manifest::{Descriptor, RawManifest};
+use crate::registry::{Registry, RegistryOptions, Side};
+use crate::verify::ByteStream;
+
+/// A store, by name only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum StoreRef {
+    Registry { host: String },
+}
+
+/// A repository inside a store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RepoRef {
+    pub store: StoreRef,
+    pub repo: String,
+}
+
+impl RepoRef {
+    pub fn registry(host: &str, repo: &str) -> Self {
+        Self {
+            store: StoreRef::Registry {
+                host: host.to_owned(),
+            },
+            repo: repo.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for RepoRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.store {
+            StoreRef::Registry { host } => write!(f, "{host}/{}", self.repo),
+        }
+    }
+}
+
+/// Blobs and manifests by digest, in repositories.
+#[async_trait]
+pub trait ImageStore: Send + Sync + fmt::Debug {
+    async fn blob_exists(&self, repo: &str, digest: &Digest, side: Side) -> Result<bool>;
+    /// A stream verified against `desc`: it fails rather than yield wrong bytes.
+    async fn get_blob(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Result<ByteStream>;
+    async fn put_blob(&self, repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()>;
+    /// `Ok(false)` when the store cannot mount and the blob must be copied.
+    async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool>;
+    async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        side: Side,
+    ) -> Result<Option<RawManifest>>;
+    async fn put_manifest(&self, repo: &str, reference: &str, manifest: &RawManifest)
+    -> Result<()>;
+    async fn list_tags(&self, repo: &str) -> Result<Vec<String>>;
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()>;
+}
+
+#[async_trait]
+impl ImageStore for Registry {
+    async fn blob_exists(&self, repo: &str, digest: &Digest, side: Side) -> Result<bool> {
+        Registry::blob_exists(self, repo, digest, side).await
+    }
+    async fn get_blob(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Result<ByteStream> {
+        self.blob_stream(repo, desc, progress).await
+    }
+    async fn put_blob(&self, repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()> {
+        self.push_blob(repo, desc, stream).await
+    }
+    async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool> {
+        Registry::mount_blob(self, repo, from_repo, digest).await
+    }
+    async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        side: Side,
+    ) -> Result<Option<RawManifest>> {
+        self.manifest_opt(repo, reference, side).await
+    }
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        manifest: &RawManifest,
+    ) -> Result<()> {
+        Registry::put_manifest(self, repo, reference, manifest).await
+    }
+    async fn list_tags(&self, repo: &str) -> Result<Vec<String>> {
+        self.tags(repo).await
+    }
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()> {
+        Registry::delete_manifest(self, repo, digest).await
+    }
+}
+
+/// Turns a [`StoreRef`] into a live store with this process's own credentials.
+#[async_trait]
+pub trait StoreResolver: Send + Sync {
+    async fn resolve(&self, store: &StoreRef) -> Result<Arc<dyn ImageStore>>;
+}
+
+/// Registries reached with credentials from the local auth files, one client per host.
+pub struct RegistryPool {
+    options: RegistryOptions,
+    authfile: Option<PathBuf>,
+    clients: Mutex<HashMap<String, Arc<Registry>>>,
+}
+
+impl RegistryPool {
+    pub fn new(options: RegistryOptions, authfile: Option<PathBuf>) -> Self {
+        Self {
+            options,
+            authfile,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn registry(&self, host: &str) -> Result<Arc<Registry>> {
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(host) {
+            return Ok(c.clone());
+        }
+        let creds = crate::auth::lookup(self.authfile.as_deref(), host, None)?;
+        let reg = Arc::new(Registry::connect(host, &self.options, creds).await?);
+        clients.insert(host.to_owned(), reg.clone());
+        Ok(reg)
+    }
+}
+
+#[async_trait]
+impl StoreResolver for RegistryPool {
+    async fn resolve(&self, store: &StoreRef) -> Result<Arc<dyn ImageStore>> {
+        match store {
+            StoreRef::Registry { host } => Ok(self.registry(host).await?),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Tasks and events: the small serialisable messages between the coordinator and the
+//! workers. A task names its stores by reference only and never carries credentials.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, FailureClass};
+use crate::manifest::{Descriptor, RawManifest};
+use crate::store::RepoRef;
+
+pub type JobId = String;
+pub type TaskId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    Blob,
+    Manifest,
+    Index,
+}
+
+impl TaskKind {
+    /// The subject suffix on the bus (`hangar.task.<kind>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Blob => "blob",
+            Self::Manifest => "manifest",
+            Self::Index => "index",
+        }
+    }
+}
+
+/// Ensure blob `desc` is in `dest`: skip if present, mount from a candidate on the same
+/// registry, else stream it from `source`, verified.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobTask {
+    pub desc: Descriptor,
+    pub source: RepoRef,
+    pub dest: RepoRef,
+    #[serde(default)]
+    pub mount_from: Vec<RepoRef>,
+}
+
+/// Push manifest bytes unchanged (digest preserved) to `dest` at `reference`
+/// (its digest, or a tag).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestTask {
+    pub dest: RepoRef,
+    pub reference: String,
+    pub manifest: ManifestBody,
+}
+
+/// Write the destination index at `tag`: the source index unchanged when it is complete
+/// and nothing else lives under the tag, otherwise built and merged by Hangar's rules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexTask {
+    pub dest: RepoRef,
+    pub tag: String,
+    pub added: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_index: Option<ManifestBody>,
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Task {
+    Blob(BlobTask),
+    Manifest(ManifestTask),
+    Index(IndexTask),
+}
+
+impl Task {
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            Self::Blob(_) => TaskKind::Blob,
+            Self::Manifest(_) => TaskKind::Manifest,
+            Self::Index(_) => TaskKind::Index,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskEnvelope {
+    pub job: JobId,
+    pub id: TaskId,
+    /// Stable across re-publication: the de-duplication key on the bus.
+    pub key: String,
+    /// W3C `traceparent` of the job's trace, when tracing is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+    pub task: Task,
+}
+
+/// Manifest bytes for transport (base64 in JSON, so the bytes stay exact).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestBody {
+    pub media_type: String,
+    pub digest: Digest,
+    #[serde(with = "b64")]
+    pub bytes: Bytes,
+}
+
+impl From<&RawManifest> for ManifestBody {
+    fn from(m: &RawManifest) -> Self {
+        Self {
+            media_type: m.media_type.clone(),
+            digest: m.digest.clone(),
+            bytes: m.bytes.clone(),
+        }
+    }
+}
+
+impl ManifestBody {
+    pub fn to_raw(&self) -> RawManifest {
+        RawManifest {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            bytes: self.bytes.clone(),
+        }
+    }
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD
+            .decode(s)
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a handler did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    BlobCopied { bytes: u64 },
+    BlobPresent,
+    BlobMounted { from: String },
+    ManifestPushed,
+    IndexPushed { digest: Digest, preserved: bool },
+    IndexUnchanged { digest: Digest },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum EventKind {
+    Done {
+        outcome: Outcome,
+    },
+    /// `last` is false when the task will be delivered again.
+    Failed {
+        class: FailureClass,
+        message: String,
+        attempt: u32,
+        last: bool,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub job: JobId,
+    pub task: TaskId,
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub fn done(env: &TaskEnvelope, outcome: Outcome) -> Self {
+        Self {
+            job: env.job.clone(),
+            task: env.id,
+            kind: EventKind::Done { outcome },
+        }
+    }
+
+    pub fn failed(env: &TaskEnvelope, err: &Error, attempt: u32, last: bool) -> Self {
+        Self {
+            job: env.job.clone(),
+            task: env.id,
+            kind: EventKind::Failed {
+                class: err.class,
+                message: err.message.clone(),
+                attempt,
+                last,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_bytes_survive_json_exactly() {
+        let raw = RawManifest::from_bytes(
+            Bytes::from_static(b"{\"schemaVersion\":2,\"manifests\":[]}  \n"),
+            None,
+        )
+        .unwrap();
+        let body = ManifestBody::from(&raw);
+        let json = serde_json::to_string(&body).unwrap();
+        let back: ManifestBody = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.to_raw(), raw);
+    }
+}
