@@ -1,1 +1,87 @@
-fn main() {}
+//! `hangar-coord`: Hangar's commands on one pipeline (planner → queue → handlers →
+//! tracker), run embedded in this process.
+
+mod cli;
+mod commands;
+mod console;
+mod job;
+mod planner;
+mod tracker;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use cli::{Cli, Command, MirrorSub};
+
+pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
+
+fn version_line() -> String {
+    format!(
+        "hangar-coord version {VERSION} - {}",
+        option_env!("HANGAR_GIT_COMMIT").unwrap_or("unknown")
+    )
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.debug { "debug" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let console = console::Console::new(cli.hide_log_time);
+    match run(cli, console.clone()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            console.log(
+                console::Level::Error,
+                None,
+                format!("{e:#}").replace("ERRO", "FATA"),
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Result<()> {
+    if cli.version {
+        println!("{}", version_line());
+        return Ok(());
+    }
+    let Some(command) = cli.command else {
+        Cli::command().print_help()?;
+        return Ok(());
+    };
+    match command {
+        Command::Mirror(m) => match m.validate {
+            Some(MirrorSub::Validate(args)) => {
+                commands::validate::run(&args, cli.debug, console).await
+            }
+            None => commands::mirror::run(&m.args, cli.debug, console).await,
+        },
+        Command::Inspect(a) => commands::inspect::run(&a, &console).await,
+        Command::ListTags(a) => commands::list_tags::run(&a, &console).await,
+        Command::Delete(a) => commands::delete::run(&a, &console).await,
+        Command::MergeManifest(a) => commands::merge_manifest::run(&a, &console).await,
+        Command::ConvertList(a) => commands::convert_list::run(&a, &console),
+        Command::Login(a) => commands::login::login(&a, &console).await,
+        Command::Logout(a) => commands::login::logout(&a, &console),
+        Command::Version => {
+            println!("{}", version_line());
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "hangar-coord",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}

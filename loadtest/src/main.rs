@@ -1,1 +1,183 @@
-fn main() {}
+//! `hangar-loadtest`: `seed` synthetic images, run the delay/fault `proxy`, or `bench`
+//! the mirror against skopeo and a raw bound.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use hangar_loadtest::{bench, proxy, seed, services::RegistryProcess};
+use hangar_shared::registry::{Registry, RegistryOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "hangar-loadtest",
+    about = "Synthetic images, a WAN proxy and the mirror benchmark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct SeedArgs {
+    /// Number of images (tags).
+    #[arg(long, default_value_t = 10)]
+    images: usize,
+    /// Own layers per image and platform.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Bytes per own layer.
+    #[arg(long, default_value_t = 1 << 20)]
+    layer_size: u64,
+    /// Base layers shared by every image.
+    #[arg(long, default_value_t = 2)]
+    shared_layers: usize,
+    #[arg(long, default_value_t = 4 << 20)]
+    shared_layer_size: u64,
+    /// Share of images that are amd64+arm64 indexes.
+    #[arg(long, default_value_t = 0.3)]
+    multiarch: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "loadtest")]
+    project: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build images offline and push them; writes the image list.
+    Seed {
+        /// Registry to push to (host:port; plain HTTP or TLS without verification).
+        #[arg(long)]
+        registry: String,
+        /// Where to write the image list.
+        #[arg(long, default_value = "seeded-list.txt")]
+        list: PathBuf,
+        #[command(flatten)]
+        spec: SeedArgs,
+    },
+    /// Forward a port to an upstream with a one-way delay each way (and optional corruption).
+    Proxy {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        upstream: String,
+        #[arg(long, default_value_t = 25)]
+        delay_ms: u64,
+    },
+    /// Mirror one seeded list three ways (hangar, skopeo, raw bound), on loopback and via the proxy.
+    Bench {
+        /// The hangar-coord binary to measure (use a release build).
+        #[arg(long, default_value = "target/release/hangar-coord")]
+        hangar: PathBuf,
+        #[arg(long, default_value_t = 25)]
+        delay_ms: u64,
+        #[arg(long, default_value_t = 20)]
+        jobs: usize,
+        #[command(flatten)]
+        spec: SeedArgs,
+    },
+}
+
+fn spec(registry: &str, a: &SeedArgs) -> seed::SeedSpec {
+    seed::SeedSpec {
+        registry: registry.to_owned(),
+        project: a.project.clone(),
+        images: a.images,
+        layers_per_image: a.layers,
+        layer_size: a.layer_size,
+        shared_layers: a.shared_layers,
+        shared_layer_size: a.shared_layer_size,
+        multiarch_share: a.multiarch,
+        seed: a.seed,
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("warn")
+        .init();
+    match Cli::parse().command {
+        Cmd::Seed {
+            registry,
+            list,
+            spec: a,
+        } => {
+            let reg = Registry::connect(
+                &registry,
+                &RegistryOptions {
+                    tls_verify: Some(false),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await?;
+            let dir = tempfile::tempdir()?;
+            let lines = seed::seed(&reg, &spec(&registry, &a), dir.path()).await?;
+            std::fs::write(&list, lines.join("\n") + "\n")
+                .with_context(|| format!("writing {}", list.display()))?;
+            eprintln!(
+                "seeded {} images into {registry}; list in {}",
+                lines.len(),
+                list.display()
+            );
+        }
+        Cmd::Proxy {
+            listen,
+            upstream,
+            delay_ms,
+        } => {
+            let p = proxy::start(
+                &listen,
+                &upstream,
+                proxy::ProxyOptions {
+                    delay: Duration::from_millis(delay_ms),
+                    corrupt: None,
+                },
+            )
+            .await?;
+            eprintln!(
+                "proxy {} -> {upstream} with {delay_ms} ms each way; Ctrl-C to stop",
+                p.addr
+            );
+            tokio::signal::ctrl_c().await?;
+        }
+        Cmd::Bench {
+            hangar,
+            delay_ms,
+            jobs,
+            spec: a,
+        } => {
+            let source = RegistryProcess::start()?;
+            let reg = Registry::connect(
+                &source.addr,
+                &RegistryOptions {
+                    tls_verify: Some(false),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await?;
+            let dir = tempfile::tempdir()?;
+            let lines = seed::seed(&reg, &spec(&source.addr, &a), dir.path()).await?;
+            let list = dir.path().join("list.txt");
+            std::fs::write(&list, lines.join("\n") + "\n")?;
+            let b = bench::BenchSpec {
+                hangar,
+                list,
+                lines,
+                source: source.addr.clone(),
+                delay: Duration::from_millis(delay_ms),
+                jobs,
+                workdir: dir.path().to_owned(),
+            };
+            let mut rows = bench::run_network(&b, "loopback", Duration::ZERO).await?;
+            rows.extend(bench::run_network(&b, &format!("{delay_ms} ms each way"), b.delay).await?);
+            println!("{}", bench::table(&rows));
+        }
+    }
+    Ok(())
+}

@@ -106,6 +106,44 @@ impl Registry {
         })
     }
 
+    /// Checks that the stored credentials are accepted (for `login`): the `/v2/` endpoint
+    /// with Basic auth, or the token endpoint when the registry asks for a bearer token.
+    pub async fn verify_login(&self) -> Result<()> {
+        let RegistryAuth::Basic(user, pass) = &self.auth else {
+            return Ok(());
+        };
+        let url = format!("{}://{}/v2/", self.scheme, self.host);
+        let resp = self
+            .http
+            .get(&url)
+            .basic_auth(user, Some(pass))
+            .send()
+            .await
+            .map_err(|e| Error::new(FailureClass::Network, format!("{url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let bearer = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("bearer"));
+        match status {
+            200..=299 => Ok(()),
+            401 if bearer => {
+                let probe = self.repo_ref("library/hangar-login-probe");
+                self.client
+                    .auth(&probe, &self.auth, RegistryOperation::Pull)
+                    .await
+                    .map(drop)
+                    .map_err(|e| classify(e, Side::Destination, &self.host))
+            }
+            code => Err(status_error(
+                code,
+                Side::Destination,
+                &format!("login to {}", self.host),
+            )),
+        }
+    }
+
     pub fn host(&self) -> &str {
         &self.host
     }

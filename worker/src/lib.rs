@@ -1,1 +1,13 @@
+//! Task handlers, one file per task kind, and the loop that feeds them from a queue.
+//! Every handler is idempotent: it checks the destination first and does only what is
+//! missing, so at-least-once delivery is safe. The coordinator's embedded mode runs these
+//! very handlers in-process; the fleet daemon runs them against JetStream.
 
+pub mod blob;
+pub mod context;
+pub mod index;
+pub mod manifest;
+pub mod runner;
+
+pub use context::Context;
+pub use runner::{handle, run};

@@ -1,0 +1,238 @@
+//! The command line: Hangar's command names, flags and defaults, plus a few of our own
+//! (marked "beyond Hangar" in their help).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hangar-coord",
+    about = "Mirror, save and load container images (Hangar-compatible)",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    /// Debug log level (also forces --jobs 1, as in Hangar).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Accepted for Hangar compatibility; signature policies are not evaluated.
+    #[arg(long, global = true)]
+    pub insecure_policy: bool,
+    /// Print `-` instead of timestamps.
+    #[arg(long, global = true, hide = true)]
+    pub hide_log_time: bool,
+    /// Print the version.
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Copy the images of a list from one registry to another.
+    #[command(visible_alias = "m", args_conflicts_with_subcommands = true)]
+    Mirror(MirrorCmd),
+    /// Print a manifest, a config or a summary of an image.
+    #[command(visible_alias = "i")]
+    Inspect(InspectArgs),
+    /// List the tags of a repository as JSON.
+    ListTags(RepoArgs),
+    /// Delete an image manifest from a registry.
+    Delete(DeleteArgs),
+    /// Build a manifest index from images in one repository and push it.
+    MergeManifest(MergeManifestArgs),
+    /// Convert a default-format list into mirror format.
+    ConvertList(ConvertListArgs),
+    /// Store registry credentials.
+    Login(LoginArgs),
+    /// Remove stored registry credentials.
+    Logout(LogoutArgs),
+    /// Print the version.
+    Version,
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct MirrorCmd {
+    #[command(subcommand)]
+    pub validate: Option<MirrorSub>,
+    #[command(flatten)]
+    pub args: MirrorArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MirrorSub {
+    /// Check that every selected source platform is in the destination.
+    Validate(MirrorArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MirrorArgs {
+    /// Image list (default or mirror format).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Architectures to copy (comma separated or repeated).
+    #[arg(
+        short = 'a',
+        long = "arch",
+        value_delimiter = ',',
+        default_value = "amd64,arm64"
+    )]
+    pub arch: Vec<String>,
+    /// Operating systems to copy.
+    #[arg(long = "os", value_delimiter = ',', default_value = "linux")]
+    pub os: Vec<String>,
+    /// Override the source registry of every line.
+    #[arg(short = 's', long = "source", default_value = "")]
+    pub source: String,
+    /// Destination registry (empty: docker.io).
+    #[arg(short = 'd', long = "destination", default_value = "")]
+    pub destination: String,
+    /// Override the source project of every line.
+    #[arg(long = "source-project", default_value = "")]
+    pub source_project: String,
+    /// Override the destination project of every line.
+    #[arg(long = "destination-project", default_value = "")]
+    pub destination_project: String,
+    /// File that receives the lines that failed.
+    #[arg(short = 'o', long = "failed", default_value = "mirror-failed.txt")]
+    pub failed: PathBuf,
+    /// Images handled at once (1-20); transfers default to three per job.
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
+    pub jobs: i64,
+    /// Bound on one transfer attempt (a blob or manifest), e.g. 10m, 90s.
+    #[arg(long = "timeout", default_value = "10m")]
+    pub timeout: String,
+    /// Also copy buildx provenance attestations.
+    #[arg(long = "provenance", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub provenance: bool,
+    /// Replace the destination index instead of merging into it.
+    #[arg(long = "overwrite")]
+    pub overwrite: bool,
+    /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP.
+    #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: Option<bool>,
+    /// Accepted for Hangar compatibility (credentials are never prompted for).
+    #[arg(long = "skip-login")]
+    pub skip_login: bool,
+    /// Accepted for Hangar compatibility; signatures are not copied yet.
+    #[arg(long = "remove-signatures")]
+    pub remove_signatures: bool,
+    /// Auth file to read credentials from first (beyond Hangar).
+    #[arg(long = "authfile")]
+    pub authfile: Option<PathBuf>,
+    /// Blob and manifest transfers at once (beyond Hangar; default 3 x jobs).
+    #[arg(long = "transfers")]
+    pub transfers: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Image reference (`docker://` is assumed when no transport is given).
+    pub reference: String,
+    /// Print the raw manifest as served.
+    #[arg(long)]
+    pub raw: bool,
+    /// Print the raw config blob.
+    #[arg(long)]
+    pub config: bool,
+    #[arg(long = "override-arch", default_value = "")]
+    pub override_arch: String,
+    #[arg(long = "override-os", default_value = "")]
+    pub override_os: String,
+    #[arg(long = "override-variant", default_value = "")]
+    pub override_variant: String,
+    #[arg(long = "tls-verify", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    #[arg(long = "authfile")]
+    pub authfile: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RepoArgs {
+    /// Repository (`docker://` is assumed when no transport is given).
+    pub repository: String,
+    #[arg(long = "tls-verify", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    #[arg(long = "authfile")]
+    pub authfile: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    pub reference: String,
+    #[arg(long = "tls-verify", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long = "auto-yes")]
+    pub yes: bool,
+    #[arg(long = "authfile")]
+    pub authfile: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeManifestArgs {
+    /// TARGET SRC1 SRC2 [...]
+    #[arg(num_args = 3.., required = true)]
+    pub refs: Vec<String>,
+    /// Print the index instead of pushing it.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    #[arg(long = "tls-verify", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    #[arg(long = "authfile")]
+    pub authfile: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertListArgs {
+    #[arg(short = 'i', long = "input")]
+    pub input: PathBuf,
+    /// Output file (default: INPUT.converted).
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    #[arg(short = 's', long = "source", default_value = "")]
+    pub source: String,
+    #[arg(short = 'd', long = "destination", default_value = "")]
+    pub destination: String,
+    #[arg(short = 'y', long = "auto-yes")]
+    pub yes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    pub registry: String,
+    #[arg(short = 'u', long = "username")]
+    pub username: Option<String>,
+    #[arg(short = 'p', long = "password")]
+    pub password: Option<String>,
+    #[arg(long = "password-stdin")]
+    pub password_stdin: bool,
+    #[arg(long = "authfile")]
+    pub authfile: Option<PathBuf>,
+    /// Print the stored username for the registry.
+    #[arg(long = "get-login")]
+    pub get_login: bool,
+    #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: Option<bool>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogoutArgs {
+    pub registry: Option<String>,
+    #[arg(long = "authfile")]
+    pub authfile: Option<PathBuf>,
+    /// Remove every stored credential.
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+}

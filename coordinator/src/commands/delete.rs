@@ -1,0 +1,30 @@
+//! `delete REF`: fetch the manifest (it must exist), confirm, delete it by digest.
+
+use anyhow::{Result, bail};
+use hangar_shared::reference::ImageRef;
+use hangar_shared::registry::Side;
+
+use crate::cli::DeleteArgs;
+use crate::console::Console;
+
+pub async fn run(args: &DeleteArgs, console: &Console) -> Result<()> {
+    let name = super::docker_reference(&args.reference, console)?;
+    let r = ImageRef::parse(&name)?;
+    let pool = super::pool(Some(args.tls_verify), args.authfile.as_deref());
+    let reg = pool.registry(&r.registry).await?;
+    let Some(m) = reg
+        .manifest_opt(&r.repository(), &r.manifest_reference(), Side::Destination)
+        .await?
+    else {
+        bail!("image \"docker://{r}\" not found");
+    };
+    if !args.yes && !super::confirm(&format!("Image \"docker://{r}\" will be deleted! proceed?")) {
+        bail!("cancelled");
+    }
+    reg.delete_manifest(&r.repository(), &m.digest).await?;
+    console.info(
+        None,
+        format!("Deleted image \"docker://{r}\" ({})", m.digest),
+    );
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! `list-tags REPO`: sorted tags as a 2-space-indented JSON array (`[]` when empty).
+
+use anyhow::Result;
+use hangar_shared::reference::ImageRef;
+
+use crate::cli::RepoArgs;
+use crate::console::Console;
+
+pub async fn run(args: &RepoArgs, console: &Console) -> Result<()> {
+    let name = super::docker_reference(&args.repository, console)?;
+    let r = ImageRef::parse(&name)?;
+    let pool = super::pool(Some(args.tls_verify), args.authfile.as_deref());
+    let reg = pool.registry(&r.registry).await?;
+    let tags = reg.tags(&r.repository()).await?;
+    println!("{}", serde_json::to_string_pretty(&tags)?);
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! `login` / `logout`: credentials in containers' `auth.json` (docker-style `auths`),
+//! checked against the registry before they are stored.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{Context as _, Result, bail};
+use hangar_shared::auth::{self, AuthFile, Credentials};
+use hangar_shared::registry::{Registry, RegistryOptions};
+
+use crate::cli::{LoginArgs, LogoutArgs};
+use crate::console::Console;
+
+fn read_line(prompt: &str) -> Result<String> {
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let mut s = String::new();
+    std::io::stdin().lock().read_line(&mut s)?;
+    Ok(s.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+pub async fn login(args: &LoginArgs, console: &Console) -> Result<()> {
+    let registry = args
+        .registry
+        .trim_start_matches("docker://")
+        .trim_end_matches('/');
+    if args.get_login {
+        match auth::lookup(args.authfile.as_deref(), registry, None)? {
+            Some(c) => println!("{}", c.username),
+            None => bail!("not logged into {registry}"),
+        }
+        return Ok(());
+    }
+    let username = match &args.username {
+        Some(u) => u.clone(),
+        None if std::io::stdin().is_terminal() => read_line("Username: ")?,
+        None => bail!("--username is required when stdin is not a terminal"),
+    };
+    let password = if args.password_stdin {
+        let mut s = String::new();
+        std::io::stdin().lock().read_line(&mut s)?;
+        s.trim_end_matches(['\r', '\n']).to_owned()
+    } else if let Some(p) = &args.password {
+        p.clone()
+    } else if std::io::stdin().is_terminal() {
+        read_line("Password: ")?
+    } else {
+        bail!("--password or --password-stdin is required when stdin is not a terminal");
+    };
+    let creds = Credentials { username, password };
+    let options = RegistryOptions {
+        tls_verify: args.tls_verify,
+        ..Default::default()
+    };
+    let reg = Registry::connect(registry, &options, Some(creds.clone())).await?;
+    reg.verify_login().await.context("login failed")?;
+    let path = auth::write_location(args.authfile.as_deref());
+    let mut file = AuthFile::load(&path)?;
+    file.set(registry, &creds);
+    file.save(&path)?;
+    console.info(None, "Login Succeeded!");
+    Ok(())
+}
+
+pub fn logout(args: &LogoutArgs, console: &Console) -> Result<()> {
+    let path = auth::write_location(args.authfile.as_deref());
+    let mut file = AuthFile::load(&path)?;
+    if args.all {
+        file.clear();
+        file.save(&path)?;
+        console.info(
+            None,
+            format!(
+                "Removed login credentials for all registries from {}",
+                path.display()
+            ),
+        );
+        return Ok(());
+    }
+    let Some(registry) = &args.registry else {
+        bail!("a registry or --all is required");
+    };
+    let registry = registry
+        .trim_start_matches("docker://")
+        .trim_end_matches('/');
+    if !file.remove(registry) {
+        bail!("not logged into {registry}");
+    }
+    file.save(&path)?;
+    console.info(None, format!("Removed login credentials for {registry}"));
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `merge-manifest TARGET SRC1 SRC2…`: one index from images of one repository (a single
+//! manifest contributes itself with its config's platform, an index its entries), built
+//! with the mirror's index builder, pushed at TARGET or printed with `--dry-run`.
+
+use std::io::Write;
+
+use anyhow::{Result, bail};
+use hangar_shared::digest::Digest;
+use hangar_shared::index_builder;
+use hangar_shared::manifest::{Manifest, OCI_INDEX, RawManifest};
+use hangar_shared::reference::ImageRef;
+use hangar_shared::registry::Side;
+
+use crate::cli::MergeManifestArgs;
+use crate::console::Console;
+use crate::planner::read_config;
+
+pub async fn run(args: &MergeManifestArgs, console: &Console) -> Result<()> {
+    let refs = args
+        .refs
+        .iter()
+        .map(|r| Ok(ImageRef::parse(&super::docker_reference(r, console)?)?))
+        .collect::<Result<Vec<_>>>()?;
+    let (target, sources) = refs
+        .split_first()
+        .ok_or_else(|| anyhow::anyhow!("TARGET and at least two sources are required"))?;
+    for s in sources {
+        if s.registry != target.registry || s.repository() != target.repository() {
+            bail!(
+                "source {s} is not in the target repository {}/{}: merge-manifest copies no blobs",
+                target.registry,
+                target.repository()
+            );
+        }
+    }
+    let pool = super::pool(Some(args.tls_verify), None);
+    let reg = pool.registry(&target.registry).await?;
+    let repo = target.repository();
+    let mut added = Vec::new();
+    for s in sources {
+        let m = reg
+            .manifest_opt(&repo, &s.manifest_reference(), Side::Source)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("manifest unknown: {s}"))?;
+        match m.parse()? {
+            Manifest::Index(idx) => added.extend(idx.manifests),
+            Manifest::Image(img) => {
+                let cfg = read_config(reg.as_ref(), &repo, &img.config).await?;
+                let mut d = m.descriptor();
+                d.platform = Some(cfg.platform());
+                added.push(d);
+            }
+            Manifest::Schema1 => bail!("{s}: Docker schema1 manifests are not supported"),
+        }
+    }
+    let built = index_builder::build(None, &added, true);
+    let bytes = index_builder::serialize(&built.index);
+    if args.dry_run {
+        std::io::stdout().write_all(&bytes)?;
+        println!();
+        return Ok(());
+    }
+    let raw = RawManifest {
+        media_type: OCI_INDEX.into(),
+        digest: Digest::of(&bytes),
+        bytes,
+    };
+    let tag = target
+        .tag
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("TARGET needs a tag"))?;
+    reg.put_manifest(&repo, &tag, &raw).await?;
+    console.info(None, format!("Pushed index {} to {target}", raw.digest));
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! `mirror`: registry → registry for every line of a list, through the planner, the queue,
+//! the worker handlers and the tracker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use hangar_shared::imagelist::{ImageList, LineKind};
+use hangar_shared::manifest::PlatformFilter;
+use hangar_shared::reference::{DEFAULT_REGISTRY, ImageRef};
+use hangar_shared::retry::RetryPolicy;
+use indicatif::HumanBytes;
+
+use crate::cli::MirrorArgs;
+use crate::console::Console;
+use crate::job::{self, MirrorSpec};
+use crate::planner::ImageJob;
+use crate::tracker::ImageResult;
+
+pub struct Prepared {
+    pub images: Vec<ImageJob>,
+    pub filter: PlatformFilter,
+    pub jobs: usize,
+    pub timeout: Option<Duration>,
+}
+
+/// Reads the list and works out each line's source and destination (shared with validate).
+pub fn prepare(args: &MirrorArgs, debug: bool, console: &Console) -> Result<Prepared> {
+    let Some(file) = &args.file else {
+        bail!("image list file not provided: use -f/--file");
+    };
+    let list = ImageList::read(file)?;
+    for w in &list.warnings {
+        console.warn(
+            None,
+            format!(
+                "Ignore image list line {:?} ({}:{}): {}",
+                w.line,
+                file.display(),
+                w.line_no,
+                w.message
+            ),
+        );
+    }
+    if list.entries.is_empty() {
+        bail!("no images in list {}", file.display());
+    }
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let images = list
+        .entries
+        .iter()
+        .map(|entry| {
+            let (source, dest) = match &entry.kind {
+                LineKind::Default(r) => {
+                    let dest = ImageRef {
+                        registry: some(&args.destination)
+                            .unwrap_or_else(|| DEFAULT_REGISTRY.to_owned()),
+                        ..r.clone()
+                    };
+                    (r.clone(), dest)
+                }
+                LineKind::Mirror {
+                    source,
+                    dest,
+                    dest_registry_explicit,
+                } => {
+                    let registry = some(&args.destination)
+                        .or_else(|| dest_registry_explicit.then(|| dest.registry.clone()))
+                        .unwrap_or_else(|| DEFAULT_REGISTRY.to_owned());
+                    (
+                        source.clone(),
+                        ImageRef {
+                            registry,
+                            ..dest.clone()
+                        },
+                    )
+                }
+            };
+            let source = source
+                .with_registry(some(&args.source).as_deref())
+                .with_project(some(&args.source_project).as_deref());
+            let dest = dest.with_project(some(&args.destination_project).as_deref());
+            ImageJob {
+                entry: entry.clone(),
+                source,
+                dest,
+            }
+        })
+        .collect::<Vec<_>>();
+    let mut jobs = args.jobs;
+    if !(1..=20).contains(&jobs) {
+        console.warn(None, format!("Invalid worker num: {jobs}, set to 1"));
+        jobs = 1;
+    }
+    if debug {
+        jobs = 1;
+    }
+    let timeout = humantime::parse_duration(&args.timeout)
+        .with_context(|| format!("invalid --timeout {:?}", args.timeout))?;
+    Ok(Prepared {
+        jobs: (jobs as usize).min(images.len()).max(1),
+        images,
+        filter: PlatformFilter {
+            arch: args
+                .arch
+                .iter()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect(),
+            os: args.os.iter().filter(|o| !o.is_empty()).cloned().collect(),
+        },
+        timeout: (!timeout.is_zero()).then_some(timeout),
+    })
+}
+
+pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    let prepared = prepare(args, debug, &console)?;
+    let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
+    let total = prepared.images.len();
+    let spec = MirrorSpec {
+        images: prepared.images,
+        filter: prepared.filter,
+        provenance: args.provenance,
+        overwrite: args.overwrite,
+        planners: prepared.jobs,
+        transfers: args.transfers.unwrap_or(prepared.jobs * 3).max(1),
+        task_timeout: prepared.timeout,
+        retry: RetryPolicy::default(),
+    };
+    console.info(
+        None,
+        format!(
+            "Mirroring {total} images with {} transfers at once",
+            spec.transfers
+        ),
+    );
+    let report = job::run_mirror(spec, pool, console.clone()).await?;
+
+    let (mut ok, mut skipped, mut failed_lines) = (0, 0, Vec::new());
+    for (job, result) in &report.results {
+        match result {
+            ImageResult::Copied { .. } => ok += 1,
+            ImageResult::Skipped(_) => skipped += 1,
+            ImageResult::Failed(_) => failed_lines.push(job.entry.original.clone()),
+        }
+    }
+    let s = &report.stats;
+    console.info(
+        None,
+        format!(
+            "Images: {ok} copied, {} failed, {skipped} skipped; blobs: {} unique, {} copied, {} mounted, {} already present; \
+             {} copied in {:.1}s, {} saved by dedup and mounts",
+            failed_lines.len(),
+            report.unique_blobs,
+            s.blobs_copied,
+            s.blobs_mounted,
+            s.blobs_present,
+            HumanBytes(s.bytes_copied),
+            report.elapsed.as_secs_f64(),
+            HumanBytes(s.bytes_naive.saturating_sub(s.bytes_copied)),
+        ),
+    );
+    if failed_lines.is_empty() {
+        console.info(None, "Done");
+        return Ok(());
+    }
+    let mut text = failed_lines.join("\n");
+    text.push('\n');
+    super::write_atomically(&args.failed, &text)?;
+    console.error(
+        None,
+        format!(
+            "Failed images are written to {:?}",
+            args.failed.display().to_string()
+        ),
+    );
+    bail!("some images failed to copy")
+}

@@ -1,0 +1,166 @@
+//! The embedded mode: one process runs the planner, an in-process queue, the worker's own
+//! handlers and the tracker. The fleet mode swaps the queue and the event sink for
+//! JetStream; nothing else here changes.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hangar_shared::error::Result;
+use hangar_shared::manifest::PlatformFilter;
+use hangar_shared::queue::{ChannelSink, MemoryQueue, TaskQueue};
+use hangar_shared::retry::RetryPolicy;
+use hangar_shared::store::RegistryPool;
+use hangar_worker::Context;
+use tokio::sync::mpsc;
+
+use crate::console::{Console, Progress};
+use crate::planner::{self, ImageJob};
+use crate::tracker::{ImageResult, Observer, Stats, Tracker};
+
+pub struct MirrorSpec {
+    pub images: Vec<ImageJob>,
+    pub filter: PlatformFilter,
+    pub provenance: bool,
+    pub overwrite: bool,
+    /// Images resolved at once (`-j`).
+    pub planners: usize,
+    /// Blob and manifest transfers at once.
+    pub transfers: usize,
+    pub task_timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+}
+
+pub struct JobReport {
+    pub results: Vec<(ImageJob, ImageResult)>,
+    pub stats: Stats,
+    pub unique_blobs: usize,
+    pub elapsed: Duration,
+}
+
+struct LogObserver<'a> {
+    console: &'a Console,
+    progress: &'a Progress,
+}
+
+impl Observer for LogObserver<'_> {
+    fn image_finished(&mut self, job: &ImageJob, result: &ImageResult, notes: &[String]) {
+        let n = Some(job.entry.index);
+        for note in notes {
+            self.console.warn(n, note);
+        }
+        match result {
+            ImageResult::Copied { digest, preserved } => {
+                let detail = match digest {
+                    Some(d) if *preserved => format!(" ({d}, source digest preserved)"),
+                    Some(d) => format!(" ({d})"),
+                    None => String::new(),
+                };
+                self.console.info(
+                    n,
+                    format!("Copied image [{}] => [{}]{detail}", job.source, job.dest),
+                );
+            }
+            ImageResult::Skipped(why) => self
+                .console
+                .warn(n, format!("Skip copy image [{}]: {why}", job.source)),
+            ImageResult::Failed(e) => self.console.error(
+                n,
+                format!(
+                    "Failed to copy image [{}] => [{}]: {}: {}",
+                    job.source, job.dest, e.class, e.message
+                ),
+            ),
+        }
+        self.progress.image_done();
+    }
+}
+
+pub async fn run_mirror(
+    spec: MirrorSpec,
+    pool: Arc<RegistryPool>,
+    console: Arc<Console>,
+) -> Result<JobReport> {
+    let started = Instant::now();
+    let job_id = format!("job-{}", std::process::id());
+    let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new(spec.retry.attempts));
+    let (event_tx, mut events) = mpsc::unbounded_channel();
+    let bytes_moved = Arc::new(AtomicU64::new(0));
+    let ctx = Arc::new(Context {
+        stores: pool.clone(),
+        retry: spec.retry,
+        bytes_moved: bytes_moved.clone(),
+        task_timeout: spec.task_timeout,
+    });
+    let workers = tokio::spawn(hangar_worker::run(
+        queue.clone(),
+        Arc::new(ChannelSink(event_tx)),
+        ctx,
+        spec.transfers,
+    ));
+
+    let (plan_tx, mut plans) = mpsc::channel(64);
+    let planner_jobs: Vec<(usize, ImageJob)> = spec.images.iter().cloned().enumerate().collect();
+    let (filter, provenance, planners) =
+        (spec.filter.clone(), spec.provenance, spec.planners.max(1));
+    let planner_pool = pool.clone();
+    let planning = tokio::spawn(async move {
+        let mut results = futures_util::stream::iter(planner_jobs)
+            .map(|(i, job)| {
+                let (pool, filter) = (planner_pool.clone(), filter.clone());
+                async move {
+                    let planned = match pool.registry(&job.source.registry).await {
+                        Ok(store) => planner::plan(store.as_ref(), &job, &filter, provenance).await,
+                        Err(e) => Err(e),
+                    };
+                    (i, planned)
+                }
+            })
+            .buffer_unordered(planners);
+        while let Some(item) = results.next().await {
+            if plan_tx.send(item).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let progress = console.start_progress(spec.images.len() as u64, bytes_moved);
+    let mut tracker = Tracker::new(job_id, queue.clone(), spec.images, spec.overwrite);
+    let mut obs = LogObserver {
+        console: &console,
+        progress: &progress,
+    };
+    let mut interrupted = false;
+    while !tracker.is_finished() {
+        tokio::select! {
+            Some((i, planned)) = plans.recv() => tracker.add_plan(i, planned, &mut obs).await?,
+            Some(event) = events.recv() => tracker.on_event(event, &mut obs).await?,
+            _ = tokio::signal::ctrl_c() => {
+                console.warn(None, "Interrupted: stopping; unfinished images are reported failed");
+                tracker.abandon("interrupted", &mut obs);
+                interrupted = true;
+            }
+        }
+    }
+    queue.close().await;
+    planning.abort();
+    if interrupted {
+        workers.abort();
+    } else {
+        // The queue is closed and drained once every image is finished.
+        let _ = workers.await;
+    }
+    console.stop_progress(progress);
+    let results = tracker
+        .results()
+        .filter_map(|(job, r)| r.map(|r| (job.clone(), r.clone())))
+        .collect();
+    let unique_blobs = tracker.unique_blobs();
+    Ok(JobReport {
+        results,
+        stats: tracker.stats.clone(),
+        unique_blobs,
+        elapsed: started.elapsed(),
+    })
+}

@@ -1,0 +1,263 @@
+//! The planner: resolves one list entry's source manifests (index → platform manifests
+//! filtered by `--arch/--os`, attestations kept with their images) into an [`ImagePlan`]:
+//! which platform manifests to push, which blobs each needs, and what goes at the tag.
+//! It does no copying; the tracker turns plans into tasks.
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use hangar_shared::error::{Error, FailureClass, Result};
+use hangar_shared::imagelist::ListEntry;
+use hangar_shared::manifest::{Descriptor, ImageConfig, Manifest, PlatformFilter, RawManifest};
+use hangar_shared::reference::ImageRef;
+use hangar_shared::registry::Side;
+use hangar_shared::store::ImageStore;
+
+/// One list entry with its resolved endpoints.
+#[derive(Debug, Clone)]
+pub struct ImageJob {
+    pub entry: ListEntry,
+    pub source: ImageRef,
+    pub dest: ImageRef,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// The source's top manifest (index or platform manifest).
+    pub top: Option<RawManifest>,
+    /// Selected entries: platform descriptors (with platform and annotations), attestations included.
+    pub entries: Vec<Descriptor>,
+    /// Every entry of a source index was selected.
+    pub complete: bool,
+    /// The source is a single platform manifest, not an index.
+    pub single: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlatformPlan {
+    pub entry: Descriptor,
+    pub manifest: RawManifest,
+    /// Unique blobs, config first.
+    pub blobs: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TopPlan {
+    /// An index at `tag`; `source_index` is set when the source index is complete.
+    Index {
+        tag: String,
+        source_index: Option<RawManifest>,
+    },
+    /// A digest-pinned line without a tag: the complete source index, by digest.
+    ByDigest(RawManifest),
+    /// Nothing beyond the platform manifests (a digest-pinned single image, or a
+    /// digest-pinned index whose platforms were filtered).
+    Nothing,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImagePlan {
+    pub platforms: Vec<PlatformPlan>,
+    pub top: TopPlan,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum Planned {
+    Plan(ImagePlan),
+    /// Nothing to copy, not a failure (Hangar's "no available image for specified arch and os").
+    Skip(String),
+}
+
+pub const NO_PLATFORM: &str = "no available image for specified arch and os";
+
+/// Reads a small JSON blob (an image config) fully, verified.
+pub async fn read_config(
+    store: &dyn ImageStore,
+    repo: &str,
+    desc: &Descriptor,
+) -> Result<ImageConfig> {
+    if desc.size > 16 << 20 {
+        return Err(Error::invalid(format!(
+            "config blob {} is {} bytes, too large",
+            desc.digest, desc.size
+        )));
+    }
+    let chunks: Vec<Bytes> = store
+        .get_blob(repo, desc, None)
+        .await?
+        .try_collect()
+        .await?;
+    serde_json::from_slice(&chunks.concat()).map_err(|e| {
+        Error::invalid(format!(
+            "config blob {} is not a valid image config: {e}",
+            desc.digest
+        ))
+    })
+}
+
+/// Fetches the source's top manifest and selects its platforms.
+pub async fn select(
+    store: &dyn ImageStore,
+    source: &ImageRef,
+    filter: &PlatformFilter,
+    provenance: bool,
+) -> Result<Selection> {
+    let repo = source.repository();
+    let top = store
+        .get_manifest(&repo, &source.manifest_reference(), Side::Source)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("{source}: manifest unknown")))?;
+    match top.parse()? {
+        Manifest::Index(index) => {
+            let passes: Vec<bool> = index
+                .manifests
+                .iter()
+                .map(|m| {
+                    !m.is_attestation() && filter.matches(&m.platform.clone().unwrap_or_default())
+                })
+                .collect();
+            let kept: Vec<&Descriptor> = index
+                .manifests
+                .iter()
+                .zip(&passes)
+                .filter(|(_, p)| **p)
+                .map(|(m, _)| m)
+                .collect();
+            let mut entries: Vec<Descriptor> = kept.iter().map(|m| (*m).clone()).collect();
+            if provenance {
+                for m in index.manifests.iter().filter(|m| m.is_attestation()) {
+                    if m.attests()
+                        .is_some_and(|d| kept.iter().any(|k| k.digest == d))
+                    {
+                        entries.push(m.clone());
+                    }
+                }
+            }
+            let complete = entries.len() == index.manifests.len();
+            Ok(Selection {
+                top: Some(top),
+                entries,
+                complete,
+                single: false,
+            })
+        }
+        Manifest::Image(image) => {
+            let config = read_config(store, &repo, &image.config).await?;
+            let platform = config.platform();
+            let mut entry = top.descriptor();
+            entry.platform = Some(platform.clone());
+            let entries = if filter.matches(&platform) {
+                vec![entry]
+            } else {
+                Vec::new()
+            };
+            Ok(Selection {
+                top: Some(top),
+                entries,
+                complete: false,
+                single: true,
+            })
+        }
+        Manifest::Schema1 => Err(Error::new(
+            FailureClass::UnsupportedMediaType,
+            format!(
+                "{source}: Docker schema1 manifests are not supported (Hangar converts them to schema2, which changes the digest)"
+            ),
+        )),
+    }
+}
+
+/// Resolves everything one image needs.
+pub async fn plan(
+    store: &dyn ImageStore,
+    job: &ImageJob,
+    filter: &PlatformFilter,
+    provenance: bool,
+) -> Result<Planned> {
+    let source = &job.source;
+    if source.is_signature_tag() {
+        return Err(Error::invalid(format!(
+            "{source}: image is a sigstore signature"
+        )));
+    }
+    let selection = select(store, source, filter, provenance).await?;
+    if !selection.entries.iter().any(|e| !e.is_attestation()) {
+        return Ok(Planned::Skip(NO_PLATFORM.to_owned()));
+    }
+    let Some(top) = selection.top.clone() else {
+        return Err(Error::internal("selection without a manifest"));
+    };
+    let repo = source.repository();
+    let mut platforms = Vec::with_capacity(selection.entries.len());
+    for entry in &selection.entries {
+        let manifest = if selection.single {
+            top.clone()
+        } else {
+            store
+                .get_manifest(&repo, &entry.digest.to_string(), Side::Source)
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "{source}: platform manifest {} is missing",
+                        entry.digest
+                    ))
+                })?
+        };
+        let image = match manifest.parse()? {
+            Manifest::Image(i) => i,
+            Manifest::Index(_) => {
+                return Err(Error::new(
+                    FailureClass::UnsupportedMediaType,
+                    format!(
+                        "{source}: nested index {} inside an index is not supported",
+                        entry.digest
+                    ),
+                ));
+            }
+            Manifest::Schema1 => {
+                return Err(Error::new(
+                    FailureClass::UnsupportedMediaType,
+                    format!(
+                        "{source}: schema1 manifest {} inside a manifest list is not supported",
+                        entry.digest
+                    ),
+                ));
+            }
+        };
+        let mut blobs: Vec<Descriptor> = Vec::new();
+        for b in image.blobs() {
+            if !blobs.iter().any(|x| x.digest == b.digest) {
+                blobs.push(b.clone());
+            }
+        }
+        let mut entry = entry.clone();
+        entry.media_type = manifest.media_type.clone();
+        entry.size = manifest.bytes.len() as u64;
+        platforms.push(PlatformPlan {
+            entry,
+            manifest,
+            blobs,
+        });
+    }
+    let mut notes = Vec::new();
+    let top_plan = match &job.dest.tag {
+        Some(tag) => TopPlan::Index {
+            tag: tag.clone(),
+            source_index: selection.complete.then_some(top),
+        },
+        None if selection.complete => TopPlan::ByDigest(top),
+        None => {
+            if !selection.single {
+                notes.push(format!(
+                    "only some platforms of {source} were selected: its index cannot keep its digest, so no index was written (copied platforms by digest)"
+                ));
+            }
+            TopPlan::Nothing
+        }
+    };
+    Ok(Planned::Plan(ImagePlan {
+        platforms,
+        top: top_plan,
+        notes,
+    }))
+}

@@ -1,0 +1,499 @@
+//! The tracker folds plans and events into job state and publishes follow-up tasks:
+//! blobs first (one task per unique digest and destination repository), a platform
+//! manifest once all its blobs are in, the tag's index once all platforms are in.
+//!
+//! A digest needed in several repositories of one registry is fetched from the source once:
+//! the first repository gets a copy task, the rest wait and are then mounted from it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use hangar_shared::digest::Digest;
+use hangar_shared::error::{Error, FailureClass, Result};
+use hangar_shared::manifest::Descriptor;
+use hangar_shared::queue::TaskQueue;
+use hangar_shared::store::{RepoRef, StoreRef};
+use hangar_shared::task::{
+    BlobTask, Event, EventKind, IndexTask, JobId, ManifestBody, ManifestTask, Outcome, Task,
+    TaskEnvelope, TaskId,
+};
+
+use crate::planner::{ImageJob, ImagePlan, Planned, TopPlan};
+
+#[derive(Debug, Clone)]
+pub enum ImageResult {
+    Copied {
+        digest: Option<Digest>,
+        preserved: bool,
+    },
+    Skipped(String),
+    Failed(Error),
+}
+
+/// Counts for the summary.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub blobs_copied: u64,
+    pub blobs_mounted: u64,
+    pub blobs_present: u64,
+    pub bytes_copied: u64,
+    /// What a per-image copier would have moved: every blob of every image.
+    pub bytes_naive: u64,
+    pub retries: u64,
+}
+
+type BlobKey = (RepoRef, Digest);
+
+#[derive(Debug, PartialEq, Eq)]
+enum BlobStatus {
+    Waiting,
+    Queued,
+    Done,
+    Failed,
+}
+
+struct BlobState {
+    desc: Descriptor,
+    source: RepoRef,
+    status: BlobStatus,
+    error: Option<Error>,
+    /// (image, platform) pairs waiting for this blob.
+    waiters: Vec<(usize, usize)>,
+}
+
+#[derive(Default)]
+struct Group {
+    done_in: Vec<RepoRef>,
+    in_flight: bool,
+    waiting: VecDeque<BlobKey>,
+}
+
+enum TaskRef {
+    Blob(BlobKey),
+    Manifest { image: usize },
+    Top { image: usize },
+}
+
+struct ImageState {
+    job: ImageJob,
+    plan: Option<ImagePlan>,
+    pending_blobs: Vec<usize>,
+    pending_manifests: usize,
+    result: Option<ImageResult>,
+}
+
+/// Receives images as they finish.
+pub trait Observer: Send {
+    fn image_finished(&mut self, job: &ImageJob, result: &ImageResult, notes: &[String]);
+}
+
+pub struct Tracker {
+    job: JobId,
+    queue: Arc<dyn TaskQueue>,
+    overwrite: bool,
+    next_id: TaskId,
+    tasks: HashMap<TaskId, TaskRef>,
+    images: Vec<ImageState>,
+    blobs: HashMap<BlobKey, BlobState>,
+    groups: HashMap<(StoreRef, Digest), Group>,
+    unfinished: usize,
+    pub stats: Stats,
+}
+
+impl Tracker {
+    pub fn new(
+        job: JobId,
+        queue: Arc<dyn TaskQueue>,
+        jobs: Vec<ImageJob>,
+        overwrite: bool,
+    ) -> Self {
+        let unfinished = jobs.len();
+        let images = jobs
+            .into_iter()
+            .map(|job| ImageState {
+                job,
+                plan: None,
+                pending_blobs: Vec::new(),
+                pending_manifests: 0,
+                result: None,
+            })
+            .collect();
+        Self {
+            job,
+            queue,
+            overwrite,
+            next_id: 0,
+            tasks: HashMap::new(),
+            images,
+            blobs: HashMap::new(),
+            groups: HashMap::new(),
+            unfinished,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.unfinished == 0
+    }
+
+    pub fn unique_blobs(&self) -> usize {
+        let mut digests: Vec<&Digest> = self.blobs.keys().map(|(_, d)| d).collect();
+        digests.sort();
+        digests.dedup();
+        digests.len()
+    }
+
+    pub fn results(&self) -> impl Iterator<Item = (&ImageJob, Option<&ImageResult>)> {
+        self.images.iter().map(|i| (&i.job, i.result.as_ref()))
+    }
+
+    fn finish(&mut self, image: usize, result: ImageResult, obs: &mut dyn Observer) {
+        let state = &mut self.images[image];
+        if state.result.is_some() {
+            return;
+        }
+        let notes = state
+            .plan
+            .as_ref()
+            .map(|p| p.notes.clone())
+            .unwrap_or_default();
+        obs.image_finished(&state.job, &result, &notes);
+        state.result = Some(result);
+        self.unfinished -= 1;
+    }
+
+    async fn publish(&mut self, key: String, task: Task, r: TaskRef) -> Result<()> {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.tasks.insert(id, r);
+        self.queue
+            .publish(TaskEnvelope {
+                job: self.job.clone(),
+                id,
+                key: format!("{}/{key}", self.job),
+                trace: None,
+                task,
+            })
+            .await
+    }
+
+    /// Takes one image's plan (or its planning failure).
+    pub async fn add_plan(
+        &mut self,
+        image: usize,
+        planned: Result<Planned>,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        let plan = match planned {
+            Ok(Planned::Plan(p)) => p,
+            Ok(Planned::Skip(why)) => {
+                self.finish(image, ImageResult::Skipped(why), obs);
+                return Ok(());
+            }
+            Err(e) => {
+                self.finish(image, ImageResult::Failed(e), obs);
+                return Ok(());
+            }
+        };
+        let dest_repo = RepoRef::registry(
+            &self.images[image].job.dest.registry,
+            &self.images[image].job.dest.repository(),
+        );
+        let source_repo = RepoRef::registry(
+            &self.images[image].job.source.registry,
+            &self.images[image].job.source.repository(),
+        );
+        self.images[image].pending_blobs = vec![0; plan.platforms.len()];
+        self.images[image].pending_manifests = plan.platforms.len();
+        let mut failed: Option<Error> = None;
+        let mut to_start = Vec::new();
+        for (p, platform) in plan.platforms.iter().enumerate() {
+            for desc in &platform.blobs {
+                self.stats.bytes_naive += desc.size;
+                let key = (dest_repo.clone(), desc.digest.clone());
+                match self.blobs.get_mut(&key) {
+                    Some(b) if b.status == BlobStatus::Done => {}
+                    Some(b) if b.status == BlobStatus::Failed => {
+                        failed = b.error.clone();
+                    }
+                    Some(b) => {
+                        b.waiters.push((image, p));
+                        self.images[image].pending_blobs[p] += 1;
+                    }
+                    None => {
+                        self.blobs.insert(
+                            key.clone(),
+                            BlobState {
+                                desc: desc.clone(),
+                                source: source_repo.clone(),
+                                status: BlobStatus::Waiting,
+                                error: None,
+                                waiters: vec![(image, p)],
+                            },
+                        );
+                        self.images[image].pending_blobs[p] += 1;
+                        to_start.push(key);
+                    }
+                }
+            }
+        }
+        self.images[image].plan = Some(plan);
+        if let Some(e) = failed {
+            self.finish(image, ImageResult::Failed(e), obs);
+        }
+        for key in to_start {
+            self.schedule_blob(key).await?;
+        }
+        if self.images[image].result.is_none() {
+            let ready: Vec<usize> = (0..self.images[image].pending_blobs.len())
+                .filter(|p| self.images[image].pending_blobs[*p] == 0)
+                .collect();
+            for p in ready {
+                self.publish_manifest(image, p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a blob now, or parks it behind the copy of the same digest to the same registry.
+    async fn schedule_blob(&mut self, key: BlobKey) -> Result<()> {
+        let group_key = (key.0.store.clone(), key.1.clone());
+        let group = self.groups.entry(group_key).or_default();
+        let mount_from = if let Some(done) = group.done_in.first() {
+            vec![done.clone()]
+        } else if group.in_flight {
+            group.waiting.push_back(key);
+            return Ok(());
+        } else {
+            group.in_flight = true;
+            Vec::new()
+        };
+        self.start_blob(key, mount_from).await
+    }
+
+    async fn start_blob(&mut self, key: BlobKey, mut mount_from: Vec<RepoRef>) -> Result<()> {
+        let Some(state) = self.blobs.get_mut(&key) else {
+            return Ok(());
+        };
+        state.status = BlobStatus::Queued;
+        if state.source.store == key.0.store {
+            // Same registry: mount from the source repository, no bytes at all.
+            mount_from.insert(0, state.source.clone());
+        }
+        let task = Task::Blob(BlobTask {
+            desc: state.desc.clone(),
+            source: state.source.clone(),
+            dest: key.0.clone(),
+            mount_from,
+        });
+        let name = format!("blob/{}/{}", key.0, key.1);
+        self.publish(name, task, TaskRef::Blob(key)).await
+    }
+
+    async fn publish_manifest(&mut self, image: usize, platform: usize) -> Result<()> {
+        let state = &self.images[image];
+        let Some(plan) = &state.plan else {
+            return Ok(());
+        };
+        let p = &plan.platforms[platform];
+        let dest = RepoRef::registry(&state.job.dest.registry, &state.job.dest.repository());
+        let task = Task::Manifest(ManifestTask {
+            dest: dest.clone(),
+            reference: p.manifest.digest.to_string(),
+            manifest: ManifestBody::from(&p.manifest),
+        });
+        let name = format!("manifest/{dest}@{}", p.manifest.digest);
+        self.publish(name, task, TaskRef::Manifest { image }).await
+    }
+
+    async fn publish_top(&mut self, image: usize, obs: &mut dyn Observer) -> Result<()> {
+        let state = &self.images[image];
+        let Some(plan) = &state.plan else {
+            return Ok(());
+        };
+        let dest = RepoRef::registry(&state.job.dest.registry, &state.job.dest.repository());
+        let (name, task) = match &plan.top {
+            TopPlan::Index { tag, source_index } => (
+                format!("index/{dest}:{tag}"),
+                Task::Index(IndexTask {
+                    dest: dest.clone(),
+                    tag: tag.clone(),
+                    added: plan.platforms.iter().map(|p| p.entry.clone()).collect(),
+                    source_index: source_index.as_ref().map(ManifestBody::from),
+                    overwrite: self.overwrite,
+                }),
+            ),
+            TopPlan::ByDigest(index) => (
+                format!("manifest/{dest}@{}", index.digest),
+                Task::Manifest(ManifestTask {
+                    dest: dest.clone(),
+                    reference: index.digest.to_string(),
+                    manifest: ManifestBody::from(index),
+                }),
+            ),
+            TopPlan::Nothing => {
+                let digest = plan.platforms.first().map(|p| p.manifest.digest.clone());
+                self.finish(
+                    image,
+                    ImageResult::Copied {
+                        digest,
+                        preserved: true,
+                    },
+                    obs,
+                );
+                return Ok(());
+            }
+        };
+        self.publish(name, task, TaskRef::Top { image }).await
+    }
+
+    /// Folds one event in, publishing whatever it unblocks.
+    pub async fn on_event(&mut self, event: Event, obs: &mut dyn Observer) -> Result<()> {
+        let (outcome, error) = match event.kind {
+            EventKind::Done { outcome } => (Some(outcome), None),
+            EventKind::Failed {
+                last: false,
+                class,
+                message,
+                attempt,
+            } => {
+                self.stats.retries += 1;
+                tracing::debug!(task = event.task, attempt, %class, "task will be retried: {message}");
+                return Ok(());
+            }
+            EventKind::Failed { class, message, .. } => (None, Some(Error::new(class, message))),
+        };
+        let Some(r) = self.tasks.remove(&event.task) else {
+            return Ok(());
+        };
+        match (r, error) {
+            (TaskRef::Blob(key), None) => self.blob_done(key, outcome).await,
+            (TaskRef::Blob(key), Some(e)) => self.blob_failed(key, e, obs).await,
+            (TaskRef::Manifest { image }, None) => {
+                let state = &mut self.images[image];
+                state.pending_manifests = state.pending_manifests.saturating_sub(1);
+                if state.pending_manifests == 0 && state.result.is_none() {
+                    self.publish_top(image, obs).await?;
+                }
+                Ok(())
+            }
+            (TaskRef::Top { image }, None) => {
+                let result = match outcome {
+                    Some(Outcome::IndexPushed { digest, preserved }) => ImageResult::Copied {
+                        digest: Some(digest),
+                        preserved,
+                    },
+                    Some(Outcome::IndexUnchanged { digest }) => ImageResult::Copied {
+                        digest: Some(digest),
+                        preserved: false,
+                    },
+                    _ => {
+                        let digest = match &self.images[image].plan.as_ref().map(|p| &p.top) {
+                            Some(TopPlan::ByDigest(m)) => Some(m.digest.clone()),
+                            _ => None,
+                        };
+                        ImageResult::Copied {
+                            digest,
+                            preserved: true,
+                        }
+                    }
+                };
+                self.finish(image, result, obs);
+                Ok(())
+            }
+            (TaskRef::Manifest { image } | TaskRef::Top { image }, Some(e)) => {
+                self.finish(image, ImageResult::Failed(e), obs);
+                Ok(())
+            }
+        }
+    }
+
+    async fn blob_done(&mut self, key: BlobKey, outcome: Option<Outcome>) -> Result<()> {
+        match &outcome {
+            Some(Outcome::BlobCopied { bytes }) => {
+                self.stats.blobs_copied += 1;
+                self.stats.bytes_copied += bytes;
+            }
+            Some(Outcome::BlobMounted { .. }) => self.stats.blobs_mounted += 1,
+            _ => self.stats.blobs_present += 1,
+        }
+        let waiters = match self.blobs.get_mut(&key) {
+            Some(b) => {
+                b.status = BlobStatus::Done;
+                std::mem::take(&mut b.waiters)
+            }
+            None => Vec::new(),
+        };
+        let released = {
+            let group = self
+                .groups
+                .entry((key.0.store.clone(), key.1.clone()))
+                .or_default();
+            group.in_flight = false;
+            group.done_in.push(key.0.clone());
+            std::mem::take(&mut group.waiting)
+        };
+        for other in released {
+            self.start_blob(other, vec![key.0.clone()]).await?;
+        }
+        for (image, p) in waiters {
+            let state = &mut self.images[image];
+            if state.result.is_some() {
+                continue;
+            }
+            state.pending_blobs[p] -= 1;
+            if state.pending_blobs[p] == 0 {
+                self.publish_manifest(image, p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn blob_failed(
+        &mut self,
+        key: BlobKey,
+        error: Error,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        let waiters = match self.blobs.get_mut(&key) {
+            Some(b) => {
+                b.status = BlobStatus::Failed;
+                b.error = Some(error.clone());
+                std::mem::take(&mut b.waiters)
+            }
+            None => Vec::new(),
+        };
+        let next = {
+            let group = self
+                .groups
+                .entry((key.0.store.clone(), key.1.clone()))
+                .or_default();
+            group.in_flight = false;
+            let next = group.waiting.pop_front();
+            if next.is_some() {
+                group.in_flight = true;
+            }
+            next
+        };
+        if let Some(next) = next {
+            self.start_blob(next, Vec::new()).await?;
+        }
+        for (image, _) in waiters {
+            self.finish(image, ImageResult::Failed(error.clone()), obs);
+        }
+        Ok(())
+    }
+
+    /// Gives up on unfinished images (cancellation).
+    pub fn abandon(&mut self, why: &str, obs: &mut dyn Observer) {
+        for i in 0..self.images.len() {
+            if self.images[i].result.is_none() {
+                self.finish(
+                    i,
+                    ImageResult::Failed(Error::new(FailureClass::Cancelled, why)),
+                    obs,
+                );
+            }
+        }
+    }
+}

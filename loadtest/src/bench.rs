@@ -1,0 +1,281 @@
+//! The mirror benchmark: the same seeded list copied three ways into fresh registries —
+//! `hangar-coord mirror`, skopeo (`skopeo copy --all` per image, one after another, as a
+//! skopeo user scripts it), and a raw bound (every unique blob GET→PUT in parallel, no
+//! verification, no manifests) — on loopback and through the delay proxy.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::StreamExt;
+use hangar_shared::manifest::{Descriptor, Manifest};
+use hangar_shared::reference::ImageRef;
+use hangar_shared::registry::{Registry, RegistryOptions, Side};
+
+use crate::proxy::{self, ProxyOptions};
+use crate::services::RegistryProcess;
+
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub network: String,
+    pub tool: String,
+    pub seconds: f64,
+    pub bytes: u64,
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// Runs a child, polling its peak RSS (VmHWM) until it exits.
+pub fn run_measured(cmd: &mut Command) -> Result<(Duration, Option<u64>)> {
+    let start = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = None;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path)
+            && let Some(kib) = text
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        {
+            peak = Some(peak.map_or(kib, |p: u64| p.max(kib)));
+        }
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("{cmd:?} failed: {status}");
+            }
+            return Ok((start.elapsed(), peak));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every unique blob of the list, with the repository it lives in.
+pub async fn unique_blobs(
+    reg: &Registry,
+    lines: &[String],
+) -> Result<BTreeMap<String, (String, Descriptor)>> {
+    let mut out = BTreeMap::new();
+    for line in lines {
+        let r = ImageRef::parse(line)?;
+        let repo = r.repository();
+        let top = reg
+            .manifest(&repo, &r.manifest_reference(), Side::Source)
+            .await?;
+        let children = match top.parse()? {
+            Manifest::Index(i) => {
+                let mut v = Vec::new();
+                for m in i.manifests {
+                    v.push(
+                        reg.manifest(&repo, &m.digest.to_string(), Side::Source)
+                            .await?,
+                    );
+                }
+                v
+            }
+            _ => vec![top],
+        };
+        for c in children {
+            if let Manifest::Image(img) = c.parse()? {
+                for b in img.blobs() {
+                    out.entry(b.digest.to_string())
+                        .or_insert_with(|| (repo.clone(), b.clone()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// GET→PUT every blob with `parallel` at once, no verification: the bound a copier could reach.
+pub async fn raw_copy(
+    src: &str,
+    dst: &str,
+    blobs: &BTreeMap<String, (String, Descriptor)>,
+    parallel: usize,
+) -> Result<()> {
+    let http = reqwest::Client::new();
+    let results: Vec<Result<()>> = futures_util::stream::iter(blobs.values())
+        .map(|(repo, desc)| {
+            let http = http.clone();
+            async move {
+                let get = http
+                    .get(format!("http://{src}/v2/{repo}/blobs/{}", desc.digest))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                let post = http
+                    .post(format!("http://{dst}/v2/{repo}/blobs/uploads/"))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                let location = post
+                    .headers()
+                    .get("location")
+                    .and_then(|l| l.to_str().ok())
+                    .context("no upload location")?
+                    .to_owned();
+                let location = if location.starts_with("http") {
+                    location
+                } else {
+                    format!("http://{dst}{location}")
+                };
+                let sep = if location.contains('?') { '&' } else { '?' };
+                http.put(format!("{location}{sep}digest={}", desc.digest))
+                    .header("content-length", desc.size)
+                    .header("content-type", "application/octet-stream")
+                    .body(reqwest::Body::wrap_stream(get.bytes_stream()))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+pub struct BenchSpec {
+    pub hangar: PathBuf,
+    pub list: PathBuf,
+    pub lines: Vec<String>,
+    pub source: String,
+    pub delay: Duration,
+    pub jobs: usize,
+    pub workdir: PathBuf,
+}
+
+fn rewrite_list(lines: &[String], from: &str, to: &str, path: &Path) -> Result<()> {
+    let text: Vec<String> = lines.iter().map(|l| l.replacen(from, to, 1)).collect();
+    std::fs::write(path, text.join("\n") + "\n")?;
+    Ok(())
+}
+
+/// One network setting: three tools, each into a fresh destination registry.
+pub async fn run_network(
+    spec: &BenchSpec,
+    network: &str,
+    delay: Duration,
+) -> Result<Vec<Measurement>> {
+    let reg = Registry::connect(
+        &spec.source,
+        &RegistryOptions {
+            tls_verify: Some(false),
+            ..Default::default()
+        },
+        None,
+    )
+    .await?;
+    let blobs = unique_blobs(&reg, &spec.lines).await?;
+    let bytes: u64 = blobs.values().map(|(_, d)| d.size).sum();
+    let mut out = Vec::new();
+    let opts = ProxyOptions {
+        delay,
+        corrupt: None,
+    };
+    let src_proxy = proxy::start("127.0.0.1:0", &spec.source, opts).await?;
+    let list = spec.workdir.join(format!("list-{network}.txt"));
+    rewrite_list(&spec.lines, &spec.source, &src_proxy.addr, &list)?;
+
+    for tool in ["hangar", "skopeo", "raw"] {
+        let dest = RegistryProcess::start()?;
+        let dst_proxy = proxy::start("127.0.0.1:0", &dest.addr, opts).await?;
+        let (src, dst) = (src_proxy.addr.clone(), dst_proxy.addr.clone());
+        let (elapsed, rss) = match tool {
+            "hangar" => {
+                let mut cmd = Command::new(&spec.hangar);
+                cmd.args([
+                    "mirror",
+                    "--tls-verify=false",
+                    "-j",
+                    &spec.jobs.to_string(),
+                    "-d",
+                    &dst,
+                    "-f",
+                ])
+                .arg(&list)
+                .arg("-o")
+                .arg(spec.workdir.join("bench-failed.txt"))
+                .stdout(std::process::Stdio::null());
+                tokio::task::block_in_place(|| run_measured(&mut cmd))?
+            }
+            "skopeo" => {
+                let start = Instant::now();
+                let mut peak = 0;
+                for line in &spec.lines {
+                    let r = ImageRef::parse(line)?;
+                    let mut cmd = Command::new("skopeo");
+                    cmd.args([
+                        "copy",
+                        "--all",
+                        "--src-tls-verify=false",
+                        "--dest-tls-verify=false",
+                        "-q",
+                    ])
+                    .arg(format!(
+                        "docker://{src}/{}:{}",
+                        r.repository(),
+                        r.manifest_reference()
+                    ))
+                    .arg(format!(
+                        "docker://{dst}/{}:{}",
+                        r.repository(),
+                        r.manifest_reference()
+                    ));
+                    let (_, rss) = tokio::task::block_in_place(|| run_measured(&mut cmd))?;
+                    peak = peak.max(rss.unwrap_or(0));
+                }
+                (start.elapsed(), Some(peak))
+            }
+            _ => {
+                let start = Instant::now();
+                raw_copy(&src, &dst, &blobs, 32).await?;
+                (start.elapsed(), None)
+            }
+        };
+        out.push(Measurement {
+            network: network.to_owned(),
+            tool: tool.to_owned(),
+            seconds: elapsed.as_secs_f64(),
+            bytes,
+            peak_rss_kib: rss,
+        });
+        drop(dst_proxy);
+        drop(dest);
+    }
+    Ok(out)
+}
+
+pub fn table(rows: &[Measurement]) -> String {
+    let mut s = String::from(
+        "| network | tool | wall s | MB/s | vs skopeo | vs raw bound | peak RSS |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let find = |tool: &str| {
+            rows.iter()
+                .find(|x| x.network == r.network && x.tool == tool)
+                .map(|x| x.seconds)
+        };
+        let ratio = |base: Option<f64>| {
+            base.map(|b| format!("{:.2}x", b / r.seconds))
+                .unwrap_or_default()
+        };
+        s.push_str(&format!(
+            "| {} | {} | {:.2} | {:.0} | {} | {} | {} |\n",
+            r.network,
+            r.tool,
+            r.seconds,
+            r.bytes as f64 / 1e6 / r.seconds,
+            ratio(find("skopeo")),
+            ratio(find("raw")),
+            r.peak_rss_kib
+                .map(|k| format!("{:.1} MB", k as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into()),
+        ));
+    }
+    s
+}

@@ -1,0 +1,8 @@
+//! Load and test tooling: synthetic images made offline ([`seed`]), real services started
+//! on free loopback ports ([`services`]), a WAN-delay and fault-injecting TCP proxy
+//! ([`proxy`]) and the three-way mirror benchmark ([`bench`]).
+
+pub mod bench;
+pub mod proxy;
+pub mod seed;
+pub mod services;

@@ -1,0 +1,123 @@
+//! Real services for tests and benchmarks, each on a free loopback port with throwaway
+//! storage, stopped (and its storage removed) when dropped.
+
+use std::io::{self, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub fn wait_for_port(addr: &str, limit: Duration) -> io::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{addr} did not come up in {limit:?}"),
+    ))
+}
+
+/// Debian's `docker-registry` (distribution 2.8) with filesystem storage, deletes enabled
+/// and the access log on, so tests can count requests.
+pub struct RegistryProcess {
+    pub addr: String,
+    child: Child,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+pub struct RegistryConfig<'a> {
+    /// An htpasswd file to require basic auth.
+    pub htpasswd: Option<&'a Path>,
+}
+
+impl RegistryProcess {
+    pub fn start() -> io::Result<Self> {
+        Self::start_with(RegistryConfig { htpasswd: None })
+    }
+
+    pub fn start_with(cfg: RegistryConfig<'_>) -> io::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("hangar-registry-")
+            .tempdir()?;
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let auth = match cfg.htpasswd {
+            Some(p) => format!(
+                "auth:\n  htpasswd:\n    realm: hangar-test\n    path: {}\n",
+                p.display()
+            ),
+            None => String::new(),
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{auth}http:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::File::create(&config_path)?.write_all(config.as_bytes())?;
+        let log = dir.path().join("registry.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(registry_binary())
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start docker-registry (run scripts/dev-services.sh): {e}"),
+                )
+            })?;
+        let mut reg = Self {
+            addr,
+            child,
+            dir,
+            log,
+        };
+        if let Err(e) = wait_for_port(&reg.addr, Duration::from_secs(15)) {
+            let _ = reg.child.kill();
+            return Err(e);
+        }
+        Ok(reg)
+    }
+
+    /// The access log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many `METHOD` requests for blob `digest` the registry has served so far.
+    pub fn blob_requests(&self, method: &str, digest: &str) -> usize {
+        let needle = format!("/blobs/{digest}");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&format!("\"{method} ")) && l.contains(&needle))
+            .count()
+    }
+
+    pub fn storage(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RegistryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn registry_binary() -> String {
+    std::env::var("HANGAR_DOCKER_REGISTRY").unwrap_or_else(|_| "docker-registry".to_owned())
+}

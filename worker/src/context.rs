@@ -1,0 +1,18 @@
+//! What a handler needs from its process: stores (with this process's own credentials),
+//! the retry policy, and a byte counter for live progress.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use hangar_shared::retry::RetryPolicy;
+use hangar_shared::store::StoreResolver;
+
+pub struct Context {
+    pub stores: Arc<dyn StoreResolver>,
+    pub retry: RetryPolicy,
+    /// Bytes moved so far, for progress bars and rates; not a verified total.
+    pub bytes_moved: Arc<AtomicU64>,
+    /// `--timeout`: bounds one attempt of one task.
+    pub task_timeout: Option<Duration>,
+}

@@ -1,0 +1,68 @@
+//! The worker loop: pull a task, run its handler, report an event, then ack, or nak with
+//! backoff while the failure is transient and deliveries remain.
+
+use std::sync::Arc;
+
+use hangar_shared::error::{Error, FailureClass, Result};
+use hangar_shared::queue::{EventSink, TaskQueue};
+use hangar_shared::task::{Event, Outcome, Task};
+
+use crate::{Context, blob, index, manifest};
+
+pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
+    let work = async {
+        match task {
+            Task::Blob(t) => blob::copy(ctx, t).await,
+            Task::Manifest(t) => manifest::push(ctx, t).await,
+            Task::Index(t) => index::write(ctx, t).await,
+        }
+    };
+    match ctx.task_timeout {
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(Error::new(
+                FailureClass::Network,
+                format!("{} task timed out after {limit:?}", task.kind().as_str()),
+            ))
+        }),
+        None => work.await,
+    }
+}
+
+/// Runs `concurrency` consumers until the queue is closed and drained.
+pub async fn run(
+    queue: Arc<dyn TaskQueue>,
+    events: Arc<dyn EventSink>,
+    ctx: Arc<Context>,
+    concurrency: usize,
+) {
+    let mut consumers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (queue, events, ctx) = (queue.clone(), events.clone(), ctx.clone());
+        consumers.spawn(async move {
+            while let Some(delivery) = queue.next().await {
+                let result = handle(&ctx, &delivery.task.task).await;
+                let settled = match result {
+                    Ok(outcome) => {
+                        events.emit(Event::done(&delivery.task, outcome));
+                        delivery.ack().await
+                    }
+                    Err(err) => {
+                        let last =
+                            !err.class.is_retryable() || delivery.attempt >= queue.max_deliver();
+                        events.emit(Event::failed(&delivery.task, &err, delivery.attempt, last));
+                        if last {
+                            delivery.ack().await
+                        } else {
+                            let delay = ctx.retry.delay(delivery.attempt, err.retry_after);
+                            delivery.nak(delay).await
+                        }
+                    }
+                };
+                if let Err(e) = settled {
+                    tracing::warn!("cannot settle a delivery: {e}");
+                }
+            }
+        });
+    }
+    while consumers.join_next().await.is_some() {}
+}
