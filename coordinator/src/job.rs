@@ -19,6 +19,10 @@ use crate::console::{Console, Progress};
 use crate::planner::{self, ImageJob};
 use crate::tracker::{ImageResult, Observer, Stats, Tracker};
 
+/// Deliveries of one task. Each delivery already retries transient request failures with
+/// backoff; one redelivery covers a handler that failed as a whole.
+const MAX_DELIVER: u32 = 2;
+
 pub struct MirrorSpec {
     pub images: Vec<ImageJob>,
     pub filter: PlatformFilter,
@@ -84,7 +88,7 @@ pub async fn run_mirror(
 ) -> Result<JobReport> {
     let started = Instant::now();
     let job_id = format!("job-{}", std::process::id());
-    let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new(spec.retry.attempts));
+    let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new(MAX_DELIVER));
     let (event_tx, mut events) = mpsc::unbounded_channel();
     let bytes_moved = Arc::new(AtomicU64::new(0));
     let ctx = Arc::new(Context {

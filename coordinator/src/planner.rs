@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
+use hangar_shared::digest::Digest;
 use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::imagelist::ListEntry;
 use hangar_shared::manifest::{Descriptor, ImageConfig, Manifest, PlatformFilter, RawManifest};
@@ -30,6 +31,8 @@ pub struct Selection {
     pub complete: bool,
     /// The source is a single platform manifest, not an index.
     pub single: bool,
+    /// The config blob, already read to learn a single manifest's platform.
+    pub config: Option<Bytes>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +41,8 @@ pub struct PlatformPlan {
     pub manifest: RawManifest,
     /// Unique blobs, config first.
     pub blobs: Vec<Descriptor>,
+    /// Blob bytes the planner already holds (the config of a single manifest).
+    pub inline: Option<(Digest, Bytes)>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,12 +75,12 @@ pub enum Planned {
 
 pub const NO_PLATFORM: &str = "no available image for specified arch and os";
 
-/// Reads a small JSON blob (an image config) fully, verified.
+/// Reads a small JSON blob (an image config) fully, verified; returns it parsed and raw.
 pub async fn read_config(
     store: &dyn ImageStore,
     repo: &str,
     desc: &Descriptor,
-) -> Result<ImageConfig> {
+) -> Result<(ImageConfig, Bytes)> {
     if desc.size > 16 << 20 {
         return Err(Error::invalid(format!(
             "config blob {} is {} bytes, too large",
@@ -87,12 +92,14 @@ pub async fn read_config(
         .await?
         .try_collect()
         .await?;
-    serde_json::from_slice(&chunks.concat()).map_err(|e| {
+    let bytes = Bytes::from(chunks.concat());
+    let config = serde_json::from_slice(&bytes).map_err(|e| {
         Error::invalid(format!(
             "config blob {} is not a valid image config: {e}",
             desc.digest
         ))
-    })
+    })?;
+    Ok((config, bytes))
 }
 
 /// Fetches the source's top manifest and selects its platforms.
@@ -139,10 +146,11 @@ pub async fn select(
                 entries,
                 complete,
                 single: false,
+                config: None,
             })
         }
         Manifest::Image(image) => {
-            let config = read_config(store, &repo, &image.config).await?;
+            let (config, raw_config) = read_config(store, &repo, &image.config).await?;
             let platform = config.platform();
             let mut entry = top.descriptor();
             entry.platform = Some(platform.clone());
@@ -156,6 +164,7 @@ pub async fn select(
                 entries,
                 complete: false,
                 single: true,
+                config: Some(raw_config),
             })
         }
         Manifest::Schema1 => Err(Error::new(
@@ -209,8 +218,8 @@ pub async fn plan(
                 return Err(Error::new(
                     FailureClass::UnsupportedMediaType,
                     format!(
-                        "{source}: nested index {} inside an index is not supported",
-                        entry.digest
+                        "{source}: unsupported media type {} for platform entry {} (an index inside an index)",
+                        manifest.media_type, entry.digest
                     ),
                 ));
             }
@@ -233,10 +242,15 @@ pub async fn plan(
         let mut entry = entry.clone();
         entry.media_type = manifest.media_type.clone();
         entry.size = manifest.bytes.len() as u64;
+        let inline = match (&selection.config, selection.single) {
+            (Some(bytes), true) => Some((image.config.digest.clone(), bytes.clone())),
+            _ => None,
+        };
         platforms.push(PlatformPlan {
             entry,
             manifest,
             blobs,
+            inline,
         });
     }
     let mut notes = Vec::new();

@@ -54,6 +54,7 @@ enum BlobStatus {
 
 struct BlobState {
     desc: Descriptor,
+    inline: Option<bytes::Bytes>,
     source: RepoRef,
     status: BlobStatus,
     error: Option<Error>,
@@ -70,8 +71,8 @@ struct Group {
 
 enum TaskRef {
     Blob(BlobKey),
-    Manifest { image: usize },
-    Top { image: usize },
+    Manifest { image: usize, key: String },
+    Top { image: usize, key: String },
 }
 
 struct ImageState {
@@ -96,6 +97,10 @@ pub struct Tracker {
     images: Vec<ImageState>,
     blobs: HashMap<BlobKey, BlobState>,
     groups: HashMap<(StoreRef, Digest), Group>,
+    /// Manifest writes to one destination key (a digest or a tag) run one at a time:
+    /// concurrent PUTs of the same manifest race inside the registry's storage, and index
+    /// merges into one tag must see each other.
+    writes: HashMap<String, VecDeque<(Task, TaskRef)>>,
     unfinished: usize,
     pub stats: Stats,
 }
@@ -127,6 +132,7 @@ impl Tracker {
             images,
             blobs: HashMap::new(),
             groups: HashMap::new(),
+            writes: HashMap::new(),
             unfinished,
             stats: Stats::default(),
         }
@@ -225,6 +231,11 @@ impl Tracker {
                             key.clone(),
                             BlobState {
                                 desc: desc.clone(),
+                                inline: platform
+                                    .inline
+                                    .as_ref()
+                                    .filter(|(d, _)| *d == desc.digest)
+                                    .map(|(_, b)| b.clone()),
                                 source: source_repo.clone(),
                                 status: BlobStatus::Waiting,
                                 error: None,
@@ -285,6 +296,7 @@ impl Tracker {
             source: state.source.clone(),
             dest: key.0.clone(),
             mount_from,
+            inline: state.inline.clone(),
         });
         let name = format!("blob/{}/{}", key.0, key.1);
         self.publish(name, task, TaskRef::Blob(key)).await
@@ -302,8 +314,36 @@ impl Tracker {
             reference: p.manifest.digest.to_string(),
             manifest: ManifestBody::from(&p.manifest),
         });
-        let name = format!("manifest/{dest}@{}", p.manifest.digest);
-        self.publish(name, task, TaskRef::Manifest { image }).await
+        let key = format!("manifest/{dest}@{}", p.manifest.digest);
+        self.write(task, TaskRef::Manifest { image, key }).await
+    }
+
+    /// Publishes a manifest write, or queues it behind the one in flight for its key.
+    async fn write(&mut self, task: Task, r: TaskRef) -> Result<()> {
+        let key = match &r {
+            TaskRef::Manifest { key, .. } | TaskRef::Top { key, .. } => key.clone(),
+            TaskRef::Blob(_) => return Err(Error::internal("blob tasks are not keyed writes")),
+        };
+        match self.writes.get_mut(&key) {
+            Some(queue) => queue.push_back((task, r)),
+            None => {
+                self.writes.insert(key.clone(), VecDeque::new());
+                self.publish(key, task, r).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The write for `key` finished: start the next one queued behind it.
+    async fn release(&mut self, key: &str) -> Result<()> {
+        let next = self.writes.get_mut(key).and_then(VecDeque::pop_front);
+        match next {
+            Some((task, r)) => self.publish(key.to_owned(), task, r).await,
+            None => {
+                self.writes.remove(key);
+                Ok(())
+            }
+        }
     }
 
     async fn publish_top(&mut self, image: usize, obs: &mut dyn Observer) -> Result<()> {
@@ -312,7 +352,7 @@ impl Tracker {
             return Ok(());
         };
         let dest = RepoRef::registry(&state.job.dest.registry, &state.job.dest.repository());
-        let (name, task) = match &plan.top {
+        let (key, task) = match &plan.top {
             TopPlan::Index { tag, source_index } => (
                 format!("index/{dest}:{tag}"),
                 Task::Index(IndexTask {
@@ -344,7 +384,7 @@ impl Tracker {
                 return Ok(());
             }
         };
-        self.publish(name, task, TaskRef::Top { image }).await
+        self.write(task, TaskRef::Top { image, key }).await
     }
 
     /// Folds one event in, publishing whatever it unblocks.
@@ -369,7 +409,8 @@ impl Tracker {
         match (r, error) {
             (TaskRef::Blob(key), None) => self.blob_done(key, outcome).await,
             (TaskRef::Blob(key), Some(e)) => self.blob_failed(key, e, obs).await,
-            (TaskRef::Manifest { image }, None) => {
+            (TaskRef::Manifest { image, key }, None) => {
+                self.release(&key).await?;
                 let state = &mut self.images[image];
                 state.pending_manifests = state.pending_manifests.saturating_sub(1);
                 if state.pending_manifests == 0 && state.result.is_none() {
@@ -377,7 +418,8 @@ impl Tracker {
                 }
                 Ok(())
             }
-            (TaskRef::Top { image }, None) => {
+            (TaskRef::Top { image, key }, None) => {
+                self.release(&key).await?;
                 let result = match outcome {
                     Some(Outcome::IndexPushed { digest, preserved }) => ImageResult::Copied {
                         digest: Some(digest),
@@ -401,7 +443,8 @@ impl Tracker {
                 self.finish(image, result, obs);
                 Ok(())
             }
-            (TaskRef::Manifest { image } | TaskRef::Top { image }, Some(e)) => {
+            (TaskRef::Manifest { image, key } | TaskRef::Top { image, key }, Some(e)) => {
+                self.release(&key).await?;
                 self.finish(image, ImageResult::Failed(e), obs);
                 Ok(())
             }

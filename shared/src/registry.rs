@@ -258,7 +258,15 @@ impl Registry {
         let raw = sized
             .stream
             .map_err(move |e| {
-                Error::new(FailureClass::Network, format!("reading {what_stream}: {e}"))
+                // oci-client checks the digest at the end of the stream too.
+                let class = match e
+                    .get_ref()
+                    .map(|inner| inner.is::<oci_client::errors::DigestError>())
+                {
+                    Some(true) => FailureClass::DigestMismatch,
+                    _ => FailureClass::Network,
+                };
+                Error::new(class, format!("reading {what_stream}: {e}"))
             })
             .boxed();
         Ok(verified(raw, desc.digest.clone(), desc.size, progress))

@@ -40,6 +40,10 @@ pub struct BlobTask {
     pub dest: RepoRef,
     #[serde(default)]
     pub mount_from: Vec<RepoRef>,
+    /// The blob's bytes when the planner already read them (a small config): pushed from
+    /// here, verified, instead of fetching the source a second time.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
+    pub inline: Option<Bytes>,
 }
 
 /// Push manifest bytes unchanged (digest preserved) to `dest` at `reference`
@@ -119,6 +123,31 @@ impl ManifestBody {
             digest: self.digest.clone(),
             bytes: self.bytes.clone(),
         }
+    }
+}
+
+mod opt_b64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Option<Bytes>, s: S) -> Result<S::Ok, S::Error> {
+        match b {
+            Some(b) => s.serialize_str(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Bytes>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| {
+            STANDARD
+                .decode(s)
+                .map(Bytes::from)
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
     }
 }
 

@@ -1,0 +1,218 @@
+//! Test harness: real registries on free loopback ports, images pushed over the
+//! distribution API, the real `hangar-coord` binary, and skopeo as an independent client.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use bytes::Bytes;
+use hangar_loadtest::seed::{self, Format};
+use hangar_loadtest::services::RegistryProcess;
+use hangar_shared::digest::Digest;
+use hangar_shared::manifest::{Platform, RawManifest};
+use hangar_shared::registry::{Registry, RegistryOptions};
+
+pub struct Env {
+    pub src: RegistryProcess,
+    pub dst: RegistryProcess,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self {
+            src: RegistryProcess::start().expect("start source registry"),
+            dst: RegistryProcess::start().expect("start destination registry"),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write_list(&self, name: &str, lines: &[String]) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, lines.join("\n") + "\n").expect("write list");
+        p
+    }
+
+    /// `hangar-coord mirror -f LIST -d DST --tls-verify=false -o FAILED` plus `extra`.
+    pub fn mirror(&self, list: &Path, extra: &[&str]) -> Output {
+        let failed = self.path("failed.txt");
+        let mut args: Vec<String> = vec!["mirror".into(), "--tls-verify=false".into(), "-f".into()];
+        args.push(list.display().to_string());
+        args.extend([
+            "-d".into(),
+            self.dst.addr.clone(),
+            "-o".into(),
+            failed.display().to_string(),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        hangar(&args)
+    }
+}
+
+pub fn hangar<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args(args)
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/hangar-test-auth.json")
+        .output()
+        .expect("run hangar-coord")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `skopeo inspect --raw` of `docker://REF`.
+pub fn skopeo_raw(reference: &str) -> Option<Vec<u8>> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo");
+    out.status.success().then_some(out.stdout)
+}
+
+pub fn sha(bytes: &[u8]) -> String {
+    Digest::of(bytes).to_string()
+}
+
+pub async fn registry(addr: &str) -> Registry {
+    Registry::connect(
+        addr,
+        &RegistryOptions {
+            tls_verify: Some(false),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .expect("connect")
+}
+
+/// Pushes one platform image with layers made from `layer_seeds` (each `size` bytes) and
+/// returns its manifest. `reference` is a tag, or `None` to push by digest only.
+pub async fn push_image(
+    reg: &Registry,
+    dir: &Path,
+    repo: &str,
+    reference: Option<&str>,
+    format: Format,
+    arch: &str,
+    layer_seeds: &[u64],
+    size: u64,
+) -> RawManifest {
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for s in layer_seeds {
+        let file = seed::write_layer(dir, *s, size).expect("layer");
+        layers.push(
+            seed::push_layer_file(reg, repo, format, &file, None)
+                .await
+                .expect("push layer"),
+        );
+        diff_ids.push(file.diff_id.clone());
+    }
+    let platform = seed::platform(arch);
+    let config = seed::push_bytes(
+        reg,
+        repo,
+        format.config_type(),
+        seed::config_json(&platform, &diff_ids),
+    )
+    .await
+    .expect("push config");
+    let body = seed::manifest_json(format, &config, &layers);
+    let reference = reference
+        .map(str::to_owned)
+        .unwrap_or_else(|| Digest::of(&body).to_string());
+    seed::push_manifest(reg, repo, &reference, format.manifest_type(), body)
+        .await
+        .expect("push manifest")
+}
+
+pub async fn push_index(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    format: Format,
+    entries: &[(RawManifest, Platform, Option<serde_json::Value>)],
+) -> RawManifest {
+    seed::push_manifest(
+        reg,
+        repo,
+        tag,
+        format.index_type(),
+        seed::index_json(format, entries),
+    )
+    .await
+    .expect("push index")
+}
+
+/// A two-platform index (amd64, arm64) in `repo:tag`; returns (index, amd64, arm64).
+pub async fn push_multiarch(
+    reg: &Registry,
+    dir: &Path,
+    repo: &str,
+    tag: &str,
+    format: Format,
+    base_seed: u64,
+) -> (RawManifest, RawManifest, RawManifest) {
+    let amd = push_image(
+        reg,
+        dir,
+        repo,
+        None,
+        format,
+        "amd64",
+        &[base_seed, base_seed + 1],
+        50_000,
+    )
+    .await;
+    let arm = push_image(
+        reg,
+        dir,
+        repo,
+        None,
+        format,
+        "arm64",
+        &[base_seed, base_seed + 2],
+        50_000,
+    )
+    .await;
+    let idx = push_index(
+        reg,
+        repo,
+        tag,
+        format,
+        &[
+            (amd.clone(), seed::platform("amd64"), None),
+            (arm.clone(), seed::platform("arm64"), None),
+        ],
+    )
+    .await;
+    (idx, amd, arm)
+}
+
+pub fn index_digests(raw: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(raw).expect("index json");
+    v["manifests"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| m["digest"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn bytes(b: &RawManifest) -> Bytes {
+    b.bytes.clone()
+}

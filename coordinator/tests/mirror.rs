@@ -1,0 +1,588 @@
+//! `hangar-coord mirror` end to end against real registries, cross-checked with skopeo.
+
+mod common;
+
+use common::*;
+use hangar_loadtest::proxy::{self, ProxyOptions};
+use hangar_loadtest::seed::{self, Format};
+use hangar_shared::manifest::{ANNOTATION_REFERENCE_DIGEST, ANNOTATION_REFERENCE_TYPE, Platform};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_single_docker_and_oci_images_preserve_platform_digests() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let docker = push_image(
+        &src,
+        env.dir.path(),
+        "team/docker-app",
+        Some("1.0"),
+        Format::Docker,
+        "amd64",
+        &[1, 2],
+        40_000,
+    )
+    .await;
+    let oci = push_image(
+        &src,
+        env.dir.path(),
+        "team/oci-app",
+        Some("2.0"),
+        Format::Oci,
+        "amd64",
+        &[3],
+        40_000,
+    )
+    .await;
+    let list = env.write_list(
+        "list.txt",
+        &[
+            format!("{}/team/docker-app:1.0", env.src.addr),
+            format!("{}/team/oci-app:2.0", env.src.addr),
+        ],
+    );
+    let out = env.mirror(&list, &["-j", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for (repo, tag, m) in [
+        ("team/docker-app", "1.0", &docker),
+        ("team/oci-app", "2.0", &oci),
+    ] {
+        let top =
+            skopeo_raw(&format!("{}/{repo}:{tag}", env.dst.addr)).expect("destination tag exists");
+        let v: serde_json::Value = serde_json::from_slice(&top).unwrap();
+        assert_eq!(
+            v["mediaType"], "application/vnd.oci.image.index.v1+json",
+            "Hangar wraps single images in an OCI index"
+        );
+        assert_eq!(index_digests(&top), vec![m.digest.to_string()]);
+        assert_eq!(v["manifests"][0]["platform"]["architecture"], "amd64");
+        let platform = skopeo_raw(&format!("{}/{repo}@{}", env.dst.addr, m.digest))
+            .expect("platform manifest by digest");
+        assert_eq!(
+            platform,
+            m.bytes.to_vec(),
+            "platform manifest pushed byte for byte"
+        );
+    }
+    assert!(
+        !env.path("failed.txt").exists(),
+        "no failed list when nothing failed"
+    );
+    let validate = hangar(&[
+        "mirror",
+        "validate",
+        "--tls-verify=false",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        &env.dst.addr,
+    ]);
+    assert!(validate.status.success(), "{}", text(&validate));
+    assert_eq!(text(&validate).matches("PASS:").count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_complete_index_keeps_its_digest_and_subset_gets_hangar_index() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let (idx, amd, arm) = push_multiarch(
+        &src,
+        env.dir.path(),
+        "library/multi",
+        "v1",
+        Format::Docker,
+        10,
+    )
+    .await;
+    let list = env.write_list("list.txt", &[format!("{}/library/multi:v1", env.src.addr)]);
+
+    // Only amd64: an OCI index built by Hangar's rules, platform digest preserved.
+    let out = env.mirror(&list, &["--arch", "amd64"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let top = skopeo_raw(&format!("{}/library/multi:v1", env.dst.addr)).unwrap();
+    assert_eq!(index_digests(&top), vec![amd.digest.to_string()]);
+    assert_ne!(sha(&top), idx.digest.to_string());
+
+    // A later arm64-only run merges into the same index.
+    let out = env.mirror(&list, &["--arch", "arm64"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let merged = skopeo_raw(&format!("{}/library/multi:v1", env.dst.addr)).unwrap();
+    assert_eq!(
+        index_digests(&merged),
+        vec![amd.digest.to_string(), arm.digest.to_string()]
+    );
+
+    // Every platform selected and nothing else under the tag: the source index unchanged.
+    let out = env.mirror(&list, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let full = skopeo_raw(&format!("{}/library/multi:v1", env.dst.addr)).unwrap();
+    assert_eq!(
+        sha(&full),
+        idx.digest.to_string(),
+        "complete index keeps its digest"
+    );
+    assert_eq!(full, idx.bytes.to_vec());
+    assert!(text(&out).contains("source digest preserved"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_copies_provenance_attestations_with_their_images() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let dir = env.dir.path();
+    let amd = push_image(
+        &src,
+        dir,
+        "library/prov",
+        None,
+        Format::Oci,
+        "amd64",
+        &[20],
+        30_000,
+    )
+    .await;
+    let arm = push_image(
+        &src,
+        dir,
+        "library/prov",
+        None,
+        Format::Oci,
+        "arm64",
+        &[21],
+        30_000,
+    )
+    .await;
+    let att = |of: &hangar_shared::manifest::RawManifest| serde_json::json!({ANNOTATION_REFERENCE_DIGEST: of.digest.to_string(), ANNOTATION_REFERENCE_TYPE: "attestation-manifest"});
+    let unknown = Platform {
+        architecture: "unknown".into(),
+        os: "unknown".into(),
+        ..Default::default()
+    };
+    let att_amd = push_image(
+        &src,
+        dir,
+        "library/prov",
+        None,
+        Format::Oci,
+        "unknown",
+        &[22],
+        2_000,
+    )
+    .await;
+    let att_arm = push_image(
+        &src,
+        dir,
+        "library/prov",
+        None,
+        Format::Oci,
+        "unknown",
+        &[23],
+        2_000,
+    )
+    .await;
+    push_index(
+        &src,
+        "library/prov",
+        "v1",
+        Format::Oci,
+        &[
+            (amd.clone(), seed::platform("amd64"), None),
+            (arm.clone(), seed::platform("arm64"), None),
+            (att_amd.clone(), unknown.clone(), Some(att(&amd))),
+            (att_arm.clone(), unknown.clone(), Some(att(&arm))),
+        ],
+    )
+    .await;
+    let list = env.write_list("list.txt", &[format!("{}/library/prov:v1", env.src.addr)]);
+
+    let out = env.mirror(&list, &["--arch", "amd64"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let top = skopeo_raw(&format!("{}/library/prov:v1", env.dst.addr)).unwrap();
+    assert_eq!(
+        index_digests(&top),
+        vec![amd.digest.to_string(), att_amd.digest.to_string()]
+    );
+    assert!(skopeo_raw(&format!("{}/library/prov@{}", env.dst.addr, att_amd.digest)).is_some());
+    assert!(skopeo_raw(&format!("{}/library/prov@{}", env.dst.addr, att_arm.digest)).is_none());
+
+    let out = env.mirror(
+        &list,
+        &["--arch", "amd64", "--provenance=false", "--overwrite"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let top = skopeo_raw(&format!("{}/library/prov:v1", env.dst.addr)).unwrap();
+    assert_eq!(index_digests(&top), vec![amd.digest.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_digest_pinned_and_mirror_format_lines() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let (idx, _, _) = push_multiarch(
+        &src,
+        env.dir.path(),
+        "library/pinned",
+        "v1",
+        Format::Oci,
+        30,
+    )
+    .await;
+    let single = push_image(
+        &src,
+        env.dir.path(),
+        "team/app",
+        Some("3.1"),
+        Format::Docker,
+        "amd64",
+        &[40],
+        20_000,
+    )
+    .await;
+    let list = env.write_list(
+        "list.txt",
+        &[
+            format!("{}/library/pinned@{}", env.src.addr, idx.digest),
+            format!("{}/library/pinned:stable@{}", env.src.addr, idx.digest),
+            format!("{}/team/app mirrored/app-copy 3.1", env.src.addr),
+        ],
+    );
+    let out = env.mirror(&list, &["-j", "3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let by_digest = skopeo_raw(&format!("{}/library/pinned@{}", env.dst.addr, idx.digest))
+        .expect("index by digest");
+    assert_eq!(by_digest, idx.bytes.to_vec());
+    let tagged = skopeo_raw(&format!("{}/library/pinned:stable", env.dst.addr))
+        .expect("pinned line with tag");
+    assert_eq!(sha(&tagged), idx.digest.to_string());
+    let mirrored = skopeo_raw(&format!("{}/mirrored/app-copy:3.1", env.dst.addr))
+        .expect("mirror-format destination");
+    assert_eq!(index_digests(&mirrored), vec![single.digest.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_failures_go_to_the_failed_list_with_exit_1() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    push_image(
+        &src,
+        env.dir.path(),
+        "team/ok",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        &[50],
+        10_000,
+    )
+    .await;
+    // An index nested in an index: a media type we cannot copy as a platform image.
+    let inner = push_multiarch(
+        &src,
+        env.dir.path(),
+        "team/nested",
+        "inner",
+        Format::Oci,
+        60,
+    )
+    .await
+    .0;
+    push_index(
+        &src,
+        "team/nested",
+        "outer",
+        Format::Oci,
+        &[(inner, seed::platform("amd64"), None)],
+    )
+    .await;
+    let missing_line = format!("{}/team/missing:1", env.src.addr);
+    let nested_line = format!("{}/team/nested:outer", env.src.addr);
+    let list = env.write_list(
+        "list.txt",
+        &[
+            format!("{}/team/ok:1", env.src.addr),
+            missing_line.clone(),
+            "TEST INVALID IMAGE LIST LINE".into(),
+            nested_line.clone(),
+        ],
+    );
+    let out = env.mirror(&list, &["-j", "2"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("some images failed to copy"), "{log}");
+    assert!(
+        log.contains("invalid format") && log.contains(":3)"),
+        "invalid line named with its line number: {log}"
+    );
+    assert!(log.contains("not-found"), "{log}");
+    assert!(
+        log.contains("unsupported media type application/vnd.oci.image.index.v1+json"),
+        "{log}"
+    );
+    let mut failed: Vec<String> = std::fs::read_to_string(env.path("failed.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    failed.sort();
+    let mut expected = vec![missing_line, nested_line];
+    expected.sort();
+    assert_eq!(failed, expected);
+    assert!(
+        skopeo_raw(&format!("{}/team/ok:1", env.dst.addr)).is_some(),
+        "the good image still went through"
+    );
+}
+
+/// Blob GETs in a registry's access log, by digest.
+fn blob_gets(log: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
+    {
+        if let Some(d) = l
+            .split("/blobs/")
+            .nth(1)
+            .and_then(|r| r.split([' ', '"', '?']).next())
+        {
+            *counts.entry(d.to_owned()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+async fn seed_shared_repos(env: &Env, n: u64) -> Vec<String> {
+    let src = registry(&env.src.addr).await;
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let repo = format!("shared/app-{i}");
+        push_image(
+            &src,
+            env.dir.path(),
+            &repo,
+            Some("v1"),
+            Format::Docker,
+            "amd64",
+            &[100, 101, 200 + i],
+            30_000,
+        )
+        .await;
+        lines.push(format!("{}/{repo}:v1", env.src.addr));
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_fetches_each_unique_blob_once_across_images() {
+    let env = Env::new();
+    let lines = seed_shared_repos(&env, 6).await;
+    let list = env.write_list("list.txt", &lines);
+    let out = env.mirror(&list, &["-j", "6"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let gets = blob_gets(&env.src.log());
+    let base = seed::write_layer(env.dir.path(), 100, 30_000)
+        .unwrap()
+        .digest
+        .to_string();
+    assert_eq!(
+        gets.get(&base),
+        Some(&1),
+        "shared base layer fetched exactly once: {gets:?}"
+    );
+    assert!(
+        gets.values().all(|n| *n == 1),
+        "every blob fetched at most once: {gets:?}"
+    );
+    // 6 configs + 6 own layers + 2 base layers.
+    assert_eq!(gets.len(), 14, "{gets:?}");
+    let hex = base.trim_start_matches("sha256:");
+    let mounts = env
+        .dst
+        .log()
+        .lines()
+        .filter(|l| l.contains("mount=") && l.contains(hex))
+        .count();
+    assert_eq!(
+        mounts, 5,
+        "the base layer reached the other five repositories by mount"
+    );
+    for line in &lines {
+        let dst = line.replace(&env.src.addr, &env.dst.addr);
+        assert!(skopeo_raw(&dst).is_some(), "{dst} exists");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_skips_blobs_the_destination_already_holds() {
+    let env = Env::new();
+    let lines = seed_shared_repos(&env, 3).await;
+    // The destination already holds app-0, copied by skopeo (an independent client).
+    let pre = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("docker://{}/shared/app-0:v1", env.src.addr))
+        .arg(format!("docker://{}/shared/app-0:v1", env.dst.addr))
+        .output()
+        .unwrap();
+    assert!(pre.status.success(), "{}", text(&pre));
+    let before = blob_gets(&env.src.log());
+    let list = env.write_list("list.txt", &lines);
+    let out = env.mirror(&list, &["-j", "3"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    let after = blob_gets(&env.src.log());
+    let base = seed::write_layer(env.dir.path(), 100, 30_000)
+        .unwrap()
+        .digest
+        .to_string();
+    let fetched =
+        |d: &str| after.get(d).copied().unwrap_or(0) - before.get(d).copied().unwrap_or(0);
+    assert!(
+        fetched(&base) <= 1,
+        "the base layer is fetched at most once for the other repositories"
+    );
+    let own0 = seed::write_layer(env.dir.path(), 200, 30_000)
+        .unwrap()
+        .digest
+        .to_string();
+    assert_eq!(
+        fetched(&own0),
+        0,
+        "app-0's own layer is in the destination: not fetched again"
+    );
+    let own0_hex = own0.trim_start_matches("sha256:").to_owned();
+    let uploads = env
+        .dst
+        .log()
+        .lines()
+        .filter(|l| l.contains("PUT /v2/shared/app-0/blobs/uploads") && l.contains(&own0_hex))
+        .count();
+    assert_eq!(
+        uploads, 1,
+        "only skopeo's upload of app-0's own layer, none of ours"
+    );
+    assert!(
+        log.contains("4 already present"),
+        "app-0's config, base layers and own layer were skipped: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_within_one_registry_mounts_instead_of_copying() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let m = push_image(
+        &src,
+        env.dir.path(),
+        "team/source",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        &[300, 301],
+        30_000,
+    )
+    .await;
+    let list = env.write_list("list.txt", &[format!("{}/team/source:1", env.src.addr)]);
+    let out = hangar(&[
+        "mirror",
+        "--tls-verify=false",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        &env.src.addr,
+        "--destination-project",
+        "copy",
+        "-o",
+        env.path("failed.txt").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = env.src.log();
+    let layer = seed::write_layer(env.dir.path(), 300, 30_000).unwrap();
+    assert_eq!(
+        env.src.blob_requests("GET", &layer.digest.to_string()),
+        0,
+        "no bytes fetched for a same-registry copy"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("POST /v2/copy/source/blobs/uploads/?") && l.contains("mount=")),
+        "{log}"
+    );
+    let top = skopeo_raw(&format!("{}/copy/source:1", env.src.addr)).unwrap();
+    assert_eq!(index_digests(&top), vec![m.digest.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_detects_corrupted_blobs_and_never_pushes_them() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    // A blob made of 'Z' bytes; the proxy turns every 'Z' into 'Y' on the way out. Nothing
+    // else the registry serves here contains 'Z'.
+    let blob = bytes::Bytes::from(vec![b'Z'; 64 * 1024]);
+    let layer = seed::push_bytes(
+        &src,
+        "team/corrupt",
+        "application/vnd.oci.image.layer.v1.tar",
+        blob,
+    )
+    .await
+    .unwrap();
+    let config = seed::push_bytes(
+        &src,
+        "team/corrupt",
+        Format::Oci.config_type(),
+        seed::config_json(&seed::platform("amd64"), &[]),
+    )
+    .await
+    .unwrap();
+    seed::push_manifest(
+        &src,
+        "team/corrupt",
+        "1",
+        Format::Oci.manifest_type(),
+        seed::manifest_json(Format::Oci, &config, &[layer.clone()]),
+    )
+    .await
+    .unwrap();
+    let proxy = proxy::start(
+        "127.0.0.1:0",
+        &env.src.addr,
+        ProxyOptions {
+            corrupt: Some((b'Z', b'Y')),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let list = env.write_list("list.txt", &[format!("{}/team/corrupt:1", proxy.addr)]);
+    let out = env.mirror(&list, &["--destination-project", "team"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("digest-mismatch"), "{log}");
+    let dst = registry(&env.dst.addr).await;
+    assert!(
+        !dst.blob_exists(
+            "team/corrupt",
+            &layer.digest,
+            hangar_shared::registry::Side::Destination
+        )
+        .await
+        .unwrap(),
+        "corrupted blob never committed"
+    );
+    assert!(
+        skopeo_raw(&format!("{}/team/corrupt:1", env.dst.addr)).is_none(),
+        "no manifest tagged"
+    );
+    let puts = env
+        .dst
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("PUT ") && l.contains(&layer.digest.to_string()) && l.contains("\" 201 ")
+        })
+        .count();
+    assert_eq!(puts, 0);
+}
