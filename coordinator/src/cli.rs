@@ -32,7 +32,7 @@ pub struct Cli {
 pub enum Command {
     /// Copy the images of a list from one registry to another.
     #[command(visible_alias = "m", args_conflicts_with_subcommands = true)]
-    Mirror(MirrorCmd),
+    Mirror(Box<MirrorCmd>),
     /// Print a manifest, a config or a summary of an image.
     #[command(visible_alias = "i")]
     Inspect(InspectArgs),

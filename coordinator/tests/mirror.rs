@@ -18,8 +18,7 @@ async fn mirror_single_docker_and_oci_images_preserve_platform_digests() {
         Some("1.0"),
         Format::Docker,
         "amd64",
-        &[1, 2],
-        40_000,
+        (&[1, 2], 40_000),
     )
     .await;
     let oci = push_image(
@@ -29,8 +28,7 @@ async fn mirror_single_docker_and_oci_images_preserve_platform_digests() {
         Some("2.0"),
         Format::Oci,
         "amd64",
-        &[3],
-        40_000,
+        (&[3], 40_000),
     )
     .await;
     let list = env.write_list(
@@ -136,8 +134,7 @@ async fn mirror_copies_provenance_attestations_with_their_images() {
         None,
         Format::Oci,
         "amd64",
-        &[20],
-        30_000,
+        (&[20], 30_000),
     )
     .await;
     let arm = push_image(
@@ -147,8 +144,7 @@ async fn mirror_copies_provenance_attestations_with_their_images() {
         None,
         Format::Oci,
         "arm64",
-        &[21],
-        30_000,
+        (&[21], 30_000),
     )
     .await;
     let att = |of: &hangar_shared::manifest::RawManifest| serde_json::json!({ANNOTATION_REFERENCE_DIGEST: of.digest.to_string(), ANNOTATION_REFERENCE_TYPE: "attestation-manifest"});
@@ -164,8 +160,7 @@ async fn mirror_copies_provenance_attestations_with_their_images() {
         None,
         Format::Oci,
         "unknown",
-        &[22],
-        2_000,
+        (&[22], 2_000),
     )
     .await;
     let att_arm = push_image(
@@ -175,8 +170,7 @@ async fn mirror_copies_provenance_attestations_with_their_images() {
         None,
         Format::Oci,
         "unknown",
-        &[23],
-        2_000,
+        (&[23], 2_000),
     )
     .await;
     push_index(
@@ -233,8 +227,7 @@ async fn mirror_digest_pinned_and_mirror_format_lines() {
         Some("3.1"),
         Format::Docker,
         "amd64",
-        &[40],
-        20_000,
+        (&[40], 20_000),
     )
     .await;
     let list = env.write_list(
@@ -269,8 +262,7 @@ async fn mirror_failures_go_to_the_failed_list_with_exit_1() {
         Some("1"),
         Format::Oci,
         "amd64",
-        &[50],
-        10_000,
+        (&[50], 10_000),
     )
     .await;
     // An index nested in an index: a media type we cannot copy as a platform image.
@@ -361,8 +353,7 @@ async fn seed_shared_repos(env: &Env, n: u64) -> Vec<String> {
             Some("v1"),
             Format::Docker,
             "amd64",
-            &[100, 101, 200 + i],
-            30_000,
+            (&[100, 101, 200 + i], 30_000),
         )
         .await;
         lines.push(format!("{}/{repo}:v1", env.src.addr));
@@ -480,8 +471,7 @@ async fn mirror_within_one_registry_mounts_instead_of_copying() {
         Some("1"),
         Format::Oci,
         "amd64",
-        &[300, 301],
-        30_000,
+        (&[300, 301], 30_000),
     )
     .await;
     let list = env.write_list("list.txt", &[format!("{}/team/source:1", env.src.addr)]);
@@ -542,7 +532,7 @@ async fn mirror_detects_corrupted_blobs_and_never_pushes_them() {
         "team/corrupt",
         "1",
         Format::Oci.manifest_type(),
-        seed::manifest_json(Format::Oci, &config, &[layer.clone()]),
+        seed::manifest_json(Format::Oci, &config, std::slice::from_ref(&layer)),
     )
     .await
     .unwrap();

@@ -118,7 +118,7 @@ mod tests {
         let again = build(Some(&second.index), std::slice::from_ref(&arm), false);
         assert!(!again.changed, "re-adding the same entry must not re-push");
         let arm_novariant = entry("arm2", "arm64", None);
-        let replaced = build(Some(&second.index), &[arm_novariant.clone()], false);
+        let replaced = build(Some(&second.index), std::slice::from_ref(&arm_novariant), false);
         assert_eq!(replaced.index.manifests, vec![amd.clone(), arm_novariant]);
         let over = build(Some(&second.index), std::slice::from_ref(&amd), true);
         assert_eq!(over.index.manifests, vec![amd]);
@@ -131,7 +131,7 @@ mod tests {
         let first = build(None, &[amd.clone(), att.clone()], false);
         assert_eq!(first.index.manifests.len(), 2);
         let newer = entry("amd-new", "amd64", None);
-        let second = build(Some(&first.index), &[newer.clone()], false);
+        let second = build(Some(&first.index), std::slice::from_ref(&newer), false);
         assert_eq!(second.index.manifests, vec![newer]);
     }
 

@@ -106,8 +106,7 @@ pub async fn push_image(
     reference: Option<&str>,
     format: Format,
     arch: &str,
-    layer_seeds: &[u64],
-    size: u64,
+    (layer_seeds, size): (&[u64], u64),
 ) -> RawManifest {
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
@@ -172,8 +171,7 @@ pub async fn push_multiarch(
         None,
         format,
         "amd64",
-        &[base_seed, base_seed + 1],
-        50_000,
+        (&[base_seed, base_seed + 1], 50_000),
     )
     .await;
     let arm = push_image(
@@ -183,8 +181,7 @@ pub async fn push_multiarch(
         None,
         format,
         "arm64",
-        &[base_seed, base_seed + 2],
-        50_000,
+        (&[base_seed, base_seed + 2], 50_000),
     )
     .await;
     let idx = push_index(

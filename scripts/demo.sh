@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The demo: two throwaway registries, synthetic images made offline (shared base layers,
+# multi-arch indexes, Docker v2 and OCI), a mirror from one to the other, a validation,
+# and skopeo's view of one copied index.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/dev-services.sh
+cargo build -q --bin hangar-coord --bin hangar-loadtest
+bin=target/debug
+work="$(mktemp -d -t hangar-demo-XXXXXX)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# Not in $(…): the registries must be children of this shell so cleanup can stop them.
+start_registry() {
+  scripts/dev-services.sh registry >"$work/$1.addr" 2>"$work/$1.err" &
+  pids+=($!)
+  for _ in $(seq 1 100); do [ -s "$work/$1.addr" ] && break; sleep 0.05; done
+}
+start_registry source
+start_registry destination
+src="$(cat "$work/source.addr")"
+dst="$(cat "$work/destination.addr")"
+echo "source registry $src, destination registry $dst"
+
+"$bin/hangar-loadtest" seed --registry "$src" --list "$work/list.txt" \
+  --images 12 --layers 2 --layer-size 2000000 --shared-layers 2 --shared-layer-size 8000000 --multiarch 0.4
+echo "--- image list"
+cat "$work/list.txt"
+echo "--- mirror"
+"$bin/hangar-coord" mirror -f "$work/list.txt" -d "$dst" --tls-verify=false -j 4 -o "$work/mirror-failed.txt"
+echo "--- mirror validate"
+"$bin/hangar-coord" mirror validate -f "$work/list.txt" -d "$dst" --tls-verify=false -j 4 -o "$work/mirror-failed.txt"
+first="$(head -n1 "$work/list.txt")"
+echo "--- skopeo inspect --raw of the copy of $first"
+skopeo inspect --raw --tls-verify=false "docker://${first/$src/$dst}"
+echo
