@@ -78,6 +78,25 @@ enum Cmd {
         #[command(flatten)]
         spec: SeedArgs,
     },
+    /// Copy every unique blob of a list GET→PUT in parallel, unverified (the raw bound).
+    Raw {
+        #[arg(long)]
+        list: PathBuf,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        dest: String,
+        #[arg(long, default_value_t = 32)]
+        parallel: usize,
+    },
+    /// Mirror one image with one big layer and report hangar-coord's peak RSS.
+    Rss {
+        #[arg(long, default_value = "target/release/hangar-coord")]
+        hangar: PathBuf,
+        /// Layer size in bytes (default 2 GiB).
+        #[arg(long, default_value_t = 2 << 30)]
+        size: u64,
+    },
 }
 
 fn spec(registry: &str, a: &SeedArgs) -> seed::SeedSpec {
@@ -177,6 +196,78 @@ async fn main() -> Result<()> {
             let mut rows = bench::run_network(&b, "loopback", Duration::ZERO).await?;
             rows.extend(bench::run_network(&b, &format!("{delay_ms} ms each way"), b.delay).await?);
             println!("{}", bench::table(&rows));
+        }
+        Cmd::Raw {
+            list,
+            source,
+            dest,
+            parallel,
+        } => {
+            let text = std::fs::read_to_string(&list)
+                .with_context(|| format!("reading {}", list.display()))?;
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect();
+            let reg = Registry::connect(
+                &source,
+                &RegistryOptions {
+                    tls_verify: Some(false),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await?;
+            let blobs = bench::unique_blobs(&reg, &lines).await?;
+            let start = std::time::Instant::now();
+            bench::raw_copy(&source, &dest, &blobs, parallel).await?;
+            println!(
+                "raw: {} blobs in {:.2}s",
+                blobs.len(),
+                start.elapsed().as_secs_f64()
+            );
+        }
+        Cmd::Rss { hangar, size } => {
+            let source = RegistryProcess::start()?;
+            let dest = RegistryProcess::start()?;
+            let reg = Registry::connect(
+                &source.addr,
+                &RegistryOptions {
+                    tls_verify: Some(false),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await?;
+            let dir = tempfile::tempdir()?;
+            let s = seed::SeedSpec {
+                registry: source.addr.clone(),
+                project: "big".into(),
+                images: 1,
+                layers_per_image: 1,
+                layer_size: size,
+                shared_layers: 0,
+                shared_layer_size: 0,
+                multiarch_share: 0.0,
+                seed: 7,
+            };
+            let lines = seed::seed(&reg, &s, dir.path()).await?;
+            let list = dir.path().join("list.txt");
+            std::fs::write(&list, lines.join("\n") + "\n")?;
+            let mut cmd = std::process::Command::new(&hangar);
+            cmd.args(["mirror", "--tls-verify=false", "-d", &dest.addr, "-f"])
+                .arg(&list)
+                .arg("-o")
+                .arg(dir.path().join("failed.txt"))
+                .stdout(std::process::Stdio::null());
+            let (elapsed, rss) = tokio::task::block_in_place(|| bench::run_measured(&mut cmd))?;
+            println!(
+                "| one {:.2} GiB layer | {:.1} s | peak RSS {:.1} MB |",
+                size as f64 / (1u64 << 30) as f64,
+                elapsed.as_secs_f64(),
+                rss.unwrap_or(0) as f64 / 1024.0
+            );
         }
     }
     Ok(())

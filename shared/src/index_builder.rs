@@ -118,7 +118,11 @@ mod tests {
         let again = build(Some(&second.index), std::slice::from_ref(&arm), false);
         assert!(!again.changed, "re-adding the same entry must not re-push");
         let arm_novariant = entry("arm2", "arm64", None);
-        let replaced = build(Some(&second.index), std::slice::from_ref(&arm_novariant), false);
+        let replaced = build(
+            Some(&second.index),
+            std::slice::from_ref(&arm_novariant),
+            false,
+        );
         assert_eq!(replaced.index.manifests, vec![amd.clone(), arm_novariant]);
         let over = build(Some(&second.index), std::slice::from_ref(&amd), true);
         assert_eq!(over.index.manifests, vec![amd]);

@@ -40,7 +40,16 @@ pub async fn run(
         let (queue, events, ctx) = (queue.clone(), events.clone(), ctx.clone());
         consumers.spawn(async move {
             while let Some(delivery) = queue.next().await {
+                let started = std::time::Instant::now();
                 let result = handle(&ctx, &delivery.task.task).await;
+                tracing::debug!(
+                    kind = delivery.task.task.kind().as_str(),
+                    key = %delivery.task.key,
+                    attempt = delivery.attempt,
+                    ms = started.elapsed().as_millis() as u64,
+                    ok = result.is_ok(),
+                    "task finished"
+                );
                 let settled = match result {
                     Ok(outcome) => {
                         events.emit(Event::done(&delivery.task, outcome));

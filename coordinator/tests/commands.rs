@@ -1,0 +1,349 @@
+//! The smaller commands against real registries: inspect, list-tags, delete,
+//! merge-manifest, convert-list, login/logout with a basic-auth registry.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use hangar_loadtest::seed::Format;
+use hangar_loadtest::services::{RegistryConfig, RegistryProcess};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inspect_prints_raw_manifest_config_and_summary() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let (idx, amd, _) =
+        push_multiarch(&src, env.dir.path(), "library/insp", "v1", Format::Oci, 400).await;
+    let reference = format!("docker://{}/library/insp:v1", env.src.addr);
+    let raw = hangar(&["inspect", "--tls-verify=false", "--raw", &reference]);
+    assert!(raw.status.success(), "{}", text(&raw));
+    assert_eq!(
+        raw.stdout,
+        idx.bytes.to_vec(),
+        "--raw is the manifest exactly as served"
+    );
+    assert_eq!(
+        Some(raw.stdout.clone()),
+        skopeo_raw(&format!("{}/library/insp:v1", env.src.addr))
+    );
+
+    let summary = hangar(&[
+        "inspect",
+        "--tls-verify=false",
+        "--override-arch",
+        "amd64",
+        &reference,
+    ]);
+    assert!(summary.status.success(), "{}", text(&summary));
+    let v: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
+    assert_eq!(v["Digest"], idx.digest.to_string());
+    assert_eq!(v["Architecture"], "amd64");
+    assert_eq!(v["Layers"].as_array().map(Vec::len), Some(2));
+
+    let config = hangar(&[
+        "inspect",
+        "--tls-verify=false",
+        "--config",
+        "--override-arch",
+        "arm64",
+        &reference,
+    ]);
+    assert!(config.status.success(), "{}", text(&config));
+    let cfg: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+    assert_eq!(cfg["architecture"], "arm64");
+    let amd_cfg = hangar(&[
+        "inspect",
+        "--tls-verify=false",
+        "--config",
+        "--override-arch",
+        "amd64",
+        &reference,
+    ]);
+    let amd_manifest: serde_json::Value = serde_json::from_slice(&amd.bytes).unwrap();
+    assert_eq!(
+        sha(&amd_cfg.stdout),
+        amd_manifest["config"]["digest"].as_str().unwrap()
+    );
+
+    let missing = hangar(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{}/library/nope:1", env.src.addr),
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing).contains("manifest unknown"),
+        "{}",
+        text(&missing)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_tags_delete_and_merge_manifest() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let dir = env.dir.path();
+    let amd = push_image(
+        &src,
+        dir,
+        "team/merge",
+        Some("amd64"),
+        Format::Docker,
+        "amd64",
+        (&[500], 10_000),
+    )
+    .await;
+    let arm = push_image(
+        &src,
+        dir,
+        "team/merge",
+        Some("arm64"),
+        Format::Docker,
+        "arm64",
+        (&[501], 10_000),
+    )
+    .await;
+    let repo = format!("{}/team/merge", env.src.addr);
+
+    let dry = hangar(&[
+        "merge-manifest",
+        "--tls-verify=false",
+        "--dry-run",
+        &format!("{repo}:all"),
+        &format!("{repo}:amd64"),
+        &format!("{repo}:arm64"),
+    ]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert_eq!(
+        index_digests(&dry.stdout),
+        vec![amd.digest.to_string(), arm.digest.to_string()]
+    );
+    assert!(
+        skopeo_raw(&format!("{repo}:all")).is_none(),
+        "--dry-run pushes nothing"
+    );
+
+    let merged = hangar(&[
+        "merge-manifest",
+        "--tls-verify=false",
+        &format!("{repo}:all"),
+        &format!("{repo}:amd64"),
+        &format!("{repo}:arm64"),
+    ]);
+    assert!(merged.status.success(), "{}", text(&merged));
+    let all = skopeo_raw(&format!("{repo}:all")).expect("merged index pushed");
+    assert_eq!(
+        index_digests(&all),
+        vec![amd.digest.to_string(), arm.digest.to_string()]
+    );
+    let v: serde_json::Value = serde_json::from_slice(&all).unwrap();
+    assert_eq!(v["manifests"][1]["platform"]["architecture"], "arm64");
+
+    let tags = hangar(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{repo}"),
+    ]);
+    assert!(tags.status.success(), "{}", text(&tags));
+    assert_eq!(
+        String::from_utf8_lossy(&tags.stdout),
+        "[\n  \"all\",\n  \"amd64\",\n  \"arm64\"\n]\n"
+    );
+
+    let del = hangar(&[
+        "delete",
+        "--tls-verify=false",
+        "-y",
+        &format!("docker://{repo}:amd64"),
+    ]);
+    assert!(del.status.success(), "{}", text(&del));
+    assert!(skopeo_raw(&format!("{repo}:amd64")).is_none(), "deleted");
+    assert!(
+        skopeo_raw(&format!("{repo}@{}", amd.digest)).is_none(),
+        "deleted by digest"
+    );
+    let again = hangar(&[
+        "delete",
+        "--tls-verify=false",
+        "-y",
+        &format!("docker://{repo}:amd64"),
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+
+    let elsewhere = hangar(&[
+        "merge-manifest",
+        "--tls-verify=false",
+        &format!("{repo}:x"),
+        &format!("{repo}:arm64"),
+        &format!("{}/other/repo:1", env.src.addr),
+    ]);
+    assert_eq!(elsewhere.status.code(), Some(1));
+    assert!(
+        text(&elsewhere).contains("copies no blobs"),
+        "{}",
+        text(&elsewhere)
+    );
+}
+
+#[test]
+fn convert_list_writes_mirror_lines_like_hangar() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("list.txt");
+    std::fs::write(
+        &input,
+        "# comment\nalpine:3\nlibrary/mysql:5.7.5\na b c\nbad line here too\n",
+    )
+    .unwrap();
+    let out = hangar(&[
+        "convert-list",
+        "-i",
+        input.to_str().unwrap(),
+        "-s",
+        "example.io",
+        "-d",
+        "docker.io",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let converted = std::fs::read_to_string(dir.path().join("list.txt.converted")).unwrap();
+    assert_eq!(
+        converted,
+        "example.io/alpine docker.io/alpine 3\nexample.io/library/mysql docker.io/library/mysql 5.7.5"
+    );
+    assert!(
+        text(&out).contains("list.txt:5"),
+        "invalid line named: {}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_logout_and_mirror_into_a_basic_auth_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    let hashed = Command::new("htpasswd")
+        .args(["-Bbn", "mirror-user", "s3cret-pass"])
+        .output()
+        .expect("htpasswd (apache2-utils)");
+    assert!(hashed.status.success());
+    std::fs::write(&htpasswd, &hashed.stdout).unwrap();
+    let secured = RegistryProcess::start_with(RegistryConfig {
+        htpasswd: Some(&htpasswd),
+    })
+    .unwrap();
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    push_image(
+        &src,
+        env.dir.path(),
+        "team/private",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        (&[600], 10_000),
+    )
+    .await;
+    let list = env.write_list("list.txt", &[format!("{}/team/private:1", env.src.addr)]);
+    let authfile = dir.path().join("auth.json");
+    let af = authfile.to_str().unwrap();
+
+    let denied = hangar(&[
+        "mirror",
+        "--tls-verify=false",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        &secured.addr,
+        "-o",
+        env.path("f.txt").to_str().unwrap(),
+        "--authfile",
+        af,
+    ]);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(
+        text(&denied).contains("auth"),
+        "classified as auth: {}",
+        text(&denied)
+    );
+
+    let wrong = hangar(&[
+        "login",
+        &secured.addr,
+        "-u",
+        "mirror-user",
+        "-p",
+        "wrong",
+        "--authfile",
+        af,
+        "--tls-verify=false",
+    ]);
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    assert!(!authfile.exists(), "nothing stored for a rejected login");
+
+    let ok = hangar(&[
+        "login",
+        &secured.addr,
+        "-u",
+        "mirror-user",
+        "-p",
+        "s3cret-pass",
+        "--authfile",
+        af,
+        "--tls-verify=false",
+    ]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let stored = std::fs::read_to_string(&authfile).unwrap();
+    assert!(
+        stored.contains(&secured.addr) && !stored.contains("s3cret-pass"),
+        "stored base64 in auths: {stored}"
+    );
+
+    let mirrored = hangar(&[
+        "mirror",
+        "--tls-verify=false",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        &secured.addr,
+        "-o",
+        env.path("f.txt").to_str().unwrap(),
+        "--authfile",
+        af,
+    ]);
+    assert!(mirrored.status.success(), "{}", text(&mirrored));
+    assert!(
+        !text(&mirrored).contains("s3cret-pass"),
+        "password never logged"
+    );
+    let check = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            "mirror-user:s3cret-pass",
+        ])
+        .arg(format!("docker://{}/team/private:1", secured.addr))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+
+    let out = hangar(&["logout", &secured.addr, "--authfile", af]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !std::fs::read_to_string(&authfile)
+            .unwrap()
+            .contains(&secured.addr)
+    );
+    let again = hangar(&["logout", &secured.addr, "--authfile", af]);
+    assert_eq!(again.status.code(), Some(1));
+}
+
+#[test]
+fn version_and_completion() {
+    let v = hangar(&["version"]);
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("hangar-coord version v"));
+    let c = hangar(&["completion", "bash"]);
+    assert!(c.status.success());
+    assert!(String::from_utf8_lossy(&c.stdout).contains("hangar-coord"));
+}
