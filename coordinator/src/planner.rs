@@ -11,6 +11,7 @@ use hangar_shared::imagelist::ListEntry;
 use hangar_shared::manifest::{Descriptor, ImageConfig, Manifest, PlatformFilter, RawManifest};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::Side;
+use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::ImageStore;
 
 /// One list entry with its resolved endpoints.
@@ -87,10 +88,11 @@ pub async fn read_config(
             desc.digest, desc.size
         )));
     }
-    let chunks: Vec<Bytes> = store
-        .get_blob(repo, desc, None)
-        .await?
-        .try_collect()
+    let what = format!("read config {}", desc.digest);
+    let chunks: Vec<Bytes> = RetryPolicy::default()
+        .run(&what, || async {
+            store.get_blob(repo, desc, None).await?.try_collect().await
+        })
         .await?;
     let bytes = Bytes::from(chunks.concat());
     let config = serde_json::from_slice(&bytes).map_err(|e| {

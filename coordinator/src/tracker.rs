@@ -97,9 +97,10 @@ pub struct Tracker {
     images: Vec<ImageState>,
     blobs: HashMap<BlobKey, BlobState>,
     groups: HashMap<(StoreRef, Digest), Group>,
-    /// Manifest writes to one destination key (a digest or a tag) run one at a time:
-    /// concurrent PUTs of the same manifest race inside the registry's storage, and index
-    /// merges into one tag must see each other.
+    /// Manifest writes to one key run one at a time: a digest on a registry (concurrent
+    /// PUTs of the same manifest race inside distribution's storage, across repositories
+    /// too) and a repository's tags (index merges must see each other, and two tags often
+    /// get identical indexes).
     writes: HashMap<String, VecDeque<(Task, TaskRef)>>,
     unfinished: usize,
     pub stats: Stats,
@@ -314,7 +315,7 @@ impl Tracker {
             reference: p.manifest.digest.to_string(),
             manifest: ManifestBody::from(&p.manifest),
         });
-        let key = format!("manifest/{dest}@{}", p.manifest.digest);
+        let key = format!("manifest/{}@{}", state.job.dest.registry, p.manifest.digest);
         self.write(task, TaskRef::Manifest { image, key }).await
     }
 
@@ -354,7 +355,7 @@ impl Tracker {
         let dest = RepoRef::registry(&state.job.dest.registry, &state.job.dest.repository());
         let (key, task) = match &plan.top {
             TopPlan::Index { tag, source_index } => (
-                format!("index/{dest}:{tag}"),
+                format!("index/{dest}"),
                 Task::Index(IndexTask {
                     dest: dest.clone(),
                     tag: tag.clone(),
@@ -364,7 +365,7 @@ impl Tracker {
                 }),
             ),
             TopPlan::ByDigest(index) => (
-                format!("manifest/{dest}@{}", index.digest),
+                format!("manifest/{}@{}", state.job.dest.registry, index.digest),
                 Task::Manifest(ManifestTask {
                     dest: dest.clone(),
                     reference: index.digest.to_string(),

@@ -229,6 +229,7 @@ async fn login_logout_and_mirror_into_a_basic_auth_registry() {
     std::fs::write(&htpasswd, &hashed.stdout).unwrap();
     let secured = RegistryProcess::start_with(RegistryConfig {
         htpasswd: Some(&htpasswd),
+        ..Default::default()
     })
     .unwrap();
     let env = Env::new();
@@ -346,4 +347,77 @@ fn version_and_completion() {
     let c = hangar(&["completion", "bash"]);
     assert!(c.status.success());
     assert!(String::from_utf8_lossy(&c.stdout).contains("hangar-coord"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_verify_false_accepts_a_self_signed_registry_and_the_default_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", text(&made));
+    let tls = RegistryProcess::start_with(RegistryConfig {
+        tls: Some((&cert, &key)),
+        ..Default::default()
+    })
+    .unwrap();
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let m = push_image(
+        &src,
+        env.dir.path(),
+        "team/tls",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        (&[800], 10_000),
+    )
+    .await;
+    let list = env.write_list("list.txt", &[format!("{}/team/tls:1", env.src.addr)]);
+    let failed = env.path("f.txt");
+    let args = |verify: &str| -> Vec<String> {
+        vec![
+            "mirror".into(),
+            verify.into(),
+            "-f".into(),
+            list.display().to_string(),
+            "-d".into(),
+            tls.addr.clone(),
+            "-o".into(),
+            failed.display().to_string(),
+        ]
+    };
+    // Verifying certificates (the default) fails on the source (plain HTTP) and the
+    // self-signed destination alike.
+    let strict = hangar(&args("--tls-verify=true"));
+    assert_eq!(strict.status.code(), Some(1), "{}", text(&strict));
+    let relaxed = hangar(&args("--tls-verify=false"));
+    assert!(relaxed.status.success(), "{}", text(&relaxed));
+    assert!(
+        tls.log().contains("/v2/team/tls/manifests/1"),
+        "the TLS registry was used"
+    );
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/team/tls:1", tls.addr))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(index_digests(&out.stdout), vec![m.digest.to_string()]);
 }

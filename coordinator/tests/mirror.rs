@@ -576,3 +576,37 @@ async fn mirror_detects_corrupted_blobs_and_never_pushes_them() {
         .count();
     assert_eq!(puts, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_retries_connection_resets() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let m = push_image(
+        &src,
+        env.dir.path(),
+        "team/flaky",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        (&[700], 20_000),
+    )
+    .await;
+    // The first two blob GETs from the source end in a connection reset.
+    let proxy = proxy::start(
+        "127.0.0.1:0",
+        &env.src.addr,
+        ProxyOptions {
+            reset_blob_gets: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let list = env.write_list("list.txt", &[format!("{}/team/flaky:1", proxy.addr)]);
+    let out = env.mirror(&list, &["--destination-project", "team"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("retrying"), "the resets were retried: {log}");
+    let top = skopeo_raw(&format!("{}/team/flaky:1", env.dst.addr)).unwrap();
+    assert_eq!(index_digests(&top), vec![m.digest.to_string()]);
+}

@@ -175,7 +175,7 @@ pub async fn run_network(
     let mut out = Vec::new();
     let opts = ProxyOptions {
         delay,
-        corrupt: None,
+        ..Default::default()
     };
     let src_proxy = proxy::start("127.0.0.1:0", &spec.source, opts).await?;
     let list = spec.workdir.join(format!("list-{network}.txt"));

@@ -154,7 +154,7 @@ async fn main() -> Result<()> {
                 &upstream,
                 proxy::ProxyOptions {
                     delay: Duration::from_millis(delay_ms),
-                    corrupt: None,
+                    ..Default::default()
                 },
             )
             .await?;

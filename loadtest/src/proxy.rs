@@ -1,8 +1,9 @@
 //! A TCP proxy in front of a real service. It adds a one-way delay in each direction
 //! without capping bandwidth, as a WAN link does: each chunk is stamped when it arrives and
 //! forwarded once its delay has passed, so many chunks are in flight at once. It can also
-//! corrupt the upstream's bytes (replace one byte value with another) to prove that
-//! corrupted blobs are caught.
+//! inject faults: corrupt the upstream's bytes (replace one byte value with another) to
+//! prove that corrupted blobs are caught, and reset the first connections to prove that
+//! transient failures are retried.
 
 use std::io;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub struct ProxyOptions {
     pub delay: Duration,
     /// Replace this byte value with that one in upstream → client traffic.
     pub corrupt: Option<(u8, u8)>,
+    /// Reset the connection instead of forwarding the first N blob GETs.
+    pub reset_blob_gets: u64,
 }
 
 pub struct Proxy {
@@ -41,21 +44,27 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
     let upstream = upstream.to_owned();
     let connections = Arc::new(AtomicU64::new(0));
     let counter = connections.clone();
+    let resets = Arc::new(AtomicU64::new(opts.reset_blob_gets));
     let task = tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::Relaxed);
-            let upstream = upstream.clone();
+            let (upstream, resets) = (upstream.clone(), resets.clone());
             tokio::spawn(async move {
                 let Ok(server) = TcpStream::connect(&upstream).await else {
                     return;
                 };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
+                // A reset is a close with linger 0: the peer sees RST, not an orderly end.
+                let _ = client.set_linger(Some(Duration::ZERO));
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                let up = pipe(cr, sw, opts.delay, None);
-                let down = pipe(sr, cw, opts.delay, opts.corrupt);
-                let _ = tokio::join!(up, down);
+                let down = tokio::spawn(pipe(sr, cw, opts.delay, opts.corrupt, None));
+                if pipe(cr, sw, opts.delay, None, Some(resets)).await {
+                    down.abort();
+                } else {
+                    let _ = down.await;
+                }
             });
         }
     });
@@ -66,26 +75,38 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
     })
 }
 
+/// Copies `from` to `to` with the delay. With a reset budget, a chunk that starts a blob
+/// GET while budget remains ends the connection instead; returns whether it did.
 async fn pipe(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     delay: Duration,
     corrupt: Option<(u8, u8)>,
-) {
+    resets: Option<Arc<AtomicU64>>,
+) -> bool {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(1024);
     let reader = async move {
         let mut buf = vec![0u8; 64 << 10];
         loop {
             let n = match from.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => return false,
                 Ok(n) => n,
             };
             let mut chunk = buf[..n].to_vec();
+            if let Some(budget) = &resets
+                && chunk.starts_with(b"GET ")
+                && chunk.windows(14).any(|w| w == b"/blobs/sha256:")
+                && budget
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+                    .is_ok()
+            {
+                return true;
+            }
             if let Some((a, b)) = corrupt {
                 chunk.iter_mut().filter(|x| **x == a).for_each(|x| *x = b);
             }
             if tx.send((Instant::now() + delay, chunk)).await.is_err() {
-                break;
+                return false;
             }
         }
     };
@@ -98,5 +119,6 @@ async fn pipe(
         }
         let _ = to.shutdown().await;
     };
-    tokio::join!(reader, writer);
+    let (reset, ()) = tokio::join!(reader, writer);
+    reset
 }

@@ -35,14 +35,17 @@ pub struct RegistryProcess {
     log: PathBuf,
 }
 
+#[derive(Default)]
 pub struct RegistryConfig<'a> {
     /// An htpasswd file to require basic auth.
     pub htpasswd: Option<&'a Path>,
+    /// Serve TLS with this certificate and key (PEM).
+    pub tls: Option<(&'a Path, &'a Path)>,
 }
 
 impl RegistryProcess {
     pub fn start() -> io::Result<Self> {
-        Self::start_with(RegistryConfig { htpasswd: None })
+        Self::start_with(RegistryConfig::default())
     }
 
     pub fn start_with(cfg: RegistryConfig<'_>) -> io::Result<Self> {
@@ -58,8 +61,16 @@ impl RegistryProcess {
             ),
             None => String::new(),
         };
+        let tls = match cfg.tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{auth}http:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{auth}http:\n  addr: {addr}\n{tls}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");

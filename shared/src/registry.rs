@@ -226,9 +226,15 @@ impl Registry {
                     )
                     .await
                     .map(drop)
-                    .map_err(|e| classify(e, Side::Destination, &what))
+                    .map_err(|e| transient_rejection(classify(e, Side::Destination, &what)))
             })
             .await
+            .map_err(|mut e| {
+                if e.message.starts_with(TRANSIENT_REJECTION) {
+                    e.class = FailureClass::DestinationRejected;
+                }
+                e
+            })
     }
 
     pub async fn blob_exists(&self, repo: &str, digest: &Digest, side: Side) -> Result<bool> {
@@ -388,6 +394,24 @@ impl Registry {
                 &format!("delete {what}"),
             )),
         }
+    }
+}
+
+const TRANSIENT_REJECTION: &str = "rejected, perhaps while the same content was being written: ";
+
+/// distribution answers `DIGEST_INVALID` / `MANIFEST_BLOB_UNKNOWN` to a manifest PUT that
+/// races an identical write (its storage is not atomic there); such a rejection is worth
+/// retrying. A truly missing blob still fails once the retries are spent.
+fn transient_rejection(e: Error) -> Error {
+    let racy = e.class == FailureClass::DestinationRejected
+        && (e.message.contains("DIGEST_INVALID") || e.message.contains("MANIFEST_BLOB_UNKNOWN"));
+    if racy {
+        Error::new(
+            FailureClass::Server,
+            format!("{TRANSIENT_REJECTION}{}", e.message),
+        )
+    } else {
+        e
     }
 }
 
