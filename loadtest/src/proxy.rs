@@ -56,7 +56,7 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
                 // A reset is a close with linger 0: the peer sees RST, not an orderly end.
-                let _ = client.set_linger(Some(Duration::ZERO));
+                let _ = client.set_zero_linger();
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 let down = tokio::spawn(pipe(sr, cw, opts.delay, opts.corrupt, None));
