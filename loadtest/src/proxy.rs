@@ -1,13 +1,14 @@
 //! A TCP proxy in front of a real service. It adds a one-way delay in each direction
 //! without capping bandwidth, as a WAN link does: each chunk is stamped when it arrives and
-//! forwarded once its delay has passed, so many chunks are in flight at once. It can also
-//! inject faults: corrupt the upstream's bytes (replace one byte value with another) to
-//! prove that corrupted blobs are caught, and reset the first connections to prove that
-//! transient failures are retried.
+//! forwarded once its delay has passed, so many chunks are in flight at once.
+//!
+//! It also injects faults, to prove the client copes: it corrupts the upstream's bytes
+//! (one byte value replaced by another), resets the connection on the first blob GETs, and
+//! plays a rate limiter that answers blob requests `429` with `Retry-After` for a while.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,11 +25,16 @@ pub struct ProxyOptions {
     pub corrupt: Option<(u8, u8)>,
     /// Reset the connection instead of forwarding the first N blob GETs.
     pub reset_blob_gets: u64,
+    /// From the first blob GET on, answer every blob request `429 Too Many Requests` with
+    /// `Retry-After` (whole seconds left) for this long.
+    pub throttle_blobs: Option<Duration>,
 }
 
 pub struct Proxy {
     pub addr: String,
     pub connections: Arc<AtomicU64>,
+    /// How many requests were answered 429.
+    pub throttled: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -38,17 +44,73 @@ impl Drop for Proxy {
     }
 }
 
+struct Faults {
+    opts: ProxyOptions,
+    resets_left: AtomicU64,
+    throttle_until: Mutex<Option<Instant>>,
+    throttled: Arc<AtomicU64>,
+}
+
+enum Verdict {
+    Forward,
+    Reset,
+    Answer(Vec<u8>),
+}
+
+impl Faults {
+    fn judge(&self, chunk: &[u8]) -> Verdict {
+        let is_blob = chunk.windows(14).any(|w| w == b"/blobs/sha256:");
+        let is_get = chunk.starts_with(b"GET ");
+        if is_blob
+            && is_get
+            && self
+                .resets_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Verdict::Reset;
+        }
+        let (Some(window), true) = (self.opts.throttle_blobs, is_blob && (is_get || chunk.starts_with(b"HEAD "))) else {
+            return Verdict::Forward;
+        };
+        let now = Instant::now();
+        let Ok(mut until) = self.throttle_until.lock() else {
+            return Verdict::Forward;
+        };
+        let end = match *until {
+            Some(end) => end,
+            None if is_get => *until.insert(now + window),
+            None => return Verdict::Forward,
+        };
+        if now >= end {
+            return Verdict::Forward;
+        }
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+        let secs = (end - now).as_secs_f64().ceil() as u64;
+        Verdict::Answer(
+            format!("HTTP/1.1 429 Too Many Requests\r\nRetry-After: {secs}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}")
+                .into_bytes(),
+        )
+    }
+}
+
 pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Result<Proxy> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?.to_string();
     let upstream = upstream.to_owned();
     let connections = Arc::new(AtomicU64::new(0));
+    let throttled = Arc::new(AtomicU64::new(0));
+    let faults = Arc::new(Faults {
+        opts,
+        resets_left: AtomicU64::new(opts.reset_blob_gets),
+        throttle_until: Mutex::new(None),
+        throttled: throttled.clone(),
+    });
     let counter = connections.clone();
-    let resets = Arc::new(AtomicU64::new(opts.reset_blob_gets));
     let task = tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::Relaxed);
-            let (upstream, resets) = (upstream.clone(), resets.clone());
+            let (upstream, faults) = (upstream.clone(), faults.clone());
             tokio::spawn(async move {
                 let Ok(server) = TcpStream::connect(&upstream).await else {
                     return;
@@ -59,11 +121,17 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
                 let _ = client.set_zero_linger();
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                let down = tokio::spawn(pipe(sr, cw, opts.delay, opts.corrupt, None));
-                if pipe(cr, sw, opts.delay, None, Some(resets)).await {
+                let (to_client, client_writer) = writer(cw);
+                let (to_server, server_writer) = writer(sw);
+                let down = tokio::spawn(read(sr, to_client.clone(), opts.delay, opts.corrupt, None));
+                let reset = read(cr, to_server, opts.delay, None, Some((&faults, to_client))).await;
+                if reset {
                     down.abort();
+                    client_writer.abort();
+                    server_writer.abort();
                 } else {
                     let _ = down.await;
+                    let _ = tokio::join!(client_writer, server_writer);
                 }
             });
         }
@@ -71,46 +139,17 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
     Ok(Proxy {
         addr,
         connections,
+        throttled,
         task,
     })
 }
 
-/// Copies `from` to `to` with the delay. With a reset budget, a chunk that starts a blob
-/// GET while budget remains ends the connection instead; returns whether it did.
-async fn pipe(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    delay: Duration,
-    corrupt: Option<(u8, u8)>,
-    resets: Option<Arc<AtomicU64>>,
-) -> bool {
+type Chunks = mpsc::Sender<(Instant, Vec<u8>)>;
+
+/// Writes chunks once they are due; ends (and shuts the socket down) when all senders are gone.
+fn writer(mut to: OwnedWriteHalf) -> (Chunks, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(1024);
-    let reader = async move {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => n,
-            };
-            let mut chunk = buf[..n].to_vec();
-            if let Some(budget) = &resets
-                && chunk.starts_with(b"GET ")
-                && chunk.windows(14).any(|w| w == b"/blobs/sha256:")
-                && budget
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
-                    .is_ok()
-            {
-                return true;
-            }
-            if let Some((a, b)) = corrupt {
-                chunk.iter_mut().filter(|x| **x == a).for_each(|x| *x = b);
-            }
-            if tx.send((Instant::now() + delay, chunk)).await.is_err() {
-                return false;
-            }
-        }
-    };
-    let writer = async move {
+    let task = tokio::spawn(async move {
         while let Some((due, chunk)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
             if to.write_all(&chunk).await.is_err() {
@@ -118,7 +157,43 @@ async fn pipe(
             }
         }
         let _ = to.shutdown().await;
-    };
-    let (reset, ()) = tokio::join!(reader, writer);
-    reset
+    });
+    (tx, task)
+}
+
+/// Reads `from` and queues its chunks on `to` with the delay. On the client side, `faults`
+/// may answer a request itself or reset the connection; returns whether it reset.
+async fn read(
+    mut from: OwnedReadHalf,
+    to: Chunks,
+    delay: Duration,
+    corrupt: Option<(u8, u8)>,
+    faults: Option<(&Faults, Chunks)>,
+) -> bool {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        let mut chunk = buf[..n].to_vec();
+        if let Some((faults, back)) = &faults {
+            match faults.judge(&chunk) {
+                Verdict::Forward => {}
+                Verdict::Reset => return true,
+                Verdict::Answer(response) => {
+                    if back.send((Instant::now() + delay, response)).await.is_err() {
+                        return false;
+                    }
+                    continue;
+                }
+            }
+        }
+        if let Some((a, b)) = corrupt {
+            chunk.iter_mut().filter(|x| **x == a).for_each(|x| *x = b);
+        }
+        if to.send((Instant::now() + delay, chunk)).await.is_err() {
+            return false;
+        }
+    }
 }
