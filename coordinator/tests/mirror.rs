@@ -610,3 +610,59 @@ async fn mirror_retries_connection_resets() {
     let top = skopeo_raw(&format!("{}/team/flaky:1", env.dst.addr)).unwrap();
     assert_eq!(index_digests(&top), vec![m.digest.to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_waits_out_retry_after_when_rate_limited() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let m = push_image(
+        &src,
+        env.dir.path(),
+        "team/limited",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        (&[900], 20_000),
+    )
+    .await;
+    // From the first blob GET on, blob requests get 429 with Retry-After for two seconds.
+    let proxy = proxy::start(
+        "127.0.0.1:0",
+        &env.src.addr,
+        ProxyOptions {
+            throttle_blobs: Some(std::time::Duration::from_secs(2)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let list = env.write_list("list.txt", &[format!("{}/team/limited:1", proxy.addr)]);
+    let out = env.mirror(&list, &["--destination-project", "team"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        proxy.throttled.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the proxy answered 429"
+    );
+    // The first retry waits what the server asked (2 s), not the 0-200 ms backoff.
+    let waited = log
+        .lines()
+        .filter(|l| l.contains("retrying in"))
+        .filter_map(|l| {
+            l.split("retrying in ")
+                .nth(1)?
+                .split(' ')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        waited
+            .first()
+            .is_some_and(|w| w.ends_with('s') && !w.ends_with("ms") && w.starts_with('2')),
+        "waited {waited:?}: {log}"
+    );
+    assert!(log.contains("rate-limited"), "{log}");
+    let top = skopeo_raw(&format!("{}/team/limited:1", env.dst.addr)).unwrap();
+    assert_eq!(index_digests(&top), vec![m.digest.to_string()]);
+}

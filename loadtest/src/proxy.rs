@@ -70,7 +70,10 @@ impl Faults {
         {
             return Verdict::Reset;
         }
-        let (Some(window), true) = (self.opts.throttle_blobs, is_blob && (is_get || chunk.starts_with(b"HEAD "))) else {
+        let (Some(window), true) = (
+            self.opts.throttle_blobs,
+            is_blob && (is_get || chunk.starts_with(b"HEAD ")),
+        ) else {
             return Verdict::Forward;
         };
         let now = Instant::now();
@@ -123,7 +126,8 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
                 let (sr, sw) = server.into_split();
                 let (to_client, client_writer) = writer(cw);
                 let (to_server, server_writer) = writer(sw);
-                let down = tokio::spawn(read(sr, to_client.clone(), opts.delay, opts.corrupt, None));
+                let down =
+                    tokio::spawn(read(sr, to_client.clone(), opts.delay, opts.corrupt, None));
                 let reset = read(cr, to_server, opts.delay, None, Some((&faults, to_client))).await;
                 if reset {
                     down.abort();

@@ -45,6 +45,8 @@ pub struct Registry {
     /// Also used for the few calls oci-client lacks (manifest DELETE).
     http: reqwest::Client,
     scheme: &'static str,
+    /// The registry asks for credentials (a `WWW-Authenticate` challenge on `/v2/`).
+    challenged: bool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -95,7 +97,8 @@ impl Registry {
         // oci-client asks `/v2/` for a challenge before every request of a registry it holds
         // auth for, and caches nothing when there is none. A registry that challenges
         // nobody therefore gets no auth at all: that saves a round trip per request.
-        if challenges(&http, scheme, host).await {
+        let challenged = challenges(&http, scheme, host).await;
+        if challenged {
             let probe =
                 Reference::with_tag(host.to_owned(), "library/probe".into(), "latest".into());
             client
@@ -109,6 +112,7 @@ impl Registry {
             retry: opts.retry,
             http,
             scheme,
+            challenged,
         })
     }
 
@@ -150,6 +154,63 @@ impl Registry {
         }
     }
 
+    /// Classifies an oci-client failure. oci-client keeps response headers to itself, so on
+    /// a 429 the same URL is asked once more with HEAD, same credentials, for the server's
+    /// `Retry-After`, which the retry policy then waits at least.
+    async fn or_fail<T>(
+        &self,
+        res: std::result::Result<T, OciDistributionError>,
+        side: Side,
+        what: &str,
+        r: &Reference,
+        op: RegistryOperation,
+    ) -> Result<T> {
+        let e = match res {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let url = match &e {
+            OciDistributionError::ServerError { url, .. }
+            | OciDistributionError::RegistryError { url, .. } => Some(url.clone()),
+            OciDistributionError::RequestError(re) => re.url().map(|u| u.to_string()),
+            _ => None,
+        };
+        let mut err = classify(e, side, what);
+        if err.class == FailureClass::RateLimited
+            && let Some(url) = url
+        {
+            err.retry_after = self.ask_retry_after(&url, r, op).await;
+        }
+        Err(err)
+    }
+
+    async fn ask_retry_after(
+        &self,
+        url: &str,
+        r: &Reference,
+        op: RegistryOperation,
+    ) -> Option<Duration> {
+        let mut req = self.http.head(url);
+        if self.challenged {
+            req = match (self.client.auth(r, &self.auth, op).await, &self.auth) {
+                (Ok(Some(token)), _) => req.bearer_auth(token),
+                (_, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+                _ => req,
+            };
+        }
+        let resp = tokio::time::timeout(Duration::from_secs(5), req.send())
+            .await
+            .ok()?
+            .ok()?;
+        let value = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)?
+            .to_str()
+            .ok()?;
+        // The HTTP-date form is rare from registries and not read.
+        value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    }
+
     pub fn host(&self) -> &str {
         &self.host
     }
@@ -178,11 +239,13 @@ impl Registry {
         let what = format!("{}/{repo}:{reference}", self.host);
         self.retry
             .run(&format!("get manifest {what}"), || async {
-                let (bytes, _) = self
+                let pulled = self
                     .client
                     .pull_manifest_raw(&r, &self.auth, ACCEPTED)
-                    .await
-                    .map_err(|e| classify(e, side, &what))?;
+                    .await;
+                let (bytes, _) = self
+                    .or_fail(pulled, side, &what, &r, RegistryOperation::Pull)
+                    .await?;
                 RawManifest::from_bytes(bytes, expected.as_ref()).map_err(|e| e.context(&what))
             })
             .await
@@ -218,15 +281,24 @@ impl Registry {
         })?;
         self.retry
             .run(&format!("put manifest {what}"), || async {
-                self.client
+                let pushed = self
+                    .client
                     .push_manifest_raw(
                         &r,
                         manifest.bytes.clone(),
                         std::clone::Clone::clone(&content_type),
                     )
-                    .await
-                    .map(drop)
-                    .map_err(|e| transient_rejection(classify(e, Side::Destination, &what)))
+                    .await;
+                self.or_fail(
+                    pushed,
+                    Side::Destination,
+                    &what,
+                    &r,
+                    RegistryOperation::Push,
+                )
+                .await
+                .map(drop)
+                .map_err(transient_rejection)
             })
             .await
             .map_err(|mut e| {
@@ -242,10 +314,9 @@ impl Registry {
         let what = format!("{}/{repo}@{digest}", self.host);
         self.retry
             .run(&format!("head blob {what}"), || async {
-                self.client
-                    .blob_exists(&r, &digest.to_string())
+                let found = self.client.blob_exists(&r, &digest.to_string()).await;
+                self.or_fail(found, side, &what, &r, RegistryOperation::Pull)
                     .await
-                    .map_err(|e| classify(e, side, &what))
             })
             .await
     }
@@ -275,8 +346,10 @@ impl Registry {
                 Ok(BlobResponse::Full(s) | BlobResponse::Partial(s)) => Ok(s),
                 Err(e) => Err(e),
             }
-        }
-        .map_err(|e| classify(e, Side::Source, &what))?;
+        };
+        let sized = self
+            .or_fail(sized, Side::Source, &what, &r, RegistryOperation::Pull)
+            .await?;
         let what_stream = what.clone();
         let raw = sized
             .stream
@@ -316,8 +389,9 @@ impl Registry {
         if let Some(e) = failure.lock().ok().and_then(|mut s| s.take()) {
             return Err(e);
         }
-        res.map(drop)
-            .map_err(|e| classify(e, Side::Destination, &what))
+        self.or_fail(res, Side::Destination, &what, &r, RegistryOperation::Push)
+            .await
+            .map(drop)
     }
 
     /// Cross-repository mount. `Ok(false)` when the registry declined (it then expects an
@@ -352,11 +426,10 @@ impl Registry {
         let mut tags = self
             .retry
             .run(&format!("list tags {what}"), || async {
-                self.client
-                    .list_tags(&r, &self.auth, None, None)
+                let listed = self.client.list_tags(&r, &self.auth, None, None).await;
+                self.or_fail(listed, Side::Source, &what, &r, RegistryOperation::Pull)
                     .await
                     .map(|t| t.tags)
-                    .map_err(|e| classify(e, Side::Source, &what))
             })
             .await?;
         tags.sort();
