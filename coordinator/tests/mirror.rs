@@ -577,33 +577,46 @@ async fn mirror_detects_corrupted_blobs_and_never_pushes_them() {
     assert_eq!(puts, 0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn mirror_retries_connection_resets() {
-    let env = Env::new();
+/// One single-platform image mirrored from the source through a fault-injecting proxy.
+async fn mirror_through_faults(
+    env: &Env,
+    repo: &str,
+    seed: u64,
+    faults: ProxyOptions,
+) -> (
+    std::process::Output,
+    hangar_shared::manifest::RawManifest,
+    proxy::Proxy,
+) {
     let src = registry(&env.src.addr).await;
     let m = push_image(
         &src,
         env.dir.path(),
-        "team/flaky",
+        repo,
         Some("1"),
         Format::Oci,
         "amd64",
-        (&[700], 20_000),
+        (&[seed], 20_000),
     )
     .await;
+    let proxy = proxy::start("127.0.0.1:0", &env.src.addr, faults)
+        .await
+        .unwrap();
+    let list = env.write_list("list.txt", &[format!("{}/{repo}:1", proxy.addr)]);
+    let project = repo.split('/').next().unwrap_or("library");
+    let out = env.mirror(&list, &["--destination-project", project]);
+    (out, m, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_retries_connection_resets() {
+    let env = Env::new();
     // The first two blob GETs from the source end in a connection reset.
-    let proxy = proxy::start(
-        "127.0.0.1:0",
-        &env.src.addr,
-        ProxyOptions {
-            reset_blob_gets: 2,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let list = env.write_list("list.txt", &[format!("{}/team/flaky:1", proxy.addr)]);
-    let out = env.mirror(&list, &["--destination-project", "team"]);
+    let faults = ProxyOptions {
+        reset_blob_gets: 2,
+        ..Default::default()
+    };
+    let (out, m, _proxy) = mirror_through_faults(&env, "team/flaky", 700, faults).await;
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("retrying"), "the resets were retried: {log}");
@@ -614,30 +627,12 @@ async fn mirror_retries_connection_resets() {
 #[tokio::test(flavor = "multi_thread")]
 async fn mirror_waits_out_retry_after_when_rate_limited() {
     let env = Env::new();
-    let src = registry(&env.src.addr).await;
-    let m = push_image(
-        &src,
-        env.dir.path(),
-        "team/limited",
-        Some("1"),
-        Format::Oci,
-        "amd64",
-        (&[900], 20_000),
-    )
-    .await;
     // From the first blob GET on, blob requests get 429 with Retry-After for two seconds.
-    let proxy = proxy::start(
-        "127.0.0.1:0",
-        &env.src.addr,
-        ProxyOptions {
-            throttle_blobs: Some(std::time::Duration::from_secs(2)),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let list = env.write_list("list.txt", &[format!("{}/team/limited:1", proxy.addr)]);
-    let out = env.mirror(&list, &["--destination-project", "team"]);
+    let faults = ProxyOptions {
+        throttle_blobs: Some(std::time::Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let (out, m, proxy) = mirror_through_faults(&env, "team/limited", 900, faults).await;
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(

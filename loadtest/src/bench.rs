@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
 use hangar_shared::manifest::{Descriptor, Manifest};
 use hangar_shared::reference::ImageRef;
-use hangar_shared::registry::{Registry, RegistryOptions, Side};
+use hangar_shared::registry::{Registry, Side};
 
 use crate::proxy::{self, ProxyOptions};
 use crate::services::RegistryProcess;
@@ -161,15 +161,7 @@ pub async fn run_network(
     network: &str,
     delay: Duration,
 ) -> Result<Vec<Measurement>> {
-    let reg = Registry::connect(
-        &spec.source,
-        &RegistryOptions {
-            tls_verify: Some(false),
-            ..Default::default()
-        },
-        None,
-    )
-    .await?;
+    let reg = crate::seed::connect(&spec.source).await?;
     let blobs = unique_blobs(&reg, &spec.lines).await?;
     let bytes: u64 = blobs.values().map(|(_, d)| d.size).sum();
     let mut out = Vec::new();

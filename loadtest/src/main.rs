@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use hangar_loadtest::{bench, proxy, seed, services::RegistryProcess};
-use hangar_shared::registry::{Registry, RegistryOptions};
 
 #[derive(Parser)]
 #[command(
@@ -125,15 +124,7 @@ async fn main() -> Result<()> {
             list,
             spec: a,
         } => {
-            let reg = Registry::connect(
-                &registry,
-                &RegistryOptions {
-                    tls_verify: Some(false),
-                    ..Default::default()
-                },
-                None,
-            )
-            .await?;
+            let reg = seed::connect(&registry).await?;
             let dir = tempfile::tempdir()?;
             let lines = seed::seed(&reg, &spec(&registry, &a), dir.path()).await?;
             std::fs::write(&list, lines.join("\n") + "\n")
@@ -171,15 +162,7 @@ async fn main() -> Result<()> {
             spec: a,
         } => {
             let source = RegistryProcess::start()?;
-            let reg = Registry::connect(
-                &source.addr,
-                &RegistryOptions {
-                    tls_verify: Some(false),
-                    ..Default::default()
-                },
-                None,
-            )
-            .await?;
+            let reg = seed::connect(&source.addr).await?;
             let dir = tempfile::tempdir()?;
             let lines = seed::seed(&reg, &spec(&source.addr, &a), dir.path()).await?;
             let list = dir.path().join("list.txt");
@@ -210,15 +193,7 @@ async fn main() -> Result<()> {
                 .filter(|l| !l.trim().is_empty())
                 .map(str::to_owned)
                 .collect();
-            let reg = Registry::connect(
-                &source,
-                &RegistryOptions {
-                    tls_verify: Some(false),
-                    ..Default::default()
-                },
-                None,
-            )
-            .await?;
+            let reg = seed::connect(&source).await?;
             let blobs = bench::unique_blobs(&reg, &lines).await?;
             let start = std::time::Instant::now();
             bench::raw_copy(&source, &dest, &blobs, parallel).await?;
@@ -231,15 +206,7 @@ async fn main() -> Result<()> {
         Cmd::Rss { hangar, size } => {
             let source = RegistryProcess::start()?;
             let dest = RegistryProcess::start()?;
-            let reg = Registry::connect(
-                &source.addr,
-                &RegistryOptions {
-                    tls_verify: Some(false),
-                    ..Default::default()
-                },
-                None,
-            )
-            .await?;
+            let reg = seed::connect(&source.addr).await?;
             let dir = tempfile::tempdir()?;
             let s = seed::SeedSpec {
                 registry: source.addr.clone(),

@@ -164,6 +164,15 @@ pub fn file_stream(path: PathBuf) -> ByteStream {
     .boxed()
 }
 
+/// A client for the loopback registries this tooling starts (plain HTTP or unverified TLS).
+pub async fn connect(addr: &str) -> Result<Registry> {
+    let opts = hangar_shared::registry::RegistryOptions {
+        tls_verify: Some(false),
+        ..Default::default()
+    };
+    Registry::connect(addr, &opts, None).await
+}
+
 pub fn descriptor(media_type: &str, digest: Digest, size: u64) -> Descriptor {
     Descriptor {
         media_type: media_type.to_owned(),

@@ -11,7 +11,7 @@ use hangar_loadtest::seed::{self, Format};
 use hangar_loadtest::services::RegistryProcess;
 use hangar_shared::digest::Digest;
 use hangar_shared::manifest::{Platform, RawManifest};
-use hangar_shared::registry::{Registry, RegistryOptions};
+use hangar_shared::registry::Registry;
 
 pub struct Env {
     pub src: RegistryProcess,
@@ -85,16 +85,7 @@ pub fn sha(bytes: &[u8]) -> String {
 }
 
 pub async fn registry(addr: &str) -> Registry {
-    Registry::connect(
-        addr,
-        &RegistryOptions {
-            tls_verify: Some(false),
-            ..Default::default()
-        },
-        None,
-    )
-    .await
-    .expect("connect")
+    seed::connect(addr).await.expect("connect")
 }
 
 /// Pushes one platform image with layers made from `layer_seeds` (each `size` bytes) and
