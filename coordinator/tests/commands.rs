@@ -421,3 +421,134 @@ async fn tls_verify_false_accepts_a_self_signed_registry_and_the_default_refuses
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(index_digests(&out.stdout), vec![m.digest.to_string()]);
 }
+
+/// The test token server (a Python script), stopped when dropped.
+struct TokenServer(std::process::Child);
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_into_a_bearer_token_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("issuer.pem"), dir.path().join("issuer.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=hangar-test-issuer",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", text(&made));
+    let port = hangar_loadtest::services::free_port().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/token_server.py"
+    );
+    let _server = TokenServer(
+        Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&key)
+            .arg(&cert)
+            .args([
+                "hangar-issuer",
+                "hangar-registry",
+                "token-user",
+                "t0ken-pass",
+            ])
+            .spawn()
+            .expect("python3"),
+    );
+    hangar_loadtest::services::wait_for_port(
+        &format!("127.0.0.1:{port}"),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    let realm = format!("http://127.0.0.1:{port}/token");
+    let secured = RegistryProcess::start_with(RegistryConfig {
+        token: Some(hangar_loadtest::services::TokenAuth {
+            realm: &realm,
+            service: "hangar-registry",
+            issuer: "hangar-issuer",
+            roots: &cert,
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let m = push_image(
+        &src,
+        env.dir.path(),
+        "team/tokened",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        (&[650], 10_000),
+    )
+    .await;
+    let list = env.write_list("list.txt", &[format!("{}/team/tokened:1", env.src.addr)]);
+    let authfile = dir.path().join("auth.json");
+    let mirror = |authfile: &std::path::Path| {
+        hangar(&[
+            "mirror",
+            "--tls-verify=false",
+            "-f",
+            list.to_str().unwrap(),
+            "-d",
+            &secured.addr,
+            "-o",
+            env.path("f.txt").to_str().unwrap(),
+            "--authfile",
+            authfile.to_str().unwrap(),
+        ])
+    };
+    let denied = mirror(&authfile);
+    assert_eq!(denied.status.code(), Some(1), "{}", text(&denied));
+    assert!(text(&denied).contains("auth"), "{}", text(&denied));
+
+    let login = hangar(&[
+        "login",
+        &secured.addr,
+        "-u",
+        "token-user",
+        "-p",
+        "t0ken-pass",
+        "--authfile",
+        authfile.to_str().unwrap(),
+        "--tls-verify=false",
+    ]);
+    assert!(login.status.success(), "{}", text(&login));
+    let ok = mirror(&authfile);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(!text(&ok).contains("t0ken-pass"));
+    let check = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            "token-user:t0ken-pass",
+        ])
+        .arg(format!("docker://{}/team/tokened:1", secured.addr))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+    assert_eq!(index_digests(&check.stdout), vec![m.digest.to_string()]);
+}

@@ -41,6 +41,16 @@ pub struct RegistryConfig<'a> {
     pub htpasswd: Option<&'a Path>,
     /// Serve TLS with this certificate and key (PEM).
     pub tls: Option<(&'a Path, &'a Path)>,
+    /// Require bearer tokens from a token server.
+    pub token: Option<TokenAuth<'a>>,
+}
+
+/// Docker token auth: tokens from `realm`, signed by a key whose certificate is in `roots`.
+pub struct TokenAuth<'a> {
+    pub realm: &'a str,
+    pub service: &'a str,
+    pub issuer: &'a str,
+    pub roots: &'a Path,
 }
 
 impl RegistryProcess {
@@ -54,12 +64,19 @@ impl RegistryProcess {
             .tempdir()?;
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
-        let auth = match cfg.htpasswd {
-            Some(p) => format!(
+        let auth = match (cfg.htpasswd, &cfg.token) {
+            (Some(p), _) => format!(
                 "auth:\n  htpasswd:\n    realm: hangar-test\n    path: {}\n",
                 p.display()
             ),
-            None => String::new(),
+            (None, Some(t)) => format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm,
+                t.service,
+                t.issuer,
+                t.roots.display()
+            ),
+            (None, None) => String::new(),
         };
         let tls = match cfg.tls {
             Some((cert, key)) => format!(
