@@ -48,6 +48,8 @@ pub enum Command {
     Login(LoginArgs),
     /// Remove stored registry credentials.
     Logout(LogoutArgs),
+    /// Send a mirror job to the fleet (`--nats`), or run it here without one.
+    Submit(Box<SubmitArgs>),
     /// Print the version.
     Version,
     /// Print a shell completion script.
@@ -134,6 +136,40 @@ pub struct MirrorArgs {
     /// Blob and manifest transfers at once (beyond Hangar; default 3 x jobs).
     #[arg(long = "transfers")]
     pub transfers: Option<usize>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// Run on the fleet instead of in this process (beyond Hangar).
+#[derive(Args, Debug, Clone, Default)]
+pub struct FleetArgs {
+    /// NATS server of the fleet; tasks go to `hangar-worker` processes.
+    #[arg(long = "nats", env = "HANGAR_NATS")]
+    pub nats: Option<String>,
+    #[arg(long = "nats-user", env = "HANGAR_NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(
+        long = "nats-password",
+        env = "HANGAR_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+    #[arg(long = "nats-token", env = "HANGAR_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// NATS credentials file (nkey/JWT).
+    #[arg(long = "nats-creds", env = "HANGAR_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// Require TLS to NATS.
+    #[arg(long = "nats-tls")]
+    pub nats_tls: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The image list.
+    pub list: PathBuf,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
 }
 
 #[derive(Args, Debug)]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hangar_shared::error::Result;
 use hangar_shared::manifest::PlatformFilter;
+use hangar_shared::queue::jetstream::{self, JetStreamQueue};
 use hangar_shared::queue::{ChannelSink, MemoryQueue, TaskQueue};
 use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::RegistryPool;
@@ -81,28 +82,57 @@ impl Observer for LogObserver<'_> {
     }
 }
 
+/// Where the tasks run.
+pub enum Backend {
+    /// Worker handlers in this process, on the in-process queue.
+    Embedded,
+    /// `hangar-worker` processes pulling from JetStream.
+    Fleet(async_nats::Client),
+}
+
+/// A job id that is unique across runs and a valid NATS subject token.
+fn new_job_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("j{nanos:x}{:x}", std::process::id())
+}
+
 pub async fn run_mirror(
     spec: MirrorSpec,
     pool: Arc<RegistryPool>,
     console: Arc<Console>,
+    backend: Backend,
 ) -> Result<JobReport> {
     let started = Instant::now();
-    let job_id = format!("job-{}", std::process::id());
-    let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new(MAX_DELIVER));
-    let (event_tx, mut events) = mpsc::unbounded_channel();
+    let job_id = new_job_id();
     let bytes_moved = Arc::new(AtomicU64::new(0));
-    let ctx = Arc::new(Context {
-        stores: pool.clone(),
-        retry: spec.retry,
-        bytes_moved: bytes_moved.clone(),
-        task_timeout: spec.task_timeout,
-    });
-    let workers = tokio::spawn(hangar_worker::run(
-        queue.clone(),
-        Arc::new(ChannelSink(event_tx)),
-        ctx,
-        spec.transfers,
-    ));
+    let (queue, mut events, workers): (Arc<dyn TaskQueue>, _, _) = match backend {
+        Backend::Embedded => {
+            let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new(MAX_DELIVER));
+            let (event_tx, events) = mpsc::unbounded_channel();
+            let ctx = Arc::new(Context {
+                stores: pool.clone(),
+                retry: spec.retry,
+                bytes_moved: bytes_moved.clone(),
+                task_timeout: spec.task_timeout,
+            });
+            let workers = tokio::spawn(hangar_worker::run(
+                queue.clone(),
+                Arc::new(ChannelSink(event_tx)),
+                ctx,
+                spec.transfers,
+            ));
+            (queue, events, Some(workers))
+        }
+        Backend::Fleet(client) => {
+            let events = jetstream::follow_events(client.clone(), &job_id).await?;
+            let queue: Arc<dyn TaskQueue> = Arc::new(JetStreamQueue::publisher(client).await?);
+            console.info(None, format!("Job {job_id} runs on the fleet"));
+            (queue, events, None)
+        }
+    };
 
     let (plan_tx, mut plans) = mpsc::channel(64);
     let planner_jobs: Vec<(usize, ImageJob)> = spec.images.iter().cloned().enumerate().collect();
@@ -149,11 +179,13 @@ pub async fn run_mirror(
     }
     queue.close().await;
     planning.abort();
-    if interrupted {
-        workers.abort();
-    } else {
-        // The queue is closed and drained once every image is finished.
-        let _ = workers.await;
+    if let Some(workers) = workers {
+        if interrupted {
+            workers.abort();
+        } else {
+            // The queue is closed and drained once every image is finished.
+            let _ = workers.await;
+        }
     }
     console.stop_progress(progress);
     let results = tracker

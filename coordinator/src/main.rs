@@ -63,6 +63,16 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             }
             None => commands::mirror::run(&m.args, cli.debug, console).await,
         },
+        Command::Submit(mut a) => {
+            if a.mirror.file.is_some() {
+                anyhow::bail!("give the list as the argument of submit, not with -f");
+            }
+            a.mirror.file = Some(a.list.clone());
+            if a.mirror.failed.as_os_str() == "mirror-failed.txt" {
+                a.mirror.failed = "submit-failed.txt".into();
+            }
+            commands::mirror::run(&a.mirror, cli.debug, console).await
+        }
         Command::Inspect(a) => commands::inspect::run(&a, &console).await,
         Command::ListTags(a) => commands::list_tags::run(&a, &console).await,
         Command::Delete(a) => commands::delete::run(&a, &console).await,

@@ -323,44 +323,6 @@ async fn mirror_failures_go_to_the_failed_list_with_exit_1() {
     );
 }
 
-/// Blob GETs in a registry's access log, by digest.
-fn blob_gets(log: &str) -> std::collections::BTreeMap<String, usize> {
-    let mut counts = std::collections::BTreeMap::new();
-    for l in log
-        .lines()
-        .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
-    {
-        if let Some(d) = l
-            .split("/blobs/")
-            .nth(1)
-            .and_then(|r| r.split([' ', '"', '?']).next())
-        {
-            *counts.entry(d.to_owned()).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-async fn seed_shared_repos(env: &Env, n: u64) -> Vec<String> {
-    let src = registry(&env.src.addr).await;
-    let mut lines = Vec::new();
-    for i in 0..n {
-        let repo = format!("shared/app-{i}");
-        push_image(
-            &src,
-            env.dir.path(),
-            &repo,
-            Some("v1"),
-            Format::Docker,
-            "amd64",
-            (&[100, 101, 200 + i], 30_000),
-        )
-        .await;
-        lines.push(format!("{}/{repo}:v1", env.src.addr));
-    }
-    lines
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn mirror_fetches_each_unique_blob_once_across_images() {
     let env = Env::new();

@@ -149,3 +149,75 @@ impl Drop for RegistryProcess {
 fn registry_binary() -> String {
     std::env::var("HANGAR_DOCKER_REGISTRY").unwrap_or_else(|_| "docker-registry".to_owned())
 }
+
+/// `nats-server` 2.15 with JetStream and file storage in a throwaway directory.
+pub struct NatsProcess {
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsProcess {
+    pub fn start() -> io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("hangar-nats-").tempdir()?;
+        let port = free_port()?;
+        let monitor = free_port()?;
+        let log = std::fs::File::create(dir.path().join("nats.log"))?;
+        let child = Command::new(nats_binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-m",
+                &monitor.to_string(),
+                "-sd",
+            ])
+            .arg(dir.path().join("store"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start nats-server (run scripts/dev-services.sh): {e}"),
+                )
+            })?;
+        let mut nats = Self {
+            addr: format!("127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        };
+        if let Err(e) = wait_for_port(&nats.addr, Duration::from_secs(15)) {
+            let _ = nats.child.kill();
+            return Err(e);
+        }
+        Ok(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+}
+
+impl Drop for NatsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `HANGAR_NATS_SERVER`, else the project's `.venv` (where dev-services.sh installs it),
+/// else `nats-server` on the PATH.
+fn nats_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("HANGAR_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("nats-server")
+}

@@ -1,16 +1,140 @@
-//! `hangar-worker`: the fleet daemon. The JetStream backend that feeds it is not built yet;
-//! until then the binary only reports what it is and refuses to pretend to run.
+//! `hangar-worker`: a stateless fleet worker. It pulls tasks from JetStream, runs the same
+//! handlers as the embedded mode with registry credentials from its own auth file (never
+//! from the bus), and reports events. On SIGTERM or Ctrl-C it stops pulling, lets what it
+//! holds finish for a grace period, and exits; anything unfinished is redelivered.
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--version" || a == "version") {
-        println!("hangar-worker {}", env!("CARGO_PKG_VERSION"));
-        return;
-    }
-    eprintln!(
-        "hangar-worker {}: the fleet backend (NATS JetStream) is not available in this build; \
-         run jobs embedded with `hangar-coord mirror`",
-        env!("CARGO_PKG_VERSION")
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use hangar_shared::queue::TaskQueue;
+use hangar_shared::queue::jetstream::{JetStreamQueue, JetStreamSink, NatsOptions, connect};
+use hangar_shared::registry::RegistryOptions;
+use hangar_shared::retry::RetryPolicy;
+use hangar_shared::store::RegistryPool;
+use hangar_shared::task::TaskKind;
+use hangar_worker::Context;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hangar-worker",
+    version,
+    about = "Hangar fleet worker: copies blobs and manifests from a JetStream queue"
+)]
+struct Args {
+    /// NATS server URL.
+    #[arg(long, env = "HANGAR_NATS")]
+    nats: String,
+    #[arg(long, env = "HANGAR_NATS_USER")]
+    nats_user: Option<String>,
+    #[arg(long, env = "HANGAR_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    #[arg(long, env = "HANGAR_NATS_TOKEN", hide_env_values = true)]
+    nats_token: Option<String>,
+    /// NATS credentials file (nkey/JWT).
+    #[arg(long, env = "HANGAR_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// Require TLS to NATS.
+    #[arg(long)]
+    nats_tls: bool,
+    /// Blob copies at once.
+    #[arg(long, default_value_t = 8)]
+    blob_concurrency: usize,
+    /// Manifest pushes at once.
+    #[arg(long, default_value_t = 4)]
+    manifest_concurrency: usize,
+    /// Index writes at once.
+    #[arg(long, default_value_t = 2)]
+    index_concurrency: usize,
+    /// Registry credentials (this worker's own file).
+    #[arg(long, env = "REGISTRY_AUTH_FILE")]
+    authfile: Option<PathBuf>,
+    /// `--tls-verify=false` skips certificate checks and allows plain HTTP to registries.
+    #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    tls_verify: Option<bool>,
+    /// Bound on one task attempt.
+    #[arg(long, default_value = "10m")]
+    timeout: String,
+    /// How long in-flight tasks may run on after SIGTERM before the worker exits anyway.
+    #[arg(long, default_value = "30s")]
+    grace: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let timeout = humantime::parse_duration(&args.timeout)
+        .with_context(|| format!("invalid --timeout {:?}", args.timeout))?;
+    let grace = humantime::parse_duration(&args.grace)
+        .with_context(|| format!("invalid --grace {:?}", args.grace))?;
+    let client = connect(&NatsOptions {
+        url: args.nats.clone(),
+        user: args.nats_user.clone(),
+        password: args.nats_password.clone(),
+        token: args.nats_token.clone(),
+        creds: args.nats_creds.clone(),
+        require_tls: args.nats_tls,
+    })
+    .await?;
+    let concurrency = [
+        (TaskKind::Blob, args.blob_concurrency),
+        (TaskKind::Manifest, args.manifest_concurrency),
+        (TaskKind::Index, args.index_concurrency),
+    ];
+    let queue: Arc<dyn TaskQueue> =
+        Arc::new(JetStreamQueue::consumer(client.clone(), &concurrency).await?);
+    let events = Arc::new(JetStreamSink::new(client));
+    let pool = RegistryPool::new(
+        RegistryOptions {
+            tls_verify: args.tls_verify,
+            ..Default::default()
+        },
+        args.authfile.clone(),
     );
-    std::process::exit(2);
+    let ctx = Arc::new(Context {
+        stores: Arc::new(pool),
+        retry: RetryPolicy::default(),
+        bytes_moved: Arc::new(AtomicU64::new(0)),
+        task_timeout: (!timeout.is_zero()).then_some(timeout),
+    });
+    let total = concurrency.iter().map(|(_, n)| n).sum();
+    tracing::info!(nats = %args.nats, slots = total, "worker ready");
+    let mut running = tokio::spawn(hangar_worker::run(queue.clone(), events, ctx, total));
+    tokio::select! {
+        _ = &mut running => return Ok(()),
+        _ = shutdown_signal() => {}
+    }
+    tracing::info!("stopping: no new tasks; {grace:?} for the ones in hand");
+    queue.close().await;
+    if tokio::time::timeout(grace, &mut running).await.is_err() {
+        tracing::warn!("grace period over; unfinished tasks will be redelivered");
+        running.abort();
+    }
+    // Let the event publisher flush what the finished tasks reported.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -9,6 +9,9 @@ use hangar_shared::task::{Event, Outcome, Task};
 
 use crate::{Context, blob, index, manifest};
 
+/// Well inside the JetStream consumers' 60 s `ack_wait`.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
     let work = async {
         match task {
@@ -41,7 +44,23 @@ pub async fn run(
         consumers.spawn(async move {
             while let Some(delivery) = queue.next().await {
                 let started = std::time::Instant::now();
-                let result = handle(&ctx, &delivery.task.task).await;
+                let result = {
+                    let work = handle(&ctx, &delivery.task.task);
+                    tokio::pin!(work);
+                    // Long copies tell the queue they are alive, so it does not redeliver them.
+                    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                    heartbeat.tick().await;
+                    loop {
+                        tokio::select! {
+                            r = &mut work => break r,
+                            _ = heartbeat.tick() => {
+                                if let Err(e) = delivery.in_progress().await {
+                                    tracing::warn!("heartbeat for task {}: {e}", delivery.task.key);
+                                }
+                            }
+                        }
+                    }
+                };
                 tracing::debug!(
                     kind = delivery.task.task.kind().as_str(),
                     key = %delivery.task.key,

@@ -7,13 +7,14 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use hangar_shared::imagelist::{ImageList, LineKind};
 use hangar_shared::manifest::PlatformFilter;
+use hangar_shared::queue::jetstream::{self, NatsOptions};
 use hangar_shared::reference::{DEFAULT_REGISTRY, ImageRef};
 use hangar_shared::retry::RetryPolicy;
 use indicatif::HumanBytes;
 
 use crate::cli::MirrorArgs;
 use crate::console::Console;
-use crate::job::{self, MirrorSpec};
+use crate::job::{self, Backend, MirrorSpec};
 use crate::planner::ImageJob;
 use crate::tracker::ImageResult;
 
@@ -134,7 +135,23 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
             spec.transfers
         ),
     );
-    let report = job::run_mirror(spec, pool, console.clone()).await?;
+    let backend = match &args.fleet.nats {
+        Some(url) => {
+            let f = &args.fleet;
+            let client = jetstream::connect(&NatsOptions {
+                url: url.clone(),
+                user: f.nats_user.clone(),
+                password: f.nats_password.clone(),
+                token: f.nats_token.clone(),
+                creds: f.nats_creds.clone(),
+                require_tls: f.nats_tls,
+            })
+            .await?;
+            Backend::Fleet(client)
+        }
+        None => Backend::Embedded,
+    };
+    let report = job::run_mirror(spec, pool, console.clone(), backend).await?;
 
     let (mut ok, mut skipped, mut failed_lines) = (0, 0, Vec::new());
     for (job, result) in &report.results {

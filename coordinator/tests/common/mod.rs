@@ -204,3 +204,42 @@ pub fn index_digests(raw: &[u8]) -> Vec<String> {
 pub fn bytes(b: &RawManifest) -> Bytes {
     b.bytes.clone()
 }
+
+/// `n` repositories sharing two base layers (seeds 100, 101) plus one own layer each.
+pub async fn seed_shared_repos(env: &Env, n: u64) -> Vec<String> {
+    let src = registry(&env.src.addr).await;
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let repo = format!("shared/app-{i}");
+        push_image(
+            &src,
+            env.dir.path(),
+            &repo,
+            Some("v1"),
+            Format::Docker,
+            "amd64",
+            (&[100, 101, 200 + i], 30_000),
+        )
+        .await;
+        lines.push(format!("{}/{repo}:v1", env.src.addr));
+    }
+    lines
+}
+
+/// Blob GETs in a registry's access log, by digest.
+pub fn blob_gets(log: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
+    {
+        if let Some(d) = l
+            .split("/blobs/")
+            .nth(1)
+            .and_then(|r| r.split([' ', '"', '?']).next())
+        {
+            *counts.entry(d.to_owned()).or_insert(0) += 1;
+        }
+    }
+    counts
+}

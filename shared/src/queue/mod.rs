@@ -1,6 +1,7 @@
 //! The task queue and the event sink, as traits with the in-process backend.
 //!
-//! The semantics are JetStream's, so a JetStream backend implements the same trait:
+//! The semantics are JetStream's, so the JetStream backend ([`jetstream`]) implements the
+//! same trait:
 //! at-least-once delivery, explicit `ack`, `nak` with a delay (redelivery with the attempt
 //! counted), `in_progress` to hold a long task, and `max_deliver` after which the worker
 //! reports the task failed instead of handing it back.
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc};
+
+pub mod jetstream;
 
 use crate::error::Result;
 use crate::task::{Event, TaskEnvelope};

@@ -1,0 +1,353 @@
+//! The fleet backend: tasks on a JetStream work-queue stream, events on a second stream.
+//!
+//! | what | name | settings |
+//! |---|---|---|
+//! | task stream | `HANGAR_TASKS`, subjects `hangar.task.<kind>` | work-queue retention, file storage, 2 min duplicate window |
+//! | task consumers | durable `hangar-<kind>`, one per kind | pull, explicit ack, `ack_wait` 60 s, `max_deliver` 3 |
+//! | event stream | `HANGAR_EVENTS`, subjects `hangar.event.<job>` | limits retention, file storage, 24 h max age |
+//!
+//! Everything is created idempotently at start (`get_or_create`). Each task is published
+//! with `Nats-Msg-Id` = `<job>/<task id>`, so a re-publish inside the window is dropped by
+//! the server. Workers hold a long task with `AckProgress`, nak with a delay, and report a
+//! task failed for good once `max_deliver` deliveries are spent (the consumer would stop
+//! redelivering it silently otherwise).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::sync::{Mutex, mpsc};
+
+use super::{Delivery, DeliveryHandle, EventSink, TaskQueue};
+use crate::error::{Error, FailureClass, Result};
+use crate::task::{Event, TaskEnvelope, TaskKind};
+
+pub const TASK_STREAM: &str = "HANGAR_TASKS";
+pub const EVENT_STREAM: &str = "HANGAR_EVENTS";
+pub const MAX_DELIVER: u32 = 3;
+pub const ACK_WAIT: Duration = Duration::from_secs(60);
+pub const KINDS: [TaskKind; 3] = [TaskKind::Blob, TaskKind::Manifest, TaskKind::Index];
+
+fn bus(e: impl std::fmt::Display) -> Error {
+    Error::new(FailureClass::Network, format!("nats: {e}"))
+}
+
+pub fn task_subject(kind: TaskKind) -> String {
+    format!("hangar.task.{}", kind.as_str())
+}
+
+pub fn event_subject(job: &str) -> String {
+    format!("hangar.event.{job}")
+}
+
+/// How to reach NATS: `nats://host:port`, with optional user/password, token, creds file.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub creds: Option<std::path::PathBuf>,
+    pub require_tls: bool,
+}
+
+pub async fn connect(opts: &NatsOptions) -> Result<async_nats::Client> {
+    let mut o = async_nats::ConnectOptions::new().name("hangar");
+    if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
+        o = o.user_and_password(u.clone(), p.clone());
+    }
+    if let Some(t) = &opts.token {
+        o = o.token(t.clone());
+    }
+    if let Some(c) = &opts.creds {
+        o = o
+            .credentials_file(c)
+            .await
+            .map_err(|e| Error::invalid(format!("NATS credentials file {}: {e}", c.display())))?;
+    }
+    o = o
+        .require_tls(opts.require_tls)
+        .retry_on_initial_connect()
+        .max_reconnects(None);
+    tokio::time::timeout(Duration::from_secs(15), o.connect(&opts.url))
+        .await
+        .map_err(|_| bus(format!("cannot connect to {} within 15 s", opts.url)))?
+        .map_err(bus)
+}
+
+/// Creates (or finds) both streams.
+pub async fn ensure_streams(js: &jetstream::Context) -> Result<()> {
+    js.get_or_create_stream(stream::Config {
+        name: TASK_STREAM.into(),
+        subjects: vec!["hangar.task.>".into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(bus)?;
+    js.get_or_create_stream(stream::Config {
+        name: EVENT_STREAM.into(),
+        subjects: vec!["hangar.event.>".into()],
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .map_err(bus)?;
+    Ok(())
+}
+
+pub struct JetStreamQueue {
+    js: jetstream::Context,
+    /// Deliveries pulled by the per-kind fetchers, for `next`.
+    incoming: Mutex<Option<mpsc::Receiver<Delivery>>>,
+    fetchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl JetStreamQueue {
+    /// A publisher only (the coordinator).
+    pub async fn publisher(client: async_nats::Client) -> Result<Self> {
+        let js = jetstream::new(client);
+        ensure_streams(&js).await?;
+        Ok(Self {
+            js,
+            incoming: Mutex::new(None),
+            fetchers: Vec::new(),
+        })
+    }
+
+    /// A consumer (a worker) pulling up to `concurrency[kind]` tasks of each kind at once.
+    pub async fn consumer(
+        client: async_nats::Client,
+        concurrency: &[(TaskKind, usize)],
+    ) -> Result<Self> {
+        let js = jetstream::new(client);
+        ensure_streams(&js).await?;
+        let total: usize = concurrency.iter().map(|(_, n)| n).sum();
+        let (tx, rx) = mpsc::channel(total.max(1));
+        let stream = js.get_stream(TASK_STREAM).await.map_err(bus)?;
+        let mut fetchers = Vec::new();
+        for (kind, n) in concurrency.iter().copied().filter(|(_, n)| *n > 0) {
+            let name = format!("hangar-{}", kind.as_str());
+            let consumer: jetstream::consumer::PullConsumer = stream
+                .get_or_create_consumer(
+                    &name,
+                    pull::Config {
+                        durable_name: Some(name.clone()),
+                        filter_subject: task_subject(kind),
+                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                        ack_wait: ACK_WAIT,
+                        max_deliver: MAX_DELIVER as i64,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(bus)?;
+            fetchers.push(tokio::spawn(fetch_loop(consumer, n, tx.clone())));
+        }
+        Ok(Self {
+            js,
+            incoming: Mutex::new(Some(rx)),
+            fetchers,
+        })
+    }
+}
+
+impl Drop for JetStreamQueue {
+    fn drop(&mut self) {
+        for f in &self.fetchers {
+            f.abort();
+        }
+    }
+}
+
+/// Pulls at most `slots` messages at a time and hands them on; stops when nobody listens.
+async fn fetch_loop(
+    consumer: jetstream::consumer::PullConsumer,
+    slots: usize,
+    tx: mpsc::Sender<Delivery>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(slots));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("pulling tasks: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut got = false;
+        while let Some(msg) = batch.next().await {
+            let Ok(msg) = msg else { continue };
+            got = true;
+            let attempt = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+            let task: TaskEnvelope = match serde_json::from_slice(&msg.payload) {
+                Ok(t) => t,
+                Err(e) => {
+                    // A message we cannot read will never become readable: end it.
+                    tracing::error!("dropping unreadable task message: {e}");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+            let handle = Box::new(JsHandle {
+                msg,
+                _permit: permit,
+            });
+            if tx.send(Delivery::new(task, attempt, handle)).await.is_err() {
+                return;
+            }
+            break;
+        }
+        if !got {
+            // The permit was dropped with the empty batch; loop to pull again.
+            continue;
+        }
+    }
+}
+
+struct JsHandle {
+    msg: jetstream::Message,
+    /// Frees a fetch slot when the delivery is settled.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl DeliveryHandle for JsHandle {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        self.msg.double_ack().await.map_err(bus)
+    }
+
+    async fn nak(
+        self: Box<Self>,
+        _task: TaskEnvelope,
+        _attempt: u32,
+        delay: Duration,
+    ) -> Result<()> {
+        self.msg
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(bus)
+    }
+
+    async fn in_progress(&self) -> Result<()> {
+        self.msg.ack_with(AckKind::Progress).await.map_err(bus)
+    }
+}
+
+#[async_trait]
+impl TaskQueue for JetStreamQueue {
+    async fn publish(&self, task: TaskEnvelope) -> Result<()> {
+        let payload = serde_json::to_vec(&task).map_err(|e| Error::internal(e.to_string()))?;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .message_id(format!("{}/{}", task.job, task.id));
+        self.js
+            .send_publish(task_subject(task.task.kind()), publish)
+            .await
+            .map_err(bus)?
+            .await
+            .map_err(bus)?;
+        Ok(())
+    }
+
+    async fn next(&self) -> Option<Delivery> {
+        let mut guard = self.incoming.lock().await;
+        guard.as_mut()?.recv().await
+    }
+
+    async fn close(&self) {
+        for f in &self.fetchers {
+            f.abort();
+        }
+        *self.incoming.lock().await = None;
+    }
+
+    fn max_deliver(&self) -> u32 {
+        MAX_DELIVER
+    }
+}
+
+/// Publishes events to `hangar.event.<job>` from a background task, so `emit` never blocks.
+pub struct JetStreamSink {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl JetStreamSink {
+    pub fn new(client: async_nats::Client) -> Self {
+        let js = jetstream::new(client);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let Ok(payload) = serde_json::to_vec(&event) else {
+                    continue;
+                };
+                // Published with an ack: an event is the only record of a task's outcome.
+                for attempt in 0..5u32 {
+                    let acked = match js
+                        .publish(event_subject(&event.job), payload.clone().into())
+                        .await
+                    {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if acked {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        });
+        Self { tx }
+    }
+}
+
+impl EventSink for JetStreamSink {
+    fn emit(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+}
+
+/// Follows a job's events from the start of the stream into a channel.
+pub async fn follow_events(
+    client: async_nats::Client,
+    job: &str,
+) -> Result<mpsc::UnboundedReceiver<Event>> {
+    let js = jetstream::new(client);
+    ensure_streams(&js).await?;
+    let stream = js.get_stream(EVENT_STREAM).await.map_err(bus)?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: event_subject(job),
+            ..Default::default()
+        })
+        .await
+        .map_err(bus)?;
+    let mut messages = consumer.messages().await.map_err(bus)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(msg) = messages.next().await {
+            let Ok(msg) = msg else { continue };
+            if let Ok(event) = serde_json::from_slice::<Event>(&msg.payload)
+                && tx.send(event).is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
