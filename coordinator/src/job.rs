@@ -50,11 +50,8 @@ struct LogObserver<'a> {
 }
 
 impl Observer for LogObserver<'_> {
-    fn image_finished(&mut self, job: &ImageJob, result: &ImageResult, notes: &[String]) {
+    fn image_finished(&mut self, job: &ImageJob, result: &ImageResult) {
         let n = Some(job.entry.index);
-        for note in notes {
-            self.console.warn(n, note);
-        }
         match result {
             ImageResult::Copied { digest, preserved } => {
                 let detail = match digest {
@@ -169,7 +166,13 @@ pub async fn run_mirror(
     while !tracker.is_finished() {
         tokio::select! {
             Some((i, planned)) = plans.recv() => tracker.add_plan(i, planned, &mut obs).await?,
-            Some(event) = events.recv() => tracker.on_event(event, &mut obs).await?,
+            event = events.recv() => match event {
+                Some(event) => tracker.on_event(event, &mut obs).await?,
+                None => {
+                    // No worker can report anything any more: what is unfinished stays so.
+                    tracker.abandon("the workers stopped before these images were done", &mut obs);
+                }
+            },
             _ = tokio::signal::ctrl_c() => {
                 console.warn(None, "Interrupted: stopping; unfinished images are reported failed");
                 tracker.abandon("interrupted", &mut obs);

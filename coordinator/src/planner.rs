@@ -64,7 +64,6 @@ pub enum TopPlan {
 pub struct ImagePlan {
     pub platforms: Vec<PlatformPlan>,
     pub top: TopPlan,
-    pub notes: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -255,25 +254,25 @@ pub async fn plan(
             inline,
         });
     }
-    let mut notes = Vec::new();
     let top_plan = match &job.dest.tag {
         Some(tag) => TopPlan::Index {
             tag: tag.clone(),
             source_index: selection.complete.then_some(top),
         },
         None if selection.complete => TopPlan::ByDigest(top),
+        None if selection.single => TopPlan::Nothing,
+        // Pushing a subset of a pinned index's platforms with nothing tagged would leave
+        // manifests that nothing references and that garbage collection may take.
         None => {
-            if !selection.single {
-                notes.push(format!(
-                    "only some platforms of {source} were selected: its index cannot keep its digest, so no index was written (copied platforms by digest)"
-                ));
-            }
-            TopPlan::Nothing
+            return Err(Error::invalid(format!(
+                "{source}: --arch/--os select only some platforms of the pinned index; \
+                 a digest-pinned line without a tag copies the whole index (select all \
+                 platforms, or add a tag: name:tag@sha256:…)"
+            )));
         }
     };
     Ok(Planned::Plan(ImagePlan {
         platforms,
         top: top_plan,
-        notes,
     }))
 }

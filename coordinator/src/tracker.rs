@@ -85,7 +85,7 @@ struct ImageState {
 
 /// Receives images as they finish.
 pub trait Observer: Send {
-    fn image_finished(&mut self, job: &ImageJob, result: &ImageResult, notes: &[String]);
+    fn image_finished(&mut self, job: &ImageJob, result: &ImageResult);
 }
 
 pub struct Tracker {
@@ -159,12 +159,7 @@ impl Tracker {
         if state.result.is_some() {
             return;
         }
-        let notes = state
-            .plan
-            .as_ref()
-            .map(|p| p.notes.clone())
-            .unwrap_or_default();
-        obs.image_finished(&state.job, &result, &notes);
+        obs.image_finished(&state.job, &result);
         state.result = Some(result);
         self.unfinished -= 1;
     }
@@ -212,7 +207,6 @@ impl Tracker {
         );
         self.images[image].pending_blobs = vec![0; plan.platforms.len()];
         self.images[image].pending_manifests = plan.platforms.len();
-        let mut failed: Option<Error> = None;
         let mut to_start = Vec::new();
         for (p, platform) in plan.platforms.iter().enumerate() {
             for desc in &platform.blobs {
@@ -221,7 +215,14 @@ impl Tracker {
                 match self.blobs.get_mut(&key) {
                     Some(b) if b.status == BlobStatus::Done => {}
                     Some(b) if b.status == BlobStatus::Failed => {
-                        failed = b.error.clone();
+                        // Another image may reach it from another source: try again from
+                        // this one's.
+                        b.status = BlobStatus::Waiting;
+                        b.error = None;
+                        b.source = source_repo.clone();
+                        b.waiters.push((image, p));
+                        self.images[image].pending_blobs[p] += 1;
+                        to_start.push(key);
                     }
                     Some(b) => {
                         b.waiters.push((image, p));
@@ -250,9 +251,6 @@ impl Tracker {
             }
         }
         self.images[image].plan = Some(plan);
-        if let Some(e) = failed {
-            self.finish(image, ImageResult::Failed(e), obs);
-        }
         for key in to_start {
             self.schedule_blob(key).await?;
         }
@@ -426,10 +424,16 @@ impl Tracker {
                         digest: Some(digest),
                         preserved,
                     },
-                    Some(Outcome::IndexUnchanged { digest }) => ImageResult::Copied {
-                        digest: Some(digest),
-                        preserved: false,
-                    },
+                    Some(Outcome::IndexUnchanged { digest }) => {
+                        let preserved = matches!(
+                            self.images[image].plan.as_ref().map(|p| &p.top),
+                            Some(TopPlan::Index { source_index: Some(src), .. }) if src.digest == digest
+                        );
+                        ImageResult::Copied {
+                            digest: Some(digest),
+                            preserved,
+                        }
+                    }
                     _ => {
                         let digest = match &self.images[image].plan.as_ref().map(|p| &p.top) {
                             Some(TopPlan::ByDigest(m)) => Some(m.digest.clone()),

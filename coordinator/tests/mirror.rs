@@ -286,6 +286,11 @@ async fn mirror_failures_go_to_the_failed_list_with_exit_1() {
     .await;
     let missing_line = format!("{}/team/missing:1", env.src.addr);
     let nested_line = format!("{}/team/nested:outer", env.src.addr);
+    let upper_line = format!("{}/team/UPPER:1", env.src.addr);
+    let pinned = push_multiarch(&src, env.dir.path(), "team/pinned", "v1", Format::Oci, 70)
+        .await
+        .0;
+    let partial_pin_line = format!("{}/team/pinned@{}", env.src.addr, pinned.digest);
     let list = env.write_list(
         "list.txt",
         &[
@@ -293,12 +298,19 @@ async fn mirror_failures_go_to_the_failed_list_with_exit_1() {
             missing_line.clone(),
             "TEST INVALID IMAGE LIST LINE".into(),
             nested_line.clone(),
+            upper_line.clone(),
+            partial_pin_line.clone(),
         ],
     );
-    let out = env.mirror(&list, &["-j", "2"]);
+    let out = env.mirror(&list, &["-j", "2", "--arch", "amd64"]);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("some images failed to copy"), "{log}");
+    assert!(
+        log.contains("[IMG:4]") && log.contains("invalid repository name component \"UPPER\""),
+        "{log}"
+    );
+    assert!(log.contains("copies the whole index"), "{log}");
     assert!(
         log.contains("invalid format") && log.contains(":3)"),
         "invalid line named with its line number: {log}"
@@ -314,7 +326,7 @@ async fn mirror_failures_go_to_the_failed_list_with_exit_1() {
         .map(String::from)
         .collect();
     failed.sort();
-    let mut expected = vec![missing_line, nested_line];
+    let mut expected = vec![missing_line, nested_line, upper_line, partial_pin_line];
     expected.sort();
     assert_eq!(failed, expected);
     assert!(

@@ -23,6 +23,9 @@ pub enum LineKind {
         dest: ImageRef,
         dest_registry_explicit: bool,
     },
+    /// The line has a list format's shape but not a valid image in it. It keeps its place
+    /// (and `[IMG:N]` number) and is reported failed, as Hangar's copy of it would be.
+    Invalid(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,19 +68,25 @@ impl ImageList {
             if line.is_empty() || line.starts_with('#') || line.starts_with("//") {
                 continue;
             }
-            match parse_line(line) {
-                Ok(kind) => list.entries.push(ListEntry {
-                    index: list.entries.len() + 1,
-                    line_no,
-                    original: line.to_owned(),
-                    kind,
-                }),
-                Err(e) => list.warnings.push(ListWarning {
-                    line_no,
-                    line: line.to_owned(),
-                    message: e.message,
-                }),
-            }
+            let fields = line.split(' ').filter(|f| !f.is_empty()).count();
+            let kind = match parse_line(line) {
+                Ok(kind) => kind,
+                Err(e) if fields == 1 || fields == 3 => LineKind::Invalid(e.message),
+                Err(e) => {
+                    list.warnings.push(ListWarning {
+                        line_no,
+                        line: line.to_owned(),
+                        message: e.message,
+                    });
+                    continue;
+                }
+            };
+            list.entries.push(ListEntry {
+                index: list.entries.len() + 1,
+                line_no,
+                original: line.to_owned(),
+                kind,
+            });
         }
         list
     }
@@ -88,12 +97,11 @@ fn parse_line(line: &str) -> Result<LineKind> {
     match fields.as_slice() {
         [image] => Ok(LineKind::Default(ImageRef::parse(image)?)),
         [source, dest, tag] => {
+            // Hangar ignores a tag in SOURCE: TAG is the one copied.
             let source = ImageRef::parse(source)?;
-            if source.tag.as_deref() != Some(crate::reference::DEFAULT_TAG)
-                || source.digest.is_some()
-            {
+            if source.digest.is_some() {
                 return Err(Error::invalid(
-                    "invalid format: the SOURCE column of a mirror line must not carry a tag or digest",
+                    "the SOURCE column of a mirror line must not carry a digest",
                 ));
             }
             let dest_ref = ImageRef::parse(dest)?;
@@ -127,7 +135,7 @@ mod tests {
                     src.io/lib/app   dst.io/mirror/app v1\nTEST INVALID IMAGE LIST LINE\n\
                     a\tb c\nbad@sha256:123\n";
         let list = ImageList::parse(text);
-        assert_eq!(list.entries.len(), 3);
+        assert_eq!(list.entries.len(), 4);
         assert_eq!(list.entries[0].index, 1);
         assert_eq!(list.entries[0].line_no, 4);
         assert_eq!(list.entries[1].original, "reg.io/user/app");
@@ -143,12 +151,13 @@ mod tests {
         assert_eq!(dest.to_string(), "dst.io/mirror/app:v1");
         assert!(dest_registry_explicit);
         let warned: Vec<usize> = list.warnings.iter().map(|w| w.line_no).collect();
-        assert_eq!(warned, vec![7, 8, 9]);
-        assert!(
-            list.warnings[2].message.contains("digest"),
-            "{:?}",
-            list.warnings[2]
-        );
+        assert_eq!(warned, vec![7, 8]);
+        // A one-field line with a bad digest is an entry that will fail, not a skipped line.
+        let LineKind::Invalid(why) = &list.entries[3].kind else {
+            panic!("expected an invalid entry");
+        };
+        assert_eq!((list.entries[3].index, list.entries[3].line_no), (4, 9));
+        assert!(why.contains("digest"), "{why}");
     }
 
     #[test]
@@ -168,9 +177,13 @@ mod tests {
 
     #[test]
     fn mirror_line_rejects_tagged_dest() {
-        let list = ImageList::parse("nginx mirror/nginx:2 1.0");
-        assert!(list.entries.is_empty());
-        assert_eq!(list.warnings.len(), 1);
+        let list = ImageList::parse("nginx mirror/nginx:2 1.0\nsrc.io/app:ignored dst/app 2.0");
+        assert!(matches!(&list.entries[0].kind, LineKind::Invalid(why) if why.contains("tag")));
+        let LineKind::Mirror { source, .. } = &list.entries[1].kind else {
+            panic!("a SOURCE tag is ignored, as in Hangar");
+        };
+        assert_eq!(source.tag.as_deref(), Some("2.0"));
+        assert!(list.warnings.is_empty());
     }
 
     #[test]
@@ -178,6 +191,11 @@ mod tests {
         let hex = "c".repeat(64);
         let list = ImageList::parse(&format!("app@sha256:{hex}\napp:v2@sha256:{hex}\n"));
         assert_eq!(list.entries.len(), 2);
+        assert!(
+            list.entries
+                .iter()
+                .all(|e| !matches!(e.kind, LineKind::Invalid(_)))
+        );
         assert!(list.warnings.is_empty());
     }
 }

@@ -30,6 +30,15 @@ pub const ANNOTATION_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
 pub const ANNOTATION_REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
 pub const ATTESTATION_MANIFEST: &str = "attestation-manifest";
 
+// Go's `omitempty` drops empty maps and slices too, not only absent ones.
+fn none_or_empty(v: &Option<Vec<String>>) -> bool {
+    v.as_ref().is_none_or(Vec::is_empty)
+}
+
+fn no_annotations(v: &Option<BTreeMap<String, String>>) -> bool {
+    v.as_ref().is_none_or(BTreeMap::is_empty)
+}
+
 /// Go's OCI `Platform`, in its field order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Platform {
@@ -70,9 +79,9 @@ pub struct Descriptor {
     pub media_type: String,
     pub digest: Digest,
     pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "none_or_empty")]
     pub urls: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "no_annotations")]
     pub annotations: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,

@@ -47,6 +47,8 @@ pub struct Registry {
     scheme: &'static str,
     /// The registry asks for credentials (a `WWW-Authenticate` challenge on `/v2/`).
     challenged: bool,
+    /// Where the API really lives (`index.docker.io` for `docker.io`).
+    api_host: String,
 }
 
 impl std::fmt::Debug for Registry {
@@ -97,13 +99,13 @@ impl Registry {
         // oci-client asks `/v2/` for a challenge before every request of a registry it holds
         // auth for, and caches nothing when there is none. A registry that challenges
         // nobody therefore gets no auth at all: that saves a round trip per request.
-        let challenged = challenges(&http, scheme, host).await;
-        if challenged {
-            let probe =
-                Reference::with_tag(host.to_owned(), "library/probe".into(), "latest".into());
-            client
-                .store_auth_if_needed(probe.resolve_registry(), &auth)
-                .await;
+        let probe = Reference::with_tag(host.to_owned(), "library/probe".into(), "latest".into());
+        let api_host = probe.resolve_registry().to_owned();
+        let challenged = challenges(&http, scheme, &api_host).await;
+        // Credentials are always handed over: a registry may read anonymously at `/v2/`
+        // and still want them for pushes.
+        if challenged || matches!(auth, RegistryAuth::Basic(..)) {
+            client.store_auth_if_needed(&api_host, &auth).await;
         }
         Ok(Self {
             host: host.to_owned(),
@@ -113,6 +115,7 @@ impl Registry {
             http,
             scheme,
             challenged,
+            api_host,
         })
     }
 
@@ -122,7 +125,7 @@ impl Registry {
         let RegistryAuth::Basic(user, pass) = &self.auth else {
             return Ok(());
         };
-        let url = format!("{}://{}/v2/", self.scheme, self.host);
+        let url = format!("{}://{}/v2/", self.scheme, self.api_host);
         let resp = self
             .http
             .get(&url)
@@ -191,7 +194,17 @@ impl Registry {
         op: RegistryOperation,
     ) -> Option<Duration> {
         let mut req = self.http.head(url);
-        if self.challenged {
+        // Never hand credentials to another host (a redirect target such as a CDN).
+        let same_host = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| {
+                u.host_str().map(|h| match u.port() {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.to_owned(),
+                })
+            })
+            .is_some_and(|h| h == self.host || h == self.api_host);
+        if self.challenged && same_host {
             req = match (self.client.auth(r, &self.auth, op).await, &self.auth) {
                 (Ok(Some(token)), _) => req.bearer_auth(token),
                 (_, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
@@ -273,21 +286,18 @@ impl Registry {
     ) -> Result<()> {
         let r = self.reference(repo, reference);
         let what = format!("{}/{repo}:{reference}", self.host);
-        let content_type = manifest.media_type.parse().map_err(|_| {
-            Error::invalid(format!(
-                "media type {:?} is not a valid header",
-                manifest.media_type
-            ))
-        })?;
+        let content_type: reqwest::header::HeaderValue =
+            manifest.media_type.parse().map_err(|_| {
+                Error::invalid(format!(
+                    "media type {:?} is not a valid header",
+                    manifest.media_type
+                ))
+            })?;
         self.retry
             .run(&format!("put manifest {what}"), || async {
                 let pushed = self
                     .client
-                    .push_manifest_raw(
-                        &r,
-                        manifest.bytes.clone(),
-                        std::clone::Clone::clone(&content_type),
-                    )
+                    .push_manifest_raw(&r, manifest.bytes.clone(), content_type.clone())
                     .await;
                 self.or_fail(
                     pushed,
@@ -447,7 +457,7 @@ impl Registry {
             .map_err(|e| classify(e, Side::Destination, &what))?;
         let url = format!(
             "{}://{}/v2/{repo}/manifests/{digest}",
-            self.scheme, self.host
+            self.scheme, self.api_host
         );
         let mut req = self.http.delete(&url);
         req = match (&token, &self.auth) {
@@ -526,6 +536,23 @@ fn status_error(code: u16, side: Side, what: &str) -> Error {
     Error::new(class, format!("{what}: HTTP {code}"))
 }
 
+/// A request error's text without its URL: a redirected blob URL may be pre-signed, and
+/// its signature must not reach logs or events.
+fn request_error_text(re: &reqwest::Error) -> String {
+    let mut text = match re.status() {
+        Some(status) => format!("HTTP {status}"),
+        None if re.is_timeout() => "timed out".to_owned(),
+        None if re.is_connect() => "cannot connect".to_owned(),
+        None => "request failed".to_owned(),
+    };
+    let mut source = std::error::Error::source(re);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 /// Assigns a [`FailureClass`] to an oci-client error.
 pub fn classify(err: OciDistributionError, side: Side, what: &str) -> Error {
     use OciDistributionError as E;
@@ -563,7 +590,11 @@ pub fn classify(err: OciDistributionError, side: Side, what: &str) -> Error {
         E::ServerError { code, message, .. } => {
             let e = status_error(*code, side, what);
             let msg = message.trim();
-            let msg = if msg.len() > 200 { &msg[..200] } else { msg };
+            // The body is the server's: cut it on a character boundary.
+            let msg = match msg.char_indices().nth(200) {
+                Some((end, _)) => &msg[..end],
+                None => msg,
+            };
             (e.class, format!("HTTP {code} {msg}"))
         }
         E::RequestError(re) => {
@@ -580,7 +611,7 @@ pub fn classify(err: OciDistributionError, side: Side, what: &str) -> Error {
                     None => FailureClass::Network,
                 }
             };
-            (class, format!("{re}"))
+            (class, request_error_text(re))
         }
         E::IoError(_) => (FailureClass::Network, err.to_string()),
         E::DigestError(_) => (FailureClass::DigestMismatch, err.to_string()),

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 
 use crate::digest::Digest;
 use crate::error::Result;
@@ -133,7 +133,7 @@ pub trait StoreResolver: Send + Sync {
 pub struct RegistryPool {
     options: RegistryOptions,
     authfile: Option<PathBuf>,
-    clients: Mutex<HashMap<String, Arc<Registry>>>,
+    clients: Mutex<HashMap<String, Arc<OnceCell<Arc<Registry>>>>>,
 }
 
 impl RegistryPool {
@@ -145,15 +145,24 @@ impl RegistryPool {
         }
     }
 
+    /// The client for `host`, connected once. Connecting (a probe or two) happens outside
+    /// the map's lock, so hosts already connected are never held up by a new one.
     pub async fn registry(&self, host: &str) -> Result<Arc<Registry>> {
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(host) {
-            return Ok(c.clone());
-        }
-        let creds = crate::auth::lookup(self.authfile.as_deref(), host, None)?;
-        let reg = Arc::new(Registry::connect(host, &self.options, creds).await?);
-        clients.insert(host.to_owned(), reg.clone());
-        Ok(reg)
+        let cell = self
+            .clients
+            .lock()
+            .await
+            .entry(host.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            let creds = crate::auth::lookup(self.authfile.as_deref(), host, None)?;
+            Ok::<_, crate::error::Error>(Arc::new(
+                Registry::connect(host, &self.options, creds).await?,
+            ))
+        })
+        .await
+        .cloned()
     }
 }
 

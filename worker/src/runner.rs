@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+
 use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::queue::{EventSink, TaskQueue};
 use hangar_shared::task::{Event, Outcome, Task};
@@ -45,7 +47,12 @@ pub async fn run(
             while let Some(delivery) = queue.next().await {
                 let started = std::time::Instant::now();
                 let result = {
-                    let work = handle(&ctx, &delivery.task.task);
+                    // A panicking handler must still end in an event, or its image waits forever.
+                    let work = std::panic::AssertUnwindSafe(handle(&ctx, &delivery.task.task))
+                        .catch_unwind()
+                        .map(|r| {
+                            r.unwrap_or_else(|_| Err(Error::internal("the task handler panicked")))
+                        });
                     tokio::pin!(work);
                     // Long copies tell the queue they are alive, so it does not redeliver them.
                     let mut heartbeat = tokio::time::interval(HEARTBEAT);

@@ -42,7 +42,7 @@ pub async fn login(args: &LoginArgs, console: &Console) -> Result<()> {
     } else if let Some(p) = &args.password {
         p.clone()
     } else if std::io::stdin().is_terminal() {
-        read_line("Password: ")?
+        rpassword::prompt_password("Password: ").context("reading the password")?
     } else {
         bail!("--password or --password-stdin is required when stdin is not a terminal");
     };

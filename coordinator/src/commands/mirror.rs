@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use hangar_shared::imagelist::{ImageList, LineKind};
+use hangar_shared::imagelist::{ImageList, LineKind, ListEntry};
 use hangar_shared::manifest::PlatformFilter;
 use hangar_shared::queue::jetstream::{self, NatsOptions};
 use hangar_shared::reference::{DEFAULT_REGISTRY, ImageRef};
@@ -20,6 +20,8 @@ use crate::tracker::ImageResult;
 
 pub struct Prepared {
     pub images: Vec<ImageJob>,
+    /// Lines with a list format's shape but no valid image: failed before any work.
+    pub rejected: Vec<(ListEntry, String)>,
     pub filter: PlatformFilter,
     pub jobs: usize,
     pub timeout: Option<Duration>,
@@ -46,12 +48,23 @@ pub fn prepare(args: &MirrorArgs, debug: bool, console: &Console) -> Result<Prep
     if list.entries.is_empty() {
         bail!("no images in list {}", file.display());
     }
-    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let some = |s: &str| {
+        let s = s
+            .trim()
+            .trim_start_matches("docker://")
+            .trim_end_matches('/');
+        (!s.is_empty()).then(|| s.to_owned())
+    };
+    let mut rejected = Vec::new();
     let images = list
         .entries
         .iter()
-        .map(|entry| {
+        .filter_map(|entry| {
             let (source, dest) = match &entry.kind {
+                LineKind::Invalid(why) => {
+                    rejected.push((entry.clone(), why.clone()));
+                    return None;
+                }
                 LineKind::Default(r) => {
                     let dest = ImageRef {
                         registry: some(&args.destination)
@@ -81,11 +94,11 @@ pub fn prepare(args: &MirrorArgs, debug: bool, console: &Console) -> Result<Prep
                 .with_registry(some(&args.source).as_deref())
                 .with_project(some(&args.source_project).as_deref());
             let dest = dest.with_project(some(&args.destination_project).as_deref());
-            ImageJob {
+            Some(ImageJob {
                 entry: entry.clone(),
                 source,
                 dest,
-            }
+            })
         })
         .collect::<Vec<_>>();
     let mut jobs = args.jobs;
@@ -101,6 +114,7 @@ pub fn prepare(args: &MirrorArgs, debug: bool, console: &Console) -> Result<Prep
     Ok(Prepared {
         jobs: (jobs as usize).min(images.len()).max(1),
         images,
+        rejected,
         filter: PlatformFilter {
             arch: args
                 .arch
@@ -116,6 +130,7 @@ pub fn prepare(args: &MirrorArgs, debug: bool, console: &Console) -> Result<Prep
 
 pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Result<()> {
     let prepared = prepare(args, debug, &console)?;
+    let prepared_rejected = prepared.rejected;
     let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
     let total = prepared.images.len();
     let spec = MirrorSpec {
@@ -153,7 +168,8 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
     };
     let report = job::run_mirror(spec, pool, console.clone(), backend).await?;
 
-    let (mut ok, mut skipped, mut failed_lines) = (0, 0, Vec::new());
+    let (mut ok, mut skipped) = (0, 0);
+    let mut failed_lines = super::report_rejected(&console, &prepared_rejected, "copy");
     for (job, result) in &report.results {
         match result {
             ImageResult::Copied { .. } => ok += 1,
@@ -177,19 +193,5 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
             HumanBytes(s.bytes_naive.saturating_sub(s.bytes_copied)),
         ),
     );
-    if failed_lines.is_empty() {
-        console.info(None, "Done");
-        return Ok(());
-    }
-    let mut text = failed_lines.join("\n");
-    text.push('\n');
-    super::write_atomically(&args.failed, &text)?;
-    console.error(
-        None,
-        format!(
-            "Failed images are written to {:?}",
-            args.failed.display().to_string()
-        ),
-    );
-    bail!("some images failed to copy")
+    super::finish(&console, &args.failed, &failed_lines, "copy")
 }

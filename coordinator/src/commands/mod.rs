@@ -70,3 +70,49 @@ pub fn confirm(question: &str) -> bool {
     std::io::stdin().read_line(&mut answer).is_ok()
         && matches!(answer.trim(), "y" | "Y" | "yes" | "Yes")
 }
+
+/// Logs the list lines that named no valid image, as failed, and returns them.
+pub fn report_rejected(
+    console: &crate::console::Console,
+    rejected: &[(hangar_shared::imagelist::ListEntry, String)],
+    verb: &str,
+) -> Vec<String> {
+    rejected
+        .iter()
+        .map(|(entry, why)| {
+            console.error(
+                Some(entry.index),
+                format!(
+                    "Failed to {verb} image [{}] (line {}): invalid-input: {why}",
+                    entry.original, entry.line_no
+                ),
+            );
+            entry.original.clone()
+        })
+        .collect()
+}
+
+/// Ends a list command: `Done`, or the failed lines written whole to `path` and Hangar's
+/// `some images failed to <verb>`.
+pub fn finish(
+    console: &crate::console::Console,
+    path: &Path,
+    failed: &[String],
+    verb: &str,
+) -> Result<()> {
+    if failed.is_empty() {
+        console.info(None, "Done");
+        return Ok(());
+    }
+    let mut text = failed.join("\n");
+    text.push('\n');
+    write_atomically(path, &text)?;
+    console.error(
+        None,
+        format!(
+            "Failed images are written to {:?}",
+            path.display().to_string()
+        ),
+    );
+    anyhow::bail!("some images failed to {verb}")
+}

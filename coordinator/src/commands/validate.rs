@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use futures_util::StreamExt;
 use hangar_shared::error::{Error, FailureClass};
 use hangar_shared::manifest::{Manifest, PlatformFilter};
@@ -77,7 +77,7 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
     let prepared = super::mirror::prepare(args, debug, &console)?;
     let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
     let filter = prepared.filter.clone();
-    let mut failed = Vec::new();
+    let mut failed = super::report_rejected(&console, &prepared.rejected, "validate");
     let mut results = futures_util::stream::iter(prepared.images.iter())
         .map(|job| {
             let (pool, filter) = (pool.clone(), filter.clone());
@@ -118,12 +118,5 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
             }
         }
     }
-    if failed.is_empty() {
-        console.info(None, "Done");
-        return Ok(());
-    }
-    let mut text = failed.join("\n");
-    text.push('\n');
-    super::write_atomically(&args.failed, &text)?;
-    bail!("some images failed to validate")
+    super::finish(&console, &args.failed, &failed, "validate")
 }
