@@ -177,3 +177,138 @@ async fn three_workers_mirror_a_list_fetching_each_blob_once_and_no_secret_on_th
         );
     }
 }
+
+/// Images with one 6 MB layer each behind a proxy capped at 3 MB/s per connection: each
+/// blob copy takes about two seconds, long enough to break something in the middle.
+async fn slow_source(env: &Env, n: u64) -> (Vec<String>, hangar_loadtest::proxy::Proxy) {
+    let src = registry(&env.src.addr).await;
+    for i in 0..n {
+        push_image(
+            &src,
+            env.dir.path(),
+            &format!("chaos/app-{i}"),
+            Some("v1"),
+            hangar_loadtest::seed::Format::Oci,
+            "amd64",
+            (&[1000 + i], 6_000_000),
+        )
+        .await;
+    }
+    let proxy = hangar_loadtest::proxy::start(
+        "127.0.0.1:0",
+        &env.src.addr,
+        hangar_loadtest::proxy::ProxyOptions {
+            rate_limit: Some(3_000_000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let lines = (0..n)
+        .map(|i| format!("{}/chaos/app-{i}:v1", proxy.addr))
+        .collect();
+    (lines, proxy)
+}
+
+fn start_fast_failover_worker(nats: &str, log: PathBuf) -> Worker {
+    let out = std::fs::File::create(log).unwrap();
+    Worker(
+        Command::new(worker_binary())
+            .args([
+                "--nats",
+                nats,
+                "--tls-verify=false",
+                "--blob-concurrency",
+                "2",
+                "--ack-wait",
+                "3s",
+            ])
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .env("HANGAR_LOG", "info,hangar_worker=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start hangar-worker"),
+    )
+}
+
+fn submit_child(env: &Env, list: &std::path::Path, nats: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "submit",
+            list.to_str().unwrap(),
+            "--tls-verify=false",
+            "-j",
+            "4",
+            "--destination-project",
+            "chaos",
+        ])
+        .args([
+            "-d",
+            &env.dst.addr,
+            "--nats",
+            nats,
+            "-o",
+            env.path("failed.txt").to_str().unwrap(),
+        ])
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("submit")
+}
+
+fn assert_all_copied(env: &Env, n: u64) {
+    for i in 0..n {
+        let src = skopeo_raw(&format!("{}/chaos/app-{i}:v1", env.src.addr)).unwrap();
+        let dst = skopeo_raw(&format!("{}/chaos/app-{i}:v1", env.dst.addr)).expect("copied");
+        assert_eq!(index_digests(&dst), vec![sha(&src)], "chaos/app-{i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_blob_loses_nothing() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let (lines, _proxy) = slow_source(&env, 4).await;
+    let list = env.write_list("list.txt", &lines);
+    let mut doomed = start_fast_failover_worker(&nats.url(), env.path("doomed.log"));
+    let _survivor = start_fast_failover_worker(&nats.url(), env.path("survivor.log"));
+    let submit = submit_child(&env, &list, &nats.url());
+    // Wait until the doomed worker holds a blob task, then kill -9 it.
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(env.path("doomed.log"))
+        .unwrap_or_default()
+        .contains("worker ready")
+        || started.elapsed() < std::time::Duration::from_millis(1500)
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "worker never came up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    doomed.0.kill().unwrap();
+    let out = submit.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_all_copied(&env, 4);
+    let survivor = std::fs::read_to_string(env.path("survivor.log")).unwrap_or_default();
+    assert!(survivor.contains("attempt=2"), "the killed worker's tasks were redelivered to the survivor:\n{survivor}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_restarting_mid_run_loses_nothing() {
+    let env = Env::new();
+    let mut nats = NatsProcess::start().expect("nats-server");
+    let (lines, _proxy) = slow_source(&env, 4).await;
+    let list = env.write_list("list.txt", &lines);
+    let _a = start_fast_failover_worker(&nats.url(), env.path("a.log"));
+    let _b = start_fast_failover_worker(&nats.url(), env.path("b.log"));
+    let submit = submit_child(&env, &list, &nats.url());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    nats.restart(std::time::Duration::from_secs(1)).unwrap();
+    let out = submit.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_all_copied(&env, 4);
+}

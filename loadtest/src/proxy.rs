@@ -28,6 +28,9 @@ pub struct ProxyOptions {
     /// From the first blob GET on, answer every blob request `429 Too Many Requests` with
     /// `Retry-After` (whole seconds left) for this long.
     pub throttle_blobs: Option<Duration>,
+    /// Cap each connection's upstream → client bandwidth (bytes per second), to make
+    /// transfers long enough to interrupt.
+    pub rate_limit: Option<u64>,
 }
 
 pub struct Proxy {
@@ -124,8 +127,8 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
                 let _ = client.set_zero_linger();
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                let (to_client, client_writer) = writer(cw);
-                let (to_server, server_writer) = writer(sw);
+                let (to_client, client_writer) = writer(cw, opts.rate_limit);
+                let (to_server, server_writer) = writer(sw, None);
                 let down =
                     tokio::spawn(read(sr, to_client.clone(), opts.delay, opts.corrupt, None));
                 let reset = read(cr, to_server, opts.delay, None, Some((&faults, to_client))).await;
@@ -151,13 +154,16 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
 type Chunks = mpsc::Sender<(Instant, Vec<u8>)>;
 
 /// Writes chunks once they are due; ends (and shuts the socket down) when all senders are gone.
-fn writer(mut to: OwnedWriteHalf) -> (Chunks, tokio::task::JoinHandle<()>) {
+fn writer(mut to: OwnedWriteHalf, rate: Option<u64>) -> (Chunks, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(1024);
     let task = tokio::spawn(async move {
         while let Some((due, chunk)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
             if to.write_all(&chunk).await.is_err() {
                 break;
+            }
+            if let Some(bps) = rate.filter(|b| *b > 0) {
+                tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / bps as f64)).await;
             }
         }
         let _ = to.shutdown().await;

@@ -154,41 +154,22 @@ fn registry_binary() -> String {
 pub struct NatsProcess {
     pub addr: String,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    port: u16,
+    monitor: u16,
 }
 
 impl NatsProcess {
     pub fn start() -> io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("hangar-nats-").tempdir()?;
-        let port = free_port()?;
-        let monitor = free_port()?;
-        let log = std::fs::File::create(dir.path().join("nats.log"))?;
-        let child = Command::new(nats_binary())
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-m",
-                &monitor.to_string(),
-                "-sd",
-            ])
-            .arg(dir.path().join("store"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot start nats-server (run scripts/dev-services.sh): {e}"),
-                )
-            })?;
+        let (port, monitor) = (free_port()?, free_port()?);
+        let child = spawn_nats(dir.path(), port, monitor)?;
         let mut nats = Self {
             addr: format!("127.0.0.1:{port}"),
             child,
-            _dir: dir,
+            dir,
+            port,
+            monitor,
         };
         if let Err(e) = wait_for_port(&nats.addr, Duration::from_secs(15)) {
             let _ = nats.child.kill();
@@ -200,6 +181,44 @@ impl NatsProcess {
     pub fn url(&self) -> String {
         format!("nats://{}", self.addr)
     }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and storage.
+    pub fn restart(&mut self, down_for: Duration) -> io::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        self.child = spawn_nats(self.dir.path(), self.port, self.monitor)?;
+        wait_for_port(&self.addr, Duration::from_secs(15))
+    }
+}
+
+fn spawn_nats(dir: &Path, port: u16, monitor: u16) -> io::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("nats.log"))?;
+    Command::new(nats_binary())
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &monitor.to_string(),
+            "-sd",
+        ])
+        .arg(dir.join("store"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot start nats-server (run scripts/dev-services.sh): {e}"),
+            )
+        })
 }
 
 impl Drop for NatsProcess {

@@ -58,6 +58,10 @@ struct Args {
     /// Bound on one task attempt.
     #[arg(long, default_value = "10m")]
     timeout: String,
+    /// JetStream `ack_wait` for the task consumers, applied when this worker creates them:
+    /// how soon a task held by a dead worker is handed to another.
+    #[arg(long, default_value = "60s")]
+    ack_wait: String,
     /// How long in-flight tasks may run on after SIGTERM before the worker exits anyway.
     #[arg(long, default_value = "30s")]
     grace: String,
@@ -71,10 +75,13 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let timeout = humantime::parse_duration(&args.timeout)
         .with_context(|| format!("invalid --timeout {:?}", args.timeout))?;
+    let ack_wait = humantime::parse_duration(&args.ack_wait)
+        .with_context(|| format!("invalid --ack-wait {:?}", args.ack_wait))?;
     let grace = humantime::parse_duration(&args.grace)
         .with_context(|| format!("invalid --grace {:?}", args.grace))?;
     let client = connect(&NatsOptions {
@@ -92,7 +99,7 @@ async fn main() -> Result<()> {
         (TaskKind::Index, args.index_concurrency),
     ];
     let queue: Arc<dyn TaskQueue> =
-        Arc::new(JetStreamQueue::consumer(client.clone(), &concurrency).await?);
+        Arc::new(JetStreamQueue::consumer(client.clone(), &concurrency, ack_wait).await?);
     let events = Arc::new(JetStreamSink::new(client));
     let pool = RegistryPool::new(
         RegistryOptions {

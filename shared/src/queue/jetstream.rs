@@ -28,6 +28,8 @@ pub const TASK_STREAM: &str = "HANGAR_TASKS";
 pub const EVENT_STREAM: &str = "HANGAR_EVENTS";
 pub const MAX_DELIVER: u32 = 3;
 pub const ACK_WAIT: Duration = Duration::from_secs(60);
+/// How long a publish keeps trying through a NATS outage before the job gives up.
+pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 pub const KINDS: [TaskKind; 3] = [TaskKind::Blob, TaskKind::Manifest, TaskKind::Index];
 
 fn bus(e: impl std::fmt::Display) -> Error {
@@ -121,9 +123,11 @@ impl JetStreamQueue {
     }
 
     /// A consumer (a worker) pulling up to `concurrency[kind]` tasks of each kind at once.
+    /// `ack_wait` applies when this call creates the consumers (the first worker does).
     pub async fn consumer(
         client: async_nats::Client,
         concurrency: &[(TaskKind, usize)],
+        ack_wait: Duration,
     ) -> Result<Self> {
         let js = jetstream::new(client);
         ensure_streams(&js).await?;
@@ -140,7 +144,7 @@ impl JetStreamQueue {
                         durable_name: Some(name.clone()),
                         filter_subject: task_subject(kind),
                         ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                        ack_wait: ACK_WAIT,
+                        ack_wait,
                         max_deliver: MAX_DELIVER as i64,
                         ..Default::default()
                     },
@@ -256,13 +260,29 @@ impl TaskQueue for JetStreamQueue {
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload.into())
             .message_id(format!("{}/{}", task.job, task.id));
-        self.js
-            .send_publish(task_subject(task.task.kind()), publish)
-            .await
-            .map_err(bus)?
-            .await
-            .map_err(bus)?;
-        Ok(())
+        // A server restart is survived: the client reconnects and the same message id
+        // makes a repeated publish harmless.
+        let mut delay = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        loop {
+            let attempt = async {
+                self.js
+                    .send_publish(task_subject(task.task.kind()), publish.clone())
+                    .await
+                    .map_err(bus)?
+                    .await
+                    .map_err(bus)
+            };
+            match attempt.await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() + delay > deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!("publishing task {}: {e}; retrying in {delay:?}", task.key);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     async fn next(&self) -> Option<Delivery> {
@@ -297,7 +317,7 @@ impl JetStreamSink {
                     continue;
                 };
                 // Published with an ack: an event is the only record of a task's outcome.
-                for attempt in 0..5u32 {
+                for attempt in 0..12u32 {
                     let acked = match js
                         .publish(event_subject(&event.job), payload.clone().into())
                         .await
@@ -308,7 +328,7 @@ impl JetStreamSink {
                     if acked {
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
                 }
             }
         });
