@@ -4,5 +4,6 @@
 
 pub mod bench;
 pub mod proxy;
+pub mod queue_bench;
 pub mod seed;
 pub mod services;

@@ -74,6 +74,12 @@ enum Cmd {
         delay_ms: u64,
         #[arg(long, default_value_t = 20)]
         jobs: usize,
+        /// Instead of hangar vs skopeo vs raw: the embedded mode vs 1, 2 and 4 fleet workers.
+        #[arg(long)]
+        fleet: bool,
+        /// Blob copies at once per fleet worker.
+        #[arg(long, default_value_t = 16)]
+        worker_concurrency: usize,
         #[command(flatten)]
         spec: SeedArgs,
     },
@@ -87,6 +93,17 @@ enum Cmd {
         dest: String,
         #[arg(long, default_value_t = 32)]
         parallel: usize,
+    },
+    /// Tasks per second through JetStream with empty handlers (publish, pull, ack).
+    QueueBench {
+        #[arg(long, default_value_t = 20_000)]
+        tasks: u64,
+        /// Publishes in flight at once.
+        #[arg(long, default_value_t = 64)]
+        publishers: usize,
+        /// Deliveries held at once by the consumer.
+        #[arg(long, default_value_t = 256)]
+        slots: usize,
     },
     /// Mirror one image with one big layer and report hangar-coord's peak RSS.
     Rss {
@@ -159,6 +176,8 @@ async fn main() -> Result<()> {
             hangar,
             delay_ms,
             jobs,
+            fleet,
+            worker_concurrency,
             spec: a,
         } => {
             let source = RegistryProcess::start()?;
@@ -176,6 +195,11 @@ async fn main() -> Result<()> {
                 jobs,
                 workdir: dir.path().to_owned(),
             };
+            if fleet {
+                let rows = bench::run_fleet(&b, &[1, 2, 4], worker_concurrency).await?;
+                println!("{}", bench::fleet_table(&rows));
+                return Ok(());
+            }
             let mut rows = bench::run_network(&b, "loopback", Duration::ZERO).await?;
             rows.extend(bench::run_network(&b, &format!("{delay_ms} ms each way"), b.delay).await?);
             println!("{}", bench::table(&rows));
@@ -201,6 +225,13 @@ async fn main() -> Result<()> {
                 "raw: {} blobs in {:.2}s",
                 blobs.len(),
                 start.elapsed().as_secs_f64()
+            );
+        }
+        Cmd::QueueBench { tasks, publishers, slots } => {
+            let r = hangar_loadtest::queue_bench::run(tasks, publishers, slots).await?;
+            println!(
+                "| {} tasks | {} publishers | {} slots | published in {:.2}s ({:.0}/s) | through in {:.2}s ({:.0}/s) |",
+                r.tasks, r.publishers, r.slots, r.publish_secs, r.tasks as f64 / r.publish_secs, r.total_secs, r.tasks as f64 / r.total_secs
             );
         }
         Cmd::Rss { hangar, size } => {

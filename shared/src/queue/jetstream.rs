@@ -169,20 +169,19 @@ impl Drop for JetStreamQueue {
     }
 }
 
-/// Pulls at most `slots` messages at a time and hands them on; stops when nobody listens.
-async fn fetch_loop(
-    consumer: jetstream::consumer::PullConsumer,
-    slots: usize,
-    tx: mpsc::Sender<Delivery>,
-) {
+/// Pulls as many messages as there are free slots, in one request, and hands them on;
+/// stops when nobody listens. A slot is freed when its delivery is settled.
+async fn fetch_loop(consumer: jetstream::consumer::PullConsumer, slots: usize, tx: mpsc::Sender<Delivery>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(slots));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
+        let Ok(first) = slots.clone().acquire_owned().await else { return };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
         let batch = consumer
             .fetch()
-            .max_messages(1)
+            .max_messages(permits.len())
             .expires(Duration::from_secs(5))
             .messages()
             .await;
@@ -194,10 +193,8 @@ async fn fetch_loop(
                 continue;
             }
         };
-        let mut got = false;
         while let Some(msg) = batch.next().await {
             let Ok(msg) = msg else { continue };
-            got = true;
             let attempt = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
             let task: TaskEnvelope = match serde_json::from_slice(&msg.payload) {
                 Ok(t) => t,
@@ -208,18 +205,11 @@ async fn fetch_loop(
                     continue;
                 }
             };
-            let handle = Box::new(JsHandle {
-                msg,
-                _permit: permit,
-            });
+            let Some(permit) = permits.pop() else { break };
+            let handle = Box::new(JsHandle { msg, _permit: permit });
             if tx.send(Delivery::new(task, attempt, handle)).await.is_err() {
                 return;
             }
-            break;
-        }
-        if !got {
-            // The permit was dropped with the empty batch; loop to pull again.
-            continue;
         }
     }
 }
