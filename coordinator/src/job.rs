@@ -114,6 +114,7 @@ pub async fn run_mirror(
                 retry: spec.retry,
                 bytes_moved: bytes_moved.clone(),
                 task_timeout: spec.task_timeout,
+                metrics: None,
             });
             let workers = tokio::spawn(hangar_worker::run(
                 queue.clone(),

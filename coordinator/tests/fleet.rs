@@ -31,7 +31,7 @@ fn worker_binary() -> PathBuf {
     worker
 }
 
-fn start_worker(nats: &str, authfile: &std::path::Path, log: PathBuf) -> Worker {
+fn start_worker(nats: &str, authfile: &std::path::Path, log: PathBuf, listen: &str) -> Worker {
     let out = std::fs::File::create(log).unwrap();
     Worker(
         Command::new(worker_binary())
@@ -41,6 +41,8 @@ fn start_worker(nats: &str, authfile: &std::path::Path, log: PathBuf) -> Worker 
                 "--tls-verify=false",
                 "--blob-concurrency",
                 "4",
+                "--listen",
+                listen,
             ])
             .arg("--authfile")
             .arg(authfile)
@@ -94,8 +96,19 @@ async fn three_workers_mirror_a_list_fetching_each_blob_once_and_no_secret_on_th
         all
     });
 
+    let ports: Vec<u16> = (0..3)
+        .map(|_| hangar_loadtest::services::free_port().unwrap())
+        .collect();
     let workers: Vec<Worker> = (0..3)
-        .map(|i| start_worker(&nats.url(), &authfile, env.path(&format!("worker-{i}.log"))))
+        .map(|i| {
+            let listen = format!("127.0.0.1:{}", ports[i]);
+            start_worker(
+                &nats.url(),
+                &authfile,
+                env.path(&format!("worker-{i}.log")),
+                &listen,
+            )
+        })
         .collect();
     let out = hangar(&[
         "submit",
@@ -140,6 +153,44 @@ async fn three_workers_mirror_a_list_fetching_each_blob_once_and_no_secret_on_th
         gets.values().all(|n| *n == 1),
         "each unique blob fetched exactly once across the fleet: {gets:?}"
     );
+    // Each worker reports what it did on /metrics; together they copied every blob.
+    let http = reqwest::Client::new();
+    let mut copied = 0u64;
+    for port in &ports {
+        let base = format!("http://127.0.0.1:{port}");
+        assert_eq!(
+            http.get(format!("{base}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            http.get(format!("{base}/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let page = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        copied += page
+            .lines()
+            .find(|l| l.starts_with("hangar_blobs_total{result=\"copied\"}"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(!page.contains("fleet-secret-pw"));
+    }
+    assert_eq!(copied, 14, "copied blobs across the workers' /metrics");
     // Work was shared: more than one worker handled tasks.
     drop(workers);
     let handled: Vec<usize> = (0..3)
@@ -222,6 +273,8 @@ fn start_fast_failover_worker(nats: &str, log: PathBuf) -> Worker {
                 "2",
                 "--ack-wait",
                 "3s",
+                "--listen",
+                "127.0.0.1:0",
             ])
             .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
             .env("HANGAR_LOG", "info,hangar_worker=debug")
@@ -294,7 +347,10 @@ async fn a_worker_killed_mid_blob_loses_nothing() {
     assert!(out.status.success(), "{}", text(&out));
     assert_all_copied(&env, 4);
     let survivor = std::fs::read_to_string(env.path("survivor.log")).unwrap_or_default();
-    assert!(survivor.contains("attempt=2"), "the killed worker's tasks were redelivered to the survivor:\n{survivor}");
+    assert!(
+        survivor.contains("attempt=2"),
+        "the killed worker's tasks were redelivered to the survivor:\n{survivor}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

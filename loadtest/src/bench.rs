@@ -274,11 +274,18 @@ pub fn table(rows: &[Measurement]) -> String {
 
 /// The same list mirrored by the embedded mode and by 1, 2 and 4 `hangar-worker`
 /// processes on one nats-server, each into a fresh destination.
-pub async fn run_fleet(spec: &BenchSpec, workers: &[usize], blob_concurrency: usize) -> Result<Vec<Measurement>> {
+pub async fn run_fleet(
+    spec: &BenchSpec,
+    workers: &[usize],
+    blob_concurrency: usize,
+) -> Result<Vec<Measurement>> {
     let nats = crate::services::NatsProcess::start()?;
     let worker_bin = spec.hangar.with_file_name("hangar-worker");
     if !worker_bin.exists() {
-        bail!("{} is missing: build it with cargo build --release --bin hangar-worker", worker_bin.display());
+        bail!(
+            "{} is missing: build it with cargo build --release --bin hangar-worker",
+            worker_bin.display()
+        );
     }
     let blobs = unique_blobs(&crate::seed::connect(&spec.source).await?, &spec.lines).await?;
     let bytes: u64 = blobs.values().map(|(_, d)| d.size).sum();
@@ -289,7 +296,14 @@ pub async fn run_fleet(spec: &BenchSpec, workers: &[usize], blob_concurrency: us
         for _ in 0..n {
             procs.push(
                 Command::new(&worker_bin)
-                    .args(["--nats", &nats.url(), "--tls-verify=false", "--blob-concurrency", &blob_concurrency.to_string()])
+                    .args([
+                        "--nats",
+                        &nats.url(),
+                        "--tls-verify=false",
+                        "--blob-concurrency",
+                        &blob_concurrency.to_string(),
+                    ])
+                    .args(["--listen", "127.0.0.1:0"])
                     .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
@@ -297,11 +311,19 @@ pub async fn run_fleet(spec: &BenchSpec, workers: &[usize], blob_concurrency: us
             );
         }
         let mut cmd = Command::new(&spec.hangar);
-        cmd.args(["mirror", "--tls-verify=false", "-j", &spec.jobs.to_string(), "-d", &dest.addr, "-f"])
-            .arg(&spec.list)
-            .arg("-o")
-            .arg(spec.workdir.join("fleet-failed.txt"))
-            .stdout(std::process::Stdio::null());
+        cmd.args([
+            "mirror",
+            "--tls-verify=false",
+            "-j",
+            &spec.jobs.to_string(),
+            "-d",
+            &dest.addr,
+            "-f",
+        ])
+        .arg(&spec.list)
+        .arg("-o")
+        .arg(spec.workdir.join("fleet-failed.txt"))
+        .stdout(std::process::Stdio::null());
         if n > 0 {
             cmd.args(["--nats", &nats.url()]);
         }
@@ -310,23 +332,41 @@ pub async fn run_fleet(spec: &BenchSpec, workers: &[usize], blob_concurrency: us
             let _ = p.kill();
             let _ = p.wait();
         }
-        let tool = if n == 0 { "embedded".to_owned() } else { format!("{n} worker{}", if n > 1 { "s" } else { "" }) };
-        out.push(Measurement { network: "loopback".into(), tool, seconds: elapsed.as_secs_f64(), bytes, peak_rss_kib: rss });
+        let tool = if n == 0 {
+            "embedded".to_owned()
+        } else {
+            format!("{n} worker{}", if n > 1 { "s" } else { "" })
+        };
+        out.push(Measurement {
+            network: "loopback".into(),
+            tool,
+            seconds: elapsed.as_secs_f64(),
+            bytes,
+            peak_rss_kib: rss,
+        });
     }
     Ok(out)
 }
 
 pub fn fleet_table(rows: &[Measurement]) -> String {
-    let mut s = String::from("| mode | wall s | MB/s | vs embedded | coordinator peak RSS |\n|---|---|---|---|---|\n");
-    let base = rows.iter().find(|r| r.tool == "embedded").map(|r| r.seconds);
+    let mut s = String::from(
+        "| mode | wall s | MB/s | vs embedded | coordinator peak RSS |\n|---|---|---|---|---|\n",
+    );
+    let base = rows
+        .iter()
+        .find(|r| r.tool == "embedded")
+        .map(|r| r.seconds);
     for r in rows {
         s.push_str(&format!(
             "| {} | {:.2} | {:.0} | {} | {} |\n",
             r.tool,
             r.seconds,
             r.bytes as f64 / 1e6 / r.seconds,
-            base.map(|b| format!("{:.2}x", b / r.seconds)).unwrap_or_default(),
-            r.peak_rss_kib.map(|k| format!("{:.1} MB", k as f64 / 1024.0)).unwrap_or_else(|| "-".into()),
+            base.map(|b| format!("{:.2}x", b / r.seconds))
+                .unwrap_or_default(),
+            r.peak_rss_kib
+                .map(|k| format!("{:.1} MB", k as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into()),
         ));
     }
     s

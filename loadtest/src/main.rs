@@ -227,11 +227,21 @@ async fn main() -> Result<()> {
                 start.elapsed().as_secs_f64()
             );
         }
-        Cmd::QueueBench { tasks, publishers, slots } => {
+        Cmd::QueueBench {
+            tasks,
+            publishers,
+            slots,
+        } => {
             let r = hangar_loadtest::queue_bench::run(tasks, publishers, slots).await?;
             println!(
                 "| {} tasks | {} publishers | {} slots | published in {:.2}s ({:.0}/s) | through in {:.2}s ({:.0}/s) |",
-                r.tasks, r.publishers, r.slots, r.publish_secs, r.tasks as f64 / r.publish_secs, r.total_secs, r.tasks as f64 / r.total_secs
+                r.tasks,
+                r.publishers,
+                r.slots,
+                r.publish_secs,
+                r.tasks as f64 / r.publish_secs,
+                r.total_secs,
+                r.tasks as f64 / r.total_secs
             );
         }
         Cmd::Rss { hangar, size } => {

@@ -41,8 +41,18 @@ fn task(id: u64) -> TaskEnvelope {
 
 pub async fn run(tasks: u64, publishers: usize, slots: usize) -> Result<QueueBench> {
     let nats = NatsProcess::start()?;
-    let opts = NatsOptions { url: nats.url(), ..Default::default() };
-    let consumer = Arc::new(JetStreamQueue::consumer(jetstream::connect(&opts).await?, &[(TaskKind::Blob, slots)], jetstream::ACK_WAIT).await?);
+    let opts = NatsOptions {
+        url: nats.url(),
+        ..Default::default()
+    };
+    let consumer = Arc::new(
+        JetStreamQueue::consumer(
+            jetstream::connect(&opts).await?,
+            &[(TaskKind::Blob, slots)],
+            jetstream::ACK_WAIT,
+        )
+        .await?,
+    );
     let publisher = Arc::new(JetStreamQueue::publisher(jetstream::connect(&opts).await?).await?);
     let start = Instant::now();
     let consuming = {
@@ -73,5 +83,11 @@ pub async fn run(tasks: u64, publishers: usize, slots: usize) -> Result<QueueBen
     results.into_iter().collect::<Result<Vec<_>, _>>()?;
     let publish_secs = start.elapsed().as_secs_f64();
     tokio::time::timeout(Duration::from_secs(300), consuming).await???;
-    Ok(QueueBench { tasks, publishers, slots, publish_secs, total_secs: start.elapsed().as_secs_f64() })
+    Ok(QueueBench {
+        tasks,
+        publishers,
+        slots,
+        publish_secs,
+        total_secs: start.elapsed().as_secs_f64(),
+    })
 }

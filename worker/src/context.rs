@@ -15,4 +15,5 @@ pub struct Context {
     pub bytes_moved: Arc<AtomicU64>,
     /// `--timeout`: bounds one attempt of one task.
     pub task_timeout: Option<Duration>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }

@@ -5,8 +5,10 @@
 
 pub mod blob;
 pub mod context;
+pub mod http;
 pub mod index;
 pub mod manifest;
+pub mod metrics;
 pub mod runner;
 
 pub use context::Context;

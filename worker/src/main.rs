@@ -62,6 +62,9 @@ struct Args {
     /// how soon a task held by a dead worker is handed to another.
     #[arg(long, default_value = "60s")]
     ack_wait: String,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9464", env = "HANGAR_WORKER_LISTEN")]
+    listen: std::net::SocketAddr,
     /// How long in-flight tasks may run on after SIGTERM before the worker exits anyway.
     #[arg(long, default_value = "30s")]
     grace: String,
@@ -84,6 +87,18 @@ async fn main() -> Result<()> {
         .with_context(|| format!("invalid --ack-wait {:?}", args.ack_wait))?;
     let grace = humantime::parse_duration(&args.grace)
         .with_context(|| format!("invalid --grace {:?}", args.grace))?;
+    let metrics = Arc::new(hangar_worker::metrics::Metrics::new());
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bound = hangar_worker::http::serve(
+        args.listen,
+        hangar_worker::http::Probe {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
     let client = connect(&NatsOptions {
         url: args.nats.clone(),
         user: args.nats_user.clone(),
@@ -113,14 +128,17 @@ async fn main() -> Result<()> {
         retry: RetryPolicy::default(),
         bytes_moved: Arc::new(AtomicU64::new(0)),
         task_timeout: (!timeout.is_zero()).then_some(timeout),
+        metrics: Some(metrics),
     });
     let total = concurrency.iter().map(|(_, n)| n).sum();
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(nats = %args.nats, slots = total, "worker ready");
     let mut running = tokio::spawn(hangar_worker::run(queue.clone(), events, ctx, total));
     tokio::select! {
         _ = &mut running => return Ok(()),
         _ = shutdown_signal() => {}
     }
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("stopping: no new tasks; {grace:?} for the ones in hand");
     queue.close().await;
     if tokio::time::timeout(grace, &mut running).await.is_err() {

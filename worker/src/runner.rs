@@ -76,6 +76,18 @@ pub async fn run(
                     ok = result.is_ok(),
                     "task finished"
                 );
+                if let Some(m) = &ctx.metrics {
+                    let seconds = started.elapsed().as_secs_f64();
+                    let kind = delivery.task.task.kind();
+                    match &result {
+                        Ok(outcome) => m.observe(kind, seconds, Ok(outcome)),
+                        Err(e) => {
+                            let last =
+                                !e.class.is_retryable() || delivery.attempt >= queue.max_deliver();
+                            m.observe(kind, seconds, Err((e.class, last)));
+                        }
+                    }
+                }
                 let settled = match result {
                     Ok(outcome) => {
                         events.emit(Event::done(&delivery.task, outcome));

@@ -171,10 +171,16 @@ impl Drop for JetStreamQueue {
 
 /// Pulls as many messages as there are free slots, in one request, and hands them on;
 /// stops when nobody listens. A slot is freed when its delivery is settled.
-async fn fetch_loop(consumer: jetstream::consumer::PullConsumer, slots: usize, tx: mpsc::Sender<Delivery>) {
+async fn fetch_loop(
+    consumer: jetstream::consumer::PullConsumer,
+    slots: usize,
+    tx: mpsc::Sender<Delivery>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(slots));
     loop {
-        let Ok(first) = slots.clone().acquire_owned().await else { return };
+        let Ok(first) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let mut permits = vec![first];
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);
@@ -206,7 +212,10 @@ async fn fetch_loop(consumer: jetstream::consumer::PullConsumer, slots: usize, t
                 }
             };
             let Some(permit) = permits.pop() else { break };
-            let handle = Box::new(JsHandle { msg, _permit: permit });
+            let handle = Box::new(JsHandle {
+                msg,
+                _permit: permit,
+            });
             if tx.send(Delivery::new(task, attempt, handle)).await.is_err() {
                 return;
             }

@@ -1,0 +1,127 @@
+//! What a worker measures, in Prometheus form (`hangar_` prefix), served on `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use hangar_shared::error::FailureClass;
+use hangar_shared::task::{Outcome, TaskKind};
+
+pub struct Metrics {
+    registry: Registry,
+    tasks: IntCounterVec,
+    failures: IntCounterVec,
+    duration: HistogramVec,
+    bytes: IntCounterVec,
+    blobs: IntCounterVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are constants of this file: a failure is a programming error.
+    r.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let tasks = must(IntCounterVec::new(
+            Opts::new(
+                "hangar_tasks_total",
+                "Tasks handled, by kind and result (ok, retried, failed)",
+            ),
+            &["kind", "result"],
+        ));
+        let failures = must(IntCounterVec::new(
+            Opts::new(
+                "hangar_task_failures_total",
+                "Task attempts that failed, by kind and failure class",
+            ),
+            &["kind", "class"],
+        ));
+        let duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "hangar_task_duration_seconds",
+                "Time to handle one task attempt",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+            &["kind"],
+        ));
+        let bytes = must(IntCounterVec::new(
+            Opts::new(
+                "hangar_bytes_total",
+                "Blob bytes moved, by direction (in: read from a source, out: written to a destination)",
+            ),
+            &["direction"],
+        ));
+        let blobs = must(IntCounterVec::new(
+            Opts::new(
+                "hangar_blobs_total",
+                "Blob tasks by what was done (copied, mounted, present)",
+            ),
+            &["result"],
+        ));
+        for c in [&tasks, &failures, &bytes, &blobs] {
+            must(registry.register(Box::new(c.clone())));
+        }
+        must(registry.register(Box::new(duration.clone())));
+        Self {
+            registry,
+            tasks,
+            failures,
+            duration,
+            bytes,
+            blobs,
+        }
+    }
+
+    pub fn observe(
+        &self,
+        kind: TaskKind,
+        seconds: f64,
+        result: Result<&Outcome, (FailureClass, bool)>,
+    ) {
+        let k = kind.as_str();
+        self.duration.with_label_values(&[k]).observe(seconds);
+        match result {
+            Ok(outcome) => {
+                self.tasks.with_label_values(&[k, "ok"]).inc();
+                match outcome {
+                    Outcome::BlobCopied { bytes } => {
+                        self.blobs.with_label_values(&["copied"]).inc();
+                        self.bytes.with_label_values(&["in"]).inc_by(*bytes);
+                        self.bytes.with_label_values(&["out"]).inc_by(*bytes);
+                    }
+                    Outcome::BlobMounted { .. } => self.blobs.with_label_values(&["mounted"]).inc(),
+                    Outcome::BlobPresent => self.blobs.with_label_values(&["present"]).inc(),
+                    _ => {}
+                }
+            }
+            Err((class, last)) => {
+                self.failures.with_label_values(&[k, class.as_str()]).inc();
+                self.tasks
+                    .with_label_values(&[k, if last { "failed" } else { "retried" }])
+                    .inc();
+            }
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
