@@ -48,8 +48,14 @@ pub enum Command {
     Login(LoginArgs),
     /// Remove stored registry credentials.
     Logout(LogoutArgs),
-    /// Send a mirror job to the fleet (`--nats`), or run it here without one.
+    /// Send a mirror job to a coordinator (`--server`) or the fleet (`--nats`), or run it here.
     Submit(Box<SubmitArgs>),
+    /// Run the fleet's coordinator service (HTTP API, job state in JetStream KV).
+    Serve(Box<ServeArgs>),
+    /// Show one job, or all, of a running coordinator.
+    Status(StatusArgs),
+    /// Cancel a job on a running coordinator.
+    Cancel(CancelArgs),
     /// Print the version.
     Version,
     /// Print a shell completion script.
@@ -73,7 +79,8 @@ pub enum MirrorSub {
     Validate(MirrorArgs),
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct MirrorArgs {
     /// Image list (default or mirror format).
     #[arg(short = 'f', long = "file")]
@@ -140,8 +147,20 @@ pub struct MirrorArgs {
     pub fleet: FleetArgs,
 }
 
+impl Default for MirrorArgs {
+    /// The same defaults as the command line (what a job request leaves out).
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: MirrorArgs,
+        }
+        Defaults::parse_from(["defaults"]).args
+    }
+}
+
 /// Run on the fleet instead of in this process (beyond Hangar).
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct FleetArgs {
     /// NATS server of the fleet; tasks go to `hangar-worker` processes.
     #[arg(long = "nats", env = "HANGAR_NATS")]
@@ -168,8 +187,40 @@ pub struct FleetArgs {
 pub struct SubmitArgs {
     /// The image list.
     pub list: PathBuf,
+    /// A coordinator started with `hangar-coord serve`.
+    #[arg(long = "server", env = "HANGAR_SERVER")]
+    pub server: Option<String>,
     #[command(flatten)]
     pub mirror: MirrorArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address for the HTTP API, /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Registry TLS for planning (manifest reads); `--tls-verify=false` allows plain HTTP.
+    #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: Option<bool>,
+    /// The coordinator's own registry credentials (it reads manifests while planning).
+    #[arg(long = "authfile")]
+    pub authfile: Option<PathBuf>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    pub job: Option<String>,
+    #[arg(long = "server", env = "HANGAR_SERVER")]
+    pub server: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    pub job: String,
+    #[arg(long = "server", env = "HANGAR_SERVER")]
+    pub server: String,
 }
 
 #[derive(Args, Debug)]

@@ -47,10 +47,23 @@ pub struct JobReport {
 struct LogObserver<'a> {
     console: &'a Console,
     progress: &'a Progress,
+    watch: Option<Arc<std::sync::Mutex<JobSnapshot>>>,
 }
 
 impl Observer for LogObserver<'_> {
     fn image_finished(&mut self, job: &ImageJob, result: &ImageResult) {
+        if let Some(w) = &self.watch
+            && let Ok(mut snap) = w.lock()
+        {
+            match result {
+                ImageResult::Copied { .. } => snap.copied += 1,
+                ImageResult::Skipped(_) => snap.skipped += 1,
+                ImageResult::Failed(_) => {
+                    snap.failed += 1;
+                    snap.failed_lines.push(job.entry.original.clone());
+                }
+            }
+        }
         let n = Some(job.entry.index);
         match result {
             ImageResult::Copied { digest, preserved } => {
@@ -88,7 +101,7 @@ pub enum Backend {
 }
 
 /// A job id that is unique across runs and a valid NATS subject token.
-fn new_job_id() -> String {
+pub fn new_job_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -96,14 +109,35 @@ fn new_job_id() -> String {
     format!("j{nanos:x}{:x}", std::process::id())
 }
 
+/// What a job looks like from outside while it runs (the server's status API).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct JobSnapshot {
+    pub id: String,
+    /// queued, running, succeeded, failed, cancelled
+    pub state: String,
+    pub total: usize,
+    pub copied: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub bytes_copied: u64,
+    /// The failed images' original list lines.
+    pub failed_lines: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `run` names this execution of the job: task message ids and the event subject carry
+/// `<job>.<run>`, so a resumed job never confuses its events with an earlier run's.
 pub async fn run_mirror(
     spec: MirrorSpec,
     pool: Arc<RegistryPool>,
     console: Arc<Console>,
     backend: Backend,
+    job: (&str, &str),
+    watch: Option<Arc<std::sync::Mutex<JobSnapshot>>>,
 ) -> Result<JobReport> {
     let started = Instant::now();
-    let job_id = new_job_id();
+    let job_id = format!("{}.{}", job.0, job.1);
     let bytes_moved = Arc::new(AtomicU64::new(0));
     let (queue, mut events, workers): (Arc<dyn TaskQueue>, _, _) = match backend {
         Backend::Embedded => {
@@ -162,6 +196,7 @@ pub async fn run_mirror(
     let mut obs = LogObserver {
         console: &console,
         progress: &progress,
+        watch: watch.clone(),
     };
     let mut interrupted = false;
     while !tracker.is_finished() {

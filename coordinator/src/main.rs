@@ -6,6 +6,7 @@ mod commands;
 mod console;
 mod job;
 mod planner;
+mod serve;
 mod tracker;
 
 use std::process::ExitCode;
@@ -72,8 +73,22 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             if a.mirror.failed.as_os_str() == "mirror-failed.txt" {
                 a.mirror.failed = "submit-failed.txt".into();
             }
-            commands::mirror::run(&a.mirror, cli.debug, console).await
+            match &a.server {
+                Some(server) => commands::remote::submit(server, &a.mirror, console).await,
+                None => commands::mirror::run(&a.mirror, cli.debug, console).await,
+            }
         }
+        Command::Serve(a) => {
+            let nats = commands::mirror::fleet_client(&a.fleet).await?;
+            let defaults = cli::MirrorArgs {
+                tls_verify: a.tls_verify,
+                authfile: a.authfile.clone(),
+                ..Default::default()
+            };
+            serve::run(a.listen, nats, defaults, console).await
+        }
+        Command::Status(a) => commands::remote::status(&a.server, a.job.as_deref()).await,
+        Command::Cancel(a) => commands::remote::cancel(&a.server, &a.job).await,
         Command::Inspect(a) => commands::inspect::run(&a, &console).await,
         Command::ListTags(a) => commands::list_tags::run(&a, &console).await,
         Command::Delete(a) => commands::delete::run(&a, &console).await,

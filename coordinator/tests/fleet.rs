@@ -368,3 +368,167 @@ async fn nats_restarting_mid_run_loses_nothing() {
     assert!(out.status.success(), "{}", text(&out));
     assert_all_copied(&env, 4);
 }
+
+/// `hangar-coord serve`, killed when dropped.
+struct Coordinator(Child);
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_coordinator(nats: &str, listen: &str, log: PathBuf) -> Coordinator {
+    let out = std::fs::File::create(log).unwrap();
+    let c = Coordinator(
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args([
+                "serve",
+                "--tls-verify=false",
+                "--listen",
+                listen,
+                "--nats",
+                nats,
+            ])
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("hangar-coord serve"),
+    );
+    hangar_loadtest::services::wait_for_port(listen, std::time::Duration::from_secs(20)).unwrap();
+    c
+}
+
+async fn job_state(http: &reqwest::Client, base: &str, id: &str) -> serde_json::Value {
+    http.get(format!("{base}/jobs/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_submit_status_and_cancel() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let listen = format!(
+        "127.0.0.1:{}",
+        hangar_loadtest::services::free_port().unwrap()
+    );
+    let _coord = start_coordinator(&nats.url(), &listen, env.path("coord.log"));
+    let _workers: Vec<Worker> = (0..2)
+        .map(|i| start_fast_failover_worker(&nats.url(), env.path(&format!("w{i}.log"))))
+        .collect();
+    let lines = seed_shared_repos(&env, 3).await;
+    let list = env.write_list("list.txt", &lines);
+    let server = format!("http://{listen}");
+    let out = hangar(&[
+        "submit",
+        list.to_str().unwrap(),
+        "--server",
+        &server,
+        "-d",
+        &env.dst.addr,
+        "-o",
+        env.path("failed.txt").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        std::fs::read_to_string(env.path("coord.log")).unwrap_or_default()
+    );
+    for line in &lines {
+        let src = skopeo_raw(line).unwrap();
+        let dst = skopeo_raw(&line.replace(&env.src.addr, &env.dst.addr)).expect("copied");
+        assert_eq!(index_digests(&dst), vec![sha(&src)]);
+    }
+    let all = hangar(&["status", "--server", &server]);
+    assert!(all.status.success(), "{}", text(&all));
+    let jobs: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(jobs[0]["state"], "succeeded", "{jobs}");
+    assert_eq!(jobs[0]["copied"], 3);
+
+    // A slow job, cancelled while it runs.
+    let (slow, _proxy) = slow_source(&env, 3).await;
+    let http = reqwest::Client::new();
+    let request = serde_json::json!({
+        "list": slow.join("\n"),
+        "args": {"destination": env.dst.addr, "destination_project": "cancelled"},
+    });
+    let created: serde_json::Value = http
+        .post(format!("{server}/jobs"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let cancelled = hangar(&["cancel", &id, "--server", &server]);
+    assert!(cancelled.status.success(), "{}", text(&cancelled));
+    assert_eq!(job_state(&http, &server, &id).await["state"], "cancelled");
+    let missing = hangar(&["status", "no-such-job", "--server", &server]);
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_restarted_mid_run_resumes_its_job() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let listen = format!(
+        "127.0.0.1:{}",
+        hangar_loadtest::services::free_port().unwrap()
+    );
+    let first = start_coordinator(&nats.url(), &listen, env.path("coord-1.log"));
+    let _workers: Vec<Worker> = (0..2)
+        .map(|i| start_fast_failover_worker(&nats.url(), env.path(&format!("w{i}.log"))))
+        .collect();
+    let (lines, _proxy) = slow_source(&env, 4).await;
+    let server = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    let request = serde_json::json!({
+        "list": lines.join("\n"),
+        "args": {"destination": env.dst.addr, "destination_project": "chaos", "jobs": 4},
+    });
+    let created: serde_json::Value = http
+        .post(format!("{server}/jobs"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    drop(first); // SIGKILL mid-run
+    let _second = start_coordinator(&nats.url(), &listen, env.path("coord-2.log"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let state = loop {
+        let s = job_state(&http, &server, &id).await;
+        if s["state"] != "running" || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        state["state"],
+        "succeeded",
+        "{state}\n{}",
+        std::fs::read_to_string(env.path("coord-2.log")).unwrap_or_default()
+    );
+    assert!(
+        std::fs::read_to_string(env.path("coord-2.log"))
+            .unwrap_or_default()
+            .contains(&format!("Resuming job {id}"))
+    );
+    assert_all_copied(&env, 4);
+}

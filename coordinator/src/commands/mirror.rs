@@ -33,20 +33,28 @@ pub fn prepare(args: &MirrorArgs, debug: bool, console: &Console) -> Result<Prep
         bail!("image list file not provided: use -f/--file");
     };
     let list = ImageList::read(file)?;
+    prepare_list(list, &file.display().to_string(), args, debug, console)
+}
+
+/// Works out each entry's source and destination; `label` names the list in messages.
+pub fn prepare_list(
+    list: ImageList,
+    label: &str,
+    args: &MirrorArgs,
+    debug: bool,
+    console: &Console,
+) -> Result<Prepared> {
     for w in &list.warnings {
         console.warn(
             None,
             format!(
                 "Ignore image list line {:?} ({}:{}): {}",
-                w.line,
-                file.display(),
-                w.line_no,
-                w.message
+                w.line, label, w.line_no, w.message
             ),
         );
     }
     if list.entries.is_empty() {
-        bail!("no images in list {}", file.display());
+        bail!("no images in list {label}");
     }
     let some = |s: &str| {
         let s = s
@@ -128,11 +136,8 @@ pub fn prepare(args: &MirrorArgs, debug: bool, console: &Console) -> Result<Prep
     })
 }
 
-pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Result<()> {
-    let prepared = prepare(args, debug, &console)?;
-    let prepared_rejected = prepared.rejected;
-    let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
-    let total = prepared.images.len();
+/// The job to run, and the lines rejected before it.
+pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntry, String)>) {
     let spec = MirrorSpec {
         images: prepared.images,
         filter: prepared.filter,
@@ -143,6 +148,14 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         task_timeout: prepared.timeout,
         retry: RetryPolicy::default(),
     };
+    (spec, prepared.rejected)
+}
+
+pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    let prepared = prepare(args, debug, &console)?;
+    let (spec, prepared_rejected) = spec(prepared, args);
+    let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
+    let total = spec.images.len();
     console.info(
         None,
         format!(
@@ -151,22 +164,11 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         ),
     );
     let backend = match &args.fleet.nats {
-        Some(url) => {
-            let f = &args.fleet;
-            let client = jetstream::connect(&NatsOptions {
-                url: url.clone(),
-                user: f.nats_user.clone(),
-                password: f.nats_password.clone(),
-                token: f.nats_token.clone(),
-                creds: f.nats_creds.clone(),
-                require_tls: f.nats_tls,
-            })
-            .await?;
-            Backend::Fleet(client)
-        }
+        Some(_) => Backend::Fleet(fleet_client(&args.fleet).await?),
         None => Backend::Embedded,
     };
-    let report = job::run_mirror(spec, pool, console.clone(), backend).await?;
+    let id = job::new_job_id();
+    let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
 
     let (mut ok, mut skipped) = (0, 0);
     let mut failed_lines = super::report_rejected(&console, &prepared_rejected, "copy");
@@ -194,4 +196,20 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         ),
     );
     super::finish(&console, &args.failed, &failed_lines, "copy")
+}
+
+/// Connects to the fleet's NATS with the `--nats*` flags.
+pub async fn fleet_client(f: &crate::cli::FleetArgs) -> Result<async_nats::Client> {
+    let Some(url) = &f.nats else {
+        bail!("--nats is required");
+    };
+    Ok(jetstream::connect(&NatsOptions {
+        url: url.clone(),
+        user: f.nats_user.clone(),
+        password: f.nats_password.clone(),
+        token: f.nats_token.clone(),
+        creds: f.nats_creds.clone(),
+        require_tls: f.nats_tls,
+    })
+    .await?)
 }

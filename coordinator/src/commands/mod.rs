@@ -7,6 +7,7 @@ pub mod list_tags;
 pub mod login;
 pub mod merge_manifest;
 pub mod mirror;
+pub mod remote;
 pub mod validate;
 
 use std::path::Path;

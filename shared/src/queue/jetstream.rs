@@ -2,8 +2,8 @@
 //!
 //! | what | name | settings |
 //! |---|---|---|
-//! | task stream | `HANGAR_TASKS`, subjects `hangar.task.<kind>` | work-queue retention, file storage, 2 min duplicate window |
-//! | task consumers | durable `hangar-<kind>`, one per kind | pull, explicit ack, `ack_wait` 60 s, `max_deliver` 3 |
+//! | task stream | `HANGAR_TASKS`, subjects `hangar.task.<kind>.<job>` | work-queue retention, file storage, 2 min duplicate window |
+//! | task consumers | durable `hangar-<kind>`, one per kind, filter `hangar.task.<kind>.>` | pull, explicit ack, `ack_wait` 60 s, `max_deliver` 3 |
 //! | event stream | `HANGAR_EVENTS`, subjects `hangar.event.<job>` | limits retention, file storage, 24 h max age |
 //!
 //! Everything is created idempotently at start (`get_or_create`). Each task is published
@@ -36,8 +36,22 @@ fn bus(e: impl std::fmt::Display) -> Error {
     Error::new(FailureClass::Network, format!("nats: {e}"))
 }
 
-pub fn task_subject(kind: TaskKind) -> String {
-    format!("hangar.task.{}", kind.as_str())
+/// `hangar.task.<kind>.<job>`: the job in the subject lets a cancel purge just its tasks.
+pub fn task_subject(kind: TaskKind, job: &str) -> String {
+    format!("hangar.task.{}.{job}", kind.as_str())
+}
+
+/// Drops every queued task of every run of `job` (a cancelled job); task subjects are
+/// `hangar.task.<kind>.<job>.<run>`.
+pub async fn purge_job(client: async_nats::Client, job: &str) -> Result<u64> {
+    let js = jetstream::new(client);
+    let stream = js.get_stream(TASK_STREAM).await.map_err(bus)?;
+    let purged = stream
+        .purge()
+        .filter(format!("hangar.task.*.{job}.*"))
+        .await
+        .map_err(bus)?;
+    Ok(purged.purged)
 }
 
 pub fn event_subject(job: &str) -> String {
@@ -142,7 +156,7 @@ impl JetStreamQueue {
                     &name,
                     pull::Config {
                         durable_name: Some(name.clone()),
-                        filter_subject: task_subject(kind),
+                        filter_subject: format!("hangar.task.{}.>", kind.as_str()),
                         ack_policy: jetstream::consumer::AckPolicy::Explicit,
                         ack_wait,
                         max_deliver: MAX_DELIVER as i64,
@@ -266,7 +280,7 @@ impl TaskQueue for JetStreamQueue {
         loop {
             let attempt = async {
                 self.js
-                    .send_publish(task_subject(task.task.kind()), publish.clone())
+                    .send_publish(task_subject(task.task.kind(), &task.job), publish.clone())
                     .await
                     .map_err(bus)?
                     .await

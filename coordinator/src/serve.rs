@@ -1,0 +1,339 @@
+//! `hangar-coord serve`: the fleet's coordinator as a service. It takes jobs over HTTP,
+//! plans and tracks them with the same pipeline as `mirror --nats`, keeps every job in a
+//! JetStream KV bucket (`hangar-jobs`), and after a restart resumes the jobs that were
+//! running: they are planned again under a new run id, and the idempotent handlers skip
+//! whatever the earlier run already copied.
+//!
+//! API (JSON): `POST /jobs` `{list, args}` → `{id}`; `GET /jobs`; `GET /jobs/{id}`;
+//! `DELETE /jobs/{id}` (cancel: stop tracking, purge its queued tasks); `/metrics`;
+//! `/healthz`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result};
+use async_nats::jetstream::{self, kv};
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures_util::StreamExt;
+use hangar_shared::imagelist::ImageList;
+use hangar_shared::queue::jetstream::purge_job;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::MirrorArgs;
+use crate::commands::mirror;
+use crate::console::Console;
+use crate::job::{self, Backend, JobSnapshot};
+
+pub const JOB_BUCKET: &str = "hangar-jobs";
+
+/// What a client sends: the list's text and the mirror flags. Credentials are never in it:
+/// the coordinator and the workers read their own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub list: String,
+    pub args: MirrorArgs,
+}
+
+/// What the bucket keeps per job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredJob {
+    request: JobRequest,
+    snapshot: JobSnapshot,
+}
+
+struct Running {
+    snapshot: Arc<Mutex<JobSnapshot>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct Server {
+    nats: async_nats::Client,
+    kv: kv::Store,
+    jobs: Arc<Mutex<HashMap<String, Running>>>,
+    defaults: Arc<MirrorArgs>,
+    console: Arc<Console>,
+    run: Arc<String>,
+}
+
+fn snapshot_of(r: &Running) -> JobSnapshot {
+    r.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
+}
+
+impl Server {
+    async fn save(&self, id: &str, request: &JobRequest, snapshot: &JobSnapshot) {
+        let stored = StoredJob {
+            request: request.clone(),
+            snapshot: snapshot.clone(),
+        };
+        match serde_json::to_vec(&stored) {
+            Ok(bytes) => {
+                if let Err(e) = self.kv.put(id, bytes.into()).await {
+                    tracing::warn!("saving job {id}: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("encoding job {id}: {e}"),
+        }
+    }
+
+    /// Starts (or resumes) a job in the background.
+    fn start(&self, id: String, request: JobRequest) -> Result<(), String> {
+        let mut args = request.args.clone();
+        // The coordinator's own TLS and credential settings, never the client's.
+        args.tls_verify = self.defaults.tls_verify;
+        args.authfile = self.defaults.authfile.clone();
+        let list = ImageList::parse(&request.list);
+        let prepared =
+            mirror::prepare_list(list, &format!("job {id}"), &args, false, &self.console)
+                .map_err(|e| format!("{e:#}"))?;
+        let (spec, rejected) = mirror::spec(prepared, &args);
+        let snapshot = Arc::new(Mutex::new(JobSnapshot {
+            id: id.clone(),
+            state: "running".into(),
+            total: spec.images.len() + rejected.len(),
+            failed: rejected.len(),
+            failed_lines: rejected.iter().map(|(e, _)| e.original.clone()).collect(),
+            ..Default::default()
+        }));
+        let server = self.clone();
+        let watch = snapshot.clone();
+        let task_id = id.clone();
+        let task = tokio::spawn(async move {
+            let pool = Arc::new(crate::commands::pool(
+                args.tls_verify,
+                args.authfile.as_deref(),
+            ));
+            let first = watch.lock().map(|s| s.clone()).ok();
+            if let Some(first) = first {
+                server.save(&task_id, &request, &first).await;
+            }
+            let outcome = job::run_mirror(
+                spec,
+                pool,
+                server.console.clone(),
+                Backend::Fleet(server.nats.clone()),
+                (&task_id, &server.run),
+                Some(watch.clone()),
+            )
+            .await;
+            let last = {
+                let Ok(mut s) = watch.lock() else { return };
+                match outcome {
+                    Ok(report) => {
+                        s.bytes_copied = report.stats.bytes_copied;
+                        s.state = if s.failed == 0 { "succeeded" } else { "failed" }.into();
+                    }
+                    Err(e) => {
+                        s.state = "failed".into();
+                        s.message = Some(format!("{e:#}"));
+                    }
+                }
+                s.clone()
+            };
+            server.save(&task_id, &request, &last).await;
+        });
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.insert(
+                id,
+                Running {
+                    snapshot,
+                    task: Some(task),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Picks up the jobs a previous coordinator left running.
+    async fn resume(&self) -> Result<usize> {
+        let mut keys = self.kv.keys().await.context("listing jobs")?;
+        let mut resumed = 0;
+        while let Some(key) = keys.next().await {
+            let Ok(key) = key else { continue };
+            let Ok(Some(entry)) = self.kv.get(&key).await else {
+                continue;
+            };
+            let Ok(stored) = serde_json::from_slice::<StoredJob>(&entry) else {
+                continue;
+            };
+            if stored.snapshot.state == "running" {
+                self.console.info(None, format!("Resuming job {key}"));
+                if let Err(e) = self.start(key.clone(), stored.request) {
+                    self.console
+                        .error(None, format!("cannot resume job {key}: {e}"));
+                } else {
+                    resumed += 1;
+                }
+            } else if let Ok(mut jobs) = self.jobs.lock() {
+                jobs.insert(
+                    key,
+                    Running {
+                        snapshot: Arc::new(Mutex::new(stored.snapshot)),
+                        task: None,
+                    },
+                );
+            }
+        }
+        Ok(resumed)
+    }
+}
+
+async fn submit(
+    State(server): State<Server>,
+    Json(request): Json<JobRequest>,
+) -> impl IntoResponse {
+    let id = job::new_job_id();
+    match server.start(id.clone(), request) {
+        Ok(()) => (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+    }
+}
+
+async fn list(State(server): State<Server>) -> impl IntoResponse {
+    let jobs: Vec<JobSnapshot> = server
+        .jobs
+        .lock()
+        .map(|j| j.values().map(snapshot_of).collect())
+        .unwrap_or_default();
+    Json(jobs)
+}
+
+async fn status(State(server): State<Server>, Path(id): Path<String>) -> impl IntoResponse {
+    let snap = server
+        .jobs
+        .lock()
+        .ok()
+        .and_then(|j| j.get(&id).map(snapshot_of));
+    match snap {
+        Some(s) => Json(s).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no job {id}") })),
+        )
+            .into_response(),
+    }
+}
+
+async fn cancel(State(server): State<Server>, Path(id): Path<String>) -> impl IntoResponse {
+    let found = server.jobs.lock().ok().and_then(|mut j| {
+        j.get_mut(&id).map(|r| {
+            if let Some(t) = r.task.take() {
+                t.abort();
+            }
+            if let Ok(mut s) = r.snapshot.lock()
+                && s.state == "running"
+            {
+                s.state = "cancelled".into();
+            }
+            snapshot_of(r)
+        })
+    });
+    let Some(snap) = found else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no job {id}") })),
+        )
+            .into_response();
+    };
+    let purged = purge_job(server.nats.clone(), &id).await.unwrap_or(0);
+    if let Ok(Some(entry)) = server.kv.get(&id).await
+        && let Ok(mut stored) = serde_json::from_slice::<StoredJob>(&entry)
+    {
+        stored.snapshot = snap.clone();
+        server.save(&id, &stored.request, &snap).await;
+    }
+    Json(serde_json::json!({ "id": id, "state": snap.state, "purged_tasks": purged }))
+        .into_response()
+}
+
+async fn metrics(State(server): State<Server>) -> impl IntoResponse {
+    use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+    let registry = Registry::new();
+    let jobs = IntGaugeVec::new(
+        Opts::new("hangar_jobs", "Jobs known to this coordinator, by state"),
+        &["state"],
+    );
+    let images = IntGaugeVec::new(
+        Opts::new("hangar_images", "Images of known jobs, by state"),
+        &["state"],
+    );
+    let (Ok(jobs), Ok(images)) = (jobs, images) else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, String::new()).into_response();
+    };
+    let _ = registry.register(Box::new(jobs.clone()));
+    let _ = registry.register(Box::new(images.clone()));
+    for s in server
+        .jobs
+        .lock()
+        .map(|j| j.values().map(snapshot_of).collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        jobs.with_label_values(&[s.state.as_str()]).inc();
+        images.with_label_values(&["copied"]).add(s.copied as i64);
+        images.with_label_values(&["failed"]).add(s.failed as i64);
+        images.with_label_values(&["skipped"]).add(s.skipped as i64);
+        let pending = s.total.saturating_sub(s.copied + s.failed + s.skipped);
+        images.with_label_values(&["pending"]).add(pending as i64);
+    }
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+pub async fn run(
+    listen: SocketAddr,
+    nats: async_nats::Client,
+    defaults: MirrorArgs,
+    console: Arc<Console>,
+) -> Result<()> {
+    let js = jetstream::new(nats.clone());
+    hangar_shared::queue::jetstream::ensure_streams(&js).await?;
+    let kv = match js.get_key_value(JOB_BUCKET).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: JOB_BUCKET.into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .context("creating the job bucket")?,
+    };
+    let server = Server {
+        nats,
+        kv,
+        jobs: Arc::new(Mutex::new(HashMap::new())),
+        defaults: Arc::new(defaults),
+        console: console.clone(),
+        run: Arc::new(format!("r{}", job::new_job_id())),
+    };
+    let resumed = server.resume().await?;
+    let app = Router::new()
+        .route("/jobs", get(list).post(submit))
+        .route("/jobs/{id}", get(status).delete(cancel))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(server);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    console.info(
+        None,
+        format!(
+            "Serving on http://{} ({resumed} jobs resumed)",
+            listener.local_addr()?
+        ),
+    );
+    axum::serve(listener, app).await?;
+    Ok(())
+}
