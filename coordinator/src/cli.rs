@@ -140,6 +140,10 @@ pub struct MirrorArgs {
     /// Auth file to read credentials from first (beyond Hangar).
     #[arg(long = "authfile")]
     pub authfile: Option<PathBuf>,
+    /// Blob cache (beyond Hangar): a directory, `file:///dir` or `s3://bucket?endpoint=…&region=…`.
+    /// Blobs go through it, and what it holds is never fetched from the source again.
+    #[arg(long = "cache", env = "HANGAR_CACHE")]
+    pub cache: Option<String>,
     /// Blob and manifest transfers at once (beyond Hangar; default 3 x jobs).
     #[arg(long = "transfers")]
     pub transfers: Option<usize>,
@@ -205,6 +209,9 @@ pub struct ServeArgs {
     /// The coordinator's own registry credentials (it reads manifests while planning).
     #[arg(long = "authfile")]
     pub authfile: Option<PathBuf>,
+    /// The fleet's blob cache, for the configs read while planning.
+    #[arg(long = "cache", env = "HANGAR_CACHE")]
+    pub cache: Option<String>,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

@@ -35,6 +35,8 @@ pub struct MirrorSpec {
     pub transfers: usize,
     pub task_timeout: Option<Duration>,
     pub retry: RetryPolicy,
+    /// The embedded workers' blob cache (`--cache`); fleet workers have their own.
+    pub cache: Option<Arc<hangar_shared::cache::BlobCache>>,
 }
 
 pub struct JobReport {
@@ -149,6 +151,7 @@ pub async fn run_mirror(
                 bytes_moved: bytes_moved.clone(),
                 task_timeout: spec.task_timeout,
                 metrics: None,
+                cache: spec.cache.clone(),
             });
             let workers = tokio::spawn(hangar_worker::run(
                 queue.clone(),
@@ -171,13 +174,24 @@ pub async fn run_mirror(
     let (filter, provenance, planners) =
         (spec.filter.clone(), spec.provenance, spec.planners.max(1));
     let planner_pool = pool.clone();
+    let planner_cache = spec.cache.clone();
     let planning = tokio::spawn(async move {
         let mut results = futures_util::stream::iter(planner_jobs)
             .map(|(i, job)| {
-                let (pool, filter) = (planner_pool.clone(), filter.clone());
+                let (pool, filter, cache) =
+                    (planner_pool.clone(), filter.clone(), planner_cache.clone());
                 async move {
                     let planned = match pool.registry(&job.source.registry).await {
-                        Ok(store) => planner::plan(store.as_ref(), &job, &filter, provenance).await,
+                        Ok(store) => {
+                            planner::plan(
+                                store.as_ref(),
+                                cache.as_deref(),
+                                &job,
+                                &filter,
+                                provenance,
+                            )
+                            .await
+                        }
                         Err(e) => Err(e),
                     };
                     (i, planned)

@@ -83,6 +83,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             let defaults = cli::MirrorArgs {
                 tls_verify: a.tls_verify,
                 authfile: a.authfile.clone(),
+                cache: a.cache.clone(),
                 ..Default::default()
             };
             serve::run(a.listen, nats, defaults, console).await

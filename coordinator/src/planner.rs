@@ -4,7 +4,8 @@
 //! It does no copying; the tracker turns plans into tasks.
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
+use hangar_shared::cache::BlobCache;
 use hangar_shared::digest::Digest;
 use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::imagelist::ListEntry;
@@ -13,6 +14,7 @@ use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::Side;
 use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::ImageStore;
+use hangar_shared::verify::verified;
 
 /// One list entry with its resolved endpoints.
 #[derive(Debug, Clone)]
@@ -76,8 +78,11 @@ pub enum Planned {
 pub const NO_PLATFORM: &str = "no available image for specified arch and os";
 
 /// Reads a small JSON blob (an image config) fully, verified; returns it parsed and raw.
+/// With a blob cache, the config is read from it when there and kept in it otherwise, so
+/// a later job does not fetch it from the source again.
 pub async fn read_config(
     store: &dyn ImageStore,
+    cache: Option<&BlobCache>,
     repo: &str,
     desc: &Descriptor,
 ) -> Result<(ImageConfig, Bytes)> {
@@ -87,13 +92,35 @@ pub async fn read_config(
             desc.digest, desc.size
         )));
     }
-    let what = format!("read config {}", desc.digest);
-    let chunks: Vec<Bytes> = RetryPolicy::default()
-        .run(&what, || async {
-            store.get_blob(repo, desc, None).await?.try_collect().await
-        })
-        .await?;
-    let bytes = Bytes::from(chunks.concat());
+    let mut cached: Option<Bytes> = None;
+    if let Some(cache) = cache
+        && cache.meta(&desc.digest).await?.is_some()
+        && let Ok(stream) = cache.get(desc, None).await
+        && let Ok(chunks) = stream.try_collect::<Vec<Bytes>>().await
+    {
+        cached = Some(Bytes::from(chunks.concat()));
+    }
+    let bytes = match cached {
+        Some(b) => b,
+        None => {
+            let what = format!("read config {}", desc.digest);
+            let chunks: Vec<Bytes> = RetryPolicy::default()
+                .run(&what, || async {
+                    store.get_blob(repo, desc, None).await?.try_collect().await
+                })
+                .await?;
+            let bytes = Bytes::from(chunks.concat());
+            if let Some(cache) = cache {
+                let once =
+                    futures_util::stream::once(std::future::ready(Ok(bytes.clone()))).boxed();
+                let stream = verified(once, desc.digest.clone(), desc.size, None);
+                if let Err(e) = cache.fill(desc, stream).await {
+                    tracing::warn!("keeping config {} in the cache: {e}", desc.digest);
+                }
+            }
+            bytes
+        }
+    };
     let config = serde_json::from_slice(&bytes).map_err(|e| {
         Error::invalid(format!(
             "config blob {} is not a valid image config: {e}",
@@ -106,6 +133,7 @@ pub async fn read_config(
 /// Fetches the source's top manifest and selects its platforms.
 pub async fn select(
     store: &dyn ImageStore,
+    cache: Option<&BlobCache>,
     source: &ImageRef,
     filter: &PlatformFilter,
     provenance: bool,
@@ -151,7 +179,7 @@ pub async fn select(
             })
         }
         Manifest::Image(image) => {
-            let (config, raw_config) = read_config(store, &repo, &image.config).await?;
+            let (config, raw_config) = read_config(store, cache, &repo, &image.config).await?;
             let platform = config.platform();
             let mut entry = top.descriptor();
             entry.platform = Some(platform.clone());
@@ -180,6 +208,7 @@ pub async fn select(
 /// Resolves everything one image needs.
 pub async fn plan(
     store: &dyn ImageStore,
+    cache: Option<&BlobCache>,
     job: &ImageJob,
     filter: &PlatformFilter,
     provenance: bool,
@@ -190,7 +219,7 @@ pub async fn plan(
             "{source}: image is a sigstore signature"
         )));
     }
-    let selection = select(store, source, filter, provenance).await?;
+    let selection = select(store, cache, source, filter, provenance).await?;
     if !selection.entries.iter().any(|e| !e.is_attestation()) {
         return Ok(Planned::Skip(NO_PLATFORM.to_owned()));
     }

@@ -88,6 +88,9 @@ impl Server {
         // The coordinator's own TLS and credential settings, never the client's.
         args.tls_verify = self.defaults.tls_verify;
         args.authfile = self.defaults.authfile.clone();
+        // The coordinator's own cache (`serve --cache`, the fleet's bucket), for the configs it
+        // reads while planning; the workers copy through theirs.
+        args.cache = self.defaults.cache.clone();
         let list = ImageList::parse(&request.list);
         let prepared =
             mirror::prepare_list(list, &format!("job {id}"), &args, false, &self.console)

@@ -36,6 +36,8 @@ pub struct Stats {
     pub blobs_copied: u64,
     pub blobs_mounted: u64,
     pub blobs_present: u64,
+    /// Copied from the blob cache: upstream fetches saved.
+    pub blobs_from_cache: u64,
     pub bytes_copied: u64,
     /// What a per-image copier would have moved: every blob of every image.
     pub bytes_naive: u64,
@@ -458,8 +460,11 @@ impl Tracker {
 
     async fn blob_done(&mut self, key: BlobKey, outcome: Option<Outcome>) -> Result<()> {
         match &outcome {
-            Some(Outcome::BlobCopied { bytes }) => {
+            Some(Outcome::BlobCopied { bytes, cached }) => {
                 self.stats.blobs_copied += 1;
+                if *cached {
+                    self.stats.blobs_from_cache += 1;
+                }
                 self.stats.bytes_copied += bytes;
             }
             Some(Outcome::BlobMounted { .. }) => self.stats.blobs_mounted += 1,

@@ -532,3 +532,71 @@ async fn a_coordinator_restarted_mid_run_resumes_its_job() {
     );
     assert_all_copied(&env, 4);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_fleet_job_finds_every_blob_in_the_shared_cache() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let cache = env.path("fleet-cache");
+    let cache_arg = cache.to_str().unwrap().to_owned();
+    let workers: Vec<Worker> = (0..2)
+        .map(|i| {
+            let out = std::fs::File::create(env.path(&format!("cw{i}.log"))).unwrap();
+            Worker(
+                Command::new(worker_binary())
+                    .args([
+                        "--nats",
+                        &nats.url(),
+                        "--tls-verify=false",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--cache",
+                        &cache_arg,
+                    ])
+                    .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+                    .stdin(Stdio::null())
+                    .stdout(out.try_clone().unwrap())
+                    .stderr(out)
+                    .spawn()
+                    .expect("start hangar-worker"),
+            )
+        })
+        .collect();
+    let lines = seed_shared_repos(&env, 4).await;
+    let list = env.write_list("list.txt", &lines);
+    let submit = |dst: &str| {
+        hangar(&[
+            "submit",
+            list.to_str().unwrap(),
+            "--tls-verify=false",
+            "-d",
+            dst,
+            "-j",
+            "4",
+            "--nats",
+            &nats.url(),
+            "--cache",
+            &cache_arg,
+            "-o",
+            env.path("failed.txt").to_str().unwrap(),
+        ])
+    };
+    let out = submit(&env.dst.addr);
+    assert!(out.status.success(), "{}", text(&out));
+    let first = blob_gets(&env.src.log());
+    assert!(first.values().all(|n| *n == 1), "{first:?}");
+    let second = hangar_loadtest::services::RegistryProcess::start().unwrap();
+    let out = submit(&second.addr);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        blob_gets(&env.src.log()),
+        first,
+        "the second job fetched nothing from the source"
+    );
+    for line in &lines {
+        let src = skopeo_raw(line).unwrap();
+        let dst = skopeo_raw(&line.replace(&env.src.addr, &second.addr)).expect("copied");
+        assert_eq!(index_digests(&dst), vec![sha(&src)]);
+    }
+    drop(workers);
+}

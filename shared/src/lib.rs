@@ -3,6 +3,7 @@
 //! event types, and the queue trait with its in-process backend.
 
 pub mod auth;
+pub mod cache;
 pub mod digest;
 pub mod error;
 pub mod imagelist;

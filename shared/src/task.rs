@@ -174,12 +174,24 @@ mod b64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Outcome {
-    BlobCopied { bytes: u64 },
+    /// `cached`: served from the blob cache, no upstream fetch.
+    BlobCopied {
+        bytes: u64,
+        #[serde(default)]
+        cached: bool,
+    },
     BlobPresent,
-    BlobMounted { from: String },
+    BlobMounted {
+        from: String,
+    },
     ManifestPushed,
-    IndexPushed { digest: Digest, preserved: bool },
-    IndexUnchanged { digest: Digest },
+    IndexPushed {
+        digest: Digest,
+        preserved: bool,
+    },
+    IndexUnchanged {
+        digest: Digest,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,8 +2,10 @@
 //! mount when a candidate shares the registry, else one verified stream source → dest.
 
 use futures_util::StreamExt;
-use hangar_shared::error::Result;
+use hangar_shared::cache::BlobCache;
+use hangar_shared::error::{FailureClass, Result};
 use hangar_shared::registry::Side;
+use hangar_shared::store::ImageStore;
 use hangar_shared::task::{BlobTask, Outcome};
 use hangar_shared::verify::verified;
 
@@ -49,7 +51,11 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
             .await?;
         return Ok(Outcome::BlobCopied {
             bytes: task.desc.size,
+            cached: false,
         });
+    }
+    if let Some(cache) = &ctx.cache {
+        return through_cache(ctx, cache, task, dest.as_ref()).await;
     }
     let source = ctx.stores.resolve(&task.source.store).await?;
     let what = format!("copy blob {digest} {} -> {}", task.source, task.dest);
@@ -63,5 +69,50 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
         .await?;
     Ok(Outcome::BlobCopied {
         bytes: task.desc.size,
+        cached: false,
     })
+}
+
+/// Source → cache (verified, committed only when whole) unless the cache has it, then
+/// cache → destination. A cached copy that fails verification is evicted and refetched.
+async fn through_cache(
+    ctx: &Context,
+    cache: &BlobCache,
+    task: &BlobTask,
+    dest: &dyn ImageStore,
+) -> Result<Outcome> {
+    let digest = &task.desc.digest;
+    let hit = cache
+        .meta(digest)
+        .await?
+        .is_some_and(|m| m.size == task.desc.size);
+    let fill = || async {
+        let source = ctx.stores.resolve(&task.source.store).await?;
+        let stream = source.get_blob(&task.source.repo, &task.desc, None).await?;
+        cache.fill(&task.desc, stream).await.map(drop)
+    };
+    let deliver = || async {
+        let stream = cache.get(&task.desc, Some(ctx.bytes_moved.clone())).await?;
+        dest.put_blob(&task.dest.repo, &task.desc, stream).await
+    };
+    let what = format!("copy blob {digest} via the cache -> {}", task.dest);
+    if !hit {
+        ctx.retry.run(&what, fill).await?;
+    }
+    match ctx.retry.run(&what, deliver).await {
+        Err(e) if hit && e.class == FailureClass::DigestMismatch => {
+            tracing::warn!("cached blob {digest} is damaged; evicting it and fetching again");
+            cache.evict(digest).await;
+            ctx.retry.run(&what, fill).await?;
+            ctx.retry.run(&what, deliver).await?;
+            Ok(Outcome::BlobCopied {
+                bytes: task.desc.size,
+                cached: false,
+            })
+        }
+        other => other.map(|()| Outcome::BlobCopied {
+            bytes: task.desc.size,
+            cached: hit,
+        }),
+    }
 }

@@ -16,4 +16,7 @@ pub struct Context {
     /// `--timeout`: bounds one attempt of one task.
     pub task_timeout: Option<Duration>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Blobs go source → cache → destination when set, and a cached blob is never fetched
+    /// from its source again.
+    pub cache: Option<Arc<hangar_shared::cache::BlobCache>>,
 }

@@ -62,6 +62,10 @@ struct Args {
     /// how soon a task held by a dead worker is handed to another.
     #[arg(long, default_value = "60s")]
     ack_wait: String,
+    /// Blob cache shared by the fleet: a directory, `file:///dir` or
+    /// `s3://bucket?endpoint=…&region=…` (credentials from `AWS_*`).
+    #[arg(long, env = "HANGAR_CACHE")]
+    cache: Option<String>,
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9464", env = "HANGAR_WORKER_LISTEN")]
     listen: std::net::SocketAddr,
@@ -129,6 +133,10 @@ async fn main() -> Result<()> {
         bytes_moved: Arc::new(AtomicU64::new(0)),
         task_timeout: (!timeout.is_zero()).then_some(timeout),
         metrics: Some(metrics),
+        cache: match &args.cache {
+            Some(url) => Some(Arc::new(hangar_shared::cache::BlobCache::open(url)?)),
+            None => None,
+        },
     });
     let total = concurrency.iter().map(|(_, n)| n).sum();
     ready.store(true, std::sync::atomic::Ordering::Relaxed);

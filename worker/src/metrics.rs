@@ -14,6 +14,7 @@ pub struct Metrics {
     duration: HistogramVec,
     bytes: IntCounterVec,
     blobs: IntCounterVec,
+    cache: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -51,7 +52,7 @@ impl Metrics {
         let bytes = must(IntCounterVec::new(
             Opts::new(
                 "hangar_bytes_total",
-                "Blob bytes moved, by direction (in: read from a source, out: written to a destination)",
+                "Blob bytes moved, by direction (in: fetched from a source registry, out: written to a destination)",
             ),
             &["direction"],
         ));
@@ -62,7 +63,14 @@ impl Metrics {
             ),
             &["result"],
         ));
-        for c in [&tasks, &failures, &bytes, &blobs] {
+        let cache = must(IntCounterVec::new(
+            Opts::new(
+                "hangar_cache_lookups_total",
+                "Blob copies by whether the blob cache already held the blob (hit: no upstream fetch)",
+            ),
+            &["result"],
+        ));
+        for c in [&tasks, &failures, &bytes, &blobs, &cache] {
             must(registry.register(Box::new(c.clone())));
         }
         must(registry.register(Box::new(duration.clone())));
@@ -73,6 +81,7 @@ impl Metrics {
             duration,
             bytes,
             blobs,
+            cache,
         }
     }
 
@@ -88,9 +97,14 @@ impl Metrics {
             Ok(outcome) => {
                 self.tasks.with_label_values(&[k, "ok"]).inc();
                 match outcome {
-                    Outcome::BlobCopied { bytes } => {
+                    Outcome::BlobCopied { bytes, cached } => {
                         self.blobs.with_label_values(&["copied"]).inc();
-                        self.bytes.with_label_values(&["in"]).inc_by(*bytes);
+                        if *cached {
+                            self.cache.with_label_values(&["hit"]).inc();
+                        } else {
+                            self.bytes.with_label_values(&["in"]).inc_by(*bytes);
+                            self.cache.with_label_values(&["miss"]).inc();
+                        }
                         self.bytes.with_label_values(&["out"]).inc_by(*bytes);
                     }
                     Outcome::BlobMounted { .. } => self.blobs.with_label_values(&["mounted"]).inc(),

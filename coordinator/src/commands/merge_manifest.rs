@@ -45,7 +45,7 @@ pub async fn run(args: &MergeManifestArgs, console: &Console) -> Result<()> {
         match m.parse()? {
             Manifest::Index(idx) => added.extend(idx.manifests),
             Manifest::Image(img) => {
-                let (cfg, _) = read_config(reg.as_ref(), &repo, &img.config).await?;
+                let (cfg, _) = read_config(reg.as_ref(), None, &repo, &img.config).await?;
                 let mut d = m.descriptor();
                 d.platform = Some(cfg.platform());
                 added.push(d);

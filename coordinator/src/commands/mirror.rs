@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use hangar_shared::cache::BlobCache;
 use hangar_shared::imagelist::{ImageList, LineKind, ListEntry};
 use hangar_shared::manifest::PlatformFilter;
 use hangar_shared::queue::jetstream::{self, NatsOptions};
@@ -25,6 +26,7 @@ pub struct Prepared {
     pub filter: PlatformFilter,
     pub jobs: usize,
     pub timeout: Option<Duration>,
+    pub cache: Option<Arc<BlobCache>>,
 }
 
 /// Reads the list and works out each line's source and destination (shared with validate).
@@ -133,6 +135,10 @@ pub fn prepare_list(
             os: args.os.iter().filter(|o| !o.is_empty()).cloned().collect(),
         },
         timeout: (!timeout.is_zero()).then_some(timeout),
+        cache: match &args.cache {
+            Some(url) => Some(Arc::new(BlobCache::open(url)?)),
+            None => None,
+        },
     })
 }
 
@@ -147,6 +153,7 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntr
         transfers: args.transfers.unwrap_or(prepared.jobs * 3).max(1),
         task_timeout: prepared.timeout,
         retry: RetryPolicy::default(),
+        cache: prepared.cache,
     };
     (spec, prepared.rejected)
 }
@@ -183,11 +190,12 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
     console.info(
         None,
         format!(
-            "Images: {ok} copied, {} failed, {skipped} skipped; blobs: {} unique, {} copied, {} mounted, {} already present; \
-             {} copied in {:.1}s, {} saved by dedup and mounts",
+            "Images: {ok} copied, {} failed, {skipped} skipped; blobs: {} unique, {} copied ({} from the cache), {} mounted, \
+             {} already present; {} copied in {:.1}s, {} saved by dedup and mounts",
             failed_lines.len(),
             report.unique_blobs,
             s.blobs_copied,
+            s.blobs_from_cache,
             s.blobs_mounted,
             s.blobs_present,
             HumanBytes(s.bytes_copied),

@@ -49,6 +49,7 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     let mut sent = args.clone();
     sent.file = None;
     sent.authfile = None;
+    sent.cache = None;
     sent.fleet = Default::default();
     let http = reqwest::Client::new();
     let url = format!("{}/jobs", base(server));

@@ -27,7 +27,7 @@ async fn check(
     provenance: bool,
 ) -> Result<Verdict, Error> {
     let source = pool.registry(&job.source.registry).await?;
-    let selection = planner::select(source.as_ref(), &job.source, filter, provenance).await?;
+    let selection = planner::select(source.as_ref(), None, &job.source, filter, provenance).await?;
     if !selection.entries.iter().any(|e| !e.is_attestation()) {
         return Ok(Verdict::Skip);
     }

@@ -1,0 +1,245 @@
+//! The blob cache, on object_store: a local directory by default, any S3-compatible bucket
+//! for a fleet (`s3://bucket?endpoint=…&region=…`, credentials from the usual `AWS_*`
+//! variables). Content-addressed: `blobs/sha256/<hex>`, with a sidecar
+//! `blobs/sha256/<hex>.meta` (`{"size":…,"crc32":…}`) so archives can be laid out before any
+//! byte is read. A blob is written by multipart upload and completed only once the stream
+//! has passed digest verification (the verifier holds the last chunk back); otherwise the
+//! upload is aborted and nothing is committed. Writes of one digest are idempotent, so
+//! no locks are needed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, FailureClass, Result};
+use crate::manifest::Descriptor;
+use crate::verify::{ByteStream, verified};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobMeta {
+    pub size: u64,
+    pub crc32: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct BlobCache {
+    store: Arc<dyn ObjectStore>,
+    label: String,
+}
+
+fn cache_err(e: impl std::fmt::Display) -> Error {
+    Error::new(FailureClass::Network, format!("blob cache: {e}"))
+}
+
+fn blob_path(digest: &Digest) -> Path {
+    Path::from(format!("blobs/sha256/{}", digest.hex()))
+}
+
+fn meta_path(digest: &Digest) -> Path {
+    Path::from(format!("blobs/sha256/{}.meta", digest.hex()))
+}
+
+impl BlobCache {
+    /// `s3://bucket?endpoint=URL&region=R`, `file:///dir`, or a directory path.
+    pub fn open(url: &str) -> Result<Self> {
+        let store: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket.trim_end_matches('/'));
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("endpoint", v)) => {
+                        b = b.with_endpoint(v).with_allow_http(v.starts_with("http://"))
+                    }
+                    Some(("region", v)) => b = b.with_region(v),
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "cache URL {url:?}: unknown parameter {pair:?}"
+                        )));
+                    }
+                }
+            }
+            Arc::new(
+                b.build()
+                    .map_err(|e| Error::invalid(format!("cache URL {url:?}: {e}")))?,
+            )
+        } else {
+            let dir = url.strip_prefix("file://").unwrap_or(url);
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::invalid(format!("cache directory {dir}: {e}")))?;
+            Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| Error::invalid(format!("cache directory {dir}: {e}")))?,
+            )
+        };
+        Ok(Self {
+            store,
+            label: url.to_owned(),
+        })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The blob's recorded size and CRC-32, if the cache holds it whole.
+    pub async fn meta(&self, digest: &Digest) -> Result<Option<BlobMeta>> {
+        let bytes = match self.store.get(&meta_path(digest)).await {
+            Ok(r) => r.bytes().await.map_err(cache_err)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(cache_err(e)),
+        };
+        Ok(serde_json::from_slice(&bytes).ok())
+    }
+
+    /// A verified stream of the cached blob.
+    pub async fn get(
+        &self,
+        desc: &Descriptor,
+        progress: Option<Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Result<ByteStream> {
+        let got = self
+            .store
+            .get(&blob_path(&desc.digest))
+            .await
+            .map_err(cache_err)?;
+        let raw = got.into_stream().map_err(cache_err).boxed();
+        Ok(verified(raw, desc.digest.clone(), desc.size, progress))
+    }
+
+    /// Writes a blob from `stream` (which should be verified); completes only if the
+    /// stream ends without error, and records the sidecar last.
+    pub async fn fill(&self, desc: &Descriptor, mut stream: ByteStream) -> Result<BlobMeta> {
+        let upload = self
+            .store
+            .put_multipart(&blob_path(&desc.digest))
+            .await
+            .map_err(cache_err)?;
+        let mut writer = WriteMultipart::new(upload);
+        let mut crc = crc32fast::Hasher::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk: Bytes = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(e);
+                }
+            };
+            crc.update(&chunk);
+            size += chunk.len() as u64;
+            writer.put(chunk);
+            // Bounded memory: at most two parts in flight.
+            if let Err(e) = writer.wait_for_capacity(2).await {
+                let _ = writer.abort().await;
+                return Err(cache_err(e));
+            }
+        }
+        writer.finish().await.map_err(cache_err)?;
+        let meta = BlobMeta {
+            size,
+            crc32: crc.finalize(),
+        };
+        let json = serde_json::to_vec(&meta).map_err(|e| Error::internal(e.to_string()))?;
+        self.store
+            .put(&meta_path(&desc.digest), PutPayload::from(json))
+            .await
+            .map_err(cache_err)?;
+        Ok(meta)
+    }
+
+    /// Forgets a blob (one that failed verification on the way out).
+    pub async fn evict(&self, digest: &Digest) {
+        let _ = self.store.delete(&meta_path(digest)).await;
+        let _ = self.store.delete(&blob_path(digest)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::TryStreamExt;
+
+    use super::*;
+
+    fn desc(bytes: &[u8]) -> Descriptor {
+        Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            urls: None,
+            annotations: None,
+            platform: None,
+        }
+    }
+
+    fn stream_of(bytes: &'static [u8]) -> ByteStream {
+        futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(&bytes[..3])),
+            Ok(Bytes::from_static(&bytes[3..])),
+        ])
+        .boxed()
+    }
+
+    #[tokio::test]
+    async fn fills_verifies_and_serves_with_sidecar() {
+        let dir = tempfile_dir();
+        let cache = BlobCache::open(dir.to_str().unwrap()).unwrap();
+        let d = desc(b"hello cache");
+        assert!(cache.meta(&d.digest).await.unwrap().is_none());
+        let meta = cache
+            .fill(
+                &d,
+                verified(stream_of(b"hello cache"), d.digest.clone(), d.size, None),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            meta,
+            BlobMeta {
+                size: 11,
+                crc32: crc32fast::hash(b"hello cache")
+            }
+        );
+        assert_eq!(cache.meta(&d.digest).await.unwrap(), Some(meta));
+        let back: Vec<Bytes> = cache
+            .get(&d, None)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(back.concat(), b"hello cache");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn wrong_bytes_are_never_committed() {
+        let dir = tempfile_dir();
+        let cache = BlobCache::open(dir.to_str().unwrap()).unwrap();
+        let d = desc(b"hello cache");
+        let err = cache
+            .fill(
+                &d,
+                verified(stream_of(b"hellO cache"), d.digest.clone(), d.size, None),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, FailureClass::DigestMismatch);
+        assert!(cache.meta(&d.digest).await.unwrap().is_none());
+        assert!(cache.get(&d, None).await.is_err(), "no blob object either");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        std::env::temp_dir().join(format!("hangar-cache-test-{}-{nanos}", std::process::id()))
+    }
+}
