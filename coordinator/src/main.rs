@@ -73,10 +73,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             if a.mirror.failed.as_os_str() == "mirror-failed.txt" {
                 a.mirror.failed = "submit-failed.txt".into();
             }
-            match &a.server {
-                Some(server) => commands::remote::submit(server, &a.mirror, console).await,
-                None => commands::mirror::run(&a.mirror, cli.debug, console).await,
-            }
+            commands::mirror::run(&a.mirror, cli.debug, console).await
         }
         Command::Serve(a) => {
             let nats = commands::mirror::fleet_client(&a.fleet).await?;

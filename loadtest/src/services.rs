@@ -240,3 +240,173 @@ fn nats_binary() -> PathBuf {
     }
     PathBuf::from("nats-server")
 }
+
+/// Garage (a real self-hosted S3 store): one node, sqlite metadata, replication factor 1,
+/// a fixed test key and one bucket. Stopped and wiped when dropped.
+pub struct GarageProcess {
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub key_id: String,
+    pub secret: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// `HANGAR_GARAGE`, else `garage` in cargo's bin directory, else on the PATH.
+fn garage_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("HANGAR_GARAGE") {
+        return PathBuf::from(p);
+    }
+    if let Some(home) = std::env::var_os("CARGO_HOME")
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into()))
+    {
+        let p = Path::new(&home).join("bin/garage");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("garage")
+}
+
+impl GarageProcess {
+    pub fn start() -> io::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("hangar-garage-")
+            .tempdir()?;
+        let (rpc, s3, admin) = (free_port()?, free_port()?, free_port()?);
+        let config = dir.path().join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\n\
+                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_secret = \"{secret}\"\n\n[s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
+                 root_domain = \".s3.garage.localhost\"\n\n[admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+                d = dir.path().display(),
+                secret = "4c5e1a9b2f3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7",
+            ),
+        )?;
+        let child = spawn_garage(&config)?;
+        let mut g = Self {
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            region: "garage".into(),
+            bucket: "hangar".into(),
+            key_id: "GK0123456789abcdef01234567".into(),
+            secret: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+            child,
+            dir,
+        };
+        if let Err(e) = g.configure(&config, rpc) {
+            let _ = g.child.kill();
+            return Err(e);
+        }
+        Ok(g)
+    }
+
+    fn configure(&self, config: &Path, rpc: u16) -> io::Result<()> {
+        wait_for_port(&format!("127.0.0.1:{rpc}"), Duration::from_secs(20))?;
+        let garage = |args: &[&str]| -> io::Result<String> {
+            let out = Command::new(garage_binary())
+                .arg("-c")
+                .arg(config)
+                .args(args)
+                .output()?;
+            if !out.status.success() {
+                return Err(io::Error::other(format!(
+                    "garage {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        // The node may take a moment to answer its own CLI.
+        let mut id = String::new();
+        for _ in 0..50 {
+            if let Ok(out) = garage(&["node", "id", "-q"]) {
+                id = out.trim().split('@').next().unwrap_or("").to_owned();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if id.is_empty() {
+            return Err(io::Error::other("garage never reported its node id"));
+        }
+        garage(&["layout", "assign", "-z", "dc1", "-c", "1G", &id])?;
+        garage(&["layout", "apply", "--version", "1"])?;
+        garage(&[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "hangar-test",
+            &self.key_id,
+            &self.secret,
+        ])?;
+        garage(&["bucket", "create", &self.bucket])?;
+        garage(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            &self.bucket,
+            "--key",
+            "hangar-test",
+        ])?;
+        let s3 = self.endpoint.trim_start_matches("http://").to_owned();
+        wait_for_port(&s3, Duration::from_secs(20))
+    }
+
+    /// Kills the server and starts it again on the same ports and storage.
+    pub fn restart(&mut self, down_for: Duration) -> io::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        self.child = spawn_garage(&self.dir.path().join("garage.toml"))?;
+        wait_for_port(
+            self.endpoint.trim_start_matches("http://"),
+            Duration::from_secs(20),
+        )
+    }
+
+    /// The cache URL for this bucket (credentials go in `AWS_*` variables).
+    pub fn cache_url(&self) -> String {
+        format!(
+            "s3://{}?endpoint={}&region={}",
+            self.bucket, self.endpoint, self.region
+        )
+    }
+}
+
+fn spawn_garage(config: &Path) -> io::Result<Child> {
+    let dir = config.parent().unwrap_or(Path::new("."));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("garage.log"))?;
+    Command::new(garage_binary())
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot start garage (run scripts/dev-services.sh): {e}"),
+            )
+        })
+}
+
+impl Drop for GarageProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

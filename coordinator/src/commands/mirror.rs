@@ -159,6 +159,9 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntr
 }
 
 pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    if let Some(server) = &args.fleet.server {
+        return super::remote::submit(server, args, console).await;
+    }
     let prepared = prepare(args, debug, &console)?;
     let (spec, prepared_rejected) = spec(prepared, args);
     let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
