@@ -49,8 +49,19 @@ impl BlobCache {
     pub fn open(url: &str) -> Result<Self> {
         let store: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
+            // Patient enough to ride out an S3 server restart of half a minute.
+            let retry = object_store::RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: std::time::Duration::from_millis(200),
+                    max_backoff: std::time::Duration::from_secs(5),
+                    base: 2.0,
+                },
+                max_retries: 10,
+                retry_timeout: std::time::Duration::from_secs(120),
+            };
             let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket.trim_end_matches('/'));
+                .with_bucket_name(bucket.trim_end_matches('/'))
+                .with_retry(retry);
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 match pair.split_once('=') {
                     Some(("endpoint", v)) => {
