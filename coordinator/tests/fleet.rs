@@ -380,6 +380,13 @@ impl Drop for Coordinator {
 }
 
 fn start_coordinator(nats: &str, listen: &str, log: PathBuf) -> Coordinator {
+    // The coordinator's own credentials, which must stay with it.
+    let authfile = log.with_file_name("coord-auth.json");
+    std::fs::write(
+        &authfile,
+        r#"{"auths":{"unused.example":{"auth":"dXNlcjpjb29yZC1zZWNyZXQ="}}}"#,
+    )
+    .unwrap();
     let out = std::fs::File::create(log).unwrap();
     let c = Coordinator(
         Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
@@ -391,7 +398,8 @@ fn start_coordinator(nats: &str, listen: &str, log: PathBuf) -> Coordinator {
                 "--nats",
                 nats,
             ])
-            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .arg("--authfile")
+            .arg(&authfile)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -477,6 +485,22 @@ async fn serve_submit_status_and_cancel() {
     assert_eq!(job_state(&http, &server, &id).await["state"], "cancelled");
     let missing = hangar(&["status", "no-such-job", "--server", &server]);
     assert_eq!(missing.status.code(), Some(1));
+
+    // What the coordinator keeps in KV names no credential file and holds no secret.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let kv = js.get_key_value("hangar-jobs").await.unwrap();
+    let mut keys = kv.keys().await.unwrap();
+    let mut seen = 0;
+    while let Some(Ok(key)) = keys.next().await {
+        let value = kv.get(&key).await.unwrap().unwrap();
+        let value = String::from_utf8_lossy(&value);
+        assert!(
+            !value.contains("coord-auth.json") && !value.contains("coord-secret"),
+            "{value}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 2, "both jobs are kept");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -534,12 +558,17 @@ async fn a_coordinator_restarted_mid_run_resumes_its_job() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_second_fleet_job_finds_every_blob_in_the_shared_cache() {
+async fn a_second_fleet_job_finds_every_blob_in_the_shared_s3_cache_even_while_s3_restarts() {
     let env = Env::new();
     let nats = NatsProcess::start().expect("nats-server");
-    let cache = env.path("fleet-cache");
-    let cache_arg = cache.to_str().unwrap().to_owned();
-    let workers: Vec<Worker> = (0..2)
+    let mut garage = hangar_loadtest::services::GarageProcess::start()
+        .expect("garage (scripts/dev-services.sh installs it)");
+    let cache_arg = garage.cache_url();
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", garage.key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret.clone()),
+    ];
+    let workers: Vec<Worker> = (0..3)
         .map(|i| {
             let out = std::fs::File::create(env.path(&format!("cw{i}.log"))).unwrap();
             Worker(
@@ -554,6 +583,7 @@ async fn a_second_fleet_job_finds_every_blob_in_the_shared_cache() {
                         &cache_arg,
                     ])
                     .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+                    .envs(aws.clone())
                     .stdin(Stdio::null())
                     .stdout(out.try_clone().unwrap())
                     .stderr(out)
@@ -565,28 +595,40 @@ async fn a_second_fleet_job_finds_every_blob_in_the_shared_cache() {
     let lines = seed_shared_repos(&env, 4).await;
     let list = env.write_list("list.txt", &lines);
     let submit = |dst: &str| {
-        hangar(&[
-            "submit",
-            list.to_str().unwrap(),
-            "--tls-verify=false",
-            "-d",
-            dst,
-            "-j",
-            "4",
-            "--nats",
-            &nats.url(),
-            "--cache",
-            &cache_arg,
-            "-o",
-            env.path("failed.txt").to_str().unwrap(),
-        ])
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args([
+                "submit",
+                list.to_str().unwrap(),
+                "--tls-verify=false",
+                "-d",
+                dst,
+                "-j",
+                "4",
+                "--nats",
+                &nats.url(),
+            ])
+            .args([
+                "--cache",
+                &cache_arg,
+                "-o",
+                env.path("failed.txt").to_str().unwrap(),
+            ])
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .envs(aws.clone())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("submit")
     };
-    let out = submit(&env.dst.addr);
+    let out = submit(&env.dst.addr).wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let first = blob_gets(&env.src.log());
     assert!(first.values().all(|n| *n == 1), "{first:?}");
+    // The second job, to a new destination, while the S3 server is down for three seconds.
     let second = hangar_loadtest::services::RegistryProcess::start().unwrap();
-    let out = submit(&second.addr);
+    let running = submit(&second.addr);
+    garage.restart(std::time::Duration::from_secs(3)).unwrap();
+    let out = running.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         blob_gets(&env.src.log()),
