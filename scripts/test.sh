@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 scripts/dev-services.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The fleet tests start hangar-worker processes: build every binary first.
+cargo build --workspace --bins
 cargo test --workspace

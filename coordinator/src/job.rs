@@ -122,6 +122,16 @@ pub struct JobSnapshot {
     pub failed: usize,
     pub skipped: usize,
     pub bytes_copied: u64,
+    /// Blob tasks by what they did; `from_cache` + `mounted` + `present` are upstream
+    /// fetches saved.
+    #[serde(default)]
+    pub blobs_copied: u64,
+    #[serde(default)]
+    pub blobs_from_cache: u64,
+    #[serde(default)]
+    pub blobs_mounted: u64,
+    #[serde(default)]
+    pub blobs_present: u64,
     /// The failed images' original list lines.
     pub failed_lines: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -130,6 +130,10 @@ impl Server {
                 match outcome {
                     Ok(report) => {
                         s.bytes_copied = report.stats.bytes_copied;
+                        s.blobs_copied = report.stats.blobs_copied;
+                        s.blobs_from_cache = report.stats.blobs_from_cache;
+                        s.blobs_mounted = report.stats.blobs_mounted;
+                        s.blobs_present = report.stats.blobs_present;
                         s.state = if s.failed == 0 { "succeeded" } else { "failed" }.into();
                     }
                     Err(e) => {
@@ -273,8 +277,24 @@ async fn metrics(State(server): State<Server>) -> impl IntoResponse {
     let (Ok(jobs), Ok(images)) = (jobs, images) else {
         return (StatusCode::INTERNAL_SERVER_ERROR, String::new()).into_response();
     };
+    let bytes = prometheus::IntGauge::new(
+        "hangar_job_bytes_copied",
+        "Bytes written to destinations by finished jobs",
+    );
+    let blobs = IntGaugeVec::new(
+        Opts::new(
+            "hangar_job_blobs",
+            "Blob tasks of finished jobs by result (from_cache, mounted, present: upstream fetches saved)",
+        ),
+        &["result"],
+    );
+    let (Ok(bytes), Ok(blobs)) = (bytes, blobs) else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, String::new()).into_response();
+    };
     let _ = registry.register(Box::new(jobs.clone()));
     let _ = registry.register(Box::new(images.clone()));
+    let _ = registry.register(Box::new(bytes.clone()));
+    let _ = registry.register(Box::new(blobs.clone()));
     for s in server
         .jobs
         .lock()
@@ -285,6 +305,15 @@ async fn metrics(State(server): State<Server>) -> impl IntoResponse {
         images.with_label_values(&["copied"]).add(s.copied as i64);
         images.with_label_values(&["failed"]).add(s.failed as i64);
         images.with_label_values(&["skipped"]).add(s.skipped as i64);
+        bytes.add(s.bytes_copied as i64);
+        for (result, n) in [
+            ("copied", s.blobs_copied),
+            ("from_cache", s.blobs_from_cache),
+            ("mounted", s.blobs_mounted),
+            ("present", s.blobs_present),
+        ] {
+            blobs.with_label_values(&[result]).add(n as i64);
+        }
         let pending = s.total.saturating_sub(s.copied + s.failed + s.skipped);
         images.with_label_values(&["pending"]).add(pending as i64);
     }

@@ -189,6 +189,14 @@ async fn three_workers_mirror_a_list_fetching_each_blob_once_and_no_secret_on_th
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
         assert!(!page.contains("fleet-secret-pw"));
+        assert!(
+            page.contains("hangar_queue_tasks{kind=\"blob\",state=\"pending\"}"),
+            "queue depth exported:\n{page}"
+        );
+        assert!(
+            page.contains("hangar_task_duration_seconds_bucket"),
+            "{page}"
+        );
     }
     assert_eq!(copied, 14, "copied blobs across the workers' /metrics");
     // Work was shared: more than one worker handled tasks.
@@ -461,6 +469,24 @@ async fn serve_submit_status_and_cancel() {
     let jobs: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
     assert_eq!(jobs[0]["state"], "succeeded", "{jobs}");
     assert_eq!(jobs[0]["copied"], 3);
+    let page = reqwest::get(format!("{server}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("hangar_jobs{state=\"succeeded\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("hangar_job_blobs{result=\"copied\"} 8"),
+        "{page}"
+    );
+    assert!(
+        page.contains("hangar_job_blobs{result=\"mounted\"} 4"),
+        "{page}"
+    );
 
     // A slow job, cancelled while it runs.
     let (slow, _proxy) = slow_source(&env, 3).await;

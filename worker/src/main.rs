@@ -117,8 +117,21 @@ async fn main() -> Result<()> {
         (TaskKind::Manifest, args.manifest_concurrency),
         (TaskKind::Index, args.index_concurrency),
     ];
-    let queue: Arc<dyn TaskQueue> =
+    let js_queue =
         Arc::new(JetStreamQueue::consumer(client.clone(), &concurrency, ack_wait).await?);
+    let queue: Arc<dyn TaskQueue> = js_queue.clone();
+    // Queue depth for /metrics, refreshed in the background.
+    let gauges = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Ok(kinds) = js_queue.pending().await {
+                for (kind, pending, unacked) in kinds {
+                    gauges.set_queue(kind, pending, unacked);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
     let events = Arc::new(JetStreamSink::new(client));
     let pool = RegistryPool::new(
         RegistryOptions {

@@ -15,6 +15,7 @@ pub struct Metrics {
     bytes: IntCounterVec,
     blobs: IntCounterVec,
     cache: IntCounterVec,
+    queue: prometheus::IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -70,6 +71,14 @@ impl Metrics {
             ),
             &["result"],
         ));
+        let queue = must(prometheus::IntGaugeVec::new(
+            Opts::new(
+                "hangar_queue_tasks",
+                "Tasks in the queue by kind and state (pending: not yet delivered; unacked: held by workers)",
+            ),
+            &["kind", "state"],
+        ));
+        must(registry.register(Box::new(queue.clone())));
         for c in [&tasks, &failures, &bytes, &blobs, &cache] {
             must(registry.register(Box::new(c.clone())));
         }
@@ -82,6 +91,7 @@ impl Metrics {
             bytes,
             blobs,
             cache,
+            queue,
         }
     }
 
@@ -119,6 +129,15 @@ impl Metrics {
                     .inc();
             }
         }
+    }
+
+    pub fn set_queue(&self, kind: TaskKind, pending: u64, unacked: u64) {
+        self.queue
+            .with_label_values(&[kind.as_str(), "pending"])
+            .set(pending as i64);
+        self.queue
+            .with_label_values(&[kind.as_str(), "unacked"])
+            .set(unacked as i64);
     }
 
     /// The text exposition format.

@@ -11,9 +11,6 @@ use hangar_shared::task::{Event, Outcome, Task};
 
 use crate::{Context, blob, index, manifest};
 
-/// Well inside the JetStream consumers' 60 s `ack_wait`.
-const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
-
 pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
     let work = async {
         match task {
@@ -55,7 +52,7 @@ pub async fn run(
                         });
                     tokio::pin!(work);
                     // Long copies tell the queue they are alive, so it does not redeliver them.
-                    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                    let mut heartbeat = tokio::time::interval(queue.heartbeat());
                     heartbeat.tick().await;
                     loop {
                         tokio::select! {

@@ -119,6 +119,7 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<()> {
 
 pub struct JetStreamQueue {
     js: jetstream::Context,
+    ack_wait: Duration,
     /// Deliveries pulled by the per-kind fetchers, for `next`.
     incoming: Mutex<Option<mpsc::Receiver<Delivery>>>,
     fetchers: Vec<tokio::task::JoinHandle<()>>,
@@ -131,6 +132,7 @@ impl JetStreamQueue {
         ensure_streams(&js).await?;
         Ok(Self {
             js,
+            ack_wait: ACK_WAIT,
             incoming: Mutex::new(None),
             fetchers: Vec::new(),
         })
@@ -149,6 +151,7 @@ impl JetStreamQueue {
         let (tx, rx) = mpsc::channel(total.max(1));
         let stream = js.get_stream(TASK_STREAM).await.map_err(bus)?;
         let mut fetchers = Vec::new();
+        let mut effective_ack_wait = ack_wait;
         for (kind, n) in concurrency.iter().copied().filter(|(_, n)| *n > 0) {
             let name = format!("hangar-{}", kind.as_str());
             let consumer: jetstream::consumer::PullConsumer = stream
@@ -165,13 +168,33 @@ impl JetStreamQueue {
                 )
                 .await
                 .map_err(bus)?;
+            // The consumer may predate this worker: its own ack_wait is what counts.
+            effective_ack_wait = effective_ack_wait.min(consumer.cached_info().config.ack_wait);
             fetchers.push(tokio::spawn(fetch_loop(consumer, n, tx.clone())));
         }
         Ok(Self {
             js,
+            ack_wait: effective_ack_wait,
             incoming: Mutex::new(Some(rx)),
             fetchers,
         })
+    }
+}
+
+impl JetStreamQueue {
+    /// Per kind: tasks waiting in the stream, and tasks delivered but not yet acked.
+    pub async fn pending(&self) -> Result<Vec<(TaskKind, u64, u64)>> {
+        let stream = self.js.get_stream(TASK_STREAM).await.map_err(bus)?;
+        let mut out = Vec::new();
+        for kind in KINDS {
+            if let Ok(info) = stream
+                .consumer_info(format!("hangar-{}", kind.as_str()))
+                .await
+            {
+                out.push((kind, info.num_pending, info.num_ack_pending as u64));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -312,6 +335,11 @@ impl TaskQueue for JetStreamQueue {
 
     fn max_deliver(&self) -> u32 {
         MAX_DELIVER
+    }
+
+    /// A third of `ack_wait`: two heartbeats may be lost before a task is redelivered.
+    fn heartbeat(&self) -> Duration {
+        (self.ack_wait / 3).max(Duration::from_millis(200))
     }
 }
 

@@ -64,6 +64,11 @@ pub trait TaskQueue: Send + Sync {
     async fn close(&self);
     /// Deliveries after which a failing task is reported failed for good.
     fn max_deliver(&self) -> u32;
+    /// How often a handler still busy with a delivery must call `in_progress` so the
+    /// queue does not hand the task to someone else.
+    fn heartbeat(&self) -> Duration {
+        Duration::from_secs(15)
+    }
 }
 
 pub trait EventSink: Send + Sync {
