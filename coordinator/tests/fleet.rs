@@ -668,3 +668,61 @@ async fn a_second_fleet_job_finds_every_blob_in_the_shared_s3_cache_even_while_s
     }
     drop(workers);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_no_worker_answers_is_reported_failed_after_max_deliveries() {
+    use hangar_shared::queue::TaskQueue;
+    use hangar_shared::queue::jetstream::{self, JetStreamQueue, NatsOptions};
+    use hangar_shared::task::{EventKind, TaskKind};
+
+    let nats = NatsProcess::start().expect("nats-server");
+    let client = jetstream::connect(&NatsOptions {
+        url: nats.url(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A hung worker: it takes deliveries and never answers them.
+    let hung = JetStreamQueue::consumer(
+        client.clone(),
+        &[(TaskKind::Blob, 1)],
+        std::time::Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
+    let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
+    let mut events = jetstream::follow_events(client.clone(), "advisory.r1")
+        .await
+        .unwrap();
+    publisher
+        .publish(hangar_loadtest::queue_bench::sample_task("advisory.r1", 7))
+        .await
+        .unwrap();
+    let taker = tokio::spawn(async move {
+        let mut deliveries = 0;
+        while let Some(d) = hung.next().await {
+            deliveries += 1;
+            drop(d);
+        }
+        deliveries
+    });
+    let event = tokio::time::timeout(std::time::Duration::from_secs(30), events.recv())
+        .await
+        .expect("the exhausted task was reported")
+        .unwrap();
+    assert_eq!(event.task, 7);
+    match event.kind {
+        EventKind::Failed {
+            last,
+            attempt,
+            message,
+            ..
+        } => {
+            assert!(last, "reported as final");
+            assert_eq!(attempt, 3, "{message}");
+            assert!(message.contains("no worker answered"), "{message}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    taker.abort();
+}

@@ -22,12 +22,13 @@ pub struct QueueBench {
     pub total_secs: f64,
 }
 
-fn task(id: u64) -> TaskEnvelope {
+/// A small blob task, for queue measurements and tests.
+pub fn sample_task(job: &str, id: u64) -> TaskEnvelope {
     let digest = Digest::of(&id.to_le_bytes());
     TaskEnvelope {
-        job: "bench".into(),
+        job: job.into(),
         id,
-        key: format!("bench/{id}"),
+        key: format!("{job}/{id}"),
         trace: None,
         task: Task::Blob(BlobTask {
             desc: crate::seed::descriptor("application/octet-stream", digest, 1),
@@ -75,7 +76,7 @@ pub async fn run(tasks: u64, publishers: usize, slots: usize) -> Result<QueueBen
     let results: Vec<_> = futures_util::stream::iter(0..tasks)
         .map(|i| {
             let publisher = publisher.clone();
-            async move { publisher.publish(task(i)).await }
+            async move { publisher.publish(sample_task("bench.1", i)).await }
         })
         .buffer_unordered(publishers)
         .collect()

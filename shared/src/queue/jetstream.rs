@@ -117,9 +117,14 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<()> {
     Ok(())
 }
 
+/// Stream sequence → (job, task id) of what this process published.
+type SentTasks =
+    Arc<std::sync::Mutex<std::collections::HashMap<u64, (String, crate::task::TaskId)>>>;
+
 pub struct JetStreamQueue {
     js: jetstream::Context,
     ack_wait: Duration,
+    sent: SentTasks,
     /// Deliveries pulled by the per-kind fetchers, for `next`.
     incoming: Mutex<Option<mpsc::Receiver<Delivery>>>,
     fetchers: Vec<tokio::task::JoinHandle<()>>,
@@ -127,14 +132,25 @@ pub struct JetStreamQueue {
 
 impl JetStreamQueue {
     /// A publisher only (the coordinator).
+    /// Also watches the server's max-deliveries advisories: a task whose deliveries ran out
+    /// without an answer (its workers died or hung) is reported failed, not dropped.
     pub async fn publisher(client: async_nats::Client) -> Result<Self> {
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         ensure_streams(&js).await?;
+        let sent: SentTasks = Arc::default();
+        let advisories = client
+            .subscribe(format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASK_STREAM}.*"
+            ))
+            .await
+            .map_err(bus)?;
+        let watcher = tokio::spawn(report_exhausted(advisories, sent.clone(), js.clone()));
         Ok(Self {
             js,
             ack_wait: ACK_WAIT,
             incoming: Mutex::new(None),
-            fetchers: Vec::new(),
+            fetchers: vec![watcher],
+            sent,
         })
     }
 
@@ -177,6 +193,7 @@ impl JetStreamQueue {
             ack_wait: effective_ack_wait,
             incoming: Mutex::new(Some(rx)),
             fetchers,
+            sent: Arc::default(),
         })
     }
 }
@@ -310,7 +327,12 @@ impl TaskQueue for JetStreamQueue {
                     .map_err(bus)
             };
             match attempt.await {
-                Ok(_) => return Ok(()),
+                Ok(ack) => {
+                    if let Ok(mut sent) = self.sent.lock() {
+                        sent.insert(ack.sequence, (task.job.clone(), task.id));
+                    }
+                    return Ok(());
+                }
                 Err(e) if tokio::time::Instant::now() + delay > deadline => return Err(e),
                 Err(e) => {
                     tracing::warn!("publishing task {}: {e}; retrying in {delay:?}", task.key);
@@ -340,6 +362,47 @@ impl TaskQueue for JetStreamQueue {
     /// A third of `ack_wait`: two heartbeats may be lost before a task is redelivered.
     fn heartbeat(&self) -> Duration {
         (self.ack_wait / 3).max(Duration::from_millis(200))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MaxDeliveries {
+    stream_seq: u64,
+    #[serde(default)]
+    deliveries: u64,
+}
+
+/// Turns max-deliveries advisories for tasks this process published into final failures.
+async fn report_exhausted(
+    mut advisories: async_nats::Subscriber,
+    sent: SentTasks,
+    js: jetstream::Context,
+) {
+    while let Some(msg) = advisories.next().await {
+        let Ok(adv) = serde_json::from_slice::<MaxDeliveries>(&msg.payload) else {
+            continue;
+        };
+        let Some((job, id)) = sent.lock().ok().and_then(|mut s| s.remove(&adv.stream_seq)) else {
+            continue;
+        };
+        let event = Event {
+            job: job.clone(),
+            task: id,
+            kind: crate::task::EventKind::Failed {
+                class: FailureClass::Internal,
+                message: format!(
+                    "no worker answered for this task in {} deliveries (workers died or hung)",
+                    adv.deliveries
+                ),
+                attempt: adv.deliveries as u32,
+                last: true,
+            },
+        };
+        if let Ok(payload) = serde_json::to_vec(&event)
+            && let Ok(ack) = js.publish(event_subject(&job), payload.into()).await
+        {
+            let _ = ack.await;
+        }
     }
 }
 
