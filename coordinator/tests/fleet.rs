@@ -726,3 +726,61 @@ async fn a_task_no_worker_answers_is_reported_failed_after_max_deliveries() {
     }
     taker.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stops_within_its_grace_period_on_sigterm_and_nothing_is_lost() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let (lines, _proxy) = slow_source(&env, 4).await;
+    let list = env.write_list("list.txt", &lines);
+    let out = std::fs::File::create(env.path("leaving.log")).unwrap();
+    let mut leaving = Worker(
+        Command::new(worker_binary())
+            .args([
+                "--nats",
+                &nats.url(),
+                "--tls-verify=false",
+                "--blob-concurrency",
+                "2",
+                "--ack-wait",
+                "3s",
+            ])
+            .args(["--listen", "127.0.0.1:0", "--grace", "1s"])
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    );
+    let _staying = start_fast_failover_worker(&nats.url(), env.path("staying.log"));
+    let submit = submit_child(&env, &list, &nats.url());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent = std::time::Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &leaving.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = loop {
+        if let Some(s) = leaving.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(10),
+            "the worker did not stop in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "a clean exit after SIGTERM");
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(5),
+        "stopped within the grace period: {:?}",
+        sent.elapsed()
+    );
+    let log = std::fs::read_to_string(env.path("leaving.log")).unwrap();
+    assert!(log.contains("stopping: no new tasks"), "{log}");
+    let out = submit.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_all_copied(&env, 4);
+}
