@@ -784,3 +784,66 @@ async fn a_worker_stops_within_its_grace_period_on_sigterm_and_nothing_is_lost()
     assert!(out.status.success(), "{}", text(&out));
     assert_all_copied(&env, 4);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_metrics_count_retries_by_failure_class() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let src = registry(&env.src.addr).await;
+    // An index: the coordinator reads only manifests, so every blob GET is a worker's.
+    push_multiarch(
+        &src,
+        env.dir.path(),
+        "team/flaky",
+        "1",
+        hangar_loadtest::seed::Format::Oci,
+        1500,
+    )
+    .await;
+    // The source sits behind a proxy that resets the first two blob GETs.
+    let proxy = hangar_loadtest::proxy::start(
+        "127.0.0.1:0",
+        &env.src.addr,
+        hangar_loadtest::proxy::ProxyOptions {
+            reset_blob_gets: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let list = env.write_list("list.txt", &[format!("{}/team/flaky:1", proxy.addr)]);
+    let port = hangar_loadtest::services::free_port().unwrap();
+    let _worker = start_worker(
+        &nats.url(),
+        std::path::Path::new("/nonexistent/auth.json"),
+        env.path("w.log"),
+        &format!("127.0.0.1:{port}"),
+    );
+    let out = hangar(&[
+        "submit",
+        list.to_str().unwrap(),
+        "--tls-verify=false",
+        "-d",
+        &env.dst.addr,
+        "--nats",
+        &nats.url(),
+        "--destination-project",
+        "team",
+        "-o",
+        env.path("failed.txt").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retried: u64 = page
+        .lines()
+        .find(|l| l.starts_with("hangar_retries_total{class=\"network\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(retried >= 1, "network retries counted:\n{page}");
+}

@@ -111,7 +111,7 @@ impl Registry {
             host: host.to_owned(),
             client,
             auth,
-            retry: opts.retry,
+            retry: opts.retry.clone(),
             http,
             scheme,
             challenged,
@@ -226,10 +226,6 @@ impl Registry {
 
     pub fn host(&self) -> &str {
         &self.host
-    }
-
-    pub fn retry(&self) -> RetryPolicy {
-        self.retry
     }
 
     fn reference(&self, repo: &str, reference: &str) -> Reference {

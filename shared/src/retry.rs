@@ -2,18 +2,35 @@
 //! (connection errors, 5xx, 429); a server's `Retry-After` is honoured as a floor.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 
-use crate::error::Result;
+use crate::error::{FailureClass, Result};
 
-#[derive(Debug, Clone, Copy)]
+/// Told of every retry, by failure class (metrics).
+pub trait RetryObserver: Send + Sync {
+    fn retrying(&self, class: FailureClass);
+}
+
+#[derive(Clone)]
 pub struct RetryPolicy {
     /// Total tries, the first one included.
     pub attempts: u32,
     pub base: Duration,
     pub max: Duration,
+    pub observer: Option<Arc<dyn RetryObserver>>,
+}
+
+impl std::fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RetryPolicy({} tries, {:?}..{:?})",
+            self.attempts, self.base, self.max
+        )
+    }
 }
 
 impl Default for RetryPolicy {
@@ -22,6 +39,7 @@ impl Default for RetryPolicy {
             attempts: 4,
             base: Duration::from_millis(200),
             max: Duration::from_secs(10),
+            observer: None,
         }
     }
 }
@@ -52,6 +70,9 @@ impl RetryPolicy {
                 Err(e) if e.class.is_retryable() && attempt + 1 < self.attempts => {
                     let delay = self.delay(attempt, e.retry_after);
                     attempt += 1;
+                    if let Some(o) = &self.observer {
+                        o.retrying(e.class);
+                    }
                     tracing::warn!(
                         class = %e.class,
                         "{what}: failed, retrying in {delay:?} ({attempt}/{}). Error: {e}",
@@ -77,6 +98,7 @@ mod tests {
             attempts: 3,
             base: Duration::from_millis(1),
             max: Duration::from_millis(2),
+            observer: None,
         }
     }
 

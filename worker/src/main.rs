@@ -133,16 +133,21 @@ async fn main() -> Result<()> {
         }
     });
     let events = Arc::new(JetStreamSink::new(client));
+    // Every retry, in the registry client and in the handlers, is counted by class.
+    let retry = RetryPolicy {
+        observer: Some(metrics.clone()),
+        ..Default::default()
+    };
     let pool = RegistryPool::new(
         RegistryOptions {
             tls_verify: args.tls_verify,
-            ..Default::default()
+            retry: retry.clone(),
         },
         args.authfile.clone(),
     );
     let ctx = Arc::new(Context {
         stores: Arc::new(pool),
-        retry: RetryPolicy::default(),
+        retry,
         bytes_moved: Arc::new(AtomicU64::new(0)),
         task_timeout: (!timeout.is_zero()).then_some(timeout),
         metrics: Some(metrics),

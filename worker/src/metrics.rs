@@ -16,6 +16,7 @@ pub struct Metrics {
     blobs: IntCounterVec,
     cache: IntCounterVec,
     queue: prometheus::IntGaugeVec,
+    retries: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -79,6 +80,14 @@ impl Metrics {
             &["kind", "state"],
         ));
         must(registry.register(Box::new(queue.clone())));
+        let retries = must(IntCounterVec::new(
+            Opts::new(
+                "hangar_retries_total",
+                "Registry and cache requests retried, by failure class",
+            ),
+            &["class"],
+        ));
+        must(registry.register(Box::new(retries.clone())));
         for c in [&tasks, &failures, &bytes, &blobs, &cache] {
             must(registry.register(Box::new(c.clone())));
         }
@@ -92,14 +101,17 @@ impl Metrics {
             blobs,
             cache,
             queue,
+            retries,
         }
     }
 
+    /// `with_cache`: whether this worker has a blob cache (only then are lookups counted).
     pub fn observe(
         &self,
         kind: TaskKind,
         seconds: f64,
         result: Result<&Outcome, (FailureClass, bool)>,
+        with_cache: bool,
     ) {
         let k = kind.as_str();
         self.duration.with_label_values(&[k]).observe(seconds);
@@ -109,11 +121,12 @@ impl Metrics {
                 match outcome {
                     Outcome::BlobCopied { bytes, cached } => {
                         self.blobs.with_label_values(&["copied"]).inc();
-                        if *cached {
-                            self.cache.with_label_values(&["hit"]).inc();
-                        } else {
+                        if !*cached {
                             self.bytes.with_label_values(&["in"]).inc_by(*bytes);
-                            self.cache.with_label_values(&["miss"]).inc();
+                        }
+                        if with_cache {
+                            let lookup = if *cached { "hit" } else { "miss" };
+                            self.cache.with_label_values(&[lookup]).inc();
                         }
                         self.bytes.with_label_values(&["out"]).inc_by(*bytes);
                     }
@@ -150,6 +163,12 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl hangar_shared::retry::RetryObserver for Metrics {
+    fn retrying(&self, class: FailureClass) {
+        self.retries.with_label_values(&[class.as_str()]).inc();
     }
 }
 

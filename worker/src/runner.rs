@@ -77,11 +77,11 @@ pub async fn run(
                     let seconds = started.elapsed().as_secs_f64();
                     let kind = delivery.task.task.kind();
                     match &result {
-                        Ok(outcome) => m.observe(kind, seconds, Ok(outcome)),
+                        Ok(outcome) => m.observe(kind, seconds, Ok(outcome), ctx.cache.is_some()),
                         Err(e) => {
                             let last =
                                 !e.class.is_retryable() || delivery.attempt >= queue.max_deliver();
-                            m.observe(kind, seconds, Err((e.class, last)));
+                            m.observe(kind, seconds, Err((e.class, last)), ctx.cache.is_some());
                         }
                     }
                 }
