@@ -162,6 +162,7 @@ pub async fn run_mirror(
                 task_timeout: spec.task_timeout,
                 metrics: None,
                 cache: spec.cache.clone(),
+                leases: None,
             });
             let workers = tokio::spawn(hangar_worker::run(
                 queue.clone(),

@@ -847,3 +847,100 @@ async fn worker_metrics_count_retries_by_failure_class() {
         .unwrap_or(0);
     assert!(retried >= 1, "network retries counted:\n{page}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_concurrent_jobs_fetch_each_blob_once_across_the_fleet() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let cache = env.path("leased-cache");
+    let cache_arg = cache.to_str().unwrap().to_owned();
+    let _workers: Vec<Worker> = (0..3)
+        .map(|i| {
+            let out = std::fs::File::create(env.path(&format!("lw{i}.log"))).unwrap();
+            Worker(
+                Command::new(worker_binary())
+                    .args([
+                        "--nats",
+                        &nats.url(),
+                        "--tls-verify=false",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--cache",
+                        &cache_arg,
+                    ])
+                    .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+                    .stdin(Stdio::null())
+                    .stdout(out.try_clone().unwrap())
+                    .stderr(out)
+                    .spawn()
+                    .expect("start hangar-worker"),
+            )
+        })
+        .collect();
+    // Index images only, so that the coordinators read no blobs themselves.
+    let src = registry(&env.src.addr).await;
+    let mut lines = Vec::new();
+    for i in 0..4u64 {
+        let repo = format!("leased/app-{i}");
+        push_multiarch(
+            &src,
+            env.dir.path(),
+            &repo,
+            "v1",
+            hangar_loadtest::seed::Format::Oci,
+            2000,
+        )
+        .await;
+        lines.push(format!("{}/{repo}:v1", env.src.addr));
+    }
+    let list = env.write_list("list.txt", &lines);
+    let other = hangar_loadtest::services::RegistryProcess::start().unwrap();
+    let jobs: Vec<Child> = [env.dst.addr.clone(), other.addr.clone()]
+        .iter()
+        .map(|dst| {
+            Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+                .args([
+                    "submit",
+                    list.to_str().unwrap(),
+                    "--tls-verify=false",
+                    "-d",
+                    dst,
+                    "-j",
+                    "4",
+                ])
+                .args([
+                    "--nats",
+                    &nats.url(),
+                    "-o",
+                    env.path("failed.txt").to_str().unwrap(),
+                ])
+                .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for job in jobs {
+        let out = job.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let gets = blob_gets(&env.src.log());
+    // 4 repos share the same two base layers and configs (same seeds): 3 unique blobs per
+    // platform (base, own, config) collapse across repositories.
+    assert!(
+        gets.values().all(|n| *n == 1),
+        "a blob was fetched twice across two concurrent jobs: {gets:?}"
+    );
+    for line in &lines {
+        let src_raw = skopeo_raw(line).unwrap();
+        for dst in [&env.dst.addr, &other.addr] {
+            let copied = skopeo_raw(&line.replace(&env.src.addr, dst)).expect("copied");
+            assert_eq!(
+                sha(&copied),
+                sha(&src_raw),
+                "complete index kept its digest"
+            );
+        }
+    }
+}

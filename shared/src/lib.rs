@@ -8,6 +8,7 @@ pub mod digest;
 pub mod error;
 pub mod imagelist;
 pub mod index_builder;
+pub mod lease;
 pub mod manifest;
 pub mod queue;
 pub mod reference;

@@ -4,6 +4,7 @@
 use futures_util::StreamExt;
 use hangar_shared::cache::BlobCache;
 use hangar_shared::error::{FailureClass, Result};
+use hangar_shared::lease::BlobLeases;
 use hangar_shared::registry::Side;
 use hangar_shared::store::ImageStore;
 use hangar_shared::task::{BlobTask, Outcome};
@@ -96,8 +97,14 @@ async fn through_cache(
         dest.put_blob(&task.dest.repo, &task.desc, stream).await
     };
     let what = format!("copy blob {digest} via the cache -> {}", task.dest);
+    let mut hit = hit;
     if !hit {
-        ctx.retry.run(&what, fill).await?;
+        match &ctx.leases {
+            None => ctx.retry.run(&what, fill).await?,
+            Some(leases) => {
+                hit = fill_once(leases, cache, task, || ctx.retry.run(&what, fill)).await?
+            }
+        }
     }
     match ctx.retry.run(&what, deliver).await {
         Err(e) if hit && e.class == FailureClass::DigestMismatch => {
@@ -114,5 +121,41 @@ async fn through_cache(
             bytes: task.desc.size,
             cached: hit,
         }),
+    }
+}
+
+/// Fills the cache under the fleet-wide lease for the digest, or waits for whoever holds
+/// it. Returns whether the blob turned up filled by someone else (a cache hit).
+async fn fill_once<F, Fut>(
+    leases: &BlobLeases,
+    cache: &BlobCache,
+    task: &BlobTask,
+    fill: F,
+) -> Result<bool>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let digest = &task.desc.digest;
+    loop {
+        if leases.acquire(digest).await? {
+            let filled = fill().await;
+            leases.release(digest).await;
+            return filled.map(|()| false);
+        }
+        // Someone else is fetching it: wait for the cache entry, or for the lease to go.
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if cache
+                .meta(digest)
+                .await?
+                .is_some_and(|m| m.size == task.desc.size)
+            {
+                return Ok(true);
+            }
+            if !leases.held(digest).await? {
+                break;
+            }
+        }
     }
 }

@@ -19,4 +19,6 @@ pub struct Context {
     /// Blobs go source → cache → destination when set, and a cached blob is never fetched
     /// from its source again.
     pub cache: Option<Arc<hangar_shared::cache::BlobCache>>,
+    /// Fleet-wide leases, so one worker fills the shared cache with a blob at a time.
+    pub leases: Option<Arc<hangar_shared::lease::BlobLeases>>,
 }

@@ -132,7 +132,7 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
-    let events = Arc::new(JetStreamSink::new(client));
+    let events = Arc::new(JetStreamSink::new(client.clone()));
     // Every retry, in the registry client and in the handlers, is counted by class.
     let retry = RetryPolicy {
         observer: Some(metrics.clone()),
@@ -153,6 +153,16 @@ async fn main() -> Result<()> {
         metrics: Some(metrics),
         cache: match &args.cache {
             Some(url) => Some(Arc::new(hangar_shared::cache::BlobCache::open(url)?)),
+            None => None,
+        },
+        leases: match &args.cache {
+            Some(_) => Some(Arc::new(
+                hangar_shared::lease::BlobLeases::open(
+                    client.clone(),
+                    &format!("worker-{}", std::process::id()),
+                )
+                .await?,
+            )),
             None => None,
         },
     });
