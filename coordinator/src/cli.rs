@@ -179,8 +179,10 @@ pub struct FleetArgs {
         env = "HANGAR_NATS_PASSWORD",
         hide_env_values = true
     )]
+    #[serde(skip)]
     pub nats_password: Option<String>,
     #[arg(long = "nats-token", env = "HANGAR_NATS_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
     pub nats_token: Option<String>,
     /// NATS credentials file (nkey/JWT).
     #[arg(long = "nats-creds", env = "HANGAR_NATS_CREDS")]

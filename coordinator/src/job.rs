@@ -35,6 +35,8 @@ pub struct MirrorSpec {
     pub transfers: usize,
     pub task_timeout: Option<Duration>,
     pub retry: RetryPolicy,
+    /// Ctrl-C stops the job (a command); a service's jobs leave signals to the service.
+    pub interruptible: bool,
     /// The embedded workers' blob cache (`--cache`); fleet workers have their own.
     pub cache: Option<Arc<hangar_shared::cache::BlobCache>>,
 }
@@ -234,7 +236,7 @@ pub async fn run_mirror(
                     tracker.abandon("the workers stopped before these images were done", &mut obs);
                 }
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = tokio::signal::ctrl_c(), if spec.interruptible => {
                 console.warn(None, "Interrupted: stopping; unfinished images are reported failed");
                 tracker.abandon("interrupted", &mut obs);
                 interrupted = true;

@@ -75,6 +75,9 @@ pub enum Planned {
     Skip(String),
 }
 
+/// The largest blob carried inline in a task.
+pub const INLINE_LIMIT: usize = 256 << 10;
+
 pub const NO_PLATFORM: &str = "no available image for specified arch and os";
 
 /// Reads a small JSON blob (an image config) fully, verified; returns it parsed and raw.
@@ -272,8 +275,12 @@ pub async fn plan(
         let mut entry = entry.clone();
         entry.media_type = manifest.media_type.clone();
         entry.size = manifest.bytes.len() as u64;
+        // Small enough to ride in a task message (NATS' default limit is 1 MiB, base64 adds
+        // a third); a bigger config is fetched again by the blob task.
         let inline = match (&selection.config, selection.single) {
-            (Some(bytes), true) => Some((image.config.digest.clone(), bytes.clone())),
+            (Some(bytes), true) if bytes.len() <= INLINE_LIMIT => {
+                Some((image.config.digest.clone(), bytes.clone()))
+            }
             _ => None,
         };
         platforms.push(PlatformPlan {

@@ -88,6 +88,8 @@ impl Server {
         // The coordinator's own TLS and credential settings, never the client's.
         args.tls_verify = self.defaults.tls_verify;
         args.authfile = self.defaults.authfile.clone();
+        // Fleet settings (and any NATS secret a client sent) are the server's own business.
+        args.fleet = Default::default();
         // The coordinator's own cache (`serve --cache`, the fleet's bucket), for the configs it
         // reads while planning; the workers copy through theirs.
         args.cache = self.defaults.cache.clone();
@@ -95,7 +97,8 @@ impl Server {
         let prepared =
             mirror::prepare_list(list, &format!("job {id}"), &args, false, &self.console)
                 .map_err(|e| format!("{e:#}"))?;
-        let (spec, rejected) = mirror::spec(prepared, &args);
+        let (mut spec, rejected) = mirror::spec(prepared, &args);
+        spec.interruptible = false;
         let snapshot = Arc::new(Mutex::new(JobSnapshot {
             id: id.clone(),
             state: "running".into(),
@@ -171,6 +174,10 @@ impl Server {
             };
             if stored.snapshot.state == "running" {
                 self.console.info(None, format!("Resuming job {key}"));
+                // The earlier run's queued tasks would only be redone: drop them.
+                if let Err(e) = purge_job(self.nats.clone(), &key).await {
+                    tracing::warn!("purging the earlier run of job {key}: {e}");
+                }
                 if let Err(e) = self.start(key.clone(), stored.request) {
                     self.console
                         .error(None, format!("cannot resume job {key}: {e}"));
@@ -234,24 +241,26 @@ async fn status(State(server): State<Server>, Path(id): Path<String>) -> impl In
 async fn cancel(State(server): State<Server>, Path(id): Path<String>) -> impl IntoResponse {
     let found = server.jobs.lock().ok().and_then(|mut j| {
         j.get_mut(&id).map(|r| {
-            if let Some(t) = r.task.take() {
-                t.abort();
-            }
             if let Ok(mut s) = r.snapshot.lock()
                 && s.state == "running"
             {
                 s.state = "cancelled".into();
             }
-            snapshot_of(r)
+            (snapshot_of(r), r.task.take())
         })
     });
-    let Some(snap) = found else {
+    let Some((snap, task)) = found else {
         return (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "error": format!("no job {id}") })),
         )
             .into_response();
     };
+    // Stop publishing first, so nothing lands after the purge.
+    if let Some(task) = task {
+        task.abort();
+        let _ = task.await;
+    }
     let purged = purge_job(server.nats.clone(), &id).await.unwrap_or(0);
     if let Ok(Some(entry)) = server.kv.get(&id).await
         && let Ok(mut stored) = serde_json::from_slice::<StoredJob>(&entry)

@@ -114,11 +114,17 @@ impl BlobCache {
         desc: &Descriptor,
         progress: Option<Arc<std::sync::atomic::AtomicU64>>,
     ) -> Result<ByteStream> {
-        let got = self
-            .store
-            .get(&blob_path(&desc.digest))
-            .await
-            .map_err(cache_err)?;
+        let got = match self.store.get(&blob_path(&desc.digest)).await {
+            Ok(g) => g,
+            // The sidecar said it was there: a damaged entry, to be evicted and refetched.
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::new(
+                    FailureClass::NotFound,
+                    format!("blob cache: {} is listed but missing", desc.digest),
+                ));
+            }
+            Err(e) => return Err(cache_err(e)),
+        };
         let raw = got.into_stream().map_err(cache_err).boxed();
         Ok(verified(raw, desc.digest.clone(), desc.size, progress))
     }

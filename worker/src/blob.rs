@@ -2,7 +2,10 @@
 //! mount when a candidate shares the registry, else one verified stream source → dest.
 
 use futures_util::StreamExt;
+use std::sync::Arc;
+
 use hangar_shared::cache::BlobCache;
+use hangar_shared::digest::Digest;
 use hangar_shared::error::{FailureClass, Result};
 use hangar_shared::lease::BlobLeases;
 use hangar_shared::registry::Side;
@@ -107,7 +110,13 @@ async fn through_cache(
         }
     }
     match ctx.retry.run(&what, deliver).await {
-        Err(e) if hit && e.class == FailureClass::DigestMismatch => {
+        Err(e)
+            if hit
+                && matches!(
+                    e.class,
+                    FailureClass::DigestMismatch | FailureClass::NotFound
+                ) =>
+        {
             tracing::warn!("cached blob {digest} is damaged; evicting it and fetching again");
             cache.evict(digest).await;
             ctx.retry.run(&what, fill).await?;
@@ -127,7 +136,7 @@ async fn through_cache(
 /// Fills the cache under the fleet-wide lease for the digest, or waits for whoever holds
 /// it. Returns whether the blob turned up filled by someone else (a cache hit).
 async fn fill_once<F, Fut>(
-    leases: &BlobLeases,
+    leases: &Arc<BlobLeases>,
     cache: &BlobCache,
     task: &BlobTask,
     fill: F,
@@ -139,8 +148,12 @@ where
     let digest = &task.desc.digest;
     loop {
         if leases.acquire(digest).await? {
+            let guard = LeaseGuard {
+                leases: leases.clone(),
+                digest: Some(digest.clone()),
+            };
             let filled = fill().await;
-            leases.release(digest).await;
+            guard.release().await;
             return filled.map(|()| false);
         }
         // Someone else is fetching it: wait for the cache entry, or for the lease to go.
@@ -156,6 +169,30 @@ where
             if !leases.held(digest).await? {
                 break;
             }
+        }
+    }
+}
+
+/// Releases a lease even when the fill is cut short (a timeout drops the future), so the
+/// others do not wait out the lease's expiry.
+struct LeaseGuard {
+    leases: Arc<BlobLeases>,
+    digest: Option<Digest>,
+}
+
+impl LeaseGuard {
+    async fn release(mut self) {
+        if let Some(d) = self.digest.take() {
+            self.leases.release(&d).await;
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.digest.take() {
+            let leases = self.leases.clone();
+            tokio::spawn(async move { leases.release(&d).await });
         }
     }
 }

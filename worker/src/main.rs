@@ -159,7 +159,7 @@ async fn main() -> Result<()> {
             Some(_) => Some(Arc::new(
                 hangar_shared::lease::BlobLeases::open(
                     client.clone(),
-                    &format!("worker-{}", std::process::id()),
+                    &format!("worker-{}-{:016x}", std::process::id(), rand_id()),
                 )
                 .await?,
             )),
@@ -168,7 +168,7 @@ async fn main() -> Result<()> {
     });
     let total = concurrency.iter().map(|(_, n)| n).sum();
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(nats = %args.nats, slots = total, "worker ready");
+    tracing::info!(nats = %hangar_shared::queue::jetstream::redact_url(&args.nats), slots = total, "worker ready");
     let mut running = tokio::spawn(hangar_worker::run(queue.clone(), events, ctx, total));
     tokio::select! {
         _ = &mut running => return Ok(()),
@@ -181,8 +181,6 @@ async fn main() -> Result<()> {
         tracing::warn!("grace period over; unfinished tasks will be redelivered");
         running.abort();
     }
-    // Let the event publisher flush what the finished tasks reported.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
 }
 
@@ -198,4 +196,13 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Unique enough to tell lease holders apart (every container's pid may be 1).
+fn rand_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }

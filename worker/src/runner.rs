@@ -85,21 +85,29 @@ pub async fn run(
                         }
                     }
                 }
-                let settled = match result {
-                    Ok(outcome) => {
-                        events.emit(Event::done(&delivery.task, outcome));
-                        delivery.ack().await
-                    }
+                let (event, last, delay) = match &result {
+                    Ok(outcome) => (Event::done(&delivery.task, outcome.clone()), true, None),
                     Err(err) => {
                         let last =
                             !err.class.is_retryable() || delivery.attempt >= queue.max_deliver();
-                        events.emit(Event::failed(&delivery.task, &err, delivery.attempt, last));
-                        if last {
-                            delivery.ack().await
-                        } else {
-                            let delay = ctx.retry.delay(delivery.attempt, err.retry_after);
-                            delivery.nak(delay).await
-                        }
+                        let delay = ctx.retry.delay(delivery.attempt, err.retry_after);
+                        (
+                            Event::failed(&delivery.task, err, delivery.attempt, last),
+                            last,
+                            Some(delay),
+                        )
+                    }
+                };
+                // Ack only once the outcome is stored; if it cannot be, the task comes back.
+                let settled = match (events.emit(event).await, last) {
+                    (Ok(()), true) => delivery.ack().await,
+                    (Ok(()), false) => delivery.nak(delay.unwrap_or_default()).await,
+                    (Err(e), _) => {
+                        tracing::warn!(
+                            "cannot report task {}: {e}; handing it back",
+                            delivery.task.key
+                        );
+                        delivery.nak(std::time::Duration::from_secs(1)).await
                     }
                 };
                 if let Err(e) = settled {

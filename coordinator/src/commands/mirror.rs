@@ -154,6 +154,7 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntr
         task_timeout: prepared.timeout,
         retry: RetryPolicy::default(),
         cache: prepared.cache,
+        interruptible: true,
     };
     (spec, prepared.rejected)
 }

@@ -59,7 +59,7 @@ pub fn event_subject(job: &str) -> String {
 }
 
 /// How to reach NATS: `nats://host:port`, with optional user/password, token, creds file.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct NatsOptions {
     pub url: String,
     pub user: Option<String>,
@@ -67,6 +67,26 @@ pub struct NatsOptions {
     pub token: Option<String>,
     pub creds: Option<std::path::PathBuf>,
     pub require_tls: bool,
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NatsOptions({})", redact_url(&self.url))
+    }
+}
+
+/// A NATS URL fit for logs: any `user:password@` or `token@` part removed.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+            None => url.to_owned(),
+        },
+        None => url
+            .rsplit_once('@')
+            .map(|(_, h)| format!("<redacted>@{h}"))
+            .unwrap_or_else(|| url.to_owned()),
+    }
 }
 
 pub async fn connect(opts: &NatsOptions) -> Result<async_nats::Client> {
@@ -89,7 +109,12 @@ pub async fn connect(opts: &NatsOptions) -> Result<async_nats::Client> {
         .max_reconnects(None);
     tokio::time::timeout(Duration::from_secs(15), o.connect(&opts.url))
         .await
-        .map_err(|_| bus(format!("cannot connect to {} within 15 s", opts.url)))?
+        .map_err(|_| {
+            bus(format!(
+                "cannot connect to {} within 15 s",
+                redact_url(&opts.url)
+            ))
+        })?
         .map_err(bus)
 }
 
@@ -348,11 +373,18 @@ impl TaskQueue for JetStreamQueue {
         guard.as_mut()?.recv().await
     }
 
+    /// Stops pulling and hands back at once what was pulled but not started, so a worker
+    /// restart does not leave those tasks waiting out `ack_wait`.
     async fn close(&self) {
         for f in &self.fetchers {
             f.abort();
         }
-        *self.incoming.lock().await = None;
+        if let Some(mut rx) = self.incoming.lock().await.take() {
+            rx.close();
+            while let Ok(d) = rx.try_recv() {
+                let _ = d.nak(Duration::ZERO).await;
+            }
+        }
     }
 
     fn max_deliver(&self) -> u32 {
@@ -406,43 +438,44 @@ async fn report_exhausted(
     }
 }
 
-/// Publishes events to `hangar.event.<job>` from a background task, so `emit` never blocks.
+/// Publishes events to `hangar.event.<job>`, waiting for the stream's ack (retrying
+/// through a short NATS outage) before the caller may ack the task.
 pub struct JetStreamSink {
-    tx: mpsc::UnboundedSender<Event>,
+    js: jetstream::Context,
 }
 
 impl JetStreamSink {
     pub fn new(client: async_nats::Client) -> Self {
-        let js = jetstream::new(client);
-        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-        tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                let Ok(payload) = serde_json::to_vec(&event) else {
-                    continue;
-                };
-                // Published with an ack: an event is the only record of a task's outcome.
-                for attempt in 0..12u32 {
-                    let acked = match js
-                        .publish(event_subject(&event.job), payload.clone().into())
-                        .await
-                    {
-                        Ok(ack) => ack.await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if acked {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
-                }
-            }
-        });
-        Self { tx }
+        Self {
+            js: jetstream::new(client),
+        }
     }
 }
 
+#[async_trait]
 impl EventSink for JetStreamSink {
-    fn emit(&self, event: Event) {
-        let _ = self.tx.send(event);
+    async fn emit(&self, event: Event) -> Result<()> {
+        let payload = serde_json::to_vec(&event).map_err(|e| Error::internal(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let sent = async {
+                self.js
+                    .publish(event_subject(&event.job), payload.clone().into())
+                    .await
+                    .map_err(bus)?
+                    .await
+                    .map_err(bus)
+            };
+            match sent.await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() + delay > deadline => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 }
 
@@ -474,4 +507,28 @@ pub async fn follow_events(
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_in_logs() {
+        assert_eq!(
+            redact_url("nats://user:pw@10.0.0.1:4222"),
+            "nats://<redacted>@10.0.0.1:4222"
+        );
+        assert_eq!(
+            redact_url("tls://s3cr3t@nats:4222"),
+            "tls://<redacted>@nats:4222"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        let o = NatsOptions {
+            url: "nats://a:b@h:1".into(),
+            password: Some("b".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{o:?}").contains(":b@"));
+    }
 }

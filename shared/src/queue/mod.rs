@@ -71,8 +71,11 @@ pub trait TaskQueue: Send + Sync {
     }
 }
 
+/// Where task outcomes go. A delivery is acked only after its event is stored, so an
+/// outcome is never lost between the two.
+#[async_trait]
 pub trait EventSink: Send + Sync {
-    fn emit(&self, event: Event);
+    async fn emit(&self, event: Event) -> Result<()>;
 }
 
 /// Tokio channels in one process: the embedded backend.
@@ -193,10 +196,12 @@ impl TaskQueue for MemoryQueue {
 /// Events into an unbounded channel: handlers never block on a slow tracker.
 pub struct ChannelSink(pub mpsc::UnboundedSender<Event>);
 
+#[async_trait]
 impl EventSink for ChannelSink {
-    fn emit(&self, event: Event) {
+    async fn emit(&self, event: Event) -> Result<()> {
         // A closed receiver means the job is over; late events have nowhere to go.
         let _ = self.0.send(event);
+        Ok(())
     }
 }
 
