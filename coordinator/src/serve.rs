@@ -68,22 +68,30 @@ fn snapshot_of(r: &Running) -> JobSnapshot {
 
 impl Server {
     async fn save(&self, id: &str, request: &JobRequest, snapshot: &JobSnapshot) {
+        if let Err(e) = self.try_save(id, request, snapshot).await {
+            tracing::warn!("{e}");
+        }
+    }
+
+    async fn try_save(
+        &self,
+        id: &str,
+        request: &JobRequest,
+        snapshot: &JobSnapshot,
+    ) -> Result<(), String> {
         let stored = StoredJob {
             request: request.clone(),
             snapshot: snapshot.clone(),
         };
-        match serde_json::to_vec(&stored) {
-            Ok(bytes) => {
-                if let Err(e) = self.kv.put(id, bytes.into()).await {
-                    tracing::warn!("saving job {id}: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("encoding job {id}: {e}"),
-        }
+        let bytes = serde_json::to_vec(&stored).map_err(|e| format!("encoding job {id}: {e}"))?;
+        self.kv.put(id, bytes.into()).await.map(drop).map_err(|e| {
+            format!("saving job {id} (is the list larger than the bucket's 1 MB limit?): {e}")
+        })
     }
 
     /// Starts (or resumes) a job in the background.
-    fn start(&self, id: String, request: JobRequest) -> Result<(), String> {
+    /// A job that cannot be stored could not be resumed: it is refused rather than run.
+    async fn start(&self, id: String, request: JobRequest) -> Result<(), String> {
         let mut args = request.args.clone();
         // The coordinator's own TLS and credential settings, never the client's.
         args.tls_verify = self.defaults.tls_verify;
@@ -107,6 +115,8 @@ impl Server {
             failed_lines: rejected.iter().map(|(e, _)| e.original.clone()).collect(),
             ..Default::default()
         }));
+        let first = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+        self.try_save(&id, &request, &first).await?;
         let server = self.clone();
         let watch = snapshot.clone();
         let task_id = id.clone();
@@ -115,10 +125,6 @@ impl Server {
                 args.tls_verify,
                 args.authfile.as_deref(),
             ));
-            let first = watch.lock().map(|s| s.clone()).ok();
-            if let Some(first) = first {
-                server.save(&task_id, &request, &first).await;
-            }
             let outcome = job::run_mirror(
                 spec,
                 pool,
@@ -178,9 +184,13 @@ impl Server {
                 if let Err(e) = purge_job(self.nats.clone(), &key).await {
                     tracing::warn!("purging the earlier run of job {key}: {e}");
                 }
-                if let Err(e) = self.start(key.clone(), stored.request) {
+                if let Err(e) = self.start(key.clone(), stored.request.clone()).await {
                     self.console
                         .error(None, format!("cannot resume job {key}: {e}"));
+                    let mut snapshot = stored.snapshot;
+                    snapshot.state = "failed".into();
+                    snapshot.message = Some(format!("cannot resume: {e}"));
+                    self.save(&key, &stored.request, &snapshot).await;
                 } else {
                     resumed += 1;
                 }
@@ -203,7 +213,7 @@ async fn submit(
     Json(request): Json<JobRequest>,
 ) -> impl IntoResponse {
     let id = job::new_job_id();
-    match server.start(id.clone(), request) {
+    match server.start(id.clone(), request).await {
         Ok(()) => (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response(),
         Err(e) => (
             StatusCode::BAD_REQUEST,
