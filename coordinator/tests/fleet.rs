@@ -31,27 +31,38 @@ fn worker_binary() -> PathBuf {
     worker
 }
 
-fn start_worker(nats: &str, authfile: &std::path::Path, log: PathBuf, listen: &str) -> Worker {
+/// A worker on `nats` with `args` on top of the common ones, logging to `log`.
+fn spawn_worker(nats: &str, log: PathBuf, args: &[&str], envs: &[(&str, &str)]) -> Worker {
     let out = std::fs::File::create(log).unwrap();
     Worker(
         Command::new(worker_binary())
-            .args([
-                "--nats",
-                nats,
-                "--tls-verify=false",
-                "--blob-concurrency",
-                "4",
-                "--listen",
-                listen,
-            ])
-            .arg("--authfile")
-            .arg(authfile)
+            .args(["--nats", nats, "--tls-verify=false"])
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
             .env("HANGAR_LOG", "info,hangar_worker=debug")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .expect("start hangar-worker"),
+    )
+}
+
+fn start_worker(nats: &str, authfile: &std::path::Path, log: PathBuf, listen: &str) -> Worker {
+    let authfile = authfile.to_str().unwrap();
+    spawn_worker(
+        nats,
+        log,
+        &[
+            "--blob-concurrency",
+            "4",
+            "--listen",
+            listen,
+            "--authfile",
+            authfile,
+        ],
+        &[],
     )
 }
 
@@ -270,27 +281,18 @@ async fn slow_source(env: &Env, n: u64) -> (Vec<String>, hangar_loadtest::proxy:
 }
 
 fn start_fast_failover_worker(nats: &str, log: PathBuf) -> Worker {
-    let out = std::fs::File::create(log).unwrap();
-    Worker(
-        Command::new(worker_binary())
-            .args([
-                "--nats",
-                nats,
-                "--tls-verify=false",
-                "--blob-concurrency",
-                "2",
-                "--ack-wait",
-                "3s",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
-            .env("HANGAR_LOG", "info,hangar_worker=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start hangar-worker"),
+    spawn_worker(
+        nats,
+        log,
+        &[
+            "--blob-concurrency",
+            "2",
+            "--ack-wait",
+            "3s",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
     )
 }
 
@@ -594,28 +596,11 @@ async fn a_second_fleet_job_finds_every_blob_in_the_shared_s3_cache_even_while_s
         ("AWS_ACCESS_KEY_ID", garage.key_id.clone()),
         ("AWS_SECRET_ACCESS_KEY", garage.secret.clone()),
     ];
+    let envs: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let workers: Vec<Worker> = (0..3)
         .map(|i| {
-            let out = std::fs::File::create(env.path(&format!("cw{i}.log"))).unwrap();
-            Worker(
-                Command::new(worker_binary())
-                    .args([
-                        "--nats",
-                        &nats.url(),
-                        "--tls-verify=false",
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--cache",
-                        &cache_arg,
-                    ])
-                    .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
-                    .envs(aws.clone())
-                    .stdin(Stdio::null())
-                    .stdout(out.try_clone().unwrap())
-                    .stderr(out)
-                    .spawn()
-                    .expect("start hangar-worker"),
-            )
+            let args = ["--listen", "127.0.0.1:0", "--cache", &cache_arg];
+            spawn_worker(&nats.url(), env.path(&format!("cw{i}.log")), &args, &envs)
         })
         .collect();
     let lines = seed_shared_repos(&env, 4).await;
@@ -733,25 +718,20 @@ async fn a_worker_stops_within_its_grace_period_on_sigterm_and_nothing_is_lost()
     let nats = NatsProcess::start().expect("nats-server");
     let (lines, _proxy) = slow_source(&env, 4).await;
     let list = env.write_list("list.txt", &lines);
-    let out = std::fs::File::create(env.path("leaving.log")).unwrap();
-    let mut leaving = Worker(
-        Command::new(worker_binary())
-            .args([
-                "--nats",
-                &nats.url(),
-                "--tls-verify=false",
-                "--blob-concurrency",
-                "2",
-                "--ack-wait",
-                "3s",
-            ])
-            .args(["--listen", "127.0.0.1:0", "--grace", "1s"])
-            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap(),
+    let mut leaving = spawn_worker(
+        &nats.url(),
+        env.path("leaving.log"),
+        &[
+            "--blob-concurrency",
+            "2",
+            "--ack-wait",
+            "3s",
+            "--listen",
+            "127.0.0.1:0",
+            "--grace",
+            "1s",
+        ],
+        &[],
     );
     let _staying = start_fast_failover_worker(&nats.url(), env.path("staying.log"));
     let submit = submit_child(&env, &list, &nats.url());
@@ -856,25 +836,8 @@ async fn two_concurrent_jobs_fetch_each_blob_once_across_the_fleet() {
     let cache_arg = cache.to_str().unwrap().to_owned();
     let _workers: Vec<Worker> = (0..3)
         .map(|i| {
-            let out = std::fs::File::create(env.path(&format!("lw{i}.log"))).unwrap();
-            Worker(
-                Command::new(worker_binary())
-                    .args([
-                        "--nats",
-                        &nats.url(),
-                        "--tls-verify=false",
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--cache",
-                        &cache_arg,
-                    ])
-                    .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
-                    .stdin(Stdio::null())
-                    .stdout(out.try_clone().unwrap())
-                    .stderr(out)
-                    .spawn()
-                    .expect("start hangar-worker"),
-            )
+            let args = ["--listen", "127.0.0.1:0", "--cache", &cache_arg];
+            spawn_worker(&nats.url(), env.path(&format!("lw{i}.log")), &args, &[])
         })
         .collect();
     // Index images only, so that the coordinators read no blobs themselves.
