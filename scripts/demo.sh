@@ -4,7 +4,7 @@
 # and skopeo's view of one copied index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/dev-services.sh
+HANGAR_SKIP_GARAGE=1 scripts/dev-services.sh
 cargo build -q --bin hangar-coord --bin hangar-loadtest
 bin=target/debug
 work="$(mktemp -d -t hangar-demo-XXXXXX)"

@@ -21,7 +21,9 @@ install() {
   fi
   # Garage, a real S3-compatible store for the fleet's blob cache (no package anywhere
   # reachable here: built once from crates.io, about 10 minutes, then kept in ~/.cargo/bin).
-  if ! command -v garage >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ]; then
+  # HANGAR_SKIP_GARAGE=1 skips it for what needs no S3 (the demo).
+  if [ "${HANGAR_SKIP_GARAGE:-0}" != 1 ] && ! command -v garage >/dev/null \
+     && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ]; then
     echo "building garage 2.5.0 (once; about 10 minutes)" >&2
     cargo install --locked garage --version 2.5.0 >&2
   fi
