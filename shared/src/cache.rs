@@ -49,14 +49,16 @@ impl BlobCache {
     pub fn open(url: &str) -> Result<Self> {
         let store: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
-            // Patient enough to ride out an S3 server restart of half a minute.
+            // Patient enough to ride out an S3 server restart: object_store's jittered backoff
+            // never waits less than `init_backoff`, so 15 retries span at least 7.5 s, and
+            // usually tens of seconds.
             let retry = object_store::RetryConfig {
                 backoff: object_store::BackoffConfig {
-                    init_backoff: std::time::Duration::from_millis(200),
+                    init_backoff: std::time::Duration::from_millis(500),
                     max_backoff: std::time::Duration::from_secs(5),
                     base: 2.0,
                 },
-                max_retries: 10,
+                max_retries: 15,
                 retry_timeout: std::time::Duration::from_secs(120),
             };
             let mut b = object_store::aws::AmazonS3Builder::from_env()

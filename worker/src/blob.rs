@@ -86,8 +86,11 @@ async fn through_cache(
     dest: &dyn ImageStore,
 ) -> Result<Outcome> {
     let digest = &task.desc.digest;
-    let hit = cache
-        .meta(digest)
+    let hit = ctx
+        .retry
+        .run(&format!("look up blob {digest} in the cache"), || {
+            cache.meta(digest)
+        })
         .await?
         .is_some_and(|m| m.size == task.desc.size);
     let fill = || async {
