@@ -343,15 +343,16 @@ async fn a_worker_killed_mid_blob_loses_nothing() {
     let started = std::time::Instant::now();
     while !std::fs::read_to_string(env.path("doomed.log"))
         .unwrap_or_default()
-        .contains("worker ready")
-        || started.elapsed() < std::time::Duration::from_millis(1500)
+        .lines()
+        .any(|l| l.contains("task started") && l.contains("kind=\"blob\""))
     {
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "worker never came up"
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the doomed worker never took a blob task"
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    std::thread::sleep(std::time::Duration::from_millis(300));
     doomed.0.kill().unwrap();
     let out = submit.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));

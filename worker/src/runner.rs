@@ -43,6 +43,12 @@ pub async fn run(
         consumers.spawn(async move {
             while let Some(delivery) = queue.next().await {
                 let started = std::time::Instant::now();
+                tracing::debug!(
+                    kind = delivery.task.task.kind().as_str(),
+                    key = %delivery.task.key,
+                    attempt = delivery.attempt,
+                    "task started"
+                );
                 let result = {
                     // A panicking handler must still end in an event, or its image waits forever.
                     let work = std::panic::AssertUnwindSafe(handle(&ctx, &delivery.task.task))
