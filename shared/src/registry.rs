@@ -220,8 +220,7 @@ impl Registry {
             .get(reqwest::header::RETRY_AFTER)?
             .to_str()
             .ok()?;
-        // The HTTP-date form is rare from registries and not read.
-        value.trim().parse::<u64>().ok().map(Duration::from_secs)
+        parse_retry_after(value, std::time::SystemTime::now())
     }
 
     pub fn host(&self) -> &str {
@@ -476,6 +475,16 @@ impl Registry {
     }
 }
 
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3), relative to `now`.
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 const TRANSIENT_REJECTION: &str = "rejected, perhaps while the same content was being written: ";
 
 /// distribution answers `DIGEST_INVALID` / `MANIFEST_BLOB_UNKNOWN` to a manifest PUT that
@@ -622,4 +631,25 @@ pub fn classify(err: OciDistributionError, side: Side, what: &str) -> Error {
         _ => (FailureClass::Internal, err.to_string()),
     };
     Error::new(class, format!("{what}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::parse_retry_after;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_784_000_000);
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", SystemTime::now()), None);
+    }
 }
