@@ -155,6 +155,15 @@ where
                 leases: leases.clone(),
                 digest: Some(digest.clone()),
             };
+            // The last holder may have filled it between our cache miss and this lease.
+            if cache
+                .meta(digest)
+                .await?
+                .is_some_and(|m| m.size == task.desc.size)
+            {
+                guard.release().await;
+                return Ok(true);
+            }
             let filled = fill().await;
             guard.release().await;
             return filled.map(|()| false);
