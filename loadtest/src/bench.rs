@@ -149,6 +149,27 @@ pub struct BenchSpec {
     pub workdir: PathBuf,
 }
 
+impl BenchSpec {
+    /// `hangar-coord mirror` of `list` into `dest`, output discarded.
+    fn mirror_command(&self, list: &Path, dest: &str) -> Command {
+        let mut cmd = Command::new(&self.hangar);
+        cmd.args([
+            "mirror",
+            "--tls-verify=false",
+            "-j",
+            &self.jobs.to_string(),
+            "-d",
+            dest,
+            "-f",
+        ])
+        .arg(list)
+        .arg("-o")
+        .arg(self.workdir.join("bench-failed.txt"))
+        .stdout(std::process::Stdio::null());
+        cmd
+    }
+}
+
 fn rewrite_list(lines: &[String], from: &str, to: &str, path: &Path) -> Result<()> {
     let text: Vec<String> = lines.iter().map(|l| l.replacen(from, to, 1)).collect();
     std::fs::write(path, text.join("\n") + "\n")?;
@@ -179,20 +200,7 @@ pub async fn run_network(
         let (src, dst) = (src_proxy.addr.clone(), dst_proxy.addr.clone());
         let (elapsed, rss) = match tool {
             "hangar" => {
-                let mut cmd = Command::new(&spec.hangar);
-                cmd.args([
-                    "mirror",
-                    "--tls-verify=false",
-                    "-j",
-                    &spec.jobs.to_string(),
-                    "-d",
-                    &dst,
-                    "-f",
-                ])
-                .arg(&list)
-                .arg("-o")
-                .arg(spec.workdir.join("bench-failed.txt"))
-                .stdout(std::process::Stdio::null());
+                let mut cmd = spec.mirror_command(&list, &dst);
                 tokio::task::block_in_place(|| run_measured(&mut cmd))?
             }
             "skopeo" => {
@@ -310,20 +318,7 @@ pub async fn run_fleet(
                     .spawn()?,
             );
         }
-        let mut cmd = Command::new(&spec.hangar);
-        cmd.args([
-            "mirror",
-            "--tls-verify=false",
-            "-j",
-            &spec.jobs.to_string(),
-            "-d",
-            &dest.addr,
-            "-f",
-        ])
-        .arg(&spec.list)
-        .arg("-o")
-        .arg(spec.workdir.join("fleet-failed.txt"))
-        .stdout(std::process::Stdio::null());
+        let mut cmd = spec.mirror_command(&spec.list, &dest.addr);
         if n > 0 {
             cmd.args(["--nats", &nats.url()]);
         }

@@ -93,20 +93,9 @@ impl RegistryProcess {
         let config_path = dir.path().join("config.yml");
         std::fs::File::create(&config_path)?.write_all(config.as_bytes())?;
         let log = dir.path().join("registry.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(registry_binary())
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot start docker-registry (run scripts/dev-services.sh): {e}"),
-                )
-            })?;
+        let mut cmd = Command::new(registry_binary());
+        cmd.arg("serve").arg(&config_path);
+        let child = spawn_logged(cmd, &log, "docker-registry")?;
         let mut reg = Self {
             addr,
             child,
@@ -193,32 +182,19 @@ impl NatsProcess {
 }
 
 fn spawn_nats(dir: &Path, port: u16, monitor: u16) -> io::Result<Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("nats.log"))?;
-    Command::new(nats_binary())
-        .args([
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-m",
-            &monitor.to_string(),
-            "-sd",
-        ])
-        .arg(dir.join("store"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot start nats-server (run scripts/dev-services.sh): {e}"),
-            )
-        })
+    let mut cmd = Command::new(nats_binary());
+    cmd.args([
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-m",
+        &monitor.to_string(),
+        "-sd",
+    ])
+    .arg(dir.join("store"));
+    spawn_logged(cmd, &dir.join("nats.log"), "nats-server")
 }
 
 impl Drop for NatsProcess {
@@ -383,23 +359,28 @@ impl GarageProcess {
 
 fn spawn_garage(config: &Path) -> io::Result<Child> {
     let dir = config.parent().unwrap_or(Path::new("."));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("garage.log"))?;
-    Command::new(garage_binary())
-        .arg("-c")
+    let mut cmd = Command::new(garage_binary());
+    cmd.arg("-c")
         .arg(config)
         .arg("server")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
+        .env("RUST_LOG", "warn");
+    spawn_logged(cmd, &dir.join("garage.log"), "garage")
+}
+
+/// Starts a service with its output appended to `log`; a missing binary says how to get it.
+fn spawn_logged(mut cmd: Command, log: &Path, what: &str) -> io::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
         .spawn()
         .map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("cannot start garage (run scripts/dev-services.sh): {e}"),
+                format!("cannot start {what} (run scripts/dev-services.sh): {e}"),
             )
         })
 }
