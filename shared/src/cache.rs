@@ -44,43 +44,47 @@ fn meta_path(digest: &Digest) -> Path {
     Path::from(format!("blobs/sha256/{}.meta", digest.hex()))
 }
 
+/// An S3 bucket from `bucket` and `endpoint=…&region=…` (credentials from the usual `AWS_*`
+/// variables); `url` names it in errors. Shared by the cache and archives on S3.
+pub(crate) fn s3_store(bucket: &str, query: &str, url: &str) -> Result<Arc<dyn ObjectStore>> {
+    // Patient enough to ride out an S3 server restart: object_store's jittered backoff
+    // never waits less than `init_backoff`, so 15 retries span at least 7.5 s, and
+    // usually tens of seconds.
+    let retry = object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(500),
+            max_backoff: std::time::Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: 15,
+        retry_timeout: std::time::Duration::from_secs(120),
+    };
+    let mut b = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("endpoint", v)) => b = b.with_endpoint(v).with_allow_http(v.starts_with("http://")),
+            Some(("region", v)) => b = b.with_region(v),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{url:?}: unknown parameter {pair:?}"
+                )));
+            }
+        }
+    }
+    Ok(Arc::new(
+        b.build()
+            .map_err(|e| Error::invalid(format!("{url:?}: {e}")))?,
+    ))
+}
+
 impl BlobCache {
     /// `s3://bucket?endpoint=URL&region=R`, `file:///dir`, or a directory path.
     pub fn open(url: &str) -> Result<Self> {
         let store: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
-            // Patient enough to ride out an S3 server restart: object_store's jittered backoff
-            // never waits less than `init_backoff`, so 15 retries span at least 7.5 s, and
-            // usually tens of seconds.
-            let retry = object_store::RetryConfig {
-                backoff: object_store::BackoffConfig {
-                    init_backoff: std::time::Duration::from_millis(500),
-                    max_backoff: std::time::Duration::from_secs(5),
-                    base: 2.0,
-                },
-                max_retries: 15,
-                retry_timeout: std::time::Duration::from_secs(120),
-            };
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket.trim_end_matches('/'))
-                .with_retry(retry);
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                match pair.split_once('=') {
-                    Some(("endpoint", v)) => {
-                        b = b.with_endpoint(v).with_allow_http(v.starts_with("http://"))
-                    }
-                    Some(("region", v)) => b = b.with_region(v),
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "cache URL {url:?}: unknown parameter {pair:?}"
-                        )));
-                    }
-                }
-            }
-            Arc::new(
-                b.build()
-                    .map_err(|e| Error::invalid(format!("cache URL {url:?}: {e}")))?,
-            )
+            s3_store(bucket.trim_end_matches('/'), query, url)?
         } else {
             let dir = url.strip_prefix("file://").unwrap_or(url);
             std::fs::create_dir_all(dir)
@@ -176,6 +180,94 @@ impl BlobCache {
     pub async fn evict(&self, digest: &Digest) {
         let _ = self.store.delete(&meta_path(digest)).await;
         let _ = self.store.delete(&blob_path(digest)).await;
+    }
+}
+
+fn octet(digest: &Digest, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: "application/octet-stream".into(),
+        digest: digest.clone(),
+        size,
+        urls: None,
+        annotations: None,
+        platform: None,
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::archive::BlobSource for BlobCache {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.meta(digest).await?.map(|m| m.size))
+    }
+    async fn blob_stream(&self, digest: &Digest, size: u64) -> Result<ByteStream> {
+        self.get(&octet(digest, size), None).await
+    }
+}
+
+/// The cache as a destination (`save` fills it; the assembler then writes the archive from
+/// it). Content-addressed, so repositories do not matter and a "mount" is a lookup.
+#[async_trait::async_trait]
+impl crate::store::ImageStore for BlobCache {
+    async fn blob_exists(
+        &self,
+        _repo: &str,
+        digest: &Digest,
+        _side: crate::registry::Side,
+    ) -> Result<bool> {
+        Ok(self.meta(digest).await?.is_some())
+    }
+    async fn get_blob(
+        &self,
+        _repo: &str,
+        desc: &Descriptor,
+        progress: Option<Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Result<ByteStream> {
+        self.get(desc, progress).await
+    }
+    async fn put_blob(&self, _repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()> {
+        self.fill(desc, stream).await.map(drop)
+    }
+    async fn mount_blob(&self, _repo: &str, _from: &str, digest: &Digest) -> Result<bool> {
+        Ok(self.meta(digest).await?.is_some())
+    }
+    async fn get_manifest(
+        &self,
+        _repo: &str,
+        reference: &str,
+        _side: crate::registry::Side,
+    ) -> Result<Option<crate::manifest::RawManifest>> {
+        let Ok(digest) = reference.parse::<Digest>() else {
+            return Ok(None);
+        };
+        let Some(meta) = self.meta(&digest).await? else {
+            return Ok(None);
+        };
+        let chunks: Vec<Bytes> = self.get(&octet(&digest, meta.size), None).await?.try_collect().await?;
+        crate::manifest::RawManifest::from_bytes(Bytes::from(chunks.concat()), Some(&digest)).map(Some)
+    }
+    /// Manifests are kept as blobs by digest; tags have no meaning here.
+    async fn put_manifest(
+        &self,
+        _repo: &str,
+        _reference: &str,
+        manifest: &crate::manifest::RawManifest,
+    ) -> Result<()> {
+        if self.meta(&manifest.digest).await?.is_some() {
+            return Ok(());
+        }
+        let desc = octet(&manifest.digest, manifest.bytes.len() as u64);
+        let bytes = manifest.bytes.clone();
+        let once = futures_util::stream::once(std::future::ready(Ok(bytes))).boxed();
+        self.fill(&desc, verified(once, desc.digest.clone(), desc.size, None))
+            .await
+            .map(drop)
+    }
+    async fn list_tags(&self, _repo: &str) -> Result<Vec<String>> {
+        Err(Error::invalid("the blob cache has no tags"))
+    }
+    async fn delete_manifest(&self, _repo: &str, digest: &Digest) -> Result<()> {
+        self.evict(digest).await;
+        Ok(())
     }
 }
 

@@ -2,6 +2,7 @@
 //! lines, digests, manifests), registry access, the image-store abstraction, task and
 //! event types, and the queue trait with its in-process backend.
 
+pub mod archive;
 pub mod auth;
 pub mod cache;
 pub mod digest;

@@ -1,0 +1,335 @@
+//! Hangar's archive `index.json` (reference §3.3): the types in Go's field order, with
+//! Go's `omitempty` and `json.Marshal` output (compact, map keys sorted, `<`, `>`, `&`
+//! escaped), and the version check Hangar's readers apply.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::{ANNOTATION_REFERENCE_TYPE, ATTESTATION_MANIFEST, Descriptor, Platform};
+
+/// The index version this project writes; readers refuse anything lower.
+pub const INDEX_VERSION: &str = "v1.2.0";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArchiveIndex {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub list: Vec<ArchiveImage>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// RFC 3339 with nanoseconds, as Go's `time.Time` marshals; never omitted.
+    #[serde(default)]
+    pub time: String,
+}
+
+/// One saved image (`source:tag`) and the platform manifests saved for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArchiveImage {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tag: String,
+    #[serde(rename = "archList", default, skip_serializing_if = "Vec::is_empty")]
+    pub arch_list: Vec<String>,
+    #[serde(rename = "osList", default, skip_serializing_if = "Vec::is_empty")]
+    pub os_list: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageSpec>,
+}
+
+/// One platform manifest: `<hex>/` in the zip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub arch: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os: String,
+    #[serde(rename = "osVersion", default, skip_serializing_if = "String::is_empty")]
+    pub os_version: String,
+    #[serde(rename = "osFeatures", default, skip_serializing_if = "Vec::is_empty")]
+    pub os_features: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variant: String,
+    #[serde(rename = "mediaType", default, skip_serializing_if = "String::is_empty")]
+    pub media_type: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Digest>,
+    pub digest: Digest,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ImageSpec {
+    /// A manifest with no platform, config or layers yet.
+    pub fn bare(digest: Digest) -> Self {
+        Self {
+            arch: String::new(),
+            os: String::new(),
+            os_version: String::new(),
+            os_features: Vec::new(),
+            variant: String::new(),
+            media_type: String::new(),
+            layers: Vec::new(),
+            config: None,
+            digest,
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// Every blob of this platform image in the archive: manifest, config, layers.
+    pub fn blobs(&self) -> impl Iterator<Item = &Digest> {
+        std::iter::once(&self.digest)
+            .chain(self.config.iter())
+            .chain(self.layers.iter())
+    }
+
+    pub fn is_attestation(&self) -> bool {
+        self.annotations.get(ANNOTATION_REFERENCE_TYPE).map(String::as_str)
+            == Some(ATTESTATION_MANIFEST)
+    }
+
+    pub fn platform(&self) -> Platform {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Platform {
+            architecture: self.arch.clone(),
+            os: self.os.clone(),
+            os_version: some(&self.os_version),
+            os_features: (!self.os_features.is_empty()).then(|| self.os_features.clone()),
+            variant: some(&self.variant),
+        }
+    }
+
+    /// The descriptor a destination index lists for this manifest.
+    pub fn descriptor(&self, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size,
+            urls: None,
+            annotations: (!self.annotations.is_empty()).then(|| self.annotations.clone()),
+            platform: Some(self.platform()),
+        }
+    }
+
+    /// The entry for a platform manifest described by a source index descriptor.
+    pub fn from_descriptor(entry: &Descriptor, config: &Digest, layers: Vec<Digest>) -> Self {
+        let p = entry.platform.clone().unwrap_or_default();
+        Self {
+            arch: p.architecture,
+            os: p.os,
+            os_version: p.os_version.unwrap_or_default(),
+            os_features: p.os_features.unwrap_or_default(),
+            variant: p.variant.unwrap_or_default(),
+            media_type: entry.media_type.clone(),
+            layers,
+            config: Some(config.clone()),
+            digest: entry.digest.clone(),
+            annotations: entry.annotations.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl ArchiveImage {
+    /// `registry/project/name:tag`, as `archive ls` and the logs show it.
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.source, self.tag)
+    }
+
+    /// Builds the entry for `source:tag` from its platform images, with the arch and OS
+    /// lists Hangar derives from them (first-seen order; Go's map order is random).
+    pub fn new(source: String, tag: String, images: Vec<ImageSpec>) -> Self {
+        let mut arch_list: Vec<String> = Vec::new();
+        let mut os_list: Vec<String> = Vec::new();
+        for i in &images {
+            if !i.arch.is_empty() && !arch_list.contains(&i.arch) {
+                arch_list.push(i.arch.clone());
+            }
+            if !i.os.is_empty() && !os_list.contains(&i.os) {
+                os_list.push(i.os.clone());
+            }
+        }
+        Self {
+            source,
+            tag,
+            arch_list,
+            os_list,
+            images,
+        }
+    }
+
+    /// Hangar's "custom entry" (a stored file or chart): no arch and no OS.
+    pub fn is_custom(&self) -> bool {
+        self.arch_list.is_empty() && self.os_list.is_empty()
+    }
+
+    /// Hangar's sigstore-signature entry, which `load` refuses.
+    pub fn is_signature(&self) -> bool {
+        self.tag.ends_with(".sig")
+            && self.images.len() == 1
+            && self.arch_list.len() == 1
+            && self.os_list.len() == 1
+            && self.images[0].arch.is_empty()
+            && self.images[0].os.is_empty()
+    }
+}
+
+impl ArchiveIndex {
+    /// An empty index stamped now.
+    pub fn new() -> Self {
+        Self {
+            list: Vec::new(),
+            version: INDEX_VERSION.to_owned(),
+            time: go_time_now(),
+        }
+    }
+
+    /// Parses and checks an archive's `index.json`. `what` names the archive in errors.
+    pub fn parse(bytes: &[u8], what: &str) -> Result<Self> {
+        let index: Self = serde_json::from_slice(bytes)
+            .map_err(|e| Error::invalid(format!("{what}: index.json is not a Hangar index: {e}")))?;
+        check_version(&index.version).map_err(|e| e.context(what))?;
+        for (n, image) in index.list.iter().enumerate() {
+            if image.source.is_empty() {
+                return Err(Error::invalid(format!(
+                    "{what}: index.json entry {} has no source",
+                    n + 1
+                )));
+            }
+        }
+        Ok(index)
+    }
+
+    /// Go's `json.Marshal` output, byte for byte.
+    pub fn to_go_json(&self) -> Result<Vec<u8>> {
+        let json = serde_json::to_string(self)
+            .map_err(|e| Error::internal(format!("serialising index.json: {e}")))?;
+        Ok(go_escape(&json).into_bytes())
+    }
+}
+
+/// Hangar compares versions as semver and refuses those lower than its own.
+pub fn check_version(version: &str) -> Result<()> {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let core = v.strip_prefix('v').unwrap_or(v);
+        let core = core.split(['-', '+']).next()?;
+        let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+        Some((parts.next()??, parts.next()??, parts.next().unwrap_or(Some(0))?))
+    };
+    let ours = parse(INDEX_VERSION);
+    match parse(version) {
+        Some(v) if Some(v) >= ours => Ok(()),
+        _ => Err(Error::invalid(format!(
+            "this tool does not support index version {version}"
+        ))),
+    }
+}
+
+/// Go escapes these inside strings; they never occur outside one in JSON.
+fn go_escape(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `time.Now()` marshalled by Go: RFC 3339, nanoseconds without trailing zeros, local offset.
+pub fn go_time_now() -> String {
+    let now = chrono::Local::now();
+    let base = now.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let nanos = format!("{:09}", now.timestamp_subsec_nanos());
+    let nanos = nanos.trim_end_matches('0');
+    let offset = now.format("%:z").to_string();
+    let offset = if offset == "+00:00" { "Z".to_owned() } else { offset };
+    if nanos.is_empty() {
+        format!("{base}{offset}")
+    } else {
+        format!("{base}.{nanos}{offset}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_order_and_omitempty_follow_go() {
+        let d: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        let mut spec = ImageSpec {
+            arch: "amd64".into(),
+            os: "linux".into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            layers: vec![d.clone()],
+            config: Some(d.clone()),
+            ..ImageSpec::bare(d.clone())
+        };
+        spec.annotations.insert("z".into(), "<&>".into());
+        spec.annotations.insert("a".into(), "1".into());
+        let index = ArchiveIndex {
+            list: vec![ArchiveImage::new(
+                "docker.io/library/nginx".into(),
+                "1".into(),
+                vec![spec],
+            )],
+            version: INDEX_VERSION.into(),
+            time: "2025-02-13T18:56:27.1+08:00".into(),
+        };
+        let json = String::from_utf8(index.to_go_json().unwrap()).unwrap();
+        let h = "a".repeat(64);
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"list":[{{"source":"docker.io/library/nginx","tag":"1","archList":["amd64"],"osList":["linux"],"images":[{{"arch":"amd64","os":"linux","mediaType":"application/vnd.oci.image.manifest.v1+json","layers":["sha256:{h}"],"config":"sha256:{h}","digest":"sha256:{h}","annotations":{{"a":"1","z":"\u003c\u0026\u003e"}}}}]}}],"version":"v1.2.0","time":"2025-02-13T18:56:27.1+08:00"}}"#
+            )
+        );
+        let back = ArchiveIndex::parse(json.as_bytes(), "t.zip").unwrap();
+        assert_eq!(back, index);
+    }
+
+    #[test]
+    fn empty_index_keeps_time_only() {
+        let index = ArchiveIndex {
+            list: vec![],
+            version: INDEX_VERSION.into(),
+            time: "2025-01-01T00:00:00Z".into(),
+        };
+        assert_eq!(
+            String::from_utf8(index.to_go_json().unwrap()).unwrap(),
+            r#"{"version":"v1.2.0","time":"2025-01-01T00:00:00Z"}"#
+        );
+    }
+
+    #[test]
+    fn lower_versions_are_refused_with_hangars_message() {
+        assert!(check_version("v1.2.0").is_ok());
+        assert!(check_version("v1.3.1").is_ok());
+        for v in ["v1.1.0", "v1.0.9", "", "garbage"] {
+            let e = check_version(v).unwrap_err();
+            assert_eq!(
+                e.message,
+                format!("this tool does not support index version {v}")
+            );
+        }
+    }
+
+    #[test]
+    fn go_time_has_no_trailing_zeros() {
+        let t = go_time_now();
+        assert!(t.len() >= 20, "{t}");
+        if let Some((_, frac)) = t.split_once('.') {
+            let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
+            assert!(!digits.ends_with('0'), "{t}");
+        }
+    }
+}

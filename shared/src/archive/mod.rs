@@ -1,0 +1,89 @@
+//! Hangar's zip archive (reference §3): `index.json`, `<hex>/index.json`, `<hex>/oci-layout`
+//! and `share/sha256/<hex>`, every entry stored uncompressed. The reader serves blobs as byte
+//! ranges of the zip, locally or from S3, without extracting anything; the writer (the
+//! assembler) streams blobs from a [`BlobSource`] into a new zip and renames it into place
+//! only when it is complete, so an interrupted save or sync never leaves a broken archive.
+
+pub mod index;
+pub mod reader;
+pub mod writer;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use object_store::ObjectStore;
+use object_store::path::Path;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::verify::ByteStream;
+
+pub use index::{ArchiveImage, ArchiveIndex, ImageSpec, INDEX_VERSION};
+pub use reader::ArchiveReader;
+
+pub const INDEX_NAME: &str = "index.json";
+pub const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
+
+pub fn blob_entry(digest: &Digest) -> String {
+    format!("share/sha256/{}", digest.hex())
+}
+
+/// Where blob bytes for an archive come from: the blob cache, or other archives.
+#[async_trait]
+pub trait BlobSource: Send + Sync {
+    /// The blob's size, if this source holds it.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// The blob's bytes, verified against its digest.
+    async fn blob_stream(&self, digest: &Digest, size: u64) -> Result<ByteStream>;
+}
+
+/// Entry names a reader must refuse: they would escape a directory when extracted, and
+/// Hangar's layout never has them.
+pub fn check_entry_name(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.starts_with('/')
+        || name.starts_with('\\')
+        || name.contains('\0')
+        || name.contains('\\')
+        || (name.len() > 1 && name.as_bytes()[1] == b':')
+        || name.split('/').any(|seg| seg == "..");
+    if bad {
+        return Err(Error::invalid(format!(
+            "entry {name:?}: unsafe entry name (absolute, or with \"..\")"
+        )));
+    }
+    Ok(())
+}
+
+/// An archive's place: a local path, or `s3://bucket/key.zip?endpoint=…&region=…`.
+pub fn locate(location: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, key) = path.split_once('/').ok_or_else(|| {
+            Error::invalid(format!("{location}: expected s3://bucket/key.zip"))
+        })?;
+        let store = crate::cache::s3_store(bucket, query, location)?;
+        return Ok((store, Path::from(key)));
+    }
+    let path = std::path::absolute(location)
+        .map_err(|e| Error::invalid(format!("{location}: {e}")))?;
+    let store = object_store::local::LocalFileSystem::new();
+    let path = Path::from_absolute_path(&path)
+        .map_err(|e| Error::invalid(format!("{location}: {e}")))?;
+    Ok((Arc::new(store), path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for n in ["../x", "a/../../b", "/etc/passwd", "share/../x", "C:/x", "a\\b", ""] {
+            assert!(check_entry_name(n).is_err(), "{n}");
+        }
+        for n in ["index.json", "share/sha256/ab", "abc/oci-layout"] {
+            assert!(check_entry_name(n).is_ok(), "{n}");
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Reads a Hangar archive where it lies. The zip crate parses the central directory (through
+//! a small read-ahead window over byte ranges, so the same code reads a local file or an S3
+//! object); after that every blob is one range request, streamed and verified, and nothing
+//! is extracted to disk.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+
+use super::index::ArchiveIndex;
+use super::{BlobSource, INDEX_NAME, blob_entry, check_entry_name};
+use crate::digest::Digest;
+use crate::error::{Error, FailureClass, Result};
+use crate::manifest::{Descriptor, RawManifest};
+use crate::registry::Side;
+use crate::store::ImageStore;
+use crate::verify::{ByteStream, verified};
+
+/// The largest JSON document (index or manifest) read whole.
+const JSON_LIMIT: u64 = 256 << 20;
+const WINDOW: u64 = 64 << 10;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    header_start: u64,
+    /// Stored size (entries are uncompressed, so also the data size).
+    pub size: u64,
+    pub crc32: u32,
+}
+
+pub struct ArchiveReader {
+    label: String,
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    file_size: u64,
+    /// Central-directory order; the first of duplicate names wins, as in Hangar.
+    entries: Vec<Entry>,
+    by_name: HashMap<String, usize>,
+    data_starts: Mutex<HashMap<usize, u64>>,
+    pub index: ArchiveIndex,
+    media_types: HashMap<Digest, String>,
+}
+
+impl std::fmt::Debug for ArchiveReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveReader")
+            .field("archive", &self.label)
+            .finish()
+    }
+}
+
+fn read_err(label: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(FailureClass::Network, format!("{label}: {e}"))
+}
+
+impl ArchiveReader {
+    /// Opens `location` (a path or `s3://bucket/key?…`), reads its central directory and
+    /// its `index.json`, and refuses unsafe entry names, compressed entries and indexes of
+    /// versions older than `v1.2.0`.
+    pub async fn open(location: &str) -> Result<Self> {
+        let (store, path) = super::locate(location)?;
+        let label = location.to_owned();
+        let file_size = match store.head(&path).await {
+            Ok(m) => m.size,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::not_found(format!("archive {label} does not exist")));
+            }
+            Err(e) => return Err(read_err(&label, e)),
+        };
+        let handle = tokio::runtime::Handle::current();
+        let (s, p, l) = (store.clone(), path.clone(), label.clone());
+        let entries = tokio::task::spawn_blocking(move || -> Result<Vec<Entry>> {
+            let reader = RangeReader {
+                store: s,
+                path: p,
+                size: file_size,
+                pos: 0,
+                window: Bytes::new(),
+                window_start: 0,
+                handle,
+            };
+            let zip = zip::ZipArchive::new(reader).map_err(|e| {
+                Error::invalid(format!(
+                    "archive {l} is not a valid zip file (truncated or damaged?): {e}"
+                ))
+            })?;
+            let meta = zip.metadata();
+            let mut out = Vec::with_capacity(meta.len());
+            for i in 0..meta.len() {
+                let entry = meta
+                    .entry(i)
+                    .map_err(|e| Error::invalid(format!("archive {l}: entry {i}: {e}")))?;
+                let name = entry
+                    .name()
+                    .map_err(|e| Error::invalid(format!("archive {l}: entry {i}: {e}")))?
+                    .into_owned();
+                check_entry_name(&name).map_err(|e| e.context(format!("archive {l}")))?;
+                if name.ends_with('/') {
+                    continue;
+                }
+                if entry.compression() != zip::CompressionMethod::Stored {
+                    return Err(Error::invalid(format!(
+                        "archive {l}: entry {name:?} is compressed ({}); Hangar archives store \
+                         every entry uncompressed",
+                        entry.compression()
+                    )));
+                }
+                out.push(Entry {
+                    name,
+                    header_start: entry.header_start(),
+                    size: entry.compressed_size(),
+                    crc32: entry.crc32(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("reading the zip directory: {e}")))??;
+        let mut by_name = HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            by_name.entry(e.name.clone()).or_insert(i);
+        }
+        let mut reader = Self {
+            label,
+            store,
+            path,
+            file_size,
+            entries,
+            by_name,
+            data_starts: Mutex::new(HashMap::new()),
+            index: ArchiveIndex::default(),
+            media_types: HashMap::new(),
+        };
+        let raw = reader.read_entry(INDEX_NAME).await.map_err(|e| {
+            if e.class == FailureClass::NotFound {
+                Error::invalid(format!("archive {} has no index.json", reader.label))
+            } else {
+                e
+            }
+        })?;
+        reader.index = ArchiveIndex::parse(&raw, &format!("archive {}", reader.label))?;
+        for image in &reader.index.list {
+            for spec in &image.images {
+                if !spec.media_type.is_empty() {
+                    reader
+                        .media_types
+                        .insert(spec.digest.clone(), spec.media_type.clone());
+                }
+            }
+        }
+        Ok(reader)
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&Entry> {
+        self.by_name.get(name).map(|i| &self.entries[*i])
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.by_name.contains_key(&blob_entry(digest))
+    }
+
+    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        self.entry(&blob_entry(digest)).map(|e| e.size)
+    }
+
+    /// Where an entry's bytes begin: after its local header, read once.
+    async fn data_start(&self, name: &str) -> Result<(u64, u64)> {
+        let i = *self.by_name.get(name).ok_or_else(|| {
+            Error::not_found(format!("archive {}: no entry {name:?}", self.label))
+        })?;
+        let entry = &self.entries[i];
+        let known = self.data_starts.lock().ok().and_then(|m| m.get(&i).copied());
+        let start = match known {
+            Some(s) => s,
+            None => {
+                let h = entry.header_start;
+                if h + 30 > self.file_size {
+                    return Err(self.damaged(name, "its local header lies past the end"));
+                }
+                let header = self
+                    .store
+                    .get_range(&self.path, h..h + 30)
+                    .await
+                    .map_err(|e| read_err(&self.label, e))?;
+                if header[..4] != [0x50, 0x4b, 0x03, 0x04] {
+                    return Err(self.damaged(name, "no local file header at its offset"));
+                }
+                let name_len = u16::from_le_bytes([header[26], header[27]]) as u64;
+                let extra_len = u16::from_le_bytes([header[28], header[29]]) as u64;
+                let start = h + 30 + name_len + extra_len;
+                if let Ok(mut m) = self.data_starts.lock() {
+                    m.insert(i, start);
+                }
+                start
+            }
+        };
+        if start + entry.size > self.file_size {
+            return Err(self.damaged(name, "its data runs past the end (truncated archive?)"));
+        }
+        Ok((start, entry.size))
+    }
+
+    fn damaged(&self, name: &str, why: &str) -> Error {
+        Error::invalid(format!("archive {}: entry {name:?} is damaged: {why}", self.label))
+    }
+
+    /// The raw bytes of one entry as a stream (unverified; blobs go through [`Self::blob`]).
+    pub async fn entry_stream(&self, name: &str) -> Result<ByteStream> {
+        let (start, size) = self.data_start(name).await?;
+        if size == 0 {
+            return Ok(futures_util::stream::empty().boxed());
+        }
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(start..start + size)),
+            ..Default::default()
+        };
+        let label = self.label.clone();
+        let got = self
+            .store
+            .get_opts(&self.path, opts)
+            .await
+            .map_err(|e| read_err(&label, e))?;
+        Ok(got
+            .into_stream()
+            .map_err(move |e| read_err(&label, e))
+            .boxed())
+    }
+
+    /// A small entry read whole, CRC-checked.
+    pub async fn read_entry(&self, name: &str) -> Result<Bytes> {
+        let size = self
+            .entry(name)
+            .ok_or_else(|| Error::not_found(format!("archive {}: no entry {name:?}", self.label)))?
+            .size;
+        if size > JSON_LIMIT {
+            return Err(self.damaged(name, "too large for a JSON document"));
+        }
+        let chunks: Vec<Bytes> = self.entry_stream(name).await?.try_collect().await?;
+        let bytes = Bytes::from(chunks.concat());
+        let expected = self.entry(name).map(|e| e.crc32).unwrap_or_default();
+        if crc32fast::hash(&bytes) != expected {
+            return Err(Error::new(
+                FailureClass::DigestMismatch,
+                format!(
+                    "archive {}: entry {name:?} does not match its CRC-32",
+                    self.label
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// A blob, verified against its digest and its entry's size.
+    pub async fn blob(
+        &self,
+        digest: &Digest,
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Result<ByteStream> {
+        let name = blob_entry(digest);
+        let size = self.entry(&name).map(|e| e.size).ok_or_else(|| {
+            Error::not_found(format!(
+                "archive {}: entry {name:?} (blob {digest}) is missing",
+                self.label
+            ))
+        })?;
+        let raw = self.entry_stream(&name).await?;
+        let label = self.label.clone();
+        Ok(verified(raw, digest.clone(), size, progress)
+            .map_err(move |e| {
+                if e.class == FailureClass::DigestMismatch {
+                    Error::new(
+                        FailureClass::DigestMismatch,
+                        format!("archive {label}: entry {name:?}: {}", e.message),
+                    )
+                } else {
+                    e
+                }
+            })
+            .boxed())
+    }
+
+    /// A manifest blob, with the media type the index records for it.
+    pub async fn manifest(&self, digest: &Digest) -> Result<RawManifest> {
+        let name = blob_entry(digest);
+        let size = self.blob_size(digest).ok_or_else(|| {
+            Error::not_found(format!(
+                "archive {}: entry {name:?} (manifest {digest}) is missing",
+                self.label
+            ))
+        })?;
+        if size > JSON_LIMIT {
+            return Err(self.damaged(&name, "too large for a manifest"));
+        }
+        let chunks: Vec<Bytes> = self.blob(digest, None).await?.try_collect().await?;
+        let mut raw = RawManifest::from_bytes(Bytes::from(chunks.concat()), Some(digest))?;
+        if let Some(t) = self.media_types.get(digest) {
+            raw.media_type = t.clone();
+        }
+        Ok(raw)
+    }
+}
+
+#[async_trait]
+impl BlobSource for ArchiveReader {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(ArchiveReader::blob_size(self, digest))
+    }
+    async fn blob_stream(&self, digest: &Digest, _size: u64) -> Result<ByteStream> {
+        self.blob(digest, None).await
+    }
+}
+
+fn read_only() -> Error {
+    Error::invalid("an archive is read-only here; archives are written by the assembler")
+}
+
+/// An archive as the source of a copy (`load`): blobs and manifests by digest.
+#[async_trait]
+impl ImageStore for ArchiveReader {
+    async fn blob_exists(&self, _repo: &str, digest: &Digest, _side: Side) -> Result<bool> {
+        Ok(self.has_blob(digest))
+    }
+    async fn get_blob(
+        &self,
+        _repo: &str,
+        desc: &Descriptor,
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Result<ByteStream> {
+        if let Some(size) = self.blob_size(&desc.digest)
+            && size != desc.size
+        {
+            return Err(Error::new(
+                FailureClass::DigestMismatch,
+                format!(
+                    "archive {}: entry {:?} holds {size} bytes, the manifest says {}",
+                    self.label,
+                    blob_entry(&desc.digest),
+                    desc.size
+                ),
+            ));
+        }
+        self.blob(&desc.digest, progress).await
+    }
+    async fn put_blob(&self, _repo: &str, _desc: &Descriptor, _stream: ByteStream) -> Result<()> {
+        Err(read_only())
+    }
+    async fn mount_blob(&self, _repo: &str, _from: &str, _digest: &Digest) -> Result<bool> {
+        Ok(false)
+    }
+    async fn get_manifest(
+        &self,
+        _repo: &str,
+        reference: &str,
+        _side: Side,
+    ) -> Result<Option<RawManifest>> {
+        let Ok(digest) = reference.parse::<Digest>() else {
+            return Ok(None);
+        };
+        if !self.has_blob(&digest) {
+            return Ok(None);
+        }
+        self.manifest(&digest).await.map(Some)
+    }
+    async fn put_manifest(&self, _repo: &str, _r: &str, _m: &RawManifest) -> Result<()> {
+        Err(read_only())
+    }
+    async fn list_tags(&self, repo: &str) -> Result<Vec<String>> {
+        Ok(self
+            .index
+            .list
+            .iter()
+            .filter(|i| i.source.split_once('/').is_some_and(|(_, r)| r == repo))
+            .map(|i| i.tag.clone())
+            .collect())
+    }
+    async fn delete_manifest(&self, _repo: &str, _digest: &Digest) -> Result<()> {
+        Err(read_only())
+    }
+}
+
+/// `Read + Seek` over byte ranges of an object, for the zip crate's directory parser; runs
+/// on a blocking thread and fetches 64 KiB windows.
+struct RangeReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+    pos: u64,
+    window: Bytes,
+    window_start: u64,
+    handle: tokio::runtime::Handle,
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let in_window = self.pos >= self.window_start
+            && self.pos < self.window_start + self.window.len() as u64;
+        if !in_window {
+            let end = (self.pos + WINDOW.max(buf.len() as u64)).min(self.size);
+            let range = self.pos..end;
+            self.window = self
+                .handle
+                .block_on(self.store.get_range(&self.path, range))
+                .map_err(std::io::Error::other)?;
+            self.window_start = self.pos;
+        }
+        let offset = (self.pos - self.window_start) as usize;
+        let n = buf.len().min(self.window.len() - offset);
+        buf[..n].copy_from_slice(&self.window[offset..offset + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for RangeReader {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let next = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = next.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}

@@ -1,0 +1,407 @@
+//! The assembler: writes a Hangar archive from blobs held by a [`BlobSource`] (the blob
+//! cache for save and sync, other archives for merge and export). Blobs stream through in
+//! chunks, so memory stays flat whatever their size; zip64 records appear when a size or
+//! offset needs them. The zip is written beside its destination under a temporary name,
+//! flushed to disk and renamed into place, so a crash leaves the old archive (or none),
+//! never a half-written one. `sync` is the same write with the old archive's entries copied
+//! first.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use super::index::{ArchiveImage, ArchiveIndex, INDEX_VERSION, go_time_now};
+use super::reader::ArchiveReader;
+use super::{BlobSource, INDEX_NAME, OCI_LAYOUT, blob_entry};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// What one written archive (or volume) holds.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub path: PathBuf,
+    pub images: usize,
+    pub entries: usize,
+    pub bytes: u64,
+}
+
+enum Item {
+    /// An entry of the archive being extended, copied as it is.
+    Base(String),
+    Inline(String, Vec<u8>),
+    Blob(String, Digest, u64),
+}
+
+/// `<hex>/index.json` as containers/image's OCI layout writes it: one untagged descriptor.
+fn layout_index(media_type: &str, digest: &Digest, size: u64) -> Vec<u8> {
+    format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{media_type}","digest":"{digest}","size":{size}}}]}}"#
+    )
+    .into_bytes()
+}
+
+/// Writes `images` (blobs from `source`) to `path`, after every entry of `base` but its
+/// index; the new `index.json` lists `base`'s images and then these.
+pub async fn write_archive(
+    path: &Path,
+    base: Option<Arc<ArchiveReader>>,
+    images: &[ArchiveImage],
+    source: Arc<dyn BlobSource>,
+) -> Result<Written> {
+    let mut items = Vec::new();
+    let mut written: HashSet<String> = HashSet::new();
+    let mut index = ArchiveIndex {
+        list: Vec::new(),
+        version: INDEX_VERSION.to_owned(),
+        time: go_time_now(),
+    };
+    if let Some(base) = &base {
+        for e in base.entries() {
+            if e.name != INDEX_NAME && written.insert(e.name.clone()) {
+                items.push(Item::Base(e.name.clone()));
+            }
+        }
+        index.list.extend(base.index.list.iter().cloned());
+    }
+    for image in images {
+        let mut specs: Vec<_> = image.images.iter().collect();
+        specs.sort_by(|a, b| a.digest.hex().cmp(b.digest.hex()));
+        for spec in &specs {
+            let dir = spec.digest.hex().to_owned();
+            if written.insert(format!("{dir}/index.json")) {
+                let size = size_of(source.as_ref(), &spec.digest, image).await?;
+                items.push(Item::Inline(
+                    format!("{dir}/index.json"),
+                    layout_index(&spec.media_type, &spec.digest, size),
+                ));
+                written.insert(format!("{dir}/oci-layout"));
+                items.push(Item::Inline(
+                    format!("{dir}/oci-layout"),
+                    OCI_LAYOUT.as_bytes().to_vec(),
+                ));
+            }
+        }
+        let mut blobs: Vec<&Digest> = specs.iter().flat_map(|s| s.blobs()).collect();
+        blobs.sort_by(|a, b| a.hex().cmp(b.hex()));
+        blobs.dedup();
+        for d in blobs {
+            let name = blob_entry(d);
+            if written.insert(name.clone()) {
+                let size = size_of(source.as_ref(), d, image).await?;
+                items.push(Item::Blob(name, d.clone(), size));
+            }
+        }
+        index.list.push(image.clone());
+    }
+    items.push(Item::Inline(INDEX_NAME.to_owned(), index.to_go_json()?));
+
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("{}: not a file name", path.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let temp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
+    let (final_path, image_count) = (path.to_owned(), index.list.len());
+    let handle = tokio::runtime::Handle::current();
+    let t = temp.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        write_items(&t, &items, base.as_deref(), source.as_ref(), &handle)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("archive writer: {e}")));
+    let (entries, bytes) = match result.and_then(|r| r) {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&temp, &final_path).map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        io_err(&final_path, e)
+    })?;
+    // The rename is durable only once the directory is.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(Written {
+        path: final_path,
+        images: image_count,
+        entries,
+        bytes,
+    })
+}
+
+async fn size_of(source: &dyn BlobSource, d: &Digest, image: &ArchiveImage) -> Result<u64> {
+    source.blob_size(d).await?.ok_or_else(|| {
+        Error::not_found(format!(
+            "blob {d} of image {} is not available to write into the archive",
+            image.name()
+        ))
+    })
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("{}: {e}", path.display()))
+}
+
+fn write_items(
+    temp: &Path,
+    items: &[Item],
+    base: Option<&ArchiveReader>,
+    source: &dyn BlobSource,
+    handle: &tokio::runtime::Handle,
+) -> Result<(usize, u64)> {
+    let file = std::fs::File::create(temp).map_err(|e| io_err(temp, e))?;
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    let zerr = |e: zip::result::ZipError| io_err(temp, e);
+    for item in items {
+        let (name, size) = match item {
+            Item::Base(n) => (n, base.and_then(|b| b.entry(n)).map_or(0, |e| e.size)),
+            Item::Inline(n, data) => (n, data.len() as u64),
+            Item::Blob(n, _, size) => (n, *size),
+        };
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .system(zip::System::Dos)
+            .last_modified_time(zip::DateTime::default())
+            .large_file(size >= zip::ZIP64_BYTES_THR);
+        zip.start_file(name.as_str(), options).map_err(zerr)?;
+        let mut stream = match item {
+            Item::Inline(_, data) => {
+                zip.write_all(data).map_err(|e| io_err(temp, e))?;
+                continue;
+            }
+            Item::Base(n) => {
+                let base = base.ok_or_else(|| Error::internal("base entry without a base"))?;
+                handle.block_on(base.entry_stream(n))?
+            }
+            Item::Blob(_, d, size) => handle.block_on(source.blob_stream(d, *size))?,
+        };
+        let mut copied = 0u64;
+        while let Some(chunk) = handle.block_on(stream.next()) {
+            let chunk = chunk?;
+            copied += chunk.len() as u64;
+            zip.write_all(&chunk).map_err(|e| io_err(temp, e))?;
+        }
+        if copied != size {
+            return Err(Error::invalid(format!(
+                "entry {name:?}: {copied} bytes written, {size} expected"
+            )));
+        }
+    }
+    let mut out = zip.finish().map_err(zerr)?;
+    out.flush().map_err(|e| io_err(temp, e))?;
+    let file = out.into_inner().map_err(|e| io_err(temp, e.error()))?;
+    file.sync_all().map_err(|e| io_err(temp, e))?;
+    let bytes = file.metadata().map_err(|e| io_err(temp, e))?.len();
+    Ok((items.len(), bytes))
+}
+
+/// Packs images, in order, into volumes of at most `part_size` bytes of blobs. An image is
+/// never split; one bigger than a volume gets a volume of its own, and is reported.
+/// `size` gives each blob's size; blobs shared by images in one volume count once.
+pub fn plan_volumes(
+    images: &[ArchiveImage],
+    size: impl Fn(&Digest) -> u64,
+    part_size: u64,
+) -> (Vec<Vec<ArchiveImage>>, Vec<String>) {
+    let mut volumes: Vec<Vec<ArchiveImage>> = Vec::new();
+    let mut oversized = Vec::new();
+    let mut current: Vec<ArchiveImage> = Vec::new();
+    let mut in_volume: HashSet<Digest> = HashSet::new();
+    let mut used = 0u64;
+    for image in images {
+        let own: HashSet<&Digest> = image.images.iter().flat_map(|s| s.blobs()).collect();
+        let alone: u64 = own.iter().map(|d| size(d)).sum();
+        let added: u64 = own
+            .iter()
+            .filter(|d| !in_volume.contains(**d))
+            .map(|d| size(d))
+            .sum();
+        if !current.is_empty() && used + added > part_size {
+            volumes.push(std::mem::take(&mut current));
+            in_volume.clear();
+            used = 0;
+        }
+        if alone > part_size {
+            oversized.push(format!(
+                "image {} ({alone} bytes) is bigger than the volume size ({part_size} bytes): \
+                 its volume holds it alone and exceeds the size",
+                image.name()
+            ));
+        }
+        used += own
+            .iter()
+            .filter(|d| in_volume.insert((**d).clone()))
+            .map(|d| size(d))
+            .sum::<u64>();
+        current.push(image.clone());
+    }
+    if !current.is_empty() {
+        volumes.push(current);
+    }
+    (volumes, oversized)
+}
+
+/// `out.zip` → `out.part1.zip`, … for volume `n` (1-based).
+pub fn volume_path(path: &Path, n: usize) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}.part{n}{ext}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::ImageSpec;
+
+    fn d(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    fn image(name: &str, blobs: &[u8]) -> ArchiveImage {
+        ArchiveImage::new(
+            format!("docker.io/library/{name}"),
+            "1".into(),
+            vec![ImageSpec {
+                arch: "amd64".into(),
+                os: "linux".into(),
+                layers: blobs[1..].iter().map(|b| d(*b)).collect(),
+                ..ImageSpec::bare(d(blobs[0]))
+            }],
+        )
+    }
+
+    #[test]
+    fn volumes_keep_images_whole_and_count_shared_blobs_once() {
+        let images = vec![
+            image("a", &[1, 10]),
+            image("b", &[2, 10]),
+            image("c", &[3, 11]),
+            image("d", &[4, 12]),
+        ];
+        // Manifests weigh 1, layers 10 and 11 weigh 40, 12 weighs 200.
+        let size = |x: &Digest| match x {
+            x if *x == d(10) || *x == d(11) => 40,
+            x if *x == d(12) => 200,
+            _ => 1,
+        };
+        let (volumes, oversized) = plan_volumes(&images, size, 50);
+        let names: Vec<Vec<&str>> = volumes
+            .iter()
+            .map(|v| v.iter().map(|i| i.source.rsplit('/').next().unwrap()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"]]);
+        assert_eq!(oversized.len(), 1);
+        assert!(oversized[0].contains("docker.io/library/d:1"), "{oversized:?}");
+    }
+
+    #[test]
+    fn volume_names() {
+        assert_eq!(
+            volume_path(Path::new("/x/saved.zip"), 2),
+            PathBuf::from("/x/saved.part2.zip")
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_hangars_layout_and_reads_it_back_by_range() {
+        use crate::cache::BlobCache;
+        use crate::verify::verified;
+        use futures_util::TryStreamExt;
+
+        let dir = std::env::temp_dir().join(format!(
+            "hangar-archive-test-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let cache = Arc::new(BlobCache::open(dir.join("cache").to_str().unwrap()).unwrap());
+        let put = |bytes: &'static [u8]| {
+            let cache = cache.clone();
+            async move {
+                let d = Digest::of(bytes);
+                let desc = crate::manifest::Descriptor {
+                    media_type: String::new(),
+                    digest: d.clone(),
+                    size: bytes.len() as u64,
+                    urls: None,
+                    annotations: None,
+                    platform: None,
+                };
+                let once = futures_util::stream::once(std::future::ready(Ok(
+                    bytes::Bytes::from_static(bytes),
+                )))
+                .boxed();
+                cache
+                    .fill(&desc, verified(once, d.clone(), desc.size, None))
+                    .await
+                    .unwrap();
+                d
+            }
+        };
+        let layer = put(b"layer bytes").await;
+        let config = put(br#"{"architecture":"amd64","os":"linux"}"#).await;
+        const MANIFEST: &[u8] =
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+        let manifest = put(MANIFEST).await;
+        let spec = ImageSpec {
+            arch: "amd64".into(),
+            os: "linux".into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            layers: vec![layer.clone()],
+            config: Some(config.clone()),
+            ..ImageSpec::bare(manifest.clone())
+        };
+        let images = vec![
+            ArchiveImage::new("docker.io/library/a".into(), "1".into(), vec![spec.clone()]),
+            ArchiveImage::new("docker.io/library/b".into(), "1".into(), vec![spec.clone()]),
+        ];
+        let out = dir.join("out.zip");
+        let written = write_archive(&out, None, &images, cache.clone()).await.unwrap();
+        assert_eq!(written.images, 2);
+        let reader = ArchiveReader::open(out.to_str().unwrap()).await.unwrap();
+        let names: Vec<&str> = reader.entries().iter().map(|e| e.name.as_str()).collect();
+        let mut share = vec![
+            blob_entry(&layer),
+            blob_entry(&config),
+            blob_entry(&manifest),
+        ];
+        share.sort();
+        let h = manifest.hex();
+        let mut expected = vec![format!("{h}/index.json"), format!("{h}/oci-layout")];
+        expected.extend(share);
+        expected.push("index.json".into());
+        assert_eq!(names, expected, "each blob once, index last");
+        assert_eq!(reader.index.list, images);
+        let back: Vec<bytes::Bytes> = reader.blob(&layer, None).await.unwrap().try_collect().await.unwrap();
+        assert_eq!(back.concat(), b"layer bytes");
+        let layout = reader.read_entry(&format!("{h}/index.json")).await.unwrap();
+        assert_eq!(
+            std::str::from_utf8(&layout).unwrap(),
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest}","size":{}}}]}}"#,
+                MANIFEST.len()
+            )
+        );
+        assert!(
+            std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("partial")),
+            "no temporary file left"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
