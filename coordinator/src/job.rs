@@ -7,18 +7,19 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use hangar_shared::archive::ArchiveReader;
 use hangar_shared::error::Result;
 use hangar_shared::manifest::PlatformFilter;
 use hangar_shared::queue::jetstream::{self, JetStreamQueue};
 use hangar_shared::queue::{ChannelSink, MemoryQueue, TaskQueue};
 use hangar_shared::retry::RetryPolicy;
-use hangar_shared::store::RegistryPool;
+use hangar_shared::store::{RegistryPool, Stores};
 use hangar_worker::Context;
 use tokio::sync::mpsc;
 
 use crate::console::{Console, Progress};
-use crate::planner::{self, ImageJob};
-use crate::tracker::{ImageResult, Observer, Stats, Tracker};
+use crate::planner::{self, ImageJob, ImagePlan};
+use crate::tracker::{Ends, ImageResult, Observer, Stats, Tracker};
 
 /// Deliveries of one task. Each delivery already retries transient request failures with
 /// backoff; one redelivery covers a handler that failed as a whole.
@@ -39,6 +40,10 @@ pub struct MirrorSpec {
     pub interruptible: bool,
     /// The embedded workers' blob cache (`--cache`); fleet workers have their own.
     pub cache: Option<Arc<hangar_shared::cache::BlobCache>>,
+    /// Where images come from and go to when not registry → registry.
+    pub ends: Ends,
+    /// The archive images are loaded from (its index plans them; its entries feed the copy).
+    pub archive: Option<(String, Arc<ArchiveReader>)>,
 }
 
 pub struct JobReport {
@@ -46,9 +51,13 @@ pub struct JobReport {
     pub stats: Stats,
     pub unique_blobs: usize,
     pub elapsed: Duration,
+    /// Copied images with their plans, in the order they finished.
+    pub completed: Vec<(ImageJob, ImagePlan)>,
 }
 
 struct LogObserver<'a> {
+    /// Names the destination when it is not the image's registry (an archive).
+    dest_label: Option<&'a str>,
     console: &'a Console,
     progress: &'a Progress,
     watch: Option<Arc<std::sync::Mutex<JobSnapshot>>>,
@@ -78,7 +87,10 @@ impl Observer for LogObserver<'_> {
                 };
                 self.console.info(
                     n,
-                    format!("Copied image [{}] => [{}]{detail}", job.source, job.dest),
+                    match self.dest_label {
+                        Some(label) => format!("Saved image [{}] => [{label}]", job.source),
+                        None => format!("Copied image [{}] => [{}]{detail}", job.source, job.dest),
+                    },
                 );
             }
             ImageResult::Skipped(why) => self
@@ -86,10 +98,16 @@ impl Observer for LogObserver<'_> {
                 .warn(n, format!("Skip copy image [{}]: {why}", job.source)),
             ImageResult::Failed(e) => self.console.error(
                 n,
-                format!(
-                    "Failed to copy image [{}] => [{}]: {}: {}",
-                    job.source, job.dest, e.class, e.message
-                ),
+                match self.dest_label {
+                    Some(label) => format!(
+                        "Failed to save image [{}] => [{label}]: {}: {}",
+                        job.source, e.class, e.message
+                    ),
+                    None => format!(
+                        "Failed to copy image [{}] => [{}]: {}: {}",
+                        job.source, job.dest, e.class, e.message
+                    ),
+                },
             ),
         }
         self.progress.image_done();
@@ -157,8 +175,12 @@ pub async fn run_mirror(
         Backend::Embedded => {
             let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new(MAX_DELIVER));
             let (event_tx, events) = mpsc::unbounded_channel();
+            let stores = Stores::new(pool.clone(), spec.cache.clone());
+            if let Some((location, archive)) = &spec.archive {
+                stores.add_archive(location, archive.clone()).await;
+            }
             let ctx = Arc::new(Context {
-                stores: pool.clone(),
+                stores: Arc::new(stores),
                 retry: spec.retry,
                 bytes_moved: bytes_moved.clone(),
                 task_timeout: spec.task_timeout,
@@ -188,12 +210,22 @@ pub async fn run_mirror(
         (spec.filter.clone(), spec.provenance, spec.planners.max(1));
     let planner_pool = pool.clone();
     let planner_cache = spec.cache.clone();
+    let planner_archive = spec.archive.as_ref().map(|(_, a)| a.clone());
     let planning = tokio::spawn(async move {
         let mut results = futures_util::stream::iter(planner_jobs)
             .map(|(i, job)| {
-                let (pool, filter, cache) =
-                    (planner_pool.clone(), filter.clone(), planner_cache.clone());
+                let (pool, filter, cache, archive) = (
+                    planner_pool.clone(),
+                    filter.clone(),
+                    planner_cache.clone(),
+                    planner_archive.clone(),
+                );
                 async move {
+                    if let (Some(archive), Some(image)) = (&archive, &job.archived) {
+                        let planned =
+                            planner::plan_archive(archive, image, &job, &filter, provenance).await;
+                        return (i, planned);
+                    }
                     let planned = match pool.registry(&job.source.registry).await {
                         Ok(store) => {
                             planner::plan(
@@ -219,8 +251,16 @@ pub async fn run_mirror(
     });
 
     let progress = console.start_progress(spec.images.len() as u64, bytes_moved);
-    let mut tracker = Tracker::new(job_id, queue.clone(), spec.images, spec.overwrite);
+    let mut tracker = Tracker::new(
+        job_id,
+        queue.clone(),
+        spec.images,
+        spec.overwrite,
+        spec.ends.clone(),
+    );
+    let dest_label = spec.ends.dest_label.clone();
     let mut obs = LogObserver {
+        dest_label: dest_label.as_deref(),
         console: &console,
         progress: &progress,
         watch: watch.clone(),
@@ -259,10 +299,15 @@ pub async fn run_mirror(
         .filter_map(|(job, r)| r.map(|r| (job.clone(), r.clone())))
         .collect();
     let unique_blobs = tracker.unique_blobs();
+    let completed = tracker
+        .completed()
+        .map(|(j, p)| (j.clone(), p.clone()))
+        .collect();
     Ok(JobReport {
         results,
         stats: tracker.stats.clone(),
         unique_blobs,
         elapsed: started.elapsed(),
+        completed,
     })
 }

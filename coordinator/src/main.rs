@@ -65,6 +65,35 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             }
             None => commands::mirror::run(&m.args, cli.debug, console).await,
         },
+        Command::Save(s) => match s.validate {
+            Some(cli::SaveSub::Validate(a)) => {
+                commands::save::validate(
+                    &a.list,
+                    &a.destination,
+                    "save-failed.txt",
+                    cli.debug,
+                    console,
+                )
+                .await
+            }
+            None => commands::save::save(&s.args, cli.debug, console).await,
+        },
+        Command::Sync(s) => match s.validate {
+            Some(cli::SyncSub::Validate(a)) => {
+                let Some(dest) = &a.destination else {
+                    anyhow::bail!("the archive is required: use -d/--destination");
+                };
+                commands::save::validate(&a.list, dest, "sync-failed.txt", cli.debug, console).await
+            }
+            None => commands::save::sync(&s.args, cli.debug, console).await,
+        },
+        Command::Load(l) => match l.validate {
+            Some(cli::LoadSub::Validate(a)) => {
+                commands::load::validate(&a, cli.debug, console).await
+            }
+            None => commands::load::load(&l.args, cli.debug, console).await,
+        },
+        Command::Archive(a) => commands::archive::run(a, &console).await,
         Command::Submit(mut a) => {
             if a.mirror.file.is_some() {
                 anyhow::bail!("give the list as the argument of submit, not with -f");

@@ -3,8 +3,11 @@
 //! which platform manifests to push, which blobs each needs, and what goes at the tag.
 //! It does no copying; the tracker turns plans into tasks.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
+use hangar_shared::archive::{ArchiveImage, ArchiveReader, blob_entry};
 use hangar_shared::cache::BlobCache;
 use hangar_shared::digest::Digest;
 use hangar_shared::error::{Error, FailureClass, Result};
@@ -22,6 +25,8 @@ pub struct ImageJob {
     pub entry: ListEntry,
     pub source: ImageRef,
     pub dest: ImageRef,
+    /// The image's entry in the archive it is loaded from.
+    pub archived: Option<Arc<ArchiveImage>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -311,4 +316,130 @@ pub async fn plan(
         platforms,
         top: top_plan,
     }))
+}
+
+/// Plans one archived image for `load`: the platform manifests its index entry lists,
+/// filtered by `--arch/--os`, read from the archive. The archive keeps no source index, so
+/// the destination index is built from these, as Hangar does.
+pub async fn plan_archive(
+    archive: &ArchiveReader,
+    image: &ArchiveImage,
+    job: &ImageJob,
+    filter: &PlatformFilter,
+    provenance: bool,
+) -> Result<Planned> {
+    let name = image.name();
+    if image.is_signature() {
+        return Err(Error::invalid(format!(
+            "{name}: image is a sigstore signature; load does not load signatures by themselves"
+        )));
+    }
+    if image.is_custom() {
+        return Ok(Planned::Skip(
+            "a stored file or Helm chart, not an image (not loaded)".to_owned(),
+        ));
+    }
+    let kept: Vec<_> = image
+        .images
+        .iter()
+        .filter(|s| !s.is_attestation() && filter.matches(&s.platform()))
+        .collect();
+    if kept.is_empty() {
+        return Ok(Planned::Skip(NO_PLATFORM.to_owned()));
+    }
+    let mut specs = kept.clone();
+    if provenance {
+        for s in image.images.iter().filter(|s| s.is_attestation()) {
+            let attests = s
+                .annotations
+                .get(hangar_shared::manifest::ANNOTATION_REFERENCE_DIGEST)
+                .and_then(|d| d.parse::<Digest>().ok());
+            if attests.is_some_and(|d| kept.iter().any(|k| k.digest == d)) {
+                specs.push(s);
+            }
+        }
+    }
+    let missing = |d: &Digest, what: &str| {
+        Error::invalid(format!(
+            "{name}: archive {}: entry {:?} ({what} {d}) is missing",
+            archive.label(),
+            blob_entry(d)
+        ))
+    };
+    let mut platforms = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if !archive.has_blob(&spec.digest) {
+            return Err(missing(&spec.digest, "manifest"));
+        }
+        for d in spec.blobs() {
+            if !archive.has_blob(d) {
+                return Err(missing(d, "blob"));
+            }
+        }
+        let manifest = archive.manifest(&spec.digest).await?;
+        let Manifest::Image(parsed) = manifest.parse()? else {
+            return Err(Error::new(
+                FailureClass::UnsupportedMediaType,
+                format!(
+                    "{name}: archived manifest {} is not an image manifest",
+                    spec.digest
+                ),
+            ));
+        };
+        let mut blobs: Vec<Descriptor> = Vec::new();
+        for b in parsed.blobs() {
+            if !archive.has_blob(&b.digest) {
+                return Err(missing(&b.digest, "blob"));
+            }
+            if !blobs.iter().any(|x| x.digest == b.digest) {
+                blobs.push(b.clone());
+            }
+        }
+        platforms.push(PlatformPlan {
+            entry: spec.descriptor(manifest.bytes.len() as u64),
+            manifest,
+            blobs,
+            inline: None,
+        });
+    }
+    let top = match &job.dest.tag {
+        Some(tag) => TopPlan::Index {
+            tag: tag.clone(),
+            source_index: None,
+        },
+        None => TopPlan::Nothing,
+    };
+    Ok(Planned::Plan(ImagePlan { platforms, top }))
+}
+
+/// The archive index entry for an image `save` copied.
+pub fn archive_image(job: &ImageJob, plan: &ImagePlan) -> Result<ArchiveImage> {
+    let mut specs = Vec::with_capacity(plan.platforms.len());
+    for p in &plan.platforms {
+        let Manifest::Image(image) = p.manifest.parse()? else {
+            return Err(Error::internal("a platform plan without an image manifest"));
+        };
+        let layers = image
+            .layers
+            .iter()
+            .filter(|l| !l.is_foreign())
+            .map(|l| l.digest.clone())
+            .collect();
+        specs.push(hangar_shared::archive::ImageSpec::from_descriptor(
+            &p.entry,
+            &image.config.digest,
+            layers,
+        ));
+    }
+    let source = &job.source;
+    let tag = source
+        .tag
+        .clone()
+        .or_else(|| source.digest.as_ref().map(|d| d.to_string()))
+        .unwrap_or_else(|| hangar_shared::reference::DEFAULT_TAG.to_owned());
+    Ok(ArchiveImage::new(
+        format!("{}/{}", source.registry, source.repository()),
+        tag,
+        specs,
+    ))
 }

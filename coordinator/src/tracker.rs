@@ -90,10 +90,25 @@ pub trait Observer: Send {
     fn image_finished(&mut self, job: &ImageJob, result: &ImageResult);
 }
 
+/// Where a job's images come from and go to, when not registry → registry.
+#[derive(Debug, Clone, Default)]
+pub struct Ends {
+    /// The store every image is read from (`load`: the archive); registries otherwise.
+    pub source: Option<StoreRef>,
+    /// Gather blobs and manifests in the blob cache for the assembler (`save`, `sync`)
+    /// instead of pushing them to a registry.
+    pub to_cache: bool,
+    /// How logs name the destination when it is not a registry (the archive's path).
+    pub dest_label: Option<String>,
+}
+
 pub struct Tracker {
     job: JobId,
     queue: Arc<dyn TaskQueue>,
     overwrite: bool,
+    ends: Ends,
+    /// Images copied, in the order they finished (Hangar writes archives in this order).
+    completed: Vec<usize>,
     next_id: TaskId,
     tasks: HashMap<TaskId, TaskRef>,
     images: Vec<ImageState>,
@@ -114,6 +129,7 @@ impl Tracker {
         queue: Arc<dyn TaskQueue>,
         jobs: Vec<ImageJob>,
         overwrite: bool,
+        ends: Ends,
     ) -> Self {
         let unfinished = jobs.len();
         let images = jobs
@@ -130,6 +146,8 @@ impl Tracker {
             job,
             queue,
             overwrite,
+            ends,
+            completed: Vec::new(),
             next_id: 0,
             tasks: HashMap::new(),
             images,
@@ -156,10 +174,44 @@ impl Tracker {
         self.images.iter().map(|i| (&i.job, i.result.as_ref()))
     }
 
+    /// Copied images with their plans, in the order they finished.
+    pub fn completed(&self) -> impl Iterator<Item = (&ImageJob, &ImagePlan)> {
+        self.completed.iter().filter_map(|i| {
+            let s = &self.images[*i];
+            s.plan.as_ref().map(|p| (&s.job, p))
+        })
+    }
+
+    fn source_repo(&self, image: usize) -> RepoRef {
+        let job = &self.images[image].job;
+        match &self.ends.source {
+            Some(store) => RepoRef {
+                store: store.clone(),
+                repo: job.source.repository(),
+            },
+            None => RepoRef::registry(&job.source.registry, &job.source.repository()),
+        }
+    }
+
+    fn dest_repo(&self, image: usize) -> RepoRef {
+        let job = &self.images[image].job;
+        if self.ends.to_cache {
+            RepoRef {
+                store: StoreRef::Cache,
+                repo: String::new(),
+            }
+        } else {
+            RepoRef::registry(&job.dest.registry, &job.dest.repository())
+        }
+    }
+
     fn finish(&mut self, image: usize, result: ImageResult, obs: &mut dyn Observer) {
         let state = &mut self.images[image];
         if state.result.is_some() {
             return;
+        }
+        if matches!(result, ImageResult::Copied { .. }) {
+            self.completed.push(image);
         }
         obs.image_finished(&state.job, &result);
         state.result = Some(result);
@@ -199,14 +251,8 @@ impl Tracker {
                 return Ok(());
             }
         };
-        let dest_repo = RepoRef::registry(
-            &self.images[image].job.dest.registry,
-            &self.images[image].job.dest.repository(),
-        );
-        let source_repo = RepoRef::registry(
-            &self.images[image].job.source.registry,
-            &self.images[image].job.source.repository(),
-        );
+        let dest_repo = self.dest_repo(image);
+        let source_repo = self.source_repo(image);
         self.images[image].pending_blobs = vec![0; plan.platforms.len()];
         self.images[image].pending_manifests = plan.platforms.len();
         let mut to_start = Vec::new();
@@ -309,13 +355,17 @@ impl Tracker {
             return Ok(());
         };
         let p = &plan.platforms[platform];
-        let dest = RepoRef::registry(&state.job.dest.registry, &state.job.dest.repository());
+        let dest = self.dest_repo(image);
         let task = Task::Manifest(ManifestTask {
             dest: dest.clone(),
             reference: p.manifest.digest.to_string(),
             manifest: ManifestBody::from(&p.manifest),
         });
-        let key = format!("manifest/{}@{}", state.job.dest.registry, p.manifest.digest);
+        let store = match &dest.store {
+            StoreRef::Registry { host } => host.clone(),
+            _ => "cache".to_owned(),
+        };
+        let key = format!("manifest/{store}@{}", p.manifest.digest);
         self.write(task, TaskRef::Manifest { image, key }).await
     }
 
@@ -352,7 +402,19 @@ impl Tracker {
         let Some(plan) = &state.plan else {
             return Ok(());
         };
-        let dest = RepoRef::registry(&state.job.dest.registry, &state.job.dest.repository());
+        if self.ends.to_cache {
+            // Archives keep platform manifests only; the assembler writes the rest.
+            self.finish(
+                image,
+                ImageResult::Copied {
+                    digest: None,
+                    preserved: true,
+                },
+                obs,
+            );
+            return Ok(());
+        }
+        let dest = self.dest_repo(image);
         let (key, task) = match &plan.top {
             TopPlan::Index { tag, source_index } => (
                 format!("index/{dest}"),

@@ -64,7 +64,9 @@ pub(crate) fn s3_store(bucket: &str, query: &str, url: &str) -> Result<Arc<dyn O
         .with_retry(retry);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("endpoint", v)) => b = b.with_endpoint(v).with_allow_http(v.starts_with("http://")),
+            Some(("endpoint", v)) => {
+                b = b.with_endpoint(v).with_allow_http(v.starts_with("http://"))
+            }
             Some(("region", v)) => b = b.with_region(v),
             _ => {
                 return Err(Error::invalid(format!(
@@ -242,8 +244,13 @@ impl crate::store::ImageStore for BlobCache {
         let Some(meta) = self.meta(&digest).await? else {
             return Ok(None);
         };
-        let chunks: Vec<Bytes> = self.get(&octet(&digest, meta.size), None).await?.try_collect().await?;
-        crate::manifest::RawManifest::from_bytes(Bytes::from(chunks.concat()), Some(&digest)).map(Some)
+        let chunks: Vec<Bytes> = self
+            .get(&octet(&digest, meta.size), None)
+            .await?
+            .try_collect()
+            .await?;
+        crate::manifest::RawManifest::from_bytes(Bytes::from(chunks.concat()), Some(&digest))
+            .map(Some)
     }
     /// Manifests are kept as blobs by digest; tags have no meaning here.
     async fn put_manifest(

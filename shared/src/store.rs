@@ -15,8 +15,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
+use crate::archive::ArchiveReader;
+use crate::cache::BlobCache;
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, RawManifest};
 use crate::registry::{Registry, RegistryOptions, Side};
 use crate::verify::ByteStream;
@@ -25,7 +27,16 @@ use crate::verify::ByteStream;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum StoreRef {
-    Registry { host: String },
+    Registry {
+        host: String,
+    },
+    /// The worker's own blob cache (its `--cache`): where `save` gathers blobs for the
+    /// assembler. Content-addressed, so repositories do not matter in it.
+    Cache,
+    /// A Hangar zip archive, read in place: a local path, or `s3://bucket/key?…`.
+    Archive {
+        location: String,
+    },
 }
 
 /// A repository inside a store.
@@ -50,6 +61,8 @@ impl fmt::Display for RepoRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.store {
             StoreRef::Registry { host } => write!(f, "{host}/{}", self.repo),
+            StoreRef::Cache => write!(f, "cache"),
+            StoreRef::Archive { location } => write!(f, "{location}"),
         }
     }
 }
@@ -166,11 +179,56 @@ impl RegistryPool {
     }
 }
 
+/// Every kind of store a process can reach: registries with its own credentials, its
+/// blob cache, and archives (each opened once).
+pub struct Stores {
+    pub registries: Arc<RegistryPool>,
+    pub cache: Option<Arc<BlobCache>>,
+    archives: Mutex<HashMap<String, Arc<OnceCell<Arc<ArchiveReader>>>>>,
+}
+
+impl Stores {
+    pub fn new(registries: Arc<RegistryPool>, cache: Option<Arc<BlobCache>>) -> Self {
+        Self {
+            registries,
+            cache,
+            archives: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The archive at `location`, opened (directory and index read) once.
+    pub async fn archive(&self, location: &str) -> Result<Arc<ArchiveReader>> {
+        let cell = self
+            .archives
+            .lock()
+            .await
+            .entry(location.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async { Ok(Arc::new(ArchiveReader::open(location).await?)) })
+            .await
+            .cloned()
+    }
+
+    /// Registers an archive already opened, so its directory is not read again.
+    pub async fn add_archive(&self, location: &str, archive: Arc<ArchiveReader>) {
+        let cell = Arc::new(OnceCell::new_with(Some(archive)));
+        self.archives.lock().await.insert(location.to_owned(), cell);
+    }
+}
+
 #[async_trait]
-impl StoreResolver for RegistryPool {
+impl StoreResolver for Stores {
     async fn resolve(&self, store: &StoreRef) -> Result<Arc<dyn ImageStore>> {
         match store {
-            StoreRef::Registry { host } => Ok(self.registry(host).await?),
+            StoreRef::Registry { host } => Ok(self.registries.registry(host).await?),
+            StoreRef::Cache => match &self.cache {
+                Some(c) => Ok(c.clone()),
+                None => Err(Error::invalid(
+                    "this task needs a blob cache and none is configured (--cache)",
+                )),
+            },
+            StoreRef::Archive { location } => Ok(self.archive(location).await?),
         }
     }
 }

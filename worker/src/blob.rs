@@ -9,7 +9,7 @@ use hangar_shared::digest::Digest;
 use hangar_shared::error::{FailureClass, Result};
 use hangar_shared::lease::BlobLeases;
 use hangar_shared::registry::Side;
-use hangar_shared::store::ImageStore;
+use hangar_shared::store::{ImageStore, StoreRef};
 use hangar_shared::task::{BlobTask, Outcome};
 use hangar_shared::verify::verified;
 
@@ -17,6 +17,9 @@ use crate::Context;
 
 pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
     let digest = &task.desc.digest;
+    if task.dest.store == StoreRef::Cache {
+        return into_cache(ctx, task).await;
+    }
     let dest = ctx.stores.resolve(&task.dest.store).await?;
     if dest
         .blob_exists(&task.dest.repo, digest, Side::Destination)
@@ -58,7 +61,10 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
             cached: false,
         });
     }
-    if let Some(cache) = &ctx.cache {
+    // An archive is already a local, verified copy: the cache would only add a hop.
+    if let Some(cache) = &ctx.cache
+        && !matches!(task.source.store, StoreRef::Archive { .. })
+    {
         return through_cache(ctx, cache, task, dest.as_ref()).await;
     }
     let source = ctx.stores.resolve(&task.source.store).await?;
@@ -74,6 +80,60 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
     Ok(Outcome::BlobCopied {
         bytes: task.desc.size,
         cached: false,
+    })
+}
+
+/// Source → cache only (`save`: the assembler writes the archive from the cache).
+async fn into_cache(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
+    let digest = &task.desc.digest;
+    let Some(cache) = &ctx.cache else {
+        return Err(hangar_shared::error::Error::invalid(
+            "a save task reached a worker without a blob cache (--cache)",
+        ));
+    };
+    let present = || async {
+        Ok::<_, hangar_shared::error::Error>(
+            cache
+                .meta(digest)
+                .await?
+                .is_some_and(|m| m.size == task.desc.size),
+        )
+    };
+    let what = format!("look up blob {digest} in the cache");
+    if ctx.retry.run(&what, present).await? {
+        return Ok(Outcome::BlobPresent);
+    }
+    let what = format!("copy blob {digest} {} -> cache", task.source);
+    let fill = || async {
+        let stream = match &task.inline {
+            Some(bytes) => {
+                let once =
+                    futures_util::stream::once(std::future::ready(Ok(bytes.clone()))).boxed();
+                verified(once, digest.clone(), task.desc.size, None)
+            }
+            None => {
+                let source = ctx.stores.resolve(&task.source.store).await?;
+                source
+                    .get_blob(&task.source.repo, &task.desc, Some(ctx.bytes_moved.clone()))
+                    .await?
+            }
+        };
+        cache.fill(&task.desc, stream).await.map(drop)
+    };
+    let by_others = match &ctx.leases {
+        None => {
+            ctx.retry.run(&what, fill).await?;
+            false
+        }
+        Some(leases) => fill_once(leases, cache, task, || ctx.retry.run(&what, fill)).await?,
+    };
+    Ok(if by_others {
+        Outcome::BlobPresent
+    } else {
+        Outcome::BlobCopied {
+            bytes: task.desc.size,
+            cached: false,
+        }
     })
 }
 

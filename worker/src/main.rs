@@ -14,7 +14,7 @@ use hangar_shared::queue::TaskQueue;
 use hangar_shared::queue::jetstream::{JetStreamQueue, JetStreamSink, NatsOptions, connect};
 use hangar_shared::registry::RegistryOptions;
 use hangar_shared::retry::RetryPolicy;
-use hangar_shared::store::RegistryPool;
+use hangar_shared::store::{RegistryPool, Stores};
 use hangar_shared::task::TaskKind;
 use hangar_worker::Context;
 
@@ -145,16 +145,17 @@ async fn main() -> Result<()> {
         },
         args.authfile.clone(),
     );
+    let cache = match &args.cache {
+        Some(url) => Some(Arc::new(hangar_shared::cache::BlobCache::open(url)?)),
+        None => None,
+    };
     let ctx = Arc::new(Context {
-        stores: Arc::new(pool),
+        stores: Arc::new(Stores::new(Arc::new(pool), cache.clone())),
         retry,
         bytes_moved: Arc::new(AtomicU64::new(0)),
         task_timeout: (!timeout.is_zero()).then_some(timeout),
         metrics: Some(metrics),
-        cache: match &args.cache {
-            Some(url) => Some(Arc::new(hangar_shared::cache::BlobCache::open(url)?)),
-            None => None,
-        },
+        cache,
         leases: match &args.cache {
             Some(_) => Some(Arc::new(
                 hangar_shared::lease::BlobLeases::open(

@@ -108,6 +108,7 @@ pub fn prepare_list(
                 entry: entry.clone(),
                 source,
                 dest,
+                archived: None,
             })
         })
         .collect::<Vec<_>>();
@@ -155,6 +156,8 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntr
         retry: RetryPolicy::default(),
         cache: prepared.cache,
         interruptible: true,
+        ends: Default::default(),
+        archive: None,
     };
     (spec, prepared.rejected)
 }

@@ -1,13 +1,17 @@
 //! One file per command, each thin over the shared engine.
 
+pub mod archive;
 pub mod convert_list;
 pub mod delete;
+pub mod harbor;
 pub mod inspect;
 pub mod list_tags;
+pub mod load;
 pub mod login;
 pub mod merge_manifest;
 pub mod mirror;
 pub mod remote;
+pub mod save;
 pub mod validate;
 
 use std::path::Path;
@@ -116,4 +120,63 @@ pub fn finish(
         ),
     );
     anyhow::bail!("some images failed to {verb}")
+}
+
+/// `4G`, `700M`, `1.5G`, `512Ki`, `1000` (bytes); binary units.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("invalid size {text:?}: expected e.g. 4G or 700M"))?;
+    let unit = unit
+        .trim()
+        .trim_end_matches(['B', 'b'])
+        .trim_end_matches('i');
+    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => anyhow::bail!("invalid size {text:?}: unknown unit {unit:?}"),
+    };
+    let bytes = (n * mult as f64) as u64;
+    if bytes == 0 {
+        anyhow::bail!("invalid size {text:?}: must be more than zero");
+    }
+    Ok(bytes)
+}
+
+/// Asks before replacing an existing file, as Hangar does, unless `yes`.
+pub fn may_overwrite(path: &Path, yes: bool) -> Result<()> {
+    if yes || !path.exists() {
+        return Ok(());
+    }
+    if confirm(&format!(
+        "File {:?} already exists! Overwrite?",
+        path.display().to_string()
+    )) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} already exists and was left as it is (use -y to overwrite)",
+        path.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("4G").unwrap(), 4 << 30);
+        assert_eq!(super::parse_size("700M").unwrap(), 700 << 20);
+        assert_eq!(super::parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(super::parse_size("1000").unwrap(), 1000);
+        assert!(super::parse_size("12Q").is_err());
+        assert!(super::parse_size("0").is_err());
+    }
 }

@@ -46,13 +46,21 @@ pub struct ImageSpec {
     pub arch: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub os: String,
-    #[serde(rename = "osVersion", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "osVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub os_version: String,
     #[serde(rename = "osFeatures", default, skip_serializing_if = "Vec::is_empty")]
     pub os_features: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub variant: String,
-    #[serde(rename = "mediaType", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "mediaType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub media_type: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<Digest>,
@@ -88,7 +96,9 @@ impl ImageSpec {
     }
 
     pub fn is_attestation(&self) -> bool {
-        self.annotations.get(ANNOTATION_REFERENCE_TYPE).map(String::as_str)
+        self.annotations
+            .get(ANNOTATION_REFERENCE_TYPE)
+            .map(String::as_str)
             == Some(ATTESTATION_MANIFEST)
     }
 
@@ -189,8 +199,9 @@ impl ArchiveIndex {
 
     /// Parses and checks an archive's `index.json`. `what` names the archive in errors.
     pub fn parse(bytes: &[u8], what: &str) -> Result<Self> {
-        let index: Self = serde_json::from_slice(bytes)
-            .map_err(|e| Error::invalid(format!("{what}: index.json is not a Hangar index: {e}")))?;
+        let index: Self = serde_json::from_slice(bytes).map_err(|e| {
+            Error::invalid(format!("{what}: index.json is not a Hangar index: {e}"))
+        })?;
         check_version(&index.version).map_err(|e| e.context(what))?;
         for (n, image) in index.list.iter().enumerate() {
             if image.source.is_empty() {
@@ -201,6 +212,13 @@ impl ArchiveIndex {
             }
         }
         Ok(index)
+    }
+
+    /// Go's `json.MarshalIndent(…, "", "  ")` output (`archive ls --json`).
+    pub fn to_go_json_pretty(&self) -> Result<String> {
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::internal(format!("serialising index.json: {e}")))?;
+        Ok(go_escape(&json))
     }
 
     /// Go's `json.Marshal` output, byte for byte.
@@ -217,7 +235,11 @@ pub fn check_version(version: &str) -> Result<()> {
         let core = v.strip_prefix('v').unwrap_or(v);
         let core = core.split(['-', '+']).next()?;
         let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-        Some((parts.next()??, parts.next()??, parts.next().unwrap_or(Some(0))?))
+        Some((
+            parts.next()??,
+            parts.next()??,
+            parts.next().unwrap_or(Some(0))?,
+        ))
     };
     let ours = parse(INDEX_VERSION);
     match parse(version) {
@@ -251,7 +273,11 @@ pub fn go_time_now() -> String {
     let nanos = format!("{:09}", now.timestamp_subsec_nanos());
     let nanos = nanos.trim_end_matches('0');
     let offset = now.format("%:z").to_string();
-    let offset = if offset == "+00:00" { "Z".to_owned() } else { offset };
+    let offset = if offset == "+00:00" {
+        "Z".to_owned()
+    } else {
+        offset
+    };
     if nanos.is_empty() {
         format!("{base}{offset}")
     } else {

@@ -18,7 +18,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::verify::ByteStream;
 
-pub use index::{ArchiveImage, ArchiveIndex, ImageSpec, INDEX_VERSION};
+pub use index::{ArchiveImage, ArchiveIndex, INDEX_VERSION, ImageSpec};
 pub use reader::ArchiveReader;
 
 pub const INDEX_NAME: &str = "index.json";
@@ -59,17 +59,17 @@ pub fn check_entry_name(name: &str) -> Result<()> {
 pub fn locate(location: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
     if let Some(rest) = location.strip_prefix("s3://") {
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (bucket, key) = path.split_once('/').ok_or_else(|| {
-            Error::invalid(format!("{location}: expected s3://bucket/key.zip"))
-        })?;
+        let (bucket, key) = path
+            .split_once('/')
+            .ok_or_else(|| Error::invalid(format!("{location}: expected s3://bucket/key.zip")))?;
         let store = crate::cache::s3_store(bucket, query, location)?;
         return Ok((store, Path::from(key)));
     }
-    let path = std::path::absolute(location)
-        .map_err(|e| Error::invalid(format!("{location}: {e}")))?;
+    let path =
+        std::path::absolute(location).map_err(|e| Error::invalid(format!("{location}: {e}")))?;
     let store = object_store::local::LocalFileSystem::new();
-    let path = Path::from_absolute_path(&path)
-        .map_err(|e| Error::invalid(format!("{location}: {e}")))?;
+    let path =
+        Path::from_absolute_path(&path).map_err(|e| Error::invalid(format!("{location}: {e}")))?;
     Ok((Arc::new(store), path))
 }
 
@@ -79,7 +79,15 @@ mod tests {
 
     #[test]
     fn unsafe_names_are_refused() {
-        for n in ["../x", "a/../../b", "/etc/passwd", "share/../x", "C:/x", "a\\b", ""] {
+        for n in [
+            "../x",
+            "a/../../b",
+            "/etc/passwd",
+            "share/../x",
+            "C:/x",
+            "a\\b",
+            "",
+        ] {
             assert!(check_entry_name(n).is_err(), "{n}");
         }
         for n in ["index.json", "share/sha256/ab", "abc/oci-layout"] {

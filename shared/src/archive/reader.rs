@@ -185,7 +185,11 @@ impl ArchiveReader {
             Error::not_found(format!("archive {}: no entry {name:?}", self.label))
         })?;
         let entry = &self.entries[i];
-        let known = self.data_starts.lock().ok().and_then(|m| m.get(&i).copied());
+        let known = self
+            .data_starts
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&i).copied());
         let start = match known {
             Some(s) => s,
             None => {
@@ -217,7 +221,10 @@ impl ArchiveReader {
     }
 
     fn damaged(&self, name: &str, why: &str) -> Error {
-        Error::invalid(format!("archive {}: entry {name:?} is damaged: {why}", self.label))
+        Error::invalid(format!(
+            "archive {}: entry {name:?} is damaged: {why}",
+            self.label
+        ))
     }
 
     /// The raw bytes of one entry as a stream (unverified; blobs go through [`Self::blob`]).

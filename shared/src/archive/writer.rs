@@ -304,11 +304,18 @@ mod tests {
         let (volumes, oversized) = plan_volumes(&images, size, 50);
         let names: Vec<Vec<&str>> = volumes
             .iter()
-            .map(|v| v.iter().map(|i| i.source.rsplit('/').next().unwrap()).collect())
+            .map(|v| {
+                v.iter()
+                    .map(|i| i.source.rsplit('/').next().unwrap())
+                    .collect()
+            })
             .collect();
         assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"]]);
         assert_eq!(oversized.len(), 1);
-        assert!(oversized[0].contains("docker.io/library/d:1"), "{oversized:?}");
+        assert!(
+            oversized[0].contains("docker.io/library/d:1"),
+            "{oversized:?}"
+        );
     }
 
     #[test]
@@ -372,7 +379,9 @@ mod tests {
             ArchiveImage::new("docker.io/library/b".into(), "1".into(), vec![spec.clone()]),
         ];
         let out = dir.join("out.zip");
-        let written = write_archive(&out, None, &images, cache.clone()).await.unwrap();
+        let written = write_archive(&out, None, &images, cache.clone())
+            .await
+            .unwrap();
         assert_eq!(written.images, 2);
         let reader = ArchiveReader::open(out.to_str().unwrap()).await.unwrap();
         let names: Vec<&str> = reader.entries().iter().map(|e| e.name.as_str()).collect();
@@ -388,7 +397,13 @@ mod tests {
         expected.push("index.json".into());
         assert_eq!(names, expected, "each blob once, index last");
         assert_eq!(reader.index.list, images);
-        let back: Vec<bytes::Bytes> = reader.blob(&layer, None).await.unwrap().try_collect().await.unwrap();
+        let back: Vec<bytes::Bytes> = reader
+            .blob(&layer, None)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
         assert_eq!(back.concat(), b"layer bytes");
         let layout = reader.read_entry(&format!("{h}/index.json")).await.unwrap();
         assert_eq!(
@@ -399,7 +414,11 @@ mod tests {
             )
         );
         assert!(
-            std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("partial")),
+            std::fs::read_dir(&dir).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("partial")),
             "no temporary file left"
         );
         let _ = std::fs::remove_dir_all(dir);

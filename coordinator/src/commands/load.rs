@@ -1,0 +1,366 @@
+//! `load`: archive → registry through the same pipeline as `mirror`, with the archive as
+//! the source store (every blob a verified range of the zip, copied in parallel). The
+//! destination index is built from the archive's index entry and merged with what the tag
+//! already holds, so per-arch archives loaded one after another make one multi-arch image.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use futures_util::StreamExt;
+use hangar_shared::archive::{ArchiveImage, ArchiveReader};
+use hangar_shared::digest::Digest;
+use hangar_shared::imagelist::{ImageList, LineKind, ListEntry};
+use hangar_shared::manifest::{ANNOTATION_REFERENCE_DIGEST, Manifest, PlatformFilter};
+use hangar_shared::reference::ImageRef;
+use hangar_shared::registry::Side;
+use hangar_shared::retry::RetryPolicy;
+use hangar_shared::store::StoreRef;
+use indicatif::HumanBytes;
+
+use crate::cli::LoadArgs;
+use crate::console::Console;
+use crate::job::{self, Backend, MirrorSpec};
+use crate::planner::ImageJob;
+use crate::tracker::{Ends, ImageResult};
+
+struct Selected {
+    jobs: Vec<ImageJob>,
+    /// List lines naming images the archive does not hold.
+    failed: Vec<String>,
+    filter: PlatformFilter,
+    jobs_at_once: usize,
+}
+
+fn filter(args: &LoadArgs) -> PlatformFilter {
+    PlatformFilter {
+        arch: args
+            .arch
+            .iter()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .collect(),
+        os: args.os.iter().filter(|o| !o.is_empty()).cloned().collect(),
+    }
+}
+
+/// `registry/project/name` + tag (or digest) → a reference.
+fn archived_ref(image: &ArchiveImage) -> hangar_shared::error::Result<ImageRef> {
+    if image.tag.parse::<Digest>().is_ok() {
+        ImageRef::parse(&format!("{}@{}", image.source, image.tag))
+    } else {
+        ImageRef::parse(&image.name())
+    }
+}
+
+/// The archive's images to load (all, or those of `-f`), with their destinations.
+fn select(
+    archive: &ArchiveReader,
+    args: &LoadArgs,
+    dest_registry: &str,
+    debug: bool,
+    console: &Console,
+) -> Result<Selected> {
+    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+    let mut wanted: Vec<(ListEntry, Option<&ArchiveImage>)> = Vec::new();
+    let mut failed = Vec::new();
+    match &args.file {
+        Some(file) => {
+            let list = ImageList::read(file)?;
+            for w in &list.warnings {
+                console.warn(
+                    None,
+                    format!(
+                        "Ignore image list line {:?} ({}:{}): {}",
+                        w.line,
+                        file.display(),
+                        w.line_no,
+                        w.message
+                    ),
+                );
+            }
+            for entry in list.entries {
+                let LineKind::Default(r) = &entry.kind else {
+                    console.error(
+                        Some(entry.index),
+                        format!(
+                            "Failed to load image [{}] (line {}): load takes the default list format only",
+                            entry.original, entry.line_no
+                        ),
+                    );
+                    failed.push(entry.original.clone());
+                    continue;
+                };
+                let r = r
+                    .clone()
+                    .with_registry(some(&args.source_registry).as_deref());
+                let source = format!("{}/{}", r.registry, r.repository());
+                let tag = r.tag.clone().unwrap_or_default();
+                // The last match wins, as in Hangar.
+                let found = archive
+                    .index
+                    .list
+                    .iter()
+                    .rev()
+                    .find(|i| i.source == source && i.tag == tag);
+                match found {
+                    Some(i) => wanted.push((entry, Some(i))),
+                    None => {
+                        console.error(
+                            Some(entry.index),
+                            format!(
+                                "Failed to load image [{}]: not found in archive {}",
+                                entry.original,
+                                archive.label()
+                            ),
+                        );
+                        failed.push(entry.original.clone());
+                    }
+                }
+            }
+        }
+        None => {
+            for (n, image) in archive.index.list.iter().enumerate() {
+                let entry = ListEntry {
+                    index: n + 1,
+                    line_no: n + 1,
+                    original: image.name(),
+                    kind: LineKind::Invalid(String::new()),
+                };
+                wanted.push((entry, Some(image)));
+            }
+        }
+    }
+    let mut jobs = Vec::new();
+    for (mut entry, image) in wanted {
+        let Some(image) = image else { continue };
+        let source = match archived_ref(image) {
+            Ok(r) => r,
+            Err(e) => {
+                console.error(
+                    Some(entry.index),
+                    format!("Failed to load image [{}]: {e}", image.name()),
+                );
+                failed.push(entry.original.clone());
+                continue;
+            }
+        };
+        if let LineKind::Invalid(_) = entry.kind {
+            entry.kind = LineKind::Default(source.clone());
+        }
+        let dest = source
+            .clone()
+            .with_registry(Some(dest_registry))
+            .with_project(some(&args.project).as_deref());
+        jobs.push(ImageJob {
+            entry,
+            source,
+            dest,
+            archived: Some(Arc::new(image.clone())),
+        });
+    }
+    let mut at_once = args.jobs;
+    if !(1..=20).contains(&at_once) {
+        console.warn(None, format!("Invalid worker num: {at_once}, set to 1"));
+        at_once = 1;
+    }
+    if debug {
+        at_once = 1;
+    }
+    Ok(Selected {
+        jobs_at_once: (at_once as usize).min(jobs.len()).max(1),
+        jobs,
+        failed,
+        filter: filter(args),
+    })
+}
+
+fn endpoints(args: &LoadArgs) -> Result<(String, String)> {
+    let Some(source) = args.source.clone() else {
+        bail!("the archive to load is required: use -s/--source");
+    };
+    let Some(dest) = args
+        .destination
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    else {
+        bail!("the destination registry is required: use -d/--destination");
+    };
+    Ok((source, dest.trim_end_matches('/').to_owned()))
+}
+
+pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    let (location, dest) = endpoints(args)?;
+    let archive = Arc::new(ArchiveReader::open(&location).await?);
+    let selected = select(&archive, args, &dest, debug, &console)?;
+    let projects: BTreeSet<String> = selected
+        .jobs
+        .iter()
+        .map(|j| j.dest.project.clone())
+        .collect();
+    super::harbor::ensure_projects(
+        &dest,
+        &projects,
+        args.tls_verify,
+        args.authfile.as_deref(),
+        &console,
+    )
+    .await;
+    let timeout = humantime::parse_duration(&args.timeout)
+        .map_err(|e| anyhow::anyhow!("invalid --timeout {:?}: {e}", args.timeout))?;
+    let spec = MirrorSpec {
+        planners: selected.jobs_at_once,
+        transfers: args.transfers.unwrap_or(selected.jobs_at_once * 3).max(1),
+        images: selected.jobs,
+        filter: selected.filter,
+        provenance: args.provenance,
+        overwrite: args.overwrite,
+        task_timeout: (!timeout.is_zero()).then_some(timeout),
+        retry: RetryPolicy::default(),
+        interruptible: true,
+        cache: None,
+        ends: Ends {
+            source: Some(StoreRef::Archive {
+                location: location.clone(),
+            }),
+            ..Default::default()
+        },
+        archive: Some((location.clone(), archive.clone())),
+    };
+    console.info(
+        None,
+        format!(
+            "Loading {} images from {location} into {dest} with {} transfers at once",
+            spec.images.len(),
+            spec.transfers
+        ),
+    );
+    let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
+    let id = job::new_job_id();
+    let report = job::run_mirror(
+        spec,
+        pool,
+        console.clone(),
+        Backend::Embedded,
+        (&id, "1"),
+        None,
+    )
+    .await?;
+    let mut failed = selected.failed;
+    let mut ok = 0;
+    for (job, result) in &report.results {
+        match result {
+            ImageResult::Copied { .. } => ok += 1,
+            ImageResult::Failed(_) => failed.push(job.entry.original.clone()),
+            ImageResult::Skipped(_) => {}
+        }
+    }
+    console.info(
+        None,
+        format!(
+            "Images: {ok} loaded, {} failed; {} copied in {:.1}s",
+            failed.len(),
+            HumanBytes(report.stats.bytes_copied),
+            report.elapsed.as_secs_f64()
+        ),
+    );
+    super::finish(&console, &args.failed, &failed, "load")
+}
+
+/// `load validate`: every archived platform digest that passes `--arch/--os` (and each
+/// kept attestation, with `--provenance`) must be in the destination's index at the tag.
+pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    let (location, dest) = endpoints(args)?;
+    let archive = ArchiveReader::open(&location).await?;
+    let selected = select(&archive, args, &dest, debug, &console)?;
+    let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
+    let mut failed = selected.failed;
+    let filter = selected.filter.clone();
+    let provenance = args.provenance;
+    let mut results = futures_util::stream::iter(selected.jobs.iter())
+        .map(|job| {
+            let (pool, filter) = (pool.clone(), filter.clone());
+            async move {
+                let check = async {
+                    let Some(image) = &job.archived else {
+                        return Ok(Vec::new());
+                    };
+                    let kept: Vec<&Digest> = image
+                        .images
+                        .iter()
+                        .filter(|s| !s.is_attestation() && filter.matches(&s.platform()))
+                        .map(|s| &s.digest)
+                        .collect();
+                    let mut wanted: Vec<Digest> = kept.iter().map(|d| (*d).clone()).collect();
+                    if provenance {
+                        for s in image.images.iter().filter(|s| s.is_attestation()) {
+                            if s.annotations
+                                .get(ANNOTATION_REFERENCE_DIGEST)
+                                .and_then(|d| d.parse::<Digest>().ok())
+                                .is_some_and(|d| kept.contains(&&d))
+                            {
+                                wanted.push(s.digest.clone());
+                            }
+                        }
+                    }
+                    let registry = pool.registry(&job.dest.registry).await?;
+                    let found = registry
+                        .manifest_opt(
+                            &job.dest.repository(),
+                            &job.dest.manifest_reference(),
+                            Side::Destination,
+                        )
+                        .await?;
+                    let Some(found) = found else {
+                        return Ok(vec!["destination image does not exist".to_owned()]);
+                    };
+                    let mut present = vec![found.digest.clone()];
+                    if let Manifest::Index(idx) = found.parse()? {
+                        present.extend(idx.manifests.into_iter().map(|m| m.digest));
+                    }
+                    Ok::<_, hangar_shared::error::Error>(
+                        wanted
+                            .iter()
+                            .filter(|d| !present.contains(d))
+                            .map(|d| format!("missing {d}"))
+                            .collect(),
+                    )
+                }
+                .await;
+                (job, check)
+            }
+        })
+        .buffer_unordered(selected.jobs_at_once.max(4));
+    while let Some((job, check)) = results.next().await {
+        let n = Some(job.entry.index);
+        match check {
+            Ok(problems) if problems.is_empty() => {
+                console.info(n, format!("PASS: [{}] == [{}]", job.source, job.dest))
+            }
+            Ok(problems) => {
+                console.error(
+                    n,
+                    format!(
+                        "FAILED: [{}] != [{}]: {}",
+                        job.source,
+                        job.dest,
+                        problems.join(", ")
+                    ),
+                );
+                failed.push(job.entry.original.clone());
+            }
+            Err(e) => {
+                console.error(
+                    n,
+                    format!(
+                        "FAILED: [{}] => [{}]: {}: {}",
+                        job.source, job.dest, e.class, e.message
+                    ),
+                );
+                failed.push(job.entry.original.clone());
+            }
+        }
+    }
+    super::finish(&console, &args.failed, &failed, "validate")
+}

@@ -1,0 +1,333 @@
+//! `save` and `sync`: the list's images are gathered into the blob cache by the same
+//! pipeline as `mirror` (its destination is the cache), then the assembler writes the
+//! archive from the cache. `sync` is the same write with the old archive's entries first,
+//! into a new file renamed over the old one: killing it at any moment leaves the old
+//! archive or the new one, never a broken zip (unlike Hangar, cnrancher/hangar#152).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use futures_util::StreamExt;
+use hangar_shared::archive::writer::{plan_volumes, volume_path, write_archive};
+use hangar_shared::archive::{ArchiveImage, ArchiveReader};
+use hangar_shared::cache::BlobCache;
+use hangar_shared::digest::Digest;
+use hangar_shared::imagelist::{ImageList, LineKind};
+use indicatif::HumanBytes;
+
+use crate::cli::{ArchiveListArgs, MirrorArgs, SaveArgs, SyncArgs};
+use crate::console::Console;
+use crate::job::{self, Backend};
+use crate::planner::{self, ImageJob};
+use crate::tracker::ImageResult;
+
+/// A cache directory that exists for one command and is removed with it.
+struct TempCache(PathBuf);
+
+impl Drop for TempCache {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mirror_args(list: &ArchiveListArgs) -> MirrorArgs {
+    MirrorArgs {
+        file: list.file.clone(),
+        arch: list.arch.clone(),
+        os: list.os.clone(),
+        source: list.source.clone(),
+        jobs: list.jobs,
+        timeout: list.timeout.clone(),
+        provenance: list.provenance,
+        tls_verify: list.tls_verify,
+        authfile: list.authfile.clone(),
+        cache: list.cache.clone(),
+        transfers: list.transfers,
+        ..Default::default()
+    }
+}
+
+/// The list's default-format lines as jobs (mirror-format lines are skipped, as in Hangar).
+fn read_jobs(
+    list: &ArchiveListArgs,
+    debug: bool,
+    console: &Console,
+) -> Result<crate::commands::mirror::Prepared> {
+    let Some(file) = &list.file else {
+        bail!("image list file not provided: use -f/--file");
+    };
+    let mut parsed = ImageList::read(file)?;
+    parsed.entries.retain(|e| {
+        let mirror_format = matches!(e.kind, LineKind::Mirror { .. });
+        if mirror_format {
+            console.warn(
+                Some(e.index),
+                format!(
+                    "Skip image list line {:?} ({}:{}): archives take the default list format only",
+                    e.original,
+                    file.display(),
+                    e.line_no
+                ),
+            );
+        }
+        !mirror_format
+    });
+    super::mirror::prepare_list(
+        parsed,
+        &file.display().to_string(),
+        &mirror_args(list),
+        debug,
+        console,
+    )
+}
+
+struct Gathered {
+    images: Vec<ArchiveImage>,
+    failed: Vec<String>,
+    cache: Arc<BlobCache>,
+    _temp: Option<TempCache>,
+}
+
+/// Copies the list's images into the blob cache; returns their index entries in the order
+/// they finished.
+async fn gather(
+    list: &ArchiveListArgs,
+    archive: &Path,
+    debug: bool,
+    console: Arc<Console>,
+) -> Result<Gathered> {
+    let margs = mirror_args(list);
+    let mut prepared = read_jobs(list, debug, &console)?;
+    let temp = match &prepared.cache {
+        Some(_) => None,
+        None => {
+            let dir = archive
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .join(format!(".hangar-cache-{}", std::process::id()));
+            prepared.cache = Some(Arc::new(BlobCache::open(&dir.display().to_string())?));
+            Some(TempCache(dir))
+        }
+    };
+    let Some(cache) = prepared.cache.clone() else {
+        bail!("no blob cache");
+    };
+    let (mut spec, rejected) = super::mirror::spec(prepared, &margs);
+    spec.ends.to_cache = true;
+    spec.ends.dest_label = Some(archive.display().to_string());
+    let pool = Arc::new(super::pool(list.tls_verify, list.authfile.as_deref()));
+    console.info(
+        None,
+        format!(
+            "Saving {} images into {} with {} transfers at once",
+            spec.images.len(),
+            archive.display(),
+            spec.transfers
+        ),
+    );
+    let id = job::new_job_id();
+    let report = job::run_mirror(
+        spec,
+        pool,
+        console.clone(),
+        Backend::Embedded,
+        (&id, "1"),
+        None,
+    )
+    .await?;
+    let mut failed = super::report_rejected(&console, &rejected, "save");
+    for (job, result) in &report.results {
+        if let ImageResult::Failed(_) = result {
+            failed.push(job.entry.original.clone());
+        }
+    }
+    let images = report
+        .completed
+        .iter()
+        .map(|(job, plan)| planner::archive_image(job, plan))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Gathered {
+        images,
+        failed,
+        cache,
+        _temp: temp,
+    })
+}
+
+pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    let dest = &args.destination;
+    let part_size = args
+        .part_size
+        .as_deref()
+        .map(super::parse_size)
+        .transpose()?;
+    super::may_overwrite(dest, args.yes)?;
+    let g = gather(&args.list, dest, debug, console.clone()).await?;
+    match part_size {
+        None => {
+            let w = write_archive(dest, None, &g.images, g.cache.clone()).await?;
+            console.info(
+                None,
+                format!(
+                    "Archive {} written: {} images, {} entries, {}",
+                    w.path.display(),
+                    w.images,
+                    w.entries,
+                    HumanBytes(w.bytes)
+                ),
+            );
+        }
+        Some(part) => {
+            let mut sizes: HashMap<Digest, u64> = HashMap::new();
+            for d in g
+                .images
+                .iter()
+                .flat_map(|i| i.images.iter().flat_map(|s| s.blobs()))
+            {
+                if !sizes.contains_key(d)
+                    && let Some(m) = g.cache.meta(d).await?
+                {
+                    sizes.insert(d.clone(), m.size);
+                }
+            }
+            let (volumes, oversized) =
+                plan_volumes(&g.images, |d| sizes.get(d).copied().unwrap_or(0), part);
+            for o in oversized {
+                console.warn(None, o);
+            }
+            let count = volumes.len();
+            for (n, volume) in volumes.iter().enumerate() {
+                let path = volume_path(dest, n + 1);
+                super::may_overwrite(&path, args.yes)?;
+                let w = write_archive(&path, None, volume, g.cache.clone()).await?;
+                console.info(
+                    None,
+                    format!(
+                        "Volume {}/{count} {} written: {} images, {}",
+                        n + 1,
+                        w.path.display(),
+                        w.images,
+                        HumanBytes(w.bytes)
+                    ),
+                );
+            }
+        }
+    }
+    let failed_file = args
+        .list
+        .failed
+        .clone()
+        .unwrap_or_else(|| "save-failed.txt".into());
+    super::finish(&console, &failed_file, &g.failed, "save")
+}
+
+pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    let Some(dest) = &args.destination else {
+        bail!("the archive to sync into is required: use -d/--destination");
+    };
+    if !dest.exists() {
+        bail!("archive {} does not exist", dest.display());
+    }
+    let base = Arc::new(ArchiveReader::open(&dest.display().to_string()).await?);
+    let g = gather(&args.list, dest, debug, console.clone()).await?;
+    let w = write_archive(dest, Some(base), &g.images, g.cache.clone()).await?;
+    console.info(
+        None,
+        format!(
+            "Archive {} updated: {} images added, {} in all, {}",
+            w.path.display(),
+            g.images.len(),
+            w.images,
+            HumanBytes(w.bytes)
+        ),
+    );
+    let failed_file = args
+        .list
+        .failed
+        .clone()
+        .unwrap_or_else(|| "sync-failed.txt".into());
+    super::finish(&console, &failed_file, &g.failed, "sync")
+}
+
+/// `save validate` / `sync validate`: every selected source platform digest must be in the
+/// archive's index (in any entry).
+pub async fn validate(
+    list: &ArchiveListArgs,
+    archive: &Path,
+    default_failed: &str,
+    debug: bool,
+    console: Arc<Console>,
+) -> Result<()> {
+    let reader = ArchiveReader::open(&archive.display().to_string()).await?;
+    let archived: HashSet<&Digest> = reader
+        .index
+        .list
+        .iter()
+        .flat_map(|i| i.images.iter().map(|s| &s.digest))
+        .collect();
+    let prepared = read_jobs(list, debug, &console)?;
+    let pool = Arc::new(super::pool(list.tls_verify, list.authfile.as_deref()));
+    let mut failed = super::report_rejected(&console, &prepared.rejected, "validate");
+    let filter = prepared.filter.clone();
+    let provenance = list.provenance;
+    let mut results = futures_util::stream::iter(prepared.images.iter())
+        .map(|job: &ImageJob| {
+            let (pool, filter) = (pool.clone(), filter.clone());
+            async move {
+                let checked = async {
+                    let store = pool.registry(&job.source.registry).await?;
+                    planner::select(store.as_ref(), None, &job.source, &filter, provenance).await
+                }
+                .await;
+                (job, checked)
+            }
+        })
+        .buffer_unordered(prepared.jobs.max(4));
+    let label = archive.display().to_string();
+    while let Some((job, selection)) = results.next().await {
+        let n = Some(job.entry.index);
+        match selection {
+            Ok(sel) if !sel.entries.iter().any(|e| !e.is_attestation()) => console.warn(
+                n,
+                format!(
+                    "Skip validate image [{}]: {}",
+                    job.source,
+                    planner::NO_PLATFORM
+                ),
+            ),
+            Ok(sel) => {
+                let missing: Vec<String> = sel
+                    .entries
+                    .iter()
+                    .filter(|e| !archived.contains(&e.digest))
+                    .map(|e| e.digest.to_string())
+                    .collect();
+                if missing.is_empty() {
+                    console.info(n, format!("PASS: [{}] == [{label}]", job.source));
+                } else {
+                    console.error(
+                        n,
+                        format!(
+                            "FAILED: [{}] != [{label}]: missing {}",
+                            job.source,
+                            missing.join(", ")
+                        ),
+                    );
+                    failed.push(job.entry.original.clone());
+                }
+            }
+            Err(e) => {
+                console.error(
+                    n,
+                    format!("FAILED: [{}]: {}: {}", job.source, e.class, e.message),
+                );
+                failed.push(job.entry.original.clone());
+            }
+        }
+    }
+    let failed_file = list.failed.clone().unwrap_or_else(|| default_failed.into());
+    super::finish(&console, &failed_file, &failed, "validate")
+}
