@@ -338,13 +338,13 @@ impl Tracker {
             // Same registry: mount from the source repository, no bytes at all.
             mount_from.insert(0, state.source.clone());
         }
-        let task = Task::Blob(BlobTask {
+        let task = Task::Blob(Box::new(BlobTask {
             desc: state.desc.clone(),
             source: state.source.clone(),
             dest: key.0.clone(),
             mount_from,
             inline: state.inline.clone(),
-        });
+        }));
         let name = format!("blob/{}/{}", key.0, key.1);
         self.publish(name, task, TaskRef::Blob(key)).await
     }

@@ -30,13 +30,13 @@ pub fn sample_task(job: &str, id: u64) -> TaskEnvelope {
         id,
         key: format!("{job}/{id}"),
         trace: None,
-        task: Task::Blob(BlobTask {
+        task: Task::Blob(Box::new(BlobTask {
             desc: crate::seed::descriptor("application/octet-stream", digest, 1),
             source: RepoRef::registry("src.example", "bench/app"),
             dest: RepoRef::registry("dst.example", "bench/app"),
             mount_from: Vec::new(),
             inline: None,
-        }),
+        })),
     }
 }
 

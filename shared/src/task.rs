@@ -70,7 +70,7 @@ pub struct IndexTask {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Task {
-    Blob(BlobTask),
+    Blob(Box<BlobTask>),
     Manifest(ManifestTask),
     Index(IndexTask),
 }

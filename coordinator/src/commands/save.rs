@@ -103,11 +103,12 @@ async fn gather(
     let temp = match &prepared.cache {
         Some(_) => None,
         None => {
-            let dir = archive
+            let parent = archive
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .join(format!(".hangar-cache-{}", std::process::id()));
+                .unwrap_or(Path::new("."));
+            hangar_shared::archive::writer::remove_stale(parent, ".hangar-cache-");
+            let dir = parent.join(format!(".hangar-cache-{}", std::process::id()));
             prepared.cache = Some(Arc::new(BlobCache::open(&dir.display().to_string())?));
             Some(TempCache(dir))
         }

@@ -108,6 +108,7 @@ pub async fn write_archive(
         .ok_or_else(|| Error::invalid(format!("{}: not a file name", path.display())))?
         .to_string_lossy()
         .into_owned();
+    remove_stale(&dir, &format!(".{file_name}.partial-"));
     let temp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
     let (final_path, image_count) = (path.to_owned(), index.list.len());
     let handle = tokio::runtime::Handle::current();
@@ -138,6 +139,27 @@ pub async fn write_archive(
         entries,
         bytes,
     })
+}
+
+/// Removes what killed runs left in `dir`: entries named `<prefix><pid>` whose process is
+/// gone (a temporary archive, a temporary cache).
+pub fn remove_stale(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = e.path();
+            let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+        }
+    }
 }
 
 async fn size_of(source: &dyn BlobSource, d: &Digest, image: &ArchiveImage) -> Result<u64> {
