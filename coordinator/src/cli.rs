@@ -409,9 +409,9 @@ pub enum SaveSub {
 pub struct SaveArgs {
     #[command(flatten)]
     pub list: ArchiveListArgs,
-    /// The archive to write.
+    /// The archive to write: a path, or s3://bucket/key.zip?endpoint=…&region=….
     #[arg(short = 'd', long = "destination", default_value = "saved-images.zip")]
-    pub destination: PathBuf,
+    pub destination: String,
     /// Overwrite an existing archive without asking.
     #[arg(short = 'y', long = "auto-yes")]
     pub yes: bool,
@@ -439,9 +439,9 @@ pub enum SyncSub {
 pub struct SyncArgs {
     #[command(flatten)]
     pub list: ArchiveListArgs,
-    /// The existing archive to append to.
+    /// The existing archive to append to (a path or an s3:// location).
     #[arg(short = 'd', long = "destination")]
-    pub destination: Option<PathBuf>,
+    pub destination: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -558,7 +558,7 @@ pub struct ArchiveMergeArgs {
     #[arg(short = 'f', long = "file")]
     pub files: Vec<String>,
     #[arg(short = 'o', long = "output")]
-    pub output: Option<PathBuf>,
+    pub output: Option<String>,
     #[arg(short = 'y', long = "auto-yes")]
     pub yes: bool,
 }
@@ -573,7 +573,7 @@ pub struct ArchiveExportArgs {
     pub source: Option<String>,
     /// The new archive.
     #[arg(short = 'd', long = "destination")]
-    pub destination: Option<PathBuf>,
+    pub destination: Option<String>,
     #[arg(long = "source-registry", default_value = "")]
     pub source_registry: String,
     #[arg(long = "failed", default_value = "export-failed.txt")]

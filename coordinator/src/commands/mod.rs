@@ -151,9 +151,11 @@ pub fn parse_size(text: &str) -> Result<u64> {
     Ok(bytes)
 }
 
-/// Asks before replacing an existing file, as Hangar does, unless `yes`.
-pub fn may_overwrite(path: &Path, yes: bool) -> Result<()> {
-    if yes || !path.exists() {
+/// Asks before replacing an existing file, as Hangar does, unless `yes`. (An S3 object
+/// is replaced only when the new one is complete; it is not asked about.)
+pub fn may_overwrite(location: &str, yes: bool) -> Result<()> {
+    let path = Path::new(location);
+    if yes || location.starts_with("s3://") || !path.exists() {
         return Ok(());
     }
     if confirm(&format!(

@@ -94,7 +94,7 @@ struct Gathered {
 /// they finished.
 async fn gather(
     list: &ArchiveListArgs,
-    archive: &Path,
+    archive: &str,
     debug: bool,
     console: Arc<Console>,
 ) -> Result<Gathered> {
@@ -103,10 +103,14 @@ async fn gather(
     let temp = match &prepared.cache {
         Some(_) => None,
         None => {
-            let parent = archive
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
+            let temp_root = std::env::temp_dir();
+            let parent = match archive.starts_with("s3://") {
+                true => temp_root.as_path(),
+                false => Path::new(archive)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            };
             hangar_shared::archive::writer::remove_stale(parent, ".hangar-cache-");
             let dir = parent.join(format!(".hangar-cache-{}", std::process::id()));
             prepared.cache = Some(Arc::new(BlobCache::open(&dir.display().to_string())?));
@@ -118,14 +122,14 @@ async fn gather(
     };
     let (mut spec, rejected) = super::mirror::spec(prepared, &margs);
     spec.ends.to_cache = true;
-    spec.ends.dest_label = Some(archive.display().to_string());
+    spec.ends.dest_label = Some(archive.to_owned());
     let pool = Arc::new(super::pool(list.tls_verify, list.authfile.as_deref()));
     console.info(
         None,
         format!(
             "Saving {} images into {} with {} transfers at once",
             spec.images.len(),
-            archive.display(),
+            archive,
             spec.transfers
         ),
     );
@@ -229,10 +233,10 @@ pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result
     let Some(dest) = &args.destination else {
         bail!("the archive to sync into is required: use -d/--destination");
     };
-    if !dest.exists() {
-        bail!("archive {} does not exist", dest.display());
+    if !dest.starts_with("s3://") && !Path::new(dest).exists() {
+        bail!("archive {dest} does not exist");
     }
-    let base = Arc::new(ArchiveReader::open(&dest.display().to_string()).await?);
+    let base = Arc::new(ArchiveReader::open(dest).await?);
     let g = gather(&args.list, dest, debug, console.clone()).await?;
     let w = write_archive(dest, Some(base), &g.images, g.cache.clone()).await?;
     console.info(
@@ -257,12 +261,12 @@ pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result
 /// archive's index (in any entry).
 pub async fn validate(
     list: &ArchiveListArgs,
-    archive: &Path,
+    archive: &str,
     default_failed: &str,
     debug: bool,
     console: Arc<Console>,
 ) -> Result<()> {
-    let reader = ArchiveReader::open(&archive.display().to_string()).await?;
+    let reader = ArchiveReader::open(archive).await?;
     let archived: HashSet<&Digest> = reader
         .index
         .list
@@ -287,7 +291,7 @@ pub async fn validate(
             }
         })
         .buffer_unordered(prepared.jobs.max(4));
-    let label = archive.display().to_string();
+    let label = archive.to_owned();
     while let Some((job, selection)) = results.next().await {
         let n = Some(job.entry.index);
         match selection {

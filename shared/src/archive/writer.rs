@@ -12,12 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use object_store::{ObjectStoreExt, WriteMultipart};
 
 use super::index::{ArchiveImage, ArchiveIndex, INDEX_VERSION, go_time_now};
 use super::reader::ArchiveReader;
 use super::{BlobSource, INDEX_NAME, OCI_LAYOUT, blob_entry};
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, FailureClass, Result};
 
 /// What one written archive (or volume) holds.
 #[derive(Debug, Clone)]
@@ -30,7 +31,7 @@ pub struct Written {
 
 enum Item {
     /// An entry of the archive being extended, copied as it is.
-    Base(String),
+    Base(String, u64),
     Inline(String, Vec<u8>),
     Blob(String, Digest, u64),
 }
@@ -43,14 +44,120 @@ fn layout_index(media_type: &str, digest: &Digest, size: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Writes `images` (blobs from `source`) to `path`, after every entry of `base` but its
-/// index; the new `index.json` lists `base`'s images and then these.
+/// Writes `images` (blobs from `source`) to `location` (a path, or `s3://bucket/key?…`),
+/// after every entry of `base` but its index; the new `index.json` lists `base`'s images
+/// and then these. A file appears under its name only once complete (temporary name, then
+/// rename); an S3 object only once its multipart upload completes.
 pub async fn write_archive(
-    path: &Path,
+    location: &str,
     base: Option<Arc<ArchiveReader>>,
     images: &[ArchiveImage],
     source: Arc<dyn BlobSource>,
 ) -> Result<Written> {
+    let (items, image_count) = plan_items(base.as_deref(), images, source.as_ref()).await?;
+    let handle = tokio::runtime::Handle::current();
+    if location.starts_with("s3://") {
+        let (store, key) = super::locate(location)?;
+        let upload = store
+            .put_multipart(&key)
+            .await
+            .map_err(|e| Error::new(FailureClass::Network, format!("{location}: {e}")))?;
+        let out = ObjectWriter {
+            upload: Some(WriteMultipart::new(upload)),
+            handle: handle.clone(),
+            written: 0,
+        };
+        let label = location.to_owned();
+        let (entries, bytes) = tokio::task::spawn_blocking(move || {
+            let _guard = handle.enter();
+            let mut out = write_items(
+                out,
+                &label,
+                &items,
+                base.as_deref(),
+                source.as_ref(),
+                &handle,
+            )?;
+            let upload = out
+                .upload
+                .take()
+                .ok_or_else(|| Error::internal("upload already finished"))?;
+            handle
+                .block_on(upload.finish())
+                .map_err(|e| Error::new(FailureClass::Network, format!("{label}: {e}")))?;
+            Ok::<_, Error>((items.len(), out.written))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("archive writer: {e}")))??;
+        return Ok(Written {
+            path: PathBuf::from(location),
+            images: image_count,
+            entries,
+            bytes,
+        });
+    }
+    let path = Path::new(location);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("{location}: not a file name")))?
+        .to_string_lossy()
+        .into_owned();
+    remove_stale(&dir, &format!(".{file_name}.partial-"));
+    let temp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
+    let t = temp.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<(usize, u64)> {
+        let file = std::fs::File::create(&t).map_err(|e| io_err(&t, e))?;
+        let label = t.display().to_string();
+        let out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let out = write_items(
+            out,
+            &label,
+            &items,
+            base.as_deref(),
+            source.as_ref(),
+            &handle,
+        )?;
+        let file = out.into_inner().map_err(|e| io_err(&t, e.error()))?;
+        file.sync_all().map_err(|e| io_err(&t, e))?;
+        let bytes = file.metadata().map_err(|e| io_err(&t, e))?.len();
+        Ok((items.len(), bytes))
+    })
+    .await
+    .map_err(|e| Error::internal(format!("archive writer: {e}")));
+    let (entries, bytes) = match result.and_then(|r| r) {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&temp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        io_err(path, e)
+    })?;
+    // The rename is durable only once the directory is.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(Written {
+        path: path.to_owned(),
+        images: image_count,
+        entries,
+        bytes,
+    })
+}
+
+/// Every entry to write, in order, and the number of images the new index lists.
+async fn plan_items(
+    base: Option<&ArchiveReader>,
+    images: &[ArchiveImage],
+    source: &dyn BlobSource,
+) -> Result<(Vec<Item>, usize)> {
     let mut items = Vec::new();
     let mut written: HashSet<String> = HashSet::new();
     let mut index = ArchiveIndex {
@@ -58,10 +165,10 @@ pub async fn write_archive(
         version: INDEX_VERSION.to_owned(),
         time: go_time_now(),
     };
-    if let Some(base) = &base {
+    if let Some(base) = base {
         for e in base.entries() {
             if e.name != INDEX_NAME && written.insert(e.name.clone()) {
-                items.push(Item::Base(e.name.clone()));
+                items.push(Item::Base(e.name.clone(), e.size));
             }
         }
         index.list.extend(base.index.list.iter().cloned());
@@ -72,7 +179,7 @@ pub async fn write_archive(
         for spec in &specs {
             let dir = spec.digest.hex().to_owned();
             if written.insert(format!("{dir}/index.json")) {
-                let size = size_of(source.as_ref(), &spec.digest, image).await?;
+                let size = size_of(source, &spec.digest, image).await?;
                 items.push(Item::Inline(
                     format!("{dir}/index.json"),
                     layout_index(&spec.media_type, &spec.digest, size),
@@ -90,55 +197,51 @@ pub async fn write_archive(
         for d in blobs {
             let name = blob_entry(d);
             if written.insert(name.clone()) {
-                let size = size_of(source.as_ref(), d, image).await?;
+                let size = size_of(source, d, image).await?;
                 items.push(Item::Blob(name, d.clone(), size));
             }
         }
         index.list.push(image.clone());
     }
     items.push(Item::Inline(INDEX_NAME.to_owned(), index.to_go_json()?));
+    Ok((items, index.list.len()))
+}
 
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("{}: not a file name", path.display())))?
-        .to_string_lossy()
-        .into_owned();
-    remove_stale(&dir, &format!(".{file_name}.partial-"));
-    let temp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
-    let (final_path, image_count) = (path.to_owned(), index.list.len());
-    let handle = tokio::runtime::Handle::current();
-    let t = temp.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        write_items(&t, &items, base.as_deref(), source.as_ref(), &handle)
-    })
-    .await
-    .map_err(|e| Error::internal(format!("archive writer: {e}")));
-    let (entries, bytes) = match result.and_then(|r| r) {
-        Ok(done) => done,
-        Err(e) => {
-            let _ = std::fs::remove_file(&temp);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&temp, &final_path).map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        io_err(&final_path, e)
-    })?;
-    // The rename is durable only once the directory is.
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
+/// An S3 multipart upload as a `Write`, for the zip writer on a blocking thread. Parts go
+/// up as they fill, at most two in flight, so memory stays bounded.
+struct ObjectWriter {
+    upload: Option<WriteMultipart>,
+    handle: tokio::runtime::Handle,
+    written: u64,
+}
+
+impl Write for ObjectWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let upload = self
+            .upload
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("upload already finished"))?;
+        upload.write(buf);
+        self.written += buf.len() as u64;
+        self.handle
+            .block_on(upload.wait_for_capacity(2))
+            .map_err(std::io::Error::other)?;
+        Ok(buf.len())
     }
-    Ok(Written {
-        path: final_path,
-        images: image_count,
-        entries,
-        bytes,
-    })
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ObjectWriter {
+    /// An upload not finished is aborted: nothing half-written becomes visible.
+    fn drop(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            self.handle.spawn(async move {
+                let _ = upload.abort().await;
+            });
+        }
+    }
 }
 
 /// Removes what killed runs left in `dir`: entries named `<prefix><pid>` whose process is
@@ -175,19 +278,22 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::invalid(format!("{}: {e}", path.display()))
 }
 
-fn write_items(
-    temp: &Path,
+/// Streams every item into a zip on `out`. The zip crate's streaming mode writes each
+/// entry's sizes and CRC in a data descriptor after its bytes, as Go's writer (Hangar's)
+/// does, so nothing is sought back and the same code feeds a file or an upload.
+fn write_items<W: Write>(
+    out: W,
+    label: &str,
     items: &[Item],
     base: Option<&ArchiveReader>,
     source: &dyn BlobSource,
     handle: &tokio::runtime::Handle,
-) -> Result<(usize, u64)> {
-    let file = std::fs::File::create(temp).map_err(|e| io_err(temp, e))?;
-    let mut zip = zip::ZipWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
-    let zerr = |e: zip::result::ZipError| io_err(temp, e);
+) -> Result<W> {
+    let mut zip = zip::ZipWriter::new_stream(out);
+    let werr = |e: &dyn std::fmt::Display| Error::invalid(format!("{label}: {e}"));
     for item in items {
         let (name, size) = match item {
-            Item::Base(n) => (n, base.and_then(|b| b.entry(n)).map_or(0, |e| e.size)),
+            Item::Base(n, size) => (n, *size),
             Item::Inline(n, data) => (n, data.len() as u64),
             Item::Blob(n, _, size) => (n, *size),
         };
@@ -196,13 +302,14 @@ fn write_items(
             .system(zip::System::Dos)
             .last_modified_time(zip::DateTime::default())
             .large_file(size >= zip::ZIP64_BYTES_THR);
-        zip.start_file(name.as_str(), options).map_err(zerr)?;
+        zip.start_file(name.as_str(), options)
+            .map_err(|e| werr(&e))?;
         let mut stream = match item {
             Item::Inline(_, data) => {
-                zip.write_all(data).map_err(|e| io_err(temp, e))?;
+                zip.write_all(data).map_err(|e| werr(&e))?;
                 continue;
             }
-            Item::Base(n) => {
+            Item::Base(n, _) => {
                 let base = base.ok_or_else(|| Error::internal("base entry without a base"))?;
                 handle.block_on(base.entry_stream(n))?
             }
@@ -212,7 +319,7 @@ fn write_items(
         while let Some(chunk) = handle.block_on(stream.next()) {
             let chunk = chunk?;
             copied += chunk.len() as u64;
-            zip.write_all(&chunk).map_err(|e| io_err(temp, e))?;
+            zip.write_all(&chunk).map_err(|e| werr(&e))?;
         }
         if copied != size {
             return Err(Error::invalid(format!(
@@ -220,12 +327,9 @@ fn write_items(
             )));
         }
     }
-    let mut out = zip.finish().map_err(zerr)?;
-    out.flush().map_err(|e| io_err(temp, e))?;
-    let file = out.into_inner().map_err(|e| io_err(temp, e.error()))?;
-    file.sync_all().map_err(|e| io_err(temp, e))?;
-    let bytes = file.metadata().map_err(|e| io_err(temp, e))?.len();
-    Ok((items.len(), bytes))
+    let mut out = zip.finish().map_err(|e| werr(&e))?.into_inner();
+    out.flush().map_err(|e| werr(&e))?;
+    Ok(out)
 }
 
 /// Packs images, in order, into volumes of at most `part_size` bytes of blobs. An image is
@@ -274,17 +378,19 @@ pub fn plan_volumes(
     (volumes, oversized)
 }
 
-/// `out.zip` → `out.part1.zip`, … for volume `n` (1-based).
-pub fn volume_path(path: &Path, n: usize) -> PathBuf {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let ext = path
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
-    path.with_file_name(format!("{stem}.part{n}{ext}"))
+/// `out.zip` → `out.part1.zip`, … for volume `n` (1-based); an S3 location keeps its query.
+pub fn volume_path(location: &str, n: usize) -> String {
+    let (path, query) = match location.split_once('?') {
+        Some((p, q)) => (p, format!("?{q}")),
+        None => (location, String::new()),
+    };
+    let slash = path.rfind('/').map_or(0, |i| i + 1);
+    let (dir, name) = path.split_at(slash);
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
+    };
+    format!("{dir}{stem}.part{n}{ext}{query}")
 }
 
 #[cfg(test)]
@@ -342,9 +448,11 @@ mod tests {
 
     #[test]
     fn volume_names() {
+        assert_eq!(volume_path("/x/saved.zip", 2), "/x/saved.part2.zip");
+        assert_eq!(volume_path("saved", 1), "saved.part1");
         assert_eq!(
-            volume_path(Path::new("/x/saved.zip"), 2),
-            PathBuf::from("/x/saved.part2.zip")
+            volume_path("s3://b/dir/a.zip?endpoint=http://h:1", 3),
+            "s3://b/dir/a.part3.zip?endpoint=http://h:1"
         );
     }
 
@@ -401,7 +509,7 @@ mod tests {
             ArchiveImage::new("docker.io/library/b".into(), "1".into(), vec![spec.clone()]),
         ];
         let out = dir.join("out.zip");
-        let written = write_archive(&out, None, &images, cache.clone())
+        let written = write_archive(out.to_str().unwrap(), None, &images, cache.clone())
             .await
             .unwrap();
         assert_eq!(written.images, 2);
