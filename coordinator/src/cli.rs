@@ -389,6 +389,10 @@ pub struct ArchiveListArgs {
     /// Blob transfers at once (beyond Hangar; default 3 x jobs).
     #[arg(long = "transfers")]
     pub transfers: Option<usize>,
+    /// With --nats, workers fetch the blobs into the shared --cache and one of them writes
+    /// the archive (give an s3:// destination, or a path the workers share).
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Args, Debug)]

@@ -908,3 +908,96 @@ async fn two_concurrent_jobs_fetch_each_blob_once_across_the_fleet() {
         }
     }
 }
+
+/// `save --nats`: workers gather the blobs into the shared Garage bucket, one of them writes
+/// the archive as an S3 multipart upload; `load` then reads it from S3 by range.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_save_an_archive_to_s3_and_it_loads_from_there() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let garage = hangar_loadtest::services::GarageProcess::start()
+        .expect("garage (scripts/dev-services.sh installs it)");
+    let cache = garage.cache_url();
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", garage.key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret.clone()),
+    ];
+    let envs: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _workers: Vec<Worker> = (0..3)
+        .map(|i| {
+            let args = ["--listen", "127.0.0.1:0", "--cache", &cache];
+            spawn_worker(&nats.url(), env.path(&format!("sw{i}.log")), &args, &envs)
+        })
+        .collect();
+    let lines = seed_shared_repos(&env, 3).await;
+    let list = env.write_list("list.txt", &lines);
+    let (bucket_and_query, _) = (cache.trim_start_matches("s3://"), ());
+    let (bucket, query) = bucket_and_query.split_once('?').expect("query");
+    let archive = format!("s3://{bucket}/archives-out/saved.zip?{query}");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .envs(envs.iter().copied())
+            .output()
+            .expect("hangar-coord")
+    };
+    let out = run(&[
+        "save",
+        "--tls-verify=false",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        &archive,
+        "--nats",
+        &nats.url(),
+        "--cache",
+        &cache,
+        "-j",
+        "3",
+        "-o",
+        env.path("sf.txt").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "save on the fleet: {}", text(&out));
+    assert!(text(&out).contains("runs on the fleet"), "{}", text(&out));
+    let assembled_by: Vec<usize> = (0..3)
+        .filter(|i| {
+            std::fs::read_to_string(env.path(&format!("sw{i}.log")))
+                .unwrap_or_default()
+                .contains("kind=\"assemble\"")
+        })
+        .collect();
+    assert_eq!(assembled_by.len(), 1, "one worker wrote the archive");
+
+    let ls = run(&["archive", "ls", "--image-only", &archive]);
+    assert!(ls.status.success(), "{}", text(&ls));
+    let mut listed: Vec<String> = String::from_utf8_lossy(&ls.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    listed.sort();
+    let mut expected = lines.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(run(&["archive", "verify", &archive]).status.success());
+
+    let out = run(&[
+        "load",
+        "--tls-verify=false",
+        "-s",
+        &archive,
+        "-d",
+        &env.dst.addr,
+        "-j",
+        "3",
+        "-o",
+        env.path("lf.txt").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "load from S3: {}", text(&out));
+    for line in &lines {
+        let dst = line.replace(&env.src.addr, &env.dst.addr);
+        let src_raw = skopeo_raw(line).expect("source");
+        let dst_raw = skopeo_raw(&dst).expect("loaded");
+        assert!(index_digests(&dst_raw).contains(&sha(&src_raw)), "{dst}");
+    }
+}

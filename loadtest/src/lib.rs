@@ -2,6 +2,7 @@
 //! on free loopback ports ([`services`]), a WAN-delay and fault-injecting TCP proxy
 //! ([`proxy`]) and the three-way mirror benchmark ([`bench`]).
 
+pub mod archive_bench;
 pub mod bench;
 pub mod proxy;
 pub mod queue_bench;

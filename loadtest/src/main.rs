@@ -77,6 +77,10 @@ enum Cmd {
         /// Instead of hangar vs skopeo vs raw: the embedded mode vs 1, 2 and 4 fleet workers.
         #[arg(long)]
         fleet: bool,
+        /// Instead of mirroring: save into a zip and load it, beside skopeo to `oci:` and
+        /// `dir:` and the raw bounds.
+        #[arg(long)]
+        archive: bool,
         /// Blob copies at once per fleet worker.
         #[arg(long, default_value_t = 16)]
         worker_concurrency: usize,
@@ -112,6 +116,9 @@ enum Cmd {
         /// Layer size in bytes (default 2 GiB).
         #[arg(long, default_value_t = 2 << 30)]
         size: u64,
+        /// Measure `save` into a zip instead of `mirror`.
+        #[arg(long)]
+        save: bool,
     },
 }
 
@@ -177,6 +184,7 @@ async fn main() -> Result<()> {
             delay_ms,
             jobs,
             fleet,
+            archive,
             worker_concurrency,
             spec: a,
         } => {
@@ -195,6 +203,11 @@ async fn main() -> Result<()> {
                 jobs,
                 workdir: dir.path().to_owned(),
             };
+            if archive {
+                let rows = hangar_loadtest::archive_bench::run(&b).await?;
+                println!("{}", hangar_loadtest::archive_bench::table(&rows));
+                return Ok(());
+            }
             if fleet {
                 let rows = bench::run_fleet(&b, &[1, 2, 4], worker_concurrency).await?;
                 println!("{}", bench::fleet_table(&rows));
@@ -244,7 +257,7 @@ async fn main() -> Result<()> {
                 r.tasks as f64 / r.total_secs
             );
         }
-        Cmd::Rss { hangar, size } => {
+        Cmd::Rss { hangar, size, save } => {
             let source = RegistryProcess::start()?;
             let dest = RegistryProcess::start()?;
             let reg = seed::connect(&source.addr).await?;
@@ -264,8 +277,14 @@ async fn main() -> Result<()> {
             let list = dir.path().join("list.txt");
             std::fs::write(&list, lines.join("\n") + "\n")?;
             let mut cmd = std::process::Command::new(&hangar);
-            cmd.args(["mirror", "--tls-verify=false", "-d", &dest.addr, "-f"])
-                .arg(&list)
+            if save {
+                cmd.args(["save", "--tls-verify=false", "-y", "-d"])
+                    .arg(dir.path().join("big.zip"))
+                    .arg("-f");
+            } else {
+                cmd.args(["mirror", "--tls-verify=false", "-d", &dest.addr, "-f"]);
+            }
+            cmd.arg(&list)
                 .arg("-o")
                 .arg(dir.path().join("failed.txt"))
                 .stdout(std::process::Stdio::null());

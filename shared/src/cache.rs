@@ -178,6 +178,28 @@ impl BlobCache {
         Ok(meta)
     }
 
+    /// Keeps a small document (a job's archive plan) under `archives/…`.
+    pub async fn put_doc(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(
+                &Path::from(format!("archives/{key}")),
+                PutPayload::from(bytes),
+            )
+            .await
+            .map_err(cache_err)
+            .map(drop)
+    }
+
+    pub async fn get_doc(&self, key: &str) -> Result<Bytes> {
+        match self.store.get(&Path::from(format!("archives/{key}"))).await {
+            Ok(r) => r.bytes().await.map_err(cache_err),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::not_found(format!(
+                "blob cache: no document archives/{key}"
+            ))),
+            Err(e) => Err(cache_err(e)),
+        }
+    }
+
     /// Forgets a blob (one that failed verification on the way out).
     pub async fn evict(&self, digest: &Digest) {
         let _ = self.store.delete(&meta_path(digest)).await;

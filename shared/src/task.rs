@@ -18,6 +18,7 @@ pub enum TaskKind {
     Blob,
     Manifest,
     Index,
+    Assemble,
 }
 
 impl TaskKind {
@@ -27,6 +28,7 @@ impl TaskKind {
             Self::Blob => "blob",
             Self::Manifest => "manifest",
             Self::Index => "index",
+            Self::Assemble => "assemble",
         }
     }
 }
@@ -67,12 +69,26 @@ pub struct IndexTask {
     pub overwrite: bool,
 }
 
+/// Write an archive (or one volume) from blobs in the worker's cache. The images to write
+/// are a document in the cache (`images`), since a list of hundreds outgrows a message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssembleTask {
+    /// Where the archive goes: `s3://bucket/key.zip?…`, or a path on the worker.
+    pub output: String,
+    /// The archive whose entries come first (`sync`), re-read at write time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The cache key of the index entries to write (JSON).
+    pub images: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Task {
     Blob(Box<BlobTask>),
     Manifest(ManifestTask),
     Index(IndexTask),
+    Assemble(AssembleTask),
 }
 
 impl Task {
@@ -81,6 +97,7 @@ impl Task {
             Self::Blob(_) => TaskKind::Blob,
             Self::Manifest(_) => TaskKind::Manifest,
             Self::Index(_) => TaskKind::Index,
+            Self::Assemble(_) => TaskKind::Assemble,
         }
     }
 }
@@ -191,6 +208,11 @@ pub enum Outcome {
     },
     IndexUnchanged {
         digest: Digest,
+    },
+    Assembled {
+        images: usize,
+        entries: usize,
+        bytes: u64,
     },
 }
 

@@ -3,6 +3,7 @@
 //! missing, so at-least-once delivery is safe. The coordinator's embedded mode runs these
 //! very handlers in-process; the fleet daemon runs them against JetStream.
 
+pub mod assemble;
 pub mod blob;
 pub mod context;
 pub mod http;

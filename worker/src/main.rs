@@ -49,6 +49,9 @@ struct Args {
     /// Index writes at once.
     #[arg(long, default_value_t = 2)]
     index_concurrency: usize,
+    /// Archives written at once (needs --cache).
+    #[arg(long, default_value_t = 1)]
+    assemble_concurrency: usize,
     /// Registry credentials (this worker's own file).
     #[arg(long, env = "REGISTRY_AUTH_FILE")]
     authfile: Option<PathBuf>,
@@ -116,6 +119,15 @@ async fn main() -> Result<()> {
         (TaskKind::Blob, args.blob_concurrency),
         (TaskKind::Manifest, args.manifest_concurrency),
         (TaskKind::Index, args.index_concurrency),
+        // Only a worker with the shared cache can write archives from it.
+        (
+            TaskKind::Assemble,
+            if args.cache.is_some() {
+                args.assemble_concurrency
+            } else {
+                0
+            },
+        ),
     ];
     let js_queue =
         Arc::new(JetStreamQueue::consumer(client.clone(), &concurrency, ack_wait).await?);

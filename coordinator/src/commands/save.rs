@@ -10,11 +10,14 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use futures_util::StreamExt;
-use hangar_shared::archive::writer::{plan_volumes, volume_path, write_archive};
+use hangar_shared::archive::writer::{Written, plan_volumes, volume_path, write_archive};
 use hangar_shared::archive::{ArchiveImage, ArchiveReader};
 use hangar_shared::cache::BlobCache;
 use hangar_shared::digest::Digest;
 use hangar_shared::imagelist::{ImageList, LineKind};
+use hangar_shared::queue::TaskQueue;
+use hangar_shared::queue::jetstream::{self, JetStreamQueue};
+use hangar_shared::task::{AssembleTask, EventKind, Outcome, Task, TaskEnvelope};
 use indicatif::HumanBytes;
 
 use crate::cli::{ArchiveListArgs, MirrorArgs, SaveArgs, SyncArgs};
@@ -87,6 +90,8 @@ struct Gathered {
     images: Vec<ArchiveImage>,
     failed: Vec<String>,
     cache: Arc<BlobCache>,
+    fleet: Option<async_nats::Client>,
+    job: String,
     _temp: Option<TempCache>,
 }
 
@@ -99,6 +104,16 @@ async fn gather(
     console: Arc<Console>,
 ) -> Result<Gathered> {
     let margs = mirror_args(list);
+    if list.fleet.server.is_some() {
+        bail!("save and sync run here or on the fleet's workers (--nats), not through --server");
+    }
+    let fleet = match &list.fleet.nats {
+        Some(_) if list.cache.is_none() => {
+            bail!("on the fleet (--nats), --cache must name the workers' shared cache (s3://…)")
+        }
+        Some(_) => Some(super::mirror::fleet_client(&list.fleet).await?),
+        None => None,
+    };
     let mut prepared = read_jobs(list, debug, &console)?;
     let temp = match &prepared.cache {
         Some(_) => None,
@@ -134,15 +149,11 @@ async fn gather(
         ),
     );
     let id = job::new_job_id();
-    let report = job::run_mirror(
-        spec,
-        pool,
-        console.clone(),
-        Backend::Embedded,
-        (&id, "1"),
-        None,
-    )
-    .await?;
+    let backend = match &fleet {
+        Some(client) => Backend::Fleet(client.clone()),
+        None => Backend::Embedded,
+    };
+    let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
     let mut failed = super::report_rejected(&console, &rejected, "save");
     for (job, result) in &report.results {
         if let ImageResult::Failed(_) = result {
@@ -158,8 +169,72 @@ async fn gather(
         images,
         failed,
         cache,
+        fleet,
+        job: id,
         _temp: temp,
     })
+}
+
+/// Writes one archive: here, or on the fleet by a worker's assemble task.
+async fn assemble(
+    g: &Gathered,
+    n: usize,
+    location: &str,
+    base: Option<&str>,
+    images: &[ArchiveImage],
+) -> Result<Written> {
+    let Some(client) = &g.fleet else {
+        let base = match base {
+            Some(b) => Some(Arc::new(ArchiveReader::open(b).await?)),
+            None => None,
+        };
+        return Ok(write_archive(location, base, images, g.cache.clone()).await?);
+    };
+    let key = format!("{}/{n}.json", g.job);
+    g.cache.put_doc(&key, serde_json::to_vec(images)?).await?;
+    let job_id = format!("{}.a{n}", g.job);
+    let mut events = jetstream::follow_events(client.clone(), &job_id).await?;
+    let queue = JetStreamQueue::publisher(client.clone()).await?;
+    queue
+        .publish(TaskEnvelope {
+            job: job_id.clone(),
+            id: 1,
+            key: format!("{job_id}/assemble"),
+            trace: None,
+            task: Task::Assemble(AssembleTask {
+                output: location.to_owned(),
+                base: base.map(str::to_owned),
+                images: key,
+            }),
+        })
+        .await?;
+    while let Some(event) = events.recv().await {
+        match event.kind {
+            EventKind::Done {
+                outcome:
+                    Outcome::Assembled {
+                        images,
+                        entries,
+                        bytes,
+                    },
+            } => {
+                return Ok(Written {
+                    path: location.into(),
+                    images,
+                    entries,
+                    bytes,
+                });
+            }
+            EventKind::Failed {
+                last: true,
+                class,
+                message,
+                ..
+            } => bail!("writing {location} on the fleet: {class}: {message}"),
+            _ => {}
+        }
+    }
+    bail!("the fleet's events ended before {location} was written")
 }
 
 pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result<()> {
@@ -173,7 +248,7 @@ pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result
     let g = gather(&args.list, dest, debug, console.clone()).await?;
     match part_size {
         None => {
-            let w = write_archive(dest, None, &g.images, g.cache.clone()).await?;
+            let w = assemble(&g, 1, dest, None, &g.images).await?;
             console.info(
                 None,
                 format!(
@@ -207,7 +282,7 @@ pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result
             for (n, volume) in volumes.iter().enumerate() {
                 let path = volume_path(dest, n + 1);
                 super::may_overwrite(&path, args.yes)?;
-                let w = write_archive(&path, None, volume, g.cache.clone()).await?;
+                let w = assemble(&g, n + 1, &path, None, volume).await?;
                 console.info(
                     None,
                     format!(
@@ -236,9 +311,10 @@ pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result
     if !dest.starts_with("s3://") && !Path::new(dest).exists() {
         bail!("archive {dest} does not exist");
     }
-    let base = Arc::new(ArchiveReader::open(dest).await?);
+    // Opened first so a damaged archive is refused before anything is fetched.
+    ArchiveReader::open(dest).await?;
     let g = gather(&args.list, dest, debug, console.clone()).await?;
-    let w = write_archive(dest, Some(base), &g.images, g.cache.clone()).await?;
+    let w = assemble(&g, 1, dest, Some(dest), &g.images).await?;
     console.info(
         None,
         format!(

@@ -30,7 +30,12 @@ pub const MAX_DELIVER: u32 = 3;
 pub const ACK_WAIT: Duration = Duration::from_secs(60);
 /// How long a publish keeps trying through a NATS outage before the job gives up.
 pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
-pub const KINDS: [TaskKind; 3] = [TaskKind::Blob, TaskKind::Manifest, TaskKind::Index];
+pub const KINDS: [TaskKind; 4] = [
+    TaskKind::Blob,
+    TaskKind::Manifest,
+    TaskKind::Index,
+    TaskKind::Assemble,
+];
 
 fn bus(e: impl std::fmt::Display) -> Error {
     Error::new(FailureClass::Network, format!("nats: {e}"))

@@ -1,0 +1,157 @@
+//! The archive benchmark: the seeded list saved into a zip and loaded into a fresh registry
+//! by hangar, beside skopeo copying the same images into an `oci:` layout and `dir:`
+//! directories (one `skopeo copy --all` per image, as a script would), and raw bounds:
+//! every unique blob GET to a file (save) or GET→PUT between registries (load), 32 at a
+//! time, unverified.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Result;
+use futures_util::StreamExt;
+use hangar_shared::manifest::Descriptor;
+use hangar_shared::reference::ImageRef;
+use tokio::io::AsyncWriteExt;
+
+use crate::bench::{BenchSpec, Measurement, raw_copy, run_measured, unique_blobs};
+use crate::services::RegistryProcess;
+
+/// Every unique blob GET into its own file, `parallel` at a time.
+async fn raw_save(
+    src: &str,
+    blobs: &BTreeMap<String, (String, Descriptor)>,
+    dir: &std::path::Path,
+    parallel: usize,
+) -> Result<()> {
+    let http = reqwest::Client::new();
+    let results: Vec<Result<()>> = futures_util::stream::iter(blobs.values())
+        .map(|(repo, desc)| {
+            let http = http.clone();
+            async move {
+                let resp = http
+                    .get(format!("http://{src}/v2/{repo}/blobs/{}", desc.digest))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                let mut file = tokio::fs::File::create(dir.join(desc.digest.hex())).await?;
+                let mut body = resp.bytes_stream();
+                while let Some(chunk) = body.next().await {
+                    file.write_all(&chunk?).await?;
+                }
+                file.flush().await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+fn row(tool: &str, seconds: f64, bytes: u64, rss: Option<u64>) -> Measurement {
+    Measurement {
+        network: "loopback".into(),
+        tool: tool.into(),
+        seconds,
+        bytes,
+        peak_rss_kib: rss,
+    }
+}
+
+pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
+    let reg = crate::seed::connect(&spec.source).await?;
+    let blobs = unique_blobs(&reg, &spec.lines).await?;
+    let bytes: u64 = blobs.values().map(|(_, d)| d.size).sum();
+    let work = &spec.workdir;
+    let mut out = Vec::new();
+    let jobs = spec.jobs.to_string();
+
+    let archive = work.join("bench.zip");
+    let mut save = Command::new(&spec.hangar);
+    save.args(["save", "--tls-verify=false", "-y", "-j", &jobs, "-f"])
+        .arg(&spec.list)
+        .arg("-d")
+        .arg(&archive)
+        .arg("-o")
+        .arg(work.join("save-failed.txt"))
+        .stdout(std::process::Stdio::null());
+    let (t, rss) = tokio::task::block_in_place(|| run_measured(&mut save))?;
+    out.push(row("hangar save (zip)", t.as_secs_f64(), bytes, rss));
+
+    for (tool, transport) in [("skopeo → oci:", "oci"), ("skopeo → dir:", "dir")] {
+        let target = work.join(format!("skopeo-{transport}"));
+        let start = Instant::now();
+        let mut peak = 0;
+        for (n, line) in spec.lines.iter().enumerate() {
+            let r = ImageRef::parse(line)?;
+            let dest = match transport {
+                "oci" => format!("oci:{}:img{n}", target.display()),
+                _ => format!("dir:{}/img{n}", target.display()),
+            };
+            let mut cmd = Command::new("skopeo");
+            cmd.args(["copy", "--all", "--src-tls-verify=false", "-q"])
+                .arg(format!(
+                    "docker://{}/{}:{}",
+                    spec.source,
+                    r.repository(),
+                    r.manifest_reference()
+                ))
+                .arg(dest);
+            let (_, rss) = tokio::task::block_in_place(|| run_measured(&mut cmd))?;
+            peak = peak.max(rss.unwrap_or(0));
+        }
+        out.push(row(tool, start.elapsed().as_secs_f64(), bytes, Some(peak)));
+        let _ = std::fs::remove_dir_all(&target);
+    }
+
+    let raw_dir = work.join("raw-save");
+    std::fs::create_dir_all(&raw_dir)?;
+    let start = Instant::now();
+    raw_save(&spec.source, &blobs, &raw_dir, 32).await?;
+    out.push(row(
+        "raw save (GET → files)",
+        start.elapsed().as_secs_f64(),
+        bytes,
+        None,
+    ));
+    let _ = std::fs::remove_dir_all(&raw_dir);
+
+    let dest = RegistryProcess::start()?;
+    let mut load = Command::new(&spec.hangar);
+    load.args(["load", "--tls-verify=false", "-j", &jobs, "-s"])
+        .arg(&archive)
+        .args(["-d", &dest.addr, "-o"])
+        .arg(work.join("load-failed.txt"))
+        .stdout(std::process::Stdio::null());
+    let (t, rss) = tokio::task::block_in_place(|| run_measured(&mut load))?;
+    out.push(row("hangar load (zip)", t.as_secs_f64(), bytes, rss));
+    drop(dest);
+
+    let dest = RegistryProcess::start()?;
+    let start = Instant::now();
+    raw_copy(&spec.source, &dest.addr, &blobs, 32).await?;
+    out.push(row(
+        "raw load (GET → PUT)",
+        start.elapsed().as_secs_f64(),
+        bytes,
+        None,
+    ));
+    Ok(out)
+}
+
+pub fn table(rows: &[Measurement]) -> String {
+    let mut s = String::from("| tool | wall s | MB/s | peak RSS |\n|---|---|---|---|\n");
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {:.2} | {:.0} | {} |\n",
+            r.tool,
+            r.seconds,
+            r.bytes as f64 / 1e6 / r.seconds,
+            r.peak_rss_kib
+                .map(|k| format!("{:.1} MB", k as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    s
+}

@@ -1,0 +1,33 @@
+//! Write an archive from blobs in this worker's cache: the fleet's assembler. The images
+//! come from a document the coordinator left in the shared cache; a `sync` base is opened
+//! afresh here, so a retried task never writes from a stale copy of it.
+
+use std::sync::Arc;
+
+use hangar_shared::archive::writer::write_archive;
+use hangar_shared::archive::{ArchiveImage, ArchiveReader};
+use hangar_shared::error::{Error, Result};
+use hangar_shared::task::{AssembleTask, Outcome};
+
+use crate::Context;
+
+pub async fn write(ctx: &Context, task: &AssembleTask) -> Result<Outcome> {
+    let Some(cache) = &ctx.cache else {
+        return Err(Error::invalid(
+            "an assemble task reached a worker without a blob cache (--cache)",
+        ));
+    };
+    let doc = cache.get_doc(&task.images).await?;
+    let images: Vec<ArchiveImage> = serde_json::from_slice(&doc)
+        .map_err(|e| Error::invalid(format!("archive plan {}: {e}", task.images)))?;
+    let base = match &task.base {
+        Some(location) => Some(Arc::new(ArchiveReader::open(location).await?)),
+        None => None,
+    };
+    let written = write_archive(&task.output, base, &images, cache.clone()).await?;
+    Ok(Outcome::Assembled {
+        images: written.images,
+        entries: written.entries,
+        bytes: written.bytes,
+    })
+}
