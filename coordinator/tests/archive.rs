@@ -1015,3 +1015,29 @@ async fn kill_during_sync_leaves_a_readable_archive() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn init_writes_an_empty_index_and_ls_json_prints_the_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a.zip");
+    let out = hangar(&["archive", "init", &s(&a)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(zip_names(&a), vec!["index.json".to_owned()]);
+    let out = hangar(&["archive", "ls", "--json", &s(&a)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!json.ends_with('\n'), "no trailing newline, as Hangar");
+    let index: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(index["version"], "v1.2.0");
+    assert!(
+        index.get("list").is_none(),
+        "an empty list is omitted: {json}"
+    );
+    assert!(
+        json.contains("\n  \"version\": \"v1.2.0\""),
+        "2-space indent: {json}"
+    );
+    let again = hangar(&["archive", "init", &s(&a)]);
+    assert!(!again.status.success(), "init refuses an existing file");
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+}

@@ -553,4 +553,119 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// Serves blobs of zeros (the writer trusts its source; verification is the source's).
+    struct Zeros(std::collections::HashMap<Digest, u64>);
+
+    #[async_trait::async_trait]
+    impl BlobSource for Zeros {
+        async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
+            Ok(self.0.get(d).copied())
+        }
+        async fn blob_stream(&self, _d: &Digest, size: u64) -> Result<crate::verify::ByteStream> {
+            let chunk = bytes::Bytes::from(vec![0u8; 1 << 20]);
+            let full = size / chunk.len() as u64;
+            let rest = (size % chunk.len() as u64) as usize;
+            let mut chunks: Vec<Result<bytes::Bytes>> =
+                (0..full).map(|_| Ok(chunk.clone())).collect();
+            if rest > 0 {
+                chunks.push(Ok(chunk.slice(..rest)));
+            }
+            Ok(futures_util::stream::iter(chunks).boxed())
+        }
+    }
+
+    fn python_count_and_max(path: &Path) -> (usize, u64) {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys,zipfile; l=zipfile.ZipFile(sys.argv[1]).infolist(); print(len(l), max(i.file_size for i in l))",
+            ])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut it = text.split_whitespace();
+        (
+            it.next().unwrap().parse().unwrap(),
+            it.next().unwrap().parse().unwrap(),
+        )
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "hangar-zip64-{name}-{}-{:?}.zip",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn zip64_when_an_entry_passes_4_gib() {
+        let (manifest, layer) = (Digest::of(b"manifest"), Digest::of(b"layer"));
+        let big = (4u64 << 30) + 12345;
+        let source = Arc::new(Zeros(
+            [(manifest.clone(), 100), (layer.clone(), big)].into(),
+        ));
+        let spec = ImageSpec {
+            layers: vec![layer.clone()],
+            arch: "amd64".into(),
+            os: "linux".into(),
+            ..ImageSpec::bare(manifest.clone())
+        };
+        let images = vec![ArchiveImage::new(
+            "docker.io/library/big".into(),
+            "1".into(),
+            vec![spec],
+        )];
+        let out = temp("big");
+        let written = write_archive(out.to_str().unwrap(), None, &images, source)
+            .await
+            .unwrap();
+        assert!(written.bytes > big);
+        let reader = ArchiveReader::open(out.to_str().unwrap()).await.unwrap();
+        assert_eq!(reader.blob_size(&layer), Some(big));
+        assert_eq!(
+            reader.index.list, images,
+            "index.json after the 4 GiB entry reads back"
+        );
+        assert_eq!(python_count_and_max(&out), (5, big));
+        let _ = std::fs::remove_file(out);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn zip64_when_entries_pass_65535() {
+        let manifest = Digest::of(b"manifest");
+        let layers: Vec<Digest> = (0..70_000u32)
+            .map(|i| Digest::of(&i.to_le_bytes()))
+            .collect();
+        let mut sizes: std::collections::HashMap<Digest, u64> =
+            layers.iter().map(|d| (d.clone(), 3)).collect();
+        sizes.insert(manifest.clone(), 10);
+        let spec = ImageSpec {
+            layers: layers.clone(),
+            arch: "amd64".into(),
+            os: "linux".into(),
+            ..ImageSpec::bare(manifest.clone())
+        };
+        let images = vec![ArchiveImage::new(
+            "docker.io/library/many".into(),
+            "1".into(),
+            vec![spec],
+        )];
+        let out = temp("many");
+        write_archive(out.to_str().unwrap(), None, &images, Arc::new(Zeros(sizes)))
+            .await
+            .unwrap();
+        let reader = ArchiveReader::open(out.to_str().unwrap()).await.unwrap();
+        assert_eq!(reader.entries().len(), 70_004);
+        assert!(reader.has_blob(&layers[69_999]));
+        assert_eq!(python_count_and_max(&out).0, 70_004);
+        let _ = std::fs::remove_file(out);
+    }
 }
