@@ -81,6 +81,7 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
 
     for (tool, transport) in [("skopeo → oci:", "oci"), ("skopeo → dir:", "dir")] {
         let target = work.join(format!("skopeo-{transport}"));
+        std::fs::create_dir_all(&target)?;
         let start = Instant::now();
         let mut peak = 0;
         for (n, line) in spec.lines.iter().enumerate() {
