@@ -1041,3 +1041,49 @@ fn init_writes_an_empty_index_and_ls_json_prints_the_index() {
     assert!(!again.status.success(), "init refuses an existing file");
     assert!(text(&again).contains("already exists"), "{}", text(&again));
 }
+
+#[tokio::test]
+async fn a_damaged_cached_blob_is_evicted_and_fetched_again() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    push_image(
+        &src,
+        env.dir.path(),
+        "library/c",
+        Some("1"),
+        Format::Docker,
+        "amd64",
+        (&[130], 80_000),
+    )
+    .await;
+    let list = env.write_list("l.txt", &[format!("{}/library/c:1", env.src.addr)]);
+    let cache = env.path("cache");
+    let first = env.path("first.zip");
+    assert!(
+        save(&env, &list, &first, &["--cache", &s(&cache)])
+            .status
+            .success()
+    );
+    let layer = seed::write_layer(env.dir.path(), 130, 80_000)
+        .expect("layer")
+        .digest;
+    let cached = cache.join("blobs/sha256").join(layer.hex());
+    let mut bytes = std::fs::read(&cached).expect("cached layer");
+    bytes[1000] ^= 0xff;
+    std::fs::write(&cached, &bytes).expect("damage it");
+    let gets_before = blob_gets(&env.src.log())
+        .get(&layer.to_string())
+        .copied()
+        .unwrap_or(0);
+    let second = env.path("second.zip");
+    let out = save(&env, &list, &second, &["--cache", &s(&cache)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("is damaged"), "{}", text(&out));
+    let gets_after = blob_gets(&env.src.log())
+        .get(&layer.to_string())
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(gets_after, gets_before + 1, "fetched again, once");
+    let v = hangar(&["archive", "verify", &s(&second)]);
+    assert!(v.status.success(), "{}", text(&v));
+}

@@ -237,6 +237,13 @@ async fn assemble(
     bail!("the fleet's events ended before {location} was written")
 }
 
+/// A cached blob failed its CRC on the way into the archive; the cache evicted it, so one
+/// more gathering fetches it again.
+fn damaged_cache(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("blob cache:") && text.contains("evicted")
+}
+
 pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result<()> {
     let dest = &args.destination;
     let part_size = args
@@ -245,63 +252,81 @@ pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result
         .map(super::parse_size)
         .transpose()?;
     super::may_overwrite(dest, args.yes)?;
-    let g = gather(&args.list, dest, debug, console.clone()).await?;
-    match part_size {
-        None => {
-            let w = assemble(&g, 1, dest, None, &g.images).await?;
-            console.info(
-                None,
-                format!(
-                    "Archive {} written: {} images, {} entries, {}",
-                    w.path.display(),
-                    w.images,
-                    w.entries,
-                    HumanBytes(w.bytes)
-                ),
-            );
+    let mut retried = false;
+    let g = loop {
+        let g = gather(&args.list, dest, debug, console.clone()).await?;
+        match write_save(&g, dest, part_size, args.yes, &console).await {
+            Err(e) if !retried && damaged_cache(&e) => {
+                console.warn(None, format!("{e:#}; fetching it again"));
+                retried = true;
+            }
+            Err(e) => return Err(e),
+            Ok(()) => break g,
         }
-        Some(part) => {
-            let mut sizes: HashMap<Digest, u64> = HashMap::new();
-            for d in g
-                .images
-                .iter()
-                .flat_map(|i| i.images.iter().flat_map(|s| s.blobs()))
-            {
-                if !sizes.contains_key(d)
-                    && let Some(m) = g.cache.meta(d).await?
-                {
-                    sizes.insert(d.clone(), m.size);
-                }
-            }
-            let (volumes, oversized) =
-                plan_volumes(&g.images, |d| sizes.get(d).copied().unwrap_or(0), part);
-            for o in oversized {
-                console.warn(None, o);
-            }
-            let count = volumes.len();
-            for (n, volume) in volumes.iter().enumerate() {
-                let path = volume_path(dest, n + 1);
-                super::may_overwrite(&path, args.yes)?;
-                let w = assemble(&g, n + 1, &path, None, volume).await?;
-                console.info(
-                    None,
-                    format!(
-                        "Volume {}/{count} {} written: {} images, {}",
-                        n + 1,
-                        w.path.display(),
-                        w.images,
-                        HumanBytes(w.bytes)
-                    ),
-                );
-            }
-        }
-    }
+    };
     let failed_file = args
         .list
         .failed
         .clone()
         .unwrap_or_else(|| "save-failed.txt".into());
     super::finish(&console, &failed_file, &g.failed, "save")
+}
+
+async fn write_save(
+    g: &Gathered,
+    dest: &str,
+    part_size: Option<u64>,
+    yes: bool,
+    console: &Console,
+) -> Result<()> {
+    let Some(part) = part_size else {
+        let w = assemble(g, 1, dest, None, &g.images).await?;
+        console.info(
+            None,
+            format!(
+                "Archive {} written: {} images, {} entries, {}",
+                w.path.display(),
+                w.images,
+                w.entries,
+                HumanBytes(w.bytes)
+            ),
+        );
+        return Ok(());
+    };
+    let mut sizes: HashMap<Digest, u64> = HashMap::new();
+    for d in g
+        .images
+        .iter()
+        .flat_map(|i| i.images.iter().flat_map(|s| s.blobs()))
+    {
+        if !sizes.contains_key(d)
+            && let Some(m) = g.cache.meta(d).await?
+        {
+            sizes.insert(d.clone(), m.size);
+        }
+    }
+    let (volumes, oversized) =
+        plan_volumes(&g.images, |d| sizes.get(d).copied().unwrap_or(0), part);
+    for o in oversized {
+        console.warn(None, o);
+    }
+    let count = volumes.len();
+    for (n, volume) in volumes.iter().enumerate() {
+        let path = volume_path(dest, n + 1);
+        super::may_overwrite(&path, yes)?;
+        let w = assemble(g, n + 1, &path, None, volume).await?;
+        console.info(
+            None,
+            format!(
+                "Volume {}/{count} {} written: {} images, {}",
+                n + 1,
+                w.path.display(),
+                w.images,
+                HumanBytes(w.bytes)
+            ),
+        );
+    }
+    Ok(())
 }
 
 pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result<()> {
@@ -313,8 +338,18 @@ pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result
     }
     // Opened first so a damaged archive is refused before anything is fetched.
     ArchiveReader::open(dest).await?;
-    let g = gather(&args.list, dest, debug, console.clone()).await?;
-    let w = assemble(&g, 1, dest, Some(dest), &g.images).await?;
+    let mut retried = false;
+    let (g, w) = loop {
+        let g = gather(&args.list, dest, debug, console.clone()).await?;
+        match assemble(&g, 1, dest, Some(dest), &g.images).await {
+            Err(e) if !retried && damaged_cache(&e) => {
+                console.warn(None, format!("{e:#}; fetching it again"));
+                retried = true;
+            }
+            Err(e) => return Err(e),
+            Ok(w) => break (g, w),
+        }
+    };
     console.info(
         None,
         format!(

@@ -243,10 +243,7 @@ impl ArchiveReader {
             .get_opts(&self.path, opts)
             .await
             .map_err(|e| read_err(&label, e))?;
-        Ok(got
-            .into_stream()
-            .map_err(move |e| read_err(&label, e))
-            .boxed())
+        Ok(crate::cache::body_stream(got, move |e| read_err(&label, e)))
     }
 
     /// A small entry read whole, CRC-checked.
