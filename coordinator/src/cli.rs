@@ -45,6 +45,11 @@ pub enum Command {
     /// Create, list, merge, export and verify archives.
     #[command(visible_alias = "a", subcommand)]
     Archive(ArchiveCmd),
+    /// Create a cosign key pair (ECDSA P-256, encrypted private key).
+    GenerateSigstoreKey(GenerateKeyArgs),
+    /// Sign the images of a list with a cosign key.
+    #[command(args_conflicts_with_subcommands = true)]
+    Sign(Box<SignCmd>),
     /// Print a manifest, a config or a summary of an image.
     #[command(visible_alias = "i")]
     Inspect(InspectArgs),
@@ -584,4 +589,133 @@ pub struct ArchiveExportArgs {
     pub failed: PathBuf,
     #[arg(short = 'y', long = "auto-yes")]
     pub yes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateKeyArgs {
+    /// Writes PREFIX.key and PREFIX.pub.
+    #[arg(short = 'p', long = "prefix", default_value = "sigstore")]
+    pub prefix: String,
+    /// Read the passphrase from this file (trimmed) instead of asking twice.
+    #[arg(long = "passphrase-file")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Overwrite existing key files.
+    #[arg(short = 'y', long = "auto-yes")]
+    pub yes: bool,
+}
+
+/// Which images of a list, and where (shared by sign and sign validate).
+#[derive(Args, Debug, Clone)]
+pub struct SignListArgs {
+    /// Image list (default format).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    #[arg(
+        short = 'a',
+        long = "arch",
+        value_delimiter = ',',
+        default_value = "amd64,arm64"
+    )]
+    pub arch: Vec<String>,
+    #[arg(long = "os", value_delimiter = ',', default_value = "linux")]
+    pub os: Vec<String>,
+    /// Override the registry of every line.
+    #[arg(long = "registry", default_value = "")]
+    pub registry: String,
+    /// Override the project of every line.
+    #[arg(long = "project", default_value = "")]
+    pub project: String,
+    /// File that receives the lines that failed.
+    #[arg(short = 'o', long = "failed", default_value = "sign-failed.txt")]
+    pub failed: PathBuf,
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
+    pub jobs: i64,
+    /// Bound on one image.
+    #[arg(long = "timeout", default_value = "10m")]
+    pub timeout: String,
+    #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: Option<bool>,
+    /// Accepted for Hangar compatibility.
+    #[arg(long = "skip-login")]
+    pub skip_login: bool,
+    #[arg(short = 'y', long = "auto-yes")]
+    pub yes: bool,
+    #[arg(long = "authfile")]
+    pub authfile: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SignCmd {
+    #[command(subcommand)]
+    pub validate: Option<SignSub>,
+    #[command(flatten)]
+    pub args: SignArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SignSub {
+    /// Verify the images' signatures with a public key and write a report.
+    Validate(SignValidateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SignArgs {
+    #[command(flatten)]
+    pub list: SignListArgs,
+    /// The private key (cosign's encrypted PEM).
+    #[arg(short = 'p', long = "key")]
+    pub key: Option<PathBuf>,
+    /// Read the key's passphrase from this file (else COSIGN_PASSWORD, else a prompt).
+    #[arg(long = "passphrase-file")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Keyless signing (not supported here: it needs an OIDC provider and Fulcio).
+    #[arg(long = "oidc-provider", default_value = "")]
+    pub oidc_provider: String,
+    /// Upload to a transparency log (not supported here; off by default for air gaps).
+    #[arg(long = "tlog-upload", default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tlog_upload: bool,
+    #[arg(long = "rekor-url", default_value = "https://rekor.sigstore.dev")]
+    pub rekor_url: String,
+    #[arg(long = "fulcio-url", default_value = "https://fulcio.sigstore.dev")]
+    pub fulcio_url: String,
+    /// Also sign the index (manifest list) digest.
+    #[arg(long = "sign-manifest-index", hide = true, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub sign_manifest_index: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SignValidateArgs {
+    #[command(flatten)]
+    pub list: SignListArgs,
+    /// The public key (PEM).
+    #[arg(short = 'k', long = "key")]
+    pub key: Option<PathBuf>,
+    /// Accept only signatures whose identity is this repository (e.g. where the images
+    /// were signed before being mirrored: `docker.io/library/nginx`).
+    #[arg(long = "exact-repository")]
+    pub exact_repository: Option<String>,
+    /// Keyless verification (not supported here).
+    #[arg(long = "certificate-identity")]
+    pub certificate_identity: Option<String>,
+    #[arg(long = "certificate-oidc-issuer")]
+    pub certificate_oidc_issuer: Option<String>,
+    #[arg(long = "rekor-url", default_value = "https://rekor.sigstore.dev")]
+    pub rekor_url: String,
+    /// Accepted: transparency-log entries are never required here.
+    #[arg(long = "insecure-ignore-tlog")]
+    pub insecure_ignore_tlog: bool,
+    /// Also verify the index (manifest list) digest.
+    #[arg(long = "validate-manifest-index", hide = true, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub validate_manifest_index: bool,
+    /// Report format: json, yaml or csv.
+    #[arg(long = "format", default_value = "json")]
+    pub format: String,
+    /// Report file (default: sign-validate-report.FORMAT).
+    #[arg(short = 'r', long = "report")]
+    pub report: Option<PathBuf>,
 }

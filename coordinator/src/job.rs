@@ -42,6 +42,8 @@ pub struct MirrorSpec {
     pub cache: Option<Arc<hangar_shared::cache::BlobCache>>,
     /// Where images come from and go to when not registry → registry.
     pub ends: Ends,
+    /// Copy cosign signatures and attestations along (mirror without --remove-signatures).
+    pub signatures: bool,
     /// The archive images are loaded from (its index plans them; its entries feed the copy).
     pub archive: Option<(String, Arc<ArchiveReader>)>,
 }
@@ -208,6 +210,7 @@ pub async fn run_mirror(
     let planner_jobs: Vec<(usize, ImageJob)> = spec.images.iter().cloned().enumerate().collect();
     let (filter, provenance, planners) =
         (spec.filter.clone(), spec.provenance, spec.planners.max(1));
+    let signatures = spec.signatures;
     let planner_pool = pool.clone();
     let planner_cache = spec.cache.clone();
     let planner_archive = spec.archive.as_ref().map(|(_, a)| a.clone());
@@ -234,6 +237,7 @@ pub async fn run_mirror(
                                 &job,
                                 &filter,
                                 provenance,
+                                signatures,
                             )
                             .await
                         }

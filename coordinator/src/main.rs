@@ -93,6 +93,13 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             }
             None => commands::load::load(&l.args, cli.debug, console).await,
         },
+        Command::GenerateSigstoreKey(a) => commands::sign::generate_key(&a, &console),
+        Command::Sign(s) => match s.validate {
+            Some(cli::SignSub::Validate(a)) => {
+                commands::sign::validate(&a, cli.debug, console).await
+            }
+            None => commands::sign::sign(&s.args, cli.debug, console).await,
+        },
         Command::Archive(a) => commands::archive::run(a, &console).await,
         Command::Submit(mut a) => {
             if a.mirror.file.is_some() {

@@ -51,6 +51,14 @@ pub struct PlatformPlan {
     pub blobs: Vec<Descriptor>,
     /// Blob bytes the planner already holds (the config of a single manifest).
     pub inline: Option<(Digest, Bytes)>,
+    /// A cosign attachment (`sha256-<hex>.sig` / `.att`) pushed at this tag, outside the index.
+    pub push_tag: Option<String>,
+}
+
+impl PlatformPlan {
+    pub fn is_attachment(&self) -> bool {
+        self.push_tag.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +228,7 @@ pub async fn plan(
     job: &ImageJob,
     filter: &PlatformFilter,
     provenance: bool,
+    signatures: bool,
 ) -> Result<Planned> {
     let source = &job.source;
     if source.is_signature_tag() {
@@ -293,6 +302,7 @@ pub async fn plan(
             manifest,
             blobs,
             inline,
+            push_tag: None,
         });
     }
     let top_plan = match &job.dest.tag {
@@ -312,10 +322,71 @@ pub async fn plan(
             )));
         }
     };
+    if signatures {
+        // Digests that keep their identity at the destination: every platform manifest, and
+        // the index when it is pushed unchanged.
+        let mut kept: Vec<Digest> = platforms
+            .iter()
+            .map(|p| p.manifest.digest.clone())
+            .collect();
+        match &top_plan {
+            TopPlan::Index {
+                source_index: Some(i),
+                ..
+            }
+            | TopPlan::ByDigest(i) => kept.push(i.digest.clone()),
+            _ => {}
+        }
+        platforms.extend(attachments(store, &repo, &kept).await?);
+    }
     Ok(Planned::Plan(ImagePlan {
         platforms,
         top: top_plan,
     }))
+}
+
+/// The cosign signatures and attestations (`sha256-<hex>.sig`, `.att`) the source holds for
+/// `digests`, looked up all at once. (A tag listing would be one request, but registries
+/// page long tag lists, and popular repositories have thousands of tags.)
+async fn attachments(
+    store: &dyn ImageStore,
+    repo: &str,
+    digests: &[Digest],
+) -> Result<Vec<PlatformPlan>> {
+    let tags: Vec<String> = digests
+        .iter()
+        .flat_map(|d| ["sig", "att"].map(|s| format!("{}.{s}", d.tag_form())))
+        .collect();
+    let found = futures_util::future::try_join_all(
+        tags.iter()
+            .map(|tag| store.get_manifest(repo, tag, Side::Source)),
+    )
+    .await?;
+    let mut out = Vec::new();
+    for (tag, manifest) in tags.into_iter().zip(found) {
+        {
+            let Some(manifest) = manifest else {
+                continue;
+            };
+            let Manifest::Image(image) = manifest.parse()? else {
+                continue;
+            };
+            let mut blobs: Vec<Descriptor> = Vec::new();
+            for b in image.blobs() {
+                if !blobs.iter().any(|x| x.digest == b.digest) {
+                    blobs.push(b.clone());
+                }
+            }
+            out.push(PlatformPlan {
+                entry: manifest.descriptor(),
+                manifest,
+                blobs,
+                inline: None,
+                push_tag: Some(tag),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Plans one archived image for `load`: the platform manifests its index entry lists,
@@ -400,6 +471,7 @@ pub async fn plan_archive(
             manifest,
             blobs,
             inline: None,
+            push_tag: None,
         });
     }
     let top = match &job.dest.tag {
@@ -415,7 +487,7 @@ pub async fn plan_archive(
 /// The archive index entry for an image `save` copied.
 pub fn archive_image(job: &ImageJob, plan: &ImagePlan) -> Result<ArchiveImage> {
     let mut specs = Vec::with_capacity(plan.platforms.len());
-    for p in &plan.platforms {
+    for p in plan.platforms.iter().filter(|p| !p.is_attachment()) {
         let Manifest::Image(image) = p.manifest.parse()? else {
             return Err(Error::internal("a platform plan without an image manifest"));
         };

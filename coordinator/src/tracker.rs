@@ -358,7 +358,10 @@ impl Tracker {
         let dest = self.dest_repo(image);
         let task = Task::Manifest(ManifestTask {
             dest: dest.clone(),
-            reference: p.manifest.digest.to_string(),
+            reference: p
+                .push_tag
+                .clone()
+                .unwrap_or_else(|| p.manifest.digest.to_string()),
             manifest: ManifestBody::from(&p.manifest),
         });
         let store = match &dest.store {
@@ -421,7 +424,12 @@ impl Tracker {
                 Task::Index(IndexTask {
                     dest: dest.clone(),
                     tag: tag.clone(),
-                    added: plan.platforms.iter().map(|p| p.entry.clone()).collect(),
+                    added: plan
+                        .platforms
+                        .iter()
+                        .filter(|p| !p.is_attachment())
+                        .map(|p| p.entry.clone())
+                        .collect(),
                     source_index: source_index.as_ref().map(ManifestBody::from),
                     overwrite: self.overwrite,
                 }),

@@ -227,6 +227,8 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
             ..Default::default()
         },
         archive: Some((location.clone(), archive.clone())),
+        // Archives carry no signatures: Hangar's save drops them.
+        signatures: false,
     };
     console.info(
         None,

@@ -158,6 +158,7 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntr
         interruptible: true,
         ends: Default::default(),
         archive: None,
+        signatures: !args.remove_signatures,
     };
     (spec, prepared.rejected)
 }

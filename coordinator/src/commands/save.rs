@@ -137,6 +137,8 @@ async fn gather(
     };
     let (mut spec, rejected) = super::mirror::spec(prepared, &margs);
     spec.ends.to_cache = true;
+    // Archives never carry signatures (Hangar's save removes them).
+    spec.signatures = false;
     spec.ends.dest_label = Some(archive.to_owned());
     let pool = Arc::new(super::pool(list.tls_verify, list.authfile.as_deref()));
     console.info(

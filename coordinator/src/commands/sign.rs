@@ -1,0 +1,511 @@
+//! `generate-sigstore-key`, `sign` and `sign validate`: cosign-compatible key-based signing.
+//! Keyless signing and transparency logs need Fulcio/Rekor on the network; they are refused
+//! with a clear message instead of hanging in an air gap.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::StreamExt;
+use hangar_shared::digest::Digest;
+use hangar_shared::error::Error;
+use hangar_shared::imagelist::{ImageList, LineKind, ListEntry};
+use hangar_shared::manifest::{Platform, PlatformFilter};
+use hangar_shared::reference::ImageRef;
+use hangar_shared::sign::cosign::{self, Signed, Verdict};
+use hangar_shared::sign::{KeyPair, PublicKey};
+use hangar_shared::store::RegistryPool;
+use serde_json::json;
+
+use crate::cli::{GenerateKeyArgs, SignArgs, SignListArgs, SignValidateArgs};
+use crate::console::Console;
+use crate::planner;
+
+/// Reads a passphrase: the file (trimmed), else `COSIGN_PASSWORD`, else a prompt (twice
+/// when creating a key).
+fn passphrase(file: Option<&Path>, creating: bool) -> Result<Vec<u8>> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading passphrase file {}", f.display()))?;
+        return Ok(text.trim().as_bytes().to_vec());
+    }
+    if let Ok(p) = std::env::var("COSIGN_PASSWORD") {
+        return Ok(p.into_bytes());
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("no passphrase: use --passphrase-file or COSIGN_PASSWORD (no terminal to ask on)");
+    }
+    let first = rpassword::prompt_password("Enter password for private key: ")?;
+    if creating {
+        let again = rpassword::prompt_password("Enter password for private key again: ")?;
+        if first != again {
+            bail!("passwords do not match");
+        }
+    }
+    Ok(first.into_bytes())
+}
+
+pub fn generate_key(args: &GenerateKeyArgs, console: &Console) -> Result<()> {
+    let key_path = format!("{}.key", args.prefix);
+    let pub_path = format!("{}.pub", args.prefix);
+    for p in [&key_path, &pub_path] {
+        if Path::new(p).exists() && !args.yes {
+            bail!("{p} already exists (use -y to overwrite)");
+        }
+    }
+    let pass = passphrase(args.passphrase_file.as_deref(), true)?;
+    if pass.len() < 5 {
+        console.warn(None, "The passphrase is shorter than 5 characters");
+    }
+    let pair = KeyPair::generate();
+    write_mode(&key_path, pair.encrypted_pem(&pass)?.as_bytes(), 0o600)?;
+    write_mode(&pub_path, pair.public().to_pem()?.as_bytes(), 0o644)?;
+    console.info(
+        None,
+        format!("Private key written to {key_path}, public key to {pub_path}"),
+    );
+    Ok(())
+}
+
+/// Writes a file whole with `mode`, through a temporary file created with that mode.
+fn write_mode(path: &str, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = format!("{path}.tmp-{}", std::process::id());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {tmp}"))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {path}"))?;
+    Ok(())
+}
+
+struct Target {
+    entry: ListEntry,
+    image: ImageRef,
+}
+
+struct Targets {
+    items: Vec<Target>,
+    failed: Vec<String>,
+    filter: PlatformFilter,
+    jobs: usize,
+    timeout: Option<Duration>,
+}
+
+fn targets(list: &SignListArgs, debug: bool, console: &Console) -> Result<Targets> {
+    let Some(file) = &list.file else {
+        bail!("image list file not provided: use -f/--file");
+    };
+    let parsed = ImageList::read(file)?;
+    for w in &parsed.warnings {
+        console.warn(
+            None,
+            format!(
+                "Ignore image list line {:?} ({}:{}): {}",
+                w.line,
+                file.display(),
+                w.line_no,
+                w.message
+            ),
+        );
+    }
+    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+    let mut items = Vec::new();
+    let mut failed = Vec::new();
+    for entry in parsed.entries {
+        let image = match &entry.kind {
+            LineKind::Default(r) => r.clone(),
+            LineKind::Mirror { .. } => {
+                console.error(
+                    Some(entry.index),
+                    format!(
+                        "Failed [{}] (line {}): sign takes the default list format only",
+                        entry.original, entry.line_no
+                    ),
+                );
+                failed.push(entry.original.clone());
+                continue;
+            }
+            LineKind::Invalid(why) => {
+                console.error(
+                    Some(entry.index),
+                    format!(
+                        "Failed [{}] (line {}): {why}",
+                        entry.original, entry.line_no
+                    ),
+                );
+                failed.push(entry.original.clone());
+                continue;
+            }
+        };
+        let image = image
+            .with_registry(some(&list.registry).as_deref())
+            .with_project(some(&list.project).as_deref());
+        if image.is_signature_tag() {
+            console.error(
+                Some(entry.index),
+                format!("Failed [{}]: image is a sigstore signature", entry.original),
+            );
+            failed.push(entry.original.clone());
+            continue;
+        }
+        items.push(Target { entry, image });
+    }
+    let mut jobs = list.jobs;
+    if !(1..=20).contains(&jobs) {
+        console.warn(None, format!("Invalid worker num: {jobs}, set to 1"));
+        jobs = 1;
+    }
+    if debug {
+        jobs = 1;
+    }
+    let timeout = humantime::parse_duration(&list.timeout)
+        .with_context(|| format!("invalid --timeout {:?}", list.timeout))?;
+    Ok(Targets {
+        items,
+        failed,
+        filter: PlatformFilter {
+            arch: list
+                .arch
+                .iter()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect(),
+            os: list.os.iter().filter(|o| !o.is_empty()).cloned().collect(),
+        },
+        jobs: jobs as usize,
+        timeout: (!timeout.is_zero()).then_some(timeout),
+    })
+}
+
+/// One digest to sign or verify: the index's, or a selected platform's.
+struct Subject {
+    digest: Digest,
+    media_type: String,
+    platform: Option<Platform>,
+}
+
+/// The index digest (when `with_index` and the image is an index) and every platform
+/// digest passing the filter (attestations never pass: their platform is unknown).
+async fn subjects(
+    pool: &RegistryPool,
+    image: &ImageRef,
+    filter: &PlatformFilter,
+    with_index: bool,
+) -> Result<Vec<Subject>, Error> {
+    let store = pool.registry(&image.registry).await?;
+    let sel = planner::select(store.as_ref(), None, image, filter, false).await?;
+    let mut out = Vec::new();
+    if let Some(top) = &sel.top
+        && !sel.single
+        && with_index
+    {
+        out.push(Subject {
+            digest: top.digest.clone(),
+            media_type: top.media_type.clone(),
+            platform: None,
+        });
+    }
+    for e in sel.entries.iter().filter(|e| !e.is_attestation()) {
+        out.push(Subject {
+            digest: e.digest.clone(),
+            media_type: e.media_type.clone(),
+            platform: e.platform.clone(),
+        });
+    }
+    Ok(out)
+}
+
+async fn with_timeout<T>(
+    limit: Option<Duration>,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match limit {
+        Some(l) => tokio::time::timeout(l, work).await.unwrap_or_else(|_| {
+            Err(Error::new(
+                hangar_shared::error::FailureClass::Network,
+                format!("timed out after {l:?}"),
+            ))
+        }),
+        None => work.await,
+    }
+}
+
+pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    if !args.oidc_provider.is_empty() {
+        bail!(
+            "keyless signing (--oidc-provider) is not supported: it needs an OIDC provider and \
+             Fulcio ({}); sign with a key (-p/--key)",
+            args.fulcio_url
+        );
+    }
+    if args.tlog_upload {
+        bail!(
+            "--tlog-upload is not supported: no transparency log ({}) is used; signatures are \
+             stored in the registry only",
+            args.rekor_url
+        );
+    }
+    let Some(key_path) = &args.key else {
+        bail!("the private key is required: use -p/--key");
+    };
+    let pem = std::fs::read_to_string(key_path)
+        .with_context(|| format!("reading key {}", key_path.display()))?;
+    let pass = passphrase(args.passphrase_file.as_deref(), false)?;
+    let key = Arc::new(KeyPair::from_encrypted_pem(
+        &pem,
+        &pass,
+        &key_path.display().to_string(),
+    )?);
+    let t = targets(&args.list, debug, &console)?;
+    let pool = Arc::new(super::pool(
+        args.list.tls_verify,
+        args.list.authfile.as_deref(),
+    ));
+    let mut failed = t.failed;
+    let (filter, with_index, timeout) = (t.filter.clone(), args.sign_manifest_index, t.timeout);
+    let mut results = futures_util::stream::iter(t.items.iter())
+        .map(|target| {
+            let (pool, filter, key, console) =
+                (pool.clone(), filter.clone(), key.clone(), console.clone());
+            async move {
+                let n = Some(target.entry.index);
+                let work = async {
+                    let image = &target.image;
+                    let subjects = subjects(&pool, image, &filter, with_index).await?;
+                    if subjects.is_empty() {
+                        console.warn(
+                            n,
+                            format!("Skip sign image [{image}]: {}", planner::NO_PLATFORM),
+                        );
+                    }
+                    let store = pool.registry(&image.registry).await?;
+                    let identity = cosign::docker_reference(&image.registry, &image.repository());
+                    for s in subjects {
+                        let r = cosign::sign(
+                            store.as_ref(),
+                            &image.repository(),
+                            &s.digest,
+                            &identity,
+                            &key,
+                        )
+                        .await?;
+                        let at = format!("{}/{}@{}", image.registry, image.repository(), s.digest);
+                        match r {
+                            Signed::Added => console.info(n, format!("Signed [{at}]")),
+                            Signed::AlreadySigned => {
+                                console.info(n, format!("Already signed [{at}], skipped"))
+                            }
+                        }
+                    }
+                    Ok::<_, Error>(())
+                };
+                (target, with_timeout(timeout, work).await)
+            }
+        })
+        .buffer_unordered(t.jobs);
+    while let Some((target, result)) = results.next().await {
+        if let Err(e) = result {
+            console.error(
+                Some(target.entry.index),
+                format!(
+                    "Failed to sign [{}]: {}: {}",
+                    target.image, e.class, e.message
+                ),
+            );
+            failed.push(target.entry.original.clone());
+        }
+    }
+    super::finish(&console, &args.list.failed, &failed, "sign")
+}
+
+/// A report row: one digest of one image.
+struct Row {
+    reference: String,
+    subject: Subject,
+    payload: String,
+}
+
+pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    if args.certificate_identity.is_some() || args.certificate_oidc_issuer.is_some() {
+        bail!("keyless verification is not supported: verify with a public key (-k/--key)");
+    }
+    let format = args.format.to_ascii_lowercase();
+    if !matches!(format.as_str(), "json" | "yaml" | "csv") {
+        bail!(
+            "unknown report format {:?}: use json, yaml or csv",
+            args.format
+        );
+    }
+    let Some(key_path) = &args.key else {
+        bail!("the public key is required: use -k/--key");
+    };
+    let pem = std::fs::read_to_string(key_path)
+        .with_context(|| format!("reading key {}", key_path.display()))?;
+    let key = Arc::new(PublicKey::from_pem(&pem, &key_path.display().to_string())?);
+    let t = targets(&args.list, debug, &console)?;
+    let pool = Arc::new(super::pool(
+        args.list.tls_verify,
+        args.list.authfile.as_deref(),
+    ));
+    let mut failed = t.failed;
+    let (filter, with_index, timeout) = (t.filter.clone(), args.validate_manifest_index, t.timeout);
+    let exact = args.exact_repository.clone();
+    let mut results = futures_util::stream::iter(t.items.iter())
+        .map(|target| {
+            let (pool, filter, key, exact) =
+                (pool.clone(), filter.clone(), key.clone(), exact.clone());
+            async move {
+                let work = async {
+                    let image = &target.image;
+                    let store = pool.registry(&image.registry).await?;
+                    let mut out = Vec::new();
+                    for s in subjects(&pool, image, &filter, with_index).await? {
+                        let v = cosign::verify(
+                            store.as_ref(),
+                            &image.repository(),
+                            &s.digest,
+                            &key,
+                            exact.as_deref(),
+                        )
+                        .await?;
+                        out.push((s, v));
+                    }
+                    Ok::<_, Error>(out)
+                };
+                (target, with_timeout(timeout, work).await)
+            }
+        })
+        .buffer_unordered(t.jobs);
+    let mut rows: Vec<Row> = Vec::new();
+    while let Some((target, result)) = results.next().await {
+        let n = Some(target.entry.index);
+        let reference = target.image.to_string();
+        match result {
+            Err(e) => {
+                console.error(
+                    n,
+                    format!("FAILED: [{reference}]: {}: {}", e.class, e.message),
+                );
+                failed.push(target.entry.original.clone());
+            }
+            Ok(checked) => {
+                let mut bad = Vec::new();
+                let mut unsigned = false;
+                for (subject, verdict) in checked {
+                    let at = format!("{}@{}", target.image.name_and_tag(), subject.digest);
+                    let payload = match verdict {
+                        Verdict::Verified { payload } => payload,
+                        Verdict::NoSignature => {
+                            unsigned = true;
+                            let text = format!("No signature found of image [{at}]");
+                            console.warn(n, &text);
+                            text
+                        }
+                        Verdict::Invalid(why) => {
+                            bad.push(format!("{}: {why}", subject.digest));
+                            why
+                        }
+                    };
+                    rows.push(Row {
+                        reference: reference.clone(),
+                        subject,
+                        payload,
+                    });
+                }
+                if bad.is_empty() {
+                    if !unsigned {
+                        console.info(n, format!("PASS: [{reference}]"));
+                    }
+                } else {
+                    console.error(n, format!("FAILED: [{reference}]: {}", bad.join("; ")));
+                    failed.push(target.entry.original.clone());
+                }
+            }
+        }
+    }
+    let report = args
+        .report
+        .clone()
+        .unwrap_or_else(|| format!("sign-validate-report.{format}").into());
+    super::write_atomically(&report, &render(&rows, &format)?)?;
+    console.info(
+        None,
+        format!(
+            "Sign validate report output to {:?}",
+            report.display().to_string()
+        ),
+    );
+    super::finish(&console, &args.list.failed, &failed, "validate")
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// The report (schema of Hangar's §7.2): JSON, YAML, or CSV with Hangar's header.
+fn render(rows: &[Row], format: &str) -> Result<String> {
+    if format == "csv" {
+        let mut out = String::from(
+            "image,arch,os,payload,digest,tlogVerify,mediaType,certificateIssuer,certificateSubject,\
+             githubWorkflowName,githubWorkflowRef,githubWorkflowRepository,githubWorkflowSha,\
+             githubWorkflowTrigger\n",
+        );
+        for r in rows {
+            let p = r.subject.platform.clone().unwrap_or_default();
+            let cells = [
+                r.reference.clone(),
+                p.architecture,
+                p.os,
+                r.payload.clone(),
+                r.subject.digest.to_string(),
+                "false".into(),
+                r.subject.media_type.clone(),
+            ];
+            let mut line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
+            line.extend(std::iter::repeat_n(String::new(), 7));
+            out.push_str(&line.join(","));
+            out.push('\n');
+        }
+        return Ok(out);
+    }
+    let mut results: Vec<serde_json::Value> = Vec::new();
+    for r in rows {
+        let image = json!({
+            "digest": r.subject.digest.to_string(),
+            "mediaType": r.subject.media_type,
+            "platform": r.subject.platform,
+            "tlogVerified": false,
+            "payload": r.payload,
+        });
+        match results
+            .iter_mut()
+            .find(|x| x["reference"] == r.reference.as_str())
+        {
+            Some(entry) => {
+                if let Some(images) = entry["images"].as_array_mut() {
+                    images.push(image);
+                }
+            }
+            None => results.push(json!({"reference": r.reference, "images": [image]})),
+        }
+    }
+    let doc = json!({
+        "time": hangar_shared::archive::index::go_time_now(),
+        "results": results,
+    });
+    Ok(match format {
+        "yaml" => serde_yaml_ng::to_string(&doc)?,
+        _ => serde_json::to_string_pretty(&doc)?,
+    })
+}

@@ -1,0 +1,7 @@
+//! Cosign-compatible signing with a key: key pairs in cosign's encrypted format, and
+//! signatures stored and verified the way cosign does (`sha256-<hex>.sig`).
+
+pub mod cosign;
+pub mod keys;
+
+pub use keys::{KeyPair, PublicKey};
