@@ -164,6 +164,13 @@ pub struct MirrorArgs {
     /// Blob and manifest transfers at once (beyond Hangar; default 3 x jobs).
     #[arg(long = "transfers")]
     pub transfers: Option<usize>,
+    /// Sign every image as it lands (beyond Hangar): here, a cosign key file; on the fleet,
+    /// the name of a key the workers hold (`hangar-worker --sign-key NAME=PATH`).
+    #[arg(long = "sign-key")]
+    pub sign_key: Option<String>,
+    /// The key's passphrase (trimmed), when signing here; else COSIGN_PASSWORD.
+    #[arg(long = "sign-passphrase-file")]
+    pub sign_passphrase_file: Option<PathBuf>,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

@@ -44,6 +44,8 @@ pub struct MirrorSpec {
     pub ends: Ends,
     /// Copy cosign signatures and attestations along (mirror without --remove-signatures).
     pub signatures: bool,
+    /// The embedded workers' signing keys, by name (`ends.sign_key` names one).
+    pub sign_keys: std::collections::HashMap<String, Arc<hangar_shared::sign::KeyPair>>,
     /// The archive images are loaded from (its index plans them; its entries feed the copy).
     pub archive: Option<(String, Arc<ArchiveReader>)>,
 }
@@ -189,6 +191,7 @@ pub async fn run_mirror(
                 metrics: None,
                 cache: spec.cache.clone(),
                 leases: None,
+                sign_keys: spec.sign_keys.clone(),
             });
             let workers = tokio::spawn(hangar_worker::run(
                 queue.clone(),

@@ -14,8 +14,8 @@ use hangar_shared::manifest::Descriptor;
 use hangar_shared::queue::TaskQueue;
 use hangar_shared::store::{RepoRef, StoreRef};
 use hangar_shared::task::{
-    BlobTask, Event, EventKind, IndexTask, JobId, ManifestBody, ManifestTask, Outcome, Task,
-    TaskEnvelope, TaskId,
+    BlobTask, Event, EventKind, IndexTask, JobId, ManifestBody, ManifestTask, Outcome, SignTask,
+    Task, TaskEnvelope, TaskId,
 };
 
 use crate::planner::{ImageJob, ImagePlan, Planned, TopPlan};
@@ -42,6 +42,7 @@ pub struct Stats {
     /// What a per-image copier would have moved: every blob of every image.
     pub bytes_naive: u64,
     pub retries: u64,
+    pub signatures_added: u64,
 }
 
 type BlobKey = (RepoRef, Digest);
@@ -73,8 +74,18 @@ struct Group {
 
 enum TaskRef {
     Blob(BlobKey),
-    Manifest { image: usize, key: String },
-    Top { image: usize, key: String },
+    Manifest {
+        image: usize,
+        platform: usize,
+        key: String,
+    },
+    Top {
+        image: usize,
+        key: String,
+    },
+    Sign {
+        image: usize,
+    },
 }
 
 struct ImageState {
@@ -82,6 +93,9 @@ struct ImageState {
     plan: Option<ImagePlan>,
     pending_blobs: Vec<usize>,
     pending_manifests: usize,
+    /// Signatures still being written; the image's result waits for them in `held`.
+    pending_signs: usize,
+    held: Option<ImageResult>,
     result: Option<ImageResult>,
 }
 
@@ -100,6 +114,8 @@ pub struct Ends {
     pub to_cache: bool,
     /// How logs name the destination when it is not a registry (the archive's path).
     pub dest_label: Option<String>,
+    /// Sign every platform manifest and index as it lands, with the workers' key of this name.
+    pub sign_key: Option<String>,
 }
 
 pub struct Tracker {
@@ -139,6 +155,8 @@ impl Tracker {
                 plan: None,
                 pending_blobs: Vec::new(),
                 pending_manifests: 0,
+                pending_signs: 0,
+                held: None,
                 result: None,
             })
             .collect();
@@ -369,14 +387,24 @@ impl Tracker {
             _ => "cache".to_owned(),
         };
         let key = format!("manifest/{store}@{}", p.manifest.digest);
-        self.write(task, TaskRef::Manifest { image, key }).await
+        self.write(
+            task,
+            TaskRef::Manifest {
+                image,
+                platform,
+                key,
+            },
+        )
+        .await
     }
 
     /// Publishes a manifest write, or queues it behind the one in flight for its key.
     async fn write(&mut self, task: Task, r: TaskRef) -> Result<()> {
         let key = match &r {
             TaskRef::Manifest { key, .. } | TaskRef::Top { key, .. } => key.clone(),
-            TaskRef::Blob(_) => return Err(Error::internal("blob tasks are not keyed writes")),
+            TaskRef::Blob(_) | TaskRef::Sign { .. } => {
+                return Err(Error::internal("only manifest writes are keyed"));
+            }
         };
         match self.writes.get_mut(&key) {
             Some(queue) => queue.push_back((task, r)),
@@ -444,7 +472,7 @@ impl Tracker {
             ),
             TopPlan::Nothing => {
                 let digest = plan.platforms.first().map(|p| p.manifest.digest.clone());
-                self.finish(
+                self.complete(
                     image,
                     ImageResult::Copied {
                         digest,
@@ -480,8 +508,23 @@ impl Tracker {
         match (r, error) {
             (TaskRef::Blob(key), None) => self.blob_done(key, outcome).await,
             (TaskRef::Blob(key), Some(e)) => self.blob_failed(key, e, obs).await,
-            (TaskRef::Manifest { image, key }, None) => {
+            (
+                TaskRef::Manifest {
+                    image,
+                    platform,
+                    key,
+                },
+                None,
+            ) => {
                 self.release(&key).await?;
+                let signable = self.images[image].plan.as_ref().and_then(|p| {
+                    let p = &p.platforms[platform];
+                    (!p.is_attachment() && !p.entry.is_attestation())
+                        .then(|| p.manifest.digest.clone())
+                });
+                if let Some(digest) = signable {
+                    self.publish_sign(image, digest).await?;
+                }
                 let state = &mut self.images[image];
                 state.pending_manifests = state.pending_manifests.saturating_sub(1);
                 if state.pending_manifests == 0 && state.result.is_none() {
@@ -517,14 +560,70 @@ impl Tracker {
                         }
                     }
                 };
-                self.finish(image, result, obs);
+                if let ImageResult::Copied {
+                    digest: Some(d), ..
+                } = &result
+                {
+                    self.publish_sign(image, d.clone()).await?;
+                }
+                self.complete(image, result, obs);
                 Ok(())
             }
-            (TaskRef::Manifest { image, key } | TaskRef::Top { image, key }, Some(e)) => {
+            (TaskRef::Manifest { image, key, .. } | TaskRef::Top { image, key }, Some(e)) => {
                 self.release(&key).await?;
                 self.finish(image, ImageResult::Failed(e), obs);
                 Ok(())
             }
+            (TaskRef::Sign { image }, None) => {
+                if let Some(Outcome::Signed { added: true }) = outcome {
+                    self.stats.signatures_added += 1;
+                }
+                let state = &mut self.images[image];
+                state.pending_signs = state.pending_signs.saturating_sub(1);
+                if state.pending_signs == 0
+                    && let Some(result) = state.held.take()
+                {
+                    self.finish(image, result, obs);
+                }
+                Ok(())
+            }
+            (TaskRef::Sign { image }, Some(e)) => {
+                self.images[image].pending_signs = 0;
+                self.images[image].held = None;
+                self.finish(image, ImageResult::Failed(e.context("signing")), obs);
+                Ok(())
+            }
+        }
+    }
+
+    /// Signs `digest` in the image's destination with the job's key, if it has one.
+    async fn publish_sign(&mut self, image: usize, digest: Digest) -> Result<()> {
+        let Some(key) = self.ends.sign_key.clone() else {
+            return Ok(());
+        };
+        let dest = self.dest_repo(image);
+        let job = &self.images[image].job;
+        let identity = hangar_shared::sign::cosign::docker_reference(
+            &job.dest.registry,
+            &job.dest.repository(),
+        );
+        self.images[image].pending_signs += 1;
+        let name = format!("sign/{dest}@{digest}");
+        let task = Task::Sign(SignTask {
+            dest,
+            digest,
+            identity,
+            key,
+        });
+        self.publish(name, task, TaskRef::Sign { image }).await
+    }
+
+    /// Finishes an image once its signatures are written; until then its result waits.
+    fn complete(&mut self, image: usize, result: ImageResult, obs: &mut dyn Observer) {
+        if self.images[image].pending_signs > 0 {
+            self.images[image].held = Some(result);
+        } else {
+            self.finish(image, result, obs);
         }
     }
 

@@ -1001,3 +1001,125 @@ async fn workers_save_an_archive_to_s3_and_it_loads_from_there() {
         assert!(index_digests(&dst_raw).contains(&sha(&src_raw)), "{dst}");
     }
 }
+
+/// `submit --sign-key NAME`: workers holding the key sign every image as it lands; the key,
+/// its path and its passphrase never travel on the bus.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_sign_during_a_mirror_and_the_key_never_travels() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let pass = env.path("pass.txt");
+    std::fs::write(&pass, "fleet-key-passphrase\n").unwrap();
+    let prefix = env.path("fleet-signing-key");
+    let out = hangar(&[
+        "generate-sigstore-key",
+        "-p",
+        prefix.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let key_path = format!("{}.key", prefix.display());
+    let spy = async_nats::connect(nats.url()).await.unwrap();
+    let mut seen = spy.subscribe(">").await.unwrap();
+    let collected = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(m)) =
+            tokio::time::timeout(std::time::Duration::from_secs(8), seen.next()).await
+        {
+            all.push(format!(
+                "{} {:?} {}",
+                m.subject,
+                m.headers,
+                String::from_utf8_lossy(&m.payload)
+            ));
+        }
+        all
+    });
+    let sign_arg = format!("release={key_path}");
+    let workers: Vec<Worker> = (0..3)
+        .map(|i| {
+            spawn_worker(
+                &nats.url(),
+                env.path(&format!("signw{i}.log")),
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--sign-key",
+                    &sign_arg,
+                    "--sign-passphrase-file",
+                    pass.to_str().unwrap(),
+                ],
+                &[],
+            )
+        })
+        .collect();
+    let lines = seed_shared_repos(&env, 4).await;
+    let list = env.write_list("list.txt", &lines);
+    let out = hangar(&[
+        "submit",
+        list.to_str().unwrap(),
+        "--tls-verify=false",
+        "-d",
+        &env.dst.addr,
+        "-j",
+        "4",
+        "--nats",
+        &nats.url(),
+        "--sign-key",
+        "release",
+        "-o",
+        env.path("failed.txt").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let signers: usize = (0..3)
+        .filter(|i| {
+            std::fs::read_to_string(env.path(&format!("signw{i}.log")))
+                .unwrap_or_default()
+                .contains("kind=\"sign\"")
+        })
+        .count();
+    assert!(signers >= 1, "workers ran sign tasks");
+    let dst_lines: Vec<String> = lines
+        .iter()
+        .map(|l| l.replace(&env.src.addr, &env.dst.addr))
+        .collect();
+    let dst_list = env.write_list("dst.txt", &dst_lines);
+    let v = hangar(&[
+        "sign",
+        "validate",
+        "--tls-verify=false",
+        "-f",
+        dst_list.to_str().unwrap(),
+        "-k",
+        &format!("{}.pub", prefix.display()),
+        "-r",
+        env.path("report.json").to_str().unwrap(),
+        "-o",
+        env.path("vf.txt").to_str().unwrap(),
+    ]);
+    assert!(v.status.success(), "{}", text(&v));
+    assert_eq!(text(&v).matches("PASS").count(), 4, "{}", text(&v));
+    assert!(!text(&v).contains("No signature found"), "{}", text(&v));
+    // The spy stops after 8 s of silence, which polling workers never leave.
+    drop(workers);
+    let messages = collected.await.unwrap();
+    assert!(
+        messages.iter().any(|m| m.contains("hangar.task.sign.")),
+        "sign tasks went over the bus"
+    );
+    let key_pem = std::fs::read_to_string(&key_path).unwrap();
+    let key_body = key_pem.lines().nth(1).unwrap().to_owned();
+    for m in &messages {
+        assert!(!m.contains(&key_path), "key path on the bus: {m}");
+        assert!(
+            !m.contains("fleet-signing-key"),
+            "key file name on the bus: {m}"
+        );
+        assert!(
+            !m.contains("fleet-key-passphrase"),
+            "passphrase on the bus: {m}"
+        );
+        assert!(!m.contains(&key_body), "key material on the bus: {m}");
+    }
+}

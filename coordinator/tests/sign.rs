@@ -526,3 +526,53 @@ fn keyless_and_tlog_fail_clearly() {
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn mirror_signs_what_it_copies_with_sign_key() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let (_, amd, arm) =
+        push_multiarch(&src, env.dir.path(), "library/ms", "v1", Format::Oci, 180).await;
+    let (key, public) = generate(env.dir.path(), "k");
+    let list = env.write_list("l.txt", &[format!("{}/library/ms:v1", env.src.addr)]);
+    let out = env.mirror(
+        &list,
+        &[
+            "--sign-key",
+            &s(&key),
+            "--sign-passphrase-file",
+            &s(&env.path("pass.txt")),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for d in [&amd.digest, &arm.digest] {
+        assert!(
+            skopeo_raw(&format!(
+                "{}/library/ms:{}",
+                env.dst.addr,
+                sig_tag(&d.to_string())
+            ))
+            .is_some()
+        );
+    }
+    let dst_list = env.write_list("d.txt", &[format!("{}/library/ms:v1", env.dst.addr)]);
+    let out = validate(
+        &env,
+        &dst_list,
+        &public,
+        &[
+            "--exact-repository",
+            &format!("{}/library/ms", env.dst.addr),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "signed as the destination repository: {}",
+        text(&out)
+    );
+    assert!(
+        !text(&out).contains("No signature found"),
+        "the index is signed too: {}",
+        text(&out)
+    );
+}

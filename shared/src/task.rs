@@ -19,6 +19,7 @@ pub enum TaskKind {
     Manifest,
     Index,
     Assemble,
+    Sign,
 }
 
 impl TaskKind {
@@ -29,6 +30,7 @@ impl TaskKind {
             Self::Manifest => "manifest",
             Self::Index => "index",
             Self::Assemble => "assemble",
+            Self::Sign => "sign",
         }
     }
 }
@@ -82,6 +84,17 @@ pub struct AssembleTask {
     pub images: String,
 }
 
+/// Sign `digest` in `dest` with the worker's key named `key` (the worker maps names to its
+/// own key files; no key material or path travels).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignTask {
+    pub dest: RepoRef,
+    pub digest: Digest,
+    /// The repository the signature names (cosign's `docker-reference`).
+    pub identity: String,
+    pub key: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Task {
@@ -89,6 +102,7 @@ pub enum Task {
     Manifest(ManifestTask),
     Index(IndexTask),
     Assemble(AssembleTask),
+    Sign(SignTask),
 }
 
 impl Task {
@@ -98,6 +112,7 @@ impl Task {
             Self::Manifest(_) => TaskKind::Manifest,
             Self::Index(_) => TaskKind::Index,
             Self::Assemble(_) => TaskKind::Assemble,
+            Self::Sign(_) => TaskKind::Sign,
         }
     }
 }
@@ -213,6 +228,10 @@ pub enum Outcome {
         images: usize,
         entries: usize,
         bytes: u64,
+    },
+    /// `added` is false when this key's signature was already there.
+    Signed {
+        added: bool,
     },
 }
 

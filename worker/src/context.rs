@@ -21,4 +21,6 @@ pub struct Context {
     pub cache: Option<Arc<hangar_shared::cache::BlobCache>>,
     /// Fleet-wide leases, so one worker fills the shared cache with a blob at a time.
     pub leases: Option<Arc<hangar_shared::lease::BlobLeases>>,
+    /// Signing keys by the names tasks use (`--sign-key NAME=PATH`), decrypted at start.
+    pub sign_keys: std::collections::HashMap<String, Arc<hangar_shared::sign::KeyPair>>,
 }

@@ -52,6 +52,16 @@ struct Args {
     /// Archives written at once (needs --cache).
     #[arg(long, default_value_t = 1)]
     assemble_concurrency: usize,
+    /// A signing key, by the name jobs use: `--sign-key NAME=PATH` (cosign's encrypted
+    /// PEM; repeatable). Only workers with keys take sign tasks.
+    #[arg(long = "sign-key")]
+    sign_keys: Vec<String>,
+    /// The keys' passphrase (trimmed); else COSIGN_PASSWORD.
+    #[arg(long)]
+    sign_passphrase_file: Option<PathBuf>,
+    /// Signatures at once.
+    #[arg(long, default_value_t = 4)]
+    sign_concurrency: usize,
     /// Registry credentials (this worker's own file).
     #[arg(long, env = "REGISTRY_AUTH_FILE")]
     authfile: Option<PathBuf>,
@@ -115,7 +125,16 @@ async fn main() -> Result<()> {
         require_tls: args.nats_tls,
     })
     .await?;
+    let sign_keys = load_sign_keys(&args.sign_keys, args.sign_passphrase_file.as_deref())?;
     let concurrency = [
+        (
+            TaskKind::Sign,
+            if sign_keys.is_empty() {
+                0
+            } else {
+                args.sign_concurrency
+            },
+        ),
         (TaskKind::Blob, args.blob_concurrency),
         (TaskKind::Manifest, args.manifest_concurrency),
         (TaskKind::Index, args.index_concurrency),
@@ -178,6 +197,7 @@ async fn main() -> Result<()> {
             )),
             None => None,
         },
+        sign_keys,
     });
     let total = concurrency.iter().map(|(_, n)| n).sum();
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -218,4 +238,38 @@ fn rand_id() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Decrypts every `NAME=PATH` key once, at start: a wrong passphrase stops the worker
+/// here rather than failing every sign task later.
+fn load_sign_keys(
+    specs: &[String],
+    passphrase_file: Option<&std::path::Path>,
+) -> Result<std::collections::HashMap<String, Arc<hangar_shared::sign::KeyPair>>> {
+    let mut keys = std::collections::HashMap::new();
+    if specs.is_empty() {
+        return Ok(keys);
+    }
+    let pass = match passphrase_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .to_owned(),
+        None => std::env::var("COSIGN_PASSWORD").map_err(|_| {
+            anyhow::anyhow!("--sign-key needs --sign-passphrase-file or COSIGN_PASSWORD")
+        })?,
+    };
+    for spec in specs {
+        let Some((name, path)) = spec.split_once('=') else {
+            anyhow::bail!("--sign-key {spec:?}: expected NAME=PATH");
+        };
+        let pem = std::fs::read_to_string(path).with_context(|| format!("reading key {name:?}"))?;
+        let key = hangar_shared::sign::KeyPair::from_encrypted_pem(
+            &pem,
+            pass.as_bytes(),
+            &format!("signing key {name:?}"),
+        )?;
+        keys.insert(name.to_owned(), Arc::new(key));
+    }
+    Ok(keys)
 }

@@ -229,6 +229,7 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
         archive: Some((location.clone(), archive.clone())),
         // Archives carry no signatures: Hangar's save drops them.
         signatures: false,
+        sign_keys: Default::default(),
     };
     console.info(
         None,

@@ -156,9 +156,13 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntr
         retry: RetryPolicy::default(),
         cache: prepared.cache,
         interruptible: true,
-        ends: Default::default(),
+        ends: crate::tracker::Ends {
+            sign_key: args.sign_key.clone(),
+            ..Default::default()
+        },
         archive: None,
         signatures: !args.remove_signatures,
+        sign_keys: Default::default(),
     };
     (spec, prepared.rejected)
 }
@@ -182,6 +186,14 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         Some(_) => Backend::Fleet(fleet_client(&args.fleet).await?),
         None => Backend::Embedded,
     };
+    let mut spec = spec;
+    if let (Backend::Embedded, Some(path)) = (&backend, &args.sign_key) {
+        let key = super::sign::load_key(
+            std::path::Path::new(path),
+            args.sign_passphrase_file.as_deref(),
+        )?;
+        spec.sign_keys.insert(path.clone(), Arc::new(key));
+    }
     let id = job::new_job_id();
     let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
 

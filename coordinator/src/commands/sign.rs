@@ -46,6 +46,18 @@ fn passphrase(file: Option<&Path>, creating: bool) -> Result<Vec<u8>> {
     Ok(first.into_bytes())
 }
 
+/// Reads and decrypts a cosign private key.
+pub fn load_key(path: &Path, passphrase_file: Option<&Path>) -> Result<KeyPair> {
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    let pass = passphrase(passphrase_file, false)?;
+    Ok(KeyPair::from_encrypted_pem(
+        &pem,
+        &pass,
+        &path.display().to_string(),
+    )?)
+}
+
 pub fn generate_key(args: &GenerateKeyArgs, console: &Console) -> Result<()> {
     let key_path = format!("{}.key", args.prefix);
     let pub_path = format!("{}.pub", args.prefix);
@@ -255,14 +267,7 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
     let Some(key_path) = &args.key else {
         bail!("the private key is required: use -p/--key");
     };
-    let pem = std::fs::read_to_string(key_path)
-        .with_context(|| format!("reading key {}", key_path.display()))?;
-    let pass = passphrase(args.passphrase_file.as_deref(), false)?;
-    let key = Arc::new(KeyPair::from_encrypted_pem(
-        &pem,
-        &pass,
-        &key_path.display().to_string(),
-    )?);
+    let key = Arc::new(load_key(key_path, args.passphrase_file.as_deref())?);
     let t = targets(&args.list, debug, &console)?;
     let pool = Arc::new(super::pool(
         args.list.tls_verify,

@@ -30,11 +30,12 @@ pub const MAX_DELIVER: u32 = 3;
 pub const ACK_WAIT: Duration = Duration::from_secs(60);
 /// How long a publish keeps trying through a NATS outage before the job gives up.
 pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
-pub const KINDS: [TaskKind; 4] = [
+pub const KINDS: [TaskKind; 5] = [
     TaskKind::Blob,
     TaskKind::Manifest,
     TaskKind::Index,
     TaskKind::Assemble,
+    TaskKind::Sign,
 ];
 
 fn bus(e: impl std::fmt::Display) -> Error {

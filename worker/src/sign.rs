@@ -1,0 +1,34 @@
+//! Sign one digest with one of this worker's keys, cosign-style; nothing is added when the
+//! key's signature is already there, so a redelivered task is harmless.
+
+use hangar_shared::error::{Error, Result};
+use hangar_shared::sign::cosign::{self, Signed};
+use hangar_shared::task::{Outcome, SignTask};
+
+use crate::Context;
+
+pub async fn sign(ctx: &Context, task: &SignTask) -> Result<Outcome> {
+    let key = ctx.sign_keys.get(&task.key).ok_or_else(|| {
+        Error::invalid(format!(
+            "this worker has no signing key named {:?} (--sign-key NAME=PATH)",
+            task.key
+        ))
+    })?;
+    let store = ctx.stores.resolve(&task.dest.store).await?;
+    let what = format!("sign {}@{}", task.dest, task.digest);
+    let signed = ctx
+        .retry
+        .run(&what, || {
+            cosign::sign(
+                store.as_ref(),
+                &task.dest.repo,
+                &task.digest,
+                &task.identity,
+                key,
+            )
+        })
+        .await?;
+    Ok(Outcome::Signed {
+        added: signed == Signed::Added,
+    })
+}
