@@ -8,3 +8,4 @@ pub mod proxy;
 pub mod queue_bench;
 pub mod seed;
 pub mod services;
+pub mod sign_bench;

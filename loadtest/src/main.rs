@@ -81,6 +81,9 @@ enum Cmd {
         /// `dir:` and the raw bounds.
         #[arg(long)]
         archive: bool,
+        /// Instead of mirroring: sign every image of the list, then validate.
+        #[arg(long)]
+        sign: bool,
         /// Blob copies at once per fleet worker.
         #[arg(long, default_value_t = 16)]
         worker_concurrency: usize,
@@ -185,6 +188,7 @@ async fn main() -> Result<()> {
             jobs,
             fleet,
             archive,
+            sign,
             worker_concurrency,
             spec: a,
         } => {
@@ -203,6 +207,11 @@ async fn main() -> Result<()> {
                 jobs,
                 workdir: dir.path().to_owned(),
             };
+            if sign {
+                let rows = tokio::task::block_in_place(|| hangar_loadtest::sign_bench::bench(&b))?;
+                println!("{}", hangar_loadtest::sign_bench::table(&rows));
+                return Ok(());
+            }
             if archive {
                 let rows = hangar_loadtest::archive_bench::run(&b).await?;
                 println!("{}", hangar_loadtest::archive_bench::table(&rows));
