@@ -151,7 +151,7 @@ pub struct MirrorArgs {
     /// Accepted for Hangar compatibility (credentials are never prompted for).
     #[arg(long = "skip-login")]
     pub skip_login: bool,
-    /// Accepted for Hangar compatibility; signatures are not copied yet.
+    /// Do not copy cosign signatures and attestations (`sha256-<hex>.sig` / `.att`).
     #[arg(long = "remove-signatures")]
     pub remove_signatures: bool,
     /// Auth file to read credentials from first (beyond Hangar).
