@@ -63,7 +63,10 @@ pub fn bench(spec: &BenchSpec) -> Result<Vec<SignRun>> {
         .arg(work.join("validate-failed.txt")))?;
     let passed = out.matches("PASS: [").count();
     if passed != spec.lines.len() {
-        bail!("sign validate passed {passed} of {} images", spec.lines.len());
+        bail!(
+            "sign validate passed {passed} of {} images",
+            spec.lines.len()
+        );
     }
     rows.push(SignRun {
         step: "sign validate",
