@@ -50,6 +50,8 @@ pub enum Command {
     /// Sign the images of a list with a cosign key.
     #[command(args_conflicts_with_subcommands = true)]
     Sign(Box<SignCmd>),
+    /// Scan the images of a list for vulnerabilities (offline, OSV data).
+    Scan(Box<ScanArgs>),
     /// Print a manifest, a config or a summary of an image.
     #[command(visible_alias = "i")]
     Inspect(InspectArgs),
@@ -632,9 +634,9 @@ pub struct SignListArgs {
     /// Override the project of every line.
     #[arg(long = "project", default_value = "")]
     pub project: String,
-    /// File that receives the lines that failed.
-    #[arg(short = 'o', long = "failed", default_value = "sign-failed.txt")]
-    pub failed: PathBuf,
+    /// File that receives the lines that failed (default: sign-failed.txt, scan-failed.txt).
+    #[arg(short = 'o', long = "failed")]
+    pub failed: Option<PathBuf>,
     #[arg(
         short = 'j',
         long = "jobs",
@@ -725,4 +727,38 @@ pub struct SignValidateArgs {
     /// Report file (default: sign-validate-report.FORMAT).
     #[arg(short = 'r', long = "report")]
     pub report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub list: SignListArgs,
+    /// Report format: csv, json, yaml, spdx-json, spdx-csv, cyclonedx-json.
+    #[arg(long = "format", default_value = "csv")]
+    pub format: String,
+    /// Report file (default: scan-report.FORMAT).
+    #[arg(short = 'r', long = "report")]
+    pub report: Option<PathBuf>,
+    /// The OSV database: a directory of records, a zip (osv.dev's all.zip), an http(s)
+    /// URL, s3://bucket/key?…, or oci://registry/repo:tag (an artifact whose layer is one).
+    #[arg(long = "db", env = "HANGAR_SCAN_DB")]
+    pub db: Option<String>,
+    /// Refuse a database whose newest record is older than this.
+    #[arg(long = "db-max-age", default_value = "30d")]
+    pub db_max_age: String,
+    /// Use the database however old it is.
+    #[arg(long = "skip-db-age-check")]
+    pub skip_db_age_check: bool,
+    /// Only report these severities (comma separated: CRITICAL,HIGH,MEDIUM,LOW,UNKNOWN).
+    #[arg(long = "severity", value_delimiter = ',')]
+    pub severity: Vec<String>,
+    /// Exit with this code when findings of the selected severities remain (CI gates).
+    #[arg(long = "exit-code", default_value_t = 0)]
+    pub exit_code: u8,
+    /// Blob cache: layers there are read from it, and inventories are kept in it by digest.
+    #[arg(long = "cache", env = "HANGAR_CACHE")]
+    pub cache: Option<String>,
+    /// Accepted for Hangar compatibility: only `vuln` scanning is done.
+    #[arg(long = "scanner", default_value = "vuln")]
+    pub scanner: String,
 }

@@ -38,6 +38,13 @@ async fn main() -> ExitCode {
     let console = console::Console::new(cli.hide_log_time);
     match run(cli, console.clone()).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<commands::scan::ExitWith>().is_some() => {
+            let code = e
+                .downcast_ref::<commands::scan::ExitWith>()
+                .map_or(1, |x| x.code);
+            console.log(console::Level::Error, None, format!("{e:#}"));
+            ExitCode::from(code)
+        }
         Err(e) => {
             console.log(
                 console::Level::Error,
@@ -100,6 +107,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             }
             None => commands::sign::sign(&s.args, cli.debug, console).await,
         },
+        Command::Scan(a) => commands::scan::run(&a, cli.debug, console).await,
         Command::Archive(a) => commands::archive::run(a, &console).await,
         Command::Submit(mut a) => {
             if a.mirror.file.is_some() {

@@ -252,22 +252,28 @@ impl BlobCache {
 
     /// Keeps a small document (a job's archive plan) under `archives/…`.
     pub async fn put_doc(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        self.put_named(&format!("archives/{key}"), bytes).await
+    }
+
+    pub async fn get_doc(&self, key: &str) -> Result<Bytes> {
+        self.get_named(&format!("archives/{key}")).await
+    }
+
+    /// A small object at `key` (documents beside the blobs: plans, inventories).
+    pub async fn put_named(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         self.store
-            .put(
-                &Path::from(format!("archives/{key}")),
-                PutPayload::from(bytes),
-            )
+            .put(&Path::from(key), PutPayload::from(bytes))
             .await
             .map_err(cache_err)
             .map(drop)
     }
 
-    pub async fn get_doc(&self, key: &str) -> Result<Bytes> {
-        match self.store.get(&Path::from(format!("archives/{key}"))).await {
+    pub async fn get_named(&self, key: &str) -> Result<Bytes> {
+        match self.store.get(&Path::from(key)).await {
             Ok(r) => r.bytes().await.map_err(cache_err),
-            Err(object_store::Error::NotFound { .. }) => Err(Error::not_found(format!(
-                "blob cache: no document archives/{key}"
-            ))),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(Error::not_found(format!("blob cache: no {key}")))
+            }
             Err(e) => Err(cache_err(e)),
         }
     }

@@ -15,6 +15,7 @@ pub mod queue;
 pub mod reference;
 pub mod registry;
 pub mod retry;
+pub mod scan;
 pub mod sign;
 pub mod store;
 pub mod task;

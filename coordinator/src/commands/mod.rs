@@ -12,6 +12,7 @@ pub mod merge_manifest;
 pub mod mirror;
 pub mod remote;
 pub mod save;
+pub mod scan;
 pub mod sign;
 pub mod validate;
 

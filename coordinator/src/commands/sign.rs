@@ -97,20 +97,20 @@ fn write_mode(path: &str, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-struct Target {
-    entry: ListEntry,
-    image: ImageRef,
+pub struct Target {
+    pub entry: ListEntry,
+    pub image: ImageRef,
 }
 
-struct Targets {
-    items: Vec<Target>,
-    failed: Vec<String>,
-    filter: PlatformFilter,
-    jobs: usize,
-    timeout: Option<Duration>,
+pub struct Targets {
+    pub items: Vec<Target>,
+    pub failed: Vec<String>,
+    pub filter: PlatformFilter,
+    pub jobs: usize,
+    pub timeout: Option<Duration>,
 }
 
-fn targets(list: &SignListArgs, debug: bool, console: &Console) -> Result<Targets> {
+pub fn targets(list: &SignListArgs, debug: bool, console: &Console) -> Result<Targets> {
     let Some(file) = &list.file else {
         bail!("image list file not provided: use -f/--file");
     };
@@ -234,7 +234,7 @@ async fn subjects(
     Ok(out)
 }
 
-async fn with_timeout<T>(
+pub async fn with_timeout<T>(
     limit: Option<Duration>,
     work: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
@@ -327,7 +327,12 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
             failed.push(target.entry.original.clone());
         }
     }
-    super::finish(&console, &args.list.failed, &failed, "sign")
+    let failed_file = args
+        .list
+        .failed
+        .clone()
+        .unwrap_or_else(|| "sign-failed.txt".into());
+    super::finish(&console, &failed_file, &failed, "sign")
 }
 
 /// A report row: one digest of one image.
@@ -447,7 +452,12 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
             report.display().to_string()
         ),
     );
-    super::finish(&console, &args.list.failed, &failed, "validate")
+    let failed_file = args
+        .list
+        .failed
+        .clone()
+        .unwrap_or_else(|| "sign-failed.txt".into());
+    super::finish(&console, &failed_file, &failed, "validate")
 }
 
 fn csv_field(s: &str) -> String {

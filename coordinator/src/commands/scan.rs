@@ -1,0 +1,556 @@
+//! `scan`: each selected platform image's package inventory (from its layers, or from the
+//! cache by digest) matched against an OSV database the user carries in; Hangar's report
+//! formats plus CycloneDX, a severity filter and an exit code for CI gates.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::{StreamExt, TryStreamExt};
+use hangar_shared::cache::BlobCache;
+use hangar_shared::error::Error;
+use hangar_shared::manifest::Platform;
+use hangar_shared::registry::Side;
+use hangar_shared::scan::matcher::{self, Finding};
+use hangar_shared::scan::osv::Database;
+use hangar_shared::scan::{Inventory, Package, PkgKind, image};
+use hangar_shared::store::ImageStore;
+use serde_json::{Value, json};
+
+use crate::cli::ScanArgs;
+use crate::console::Console;
+use crate::planner;
+
+/// Exit with a chosen status (the `--exit-code` gate), after the report is written.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExitWith {
+    pub code: u8,
+    pub message: String,
+}
+
+const FORMATS: [&str; 6] = [
+    "csv",
+    "json",
+    "yaml",
+    "spdx-json",
+    "spdx-csv",
+    "cyclonedx-json",
+];
+
+/// One scanned platform image.
+struct Scanned {
+    reference: String,
+    digest: String,
+    platform: Platform,
+    inventory: Inventory,
+    findings: Vec<Finding>,
+}
+
+/// Loads the database from wherever it is.
+async fn load_db(location: &str, args: &ScanArgs) -> Result<Database> {
+    if let Some(rest) = location.strip_prefix("oci://") {
+        let r = hangar_shared::reference::ImageRef::parse(rest)?;
+        let pool = super::pool(args.list.tls_verify, args.list.authfile.as_deref());
+        let reg = pool.registry(&r.registry).await?;
+        let m = reg
+            .manifest_opt(&r.repository(), &r.manifest_reference(), Side::Source)
+            .await?
+            .with_context(|| format!("{location}: no such artifact"))?;
+        let hangar_shared::manifest::Manifest::Image(img) = m.parse()? else {
+            bail!("{location}: not a single-manifest artifact");
+        };
+        let layer = img
+            .layers
+            .first()
+            .with_context(|| format!("{location}: no layer"))?;
+        let chunks: Vec<bytes::Bytes> = reg
+            .blob_stream(&r.repository(), layer, None)
+            .await?
+            .try_collect()
+            .await?;
+        return Ok(Database::from_bytes(&chunks.concat(), location)?);
+    }
+    if location.starts_with("http://") || location.starts_with("https://") {
+        let body = reqwest::get(location)
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("downloading {location}"))?
+            .bytes()
+            .await?;
+        return Ok(Database::from_bytes(&body, location)?);
+    }
+    if location.starts_with("s3://") {
+        let (store, path) = hangar_shared::archive::locate(location)?;
+        let body = object_store::ObjectStoreExt::get(store.as_ref(), &path)
+            .await
+            .with_context(|| format!("reading {location}"))?
+            .bytes()
+            .await?;
+        return Ok(Database::from_bytes(&body, location)?);
+    }
+    let path = std::path::Path::new(location);
+    if path.is_dir() {
+        return Ok(Database::from_dir(path)?);
+    }
+    let body = std::fs::read(path).with_context(|| format!("reading {location}"))?;
+    Ok(Database::from_bytes(&body, location)?)
+}
+
+pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    let format = args.format.to_ascii_lowercase();
+    if !FORMATS.contains(&format.as_str()) {
+        bail!(
+            "unknown report format {:?}: use one of {}",
+            args.format,
+            FORMATS.join(", ")
+        );
+    }
+    let severities: Vec<String> = args
+        .severity
+        .iter()
+        .map(|s| s.trim().to_ascii_uppercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for s in &severities {
+        if !matcher::SEVERITIES.contains(&s.as_str()) {
+            bail!(
+                "unknown severity {s:?}: use {}",
+                matcher::SEVERITIES.join(", ")
+            );
+        }
+    }
+    let Some(db_location) = &args.db else {
+        bail!(
+            "no vulnerability database: use --db (a directory or zip of OSV records, a URL, s3:// or oci://)"
+        );
+    };
+    let db = load_db(db_location, args).await?;
+    for w in &db.warnings {
+        console.warn(None, w);
+    }
+    let max_age = humantime::parse_duration(&args.db_max_age)
+        .with_context(|| format!("invalid --db-max-age {:?}", args.db_max_age))?;
+    match db.newest {
+        Some(newest) => {
+            let age = chrono::Utc::now().signed_duration_since(newest);
+            console.info(
+                None,
+                format!(
+                    "Vulnerability database {db_location}: {} records, newest {} ({} days old)",
+                    db.records.len(),
+                    newest.format("%Y-%m-%d"),
+                    age.num_days()
+                ),
+            );
+            if !args.skip_db_age_check && age.to_std().unwrap_or_default() > max_age {
+                bail!(
+                    "the vulnerability database is {} days old, older than --db-max-age {}; \
+                     bring in a newer one or pass --skip-db-age-check",
+                    age.num_days(),
+                    args.db_max_age
+                );
+            }
+        }
+        None if !args.skip_db_age_check => bail!(
+            "the vulnerability database {db_location} has no dated records; pass --skip-db-age-check to use it"
+        ),
+        None => {}
+    }
+    let cache = match &args.cache {
+        Some(url) => Some(Arc::new(BlobCache::open(url)?)),
+        None => None,
+    };
+    let t = super::sign::targets(&args.list, debug, &console)?;
+    let pool = Arc::new(super::pool(
+        args.list.tls_verify,
+        args.list.authfile.as_deref(),
+    ));
+    let db = Arc::new(db);
+    let mut failed = t.failed;
+    let (filter, timeout) = (t.filter.clone(), t.timeout);
+    let mut results = futures_util::stream::iter(t.items.iter())
+        .map(|target| {
+            let (pool, filter, cache, db) =
+                (pool.clone(), filter.clone(), cache.clone(), db.clone());
+            async move {
+                let work = async {
+                    let image = &target.image;
+                    let store = pool.registry(&image.registry).await?;
+                    let sel =
+                        planner::select(store.as_ref(), cache.as_deref(), image, &filter, false)
+                            .await?;
+                    let mut out = Vec::new();
+                    for e in sel.entries.iter().filter(|e| !e.is_attestation()) {
+                        let manifest = if sel.single {
+                            sel.top
+                                .clone()
+                                .ok_or_else(|| Error::internal("no manifest"))?
+                        } else {
+                            store
+                                .get_manifest(
+                                    &image.repository(),
+                                    &e.digest.to_string(),
+                                    Side::Source,
+                                )
+                                .await?
+                                .ok_or_else(|| {
+                                    Error::not_found(format!(
+                                        "{image}: manifest {} is missing",
+                                        e.digest
+                                    ))
+                                })?
+                        };
+                        let (inventory, cached) = image::inventory(
+                            store.as_ref(),
+                            cache.as_deref(),
+                            &image.repository(),
+                            &manifest,
+                        )
+                        .await?;
+                        let findings = matcher::scan(&inventory, &db);
+                        out.push((
+                            Scanned {
+                                reference: image.to_string(),
+                                digest: e.digest.to_string(),
+                                platform: e.platform.clone().unwrap_or_default(),
+                                inventory,
+                                findings,
+                            },
+                            cached,
+                        ));
+                    }
+                    Ok::<_, Error>(out)
+                };
+                (target, super::sign::with_timeout(timeout, work).await)
+            }
+        })
+        .buffer_unordered(t.jobs);
+    let mut scanned: Vec<Scanned> = Vec::new();
+    while let Some((target, result)) = results.next().await {
+        let n = Some(target.entry.index);
+        match result {
+            Err(e) => {
+                console.error(
+                    n,
+                    format!(
+                        "Failed to scan [{}]: {}: {}",
+                        target.image, e.class, e.message
+                    ),
+                );
+                failed.push(target.entry.original.clone());
+            }
+            Ok(images) => {
+                if images.is_empty() {
+                    console.warn(
+                        n,
+                        format!(
+                            "Skip scan image [{}]: {}",
+                            target.image,
+                            planner::NO_PLATFORM
+                        ),
+                    );
+                }
+                for (mut s, cached) in images {
+                    for w in &s.inventory.warnings {
+                        console.warn(n, format!("[{}@{}] {w}", target.image, s.digest));
+                    }
+                    s.findings
+                        .retain(|f| severities.is_empty() || severities.contains(&f.severity));
+                    let os = s
+                        .inventory
+                        .os
+                        .as_ref()
+                        .map(|o| format!("{} {}", o.id, o.version))
+                        .unwrap_or_else(|| "unknown OS".into());
+                    console.info(
+                        n,
+                        format!(
+                            "Scanned [{}@{}] ({}): {os}, {} packages, {} vulnerabilities{}",
+                            target.image,
+                            s.digest,
+                            s.platform.display(),
+                            s.inventory.packages.len(),
+                            s.findings.len(),
+                            if cached {
+                                " (inventory from the cache)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    );
+                    scanned.push(s);
+                }
+            }
+        }
+    }
+    scanned.sort_by(|a, b| (&a.reference, &a.digest).cmp(&(&b.reference, &b.digest)));
+    let report = args.report.clone().unwrap_or_else(|| {
+        let ext = match format.as_str() {
+            "spdx-json" => "spdx.json",
+            "spdx-csv" => "spdx.csv",
+            "cyclonedx-json" => "cdx.json",
+            f => f,
+        };
+        format!("scan-report.{ext}").into()
+    });
+    super::write_atomically(&report, &render(&scanned, &format)?)?;
+    console.info(
+        None,
+        format!("Scan report output to {:?}", report.display().to_string()),
+    );
+    let failed_file = args
+        .list
+        .failed
+        .clone()
+        .unwrap_or_else(|| "scan-failed.txt".into());
+    super::finish(&console, &failed_file, &failed, "scan")?;
+    let found: usize = scanned.iter().map(|s| s.findings.len()).sum();
+    if found > 0 && args.exit_code != 0 {
+        return Err(ExitWith {
+            code: args.exit_code,
+            message: format!("{found} vulnerabilities found"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn purl(inv: &Inventory, p: &Package) -> String {
+    let os = inv.os.as_ref();
+    match p.kind {
+        PkgKind::Python => format!("pkg:pypi/{}@{}", p.name.to_lowercase(), p.version),
+        PkgKind::Dpkg => format!(
+            "pkg:deb/{}/{}@{}{}",
+            os.map_or("debian", |o| o.id.as_str()),
+            p.name,
+            p.version,
+            os.map(|o| format!("?distro={}-{}", o.id, o.version))
+                .unwrap_or_default()
+        ),
+        PkgKind::Apk => format!(
+            "pkg:apk/{}/{}@{}",
+            os.map_or("alpine", |o| o.id.as_str()),
+            p.name,
+            p.version
+        ),
+        PkgKind::Rpm => format!(
+            "pkg:rpm/{}/{}@{}",
+            os.map_or("rpm", |o| o.id.as_str()),
+            p.name,
+            p.version
+        ),
+    }
+}
+
+fn spdx_id(i: usize, p: &Package) -> String {
+    let clean: String = p
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("SPDXRef-Package-{clean}-{i}")
+}
+
+fn spdx(s: &Scanned, now: &str) -> Value {
+    let packages: Vec<Value> = s
+        .inventory
+        .packages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            json!({
+                "SPDXID": spdx_id(i, p),
+                "name": p.name,
+                "versionInfo": p.version,
+                "downloadLocation": "NOASSERTION",
+                "filesAnalyzed": false,
+                "licenseConcluded": "NOASSERTION",
+                "licenseDeclared": p.license.clone().unwrap_or_else(|| "NOASSERTION".into()),
+                "supplier": "NOASSERTION",
+                "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl(&s.inventory, p)}],
+            })
+        })
+        .collect();
+    json!({
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": format!("{}@{}", s.reference, s.digest),
+        "documentNamespace": format!("https://hangar-fleet.invalid/spdx/{}", s.digest),
+        "creationInfo": {"creators": ["Tool: hangar-fleet"], "created": now},
+        "packages": packages,
+    })
+}
+
+fn cyclonedx(s: &Scanned, now: &str) -> Value {
+    let components: Vec<Value> = s
+        .inventory
+        .packages
+        .iter()
+        .map(|p| json!({"type": "library", "bom-ref": purl(&s.inventory, p), "name": p.name, "version": p.version, "purl": purl(&s.inventory, p)}))
+        .collect();
+    let vulnerabilities: Vec<Value> = s
+        .findings
+        .iter()
+        .map(|f| {
+            let r = s
+                .inventory
+                .packages
+                .iter()
+                .find(|p| p.name == f.package && p.version == f.installed)
+                .map(|p| purl(&s.inventory, p))
+                .unwrap_or_default();
+            json!({
+                "id": f.id,
+                "source": {"name": "OSV", "url": f.url},
+                "ratings": [{"severity": f.severity.to_lowercase()}],
+                "description": f.title,
+                "recommendation": if f.fixed.is_empty() { String::new() } else { format!("upgrade to {}", f.fixed) },
+                "affects": [{"ref": r}],
+            })
+        })
+        .collect();
+    json!({
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "serialNumber": format!("urn:uuid:{}", uuid_of(&s.digest)),
+        "version": 1,
+        "metadata": {"timestamp": now, "tools": [{"name": "hangar-fleet"}],
+                     "component": {"type": "container", "name": s.reference, "version": s.digest}},
+        "components": components,
+        "vulnerabilities": vulnerabilities,
+    })
+}
+
+/// A stable UUID-shaped name from a digest (the BOM's serial number).
+fn uuid_of(digest: &str) -> String {
+    let hex: String = digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(32)
+        .collect();
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+fn render(scanned: &[Scanned], format: &str) -> Result<String> {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    match format {
+        "csv" => {
+            let mut out =
+                String::from("image,arch,os,package,title,id,severity,installed,fixed,url\n");
+            for s in scanned {
+                for f in &s.findings {
+                    let cells = [
+                        &s.reference,
+                        &s.platform.architecture,
+                        &s.platform.os,
+                        &f.package,
+                        &f.title,
+                        &f.id,
+                        &f.severity,
+                        &f.installed,
+                        &f.fixed,
+                        &f.url,
+                    ];
+                    out.push_str(
+                        &cells
+                            .iter()
+                            .map(|c| csv_field(c))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    );
+                    out.push('\n');
+                }
+            }
+            Ok(out)
+        }
+        "spdx-csv" => {
+            let mut out = String::from(
+                "image,arch,os,package,license,versionInfo,supplier,originator,SPDXID\n",
+            );
+            for s in scanned {
+                for (i, p) in s.inventory.packages.iter().enumerate() {
+                    let license = p.license.clone().unwrap_or_default();
+                    let id = spdx_id(i, p);
+                    let cells = [
+                        &s.reference,
+                        &s.platform.architecture,
+                        &s.platform.os,
+                        &p.name,
+                        &license,
+                        &p.version,
+                        "",
+                        "",
+                        &id,
+                    ];
+                    out.push_str(
+                        &cells
+                            .iter()
+                            .map(|c| csv_field(c))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    );
+                    out.push('\n');
+                }
+            }
+            Ok(out)
+        }
+        _ => {
+            let mut results: Vec<Value> = Vec::new();
+            for s in scanned {
+                let p = &s.platform;
+                let mut image = json!({
+                    "digest": s.digest,
+                    "platform": {"arch": p.architecture, "os": p.os, "osVersion": p.os_version, "osFeatures": p.os_features, "variant": p.variant},
+                    "vulnerabilities": s.findings,
+                });
+                match format {
+                    "spdx-json" => image["spdx"] = spdx(s, &now),
+                    "cyclonedx-json" => image["cyclonedx"] = cyclonedx(s, &now),
+                    _ => {}
+                }
+                match results
+                    .iter_mut()
+                    .find(|r| r["reference"] == s.reference.as_str())
+                {
+                    Some(r) => {
+                        if let Some(a) = r["images"].as_array_mut() {
+                            a.push(image);
+                        }
+                    }
+                    None => results.push(json!({"reference": s.reference, "images": [image]})),
+                }
+            }
+            if format == "yaml" {
+                // Hangar's YAML names the list `result`.
+                return Ok(serde_yaml_ng::to_string(
+                    &json!({"time": now, "result": results}),
+                )?);
+            }
+            Ok(serde_json::to_string_pretty(
+                &json!({"time": now, "results": results}),
+            )?)
+        }
+    }
+}
