@@ -173,6 +173,13 @@ pub struct MirrorArgs {
     /// The key's passphrase (trimmed), when signing here; else COSIGN_PASSWORD.
     #[arg(long = "sign-passphrase-file")]
     pub sign_passphrase_file: Option<PathBuf>,
+    /// Scan every image as it lands (beyond Hangar) against this OSV database (see `scan
+    /// --db`); the workers read each image's layers once, from the cache when there.
+    #[arg(long = "scan-db")]
+    pub scan_db: Option<String>,
+    /// The scan report (json), with --scan-db.
+    #[arg(long = "scan-report", default_value = "scan-report.json")]
+    pub scan_report: PathBuf,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }
@@ -403,6 +410,13 @@ pub struct ArchiveListArgs {
     /// Blob transfers at once (beyond Hangar; default 3 x jobs).
     #[arg(long = "transfers")]
     pub transfers: Option<usize>,
+    /// Scan every saved image against this OSV database (see `scan --db`), reading each
+    /// layer from the cache it was just gathered into (beyond Hangar).
+    #[arg(long = "scan-db")]
+    pub scan_db: Option<String>,
+    /// The scan report (json), with --scan-db.
+    #[arg(long = "scan-report", default_value = "scan-report.json")]
+    pub scan_report: PathBuf,
     /// With --nats, workers fetch the blobs into the shared --cache and one of them writes
     /// the archive (give an s3:// destination, or a path the workers share).
     #[command(flatten)]

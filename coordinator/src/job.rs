@@ -57,6 +57,13 @@ pub struct JobReport {
     pub elapsed: Duration,
     /// Copied images with their plans, in the order they finished.
     pub completed: Vec<(ImageJob, ImagePlan)>,
+    /// Package inventories read by scan tasks: image, platform entry, inventory.
+    pub scans: Vec<(
+        ImageJob,
+        hangar_shared::manifest::Descriptor,
+        hangar_shared::scan::Inventory,
+    )>,
+    pub scan_failures: Vec<(ImageJob, hangar_shared::error::Error)>,
 }
 
 struct LogObserver<'a> {
@@ -310,11 +317,21 @@ pub async fn run_mirror(
         .completed()
         .map(|(j, p)| (j.clone(), p.clone()))
         .collect();
+    let scans = tracker
+        .inventories()
+        .map(|(j, p, inv)| (j.clone(), p.entry.clone(), inv.clone()))
+        .collect();
+    let scan_failures = tracker
+        .scan_failures()
+        .map(|(j, e)| (j.clone(), e.clone()))
+        .collect();
     Ok(JobReport {
         results,
         stats: tracker.stats.clone(),
         unique_blobs,
         elapsed: started.elapsed(),
         completed,
+        scans,
+        scan_failures,
     })
 }

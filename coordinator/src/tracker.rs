@@ -14,8 +14,8 @@ use hangar_shared::manifest::Descriptor;
 use hangar_shared::queue::TaskQueue;
 use hangar_shared::store::{RepoRef, StoreRef};
 use hangar_shared::task::{
-    BlobTask, Event, EventKind, IndexTask, JobId, ManifestBody, ManifestTask, Outcome, SignTask,
-    Task, TaskEnvelope, TaskId,
+    BlobTask, Event, EventKind, IndexTask, JobId, ManifestBody, ManifestTask, Outcome, ScanTask,
+    SignTask, Task, TaskEnvelope, TaskId,
 };
 
 use crate::planner::{ImageJob, ImagePlan, Planned, TopPlan};
@@ -86,6 +86,10 @@ enum TaskRef {
     Sign {
         image: usize,
     },
+    Scan {
+        image: usize,
+        platform: usize,
+    },
 }
 
 struct ImageState {
@@ -116,6 +120,8 @@ pub struct Ends {
     pub dest_label: Option<String>,
     /// Sign every platform manifest and index as it lands, with the workers' key of this name.
     pub sign_key: Option<String>,
+    /// Read every platform manifest's package inventory as it lands.
+    pub scan: bool,
 }
 
 pub struct Tracker {
@@ -125,6 +131,8 @@ pub struct Tracker {
     ends: Ends,
     /// Images copied, in the order they finished (Hangar writes archives in this order).
     completed: Vec<usize>,
+    inventories: Vec<(usize, usize, hangar_shared::scan::Inventory)>,
+    scan_failures: Vec<(usize, Error)>,
     next_id: TaskId,
     tasks: HashMap<TaskId, TaskRef>,
     images: Vec<ImageState>,
@@ -166,6 +174,8 @@ impl Tracker {
             overwrite,
             ends,
             completed: Vec::new(),
+            inventories: Vec::new(),
+            scan_failures: Vec::new(),
             next_id: 0,
             tasks: HashMap::new(),
             images,
@@ -402,7 +412,7 @@ impl Tracker {
     async fn write(&mut self, task: Task, r: TaskRef) -> Result<()> {
         let key = match &r {
             TaskRef::Manifest { key, .. } | TaskRef::Top { key, .. } => key.clone(),
-            TaskRef::Blob(_) | TaskRef::Sign { .. } => {
+            TaskRef::Blob(_) | TaskRef::Sign { .. } | TaskRef::Scan { .. } => {
                 return Err(Error::internal("only manifest writes are keyed"));
             }
         };
@@ -435,7 +445,7 @@ impl Tracker {
         };
         if self.ends.to_cache {
             // Archives keep platform manifests only; the assembler writes the rest.
-            self.finish(
+            self.complete(
                 image,
                 ImageResult::Copied {
                     digest: None,
@@ -524,6 +534,9 @@ impl Tracker {
                 });
                 if let Some(digest) = signable {
                     self.publish_sign(image, digest).await?;
+                    if self.ends.scan {
+                        self.publish_scan(image, platform).await?;
+                    }
                 }
                 let state = &mut self.images[image];
                 state.pending_manifests = state.pending_manifests.saturating_sub(1);
@@ -587,6 +600,26 @@ impl Tracker {
                 }
                 Ok(())
             }
+            (TaskRef::Scan { image, platform }, result) => {
+                match (outcome, result) {
+                    (Some(Outcome::Scanned { inventory, .. }), None) => {
+                        self.inventories.push((image, platform, *inventory));
+                    }
+                    (_, Some(e)) => {
+                        // A scan failure does not undo the copy: it is reported with the scan.
+                        self.scan_failures.push((image, e));
+                    }
+                    _ => {}
+                }
+                let state = &mut self.images[image];
+                state.pending_signs = state.pending_signs.saturating_sub(1);
+                if state.pending_signs == 0
+                    && let Some(result) = state.held.take()
+                {
+                    self.finish(image, result, obs);
+                }
+                Ok(())
+            }
             (TaskRef::Sign { image }, Some(e)) => {
                 self.images[image].pending_signs = 0;
                 self.images[image].held = None;
@@ -616,6 +649,44 @@ impl Tracker {
             key,
         });
         self.publish(name, task, TaskRef::Sign { image }).await
+    }
+
+    /// Reads the package inventory of a platform manifest just written.
+    async fn publish_scan(&mut self, image: usize, platform: usize) -> Result<()> {
+        let Some(plan) = &self.images[image].plan else {
+            return Ok(());
+        };
+        let manifest = ManifestBody::from(&plan.platforms[platform].manifest);
+        let store = self.dest_repo(image);
+        self.images[image].pending_signs += 1;
+        let name = format!("scan/{store}@{}", manifest.digest);
+        let task = Task::Scan(ScanTask { store, manifest });
+        self.publish(name, task, TaskRef::Scan { image, platform })
+            .await
+    }
+
+    /// Inventories read by scan tasks: (image, platform index, inventory).
+    pub fn inventories(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            &ImageJob,
+            &crate::planner::PlatformPlan,
+            &hangar_shared::scan::Inventory,
+        ),
+    > {
+        self.inventories.iter().filter_map(|(i, p, inv)| {
+            let s = &self.images[*i];
+            s.plan
+                .as_ref()
+                .map(|plan| (&s.job, &plan.platforms[*p], inv))
+        })
+    }
+
+    pub fn scan_failures(&self) -> impl Iterator<Item = (&ImageJob, &Error)> {
+        self.scan_failures
+            .iter()
+            .map(|(i, e)| (&self.images[*i].job, e))
     }
 
     /// Finishes an image once its signatures are written; until then its result waits.

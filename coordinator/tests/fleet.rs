@@ -1123,3 +1123,110 @@ async fn workers_sign_during_a_mirror_and_the_key_never_travels() {
         assert!(!m.contains(&key_body), "key material on the bus: {m}");
     }
 }
+
+/// `submit --scan-db`: workers read each copied image's inventory from the shared cache the
+/// mirror just filled (no layer read twice, from anywhere), and the report lists findings.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_scan_during_a_mirror_reading_each_layer_once() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let garage = hangar_loadtest::services::GarageProcess::start()
+        .expect("garage (scripts/dev-services.sh installs it)");
+    let cache = garage.cache_url();
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", garage.key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret.clone()),
+    ];
+    let envs: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _workers: Vec<Worker> = (0..2)
+        .map(|i| {
+            let args = ["--listen", "127.0.0.1:0", "--cache", &cache];
+            spawn_worker(&nats.url(), env.path(&format!("scw{i}.log")), &args, &envs)
+        })
+        .collect();
+    let status: &[u8] = b"Package: libssl3\nStatus: install ok installed\nVersion: 3.0.11-1~deb12u2\nSource: openssl\n";
+    for repo in ["scanfleet/a", "scanfleet/b"] {
+        push_files_image(
+            &env.src.addr,
+            repo,
+            vec![
+                files_layer(&[("etc/os-release", b"ID=debian\nVERSION_ID=12\n")]),
+                files_layer(&[
+                    ("var/lib/dpkg/status", status),
+                    ("etc/motd", repo.as_bytes()),
+                ]),
+            ],
+        )
+        .await;
+    }
+    let db = env.path("osv");
+    std::fs::create_dir_all(&db).unwrap();
+    let now = String::from_utf8(
+        Command::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    std::fs::write(
+        db.join("r.json"),
+        format!(
+            r#"{{"id":"DEBIAN-CVE-2024-9","modified":"{}","affected":[{{"package":{{"ecosystem":"Debian:12","name":"openssl"}},"ranges":[{{"type":"ECOSYSTEM","events":[{{"introduced":"0"}},{{"fixed":"3.0.11-1~deb12u3"}}]}}]}}]}}"#,
+            now.trim()
+        ),
+    )
+    .unwrap();
+    let list = env.write_list(
+        "list.txt",
+        &[
+            format!("{}/scanfleet/a:1", env.src.addr),
+            format!("{}/scanfleet/b:1", env.src.addr),
+        ],
+    );
+    let report = env.path("scan.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "submit",
+            list.to_str().unwrap(),
+            "--tls-verify=false",
+            "-d",
+            &env.dst.addr,
+            "--nats",
+            &nats.url(),
+            "--scan-db",
+            db.to_str().unwrap(),
+            "--scan-report",
+            report.to_str().unwrap(),
+            "-o",
+            env.path("failed.txt").to_str().unwrap(),
+        ])
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let scanners = (0..2)
+        .filter(|i| {
+            std::fs::read_to_string(env.path(&format!("scw{i}.log")))
+                .unwrap_or_default()
+                .contains("kind=\"scan\"")
+        })
+        .count();
+    assert!(scanners >= 1, "scan tasks ran on the workers");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let results = r["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{r}");
+    for res in results {
+        let v = &res["images"][0]["vulnerabilities"][0];
+        assert_eq!(v["id"], "DEBIAN-CVE-2024-9", "{r}");
+        assert_eq!(v["fixed"], "3.0.11-1~deb12u3");
+    }
+    // Each source blob fetched once (by the mirror); the scan read nothing from any registry.
+    for (digest, n) in blob_gets(&env.src.log()) {
+        assert_eq!(n, 1, "{digest} fetched {n} times from the source");
+    }
+    assert!(
+        blob_gets(&env.dst.log()).is_empty(),
+        "the scan read no layer back from the destination"
+    );
+}

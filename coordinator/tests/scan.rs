@@ -6,57 +6,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use bytes::Bytes;
 use common::*;
-use hangar_loadtest::seed::{self, Format};
-use hangar_shared::digest::Digest;
 
 fn s(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// A tar.gz layer of `files` (path, body); returns (compressed bytes, diff id).
-fn layer(files: &[(&str, &[u8])]) -> (Bytes, Digest) {
-    let mut b = tar::Builder::new(Vec::new());
-    for (p, body) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(body.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, p, *body).expect("tar");
-    }
-    let raw = b.into_inner().expect("tar");
-    let diff = Digest::of(&raw);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &raw).expect("gz");
-    (Bytes::from(gz.finish().expect("gz")), diff)
-}
-
-/// Pushes an amd64 image of `layers` (already compressed) at `repo:tag`.
-async fn push(env: &Env, repo: &str, layers: Vec<(Bytes, Digest)>) {
-    let reg = registry(&env.src.addr).await;
-    let mut descs = Vec::new();
-    let mut diffs = Vec::new();
-    for (bytes, diff) in layers {
-        descs.push(
-            seed::push_bytes(&reg, repo, Format::Oci.layer_type(), bytes)
-                .await
-                .expect("layer"),
-        );
-        diffs.push(diff);
-    }
-    let config = seed::push_bytes(
-        &reg,
-        repo,
-        Format::Oci.config_type(),
-        seed::config_json(&seed::platform("amd64"), &diffs),
-    )
-    .await
-    .expect("config");
-    let body = seed::manifest_json(Format::Oci, &config, &descs);
-    seed::push_manifest(&reg, repo, "1", Format::Oci.manifest_type(), body)
-        .await
-        .expect("manifest");
 }
 
 const DPKG_STATUS: &str = "Package: libssl3\nStatus: install ok installed\nVersion: 3.0.11-1~deb12u2\nSource: openssl\nLicense: ignored\n\nPackage: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\nSource: bash (5.2.15-2)\n\nPackage: zlib1g\nStatus: install ok installed\nVersion: 1:1.2.13.dfsg-1\nSource: zlib\n\nPackage: removed-pkg\nStatus: deinstall ok config-files\nVersion: 1.0\n\nStatus: install ok installed\nDescription: an entry with no name\n";
@@ -188,11 +141,11 @@ async fn seed_images(env: &Env) {
     let requests_meta: &[u8] =
         b"Metadata-Version: 2.1\nName: requests\nVersion: 2.31.0\nLicense: Apache 2.0\n\nbody\n";
     let urllib3_meta: &[u8] = b"Metadata-Version: 2.1\nName: urllib3\nVersion: 1.0\n";
-    push(
-        env,
+    push_files_image(
+        &env.src.addr,
         "scan/debian",
         vec![
-            layer(&[
+            files_layer(&[
                 ("etc/os-release", os_debian),
                 ("var/lib/dpkg/status", DPKG_STATUS.as_bytes()),
                 (
@@ -200,7 +153,7 @@ async fn seed_images(env: &Env) {
                     urllib3_meta,
                 ),
             ]),
-            layer(&[
+            files_layer(&[
                 (
                     "usr/lib/python3/dist-packages/requests-2.31.0.dist-info/METADATA",
                     requests_meta,
@@ -214,10 +167,10 @@ async fn seed_images(env: &Env) {
     )
     .await;
     let apk: &[u8] = b"P:musl\nV:1.2.5-r0\no:musl\nL:MIT\n\nP:busybox\nV:1.36.1-r28\no:busybox\n\nP:libcrypto3\nV:3.3.1-r0\no:openssl\nL:Apache-2.0\n\n";
-    push(
-        env,
+    push_files_image(
+        &env.src.addr,
         "scan/alpine",
-        vec![layer(&[
+        vec![files_layer(&[
             ("etc/os-release", b"ID=alpine\nVERSION_ID=3.20.3\n"),
             ("lib/apk/db/installed", apk),
         ])],
@@ -238,26 +191,26 @@ async fn seed_images(env: &Env) {
         .expect("python3");
     assert!(out.status.success(), "{}", text(&out));
     let rpm_bytes = std::fs::read(&rpmdb).expect("rpmdb");
-    push(
-        env,
+    push_files_image(
+        &env.src.addr,
         "scan/rocky",
-        vec![layer(&[
+        vec![files_layer(&[
             ("etc/os-release", b"ID=\"rocky\"\nVERSION_ID=\"9.4\"\n"),
             ("var/lib/rpm/rpmdb.sqlite", &rpm_bytes),
         ])],
     )
     .await;
     // A damaged first layer; the second still counts.
-    let (good, good_diff) = layer(&[
+    let (good, good_diff) = files_layer(&[
         ("etc/os-release", b"ID=alpine\nVERSION_ID=3.20.0\n"),
         (
             "lib/apk/db/installed",
             b"P:busybox\nV:1.36.1-r28\no:busybox\n",
         ),
     ]);
-    let (bad, bad_diff) = layer(&[("etc/hostname", &[b'x'; 10_000])]);
-    push(
-        env,
+    let (bad, bad_diff) = files_layer(&[("etc/hostname", &[b'x'; 10_000])]);
+    push_files_image(
+        &env.src.addr,
         "scan/damaged",
         vec![(bad.slice(..bad.len() / 2), bad_diff), (good, good_diff)],
     )
@@ -607,10 +560,10 @@ async fn findings_reports_filters_cache_and_bad_input() {
 #[tokio::test]
 async fn an_old_database_is_refused_unless_told() {
     let env = Env::new();
-    push(
-        &env,
+    push_files_image(
+        &env.src.addr,
         "scan/tiny",
-        vec![layer(&[(
+        vec![files_layer(&[(
             "etc/os-release",
             b"ID=alpine\nVERSION_ID=3.20.0\n",
         )])],
@@ -650,4 +603,129 @@ async fn an_old_database_is_refused_unless_told() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("1 records"), "{}", text(&out));
+
+    // The same zip as an OCI artifact in a registry, as an air-gapped site mirrors it.
+    let reg = registry(&env.src.addr).await;
+    let zip_bytes = bytes::Bytes::from(std::fs::read(&zip).expect("zip"));
+    let layer = hangar_loadtest::seed::push_bytes(&reg, "osv/db", "application/zip", zip_bytes)
+        .await
+        .expect("db layer");
+    let config = hangar_loadtest::seed::push_bytes(
+        &reg,
+        "osv/db",
+        "application/vnd.oci.empty.v1+json",
+        bytes::Bytes::from_static(b"{}"),
+    )
+    .await
+    .expect("config");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config.digest.to_string(), "size": config.size},
+        "layers": [{"mediaType": "application/zip", "digest": layer.digest.to_string(), "size": layer.size}],
+    });
+    hangar_loadtest::seed::push_manifest(
+        &reg,
+        "osv/db",
+        "latest",
+        "application/vnd.oci.image.manifest.v1+json",
+        bytes::Bytes::from(manifest.to_string()),
+    )
+    .await
+    .expect("db manifest");
+    let oci = format!("oci://{}/osv/db:latest", env.src.addr);
+    let out = scan(
+        &env,
+        &list,
+        Path::new(&oci),
+        &["--skip-db-age-check", "-r", &s(&env.path("r3.csv"))],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 records"), "{}", text(&out));
+
+    // And over HTTP.
+    let port = hangar_loadtest::services::free_port().expect("port");
+    let server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            &s(env.dir.path()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(Reaped)
+        .expect("http.server");
+    hangar_loadtest::services::wait_for_port(
+        &format!("127.0.0.1:{port}"),
+        std::time::Duration::from_secs(10),
+    )
+    .expect("up");
+    let url = format!("http://127.0.0.1:{port}/all.zip");
+    let out = scan(
+        &env,
+        &list,
+        Path::new(&url),
+        &["--skip-db-age-check", "-r", &s(&env.path("r4.csv"))],
+    );
+    drop(server);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 records"), "{}", text(&out));
+}
+
+/// Kills and reaps a helper process however the test ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn save_scans_what_it_gathers_reading_each_layer_once() {
+    let env = Env::new();
+    seed_images(&env).await;
+    let db = env.path("osv");
+    write_db(&db);
+    let list = env.write_list("l.txt", &[format!("{}/scan/debian:1", env.src.addr)]);
+    let report = env.path("save-scan.json");
+    let out = hangar(&[
+        "save",
+        "--tls-verify=false",
+        "-y",
+        "-f",
+        &s(&list),
+        "-d",
+        &s(&env.path("s.zip")),
+        "--scan-db",
+        &s(&db),
+        "--scan-report",
+        &s(&report),
+        "-o",
+        &s(&env.path("f.txt")),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    let ids: Vec<&str> = r["results"][0]["images"][0]["vulnerabilities"]
+        .as_array()
+        .expect("vulnerabilities")
+        .iter()
+        .filter_map(|v| v["id"].as_str())
+        .collect();
+    let mut ids = ids;
+    ids.sort();
+    assert_eq!(ids, vec!["DEBIAN-CVE-2024-0001", "GHSA-test-0004"]);
+    assert_eq!(
+        r["results"][0]["reference"],
+        format!("{}/scan/debian:1", env.src.addr)
+    );
+    for (digest, n) in blob_gets(&env.src.log()) {
+        assert_eq!(n, 1, "{digest} read {n} times");
+    }
 }

@@ -6,6 +6,7 @@ pub mod archive_bench;
 pub mod bench;
 pub mod proxy;
 pub mod queue_bench;
+pub mod scan_bench;
 pub mod seed;
 pub mod services;
 pub mod sign_bench;

@@ -84,6 +84,9 @@ enum Cmd {
         /// Instead of mirroring: sign every image of the list, then validate.
         #[arg(long)]
         sign: bool,
+        /// Instead of mirroring: scan the list, then scan again (re-match only).
+        #[arg(long)]
+        scan: bool,
         /// Blob copies at once per fleet worker.
         #[arg(long, default_value_t = 16)]
         worker_concurrency: usize,
@@ -189,6 +192,7 @@ async fn main() -> Result<()> {
             fleet,
             archive,
             sign,
+            scan,
             worker_concurrency,
             spec: a,
         } => {
@@ -207,6 +211,14 @@ async fn main() -> Result<()> {
                 jobs,
                 workdir: dir.path().to_owned(),
             };
+            if scan {
+                let (rows, bytes, images) = hangar_loadtest::scan_bench::bench(&b).await?;
+                println!(
+                    "{}",
+                    hangar_loadtest::scan_bench::table(&rows, bytes, images)
+                );
+                return Ok(());
+            }
             if sign {
                 let rows = tokio::task::block_in_place(|| hangar_loadtest::sign_bench::bench(&b))?;
                 println!("{}", hangar_loadtest::sign_bench::table(&rows));

@@ -20,6 +20,7 @@ pub enum TaskKind {
     Index,
     Assemble,
     Sign,
+    Scan,
 }
 
 impl TaskKind {
@@ -31,6 +32,7 @@ impl TaskKind {
             Self::Index => "index",
             Self::Assemble => "assemble",
             Self::Sign => "sign",
+            Self::Scan => "scan",
         }
     }
 }
@@ -95,6 +97,15 @@ pub struct SignTask {
     pub key: String,
 }
 
+/// Read the package inventory of one platform image (its layers, from the worker's cache
+/// when there) and keep it in the cache by manifest digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanTask {
+    /// Where the layers are (the destination just written, or the cache for a save).
+    pub store: RepoRef,
+    pub manifest: ManifestBody,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Task {
@@ -103,6 +114,7 @@ pub enum Task {
     Index(IndexTask),
     Assemble(AssembleTask),
     Sign(SignTask),
+    Scan(ScanTask),
 }
 
 impl Task {
@@ -113,6 +125,7 @@ impl Task {
             Self::Index(_) => TaskKind::Index,
             Self::Assemble(_) => TaskKind::Assemble,
             Self::Sign(_) => TaskKind::Sign,
+            Self::Scan(_) => TaskKind::Scan,
         }
     }
 }
@@ -232,6 +245,11 @@ pub enum Outcome {
     /// `added` is false when this key's signature was already there.
     Signed {
         added: bool,
+    },
+    /// The inventory travels back (tens of KB); matching happens where the database is.
+    Scanned {
+        inventory: Box<crate::scan::Inventory>,
+        cached: bool,
     },
 }
 

@@ -11,6 +11,7 @@ pub mod index;
 pub mod manifest;
 pub mod metrics;
 pub mod runner;
+pub mod scan;
 pub mod sign;
 
 pub use context::Context;

@@ -62,6 +62,9 @@ struct Args {
     /// Signatures at once.
     #[arg(long, default_value_t = 4)]
     sign_concurrency: usize,
+    /// Image inventories read at once (scanning).
+    #[arg(long, default_value_t = 2)]
+    scan_concurrency: usize,
     /// Registry credentials (this worker's own file).
     #[arg(long, env = "REGISTRY_AUTH_FILE")]
     authfile: Option<PathBuf>,
@@ -135,6 +138,7 @@ async fn main() -> Result<()> {
                 args.sign_concurrency
             },
         ),
+        (TaskKind::Scan, args.scan_concurrency),
         (TaskKind::Blob, args.blob_concurrency),
         (TaskKind::Manifest, args.manifest_concurrency),
         (TaskKind::Index, args.index_concurrency),

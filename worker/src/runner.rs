@@ -9,7 +9,7 @@ use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::queue::{EventSink, TaskQueue};
 use hangar_shared::task::{Event, Outcome, Task};
 
-use crate::{Context, assemble, blob, index, manifest, sign};
+use crate::{Context, assemble, blob, index, manifest, scan, sign};
 
 pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
     let work = async {
@@ -19,6 +19,7 @@ pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
             Task::Index(t) => index::write(ctx, t).await,
             Task::Assemble(t) => assemble::write(ctx, t).await,
             Task::Sign(t) => sign::sign(ctx, t).await,
+            Task::Scan(t) => scan::scan(ctx, t).await,
         }
     };
     match ctx.task_timeout {

@@ -158,6 +158,7 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntr
         interruptible: true,
         ends: crate::tracker::Ends {
             sign_key: args.sign_key.clone(),
+            scan: args.scan_db.is_some(),
             ..Default::default()
         },
         archive: None,
@@ -194,8 +195,25 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         )?;
         spec.sign_keys.insert(path.clone(), Arc::new(key));
     }
+    // Loaded before any copy, so a missing or stale database fails the command early.
+    let scan_db = match &args.scan_db {
+        Some(location) => Some(
+            super::scan::open_db(
+                location,
+                args.tls_verify,
+                args.authfile.as_deref(),
+                Some("30d"),
+                &console,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let id = job::new_job_id();
     let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
+    if let Some(db) = &scan_db {
+        super::scan::report_job(&report, db, &args.scan_report, false, &console)?;
+    }
 
     let (mut ok, mut skipped) = (0, 0);
     let mut failed_lines = super::report_rejected(&console, &prepared_rejected, "copy");

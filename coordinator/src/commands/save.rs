@@ -135,8 +135,22 @@ async fn gather(
     let Some(cache) = prepared.cache.clone() else {
         bail!("no blob cache");
     };
+    let scan_db = match &list.scan_db {
+        Some(location) => Some(
+            super::scan::open_db(
+                location,
+                list.tls_verify,
+                list.authfile.as_deref(),
+                Some("30d"),
+                &console,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let (mut spec, rejected) = super::mirror::spec(prepared, &margs);
     spec.ends.to_cache = true;
+    spec.ends.scan = scan_db.is_some();
     // Archives never carry signatures (Hangar's save removes them).
     spec.signatures = false;
     spec.ends.dest_label = Some(archive.to_owned());
@@ -156,6 +170,9 @@ async fn gather(
         None => Backend::Embedded,
     };
     let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
+    if let Some(db) = &scan_db {
+        super::scan::report_job(&report, db, &list.scan_report, true, &console)?;
+    }
     let mut failed = super::report_rejected(&console, &rejected, "save");
     for (job, result) in &report.results {
         if let ImageResult::Failed(_) = result {

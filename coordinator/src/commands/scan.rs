@@ -47,10 +47,14 @@ struct Scanned {
 }
 
 /// Loads the database from wherever it is.
-async fn load_db(location: &str, args: &ScanArgs) -> Result<Database> {
+async fn load_db(
+    location: &str,
+    tls_verify: Option<bool>,
+    authfile: Option<&std::path::Path>,
+) -> Result<Database> {
     if let Some(rest) = location.strip_prefix("oci://") {
         let r = hangar_shared::reference::ImageRef::parse(rest)?;
-        let pool = super::pool(args.list.tls_verify, args.list.authfile.as_deref());
+        let pool = super::pool(tls_verify, authfile);
         let reg = pool.registry(&r.registry).await?;
         let m = reg
             .manifest_opt(&r.repository(), &r.manifest_reference(), Side::Source)
@@ -96,6 +100,96 @@ async fn load_db(location: &str, args: &ScanArgs) -> Result<Database> {
     Ok(Database::from_bytes(&body, location)?)
 }
 
+/// Loads the database, reports its size and age, and refuses one older than `max_age`
+/// (`None`: any age).
+pub async fn open_db(
+    location: &str,
+    tls_verify: Option<bool>,
+    authfile: Option<&std::path::Path>,
+    max_age: Option<&str>,
+    console: &Console,
+) -> Result<Database> {
+    let db = load_db(location, tls_verify, authfile).await?;
+    for w in &db.warnings {
+        console.warn(None, w);
+    }
+    let limit = match max_age {
+        Some(a) => Some(
+            humantime::parse_duration(a).with_context(|| format!("invalid --db-max-age {a:?}"))?,
+        ),
+        None => None,
+    };
+    match db.newest {
+        Some(newest) => {
+            let age = chrono::Utc::now().signed_duration_since(newest);
+            console.info(
+                None,
+                format!(
+                    "Vulnerability database {location}: {} records, newest {} ({} days old)",
+                    db.records.len(),
+                    newest.format("%Y-%m-%d"),
+                    age.num_days()
+                ),
+            );
+            if let Some(limit) = limit
+                && age.to_std().unwrap_or_default() > limit
+            {
+                bail!(
+                    "the vulnerability database is {} days old, older than --db-max-age {}; \
+                     bring in a newer one or pass --skip-db-age-check",
+                    age.num_days(),
+                    max_age.unwrap_or_default()
+                );
+            }
+        }
+        None if limit.is_some() => bail!(
+            "the vulnerability database {location} has no dated records; pass --skip-db-age-check to use it"
+        ),
+        None => {}
+    }
+    Ok(db)
+}
+
+/// The scan report of a job's scan tasks (`--scan-db`): the workers' inventories matched
+/// here, written as the json report; images named by their source (`save`) or destination.
+pub fn report_job(
+    report: &crate::job::JobReport,
+    db: &Database,
+    path: &std::path::Path,
+    by_source: bool,
+    console: &Console,
+) -> Result<()> {
+    for (job, e) in &report.scan_failures {
+        console.warn(
+            None,
+            format!("Failed to scan [{}]: {}: {}", job.dest, e.class, e.message),
+        );
+    }
+    let mut scanned: Vec<Scanned> = report
+        .scans
+        .iter()
+        .map(|(job, entry, inv)| Scanned {
+            reference: if by_source { &job.source } else { &job.dest }.to_string(),
+            digest: entry.digest.to_string(),
+            platform: entry.platform.clone().unwrap_or_default(),
+            findings: matcher::scan(inv, db),
+            inventory: inv.clone(),
+        })
+        .collect();
+    scanned.sort_by(|a, b| (&a.reference, &a.digest).cmp(&(&b.reference, &b.digest)));
+    let found: usize = scanned.iter().map(|s| s.findings.len()).sum();
+    super::write_atomically(path, &render(&scanned, "json")?)?;
+    console.info(
+        None,
+        format!(
+            "Scanned {} platform images: {found} vulnerabilities; report output to {:?}",
+            scanned.len(),
+            path.display().to_string()
+        ),
+    );
+    Ok(())
+}
+
 pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<()> {
     let format = args.format.to_ascii_lowercase();
     if !FORMATS.contains(&format.as_str()) {
@@ -124,38 +218,15 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
             "no vulnerability database: use --db (a directory or zip of OSV records, a URL, s3:// or oci://)"
         );
     };
-    let db = load_db(db_location, args).await?;
-    for w in &db.warnings {
-        console.warn(None, w);
-    }
-    let max_age = humantime::parse_duration(&args.db_max_age)
-        .with_context(|| format!("invalid --db-max-age {:?}", args.db_max_age))?;
-    match db.newest {
-        Some(newest) => {
-            let age = chrono::Utc::now().signed_duration_since(newest);
-            console.info(
-                None,
-                format!(
-                    "Vulnerability database {db_location}: {} records, newest {} ({} days old)",
-                    db.records.len(),
-                    newest.format("%Y-%m-%d"),
-                    age.num_days()
-                ),
-            );
-            if !args.skip_db_age_check && age.to_std().unwrap_or_default() > max_age {
-                bail!(
-                    "the vulnerability database is {} days old, older than --db-max-age {}; \
-                     bring in a newer one or pass --skip-db-age-check",
-                    age.num_days(),
-                    args.db_max_age
-                );
-            }
-        }
-        None if !args.skip_db_age_check => bail!(
-            "the vulnerability database {db_location} has no dated records; pass --skip-db-age-check to use it"
-        ),
-        None => {}
-    }
+    let max_age = (!args.skip_db_age_check).then_some(args.db_max_age.as_str());
+    let db = open_db(
+        db_location,
+        args.list.tls_verify,
+        args.list.authfile.as_deref(),
+        max_age,
+        &console,
+    )
+    .await?;
     let cache = match &args.cache {
         Some(url) => Some(Arc::new(BlobCache::open(url)?)),
         None => None,

@@ -243,3 +243,47 @@ pub fn blob_gets(log: &str) -> std::collections::BTreeMap<String, usize> {
     }
     counts
 }
+
+/// A tar.gz layer of `files` (path, body); returns (compressed bytes, diff id).
+pub fn files_layer(files: &[(&str, &[u8])]) -> (Bytes, Digest) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, body) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, p, *body).expect("tar");
+    }
+    let raw = b.into_inner().expect("tar");
+    let diff = Digest::of(&raw);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).expect("gz");
+    (Bytes::from(gz.finish().expect("gz")), diff)
+}
+
+/// Pushes an amd64 image of `layers` (already compressed) at `repo:tag`.
+pub async fn push_files_image(addr: &str, repo: &str, layers: Vec<(Bytes, Digest)>) {
+    let reg = registry(addr).await;
+    let mut descs = Vec::new();
+    let mut diffs = Vec::new();
+    for (bytes, diff) in layers {
+        descs.push(
+            seed::push_bytes(&reg, repo, Format::Oci.layer_type(), bytes)
+                .await
+                .expect("layer"),
+        );
+        diffs.push(diff);
+    }
+    let config = seed::push_bytes(
+        &reg,
+        repo,
+        Format::Oci.config_type(),
+        seed::config_json(&seed::platform("amd64"), &diffs),
+    )
+    .await
+    .expect("config");
+    let body = seed::manifest_json(Format::Oci, &config, &descs);
+    seed::push_manifest(&reg, repo, "1", Format::Oci.manifest_type(), body)
+        .await
+        .expect("manifest");
+}

@@ -30,12 +30,13 @@ pub const MAX_DELIVER: u32 = 3;
 pub const ACK_WAIT: Duration = Duration::from_secs(60);
 /// How long a publish keeps trying through a NATS outage before the job gives up.
 pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
-pub const KINDS: [TaskKind; 5] = [
+pub const KINDS: [TaskKind; 6] = [
     TaskKind::Blob,
     TaskKind::Manifest,
     TaskKind::Index,
     TaskKind::Assemble,
     TaskKind::Sign,
+    TaskKind::Scan,
 ];
 
 fn bus(e: impl std::fmt::Display) -> Error {
