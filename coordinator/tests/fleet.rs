@@ -1229,4 +1229,51 @@ async fn workers_scan_during_a_mirror_reading_each_layer_once() {
         blob_gets(&env.dst.log()).is_empty(),
         "the scan read no layer back from the destination"
     );
+
+    // The database as an S3 object (a zip), read by `scan --db s3://…`.
+    let zip = env.path("all.zip");
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            "import sys,zipfile\nz=zipfile.ZipFile(sys.argv[1],'w',zipfile.ZIP_DEFLATED)\nz.write(sys.argv[2],'r.json')",
+            zip.to_str().unwrap(),
+            db.join("r.json").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(py.status.success());
+    let (bucket_and_query, _) = (cache.trim_start_matches("s3://"), ());
+    let (bucket, query) = bucket_and_query.split_once('?').unwrap();
+    let location = format!("s3://{bucket}/osv/all.zip?{query}");
+    let loadtest =
+        PathBuf::from(env!("CARGO_BIN_EXE_hangar-coord")).with_file_name("hangar-loadtest");
+    let put = Command::new(loadtest)
+        .args(["put-object", &location, zip.to_str().unwrap()])
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", text(&put));
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "scan",
+            "--tls-verify=false",
+            "-f",
+            list.to_str().unwrap(),
+            "--db",
+            &location,
+            "--format",
+            "json",
+            "-r",
+            env.path("s3scan.json").to_str().unwrap(),
+            "-o",
+            env.path("sf.txt").to_str().unwrap(),
+        ])
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 records"), "{}", text(&out));
+    let r = std::fs::read_to_string(env.path("s3scan.json")).unwrap();
+    assert_eq!(r.matches("\"id\": \"DEBIAN-CVE-2024-9\"").count(), 2, "{r}");
 }

@@ -116,6 +116,8 @@ enum Cmd {
         slots: usize,
     },
     /// Mirror one image with one big layer and report hangar-coord's peak RSS.
+    /// Upload a file to an S3 location (`s3://bucket/key?endpoint=…`; AWS_* credentials).
+    PutObject { location: String, file: PathBuf },
     Rss {
         #[arg(long, default_value = "target/release/hangar-coord")]
         hangar: PathBuf,
@@ -277,6 +279,13 @@ async fn main() -> Result<()> {
                 r.total_secs,
                 r.tasks as f64 / r.total_secs
             );
+        }
+        Cmd::PutObject { location, file } => {
+            let (store, path) = hangar_shared::archive::locate(&location)?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            object_store::ObjectStoreExt::put(store.as_ref(), &path, bytes.into()).await?;
+            println!("uploaded {} to {location}", file.display());
         }
         Cmd::Rss { hangar, size, save } => {
             let source = RegistryProcess::start()?;
