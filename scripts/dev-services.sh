@@ -13,6 +13,7 @@ install() {
   command -v docker-registry >/dev/null || need+=(docker-registry)
   command -v skopeo >/dev/null || need+=(skopeo)
   command -v htpasswd >/dev/null || need+=(apache2-utils)
+  command -v promtool >/dev/null || need+=(prometheus)
   if ((${#need[@]})); then
     echo "installing ${need[*]} from Debian" >&2
     if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -1277,3 +1277,145 @@ async fn workers_scan_during_a_mirror_reading_each_layer_once() {
     let r = std::fs::read_to_string(env.path("s3scan.json")).unwrap();
     assert_eq!(r.matches("\"id\": \"DEBIAN-CVE-2024-9\"").count(), 2, "{r}");
 }
+
+/// A real Prometheus scrapes the coordinator and two workers during a fleet job: the byte
+/// and task counters rise, and `promtool check metrics` accepts both `/metrics` outputs.
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_the_fleet_during_a_job() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let port = || hangar_loadtest::services::free_port().unwrap();
+    let coord_listen = format!("127.0.0.1:{}", port());
+    let _coord = start_coordinator(&nats.url(), &coord_listen, env.path("coord.log"));
+    let authfile = env.path("auth.json");
+    std::fs::write(&authfile, r#"{"auths":{}}"#).unwrap();
+    let worker_listens: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", port())).collect();
+    let _workers: Vec<Worker> = worker_listens
+        .iter()
+        .enumerate()
+        .map(|(i, l)| start_worker(&nats.url(), &authfile, env.path(&format!("pw{i}.log")), l))
+        .collect();
+    for l in &worker_listens {
+        hangar_loadtest::services::wait_for_port(l, std::time::Duration::from_secs(20)).unwrap();
+    }
+    let prom_port = port();
+    let targets: Vec<String> = worker_listens.iter().map(|l| format!("\"{l}\"")).collect();
+    let config = env.path("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: hangar-coordinator\n    static_configs: [{{targets: [\"{coord_listen}\"]}}]\n  - job_name: hangar-worker\n    static_configs: [{{targets: [{}]}}]\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let prom_log = std::fs::File::create(env.path("prometheus.log")).unwrap();
+    let _prometheus = Worker(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                env.path("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(prom_log.try_clone().unwrap())
+            .stderr(prom_log)
+            .spawn()
+            .expect("prometheus (scripts/dev-services.sh installs it)"),
+    );
+    hangar_loadtest::services::wait_for_port(
+        &format!("127.0.0.1:{prom_port}"),
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let query = |q: &'static str| {
+        let http = http.clone();
+        async move {
+            let v: serde_json::Value = http
+                .get(format!("http://127.0.0.1:{prom_port}/api/v1/query"))
+                .query(&[("query", q)])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        }
+    };
+    // Before the job: the workers are scraped, nothing has moved.
+    let mut up = 0.0;
+    for _ in 0..60 {
+        up = query("count(up == 1)").await;
+        if up >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(up, 3.0, "coordinator and two workers scraped");
+    let before = query("sum(hangar_bytes_total)").await;
+    assert_eq!(before, 0.0);
+
+    let lines = seed_shared_repos(&env, 4).await;
+    let list = env.write_list("list.txt", &lines);
+    let out = hangar(&[
+        "submit",
+        list.to_str().unwrap(),
+        "--server",
+        &format!("http://{coord_listen}"),
+        "-d",
+        &env.dst.addr,
+        "-o",
+        env.path("failed.txt").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (mut bytes, mut tasks, mut jobs) = (0.0, 0.0, 0.0);
+    for _ in 0..60 {
+        bytes = query("sum(hangar_bytes_total{direction=\"out\"})").await;
+        tasks = query("sum(hangar_tasks_total{result=\"ok\"})").await;
+        jobs = query("sum(hangar_jobs{state=\"succeeded\"})").await;
+        if bytes > 0.0 && tasks > 0.0 && jobs >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(bytes > 4.0 * 30_000.0, "bytes counted: {bytes}");
+    assert!(tasks >= 4.0 * 2.0, "tasks counted: {tasks}");
+    assert_eq!(jobs, 1.0, "the coordinator reports the finished job");
+
+    for target in std::iter::once(&coord_listen).chain(worker_listens.iter()) {
+        let text_body = http
+            .get(format!("http://{target}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text_body.as_bytes())
+            .unwrap();
+        let checked = child.wait_with_output().unwrap();
+        assert!(
+            checked.status.success(),
+            "promtool check metrics on {target}: {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+}
