@@ -127,7 +127,7 @@ fn every_file_parses_and_every_queried_metric_is_exported() {
     // The PrometheusRule carries exactly the rules of alerts.yml.
     let rule = docs(&deploy().join("k8s/monitoring.yaml"))
         .into_iter()
-        .find(|d| d["kind"] == Value::from("PrometheusRule"))
+        .find(|d| d["kind"] == "PrometheusRule")
         .expect("PrometheusRule");
     let plain = &docs(&deploy().join("prometheus/alerts.yml"))[0];
     assert_eq!(rule["spec"]["groups"], plain["groups"]);
@@ -251,9 +251,9 @@ fn flags_env_ports_and_files_line_up_with_the_binaries() {
                 for probe in ["readinessProbe", "livenessProbe"] {
                     if let Some(port) = c[probe]["httpGet"]["port"].as_str() {
                         assert!(
-                            c["ports"].as_sequence().is_some_and(|ps| ps
-                                .iter()
-                                .any(|p| p["name"] == Value::from(port))),
+                            c["ports"]
+                                .as_sequence()
+                                .is_some_and(|ps| ps.iter().any(|p| p["name"] == port)),
                             "{probe} port {port}"
                         );
                     }
@@ -284,7 +284,7 @@ fn flags_env_ports_and_files_line_up_with_the_binaries() {
     // The ServiceMonitor scrapes ports the services have.
     let monitor = docs(&k8s.join("monitoring.yaml"))
         .into_iter()
-        .find(|d| d["kind"] == Value::from("ServiceMonitor"))
+        .find(|d| d["kind"] == "ServiceMonitor")
         .expect("ServiceMonitor");
     for e in monitor["spec"]["endpoints"]
         .as_sequence()
