@@ -180,6 +180,10 @@ pub struct MirrorArgs {
     /// The scan report (json), with --scan-db.
     #[arg(long = "scan-report", default_value = "scan-report.json")]
     pub scan_report: PathBuf,
+    /// Plan only (beyond Hangar): images, platforms, unique blobs and bytes, what the
+    /// destination holds, an estimated time; nothing is copied.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }
@@ -451,6 +455,10 @@ pub struct SaveArgs {
     /// its own index.json (beyond Hangar).
     #[arg(long = "part-size")]
     pub part_size: Option<String>,
+    /// Plan only (beyond Hangar): images, unique blobs and bytes, an estimated time, the
+    /// archive's size and volume count; nothing is written.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]

@@ -784,3 +784,54 @@ async fn the_cache_works_on_a_real_s3_server_and_survives_it_going_away() {
         assert_eq!(index_digests(&dst), vec![sha(&src)]);
     }
 }
+
+#[tokio::test]
+async fn dry_run_plans_without_copying() {
+    let env = Env::new();
+    let lines = seed_shared_repos(&env, 3).await;
+    // The destination already has the first image (and so the two shared base layers).
+    let first = env.write_list("first.txt", &lines[..1]);
+    assert!(env.mirror(&first, &[]).status.success());
+    let list = env.write_list("all.txt", &lines);
+    let out = env.mirror(&list, &["--dry-run"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    // 3 configs, 2 shared base layers and 3 own layers: 8 unique blobs in one registry...
+    assert!(
+        log.contains("Plan: 3 images (0 skipped, 0 failed), 3 platform manifests; 8 unique blobs"),
+        "{log}"
+    );
+    // ...of which the destination holds the first image's four; 30 KB layers in 60 KB
+    // volumes give one image per volume.
+    assert!(
+        log.contains("the destination already holds 4 of them"),
+        "{log}"
+    );
+    assert!(log.contains("measured"), "{log}");
+    for line in &lines[1..] {
+        assert!(
+            skopeo_raw(&line.replace(&env.src.addr, &env.dst.addr)).is_none(),
+            "nothing copied"
+        );
+    }
+    let archive = env.path("plan.zip");
+    let out = hangar(&[
+        "save",
+        "--tls-verify=false",
+        "--dry-run",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        archive.to_str().unwrap(),
+        "--part-size",
+        "60K",
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("the archive will be about"), "{log}");
+    assert!(log.contains("in 3 volume(s)"), "{log}");
+    assert!(
+        !archive.exists() && !env.path("plan.part1.zip").exists(),
+        "nothing written"
+    );
+}

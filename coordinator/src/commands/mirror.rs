@@ -169,6 +169,21 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntr
 }
 
 pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    if args.dry_run {
+        let prepared = prepare(args, debug, &console)?;
+        let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
+        super::report_rejected(&console, &prepared.rejected, "plan");
+        return super::plan::run(
+            &prepared.images,
+            &prepared.filter,
+            args.provenance,
+            prepared.jobs,
+            pool,
+            super::plan::Target::Registry,
+            &console,
+        )
+        .await;
+    }
     if let Some(server) = &args.fleet.server {
         return super::remote::submit(server, args, console).await;
     }

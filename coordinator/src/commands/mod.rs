@@ -10,6 +10,7 @@ pub mod load;
 pub mod login;
 pub mod merge_manifest;
 pub mod mirror;
+pub mod plan;
 pub mod remote;
 pub mod save;
 pub mod scan;

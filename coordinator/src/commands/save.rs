@@ -270,6 +270,24 @@ pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result
         .as_deref()
         .map(super::parse_size)
         .transpose()?;
+    if args.dry_run {
+        let prepared = read_jobs(&args.list, debug, &console)?;
+        let pool = Arc::new(super::pool(
+            args.list.tls_verify,
+            args.list.authfile.as_deref(),
+        ));
+        super::report_rejected(&console, &prepared.rejected, "plan");
+        return super::plan::run(
+            &prepared.images,
+            &prepared.filter,
+            args.list.provenance,
+            prepared.jobs,
+            pool,
+            super::plan::Target::Archive { part_size },
+            &console,
+        )
+        .await;
+    }
     super::may_overwrite(dest, args.yes)?;
     let mut retried = false;
     let g = loop {

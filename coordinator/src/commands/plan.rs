@@ -1,0 +1,244 @@
+//! `--dry-run`: the pre-flight plan of a mirror, submit or save. Resolves every image as the
+//! job would, copies nothing, and prints images and platforms, unique blobs and bytes
+//! against what an image-by-image copy would move, what the destination already holds, an
+//! estimate of the time at a bandwidth measured against the source, and for a save the
+//! archive's size and volume count.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures_util::StreamExt;
+use hangar_shared::archive::writer::plan_volumes;
+use hangar_shared::digest::Digest;
+use hangar_shared::manifest::Descriptor;
+use hangar_shared::registry::Side;
+use hangar_shared::store::RegistryPool;
+use indicatif::HumanBytes;
+
+use crate::console::Console;
+use crate::planner::{self, ImageJob, ImagePlan, Planned};
+
+/// What the plan is for.
+pub enum Target {
+    Registry,
+    Archive { part_size: Option<u64> },
+}
+
+/// Bytes per second reading up to 16 MiB of the largest blob from its source.
+async fn measure(pool: &RegistryPool, blob: &(String, String, Descriptor)) -> Option<f64> {
+    let (host, repo, desc) = blob;
+    let reg = pool.registry(host).await.ok()?;
+    let start = Instant::now();
+    let mut stream = reg.blob_stream(repo, desc, None).await.ok()?;
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len() as u64;
+        if seen >= 16 << 20 {
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    (seen > 0 && secs > 0.0).then(|| seen as f64 / secs)
+}
+
+pub async fn run(
+    images: &[ImageJob],
+    filter: &hangar_shared::manifest::PlatformFilter,
+    provenance: bool,
+    jobs: usize,
+    pool: Arc<RegistryPool>,
+    target: Target,
+    console: &Console,
+) -> Result<()> {
+    let mut planned: Vec<(ImageJob, ImagePlan)> = Vec::new();
+    let mut results = futures_util::stream::iter(images.iter().cloned())
+        .map(|job| {
+            let pool = pool.clone();
+            async move {
+                let r = match pool.registry(&job.source.registry).await {
+                    Ok(store) => {
+                        planner::plan(store.as_ref(), None, &job, filter, provenance, false).await
+                    }
+                    Err(e) => Err(e),
+                };
+                (job, r)
+            }
+        })
+        .buffer_unordered(jobs.max(1));
+    let (mut skipped, mut failed) = (0usize, 0usize);
+    while let Some((job, r)) = results.next().await {
+        let n = Some(job.entry.index);
+        match r {
+            Ok(Planned::Plan(p)) => {
+                let platforms: Vec<String> = p
+                    .platforms
+                    .iter()
+                    .map(|x| {
+                        x.entry
+                            .platform
+                            .as_ref()
+                            .map(|p| p.display())
+                            .unwrap_or_else(|| "unknown".into())
+                    })
+                    .collect();
+                let bytes: u64 = p
+                    .platforms
+                    .iter()
+                    .flat_map(|x| x.blobs.iter())
+                    .map(|b| b.size)
+                    .sum();
+                console.info(
+                    n,
+                    format!(
+                        "Plan [{}]: {} ({})",
+                        job.source,
+                        platforms.join(", "),
+                        HumanBytes(bytes)
+                    ),
+                );
+                planned.push((job, p));
+            }
+            Ok(Planned::Skip(why)) => {
+                skipped += 1;
+                console.warn(n, format!("Plan [{}]: skipped: {why}", job.source));
+            }
+            Err(e) => {
+                failed += 1;
+                console.error(
+                    n,
+                    format!("Plan [{}]: {}: {}", job.source, e.class, e.message),
+                );
+            }
+        }
+    }
+    // Unique blobs per destination registry (the job copies each once per registry and
+    // mounts it into the other repositories).
+    let mut naive = 0u64;
+    let mut unique: HashMap<(String, Digest), (String, Descriptor, String, String)> =
+        HashMap::new();
+    let mut platforms = 0usize;
+    for (job, p) in &planned {
+        platforms += p.platforms.len();
+        for b in p.platforms.iter().flat_map(|x| x.blobs.iter()) {
+            naive += b.size;
+            let key = match target {
+                Target::Registry => (job.dest.registry.clone(), b.digest.clone()),
+                Target::Archive { .. } => (String::new(), b.digest.clone()),
+            };
+            unique.entry(key).or_insert_with(|| {
+                (
+                    job.dest.repository(),
+                    b.clone(),
+                    job.source.registry.clone(),
+                    job.source.repository(),
+                )
+            });
+        }
+    }
+    let unique_bytes: u64 = unique.values().map(|(_, d, _, _)| d.size).sum();
+    let mut held = 0u64;
+    let mut held_count = 0usize;
+    if let Target::Registry = target {
+        let checks = futures_util::stream::iter(unique.iter())
+            .map(|((host, digest), (repo, desc, _, _))| {
+                let pool = pool.clone();
+                async move {
+                    let there = match pool.registry(host).await {
+                        Ok(r) => r
+                            .blob_exists(repo, digest, Side::Destination)
+                            .await
+                            .unwrap_or(false),
+                        Err(_) => false,
+                    };
+                    (there, desc.size)
+                }
+            })
+            .buffer_unordered(16);
+        let found: Vec<(bool, u64)> = checks.collect().await;
+        for (there, size) in found {
+            if there {
+                held += size;
+                held_count += 1;
+            }
+        }
+    }
+    let to_copy = unique_bytes.saturating_sub(held);
+    console.info(
+        None,
+        format!(
+            "Plan: {} images ({} skipped, {} failed), {platforms} platform manifests; {} unique blobs, {} (an image-by-image copy would move {}); the destination already holds {held_count} of them ({}); {} to copy",
+            planned.len(),
+            skipped,
+            failed,
+            unique.len(),
+            HumanBytes(unique_bytes),
+            HumanBytes(naive),
+            HumanBytes(held),
+            HumanBytes(to_copy),
+        ),
+    );
+    let largest = unique
+        .values()
+        .max_by_key(|(_, d, _, _)| d.size)
+        .map(|(_, d, host, repo)| (host.clone(), repo.clone(), d.clone()));
+    match largest {
+        Some(blob) => match measure(&pool, &blob).await {
+            Some(bps) => {
+                let secs = to_copy as f64 / bps;
+                console.info(
+                    None,
+                    format!(
+                        "Plan: measured {}/s from {} on one stream; about {} at that rate (parallel transfers are usually faster)",
+                        HumanBytes(bps as u64),
+                        blob.0,
+                        humantime::format_duration(Duration::from_secs(secs.ceil() as u64))
+                    ),
+                );
+            }
+            None => console.warn(None, "Plan: could not measure the bandwidth to the source"),
+        },
+        None => {}
+    }
+    if let Target::Archive { part_size } = target {
+        let images: Vec<_> = planned
+            .iter()
+            .filter_map(|(j, p)| planner::archive_image(j, p).ok())
+            .collect();
+        let sizes: HashMap<Digest, u64> = unique
+            .iter()
+            .map(|((_, d), (_, desc, _, _))| (d.clone(), desc.size))
+            .collect();
+        // Per entry: local header, data descriptor and central directory record, with names.
+        let mut entries: HashSet<String> = HashSet::new();
+        for i in &images {
+            for s in &i.images {
+                entries.insert(format!("{}/index.json", s.digest.hex()));
+                entries.insert(format!("{}/oci-layout", s.digest.hex()));
+                for d in s.blobs() {
+                    entries.insert(hangar_shared::archive::blob_entry(d));
+                }
+            }
+        }
+        let overhead: u64 = entries
+            .iter()
+            .map(|n| 30 + 24 + 46 + 2 * n.len() as u64 + 200)
+            .sum();
+        let volumes = match part_size {
+            Some(part) => plan_volumes(&images, |d| sizes.get(d).copied().unwrap_or(0), part)
+                .0
+                .len(),
+            None => 1,
+        };
+        console.info(
+            None,
+            format!(
+                "Plan: the archive will be about {} in {volumes} volume(s), {} entries",
+                HumanBytes(unique_bytes + overhead),
+                entries.len() + volumes
+            ),
+        );
+    }
+    Ok(())
+}
