@@ -183,8 +183,8 @@ pub async fn run(
         .values()
         .max_by_key(|(_, d, _, _)| d.size)
         .map(|(_, d, host, repo)| (host.clone(), repo.clone(), d.clone()));
-    match largest {
-        Some(blob) => match measure(&pool, &blob).await {
+    if let Some(blob) = largest {
+        match measure(&pool, &blob).await {
             Some(bps) => {
                 let secs = to_copy as f64 / bps;
                 console.info(
@@ -198,8 +198,7 @@ pub async fn run(
                 );
             }
             None => console.warn(None, "Plan: could not measure the bandwidth to the source"),
-        },
-        None => {}
+        }
     }
     if let Target::Archive { part_size } = target {
         let images: Vec<_> = planned
