@@ -251,6 +251,9 @@ pub struct ServeArgs {
     /// The fleet's blob cache, for the configs read while planning.
     #[arg(long = "cache", env = "HANGAR_CACHE")]
     pub cache: Option<String>,
+    /// Scheduled bulk runs: a YAML list of {name, cron, list, args} (see docs).
+    #[arg(long = "schedule")]
+    pub schedule: Option<PathBuf>,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

@@ -6,6 +6,7 @@ mod commands;
 mod console;
 mod job;
 mod planner;
+mod schedule;
 mod serve;
 mod tracker;
 
@@ -127,7 +128,11 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
                 cache: a.cache.clone(),
                 ..Default::default()
             };
-            serve::run(a.listen, nats, defaults, console).await
+            let schedules = match &a.schedule {
+                Some(path) => schedule::load(path)?,
+                None => Vec::new(),
+            };
+            serve::run(a.listen, nats, defaults, schedules, console).await
         }
         Command::Status(a) => commands::remote::status(&a.server, a.job.as_deref()).await,
         Command::Cancel(a) => commands::remote::cancel(&a.server, &a.job).await,

@@ -38,6 +38,9 @@ pub const JOB_BUCKET: &str = "hangar-jobs";
 pub struct JobRequest {
     pub list: String,
     pub args: MirrorArgs,
+    /// The schedule that started it, if any (kept, so a resumed run still counts as busy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// What the bucket keeps per job.
@@ -50,6 +53,7 @@ struct StoredJob {
 struct Running {
     snapshot: Arc<Mutex<JobSnapshot>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    schedule: Option<String>,
 }
 
 #[derive(Clone)]
@@ -67,6 +71,16 @@ fn snapshot_of(r: &Running) -> JobSnapshot {
 }
 
 impl Server {
+    /// Whether a job started by schedule `name` is still queued or running.
+    fn busy(&self, name: &str) -> Option<String> {
+        let jobs = self.jobs.lock().ok()?;
+        jobs.values()
+            .filter(|r| r.schedule.as_deref() == Some(name))
+            .map(snapshot_of)
+            .find(|s| s.state == "running" || s.state == "queued")
+            .map(|s| s.id)
+    }
+
     async fn save(&self, id: &str, request: &JobRequest, snapshot: &JobSnapshot) {
         if let Err(e) = self.try_save(id, request, snapshot).await {
             tracing::warn!("{e}");
@@ -117,6 +131,7 @@ impl Server {
         }));
         let first = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
         self.try_save(&id, &request, &first).await?;
+        let schedule = request.schedule.clone();
         let server = self.clone();
         let watch = snapshot.clone();
         let task_id = id.clone();
@@ -160,6 +175,7 @@ impl Server {
                 Running {
                     snapshot,
                     task: Some(task),
+                    schedule,
                 },
             );
         }
@@ -200,6 +216,7 @@ impl Server {
                     Running {
                         snapshot: Arc::new(Mutex::new(stored.snapshot)),
                         task: None,
+                        schedule: stored.request.schedule.clone(),
                     },
                 );
             }
@@ -345,6 +362,7 @@ pub async fn run(
     listen: SocketAddr,
     nats: async_nats::Client,
     defaults: MirrorArgs,
+    schedules: Vec<crate::schedule::Schedule>,
     console: Arc<Console>,
 ) -> Result<()> {
     let js = jetstream::new(nats.clone());
@@ -369,6 +387,27 @@ pub async fn run(
         run: Arc::new(format!("r{}", job::new_job_id())),
     };
     let resumed = server.resume().await?;
+    if !schedules.is_empty() {
+        let s = server.clone();
+        tokio::spawn(crate::schedule::run(
+            schedules,
+            s.console.clone(),
+            move |name| {
+                let s = s.clone();
+                async move { s.busy(&name) }
+            },
+            {
+                let s = server.clone();
+                move |request: JobRequest| {
+                    let s = s.clone();
+                    async move {
+                        let id = job::new_job_id();
+                        s.start(id.clone(), request).await.map(|()| id)
+                    }
+                }
+            },
+        ));
+    }
     let app = Router::new()
         .route("/jobs", get(list).post(submit))
         .route("/jobs/{id}", get(status).delete(cancel))

@@ -1419,3 +1419,91 @@ async fn prometheus_scrapes_the_fleet_during_a_job() {
         );
     }
 }
+
+/// `serve --schedule`: a run every 2 seconds; while the first run cannot finish (no worker
+/// yet) the next ones are skipped, not stacked; once a worker finishes it, runs resume.
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_runs_start_and_skip_while_the_previous_is_busy() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let lines = seed_shared_repos(&env, 2).await;
+    let list = env.write_list("list.txt", &lines);
+    let schedule = env.path("schedule.yaml");
+    std::fs::write(
+        &schedule,
+        format!(
+            "- name: every-two-seconds\n  cron: \"*/2 * * * * *\"\n  list: {}\n  args: {{destination: \"{}\", tls_verify: false}}\n",
+            list.display(),
+            env.dst.addr
+        ),
+    )
+    .unwrap();
+    let listen = format!(
+        "127.0.0.1:{}",
+        hangar_loadtest::services::free_port().unwrap()
+    );
+    let log = env.path("coord.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let _coord = Coordinator(
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args([
+                "serve",
+                "--tls-verify=false",
+                "--listen",
+                &listen,
+                "--nats",
+                &nats.url(),
+                "--schedule",
+            ])
+            .arg(&schedule)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    );
+    hangar_loadtest::services::wait_for_port(&listen, std::time::Duration::from_secs(20)).unwrap();
+    let http = reqwest::Client::new();
+    let jobs = || {
+        let http = http.clone();
+        let url = format!("http://{listen}/jobs");
+        async move {
+            let v: Vec<serde_json::Value> =
+                http.get(url).send().await.unwrap().json().await.unwrap();
+            v
+        }
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let first = jobs().await;
+    let coord_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        first.len(),
+        1,
+        "one run, the rest skipped: {first:?}\n{coord_log}"
+    );
+    assert_eq!(first[0]["state"], "running");
+    assert!(
+        coord_log
+            .matches("Skipped scheduled run of \"every-two-seconds\"")
+            .count()
+            >= 2,
+        "{coord_log}"
+    );
+    // A worker finishes the first run; the schedule starts the next one.
+    let authfile = env.path("auth.json");
+    std::fs::write(&authfile, r#"{"auths":{}}"#).unwrap();
+    let _worker = start_worker(&nats.url(), &authfile, env.path("w.log"), "127.0.0.1:0");
+    let mut all = Vec::new();
+    for _ in 0..40 {
+        all = jobs().await;
+        if all.len() >= 2 && all.iter().any(|j| j["state"] == "succeeded") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(all.len() >= 2, "{all:?}");
+    assert!(all.iter().any(|j| j["state"] == "succeeded"), "{all:?}");
+    for line in &lines {
+        assert!(skopeo_raw(&line.replace(&env.src.addr, &env.dst.addr)).is_some());
+    }
+}

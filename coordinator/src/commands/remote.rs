@@ -53,7 +53,11 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     sent.fleet = Default::default();
     let http = reqwest::Client::new();
     let url = format!("{}/jobs", base(server));
-    let body = serde_json::to_vec(&JobRequest { list, args: sent })?;
+    let body = serde_json::to_vec(&JobRequest {
+        list,
+        args: sent,
+        schedule: None,
+    })?;
     let resp = http
         .post(&url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
