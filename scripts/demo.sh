@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The demo: two throwaway registries, synthetic images made offline (shared base layers,
+# The demo: throwaway registries, synthetic images made offline (shared base layers,
 # multi-arch indexes, Docker v2 and OCI), a mirror from one to the other, a validation,
-# and skopeo's view of one copied index.
+# skopeo's view of one copied index; then a save into a Hangar zip archive, its listing and
+# verification, and a load of the archive into a third registry, validated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HANGAR_SKIP_GARAGE=1 scripts/dev-services.sh
@@ -20,8 +21,10 @@ start_registry() {
 }
 start_registry source
 start_registry destination
+start_registry airgap
 src="$(cat "$work/source.addr")"
 dst="$(cat "$work/destination.addr")"
+gap="$(cat "$work/airgap.addr")"
 echo "source registry $src, destination registry $dst"
 
 "$bin/hangar-loadtest" seed --registry "$src" --list "$work/list.txt" \
@@ -36,3 +39,13 @@ first="$(head -n1 "$work/list.txt")"
 echo "--- skopeo inspect --raw of the copy of $first"
 skopeo inspect --raw --tls-verify=false "docker://${first/$src/$dst}"
 echo
+echo "--- save into $work/images.zip"
+"$bin/hangar-coord" save -f "$work/list.txt" -d "$work/images.zip" --tls-verify=false -j 4 -o "$work/save-failed.txt"
+echo "--- archive ls"
+"$bin/hangar-coord" archive ls "$work/images.zip"
+echo "--- archive verify"
+"$bin/hangar-coord" archive verify "$work/images.zip"
+echo "--- load into the air-gapped registry $gap"
+"$bin/hangar-coord" load -s "$work/images.zip" -d "$gap" --tls-verify=false -j 4 -o "$work/load-failed.txt"
+echo "--- load validate"
+"$bin/hangar-coord" load validate -s "$work/images.zip" -d "$gap" --tls-verify=false -o "$work/load-failed.txt"
