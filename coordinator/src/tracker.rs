@@ -591,13 +591,7 @@ impl Tracker {
                 if let Some(Outcome::Signed { added: true }) = outcome {
                     self.stats.signatures_added += 1;
                 }
-                let state = &mut self.images[image];
-                state.pending_signs = state.pending_signs.saturating_sub(1);
-                if state.pending_signs == 0
-                    && let Some(result) = state.held.take()
-                {
-                    self.finish(image, result, obs);
-                }
+                self.follow_up_done(image, obs);
                 Ok(())
             }
             (TaskRef::Scan { image, platform }, result) => {
@@ -611,13 +605,7 @@ impl Tracker {
                     }
                     _ => {}
                 }
-                let state = &mut self.images[image];
-                state.pending_signs = state.pending_signs.saturating_sub(1);
-                if state.pending_signs == 0
-                    && let Some(result) = state.held.take()
-                {
-                    self.finish(image, result, obs);
-                }
+                self.follow_up_done(image, obs);
                 Ok(())
             }
             (TaskRef::Sign { image }, Some(e)) => {
@@ -687,6 +675,17 @@ impl Tracker {
         self.scan_failures
             .iter()
             .map(|(i, e)| (&self.images[*i].job, e))
+    }
+
+    /// A signature or scan of `image` is done: the image finishes when it was the last.
+    fn follow_up_done(&mut self, image: usize, obs: &mut dyn Observer) {
+        let state = &mut self.images[image];
+        state.pending_signs = state.pending_signs.saturating_sub(1);
+        if state.pending_signs == 0
+            && let Some(result) = state.held.take()
+        {
+            self.finish(image, result, obs);
+        }
     }
 
     /// Finishes an image once its signatures are written; until then its result waits.

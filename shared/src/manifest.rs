@@ -265,6 +265,15 @@ pub struct PlatformFilter {
 }
 
 impl PlatformFilter {
+    /// From `--arch` / `--os` values (empty entries dropped).
+    pub fn from_flags(arch: &[String], os: &[String]) -> Self {
+        let keep = |v: &[String]| v.iter().filter(|x| !x.is_empty()).cloned().collect();
+        Self {
+            arch: keep(arch),
+            os: keep(os),
+        }
+    }
+
     pub fn matches(&self, p: &Platform) -> bool {
         let pass =
             |set: &[String], v: &str| set.is_empty() || v.is_empty() || set.iter().any(|s| s == v);

@@ -33,15 +33,7 @@ struct Selected {
 }
 
 fn filter(args: &LoadArgs) -> PlatformFilter {
-    PlatformFilter {
-        arch: args
-            .arch
-            .iter()
-            .filter(|a| !a.is_empty())
-            .cloned()
-            .collect(),
-        os: args.os.iter().filter(|o| !o.is_empty()).cloned().collect(),
-    }
+    PlatformFilter::from_flags(&args.arch, &args.os)
 }
 
 /// `registry/project/name` + tag (or digest) → a reference.
@@ -67,18 +59,7 @@ fn select(
     match &args.file {
         Some(file) => {
             let list = ImageList::read(file)?;
-            for w in &list.warnings {
-                console.warn(
-                    None,
-                    format!(
-                        "Ignore image list line {:?} ({}:{}): {}",
-                        w.line,
-                        file.display(),
-                        w.line_no,
-                        w.message
-                    ),
-                );
-            }
+            super::report_list_warnings(console, &list, &file.display().to_string());
             for entry in list.entries {
                 let LineKind::Default(r) = &entry.kind else {
                     console.error(
@@ -159,16 +140,9 @@ fn select(
             archived: Some(Arc::new(image.clone())),
         });
     }
-    let mut at_once = args.jobs;
-    if !(1..=20).contains(&at_once) {
-        console.warn(None, format!("Invalid worker num: {at_once}, set to 1"));
-        at_once = 1;
-    }
-    if debug {
-        at_once = 1;
-    }
+    let at_once = super::clamp_jobs(args.jobs, debug, console);
     Ok(Selected {
-        jobs_at_once: (at_once as usize).min(jobs.len()).max(1),
+        jobs_at_once: at_once.min(jobs.len()).max(1),
         jobs,
         failed,
         filter: filter(args),

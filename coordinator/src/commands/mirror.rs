@@ -46,15 +46,7 @@ pub fn prepare_list(
     debug: bool,
     console: &Console,
 ) -> Result<Prepared> {
-    for w in &list.warnings {
-        console.warn(
-            None,
-            format!(
-                "Ignore image list line {:?} ({}:{}): {}",
-                w.line, label, w.line_no, w.message
-            ),
-        );
-    }
+    super::report_list_warnings(console, &list, label);
     if list.entries.is_empty() {
         bail!("no images in list {label}");
     }
@@ -112,29 +104,14 @@ pub fn prepare_list(
             })
         })
         .collect::<Vec<_>>();
-    let mut jobs = args.jobs;
-    if !(1..=20).contains(&jobs) {
-        console.warn(None, format!("Invalid worker num: {jobs}, set to 1"));
-        jobs = 1;
-    }
-    if debug {
-        jobs = 1;
-    }
+    let jobs = super::clamp_jobs(args.jobs, debug, console);
     let timeout = humantime::parse_duration(&args.timeout)
         .with_context(|| format!("invalid --timeout {:?}", args.timeout))?;
     Ok(Prepared {
-        jobs: (jobs as usize).min(images.len()).max(1),
+        jobs: jobs.min(images.len()).max(1),
         images,
         rejected,
-        filter: PlatformFilter {
-            arch: args
-                .arch
-                .iter()
-                .filter(|a| !a.is_empty())
-                .cloned()
-                .collect(),
-            os: args.os.iter().filter(|o| !o.is_empty()).cloned().collect(),
-        },
+        filter: PlatformFilter::from_flags(&args.arch, &args.os),
         timeout: (!timeout.is_zero()).then_some(timeout),
         cache: match &args.cache {
             Some(url) => Some(Arc::new(BlobCache::open(url)?)),

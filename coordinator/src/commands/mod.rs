@@ -125,6 +125,44 @@ pub fn finish(
     anyhow::bail!("some images failed to {verb}")
 }
 
+/// Logs the lines a list reader skipped, naming the list and line.
+pub fn report_list_warnings(
+    console: &crate::console::Console,
+    list: &hangar_shared::imagelist::ImageList,
+    label: &str,
+) {
+    for w in &list.warnings {
+        console.warn(
+            None,
+            format!(
+                "Ignore image list line {:?} ({label}:{}): {}",
+                w.line, w.line_no, w.message
+            ),
+        );
+    }
+}
+
+/// `-j`: Hangar's range (1–20, else 1 with a warning); `--debug` forces 1.
+pub fn clamp_jobs(jobs: i64, debug: bool, console: &crate::console::Console) -> usize {
+    if debug {
+        return 1;
+    }
+    if !(1..=20).contains(&jobs) {
+        console.warn(None, format!("Invalid worker num: {jobs}, set to 1"));
+        return 1;
+    }
+    jobs as usize
+}
+
+/// One CSV field, quoted when it needs to be (RFC 4180).
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
 /// `4G`, `700M`, `1.5G`, `512Ki`, `1000` (bytes); binary units.
 pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();

@@ -386,14 +386,6 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
     Ok(())
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
 fn purl(inv: &Inventory, p: &Package) -> String {
     let os = inv.os.as_ref();
     match p.kind {
@@ -547,7 +539,7 @@ fn render(scanned: &[Scanned], format: &str) -> Result<String> {
                     out.push_str(
                         &cells
                             .iter()
-                            .map(|c| csv_field(c))
+                            .map(|c| super::csv_field(c))
                             .collect::<Vec<_>>()
                             .join(","),
                     );
@@ -578,7 +570,7 @@ fn render(scanned: &[Scanned], format: &str) -> Result<String> {
                     out.push_str(
                         &cells
                             .iter()
-                            .map(|c| csv_field(c))
+                            .map(|c| super::csv_field(c))
                             .collect::<Vec<_>>()
                             .join(","),
                     );

@@ -115,18 +115,7 @@ pub fn targets(list: &SignListArgs, debug: bool, console: &Console) -> Result<Ta
         bail!("image list file not provided: use -f/--file");
     };
     let parsed = ImageList::read(file)?;
-    for w in &parsed.warnings {
-        console.warn(
-            None,
-            format!(
-                "Ignore image list line {:?} ({}:{}): {}",
-                w.line,
-                file.display(),
-                w.line_no,
-                w.message
-            ),
-        );
-    }
+    super::report_list_warnings(console, &parsed, &file.display().to_string());
     let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
     let mut items = Vec::new();
     let mut failed = Vec::new();
@@ -169,29 +158,14 @@ pub fn targets(list: &SignListArgs, debug: bool, console: &Console) -> Result<Ta
         }
         items.push(Target { entry, image });
     }
-    let mut jobs = list.jobs;
-    if !(1..=20).contains(&jobs) {
-        console.warn(None, format!("Invalid worker num: {jobs}, set to 1"));
-        jobs = 1;
-    }
-    if debug {
-        jobs = 1;
-    }
+    let jobs = super::clamp_jobs(list.jobs, debug, console);
     let timeout = humantime::parse_duration(&list.timeout)
         .with_context(|| format!("invalid --timeout {:?}", list.timeout))?;
     Ok(Targets {
         items,
         failed,
-        filter: PlatformFilter {
-            arch: list
-                .arch
-                .iter()
-                .filter(|a| !a.is_empty())
-                .cloned()
-                .collect(),
-            os: list.os.iter().filter(|o| !o.is_empty()).cloned().collect(),
-        },
-        jobs: jobs as usize,
+        filter: PlatformFilter::from_flags(&list.arch, &list.os),
+        jobs,
         timeout: (!timeout.is_zero()).then_some(timeout),
     })
 }
@@ -460,14 +434,6 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
     super::finish(&console, &failed_file, &failed, "validate")
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
 /// The report (schema of Hangar's §7.2): JSON, YAML, or CSV with Hangar's header.
 fn render(rows: &[Row], format: &str) -> Result<String> {
     if format == "csv" {
@@ -487,7 +453,7 @@ fn render(rows: &[Row], format: &str) -> Result<String> {
                 "false".into(),
                 r.subject.media_type.clone(),
             ];
-            let mut line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
+            let mut line: Vec<String> = cells.iter().map(|c| super::csv_field(c)).collect();
             line.extend(std::iter::repeat_n(String::new(), 7));
             out.push_str(&line.join(","));
             out.push('\n');
