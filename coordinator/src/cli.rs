@@ -104,17 +104,9 @@ pub struct MirrorArgs {
     /// Image list (default or mirror format).
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
-    /// Architectures to copy (comma separated or repeated).
-    #[arg(
-        short = 'a',
-        long = "arch",
-        value_delimiter = ',',
-        default_value = "amd64,arm64"
-    )]
-    pub arch: Vec<String>,
-    /// Operating systems to copy.
-    #[arg(long = "os", value_delimiter = ',', default_value = "linux")]
-    pub os: Vec<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub platforms: PlatformArgs,
     /// Override the source registry of every line.
     #[arg(short = 's', long = "source", default_value = "")]
     pub source: String,
@@ -197,6 +189,39 @@ impl Default for MirrorArgs {
             args: MirrorArgs,
         }
         Defaults::parse_from(["defaults"]).args
+    }
+}
+
+/// Hangar's `--arch` / `--os` selection of platforms.
+#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PlatformArgs {
+    /// Architectures (comma separated or repeated).
+    #[arg(
+        short = 'a',
+        long = "arch",
+        value_delimiter = ',',
+        default_value = "amd64,arm64"
+    )]
+    pub arch: Vec<String>,
+    /// Operating systems.
+    #[arg(long = "os", value_delimiter = ',', default_value = "linux")]
+    pub os: Vec<String>,
+}
+
+impl Default for PlatformArgs {
+    /// Hangar's defaults, as on the command line (what a job request leaves out).
+    fn default() -> Self {
+        Self {
+            arch: vec!["amd64".into(), "arm64".into()],
+            os: vec!["linux".into()],
+        }
+    }
+}
+
+impl PlatformArgs {
+    pub fn filter(&self) -> hangar_shared::manifest::PlatformFilter {
+        hangar_shared::manifest::PlatformFilter::from_flags(&self.arch, &self.os)
     }
 }
 
@@ -379,15 +404,8 @@ pub struct ArchiveListArgs {
     /// Image list (default format; mirror-format lines are skipped).
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
-    #[arg(
-        short = 'a',
-        long = "arch",
-        value_delimiter = ',',
-        default_value = "amd64,arm64"
-    )]
-    pub arch: Vec<String>,
-    #[arg(long = "os", value_delimiter = ',', default_value = "linux")]
-    pub os: Vec<String>,
+    #[command(flatten)]
+    pub platforms: PlatformArgs,
     /// Override the source registry of every line.
     #[arg(short = 's', long = "source", default_value = "")]
     pub source: String,
@@ -518,15 +536,8 @@ pub struct LoadArgs {
     /// Override every destination project.
     #[arg(long = "project", default_value = "")]
     pub project: String,
-    #[arg(
-        short = 'a',
-        long = "arch",
-        value_delimiter = ',',
-        default_value = "amd64,arm64"
-    )]
-    pub arch: Vec<String>,
-    #[arg(long = "os", value_delimiter = ',', default_value = "linux")]
-    pub os: Vec<String>,
+    #[command(flatten)]
+    pub platforms: PlatformArgs,
     #[arg(short = 'o', long = "failed", default_value = "load-failed.txt")]
     pub failed: PathBuf,
     #[arg(
@@ -644,15 +655,8 @@ pub struct SignListArgs {
     /// Image list (default format).
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
-    #[arg(
-        short = 'a',
-        long = "arch",
-        value_delimiter = ',',
-        default_value = "amd64,arm64"
-    )]
-    pub arch: Vec<String>,
-    #[arg(long = "os", value_delimiter = ',', default_value = "linux")]
-    pub os: Vec<String>,
+    #[command(flatten)]
+    pub platforms: PlatformArgs,
     /// Override the registry of every line.
     #[arg(long = "registry", default_value = "")]
     pub registry: String,

@@ -33,7 +33,7 @@ struct Selected {
 }
 
 fn filter(args: &LoadArgs) -> PlatformFilter {
-    PlatformFilter::from_flags(&args.arch, &args.os)
+    args.platforms.filter()
 }
 
 /// `registry/project/name` + tag (or digest) → a reference.

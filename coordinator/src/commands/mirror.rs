@@ -111,7 +111,7 @@ pub fn prepare_list(
         jobs: jobs.min(images.len()).max(1),
         images,
         rejected,
-        filter: PlatformFilter::from_flags(&args.arch, &args.os),
+        filter: args.platforms.filter(),
         timeout: (!timeout.is_zero()).then_some(timeout),
         cache: match &args.cache {
             Some(url) => Some(Arc::new(BlobCache::open(url)?)),

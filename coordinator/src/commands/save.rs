@@ -38,8 +38,7 @@ impl Drop for TempCache {
 fn mirror_args(list: &ArchiveListArgs) -> MirrorArgs {
     MirrorArgs {
         file: list.file.clone(),
-        arch: list.arch.clone(),
-        os: list.os.clone(),
+        platforms: list.platforms.clone(),
         source: list.source.clone(),
         jobs: list.jobs,
         timeout: list.timeout.clone(),

@@ -164,7 +164,7 @@ pub fn targets(list: &SignListArgs, debug: bool, console: &Console) -> Result<Ta
     Ok(Targets {
         items,
         failed,
-        filter: PlatformFilter::from_flags(&list.arch, &list.os),
+        filter: list.platforms.filter(),
         jobs,
         timeout: (!timeout.is_zero()).then_some(timeout),
     })
