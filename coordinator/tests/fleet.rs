@@ -1507,3 +1507,85 @@ async fn scheduled_runs_start_and_skip_while_the_previous_is_busy() {
         assert!(skopeo_raw(&line.replace(&env.src.addr, &env.dst.addr)).is_some());
     }
 }
+
+/// Fleet-wide rate control: a destination that answers 429 to more than 25 requests a
+/// second. Without a budget, two workers trip it; with `--rate-limit HOST=10` (for the
+/// whole fleet, kept in NATS KV) they never exceed it and see no 429.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_budget_keeps_the_workers_under_a_registrys_limit() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let lines = seed_shared_repos(&env, 6).await;
+    let list = env.write_list("list.txt", &lines);
+    let authfile = env.path("auth.json");
+    std::fs::write(&authfile, r#"{"auths":{}}"#).unwrap();
+    let mut results = Vec::new();
+    for budget in [None, Some(10u64)] {
+        let dst = RegistryProcess::start().unwrap();
+        let proxy = hangar_loadtest::proxy::start(
+            "127.0.0.1:0",
+            &dst.addr,
+            hangar_loadtest::proxy::ProxyOptions {
+                burst_limit: Some(25),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let rate = budget.map(|b| format!("{}={b}", proxy.addr));
+        let workers: Vec<Worker> = (0..2)
+            .map(|i| {
+                let mut args = vec!["--listen", "127.0.0.1:0", "--blob-concurrency", "8"];
+                if let Some(r) = &rate {
+                    args.extend(["--rate-limit", r.as_str()]);
+                }
+                let authfile = authfile.to_str().unwrap().to_owned();
+                let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+                all.extend(["--authfile".to_owned(), authfile]);
+                let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+                spawn_worker(
+                    &nats.url(),
+                    env.path(&format!("rl{i}-{budget:?}.log")),
+                    &refs,
+                    &[],
+                )
+            })
+            .collect();
+        let out = hangar(&[
+            "submit",
+            list.to_str().unwrap(),
+            "--tls-verify=false",
+            "-d",
+            &proxy.addr,
+            "-j",
+            "6",
+            "--nats",
+            &nats.url(),
+            "-o",
+            env.path("failed.txt").to_str().unwrap(),
+        ]);
+        drop(workers);
+        let throttled = proxy.throttled.load(std::sync::atomic::Ordering::Relaxed);
+        let peak = proxy.peak.load(std::sync::atomic::Ordering::Relaxed);
+        results.push((budget, out.status.success(), throttled, peak, text(&out)));
+    }
+    let (_, _, unlimited_429s, unlimited_peak, _) = &results[0];
+    let (_, ok, limited_429s, limited_peak, log) = &results[1];
+    assert!(*ok, "the budgeted job completes: {log}");
+    assert!(
+        *unlimited_429s > 0,
+        "without a budget the burst limit is hit (peak {unlimited_peak}/s)"
+    );
+    assert_eq!(
+        *limited_429s, 0,
+        "with the budget: no 429 (peak {limited_peak}/s)"
+    );
+    // Two fixed one-second windows may overlap one of the proxy's: at most twice the budget.
+    assert!(
+        *limited_peak <= 20,
+        "peak {limited_peak} requests in a second"
+    );
+    eprintln!(
+        "rate control: without budget {unlimited_429s} 429s (peak {unlimited_peak}/s); with 10/s {limited_429s} 429s (peak {limited_peak}/s)"
+    );
+}

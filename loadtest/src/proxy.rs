@@ -31,6 +31,9 @@ pub struct ProxyOptions {
     /// Cap each connection's upstream → client bandwidth (bytes per second), to make
     /// transfers long enough to interrupt.
     pub rate_limit: Option<u64>,
+    /// Answer `429` with `Retry-After: 1` to requests beyond this many per second (fixed
+    /// one-second windows, all connections together): a registry that throttles bursts.
+    pub burst_limit: Option<u32>,
 }
 
 pub struct Proxy {
@@ -38,6 +41,8 @@ pub struct Proxy {
     pub connections: Arc<AtomicU64>,
     /// How many requests were answered 429.
     pub throttled: Arc<AtomicU64>,
+    /// The most requests seen in one `burst_limit` window.
+    pub peak: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,6 +57,9 @@ struct Faults {
     resets_left: AtomicU64,
     throttle_until: Mutex<Option<Instant>>,
     throttled: Arc<AtomicU64>,
+    /// The current one-second window and the requests seen in it.
+    burst: Mutex<(Instant, u32)>,
+    peak: Arc<AtomicU64>,
 }
 
 enum Verdict {
@@ -62,6 +70,32 @@ enum Verdict {
 
 impl Faults {
     fn judge(&self, chunk: &[u8]) -> Verdict {
+        let is_request = [
+            &b"GET "[..],
+            b"HEAD ",
+            b"PUT ",
+            b"POST ",
+            b"PATCH ",
+            b"DELETE ",
+        ]
+        .iter()
+        .any(|m| chunk.starts_with(m));
+        if let (Some(limit), true) = (self.opts.burst_limit, is_request)
+            && let Ok(mut burst) = self.burst.lock()
+        {
+            let now = Instant::now();
+            if now.duration_since(burst.0) >= Duration::from_secs(1) {
+                *burst = (now, 0);
+            }
+            burst.1 += 1;
+            self.peak.fetch_max(u64::from(burst.1), Ordering::Relaxed);
+            if burst.1 > limit {
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+                return Verdict::Answer(
+                    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+                );
+            }
+        }
         let is_blob = chunk.windows(14).any(|w| w == b"/blobs/sha256:");
         let is_get = chunk.starts_with(b"GET ");
         if is_blob
@@ -106,11 +140,14 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
     let upstream = upstream.to_owned();
     let connections = Arc::new(AtomicU64::new(0));
     let throttled = Arc::new(AtomicU64::new(0));
+    let peak = Arc::new(AtomicU64::new(0));
     let faults = Arc::new(Faults {
         opts,
         resets_left: AtomicU64::new(opts.reset_blob_gets),
         throttle_until: Mutex::new(None),
         throttled: throttled.clone(),
+        burst: Mutex::new((Instant::now(), 0)),
+        peak: peak.clone(),
     });
     let counter = connections.clone();
     let task = tokio::spawn(async move {
@@ -147,6 +184,7 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
         addr,
         connections,
         throttled,
+        peak,
         task,
     })
 }

@@ -12,6 +12,7 @@ pub mod index_builder;
 pub mod lease;
 pub mod manifest;
 pub mod queue;
+pub mod ratelimit;
 pub mod reference;
 pub mod registry;
 pub mod retry;

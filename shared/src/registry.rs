@@ -28,6 +28,8 @@ pub struct RegistryOptions {
     /// `--tls-verify`: `Some(false)` skips certificate checks and allows plain HTTP.
     pub tls_verify: Option<bool>,
     pub retry: RetryPolicy,
+    /// Fleet-wide rate control: asked before each request, told about each 429.
+    pub gate: Option<std::sync::Arc<dyn crate::ratelimit::Gate>>,
 }
 
 /// Which side of a copy an operation is on; decides how a 4xx is classified.
@@ -49,6 +51,7 @@ pub struct Registry {
     challenged: bool,
     /// Where the API really lives (`index.docker.io` for `docker.io`).
     api_host: String,
+    gate: Option<std::sync::Arc<dyn crate::ratelimit::Gate>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -116,7 +119,15 @@ impl Registry {
             scheme,
             challenged,
             api_host,
+            gate: opts.gate.clone(),
         })
+    }
+
+    /// Waits for the fleet's permission to send a request to this registry.
+    async fn admit(&self) {
+        if let Some(g) = &self.gate {
+            g.admit(&self.host).await;
+        }
     }
 
     /// Checks that the stored credentials are accepted (for `login`): the `/v2/` endpoint
@@ -184,6 +195,15 @@ impl Registry {
         {
             err.retry_after = self.ask_retry_after(&url, r, op).await;
         }
+        if err.class == FailureClass::RateLimited
+            && let Some(g) = &self.gate
+        {
+            g.back_off(
+                &self.host,
+                err.retry_after.unwrap_or(Duration::from_secs(1)),
+            )
+            .await;
+        }
         Err(err)
     }
 
@@ -247,6 +267,7 @@ impl Registry {
         let what = format!("{}/{repo}:{reference}", self.host);
         self.retry
             .run(&format!("get manifest {what}"), || async {
+                self.admit().await;
                 let pulled = self
                     .client
                     .pull_manifest_raw(&r, &self.auth, ACCEPTED)
@@ -290,6 +311,7 @@ impl Registry {
             })?;
         self.retry
             .run(&format!("put manifest {what}"), || async {
+                self.admit().await;
                 let pushed = self
                     .client
                     .push_manifest_raw(&r, manifest.bytes.clone(), content_type.clone())
@@ -319,6 +341,7 @@ impl Registry {
         let what = format!("{}/{repo}@{digest}", self.host);
         self.retry
             .run(&format!("head blob {what}"), || async {
+                self.admit().await;
                 let found = self.client.blob_exists(&r, &digest.to_string()).await;
                 self.or_fail(found, side, &what, &r, RegistryOperation::Pull)
                     .await
@@ -340,6 +363,7 @@ impl Registry {
         // A whole-blob range request: oci-client does not re-hash a 206 answer, and
         // `verified` below hashes every byte once. A registry that ignores Range answers
         // 200, which oci-client verifies as well.
+        self.admit().await;
         let sized = if desc.size == 0 {
             self.client.pull_blob_stream(&r, digest.as_str()).await
         } else {
@@ -387,6 +411,9 @@ impl Registry {
             }
             OciDistributionError::GenericError(Some(msg))
         });
+        // An upload is a POST and a PUT.
+        self.admit().await;
+        self.admit().await;
         let res = self
             .client
             .push_blob_stream(&r, body, &desc.digest.to_string(), Some(desc.size))
@@ -404,6 +431,7 @@ impl Registry {
     pub async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool> {
         let r = self.repo_ref(repo);
         let from = self.repo_ref(from_repo);
+        self.admit().await;
         match self.client.mount_blob(&r, &from, &digest.to_string()).await {
             Ok(()) => Ok(true),
             Err(
@@ -431,6 +459,7 @@ impl Registry {
         let mut tags = self
             .retry
             .run(&format!("list tags {what}"), || async {
+                self.admit().await;
                 let listed = self.client.list_tags(&r, &self.auth, None, None).await;
                 self.or_fail(listed, Side::Source, &what, &r, RegistryOperation::Pull)
                     .await

@@ -62,6 +62,10 @@ struct Args {
     /// Signatures at once.
     #[arg(long, default_value_t = 4)]
     sign_concurrency: usize,
+    /// A fleet-wide request budget for one registry: `--rate-limit HOST=REQUESTS_PER_SECOND`
+    /// (repeatable; all workers together, kept in NATS KV).
+    #[arg(long = "rate-limit")]
+    rate_limits: Vec<String>,
     /// Image inventories read at once (scanning).
     #[arg(long, default_value_t = 2)]
     scan_concurrency: usize,
@@ -173,10 +177,24 @@ async fn main() -> Result<()> {
         observer: Some(metrics.clone()),
         ..Default::default()
     };
+    // Rate control is shared through NATS: budgets where given, and a 429 seen by any
+    // worker holds every worker's requests to that registry.
+    let mut budgets = std::collections::HashMap::new();
+    for spec in &args.rate_limits {
+        let parsed = spec
+            .rsplit_once('=')
+            .and_then(|(h, n)| n.parse::<u32>().ok().filter(|n| *n > 0).map(|n| (h, n)));
+        let Some((host, n)) = parsed else {
+            anyhow::bail!("--rate-limit {spec:?}: expected HOST=REQUESTS_PER_SECOND");
+        };
+        budgets.insert(host.to_owned(), n);
+    }
+    let gate = hangar_shared::ratelimit::FleetBudget::open(client.clone(), budgets).await?;
     let pool = RegistryPool::new(
         RegistryOptions {
             tls_verify: args.tls_verify,
             retry: retry.clone(),
+            gate: Some(Arc::new(gate)),
         },
         args.authfile.clone(),
     );
