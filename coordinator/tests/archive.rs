@@ -948,8 +948,22 @@ async fn kill_during_sync_leaves_a_readable_archive() {
     let mut new = old.clone();
     new.push(format!("{}/big/new:1", env.src.addr));
     let list = env.write_list("new.txt", &[format!("{}/big/new:1", env.src.addr)]);
+    let partial_exists = || {
+        std::fs::read_dir(env.dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".k.zip.partial-")
+            })
+    };
+    // `None`: kill as soon as the new archive's temporary file appears (a kill that is
+    // certain to land mid-write, however slow the machine); then kills at fixed delays.
+    let mut plan: Vec<Option<u64>> = vec![None, None, None];
+    plan.extend([50u64, 150, 250, 400, 600, 900, 1300, 2000].map(Some));
     let (mut killed_mid_write, mut saw_old, mut saw_new) = (false, false, false);
-    for delay_ms in [50u64, 150, 250, 350, 450, 600, 800, 1000, 1300, 1700, 2500] {
+    for when in plan {
         std::fs::write(&archive, &pristine).expect("restore");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
             .args([
@@ -966,28 +980,42 @@ async fn kill_during_sync_leaves_a_readable_archive() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("sync");
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        match when {
+            Some(ms) => std::thread::sleep(std::time::Duration::from_millis(ms)),
+            None => {
+                let start = std::time::Instant::now();
+                while !partial_exists()
+                    && start.elapsed() < std::time::Duration::from_secs(60)
+                    && child.try_wait().ok().flatten().is_none()
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        }
         let _ = child.kill();
         let _ = child.wait();
-        let partial = std::fs::read_dir(env.dir.path())
-            .expect("dir")
-            .filter_map(|e| e.ok())
-            .any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(".k.zip.partial-")
-            });
-        killed_mid_write |= partial;
+        killed_mid_write |= partial_exists();
         let images = ls_images(&archive);
-        assert!(
-            images == old || images == new,
-            "after {delay_ms} ms: {images:?}"
-        );
+        assert!(images == old || images == new, "after {when:?}: {images:?}");
         saw_old |= images == old;
         saw_new |= images == new;
         let v = hangar(&["archive", "verify", &s(&archive)]);
-        assert!(v.status.success(), "after {delay_ms} ms: {}", text(&v));
+        assert!(v.status.success(), "after {when:?}: {}", text(&v));
     }
+    // And one run left to finish: the new content.
+    std::fs::write(&archive, &pristine).expect("restore");
+    let out = hangar(&[
+        "sync",
+        "--tls-verify=false",
+        "-f",
+        &s(&list),
+        "-d",
+        &s(&archive),
+        "-o",
+        &s(&env.path("sf.txt")),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    saw_new |= ls_images(&archive) == new;
     assert!(
         killed_mid_write,
         "at least one kill landed while the new archive was being written"

@@ -1508,25 +1508,25 @@ async fn scheduled_runs_start_and_skip_while_the_previous_is_busy() {
     }
 }
 
-/// Fleet-wide rate control: a destination that answers 429 to more than 25 requests a
-/// second. Without a budget, two workers trip it; with `--rate-limit HOST=10` (for the
+/// Fleet-wide rate control: a destination that answers 429 to more than 15 requests a
+/// second. Without a budget, two workers trip it; with `--rate-limit HOST=7` (for the
 /// whole fleet, kept in NATS KV) they never exceed it and see no 429.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_budget_keeps_the_workers_under_a_registrys_limit() {
     let env = Env::new();
     let nats = NatsProcess::start().expect("nats-server");
-    let lines = seed_shared_repos(&env, 6).await;
+    let lines = seed_shared_repos(&env, 4).await;
     let list = env.write_list("list.txt", &lines);
     let authfile = env.path("auth.json");
     std::fs::write(&authfile, r#"{"auths":{}}"#).unwrap();
     let mut results = Vec::new();
-    for budget in [None, Some(10u64)] {
+    for budget in [None, Some(7u64)] {
         let dst = RegistryProcess::start().unwrap();
         let proxy = hangar_loadtest::proxy::start(
             "127.0.0.1:0",
             &dst.addr,
             hangar_loadtest::proxy::ProxyOptions {
-                burst_limit: Some(25),
+                burst_limit: Some(15),
                 ..Default::default()
             },
         )
@@ -1558,7 +1558,7 @@ async fn a_fleet_budget_keeps_the_workers_under_a_registrys_limit() {
             "-d",
             &proxy.addr,
             "-j",
-            "6",
+            "4",
             "--nats",
             &nats.url(),
             "-o",
@@ -1582,10 +1582,10 @@ async fn a_fleet_budget_keeps_the_workers_under_a_registrys_limit() {
     );
     // Two fixed one-second windows may overlap one of the proxy's: at most twice the budget.
     assert!(
-        *limited_peak <= 20,
+        *limited_peak <= 14,
         "peak {limited_peak} requests in a second"
     );
     eprintln!(
-        "rate control: without budget {unlimited_429s} 429s (peak {unlimited_peak}/s); with 10/s {limited_429s} 429s (peak {limited_peak}/s)"
+        "rate control: without budget {unlimited_429s} 429s (peak {unlimited_peak}/s); with 7/s {limited_429s} 429s (peak {limited_peak}/s)"
     );
 }
