@@ -1494,7 +1494,7 @@ async fn scheduled_runs_start_and_skip_while_the_previous_is_busy() {
     std::fs::write(&authfile, r#"{"auths":{}}"#).unwrap();
     let _worker = start_worker(&nats.url(), &authfile, env.path("w.log"), "127.0.0.1:0");
     let mut all = Vec::new();
-    for _ in 0..40 {
+    for _ in 0..120 {
         all = jobs().await;
         if all.len() >= 2 && all.iter().any(|j| j["state"] == "succeeded") {
             break;
