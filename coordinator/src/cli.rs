@@ -649,9 +649,9 @@ pub struct GenerateKeyArgs {
     pub yes: bool,
 }
 
-/// Which images of a list, and where (shared by sign and sign validate).
+/// Which images of a list, and where (sign, sign validate, scan).
 #[derive(Args, Debug, Clone)]
-pub struct SignListArgs {
+pub struct ListArgs {
     /// Image list (default format).
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
@@ -704,7 +704,7 @@ pub enum SignSub {
 #[derive(Args, Debug, Clone)]
 pub struct SignArgs {
     #[command(flatten)]
-    pub list: SignListArgs,
+    pub list: ListArgs,
     /// The private key (cosign's encrypted PEM).
     #[arg(short = 'p', long = "key")]
     pub key: Option<PathBuf>,
@@ -729,7 +729,7 @@ pub struct SignArgs {
 #[derive(Args, Debug, Clone)]
 pub struct SignValidateArgs {
     #[command(flatten)]
-    pub list: SignListArgs,
+    pub list: ListArgs,
     /// The public key (PEM).
     #[arg(short = 'k', long = "key")]
     pub key: Option<PathBuf>,
@@ -761,7 +761,7 @@ pub struct SignValidateArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ScanArgs {
     #[command(flatten)]
-    pub list: SignListArgs,
+    pub list: ListArgs,
     /// Report format: csv, json, yaml, spdx-json, spdx-csv, cyclonedx-json.
     #[arg(long = "format", default_value = "csv")]
     pub format: String,

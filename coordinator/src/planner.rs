@@ -410,25 +410,9 @@ pub async fn plan_archive(
             "a stored file or Helm chart, not an image (not loaded)".to_owned(),
         ));
     }
-    let kept: Vec<_> = image
-        .images
-        .iter()
-        .filter(|s| !s.is_attestation() && filter.matches(&s.platform()))
-        .collect();
-    if kept.is_empty() {
+    let specs = image.selected(filter, provenance);
+    if !specs.iter().any(|s| !s.is_attestation()) {
         return Ok(Planned::Skip(NO_PLATFORM.to_owned()));
-    }
-    let mut specs = kept.clone();
-    if provenance {
-        for s in image.images.iter().filter(|s| s.is_attestation()) {
-            let attests = s
-                .annotations
-                .get(hangar_shared::manifest::ANNOTATION_REFERENCE_DIGEST)
-                .and_then(|d| d.parse::<Digest>().ok());
-            if attests.is_some_and(|d| kept.iter().any(|k| k.digest == d)) {
-                specs.push(s);
-            }
-        }
     }
     let missing = |d: &Digest, what: &str| {
         Error::invalid(format!(

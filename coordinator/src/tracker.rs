@@ -97,8 +97,8 @@ struct ImageState {
     plan: Option<ImagePlan>,
     pending_blobs: Vec<usize>,
     pending_manifests: usize,
-    /// Signatures still being written; the image's result waits for them in `held`.
-    pending_signs: usize,
+    /// Signatures and scans still running; the image's result waits for them in `held`.
+    pending_follow_ups: usize,
     held: Option<ImageResult>,
     result: Option<ImageResult>,
 }
@@ -163,7 +163,7 @@ impl Tracker {
                 plan: None,
                 pending_blobs: Vec::new(),
                 pending_manifests: 0,
-                pending_signs: 0,
+                pending_follow_ups: 0,
                 held: None,
                 result: None,
             })
@@ -609,7 +609,7 @@ impl Tracker {
                 Ok(())
             }
             (TaskRef::Sign { image }, Some(e)) => {
-                self.images[image].pending_signs = 0;
+                self.images[image].pending_follow_ups = 0;
                 self.images[image].held = None;
                 self.finish(image, ImageResult::Failed(e.context("signing")), obs);
                 Ok(())
@@ -628,7 +628,7 @@ impl Tracker {
             &job.dest.registry,
             &job.dest.repository(),
         );
-        self.images[image].pending_signs += 1;
+        self.images[image].pending_follow_ups += 1;
         let name = format!("sign/{dest}@{digest}");
         let task = Task::Sign(SignTask {
             dest,
@@ -646,7 +646,7 @@ impl Tracker {
         };
         let manifest = ManifestBody::from(&plan.platforms[platform].manifest);
         let store = self.dest_repo(image);
-        self.images[image].pending_signs += 1;
+        self.images[image].pending_follow_ups += 1;
         let name = format!("scan/{store}@{}", manifest.digest);
         let task = Task::Scan(ScanTask { store, manifest });
         self.publish(name, task, TaskRef::Scan { image, platform })
@@ -680,8 +680,8 @@ impl Tracker {
     /// A signature or scan of `image` is done: the image finishes when it was the last.
     fn follow_up_done(&mut self, image: usize, obs: &mut dyn Observer) {
         let state = &mut self.images[image];
-        state.pending_signs = state.pending_signs.saturating_sub(1);
-        if state.pending_signs == 0
+        state.pending_follow_ups = state.pending_follow_ups.saturating_sub(1);
+        if state.pending_follow_ups == 0
             && let Some(result) = state.held.take()
         {
             self.finish(image, result, obs);
@@ -690,7 +690,7 @@ impl Tracker {
 
     /// Finishes an image once its signatures are written; until then its result waits.
     fn complete(&mut self, image: usize, result: ImageResult, obs: &mut dyn Observer) {
-        if self.images[image].pending_signs > 0 {
+        if self.images[image].pending_follow_ups > 0 {
             self.images[image].held = Some(result);
         } else {
             self.finish(image, result, obs);

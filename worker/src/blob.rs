@@ -3,6 +3,7 @@
 
 use futures_util::StreamExt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use hangar_shared::cache::BlobCache;
 use hangar_shared::digest::Digest;
@@ -85,49 +86,13 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
 
 /// Source → cache only (`save`: the assembler writes the archive from the cache).
 async fn into_cache(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
-    let digest = &task.desc.digest;
     let Some(cache) = &ctx.cache else {
         return Err(hangar_shared::error::Error::invalid(
             "a save task reached a worker without a blob cache (--cache)",
         ));
     };
-    let present = || async {
-        Ok::<_, hangar_shared::error::Error>(
-            cache
-                .meta(digest)
-                .await?
-                .is_some_and(|m| m.size == task.desc.size),
-        )
-    };
-    let what = format!("look up blob {digest} in the cache");
-    if ctx.retry.run(&what, present).await? {
-        return Ok(Outcome::BlobPresent);
-    }
-    let what = format!("copy blob {digest} {} -> cache", task.source);
-    let fill = || async {
-        let stream = match &task.inline {
-            Some(bytes) => {
-                let once =
-                    futures_util::stream::once(std::future::ready(Ok(bytes.clone()))).boxed();
-                verified(once, digest.clone(), task.desc.size, None)
-            }
-            None => {
-                let source = ctx.stores.resolve(&task.source.store).await?;
-                source
-                    .get_blob(&task.source.repo, &task.desc, Some(ctx.bytes_moved.clone()))
-                    .await?
-            }
-        };
-        cache.fill(&task.desc, stream).await.map(drop)
-    };
-    let by_others = match &ctx.leases {
-        None => {
-            ctx.retry.run(&what, fill).await?;
-            false
-        }
-        Some(leases) => fill_once(leases, cache, task, || ctx.retry.run(&what, fill)).await?,
-    };
-    Ok(if by_others {
+    let there = ensure_cached(ctx, cache, task, Some(ctx.bytes_moved.clone())).await?;
+    Ok(if there {
         Outcome::BlobPresent
     } else {
         Outcome::BlobCopied {
@@ -135,6 +100,55 @@ async fn into_cache(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
             cached: false,
         }
     })
+}
+
+/// Puts the blob in the cache unless it is there, under the fleet-wide lease when there is
+/// one. Returns whether it was there already, or was filled meanwhile by someone else.
+async fn ensure_cached(
+    ctx: &Context,
+    cache: &BlobCache,
+    task: &BlobTask,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<bool> {
+    let digest = &task.desc.digest;
+    let hit = ctx
+        .retry
+        .run(&format!("look up blob {digest} in the cache"), || {
+            cache.meta(digest)
+        })
+        .await?
+        .is_some_and(|m| m.size == task.desc.size);
+    if hit {
+        return Ok(true);
+    }
+    let what = format!("copy blob {digest} {} -> cache", task.source);
+    let fill = || fill_cache(ctx, cache, task, progress.clone());
+    match &ctx.leases {
+        None => ctx.retry.run(&what, fill).await.map(|()| false),
+        Some(leases) => fill_once(leases, cache, task, || ctx.retry.run(&what, fill)).await,
+    }
+}
+
+/// One verified stream into the cache: the task's inline bytes, or the source's.
+async fn fill_cache(
+    ctx: &Context,
+    cache: &BlobCache,
+    task: &BlobTask,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<()> {
+    let stream = match &task.inline {
+        Some(bytes) => {
+            let once = futures_util::stream::once(std::future::ready(Ok(bytes.clone()))).boxed();
+            verified(once, task.desc.digest.clone(), task.desc.size, progress)
+        }
+        None => {
+            let source = ctx.stores.resolve(&task.source.store).await?;
+            source
+                .get_blob(&task.source.repo, &task.desc, progress)
+                .await?
+        }
+    };
+    cache.fill(&task.desc, stream).await.map(drop)
 }
 
 /// Source → cache (verified, committed only when whole) unless the cache has it, then
@@ -146,32 +160,12 @@ async fn through_cache(
     dest: &dyn ImageStore,
 ) -> Result<Outcome> {
     let digest = &task.desc.digest;
-    let hit = ctx
-        .retry
-        .run(&format!("look up blob {digest} in the cache"), || {
-            cache.meta(digest)
-        })
-        .await?
-        .is_some_and(|m| m.size == task.desc.size);
-    let fill = || async {
-        let source = ctx.stores.resolve(&task.source.store).await?;
-        let stream = source.get_blob(&task.source.repo, &task.desc, None).await?;
-        cache.fill(&task.desc, stream).await.map(drop)
-    };
+    let hit = ensure_cached(ctx, cache, task, None).await?;
     let deliver = || async {
         let stream = cache.get(&task.desc, Some(ctx.bytes_moved.clone())).await?;
         dest.put_blob(&task.dest.repo, &task.desc, stream).await
     };
     let what = format!("copy blob {digest} via the cache -> {}", task.dest);
-    let mut hit = hit;
-    if !hit {
-        match &ctx.leases {
-            None => ctx.retry.run(&what, fill).await?,
-            Some(leases) => {
-                hit = fill_once(leases, cache, task, || ctx.retry.run(&what, fill)).await?
-            }
-        }
-    }
     match ctx.retry.run(&what, deliver).await {
         Err(e)
             if hit
@@ -182,7 +176,9 @@ async fn through_cache(
         {
             tracing::warn!("cached blob {digest} is damaged; evicting it and fetching again");
             cache.evict(digest).await;
-            ctx.retry.run(&what, fill).await?;
+            ctx.retry
+                .run(&what, || fill_cache(ctx, cache, task, None))
+                .await?;
             ctx.retry.run(&what, deliver).await?;
             Ok(Outcome::BlobCopied {
                 bytes: task.desc.size,

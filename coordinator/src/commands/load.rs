@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use hangar_shared::archive::{ArchiveImage, ArchiveReader};
 use hangar_shared::digest::Digest;
 use hangar_shared::imagelist::{ImageList, LineKind, ListEntry};
-use hangar_shared::manifest::{ANNOTATION_REFERENCE_DIGEST, Manifest, PlatformFilter};
+use hangar_shared::manifest::{Manifest, PlatformFilter};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::Side;
 use hangar_shared::retry::RetryPolicy;
@@ -263,24 +263,11 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
                     let Some(image) = &job.archived else {
                         return Ok(Vec::new());
                     };
-                    let kept: Vec<&Digest> = image
-                        .images
-                        .iter()
-                        .filter(|s| !s.is_attestation() && filter.matches(&s.platform()))
+                    let wanted: Vec<&Digest> = image
+                        .selected(&filter, provenance)
+                        .into_iter()
                         .map(|s| &s.digest)
                         .collect();
-                    let mut wanted: Vec<Digest> = kept.iter().map(|d| (*d).clone()).collect();
-                    if provenance {
-                        for s in image.images.iter().filter(|s| s.is_attestation()) {
-                            if s.annotations
-                                .get(ANNOTATION_REFERENCE_DIGEST)
-                                .and_then(|d| d.parse::<Digest>().ok())
-                                .is_some_and(|d| kept.contains(&&d))
-                            {
-                                wanted.push(s.digest.clone());
-                            }
-                        }
-                    }
                     let registry = pool.registry(&job.dest.registry).await?;
                     let found = registry
                         .manifest_opt(
@@ -299,7 +286,7 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
                     Ok::<_, hangar_shared::error::Error>(
                         wanted
                             .iter()
-                            .filter(|d| !present.contains(d))
+                            .filter(|d| !present.contains(*d))
                             .map(|d| format!("missing {d}"))
                             .collect(),
                     )

@@ -15,6 +15,7 @@ pub mod remote;
 pub mod save;
 pub mod scan;
 pub mod sign;
+pub mod targets;
 pub mod validate;
 
 use std::path::Path;
@@ -154,13 +155,40 @@ pub fn clamp_jobs(jobs: i64, debug: bool, console: &crate::console::Console) -> 
     jobs as usize
 }
 
-/// One CSV field, quoted when it needs to be (RFC 4180).
-pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
+/// One CSV line (RFC 4180 quoting where a field needs it), newline included.
+pub fn csv_line<S: AsRef<str>>(cells: impl IntoIterator<Item = S>) -> String {
+    let mut line = cells
+        .into_iter()
+        .map(|c| {
+            let c = c.as_ref();
+            if c.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", c.replace('"', "\"\""))
+            } else {
+                c.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    line.push('\n');
+    line
+}
+
+/// Report entries grouped as Hangar's reports have them: `[{reference, images: [...]}]`,
+/// in the order references first appear.
+pub fn by_reference(
+    rows: impl IntoIterator<Item = (String, serde_json::Value)>,
+) -> Vec<serde_json::Value> {
+    let mut groups: Vec<(String, Vec<serde_json::Value>)> = Vec::new();
+    for (reference, image) in rows {
+        match groups.iter_mut().find(|(r, _)| *r == reference) {
+            Some((_, images)) => images.push(image),
+            None => groups.push((reference, vec![image])),
+        }
     }
+    groups
+        .into_iter()
+        .map(|(reference, images)| serde_json::json!({"reference": reference, "images": images}))
+        .collect()
 }
 
 /// `4G`, `700M`, `1.5G`, `512Ki`, `1000` (bytes); binary units.

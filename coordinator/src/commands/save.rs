@@ -198,15 +198,11 @@ async fn assemble(
     g: &Gathered,
     n: usize,
     location: &str,
-    base: Option<&str>,
+    base: Option<&Arc<ArchiveReader>>,
     images: &[ArchiveImage],
 ) -> Result<Written> {
     let Some(client) = &g.fleet else {
-        let base = match base {
-            Some(b) => Some(Arc::new(ArchiveReader::open(b).await?)),
-            None => None,
-        };
-        return Ok(write_archive(location, base, images, g.cache.clone()).await?);
+        return Ok(write_archive(location, base.cloned(), images, g.cache.clone()).await?);
     };
     let key = format!("{}/{n}.json", g.job);
     g.cache.put_doc(&key, serde_json::to_vec(images)?).await?;
@@ -221,7 +217,8 @@ async fn assemble(
             trace: None,
             task: Task::Assemble(AssembleTask {
                 output: location.to_owned(),
-                base: base.map(str::to_owned),
+                // The worker opens the archive itself, by its location.
+                base: base.map(|b| b.label().to_owned()),
                 images: key,
             }),
         })
@@ -373,11 +370,11 @@ pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result
         bail!("archive {dest} does not exist");
     }
     // Opened first so a damaged archive is refused before anything is fetched.
-    ArchiveReader::open(dest).await?;
+    let base = Arc::new(ArchiveReader::open(dest).await?);
     let mut retried = false;
     let (g, w) = loop {
         let g = gather(&args.list, dest, debug, console.clone()).await?;
-        match assemble(&g, 1, dest, Some(dest), &g.images).await {
+        match assemble(&g, 1, dest, Some(&base), &g.images).await {
             Err(e) if !retried && damaged_cache(&e) => {
                 console.warn(None, format!("{e:#}; fetching it again"));
                 retried = true;

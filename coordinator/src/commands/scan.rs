@@ -231,7 +231,7 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
         Some(url) => Some(Arc::new(BlobCache::open(url)?)),
         None => None,
     };
-    let t = super::sign::targets(&args.list, debug, &console)?;
+    let t = super::targets::targets(&args.list, debug, &console)?;
     let pool = Arc::new(super::pool(
         args.list.tls_verify,
         args.list.authfile.as_deref(),
@@ -292,7 +292,7 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
                     }
                     Ok::<_, Error>(out)
                 };
-                (target, super::sign::with_timeout(timeout, work).await)
+                (target, super::targets::with_timeout(timeout, work).await)
             }
         })
         .buffer_unordered(t.jobs);
@@ -536,14 +536,7 @@ fn render(scanned: &[Scanned], format: &str) -> Result<String> {
                         &f.fixed,
                         &f.url,
                     ];
-                    out.push_str(
-                        &cells
-                            .iter()
-                            .map(|c| super::csv_field(c))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    );
-                    out.push('\n');
+                    out.push_str(&super::csv_line(cells));
                 }
             }
             Ok(out)
@@ -567,21 +560,13 @@ fn render(scanned: &[Scanned], format: &str) -> Result<String> {
                         "",
                         &id,
                     ];
-                    out.push_str(
-                        &cells
-                            .iter()
-                            .map(|c| super::csv_field(c))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    );
-                    out.push('\n');
+                    out.push_str(&super::csv_line(cells));
                 }
             }
             Ok(out)
         }
         _ => {
-            let mut results: Vec<Value> = Vec::new();
-            for s in scanned {
+            let results = super::by_reference(scanned.iter().map(|s| {
                 let p = &s.platform;
                 let mut image = json!({
                     "digest": s.digest,
@@ -593,18 +578,8 @@ fn render(scanned: &[Scanned], format: &str) -> Result<String> {
                     "cyclonedx-json" => image["cyclonedx"] = cyclonedx(s, &now),
                     _ => {}
                 }
-                match results
-                    .iter_mut()
-                    .find(|r| r["reference"] == s.reference.as_str())
-                {
-                    Some(r) => {
-                        if let Some(a) = r["images"].as_array_mut() {
-                            a.push(image);
-                        }
-                    }
-                    None => results.push(json!({"reference": s.reference, "images": [image]})),
-                }
-            }
+                (s.reference.clone(), image)
+            }));
             if format == "yaml" {
                 // Hangar's YAML names the list `result`.
                 return Ok(serde_yaml_ng::to_string(

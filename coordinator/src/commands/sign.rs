@@ -4,13 +4,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
 use hangar_shared::digest::Digest;
 use hangar_shared::error::Error;
-use hangar_shared::imagelist::{ImageList, LineKind, ListEntry};
 use hangar_shared::manifest::{Platform, PlatformFilter};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::sign::cosign::{self, Signed, Verdict};
@@ -18,7 +16,7 @@ use hangar_shared::sign::{KeyPair, PublicKey};
 use hangar_shared::store::RegistryPool;
 use serde_json::json;
 
-use crate::cli::{GenerateKeyArgs, SignArgs, SignListArgs, SignValidateArgs};
+use crate::cli::{GenerateKeyArgs, SignArgs, SignValidateArgs};
 use crate::console::Console;
 use crate::planner;
 
@@ -97,79 +95,6 @@ fn write_mode(path: &str, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-pub struct Target {
-    pub entry: ListEntry,
-    pub image: ImageRef,
-}
-
-pub struct Targets {
-    pub items: Vec<Target>,
-    pub failed: Vec<String>,
-    pub filter: PlatformFilter,
-    pub jobs: usize,
-    pub timeout: Option<Duration>,
-}
-
-pub fn targets(list: &SignListArgs, debug: bool, console: &Console) -> Result<Targets> {
-    let Some(file) = &list.file else {
-        bail!("image list file not provided: use -f/--file");
-    };
-    let parsed = ImageList::read(file)?;
-    super::report_list_warnings(console, &parsed, &file.display().to_string());
-    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
-    let mut items = Vec::new();
-    let mut failed = Vec::new();
-    for entry in parsed.entries {
-        let image = match &entry.kind {
-            LineKind::Default(r) => r.clone(),
-            LineKind::Mirror { .. } => {
-                console.error(
-                    Some(entry.index),
-                    format!(
-                        "Failed [{}] (line {}): sign takes the default list format only",
-                        entry.original, entry.line_no
-                    ),
-                );
-                failed.push(entry.original.clone());
-                continue;
-            }
-            LineKind::Invalid(why) => {
-                console.error(
-                    Some(entry.index),
-                    format!(
-                        "Failed [{}] (line {}): {why}",
-                        entry.original, entry.line_no
-                    ),
-                );
-                failed.push(entry.original.clone());
-                continue;
-            }
-        };
-        let image = image
-            .with_registry(some(&list.registry).as_deref())
-            .with_project(some(&list.project).as_deref());
-        if image.is_signature_tag() {
-            console.error(
-                Some(entry.index),
-                format!("Failed [{}]: image is a sigstore signature", entry.original),
-            );
-            failed.push(entry.original.clone());
-            continue;
-        }
-        items.push(Target { entry, image });
-    }
-    let jobs = super::clamp_jobs(list.jobs, debug, console);
-    let timeout = humantime::parse_duration(&list.timeout)
-        .with_context(|| format!("invalid --timeout {:?}", list.timeout))?;
-    Ok(Targets {
-        items,
-        failed,
-        filter: list.platforms.filter(),
-        jobs,
-        timeout: (!timeout.is_zero()).then_some(timeout),
-    })
-}
-
 /// One digest to sign or verify: the index's, or a selected platform's.
 struct Subject {
     digest: Digest,
@@ -208,21 +133,6 @@ async fn subjects(
     Ok(out)
 }
 
-pub async fn with_timeout<T>(
-    limit: Option<Duration>,
-    work: impl std::future::Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    match limit {
-        Some(l) => tokio::time::timeout(l, work).await.unwrap_or_else(|_| {
-            Err(Error::new(
-                hangar_shared::error::FailureClass::Network,
-                format!("timed out after {l:?}"),
-            ))
-        }),
-        None => work.await,
-    }
-}
-
 pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result<()> {
     if !args.oidc_provider.is_empty() {
         bail!(
@@ -242,7 +152,7 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
         bail!("the private key is required: use -p/--key");
     };
     let key = Arc::new(load_key(key_path, args.passphrase_file.as_deref())?);
-    let t = targets(&args.list, debug, &console)?;
+    let t = super::targets::targets(&args.list, debug, &console)?;
     let pool = Arc::new(super::pool(
         args.list.tls_verify,
         args.list.authfile.as_deref(),
@@ -285,7 +195,7 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
                     }
                     Ok::<_, Error>(())
                 };
-                (target, with_timeout(timeout, work).await)
+                (target, super::targets::with_timeout(timeout, work).await)
             }
         })
         .buffer_unordered(t.jobs);
@@ -333,7 +243,7 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
     let pem = std::fs::read_to_string(key_path)
         .with_context(|| format!("reading key {}", key_path.display()))?;
     let key = Arc::new(PublicKey::from_pem(&pem, &key_path.display().to_string())?);
-    let t = targets(&args.list, debug, &console)?;
+    let t = super::targets::targets(&args.list, debug, &console)?;
     let pool = Arc::new(super::pool(
         args.list.tls_verify,
         args.list.authfile.as_deref(),
@@ -363,7 +273,7 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
                     }
                     Ok::<_, Error>(out)
                 };
-                (target, with_timeout(timeout, work).await)
+                (target, super::targets::with_timeout(timeout, work).await)
             }
         })
         .buffer_unordered(t.jobs);
@@ -453,15 +363,16 @@ fn render(rows: &[Row], format: &str) -> Result<String> {
                 "false".into(),
                 r.subject.media_type.clone(),
             ];
-            let mut line: Vec<String> = cells.iter().map(|c| super::csv_field(c)).collect();
-            line.extend(std::iter::repeat_n(String::new(), 7));
-            out.push_str(&line.join(","));
-            out.push('\n');
+            // No certificate or workflow columns: signatures here are key-based.
+            out.push_str(&super::csv_line(
+                cells
+                    .into_iter()
+                    .chain(std::iter::repeat_n(String::new(), 7)),
+            ));
         }
         return Ok(out);
     }
-    let mut results: Vec<serde_json::Value> = Vec::new();
-    for r in rows {
+    let results = super::by_reference(rows.iter().map(|r| {
         let image = json!({
             "digest": r.subject.digest.to_string(),
             "mediaType": r.subject.media_type,
@@ -469,18 +380,8 @@ fn render(rows: &[Row], format: &str) -> Result<String> {
             "tlogVerified": false,
             "payload": r.payload,
         });
-        match results
-            .iter_mut()
-            .find(|x| x["reference"] == r.reference.as_str())
-        {
-            Some(entry) => {
-                if let Some(images) = entry["images"].as_array_mut() {
-                    images.push(image);
-                }
-            }
-            None => results.push(json!({"reference": r.reference, "images": [image]})),
-        }
-    }
+        (r.reference.clone(), image)
+    }));
     let doc = json!({
         "time": hangar_shared::archive::index::go_time_now(),
         "results": results,

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::manifest::{ANNOTATION_REFERENCE_TYPE, ATTESTATION_MANIFEST, Descriptor, Platform};
+use crate::manifest::{
+    ANNOTATION_REFERENCE_DIGEST, ANNOTATION_REFERENCE_TYPE, ATTESTATION_MANIFEST, Descriptor,
+    Platform, PlatformFilter,
+};
 
 /// The index version this project writes; readers refuse anything lower.
 pub const INDEX_VERSION: &str = "v1.2.0";
@@ -169,6 +172,32 @@ impl ArchiveImage {
             os_list,
             images,
         }
+    }
+
+    /// The platform images `--arch/--os` select, then (with `provenance`) the attestations
+    /// of those: what load copies and load validate checks.
+    pub fn selected(&self, filter: &PlatformFilter, provenance: bool) -> Vec<&ImageSpec> {
+        let mut out: Vec<&ImageSpec> = self
+            .images
+            .iter()
+            .filter(|s| !s.is_attestation() && filter.matches(&s.platform()))
+            .collect();
+        if provenance {
+            let kept: Vec<&Digest> = out.iter().map(|s| &s.digest).collect();
+            let attestations: Vec<&ImageSpec> = self
+                .images
+                .iter()
+                .filter(|s| s.is_attestation())
+                .filter(|s| {
+                    s.annotations
+                        .get(ANNOTATION_REFERENCE_DIGEST)
+                        .and_then(|d| d.parse::<Digest>().ok())
+                        .is_some_and(|d| kept.contains(&&d))
+                })
+                .collect();
+            out.extend(attestations);
+        }
+        out
     }
 
     /// Hangar's "custom entry" (a stored file or chart): no arch and no OS.

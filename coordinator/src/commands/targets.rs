@@ -1,0 +1,102 @@
+//! The images of a default-format list, with `--registry` / `--project` applied, for the
+//! commands that work on images where they are (sign, sign validate, scan).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use hangar_shared::error::Error;
+use hangar_shared::imagelist::{ImageList, LineKind, ListEntry};
+use hangar_shared::manifest::PlatformFilter;
+use hangar_shared::reference::ImageRef;
+
+use crate::cli::ListArgs;
+use crate::console::Console;
+
+pub struct Target {
+    pub entry: ListEntry,
+    pub image: ImageRef,
+}
+
+pub struct Targets {
+    pub items: Vec<Target>,
+    pub failed: Vec<String>,
+    pub filter: PlatformFilter,
+    pub jobs: usize,
+    pub timeout: Option<Duration>,
+}
+
+pub fn targets(list: &ListArgs, debug: bool, console: &Console) -> Result<Targets> {
+    let Some(file) = &list.file else {
+        bail!("image list file not provided: use -f/--file");
+    };
+    let parsed = ImageList::read(file)?;
+    super::report_list_warnings(console, &parsed, &file.display().to_string());
+    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+    let mut items = Vec::new();
+    let mut failed = Vec::new();
+    for entry in parsed.entries {
+        let image = match &entry.kind {
+            LineKind::Default(r) => r.clone(),
+            LineKind::Mirror { .. } => {
+                console.error(
+                    Some(entry.index),
+                    format!(
+                        "Failed [{}] (line {}): only the default list format is read here",
+                        entry.original, entry.line_no
+                    ),
+                );
+                failed.push(entry.original.clone());
+                continue;
+            }
+            LineKind::Invalid(why) => {
+                console.error(
+                    Some(entry.index),
+                    format!(
+                        "Failed [{}] (line {}): {why}",
+                        entry.original, entry.line_no
+                    ),
+                );
+                failed.push(entry.original.clone());
+                continue;
+            }
+        };
+        let image = image
+            .with_registry(some(&list.registry).as_deref())
+            .with_project(some(&list.project).as_deref());
+        if image.is_signature_tag() {
+            console.error(
+                Some(entry.index),
+                format!("Failed [{}]: image is a sigstore signature", entry.original),
+            );
+            failed.push(entry.original.clone());
+            continue;
+        }
+        items.push(Target { entry, image });
+    }
+    let jobs = super::clamp_jobs(list.jobs, debug, console);
+    let timeout = humantime::parse_duration(&list.timeout)
+        .with_context(|| format!("invalid --timeout {:?}", list.timeout))?;
+    Ok(Targets {
+        items,
+        failed,
+        filter: list.platforms.filter(),
+        jobs,
+        timeout: (!timeout.is_zero()).then_some(timeout),
+    })
+}
+
+/// Bounds one image's work by `--timeout`.
+pub async fn with_timeout<T>(
+    limit: Option<Duration>,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match limit {
+        Some(l) => tokio::time::timeout(l, work).await.unwrap_or_else(|_| {
+            Err(Error::new(
+                hangar_shared::error::FailureClass::Network,
+                format!("timed out after {l:?}"),
+            ))
+        }),
+        None => work.await,
+    }
+}
