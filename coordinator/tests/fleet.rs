@@ -1378,7 +1378,9 @@ async fn prometheus_scrapes_the_fleet_during_a_job() {
         bytes = query("sum(hangar_bytes_total{direction=\"out\"})").await;
         tasks = query("sum(hangar_tasks_total{result=\"ok\"})").await;
         jobs = query("sum(hangar_jobs{state=\"succeeded\"})").await;
-        if bytes > 0.0 && tasks > 0.0 && jobs >= 1.0 {
+        // Each target is scraped on its own clock: the coordinator may report the job done
+        // before the last worker scrape carries its final byte count, so wait for all three.
+        if bytes > 4.0 * 30_000.0 && tasks >= 4.0 * 2.0 && jobs >= 1.0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
