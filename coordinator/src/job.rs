@@ -181,6 +181,13 @@ pub async fn run_mirror(
 ) -> Result<JobReport> {
     let started = Instant::now();
     let job_id = format!("{}.{}", job.0, job.1);
+    // Ends when this function returns: the job's span, every task's span is its child.
+    let span = tracing::info_span!(
+        "job",
+        otel.name = %format!("job {}", job.0),
+        job = %job_id,
+        images = spec.images.len(),
+    );
     let bytes_moved = Arc::new(AtomicU64::new(0));
     let (queue, mut events, workers): (Arc<dyn TaskQueue>, _, _) = match backend {
         Backend::Embedded => {
@@ -272,6 +279,7 @@ pub async fn run_mirror(
         spec.overwrite,
         spec.ends.clone(),
     );
+    tracker.trace = hangar_shared::telemetry::traceparent(&span);
     let dest_label = spec.ends.dest_label.clone();
     let mut obs = LogObserver {
         dest_label: dest_label.as_deref(),

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command, MirrorSub};
+use tracing::Instrument;
 
 pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
 
@@ -28,16 +29,26 @@ fn version_line() -> String {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = if cli.debug { "debug" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let _telemetry = match hangar_shared::telemetry::init("hangar-coord", filter) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     let console = console::Console::new(cli.hide_log_time);
-    match run(cli, console.clone()).await {
+    // A command is one trace; `serve` is not a command's worth of work: each job it runs is
+    // its own trace.
+    let command = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
+    let span = if matches!(cli.command, Some(Command::Serve(_))) {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!("command", otel.name = %format!("hangar-coord {command}"))
+    };
+    match run(cli, console.clone()).instrument(span).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<commands::scan::ExitWith>().is_some() => {
             let code = e

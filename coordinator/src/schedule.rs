@@ -112,6 +112,7 @@ where
                 list,
                 args: s.args.clone(),
                 schedule: Some(s.name.clone()),
+                trace: None,
             };
             match start(request).await {
                 Ok(id) => console.info(

@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use hangar_shared::imagelist::ImageList;
 use hangar_shared::queue::jetstream::purge_job;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::cli::MirrorArgs;
 use crate::commands::mirror;
@@ -41,6 +42,10 @@ pub struct JobRequest {
     /// The schedule that started it, if any (kept, so a resumed run still counts as busy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// The W3C trace the job's spans join: the submitter's (its `traceparent` header), or
+    /// the job's own from its first run, so a resumed job stays one trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// What the bucket keeps per job.
@@ -105,7 +110,7 @@ impl Server {
 
     /// Starts (or resumes) a job in the background.
     /// A job that cannot be stored could not be resumed: it is refused rather than run.
-    async fn start(&self, id: String, request: JobRequest) -> Result<(), String> {
+    async fn start(&self, id: String, mut request: JobRequest) -> Result<(), String> {
         let mut args = request.args.clone();
         // The coordinator's own TLS and credential settings, never the client's.
         args.tls_verify = self.defaults.tls_verify;
@@ -129,46 +134,55 @@ impl Server {
             failed_lines: rejected.iter().map(|(e, _)| e.original.clone()).collect(),
             ..Default::default()
         }));
+        let span =
+            tracing::info_span!("serve job", otel.name = %format!("serve job {id}"), job = %id);
+        hangar_shared::telemetry::adopt(&span, request.trace.as_deref());
+        if request.trace.is_none() {
+            request.trace = hangar_shared::telemetry::traceparent(&span);
+        }
         let first = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
         self.try_save(&id, &request, &first).await?;
         let schedule = request.schedule.clone();
         let server = self.clone();
         let watch = snapshot.clone();
         let task_id = id.clone();
-        let task = tokio::spawn(async move {
-            let pool = Arc::new(crate::commands::pool(
-                args.tls_verify,
-                args.authfile.as_deref(),
-            ));
-            let outcome = job::run_mirror(
-                spec,
-                pool,
-                server.console.clone(),
-                Backend::Fleet(server.nats.clone()),
-                (&task_id, &server.run),
-                Some(watch.clone()),
-            )
-            .await;
-            let last = {
-                let Ok(mut s) = watch.lock() else { return };
-                match outcome {
-                    Ok(report) => {
-                        s.bytes_copied = report.stats.bytes_copied;
-                        s.blobs_copied = report.stats.blobs_copied;
-                        s.blobs_from_cache = report.stats.blobs_from_cache;
-                        s.blobs_mounted = report.stats.blobs_mounted;
-                        s.blobs_present = report.stats.blobs_present;
-                        s.state = if s.failed == 0 { "succeeded" } else { "failed" }.into();
+        let task = tokio::spawn(
+            async move {
+                let pool = Arc::new(crate::commands::pool(
+                    args.tls_verify,
+                    args.authfile.as_deref(),
+                ));
+                let outcome = job::run_mirror(
+                    spec,
+                    pool,
+                    server.console.clone(),
+                    Backend::Fleet(server.nats.clone()),
+                    (&task_id, &server.run),
+                    Some(watch.clone()),
+                )
+                .await;
+                let last = {
+                    let Ok(mut s) = watch.lock() else { return };
+                    match outcome {
+                        Ok(report) => {
+                            s.bytes_copied = report.stats.bytes_copied;
+                            s.blobs_copied = report.stats.blobs_copied;
+                            s.blobs_from_cache = report.stats.blobs_from_cache;
+                            s.blobs_mounted = report.stats.blobs_mounted;
+                            s.blobs_present = report.stats.blobs_present;
+                            s.state = if s.failed == 0 { "succeeded" } else { "failed" }.into();
+                        }
+                        Err(e) => {
+                            s.state = "failed".into();
+                            s.message = Some(format!("{e:#}"));
+                        }
                     }
-                    Err(e) => {
-                        s.state = "failed".into();
-                        s.message = Some(format!("{e:#}"));
-                    }
-                }
-                s.clone()
-            };
-            server.save(&task_id, &request, &last).await;
-        });
+                    s.clone()
+                };
+                server.save(&task_id, &request, &last).await;
+            }
+            .instrument(span),
+        );
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.insert(
                 id,
@@ -227,9 +241,13 @@ impl Server {
 
 async fn submit(
     State(server): State<Server>,
-    Json(request): Json<JobRequest>,
+    headers: axum::http::HeaderMap,
+    Json(mut request): Json<JobRequest>,
 ) -> impl IntoResponse {
     let id = job::new_job_id();
+    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        request.trace = Some(parent.to_owned());
+    }
     match server.start(id.clone(), request).await {
         Ok(()) => (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response(),
         Err(e) => (

@@ -145,6 +145,8 @@ pub struct Tracker {
     writes: HashMap<String, VecDeque<(Task, TaskRef)>>,
     unfinished: usize,
     pub stats: Stats,
+    /// The job's trace context, handed to every task it publishes.
+    pub trace: Option<String>,
 }
 
 impl Tracker {
@@ -178,6 +180,7 @@ impl Tracker {
             scan_failures: Vec::new(),
             next_id: 0,
             tasks: HashMap::new(),
+            trace: None,
             images,
             blobs: HashMap::new(),
             groups: HashMap::new(),
@@ -255,7 +258,7 @@ impl Tracker {
                 job: self.job.clone(),
                 id,
                 key: format!("{}/{key}", self.job),
-                trace: None,
+                trace: self.trace.clone(),
                 task,
             })
             .await

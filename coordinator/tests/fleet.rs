@@ -391,6 +391,10 @@ impl Drop for Coordinator {
 }
 
 fn start_coordinator(nats: &str, listen: &str, log: PathBuf) -> Coordinator {
+    spawn_coordinator(nats, listen, log, &[])
+}
+
+fn spawn_coordinator(nats: &str, listen: &str, log: PathBuf, envs: &[(&str, &str)]) -> Coordinator {
     // The coordinator's own credentials, which must stay with it.
     let authfile = log.with_file_name("coord-auth.json");
     std::fs::write(
@@ -411,6 +415,7 @@ fn start_coordinator(nats: &str, listen: &str, log: PathBuf) -> Coordinator {
             ])
             .arg("--authfile")
             .arg(&authfile)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -1590,4 +1595,194 @@ async fn a_fleet_budget_keeps_the_workers_under_a_registrys_limit() {
     eprintln!(
         "rate control: without budget {unlimited_429s} 429s (peak {unlimited_peak}/s); with 7/s {limited_429s} 429s (peak {limited_peak}/s)"
     );
+}
+
+/// One exported span, as an OTLP receiver sees it.
+#[derive(Debug, Clone)]
+struct SeenSpan {
+    service: String,
+    instance: String,
+    trace: Vec<u8>,
+    id: Vec<u8>,
+    parent: Vec<u8>,
+    name: String,
+}
+
+/// A minimal OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body, every span kept.
+async fn otlp_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<SeenSpan>>>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                let mut seen = sink.lock().unwrap();
+                for resource in request.resource_spans {
+                    let attr = |key: &str| {
+                        resource
+                            .resource
+                            .iter()
+                            .flat_map(|r| r.attributes.iter())
+                            .find(|kv| kv.key == key)
+                            .and_then(|kv| kv.value.as_ref())
+                            .map(|v| format!("{:?}", v.value))
+                            .unwrap_or_default()
+                    };
+                    let (service, instance) = (attr("service.name"), attr("service.instance.id"));
+                    for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
+                        seen.push(SeenSpan {
+                            service: service.clone(),
+                            instance: instance.clone(),
+                            trace: span.trace_id,
+                            id: span.span_id,
+                            parent: span.parent_span_id,
+                            name: span.name,
+                        });
+                    }
+                }
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+/// A job submitted with tracing on is one trace: the submit command's span is its root, the
+/// coordinator's job span hangs under it, and every task span from both workers hangs under
+/// the job span, its context having crossed NATS in the message headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_is_one_trace_across_the_coordinator_and_two_workers() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let (endpoint, seen) = otlp_receiver().await;
+    let otel = |instance: &str| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), endpoint.clone()),
+            ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "200".to_owned()),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES".to_owned(),
+                format!("service.instance.id={instance}"),
+            ),
+        ]
+    };
+    let port = || hangar_loadtest::services::free_port().unwrap();
+    let listen = format!("127.0.0.1:{}", port());
+    let coord_env = otel("coord");
+    let coord_env: Vec<(&str, &str)> = coord_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let _coord = spawn_coordinator(&nats.url(), &listen, env.path("coord.log"), &coord_env);
+    let worker_listens: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", port())).collect();
+    let _workers: Vec<Worker> = worker_listens
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let e = otel(&format!("w{i}"));
+            let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            // One blob at a time each, so both workers take part.
+            spawn_worker(
+                &nats.url(),
+                env.path(&format!("w{i}.log")),
+                &["--blob-concurrency", "1", "--listen", l],
+                &e,
+            )
+        })
+        .collect();
+    for l in &worker_listens {
+        // Ready means consuming: a worker that joined late might find the queue drained.
+        let mut ready = false;
+        for _ in 0..200 {
+            if let Ok(r) = reqwest::get(format!("http://{l}/readyz")).await {
+                ready = r.status().is_success();
+            }
+            if ready {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(ready, "worker on {l} ready");
+    }
+    let lines = seed_shared_repos(&env, 4).await;
+    let list = env.write_list("list.txt", &lines);
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args(["submit", list.to_str().unwrap(), "--server"])
+        .arg(format!("http://{listen}"))
+        .args(["-d", &env.dst.addr, "-o"])
+        .arg(env.path("failed.txt"))
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/hangar-test-auth.json")
+        .envs(otel("submit"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let named = |spans: &[SeenSpan], name: &str| -> Vec<SeenSpan> {
+        spans.iter().filter(|s| s.name == name).cloned().collect()
+    };
+    let mut spans = Vec::new();
+    for _ in 0..100 {
+        spans = seen.lock().unwrap().clone();
+        let jobs = spans.iter().filter(|s| s.name.starts_with("job ")).count();
+        let workers: std::collections::HashSet<&str> = spans
+            .iter()
+            .filter(|s| s.name.ends_with(" task"))
+            .map(|s| s.instance.as_str())
+            .collect();
+        if jobs == 1 && workers.len() == 2 && !named(&spans, "hangar-coord submit").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let roots = named(&spans, "hangar-coord submit");
+    assert_eq!(roots.len(), 1, "{spans:#?}");
+    let root = &roots[0];
+    assert!(root.parent.is_empty(), "submit starts the trace");
+    assert!(root.instance.contains("submit"));
+    let served: Vec<&SeenSpan> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("serve job "))
+        .collect();
+    assert_eq!(served.len(), 1, "{spans:#?}");
+    assert_eq!(
+        (&served[0].trace, &served[0].parent),
+        (&root.trace, &root.id)
+    );
+    assert!(served[0].service.contains("hangar-coord") && served[0].instance.contains("coord"));
+    let job: Vec<&SeenSpan> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("job "))
+        .collect();
+    assert_eq!(job.len(), 1, "{spans:#?}");
+    assert_eq!(
+        (&job[0].trace, &job[0].parent),
+        (&root.trace, &served[0].id)
+    );
+    let tasks: Vec<&SeenSpan> = spans.iter().filter(|s| s.name.ends_with(" task")).collect();
+    // Four images: blobs, manifests and indexes, each a task.
+    assert!(tasks.len() >= 4 * 3, "{tasks:#?}");
+    for task in &tasks {
+        assert_eq!(&task.trace, &root.trace, "{task:?} is in the job's trace");
+        assert_eq!(
+            &task.parent, &job[0].id,
+            "{task:?} is a child of the job span"
+        );
+        assert!(task.service.contains("hangar-worker"), "{task:?}");
+    }
+    let instances: std::collections::HashSet<&str> =
+        tasks.iter().map(|t| t.instance.as_str()).collect();
+    assert_eq!(
+        instances.len(),
+        2,
+        "both workers traced tasks: {instances:?}"
+    );
+    for kind in ["blob task", "manifest task", "index task"] {
+        assert!(tasks.iter().any(|t| t.name == kind), "no {kind} span");
+    }
 }

@@ -20,6 +20,7 @@ pub mod scan;
 pub mod sign;
 pub mod store;
 pub mod task;
+pub mod telemetry;
 pub mod verify;
 
 pub use digest::Digest;

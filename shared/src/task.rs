@@ -136,7 +136,8 @@ pub struct TaskEnvelope {
     pub id: TaskId,
     /// Stable across re-publication: the de-duplication key on the bus.
     pub key: String,
-    /// W3C `traceparent` of the job's trace, when tracing is on.
+    /// W3C `traceparent` of the job's trace, when tracing is on. On NATS it travels in the
+    /// message's `traceparent` header, not in the body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
     pub task: Task,

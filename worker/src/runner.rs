@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::queue::{EventSink, TaskQueue};
@@ -45,85 +46,108 @@ pub async fn run(
         let (queue, events, ctx) = (queue.clone(), events.clone(), ctx.clone());
         consumers.spawn(async move {
             while let Some(delivery) = queue.next().await {
-                let started = std::time::Instant::now();
-                tracing::debug!(
-                    kind = delivery.task.task.kind().as_str(),
+                let span = tracing::info_span!(
+                    "task",
+                    otel.name = %format!("{} task", delivery.task.task.kind().as_str()),
+                    job = %delivery.task.job,
                     key = %delivery.task.key,
                     attempt = delivery.attempt,
-                    "task started"
+                    otel.status_code = tracing::field::Empty,
+                    otel.status_message = tracing::field::Empty,
                 );
-                let result = {
-                    // A panicking handler must still end in an event, or its image waits forever.
-                    let work = std::panic::AssertUnwindSafe(handle(&ctx, &delivery.task.task))
-                        .catch_unwind()
-                        .map(|r| {
-                            r.unwrap_or_else(|_| Err(Error::internal("the task handler panicked")))
-                        });
-                    tokio::pin!(work);
-                    // Long copies tell the queue they are alive, so it does not redeliver them.
-                    let mut heartbeat = tokio::time::interval(queue.heartbeat());
-                    heartbeat.tick().await;
-                    loop {
-                        tokio::select! {
-                            r = &mut work => break r,
-                            _ = heartbeat.tick() => {
-                                if let Err(e) = delivery.in_progress().await {
-                                    tracing::warn!("heartbeat for task {}: {e}", delivery.task.key);
-                                }
-                            }
-                        }
-                    }
-                };
-                tracing::debug!(
-                    kind = delivery.task.task.kind().as_str(),
-                    key = %delivery.task.key,
-                    attempt = delivery.attempt,
-                    ms = started.elapsed().as_millis() as u64,
-                    ok = result.is_ok(),
-                    "task finished"
-                );
-                if let Some(m) = &ctx.metrics {
-                    let seconds = started.elapsed().as_secs_f64();
-                    let kind = delivery.task.task.kind();
-                    match &result {
-                        Ok(outcome) => m.observe(kind, seconds, Ok(outcome), ctx.cache.is_some()),
-                        Err(e) => {
-                            let last =
-                                !e.class.is_retryable() || delivery.attempt >= queue.max_deliver();
-                            m.observe(kind, seconds, Err((e.class, last)), ctx.cache.is_some());
-                        }
-                    }
-                }
-                let (event, last, delay) = match &result {
-                    Ok(outcome) => (Event::done(&delivery.task, outcome.clone()), true, None),
-                    Err(err) => {
-                        let last =
-                            !err.class.is_retryable() || delivery.attempt >= queue.max_deliver();
-                        let delay = ctx.retry.delay(delivery.attempt, err.retry_after);
-                        (
-                            Event::failed(&delivery.task, err, delivery.attempt, last),
-                            last,
-                            Some(delay),
-                        )
-                    }
-                };
-                // Ack only once the outcome is stored; if it cannot be, the task comes back.
-                let settled = match (events.emit(event).await, last) {
-                    (Ok(()), true) => delivery.ack().await,
-                    (Ok(()), false) => delivery.nak(delay.unwrap_or_default()).await,
-                    (Err(e), _) => {
-                        tracing::warn!(
-                            "cannot report task {}: {e}; handing it back",
-                            delivery.task.key
-                        );
-                        delivery.nak(std::time::Duration::from_secs(1)).await
-                    }
-                };
-                if let Err(e) = settled {
-                    tracing::warn!("cannot settle a delivery: {e}");
-                }
+                hangar_shared::telemetry::adopt(&span, delivery.task.trace.as_deref());
+                process(&*queue, &*events, &ctx, delivery)
+                    .instrument(span)
+                    .await;
             }
         });
     }
     while consumers.join_next().await.is_some() {}
+}
+
+/// One delivery, start to settlement, inside its task span.
+async fn process(
+    queue: &dyn TaskQueue,
+    events: &dyn EventSink,
+    ctx: &Context,
+    delivery: hangar_shared::queue::Delivery,
+) {
+    let started = std::time::Instant::now();
+    tracing::debug!(
+        kind = delivery.task.task.kind().as_str(),
+        key = %delivery.task.key,
+        attempt = delivery.attempt,
+        "task started"
+    );
+    let result = {
+        // A panicking handler must still end in an event, or its image waits forever.
+        let work = std::panic::AssertUnwindSafe(handle(ctx, &delivery.task.task))
+            .catch_unwind()
+            .map(|r| r.unwrap_or_else(|_| Err(Error::internal("the task handler panicked"))));
+        tokio::pin!(work);
+        // Long copies tell the queue they are alive, so it does not redeliver them.
+        let mut heartbeat = tokio::time::interval(queue.heartbeat());
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = heartbeat.tick() => {
+                    if let Err(e) = delivery.in_progress().await {
+                        tracing::warn!("heartbeat for task {}: {e}", delivery.task.key);
+                    }
+                }
+            }
+        }
+    };
+    tracing::debug!(
+        kind = delivery.task.task.kind().as_str(),
+        key = %delivery.task.key,
+        attempt = delivery.attempt,
+        ms = started.elapsed().as_millis() as u64,
+        ok = result.is_ok(),
+        "task finished"
+    );
+    if let Some(m) = &ctx.metrics {
+        let seconds = started.elapsed().as_secs_f64();
+        let kind = delivery.task.task.kind();
+        match &result {
+            Ok(outcome) => m.observe(kind, seconds, Ok(outcome), ctx.cache.is_some()),
+            Err(e) => {
+                let last = !e.class.is_retryable() || delivery.attempt >= queue.max_deliver();
+                m.observe(kind, seconds, Err((e.class, last)), ctx.cache.is_some());
+            }
+        }
+    }
+    if let Err(e) = &result {
+        let span = tracing::Span::current();
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_message", e.to_string());
+    }
+    let (event, last, delay) = match &result {
+        Ok(outcome) => (Event::done(&delivery.task, outcome.clone()), true, None),
+        Err(err) => {
+            let last = !err.class.is_retryable() || delivery.attempt >= queue.max_deliver();
+            let delay = ctx.retry.delay(delivery.attempt, err.retry_after);
+            (
+                Event::failed(&delivery.task, err, delivery.attempt, last),
+                last,
+                Some(delay),
+            )
+        }
+    };
+    // Ack only once the outcome is stored; if it cannot be, the task comes back.
+    let settled = match (events.emit(event).await, last) {
+        (Ok(()), true) => delivery.ack().await,
+        (Ok(()), false) => delivery.nak(delay.unwrap_or_default()).await,
+        (Err(e), _) => {
+            tracing::warn!(
+                "cannot report task {}: {e}; handing it back",
+                delivery.task.key
+            );
+            delivery.nak(std::time::Duration::from_secs(1)).await
+        }
+    };
+    if let Err(e) = settled {
+        tracing::warn!("cannot settle a delivery: {e}");
+    }
 }

@@ -57,10 +57,15 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
         list,
         args: sent,
         schedule: None,
+        trace: None,
     })?;
-    let resp = http
+    let mut request = http
         .post(&url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(reqwest::header::CONTENT_TYPE, "application/json");
+    if let Some(parent) = hangar_shared::telemetry::traceparent(&tracing::Span::current()) {
+        request = request.header("traceparent", parent);
+    }
+    let resp = request
         .body(body)
         .send()
         .await

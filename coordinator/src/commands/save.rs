@@ -214,7 +214,7 @@ async fn assemble(
             job: job_id.clone(),
             id: 1,
             key: format!("{job_id}/assemble"),
-            trace: None,
+            trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
             task: Task::Assemble(AssembleTask {
                 output: location.to_owned(),
                 // The worker opens the archive itself, by its location.

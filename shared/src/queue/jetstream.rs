@@ -28,6 +28,9 @@ pub const TASK_STREAM: &str = "HANGAR_TASKS";
 pub const EVENT_STREAM: &str = "HANGAR_EVENTS";
 pub const MAX_DELIVER: u32 = 3;
 pub const ACK_WAIT: Duration = Duration::from_secs(60);
+/// W3C trace context of the job a task belongs to.
+const TRACEPARENT_HEADER: &str = "traceparent";
+
 /// How long a publish keeps trying through a NATS outage before the job gives up.
 pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 pub const KINDS: [TaskKind; 6] = [
@@ -288,7 +291,7 @@ async fn fetch_loop(
         while let Some(msg) = batch.next().await {
             let Ok(msg) = msg else { continue };
             let attempt = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
-            let task: TaskEnvelope = match serde_json::from_slice(&msg.payload) {
+            let mut task: TaskEnvelope = match serde_json::from_slice(&msg.payload) {
                 Ok(t) => t,
                 Err(e) => {
                     // A message we cannot read will never become readable: end it.
@@ -297,6 +300,11 @@ async fn fetch_loop(
                     continue;
                 }
             };
+            task.trace = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(TRACEPARENT_HEADER))
+                .map(|v| v.as_str().to_owned());
             let Some(permit) = permits.pop() else { break };
             let handle = Box::new(JsHandle {
                 msg,
@@ -340,11 +348,16 @@ impl DeliveryHandle for JsHandle {
 
 #[async_trait]
 impl TaskQueue for JetStreamQueue {
-    async fn publish(&self, task: TaskEnvelope) -> Result<()> {
+    async fn publish(&self, mut task: TaskEnvelope) -> Result<()> {
+        // The trace context travels as a header, where NATS tooling and other services look.
+        let trace = task.trace.take();
         let payload = serde_json::to_vec(&task).map_err(|e| Error::internal(e.to_string()))?;
-        let publish = jetstream::message::PublishMessage::build()
+        let mut publish = jetstream::message::PublishMessage::build()
             .payload(payload.into())
             .message_id(format!("{}/{}", task.job, task.id));
+        if let Some(trace) = trace {
+            publish = publish.header(TRACEPARENT_HEADER, trace.as_str());
+        }
         // A server restart is survived: the client reconnects and the same message id
         // makes a repeated publish harmless.
         let mut delay = Duration::from_millis(100);
