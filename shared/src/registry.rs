@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
@@ -17,6 +17,7 @@ use crate::auth::Credentials;
 use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
 use crate::manifest::{ACCEPTED, Descriptor, RawManifest};
+use crate::ratelimit::Permit;
 use crate::retry::RetryPolicy;
 use crate::verify::{ByteStream, verified};
 
@@ -123,11 +124,47 @@ impl Registry {
         })
     }
 
-    /// Waits for the fleet's permission to send a request to this registry.
-    async fn admit(&self) {
-        if let Some(g) = &self.gate {
-            g.admit(&self.host).await;
+    /// Waits for the fleet's permission to send `requests` requests to this registry.
+    async fn admit(&self, requests: u32) -> Permit {
+        match &self.gate {
+            Some(g) => g.admit(&self.host, requests).await,
+            None => Permit::default(),
         }
+    }
+
+    async fn observe(&self, op: &'static str, elapsed: Duration, failure: Option<FailureClass>) {
+        if let Some(g) = &self.gate {
+            g.observe(
+                &self.host,
+                crate::ratelimit::Request {
+                    op,
+                    elapsed,
+                    failure,
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Sends one request under the gate: waits to be admitted, times it to its answer,
+    /// turns a failure into ours (holding the fleet back on a 429) and tells the gate how it
+    /// went. The permit comes back with the answer, for a body still to be read.
+    async fn send<T>(
+        &self,
+        call: Call<'_>,
+        request: impl std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
+    ) -> Result<(T, Permit)> {
+        let permit = self.admit(call.requests).await;
+        let started = Instant::now();
+        let answer = request.await;
+        // Timed to the answer, not to the Retry-After probe or_fail may add.
+        let elapsed = started.elapsed();
+        let result = self
+            .or_fail(answer, call.side, call.what, call.r, call.access)
+            .await;
+        self.observe(call.op, elapsed, result.as_ref().err().map(|e| e.class))
+            .await;
+        result.map(|v| (v, permit))
     }
 
     /// Checks that the stored credentials are accepted (for `login`): the `/v2/` endpoint
@@ -267,13 +304,11 @@ impl Registry {
         let what = format!("{}/{repo}:{reference}", self.host);
         self.retry
             .run(&format!("get manifest {what}"), || async {
-                self.admit().await;
-                let pulled = self
-                    .client
-                    .pull_manifest_raw(&r, &self.auth, ACCEPTED)
-                    .await;
-                let (bytes, _) = self
-                    .or_fail(pulled, side, &what, &r, RegistryOperation::Pull)
+                let ((bytes, _), _) = self
+                    .send(
+                        Call::pull("manifest-get", side, &what, &r),
+                        self.client.pull_manifest_raw(&r, &self.auth, ACCEPTED),
+                    )
                     .await?;
                 RawManifest::from_bytes(bytes, expected.as_ref()).map_err(|e| e.context(&what))
             })
@@ -311,17 +346,10 @@ impl Registry {
             })?;
         self.retry
             .run(&format!("put manifest {what}"), || async {
-                self.admit().await;
-                let pushed = self
-                    .client
-                    .push_manifest_raw(&r, manifest.bytes.clone(), content_type.clone())
-                    .await;
-                self.or_fail(
-                    pushed,
-                    Side::Destination,
-                    &what,
-                    &r,
-                    RegistryOperation::Push,
+                self.send(
+                    Call::push("manifest-put", &what, &r),
+                    self.client
+                        .push_manifest_raw(&r, manifest.bytes.clone(), content_type.clone()),
                 )
                 .await
                 .map(drop)
@@ -341,10 +369,12 @@ impl Registry {
         let what = format!("{}/{repo}@{digest}", self.host);
         self.retry
             .run(&format!("head blob {what}"), || async {
-                self.admit().await;
-                let found = self.client.blob_exists(&r, &digest.to_string()).await;
-                self.or_fail(found, side, &what, &r, RegistryOperation::Pull)
-                    .await
+                self.send(
+                    Call::pull("blob-head", side, &what, &r),
+                    self.client.blob_exists(&r, &digest.to_string()),
+                )
+                .await
+                .map(|(found, _)| found)
             })
             .await
     }
@@ -363,25 +393,30 @@ impl Registry {
         // A whole-blob range request: oci-client does not re-hash a 206 answer, and
         // `verified` below hashes every byte once. A registry that ignores Range answers
         // 200, which oci-client verifies as well.
-        self.admit().await;
-        let sized = if desc.size == 0 {
-            self.client.pull_blob_stream(&r, digest.as_str()).await
-        } else {
-            match self
-                .client
-                .pull_blob_stream_partial(&r, digest.as_str(), 0, Some(desc.size))
-                .await
-            {
-                Ok(BlobResponse::Full(s) | BlobResponse::Partial(s)) => Ok(s),
-                Err(e) => Err(e),
+        let request = async {
+            if desc.size == 0 {
+                self.client.pull_blob_stream(&r, digest.as_str()).await
+            } else {
+                match self
+                    .client
+                    .pull_blob_stream_partial(&r, digest.as_str(), 0, Some(desc.size))
+                    .await
+                {
+                    Ok(BlobResponse::Full(s) | BlobResponse::Partial(s)) => Ok(s),
+                    Err(e) => Err(e),
+                }
             }
         };
-        let sized = self
-            .or_fail(sized, Side::Source, &what, &r, RegistryOperation::Pull)
+        let (sized, permit) = self
+            .send(Call::pull("blob-get", Side::Source, &what, &r), request)
             .await?;
         let what_stream = what.clone();
         let raw = sized
             .stream
+            // The request holds its concurrency slot until its body is read or dropped.
+            .inspect(move |_| {
+                let _held = &permit;
+            })
             .map_err(move |e| {
                 // oci-client checks the digest at the end of the stream too.
                 let class = match e
@@ -412,18 +447,20 @@ impl Registry {
             OciDistributionError::GenericError(Some(msg))
         });
         // An upload is a POST and a PUT.
-        self.admit().await;
-        self.admit().await;
         let res = self
-            .client
-            .push_blob_stream(&r, body, &desc.digest.to_string(), Some(desc.size))
+            .send(
+                Call {
+                    requests: 2,
+                    ..Call::push("blob-put", &what, &r)
+                },
+                self.client
+                    .push_blob_stream(&r, body, &desc.digest.to_string(), Some(desc.size)),
+            )
             .await;
         if let Some(e) = failure.lock().ok().and_then(|mut s| s.take()) {
             return Err(e);
         }
-        self.or_fail(res, Side::Destination, &what, &r, RegistryOperation::Push)
-            .await
-            .map(drop)
+        res.map(drop)
     }
 
     /// Cross-repository mount. `Ok(false)` when the registry declined (it then expects an
@@ -431,8 +468,10 @@ impl Registry {
     pub async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool> {
         let r = self.repo_ref(repo);
         let from = self.repo_ref(from_repo);
-        self.admit().await;
-        match self.client.mount_blob(&r, &from, &digest.to_string()).await {
+        let _permit = self.admit(1).await;
+        let started = Instant::now();
+        let mounted = self.client.mount_blob(&r, &from, &digest.to_string()).await;
+        let result = match mounted {
             Ok(()) => Ok(true),
             Err(
                 OciDistributionError::SpecViolationError(_)
@@ -444,13 +483,22 @@ impl Registry {
                     Side::Destination,
                     &format!("{}/{repo} mount {digest} from {from_repo}", self.host),
                 );
+                // Any other refusal is a decline: the caller uploads instead.
                 if e.class.is_retryable() || e.class == FailureClass::Auth {
                     Err(e)
                 } else {
                     Ok(false)
                 }
             }
+        };
+        let class = result.as_ref().err().map(|e| e.class);
+        self.observe("blob-mount", started.elapsed(), class).await;
+        if class == Some(FailureClass::RateLimited)
+            && let Some(g) = &self.gate
+        {
+            g.back_off(&self.host, Duration::from_secs(1)).await;
         }
+        result
     }
 
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
@@ -459,11 +507,12 @@ impl Registry {
         let mut tags = self
             .retry
             .run(&format!("list tags {what}"), || async {
-                self.admit().await;
-                let listed = self.client.list_tags(&r, &self.auth, None, None).await;
-                self.or_fail(listed, Side::Source, &what, &r, RegistryOperation::Pull)
-                    .await
-                    .map(|t| t.tags)
+                self.send(
+                    Call::pull("tags", Side::Source, &what, &r),
+                    self.client.list_tags(&r, &self.auth, None, None),
+                )
+                .await
+                .map(|(t, _)| t.tags)
             })
             .await?;
         tags.sort();
@@ -500,6 +549,41 @@ impl Registry {
                 Side::Destination,
                 &format!("delete {what}"),
             )),
+        }
+    }
+}
+
+/// One request, as the gate, the metrics and the error messages name it.
+struct Call<'a> {
+    op: &'static str,
+    /// How many requests it makes (an upload is two).
+    requests: u32,
+    side: Side,
+    what: &'a str,
+    r: &'a Reference,
+    access: RegistryOperation,
+}
+
+impl<'a> Call<'a> {
+    fn pull(op: &'static str, side: Side, what: &'a str, r: &'a Reference) -> Self {
+        Self {
+            op,
+            requests: 1,
+            side,
+            what,
+            r,
+            access: RegistryOperation::Pull,
+        }
+    }
+
+    fn push(op: &'static str, what: &'a str, r: &'a Reference) -> Self {
+        Self {
+            op,
+            requests: 1,
+            side: Side::Destination,
+            what,
+            r,
+            access: RegistryOperation::Push,
         }
     }
 }

@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use hangar_shared::queue::TaskQueue;
 use hangar_shared::queue::jetstream::{JetStreamQueue, JetStreamSink, NatsOptions, connect};
+use hangar_shared::ratelimit::Limits;
 use hangar_shared::registry::RegistryOptions;
 use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::{RegistryPool, Stores};
@@ -66,6 +67,10 @@ struct Args {
     /// (repeatable; all workers together, kept in NATS KV).
     #[arg(long = "rate-limit")]
     rate_limits: Vec<String>,
+    /// A fleet-wide cap on requests in flight to one registry, a blob's body included:
+    /// `--max-in-flight HOST=N` (repeatable; all workers together, kept in NATS KV).
+    #[arg(long = "max-in-flight")]
+    max_in_flight: Vec<String>,
     /// Image inventories read at once (scanning).
     #[arg(long, default_value_t = 2)]
     scan_concurrency: usize,
@@ -170,24 +175,28 @@ async fn main() -> Result<()> {
         observer: Some(metrics.clone()),
         ..Default::default()
     };
-    // Rate control is shared through NATS: budgets where given, and a 429 seen by any
-    // worker holds every worker's requests to that registry.
-    let mut budgets = std::collections::HashMap::new();
+    // Rate control is shared through NATS: budgets and in-flight caps where given, and a
+    // 429 or a sharp slowdown seen by any worker holds every worker's requests to that
+    // registry.
+    let mut limits = Limits::default();
     for spec in &args.rate_limits {
-        let parsed = spec
-            .rsplit_once('=')
-            .and_then(|(h, n)| n.parse::<u32>().ok().filter(|n| *n > 0).map(|n| (h, n)));
-        let Some((host, n)) = parsed else {
-            anyhow::bail!("--rate-limit {spec:?}: expected HOST=REQUESTS_PER_SECOND");
-        };
-        budgets.insert(host.to_owned(), n);
+        let (host, n) = Limits::parse_entry("--rate-limit", spec)?;
+        limits.budgets.insert(host, n);
     }
-    let gate = hangar_shared::ratelimit::FleetBudget::open(client.clone(), budgets).await?;
+    for spec in &args.max_in_flight {
+        let (host, n) = Limits::parse_entry("--max-in-flight", spec)?;
+        limits.concurrency.insert(host, n);
+    }
+    let holder = format!("worker-{}-{:016x}", std::process::id(), rand_id());
+    let gate = hangar_shared::ratelimit::FleetBudget::open(client.clone(), limits, &holder).await?;
     let pool = RegistryPool::new(
         RegistryOptions {
             tls_verify: args.tls_verify,
             retry: retry.clone(),
-            gate: Some(Arc::new(gate)),
+            gate: Some(Arc::new(hangar_worker::metrics::MeteredGate {
+                inner: Arc::new(gate),
+                metrics: metrics.clone(),
+            })),
         },
         args.authfile.clone(),
     );
@@ -204,11 +213,7 @@ async fn main() -> Result<()> {
         cache,
         leases: match &args.cache {
             Some(_) => Some(Arc::new(
-                hangar_shared::lease::BlobLeases::open(
-                    client.clone(),
-                    &format!("worker-{}-{:016x}", std::process::id(), rand_id()),
-                )
-                .await?,
+                hangar_shared::lease::BlobLeases::open(client.clone(), &holder).await?,
             )),
             None => None,
         },

@@ -5,6 +5,7 @@ use prometheus::{
 };
 
 use hangar_shared::error::FailureClass;
+use hangar_shared::ratelimit::{Gate, Permit, Request};
 use hangar_shared::task::{Outcome, TaskKind};
 
 pub struct Metrics {
@@ -17,6 +18,9 @@ pub struct Metrics {
     cache: IntCounterVec,
     queue: prometheus::IntGaugeVec,
     retries: IntCounterVec,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    holds: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -88,10 +92,35 @@ impl Metrics {
             &["class"],
         ));
         must(registry.register(Box::new(retries.clone())));
-        for c in [&tasks, &failures, &bytes, &blobs, &cache] {
+        let requests = must(IntCounterVec::new(
+            Opts::new(
+                "hangar_registry_requests_total",
+                "Requests to each registry, by operation and result (ok or the failure class; rate-limited is a 429)",
+            ),
+            &["registry", "op", "result"],
+        ));
+        let latency = must(HistogramVec::new(
+            HistogramOpts::new(
+                "hangar_registry_request_seconds",
+                "Time from sending a request to a registry to its answer's headers (an upload: to the end of its body)",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+            ]),
+            &["registry", "op"],
+        ));
+        let holds = must(IntCounterVec::new(
+            Opts::new(
+                "hangar_registry_holds_total",
+                "Times this worker held the whole fleet back from a registry, by reason (rate-limited: a 429; slow: answers slowing down)",
+            ),
+            &["registry", "reason"],
+        ));
+        for c in [&tasks, &failures, &bytes, &blobs, &cache, &requests, &holds] {
             must(registry.register(Box::new(c.clone())));
         }
         must(registry.register(Box::new(duration.clone())));
+        must(registry.register(Box::new(latency.clone())));
         Self {
             registry,
             tasks,
@@ -102,6 +131,9 @@ impl Metrics {
             cache,
             queue,
             retries,
+            requests,
+            latency,
+            holds,
         }
     }
 
@@ -169,6 +201,50 @@ impl Metrics {
 impl hangar_shared::retry::RetryObserver for Metrics {
     fn retrying(&self, class: FailureClass) {
         self.retries.with_label_values(&[class.as_str()]).inc();
+    }
+}
+
+/// The fleet's gate, with every request to a registry counted and timed on the way.
+#[derive(Debug)]
+pub struct MeteredGate {
+    pub inner: std::sync::Arc<dyn Gate>,
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl Gate for MeteredGate {
+    async fn admit(&self, host: &str, requests: u32) -> Permit {
+        self.inner.admit(host, requests).await
+    }
+
+    async fn back_off(&self, host: &str, wait: std::time::Duration) {
+        self.metrics
+            .holds
+            .with_label_values(&[host, "rate-limited"])
+            .inc();
+        self.inner.back_off(host, wait).await;
+    }
+
+    async fn observe(&self, host: &str, request: Request) -> bool {
+        let m = &self.metrics;
+        let result = request.failure.map_or("ok", FailureClass::as_str);
+        m.requests
+            .with_label_values(&[host, request.op, result])
+            .inc();
+        m.latency
+            .with_label_values(&[host, request.op])
+            .observe(request.elapsed.as_secs_f64());
+        let held = self.inner.observe(host, request).await;
+        if held {
+            m.holds.with_label_values(&[host, "slow"]).inc();
+        }
+        held
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
     }
 }
 
