@@ -1768,6 +1768,59 @@ async fn a_registry_slowing_down_holds_the_fleet_back() {
     assert!(log.contains("answers slowing down"), "{log}");
 }
 
+/// A blob lease outlives its bucket's max age while its holder is alive (it is renewed),
+/// keeps other workers out until it is given back, and a dead holder's lease expires.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_lease_is_renewed_while_held_and_expires_when_its_holder_dies() {
+    use hangar_shared::lease::BlobLeases;
+    let nats = NatsProcess::start().expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let ttl = std::time::Duration::from_secs(2);
+    let a = std::sync::Arc::new(
+        BlobLeases::open_with_ttl(client.clone(), "worker-a", ttl)
+            .await
+            .unwrap(),
+    );
+    let b = std::sync::Arc::new(
+        BlobLeases::open_with_ttl(client.clone(), "worker-b", ttl)
+            .await
+            .unwrap(),
+    );
+    let digest: hangar_shared::Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+    let lease = a.acquire(&digest).await.unwrap().expect("free at first");
+    // Well past the max age: the renewals keep it.
+    tokio::time::sleep(ttl * 3).await;
+    assert!(
+        b.acquire(&digest).await.unwrap().is_none(),
+        "still held by a"
+    );
+    lease.release().await;
+    let taken = b
+        .acquire(&digest)
+        .await
+        .unwrap()
+        .expect("free once given back");
+    // A holder that dies renews nothing: its lease goes with the max age.
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js
+        .get_key_value(hangar_shared::lease::LEASE_BUCKET)
+        .await
+        .unwrap();
+    let orphan: hangar_shared::Digest = format!("sha256:{}", "b".repeat(64)).parse().unwrap();
+    kv.create(orphan.hex(), "dead-worker".into()).await.unwrap();
+    assert!(a.held(&orphan).await.unwrap());
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if !a.held(&orphan).await.unwrap() {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "a dead holder's lease expires");
+    drop(taken);
+}
+
 /// One exported span, as an OTLP receiver sees it.
 #[derive(Debug, Clone)]
 struct SeenSpan {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use hangar_shared::cache::BlobCache;
-use hangar_shared::digest::Digest;
 use hangar_shared::error::{FailureClass, Result};
 use hangar_shared::lease::BlobLeases;
 use hangar_shared::registry::Side;
@@ -206,22 +205,18 @@ where
 {
     let digest = &task.desc.digest;
     loop {
-        if leases.acquire(digest).await? {
-            let guard = LeaseGuard {
-                leases: leases.clone(),
-                digest: Some(digest.clone()),
-            };
+        if let Some(lease) = leases.acquire(digest).await? {
             // The last holder may have filled it between our cache miss and this lease.
             if cache
                 .meta(digest)
                 .await?
                 .is_some_and(|m| m.size == task.desc.size)
             {
-                guard.release().await;
+                lease.release().await;
                 return Ok(true);
             }
             let filled = fill().await;
-            guard.release().await;
+            lease.release().await;
             return filled.map(|()| false);
         }
         // Someone else is fetching it: wait for the cache entry, or for the lease to go.
@@ -237,30 +232,6 @@ where
             if !leases.held(digest).await? {
                 break;
             }
-        }
-    }
-}
-
-/// Releases a lease even when the fill is cut short (a timeout drops the future), so the
-/// others do not wait out the lease's expiry.
-struct LeaseGuard {
-    leases: Arc<BlobLeases>,
-    digest: Option<Digest>,
-}
-
-impl LeaseGuard {
-    async fn release(mut self) {
-        if let Some(d) = self.digest.take() {
-            self.leases.release(&d).await;
-        }
-    }
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        if let Some(d) = self.digest.take() {
-            let leases = self.leases.clone();
-            tokio::spawn(async move { leases.release(&d).await });
         }
     }
 }
