@@ -178,6 +178,10 @@ pub struct MirrorArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    /// This process's own business: a job sent to `serve` runs under the server's limits.
+    #[command(flatten)]
+    #[serde(skip)]
+    pub rate: RateArgs,
 }
 
 impl Default for MirrorArgs {
@@ -254,6 +258,18 @@ pub struct FleetArgs {
     pub nats_tls: bool,
 }
 
+/// Limits on the requests this process sends to a registry. With a fleet they are kept in
+/// NATS KV and shared with every worker given the same, 429 and slowdown holds included.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RateArgs {
+    /// Requests per second to one registry: `HOST=N` (repeatable).
+    #[arg(long = "rate-limit")]
+    pub rate_limits: Vec<String>,
+    /// Requests in flight to one registry, a blob's body included: `HOST=N` (repeatable).
+    #[arg(long = "max-in-flight")]
+    pub max_in_flight: Vec<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     /// The image list.
@@ -281,6 +297,8 @@ pub struct ServeArgs {
     pub schedule: Option<PathBuf>,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    #[command(flatten)]
+    pub rate: RateArgs,
 }
 
 #[derive(Args, Debug)]

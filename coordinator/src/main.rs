@@ -137,6 +137,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
                 tls_verify: a.tls_verify,
                 authfile: a.authfile.clone(),
                 cache: a.cache.clone(),
+                rate: a.rate.clone(),
                 ..Default::default()
             };
             let schedules = match &a.schedule {

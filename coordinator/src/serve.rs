@@ -69,6 +69,8 @@ struct Server {
     defaults: Arc<MirrorArgs>,
     console: Arc<Console>,
     run: Arc<String>,
+    /// The fleet's rate gate, for the registry requests jobs make while planning.
+    gate: Option<Arc<dyn hangar_shared::ratelimit::Gate>>,
 }
 
 fn snapshot_of(r: &Running) -> JobSnapshot {
@@ -148,9 +150,10 @@ impl Server {
         let task_id = id.clone();
         let task = tokio::spawn(
             async move {
-                let pool = Arc::new(crate::commands::pool(
+                let pool = Arc::new(crate::commands::gated_pool(
                     args.tls_verify,
                     args.authfile.as_deref(),
+                    server.gate.clone(),
                 ));
                 let outcome = job::run_mirror(
                     spec,
@@ -396,7 +399,9 @@ pub async fn run(
             .await
             .context("creating the job bucket")?,
     };
+    let gate = crate::commands::rate_gate(&defaults.rate, Some(&nats)).await?;
     let server = Server {
+        gate,
         nats,
         kv,
         jobs: Arc::new(Mutex::new(HashMap::new())),

@@ -1527,6 +1527,7 @@ async fn a_fleet_budget_keeps_the_workers_under_a_registrys_limit() {
     let authfile = env.path("auth.json");
     std::fs::write(&authfile, r#"{"auths":{}}"#).unwrap();
     let mut results = Vec::new();
+    let (nats_url, failed) = (nats.url(), env.path("failed.txt").display().to_string());
     for budget in [None, Some(7u64)] {
         let dst = RegistryProcess::start().unwrap();
         let proxy = hangar_loadtest::proxy::start(
@@ -1558,7 +1559,7 @@ async fn a_fleet_budget_keeps_the_workers_under_a_registrys_limit() {
                 )
             })
             .collect();
-        let out = hangar(&[
+        let mut submit = vec![
             "submit",
             list.to_str().unwrap(),
             "--tls-verify=false",
@@ -1567,10 +1568,15 @@ async fn a_fleet_budget_keeps_the_workers_under_a_registrys_limit() {
             "-j",
             "4",
             "--nats",
-            &nats.url(),
+            nats_url.as_str(),
             "-o",
-            env.path("failed.txt").to_str().unwrap(),
-        ]);
+            failed.as_str(),
+        ];
+        // The coordinator's own requests (reading what the destination holds) count too.
+        if let Some(r) = &rate {
+            submit.extend(["--rate-limit", r.as_str()]);
+        }
+        let out = hangar(&submit);
         drop(workers);
         let throttled = proxy.throttled.load(std::sync::atomic::Ordering::Relaxed);
         let peak = proxy.peak.load(std::sync::atomic::Ordering::Relaxed);

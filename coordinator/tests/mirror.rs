@@ -835,3 +835,76 @@ async fn dry_run_plans_without_copying() {
         "nothing written"
     );
 }
+
+/// `mirror --rate-limit` and `--max-in-flight` hold a lone mirror (no fleet) to a source
+/// registry's limits: behind a proxy answering 429 beyond 15 requests a second, the same
+/// mirror that trips it without limits gets no 429 with a budget of 7/s, and never has more
+/// than two requests in flight there.
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_keeps_to_a_registrys_budget_and_in_flight_cap() {
+    let env = Env::new();
+    let lines = seed_shared_repos(&env, 6).await;
+    let mut runs = Vec::new();
+    for limited in [false, true] {
+        let dst = hangar_loadtest::services::RegistryProcess::start().unwrap();
+        let proxy = proxy::start(
+            "127.0.0.1:0",
+            &env.src.addr,
+            ProxyOptions {
+                burst_limit: Some(15),
+                delay: std::time::Duration::from_millis(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let through: Vec<String> = lines
+            .iter()
+            .map(|l| l.replace(&env.src.addr, &proxy.addr))
+            .collect();
+        let list = env.write_list(&format!("list-{limited}.txt"), &through);
+        let mut args = vec![
+            "mirror".to_owned(),
+            "--tls-verify=false".into(),
+            "-f".into(),
+            list.display().to_string(),
+            "-d".into(),
+            dst.addr.clone(),
+            "-j".into(),
+            "6".into(),
+            "-o".into(),
+            env.path("failed.txt").display().to_string(),
+        ];
+        if limited {
+            args.extend([
+                "--rate-limit".into(),
+                format!("{}=7", proxy.addr),
+                "--max-in-flight".into(),
+                format!("{}=2", proxy.addr),
+            ]);
+        }
+        let out = hangar(&args);
+        let throttled = proxy.throttled.load(std::sync::atomic::Ordering::Relaxed);
+        let in_flight = proxy
+            .in_flight_peak
+            .load(std::sync::atomic::Ordering::SeqCst);
+        // Without limits, retries may or may not get every image through the 429s.
+        if limited {
+            for line in &through {
+                let copied = line.replace(&proxy.addr, &dst.addr);
+                assert!(skopeo_raw(&copied).is_some(), "{copied}: {}", text(&out));
+            }
+        }
+        runs.push((out.status.success(), throttled, in_flight, text(&out)));
+    }
+    let (_, free_429s, free_peak, _) = &runs[0];
+    let (ok, limited_429s, limited_peak, log) = &runs[1];
+    eprintln!(
+        "lone mirror: without limits {free_429s} 429s, {free_peak} in flight; with 7/s and 2 in flight {limited_429s} 429s, {limited_peak} in flight"
+    );
+    assert!(*ok, "{log}");
+    assert!(*free_429s > 0, "without limits the burst limit is hit");
+    assert_eq!(*limited_429s, 0, "{log}");
+    assert!(*limited_peak <= 2, "in flight: {limited_peak}");
+    assert!(*free_peak > 2, "without the cap more overlap: {free_peak}");
+}

@@ -11,10 +11,11 @@
 //!   of the last small requests several times its usual latency), for about the slowdown.
 //!
 //! When NATS cannot be reached the gate lets requests through rather than stop the copy.
+//! A process without a fleet keeps the same ledger in memory: the same limits, for itself.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, kv};
@@ -133,8 +134,65 @@ impl Limits {
     }
 }
 
-pub struct FleetBudget {
-    kv: kv::Store,
+/// Where the windows and slots are kept: a compare-and-swap map.
+#[async_trait]
+trait Ledger: Send + Sync {
+    /// The value and revision under `k` (revision 0: none yet); `None` when the ledger
+    /// cannot be reached.
+    async fn entry(&self, k: &str) -> Option<(Vec<u8>, u64)>;
+    /// Writes `value` if `k` is still at `revision`; false when someone got there first.
+    async fn swap(&self, k: &str, value: Vec<u8>, revision: u64) -> bool;
+}
+
+struct KvLedger(kv::Store);
+
+#[async_trait]
+impl Ledger for KvLedger {
+    async fn entry(&self, k: &str) -> Option<(Vec<u8>, u64)> {
+        match self.0.entry(k).await {
+            Ok(Some(e)) => Some((e.value.to_vec(), e.revision)),
+            Ok(None) => Some((Vec::new(), 0)),
+            Err(e) => {
+                tracing::warn!("rate control: {e}; letting the request through");
+                None
+            }
+        }
+    }
+
+    async fn swap(&self, k: &str, value: Vec<u8>, revision: u64) -> bool {
+        if revision == 0 {
+            self.0.create(k, value.into()).await.is_ok()
+        } else {
+            self.0.update(k, value.into(), revision).await.is_ok()
+        }
+    }
+}
+
+#[derive(Default)]
+struct MemoryLedger(Mutex<HashMap<String, (Vec<u8>, u64)>>);
+
+#[async_trait]
+impl Ledger for MemoryLedger {
+    async fn entry(&self, k: &str) -> Option<(Vec<u8>, u64)> {
+        let map = self.0.lock().ok()?;
+        Some(map.get(k).cloned().unwrap_or_default())
+    }
+
+    async fn swap(&self, k: &str, value: Vec<u8>, revision: u64) -> bool {
+        let Ok(mut map) = self.0.lock() else {
+            return false;
+        };
+        let current = map.get(k).map_or(0, |(_, r)| *r);
+        if current != revision {
+            return false;
+        }
+        map.insert(k.to_owned(), (value, revision + 1));
+        true
+    }
+}
+
+pub struct RateGate {
+    ledger: Arc<dyn Ledger>,
     limits: Limits,
     /// Tells this process's slot holders apart from every other worker's.
     holder: String,
@@ -144,17 +202,18 @@ pub struct FleetBudget {
     latency: Mutex<HashMap<String, LatencyWatch>>,
 }
 
-impl std::fmt::Debug for FleetBudget {
+impl std::fmt::Debug for RateGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FleetBudget")
+        f.debug_struct("RateGate")
             .field("limits", &self.limits)
             .finish()
     }
 }
 
-impl FleetBudget {
-    /// `holder` names this worker (unique in the fleet) in the slots it takes.
-    pub async fn open(client: async_nats::Client, limits: Limits, holder: &str) -> Result<Self> {
+impl RateGate {
+    /// The fleet's gate: limits and holds shared through NATS KV. `holder` names this
+    /// process (unique in the fleet) in the slots it takes.
+    pub async fn fleet(client: async_nats::Client, limits: Limits, holder: &str) -> Result<Self> {
         let js = jetstream::new(client);
         let kv = match js.get_key_value(RATE_BUCKET).await {
             Ok(kv) => kv,
@@ -168,14 +227,23 @@ impl FleetBudget {
                 .await
                 .map_err(|e| Error::new(FailureClass::Network, format!("rate bucket: {e}")))?,
         };
-        Ok(Self {
-            kv,
+        Ok(Self::with_ledger(Arc::new(KvLedger(kv)), limits, holder))
+    }
+
+    /// The same rules for one process alone.
+    pub fn local(limits: Limits) -> Self {
+        Self::with_ledger(Arc::new(MemoryLedger::default()), limits, "local")
+    }
+
+    fn with_ledger(ledger: Arc<dyn Ledger>, limits: Limits, holder: &str) -> Self {
+        Self {
+            ledger,
             limits,
             holder: holder.to_owned(),
             next_slot: AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
             latency: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// Waits for a place in `host`'s one-second window for `requests` requests.
@@ -187,7 +255,7 @@ impl FleetBudget {
             let blocked_until = match cached {
                 Some((until, read_at)) if now.saturating_sub(read_at) < 250 => until,
                 _ => {
-                    let until = read::<Window>(&self.kv, k)
+                    let until = read::<Window>(&*self.ledger, k)
                         .await
                         .map_or(0, |(w, _)| w.blocked_until);
                     if let Ok(mut m) = self.seen.lock() {
@@ -203,7 +271,7 @@ impl FleetBudget {
         };
         let requests = requests.min(limit);
         loop {
-            let Some((w, revision)) = read::<Window>(&self.kv, k).await else {
+            let Some((w, revision)) = read::<Window>(&*self.ledger, k).await else {
                 return;
             };
             let now = now_ms();
@@ -225,7 +293,7 @@ impl FleetBudget {
                 count: count + requests,
                 blocked_until: w.blocked_until,
             };
-            if swap(&self.kv, k, &next, revision).await {
+            if swap(&*self.ledger, k, &next, revision).await {
                 return;
             }
         }
@@ -243,15 +311,15 @@ impl FleetBudget {
         );
         let mut wait = Duration::from_millis(20);
         loop {
-            let (mut slots, revision) = read::<Slots>(&self.kv, &k).await?;
+            let (mut slots, revision) = read::<Slots>(&*self.ledger, &k).await?;
             let now = now_ms();
             slots.held.retain(|_, until| *until > now);
             if slots.held.len() < limit {
                 slots
                     .held
                     .insert(id.clone(), now + SLOT_LEASE.as_millis() as u64);
-                if swap(&self.kv, &k, &slots, revision).await {
-                    return Some(SlotHolder::start(self.kv.clone(), k, id));
+                if swap(&*self.ledger, &k, &slots, revision).await {
+                    return Some(SlotHolder::start(self.ledger.clone(), k, id));
                 }
                 continue;
             }
@@ -266,7 +334,7 @@ impl FleetBudget {
         let k = key(host);
         let until = now_ms() + wait.as_millis().max(1000) as u64;
         for _ in 0..20 {
-            let Some((w, revision)) = read::<Window>(&self.kv, &k).await else {
+            let Some((w, revision)) = read::<Window>(&*self.ledger, &k).await else {
                 return;
             };
             if w.blocked_until >= until {
@@ -276,7 +344,7 @@ impl FleetBudget {
                 blocked_until: until,
                 ..w
             };
-            if swap(&self.kv, &k, &next, revision).await {
+            if swap(&*self.ledger, &k, &next, revision).await {
                 tracing::warn!(host, "{why}: the fleet holds requests for {wait:?}");
                 if let Ok(mut m) = self.seen.lock() {
                     m.insert(k, (until, now_ms()));
@@ -288,7 +356,7 @@ impl FleetBudget {
 }
 
 #[async_trait]
-impl Gate for FleetBudget {
+impl Gate for RateGate {
     async fn admit(&self, host: &str, requests: u32) -> Permit {
         let k = key(host);
         // The slot first: a request waiting for one should not hold a place in the window.
@@ -323,21 +391,21 @@ impl Gate for FleetBudget {
 /// A leased concurrency slot: renewed while held, given back when dropped.
 struct SlotHolder {
     renew: tokio::task::JoinHandle<()>,
-    release: Option<(kv::Store, String, String)>,
+    release: Option<(Arc<dyn Ledger>, String, String)>,
 }
 
 impl SlotHolder {
-    fn start(kv: kv::Store, key: String, id: String) -> Self {
-        let (renew_kv, renew_key, renew_id) = (kv.clone(), key.clone(), id.clone());
+    fn start(ledger: Arc<dyn Ledger>, key: String, id: String) -> Self {
+        let (renew_ledger, renew_key, renew_id) = (ledger.clone(), key.clone(), id.clone());
         let renew = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(SLOT_LEASE / 3).await;
-                update_slot(&renew_kv, &renew_key, &renew_id, true).await;
+                update_slot(&*renew_ledger, &renew_key, &renew_id, true).await;
             }
         });
         Self {
             renew,
-            release: Some((kv, key, id)),
+            release: Some((ledger, key, id)),
         }
     }
 }
@@ -345,18 +413,18 @@ impl SlotHolder {
 impl Drop for SlotHolder {
     fn drop(&mut self) {
         self.renew.abort();
-        if let (Some((kv, key, id)), Ok(rt)) =
+        if let (Some((ledger, key, id)), Ok(rt)) =
             (self.release.take(), tokio::runtime::Handle::try_current())
         {
-            rt.spawn(async move { update_slot(&kv, &key, &id, false).await });
+            rt.spawn(async move { update_slot(&*ledger, &key, &id, false).await });
         }
     }
 }
 
 /// Renews (`keep`) or gives back slot `id`; gives up quietly, the lease then ends it.
-async fn update_slot(kv: &kv::Store, key: &str, id: &str, keep: bool) {
+async fn update_slot(ledger: &dyn Ledger, key: &str, id: &str, keep: bool) {
     for _ in 0..20 {
-        let Some((mut slots, revision)) = read::<Slots>(kv, key).await else {
+        let Some((mut slots, revision)) = read::<Slots>(ledger, key).await else {
             return;
         };
         if keep {
@@ -367,43 +435,23 @@ async fn update_slot(kv: &kv::Store, key: &str, id: &str, keep: bool) {
         } else if slots.held.remove(id).is_none() {
             return;
         }
-        if swap(kv, key, &slots, revision).await {
+        if swap(ledger, key, &slots, revision).await {
             return;
         }
     }
 }
 
-async fn read<T: DeserializeOwned + Default>(kv: &kv::Store, k: &str) -> Option<(T, u64)> {
-    match kv.entry(k).await {
-        Ok(Some(e)) => Some((
-            serde_json::from_slice(&e.value).unwrap_or_default(),
-            e.revision,
-        )),
-        Ok(None) => Some((T::default(), 0)),
-        Err(e) => {
-            tracing::warn!("rate control: {e}; letting the request through");
-            None
-        }
-    }
+async fn read<T: DeserializeOwned + Default>(ledger: &dyn Ledger, k: &str) -> Option<(T, u64)> {
+    let (bytes, revision) = ledger.entry(k).await?;
+    Some((serde_json::from_slice(&bytes).unwrap_or_default(), revision))
 }
 
 /// Writes `value` if the key is still at `revision`; false when someone got there first.
-async fn swap<T: Serialize>(kv: &kv::Store, k: &str, value: &T, revision: u64) -> bool {
-    let Ok(body) = serde_json::to_vec(value) else {
-        return true;
-    };
-    let r = if revision == 0 {
-        kv.create(k, body.into())
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    } else {
-        kv.update(k, body.into(), revision)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    };
-    r.is_ok()
+async fn swap<T: Serialize>(ledger: &dyn Ledger, k: &str, value: &T, revision: u64) -> bool {
+    match serde_json::to_vec(value) {
+        Ok(body) => ledger.swap(k, body, revision).await,
+        Err(_) => true,
+    }
 }
 
 /// How many recent small requests the slowdown test looks at.
@@ -454,6 +502,7 @@ impl LatencyWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     fn feed(w: &mut LatencyWatch, ms: u64, n: usize, now: Instant) -> Vec<Duration> {
         (0..n)
@@ -505,5 +554,47 @@ mod tests {
             let e = Limits::parse_entry("--max-in-flight", bad).unwrap_err();
             assert!(e.message.contains("--max-in-flight"), "{e}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_local_gate_caps_requests_in_flight() {
+        let gate = Arc::new(RateGate::local(Limits {
+            concurrency: HashMap::from([("r.example".to_owned(), 3)]),
+            ..Default::default()
+        }));
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let (gate, now, peak) = (gate.clone(), now.clone(), peak.clone());
+            tasks.spawn(async move {
+                let _permit = gate.admit("r.example", 1).await;
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
+        // Other registries are not held by this one's cap.
+        let free = tokio::time::timeout(Duration::from_secs(1), gate.admit("other", 1)).await;
+        assert!(free.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_local_budget_holds_the_request_past_it_until_the_next_second() {
+        let gate = RateGate::local(Limits {
+            budgets: HashMap::from([("r.example".to_owned(), 5)]),
+            ..Default::default()
+        });
+        for _ in 0..5 {
+            gate.admit("r.example", 1).await;
+        }
+        let sixth = tokio::time::timeout(Duration::from_millis(300), gate.admit("r.example", 1));
+        assert!(sixth.await.is_err(), "the sixth request in a second waits");
+        // A 429 holds even an unbudgeted registry.
+        gate.back_off("s.example", Duration::from_secs(1)).await;
+        let held = tokio::time::timeout(Duration::from_millis(300), gate.admit("s.example", 1));
+        assert!(held.await.is_err(), "held after a 429");
     }
 }

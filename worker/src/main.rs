@@ -188,7 +188,7 @@ async fn main() -> Result<()> {
         limits.concurrency.insert(host, n);
     }
     let holder = format!("worker-{}-{:016x}", std::process::id(), rand_id());
-    let gate = hangar_shared::ratelimit::FleetBudget::open(client.clone(), limits, &holder).await?;
+    let gate = hangar_shared::ratelimit::RateGate::fleet(client.clone(), limits, &holder).await?;
     let pool = RegistryPool::new(
         RegistryOptions {
             tls_verify: args.tls_verify,

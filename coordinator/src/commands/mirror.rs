@@ -166,7 +166,20 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
     }
     let prepared = prepare(args, debug, &console)?;
     let (spec, prepared_rejected) = spec(prepared, args);
-    let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
+    let backend = match &args.fleet.nats {
+        Some(_) => Backend::Fleet(fleet_client(&args.fleet).await?),
+        None => Backend::Embedded,
+    };
+    let fleet = match &backend {
+        Backend::Fleet(client) => Some(client),
+        Backend::Embedded => None,
+    };
+    let gate = super::rate_gate(&args.rate, fleet).await?;
+    let pool = Arc::new(super::gated_pool(
+        args.tls_verify,
+        args.authfile.as_deref(),
+        gate,
+    ));
     let total = spec.images.len();
     console.info(
         None,
@@ -175,10 +188,6 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
             spec.transfers
         ),
     );
-    let backend = match &args.fleet.nats {
-        Some(_) => Backend::Fleet(fleet_client(&args.fleet).await?),
-        None => Backend::Embedded,
-    };
     let mut spec = spec;
     if let (Backend::Embedded, Some(path)) = (&backend, &args.sign_key) {
         let key = super::sign::load_key(

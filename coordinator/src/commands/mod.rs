@@ -19,8 +19,10 @@ pub mod targets;
 pub mod validate;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
+use hangar_shared::ratelimit::{Gate, Limits, RateGate};
 use hangar_shared::registry::RegistryOptions;
 use hangar_shared::store::RegistryPool;
 
@@ -49,13 +51,54 @@ pub fn docker_reference(input: &str, console: &crate::console::Console) -> Resul
 }
 
 pub fn pool(tls_verify: Option<bool>, authfile: Option<&Path>) -> RegistryPool {
+    gated_pool(tls_verify, authfile, None)
+}
+
+/// A pool whose every request asks `gate` first.
+pub fn gated_pool(
+    tls_verify: Option<bool>,
+    authfile: Option<&Path>,
+    gate: Option<Arc<dyn Gate>>,
+) -> RegistryPool {
     RegistryPool::new(
         RegistryOptions {
             tls_verify,
+            gate,
             ..Default::default()
         },
         authfile.map(Path::to_path_buf),
     )
+}
+
+/// The gate for this process's registry requests: on a fleet, the fleet's (the workers'
+/// budgets, in-flight slots and holds, through NATS KV); alone, its own when it has limits.
+pub async fn rate_gate(
+    rate: &crate::cli::RateArgs,
+    fleet: Option<&async_nats::Client>,
+) -> Result<Option<Arc<dyn Gate>>> {
+    let mut limits = Limits::default();
+    for spec in &rate.rate_limits {
+        let (host, n) = Limits::parse_entry("--rate-limit", spec)?;
+        limits.budgets.insert(host, n);
+    }
+    for spec in &rate.max_in_flight {
+        let (host, n) = Limits::parse_entry("--max-in-flight", spec)?;
+        limits.concurrency.insert(host, n);
+    }
+    Ok(match fleet {
+        Some(client) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let holder = format!("coord-{}-{nanos:x}", std::process::id());
+            Some(Arc::new(
+                RateGate::fleet(client.clone(), limits, &holder).await?,
+            ))
+        }
+        None if limits.budgets.is_empty() && limits.concurrency.is_empty() => None,
+        None => Some(Arc::new(RateGate::local(limits))),
+    })
 }
 
 /// Writes a file whole or not at all (temp file + rename).
