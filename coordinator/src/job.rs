@@ -48,6 +48,8 @@ pub struct MirrorSpec {
     pub sign_keys: std::collections::HashMap<String, Arc<hangar_shared::sign::KeyPair>>,
     /// The archive images are loaded from (its index plans them; its entries feed the copy).
     pub archive: Option<(String, Arc<ArchiveReader>)>,
+    /// Told of each copied image as it completes (save writes it into the archive then).
+    pub completions: Option<mpsc::UnboundedSender<(ImageJob, ImagePlan)>>,
 }
 
 pub struct JobReport {
@@ -288,6 +290,7 @@ pub async fn run_mirror(
         watch: watch.clone(),
     };
     let mut interrupted = false;
+    let mut announced = 0;
     while !tracker.is_finished() {
         tokio::select! {
             Some((i, planned)) = plans.recv() => tracker.add_plan(i, planned, &mut obs).await?,
@@ -303,6 +306,14 @@ pub async fn run_mirror(
                 tracker.abandon("interrupted", &mut obs);
                 interrupted = true;
             }
+        }
+        if let Some(tx) = &spec.completions {
+            for (job, plan) in tracker.completed_since(announced) {
+                // Nobody listening any more (the archive writer stopped): its error is
+                // reported by whoever started it.
+                let _ = tx.send((job.clone(), plan.clone()));
+            }
+            announced = tracker.completed_count();
         }
     }
     queue.close().await;

@@ -207,10 +207,21 @@ impl Tracker {
 
     /// Copied images with their plans, in the order they finished.
     pub fn completed(&self) -> impl Iterator<Item = (&ImageJob, &ImagePlan)> {
-        self.completed.iter().filter_map(|i| {
-            let s = &self.images[*i];
-            s.plan.as_ref().map(|p| (&s.job, p))
-        })
+        self.completed_since(0)
+    }
+
+    /// Like [`Self::completed`], from the `n`th on.
+    pub fn completed_since(&self, n: usize) -> impl Iterator<Item = (&ImageJob, &ImagePlan)> {
+        self.completed[n.min(self.completed.len())..]
+            .iter()
+            .filter_map(|i| {
+                let s = &self.images[*i];
+                s.plan.as_ref().map(|p| (&s.job, p))
+            })
+    }
+
+    pub fn completed_count(&self) -> usize {
+        self.completed.len()
     }
 
     fn source_repo(&self, image: usize) -> RepoRef {

@@ -1118,3 +1118,81 @@ async fn a_damaged_cached_blob_is_evicted_and_fetched_again() {
     let v = hangar(&["archive", "verify", &s(&second)]);
     assert!(v.status.success(), "{}", text(&v));
 }
+
+/// `save` writes each image into the zip as soon as it is gathered: with one image behind a
+/// slow link, the fast one is in the archive's temporary file seconds before the save ends
+/// (an assembler that waited for everything would write it all in the last moment).
+#[tokio::test]
+async fn save_writes_each_image_as_it_completes() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    // Larger than the writer's 1 MiB buffer, so the file shows it.
+    let size = 3_000_000;
+    for (repo, seed) in [("fast/a", 71), ("slow/b", 72)] {
+        push_image(
+            &src,
+            env.dir.path(),
+            repo,
+            Some("1"),
+            Format::Oci,
+            "amd64",
+            (&[seed], size),
+        )
+        .await;
+    }
+    let slow = hangar_loadtest::proxy::start(
+        "127.0.0.1:0",
+        &env.src.addr,
+        hangar_loadtest::proxy::ProxyOptions {
+            rate_limit: Some(400_000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let list = env.write_list(
+        "list.txt",
+        &[
+            format!("{}/fast/a:1", env.src.addr),
+            format!("{}/slow/b:1", slow.addr),
+        ],
+    );
+    let archive = env.path("out.zip");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args(["save", "--tls-verify=false", "-y", "-f"])
+        .arg(&list)
+        .arg("-d")
+        .arg(&archive)
+        .arg("-o")
+        .arg(env.path("save-failed.txt"))
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/hangar-test-auth.json")
+        .stdout(std::fs::File::create(env.path("save.log")).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = env.path(&format!(".out.zip.partial-{}", child.id()));
+    let mut first_image_in = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        // All but the writer's last buffered MiB of the fast image's layer.
+        let written = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        if first_image_in.is_none() && written >= size - (1 << 20) {
+            first_image_in = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let ended = std::time::Instant::now();
+    assert!(status.success());
+    let first = first_image_in.expect("the fast image went into the archive before the end");
+    assert!(
+        ended - first > std::time::Duration::from_secs(2),
+        "the fast image was written {:?} before the end: {}",
+        ended - first,
+        std::fs::read_to_string(env.path("save.log")).unwrap_or_default()
+    );
+    let names = zip_names(&archive);
+    assert_eq!(names.last().map(String::as_str), Some("index.json"));
+    assert_eq!(ls_images(&archive).len(), 2, "{names:?}");
+}

@@ -201,6 +201,7 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
             ..Default::default()
         },
         archive: Some((location.clone(), archive.clone())),
+        completions: None,
         // Archives carry no signatures: Hangar's save drops them.
         signatures: false,
         sign_keys: Default::default(),

@@ -139,6 +139,7 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntr
             ..Default::default()
         },
         archive: None,
+        completions: None,
         signatures: !args.remove_signatures,
         sign_keys: Default::default(),
     };

@@ -1,6 +1,8 @@
 //! `save` and `sync`: the list's images are gathered into the blob cache by the same
-//! pipeline as `mirror` (its destination is the cache), then the assembler writes the
-//! archive from the cache. `sync` is the same write with the old archive's entries first,
+//! pipeline as `mirror` (its destination is the cache), and the assembler writes the
+//! archive from the cache: image by image as they complete, while later ones are still
+//! being fetched, when it writes one archive here; once all are gathered when it writes
+//! volumes (their split needs every size) or runs on a worker of the fleet. `sync` is the same write with the old archive's entries first,
 //! into a new file renamed over the old one: killing it at any moment leaves the old
 //! archive or the new one, never a broken zip (unlike Hangar, cnrancher/hangar#152).
 
@@ -10,8 +12,10 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use futures_util::StreamExt;
-use hangar_shared::archive::writer::{Written, plan_volumes, volume_path, write_archive};
-use hangar_shared::archive::{ArchiveImage, ArchiveReader};
+use hangar_shared::archive::writer::{
+    ArchiveWriter, Written, plan_volumes, volume_path, write_archive,
+};
+use hangar_shared::archive::{ArchiveImage, ArchiveReader, BlobSource};
 use hangar_shared::cache::BlobCache;
 use hangar_shared::digest::Digest;
 use hangar_shared::imagelist::{ImageList, LineKind};
@@ -91,7 +95,18 @@ struct Gathered {
     cache: Arc<BlobCache>,
     fleet: Option<async_nats::Client>,
     job: String,
+    /// The archive, when it was written as the images completed.
+    written: Option<Written>,
     _temp: Option<TempCache>,
+}
+
+/// When the archive is written.
+#[derive(Clone, Copy)]
+enum Writing<'a> {
+    /// Image by image as they complete, after `base`'s entries (one archive, written here).
+    AsTheyComplete(Option<&'a Arc<ArchiveReader>>),
+    /// Once everything is gathered.
+    AtTheEnd,
 }
 
 /// Copies the list's images into the blob cache; returns their index entries in the order
@@ -99,6 +114,7 @@ struct Gathered {
 async fn gather(
     list: &ArchiveListArgs,
     archive: &str,
+    writing: Writing<'_>,
     debug: bool,
     console: Arc<Console>,
 ) -> Result<Gathered> {
@@ -168,7 +184,27 @@ async fn gather(
         Some(client) => Backend::Fleet(client.clone()),
         None => Backend::Embedded,
     };
+    let writer = match (writing, &backend) {
+        (Writing::AsTheyComplete(base), Backend::Embedded) => {
+            let source: Arc<dyn BlobSource> = cache.clone();
+            let mut writer = ArchiveWriter::create(archive, base.cloned(), source).await?;
+            let (tx, mut completed) = tokio::sync::mpsc::unbounded_channel();
+            spec.completions = Some(tx);
+            Some(tokio::spawn(async move {
+                while let Some((job, plan)) = completed.recv().await {
+                    writer.add(&planner::archive_image(&job, &plan)?).await?;
+                }
+                Ok::<_, hangar_shared::Error>(writer)
+            }))
+        }
+        _ => None,
+    };
     let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
+    // The job is over, so is the list of completed images: the archive can be closed.
+    let written = match writer {
+        Some(task) => Some(task.await??.finish().await?),
+        None => None,
+    };
     if let Some(db) = &scan_db {
         super::scan::report_job(&report, db, &list.scan_report, true, &console)?;
     }
@@ -189,6 +225,7 @@ async fn gather(
         cache,
         fleet,
         job: id,
+        written,
         _temp: temp,
     })
 }
@@ -286,8 +323,19 @@ pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result
     }
     super::may_overwrite(dest, args.yes)?;
     let mut retried = false;
+    let writing = match (part_size, &args.list.fleet.nats) {
+        (None, None) => Writing::AsTheyComplete(None),
+        _ => Writing::AtTheEnd,
+    };
     let g = loop {
-        let g = gather(&args.list, dest, debug, console.clone()).await?;
+        let g = match gather(&args.list, dest, writing, debug, console.clone()).await {
+            Err(e) if !retried && damaged_cache(&e) => {
+                console.warn(None, format!("{e:#}; fetching it again"));
+                retried = true;
+                continue;
+            }
+            g => g?,
+        };
         match write_save(&g, dest, part_size, args.yes, &console).await {
             Err(e) if !retried && damaged_cache(&e) => {
                 console.warn(None, format!("{e:#}; fetching it again"));
@@ -313,7 +361,10 @@ async fn write_save(
     console: &Console,
 ) -> Result<()> {
     let Some(part) = part_size else {
-        let w = assemble(g, 1, dest, None, &g.images).await?;
+        let w = match &g.written {
+            Some(w) => w.clone(),
+            None => assemble(g, 1, dest, None, &g.images).await?,
+        };
         console.info(
             None,
             format!(
@@ -372,9 +423,24 @@ pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result
     // Opened first so a damaged archive is refused before anything is fetched.
     let base = Arc::new(ArchiveReader::open(dest).await?);
     let mut retried = false;
+    let writing = match &args.list.fleet.nats {
+        None => Writing::AsTheyComplete(Some(&base)),
+        Some(_) => Writing::AtTheEnd,
+    };
     let (g, w) = loop {
-        let g = gather(&args.list, dest, debug, console.clone()).await?;
-        match assemble(&g, 1, dest, Some(&base), &g.images).await {
+        let g = match gather(&args.list, dest, writing, debug, console.clone()).await {
+            Err(e) if !retried && damaged_cache(&e) => {
+                console.warn(None, format!("{e:#}; fetching it again"));
+                retried = true;
+                continue;
+            }
+            g => g?,
+        };
+        let assembled = match &g.written {
+            Some(w) => Ok(w.clone()),
+            None => assemble(&g, 1, dest, Some(&base), &g.images).await,
+        };
+        match assembled {
             Err(e) if !retried && damaged_cache(&e) => {
                 console.warn(None, format!("{e:#}; fetching it again"));
                 retried = true;

@@ -34,6 +34,8 @@ enum Item {
     Base(String, u64),
     Inline(String, Vec<u8>),
     Blob(String, Digest, u64),
+    /// Everything is queued: complete the zip. A queue that closes without it is abandoned.
+    End,
 }
 
 /// `<hex>/index.json` as containers/image's OCI layout writes it: one untagged descriptor.
@@ -54,141 +56,153 @@ pub async fn write_archive(
     images: &[ArchiveImage],
     source: Arc<dyn BlobSource>,
 ) -> Result<Written> {
-    let (items, image_count) = plan_items(base.as_deref(), images, source.as_ref()).await?;
-    let handle = tokio::runtime::Handle::current();
-    if location.starts_with("s3://") {
-        let (store, key) = super::locate(location)?;
-        let upload = store
-            .put_multipart(&key)
-            .await
-            .map_err(|e| Error::new(FailureClass::Network, format!("{location}: {e}")))?;
-        let out = ObjectWriter {
-            upload: Some(WriteMultipart::new(upload)),
-            handle: handle.clone(),
-            written: 0,
-        };
-        let label = location.to_owned();
-        let (entries, bytes) = tokio::task::spawn_blocking(move || {
-            let _guard = handle.enter();
-            let mut out = write_items(
-                out,
-                &label,
-                &items,
-                base.as_deref(),
-                source.as_ref(),
-                &handle,
-            )?;
-            let upload = out
-                .upload
-                .take()
-                .ok_or_else(|| Error::internal("upload already finished"))?;
-            handle
-                .block_on(upload.finish())
-                .map_err(|e| Error::new(FailureClass::Network, format!("{label}: {e}")))?;
-            Ok::<_, Error>((items.len(), out.written))
-        })
-        .await
-        .map_err(|e| Error::internal(format!("archive writer: {e}")))??;
-        return Ok(Written {
-            path: PathBuf::from(location),
-            images: image_count,
-            entries,
-            bytes,
-        });
+    let mut writer = ArchiveWriter::create(location, base, source).await?;
+    for image in images {
+        writer.add(image).await?;
     }
-    let path = Path::new(location);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("{location}: not a file name")))?
-        .to_string_lossy()
-        .into_owned();
-    remove_stale(&dir, &format!(".{file_name}.partial-"));
-    let temp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
-    let t = temp.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<(usize, u64)> {
-        let file = std::fs::File::create(&t).map_err(|e| io_err(&t, e))?;
-        let label = t.display().to_string();
-        let out = std::io::BufWriter::with_capacity(1 << 20, file);
-        let out = write_items(
-            out,
-            &label,
-            &items,
-            base.as_deref(),
-            source.as_ref(),
-            &handle,
-        )?;
-        let file = out.into_inner().map_err(|e| io_err(&t, e.error()))?;
-        file.sync_all().map_err(|e| io_err(&t, e))?;
-        let bytes = file.metadata().map_err(|e| io_err(&t, e))?.len();
-        Ok((items.len(), bytes))
-    })
-    .await
-    .map_err(|e| Error::internal(format!("archive writer: {e}")));
-    let (entries, bytes) = match result.and_then(|r| r) {
-        Ok(done) => done,
-        Err(e) => {
-            let _ = std::fs::remove_file(&temp);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&temp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        io_err(path, e)
-    })?;
-    // The rename is durable only once the directory is.
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(Written {
-        path: path.to_owned(),
-        images: image_count,
-        entries,
-        bytes,
-    })
+    writer.finish().await
 }
 
-/// Every entry to write, in order, and the number of images the new index lists.
-async fn plan_items(
-    base: Option<&ArchiveReader>,
-    images: &[ArchiveImage],
-    source: &dyn BlobSource,
-) -> Result<(Vec<Item>, usize)> {
-    let mut items = Vec::new();
-    let mut written: HashSet<String> = HashSet::new();
-    let mut index = ArchiveIndex {
-        list: Vec::new(),
-        version: INDEX_VERSION.to_owned(),
-        time: go_time_now(),
-    };
-    if let Some(base) = base {
-        for e in base.entries() {
-            if e.name != INDEX_NAME && written.insert(e.name.clone()) {
-                items.push(Item::Base(e.name.clone(), e.size));
+/// How many planned entries may wait for the zip writer.
+const QUEUED_ENTRIES: usize = 256;
+
+/// An archive being written: images are added as they become ready (their blobs already in
+/// the source) and stream into the zip while later ones are still being fetched. Nothing
+/// appears at the location until [`ArchiveWriter::finish`]; dropped unfinished, the
+/// temporary file is removed and an upload aborted.
+pub struct ArchiveWriter {
+    location: String,
+    source: Arc<dyn BlobSource>,
+    /// Entry names planned so far: shared blobs and layouts are written once.
+    written: HashSet<String>,
+    index: ArchiveIndex,
+    entries: usize,
+    tx: Option<tokio::sync::mpsc::Sender<Item>>,
+    task: Option<tokio::task::JoinHandle<Result<u64>>>,
+    /// A local archive's temporary file and final path; `None` for S3.
+    local: Option<(PathBuf, PathBuf)>,
+}
+
+impl ArchiveWriter {
+    /// Starts writing `location`; `base`'s entries (all but its index) go first.
+    pub async fn create(
+        location: &str,
+        base: Option<Arc<ArchiveReader>>,
+        source: Arc<dyn BlobSource>,
+    ) -> Result<Self> {
+        let handle = tokio::runtime::Handle::current();
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUED_ENTRIES);
+        let label = location.to_owned();
+        let writer_source = source.clone();
+        let writer_base = base.clone();
+        let (task, local) = if location.starts_with("s3://") {
+            let (store, key) = super::locate(location)?;
+            let upload = store
+                .put_multipart(&key)
+                .await
+                .map_err(|e| Error::new(FailureClass::Network, format!("{location}: {e}")))?;
+            let out = ObjectWriter {
+                upload: Some(WriteMultipart::new(upload)),
+                handle: handle.clone(),
+                written: 0,
+            };
+            let task = tokio::task::spawn_blocking(move || {
+                let _guard = handle.enter();
+                let mut out = write_items(
+                    out,
+                    &label,
+                    rx,
+                    writer_base.as_deref(),
+                    writer_source.as_ref(),
+                    &handle,
+                )?;
+                let upload = out
+                    .upload
+                    .take()
+                    .ok_or_else(|| Error::internal("upload already finished"))?;
+                handle
+                    .block_on(upload.finish())
+                    .map_err(|e| Error::new(FailureClass::Network, format!("{label}: {e}")))?;
+                Ok(out.written)
+            });
+            (task, None)
+        } else {
+            let path = Path::new(location);
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_owned();
+            let file_name = path
+                .file_name()
+                .ok_or_else(|| Error::invalid(format!("{location}: not a file name")))?
+                .to_string_lossy()
+                .into_owned();
+            remove_stale(&dir, &format!(".{file_name}.partial-"));
+            let temp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
+            let t = temp.clone();
+            let task = tokio::task::spawn_blocking(move || -> Result<u64> {
+                let file = std::fs::File::create(&t).map_err(|e| io_err(&t, e))?;
+                let label = t.display().to_string();
+                let out = std::io::BufWriter::with_capacity(1 << 20, file);
+                let out = write_items(
+                    out,
+                    &label,
+                    rx,
+                    writer_base.as_deref(),
+                    writer_source.as_ref(),
+                    &handle,
+                )?;
+                let file = out.into_inner().map_err(|e| io_err(&t, e.error()))?;
+                file.sync_all().map_err(|e| io_err(&t, e))?;
+                Ok(file.metadata().map_err(|e| io_err(&t, e))?.len())
+            });
+            (task, Some((temp, path.to_owned())))
+        };
+        let mut writer = Self {
+            location: location.to_owned(),
+            source,
+            written: HashSet::new(),
+            index: ArchiveIndex {
+                list: Vec::new(),
+                version: INDEX_VERSION.to_owned(),
+                time: go_time_now(),
+            },
+            entries: 0,
+            tx: Some(tx),
+            task: Some(task),
+            local,
+        };
+        if let Some(base) = &base {
+            for e in base.entries() {
+                if e.name != INDEX_NAME && writer.written.insert(e.name.clone()) {
+                    writer.send(Item::Base(e.name.clone(), e.size)).await?;
+                }
             }
+            writer.index.list.extend(base.index.list.iter().cloned());
         }
-        index.list.extend(base.index.list.iter().cloned());
+        Ok(writer)
     }
-    for image in images {
+
+    /// Queues one image: its layouts and the blobs not written yet, in Hangar's order.
+    pub async fn add(&mut self, image: &ArchiveImage) -> Result<()> {
         let mut specs: Vec<_> = image.images.iter().collect();
         specs.sort_by(|a, b| a.digest.hex().cmp(b.digest.hex()));
         for spec in &specs {
             let dir = spec.digest.hex().to_owned();
-            if written.insert(format!("{dir}/index.json")) {
-                let size = size_of(source, &spec.digest, image).await?;
-                items.push(Item::Inline(
+            if self.written.insert(format!("{dir}/index.json")) {
+                let size = size_of(self.source.as_ref(), &spec.digest, image).await?;
+                self.send(Item::Inline(
                     format!("{dir}/index.json"),
                     layout_index(&spec.media_type, &spec.digest, size),
-                ));
-                written.insert(format!("{dir}/oci-layout"));
-                items.push(Item::Inline(
+                ))
+                .await?;
+                self.written.insert(format!("{dir}/oci-layout"));
+                self.send(Item::Inline(
                     format!("{dir}/oci-layout"),
                     OCI_LAYOUT.as_bytes().to_vec(),
-                ));
+                ))
+                .await?;
             }
         }
         let mut blobs: Vec<&Digest> = specs.iter().flat_map(|s| s.blobs()).collect();
@@ -196,15 +210,94 @@ async fn plan_items(
         blobs.dedup();
         for d in blobs {
             let name = blob_entry(d);
-            if written.insert(name.clone()) {
-                let size = size_of(source, d, image).await?;
-                items.push(Item::Blob(name, d.clone(), size));
+            if self.written.insert(name.clone()) {
+                let size = size_of(self.source.as_ref(), d, image).await?;
+                self.send(Item::Blob(name, d.clone(), size)).await?;
             }
         }
-        index.list.push(image.clone());
+        self.index.list.push(image.clone());
+        Ok(())
     }
-    items.push(Item::Inline(INDEX_NAME.to_owned(), index.to_go_json()?));
-    Ok((items, index.list.len()))
+
+    /// Writes the index, completes the zip and puts it in place.
+    pub async fn finish(mut self) -> Result<Written> {
+        let index = self.index.to_go_json()?;
+        self.send(Item::Inline(INDEX_NAME.to_owned(), index))
+            .await?;
+        let entries = self.entries;
+        self.send(Item::End).await?;
+        self.tx = None;
+        let bytes = self.join().await?;
+        let path = match self.local.take() {
+            None => PathBuf::from(&self.location),
+            Some((temp, path)) => {
+                std::fs::rename(&temp, &path).map_err(|e| {
+                    let _ = std::fs::remove_file(&temp);
+                    io_err(&path, e)
+                })?;
+                // The rename is durable only once the directory is.
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+                path
+            }
+        };
+        Ok(Written {
+            path,
+            images: self.index.list.len(),
+            entries,
+            bytes,
+        })
+    }
+
+    async fn send(&mut self, item: Item) -> Result<()> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(item).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            self.entries += 1;
+            return Ok(());
+        }
+        // The writer stopped: its error says why.
+        self.tx = None;
+        match self.join().await {
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::internal("the archive writer ended early")),
+        }
+    }
+
+    async fn join(&mut self) -> Result<u64> {
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| Error::internal("the archive writer already ended"))?;
+        let result = task
+            .await
+            .map_err(|e| Error::internal(format!("archive writer: {e}")))
+            .and_then(|r| r);
+        if result.is_err()
+            && let Some((temp, _)) = self.local.take()
+        {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+}
+
+impl Drop for ArchiveWriter {
+    /// Unfinished: the writer thread sees the queue close without an end and gives up (an
+    /// upload is aborted); the temporary file goes.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some((temp, _)) = self.local.take() {
+            let _ = std::fs::remove_file(&temp);
+        }
+    }
 }
 
 /// An S3 multipart upload as a `Write`, for the zip writer on a blocking thread. Parts go
@@ -284,15 +377,22 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
 fn write_items<W: Write>(
     out: W,
     label: &str,
-    items: &[Item],
+    mut items: tokio::sync::mpsc::Receiver<Item>,
     base: Option<&ArchiveReader>,
     source: &dyn BlobSource,
     handle: &tokio::runtime::Handle,
 ) -> Result<W> {
     let mut zip = zip::ZipWriter::new_stream(out);
     let werr = |e: &dyn std::fmt::Display| Error::invalid(format!("{label}: {e}"));
-    for item in items {
-        let (name, size) = match item {
+    loop {
+        let Some(item) = items.blocking_recv() else {
+            return Err(Error::new(
+                FailureClass::Cancelled,
+                format!("{label}: abandoned before it was complete"),
+            ));
+        };
+        let (name, size) = match &item {
+            Item::End => break,
             Item::Base(n, size) => (n, *size),
             Item::Inline(n, data) => (n, data.len() as u64),
             Item::Blob(n, _, size) => (n, *size),
@@ -304,7 +404,7 @@ fn write_items<W: Write>(
             .large_file(size >= zip::ZIP64_BYTES_THR);
         zip.start_file(name.as_str(), options)
             .map_err(|e| werr(&e))?;
-        let mut stream = match item {
+        let mut stream = match &item {
             Item::Inline(_, data) => {
                 zip.write_all(data).map_err(|e| werr(&e))?;
                 continue;
@@ -314,6 +414,7 @@ fn write_items<W: Write>(
                 handle.block_on(base.entry_stream(n))?
             }
             Item::Blob(_, d, size) => handle.block_on(source.blob_stream(d, *size))?,
+            Item::End => break,
         };
         let mut copied = 0u64;
         while let Some(chunk) = handle.block_on(stream.next()) {
