@@ -464,6 +464,8 @@ pub struct ArchiveListArgs {
     /// the archive (give an s3:// destination, or a path the workers share).
     #[command(flatten)]
     pub fleet: FleetArgs,
+    #[command(flatten)]
+    pub rate: RateArgs,
 }
 
 #[derive(Args, Debug)]
@@ -583,6 +585,8 @@ pub struct LoadArgs {
     /// Blob transfers at once (beyond Hangar; default 3 x jobs).
     #[arg(long = "transfers")]
     pub transfers: Option<usize>,
+    #[command(flatten)]
+    pub rate: RateArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1196,3 +1196,35 @@ async fn save_writes_each_image_as_it_completes() {
     assert_eq!(names.last().map(String::as_str), Some("index.json"));
     assert_eq!(ls_images(&archive).len(), 2, "{names:?}");
 }
+
+/// `save --rate-limit` keeps to a registry's budget: behind a proxy answering 429 beyond 15
+/// requests a second (which the same save trips without a budget, as the mirror test
+/// shows), a budget of 7/s gets no 429 and the archive holds every image.
+#[tokio::test(flavor = "multi_thread")]
+async fn save_keeps_to_a_registrys_budget() {
+    let env = Env::new();
+    let lines = seed_shared_repos(&env, 6).await;
+    let proxy = hangar_loadtest::proxy::start(
+        "127.0.0.1:0",
+        &env.src.addr,
+        hangar_loadtest::proxy::ProxyOptions {
+            burst_limit: Some(15),
+            delay: std::time::Duration::from_millis(10),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let through: Vec<String> = lines
+        .iter()
+        .map(|l| l.replace(&env.src.addr, &proxy.addr))
+        .collect();
+    let list = env.write_list("list.txt", &through);
+    let archive = env.path("budget.zip");
+    let budget = format!("{}=7", proxy.addr);
+    let out = save(&env, &list, &archive, &["-j", "6", "--rate-limit", &budget]);
+    assert!(out.status.success(), "{}", text(&out));
+    let throttled = proxy.throttled.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(throttled, 0, "{}", text(&out));
+    assert_eq!(ls_images(&archive).len(), 6);
+}

@@ -214,7 +214,12 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
             spec.transfers
         ),
     );
-    let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
+    let gate = super::rate_gate(&args.rate, None).await?;
+    let pool = Arc::new(super::gated_pool(
+        args.tls_verify,
+        args.authfile.as_deref(),
+        gate,
+    ));
     let id = job::new_job_id();
     let report = job::run_mirror(
         spec,
