@@ -606,12 +606,58 @@ pub enum ArchiveCmd {
     /// Copy the images of a list from one archive into a new one.
     #[command(visible_alias = "e")]
     Export(ArchiveExportArgs),
+    /// Store custom files in an archive.
+    #[command(visible_alias = "s")]
+    Store {
+        #[command(subcommand)]
+        what: StoreCmd,
+    },
     /// Re-hash every blob and check the index against the entries (beyond Hangar).
     Verify {
         /// The archives (paths or s3:// locations).
         #[arg(required = true)]
         files: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCmd {
+    /// Add local files or http(s) URLs, each as `docker.io/hangar-file/<name>:latest`
+    /// (Helm charts, `store chart`, are not built).
+    #[command(visible_aliases = ["files", "f"])]
+    File(StoreFileArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StoreFileArgs {
+    /// The archive (it must exist: `archive init` makes an empty one).
+    #[arg(short = 'f', long = "file")]
+    pub file: String,
+    /// Verify certificates of https URLs.
+    #[arg(long = "tls-verify", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// Local files or http(s) URLs.
+    #[arg(required = true)]
+    pub urls: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportSub {
+    /// Extract a stored custom file to `./NAME`.
+    #[command(visible_alias = "f")]
+    File(ExportFileArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportFileArgs {
+    /// The archive.
+    #[arg(short = 'f', long = "file")]
+    pub file: String,
+    /// The stored file's name.
+    #[arg(short = 'n', long = "name")]
+    pub name: String,
+    #[arg(short = 'y', long = "auto-yes")]
+    pub yes: bool,
 }
 
 #[derive(Args, Debug)]
@@ -656,6 +702,8 @@ pub struct ArchiveExportArgs {
     pub failed: PathBuf,
     #[arg(short = 'y', long = "auto-yes")]
     pub yes: bool,
+    #[command(subcommand)]
+    pub sub: Option<ExportSub>,
 }
 
 #[derive(Args, Debug)]

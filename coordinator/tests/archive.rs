@@ -1228,3 +1228,170 @@ async fn save_keeps_to_a_registrys_budget() {
     assert_eq!(throttled, 0, "{}", text(&out));
     assert_eq!(ls_images(&archive).len(), 6);
 }
+
+/// `archive store file` keeps local files and downloads as Hangar's custom-file images, and
+/// `archive export file` gives the bytes back: listed as custom files, laid out and encoded
+/// as Hangar writes them, verified by `archive verify`, replaced when stored again under the
+/// same name; bad input (a directory, a missing name, an image that is not a file) fails
+/// clearly and leaves the archive as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn store_file_and_export_file() {
+    let env = Env::new();
+    let archive = env.path("files.zip");
+    let out = hangar(&["archive", "init", &s(&archive)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let local = env.path("notes & ümlauts.txt");
+    std::fs::write(&local, "first <version>\n").unwrap();
+    let served: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let body = served.clone();
+    let app = axum::Router::new().route(
+        "/files/blob.bin",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { body }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/files/blob.bin", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let out = hangar(&[
+        "archive",
+        "store",
+        "file",
+        "-f",
+        &s(&archive),
+        &s(&local),
+        &url,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Add OCI File [docker.io/hangar-file/blob.bin]"));
+    let ls = hangar(&["archive", "ls", &s(&archive)]);
+    let rows = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(
+        rows.contains("docker.io/hangar-file/notes & ümlauts.txt:latest | NOARCH | NOOS |")
+            && rows.contains("(custom file)"),
+        "{rows}"
+    );
+    let names = zip_names(&archive);
+    assert_eq!(names.last().map(String::as_str), Some("index.json"));
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with("/oci-layout")).count(),
+        2
+    );
+    let verify = hangar(&["archive", "verify", &s(&archive)]);
+    assert!(verify.status.success(), "{}", text(&verify));
+
+    // The index entry and manifest as Hangar writes them.
+    let json = hangar(&["archive", "ls", "--json", &s(&archive)]);
+    let index: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let entry = index["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["source"] == "docker.io/hangar-file/blob.bin")
+        .expect("entry")
+        .clone();
+    assert_eq!(entry["tag"], "latest");
+    assert!(entry.get("archList").is_none() && entry.get("osList").is_none());
+    let spec = &entry["images"][0];
+    assert!(spec.get("arch").is_none());
+    assert_eq!(
+        spec["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        spec["annotations"]["org.opencontainers.image.description"],
+        url
+    );
+    let manifest_hex = spec["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let py = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys,zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))",
+        ])
+        .arg(&archive)
+        .arg(format!("share/sha256/{manifest_hex}"))
+        .output()
+        .unwrap();
+    let manifest = String::from_utf8(py.stdout).unwrap();
+    assert!(
+        manifest.starts_with("{\n  \"schemaVersion\": 2,\n  \"mediaType\": \"application/vnd.oci.image.manifest.v1+json\",\n  \"config\": {\n    \"mediaType\": \"application/vnd.cncf.helm.config.v1+json\",")
+            && manifest.contains("\"mediaType\": \"application/vnd.content.hangar.file.layer.v1\",")
+            && manifest.contains("\"org.opencontainers.image.title\": \"blob.bin\",\n    \"org.opencontainers.image.vendor\": \"Hangar\"\n  }\n}"),
+        "{manifest}"
+    );
+
+    // Export, into a directory of its own.
+    let workdir = env.path("out");
+    std::fs::create_dir_all(&workdir).unwrap();
+    let export = |name: &str, yes: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hangar-coord"));
+        cmd.args(["archive", "export", "file", "-f", &s(&archive), "-n", name])
+            .current_dir(&workdir)
+            .stdin(std::process::Stdio::null());
+        if yes {
+            cmd.arg("-y");
+        }
+        cmd.output().unwrap()
+    };
+    let out = export("blob.bin", false);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read(workdir.join("blob.bin")).unwrap(), served);
+    let out = export("notes & ümlauts.txt", false);
+    assert!(out.status.success(), "{}", text(&out));
+    // Stored again with other bytes: replaced, not listed twice.
+    std::fs::write(&local, "second\n").unwrap();
+    let out = hangar(&["archive", "store", "f", "-f", &s(&archive), &s(&local)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed = ls_images(&archive);
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|l| l.contains("notes & ümlauts.txt"))
+            .count(),
+        1,
+        "{listed:?}"
+    );
+    // Without -y an existing file is left alone.
+    let out = export("notes & ümlauts.txt", false);
+    assert!(!out.status.success());
+    let exported = workdir.join("notes & ümlauts.txt");
+    assert_eq!(
+        std::fs::read_to_string(&exported).unwrap(),
+        "first <version>\n"
+    );
+    let out = export("notes & ümlauts.txt", true);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&exported).unwrap(), "second\n");
+
+    // Bad input: clear errors, the archive untouched.
+    let before = std::fs::read(&archive).unwrap();
+    let out = hangar(&[
+        "archive",
+        "store",
+        "file",
+        "-f",
+        &s(&archive),
+        &s(env.dir.path()),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is a directory"), "{}", text(&out));
+    let out = hangar(&[
+        "archive",
+        "store",
+        "file",
+        "-f",
+        &s(&archive),
+        "/no/such/file",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("/no/such/file"), "{}", text(&out));
+    assert_eq!(std::fs::read(&archive).unwrap(), before);
+    let out = export("missing.txt", true);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("\"missing.txt\""), "{}", text(&out));
+}

@@ -90,7 +90,8 @@ fn crc_checked(inner: ByteStream, digest: Digest, meta: BlobMeta, cache: BlobCac
     .boxed()
 }
 
-fn file_stream(file: std::fs::File, start: u64, len: u64) -> ByteStream {
+/// `len` bytes of `file` from `start`, read in 1 MiB blocks on blocking threads.
+pub(crate) fn file_stream(file: std::fs::File, start: u64, len: u64) -> ByteStream {
     const BLOCK: u64 = 1 << 20;
     let state = (Some(file), start, len);
     futures_util::stream::try_unfold(state, |(file, pos, left)| async move {

@@ -1,4 +1,5 @@
-//! `archive init | ls | merge | export | verify`. Merge and export are the assembler fed
+//! `archive init | ls | merge | export | verify` (`store file` and `export file` are in
+//! `stored`). Merge and export are the assembler fed
 //! from other archives: every blob is re-verified on its way into the new archive.
 
 use std::collections::HashSet;
@@ -19,7 +20,9 @@ use hangar_shared::manifest::Manifest;
 use hangar_shared::verify::ByteStream;
 use indicatif::HumanBytes;
 
-use crate::cli::{ArchiveCmd, ArchiveExportArgs, ArchiveLsArgs, ArchiveMergeArgs};
+use crate::cli::{
+    ArchiveCmd, ArchiveExportArgs, ArchiveLsArgs, ArchiveMergeArgs, ExportSub, StoreCmd,
+};
 use crate::console::Console;
 
 pub async fn run(cmd: ArchiveCmd, console: &Console) -> Result<()> {
@@ -27,7 +30,13 @@ pub async fn run(cmd: ArchiveCmd, console: &Console) -> Result<()> {
         ArchiveCmd::Init { files } => init(&files, console),
         ArchiveCmd::Ls(a) => ls(&a, console).await,
         ArchiveCmd::Merge(a) => merge(&a, console).await,
-        ArchiveCmd::Export(a) => export(&a, console).await,
+        ArchiveCmd::Export(a) => match &a.sub {
+            Some(ExportSub::File(f)) => super::stored::export_file(f, console).await,
+            None => export(&a, console).await,
+        },
+        ArchiveCmd::Store {
+            what: StoreCmd::File(a),
+        } => super::stored::store_files(&a, console).await,
         ArchiveCmd::Verify { files } => verify(&files, console).await,
     }
 }

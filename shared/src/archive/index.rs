@@ -279,6 +279,18 @@ pub fn check_version(version: &str) -> Result<()> {
     }
 }
 
+/// Go's `json.Marshal` (or with `indent`, `json.MarshalIndent(…, "", "  ")`) of `value`,
+/// whose serde field order must be the Go type's.
+pub(crate) fn go_json<T: Serialize>(value: &T, indent: bool) -> Result<Vec<u8>> {
+    let json = if indent {
+        serde_json::to_string_pretty(value)
+    } else {
+        serde_json::to_string(value)
+    }
+    .map_err(|e| Error::internal(format!("serialising JSON: {e}")))?;
+    Ok(go_escape(&json).into_bytes())
+}
+
 /// Go escapes these inside strings; they never occur outside one in JSON.
 fn go_escape(json: &str) -> String {
     let mut out = String::with_capacity(json.len());

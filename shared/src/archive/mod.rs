@@ -4,6 +4,7 @@
 //! assembler) streams blobs from a [`BlobSource`] into a new zip and renames it into place
 //! only when it is complete, so an interrupted save or sync never leaves a broken archive.
 
+pub mod custom;
 pub mod index;
 pub mod reader;
 pub mod writer;

@@ -219,6 +219,16 @@ impl ArchiveWriter {
         Ok(())
     }
 
+    /// Drops `source:tag` from the index being written (its entries stay, unreferenced):
+    /// an image added under the same name replaces it. Whether it was there.
+    pub fn forget(&mut self, source: &str, tag: &str) -> bool {
+        let before = self.index.list.len();
+        self.index
+            .list
+            .retain(|i| !(i.source == source && i.tag == tag));
+        self.index.list.len() != before
+    }
+
     /// Writes the index, completes the zip and puts it in place.
     pub async fn finish(mut self) -> Result<Written> {
         let index = self.index.to_go_json()?;

@@ -1,0 +1,143 @@
+//! `archive store file` and `archive export file` (Hangar v1.9.2): custom files kept in an
+//! archive as single-layer OCI images. Storing writes a new archive (the old entries, then
+//! the files) renamed over the old one, like `sync`: an interrupted store leaves the archive
+//! as it was, where Hangar's in-place update could leave it broken.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::StreamExt;
+use hangar_shared::archive::ArchiveReader;
+use hangar_shared::archive::custom::{
+    self, FILE_LAYER, FileManifest, HELM_CHART_LAYER, HELM_PROV_LAYER, StagedBlobs,
+};
+use hangar_shared::archive::writer::ArchiveWriter;
+use hangar_shared::manifest::OCI_MANIFEST;
+use tokio::io::AsyncWriteExt;
+
+use crate::cli::{ExportFileArgs, StoreFileArgs};
+use crate::console::Console;
+
+pub async fn store_files(args: &StoreFileArgs, console: &Console) -> Result<()> {
+    let archive = args.file.as_str();
+    if !archive.starts_with("s3://") && !Path::new(archive).exists() {
+        bail!("archive {archive} does not exist (`archive init` makes an empty one)");
+    }
+    let base = Arc::new(ArchiveReader::open(archive).await?);
+    let downloads = tempfile::tempdir().context("a directory for downloads")?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .danger_accept_invalid_certs(!args.tls_verify)
+        .build()?;
+    let created = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut blobs = StagedBlobs::default();
+    let mut images = Vec::new();
+    for (n, url) in args.urls.iter().enumerate() {
+        let name = Path::new(url.trim_end_matches('/'))
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty())
+            .with_context(|| format!("failed to add {url:?}: it names no file"))?;
+        let (path, (digest, size)) = if url.starts_with("oci://") {
+            bail!("failed to add {url:?}: file protocol does not support Helm OCI image");
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            let to = downloads.path().join(n.to_string());
+            let got = custom::download(&http, url, &to)
+                .await
+                .with_context(|| format!("failed to add {url:?}"))?;
+            (to, got)
+        } else {
+            let path = Path::new(url);
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_dir() => bail!("failed to add {url:?}: {url} is a directory"),
+                Ok(_) => {}
+                Err(e) => bail!("failed to add {url:?}: invalid URL {url:?}: {e}"),
+            }
+            let got = custom::hash_file(path)
+                .await
+                .with_context(|| format!("failed to add {url:?}"))?;
+            (path.to_owned(), got)
+        };
+        let stored = custom::store_file(&name, url, (digest, size, path), &created)?;
+        blobs.extend(stored.blobs);
+        images.push(stored.image);
+    }
+    let mut writer = ArchiveWriter::create(archive, Some(base), Arc::new(blobs)).await?;
+    for image in &images {
+        if writer.forget(&image.source, &image.tag) {
+            console.warn(None, format!("Replacing [{}] stored earlier", image.name()));
+        }
+        writer.add(image).await?;
+    }
+    writer.finish().await?;
+    for image in &images {
+        console.info(None, format!("Add OCI File [{}]", image.source));
+    }
+    Ok(())
+}
+
+pub async fn export_file(args: &ExportFileArgs, console: &Console) -> Result<()> {
+    let name = args.name.as_str();
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        bail!("file name {name:?}: give the stored file's base name");
+    }
+    super::may_overwrite(name, args.yes)?;
+    let reader = ArchiveReader::open(&args.file).await?;
+    let source = custom::file_source(name);
+    let image = reader
+        .index
+        .list
+        .iter()
+        .find(|i| i.source == source && i.tag == "latest" && i.is_custom())
+        .with_context(|| {
+            format!(
+                "failed to find custom file {name:?} in archive {}: no such file",
+                args.file
+            )
+        })?;
+    let Some(spec) = image.images.first() else {
+        bail!("{source}: no OCI image in the entry");
+    };
+    if spec.media_type != OCI_MANIFEST {
+        bail!(
+            "{source}: unexpected image mediaType {:?}, should be {OCI_MANIFEST:?}",
+            spec.media_type
+        );
+    }
+    let raw = reader.manifest(&spec.digest).await?;
+    let manifest: FileManifest = serde_json::from_slice(&raw.bytes)
+        .with_context(|| format!("{source}: decoding its manifest"))?;
+    let Some(layer) = manifest.layers.first() else {
+        bail!("{source}: the image has no layers");
+    };
+    if layer.media_type != FILE_LAYER {
+        if layer.media_type == HELM_CHART_LAYER || layer.media_type == HELM_PROV_LAYER {
+            console.warn(None, format!("{source} is a Helm chart, not a custom file"));
+        }
+        bail!(
+            "{source}: unexpected layer mediaType {:?}, should be {FILE_LAYER:?}",
+            layer.media_type
+        );
+    }
+    // Whole or not at all: a temporary file, renamed once every byte is verified.
+    let temp = format!(".{name}.partial-{}", std::process::id());
+    let written = async {
+        let mut out = tokio::fs::File::create(&temp).await?;
+        let mut stream = reader.blob(&layer.digest, None).await?;
+        while let Some(chunk) = stream.next().await {
+            out.write_all(&chunk?).await?;
+        }
+        out.flush().await?;
+        out.sync_all().await?;
+        std::fs::rename(&temp, name)?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e.context(format!("writing {name}")));
+    }
+    console.info(None, format!("Load [{name}]"));
+    Ok(())
+}

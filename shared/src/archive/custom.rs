@@ -1,0 +1,235 @@
+//! Custom files kept in an archive (`archive store file`, `archive export file`, Hangar
+//! v1.9.2, reference §3.6): each file is a single-manifest OCI image named
+//! `docker.io/hangar-file/<basename>:latest` with the file's bytes as its one layer. The
+//! manifest and config are Go's `json.MarshalIndent(…, "", "  ")` output in the OCI types'
+//! field order, as Hangar writes them; the config carries Helm's config media type, as
+//! Hangar's does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::BlobSource;
+use super::index::{ArchiveImage, ImageSpec, go_json};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::OCI_MANIFEST;
+use crate::verify::{ByteStream, verified};
+
+pub const FILE_PROJECT: &str = "hangar-file";
+pub const FILE_LAYER: &str = "application/vnd.content.hangar.file.layer.v1";
+pub const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
+pub const HELM_CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
+pub const HELM_PROV_LAYER: &str = "application/vnd.cncf.helm.chart.provenance.v1.prov";
+
+/// The index `source` of a stored file.
+pub fn file_source(name: &str) -> String {
+    format!("docker.io/{FILE_PROJECT}/{name}")
+}
+
+#[derive(Serialize)]
+struct Config<'a> {
+    #[serde(rename = "Name")]
+    name: &'a str,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FileDescriptor {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// The OCI manifest of a stored file, in the Go type's field order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FileManifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    pub config: FileDescriptor,
+    #[serde(default)]
+    pub layers: Vec<FileDescriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A file made into an image: its index entry and the blobs to write.
+pub struct StoredFile {
+    pub image: ArchiveImage,
+    pub blobs: StagedBlobs,
+}
+
+/// `name`'s bytes (`layer`: digest and size, read from `path`) as Hangar's custom-file
+/// image; `description` is where it came from, `created` RFC 3339 in seconds.
+pub fn store_file(
+    name: &str,
+    description: &str,
+    layer: (Digest, u64, PathBuf),
+    created: &str,
+) -> Result<StoredFile> {
+    let config = go_json(&Config { name }, true)?;
+    let config_digest = Digest::of(&config);
+    let annotations = BTreeMap::from([
+        (
+            "org.opencontainers.image.created".to_owned(),
+            created.to_owned(),
+        ),
+        (
+            "org.opencontainers.image.description".to_owned(),
+            description.to_owned(),
+        ),
+        ("org.opencontainers.image.title".to_owned(), name.to_owned()),
+        (
+            "org.opencontainers.image.vendor".to_owned(),
+            "Hangar".to_owned(),
+        ),
+    ]);
+    let (layer_digest, layer_size, layer_path) = layer;
+    let manifest = go_json(
+        &FileManifest {
+            schema_version: 2,
+            media_type: OCI_MANIFEST.to_owned(),
+            config: FileDescriptor {
+                media_type: HELM_CONFIG.to_owned(),
+                digest: config_digest.clone(),
+                size: config.len() as u64,
+            },
+            layers: vec![FileDescriptor {
+                media_type: FILE_LAYER.to_owned(),
+                digest: layer_digest.clone(),
+                size: layer_size,
+            }],
+            annotations: annotations.clone(),
+        },
+        true,
+    )?;
+    let manifest_digest = Digest::of(&manifest);
+    let spec = ImageSpec {
+        media_type: OCI_MANIFEST.to_owned(),
+        layers: vec![layer_digest.clone()],
+        config: Some(config_digest.clone()),
+        annotations,
+        ..ImageSpec::bare(manifest_digest.clone())
+    };
+    let mut blobs = StagedBlobs::default();
+    blobs.put(config_digest, Staged::Memory(Bytes::from(config)));
+    blobs.put(manifest_digest, Staged::Memory(Bytes::from(manifest)));
+    blobs.put(layer_digest, Staged::File(layer_path, layer_size));
+    Ok(StoredFile {
+        // Custom entries have no arch and no OS lists (that is how readers tell them).
+        image: ArchiveImage {
+            source: file_source(name),
+            tag: "latest".to_owned(),
+            arch_list: Vec::new(),
+            os_list: Vec::new(),
+            images: vec![spec],
+        },
+        blobs,
+    })
+}
+
+enum Staged {
+    Memory(Bytes),
+    File(PathBuf, u64),
+}
+
+/// Blobs made here, for the assembler: small ones in memory, file layers on disk.
+#[derive(Default)]
+pub struct StagedBlobs(HashMap<Digest, Staged>);
+
+impl StagedBlobs {
+    fn put(&mut self, digest: Digest, blob: Staged) {
+        self.0.insert(digest, blob);
+    }
+
+    pub fn extend(&mut self, other: StagedBlobs) {
+        self.0.extend(other.0);
+    }
+}
+
+#[async_trait]
+impl BlobSource for StagedBlobs {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.0.get(digest).map(|b| match b {
+            Staged::Memory(bytes) => bytes.len() as u64,
+            Staged::File(_, size) => *size,
+        }))
+    }
+
+    async fn blob_stream(&self, digest: &Digest, size: u64) -> Result<ByteStream> {
+        let raw: ByteStream = match self.0.get(digest) {
+            Some(Staged::Memory(bytes)) => futures_util::stream::iter([Ok(bytes.clone())]).boxed(),
+            Some(Staged::File(path, len)) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+                crate::cache::file_stream(file, 0, *len)
+            }
+            None => return Err(Error::not_found(format!("blob {digest} was not staged"))),
+        };
+        // The file may have changed since it was hashed: what goes in must match.
+        Ok(verified(raw, digest.clone(), size, None))
+    }
+}
+
+/// A local file's digest and size, read in blocks off the async threads.
+pub async fn hash_file(path: &std::path::Path) -> Result<(Digest, u64)> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use sha2::Digest as _;
+        use std::io::Read;
+        let fail = |e: std::io::Error| Error::invalid(format!("{}: {e}", path.display()));
+        let mut file = std::fs::File::open(&path).map_err(fail)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(fail)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok((Digest::from_sha256(&hasher.finalize()), size))
+    })
+    .await
+    .map_err(|e| Error::internal(format!("hashing a file: {e}")))?
+}
+
+/// Downloads `url` into the file `to`, hashing on the way: its digest and size.
+pub async fn download(
+    http: &reqwest::Client,
+    url: &str,
+    to: &std::path::Path,
+) -> Result<(Digest, u64)> {
+    use sha2::Digest as _;
+    use tokio::io::AsyncWriteExt;
+    let net =
+        |e: reqwest::Error| Error::new(crate::error::FailureClass::Network, format!("{url}: {e}"));
+    let resp = http.get(url).send().await.map_err(net)?;
+    if resp.status() != reqwest::StatusCode::OK {
+        return Err(Error::not_found(format!(
+            "failed to get url {url:?}: {}",
+            resp.status()
+        )));
+    }
+    let fail = |e: std::io::Error| Error::invalid(format!("{}: {e}", to.display()));
+    let mut file = tokio::fs::File::create(to).await.map_err(fail)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(net)?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(fail)?;
+    }
+    file.flush().await.map_err(fail)?;
+    Ok((Digest::from_sha256(&hasher.finalize()), size))
+}
