@@ -755,6 +755,8 @@ pub struct ListArgs {
     pub yes: bool,
     #[arg(long = "authfile")]
     pub authfile: Option<PathBuf>,
+    #[command(flatten)]
+    pub rate: RateArgs,
 }
 
 #[derive(Args, Debug)]

@@ -1199,7 +1199,7 @@ async fn save_writes_each_image_as_it_completes() {
 
 /// `save --rate-limit` keeps to a registry's budget: behind a proxy answering 429 beyond 15
 /// requests a second (which the same save trips without a budget, as the mirror test
-/// shows), a budget of 7/s gets no 429 and the archive holds every image.
+/// shows), a budget of 5/s gets no 429 and the archive holds every image.
 #[tokio::test(flavor = "multi_thread")]
 async fn save_keeps_to_a_registrys_budget() {
     let env = Env::new();
@@ -1221,7 +1221,7 @@ async fn save_keeps_to_a_registrys_budget() {
         .collect();
     let list = env.write_list("list.txt", &through);
     let archive = env.path("budget.zip");
-    let budget = format!("{}=7", proxy.addr);
+    let budget = format!("{}=5", proxy.addr);
     let out = save(&env, &list, &archive, &["-j", "6", "--rate-limit", &budget]);
     assert!(out.status.success(), "{}", text(&out));
     let throttled = proxy.throttled.load(std::sync::atomic::Ordering::Relaxed);

@@ -838,7 +838,7 @@ async fn dry_run_plans_without_copying() {
 
 /// `mirror --rate-limit` and `--max-in-flight` hold a lone mirror (no fleet) to a source
 /// registry's limits: behind a proxy answering 429 beyond 15 requests a second, the same
-/// mirror that trips it without limits gets no 429 with a budget of 7/s, and never has more
+/// mirror that trips it without limits gets no 429 with a budget of 5/s, and never has more
 /// than two requests in flight there.
 #[tokio::test(flavor = "multi_thread")]
 async fn mirror_keeps_to_a_registrys_budget_and_in_flight_cap() {
@@ -878,7 +878,7 @@ async fn mirror_keeps_to_a_registrys_budget_and_in_flight_cap() {
         if limited {
             args.extend([
                 "--rate-limit".into(),
-                format!("{}=7", proxy.addr),
+                format!("{}=5", proxy.addr),
                 "--max-in-flight".into(),
                 format!("{}=2", proxy.addr),
             ]);
@@ -900,7 +900,7 @@ async fn mirror_keeps_to_a_registrys_budget_and_in_flight_cap() {
     let (_, free_429s, free_peak, _) = &runs[0];
     let (ok, limited_429s, limited_peak, log) = &runs[1];
     eprintln!(
-        "lone mirror: without limits {free_429s} 429s, {free_peak} in flight; with 7/s and 2 in flight {limited_429s} 429s, {limited_peak} in flight"
+        "lone mirror: without limits {free_429s} 429s, {free_peak} in flight; with 5/s and 2 in flight {limited_429s} 429s, {limited_peak} in flight"
     );
     assert!(*ok, "{log}");
     assert!(*free_429s > 0, "without limits the burst limit is hit");

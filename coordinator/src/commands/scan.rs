@@ -232,9 +232,11 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
         None => None,
     };
     let t = super::targets::targets(&args.list, debug, &console)?;
-    let pool = Arc::new(super::pool(
+    let gate = super::rate_gate(&args.list.rate, None).await?;
+    let pool = Arc::new(super::gated_pool(
         args.list.tls_verify,
         args.list.authfile.as_deref(),
+        gate,
     ));
     let db = Arc::new(db);
     let mut failed = t.failed;

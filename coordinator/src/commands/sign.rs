@@ -153,9 +153,11 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
     };
     let key = Arc::new(load_key(key_path, args.passphrase_file.as_deref())?);
     let t = super::targets::targets(&args.list, debug, &console)?;
-    let pool = Arc::new(super::pool(
+    let gate = super::rate_gate(&args.list.rate, None).await?;
+    let pool = Arc::new(super::gated_pool(
         args.list.tls_verify,
         args.list.authfile.as_deref(),
+        gate,
     ));
     let mut failed = t.failed;
     let (filter, with_index, timeout) = (t.filter.clone(), args.sign_manifest_index, t.timeout);
@@ -244,9 +246,11 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
         .with_context(|| format!("reading key {}", key_path.display()))?;
     let key = Arc::new(PublicKey::from_pem(&pem, &key_path.display().to_string())?);
     let t = super::targets::targets(&args.list, debug, &console)?;
-    let pool = Arc::new(super::pool(
+    let gate = super::rate_gate(&args.list.rate, None).await?;
+    let pool = Arc::new(super::gated_pool(
         args.list.tls_verify,
         args.list.authfile.as_deref(),
+        gate,
     ));
     let mut failed = t.failed;
     let (filter, with_index, timeout) = (t.filter.clone(), args.validate_manifest_index, t.timeout);
