@@ -52,9 +52,10 @@ impl BlobLeases {
                 .await
                 .map_err(bus)?,
         };
+        // A bucket made by hand may have no max age: renew at our own pace then.
         let ttl = match kv.status().await {
-            Ok(status) => status.max_age(),
-            Err(_) => ttl,
+            Ok(status) if !status.max_age().is_zero() => status.max_age(),
+            _ => ttl,
         };
         Ok(Self {
             kv,

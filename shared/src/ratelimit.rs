@@ -30,6 +30,33 @@ pub const RATE_BUCKET: &str = "hangar-rate";
 /// A concurrency slot is leased for this long and renewed while its request runs.
 const SLOT_LEASE: Duration = Duration::from_secs(30);
 
+tokio::task_local! {
+    /// Per host, the slots the current task holds. A copy within one registry reads its body
+    /// while it uploads it: the upload rides on the download's slot, or the copy would wait
+    /// for a second slot while holding the first, and with every slot so held, forever.
+    static HELD: std::cell::RefCell<HashMap<String, usize>>;
+}
+
+/// Runs `work` as one task as far as slots go (see `HELD`): the worker runs each handler so.
+pub async fn one_task<F: std::future::Future>(work: F) -> F::Output {
+    HELD.scope(std::cell::RefCell::new(HashMap::new()), work)
+        .await
+}
+
+/// Whether the current task already holds a slot on `host`.
+fn holding(host: &str) -> bool {
+    HELD.try_with(|h| h.borrow().get(host).copied().unwrap_or(0) > 0)
+        .unwrap_or(false)
+}
+
+fn count_held(host: &str, up: bool) {
+    let _ = HELD.try_with(|h| {
+        let mut h = h.borrow_mut();
+        let n = h.entry(host.to_owned()).or_default();
+        *n = if up { *n + 1 } else { n.saturating_sub(1) };
+    });
+}
+
 /// What a registry client asks before each request, and tells after it.
 #[async_trait]
 pub trait Gate: Send + Sync + std::fmt::Debug {
@@ -199,7 +226,7 @@ pub struct RateGate {
     next_slot: AtomicU64,
     /// The last `blocked_until` seen per unbudgeted host, and when it was read.
     seen: Mutex<HashMap<String, (u64, u64)>>,
-    latency: Mutex<HashMap<String, LatencyWatch>>,
+    latency: Mutex<HashMap<(String, &'static str), LatencyWatch>>,
 }
 
 impl std::fmt::Debug for RateGate {
@@ -299,10 +326,13 @@ impl RateGate {
         }
     }
 
-    /// Waits for one of `host`'s concurrency slots; `None` when it has no limit (or NATS is
-    /// unreachable).
+    /// Waits for one of `host`'s concurrency slots; `None` when it has no limit, when the
+    /// current task holds one there already, or when the ledger cannot be reached.
     async fn take_slot(&self, host: &str, k: &str) -> Option<SlotHolder> {
         let limit = *self.limits.concurrency.get(host)? as usize;
+        if holding(host) {
+            return None;
+        }
         let k = format!("{k}.slots");
         let id = format!(
             "{}-{}",
@@ -319,7 +349,13 @@ impl RateGate {
                     .held
                     .insert(id.clone(), now + SLOT_LEASE.as_millis() as u64);
                 if swap(&*self.ledger, &k, &slots, revision).await {
-                    return Some(SlotHolder::start(self.ledger.clone(), k, id));
+                    count_held(host, true);
+                    return Some(SlotHolder::start(
+                        self.ledger.clone(),
+                        k,
+                        id,
+                        host.to_owned(),
+                    ));
                 }
                 continue;
             }
@@ -373,8 +409,10 @@ impl Gate for RateGate {
         if !request.is_latency_signal() {
             return false;
         }
+        // Per operation: a blob GET answered through a redirect is slower than a manifest
+        // HEAD on a healthy registry, and must not read as a slowdown next to it.
         let slowdown = self.latency.lock().ok().and_then(|mut m| {
-            m.entry(host.to_owned())
+            m.entry((host.to_owned(), request.op))
                 .or_default()
                 .sample(request.elapsed, Instant::now())
         });
@@ -392,10 +430,11 @@ impl Gate for RateGate {
 struct SlotHolder {
     renew: tokio::task::JoinHandle<()>,
     release: Option<(Arc<dyn Ledger>, String, String)>,
+    host: String,
 }
 
 impl SlotHolder {
-    fn start(ledger: Arc<dyn Ledger>, key: String, id: String) -> Self {
+    fn start(ledger: Arc<dyn Ledger>, key: String, id: String, host: String) -> Self {
         let (renew_ledger, renew_key, renew_id) = (ledger.clone(), key.clone(), id.clone());
         let renew = tokio::spawn(async move {
             loop {
@@ -406,6 +445,7 @@ impl SlotHolder {
         Self {
             renew,
             release: Some((ledger, key, id)),
+            host,
         }
     }
 }
@@ -413,6 +453,7 @@ impl SlotHolder {
 impl Drop for SlotHolder {
     fn drop(&mut self) {
         self.renew.abort();
+        count_held(&self.host, false);
         if let (Some((ledger, key, id)), Ok(rt)) =
             (self.release.take(), tokio::runtime::Handle::try_current())
         {
@@ -579,6 +620,34 @@ mod tests {
         // Other registries are not held by this one's cap.
         let free = tokio::time::timeout(Duration::from_secs(1), gate.admit("other", 1)).await;
         assert!(free.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_within_one_registry_rides_on_its_download_slot() {
+        let gate = Arc::new(RateGate::local(Limits {
+            concurrency: HashMap::from([("r.example".to_owned(), 1)]),
+            ..Default::default()
+        }));
+        let copy = one_task(async {
+            let download = gate.admit("r.example", 1).await;
+            // The upload of the same body: with one slot, waiting for a second would hang.
+            let upload = tokio::time::timeout(Duration::from_secs(2), gate.admit("r.example", 2))
+                .await
+                .expect("the upload rides on the download's slot");
+            // Another task still finds the registry's only slot taken.
+            let other = tokio::spawn({
+                let gate = gate.clone();
+                async move { one_task(gate.admit("r.example", 1)).await }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!other.is_finished(), "the cap still holds for other tasks");
+            drop((upload, download));
+            tokio::time::timeout(Duration::from_secs(2), other)
+                .await
+                .expect("the slot comes back when the copy is done")
+                .unwrap();
+        });
+        copy.await;
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
             Task::Scan(t) => scan::scan(ctx, t).await,
         }
     };
+    let work = hangar_shared::ratelimit::one_task(work);
     match ctx.task_timeout {
         Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
             Err(Error::new(

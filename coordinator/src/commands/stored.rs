@@ -26,8 +26,11 @@ pub async fn store_files(args: &StoreFileArgs, console: &Console) -> Result<()> 
     }
     let base = Arc::new(ArchiveReader::open(archive).await?);
     let downloads = tempfile::tempdir().context("a directory for downloads")?;
+    // Bounds on connecting and on each read, not on the whole download: a large file on a
+    // slow link takes as long as it takes.
     let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(30))
         .danger_accept_invalid_certs(!args.tls_verify)
         .build()?;
     let created = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

@@ -142,20 +142,27 @@ impl ArchiveWriter {
             let temp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
             let t = temp.clone();
             let task = tokio::task::spawn_blocking(move || -> Result<u64> {
-                let file = std::fs::File::create(&t).map_err(|e| io_err(&t, e))?;
-                let label = t.display().to_string();
-                let out = std::io::BufWriter::with_capacity(1 << 20, file);
-                let out = write_items(
-                    out,
-                    &label,
-                    rx,
-                    writer_base.as_deref(),
-                    writer_source.as_ref(),
-                    &handle,
-                )?;
-                let file = out.into_inner().map_err(|e| io_err(&t, e.error()))?;
-                file.sync_all().map_err(|e| io_err(&t, e))?;
-                Ok(file.metadata().map_err(|e| io_err(&t, e))?.len())
+                let written = (|| {
+                    let file = std::fs::File::create(&t).map_err(|e| io_err(&t, e))?;
+                    let label = t.display().to_string();
+                    let out = std::io::BufWriter::with_capacity(1 << 20, file);
+                    let out = write_items(
+                        out,
+                        &label,
+                        rx,
+                        writer_base.as_deref(),
+                        writer_source.as_ref(),
+                        &handle,
+                    )?;
+                    let file = out.into_inner().map_err(|e| io_err(&t, e.error()))?;
+                    file.sync_all().map_err(|e| io_err(&t, e))?;
+                    Ok(file.metadata().map_err(|e| io_err(&t, e))?.len())
+                })();
+                // Abandoned before this thread even started, the writer could not remove it.
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&t);
+                }
+                written
             });
             (task, Some((temp, path.to_owned())))
         };
