@@ -205,14 +205,16 @@ async fn gather(
         _ => None,
     };
     let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
+    // The scan report first: a save that cannot write it leaves no archive, as before the
+    // archive was written image by image (dropped unfinished, the writer abandons it).
+    if let Some(db) = &scan_db {
+        super::scan::report_job(&report, db, &list.scan_report, true, &console)?;
+    }
     // The job is over, so is the list of completed images: the archive can be closed.
     let written = match writer {
         Some(task) => Some(task.await??.finish().await?),
         None => None,
     };
-    if let Some(db) = &scan_db {
-        super::scan::report_job(&report, db, &list.scan_report, true, &console)?;
-    }
     let mut failed = super::report_rejected(&console, &rejected, "save");
     for (job, result) in &report.results {
         if let ImageResult::Failed(_) = result {
