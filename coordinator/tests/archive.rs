@@ -1204,21 +1204,7 @@ async fn save_writes_each_image_as_it_completes() {
 async fn save_keeps_to_a_registrys_budget() {
     let env = Env::new();
     let lines = seed_shared_repos(&env, 6).await;
-    let proxy = hangar_loadtest::proxy::start(
-        "127.0.0.1:0",
-        &env.src.addr,
-        hangar_loadtest::proxy::ProxyOptions {
-            burst_limit: Some(15),
-            delay: std::time::Duration::from_millis(10),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let through: Vec<String> = lines
-        .iter()
-        .map(|l| l.replace(&env.src.addr, &proxy.addr))
-        .collect();
+    let (proxy, through) = burst_limited_source(&env, &lines).await;
     let list = env.write_list("list.txt", &through);
     let archive = env.path("budget.zip");
     let budget = format!("{}=5", proxy.addr);

@@ -847,21 +847,7 @@ async fn mirror_keeps_to_a_registrys_budget_and_in_flight_cap() {
     let mut runs = Vec::new();
     for limited in [false, true] {
         let dst = hangar_loadtest::services::RegistryProcess::start().unwrap();
-        let proxy = proxy::start(
-            "127.0.0.1:0",
-            &env.src.addr,
-            ProxyOptions {
-                burst_limit: Some(15),
-                delay: std::time::Duration::from_millis(10),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        let through: Vec<String> = lines
-            .iter()
-            .map(|l| l.replace(&env.src.addr, &proxy.addr))
-            .collect();
+        let (proxy, through) = burst_limited_source(&env, &lines).await;
         let list = env.write_list(&format!("list-{limited}.txt"), &through);
         let mut args = vec![
             "mirror".to_owned(),

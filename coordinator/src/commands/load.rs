@@ -214,12 +214,9 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
             spec.transfers
         ),
     );
-    let gate = super::rate_gate(&args.rate, None).await?;
-    let pool = Arc::new(super::gated_pool(
-        args.tls_verify,
-        args.authfile.as_deref(),
-        gate,
-    ));
+    let pool = Arc::new(
+        super::limited_pool(args.tls_verify, args.authfile.as_deref(), &args.rate, None).await?,
+    );
     let id = job::new_job_id();
     let report = job::run_mirror(
         spec,

@@ -175,12 +175,9 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         Backend::Fleet(client) => Some(client),
         Backend::Embedded => None,
     };
-    let gate = super::rate_gate(&args.rate, fleet).await?;
-    let pool = Arc::new(super::gated_pool(
-        args.tls_verify,
-        args.authfile.as_deref(),
-        gate,
-    ));
+    let pool = Arc::new(
+        super::limited_pool(args.tls_verify, args.authfile.as_deref(), &args.rate, fleet).await?,
+    );
     let total = spec.images.len();
     console.info(
         None,

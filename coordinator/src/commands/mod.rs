@@ -71,6 +71,17 @@ pub fn gated_pool(
     )
 }
 
+/// A pool for a command's registry requests, under `rate`'s limits (see [`rate_gate`]).
+pub async fn limited_pool(
+    tls_verify: Option<bool>,
+    authfile: Option<&Path>,
+    rate: &crate::cli::RateArgs,
+    fleet: Option<&async_nats::Client>,
+) -> Result<RegistryPool> {
+    let gate = rate_gate(rate, fleet).await?;
+    Ok(gated_pool(tls_verify, authfile, gate))
+}
+
 /// The gate for this process's registry requests: on a fleet, the fleet's (the workers'
 /// budgets, in-flight slots and holds, through NATS KV); alone, its own when it has limits.
 pub async fn rate_gate(

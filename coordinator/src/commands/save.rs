@@ -169,12 +169,15 @@ async fn gather(
     // Archives never carry signatures (Hangar's save removes them).
     spec.signatures = false;
     spec.ends.dest_label = Some(archive.to_owned());
-    let gate = super::rate_gate(&list.rate, fleet.as_ref()).await?;
-    let pool = Arc::new(super::gated_pool(
-        list.tls_verify,
-        list.authfile.as_deref(),
-        gate,
-    ));
+    let pool = Arc::new(
+        super::limited_pool(
+            list.tls_verify,
+            list.authfile.as_deref(),
+            &list.rate,
+            fleet.as_ref(),
+        )
+        .await?,
+    );
     console.info(
         None,
         format!(

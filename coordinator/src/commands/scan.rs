@@ -232,12 +232,15 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
         None => None,
     };
     let t = super::targets::targets(&args.list, debug, &console)?;
-    let gate = super::rate_gate(&args.list.rate, None).await?;
-    let pool = Arc::new(super::gated_pool(
-        args.list.tls_verify,
-        args.list.authfile.as_deref(),
-        gate,
-    ));
+    let pool = Arc::new(
+        super::limited_pool(
+            args.list.tls_verify,
+            args.list.authfile.as_deref(),
+            &args.list.rate,
+            None,
+        )
+        .await?,
+    );
     let db = Arc::new(db);
     let mut failed = t.failed;
     let (filter, timeout) = (t.filter.clone(), t.timeout);

@@ -153,12 +153,15 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
     };
     let key = Arc::new(load_key(key_path, args.passphrase_file.as_deref())?);
     let t = super::targets::targets(&args.list, debug, &console)?;
-    let gate = super::rate_gate(&args.list.rate, None).await?;
-    let pool = Arc::new(super::gated_pool(
-        args.list.tls_verify,
-        args.list.authfile.as_deref(),
-        gate,
-    ));
+    let pool = Arc::new(
+        super::limited_pool(
+            args.list.tls_verify,
+            args.list.authfile.as_deref(),
+            &args.list.rate,
+            None,
+        )
+        .await?,
+    );
     let mut failed = t.failed;
     let (filter, with_index, timeout) = (t.filter.clone(), args.sign_manifest_index, t.timeout);
     let mut results = futures_util::stream::iter(t.items.iter())
@@ -246,12 +249,15 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
         .with_context(|| format!("reading key {}", key_path.display()))?;
     let key = Arc::new(PublicKey::from_pem(&pem, &key_path.display().to_string())?);
     let t = super::targets::targets(&args.list, debug, &console)?;
-    let gate = super::rate_gate(&args.list.rate, None).await?;
-    let pool = Arc::new(super::gated_pool(
-        args.list.tls_verify,
-        args.list.authfile.as_deref(),
-        gate,
-    ));
+    let pool = Arc::new(
+        super::limited_pool(
+            args.list.tls_verify,
+            args.list.authfile.as_deref(),
+            &args.list.rate,
+            None,
+        )
+        .await?,
+    );
     let mut failed = t.failed;
     let (filter, with_index, timeout) = (t.filter.clone(), args.validate_manifest_index, t.timeout);
     let exact = args.exact_repository.clone();

@@ -287,3 +287,27 @@ pub async fn push_files_image(addr: &str, repo: &str, layers: Vec<(Bytes, Digest
         .await
         .expect("manifest");
 }
+
+/// A proxy in front of the source registry that answers 429 to requests beyond 15 a
+/// second (10 ms each way), and `lines` rewritten to reach the source through it.
+pub async fn burst_limited_source(
+    env: &Env,
+    lines: &[String],
+) -> (hangar_loadtest::proxy::Proxy, Vec<String>) {
+    let proxy = hangar_loadtest::proxy::start(
+        "127.0.0.1:0",
+        &env.src.addr,
+        hangar_loadtest::proxy::ProxyOptions {
+            burst_limit: Some(15),
+            delay: std::time::Duration::from_millis(10),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("proxy");
+    let through = lines
+        .iter()
+        .map(|l| l.replace(&env.src.addr, &proxy.addr))
+        .collect();
+    (proxy, through)
+}
