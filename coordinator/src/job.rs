@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use hangar_shared::archive::ArchiveReader;
-use hangar_shared::error::Result;
+use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::manifest::PlatformFilter;
 use hangar_shared::queue::jetstream::{self, JetStreamQueue};
 use hangar_shared::queue::{ChannelSink, MemoryQueue, TaskQueue};
@@ -230,19 +230,25 @@ pub async fn run_mirror(
     let (filter, provenance, planners) =
         (spec.filter.clone(), spec.provenance, spec.planners.max(1));
     let signatures = spec.signatures;
+    let task_timeout = spec.task_timeout;
     let planner_pool = pool.clone();
     let planner_cache = spec.cache.clone();
     let planner_archive = spec.archive.as_ref().map(|(_, a)| a.clone());
     let planning = tokio::spawn(async move {
         let mut results = futures_util::stream::iter(planner_jobs)
             .map(|(i, job)| {
+                let source = job.source.clone();
                 let (pool, filter, cache, archive) = (
                     planner_pool.clone(),
                     filter.clone(),
                     planner_cache.clone(),
                     planner_archive.clone(),
                 );
-                async move {
+                // `--timeout` bounds an image's planning as a whole, every manifest, config and
+                // signature read of it with their retries: a registry that answers one byte at
+                // a time cannot hold the job.
+                let bound = task_timeout;
+                let planning = async move {
                     if let (Some(archive), Some(image)) = (&archive, &job.archived) {
                         let planned =
                             planner::plan_archive(archive, image, &job, &filter, provenance).await;
@@ -263,6 +269,24 @@ pub async fn run_mirror(
                         Err(e) => Err(e),
                     };
                     (i, planned)
+                };
+                async move {
+                    let Some(bound) = bound else {
+                        return planning.await;
+                    };
+                    match tokio::time::timeout(bound, planning).await {
+                        Ok(done) => done,
+                        Err(_) => (
+                            i,
+                            Err(Error::new(
+                                FailureClass::Network,
+                                format!(
+                                    "{source}: planning did not finish within {} (--timeout)",
+                                    humantime::format_duration(bound)
+                                ),
+                            )),
+                        ),
+                    }
                 }
             })
             .buffer_unordered(planners);

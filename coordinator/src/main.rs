@@ -144,10 +144,22 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
                 Some(path) => schedule::load(path)?,
                 None => Vec::new(),
             };
-            serve::run(a.listen, nats, defaults, schedules, console).await
+            let access = serve::Access {
+                listen: a.listen,
+                tokens: a
+                    .api_tokens
+                    .as_deref()
+                    .map(serve::auth::Tokens::load)
+                    .transpose()?,
+                insecure_no_auth: a.insecure_no_auth,
+                tls: a.tls_cert.clone().zip(a.tls_key.clone()),
+            };
+            serve::run(access, nats, defaults, schedules, console).await
         }
-        Command::Status(a) => commands::remote::status(&a.server, a.job.as_deref()).await,
-        Command::Cancel(a) => commands::remote::cancel(&a.server, &a.job).await,
+        Command::Status(a) => {
+            commands::remote::status(&a.server, &a.api, a.job.as_deref()).await
+        }
+        Command::Cancel(a) => commands::remote::cancel(&a.server, &a.api, &a.job).await,
         Command::Inspect(a) => commands::inspect::run(&a, &console).await,
         Command::ListTags(a) => commands::list_tags::run(&a, &console).await,
         Command::Delete(a) => commands::delete::run(&a, &console).await,

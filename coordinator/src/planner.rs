@@ -146,6 +146,10 @@ pub async fn read_config(
     Ok((config, bytes))
 }
 
+/// The most manifests an index may list (distribution's 4 MiB manifest limit holds about
+/// 20,000; real multi-platform images list a few dozen).
+pub const MAX_INDEX_ENTRIES: usize = 1000;
+
 /// Fetches the source's top manifest and selects its platforms.
 pub async fn select(
     store: &dyn ImageStore,
@@ -160,7 +164,19 @@ pub async fn select(
         .await?
         .ok_or_else(|| Error::not_found(format!("{source}: manifest unknown")))?;
     match top.parse()? {
-        Manifest::Index(index) => {
+        Manifest::Index(mut index) => {
+            if index.manifests.len() > MAX_INDEX_ENTRIES {
+                return Err(Error::invalid(format!(
+                    "{source}: the index lists {} manifests; at most {MAX_INDEX_ENTRIES} are accepted",
+                    index.manifests.len()
+                )));
+            }
+            // An entry listed twice is one manifest: fetched, copied and signed once. The
+            // source index itself is still pushed unchanged when everything was selected.
+            let listed = index.manifests.len();
+            let mut seen = std::collections::HashSet::new();
+            index.manifests.retain(|m| seen.insert(m.digest.clone()));
+            let duplicates = listed - index.manifests.len();
             let passes: Vec<bool> = index
                 .manifests
                 .iter()
@@ -186,6 +202,9 @@ pub async fn select(
                 }
             }
             let complete = entries.len() == index.manifests.len();
+            if duplicates > 0 {
+                tracing::warn!("{source}: the index lists {duplicates} manifests more than once");
+            }
             Ok(Selection {
                 top: Some(top),
                 entries,

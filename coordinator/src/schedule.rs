@@ -112,6 +112,7 @@ where
                 list,
                 args: s.args.clone(),
                 schedule: Some(s.name.clone()),
+                owner: None,
                 trace: None,
             };
             match start(request).await {

@@ -1170,14 +1170,25 @@ async fn save_writes_each_image_as_it_completes() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let partial = env.path(&format!(".out.zip.partial-{}", child.id()));
+    // The writer's temporary file: `.out.zip.partial-<pid>-<random>`.
+    let prefix = format!(".out.zip.partial-{}-", child.id());
+    let dir = env.path("");
+    let partial_size = || {
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .and_then(|e| e.metadata().ok())
+            .map_or(0, |m| m.len())
+    };
     let mut first_image_in = None;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         // All but the writer's last buffered MiB of the fast image's layer.
-        let written = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        let written = partial_size();
         if first_image_in.is_none() && written >= size - (1 << 20) {
             first_image_in = Some(std::time::Instant::now());
         }

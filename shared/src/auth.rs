@@ -219,26 +219,18 @@ impl AuthFile {
         }
     }
 
-    /// Writes atomically (temp file + rename) with mode 0600: a crash never leaves half a file.
+    /// Writes whole or not at all, mode 0600, through a fresh temporary file
+    /// ([`crate::atomic`]): a crash never leaves half a file, and nothing planted beside it
+    /// is written through.
     pub fn save(&self, path: &Path) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Some(dir) = path.parent() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(&Value::Object(self.doc.clone()))
             .map_err(|e| Error::internal(e.to_string()))?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
+        crate::atomic::write(path, text.as_bytes(), Some(0o600)).map_err(|e| {
+            Error::invalid(format!("cannot write auth file {}: {e}", path.display()))
+        })
     }
 }
 

@@ -61,6 +61,8 @@ impl ImageList {
     }
 
     pub fn parse(text: &str) -> Self {
+        // Editors on Windows start files with a byte-order mark; it is not part of a name.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut list = Self::default();
         for (i, raw) in text.lines().enumerate() {
             let line_no = i + 1;
@@ -128,6 +130,16 @@ fn parse_line(line: &str) -> Result<LineKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_name() {
+        let list = ImageList::parse("\u{feff}reg.io/app/web:1\nnginx:1\n");
+        assert_eq!(list.entries.len(), 2);
+        match &list.entries[0].kind {
+            LineKind::Default(r) => assert_eq!(r.registry, "reg.io"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn parses_both_formats_comments_and_warnings() {

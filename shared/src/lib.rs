@@ -3,10 +3,12 @@
 //! event types, and the queue trait with its in-process backend.
 
 pub mod archive;
+pub mod atomic;
 pub mod auth;
 pub mod cache;
 pub mod digest;
 pub mod error;
+pub mod glob;
 pub mod imagelist;
 pub mod index_builder;
 pub mod lease;

@@ -78,9 +78,18 @@ impl ImageRef {
         }
         segments.push(last);
         let (registry, project, name) = split_segments(&segments);
+        validate_registry(&registry)
+            .map_err(|e| e.context(format!("image reference {input:?}")))?;
         for part in project.split('/').chain(name.split('/')) {
             validate_component(part)
                 .map_err(|e| e.context(format!("image reference {input:?}")))?;
+        }
+        let full = registry.len() + 1 + project.len() + 1 + name.len();
+        if full > MAX_NAME_LEN {
+            return Err(Error::invalid(format!(
+                "image reference {:?}: the name is {full} characters long; at most {MAX_NAME_LEN} are allowed",
+                shorten(input, 80)
+            )));
         }
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_owned()),
@@ -173,6 +182,73 @@ fn split_segments(segments: &[&str]) -> (String, String, String) {
     }
 }
 
+/// At most `n` characters of `text` for a message, marked when cut.
+fn shorten(text: &str, n: usize) -> String {
+    match text.char_indices().nth(n) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// The longest `registry/repository` name distribution accepts.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// A registry as a reference names it: a host name (labels of letters, digits and inner
+/// hyphens), an IPv4 address or a bracketed IPv6 address, and an optional port. Nothing
+/// else can reach a URL's authority (`host#frag`, `..`, `user@host`).
+pub fn validate_registry(registry: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::invalid(format!(
+            "invalid registry {:?}: {why}",
+            shorten(registry, 80)
+        )))
+    };
+    let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return bad("unclosed '['");
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("not an IPv6 address in brackets");
+        }
+        match after {
+            "" => (v6, None),
+            p => match p.strip_prefix(':') {
+                Some(port) => (v6, Some(port)),
+                None => return bad("unexpected text after ']'"),
+            },
+        }
+    } else {
+        match registry.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (registry, None),
+        }
+    };
+    if let Some(port) = port
+        && !(port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n)))
+    {
+        return bad("the port must be a number from 1 to 65535");
+    }
+    if registry.starts_with('[') {
+        return Ok(());
+    }
+    if host.is_empty() || host.len() > 253 {
+        return bad("the host name must have 1 to 253 characters");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if !host.split('.').all(label_ok) {
+        return bad("a host name is letters, digits and inner hyphens, in dot-separated labels");
+    }
+    Ok(())
+}
+
 /// Distribution's tag grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
 pub fn validate_tag(tag: &str) -> Result<()> {
     let ok = !tag.is_empty()
@@ -191,20 +267,19 @@ pub fn validate_tag(tag: &str) -> Result<()> {
     }
 }
 
-/// Distribution's path-component grammar: lowercase alphanumerics joined by `.`, `_`, `__` or `-`.
+/// Distribution's path-component grammar: runs of lowercase alphanumerics joined by one
+/// separator each, `.`, `_`, `__` or any number of `-` (so `img..0` is not a name).
 fn validate_component(part: &str) -> Result<()> {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let separators_ok = part
+        .split(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .filter(|sep| !sep.is_empty())
+        .all(|sep| sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-'));
     let ok = !part.is_empty()
-        && part.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-        })
-        && part
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && part
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
+        && part.bytes().all(|b| alnum(b) || matches!(b, b'.' | b'_' | b'-'))
+        && separators_ok
+        && part.bytes().next().is_some_and(alnum)
+        && part.bytes().last().is_some_and(alnum);
     if ok {
         Ok(())
     } else {
@@ -227,6 +302,39 @@ impl fmt::Display for ImageRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for bad in [
+            "img..0",
+            "a/img._x",
+            "a/x-.y",
+            "host#frag/x/y",
+            "reg.io:0/x/y",
+            "reg.io:99999/x/y",
+            "reg.io:80a/x/y",
+            "-reg.io/x/y",
+            "reg..io/x/y",
+            "user@reg.io/x/y",
+            "[::1/x/y",
+            "[nonsense]/x/y",
+        ] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad} accepted");
+        }
+        let long = format!("reg.io/p/{}", "a".repeat(250));
+        let e = ImageRef::parse(&long).unwrap_err();
+        assert!(e.message.contains("at most 255"), "{}", e.message);
+        for good in [
+            "reg.io:5000/a__b/c-d",
+            "a/b---c",
+            "[::1]:5000/x/y",
+            "127.0.0.1:5000/x/y",
+            "localhost/x",
+            "a.b-c.io/x/y.z_1",
+        ] {
+            assert!(ImageRef::parse(good).is_ok(), "{good} refused");
+        }
+    }
 
     fn parts(s: &str) -> (String, String, String, String) {
         let r = ImageRef::parse(s).unwrap();

@@ -50,8 +50,8 @@ fn init(files: &[PathBuf], console: &Console) -> Result<()> {
     }
     for file in files {
         let json = ArchiveIndex::new().to_go_json()?;
-        let tmp = file.with_extension("zip.tmp");
-        let out = std::fs::File::create(&tmp)?;
+        let tmp = hangar_shared::atomic::temp_path(file);
+        let out = hangar_shared::atomic::create_new(&tmp, None)?;
         let mut zip = zip::ZipWriter::new(out);
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored)
@@ -60,7 +60,7 @@ fn init(files: &[PathBuf], console: &Console) -> Result<()> {
         zip.start_file(INDEX_NAME, options)?;
         std::io::Write::write_all(&mut zip, &json)?;
         zip.finish()?.sync_all()?;
-        std::fs::rename(&tmp, file)?;
+        hangar_shared::atomic::commit(&tmp, file)?;
         console.info(None, format!("Created archive {}", file.display()));
     }
     Ok(())
@@ -310,6 +310,9 @@ async fn verify_one(location: &str, console: &Console) -> Result<Vec<String>> {
         }
     }
     for image in &archive.index.list {
+        if let Err(e) = image.reference() {
+            problems.push(e.message);
+        }
         for spec in &image.images {
             let hex = spec.digest.hex();
             for name in [format!("{hex}/index.json"), format!("{hex}/oci-layout")] {

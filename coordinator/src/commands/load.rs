@@ -12,7 +12,6 @@ use hangar_shared::archive::{ArchiveImage, ArchiveReader};
 use hangar_shared::digest::Digest;
 use hangar_shared::imagelist::{ImageList, LineKind, ListEntry};
 use hangar_shared::manifest::{Manifest, PlatformFilter};
-use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::Side;
 use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::StoreRef;
@@ -36,14 +35,6 @@ fn filter(args: &LoadArgs) -> PlatformFilter {
     args.platforms.filter()
 }
 
-/// `registry/project/name` + tag (or digest) → a reference.
-fn archived_ref(image: &ArchiveImage) -> hangar_shared::error::Result<ImageRef> {
-    if image.tag.parse::<Digest>().is_ok() {
-        ImageRef::parse(&format!("{}@{}", image.source, image.tag))
-    } else {
-        ImageRef::parse(&image.name())
-    }
-}
 
 /// The archive's images to load (all, or those of `-f`), with their destinations.
 fn select(
@@ -115,7 +106,7 @@ fn select(
     let mut jobs = Vec::new();
     for (mut entry, image) in wanted {
         let Some(image) = image else { continue };
-        let source = match archived_ref(image) {
+        let source = match image.reference() {
             Ok(r) => r,
             Err(e) => {
                 console.error(

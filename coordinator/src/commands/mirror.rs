@@ -255,6 +255,9 @@ pub async fn fleet_client(f: &crate::cli::FleetArgs) -> Result<async_nats::Clien
         token: f.nats_token.clone(),
         creds: f.nats_creds.clone(),
         require_tls: f.nats_tls,
+        ca: f.nats_ca.clone(),
+        tls_cert: f.nats_tls_cert.clone(),
+        tls_key: f.nats_tls_key.clone(),
     })
     .await?)
 }

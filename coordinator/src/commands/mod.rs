@@ -113,16 +113,11 @@ pub async fn rate_gate(
     })
 }
 
-/// Writes a file whole or not at all (temp file + rename).
+/// Writes a file whole or not at all, through a fresh temporary file
+/// ([`hangar_shared::atomic`]).
 pub fn write_atomically(path: &Path, contents: &str) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    hangar_shared::atomic::write(path, contents.as_bytes(), None)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// `[y/N]` on stdin.

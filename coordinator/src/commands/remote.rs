@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use indicatif::HumanBytes;
 
-use crate::cli::MirrorArgs;
+use crate::cli::{ApiClientArgs, MirrorArgs};
 use crate::console::Console;
 use crate::job::JobSnapshot;
 use crate::serve::JobRequest;
@@ -20,6 +20,43 @@ fn base(server: &str) -> String {
     } else {
         format!("http://{s}")
     }
+}
+
+/// An HTTP client that sends the caller's bearer token with every request (marked
+/// sensitive, so no debug output shows it) and trusts `--server-ca` if given.
+fn api_client(api: &ApiClientArgs) -> Result<reqwest::Client> {
+    let token = match (&api.token_file, &api.token) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read token file {}", path.display()))?;
+            let token = text.lines().next().unwrap_or_default().trim().to_owned();
+            if token.is_empty() {
+                bail!("token file {} is empty", path.display());
+            }
+            Some(token)
+        }
+        (None, Some(t)) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+        _ => None,
+    };
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60));
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the API token holds characters a header cannot carry")?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    if let Some(ca) = &api.server_ca {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().context("building the API client")
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Result<T> {
@@ -51,13 +88,14 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     sent.authfile = None;
     sent.cache = None;
     sent.fleet = Default::default();
-    let http = reqwest::Client::new();
+    let http = api_client(&args.fleet.api)?;
     let url = format!("{}/jobs", base(server));
     let body = serde_json::to_vec(&JobRequest {
         list,
         args: sent,
         schedule: None,
         trace: None,
+        owner: None,
     })?;
     let mut request = http
         .post(&url)
@@ -124,8 +162,8 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     Ok(())
 }
 
-pub async fn status(server: &str, job: Option<&str>) -> Result<()> {
-    let http = reqwest::Client::new();
+pub async fn status(server: &str, api: &ApiClientArgs, job: Option<&str>) -> Result<()> {
+    let http = api_client(api)?;
     let url = match job {
         Some(id) => format!("{}/jobs/{id}", base(server)),
         None => format!("{}/jobs", base(server)),
@@ -135,9 +173,9 @@ pub async fn status(server: &str, job: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-pub async fn cancel(server: &str, job: &str) -> Result<()> {
+pub async fn cancel(server: &str, api: &ApiClientArgs, job: &str) -> Result<()> {
     let url = format!("{}/jobs/{job}", base(server));
-    let resp = reqwest::Client::new()
+    let resp = api_client(api)?
         .delete(&url)
         .send()
         .await

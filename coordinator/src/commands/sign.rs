@@ -80,19 +80,8 @@ pub fn generate_key(args: &GenerateKeyArgs, console: &Console) -> Result<()> {
 
 /// Writes a file whole with `mode`, through a temporary file created with that mode.
 fn write_mode(path: &str, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = format!("{path}.tmp-{}", std::process::id());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {tmp}"))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {path}"))?;
-    Ok(())
+    hangar_shared::atomic::write(std::path::Path::new(path), bytes, Some(mode))
+        .with_context(|| format!("writing {path}"))
 }
 
 /// One digest to sign or verify: the index's, or a selected platform's.

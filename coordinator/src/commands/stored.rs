@@ -124,9 +124,9 @@ pub async fn export_file(args: &ExportFileArgs, console: &Console) -> Result<()>
         );
     }
     // Whole or not at all: a temporary file, renamed once every byte is verified.
-    let temp = format!(".{name}.partial-{}", std::process::id());
+    let temp = hangar_shared::atomic::temp_path(std::path::Path::new(name));
     let written = async {
-        let mut out = tokio::fs::File::create(&temp).await?;
+        let mut out = tokio::fs::File::from_std(hangar_shared::atomic::create_new(&temp, None)?);
         let mut stream = reader.blob(&layer.digest, None).await?;
         while let Some(chunk) = stream.next().await {
             out.write_all(&chunk?).await?;

@@ -152,6 +152,18 @@ impl ArchiveImage {
         format!("{}:{}", self.source, self.tag)
     }
 
+    /// The image as a reference (its tag may be a digest, for a tagless pinned line). A
+    /// name the reference grammar refuses (`../../x`) is an error naming it: `load` and
+    /// `archive verify` both refuse it.
+    pub fn reference(&self) -> Result<crate::reference::ImageRef> {
+        let r = if self.tag.parse::<Digest>().is_ok() {
+            crate::reference::ImageRef::parse(&format!("{}@{}", self.source, self.tag))
+        } else {
+            crate::reference::ImageRef::parse(&self.name())
+        };
+        r.map_err(|e| e.context(format!("archived image {:?}", self.name())))
+    }
+
     /// Builds the entry for `source:tag` from its platform images, with the arch and OS
     /// lists Hangar derives from them (first-seen order; Go's map order is random).
     pub fn new(source: String, tag: String, images: Vec<ImageSpec>) -> Self {

@@ -139,11 +139,11 @@ impl ArchiveWriter {
                 .to_string_lossy()
                 .into_owned();
             remove_stale(&dir, &format!(".{file_name}.partial-"));
-            let temp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
+            let temp = crate::atomic::temp_path(path);
             let t = temp.clone();
             let task = tokio::task::spawn_blocking(move || -> Result<u64> {
                 let written = (|| {
-                    let file = std::fs::File::create(&t).map_err(|e| io_err(&t, e))?;
+                    let file = crate::atomic::create_new(&t, None).map_err(|e| io_err(&t, e))?;
                     let label = t.display().to_string();
                     let out = std::io::BufWriter::with_capacity(1 << 20, file);
                     let out = write_items(
@@ -364,6 +364,7 @@ pub fn remove_stale(dir: &Path, prefix: &str) {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
             .strip_prefix(prefix)
+            .and_then(|p| p.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;

@@ -6,7 +6,11 @@
 //!
 //! API (JSON): `POST /jobs` `{list, args}` → `{id}`; `GET /jobs`; `GET /jobs/{id}`;
 //! `DELETE /jobs/{id}` (cancel: stop tracking, purge its queued tasks); `/metrics`;
-//! `/healthz`.
+//! `/healthz`. Every route but the last two needs a bearer token from `--api-tokens`
+//! ([`auth`]); without a token file the API answers only on loopback, unless the operator
+//! says `--insecure-no-auth`.
+
+pub mod auth;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,9 +20,10 @@ use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, kv};
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
 use hangar_shared::imagelist::ImageList;
@@ -46,6 +51,10 @@ pub struct JobRequest {
     /// the job's own from its first run, so a resumed job stays one trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    /// The name of the token that submitted it (set by the server, never by the client):
+    /// only it or an admin may cancel the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// What the bucket keeps per job.
@@ -59,6 +68,32 @@ struct Running {
     snapshot: Arc<Mutex<JobSnapshot>>,
     task: Option<tokio::task::JoinHandle<()>>,
     schedule: Option<String>,
+    owner: Option<String>,
+}
+
+/// Why a job was not started.
+#[derive(Debug)]
+enum Refusal {
+    /// The request itself is wrong (400).
+    Invalid(String),
+    /// The caller may not do it (403), naming the rule.
+    Forbidden(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Invalid(m) | Refusal::Forbidden(m) => f.write_str(m),
+        }
+    }
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
 }
 
 #[derive(Clone)]
@@ -71,6 +106,8 @@ struct Server {
     run: Arc<String>,
     /// The fleet's rate gate, for the registry requests jobs make while planning.
     gate: Option<Arc<dyn hangar_shared::ratelimit::Gate>>,
+    /// The callers' tokens; `None`: no authentication (loopback or `--insecure-no-auth`).
+    tokens: Option<Arc<auth::Tokens>>,
 }
 
 fn snapshot_of(r: &Running) -> JobSnapshot {
@@ -112,20 +149,35 @@ impl Server {
 
     /// Starts (or resumes) a job in the background.
     /// A job that cannot be stored could not be resumed: it is refused rather than run.
-    async fn start(&self, id: String, mut request: JobRequest) -> Result<(), String> {
+    async fn start(
+        &self,
+        id: String,
+        mut request: JobRequest,
+        caller: Option<&auth::Caller>,
+    ) -> Result<(), Refusal> {
         let mut args = request.args.clone();
         // The coordinator's own TLS and credential settings, never the client's.
         args.tls_verify = self.defaults.tls_verify;
         args.authfile = self.defaults.authfile.clone();
-        // Fleet settings (and any NATS secret a client sent) are the server's own business.
+        // Fleet settings (and any NATS secret a client sent) are the server's own business,
+        // and so are the files on this machine: a job names no path here.
         args.fleet = Default::default();
+        args.sign_passphrase_file = None;
+        args.file = None;
         // The coordinator's own cache (`serve --cache`, the fleet's bucket), for the configs it
         // reads while planning; the workers copy through theirs.
         args.cache = self.defaults.cache.clone();
         let list = ImageList::parse(&request.list);
         let prepared =
             mirror::prepare_list(list, &format!("job {id}"), &args, false, &self.console)
-                .map_err(|e| format!("{e:#}"))?;
+                .map_err(|e| Refusal::Invalid(format!("{e:#}")))?;
+        // Checked on every start, resumed jobs included: a token file changed since the
+        // job was submitted applies to its next run too.
+        if let Some(caller) = caller {
+            caller
+                .authorise_job(&prepared.images, &args)
+                .map_err(Refusal::Forbidden)?;
+        }
         let (mut spec, rejected) = mirror::spec(prepared, &args);
         spec.interruptible = false;
         let snapshot = Arc::new(Mutex::new(JobSnapshot {
@@ -143,8 +195,11 @@ impl Server {
             request.trace = hangar_shared::telemetry::traceparent(&span);
         }
         let first = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-        self.try_save(&id, &request, &first).await?;
+        self.try_save(&id, &request, &first)
+            .await
+            .map_err(Refusal::Invalid)?;
         let schedule = request.schedule.clone();
+        let owner = request.owner.clone();
         let server = self.clone();
         let watch = snapshot.clone();
         let task_id = id.clone();
@@ -193,10 +248,28 @@ impl Server {
                     snapshot,
                     task: Some(task),
                     schedule,
+                    owner,
                 },
             );
         }
         Ok(())
+    }
+
+    /// The caller a stored job runs as: its owner's token as the file says now. A job whose
+    /// owner's token is gone runs as nobody, and is refused.
+    fn caller_of(&self, request: &JobRequest) -> Option<Arc<auth::Caller>> {
+        let tokens = self.tokens.as_ref()?;
+        if request.owner.is_none() && request.schedule.is_some() {
+            // The operator's own schedule file: trusted as the command line is.
+            return None;
+        }
+        Some(
+            request
+                .owner
+                .as_deref()
+                .and_then(|o| tokens.by_name(o))
+                .unwrap_or_else(|| Arc::new(auth::Caller::nobody())),
+        )
     }
 
     /// Picks up the jobs a previous coordinator left running.
@@ -217,7 +290,11 @@ impl Server {
                 if let Err(e) = purge_job(self.nats.clone(), &key).await {
                     tracing::warn!("purging the earlier run of job {key}: {e}");
                 }
-                if let Err(e) = self.start(key.clone(), stored.request.clone()).await {
+                let caller = self.caller_of(&stored.request);
+                if let Err(e) = self
+                    .start(key.clone(), stored.request.clone(), caller.as_deref())
+                    .await
+                {
                     self.console
                         .error(None, format!("cannot resume job {key}: {e}"));
                     let mut snapshot = stored.snapshot;
@@ -234,6 +311,7 @@ impl Server {
                         snapshot: Arc::new(Mutex::new(stored.snapshot)),
                         task: None,
                         schedule: stored.request.schedule.clone(),
+                        owner: stored.request.owner.clone(),
                     },
                 );
             }
@@ -244,33 +322,90 @@ impl Server {
 
 async fn submit(
     State(server): State<Server>,
+    Extension(caller): Extension<Arc<auth::Caller>>,
     headers: axum::http::HeaderMap,
     Json(mut request): Json<JobRequest>,
-) -> impl IntoResponse {
-    let id = job::new_job_id();
-    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        request.trace = Some(parent.to_owned());
+) -> Response {
+    if let Err(e) = caller.require(auth::Role::Submit, "submitting a job") {
+        return refuse(StatusCode::FORBIDDEN, e);
     }
-    match server.start(id.clone(), request).await {
-        Ok(()) => (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response(),
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "error": e })),
-        )
-            .into_response(),
+    let id = job::new_job_id();
+    request.trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // Only the server's own schedules name a schedule: a client's would make the real
+    // cron run think itself busy and skip.
+    request.schedule = None;
+    request.owner = Some(caller.name.clone());
+    let checked = server.tokens.is_some().then_some(caller.as_ref());
+    match server.start(id.clone(), request, checked).await {
+        Ok(()) => {
+            tracing::info!(job = %id, caller = %caller.name, "job submitted");
+            (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()
+        }
+        Err(Refusal::Forbidden(e)) => {
+            tracing::warn!(caller = %caller.name, "job refused: {e}");
+            refuse(StatusCode::FORBIDDEN, e)
+        }
+        Err(Refusal::Invalid(e)) => refuse(StatusCode::BAD_REQUEST, e),
     }
 }
 
-async fn list(State(server): State<Server>) -> impl IntoResponse {
+/// Lets a request through with its [`auth::Caller`], or answers 401. The token is never
+/// logged: only the name it maps to.
+async fn authenticate(State(server): State<Server>, mut req: Request, next: Next) -> Response {
+    let caller = match &server.tokens {
+        None => Arc::new(auth::Caller::unauthenticated()),
+        Some(tokens) => {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(auth::bearer);
+            match presented.and_then(|t| tokens.authenticate(t)) {
+                Some(c) => c,
+                None => {
+                    let mut resp = refuse(
+                        StatusCode::UNAUTHORIZED,
+                        "a valid bearer token is needed (hangar-coord --token-file or HANGAR_TOKEN)",
+                    );
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        header::HeaderValue::from_static("Bearer realm=\"hangar\""),
+                    );
+                    return resp;
+                }
+            }
+        }
+    };
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+async fn list(
+    State(server): State<Server>,
+    Extension(caller): Extension<Arc<auth::Caller>>,
+) -> Response {
+    if let Err(e) = caller.require(auth::Role::Read, "listing jobs") {
+        return refuse(StatusCode::FORBIDDEN, e);
+    }
     let jobs: Vec<JobSnapshot> = server
         .jobs
         .lock()
         .map(|j| j.values().map(snapshot_of).collect())
         .unwrap_or_default();
-    Json(jobs)
+    Json(jobs).into_response()
 }
 
-async fn status(State(server): State<Server>, Path(id): Path<String>) -> impl IntoResponse {
+async fn status(
+    State(server): State<Server>,
+    Extension(caller): Extension<Arc<auth::Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(e) = caller.require(auth::Role::Read, "reading a job") {
+        return refuse(StatusCode::FORBIDDEN, e);
+    }
     let snap = server
         .jobs
         .lock()
@@ -286,7 +421,23 @@ async fn status(State(server): State<Server>, Path(id): Path<String>) -> impl In
     }
 }
 
-async fn cancel(State(server): State<Server>, Path(id): Path<String>) -> impl IntoResponse {
+async fn cancel(
+    State(server): State<Server>,
+    Extension(caller): Extension<Arc<auth::Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    let owner = server
+        .jobs
+        .lock()
+        .ok()
+        .and_then(|j| j.get(&id).map(|r| r.owner.clone()));
+    let Some(owner) = owner else {
+        return refuse(StatusCode::NOT_FOUND, format!("no job {id}"));
+    };
+    if let Err(e) = caller.may_cancel(owner.as_deref()) {
+        return refuse(StatusCode::FORBIDDEN, e);
+    }
+    tracing::info!(job = %id, caller = %caller.name, "job cancelled");
     let found = server.jobs.lock().ok().and_then(|mut j| {
         j.get_mut(&id).map(|r| {
             if let Ok(mut s) = r.snapshot.lock()
@@ -379,13 +530,39 @@ async fn metrics(State(server): State<Server>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// How the API is reached and who may use it.
+pub struct Access {
+    pub listen: SocketAddr,
+    /// `--api-tokens`; without it only loopback is served, unless `insecure_no_auth`.
+    pub tokens: Option<auth::Tokens>,
+    pub insecure_no_auth: bool,
+    /// `--tls-cert`, `--tls-key` (PEM).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Access {
+    /// Refuses to expose an unauthenticated API beyond this machine by accident.
+    fn check(&self) -> Result<()> {
+        if self.tokens.is_none() && !self.listen.ip().is_loopback() && !self.insecure_no_auth {
+            anyhow::bail!(
+                "refusing to serve the API on {} without authentication: give --api-tokens FILE \
+                 (or --listen on a loopback address; --insecure-no-auth if you really mean it)",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(
-    listen: SocketAddr,
+    access: Access,
     nats: async_nats::Client,
     defaults: MirrorArgs,
     schedules: Vec<crate::schedule::Schedule>,
     console: Arc<Console>,
 ) -> Result<()> {
+    access.check()?;
+    let listen = access.listen;
     let js = jetstream::new(nats.clone());
     hangar_shared::queue::jetstream::ensure_streams(&js).await?;
     let kv = match js.get_key_value(JOB_BUCKET).await {
@@ -408,6 +585,7 @@ pub async fn run(
         defaults: Arc::new(defaults),
         console: console.clone(),
         run: Arc::new(format!("r{}", job::new_job_id())),
+        tokens: access.tokens.map(Arc::new),
     };
     let resumed = server.resume().await?;
     if !schedules.is_empty() {
@@ -425,28 +603,75 @@ pub async fn run(
                     let s = s.clone();
                     async move {
                         let id = job::new_job_id();
-                        s.start(id.clone(), request).await.map(|()| id)
+                        s.start(id.clone(), request, None)
+                            .await
+                            .map(|()| id)
+                            .map_err(|e| e.to_string())
                     }
                 }
             },
         ));
     }
-    let app = Router::new()
+    if server.tokens.is_none() && !listen.ip().is_loopback() {
+        // Said at start and every hour, so it is in whatever window of logs someone reads.
+        let console = console.clone();
+        tokio::spawn(async move {
+            loop {
+                console.warn(
+                    None,
+                    format!(
+                        "The API on {listen} has no authentication (--insecure-no-auth): \
+                         anyone who reaches it can run jobs with the fleet's credentials"
+                    ),
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            }
+        });
+    }
+    // Bodies are bounded: a list is at most the bucket's 1 MB value plus its flags.
+    let jobs = Router::new()
         .route("/jobs", get(list).post(submit))
         .route("/jobs/{id}", get(status).delete(cancel))
+        .layer(axum::extract::DefaultBodyLimit::max(2 << 20))
+        .route_layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            authenticate,
+        ));
+    let app = Router::new()
+        .merge(jobs)
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(server);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
-    console.info(
-        None,
-        format!(
-            "Serving on http://{} ({resumed} jobs resumed)",
-            listener.local_addr()?
-        ),
-    );
-    axum::serve(listener, app).await?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    match access.tls {
+        Some((cert, key)) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "reading the API's TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            console.info(
+                None,
+                format!("Serving on https://{bound} ({resumed} jobs resumed)"),
+            );
+            axum_server::from_tcp_rustls(listener, config)?
+                .serve(app.into_make_service())
+                .await?;
+        }
+        None => {
+            console.info(
+                None,
+                format!("Serving on http://{bound} ({resumed} jobs resumed)"),
+            );
+            axum::serve(tokio::net::TcpListener::from_std(listener)?, app).await?;
+        }
+    }
     Ok(())
 }

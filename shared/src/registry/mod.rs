@@ -1,7 +1,17 @@
 //! A registry, over oci-client: anonymous, basic or bearer-token auth (oci-client answers
 //! the `WWW-Authenticate` challenge), plain HTTP or TLS with or without verification,
 //! streamed blobs, raw manifests. oci-client does not retry; [`crate::retry`] does, on the
-//! failure classes this module assigns.
+//! failure classes this module assigns ([`classify`]). Manifests are read by our own
+//! bounded request ([`Registry::manifest`]): at most 4 MiB, under the request timeout,
+//! classified by status first.
+
+mod challenge;
+mod classify;
+
+pub use classify::classify;
+use classify::{
+    TRANSIENT_REJECTION, classify_answer, parse_retry_after, status_error, transient_rejection,
+};
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -9,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
@@ -23,6 +33,15 @@ use crate::verify::{ByteStream, verified};
 
 pub const USER_AGENT: &str = concat!("hangar-fleet/", env!("CARGO_PKG_VERSION"));
 
+/// The largest manifest accepted (distribution's own limit), checked while it streams.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// How much of an error answer's body is read, for its message.
+const MAX_ERROR_BODY: usize = 64 << 10;
+/// How long a pull token is reused: registries issue them for a minute or more.
+const TOKEN_REUSE: Duration = Duration::from_secs(50);
+/// The bound on one request (not a blob's body) when the command gives none.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
@@ -31,6 +50,9 @@ pub struct RegistryOptions {
     pub retry: RetryPolicy,
     /// Fleet-wide rate control: asked before each request, told about each 429.
     pub gate: Option<std::sync::Arc<dyn crate::ratelimit::Gate>>,
+    /// Bound on one request with its answer's body (blob bodies excepted: their copy is
+    /// bounded as a task). `None`: [`DEFAULT_REQUEST_TIMEOUT`].
+    pub request_timeout: Option<Duration>,
 }
 
 /// Which side of a copy an operation is on; decides how a 4xx is classified.
@@ -53,6 +75,9 @@ pub struct Registry {
     /// Where the API really lives (`index.docker.io` for `docker.io`).
     api_host: String,
     gate: Option<std::sync::Arc<dyn crate::ratelimit::Gate>>,
+    request_timeout: Duration,
+    /// Pull tokens for our own manifest reads, by repository, with when they were issued.
+    pull_tokens: tokio::sync::Mutex<std::collections::HashMap<String, (String, Instant)>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -77,7 +102,7 @@ impl Registry {
             .build()
             .map_err(|e| Error::internal(format!("http client: {e}")))?;
         let scheme = if insecure {
-            probe_scheme(&http, host).await
+            challenge::probe_scheme(&http, host).await
         } else {
             "https"
         };
@@ -105,7 +130,11 @@ impl Registry {
         // nobody therefore gets no auth at all: that saves a round trip per request.
         let probe = Reference::with_tag(host.to_owned(), "library/probe".into(), "latest".into());
         let api_host = probe.resolve_registry().to_owned();
-        let challenged = challenges(&http, scheme, &api_host).await;
+        let probed = challenge::probe(&http, scheme, &api_host).await;
+        let challenged = probed.challenged;
+        if let Some(realm) = &probed.realm {
+            challenge::check_realm(realm, scheme, &api_host)?;
+        }
         // Credentials are always handed over: a registry may read anonymously at `/v2/`
         // and still want them for pushes.
         if challenged || matches!(auth, RegistryAuth::Basic(..)) {
@@ -121,6 +150,8 @@ impl Registry {
             challenged,
             api_host,
             gate: opts.gate.clone(),
+            request_timeout: opts.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            pull_tokens: Default::default(),
         })
     }
 
@@ -156,7 +187,17 @@ impl Registry {
     ) -> Result<(T, Permit)> {
         let permit = self.admit(call.requests).await;
         let started = Instant::now();
-        let answer = request.await;
+        let answer = match call.bounded {
+            true => match tokio::time::timeout(self.request_timeout, request).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    let e = self.timed_out(call.what);
+                    self.observe(call.op, started.elapsed(), Some(e.class)).await;
+                    return Err(e);
+                }
+            },
+            false => request.await,
+        };
         // Timed to the answer, not to the Retry-After probe or_fail may add.
         let elapsed = started.elapsed();
         let result = self
@@ -165,6 +206,16 @@ impl Registry {
         self.observe(call.op, elapsed, result.as_ref().err().map(|e| e.class))
             .await;
         result.map(|v| (v, permit))
+    }
+
+    fn timed_out(&self, what: &str) -> Error {
+        Error::new(
+            FailureClass::Network,
+            format!(
+                "{what}: no complete answer within {}s",
+                self.request_timeout.as_secs()
+            ),
+        )
     }
 
     /// Checks that the stored credentials are accepted (for `login`): the `/v2/` endpoint
@@ -299,20 +350,122 @@ impl Registry {
 
     /// The manifest at `reference` (tag or digest), verified when asked for by digest.
     pub async fn manifest(&self, repo: &str, reference: &str, side: Side) -> Result<RawManifest> {
-        let r = self.reference(repo, reference);
         let expected: Option<Digest> = reference.parse().ok();
         let what = format!("{}/{repo}:{reference}", self.host);
         self.retry
             .run(&format!("get manifest {what}"), || async {
-                let ((bytes, _), _) = self
-                    .send(
-                        Call::pull("manifest-get", side, &what, &r),
-                        self.client.pull_manifest_raw(&r, &self.auth, ACCEPTED),
-                    )
-                    .await?;
-                RawManifest::from_bytes(bytes, expected.as_ref()).map_err(|e| e.context(&what))
+                let _permit = self.admit(1).await;
+                let started = Instant::now();
+                let answer = tokio::time::timeout(
+                    self.request_timeout,
+                    self.fetch_manifest(repo, reference, side, &what),
+                )
+                .await
+                .unwrap_or_else(|_| Err(self.timed_out(&what)));
+                self.observe(
+                    "manifest-get",
+                    started.elapsed(),
+                    answer.as_ref().err().map(|e| e.class),
+                )
+                .await;
+                if let Err(e) = &answer
+                    && e.class == FailureClass::RateLimited
+                    && let Some(g) = &self.gate
+                {
+                    g.back_off(&self.host, e.retry_after.unwrap_or(Duration::from_secs(1)))
+                        .await;
+                }
+                RawManifest::from_bytes(answer?, expected.as_ref()).map_err(|e| e.context(&what))
             })
             .await
+    }
+
+    /// One manifest GET of our own (oci-client reads any body whole): the answer's body is
+    /// read up to [`MAX_MANIFEST_BYTES`], an error answer's up to 64 KiB, and a stale pull
+    /// token is renewed once.
+    async fn fetch_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        side: Side,
+        what: &str,
+    ) -> Result<bytes::Bytes> {
+        let url = format!(
+            "{}://{}/v2/{repo}/manifests/{reference}",
+            self.scheme, self.api_host
+        );
+        let mut renewed = false;
+        loop {
+            let mut req = self
+                .http
+                .get(&url)
+                .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+            req = match self.pull_auth(repo).await? {
+                Some(PullAuth::Bearer(t)) => req.bearer_auth(t),
+                Some(PullAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+                None => req,
+            };
+            let resp = req.send().await.map_err(|e| {
+                Error::new(
+                    FailureClass::Network,
+                    format!("{what}: {}", classify::request_error_text(&e)),
+                )
+            })?;
+            let status = resp.status().as_u16();
+            if status == 401 && self.challenged && !renewed {
+                self.pull_tokens.lock().await.remove(repo);
+                renewed = true;
+                continue;
+            }
+            if !(200..300).contains(&status) {
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                let body = read_capped(resp, MAX_ERROR_BODY, what).await.unwrap_or_default();
+                let mut e = classify_answer(status, &body, side, what);
+                e.retry_after = retry_after;
+                return Err(e);
+            }
+            return read_capped(resp, MAX_MANIFEST_BYTES, what).await;
+        }
+    }
+
+    /// How to authorise a pull of `repo`: a bearer token (fetched through oci-client, kept
+    /// for [`TOKEN_REUSE`]), Basic credentials, or nothing for a registry that challenges
+    /// nobody.
+    async fn pull_auth(&self, repo: &str) -> Result<Option<PullAuth>> {
+        if !self.challenged {
+            return Ok(None);
+        }
+        if let Some((token, at)) = self.pull_tokens.lock().await.get(repo)
+            && at.elapsed() < TOKEN_REUSE
+        {
+            return Ok(Some(PullAuth::Bearer(token.clone())));
+        }
+        let r = self.repo_ref(repo);
+        let what = format!("{}/{repo} (token)", self.host);
+        let token = tokio::time::timeout(
+            self.request_timeout,
+            self.client.auth(&r, &self.auth, RegistryOperation::Pull),
+        )
+        .await
+        .map_err(|_| self.timed_out(&what))?
+        .map_err(|e| classify(e, Side::Source, &what))?;
+        Ok(match token {
+            Some(t) => {
+                self.pull_tokens
+                    .lock()
+                    .await
+                    .insert(repo.to_owned(), (t.clone(), Instant::now()));
+                Some(PullAuth::Bearer(t))
+            }
+            None => match &self.auth {
+                RegistryAuth::Basic(u, p) => Some(PullAuth::Basic(u.clone(), p.clone())),
+                _ => None,
+            },
+        })
     }
 
     /// Like [`Self::manifest`], with "not found" as `None`.
@@ -451,6 +604,7 @@ impl Registry {
             .send(
                 Call {
                     requests: 2,
+                    bounded: false,
                     ..Call::push("blob-put", &what, &r)
                 },
                 self.client
@@ -553,11 +707,46 @@ impl Registry {
     }
 }
 
+/// How one manifest read is authorised.
+enum PullAuth {
+    Bearer(String),
+    Basic(String, String),
+}
+
+/// Reads a body of at most `cap` bytes; a longer one (by its `Content-Length`, or as it
+/// streams) is refused without reading further.
+async fn read_capped(mut resp: reqwest::Response, cap: usize, what: &str) -> Result<bytes::Bytes> {
+    let too_big = || {
+        Error::invalid(format!(
+            "{what}: the answer is larger than {} KiB, the most accepted",
+            cap >> 10
+        ))
+    };
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_big());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| {
+        Error::new(
+            FailureClass::Network,
+            format!("reading {what}: {}", classify::request_error_text(&e)),
+        )
+    })? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 /// One request, as the gate, the metrics and the error messages name it.
 struct Call<'a> {
     op: &'static str,
     /// How many requests it makes (an upload is two).
     requests: u32,
+    /// Whether the request timeout bounds it (all but an upload, whose body is the blob).
+    bounded: bool,
     side: Side,
     what: &'a str,
     r: &'a Reference,
@@ -569,6 +758,7 @@ impl<'a> Call<'a> {
         Self {
             op,
             requests: 1,
+            bounded: true,
             side,
             what,
             r,
@@ -580,6 +770,7 @@ impl<'a> Call<'a> {
         Self {
             op,
             requests: 1,
+            bounded: true,
             side: Side::Destination,
             what,
             r,
@@ -588,181 +779,3 @@ impl<'a> Call<'a> {
     }
 }
 
-/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3), relative to `now`.
-fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-const TRANSIENT_REJECTION: &str = "rejected, perhaps while the same content was being written: ";
-
-/// distribution answers `DIGEST_INVALID` / `MANIFEST_BLOB_UNKNOWN` to a manifest PUT that
-/// races an identical write (its storage is not atomic there); such a rejection is worth
-/// retrying. A truly missing blob still fails once the retries are spent.
-fn transient_rejection(e: Error) -> Error {
-    let racy = e.class == FailureClass::DestinationRejected
-        && (e.message.contains("DIGEST_INVALID") || e.message.contains("MANIFEST_BLOB_UNKNOWN"));
-    if racy {
-        Error::new(
-            FailureClass::Server,
-            format!("{TRANSIENT_REJECTION}{}", e.message),
-        )
-    } else {
-        e
-    }
-}
-
-/// Whether the registry answers `/v2/` with an auth challenge (or cannot be asked).
-async fn challenges(http: &reqwest::Client, scheme: &str, host: &str) -> bool {
-    let url = format!("{scheme}://{host}/v2/");
-    match tokio::time::timeout(Duration::from_secs(10), http.get(&url).send()).await {
-        Ok(Ok(resp)) => {
-            resp.status() == reqwest::StatusCode::UNAUTHORIZED
-                || resp
-                    .headers()
-                    .contains_key(reqwest::header::WWW_AUTHENTICATE)
-        }
-        _ => true,
-    }
-}
-
-async fn probe_scheme(http: &reqwest::Client, host: &str) -> &'static str {
-    let url = format!("https://{host}/v2/");
-    match tokio::time::timeout(Duration::from_secs(10), http.get(&url).send()).await {
-        Ok(Ok(_)) => "https",
-        _ => {
-            tracing::debug!(host, "registry does not answer over TLS; using plain HTTP");
-            "http"
-        }
-    }
-}
-
-fn status_error(code: u16, side: Side, what: &str) -> Error {
-    let class = match code {
-        401 | 403 => FailureClass::Auth,
-        404 => FailureClass::NotFound,
-        429 => FailureClass::RateLimited,
-        500..=599 => FailureClass::Server,
-        415 => FailureClass::UnsupportedMediaType,
-        _ if side == Side::Destination => FailureClass::DestinationRejected,
-        _ => FailureClass::InvalidInput,
-    };
-    Error::new(class, format!("{what}: HTTP {code}"))
-}
-
-/// A request error's text without its URL: a redirected blob URL may be pre-signed, and
-/// its signature must not reach logs or events.
-fn request_error_text(re: &reqwest::Error) -> String {
-    let mut text = match re.status() {
-        Some(status) => format!("HTTP {status}"),
-        None if re.is_timeout() => "timed out".to_owned(),
-        None if re.is_connect() => "cannot connect".to_owned(),
-        None => "request failed".to_owned(),
-    };
-    let mut source = std::error::Error::source(re);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
-/// Assigns a [`FailureClass`] to an oci-client error.
-pub fn classify(err: OciDistributionError, side: Side, what: &str) -> Error {
-    use OciDistributionError as E;
-    let (class, detail) = match &err {
-        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
-            (FailureClass::Auth, err.to_string())
-        }
-        E::ImageManifestNotFoundError(_) => (FailureClass::NotFound, err.to_string()),
-        E::RegistryError { envelope, .. } => {
-            let class = envelope
-                .errors
-                .first()
-                .map(|e| match &e.code {
-                    OciErrorCode::BlobUnknown
-                    | OciErrorCode::ManifestUnknown
-                    | OciErrorCode::NameUnknown
-                    | OciErrorCode::NotFound
-                    | OciErrorCode::BlobUploadUnknown => FailureClass::NotFound,
-                    OciErrorCode::Unauthorized | OciErrorCode::Denied => FailureClass::Auth,
-                    OciErrorCode::Toomanyrequests => FailureClass::RateLimited,
-                    OciErrorCode::DigestInvalid if side == Side::Source => {
-                        FailureClass::DigestMismatch
-                    }
-                    _ if side == Side::Destination => FailureClass::DestinationRejected,
-                    _ => FailureClass::InvalidInput,
-                })
-                .unwrap_or(FailureClass::Internal);
-            let msgs: Vec<String> = envelope
-                .errors
-                .iter()
-                .map(|e| format!("{:?}: {}", e.code, e.message))
-                .collect();
-            (class, msgs.join("; "))
-        }
-        E::ServerError { code, message, .. } => {
-            let e = status_error(*code, side, what);
-            let msg = message.trim();
-            // The body is the server's: cut it on a character boundary.
-            let msg = match msg.char_indices().nth(200) {
-                Some((end, _)) => &msg[..end],
-                None => msg,
-            };
-            (e.class, format!("HTTP {code} {msg}"))
-        }
-        E::RequestError(re) => {
-            let class = if re.is_connect()
-                || re.is_timeout()
-                || re.is_request()
-                || re.is_body()
-                || re.is_decode()
-            {
-                FailureClass::Network
-            } else {
-                match re.status() {
-                    Some(s) => status_error(s.as_u16(), side, what).class,
-                    None => FailureClass::Network,
-                }
-            };
-            (class, request_error_text(re))
-        }
-        E::IoError(_) => (FailureClass::Network, err.to_string()),
-        E::DigestError(_) => (FailureClass::DigestMismatch, err.to_string()),
-        E::UnsupportedMediaTypeError(_) | E::IncompatibleLayerMediaTypeError(_) => {
-            (FailureClass::UnsupportedMediaType, err.to_string())
-        }
-        E::SpecViolationError(_) | E::RegistryNoLocationError | E::RegistryNoDigestError
-            if side == Side::Destination =>
-        {
-            (FailureClass::DestinationRejected, err.to_string())
-        }
-        _ => (FailureClass::Internal, err.to_string()),
-    };
-    Error::new(class, format!("{what}: {detail}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-    use super::parse_retry_after;
-
-    #[test]
-    fn retry_after_in_seconds_or_as_a_date() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_784_000_000);
-        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(
-            parse_retry_after(&later, now),
-            Some(Duration::from_secs(30))
-        );
-        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon", SystemTime::now()), None);
-    }
-}

@@ -1,0 +1,154 @@
+//! What a registry's `/v2/` says before any credentials are sent: which scheme it speaks,
+//! whether it challenges, and where its bearer tokens come from. A token realm is where
+//! oci-client sends the user's Basic credentials, so it is checked before they go there.
+
+use std::time::Duration;
+
+use super::classify::cut;
+use crate::error::{Error, FailureClass};
+
+/// The answer of `/v2/`.
+#[derive(Debug, Default)]
+pub(super) struct Challenge {
+    /// The registry asks for credentials (401, or a `WWW-Authenticate` header).
+    pub challenged: bool,
+    /// The `realm` of a `Bearer` challenge.
+    pub realm: Option<String>,
+}
+
+/// Asks `/v2/`. A registry that cannot be asked counts as challenging (credentials are
+/// then handed to oci-client, which asks again itself).
+pub(super) async fn probe(http: &reqwest::Client, scheme: &str, host: &str) -> Challenge {
+    let url = format!("{scheme}://{host}/v2/");
+    match tokio::time::timeout(Duration::from_secs(10), http.get(&url).send()).await {
+        Ok(Ok(resp)) => {
+            let header = resp
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok());
+            Challenge {
+                challenged: resp.status() == reqwest::StatusCode::UNAUTHORIZED
+                    || header.is_some(),
+                realm: header.and_then(bearer_realm),
+            }
+        }
+        _ => Challenge {
+            challenged: true,
+            realm: None,
+        },
+    }
+}
+
+/// Which scheme a registry speaks, for `--tls-verify=false`: TLS when it answers over
+/// TLS, else plain HTTP.
+pub(super) async fn probe_scheme(http: &reqwest::Client, host: &str) -> &'static str {
+    let url = format!("https://{host}/v2/");
+    match tokio::time::timeout(Duration::from_secs(10), http.get(&url).send()).await {
+        Ok(Ok(_)) => "https",
+        _ => {
+            tracing::debug!(host, "registry does not answer over TLS; using plain HTTP");
+            "http"
+        }
+    }
+}
+
+/// The `realm` parameter of a `Bearer` challenge (RFC 6750 §3; quoted or a bare token).
+pub(super) fn bearer_realm(header: &str) -> Option<String> {
+    let rest = header.trim();
+    let (scheme, params) = rest.split_once(char::is_whitespace)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut chars = params.trim_start().chars().peekable();
+    loop {
+        let name: String = chars
+            .by_ref()
+            .skip_while(|c| *c == ',' || c.is_whitespace())
+            .take_while(|c| *c != '=')
+            .collect();
+        if name.is_empty() {
+            return None;
+        }
+        let value: String = if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut v = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => v.extend(chars.next()),
+                    '"' => break,
+                    c => v.push(c),
+                }
+            }
+            v
+        } else {
+            chars.by_ref().take_while(|c| *c != ',').collect()
+        };
+        if name.trim().eq_ignore_ascii_case("realm") {
+            return Some(value.trim().to_owned());
+        }
+    }
+}
+
+/// Refuses a realm that would carry credentials meant for a TLS registry over plain HTTP;
+/// a realm on another host is allowed (Docker Hub's is) but said once, at connect.
+pub(super) fn check_realm(realm: &str, scheme: &str, host: &str) -> Result<(), Error> {
+    let url = reqwest::Url::parse(realm).map_err(|_| {
+        Error::new(
+            FailureClass::Auth,
+            format!("{host}: its token realm {:?} is not a URL", cut(realm, 100)),
+        )
+    })?;
+    if scheme == "https" && url.scheme() != "https" {
+        return Err(Error::new(
+            FailureClass::Auth,
+            format!(
+                "{host}: the registry speaks TLS but names a plain-HTTP token realm ({}://{}); \
+                 refusing to send credentials there",
+                url.scheme(),
+                url.host_str().unwrap_or("?")
+            ),
+        ));
+    }
+    let realm_host = url.host_str().unwrap_or_default();
+    let registry_host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    if !realm_host.eq_ignore_ascii_case(registry_host) {
+        tracing::warn!(
+            registry = host,
+            realm = realm_host,
+            "the registry's token realm is on another host; credentials for it go there"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn realm_is_read_from_a_bearer_challenge() {
+        assert_eq!(
+            bearer_realm(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#),
+            Some("https://auth.docker.io/token".into())
+        );
+        assert_eq!(
+            bearer_realm(r#"Bearer service="s", realm="https://a/b\"c""#),
+            Some("https://a/b\"c".into())
+        );
+        assert_eq!(bearer_realm("Bearer realm=https://a/t,service=x"), Some("https://a/t".into()));
+        assert_eq!(bearer_realm(r#"Basic realm="x""#), None);
+        assert_eq!(bearer_realm("Bearer"), None);
+        assert_eq!(bearer_realm("Bearer ,,,"), None);
+    }
+
+    #[test]
+    fn a_plain_http_realm_of_a_tls_registry_is_refused() {
+        let e = check_realm("http://auth.example/token", "https", "reg.example").unwrap_err();
+        assert_eq!(e.class, FailureClass::Auth);
+        assert!(e.message.contains("plain-HTTP token realm"), "{}", e.message);
+        assert!(check_realm("https://auth.example/token", "https", "reg.example").is_ok());
+        // A plain-HTTP registry (--tls-verify=false) has nothing to protect by TLS.
+        assert!(check_realm("http://reg.example:5000/token", "http", "reg.example:5000").is_ok());
+        assert!(check_realm("not a url", "https", "reg.example").is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! Failure classes for registry answers. The HTTP status decides first: every 5xx and 429
+//! is transient whatever error code its body carries (distribution answers `UNAVAILABLE` or
+//! `UNKNOWN` when its storage fails); the body's code only refines a 4xx.
+
+use std::time::Duration;
+
+use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
+
+use super::Side;
+use crate::error::{Error, FailureClass};
+
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3), relative to `now`.
+pub(super) fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+pub(super) const TRANSIENT_REJECTION: &str = "rejected, perhaps while the same content was being written: ";
+
+/// distribution answers `DIGEST_INVALID` / `MANIFEST_BLOB_UNKNOWN` to a manifest PUT that
+/// races an identical write (its storage is not atomic there); such a rejection is worth
+/// retrying. A truly missing blob still fails once the retries are spent.
+pub(super) fn transient_rejection(e: Error) -> Error {
+    let racy = e.class == FailureClass::DestinationRejected
+        && (e.message.contains("DIGEST_INVALID") || e.message.contains("MANIFEST_BLOB_UNKNOWN"));
+    if racy {
+        Error::new(
+            FailureClass::Server,
+            format!("{TRANSIENT_REJECTION}{}", e.message),
+        )
+    } else {
+        e
+    }
+}
+
+
+pub(super) fn status_error(code: u16, side: Side, what: &str) -> Error {
+    let class = match code {
+        401 | 403 => FailureClass::Auth,
+        404 => FailureClass::NotFound,
+        429 => FailureClass::RateLimited,
+        500..=599 => FailureClass::Server,
+        415 => FailureClass::UnsupportedMediaType,
+        _ if side == Side::Destination => FailureClass::DestinationRejected,
+        _ => FailureClass::InvalidInput,
+    };
+    Error::new(class, format!("{what}: HTTP {code}"))
+}
+
+/// A request error's text without its URL: a redirected blob URL may be pre-signed, and
+/// its signature must not reach logs or events.
+pub(super) fn request_error_text(re: &reqwest::Error) -> String {
+    let mut text = match re.status() {
+        Some(status) => format!("HTTP {status}"),
+        None if re.is_timeout() => "timed out".to_owned(),
+        None if re.is_connect() => "cannot connect".to_owned(),
+        None => "request failed".to_owned(),
+    };
+    let mut source = std::error::Error::source(re);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Assigns a [`FailureClass`] to an oci-client error.
+pub fn classify(err: OciDistributionError, side: Side, what: &str) -> Error {
+    use OciDistributionError as E;
+    let (class, detail) = match &err {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
+            (FailureClass::Auth, err.to_string())
+        }
+        E::ImageManifestNotFoundError(_) => (FailureClass::NotFound, err.to_string()),
+        // oci-client builds an envelope only from a 4xx answer (a 5xx is a `ServerError`
+        // with its status), so the code refines a client error here.
+        E::RegistryError { envelope, .. } => (
+            envelope_class(envelope, side).unwrap_or(FailureClass::Internal),
+            envelope_text(envelope),
+        ),
+        E::ServerError { code, message, .. } => {
+            let e = status_error(*code, side, what);
+            // The body is the server's: cut it on a character boundary.
+            (e.class, format!("HTTP {code} {}", cut(message, 200)))
+        }
+        E::RequestError(re) => {
+            let class = if re.is_connect()
+                || re.is_timeout()
+                || re.is_request()
+                || re.is_body()
+                || re.is_decode()
+            {
+                FailureClass::Network
+            } else {
+                match re.status() {
+                    Some(s) => status_error(s.as_u16(), side, what).class,
+                    None => FailureClass::Network,
+                }
+            };
+            (class, request_error_text(re))
+        }
+        E::IoError(_) => (FailureClass::Network, err.to_string()),
+        E::DigestError(_) => (FailureClass::DigestMismatch, err.to_string()),
+        E::UnsupportedMediaTypeError(_) | E::IncompatibleLayerMediaTypeError(_) => {
+            (FailureClass::UnsupportedMediaType, err.to_string())
+        }
+        E::SpecViolationError(_) | E::RegistryNoLocationError | E::RegistryNoDigestError
+            if side == Side::Destination =>
+        {
+            (FailureClass::DestinationRejected, err.to_string())
+        }
+        _ => (FailureClass::Internal, err.to_string()),
+    };
+    Error::new(class, format!("{what}: {detail}"))
+}
+
+
+
+/// The class an error envelope's first code gives a 4xx answer; `None` for an empty one.
+fn envelope_class(envelope: &OciEnvelope, side: Side) -> Option<FailureClass> {
+    envelope.errors.first().map(|e| match &e.code {
+        OciErrorCode::BlobUnknown
+        | OciErrorCode::ManifestUnknown
+        | OciErrorCode::NameUnknown
+        | OciErrorCode::NotFound
+        | OciErrorCode::BlobUploadUnknown => FailureClass::NotFound,
+        OciErrorCode::Unauthorized | OciErrorCode::Denied => FailureClass::Auth,
+        OciErrorCode::Toomanyrequests => FailureClass::RateLimited,
+        OciErrorCode::DigestInvalid if side == Side::Source => FailureClass::DigestMismatch,
+        // distribution's codes for its own failures, should a proxy relay them with a 4xx.
+        OciErrorCode::Other(code) if code == "UNAVAILABLE" || code == "UNKNOWN" => {
+            FailureClass::Server
+        }
+        _ if side == Side::Destination => FailureClass::DestinationRejected,
+        _ => FailureClass::InvalidInput,
+    })
+}
+
+fn envelope_text(envelope: &OciEnvelope) -> String {
+    let msgs: Vec<String> = envelope
+        .errors
+        .iter()
+        .take(4)
+        .map(|e| format!("{:?}: {}", e.code, cut(&e.message, 200)))
+        .collect();
+    msgs.join("; ")
+}
+
+/// At most `n` characters of a server's text, cut on a character boundary.
+pub(super) fn cut(text: &str, n: usize) -> &str {
+    let text = text.trim();
+    match text.char_indices().nth(n) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// Classifies a non-success answer to one of our own requests from its status and (a
+/// bounded prefix of) its body.
+pub(super) fn classify_answer(status: u16, body: &[u8], side: Side, what: &str) -> Error {
+    let by_status = status_error(status, side, what);
+    let envelope = serde_json::from_slice::<OciEnvelope>(body).ok();
+    let detail = match &envelope {
+        Some(env) => envelope_text(env),
+        None => cut(&String::from_utf8_lossy(body), 200).to_owned(),
+    };
+    let class = match (status, &envelope) {
+        (429 | 500..=599, _) => by_status.class,
+        (400..=499, Some(env)) => envelope_class(env, side).unwrap_or(by_status.class),
+        _ => by_status.class,
+    };
+    let message = if detail.is_empty() {
+        format!("{what}: HTTP {status}")
+    } else {
+        format!("{what}: HTTP {status}: {detail}")
+    };
+    Error::new(class, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::{Side, classify_answer, parse_retry_after};
+    use crate::error::FailureClass;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_784_000_000);
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", SystemTime::now()), None);
+    }
+
+    #[test]
+    fn the_status_decides_before_the_error_code() {
+        let body = |code: &str| format!(r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#);
+        let class = |status, code: &str, side| {
+            classify_answer(status, body(code).as_bytes(), side, "x").class
+        };
+        for side in [Side::Source, Side::Destination] {
+            assert_eq!(class(500, "UNKNOWN", side), FailureClass::Server);
+            assert_eq!(class(503, "UNAVAILABLE", side), FailureClass::Server);
+            assert_eq!(class(503, "MANIFEST_UNKNOWN", side), FailureClass::Server);
+            assert_eq!(class(500, "DENIED", side), FailureClass::Server);
+            assert_eq!(class(429, "UNAVAILABLE", side), FailureClass::RateLimited);
+            assert_eq!(class(429, "TOOMANYREQUESTS", side), FailureClass::RateLimited);
+            assert_eq!(class(404, "MANIFEST_UNKNOWN", side), FailureClass::NotFound);
+            assert_eq!(class(403, "DENIED", side), FailureClass::Auth);
+            assert_eq!(class(400, "UNAVAILABLE", side), FailureClass::Server);
+        }
+        assert_eq!(class(400, "MANIFEST_INVALID", Side::Source), FailureClass::InvalidInput);
+        assert_eq!(
+            class(400, "MANIFEST_INVALID", Side::Destination),
+            FailureClass::DestinationRejected
+        );
+        let e = classify_answer(502, b"<html>bad gateway</html>", Side::Source, "reg/x:1");
+        assert_eq!(e.class, FailureClass::Server);
+        assert!(e.message.contains("HTTP 502") && e.message.contains("bad gateway"));
+        assert!(FailureClass::Server.is_retryable() && FailureClass::RateLimited.is_retryable());
+    }
+}
