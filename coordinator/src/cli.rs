@@ -399,6 +399,10 @@ pub struct InspectArgs {
     pub tls_verify: bool,
     #[arg(long = "authfile")]
     pub authfile: Option<PathBuf>,
+    /// Bound on the whole command, every request and body included (beyond Hangar), e.g.
+    /// 10m, 90s.
+    #[arg(long = "timeout", default_value = "10m")]
+    pub timeout: String,
 }
 
 #[derive(Args, Debug)]
@@ -409,6 +413,10 @@ pub struct RepoArgs {
     pub tls_verify: bool,
     #[arg(long = "authfile")]
     pub authfile: Option<PathBuf>,
+    /// Bound on the whole command, every request and body included (beyond Hangar), e.g.
+    /// 10m, 90s.
+    #[arg(long = "timeout", default_value = "10m")]
+    pub timeout: String,
 }
 
 #[derive(Args, Debug)]
@@ -421,6 +429,10 @@ pub struct DeleteArgs {
     pub yes: bool,
     #[arg(long = "authfile")]
     pub authfile: Option<PathBuf>,
+    /// Bound on the whole command, every request and body included (beyond Hangar), e.g.
+    /// 10m, 90s.
+    #[arg(long = "timeout", default_value = "10m")]
+    pub timeout: String,
 }
 
 #[derive(Args, Debug)]
@@ -435,6 +447,10 @@ pub struct MergeManifestArgs {
     pub tls_verify: bool,
     #[arg(long = "authfile")]
     pub authfile: Option<PathBuf>,
+    /// Bound on the whole command, every request and body included (beyond Hangar), e.g.
+    /// 10m, 90s.
+    #[arg(long = "timeout", default_value = "10m")]
+    pub timeout: String,
 }
 
 #[derive(Args, Debug)]

@@ -132,6 +132,17 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             commands::mirror::run(&a.mirror, cli.debug, console).await
         }
         Command::Serve(a) => {
+            let access = serve::Access {
+                listen: a.listen,
+                tokens: a
+                    .api_tokens
+                    .as_deref()
+                    .map(serve::auth::Tokens::load)
+                    .transpose()?,
+                insecure_no_auth: a.insecure_no_auth,
+                tls: a.tls_cert.clone().zip(a.tls_key.clone()),
+            };
+            access.check()?;
             let nats = commands::mirror::fleet_client(&a.fleet).await?;
             let defaults = cli::MirrorArgs {
                 tls_verify: a.tls_verify,
@@ -144,26 +155,22 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
                 Some(path) => schedule::load(path)?,
                 None => Vec::new(),
             };
-            let access = serve::Access {
-                listen: a.listen,
-                tokens: a
-                    .api_tokens
-                    .as_deref()
-                    .map(serve::auth::Tokens::load)
-                    .transpose()?,
-                insecure_no_auth: a.insecure_no_auth,
-                tls: a.tls_cert.clone().zip(a.tls_key.clone()),
-            };
             serve::run(access, nats, defaults, schedules, console).await
         }
-        Command::Status(a) => {
-            commands::remote::status(&a.server, &a.api, a.job.as_deref()).await
-        }
+        Command::Status(a) => commands::remote::status(&a.server, &a.api, a.job.as_deref()).await,
         Command::Cancel(a) => commands::remote::cancel(&a.server, &a.api, &a.job).await,
-        Command::Inspect(a) => commands::inspect::run(&a, &console).await,
-        Command::ListTags(a) => commands::list_tags::run(&a, &console).await,
-        Command::Delete(a) => commands::delete::run(&a, &console).await,
-        Command::MergeManifest(a) => commands::merge_manifest::run(&a, &console).await,
+        Command::Inspect(a) => {
+            commands::within(&a.timeout, commands::inspect::run(&a, &console)).await
+        }
+        Command::ListTags(a) => {
+            commands::within(&a.timeout, commands::list_tags::run(&a, &console)).await
+        }
+        Command::Delete(a) => {
+            commands::within(&a.timeout, commands::delete::run(&a, &console)).await
+        }
+        Command::MergeManifest(a) => {
+            commands::within(&a.timeout, commands::merge_manifest::run(&a, &console)).await
+        }
         Command::ConvertList(a) => commands::convert_list::run(&a, &console),
         Command::Login(a) => commands::login::login(&a, &console).await,
         Command::Logout(a) => commands::login::logout(&a, &console),

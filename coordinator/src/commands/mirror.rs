@@ -57,6 +57,15 @@ pub fn prepare_list(
             .trim_end_matches('/');
         (!s.is_empty()).then(|| s.to_owned())
     };
+    for (flag, value) in [
+        ("-s/--source", &args.source),
+        ("-d/--destination", &args.destination),
+    ] {
+        if let Some(registry) = some(value) {
+            hangar_shared::reference::validate_registry(&registry)
+                .map_err(|e| anyhow::anyhow!("{flag}: {}", e.message))?;
+        }
+    }
     let mut rejected = Vec::new();
     let images = list
         .entries

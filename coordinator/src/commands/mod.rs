@@ -113,6 +113,23 @@ pub async fn rate_gate(
     })
 }
 
+/// Runs a one-shot command under its `--timeout`: a registry that answers a byte at a
+/// time cannot hold it.
+pub async fn within<T>(
+    timeout: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let bound = humantime::parse_duration(timeout)
+        .with_context(|| format!("invalid --timeout {timeout:?}"))?;
+    match tokio::time::timeout(bound, work).await {
+        Ok(done) => done,
+        Err(_) => anyhow::bail!(
+            "no answer within {} (--timeout)",
+            humantime::format_duration(bound)
+        ),
+    }
+}
+
 /// Writes a file whole or not at all, through a fresh temporary file
 /// ([`hangar_shared::atomic`]).
 pub fn write_atomically(path: &Path, contents: &str) -> Result<()> {

@@ -89,11 +89,7 @@ impl std::fmt::Display for Refusal {
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
 #[derive(Clone)]
@@ -542,7 +538,7 @@ pub struct Access {
 
 impl Access {
     /// Refuses to expose an unauthenticated API beyond this machine by accident.
-    fn check(&self) -> Result<()> {
+    pub fn check(&self) -> Result<()> {
         if self.tokens.is_none() && !self.listen.ip().is_loopback() && !self.insecure_no_auth {
             anyhow::bail!(
                 "refusing to serve the API on {} without authentication: give --api-tokens FILE \
