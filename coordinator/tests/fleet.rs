@@ -1782,6 +1782,17 @@ async fn a_blob_lease_is_renewed_while_held_and_expires_when_its_holder_dies() {
     let nats = NatsProcess::start().expect("nats-server");
     let client = async_nats::connect(nats.url()).await.unwrap();
     let ttl = std::time::Duration::from_secs(2);
+    // A bucket left by an older fleet, whose leases lived ten minutes, is brought to the
+    // new max age: a lease lives as long as its last renewal, not the bucket's history.
+    async_nats::jetstream::new(client.clone())
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: hangar_shared::lease::LEASE_BUCKET.into(),
+            history: 1,
+            max_age: std::time::Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let a = std::sync::Arc::new(
         BlobLeases::open_with_ttl(client.clone(), "worker-a", ttl)
             .await
@@ -1825,6 +1836,24 @@ async fn a_blob_lease_is_renewed_while_held_and_expires_when_its_holder_dies() {
     }
     assert!(gone, "a dead holder's lease expires");
     drop(taken);
+    // A holder whose lease is taken from it (lapsed while it was frozen, say) stops its fill
+    // at the next renewal instead of going on unguarded.
+    let contested: hangar_shared::Digest = format!("sha256:{}", "c".repeat(64)).parse().unwrap();
+    let lease = a.acquire(&contested).await.unwrap().expect("free");
+    kv.delete(contested.hex()).await.unwrap();
+    kv.create(contested.hex(), "another-worker".into())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let stopped = lease
+        .guard(async {
+            tokio::time::sleep(ttl * 10).await;
+            Ok(())
+        })
+        .await;
+    let e = stopped.expect_err("the fill stops with its lease");
+    assert!(e.message.contains("could not be renewed"), "{e}");
+    assert!(started.elapsed() < ttl * 3, "{:?}", started.elapsed());
 }
 
 /// One exported span, as an OTLP receiver sees it.

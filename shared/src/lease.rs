@@ -1,10 +1,11 @@
 //! One fetch per blob across the whole fleet, even across concurrent jobs: before a worker
 //! fills the shared cache with a blob it takes a lease on the digest in the JetStream KV
-//! bucket `hangar-blob-leases` (create fails when the key exists), renewed at a third of the
-//! bucket's max age while the fill runs. Others wait for the cache entry to appear, or for
-//! the lease to go (released, or expired with the bucket's 10 min max age when its holder
-//! died), and then try again. Leases live in NATS, never in S3
-//! conditional writes (Garage ignores them).
+//! bucket `hangar-blob-leases` (create fails when the key exists), renewed every 10 s while
+//! the fill runs. Others wait for the cache entry to appear, or for the lease to go
+//! (released, or lapsed with the bucket's 30 s max age when its holder died or froze), and
+//! then take the fill over. A fill whose lease can no longer be renewed stops: someone else
+//! may hold the digest by then. Leases live in NATS, never in S3 conditional writes (Garage
+//! ignores them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,8 @@ use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
 
 pub const LEASE_BUCKET: &str = "hangar-blob-leases";
-pub const LEASE_TTL: Duration = Duration::from_secs(600);
+/// How long a lease outlives its last renewal: a dead holder holds others up this long.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
 
 fn bus(e: impl std::fmt::Display) -> Error {
     Error::new(FailureClass::Network, format!("blob leases: {e}"))
@@ -41,7 +43,23 @@ impl BlobLeases {
     ) -> Result<Self> {
         let js = jetstream::new(client);
         let kv = match js.get_key_value(LEASE_BUCKET).await {
-            Ok(kv) => kv,
+            Ok(kv) => {
+                // A bucket made with another max age (10 min before leases were renewed
+                // every 10 s) is brought to this one: the age is the lease's life.
+                if let Ok(mut stream) = js.get_stream(format!("KV_{LEASE_BUCKET}")).await
+                    && let Ok(info) = stream.info().await
+                    && info.config.max_age != ttl
+                {
+                    let mut config = info.config.clone();
+                    config.max_age = ttl;
+                    // NATS refuses a duplicate window longer than the max age.
+                    config.duplicate_window = config.duplicate_window.min(ttl);
+                    if let Err(e) = js.update_stream(config).await {
+                        tracing::warn!("setting the lease bucket's max age to {ttl:?}: {e}");
+                    }
+                }
+                kv
+            }
             Err(_) => js
                 .create_key_value(kv::Config {
                     bucket: LEASE_BUCKET.into(),
@@ -52,9 +70,10 @@ impl BlobLeases {
                 .await
                 .map_err(bus)?,
         };
-        // A bucket made by hand may have no max age: renew at our own pace then.
+        // Renewed at the pace of the shorter of the two lives, should the bucket keep a
+        // shorter max age than asked for (made by hand, or not ours to change).
         let ttl = match kv.status().await {
-            Ok(status) if !status.max_age().is_zero() => status.max_age(),
+            Ok(status) if !status.max_age().is_zero() => status.max_age().min(ttl),
             _ => ttl,
         };
         Ok(Self {
@@ -78,19 +97,30 @@ impl BlobLeases {
             Err(e) => return Err(bus(e)),
         };
         let (leases, key) = (self.clone(), digest.hex().to_owned());
+        let (lost_tx, lost) = tokio::sync::watch::channel(false);
         let renew = tokio::spawn(async move {
             let mut revision = revision;
             loop {
                 tokio::time::sleep(leases.ttl / 3).await;
-                match leases
-                    .kv
-                    .update(&key, leases.holder.clone().into(), revision)
-                    .await
-                {
-                    Ok(r) => revision = r,
-                    Err(e) => {
-                        // Expired and taken, or NATS away: the fill goes on, unguarded.
-                        tracing::warn!("renewing the lease on {key}: {e}");
+                // Bounded, so a NATS that stopped answering counts as a failed renewal
+                // before the lease could lapse.
+                let renewed = tokio::time::timeout(
+                    leases.ttl / 3,
+                    leases
+                        .kv
+                        .update(&key, leases.holder.clone().into(), revision),
+                )
+                .await;
+                match renewed {
+                    Ok(Ok(r)) => revision = r,
+                    Ok(Err(e)) => {
+                        tracing::warn!("renewing the lease on {key}: {e}; stopping the fill");
+                        let _ = lost_tx.send(true);
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!("renewing the lease on {key}: no answer; stopping the fill");
+                        let _ = lost_tx.send(true);
                         return;
                     }
                 }
@@ -100,6 +130,7 @@ impl BlobLeases {
             leases: self.clone(),
             digest: Some(digest.clone()),
             renew,
+            lost,
         }))
     }
 
@@ -121,9 +152,33 @@ pub struct Lease {
     leases: Arc<BlobLeases>,
     digest: Option<Digest>,
     renew: tokio::task::JoinHandle<()>,
+    lost: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Lease {
+    /// Resolves when the lease could not be renewed: the work it guards must stop.
+    pub async fn lost(&self) {
+        let mut lost = self.lost.clone();
+        // A closed channel (renewal ended) without `true` is no loss: wait for ever.
+        if lost.wait_for(|l| *l).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Runs `work` under the lease: stopped, with a transient error, if the lease is lost.
+    pub async fn guard<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        tokio::select! {
+            done = work => done,
+            () = self.lost() => Err(Error::new(
+                FailureClass::Network,
+                format!(
+                    "the lease on {} could not be renewed; the fill stopped (another worker may hold it now)",
+                    self.digest.as_ref().map(|d| d.to_string()).unwrap_or_default()
+                ),
+            )),
+        }
+    }
+
     pub async fn release(mut self) {
         self.renew.abort();
         if let Some(d) = self.digest.take() {

@@ -215,7 +215,7 @@ where
                 lease.release().await;
                 return Ok(true);
             }
-            let filled = fill().await;
+            let filled = lease.guard(fill()).await;
             lease.release().await;
             return filled.map(|()| false);
         }
