@@ -58,14 +58,22 @@ struct Hostile {
 }
 
 async fn start_hostile() -> Hostile {
+    start_hostile_with(false).await
+}
+
+/// `token`: `/v2/` challenges for a bearer token whose realm answers without end.
+async fn start_hostile_with(token: bool) -> Hostile {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let platform_gets = Arc::new(AtomicUsize::new(0));
     let small = Arc::new(Small::new());
     let counter = platform_gets.clone();
+    let addr_in = addr.clone();
     tokio::spawn(async move {
+        let addr = addr_in;
         while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(serve(conn, small.clone(), counter.clone()));
+            let realm = token.then(|| format!("http://{addr}/token"));
+            tokio::spawn(serve(conn, small.clone(), counter.clone(), realm));
         }
     });
     Hostile {
@@ -75,7 +83,12 @@ async fn start_hostile() -> Hostile {
 }
 
 /// One connection: requests read one after another (keep-alive), each answered by path.
-async fn serve(mut conn: TcpStream, small: Arc<Small>, platform_gets: Arc<AtomicUsize>) {
+async fn serve(
+    mut conn: TcpStream,
+    small: Arc<Small>,
+    platform_gets: Arc<AtomicUsize>,
+    realm: Option<String>,
+) {
     let mut buf = Vec::new();
     loop {
         let head = loop {
@@ -95,9 +108,18 @@ async fn serve(mut conn: TcpStream, small: Arc<Small>, platform_gets: Arc<Atomic
         let path = words.next().unwrap_or_default().to_owned();
         let platform = format!("/manifests/{}", sha(&small.manifest));
         let config = format!("/blobs/{}", sha(&small.config));
-        let answer = if path == "/v2/" {
+        let answer = if path == "/v2/"
+            && let Some(realm) = &realm
+        {
+            format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"hostile\"\r\nContent-Length: 0\r\n\r\n"
+            )
+            .into_bytes()
+        } else if path == "/v2/" {
             plain(200, "application/json", b"{}")
-        } else if path.starts_with("/v2/endless/") && path.contains("/manifests/") {
+        } else if path.starts_with("/token")
+            || (path.starts_with("/v2/endless/") && path.contains("/manifests/"))
+        {
             // Chunked, for ever: one MiB after another until the client hangs up.
             let header = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: {OCI_MANIFEST}\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -381,4 +403,23 @@ async fn an_index_is_deduplicated_and_capped() {
     assert_eq!(hostile.platform_gets.load(Ordering::SeqCst), 1);
     let copied = common::skopeo_raw(&format!("{}/dup/app:1", env.dst.addr)).expect("copied");
     assert_eq!(sha(&copied), sha(&Small::new().index(500)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_token_answer_is_refused_at_four_mib() {
+    let env = Env::new();
+    let hostile = start_hostile_with(true).await;
+    let run = mirror_one(&env, &hostile.addr, "dup", "60s", Duration::from_secs(120));
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output.contains("token from 127.0.0.1") && run.output.contains("larger than 4096 KiB"),
+        "{}",
+        run.output
+    );
+    assert!(run.elapsed < Duration::from_secs(30), "{:?}", run.elapsed);
+    assert!(
+        run.peak_rss < COPY_RSS_BOUND,
+        "peak RSS {} MB",
+        run.peak_rss / MB
+    );
 }

@@ -114,7 +114,10 @@ mod tests {
         let dest = Path::new("/tmp/x/auth.json");
         let (a, b) = (temp_path(dest), temp_path(dest));
         assert_ne!(a, b);
-        assert!(a.to_string_lossy().starts_with("/tmp/x/.auth.json.partial-"));
+        assert!(
+            a.to_string_lossy()
+                .starts_with("/tmp/x/.auth.json.partial-")
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("f");
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), &p).expect("symlink");

@@ -228,9 +228,8 @@ impl AuthFile {
         }
         let text = serde_json::to_string_pretty(&Value::Object(self.doc.clone()))
             .map_err(|e| Error::internal(e.to_string()))?;
-        crate::atomic::write(path, text.as_bytes(), Some(0o600)).map_err(|e| {
-            Error::invalid(format!("cannot write auth file {}: {e}", path.display()))
-        })
+        crate::atomic::write(path, text.as_bytes(), Some(0o600))
+            .map_err(|e| Error::invalid(format!("cannot write auth file {}: {e}", path.display())))
     }
 }
 

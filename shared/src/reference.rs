@@ -276,7 +276,9 @@ fn validate_component(part: &str) -> Result<()> {
         .filter(|sep| !sep.is_empty())
         .all(|sep| sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-'));
     let ok = !part.is_empty()
-        && part.bytes().all(|b| alnum(b) || matches!(b, b'.' | b'_' | b'-'))
+        && part
+            .bytes()
+            .all(|b| alnum(b) || matches!(b, b'.' | b'_' | b'-'))
         && separators_ok
         && part.bytes().next().is_some_and(alnum)
         && part.bytes().last().is_some_and(alnum);

@@ -35,7 +35,6 @@ fn filter(args: &LoadArgs) -> PlatformFilter {
     args.platforms.filter()
 }
 
-
 /// The archive's images to load (all, or those of `-f`), with their destinations.
 fn select(
     archive: &ArchiveReader,

@@ -328,7 +328,10 @@ tokens:
     #[test]
     fn tokens_map_to_their_callers_and_nothing_else() {
         let t = tokens();
-        assert_eq!(t.authenticate("ci-token").map(|c| c.name.clone()), Some("ci".into()));
+        assert_eq!(
+            t.authenticate("ci-token").map(|c| c.name.clone()),
+            Some("ci".into())
+        );
         assert_eq!(t.authenticate("r-token").map(|c| c.role), Some(Role::Read));
         assert!(t.authenticate("ci-token ").is_none());
         assert!(t.authenticate("").is_none());
@@ -348,9 +351,14 @@ tokens:
         assert!(ci.authorise_job(std::slice::from_ref(&ok), &args).is_ok());
         let out = job("src.io/private/db:1", "dst.io/mirror/private/db:1");
         let e = ci.authorise_job(&[out], &args).expect_err("source outside");
-        assert!(e.contains("policy.sources") && e.contains("src.io/private/db"), "{e}");
+        assert!(
+            e.contains("policy.sources") && e.contains("src.io/private/db"),
+            "{e}"
+        );
         let exfil = job("src.io/library/nginx:1", "evil.io/x/nginx:1");
-        let e = ci.authorise_job(&[exfil], &args).expect_err("destination outside");
+        let e = ci
+            .authorise_job(&[exfil], &args)
+            .expect_err("destination outside");
         assert!(e.contains("policy.destinations"), "{e}");
         let signing = MirrorArgs {
             sign_key: Some("other".into()),
@@ -383,8 +391,18 @@ tokens:
         let ci = t.authenticate("ci-token").expect("ci");
         assert!(ci.may_cancel(Some("ci")).is_ok());
         assert!(ci.may_cancel(Some("other")).is_err());
-        assert!(t.authenticate("r-token").expect("r").may_cancel(Some("reader")).is_err());
-        assert!(t.authenticate("ops-token").expect("ops").may_cancel(Some("ci")).is_ok());
+        assert!(
+            t.authenticate("r-token")
+                .expect("r")
+                .may_cancel(Some("reader"))
+                .is_err()
+        );
+        assert!(
+            t.authenticate("ops-token")
+                .expect("ops")
+                .may_cancel(Some("ci"))
+                .is_ok()
+        );
     }
 
     #[test]

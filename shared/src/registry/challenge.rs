@@ -14,6 +14,8 @@ pub(super) struct Challenge {
     pub challenged: bool,
     /// The `realm` of a `Bearer` challenge.
     pub realm: Option<String>,
+    /// Its `service`, sent back with every token request.
+    pub service: Option<String>,
 }
 
 /// Asks `/v2/`. A registry that cannot be asked counts as challenging (credentials are
@@ -26,15 +28,16 @@ pub(super) async fn probe(http: &reqwest::Client, scheme: &str, host: &str) -> C
                 .headers()
                 .get(reqwest::header::WWW_AUTHENTICATE)
                 .and_then(|v| v.to_str().ok());
+            let params = header.and_then(bearer_params).unwrap_or_default();
             Challenge {
-                challenged: resp.status() == reqwest::StatusCode::UNAUTHORIZED
-                    || header.is_some(),
-                realm: header.and_then(bearer_realm),
+                challenged: resp.status() == reqwest::StatusCode::UNAUTHORIZED || header.is_some(),
+                realm: params.get("realm").cloned(),
+                service: params.get("service").cloned(),
             }
         }
         _ => Challenge {
             challenged: true,
-            realm: None,
+            ..Default::default()
         },
     }
 }
@@ -52,13 +55,15 @@ pub(super) async fn probe_scheme(http: &reqwest::Client, host: &str) -> &'static
     }
 }
 
-/// The `realm` parameter of a `Bearer` challenge (RFC 6750 §3; quoted or a bare token).
-pub(super) fn bearer_realm(header: &str) -> Option<String> {
+/// The parameters of a `Bearer` challenge (RFC 6750 §3; values quoted or bare), names
+/// lower-cased.
+pub(super) fn bearer_params(header: &str) -> Option<std::collections::BTreeMap<String, String>> {
     let rest = header.trim();
     let (scheme, params) = rest.split_once(char::is_whitespace)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
+    let mut out = std::collections::BTreeMap::new();
     let mut chars = params.trim_start().chars().peekable();
     loop {
         let name: String = chars
@@ -67,7 +72,7 @@ pub(super) fn bearer_realm(header: &str) -> Option<String> {
             .take_while(|c| *c != '=')
             .collect();
         if name.is_empty() {
-            return None;
+            return Some(out);
         }
         let value: String = if chars.peek() == Some(&'"') {
             chars.next();
@@ -83,9 +88,7 @@ pub(super) fn bearer_realm(header: &str) -> Option<String> {
         } else {
             chars.by_ref().take_while(|c| *c != ',').collect()
         };
-        if name.trim().eq_ignore_ascii_case("realm") {
-            return Some(value.trim().to_owned());
-        }
+        out.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
     }
 }
 
@@ -125,17 +128,26 @@ pub(super) fn check_realm(realm: &str, scheme: &str, host: &str) -> Result<(), E
 mod tests {
     use super::*;
 
+    fn bearer_realm(header: &str) -> Option<String> {
+        bearer_params(header)?.remove("realm")
+    }
+
     #[test]
     fn realm_is_read_from_a_bearer_challenge() {
         assert_eq!(
-            bearer_realm(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#),
+            bearer_realm(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#
+            ),
             Some("https://auth.docker.io/token".into())
         );
         assert_eq!(
             bearer_realm(r#"Bearer service="s", realm="https://a/b\"c""#),
             Some("https://a/b\"c".into())
         );
-        assert_eq!(bearer_realm("Bearer realm=https://a/t,service=x"), Some("https://a/t".into()));
+        assert_eq!(
+            bearer_realm("Bearer realm=https://a/t,service=x"),
+            Some("https://a/t".into())
+        );
         assert_eq!(bearer_realm(r#"Basic realm="x""#), None);
         assert_eq!(bearer_realm("Bearer"), None);
         assert_eq!(bearer_realm("Bearer ,,,"), None);
@@ -145,7 +157,11 @@ mod tests {
     fn a_plain_http_realm_of_a_tls_registry_is_refused() {
         let e = check_realm("http://auth.example/token", "https", "reg.example").unwrap_err();
         assert_eq!(e.class, FailureClass::Auth);
-        assert!(e.message.contains("plain-HTTP token realm"), "{}", e.message);
+        assert!(
+            e.message.contains("plain-HTTP token realm"),
+            "{}",
+            e.message
+        );
         assert!(check_realm("https://auth.example/token", "https", "reg.example").is_ok());
         // A plain-HTTP registry (--tls-verify=false) has nothing to protect by TLS.
         assert!(check_realm("http://reg.example:5000/token", "http", "reg.example:5000").is_ok());

@@ -19,7 +19,8 @@ pub(super) fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Opti
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-pub(super) const TRANSIENT_REJECTION: &str = "rejected, perhaps while the same content was being written: ";
+pub(super) const TRANSIENT_REJECTION: &str =
+    "rejected, perhaps while the same content was being written: ";
 
 /// distribution answers `DIGEST_INVALID` / `MANIFEST_BLOB_UNKNOWN` to a manifest PUT that
 /// races an identical write (its storage is not atomic there); such a rejection is worth
@@ -36,7 +37,6 @@ pub(super) fn transient_rejection(e: Error) -> Error {
         e
     }
 }
-
 
 pub(super) fn status_error(code: u16, side: Side, what: &str) -> Error {
     let class = match code {
@@ -117,8 +117,6 @@ pub fn classify(err: OciDistributionError, side: Side, what: &str) -> Error {
     };
     Error::new(class, format!("{what}: {detail}"))
 }
-
-
 
 /// The class an error envelope's first code gives a 4xx answer; `None` for an empty one.
 fn envelope_class(envelope: &OciEnvelope, side: Side) -> Option<FailureClass> {
@@ -214,12 +212,18 @@ mod tests {
             assert_eq!(class(503, "MANIFEST_UNKNOWN", side), FailureClass::Server);
             assert_eq!(class(500, "DENIED", side), FailureClass::Server);
             assert_eq!(class(429, "UNAVAILABLE", side), FailureClass::RateLimited);
-            assert_eq!(class(429, "TOOMANYREQUESTS", side), FailureClass::RateLimited);
+            assert_eq!(
+                class(429, "TOOMANYREQUESTS", side),
+                FailureClass::RateLimited
+            );
             assert_eq!(class(404, "MANIFEST_UNKNOWN", side), FailureClass::NotFound);
             assert_eq!(class(403, "DENIED", side), FailureClass::Auth);
             assert_eq!(class(400, "UNAVAILABLE", side), FailureClass::Server);
         }
-        assert_eq!(class(400, "MANIFEST_INVALID", Side::Source), FailureClass::InvalidInput);
+        assert_eq!(
+            class(400, "MANIFEST_INVALID", Side::Source),
+            FailureClass::InvalidInput
+        );
         assert_eq!(
             class(400, "MANIFEST_INVALID", Side::Destination),
             FailureClass::DestinationRejected

@@ -7,6 +7,7 @@
 
 mod challenge;
 mod classify;
+mod token;
 
 pub use classify::classify;
 use classify::{
@@ -37,8 +38,6 @@ pub const USER_AGENT: &str = concat!("hangar-fleet/", env!("CARGO_PKG_VERSION"))
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// How much of an error answer's body is read, for its message.
 const MAX_ERROR_BODY: usize = 64 << 10;
-/// How long a pull token is reused: registries issue them for a minute or more.
-const TOKEN_REUSE: Duration = Duration::from_secs(50);
 /// The bound on one request (not a blob's body) when the command gives none.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -76,8 +75,8 @@ pub struct Registry {
     api_host: String,
     gate: Option<std::sync::Arc<dyn crate::ratelimit::Gate>>,
     request_timeout: Duration,
-    /// Pull tokens for our own manifest reads, by repository, with when they were issued.
-    pull_tokens: tokio::sync::Mutex<std::collections::HashMap<String, (String, Instant)>>,
+    /// The registry's bearer-token service, when it names one: every token comes from it.
+    tokens: Option<token::TokenService>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -132,14 +131,31 @@ impl Registry {
         let api_host = probe.resolve_registry().to_owned();
         let probed = challenge::probe(&http, scheme, &api_host).await;
         let challenged = probed.challenged;
-        if let Some(realm) = &probed.realm {
-            challenge::check_realm(realm, scheme, &api_host)?;
-        }
-        // Credentials are always handed over: a registry may read anonymously at `/v2/`
-        // and still want them for pushes.
-        if challenged || matches!(auth, RegistryAuth::Basic(..)) {
-            client.store_auth_if_needed(&api_host, &auth).await;
-        }
+        let creds = match &auth {
+            RegistryAuth::Basic(u, p) => Some((u.clone(), p.clone())),
+            _ => None,
+        };
+        let tokens = match probed.realm {
+            Some(realm) => {
+                challenge::check_realm(&realm, scheme, &api_host)?;
+                // oci-client gets every token from us before the request that needs it
+                // (`Registry::authorise`); what it stores for the registry is only ever
+                // consulted if that token left its cache, and then fails rather than
+                // sending the credentials anywhere.
+                client
+                    .store_auth_if_needed(&api_host, &RegistryAuth::Bearer(String::new()))
+                    .await;
+                Some(token::TokenService::new(realm, probed.service, creds))
+            }
+            None => {
+                // Credentials are always handed over: a registry may read anonymously at
+                // `/v2/` and still want them (Basic) for pushes.
+                if challenged || creds.is_some() {
+                    client.store_auth_if_needed(&api_host, &auth).await;
+                }
+                None
+            }
+        };
         Ok(Self {
             host: host.to_owned(),
             client,
@@ -151,7 +167,7 @@ impl Registry {
             api_host,
             gate: opts.gate.clone(),
             request_timeout: opts.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
-            pull_tokens: Default::default(),
+            tokens,
         })
     }
 
@@ -185,6 +201,7 @@ impl Registry {
         call: Call<'_>,
         request: impl std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
     ) -> Result<(T, Permit)> {
+        self.authorise(call.r, call.access).await?;
         let permit = self.admit(call.requests).await;
         let started = Instant::now();
         let answer = match call.bounded {
@@ -192,7 +209,8 @@ impl Registry {
                 Ok(answer) => answer,
                 Err(_) => {
                     let e = self.timed_out(call.what);
-                    self.observe(call.op, started.elapsed(), Some(e.class)).await;
+                    self.observe(call.op, started.elapsed(), Some(e.class))
+                        .await;
                     return Err(e);
                 }
             },
@@ -206,6 +224,34 @@ impl Registry {
         self.observe(call.op, elapsed, result.as_ref().err().map(|e| e.class))
             .await;
         result.map(|v| (v, permit))
+    }
+
+    /// Makes sure oci-client holds a bearer token for `r`'s repository and `op` before a
+    /// request that needs one, fetching it ourselves (bounded, from the checked realm).
+    /// Gives the token, for our own requests; `None` for a registry without a token service.
+    async fn authorise(&self, r: &Reference, op: RegistryOperation) -> Result<Option<String>> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(None);
+        };
+        let push = matches!(op, RegistryOperation::Push);
+        let (token, fresh) = tokens
+            .token(
+                &self.http,
+                &self.host,
+                r.repository(),
+                push,
+                self.request_timeout,
+            )
+            .await?;
+        if fresh {
+            // With a Bearer auth oci-client asks nobody: it only files the token under
+            // (registry, repository, operation) for the requests that follow.
+            let _ = self
+                .client
+                .auth(r, &RegistryAuth::Bearer(token.clone()), op)
+                .await;
+        }
+        Ok(Some(token))
     }
 
     fn timed_out(&self, what: &str) -> Error {
@@ -242,11 +288,13 @@ impl Registry {
             200..=299 => Ok(()),
             401 if bearer => {
                 let probe = self.repo_ref("library/hangar-login-probe");
-                self.client
-                    .auth(&probe, &self.auth, RegistryOperation::Pull)
-                    .await
-                    .map(drop)
-                    .map_err(|e| classify(e, Side::Destination, &self.host))
+                match self.authorise(&probe, RegistryOperation::Pull).await? {
+                    Some(_) => Ok(()),
+                    None => Err(Error::new(
+                        FailureClass::Auth,
+                        format!("login to {}: the registry names no token realm", self.host),
+                    )),
+                }
             }
             code => Err(status_error(
                 code,
@@ -313,7 +361,7 @@ impl Registry {
             })
             .is_some_and(|h| h == self.host || h == self.api_host);
         if self.challenged && same_host {
-            req = match (self.client.auth(r, &self.auth, op).await, &self.auth) {
+            req = match (self.authorise(r, op).await, &self.auth) {
                 (Ok(Some(token)), _) => req.bearer_auth(token),
                 (_, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
                 _ => req,
@@ -412,8 +460,11 @@ impl Registry {
                 )
             })?;
             let status = resp.status().as_u16();
-            if status == 401 && self.challenged && !renewed {
-                self.pull_tokens.lock().await.remove(repo);
+            if status == 401
+                && let Some(tokens) = &self.tokens
+                && !renewed
+            {
+                tokens.forget(repo).await;
                 renewed = true;
                 continue;
             }
@@ -423,7 +474,9 @@ impl Registry {
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-                let body = read_capped(resp, MAX_ERROR_BODY, what).await.unwrap_or_default();
+                let body = read_capped(resp, MAX_ERROR_BODY, what)
+                    .await
+                    .unwrap_or_default();
                 let mut e = classify_answer(status, &body, side, what);
                 e.retry_after = retry_after;
                 return Err(e);
@@ -432,39 +485,18 @@ impl Registry {
         }
     }
 
-    /// How to authorise a pull of `repo`: a bearer token (fetched through oci-client, kept
-    /// for [`TOKEN_REUSE`]), Basic credentials, or nothing for a registry that challenges
-    /// nobody.
+    /// How to authorise a pull of `repo`: a bearer token from the registry's token service,
+    /// Basic credentials, or nothing for a registry that challenges nobody.
     async fn pull_auth(&self, repo: &str) -> Result<Option<PullAuth>> {
-        if !self.challenged {
-            return Ok(None);
-        }
-        if let Some((token, at)) = self.pull_tokens.lock().await.get(repo)
-            && at.elapsed() < TOKEN_REUSE
-        {
-            return Ok(Some(PullAuth::Bearer(token.clone())));
-        }
         let r = self.repo_ref(repo);
-        let what = format!("{}/{repo} (token)", self.host);
-        let token = tokio::time::timeout(
-            self.request_timeout,
-            self.client.auth(&r, &self.auth, RegistryOperation::Pull),
-        )
-        .await
-        .map_err(|_| self.timed_out(&what))?
-        .map_err(|e| classify(e, Side::Source, &what))?;
-        Ok(match token {
-            Some(t) => {
-                self.pull_tokens
-                    .lock()
-                    .await
-                    .insert(repo.to_owned(), (t.clone(), Instant::now()));
-                Some(PullAuth::Bearer(t))
+        if let Some(token) = self.authorise(&r, RegistryOperation::Pull).await? {
+            return Ok(Some(PullAuth::Bearer(token)));
+        }
+        Ok(match &self.auth {
+            RegistryAuth::Basic(u, p) if self.challenged => {
+                Some(PullAuth::Basic(u.clone(), p.clone()))
             }
-            None => match &self.auth {
-                RegistryAuth::Basic(u, p) => Some(PullAuth::Basic(u.clone(), p.clone())),
-                _ => None,
-            },
+            _ => None,
         })
     }
 
@@ -622,6 +654,7 @@ impl Registry {
     pub async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool> {
         let r = self.repo_ref(repo);
         let from = self.repo_ref(from_repo);
+        self.authorise(&r, RegistryOperation::Push).await?;
         let _permit = self.admit(1).await;
         let started = Instant::now();
         let mounted = self.client.mount_blob(&r, &from, &digest.to_string()).await;
@@ -673,15 +706,11 @@ impl Registry {
         Ok(tags)
     }
 
-    /// Deletes a manifest by digest (oci-client has no DELETE; the token comes from it).
+    /// Deletes a manifest by digest (oci-client has no DELETE).
     pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()> {
         let r = self.reference(repo, &digest.to_string());
         let what = format!("{}/{repo}@{digest}", self.host);
-        let token = self
-            .client
-            .auth(&r, &self.auth, RegistryOperation::Push)
-            .await
-            .map_err(|e| classify(e, Side::Destination, &what))?;
+        let token = self.authorise(&r, RegistryOperation::Push).await?;
         let url = format!(
             "{}://{}/v2/{repo}/manifests/{digest}",
             self.scheme, self.api_host
@@ -778,4 +807,3 @@ impl<'a> Call<'a> {
         }
     }
 }
-

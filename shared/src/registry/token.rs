@@ -1,0 +1,143 @@
+//! Bearer tokens, fetched by us rather than by oci-client: from the realm checked at connect
+//! ([`super::challenge::check_realm`]), under the request timeout, the answer read up to
+//! 4 MiB. oci-client is handed each token before the request that needs it (its own token
+//! cache, keyed by repository and operation, then has it), so it never asks a realm itself.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::classify::{classify_answer, request_error_text};
+use super::{MAX_MANIFEST_BYTES, Side, read_capped};
+use crate::error::{Error, FailureClass, Result};
+
+/// How long a token is reused. Registries issue them for at least 60 s (the token spec's
+/// default); oci-client keeps a handed-over token that long or to its `exp`.
+pub(super) const TOKEN_REUSE: Duration = Duration::from_secs(45);
+
+/// A registry's token service: where to ask, with what, and what it gave.
+pub(super) struct TokenService {
+    realm: String,
+    service: Option<String>,
+    creds: Option<(String, String)>,
+    /// By (repository, push), with when each was issued.
+    cache: tokio::sync::Mutex<HashMap<(String, bool), (String, Instant)>>,
+}
+
+impl TokenService {
+    pub(super) fn new(
+        realm: String,
+        service: Option<String>,
+        creds: Option<(String, String)>,
+    ) -> Self {
+        Self {
+            realm,
+            service,
+            creds,
+            cache: Default::default(),
+        }
+    }
+
+    /// A token for `repo` (pull, or pull and push) and whether it was just fetched (and
+    /// so must be handed to oci-client).
+    pub(super) async fn token(
+        &self,
+        http: &reqwest::Client,
+        host: &str,
+        repo: &str,
+        push: bool,
+        timeout: Duration,
+    ) -> Result<(String, bool)> {
+        let key = (repo.to_owned(), push);
+        if let Some((token, at)) = self.cache.lock().await.get(&key)
+            && at.elapsed() < TOKEN_REUSE
+        {
+            return Ok((token.clone(), false));
+        }
+        let what = format!("{host}/{repo}: token from {}", self.realm_host());
+        let token = tokio::time::timeout(timeout, self.fetch(http, repo, push, &what))
+            .await
+            .map_err(|_| {
+                Error::new(
+                    FailureClass::Network,
+                    format!("{what}: no complete answer within {}s", timeout.as_secs()),
+                )
+            })??;
+        self.cache
+            .lock()
+            .await
+            .insert(key, (token.clone(), Instant::now()));
+        Ok((token, true))
+    }
+
+    /// Forgets `repo`'s tokens (the registry refused one).
+    pub(super) async fn forget(&self, repo: &str) {
+        self.cache.lock().await.retain(|(r, _), _| r != repo);
+    }
+
+    fn realm_host(&self) -> String {
+        reqwest::Url::parse(&self.realm)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    async fn fetch(
+        &self,
+        http: &reqwest::Client,
+        repo: &str,
+        push: bool,
+        what: &str,
+    ) -> Result<String> {
+        let scope = if push {
+            format!("repository:{repo}:pull,push")
+        } else {
+            format!("repository:{repo}:pull")
+        };
+        let mut query = vec![("scope", scope.as_str())];
+        if let Some(s) = &self.service {
+            query.push(("service", s.as_str()));
+        }
+        let mut req = http.get(&self.realm).query(&query);
+        if let Some((user, pass)) = &self.creds {
+            req = req.basic_auth(user, Some(pass));
+        }
+        let resp = req.send().await.map_err(|e| {
+            Error::new(
+                FailureClass::Network,
+                format!("{what}: {}", request_error_text(&e)),
+            )
+        })?;
+        let status = resp.status().as_u16();
+        let body = read_capped(resp, MAX_MANIFEST_BYTES, what).await?;
+        if !(200..300).contains(&status) {
+            let mut e = classify_answer(status, &body, Side::Source, what);
+            // The realm refusing the credentials is the credentials' fault, whatever the
+            // status it chose for it.
+            if matches!(status, 400 | 401 | 403) {
+                e.class = FailureClass::Auth;
+            }
+            return Err(e);
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
+            Error::new(
+                FailureClass::Auth,
+                format!("{what}: not a token answer: {e}"),
+            )
+        })?;
+        answer
+            .token
+            .or(answer.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Error::new(
+                    FailureClass::Auth,
+                    format!("{what}: the answer holds no token"),
+                )
+            })
+    }
+}
