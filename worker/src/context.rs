@@ -8,6 +8,9 @@ use std::time::Duration;
 use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::StoreResolver;
 
+/// The daemon's limits on what a task may ask (`--archive-root`, `--sign-scope`).
+pub mod policy;
+
 pub struct Context {
     pub stores: Arc<dyn StoreResolver>,
     pub retry: RetryPolicy,

@@ -18,6 +18,7 @@ use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::{RegistryPool, Stores};
 use hangar_shared::task::TaskKind;
 use hangar_worker::Context;
+use hangar_worker::context::policy::{ArchiveRoots, Policy, SignScopes};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,21 +27,35 @@ use hangar_worker::Context;
     about = "Hangar fleet worker: copies blobs and manifests from a JetStream queue"
 )]
 struct Args {
-    /// NATS server URL.
+    /// NATS server URL (`nats://host:4222`; `tls://host:4222` requires TLS).
     #[arg(long, env = "HANGAR_NATS")]
     nats: String,
+    /// NATS user name (with --nats-password): the identity the server's permissions name.
     #[arg(long, env = "HANGAR_NATS_USER")]
     nats_user: Option<String>,
+    /// NATS password of --nats-user.
     #[arg(long, env = "HANGAR_NATS_PASSWORD", hide_env_values = true)]
     nats_password: Option<String>,
+    /// NATS authentication token (instead of a user and password).
     #[arg(long, env = "HANGAR_NATS_TOKEN", hide_env_values = true)]
     nats_token: Option<String>,
     /// NATS credentials file (nkey/JWT).
     #[arg(long, env = "HANGAR_NATS_CREDS")]
     nats_creds: Option<PathBuf>,
-    /// Require TLS to NATS.
+    /// Require TLS to NATS (implied by --nats-ca and --nats-tls-cert).
     #[arg(long)]
     nats_tls: bool,
+    /// PEM file of the CA that signed the NATS server's certificate; trusted instead of the
+    /// system's roots. Implies --nats-tls.
+    #[arg(long, env = "HANGAR_NATS_CA")]
+    nats_ca: Option<PathBuf>,
+    /// PEM client certificate presented to NATS (for a server that verifies clients);
+    /// needs --nats-tls-key. Implies --nats-tls.
+    #[arg(long, env = "HANGAR_NATS_TLS_CERT", requires = "nats_tls_key")]
+    nats_tls_cert: Option<PathBuf>,
+    /// PEM private key of --nats-tls-cert.
+    #[arg(long, env = "HANGAR_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    nats_tls_key: Option<PathBuf>,
     /// Blob copies at once.
     #[arg(long, default_value_t = 8)]
     blob_concurrency: usize,
@@ -57,6 +72,12 @@ struct Args {
     /// PEM; repeatable). Only workers with keys take sign tasks.
     #[arg(long = "sign-key")]
     sign_keys: Vec<String>,
+    /// Where a key may sign: `--sign-scope NAME=GLOB` over `registry/repository` (`*`
+    /// within one path segment, `**` across segments; repeatable, any match will do). A
+    /// sign task outside its key's scope fails for good. A key with no scope signs
+    /// anything (a warning says so at start).
+    #[arg(long = "sign-scope")]
+    sign_scopes: Vec<String>,
     /// The keys' passphrase (trimmed); else COSIGN_PASSWORD.
     #[arg(long)]
     sign_passphrase_file: Option<PathBuf>,
@@ -87,6 +108,12 @@ struct Args {
     /// how soon a task held by a dead worker is handed to another.
     #[arg(long, default_value = "60s")]
     ack_wait: String,
+    /// Where archives may be written (and `sync` bases read): a directory or
+    /// `s3://bucket/prefix` (repeatable; an s3 root without `?endpoint=` is on the cache's S3
+    /// service). An assemble task for anywhere else fails for good. With none, only inside
+    /// the --cache (not over its own folders).
+    #[arg(long = "archive-root")]
+    archive_roots: Vec<String>,
     /// Blob cache shared by the fleet: a directory, `file:///dir` or
     /// `s3://bucket?endpoint=…&region=…` (credentials from `AWS_*`).
     #[arg(long, env = "HANGAR_CACHE")]
@@ -121,6 +148,28 @@ async fn main() -> Result<()> {
     .await
     .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    // The limits come first: a worker that would run unconfined because of a typo in
+    // them must not start.
+    let sign_keys = load_sign_keys(&args.sign_keys, args.sign_passphrase_file.as_deref())?;
+    let policy = Policy {
+        archives: ArchiveRoots::new(&args.archive_roots, args.cache.as_deref())?,
+        signing: SignScopes::new(&args.sign_scopes, sign_keys.keys().map(String::as_str))?,
+    };
+    if args.cache.is_some() {
+        tracing::info!(roots = %policy.archives.describe(), "archives only under these roots");
+    }
+    let mut names: Vec<&String> = sign_keys.keys().collect();
+    names.sort();
+    for name in names {
+        if !policy.signing.is_scoped(name) {
+            tracing::warn!(
+                key = %name,
+                "signing key {name:?} is unscoped: it signs any repository a task names \
+                 (give it --sign-scope {name}=GLOB)"
+            );
+        }
+    }
+    hangar_worker::context::policy::install(policy);
     let client = connect(&NatsOptions {
         url: args.nats.clone(),
         user: args.nats_user.clone(),
@@ -128,9 +177,11 @@ async fn main() -> Result<()> {
         token: args.nats_token.clone(),
         creds: args.nats_creds.clone(),
         require_tls: args.nats_tls,
+        ca: args.nats_ca.clone(),
+        tls_cert: args.nats_tls_cert.clone(),
+        tls_key: args.nats_tls_key.clone(),
     })
     .await?;
-    let sign_keys = load_sign_keys(&args.sign_keys, args.sign_passphrase_file.as_deref())?;
     let concurrency = [
         (
             TaskKind::Sign,
@@ -154,8 +205,28 @@ async fn main() -> Result<()> {
             },
         ),
     ];
-    let js_queue =
-        Arc::new(JetStreamQueue::consumer(client.clone(), &concurrency, ack_wait).await?);
+    // On a locked-down bus only the coordinator may create the streams: a worker that
+    // starts first waits for them (not ready meanwhile) rather than exiting.
+    let setup = async {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match JetStreamQueue::consumer(client.clone(), &concurrency, ack_wait).await {
+                Ok(q) => return q,
+                Err(e) => {
+                    tracing::warn!(
+                        "setting up the task consumers: {e}; retrying in {delay:?} (the \
+                         coordinator creates the streams on a locked-down bus)"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    };
+    let js_queue = tokio::select! {
+        q = setup => Arc::new(q),
+        _ = shutdown_signal() => return Ok(()),
+    };
     let queue: Arc<dyn TaskQueue> = js_queue.clone();
     // Queue depth for /metrics, refreshed in the background.
     let gauges = metrics.clone();
@@ -197,6 +268,7 @@ async fn main() -> Result<()> {
                 inner: Arc::new(gate),
                 metrics: metrics.clone(),
             })),
+            request_timeout: None,
         },
         args.authfile.clone(),
     );

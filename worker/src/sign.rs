@@ -1,5 +1,6 @@
 //! Sign one digest with one of this worker's keys, cosign-style; nothing is added when the
-//! key's signature is already there, so a redelivered task is harmless.
+//! key's signature is already there, so a redelivered task is harmless. A key given a
+//! `--sign-scope` signs only inside it.
 
 use hangar_shared::error::{Error, Result};
 use hangar_shared::sign::cosign::{self, Signed};
@@ -14,6 +15,11 @@ pub async fn sign(ctx: &Context, task: &SignTask) -> Result<Outcome> {
             task.key
         ))
     })?;
+    if let Some(policy) = crate::context::policy::current() {
+        policy
+            .signing
+            .check(&task.key, &task.dest, &task.identity)?;
+    }
     let store = ctx.stores.resolve(&task.dest.store).await?;
     let what = format!("sign {}@{}", task.dest, task.digest);
     let signed = ctx

@@ -1,0 +1,824 @@
+//! The locked-down bus: nats-server 2.15 with TLS (certificates made here: a CA, the
+//! server's for 127.0.0.1, one per client), client certificates required, and the users
+//! and permissions of deploy/k8s/nats/permissions.conf — the very file the deployments
+//! include. A coordinator and a worker with the right identities run a mirror job; a task
+//! from an identity without the right to publish tasks never runs; and a task that did
+//! reach a worker but asks for an archive outside its roots, or a signature outside its
+//! key's scope, is refused with the reason in its event.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use hangar_loadtest::services::{free_port, wait_for_port};
+use hangar_shared::digest::Digest;
+use hangar_shared::manifest::Descriptor;
+use hangar_shared::queue::TaskQueue;
+use hangar_shared::queue::jetstream::{self, JetStreamQueue, NatsOptions};
+use hangar_shared::store::RepoRef;
+use hangar_shared::task::{
+    AssembleTask, BlobTask, Event, EventKind, SignTask, Task, TaskEnvelope, TaskKind,
+};
+
+const COORDINATOR_PW: &str = "coordinator-test-pw";
+const WORKER_PW: &str = "worker-test-pw";
+const INTRUDER_PW: &str = "intruder-test-pw";
+
+/// PEM files of a throwaway PKI.
+struct Pki {
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let dir = dir.join("pki");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "hangar bus test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let ca_path = dir.join("ca.crt");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        let issue = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(sans).unwrap();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.extended_key_usages = vec![usage];
+            let cert = p.signed_by(&key, &ca).unwrap();
+            let (c, k) = (
+                dir.join(format!("{name}.crt")),
+                dir.join(format!("{name}.key")),
+            );
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            (c, k)
+        };
+        let server = issue(
+            "nats",
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        for client in ["coordinator", "worker", "intruder"] {
+            issue(client, vec![], ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        Self {
+            ca: ca_path,
+            server,
+            dir,
+        }
+    }
+
+    fn client(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{name}.crt")),
+            self.dir.join(format!("{name}.key")),
+        )
+    }
+}
+
+/// nats-server with TLS (client certificates required) and deploy's permissions, plus an
+/// `intruder` user who may publish only on `intruder.>`.
+struct SecureNats {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    pki: Pki,
+}
+
+impl SecureNats {
+    fn start(dir: &Path) -> Self {
+        let pki = Pki::new(dir);
+        let (port, monitor) = (free_port().unwrap(), free_port().unwrap());
+        let permissions =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/nats/permissions.conf");
+        let permissions = std::fs::read_to_string(permissions).expect("permissions.conf");
+        let config = format!(
+            r#"
+listen: 127.0.0.1:{port}
+http: 127.0.0.1:{monitor}
+jetstream {{ store_dir: "{store}" }}
+tls {{
+  cert_file: "{cert}"
+  key_file: "{key}"
+  ca_file: "{ca}"
+  verify: true
+  timeout: 5
+}}
+{permissions}
+INTRUDER = {{
+  publish: {{ allow: ["intruder.>"] }}
+  subscribe: {{ allow: ["_INBOX.intruder.>"] }}
+}}
+authorization {{
+  users: [
+    {{user: coordinator, password: $HANGAR_NATS_COORDINATOR_PASSWORD, permissions: $HANGAR_COORDINATOR}}
+    {{user: worker, password: $HANGAR_NATS_WORKER_PASSWORD, permissions: $HANGAR_WORKER}}
+    {{user: intruder, password: "{INTRUDER_PW}", permissions: $INTRUDER}}
+  ]
+}}
+"#,
+            store = dir.join("nats-store").display(),
+            cert = pki.server.0.display(),
+            key = pki.server.1.display(),
+            ca = pki.ca.display(),
+        );
+        let conf = dir.join("nats.conf");
+        std::fs::write(&conf, config).unwrap();
+        let log = dir.join("nats.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(nats_binary())
+            .arg("-c")
+            .arg(&conf)
+            // The passwords reach the server as the deployments give them: from the
+            // environment (a Secret), referenced by name in the config.
+            .env("HANGAR_NATS_COORDINATOR_PASSWORD", COORDINATOR_PW)
+            .env("HANGAR_NATS_WORKER_PASSWORD", WORKER_PW)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start nats-server (scripts/dev-services.sh installs it)");
+        let nats = Self {
+            child,
+            port,
+            log,
+            pki,
+        };
+        wait_for_port(&format!("127.0.0.1:{port}"), Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("{e}: {}", nats.log_text()));
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `--nats*` flags for `who` (a user with its client certificate).
+    fn flags(&self, who: &str, password: &str) -> Vec<String> {
+        let (cert, key) = self.pki.client(who);
+        vec![
+            "--nats".into(),
+            self.url(),
+            "--nats-user".into(),
+            who.into(),
+            "--nats-password".into(),
+            password.into(),
+            "--nats-ca".into(),
+            self.pki.ca.display().to_string(),
+            "--nats-tls-cert".into(),
+            cert.display().to_string(),
+            "--nats-tls-key".into(),
+            key.display().to_string(),
+        ]
+    }
+
+    fn options(&self, who: &str, password: &str) -> NatsOptions {
+        let (cert, key) = self.pki.client(who);
+        NatsOptions {
+            url: self.url(),
+            user: Some(who.into()),
+            password: Some(password.into()),
+            ca: Some(self.pki.ca.clone()),
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            ..Default::default()
+        }
+    }
+
+    async fn coordinator(&self) -> async_nats::Client {
+        jetstream::connect(&self.options("coordinator", COORDINATOR_PW))
+            .await
+            .expect("the coordinator connects")
+    }
+}
+
+impl Drop for SecureNats {
+    fn drop(&mut self) {
+        // A failed test shows what the server refused: usually the reason.
+        if std::thread::panicking() {
+            for l in self.log_text().lines().filter(|l| l.contains("Violation")) {
+                eprintln!("nats-server: {l}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nats_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("HANGAR_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A `hangar-worker` process, killed when dropped.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(nats: &SecureNats, log: PathBuf, extra: &[&str]) -> Self {
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_hangar-coord")).with_file_name("hangar-worker");
+        assert!(
+            bin.exists(),
+            "{} is missing: run cargo test --workspace",
+            bin.display()
+        );
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(nats.flags("worker", WORKER_PW))
+            .args(["--tls-verify=false", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .env("HANGAR_LOG", "info,hangar_worker=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start hangar-worker");
+        Self { child, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Until the worker says it is ready (its consumers exist).
+    async fn wait_ready(&self) {
+        for _ in 0..300 {
+            if self.log_text().contains("worker ready") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("worker not ready: {}", self.log_text());
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn envelope(job: &str, id: u64, task: Task) -> TaskEnvelope {
+    TaskEnvelope {
+        job: job.into(),
+        id,
+        key: format!("bus-test/{id}"),
+        trace: None,
+        task,
+    }
+}
+
+/// The next final event of `job`.
+async fn final_event(events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Event {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .expect("an event within 60 s")
+            .expect("events stream open");
+        match &e.kind {
+            EventKind::Failed { last: false, .. } => continue,
+            _ => return e,
+        }
+    }
+}
+
+/// A blob of the source image, and a task copying it to `dest_repo` at the destination.
+async fn blob_task(env: &Env, line: &str, dest_repo: &str) -> (Descriptor, Task) {
+    let raw = skopeo_raw(line).expect("source manifest");
+    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let layer = &m["layers"][0];
+    let desc: Descriptor = serde_json::from_value(layer.clone()).unwrap();
+    let repo = line
+        .trim_start_matches(&format!("{}/", env.src.addr))
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let task = Task::Blob(Box::new(BlobTask {
+        desc: desc.clone(),
+        source: RepoRef::registry(&env.src.addr, &repo),
+        dest: RepoRef::registry(&env.dst.addr, dest_repo),
+        mount_from: vec![],
+        inline: None,
+    }));
+    (desc, task)
+}
+
+async fn blob_status(addr: &str, repo: &str, digest: &Digest) -> u16 {
+    reqwest::Client::new()
+        .head(format!("http://{addr}/v2/{repo}/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Every blob and the manifest of `src_ref` are at `dst_ref`'s registry, byte for byte.
+async fn assert_copied(src_ref: &str, dst_ref: &str, dst_addr: &str) {
+    let src_raw = skopeo_raw(src_ref).expect("source");
+    let dst_raw = skopeo_raw(dst_ref).unwrap_or_else(|| panic!("{dst_ref} missing"));
+    // The destination tag holds an index naming the source manifest by its digest.
+    assert!(
+        index_digests(&dst_raw).contains(&sha(&src_raw)),
+        "{dst_ref}: {}",
+        String::from_utf8_lossy(&dst_raw)
+    );
+    let repo_and_tag = dst_ref.trim_start_matches(&format!("{dst_addr}/"));
+    let repo = repo_and_tag.split(':').next().unwrap();
+    let pinned = skopeo_raw(&format!("{dst_addr}/{repo}@{}", sha(&src_raw))).expect("by digest");
+    assert_eq!(pinned, src_raw, "{dst_ref}: manifest bytes");
+    let m: serde_json::Value = serde_json::from_slice(&src_raw).unwrap();
+    let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
+    for l in m["layers"].as_array().unwrap() {
+        digests.push(l["digest"].as_str().unwrap().to_owned());
+    }
+    for d in digests {
+        let d: Digest = d.parse().unwrap();
+        assert_eq!(blob_status(dst_addr, repo, &d).await, 200, "{repo} {d}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_and_a_worker_with_their_identities_mirror_over_tls() {
+    let env = Env::new();
+    let nats = SecureNats::start(env.dir.path());
+    // The worker starts first: it may not create the streams, so it waits for the
+    // coordinator to. Its cache and limits put blob leases and the rate ledger (KV) to use.
+    let cache = env.path("cache");
+    let budget = format!("{}=500", env.src.addr);
+    let slots = format!("{}=8", env.src.addr);
+    let worker = Worker::start(
+        &nats,
+        env.path("worker.log"),
+        &[
+            "--blob-concurrency",
+            "4",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--rate-limit",
+            &budget,
+            "--max-in-flight",
+            &slots,
+        ],
+    );
+    let lines = seed_shared_repos(&env, 3).await;
+    let list = env.write_list("list.txt", &lines);
+    let mut args: Vec<String> = vec![
+        "submit".into(),
+        list.display().to_string(),
+        "--tls-verify=false".into(),
+        "-d".into(),
+        env.dst.addr.clone(),
+        "-j".into(),
+        "3".into(),
+        "-o".into(),
+        env.path("failed.txt").display().to_string(),
+        "--rate-limit".into(),
+        budget.clone(),
+    ];
+    args.extend(nats.flags("coordinator", COORDINATOR_PW));
+    let out = hangar(&args);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}\nworker: {}", worker.log_text());
+    assert!(log.contains("runs on the fleet"), "{log}");
+    assert!(
+        worker.log_text().contains("worker ready"),
+        "{}",
+        worker.log_text()
+    );
+    for line in &lines {
+        let dst = line.replace(&env.src.addr, &env.dst.addr);
+        assert_copied(line, &dst, &env.dst.addr).await;
+    }
+    // Neither identity stepped outside its permissions on the way, but for the worker's
+    // attempts to create the streams before the coordinator had.
+    let server_log = nats.log_text();
+    let stray: Vec<&str> = server_log
+        .lines()
+        .filter(|l| l.contains("Violation"))
+        .filter(|l| !(l.contains("user:worker") && l.contains("$JS.API.STREAM.CREATE.HANGAR_")))
+        .collect();
+    assert!(stray.is_empty(), "{stray:#?}");
+    // A client without a certificate is turned away even with the right password, and so
+    // is one with a certificate and a wrong password, or none at all.
+    for (what, password, cert) in [
+        ("no client certificate", COORDINATOR_PW, false),
+        ("a wrong password", "guessed", true),
+        ("no password", "", true),
+    ] {
+        let mut o = async_nats::ConnectOptions::new()
+            .add_root_certificates(nats.pki.ca.clone())
+            .require_tls(true);
+        if !password.is_empty() {
+            o = o.user_and_password("coordinator".into(), password.into());
+        }
+        if cert {
+            let (c, k) = nats.pki.client("coordinator");
+            o = o.add_client_certificate(c, k);
+        }
+        let r = tokio::time::timeout(Duration::from_secs(20), o.connect(nats.url())).await;
+        assert!(
+            matches!(r, Ok(Err(_))),
+            "{what}: the connection was not refused"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_from_an_identity_without_publish_rights_never_runs() {
+    let env = Env::new();
+    let nats = SecureNats::start(env.dir.path());
+    let coordinator = nats.coordinator().await;
+    jetstream::ensure_streams(&async_nats::jetstream::new(coordinator.clone()))
+        .await
+        .unwrap();
+    let worker = Worker::start(&nats, env.path("worker.log"), &[]);
+    worker.wait_ready().await;
+    let lines = seed_shared_repos(&env, 1).await;
+    let (desc, task) = blob_task(&env, &lines[0], "stolen/by-intruder").await;
+    let payload = serde_json::to_vec(&envelope("evil.r1", 1, task.clone())).unwrap();
+    let subject = jetstream::task_subject(TaskKind::Blob, "evil.r1");
+
+    // Two identities that hold a valid login but not the right to publish tasks: an
+    // outsider allowed only its own subjects, and a worker (as if one were compromised).
+    for (who, pw) in [("intruder", INTRUDER_PW), ("worker", WORKER_PW)] {
+        let (cert, key) = nats.pki.client(who);
+        let (tx, mut errors) = tokio::sync::mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::new()
+            .user_and_password(who.into(), pw.into())
+            .custom_inbox_prefix(format!("_INBOX.{who}"))
+            .add_root_certificates(nats.pki.ca.clone())
+            .add_client_certificate(cert, key)
+            .require_tls(true)
+            .event_callback(move |e| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = e {
+                        let _ = tx.send(e.to_string());
+                    }
+                }
+            })
+            .connect(nats.url())
+            .await
+            .unwrap_or_else(|e| panic!("{who} connects: {e}"));
+        // Straight onto the stream's subject (no JetStream API needed to fill a stream)...
+        client
+            .publish(subject.clone(), payload.clone().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(10), errors.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{who}: no refusal from the server"))
+            .unwrap();
+        assert!(
+            refused.contains("Permissions Violation") && refused.contains(&subject),
+            "{who}: {refused}"
+        );
+        // ...and through JetStream, which never acknowledges it.
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(Duration::from_secs(3));
+        let acked = match js.publish(subject.clone(), payload.clone().into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!acked, "{who}: JetStream stored the task");
+    }
+    // Nothing reached the stream, no worker saw it, nothing landed at the destination.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let js = async_nats::jetstream::new(coordinator.clone());
+    let mut stream = js.get_stream(jetstream::TASK_STREAM).await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.state.last_sequence, 0, "a task reached the stream");
+    assert_eq!(
+        blob_status(&env.dst.addr, "stolen/by-intruder", &desc.digest).await,
+        404
+    );
+    assert!(
+        !worker.log_text().contains("evil.r1"),
+        "{}",
+        worker.log_text()
+    );
+
+    // The same task from the coordinator runs: the payload was valid, only the sender
+    // lacked the right.
+    let mut events = jetstream::follow_events(coordinator.clone(), "legit.r1")
+        .await
+        .unwrap();
+    let queue = JetStreamQueue::publisher(coordinator.clone())
+        .await
+        .unwrap();
+    queue.publish(envelope("legit.r1", 1, task)).await.unwrap();
+    let done = final_event(&mut events).await;
+    assert!(
+        matches!(done.kind, EventKind::Done { .. }),
+        "{done:?}\n{}",
+        worker.log_text()
+    );
+    assert_eq!(
+        blob_status(&env.dst.addr, "stolen/by-intruder", &desc.digest).await,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_refuse_archives_outside_their_roots_and_signatures_outside_scope() {
+    let env = Env::new();
+    let nats = SecureNats::start(env.dir.path());
+    let coordinator = nats.coordinator().await;
+    jetstream::ensure_streams(&async_nats::jetstream::new(coordinator.clone()))
+        .await
+        .unwrap();
+    let pass = env.path("pass.txt");
+    std::fs::write(&pass, "bus-key-passphrase\n").unwrap();
+    let prefix = env.path("bus-key");
+    let out = hangar(&[
+        "generate-sigstore-key",
+        "-p",
+        prefix.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let key = format!("{}.key", prefix.display());
+    let cache = env.path("cache");
+    let root = env.path("archives");
+    let outside = env.path("elsewhere");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    // A link inside the root that leads out of it.
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    let dst = env.dst.addr.clone();
+    let scope = format!("release={dst}/signed/**");
+    let worker = Worker::start(
+        &nats,
+        env.path("worker.log"),
+        &[
+            "--cache",
+            cache.to_str().unwrap(),
+            "--archive-root",
+            root.to_str().unwrap(),
+            "--sign-key",
+            &format!("release={key}"),
+            "--sign-key",
+            &format!("dev={key}"),
+            "--sign-scope",
+            &scope,
+            "--sign-passphrase-file",
+            pass.to_str().unwrap(),
+        ],
+    );
+    worker.wait_ready().await;
+    let log = worker.log_text();
+    assert!(
+        log.contains("\"dev\" is unscoped") && !log.contains("\"release\" is unscoped"),
+        "{log}"
+    );
+
+    // Archives: an empty plan in the cache, as the coordinator leaves one.
+    hangar_shared::cache::BlobCache::open(cache.to_str().unwrap())
+        .unwrap()
+        .put_doc("bus/plan.json", b"[]".to_vec())
+        .await
+        .unwrap();
+    let job = "guard.r1";
+    let mut events = jetstream::follow_events(coordinator.clone(), job)
+        .await
+        .unwrap();
+    let queue = JetStreamQueue::publisher(coordinator.clone())
+        .await
+        .unwrap();
+    let assemble = |output: String| {
+        Task::Assemble(AssembleTask {
+            output,
+            base: None,
+            images: "bus/plan.json".into(),
+        })
+    };
+    let real_root = root.canonicalize().unwrap();
+    let refused_outputs = [
+        outside.join("stolen.zip").display().to_string(),
+        format!("{}/../elsewhere/dotdot.zip", root.display()),
+        root.join("escape/linked.zip").display().to_string(),
+        format!("{}/x.zip", cache.display()),
+    ];
+    let mut id = 0;
+    for output in &refused_outputs {
+        id += 1;
+        queue
+            .publish(envelope(job, id, assemble(output.clone())))
+            .await
+            .unwrap();
+        let e = final_event(&mut events).await;
+        match &e.kind {
+            EventKind::Failed {
+                message,
+                last: true,
+                attempt: 1,
+                ..
+            } => {
+                assert!(message.contains(output.as_str()), "{message}");
+                assert!(
+                    message.contains(&real_root.display().to_string()),
+                    "{message}"
+                );
+            }
+            other => panic!("{output}: {other:?}"),
+        }
+    }
+    let left_outside: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().collect();
+    assert!(left_outside.is_empty(), "{left_outside:?}");
+    assert!(!cache.join("x.zip").exists());
+    // Inside the root the same task is done.
+    id += 1;
+    let inside = root.join("jobs/ok.zip");
+    std::fs::create_dir_all(inside.parent().unwrap()).unwrap();
+    queue
+        .publish(envelope(job, id, assemble(inside.display().to_string())))
+        .await
+        .unwrap();
+    let e = final_event(&mut events).await;
+    assert!(matches!(e.kind, EventKind::Done { .. }), "{e:?}");
+    assert!(inside.exists());
+
+    // Signatures: one image at the destination in scope, one outside it.
+    let dst_reg = registry(&dst).await;
+    let mut digests = Vec::new();
+    for repo in ["signed/app", "unsigned/app"] {
+        let m = push_image(
+            &dst_reg,
+            env.dir.path(),
+            repo,
+            Some("v1"),
+            hangar_loadtest::seed::Format::Docker,
+            "amd64",
+            (&[300], 10_000),
+        )
+        .await;
+        digests.push(m.digest.clone());
+    }
+    let sign = |repo: &str, identity: &str, digest: &Digest| {
+        Task::Sign(SignTask {
+            dest: RepoRef::registry(&dst, repo),
+            digest: digest.clone(),
+            identity: identity.into(),
+            key: "release".into(),
+        })
+    };
+    let sig_tag = |repo: &str, d: &Digest| {
+        skopeo_raw(&format!("{dst}/{repo}:sha256-{}.sig", d.hex())).is_some()
+    };
+    for (repo, identity, digest) in [
+        // Outside the scope where it lands.
+        ("unsigned/app", format!("{dst}/unsigned/app"), &digests[1]),
+        // In scope where it lands, but naming a repository outside it.
+        ("signed/app", format!("{dst}/unsigned/app"), &digests[0]),
+    ] {
+        id += 1;
+        queue
+            .publish(envelope(job, id, sign(repo, &identity, digest)))
+            .await
+            .unwrap();
+        let e = final_event(&mut events).await;
+        match &e.kind {
+            EventKind::Failed {
+                message,
+                last: true,
+                ..
+            } => {
+                assert!(message.contains(&scope["release=".len()..]), "{message}");
+                assert!(message.contains("unsigned/app"), "{message}");
+            }
+            other => panic!("{repo} as {identity}: {other:?}"),
+        }
+        assert!(!sig_tag(repo, digest), "{repo}: a signature appeared");
+    }
+    id += 1;
+    queue
+        .publish(envelope(
+            job,
+            id,
+            sign("signed/app", &format!("{dst}/signed/app"), &digests[0]),
+        ))
+        .await
+        .unwrap();
+    let e = final_event(&mut events).await;
+    assert!(
+        matches!(e.kind, EventKind::Done { .. }),
+        "{e:?}\n{}",
+        worker.log_text()
+    );
+    assert!(sig_tag("signed/app", &digests[0]));
+    assert!(!sig_tag("unsigned/app", &digests[1]));
+    let server_log = nats.log_text();
+    assert!(!server_log.contains("Violation"), "{server_log}");
+}
+
+/// `hangar-coord serve` as the coordinator identity, killed when dropped.
+struct Serve(Child);
+
+impl Serve {
+    fn start(nats: &SecureNats, listen: &str, log: PathBuf) -> Self {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(["serve", "--tls-verify=false", "--listen", listen])
+            .args(nats.flags("coordinator", COORDINATOR_PW))
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("hangar-coord serve");
+        wait_for_port(listen, Duration::from_secs(20)).unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `serve` keeps its jobs in KV, lists them again after a restart, and cancels (purges)
+/// within the coordinator's permissions.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_keeps_lists_and_cancels_jobs_within_its_permissions() {
+    let env = Env::new();
+    let nats = SecureNats::start(env.dir.path());
+    let listen = format!("127.0.0.1:{}", free_port().unwrap());
+    let server = format!("http://{listen}");
+    let serve = Serve::start(&nats, &listen, env.path("serve.log"));
+    let worker = Worker::start(&nats, env.path("worker.log"), &[]);
+    let lines = seed_shared_repos(&env, 2).await;
+    let list = env.write_list("list.txt", &lines);
+    let out = hangar(&[
+        "submit",
+        list.to_str().unwrap(),
+        "--server",
+        &server,
+        "-d",
+        &env.dst.addr,
+        "-o",
+        env.path("failed.txt").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\nserve: {}\nworker: {}",
+        text(&out),
+        std::fs::read_to_string(env.path("serve.log")).unwrap_or_default(),
+        worker.log_text()
+    );
+    for line in &lines {
+        let dst = line.replace(&env.src.addr, &env.dst.addr);
+        assert_copied(line, &dst, &env.dst.addr).await;
+    }
+    // A restarted coordinator finds the job again in KV.
+    drop(serve);
+    let _serve = Serve::start(&nats, &listen, env.path("serve.log"));
+    let status = hangar(&["status", "--server", &server]);
+    assert!(status.status.success(), "{}", text(&status));
+    let jobs: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(jobs[0]["state"], "succeeded", "{jobs}");
+    let id = jobs[0]["id"].as_str().unwrap().to_owned();
+    let cancel = hangar(&["cancel", &id, "--server", &server]);
+    assert!(cancel.status.success(), "{}", text(&cancel));
+    let server_log = nats.log_text();
+    let stray: Vec<&str> = server_log
+        .lines()
+        .filter(|l| l.contains("Violation"))
+        .filter(|l| !(l.contains("user:worker") && l.contains("$JS.API.STREAM.CREATE.HANGAR_")))
+        .collect();
+    assert!(stray.is_empty(), "{stray:#?}");
+}
