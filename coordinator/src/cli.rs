@@ -351,6 +351,12 @@ pub struct StatusArgs {
     pub server: String,
     #[command(flatten)]
     pub api: ApiClientArgs,
+    /// Follow the job until it ends, through coordinator restarts and short outages.
+    #[arg(long = "watch", requires = "job")]
+    pub watch: bool,
+    /// With --watch: how long the coordinator may stay unreachable before giving up.
+    #[arg(long = "timeout", default_value = "10m")]
+    pub timeout: String,
 }
 
 #[derive(Args, Debug)]

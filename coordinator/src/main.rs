@@ -157,7 +157,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             };
             serve::run(access, nats, defaults, schedules, console).await
         }
-        Command::Status(a) => commands::remote::status(&a.server, &a.api, a.job.as_deref()).await,
+        Command::Status(a) => commands::remote::status(&a, &console).await,
         Command::Cancel(a) => commands::remote::cancel(&a.server, &a.api, &a.job).await,
         Command::Inspect(a) => {
             commands::within(&a.timeout, commands::inspect::run(&a, &console)).await

@@ -59,21 +59,103 @@ fn api_client(api: &ApiClientArgs) -> Result<reqwest::Client> {
     builder.build().context("building the API client")
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Result<T> {
-    let resp = http
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
+/// What the coordinator said to one request.
+enum Answer<T> {
+    Got(T),
+    /// It answered, and meant it (401, 403, 404, 400): asking again changes nothing.
+    Refused(anyhow::Error),
+    /// It could not be reached, or failed (connection refused while it restarts, 5xx, a
+    /// timeout): worth asking again.
+    Unreachable(anyhow::Error),
+}
+
+async fn ask<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Answer<T> {
+    let resp = match http.get(url).send().await {
+        Ok(r) => r,
+        Err(e) => return Answer::Unreachable(anyhow::Error::new(e).context(format!("GET {url}"))),
+    };
     let status = resp.status();
-    let body = resp.bytes().await?;
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => return Answer::Unreachable(anyhow::Error::new(e).context(format!("GET {url}"))),
+    };
     if !status.is_success() {
-        bail!(
+        let e = anyhow::anyhow!(
             "GET {url}: HTTP {status}: {}",
             String::from_utf8_lossy(&body)
         );
+        return if status.is_server_error() || status.as_u16() == 429 {
+            Answer::Unreachable(e)
+        } else {
+            Answer::Refused(e)
+        };
     }
-    serde_json::from_slice(&body).with_context(|| format!("GET {url}: unexpected answer"))
+    match serde_json::from_slice(&body) {
+        Ok(v) => Answer::Got(v),
+        Err(e) => {
+            Answer::Refused(anyhow::Error::new(e).context(format!("GET {url}: unexpected answer")))
+        }
+    }
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Result<T> {
+    match ask(http, url).await {
+        Answer::Got(v) => Ok(v),
+        Answer::Refused(e) | Answer::Unreachable(e) => Err(e),
+    }
+}
+
+/// Backoff between attempts to reach a coordinator that is away: 0.5 s doubling to 5 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(500 * 2u64.pow(attempt.min(3))).min(Duration::from_secs(5))
+}
+
+/// Follows a job until it ends, riding out coordinator restarts and short outages: a poll
+/// that cannot reach it is repeated with backoff for as long as `outage` allows since the
+/// last answer; an answer it means (401, 404, …) ends the watch. `each` sees every snapshot.
+async fn follow(
+    http: &reqwest::Client,
+    url: &str,
+    outage: Duration,
+    console: &Console,
+    mut each: impl FnMut(&JobSnapshot),
+) -> Result<JobSnapshot> {
+    let mut last_answer = std::time::Instant::now();
+    let mut failures = 0u32;
+    loop {
+        let wait = if failures == 0 {
+            Duration::from_millis(500)
+        } else {
+            backoff(failures)
+        };
+        tokio::time::sleep(wait).await;
+        match ask::<JobSnapshot>(http, url).await {
+            Answer::Got(snap) => {
+                if failures > 0 {
+                    console.info(None, "The coordinator answers again");
+                }
+                failures = 0;
+                last_answer = std::time::Instant::now();
+                each(&snap);
+                if snap.state != "running" && snap.state != "queued" {
+                    return Ok(snap);
+                }
+            }
+            Answer::Refused(e) => return Err(e),
+            Answer::Unreachable(e) => {
+                if last_answer.elapsed() > outage {
+                    return Err(e.context(format!(
+                        "the coordinator has not answered for {} (--timeout)",
+                        humantime::format_duration(outage)
+                    )));
+                }
+                if failures == 0 {
+                    console.warn(None, format!("Lost the coordinator ({e:#}); retrying"));
+                }
+                failures += 1;
+            }
+        }
+    }
 }
 
 pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> Result<()> {
@@ -103,11 +185,28 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     if let Some(parent) = hangar_shared::telemetry::traceparent(&tracing::Span::current()) {
         request = request.header("traceparent", parent);
     }
-    let resp = request
-        .body(body)
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
+    let outage = humantime::parse_duration(&args.timeout)
+        .with_context(|| format!("invalid --timeout {:?}", args.timeout))?;
+    // Retried only while the coordinator cannot be connected to: the job was not sent. An
+    // answer lost after that could mean a job running twice, so it is not retried.
+    let started = std::time::Instant::now();
+    let mut attempt = 0u32;
+    let resp = loop {
+        let Some(req) = request.try_clone() else {
+            bail!("POST {url}: the request cannot be repeated");
+        };
+        match req.body(body.clone()).send().await {
+            Ok(resp) => break resp,
+            Err(e) if e.is_connect() && started.elapsed() < outage => {
+                if attempt == 0 {
+                    console.warn(None, format!("Cannot reach {server} ({e}); retrying"));
+                }
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("POST {url}"))),
+        }
+    };
     let status = resp.status();
     let answer: serde_json::Value =
         serde_json::from_slice(&resp.bytes().await?).unwrap_or_default();
@@ -123,9 +222,7 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
         .to_owned();
     console.info(None, format!("Job {id} submitted to {server}"));
     let mut shown = 0;
-    let snap = loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let snap: JobSnapshot = get_json(&http, &format!("{url}/{id}")).await?;
+    let snap = follow(&http, &format!("{url}/{id}"), outage, &console, |snap| {
         let done = snap.copied + snap.failed + snap.skipped;
         if done != shown {
             console.info(
@@ -134,10 +231,8 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
             );
             shown = done;
         }
-        if snap.state != "running" && snap.state != "queued" {
-            break snap;
-        }
-    };
+    })
+    .await?;
     console.info(
         None,
         format!(
@@ -162,12 +257,39 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     Ok(())
 }
 
-pub async fn status(server: &str, api: &ApiClientArgs, job: Option<&str>) -> Result<()> {
-    let http = api_client(api)?;
-    let url = match job {
-        Some(id) => format!("{}/jobs/{id}", base(server)),
-        None => format!("{}/jobs", base(server)),
+pub async fn status(args: &crate::cli::StatusArgs, console: &Console) -> Result<()> {
+    let http = api_client(&args.api)?;
+    let url = match &args.job {
+        Some(id) => format!("{}/jobs/{id}", base(&args.server)),
+        None => format!("{}/jobs", base(&args.server)),
     };
+    if args.watch {
+        let Some(id) = &args.job else {
+            bail!("status --watch follows one job: name it");
+        };
+        let outage = humantime::parse_duration(&args.timeout)
+            .with_context(|| format!("invalid --timeout {:?}", args.timeout))?;
+        let mut shown = None;
+        let snap = follow(&http, &url, outage, console, |s| {
+            let now = (s.copied, s.failed, s.skipped, s.state.clone());
+            if shown.as_ref() != Some(&now) {
+                console.info(
+                    None,
+                    format!(
+                        "job {id}: {}/{} images done ({} failed), {}",
+                        s.copied + s.failed + s.skipped,
+                        s.total,
+                        s.failed,
+                        s.state
+                    ),
+                );
+                shown = Some(now);
+            }
+        })
+        .await?;
+        println!("{}", serde_json::to_string_pretty(&snap)?);
+        return Ok(());
+    }
     let v: serde_json::Value = get_json(&http, &url).await?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
