@@ -208,6 +208,7 @@ pub async fn run_mirror(
                 cache: spec.cache.clone(),
                 leases: None,
                 sign_keys: spec.sign_keys.clone(),
+                policy: None,
             });
             let workers = tokio::spawn(hangar_worker::run(
                 queue.clone(),

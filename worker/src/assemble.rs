@@ -20,7 +20,7 @@ pub async fn write(ctx: &Context, task: &AssembleTask) -> Result<Outcome> {
         ));
     };
     // Refused before anything is read: a task from outside the coordinator gets nothing.
-    let (output, base) = match crate::context::policy::current() {
+    let (output, base) = match &ctx.policy {
         Some(policy) => (
             policy.archives.check("archive", &task.output)?,
             match &task.base {

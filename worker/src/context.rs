@@ -26,4 +26,7 @@ pub struct Context {
     pub leases: Option<Arc<hangar_shared::lease::BlobLeases>>,
     /// Signing keys by the names tasks use (`--sign-key NAME=PATH`), decrypted at start.
     pub sign_keys: std::collections::HashMap<String, Arc<hangar_shared::sign::KeyPair>>,
+    /// What a task may ask of this process (`--archive-root`, `--sign-scope`): set by the
+    /// fleet daemon; `None` in the embedded mode, whose tasks its own user planned.
+    pub policy: Option<Arc<policy::Policy>>,
 }

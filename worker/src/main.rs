@@ -169,7 +169,7 @@ async fn main() -> Result<()> {
             );
         }
     }
-    hangar_worker::context::policy::install(policy);
+    let policy = Arc::new(policy);
     let client = connect(&NatsOptions {
         url: args.nats.clone(),
         user: args.nats_user.clone(),
@@ -290,6 +290,7 @@ async fn main() -> Result<()> {
             None => None,
         },
         sign_keys,
+        policy: Some(policy),
     });
     let total = concurrency.iter().map(|(_, n)| n).sum();
     ready.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -15,7 +15,7 @@ pub async fn sign(ctx: &Context, task: &SignTask) -> Result<Outcome> {
             task.key
         ))
     })?;
-    if let Some(policy) = crate::context::policy::current() {
+    if let Some(policy) = &ctx.policy {
         policy
             .signing
             .check(&task.key, &task.dest, &task.identity)?;

@@ -3,29 +3,16 @@
 //! signs only inside its `--sign-scope`. The bus carries requests, not authority; these
 //! limits hold even for a task that reached the queue without the coordinator.
 //!
-//! The policy is process-wide ([`install`]): only the `hangar-worker` daemon sets it. The
-//! coordinator's embedded mode runs these handlers on tasks it planned itself from its own
-//! user's flags, so it has nothing to confine (and builds its own `Context`).
+//! Only the `hangar-worker` daemon sets one (`Context::policy`). The coordinator's
+//! embedded mode runs these handlers on tasks it planned itself from its own user's flags,
+//! so it has nothing to confine.
 
 use std::collections::HashMap;
 use std::path::{Component, PathBuf};
-use std::sync::OnceLock;
 
 use hangar_shared::error::{Error, Result};
 use hangar_shared::glob::{Glob, any_matches};
 use hangar_shared::store::{RepoRef, StoreRef};
-
-static POLICY: OnceLock<Policy> = OnceLock::new();
-
-/// Sets this process's policy; the first call wins (a daemon sets it once, at start).
-pub fn install(policy: Policy) {
-    let _ = POLICY.set(policy);
-}
-
-/// The installed policy, `None` in the embedded mode.
-pub fn current() -> Option<&'static Policy> {
-    POLICY.get()
-}
 
 #[derive(Debug, Default)]
 pub struct Policy {
