@@ -5,6 +5,14 @@
 //! It also injects faults, to prove the client copes: it corrupts the upstream's bytes
 //! (one byte value replaced by another), resets the connection on the first blob GETs, and
 //! plays a rate limiter that answers blob requests `429` with `Retry-After` for a while.
+//!
+//! A seeded fault mode plays a flaky distribution registry: it answers a fraction of all
+//! requests itself with the errors such a registry gives when its storage or its limits
+//! fail (500 `UNKNOWN`, 503 `UNAVAILABLE`, 429 `TOOMANYREQUESTS` with and without
+//! `Retry-After`, and a 503 whose body carries a not-found code: the status is what counts),
+//! and cuts a fraction of blob bodies halfway. The decisions come from the seed and the
+//! request's ordinal, so a run's sequence of faults repeats; which request gets one depends
+//! on the order the requests arrive in.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,13 +45,75 @@ pub struct ProxyOptions {
     /// From the Nth request on, delay every answer by this much more: a registry that
     /// slows down under load.
     pub slow_from: Option<(u64, Duration)>,
+    /// `(ratio, seed)`: answer this fraction of requests (any method, any path) with an
+    /// error of the proxy's own, the kinds in rotation (see [`Injected`]). A request with a
+    /// body is read to its end before the answer, so the connection stays usable.
+    pub fail_ratio: Option<(f64, u64)>,
+    /// `(ratio, seed)`: of the blob GETs forwarded, cut this fraction of answers (200 or 206
+    /// with a `Content-Length`) after half their body: the connection is closed there.
+    pub cut_blob_bodies: Option<(f64, u64)>,
+}
+
+/// What the fault mode injected, by kind.
+#[derive(Debug, Default)]
+pub struct Injected {
+    /// `500` with `UNKNOWN`.
+    pub unknown_500: AtomicU64,
+    /// `503` with `UNAVAILABLE`.
+    pub unavailable_503: AtomicU64,
+    /// `429` with `TOOMANYREQUESTS` and `Retry-After: 1`.
+    pub too_many_429: AtomicU64,
+    /// `429` with `TOOMANYREQUESTS` and no `Retry-After`.
+    pub too_many_bare_429: AtomicU64,
+    /// `503` carrying a 4xx-style code (`MANIFEST_UNKNOWN`, `BLOB_UNKNOWN`, ...).
+    pub misleading_503: AtomicU64,
+    /// Blob answers closed halfway through their body.
+    pub cut_bodies: AtomicU64,
+    /// Of the errors answered, those to writes (PUT, POST, PATCH, DELETE).
+    pub on_writes: AtomicU64,
+}
+
+impl Injected {
+    /// Errors answered (cut bodies not included).
+    pub fn answered(&self) -> u64 {
+        [
+            &self.unknown_500,
+            &self.unavailable_503,
+            &self.too_many_429,
+            &self.too_many_bare_429,
+            &self.misleading_503,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
+impl std::fmt::Display for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            f,
+            "500 UNKNOWN {}, 503 UNAVAILABLE {}, 429 with Retry-After {}, 429 without {}, \
+             503 with a 4xx code {}, cut bodies {} (to writes {})",
+            n(&self.unknown_500),
+            n(&self.unavailable_503),
+            n(&self.too_many_429),
+            n(&self.too_many_bare_429),
+            n(&self.misleading_503),
+            n(&self.cut_bodies),
+            n(&self.on_writes)
+        )
+    }
 }
 
 pub struct Proxy {
     pub addr: String,
     pub connections: Arc<AtomicU64>,
-    /// How many requests were answered 429.
+    /// How many requests were answered 429 (by any feature).
     pub throttled: Arc<AtomicU64>,
+    /// What the seeded fault mode injected.
+    pub injected: Arc<Injected>,
     /// The most requests seen in one `burst_limit` window.
     pub peak: Arc<AtomicU64>,
     /// The most requests forwarded and not yet fully answered at one moment, all
@@ -67,6 +137,100 @@ struct Faults {
     burst: Mutex<(Instant, u32)>,
     peak: Arc<AtomicU64>,
     requests: AtomicU64,
+    injected: Arc<Injected>,
+    /// Requests judged by `fail_ratio`, faults injected (for the rotation), blob GETs judged
+    /// by `cut_blob_bodies`.
+    judged: AtomicU64,
+    rotation: AtomicU64,
+    blob_gets: AtomicU64,
+}
+
+/// A uniform number in [0, 1) from a seed and an ordinal (splitmix64).
+fn unit(seed: u64, n: u64) -> f64 {
+    let mut z = seed.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D1_049B_B133_111B);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A request's body still to come after its head, as far as the head tells.
+#[derive(Debug)]
+enum RequestBody {
+    Length(u64),
+    /// Chunked: the last bytes seen, to find its end across reads.
+    Chunked(Vec<u8>),
+}
+
+impl RequestBody {
+    /// What follows the head that ends at `head_end` (just past its blank line) in `chunk`.
+    fn after_head(chunk: &[u8], head_end: usize) -> Self {
+        let head = String::from_utf8_lossy(&chunk[..head_end]).to_ascii_lowercase();
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().to_owned())
+            })
+        };
+        let mut body = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            Self::Chunked(Vec::new())
+        } else {
+            Self::Length(
+                header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )
+        };
+        body.eat(&chunk[head_end..]);
+        body
+    }
+
+    /// Consumes body bytes; returns how many of `bytes` were body once the body is through,
+    /// `None` while more is to come.
+    fn eat(&mut self, bytes: &[u8]) -> Option<usize> {
+        match self {
+            Self::Length(left) => {
+                let take = (*left).min(bytes.len() as u64);
+                *left -= take;
+                (*left == 0).then_some(take as usize)
+            }
+            Self::Chunked(tail) => {
+                tail.extend_from_slice(bytes);
+                if tail.starts_with(b"0\r\n\r\n") || tail.ends_with(b"\r\n0\r\n\r\n") {
+                    // No pipelining: a chunked body's end is the end of what was sent.
+                    *self = Self::Length(0);
+                    Some(bytes.len())
+                } else {
+                    let keep = tail.len().saturating_sub(16);
+                    tail.drain(..keep);
+                    None
+                }
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        matches!(self, Self::Length(0))
+    }
+}
+
+/// A distribution-style error answer; no body for a HEAD.
+fn error_answer(status: &str, retry_after: bool, code: &str, message: &str, head: bool) -> Vec<u8> {
+    let body = format!(r#"{{"errors":[{{"code":"{code}","message":"{message}","detail":null}}]}}"#);
+    let retry = if retry_after {
+        "Retry-After: 1\r\n"
+    } else {
+        ""
+    };
+    let mut answer = format!(
+        "HTTP/1.1 {status}\r\n{retry}Content-Type: application/json; charset=utf-8\r\n\
+         Docker-Distribution-Api-Version: registry/2.0\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    if !head {
+        answer.push_str(&body);
+    }
+    answer.into_bytes()
 }
 
 /// Whether a client chunk starts a request (the proxy sees request heads whole: clients
@@ -88,10 +252,118 @@ enum Verdict {
     Forward,
     Reset,
     Answer(Vec<u8>),
+    /// Answer once the request's body is through (read and dropped).
+    AnswerAfter(RequestBody, Vec<u8>),
 }
 
 impl Faults {
     fn judge(&self, chunk: &[u8]) -> Verdict {
+        match self.judge_limits(chunk) {
+            Verdict::Forward if is_request(chunk) => self.fail(chunk),
+            v => v,
+        }
+    }
+
+    /// `fail_ratio`: whether this request is answered with an error of the proxy's own.
+    fn fail(&self, chunk: &[u8]) -> Verdict {
+        let Some((ratio, seed)) = self.opts.fail_ratio else {
+            return Verdict::Forward;
+        };
+        // Only a request whose head is whole here: its body is then known.
+        let Some(head_end) = chunk.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Verdict::Forward;
+        };
+        let n = self.judged.fetch_add(1, Ordering::Relaxed);
+        if unit(seed, n) >= ratio {
+            return Verdict::Forward;
+        }
+        let line = String::from_utf8_lossy(&chunk[..head_end]);
+        let path = line.split_whitespace().nth(1).unwrap_or("");
+        let head = chunk.starts_with(b"HEAD ");
+        let i = &self.injected;
+        if !head && !chunk.starts_with(b"GET ") {
+            i.on_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        let answer = match self.rotation.fetch_add(1, Ordering::Relaxed) % 5 {
+            0 => {
+                i.unknown_500.fetch_add(1, Ordering::Relaxed);
+                error_answer(
+                    "500 Internal Server Error",
+                    false,
+                    "UNKNOWN",
+                    "unknown error",
+                    head,
+                )
+            }
+            1 => {
+                i.unavailable_503.fetch_add(1, Ordering::Relaxed);
+                error_answer(
+                    "503 Service Unavailable",
+                    false,
+                    "UNAVAILABLE",
+                    "service unavailable",
+                    head,
+                )
+            }
+            2 => {
+                i.too_many_429.fetch_add(1, Ordering::Relaxed);
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+                error_answer(
+                    "429 Too Many Requests",
+                    true,
+                    "TOOMANYREQUESTS",
+                    "slow down",
+                    head,
+                )
+            }
+            3 => {
+                i.too_many_bare_429.fetch_add(1, Ordering::Relaxed);
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+                error_answer(
+                    "429 Too Many Requests",
+                    false,
+                    "TOOMANYREQUESTS",
+                    "slow down",
+                    head,
+                )
+            }
+            _ => {
+                i.misleading_503.fetch_add(1, Ordering::Relaxed);
+                let code = if path.contains("/manifests/") {
+                    "MANIFEST_UNKNOWN"
+                } else if path.contains("/blobs/uploads") {
+                    "BLOB_UPLOAD_UNKNOWN"
+                } else if path.contains("/blobs/") {
+                    "BLOB_UNKNOWN"
+                } else {
+                    "NAME_UNKNOWN"
+                };
+                error_answer(
+                    "503 Service Unavailable",
+                    false,
+                    code,
+                    "unknown to storage",
+                    head,
+                )
+            }
+        };
+        Verdict::AnswerAfter(RequestBody::after_head(chunk, head_end + 4), answer)
+    }
+
+    /// `cut_blob_bodies`: whether this forwarded request's answer is cut halfway.
+    fn cut(&self, chunk: &[u8]) -> bool {
+        let Some((ratio, seed)) = self.opts.cut_blob_bodies else {
+            return false;
+        };
+        if !chunk.starts_with(b"GET ") || !chunk.windows(14).any(|w| w == b"/blobs/sha256:") {
+            return false;
+        }
+        let n = self.blob_gets.fetch_add(1, Ordering::Relaxed);
+        unit(seed ^ 0x5EED_CB0D, n) < ratio
+    }
+
+    /// `burst_limit`, `reset_blob_gets` and `throttle_blobs`.
+    fn judge_limits(&self, chunk: &[u8]) -> Verdict {
         if is_request(chunk) {
             self.requests.fetch_add(1, Ordering::Relaxed);
         }
@@ -156,6 +428,7 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
     let connections = Arc::new(AtomicU64::new(0));
     let throttled = Arc::new(AtomicU64::new(0));
     let peak = Arc::new(AtomicU64::new(0));
+    let injected = Arc::new(Injected::default());
     let faults = Arc::new(Faults {
         opts,
         resets_left: AtomicU64::new(opts.reset_blob_gets),
@@ -164,6 +437,10 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
         burst: Mutex::new((Instant::now(), 0)),
         peak: peak.clone(),
         requests: AtomicU64::new(0),
+        injected: injected.clone(),
+        judged: AtomicU64::new(0),
+        rotation: AtomicU64::new(0),
+        blob_gets: AtomicU64::new(0),
     });
     let counter = connections.clone();
     let in_flight = Arc::new(InFlight::default());
@@ -213,6 +490,7 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
         addr,
         connections,
         throttled,
+        injected,
         peak,
         in_flight_peak,
         task,
@@ -248,11 +526,21 @@ enum Reading {
     Chunked(Vec<u8>),
 }
 
+/// A request forwarded and not yet answered in full.
+#[derive(Clone, Copy, Default)]
+struct Asked {
+    /// A HEAD: its answer has no body.
+    head: bool,
+    /// Its answer is to be cut after half its body.
+    cut: bool,
+}
+
 struct Exchanges {
     in_flight: Arc<InFlight>,
-    /// Per waiting request: whether it was a HEAD (its answer has no body).
-    waiting: std::collections::VecDeque<bool>,
+    waiting: std::collections::VecDeque<Asked>,
     reading: Reading,
+    /// Body bytes still to pass before the answer being read is cut.
+    cut_after: Option<u64>,
 }
 
 impl Exchanges {
@@ -261,11 +549,12 @@ impl Exchanges {
             in_flight,
             waiting: Default::default(),
             reading: Reading::Head(Vec::new()),
+            cut_after: None,
         }
     }
 
-    fn asked(&mut self, head: bool) {
-        self.waiting.push_back(head);
+    fn asked(&mut self, head: bool, cut: bool) {
+        self.waiting.push_back(Asked { head, cut });
         self.in_flight.start();
     }
 
@@ -275,6 +564,7 @@ impl Exchanges {
             self.in_flight.end();
         }
         self.reading = Reading::Head(Vec::new());
+        self.cut_after = None;
     }
 
     fn closed(&mut self) {
@@ -283,16 +573,15 @@ impl Exchanges {
         }
     }
 
-    /// Follows the upstream's bytes.
-    fn answered(&mut self, bytes: &[u8]) {
+    /// Follows the upstream's bytes. `Some(n)`: an answer is to be cut after the first `n`
+    /// of them.
+    fn answered(&mut self, bytes: &[u8]) -> Option<usize> {
         let mut pending = bytes.to_vec();
         loop {
             match &mut self.reading {
                 Reading::Head(buf) => {
                     buf.append(&mut pending);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        return;
-                    };
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
                     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
                     pending = buf[end + 4..].to_vec();
                     let status: u16 = head
@@ -310,8 +599,8 @@ impl Exchanges {
                         self.reading = Reading::Head(Vec::new());
                         continue;
                     }
-                    let was_head = self.waiting.front().copied().unwrap_or(false);
-                    self.reading = if was_head || status == 204 || status == 304 {
+                    let asked = self.waiting.front().copied().unwrap_or_default();
+                    self.reading = if asked.head || status == 204 || status == 304 {
                         Reading::Body(0)
                     } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
                         Reading::Chunked(Vec::new())
@@ -322,16 +611,30 @@ impl Exchanges {
                                 .unwrap_or(0),
                         )
                     };
+                    if let (true, 200 | 206, Reading::Body(len @ 2..)) =
+                        (asked.cut, status, &self.reading)
+                    {
+                        self.cut_after = Some(len / 2);
+                    }
                     if matches!(self.reading, Reading::Body(0)) {
                         self.finish();
                     }
                 }
                 Reading::Body(left) => {
+                    if let Some(pass) = self.cut_after
+                        && pass <= pending.len() as u64
+                    {
+                        // `pending` is always what is left of `bytes`.
+                        return Some(bytes.len() - pending.len() + pass as usize);
+                    }
                     let take = (*left).min(pending.len() as u64);
                     *left -= take;
                     pending.drain(..take as usize);
+                    if let Some(pass) = &mut self.cut_after {
+                        *pass -= take;
+                    }
                     if *left > 0 {
-                        return;
+                        return None;
                     }
                     self.finish();
                 }
@@ -346,7 +649,7 @@ impl Exchanges {
                 }
             }
             if pending.is_empty() {
-                return;
+                return None;
             }
         }
     }
@@ -354,11 +657,15 @@ impl Exchanges {
 
 type Chunks = mpsc::Sender<(Instant, Vec<u8>)>;
 
-/// Writes chunks once they are due; ends (and shuts the socket down) when all senders are gone.
+/// Writes chunks once they are due; ends (and shuts the socket down) when all senders are
+/// gone, or at an empty chunk (a cut: what was queued before it is written first).
 fn writer(mut to: OwnedWriteHalf, rate: Option<u64>) -> (Chunks, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(1024);
     let task = tokio::spawn(async move {
         while let Some((due, chunk)) = rx.recv().await {
+            if chunk.is_empty() {
+                break;
+            }
             tokio::time::sleep_until(due).await;
             if to.write_all(&chunk).await.is_err() {
                 break;
@@ -389,6 +696,8 @@ async fn read(
     side: Side<'_>,
 ) -> bool {
     let mut buf = vec![0u8; 64 << 10];
+    // A request the proxy answers itself once its body is through: the body left, the answer.
+    let mut swallowing: Option<(RequestBody, Vec<u8>)> = None;
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return false,
@@ -396,26 +705,55 @@ async fn read(
         };
         let mut chunk = buf[..n].to_vec();
         let mut delay = delay;
+        let mut cut = false;
         match &side {
-            Side::Asks(faults, back, exchanges) => match faults.judge(&chunk) {
-                Verdict::Forward => {
-                    if is_request(&chunk)
-                        && let Ok(mut x) = exchanges.lock()
+            Side::Asks(faults, back, exchanges) => {
+                if let Some((body, _)) = &mut swallowing {
+                    let Some(used) = body.eat(&chunk) else {
+                        continue;
+                    };
+                    if let Some((_, answer)) = swallowing.take()
+                        && back.send((Instant::now() + delay, answer)).await.is_err()
                     {
-                        x.asked(chunk.starts_with(b"HEAD "));
-                    }
-                }
-                Verdict::Reset => return true,
-                Verdict::Answer(response) => {
-                    if back.send((Instant::now() + delay, response)).await.is_err() {
                         return false;
                     }
-                    continue;
+                    chunk.drain(..used);
+                    if chunk.is_empty() {
+                        continue;
+                    }
                 }
-            },
+                match faults.judge(&chunk) {
+                    Verdict::Forward => {
+                        if is_request(&chunk)
+                            && let Ok(mut x) = exchanges.lock()
+                        {
+                            x.asked(chunk.starts_with(b"HEAD "), faults.cut(&chunk));
+                        }
+                    }
+                    Verdict::Reset => return true,
+                    Verdict::Answer(response) => {
+                        if back.send((Instant::now() + delay, response)).await.is_err() {
+                            return false;
+                        }
+                        continue;
+                    }
+                    Verdict::AnswerAfter(body, response) => {
+                        if !body.done() {
+                            swallowing = Some((body, response));
+                        } else if back.send((Instant::now() + delay, response)).await.is_err() {
+                            return false;
+                        }
+                        continue;
+                    }
+                }
+            }
             Side::Answers(exchanges, faults) => {
-                if let Ok(mut x) = exchanges.lock() {
-                    x.answered(&chunk);
+                if let Ok(mut x) = exchanges.lock()
+                    && let Some(keep) = x.answered(&chunk)
+                {
+                    chunk.truncate(keep);
+                    cut = true;
+                    faults.injected.cut_bodies.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some((from, extra)) = faults.opts.slow_from
                     && faults.requests.load(Ordering::Relaxed) >= from
@@ -427,7 +765,13 @@ async fn read(
         if let Some((a, b)) = corrupt {
             chunk.iter_mut().filter(|x| **x == a).for_each(|x| *x = b);
         }
-        if to.send((Instant::now() + delay, chunk)).await.is_err() {
+        let due = Instant::now() + delay;
+        if !chunk.is_empty() && to.send((due, chunk)).await.is_err() {
+            return false;
+        }
+        if cut {
+            // The client's side is shut once the half body is out; the client then closes.
+            let _ = to.send((due, Vec::new())).await;
             return false;
         }
     }
@@ -444,8 +788,8 @@ mod tests {
     #[test]
     fn an_exchange_ends_when_its_answer_body_is_through() {
         let mut x = Exchanges::new(Arc::new(InFlight::default()));
-        x.asked(false);
-        x.asked(true);
+        x.asked(false, false);
+        x.asked(true, false);
         assert_eq!(now(&x), 2);
         // A GET's answer, split mid-head and mid-body.
         x.answered(b"HTTP/1.1 200 OK\r\nContent-Le");
@@ -454,14 +798,67 @@ mod tests {
         // The rest of the body and the HEAD's answer (a length, but no body) in one read.
         x.answered(b"56789HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n");
         assert_eq!(now(&x), 0);
-        x.asked(false);
+        x.asked(false, false);
         x.answered(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
         assert_eq!(now(&x), 1);
         x.answered(b"0\r\n\r\n");
         assert_eq!(now(&x), 0);
-        x.asked(false);
+        x.asked(false, false);
         x.closed();
         assert_eq!(now(&x), 0);
         assert_eq!(x.in_flight.peak.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_cut_answer_stops_after_half_its_body() {
+        let mut x = Exchanges::new(Arc::new(InFlight::default()));
+        x.asked(false, true);
+        assert_eq!(
+            x.answered(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n\r\n01"),
+            None
+        );
+        // Three more body bytes pass, then the cut: 6 bytes of this read.
+        assert_eq!(x.answered(b"23456789"), Some(3));
+        // An error answer is never cut.
+        let mut x = Exchanges::new(Arc::new(InFlight::default()));
+        x.asked(false, true);
+        assert_eq!(
+            x.answered(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\n{..}"),
+            None
+        );
+        assert_eq!(now(&x), 0);
+        // Cut within the read that carries the head.
+        x.asked(false, true);
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd";
+        assert_eq!(x.answered(answer), Some(answer.len() - 2));
+    }
+
+    #[test]
+    fn a_request_body_is_followed_to_its_end() {
+        let req = b"PUT /v2/a/blobs/uploads/x?digest=d HTTP/1.1\r\ncontent-length: 6\r\n\r\nab";
+        let end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut body = RequestBody::after_head(req, end);
+        assert!(!body.done());
+        assert_eq!(body.eat(b"cd"), None);
+        assert_eq!(body.eat(b"ef"), Some(2));
+        assert!(body.done());
+        let get = b"GET /v2/ HTTP/1.1\r\nhost: x\r\n\r\n";
+        assert!(RequestBody::after_head(get, get.len()).done());
+        let chunked = b"PATCH /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n";
+        let end = chunked.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut body = RequestBody::after_head(chunked, end);
+        assert!(!body.done());
+        assert_eq!(body.eat(b"0\r\n\r\n"), Some(5));
+    }
+
+    #[test]
+    fn faults_come_from_the_seed_at_the_ratio_asked() {
+        let hits = |seed| (0..10_000).filter(|n| unit(seed, *n) < 0.08).count();
+        let a = hits(7);
+        assert_eq!(a, hits(7), "same seed, same faults");
+        assert!((650..950).contains(&a), "{a} of 10000 at 8 %");
+        let same: Vec<bool> = (0..64).map(|n| unit(7, n) < 0.5).collect();
+        let other: Vec<bool> = (0..64).map(|n| unit(8, n) < 0.5).collect();
+        assert_ne!(same, other);
     }
 }

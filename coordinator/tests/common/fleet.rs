@@ -108,7 +108,7 @@ pub fn worker(nats: &str, log: &Path, args: &[&str], envs: &[(&str, &str)]) -> P
 pub fn serve(nats: &str, listen: &str, log: &Path, args: &[&str]) -> Proc {
     let (nats, listen_at, log) = (nats.to_owned(), listen.to_owned(), log.to_owned());
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let p = Proc::start(Box::new(move || {
+    Proc::start(Box::new(move || {
         let out = log_file(&log);
         let child = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
             .args([
@@ -128,6 +128,5 @@ pub fn serve(nats: &str, listen: &str, log: &Path, args: &[&str]) -> Proc {
             .expect("hangar-coord serve");
         let _ = hangar_loadtest::services::wait_for_port(&listen_at, Duration::from_secs(30));
         child
-    }));
-    p
+    }))
 }

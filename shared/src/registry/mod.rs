@@ -652,24 +652,40 @@ impl Registry {
     /// Cross-repository mount. `Ok(false)` when the registry declined (it then expects an
     /// ordinary upload).
     pub async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool> {
+        let what = format!("{}/{repo} mount {digest} from {from_repo}", self.host);
+        // Transient answers (5xx, 429, cut connections) are retried like every other
+        // request; only a refusal is a decline.
+        self.retry
+            .run(&what, || self.mount_once(repo, from_repo, digest, &what))
+            .await
+    }
+
+    async fn mount_once(
+        &self,
+        repo: &str,
+        from_repo: &str,
+        digest: &Digest,
+        what: &str,
+    ) -> Result<bool> {
         let r = self.repo_ref(repo);
         let from = self.repo_ref(from_repo);
         self.authorise(&r, RegistryOperation::Push).await?;
         let _permit = self.admit(1).await;
         let started = Instant::now();
-        let mounted = self.client.mount_blob(&r, &from, &digest.to_string()).await;
+        let mounted = tokio::time::timeout(
+            self.request_timeout,
+            self.client.mount_blob(&r, &from, &digest.to_string()),
+        )
+        .await;
         let result = match mounted {
-            Ok(()) => Ok(true),
-            Err(
+            Err(_) => Err(self.timed_out(what)),
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(
                 OciDistributionError::SpecViolationError(_)
                 | OciDistributionError::RegistryNoLocationError,
-            ) => Ok(false),
-            Err(e) => {
-                let e = classify(
-                    e,
-                    Side::Destination,
-                    &format!("{}/{repo} mount {digest} from {from_repo}", self.host),
-                );
+            )) => Ok(false),
+            Ok(Err(e)) => {
+                let e = classify(e, Side::Destination, what);
                 // Any other refusal is a decline: the caller uploads instead.
                 if e.class.is_retryable() || e.class == FailureClass::Auth {
                     Err(e)

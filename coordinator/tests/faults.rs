@@ -1,0 +1,200 @@
+//! Transient answers stay transient: `hangar-coord mirror` through a proxy that plays a flaky
+//! distribution registry (seeded: 500 `UNKNOWN`, 503 `UNAVAILABLE`, 429 with and without
+//! `Retry-After`, 503 carrying a not-found code, blob bodies cut halfway) still copies every
+//! image, digests intact, as skopeo sees them.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::*;
+use hangar_loadtest::proxy::{self, Injected, Proxy, ProxyOptions};
+use hangar_loadtest::seed::Format;
+use hangar_shared::registry::Side;
+
+/// Eight single-platform images sharing two base layers and four two-platform indexes
+/// (OCI and Docker); returns their `repo:tag`s.
+async fn seed_source(env: &Env) -> Vec<String> {
+    let mut images: Vec<String> = seed_shared_repos(env, 8)
+        .await
+        .iter()
+        .map(|l| {
+            l.trim_start_matches(&format!("{}/", env.src.addr))
+                .to_owned()
+        })
+        .collect();
+    let src = registry(&env.src.addr).await;
+    for i in 0..4u64 {
+        let repo = format!("multi/app-{i}");
+        let format = if i % 2 == 0 {
+            Format::Oci
+        } else {
+            Format::Docker
+        };
+        push_multiarch(&src, env.dir.path(), &repo, "v2", format, 3000 + 10 * i).await;
+        images.push(format!("{repo}:v2"));
+    }
+    images
+}
+
+/// `hangar-coord mirror --tls-verify=false -j 4 -f LIST -s SOURCE -d DEST -o FAILED`.
+async fn mirror(env: &Env, images: &[String], source: &str, dest: &str) -> std::process::Output {
+    let lines: Vec<String> = images
+        .iter()
+        .map(|i| format!("{}/{i}", env.src.addr))
+        .collect();
+    let list = env.write_list("list.txt", &lines);
+    let args: Vec<String> = [
+        "mirror",
+        "--tls-verify=false",
+        "-j",
+        "4",
+        "-f",
+        &list.display().to_string(),
+        "-s",
+        source,
+        "-d",
+        dest,
+        "-o",
+        &env.path("failed.txt").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    tokio::task::spawn_blocking(move || hangar(&args))
+        .await
+        .expect("mirror")
+}
+
+fn faulty(upstream: &str, opts: ProxyOptions) -> impl std::future::Future<Output = Proxy> {
+    let upstream = upstream.to_owned();
+    async move {
+        proxy::start("127.0.0.1:0", &upstream, opts)
+            .await
+            .expect("proxy")
+    }
+}
+
+fn raw(reference: &str) -> Vec<u8> {
+    skopeo_raw(reference).unwrap_or_else(|| panic!("skopeo inspect --raw {reference}"))
+}
+
+/// Every image is at the destination with the source's digests, checked with skopeo: a
+/// complete index byte for byte, a single image wrapped in an index that names its digest;
+/// every platform manifest byte for byte and its config and layers present.
+async fn assert_all_landed(env: &Env, images: &[String], out: &std::process::Output) {
+    let log = text(out);
+    assert!(out.status.success(), "mirror failed:\n{log}");
+    let failed = std::fs::read_to_string(env.path("failed.txt")).unwrap_or_default();
+    assert!(failed.trim().is_empty(), "failed list: {failed}\n{log}");
+    let dst = registry(&env.dst.addr).await;
+    for image in images {
+        let (repo, _) = image.split_once(':').expect("repo:tag");
+        let src_top = raw(&format!("{}/{image}", env.src.addr));
+        let dst_top = raw(&format!("{}/{image}", env.dst.addr));
+        let src_is_index = !index_digests(&src_top).is_empty();
+        let platforms = if src_is_index {
+            assert_eq!(sha(&dst_top), sha(&src_top), "{image}: index digest kept");
+            index_digests(&src_top)
+        } else {
+            assert_eq!(index_digests(&dst_top), vec![sha(&src_top)], "{image}");
+            vec![sha(&src_top)]
+        };
+        for digest in platforms {
+            let src_m = raw(&format!("{}/{repo}@{digest}", env.src.addr));
+            let dst_m = raw(&format!("{}/{repo}@{digest}", env.dst.addr));
+            assert_eq!(sha(&dst_m), digest, "{image}: platform {digest}");
+            assert_eq!(src_m, dst_m, "{image}: platform {digest} byte for byte");
+            let v: serde_json::Value = serde_json::from_slice(&dst_m).expect("manifest json");
+            let blobs = v["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(std::iter::once(&v["config"]))
+                .map(|d| {
+                    d["digest"]
+                        .as_str()
+                        .expect("digest")
+                        .parse()
+                        .expect("digest")
+                });
+            for blob in blobs {
+                assert!(
+                    dst.blob_exists(repo, &blob, Side::Destination)
+                        .await
+                        .expect("HEAD blob"),
+                    "{image}: blob {blob} at the destination"
+                );
+            }
+        }
+    }
+}
+
+fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+fn assert_every_kind(injected: &Injected) {
+    for (kind, c) in [
+        ("500 UNKNOWN", &injected.unknown_500),
+        ("503 UNAVAILABLE", &injected.unavailable_503),
+        ("429 with Retry-After", &injected.too_many_429),
+        ("429 without Retry-After", &injected.too_many_bare_429),
+        ("503 with a 4xx code", &injected.misleading_503),
+    ] {
+        assert!(count(c) > 0, "no {kind} injected: {injected}");
+    }
+}
+
+/// 8 % of the source's answers are errors and 5 % of its blob bodies are cut halfway.
+/// The seeds are ones whose first faults come early (the 5th error by the 17th request, a
+/// cut by the 3rd blob GET), so every kind shows within the run's ~70 requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_copies_everything_through_a_flaky_source() {
+    let env = Env::new();
+    let images = seed_source(&env).await;
+    assert_eq!(images.len(), 12);
+    let proxy = faulty(
+        &env.src.addr,
+        ProxyOptions {
+            fail_ratio: Some((0.08, 24)),
+            cut_blob_bodies: Some((0.05, 36)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = mirror(&env, &images, &proxy.addr, &env.dst.addr).await;
+    eprintln!("source proxy injected: {}", proxy.injected);
+    assert_all_landed(&env, &images, &out).await;
+    assert_every_kind(&proxy.injected);
+    assert!(
+        count(&proxy.injected.cut_bodies) > 0,
+        "no blob body cut: {}",
+        proxy.injected
+    );
+}
+
+/// 8 % of the destination's answers are errors, pushes (POST, PUT) included; the seed puts
+/// the 5th error by the 19th request.
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_copies_everything_through_a_flaky_destination() {
+    let env = Env::new();
+    let images = seed_source(&env).await;
+    let proxy = faulty(
+        &env.dst.addr,
+        ProxyOptions {
+            fail_ratio: Some((0.08, 22)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = mirror(&env, &images, &env.src.addr, &proxy.addr).await;
+    eprintln!("destination proxy injected: {}", proxy.injected);
+    assert_all_landed(&env, &images, &out).await;
+    assert_every_kind(&proxy.injected);
+    assert!(
+        count(&proxy.injected.on_writes) > 0,
+        "no push answered with an error: {}",
+        proxy.injected
+    );
+}
