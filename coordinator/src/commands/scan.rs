@@ -3,15 +3,16 @@
 //! formats plus CycloneDX, a severity filter and an exit code for CI gates.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use hangar_shared::cache::BlobCache;
 use hangar_shared::error::Error;
 use hangar_shared::manifest::Platform;
 use hangar_shared::registry::Side;
 use hangar_shared::scan::matcher::{self, Finding};
-use hangar_shared::scan::osv::Database;
+use hangar_shared::scan::osv::{Database, DbLimits};
 use hangar_shared::scan::{Inventory, Package, PkgKind, image};
 use hangar_shared::store::ImageStore;
 use serde_json::{Value, json};
@@ -46,12 +47,79 @@ struct Scanned {
     findings: Vec<Finding>,
 }
 
-/// Loads the database from wherever it is.
+/// Connecting to a database's http(s) server.
+const DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A download that sends nothing for this long is given up.
+const DB_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// The whole download: a 2 GiB database at 1 MB/s takes about 35 minutes.
+const DB_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Writes a downloaded database to an unnamed temporary file, refusing it once it passes
+/// `cap` bytes, so a database of any size costs disk up to the cap and no memory.
+async fn spool<S, E>(mut stream: S, cap: u64, location: &str) -> Result<std::fs::File>
+where
+    S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use tokio::io::AsyncWriteExt as _;
+    let file = tempfile::tempfile().context("a temporary file for the vulnerability database")?;
+    let mut out = tokio::fs::File::from_std(file);
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.with_context(|| format!("downloading {location}"))?;
+        n += chunk.len() as u64;
+        if n > cap {
+            bail!(
+                "{location}: the vulnerability database is over {}; refused",
+                human(cap)
+            );
+        }
+        out.write_all(&chunk).await?;
+    }
+    out.flush().await?;
+    let mut file = out.into_std().await;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
+    Ok(file)
+}
+
+fn human(n: u64) -> String {
+    if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
+        format!("{} GiB", n >> 30)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// Refuses a database whose stated size is already over the cap, before fetching it.
+fn check_size(location: &str, stated: Option<u64>, cap: u64) -> Result<()> {
+    match stated {
+        Some(n) if n > cap => bail!(
+            "{location}: the vulnerability database is {n} bytes, over {}; refused",
+            human(cap)
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Parses a database file on a blocking thread (a zip is inflated entry by entry).
+async fn parse_file(file: std::fs::File, location: &str, limits: DbLimits) -> Result<Database> {
+    let label = location.to_owned();
+    let db = tokio::task::spawn_blocking(move || {
+        Database::from_reader(std::io::BufReader::new(file), &label, &limits)
+    })
+    .await
+    .context("reading the vulnerability database")??;
+    Ok(db)
+}
+
+/// Loads the database from wherever it is, within [`DbLimits`]: the file (or download) at
+/// most `file` bytes, each record and the whole unpacked database within theirs.
 async fn load_db(
     location: &str,
     tls_verify: Option<bool>,
     authfile: Option<&std::path::Path>,
 ) -> Result<Database> {
+    let limits = DbLimits::default();
     if let Some(rest) = location.strip_prefix("oci://") {
         let r = hangar_shared::reference::ImageRef::parse(rest)?;
         let pool = super::pool(tls_verify, authfile);
@@ -67,37 +135,51 @@ async fn load_db(
             .layers
             .first()
             .with_context(|| format!("{location}: no layer"))?;
-        let chunks: Vec<bytes::Bytes> = reg
-            .blob_stream(&r.repository(), layer, None)
-            .await?
-            .try_collect()
-            .await?;
-        return Ok(Database::from_bytes(&chunks.concat(), location)?);
+        check_size(location, Some(layer.size), limits.file)?;
+        let stream = reg.blob_stream(&r.repository(), layer, None).await?;
+        let file = spool(stream, limits.file, location).await?;
+        return parse_file(file, location, limits).await;
     }
     if location.starts_with("http://") || location.starts_with("https://") {
-        let body = reqwest::get(location)
+        let client = reqwest::Client::builder()
+            .connect_timeout(DB_CONNECT_TIMEOUT)
+            .read_timeout(DB_READ_TIMEOUT)
+            .timeout(DB_DOWNLOAD_TIMEOUT)
+            .build()
+            .context("an http client for the vulnerability database")?;
+        let response = client
+            .get(location)
+            .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("downloading {location}"))?
-            .bytes()
-            .await?;
-        return Ok(Database::from_bytes(&body, location)?);
+            .with_context(|| format!("downloading {location}"))?;
+        check_size(location, response.content_length(), limits.file)?;
+        let file = spool(response.bytes_stream(), limits.file, location).await?;
+        return parse_file(file, location, limits).await;
     }
     if location.starts_with("s3://") {
         let (store, path) = hangar_shared::archive::locate(location)?;
-        let body = object_store::ObjectStoreExt::get(store.as_ref(), &path)
+        let got = object_store::ObjectStoreExt::get(store.as_ref(), &path)
             .await
-            .with_context(|| format!("reading {location}"))?
-            .bytes()
-            .await?;
-        return Ok(Database::from_bytes(&body, location)?);
+            .with_context(|| format!("reading {location}"))?;
+        check_size(location, Some(got.meta.size), limits.file)?;
+        let file = spool(got.into_stream(), limits.file, location).await?;
+        return parse_file(file, location, limits).await;
     }
-    let path = std::path::Path::new(location);
+    let path = std::path::PathBuf::from(location);
     if path.is_dir() {
-        return Ok(Database::from_dir(path)?);
+        let db = tokio::task::spawn_blocking(move || Database::from_dir_with(&path, &limits))
+            .await
+            .context("reading the vulnerability database")??;
+        return Ok(db);
     }
-    let body = std::fs::read(path).with_context(|| format!("reading {location}"))?;
-    Ok(Database::from_bytes(&body, location)?)
+    let file = std::fs::File::open(&path).with_context(|| format!("reading {location}"))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("reading {location}"))?
+        .len();
+    check_size(location, Some(len), limits.file)?;
+    parse_file(file, location, limits).await
 }
 
 /// Loads the database, reports its size and age, and refuses one older than `max_age`
@@ -283,7 +365,15 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
                             &manifest,
                         )
                         .await?;
-                        let findings = matcher::scan(&inventory, &db);
+                        // Matching a large inventory against a large database is CPU work:
+                        // off the executor, so the timeout around this image still fires.
+                        let db = db.clone();
+                        let (inventory, findings) = tokio::task::spawn_blocking(move || {
+                            let findings = matcher::scan(&inventory, &db);
+                            (inventory, findings)
+                        })
+                        .await
+                        .map_err(|e| Error::internal(format!("matching packages: {e}")))?;
                         out.push((
                             Scanned {
                                 reference: image.to_string(),
@@ -595,5 +685,46 @@ fn render(scanned: &[Scanned], format: &str) -> Result<String> {
                 &json!({"time": now, "results": results}),
             )?)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(
+        sizes: &[usize],
+    ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin {
+        futures_util::stream::iter(
+            sizes
+                .iter()
+                .map(|n| Ok(bytes::Bytes::from(vec![b'x'; *n])))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_download_is_spooled_up_to_its_cap() {
+        let mut f = spool(chunks(&[4, 4]), 8, "http://db").await.unwrap();
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut f, &mut body).unwrap();
+        assert_eq!(body, "xxxxxxxx");
+        let err = spool(chunks(&[4, 4, 1]), 8, "http://db").await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "http://db: the vulnerability database is over 8 bytes; refused"
+        );
+    }
+
+    #[test]
+    fn a_stated_size_over_the_cap_is_refused_before_fetching() {
+        assert!(check_size("s3://b/db.zip", Some(8), 8).is_ok());
+        assert!(check_size("s3://b/db.zip", None, 8).is_ok());
+        assert_eq!(
+            check_size("s3://b/db.zip", Some(3 << 30), 2 << 30)
+                .unwrap_err()
+                .to_string(),
+            "s3://b/db.zip: the vulnerability database is 3221225472 bytes, over 2 GiB; refused"
+        );
     }
 }

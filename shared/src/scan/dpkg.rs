@@ -1,63 +1,81 @@
 //! dpkg's database: `var/lib/dpkg/status` (paragraphs; installed when `Status` says so)
 //! and distroless `var/lib/dpkg/status.d/*` (one paragraph per file, no `Status`).
 
-use super::{Package, PkgKind};
+use super::{Limits, Package, PkgKind, Sink};
 
 pub const STATUS: &str = "var/lib/dpkg/status";
 pub const STATUS_D: &str = "var/lib/dpkg/status.d/";
 
-/// Paragraphs of `Key: value` fields (continuation lines folded), with their first line.
-pub(crate) fn paragraphs(text: &str) -> Vec<(usize, Vec<(String, String)>)> {
-    let mut out = Vec::new();
-    let mut current: Vec<(String, String)> = Vec::new();
+/// The fields read; the rest (descriptions, conffiles, dependencies) are passed over
+/// without being copied, so a paragraph costs what these four cost.
+const FIELDS: [&str; 4] = ["Package", "Status", "Version", "Source"];
+
+/// Calls `each` with every paragraph (its first line and its wanted fields, continuation
+/// lines folded), one at a time; stops when it returns false.
+fn paragraphs(text: &str, mut each: impl FnMut(usize, &[(&'static str, String)]) -> bool) {
+    let mut current: Vec<(&'static str, String)> = Vec::new();
+    // Whether the last field line was one of the wanted ones (its continuation lines
+    // belong to it).
+    let mut continuing = false;
+    let mut seen = false;
     let mut start = 1;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
-            if !current.is_empty() {
-                out.push((start, std::mem::take(&mut current)));
+            if seen && !each(start, &current) {
+                return;
             }
+            current.clear();
+            seen = false;
+            continuing = false;
             start = i + 2;
             continue;
         }
         if line.starts_with([' ', '\t']) {
-            if let Some((_, v)) = current.last_mut() {
+            if continuing && let Some((_, v)) = current.last_mut() {
                 v.push('\n');
                 v.push_str(line.trim());
             }
             continue;
         }
-        match line.split_once(':') {
-            Some((k, v)) => current.push((k.trim().to_owned(), v.trim().to_owned())),
-            None => current.push((line.trim().to_owned(), String::new())),
+        seen = true;
+        let key = line.split_once(':').map_or(line, |(k, _)| k).trim();
+        continuing = false;
+        if let Some(k) = FIELDS.iter().find(|f| f.eq_ignore_ascii_case(key)) {
+            let value = line.split_once(':').map_or("", |(_, v)| v).trim();
+            current.push((k, value.to_owned()));
+            continuing = true;
         }
     }
-    if !current.is_empty() {
-        out.push((start, current));
+    if seen {
+        each(start, &current);
     }
-    out
 }
 
 pub fn parse(path: &str, body: &[u8]) -> (Vec<Package>, Vec<String>) {
+    let mut sink = Sink::new(&Limits::default());
+    read(path, body, &mut sink);
+    sink.into_lists()
+}
+
+pub(crate) fn read(path: &str, body: &[u8], sink: &mut Sink) {
     let text = String::from_utf8_lossy(body);
-    let mut packages = Vec::new();
-    let mut warnings = Vec::new();
-    for (line, fields) in paragraphs(&text) {
+    paragraphs(&text, |line, fields| {
         let get = |k: &str| {
             fields
                 .iter()
-                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .find(|(key, _)| *key == k)
                 .map(|(_, v)| v.clone())
         };
         if let Some(status) = get("Status")
             && !status.split_whitespace().any(|w| w == "installed")
         {
-            continue;
+            return true;
         }
         let (Some(name), Some(version)) = (get("Package"), get("Version")) else {
-            warnings.push(format!(
+            sink.warn(format!(
                 "{path}:{line}: a package entry without Package or Version; skipped"
             ));
-            continue;
+            return true;
         };
         // `Source: name (version)` when the source version differs from the binary's.
         let (source, source_version) = match get("Source") {
@@ -70,7 +88,7 @@ pub fn parse(path: &str, body: &[u8]) -> (Vec<Package>, Vec<String>) {
             },
             None => (None, None),
         };
-        packages.push(Package {
+        sink.package(Package {
             kind: PkgKind::Dpkg,
             source_version: source_version.or_else(|| source.as_ref().map(|_| version.clone())),
             source,
@@ -79,8 +97,8 @@ pub fn parse(path: &str, body: &[u8]) -> (Vec<Package>, Vec<String>) {
             license: None,
             path: path.to_owned(),
         });
-    }
-    (packages, warnings)
+        !sink.full()
+    });
 }
 
 #[cfg(test)]
@@ -98,5 +116,23 @@ mod tests {
         assert_eq!(p[1].source_version.as_deref(), Some("5.2.15-2"));
         assert_eq!(w.len(), 1);
         assert!(w[0].starts_with("var/lib/dpkg/status:17:"), "{w:?}");
+    }
+
+    #[test]
+    fn continuation_lines_of_unread_fields_are_not_kept() {
+        let text = "Package: a\nDescription: d\n Version: 9\nVersion: 1\n";
+        let (p, w) = parse(STATUS, text.as_bytes());
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(p[0].version, "1");
+    }
+
+    #[test]
+    fn a_paragraph_of_unread_fields_only_is_named() {
+        let (p, w) = parse(STATUS, b"Description: only\n");
+        assert!(p.is_empty());
+        assert_eq!(
+            w,
+            vec!["var/lib/dpkg/status:1: a package entry without Package or Version; skipped"]
+        );
     }
 }

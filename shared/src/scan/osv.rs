@@ -1,15 +1,31 @@
 //! OSV records (the subset matching needs), loaded from a directory of JSON files or a
 //! zip of them (osv.dev's per-ecosystem `all.zip`), found at a path, an http(s) URL, an S3
 //! object or an OCI artifact in a registry. A malformed record is a warning naming its file;
-//! the rest loads.
+//! the rest loads. What is read is bounded by [`DbLimits`]: a record over its cap is a
+//! warning naming the database and entry, a database over its total is refused.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::{Warnings, size};
 use crate::error::{Error, Result};
+
+/// Fills as much of `buf` as the reader has (a short file is not an error here).
+fn read_up_to<R: Read>(reader: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Record {
@@ -107,16 +123,126 @@ pub struct Database {
     pub warnings: Vec<String>,
 }
 
-impl Database {
+/// What loading a database may read. A database comes from outside (a download, an
+/// artifact, a file someone carried in), so a small zip must not unpack into gigabytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbLimits {
+    /// One record, uncompressed: a file of a directory or an entry of a zip, 16 MiB (real
+    /// records are a few KiB; the largest, Linux kernel ones, about 1 MiB). Checked against
+    /// a zip entry's declared size and again while it is read.
+    pub record: u64,
+    /// All records together, uncompressed: 4 GiB (osv.dev's all-ecosystem export is under
+    /// a quarter of that; one ecosystem's is tens of MiB).
+    pub total: u64,
+    /// A database file as downloaded or read, before unpacking: 2 GiB. It is streamed to a
+    /// temporary file and a zip is read from there entry by entry, so this bounds disk and
+    /// the zip's directory, not memory.
+    pub file: u64,
+    /// A bare JSON document (one record or an array of them) is parsed whole: 64 MiB;
+    /// larger databases come as a zip or a directory.
+    pub document: u64,
+    /// Warnings kept; beyond them one line counts the rest: 100.
+    pub warnings: usize,
+}
+
+impl Default for DbLimits {
+    fn default() -> Self {
+        const MIB: u64 = 1 << 20;
+        DbLimits {
+            record: 16 * MIB,
+            total: 4 << 30,
+            file: 2 << 30,
+            document: 64 * MIB,
+            warnings: 100,
+        }
+    }
+}
+
+/// A database being loaded: its records, its warnings (capped) and what was read so far.
+struct Loader {
+    db: Database,
+    warnings: Warnings,
+    total: u64,
+    limits: DbLimits,
+}
+
+impl Loader {
+    fn new(limits: &DbLimits) -> Self {
+        Loader {
+            db: Database::default(),
+            warnings: Warnings::new(limits.warnings),
+            total: 0,
+            limits: *limits,
+        }
+    }
+
+    /// Counts `n` more bytes of records against the total, naming where it ran out.
+    fn count(&mut self, n: u64, label: &str, entry: &str) -> Result<()> {
+        self.total = self.total.saturating_add(n);
+        if self.total > self.limits.total {
+            return Err(Error::invalid(format!(
+                "{label}: more than {} of records uncompressed (reached at {entry}); refused",
+                size(self.limits.total)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads one record of `declared` bytes from `reader`, skipping it (with a warning) when
+    /// it is over the per-record cap, by its own word or in fact.
+    fn record<R: Read>(
+        &mut self,
+        reader: R,
+        declared: u64,
+        label: &str,
+        entry: &str,
+    ) -> Result<()> {
+        let cap = self.limits.record;
+        if declared > cap {
+            self.warnings.push(format!(
+                "{label}: {entry}: {declared} bytes, over the {} limit for one record; skipped",
+                size(cap)
+            ));
+            return Ok(());
+        }
+        self.count(declared, label, entry)?;
+        let mut body = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
+        if let Err(e) = reader.take(cap + 1).read_to_end(&mut body) {
+            self.warnings
+                .push(format!("{label}: {entry}: {e}; skipped"));
+            return Ok(());
+        }
+        let read = body.len() as u64;
+        if read > cap {
+            self.warnings.push(format!(
+                "{label}: {entry}: more than the {} limit for one record (it declared {declared} bytes); skipped",
+                size(cap)
+            ));
+            return Ok(());
+        }
+        // What was read beyond what was declared counts too.
+        self.count(read.saturating_sub(declared), label, entry)?;
+        self.add(&format!("{label}: {entry}"), &body);
+        Ok(())
+    }
+
     fn add(&mut self, origin: &str, bytes: &[u8]) {
-        let record: Record = match serde_json::from_slice(bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                self.warnings
-                    .push(format!("{origin}: not an OSV record, skipped: {e}"));
-                return;
-            }
-        };
+        match serde_json::from_slice::<Record>(bytes) {
+            Ok(r) => self.db.add(r),
+            Err(e) => self
+                .warnings
+                .push(format!("{origin}: not an OSV record, skipped: {e}")),
+        }
+    }
+
+    fn finish(mut self) -> Database {
+        self.db.warnings = self.warnings.into_vec();
+        self.db
+    }
+}
+
+impl Database {
+    fn add(&mut self, record: Record) {
         if record.withdrawn.is_some() {
             return;
         }
@@ -136,11 +262,25 @@ impl Database {
         self.records.push(record);
     }
 
-    /// Every `*.json` of a directory, recursively.
+    /// Every `*.json` of a directory, recursively, within the default limits.
     pub fn from_dir(dir: &std::path::Path) -> Result<Self> {
-        let mut db = Database::default();
+        Self::from_dir_with(dir, &DbLimits::default())
+    }
+
+    /// Every `*.json` of a directory, recursively; each file at most `limits.record`, all
+    /// of them at most `limits.total`. A directory reached twice (a symlink loop) is read
+    /// once.
+    pub fn from_dir_with(dir: &std::path::Path, limits: &DbLimits) -> Result<Self> {
+        let mut l = Loader::new(limits);
+        let label = dir.display().to_string();
+        let mut seen = std::collections::HashSet::new();
         let mut stack = vec![dir.to_owned()];
         while let Some(d) = stack.pop() {
+            if let Ok(real) = std::fs::canonicalize(&d)
+                && !seen.insert(real)
+            {
+                continue;
+            }
             let entries = std::fs::read_dir(&d)
                 .map_err(|e| Error::invalid(format!("{}: {e}", d.display())))?;
             for e in entries.flatten() {
@@ -148,69 +288,109 @@ impl Database {
                 if p.is_dir() {
                     stack.push(p);
                 } else if p.extension().is_some_and(|x| x == "json") {
-                    match std::fs::read(&p) {
-                        Ok(b) => db.add(&p.display().to_string(), &b),
-                        Err(err) => db.warnings.push(format!("{}: {err}", p.display())),
+                    let name = p.strip_prefix(dir).unwrap_or(&p).display().to_string();
+                    match std::fs::File::open(&p).and_then(|f| Ok((f.metadata()?.len(), f))) {
+                        Ok((len, f)) => l.record(f, len, &label, &name)?,
+                        Err(err) => l.warnings.push(format!("{name}: {err}")),
                     }
                 }
             }
         }
-        Ok(db)
+        Ok(l.finish())
     }
 
-    /// Every `*.json` entry of a zip (deflated or stored), e.g. osv.dev's `all.zip`.
+    /// Every `*.json` entry of a zip (deflated or stored), e.g. osv.dev's `all.zip`, within
+    /// the default limits.
     pub fn from_zip(bytes: &[u8], label: &str) -> Result<Self> {
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        Self::from_zip_reader(std::io::Cursor::new(bytes), label, &DbLimits::default())
+    }
+
+    /// Every `*.json` entry of a zip read from `reader`: each at most `limits.record` (by
+    /// the size its header declares and by what it actually inflates to), all at most
+    /// `limits.total`.
+    pub fn from_zip_reader<R: Read + Seek>(
+        reader: R,
+        label: &str,
+        limits: &DbLimits,
+    ) -> Result<Self> {
+        let mut zip = zip::ZipArchive::new(reader)
             .map_err(|e| Error::invalid(format!("{label}: not a zip of OSV records: {e}")))?;
-        let mut db = Database::default();
+        let mut l = Loader::new(limits);
         for i in 0..zip.len() {
-            let mut f = match zip.by_index(i) {
+            let f = match zip.by_index(i) {
                 Ok(f) => f,
                 Err(e) => {
-                    db.warnings.push(format!("{label}: entry {i}: {e}"));
+                    l.warnings.push(format!("{label}: entry {i}: {e}"));
                     continue;
                 }
             };
             let name = match f.name() {
                 Ok(n) => n.into_owned(),
                 Err(e) => {
-                    db.warnings.push(format!("{label}: entry {i}: {e}"));
+                    l.warnings.push(format!("{label}: entry {i}: {e}"));
                     continue;
                 }
             };
             if !name.ends_with(".json") {
                 continue;
             }
-            let mut body = Vec::new();
-            if let Err(e) = f.read_to_end(&mut body) {
-                db.warnings.push(format!("{label}: {name}: {e}"));
-                continue;
-            }
-            db.add(&format!("{label}: {name}"), &body);
+            let declared = f.size();
+            l.record(f, declared, label, &name)?;
         }
-        Ok(db)
+        Ok(l.finish())
     }
 
-    /// A zip, or one JSON record or a JSON array of records.
+    /// A zip, or one JSON record or a JSON array of records, within the default limits.
     pub fn from_bytes(bytes: &[u8], label: &str) -> Result<Self> {
-        if bytes.starts_with(b"PK") {
-            return Self::from_zip(bytes, label);
+        Self::from_reader(std::io::Cursor::new(bytes), label, &DbLimits::default())
+    }
+
+    /// A zip (read entry by entry), or one JSON record or a JSON array of records (at most
+    /// `limits.document`), from a file or anything seekable.
+    pub fn from_reader<R: Read + Seek>(
+        mut reader: R,
+        label: &str,
+        limits: &DbLimits,
+    ) -> Result<Self> {
+        let io = |e: std::io::Error| Error::invalid(format!("{label}: {e}"));
+        let mut magic = [0u8; 2];
+        let n = read_up_to(&mut reader, &mut magic).map_err(io)?;
+        reader.seek(SeekFrom::Start(0)).map_err(io)?;
+        if magic[..n] == *b"PK" {
+            return Self::from_zip_reader(reader, label, limits);
         }
-        let mut db = Database::default();
-        match serde_json::from_slice::<Value>(bytes) {
+        let mut bytes = Vec::new();
+        reader
+            .take(limits.document + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > limits.document {
+            return Err(Error::invalid(format!(
+                "{label}: a JSON document over {}; a database that large comes as a zip or a directory of records",
+                size(limits.document)
+            )));
+        }
+        let mut l = Loader::new(limits);
+        match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    db.add(&format!("{label}[{i}]"), item.to_string().as_bytes());
+                drop(bytes);
+                for (i, item) in items.into_iter().enumerate() {
+                    match serde_json::from_value::<Record>(item) {
+                        Ok(r) => l.db.add(r),
+                        Err(e) => l
+                            .warnings
+                            .push(format!("{label}[{i}]: not an OSV record, skipped: {e}")),
+                    }
                 }
             }
-            Ok(_) => db.add(label, bytes),
+            Ok(_) => l.add(label, &bytes),
             Err(e) => {
                 return Err(Error::invalid(format!(
                     "{label}: neither a zip nor JSON: {e}"
                 )));
             }
         }
-        Ok(db)
+        Ok(l.finish())
     }
 
     pub fn candidates(
@@ -223,5 +403,123 @@ impl Database {
             .into_iter()
             .flatten()
             .map(|(r, a)| (&self.records[*r], &self.records[*r].affected[*a]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn record(id: &str) -> String {
+        format!(r#"{{"id":"{id}","modified":"2024-01-01T00:00:00Z","affected":[]}}"#)
+    }
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, body) in entries {
+            z.start_file(*name, opts).unwrap();
+            z.write_all(body).unwrap();
+        }
+        z.finish().unwrap().into_inner()
+    }
+
+    fn small() -> DbLimits {
+        DbLimits {
+            record: 1000,
+            total: 5000,
+            file: 1 << 20,
+            document: 2000,
+            warnings: 3,
+        }
+    }
+
+    #[test]
+    fn a_zip_entry_over_its_cap_is_skipped_by_name() {
+        let big = vec![b' '; 4000];
+        let ok = record("OK-1");
+        let zip = zip_of(&[("huge.json", &big), ("OK-1.json", ok.as_bytes())]);
+        let db = Database::from_zip_reader(std::io::Cursor::new(zip), "db.zip", &small()).unwrap();
+        assert_eq!(db.records.len(), 1);
+        assert_eq!(
+            db.warnings,
+            vec![
+                "db.zip: huge.json: 4000 bytes, over the 1000 bytes limit for one record; skipped"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_longer_than_it_declared_is_cut_off_and_skipped() {
+        let mut l = Loader::new(&small());
+        l.record(std::io::repeat(b' ').take(1 << 20), 10, "db", "liar.json")
+            .unwrap();
+        let db = l.finish();
+        assert!(db.records.is_empty());
+        assert_eq!(
+            db.warnings,
+            vec![
+                "db: liar.json: more than the 1000 bytes limit for one record (it declared 10 bytes); skipped"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_database_over_its_total_is_refused_naming_the_entry() {
+        let r = format!("{}{}", record("X"), " ".repeat(900));
+        let names: Vec<String> = (0..8).map(|i| format!("r{i}.json")).collect();
+        let entries: Vec<(&str, &[u8])> =
+            names.iter().map(|n| (n.as_str(), r.as_bytes())).collect();
+        let err =
+            Database::from_zip_reader(std::io::Cursor::new(zip_of(&entries)), "db.zip", &small())
+                .unwrap_err();
+        assert!(
+            err.message.starts_with(
+                "db.zip: more than 5000 bytes of records uncompressed (reached at r5.json)"
+            ),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_large_bare_json_document_is_refused() {
+        let doc = format!("[{}]", vec![record("A"); 40].join(","));
+        let err =
+            Database::from_reader(std::io::Cursor::new(doc), "db.json", &small()).unwrap_err();
+        assert!(
+            err.message.contains("a JSON document over 2000 bytes"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn warnings_are_capped() {
+        let names: Vec<String> = (0..10).map(|i| format!("bad{i}.json")).collect();
+        let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"{"[..])).collect();
+        let db =
+            Database::from_zip_reader(std::io::Cursor::new(zip_of(&entries)), "db.zip", &small())
+                .unwrap();
+        assert_eq!(db.warnings.len(), 4);
+        assert_eq!(
+            db.warnings[3],
+            "7 more warnings (only the first 3 are shown)"
+        );
+    }
+
+    #[test]
+    fn directories_are_capped_per_file_and_survive_symlink_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.json"), record("A")).unwrap();
+        std::fs::write(dir.path().join("big.json"), vec![b' '; 4000]).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
+        let db = Database::from_dir_with(dir.path(), &small()).unwrap();
+        assert_eq!(db.records.len(), 1);
+        assert_eq!(db.warnings.len(), 1, "{:?}", db.warnings);
+        assert!(db.warnings[0].contains("big.json: 4000 bytes, over the 1000 bytes limit"));
     }
 }
