@@ -153,3 +153,89 @@ async fn submit_and_status_watch_outlive_a_coordinator_restart() {
     );
     digests_match(&env, &lines, &proxy.addr);
 }
+
+/// A task whose deliveries all ran out while the publisher was not listening (NATS
+/// restarting, the publisher reconnecting) still ends: the advisory waits in its stream and
+/// is read when the publisher is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_whose_deliveries_ran_out_unheard_still_ends() {
+    use async_nats::jetstream::{self, consumer::pull};
+    use futures_util::StreamExt;
+    use hangar_shared::queue::TaskQueue;
+    use hangar_shared::queue::jetstream::{
+        JetStreamQueue, MAX_DELIVER, TASK_STREAM, follow_events,
+    };
+    use hangar_shared::task::{AssembleTask, EventKind, Task, TaskEnvelope};
+
+    let nats = NatsProcess::start().expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    // Not reading advisories for the first 15 s: the deliveries run out meanwhile.
+    let publisher =
+        JetStreamQueue::publisher_reading_advisories_after(client.clone(), Duration::from_secs(15))
+            .await
+            .unwrap();
+    // A "worker" that takes the task and dies with it, each time.
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(TASK_STREAM).await.unwrap();
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            "hangar-assemble",
+            pull::Config {
+                durable_name: Some("hangar-assemble".into()),
+                filter_subject: "hangar.task.assemble.>".into(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(1),
+                max_deliver: MAX_DELIVER as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut events = follow_events(client.clone(), "job-x").await.unwrap();
+    publisher
+        .publish(TaskEnvelope {
+            job: "job-x".into(),
+            id: 7,
+            key: "assemble/x".into(),
+            trace: None,
+            task: Task::Assemble(AssembleTask {
+                output: "/nowhere/x.zip".into(),
+                base: None,
+                images: "archives/x.json".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut deliveries = 0;
+    while deliveries < MAX_DELIVER {
+        let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+        if let Some(Ok(_never_acked)) = batch.next().await {
+            deliveries += 1;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+    // Workers keep asking; the server finds the task exhausted when the last delivery's
+    // ack_wait is over and it would deliver it again — well before reading resumes.
+    let mut more = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(3))
+        .messages()
+        .await
+        .unwrap();
+    assert!(more.next().await.is_none(), "no fourth delivery");
+    assert!(events.try_recv().is_err(), "nobody reads advisories yet");
+    let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+        .await
+        .expect("the task ends in an event")
+        .expect("event");
+    assert_eq!(event.task, 7);
+    match event.kind {
+        EventKind::Failed { last, message, .. } => {
+            assert!(last);
+            assert!(message.contains("no worker answered"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -227,9 +227,7 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<()> {
     Ok(())
 }
 
-/// Stream sequence → (job, task id) of what this process published.
-type SentTasks =
-    Arc<std::sync::Mutex<std::collections::HashMap<u64, (String, crate::task::TaskId)>>>;
+use super::exhausted::{self, Sent, SentTasks};
 
 pub struct JetStreamQueue {
     js: jetstream::Context,
@@ -241,20 +239,25 @@ pub struct JetStreamQueue {
 }
 
 impl JetStreamQueue {
-    /// A publisher only (the coordinator).
-    /// Also watches the server's max-deliveries advisories: a task whose deliveries ran out
-    /// without an answer (its workers died or hung) is reported failed, not dropped.
+    /// A publisher only (the coordinator). Every task it publishes ends in an event: a
+    /// task whose deliveries ran out without an answer (its workers died or hung) is
+    /// reported failed for good from the server's max-deliveries advisory, kept in a stream
+    /// so that one sent while this process was away is not lost ([`exhausted`]).
     pub async fn publisher(client: async_nats::Client) -> Result<Self> {
-        let js = jetstream::new(client.clone());
+        Self::publisher_reading_advisories_after(client, Duration::ZERO).await
+    }
+
+    /// [`Self::publisher`] that starts reading advisories only after `delay` (from where
+    /// it started all the same): for tests of advisories sent while nobody read.
+    pub async fn publisher_reading_advisories_after(
+        client: async_nats::Client,
+        delay: Duration,
+    ) -> Result<Self> {
+        let js = jetstream::new(client);
         ensure_streams(&js).await?;
+        let start = exhausted::ensure_stream(&js).await?;
         let sent: SentTasks = Arc::default();
-        let advisories = client
-            .subscribe(format!(
-                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASK_STREAM}.*"
-            ))
-            .await
-            .map_err(bus)?;
-        let watcher = tokio::spawn(report_exhausted(advisories, sent.clone(), js.clone()));
+        let watcher = tokio::spawn(exhausted::watch(js.clone(), sent.clone(), start, delay));
         Ok(Self {
             js,
             ack_wait: ACK_WAIT,
@@ -449,7 +452,13 @@ impl TaskQueue for JetStreamQueue {
             match attempt.await {
                 Ok(ack) => {
                     if let Ok(mut sent) = self.sent.lock() {
-                        sent.insert(ack.sequence, (task.job.clone(), task.id));
+                        sent.insert(
+                            ack.sequence,
+                            Sent {
+                                job: task.job.clone(),
+                                id: task.id,
+                            },
+                        );
                     }
                     return Ok(());
                 }
@@ -489,47 +498,6 @@ impl TaskQueue for JetStreamQueue {
     /// A third of `ack_wait`: two heartbeats may be lost before a task is redelivered.
     fn heartbeat(&self) -> Duration {
         (self.ack_wait / 3).max(Duration::from_millis(200))
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct MaxDeliveries {
-    stream_seq: u64,
-    #[serde(default)]
-    deliveries: u64,
-}
-
-/// Turns max-deliveries advisories for tasks this process published into final failures.
-async fn report_exhausted(
-    mut advisories: async_nats::Subscriber,
-    sent: SentTasks,
-    js: jetstream::Context,
-) {
-    while let Some(msg) = advisories.next().await {
-        let Ok(adv) = serde_json::from_slice::<MaxDeliveries>(&msg.payload) else {
-            continue;
-        };
-        let Some((job, id)) = sent.lock().ok().and_then(|mut s| s.remove(&adv.stream_seq)) else {
-            continue;
-        };
-        let event = Event {
-            job: job.clone(),
-            task: id,
-            kind: crate::task::EventKind::Failed {
-                class: FailureClass::Internal,
-                message: format!(
-                    "no worker answered for this task in {} deliveries (workers died or hung)",
-                    adv.deliveries
-                ),
-                attempt: adv.deliveries as u32,
-                last: true,
-            },
-        };
-        if let Ok(payload) = serde_json::to_vec(&event)
-            && let Ok(ack) = js.publish(event_subject(&job), payload.into()).await
-        {
-            let _ = ack.await;
-        }
     }
 }
 

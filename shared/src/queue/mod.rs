@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc};
 
+mod exhausted;
 pub mod jetstream;
 
 use crate::error::Result;
