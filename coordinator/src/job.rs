@@ -167,6 +167,10 @@ pub struct JobSnapshot {
     pub blobs_present: u64,
     /// The failed images' original list lines.
     pub failed_lines: Vec<String>,
+    /// Tasks a worker is running now (the longest-running first, at most 50), with what
+    /// each waits on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_flight: Vec<crate::in_flight::TaskView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -200,6 +204,7 @@ pub async fn run_mirror(
                 stores.add_archive(location, archive.clone()).await;
             }
             let ctx = Arc::new(Context {
+                name: "embedded".into(),
                 stores: Arc::new(stores),
                 retry: spec.retry,
                 bytes_moved: bytes_moved.clone(),
@@ -316,11 +321,20 @@ pub async fn run_mirror(
     };
     let mut interrupted = false;
     let mut announced = 0;
+    let mut in_flight = crate::in_flight::InFlight::default();
     while !tracker.is_finished() {
         tokio::select! {
             Some((i, planned)) = plans.recv() => tracker.add_plan(i, planned, &mut obs).await?,
             event = events.recv() => match event {
-                Some(event) => tracker.on_event(event, &mut obs).await?,
+                Some(event) => {
+                    in_flight.observe(&event);
+                    tracker.on_event(event, &mut obs).await?;
+                    if let Some(w) = &watch
+                        && let Ok(mut snap) = w.lock()
+                    {
+                        snap.in_flight = in_flight.view(|t| tracker.describe(t));
+                    }
+                }
                 None => {
                     // No worker can report anything any more: what is unfinished stays so.
                     tracker.abandon("the workers stopped before these images were done", &mut obs);

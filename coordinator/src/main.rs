@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod console;
+mod in_flight;
 mod job;
 mod planner;
 mod schedule;

@@ -511,8 +511,21 @@ impl Tracker {
     }
 
     /// Folds one event in, publishing whatever it unblocks.
+    /// What a task of this job is, for the in-flight view; `None` once it is finished.
+    pub fn describe(&self, task: TaskId) -> Option<String> {
+        Some(match self.tasks.get(&task)? {
+            TaskRef::Blob((repo, digest)) => format!("blob {digest} → {repo}"),
+            TaskRef::Manifest { key, .. } => format!("manifest {key}"),
+            TaskRef::Top { key, .. } => format!("index {key}"),
+            TaskRef::Sign { image } => format!("sign {}", self.images[*image].job.dest),
+            TaskRef::Scan { image, .. } => format!("scan {}", self.images[*image].job.dest),
+        })
+    }
+
     pub async fn on_event(&mut self, event: Event, obs: &mut dyn Observer) -> Result<()> {
         let (outcome, error) = match event.kind {
+            // Notices for the in-flight view (`crate::in_flight`), nothing to settle.
+            EventKind::Started { .. } | EventKind::Waiting { .. } => return Ok(()),
             EventKind::Done { outcome } => (Some(outcome), None),
             EventKind::Failed {
                 last: false,

@@ -73,7 +73,7 @@ async fn submit_and_status_watch_outlive_a_coordinator_restart() {
     let list = env.write_list("list.txt", &lines);
     let listen = format!("127.0.0.1:{}", free_port().unwrap());
     let base = format!("http://{listen}");
-    let mut coord = fleet::serve(&nats.url(), &listen, &env.path("coord.log"), &[]);
+    let mut coord = fleet::serve(&nats.url(), &listen, &env.path("coord.log"), &[], &[]);
     let _workers: Vec<Proc> = (0..2)
         .map(|i| {
             fleet::worker(
@@ -119,8 +119,32 @@ async fn submit_and_status_watch_outlive_a_coordinator_restart() {
     }
     let id = id.expect("the job appears");
     let mut watch = client(&["status", &id, "--watch", "--server", &base], "watch.log");
-    // Mid-job: the coordinator dies without warning and comes back two seconds later.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Mid-job the snapshot shows who runs what.
+    let mut in_flight = Vec::new();
+    for _ in 0..20 {
+        let snap: serde_json::Value = reqwest::get(format!("{base}/jobs/{id}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        in_flight = snap["in_flight"].as_array().cloned().unwrap_or_default();
+        if !in_flight.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        in_flight.iter().any(
+            |t| t["what"].as_str().is_some_and(|w| w.starts_with("blob "))
+                && t["worker"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("worker-"))
+        ),
+        "{in_flight:?}"
+    );
+    // Then the coordinator dies without warning and comes back two seconds later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     coord.restart(Duration::from_secs(2));
     let last_fault = Instant::now();
     let wait = |child: &mut std::process::Child| loop {
@@ -238,4 +262,239 @@ async fn a_task_whose_deliveries_ran_out_unheard_still_ends() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The fleet's real faults at once, sized for CI: three workers sharing a Garage cache,
+/// each killed -9 and replaced in turn, nats-server restarted, the coordinator killed and
+/// restarted, under a `submit --server` that follows the job. The job ends `succeeded`
+/// within two minutes of the last fault, every digest checked with skopeo.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_ends_through_worker_kills_and_nats_and_coordinator_restarts() {
+    let env = Env::new();
+    let mut nats = NatsProcess::start().expect("nats-server");
+    let garage = hangar_loadtest::services::GarageProcess::start()
+        .expect("garage (scripts/dev-services.sh installs it)");
+    let cache = garage.cache_url();
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", garage.key_id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret.as_str()),
+    ];
+    let (lines, proxy) = slow_source(&env, 6, 1_500_000).await;
+    let list = env.write_list("list.txt", &lines);
+    let listen = format!("127.0.0.1:{}", free_port().unwrap());
+    let base = format!("http://{listen}");
+    let mut coord = fleet::serve(
+        &nats.url(),
+        &listen,
+        &env.path("coord.log"),
+        &["--cache", &cache],
+        &aws,
+    );
+    let worker_args = [
+        "--ack-wait",
+        "5s",
+        "--cache",
+        cache.as_str(),
+        "--grace",
+        "0s",
+    ];
+    let mut workers: Vec<Proc> = (0..3)
+        .map(|i| {
+            fleet::worker(
+                &nats.url(),
+                &env.path(&format!("w{i}.log")),
+                &worker_args,
+                &aws,
+            )
+        })
+        .collect();
+    let mut submit = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "submit",
+            list.to_str().unwrap(),
+            "--server",
+            &base,
+            "-d",
+            &env.dst.addr,
+            "--tls-verify=false",
+            "-j",
+            "3",
+            "-o",
+            env.path("failed.txt").to_str().unwrap(),
+        ])
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .stdout(std::fs::File::create(env.path("submit.log")).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("submit");
+    let mut faults = Vec::new();
+    let started = Instant::now();
+    let mut step = 0;
+    let mut last_fault = Instant::now();
+    let status = loop {
+        if let Some(status) = submit.try_wait().unwrap() {
+            break status;
+        }
+        // A fault every 1.5 s for the first ten, then let the job finish.
+        if step < 10 && started.elapsed() > Duration::from_millis(1500 * (step + 1)) {
+            match step {
+                3 => {
+                    nats.restart(Duration::from_secs(1)).expect("nats restart");
+                    faults.push("nats restarted");
+                }
+                6 => {
+                    coord.restart(Duration::from_secs(1));
+                    faults.push("coordinator restarted");
+                }
+                n => {
+                    workers[(n % 3) as usize].restart(Duration::ZERO);
+                    faults.push("worker killed -9 and replaced");
+                }
+            }
+            last_fault = Instant::now();
+            step += 1;
+        }
+        assert!(
+            last_fault.elapsed() < Duration::from_secs(120),
+            "still running two minutes after the last fault ({faults:?})\n{}",
+            std::fs::read_to_string(env.path("coord.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ended = last_fault.elapsed();
+    let log = std::fs::read_to_string(env.path("submit.log")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "{faults:?}\n{log}\n{}",
+        std::fs::read_to_string(env.path("coord.log")).unwrap_or_default()
+    );
+    digests_match(&env, &lines, &proxy.addr);
+    // How many times the source was asked for each unique blob: dedup held under chaos?
+    let gets = common::blob_gets(&env.src.log());
+    let fetches: usize = gets.values().sum();
+    eprintln!(
+        "chaos: {} faults ({faults:?}); the job ended {:.1} s after the last; {fetches} source blob GETs for {} unique blobs",
+        faults.len(),
+        ended.as_secs_f64(),
+        gets.len()
+    );
+}
+
+/// A worker frozen (SIGSTOP) while it copies — holding deliveries and blob leases — holds
+/// nobody up for long: its deliveries go to the other worker after `ack_wait`, its leases
+/// lapse after 30 s, and the job ends well inside two minutes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_worker_holding_leases_does_not_stall_the_job() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let garage = hangar_loadtest::services::GarageProcess::start()
+        .expect("garage (scripts/dev-services.sh installs it)");
+    let cache = garage.cache_url();
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", garage.key_id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret.as_str()),
+    ];
+    let (lines, proxy) = slow_source(&env, 4, 1_500_000).await;
+    let list = env.write_list("list.txt", &lines);
+    let worker_args = ["--ack-wait", "5s", "--cache", cache.as_str()];
+    let frozen = fleet::worker(&nats.url(), &env.path("frozen.log"), &worker_args, &aws);
+    let listen = format!("127.0.0.1:{}", free_port().unwrap());
+    let base = format!("http://{listen}");
+    let _coord = fleet::serve(
+        &nats.url(),
+        &listen,
+        &env.path("coord.log"),
+        &["--cache", &cache],
+        &aws,
+    );
+    let mut submit = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "submit",
+            list.to_str().unwrap(),
+            "--server",
+            &base,
+            "-d",
+            &env.dst.addr,
+            "--tls-verify=false",
+            "-j",
+            "4",
+            "-o",
+            env.path("failed.txt").to_str().unwrap(),
+        ])
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .envs(aws)
+        .stdout(std::fs::File::create(env.path("submit.log")).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("submit");
+    // The lone worker takes what it can, starts filling the cache (leases held), and
+    // freezes; only then does a second worker appear.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut held = false;
+    for _ in 0..100 {
+        if let Ok(kv) = js.get_key_value(hangar_shared::lease::LEASE_BUCKET).await
+            && let Ok(mut keys) = kv.keys().await
+            && futures_util::StreamExt::next(&mut keys).await.is_some()
+        {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(held, "the first worker took a lease");
+    frozen.signal("-STOP");
+    let frozen_at = Instant::now();
+    let _thawed = fleet::worker(&nats.url(), &env.path("thawed.log"), &worker_args, &aws);
+    // The job's view says what holds it up: a task waiting on a lease the frozen worker has.
+    let id = job_ids(&base).await.into_iter().next().expect("the job");
+    let mut seen_waiting = None;
+    let status = loop {
+        if let Some(status) = submit.try_wait().unwrap() {
+            break status;
+        }
+        if seen_waiting.is_none()
+            && let Ok(resp) = reqwest::get(format!("{base}/jobs/{id}")).await
+            && let Ok(snap) = resp.json::<serde_json::Value>().await
+        {
+            seen_waiting = snap["in_flight"].as_array().and_then(|tasks| {
+                tasks
+                    .iter()
+                    .find(|t| {
+                        t["waiting_on"]
+                            .as_str()
+                            .is_some_and(|w| w.contains("lease"))
+                    })
+                    .cloned()
+            });
+        }
+        assert!(
+            frozen_at.elapsed() < Duration::from_secs(120),
+            "still running two minutes after the freeze"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(env.path("submit.log")).unwrap_or_default()
+    );
+    digests_match(&env, &lines, &proxy.addr);
+    let waiting = seen_waiting.expect("a task shown waiting on the frozen worker's lease");
+    assert!(
+        waiting["what"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("blob sha256:")),
+        "{waiting}"
+    );
+    assert!(
+        waiting["worker"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("worker-")),
+        "{waiting}"
+    );
+    eprintln!(
+        "frozen worker: the job ended {:.1} s after the freeze",
+        frozen_at.elapsed().as_secs_f64()
+    );
+    drop(frozen);
 }

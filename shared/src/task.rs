@@ -267,6 +267,16 @@ pub enum EventKind {
         attempt: u32,
         last: bool,
     },
+    /// A worker took the task (each delivery); said best-effort, for the job's view of
+    /// what is in flight.
+    Started {
+        worker: String,
+        attempt: u32,
+    },
+    /// The task waits on something outside it (a blob lease held by another worker).
+    Waiting {
+        on: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -282,6 +292,17 @@ impl Event {
             job: env.job.clone(),
             task: env.id,
             kind: EventKind::Done { outcome },
+        }
+    }
+
+    pub fn started(env: &TaskEnvelope, worker: &str, attempt: u32) -> Self {
+        Self {
+            job: env.job.clone(),
+            task: env.id,
+            kind: EventKind::Started {
+                worker: worker.to_owned(),
+                attempt,
+            },
         }
     }
 

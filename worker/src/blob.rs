@@ -220,6 +220,9 @@ where
             return filled.map(|()| false);
         }
         // Someone else is fetching it: wait for the cache entry, or for the lease to go.
+        crate::runner::waiting_on(format!(
+            "the lease on {digest}: another worker is fetching it into the cache"
+        ));
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             if cache

@@ -12,6 +12,8 @@ use hangar_shared::store::StoreResolver;
 pub mod policy;
 
 pub struct Context {
+    /// How this process names itself in events (the fleet worker's lease holder name).
+    pub name: String,
     pub stores: Arc<dyn StoreResolver>,
     pub retry: RetryPolicy,
     /// Bytes moved so far, for progress bars and rates; not a verified total.

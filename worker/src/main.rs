@@ -277,6 +277,7 @@ async fn main() -> Result<()> {
         None => None,
     };
     let ctx = Arc::new(Context {
+        name: holder.clone(),
         stores: Arc::new(Stores::new(Arc::new(pool), cache.clone())),
         retry,
         bytes_moved: Arc::new(AtomicU64::new(0)),

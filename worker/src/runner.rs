@@ -8,9 +8,23 @@ use tracing::Instrument;
 
 use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::queue::{EventSink, TaskQueue};
-use hangar_shared::task::{Event, Outcome, Task};
+use hangar_shared::task::{Event, EventKind, Outcome, Task};
 
 use crate::{Context, assemble, blob, index, manifest, scan, sign};
+
+/// Tells the job what the running task waits on.
+type Waiting = Arc<dyn Fn(String) + Send + Sync>;
+
+tokio::task_local! {
+    static WAITING: Waiting;
+}
+
+/// Says, from inside a handler, what its task now waits on (nothing outside a worker's
+/// delivery, e.g. a handler called directly).
+pub fn waiting_on(on: impl Into<String>) {
+    let on = on.into();
+    let _ = WAITING.try_with(|w| w(on));
+}
 
 pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
     let work = async {
@@ -57,7 +71,7 @@ pub async fn run(
                     otel.status_message = tracing::field::Empty,
                 );
                 hangar_shared::telemetry::adopt(&span, delivery.task.trace.as_deref());
-                process(&*queue, &*events, &ctx, delivery)
+                process(&*queue, &events, &ctx, delivery)
                     .instrument(span)
                     .await;
             }
@@ -69,11 +83,30 @@ pub async fn run(
 /// One delivery, start to settlement, inside its task span.
 async fn process(
     queue: &dyn TaskQueue,
-    events: &dyn EventSink,
+    events: &Arc<dyn EventSink>,
     ctx: &Context,
     delivery: hangar_shared::queue::Delivery,
 ) {
     let started = std::time::Instant::now();
+    events
+        .notify(Event::started(&delivery.task, &ctx.name, delivery.attempt))
+        .await;
+    // What the handler waits on goes to the job's view as it happens.
+    let waiting: Waiting = {
+        let (events, job, task) = (events.clone(), delivery.task.job.clone(), delivery.task.id);
+        Arc::new(move |on: String| {
+            let (events, job) = (events.clone(), job.clone());
+            tokio::spawn(async move {
+                events
+                    .notify(Event {
+                        job,
+                        task,
+                        kind: EventKind::Waiting { on },
+                    })
+                    .await;
+            });
+        })
+    };
     tracing::debug!(
         kind = delivery.task.task.kind().as_str(),
         key = %delivery.task.key,
@@ -82,9 +115,10 @@ async fn process(
     );
     let result = {
         // A panicking handler must still end in an event, or its image waits forever.
-        let work = std::panic::AssertUnwindSafe(handle(ctx, &delivery.task.task))
-            .catch_unwind()
-            .map(|r| r.unwrap_or_else(|_| Err(Error::internal("the task handler panicked"))));
+        let work =
+            std::panic::AssertUnwindSafe(WAITING.scope(waiting, handle(ctx, &delivery.task.task)))
+                .catch_unwind()
+                .map(|r| r.unwrap_or_else(|_| Err(Error::internal("the task handler panicked"))));
         tokio::pin!(work);
         // Long copies tell the queue they are alive, so it does not redeliver them.
         let mut heartbeat = tokio::time::interval(queue.heartbeat());

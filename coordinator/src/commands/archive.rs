@@ -310,7 +310,10 @@ async fn verify_one(location: &str, console: &Console) -> Result<Vec<String>> {
         }
     }
     for image in &archive.index.list {
-        if let Err(e) = image.reference() {
+        // A stored file or chart is named by its file name, not an image reference.
+        if !image.is_custom()
+            && let Err(e) = image.reference()
+        {
             problems.push(e.message);
         }
         for spec in &image.images {

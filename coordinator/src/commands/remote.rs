@@ -270,7 +270,21 @@ pub async fn status(args: &crate::cli::StatusArgs, console: &Console) -> Result<
         let outage = humantime::parse_duration(&args.timeout)
             .with_context(|| format!("invalid --timeout {:?}", args.timeout))?;
         let mut shown = None;
+        let mut waits = std::collections::HashSet::new();
         let snap = follow(&http, &url, outage, console, |s| {
+            for t in &s.in_flight {
+                if let Some(on) = &t.waiting_on
+                    && waits.insert((t.task, on.clone()))
+                {
+                    console.info(
+                        None,
+                        format!(
+                            "job {id}: {} ({}, delivery {}) waits on {on}",
+                            t.what, t.worker, t.attempt
+                        ),
+                    );
+                }
+            }
             let now = (s.copied, s.failed, s.skipped, s.state.clone());
             if shown.as_ref() != Some(&now) {
                 console.info(

@@ -105,9 +105,13 @@ pub fn worker(nats: &str, log: &Path, args: &[&str], envs: &[(&str, &str)]) -> P
 
 /// `hangar-coord serve --tls-verify=false --listen LISTEN --nats NATS ARGS`, logging to
 /// `log`; waits for its port.
-pub fn serve(nats: &str, listen: &str, log: &Path, args: &[&str]) -> Proc {
+pub fn serve(nats: &str, listen: &str, log: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     let (nats, listen_at, log) = (nats.to_owned(), listen.to_owned(), log.to_owned());
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let envs: Vec<(String, String)> = envs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Proc::start(Box::new(move || {
         let out = log_file(&log);
         let child = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
@@ -121,6 +125,7 @@ pub fn serve(nats: &str, listen: &str, log: &Path, args: &[&str]) -> Proc {
             ])
             .args(&args)
             .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
             .stderr(out)

@@ -517,6 +517,16 @@ impl JetStreamSink {
 
 #[async_trait]
 impl EventSink for JetStreamSink {
+    /// One publish, its ack not awaited: a lost notice costs a line of the job's view.
+    async fn notify(&self, event: Event) {
+        if let Ok(payload) = serde_json::to_vec(&event) {
+            let _ = self
+                .js
+                .publish(event_subject(&event.job), payload.into())
+                .await;
+        }
+    }
+
     async fn emit(&self, event: Event) -> Result<()> {
         let payload = serde_json::to_vec(&event).map_err(|e| Error::internal(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;

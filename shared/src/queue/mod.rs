@@ -76,7 +76,14 @@ pub trait TaskQueue: Send + Sync {
 /// outcome is never lost between the two.
 #[async_trait]
 pub trait EventSink: Send + Sync {
+    /// Stores an outcome; a task is acknowledged only once this returned `Ok`.
     async fn emit(&self, event: Event) -> Result<()>;
+
+    /// Says something worth knowing but not worth waiting for (a task started, what it
+    /// waits on): nothing depends on it arriving.
+    async fn notify(&self, event: Event) {
+        let _ = self.emit(event).await;
+    }
 }
 
 /// Tokio channels in one process: the embedded backend.
