@@ -209,6 +209,8 @@ pub async fn run_mirror(
                 retry: spec.retry,
                 bytes_moved: bytes_moved.clone(),
                 task_timeout: spec.task_timeout,
+                // One process: another delivery would be this same process again.
+                stall_after: None,
                 metrics: None,
                 cache: spec.cache.clone(),
                 leases: None,

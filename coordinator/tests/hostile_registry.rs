@@ -37,6 +37,17 @@ impl Small {
         Self { config, manifest }
     }
 
+    /// A manifest whose one layer (10 MB, never sent whole) stalls after its first KiB.
+    fn stalling_manifest(&self) -> Vec<u8> {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":10000000}}]}}"#,
+            sha(&self.config),
+            self.config.len(),
+            sha(b"a layer that never arrives")
+        )
+        .into_bytes()
+    }
+
     fn index(&self, copies: usize) -> Vec<u8> {
         let entry = format!(
             r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}"#,
@@ -167,6 +178,20 @@ async fn serve(
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
+            return;
+        } else if path.starts_with("/v2/stall/") && path.contains("/manifests/") {
+            plain(200, OCI_MANIFEST, &small.stalling_manifest())
+        } else if path.starts_with("/v2/stall/") && path.ends_with(&config) {
+            plain(200, "application/octet-stream", &small.config)
+        } else if path.starts_with("/v2/stall/") && path.contains("/blobs/") {
+            // The layer's first KiB, then nothing, for as long as anyone listens.
+            let header = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n";
+            if conn.write_all(header.as_bytes()).await.is_err()
+                || conn.write_all(&[0u8; 1024]).await.is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
             return;
         } else if path.starts_with("/v2/many/") && path.ends_with("/manifests/1") {
             plain(200, OCI_INDEX, &small.index(5000))
@@ -422,4 +447,45 @@ async fn an_endless_token_answer_is_refused_at_four_mib() {
         "peak RSS {} MB",
         run.peak_rss / MB
     );
+}
+
+/// A blob whose body stops after its first KiB holds a fleet worker's delivery only until
+/// `--stall-timeout`: the copy is given up (not held for `--timeout`, ten minutes), each
+/// delivery in turn, and the job ends with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_blob_copy_is_given_up_for_another_delivery() {
+    let env = Env::new();
+    let hostile = start_hostile().await;
+    let nats = hangar_loadtest::services::NatsProcess::start().expect("nats-server");
+    let _worker = common::fleet::worker(
+        &nats.url(),
+        &env.path("worker.log"),
+        &["--stall-timeout", "2s", "--ack-wait", "5s"],
+        &[],
+    );
+    let list = env.write_list("stall.txt", &[format!("{}/stall/app:1", hostile.addr)]);
+    let failed = env.path("stall-failed.txt");
+    let run = run_measured(
+        &[
+            "submit",
+            list.to_str().expect("utf-8"),
+            "--nats",
+            &nats.url(),
+            "--tls-verify=false",
+            "-d",
+            &env.dst.addr,
+            "-o",
+            failed.to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(!run.success, "{}", run.output);
+    let log = std::fs::read_to_string(env.path("worker.log")).unwrap_or_default();
+    assert!(
+        run.output.contains("no byte moved for 2s") || log.contains("no byte moved for 2s"),
+        "{}\n{log}",
+        run.output
+    );
+    // Three deliveries of a few seconds each and their back-off, not ten minutes.
+    assert!(run.elapsed < Duration::from_secs(60), "{:?}", run.elapsed);
 }

@@ -51,7 +51,7 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
                     once,
                     digest.clone(),
                     task.desc.size,
-                    Some(ctx.bytes_moved.clone()),
+                    Some(crate::progress::counter(ctx)),
                 );
                 dest.put_blob(&task.dest.repo, &task.desc, stream).await
             })
@@ -72,7 +72,11 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
     ctx.retry
         .run(&what, || async {
             let stream = source
-                .get_blob(&task.source.repo, &task.desc, Some(ctx.bytes_moved.clone()))
+                .get_blob(
+                    &task.source.repo,
+                    &task.desc,
+                    Some(crate::progress::counter(ctx)),
+                )
                 .await?;
             dest.put_blob(&task.dest.repo, &task.desc, stream).await
         })
@@ -90,7 +94,7 @@ async fn into_cache(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
             "a save task reached a worker without a blob cache (--cache)",
         ));
     };
-    let there = ensure_cached(ctx, cache, task, Some(ctx.bytes_moved.clone())).await?;
+    let there = ensure_cached(ctx, cache, task, Some(crate::progress::counter(ctx))).await?;
     Ok(if there {
         Outcome::BlobPresent
     } else {
@@ -161,7 +165,9 @@ async fn through_cache(
     let digest = &task.desc.digest;
     let hit = ensure_cached(ctx, cache, task, None).await?;
     let deliver = || async {
-        let stream = cache.get(&task.desc, Some(ctx.bytes_moved.clone())).await?;
+        let stream = cache
+            .get(&task.desc, Some(crate::progress::counter(ctx)))
+            .await?;
         dest.put_blob(&task.dest.repo, &task.desc, stream).await
     };
     let what = format!("copy blob {digest} via the cache -> {}", task.dest);
@@ -220,7 +226,7 @@ where
             return filled.map(|()| false);
         }
         // Someone else is fetching it: wait for the cache entry, or for the lease to go.
-        crate::runner::waiting_on(format!(
+        crate::progress::waiting_on(format!(
             "the lease on {digest}: another worker is fetching it into the cache"
         ));
         loop {

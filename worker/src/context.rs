@@ -20,6 +20,9 @@ pub struct Context {
     pub bytes_moved: Arc<AtomicU64>,
     /// `--timeout`: bounds one attempt of one task.
     pub task_timeout: Option<Duration>,
+    /// `--stall-timeout`: a blob copy that moves no byte for this long (while waiting on
+    /// no lease) is given up for another delivery.
+    pub stall_after: Option<Duration>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Blobs go source → cache → destination when set, and a cached blob is never fetched
     /// from its source again.

@@ -10,6 +10,7 @@ pub mod http;
 pub mod index;
 pub mod manifest;
 pub mod metrics;
+pub mod progress;
 pub mod runner;
 pub mod scan;
 pub mod sign;

@@ -104,6 +104,11 @@ struct Args {
     /// Bound on one task attempt.
     #[arg(long, default_value = "10m")]
     timeout: String,
+    /// A blob copy that moves no byte for this long, while waiting on no other worker's
+    /// lease, is given up so another delivery (perhaps on another worker) can try; 0 turns
+    /// it off.
+    #[arg(long, default_value = "2m")]
+    stall_timeout: String,
     /// JetStream `ack_wait` for the task consumers, applied when this worker creates them:
     /// how soon a task held by a dead worker is handed to another.
     #[arg(long, default_value = "60s")]
@@ -134,6 +139,11 @@ async fn main() -> Result<()> {
         .with_context(|| format!("invalid --timeout {:?}", args.timeout))?;
     let ack_wait = humantime::parse_duration(&args.ack_wait)
         .with_context(|| format!("invalid --ack-wait {:?}", args.ack_wait))?;
+    let stall = match args.stall_timeout.trim() {
+        "0" => Ok(Duration::ZERO),
+        t => humantime::parse_duration(t),
+    }
+    .with_context(|| format!("invalid --stall-timeout {:?}", args.stall_timeout))?;
     let grace = humantime::parse_duration(&args.grace)
         .with_context(|| format!("invalid --grace {:?}", args.grace))?;
     let metrics = Arc::new(hangar_worker::metrics::Metrics::new());
@@ -282,6 +292,7 @@ async fn main() -> Result<()> {
         retry,
         bytes_moved: Arc::new(AtomicU64::new(0)),
         task_timeout: (!timeout.is_zero()).then_some(timeout),
+        stall_after: (!stall.is_zero()).then_some(stall),
         metrics: Some(metrics),
         cache,
         leases: match &args.cache {

@@ -12,20 +12,6 @@ use hangar_shared::task::{Event, EventKind, Outcome, Task};
 
 use crate::{Context, assemble, blob, index, manifest, scan, sign};
 
-/// Tells the job what the running task waits on.
-type Waiting = Arc<dyn Fn(String) + Send + Sync>;
-
-tokio::task_local! {
-    static WAITING: Waiting;
-}
-
-/// Says, from inside a handler, what its task now waits on (nothing outside a worker's
-/// delivery, e.g. a handler called directly).
-pub fn waiting_on(on: impl Into<String>) {
-    let on = on.into();
-    let _ = WAITING.try_with(|w| w(on));
-}
-
 pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
     let work = async {
         match task {
@@ -92,7 +78,7 @@ async fn process(
         .notify(Event::started(&delivery.task, &ctx.name, delivery.attempt))
         .await;
     // What the handler waits on goes to the job's view as it happens.
-    let waiting: Waiting = {
+    let waiting: crate::progress::Waiting = {
         let (events, job, task) = (events.clone(), delivery.task.job.clone(), delivery.task.id);
         Arc::new(move |on: String| {
             let (events, job) = (events.clone(), job.clone());
@@ -115,24 +101,50 @@ async fn process(
     );
     let result = {
         // A panicking handler must still end in an event, or its image waits forever.
-        let work =
-            std::panic::AssertUnwindSafe(WAITING.scope(waiting, handle(ctx, &delivery.task.task)))
-                .catch_unwind()
-                .map(|r| r.unwrap_or_else(|_| Err(Error::internal("the task handler panicked"))));
+        let (mut watch, task_progress) = crate::progress::Watch::new();
+        let work = std::panic::AssertUnwindSafe(crate::progress::scope(
+            task_progress,
+            waiting,
+            handle(ctx, &delivery.task.task),
+        ))
+        .catch_unwind()
+        .map(|r| r.unwrap_or_else(|_| Err(Error::internal("the task handler panicked"))));
         tokio::pin!(work);
-        // Long copies tell the queue they are alive, so it does not redeliver them.
+        // Long copies tell the queue they are alive, so it does not redeliver them — unless
+        // a copy has stopped moving bytes, when it is given up for another delivery.
         let mut heartbeat = tokio::time::interval(queue.heartbeat());
         heartbeat.tick().await;
-        loop {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        let stall = match delivery.task.task {
+            Task::Blob(_) => ctx.stall_after,
+            _ => None,
+        };
+        let result = loop {
             tokio::select! {
                 r = &mut work => break r,
+                _ = tick.tick() => {
+                    watch.drain(ctx);
+                    if let Some(limit) = stall
+                        && watch.stalled(limit)
+                    {
+                        break Err(Error::new(
+                            FailureClass::Network,
+                            format!(
+                                "no byte moved for {}s (--stall-timeout): given up for another delivery",
+                                limit.as_secs()
+                            ),
+                        ));
+                    }
+                }
                 _ = heartbeat.tick() => {
                     if let Err(e) = delivery.in_progress().await {
                         tracing::warn!("heartbeat for task {}: {e}", delivery.task.key);
                     }
                 }
             }
-        }
+        };
+        watch.drain(ctx);
+        result
     };
     tracing::debug!(
         kind = delivery.task.task.kind().as_str(),
