@@ -24,6 +24,7 @@ pub mod store;
 pub mod task;
 pub mod telemetry;
 pub mod verify;
+pub mod waiting;
 
 pub use digest::Digest;
 pub use error::{Error, FailureClass, Result};

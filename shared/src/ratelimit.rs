@@ -292,6 +292,9 @@ impl RateGate {
                 }
             };
             if blocked_until > now {
+                crate::waiting::on(format!(
+                    "{host}: a fleet-wide hold (after a 429 or answers slowing down)"
+                ));
                 tokio::time::sleep(Duration::from_millis(blocked_until - now)).await;
             }
             return;
@@ -303,6 +306,9 @@ impl RateGate {
             };
             let now = now_ms();
             if w.blocked_until > now {
+                crate::waiting::on(format!(
+                    "{host}: a fleet-wide hold (after a 429 or answers slowing down)"
+                ));
                 tokio::time::sleep(Duration::from_millis(w.blocked_until - now)).await;
                 continue;
             }
@@ -312,6 +318,9 @@ impl RateGate {
                 (w.start, w.count)
             };
             if count + requests > limit {
+                crate::waiting::on(format!(
+                    "{host}: its request budget (--rate-limit {limit}/s)"
+                ));
                 tokio::time::sleep(Duration::from_millis(start + 1000 - now)).await;
                 continue;
             }
@@ -359,6 +368,9 @@ impl RateGate {
                 }
                 continue;
             }
+            crate::waiting::on(format!(
+                "{host}: a free request slot (--max-in-flight {limit}, all held)"
+            ));
             // Jittered, so waiters do not all ask again at the same moment.
             let jitter = Duration::from_millis(u64::from(rand::random::<u8>() % 20));
             tokio::time::sleep(wait + jitter).await;

@@ -226,7 +226,7 @@ where
             return filled.map(|()| false);
         }
         // Someone else is fetching it: wait for the cache entry, or for the lease to go.
-        crate::progress::waiting_on(format!(
+        hangar_shared::waiting::on(format!(
             "the lease on {digest}: another worker is fetching it into the cache"
         ));
         loop {

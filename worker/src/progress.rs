@@ -10,27 +10,17 @@ use std::time::{Duration, Instant};
 
 use crate::Context;
 
-/// Tells the job what the running task waits on.
-pub type Waiting = Arc<dyn Fn(String) + Send + Sync>;
-
 /// One delivery's progress, shared with its handler through a task-local.
 #[derive(Default)]
 pub struct TaskProgress {
     bytes: Arc<AtomicU64>,
     waiting: AtomicBool,
+    /// The last wait told, so a wait repeated request after request is told once.
+    told: std::sync::Mutex<Option<String>>,
 }
 
 tokio::task_local! {
-    static WAITING: Waiting;
     static TASK: Arc<TaskProgress>;
-}
-
-/// Says, from inside a handler, what its task now waits on (nothing outside a worker's
-/// delivery, e.g. a handler called directly).
-pub fn waiting_on(on: impl Into<String>) {
-    let on = on.into();
-    let _ = TASK.try_with(|t| t.waiting.store(true, Ordering::Relaxed));
-    let _ = WAITING.try_with(|w| w(on));
 }
 
 /// The counter a handler's byte streams add to: its delivery's, else the process's.
@@ -39,13 +29,26 @@ pub fn counter(ctx: &Context) -> Arc<AtomicU64> {
         .unwrap_or_else(|_| ctx.bytes_moved.clone())
 }
 
-/// Runs `work` as one delivery: its byte streams and wait notices go to `task`.
+/// Runs `work` as one delivery: its byte streams count into `task`, and what it waits on
+/// (`hangar_shared::waiting::on`, from the lease, the rate gate, …) marks it waiting and
+/// goes to `tell` — once per change.
 pub async fn scope<F: std::future::Future>(
     task: Arc<TaskProgress>,
-    waiting: Waiting,
+    tell: impl Fn(String) + Send + Sync + 'static,
     work: F,
 ) -> F::Output {
-    WAITING.scope(waiting, TASK.scope(task, work)).await
+    let marks = task.clone();
+    let listener: hangar_shared::waiting::Listener = Arc::new(move |on: String| {
+        marks.waiting.store(true, Ordering::Relaxed);
+        let Ok(mut told) = marks.told.lock() else {
+            return;
+        };
+        if told.as_deref() != Some(on.as_str()) {
+            *told = Some(on.clone());
+            tell(on);
+        }
+    });
+    hangar_shared::waiting::scope(listener, TASK.scope(task, work)).await
 }
 
 /// The runner's side of one delivery.
@@ -74,6 +77,9 @@ impl Watch {
             self.last_progress = Instant::now();
             // Bytes flow again: whatever it waited on is over.
             self.task.waiting.store(false, Ordering::Relaxed);
+            if let Ok(mut told) = self.task.told.lock() {
+                *told = None;
+            }
         }
     }
 
@@ -92,13 +98,15 @@ mod tests {
         let (mut watch, task) = Watch::new();
         let noticed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = noticed.clone();
-        let waiting: Waiting = Arc::new(move |on| {
+        let tell = move |on| {
             if let Ok(mut s) = seen.lock() {
                 s.push(on);
             }
-        });
-        let counter = scope(task, waiting, async {
-            waiting_on("a lease");
+        };
+        let counter = scope(task, tell, async {
+            hangar_shared::waiting::on("a lease");
+            // The same wait again is told once.
+            hangar_shared::waiting::on("a lease");
             TASK.try_with(|t| t.bytes.clone()).expect("in scope")
         })
         .await;

@@ -78,9 +78,9 @@ async fn process(
         .notify(Event::started(&delivery.task, &ctx.name, delivery.attempt))
         .await;
     // What the handler waits on goes to the job's view as it happens.
-    let waiting: crate::progress::Waiting = {
+    let waiting = {
         let (events, job, task) = (events.clone(), delivery.task.job.clone(), delivery.task.id);
-        Arc::new(move |on: String| {
+        move |on: String| {
             let (events, job) = (events.clone(), job.clone());
             tokio::spawn(async move {
                 events
@@ -91,7 +91,7 @@ async fn process(
                     })
                     .await;
             });
-        })
+        }
     };
     tracing::debug!(
         kind = delivery.task.task.kind().as_str(),
