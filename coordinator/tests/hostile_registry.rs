@@ -373,6 +373,26 @@ async fn a_manifest_sent_a_byte_at_a_time_ends_at_the_timeout() {
         run.peak_rss / MB
     );
 
+    // So does mirror validate, per image.
+    let list = env.path("slow.txt");
+    let run = run_measured(
+        &[
+            "mirror",
+            "validate",
+            "--tls-verify=false",
+            "--timeout",
+            "5s",
+            "-f",
+            list.to_str().expect("utf-8"),
+            "-d",
+            &env.dst.addr,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!run.success, "{}", run.output);
+    assert!(run.output.contains("timed out after 5s"), "{}", run.output);
+    assert!(run.elapsed < Duration::from_secs(15), "{:?}", run.elapsed);
+
     // The one-shot commands take --timeout as well.
     let reference = format!("docker://{}/slow/app:1", hostile.addr);
     for args in [

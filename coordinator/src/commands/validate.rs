@@ -80,8 +80,15 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
     let mut failed = super::report_rejected(&console, &prepared.rejected, "validate");
     let mut results = futures_util::stream::iter(prepared.images.iter())
         .map(|job| {
-            let (pool, filter) = (pool.clone(), filter.clone());
-            async move { (job, check(&pool, job, &filter, args.provenance).await) }
+            let (pool, filter, timeout) = (pool.clone(), filter.clone(), prepared.timeout);
+            async move {
+                let verdict = super::targets::with_timeout(
+                    timeout,
+                    check(&pool, job, &filter, args.provenance),
+                )
+                .await;
+                (job, verdict)
+            }
         })
         .buffer_unordered(prepared.jobs.max(4));
     while let Some((job, verdict)) = results.next().await {
