@@ -98,14 +98,12 @@ pub enum MirrorSub {
     Validate(MirrorArgs),
 }
 
-#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[derive(Args, Debug, Clone)]
 pub struct MirrorArgs {
     /// Image list (default or mirror format).
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
     #[command(flatten)]
-    #[serde(flatten)]
     pub platforms: PlatformArgs,
     /// Override the source registry of every line.
     #[arg(short = 's', long = "source", default_value = "")]
@@ -180,7 +178,6 @@ pub struct MirrorArgs {
     pub fleet: FleetArgs,
     /// This process's own business: a job sent to `serve` runs under the server's limits.
     #[command(flatten)]
-    #[serde(skip)]
     pub rate: RateArgs,
 }
 
@@ -197,8 +194,7 @@ impl Default for MirrorArgs {
 }
 
 /// Hangar's `--arch` / `--os` selection of platforms.
-#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[derive(Args, Debug, Clone)]
 pub struct PlatformArgs {
     /// Architectures (comma separated or repeated).
     #[arg(
@@ -230,13 +226,12 @@ impl PlatformArgs {
 }
 
 /// Run on the fleet instead of in this process (beyond Hangar).
-#[derive(Args, Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct FleetArgs {
     /// A coordinator started with `hangar-coord serve`: the job runs there.
     #[arg(long = "server", env = "HANGAR_SERVER")]
     pub server: Option<String>,
     #[command(flatten)]
-    #[serde(skip)]
     pub api: ApiClientArgs,
     /// NATS server of the fleet; tasks go to `hangar-worker` processes (`nats://host:4222`;
     /// `tls://host:4222` requires TLS).
@@ -251,11 +246,9 @@ pub struct FleetArgs {
         env = "HANGAR_NATS_PASSWORD",
         hide_env_values = true
     )]
-    #[serde(skip)]
     pub nats_password: Option<String>,
     /// NATS authentication token (instead of a user and password).
     #[arg(long = "nats-token", env = "HANGAR_NATS_TOKEN", hide_env_values = true)]
-    #[serde(skip)]
     pub nats_token: Option<String>,
     /// NATS credentials file (nkey/JWT).
     #[arg(long = "nats-creds", env = "HANGAR_NATS_CREDS")]
@@ -281,7 +274,6 @@ pub struct FleetArgs {
         env = "HANGAR_NATS_TLS_KEY",
         requires = "nats_tls_cert"
     )]
-    #[serde(skip)]
     pub nats_tls_key: Option<PathBuf>,
 }
 

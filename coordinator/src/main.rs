@@ -9,6 +9,7 @@ mod job;
 mod planner;
 mod schedule;
 mod serve;
+mod spec;
 mod tracker;
 
 use std::process::ExitCode;

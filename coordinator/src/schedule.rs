@@ -1,6 +1,7 @@
 //! Scheduled bulk runs for `hangar-coord serve --schedule FILE`: each entry names a cron
 //! expression (5 fields, or 6 with seconds), a list file read afresh at each run, and the
-//! mirror flags. A run due while the schedule's previous run is still queued or running is
+//! job as a [`JobSpec`] says it (`kind`, `source`, `destination`, `options`; unknown fields
+//! are refused). A run due while the schedule's previous run is still queued or running is
 //! skipped, not stacked. Runs missed while the coordinator was down are not replayed: the
 //! next run is the next time the expression matches after it starts (a resumed run still
 //! counts as busy).
@@ -9,7 +10,8 @@
 //! - name: nightly
 //!   cron: "0 2 * * *"
 //!   list: /lists/nightly.txt
-//!   args: {destination: registry.local:5000, jobs: 10}
+//!   destination: {registry: registry.local:5000}
+//!   options: {jobs: 10}
 //! ```
 
 use std::future::Future;
@@ -19,17 +21,42 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
-use crate::cli::MirrorArgs;
 use crate::console::Console;
 use crate::serve::JobRequest;
+use crate::spec::{Endpoint, JobKind, JobSpec, Options, VERSION};
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Schedule {
     pub name: String,
     pub cron: String,
     pub list: PathBuf,
+    #[serde(default = "mirror")]
+    pub kind: JobKind,
     #[serde(default)]
-    pub args: MirrorArgs,
+    pub source: Endpoint,
+    #[serde(default)]
+    pub destination: Endpoint,
+    #[serde(default)]
+    pub options: Options,
+}
+
+fn mirror() -> JobKind {
+    JobKind::Mirror
+}
+
+impl Schedule {
+    /// The job this schedule runs, with the list's text as it is now.
+    fn spec(&self, list: String) -> JobSpec {
+        JobSpec {
+            version: VERSION,
+            kind: self.kind,
+            list,
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            options: self.options.clone(),
+        }
+    }
 }
 
 /// Reads and checks a schedule file: names unique, expressions valid, lists readable.
@@ -49,6 +76,9 @@ pub fn load(path: &Path) -> Result<Vec<Schedule>> {
             .with_context(|| format!("{at}: invalid cron expression {:?}", s.cron))?;
         if !s.list.is_file() {
             bail!("{at}: list {} does not exist", s.list.display());
+        }
+        if let Err(e) = s.spec(String::new()).check() {
+            bail!("{at}: {e}");
         }
     }
     Ok(entries)
@@ -109,8 +139,7 @@ where
                 }
             };
             let request = JobRequest {
-                list,
-                args: s.args.clone(),
+                spec: s.spec(list),
                 schedule: Some(s.name.clone()),
                 owner: None,
                 trace: None,

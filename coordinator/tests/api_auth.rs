@@ -130,16 +130,25 @@ async fn the_api_authenticates_and_authorises_every_request() {
 
     // No token, a wrong one, or the hash instead of the token: 401 on every job route.
     let lines = seed_shared_repos(&env, 1).await;
+    // A job specification (docs/API.md); `extra` adds to its options, or (`source`)
+    // names the source registry.
     let request = |dest: &str, extra: serde_json::Value| {
         let (registry, project) = dest.split_once('/').unwrap_or((dest, ""));
-        let mut args = serde_json::json!({
-            "destination": registry, "destination_project": project,
-            "tls_verify": false, "jobs": 2
+        let mut spec = serde_json::json!({
+            "version": 1, "kind": "mirror", "list": lines.join("\n"),
+            "destination": {"registry": registry, "project": project},
+            "options": {"jobs": 2},
         });
-        if let (Some(a), Some(e)) = (args.as_object_mut(), extra.as_object()) {
-            a.extend(e.clone());
+        if let Some(e) = extra.as_object() {
+            for (k, v) in e {
+                if k == "source" {
+                    spec["source"] = serde_json::json!({ "registry": v });
+                } else {
+                    spec["options"][k] = v.clone();
+                }
+            }
         }
-        serde_json::json!({ "list": lines.join("\n"), "args": args })
+        spec
     };
     let good = request(&format!("{}/mirror", env.dst.addr), serde_json::json!({}));
     for auth in [
@@ -281,11 +290,19 @@ async fn the_api_authenticates_and_authorises_every_request() {
     assert!(!out.status.success());
     assert!(text(&out).contains("401"), "{}", text(&out));
 
-    // Cancel: not the reader, not another submitter; the owner or an admin. A job sent
-    // with a `schedule` of its own is taken as an ordinary job of its submitter.
+    // A client cannot name a schedule (it would make the real cron run skip itself). Cancel:
+    // not the reader, not another submitter; the owner or an admin.
     let mut scheduled = good.clone();
     scheduled["schedule"] = serde_json::json!("nightly");
     let (status, answer) = post("ci-secret-token", scheduled).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown field `schedule`")),
+        "{answer}"
+    );
+    let (status, answer) = post("ci-secret-token", good.clone()).await;
     assert_eq!(status, 201, "{answer}");
     let id = answer["id"].as_str().unwrap().to_owned();
     let cancel = |token: &'static str| {

@@ -301,7 +301,9 @@ async fn final_event(events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -
             .expect("an event within 60 s")
             .expect("events stream open");
         match &e.kind {
-            EventKind::Failed { last: false, .. } => continue,
+            EventKind::Failed { last: false, .. }
+            | EventKind::Started { .. }
+            | EventKind::Waiting { .. } => continue,
             _ => return e,
         }
     }

@@ -500,8 +500,8 @@ async fn serve_submit_status_and_cancel() {
     let (slow, _proxy) = slow_source(&env, 3).await;
     let http = reqwest::Client::new();
     let request = serde_json::json!({
-        "list": slow.join("\n"),
-        "args": {"destination": env.dst.addr, "destination_project": "cancelled"},
+        "version": 1, "kind": "mirror", "list": slow.join("\n"),
+        "destination": {"registry": env.dst.addr, "project": "cancelled"},
     });
     let created: serde_json::Value = http
         .post(format!("{server}/jobs"))
@@ -553,8 +553,9 @@ async fn a_coordinator_restarted_mid_run_resumes_its_job() {
     let server = format!("http://{listen}");
     let http = reqwest::Client::new();
     let request = serde_json::json!({
-        "list": lines.join("\n"),
-        "args": {"destination": env.dst.addr, "destination_project": "chaos", "jobs": 4},
+        "version": 1, "kind": "mirror", "list": lines.join("\n"),
+        "destination": {"registry": env.dst.addr, "project": "chaos"},
+        "options": {"jobs": 4},
     });
     let created: serde_json::Value = http
         .post(format!("{server}/jobs"))
@@ -1439,7 +1440,7 @@ async fn scheduled_runs_start_and_skip_while_the_previous_is_busy() {
     std::fs::write(
         &schedule,
         format!(
-            "- name: every-two-seconds\n  cron: \"*/2 * * * * *\"\n  list: {}\n  args: {{destination: \"{}\", tls_verify: false}}\n",
+            "- name: every-two-seconds\n  cron: \"*/2 * * * * *\"\n  list: {}\n  destination: {{registry: \"{}\"}}\n",
             list.display(),
             env.dst.addr
         ),

@@ -11,7 +11,6 @@ use indicatif::HumanBytes;
 use crate::cli::{ApiClientArgs, MirrorArgs};
 use crate::console::Console;
 use crate::job::JobSnapshot;
-use crate::serve::JobRequest;
 
 fn base(server: &str) -> String {
     let s = server.trim_end_matches('/');
@@ -164,21 +163,16 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     };
     let list = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read image list {}", file.display()))?;
-    // Local paths and NATS credentials stay here.
-    let mut sent = args.clone();
-    sent.file = None;
-    sent.authfile = None;
-    sent.cache = None;
-    sent.fleet = Default::default();
+    if args.scan_db.is_some() {
+        bail!(
+            "--scan-db does not run through `serve` yet (it needs the database where the report is written): use --nats"
+        );
+    }
+    // Only the job's specification travels: local paths, credentials and NATS settings
+    // stay here.
     let http = api_client(&args.fleet.api)?;
     let url = format!("{}/jobs", base(server));
-    let body = serde_json::to_vec(&JobRequest {
-        list,
-        args: sent,
-        schedule: None,
-        trace: None,
-        owner: None,
-    })?;
+    let body = serde_json::to_vec(&crate::spec::JobSpec::mirror(list, args))?;
     let mut request = http
         .post(&url)
         .header(reqwest::header::CONTENT_TYPE, "application/json");

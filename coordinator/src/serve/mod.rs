@@ -4,7 +4,7 @@
 //! running: they are planned again under a new run id, and the idempotent handlers skip
 //! whatever the earlier run already copied.
 //!
-//! API (JSON): `POST /jobs` `{list, args}` → `{id}`; `GET /jobs`; `GET /jobs/{id}`;
+//! API (JSON, `docs/API.md`): `POST /jobs` a [`JobSpec`] → `{id}`; `GET /jobs`; `GET /jobs/{id}`;
 //! `DELETE /jobs/{id}` (cancel: stop tracking, purge its queued tasks); `/metrics`;
 //! `/healthz`. Every route but the last two needs a bearer token from `--api-tokens`
 //! ([`auth`]); without a token file the API answers only on loopback, unless the operator
@@ -35,15 +35,15 @@ use crate::cli::MirrorArgs;
 use crate::commands::mirror;
 use crate::console::Console;
 use crate::job::{self, Backend, JobSnapshot};
+use crate::spec::JobSpec;
 
 pub const JOB_BUCKET: &str = "hangar-jobs";
 
-/// What a client sends: the list's text and the mirror flags. Credentials are never in it:
-/// the coordinator and the workers read their own.
+/// A job as the coordinator keeps it: the client's specification (no credentials, no
+/// paths: the coordinator and the workers use their own) and what the server adds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobRequest {
-    pub list: String,
-    pub args: MirrorArgs,
+    pub spec: JobSpec,
     /// The schedule that started it, if any (kept, so a resumed run still counts as busy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
@@ -151,19 +151,14 @@ impl Server {
         mut request: JobRequest,
         caller: Option<&auth::Caller>,
     ) -> Result<(), Refusal> {
-        let mut args = request.args.clone();
-        // The coordinator's own TLS and credential settings, never the client's.
+        request.spec.check().map_err(Refusal::Invalid)?;
+        let mut args = request.spec.mirror_args();
+        // The coordinator's own TLS, credentials and cache (`serve --cache`, the fleet's
+        // bucket, for the configs it reads while planning); the workers copy through theirs.
         args.tls_verify = self.defaults.tls_verify;
         args.authfile = self.defaults.authfile.clone();
-        // Fleet settings (and any NATS secret a client sent) are the server's own business,
-        // and so are the files on this machine: a job names no path here.
-        args.fleet = Default::default();
-        args.sign_passphrase_file = None;
-        args.file = None;
-        // The coordinator's own cache (`serve --cache`, the fleet's bucket), for the configs it
-        // reads while planning; the workers copy through theirs.
         args.cache = self.defaults.cache.clone();
-        let list = ImageList::parse(&request.list);
+        let list = ImageList::parse(&request.spec.list);
         let prepared =
             mirror::prepare_list(list, &format!("job {id}"), &args, false, &self.console)
                 .map_err(|e| Refusal::Invalid(format!("{e:#}")))?;
@@ -320,20 +315,27 @@ async fn submit(
     State(server): State<Server>,
     Extension(caller): Extension<Arc<auth::Caller>>,
     headers: axum::http::HeaderMap,
-    Json(mut request): Json<JobRequest>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Err(e) = caller.require(auth::Role::Submit, "submitting a job") {
         return refuse(StatusCode::FORBIDDEN, e);
     }
+    let spec = match JobSpec::from_json(&body) {
+        Ok(spec) => spec,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("job specification: {e}")),
+    };
     let id = job::new_job_id();
-    request.trace = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    // Only the server's own schedules name a schedule: a client's would make the real
-    // cron run think itself busy and skip.
-    request.schedule = None;
-    request.owner = Some(caller.name.clone());
+    // Only the server's own schedules name a schedule (a client's would make the real cron
+    // run think itself busy and skip), and only the server says who submitted.
+    let request = JobRequest {
+        spec,
+        schedule: None,
+        trace: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        owner: Some(caller.name.clone()),
+    };
     let checked = server.tokens.is_some().then_some(caller.as_ref());
     match server.start(id.clone(), request, checked).await {
         Ok(()) => {
