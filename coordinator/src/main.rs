@@ -6,6 +6,7 @@ mod commands;
 mod console;
 mod in_flight;
 mod job;
+mod metrics;
 mod planner;
 mod schedule;
 mod serve;

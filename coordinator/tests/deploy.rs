@@ -50,15 +50,8 @@ fn help(bin: &str, args: &[&str]) -> String {
 fn exported() -> BTreeSet<String> {
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let mut names = BTreeSet::new();
-    for f in [
-        "worker/src/metrics.rs",
-        "coordinator/src/serve.rs",
-        "coordinator/src/serve/mod.rs",
-    ] {
-        // serve.rs became serve/mod.rs: whichever is there.
-        let Ok(text) = std::fs::read_to_string(root.join(f)) else {
-            continue;
-        };
+    for f in ["worker/src/metrics.rs", "coordinator/src/metrics.rs"] {
+        let text = std::fs::read_to_string(root.join(f)).expect("a metrics source file");
         for part in text.split('"').skip(1).step_by(2) {
             if part.starts_with("hangar_")
                 && part.chars().all(|c| c.is_ascii_lowercase() || c == '_')

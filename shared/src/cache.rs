@@ -80,7 +80,7 @@ fn crc_checked(inner: ByteStream, digest: Digest, meta: BlobMeta, cache: BlobCac
                 None => {
                     cache.evict(&digest).await;
                     Err(Error::new(
-                    FailureClass::DigestMismatch,
+                    FailureClass::CacheDamaged,
                     format!("blob cache: {digest} is damaged (size or CRC-32 differs from its record); evicted"),
                 ))
                 }

@@ -17,6 +17,9 @@ pub enum FailureClass {
     /// The remote answered 5xx.
     Server,
     DigestMismatch,
+    /// A cached blob differed from its size and CRC-32 record and was evicted: fetching it
+    /// again mends it.
+    CacheDamaged,
     UnsupportedMediaType,
     DestinationRejected,
     InvalidInput,
@@ -38,6 +41,7 @@ impl FailureClass {
             Self::Network => "network",
             Self::Server => "server",
             Self::DigestMismatch => "digest-mismatch",
+            Self::CacheDamaged => "cache-damaged",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::DestinationRejected => "destination-rejected",
             Self::InvalidInput => "invalid-input",

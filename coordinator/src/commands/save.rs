@@ -292,7 +292,13 @@ async fn assemble(
                 class,
                 message,
                 ..
-            } => bail!("writing {location} on the fleet: {class}: {message}"),
+            } => {
+                // Typed, so a damaged cache entry is told apart from other failures.
+                return Err(
+                    anyhow::Error::new(hangar_shared::Error::new(class, message))
+                        .context(format!("writing {location} on the fleet ({class})")),
+                );
+            }
             _ => {}
         }
     }
@@ -302,8 +308,10 @@ async fn assemble(
 /// A cached blob failed its CRC on the way into the archive; the cache evicted it, so one
 /// more gathering fetches it again.
 fn damaged_cache(e: &anyhow::Error) -> bool {
-    let text = format!("{e:#}");
-    text.contains("blob cache:") && text.contains("evicted")
+    e.chain().any(|c| {
+        c.downcast_ref::<hangar_shared::Error>()
+            .is_some_and(|e| e.class == hangar_shared::FailureClass::CacheDamaged)
+    })
 }
 
 pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result<()> {

@@ -104,6 +104,7 @@ struct Server {
     gate: Option<Arc<dyn hangar_shared::ratelimit::Gate>>,
     /// The callers' tokens; `None`: no authentication (loopback or `--insecure-no-auth`).
     tokens: Option<Arc<auth::Tokens>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn snapshot_of(r: &Running) -> JobSnapshot {
@@ -470,62 +471,13 @@ async fn cancel(
 }
 
 async fn metrics(State(server): State<Server>) -> impl IntoResponse {
-    use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
-    let registry = Registry::new();
-    let jobs = IntGaugeVec::new(
-        Opts::new("hangar_jobs", "Jobs known to this coordinator, by state"),
-        &["state"],
-    );
-    let images = IntGaugeVec::new(
-        Opts::new("hangar_images", "Images of known jobs, by state"),
-        &["state"],
-    );
-    let (Ok(jobs), Ok(images)) = (jobs, images) else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, String::new()).into_response();
-    };
-    let bytes = prometheus::IntGauge::new(
-        "hangar_job_bytes_copied",
-        "Bytes written to destinations by finished jobs",
-    );
-    let blobs = IntGaugeVec::new(
-        Opts::new(
-            "hangar_job_blobs",
-            "Blob tasks of finished jobs by result (from_cache, mounted, present: upstream fetches saved)",
-        ),
-        &["result"],
-    );
-    let (Ok(bytes), Ok(blobs)) = (bytes, blobs) else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, String::new()).into_response();
-    };
-    let _ = registry.register(Box::new(jobs.clone()));
-    let _ = registry.register(Box::new(images.clone()));
-    let _ = registry.register(Box::new(bytes.clone()));
-    let _ = registry.register(Box::new(blobs.clone()));
-    for s in server
+    let snapshots: Vec<JobSnapshot> = server
         .jobs
         .lock()
-        .map(|j| j.values().map(snapshot_of).collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        jobs.with_label_values(&[s.state.as_str()]).inc();
-        images.with_label_values(&["copied"]).add(s.copied as i64);
-        images.with_label_values(&["failed"]).add(s.failed as i64);
-        images.with_label_values(&["skipped"]).add(s.skipped as i64);
-        bytes.add(s.bytes_copied as i64);
-        for (result, n) in [
-            ("copied", s.blobs_copied),
-            ("from_cache", s.blobs_from_cache),
-            ("mounted", s.blobs_mounted),
-            ("present", s.blobs_present),
-        ] {
-            blobs.with_label_values(&[result]).add(n as i64);
-        }
-        let pending = s.total.saturating_sub(s.copied + s.failed + s.skipped);
-        images.with_label_values(&["pending"]).add(pending as i64);
-    }
-    let mut out = Vec::new();
-    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+        .map(|j| j.values().map(snapshot_of).collect())
+        .unwrap_or_default();
+    let page = server.metrics.render(&snapshots);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page)
 }
 
 /// How the API is reached and who may use it.
@@ -584,6 +536,7 @@ pub async fn run(
         console: console.clone(),
         run: Arc::new(format!("r{}", job::new_job_id())),
         tokens: access.tokens.map(Arc::new),
+        metrics: Arc::new(crate::metrics::Metrics::new().context("registering metrics")?),
     };
     let resumed = server.resume().await?;
     if !schedules.is_empty() {
