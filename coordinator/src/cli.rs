@@ -665,6 +665,9 @@ pub struct LoadArgs {
     pub transfers: Option<usize>,
     #[command(flatten)]
     pub rate: RateArgs,
+    /// On the fleet (beyond Hangar): `--nats URL`, the workers read the archive themselves.
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Subcommand, Debug)]

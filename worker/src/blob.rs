@@ -17,6 +17,11 @@ use crate::Context;
 
 pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
     let digest = &task.desc.digest;
+    // An archive a task names is read only inside this worker's archive roots, as one it
+    // writes: a task from outside the coordinator gets no other file read.
+    if let (Some(policy), StoreRef::Archive { location }) = (&ctx.policy, &task.source.store) {
+        policy.archives.check("source archive", location)?;
+    }
     if task.dest.store == StoreRef::Cache {
         return into_cache(ctx, task).await;
     }

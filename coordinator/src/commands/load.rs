@@ -204,19 +204,41 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
             spec.transfers
         ),
     );
+    if args.fleet.server.is_some() {
+        bail!("load does not run through `serve` yet: use --nats (the workers read the archive)");
+    }
+    // On the fleet the workers read the archive themselves, by range, with their own
+    // credentials: it must be where they can reach it (s3://, or a path they all share
+    // inside their --archive-root).
+    let fleet = match &args.fleet.nats {
+        Some(_) => {
+            if !location.starts_with("s3://") {
+                console.warn(
+                    None,
+                    format!(
+                        "{location} is read by the workers: it must be at this path on every worker, inside its --archive-root"
+                    ),
+                );
+            }
+            Some(super::mirror::fleet_client(&args.fleet).await?)
+        }
+        None => None,
+    };
     let pool = Arc::new(
-        super::limited_pool(args.tls_verify, args.authfile.as_deref(), &args.rate, None).await?,
+        super::limited_pool(
+            args.tls_verify,
+            args.authfile.as_deref(),
+            &args.rate,
+            fleet.as_ref(),
+        )
+        .await?,
     );
     let id = job::new_job_id();
-    let report = job::run_mirror(
-        spec,
-        pool,
-        console.clone(),
-        Backend::Embedded,
-        (&id, "1"),
-        None,
-    )
-    .await?;
+    let backend = match fleet {
+        Some(client) => Backend::Fleet(client),
+        None => Backend::Embedded,
+    };
+    let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
     let mut failed = selected.failed;
     let mut ok = 0;
     for (job, result) in &report.results {
@@ -241,6 +263,9 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
 /// `load validate`: every archived platform digest that passes `--arch/--os` (and each
 /// kept attestation, with `--provenance`) must be in the destination's index at the tag.
 pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    if args.fleet.nats.is_some() || args.fleet.server.is_some() {
+        bail!("load validate runs here, not on the fleet (yet): leave out --nats/--server");
+    }
     let (location, dest) = endpoints(args)?;
     let archive = ArchiveReader::open(&location).await?;
     let selected = select(&archive, args, &dest, debug, &console)?;
