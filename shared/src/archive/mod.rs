@@ -7,6 +7,8 @@
 pub mod custom;
 pub mod index;
 pub mod reader;
+mod sink;
+mod volumes;
 pub mod writer;
 
 use std::sync::Arc;
@@ -56,6 +58,23 @@ pub fn check_entry_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A local path as object_store takes it: absolute, with no `.` or `..` segment (it refuses
+/// those). The directory is resolved by the file system (symlinks and `..` as the kernel
+/// follows them), the file name kept as given; a path whose directory does not exist is
+/// made absolute as it stands (opening it then fails as a missing file).
+fn resolve_local(location: &str) -> Result<std::path::PathBuf> {
+    let given = std::path::Path::new(location);
+    let absolute =
+        std::path::absolute(given).map_err(|e| Error::invalid(format!("{location}: {e}")))?;
+    let (Some(dir), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+        return Ok(absolute);
+    };
+    match std::fs::canonicalize(dir) {
+        Ok(dir) => Ok(dir.join(name)),
+        Err(_) => Ok(absolute),
+    }
+}
+
 /// An archive's place: a local path, or `s3://bucket/key.zip?endpoint=…&region=…`.
 pub fn locate(location: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
     if let Some(rest) = location.strip_prefix("s3://") {
@@ -66,8 +85,7 @@ pub fn locate(location: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
         let store = crate::cache::s3_store(bucket, query, location)?;
         return Ok((store, Path::from(key)));
     }
-    let path =
-        std::path::absolute(location).map_err(|e| Error::invalid(format!("{location}: {e}")))?;
+    let path = resolve_local(location)?;
     let store = object_store::local::LocalFileSystem::new();
     let path =
         Path::from_absolute_path(&path).map_err(|e| Error::invalid(format!("{location}: {e}")))?;
@@ -77,6 +95,24 @@ pub fn locate(location: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_with_dot_dot_spaces_and_symlinks_are_located() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real dir ü");
+        std::fs::create_dir_all(real.join("sub")).expect("dirs");
+        std::fs::write(real.join("saved images.zip"), b"x").expect("file");
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).expect("symlink");
+        for given in [
+            real.join("sub/../saved images.zip"),
+            dir.path().join("link/sub/../saved images.zip"),
+            dir.path().join("link/./saved images.zip"),
+        ] {
+            let (_, path) = locate(given.to_str().expect("utf-8")).expect("located");
+            assert!(path.as_ref().ends_with("saved images.zip"), "{path}");
+            assert!(!path.as_ref().contains(".."), "{path}");
+        }
+    }
 
     #[test]
     fn unsafe_names_are_refused() {
