@@ -6,7 +6,7 @@ use std::fmt::Display;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -15,6 +15,8 @@ pub enum Level {
     Info,
     Warn,
     Error,
+    /// The command failed as a whole (Hangar's `[FATA]` line before it exits).
+    Fatal,
 }
 
 pub struct Console {
@@ -34,17 +36,8 @@ impl Console {
         if self.hide_time {
             return "-".to_owned();
         }
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            % 86_400;
-        format!(
-            "[{:02}:{:02}:{:02}]",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        )
+        // Local time, as Hangar prints it (`TZ` decides, so `TZ=UTC` gives UTC).
+        chrono::Local::now().format("[%H:%M:%S]").to_string()
     }
 
     pub fn log(&self, level: Level, img: Option<usize>, msg: impl Display) {
@@ -52,6 +45,7 @@ impl Console {
             Level::Info => "INFO",
             Level::Warn => "WARN",
             Level::Error => "ERRO",
+            Level::Fatal => "FATA",
         };
         let line = match img {
             Some(n) => format!("{} [{tag}] [IMG:{n}] {msg}", self.stamp()),

@@ -15,22 +15,61 @@ mod tracker;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 use cli::{Cli, Command, MirrorSub};
 use tracing::Instrument;
 
 pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
 
+/// The name this program was started as: `hangar` (Hangar's own, for scripts written for
+/// it; the install links it) or `hangar-coord`. Help, errors and completions use it.
+fn invoked_name() -> &'static str {
+    let hangar = std::env::args_os()
+        .next()
+        .is_some_and(|a| std::path::Path::new(&a).file_name() == Some("hangar".as_ref()));
+    if hangar { "hangar" } else { "hangar-coord" }
+}
+
 fn version_line() -> String {
     format!(
-        "hangar-coord version {VERSION} - {}",
-        option_env!("HANGAR_GIT_COMMIT").unwrap_or("unknown")
+        "{} version {VERSION} - {}",
+        invoked_name(),
+        env!("HANGAR_GIT_COMMIT")
     )
+}
+
+/// The command line as clap sees it, under the name the program was started as.
+fn cli_command() -> clap::Command {
+    let name = invoked_name();
+    Cli::command().name(name).bin_name(name)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Output piped into `head` ends with a closed pipe: end quietly, as other tools do,
+    // instead of panicking in the first print after it.
+    // SAFETY: setting a signal's disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    // Usage errors exit 1, as Hangar's (clap's own is 2); help and version exit 0.
+    let cli = match cli_command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(1),
+            };
+        }
+    };
     let filter = if cli.debug { "debug" } else { "warn" };
     let _telemetry = match hangar_shared::telemetry::init("hangar-coord", filter) {
         Ok(t) => t,
@@ -61,11 +100,7 @@ async fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Err(e) => {
-            console.log(
-                console::Level::Error,
-                None,
-                format!("{e:#}").replace("ERRO", "FATA"),
-            );
+            console.log(console::Level::Fatal, None, format!("{e:#}"));
             ExitCode::from(1)
         }
     }
@@ -77,7 +112,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
         return Ok(());
     }
     let Some(command) = cli.command else {
-        Cli::command().print_help()?;
+        cli_command().print_help()?;
         return Ok(());
     };
     match command {
@@ -184,8 +219,8 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,
-                &mut Cli::command(),
-                "hangar-coord",
+                &mut cli_command(),
+                invoked_name(),
                 &mut std::io::stdout(),
             );
             Ok(())
