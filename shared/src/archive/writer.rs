@@ -1,24 +1,26 @@
 //! The assembler: writes a Hangar archive from blobs held by a [`BlobSource`] (the blob
-//! cache for save and sync, other archives for merge and export). Blobs stream through in
-//! chunks, so memory stays flat whatever their size; zip64 records appear when a size or
-//! offset needs them. The zip is written beside its destination under a temporary name,
-//! flushed to disk and renamed into place, so a crash leaves the old archive (or none),
-//! never a half-written one. `sync` is the same write with the old archive's entries copied
-//! first.
+//! cache for save and sync, other archives for merge and export). This file is the
+//! planning: which entries go into the zip and in which order (each image's layouts, then
+//! its blobs not written yet, sorted; the index last), queued as `Item`s while later
+//! images are still being fetched. Where the bytes go is the sinks' business (`sink/`: a
+//! temporary file renamed into place, or an S3 multipart upload, fed by a blocking writer
+//! thread), and how images are split among volumes is `volumes.rs`'s; both are re-exported
+//! here so callers keep one path. `sync` is the same write with the old archive's entries
+//! copied first.
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-
-use futures_util::StreamExt;
-use object_store::{ObjectStoreExt, WriteMultipart};
 
 use super::index::{ArchiveImage, ArchiveIndex, INDEX_VERSION, go_time_now};
 use super::reader::ArchiveReader;
+use super::sink::{self, Task};
 use super::{BlobSource, INDEX_NAME, OCI_LAYOUT, blob_entry};
 use crate::digest::Digest;
-use crate::error::{Error, FailureClass, Result};
+use crate::error::{Error, Result};
+
+pub use super::sink::remove_stale;
+pub use super::volumes::{plan_volumes, volume_path};
 
 /// What one written archive (or volume) holds.
 #[derive(Debug, Clone)]
@@ -29,7 +31,8 @@ pub struct Written {
     pub bytes: u64,
 }
 
-enum Item {
+/// One planned entry, as the writer thread takes it off the queue.
+pub(super) enum Item {
     /// An entry of the archive being extended, copied as it is.
     Base(String, u64),
     Inline(String, Vec<u8>),
@@ -78,7 +81,7 @@ pub struct ArchiveWriter {
     index: ArchiveIndex,
     entries: usize,
     tx: Option<tokio::sync::mpsc::Sender<Item>>,
-    task: Option<tokio::task::JoinHandle<Result<u64>>>,
+    task: Option<Task>,
     /// A local archive's temporary file and final path; `None` for S3.
     local: Option<(PathBuf, PathBuf)>,
 }
@@ -90,82 +93,8 @@ impl ArchiveWriter {
         base: Option<Arc<ArchiveReader>>,
         source: Arc<dyn BlobSource>,
     ) -> Result<Self> {
-        let handle = tokio::runtime::Handle::current();
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUED_ENTRIES);
-        let label = location.to_owned();
-        let writer_source = source.clone();
-        let writer_base = base.clone();
-        let (task, local) = if location.starts_with("s3://") {
-            let (store, key) = super::locate(location)?;
-            let upload = store
-                .put_multipart(&key)
-                .await
-                .map_err(|e| Error::new(FailureClass::Network, format!("{location}: {e}")))?;
-            let out = ObjectWriter {
-                upload: Some(WriteMultipart::new(upload)),
-                handle: handle.clone(),
-                written: 0,
-            };
-            let task = tokio::task::spawn_blocking(move || {
-                let _guard = handle.enter();
-                let mut out = write_items(
-                    out,
-                    &label,
-                    rx,
-                    writer_base.as_deref(),
-                    writer_source.as_ref(),
-                    &handle,
-                )?;
-                let upload = out
-                    .upload
-                    .take()
-                    .ok_or_else(|| Error::internal("upload already finished"))?;
-                handle
-                    .block_on(upload.finish())
-                    .map_err(|e| Error::new(FailureClass::Network, format!("{label}: {e}")))?;
-                Ok(out.written)
-            });
-            (task, None)
-        } else {
-            let path = Path::new(location);
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .to_owned();
-            let file_name = path
-                .file_name()
-                .ok_or_else(|| Error::invalid(format!("{location}: not a file name")))?
-                .to_string_lossy()
-                .into_owned();
-            remove_stale(&dir, &format!(".{file_name}.partial-"));
-            let temp = crate::atomic::temp_path(path);
-            let t = temp.clone();
-            let task = tokio::task::spawn_blocking(move || -> Result<u64> {
-                let written = (|| {
-                    let file = crate::atomic::create_new(&t, None).map_err(|e| io_err(&t, e))?;
-                    let label = t.display().to_string();
-                    let out = std::io::BufWriter::with_capacity(1 << 20, file);
-                    let out = write_items(
-                        out,
-                        &label,
-                        rx,
-                        writer_base.as_deref(),
-                        writer_source.as_ref(),
-                        &handle,
-                    )?;
-                    let file = out.into_inner().map_err(|e| io_err(&t, e.error()))?;
-                    file.sync_all().map_err(|e| io_err(&t, e))?;
-                    Ok(file.metadata().map_err(|e| io_err(&t, e))?.len())
-                })();
-                // Abandoned before this thread even started, the writer could not remove it.
-                if written.is_err() {
-                    let _ = std::fs::remove_file(&t);
-                }
-                written
-            });
-            (task, Some((temp, path.to_owned())))
-        };
+        let (task, local) = sink::start(location, rx, base.clone(), source.clone()).await?;
         let mut writer = Self {
             location: location.to_owned(),
             source,
@@ -247,21 +176,7 @@ impl ArchiveWriter {
         let bytes = self.join().await?;
         let path = match self.local.take() {
             None => PathBuf::from(&self.location),
-            Some((temp, path)) => {
-                std::fs::rename(&temp, &path).map_err(|e| {
-                    let _ = std::fs::remove_file(&temp);
-                    io_err(&path, e)
-                })?;
-                // The rename is durable only once the directory is.
-                let dir = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                if let Ok(d) = std::fs::File::open(dir) {
-                    let _ = d.sync_all();
-                }
-                path
-            }
+            Some((temp, path)) => sink::put_in_place(temp, path)?,
         };
         Ok(Written {
             path,
@@ -317,65 +232,6 @@ impl Drop for ArchiveWriter {
     }
 }
 
-/// An S3 multipart upload as a `Write`, for the zip writer on a blocking thread. Parts go
-/// up as they fill, at most two in flight, so memory stays bounded.
-struct ObjectWriter {
-    upload: Option<WriteMultipart>,
-    handle: tokio::runtime::Handle,
-    written: u64,
-}
-
-impl Write for ObjectWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let upload = self
-            .upload
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("upload already finished"))?;
-        upload.write(buf);
-        self.written += buf.len() as u64;
-        self.handle
-            .block_on(upload.wait_for_capacity(2))
-            .map_err(std::io::Error::other)?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for ObjectWriter {
-    /// An upload not finished is aborted: nothing half-written becomes visible.
-    fn drop(&mut self) {
-        if let Some(upload) = self.upload.take() {
-            self.handle.spawn(async move {
-                let _ = upload.abort().await;
-            });
-        }
-    }
-}
-
-/// Removes what killed runs left in `dir`: entries named `<prefix><pid>` whose process is
-/// gone (a temporary archive, a temporary cache).
-pub fn remove_stale(dir: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(prefix)
-            .and_then(|p| p.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let path = e.path();
-            let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
-        }
-    }
-}
-
 async fn size_of(source: &dyn BlobSource, d: &Digest, image: &ArchiveImage) -> Result<u64> {
     source.blob_size(d).await?.ok_or_else(|| {
         Error::not_found(format!(
@@ -385,195 +241,12 @@ async fn size_of(source: &dyn BlobSource, d: &Digest, image: &ArchiveImage) -> R
     })
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::invalid(format!("{}: {e}", path.display()))
-}
-
-/// Streams every item into a zip on `out`. The zip crate's streaming mode writes each
-/// entry's sizes and CRC in a data descriptor after its bytes, as Go's writer (Hangar's)
-/// does, so nothing is sought back and the same code feeds a file or an upload.
-fn write_items<W: Write>(
-    out: W,
-    label: &str,
-    mut items: tokio::sync::mpsc::Receiver<Item>,
-    base: Option<&ArchiveReader>,
-    source: &dyn BlobSource,
-    handle: &tokio::runtime::Handle,
-) -> Result<W> {
-    let mut zip = zip::ZipWriter::new_stream(out);
-    let werr = |e: &dyn std::fmt::Display| Error::invalid(format!("{label}: {e}"));
-    loop {
-        let Some(item) = items.blocking_recv() else {
-            return Err(Error::new(
-                FailureClass::Cancelled,
-                format!("{label}: abandoned before it was complete"),
-            ));
-        };
-        let (name, size) = match &item {
-            Item::End => break,
-            Item::Base(n, size) => (n, *size),
-            Item::Inline(n, data) => (n, data.len() as u64),
-            Item::Blob(n, _, size) => (n, *size),
-        };
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored)
-            .system(zip::System::Dos)
-            .last_modified_time(zip::DateTime::default())
-            .large_file(size >= zip::ZIP64_BYTES_THR);
-        zip.start_file(name.as_str(), options)
-            .map_err(|e| werr(&e))?;
-        let mut stream = match &item {
-            Item::Inline(_, data) => {
-                zip.write_all(data).map_err(|e| werr(&e))?;
-                continue;
-            }
-            Item::Base(n, _) => {
-                let base = base.ok_or_else(|| Error::internal("base entry without a base"))?;
-                handle.block_on(base.entry_stream(n))?
-            }
-            Item::Blob(_, d, size) => handle.block_on(source.blob_stream(d, *size))?,
-            Item::End => break,
-        };
-        let mut copied = 0u64;
-        while let Some(chunk) = handle.block_on(stream.next()) {
-            let chunk = chunk?;
-            copied += chunk.len() as u64;
-            zip.write_all(&chunk).map_err(|e| werr(&e))?;
-        }
-        if copied != size {
-            return Err(Error::invalid(format!(
-                "entry {name:?}: {copied} bytes written, {size} expected"
-            )));
-        }
-    }
-    let mut out = zip.finish().map_err(|e| werr(&e))?.into_inner();
-    out.flush().map_err(|e| werr(&e))?;
-    Ok(out)
-}
-
-/// Packs images, in order, into volumes of at most `part_size` bytes of blobs. An image is
-/// never split; one bigger than a volume gets a volume of its own, and is reported.
-/// `size` gives each blob's size; blobs shared by images in one volume count once.
-pub fn plan_volumes(
-    images: &[ArchiveImage],
-    size: impl Fn(&Digest) -> u64,
-    part_size: u64,
-) -> (Vec<Vec<ArchiveImage>>, Vec<String>) {
-    let mut volumes: Vec<Vec<ArchiveImage>> = Vec::new();
-    let mut oversized = Vec::new();
-    let mut current: Vec<ArchiveImage> = Vec::new();
-    let mut in_volume: HashSet<Digest> = HashSet::new();
-    let mut used = 0u64;
-    for image in images {
-        let own: HashSet<&Digest> = image.images.iter().flat_map(|s| s.blobs()).collect();
-        let alone: u64 = own.iter().map(|d| size(d)).sum();
-        let added: u64 = own
-            .iter()
-            .filter(|d| !in_volume.contains(**d))
-            .map(|d| size(d))
-            .sum();
-        if !current.is_empty() && used + added > part_size {
-            volumes.push(std::mem::take(&mut current));
-            in_volume.clear();
-            used = 0;
-        }
-        if alone > part_size {
-            oversized.push(format!(
-                "image {} ({alone} bytes) is bigger than the volume size ({part_size} bytes): \
-                 its volume holds it alone and exceeds the size",
-                image.name()
-            ));
-        }
-        used += own
-            .iter()
-            .filter(|d| in_volume.insert((**d).clone()))
-            .map(|d| size(d))
-            .sum::<u64>();
-        current.push(image.clone());
-    }
-    if !current.is_empty() {
-        volumes.push(current);
-    }
-    (volumes, oversized)
-}
-
-/// `out.zip` → `out.part1.zip`, … for volume `n` (1-based); an S3 location keeps its query.
-pub fn volume_path(location: &str, n: usize) -> String {
-    let (path, query) = match location.split_once('?') {
-        Some((p, q)) => (p, format!("?{q}")),
-        None => (location, String::new()),
-    };
-    let slash = path.rfind('/').map_or(0, |i| i + 1);
-    let (dir, name) = path.split_at(slash);
-    let (stem, ext) = match name.rfind('.') {
-        Some(i) if i > 0 => name.split_at(i),
-        _ => (name, ""),
-    };
-    format!("{dir}{stem}.part{n}{ext}{query}")
-}
-
 #[cfg(test)]
 mod tests {
+    use futures_util::StreamExt;
+
     use super::*;
     use crate::archive::ImageSpec;
-
-    fn d(n: u8) -> Digest {
-        Digest::of(&[n])
-    }
-
-    fn image(name: &str, blobs: &[u8]) -> ArchiveImage {
-        ArchiveImage::new(
-            format!("docker.io/library/{name}"),
-            "1".into(),
-            vec![ImageSpec {
-                arch: "amd64".into(),
-                os: "linux".into(),
-                layers: blobs[1..].iter().map(|b| d(*b)).collect(),
-                ..ImageSpec::bare(d(blobs[0]))
-            }],
-        )
-    }
-
-    #[test]
-    fn volumes_keep_images_whole_and_count_shared_blobs_once() {
-        let images = vec![
-            image("a", &[1, 10]),
-            image("b", &[2, 10]),
-            image("c", &[3, 11]),
-            image("d", &[4, 12]),
-        ];
-        // Manifests weigh 1, layers 10 and 11 weigh 40, 12 weighs 200.
-        let size = |x: &Digest| match x {
-            x if *x == d(10) || *x == d(11) => 40,
-            x if *x == d(12) => 200,
-            _ => 1,
-        };
-        let (volumes, oversized) = plan_volumes(&images, size, 50);
-        let names: Vec<Vec<&str>> = volumes
-            .iter()
-            .map(|v| {
-                v.iter()
-                    .map(|i| i.source.rsplit('/').next().unwrap())
-                    .collect()
-            })
-            .collect();
-        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"]]);
-        assert_eq!(oversized.len(), 1);
-        assert!(
-            oversized[0].contains("docker.io/library/d:1"),
-            "{oversized:?}"
-        );
-    }
-
-    #[test]
-    fn volume_names() {
-        assert_eq!(volume_path("/x/saved.zip", 2), "/x/saved.part2.zip");
-        assert_eq!(volume_path("saved", 1), "saved.part1");
-        assert_eq!(
-            volume_path("s3://b/dir/a.zip?endpoint=http://h:1", 3),
-            "s3://b/dir/a.part3.zip?endpoint=http://h:1"
-        );
-    }
 
     #[tokio::test]
     async fn writes_hangars_layout_and_reads_it_back_by_range() {
@@ -671,120 +344,5 @@ mod tests {
             "no temporary file left"
         );
         let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// Serves blobs of zeros (the writer trusts its source; verification is the source's).
-    struct Zeros(std::collections::HashMap<Digest, u64>);
-
-    #[async_trait::async_trait]
-    impl BlobSource for Zeros {
-        async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
-            Ok(self.0.get(d).copied())
-        }
-        async fn blob_stream(&self, _d: &Digest, size: u64) -> Result<crate::verify::ByteStream> {
-            let chunk = bytes::Bytes::from(vec![0u8; 1 << 20]);
-            let full = size / chunk.len() as u64;
-            let rest = (size % chunk.len() as u64) as usize;
-            let mut chunks: Vec<Result<bytes::Bytes>> =
-                (0..full).map(|_| Ok(chunk.clone())).collect();
-            if rest > 0 {
-                chunks.push(Ok(chunk.slice(..rest)));
-            }
-            Ok(futures_util::stream::iter(chunks).boxed())
-        }
-    }
-
-    fn python_count_and_max(path: &Path) -> (usize, u64) {
-        let out = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import sys,zipfile; l=zipfile.ZipFile(sys.argv[1]).infolist(); print(len(l), max(i.file_size for i in l))",
-            ])
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut it = text.split_whitespace();
-        (
-            it.next().unwrap().parse().unwrap(),
-            it.next().unwrap().parse().unwrap(),
-        )
-    }
-
-    fn temp(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!(
-            "hangar-zip64-{name}-{}-{:?}.zip",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ))
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn zip64_when_an_entry_passes_4_gib() {
-        let (manifest, layer) = (Digest::of(b"manifest"), Digest::of(b"layer"));
-        let big = (4u64 << 30) + 12345;
-        let source = Arc::new(Zeros(
-            [(manifest.clone(), 100), (layer.clone(), big)].into(),
-        ));
-        let spec = ImageSpec {
-            layers: vec![layer.clone()],
-            arch: "amd64".into(),
-            os: "linux".into(),
-            ..ImageSpec::bare(manifest.clone())
-        };
-        let images = vec![ArchiveImage::new(
-            "docker.io/library/big".into(),
-            "1".into(),
-            vec![spec],
-        )];
-        let out = temp("big");
-        let written = write_archive(out.to_str().unwrap(), None, &images, source)
-            .await
-            .unwrap();
-        assert!(written.bytes > big);
-        let reader = ArchiveReader::open(out.to_str().unwrap()).await.unwrap();
-        assert_eq!(reader.blob_size(&layer), Some(big));
-        assert_eq!(
-            reader.index.list, images,
-            "index.json after the 4 GiB entry reads back"
-        );
-        assert_eq!(python_count_and_max(&out), (5, big));
-        let _ = std::fs::remove_file(out);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn zip64_when_entries_pass_65535() {
-        let manifest = Digest::of(b"manifest");
-        let layers: Vec<Digest> = (0..70_000u32)
-            .map(|i| Digest::of(&i.to_le_bytes()))
-            .collect();
-        let mut sizes: std::collections::HashMap<Digest, u64> =
-            layers.iter().map(|d| (d.clone(), 3)).collect();
-        sizes.insert(manifest.clone(), 10);
-        let spec = ImageSpec {
-            layers: layers.clone(),
-            arch: "amd64".into(),
-            os: "linux".into(),
-            ..ImageSpec::bare(manifest.clone())
-        };
-        let images = vec![ArchiveImage::new(
-            "docker.io/library/many".into(),
-            "1".into(),
-            vec![spec],
-        )];
-        let out = temp("many");
-        write_archive(out.to_str().unwrap(), None, &images, Arc::new(Zeros(sizes)))
-            .await
-            .unwrap();
-        let reader = ArchiveReader::open(out.to_str().unwrap()).await.unwrap();
-        assert_eq!(reader.entries().len(), 70_004);
-        assert!(reader.has_blob(&layers[69_999]));
-        assert_eq!(python_count_and_max(&out).0, 70_004);
-        let _ = std::fs::remove_file(out);
     }
 }

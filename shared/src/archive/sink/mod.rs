@@ -1,0 +1,234 @@
+//! The writer's sinks: where the zip's bytes go, on a blocking thread of their own. The
+//! writer (`writer.rs`) decides which entries go in and in which order, and queues them;
+//! the thread started here takes them off the queue and streams each into a zip
+//! ([`write_items`]), the same code whatever is under it: a temporary file renamed into
+//! place when complete (`file.rs`), or an S3 multipart upload completed at the end
+//! (`s3.rs`). Blobs stream through in chunks, so memory stays flat whatever their size;
+//! zip64 records appear when a size or offset needs them. Kept apart from the planning so
+//! each sink's all-or-nothing rule (nothing half-written ever visible) reads in one place.
+
+mod file;
+mod s3;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use super::BlobSource;
+use super::reader::ArchiveReader;
+use super::writer::Item;
+use crate::error::{Error, FailureClass, Result};
+
+pub(super) use file::put_in_place;
+pub use file::remove_stale;
+
+/// The writer thread; it ends with the archive's size in bytes.
+pub(super) type Task = tokio::task::JoinHandle<Result<u64>>;
+
+/// Starts the thread that writes `location` from `items`: `base`'s entries read from
+/// `base`, blobs from `source`. A local archive comes back with its temporary file and
+/// final path (see [`put_in_place`]); `None` for S3.
+pub(super) async fn start(
+    location: &str,
+    items: tokio::sync::mpsc::Receiver<Item>,
+    base: Option<Arc<ArchiveReader>>,
+    source: Arc<dyn BlobSource>,
+) -> Result<(Task, Option<(PathBuf, PathBuf)>)> {
+    let handle = tokio::runtime::Handle::current();
+    if location.starts_with("s3://") {
+        let task = s3::start(location, items, base, source, handle).await?;
+        Ok((task, None))
+    } else {
+        let (task, local) = file::start(location, items, base, source, handle)?;
+        Ok((task, Some(local)))
+    }
+}
+
+/// Streams every item into a zip on `out`. The zip crate's streaming mode writes each
+/// entry's sizes and CRC in a data descriptor after its bytes, as Go's writer (Hangar's)
+/// does, so nothing is sought back and the same code feeds a file or an upload.
+fn write_items<W: Write>(
+    out: W,
+    label: &str,
+    mut items: tokio::sync::mpsc::Receiver<Item>,
+    base: Option<&ArchiveReader>,
+    source: &dyn BlobSource,
+    handle: &tokio::runtime::Handle,
+) -> Result<W> {
+    let mut zip = zip::ZipWriter::new_stream(out);
+    let werr = |e: &dyn std::fmt::Display| Error::invalid(format!("{label}: {e}"));
+    loop {
+        let Some(item) = items.blocking_recv() else {
+            return Err(Error::new(
+                FailureClass::Cancelled,
+                format!("{label}: abandoned before it was complete"),
+            ));
+        };
+        let (name, size) = match &item {
+            Item::End => break,
+            Item::Base(n, size) => (n, *size),
+            Item::Inline(n, data) => (n, data.len() as u64),
+            Item::Blob(n, _, size) => (n, *size),
+        };
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .system(zip::System::Dos)
+            .last_modified_time(zip::DateTime::default())
+            .large_file(size >= zip::ZIP64_BYTES_THR);
+        zip.start_file(name.as_str(), options)
+            .map_err(|e| werr(&e))?;
+        let mut stream = match &item {
+            Item::Inline(_, data) => {
+                zip.write_all(data).map_err(|e| werr(&e))?;
+                continue;
+            }
+            Item::Base(n, _) => {
+                let base = base.ok_or_else(|| Error::internal("base entry without a base"))?;
+                handle.block_on(base.entry_stream(n))?
+            }
+            Item::Blob(_, d, size) => handle.block_on(source.blob_stream(d, *size))?,
+            Item::End => break,
+        };
+        let mut copied = 0u64;
+        while let Some(chunk) = handle.block_on(stream.next()) {
+            let chunk = chunk?;
+            copied += chunk.len() as u64;
+            zip.write_all(&chunk).map_err(|e| werr(&e))?;
+        }
+        if copied != size {
+            return Err(Error::invalid(format!(
+                "entry {name:?}: {copied} bytes written, {size} expected"
+            )));
+        }
+    }
+    let mut out = zip.finish().map_err(|e| werr(&e))?.into_inner();
+    out.flush().map_err(|e| werr(&e))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::archive::writer::write_archive;
+    use crate::archive::{ArchiveImage, ImageSpec};
+    use crate::digest::Digest;
+
+    /// Serves blobs of zeros (the writer trusts its source; verification is the source's).
+    struct Zeros(std::collections::HashMap<Digest, u64>);
+
+    #[async_trait::async_trait]
+    impl BlobSource for Zeros {
+        async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
+            Ok(self.0.get(d).copied())
+        }
+        async fn blob_stream(&self, _d: &Digest, size: u64) -> Result<crate::verify::ByteStream> {
+            let chunk = bytes::Bytes::from(vec![0u8; 1 << 20]);
+            let full = size / chunk.len() as u64;
+            let rest = (size % chunk.len() as u64) as usize;
+            let mut chunks: Vec<Result<bytes::Bytes>> =
+                (0..full).map(|_| Ok(chunk.clone())).collect();
+            if rest > 0 {
+                chunks.push(Ok(chunk.slice(..rest)));
+            }
+            Ok(futures_util::stream::iter(chunks).boxed())
+        }
+    }
+
+    fn python_count_and_max(path: &Path) -> (usize, u64) {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys,zipfile; l=zipfile.ZipFile(sys.argv[1]).infolist(); print(len(l), max(i.file_size for i in l))",
+            ])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut it = text.split_whitespace();
+        (
+            it.next().unwrap().parse().unwrap(),
+            it.next().unwrap().parse().unwrap(),
+        )
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "hangar-zip64-{name}-{}-{:?}.zip",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn zip64_when_an_entry_passes_4_gib() {
+        let (manifest, layer) = (Digest::of(b"manifest"), Digest::of(b"layer"));
+        let big = (4u64 << 30) + 12345;
+        let source = Arc::new(Zeros(
+            [(manifest.clone(), 100), (layer.clone(), big)].into(),
+        ));
+        let spec = ImageSpec {
+            layers: vec![layer.clone()],
+            arch: "amd64".into(),
+            os: "linux".into(),
+            ..ImageSpec::bare(manifest.clone())
+        };
+        let images = vec![ArchiveImage::new(
+            "docker.io/library/big".into(),
+            "1".into(),
+            vec![spec],
+        )];
+        let out = temp("big");
+        let written = write_archive(out.to_str().unwrap(), None, &images, source)
+            .await
+            .unwrap();
+        assert!(written.bytes > big);
+        let reader = ArchiveReader::open(out.to_str().unwrap()).await.unwrap();
+        assert_eq!(reader.blob_size(&layer), Some(big));
+        assert_eq!(
+            reader.index.list, images,
+            "index.json after the 4 GiB entry reads back"
+        );
+        assert_eq!(python_count_and_max(&out), (5, big));
+        let _ = std::fs::remove_file(out);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn zip64_when_entries_pass_65535() {
+        let manifest = Digest::of(b"manifest");
+        let layers: Vec<Digest> = (0..70_000u32)
+            .map(|i| Digest::of(&i.to_le_bytes()))
+            .collect();
+        let mut sizes: std::collections::HashMap<Digest, u64> =
+            layers.iter().map(|d| (d.clone(), 3)).collect();
+        sizes.insert(manifest.clone(), 10);
+        let spec = ImageSpec {
+            layers: layers.clone(),
+            arch: "amd64".into(),
+            os: "linux".into(),
+            ..ImageSpec::bare(manifest.clone())
+        };
+        let images = vec![ArchiveImage::new(
+            "docker.io/library/many".into(),
+            "1".into(),
+            vec![spec],
+        )];
+        let out = temp("many");
+        write_archive(out.to_str().unwrap(), None, &images, Arc::new(Zeros(sizes)))
+            .await
+            .unwrap();
+        let reader = ArchiveReader::open(out.to_str().unwrap()).await.unwrap();
+        assert_eq!(reader.entries().len(), 70_004);
+        assert!(reader.has_blob(&layers[69_999]));
+        assert_eq!(python_count_and_max(&out).0, 70_004);
+        let _ = std::fs::remove_file(out);
+    }
+}
