@@ -518,3 +518,65 @@ pub fn archive_image(job: &ImageJob, plan: &ImagePlan) -> Result<ArchiveImage> {
         specs,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::testkit::{blob, job, platform};
+
+    #[test]
+    fn an_archive_entry_lists_platform_manifests_without_attachments_or_foreign_layers() {
+        let (config, layer) = (blob("config"), blob("layer"));
+        let mut foreign = blob("foreign");
+        foreign.media_type = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip".into();
+        let amd64 = platform("amd64", &[config.clone(), layer.clone(), foreign]);
+        let digest = amd64.manifest.digest.clone();
+        let mut sig = platform("unknown", &[blob("sig-config")]);
+        sig.push_tag = Some("sha256-abc.sig".into());
+        assert!(sig.is_attachment() && !amd64.is_attachment());
+        let plan = ImagePlan {
+            platforms: vec![amd64, sig],
+            top: TopPlan::Nothing,
+        };
+        let entry = archive_image(&job("src.io/lib/a:1", "dst.io/proj/a:1"), &plan).expect("entry");
+        assert_eq!(
+            (entry.source.as_str(), entry.tag.as_str()),
+            ("src.io/lib/a", "1")
+        );
+        assert_eq!(entry.arch_list, ["amd64"]);
+        assert_eq!(entry.images.len(), 1, "the attachment is not archived");
+        let spec = &entry.images[0];
+        assert_eq!(spec.digest, digest);
+        assert_eq!(spec.config.as_ref(), Some(&config.digest));
+        assert_eq!(spec.layers, [layer.digest], "foreign layers live elsewhere");
+    }
+
+    #[test]
+    fn an_archive_entry_of_a_tagless_pinned_line_is_tagged_by_its_digest() {
+        let pin = hangar_shared::digest::Digest::of(b"index");
+        let plan = ImagePlan {
+            platforms: vec![platform("amd64", &[blob("config")])],
+            top: TopPlan::Nothing,
+        };
+        let job = job(&format!("src.io/lib/a@{pin}"), "dst.io/proj/a:1");
+        let entry = archive_image(&job, &plan).expect("entry");
+        assert_eq!(entry.tag, pin.to_string());
+        assert_eq!(entry.reference().expect("reference").digest, Some(pin));
+    }
+
+    #[test]
+    fn an_archive_entry_needs_image_manifests() {
+        let mut odd = platform("amd64", &[blob("config")]);
+        odd.manifest = RawManifest::from_bytes(
+            Bytes::from_static(br#"{"schemaVersion":2,"manifests":[]}"#),
+            None,
+        )
+        .expect("an index");
+        let plan = ImagePlan {
+            platforms: vec![odd],
+            top: TopPlan::Nothing,
+        };
+        let err = archive_image(&job("src.io/lib/a:1", "dst.io/proj/a:1"), &plan).unwrap_err();
+        assert_eq!(err.class, FailureClass::Internal);
+    }
+}

@@ -1,0 +1,285 @@
+//! Follow-ups: tasks that run on what an image already wrote, a `SignTask` for each platform
+//! manifest and index digest (with `--sign-key`) and a `ScanTask` for each platform manifest
+//! (with `--scan-db`). They do not gate the image's writes, only its report: the image's
+//! result waits in `held` until the last of them is done. A failed signature fails the
+//! image; a failed scan is reported with the scan and leaves the copy standing.
+
+use hangar_shared::digest::Digest;
+use hangar_shared::error::{Error, Result};
+use hangar_shared::task::{ManifestBody, Outcome, ScanTask, SignTask, Task};
+
+use super::{ImageResult, Observer, TaskRef, Tracker};
+
+impl Tracker {
+    /// Follow-ups of platform `platform` just written: attachments and attestations are
+    /// neither signed nor scanned.
+    pub(super) async fn manifest_landed(&mut self, image: usize, platform: usize) -> Result<()> {
+        let signable = self.images[image].plan.as_ref().and_then(|p| {
+            let p = &p.platforms[platform];
+            (!p.is_attachment() && !p.entry.is_attestation()).then(|| p.manifest.digest.clone())
+        });
+        if let Some(digest) = signable {
+            self.publish_sign(image, digest).await?;
+            if self.ends.scan {
+                self.publish_scan(image, platform).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs `digest` in the image's destination with the job's key, if it has one.
+    pub(super) async fn publish_sign(&mut self, image: usize, digest: Digest) -> Result<()> {
+        let Some(key) = self.ends.sign_key.clone() else {
+            return Ok(());
+        };
+        let dest = self.dest_repo(image);
+        let job = &self.images[image].job;
+        let identity = hangar_shared::sign::cosign::docker_reference(
+            &job.dest.registry,
+            &job.dest.repository(),
+        );
+        self.images[image].pending_follow_ups += 1;
+        let name = format!("sign/{dest}@{digest}");
+        let task = Task::Sign(SignTask {
+            dest,
+            digest,
+            identity,
+            key,
+        });
+        self.publish(name, task, TaskRef::Sign { image }).await
+    }
+
+    /// Reads the package inventory of a platform manifest just written.
+    async fn publish_scan(&mut self, image: usize, platform: usize) -> Result<()> {
+        let Some(plan) = &self.images[image].plan else {
+            return Ok(());
+        };
+        let manifest = ManifestBody::from(&plan.platforms[platform].manifest);
+        let store = self.dest_repo(image);
+        self.images[image].pending_follow_ups += 1;
+        let name = format!("scan/{store}@{}", manifest.digest);
+        let task = Task::Scan(ScanTask { store, manifest });
+        self.publish(name, task, TaskRef::Scan { image, platform })
+            .await
+    }
+
+    pub(super) fn sign_done(
+        &mut self,
+        image: usize,
+        outcome: Option<Outcome>,
+        obs: &mut dyn Observer,
+    ) {
+        if let Some(Outcome::Signed { added: true }) = outcome {
+            self.stats.signatures_added += 1;
+        }
+        self.follow_up_done(image, obs);
+    }
+
+    /// A signature that could not be written fails the image, whatever else is pending.
+    pub(super) fn sign_failed(&mut self, image: usize, e: Error, obs: &mut dyn Observer) {
+        self.images[image].pending_follow_ups = 0;
+        self.images[image].held = None;
+        self.finish(image, ImageResult::Failed(e.context("signing")), obs);
+    }
+
+    pub(super) fn scan_done(
+        &mut self,
+        image: usize,
+        platform: usize,
+        outcome: Option<Outcome>,
+        result: Option<Error>,
+        obs: &mut dyn Observer,
+    ) {
+        match (outcome, result) {
+            (Some(Outcome::Scanned { inventory, .. }), None) => {
+                self.inventories.push((image, platform, *inventory));
+            }
+            (_, Some(e)) => {
+                // A scan failure does not undo the copy: it is reported with the scan.
+                self.scan_failures.push((image, e));
+            }
+            _ => {}
+        }
+        self.follow_up_done(image, obs);
+    }
+
+    /// A signature or scan of `image` is done: the image finishes when it was the last.
+    fn follow_up_done(&mut self, image: usize, obs: &mut dyn Observer) {
+        let state = &mut self.images[image];
+        state.pending_follow_ups = state.pending_follow_ups.saturating_sub(1);
+        if state.pending_follow_ups == 0
+            && let Some(result) = state.held.take()
+        {
+            self.finish(image, result, obs);
+        }
+    }
+
+    /// Finishes an image once its signatures are written; until then its result waits.
+    pub(super) fn complete(&mut self, image: usize, result: ImageResult, obs: &mut dyn Observer) {
+        if self.images[image].pending_follow_ups > 0 {
+            self.images[image].held = Some(result);
+        } else {
+            self.finish(image, result, obs);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hangar_shared::digest::Digest;
+    use hangar_shared::error::FailureClass;
+    use hangar_shared::manifest::{ANNOTATION_REFERENCE_TYPE, ATTESTATION_MANIFEST};
+    use hangar_shared::task::{Outcome, Task, TaskEnvelope};
+
+    use super::super::testkit::{Harness, blob, job, kinds, platform, tagged};
+    use super::super::{Ends, ImageResult};
+
+    fn signing() -> Ends {
+        Ends {
+            sign_key: Some("release".into()),
+            ..Ends::default()
+        }
+    }
+
+    fn signed_digest(t: &TaskEnvelope) -> &Digest {
+        match &t.task {
+            Task::Sign(s) => &s.digest,
+            other => panic!("a sign task: {other:?}"),
+        }
+    }
+
+    /// Runs one single-platform image up to its index write, answering the platform's
+    /// signature or not; returns the platform's sign task and the index task.
+    async fn up_to_the_index(h: &mut Harness) -> (TaskEnvelope, TaskEnvelope) {
+        h.add(0, tagged("1", vec![platform("amd64", &[blob("config")])]))
+            .await;
+        for t in &h.take() {
+            h.ok(t).await;
+        }
+        let push = h.take();
+        h.ok(&push[0]).await;
+        let step = h.take();
+        assert_eq!(
+            kinds(&step),
+            ["sign", "index"],
+            "signed as soon as it is pushed"
+        );
+        (step[0].clone(), step[1].clone())
+    }
+
+    #[tokio::test]
+    async fn signatures_hold_the_image_result_until_they_are_done() {
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], signing());
+        let (sign_platform, index) = up_to_the_index(&mut h).await;
+        let index_digest = Digest::of(b"index");
+        h.ok(&index).await;
+        let step = h.take();
+        assert_eq!(kinds(&step), ["sign"]);
+        assert_eq!(
+            *signed_digest(&step[0]),
+            index_digest,
+            "the index is signed too"
+        );
+        assert!(h.finished.0.is_empty(), "held for the signatures");
+        h.ok(&sign_platform).await;
+        assert!(
+            h.finished.0.is_empty(),
+            "the index's signature is still out"
+        );
+        h.done(&step[0], Outcome::Signed { added: false }).await;
+        assert!(matches!(
+            &h.finished.0[0].1,
+            ImageResult::Copied { digest: Some(d), .. } if *d == index_digest
+        ));
+        assert_eq!(h.tracker.stats.signatures_added, 1, "one was there already");
+    }
+
+    #[tokio::test]
+    async fn a_failed_signature_fails_the_image_even_after_its_index_is_written() {
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], signing());
+        let (sign_platform, index) = up_to_the_index(&mut h).await;
+        h.ok(&index).await;
+        let sign_index = h.take();
+        h.fail(&sign_platform, FailureClass::Auth, true).await;
+        assert_eq!(h.finished.class(0), Some(FailureClass::Auth));
+        let ImageResult::Failed(e) = &h.finished.0[0].1 else {
+            unreachable!()
+        };
+        assert!(e.message.starts_with("signing: "), "{e}");
+        h.ok(&sign_index[0]).await;
+        assert_eq!(h.finished.0.len(), 1, "reported once");
+        assert_eq!(h.tracker.completed_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn attachments_and_attestations_are_neither_signed_nor_scanned() {
+        let ends = Ends {
+            scan: true,
+            ..signing()
+        };
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], ends);
+        let image = platform("amd64", &[blob("config")]);
+        let mut attestation = platform("unknown", &[blob("att-config")]);
+        attestation.entry.annotations = Some(
+            [(
+                ANNOTATION_REFERENCE_TYPE.to_owned(),
+                ATTESTATION_MANIFEST.to_owned(),
+            )]
+            .into(),
+        );
+        let mut sig = platform("unknown", &[blob("sig-config")]);
+        sig.push_tag = Some("sha256-abc.sig".into());
+        let digest = image.manifest.digest.clone();
+        h.add(0, tagged("1", vec![image, attestation, sig])).await;
+        for t in &h.take() {
+            h.ok(t).await;
+        }
+        let pushes = h.take();
+        assert_eq!(kinds(&pushes), ["manifest", "manifest", "manifest"]);
+        let Task::Manifest(m) = &pushes[2].task else {
+            unreachable!()
+        };
+        assert_eq!(
+            m.reference, "sha256-abc.sig",
+            "an attachment goes at its tag"
+        );
+        for t in &pushes {
+            h.ok(t).await;
+        }
+        let step = h.take();
+        assert_eq!(kinds(&step), ["sign", "scan", "index"]);
+        assert_eq!(*signed_digest(&step[0]), digest);
+        let Task::Index(index) = &step[2].task else {
+            unreachable!()
+        };
+        assert_eq!(
+            index.added.len(),
+            2,
+            "the attestation is listed, the attachment is not"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_scan_is_reported_with_the_scan_and_the_copy_stands() {
+        let ends = Ends {
+            scan: true,
+            ..Ends::default()
+        };
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], ends);
+        h.add(0, tagged("1", vec![platform("amd64", &[blob("config")])]))
+            .await;
+        for t in &h.take() {
+            h.ok(t).await;
+        }
+        let push = h.take();
+        h.ok(&push[0]).await;
+        let step = h.take();
+        assert_eq!(kinds(&step), ["scan", "index"]);
+        h.ok(&step[1]).await;
+        assert!(h.finished.0.is_empty(), "held for the scan");
+        h.fail(&step[0], FailureClass::Internal, true).await;
+        assert!(matches!(h.finished.0[0].1, ImageResult::Copied { .. }));
+        assert_eq!(h.tracker.scan_failures().count(), 1);
+        assert_eq!(h.tracker.inventories().count(), 0);
+    }
+}

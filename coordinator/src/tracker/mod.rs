@@ -1,0 +1,483 @@
+//! The tracker folds plans and events into job state and publishes follow-up tasks:
+//! blobs first (one task per unique digest and destination repository), a platform
+//! manifest once all its blobs are in, the tag's index once all platforms are in.
+//!
+//! It is one state machine split by concept, each part an `impl Tracker` over the fields
+//! declared here: [`blobs`] registers and schedules blobs per destination and digest,
+//! [`writes`] runs manifest and index writes one at a time per key, [`follow_ups`] signs and
+//! scans what landed and holds an image's result until they are done. This file keeps the
+//! public API, the per-image state and the event dispatch, so one event's path reads top
+//! down from [`Tracker::on_event`].
+
+mod blobs;
+mod follow_ups;
+#[cfg(test)]
+pub(crate) mod testkit;
+mod writes;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use hangar_shared::digest::Digest;
+use hangar_shared::error::{Error, FailureClass, Result};
+use hangar_shared::queue::TaskQueue;
+use hangar_shared::store::{RepoRef, StoreRef};
+use hangar_shared::task::{Event, EventKind, JobId, Task, TaskEnvelope, TaskId};
+
+use crate::planner::{ImageJob, ImagePlan, Planned};
+use blobs::{BlobKey, BlobState, Group};
+
+#[derive(Debug, Clone)]
+pub enum ImageResult {
+    Copied {
+        digest: Option<Digest>,
+        preserved: bool,
+    },
+    Skipped(String),
+    Failed(Error),
+}
+
+/// Counts for the summary.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub blobs_copied: u64,
+    pub blobs_mounted: u64,
+    pub blobs_present: u64,
+    /// Copied from the blob cache: upstream fetches saved.
+    pub blobs_from_cache: u64,
+    pub bytes_copied: u64,
+    /// What a per-image copier would have moved: every blob of every image.
+    pub bytes_naive: u64,
+    pub retries: u64,
+    pub signatures_added: u64,
+}
+
+/// What a published task was for, by its id.
+enum TaskRef {
+    Blob(BlobKey),
+    Manifest {
+        image: usize,
+        platform: usize,
+        key: String,
+    },
+    Top {
+        image: usize,
+        key: String,
+    },
+    Sign {
+        image: usize,
+    },
+    Scan {
+        image: usize,
+        platform: usize,
+    },
+}
+
+struct ImageState {
+    job: ImageJob,
+    plan: Option<ImagePlan>,
+    pending_blobs: Vec<usize>,
+    pending_manifests: usize,
+    /// Signatures and scans still running; the image's result waits for them in `held`.
+    pending_follow_ups: usize,
+    held: Option<ImageResult>,
+    result: Option<ImageResult>,
+}
+
+/// Receives images as they finish.
+pub trait Observer: Send {
+    fn image_finished(&mut self, job: &ImageJob, result: &ImageResult);
+}
+
+/// Where a job's images come from and go to, when not registry → registry.
+#[derive(Debug, Clone, Default)]
+pub struct Ends {
+    /// The store every image is read from (`load`: the archive); registries otherwise.
+    pub source: Option<StoreRef>,
+    /// Gather blobs and manifests in the blob cache for the assembler (`save`, `sync`)
+    /// instead of pushing them to a registry.
+    pub to_cache: bool,
+    /// How logs name the destination when it is not a registry (the archive's path).
+    pub dest_label: Option<String>,
+    /// Sign every platform manifest and index as it lands, with the workers' key of this name.
+    pub sign_key: Option<String>,
+    /// Read every platform manifest's package inventory as it lands.
+    pub scan: bool,
+}
+
+pub struct Tracker {
+    job: JobId,
+    queue: Arc<dyn TaskQueue>,
+    overwrite: bool,
+    ends: Ends,
+    /// Images copied, in the order they finished (Hangar writes archives in this order).
+    completed: Vec<usize>,
+    inventories: Vec<(usize, usize, hangar_shared::scan::Inventory)>,
+    scan_failures: Vec<(usize, Error)>,
+    next_id: TaskId,
+    tasks: HashMap<TaskId, TaskRef>,
+    images: Vec<ImageState>,
+    blobs: HashMap<BlobKey, BlobState>,
+    groups: HashMap<(StoreRef, Digest), Group>,
+    /// Manifest writes to one key run one at a time: a digest on a registry (concurrent
+    /// PUTs of the same manifest race inside distribution's storage, across repositories
+    /// too) and a repository's tags (index merges must see each other, and two tags often
+    /// get identical indexes).
+    writes: HashMap<String, VecDeque<(Task, TaskRef)>>,
+    unfinished: usize,
+    pub stats: Stats,
+    /// The job's trace context, handed to every task it publishes.
+    pub trace: Option<String>,
+}
+
+impl Tracker {
+    pub fn new(
+        job: JobId,
+        queue: Arc<dyn TaskQueue>,
+        jobs: Vec<ImageJob>,
+        overwrite: bool,
+        ends: Ends,
+    ) -> Self {
+        let unfinished = jobs.len();
+        let images = jobs
+            .into_iter()
+            .map(|job| ImageState {
+                job,
+                plan: None,
+                pending_blobs: Vec::new(),
+                pending_manifests: 0,
+                pending_follow_ups: 0,
+                held: None,
+                result: None,
+            })
+            .collect();
+        Self {
+            job,
+            queue,
+            overwrite,
+            ends,
+            completed: Vec::new(),
+            inventories: Vec::new(),
+            scan_failures: Vec::new(),
+            next_id: 0,
+            tasks: HashMap::new(),
+            trace: None,
+            images,
+            blobs: HashMap::new(),
+            groups: HashMap::new(),
+            writes: HashMap::new(),
+            unfinished,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.unfinished == 0
+    }
+
+    pub fn unique_blobs(&self) -> usize {
+        let mut digests: Vec<&Digest> = self.blobs.keys().map(|(_, d)| d).collect();
+        digests.sort();
+        digests.dedup();
+        digests.len()
+    }
+
+    pub fn results(&self) -> impl Iterator<Item = (&ImageJob, Option<&ImageResult>)> {
+        self.images.iter().map(|i| (&i.job, i.result.as_ref()))
+    }
+
+    /// Copied images with their plans, in the order they finished.
+    pub fn completed(&self) -> impl Iterator<Item = (&ImageJob, &ImagePlan)> {
+        self.completed_since(0)
+    }
+
+    /// Like [`Self::completed`], from the `n`th on.
+    pub fn completed_since(&self, n: usize) -> impl Iterator<Item = (&ImageJob, &ImagePlan)> {
+        self.completed[n.min(self.completed.len())..]
+            .iter()
+            .filter_map(|i| {
+                let s = &self.images[*i];
+                s.plan.as_ref().map(|p| (&s.job, p))
+            })
+    }
+
+    pub fn completed_count(&self) -> usize {
+        self.completed.len()
+    }
+
+    fn source_repo(&self, image: usize) -> RepoRef {
+        let job = &self.images[image].job;
+        match &self.ends.source {
+            Some(store) => RepoRef {
+                store: store.clone(),
+                repo: job.source.repository(),
+            },
+            None => RepoRef::registry(&job.source.registry, &job.source.repository()),
+        }
+    }
+
+    fn dest_repo(&self, image: usize) -> RepoRef {
+        let job = &self.images[image].job;
+        if self.ends.to_cache {
+            RepoRef {
+                store: StoreRef::Cache,
+                repo: String::new(),
+            }
+        } else {
+            RepoRef::registry(&job.dest.registry, &job.dest.repository())
+        }
+    }
+
+    fn finish(&mut self, image: usize, result: ImageResult, obs: &mut dyn Observer) {
+        let state = &mut self.images[image];
+        if state.result.is_some() {
+            return;
+        }
+        if matches!(result, ImageResult::Copied { .. }) {
+            self.completed.push(image);
+        }
+        obs.image_finished(&state.job, &result);
+        state.result = Some(result);
+        self.unfinished -= 1;
+    }
+
+    async fn publish(&mut self, key: String, task: Task, r: TaskRef) -> Result<()> {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.tasks.insert(id, r);
+        self.queue
+            .publish(TaskEnvelope {
+                job: self.job.clone(),
+                id,
+                key: format!("{}/{key}", self.job),
+                trace: self.trace.clone(),
+                task,
+            })
+            .await
+    }
+
+    /// Takes one image's plan (or its planning failure).
+    pub async fn add_plan(
+        &mut self,
+        image: usize,
+        planned: Result<Planned>,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        let plan = match planned {
+            Ok(Planned::Plan(p)) => p,
+            Ok(Planned::Skip(why)) => {
+                self.finish(image, ImageResult::Skipped(why), obs);
+                return Ok(());
+            }
+            Err(e) => {
+                self.finish(image, ImageResult::Failed(e), obs);
+                return Ok(());
+            }
+        };
+        self.images[image].pending_manifests = plan.platforms.len();
+        let to_start = self.register_blobs(image, &plan);
+        self.images[image].plan = Some(plan);
+        for key in to_start {
+            self.schedule_blob(key).await?;
+        }
+        if self.images[image].result.is_none() {
+            let ready: Vec<usize> = (0..self.images[image].pending_blobs.len())
+                .filter(|p| self.images[image].pending_blobs[*p] == 0)
+                .collect();
+            for p in ready {
+                self.publish_manifest(image, p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What a task of this job is, for the in-flight view; `None` once it is finished.
+    pub fn describe(&self, task: TaskId) -> Option<String> {
+        Some(match self.tasks.get(&task)? {
+            TaskRef::Blob((repo, digest)) => format!("blob {digest} → {repo}"),
+            TaskRef::Manifest { key, .. } => format!("manifest {key}"),
+            TaskRef::Top { key, .. } => format!("index {key}"),
+            TaskRef::Sign { image } => format!("sign {}", self.images[*image].job.dest),
+            TaskRef::Scan { image, .. } => format!("scan {}", self.images[*image].job.dest),
+        })
+    }
+
+    /// Folds one event in, publishing whatever it unblocks.
+    pub async fn on_event(&mut self, event: Event, obs: &mut dyn Observer) -> Result<()> {
+        let (outcome, error) = match event.kind {
+            // Notices for the in-flight view (`crate::in_flight`), nothing to settle.
+            EventKind::Started { .. } | EventKind::Waiting { .. } => return Ok(()),
+            EventKind::Done { outcome } => (Some(outcome), None),
+            EventKind::Failed {
+                last: false,
+                class,
+                message,
+                attempt,
+            } => {
+                self.stats.retries += 1;
+                tracing::debug!(task = event.task, attempt, %class, "task will be retried: {message}");
+                return Ok(());
+            }
+            EventKind::Failed { class, message, .. } => (None, Some(Error::new(class, message))),
+        };
+        let Some(r) = self.tasks.remove(&event.task) else {
+            return Ok(());
+        };
+        match (r, error) {
+            (TaskRef::Blob(key), None) => self.blob_done(key, outcome).await,
+            (TaskRef::Blob(key), Some(e)) => self.blob_failed(key, e, obs).await,
+            (
+                TaskRef::Manifest {
+                    image,
+                    platform,
+                    key,
+                },
+                None,
+            ) => self.manifest_written(image, platform, &key, obs).await,
+            (TaskRef::Top { image, key }, None) => {
+                self.top_written(image, &key, outcome, obs).await
+            }
+            (TaskRef::Manifest { image, key, .. } | TaskRef::Top { image, key }, Some(e)) => {
+                self.release(&key).await?;
+                self.finish(image, ImageResult::Failed(e), obs);
+                Ok(())
+            }
+            (TaskRef::Sign { image }, None) => {
+                self.sign_done(image, outcome, obs);
+                Ok(())
+            }
+            (TaskRef::Scan { image, platform }, result) => {
+                self.scan_done(image, platform, outcome, result, obs);
+                Ok(())
+            }
+            (TaskRef::Sign { image }, Some(e)) => {
+                self.sign_failed(image, e, obs);
+                Ok(())
+            }
+        }
+    }
+
+    /// Inventories read by scan tasks: (image, platform index, inventory).
+    pub fn inventories(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            &ImageJob,
+            &crate::planner::PlatformPlan,
+            &hangar_shared::scan::Inventory,
+        ),
+    > {
+        self.inventories.iter().filter_map(|(i, p, inv)| {
+            let s = &self.images[*i];
+            s.plan
+                .as_ref()
+                .map(|plan| (&s.job, &plan.platforms[*p], inv))
+        })
+    }
+
+    pub fn scan_failures(&self) -> impl Iterator<Item = (&ImageJob, &Error)> {
+        self.scan_failures
+            .iter()
+            .map(|(i, e)| (&self.images[*i].job, e))
+    }
+
+    /// Gives up on unfinished images (cancellation).
+    pub fn abandon(&mut self, why: &str, obs: &mut dyn Observer) {
+        for i in 0..self.images.len() {
+            if self.images[i].result.is_none() {
+                self.finish(
+                    i,
+                    ImageResult::Failed(Error::new(FailureClass::Cancelled, why)),
+                    obs,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hangar_shared::error::{Error, FailureClass};
+    use hangar_shared::task::{Event, EventKind};
+
+    use super::testkit::{Harness, blob, job, kinds, platform, tagged};
+    use super::{Ends, ImageResult};
+    use crate::planner::Planned;
+
+    fn three_images() -> Harness {
+        Harness::new(
+            (1..=3)
+                .map(|n| job(&format!("src.io/lib/a:{n}"), &format!("dst.io/proj/a:{n}")))
+                .collect(),
+            Ends::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn abandon_reports_every_unfinished_image_failed_as_cancelled() {
+        let mut h = three_images();
+        h.add(0, Planned::Skip("no platform".into())).await;
+        h.add(1, tagged("2", vec![platform("amd64", &[blob("config")])]))
+            .await;
+        assert_eq!(kinds(&h.take()), ["blob"]);
+        assert!(!h.tracker.is_finished());
+        h.tracker.abandon("interrupted", &mut h.finished);
+        assert!(h.tracker.is_finished());
+        let results: Vec<_> = h.tracker.results().map(|(_, r)| r.cloned()).collect();
+        assert!(matches!(results[0], Some(ImageResult::Skipped(_))));
+        for r in &results[1..] {
+            let Some(ImageResult::Failed(e)) = r else {
+                panic!("failed: {r:?}");
+            };
+            assert_eq!(e.class, FailureClass::Cancelled);
+            assert_eq!(e.message, "interrupted");
+        }
+        assert_eq!(h.finished.0.len(), 3, "each image reported once");
+    }
+
+    #[tokio::test]
+    async fn a_planning_failure_or_skip_finishes_the_image_without_tasks() {
+        let mut h = three_images();
+        h.add(0, Planned::Skip("no platform".into())).await;
+        h.tracker
+            .add_plan(1, Err(Error::not_found("gone")), &mut h.finished)
+            .await
+            .expect("add_plan");
+        assert!(h.take().is_empty());
+        assert_eq!(h.finished.class(1), Some(FailureClass::NotFound));
+        assert!(!h.tracker.is_finished(), "image 3 is still to plan");
+    }
+
+    #[tokio::test]
+    async fn a_settled_task_ignores_repeated_events_and_describe_forgets_it() {
+        let mut h = three_images();
+        h.add(0, tagged("1", vec![platform("amd64", &[blob("config")])]))
+            .await;
+        let blobs = h.take();
+        let id = blobs[0].id;
+        let what = h.tracker.describe(id).expect("in flight");
+        assert!(what.starts_with("blob sha256:"), "{what}");
+        h.event(Event {
+            job: "job".into(),
+            task: id,
+            kind: EventKind::Started {
+                worker: "w".into(),
+                attempt: 1,
+            },
+        })
+        .await;
+        assert!(h.take().is_empty(), "a notice settles nothing");
+        h.ok(&blobs[0]).await;
+        assert_eq!(h.tracker.describe(id), None);
+        assert_eq!(kinds(&h.take()), ["manifest"]);
+        // At-least-once delivery: the same outcome again, and a late failure.
+        h.ok(&blobs[0]).await;
+        h.fail(&blobs[0], FailureClass::Network, true).await;
+        assert!(h.take().is_empty());
+        assert!(h.finished.0.is_empty());
+        assert_eq!(
+            h.tracker.stats.blobs_copied, 1,
+            "a repeated outcome is not counted again"
+        );
+    }
+}
