@@ -25,7 +25,10 @@ fn host_arch() -> &'static str {
 pub async fn run(args: &InspectArgs, console: &Console) -> Result<()> {
     let name = super::docker_reference(&args.reference, console)?;
     let r = ImageRef::parse(&name)?;
-    let pool = super::pool(Some(args.tls_verify), args.authfile.as_deref());
+    let pool = super::pool(
+        Some(args.access.tls_verify),
+        args.access.authfile.as_deref(),
+    );
     let reg = pool.registry(&r.registry).await?;
     let repo = r.repository();
     let Some(top) = reg

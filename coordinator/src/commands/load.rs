@@ -166,8 +166,8 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
     super::harbor::ensure_projects(
         &dest,
         &projects,
-        args.tls_verify,
-        args.authfile.as_deref(),
+        args.access.tls_verify,
+        args.access.authfile.as_deref(),
         &console,
     )
     .await;
@@ -226,8 +226,8 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
     };
     let pool = Arc::new(
         super::limited_pool(
-            args.tls_verify,
-            args.authfile.as_deref(),
+            args.access.tls_verify,
+            args.access.authfile.as_deref(),
             &args.rate,
             fleet.as_ref(),
         )
@@ -269,7 +269,10 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
     let (location, dest) = endpoints(args)?;
     let archive = ArchiveReader::open(&location).await?;
     let selected = select(&archive, args, &dest, debug, &console)?;
-    let pool = Arc::new(super::pool(args.tls_verify, args.authfile.as_deref()));
+    let pool = Arc::new(super::pool(
+        args.access.tls_verify,
+        args.access.authfile.as_deref(),
+    ));
     let mut failed = selected.failed;
     let filter = selected.filter.clone();
     let provenance = args.provenance;

@@ -24,7 +24,7 @@ pub async fn login(args: &LoginArgs, console: &Console) -> Result<()> {
         .trim_start_matches("docker://")
         .trim_end_matches('/');
     if args.get_login {
-        match auth::lookup(args.authfile.as_deref(), registry, None)? {
+        match auth::lookup(args.access.authfile.as_deref(), registry, None)? {
             Some(c) => println!("{}", c.username),
             None => bail!("not logged into {registry}"),
         }
@@ -48,12 +48,12 @@ pub async fn login(args: &LoginArgs, console: &Console) -> Result<()> {
     };
     let creds = Credentials { username, password };
     let options = RegistryOptions {
-        tls_verify: args.tls_verify,
+        tls_verify: args.access.tls_verify,
         ..Default::default()
     };
     let reg = Registry::connect(registry, &options, Some(creds.clone())).await?;
     reg.verify_login().await.context("login failed")?;
-    let path = auth::write_location(args.authfile.as_deref());
+    let path = auth::write_location(args.access.authfile.as_deref());
     let mut file = AuthFile::load(&path)?;
     file.set(registry, &creds);
     file.save(&path)?;

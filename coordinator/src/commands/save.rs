@@ -47,8 +47,8 @@ fn mirror_args(list: &ArchiveListArgs) -> MirrorArgs {
         jobs: list.jobs,
         timeout: list.timeout.clone(),
         provenance: list.provenance,
-        tls_verify: list.tls_verify,
-        authfile: list.authfile.clone(),
+        tls_verify: list.access.tls_verify,
+        authfile: list.access.authfile.clone(),
         cache: list.cache.clone(),
         transfers: list.transfers,
         ..Default::default()
@@ -154,8 +154,8 @@ async fn gather(
         Some(location) => Some(
             super::scan::open_db(
                 location,
-                list.tls_verify,
-                list.authfile.as_deref(),
+                list.access.tls_verify,
+                list.access.authfile.as_deref(),
                 Some("30d"),
                 &console,
             )
@@ -171,8 +171,8 @@ async fn gather(
     spec.ends.dest_label = Some(archive.to_owned());
     let pool = Arc::new(
         super::limited_pool(
-            list.tls_verify,
-            list.authfile.as_deref(),
+            list.access.tls_verify,
+            list.access.authfile.as_deref(),
             &list.rate,
             fleet.as_ref(),
         )
@@ -324,8 +324,8 @@ pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result
     if args.dry_run {
         let prepared = read_jobs(&args.list, debug, &console)?;
         let pool = Arc::new(super::pool(
-            args.list.tls_verify,
-            args.list.authfile.as_deref(),
+            args.list.access.tls_verify,
+            args.list.access.authfile.as_deref(),
         ));
         super::report_rejected(&console, &prepared.rejected, "plan");
         return super::plan::run(
@@ -502,7 +502,10 @@ pub async fn validate(
         .flat_map(|i| i.images.iter().map(|s| &s.digest))
         .collect();
     let prepared = read_jobs(list, debug, &console)?;
-    let pool = Arc::new(super::pool(list.tls_verify, list.authfile.as_deref()));
+    let pool = Arc::new(super::pool(
+        list.access.tls_verify,
+        list.access.authfile.as_deref(),
+    ));
     let mut failed = super::report_rejected(&console, &prepared.rejected, "validate");
     let filter = prepared.filter.clone();
     let provenance = list.provenance;

@@ -9,13 +9,12 @@ use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
 use hangar_shared::cache::BlobCache;
 use hangar_shared::error::Error;
-use hangar_shared::manifest::Platform;
 use hangar_shared::registry::Side;
-use hangar_shared::scan::matcher::{self, Finding};
+use hangar_shared::scan::image;
+use hangar_shared::scan::matcher;
 use hangar_shared::scan::osv::{Database, DbLimits};
-use hangar_shared::scan::{Inventory, Package, PkgKind, image};
+use hangar_shared::scan::report::{self, Format, Scanned};
 use hangar_shared::store::ImageStore;
-use serde_json::{Value, json};
 
 use crate::cli::ScanArgs;
 use crate::console::Console;
@@ -27,24 +26,6 @@ use crate::planner;
 pub struct ExitWith {
     pub code: u8,
     pub message: String,
-}
-
-const FORMATS: [&str; 6] = [
-    "csv",
-    "json",
-    "yaml",
-    "spdx-json",
-    "spdx-csv",
-    "cyclonedx-json",
-];
-
-/// One scanned platform image.
-struct Scanned {
-    reference: String,
-    digest: String,
-    platform: Platform,
-    inventory: Inventory,
-    findings: Vec<Finding>,
 }
 
 /// Connecting to a database's http(s) server.
@@ -260,7 +241,7 @@ pub fn report_job(
         .collect();
     scanned.sort_by(|a, b| (&a.reference, &a.digest).cmp(&(&b.reference, &b.digest)));
     let found: usize = scanned.iter().map(|s| s.findings.len()).sum();
-    super::write_atomically(path, &render(&scanned, "json")?)?;
+    super::write_atomically(path, &render(&scanned, Format::Json)?)?;
     console.info(
         None,
         format!(
@@ -273,14 +254,13 @@ pub fn report_job(
 }
 
 pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<()> {
-    let format = args.format.to_ascii_lowercase();
-    if !FORMATS.contains(&format.as_str()) {
+    let Some(format) = Format::parse(&args.format.to_ascii_lowercase()) else {
         bail!(
             "unknown report format {:?}: use one of {}",
             args.format,
-            FORMATS.join(", ")
+            Format::NAMES.join(", ")
         );
-    }
+    };
     let severities: Vec<String> = args
         .severity
         .iter()
@@ -303,8 +283,8 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
     let max_age = (!args.skip_db_age_check).then_some(args.db_max_age.as_str());
     let db = open_db(
         db_location,
-        args.list.tls_verify,
-        args.list.authfile.as_deref(),
+        args.list.access.tls_verify,
+        args.list.access.authfile.as_deref(),
         max_age,
         &console,
     )
@@ -316,8 +296,8 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
     let t = super::targets::targets(&args.list, debug, &console)?;
     let pool = Arc::new(
         super::limited_pool(
-            args.list.tls_verify,
-            args.list.authfile.as_deref(),
+            args.list.access.tls_verify,
+            args.list.access.authfile.as_deref(),
             &args.list.rate,
             None,
         )
@@ -450,16 +430,11 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
         }
     }
     scanned.sort_by(|a, b| (&a.reference, &a.digest).cmp(&(&b.reference, &b.digest)));
-    let report = args.report.clone().unwrap_or_else(|| {
-        let ext = match format.as_str() {
-            "spdx-json" => "spdx.json",
-            "spdx-csv" => "spdx.csv",
-            "cyclonedx-json" => "cdx.json",
-            f => f,
-        };
-        format!("scan-report.{ext}").into()
-    });
-    super::write_atomically(&report, &render(&scanned, &format)?)?;
+    let report = args
+        .report
+        .clone()
+        .unwrap_or_else(|| format!("scan-report.{}", format.extension()).into());
+    super::write_atomically(&report, &render(&scanned, format)?)?;
     console.info(
         None,
         format!("Scan report output to {:?}", report.display().to_string()),
@@ -481,211 +456,18 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
     Ok(())
 }
 
-fn purl(inv: &Inventory, p: &Package) -> String {
-    let os = inv.os.as_ref();
-    match p.kind {
-        PkgKind::Python => format!("pkg:pypi/{}@{}", p.name.to_lowercase(), p.version),
-        PkgKind::Dpkg => format!(
-            "pkg:deb/{}/{}@{}{}",
-            os.map_or("debian", |o| o.id.as_str()),
-            p.name,
-            p.version,
-            os.map(|o| format!("?distro={}-{}", o.id, o.version))
-                .unwrap_or_default()
-        ),
-        PkgKind::Apk => format!(
-            "pkg:apk/{}/{}@{}",
-            os.map_or("alpine", |o| o.id.as_str()),
-            p.name,
-            p.version
-        ),
-        PkgKind::Rpm => format!(
-            "pkg:rpm/{}/{}@{}",
-            os.map_or("rpm", |o| o.id.as_str()),
-            p.name,
-            p.version
-        ),
-    }
-}
-
-fn spdx_id(i: usize, p: &Package) -> String {
-    let clean: String = p
-        .name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("SPDXRef-Package-{clean}-{i}")
-}
-
-fn spdx(s: &Scanned, now: &str) -> Value {
-    let packages: Vec<Value> = s
-        .inventory
-        .packages
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            json!({
-                "SPDXID": spdx_id(i, p),
-                "name": p.name,
-                "versionInfo": p.version,
-                "downloadLocation": "NOASSERTION",
-                "filesAnalyzed": false,
-                "licenseConcluded": "NOASSERTION",
-                "licenseDeclared": p.license.clone().unwrap_or_else(|| "NOASSERTION".into()),
-                "supplier": "NOASSERTION",
-                "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl(&s.inventory, p)}],
-            })
-        })
-        .collect();
-    json!({
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "name": format!("{}@{}", s.reference, s.digest),
-        "documentNamespace": format!("https://hangar-fleet.invalid/spdx/{}", s.digest),
-        "creationInfo": {"creators": ["Tool: hangar-fleet"], "created": now},
-        "packages": packages,
-    })
-}
-
-fn cyclonedx(s: &Scanned, now: &str) -> Value {
-    let components: Vec<Value> = s
-        .inventory
-        .packages
-        .iter()
-        .map(|p| json!({"type": "library", "bom-ref": purl(&s.inventory, p), "name": p.name, "version": p.version, "purl": purl(&s.inventory, p)}))
-        .collect();
-    let vulnerabilities: Vec<Value> = s
-        .findings
-        .iter()
-        .map(|f| {
-            let r = s
-                .inventory
-                .packages
-                .iter()
-                .find(|p| p.name == f.package && p.version == f.installed)
-                .map(|p| purl(&s.inventory, p))
-                .unwrap_or_default();
-            json!({
-                "id": f.id,
-                "source": {"name": "OSV", "url": f.url},
-                "ratings": [{"severity": f.severity.to_lowercase()}],
-                "description": f.title,
-                "recommendation": if f.fixed.is_empty() { String::new() } else { format!("upgrade to {}", f.fixed) },
-                "affects": [{"ref": r}],
-            })
-        })
-        .collect();
-    json!({
-        "bomFormat": "CycloneDX",
-        "specVersion": "1.5",
-        "serialNumber": format!("urn:uuid:{}", uuid_of(&s.digest)),
-        "version": 1,
-        "metadata": {"timestamp": now, "tools": [{"name": "hangar-fleet"}],
-                     "component": {"type": "container", "name": s.reference, "version": s.digest}},
-        "components": components,
-        "vulnerabilities": vulnerabilities,
-    })
-}
-
-/// A stable UUID-shaped name from a digest (the BOM's serial number).
-fn uuid_of(digest: &str) -> String {
-    let hex: String = digest
-        .trim_start_matches("sha256:")
-        .chars()
-        .take(32)
-        .collect();
-    format!(
-        "{}-{}-4{}-8{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[13..16],
-        &hex[17..20],
-        &hex[20..32]
-    )
-}
-
-fn render(scanned: &[Scanned], format: &str) -> Result<String> {
+/// The report of `scanned` in `format`, dated now.
+fn render(scanned: &[Scanned], format: Format) -> Result<String> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut out = Vec::new();
     match format {
-        "csv" => {
-            let mut out =
-                String::from("image,arch,os,package,title,id,severity,installed,fixed,url\n");
-            for s in scanned {
-                for f in &s.findings {
-                    let cells = [
-                        &s.reference,
-                        &s.platform.architecture,
-                        &s.platform.os,
-                        &f.package,
-                        &f.title,
-                        &f.id,
-                        &f.severity,
-                        &f.installed,
-                        &f.fixed,
-                        &f.url,
-                    ];
-                    out.push_str(&super::csv_line(cells));
-                }
-            }
-            Ok(out)
+        // Built by the shared renderer, encoded here: hangar-shared has no YAML encoder.
+        Format::Yaml => {
+            serde_yaml_ng::to_writer(&mut out, &report::document(scanned, format, &now))?
         }
-        "spdx-csv" => {
-            let mut out = String::from(
-                "image,arch,os,package,license,versionInfo,supplier,originator,SPDXID\n",
-            );
-            for s in scanned {
-                for (i, p) in s.inventory.packages.iter().enumerate() {
-                    let license = p.license.clone().unwrap_or_default();
-                    let id = spdx_id(i, p);
-                    let cells = [
-                        &s.reference,
-                        &s.platform.architecture,
-                        &s.platform.os,
-                        &p.name,
-                        &license,
-                        &p.version,
-                        "",
-                        "",
-                        &id,
-                    ];
-                    out.push_str(&super::csv_line(cells));
-                }
-            }
-            Ok(out)
-        }
-        _ => {
-            let results = super::by_reference(scanned.iter().map(|s| {
-                let p = &s.platform;
-                let mut image = json!({
-                    "digest": s.digest,
-                    "platform": {"arch": p.architecture, "os": p.os, "osVersion": p.os_version, "osFeatures": p.os_features, "variant": p.variant},
-                    "vulnerabilities": s.findings,
-                });
-                match format {
-                    "spdx-json" => image["spdx"] = spdx(s, &now),
-                    "cyclonedx-json" => image["cyclonedx"] = cyclonedx(s, &now),
-                    _ => {}
-                }
-                (s.reference.clone(), image)
-            }));
-            if format == "yaml" {
-                // Hangar's YAML names the list `result`.
-                return Ok(serde_yaml_ng::to_string(
-                    &json!({"time": now, "result": results}),
-                )?);
-            }
-            Ok(serde_json::to_string_pretty(
-                &json!({"time": now, "results": results}),
-            )?)
-        }
+        _ => report::write(&mut out, scanned, format, &now)?,
     }
+    Ok(String::from_utf8(out)?)
 }
 
 #[cfg(test)]

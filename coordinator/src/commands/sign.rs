@@ -144,8 +144,8 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
     let t = super::targets::targets(&args.list, debug, &console)?;
     let pool = Arc::new(
         super::limited_pool(
-            args.list.tls_verify,
-            args.list.authfile.as_deref(),
+            args.list.access.tls_verify,
+            args.list.access.authfile.as_deref(),
             &args.list.rate,
             None,
         )
@@ -240,8 +240,8 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
     let t = super::targets::targets(&args.list, debug, &console)?;
     let pool = Arc::new(
         super::limited_pool(
-            args.list.tls_verify,
-            args.list.authfile.as_deref(),
+            args.list.access.tls_verify,
+            args.list.access.authfile.as_deref(),
             &args.list.rate,
             None,
         )

@@ -16,6 +16,7 @@ pub mod matcher;
 pub mod os;
 pub mod osv;
 pub mod python;
+pub mod report;
 pub mod rpm;
 pub mod version;
 

@@ -1,0 +1,166 @@
+//! The command line: Hangar's command names, flags and defaults, plus a few of our own
+//! (marked "beyond Hangar" in their help).
+
+mod archive;
+mod common;
+mod fleet;
+mod mirror;
+mod registry;
+mod sign_scan;
+
+pub use archive::*;
+pub use common::*;
+pub use fleet::*;
+pub use mirror::*;
+pub use registry::*;
+pub use sign_scan::*;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hangar-coord",
+    about = "Mirror, save and load container images (Hangar-compatible)",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    /// Debug log level (also forces --jobs 1, as in Hangar).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Accepted for Hangar compatibility; signature policies are not evaluated.
+    #[arg(long, global = true)]
+    pub insecure_policy: bool,
+    /// Print `-` instead of timestamps.
+    #[arg(long, global = true, hide = true)]
+    pub hide_log_time: bool,
+    /// Print the version.
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Copy the images of a list from one registry to another.
+    #[command(visible_alias = "m", args_conflicts_with_subcommands = true)]
+    Mirror(Box<MirrorCmd>),
+    /// Save the images of a list into a zip archive (Hangar's format).
+    #[command(visible_alias = "s", args_conflicts_with_subcommands = true)]
+    Save(Box<SaveCmd>),
+    /// Append the images of a list to an existing archive (crash-safe).
+    #[command(args_conflicts_with_subcommands = true)]
+    Sync(Box<SyncCmd>),
+    /// Load the images of an archive into a registry.
+    #[command(visible_alias = "l", args_conflicts_with_subcommands = true)]
+    Load(Box<LoadCmd>),
+    /// Create, list, merge, export and verify archives.
+    #[command(visible_alias = "a", subcommand)]
+    Archive(ArchiveCmd),
+    /// Create a cosign key pair (ECDSA P-256, encrypted private key).
+    GenerateSigstoreKey(GenerateKeyArgs),
+    /// Sign the images of a list with a cosign key.
+    #[command(args_conflicts_with_subcommands = true)]
+    Sign(Box<SignCmd>),
+    /// Scan the images of a list for vulnerabilities (offline, OSV data).
+    Scan(Box<ScanArgs>),
+    /// Print a manifest, a config or a summary of an image.
+    #[command(visible_alias = "i")]
+    Inspect(InspectArgs),
+    /// List the tags of a repository as JSON.
+    ListTags(RepoArgs),
+    /// Delete an image manifest from a registry.
+    Delete(DeleteArgs),
+    /// Build a manifest index from images in one repository and push it.
+    MergeManifest(MergeManifestArgs),
+    /// Convert a default-format list into mirror format.
+    ConvertList(ConvertListArgs),
+    /// Store registry credentials.
+    Login(LoginArgs),
+    /// Remove stored registry credentials.
+    Logout(LogoutArgs),
+    /// Send a mirror job to a coordinator (`--server`) or the fleet (`--nats`), or run it here.
+    Submit(Box<SubmitArgs>),
+    /// Run the fleet's coordinator service (HTTP API, job state in JetStream KV).
+    Serve(Box<ServeArgs>),
+    /// Show one job, or all, of a running coordinator.
+    Status(StatusArgs),
+    /// Cancel a job on a running coordinator.
+    Cancel(CancelArgs),
+    /// Print the version.
+    Version,
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        let argv = std::iter::once("hangar-coord").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap().command.unwrap()
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tls_verify_left_out_is_none_where_it_is_optional() {
+        let tls = |args: &[&str]| match parse(args) {
+            Command::Scan(a) => a.list.access.tls_verify,
+            Command::Login(a) => a.access.tls_verify,
+            Command::Load(a) => a.args.access.tls_verify,
+            Command::Save(a) => a.args.list.access.tls_verify,
+            other => panic!("{other:?}"),
+        };
+        for cmd in [&["scan"][..], &["login", "r.example"], &["load"], &["save"]] {
+            assert_eq!(tls(cmd), None, "{cmd:?}");
+            let bare = [cmd, &["--tls-verify"]].concat();
+            assert_eq!(tls(&bare), Some(true), "{bare:?}");
+            let off = [cmd, &["--tls-verify=false"]].concat();
+            assert_eq!(tls(&off), Some(false), "{off:?}");
+        }
+    }
+
+    #[test]
+    fn tls_verify_defaults_to_true_where_it_is_a_boolean() {
+        let tls = |args: &[&str]| match parse(args) {
+            Command::Inspect(a) => a.access.tls_verify,
+            Command::ListTags(a) => a.access.tls_verify,
+            Command::Delete(a) => a.access.tls_verify,
+            Command::MergeManifest(a) => a.access.tls_verify,
+            other => panic!("{other:?}"),
+        };
+        let merge = ["merge-manifest", "r/a:t", "r/a:1", "r/a:2"];
+        for cmd in [
+            &["inspect", "r/a:t"][..],
+            &["list-tags", "r/a"],
+            &["delete", "r/a:t"],
+            &merge,
+        ] {
+            assert!(tls(cmd), "{cmd:?}");
+            assert!(tls(&[cmd, &["--tls-verify"]].concat()), "{cmd:?}");
+            assert!(!tls(&[cmd, &["--tls-verify=false"]].concat()), "{cmd:?}");
+        }
+    }
+
+    #[test]
+    fn authfile_reaches_the_command() {
+        let Command::Sign(a) = parse(&["sign", "--authfile", "auth.json"]) else {
+            panic!()
+        };
+        assert_eq!(a.args.list.access.authfile, Some("auth.json".into()));
+        let Command::Inspect(a) = parse(&["inspect", "r/a:t", "--authfile=auth.json"]) else {
+            panic!()
+        };
+        assert_eq!(a.access.authfile, Some("auth.json".into()));
+    }
+}
