@@ -101,3 +101,27 @@ fn output_into_a_closed_pipe_ends_quietly() {
         );
     }
 }
+
+/// Hangar ends save, sync, load and export with the same words a script greps for.
+#[test]
+fn failed_copies_say_failed_to_copy_whatever_the_command() {
+    let env = common::Env::new();
+    let list = env.write_list("list.txt", &[format!("{}/no/such:1", env.src.addr)]);
+    let archive = env.path("a.zip");
+    let out = common::hangar(&[
+        "save",
+        "--tls-verify=false",
+        "-f",
+        list.to_str().expect("utf-8"),
+        "-d",
+        archive.to_str().expect("utf-8"),
+        "-o",
+        env.path("save-failed.txt").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::text(&out).contains("[FATA] some images failed to copy"),
+        "{}",
+        common::text(&out)
+    );
+}

@@ -271,7 +271,7 @@ async fn export(args: &ArchiveExportArgs, console: &Console) -> Result<()> {
             HumanBytes(w.bytes)
         ),
     );
-    super::finish(console, &args.failed, &failed, "export")
+    super::finish(console, &args.failed, &failed, "copy")
 }
 
 /// Re-hashes every blob, checks every other entry's CRC-32, and checks that everything

@@ -257,7 +257,7 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
             report.elapsed.as_secs_f64()
         ),
     );
-    super::finish(&console, &args.failed, &failed, "load")
+    super::finish(&console, &args.failed, &failed, "copy")
 }
 
 /// `load validate`: every archived platform digest that passes `--arch/--os` (and each

@@ -368,7 +368,7 @@ pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result
         .failed
         .clone()
         .unwrap_or_else(|| "save-failed.txt".into());
-    super::finish(&console, &failed_file, &g.failed, "save")
+    super::finish(&console, &failed_file, &g.failed, "copy")
 }
 
 async fn write_save(
@@ -482,7 +482,7 @@ pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result
         .failed
         .clone()
         .unwrap_or_else(|| "sync-failed.txt".into());
-    super::finish(&console, &failed_file, &g.failed, "sync")
+    super::finish(&console, &failed_file, &g.failed, "copy")
 }
 
 /// `save validate` / `sync validate`: every selected source platform digest must be in the
