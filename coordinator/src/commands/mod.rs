@@ -222,41 +222,8 @@ pub fn clamp_jobs(jobs: i64, debug: bool, console: &crate::console::Console) -> 
     jobs as usize
 }
 
-/// One CSV line (RFC 4180 quoting where a field needs it), newline included.
-pub fn csv_line<S: AsRef<str>>(cells: impl IntoIterator<Item = S>) -> String {
-    let mut line = cells
-        .into_iter()
-        .map(|c| {
-            let c = c.as_ref();
-            if c.contains([',', '"', '\n', '\r']) {
-                format!("\"{}\"", c.replace('"', "\"\""))
-            } else {
-                c.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    line.push('\n');
-    line
-}
-
-/// Report entries grouped as Hangar's reports have them: `[{reference, images: [...]}]`,
-/// in the order references first appear.
-pub fn by_reference(
-    rows: impl IntoIterator<Item = (String, serde_json::Value)>,
-) -> Vec<serde_json::Value> {
-    let mut groups: Vec<(String, Vec<serde_json::Value>)> = Vec::new();
-    for (reference, image) in rows {
-        match groups.iter_mut().find(|(r, _)| *r == reference) {
-            Some((_, images)) => images.push(image),
-            None => groups.push((reference, vec![image])),
-        }
-    }
-    groups
-        .into_iter()
-        .map(|(reference, images)| serde_json::json!({"reference": reference, "images": images}))
-        .collect()
-}
+// The report helpers are the scan reports' own: one CSV quoting, one grouping by reference.
+pub use hangar_shared::scan::report::{by_reference, csv_line};
 
 /// `4G`, `700M`, `1.5G`, `512Ki`, `1000` (bytes); binary units.
 pub fn parse_size(text: &str) -> Result<u64> {
