@@ -125,3 +125,127 @@ fn failed_copies_say_failed_to_copy_whatever_the_command() {
         common::text(&out)
     );
 }
+
+/// Hangar's Trivy flags: those that only tune online updates are accepted and said to be
+/// ignored, in one line; those naming what this scanner cannot use say what to use instead.
+#[test]
+fn scan_takes_hangars_trivy_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "nginx:1.25\n").expect("list");
+    let list = list.to_str().expect("utf-8");
+    let out = common::hangar(&[
+        "scan",
+        "-f",
+        list,
+        "--skip-db-update",
+        "--offline-scan",
+        "--skip-java-db-update",
+    ]);
+    let text = common::text(&out);
+    assert!(
+        text.contains("Ignored (this scanner is offline")
+            && text.contains("--skip-db-update, --skip-java-db-update, --offline-scan"),
+        "{text}"
+    );
+    assert_eq!(text.matches("Ignored").count(), 1, "{text}");
+    for refused in [
+        vec!["-s", "http://trivy:4954"],
+        vec!["--trivy-db-repo", "reg.local/trivy-db:2"],
+    ] {
+        let mut args = vec!["scan", "-f", list];
+        args.extend(refused.iter().copied());
+        let out = common::hangar(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+        assert!(
+            common::text(&out).contains("--db"),
+            "{}",
+            common::text(&out)
+        );
+    }
+}
+
+/// Hangar's hidden `--sigstore-private-key` / `--sigstore-passphrase-file` of mirror and
+/// load sign each image as it lands; sign validate then passes at the destination.
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_and_load_sign_as_they_land_with_hangars_hidden_flags() {
+    let env = common::Env::new();
+    let lines = common::seed_shared_repos(&env, 1).await;
+    let list = env.write_list("list.txt", &lines);
+    let s = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+    let pass = env.path("pass.txt");
+    std::fs::write(&pass, "correct horse\n").expect("passphrase");
+    let out = common::hangar(&[
+        "generate-sigstore-key",
+        "-p",
+        &s(&env.path("k")),
+        "--passphrase-file",
+        &s(&pass),
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let (key, public) = (env.path("k.key"), env.path("k.pub"));
+    let sign_flags = [
+        "--sigstore-private-key".to_owned(),
+        s(&key),
+        "--sigstore-passphrase-file".to_owned(),
+        s(&pass),
+    ];
+    // mirror into project `m`, load (from a saved archive) into project `l`.
+    let mut mirror = vec![
+        "mirror",
+        "--tls-verify=false",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        &env.dst.addr,
+        "--destination-project",
+        "m",
+    ];
+    mirror.extend(sign_flags.iter().map(String::as_str));
+    let out = common::hangar(&mirror);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let archive = env.path("a.zip");
+    let out = common::hangar(&[
+        "save",
+        "--tls-verify=false",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        &s(&archive),
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let mut load = vec![
+        "load",
+        "--tls-verify=false",
+        "-s",
+        archive.to_str().unwrap(),
+        "-d",
+        &env.dst.addr,
+        "--project",
+        "l",
+    ];
+    load.extend(sign_flags.iter().map(String::as_str));
+    let out = common::hangar(&load);
+    assert!(out.status.success(), "{}", common::text(&out));
+    for project in ["m", "l"] {
+        let name = lines[0].rsplit('/').next().expect("name");
+        let dest = env.write_list(
+            &format!("{project}.txt"),
+            &[format!("{}/{project}/{name}", env.dst.addr)],
+        );
+        let out = common::hangar(&[
+            "sign",
+            "validate",
+            "--tls-verify=false",
+            "-f",
+            dest.to_str().unwrap(),
+            "-k",
+            &s(&public),
+            "-r",
+            &s(&env.path(&format!("{project}-report.json"))),
+        ]);
+        let text = common::text(&out);
+        assert!(out.status.success(), "{project}: {text}");
+        assert!(!text.contains("No signature found"), "{project}: {text}");
+    }
+}

@@ -2,7 +2,11 @@
 //! `--authfile`, `REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
 //! `/run/containers/<uid>/auth.json`, `$XDG_CONFIG_HOME/containers/auth.json`,
 //! `$DOCKER_CONFIG/config.json` (or `~/.docker/config.json`), `~/.dockercfg`.
-//! The first file with an entry for the registry wins. Credential helpers are not run.
+//! The first file with an entry for the registry wins. In a file, a credential helper
+//! named for the registry (`credHelpers`) comes first, then the file's own entries, then its
+//! default helper (`credsStore`), as Docker reads them ([`helper`]).
+
+mod helper;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -158,6 +162,14 @@ impl AuthFile {
     pub fn find(&self, registry: &str, repository: Option<&str>) -> Result<Option<Credentials>> {
         let entries = self.entries();
         let registry = normalise_key(registry);
+        if let Some(Value::Object(helpers)) = self.doc.get("credHelpers")
+            && let Some(name) = helpers
+                .iter()
+                .find(|(k, _)| normalise_key(k) == registry)
+                .and_then(|(_, v)| v.as_str())
+        {
+            return helper::get(name, &registry);
+        }
         let mut keys = Vec::new();
         if let Some(repo) = repository {
             let parts: Vec<&str> = repo.split('/').collect();
@@ -165,7 +177,7 @@ impl AuthFile {
                 keys.push(format!("{registry}/{}", parts[..n].join("/")));
             }
         }
-        keys.push(registry);
+        keys.push(registry.clone());
         for key in keys {
             if let Some(entry) = entries.get(&key).filter(|e| !e.auth.is_empty()) {
                 return decode(&entry.auth)
@@ -173,7 +185,10 @@ impl AuthFile {
                     .map_err(|e| e.context(format!("entry {key:?}")));
             }
         }
-        Ok(None)
+        match self.doc.get("credsStore").and_then(Value::as_str) {
+            Some(store) if !store.is_empty() => helper::get(store, &registry),
+            _ => Ok(None),
+        }
     }
 
     pub fn set(&mut self, registry: &str, creds: &Credentials) {

@@ -171,6 +171,14 @@ pub struct LoadArgs {
     /// Blob transfers at once (beyond Hangar; default 3 x jobs).
     #[arg(long = "transfers")]
     pub transfers: Option<usize>,
+    /// Sign every image as it lands: here, a cosign key file; on the fleet, the name of a
+    /// key the workers hold. (Hangar's hidden `--sigstore-private-key` is the same flag.)
+    #[arg(long = "sign-key", alias = "sigstore-private-key")]
+    pub sign_key: Option<String>,
+    /// The key's passphrase (trimmed), when signing here; else COSIGN_PASSWORD. (Hangar's
+    /// hidden `--sigstore-passphrase-file` is the same flag.)
+    #[arg(long = "sign-passphrase-file", alias = "sigstore-passphrase-file")]
+    pub sign_passphrase_file: Option<PathBuf>,
     #[command(flatten)]
     pub rate: RateArgs,
     /// On the fleet (beyond Hangar): `--nats URL`, the workers read the archive themselves.

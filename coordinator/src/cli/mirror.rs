@@ -80,10 +80,12 @@ pub struct MirrorArgs {
     pub transfers: Option<usize>,
     /// Sign every image as it lands (beyond Hangar): here, a cosign key file; on the fleet,
     /// the name of a key the workers hold (`hangar-worker --sign-key NAME=PATH`).
-    #[arg(long = "sign-key")]
+    /// (Hangar's hidden `--sigstore-private-key` is the same flag.)
+    #[arg(long = "sign-key", alias = "sigstore-private-key")]
     pub sign_key: Option<String>,
-    /// The key's passphrase (trimmed), when signing here; else COSIGN_PASSWORD.
-    #[arg(long = "sign-passphrase-file")]
+    /// The key's passphrase (trimmed), when signing here; else COSIGN_PASSWORD. (Hangar's
+    /// hidden `--sigstore-passphrase-file` is the same flag.)
+    #[arg(long = "sign-passphrase-file", alias = "sigstore-passphrase-file")]
     pub sign_passphrase_file: Option<PathBuf>,
     /// Scan every image as it lands (beyond Hangar) against this OSV database (see `scan
     /// --db`); the workers read each image's layers once, from the cache when there.

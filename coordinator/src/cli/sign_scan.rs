@@ -161,4 +161,61 @@ pub struct ScanArgs {
     /// Accepted for Hangar compatibility: only `vuln` scanning is done.
     #[arg(long = "scanner", default_value = "vuln")]
     pub scanner: String,
+    #[command(flatten)]
+    pub trivy: TrivyArgs,
+}
+
+/// Hangar's Trivy flags. This scanner is offline by construction (its database is `--db`,
+/// never fetched behind the user's back): the flags that only tune Trivy's online updates
+/// are accepted and said to be ignored; those naming something it cannot use are refused,
+/// saying what to use instead.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrivyArgs {
+    /// Hangar (Trivy): do not update the vulnerability database. Ignored: the database is
+    /// --db, never updated online.
+    #[arg(long = "skip-db-update")]
+    pub skip_db_update: bool,
+    /// Hangar (Trivy): do not update the Java database. Ignored (no Java database is used).
+    #[arg(long = "skip-java-db-update")]
+    pub skip_java_db_update: bool,
+    /// Hangar (Trivy): no online lookups while scanning. Ignored: scanning is always offline.
+    #[arg(long = "offline-scan")]
+    pub offline_scan: bool,
+    /// Hangar (Trivy): Trivy's own log output. Ignored (there is no Trivy).
+    #[arg(long = "trivy-log-output")]
+    pub trivy_log_output: bool,
+    /// Hangar (Trivy): a Trivy server. Refused: give the database with --db.
+    #[arg(short = 's', long = "server")]
+    pub server: Option<String>,
+    /// Hangar (Trivy): the Trivy DB repository. Refused: mirror an OSV database artifact
+    /// and give it as --db oci://REGISTRY/REPO:TAG.
+    #[arg(long = "trivy-db-repo")]
+    pub trivy_db_repo: Vec<String>,
+    /// Hangar (Trivy): the Trivy Java DB repository. Refused (no Java database is used).
+    #[arg(long = "trivy-java-db-repo")]
+    pub trivy_java_db_repo: Vec<String>,
+}
+
+impl TrivyArgs {
+    /// The flags accepted and ignored, for one warning; an error for those refused.
+    pub fn check(&self) -> Result<Vec<&'static str>, String> {
+        if let Some(server) = &self.server {
+            return Err(format!(
+                "-s/--server {server:?} (a Trivy server) is not supported: this scanner reads an OSV database itself; give it with --db"
+            ));
+        }
+        if !self.trivy_db_repo.is_empty() || !self.trivy_java_db_repo.is_empty() {
+            return Err("--trivy-db-repo/--trivy-java-db-repo name Trivy databases, which this scanner does not read: mirror an OSV database artifact and give it as --db oci://REGISTRY/REPO:TAG (or a zip, a directory, a URL)".into());
+        }
+        Ok([
+            (self.skip_db_update, "--skip-db-update"),
+            (self.skip_java_db_update, "--skip-java-db-update"),
+            (self.offline_scan, "--offline-scan"),
+            (self.trivy_log_output, "--trivy-log-output"),
+        ]
+        .into_iter()
+        .filter(|(given, _)| *given)
+        .map(|(_, flag)| flag)
+        .collect())
+    }
 }

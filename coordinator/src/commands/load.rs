@@ -188,6 +188,7 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
             source: Some(StoreRef::Archive {
                 location: location.clone(),
             }),
+            sign_key: args.sign_key.clone(),
             ..Default::default()
         },
         archive: Some((location.clone(), archive.clone())),
@@ -238,6 +239,14 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
         Some(client) => Backend::Fleet(client),
         None => Backend::Embedded,
     };
+    let mut spec = spec;
+    if let (Backend::Embedded, Some(path)) = (&backend, &args.sign_key) {
+        let key = super::sign::load_key(
+            std::path::Path::new(path),
+            args.sign_passphrase_file.as_deref(),
+        )?;
+        spec.sign_keys.insert(path.clone(), Arc::new(key));
+    }
     let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
     let mut failed = selected.failed;
     let mut ok = 0;

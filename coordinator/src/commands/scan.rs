@@ -254,6 +254,16 @@ pub fn report_job(
 }
 
 pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    let ignored = args.trivy.check().map_err(|e| anyhow::anyhow!(e))?;
+    if !ignored.is_empty() {
+        console.warn(
+            None,
+            format!(
+                "Ignored (this scanner is offline; its database is --db, never updated online): {}",
+                ignored.join(", ")
+            ),
+        );
+    }
     let Some(format) = Format::parse(&args.format.to_ascii_lowercase()) else {
         bail!(
             "unknown report format {:?}: use one of {}",
