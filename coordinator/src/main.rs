@@ -107,6 +107,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Result<()> {
+    commands::set_cert_dir(cli.cert_dir.clone());
     if cli.version {
         println!("{}", version_line());
         return Ok(());

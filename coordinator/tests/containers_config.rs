@@ -119,3 +119,112 @@ async fn credential_helpers_are_run_as_docker_runs_them() {
         text(&out)
     );
 }
+
+/// A registry with its own CA (made here), trusted the way a private Harbor is: the CA in
+/// the user's certs.d directory for that host, or in --cert-dir. Without it the copy is
+/// refused (certificate checks stay on).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_ca_is_trusted_from_certs_d_and_cert_dir() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.pem"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let private = RegistryProcess::start_with(RegistryConfig {
+        tls: Some((&cert_path, &key_path)),
+        ..Default::default()
+    })
+    .unwrap();
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let pushed = push_image(
+        &src,
+        env.dir.path(),
+        "team/app",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        (&[650], 10_000),
+    )
+    .await;
+    let given = dir.path().join("given");
+    std::fs::create_dir_all(&given).unwrap();
+    std::fs::write(given.join("private-ca.crt"), ca.pem()).unwrap();
+    // Into the private registry with skopeo, an independent client trusting the CA.
+    let put = Command::new("skopeo")
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-cert-dir",
+            given.to_str().unwrap(),
+        ])
+        .arg(format!("docker://{}/team/app:1", env.src.addr))
+        .arg(format!("docker://{}/team/app:1", private.addr))
+        .output()
+        .expect("skopeo");
+    assert!(put.status.success(), "{}", text(&put));
+    // Copies within the private registry: every request, ours and oci-client's, over TLS
+    // with certificate checks on.
+    let list = env.write_list("list.txt", &[format!("{}/team/app:1", private.addr)]);
+    let home = dir.path().join("home");
+    let mirror = |project: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .arg("mirror")
+            .arg("-f")
+            .arg(&list)
+            .args(["-d", &private.addr, "--destination-project", project, "-o"])
+            .arg(env.path("failed.txt"))
+            .args(extra)
+            .env("HOME", &home)
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .output()
+            .expect("hangar-coord")
+    };
+    // Unknown CA: refused.
+    let out = mirror("refused", &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let inspect = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(["inspect", "--raw"])
+            .args(extra)
+            .arg(format!("docker://{}/team/app:1", private.addr))
+            .env("HOME", &home)
+            .output()
+            .expect("hangar-coord")
+    };
+    assert!(!inspect(&[]).status.success());
+    // In the user's certs.d for this host:port.
+    let certs_d = home.join(".config/containers/certs.d").join(&private.addr);
+    std::fs::create_dir_all(&certs_d).unwrap();
+    std::fs::write(certs_d.join("ca.crt"), ca.pem()).unwrap();
+    let out = mirror("certs-d", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let raw = inspect(&[]);
+    assert!(raw.status.success(), "{}", text(&raw));
+    assert_eq!(sha(&raw.stdout), sha(&pushed.bytes));
+    // Or in --cert-dir (and nothing in certs.d).
+    std::fs::remove_dir_all(home.join(".config")).unwrap();
+    let out = mirror("cert-dir", &["--cert-dir", given.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    for project in ["certs-d", "cert-dir"] {
+        let copied = Command::new("skopeo")
+            .args(["inspect", "--raw", "--cert-dir", given.to_str().unwrap()])
+            .arg(format!("docker://{}/{project}/app:1", private.addr))
+            .output()
+            .expect("skopeo");
+        assert!(copied.status.success(), "{project}: {}", text(&copied));
+        assert_eq!(
+            index_digests(&copied.stdout),
+            vec![sha(&pushed.bytes)],
+            "{project}"
+        );
+    }
+}

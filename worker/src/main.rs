@@ -95,6 +95,11 @@ struct Args {
     /// Image inventories read at once (scanning).
     #[arg(long, default_value_t = 2)]
     scan_concurrency: usize,
+    /// CA certificates (*.crt) to trust for every registry; without it each registry's
+    /// certs.d directory (~/.config/containers/certs.d/HOST, /etc/containers/certs.d/HOST,
+    /// /etc/docker/certs.d/HOST) is read.
+    #[arg(long = "cert-dir", env = "HANGAR_CERT_DIR")]
+    cert_dir: Option<PathBuf>,
     /// Registry credentials (this worker's own file).
     #[arg(long, env = "REGISTRY_AUTH_FILE")]
     authfile: Option<PathBuf>,
@@ -279,6 +284,7 @@ async fn main() -> Result<()> {
                 metrics: metrics.clone(),
             })),
             request_timeout: None,
+            cert_dir: args.cert_dir.clone(),
         },
         args.authfile.clone(),
     );

@@ -33,6 +33,11 @@ pub struct Cli {
     /// Print `-` instead of timestamps.
     #[arg(long, global = true, hide = true)]
     pub hide_log_time: bool,
+    /// CA certificates (*.crt) to trust for every registry, as containers/image's
+    /// `--cert-dir`; without it each registry's certs.d directory is read
+    /// (~/.config/containers/certs.d/HOST, /etc/containers/certs.d/HOST, /etc/docker/certs.d/HOST).
+    #[arg(long = "cert-dir", global = true, env = "HANGAR_CERT_DIR")]
+    pub cert_dir: Option<std::path::PathBuf>,
     /// Print the version.
     #[arg(short = 'v', long = "version")]
     pub version: bool,

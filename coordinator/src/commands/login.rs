@@ -49,6 +49,7 @@ pub async fn login(args: &LoginArgs, console: &Console) -> Result<()> {
     let creds = Credentials { username, password };
     let options = RegistryOptions {
         tls_verify: args.access.tls_verify,
+        cert_dir: super::cert_dir(),
         ..Default::default()
     };
     let reg = Registry::connect(registry, &options, Some(creds.clone())).await?;

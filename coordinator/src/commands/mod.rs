@@ -65,10 +65,25 @@ pub fn gated_pool(
         RegistryOptions {
             tls_verify,
             gate,
+            cert_dir: cert_dir(),
             ..Default::default()
         },
         authfile.map(Path::to_path_buf),
     )
+}
+
+/// `--cert-dir`, a global flag: given once on the command line, for every registry the
+/// command reaches. Set by `main` before the command runs.
+static CERT_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+pub fn set_cert_dir(dir: Option<std::path::PathBuf>) {
+    if let Some(dir) = dir {
+        let _ = CERT_DIR.set(dir);
+    }
+}
+
+pub fn cert_dir() -> Option<std::path::PathBuf> {
+    CERT_DIR.get().cloned()
 }
 
 /// A pool for a command's registry requests, under `rate`'s limits (see [`rate_gate`]).

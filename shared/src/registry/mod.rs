@@ -5,6 +5,7 @@
 //! bounded request ([`Registry::manifest`]): at most 4 MiB, under the request timeout,
 //! classified by status first.
 
+mod certs;
 mod challenge;
 mod classify;
 mod token;
@@ -52,6 +53,9 @@ pub struct RegistryOptions {
     /// Bound on one request with its answer's body (blob bodies excepted: their copy is
     /// bounded as a task). `None`: [`DEFAULT_REQUEST_TIMEOUT`].
     pub request_timeout: Option<Duration>,
+    /// `--cert-dir`: the CA certificates to trust for every registry; else each host's
+    /// `certs.d` directory ([`certs`]).
+    pub cert_dir: Option<std::path::PathBuf>,
 }
 
 /// Which side of a copy an operation is on; decides how a 4xx is classified.
@@ -94,10 +98,23 @@ impl Registry {
         creds: Option<Credentials>,
     ) -> Result<Self> {
         let insecure = opts.tls_verify == Some(false);
-        let http = reqwest::Client::builder()
+        let cas = match certs::dir_for(host, opts.cert_dir.as_deref()) {
+            Some(dir) => {
+                tracing::debug!(host, dir = %dir.display(), "trusting the CA certificates there");
+                certs::cas(&dir)?
+            }
+            None => Vec::new(),
+        };
+        let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .tls_danger_accept_invalid_certs(insecure)
-            .connect_timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(30));
+        for pem in &cas {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| Error::invalid(format!("{host}: a CA certificate: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::internal(format!("http client: {e}")))?;
         let scheme = if insecure {
@@ -117,6 +134,13 @@ impl Registry {
             read_timeout: Some(Duration::from_secs(300)),
             user_agent: USER_AGENT,
             platform_resolver: None,
+            extra_root_certificates: cas
+                .into_iter()
+                .map(|data| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data,
+                })
+                .collect(),
             ..Default::default()
         };
         let client = Client::try_from(config).map_err(|e| classify(e, Side::Source, host))?;
