@@ -3,14 +3,27 @@
 # multi-arch indexes, Docker v2 and OCI), a mirror from one to the other, a validation,
 # skopeo's view of one copied index; then a save into a Hangar zip archive, its listing and
 # verification, and a load of the archive into a third registry, validated.
+# KEEP=1 leaves the registries running and the work directory (list, archive) for a look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HANGAR_SKIP_GARAGE=1 scripts/dev-services.sh
-cargo build -q --bin hangar-coord --bin hangar-loadtest
+echo "--- building hangar-coord and hangar-loadtest (the first build takes several minutes on 2 cores)"
+cargo build --bin hangar-coord --bin hangar-loadtest
 bin=target/debug
 work="$(mktemp -d -t hangar-demo-XXXXXX)"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  if [ "${KEEP:-0}" = 1 ]; then
+    echo "--- kept (KEEP=1): work directory $work; registries $src, $dst, $gap"
+    echo "    stop them with: kill ${pids[*]}; rm -rf '$work'"
+    return
+  fi
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Each registry helper removes its own storage once stopped; wait for that.
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+src="" dst="" gap=""
 trap cleanup EXIT
 
 # Not in $(…): the registries must be children of this shell so cleanup can stop them.

@@ -66,7 +66,9 @@ http:
 YAML
   docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
   local pid=$!
-  trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
+  # Expanded now, and every step allowed to fail: under `set -e` the trap's `wait` on the
+  # killed registry returns 143, which used to abort the trap before the `rm -rf`.
+  trap "kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf '$dir'" EXIT
   trap 'exit 0' TERM INT
   for _ in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
