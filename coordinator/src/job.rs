@@ -173,6 +173,10 @@ pub struct JobSnapshot {
     pub in_flight: Vec<crate::in_flight::TaskView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the job (this run of it) started, in seconds since 1970: for elapsed time and
+    /// an ETA.
+    #[serde(default)]
+    pub started: u64,
 }
 
 /// `run` names this execution of the job: task message ids and the event subject carry

@@ -809,7 +809,7 @@ async fn serve_keeps_lists_and_cancels_jobs_within_its_permissions() {
     // A restarted coordinator finds the job again in KV.
     drop(serve);
     let _serve = Serve::start(&nats, &listen, env.path("serve.log"));
-    let status = hangar(&["status", "--server", &server]);
+    let status = hangar(&["status", "--json", "--server", &server]);
     assert!(status.status.success(), "{}", text(&status));
     let jobs: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(jobs[0]["state"], "succeeded", "{jobs}");

@@ -118,7 +118,10 @@ async fn submit_and_status_watch_outlive_a_coordinator_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let id = id.expect("the job appears");
-    let mut watch = client(&["status", &id, "--watch", "--server", &base], "watch.log");
+    let mut watch = client(
+        &["status", &id, "--watch", "--json", "--server", &base],
+        "watch.log",
+    );
     // Mid-job the snapshot shows who runs what.
     let mut in_flight = Vec::new();
     for _ in 0..20 {

@@ -472,7 +472,15 @@ async fn serve_submit_status_and_cancel() {
         let dst = skopeo_raw(&line.replace(&env.src.addr, &env.dst.addr)).expect("copied");
         assert_eq!(index_digests(&dst), vec![sha(&src)]);
     }
-    let all = hangar(&["status", "--server", &server]);
+    let table = hangar(&["status", "--server", &server]);
+    let table_text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table_text.starts_with("JOB ")
+            && table_text.contains("succeeded")
+            && table_text.contains("3/3"),
+        "{table_text}"
+    );
+    let all = hangar(&["status", "--json", "--server", &server]);
     assert!(all.status.success(), "{}", text(&all));
     let jobs: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
     assert_eq!(jobs[0]["state"], "succeeded", "{jobs}");

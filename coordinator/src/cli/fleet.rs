@@ -134,6 +134,9 @@ pub struct StatusArgs {
     /// With --watch: how long the coordinator may stay unreachable before giving up.
     #[arg(long = "timeout", default_value = "10m")]
     pub timeout: String,
+    /// Print the coordinator's JSON instead of a table.
+    #[arg(long = "json")]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

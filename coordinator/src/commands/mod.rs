@@ -15,6 +15,7 @@ pub mod remote;
 pub mod save;
 pub mod scan;
 pub mod sign;
+pub mod status_table;
 pub mod stored;
 pub mod targets;
 pub mod validate;

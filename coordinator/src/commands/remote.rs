@@ -295,11 +295,35 @@ pub async fn status(args: &crate::cli::StatusArgs, console: &Console) -> Result<
             }
         })
         .await?;
-        println!("{}", serde_json::to_string_pretty(&snap)?);
+        print_status(&serde_json::to_value(&snap)?, args.json)?;
         return Ok(());
     }
     let v: serde_json::Value = get_json(&http, &url).await?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    print_status(&v, args.json)
+}
+
+/// The coordinator's answer: as it is with `--json`, else as a table.
+fn print_status(v: &serde_json::Value, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let text = match v {
+        serde_json::Value::Array(_) => {
+            let all: Vec<JobSnapshot> = serde_json::from_value(v.clone())
+                .context("the coordinator answered with something other than jobs")?;
+            super::status_table::jobs(&all, now)
+        }
+        _ => {
+            let one: JobSnapshot = serde_json::from_value(v.clone())
+                .context("the coordinator answered with something other than a job")?;
+            super::status_table::job(&one, now)
+        }
+    };
+    print!("{text}");
     Ok(())
 }
 

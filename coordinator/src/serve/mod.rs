@@ -178,6 +178,9 @@ impl Server {
             total: spec.images.len() + rejected.len(),
             failed: rejected.len(),
             failed_lines: rejected.iter().map(|(e, _)| e.original.clone()).collect(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             ..Default::default()
         }));
         let span =
