@@ -188,9 +188,14 @@ async fn a_private_ca_is_trusted_from_certs_d_and_cert_dir() {
             .output()
             .expect("hangar-coord")
     };
-    // Unknown CA: refused.
+    // Unknown CA: refused, saying what to do.
     let out = mirror("refused", &[]);
     assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("certificate is not trusted here") && text(&out).contains("--cert-dir"),
+        "{}",
+        text(&out)
+    );
     let inspect = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
             .args(["inspect", "--raw"])

@@ -249,3 +249,26 @@ async fn mirror_and_load_sign_as_they_land_with_hangars_hidden_flags() {
         assert!(!text.contains("No signature found"), "{project}: {text}");
     }
 }
+
+/// TLS spoken to a plain-HTTP registry names the flag that fixes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_to_a_plain_http_registry_names_tls_verify_false() {
+    let env = common::Env::new();
+    let lines = common::seed_shared_repos(&env, 1).await;
+    let list = env.write_list("list.txt", &lines);
+    let out = common::hangar(&[
+        "mirror",
+        "-f",
+        list.to_str().expect("utf-8"),
+        "-d",
+        &env.dst.addr,
+        "-o",
+        env.path("failed.txt").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = common::text(&out);
+    assert!(
+        text.contains("does not speak TLS") && text.contains("--tls-verify=false"),
+        "{text}"
+    );
+}

@@ -65,7 +65,34 @@ pub(super) fn request_error_text(re: &reqwest::Error) -> String {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
+    if let Some(hint) = tls_hint(&text) {
+        text.push_str(" — ");
+        text.push_str(hint);
+    }
     text
+}
+
+/// What to do about a TLS failure, for the two a user meets first: TLS spoken to a
+/// plain-HTTP registry, and a certificate nobody here trusts.
+fn tls_hint(text: &str) -> Option<&'static str> {
+    let t = text.to_ascii_lowercase();
+    if t.contains("invalidcontenttype")
+        || t.contains("corrupt message")
+        || t.contains("wrong version number")
+    {
+        Some(
+            "the registry does not speak TLS (plain HTTP?): use --tls-verify=false (on the fleet, the workers' own: hangar-worker --tls-verify=false)",
+        )
+    } else if t.contains("invalid peer certificate")
+        || t.contains("unknownissuer")
+        || t.contains("certificate verify failed")
+    {
+        Some(
+            "its certificate is not trusted here: put its CA in certs.d or --cert-dir, or use --tls-verify=false (on the fleet, the workers' own: hangar-worker --tls-verify=false)",
+        )
+    } else {
+        None
+    }
 }
 
 /// Assigns a [`FailureClass`] to an oci-client error.
@@ -198,6 +225,18 @@ mod tests {
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", SystemTime::now()), None);
+    }
+
+    #[test]
+    fn tls_failures_say_what_to_do() {
+        let plain =
+            super::tls_hint("cannot connect: received corrupt message of type InvalidContentType");
+        assert!(
+            plain.is_some_and(|h| h.contains("--tls-verify=false") && h.contains("hangar-worker"))
+        );
+        let untrusted = super::tls_hint("invalid peer certificate: UnknownIssuer");
+        assert!(untrusted.is_some_and(|h| h.contains("--cert-dir")));
+        assert!(super::tls_hint("connection refused").is_none());
     }
 
     #[test]
