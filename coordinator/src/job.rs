@@ -198,6 +198,40 @@ pub async fn run_mirror(
         job = %job_id,
         images = spec.images.len(),
     );
+    // Here (not on the fleet, whose workers may reach what this process cannot), every
+    // destination registry is asked once before any work: one that does not answer fails
+    // the job in seconds, one line each, rather than every image after its retries.
+    if matches!(backend, Backend::Embedded) && !spec.ends.to_cache {
+        let hosts: std::collections::BTreeSet<&str> = spec
+            .images
+            .iter()
+            .map(|j| j.dest.registry.as_str())
+            .collect();
+        let probes = hosts
+            .iter()
+            .map(|h| async { (*h, pool.registry(h).await.and_then(|r| r.reachable())) });
+        let unreachable: Vec<(&str, Error)> = futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .filter_map(|(h, r)| r.err().map(|e| (h, e)))
+            .collect();
+        for (_, e) in &unreachable {
+            console.error(None, &e.message);
+        }
+        if !unreachable.is_empty() {
+            return Err(Error::new(
+                FailureClass::Network,
+                format!(
+                    "the destination {} cannot be reached; nothing was copied",
+                    unreachable
+                        .iter()
+                        .map(|(h, _)| *h)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
     let bytes_moved = Arc::new(AtomicU64::new(0));
     let (queue, mut events, workers): (Arc<dyn TaskQueue>, _, _) = match backend {
         Backend::Embedded => {
@@ -266,7 +300,12 @@ pub async fn run_mirror(
                             planner::plan_archive(archive, image, &job, &filter, provenance).await;
                         return (i, planned);
                     }
-                    let planned = match pool.registry(&job.source.registry).await {
+                    // A source that did not answer its probe fails its images at once.
+                    let source = pool
+                        .registry(&job.source.registry)
+                        .await
+                        .and_then(|store| store.reachable().map(|()| store));
+                    let planned = match source {
                         Ok(store) => {
                             planner::plan(
                                 store.as_ref(),

@@ -272,3 +272,87 @@ async fn tls_to_a_plain_http_registry_names_tls_verify_false() {
         "{text}"
     );
 }
+
+/// A closed port fails in seconds with one line naming the registry, not a retry round per
+/// request; the dry run fails the same way and names each image's destination.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_registry_fails_fast_with_one_line() {
+    let env = common::Env::new();
+    let lines = common::seed_shared_repos(&env, 2).await;
+    let list = env.write_list("list.txt", &lines);
+    let list = list.to_str().expect("utf-8");
+    let started = std::time::Instant::now();
+    let out = common::hangar(&[
+        "mirror",
+        "--tls-verify=false",
+        "-f",
+        list,
+        "-d",
+        "127.0.0.1:1",
+        "-o",
+        env.path("f.txt").to_str().expect("utf-8"),
+    ]);
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        text.matches("registry 127.0.0.1:1 cannot be reached")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        !text.contains("WARN") && !text.contains("retrying"),
+        "{text}"
+    );
+    // A source that does not answer fails its images at once, the others go on.
+    let mixed = env.write_list(
+        "mixed.txt",
+        &[lines[0].clone(), "127.0.0.1:1/gone/app:1".to_owned()],
+    );
+    let out = common::hangar(&[
+        "mirror",
+        "--tls-verify=false",
+        "-f",
+        mixed.to_str().expect("utf-8"),
+        "-d",
+        &env.dst.addr,
+        "-o",
+        env.path("f2.txt").to_str().expect("utf-8"),
+    ]);
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("registry 127.0.0.1:1 cannot be reached"),
+        "{text}"
+    );
+    assert!(text.contains("Copied image"), "{text}");
+    // The dry run: exit 1 for the unreachable destination; each plan line names where the
+    // image would go.
+    let out = common::hangar(&[
+        "mirror",
+        "--tls-verify=false",
+        "-f",
+        list,
+        "-d",
+        "127.0.0.1:1",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    let out = common::hangar(&[
+        "mirror",
+        "--tls-verify=false",
+        "-f",
+        list,
+        "-d",
+        &env.dst.addr,
+        "--dry-run",
+    ]);
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("=> [{}/", env.dst.addr)), "{text}");
+}

@@ -578,7 +578,8 @@ async fn mirror_through_faults(
         .unwrap();
     let list = env.write_list("list.txt", &[format!("{}/{repo}:1", proxy.addr)]);
     let project = repo.split('/').next().unwrap_or("library");
-    let out = env.mirror(&list, &["--destination-project", project]);
+    // Each retry is `--debug` detail: the tests below read them.
+    let out = env.mirror(&list, &["--destination-project", project, "--debug"]);
     (out, m, proxy)
 }
 

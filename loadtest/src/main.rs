@@ -32,13 +32,16 @@ struct SeedArgs {
     /// Base layers shared by every image.
     #[arg(long, default_value_t = 2)]
     shared_layers: usize,
+    /// Bytes per shared base layer.
     #[arg(long, default_value_t = 4 << 20)]
     shared_layer_size: u64,
     /// Share of images that are amd64+arm64 indexes.
     #[arg(long, default_value_t = 0.3)]
     multiarch: f64,
+    /// Seed of the random generator the layers are made from.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Project (first path segment) of the seeded repositories.
     #[arg(long, default_value = "loadtest")]
     project: String,
 }
@@ -56,12 +59,15 @@ enum Cmd {
         #[command(flatten)]
         spec: SeedArgs,
     },
-    /// Forward a port to an upstream with a one-way delay each way (and optional corruption).
+    /// Forward a port to an upstream with a one-way delay each way.
     Proxy {
+        /// Address to listen on (host:port).
         #[arg(long)]
         listen: String,
+        /// Address to forward to (host:port).
         #[arg(long)]
         upstream: String,
+        /// Delay added in each direction, in milliseconds.
         #[arg(long, default_value_t = 25)]
         delay_ms: u64,
     },
@@ -70,8 +76,10 @@ enum Cmd {
         /// The hangar-coord binary to measure (use a release build).
         #[arg(long, default_value = "target/release/hangar-coord")]
         hangar: PathBuf,
+        /// Delay each way of the proxied (WAN) runs, in milliseconds.
         #[arg(long, default_value_t = 25)]
         delay_ms: u64,
+        /// `--jobs` given to hangar-coord (images at once).
         #[arg(long, default_value_t = 20)]
         jobs: usize,
         /// Instead of hangar vs skopeo vs raw: the embedded mode vs 1, 2 and 4 fleet workers.
@@ -95,17 +103,22 @@ enum Cmd {
     },
     /// Copy every unique blob of a list GET→PUT in parallel, unverified (the raw bound).
     Raw {
+        /// The image list (as `seed` writes it).
         #[arg(long)]
         list: PathBuf,
+        /// Source registry (host:port).
         #[arg(long)]
         source: String,
+        /// Destination registry (host:port).
         #[arg(long)]
         dest: String,
+        /// Blob copies at once.
         #[arg(long, default_value_t = 32)]
         parallel: usize,
     },
     /// Tasks per second through JetStream with empty handlers (publish, pull, ack).
     QueueBench {
+        /// Number of tasks to publish.
         #[arg(long, default_value_t = 20_000)]
         tasks: u64,
         /// Publishes in flight at once.
@@ -115,10 +128,16 @@ enum Cmd {
         #[arg(long, default_value_t = 256)]
         slots: usize,
     },
-    /// Mirror one image with one big layer and report hangar-coord's peak RSS.
     /// Upload a file to an S3 location (`s3://bucket/key?endpoint=…`; AWS_* credentials).
-    PutObject { location: String, file: PathBuf },
+    PutObject {
+        /// Where to upload: `s3://bucket/key?endpoint=…&region=…`.
+        location: String,
+        /// The local file to upload.
+        file: PathBuf,
+    },
+    /// Mirror one image with one big layer and report hangar-coord's peak RSS.
     Rss {
+        /// The hangar-coord binary to measure (use a release build).
         #[arg(long, default_value = "target/release/hangar-coord")]
         hangar: PathBuf,
         /// Layer size in bytes (default 2 GiB).

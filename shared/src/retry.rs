@@ -73,7 +73,9 @@ impl RetryPolicy {
                     if let Some(o) = &self.observer {
                         o.retrying(e.class);
                     }
-                    tracing::warn!(
+                    // Each attempt is detail (`--debug`); what finally failed is reported
+                    // once, per image, by whoever asked.
+                    tracing::debug!(
                         class = %e.class,
                         "{what}: failed, retrying in {delay:?} ({attempt}/{}). Error: {e}",
                         self.attempts - 1

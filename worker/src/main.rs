@@ -103,9 +103,23 @@ struct Args {
     /// Registry credentials (this worker's own file).
     #[arg(long, env = "REGISTRY_AUTH_FILE")]
     authfile: Option<PathBuf>,
-    /// `--tls-verify=false` skips certificate checks and allows plain HTTP to registries.
+    /// `--tls-verify=false` skips certificate checks and allows plain HTTP to registries
+    /// (left out: verified).
     #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     tls_verify: Option<bool>,
+    /// Not a flag: refused, with `--tls-verify=false` as the tip (clap would otherwise offer
+    /// a look-alike, `--index-concurrency`).
+    #[arg(
+        long = "insecure",
+        hide = true,
+        num_args = 0,
+        default_missing_value = "",
+        value_parser = clap::builder::UnknownArgumentValueParser::suggest(
+            "to skip certificate checks and allow plain HTTP, use '--tls-verify=false'"
+        )
+    )]
+    #[allow(dead_code)]
+    insecure: Option<String>,
     /// Bound on one task attempt.
     #[arg(long, default_value = "10m")]
     timeout: String,

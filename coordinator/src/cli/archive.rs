@@ -20,6 +20,7 @@ pub struct ArchiveListArgs {
     /// File that receives the lines that failed (default: save-failed.txt / sync-failed.txt).
     #[arg(short = 'o', long = "failed")]
     pub failed: Option<PathBuf>,
+    /// Images handled at once (1-20).
     #[arg(
         short = 'j',
         long = "jobs",
@@ -30,6 +31,7 @@ pub struct ArchiveListArgs {
     /// Bound on one transfer attempt.
     #[arg(long = "timeout", default_value = "10m")]
     pub timeout: String,
+    /// Also copy buildx provenance attestations.
     #[arg(long = "provenance", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub provenance: bool,
     #[command(flatten)]
@@ -146,8 +148,10 @@ pub struct LoadArgs {
     pub project: String,
     #[command(flatten)]
     pub platforms: PlatformArgs,
+    /// File that receives the lines that failed.
     #[arg(short = 'o', long = "failed", default_value = "load-failed.txt")]
     pub failed: PathBuf,
+    /// Images handled at once (1-20).
     #[arg(
         short = 'j',
         long = "jobs",
@@ -158,6 +162,7 @@ pub struct LoadArgs {
     /// Bound on one transfer attempt (Hangar ignores it for load; honoured here).
     #[arg(long = "timeout", default_value = "10m")]
     pub timeout: String,
+    /// Also copy buildx provenance attestations.
     #[arg(long = "provenance", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub provenance: bool,
     /// Replace the destination index instead of merging into it.
@@ -191,6 +196,7 @@ pub enum ArchiveCmd {
     /// Create empty archives.
     #[command(visible_alias = "i")]
     Init {
+        /// The archive files to create (they must not exist yet).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -253,6 +259,7 @@ pub struct ExportFileArgs {
     /// The stored file's name.
     #[arg(short = 'n', long = "name")]
     pub name: String,
+    /// Overwrite an existing `./NAME` without asking.
     #[arg(short = 'y', long = "auto-yes")]
     pub yes: bool,
 }
@@ -262,6 +269,7 @@ pub struct ArchiveLsArgs {
     /// The archive (or give it as the argument).
     #[arg(short = 'f', long = "file")]
     pub file: Option<String>,
+    /// The archive (instead of -f/--file).
     pub archive: Option<String>,
     /// The index as JSON.
     #[arg(long)]
@@ -276,8 +284,10 @@ pub struct ArchiveMergeArgs {
     /// Input archives (two or more).
     #[arg(short = 'f', long = "file")]
     pub files: Vec<String>,
+    /// The merged archive to write (required).
     #[arg(short = 'o', long = "output")]
     pub output: Option<String>,
+    /// Overwrite an existing output archive without asking.
     #[arg(short = 'y', long = "auto-yes")]
     pub yes: bool,
 }
@@ -293,10 +303,13 @@ pub struct ArchiveExportArgs {
     /// The new archive.
     #[arg(short = 'd', long = "destination")]
     pub destination: Option<String>,
+    /// Registry of the list's lines when matching them against the archive.
     #[arg(long = "source-registry", default_value = "")]
     pub source_registry: String,
+    /// File that receives the lines that failed.
     #[arg(long = "failed", default_value = "export-failed.txt")]
     pub failed: PathBuf,
+    /// Overwrite an existing destination archive without asking.
     #[arg(short = 'y', long = "auto-yes")]
     pub yes: bool,
     #[command(subcommand)]

@@ -53,7 +53,8 @@ pub struct RateArgs {
 /// own, with their own help: the job specification and the server set those by field.)
 #[derive(Args, Debug, Clone, Default)]
 pub struct RegistryArgs {
-    /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP.
+    /// Verify TLS certificates (the default when left out); `--tls-verify=false` also allows
+    /// plain HTTP.
     #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub tls_verify: Option<bool>,
     /// Auth file to read registry credentials from first (`login` writes there).

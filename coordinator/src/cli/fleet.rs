@@ -87,7 +87,8 @@ pub struct ServeArgs {
     /// Address for the HTTP API, /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
-    /// Registry TLS for planning (manifest reads); `--tls-verify=false` allows plain HTTP.
+    /// Registry TLS for planning (manifest reads): verified when left out;
+    /// `--tls-verify=false` skips the checks and allows plain HTTP.
     #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub tls_verify: Option<bool>,
     /// The coordinator's own registry credentials (it reads manifests while planning).

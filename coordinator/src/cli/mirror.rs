@@ -59,7 +59,8 @@ pub struct MirrorArgs {
     /// Replace the destination index instead of merging into it.
     #[arg(long = "overwrite")]
     pub overwrite: bool,
-    /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP.
+    /// Verify TLS certificates (the default when left out); `--tls-verify=false` also allows
+    /// plain HTTP.
     #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub tls_verify: Option<bool>,
     /// Accepted for Hangar compatibility (credentials are never prompted for).
@@ -119,15 +120,19 @@ impl Default for MirrorArgs {
 
 #[derive(Args, Debug)]
 pub struct ConvertListArgs {
+    /// The default-format list to convert.
     #[arg(short = 'i', long = "input")]
     pub input: PathBuf,
     /// Output file (default: INPUT.converted).
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
+    /// Source registry put into every line (empty: each line's as written).
     #[arg(short = 's', long = "source", default_value = "")]
     pub source: String,
+    /// Destination registry put into every line (empty: each line's own, else docker.io).
     #[arg(short = 'd', long = "destination", default_value = "")]
     pub destination: String,
+    /// Overwrite an existing output file without asking.
     #[arg(short = 'y', long = "auto-yes")]
     pub yes: bool,
 }

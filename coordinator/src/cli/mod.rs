@@ -30,9 +30,20 @@ pub struct Cli {
     /// Accepted for Hangar compatibility; signature policies are not evaluated.
     #[arg(long, global = true)]
     pub insecure_policy: bool,
-    /// Print `-` instead of timestamps.
-    #[arg(long, global = true, hide = true)]
+    /// Print `-` instead of the time in log lines.
+    #[arg(long, global = true)]
     pub hide_log_time: bool,
+    /// Not a flag: refused, pointing at `--tls-verify=false` (see [`RefuseInsecure`]).
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "",
+        value_parser = RefuseInsecure
+    )]
+    pub insecure: Option<String>,
     /// CA certificates (*.crt) to trust for every registry, as containers/image's
     /// `--cert-dir`; without it each registry's certs.d directory is read
     /// (~/.config/containers/certs.d/HOST, /etc/containers/certs.d/HOST, /etc/docker/certs.d/HOST).
@@ -96,9 +107,45 @@ pub enum Command {
     Version,
     /// Print a shell completion script.
     Completion {
+        /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// `--insecure`, which skopeo and podman spell `--tls-verify=false`: without this, clap
+/// would offer `--insecure-policy` (signature policies, not TLS) as the flag meant. Given,
+/// it is an unknown argument whose tip is `--tls-verify=false` where the command has that
+/// flag, and a plain "no such flag" where it has not.
+#[derive(Clone, Debug)]
+pub struct RefuseInsecure;
+
+impl clap::builder::TypedValueParser for RefuseInsecure {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let has_tls_verify = cmd
+            .get_arguments()
+            .any(|a| a.get_long() == Some("tls-verify"));
+        let tip = if has_tls_verify {
+            "to skip certificate checks and allow plain HTTP, use '--tls-verify=false'"
+        } else {
+            "the commands that reach registries take '--tls-verify=false' instead (this one does not)"
+        };
+        // Named as typed, without the optional value it takes so that `--insecure=…` is
+        // refused the same way.
+        let named = arg.map(|a| a.clone().num_args(0));
+        clap::builder::UnknownArgumentValueParser::suggest(tip).parse_ref(
+            cmd,
+            named.as_ref(),
+            value,
+        )
+    }
 }
 
 #[cfg(test)]

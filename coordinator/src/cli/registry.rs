@@ -17,10 +17,13 @@ pub struct InspectArgs {
     /// Print the raw config blob.
     #[arg(long)]
     pub config: bool,
+    /// Architecture to choose from an index (empty: this machine's).
     #[arg(long = "override-arch", default_value = "")]
     pub override_arch: String,
+    /// Operating system to choose from an index (empty: linux).
     #[arg(long = "override-os", default_value = "")]
     pub override_os: String,
+    /// Architecture variant to choose from an index, e.g. v8 (empty: any).
     #[arg(long = "override-variant", default_value = "")]
     pub override_variant: String,
     #[command(flatten)]
@@ -45,6 +48,7 @@ pub struct RepoArgs {
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
+    /// Image reference (`docker://` is assumed when no transport is given).
     pub reference: String,
     #[command(flatten)]
     pub access: VerifyingRegistryArgs,
@@ -75,11 +79,15 @@ pub struct MergeManifestArgs {
 
 #[derive(Args, Debug)]
 pub struct LoginArgs {
+    /// The registry (host[:port]).
     pub registry: String,
+    /// User name (asked for on a terminal when left out).
     #[arg(short = 'u', long = "username")]
     pub username: Option<String>,
+    /// Password (prefer --password-stdin: arguments are visible to other processes).
     #[arg(short = 'p', long = "password")]
     pub password: Option<String>,
+    /// Read the password from stdin (its first line).
     #[arg(long = "password-stdin")]
     pub password_stdin: bool,
     /// Print the stored username for the registry.
@@ -91,7 +99,9 @@ pub struct LoginArgs {
 
 #[derive(Args, Debug)]
 pub struct LogoutArgs {
+    /// The registry whose credentials to remove (or --all).
     pub registry: Option<String>,
+    /// Auth file to remove the credentials from (default: the one `login` writes).
     #[arg(long = "authfile")]
     pub authfile: Option<PathBuf>,
     /// Remove every stored credential.

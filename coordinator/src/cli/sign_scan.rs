@@ -37,6 +37,7 @@ pub struct ListArgs {
     /// File that receives the lines that failed (default: sign-failed.txt, scan-failed.txt).
     #[arg(short = 'o', long = "failed")]
     pub failed: Option<PathBuf>,
+    /// Images handled at once (1-20).
     #[arg(
         short = 'j',
         long = "jobs",
@@ -52,6 +53,7 @@ pub struct ListArgs {
     /// Accepted for Hangar compatibility.
     #[arg(long = "skip-login")]
     pub skip_login: bool,
+    /// Accepted for Hangar compatibility (these commands ask nothing).
     #[arg(short = 'y', long = "auto-yes")]
     pub yes: bool,
     #[command(flatten)]
@@ -88,8 +90,10 @@ pub struct SignArgs {
     /// Upload to a transparency log (not supported here; off by default for air gaps).
     #[arg(long = "tlog-upload", default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub tlog_upload: bool,
+    /// Transparency log (Rekor) URL, for --tlog-upload (not supported here).
     #[arg(long = "rekor-url", default_value = "https://rekor.sigstore.dev")]
     pub rekor_url: String,
+    /// Fulcio URL, for keyless signing (not supported here).
     #[arg(long = "fulcio-url", default_value = "https://fulcio.sigstore.dev")]
     pub fulcio_url: String,
     /// Also sign the index (manifest list) digest.
@@ -111,8 +115,10 @@ pub struct SignValidateArgs {
     /// Keyless verification (not supported here).
     #[arg(long = "certificate-identity")]
     pub certificate_identity: Option<String>,
+    /// Keyless verification: the certificate's OIDC issuer (not supported here).
     #[arg(long = "certificate-oidc-issuer")]
     pub certificate_oidc_issuer: Option<String>,
+    /// Transparency log (Rekor) URL (accepted; no transparency log is consulted here).
     #[arg(long = "rekor-url", default_value = "https://rekor.sigstore.dev")]
     pub rekor_url: String,
     /// Accepted: transparency-log entries are never required here.
@@ -139,10 +145,12 @@ pub struct ScanArgs {
     /// Report file (default: scan-report.FORMAT).
     #[arg(short = 'r', long = "report")]
     pub report: Option<PathBuf>,
-    /// The OSV database: a directory of records, a zip (osv.dev's all.zip), an http(s)
-    /// URL, s3://bucket/key?…, or oci://registry/repo:tag (an artifact whose layer is one).
+    /// The OSV database: a directory (JSON records, osv.dev's layout of
+    /// `<Ecosystem>/all.zip`, or both), a zip (osv.dev's all.zip), an http(s) URL,
+    /// s3://bucket/key?…, or oci://registry/repo:tag (an artifact whose layer is one).
+    /// Given more than once, the databases are merged.
     #[arg(long = "db", env = "HANGAR_SCAN_DB")]
-    pub db: Option<String>,
+    pub db: Vec<String>,
     /// Refuse a database whose newest record is older than this.
     #[arg(long = "db-max-age", default_value = "30d")]
     pub db_max_age: String,

@@ -57,6 +57,17 @@ pub fn prepare_list(
             .trim_end_matches('/');
         (!s.is_empty()).then(|| s.to_owned())
     };
+    if some(&args.destination).is_none()
+        && list
+            .entries
+            .iter()
+            .any(|e| matches!(e.kind, LineKind::Default(_)))
+    {
+        console.warn(
+            None,
+            "No -d/--destination given: images go to docker.io (Hangar's default)",
+        );
+    }
     for (flag, value) in [
         ("-s/--source", &args.source),
         ("-d/--destination", &args.destination),

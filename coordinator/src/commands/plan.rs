@@ -52,12 +52,28 @@ pub async fn run(
     target: Target,
     console: &Console,
 ) -> Result<()> {
+    // A plan of a copy nothing can land in is no plan: the destinations are asked first.
+    let mut unreachable = Vec::new();
+    if let Target::Registry = target {
+        let hosts: std::collections::BTreeSet<&str> =
+            images.iter().map(|j| j.dest.registry.as_str()).collect();
+        for host in hosts {
+            if let Err(e) = pool.registry(host).await.and_then(|r| r.reachable()) {
+                console.error(None, &e.message);
+                unreachable.push(host.to_owned());
+            }
+        }
+    }
     let mut planned: Vec<(ImageJob, ImagePlan)> = Vec::new();
     let mut results = futures_util::stream::iter(images.iter().cloned())
         .map(|job| {
             let pool = pool.clone();
             async move {
-                let r = match pool.registry(&job.source.registry).await {
+                let source = pool
+                    .registry(&job.source.registry)
+                    .await
+                    .and_then(|store| store.reachable().map(|()| store));
+                let r = match source {
                     Ok(store) => {
                         planner::plan(store.as_ref(), None, &job, filter, provenance, false).await
                     }
@@ -89,10 +105,14 @@ pub async fn run(
                     .flat_map(|x| x.blobs.iter())
                     .map(|b| b.size)
                     .sum();
+                let to = match target {
+                    Target::Registry => job.dest.to_string(),
+                    Target::Archive { .. } => "the archive".to_owned(),
+                };
                 console.info(
                     n,
                     format!(
-                        "Plan [{}]: {} ({})",
+                        "Plan [{}] => [{to}]: {} ({})",
                         job.source,
                         platforms.join(", "),
                         HumanBytes(bytes)
@@ -238,6 +258,14 @@ pub async fn run(
                 entries.len() + volumes
             ),
         );
+    }
+    if !unreachable.is_empty() || failed > 0 {
+        let reach = if unreachable.is_empty() {
+            String::new()
+        } else {
+            format!("{} cannot be reached; ", unreachable.join(", "))
+        };
+        anyhow::bail!("the plan is incomplete: {reach}{failed} images could not be planned");
     }
     Ok(())
 }

@@ -163,8 +163,9 @@ async fn load_db(
     parse_file(file, location, limits).await
 }
 
-/// Loads the database, reports its size and age, and refuses one older than `max_age`
-/// (`None`: any age).
+/// Loads the database, reports its size and age, and refuses one with no usable record or
+/// older than `max_age` (`None`: any age). Its age is its newest record's `modified`, as
+/// osv.dev dates records (withdrawn ones too).
 pub async fn open_db(
     location: &str,
     tls_verify: Option<bool>,
@@ -176,11 +177,16 @@ pub async fn open_db(
     for w in &db.warnings {
         console.warn(None, w);
     }
+    db.check_usable(location)?;
     let limit = match max_age {
         Some(a) => Some(
             humantime::parse_duration(a).with_context(|| format!("invalid --db-max-age {a:?}"))?,
         ),
         None => None,
+    };
+    let withdrawn = match db.withdrawn {
+        0 => String::new(),
+        n => format!(" (and {n} withdrawn)"),
     };
     match db.newest {
         Some(newest) => {
@@ -188,7 +194,7 @@ pub async fn open_db(
             console.info(
                 None,
                 format!(
-                    "Vulnerability database {location}: {} records, newest {} ({} days old)",
+                    "Vulnerability database {location}: {} records{withdrawn}, newest {} ({} days old)",
                     db.records.len(),
                     newest.format("%Y-%m-%d"),
                     age.num_days()
@@ -198,9 +204,10 @@ pub async fn open_db(
                 && age.to_std().unwrap_or_default() > limit
             {
                 bail!(
-                    "the vulnerability database is {} days old, older than --db-max-age {}; \
-                     bring in a newer one or pass --skip-db-age-check",
+                    "the vulnerability database {location} is {} days old (newest record modified \
+                     {}), older than --db-max-age {}; bring in a newer one or pass --skip-db-age-check",
                     age.num_days(),
+                    newest.format("%Y-%m-%d"),
                     max_age.unwrap_or_default()
                 );
             }
@@ -208,7 +215,48 @@ pub async fn open_db(
         None if limit.is_some() => bail!(
             "the vulnerability database {location} has no dated records; pass --skip-db-age-check to use it"
         ),
-        None => {}
+        None => console.info(
+            None,
+            format!(
+                "Vulnerability database {location}: {} records{withdrawn}, undated",
+                db.records.len()
+            ),
+        ),
+    }
+    Ok(db)
+}
+
+/// Every database of `locations` ([`open_db`]: each must have usable records and, unless
+/// `max_age` is `None`, be recent enough), merged into one: a record in several is kept
+/// once, its newest version.
+pub async fn open_dbs(
+    locations: &[String],
+    tls_verify: Option<bool>,
+    authfile: Option<&std::path::Path>,
+    max_age: Option<&str>,
+    console: &Console,
+) -> Result<Database> {
+    let mut merged: Option<Database> = None;
+    for location in locations {
+        let db = open_db(location, tls_verify, authfile, max_age, console).await?;
+        merged = Some(match merged {
+            None => db,
+            Some(mut m) => {
+                m.merge(db);
+                m
+            }
+        });
+    }
+    let db = merged.context("no vulnerability database")?;
+    if locations.len() > 1 {
+        console.info(
+            None,
+            format!(
+                "Vulnerability databases merged: {} records from {} databases",
+                db.records.len(),
+                locations.len()
+            ),
+        );
     }
     Ok(db)
 }
@@ -231,12 +279,19 @@ pub fn report_job(
     let mut scanned: Vec<Scanned> = report
         .scans
         .iter()
-        .map(|(job, entry, inv)| Scanned {
-            reference: if by_source { &job.source } else { &job.dest }.to_string(),
-            digest: entry.digest.to_string(),
-            platform: entry.platform.clone().unwrap_or_default(),
-            findings: matcher::scan(inv, db),
-            inventory: inv.clone(),
+        .map(|(job, entry, inv)| {
+            let reference = if by_source { &job.source } else { &job.dest }.to_string();
+            let matched = matcher::matched(inv, db);
+            for w in &matched.unparsed {
+                console.warn(None, format!("[{reference}@{}] {w}", entry.digest));
+            }
+            Scanned {
+                reference,
+                digest: entry.digest.to_string(),
+                platform: entry.platform.clone().unwrap_or_default(),
+                findings: matched.findings,
+                inventory: inv.clone(),
+            }
         })
         .collect();
     scanned.sort_by(|a, b| (&a.reference, &a.digest).cmp(&(&b.reference, &b.digest)));
@@ -285,14 +340,14 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
             );
         }
     }
-    let Some(db_location) = &args.db else {
+    if args.db.is_empty() {
         bail!(
-            "no vulnerability database: use --db (a directory or zip of OSV records, a URL, s3:// or oci://)"
+            "no vulnerability database: use --db (a directory or zip of OSV records, a URL, s3:// or oci://; more than one are merged)"
         );
-    };
+    }
     let max_age = (!args.skip_db_age_check).then_some(args.db_max_age.as_str());
-    let db = open_db(
-        db_location,
+    let db = open_dbs(
+        &args.db,
         args.list.access.tls_verify,
         args.list.access.authfile.as_deref(),
         max_age,
@@ -358,9 +413,9 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
                         // Matching a large inventory against a large database is CPU work:
                         // off the executor, so the timeout around this image still fires.
                         let db = db.clone();
-                        let (inventory, findings) = tokio::task::spawn_blocking(move || {
-                            let findings = matcher::scan(&inventory, &db);
-                            (inventory, findings)
+                        let (inventory, matched) = tokio::task::spawn_blocking(move || {
+                            let matched = matcher::matched(&inventory, &db);
+                            (inventory, matched)
                         })
                         .await
                         .map_err(|e| Error::internal(format!("matching packages: {e}")))?;
@@ -370,9 +425,10 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
                                 digest: e.digest.to_string(),
                                 platform: e.platform.clone().unwrap_or_default(),
                                 inventory,
-                                findings,
+                                findings: matched.findings,
                             },
                             cached,
+                            matched.unparsed,
                         ));
                     }
                     Ok::<_, Error>(out)
@@ -406,8 +462,8 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
                         ),
                     );
                 }
-                for (mut s, cached) in images {
-                    for w in &s.inventory.warnings {
+                for (mut s, cached, unparsed) in images {
+                    for w in s.inventory.warnings.iter().chain(&unparsed) {
                         console.warn(n, format!("[{}@{}] {w}", target.image, s.digest));
                     }
                     s.findings
@@ -421,12 +477,16 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
                     console.info(
                         n,
                         format!(
-                            "Scanned [{}@{}] ({}): {os}, {} packages, {} vulnerabilities{}",
+                            "Scanned [{}@{}] ({}): {os}, {} packages, {} vulnerabilities{}{}",
                             target.image,
                             s.digest,
                             s.platform.display(),
                             s.inventory.packages.len(),
                             s.findings.len(),
+                            match unparsed.len() {
+                                0 => String::new(),
+                                k => format!(", {k} installed versions not parsed (not checked)"),
+                            },
                             if cached {
                                 " (inventory from the cache)"
                             } else {

@@ -16,6 +16,9 @@ pub(super) struct Challenge {
     pub realm: Option<String>,
     /// Its `service`, sent back with every token request.
     pub service: Option<String>,
+    /// Why `/v2/` could not be asked at all (connection refused, no such host, TLS spoken
+    /// to plain HTTP, …); `None` when the registry answered anything.
+    pub unreachable: Option<String>,
 }
 
 /// Asks `/v2/`. A registry that cannot be asked counts as challenging (credentials are
@@ -33,10 +36,17 @@ pub(super) async fn probe(http: &reqwest::Client, scheme: &str, host: &str) -> C
                 challenged: resp.status() == reqwest::StatusCode::UNAUTHORIZED || header.is_some(),
                 realm: params.get("realm").cloned(),
                 service: params.get("service").cloned(),
+                unreachable: None,
             }
         }
-        _ => Challenge {
+        Ok(Err(e)) => Challenge {
             challenged: true,
+            unreachable: Some(super::classify::request_error_text(&e)),
+            ..Default::default()
+        },
+        Err(_) => Challenge {
+            challenged: true,
+            unreachable: Some("no answer to /v2/ within 10s".into()),
             ..Default::default()
         },
     }

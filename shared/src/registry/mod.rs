@@ -81,6 +81,8 @@ pub struct Registry {
     request_timeout: Duration,
     /// The registry's bearer-token service, when it names one: every token comes from it.
     tokens: Option<token::TokenService>,
+    /// Why the registry did not answer `/v2/` at connect, if it did not.
+    unreachable: Option<String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -155,6 +157,7 @@ impl Registry {
         let api_host = probe.resolve_registry().to_owned();
         let probed = challenge::probe(&http, scheme, &api_host).await;
         let challenged = probed.challenged;
+        let unreachable = probed.unreachable.clone();
         let creds = match &auth {
             RegistryAuth::Basic(u, p) => Some((u.clone(), p.clone())),
             _ => None,
@@ -192,6 +195,7 @@ impl Registry {
             gate: opts.gate.clone(),
             request_timeout: opts.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
             tokens,
+            unreachable,
         })
     }
 
@@ -405,6 +409,19 @@ impl Registry {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Fails, at once and without retries, when the registry did not answer `/v2/` at
+    /// connect (one probe per registry and process): a closed port or a misspelt host
+    /// costs seconds, not a round of retries per request.
+    pub fn reachable(&self) -> Result<()> {
+        match &self.unreachable {
+            None => Ok(()),
+            Some(why) => Err(Error::new(
+                FailureClass::Network,
+                format!("registry {} cannot be reached: {why}", self.host),
+            )),
+        }
     }
 
     fn reference(&self, repo: &str, reference: &str) -> Reference {

@@ -1,8 +1,10 @@
-//! OSV records (the subset matching needs), loaded from a directory of JSON files or a
-//! zip of them (osv.dev's per-ecosystem `all.zip`), found at a path, an http(s) URL, an S3
-//! object or an OCI artifact in a registry. A malformed record is a warning naming its file;
-//! the rest loads. What is read is bounded by [`DbLimits`]: a record over its cap is a
-//! warning naming the database and entry, a database over its total is refused.
+//! OSV records (the subset matching needs), loaded from a directory (JSON records, osv.dev's
+//! published layout of `<Ecosystem>/all.zip`, or both), a zip of records, or a JSON record or
+//! array, found at a path, an http(s) URL, an S3 object or an OCI artifact in a registry.
+//! A malformed record is a warning naming its file; the rest loads. What is read is bounded
+//! by [`DbLimits`]: a record over its cap is a warning naming the database and entry, a
+//! database over its total is refused. A record given twice (a record of two ecosystems is
+//! in both of their zips; two databases overlap) is kept once, its newest `modified`.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -32,7 +34,7 @@ pub struct Record {
     pub id: String,
     #[serde(default)]
     pub aliases: Vec<String>,
-    #[serde(default)]
+    /// Required by the OSV schema: what is not dated is not an OSV record.
     pub modified: String,
     #[serde(default)]
     pub withdrawn: Option<String>,
@@ -118,9 +120,14 @@ impl Record {
 pub struct Database {
     pub records: Vec<Record>,
     pub by_package: HashMap<(String, String), Vec<(usize, usize)>>,
-    /// The newest `modified` time among the records (RFC 3339), the database's age.
+    /// The newest `modified` time among the records (RFC 3339), withdrawn ones included:
+    /// the database's age, as osv.dev dates its records.
     pub newest: Option<chrono::DateTime<chrono::Utc>>,
     pub warnings: Vec<String>,
+    /// Withdrawn records read (dated, never matched).
+    pub withdrawn: usize,
+    /// Entries read as candidate records: files, zip entries, array items.
+    pub entries: usize,
 }
 
 /// What loading a database may read. A database comes from outside (a download, an
@@ -197,6 +204,7 @@ impl Loader {
         label: &str,
         entry: &str,
     ) -> Result<()> {
+        self.db.entries += 1;
         let cap = self.limits.record;
         if declared > cap {
             self.warnings.push(format!(
@@ -235,40 +243,135 @@ impl Loader {
         }
     }
 
+    /// Every `*.json` entry of a zip read from `reader`, named `label: entry`. A file that
+    /// is not a zip is an error naming it: a truncated download must not pass for a
+    /// database with fewer records.
+    fn zip<R: Read + Seek>(&mut self, reader: R, label: &str) -> Result<()> {
+        let mut zip = zip::ZipArchive::new(reader)
+            .map_err(|e| Error::invalid(format!("{label}: not a zip of OSV records: {e}")))?;
+        for i in 0..zip.len() {
+            let f = match zip.by_index(i) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.warnings.push(format!("{label}: entry {i}: {e}"));
+                    continue;
+                }
+            };
+            let name = match f.name() {
+                Ok(n) => n.into_owned(),
+                Err(e) => {
+                    self.warnings.push(format!("{label}: entry {i}: {e}"));
+                    continue;
+                }
+            };
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let declared = f.size();
+            self.record(f, declared, label, &name)?;
+        }
+        Ok(())
+    }
+
     fn finish(mut self) -> Database {
         self.db.warnings = self.warnings.into_vec();
+        self.db.index();
         self.db
     }
 }
 
+/// A record's `modified` as a time: RFC 3339, or (leniently) without its zone, as UTC.
+fn modified(r: &Record) -> Option<chrono::DateTime<chrono::Utc>> {
+    let m = r.modified.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(m) {
+        return Some(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDateTime::parse_from_str(m, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
 impl Database {
+    /// Takes a record in; [`Database::index`] de-duplicates and indexes them.
     fn add(&mut self, record: Record) {
-        if record.withdrawn.is_some() {
-            return;
-        }
-        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&record.modified) {
-            let t = t.with_timezone(&chrono::Utc);
+        if let Some(t) = modified(&record) {
             self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
         }
-        let at = self.records.len();
-        for (i, a) in record.affected.iter().enumerate() {
-            if let Some(p) = &a.package {
-                self.by_package
-                    .entry((p.ecosystem.clone(), p.name.clone()))
-                    .or_default()
-                    .push((at, i));
-            }
+        if record.withdrawn.is_some() {
+            self.withdrawn += 1;
+            return;
         }
         self.records.push(record);
     }
 
-    /// Every `*.json` of a directory, recursively, within the default limits.
+    /// Keeps one record per id (the newest `modified`; the first read on a tie) and indexes
+    /// them by (ecosystem, package).
+    fn index(&mut self) {
+        let mut keep: HashMap<&str, usize> = HashMap::new();
+        for (i, r) in self.records.iter().enumerate() {
+            match keep.get(r.id.as_str()) {
+                Some(&k) if modified(r) <= modified(&self.records[k]) => {}
+                _ => {
+                    keep.insert(&r.id, i);
+                }
+            }
+        }
+        let kept: std::collections::HashSet<usize> = keep.into_values().collect();
+        let mut i = 0;
+        self.records.retain(|_| {
+            i += 1;
+            kept.contains(&(i - 1))
+        });
+        self.by_package.clear();
+        for (at, record) in self.records.iter().enumerate() {
+            for (i, a) in record.affected.iter().enumerate() {
+                if let Some(p) = &a.package {
+                    self.by_package
+                        .entry((p.ecosystem.clone(), p.name.clone()))
+                        .or_default()
+                        .push((at, i));
+                }
+            }
+        }
+    }
+
+    /// Adds another database's records (`--db` given more than once): one record per id,
+    /// the newest; the newest `modified` of both; the warnings of both.
+    pub fn merge(&mut self, other: Database) {
+        self.records.extend(other.records);
+        self.warnings.extend(other.warnings);
+        self.newest = self.newest.max(other.newest);
+        self.withdrawn += other.withdrawn;
+        self.entries += other.entries;
+        self.index();
+    }
+
+    /// A database with no record to match is an error naming it, never an empty report.
+    pub fn check_usable(&self, label: &str) -> Result<()> {
+        if !self.records.is_empty() {
+            return Ok(());
+        }
+        let read = match (self.entries, self.withdrawn) {
+            (0, _) => "no *.json record or */all.zip in it".to_owned(),
+            (n, 0) => format!("{n} entries read, none an OSV record"),
+            (n, w) => format!("{n} entries read, {w} withdrawn, none other an OSV record"),
+        };
+        Err(Error::invalid(format!(
+            "{label}: no usable OSV records ({read}); a database is a directory of OSV JSON \
+             records and/or osv.dev's <Ecosystem>/all.zip, such a zip, or a JSON record or array"
+        )))
+    }
+
+    /// A directory's records, recursively, within the default limits: see
+    /// [`Database::from_dir_with`].
     pub fn from_dir(dir: &std::path::Path) -> Result<Self> {
         Self::from_dir_with(dir, &DbLimits::default())
     }
 
-    /// Every `*.json` of a directory, recursively; each file at most `limits.record`, all
-    /// of them at most `limits.total`. A directory reached twice (a symlink loop) is read
+    /// A directory's records, recursively: every `*.json` file, and every `*.zip` of them
+    /// (osv.dev publishes `<Ecosystem>/all.zip`; the two layouts may be mixed). Each record
+    /// at most `limits.record`, each zip at most `limits.file`, all records together at most
+    /// `limits.total`. Read in name order; a directory reached twice (a symlink loop) is read
     /// once.
     pub fn from_dir_with(dir: &std::path::Path, limits: &DbLimits) -> Result<Self> {
         let mut l = Loader::new(limits);
@@ -281,18 +384,37 @@ impl Database {
             {
                 continue;
             }
-            let entries = std::fs::read_dir(&d)
-                .map_err(|e| Error::invalid(format!("{}: {e}", d.display())))?;
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "json") {
-                    let name = p.strip_prefix(dir).unwrap_or(&p).display().to_string();
-                    match std::fs::File::open(&p).and_then(|f| Ok((f.metadata()?.len(), f))) {
+            let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(&d)
+                .map_err(|e| Error::invalid(format!("{}: {e}", d.display())))?
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            paths.sort();
+            // Popped last first: subdirectories in name order too.
+            for p in paths.iter().rev().filter(|p| p.is_dir()) {
+                stack.push(p.clone());
+            }
+            for p in paths.iter().filter(|p| !p.is_dir()) {
+                let name = p.strip_prefix(dir).unwrap_or(p).display().to_string();
+                let open = || std::fs::File::open(p).and_then(|f| Ok((f.metadata()?.len(), f)));
+                match p.extension().and_then(|x| x.to_str()) {
+                    Some("json") => match open() {
                         Ok((len, f)) => l.record(f, len, &label, &name)?,
-                        Err(err) => l.warnings.push(format!("{name}: {err}")),
+                        Err(err) => l.warnings.push(format!("{label}: {name}: {err}")),
+                    },
+                    Some("zip") => {
+                        let zip_label = format!("{label}/{name}");
+                        let (len, f) =
+                            open().map_err(|e| Error::invalid(format!("{zip_label}: {e}")))?;
+                        if len > limits.file {
+                            return Err(Error::invalid(format!(
+                                "{zip_label}: {len} bytes, over the {} limit for a database file; refused",
+                                size(limits.file)
+                            )));
+                        }
+                        l.zip(std::io::BufReader::new(f), &zip_label)?;
                     }
+                    _ => {}
                 }
             }
         }
@@ -313,30 +435,8 @@ impl Database {
         label: &str,
         limits: &DbLimits,
     ) -> Result<Self> {
-        let mut zip = zip::ZipArchive::new(reader)
-            .map_err(|e| Error::invalid(format!("{label}: not a zip of OSV records: {e}")))?;
         let mut l = Loader::new(limits);
-        for i in 0..zip.len() {
-            let f = match zip.by_index(i) {
-                Ok(f) => f,
-                Err(e) => {
-                    l.warnings.push(format!("{label}: entry {i}: {e}"));
-                    continue;
-                }
-            };
-            let name = match f.name() {
-                Ok(n) => n.into_owned(),
-                Err(e) => {
-                    l.warnings.push(format!("{label}: entry {i}: {e}"));
-                    continue;
-                }
-            };
-            if !name.ends_with(".json") {
-                continue;
-            }
-            let declared = f.size();
-            l.record(f, declared, label, &name)?;
-        }
+        l.zip(reader, label)?;
         Ok(l.finish())
     }
 
@@ -375,6 +475,7 @@ impl Database {
             Ok(Value::Array(items)) => {
                 drop(bytes);
                 for (i, item) in items.into_iter().enumerate() {
+                    l.db.entries += 1;
                     match serde_json::from_value::<Record>(item) {
                         Ok(r) => l.db.add(r),
                         Err(e) => l
@@ -383,7 +484,10 @@ impl Database {
                     }
                 }
             }
-            Ok(_) => l.add(label, &bytes),
+            Ok(_) => {
+                l.db.entries += 1;
+                l.add(label, &bytes);
+            }
             Err(e) => {
                 return Err(Error::invalid(format!(
                     "{label}: neither a zip nor JSON: {e}"
@@ -521,5 +625,158 @@ mod tests {
         assert_eq!(db.records.len(), 1);
         assert_eq!(db.warnings.len(), 1, "{:?}", db.warnings);
         assert!(db.warnings[0].contains("big.json: 4000 bytes, over the 1000 bytes limit"));
+    }
+
+    fn dated(id: &str, eco: &str, name: &str, modified: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","modified":"{modified}","affected":[{{"package":{{"ecosystem":"{eco}","name":"{name}"}}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn osv_dev_layout_zips_per_ecosystem_mixed_with_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = dated("DEBIAN-1", "Debian:12", "openssl", "2025-01-02T00:00:00Z");
+        let alp = dated(
+            "ALPINE-1",
+            "Alpine:v3.20",
+            "musl",
+            "2025-01-03T00:00:00.123456Z",
+        );
+        let py = dated("PYSEC-1", "PyPI", "requests", "2025-01-01T00:00:00Z");
+        for (eco, body) in [("Debian", &deb), ("Alpine", &alp)] {
+            std::fs::create_dir(dir.path().join(eco)).unwrap();
+            std::fs::write(
+                dir.path().join(eco).join("all.zip"),
+                zip_of(&[("X.json", body.as_bytes()), ("README", b"not a record")]),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join("PYSEC-1.json"), &py).unwrap();
+        std::fs::write(dir.path().join("ecosystems.txt"), "Debian\nAlpine\n").unwrap();
+        let db = Database::from_dir(dir.path()).unwrap();
+        let mut ids: Vec<&str> = db.records.iter().map(|r| r.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["ALPINE-1", "DEBIAN-1", "PYSEC-1"]);
+        assert_eq!(db.candidates("Alpine:v3.20", "musl").count(), 1);
+        assert_eq!(
+            db.newest.unwrap().to_rfc3339(),
+            "2025-01-03T00:00:00.123456+00:00"
+        );
+        assert!(db.warnings.is_empty(), "{:?}", db.warnings);
+        db.check_usable("db").unwrap();
+
+        // A damaged zip is an error naming it, not fewer records.
+        std::fs::write(dir.path().join("Debian").join("all.zip"), b"PK\x03\x04oops").unwrap();
+        let err = Database::from_dir(dir.path()).unwrap_err();
+        assert!(
+            err.message
+                .contains("Debian/all.zip: not a zip of OSV records"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_zip_in_a_directory_over_the_file_cap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = record("A");
+        let zip = zip_of(&[("A.json", body.as_bytes())]);
+        std::fs::write(dir.path().join("all.zip"), &zip).unwrap();
+        let limits = DbLimits {
+            file: zip.len() as u64 - 1,
+            ..small()
+        };
+        let err = Database::from_dir_with(dir.path(), &limits).unwrap_err();
+        assert!(err.message.contains("all.zip: "), "{}", err.message);
+        assert!(
+            err.message.contains("limit for a database file"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_record_given_twice_is_kept_once_at_its_newest() {
+        let old = dated("X-1", "PyPI", "old-name", "2024-01-01T00:00:00Z");
+        let new = dated("X-1", "PyPI", "new-name", "2024-06-01T00:00:00Z");
+        let db = Database::from_bytes(format!("[{new},{old}]").as_bytes(), "db").unwrap();
+        assert_eq!(db.records.len(), 1);
+        assert_eq!(db.candidates("PyPI", "new-name").count(), 1);
+        assert_eq!(db.candidates("PyPI", "old-name").count(), 0);
+
+        let mut a = Database::from_bytes(old.as_bytes(), "a").unwrap();
+        let b = Database::from_bytes(
+            format!(
+                "[{new},{}]",
+                dated("Y-1", "npm", "y", "2023-01-01T00:00:00Z")
+            )
+            .as_bytes(),
+            "b",
+        )
+        .unwrap();
+        a.merge(b);
+        assert_eq!(a.records.len(), 2);
+        assert_eq!(a.candidates("PyPI", "new-name").count(), 1);
+        assert_eq!(a.candidates("PyPI", "old-name").count(), 0);
+        assert_eq!(a.candidates("npm", "y").count(), 1);
+        assert_eq!(a.newest.unwrap().to_rfc3339(), "2024-06-01T00:00:00+00:00");
+    }
+
+    #[test]
+    fn withdrawn_records_date_the_database_but_never_match() {
+        let live = dated("A-1", "PyPI", "a", "2024-01-01T00:00:00Z");
+        let gone = dated("B-1", "PyPI", "b", "2024-03-01T00:00:00Z").replace(
+            r#""modified""#,
+            r#""withdrawn":"2024-03-01T00:00:00Z","modified""#,
+        );
+        let db = Database::from_bytes(format!("[{live},{gone}]").as_bytes(), "db").unwrap();
+        assert_eq!(db.records.len(), 1);
+        assert_eq!(db.withdrawn, 1);
+        assert_eq!(db.newest.unwrap().to_rfc3339(), "2024-03-01T00:00:00+00:00");
+        let only = Database::from_bytes(gone.as_bytes(), "gone.json").unwrap();
+        assert!(only.check_usable("gone.json").is_err());
+    }
+
+    #[test]
+    fn a_database_without_records_is_an_error_naming_it() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = Database::from_dir(empty.path())
+            .unwrap()
+            .check_usable("empty-dir")
+            .unwrap_err();
+        assert!(
+            err.message.starts_with(
+                "empty-dir: no usable OSV records (no *.json record or */all.zip in it)"
+            ),
+            "{}",
+            err.message
+        );
+        let zip = zip_of(&[("README.txt", b"hello")]);
+        let err = Database::from_bytes(&zip, "none.zip")
+            .unwrap()
+            .check_usable("none.zip")
+            .unwrap_err();
+        assert!(
+            err.message.starts_with("none.zip: no usable"),
+            "{}",
+            err.message
+        );
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(
+            other.path().join("package.json"),
+            r#"{"name":"x","version":"1"}"#,
+        )
+        .unwrap();
+        std::fs::write(other.path().join("undated.json"), r#"{"id":"X-1"}"#).unwrap();
+        let db = Database::from_dir(other.path()).unwrap();
+        assert_eq!(db.warnings.len(), 2, "{:?}", db.warnings);
+        let err = db.check_usable("other").unwrap_err();
+        assert!(
+            err.message
+                .starts_with("other: no usable OSV records (2 entries read, none an OSV record)"),
+            "{}",
+            err.message
+        );
     }
 }

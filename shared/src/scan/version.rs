@@ -1,6 +1,10 @@
-//! Version order per ecosystem: dpkg (epochs, `~`), rpm (epochs, `~`, `^`), apk (letters,
-//! `_alpha`…`_p` suffixes, `-r` revisions), PEP 440 and semver. `None` when a version does
-//! not parse in its scheme, so a malformed record never matches by accident.
+//! Version order per ecosystem, following each one's reference: dpkg (Debian Policy
+//! §5.6.12: epochs, `~`, letters before other characters), rpm (rpmvercmp: epochs, `~`,
+//! `^`), apk (apk-tools' tokens: a leading-zero component compares as a string, letter,
+//! `_alpha`…`_p` suffixes, `~hash`, `-r` revision), PEP 440 (with pre-PEP 440 "legacy"
+//! versions sorting below every PEP 440 one, as osv.dev orders PyPI) and SemVer 2.0 (build
+//! metadata does not order). `None` when a version does not parse in its scheme, so a
+//! malformed version never matches by accident; [`parses`] says which.
 
 use std::cmp::Ordering;
 use std::str::FromStr;
@@ -14,30 +18,148 @@ pub enum Scheme {
     Semver,
 }
 
-pub fn compare(scheme: Scheme, a: &str, b: &str) -> Option<Ordering> {
-    match scheme {
-        Scheme::Dpkg => Some(
-            debversion::Version::from_str(a)
-                .ok()?
-                .cmp(&debversion::Version::from_str(b).ok()?),
-        ),
-        Scheme::Rpm => Some(rpm_version::Evr::parse(a).cmp(&rpm_version::Evr::parse(b))),
-        Scheme::Apk => Some(apk_key(a)?.cmp(&apk_key(b)?)),
-        Scheme::Pep440 => Some(
-            pep440_rs::Version::from_str(a)
-                .ok()?
-                .cmp(&pep440_rs::Version::from_str(b).ok()?),
-        ),
-        Scheme::Semver => Some(semver(a)?.cmp(&semver(b)?)),
+impl Scheme {
+    /// The scheme's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Dpkg => "dpkg",
+            Scheme::Rpm => "rpm",
+            Scheme::Apk => "apk",
+            Scheme::Pep440 => "PEP 440",
+            Scheme::Semver => "SemVer",
+        }
     }
 }
 
+pub fn compare(scheme: Scheme, a: &str, b: &str) -> Option<Ordering> {
+    match scheme {
+        Scheme::Dpkg => Some(dpkg(a)?.cmp(&dpkg(b)?)),
+        Scheme::Rpm => Some(rpm(a)?.cmp(&rpm(b)?)),
+        Scheme::Apk => Some(apk_cmp(&apk_tokens(a)?, &apk_tokens(b)?)),
+        Scheme::Pep440 => Some(pep440(a)?.cmp(&pep440(b)?)),
+        Scheme::Semver => Some(semver(a)?.cmp_precedence(&semver(b)?)),
+    }
+}
+
+/// Whether `v` is a version of `scheme` (one [`compare`] can order).
+pub fn parses(scheme: Scheme, v: &str) -> bool {
+    match scheme {
+        Scheme::Dpkg => dpkg(v).is_some(),
+        Scheme::Rpm => rpm(v).is_some(),
+        Scheme::Apk => apk_tokens(v).is_some(),
+        Scheme::Pep440 => pep440(v).is_some(),
+        Scheme::Semver => semver(v).is_some(),
+    }
+}
+
+/// Debian Policy's syntax, or dpkg's more lenient reading of what is installed: dpkg
+/// refuses an empty version, a non-numeric or dangling epoch and an empty upstream version
+/// or revision, and only warns about, say, an underscore.
+fn dpkg(v: &str) -> Option<debversion::Version> {
+    let rest = match v.split_once(':') {
+        Some((epoch, rest)) if !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()) => {
+            rest
+        }
+        Some(_) => return None,
+        None => v,
+    };
+    if rest.is_empty() || rest.starts_with('-') || rest.ends_with('-') {
+        return None;
+    }
+    debversion::Version::from_str(v)
+        .or_else(|_| debversion::Version::parse_lenient(v))
+        .ok()
+}
+
+/// rpmvercmp orders any string; an empty one is no version.
+fn rpm(v: &str) -> Option<rpm_version::Evr<'_>> {
+    (!v.trim().is_empty()).then(|| rpm_version::Evr::parse(v))
+}
+
+/// A PyPI version as osv.dev orders them (packaging's `parse` with legacy versions): a
+/// PEP 440 version, or else a legacy one, all of which sort below every PEP 440 version.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PyVersion {
+    Legacy(Vec<String>),
+    Pep440(pep440_rs::Version),
+}
+
+fn pep440(v: &str) -> Option<PyVersion> {
+    if v.trim().is_empty() {
+        return None;
+    }
+    Some(match pep440_rs::Version::from_str(v) {
+        Ok(p) => PyVersion::Pep440(p),
+        Err(_) => PyVersion::Legacy(legacy_key(v)),
+    })
+}
+
+/// setuptools' pre-PEP 440 order: runs of digits (zero-padded to 8, so they compare as
+/// numbers), runs of letters and runs of anything else, as strings; `pre`, `preview` and
+/// `rc` read as `c`, `dev` as `@` (before everything), `-` as `final-`; trailing zeros of a
+/// numeric series dropped and a `-` before a pre-release tag too; `*final` ends it.
+fn legacy_key(v: &str) -> Vec<String> {
+    #[derive(PartialEq)]
+    enum Class {
+        Digit,
+        Letter,
+        Dot,
+        Dash,
+        Other,
+    }
+    let class = |c: char| match c {
+        '0'..='9' => Class::Digit,
+        'a'..='z' => Class::Letter,
+        '.' => Class::Dot,
+        '-' => Class::Dash,
+        _ => Class::Other,
+    };
+    let lower = v.to_lowercase();
+    let mut pieces: Vec<&str> = Vec::new();
+    let mut chars = lower.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let k = class(c);
+        if !matches!(k, Class::Dot | Class::Dash) {
+            while chars.next_if(|&(_, n)| class(n) == k).is_some() {}
+        }
+        let end = chars.peek().map_or(lower.len(), |&(j, _)| j);
+        pieces.push(&lower[i..end]);
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mapped = pieces
+        .into_iter()
+        .filter(|p| *p != ".")
+        .map(|p| match p {
+            "pre" | "preview" | "rc" => "*c".to_owned(),
+            "-" => "*final-".to_owned(),
+            "dev" => "*@".to_owned(),
+            p if p.starts_with(|c: char| c.is_ascii_digit()) => format!("{p:0>8}"),
+            p => format!("*{p}"),
+        })
+        .chain(std::iter::once("*final".to_owned()));
+    for part in mapped {
+        if part.starts_with('*') {
+            if part.as_str() < "*final" {
+                while parts.last().is_some_and(|p| p == "*final-") {
+                    parts.pop();
+                }
+            }
+            while parts.last().is_some_and(|p| p == "00000000") {
+                parts.pop();
+            }
+        }
+        parts.push(part);
+    }
+    parts
+}
+
+/// SemVer 2.0, leniently: a leading `v`, and "1.2" or "1" as 1.2.0 and 1.0.0, as OSV's
+/// SEMVER ranges sometimes write them. Ordered by precedence: build metadata is ignored.
 fn semver(v: &str) -> Option<semver::Version> {
     let v = v.trim().trim_start_matches('v');
     if let Ok(s) = semver::Version::parse(v) {
         return Some(s);
     }
-    // "1.2" and "1" as 1.2.0 and 1.0.0, as OSV's SEMVER ranges sometimes write them.
     let (core, rest) = match v.find(['-', '+']) {
         Some(i) => v.split_at(i),
         None => (v, ""),
@@ -51,73 +173,167 @@ fn semver(v: &str) -> Option<semver::Version> {
     semver::Version::parse(&padded).ok()
 }
 
-/// apk-tools' order, as a sortable key: numbers, then a letter, then suffixes (pre-release
-/// ones sort below none, post-release ones above), then the `-r` revision.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct ApkKey {
-    numbers: Vec<u64>,
-    letter: Option<char>,
-    suffixes: Vec<(i8, u64)>,
-    /// A version without suffixes compares as one `(0, 0)` suffix.
-    revision: u64,
+/// apk-tools' token kinds, in the order that decides between versions of different shapes
+/// (`digit{.digit}...{letter}{_suf{#}}...{~hash}{-r#}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ApkKind {
+    InitialDigit,
+    Digit,
+    Letter,
+    Suffix,
+    SuffixNo,
+    CommitHash,
+    Revision,
+    End,
 }
 
-fn apk_key(v: &str) -> Option<ApkKey> {
-    let (main, revision) = match v.rsplit_once("-r") {
-        Some((m, r)) if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) => {
-            (m, r.parse().ok()?)
-        }
-        _ => (v, 0),
+#[derive(Debug)]
+struct ApkToken<'a> {
+    kind: ApkKind,
+    text: &'a str,
+    /// A suffix's rank: `alpha` < `beta` < `pre` < `rc` < (none, 4) < `cvs` < `svn` <
+    /// `git` < `hg` < `p`.
+    rank: u8,
+}
+
+const APK_NO_SUFFIX: u8 = 4;
+
+fn apk_suffix(name: &str) -> Option<u8> {
+    Some(match name {
+        "alpha" => 0,
+        "beta" => 1,
+        "pre" => 2,
+        "rc" => 3,
+        "cvs" => 5,
+        "svn" => 6,
+        "git" => 7,
+        "hg" => 8,
+        "p" => 9,
+        _ => return None,
+    })
+}
+
+/// The tokens of an apk version; `None` when apk-tools would not take it as valid.
+fn apk_tokens(v: &str) -> Option<Vec<ApkToken<'_>>> {
+    use ApkKind::*;
+    let b = v.as_bytes();
+    let run = |from: usize, f: fn(u8) -> bool| {
+        b[from..]
+            .iter()
+            .position(|c| !f(*c))
+            .unwrap_or(b.len() - from)
     };
-    let mut parts = main.split('_');
-    let head = parts.next()?;
-    let mut numbers = Vec::new();
-    let mut letter = None;
-    for (i, seg) in head.split('.').enumerate() {
-        let digits: String = seg.chars().take_while(|c| c.is_ascii_digit()).collect();
-        if digits.is_empty() {
-            return None;
-        }
-        numbers.push(digits.parse().ok()?);
-        let rest = &seg[digits.len()..];
-        if !rest.is_empty() {
-            let mut chars = rest.chars();
-            let c = chars.next()?;
-            if !c.is_ascii_lowercase() || chars.next().is_some() || i + 1 != head.split('.').count()
-            {
-                return None;
-            }
-            letter = Some(c);
-        }
+    let n = run(0, |c| c.is_ascii_digit());
+    if n == 0 {
+        return None;
     }
-    let mut suffixes = Vec::new();
-    for s in parts {
-        let name: String = s.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
-        let num = &s[name.len()..];
-        let rank = match name.as_str() {
-            "alpha" => -4,
-            "beta" => -3,
-            "pre" => -2,
-            "rc" => -1,
-            "cvs" => 1,
-            "svn" => 2,
-            "git" => 3,
-            "hg" => 4,
-            "p" => 5,
+    let mut out = vec![ApkToken {
+        kind: InitialDigit,
+        text: &v[..n],
+        rank: 0,
+    }];
+    let mut i = n;
+    let mut last = InitialDigit;
+    while i < b.len() {
+        let (kind, from, len, rank) = match b[i] {
+            b'a'..=b'z' => {
+                if last > Digit {
+                    return None;
+                }
+                (Letter, i, 1, 0)
+            }
+            c @ (b'.' | b'0'..=b'9') => {
+                let kind = match last {
+                    InitialDigit | Digit => Digit,
+                    Suffix if c != b'.' => SuffixNo,
+                    _ => return None,
+                };
+                let from = if c == b'.' { i + 1 } else { i };
+                let len = run(from, |c| c.is_ascii_digit());
+                if len == 0 {
+                    return None;
+                }
+                (kind, from, len, 0)
+            }
+            b'_' => {
+                if last > SuffixNo {
+                    return None;
+                }
+                let len = run(i + 1, |c| c.is_ascii_lowercase());
+                let rank = apk_suffix(&v[i + 1..i + 1 + len])?;
+                (Suffix, i + 1, len, rank)
+            }
+            b'~' => {
+                if last >= CommitHash {
+                    return None;
+                }
+                let len = run(i + 1, |c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+                if len == 0 {
+                    return None;
+                }
+                (CommitHash, i + 1, len, 0)
+            }
+            b'-' => {
+                if last >= Revision || b.get(i + 1) != Some(&b'r') {
+                    return None;
+                }
+                let len = run(i + 2, |c| c.is_ascii_digit());
+                if len == 0 {
+                    return None;
+                }
+                (Revision, i + 2, len, 0)
+            }
             _ => return None,
         };
-        let n = if num.is_empty() { 0 } else { num.parse().ok()? };
-        suffixes.push((rank, n));
+        out.push(ApkToken {
+            kind,
+            text: &v[from..from + len],
+            rank,
+        });
+        last = kind;
+        i = from + len;
     }
-    if suffixes.is_empty() {
-        suffixes.push((0, 0));
+    Some(out)
+}
+
+/// Digits as a number, however long.
+fn numeric(a: &str, b: &str) -> Ordering {
+    let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// apk-tools' comparison: token by token while the kinds agree; a component after a dot
+/// with a leading zero (on either side) compares as a string. When one version goes on
+/// where the other stops or changes kind, a pre-release suffix makes it the smaller one,
+/// else the kind further along the shape (`-r` after `.digit`, the end after all) is smaller.
+fn apk_cmp(a: &[ApkToken], b: &[ApkToken]) -> Ordering {
+    use ApkKind::*;
+    for i in 0.. {
+        let (x, y) = (a.get(i), b.get(i));
+        let (kx, ky) = (x.map_or(End, |t| t.kind), y.map_or(End, |t| t.kind));
+        if kx != ky {
+            if x.is_some_and(|t| t.kind == Suffix && t.rank < APK_NO_SUFFIX) {
+                return Ordering::Less;
+            }
+            if y.is_some_and(|t| t.kind == Suffix && t.rank < APK_NO_SUFFIX) {
+                return Ordering::Greater;
+            }
+            return ky.cmp(&kx);
+        }
+        let (Some(x), Some(y)) = (x, y) else {
+            return Ordering::Equal;
+        };
+        let o = match kx {
+            Digit if x.text.starts_with('0') || y.text.starts_with('0') => x.text.cmp(y.text),
+            InitialDigit | Digit | SuffixNo | Revision => numeric(x.text, y.text),
+            Suffix => x.rank.cmp(&y.rank),
+            Letter | CommitHash | End => x.text.cmp(y.text),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
     }
-    Some(ApkKey {
-        numbers,
-        letter,
-        suffixes,
-        revision,
-    })
+    Ordering::Equal
 }
 
 #[cfg(test)]
@@ -136,49 +352,117 @@ mod tests {
         }
     }
 
-    /// Debian Policy §5.6.12: epochs first, `~` before anything (even the end), letters
-    /// before non-letters, numbers numerically.
+    /// Each version below the next.
+    fn ascending(scheme: Scheme, versions: &[&str]) {
+        for w in versions.windows(2) {
+            check(scheme, &[(w[0], Less, w[1])]);
+        }
+    }
+
+    fn invalid(scheme: Scheme, versions: &[&str]) {
+        for v in versions {
+            assert!(!parses(scheme, v), "{scheme:?}: {v:?} parses");
+            assert_eq!(compare(scheme, v, "1.0"), None, "{scheme:?}: {v:?}");
+            assert_eq!(compare(scheme, "1.0", v), None, "{scheme:?}: {v:?}");
+        }
+    }
+
+    /// Debian Policy §5.6.12 and dpkg's verrevcmp: epochs first, then upstream and revision
+    /// compared as alternating non-digit and digit runs; `~` before anything (even the end),
+    /// letters before non-letters, digits numerically; no revision is revision "0".
     #[test]
     fn dpkg_order() {
+        // Policy's own example: ~~ < ~~a < ~ < (nothing) < a.
+        ascending(Scheme::Dpkg, &["1.0~~", "1.0~~a", "1.0~", "1.0", "1.0a"]);
         check(
             Scheme::Dpkg,
             &[
                 ("1.0", Less, "1.1"),
                 ("1:0.9", Greater, "2.0"),
-                ("1.0~rc1", Less, "1.0"),
-                ("1.0~~", Less, "1.0~"),
+                ("1.0-1", Equal, "0:1.0-1"),
                 ("1.0~rc1-1", Less, "1.0-1"),
                 ("3.0.11-1~deb12u2", Less, "3.0.11-1~deb12u3"),
                 ("3.0.11-1~deb12u2", Less, "3.0.11-1"),
-                ("1.0a", Greater, "1.0"),
                 ("1.0+b1", Greater, "1.0"),
                 ("2.10", Greater, "2.9"),
-                ("1.0-1", Equal, "0:1.0-1"),
+                // Letters sort before other characters, which sort by ASCII.
+                ("1.0a", Less, "1.0+"),
+                ("1.0+", Less, "1.0."),
+                // Digits compare as numbers.
+                ("1.0", Equal, "1.00"),
+                ("1.010", Equal, "1.10"),
+                ("1.0", Equal, "1.0-0"),
+                // The revision is after the last hyphen; upstream may hold hyphens.
+                ("1.0-beta-1", Greater, "1.0-1"),
+                ("2:1.0-1", Greater, "1:9.9-9"),
+                // dpkg orders what it installed even against Policy (an underscore).
+                ("1.0_1", Greater, "1.0.1"),
             ],
+        );
+        invalid(
+            Scheme::Dpkg,
+            &["", "1:", ":1.0", "a:1.0", "1.0-", "-1", "1.0 beta", "1.0\n"],
         );
     }
 
-    /// rpm's rpmvercmp: epochs, `~` sorts before everything, `^` after the base but before
-    /// the next component, numbers beat letters.
+    /// rpm's rpmvercmp (its tests/rpmvercmp.at): alphanumeric runs, numbers beat letters,
+    /// leading zeros ignored, separators all alike, `~` before everything, `^` after the
+    /// base but before any further component; then epoch:version-release.
     #[test]
     fn rpm_order() {
         check(
             Scheme::Rpm,
             &[
+                ("1.0", Equal, "1.0"),
+                ("2.0", Less, "2.0.1"),
+                ("2.0.1a", Greater, "2.0.1"),
+                ("5.5p1", Less, "5.5p2"),
+                ("5.5p10", Greater, "5.5p1"),
+                ("10xyz", Less, "10.1xyz"),
+                ("xyz10", Less, "xyz10.1"),
+                ("xyz.4", Less, "8"),
+                ("xyz.4", Less, "2"),
+                ("5.5p2", Less, "5.6p1"),
+                ("6.0.rc1", Greater, "6.0"),
+                ("10b2", Greater, "10a1"),
+                ("1.0a", Less, "1.0aa"),
+                ("10.0001", Equal, "10.1"),
+                ("10.0001", Less, "10.0039"),
+                ("4.999.9", Less, "5.0"),
+                ("20101121", Less, "20101122"),
+                ("2.0", Equal, "2_0"),
+                ("a+", Equal, "a_"),
+                ("+a", Equal, "_a"),
+                ("+", Equal, "_"),
+                ("1.0~rc1", Less, "1.0"),
+                ("1.0~rc1", Less, "1.0~rc2"),
+                ("1.0~rc1~git123", Less, "1.0~rc1"),
+                ("1.0^", Greater, "1.0"),
+                ("1.0^git1", Greater, "1.0"),
+                ("1.0^git1", Less, "1.0^git2"),
+                ("1.0^git1", Less, "1.01"),
+                ("1.0^20160101", Less, "1.0.1"),
+                ("1.0^20160102", Greater, "1.0^20160101^git1"),
+                ("1.0~rc1^git1", Greater, "1.0~rc1"),
+                ("1.0^git1~pre", Less, "1.0^git1"),
+                // Epoch, version, release.
                 ("1.0-1", Less, "1.0-2"),
                 ("1:1.0-1", Greater, "2.0-1"),
+                ("0:1.0-1", Equal, "1.0-1"),
                 ("1.0~rc1-1", Less, "1.0-1"),
-                ("1.0^git1-1", Greater, "1.0-1"),
-                ("1.0^git1-1", Less, "1.0.1-1"),
                 ("1.10-1", Greater, "1.9-1"),
-                ("1.0a-1", Less, "1.0.1-1"),
                 ("3.0.7-27.el9", Less, "3.0.7-28.el9"),
+                ("3.0.7-27.el9", Less, "3.0.7-27.el9_1"),
             ],
         );
+        invalid(Scheme::Rpm, &["", " "]);
     }
 
-    /// apk-tools' rules (its test/version.data): letters, pre- and post-release suffixes,
-    /// revisions.
+    /// apk-tools' order (src/version.c, test/unit/version.data): initial number, `.`
+    /// numbers (one with a leading zero compares as a string), one letter, suffixes
+    /// (`_alpha` < `_beta` < `_pre` < `_rc` < none < `_cvs` < `_svn` < `_git` < `_hg` <
+    /// `_p`), `~hash`, `-r` revision; a version that goes on is greater unless what follows
+    /// is a pre-release suffix.
     #[test]
     fn apk_order() {
         check(
@@ -188,51 +472,156 @@ mod tests {
                 ("1.0_alpha", Less, "1.0"),
                 ("1.0_alpha", Less, "1.0_beta"),
                 ("1.0_beta2", Less, "1.0_rc1"),
-                ("1.0_rc1", Less, "1.0_rc2"),
                 ("1.0_rc1", Less, "1.0"),
-                ("1.0", Less, "1.0_p1"),
+                ("1.0", Less, "1.0_cvs"),
+                ("1.0_cvs", Less, "1.0_svn"),
+                ("1.0_svn", Less, "1.0_git"),
+                ("1.0_git", Less, "1.0_hg"),
+                ("1.0_hg", Less, "1.0_p"),
                 ("1.0_p1", Less, "1.0_p2"),
+                ("1.0_p10-r0", Greater, "1.0_p9-r0"),
+                ("0.1.0_alpha_pre2", Less, "0.1.0_alpha"),
+                ("0.1.0_alpha", Less, "0.1.0_alpha2"),
+                ("1.3_pre1-r1", Less, "1.3.2"),
                 ("1.0a", Less, "1.0b"),
                 ("1.0", Less, "1.0a"),
+                ("1.0a", Less, "1.0.1"),
+                ("2.5.1-r8", Less, "2.5.1a-r1"),
                 ("1.0-r1", Less, "1.0-r2"),
                 ("1.0-r9", Less, "1.0-r10"),
+                ("1.2.2", Less, "1.2.2-r1"),
+                ("2.0", Less, "2.0-r0"),
+                ("22.7-r1", Less, "22.7.3-r1"),
                 ("3.3.1-r0", Less, "3.3.2-r0"),
-                ("1.2.3-r5", Less, "1.2.4-r0"),
-                ("2.0", Equal, "2.0-r0"),
+                // The initial number is a number; later ones with a leading zero are strings.
+                ("006", Greater, "1.0.0"),
+                ("1.06-r6", Less, "006"),
+                ("1.02", Less, "1.1"),
+                ("1.0", Less, "1.00"),
+                ("1.2.07.8", Less, "1.2.12.04"),
+                ("0.01", Less, "0.06"),
+                // Commit hashes, then revisions.
+                ("1.0~1234", Less, "1.0~2345"),
+                ("1.0~1234-r1", Less, "1.0~2345-r0"),
+                ("1.0~1234-r1", Greater, "1.0~1234-r0"),
+                (
+                    "1.0.0_pre20191002222144-r0",
+                    Less,
+                    "1.0.0_pre20210530193627-r0",
+                ),
+                ("20050718-r1", Less, "20050718-r2"),
             ],
         );
-        assert_eq!(compare(Scheme::Apk, "garbage", "1.0"), None);
+        invalid(
+            Scheme::Apk,
+            &[
+                "",
+                ".1",
+                "a",
+                "_pre1",
+                "-r1",
+                "0.1bc",
+                "0.1a1",
+                "0.1a.1",
+                "0.1_foobar",
+                "0.1_",
+                "0.1__alpha",
+                "0.1-r",
+                "0.1-r2-r3",
+                "0.1-r2.1",
+                "0.1-r2_pre1",
+                "0.1_pre2~",
+                "0.1-pre1.1",
+                "1.0-1",
+                "garbage",
+            ],
+        );
+        assert!(parses(Scheme::Apk, "0.1_pre2~1234abcd"));
     }
 
-    /// PEP 440: pre-releases, post-releases, dev releases, epochs, normalisation.
+    /// PEP 440's own example of the order of every kind of release, its normalisations, and
+    /// legacy (non-PEP 440) versions below all of them, ordered as setuptools did.
     #[test]
     fn pep440_order() {
+        ascending(
+            Scheme::Pep440,
+            &[
+                "1.dev0",
+                "1.0.dev456",
+                "1.0a1",
+                "1.0a2.dev456",
+                "1.0a12.dev456",
+                "1.0a12",
+                "1.0b1.dev456",
+                "1.0b2",
+                "1.0b2.post345.dev456",
+                "1.0b2.post345",
+                "1.0rc1.dev456",
+                "1.0rc1",
+                "1.0",
+                "1.0+abc.5",
+                "1.0+abc.7",
+                "1.0+5",
+                "1.0.post456.dev34",
+                "1.0.post456",
+                "1.0.15",
+                "1.1.dev1",
+            ],
+        );
         check(
             Scheme::Pep440,
             &[
-                ("1.0.dev1", Less, "1.0a1"),
-                ("1.0a1", Less, "1.0b1"),
-                ("1.0b1", Less, "1.0rc1"),
-                ("1.0rc1", Less, "1.0"),
-                ("1.0", Less, "1.0.post1"),
                 ("1!0.5", Greater, "2.0"),
                 ("1.0", Equal, "1.0.0"),
                 ("2.31.0", Greater, "2.4.0"),
                 ("1.0RC1", Equal, "1.0rc1"),
+                ("1.0c1", Equal, "1.0rc1"),
+                ("1.0alpha1", Equal, "1.0a1"),
+                ("1.0-1", Equal, "1.0.post1"),
+                ("v1.0", Equal, "1.0"),
+                // Legacy versions: below every PEP 440 one, numbers padded, trailing zeros
+                // dropped, `dev` before everything.
+                ("1.0-SNAPSHOT", Less, "0.0.1"),
+                ("foobar", Less, "0"),
+                ("1.0-SNAPSHOT", Less, "1.0.1-SNAPSHOT"),
+                ("1.9-foo", Less, "1.10-foo"),
+                ("1.0.0-foo", Equal, "1-foo"),
+                ("1.0.dev-foo", Less, "1.0-foo"),
             ],
         );
+        assert!(parses(Scheme::Pep440, "1.0-SNAPSHOT"), "legacy");
+        invalid(Scheme::Pep440, &["", "  "]);
     }
 
+    /// SemVer 2.0 §11: the spec's precedence chain; build metadata does not order.
     #[test]
     fn semver_order() {
+        ascending(
+            Scheme::Semver,
+            &[
+                "1.0.0-alpha",
+                "1.0.0-alpha.1",
+                "1.0.0-alpha.beta",
+                "1.0.0-beta",
+                "1.0.0-beta.2",
+                "1.0.0-beta.11",
+                "1.0.0-rc.1",
+                "1.0.0",
+                "2.0.0",
+                "2.1.0",
+                "2.1.1",
+            ],
+        );
         check(
             Scheme::Semver,
             &[
-                ("1.0.0-alpha", Less, "1.0.0"),
-                ("1.0.0-alpha.1", Less, "1.0.0-alpha.beta"),
+                ("1.0.0+build.1", Equal, "1.0.0+build.2"),
+                ("1.0.0-alpha+001", Equal, "1.0.0-alpha"),
+                ("1.0.0+20130313144700", Equal, "1.0.0"),
                 ("1.2", Equal, "1.2.0"),
                 ("v2.0.0", Greater, "1.9.9"),
             ],
         );
+        invalid(Scheme::Semver, &["", "01.0.0", "1.0.0-01", "1.2.3.4", "x"]);
     }
 }
