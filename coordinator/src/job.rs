@@ -55,7 +55,8 @@ pub struct MirrorSpec {
 pub struct JobReport {
     pub results: Vec<(ImageJob, ImageResult)>,
     pub stats: Stats,
-    pub unique_blobs: usize,
+    /// The run's blobs, each unique digest counted once.
+    pub blobs: crate::tracker::BlobSummary,
     pub elapsed: Duration,
     /// Copied images with their plans, in the order they finished.
     pub completed: Vec<(ImageJob, ImagePlan)>,
@@ -82,6 +83,10 @@ impl Observer for LogObserver<'_> {
             && let Ok(mut snap) = w.lock()
         {
             match result {
+                ImageResult::Copied {
+                    already_present: true,
+                    ..
+                } => snap.present += 1,
                 ImageResult::Copied { .. } => snap.copied += 1,
                 ImageResult::Skipped(_) => snap.skipped += 1,
                 ImageResult::Failed(_) => {
@@ -92,7 +97,17 @@ impl Observer for LogObserver<'_> {
         }
         let n = Some(job.entry.index);
         match result {
-            ImageResult::Copied { digest, preserved } => {
+            ImageResult::Copied {
+                digest: Some(d),
+                already_present: true,
+                ..
+            } => self.console.info(
+                n,
+                format!("Already present: [{}] == [{}] ({d})", job.source, job.dest),
+            ),
+            ImageResult::Copied {
+                digest, preserved, ..
+            } => {
                 let detail = match digest {
                     Some(d) if *preserved => format!(" ({d}, source digest preserved)"),
                     Some(d) => format!(" ({d})"),
@@ -154,6 +169,9 @@ pub struct JobSnapshot {
     pub copied: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Images the destination already held exactly (a re-run's no-ops), not copied.
+    #[serde(default)]
+    pub present: usize,
     pub bytes_copied: u64,
     /// Blob tasks by what they did; `from_cache` + `mounted` + `present` are upstream
     /// fetches saved.
@@ -177,6 +195,13 @@ pub struct JobSnapshot {
     /// an ETA.
     #[serde(default)]
     pub started: u64,
+}
+
+impl JobSnapshot {
+    /// Images finished, whichever way.
+    pub fn done(&self) -> usize {
+        self.copied + self.present + self.failed + self.skipped
+    }
 }
 
 /// `run` names this execution of the job: task message ids and the event subject carry
@@ -415,7 +440,7 @@ pub async fn run_mirror(
         .results()
         .filter_map(|(job, r)| r.map(|r| (job.clone(), r.clone())))
         .collect();
-    let unique_blobs = tracker.unique_blobs();
+    let blobs = tracker.blob_summary();
     let completed = tracker
         .completed()
         .map(|(j, p)| (j.clone(), p.clone()))
@@ -431,7 +456,7 @@ pub async fn run_mirror(
     Ok(JobReport {
         results,
         stats: tracker.stats.clone(),
-        unique_blobs,
+        blobs,
         elapsed: started.elapsed(),
         completed,
         scans,

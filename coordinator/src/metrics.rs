@@ -66,7 +66,10 @@ impl Metrics {
             self.images
                 .with_label_values(&["skipped"])
                 .add(s.skipped as i64);
-            let pending = s.total.saturating_sub(s.copied + s.failed + s.skipped);
+            self.images
+                .with_label_values(&["present"])
+                .add(s.present as i64);
+            let pending = s.total.saturating_sub(s.done());
             self.images
                 .with_label_values(&["pending"])
                 .add(pending as i64);

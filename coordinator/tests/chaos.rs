@@ -501,3 +501,61 @@ async fn a_frozen_worker_holding_leases_does_not_stall_the_job() {
     );
     drop(frozen);
 }
+
+/// `submit --nats` (the coordinator in the submitting process) rides out a NATS restart:
+/// its publishes are retried, its event consumer resumes, and the job ends with every image.
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_nats_outlives_a_nats_restart() {
+    let env = Env::new();
+    let mut nats = NatsProcess::start().expect("nats-server");
+    let (lines, proxy) = slow_source(&env, 4, 1_500_000).await;
+    let list = env.write_list("list.txt", &lines);
+    let _workers: Vec<Proc> = (0..2)
+        .map(|i| {
+            fleet::worker(
+                &nats.url(),
+                &env.path(&format!("w{i}.log")),
+                &["--ack-wait", "5s"],
+                &[],
+            )
+        })
+        .collect();
+    let mut submit = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "submit",
+            list.to_str().unwrap(),
+            "--nats",
+            &nats.url(),
+            "-d",
+            &env.dst.addr,
+            "--tls-verify=false",
+            "-j",
+            "2",
+            "-o",
+            env.path("failed.txt").to_str().unwrap(),
+        ])
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .stdout(std::fs::File::create(env.path("submit.log")).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("submit");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.restart(Duration::from_secs(1)).expect("nats restart");
+    let restarted = Instant::now();
+    let status = loop {
+        if let Some(s) = submit.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(120),
+            "submit still runs two minutes after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(env.path("submit.log")).unwrap_or_default()
+    );
+    digests_match(&env, &lines, &proxy.addr);
+}

@@ -15,13 +15,12 @@ use hangar_shared::manifest::{Manifest, PlatformFilter};
 use hangar_shared::registry::Side;
 use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::StoreRef;
-use indicatif::HumanBytes;
 
 use crate::cli::LoadArgs;
 use crate::console::Console;
 use crate::job::{self, Backend, MirrorSpec};
 use crate::planner::ImageJob;
-use crate::tracker::{Ends, ImageResult};
+use crate::tracker::Ends;
 
 struct Selected {
     jobs: Vec<ImageJob>,
@@ -249,23 +248,8 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
     }
     let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
     let mut failed = selected.failed;
-    let mut ok = 0;
-    for (job, result) in &report.results {
-        match result {
-            ImageResult::Copied { .. } => ok += 1,
-            ImageResult::Failed(_) => failed.push(job.entry.original.clone()),
-            ImageResult::Skipped(_) => {}
-        }
-    }
-    console.info(
-        None,
-        format!(
-            "Images: {ok} loaded, {} failed; {} copied in {:.1}s",
-            failed.len(),
-            HumanBytes(report.stats.bytes_copied),
-            report.elapsed.as_secs_f64()
-        ),
-    );
+    let more = super::summarise(&console, &report, "loaded", failed.len());
+    failed.extend(more);
     super::finish(&console, &args.failed, &failed, "copy")
 }
 
@@ -326,10 +310,12 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
             }
         })
         .buffer_unordered(selected.jobs_at_once.max(4));
+    let mut passed = 0;
     while let Some((job, check)) = results.next().await {
         let n = Some(job.entry.index);
         match check {
             Ok(problems) if problems.is_empty() => {
+                passed += 1;
                 console.info(n, format!("PASS: [{}] == [{}]", job.source, job.dest))
             }
             Ok(problems) => {
@@ -356,5 +342,6 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
             }
         }
     }
+    super::verdicts(&console, passed, failed.len(), 0);
     super::finish(&console, &args.failed, &failed, "validate")
 }

@@ -11,13 +11,11 @@ use hangar_shared::manifest::PlatformFilter;
 use hangar_shared::queue::jetstream::{self, NatsOptions};
 use hangar_shared::reference::{DEFAULT_REGISTRY, ImageRef};
 use hangar_shared::retry::RetryPolicy;
-use indicatif::HumanBytes;
 
 use crate::cli::MirrorArgs;
 use crate::console::Console;
 use crate::job::{self, Backend, MirrorSpec};
 use crate::planner::ImageJob;
-use crate::tracker::ImageResult;
 
 pub struct Prepared {
     pub images: Vec<ImageJob>,
@@ -234,32 +232,9 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         super::scan::report_job(&report, db, &args.scan_report, false, &console)?;
     }
 
-    let (mut ok, mut skipped) = (0, 0);
     let mut failed_lines = super::report_rejected(&console, &prepared_rejected, "copy");
-    for (job, result) in &report.results {
-        match result {
-            ImageResult::Copied { .. } => ok += 1,
-            ImageResult::Skipped(_) => skipped += 1,
-            ImageResult::Failed(_) => failed_lines.push(job.entry.original.clone()),
-        }
-    }
-    let s = &report.stats;
-    console.info(
-        None,
-        format!(
-            "Images: {ok} copied, {} failed, {skipped} skipped; blobs: {} unique, {} copied ({} from the cache), {} mounted, \
-             {} already present; {} copied in {:.1}s, {} saved by dedup and mounts",
-            failed_lines.len(),
-            report.unique_blobs,
-            s.blobs_copied,
-            s.blobs_from_cache,
-            s.blobs_mounted,
-            s.blobs_present,
-            HumanBytes(s.bytes_copied),
-            report.elapsed.as_secs_f64(),
-            HumanBytes(s.bytes_naive.saturating_sub(s.bytes_copied)),
-        ),
-    );
+    let more = super::summarise(&console, &report, "copied", failed_lines.len());
+    failed_lines.extend(more);
     super::finish(&console, &args.failed, &failed_lines, "copy")
 }
 

@@ -129,6 +129,69 @@ pub async fn rate_gate(
     })
 }
 
+/// The summary of a copy (mirror, load, and the gathering of save and sync): images by
+/// outcome — an image the destination already held is "already present", never "copied" —
+/// and the blobs, each unique digest once by the most work it needed, so that the parts add
+/// up to the whole. Returns the images that failed, by their list lines.
+pub fn summarise(
+    console: &crate::console::Console,
+    report: &crate::job::JobReport,
+    done_word: &str,
+    failed_before: usize,
+) -> Vec<String> {
+    use crate::tracker::ImageResult;
+    let (mut done, mut present, mut skipped) = (0usize, 0usize, 0usize);
+    let mut failed = Vec::new();
+    for (job, result) in &report.results {
+        match result {
+            ImageResult::Copied {
+                already_present: true,
+                ..
+            } => present += 1,
+            ImageResult::Copied { .. } => done += 1,
+            ImageResult::Skipped(_) => skipped += 1,
+            ImageResult::Failed(_) => failed.push(job.entry.original.clone()),
+        }
+    }
+    let b = &report.blobs;
+    console.info(
+        None,
+        format!(
+            "Images: {done} {done_word}, {present} already present, {} failed, {skipped} skipped",
+            failed_before + failed.len()
+        ),
+    );
+    let extra = if b.extra_mounts > 0 {
+        format!(" (and {} mounts into further repositories)", b.extra_mounts)
+    } else {
+        String::new()
+    };
+    console.info(
+        None,
+        format!(
+            "Blobs: {} unique = {} copied + {} from the cache + {} mounted + {} already present{extra}; \
+             {} copied in {:.1}s, {} saved by dedup and mounts",
+            b.unique,
+            b.copied,
+            b.from_cache,
+            b.mounted,
+            b.present,
+            indicatif::HumanBytes(report.stats.bytes_copied),
+            report.elapsed.as_secs_f64(),
+            indicatif::HumanBytes(b.saved_bytes),
+        ),
+    );
+    failed
+}
+
+/// The count a validate command ends with, before its failed list.
+pub fn verdicts(console: &crate::console::Console, passed: usize, failed: usize, skipped: usize) {
+    console.info(
+        None,
+        format!("Validated: {passed} passed, {failed} failed, {skipped} skipped"),
+    );
+}
+
 /// Runs a one-shot command under its `--timeout`: a registry that answers a byte at a
 /// time cannot hold it.
 pub async fn within<T>(

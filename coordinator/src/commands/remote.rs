@@ -217,7 +217,7 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     console.info(None, format!("Job {id} submitted to {server}"));
     let mut shown = 0;
     let snap = follow(&http, &format!("{url}/{id}"), outage, &console, |snap| {
-        let done = snap.copied + snap.failed + snap.skipped;
+        let done = snap.done();
         if done != shown {
             console.info(
                 None,
@@ -230,8 +230,9 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     console.info(
         None,
         format!(
-            "Images: {} copied, {} failed, {} skipped; {} copied; job {}",
+            "Images: {} copied, {} already present, {} failed, {} skipped; {} copied; job {}",
             snap.copied,
+            snap.present,
             snap.failed,
             snap.skipped,
             HumanBytes(snap.bytes_copied),
@@ -285,7 +286,7 @@ pub async fn status(args: &crate::cli::StatusArgs, console: &Console) -> Result<
                     None,
                     format!(
                         "job {id}: {}/{} images done ({} failed), {}",
-                        s.copied + s.failed + s.skipped,
+                        s.done(),
                         s.total,
                         s.failed,
                         s.state

@@ -28,7 +28,6 @@ use crate::cli::{ArchiveListArgs, MirrorArgs, SaveArgs, SyncArgs};
 use crate::console::Console;
 use crate::job::{self, Backend};
 use crate::planner::{self, ImageJob};
-use crate::tracker::ImageResult;
 
 /// A cache directory that exists for one command and is removed with it.
 struct TempCache(PathBuf);
@@ -219,11 +218,8 @@ async fn gather(
         None => None,
     };
     let mut failed = super::report_rejected(&console, &rejected, "save");
-    for (job, result) in &report.results {
-        if let ImageResult::Failed(_) = result {
-            failed.push(job.entry.original.clone());
-        }
-    }
+    let more = super::summarise(&console, &report, "saved", failed.len());
+    failed.extend(more);
     let images = report
         .completed
         .iter()
@@ -523,17 +519,21 @@ pub async fn validate(
         })
         .buffer_unordered(prepared.jobs.max(4));
     let label = archive.to_owned();
+    let (mut passed, mut skipped) = (0, 0);
     while let Some((job, selection)) = results.next().await {
         let n = Some(job.entry.index);
         match selection {
-            Ok(sel) if !sel.entries.iter().any(|e| !e.is_attestation()) => console.warn(
-                n,
-                format!(
-                    "Skip validate image [{}]: {}",
-                    job.source,
-                    planner::NO_PLATFORM
-                ),
-            ),
+            Ok(sel) if !sel.entries.iter().any(|e| !e.is_attestation()) => {
+                skipped += 1;
+                console.warn(
+                    n,
+                    format!(
+                        "Skip validate image [{}]: {}",
+                        job.source,
+                        planner::NO_PLATFORM
+                    ),
+                )
+            }
             Ok(sel) => {
                 let missing: Vec<String> = sel
                     .entries
@@ -542,6 +542,7 @@ pub async fn validate(
                     .map(|e| e.digest.to_string())
                     .collect();
                 if missing.is_empty() {
+                    passed += 1;
                     console.info(n, format!("PASS: [{}] == [{label}]", job.source));
                 } else {
                     console.error(
@@ -565,5 +566,6 @@ pub async fn validate(
         }
     }
     let failed_file = list.failed.clone().unwrap_or_else(|| default_failed.into());
+    super::verdicts(&console, passed, failed.len(), skipped);
     super::finish(&console, &failed_file, &failed, "validate")
 }

@@ -23,7 +23,7 @@ fn timing(s: &JobSnapshot, now: u64) -> (String, String) {
         return ("-".into(), "-".into());
     }
     let elapsed = now.saturating_sub(s.started);
-    let done = (s.copied + s.failed + s.skipped) as u64;
+    let done = s.done() as u64;
     let eta = match s.state.as_str() {
         "running" if done > 0 && (s.total as u64) > done => {
             clock(elapsed * (s.total as u64 - done) / done)
@@ -46,7 +46,7 @@ pub fn jobs(snapshots: &[JobSnapshot], now: u64) -> String {
             "{:<28} {:<10} {:>9} {:>6} {:>11} {:>8} {:>8}",
             s.id,
             s.state,
-            format!("{}/{}", s.copied + s.failed + s.skipped, s.total),
+            format!("{}/{}", s.done(), s.total),
             s.failed,
             HumanBytes(s.bytes_copied).to_string(),
             elapsed,

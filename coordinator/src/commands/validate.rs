@@ -91,16 +91,21 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
             }
         })
         .buffer_unordered(prepared.jobs.max(4));
+    let (mut passed, mut skipped) = (0, 0);
     while let Some((job, verdict)) = results.next().await {
         let n = Some(job.entry.index);
         match verdict {
             Ok(Verdict::Pass) => {
+                passed += 1;
                 console.info(n, format!("PASS: [{}] == [{}]", job.source, job.dest))
             }
-            Ok(Verdict::Skip) => console.warn(
-                n,
-                format!("Skip validate image [{}]: {NO_PLATFORM}", job.source),
-            ),
+            Ok(Verdict::Skip) => {
+                skipped += 1;
+                console.warn(
+                    n,
+                    format!("Skip validate image [{}]: {NO_PLATFORM}", job.source),
+                )
+            }
             Ok(Verdict::Fail(why)) => {
                 console.error(
                     n,
@@ -125,5 +130,6 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
             }
         }
     }
+    super::verdicts(&console, passed, failed.len(), skipped);
     super::finish(&console, &args.failed, &failed, "validate")
 }

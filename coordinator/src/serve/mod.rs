@@ -218,11 +218,13 @@ impl Server {
                     let Ok(mut s) = watch.lock() else { return };
                     match outcome {
                         Ok(report) => {
+                            // The figures the command line's summary gives.
                             s.bytes_copied = report.stats.bytes_copied;
-                            s.blobs_copied = report.stats.blobs_copied;
-                            s.blobs_from_cache = report.stats.blobs_from_cache;
-                            s.blobs_mounted = report.stats.blobs_mounted;
-                            s.blobs_present = report.stats.blobs_present;
+                            s.blobs_copied = report.blobs.copied;
+                            s.blobs_from_cache = report.blobs.from_cache;
+                            // Every mount, into further repositories too: each saved a fetch.
+                            s.blobs_mounted = report.blobs.mounted + report.blobs.extra_mounts;
+                            s.blobs_present = report.blobs.present;
                             s.state = if s.failed == 0 { "succeeded" } else { "failed" }.into();
                         }
                         Err(e) => {

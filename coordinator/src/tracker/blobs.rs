@@ -36,6 +36,80 @@ pub(super) struct BlobState {
     error: Option<Error>,
     /// (image, platform) pairs waiting for this blob.
     waiters: Vec<(usize, usize)>,
+    /// How it got there, once it did.
+    handled: Option<Handling>,
+}
+
+/// How a blob reached its destination repository, least work first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Handling {
+    Present,
+    Mounted,
+    FromCache,
+    Copied,
+}
+
+/// The run's blobs as the summary counts them: each unique digest once, by the most work
+/// any destination needed for it, so the parts add up to the whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobSummary {
+    pub unique: u64,
+    /// Fetched from their source.
+    pub copied: u64,
+    /// Served from the blob cache instead of the source.
+    pub from_cache: u64,
+    /// Mounted from a repository of the destination registry, nothing transferred.
+    pub mounted: u64,
+    /// Already in every destination repository that needed them.
+    pub present: u64,
+    /// Mounts into further repositories of a digest counted above.
+    pub extra_mounts: u64,
+    /// Bytes an image-by-image copier would have moved (each image's blobs once, those
+    /// already at the destination left out) and were not, thanks to dedup and mounts.
+    pub saved_bytes: u64,
+}
+
+impl Tracker {
+    pub fn blob_summary(&self) -> BlobSummary {
+        let mut best: std::collections::HashMap<&Digest, Handling> = Default::default();
+        let mut mount_keys = 0u64;
+        for ((_, digest), state) in &self.blobs {
+            let Some(h) = state.handled else { continue };
+            if h == Handling::Mounted {
+                mount_keys += 1;
+            }
+            let e = best.entry(digest).or_insert(h);
+            *e = (*e).max(h);
+        }
+        let mut s = BlobSummary {
+            unique: best.len() as u64,
+            ..Default::default()
+        };
+        for h in best.values() {
+            match h {
+                Handling::Present => s.present += 1,
+                Handling::Mounted => s.mounted += 1,
+                Handling::FromCache => s.from_cache += 1,
+                Handling::Copied => s.copied += 1,
+            }
+        }
+        s.extra_mounts = mount_keys.saturating_sub(s.mounted);
+        let mut needed = 0u64;
+        for (i, image) in self.images.iter().enumerate() {
+            let Some(plan) = &image.plan else { continue };
+            let repo = self.dest_repo(i);
+            let mut seen = std::collections::HashSet::new();
+            for desc in plan.platforms.iter().flat_map(|p| p.blobs.iter()) {
+                let key = (repo.clone(), desc.digest.clone());
+                let handled = self.blobs.get(&key).and_then(|b| b.handled);
+                if seen.insert(&desc.digest) && handled.is_some_and(|h| h != Handling::Present) {
+                    needed += desc.size;
+                }
+            }
+        }
+        s.saved_bytes = needed.saturating_sub(self.stats.bytes_copied);
+        s
+    }
 }
 
 /// One digest on one destination registry: where it is already, whether a copy of it is
@@ -90,6 +164,7 @@ impl Tracker {
                                 status: BlobStatus::Waiting,
                                 error: None,
                                 waiters: vec![(image, p)],
+                                handled: None,
                             },
                         );
                         self.images[image].pending_blobs[p] += 1;
@@ -138,16 +213,30 @@ impl Tracker {
     }
 
     pub(super) async fn blob_done(&mut self, key: BlobKey, outcome: Option<Outcome>) -> Result<()> {
-        match &outcome {
+        let handled = match &outcome {
             Some(Outcome::BlobCopied { bytes, cached }) => {
                 self.stats.blobs_copied += 1;
                 if *cached {
                     self.stats.blobs_from_cache += 1;
                 }
                 self.stats.bytes_copied += bytes;
+                if *cached {
+                    Handling::FromCache
+                } else {
+                    Handling::Copied
+                }
             }
-            Some(Outcome::BlobMounted { .. }) => self.stats.blobs_mounted += 1,
-            _ => self.stats.blobs_present += 1,
+            Some(Outcome::BlobMounted { .. }) => {
+                self.stats.blobs_mounted += 1;
+                Handling::Mounted
+            }
+            _ => {
+                self.stats.blobs_present += 1;
+                Handling::Present
+            }
+        };
+        if let Some(b) = self.blobs.get_mut(&key) {
+            b.handled = Some(b.handled.map_or(handled, |h| h.max(handled)));
         }
         let waiters = match self.blobs.get_mut(&key) {
             Some(b) => {

@@ -25,6 +25,7 @@ use hangar_shared::store::{RepoRef, StoreRef};
 use hangar_shared::task::{Event, EventKind, JobId, Task, TaskEnvelope, TaskId};
 
 use crate::planner::{ImageJob, ImagePlan, Planned};
+pub use blobs::BlobSummary;
 use blobs::{BlobKey, BlobState, Group};
 
 #[derive(Debug, Clone)]
@@ -32,6 +33,8 @@ pub enum ImageResult {
     Copied {
         digest: Option<Digest>,
         preserved: bool,
+        /// The destination tag already held exactly this: nothing of the image was new.
+        already_present: bool,
     },
     Skipped(String),
     Failed(Error),
@@ -175,6 +178,7 @@ impl Tracker {
         self.unfinished == 0
     }
 
+    #[cfg(test)]
     pub fn unique_blobs(&self) -> usize {
         let mut digests: Vec<&Digest> = self.blobs.keys().map(|(_, d)| d).collect();
         digests.sort();

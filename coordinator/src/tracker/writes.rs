@@ -110,6 +110,7 @@ impl Tracker {
                 ImageResult::Copied {
                     digest: None,
                     preserved: true,
+                    already_present: false,
                 },
                 obs,
             );
@@ -147,6 +148,7 @@ impl Tracker {
                     ImageResult::Copied {
                         digest,
                         preserved: true,
+                        already_present: false,
                     },
                     obs,
                 );
@@ -169,6 +171,7 @@ impl Tracker {
             Some(Outcome::IndexPushed { digest, preserved }) => ImageResult::Copied {
                 digest: Some(digest),
                 preserved,
+                already_present: false,
             },
             Some(Outcome::IndexUnchanged { digest }) => {
                 let preserved = matches!(
@@ -178,6 +181,7 @@ impl Tracker {
                 ImageResult::Copied {
                     digest: Some(digest),
                     preserved,
+                    already_present: true,
                 }
             }
             _ => {
@@ -188,6 +192,7 @@ impl Tracker {
                 ImageResult::Copied {
                     digest,
                     preserved: true,
+                    already_present: false,
                 }
             }
         };
@@ -270,7 +275,7 @@ mod tests {
         .await;
         assert!(matches!(
             &h.finished.0[0].1,
-            ImageResult::Copied { digest: Some(d), preserved: false } if *d == digest
+            ImageResult::Copied { digest: Some(d), preserved: false, .. } if *d == digest
         ));
         assert_eq!(h.tracker.completed_count(), 1);
     }
@@ -372,7 +377,7 @@ mod tests {
         h.settle().await;
         assert!(matches!(
             &h.finished.0[0].1,
-            ImageResult::Copied { digest: Some(d), preserved: true } if *d == digest
+            ImageResult::Copied { digest: Some(d), preserved: true, .. } if *d == digest
         ));
     }
 

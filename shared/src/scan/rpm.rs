@@ -284,6 +284,44 @@ fn read_sqlite(
 }
 
 #[cfg(test)]
+mod header_properties {
+    use proptest::prelude::*;
+
+    fn be(n: u32) -> [u8; 4] {
+        n.to_be_bytes()
+    }
+
+    proptest! {
+        /// Any bytes, and headers whose counts, kinds and offsets are arbitrary: parsed or
+        /// refused, never a panic, and every string read lies inside the blob.
+        #[test]
+        fn rpm_headers_parse_or_are_refused(
+            noise in proptest::collection::vec(any::<u8>(), 0..512),
+            entries in proptest::collection::vec((any::<u32>(), 0u32..12, any::<u16>()), 0..8),
+            data in proptest::collection::vec(any::<u8>(), 0..256),
+            claimed in proptest::option::of(any::<u32>()),
+        ) {
+            let _ = super::header(&noise);
+            let mut blob = Vec::new();
+            blob.extend(be(claimed.unwrap_or(entries.len() as u32)));
+            blob.extend(be(data.len() as u32));
+            for (tag, kind, offset) in &entries {
+                blob.extend(be(*tag));
+                blob.extend(be(*kind));
+                blob.extend(be(u32::from(*offset)));
+                blob.extend(be(1));
+            }
+            blob.extend(&data);
+            if let Some(tags) = super::header(&blob) {
+                for (_, value) in tags {
+                    prop_assert!(value.len() <= blob.len());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
