@@ -320,6 +320,24 @@ pub async fn run_mirror(
                 // a time cannot hold the job.
                 let bound = task_timeout;
                 let planning = async move {
+                    // ── Signature policy (policy.json, issue 14): the source must satisfy
+                    // it before anything of the image is planned, so nothing is copied.
+                    let allowed = match crate::commands::signature_policy() {
+                        Ok(None) => Ok(()),
+                        Ok(Some(policy)) if archive.is_some() && job.archived.is_some() => {
+                            policy.check_archived(&job.source)
+                        }
+                        Ok(Some(policy)) => match pool.registry(&job.source.registry).await {
+                            Ok(store) => policy.check(store.as_ref(), &job.source).await,
+                            // Unreachable: reported as such below.
+                            Err(_) => Ok(()),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = allowed {
+                        return (i, Err(e));
+                    }
+                    // ── end of the signature policy check.
                     if let (Some(archive), Some(image)) = (&archive, &job.archived) {
                         let planned =
                             planner::plan_archive(archive, image, &job, &filter, provenance).await;

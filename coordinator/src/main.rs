@@ -108,6 +108,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Result<()> {
     commands::set_cert_dir(cli.cert_dir.clone());
+    commands::set_policy(cli.insecure_policy);
     if cli.version {
         println!("{}", version_line());
         return Ok(());
@@ -198,9 +199,12 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
         }
         Command::Status(a) => commands::remote::status(&a, &console).await,
         Command::Cancel(a) => commands::remote::cancel(&a.server, &a.api, &a.job).await,
-        Command::Inspect(a) => {
-            commands::within(&a.timeout, commands::inspect::run(&a, &console)).await
-        }
+        Command::Inspect(a) => match &a.list {
+            Some(cli::InspectSub::List(l)) => {
+                commands::inspect_list::run(l, cli.debug, &console).await
+            }
+            None => commands::within(&a.timeout, commands::inspect::run(&a, &console)).await,
+        },
         Command::ListTags(a) => {
             commands::within(&a.timeout, commands::list_tags::run(&a, &console)).await
         }

@@ -27,7 +27,8 @@ pub struct Cli {
     /// Debug log level (also forces --jobs 1, as in Hangar).
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Accepted for Hangar compatibility; signature policies are not evaluated.
+    /// Do not evaluate the signature policy (policy.json): accept every image, as
+    /// Hangar's in-memory "insecureAcceptAnything" policy.
     #[arg(long, global = true)]
     pub insecure_policy: bool,
     /// Print `-` instead of the time in log lines.
@@ -80,8 +81,12 @@ pub enum Command {
     Sign(Box<SignCmd>),
     /// Scan the images of a list for vulnerabilities (offline, OSV data).
     Scan(Box<ScanArgs>),
-    /// Print a manifest, a config or a summary of an image.
-    #[command(visible_alias = "i")]
+    /// Print a manifest, a config or a summary of an image; `inspect list` reports on a list.
+    #[command(
+        visible_alias = "i",
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true
+    )]
     Inspect(InspectArgs),
     /// List the tags of a repository as JSON.
     ListTags(RepoArgs),

@@ -1,15 +1,20 @@
-//! Single-registry commands: `inspect`, `list-tags`, `delete`, `merge-manifest`, `login`,
-//! `logout`.
+//! Single-registry commands: `inspect` (and `inspect list`), `list-tags`, `delete`,
+//! `merge-manifest`, `login`, `logout`.
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use super::{RegistryArgs, VerifyingRegistryArgs};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
+    #[command(subcommand)]
+    pub list: Option<InspectSub>,
     /// Image reference (`docker://` is assumed when no transport is given).
+    // Required unless `list` is given; the hidden empty default only lets `inspect list`
+    // parse without one (a default never satisfies `required`).
+    #[arg(required = true, default_value = "", hide_default_value = true)]
     pub reference: String,
     /// Print the raw manifest as served.
     #[arg(long)]
@@ -32,6 +37,51 @@ pub struct InspectArgs {
     /// 10m, 90s.
     #[arg(long = "timeout", default_value = "10m")]
     pub timeout: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InspectSub {
+    /// Inspect the images of a list: report their platforms and digests.
+    List(InspectListArgs),
+}
+
+/// `inspect list -f LIST`, Hangar's flags and defaults.
+#[derive(Args, Debug)]
+pub struct InspectListArgs {
+    /// Image list (default format).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Report file (default: inspect-report.FORMAT).
+    #[arg(short = 'r', long = "report")]
+    pub report: Option<PathBuf>,
+    /// Report format: txt, json, yaml or csv (anything else: txt).
+    #[arg(long = "format", default_value = "txt")]
+    pub format: String,
+    /// Override the registry of every line.
+    #[arg(long = "registry", default_value = "")]
+    pub registry: String,
+    /// Override the project of every line.
+    #[arg(long = "project", default_value = "")]
+    pub project: String,
+    /// Images inspected at once (1-20).
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
+    pub jobs: i64,
+    /// Bound on one image (0: none), e.g. 10m, 90s.
+    #[arg(long = "timeout", default_value = "10m")]
+    pub timeout: String,
+    /// File that receives the lines that failed.
+    #[arg(short = 'o', long = "failed", default_value = "inspect-failed.txt")]
+    pub failed: PathBuf,
+    #[command(flatten)]
+    pub access: VerifyingRegistryArgs,
+    /// Overwrite an existing report without asking.
+    #[arg(short = 'y', long = "auto-yes")]
+    pub yes: bool,
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,7 @@ pub mod convert_list;
 pub mod delete;
 pub mod harbor;
 pub mod inspect;
+pub mod inspect_list;
 pub mod list_tags;
 pub mod load;
 pub mod login;
@@ -85,6 +86,25 @@ pub fn set_cert_dir(dir: Option<std::path::PathBuf>) {
 
 pub fn cert_dir() -> Option<std::path::PathBuf> {
     CERT_DIR.get().cloned()
+}
+
+/// `--insecure-policy`, a global flag: with it no `policy.json` is read and every image is
+/// accepted, as Hangar's in-memory `insecureAcceptAnything`. Set by `main`.
+static INSECURE_POLICY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_policy(insecure: bool) {
+    INSECURE_POLICY.store(insecure, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The signature policy each image's source is checked against while it is planned:
+/// `None` with `--insecure-policy`, or when neither `~/.config/containers/policy.json` nor
+/// `/etc/containers/policy.json` exists (then everything is accepted). Read afresh for
+/// each image, as containers/image reads it for each copy.
+pub fn signature_policy() -> hangar_shared::Result<Option<hangar_shared::policy::Policy>> {
+    if INSECURE_POLICY.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(None);
+    }
+    hangar_shared::policy::Policy::load_default()
 }
 
 /// A pool for a command's registry requests, under `rate`'s limits (see [`rate_gate`]).
