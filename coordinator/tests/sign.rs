@@ -237,6 +237,11 @@ async fn sign_validate_tamper_other_key_unsigned_and_no_duplicates() {
     let out = validate(&env, &signed_list, &public, &[]);
     assert!(out.status.success(), "validate: {}", text(&out));
     assert!(text(&out).contains("PASS"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Validated: ") && text(&out).contains(" passed, 0 failed"),
+        "{}",
+        text(&out)
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.path("report.json")).expect("report"))
             .expect("json");

@@ -277,6 +277,7 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
         })
         .buffer_unordered(t.jobs);
     let mut rows: Vec<Row> = Vec::new();
+    let (mut passed, mut unsigned_images) = (0, 0);
     while let Some((target, result)) = results.next().await {
         let n = Some(target.entry.index);
         let reference = target.image.to_string();
@@ -313,7 +314,10 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
                     });
                 }
                 if bad.is_empty() {
-                    if !unsigned {
+                    if unsigned {
+                        unsigned_images += 1;
+                    } else {
+                        passed += 1;
                         console.info(n, format!("PASS: [{reference}]"));
                     }
                 } else {
@@ -340,6 +344,8 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
         .failed
         .clone()
         .unwrap_or_else(|| "sign-failed.txt".into());
+    // Unsigned images are warned about, not failed (as Hangar): counted as skipped.
+    super::verdicts(&console, passed, failed.len(), unsigned_images);
     super::finish(&console, &failed_file, &failed, "validate")
 }
 
