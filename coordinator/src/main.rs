@@ -205,6 +205,13 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             }
             None => commands::within(&a.timeout, commands::inspect::run(&a, &console)).await,
         },
+        Command::View(v) => {
+            let (a, kind) = match &v {
+                cli::ViewCmd::Provenance(a) => (a, commands::view::Kind::Provenance),
+                cli::ViewCmd::Sbom(a) => (a, commands::view::Kind::Sbom),
+            };
+            commands::within(&a.timeout, commands::view::run(a, kind, &console)).await
+        }
         Command::ListTags(a) => {
             commands::within(&a.timeout, commands::list_tags::run(&a, &console)).await
         }

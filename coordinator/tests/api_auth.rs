@@ -6,19 +6,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::{Env, hangar, index_digests, seed_shared_repos, sha, skopeo_raw, text};
 use hangar_loadtest::services::{NatsProcess, free_port, wait_for_port};
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::fleet::Killed;
 
 /// A CA and a server certificate for 127.0.0.1, as PEM files: (ca, cert, key).
 fn server_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {

@@ -11,25 +11,8 @@ use futures_util::StreamExt;
 use hangar_loadtest::services::{NatsProcess, RegistryConfig, RegistryProcess};
 
 /// A `hangar-worker` process, killed when dropped.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn worker_binary() -> PathBuf {
-    let coord = PathBuf::from(env!("CARGO_BIN_EXE_hangar-coord"));
-    let worker = coord.with_file_name("hangar-worker");
-    assert!(
-        worker.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        worker.display()
-    );
-    worker
-}
+// Children killed with the test, whatever they are (workers, coordinators, Prometheus).
+use common::fleet::{Killed as Worker, Killed as Coordinator, worker_binary};
 
 /// A worker on `nats` with `args` on top of the common ones, logging to `log`.
 fn spawn_worker(nats: &str, log: PathBuf, args: &[&str], envs: &[(&str, &str)]) -> Worker {
@@ -380,16 +363,7 @@ async fn nats_restarting_mid_run_loses_nothing() {
     assert_all_copied(&env, 4);
 }
 
-/// `hangar-coord serve`, killed when dropped.
-struct Coordinator(Child);
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// `hangar-coord serve` on `listen`, killed when dropped.
 fn start_coordinator(nats: &str, listen: &str, log: PathBuf) -> Coordinator {
     spawn_coordinator(nats, listen, log, &[])
 }

@@ -7,6 +7,7 @@ mod fleet;
 mod mirror;
 mod registry;
 mod sign_scan;
+mod view;
 
 pub use archive::*;
 pub use common::*;
@@ -14,6 +15,7 @@ pub use fleet::*;
 pub use mirror::*;
 pub use registry::*;
 pub use sign_scan::*;
+pub use view::*;
 
 use clap::{Parser, Subcommand};
 
@@ -88,6 +90,9 @@ pub enum Command {
         subcommand_negates_reqs = true
     )]
     Inspect(InspectArgs),
+    /// Print the provenance or SBOM attestation of an image.
+    #[command(subcommand)]
+    View(ViewCmd),
     /// List the tags of a repository as JSON.
     ListTags(RepoArgs),
     /// Delete an image manifest from a registry.

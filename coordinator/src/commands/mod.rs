@@ -20,6 +20,7 @@ pub mod status_table;
 pub mod stored;
 pub mod targets;
 pub mod validate;
+pub mod view;
 
 use std::path::Path;
 use std::sync::Arc;
