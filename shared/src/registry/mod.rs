@@ -5,22 +5,19 @@
 //! bounded request ([`Registry::manifest`]): at most 4 MiB, under the request timeout,
 //! classified by status first.
 
+mod blobs;
 mod certs;
 mod challenge;
 mod classify;
+mod fetch;
 mod token;
 
 pub use classify::classify;
-use classify::{
-    TRANSIENT_REJECTION, classify_answer, parse_retry_after, status_error, transient_rejection,
-};
+use classify::{TRANSIENT_REJECTION, parse_retry_after, status_error, transient_rejection};
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, TryStreamExt};
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
@@ -28,10 +25,9 @@ use oci_client::{Client, Reference, RegistryOperation};
 use crate::auth::Credentials;
 use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
-use crate::manifest::{ACCEPTED, Descriptor, RawManifest};
+use crate::manifest::RawManifest;
 use crate::ratelimit::Permit;
 use crate::retry::RetryPolicy;
-use crate::verify::{ByteStream, verified};
 
 pub const USER_AGENT: &str = concat!("hangar-fleet/", env!("CARGO_PKG_VERSION"));
 
@@ -469,78 +465,6 @@ impl Registry {
             .await
     }
 
-    /// One manifest GET of our own (oci-client reads any body whole): the answer's body is
-    /// read up to [`MAX_MANIFEST_BYTES`], an error answer's up to 64 KiB, and a stale pull
-    /// token is renewed once.
-    async fn fetch_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        side: Side,
-        what: &str,
-    ) -> Result<bytes::Bytes> {
-        let url = format!(
-            "{}://{}/v2/{repo}/manifests/{reference}",
-            self.scheme, self.api_host
-        );
-        let mut renewed = false;
-        loop {
-            let mut req = self
-                .http
-                .get(&url)
-                .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
-            req = match self.pull_auth(repo).await? {
-                Some(PullAuth::Bearer(t)) => req.bearer_auth(t),
-                Some(PullAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
-                None => req,
-            };
-            let resp = req.send().await.map_err(|e| {
-                Error::new(
-                    FailureClass::Network,
-                    format!("{what}: {}", classify::request_error_text(&e)),
-                )
-            })?;
-            let status = resp.status().as_u16();
-            if status == 401
-                && let Some(tokens) = &self.tokens
-                && !renewed
-            {
-                tokens.forget(repo).await;
-                renewed = true;
-                continue;
-            }
-            if !(200..300).contains(&status) {
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-                let body = read_capped(resp, MAX_ERROR_BODY, what)
-                    .await
-                    .unwrap_or_default();
-                let mut e = classify_answer(status, &body, side, what);
-                e.retry_after = retry_after;
-                return Err(e);
-            }
-            return read_capped(resp, MAX_MANIFEST_BYTES, what).await;
-        }
-    }
-
-    /// How to authorise a pull of `repo`: a bearer token from the registry's token service,
-    /// Basic credentials, or nothing for a registry that challenges nobody.
-    async fn pull_auth(&self, repo: &str) -> Result<Option<PullAuth>> {
-        let r = self.repo_ref(repo);
-        if let Some(token) = self.authorise(&r, RegistryOperation::Pull).await? {
-            return Ok(Some(PullAuth::Bearer(token)));
-        }
-        Ok(match &self.auth {
-            RegistryAuth::Basic(u, p) if self.challenged => {
-                Some(PullAuth::Basic(u.clone(), p.clone()))
-            }
-            _ => None,
-        })
-    }
-
     /// Like [`Self::manifest`], with "not found" as `None`.
     pub async fn manifest_opt(
         &self,
@@ -590,161 +514,6 @@ impl Registry {
             })
     }
 
-    pub async fn blob_exists(&self, repo: &str, digest: &Digest, side: Side) -> Result<bool> {
-        let r = self.repo_ref(repo);
-        let what = format!("{}/{repo}@{digest}", self.host);
-        self.retry
-            .run(&format!("head blob {what}"), || async {
-                self.send(
-                    Call::pull("blob-head", side, &what, &r),
-                    self.client.blob_exists(&r, &digest.to_string()),
-                )
-                .await
-                .map(|(found, _)| found)
-            })
-            .await
-    }
-
-    /// Opens a blob as a stream verified against `desc` (size and digest). One attempt:
-    /// the caller retries the whole copy, since a consumed stream cannot be replayed.
-    pub async fn blob_stream(
-        &self,
-        repo: &str,
-        desc: &Descriptor,
-        progress: Option<Arc<AtomicU64>>,
-    ) -> Result<ByteStream> {
-        let r = self.repo_ref(repo);
-        let what = format!("{}/{repo}@{}", self.host, desc.digest);
-        let digest = desc.digest.to_string();
-        // A whole-blob range request: oci-client does not re-hash a 206 answer, and
-        // `verified` below hashes every byte once. A registry that ignores Range answers
-        // 200, which oci-client verifies as well.
-        let request = async {
-            if desc.size == 0 {
-                self.client.pull_blob_stream(&r, digest.as_str()).await
-            } else {
-                match self
-                    .client
-                    .pull_blob_stream_partial(&r, digest.as_str(), 0, Some(desc.size))
-                    .await
-                {
-                    Ok(BlobResponse::Full(s) | BlobResponse::Partial(s)) => Ok(s),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        let (sized, permit) = self
-            .send(Call::pull("blob-get", Side::Source, &what, &r), request)
-            .await?;
-        let what_stream = what.clone();
-        let raw = sized
-            .stream
-            // The request holds its concurrency slot until its body is read or dropped.
-            .inspect(move |_| {
-                let _held = &permit;
-            })
-            .map_err(move |e| {
-                // oci-client checks the digest at the end of the stream too.
-                let class = match e
-                    .get_ref()
-                    .map(|inner| inner.is::<oci_client::errors::DigestError>())
-                {
-                    Some(true) => FailureClass::DigestMismatch,
-                    _ => FailureClass::Network,
-                };
-                Error::new(class, format!("reading {what_stream}: {e}"))
-            })
-            .boxed();
-        Ok(verified(raw, desc.digest.clone(), desc.size, progress))
-    }
-
-    /// Uploads a blob from a stream in one PUT with a known length. If the stream fails
-    /// (including a digest mismatch on its last chunk) the upload is abandoned unfinished.
-    pub async fn push_blob(&self, repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()> {
-        let r = self.repo_ref(repo);
-        let what = format!("{}/{repo}@{}", self.host, desc.digest);
-        let failure = Arc::new(std::sync::Mutex::new(None::<Error>));
-        let seen = failure.clone();
-        let body = stream.map_err(move |e: Error| {
-            let msg = e.message.clone();
-            if let Ok(mut slot) = seen.lock() {
-                *slot = Some(e);
-            }
-            OciDistributionError::GenericError(Some(msg))
-        });
-        // An upload is a POST and a PUT.
-        let res = self
-            .send(
-                Call {
-                    requests: 2,
-                    bounded: false,
-                    ..Call::push("blob-put", &what, &r)
-                },
-                self.client
-                    .push_blob_stream(&r, body, &desc.digest.to_string(), Some(desc.size)),
-            )
-            .await;
-        if let Some(e) = failure.lock().ok().and_then(|mut s| s.take()) {
-            return Err(e);
-        }
-        res.map(drop)
-    }
-
-    /// Cross-repository mount. `Ok(false)` when the registry declined (it then expects an
-    /// ordinary upload).
-    pub async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool> {
-        let what = format!("{}/{repo} mount {digest} from {from_repo}", self.host);
-        // Transient answers (5xx, 429, cut connections) are retried like every other
-        // request; only a refusal is a decline.
-        self.retry
-            .run(&what, || self.mount_once(repo, from_repo, digest, &what))
-            .await
-    }
-
-    async fn mount_once(
-        &self,
-        repo: &str,
-        from_repo: &str,
-        digest: &Digest,
-        what: &str,
-    ) -> Result<bool> {
-        let r = self.repo_ref(repo);
-        let from = self.repo_ref(from_repo);
-        self.authorise(&r, RegistryOperation::Push).await?;
-        let _permit = self.admit(1).await;
-        let started = Instant::now();
-        let mounted = tokio::time::timeout(
-            self.request_timeout,
-            self.client.mount_blob(&r, &from, &digest.to_string()),
-        )
-        .await;
-        let result = match mounted {
-            Err(_) => Err(self.timed_out(what)),
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(
-                OciDistributionError::SpecViolationError(_)
-                | OciDistributionError::RegistryNoLocationError,
-            )) => Ok(false),
-            Ok(Err(e)) => {
-                let e = classify(e, Side::Destination, what);
-                // Any other refusal is a decline: the caller uploads instead.
-                if e.class.is_retryable() || e.class == FailureClass::Auth {
-                    Err(e)
-                } else {
-                    Ok(false)
-                }
-            }
-        };
-        let class = result.as_ref().err().map(|e| e.class);
-        self.observe("blob-mount", started.elapsed(), class).await;
-        if class == Some(FailureClass::RateLimited)
-            && let Some(g) = &self.gate
-        {
-            g.back_off(&self.host, Duration::from_secs(1)).await;
-        }
-        result
-    }
-
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
         let r = self.repo_ref(repo);
         let what = format!("{}/{repo}", self.host);
@@ -791,39 +560,6 @@ impl Registry {
             )),
         }
     }
-}
-
-/// How one manifest read is authorised.
-enum PullAuth {
-    Bearer(String),
-    Basic(String, String),
-}
-
-/// Reads a body of at most `cap` bytes; a longer one (by its `Content-Length`, or as it
-/// streams) is refused without reading further.
-async fn read_capped(mut resp: reqwest::Response, cap: usize, what: &str) -> Result<bytes::Bytes> {
-    let too_big = || {
-        Error::invalid(format!(
-            "{what}: the answer is larger than {} KiB, the most accepted",
-            cap >> 10
-        ))
-    };
-    if resp.content_length().is_some_and(|n| n > cap as u64) {
-        return Err(too_big());
-    }
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| {
-        Error::new(
-            FailureClass::Network,
-            format!("reading {what}: {}", classify::request_error_text(&e)),
-        )
-    })? {
-        if body.len() + chunk.len() > cap {
-            return Err(too_big());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 /// One request, as the gate, the metrics and the error messages name it.

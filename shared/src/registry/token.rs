@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::classify::{classify_answer, request_error_text};
-use super::{MAX_MANIFEST_BYTES, Side, read_capped};
+use super::fetch::read_capped;
+use super::{MAX_MANIFEST_BYTES, Side};
 use crate::error::{Error, FailureClass, Result};
 
 /// How long a token is reused. Registries issue them for at least 60 s (the token spec's

@@ -1,0 +1,123 @@
+//! Manifests read by our own request rather than oci-client's (which reads any body whole):
+//! authorised as oci-client would (a bearer token from the registry's token service, Basic
+//! credentials, or nothing), the answer read up to [`MAX_MANIFEST_BYTES`] as it streams, an
+//! error answer's body up to 64 KiB for its message, a stale token renewed once.
+
+use oci_client::RegistryOperation;
+use oci_client::secrets::RegistryAuth;
+
+use super::classify::{self, classify_answer, parse_retry_after};
+use super::{MAX_ERROR_BODY, MAX_MANIFEST_BYTES, Registry, Side};
+use crate::error::{Error, FailureClass, Result};
+use crate::manifest::ACCEPTED;
+
+impl Registry {
+    /// One manifest GET of our own (oci-client reads any body whole): the answer's body is
+    /// read up to [`MAX_MANIFEST_BYTES`], an error answer's up to 64 KiB, and a stale pull
+    /// token is renewed once.
+    pub(super) async fn fetch_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        side: Side,
+        what: &str,
+    ) -> Result<bytes::Bytes> {
+        let url = format!(
+            "{}://{}/v2/{repo}/manifests/{reference}",
+            self.scheme, self.api_host
+        );
+        let mut renewed = false;
+        loop {
+            let mut req = self
+                .http
+                .get(&url)
+                .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+            req = match self.pull_auth(repo).await? {
+                Some(PullAuth::Bearer(t)) => req.bearer_auth(t),
+                Some(PullAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+                None => req,
+            };
+            let resp = req.send().await.map_err(|e| {
+                Error::new(
+                    FailureClass::Network,
+                    format!("{what}: {}", classify::request_error_text(&e)),
+                )
+            })?;
+            let status = resp.status().as_u16();
+            if status == 401
+                && let Some(tokens) = &self.tokens
+                && !renewed
+            {
+                tokens.forget(repo).await;
+                renewed = true;
+                continue;
+            }
+            if !(200..300).contains(&status) {
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                let body = read_capped(resp, MAX_ERROR_BODY, what)
+                    .await
+                    .unwrap_or_default();
+                let mut e = classify_answer(status, &body, side, what);
+                e.retry_after = retry_after;
+                return Err(e);
+            }
+            return read_capped(resp, MAX_MANIFEST_BYTES, what).await;
+        }
+    }
+
+    /// How to authorise a pull of `repo`: a bearer token from the registry's token service,
+    /// Basic credentials, or nothing for a registry that challenges nobody.
+    async fn pull_auth(&self, repo: &str) -> Result<Option<PullAuth>> {
+        let r = self.repo_ref(repo);
+        if let Some(token) = self.authorise(&r, RegistryOperation::Pull).await? {
+            return Ok(Some(PullAuth::Bearer(token)));
+        }
+        Ok(match &self.auth {
+            RegistryAuth::Basic(u, p) if self.challenged => {
+                Some(PullAuth::Basic(u.clone(), p.clone()))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// How one manifest read is authorised.
+enum PullAuth {
+    Bearer(String),
+    Basic(String, String),
+}
+
+/// Reads a body of at most `cap` bytes; a longer one (by its `Content-Length`, or as it
+/// streams) is refused without reading further.
+pub(super) async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+    what: &str,
+) -> Result<bytes::Bytes> {
+    let too_big = || {
+        Error::invalid(format!(
+            "{what}: the answer is larger than {} KiB, the most accepted",
+            cap >> 10
+        ))
+    };
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_big());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| {
+        Error::new(
+            FailureClass::Network,
+            format!("reading {what}: {}", classify::request_error_text(&e)),
+        )
+    })? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
