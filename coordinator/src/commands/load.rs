@@ -239,12 +239,11 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
         None => Backend::Embedded,
     };
     let mut spec = spec;
-    if let (Backend::Embedded, Some(path)) = (&backend, &args.sign_key) {
-        let key = super::sign::load_key(
-            std::path::Path::new(path),
+    if let Backend::Embedded = backend {
+        spec.sign_keys = super::sign::keys_here(
+            args.sign_key.as_deref(),
             args.sign_passphrase_file.as_deref(),
         )?;
-        spec.sign_keys.insert(path.clone(), Arc::new(key));
     }
     let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
     let mut failed = selected.failed;

@@ -205,12 +205,11 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         ),
     );
     let mut spec = spec;
-    if let (Backend::Embedded, Some(path)) = (&backend, &args.sign_key) {
-        let key = super::sign::load_key(
-            std::path::Path::new(path),
+    if let Backend::Embedded = backend {
+        spec.sign_keys = super::sign::keys_here(
+            args.sign_key.as_deref(),
             args.sign_passphrase_file.as_deref(),
         )?;
-        spec.sign_keys.insert(path.clone(), Arc::new(key));
     }
     // Loaded before any copy, so a missing or stale database fails the command early.
     let scan_db = match &args.scan_db {

@@ -45,6 +45,20 @@ fn passphrase(file: Option<&Path>, creating: bool) -> Result<Vec<u8>> {
 }
 
 /// Reads and decrypts a cosign private key.
+/// The keys a job signing in this process needs (`--sign-key` names a key file here; on
+/// the fleet it names the workers' key): none, or that file's key by its path.
+pub fn keys_here(
+    key: Option<&str>,
+    passphrase_file: Option<&Path>,
+) -> Result<std::collections::HashMap<String, std::sync::Arc<KeyPair>>> {
+    let mut keys = std::collections::HashMap::new();
+    if let Some(path) = key {
+        let pair = load_key(Path::new(path), passphrase_file)?;
+        keys.insert(path.to_owned(), std::sync::Arc::new(pair));
+    }
+    Ok(keys)
+}
+
 pub fn load_key(path: &Path, passphrase_file: Option<&Path>) -> Result<KeyPair> {
     let pem =
         std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
