@@ -96,10 +96,15 @@ impl Files {
         let result = if gz {
             self.apply_tar(
                 name,
-                tar::Archive::new(flate2::read::GzDecoder::new(buffered)),
+                tar::Archive::new(super::tar_guard::TarGuard::new(
+                    flate2::read::GzDecoder::new(buffered),
+                )),
             )
         } else {
-            self.apply_tar(name, tar::Archive::new(buffered))
+            self.apply_tar(
+                name,
+                tar::Archive::new(super::tar_guard::TarGuard::new(buffered)),
+            )
         };
         if let Err(e) = result {
             self.warnings

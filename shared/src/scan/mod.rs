@@ -18,6 +18,7 @@ pub mod osv;
 pub mod python;
 pub mod report;
 pub mod rpm;
+pub mod tar_guard;
 pub mod version;
 
 use std::sync::Arc;
