@@ -425,9 +425,7 @@ pub async fn plan_archive(
         )));
     }
     if image.is_custom() {
-        return Ok(Planned::Skip(
-            "a stored file or Helm chart, not an image (not loaded)".to_owned(),
-        ));
+        return plan_archived_chart(archive, image, job).await;
     }
     let specs = image.selected(filter, provenance);
     if !specs.iter().any(|s| !s.is_attestation()) {
@@ -485,6 +483,61 @@ pub async fn plan_archive(
         None => TopPlan::Nothing,
     };
     Ok(Planned::Plan(ImagePlan { platforms, top }))
+}
+
+/// A stored Helm chart (`archive store chart`) is pushed as it is, digests preserved, at
+/// `dest:<tag>` without an index (as Hangar does); stored custom files are skipped.
+async fn plan_archived_chart(
+    archive: &ArchiveReader,
+    image: &ArchiveImage,
+    job: &ImageJob,
+) -> Result<Planned> {
+    let skip = || {
+        Ok(Planned::Skip(
+            "a stored custom file, not an image (not loaded)".to_owned(),
+        ))
+    };
+    let [spec] = image.images.as_slice() else {
+        return skip();
+    };
+    if !archive.has_blob(&spec.digest) {
+        return skip();
+    }
+    let manifest = archive.manifest(&spec.digest).await?;
+    let Manifest::Image(parsed) = manifest.parse()? else {
+        return skip();
+    };
+    if parsed.layers.first().map(|l| l.media_type.as_str())
+        != Some(hangar_shared::archive::custom::HELM_CHART_LAYER)
+    {
+        return skip();
+    }
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    for b in parsed.blobs() {
+        if !archive.has_blob(&b.digest) {
+            return Err(Error::invalid(format!(
+                "{}: archive {}: entry {:?} (blob {}) is missing",
+                image.name(),
+                archive.label(),
+                blob_entry(&b.digest),
+                b.digest
+            )));
+        }
+        if !blobs.iter().any(|x| x.digest == b.digest) {
+            blobs.push(b.clone());
+        }
+    }
+    let tag = job.dest.tag.clone().unwrap_or_else(|| image.tag.clone());
+    Ok(Planned::Plan(ImagePlan {
+        platforms: vec![PlatformPlan {
+            entry: spec.descriptor(manifest.bytes.len() as u64),
+            manifest,
+            blobs,
+            inline: None,
+            push_tag: Some(tag),
+        }],
+        top: TopPlan::Nothing,
+    }))
 }
 
 /// The archive index entry for an image `save` copied.

@@ -209,7 +209,7 @@ pub enum ArchiveCmd {
     /// Copy the images of a list from one archive into a new one.
     #[command(visible_alias = "e")]
     Export(ArchiveExportArgs),
-    /// Store custom files in an archive.
+    /// Store Helm charts or custom files in an archive.
     #[command(visible_alias = "s")]
     Store {
         #[command(subcommand)]
@@ -225,10 +225,33 @@ pub enum ArchiveCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum StoreCmd {
-    /// Add local files or http(s) URLs, each as `docker.io/hangar-file/<name>:latest`
-    /// (Helm charts, `store chart`, are not built).
+    /// Add local files or http(s) URLs, each as `docker.io/hangar-file/<name>:latest`.
     #[command(visible_aliases = ["files", "f"])]
     File(StoreFileArgs),
+    /// Add Helm charts (a packaged `.tgz`, a chart directory, or an http(s) `.tgz` URL),
+    /// each as `docker.io/hangar-helm/<chart>:<version>` (repository indexes and `oci://`
+    /// charts are not supported yet).
+    #[command(visible_aliases = ["charts", "c"])]
+    Chart(StoreChartArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StoreChartArgs {
+    /// The archive (it must exist: `archive init` makes an empty one).
+    #[arg(short = 'f', long = "file")]
+    pub file: String,
+    /// Chart name, to check against each chart's Chart.yaml.
+    #[arg(short = 'n', long = "name")]
+    pub name: Option<String>,
+    /// Chart version, to check against each chart's Chart.yaml.
+    #[arg(short = 'v', long = "version")]
+    pub version: Option<String>,
+    /// Verify certificates of https URLs.
+    #[arg(long = "tls-verify", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// Chart `.tgz` files, chart directories or http(s) `.tgz` URLs.
+    #[arg(required = true)]
+    pub urls: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -37,6 +37,9 @@ pub async fn run(cmd: ArchiveCmd, console: &Console) -> Result<()> {
         ArchiveCmd::Store {
             what: StoreCmd::File(a),
         } => super::stored::store_files(&a, console).await,
+        ArchiveCmd::Store {
+            what: StoreCmd::Chart(a),
+        } => super::stored::store_charts(&a, console).await,
         ArchiveCmd::Verify { files } => verify(&files, console).await,
     }
 }

@@ -1,5 +1,5 @@
-//! `archive store file` and `archive export file` (Hangar v1.9.2): custom files kept in an
-//! archive as single-layer OCI images. Storing writes a new archive (the old entries, then
+//! `archive store file`, `archive store chart` and `archive export file` (Hangar v1.9.2):
+//! custom files and Helm charts kept in an archive as single-layer OCI images. Storing writes a new archive (the old entries, then
 //! the files) renamed over the old one, like `sync`: an interrupted store leaves the archive
 //! as it was, where Hangar's in-place update could leave it broken.
 
@@ -16,23 +16,14 @@ use hangar_shared::archive::writer::ArchiveWriter;
 use hangar_shared::manifest::OCI_MANIFEST;
 use tokio::io::AsyncWriteExt;
 
-use crate::cli::{ExportFileArgs, StoreFileArgs};
+use crate::cli::{ExportFileArgs, StoreChartArgs, StoreFileArgs};
 use crate::console::Console;
 
 pub async fn store_files(args: &StoreFileArgs, console: &Console) -> Result<()> {
     let archive = args.file.as_str();
-    if !archive.starts_with("s3://") && !Path::new(archive).exists() {
-        bail!("archive {archive} does not exist (`archive init` makes an empty one)");
-    }
-    let base = Arc::new(ArchiveReader::open(archive).await?);
+    let base = open_existing(archive).await?;
     let downloads = tempfile::tempdir().context("a directory for downloads")?;
-    // Bounds on connecting and on each read, not on the whole download: a large file on a
-    // slow link takes as long as it takes.
-    let http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .read_timeout(std::time::Duration::from_secs(30))
-        .danger_accept_invalid_certs(!args.tls_verify)
-        .build()?;
+    let http = http_client(args.tls_verify)?;
     let created = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut blobs = StagedBlobs::default();
     let mut images = Vec::new();
@@ -66,16 +57,181 @@ pub async fn store_files(args: &StoreFileArgs, console: &Console) -> Result<()> 
         blobs.extend(stored.blobs);
         images.push(stored.image);
     }
-    let mut writer = ArchiveWriter::create(archive, Some(base), Arc::new(blobs)).await?;
+    write_stored(archive, base, blobs, &images, console).await?;
     for image in &images {
+        console.info(None, format!("Add OCI File [{}]", image.source));
+    }
+    Ok(())
+}
+
+/// A new archive: `base`'s entries (less those `images` replace), then `images`.
+async fn write_stored(
+    archive: &str,
+    base: Arc<ArchiveReader>,
+    blobs: StagedBlobs,
+    images: &[hangar_shared::archive::ArchiveImage],
+    console: &Console,
+) -> Result<()> {
+    let mut writer = ArchiveWriter::create(archive, Some(base), Arc::new(blobs)).await?;
+    for image in images {
         if writer.forget(&image.source, &image.tag) {
             console.warn(None, format!("Replacing [{}] stored earlier", image.name()));
         }
         writer.add(image).await?;
     }
     writer.finish().await?;
+    Ok(())
+}
+
+/// An archive that exists, open (`archive init` makes an empty one).
+async fn open_existing(archive: &str) -> Result<Arc<ArchiveReader>> {
+    if !archive.starts_with("s3://") && !Path::new(archive).exists() {
+        bail!("archive {archive} does not exist (`archive init` makes an empty one)");
+    }
+    Ok(Arc::new(ArchiveReader::open(archive).await?))
+}
+
+fn http_client(tls_verify: bool) -> Result<reqwest::Client> {
+    // Bounds on connecting and on each read, not on the whole download: a large file on a
+    // slow link takes as long as it takes.
+    Ok(reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(30))
+        .danger_accept_invalid_certs(!tls_verify)
+        .build()?)
+}
+
+/// Helm's `chart.Metadata`, in its JSON field order with its `omitempty`s: the config of a
+/// stored chart.
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChartMetadata {
+    name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    home: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sources: Vec<String>,
+    #[serde(default)]
+    version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    keywords: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    maintainers: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    icon: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    api_version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    condition: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    tags: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    app_version: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deprecated: bool,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    annotations: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    kube_version: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dependencies: Vec<serde_json::Value>,
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    kind: String,
+}
+
+fn chart_metadata(yaml: &[u8]) -> Result<ChartMetadata> {
+    let meta: ChartMetadata = serde_yaml_ng::from_slice(yaml).context("reading Chart.yaml")?;
+    if meta.name.is_empty() {
+        bail!("Chart.yaml has no name");
+    }
+    if meta.version.is_empty() {
+        bail!("Chart.yaml has no version");
+    }
+    Ok(meta)
+}
+
+pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()> {
+    let archive = args.file.as_str();
+    let base = open_existing(archive).await?;
+    let work = tempfile::tempdir().context("a directory for charts")?;
+    let http = http_client(args.tls_verify)?;
+    let created = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut blobs = StagedBlobs::default();
+    let mut images = Vec::new();
+    for (n, url) in args.urls.iter().enumerate() {
+        let failed = || format!("failed to add chart {url:?}");
+        let is_http = url.starts_with("http://") || url.starts_with("https://");
+        let path = if url.starts_with("oci://") {
+            bail!("failed to add chart {url:?}: oci:// charts are not supported yet");
+        } else if is_http {
+            let lower = url.to_ascii_lowercase();
+            if !(lower.ends_with(".tgz") || lower.ends_with(".tar.gz")) {
+                bail!(
+                    "failed to add chart {url:?}: Helm repository indexes are not supported yet (give the chart's .tgz URL)"
+                );
+            }
+            let to = work.path().join(format!("{n}.tgz"));
+            custom::download(&http, url, &to)
+                .await
+                .with_context(failed)?;
+            to
+        } else {
+            let path = Path::new(url);
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("failed to add chart {url:?}: invalid path"))?;
+            if meta.is_dir() {
+                if !path.join("Chart.yaml").is_file() {
+                    bail!(
+                        "failed to add chart {url:?}: no Chart.yaml in it (Helm repository directories are not supported yet)"
+                    );
+                }
+                let yaml = std::fs::read(path.join("Chart.yaml")).with_context(failed)?;
+                let name = chart_metadata(&yaml).with_context(failed)?.name;
+                let to = work.path().join(format!("{n}.tgz"));
+                let (dir, tgz) = (path.to_owned(), to.clone());
+                tokio::task::spawn_blocking(move || custom::package_chart_dir(&dir, &name, &tgz))
+                    .await?
+                    .with_context(failed)?;
+                to
+            } else {
+                path.to_owned()
+            }
+        };
+        let yaml = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || custom::chart_yaml_in_tgz(&path))
+                .await?
+                .with_context(failed)?
+        };
+        let meta = chart_metadata(&yaml).with_context(failed)?;
+        if let Some(name) = args.name.as_deref().filter(|n| *n != meta.name) {
+            bail!(
+                "failed to add chart {url:?}: it is chart {:?}, not {name:?}",
+                meta.name
+            );
+        }
+        if let Some(version) = args.version.as_deref().filter(|v| *v != meta.version) {
+            bail!(
+                "failed to add chart {url:?}: it is version {:?}, not {version:?}",
+                meta.version
+            );
+        }
+        let (digest, size) = custom::hash_file(&path).await.with_context(failed)?;
+        let info = custom::ChartInfo {
+            name: &meta.name,
+            version: &meta.version,
+            description: &meta.description,
+            home: &meta.home,
+        };
+        let stored = custom::store_chart(&meta, &info, (digest, size, path), &created)?;
+        blobs.extend(stored.blobs);
+        images.push(stored.image);
+    }
+    write_stored(archive, base, blobs, &images, console).await?;
     for image in &images {
-        console.info(None, format!("Add OCI File [{}]", image.source));
+        console.info(None, format!("Add Helm Chart [{}]", image.name()));
     }
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! `docker.io/hangar-file/<basename>:latest` with the file's bytes as its one layer. The
 //! manifest and config are Go's `json.MarshalIndent(…, "", "  ")` output in the OCI types'
 //! field order, as Hangar writes them; the config carries Helm's config media type, as
-//! Hangar's does.
+//! Hangar's does. Helm charts (`archive store chart`) are the same shape:
+//! `docker.io/hangar-helm/<chart>:<version>`, Chart.yaml as the config, the `.tgz` as the layer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use crate::manifest::OCI_MANIFEST;
 use crate::verify::{ByteStream, verified};
 
 pub const FILE_PROJECT: &str = "hangar-file";
+pub const CHART_PROJECT: &str = "hangar-helm";
 pub const FILE_LAYER: &str = "application/vnd.content.hangar.file.layer.v1";
 pub const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
 pub const HELM_CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
@@ -74,7 +76,6 @@ pub fn store_file(
     created: &str,
 ) -> Result<StoredFile> {
     let config = go_json(&Config { name }, true)?;
-    let config_digest = Digest::of(&config);
     let annotations = BTreeMap::from([
         (
             "org.opencontainers.image.created".to_owned(),
@@ -90,6 +91,96 @@ pub fn store_file(
             "Hangar".to_owned(),
         ),
     ]);
+    synthetic_image(
+        (file_source(name), "latest".to_owned()),
+        config,
+        FILE_LAYER,
+        layer,
+        annotations,
+    )
+}
+
+/// The index `source` of a stored Helm chart.
+pub fn chart_source(name: &str) -> String {
+    format!("docker.io/{CHART_PROJECT}/{name}")
+}
+
+/// The tag of a stored chart: its version with `+` (invalid in tags) as `-`.
+pub fn chart_tag(version: &str) -> String {
+    if version.is_empty() {
+        "latest".to_owned()
+    } else {
+        version.replace('+', "-")
+    }
+}
+
+/// What a stored chart's manifest annotations are made of (from its Chart.yaml).
+pub struct ChartInfo<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub description: &'a str,
+    pub home: &'a str,
+}
+
+/// A packaged chart (`layer`: the `.tgz`'s digest, size and path) as Hangar's chart image
+/// `docker.io/hangar-helm/<name>:<version, + as ->`; `metadata` is its Chart.yaml, which
+/// becomes the config (serde field order must be Helm's `chart.Metadata`).
+pub fn store_chart<T: Serialize>(
+    metadata: &T,
+    info: &ChartInfo<'_>,
+    layer: (Digest, u64, PathBuf),
+    created: &str,
+) -> Result<StoredFile> {
+    let config = go_json(metadata, true)?;
+    let mut annotations = BTreeMap::from([
+        (
+            "org.opencontainers.image.created".to_owned(),
+            created.to_owned(),
+        ),
+        (
+            "org.opencontainers.image.title".to_owned(),
+            info.name.to_owned(),
+        ),
+        (
+            "org.opencontainers.image.vendor".to_owned(),
+            "hangar".to_owned(),
+        ),
+        (
+            "org.opencontainers.image.version".to_owned(),
+            info.version.to_owned(),
+        ),
+    ]);
+    if !info.description.is_empty() {
+        annotations.insert(
+            "org.opencontainers.image.description".to_owned(),
+            info.description.to_owned(),
+        );
+    }
+    if !info.home.is_empty() {
+        annotations.insert(
+            "org.opencontainers.image.url".to_owned(),
+            info.home.to_owned(),
+        );
+    }
+    synthetic_image(
+        (chart_source(info.name), chart_tag(info.version)),
+        config,
+        HELM_CHART_LAYER,
+        layer,
+        annotations,
+    )
+}
+
+/// One config (Helm's config media type, as Hangar uses for both) and one layer as a
+/// single-manifest OCI image with no arch and no OS: a custom entry.
+fn synthetic_image(
+    (source, tag): (String, String),
+    config: Vec<u8>,
+    layer_media_type: &str,
+    layer: (Digest, u64, PathBuf),
+    annotations: BTreeMap<String, String>,
+) -> Result<StoredFile> {
+    let config_digest = Digest::of(&config);
     let (layer_digest, layer_size, layer_path) = layer;
     let manifest = go_json(
         &FileManifest {
@@ -101,7 +192,7 @@ pub fn store_file(
                 size: config.len() as u64,
             },
             layers: vec![FileDescriptor {
-                media_type: FILE_LAYER.to_owned(),
+                media_type: layer_media_type.to_owned(),
                 digest: layer_digest.clone(),
                 size: layer_size,
             }],
@@ -124,14 +215,54 @@ pub fn store_file(
     Ok(StoredFile {
         // Custom entries have no arch and no OS lists (that is how readers tell them).
         image: ArchiveImage {
-            source: file_source(name),
-            tag: "latest".to_owned(),
+            source,
+            tag,
             arch_list: Vec::new(),
             os_list: Vec::new(),
             images: vec![spec],
         },
         blobs,
     })
+}
+
+/// The `Chart.yaml` of a packaged chart (`<name>/Chart.yaml`, the top-level one, not a
+/// dependency's under `<name>/charts/`).
+pub fn chart_yaml_in_tgz(path: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let fail = |e: std::io::Error| Error::invalid(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    for entry in tar.entries().map_err(fail)? {
+        let mut entry = entry.map_err(fail)?;
+        let name = entry.path().map_err(fail)?.into_owned();
+        let parts: Vec<_> = name.components().collect();
+        if parts.len() == 2 && parts[1].as_os_str() == "Chart.yaml" {
+            let mut out = Vec::new();
+            entry.read_to_end(&mut out).map_err(fail)?;
+            return Ok(out);
+        }
+    }
+    Err(Error::invalid(format!(
+        "{}: no Chart.yaml in the chart archive",
+        path.display()
+    )))
+}
+
+/// Packages the chart directory `dir` into the `.tgz` `to` with every entry under `<name>/`,
+/// as `helm package` lays it out (without its `.helmignore` handling).
+pub fn package_chart_dir(dir: &std::path::Path, name: &str, to: &std::path::Path) -> Result<()> {
+    let fail = |e: std::io::Error| Error::invalid(format!("packaging {}: {e}", dir.display()));
+    let out = std::fs::File::create(to).map_err(fail)?;
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(true);
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.append_dir_all(name, dir).map_err(fail)?;
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .and_then(|f| f.sync_all())
+        .map_err(fail)?;
+    Ok(())
 }
 
 enum Staged {

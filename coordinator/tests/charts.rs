@@ -1,0 +1,167 @@
+//! `archive store chart`: a packaged chart and a chart directory stored as Hangar's chart
+//! images, listed as Helm charts, verified, and pushed by `load` as OCI artifacts with their
+//! digests; a custom file beside them is skipped by `load`.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+const CHART_YAML: &str = "apiVersion: v2\nname: NAME\nversion: 1.2.3+build\ndescription: A test chart\nhome: https://example.com/chart\nappVersion: \"4.5\"\n";
+
+/// A chart directory `dir/NAME` with a Chart.yaml, values and one template.
+fn chart_dir(dir: &Path, name: &str) -> std::path::PathBuf {
+    let root = dir.join(format!("{name}-src"));
+    std::fs::create_dir_all(root.join("templates")).unwrap();
+    std::fs::write(root.join("Chart.yaml"), CHART_YAML.replace("NAME", name)).unwrap();
+    std::fs::write(root.join("values.yaml"), "replicas: 1\n").unwrap();
+    std::fs::write(
+        root.join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n",
+    )
+    .unwrap();
+    root
+}
+
+/// `helm package`'s layout: every entry under `<name>/`.
+fn chart_tgz(dir: &Path, name: &str) -> std::path::PathBuf {
+    let src = chart_dir(dir, &format!("{name}-packed"));
+    let to = dir.join(format!("{name}-1.2.3+build.tgz"));
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&to).unwrap(),
+        flate2::Compression::default(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    // The directory's Chart.yaml names `<name>-packed`: write the real one for `name`.
+    let yaml = CHART_YAML.replace("NAME", name);
+    let mut header = tar::Header::new_gnu();
+    header.set_size(yaml.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, format!("{name}/Chart.yaml"), yaml.as_bytes())
+        .unwrap();
+    tar.append_path_with_name(src.join("values.yaml"), format!("{name}/values.yaml"))
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    to
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_list_verify_and_load_charts() {
+    let env = Env::new();
+    let archive = env.path("charts.zip");
+    assert!(hangar(&["archive", "init", &s(&archive)]).status.success());
+
+    let tgz = chart_tgz(env.dir.path(), "packed");
+    let dir = chart_dir(env.dir.path(), "fromdir");
+    let note = env.path("notes.txt");
+    std::fs::write(&note, "a custom file\n").unwrap();
+
+    let out = hangar(&[
+        "archive",
+        "store",
+        "chart",
+        "-f",
+        &s(&archive),
+        &s(&tgz),
+        &s(&dir),
+    ]);
+    assert!(out.status.success(), "store chart: {}", text(&out));
+    assert!(
+        text(&out).contains("docker.io/hangar-helm/packed:1.2.3-build"),
+        "{}",
+        text(&out)
+    );
+    let out = hangar(&["archive", "store", "file", "-f", &s(&archive), &s(&note)]);
+    assert!(out.status.success(), "store file: {}", text(&out));
+
+    // Wrong -n / unsupported sources fail, naming the URL; the archive stays as it was.
+    let out = hangar(&[
+        "archive",
+        "store",
+        "chart",
+        "-f",
+        &s(&archive),
+        "-n",
+        "other",
+        &s(&tgz),
+    ]);
+    assert!(!out.status.success());
+    let out = hangar(&[
+        "archive",
+        "store",
+        "chart",
+        "-f",
+        &s(&archive),
+        "oci://example.com/charts/x",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("oci://example.com/charts/x") && text(&out).contains("not supported"),
+        "{}",
+        text(&out)
+    );
+
+    let ls = hangar(&["archive", "ls", &s(&archive)]);
+    assert!(ls.status.success(), "{}", text(&ls));
+    let rows = String::from_utf8_lossy(&ls.stdout).into_owned();
+    for name in ["packed", "fromdir"] {
+        let row = rows
+            .lines()
+            .find(|l| l.contains(&format!("docker.io/hangar-helm/{name}:1.2.3-build")))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{rows}"));
+        assert!(
+            row.contains("NOARCH | NOOS") && row.ends_with("(helm chart)"),
+            "{row}"
+        );
+    }
+    assert!(
+        rows.lines()
+            .any(|l| l.contains("hangar-file/notes.txt:latest") && l.ends_with("(custom file)")),
+        "{rows}"
+    );
+
+    let verify = hangar(&["archive", "verify", &s(&archive)]);
+    assert!(verify.status.success(), "verify: {}", text(&verify));
+
+    let out = hangar(&[
+        "load",
+        "--tls-verify=false",
+        "-s",
+        &s(&archive),
+        "-d",
+        &env.dst.addr,
+        "-o",
+        &s(&env.path("load-failed.txt")),
+    ]);
+    assert!(out.status.success(), "load: {}", text(&out));
+
+    let tgz_digest = sha(&std::fs::read(&tgz).unwrap());
+    for name in ["packed", "fromdir"] {
+        let raw = skopeo_raw(&format!("{}/hangar-helm/{name}:1.2.3-build", env.dst.addr))
+            .unwrap_or_else(|| panic!("{name} was not loaded: {}", text(&out)));
+        let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(
+            manifest["config"]["mediaType"], "application/vnd.cncf.helm.config.v1+json",
+            "{manifest}"
+        );
+        assert_eq!(
+            manifest["layers"][0]["mediaType"],
+            "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+        );
+        assert_eq!(
+            manifest["annotations"]["org.opencontainers.image.title"],
+            name
+        );
+        if name == "packed" {
+            assert_eq!(manifest["layers"][0]["digest"], tgz_digest.as_str());
+        }
+    }
+    // The custom file is not an image: skipped, not pushed.
+    assert!(skopeo_raw(&format!("{}/hangar-file/notes.txt:latest", env.dst.addr)).is_none());
+}
