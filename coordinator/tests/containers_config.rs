@@ -233,3 +233,91 @@ async fn a_private_ca_is_trusted_from_certs_d_and_cert_dir() {
         );
     }
 }
+
+/// registries.conf as containers/image reads it: `insecure` lets a plain-HTTP registry be
+/// used when `--tls-verify` is left out, `blocked` stops its images being read, and a broken
+/// file is an error naming it and the line.
+#[tokio::test(flavor = "multi_thread")]
+async fn registries_conf_insecure_and_blocked() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let pushed = push_image(
+        &src,
+        env.dir.path(),
+        "team/app",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        (&[512], 4_000),
+    )
+    .await;
+    let list = env.write_list("list.txt", &[format!("{}/team/app:1", env.src.addr)]);
+    let home = env.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mirror = |conf: &std::path::Path, project: &str| {
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(["mirror", "-f"])
+            .arg(&list)
+            .args(["-d", &env.dst.addr, "--destination-project", project, "-o"])
+            .arg(env.path(&format!("failed-{project}.txt")))
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/hangar-test-auth.json")
+            .env("HOME", &home)
+            .env("CONTAINERS_REGISTRIES_CONF", conf)
+            .output()
+            .expect("hangar-coord")
+    };
+    let write = |name: &str, text: String| {
+        let p = env.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+
+    // Without a word about these registries, TLS is required: the copy fails.
+    let empty = write("empty.conf", "unqualified-search-registries = []\n".into());
+    let out = mirror(&empty, "plain");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("--tls-verify=false"), "{}", text(&out));
+
+    let insecure = write(
+        "insecure.conf",
+        format!(
+            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n\n[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+            env.src.addr, env.dst.addr
+        ),
+    );
+    let out = mirror(&insecure, "allowed");
+    assert!(out.status.success(), "{}", text(&out));
+    let copied = common::skopeo_raw(&format!("{}/allowed/app:1", env.dst.addr))
+        .expect("the image was mirrored");
+    assert_eq!(index_digests(&copied), vec![sha(&pushed.bytes)]);
+
+    // The source's project blocked, the registry itself not: nothing is read from it.
+    let blocked = write(
+        "blocked.conf",
+        format!(
+            "[[registry]]\nlocation = \"{src}\"\ninsecure = true\n\n[[registry]]\nprefix = \"{src}/team\"\nlocation = \"{src}/team\"\nblocked = true\n\n[[registry]]\nlocation = \"{dst}\"\ninsecure = true\n",
+            src = env.src.addr,
+            dst = env.dst.addr
+        ),
+    );
+    let out = mirror(&blocked, "refused");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("is blocked in") && text(&out).contains("blocked.conf"),
+        "{}",
+        text(&out)
+    );
+    assert!(common::skopeo_raw(&format!("{}/refused/app:1", env.dst.addr)).is_none());
+
+    let broken = write(
+        "broken.conf",
+        "[[registry]]\nlocation = \"x\"\ninsecure = yes\n".into(),
+    );
+    let out = mirror(&broken, "broken");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("broken.conf") && text(&out).contains("line 3"),
+        "{}",
+        text(&out)
+    );
+}

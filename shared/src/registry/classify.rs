@@ -81,7 +81,7 @@ fn tls_hint(text: &str) -> Option<&'static str> {
         || t.contains("wrong version number")
     {
         Some(
-            "the registry does not speak TLS (plain HTTP?): use --tls-verify=false (on the fleet, the workers' own: hangar-worker --tls-verify=false)",
+            "the registry does not speak TLS (plain HTTP?): use --tls-verify=false or mark it insecure in registries.conf (on the fleet, the workers' own: hangar-worker --tls-verify=false)",
         )
     } else if t.contains("invalid peer certificate")
         || t.contains("unknownissuer")

@@ -9,6 +9,7 @@ mod blobs;
 mod certs;
 mod challenge;
 mod classify;
+mod conf;
 mod fetch;
 mod token;
 
@@ -95,7 +96,11 @@ impl Registry {
         opts: &RegistryOptions,
         creds: Option<Credentials>,
     ) -> Result<Self> {
-        let insecure = opts.tls_verify == Some(false);
+        let insecure = match opts.tls_verify {
+            Some(verify) => !verify,
+            // Left out: registries.conf decides, as containers/image does.
+            None => conf::RegistriesConf::global()?.insecure(host),
+        };
         let cas = match certs::dir_for(host, opts.cert_dir.as_deref()) {
             Some(dir) => {
                 tracing::debug!(host, dir = %dir.display(), "trusting the CA certificates there");
@@ -435,6 +440,9 @@ impl Registry {
 
     /// The manifest at `reference` (tag or digest), verified when asked for by digest.
     pub async fn manifest(&self, repo: &str, reference: &str, side: Side) -> Result<RawManifest> {
+        if side == Side::Source {
+            conf::RegistriesConf::global()?.check_not_blocked(&self.host, repo)?;
+        }
         let expected: Option<Digest> = reference.parse().ok();
         let what = format!("{}/{repo}:{reference}", self.host);
         self.retry
