@@ -14,6 +14,11 @@ impl Tracker {
     /// Follow-ups of platform `platform` just written: attachments and attestations are
     /// neither signed nor scanned.
     pub(super) async fn manifest_landed(&mut self, image: usize, platform: usize) -> Result<()> {
+        // An image already failed (another platform, a signature) is reported as it is:
+        // what lands of it afterwards is neither signed nor scanned.
+        if self.images[image].result.is_some() {
+            return Ok(());
+        }
         let signable = self.images[image].plan.as_ref().and_then(|p| {
             let p = &p.platforms[platform];
             (!p.is_attachment() && !p.entry.is_attestation()).then(|| p.manifest.digest.clone())
@@ -32,6 +37,9 @@ impl Tracker {
         let Some(key) = self.ends.sign_key.clone() else {
             return Ok(());
         };
+        if self.images[image].result.is_some() {
+            return Ok(());
+        }
         let dest = self.dest_repo(image);
         let job = &self.images[image].job;
         let identity = hangar_shared::sign::cosign::docker_reference(
@@ -281,5 +289,77 @@ mod tests {
         assert!(matches!(h.finished.0[0].1, ImageResult::Copied { .. }));
         assert_eq!(h.tracker.scan_failures().count(), 1);
         assert_eq!(h.tracker.inventories().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_image_gets_no_follow_ups_for_platforms_landing_afterwards() {
+        let ends = Ends {
+            scan: true,
+            ..signing()
+        };
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], ends);
+        h.add(
+            0,
+            tagged(
+                "1",
+                vec![
+                    platform("amd64", &[blob("config-amd64")]),
+                    platform("arm64", &[blob("config-arm64")]),
+                ],
+            ),
+        )
+        .await;
+        for t in &h.take() {
+            h.ok(t).await;
+        }
+        let pushes = h.take();
+        assert_eq!(kinds(&pushes), ["manifest", "manifest"]);
+        h.fail(&pushes[0], FailureClass::Auth, true).await;
+        assert_eq!(h.finished.class(0), Some(FailureClass::Auth));
+        h.ok(&pushes[1]).await;
+        let after = h.take();
+        assert!(
+            !kinds(&after).iter().any(|k| *k == "sign" || *k == "scan"),
+            "{:?}",
+            kinds(&after)
+        );
+        assert_eq!(h.finished.0.len(), 1, "reported once");
+    }
+
+    #[tokio::test]
+    async fn abandoned_follow_ups_fail_a_signed_image_and_leave_a_scanned_copy_standing() {
+        // Waiting on a signature only: failed for the signature, not as a lost copy.
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], signing());
+        let (_sign, index) = up_to_the_index(&mut h).await;
+        h.ok(&index).await;
+        assert!(h.finished.0.is_empty(), "held for the signatures");
+        h.tracker.abandon("interrupted", &mut h.finished);
+        let ImageResult::Failed(e) = &h.finished.0[0].1 else {
+            panic!("{:?}", h.finished.0[0].1)
+        };
+        assert_eq!(e.class, FailureClass::Cancelled);
+        assert!(e.message.contains("signatures were not confirmed"), "{e}");
+        assert!(h.tracker.is_finished());
+
+        // Waiting on a scan only: the copy stands, the scan is reported cancelled.
+        let ends = Ends {
+            scan: true,
+            ..Ends::default()
+        };
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], ends);
+        h.add(0, tagged("1", vec![platform("amd64", &[blob("config")])]))
+            .await;
+        for t in &h.take() {
+            h.ok(t).await;
+        }
+        let push = h.take();
+        h.ok(&push[0]).await;
+        let step = h.take();
+        assert_eq!(kinds(&step), ["scan", "index"]);
+        h.ok(&step[1]).await;
+        h.tracker.abandon("interrupted", &mut h.finished);
+        assert!(matches!(h.finished.0[0].1, ImageResult::Copied { .. }));
+        let (_, scan) = h.tracker.scan_failures().next().expect("the scan reported");
+        assert_eq!(scan.class, FailureClass::Cancelled);
     }
 }

@@ -386,14 +386,37 @@ impl Tracker {
     }
 
     /// Gives up on unfinished images (cancellation).
+    ///
+    /// An image whose copy is done and that waits only on follow-ups is not reported as a
+    /// failed copy: with a signature outstanding it fails for that (the job asked for it
+    /// signed), with only scans outstanding it stands and the scans are reported cancelled.
     pub fn abandon(&mut self, why: &str, obs: &mut dyn Observer) {
         for i in 0..self.images.len() {
-            if self.images[i].result.is_none() {
+            if self.images[i].result.is_some() {
+                continue;
+            }
+            let Some(held) = self.images[i].held.take() else {
                 self.finish(
                     i,
                     ImageResult::Failed(Error::new(FailureClass::Cancelled, why)),
                     obs,
                 );
+                continue;
+            };
+            let signing = self
+                .tasks
+                .values()
+                .any(|t| matches!(t, TaskRef::Sign { image } if *image == i));
+            if signing {
+                let e = Error::new(
+                    FailureClass::Cancelled,
+                    format!("{why}: copied, but its signatures were not confirmed"),
+                );
+                self.finish(i, ImageResult::Failed(e), obs);
+            } else {
+                self.scan_failures
+                    .push((i, Error::new(FailureClass::Cancelled, why)));
+                self.finish(i, held, obs);
             }
         }
     }
