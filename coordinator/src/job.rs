@@ -320,49 +320,30 @@ pub async fn run_mirror(
                 // a time cannot hold the job.
                 let bound = task_timeout;
                 let planning = async move {
-                    // ── Signature policy (policy.json, issue 14): the source must satisfy
-                    // it before anything of the image is planned, so nothing is copied.
-                    let allowed = match crate::commands::signature_policy() {
-                        Ok(None) => Ok(()),
-                        Ok(Some(policy)) if archive.is_some() && job.archived.is_some() => {
-                            policy.check_archived(&job.source)
-                        }
-                        Ok(Some(policy)) => match pool.registry(&job.source.registry).await {
-                            Ok(store) => policy.check(store.as_ref(), &job.source).await,
-                            // Unreachable: reported as such below.
-                            Err(_) => Ok(()),
-                        },
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = allowed {
-                        return (i, Err(e));
-                    }
-                    // ── end of the signature policy check.
                     if let (Some(archive), Some(image)) = (&archive, &job.archived) {
+                        // containers/image copies an archived image from an `oci:` layout:
+                        // the signature policy's transport default applies, before anything
+                        // of it is planned.
+                        let allowed = crate::commands::signature_policy().and_then(|policy| {
+                            policy.map_or(Ok(()), |p| p.check_archived(&job.source))
+                        });
+                        if let Err(e) = allowed {
+                            return (i, Err(e));
+                        }
                         let planned =
                             planner::plan_archive(archive, image, &job, &filter, provenance).await;
                         return (i, planned);
                     }
-                    // A source that did not answer its probe fails its images at once.
-                    let source = pool
-                        .registry(&job.source.registry)
-                        .await
-                        .and_then(|store| store.reachable().map(|()| store));
-                    let planned = match source {
-                        Ok(store) => {
-                            planner::plan(
-                                store.as_ref(),
-                                cache.as_deref(),
-                                &job,
-                                &filter,
-                                provenance,
-                                signatures,
-                            )
-                            .await
-                        }
-                        Err(e) => Err(e),
+                    // From the registry, or through registries.conf's mirrors; the signature
+                    // policy is checked there, before anything of the image is planned.
+                    let planning = crate::pull_source::Planning {
+                        pool: &pool,
+                        cache: cache.as_deref(),
+                        filter: &filter,
+                        provenance,
+                        signatures,
                     };
-                    (i, planned)
+                    (i, planning.plan(&job).await)
                 };
                 async move {
                     let Some(bound) = bound else {

@@ -8,6 +8,7 @@ mod in_flight;
 mod job;
 mod metrics;
 mod planner;
+mod pull_source;
 mod schedule;
 mod serve;
 mod spec;

@@ -16,7 +16,7 @@ use hangar_shared::manifest::{Descriptor, ImageConfig, Manifest, PlatformFilter,
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::Side;
 use hangar_shared::retry::RetryPolicy;
-use hangar_shared::store::ImageStore;
+use hangar_shared::store::{ImageStore, RepoRef};
 use hangar_shared::verify::verified;
 
 /// One list entry with its resolved endpoints.
@@ -79,6 +79,9 @@ pub enum TopPlan {
 pub struct ImagePlan {
     pub platforms: Vec<PlatformPlan>,
     pub top: TopPlan,
+    /// Where the image's blobs are read, when not its own registry and repository (a
+    /// `registries.conf` mirror or redirect that planned it).
+    pub source: Option<RepoRef>,
 }
 
 #[derive(Debug)]
@@ -361,6 +364,7 @@ pub async fn plan(
     Ok(Planned::Plan(ImagePlan {
         platforms,
         top: top_plan,
+        source: None,
     }))
 }
 
@@ -482,7 +486,11 @@ pub async fn plan_archive(
         },
         None => TopPlan::Nothing,
     };
-    Ok(Planned::Plan(ImagePlan { platforms, top }))
+    Ok(Planned::Plan(ImagePlan {
+        platforms,
+        top,
+        source: None,
+    }))
 }
 
 /// A stored Helm chart (`archive store chart`) is pushed as it is, digests preserved, at
@@ -537,6 +545,7 @@ async fn plan_archived_chart(
             push_tag: Some(tag),
         }],
         top: TopPlan::Nothing,
+        source: None,
     }))
 }
 
@@ -590,6 +599,7 @@ mod tests {
         let plan = ImagePlan {
             platforms: vec![amd64, sig],
             top: TopPlan::Nothing,
+            source: None,
         };
         let entry = archive_image(&job("src.io/lib/a:1", "dst.io/proj/a:1"), &plan).expect("entry");
         assert_eq!(
@@ -610,6 +620,7 @@ mod tests {
         let plan = ImagePlan {
             platforms: vec![platform("amd64", &[blob("config")])],
             top: TopPlan::Nothing,
+            source: None,
         };
         let job = job(&format!("src.io/lib/a@{pin}"), "dst.io/proj/a:1");
         let entry = archive_image(&job, &plan).expect("entry");
@@ -628,6 +639,7 @@ mod tests {
         let plan = ImagePlan {
             platforms: vec![odd],
             top: TopPlan::Nothing,
+            source: None,
         };
         let err = archive_image(&job("src.io/lib/a:1", "dst.io/proj/a:1"), &plan).unwrap_err();
         assert_eq!(err.class, FailureClass::Internal);

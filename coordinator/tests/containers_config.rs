@@ -321,3 +321,65 @@ async fn registries_conf_insecure_and_blocked() {
         text(&out)
     );
 }
+
+/// registries.conf mirrors: an image whose registry is unreachable is read from the mirror
+/// configured for it (blobs included), keeps its own name in the report, and lands with its
+/// digest; a mirror that lacks the image is passed over for the next candidate.
+#[tokio::test(flavor = "multi_thread")]
+async fn registries_conf_mirrors_serve_an_unreachable_registry() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let pushed = push_image(
+        &src,
+        env.dir.path(),
+        "hub/team/app",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        (&[700, 300], 9_000),
+    )
+    .await;
+    // Nothing listens on port 1: the registry of record cannot answer.
+    let gone = "127.0.0.1:1";
+    let list = env.write_list("list.txt", &[format!("{gone}/team/app:1")]);
+    let home = env.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let conf = env.dir.path().join("mirrors.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"{gone}/team\"\nlocation = \"{gone}/team\"\n\n\
+             [[registry.mirror]]\nlocation = \"{src}/empty/team\"\ninsecure = true\n\n\
+             [[registry.mirror]]\nlocation = \"{src}/hub/team\"\ninsecure = true\n\n\
+             [[registry]]\nlocation = \"{dst}\"\ninsecure = true\n",
+            src = env.src.addr,
+            dst = env.dst.addr
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args(["mirror", "-f"])
+        .arg(&list)
+        .args([
+            "-d",
+            &env.dst.addr,
+            "--destination-project",
+            "mirrored",
+            "-o",
+        ])
+        .arg(env.path("failed.txt"))
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/hangar-test-auth.json")
+        .env("HOME", &home)
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .output()
+        .expect("hangar-coord");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{gone}/team/app:1")),
+        "the image keeps its name: {}",
+        text(&out)
+    );
+    let copied = common::skopeo_raw(&format!("{}/mirrored/app:1", env.dst.addr))
+        .expect("the image was mirrored");
+    assert_eq!(index_digests(&copied), vec![sha(&pushed.bytes)]);
+}

@@ -127,7 +127,11 @@ impl Tracker {
     /// image's source).
     pub(super) fn register_blobs(&mut self, image: usize, plan: &ImagePlan) -> Vec<BlobKey> {
         let dest_repo = self.dest_repo(image);
-        let source_repo = self.source_repo(image);
+        // A registries.conf mirror that planned the image serves its blobs too.
+        let source_repo = plan
+            .source
+            .clone()
+            .unwrap_or_else(|| self.source_repo(image));
         self.images[image].pending_blobs = vec![0; plan.platforms.len()];
         let mut to_start = Vec::new();
         for (p, platform) in plan.platforms.iter().enumerate() {
@@ -316,6 +320,24 @@ mod tests {
 
     use super::super::testkit::{Harness, blob, blob_tasks, job, kinds, platform, tagged};
     use super::super::{Ends, ImageResult};
+
+    #[tokio::test]
+    async fn blobs_are_read_from_the_mirror_that_planned_the_image() {
+        let mut h = Harness::new(
+            vec![job("docker.io/library/app:1", "dst.io/proj/app:1")],
+            Ends::default(),
+        );
+        let mirror = RepoRef::registry("mirror.local:5000", "hub/library/app");
+        let mut planned = tagged("1", vec![platform("amd64", &[blob("config")])]);
+        if let crate::planner::Planned::Plan(p) = &mut planned {
+            p.source = Some(mirror.clone());
+        }
+        h.add(0, planned).await;
+        let tasks = h.take();
+        let blobs = blob_tasks(&tasks);
+        assert_eq!(blobs.len(), 1);
+        assert_eq!(blobs[0].source, mirror);
+    }
 
     #[tokio::test]
     async fn a_blob_shared_by_two_images_of_one_repository_is_published_once() {

@@ -67,6 +67,7 @@ pub(crate) fn tagged(tag: &str, platforms: Vec<PlatformPlan>) -> Planned {
             tag: tag.into(),
             source_index: None,
         },
+        source: None,
     })
 }
 

@@ -372,6 +372,7 @@ mod tests {
         let plan = ImagePlan {
             platforms: vec![amd64],
             top: TopPlan::Nothing,
+            source: None,
         };
         h.add(0, Planned::Plan(plan)).await;
         h.settle().await;

@@ -289,6 +289,18 @@ impl Policy {
     /// requirement of its scope is satisfied; otherwise the first refusal, naming the
     /// image, this file, the scope and the requirement. Registry errors pass through.
     pub async fn check(&self, store: &dyn ImageStore, image: &ImageRef) -> Result<()> {
+        self.check_at(store, image, image).await
+    }
+
+    /// [`Self::check`] for `image` read from elsewhere (a `registries.conf` mirror): the
+    /// scope and the identity are the image's own name, the manifest and signatures are
+    /// read at `read_at` in `store`.
+    pub async fn check_at(
+        &self,
+        store: &dyn ImageStore,
+        read_at: &ImageRef,
+        image: &ImageRef,
+    ) -> Result<()> {
         let scope = self.docker_scope(image);
         let mut digest = image.digest.clone();
         for req in scope.requirements {
@@ -302,10 +314,11 @@ impl Policy {
                 Rule::Sigstore { keys, identity } => {
                     let d = match &digest {
                         Some(d) => d.clone(),
-                        None => top_digest(store, image).await?,
+                        None => top_digest(store, read_at).await?,
                     };
                     digest = Some(d.clone());
-                    if let Err(reason) = signed(store, image, &d, keys, identity).await? {
+                    let repo = read_at.repository();
+                    if let Err(reason) = signed(store, &repo, image, &d, keys, identity).await? {
                         return Err(self.refusal(image, &scope, req, &reason));
                     }
                 }
@@ -355,6 +368,7 @@ async fn top_digest(store: &dyn ImageStore, image: &ImageRef) -> Result<Digest> 
 /// `identity`, in containers/image's words.
 async fn signed(
     store: &dyn ImageStore,
+    repo: &str,
     image: &ImageRef,
     digest: &Digest,
     keys: &[KeySource],
@@ -363,7 +377,6 @@ async fn signed(
     let Some(intended) = DockerName::parse(&image.to_string()) else {
         return Ok(Err(format!("{image} is not a valid Docker reference")));
     };
-    let repo = image.repository();
     let hint = identity.hint(image, &intended);
     let mut reasons: Vec<String> = Vec::new();
     let mut found = false;
@@ -380,7 +393,7 @@ async fn signed(
         let passes = [hint.as_deref(), None];
         for exact in passes.iter().take(if hint.is_some() { 2 } else { 1 }) {
             let last = exact.is_none();
-            match cosign::verify(store, &repo, digest, &key, *exact).await? {
+            match cosign::verify(store, repo, digest, &key, *exact).await? {
                 Verdict::NoSignature => break,
                 Verdict::Invalid(why) => {
                     found = true;

@@ -5,11 +5,12 @@
 //! in name order, a later `[[registry]]` replacing an earlier one of the same prefix.
 //!
 //! What is honoured: `insecure` (plain HTTP and unverified TLS for a registry, when the
-//! command's `--tls-verify` was left out) and `blocked` (its images are not read), in the
+//! command's `--tls-verify` was left out), `blocked` (its images are not read), `location`
+//! (where a prefix is really read from) and `[[registry.mirror]]` (`location`, `insecure`,
+//! `pull-from-mirror`; `mirror-by-digest-only`), tried in order before the registry, in the
 //! v2 `[[registry]]` form and the v1 `[registries.insecure]`/`[registries.block]` lists.
-//! Mirrors and a `location` other than the prefix are not followed: each says so once, and
-//! the registry named in the list is used. Other keys (search registries, short names,
-//! aliases) concern short names, which lists never hold.
+//! Other keys (search registries, short names, aliases) concern short names, which lists
+//! never hold.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,21 @@ use crate::error::{Error, Result};
 const MAX_FILE: u64 = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+struct Mirror {
+    location: String,
+    insecure: bool,
+    /// Used only for images pinned by digest (`pull-from-mirror = "digest-only"`,
+    /// `mirror-by-digest-only`), or only for tags (`"tag-only"`).
+    digest_only: bool,
+    tag_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     prefix: String,
+    /// Where the prefix is read from, when not itself.
+    location: Option<String>,
+    mirrors: Vec<Mirror>,
     insecure: bool,
     blocked: bool,
     /// The file that said it, for messages.
@@ -60,7 +74,20 @@ struct RegistryTable {
     #[serde(default)]
     blocked: bool,
     #[serde(default)]
-    mirror: Vec<toml::Value>,
+    mirror: Vec<MirrorTable>,
+    #[serde(default)]
+    mirror_by_digest_only: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct MirrorTable {
+    #[serde(default)]
+    location: String,
+    #[serde(default)]
+    insecure: bool,
+    #[serde(default)]
+    pull_from_mirror: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -120,6 +147,8 @@ impl RegistriesConf {
                 check_prefix(path, &host)?;
                 found.push(Entry {
                     prefix: host,
+                    location: None,
+                    mirrors: Vec::new(),
                     insecure,
                     blocked: !insecure,
                     file: path.to_owned(),
@@ -140,16 +169,42 @@ impl RegistriesConf {
             }
             check_prefix(path, &prefix)?;
             let shown = path.display();
-            if !table.location.is_empty() && table.location != prefix {
-                self.ignored.push(format!(
-                    "{shown}: {prefix} is redirected to {} there; redirection is not supported yet, {prefix} itself is used",
-                    table.location
-                ));
+            let wildcard = prefix.starts_with("*.");
+            let location = (!table.location.is_empty() && table.location != prefix)
+                .then(|| table.location.clone());
+            if wildcard && (location.is_some() || !table.mirror.is_empty()) {
+                return Err(Error::invalid(format!(
+                    "{shown}: {prefix}: a wildcard prefix cannot have a location or mirrors"
+                )));
             }
-            if !table.mirror.is_empty() {
-                self.ignored.push(format!(
-                    "{shown}: the mirrors of {prefix} are not used (not supported yet); {prefix} itself is read"
-                ));
+            if let Some(l) = &location {
+                check_prefix(path, l)?;
+            }
+            let mut mirrors = Vec::new();
+            for m in table.mirror {
+                if m.location.is_empty() {
+                    return Err(Error::invalid(format!(
+                        "{shown}: a mirror of {prefix} without a location"
+                    )));
+                }
+                check_prefix(path, &m.location)?;
+                let (digest_only, tag_only) = match m.pull_from_mirror.as_deref() {
+                    None | Some("all") => (table.mirror_by_digest_only, false),
+                    Some("digest-only") => (true, false),
+                    Some("tag-only") => (false, true),
+                    Some(other) => {
+                        return Err(Error::invalid(format!(
+                            "{shown}: mirror {} of {prefix}: pull-from-mirror {other:?} is not all, digest-only or tag-only",
+                            m.location
+                        )));
+                    }
+                };
+                mirrors.push(Mirror {
+                    location: m.location,
+                    insecure: m.insecure,
+                    digest_only,
+                    tag_only,
+                });
             }
             let insecure = if table.insecure && prefix.contains('/') {
                 self.ignored.push(format!(
@@ -161,6 +216,8 @@ impl RegistriesConf {
             };
             found.push(Entry {
                 prefix,
+                location,
+                mirrors,
                 insecure,
                 blocked: table.blocked,
                 file: path.to_owned(),
@@ -190,9 +247,42 @@ impl RegistriesConf {
             .max_by_key(|e| e.prefix.len())
     }
 
-    /// Whether connections to `host` may use plain HTTP and skip certificate checks.
+    /// Whether connections to `host` may use plain HTTP and skip certificate checks: the
+    /// registry's own entry, or a mirror or redirect to it marked insecure.
     pub fn insecure(&self, host: &str) -> bool {
+        let on = |location: &str| location.split('/').next() == Some(host);
         self.find(host).is_some_and(|e| e.insecure)
+            || self.entries.iter().any(|e| {
+                (e.insecure && e.location.as_deref().is_some_and(on))
+                    || e.mirrors.iter().any(|m| m.insecure && on(&m.location))
+            })
+    }
+
+    /// Where to read `name` (`host/repository`) from, in order: the mirrors that serve it
+    /// (by digest or by tag), then the registry of record — itself, or where `location`
+    /// sends it. Just `name` when the configuration says nothing of it.
+    pub fn pull_sources(&self, name: &str, by_digest: bool) -> Vec<String> {
+        let Some(e) = self.find(name).filter(|e| !e.prefix.starts_with("*.")) else {
+            return vec![name.to_owned()];
+        };
+        let rest = &name[e.prefix.len()..];
+        let mut out: Vec<String> = e
+            .mirrors
+            .iter()
+            .filter(|m| {
+                if by_digest {
+                    !m.tag_only
+                } else {
+                    !m.digest_only
+                }
+            })
+            .map(|m| format!("{}{rest}", m.location))
+            .collect();
+        out.push(format!(
+            "{}{rest}",
+            e.location.as_deref().unwrap_or(&e.prefix)
+        ));
+        out
     }
 
     /// Refuses reading `host/repo` when the configuration blocks it.
@@ -339,20 +429,65 @@ insecure = true
     }
 
     #[test]
-    fn mirrors_and_redirects_are_said_not_followed() {
+    fn mirrors_in_order_then_the_registry_of_record() {
         let c = conf(
             r#"
 [[registry]]
 prefix = "docker.io"
-location = "mirror.local:5000"
+location = "hub.local:5000"
 [[registry.mirror]]
-location = "other.local"
+location = "m1.local:5000/hub"
+insecure = true
+[[registry.mirror]]
+location = "m2.local"
+pull-from-mirror = "digest-only"
+
+[[registry]]
+prefix = "quay.io/team"
+mirror-by-digest-only = true
+[[registry.mirror]]
+location = "cache.local/quay-team"
 "#,
         )
         .unwrap();
-        assert_eq!(c.ignored.len(), 2, "{:?}", c.ignored);
-        assert!(c.ignored[0].contains("mirror.local:5000"));
-        assert!(c.ignored[1].contains("mirrors of docker.io"));
+        assert_eq!(
+            c.pull_sources("docker.io/library/alpine", false),
+            [
+                "m1.local:5000/hub/library/alpine",
+                "hub.local:5000/library/alpine"
+            ]
+        );
+        assert_eq!(
+            c.pull_sources("docker.io/library/alpine", true),
+            [
+                "m1.local:5000/hub/library/alpine",
+                "m2.local/library/alpine",
+                "hub.local:5000/library/alpine"
+            ]
+        );
+        assert_eq!(
+            c.pull_sources("quay.io/team/app", false),
+            ["quay.io/team/app"]
+        );
+        assert_eq!(
+            c.pull_sources("quay.io/team/app", true),
+            ["cache.local/quay-team/app", "quay.io/team/app"]
+        );
+        assert_eq!(
+            c.pull_sources("quay.io/other/app", true),
+            ["quay.io/other/app"]
+        );
+        assert!(c.insecure("m1.local:5000"));
+        assert!(!c.insecure("m2.local"));
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let e = conf("[[registry]]\nprefix = \"*.x.io\"\n[[registry.mirror]]\nlocation = \"m\"\n")
+            .unwrap_err();
+        assert!(e.message.contains("wildcard"), "{e}");
+        let e = conf(
+            "[[registry]]\nlocation = \"a.io\"\n[[registry.mirror]]\nlocation = \"m.io\"\npull-from-mirror = \"sometimes\"\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("sometimes"), "{e}");
     }
 
     #[test]

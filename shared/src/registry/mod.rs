@@ -10,6 +10,7 @@ mod certs;
 mod challenge;
 mod classify;
 mod conf;
+pub use conf::RegistriesConf;
 mod fetch;
 mod token;
 

@@ -1,0 +1,119 @@
+//! Planning an image from where `registries.conf` says to pull it: each of its mirrors in
+//! order, then the registry itself (or where its `location` redirects it), the first that
+//! plans the image winning — containers/image's order. A mirror that fails is passed over
+//! (said in `--debug`); only the last candidate's error is the image's. The image keeps its
+//! name in every report; its blobs are read from the candidate that planned it.
+//!
+//! The signature policy is checked here, against the candidate used, under the image's own
+//! name: an image read from a mirror is accepted only if what the mirror holds satisfies it.
+
+use hangar_shared::cache::BlobCache;
+use hangar_shared::error::{Error, Result};
+use hangar_shared::manifest::PlatformFilter;
+use hangar_shared::reference::ImageRef;
+use hangar_shared::registry::RegistriesConf;
+use hangar_shared::store::{RegistryPool, RepoRef};
+
+use crate::planner::{self, ImageJob, Planned};
+
+pub struct Planning<'a> {
+    pub pool: &'a RegistryPool,
+    pub cache: Option<&'a BlobCache>,
+    pub filter: &'a PlatformFilter,
+    pub provenance: bool,
+    pub signatures: bool,
+}
+
+impl Planning<'_> {
+    pub async fn plan(&self, job: &ImageJob) -> Result<Planned> {
+        let candidates = candidates(&job.source)?;
+        let last = candidates.len() - 1;
+        let mut outcome = None;
+        for (n, candidate) in candidates.into_iter().enumerate() {
+            let mirrored = candidate != job.source;
+            let attempt = self.plan_from(job, &candidate).await;
+            match attempt {
+                Err(e) if n < last => {
+                    tracing::debug!(
+                        image = %job.source,
+                        from = %candidate,
+                        "passed over (registries.conf): {e}"
+                    );
+                }
+                Ok(Planned::Plan(mut plan)) => {
+                    if mirrored {
+                        tracing::debug!(image = %job.source, from = %candidate, "read through registries.conf");
+                        plan.source = Some(RepoRef::registry(
+                            &candidate.registry,
+                            &candidate.repository(),
+                        ));
+                    }
+                    return Ok(Planned::Plan(plan));
+                }
+                other => {
+                    outcome = Some(other);
+                    break;
+                }
+            }
+        }
+        outcome.unwrap_or_else(|| Err(Error::internal("no source to plan from")))
+    }
+
+    async fn plan_from(&self, job: &ImageJob, candidate: &ImageRef) -> Result<Planned> {
+        let store = self
+            .pool
+            .registry(&candidate.registry)
+            .await
+            .and_then(|store| store.reachable().map(|()| store))?;
+        if let Some(policy) = crate::commands::signature_policy()? {
+            // The scope and identity are the image's own name; its signatures are read
+            // where the image is read.
+            policy
+                .check_at(store.as_ref(), candidate, &job.source)
+                .await?;
+        }
+        let mut at = job.clone();
+        at.source = candidate.clone();
+        planner::plan(
+            store.as_ref(),
+            self.cache,
+            &at,
+            self.filter,
+            self.provenance,
+            self.signatures,
+        )
+        .await
+    }
+}
+
+/// Where to read `image` from, in order; just `image` when the configuration says nothing.
+fn candidates(image: &ImageRef) -> Result<Vec<ImageRef>> {
+    let name = format!("{}/{}", image.registry, image.repository());
+    let sources = RegistriesConf::global()?.pull_sources(&name, image.digest.is_some());
+    let mut out = Vec::with_capacity(sources.len());
+    for source in sources {
+        if source == name {
+            out.push(image.clone());
+            continue;
+        }
+        let at = source
+            .split_once('/')
+            .and_then(|(registry, repository)| {
+                let (project, name) = repository.split_once('/')?;
+                Some(ImageRef {
+                    registry: registry.to_owned(),
+                    project: project.to_owned(),
+                    name: name.to_owned(),
+                    tag: image.tag.clone(),
+                    digest: image.digest.clone(),
+                })
+            })
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "registries.conf: {name} is to be read from {source}, which is not `host/project/name`"
+                ))
+            })?;
+        out.push(at);
+    }
+    Ok(out)
+}
