@@ -357,22 +357,35 @@ async fn registries_conf_mirrors_serve_an_unreachable_registry() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
-        .args(["mirror", "-f"])
-        .arg(&list)
-        .args([
-            "-d",
-            &env.dst.addr,
-            "--destination-project",
-            "mirrored",
-            "-o",
-        ])
-        .arg(env.path("failed.txt"))
-        .env("REGISTRY_AUTH_FILE", "/nonexistent/hangar-test-auth.json")
-        .env("HOME", &home)
-        .env("CONTAINERS_REGISTRIES_CONF", &conf)
-        .output()
-        .expect("hangar-coord");
+    let mirror = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(["mirror", "-f"])
+            .arg(&list)
+            .args([
+                "-d",
+                &env.dst.addr,
+                "--destination-project",
+                "mirrored",
+                "-o",
+            ])
+            .arg(env.path("failed.txt"))
+            .args(extra)
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/hangar-test-auth.json")
+            .env("HOME", &home)
+            .env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .output()
+            .expect("hangar-coord")
+    };
+    // The pre-flight plans as the copy will: through the mirror.
+    let out = mirror(&["--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("Plan [{gone}/team/app:1] => [")),
+        "{}",
+        text(&out)
+    );
+    assert!(common::skopeo_raw(&format!("{}/mirrored/app:1", env.dst.addr)).is_none());
+    let out = mirror(&[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("{gone}/team/app:1")),

@@ -14,7 +14,7 @@ use hangar_shared::archive::writer::plan_volumes;
 use hangar_shared::digest::Digest;
 use hangar_shared::manifest::Descriptor;
 use hangar_shared::registry::Side;
-use hangar_shared::store::RegistryPool;
+use hangar_shared::store::{RegistryPool, RepoRef, StoreRef};
 use indicatif::HumanBytes;
 
 use crate::console::Console;
@@ -69,16 +69,15 @@ pub async fn run(
         .map(|job| {
             let pool = pool.clone();
             async move {
-                let source = pool
-                    .registry(&job.source.registry)
-                    .await
-                    .and_then(|store| store.reachable().map(|()| store));
-                let r = match source {
-                    Ok(store) => {
-                        planner::plan(store.as_ref(), None, &job, filter, provenance, false).await
-                    }
-                    Err(e) => Err(e),
+                // As the copy would plan it: registries.conf's mirrors, the signature policy.
+                let planning = crate::pull_source::Planning {
+                    pool: &pool,
+                    cache: None,
+                    filter,
+                    provenance,
+                    signatures: false,
                 };
+                let r = planning.plan(&job).await;
                 (job, r)
             }
         })
@@ -148,12 +147,14 @@ pub async fn run(
                 Target::Archive { .. } => (String::new(), b.digest.clone()),
             };
             unique.entry(key).or_insert_with(|| {
-                (
-                    job.dest.repository(),
-                    b.clone(),
-                    job.source.registry.clone(),
-                    job.source.repository(),
-                )
+                let (host, repo) = match &p.source {
+                    Some(RepoRef {
+                        store: StoreRef::Registry { host },
+                        repo,
+                    }) => (host.clone(), repo.clone()),
+                    _ => (job.source.registry.clone(), job.source.repository()),
+                };
+                (job.dest.repository(), b.clone(), host, repo)
             });
         }
     }
