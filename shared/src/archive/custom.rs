@@ -225,20 +225,37 @@ fn synthetic_image(
     })
 }
 
+/// The largest Chart.yaml accepted: real ones are a few KiB.
+pub const MAX_CHART_YAML: u64 = 1 << 20;
+
 /// The `Chart.yaml` of a packaged chart (`<name>/Chart.yaml`, the top-level one, not a
 /// dependency's under `<name>/charts/`).
+/// A chart's archive is outside input: its extension headers are bounded as the scanner's
+/// are ([`crate::scan::tar_guard`]), and its Chart.yaml to [`MAX_CHART_YAML`].
 pub fn chart_yaml_in_tgz(path: &std::path::Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let fail = |e: std::io::Error| Error::invalid(format!("{}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(fail)?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut tar = tar::Archive::new(crate::scan::tar_guard::TarGuard::new(
+        flate2::read::GzDecoder::new(file),
+    ));
     for entry in tar.entries().map_err(fail)? {
         let mut entry = entry.map_err(fail)?;
         let name = entry.path().map_err(fail)?.into_owned();
         let parts: Vec<_> = name.components().collect();
         if parts.len() == 2 && parts[1].as_os_str() == "Chart.yaml" {
             let mut out = Vec::new();
-            entry.read_to_end(&mut out).map_err(fail)?;
+            entry
+                .take(MAX_CHART_YAML + 1)
+                .read_to_end(&mut out)
+                .map_err(fail)?;
+            if out.len() as u64 > MAX_CHART_YAML {
+                return Err(Error::invalid(format!(
+                    "{}: Chart.yaml is larger than {} KiB",
+                    path.display(),
+                    MAX_CHART_YAML >> 10
+                )));
+            }
             return Ok(out);
         }
     }
@@ -363,4 +380,40 @@ pub async fn download(
     }
     file.flush().await.map_err(fail)?;
     Ok((Digest::from_sha256(&hasher.finalize()), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tgz(dir: &std::path::Path, chart_yaml: &[u8]) -> std::path::PathBuf {
+        let to = dir.join("c.tgz");
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&to).expect("create"),
+            flate2::Compression::fast(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(chart_yaml.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "c/Chart.yaml", chart_yaml)
+            .expect("append");
+        tar.into_inner().expect("tar").finish().expect("gz");
+        to
+    }
+
+    #[test]
+    fn a_chart_yaml_is_read_and_an_oversized_one_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ok = tgz(dir.path(), b"name: c\nversion: 1.0.0\n");
+        assert_eq!(
+            chart_yaml_in_tgz(&ok).expect("read"),
+            b"name: c\nversion: 1.0.0\n"
+        );
+        // 2 MiB of spaces: a few KiB compressed.
+        let big = tgz(dir.path(), &vec![b' '; 2 << 20]);
+        let e = chart_yaml_in_tgz(&big).expect_err("refused");
+        assert!(e.message.contains("larger than 1024 KiB"), "{e}");
+    }
 }
