@@ -240,7 +240,7 @@ pub fn chart_yaml_in_tgz(path: &std::path::Path) -> Result<Vec<u8>> {
         flate2::read::GzDecoder::new(file),
     ));
     for entry in tar.entries().map_err(fail)? {
-        let mut entry = entry.map_err(fail)?;
+        let entry = entry.map_err(fail)?;
         let name = entry.path().map_err(fail)?.into_owned();
         let parts: Vec<_> = name.components().collect();
         if parts.len() == 2 && parts[1].as_os_str() == "Chart.yaml" {
