@@ -4,15 +4,11 @@
 mod cli;
 mod commands;
 mod console;
-mod in_flight;
-mod job;
+mod engine;
 mod metrics;
-mod planner;
-mod pull_source;
 mod schedule;
 mod serve;
 mod spec;
-mod tracker;
 
 use std::process::ExitCode;
 

@@ -4,7 +4,7 @@
 
 use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::job::JobSnapshot;
+use crate::engine::job::JobSnapshot;
 
 pub struct Metrics {
     registry: Registry,

@@ -21,6 +21,7 @@ pub enum TaskKind {
     Assemble,
     Sign,
     Scan,
+    Check,
 }
 
 impl TaskKind {
@@ -33,6 +34,7 @@ impl TaskKind {
             Self::Assemble => "assemble",
             Self::Sign => "sign",
             Self::Scan => "scan",
+            Self::Check => "check",
         }
     }
 }
@@ -106,6 +108,46 @@ pub struct ScanTask {
     pub manifest: ManifestBody,
 }
 
+/// A read-only check of one image where it is; its verdict comes back as the outcome.
+/// The commands that validate (`mirror validate`, `sign validate`) plan these and report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "check", rename_all = "kebab-case")]
+pub enum CheckTask {
+    /// The manifest at `reference` in `store` is `whole`, or lists every digest of
+    /// `expect` (a mirrored image holds what its source selected).
+    Contains {
+        store: RepoRef,
+        reference: String,
+        expect: Vec<Descriptor>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        whole: Option<Digest>,
+    },
+    /// A cosign signature of `digest` in `store` verifies with `public_key` (PEM: a public
+    /// key is no secret); with `identity`, its payload must name that repository.
+    Signature {
+        store: RepoRef,
+        digest: Digest,
+        public_key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<String>,
+    },
+}
+
+/// What a check found: one type for every validate and verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
+pub enum Verdict {
+    /// As expected; a verified signature's payload.
+    Pass {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payload: Option<String>,
+    },
+    /// Nothing there to judge (no signature): a warning, not a failure.
+    Absent,
+    /// Not as expected, and why.
+    Fail { why: String },
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Task {
@@ -115,6 +157,7 @@ pub enum Task {
     Assemble(AssembleTask),
     Sign(SignTask),
     Scan(ScanTask),
+    Check(CheckTask),
 }
 
 impl Task {
@@ -126,6 +169,7 @@ impl Task {
             Self::Assemble(_) => TaskKind::Assemble,
             Self::Sign(_) => TaskKind::Sign,
             Self::Scan(_) => TaskKind::Scan,
+            Self::Check(_) => TaskKind::Check,
         }
     }
 }
@@ -251,6 +295,9 @@ pub enum Outcome {
     Scanned {
         inventory: Box<crate::scan::Inventory>,
         cached: bool,
+    },
+    Checked {
+        verdict: Verdict,
     },
 }
 

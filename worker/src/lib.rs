@@ -5,6 +5,7 @@
 
 pub mod assemble;
 pub mod blob;
+pub mod check;
 pub mod context;
 pub mod http;
 pub mod index;

@@ -95,6 +95,9 @@ struct Args {
     /// Image inventories read at once (scanning).
     #[arg(long, default_value_t = 2)]
     scan_concurrency: usize,
+    /// Read-only checks run at once (mirror validate, sign validate).
+    #[arg(long, default_value_t = 8)]
+    check_concurrency: usize,
     /// CA certificates (*.crt) to trust for every registry; without it each registry's
     /// certs.d directory (~/.config/containers/certs.d/HOST, /etc/containers/certs.d/HOST,
     /// /etc/docker/certs.d/HOST) is read.
@@ -221,6 +224,7 @@ async fn main() -> Result<()> {
             },
         ),
         (TaskKind::Scan, args.scan_concurrency),
+        (TaskKind::Check, args.check_concurrency),
         (TaskKind::Blob, args.blob_concurrency),
         (TaskKind::Manifest, args.manifest_concurrency),
         (TaskKind::Index, args.index_concurrency),

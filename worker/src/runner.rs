@@ -10,7 +10,7 @@ use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::queue::{EventSink, TaskQueue};
 use hangar_shared::task::{Event, EventKind, Outcome, Task};
 
-use crate::{Context, assemble, blob, index, manifest, scan, sign};
+use crate::{Context, assemble, blob, check, index, manifest, scan, sign};
 
 pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
     let work = async {
@@ -21,6 +21,7 @@ pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
             Task::Assemble(t) => assemble::write(ctx, t).await,
             Task::Sign(t) => sign::sign(ctx, t).await,
             Task::Scan(t) => scan::scan(ctx, t).await,
+            Task::Check(t) => check::check(ctx, t).await,
         }
     };
     let work = hangar_shared::ratelimit::one_task(work);

@@ -15,7 +15,7 @@ use hangar_shared::manifest::{Descriptor, PlatformFilter};
 
 use crate::cli::{InspectListArgs, ListArgs, PlatformArgs, RateArgs, RegistryArgs};
 use crate::console::Console;
-use crate::planner;
+use crate::engine::planner;
 
 /// The report formats Hangar writes; anything else is txt.
 fn format_of(given: &str) -> &'static str {

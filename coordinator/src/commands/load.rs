@@ -18,9 +18,9 @@ use hangar_shared::store::StoreRef;
 
 use crate::cli::LoadArgs;
 use crate::console::Console;
-use crate::job::{self, Backend, MirrorSpec};
-use crate::planner::ImageJob;
-use crate::tracker::Ends;
+use crate::engine::job::{self, Backend, MirrorSpec};
+use crate::engine::planner::ImageJob;
+use crate::engine::tracker::Ends;
 
 struct Selected {
     jobs: Vec<ImageJob>,

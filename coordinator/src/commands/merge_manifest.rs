@@ -13,7 +13,7 @@ use hangar_shared::registry::Side;
 
 use crate::cli::MergeManifestArgs;
 use crate::console::Console;
-use crate::planner::read_config;
+use crate::engine::planner::read_config;
 
 pub async fn run(args: &MergeManifestArgs, console: &Console) -> Result<()> {
     let refs = args

@@ -14,8 +14,8 @@ use hangar_shared::retry::RetryPolicy;
 
 use crate::cli::MirrorArgs;
 use crate::console::Console;
-use crate::job::{self, Backend, MirrorSpec};
-use crate::planner::ImageJob;
+use crate::engine::job::{self, Backend, MirrorSpec};
+use crate::engine::planner::ImageJob;
 
 pub struct Prepared {
     pub images: Vec<ImageJob>,
@@ -151,7 +151,7 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntr
         retry: RetryPolicy::default(),
         cache: prepared.cache,
         interruptible: true,
-        ends: crate::tracker::Ends {
+        ends: crate::engine::tracker::Ends {
             sign_key: args.sign_key.clone(),
             scan: args.scan_db.is_some(),
             ..Default::default()

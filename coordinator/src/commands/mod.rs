@@ -156,11 +156,11 @@ pub async fn rate_gate(
 /// up to the whole. Returns the images that failed, by their list lines.
 pub fn summarise(
     console: &crate::console::Console,
-    report: &crate::job::JobReport,
+    report: &crate::engine::job::JobReport,
     done_word: &str,
     failed_before: usize,
 ) -> Vec<String> {
-    use crate::tracker::ImageResult;
+    use crate::engine::tracker::ImageResult;
     let (mut done, mut present, mut skipped) = (0usize, 0usize, 0usize);
     let mut failed = Vec::new();
     for (job, result) in &report.results {

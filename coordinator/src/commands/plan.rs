@@ -18,7 +18,7 @@ use hangar_shared::store::{RegistryPool, RepoRef, StoreRef};
 use indicatif::HumanBytes;
 
 use crate::console::Console;
-use crate::planner::{self, ImageJob, ImagePlan, Planned};
+use crate::engine::planner::{self, ImageJob, ImagePlan, Planned};
 
 /// What the plan is for.
 pub enum Target {
@@ -70,7 +70,7 @@ pub async fn run(
             let pool = pool.clone();
             async move {
                 // As the copy would plan it: registries.conf's mirrors, the signature policy.
-                let planning = crate::pull_source::Planning {
+                let planning = crate::engine::pull_source::Planning {
                     pool: &pool,
                     cache: None,
                     filter,

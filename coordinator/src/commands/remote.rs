@@ -10,7 +10,7 @@ use indicatif::HumanBytes;
 
 use crate::cli::{ApiClientArgs, MirrorArgs};
 use crate::console::Console;
-use crate::job::JobSnapshot;
+use crate::engine::job::JobSnapshot;
 
 fn base(server: &str) -> String {
     let s = server.trim_end_matches('/');

@@ -26,8 +26,8 @@ use indicatif::HumanBytes;
 
 use crate::cli::{ArchiveListArgs, MirrorArgs, SaveArgs, SyncArgs};
 use crate::console::Console;
-use crate::job::{self, Backend};
-use crate::planner::{self, ImageJob};
+use crate::engine::job::{self, Backend};
+use crate::engine::planner::{self, ImageJob};
 
 /// A cache directory that exists for one command and is removed with it.
 struct TempCache(PathBuf);

@@ -18,7 +18,7 @@ use hangar_shared::store::ImageStore;
 
 use crate::cli::ScanArgs;
 use crate::console::Console;
-use crate::planner;
+use crate::engine::planner;
 
 /// Exit with a chosen status (the `--exit-code` gate), after the report is written.
 #[derive(Debug, thiserror::Error)]
@@ -264,7 +264,7 @@ pub async fn open_dbs(
 /// The scan report of a job's scan tasks (`--scan-db`): the workers' inventories matched
 /// here, written as the json report; images named by their source (`save`) or destination.
 pub fn report_job(
-    report: &crate::job::JobReport,
+    report: &crate::engine::job::JobReport,
     db: &Database,
     path: &std::path::Path,
     by_source: bool,

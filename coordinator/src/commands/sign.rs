@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::cli::{GenerateKeyArgs, SignArgs, SignValidateArgs};
 use crate::console::Console;
-use crate::planner;
+use crate::engine::planner;
 
 /// Reads a passphrase: the file (trimmed), else `COSIGN_PASSWORD`, else a prompt (twice
 /// when creating a key).

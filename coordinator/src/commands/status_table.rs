@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use indicatif::HumanBytes;
 
-use crate::job::JobSnapshot;
+use crate::engine::job::JobSnapshot;
 
 fn clock(secs: u64) -> String {
     match secs {

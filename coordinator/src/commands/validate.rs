@@ -12,7 +12,7 @@ use hangar_shared::store::RegistryPool;
 
 use crate::cli::MirrorArgs;
 use crate::console::Console;
-use crate::planner::{self, ImageJob, NO_PLATFORM};
+use crate::engine::planner::{self, ImageJob, NO_PLATFORM};
 
 enum Verdict {
     Pass,

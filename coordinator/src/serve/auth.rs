@@ -29,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::cli::MirrorArgs;
-use crate::planner::ImageJob;
+use crate::engine::planner::ImageJob;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {

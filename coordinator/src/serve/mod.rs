@@ -34,7 +34,7 @@ use tracing::Instrument;
 use crate::cli::MirrorArgs;
 use crate::commands::mirror;
 use crate::console::Console;
-use crate::job::{self, Backend, JobSnapshot};
+use crate::engine::job::{self, Backend, JobSnapshot};
 use crate::spec::JobSpec;
 
 pub const JOB_BUCKET: &str = "hangar-jobs";

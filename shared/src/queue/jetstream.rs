@@ -33,13 +33,14 @@ const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// How long a publish keeps trying through a NATS outage before the job gives up.
 pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
-pub const KINDS: [TaskKind; 6] = [
+pub const KINDS: [TaskKind; 7] = [
     TaskKind::Blob,
     TaskKind::Manifest,
     TaskKind::Index,
     TaskKind::Assemble,
     TaskKind::Sign,
     TaskKind::Scan,
+    TaskKind::Check,
 ];
 
 fn bus(e: impl std::fmt::Display) -> Error {

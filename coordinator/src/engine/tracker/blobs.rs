@@ -16,7 +16,7 @@ use hangar_shared::store::RepoRef;
 use hangar_shared::task::{BlobTask, Outcome, Task};
 
 use super::{ImageResult, Observer, TaskRef, Tracker};
-use crate::planner::ImagePlan;
+use crate::engine::planner::ImagePlan;
 
 pub(super) type BlobKey = (RepoRef, Digest);
 
@@ -329,7 +329,7 @@ mod tests {
         );
         let mirror = RepoRef::registry("mirror.local:5000", "hub/library/app");
         let mut planned = tagged("1", vec![platform("amd64", &[blob("config")])]);
-        if let crate::planner::Planned::Plan(p) = &mut planned {
+        if let crate::engine::planner::Planned::Plan(p) = &mut planned {
             p.source = Some(mirror.clone());
         }
         h.add(0, planned).await;

@@ -24,7 +24,7 @@ use hangar_shared::queue::TaskQueue;
 use hangar_shared::store::{RepoRef, StoreRef};
 use hangar_shared::task::{Event, EventKind, JobId, Task, TaskEnvelope, TaskId};
 
-use crate::planner::{ImageJob, ImagePlan, Planned};
+use crate::engine::planner::{ImageJob, ImagePlan, Planned};
 pub use blobs::BlobSummary;
 use blobs::{BlobKey, BlobState, Group};
 
@@ -309,7 +309,7 @@ impl Tracker {
     /// Folds one event in, publishing whatever it unblocks.
     pub async fn on_event(&mut self, event: Event, obs: &mut dyn Observer) -> Result<()> {
         let (outcome, error) = match event.kind {
-            // Notices for the in-flight view (`crate::in_flight`), nothing to settle.
+            // Notices for the in-flight view (`crate::engine::in_flight`), nothing to settle.
             EventKind::Started { .. } | EventKind::Waiting { .. } => return Ok(()),
             EventKind::Done { outcome } => (Some(outcome), None),
             EventKind::Failed {
@@ -367,7 +367,7 @@ impl Tracker {
     ) -> impl Iterator<
         Item = (
             &ImageJob,
-            &crate::planner::PlatformPlan,
+            &crate::engine::planner::PlatformPlan,
             &hangar_shared::scan::Inventory,
         ),
     > {
@@ -429,7 +429,7 @@ mod tests {
 
     use super::testkit::{Harness, blob, job, kinds, platform, tagged};
     use super::{Ends, ImageResult};
-    use crate::planner::Planned;
+    use crate::engine::planner::Planned;
 
     fn three_images() -> Harness {
         Harness::new(

@@ -14,7 +14,7 @@ use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::RegistriesConf;
 use hangar_shared::store::{RegistryPool, RepoRef};
 
-use crate::planner::{self, ImageJob, Planned};
+use crate::engine::planner::{self, ImageJob, Planned};
 
 pub struct Planning<'a> {
     pub pool: &'a RegistryPool,

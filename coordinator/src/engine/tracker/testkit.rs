@@ -16,7 +16,7 @@ use hangar_shared::reference::ImageRef;
 use hangar_shared::task::{Event, Outcome, Task, TaskEnvelope};
 
 use super::{Ends, ImageResult, Observer, Tracker};
-use crate::planner::{ImageJob, ImagePlan, Planned, PlatformPlan, TopPlan};
+use crate::engine::planner::{ImageJob, ImagePlan, Planned, PlatformPlan, TopPlan};
 
 /// A layer blob whose digest and size come from `name`.
 pub(crate) fn blob(name: &str) -> Descriptor {

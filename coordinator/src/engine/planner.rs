@@ -584,7 +584,7 @@ pub fn archive_image(job: &ImageJob, plan: &ImagePlan) -> Result<ArchiveImage> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::testkit::{blob, job, platform};
+    use crate::engine::tracker::testkit::{blob, job, platform};
 
     #[test]
     fn an_archive_entry_lists_platform_manifests_without_attachments_or_foreign_layers() {

@@ -13,7 +13,7 @@ use hangar_shared::store::StoreRef;
 use hangar_shared::task::{IndexTask, ManifestBody, ManifestTask, Outcome, Task};
 
 use super::{ImageResult, Observer, TaskRef, Tracker};
-use crate::planner::TopPlan;
+use crate::engine::planner::TopPlan;
 
 impl Tracker {
     /// Pushes platform `platform` of `image` by digest (or at its attachment tag).
@@ -215,7 +215,7 @@ mod tests {
 
     use super::super::testkit::{Harness, blob, job, kinds, platform, tagged};
     use super::super::{Ends, ImageResult};
-    use crate::planner::{ImagePlan, Planned, TopPlan};
+    use crate::engine::planner::{ImagePlan, Planned, TopPlan};
 
     #[tokio::test]
     async fn a_manifest_is_published_only_after_all_its_blobs() {

@@ -10,20 +10,15 @@ use futures_util::StreamExt;
 use hangar_shared::archive::ArchiveReader;
 use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::manifest::PlatformFilter;
-use hangar_shared::queue::jetstream::{self, JetStreamQueue};
-use hangar_shared::queue::{ChannelSink, MemoryQueue, TaskQueue};
 use hangar_shared::retry::RetryPolicy;
-use hangar_shared::store::{RegistryPool, Stores};
-use hangar_worker::Context;
+use hangar_shared::store::RegistryPool;
 use tokio::sync::mpsc;
 
+pub use super::tasks::Backend;
+use super::tasks::{Bus, Here};
 use crate::console::{Console, Progress};
-use crate::planner::{self, ImageJob, ImagePlan};
-use crate::tracker::{Ends, ImageResult, Observer, Stats, Tracker};
-
-/// Deliveries of one task. Each delivery already retries transient request failures with
-/// backoff; one redelivery covers a handler that failed as a whole.
-const MAX_DELIVER: u32 = 2;
+use crate::engine::planner::{self, ImageJob, ImagePlan};
+use crate::engine::tracker::{Ends, ImageResult, Observer, Stats, Tracker};
 
 pub struct MirrorSpec {
     pub images: Vec<ImageJob>,
@@ -56,7 +51,7 @@ pub struct JobReport {
     pub results: Vec<(ImageJob, ImageResult)>,
     pub stats: Stats,
     /// The run's blobs, each unique digest counted once.
-    pub blobs: crate::tracker::BlobSummary,
+    pub blobs: crate::engine::tracker::BlobSummary,
     pub elapsed: Duration,
     /// Copied images with their plans, in the order they finished.
     pub completed: Vec<(ImageJob, ImagePlan)>,
@@ -142,14 +137,6 @@ impl Observer for LogObserver<'_> {
     }
 }
 
-/// Where the tasks run.
-pub enum Backend {
-    /// Worker handlers in this process, on the in-process queue.
-    Embedded,
-    /// `hangar-worker` processes pulling from JetStream.
-    Fleet(async_nats::Client),
-}
-
 /// A job id that is unique across runs and a valid NATS subject token.
 pub fn new_job_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -188,7 +175,7 @@ pub struct JobSnapshot {
     /// Tasks a worker is running now (the longest-running first, at most 50), with what
     /// each waits on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub in_flight: Vec<crate::in_flight::TaskView>,
+    pub in_flight: Vec<crate::engine::in_flight::TaskView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// When the job (this run of it) started, in seconds since 1970: for elapsed time and
@@ -258,44 +245,18 @@ pub async fn run_mirror(
         }
     }
     let bytes_moved = Arc::new(AtomicU64::new(0));
-    let (queue, mut events, workers): (Arc<dyn TaskQueue>, _, _) = match backend {
-        Backend::Embedded => {
-            let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new(MAX_DELIVER));
-            let (event_tx, events) = mpsc::unbounded_channel();
-            let stores = Stores::new(pool.clone(), spec.cache.clone());
-            if let Some((location, archive)) = &spec.archive {
-                stores.add_archive(location, archive.clone()).await;
-            }
-            let ctx = Arc::new(Context {
-                name: "embedded".into(),
-                stores: Arc::new(stores),
-                retry: spec.retry,
-                bytes_moved: bytes_moved.clone(),
-                task_timeout: spec.task_timeout,
-                // One process: another delivery would be this same process again.
-                stall_after: None,
-                metrics: None,
-                cache: spec.cache.clone(),
-                leases: None,
-                sign_keys: spec.sign_keys.clone(),
-                policy: None,
-            });
-            let workers = tokio::spawn(hangar_worker::run(
-                queue.clone(),
-                Arc::new(ChannelSink(event_tx)),
-                ctx,
-                spec.transfers,
-            ));
-            (queue, events, Some(workers))
-        }
-        Backend::Fleet(client) => {
-            let events = jetstream::follow_events(client.clone(), &job_id).await?;
-            let queue: Arc<dyn TaskQueue> = Arc::new(JetStreamQueue::publisher(client).await?);
-            console.info(None, format!("Job {job_id} runs on the fleet"));
-            (queue, events, None)
-        }
+    let here = Here {
+        pool: pool.clone(),
+        cache: spec.cache.clone(),
+        archive: spec.archive.clone(),
+        sign_keys: spec.sign_keys.clone(),
+        retry: spec.retry,
+        task_timeout: spec.task_timeout,
+        transfers: spec.transfers,
+        bytes_moved: bytes_moved.clone(),
     };
-
+    let mut bus = Bus::open(backend, &job_id, here, &console).await?;
+    let queue = bus.queue.clone();
     let (plan_tx, mut plans) = mpsc::channel(64);
     let planner_jobs: Vec<(usize, ImageJob)> = spec.images.iter().cloned().enumerate().collect();
     let (filter, provenance, planners) =
@@ -336,7 +297,7 @@ pub async fn run_mirror(
                     }
                     // From the registry, or through registries.conf's mirrors; the signature
                     // policy is checked there, before anything of the image is planned.
-                    let planning = crate::pull_source::Planning {
+                    let planning = crate::engine::pull_source::Planning {
                         pool: &pool,
                         cache: cache.as_deref(),
                         filter: &filter,
@@ -390,11 +351,11 @@ pub async fn run_mirror(
     };
     let mut interrupted = false;
     let mut announced = 0;
-    let mut in_flight = crate::in_flight::InFlight::default();
+    let mut in_flight = crate::engine::in_flight::InFlight::default();
     while !tracker.is_finished() {
         tokio::select! {
             Some((i, planned)) = plans.recv() => tracker.add_plan(i, planned, &mut obs).await?,
-            event = events.recv() => match event {
+            event = bus.events.recv() => match event {
                 Some(event) => {
                     in_flight.observe(&event);
                     tracker.on_event(event, &mut obs).await?;
@@ -424,16 +385,8 @@ pub async fn run_mirror(
             announced = tracker.completed_count();
         }
     }
-    queue.close().await;
     planning.abort();
-    if let Some(workers) = workers {
-        if interrupted {
-            workers.abort();
-        } else {
-            // The queue is closed and drained once every image is finished.
-            let _ = workers.await;
-        }
-    }
+    bus.close(interrupted).await;
     console.stop_progress(progress);
     let results = tracker
         .results()

@@ -1,0 +1,304 @@
+//! Tasks out, outcomes back, on either backend: the in-process queue with this process's
+//! own worker handlers, or JetStream with `hangar-worker`s. Copy jobs drive a [`Bus`]
+//! through the tracker (`job`); per-image work that copies nothing — signing, scanning,
+//! checking — is planned by its command and followed here by [`per_image`], which reports
+//! each image once all its tasks have ended.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hangar_shared::archive::ArchiveReader;
+use hangar_shared::cache::BlobCache;
+use hangar_shared::error::{Error, FailureClass, Result};
+use hangar_shared::queue::jetstream::{self, JetStreamQueue};
+use hangar_shared::queue::{ChannelSink, MemoryQueue, TaskQueue};
+use hangar_shared::retry::RetryPolicy;
+use hangar_shared::sign::KeyPair;
+use hangar_shared::store::{RegistryPool, Stores};
+use hangar_shared::task::{Event, EventKind, Outcome, Task, TaskEnvelope, TaskId};
+use hangar_worker::Context;
+use tokio::sync::mpsc;
+
+use crate::console::Console;
+
+/// Deliveries of one task. Each delivery already retries transient request failures with
+/// backoff; one redelivery covers a handler that failed as a whole.
+pub const MAX_DELIVER: u32 = 2;
+
+/// Where the tasks run.
+pub enum Backend {
+    /// Worker handlers in this process, on the in-process queue.
+    Embedded,
+    /// `hangar-worker` processes pulling from JetStream.
+    Fleet(async_nats::Client),
+}
+
+/// What this process's own handlers need when the backend is embedded (a fleet's workers
+/// have their own stores, cache and keys).
+pub struct Here {
+    pub pool: Arc<RegistryPool>,
+    pub cache: Option<Arc<BlobCache>>,
+    /// An archive the tasks read from (`load`), by its location.
+    pub archive: Option<(String, Arc<ArchiveReader>)>,
+    pub sign_keys: HashMap<String, Arc<KeyPair>>,
+    pub retry: RetryPolicy,
+    pub task_timeout: Option<Duration>,
+    /// Tasks run at once.
+    pub transfers: usize,
+    pub bytes_moved: Arc<AtomicU64>,
+}
+
+impl Here {
+    pub fn new(pool: Arc<RegistryPool>) -> Self {
+        Self {
+            pool,
+            cache: None,
+            archive: None,
+            sign_keys: HashMap::new(),
+            retry: RetryPolicy::default(),
+            task_timeout: None,
+            transfers: 4,
+            bytes_moved: Arc::default(),
+        }
+    }
+}
+
+/// One run's queue and the events of its tasks.
+pub struct Bus {
+    pub queue: Arc<dyn TaskQueue>,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    workers: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Bus {
+    /// Opens the queue of run `job_id`: with embedded handlers running on `here`, or
+    /// following the run's events on the fleet.
+    pub async fn open(
+        backend: Backend,
+        job_id: &str,
+        here: Here,
+        console: &Console,
+    ) -> Result<Self> {
+        match backend {
+            Backend::Embedded => {
+                let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new(MAX_DELIVER));
+                let (event_tx, events) = mpsc::unbounded_channel();
+                let stores = Stores::new(here.pool.clone(), here.cache.clone());
+                if let Some((location, archive)) = &here.archive {
+                    stores.add_archive(location, archive.clone()).await;
+                }
+                let ctx = Arc::new(Context {
+                    name: "embedded".into(),
+                    stores: Arc::new(stores),
+                    retry: here.retry,
+                    bytes_moved: here.bytes_moved,
+                    task_timeout: here.task_timeout,
+                    // One process: another delivery would be this same process again.
+                    stall_after: None,
+                    metrics: None,
+                    cache: here.cache,
+                    leases: None,
+                    sign_keys: here.sign_keys,
+                    policy: None,
+                });
+                let workers = tokio::spawn(hangar_worker::run(
+                    queue.clone(),
+                    Arc::new(ChannelSink(event_tx)),
+                    ctx,
+                    here.transfers,
+                ));
+                Ok(Self {
+                    queue,
+                    events,
+                    workers: Some(workers),
+                })
+            }
+            Backend::Fleet(client) => {
+                let events = jetstream::follow_events(client.clone(), job_id).await?;
+                let queue: Arc<dyn TaskQueue> = Arc::new(JetStreamQueue::publisher(client).await?);
+                console.info(None, format!("Job {job_id} runs on the fleet"));
+                Ok(Self {
+                    queue,
+                    events,
+                    workers: None,
+                })
+            }
+        }
+    }
+
+    /// No more tasks; waits for the embedded handlers to drain (or stops them).
+    pub async fn close(self, interrupted: bool) {
+        self.queue.close().await;
+        if let Some(workers) = self.workers {
+            if interrupted {
+                workers.abort();
+            } else {
+                // The queue is closed and drained once every task has ended.
+                let _ = workers.await;
+            }
+        }
+    }
+}
+
+/// An image's tasks as planned by its command, each with what the command needs to read
+/// its outcome (`M`: the platform it is for, the digest it signs).
+pub type Planned<M> = std::result::Result<Vec<(M, Task)>, Error>;
+
+/// How [`per_image`] runs.
+pub struct PerImage<'a> {
+    pub job: &'a str,
+    /// Images planned at once (`-j`).
+    pub planners: usize,
+    /// Bounds one image's planning (`--timeout`).
+    pub timeout: Option<Duration>,
+    pub trace: Option<String>,
+    /// Ctrl-C stops the run; unfinished images are reported failed.
+    pub interruptible: bool,
+}
+
+/// Plans images `0..count` (`plan(i)`, `planners` at once), publishes each image's tasks
+/// and tells `finished` of each image once: its outcomes in the order planned, or the
+/// first of its tasks that failed for good (or its planning error). An image planned
+/// with no task is finished at once with no outcome (nothing to do: a skip).
+pub async fn per_image<M, Fut>(
+    mut bus: Bus,
+    run: PerImage<'_>,
+    count: usize,
+    plan: impl Fn(usize) -> Fut,
+    mut finished: impl FnMut(usize, std::result::Result<Vec<(M, Outcome)>, Error>),
+) -> Result<()>
+where
+    Fut: Future<Output = Planned<M>>,
+{
+    struct Open<M> {
+        outcomes: Vec<(M, Option<Outcome>)>,
+        left: usize,
+    }
+    let bound = run.timeout;
+    let mut planning = futures_util::stream::iter(0..count)
+        .map(|i| {
+            let work = plan(i);
+            async move {
+                let planned = match bound {
+                    None => work.await,
+                    Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                        Err(Error::new(
+                            FailureClass::Network,
+                            format!(
+                                "planning did not finish within {} (--timeout)",
+                                humantime::format_duration(limit)
+                            ),
+                        ))
+                    }),
+                };
+                (i, planned)
+            }
+        })
+        .buffer_unordered(run.planners.max(1));
+    let mut open: HashMap<usize, Open<M>> = HashMap::new();
+    let reported = std::cell::RefCell::new(vec![false; count]);
+    let mut finished = |i: usize, r| {
+        if let Some(seen) = reported.borrow_mut().get_mut(i) {
+            *seen = true;
+        }
+        finished(i, r)
+    };
+    let mut tasks: HashMap<TaskId, (usize, usize)> = HashMap::new();
+    let (mut next_id, mut done, mut planned_all) = (0u64, 0usize, false);
+    let mut interrupted = false;
+    while done < count {
+        tokio::select! {
+            next = planning.next(), if !planned_all => match next {
+                None => planned_all = true,
+                Some((i, Err(e))) => {
+                    done += 1;
+                    finished(i, Err(e));
+                }
+                Some((i, Ok(planned))) if planned.is_empty() => {
+                    done += 1;
+                    finished(i, Ok(Vec::new()));
+                }
+                Some((i, Ok(planned))) => {
+                    let mut outcomes = Vec::with_capacity(planned.len());
+                    for (k, (meta, task)) in planned.into_iter().enumerate() {
+                        next_id += 1;
+                        tasks.insert(next_id, (i, k));
+                        outcomes.push((meta, None));
+                        bus.queue
+                            .publish(TaskEnvelope {
+                                job: run.job.to_owned(),
+                                id: next_id,
+                                key: format!("{}/{next_id}", run.job),
+                                trace: run.trace.clone(),
+                                task,
+                            })
+                            .await?;
+                    }
+                    let left = outcomes.len();
+                    open.insert(i, Open { outcomes, left });
+                }
+            },
+            event = bus.events.recv() => {
+                let Some(event) = event else {
+                    // Nobody can report anything any more: what is unfinished stays so.
+                    for (i, _) in open.drain() {
+                        finished(i, Err(stopped("the workers stopped before this image was done")));
+                    }
+                    break;
+                };
+                let Some(&(i, k)) = tasks.get(&event.task) else { continue };
+                match event.kind {
+                    EventKind::Done { outcome } => {
+                        let Some(o) = open.get_mut(&i) else { continue };
+                        if o.outcomes[k].1.is_none() {
+                            o.outcomes[k].1 = Some(outcome);
+                            o.left -= 1;
+                        }
+                        if o.left == 0
+                            && let Some(o) = open.remove(&i)
+                        {
+                            done += 1;
+                            let outcomes = o
+                                .outcomes
+                                .into_iter()
+                                .filter_map(|(m, outcome)| outcome.map(|x| (m, x)))
+                                .collect();
+                            finished(i, Ok(outcomes));
+                        }
+                    }
+                    EventKind::Failed { class, message, last: true, .. } => {
+                        // The image's other tasks still run; their events find it closed.
+                        if open.remove(&i).is_some() {
+                            done += 1;
+                            finished(i, Err(Error::new(class, message)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::signal::ctrl_c(), if run.interruptible => {
+                interrupted = true;
+                for (i, _) in open.drain() {
+                    finished(i, Err(stopped("interrupted")));
+                }
+                break;
+            }
+        }
+    }
+    drop(planning);
+    bus.close(interrupted).await;
+    // Images not yet planned when the run stopped.
+    let unplanned: Vec<usize> = (0..count).filter(|i| !reported.borrow()[*i]).collect();
+    for i in unplanned {
+        finished(i, Err(stopped("stopped before this image was planned")));
+    }
+    Ok(())
+}
+
+fn stopped(why: &str) -> Error {
+    Error::new(FailureClass::Network, why)
+}
