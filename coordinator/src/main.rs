@@ -180,7 +180,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
                 tls: a.tls_cert.clone().zip(a.tls_key.clone()),
             };
             access.check()?;
-            let nats = commands::mirror::fleet_client(&a.fleet).await?;
+            let nats = commands::mirror::fleet_client(&a.fleet.bus).await?;
             let defaults = cli::MirrorArgs {
                 tls_verify: a.tls_verify,
                 authfile: a.authfile.clone(),

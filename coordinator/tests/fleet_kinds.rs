@@ -167,3 +167,232 @@ async fn load_of_an_s3_archive_runs_on_the_workers_through_a_kill() {
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("archive roots"), "{}", text(&out));
 }
+
+/// `sign`, `sign validate`, `scan` and `mirror validate` with `--nats`: every per-image
+/// task runs on the workers (their logs show each kind), the signatures they write verify
+/// for every digest, a wrong key fails every image, a scan finds the packages a layer
+/// holds, and a destination missing the images fails validation naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_validate_scan_and_mirror_validate_run_on_the_workers() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let pass = env.path("pass.txt");
+    std::fs::write(&pass, "fleet-key-passphrase\n").unwrap();
+    let keygen = |prefix: &str| {
+        let prefix = env.path(prefix);
+        let out = common::hangar(&[
+            "generate-sigstore-key",
+            "-p",
+            prefix.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        prefix.display().to_string()
+    };
+    let (key, other) = (keygen("release"), keygen("other"));
+    let sign_arg = format!("release={key}.key");
+    let workers: Vec<Proc> = (0..2)
+        .map(|i| {
+            fleet::worker(
+                &nats.url(),
+                &env.path(&format!("w{i}.log")),
+                &[
+                    "--sign-key",
+                    &sign_arg,
+                    "--sign-passphrase-file",
+                    pass.to_str().unwrap(),
+                ],
+                &[],
+            )
+        })
+        .collect();
+
+    let src = common::registry(&env.src.addr).await;
+    let (index, amd, arm) = common::push_multiarch(
+        &src,
+        env.dir.path(),
+        "fleet/multi",
+        "v1",
+        hangar_loadtest::seed::Format::Oci,
+        9100,
+    )
+    .await;
+    let status = b"Package: libssl3\nStatus: install ok installed\nVersion: 3.0.11-1~deb12u2\nSource: openssl\n\n";
+    let (os, os_diff) = common::files_layer(&[
+        ("etc/os-release", b"ID=debian\nVERSION_ID=12\n"),
+        ("var/lib/dpkg/status", status),
+    ]);
+    common::push_files_image(&env.src.addr, "fleet/deb", vec![(os, os_diff)]).await;
+    let lines = vec![
+        format!("{}/fleet/multi:v1", env.src.addr),
+        format!("{}/fleet/deb:1", env.src.addr),
+    ];
+    let list = env.write_list("list.txt", &lines);
+    let l = list.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(args)
+            .args(["--tls-verify=false", "--nats", &nats.url(), "-f", l])
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .stdin(Stdio::null())
+            .output()
+            .expect("hangar-coord");
+        (out.status.success(), text(&out))
+    };
+
+    // Signing: by the workers' key named `release`; no key file here is read.
+    let (ok, out) = run(&[
+        "sign",
+        "-p",
+        "release",
+        "-o",
+        env.path("sf.txt").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("runs on the fleet"), "{out}");
+    let deb = skopeo_raw(&lines[1]).expect("deb image");
+    for (repo, digest) in [
+        ("fleet/multi", sha(&index.bytes)),
+        ("fleet/multi", sha(&amd.bytes)),
+        ("fleet/multi", sha(&arm.bytes)),
+        ("fleet/deb", sha(&deb)),
+    ] {
+        let tag = digest.replace(':', "-") + ".sig";
+        let sig = skopeo_raw(&format!("{}/{repo}:{tag}", env.src.addr))
+            .unwrap_or_else(|| panic!("no signature of {repo}@{digest}: {out}"));
+        assert!(
+            String::from_utf8_lossy(&sig).contains("dev.cosignproject.cosign/signature"),
+            "{repo}@{digest}"
+        );
+    }
+
+    // Verifying: a check task per digest, on the workers.
+    let report = env.path("report.json");
+    let (ok, out) = run(&[
+        "sign",
+        "validate",
+        "-k",
+        &format!("{key}.pub"),
+        "-r",
+        report.to_str().unwrap(),
+        "-o",
+        env.path("vf.txt").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("2 passed, 0 failed"), "{out}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let verified: Vec<String> = doc["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .flat_map(|v| v["images"].as_array().cloned().unwrap_or_default())
+        .filter(|r| {
+            r["payload"]
+                .as_str()
+                .is_some_and(|p| p.contains("docker-manifest-digest"))
+        })
+        .map(|r| r["digest"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for d in [
+        sha(&index.bytes),
+        sha(&amd.bytes),
+        sha(&arm.bytes),
+        sha(&deb),
+    ] {
+        assert!(verified.contains(&d), "{d} in {verified:?}");
+    }
+    let (ok, out) = run(&[
+        "sign",
+        "validate",
+        "-k",
+        &format!("{other}.pub"),
+        "-r",
+        env.path("other.json").to_str().unwrap(),
+        "-o",
+        env.path("of.txt").to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("0 passed, 2 failed"), "{out}");
+
+    // Scanning: the workers read the layers, the inventory is matched here.
+    let db = env.path("db");
+    std::fs::create_dir_all(&db).unwrap();
+    let modified = hangar_now();
+    std::fs::write(
+        db.join("DEBIAN-CVE-2024-0001.json"),
+        format!(
+            r#"{{"id":"DEBIAN-CVE-2024-0001","modified":"{modified}","affected":[{{"package":{{"ecosystem":"Debian:12","name":"openssl"}},"ranges":[{{"type":"ECOSYSTEM","events":[{{"introduced":"0"}},{{"fixed":"3.0.11-1~deb12u3"}}]}}]}}]}}"#
+        ),
+    )
+    .unwrap();
+    let scan_report = env.path("scan.json");
+    let (ok, out) = run(&[
+        "scan",
+        "--db",
+        db.to_str().unwrap(),
+        "--format",
+        "json",
+        "-r",
+        scan_report.to_str().unwrap(),
+        "-o",
+        env.path("scf.txt").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("debian 12, 1 packages, 1 vulnerabilities"),
+        "{out}"
+    );
+    let scanned = std::fs::read_to_string(&scan_report).unwrap();
+    assert!(scanned.contains("DEBIAN-CVE-2024-0001"), "{scanned}");
+    assert!(scanned.contains(&sha(&deb)), "{scanned}");
+
+    // Validating a mirror: the destination read by the workers.
+    let (ok, out) = run(&[
+        "mirror",
+        "-d",
+        &env.dst.addr,
+        "-o",
+        env.path("mf.txt").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&[
+        "mirror",
+        "validate",
+        "-d",
+        &env.dst.addr,
+        "-o",
+        env.path("mvf.txt").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("2 passed, 0 failed"), "{out}");
+    let (ok, out) = run(&[
+        "mirror",
+        "validate",
+        "-d",
+        &env.dst.addr,
+        "--destination-project",
+        "nowhere",
+        "-o",
+        env.path("mvf2.txt").to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("destination image does not exist"), "{out}");
+
+    drop(workers);
+    let logs: String = (0..2)
+        .map(|i| std::fs::read_to_string(env.path(&format!("w{i}.log"))).unwrap_or_default())
+        .collect();
+    for kind in ["sign", "check", "scan"] {
+        assert!(logs.contains(&format!("kind=\"{kind}\"")), "{kind}: {logs}");
+    }
+}
+
+/// Now as OSV dates records.
+fn hangar_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

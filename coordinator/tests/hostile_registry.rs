@@ -390,7 +390,12 @@ async fn a_manifest_sent_a_byte_at_a_time_ends_at_the_timeout() {
         Duration::from_secs(60),
     );
     assert!(!run.success, "{}", run.output);
-    assert!(run.output.contains("timed out after 5s"), "{}", run.output);
+    assert!(
+        run.output
+            .contains("planning did not finish within 5s (--timeout)"),
+        "{}",
+        run.output
+    );
     assert!(run.elapsed < Duration::from_secs(15), "{:?}", run.elapsed);
 
     // The one-shot commands take --timeout as well.

@@ -15,6 +15,13 @@ pub struct FleetArgs {
     pub server: Option<String>,
     #[command(flatten)]
     pub api: ApiClientArgs,
+    #[command(flatten)]
+    pub bus: BusArgs,
+}
+
+/// The fleet's NATS: the tasks of a command go to `hangar-worker` processes through it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct BusArgs {
     /// NATS server of the fleet; tasks go to `hangar-worker` processes (`nats://host:4222`;
     /// `tls://host:4222` requires TLS).
     #[arg(long = "nats", env = "HANGAR_NATS")]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::{PlatformArgs, RateArgs, RegistryArgs};
+use super::{BusArgs, PlatformArgs, RateArgs, RegistryArgs};
 
 #[derive(Args, Debug)]
 pub struct GenerateKeyArgs {
@@ -58,6 +58,8 @@ pub struct ListArgs {
     pub yes: bool,
     #[command(flatten)]
     pub rate: RateArgs,
+    #[command(flatten)]
+    pub bus: BusArgs,
 }
 
 #[derive(Args, Debug)]

@@ -63,6 +63,7 @@ pub async fn run(args: &InspectListArgs, debug: bool, console: &Console) -> Resu
         skip_login: false,
         yes: args.yes,
         rate: RateArgs::default(),
+        bus: Default::default(),
     };
     let t = super::targets::targets(&list, debug, console)?;
     let pool = super::pool(

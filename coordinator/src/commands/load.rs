@@ -210,7 +210,7 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
     // On the fleet the workers read the archive themselves, by range, with their own
     // credentials: it must be where they can reach it (s3://, or a path they all share
     // inside their --archive-root).
-    let fleet = match &args.fleet.nats {
+    let fleet = match &args.fleet.bus.nats {
         Some(_) => {
             if !location.starts_with("s3://") {
                 console.warn(
@@ -220,7 +220,7 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
                     ),
                 );
             }
-            Some(super::mirror::fleet_client(&args.fleet).await?)
+            Some(super::mirror::fleet_client(&args.fleet.bus).await?)
         }
         None => None,
     };
@@ -255,7 +255,7 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
 /// `load validate`: every archived platform digest that passes `--arch/--os` (and each
 /// kept attestation, with `--provenance`) must be in the destination's index at the tag.
 pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result<()> {
-    if args.fleet.nats.is_some() || args.fleet.server.is_some() {
+    if args.fleet.bus.nats.is_some() || args.fleet.server.is_some() {
         bail!("load validate runs here, not on the fleet (yet): leave out --nats/--server");
     }
     let (location, dest) = endpoints(args)?;

@@ -185,8 +185,8 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
     }
     let prepared = prepare(args, debug, &console)?;
     let (spec, prepared_rejected) = spec(prepared, args);
-    let backend = match &args.fleet.nats {
-        Some(_) => Backend::Fleet(fleet_client(&args.fleet).await?),
+    let backend = match &args.fleet.bus.nats {
+        Some(_) => Backend::Fleet(fleet_client(&args.fleet.bus).await?),
         None => Backend::Embedded,
     };
     let fleet = match &backend {
@@ -238,7 +238,7 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
 }
 
 /// Connects to the fleet's NATS with the `--nats*` flags.
-pub async fn fleet_client(f: &crate::cli::FleetArgs) -> Result<async_nats::Client> {
+pub async fn fleet_client(f: &crate::cli::BusArgs) -> Result<async_nats::Client> {
     let Some(url) = &f.nats else {
         bail!("--nats is required");
     };

@@ -109,6 +109,27 @@ pub fn signature_policy() -> hangar_shared::Result<Option<hangar_shared::policy:
 }
 
 /// A pool for a command's registry requests, under `rate`'s limits (see [`rate_gate`]).
+/// Where a command's tasks run (the fleet `--nats` names, else this process) and the pool
+/// this process plans with: on a fleet its requests count against the workers' budgets.
+pub async fn backend(
+    bus: &crate::cli::BusArgs,
+    tls_verify: Option<bool>,
+    authfile: Option<&Path>,
+    rate: &crate::cli::RateArgs,
+) -> Result<(crate::engine::job::Backend, Arc<RegistryPool>)> {
+    use crate::engine::job::Backend;
+    let backend = match &bus.nats {
+        Some(_) => Backend::Fleet(mirror::fleet_client(bus).await?),
+        None => Backend::Embedded,
+    };
+    let fleet = match &backend {
+        Backend::Fleet(client) => Some(client),
+        Backend::Embedded => None,
+    };
+    let pool = Arc::new(limited_pool(tls_verify, authfile, rate, fleet).await?);
+    Ok((backend, pool))
+}
+
 pub async fn limited_pool(
     tls_verify: Option<bool>,
     authfile: Option<&Path>,

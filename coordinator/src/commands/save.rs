@@ -121,11 +121,11 @@ async fn gather(
     if list.fleet.server.is_some() {
         bail!("save and sync run here or on the fleet's workers (--nats), not through --server");
     }
-    let fleet = match &list.fleet.nats {
+    let fleet = match &list.fleet.bus.nats {
         Some(_) if list.cache.is_none() => {
             bail!("on the fleet (--nats), --cache must name the workers' shared cache (s3://…)")
         }
-        Some(_) => Some(super::mirror::fleet_client(&list.fleet).await?),
+        Some(_) => Some(super::mirror::fleet_client(&list.fleet.bus).await?),
         None => None,
     };
     let mut prepared = read_jobs(list, debug, &console)?;
@@ -337,7 +337,7 @@ pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result
     }
     super::may_overwrite(dest, args.yes)?;
     let mut retried = false;
-    let writing = match (part_size, &args.list.fleet.nats) {
+    let writing = match (part_size, &args.list.fleet.bus.nats) {
         (None, None) => Writing::AsTheyComplete(None),
         _ => Writing::AtTheEnd,
     };
@@ -437,7 +437,7 @@ pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result
     // Opened first so a damaged archive is refused before anything is fetched.
     let base = Arc::new(ArchiveReader::open(dest).await?);
     let mut retried = false;
-    let writing = match &args.list.fleet.nats {
+    let writing = match &args.list.fleet.bus.nats {
         None => Writing::AsTheyComplete(Some(&base)),
         Some(_) => Writing::AtTheEnd,
     };

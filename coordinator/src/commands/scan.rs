@@ -9,16 +9,24 @@ use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
 use hangar_shared::cache::BlobCache;
 use hangar_shared::error::Error;
+use hangar_shared::manifest::Descriptor;
 use hangar_shared::registry::Side;
-use hangar_shared::scan::image;
+use hangar_shared::scan::Inventory;
 use hangar_shared::scan::matcher;
 use hangar_shared::scan::osv::{Database, DbLimits};
 use hangar_shared::scan::report::{self, Format, Scanned};
 use hangar_shared::store::ImageStore;
+use hangar_shared::store::RepoRef;
+use hangar_shared::task::{ManifestBody, Outcome, ScanTask, Task};
 
 use crate::cli::ScanArgs;
 use crate::console::Console;
 use crate::engine::planner;
+use crate::engine::tasks::{self, Bus, Here, PerImage};
+
+/// One platform image's inventory as its task read it: the entry, and whether it came
+/// from the cache.
+type ReadInventory = (Descriptor, Inventory, bool);
 
 /// Exit with a chosen status (the `--exit-code` gate), after the report is written.
 #[derive(Debug, thiserror::Error)]
@@ -358,92 +366,83 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
         Some(url) => Some(Arc::new(BlobCache::open(url)?)),
         None => None,
     };
-    let t = super::targets::targets(&args.list, debug, &console)?;
-    let pool = Arc::new(
-        super::limited_pool(
-            args.list.access.tls_verify,
-            args.list.access.authfile.as_deref(),
-            &args.list.rate,
-            None,
-        )
-        .await?,
-    );
-    let db = Arc::new(db);
-    let mut failed = t.failed;
-    let (filter, timeout) = (t.filter.clone(), t.timeout);
-    let mut results = futures_util::stream::iter(t.items.iter())
-        .map(|target| {
-            let (pool, filter, cache, db) =
-                (pool.clone(), filter.clone(), cache.clone(), db.clone());
-            async move {
-                let work = async {
-                    let image = &target.image;
-                    let store = pool.registry(&image.registry).await?;
-                    let sel =
-                        planner::select(store.as_ref(), cache.as_deref(), image, &filter, false)
-                            .await?;
-                    let mut out = Vec::new();
-                    for e in sel.entries.iter().filter(|e| !e.is_attestation()) {
-                        let manifest = if sel.single {
-                            sel.top
-                                .clone()
-                                .ok_or_else(|| Error::internal("no manifest"))?
-                        } else {
-                            store
-                                .get_manifest(
-                                    &image.repository(),
-                                    &e.digest.to_string(),
-                                    Side::Source,
-                                )
-                                .await?
-                                .ok_or_else(|| {
-                                    Error::not_found(format!(
-                                        "{image}: manifest {} is missing",
-                                        e.digest
-                                    ))
-                                })?
-                        };
-                        let (inventory, cached) = image::inventory(
-                            store.as_ref(),
-                            cache.as_deref(),
-                            &image.repository(),
-                            &manifest,
-                        )
-                        .await?;
-                        // Matching a large inventory against a large database is CPU work:
-                        // off the executor, so the timeout around this image still fires.
-                        let db = db.clone();
-                        let (inventory, matched) = tokio::task::spawn_blocking(move || {
-                            let matched = matcher::matched(&inventory, &db);
-                            (inventory, matched)
-                        })
-                        .await
-                        .map_err(|e| Error::internal(format!("matching packages: {e}")))?;
-                        out.push((
-                            Scanned {
-                                reference: image.to_string(),
-                                digest: e.digest.to_string(),
-                                platform: e.platform.clone().unwrap_or_default(),
-                                inventory,
-                                findings: matched.findings,
-                            },
-                            cached,
-                            matched.unparsed,
-                        ));
-                    }
-                    Ok::<_, Error>(out)
+    let list = &args.list;
+    let t = super::targets::targets(list, debug, &console)?;
+    let (backend, pool) = super::backend(
+        &list.bus,
+        list.access.tls_verify,
+        list.access.authfile.as_deref(),
+        &list.rate,
+    )
+    .await?;
+    // The inventories are read where the tasks run (this process, with `--cache`, or the
+    // fleet's workers with theirs) and matched here, where the database is.
+    let mut here = Here::new(pool.clone());
+    here.cache = cache.clone();
+    here.task_timeout = t.timeout;
+    let job_id = crate::engine::job::new_job_id();
+    let bus = Bus::open(backend, &job_id, here, &console).await?;
+    let mut failed = t.failed.clone();
+    let (filter, items, pool, cache) = (&t.filter, &t.items, &pool, &cache);
+    let plan = |i: usize| {
+        let target = &items[i];
+        async move {
+            let image = &target.image;
+            let store = pool.registry(&image.registry).await?;
+            let sel =
+                planner::select(store.as_ref(), cache.as_deref(), image, filter, false).await?;
+            let at = RepoRef::registry(&image.registry, &image.repository());
+            let mut out = Vec::new();
+            for e in sel.entries.iter().filter(|e| !e.is_attestation()) {
+                let manifest = if sel.single {
+                    sel.top
+                        .clone()
+                        .ok_or_else(|| Error::internal("no manifest"))?
+                } else {
+                    store
+                        .get_manifest(&image.repository(), &e.digest.to_string(), Side::Source)
+                        .await?
+                        .ok_or_else(|| {
+                            Error::not_found(format!("{image}: manifest {} is missing", e.digest))
+                        })?
                 };
-                (target, super::targets::with_timeout(timeout, work).await)
+                let task = Task::Scan(ScanTask {
+                    store: at.clone(),
+                    manifest: ManifestBody::from(&manifest),
+                });
+                out.push((e.clone(), task));
             }
-        })
-        .buffer_unordered(t.jobs);
-    let mut scanned: Vec<Scanned> = Vec::new();
-    while let Some((target, result)) = results.next().await {
-        let n = Some(target.entry.index);
-        match result {
+            Ok(out)
+        }
+    };
+    // Each image's inventories, in the order the images finished.
+    let mut read: Vec<(usize, Vec<ReadInventory>)> = Vec::new();
+    tasks::per_image(
+        bus,
+        PerImage {
+            job: &job_id,
+            planners: t.jobs,
+            timeout: t.timeout,
+            trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
+            interruptible: true,
+        },
+        items.len(),
+        plan,
+        |i, result| match result {
+            Ok(outcomes) => read.push((
+                i,
+                outcomes
+                    .into_iter()
+                    .filter_map(|(entry, outcome)| match outcome {
+                        Outcome::Scanned { inventory, cached } => Some((entry, *inventory, cached)),
+                        _ => None,
+                    })
+                    .collect(),
+            )),
             Err(e) => {
+                let target = &items[i];
                 console.error(
-                    n,
+                    Some(target.entry.index),
                     format!(
                         "Failed to scan [{}]: {}: {}",
                         target.image, e.class, e.message
@@ -451,52 +450,85 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
                 );
                 failed.push(target.entry.original.clone());
             }
-            Ok(images) => {
-                if images.is_empty() {
-                    console.warn(
-                        n,
-                        format!(
-                            "Skip scan image [{}]: {}",
-                            target.image,
-                            planner::NO_PLATFORM
-                        ),
-                    );
-                }
-                for (mut s, cached, unparsed) in images {
-                    for w in s.inventory.warnings.iter().chain(&unparsed) {
-                        console.warn(n, format!("[{}@{}] {w}", target.image, s.digest));
-                    }
-                    s.findings
-                        .retain(|f| severities.is_empty() || severities.contains(&f.severity));
-                    let os = s
-                        .inventory
-                        .os
-                        .as_ref()
-                        .map(|o| format!("{} {}", o.id, o.version))
-                        .unwrap_or_else(|| "unknown OS".into());
-                    console.info(
-                        n,
-                        format!(
-                            "Scanned [{}@{}] ({}): {os}, {} packages, {} vulnerabilities{}{}",
-                            target.image,
-                            s.digest,
-                            s.platform.display(),
-                            s.inventory.packages.len(),
-                            s.findings.len(),
-                            match unparsed.len() {
-                                0 => String::new(),
-                                k => format!(", {k} installed versions not parsed (not checked)"),
-                            },
-                            if cached {
-                                " (inventory from the cache)"
-                            } else {
-                                ""
-                            }
-                        ),
-                    );
-                    scanned.push(s);
-                }
+        },
+    )
+    .await?;
+    let db = Arc::new(db);
+    // Matching large inventories against a large database is CPU work: off the executor.
+    let matched = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || {
+            read.into_iter()
+                .map(|(i, images)| {
+                    let images: Vec<_> = images
+                        .into_iter()
+                        .map(|(entry, inventory, cached)| {
+                            let m = matcher::matched(&inventory, &db);
+                            (entry, inventory, cached, m)
+                        })
+                        .collect();
+                    (i, images)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .context("matching packages")?
+    };
+    let mut scanned: Vec<Scanned> = Vec::new();
+    for (i, images) in matched {
+        let target = &items[i];
+        let n = Some(target.entry.index);
+        if images.is_empty() {
+            console.warn(
+                n,
+                format!(
+                    "Skip scan image [{}]: {}",
+                    target.image,
+                    planner::NO_PLATFORM
+                ),
+            );
+        }
+        for (entry, inventory, cached, matched) in images {
+            let mut s = Scanned {
+                reference: target.image.to_string(),
+                digest: entry.digest.to_string(),
+                platform: entry.platform.clone().unwrap_or_default(),
+                inventory,
+                findings: matched.findings,
+            };
+            let unparsed = matched.unparsed;
+            for w in s.inventory.warnings.iter().chain(&unparsed) {
+                console.warn(n, format!("[{}@{}] {w}", target.image, s.digest));
             }
+            s.findings
+                .retain(|f| severities.is_empty() || severities.contains(&f.severity));
+            let os = s
+                .inventory
+                .os
+                .as_ref()
+                .map(|o| format!("{} {}", o.id, o.version))
+                .unwrap_or_else(|| "unknown OS".into());
+            console.info(
+                n,
+                format!(
+                    "Scanned [{}@{}] ({}): {os}, {} packages, {} vulnerabilities{}{}",
+                    target.image,
+                    s.digest,
+                    s.platform.display(),
+                    s.inventory.packages.len(),
+                    s.findings.len(),
+                    match unparsed.len() {
+                        0 => String::new(),
+                        k => format!(", {k} installed versions not parsed (not checked)"),
+                    },
+                    if cached {
+                        " (inventory from the cache)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            scanned.push(s);
         }
     }
     scanned.sort_by(|a, b| (&a.reference, &a.digest).cmp(&(&b.reference, &b.digest)));

@@ -6,19 +6,21 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use futures_util::StreamExt;
 use hangar_shared::digest::Digest;
 use hangar_shared::error::Error;
 use hangar_shared::manifest::{Platform, PlatformFilter};
 use hangar_shared::reference::ImageRef;
-use hangar_shared::sign::cosign::{self, Signed, Verdict};
+use hangar_shared::sign::cosign;
 use hangar_shared::sign::{KeyPair, PublicKey};
-use hangar_shared::store::RegistryPool;
+use hangar_shared::store::{RegistryPool, RepoRef};
+use hangar_shared::task::{CheckTask, Outcome, SignTask, Task, Verdict};
 use serde_json::json;
 
 use crate::cli::{GenerateKeyArgs, SignArgs, SignValidateArgs};
 use crate::console::Console;
+use crate::engine::job::Backend;
 use crate::engine::planner;
+use crate::engine::tasks::{self, Bus, Here, PerImage};
 
 /// Reads a passphrase: the file (trimmed), else `COSIGN_PASSWORD`, else a prompt (twice
 /// when creating a key).
@@ -136,6 +138,18 @@ async fn subjects(
     Ok(out)
 }
 
+/// How a per-image command of this file runs: its list's targets on the engine, with
+/// this process's handlers or the fleet's (`--nats`).
+fn per_image_run<'a>(job: &'a str, t: &super::targets::Targets) -> PerImage<'a> {
+    PerImage {
+        job,
+        planners: t.jobs,
+        timeout: t.timeout,
+        trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
+        interruptible: true,
+    }
+}
+
 pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result<()> {
     if !args.oidc_provider.is_empty() {
         bail!(
@@ -154,73 +168,86 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
     let Some(key_path) = &args.key else {
         bail!("the private key is required: use -p/--key");
     };
-    let key = Arc::new(load_key(key_path, args.passphrase_file.as_deref())?);
-    let t = super::targets::targets(&args.list, debug, &console)?;
-    let pool = Arc::new(
-        super::limited_pool(
-            args.list.access.tls_verify,
-            args.list.access.authfile.as_deref(),
-            &args.list.rate,
-            None,
-        )
-        .await?,
-    );
-    let mut failed = t.failed;
-    let (filter, with_index, timeout) = (t.filter.clone(), args.sign_manifest_index, t.timeout);
-    let mut results = futures_util::stream::iter(t.items.iter())
-        .map(|target| {
-            let (pool, filter, key, console) =
-                (pool.clone(), filter.clone(), key.clone(), console.clone());
-            async move {
-                let n = Some(target.entry.index);
-                let work = async {
-                    let image = &target.image;
-                    let subjects = subjects(&pool, image, &filter, with_index).await?;
-                    if subjects.is_empty() {
-                        console.warn(
-                            n,
-                            format!("Skip sign image [{image}]: {}", planner::NO_PLATFORM),
-                        );
-                    }
-                    let store = pool.registry(&image.registry).await?;
-                    let identity = cosign::docker_reference(&image.registry, &image.repository());
-                    for s in subjects {
-                        let r = cosign::sign(
-                            store.as_ref(),
-                            &image.repository(),
-                            &s.digest,
-                            &identity,
-                            &key,
-                        )
-                        .await?;
+    let list = &args.list;
+    let t = super::targets::targets(list, debug, &console)?;
+    let (backend, pool) = super::backend(
+        &list.bus,
+        list.access.tls_verify,
+        list.access.authfile.as_deref(),
+        &list.rate,
+    )
+    .await?;
+    // Here `-p` is a key file, read now; on the fleet it names the workers' key
+    // (`hangar-worker --sign-key NAME=PATH`), and no key material leaves them.
+    let key_name = key_path.display().to_string();
+    let mut here = Here::new(pool.clone());
+    if matches!(backend, Backend::Embedded) {
+        here.sign_keys = keys_here(Some(&key_name), args.passphrase_file.as_deref())?;
+    }
+    here.task_timeout = t.timeout;
+    let job_id = crate::engine::job::new_job_id();
+    let bus = Bus::open(backend, &job_id, here, &console).await?;
+    let (filter, with_index) = (t.filter.clone(), args.sign_manifest_index);
+    let (items, pool) = (&t.items, &pool);
+    let plan = |i: usize| {
+        let (target, filter, key) = (&items[i], &filter, &key_name);
+        async move {
+            let image = &target.image;
+            let identity = cosign::docker_reference(&image.registry, &image.repository());
+            let dest = RepoRef::registry(&image.registry, &image.repository());
+            let subjects = subjects(pool, image, filter, with_index).await?;
+            Ok(subjects
+                .into_iter()
+                .map(|s| {
+                    let task = Task::Sign(SignTask {
+                        dest: dest.clone(),
+                        digest: s.digest.clone(),
+                        identity: identity.clone(),
+                        key: key.clone(),
+                    });
+                    (s, task)
+                })
+                .collect())
+        }
+    };
+    let mut failed = t.failed.clone();
+    tasks::per_image(
+        bus,
+        per_image_run(&job_id, &t),
+        items.len(),
+        plan,
+        |i, result| {
+            let target = &items[i];
+            let n = Some(target.entry.index);
+            let image = &target.image;
+            match result {
+                Ok(signed) if signed.is_empty() => console.warn(
+                    n,
+                    format!("Skip sign image [{image}]: {}", planner::NO_PLATFORM),
+                ),
+                Ok(signed) => {
+                    for (s, outcome) in signed {
                         let at = format!("{}/{}@{}", image.registry, image.repository(), s.digest);
-                        match r {
-                            Signed::Added => console.info(n, format!("Signed [{at}]")),
-                            Signed::AlreadySigned => {
+                        match outcome {
+                            Outcome::Signed { added: false } => {
                                 console.info(n, format!("Already signed [{at}], skipped"))
                             }
+                            _ => console.info(n, format!("Signed [{at}]")),
                         }
                     }
-                    Ok::<_, Error>(())
-                };
-                (target, super::targets::with_timeout(timeout, work).await)
+                }
+                Err(e) => {
+                    console.error(
+                        n,
+                        format!("Failed to sign [{image}]: {}: {}", e.class, e.message),
+                    );
+                    failed.push(target.entry.original.clone());
+                }
             }
-        })
-        .buffer_unordered(t.jobs);
-    while let Some((target, result)) = results.next().await {
-        if let Err(e) = result {
-            console.error(
-                Some(target.entry.index),
-                format!(
-                    "Failed to sign [{}]: {}: {}",
-                    target.image, e.class, e.message
-                ),
-            );
-            failed.push(target.entry.original.clone());
-        }
-    }
-    let failed_file = args
-        .list
+        },
+    )
+    .await?;
+    let failed_file = list
         .failed
         .clone()
         .unwrap_or_else(|| "sign-failed.txt".into());
@@ -250,97 +277,116 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
     };
     let pem = std::fs::read_to_string(key_path)
         .with_context(|| format!("reading key {}", key_path.display()))?;
-    let key = Arc::new(PublicKey::from_pem(&pem, &key_path.display().to_string())?);
-    let t = super::targets::targets(&args.list, debug, &console)?;
-    let pool = Arc::new(
-        super::limited_pool(
-            args.list.access.tls_verify,
-            args.list.access.authfile.as_deref(),
-            &args.list.rate,
-            None,
-        )
-        .await?,
-    );
-    let mut failed = t.failed;
-    let (filter, with_index, timeout) = (t.filter.clone(), args.validate_manifest_index, t.timeout);
+    // Read here so a bad key file fails the command at once, naming it; the checks
+    // carry its PEM (a public key is no secret).
+    PublicKey::from_pem(&pem, &key_path.display().to_string())?;
+    let list = &args.list;
+    let t = super::targets::targets(list, debug, &console)?;
+    let (backend, pool) = super::backend(
+        &list.bus,
+        list.access.tls_verify,
+        list.access.authfile.as_deref(),
+        &list.rate,
+    )
+    .await?;
+    let mut here = Here::new(pool.clone());
+    here.task_timeout = t.timeout;
+    let job_id = crate::engine::job::new_job_id();
+    let bus = Bus::open(backend, &job_id, here, &console).await?;
+    let (filter, with_index) = (t.filter.clone(), args.validate_manifest_index);
     let exact = args.exact_repository.clone();
-    let mut results = futures_util::stream::iter(t.items.iter())
-        .map(|target| {
-            let (pool, filter, key, exact) =
-                (pool.clone(), filter.clone(), key.clone(), exact.clone());
-            async move {
-                let work = async {
-                    let image = &target.image;
-                    let store = pool.registry(&image.registry).await?;
-                    let mut out = Vec::new();
-                    for s in subjects(&pool, image, &filter, with_index).await? {
-                        let v = cosign::verify(
-                            store.as_ref(),
-                            &image.repository(),
-                            &s.digest,
-                            &key,
-                            exact.as_deref(),
-                        )
-                        .await?;
-                        out.push((s, v));
-                    }
-                    Ok::<_, Error>(out)
-                };
-                (target, super::targets::with_timeout(timeout, work).await)
-            }
-        })
-        .buffer_unordered(t.jobs);
+    let (items, pool) = (&t.items, &pool);
+    let plan = |i: usize| {
+        let (target, filter, pem, exact) = (&items[i], &filter, &pem, &exact);
+        async move {
+            let image = &target.image;
+            let store = RepoRef::registry(&image.registry, &image.repository());
+            let subjects = subjects(pool, image, filter, with_index).await?;
+            Ok(subjects
+                .into_iter()
+                .map(|s| {
+                    let task = Task::Check(CheckTask::Signature {
+                        store: store.clone(),
+                        digest: s.digest.clone(),
+                        public_key: pem.clone(),
+                        identity: exact.clone(),
+                    });
+                    (s, task)
+                })
+                .collect())
+        }
+    };
+    let mut failed = t.failed.clone();
     let mut rows: Vec<Row> = Vec::new();
     let (mut passed, mut unsigned_images) = (0, 0);
-    while let Some((target, result)) = results.next().await {
-        let n = Some(target.entry.index);
-        let reference = target.image.to_string();
-        match result {
-            Err(e) => {
-                console.error(
-                    n,
-                    format!("FAILED: [{reference}]: {}: {}", e.class, e.message),
-                );
+    tasks::per_image(
+        bus,
+        per_image_run(&job_id, &t),
+        items.len(),
+        plan,
+        |i, result| {
+            let target = &items[i];
+            let n = Some(target.entry.index);
+            let reference = target.image.to_string();
+            let checked = match result {
+                Ok(checked) => checked,
+                Err(e) => {
+                    console.error(
+                        n,
+                        format!("FAILED: [{reference}]: {}: {}", e.class, e.message),
+                    );
+                    failed.push(target.entry.original.clone());
+                    return;
+                }
+            };
+            let mut bad = Vec::new();
+            let mut unsigned = false;
+            for (subject, outcome) in checked {
+                let at = format!("{}@{}", target.image.name_and_tag(), subject.digest);
+                let payload = match outcome {
+                    Outcome::Checked {
+                        verdict: Verdict::Pass { payload },
+                    } => payload.unwrap_or_default(),
+                    Outcome::Checked {
+                        verdict: Verdict::Absent,
+                    } => {
+                        unsigned = true;
+                        let text = format!("No signature found of image [{at}]");
+                        console.warn(n, &text);
+                        text
+                    }
+                    Outcome::Checked {
+                        verdict: Verdict::Fail { why },
+                    } => {
+                        bad.push(format!("{}: {why}", subject.digest));
+                        why
+                    }
+                    other => {
+                        let why = format!("unexpected outcome {other:?}");
+                        bad.push(format!("{}: {why}", subject.digest));
+                        why
+                    }
+                };
+                rows.push(Row {
+                    reference: reference.clone(),
+                    subject,
+                    payload,
+                });
+            }
+            if bad.is_empty() {
+                if unsigned {
+                    unsigned_images += 1;
+                } else {
+                    passed += 1;
+                    console.info(n, format!("PASS: [{reference}]"));
+                }
+            } else {
+                console.error(n, format!("FAILED: [{reference}]: {}", bad.join("; ")));
                 failed.push(target.entry.original.clone());
             }
-            Ok(checked) => {
-                let mut bad = Vec::new();
-                let mut unsigned = false;
-                for (subject, verdict) in checked {
-                    let at = format!("{}@{}", target.image.name_and_tag(), subject.digest);
-                    let payload = match verdict {
-                        Verdict::Verified { payload } => payload,
-                        Verdict::NoSignature => {
-                            unsigned = true;
-                            let text = format!("No signature found of image [{at}]");
-                            console.warn(n, &text);
-                            text
-                        }
-                        Verdict::Invalid(why) => {
-                            bad.push(format!("{}: {why}", subject.digest));
-                            why
-                        }
-                    };
-                    rows.push(Row {
-                        reference: reference.clone(),
-                        subject,
-                        payload,
-                    });
-                }
-                if bad.is_empty() {
-                    if unsigned {
-                        unsigned_images += 1;
-                    } else {
-                        passed += 1;
-                        console.info(n, format!("PASS: [{reference}]"));
-                    }
-                } else {
-                    console.error(n, format!("FAILED: [{reference}]: {}", bad.join("; ")));
-                    failed.push(target.entry.original.clone());
-                }
-            }
-        }
-    }
+        },
+    )
+    .await?;
     let report = args
         .report
         .clone()
@@ -353,8 +399,7 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
             report.display().to_string()
         ),
     );
-    let failed_file = args
-        .list
+    let failed_file = list
         .failed
         .clone()
         .unwrap_or_else(|| "sign-failed.txt".into());

@@ -270,12 +270,12 @@ where
                             finished(i, Ok(outcomes));
                         }
                     }
-                    EventKind::Failed { class, message, last: true, .. } => {
-                        // The image's other tasks still run; their events find it closed.
-                        if open.remove(&i).is_some() {
-                            done += 1;
-                            finished(i, Err(Error::new(class, message)));
-                        }
+                    // The image's other tasks still run; their events find it closed.
+                    EventKind::Failed { class, message, last: true, .. }
+                        if open.remove(&i).is_some() =>
+                    {
+                        done += 1;
+                        finished(i, Err(Error::new(class, message)));
                     }
                     _ => {}
                 }
@@ -301,4 +301,176 @@ where
 
 fn stopped(why: &str) -> Error {
     Error::new(FailureClass::Network, why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_shared::digest::Digest;
+    use hangar_shared::store::RepoRef;
+    use hangar_shared::task::SignTask;
+    use std::sync::Mutex;
+
+    fn sign(n: u8) -> Task {
+        Task::Sign(SignTask {
+            dest: RepoRef::registry("reg", "app"),
+            digest: Digest::of(&[n]),
+            identity: "reg/app".into(),
+            key: "k".into(),
+        })
+    }
+
+    /// A bus whose worker is the test: tasks are taken from `queue`, events sent on `tx`.
+    fn bus() -> (Bus, Arc<MemoryQueue>, mpsc::UnboundedSender<Event>) {
+        let queue = Arc::new(MemoryQueue::new(MAX_DELIVER));
+        let (tx, events) = mpsc::unbounded_channel();
+        let bus = Bus {
+            queue: queue.clone(),
+            events,
+            workers: None,
+        };
+        (bus, queue, tx)
+    }
+
+    fn run(job: &str) -> PerImage<'_> {
+        PerImage {
+            job,
+            planners: 4,
+            timeout: None,
+            trace: None,
+            interruptible: false,
+        }
+    }
+
+    type Seen = Arc<Mutex<Vec<(usize, std::result::Result<Vec<(u8, Outcome)>, Error>)>>>;
+
+    /// Plans: image 0 → tasks 1 and 2; image 1 → a planning error; image 2 → nothing.
+    async fn plan(i: usize) -> Planned<u8> {
+        match i {
+            0 => Ok(vec![(1, sign(1)), (2, sign(2))]),
+            1 => Err(Error::not_found("app:1: manifest unknown")),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_image_ends_once_with_its_outcomes_in_planned_order() {
+        let (bus, queue, tx) = bus();
+        let seen: Seen = Arc::default();
+        let record = seen.clone();
+        let worker = tokio::spawn(async move {
+            let mut taken = Vec::new();
+            for _ in 0..2 {
+                let d = queue.next().await.expect("a task");
+                taken.push(d.task.clone());
+                d.ack().await.expect("ack");
+            }
+            // Answered in reverse, and the first one twice (a redelivery's duplicate).
+            for t in taken.iter().rev().chain(taken.first()) {
+                let added = t.id == taken[0].id;
+                tx.send(Event::done(t, Outcome::Signed { added }))
+                    .expect("send");
+            }
+        });
+        per_image(bus, run("j"), 3, plan, |i, r| {
+            record.lock().expect("lock").push((i, r))
+        })
+        .await
+        .expect("run");
+        worker.await.expect("worker");
+        let mut seen = seen.lock().expect("lock").drain(..).collect::<Vec<_>>();
+        seen.sort_by_key(|(i, _)| *i);
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        let outcomes = seen[0].1.as_ref().expect("image 0 ok");
+        assert_eq!(
+            outcomes,
+            &vec![
+                (1, Outcome::Signed { added: true }),
+                (2, Outcome::Signed { added: false })
+            ]
+        );
+        let e = seen[1].1.as_ref().expect_err("image 1 failed");
+        assert_eq!(e.class, FailureClass::NotFound);
+        assert!(seen[2].1.as_ref().expect("image 2 skipped").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_task_failed_for_good_fails_its_image_once_and_a_retry_does_not() {
+        let (bus, queue, tx) = bus();
+        let seen: Seen = Arc::default();
+        let record = seen.clone();
+        let worker = tokio::spawn(async move {
+            let a = queue.next().await.expect("task 1");
+            let b = queue.next().await.expect("task 2");
+            let fail = |env: &TaskEnvelope, last| Event {
+                job: env.job.clone(),
+                task: env.id,
+                kind: EventKind::Failed {
+                    class: FailureClass::Auth,
+                    message: "denied".into(),
+                    attempt: 1,
+                    last,
+                },
+            };
+            tx.send(fail(&a.task, false)).expect("send");
+            tx.send(fail(&a.task, true)).expect("send");
+            tx.send(Event::done(&b.task, Outcome::Signed { added: true }))
+                .expect("send");
+            a.ack().await.expect("ack");
+            b.ack().await.expect("ack");
+        });
+        per_image(
+            bus,
+            run("j"),
+            1,
+            |_| async { Ok(vec![(1u8, sign(1)), (2, sign(2))]) },
+            |i, r| record.lock().expect("lock").push((i, r)),
+        )
+        .await
+        .expect("run");
+        worker.await.expect("worker");
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let e = seen[0].1.as_ref().expect_err("failed");
+        assert_eq!(
+            (e.class, e.message.as_str()),
+            (FailureClass::Auth, "denied")
+        );
+    }
+
+    #[tokio::test]
+    async fn when_the_workers_go_every_unfinished_image_is_reported_failed() {
+        let (bus, queue, tx) = bus();
+        let seen: Seen = Arc::default();
+        let record = seen.clone();
+        let worker = tokio::spawn(async move {
+            let d = queue.next().await.expect("a task");
+            drop(tx);
+            d.ack().await.expect("ack");
+        });
+        per_image(
+            bus,
+            run("j"),
+            2,
+            |i| async move {
+                if i == 1 {
+                    // Never planned before the workers are gone.
+                    std::future::pending::<()>().await;
+                }
+                Ok(vec![(1u8, sign(1))])
+            },
+            |i, r| record.lock().expect("lock").push((i, r)),
+        )
+        .await
+        .expect("run");
+        worker.await.expect("worker");
+        let mut seen = seen.lock().expect("lock").drain(..).collect::<Vec<_>>();
+        seen.sort_by_key(|(i, _)| *i);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        for (_, r) in &seen {
+            assert!(r.is_err(), "{r:?}");
+        }
+        let first = seen[0].1.as_ref().expect_err("stopped");
+        assert!(first.message.contains("workers stopped"), "{first:?}");
+    }
 }

@@ -164,6 +164,9 @@ impl Harness {
                 preserved: false,
             },
             Task::Sign(_) => Outcome::Signed { added: true },
+            Task::Check(_) => Outcome::Checked {
+                verdict: hangar_shared::task::Verdict::Pass { payload: None },
+            },
             Task::Assemble(_) | Task::Scan(_) => panic!("no plain outcome for {task:?}"),
         };
         self.done(task, outcome).await;
