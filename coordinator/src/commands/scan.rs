@@ -8,21 +8,18 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
 use hangar_shared::cache::BlobCache;
-use hangar_shared::error::Error;
 use hangar_shared::manifest::Descriptor;
 use hangar_shared::registry::Side;
 use hangar_shared::scan::Inventory;
 use hangar_shared::scan::matcher;
 use hangar_shared::scan::osv::{Database, DbLimits};
 use hangar_shared::scan::report::{self, Format, Scanned};
-use hangar_shared::store::ImageStore;
-use hangar_shared::store::RepoRef;
-use hangar_shared::task::{ManifestBody, Outcome, ScanTask, Task};
+use hangar_shared::task::Outcome;
 
 use crate::cli::ScanArgs;
 use crate::console::Console;
 use crate::engine::planner;
-use crate::engine::tasks::{self, Bus, Here, PerImage};
+use crate::engine::work::{self, ImageOutcomes, Work};
 
 /// One platform image's inventory as its task read it: the entry, and whether it came
 /// from the cache.
@@ -368,89 +365,51 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
     };
     let list = &args.list;
     let t = super::targets::targets(list, debug, &console)?;
-    let (backend, pool) = super::backend(
-        &list.bus,
-        list.access.tls_verify,
-        list.access.authfile.as_deref(),
-        &list.rate,
-    )
-    .await?;
     // The inventories are read where the tasks run (this process, with `--cache`, or the
     // fleet's workers with theirs) and matched here, where the database is.
-    let mut here = Here::new(pool.clone());
-    here.cache = cache.clone();
-    here.task_timeout = t.timeout;
-    let job_id = crate::engine::job::new_job_id();
-    let bus = Bus::open(backend, &job_id, here, &console).await?;
-    let mut failed = t.failed.clone();
-    let (filter, items, pool, cache) = (&t.filter, &t.items, &pool, &cache);
-    let plan = |i: usize| {
-        let target = &items[i];
-        async move {
-            let image = &target.image;
-            let store = pool.registry(&image.registry).await?;
-            let sel =
-                planner::select(store.as_ref(), cache.as_deref(), image, filter, false).await?;
-            let at = RepoRef::registry(&image.registry, &image.repository());
-            let mut out = Vec::new();
-            for e in sel.entries.iter().filter(|e| !e.is_attestation()) {
-                let manifest = if sel.single {
-                    sel.top
-                        .clone()
-                        .ok_or_else(|| Error::internal("no manifest"))?
-                } else {
-                    store
-                        .get_manifest(&image.repository(), &e.digest.to_string(), Side::Source)
-                        .await?
-                        .ok_or_else(|| {
-                            Error::not_found(format!("{image}: manifest {} is missing", e.digest))
-                        })?
-                };
-                let task = Task::Scan(ScanTask {
-                    store: at.clone(),
-                    manifest: ManifestBody::from(&manifest),
-                });
-                out.push((e.clone(), task));
-            }
-            Ok(out)
-        }
+    let run = super::targets::open(list, &t, &console, |here, _| {
+        here.cache = cache.clone();
+        Ok(())
+    })
+    .await?;
+    let work = Work::Scan {
+        cache: cache.clone(),
     };
+    let mut failed = t.failed.clone();
+    let items = &t.items;
     // Each image's inventories, in the order the images finished.
     let mut read: Vec<(usize, Vec<ReadInventory>)> = Vec::new();
-    tasks::per_image(
-        bus,
-        PerImage {
-            job: &job_id,
-            planners: t.jobs,
-            timeout: t.timeout,
-            trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
-            interruptible: true,
-        },
-        items.len(),
-        plan,
-        |i, result| match result {
-            Ok(outcomes) => read.push((
-                i,
-                outcomes
-                    .into_iter()
-                    .filter_map(|(entry, outcome)| match outcome {
-                        Outcome::Scanned { inventory, cached } => Some((entry, *inventory, cached)),
-                        _ => None,
-                    })
-                    .collect(),
-            )),
-            Err(e) => {
-                let target = &items[i];
-                console.error(
-                    Some(target.entry.index),
-                    format!(
-                        "Failed to scan [{}]: {}: {}",
-                        target.image, e.class, e.message
-                    ),
-                );
-                failed.push(target.entry.original.clone());
-            }
-        },
+    let finished = |i: usize, result: ImageOutcomes| match result {
+        Ok(outcomes) => read.push((
+            i,
+            outcomes
+                .into_iter()
+                .filter_map(|(entry, outcome)| match outcome {
+                    Outcome::Scanned { inventory, cached } => Some((entry, *inventory, cached)),
+                    _ => None,
+                })
+                .collect(),
+        )),
+        Err(e) => {
+            let target = &items[i];
+            console.error(
+                Some(target.entry.index),
+                format!(
+                    "Failed to scan [{}]: {}: {}",
+                    target.image, e.class, e.message
+                ),
+            );
+            failed.push(target.entry.original.clone());
+        }
+    };
+    work::run(
+        &work,
+        &t.work(),
+        &t.filter,
+        &run.pool,
+        run.bus,
+        t.per_image(&run.job),
+        finished,
     )
     .await?;
     let db = Arc::new(db);

@@ -6,21 +6,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use hangar_shared::digest::Digest;
-use hangar_shared::error::Error;
-use hangar_shared::manifest::{Platform, PlatformFilter};
-use hangar_shared::reference::ImageRef;
-use hangar_shared::sign::cosign;
+use hangar_shared::manifest::Descriptor;
 use hangar_shared::sign::{KeyPair, PublicKey};
-use hangar_shared::store::{RegistryPool, RepoRef};
-use hangar_shared::task::{CheckTask, Outcome, SignTask, Task, Verdict};
+use hangar_shared::task::{Outcome, Verdict};
 use serde_json::json;
 
 use crate::cli::{GenerateKeyArgs, SignArgs, SignValidateArgs};
 use crate::console::Console;
-use crate::engine::job::Backend;
 use crate::engine::planner;
-use crate::engine::tasks::{self, Bus, Here, PerImage};
+use crate::engine::work::{self, ImageOutcomes, Work};
 
 /// Reads a passphrase: the file (trimmed), else `COSIGN_PASSWORD`, else a prompt (twice
 /// when creating a key).
@@ -100,56 +94,6 @@ fn write_mode(path: &str, bytes: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("writing {path}"))
 }
 
-/// One digest to sign or verify: the index's, or a selected platform's.
-struct Subject {
-    digest: Digest,
-    media_type: String,
-    platform: Option<Platform>,
-}
-
-/// The index digest (when `with_index` and the image is an index) and every platform
-/// digest passing the filter (attestations never pass: their platform is unknown).
-async fn subjects(
-    pool: &RegistryPool,
-    image: &ImageRef,
-    filter: &PlatformFilter,
-    with_index: bool,
-) -> Result<Vec<Subject>, Error> {
-    let store = pool.registry(&image.registry).await?;
-    let sel = planner::select(store.as_ref(), None, image, filter, false).await?;
-    let mut out = Vec::new();
-    if let Some(top) = &sel.top
-        && !sel.single
-        && with_index
-    {
-        out.push(Subject {
-            digest: top.digest.clone(),
-            media_type: top.media_type.clone(),
-            platform: None,
-        });
-    }
-    for e in sel.entries.iter().filter(|e| !e.is_attestation()) {
-        out.push(Subject {
-            digest: e.digest.clone(),
-            media_type: e.media_type.clone(),
-            platform: e.platform.clone(),
-        });
-    }
-    Ok(out)
-}
-
-/// How a per-image command of this file runs: its list's targets on the engine, with
-/// this process's handlers or the fleet's (`--nats`).
-fn per_image_run<'a>(job: &'a str, t: &super::targets::Targets) -> PerImage<'a> {
-    PerImage {
-        job,
-        planners: t.jobs,
-        timeout: t.timeout,
-        trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
-        interruptible: true,
-    }
-}
-
 pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result<()> {
     if !args.oidc_provider.is_empty() {
         bail!(
@@ -170,81 +114,59 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
     };
     let list = &args.list;
     let t = super::targets::targets(list, debug, &console)?;
-    let (backend, pool) = super::backend(
-        &list.bus,
-        list.access.tls_verify,
-        list.access.authfile.as_deref(),
-        &list.rate,
-    )
-    .await?;
     // Here `-p` is a key file, read now; on the fleet it names the workers' key
     // (`hangar-worker --sign-key NAME=PATH`), and no key material leaves them.
-    let key_name = key_path.display().to_string();
-    let mut here = Here::new(pool.clone());
-    if matches!(backend, Backend::Embedded) {
-        here.sign_keys = keys_here(Some(&key_name), args.passphrase_file.as_deref())?;
-    }
-    here.task_timeout = t.timeout;
-    let job_id = crate::engine::job::new_job_id();
-    let bus = Bus::open(backend, &job_id, here, &console).await?;
-    let (filter, with_index) = (t.filter.clone(), args.sign_manifest_index);
-    let (items, pool) = (&t.items, &pool);
-    let plan = |i: usize| {
-        let (target, filter, key) = (&items[i], &filter, &key_name);
-        async move {
-            let image = &target.image;
-            let identity = cosign::docker_reference(&image.registry, &image.repository());
-            let dest = RepoRef::registry(&image.registry, &image.repository());
-            let subjects = subjects(pool, image, filter, with_index).await?;
-            Ok(subjects
-                .into_iter()
-                .map(|s| {
-                    let task = Task::Sign(SignTask {
-                        dest: dest.clone(),
-                        digest: s.digest.clone(),
-                        identity: identity.clone(),
-                        key: key.clone(),
-                    });
-                    (s, task)
-                })
-                .collect())
+    let key = key_path.display().to_string();
+    let run = super::targets::open(list, &t, &console, |here, embedded| {
+        if embedded {
+            here.sign_keys = keys_here(Some(&key), args.passphrase_file.as_deref())?;
         }
+        Ok(())
+    })
+    .await?;
+    let work = Work::Sign {
+        key,
+        with_index: args.sign_manifest_index,
     };
     let mut failed = t.failed.clone();
-    tasks::per_image(
-        bus,
-        per_image_run(&job_id, &t),
-        items.len(),
-        plan,
-        |i, result| {
-            let target = &items[i];
-            let n = Some(target.entry.index);
-            let image = &target.image;
-            match result {
-                Ok(signed) if signed.is_empty() => console.warn(
-                    n,
-                    format!("Skip sign image [{image}]: {}", planner::NO_PLATFORM),
-                ),
-                Ok(signed) => {
-                    for (s, outcome) in signed {
-                        let at = format!("{}/{}@{}", image.registry, image.repository(), s.digest);
-                        match outcome {
-                            Outcome::Signed { added: false } => {
-                                console.info(n, format!("Already signed [{at}], skipped"))
-                            }
-                            _ => console.info(n, format!("Signed [{at}]")),
+    let items = &t.items;
+    let finished = |i: usize, result: ImageOutcomes| {
+        let target = &items[i];
+        let n = Some(target.entry.index);
+        let image = &target.image;
+        match result {
+            Ok(signed) if signed.is_empty() => console.warn(
+                n,
+                format!("Skip sign image [{image}]: {}", planner::NO_PLATFORM),
+            ),
+            Ok(signed) => {
+                for (d, outcome) in signed {
+                    let at = format!("{}/{}@{}", image.registry, image.repository(), d.digest);
+                    match outcome {
+                        Outcome::Signed { added: false } => {
+                            console.info(n, format!("Already signed [{at}], skipped"))
                         }
+                        _ => console.info(n, format!("Signed [{at}]")),
                     }
                 }
-                Err(e) => {
-                    console.error(
-                        n,
-                        format!("Failed to sign [{image}]: {}: {}", e.class, e.message),
-                    );
-                    failed.push(target.entry.original.clone());
-                }
             }
-        },
+            Err(e) => {
+                console.error(
+                    n,
+                    format!("Failed to sign [{image}]: {}: {}", e.class, e.message),
+                );
+                failed.push(target.entry.original.clone());
+            }
+        }
+    };
+    work::run(
+        &work,
+        &t.work(),
+        &t.filter,
+        &run.pool,
+        run.bus,
+        t.per_image(&run.job),
+        finished,
     )
     .await?;
     let failed_file = list
@@ -257,7 +179,7 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
 /// A report row: one digest of one image.
 struct Row {
     reference: String,
-    subject: Subject,
+    subject: Descriptor,
     payload: String,
 }
 
@@ -282,109 +204,85 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
     PublicKey::from_pem(&pem, &key_path.display().to_string())?;
     let list = &args.list;
     let t = super::targets::targets(list, debug, &console)?;
-    let (backend, pool) = super::backend(
-        &list.bus,
-        list.access.tls_verify,
-        list.access.authfile.as_deref(),
-        &list.rate,
-    )
-    .await?;
-    let mut here = Here::new(pool.clone());
-    here.task_timeout = t.timeout;
-    let job_id = crate::engine::job::new_job_id();
-    let bus = Bus::open(backend, &job_id, here, &console).await?;
-    let (filter, with_index) = (t.filter.clone(), args.validate_manifest_index);
-    let exact = args.exact_repository.clone();
-    let (items, pool) = (&t.items, &pool);
-    let plan = |i: usize| {
-        let (target, filter, pem, exact) = (&items[i], &filter, &pem, &exact);
-        async move {
-            let image = &target.image;
-            let store = RepoRef::registry(&image.registry, &image.repository());
-            let subjects = subjects(pool, image, filter, with_index).await?;
-            Ok(subjects
-                .into_iter()
-                .map(|s| {
-                    let task = Task::Check(CheckTask::Signature {
-                        store: store.clone(),
-                        digest: s.digest.clone(),
-                        public_key: pem.clone(),
-                        identity: exact.clone(),
-                    });
-                    (s, task)
-                })
-                .collect())
-        }
+    let run = super::targets::open(list, &t, &console, |_, _| Ok(())).await?;
+    let work = Work::Verify {
+        public_key: pem,
+        identity: args.exact_repository.clone(),
+        with_index: args.validate_manifest_index,
     };
     let mut failed = t.failed.clone();
     let mut rows: Vec<Row> = Vec::new();
     let (mut passed, mut unsigned_images) = (0, 0);
-    tasks::per_image(
-        bus,
-        per_image_run(&job_id, &t),
-        items.len(),
-        plan,
-        |i, result| {
-            let target = &items[i];
-            let n = Some(target.entry.index);
-            let reference = target.image.to_string();
-            let checked = match result {
-                Ok(checked) => checked,
-                Err(e) => {
-                    console.error(
-                        n,
-                        format!("FAILED: [{reference}]: {}: {}", e.class, e.message),
-                    );
-                    failed.push(target.entry.original.clone());
-                    return;
+    let items = &t.items;
+    let finished = |i: usize, result: ImageOutcomes| {
+        let target = &items[i];
+        let n = Some(target.entry.index);
+        let reference = target.image.to_string();
+        let checked = match result {
+            Ok(checked) => checked,
+            Err(e) => {
+                console.error(
+                    n,
+                    format!("FAILED: [{reference}]: {}: {}", e.class, e.message),
+                );
+                failed.push(target.entry.original.clone());
+                return;
+            }
+        };
+        let mut bad = Vec::new();
+        let mut unsigned = false;
+        for (subject, outcome) in checked {
+            let at = format!("{}@{}", target.image.name_and_tag(), subject.digest);
+            let payload = match outcome {
+                Outcome::Checked {
+                    verdict: Verdict::Pass { payload },
+                } => payload.unwrap_or_default(),
+                Outcome::Checked {
+                    verdict: Verdict::Absent,
+                } => {
+                    unsigned = true;
+                    let text = format!("No signature found of image [{at}]");
+                    console.warn(n, &text);
+                    text
+                }
+                Outcome::Checked {
+                    verdict: Verdict::Fail { why },
+                } => {
+                    bad.push(format!("{}: {why}", subject.digest));
+                    why
+                }
+                other => {
+                    let why = format!("unexpected outcome {other:?}");
+                    bad.push(format!("{}: {why}", subject.digest));
+                    why
                 }
             };
-            let mut bad = Vec::new();
-            let mut unsigned = false;
-            for (subject, outcome) in checked {
-                let at = format!("{}@{}", target.image.name_and_tag(), subject.digest);
-                let payload = match outcome {
-                    Outcome::Checked {
-                        verdict: Verdict::Pass { payload },
-                    } => payload.unwrap_or_default(),
-                    Outcome::Checked {
-                        verdict: Verdict::Absent,
-                    } => {
-                        unsigned = true;
-                        let text = format!("No signature found of image [{at}]");
-                        console.warn(n, &text);
-                        text
-                    }
-                    Outcome::Checked {
-                        verdict: Verdict::Fail { why },
-                    } => {
-                        bad.push(format!("{}: {why}", subject.digest));
-                        why
-                    }
-                    other => {
-                        let why = format!("unexpected outcome {other:?}");
-                        bad.push(format!("{}: {why}", subject.digest));
-                        why
-                    }
-                };
-                rows.push(Row {
-                    reference: reference.clone(),
-                    subject,
-                    payload,
-                });
-            }
-            if bad.is_empty() {
-                if unsigned {
-                    unsigned_images += 1;
-                } else {
-                    passed += 1;
-                    console.info(n, format!("PASS: [{reference}]"));
-                }
+            rows.push(Row {
+                reference: reference.clone(),
+                subject,
+                payload,
+            });
+        }
+        if bad.is_empty() {
+            if unsigned {
+                unsigned_images += 1;
             } else {
-                console.error(n, format!("FAILED: [{reference}]: {}", bad.join("; ")));
-                failed.push(target.entry.original.clone());
+                passed += 1;
+                console.info(n, format!("PASS: [{reference}]"));
             }
-        },
+        } else {
+            console.error(n, format!("FAILED: [{reference}]: {}", bad.join("; ")));
+            failed.push(target.entry.original.clone());
+        }
+    };
+    work::run(
+        &work,
+        &t.work(),
+        &t.filter,
+        &run.pool,
+        run.bus,
+        t.per_image(&run.job),
+        finished,
     )
     .await?;
     let report = args

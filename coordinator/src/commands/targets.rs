@@ -85,6 +85,62 @@ pub fn targets(list: &ListArgs, debug: bool, console: &Console) -> Result<Target
     })
 }
 
+impl Targets {
+    /// The images as the engine takes them.
+    pub fn work(&self) -> Vec<crate::engine::work::Target> {
+        self.items
+            .iter()
+            .map(|t| crate::engine::work::Target {
+                image: t.image.clone(),
+                dest: None,
+            })
+            .collect()
+    }
+
+    /// How the engine runs them: `-j` images planned at once, each within `--timeout`.
+    pub fn per_image<'a>(&self, job: &'a str) -> crate::engine::tasks::PerImage<'a> {
+        crate::engine::tasks::PerImage {
+            job,
+            planners: self.jobs,
+            timeout: self.timeout,
+            trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
+            interruptible: true,
+        }
+    }
+}
+
+/// A per-image command's run: its job id, the pool it plans with and the bus its tasks go
+/// on — this process's own handlers, or the fleet's with `--nats`.
+pub struct Run {
+    pub job: String,
+    pub pool: std::sync::Arc<hangar_shared::store::RegistryPool>,
+    pub bus: crate::engine::tasks::Bus,
+}
+
+/// Opens a [`Run`]; `here` adds what this process's handlers need (keys, a cache) when
+/// they are the ones running the tasks (`true`: embedded).
+pub async fn open(
+    list: &ListArgs,
+    t: &Targets,
+    console: &Console,
+    here: impl FnOnce(&mut crate::engine::tasks::Here, bool) -> Result<()>,
+) -> Result<Run> {
+    use crate::engine::job::Backend;
+    let (backend, pool) = super::backend(
+        &list.bus,
+        list.access.tls_verify,
+        list.access.authfile.as_deref(),
+        &list.rate,
+    )
+    .await?;
+    let mut h = crate::engine::tasks::Here::new(pool.clone());
+    h.task_timeout = t.timeout;
+    here(&mut h, matches!(backend, Backend::Embedded))?;
+    let job = crate::engine::job::new_job_id();
+    let bus = crate::engine::tasks::Bus::open(backend, &job, h, console).await?;
+    Ok(Run { job, pool, bus })
+}
+
 /// Bounds one image's work by `--timeout`.
 pub async fn with_timeout<T>(
     limit: Option<Duration>,

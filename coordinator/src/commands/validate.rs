@@ -5,44 +5,14 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use hangar_shared::error::{Error, FailureClass};
-use hangar_shared::manifest::PlatformFilter;
-use hangar_shared::store::{RegistryPool, RepoRef};
-use hangar_shared::task::{CheckTask, Outcome, Task, Verdict};
+use hangar_shared::error::FailureClass;
+use hangar_shared::task::{Outcome, Verdict};
 
 use crate::cli::MirrorArgs;
 use crate::console::Console;
-use crate::engine::planner::{self, ImageJob, NO_PLATFORM};
-use crate::engine::tasks::{self, Bus, Here, PerImage};
-
-/// The check of one image: its source's selection, to be found in the destination. An
-/// image with no selected platform has nothing to check (a skip).
-async fn plan(
-    pool: &RegistryPool,
-    job: &ImageJob,
-    filter: &PlatformFilter,
-    provenance: bool,
-) -> Result<Vec<((), Task)>, Error> {
-    let source = pool.registry(&job.source.registry).await?;
-    let selection = planner::select(source.as_ref(), None, &job.source, filter, provenance).await?;
-    if !selection.entries.iter().any(|e| !e.is_attestation()) {
-        return Ok(Vec::new());
-    }
-    // A complete selection is the source index itself: the destination holding that very
-    // index passes without looking further.
-    let whole = selection
-        .top
-        .as_ref()
-        .filter(|_| selection.complete)
-        .map(|t| t.digest.clone());
-    let check = CheckTask::Contains {
-        store: RepoRef::registry(&job.dest.registry, &job.dest.repository()),
-        reference: job.dest.manifest_reference(),
-        expect: selection.entries,
-        whole,
-    };
-    Ok(vec![((), Task::Check(check))])
-}
+use crate::engine::planner::NO_PLATFORM;
+use crate::engine::tasks::{Bus, Here, PerImage};
+use crate::engine::work::{self, Work};
 
 pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Result<()> {
     let prepared = super::mirror::prepare(args, debug, &console)?;
@@ -57,11 +27,23 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
     here.task_timeout = prepared.timeout;
     let job_id = crate::engine::job::new_job_id();
     let bus = Bus::open(backend, &job_id, here, &console).await?;
-    let filter = prepared.filter.clone();
     let mut failed = super::report_rejected(&console, &prepared.rejected, "validate");
-    let (images, pool, filter) = (&prepared.images, &pool, &filter);
+    let images = &prepared.images;
+    let targets: Vec<work::Target> = images
+        .iter()
+        .map(|j| work::Target {
+            image: j.source.clone(),
+            dest: Some(j.dest.clone()),
+        })
+        .collect();
     let (mut passed, mut skipped) = (0, 0);
-    tasks::per_image(
+    work::run(
+        &Work::Contains {
+            provenance: args.provenance,
+        },
+        &targets,
+        &prepared.filter,
+        &pool,
         bus,
         PerImage {
             job: &job_id,
@@ -70,9 +52,7 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
             trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
             interruptible: true,
         },
-        images.len(),
-        |i| plan(pool, &images[i], filter, args.provenance),
-        |i, result| {
+        |i, result: work::ImageOutcomes| {
             let job = &images[i];
             let n = Some(job.entry.index);
             let verdict = result.map(|mut outcomes| outcomes.pop().map(|(_, o)| o));

@@ -10,3 +10,4 @@ pub mod planner;
 pub mod pull_source;
 pub mod tasks;
 pub mod tracker;
+pub mod work;
