@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{MirrorArgs, PlatformArgs};
+use crate::cli::{ListArgs, MirrorArgs, PlatformArgs};
 
 /// The only version this coordinator reads.
 pub const VERSION: u32 = 1;
@@ -85,9 +85,16 @@ pub struct Options {
     /// Blob and manifest transfers at once (default three per image).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfers: Option<usize>,
-    /// Sign every image as it lands with the workers' key of this name.
+    /// Sign every image as it lands (mirror), or sign the list's images (sign), with the
+    /// workers' key of this name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sign_key: Option<String>,
+    /// The public key (PEM) a sign-validate job verifies with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// sign-validate: accept only signatures naming this repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact_repository: Option<String>,
 }
 
 impl Default for Options {
@@ -103,6 +110,8 @@ impl Default for Options {
             remove_signatures: false,
             transfers: None,
             sign_key: None,
+            public_key: None,
+            exact_repository: None,
         }
     }
 }
@@ -142,7 +151,17 @@ impl JobSpec {
             ));
         }
         match self.kind {
-            JobKind::Mirror => Ok(()),
+            JobKind::Mirror | JobKind::MirrorValidate | JobKind::Scan => Ok(()),
+            JobKind::Sign if self.options.sign_key.is_none() => {
+                Err("a sign job names the workers' key: options.sign_key".into())
+            }
+            JobKind::Sign => Ok(()),
+            JobKind::SignValidate => match &self.options.public_key {
+                None => Err("a sign-validate job needs options.public_key (PEM)".into()),
+                Some(pem) => hangar_shared::sign::PublicKey::from_pem(pem, "options.public_key")
+                    .map(drop)
+                    .map_err(|e| e.message),
+            },
             other => Err(format!(
                 "jobs of kind {:?} do not run through `serve` yet: run `hangar-coord {}` here, or with --nats",
                 other.as_str(),
@@ -176,7 +195,53 @@ impl JobSpec {
                 remove_signatures: args.remove_signatures,
                 transfers: args.transfers,
                 sign_key: args.sign_key.clone(),
+                ..Options::default()
             },
+        }
+    }
+
+    /// A job over a list's images where they are (sign, sign-validate, scan): `--registry`
+    /// and `--project` are the source endpoint.
+    pub fn images(kind: JobKind, list: String, args: &ListArgs) -> Self {
+        let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        Self {
+            version: VERSION,
+            kind,
+            list,
+            source: Endpoint {
+                registry: some(&args.registry),
+                project: some(&args.project),
+            },
+            destination: Endpoint::default(),
+            options: Options {
+                arch: args.platforms.arch.clone(),
+                os: args.platforms.os.clone(),
+                jobs: args.jobs,
+                timeout: args.timeout.clone(),
+                ..Options::default()
+            },
+        }
+    }
+
+    /// The list flags a job over images where they are runs with.
+    pub fn list_args(&self) -> ListArgs {
+        let o = &self.options;
+        ListArgs {
+            file: None,
+            platforms: PlatformArgs {
+                arch: o.arch.clone(),
+                os: o.os.clone(),
+            },
+            registry: self.source.registry.clone().unwrap_or_default(),
+            project: self.source.project.clone().unwrap_or_default(),
+            failed: None,
+            jobs: o.jobs,
+            timeout: o.timeout.clone(),
+            access: Default::default(),
+            skip_login: false,
+            yes: false,
+            rate: Default::default(),
+            bus: Default::default(),
         }
     }
 
@@ -238,6 +303,13 @@ mod tests {
         assert!(e.contains("unknown field `tls_verify`"), "{e}");
         let e = JobSpec::from_json(br#"{"version":2,"kind":"mirror","list":""}"#).unwrap_err();
         assert!(e.contains("version 2 is not supported"), "{e}");
+        let e = JobSpec::from_json(br#"{"version":1,"kind":"sign","list":""}"#).unwrap_err();
+        assert!(e.contains("options.sign_key"), "{e}");
+        let e = JobSpec::from_json(
+            br#"{"version":1,"kind":"sign-validate","list":"","options":{"public_key":"x"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("options.public_key"), "{e}");
         let e = JobSpec::from_json(br#"{"version":1,"kind":"save","list":""}"#).unwrap_err();
         assert!(
             e.contains("\"save\"") && e.contains("hangar-coord save"),

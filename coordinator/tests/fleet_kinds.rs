@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::fleet::{self, Proc};
 use common::{Env, index_digests, sha, skopeo_raw, text};
 use hangar_loadtest::proxy::{self, ProxyOptions};
-use hangar_loadtest::services::{GarageProcess, NatsProcess};
+use hangar_loadtest::services::{GarageProcess, NatsProcess, free_port};
 
 /// `load -s s3://… --nats`: the workers read the archive by range from S3 themselves (not
 /// the process that asked), one of two is killed -9 mid-job, and every image lands with
@@ -174,8 +174,23 @@ async fn load_of_an_s3_archive_runs_on_the_workers_through_a_kill() {
 /// holds, and a destination missing the images fails validation naming it.
 #[tokio::test(flavor = "multi_thread")]
 async fn sign_validate_scan_and_mirror_validate_run_on_the_workers() {
+    per_image_kinds_on_the_fleet(false).await;
+}
+
+/// The same through `serve`: the coordinator plans and runs each job on its fleet, and the
+/// command that asked renders the outcomes and writes the reports.
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_validate_scan_and_mirror_validate_run_through_serve() {
+    per_image_kinds_on_the_fleet(true).await;
+}
+
+async fn per_image_kinds_on_the_fleet(through_serve: bool) {
     let env = Env::new();
     let nats = NatsProcess::start().expect("nats-server");
+    let listen = format!("127.0.0.1:{}", free_port().unwrap());
+    let server = format!("http://{listen}");
+    let _coord =
+        through_serve.then(|| fleet::serve(&nats.url(), &listen, &env.path("coord.log"), &[], &[]));
     let pass = env.path("pass.txt");
     std::fs::write(&pass, "fleet-key-passphrase\n").unwrap();
     let keygen = |prefix: &str| {
@@ -230,10 +245,18 @@ async fn sign_validate_scan_and_mirror_validate_run_on_the_workers() {
     ];
     let list = env.write_list("list.txt", &lines);
     let l = list.to_str().unwrap();
+    let nats_url = nats.url();
     let run = |args: &[&str]| {
+        let via = match (through_serve, args[0]) {
+            (false, _) => ["--nats", nats_url.as_str()],
+            // `-s/--server` is Hangar's Trivy server for scan.
+            (true, "scan") => ["--coordinator", server.as_str()],
+            (true, _) => ["--server", server.as_str()],
+        };
         let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
             .args(args)
-            .args(["--tls-verify=false", "--nats", &nats.url(), "-f", l])
+            .args(["--tls-verify=false", "-f", l])
+            .args(via)
             .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
             .stdin(Stdio::null())
             .output()
@@ -250,7 +273,12 @@ async fn sign_validate_scan_and_mirror_validate_run_on_the_workers() {
         env.path("sf.txt").to_str().unwrap(),
     ]);
     assert!(ok, "{out}");
-    assert!(out.contains("runs on the fleet"), "{out}");
+    let on_the_fleet = if through_serve {
+        "submitted to"
+    } else {
+        "runs on the fleet"
+    };
+    assert!(out.contains(on_the_fleet), "{out}");
     let deb = skopeo_raw(&lines[1]).expect("deb image");
     for (repo, digest) in [
         ("fleet/multi", sha(&index.bytes)),

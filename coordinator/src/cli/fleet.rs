@@ -10,13 +10,20 @@ use super::{MirrorArgs, RateArgs};
 /// Run on the fleet instead of in this process (beyond Hangar).
 #[derive(Args, Debug, Clone, Default)]
 pub struct FleetArgs {
+    #[command(flatten)]
+    pub remote: ServerArgs,
+    #[command(flatten)]
+    pub bus: BusArgs,
+}
+
+/// A coordinator started with `hangar-coord serve`, and how to prove oneself to it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServerArgs {
     /// A coordinator started with `hangar-coord serve`: the job runs there.
     #[arg(long = "server", env = "HANGAR_SERVER")]
     pub server: Option<String>,
     #[command(flatten)]
     pub api: ApiClientArgs,
-    #[command(flatten)]
-    pub bus: BusArgs,
 }
 
 /// The fleet's NATS: the tasks of a command go to `hangar-worker` processes through it.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::{BusArgs, PlatformArgs, RateArgs, RegistryArgs};
+use super::{ApiClientArgs, BusArgs, PlatformArgs, RateArgs, RegistryArgs, ServerArgs};
 
 #[derive(Args, Debug)]
 pub struct GenerateKeyArgs {
@@ -80,6 +80,8 @@ pub enum SignSub {
 pub struct SignArgs {
     #[command(flatten)]
     pub list: ListArgs,
+    #[command(flatten)]
+    pub remote: ServerArgs,
     /// The private key (cosign's encrypted PEM).
     #[arg(short = 'p', long = "key")]
     pub key: Option<PathBuf>,
@@ -107,6 +109,8 @@ pub struct SignArgs {
 pub struct SignValidateArgs {
     #[command(flatten)]
     pub list: ListArgs,
+    #[command(flatten)]
+    pub remote: ServerArgs,
     /// The public key (PEM).
     #[arg(short = 'k', long = "key")]
     pub key: Option<PathBuf>,
@@ -141,6 +145,12 @@ pub struct SignValidateArgs {
 pub struct ScanArgs {
     #[command(flatten)]
     pub list: ListArgs,
+    /// A coordinator started with `hangar-coord serve`: the scan's tasks run on its fleet
+    /// and the report is written here. Not `--server`: that is Hangar's Trivy server.
+    #[arg(long = "coordinator", env = "HANGAR_SERVER")]
+    pub coordinator: Option<String>,
+    #[command(flatten)]
+    pub api: ApiClientArgs,
     /// Report format: csv, json, yaml, spdx-json, spdx-csv, cyclonedx-json.
     #[arg(long = "format", default_value = "csv")]
     pub format: String,

@@ -204,7 +204,7 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
             spec.transfers
         ),
     );
-    if args.fleet.server.is_some() {
+    if args.fleet.remote.server.is_some() {
         bail!("load does not run through `serve` yet: use --nats (the workers read the archive)");
     }
     // On the fleet the workers read the archive themselves, by range, with their own
@@ -255,7 +255,7 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
 /// `load validate`: every archived platform digest that passes `--arch/--os` (and each
 /// kept attestation, with `--provenance`) must be in the destination's index at the tag.
 pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result<()> {
-    if args.fleet.bus.nats.is_some() || args.fleet.server.is_some() {
+    if args.fleet.bus.nats.is_some() || args.fleet.remote.server.is_some() {
         bail!("load validate runs here, not on the fleet (yet): leave out --nats/--server");
     }
     let (location, dest) = endpoints(args)?;

@@ -180,7 +180,7 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         )
         .await;
     }
-    if let Some(server) = &args.fleet.server {
+    if let Some(server) = &args.fleet.remote.server {
         return super::remote::submit(server, args, console).await;
     }
     let prepared = prepare(args, debug, &console)?;

@@ -104,6 +104,118 @@ async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &
     }
 }
 
+/// The most a job's results may weigh (scan inventories are tens of KB per image).
+const RESULTS_LIMIT: usize = 512 << 20;
+
+/// Runs a per-image job (sign, sign validate, scan, mirror validate) on the coordinator
+/// and hands back each image's outcomes for this process to render, as if its own.
+pub async fn run_images(
+    remote: (&str, &ApiClientArgs),
+    spec: &crate::spec::JobSpec,
+    outage: Duration,
+    console: &Console,
+) -> Result<(JobSnapshot, Vec<crate::engine::work::ImageReport>)> {
+    let (server, api) = remote;
+    let http = api_client(api)?;
+    let (url, id) = post_job(&http, server, spec, outage, console).await?;
+    let mut shown = 0;
+    let snap = follow(&http, &format!("{url}/{id}"), outage, console, |snap| {
+        let done = snap.done();
+        if done != shown {
+            console.info(
+                None,
+                format!("{done}/{} images done ({} failed)", snap.total, snap.failed),
+            );
+            shown = done;
+        }
+    })
+    .await?;
+    if let Some(m) = &snap.message {
+        console.error(None, m);
+    }
+    if snap.state == "cancelled" {
+        bail!("job {id} was cancelled");
+    }
+    let results_url = format!("{url}/{id}/results");
+    let resp = http
+        .get(&results_url)
+        .send()
+        .await
+        .with_context(|| format!("GET {results_url}"))?;
+    let status = resp.status();
+    let body = read_capped(resp, RESULTS_LIMIT)
+        .await
+        .with_context(|| format!("GET {results_url}"))?;
+    if !status.is_success() {
+        bail!(
+            "GET {results_url}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let results = serde_json::from_slice(&body)
+        .with_context(|| format!("GET {results_url}: unexpected answer"))?;
+    Ok((snap, results))
+}
+
+/// A per-image job for the coordinator: where it is, and the job.
+pub struct Remote<'a> {
+    pub server: &'a str,
+    pub api: &'a ApiClientArgs,
+    pub spec: crate::spec::JobSpec,
+    /// How long the coordinator may be away before the command gives up (`--timeout`).
+    pub outage: Duration,
+}
+
+/// Runs the job on the coordinator and tells `finished` of each of the `count` images
+/// it planned, as a local run would.
+pub async fn replay(
+    remote: Remote<'_>,
+    count: usize,
+    console: &Console,
+    mut finished: impl FnMut(usize, crate::engine::work::ImageOutcomes),
+) -> Result<()> {
+    let (snap, results) = run_images(
+        (remote.server, remote.api),
+        &remote.spec,
+        remote.outage,
+        console,
+    )
+    .await?;
+    let mut seen = vec![false; count];
+    for report in results {
+        let item = report.item;
+        match seen.get_mut(item) {
+            Some(s) if !*s => *s = true,
+            _ => bail!(
+                "job {}: the coordinator reported image {item} of {count} twice or out of range",
+                snap.id
+            ),
+        }
+        finished(item, report.outcomes());
+    }
+    let missing = seen.iter().filter(|s| !**s).count();
+    if missing > 0 {
+        bail!(
+            "job {} ended {} with {missing} of {count} images unreported",
+            snap.id,
+            snap.state
+        );
+    }
+    Ok(())
+}
+
+/// A response's body, refused once it passes `limit` bytes.
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            bail!("the answer is over {limit} bytes; refused");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Backoff between attempts to reach a coordinator that is away: 0.5 s doubling to 5 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(500 * 2u64.pow(attempt.min(3))).min(Duration::from_secs(5))
@@ -157,30 +269,23 @@ async fn follow(
     }
 }
 
-pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> Result<()> {
-    let Some(file) = &args.file else {
-        bail!("no list")
-    };
-    let list = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read image list {}", file.display()))?;
-    if args.scan_db.is_some() {
-        bail!(
-            "--scan-db does not run through `serve` yet (it needs the database where the report is written): use --nats"
-        );
-    }
-    // Only the job's specification travels: local paths, credentials and NATS settings
-    // stay here.
-    let http = api_client(&args.fleet.api)?;
+/// Sends a job to the coordinator and returns its URL and id. Only the job's
+/// specification travels: local paths, credentials and NATS settings stay here.
+async fn post_job(
+    http: &reqwest::Client,
+    server: &str,
+    spec: &crate::spec::JobSpec,
+    outage: Duration,
+    console: &Console,
+) -> Result<(String, String)> {
     let url = format!("{}/jobs", base(server));
-    let body = serde_json::to_vec(&crate::spec::JobSpec::mirror(list, args))?;
+    let body = serde_json::to_vec(spec)?;
     let mut request = http
         .post(&url)
         .header(reqwest::header::CONTENT_TYPE, "application/json");
     if let Some(parent) = hangar_shared::telemetry::traceparent(&tracing::Span::current()) {
         request = request.header("traceparent", parent);
     }
-    let outage = humantime::parse_duration(&args.timeout)
-        .with_context(|| format!("invalid --timeout {:?}", args.timeout))?;
     // Retried only while the coordinator cannot be connected to: the job was not sent. An
     // answer lost after that could mean a job running twice, so it is not retried.
     let started = std::time::Instant::now();
@@ -215,6 +320,25 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
         .context("the coordinator answered without a job id")?
         .to_owned();
     console.info(None, format!("Job {id} submitted to {server}"));
+    Ok((url, id))
+}
+
+pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> Result<()> {
+    let Some(file) = &args.file else {
+        bail!("no list")
+    };
+    let list = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read image list {}", file.display()))?;
+    if args.scan_db.is_some() {
+        bail!(
+            "--scan-db does not run through `serve` yet (it needs the database where the report is written): use --nats"
+        );
+    }
+    let outage = humantime::parse_duration(&args.timeout)
+        .with_context(|| format!("invalid --timeout {:?}", args.timeout))?;
+    let http = api_client(&args.fleet.remote.api)?;
+    let spec = crate::spec::JobSpec::mirror(list, args);
+    let (url, id) = post_job(&http, server, &spec, outage, &console).await?;
     let mut shown = 0;
     let snap = follow(&http, &format!("{url}/{id}"), outage, &console, |snap| {
         let done = snap.done();

@@ -118,7 +118,7 @@ async fn gather(
     console: Arc<Console>,
 ) -> Result<Gathered> {
     let margs = mirror_args(list);
-    if list.fleet.server.is_some() {
+    if list.fleet.remote.server.is_some() {
         bail!("save and sync run here or on the fleet's workers (--nats), not through --server");
     }
     let fleet = match &list.fleet.bus.nats {

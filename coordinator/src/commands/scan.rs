@@ -20,6 +20,7 @@ use crate::cli::ScanArgs;
 use crate::console::Console;
 use crate::engine::planner;
 use crate::engine::work::{self, ImageOutcomes, Work};
+use crate::spec::{JobKind, JobSpec};
 
 /// One platform image's inventory as its task read it: the entry, and whether it came
 /// from the cache.
@@ -367,11 +368,6 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
     let t = super::targets::targets(list, debug, &console)?;
     // The inventories are read where the tasks run (this process, with `--cache`, or the
     // fleet's workers with theirs) and matched here, where the database is.
-    let run = super::targets::open(list, &t, &console, |here, _| {
-        here.cache = cache.clone();
-        Ok(())
-    })
-    .await?;
     let work = Work::Scan {
         cache: cache.clone(),
     };
@@ -402,16 +398,35 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
             failed.push(target.entry.original.clone());
         }
     };
-    work::run(
-        &work,
-        &t.work(),
-        &t.filter,
-        &run.pool,
-        run.bus,
-        t.per_image(&run.job),
-        finished,
-    )
-    .await?;
+    match &args.coordinator {
+        // The coordinator's fleet reads the inventories; the database stays here.
+        Some(server) => {
+            let remote = super::remote::Remote {
+                server,
+                api: &args.api,
+                spec: JobSpec::images(JobKind::Scan, super::targets::list_text(list)?, list),
+                outage: super::targets::outage(list)?,
+            };
+            super::remote::replay(remote, t.items.len(), &console, finished).await?;
+        }
+        None => {
+            let run = super::targets::open(list, &t, &console, |here, _| {
+                here.cache = cache.clone();
+                Ok(())
+            })
+            .await?;
+            work::run(
+                &work,
+                &t.work(),
+                &t.filter,
+                &run.pool,
+                run.bus,
+                t.per_image(&run.job),
+                finished,
+            )
+            .await?;
+        }
+    }
     let db = Arc::new(db);
     // Matching large inventories against a large database is CPU work: off the executor.
     let matched = {

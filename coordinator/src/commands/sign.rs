@@ -15,6 +15,7 @@ use crate::cli::{GenerateKeyArgs, SignArgs, SignValidateArgs};
 use crate::console::Console;
 use crate::engine::planner;
 use crate::engine::work::{self, ImageOutcomes, Work};
+use crate::spec::{JobKind, JobSpec};
 
 /// Reads a passphrase: the file (trimmed), else `COSIGN_PASSWORD`, else a prompt (twice
 /// when creating a key).
@@ -117,15 +118,8 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
     // Here `-p` is a key file, read now; on the fleet it names the workers' key
     // (`hangar-worker --sign-key NAME=PATH`), and no key material leaves them.
     let key = key_path.display().to_string();
-    let run = super::targets::open(list, &t, &console, |here, embedded| {
-        if embedded {
-            here.sign_keys = keys_here(Some(&key), args.passphrase_file.as_deref())?;
-        }
-        Ok(())
-    })
-    .await?;
     let work = Work::Sign {
-        key,
+        key: key.clone(),
         with_index: args.sign_manifest_index,
     };
     let mut failed = t.failed.clone();
@@ -159,16 +153,38 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
             }
         }
     };
-    work::run(
-        &work,
-        &t.work(),
-        &t.filter,
-        &run.pool,
-        run.bus,
-        t.per_image(&run.job),
-        finished,
-    )
-    .await?;
+    match &args.remote.server {
+        Some(server) => {
+            let mut spec = JobSpec::images(JobKind::Sign, super::targets::list_text(list)?, list);
+            spec.options.sign_key = Some(key);
+            let remote = super::remote::Remote {
+                server,
+                api: &args.remote.api,
+                spec,
+                outage: super::targets::outage(list)?,
+            };
+            super::remote::replay(remote, t.items.len(), &console, finished).await?;
+        }
+        None => {
+            let run = super::targets::open(list, &t, &console, |here, embedded| {
+                if embedded {
+                    here.sign_keys = keys_here(Some(&key), args.passphrase_file.as_deref())?;
+                }
+                Ok(())
+            })
+            .await?;
+            work::run(
+                &work,
+                &t.work(),
+                &t.filter,
+                &run.pool,
+                run.bus,
+                t.per_image(&run.job),
+                finished,
+            )
+            .await?;
+        }
+    }
     let failed_file = list
         .failed
         .clone()
@@ -204,9 +220,8 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
     PublicKey::from_pem(&pem, &key_path.display().to_string())?;
     let list = &args.list;
     let t = super::targets::targets(list, debug, &console)?;
-    let run = super::targets::open(list, &t, &console, |_, _| Ok(())).await?;
     let work = Work::Verify {
-        public_key: pem,
+        public_key: pem.clone(),
         identity: args.exact_repository.clone(),
         with_index: args.validate_manifest_index,
     };
@@ -275,16 +290,37 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
             failed.push(target.entry.original.clone());
         }
     };
-    work::run(
-        &work,
-        &t.work(),
-        &t.filter,
-        &run.pool,
-        run.bus,
-        t.per_image(&run.job),
-        finished,
-    )
-    .await?;
+    match &args.remote.server {
+        Some(server) => {
+            let mut spec = JobSpec::images(
+                JobKind::SignValidate,
+                super::targets::list_text(list)?,
+                list,
+            );
+            spec.options.public_key = Some(pem);
+            spec.options.exact_repository = args.exact_repository.clone();
+            let remote = super::remote::Remote {
+                server,
+                api: &args.remote.api,
+                spec,
+                outage: super::targets::outage(list)?,
+            };
+            super::remote::replay(remote, t.items.len(), &console, finished).await?;
+        }
+        None => {
+            let run = super::targets::open(list, &t, &console, |_, _| Ok(())).await?;
+            work::run(
+                &work,
+                &t.work(),
+                &t.filter,
+                &run.pool,
+                run.bus,
+                t.per_image(&run.job),
+                finished,
+            )
+            .await?;
+        }
+    }
     let report = args
         .report
         .clone()

@@ -30,7 +30,19 @@ pub fn targets(list: &ListArgs, debug: bool, console: &Console) -> Result<Target
         bail!("image list file not provided: use -f/--file");
     };
     let parsed = ImageList::read(file)?;
-    super::report_list_warnings(console, &parsed, &file.display().to_string());
+    resolve(parsed, &file.display().to_string(), list, debug, console)
+}
+
+/// The targets of a list already read (`label` names it in warnings): the list flags of
+/// `list` apply, its file is not read.
+pub fn resolve(
+    parsed: ImageList,
+    label: &str,
+    list: &ListArgs,
+    debug: bool,
+    console: &Console,
+) -> Result<Targets> {
+    super::report_list_warnings(console, &parsed, label);
     let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
     let mut items = Vec::new();
     let mut failed = Vec::new();
@@ -139,6 +151,27 @@ pub async fn open(
     let job = crate::engine::job::new_job_id();
     let bus = crate::engine::tasks::Bus::open(backend, &job, h, console).await?;
     Ok(Run { job, pool, bus })
+}
+
+/// The list's text, as a job specification carries it.
+pub fn list_text(list: &ListArgs) -> Result<String> {
+    let Some(file) = &list.file else {
+        bail!("image list file not provided: use -f/--file");
+    };
+    std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read image list {}", file.display()))
+}
+
+/// How long a coordinator may be away before a command following its job gives up: the
+/// command's `--timeout` (10 minutes when it is 0).
+pub fn outage(list: &ListArgs) -> Result<Duration> {
+    let t = humantime::parse_duration(&list.timeout)
+        .with_context(|| format!("invalid --timeout {:?}", list.timeout))?;
+    Ok(if t.is_zero() {
+        Duration::from_secs(600)
+    } else {
+        t
+    })
 }
 
 /// Bounds one image's work by `--timeout`.

@@ -150,6 +150,10 @@ pub fn new_job_id() -> String {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct JobSnapshot {
     pub id: String,
+    /// What the job does (mirror, sign, scan, …); `copied` counts its images done, for
+    /// every kind.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
     /// queued, running, succeeded, failed, cancelled
     pub state: String,
     pub total: usize,

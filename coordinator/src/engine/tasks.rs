@@ -200,9 +200,12 @@ where
         })
         .buffer_unordered(run.planners.max(1));
     let mut open: HashMap<usize, Open<M>> = HashMap::new();
-    let reported = std::cell::RefCell::new(vec![false; count]);
+    // A Mutex, not a RefCell: the run is a future that may move between threads.
+    let reported = std::sync::Mutex::new(vec![false; count]);
     let mut finished = |i: usize, r| {
-        if let Some(seen) = reported.borrow_mut().get_mut(i) {
+        if let Ok(mut seen) = reported.lock()
+            && let Some(seen) = seen.get_mut(i)
+        {
             *seen = true;
         }
         finished(i, r)
@@ -292,7 +295,10 @@ where
     drop(planning);
     bus.close(interrupted).await;
     // Images not yet planned when the run stopped.
-    let unplanned: Vec<usize> = (0..count).filter(|i| !reported.borrow()[*i]).collect();
+    let unplanned: Vec<usize> = match reported.lock() {
+        Ok(seen) => (0..count).filter(|i| !seen[*i]).collect(),
+        Err(_) => Vec::new(),
+    };
     for i in unplanned {
         finished(i, Err(stopped("stopped before this image was planned")));
     }

@@ -151,6 +151,29 @@ impl Caller {
     /// Checks a job against the caller's role and policy: every source and destination
     /// repository, the signing key, overwrite.
     pub fn authorise_job(&self, images: &[ImageJob], args: &MirrorArgs) -> Result<(), String> {
+        let repo =
+            |r: &hangar_shared::reference::ImageRef| format!("{}/{}", r.registry, r.repository());
+        let reads: Vec<String> = images.iter().map(|i| repo(&i.source)).collect();
+        let writes: Vec<String> = images.iter().map(|i| repo(&i.dest)).collect();
+        self.authorise_images(&reads, &writes, args.sign_key.as_deref())?;
+        let admin = self.role == Role::Admin;
+        if args.overwrite && !self.policy.overwrite.unwrap_or(admin) {
+            return Err(format!(
+                "token {:?} may not overwrite destination indexes: policy.overwrite is not true",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// A job reading the repositories `reads` (`registry/repository`), writing `writes`
+    /// and signing with `sign_key`, against this caller's role and policy.
+    pub fn authorise_images(
+        &self,
+        reads: &[String],
+        writes: &[String],
+        sign_key: Option<&str>,
+    ) -> Result<(), String> {
         self.require(Role::Submit, "submitting a job")?;
         let admin = self.role == Role::Admin;
         let rule = |list: &Option<Vec<Glob>>, key: &str, side: &str, repo: &str| {
@@ -169,13 +192,13 @@ impl Caller {
                 globs.join(", ")
             ))
         };
-        for image in images {
-            let src = format!("{}/{}", image.source.registry, image.source.repository());
-            rule(&self.policy.sources, "sources", "read from", &src)?;
-            let dst = format!("{}/{}", image.dest.registry, image.dest.repository());
-            rule(&self.policy.destinations, "destinations", "write to", &dst)?;
+        for src in reads {
+            rule(&self.policy.sources, "sources", "read from", src)?;
         }
-        if let Some(key) = &args.sign_key {
+        for dst in writes {
+            rule(&self.policy.destinations, "destinations", "write to", dst)?;
+        }
+        if let Some(key) = sign_key {
             let ok = match &self.policy.sign_keys {
                 None => admin,
                 Some(keys) => keys.iter().any(|k| k == key),
@@ -186,12 +209,6 @@ impl Caller {
                     self.name
                 ));
             }
-        }
-        if args.overwrite && !self.policy.overwrite.unwrap_or(admin) {
-            return Err(format!(
-                "token {:?} may not overwrite destination indexes: policy.overwrite is not true",
-                self.name
-            ));
         }
         Ok(())
     }

@@ -11,6 +11,7 @@
 //! says `--insecure-no-auth`.
 
 pub mod auth;
+mod images;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,6 +70,9 @@ struct Running {
     task: Option<tokio::task::JoinHandle<()>>,
     schedule: Option<String>,
     owner: Option<String>,
+    /// Each image's outcomes, for jobs over images where they are (sign, scan, …): held
+    /// in memory for the client to render, not kept in the bucket.
+    results: Option<Arc<Mutex<Vec<crate::engine::work::ImageReport>>>>,
 }
 
 /// Why a job was not started.
@@ -153,6 +157,9 @@ impl Server {
         caller: Option<&auth::Caller>,
     ) -> Result<(), Refusal> {
         request.spec.check().map_err(Refusal::Invalid)?;
+        if request.spec.kind != crate::spec::JobKind::Mirror {
+            return self.start_images(id, request, caller).await;
+        }
         let mut args = request.spec.mirror_args();
         // The coordinator's own TLS, credentials and cache (`serve --cache`, the fleet's
         // bucket, for the configs it reads while planning); the workers copy through theirs.
@@ -174,6 +181,7 @@ impl Server {
         spec.interruptible = false;
         let snapshot = Arc::new(Mutex::new(JobSnapshot {
             id: id.clone(),
+            kind: request.spec.kind.as_str().into(),
             state: "running".into(),
             total: spec.images.len() + rejected.len(),
             failed: rejected.len(),
@@ -246,6 +254,7 @@ impl Server {
                     task: Some(task),
                     schedule,
                     owner,
+                    results: None,
                 },
             );
         }
@@ -309,6 +318,7 @@ impl Server {
                         task: None,
                         schedule: stored.request.schedule.clone(),
                         owner: stored.request.owner.clone(),
+                        results: None,
                     },
                 );
             }
@@ -422,6 +432,47 @@ async fn status(
             Json(serde_json::json!({ "error": format!("no job {id}") })),
         )
             .into_response(),
+    }
+}
+
+/// Each image's outcomes of a finished job over images where they are: what the client
+/// renders its reports from.
+async fn results(
+    State(server): State<Server>,
+    Extension(caller): Extension<Arc<auth::Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(e) = caller.require(auth::Role::Read, "reading a job") {
+        return refuse(StatusCode::FORBIDDEN, e);
+    }
+    let found = server.jobs.lock().ok().and_then(|j| {
+        j.get(&id)
+            .map(|r| (snapshot_of(r), r.results.as_ref().map(Arc::clone)))
+    });
+    let Some((snap, kept)) = found else {
+        return refuse(StatusCode::NOT_FOUND, format!("no job {id}"));
+    };
+    if snap.state == "running" || snap.state == "queued" {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!("job {id} is still {}", snap.state),
+        );
+    }
+    match kept {
+        Some(kept) => {
+            let all = kept.lock().map(|k| k.clone()).unwrap_or_default();
+            Json(all).into_response()
+        }
+        None if snap.kind.is_empty() || snap.kind == "mirror" => refuse(
+            StatusCode::NOT_FOUND,
+            format!("job {id} copies images: its figures are the job itself"),
+        ),
+        None => refuse(
+            StatusCode::GONE,
+            format!(
+                "the results of job {id} are no longer held (the coordinator restarted since it ended)"
+            ),
+        ),
     }
 }
 
@@ -588,6 +639,7 @@ pub async fn run(
     let jobs = Router::new()
         .route("/jobs", get(list).post(submit))
         .route("/jobs/{id}", get(status).delete(cancel))
+        .route("/jobs/{id}/results", get(results))
         .layer(axum::extract::DefaultBodyLimit::max(2 << 20))
         .route_layer(axum::middleware::from_fn_with_state(
             server.clone(),

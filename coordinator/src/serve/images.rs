@@ -1,0 +1,283 @@
+//! Jobs over images where they are — sign, sign-validate, scan, mirror-validate — run by
+//! `serve` on the fleet with the same plan as the command line ([`work`]). Each image's
+//! outcomes are kept for the client that asked (`GET /jobs/{id}/results`), which writes
+//! the reports itself: the server keeps no report file and needs no database.
+
+use std::sync::{Arc, Mutex};
+
+use hangar_shared::imagelist::ImageList;
+use hangar_shared::task::{Outcome, Verdict};
+use tracing::Instrument;
+
+use super::{JobRequest, Refusal, Running, Server, auth};
+use crate::commands::{mirror, targets};
+use crate::engine::job::{Backend, JobSnapshot};
+use crate::engine::tasks::{Bus, Here, PerImage};
+use crate::engine::work::{self, ImageOutcomes, ImageReport, Work};
+use crate::spec::JobKind;
+
+/// A job's images as planned here, with what the job needs beside them.
+struct Planned {
+    targets: Vec<work::Target>,
+    /// Each target's original list line, for the failed list.
+    lines: Vec<String>,
+    /// Lines refused before any work.
+    rejected: Vec<String>,
+    filter: hangar_shared::manifest::PlatformFilter,
+    planners: usize,
+    timeout: Option<std::time::Duration>,
+}
+
+fn plan_list(server: &Server, id: &str, request: &JobRequest) -> Result<Planned, Refusal> {
+    let spec = &request.spec;
+    let list = ImageList::parse(&spec.list);
+    let label = format!("job {id}");
+    let invalid = |e: anyhow::Error| Refusal::Invalid(format!("{e:#}"));
+    if spec.kind == JobKind::MirrorValidate {
+        let mut args = spec.mirror_args();
+        args.tls_verify = server.defaults.tls_verify;
+        let prepared =
+            mirror::prepare_list(list, &label, &args, false, &server.console).map_err(invalid)?;
+        return Ok(Planned {
+            targets: prepared
+                .images
+                .iter()
+                .map(|j| work::Target {
+                    image: j.source.clone(),
+                    dest: Some(j.dest.clone()),
+                })
+                .collect(),
+            lines: prepared
+                .images
+                .iter()
+                .map(|j| j.entry.original.clone())
+                .collect(),
+            rejected: prepared
+                .rejected
+                .iter()
+                .map(|(e, _)| e.original.clone())
+                .collect(),
+            filter: prepared.filter,
+            planners: prepared.jobs.max(4),
+            timeout: prepared.timeout,
+        });
+    }
+    let t = targets::resolve(list, &label, &spec.list_args(), false, &server.console)
+        .map_err(invalid)?;
+    Ok(Planned {
+        targets: t.work(),
+        lines: t.items.iter().map(|i| i.entry.original.clone()).collect(),
+        rejected: t.failed,
+        filter: t.filter,
+        planners: t.jobs,
+        timeout: t.timeout,
+    })
+}
+
+/// A signing job writes where its images are; every other kind only reads.
+fn authorise(
+    caller: &auth::Caller,
+    kind: JobKind,
+    planned: &Planned,
+    sign_key: Option<&str>,
+) -> Result<(), Refusal> {
+    let repo =
+        |r: &hangar_shared::reference::ImageRef| format!("{}/{}", r.registry, r.repository());
+    let mut reads: Vec<String> = planned.targets.iter().map(|t| repo(&t.image)).collect();
+    reads.extend(
+        planned
+            .targets
+            .iter()
+            .filter_map(|t| t.dest.as_ref())
+            .map(repo),
+    );
+    let writes = if kind == JobKind::Sign {
+        reads.clone()
+    } else {
+        Vec::new()
+    };
+    caller
+        .authorise_images(&reads, &writes, sign_key)
+        .map_err(Refusal::Forbidden)
+}
+
+/// The work a job's kind names, with the coordinator's own cache for the configs it
+/// reads while planning a scan.
+fn work_of(server: &Server, request: &JobRequest) -> Result<Work, Refusal> {
+    let o = &request.spec.options;
+    Ok(match request.spec.kind {
+        JobKind::Sign => Work::Sign {
+            key: o.sign_key.clone().unwrap_or_default(),
+            with_index: true,
+        },
+        JobKind::SignValidate => Work::Verify {
+            public_key: o.public_key.clone().unwrap_or_default(),
+            identity: o.exact_repository.clone(),
+            with_index: true,
+        },
+        JobKind::Scan => Work::Scan {
+            cache: match &server.defaults.cache {
+                Some(url) => Some(Arc::new(
+                    hangar_shared::cache::BlobCache::open(url)
+                        .map_err(|e| Refusal::Invalid(e.to_string()))?,
+                )),
+                None => None,
+            },
+        },
+        JobKind::MirrorValidate => Work::Contains {
+            provenance: request.spec.options.provenance,
+        },
+        other => {
+            return Err(Refusal::Invalid(format!(
+                "{} is not a job over images where they are",
+                other.as_str()
+            )));
+        }
+    })
+}
+
+/// Counts an image's end in the job's figures: a failed check or task fails it, a
+/// missing signature or no selected platform skips it, anything else is done.
+fn count(snapshot: &mut JobSnapshot, line: &str, outcomes: &ImageOutcomes) {
+    match outcomes {
+        Err(_) => {
+            snapshot.failed += 1;
+            snapshot.failed_lines.push(line.to_owned());
+        }
+        Ok(o) if o.is_empty() => snapshot.skipped += 1,
+        Ok(o) => {
+            let verdict = |want: fn(&Verdict) -> bool| {
+                o.iter()
+                    .any(|(_, x)| matches!(x, Outcome::Checked { verdict } if want(verdict)))
+            };
+            if verdict(|v| matches!(v, Verdict::Fail { .. })) {
+                snapshot.failed += 1;
+                snapshot.failed_lines.push(line.to_owned());
+            } else if verdict(|v| matches!(v, Verdict::Absent)) {
+                snapshot.skipped += 1;
+            } else {
+                snapshot.copied += 1;
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Starts (or resumes) a job over images where they are.
+    pub(super) async fn start_images(
+        &self,
+        id: String,
+        mut request: JobRequest,
+        caller: Option<&auth::Caller>,
+    ) -> Result<(), Refusal> {
+        let planned = plan_list(self, &id, &request)?;
+        if let Some(caller) = caller {
+            authorise(
+                caller,
+                request.spec.kind,
+                &planned,
+                request.spec.options.sign_key.as_deref(),
+            )?;
+        }
+        let work = work_of(self, &request)?;
+        let snapshot = Arc::new(Mutex::new(JobSnapshot {
+            id: id.clone(),
+            kind: request.spec.kind.as_str().into(),
+            state: "running".into(),
+            total: planned.targets.len() + planned.rejected.len(),
+            failed: planned.rejected.len(),
+            failed_lines: planned.rejected.clone(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            ..Default::default()
+        }));
+        let span =
+            tracing::info_span!("serve job", otel.name = %format!("serve job {id}"), job = %id);
+        hangar_shared::telemetry::adopt(&span, request.trace.as_deref());
+        if request.trace.is_none() {
+            request.trace = hangar_shared::telemetry::traceparent(&span);
+        }
+        let first = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+        self.try_save(&id, &request, &first)
+            .await
+            .map_err(Refusal::Invalid)?;
+        let results: Arc<Mutex<Vec<ImageReport>>> = Arc::default();
+        let (server, watch, kept, job) =
+            (self.clone(), snapshot.clone(), results.clone(), id.clone());
+        let schedule = request.schedule.clone();
+        let owner = request.owner.clone();
+        let task = tokio::spawn(
+            async move {
+                let pool = Arc::new(crate::commands::gated_pool(
+                    server.defaults.tls_verify,
+                    server.defaults.authfile.as_deref(),
+                    server.gate.clone(),
+                ));
+                let run_id = format!("{job}.{}", server.run);
+                let outcome = async {
+                    let bus = Bus::open(
+                        Backend::Fleet(server.nats.clone()),
+                        &run_id,
+                        Here::new(pool.clone()),
+                        &server.console,
+                    )
+                    .await?;
+                    let how = PerImage {
+                        job: &run_id,
+                        planners: planned.planners,
+                        timeout: planned.timeout,
+                        trace: request.trace.clone(),
+                        interruptible: false,
+                    };
+                    work::run(
+                        &work,
+                        &planned.targets,
+                        &planned.filter,
+                        &pool,
+                        bus,
+                        how,
+                        |i, r| {
+                            if let Ok(mut s) = watch.lock() {
+                                count(&mut s, &planned.lines[i], &r);
+                            }
+                            if let Ok(mut k) = kept.lock() {
+                                k.push(ImageReport::new(i, &r));
+                            }
+                        },
+                    )
+                    .await
+                }
+                .await;
+                let last = {
+                    let Ok(mut s) = watch.lock() else { return };
+                    match outcome {
+                        Ok(()) => {
+                            s.state = if s.failed == 0 { "succeeded" } else { "failed" }.into()
+                        }
+                        Err(e) => {
+                            s.state = "failed".into();
+                            s.message = Some(e.to_string());
+                        }
+                    }
+                    s.clone()
+                };
+                server.save(&job, &request, &last).await;
+            }
+            .instrument(span),
+        );
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.insert(
+                id,
+                Running {
+                    snapshot,
+                    task: Some(task),
+                    schedule,
+                    owner,
+                    results: Some(results),
+                },
+            );
+        }
+        Ok(())
+    }
+}
