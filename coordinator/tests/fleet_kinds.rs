@@ -137,6 +137,44 @@ async fn load_of_an_s3_archive_runs_on_the_workers_through_a_kill() {
         .collect();
     assert!(worker_logs.contains("kind=\"blob\""), "{worker_logs}");
 
+    // Both validations run as check tasks on the surviving worker: it reads the archive
+    // (save validate) and the destination (load validate).
+    let nats_url = nats.url();
+    let out = run(&[
+        "save",
+        "validate",
+        "--tls-verify=false",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        &archive,
+        "--nats",
+        &nats_url,
+        "-o",
+        env.path("svf.txt").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("4 passed, 0 failed"), "{}", text(&out));
+    let out = run(&[
+        "load",
+        "validate",
+        "--tls-verify=false",
+        "-s",
+        &archive,
+        "-d",
+        &env.dst.addr,
+        "--nats",
+        &nats_url,
+        "-o",
+        env.path("lvf.txt").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("4 passed, 0 failed"), "{}", text(&out));
+    let checked: String = (0..2)
+        .map(|i| std::fs::read_to_string(env.path(&format!("w{i}.log"))).unwrap_or_default())
+        .collect();
+    assert!(checked.contains("kind=\"check\""), "{checked}");
+
     // A worker whose roots do not cover the archive refuses to read it, naming the roots.
     drop(workers);
     let _narrow = fleet::worker(
@@ -163,6 +201,22 @@ async fn load_of_an_s3_archive_runs_on_the_workers_through_a_kill() {
         &nats.url(),
         "-o",
         env.path("lf2.txt").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("archive roots"), "{}", text(&out));
+    // Nor does it check one.
+    let out = run(&[
+        "save",
+        "validate",
+        "--tls-verify=false",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        &archive,
+        "--nats",
+        &nats.url(),
+        "-o",
+        env.path("svf2.txt").to_str().unwrap(),
     ]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("archive roots"), "{}", text(&out));

@@ -122,6 +122,12 @@ pub enum CheckTask {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         whole: Option<Digest>,
     },
+    /// Every manifest of `expect` is in `store` by its digest (an archive that should
+    /// hold what a list's sources select: `save validate`).
+    Present {
+        store: RepoRef,
+        expect: Vec<Descriptor>,
+    },
     /// A cosign signature of `digest` in `store` verifies with `public_key` (PEM: a public
     /// key is no secret); with `identity`, its payload must name that repository.
     Signature {

@@ -1,16 +1,46 @@
-//! Read-only checks of one image where it is (`mirror validate`, `sign validate`): the
-//! verdict is the outcome. Nothing is written, so any delivery may run them again.
+//! Read-only checks of one image where it is (`mirror`, `save`, `load` and `sign
+//! validate`): the verdict is the outcome. Nothing is written, so any delivery may run them again.
 
+use hangar_shared::digest::Digest;
 use hangar_shared::error::Result;
-use hangar_shared::manifest::Manifest;
+use hangar_shared::manifest::{Descriptor, Manifest};
 use hangar_shared::registry::Side;
 use hangar_shared::sign::PublicKey;
 use hangar_shared::sign::cosign;
+use hangar_shared::store::StoreRef;
 use hangar_shared::task::{CheckTask, Outcome, Verdict};
 
 use crate::Context;
 
+/// `expect`'s entries not in `present`, named with their platforms.
+fn missing(expect: &[Descriptor], present: impl Fn(&Digest) -> bool) -> Verdict {
+    let missing: Vec<String> = expect
+        .iter()
+        .filter(|e| !present(&e.digest))
+        .map(|e| {
+            let platform = e.platform.as_ref().map(|p| p.display());
+            format!("{} ({})", e.digest, platform.unwrap_or_default())
+        })
+        .collect();
+    if missing.is_empty() {
+        Verdict::Pass { payload: None }
+    } else {
+        Verdict::Fail {
+            why: format!("missing {}", missing.join(", ")),
+        }
+    }
+}
+
 pub async fn check(ctx: &Context, task: &CheckTask) -> Result<Outcome> {
+    // An archive is read only inside this worker's archive roots, as for a copy.
+    let store = match task {
+        CheckTask::Contains { store, .. }
+        | CheckTask::Present { store, .. }
+        | CheckTask::Signature { store, .. } => store,
+    };
+    if let (Some(policy), StoreRef::Archive { location }) = (&ctx.policy, &store.store) {
+        policy.archives.check("archive", location)?;
+    }
     let verdict = match task {
         CheckTask::Contains {
             store,
@@ -38,23 +68,27 @@ pub async fn check(ctx: &Context, task: &CheckTask) -> Result<Outcome> {
                     if let Manifest::Index(index) = found.parse()? {
                         present.extend(index.manifests.into_iter().map(|m| m.digest));
                     }
-                    let missing: Vec<String> = expect
-                        .iter()
-                        .filter(|e| !present.contains(&e.digest))
-                        .map(|e| {
-                            let platform = e.platform.as_ref().map(|p| p.display());
-                            format!("{} ({})", e.digest, platform.unwrap_or_default())
-                        })
-                        .collect();
-                    if missing.is_empty() {
-                        Verdict::Pass { payload: None }
-                    } else {
-                        Verdict::Fail {
-                            why: format!("missing {}", missing.join(", ")),
-                        }
-                    }
+                    missing(expect, |d| present.contains(d))
                 }
             }
+        }
+        CheckTask::Present { store, expect } => {
+            let resolved = ctx.stores.resolve(&store.store).await?;
+            let mut found = Vec::new();
+            for e in expect {
+                let what = format!("read {store}@{}", e.digest);
+                let reference = e.digest.to_string();
+                let got = ctx
+                    .retry
+                    .run(&what, || {
+                        resolved.get_manifest(&store.repo, &reference, Side::Destination)
+                    })
+                    .await?;
+                if got.is_some() {
+                    found.push(e.digest.clone());
+                }
+            }
+            missing(expect, |d| found.contains(d))
         }
         CheckTask::Signature {
             store,

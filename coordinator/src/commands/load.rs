@@ -7,12 +7,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use futures_util::StreamExt;
 use hangar_shared::archive::{ArchiveImage, ArchiveReader};
-use hangar_shared::digest::Digest;
 use hangar_shared::imagelist::{ImageList, LineKind, ListEntry};
-use hangar_shared::manifest::{Manifest, PlatformFilter};
-use hangar_shared::registry::Side;
+use hangar_shared::manifest::PlatformFilter;
 use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::StoreRef;
 
@@ -20,7 +17,10 @@ use crate::cli::LoadArgs;
 use crate::console::Console;
 use crate::engine::job::{self, Backend, MirrorSpec};
 use crate::engine::planner::ImageJob;
+use crate::engine::tasks::{Bus, Here, PerImage};
 use crate::engine::tracker::Ends;
+use crate::engine::work::{self, Work};
+use hangar_shared::task::{Outcome, Verdict};
 
 struct Selected {
     jobs: Vec<ImageJob>,
@@ -254,78 +254,76 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
 
 /// `load validate`: every archived platform digest that passes `--arch/--os` (and each
 /// kept attestation, with `--provenance`) must be in the destination's index at the tag.
+/// Every image the archive holds (or `-f` selects) must be in the destination's index at
+/// its tag: a check task per image, here or on the fleet (`--nats`).
 pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result<()> {
-    if args.fleet.bus.nats.is_some() || args.fleet.remote.server.is_some() {
-        bail!("load validate runs here, not on the fleet (yet): leave out --nats/--server");
+    if args.fleet.remote.server.is_some() {
+        bail!("load validate runs here or on the fleet's workers (--nats), not through --server");
     }
     let (location, dest) = endpoints(args)?;
     let archive = ArchiveReader::open(&location).await?;
     let selected = select(&archive, args, &dest, debug, &console)?;
-    let pool = Arc::new(super::pool(
+    let (backend, pool) = super::backend(
+        &args.fleet.bus,
         args.access.tls_verify,
         args.access.authfile.as_deref(),
-    ));
-    let mut failed = selected.failed;
-    let filter = selected.filter.clone();
-    let provenance = args.provenance;
-    let mut results = futures_util::stream::iter(selected.jobs.iter())
-        .map(|job| {
-            let (pool, filter) = (pool.clone(), filter.clone());
-            async move {
-                let check = async {
-                    let Some(image) = &job.archived else {
-                        return Ok(Vec::new());
-                    };
-                    let wanted: Vec<&Digest> = image
-                        .selected(&filter, provenance)
-                        .into_iter()
-                        .map(|s| &s.digest)
-                        .collect();
-                    let registry = pool.registry(&job.dest.registry).await?;
-                    let found = registry
-                        .manifest_opt(
-                            &job.dest.repository(),
-                            &job.dest.manifest_reference(),
-                            Side::Destination,
-                        )
-                        .await?;
-                    let Some(found) = found else {
-                        return Ok(vec!["destination image does not exist".to_owned()]);
-                    };
-                    let mut present = vec![found.digest.clone()];
-                    if let Manifest::Index(idx) = found.parse()? {
-                        present.extend(idx.manifests.into_iter().map(|m| m.digest));
-                    }
-                    Ok::<_, hangar_shared::error::Error>(
-                        wanted
-                            .iter()
-                            .filter(|d| !present.contains(*d))
-                            .map(|d| format!("missing {d}"))
-                            .collect(),
-                    )
-                }
-                .await;
-                (job, check)
-            }
+        &args.rate,
+    )
+    .await?;
+    let timeout = humantime::parse_duration(&args.timeout)
+        .map_err(|e| anyhow::anyhow!("invalid --timeout {:?}: {e}", args.timeout))?;
+    let timeout = (!timeout.is_zero()).then_some(timeout);
+    let mut here = Here::new(pool.clone());
+    here.task_timeout = timeout;
+    let job_id = job::new_job_id();
+    let bus = Bus::open(backend, &job_id, here, &console).await?;
+    let (filter, provenance) = (&selected.filter, args.provenance);
+    // What each copy should hold is the archive's own entries: nothing is read but the
+    // destination.
+    let targets: Vec<work::Target> = selected
+        .jobs
+        .iter()
+        .map(|job| work::Target {
+            image: job.source.clone(),
+            dest: Some(job.dest.clone()),
+            expect: Some(
+                job.archived
+                    .as_ref()
+                    .map(|image| {
+                        image
+                            .selected(filter, provenance)
+                            .into_iter()
+                            .map(|s| s.descriptor(archive.blob_size(&s.digest).unwrap_or(0)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
         })
-        .buffer_unordered(selected.jobs_at_once.max(4));
+        .collect();
+    let mut failed = selected.failed.clone();
     let mut passed = 0;
-    while let Some((job, check)) = results.next().await {
+    let jobs = &selected.jobs;
+    let finished = |i: usize, result: work::ImageOutcomes| {
+        let job = &jobs[i];
         let n = Some(job.entry.index);
-        match check {
-            Ok(problems) if problems.is_empty() => {
+        match result.map(|mut o| o.pop().map(|(_, o)| o)) {
+            Ok(Some(Outcome::Checked {
+                verdict: Verdict::Pass { .. },
+            })) => {
                 passed += 1;
                 console.info(n, format!("PASS: [{}] == [{}]", job.source, job.dest))
             }
-            Ok(problems) => {
+            Ok(other) => {
+                let why = match other {
+                    Some(Outcome::Checked {
+                        verdict: Verdict::Fail { why },
+                    }) => why,
+                    None => "the archive selects nothing of it".to_owned(),
+                    Some(other) => format!("unexpected outcome {other:?}"),
+                };
                 console.error(
                     n,
-                    format!(
-                        "FAILED: [{}] != [{}]: {}",
-                        job.source,
-                        job.dest,
-                        problems.join(", ")
-                    ),
+                    format!("FAILED: [{}] != [{}]: {why}", job.source, job.dest),
                 );
                 failed.push(job.entry.original.clone());
             }
@@ -340,7 +338,16 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
                 failed.push(job.entry.original.clone());
             }
         }
-    }
+    };
+    let how = PerImage {
+        job: &job_id,
+        planners: selected.jobs_at_once.max(4),
+        timeout,
+        trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
+        interruptible: true,
+    };
+    let work = Work::Contains { provenance };
+    work::run(&work, &targets, filter, &pool, bus, how, finished).await?;
     super::verdicts(&console, passed, failed.len(), 0);
     super::finish(&console, &args.failed, &failed, "validate")
 }

@@ -6,12 +6,11 @@
 //! into a new file renamed over the old one: killing it at any moment leaves the old
 //! archive or the new one, never a broken zip (unlike Hangar, cnrancher/hangar#152).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use futures_util::StreamExt;
 use hangar_shared::archive::writer::{
     ArchiveWriter, Written, plan_volumes, volume_path, write_archive,
 };
@@ -27,7 +26,11 @@ use indicatif::HumanBytes;
 use crate::cli::{ArchiveListArgs, MirrorArgs, SaveArgs, SyncArgs};
 use crate::console::Console;
 use crate::engine::job::{self, Backend};
-use crate::engine::planner::{self, ImageJob};
+use crate::engine::planner;
+use crate::engine::tasks::{Bus, Here, PerImage};
+use crate::engine::work::{self, Work};
+use hangar_shared::store::StoreRef;
+use hangar_shared::task::Verdict;
 
 /// A cache directory that exists for one command and is removed with it.
 struct TempCache(PathBuf);
@@ -483,6 +486,9 @@ pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result
 
 /// `save validate` / `sync validate`: every selected source platform digest must be in the
 /// archive's index (in any entry).
+/// Every selected source platform of the list must be in the archive: a check task per
+/// image, reading the archive here or on the fleet's workers (`--nats`; the archive must
+/// be where they can read it, inside their `--archive-root`).
 pub async fn validate(
     list: &ArchiveListArgs,
     archive: &str,
@@ -490,40 +496,35 @@ pub async fn validate(
     debug: bool,
     console: Arc<Console>,
 ) -> Result<()> {
-    let reader = ArchiveReader::open(archive).await?;
-    let archived: HashSet<&Digest> = reader
-        .index
-        .list
-        .iter()
-        .flat_map(|i| i.images.iter().map(|s| &s.digest))
-        .collect();
+    if list.fleet.remote.server.is_some() {
+        bail!(
+            "validating an archive runs here or on the fleet's workers (--nats), not through --server"
+        );
+    }
+    // Opened here either way: an archive that cannot be read fails at once, naming it.
+    let reader = Arc::new(ArchiveReader::open(archive).await?);
     let prepared = read_jobs(list, debug, &console)?;
-    let pool = Arc::new(super::pool(
+    let (backend, pool) = super::backend(
+        &list.fleet.bus,
         list.access.tls_verify,
         list.access.authfile.as_deref(),
-    ));
+        &list.rate,
+    )
+    .await?;
+    let mut here = Here::new(pool.clone());
+    here.task_timeout = prepared.timeout;
+    here.archive = Some((archive.to_owned(), reader));
+    let job_id = crate::engine::job::new_job_id();
+    let bus = Bus::open(backend, &job_id, here, &console).await?;
     let mut failed = super::report_rejected(&console, &prepared.rejected, "validate");
-    let filter = prepared.filter.clone();
-    let provenance = list.provenance;
-    let mut results = futures_util::stream::iter(prepared.images.iter())
-        .map(|job: &ImageJob| {
-            let (pool, filter) = (pool.clone(), filter.clone());
-            async move {
-                let checked = async {
-                    let store = pool.registry(&job.source.registry).await?;
-                    planner::select(store.as_ref(), None, &job.source, &filter, provenance).await
-                }
-                .await;
-                (job, checked)
-            }
-        })
-        .buffer_unordered(prepared.jobs.max(4));
     let label = archive.to_owned();
     let (mut passed, mut skipped) = (0, 0);
-    while let Some((job, selection)) = results.next().await {
+    let images = &prepared.images;
+    let finished = |i: usize, result: work::ImageOutcomes| {
+        let job = &images[i];
         let n = Some(job.entry.index);
-        match selection {
-            Ok(sel) if !sel.entries.iter().any(|e| !e.is_attestation()) => {
+        match result.map(|mut o| o.pop().map(|(_, o)| o)) {
+            Ok(None) => {
                 skipped += 1;
                 console.warn(
                     n,
@@ -534,27 +535,21 @@ pub async fn validate(
                     ),
                 )
             }
-            Ok(sel) => {
-                let missing: Vec<String> = sel
-                    .entries
-                    .iter()
-                    .filter(|e| !archived.contains(&e.digest))
-                    .map(|e| e.digest.to_string())
-                    .collect();
-                if missing.is_empty() {
-                    passed += 1;
-                    console.info(n, format!("PASS: [{}] == [{label}]", job.source));
-                } else {
-                    console.error(
-                        n,
-                        format!(
-                            "FAILED: [{}] != [{label}]: missing {}",
-                            job.source,
-                            missing.join(", ")
-                        ),
-                    );
-                    failed.push(job.entry.original.clone());
-                }
+            Ok(Some(Outcome::Checked {
+                verdict: Verdict::Pass { .. },
+            })) => {
+                passed += 1;
+                console.info(n, format!("PASS: [{}] == [{label}]", job.source));
+            }
+            Ok(Some(other)) => {
+                let why = match other {
+                    Outcome::Checked {
+                        verdict: Verdict::Fail { why },
+                    } => why,
+                    other => format!("unexpected outcome {other:?}"),
+                };
+                console.error(n, format!("FAILED: [{}] != [{label}]: {why}", job.source));
+                failed.push(job.entry.original.clone());
             }
             Err(e) => {
                 console.error(
@@ -564,7 +559,25 @@ pub async fn validate(
                 failed.push(job.entry.original.clone());
             }
         }
-    }
+    };
+    let targets: Vec<work::Target> = images
+        .iter()
+        .map(|j| work::Target::at(j.source.clone()))
+        .collect();
+    let how = PerImage {
+        job: &job_id,
+        planners: prepared.jobs.max(4),
+        timeout: prepared.timeout,
+        trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
+        interruptible: true,
+    };
+    let work = Work::Holds {
+        store: StoreRef::Archive {
+            location: archive.to_owned(),
+        },
+        provenance: list.provenance,
+    };
+    work::run(&work, &targets, &prepared.filter, &pool, bus, how, finished).await?;
     let failed_file = list.failed.clone().unwrap_or_else(|| default_failed.into());
     super::verdicts(&console, passed, failed.len(), skipped);
     super::finish(&console, &failed_file, &failed, "validate")

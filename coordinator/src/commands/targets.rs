@@ -102,10 +102,7 @@ impl Targets {
     pub fn work(&self) -> Vec<crate::engine::work::Target> {
         self.items
             .iter()
-            .map(|t| crate::engine::work::Target {
-                image: t.image.clone(),
-                dest: None,
-            })
+            .map(|t| crate::engine::work::Target::at(t.image.clone()))
             .collect()
     }
 

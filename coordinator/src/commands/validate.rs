@@ -102,6 +102,7 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
             .map(|j| work::Target {
                 image: j.source.clone(),
                 dest: Some(j.dest.clone()),
+                expect: None,
             })
             .collect();
         let how = PerImage {

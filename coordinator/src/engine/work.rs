@@ -12,7 +12,7 @@ use hangar_shared::manifest::{Descriptor, PlatformFilter};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::Side;
 use hangar_shared::sign::cosign;
-use hangar_shared::store::{ImageStore, RegistryPool, RepoRef};
+use hangar_shared::store::{ImageStore, RegistryPool, RepoRef, StoreRef};
 use hangar_shared::task::{CheckTask, ManifestBody, Outcome, ScanTask, SignTask, Task};
 use serde::{Deserialize, Serialize};
 
@@ -39,8 +39,12 @@ pub enum Work {
     /// Read every selected platform image's package inventory (layers from `cache` when
     /// there, here; the workers' own cache on the fleet).
     Scan { cache: Option<Arc<BlobCache>> },
-    /// The destination holds what the source's selection names (`mirror validate`).
+    /// The destination's index holds what the source's selection names, or what the
+    /// target expects (`mirror validate`, `load validate`).
     Contains { provenance: bool },
+    /// `store` holds every manifest the source's selection names (`save validate`: an
+    /// archive).
+    Holds { store: StoreRef, provenance: bool },
 }
 
 /// One image: where it is, and for [`Work::Contains`] where its copy should be.
@@ -48,6 +52,19 @@ pub enum Work {
 pub struct Target {
     pub image: ImageRef,
     pub dest: Option<ImageRef>,
+    /// What the copy should hold when it is known without reading the source (an
+    /// archive's entries: `load validate`).
+    pub expect: Option<Vec<Descriptor>>,
+}
+
+impl Target {
+    pub fn at(image: ImageRef) -> Self {
+        Self {
+            image,
+            dest: None,
+            expect: None,
+        }
+    }
 }
 
 /// The tasks of one image.
@@ -115,6 +132,42 @@ pub async fn plan(
                 out.push((e.clone(), task));
             }
             Ok(out)
+        }
+        Work::Contains { .. } if target.expect.is_some() => {
+            let dest = target
+                .dest
+                .as_ref()
+                .ok_or_else(|| Error::internal("a check without a destination"))?;
+            let expect = target.expect.clone().unwrap_or_default();
+            let Some(first) = expect.first().cloned() else {
+                return Ok(Vec::new());
+            };
+            let check = CheckTask::Contains {
+                store: RepoRef::registry(&dest.registry, &dest.repository()),
+                reference: dest.manifest_reference(),
+                expect,
+                whole: None,
+            };
+            Ok(vec![(first, Task::Check(check))])
+        }
+        Work::Holds { store, provenance } => {
+            let source = pool.registry(&image.registry).await?;
+            let selection =
+                planner::select(source.as_ref(), None, image, filter, *provenance).await?;
+            let Some(top) = selection.top.as_ref() else {
+                return Ok(Vec::new());
+            };
+            if !selection.entries.iter().any(|e| !e.is_attestation()) {
+                return Ok(Vec::new());
+            }
+            let check = CheckTask::Present {
+                store: RepoRef {
+                    store: store.clone(),
+                    repo: image.repository(),
+                },
+                expect: selection.entries.clone(),
+            };
+            Ok(vec![(top.descriptor(), Task::Check(check))])
         }
         Work::Contains { provenance } => {
             let dest = target

@@ -45,6 +45,7 @@ fn plan_list(server: &Server, id: &str, request: &JobRequest) -> Result<Planned,
                 .map(|j| work::Target {
                     image: j.source.clone(),
                     dest: Some(j.dest.clone()),
+                    expect: None,
                 })
                 .collect(),
             lines: prepared
