@@ -18,16 +18,14 @@ use hangar_shared::archive::{ArchiveImage, ArchiveReader, BlobSource};
 use hangar_shared::cache::BlobCache;
 use hangar_shared::digest::Digest;
 use hangar_shared::imagelist::{ImageList, LineKind};
-use hangar_shared::queue::TaskQueue;
-use hangar_shared::queue::jetstream::{self, JetStreamQueue};
-use hangar_shared::task::{AssembleTask, EventKind, Outcome, Task, TaskEnvelope};
+use hangar_shared::task::{AssembleTask, Outcome, Task};
 use indicatif::HumanBytes;
 
 use crate::cli::{ArchiveListArgs, MirrorArgs, SaveArgs, SyncArgs};
 use crate::console::Console;
 use crate::engine::job::{self, Backend};
 use crate::engine::planner;
-use crate::engine::tasks::{Bus, Here, PerImage};
+use crate::engine::tasks::{self, Bus, Here, PerImage};
 use crate::engine::work::{self, Work};
 use hangar_shared::store::StoreRef;
 use hangar_shared::task::Verdict;
@@ -241,6 +239,7 @@ async fn gather(
 
 /// Writes one archive: here, or on the fleet by a worker's assemble task.
 async fn assemble(
+    console: &Console,
     g: &Gathered,
     n: usize,
     location: &str,
@@ -253,55 +252,63 @@ async fn assemble(
     let key = format!("{}/{n}.json", g.job);
     g.cache.put_doc(&key, serde_json::to_vec(images)?).await?;
     let job_id = format!("{}.a{n}", g.job);
-    let mut events = jetstream::follow_events(client.clone(), &job_id).await?;
-    let queue = JetStreamQueue::publisher(client.clone()).await?;
-    queue
-        .publish(TaskEnvelope {
-            job: job_id.clone(),
-            id: 1,
-            key: format!("{job_id}/assemble"),
-            trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
-            task: Task::Assemble(AssembleTask {
-                output: location.to_owned(),
-                // The worker opens the archive itself, by its location.
-                base: base.map(|b| b.label().to_owned()),
-                images: key,
-            }),
-        })
-        .await?;
-    while let Some(event) = events.recv().await {
-        match event.kind {
-            EventKind::Done {
-                outcome:
-                    Outcome::Assembled {
-                        images,
-                        entries,
-                        bytes,
-                    },
-            } => {
-                return Ok(Written {
-                    path: location.into(),
+    // Followed by the engine like any task: the archive's end is its one image's end.
+    let bus = Bus::open(
+        Backend::Fleet(client.clone()),
+        &job_id,
+        Here::new(Arc::new(super::pool(None, None))),
+        console,
+    )
+    .await?;
+    let task = Task::Assemble(AssembleTask {
+        output: location.to_owned(),
+        // The worker opens the archive itself, by its location.
+        base: base.map(|b| b.label().to_owned()),
+        images: key,
+    });
+    let how = PerImage {
+        job: &job_id,
+        planners: 1,
+        timeout: None,
+        trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
+        interruptible: true,
+    };
+    let mut ended = None;
+    tasks::per_image(
+        bus,
+        how,
+        1,
+        |_| {
+            let task = task.clone();
+            async move { Ok(vec![((), task)]) }
+        },
+        |_, r| ended = Some(r),
+    )
+    .await?;
+    match ended {
+        Some(Ok(mut outcomes)) => match outcomes.pop() {
+            Some((
+                (),
+                Outcome::Assembled {
                     images,
                     entries,
                     bytes,
-                });
-            }
-            EventKind::Failed {
-                last: true,
-                class,
-                message,
-                ..
-            } => {
-                // Typed, so a damaged cache entry is told apart from other failures.
-                return Err(
-                    anyhow::Error::new(hangar_shared::Error::new(class, message))
-                        .context(format!("writing {location} on the fleet ({class})")),
-                );
-            }
-            _ => {}
+                },
+            )) => Ok(Written {
+                path: location.into(),
+                images,
+                entries,
+                bytes,
+            }),
+            other => bail!("writing {location} on the fleet: unexpected outcome {other:?}"),
+        },
+        // Typed, so a damaged cache entry is told apart from other failures.
+        Some(Err(e)) => {
+            let class = e.class;
+            Err(anyhow::Error::new(e).context(format!("writing {location} on the fleet ({class})")))
         }
+        None => bail!("the fleet's events ended before {location} was written"),
     }
-    bail!("the fleet's events ended before {location} was written")
 }
 
 /// A cached blob failed its CRC on the way into the archive; the cache evicted it, so one
@@ -380,7 +387,7 @@ async fn write_save(
     let Some(part) = part_size else {
         let w = match &g.written {
             Some(w) => w.clone(),
-            None => assemble(g, 1, dest, None, &g.images).await?,
+            None => assemble(console, g, 1, dest, None, &g.images).await?,
         };
         console.info(
             None,
@@ -415,7 +422,7 @@ async fn write_save(
     for (n, volume) in volumes.iter().enumerate() {
         let path = volume_path(dest, n + 1);
         super::may_overwrite(&path, yes)?;
-        let w = assemble(g, n + 1, &path, None, volume).await?;
+        let w = assemble(console, g, n + 1, &path, None, volume).await?;
         console.info(
             None,
             format!(
@@ -455,7 +462,7 @@ pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result
         };
         let assembled = match &g.written {
             Some(w) => Ok(w.clone()),
-            None => assemble(&g, 1, dest, Some(&base), &g.images).await,
+            None => assemble(&console, &g, 1, dest, Some(&base), &g.images).await,
         };
         match assembled {
             Err(e) if !retried && damaged_cache(&e) => {
