@@ -65,23 +65,21 @@ pub async fn run(
         }
     }
     let mut planned: Vec<(ImageJob, ImagePlan)> = Vec::new();
-    let mut results = futures_util::stream::iter(images.iter().cloned())
-        .map(|job| {
-            let pool = pool.clone();
-            async move {
-                // As the copy would plan it: registries.conf's mirrors, the signature policy.
-                let planning = crate::engine::pull_source::Planning {
-                    pool: &pool,
-                    cache: None,
-                    filter,
-                    provenance,
-                    signatures: false,
-                };
-                let r = planning.plan(&job).await;
-                (job, r)
-            }
-        })
-        .buffer_unordered(jobs.max(1));
+    // The job's own planning stream: registries.conf's mirrors, the signature policy.
+    let mut results = crate::engine::job::planning(
+        images.to_vec(),
+        crate::engine::job::Planning {
+            pool: pool.clone(),
+            cache: None,
+            archive: None,
+            filter: filter.clone(),
+            provenance,
+            signatures: false,
+            planners: jobs,
+            bound: None,
+        },
+    )
+    .map(|(i, r)| (images[i].clone(), r));
     let (mut skipped, mut failed) = (0usize, 0usize);
     while let Some((job, r)) = results.next().await {
         let n = Some(job.entry.index);

@@ -195,6 +195,88 @@ impl JobSnapshot {
     }
 }
 
+/// How a job plans its images (`--dry-run` plans with the same).
+pub struct Planning {
+    pub pool: Arc<RegistryPool>,
+    pub cache: Option<Arc<hangar_shared::cache::BlobCache>>,
+    /// The archive a load plans from (its index), instead of registries.
+    pub archive: Option<Arc<ArchiveReader>>,
+    pub filter: PlatformFilter,
+    pub provenance: bool,
+    /// Plan the images' cosign signatures and attestations too.
+    pub signatures: bool,
+    /// Images planned at once (`-j`).
+    pub planners: usize,
+    /// `--timeout`: bounds each image's planning as a whole.
+    pub bound: Option<Duration>,
+}
+
+/// The job's planning stream: each image (by its position in `images`) planned from its
+/// archive entry, or from the registry through `registries.conf`'s mirrors with the
+/// signature policy checked there, `planners` at once, as they finish.
+pub fn planning(
+    images: Vec<ImageJob>,
+    how: Planning,
+) -> futures_util::stream::BoxStream<'static, (usize, Result<planner::Planned>)> {
+    let planners = how.planners.max(1);
+    let how = Arc::new(how);
+    futures_util::stream::iter(images.into_iter().enumerate())
+        .map(move |(i, job)| {
+            let how = how.clone();
+            async move {
+                let source = job.source.clone();
+                // `--timeout` bounds an image's planning as a whole, every manifest, config
+                // and signature read of it with their retries: a registry that answers one
+                // byte at a time cannot hold the job.
+                let bound = how.bound;
+                let work = async {
+                    if let (Some(archive), Some(image)) = (&how.archive, &job.archived) {
+                        // containers/image copies an archived image from an `oci:` layout:
+                        // the signature policy's transport default applies, before anything
+                        // of it is planned.
+                        let allowed = crate::commands::signature_policy().and_then(|policy| {
+                            policy.map_or(Ok(()), |p| p.check_archived(&job.source))
+                        });
+                        allowed?;
+                        return planner::plan_archive(
+                            archive,
+                            image,
+                            &job,
+                            &how.filter,
+                            how.provenance,
+                        )
+                        .await;
+                    }
+                    // From the registry, or through registries.conf's mirrors; the signature
+                    // policy is checked there, before anything of the image is planned.
+                    let planning = crate::engine::pull_source::Planning {
+                        pool: &how.pool,
+                        cache: how.cache.as_deref(),
+                        filter: &how.filter,
+                        provenance: how.provenance,
+                        signatures: how.signatures,
+                    };
+                    planning.plan(&job).await
+                };
+                let planned = match bound {
+                    None => work.await,
+                    Some(bound) => tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
+                        Err(Error::new(
+                            FailureClass::Network,
+                            format!(
+                                "{source}: planning did not finish within {} (--timeout)",
+                                humantime::format_duration(bound)
+                            ),
+                        ))
+                    }),
+                };
+                (i, planned)
+            }
+        })
+        .buffer_unordered(planners)
+        .boxed()
+}
+
 /// `run` names this execution of the job: task message ids and the event subject carry
 /// `<job>.<run>`, so a resumed job never confuses its events with an earlier run's.
 pub async fn run_mirror(
@@ -262,75 +344,21 @@ pub async fn run_mirror(
     let mut bus = Bus::open(backend, &job_id, here, &console).await?;
     let queue = bus.queue.clone();
     let (plan_tx, mut plans) = mpsc::channel(64);
-    let planner_jobs: Vec<(usize, ImageJob)> = spec.images.iter().cloned().enumerate().collect();
-    let (filter, provenance, planners) =
-        (spec.filter.clone(), spec.provenance, spec.planners.max(1));
-    let signatures = spec.signatures;
-    let task_timeout = spec.task_timeout;
-    let planner_pool = pool.clone();
-    let planner_cache = spec.cache.clone();
-    let planner_archive = spec.archive.as_ref().map(|(_, a)| a.clone());
+    let mut stream = planning(
+        spec.images.clone(),
+        Planning {
+            pool: pool.clone(),
+            cache: spec.cache.clone(),
+            archive: spec.archive.as_ref().map(|(_, a)| a.clone()),
+            filter: spec.filter.clone(),
+            provenance: spec.provenance,
+            signatures: spec.signatures,
+            planners: spec.planners,
+            bound: spec.task_timeout,
+        },
+    );
     let planning = tokio::spawn(async move {
-        let mut results = futures_util::stream::iter(planner_jobs)
-            .map(|(i, job)| {
-                let source = job.source.clone();
-                let (pool, filter, cache, archive) = (
-                    planner_pool.clone(),
-                    filter.clone(),
-                    planner_cache.clone(),
-                    planner_archive.clone(),
-                );
-                // `--timeout` bounds an image's planning as a whole, every manifest, config and
-                // signature read of it with their retries: a registry that answers one byte at
-                // a time cannot hold the job.
-                let bound = task_timeout;
-                let planning = async move {
-                    if let (Some(archive), Some(image)) = (&archive, &job.archived) {
-                        // containers/image copies an archived image from an `oci:` layout:
-                        // the signature policy's transport default applies, before anything
-                        // of it is planned.
-                        let allowed = crate::commands::signature_policy().and_then(|policy| {
-                            policy.map_or(Ok(()), |p| p.check_archived(&job.source))
-                        });
-                        if let Err(e) = allowed {
-                            return (i, Err(e));
-                        }
-                        let planned =
-                            planner::plan_archive(archive, image, &job, &filter, provenance).await;
-                        return (i, planned);
-                    }
-                    // From the registry, or through registries.conf's mirrors; the signature
-                    // policy is checked there, before anything of the image is planned.
-                    let planning = crate::engine::pull_source::Planning {
-                        pool: &pool,
-                        cache: cache.as_deref(),
-                        filter: &filter,
-                        provenance,
-                        signatures,
-                    };
-                    (i, planning.plan(&job).await)
-                };
-                async move {
-                    let Some(bound) = bound else {
-                        return planning.await;
-                    };
-                    match tokio::time::timeout(bound, planning).await {
-                        Ok(done) => done,
-                        Err(_) => (
-                            i,
-                            Err(Error::new(
-                                FailureClass::Network,
-                                format!(
-                                    "{source}: planning did not finish within {} (--timeout)",
-                                    humantime::format_duration(bound)
-                                ),
-                            )),
-                        ),
-                    }
-                }
-            })
-            .buffer_unordered(planners);
-        while let Some(item) = results.next().await {
+        while let Some(item) = stream.next().await {
             if plan_tx.send(item).await.is_err() {
                 break;
             }

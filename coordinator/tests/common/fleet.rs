@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::{Env, push_image, registry};
+
 /// Any child process, killed (SIGKILL) and reaped when dropped.
 pub struct Killed(pub Child);
 
@@ -82,35 +84,183 @@ fn log_file(path: &Path) -> std::fs::File {
         .expect("log file")
 }
 
+/// `hangar-worker --nats NATS --tls-verify=false ARGS` with `envs`, its output appended to
+/// `log`: the one way the tests start a worker (`worker` and `spawn_worker` wrap it).
+fn worker_child(nats: &str, log: &Path, args: &[String], envs: &[(String, String)]) -> Child {
+    let out = log_file(log);
+    Command::new(worker_binary())
+        .args(["--nats", nats, "--tls-verify=false"])
+        .args(args)
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .env("HANGAR_LOG", "info,hangar_worker=debug")
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("start hangar-worker")
+}
+
+fn owned_args(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn owned_envs(envs: &[(&str, &str)]) -> Vec<(String, String)> {
+    envs.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// `hangar-worker --nats NATS --tls-verify=false --listen 127.0.0.1:0 ARGS`, logging to
-/// `log` (appended across restarts).
+/// `log` (appended across restarts). `--listen 127.0.0.1:0` is left out when `args` name
+/// their own `--listen` (clap refuses the flag twice).
 pub fn worker(nats: &str, log: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     let (nats, log) = (nats.to_owned(), log.to_owned());
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let envs: Vec<(String, String)> = envs
+    let own_listen = args
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .any(|a| *a == "--listen" || a.starts_with("--listen="));
+    let mut all: Vec<String> = Vec::new();
+    if !own_listen {
+        all.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    }
+    all.extend(owned_args(args));
+    let envs = owned_envs(envs);
+    Proc::start(Box::new(move || worker_child(&nats, &log, &all, &envs)))
+}
+
+/// `hangar-worker --nats NATS --tls-verify=false ARGS` with exactly the caller's `args` (no
+/// `--listen` unless they give one), logging to `log` (appended); killed when dropped, its
+/// `Child` at hand (`.0`) for signals and exit checks.
+pub fn spawn_worker(
+    nats: &str,
+    log: impl AsRef<Path>,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Killed {
+    Killed(worker_child(
+        nats,
+        log.as_ref(),
+        &owned_args(args),
+        &owned_envs(envs),
+    ))
+}
+
+/// A worker with four blob slots on `listen`, reading registry credentials from `authfile`.
+pub fn start_worker(nats: &str, authfile: &Path, log: PathBuf, listen: &str) -> Killed {
+    let authfile = authfile.to_str().unwrap();
+    spawn_worker(
+        nats,
+        log,
+        &[
+            "--blob-concurrency",
+            "4",
+            "--listen",
+            listen,
+            "--authfile",
+            authfile,
+        ],
+        &[],
+    )
+}
+
+/// A worker with two blob slots whose unanswered tasks go back to the queue after three
+/// seconds (`--ack-wait 3s`), so that another worker takes over quickly.
+pub fn start_fast_failover_worker(nats: &str, log: PathBuf) -> Killed {
+    spawn_worker(
+        nats,
+        log,
+        &[
+            "--blob-concurrency",
+            "2",
+            "--ack-wait",
+            "3s",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+}
+
+/// Images with one 6 MB layer each behind a proxy capped at 3 MB/s per connection: each
+/// blob copy takes about two seconds, long enough to break something in the middle.
+pub async fn slow_source(env: &Env, n: u64) -> (Vec<String>, hangar_loadtest::proxy::Proxy) {
+    let src = registry(&env.src.addr).await;
+    for i in 0..n {
+        push_image(
+            &src,
+            env.dir.path(),
+            &format!("chaos/app-{i}"),
+            Some("v1"),
+            hangar_loadtest::seed::Format::Oci,
+            "amd64",
+            (&[1000 + i], 6_000_000),
+        )
+        .await;
+    }
+    let proxy = hangar_loadtest::proxy::start(
+        "127.0.0.1:0",
+        &env.src.addr,
+        hangar_loadtest::proxy::ProxyOptions {
+            rate_limit: Some(3_000_000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let lines = (0..n)
+        .map(|i| format!("{}/chaos/app-{i}:v1", proxy.addr))
         .collect();
-    Proc::start(Box::new(move || {
-        let out = log_file(&log);
-        Command::new(worker_binary())
+    (lines, proxy)
+}
+
+/// `hangar-coord serve` on `listen`, killed when dropped.
+pub fn start_coordinator(nats: &str, listen: &str, log: PathBuf) -> Killed {
+    spawn_coordinator(nats, listen, log, &[])
+}
+
+/// `hangar-coord serve` on `listen` with `envs`, holding credentials of its own (in
+/// `coord-auth.json` next to `log`) that must stay with it; waits for its port.
+pub fn spawn_coordinator(nats: &str, listen: &str, log: PathBuf, envs: &[(&str, &str)]) -> Killed {
+    // The coordinator's own credentials, which must stay with it.
+    let authfile = log.with_file_name("coord-auth.json");
+    std::fs::write(
+        &authfile,
+        r#"{"auths":{"unused.example":{"auth":"dXNlcjpjb29yZC1zZWNyZXQ="}}}"#,
+    )
+    .unwrap();
+    let out = std::fs::File::create(log).unwrap();
+    let c = Killed(
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
             .args([
-                "--nats",
-                &nats,
+                "serve",
                 "--tls-verify=false",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
+                "--nats",
+                nats,
             ])
-            .args(&args)
-            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
-            .env("HANGAR_LOG", "info,hangar_worker=debug")
-            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .arg("--authfile")
+            .arg(&authfile)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
+            .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
-            .expect("start hangar-worker")
-    }))
+            .expect("hangar-coord serve"),
+    );
+    hangar_loadtest::services::wait_for_port(listen, Duration::from_secs(20)).unwrap();
+    c
+}
+
+/// `GET /jobs/{id}` on the coordinator at `base`.
+pub async fn job_state(http: &reqwest::Client, base: &str, id: &str) -> serde_json::Value {
+    http.get(format!("{base}/jobs/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// `hangar-coord serve --tls-verify=false --listen LISTEN --nats NATS ARGS`, logging to

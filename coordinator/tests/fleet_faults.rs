@@ -1,0 +1,266 @@
+//! Faults on the fleet: a worker killed -9 mid-blob, nats-server and the coordinator
+//! restarted mid-run, a task no worker answers, a worker stopped by SIGTERM; nothing is lost.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+
+use common::fleet::{
+    Killed as Worker, job_state, slow_source, spawn_worker, start_coordinator,
+    start_fast_failover_worker,
+};
+use common::*;
+use hangar_loadtest::services::NatsProcess;
+
+/// `submit` of `list` through the fleet at `nats` into the destination's `chaos` project, as
+/// a child process with its output piped.
+fn submit_child(env: &Env, list: &std::path::Path, nats: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "submit",
+            list.to_str().unwrap(),
+            "--tls-verify=false",
+            "-j",
+            "4",
+            "--destination-project",
+            "chaos",
+        ])
+        .args([
+            "-d",
+            &env.dst.addr,
+            "--nats",
+            nats,
+            "-o",
+            env.path("failed.txt").to_str().unwrap(),
+        ])
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("submit")
+}
+
+/// Every image of `slow_source(env, n)` is in the destination with the source's digest.
+fn assert_all_copied(env: &Env, n: u64) {
+    for i in 0..n {
+        let src = skopeo_raw(&format!("{}/chaos/app-{i}:v1", env.src.addr)).unwrap();
+        let dst = skopeo_raw(&format!("{}/chaos/app-{i}:v1", env.dst.addr)).expect("copied");
+        assert_eq!(index_digests(&dst), vec![sha(&src)], "chaos/app-{i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_blob_loses_nothing() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let (lines, _proxy) = slow_source(&env, 4).await;
+    let list = env.write_list("list.txt", &lines);
+    let mut doomed = start_fast_failover_worker(&nats.url(), env.path("doomed.log"));
+    let _survivor = start_fast_failover_worker(&nats.url(), env.path("survivor.log"));
+    let submit = submit_child(&env, &list, &nats.url());
+    // Wait until the doomed worker holds a blob task, then kill -9 it.
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(env.path("doomed.log"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("task started") && l.contains("kind=\"blob\""))
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the doomed worker never took a blob task"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    doomed.0.kill().unwrap();
+    let out = submit.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_all_copied(&env, 4);
+    let survivor = std::fs::read_to_string(env.path("survivor.log")).unwrap_or_default();
+    assert!(
+        survivor.contains("attempt=2"),
+        "the killed worker's tasks were redelivered to the survivor:\n{survivor}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_restarting_mid_run_loses_nothing() {
+    let env = Env::new();
+    let mut nats = NatsProcess::start().expect("nats-server");
+    let (lines, _proxy) = slow_source(&env, 4).await;
+    let list = env.write_list("list.txt", &lines);
+    let _a = start_fast_failover_worker(&nats.url(), env.path("a.log"));
+    let _b = start_fast_failover_worker(&nats.url(), env.path("b.log"));
+    let submit = submit_child(&env, &list, &nats.url());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    nats.restart(std::time::Duration::from_secs(1)).unwrap();
+    let out = submit.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_all_copied(&env, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_restarted_mid_run_resumes_its_job() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let listen = format!(
+        "127.0.0.1:{}",
+        hangar_loadtest::services::free_port().unwrap()
+    );
+    let first = start_coordinator(&nats.url(), &listen, env.path("coord-1.log"));
+    let _workers: Vec<Worker> = (0..2)
+        .map(|i| start_fast_failover_worker(&nats.url(), env.path(&format!("w{i}.log"))))
+        .collect();
+    let (lines, _proxy) = slow_source(&env, 4).await;
+    let server = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    let request = serde_json::json!({
+        "version": 1, "kind": "mirror", "list": lines.join("\n"),
+        "destination": {"registry": env.dst.addr, "project": "chaos"},
+        "options": {"jobs": 4},
+    });
+    let created: serde_json::Value = http
+        .post(format!("{server}/jobs"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    drop(first); // SIGKILL mid-run
+    let _second = start_coordinator(&nats.url(), &listen, env.path("coord-2.log"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let state = loop {
+        let s = job_state(&http, &server, &id).await;
+        if s["state"] != "running" || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        state["state"],
+        "succeeded",
+        "{state}\n{}",
+        std::fs::read_to_string(env.path("coord-2.log")).unwrap_or_default()
+    );
+    assert!(
+        std::fs::read_to_string(env.path("coord-2.log"))
+            .unwrap_or_default()
+            .contains(&format!("Resuming job {id}"))
+    );
+    assert_all_copied(&env, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_no_worker_answers_is_reported_failed_after_max_deliveries() {
+    use hangar_shared::queue::TaskQueue;
+    use hangar_shared::queue::jetstream::{self, JetStreamQueue, NatsOptions};
+    use hangar_shared::task::{EventKind, TaskKind};
+
+    let nats = NatsProcess::start().expect("nats-server");
+    let client = jetstream::connect(&NatsOptions {
+        url: nats.url(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A hung worker: it takes deliveries and never answers them.
+    let hung = JetStreamQueue::consumer(
+        client.clone(),
+        &[(TaskKind::Blob, 1)],
+        std::time::Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
+    let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
+    let mut events = jetstream::follow_events(client.clone(), "advisory.r1")
+        .await
+        .unwrap();
+    publisher
+        .publish(hangar_loadtest::queue_bench::sample_task("advisory.r1", 7))
+        .await
+        .unwrap();
+    let taker = tokio::spawn(async move {
+        let mut deliveries = 0;
+        while let Some(d) = hung.next().await {
+            deliveries += 1;
+            drop(d);
+        }
+        deliveries
+    });
+    let event = tokio::time::timeout(std::time::Duration::from_secs(30), events.recv())
+        .await
+        .expect("the exhausted task was reported")
+        .unwrap();
+    assert_eq!(event.task, 7);
+    match event.kind {
+        EventKind::Failed {
+            last,
+            attempt,
+            message,
+            ..
+        } => {
+            assert!(last, "reported as final");
+            assert_eq!(attempt, 3, "{message}");
+            assert!(message.contains("no worker answered"), "{message}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    taker.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stops_within_its_grace_period_on_sigterm_and_nothing_is_lost() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let (lines, _proxy) = slow_source(&env, 4).await;
+    let list = env.write_list("list.txt", &lines);
+    let mut leaving = spawn_worker(
+        &nats.url(),
+        env.path("leaving.log"),
+        &[
+            "--blob-concurrency",
+            "2",
+            "--ack-wait",
+            "3s",
+            "--listen",
+            "127.0.0.1:0",
+            "--grace",
+            "1s",
+        ],
+        &[],
+    );
+    let _staying = start_fast_failover_worker(&nats.url(), env.path("staying.log"));
+    let submit = submit_child(&env, &list, &nats.url());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent = std::time::Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &leaving.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = loop {
+        if let Some(s) = leaving.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(10),
+            "the worker did not stop in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "a clean exit after SIGTERM");
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(5),
+        "stopped within the grace period: {:?}",
+        sent.elapsed()
+    );
+    let log = std::fs::read_to_string(env.path("leaving.log")).unwrap();
+    assert!(log.contains("stopping: no new tasks"), "{log}");
+    let out = submit.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_all_copied(&env, 4);
+}

@@ -1,0 +1,211 @@
+//! `hangar-coord serve` with a fleet: jobs submitted, followed, listed and cancelled through
+//! its API, what it keeps in NATS KV, and scheduled runs.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::fleet::{
+    Killed as Coordinator, Killed as Worker, job_state, slow_source, start_coordinator,
+    start_fast_failover_worker, start_worker,
+};
+use common::*;
+use futures_util::StreamExt;
+use hangar_loadtest::services::NatsProcess;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_submit_status_and_cancel() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let listen = format!(
+        "127.0.0.1:{}",
+        hangar_loadtest::services::free_port().unwrap()
+    );
+    let _coord = start_coordinator(&nats.url(), &listen, env.path("coord.log"));
+    let _workers: Vec<Worker> = (0..2)
+        .map(|i| start_fast_failover_worker(&nats.url(), env.path(&format!("w{i}.log"))))
+        .collect();
+    let lines = seed_shared_repos(&env, 3).await;
+    let list = env.write_list("list.txt", &lines);
+    let server = format!("http://{listen}");
+    let out = hangar(&[
+        "submit",
+        list.to_str().unwrap(),
+        "--server",
+        &server,
+        "-d",
+        &env.dst.addr,
+        "-o",
+        env.path("failed.txt").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        std::fs::read_to_string(env.path("coord.log")).unwrap_or_default()
+    );
+    for line in &lines {
+        let src = skopeo_raw(line).unwrap();
+        let dst = skopeo_raw(&line.replace(&env.src.addr, &env.dst.addr)).expect("copied");
+        assert_eq!(index_digests(&dst), vec![sha(&src)]);
+    }
+    let table = hangar(&["status", "--server", &server]);
+    let table_text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table_text.starts_with("JOB ")
+            && table_text.contains("succeeded")
+            && table_text.contains("3/3"),
+        "{table_text}"
+    );
+    let all = hangar(&["status", "--json", "--server", &server]);
+    assert!(all.status.success(), "{}", text(&all));
+    let jobs: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(jobs[0]["state"], "succeeded", "{jobs}");
+    assert_eq!(jobs[0]["copied"], 3);
+    let page = reqwest::get(format!("{server}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("hangar_jobs{state=\"succeeded\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("hangar_job_blobs{result=\"copied\"} 8"),
+        "{page}"
+    );
+    assert!(
+        page.contains("hangar_job_blobs{result=\"mounted\"} 4"),
+        "{page}"
+    );
+
+    // A slow job, cancelled while it runs.
+    let (slow, _proxy) = slow_source(&env, 3).await;
+    let http = reqwest::Client::new();
+    let request = serde_json::json!({
+        "version": 1, "kind": "mirror", "list": slow.join("\n"),
+        "destination": {"registry": env.dst.addr, "project": "cancelled"},
+    });
+    let created: serde_json::Value = http
+        .post(format!("{server}/jobs"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let cancelled = hangar(&["cancel", &id, "--server", &server]);
+    assert!(cancelled.status.success(), "{}", text(&cancelled));
+    assert_eq!(job_state(&http, &server, &id).await["state"], "cancelled");
+    let missing = hangar(&["status", "no-such-job", "--server", &server]);
+    assert_eq!(missing.status.code(), Some(1));
+
+    // What the coordinator keeps in KV names no credential file and holds no secret.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let kv = js.get_key_value("hangar-jobs").await.unwrap();
+    let mut keys = kv.keys().await.unwrap();
+    let mut seen = 0;
+    while let Some(Ok(key)) = keys.next().await {
+        let value = kv.get(&key).await.unwrap().unwrap();
+        let value = String::from_utf8_lossy(&value);
+        assert!(
+            !value.contains("coord-auth.json") && !value.contains("coord-secret"),
+            "{value}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 2, "both jobs are kept");
+}
+
+/// `serve --schedule`: a run every 2 seconds; while the first run cannot finish (no worker
+/// yet) the next ones are skipped, not stacked; once a worker finishes it, runs resume.
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_runs_start_and_skip_while_the_previous_is_busy() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let lines = seed_shared_repos(&env, 2).await;
+    let list = env.write_list("list.txt", &lines);
+    let schedule = env.path("schedule.yaml");
+    std::fs::write(
+        &schedule,
+        format!(
+            "- name: every-two-seconds\n  cron: \"*/2 * * * * *\"\n  list: {}\n  destination: {{registry: \"{}\"}}\n",
+            list.display(),
+            env.dst.addr
+        ),
+    )
+    .unwrap();
+    let listen = format!(
+        "127.0.0.1:{}",
+        hangar_loadtest::services::free_port().unwrap()
+    );
+    let log = env.path("coord.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let _coord = Coordinator(
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args([
+                "serve",
+                "--tls-verify=false",
+                "--listen",
+                &listen,
+                "--nats",
+                &nats.url(),
+                "--schedule",
+            ])
+            .arg(&schedule)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    );
+    hangar_loadtest::services::wait_for_port(&listen, std::time::Duration::from_secs(20)).unwrap();
+    let http = reqwest::Client::new();
+    let jobs = || {
+        let http = http.clone();
+        let url = format!("http://{listen}/jobs");
+        async move {
+            let v: Vec<serde_json::Value> =
+                http.get(url).send().await.unwrap().json().await.unwrap();
+            v
+        }
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let first = jobs().await;
+    let coord_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        first.len(),
+        1,
+        "one run, the rest skipped: {first:?}\n{coord_log}"
+    );
+    assert_eq!(first[0]["state"], "running");
+    assert!(
+        coord_log
+            .matches("Skipped scheduled run of \"every-two-seconds\"")
+            .count()
+            >= 2,
+        "{coord_log}"
+    );
+    // A worker finishes the first run; the schedule starts the next one.
+    let authfile = env.path("auth.json");
+    std::fs::write(&authfile, r#"{"auths":{}}"#).unwrap();
+    let _worker = start_worker(&nats.url(), &authfile, env.path("w.log"), "127.0.0.1:0");
+    let mut all = Vec::new();
+    for _ in 0..120 {
+        all = jobs().await;
+        if all.len() >= 2 && all.iter().any(|j| j["state"] == "succeeded") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(all.len() >= 2, "{all:?}");
+    assert!(all.iter().any(|j| j["state"] == "succeeded"), "{all:?}");
+    for line in &lines {
+        assert!(skopeo_raw(&line.replace(&env.src.addr, &env.dst.addr)).is_some());
+    }
+}
