@@ -1,9 +1,11 @@
 //! Load and test tooling: synthetic images made offline ([`seed`]), real services started
 //! on free loopback ports ([`services`]), a WAN-delay and fault-injecting TCP proxy
-//! ([`proxy`]) and the three-way mirror benchmark ([`bench`]).
+//! ([`proxy`]), a per-client bandwidth-capped link ([`link`]: a forward HTTP proxy) and the
+//! benchmarks ([`bench`]).
 
 pub mod archive_bench;
 pub mod bench;
+pub mod link;
 pub mod proxy;
 pub mod queue_bench;
 pub mod scan_bench;
