@@ -28,10 +28,26 @@ pub struct Measurement {
 
 /// Runs a child, polling its peak RSS (VmHWM) until it exits.
 pub fn run_measured(cmd: &mut Command) -> Result<(Duration, Option<u64>)> {
+    let p = run_profiled(cmd)?;
+    Ok((p.elapsed, p.peak_rss_kib))
+}
+
+/// What one run of a command cost.
+pub struct Profile {
+    pub elapsed: Duration,
+    pub peak_rss_kib: Option<u64>,
+    /// User + system CPU time, as last seen before it exited (20 ms polls).
+    pub cpu: Duration,
+}
+
+/// Runs `cmd` to its end, polling its peak RSS and CPU time.
+pub fn run_profiled(cmd: &mut Command) -> Result<Profile> {
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     let status_path = format!("/proc/{}/status", child.id());
+    let stat_path = format!("/proc/{}/stat", child.id());
     let mut peak = None;
+    let mut cpu = Duration::ZERO;
     loop {
         if let Ok(text) = std::fs::read_to_string(&status_path)
             && let Some(kib) = text
@@ -42,14 +58,33 @@ pub fn run_measured(cmd: &mut Command) -> Result<(Duration, Option<u64>)> {
         {
             peak = Some(peak.map_or(kib, |p: u64| p.max(kib)));
         }
+        if let Ok(text) = std::fs::read_to_string(&stat_path)
+            && let Some(ticks) = cpu_ticks(&text)
+        {
+            // The kernel's USER_HZ is 100 on Linux.
+            cpu = Duration::from_millis(ticks * 10);
+        }
         if let Some(status) = child.try_wait()? {
             if !status.success() {
                 bail!("{cmd:?} failed: {status}");
             }
-            return Ok((start.elapsed(), peak));
+            return Ok(Profile {
+                elapsed: start.elapsed(),
+                peak_rss_kib: peak,
+                cpu,
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// utime + stime of a `/proc/PID/stat` line (fields 14 and 15, after the command name).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
 }
 
 /// Every unique blob of the list, with the repository it lives in.
@@ -151,7 +186,7 @@ pub struct BenchSpec {
 
 impl BenchSpec {
     /// `hangar-coord mirror` of `list` into `dest`, output discarded.
-    fn mirror_command(&self, list: &Path, dest: &str) -> Command {
+    pub fn mirror_command(&self, list: &Path, dest: &str) -> Command {
         let mut cmd = Command::new(&self.hangar);
         cmd.args([
             "mirror",
@@ -272,93 +307,6 @@ pub fn table(rows: &[Measurement]) -> String {
             r.bytes as f64 / 1e6 / r.seconds,
             ratio(find("skopeo")),
             ratio(find("raw")),
-            r.peak_rss_kib
-                .map(|k| format!("{:.1} MB", k as f64 / 1024.0))
-                .unwrap_or_else(|| "-".into()),
-        ));
-    }
-    s
-}
-
-/// The same list mirrored by the embedded mode and by 1, 2 and 4 `hangar-worker`
-/// processes on one nats-server, each into a fresh destination.
-pub async fn run_fleet(
-    spec: &BenchSpec,
-    workers: &[usize],
-    blob_concurrency: usize,
-) -> Result<Vec<Measurement>> {
-    let nats = crate::services::NatsProcess::start()?;
-    let worker_bin = spec.hangar.with_file_name("hangar-worker");
-    if !worker_bin.exists() {
-        bail!(
-            "{} is missing: build it with cargo build --release --bin hangar-worker",
-            worker_bin.display()
-        );
-    }
-    let blobs = unique_blobs(&crate::seed::connect(&spec.source).await?, &spec.lines).await?;
-    let bytes: u64 = blobs.values().map(|(_, d)| d.size).sum();
-    let mut out = Vec::new();
-    for &n in std::iter::once(&0).chain(workers) {
-        let dest = RegistryProcess::start()?;
-        let mut procs = Vec::new();
-        for _ in 0..n {
-            procs.push(
-                Command::new(&worker_bin)
-                    .args([
-                        "--nats",
-                        &nats.url(),
-                        "--tls-verify=false",
-                        "--blob-concurrency",
-                        &blob_concurrency.to_string(),
-                    ])
-                    .args(["--listen", "127.0.0.1:0"])
-                    .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()?,
-            );
-        }
-        let mut cmd = spec.mirror_command(&spec.list, &dest.addr);
-        if n > 0 {
-            cmd.args(["--nats", &nats.url()]);
-        }
-        let (elapsed, rss) = tokio::task::block_in_place(|| run_measured(&mut cmd))?;
-        for mut p in procs {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-        let tool = if n == 0 {
-            "embedded".to_owned()
-        } else {
-            format!("{n} worker{}", if n > 1 { "s" } else { "" })
-        };
-        out.push(Measurement {
-            network: "loopback".into(),
-            tool,
-            seconds: elapsed.as_secs_f64(),
-            bytes,
-            peak_rss_kib: rss,
-        });
-    }
-    Ok(out)
-}
-
-pub fn fleet_table(rows: &[Measurement]) -> String {
-    let mut s = String::from(
-        "| mode | wall s | MB/s | vs embedded | coordinator peak RSS |\n|---|---|---|---|---|\n",
-    );
-    let base = rows
-        .iter()
-        .find(|r| r.tool == "embedded")
-        .map(|r| r.seconds);
-    for r in rows {
-        s.push_str(&format!(
-            "| {} | {:.2} | {:.0} | {} | {} |\n",
-            r.tool,
-            r.seconds,
-            r.bytes as f64 / 1e6 / r.seconds,
-            base.map(|b| format!("{:.2}x", b / r.seconds))
-                .unwrap_or_default(),
             r.peak_rss_kib
                 .map(|k| format!("{:.1} MB", k as f64 / 1024.0))
                 .unwrap_or_else(|| "-".into()),

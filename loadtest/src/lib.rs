@@ -5,6 +5,7 @@
 
 pub mod archive_bench;
 pub mod bench;
+pub mod fleet_bench;
 pub mod link;
 pub mod proxy;
 pub mod queue_bench;

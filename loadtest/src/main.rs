@@ -82,9 +82,20 @@ enum Cmd {
         /// `--jobs` given to hangar-coord (images at once).
         #[arg(long, default_value_t = 20)]
         jobs: usize,
-        /// Instead of hangar vs skopeo vs raw: the embedded mode vs 1, 2 and 4 fleet workers.
+        /// Instead of hangar vs skopeo vs raw: the embedded mode vs fleet workers (--workers),
+        /// each worker's registry traffic through a link of its own (--link-mbps).
         #[arg(long)]
         fleet: bool,
+        /// Fleet sizes to measure (--fleet).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+        workers: Vec<usize>,
+        /// Each worker's own link (--fleet): megabytes per second each way; 0 for none (all
+        /// workers on the machine's loopback).
+        #[arg(long, default_value_t = 15)]
+        link_mbps: u64,
+        /// Each worker's own link (--fleet): one-way delay in milliseconds.
+        #[arg(long, default_value_t = 10)]
+        link_delay_ms: u64,
         /// Instead of mirroring: save into a zip and load it, beside skopeo to `oci:` and
         /// `dir:` and the raw bounds.
         #[arg(long)]
@@ -211,6 +222,9 @@ async fn main() -> Result<()> {
             delay_ms,
             jobs,
             fleet,
+            workers,
+            link_mbps,
+            link_delay_ms,
             archive,
             sign,
             scan,
@@ -251,8 +265,14 @@ async fn main() -> Result<()> {
                 return Ok(());
             }
             if fleet {
-                let rows = bench::run_fleet(&b, &[1, 2, 4], worker_concurrency).await?;
-                println!("{}", bench::fleet_table(&rows));
+                let link = (link_mbps > 0).then(|| hangar_loadtest::link::LinkOptions {
+                    rate: link_mbps * 1_000_000,
+                    delay: Duration::from_millis(link_delay_ms),
+                });
+                let rows =
+                    hangar_loadtest::fleet_bench::run(&b, &workers, worker_concurrency, link)
+                        .await?;
+                println!("{}", hangar_loadtest::fleet_bench::table(&rows));
                 return Ok(());
             }
             let mut rows = bench::run_network(&b, "loopback", Duration::ZERO).await?;

@@ -171,6 +171,11 @@ impl NatsProcess {
         format!("nats://{}", self.addr)
     }
 
+    /// The server's monitoring endpoint (`/varz`, `/jsz`).
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor)
+    }
+
     /// Kills the server (SIGKILL) and starts it again on the same port and storage.
     pub fn restart(&mut self, down_for: Duration) -> io::Result<()> {
         let _ = self.child.kill();
