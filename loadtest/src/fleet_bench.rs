@@ -27,6 +27,8 @@ pub struct FleetRow {
     pub idle: f64,
     /// NATS messages (in) per unique blob.
     pub msgs_per_blob: f64,
+    /// NATS messages (in) over the run.
+    pub msgs: u64,
     /// Tasks published (the task stream's sequence advanced by this run).
     pub tasks: u64,
     /// The coordinator's user + system CPU time.
@@ -144,6 +146,7 @@ pub async fn run(
             bytes,
             idle: idle as f64 / total as f64,
             msgs_per_blob: (msgs1 - msgs0) as f64 / blobs.len().max(1) as f64,
+            msgs: msgs1 - msgs0,
             tasks: tasks1 - tasks0,
             coordinator_cpu: profile.cpu,
             coordinator_rss_kib: profile.peak_rss_kib,
@@ -155,7 +158,7 @@ pub async fn run(
 
 pub fn table(rows: &[FleetRow]) -> String {
     let mut s = String::from(
-        "| mode | wall s | MB/s | vs 1 worker | idle CPU | NATS msgs / blob | tasks | coordinator CPU / task | coordinator peak RSS |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| mode | wall s | MB/s | vs 1 worker | idle CPU | NATS msgs / blob | tasks | NATS msgs / task | coordinator CPU / task | coordinator peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let one = rows.iter().find(|r| r.workers == 1).map(|r| r.seconds);
     for r in rows {
@@ -164,7 +167,7 @@ pub fn table(rows: &[FleetRow]) -> String {
             t => format!("{:.0} µs", r.coordinator_cpu.as_secs_f64() * 1e6 / t as f64),
         };
         s.push_str(&format!(
-            "| {} | {:.2} | {:.1} | {} | {:.0} % | {} | {} | {} | {} |\n",
+            "| {} | {:.2} | {:.1} | {} | {:.0} % | {} | {} | {} | {} | {} |\n",
             r.mode,
             r.seconds,
             r.bytes as f64 / 1e6 / r.seconds,
@@ -178,6 +181,10 @@ pub fn table(rows: &[FleetRow]) -> String {
                 _ => format!("{:.1}", r.msgs_per_blob),
             },
             r.tasks,
+            match r.tasks {
+                0 => "-".to_owned(),
+                t => format!("{:.1}", r.msgs as f64 / t as f64),
+            },
             per_task,
             r.coordinator_rss_kib
                 .map(|k| format!("{:.1} MB", k as f64 / 1024.0))
