@@ -809,9 +809,32 @@ async fn dry_run_plans_without_copying() {
     let out = env.mirror(&list, &["--dry-run"]);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
+    // The first is found at its tag, as the copy would find it; the other two need 2
+    // configs, the 2 shared base layers and 2 own layers: 6 unique blobs in one registry.
+    assert!(
+        log.contains("Plan: 3 images (2 to copy, 1 already present, 0 skipped, 0 failed), 2 platform manifests; 6 unique blobs"),
+        "{log}"
+    );
+    assert!(log.contains("already present (sha256:"), "{log}");
+
+    // The first image's tag now names an index that lists nothing: it is planned again.
+    let dst = registry(&env.dst.addr).await;
+    let empty = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+    hangar_loadtest::seed::push_manifest(
+        &dst,
+        "shared/app-0",
+        "v1",
+        "application/vnd.oci.image.index.v1+json",
+        bytes::Bytes::from_static(empty),
+    )
+    .await
+    .expect("push an empty index");
+    let out = env.mirror(&list, &["--dry-run"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
     // 3 configs, 2 shared base layers and 3 own layers: 8 unique blobs in one registry...
     assert!(
-        log.contains("Plan: 3 images (0 skipped, 0 failed), 3 platform manifests; 8 unique blobs"),
+        log.contains("Plan: 3 images (3 to copy, 0 already present, 0 skipped, 0 failed), 3 platform manifests; 8 unique blobs"),
         "{log}"
     );
     // ...of which the destination holds the first image's four; 30 KB layers in 60 KB

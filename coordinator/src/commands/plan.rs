@@ -75,12 +75,14 @@ pub async fn run(
             filter: filter.clone(),
             provenance,
             signatures: false,
+            // As the copy would: a re-run's images are found at their tags.
+            look_first: matches!(target, Target::Registry),
             planners: jobs,
             bound: None,
         },
     )
     .map(|(i, r)| (images[i].clone(), r));
-    let (mut skipped, mut failed) = (0usize, 0usize);
+    let (mut skipped, mut failed, mut present) = (0usize, 0usize, 0usize);
     while let Some((job, r)) = results.next().await {
         let n = Some(job.entry.index);
         match r {
@@ -120,6 +122,16 @@ pub async fn run(
             Ok(Planned::Skip(why)) => {
                 skipped += 1;
                 console.warn(n, format!("Plan [{}]: skipped: {why}", job.source));
+            }
+            Ok(Planned::Present(digest)) => {
+                present += 1;
+                console.info(
+                    n,
+                    format!(
+                        "Plan [{}] => [{}]: already present ({digest}), nothing to copy",
+                        job.source, job.dest
+                    ),
+                );
             }
             Err(e) => {
                 failed += 1;
@@ -187,7 +199,8 @@ pub async fn run(
     console.info(
         None,
         format!(
-            "Plan: {} images ({} skipped, {} failed), {platforms} platform manifests; {} unique blobs, {} (an image-by-image copy would move {}); the destination already holds {held_count} of them ({}); {} to copy",
+            "Plan: {} images ({} to copy, {present} already present, {} skipped, {} failed), {platforms} platform manifests; {} unique blobs, {} (an image-by-image copy would move {}); the destination already holds {held_count} of them ({}); {} to copy",
+            planned.len() + present + skipped + failed,
             planned.len(),
             skipped,
             failed,

@@ -205,6 +205,8 @@ pub struct Planning {
     pub provenance: bool,
     /// Plan the images' cosign signatures and attestations too.
     pub signatures: bool,
+    /// Look at each image's destination tag first (see `pull_source::Planning`).
+    pub look_first: bool,
     /// Images planned at once (`-j`).
     pub planners: usize,
     /// `--timeout`: bounds each image's planning as a whole.
@@ -255,6 +257,7 @@ pub fn planning(
                         filter: &how.filter,
                         provenance: how.provenance,
                         signatures: how.signatures,
+                        look_first: how.look_first,
                     };
                     planning.plan(&job).await
                 };
@@ -353,6 +356,10 @@ pub async fn run_mirror(
             filter: spec.filter.clone(),
             provenance: spec.provenance,
             signatures: spec.signatures,
+            look_first: !spec.ends.to_cache
+                && !spec.overwrite
+                && spec.ends.sign_key.is_none()
+                && !spec.ends.scan,
             planners: spec.planners,
             bound: spec.task_timeout,
         },

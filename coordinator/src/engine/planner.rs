@@ -89,6 +89,9 @@ pub enum Planned {
     Plan(ImagePlan),
     /// Nothing to copy, not a failure (Hangar's "no available image for specified arch and os").
     Skip(String),
+    /// The destination tag already lists everything selected (this digest): a re-run's
+    /// image, found with one look at the destination instead of a copy of no-ops.
+    Present(Digest),
 }
 
 /// The largest blob carried inline in a task.
@@ -244,6 +247,46 @@ pub async fn select(
 }
 
 /// Resolves everything one image needs.
+/// Whether the destination's manifest at the image's tag already holds the selection: the
+/// very source index for a complete one, an index listing every selected digest for a
+/// subset (one the merge would leave as it is; a registry holds what its indexes list).
+async fn already_present(
+    dest: &dyn ImageStore,
+    job: &ImageJob,
+    selection: &Selection,
+) -> Result<Option<Digest>> {
+    let Some(found) = dest
+        .get_manifest(
+            &job.dest.repository(),
+            &job.dest.manifest_reference(),
+            Side::Destination,
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    // A complete selection is copied as the source index itself: only that is present.
+    if selection.complete {
+        let same = selection
+            .top
+            .as_ref()
+            .is_some_and(|t| t.digest == found.digest);
+        return Ok(same.then_some(found.digest));
+    }
+    let Ok(Manifest::Index(index)) = found.parse() else {
+        return Ok(None);
+    };
+    let listed = |d: &Digest| index.manifests.iter().any(|m| &m.digest == d);
+    Ok(selection
+        .entries
+        .iter()
+        .all(|e| listed(&e.digest))
+        .then_some(found.digest))
+}
+
+/// `dest`: the destination to look at first (a registry destination of a plain copy), so
+/// that an image whose tag already lists its selection is found present — when the source
+/// holds no signature or attestation for it that a copy would carry.
 pub async fn plan(
     store: &dyn ImageStore,
     cache: Option<&BlobCache>,
@@ -251,6 +294,7 @@ pub async fn plan(
     filter: &PlatformFilter,
     provenance: bool,
     signatures: bool,
+    dest: Option<&dyn ImageStore>,
 ) -> Result<Planned> {
     let source = &job.source;
     if source.is_signature_tag() {
@@ -266,6 +310,32 @@ pub async fn plan(
         return Err(Error::internal("selection without a manifest"));
     };
     let repo = source.repository();
+    if let Some(dest) = dest
+        && job.dest.tag.is_some()
+    {
+        // Both looks at once: the destination's tag, and what a copy would carry beside it.
+        let mut kept: Vec<Digest> = selection.entries.iter().map(|e| e.digest.clone()).collect();
+        if selection.complete {
+            kept.push(top.digest.clone());
+        }
+        let carried = async {
+            match signatures {
+                true => attachments(store, &repo, &kept).await.map(|a| a.is_empty()),
+                false => Ok(true),
+            }
+        };
+        let (present, nothing_carried) =
+            futures_util::future::join(already_present(dest, job, &selection), carried).await;
+        // The look is a shortcut, not a step: a destination this process may not read (on
+        // the fleet only the workers may hold its credentials) is planned as ever.
+        let present = present.unwrap_or_else(|e| {
+            tracing::debug!(image = %job.dest, "the destination's tag could not be read: {e}");
+            None
+        });
+        if let (Some(digest), true) = (present, nothing_carried?) {
+            return Ok(Planned::Present(digest));
+        }
+    }
     let mut platforms = Vec::with_capacity(selection.entries.len());
     for entry in &selection.entries {
         let manifest = if selection.single {

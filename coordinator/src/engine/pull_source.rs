@@ -22,6 +22,10 @@ pub struct Planning<'a> {
     pub filter: &'a PlatformFilter,
     pub provenance: bool,
     pub signatures: bool,
+    /// Look at the destination's tag first: a re-run's images are found present there
+    /// (a plain copy to a registry; not for `--overwrite`, signing or scanning, which act
+    /// on images already there).
+    pub look_first: bool,
 }
 
 impl Planning<'_> {
@@ -74,6 +78,11 @@ impl Planning<'_> {
         }
         let mut at = job.clone();
         at.source = candidate.clone();
+        // A destination this process cannot reach is the workers' business: no look.
+        let dest = match self.look_first {
+            true => self.pool.registry(&job.dest.registry).await.ok(),
+            false => None,
+        };
         planner::plan(
             store.as_ref(),
             self.cache,
@@ -81,6 +90,8 @@ impl Planning<'_> {
             self.filter,
             self.provenance,
             self.signatures,
+            dest.as_ref()
+                .map(|d| d.as_ref() as &dyn hangar_shared::store::ImageStore),
         )
         .await
     }

@@ -273,6 +273,15 @@ impl Tracker {
                 self.finish(image, ImageResult::Skipped(why), obs);
                 return Ok(());
             }
+            Ok(Planned::Present(digest)) => {
+                let result = ImageResult::Copied {
+                    digest: Some(digest),
+                    preserved: false,
+                    already_present: true,
+                };
+                self.finish(image, result, obs);
+                return Ok(());
+            }
             Err(e) => {
                 self.finish(image, ImageResult::Failed(e), obs);
                 return Ok(());
