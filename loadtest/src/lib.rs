@@ -7,6 +7,7 @@ pub mod archive_bench;
 pub mod bench;
 pub mod fleet_bench;
 pub mod link;
+pub mod noop_bench;
 pub mod proxy;
 pub mod queue_bench;
 pub mod scan_bench;

@@ -106,6 +106,10 @@ enum Cmd {
         /// Instead of mirroring: scan the list, then scan again (re-match only).
         #[arg(long)]
         scan: bool,
+        /// Instead of the three-way mirror: mirror the list once, then time a re-run and a
+        /// `mirror validate` with nothing to do, at --delay-ms each way.
+        #[arg(long)]
+        noop: bool,
         /// Blob copies at once per fleet worker.
         #[arg(long, default_value_t = 16)]
         worker_concurrency: usize,
@@ -228,6 +232,7 @@ async fn main() -> Result<()> {
             archive,
             sign,
             scan,
+            noop,
             worker_concurrency,
             spec: a,
         } => {
@@ -246,6 +251,11 @@ async fn main() -> Result<()> {
                 jobs,
                 workdir: dir.path().to_owned(),
             };
+            if noop {
+                let rows = hangar_loadtest::noop_bench::run(&b, &source).await?;
+                println!("{}", hangar_loadtest::noop_bench::table(&rows, b.delay));
+                return Ok(());
+            }
             if scan {
                 let (rows, bytes, images) = hangar_loadtest::scan_bench::bench(&b).await?;
                 println!(

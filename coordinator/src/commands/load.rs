@@ -275,6 +275,8 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
     let timeout = (!timeout.is_zero()).then_some(timeout);
     let mut here = Here::new(pool.clone());
     here.task_timeout = timeout;
+    // Tasks at once: as many as the images planned at once can give (three each).
+    here.transfers = selected.jobs_at_once.max(4) * 3;
     let job_id = job::new_job_id();
     let bus = Bus::open(backend, &job_id, here, &console).await?;
     let (filter, provenance) = (&selected.filter, args.provenance);

@@ -520,6 +520,8 @@ pub async fn validate(
     .await?;
     let mut here = Here::new(pool.clone());
     here.task_timeout = prepared.timeout;
+    // Tasks at once: as many as the images planned at once can give (three each).
+    here.transfers = prepared.jobs.max(4) * 3;
     here.archive = Some((archive.to_owned(), reader));
     let job_id = crate::engine::job::new_job_id();
     let bus = Bus::open(backend, &job_id, here, &console).await?;

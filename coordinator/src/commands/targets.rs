@@ -144,6 +144,8 @@ pub async fn open(
     .await?;
     let mut h = crate::engine::tasks::Here::new(pool.clone());
     h.task_timeout = t.timeout;
+    // Tasks at once: as many as the images planned at once can give (three each).
+    h.transfers = t.jobs.max(1) * 3;
     here(&mut h, matches!(backend, Backend::Embedded))?;
     let job = crate::engine::job::new_job_id();
     let bus = crate::engine::tasks::Bus::open(backend, &job, h, console).await?;

@@ -95,6 +95,8 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         .await?;
         let mut here = Here::new(pool.clone());
         here.task_timeout = prepared.timeout;
+        // Tasks at once: as many as the images planned at once can give (three each).
+        here.transfers = prepared.jobs.max(4) * 3;
         let job_id = crate::engine::job::new_job_id();
         let bus = Bus::open(backend, &job_id, here, &console).await?;
         let targets: Vec<work::Target> = images
