@@ -132,7 +132,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
                 )
                 .await
             }
-            None => commands::save::save(&s.args, cli.debug, console).await,
+            None => commands::save::save(&s.args, cli.debug, console, None).await,
         },
         Command::Sync(s) => match s.validate {
             Some(cli::SyncSub::Validate(a)) => {
@@ -141,13 +141,13 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
                 };
                 commands::save::validate(&a.list, dest, "sync-failed.txt", cli.debug, console).await
             }
-            None => commands::save::sync(&s.args, cli.debug, console).await,
+            None => commands::save::sync(&s.args, cli.debug, console, None).await,
         },
         Command::Load(l) => match l.validate {
             Some(cli::LoadSub::Validate(a)) => {
                 commands::load::validate(&a, cli.debug, console).await
             }
-            None => commands::load::load(&l.args, cli.debug, console).await,
+            None => commands::load::load(&l.args, cli.debug, console, None).await,
         },
         Command::GenerateSigstoreKey(a) => commands::sign::generate_key(&a, &console),
         Command::Sign(s) => match s.validate {
@@ -186,13 +186,26 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
                 authfile: a.authfile.clone(),
                 cache: a.cache.clone(),
                 rate: a.rate.clone(),
+                // Archive jobs run the commands' own code on the fleet, as this server (and
+                // never through a server: HANGAR_SERVER in its environment is not theirs).
+                fleet: cli::FleetArgs {
+                    remote: Default::default(),
+                    bus: a.fleet.bus.clone(),
+                },
                 ..Default::default()
+            };
+            let archive_roots = match a.archive_root.is_empty() {
+                true => None,
+                false => Some(
+                    hangar_worker::context::policy::ArchiveRoots::new(&a.archive_root, None)?
+                        .of_the_coordinator(),
+                ),
             };
             let schedules = match &a.schedule {
                 Some(path) => schedule::load(path)?,
                 None => Vec::new(),
             };
-            serve::run(access, nats, defaults, schedules, console).await
+            serve::run(access, nats, defaults, schedules, archive_roots, console).await
         }
         Command::Status(a) => commands::remote::status(&a, &console).await,
         Command::Cancel(a) => commands::remote::cancel(&a.server, &a.api, &a.job).await,

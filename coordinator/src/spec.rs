@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{ListArgs, MirrorArgs, PlatformArgs};
+use crate::cli::{ArchiveListArgs, ListArgs, LoadArgs, MirrorArgs, PlatformArgs};
 
 /// The only version this coordinator reads.
 pub const VERSION: u32 = 1;
@@ -62,6 +62,10 @@ pub struct Endpoint {
     pub registry: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// An archive (save, sync: the destination; load: the source): `s3://bucket/key.zip?…`
+    /// or a path, inside the coordinator's `--archive-root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
 }
 
 /// How the job runs. Everything has Hangar's default when left out.
@@ -156,6 +160,17 @@ impl JobSpec {
                 Err("a sign job names the workers' key: options.sign_key".into())
             }
             JobKind::Sign => Ok(()),
+            JobKind::Save | JobKind::Sync if self.destination.archive.is_none() => Err(format!(
+                "a {} job names its archive: destination.archive",
+                self.kind.as_str()
+            )),
+            JobKind::Load if self.source.archive.is_none() => {
+                Err("a load job names its archive: source.archive".into())
+            }
+            JobKind::Load if self.destination.registry.is_none() => {
+                Err("a load job names its registry: destination.registry".into())
+            }
+            JobKind::Save | JobKind::Sync | JobKind::Load => Ok(()),
             JobKind::SignValidate => match &self.options.public_key {
                 None => Err("a sign-validate job needs options.public_key (PEM)".into()),
                 Some(pem) => hangar_shared::sign::PublicKey::from_pem(pem, "options.public_key")
@@ -180,10 +195,12 @@ impl JobSpec {
             source: Endpoint {
                 registry: some(&args.source),
                 project: some(&args.source_project),
+                archive: None,
             },
             destination: Endpoint {
                 registry: some(&args.destination),
                 project: some(&args.destination_project),
+                archive: None,
             },
             options: Options {
                 arch: args.platforms.arch.clone(),
@@ -193,6 +210,70 @@ impl JobSpec {
                 provenance: args.provenance,
                 overwrite: args.overwrite,
                 remove_signatures: args.remove_signatures,
+                transfers: args.transfers,
+                sign_key: args.sign_key.clone(),
+                ..Options::default()
+            },
+        }
+    }
+
+    /// A save or sync job: the list's images (`-s` is the source registry) into `archive`.
+    pub fn into_archive(
+        kind: JobKind,
+        list: String,
+        args: &ArchiveListArgs,
+        archive: &str,
+    ) -> Self {
+        let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        Self {
+            version: VERSION,
+            kind,
+            list,
+            source: Endpoint {
+                registry: some(&args.source),
+                ..Endpoint::default()
+            },
+            destination: Endpoint {
+                archive: Some(archive.to_owned()),
+                ..Endpoint::default()
+            },
+            options: Options {
+                arch: args.platforms.arch.clone(),
+                os: args.platforms.os.clone(),
+                jobs: args.jobs,
+                timeout: args.timeout.clone(),
+                provenance: args.provenance,
+                transfers: args.transfers,
+                ..Options::default()
+            },
+        }
+    }
+
+    /// A load job: the archive's images (those of `list` when it is not empty) into the
+    /// destination registry.
+    pub fn load(list: String, args: &LoadArgs) -> Self {
+        let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        Self {
+            version: VERSION,
+            kind: JobKind::Load,
+            list,
+            source: Endpoint {
+                registry: some(&args.source_registry),
+                archive: args.source.clone(),
+                ..Endpoint::default()
+            },
+            destination: Endpoint {
+                registry: args.destination.as_deref().and_then(some),
+                project: some(&args.project),
+                ..Endpoint::default()
+            },
+            options: Options {
+                arch: args.platforms.arch.clone(),
+                os: args.platforms.os.clone(),
+                jobs: args.jobs,
+                timeout: args.timeout.clone(),
+                provenance: args.provenance,
+                overwrite: args.overwrite,
                 transfers: args.transfers,
                 sign_key: args.sign_key.clone(),
                 ..Options::default()
@@ -211,6 +292,7 @@ impl JobSpec {
             source: Endpoint {
                 registry: some(&args.registry),
                 project: some(&args.project),
+                archive: None,
             },
             destination: Endpoint::default(),
             options: Options {
@@ -311,8 +393,11 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("options.public_key"), "{e}");
         let e = JobSpec::from_json(br#"{"version":1,"kind":"save","list":""}"#).unwrap_err();
+        assert!(e.contains("destination.archive"), "{e}");
+        let e =
+            JobSpec::from_json(br#"{"version":1,"kind":"save-validate","list":""}"#).unwrap_err();
         assert!(
-            e.contains("\"save\"") && e.contains("hangar-coord save"),
+            e.contains("\"save-validate\"") && e.contains("hangar-coord save validate"),
             "{e}"
         );
         let e = JobSpec::from_json(br#"{"version":1,"kind":"copy","list":""}"#).unwrap_err();

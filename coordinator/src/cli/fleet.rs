@@ -128,6 +128,11 @@ pub struct ServeArgs {
     /// The TLS certificate's private key (PEM).
     #[arg(long = "tls-key", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Where save, sync and load jobs may name archives (a directory, or
+    /// s3://bucket/prefix; repeatable): the coordinator opens and names archives only
+    /// inside these. Without it, those jobs are refused.
+    #[arg(long = "archive-root")]
+    pub archive_root: Vec<String>,
     #[command(flatten)]
     pub fleet: FleetArgs,
     #[command(flatten)]

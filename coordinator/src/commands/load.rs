@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use hangar_shared::archive::{ArchiveImage, ArchiveReader};
 use hangar_shared::imagelist::{ImageList, LineKind, ListEntry};
 use hangar_shared::manifest::PlatformFilter;
@@ -153,7 +153,34 @@ fn endpoints(args: &LoadArgs) -> Result<(String, String)> {
     Ok((source, dest.trim_end_matches('/').to_owned()))
 }
 
-pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+pub async fn load(
+    args: &LoadArgs,
+    debug: bool,
+    console: Arc<Console>,
+    watch: Option<&super::save::Watch>,
+) -> Result<()> {
+    // Through `serve`, the coordinator opens the archive (inside its --archive-root) and
+    // its fleet loads it: nothing of it is read here.
+    if let Some(server) = &args.fleet.remote.server {
+        let list = match &args.file {
+            Some(f) => std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read image list {}", f.display()))?,
+            None => String::new(),
+        };
+        let outage = humantime::parse_duration(&args.timeout)
+            .map_err(|e| anyhow::anyhow!("invalid --timeout {:?}: {e}", args.timeout))?;
+        let remote = super::remote::Remote {
+            server,
+            api: &args.fleet.remote.api,
+            spec: crate::spec::JobSpec::load(list, args),
+            outage: if outage.is_zero() {
+                std::time::Duration::from_secs(600)
+            } else {
+                outage
+            },
+        };
+        return super::remote::copy_job(remote, &args.failed, &console).await;
+    }
     let (location, dest) = endpoints(args)?;
     let archive = Arc::new(ArchiveReader::open(&location).await?);
     let selected = select(&archive, args, &dest, debug, &console)?;
@@ -204,9 +231,6 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
             spec.transfers
         ),
     );
-    if args.fleet.remote.server.is_some() {
-        bail!("load does not run through `serve` yet: use --nats (the workers read the archive)");
-    }
     // On the fleet the workers read the archive themselves, by range, with their own
     // credentials: it must be where they can reach it (s3://, or a path they all share
     // inside their --archive-root).
@@ -245,7 +269,15 @@ pub async fn load(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result
             args.sign_passphrase_file.as_deref(),
         )?;
     }
-    let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
+    let report = job::run_mirror(
+        spec,
+        pool,
+        console.clone(),
+        backend,
+        (&id, "1"),
+        watch.cloned(),
+    )
+    .await?;
     let mut failed = selected.failed;
     let more = super::summarise(&console, &report, "loaded", failed.len());
     failed.extend(more);

@@ -336,11 +336,28 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     }
     let outage = humantime::parse_duration(&args.timeout)
         .with_context(|| format!("invalid --timeout {:?}", args.timeout))?;
-    let http = api_client(&args.fleet.remote.api)?;
     let spec = crate::spec::JobSpec::mirror(list, args);
-    let (url, id) = post_job(&http, server, &spec, outage, &console).await?;
+    let remote = Remote {
+        server,
+        api: &args.fleet.remote.api,
+        spec,
+        outage,
+    };
+    copy_job(remote, &args.failed, &console).await
+}
+
+/// Runs a copying job (mirror, save, sync, load) on the coordinator, following it with the
+/// same lines as here, and writes its failed lines to `failed` here.
+pub async fn copy_job(
+    remote: Remote<'_>,
+    failed: &std::path::Path,
+    console: &Console,
+) -> Result<()> {
+    let http = api_client(remote.api)?;
+    let outage = remote.outage;
+    let (url, id) = post_job(&http, remote.server, &remote.spec, outage, console).await?;
     let mut shown = 0;
-    let snap = follow(&http, &format!("{url}/{id}"), outage, &console, |snap| {
+    let snap = follow(&http, &format!("{url}/{id}"), outage, console, |snap| {
         let done = snap.done();
         if done != shown {
             console.info(
@@ -369,7 +386,7 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     if snap.state == "cancelled" {
         bail!("job {id} was cancelled");
     }
-    super::finish(&console, &args.failed, &snap.failed_lines, "copy")?;
+    super::finish(console, failed, &snap.failed_lines, "copy")?;
     if snap.state != "succeeded" {
         bail!("job {id} {}", snap.state);
     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use hangar_shared::archive::writer::{
     ArchiveWriter, Written, plan_volumes, volume_path, write_archive,
 };
@@ -27,6 +27,7 @@ use crate::engine::job::{self, Backend};
 use crate::engine::planner;
 use crate::engine::tasks::{self, Bus, Here, PerImage};
 use crate::engine::work::{self, Work};
+use crate::spec::{JobKind, JobSpec};
 use hangar_shared::store::StoreRef;
 use hangar_shared::task::Verdict;
 
@@ -117,11 +118,9 @@ async fn gather(
     writing: Writing<'_>,
     debug: bool,
     console: Arc<Console>,
+    watch: Option<&Watch>,
 ) -> Result<Gathered> {
     let margs = mirror_args(list);
-    if list.fleet.remote.server.is_some() {
-        bail!("save and sync run here or on the fleet's workers (--nats), not through --server");
-    }
     let fleet = match &list.fleet.bus.nats {
         Some(_) if list.cache.is_none() => {
             bail!("on the fleet (--nats), --cache must name the workers' shared cache (s3://…)")
@@ -207,7 +206,15 @@ async fn gather(
         }
         _ => None,
     };
-    let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
+    let report = job::run_mirror(
+        spec,
+        pool,
+        console.clone(),
+        backend,
+        (&id, "1"),
+        watch.cloned(),
+    )
+    .await?;
     // The scan report first: a save that cannot write it leaves no archive, as before the
     // archive was written image by image (dropped unfinished, the writer abandons it).
     if let Some(db) = &scan_db {
@@ -320,7 +327,49 @@ fn damaged_cache(e: &anyhow::Error) -> bool {
     })
 }
 
-pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+/// The list's text, for a job specification.
+fn list_text(list: &ArchiveListArgs) -> Result<String> {
+    let Some(file) = &list.file else {
+        bail!("image list file not provided: use -f/--file");
+    };
+    std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read image list {}", file.display()))
+}
+
+/// Sends a save or sync to the coordinator (`--server`): its fleet gathers and writes the
+/// archive, which must be inside the coordinator's `--archive-root`.
+async fn remote_copy(
+    server: &str,
+    list: &ArchiveListArgs,
+    spec: JobSpec,
+    default_failed: &str,
+    console: &Console,
+) -> Result<()> {
+    let outage = humantime::parse_duration(&list.timeout)
+        .with_context(|| format!("invalid --timeout {:?}", list.timeout))?;
+    let remote = super::remote::Remote {
+        server,
+        api: &list.fleet.remote.api,
+        spec,
+        outage: if outage.is_zero() {
+            std::time::Duration::from_secs(600)
+        } else {
+            outage
+        },
+    };
+    let failed = list.failed.clone().unwrap_or_else(|| default_failed.into());
+    super::remote::copy_job(remote, &failed, console).await
+}
+
+/// A job's snapshot, kept up to date while it runs (`serve`).
+pub type Watch = Arc<std::sync::Mutex<crate::engine::job::JobSnapshot>>;
+
+pub async fn save(
+    args: &SaveArgs,
+    debug: bool,
+    console: Arc<Console>,
+    watch: Option<&Watch>,
+) -> Result<()> {
     let dest = &args.destination;
     let part_size = args
         .part_size
@@ -345,6 +394,10 @@ pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result
         )
         .await;
     }
+    if let Some(server) = &args.list.fleet.remote.server {
+        let spec = JobSpec::into_archive(JobKind::Save, list_text(&args.list)?, &args.list, dest);
+        return remote_copy(server, &args.list, spec, "save-failed.txt", &console).await;
+    }
     super::may_overwrite(dest, args.yes)?;
     let mut retried = false;
     let writing = match (part_size, &args.list.fleet.bus.nats) {
@@ -352,7 +405,7 @@ pub async fn save(args: &SaveArgs, debug: bool, console: Arc<Console>) -> Result
         _ => Writing::AtTheEnd,
     };
     let g = loop {
-        let g = match gather(&args.list, dest, writing, debug, console.clone()).await {
+        let g = match gather(&args.list, dest, writing, debug, console.clone(), watch).await {
             Err(e) if !retried && damaged_cache(&e) => {
                 console.warn(None, format!("{e:#}; fetching it again"));
                 retried = true;
@@ -437,10 +490,19 @@ async fn write_save(
     Ok(())
 }
 
-pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+pub async fn sync(
+    args: &SyncArgs,
+    debug: bool,
+    console: Arc<Console>,
+    watch: Option<&Watch>,
+) -> Result<()> {
     let Some(dest) = &args.destination else {
         bail!("the archive to sync into is required: use -d/--destination");
     };
+    if let Some(server) = &args.list.fleet.remote.server {
+        let spec = JobSpec::into_archive(JobKind::Sync, list_text(&args.list)?, &args.list, dest);
+        return remote_copy(server, &args.list, spec, "sync-failed.txt", &console).await;
+    }
     if !dest.starts_with("s3://") && !Path::new(dest).exists() {
         bail!("archive {dest} does not exist");
     }
@@ -452,7 +514,7 @@ pub async fn sync(args: &SyncArgs, debug: bool, console: Arc<Console>) -> Result
         Some(_) => Writing::AtTheEnd,
     };
     let (g, w) = loop {
-        let g = match gather(&args.list, dest, writing, debug, console.clone()).await {
+        let g = match gather(&args.list, dest, writing, debug, console.clone(), watch).await {
             Err(e) if !retried && damaged_cache(&e) => {
                 console.warn(None, format!("{e:#}; fetching it again"));
                 retried = true;

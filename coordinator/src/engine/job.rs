@@ -344,6 +344,9 @@ pub async fn run_mirror(
         transfers: spec.transfers,
         bytes_moved: bytes_moved.clone(),
     };
+    // On the fleet the destination is the workers' to reach (their credentials, their
+    // in-flight caps): this process does not look at it first.
+    let here_only = matches!(backend, Backend::Embedded);
     let mut bus = Bus::open(backend, &job_id, here, &console).await?;
     let queue = bus.queue.clone();
     let (plan_tx, mut plans) = mpsc::channel(64);
@@ -356,7 +359,8 @@ pub async fn run_mirror(
             filter: spec.filter.clone(),
             provenance: spec.provenance,
             signatures: spec.signatures,
-            look_first: !spec.ends.to_cache
+            look_first: here_only
+                && !spec.ends.to_cache
                 && !spec.overwrite
                 && spec.ends.sign_key.is_none()
                 && !spec.ends.scan,

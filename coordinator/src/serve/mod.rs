@@ -10,6 +10,7 @@
 //! ([`auth`]); without a token file the API answers only on loopback, unless the operator
 //! says `--insecure-no-auth`.
 
+mod archives;
 pub mod auth;
 mod images;
 
@@ -109,6 +110,8 @@ struct Server {
     /// The callers' tokens; `None`: no authentication (loopback or `--insecure-no-auth`).
     tokens: Option<Arc<auth::Tokens>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// `--archive-root`: where save, sync and load jobs may name archives.
+    archive_roots: Option<Arc<hangar_worker::context::policy::ArchiveRoots>>,
 }
 
 fn snapshot_of(r: &Running) -> JobSnapshot {
@@ -157,8 +160,13 @@ impl Server {
         caller: Option<&auth::Caller>,
     ) -> Result<(), Refusal> {
         request.spec.check().map_err(Refusal::Invalid)?;
-        if request.spec.kind != crate::spec::JobKind::Mirror {
-            return self.start_images(id, request, caller).await;
+        use crate::spec::JobKind;
+        match request.spec.kind {
+            JobKind::Mirror => {}
+            JobKind::Save | JobKind::Sync | JobKind::Load => {
+                return self.start_archive(id, request, caller).await;
+            }
+            _ => return self.start_images(id, request, caller).await,
         }
         let mut args = request.spec.mirror_args();
         // The coordinator's own TLS, credentials and cache (`serve --cache`, the fleet's
@@ -565,6 +573,7 @@ pub async fn run(
     nats: async_nats::Client,
     defaults: MirrorArgs,
     schedules: Vec<crate::schedule::Schedule>,
+    archive_roots: Option<hangar_worker::context::policy::ArchiveRoots>,
     console: Arc<Console>,
 ) -> Result<()> {
     access.check()?;
@@ -593,6 +602,7 @@ pub async fn run(
         run: Arc::new(format!("r{}", job::new_job_id())),
         tokens: access.tokens.map(Arc::new),
         metrics: Arc::new(crate::metrics::Metrics::new().context("registering metrics")?),
+        archive_roots: archive_roots.map(Arc::new),
     };
     let resumed = server.resume().await?;
     if !schedules.is_empty() {

@@ -24,6 +24,9 @@ pub struct Policy {
 #[derive(Debug, Default)]
 pub struct ArchiveRoots {
     roots: Vec<Root>,
+    /// Whose roots these are, for a refusal: the coordinator's (`serve`), or by default
+    /// this worker's.
+    coordinator: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +198,10 @@ impl ArchiveRoots {
             };
             roots.push(root);
         }
-        Ok(Self { roots })
+        Ok(Self {
+            roots,
+            coordinator: false,
+        })
     }
 
     fn root(spec: &str, default_endpoint: Option<&str>, reserved: Vec<String>) -> Result<Root> {
@@ -220,6 +226,12 @@ impl ArchiveRoots {
         }
     }
 
+    /// The same roots, as the coordinator's (`serve --archive-root`) in refusals.
+    pub fn of_the_coordinator(mut self) -> Self {
+        self.coordinator = true;
+        self
+    }
+
     /// The roots, for a log line or an error.
     pub fn describe(&self) -> String {
         if self.roots.is_empty() {
@@ -237,9 +249,18 @@ impl ArchiveRoots {
     pub fn check(&self, what: &str, location: &str) -> Result<String> {
         let refuse = |why: &str| {
             Error::invalid(format!(
-                "refused: the {what} {location} is {why} this worker's archive roots ({}; \
-                 hangar-worker --archive-root)",
-                self.describe()
+                "refused: the {what} {location} is {why} {} archive roots ({}; {} --archive-root)",
+                if self.coordinator {
+                    "the coordinator's"
+                } else {
+                    "this worker's"
+                },
+                self.describe(),
+                if self.coordinator {
+                    "hangar-coord serve"
+                } else {
+                    "hangar-worker"
+                },
             ))
         };
         if location.starts_with("s3://") {

@@ -1,0 +1,269 @@
+//! `save`, `sync` and `load` jobs run by `serve` on its fleet, with the commands' own code:
+//! the workers gather into the fleet's cache and one of them writes the archive (save,
+//! sync), or the workers read the archive by range (load). The coordinator opens and names
+//! archives only inside its `--archive-root`, as a worker writes only inside its own: a
+//! caller of the API gets no other file read or written.
+
+use std::sync::{Arc, Mutex};
+
+use hangar_shared::archive::ArchiveReader;
+use hangar_shared::imagelist::{ImageList, LineKind};
+use hangar_shared::reference::ImageRef;
+use hangar_worker::context::policy::ArchiveRoots;
+use tracing::Instrument;
+
+use super::{JobRequest, Refusal, Running, Server, auth};
+use crate::cli::{ArchiveListArgs, LoadArgs, PlatformArgs, SaveArgs, SyncArgs};
+use crate::engine::job::JobSnapshot;
+use crate::spec::{JobKind, JobSpec};
+
+fn repo(r: &ImageRef) -> String {
+    format!("{}/{}", r.registry, r.repository())
+}
+
+/// The repositories a save or sync reads: each default-format line, `-s` applied.
+fn list_reads(spec: &JobSpec) -> Vec<String> {
+    let registry = spec.source.registry.as_deref();
+    ImageList::parse(&spec.list)
+        .entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            LineKind::Default(r) => Some(repo(&r.clone().with_registry(registry))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The repositories a load writes: each archived image under the destination registry,
+/// `--project` applied.
+fn load_writes(spec: &JobSpec, archive: &ArchiveReader) -> Vec<String> {
+    let (registry, project) = (
+        spec.destination.registry.as_deref(),
+        spec.destination.project.as_deref(),
+    );
+    archive
+        .index
+        .list
+        .iter()
+        .filter_map(|i| ImageRef::parse(&i.source).ok())
+        .map(|r| repo(&r.with_registry(registry).with_project(project)))
+        .collect()
+}
+
+fn archive_list_args(server: &Server, spec: &JobSpec, list: std::path::PathBuf) -> ArchiveListArgs {
+    let d = &server.defaults;
+    let o = &spec.options;
+    ArchiveListArgs {
+        file: Some(list.clone()),
+        platforms: PlatformArgs {
+            arch: o.arch.clone(),
+            os: o.os.clone(),
+        },
+        source: spec.source.registry.clone().unwrap_or_default(),
+        // The job's failed lines are in its snapshot; this file dies with the job's folder.
+        failed: Some(list.with_file_name("failed.txt")),
+        jobs: o.jobs,
+        timeout: o.timeout.clone(),
+        provenance: o.provenance,
+        access: crate::cli::RegistryArgs {
+            tls_verify: d.tls_verify,
+            authfile: d.authfile.clone(),
+        },
+        cache: d.cache.clone(),
+        transfers: o.transfers,
+        scan_db: None,
+        scan_report: list.with_file_name("scan-report.json"),
+        fleet: d.fleet.clone(),
+        rate: d.rate.clone(),
+    }
+}
+
+fn load_args(
+    server: &Server,
+    spec: &JobSpec,
+    location: String,
+    list: Option<std::path::PathBuf>,
+    failed: std::path::PathBuf,
+) -> LoadArgs {
+    let d = &server.defaults;
+    let o = &spec.options;
+    LoadArgs {
+        source: Some(location),
+        destination: spec.destination.registry.clone(),
+        file: list,
+        source_registry: spec.source.registry.clone().unwrap_or_default(),
+        project: spec.destination.project.clone().unwrap_or_default(),
+        platforms: PlatformArgs {
+            arch: o.arch.clone(),
+            os: o.os.clone(),
+        },
+        failed,
+        jobs: o.jobs,
+        timeout: o.timeout.clone(),
+        provenance: o.provenance,
+        overwrite: o.overwrite,
+        access: crate::cli::RegistryArgs {
+            tls_verify: d.tls_verify,
+            authfile: d.authfile.clone(),
+        },
+        skip_login: false,
+        transfers: o.transfers,
+        sign_key: o.sign_key.clone(),
+        sign_passphrase_file: None,
+        rate: d.rate.clone(),
+        fleet: d.fleet.clone(),
+    }
+}
+
+impl Server {
+    /// Starts (or resumes) a save, sync or load job.
+    pub(super) async fn start_archive(
+        &self,
+        id: String,
+        request: JobRequest,
+        caller: Option<&auth::Caller>,
+    ) -> Result<(), Refusal> {
+        let roots: &ArchiveRoots = self.archive_roots.as_deref().ok_or_else(|| {
+            Refusal::Invalid(format!(
+                "{} jobs need `hangar-coord serve --archive-root`: the coordinator reads and \
+                 writes archives only inside its roots",
+                request.spec.kind.as_str()
+            ))
+        })?;
+        let spec = request.spec.clone();
+        let named = match spec.kind {
+            JobKind::Load => spec.source.archive.clone(),
+            _ => spec.destination.archive.clone(),
+        }
+        .unwrap_or_default();
+        let location = roots
+            .check("archive", &named)
+            .map_err(|e| Refusal::Forbidden(e.message))?;
+        if let Some(caller) = caller {
+            let (reads, writes) = match spec.kind {
+                JobKind::Load => {
+                    let archive = ArchiveReader::open(&location)
+                        .await
+                        .map_err(|e| Refusal::Invalid(e.message))?;
+                    (Vec::new(), load_writes(&spec, &archive))
+                }
+                _ => (list_reads(&spec), Vec::new()),
+            };
+            let key = spec.options.sign_key.as_deref();
+            caller
+                .authorise_images(&reads, &writes, key)
+                .map_err(Refusal::Forbidden)?;
+        }
+        let snapshot = Arc::new(Mutex::new(JobSnapshot {
+            id: id.clone(),
+            kind: spec.kind.as_str().into(),
+            state: "running".into(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            ..Default::default()
+        }));
+        let first = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+        self.try_save(&id, &request, &first)
+            .await
+            .map_err(Refusal::Invalid)?;
+        let span =
+            tracing::info_span!("serve job", otel.name = %format!("serve job {id}"), job = %id);
+        hangar_shared::telemetry::adopt(&span, request.trace.as_deref());
+        let (server, watch, job) = (self.clone(), snapshot.clone(), id.clone());
+        let (schedule, owner) = (request.schedule.clone(), request.owner.clone());
+        let task = tokio::spawn(
+            async move {
+                // The commands' futures are not provably `Send` (closures over borrowed
+                // state inside their streams), so the job runs on a runtime of its own, on a
+                // thread of its own; this task waits for it (and a cancel stops waiting).
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let (s, sp) = (server.clone(), spec.clone());
+                let w = watch.clone();
+                std::thread::spawn(move || {
+                    let ran = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|rt| rt.block_on(run(&s, &sp, location, &w)));
+                    let _ = tx.send(ran);
+                });
+                let outcome = rx.await.unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!("the job's thread ended without a word"))
+                });
+                let last = {
+                    let Ok(mut s) = watch.lock() else { return };
+                    match outcome {
+                        Ok(()) if s.failed == 0 => s.state = "succeeded".into(),
+                        Ok(()) => s.state = "failed".into(),
+                        Err(e) => {
+                            s.state = "failed".into();
+                            s.message = Some(format!("{e:#}"));
+                        }
+                    }
+                    s.clone()
+                };
+                server.save(&job, &request, &last).await;
+            }
+            .instrument(span),
+        );
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.insert(
+                id,
+                Running {
+                    snapshot,
+                    task: Some(task),
+                    schedule,
+                    owner,
+                    results: None,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs the job with the command's own code, on the fleet (the server's NATS identity), in
+/// a folder of its own for the list it was given.
+async fn run(
+    server: &Server,
+    spec: &JobSpec,
+    location: String,
+    watch: &crate::commands::save::Watch,
+) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("hangar-job-").tempdir()?;
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, &spec.list)?;
+    let console = server.console.clone();
+    match spec.kind {
+        JobKind::Save => {
+            let args = SaveArgs {
+                list: archive_list_args(server, spec, list),
+                destination: location,
+                yes: true,
+                part_size: None,
+                dry_run: false,
+            };
+            crate::commands::save::save(&args, false, console, Some(watch)).await
+        }
+        JobKind::Sync => {
+            let args = SyncArgs {
+                list: archive_list_args(server, spec, list),
+                destination: Some(location),
+            };
+            crate::commands::save::sync(&args, false, console, Some(watch)).await
+        }
+        _ => {
+            let chosen = (!spec.list.trim().is_empty()).then_some(list.clone());
+            let args = load_args(
+                server,
+                spec,
+                location,
+                chosen,
+                list.with_file_name("failed.txt"),
+            );
+            crate::commands::load::load(&args, false, console, Some(watch)).await
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! `save`, `sync` and `load` through `serve`: the coordinator names archives only inside its
+//! `--archive-root`, its workers gather, write and read them, and the command that asked
+//! follows the job and writes its failed list. Real nats-server, Garage and registries.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::fleet::{self, Proc};
+use common::{Env, index_digests, sha, skopeo_raw, text};
+use hangar_loadtest::services::{GarageProcess, NatsProcess, free_port};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn save_sync_and_load_run_through_serve_inside_its_archive_root() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let garage = GarageProcess::start().expect("garage (scripts/dev-services.sh installs it)");
+    let cache = garage.cache_url();
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", garage.key_id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret.as_str()),
+    ];
+    let (bucket, query) = cache
+        .trim_start_matches("s3://")
+        .split_once('?')
+        .expect("query");
+    let root = format!("s3://{bucket}/air/?{query}");
+    let listen = format!("127.0.0.1:{}", free_port().unwrap());
+    let server = format!("http://{listen}");
+    let _coord = fleet::serve(
+        &nats.url(),
+        &listen,
+        &env.path("coord.log"),
+        &["--cache", &cache, "--archive-root", &root],
+        &aws,
+    );
+    let worker_args = ["--cache", cache.as_str(), "--archive-root", root.as_str()];
+    let _workers: Vec<Proc> = (0..2)
+        .map(|i| {
+            fleet::worker(
+                &nats.url(),
+                &env.path(&format!("w{i}.log")),
+                &worker_args,
+                &aws,
+            )
+        })
+        .collect();
+
+    let src = common::registry(&env.src.addr).await;
+    let mut lines = Vec::new();
+    for i in 0..3u64 {
+        let repo = format!("served/app-{i}");
+        common::push_image(
+            &src,
+            env.dir.path(),
+            &repo,
+            Some("v1"),
+            hangar_loadtest::seed::Format::Oci,
+            "amd64",
+            (&[9300 + i], 400_000),
+        )
+        .await;
+        lines.push(format!("{}/{repo}:v1", env.src.addr));
+    }
+    let first = env.write_list("first.txt", &lines[..2]);
+    let last = env.write_list("last.txt", &lines[2..]);
+    let archive = format!("s3://{bucket}/air/served.zip?{query}");
+    // The client has no S3 credentials and no NATS: everything happens on the fleet.
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(args)
+            .args(["--tls-verify=false", "--server", &server])
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .stdin(Stdio::null())
+            .output()
+            .expect("hangar-coord");
+        (out.status.success(), text(&out))
+    };
+
+    let (ok, out) = run(&[
+        "save",
+        "-f",
+        first.to_str().unwrap(),
+        "-d",
+        &archive,
+        "-o",
+        env.path("sf.txt").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("submitted to") && out.contains("2 copied"),
+        "{out}"
+    );
+    let (ok, out) = run(&[
+        "sync",
+        "-f",
+        last.to_str().unwrap(),
+        "-d",
+        &archive,
+        "-o",
+        env.path("syf.txt").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&[
+        "load",
+        "-s",
+        &archive,
+        "-d",
+        &env.dst.addr,
+        "-o",
+        env.path("lf.txt").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("3 copied"), "{out}");
+    for line in &lines {
+        let source = skopeo_raw(line).expect("source");
+        let loaded = skopeo_raw(&line.replace(&env.src.addr, &env.dst.addr)).expect("loaded");
+        assert_eq!(index_digests(&loaded), vec![sha(&source)], "{line}");
+    }
+
+    // An archive outside the coordinator's root is refused before anything runs.
+    let outside = format!("s3://{bucket}/elsewhere/x.zip?{query}");
+    let (ok, out) = run(&[
+        "save",
+        "-f",
+        first.to_str().unwrap(),
+        "-d",
+        &outside,
+        "-o",
+        env.path("sf2.txt").to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the coordinator's archive roots")
+            && out.contains("hangar-coord serve --archive-root"),
+        "{out}"
+    );
+}
