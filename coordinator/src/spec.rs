@@ -160,17 +160,25 @@ impl JobSpec {
                 Err("a sign job names the workers' key: options.sign_key".into())
             }
             JobKind::Sign => Ok(()),
-            JobKind::Save | JobKind::Sync if self.destination.archive.is_none() => Err(format!(
-                "a {} job names its archive: destination.archive",
-                self.kind.as_str()
-            )),
+            JobKind::Save | JobKind::Sync | JobKind::SaveValidate | JobKind::SyncValidate
+                if self.destination.archive.is_none() =>
+            {
+                Err(format!(
+                    "a {} job names its archive: destination.archive",
+                    self.kind.as_str()
+                ))
+            }
             JobKind::Load if self.source.archive.is_none() => {
                 Err("a load job names its archive: source.archive".into())
             }
             JobKind::Load if self.destination.registry.is_none() => {
                 Err("a load job names its registry: destination.registry".into())
             }
-            JobKind::Save | JobKind::Sync | JobKind::Load => Ok(()),
+            JobKind::Save
+            | JobKind::Sync
+            | JobKind::Load
+            | JobKind::SaveValidate
+            | JobKind::SyncValidate => Ok(()),
             JobKind::SignValidate => match &self.options.public_key {
                 None => Err("a sign-validate job needs options.public_key (PEM)".into()),
                 Some(pem) => hangar_shared::sign::PublicKey::from_pem(pem, "options.public_key")

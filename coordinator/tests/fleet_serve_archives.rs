@@ -118,6 +118,37 @@ async fn save_sync_and_load_run_through_serve_inside_its_archive_root() {
         assert_eq!(index_digests(&loaded), vec![sha(&source)], "{line}");
     }
 
+    // Validating it: the coordinator's workers read the archive.
+    let all = env.write_list("all.txt", &lines);
+    let (ok, out) = run(&[
+        "save",
+        "validate",
+        "-f",
+        all.to_str().unwrap(),
+        "-d",
+        &archive,
+        "-o",
+        env.path("svf.txt").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("3 passed, 0 failed"), "{out}");
+    let more = env.write_list("more.txt", &[format!("{}/served/absent:v1", env.src.addr)]);
+    let (ok, out) = run(&[
+        "sync",
+        "validate",
+        "-f",
+        more.to_str().unwrap(),
+        "-d",
+        &archive,
+        "-o",
+        env.path("syvf.txt").to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("0 passed, 1 failed") && out.contains("served/absent"),
+        "{out}"
+    );
+
     // An archive outside the coordinator's root is refused before anything runs.
     let outside = format!("s3://{bucket}/elsewhere/x.zip?{query}");
     let (ok, out) = run(&[

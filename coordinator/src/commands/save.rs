@@ -565,28 +565,7 @@ pub async fn validate(
     debug: bool,
     console: Arc<Console>,
 ) -> Result<()> {
-    if list.fleet.remote.server.is_some() {
-        bail!(
-            "validating an archive runs here or on the fleet's workers (--nats), not through --server"
-        );
-    }
-    // Opened here either way: an archive that cannot be read fails at once, naming it.
-    let reader = Arc::new(ArchiveReader::open(archive).await?);
     let prepared = read_jobs(list, debug, &console)?;
-    let (backend, pool) = super::backend(
-        &list.fleet.bus,
-        list.access.tls_verify,
-        list.access.authfile.as_deref(),
-        &list.rate,
-    )
-    .await?;
-    let mut here = Here::new(pool.clone());
-    here.task_timeout = prepared.timeout;
-    // Tasks at once: as many as the images planned at once can give (three each).
-    here.transfers = prepared.jobs.max(4) * 3;
-    here.archive = Some((archive.to_owned(), reader));
-    let job_id = crate::engine::job::new_job_id();
-    let bus = Bus::open(backend, &job_id, here, &console).await?;
     let mut failed = super::report_rejected(&console, &prepared.rejected, "validate");
     let label = archive.to_owned();
     let (mut passed, mut skipped) = (0, 0);
@@ -631,24 +610,62 @@ pub async fn validate(
             }
         }
     };
-    let targets: Vec<work::Target> = images
-        .iter()
-        .map(|j| work::Target::at(j.source.clone()))
-        .collect();
-    let how = PerImage {
-        job: &job_id,
-        planners: prepared.jobs.max(4),
-        timeout: prepared.timeout,
-        trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
-        interruptible: true,
-    };
-    let work = Work::Holds {
-        store: StoreRef::Archive {
-            location: archive.to_owned(),
-        },
-        provenance: list.provenance,
-    };
-    work::run(&work, &targets, &prepared.filter, &pool, bus, how, finished).await?;
+    if let Some(server) = &list.fleet.remote.server {
+        // The coordinator's workers read the archive, inside its --archive-root.
+        let kind = match default_failed {
+            "sync-failed.txt" => JobKind::SyncValidate,
+            _ => JobKind::SaveValidate,
+        };
+        let spec = JobSpec::into_archive(kind, list_text(list)?, list, archive);
+        let outage = humantime::parse_duration(&list.timeout)
+            .with_context(|| format!("invalid --timeout {:?}", list.timeout))?;
+        let remote = super::remote::Remote {
+            server,
+            api: &list.fleet.remote.api,
+            spec,
+            outage: if outage.is_zero() {
+                std::time::Duration::from_secs(600)
+            } else {
+                outage
+            },
+        };
+        super::remote::replay(remote, images.len(), &console, finished).await?;
+    } else {
+        // Opened here: an archive that cannot be read fails at once, naming it.
+        let reader = Arc::new(ArchiveReader::open(archive).await?);
+        let (backend, pool) = super::backend(
+            &list.fleet.bus,
+            list.access.tls_verify,
+            list.access.authfile.as_deref(),
+            &list.rate,
+        )
+        .await?;
+        let mut here = Here::new(pool.clone());
+        here.task_timeout = prepared.timeout;
+        // Tasks at once: as many as the images planned at once can give (three each).
+        here.transfers = prepared.jobs.max(4) * 3;
+        here.archive = Some((archive.to_owned(), reader));
+        let job_id = crate::engine::job::new_job_id();
+        let bus = Bus::open(backend, &job_id, here, &console).await?;
+        let targets: Vec<work::Target> = images
+            .iter()
+            .map(|j| work::Target::at(j.source.clone()))
+            .collect();
+        let how = PerImage {
+            job: &job_id,
+            planners: prepared.jobs.max(4),
+            timeout: prepared.timeout,
+            trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
+            interruptible: true,
+        };
+        let work = Work::Holds {
+            store: StoreRef::Archive {
+                location: archive.to_owned(),
+            },
+            provenance: list.provenance,
+        };
+        work::run(&work, &targets, &prepared.filter, &pool, bus, how, finished).await?;
+    }
     let failed_file = list.failed.clone().unwrap_or_else(|| default_failed.into());
     super::verdicts(&console, passed, failed.len(), skipped);
     super::finish(&console, &failed_file, &failed, "validate")

@@ -128,6 +128,23 @@ fn work_of(server: &Server, request: &JobRequest) -> Result<Work, Refusal> {
         JobKind::MirrorValidate => Work::Contains {
             provenance: request.spec.options.provenance,
         },
+        // The workers read the archive; the coordinator names it only inside its roots.
+        JobKind::SaveValidate | JobKind::SyncValidate => {
+            let roots = server.archive_roots.as_deref().ok_or_else(|| {
+                Refusal::Invalid(format!(
+                    "{} jobs need `hangar-coord serve --archive-root`",
+                    request.spec.kind.as_str()
+                ))
+            })?;
+            let named = request.spec.destination.archive.clone().unwrap_or_default();
+            let location = roots
+                .check("archive", &named)
+                .map_err(|e| Refusal::Forbidden(e.message))?;
+            Work::Holds {
+                store: hangar_shared::store::StoreRef::Archive { location },
+                provenance: request.spec.options.provenance,
+            }
+        }
         other => {
             return Err(Refusal::Invalid(format!(
                 "{} is not a job over images where they are",

@@ -166,6 +166,7 @@ impl Server {
             JobKind::Save | JobKind::Sync | JobKind::Load => {
                 return self.start_archive(id, request, caller).await;
             }
+
             _ => return self.start_images(id, request, caller).await,
         }
         let mut args = request.spec.mirror_args();
