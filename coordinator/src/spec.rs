@@ -403,9 +403,9 @@ mod tests {
         let e = JobSpec::from_json(br#"{"version":1,"kind":"save","list":""}"#).unwrap_err();
         assert!(e.contains("destination.archive"), "{e}");
         let e =
-            JobSpec::from_json(br#"{"version":1,"kind":"save-validate","list":""}"#).unwrap_err();
+            JobSpec::from_json(br#"{"version":1,"kind":"load-validate","list":""}"#).unwrap_err();
         assert!(
-            e.contains("\"save-validate\"") && e.contains("hangar-coord save validate"),
+            e.contains("\"load-validate\"") && e.contains("hangar-coord load validate"),
             "{e}"
         );
         let e = JobSpec::from_json(br#"{"version":1,"kind":"copy","list":""}"#).unwrap_err();
