@@ -123,7 +123,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
         },
         Command::Save(s) => match s.validate {
             Some(cli::SaveSub::Validate(a)) => {
-                commands::save::validate(
+                commands::save_validate::run(
                     &a.list,
                     &a.destination,
                     "save-failed.txt",
@@ -139,7 +139,8 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
                 let Some(dest) = &a.destination else {
                     anyhow::bail!("the archive is required: use -d/--destination");
                 };
-                commands::save::validate(&a.list, dest, "sync-failed.txt", cli.debug, console).await
+                commands::save_validate::run(&a.list, dest, "sync-failed.txt", cli.debug, console)
+                    .await
             }
             None => commands::save::sync(&s.args, cli.debug, console, None).await,
         },

@@ -14,6 +14,7 @@ pub mod mirror;
 pub mod plan;
 pub mod remote;
 pub mod save;
+pub mod save_validate;
 pub mod scan;
 pub mod sign;
 pub mod status_table;

@@ -4,15 +4,16 @@
 //! running: they are planned again under a new run id, and the idempotent handlers skip
 //! whatever the earlier run already copied.
 //!
-//! API (JSON, `docs/API.md`): `POST /jobs` a [`JobSpec`] → `{id}`; `GET /jobs`; `GET /jobs/{id}`;
-//! `DELETE /jobs/{id}` (cancel: stop tracking, purge its queued tasks); `/metrics`;
-//! `/healthz`. Every route but the last two needs a bearer token from `--api-tokens`
+//! API (JSON, `docs/API.md`, handlers in [`routes`]): `POST /jobs` a [`JobSpec`] → `{id}`;
+//! `GET /jobs`; `GET /jobs/{id}`; `GET /jobs/{id}/results`; `DELETE /jobs/{id}` (cancel:
+//! stop tracking, purge its queued tasks); `/metrics`; `/healthz`. Every route but the last two needs a bearer token from `--api-tokens`
 //! ([`auth`]); without a token file the API answers only on loopback, unless the operator
 //! says `--insecure-no-auth`.
 
 mod archives;
 pub mod auth;
 mod images;
+mod routes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,9 +23,7 @@ use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, kv};
 use axum::Json;
 use axum::Router;
-use axum::extract::{Extension, Path, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
@@ -38,6 +37,7 @@ use crate::commands::mirror;
 use crate::console::Console;
 use crate::engine::job::{self, Backend, JobSnapshot};
 use crate::spec::JobSpec;
+use routes::{authenticate, cancel, list, metrics, results, status, submit};
 
 pub const JOB_BUCKET: &str = "hangar-jobs";
 
@@ -334,215 +334,6 @@ impl Server {
         }
         Ok(resumed)
     }
-}
-
-async fn submit(
-    State(server): State<Server>,
-    Extension(caller): Extension<Arc<auth::Caller>>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err(e) = caller.require(auth::Role::Submit, "submitting a job") {
-        return refuse(StatusCode::FORBIDDEN, e);
-    }
-    let spec = match JobSpec::from_json(&body) {
-        Ok(spec) => spec,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("job specification: {e}")),
-    };
-    let id = job::new_job_id();
-    // Only the server's own schedules name a schedule (a client's would make the real cron
-    // run think itself busy and skip), and only the server says who submitted.
-    let request = JobRequest {
-        spec,
-        schedule: None,
-        trace: headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        owner: Some(caller.name.clone()),
-    };
-    let checked = server.tokens.is_some().then_some(caller.as_ref());
-    match server.start(id.clone(), request, checked).await {
-        Ok(()) => {
-            tracing::info!(job = %id, caller = %caller.name, "job submitted");
-            (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()
-        }
-        Err(Refusal::Forbidden(e)) => {
-            tracing::warn!(caller = %caller.name, "job refused: {e}");
-            refuse(StatusCode::FORBIDDEN, e)
-        }
-        Err(Refusal::Invalid(e)) => refuse(StatusCode::BAD_REQUEST, e),
-    }
-}
-
-/// Lets a request through with its [`auth::Caller`], or answers 401. The token is never
-/// logged: only the name it maps to.
-async fn authenticate(State(server): State<Server>, mut req: Request, next: Next) -> Response {
-    let caller = match &server.tokens {
-        None => Arc::new(auth::Caller::unauthenticated()),
-        Some(tokens) => {
-            let presented = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(auth::bearer);
-            match presented.and_then(|t| tokens.authenticate(t)) {
-                Some(c) => c,
-                None => {
-                    let mut resp = refuse(
-                        StatusCode::UNAUTHORIZED,
-                        "a valid bearer token is needed (hangar-coord --token-file or HANGAR_TOKEN)",
-                    );
-                    resp.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        header::HeaderValue::from_static("Bearer realm=\"hangar\""),
-                    );
-                    return resp;
-                }
-            }
-        }
-    };
-    req.extensions_mut().insert(caller);
-    next.run(req).await
-}
-
-async fn list(
-    State(server): State<Server>,
-    Extension(caller): Extension<Arc<auth::Caller>>,
-) -> Response {
-    if let Err(e) = caller.require(auth::Role::Read, "listing jobs") {
-        return refuse(StatusCode::FORBIDDEN, e);
-    }
-    let jobs: Vec<JobSnapshot> = server
-        .jobs
-        .lock()
-        .map(|j| j.values().map(snapshot_of).collect())
-        .unwrap_or_default();
-    Json(jobs).into_response()
-}
-
-async fn status(
-    State(server): State<Server>,
-    Extension(caller): Extension<Arc<auth::Caller>>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = caller.require(auth::Role::Read, "reading a job") {
-        return refuse(StatusCode::FORBIDDEN, e);
-    }
-    let snap = server
-        .jobs
-        .lock()
-        .ok()
-        .and_then(|j| j.get(&id).map(snapshot_of));
-    match snap {
-        Some(s) => Json(s).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": format!("no job {id}") })),
-        )
-            .into_response(),
-    }
-}
-
-/// Each image's outcomes of a finished job over images where they are: what the client
-/// renders its reports from.
-async fn results(
-    State(server): State<Server>,
-    Extension(caller): Extension<Arc<auth::Caller>>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = caller.require(auth::Role::Read, "reading a job") {
-        return refuse(StatusCode::FORBIDDEN, e);
-    }
-    let found = server.jobs.lock().ok().and_then(|j| {
-        j.get(&id)
-            .map(|r| (snapshot_of(r), r.results.as_ref().map(Arc::clone)))
-    });
-    let Some((snap, kept)) = found else {
-        return refuse(StatusCode::NOT_FOUND, format!("no job {id}"));
-    };
-    if snap.state == "running" || snap.state == "queued" {
-        return refuse(
-            StatusCode::CONFLICT,
-            format!("job {id} is still {}", snap.state),
-        );
-    }
-    match kept {
-        Some(kept) => {
-            let all = kept.lock().map(|k| k.clone()).unwrap_or_default();
-            Json(all).into_response()
-        }
-        None if snap.kind.is_empty() || snap.kind == "mirror" => refuse(
-            StatusCode::NOT_FOUND,
-            format!("job {id} copies images: its figures are the job itself"),
-        ),
-        None => refuse(
-            StatusCode::GONE,
-            format!(
-                "the results of job {id} are no longer held (the coordinator restarted since it ended)"
-            ),
-        ),
-    }
-}
-
-async fn cancel(
-    State(server): State<Server>,
-    Extension(caller): Extension<Arc<auth::Caller>>,
-    Path(id): Path<String>,
-) -> Response {
-    let owner = server
-        .jobs
-        .lock()
-        .ok()
-        .and_then(|j| j.get(&id).map(|r| r.owner.clone()));
-    let Some(owner) = owner else {
-        return refuse(StatusCode::NOT_FOUND, format!("no job {id}"));
-    };
-    if let Err(e) = caller.may_cancel(owner.as_deref()) {
-        return refuse(StatusCode::FORBIDDEN, e);
-    }
-    tracing::info!(job = %id, caller = %caller.name, "job cancelled");
-    let found = server.jobs.lock().ok().and_then(|mut j| {
-        j.get_mut(&id).map(|r| {
-            if let Ok(mut s) = r.snapshot.lock()
-                && s.state == "running"
-            {
-                s.state = "cancelled".into();
-            }
-            (snapshot_of(r), r.task.take())
-        })
-    });
-    let Some((snap, task)) = found else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": format!("no job {id}") })),
-        )
-            .into_response();
-    };
-    // Stop publishing first, so nothing lands after the purge.
-    if let Some(task) = task {
-        task.abort();
-        let _ = task.await;
-    }
-    let purged = purge_job(server.nats.clone(), &id).await.unwrap_or(0);
-    if let Ok(Some(entry)) = server.kv.get(&id).await
-        && let Ok(mut stored) = serde_json::from_slice::<StoredJob>(&entry)
-    {
-        stored.snapshot = snap.clone();
-        server.save(&id, &stored.request, &snap).await;
-    }
-    Json(serde_json::json!({ "id": id, "state": snap.state, "purged_tasks": purged }))
-        .into_response()
-}
-
-async fn metrics(State(server): State<Server>) -> impl IntoResponse {
-    let snapshots: Vec<JobSnapshot> = server
-        .jobs
-        .lock()
-        .map(|j| j.values().map(snapshot_of).collect())
-        .unwrap_or_default();
-    let page = server.metrics.render(&snapshots);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page)
 }
 
 /// How the API is reached and who may use it.

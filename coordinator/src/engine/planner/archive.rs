@@ -1,0 +1,245 @@
+//! Planning from an archive (`load`), and the archive entry of an image `save` copied.
+
+use hangar_shared::archive::{ArchiveImage, ArchiveReader, blob_entry};
+use hangar_shared::error::{Error, FailureClass, Result};
+use hangar_shared::manifest::{Descriptor, Manifest, PlatformFilter};
+
+use hangar_shared::digest::Digest;
+
+use super::{ImageJob, ImagePlan, NO_PLATFORM, Planned, PlatformPlan, TopPlan};
+
+/// Plans one archived image for `load`: the platform manifests its index entry lists,
+/// filtered by `--arch/--os`, read from the archive. The archive keeps no source index, so
+/// the destination index is built from these, as Hangar does.
+pub async fn plan_archive(
+    archive: &ArchiveReader,
+    image: &ArchiveImage,
+    job: &ImageJob,
+    filter: &PlatformFilter,
+    provenance: bool,
+) -> Result<Planned> {
+    let name = image.name();
+    if image.is_signature() {
+        return Err(Error::invalid(format!(
+            "{name}: image is a sigstore signature; load does not load signatures by themselves"
+        )));
+    }
+    if image.is_custom() {
+        return plan_archived_chart(archive, image, job).await;
+    }
+    let specs = image.selected(filter, provenance);
+    if !specs.iter().any(|s| !s.is_attestation()) {
+        return Ok(Planned::Skip(NO_PLATFORM.to_owned()));
+    }
+    let missing = |d: &Digest, what: &str| {
+        Error::invalid(format!(
+            "{name}: archive {}: entry {:?} ({what} {d}) is missing",
+            archive.label(),
+            blob_entry(d)
+        ))
+    };
+    let mut platforms = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if !archive.has_blob(&spec.digest) {
+            return Err(missing(&spec.digest, "manifest"));
+        }
+        for d in spec.blobs() {
+            if !archive.has_blob(d) {
+                return Err(missing(d, "blob"));
+            }
+        }
+        let manifest = archive.manifest(&spec.digest).await?;
+        let Manifest::Image(parsed) = manifest.parse()? else {
+            return Err(Error::new(
+                FailureClass::UnsupportedMediaType,
+                format!(
+                    "{name}: archived manifest {} is not an image manifest",
+                    spec.digest
+                ),
+            ));
+        };
+        let mut blobs: Vec<Descriptor> = Vec::new();
+        for b in parsed.blobs() {
+            if !archive.has_blob(&b.digest) {
+                return Err(missing(&b.digest, "blob"));
+            }
+            if !blobs.iter().any(|x| x.digest == b.digest) {
+                blobs.push(b.clone());
+            }
+        }
+        platforms.push(PlatformPlan {
+            entry: spec.descriptor(manifest.bytes.len() as u64),
+            manifest,
+            blobs,
+            inline: None,
+            push_tag: None,
+        });
+    }
+    let top = match &job.dest.tag {
+        Some(tag) => TopPlan::Index {
+            tag: tag.clone(),
+            source_index: None,
+        },
+        None => TopPlan::Nothing,
+    };
+    Ok(Planned::Plan(ImagePlan {
+        platforms,
+        top,
+        source: None,
+    }))
+}
+
+/// A stored Helm chart (`archive store chart`) is pushed as it is, digests preserved, at
+/// `dest:<tag>` without an index (as Hangar does); stored custom files are skipped.
+async fn plan_archived_chart(
+    archive: &ArchiveReader,
+    image: &ArchiveImage,
+    job: &ImageJob,
+) -> Result<Planned> {
+    let skip = || {
+        Ok(Planned::Skip(
+            "a stored custom file, not an image (not loaded)".to_owned(),
+        ))
+    };
+    let [spec] = image.images.as_slice() else {
+        return skip();
+    };
+    if !archive.has_blob(&spec.digest) {
+        return skip();
+    }
+    let manifest = archive.manifest(&spec.digest).await?;
+    let Manifest::Image(parsed) = manifest.parse()? else {
+        return skip();
+    };
+    if parsed.layers.first().map(|l| l.media_type.as_str())
+        != Some(hangar_shared::archive::custom::HELM_CHART_LAYER)
+    {
+        return skip();
+    }
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    for b in parsed.blobs() {
+        if !archive.has_blob(&b.digest) {
+            return Err(Error::invalid(format!(
+                "{}: archive {}: entry {:?} (blob {}) is missing",
+                image.name(),
+                archive.label(),
+                blob_entry(&b.digest),
+                b.digest
+            )));
+        }
+        if !blobs.iter().any(|x| x.digest == b.digest) {
+            blobs.push(b.clone());
+        }
+    }
+    let tag = job.dest.tag.clone().unwrap_or_else(|| image.tag.clone());
+    Ok(Planned::Plan(ImagePlan {
+        platforms: vec![PlatformPlan {
+            entry: spec.descriptor(manifest.bytes.len() as u64),
+            manifest,
+            blobs,
+            inline: None,
+            push_tag: Some(tag),
+        }],
+        top: TopPlan::Nothing,
+        source: None,
+    }))
+}
+
+/// The archive index entry for an image `save` copied.
+pub fn archive_image(job: &ImageJob, plan: &ImagePlan) -> Result<ArchiveImage> {
+    let mut specs = Vec::with_capacity(plan.platforms.len());
+    for p in plan.platforms.iter().filter(|p| !p.is_attachment()) {
+        let Manifest::Image(image) = p.manifest.parse()? else {
+            return Err(Error::internal("a platform plan without an image manifest"));
+        };
+        let layers = image
+            .layers
+            .iter()
+            .filter(|l| !l.is_foreign())
+            .map(|l| l.digest.clone())
+            .collect();
+        specs.push(hangar_shared::archive::ImageSpec::from_descriptor(
+            &p.entry,
+            &image.config.digest,
+            layers,
+        ));
+    }
+    let source = &job.source;
+    let tag = source
+        .tag
+        .clone()
+        .or_else(|| source.digest.as_ref().map(|d| d.to_string()))
+        .unwrap_or_else(|| hangar_shared::reference::DEFAULT_TAG.to_owned());
+    Ok(ArchiveImage::new(
+        format!("{}/{}", source.registry, source.repository()),
+        tag,
+        specs,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::tracker::testkit::{blob, job, platform};
+    use bytes::Bytes;
+    use hangar_shared::manifest::RawManifest;
+
+    #[test]
+    fn an_archive_entry_lists_platform_manifests_without_attachments_or_foreign_layers() {
+        let (config, layer) = (blob("config"), blob("layer"));
+        let mut foreign = blob("foreign");
+        foreign.media_type = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip".into();
+        let amd64 = platform("amd64", &[config.clone(), layer.clone(), foreign]);
+        let digest = amd64.manifest.digest.clone();
+        let mut sig = platform("unknown", &[blob("sig-config")]);
+        sig.push_tag = Some("sha256-abc.sig".into());
+        assert!(sig.is_attachment() && !amd64.is_attachment());
+        let plan = ImagePlan {
+            platforms: vec![amd64, sig],
+            top: TopPlan::Nothing,
+            source: None,
+        };
+        let entry = archive_image(&job("src.io/lib/a:1", "dst.io/proj/a:1"), &plan).expect("entry");
+        assert_eq!(
+            (entry.source.as_str(), entry.tag.as_str()),
+            ("src.io/lib/a", "1")
+        );
+        assert_eq!(entry.arch_list, ["amd64"]);
+        assert_eq!(entry.images.len(), 1, "the attachment is not archived");
+        let spec = &entry.images[0];
+        assert_eq!(spec.digest, digest);
+        assert_eq!(spec.config.as_ref(), Some(&config.digest));
+        assert_eq!(spec.layers, [layer.digest], "foreign layers live elsewhere");
+    }
+
+    #[test]
+    fn an_archive_entry_of_a_tagless_pinned_line_is_tagged_by_its_digest() {
+        let pin = hangar_shared::digest::Digest::of(b"index");
+        let plan = ImagePlan {
+            platforms: vec![platform("amd64", &[blob("config")])],
+            top: TopPlan::Nothing,
+            source: None,
+        };
+        let job = job(&format!("src.io/lib/a@{pin}"), "dst.io/proj/a:1");
+        let entry = archive_image(&job, &plan).expect("entry");
+        assert_eq!(entry.tag, pin.to_string());
+        assert_eq!(entry.reference().expect("reference").digest, Some(pin));
+    }
+
+    #[test]
+    fn an_archive_entry_needs_image_manifests() {
+        let mut odd = platform("amd64", &[blob("config")]);
+        odd.manifest = RawManifest::from_bytes(
+            Bytes::from_static(br#"{"schemaVersion":2,"manifests":[]}"#),
+            None,
+        )
+        .expect("an index");
+        let plan = ImagePlan {
+            platforms: vec![odd],
+            top: TopPlan::Nothing,
+            source: None,
+        };
+        let err = archive_image(&job("src.io/lib/a:1", "dst.io/proj/a:1"), &plan).unwrap_err();
+        assert_eq!(err.class, FailureClass::Internal);
+    }
+}

@@ -1,0 +1,341 @@
+//! The planner: resolves one list entry's source manifests (index → platform manifests
+//! filtered by `--arch/--os`, attestations kept with their images) into an [`ImagePlan`]:
+//! which platform manifests to push, which blobs each needs, and what goes at the tag.
+//! It does no copying; the tracker turns plans into tasks.
+//!
+//! `select` reads an image's top manifest and picks its platforms; `archive` plans images
+//! read from an archive (`load`) and the archive entry of an image saved.
+
+mod archive;
+mod select;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hangar_shared::archive::ArchiveImage;
+use hangar_shared::cache::BlobCache;
+use hangar_shared::digest::Digest;
+use hangar_shared::error::{Error, FailureClass, Result};
+use hangar_shared::imagelist::ListEntry;
+use hangar_shared::manifest::{Descriptor, Manifest, PlatformFilter, RawManifest};
+use hangar_shared::reference::ImageRef;
+use hangar_shared::registry::Side;
+use hangar_shared::store::{ImageStore, RepoRef};
+
+pub use archive::{archive_image, plan_archive};
+pub use select::{read_config, select};
+
+/// One list entry with its resolved endpoints.
+#[derive(Debug, Clone)]
+pub struct ImageJob {
+    pub entry: ListEntry,
+    pub source: ImageRef,
+    pub dest: ImageRef,
+    /// The image's entry in the archive it is loaded from.
+    pub archived: Option<Arc<ArchiveImage>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// The source's top manifest (index or platform manifest).
+    pub top: Option<RawManifest>,
+    /// Selected entries: platform descriptors (with platform and annotations), attestations included.
+    pub entries: Vec<Descriptor>,
+    /// Every entry of a source index was selected.
+    pub complete: bool,
+    /// The source is a single platform manifest, not an index.
+    pub single: bool,
+    /// The config blob, already read to learn a single manifest's platform.
+    pub config: Option<Bytes>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlatformPlan {
+    pub entry: Descriptor,
+    pub manifest: RawManifest,
+    /// Unique blobs, config first.
+    pub blobs: Vec<Descriptor>,
+    /// Blob bytes the planner already holds (the config of a single manifest).
+    pub inline: Option<(Digest, Bytes)>,
+    /// A cosign attachment (`sha256-<hex>.sig` / `.att`) pushed at this tag, outside the index.
+    pub push_tag: Option<String>,
+}
+
+impl PlatformPlan {
+    pub fn is_attachment(&self) -> bool {
+        self.push_tag.is_some()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum TopPlan {
+    /// An index at `tag`; `source_index` is set when the source index is complete.
+    Index {
+        tag: String,
+        source_index: Option<RawManifest>,
+    },
+    /// A digest-pinned line without a tag: the complete source index, by digest.
+    ByDigest(RawManifest),
+    /// Nothing beyond the platform manifests (a digest-pinned single image, or a
+    /// digest-pinned index whose platforms were filtered).
+    Nothing,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImagePlan {
+    pub platforms: Vec<PlatformPlan>,
+    pub top: TopPlan,
+    /// Where the image's blobs are read, when not its own registry and repository (a
+    /// `registries.conf` mirror or redirect that planned it).
+    pub source: Option<RepoRef>,
+}
+
+#[derive(Debug)]
+pub enum Planned {
+    Plan(ImagePlan),
+    /// Nothing to copy, not a failure (Hangar's "no available image for specified arch and os").
+    Skip(String),
+    /// The destination tag already lists everything selected (this digest): a re-run's
+    /// image, found with one look at the destination instead of a copy of no-ops.
+    Present(Digest),
+}
+
+/// The largest blob carried inline in a task.
+pub const INLINE_LIMIT: usize = 256 << 10;
+
+pub const NO_PLATFORM: &str = "no available image for specified arch and os";
+
+/// Whether the destination's manifest at the image's tag already holds the selection: the
+/// very source index for a complete one, an index listing every selected digest for a
+/// subset (one the merge would leave as it is; a registry holds what its indexes list).
+async fn already_present(
+    dest: &dyn ImageStore,
+    job: &ImageJob,
+    selection: &Selection,
+) -> Result<Option<Digest>> {
+    let Some(found) = dest
+        .get_manifest(
+            &job.dest.repository(),
+            &job.dest.manifest_reference(),
+            Side::Destination,
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    // A complete selection is copied as the source index itself: only that is present.
+    if selection.complete {
+        let same = selection
+            .top
+            .as_ref()
+            .is_some_and(|t| t.digest == found.digest);
+        return Ok(same.then_some(found.digest));
+    }
+    let Ok(Manifest::Index(index)) = found.parse() else {
+        return Ok(None);
+    };
+    let listed = |d: &Digest| index.manifests.iter().any(|m| &m.digest == d);
+    Ok(selection
+        .entries
+        .iter()
+        .all(|e| listed(&e.digest))
+        .then_some(found.digest))
+}
+
+/// Resolves everything one image needs. `dest`: the destination to look at first (a registry destination of a plain copy), so
+/// that an image whose tag already lists its selection is found present — when the source
+/// holds no signature or attestation for it that a copy would carry.
+pub async fn plan(
+    store: &dyn ImageStore,
+    cache: Option<&BlobCache>,
+    job: &ImageJob,
+    filter: &PlatformFilter,
+    provenance: bool,
+    signatures: bool,
+    dest: Option<&dyn ImageStore>,
+) -> Result<Planned> {
+    let source = &job.source;
+    if source.is_signature_tag() {
+        return Err(Error::invalid(format!(
+            "{source}: image is a sigstore signature"
+        )));
+    }
+    let selection = select(store, cache, source, filter, provenance).await?;
+    if !selection.entries.iter().any(|e| !e.is_attestation()) {
+        return Ok(Planned::Skip(NO_PLATFORM.to_owned()));
+    }
+    let Some(top) = selection.top.clone() else {
+        return Err(Error::internal("selection without a manifest"));
+    };
+    let repo = source.repository();
+    if let Some(dest) = dest
+        && job.dest.tag.is_some()
+    {
+        // Both looks at once: the destination's tag, and what a copy would carry beside it.
+        let mut kept: Vec<Digest> = selection.entries.iter().map(|e| e.digest.clone()).collect();
+        if selection.complete {
+            kept.push(top.digest.clone());
+        }
+        let carried = async {
+            match signatures {
+                true => attachments(store, &repo, &kept).await.map(|a| a.is_empty()),
+                false => Ok(true),
+            }
+        };
+        let (present, nothing_carried) =
+            futures_util::future::join(already_present(dest, job, &selection), carried).await;
+        // The look is a shortcut, not a step: a destination this process may not read (on
+        // the fleet only the workers may hold its credentials) is planned as ever.
+        let present = present.unwrap_or_else(|e| {
+            tracing::debug!(image = %job.dest, "the destination's tag could not be read: {e}");
+            None
+        });
+        if let (Some(digest), true) = (present, nothing_carried?) {
+            return Ok(Planned::Present(digest));
+        }
+    }
+    let mut platforms = Vec::with_capacity(selection.entries.len());
+    for entry in &selection.entries {
+        let manifest = if selection.single {
+            top.clone()
+        } else {
+            store
+                .get_manifest(&repo, &entry.digest.to_string(), Side::Source)
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "{source}: platform manifest {} is missing",
+                        entry.digest
+                    ))
+                })?
+        };
+        let image = match manifest.parse()? {
+            Manifest::Image(i) => i,
+            Manifest::Index(_) => {
+                return Err(Error::new(
+                    FailureClass::UnsupportedMediaType,
+                    format!(
+                        "{source}: unsupported media type {} for platform entry {} (an index inside an index)",
+                        manifest.media_type, entry.digest
+                    ),
+                ));
+            }
+            Manifest::Schema1 => {
+                return Err(Error::new(
+                    FailureClass::UnsupportedMediaType,
+                    format!(
+                        "{source}: schema1 manifest {} inside a manifest list is not supported",
+                        entry.digest
+                    ),
+                ));
+            }
+        };
+        let mut blobs: Vec<Descriptor> = Vec::new();
+        for b in image.blobs() {
+            if !blobs.iter().any(|x| x.digest == b.digest) {
+                blobs.push(b.clone());
+            }
+        }
+        let mut entry = entry.clone();
+        entry.media_type = manifest.media_type.clone();
+        entry.size = manifest.bytes.len() as u64;
+        // Small enough to ride in a task message (NATS' default limit is 1 MiB, base64 adds
+        // a third); a bigger config is fetched again by the blob task.
+        let inline = match (&selection.config, selection.single) {
+            (Some(bytes), true) if bytes.len() <= INLINE_LIMIT => {
+                Some((image.config.digest.clone(), bytes.clone()))
+            }
+            _ => None,
+        };
+        platforms.push(PlatformPlan {
+            entry,
+            manifest,
+            blobs,
+            inline,
+            push_tag: None,
+        });
+    }
+    let top_plan = match &job.dest.tag {
+        Some(tag) => TopPlan::Index {
+            tag: tag.clone(),
+            source_index: selection.complete.then_some(top),
+        },
+        None if selection.complete => TopPlan::ByDigest(top),
+        None if selection.single => TopPlan::Nothing,
+        // Pushing a subset of a pinned index's platforms with nothing tagged would leave
+        // manifests that nothing references and that garbage collection may take.
+        None => {
+            return Err(Error::invalid(format!(
+                "{source}: --arch/--os select only some platforms of the pinned index; \
+                 a digest-pinned line without a tag copies the whole index (select all \
+                 platforms, or add a tag: name:tag@sha256:…)"
+            )));
+        }
+    };
+    if signatures {
+        // Digests that keep their identity at the destination: every platform manifest, and
+        // the index when it is pushed unchanged.
+        let mut kept: Vec<Digest> = platforms
+            .iter()
+            .map(|p| p.manifest.digest.clone())
+            .collect();
+        match &top_plan {
+            TopPlan::Index {
+                source_index: Some(i),
+                ..
+            }
+            | TopPlan::ByDigest(i) => kept.push(i.digest.clone()),
+            _ => {}
+        }
+        platforms.extend(attachments(store, &repo, &kept).await?);
+    }
+    Ok(Planned::Plan(ImagePlan {
+        platforms,
+        top: top_plan,
+        source: None,
+    }))
+}
+
+/// The cosign signatures and attestations (`sha256-<hex>.sig`, `.att`) the source holds for
+/// `digests`, looked up all at once. (A tag listing would be one request, but registries
+/// page long tag lists, and popular repositories have thousands of tags.)
+async fn attachments(
+    store: &dyn ImageStore,
+    repo: &str,
+    digests: &[Digest],
+) -> Result<Vec<PlatformPlan>> {
+    let tags: Vec<String> = digests
+        .iter()
+        .flat_map(|d| ["sig", "att"].map(|s| format!("{}.{s}", d.tag_form())))
+        .collect();
+    let found = futures_util::future::try_join_all(
+        tags.iter()
+            .map(|tag| store.get_manifest(repo, tag, Side::Source)),
+    )
+    .await?;
+    let mut out = Vec::new();
+    for (tag, manifest) in tags.into_iter().zip(found) {
+        {
+            let Some(manifest) = manifest else {
+                continue;
+            };
+            let Manifest::Image(image) = manifest.parse()? else {
+                continue;
+            };
+            let mut blobs: Vec<Descriptor> = Vec::new();
+            for b in image.blobs() {
+                if !blobs.iter().any(|x| x.digest == b.digest) {
+                    blobs.push(b.clone());
+                }
+            }
+            out.push(PlatformPlan {
+                entry: manifest.descriptor(),
+                manifest,
+                blobs,
+                inline: None,
+                push_tag: Some(tag),
+            });
+        }
+    }
+    Ok(out)
+}
