@@ -21,16 +21,19 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
-use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
 use crate::reference::ImageRef;
-use crate::registry::Side;
 use crate::sign::PublicKey;
-use crate::sign::cosign::{self, Verdict};
+use crate::sign::cosign;
 use crate::store::ImageStore;
 
+mod name;
 mod parse;
+mod verify;
+
+use name::DockerName;
 use parse::{only_fields, requirements, validate_docker_scope};
+use verify::{signed, top_digest};
 
 /// Under `$HOME`.
 pub const USER_POLICY: &str = ".config/containers/policy.json";
@@ -346,201 +349,6 @@ impl Policy {
                     return Err(self.refusal(image, &scope, req, reason));
                 }
             }
-        }
-        Ok(())
-    }
-}
-
-/// The digest of the source's top manifest, the one containers/image verifies.
-async fn top_digest(store: &dyn ImageStore, image: &ImageRef) -> Result<Digest> {
-    store
-        .get_manifest(
-            &image.repository(),
-            &image.manifest_reference(),
-            Side::Source,
-        )
-        .await?
-        .map(|m| m.digest)
-        .ok_or_else(|| Error::not_found(format!("{image}: manifest unknown")))
-}
-
-/// `Ok(Err(reason))` when no signature of `digest` is accepted by one of `keys` with
-/// `identity`, in containers/image's words.
-async fn signed(
-    store: &dyn ImageStore,
-    repo: &str,
-    image: &ImageRef,
-    digest: &Digest,
-    keys: &[KeySource],
-    identity: &Identity,
-) -> Result<std::result::Result<(), String>> {
-    let Some(intended) = DockerName::parse(&image.to_string()) else {
-        return Ok(Err(format!("{image} is not a valid Docker reference")));
-    };
-    let hint = identity.hint(image, &intended);
-    let mut reasons: Vec<String> = Vec::new();
-    let mut found = false;
-    for source in keys {
-        let key = match source.load() {
-            Ok(k) => k,
-            Err(e) => {
-                reasons.push(e);
-                continue;
-            }
-        };
-        // With the likely identity first, so that of several signatures by this key the
-        // one for this repository is found; then any, for the exact reason of a refusal.
-        let passes = [hint.as_deref(), None];
-        for exact in passes.iter().take(if hint.is_some() { 2 } else { 1 }) {
-            let last = exact.is_none();
-            match cosign::verify(store, repo, digest, &key, *exact).await? {
-                Verdict::NoSignature => break,
-                Verdict::Invalid(why) => {
-                    found = true;
-                    if last {
-                        reasons.push(why);
-                    }
-                }
-                Verdict::Verified { payload } => {
-                    found = true;
-                    let claimed = signed_identity(&payload);
-                    if identity.matches(&intended, &claimed) {
-                        return Ok(Ok(()));
-                    }
-                    if last {
-                        reasons.push(format!(
-                            "Signature for identity {claimed:?} is not accepted"
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    if !found && reasons.is_empty() {
-        return Ok(Err(
-            "A signature was required, but no signature exists".into()
-        ));
-    }
-    reasons.dedup();
-    Ok(Err(match reasons.as_slice() {
-        [one] => one.clone(),
-        _ => format!(
-            "None of the signatures were accepted, reasons: {}",
-            reasons.join("; ")
-        ),
-    }))
-}
-
-fn signed_identity(payload: &str) -> String {
-    serde_json::from_str::<Value>(payload)
-        .ok()
-        .and_then(|v| {
-            v["critical"]["identity"]["docker-reference"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .unwrap_or_default()
-}
-
-/// A Docker reference normalised as the distribution library's `ParseNormalizedNamed`:
-/// Docker Hub as `docker.io` (`index.docker.io` too), its one-component names under
-/// `library/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct DockerName {
-    /// `host[:port]/path`.
-    name: String,
-    tag: Option<String>,
-    digest: Option<String>,
-}
-
-impl DockerName {
-    fn parse(input: &str) -> Option<Self> {
-        let (named, digest) = match input.split_once('@') {
-            Some((n, d)) => {
-                let (algo, hex) = d.split_once(':')?;
-                if algo.is_empty() || hex.is_empty() {
-                    return None;
-                }
-                (n, Some(d.to_owned()))
-            }
-            None => (input, None),
-        };
-        let slash = named.rfind('/').map_or(0, |i| i + 1);
-        let (named, tag) = match named[slash..].rfind(':') {
-            Some(i) => (&named[..slash + i], Some(named[slash + i + 1..].to_owned())),
-            None => (named, None),
-        };
-        if tag.as_deref().is_some_and(str::is_empty) {
-            return None;
-        }
-        let parts: Vec<&str> = named.split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) {
-            return None;
-        }
-        let first = parts[0];
-        let (host, path) = if parts.len() > 1
-            && (first.contains(['.', ':']) || first == "localhost" || first != first.to_lowercase())
-        {
-            (first, parts[1..].to_vec())
-        } else {
-            ("docker.io", parts)
-        };
-        let host = if host == "index.docker.io" {
-            "docker.io"
-        } else {
-            host
-        };
-        if path.iter().any(|p| *p != p.to_lowercase()) {
-            return None;
-        }
-        let mut path = path.join("/");
-        if host == "docker.io" && !path.contains('/') {
-            path = format!("library/{path}");
-        }
-        Some(Self {
-            name: format!("{host}/{path}"),
-            tag,
-            digest,
-        })
-    }
-
-    fn is_name_only(&self) -> bool {
-        self.tag.is_none() && self.digest.is_none()
-    }
-
-    /// The docker transport's scopes for this image, most specific first (without `""`).
-    fn scopes(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(d) = &self.digest {
-            out.push(format!("{}@{d}", self.name));
-        }
-        if let Some(t) = &self.tag {
-            out.push(format!("{}:{t}", self.name));
-        }
-        let mut name = self.name.as_str();
-        out.push(name.to_owned());
-        while let Some((parent, _)) = name.rsplit_once('/') {
-            out.push(parent.to_owned());
-            name = parent;
-        }
-        let host = name.split(':').next().unwrap_or(name);
-        let mut rest = host;
-        while let Some((_, tail)) = rest.split_once('.') {
-            out.push(format!("*.{tail}"));
-            rest = tail;
-        }
-        out
-    }
-}
-
-impl std::fmt::Display for DockerName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name)?;
-        if let Some(t) = &self.tag {
-            write!(f, ":{t}")?;
-        }
-        if let Some(d) = &self.digest {
-            write!(f, "@{d}")?;
         }
         Ok(())
     }

@@ -1,0 +1,94 @@
+//! Events: published with the stream's ack awaited, and followed per job.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{EVENT_STREAM, PUBLISH_PATIENCE, bus, ensure_streams, event_subject};
+use crate::error::{Error, Result};
+use crate::queue::EventSink;
+use crate::task::Event;
+
+/// Publishes events to `hangar.event.<job>`, waiting for the stream's ack (retrying
+/// through a short NATS outage) before the caller may ack the task.
+pub struct JetStreamSink {
+    js: jetstream::Context,
+}
+
+impl JetStreamSink {
+    pub fn new(client: async_nats::Client) -> Self {
+        Self {
+            js: jetstream::new(client),
+        }
+    }
+}
+
+#[async_trait]
+impl EventSink for JetStreamSink {
+    /// One publish, its ack not awaited: a lost notice costs a line of the job's view.
+    async fn notify(&self, event: Event) {
+        if let Ok(payload) = serde_json::to_vec(&event) {
+            let _ = self
+                .js
+                .publish(event_subject(&event.job), payload.into())
+                .await;
+        }
+    }
+
+    async fn emit(&self, event: Event) -> Result<()> {
+        let payload = serde_json::to_vec(&event).map_err(|e| Error::internal(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let sent = async {
+                self.js
+                    .publish(event_subject(&event.job), payload.clone().into())
+                    .await
+                    .map_err(bus)?
+                    .await
+                    .map_err(bus)
+            };
+            match sent.await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() + delay > deadline => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Follows a job's events from the start of the stream into a channel.
+pub async fn follow_events(
+    client: async_nats::Client,
+    job: &str,
+) -> Result<mpsc::UnboundedReceiver<Event>> {
+    let js = jetstream::new(client);
+    ensure_streams(&js).await?;
+    let stream = js.get_stream(EVENT_STREAM).await.map_err(bus)?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: event_subject(job),
+            ..Default::default()
+        })
+        .await
+        .map_err(bus)?;
+    let mut messages = consumer.messages().await.map_err(bus)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(msg) = messages.next().await {
+            let Ok(msg) = msg else { continue };
+            if let Ok(event) = serde_json::from_slice::<Event>(&msg.payload)
+                && tx.send(event).is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
