@@ -395,4 +395,65 @@ async fn registries_conf_mirrors_serve_an_unreachable_registry() {
     let copied = common::skopeo_raw(&format!("{}/mirrored/app:1", env.dst.addr))
         .expect("the image was mirrored");
     assert_eq!(index_digests(&copied), vec![sha(&pushed.bytes)]);
+
+    // The commands that read images where they are read them through the mirrors too.
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/hangar-test-auth.json")
+            .env("HOME", &home)
+            .env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .output()
+            .expect("hangar-coord")
+    };
+    let out = run(&["inspect", &format!("docker://{gone}/team/app:1")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&sha(&pushed.bytes))
+            && text(&out).contains(&format!("{gone}/team/app")),
+        "read through the mirror, named as asked: {}",
+        text(&out)
+    );
+    let out = run(&[
+        "mirror",
+        "validate",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        &env.dst.addr,
+        "--destination-project",
+        "mirrored",
+        "-o",
+        env.path("vf.txt").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 passed, 0 failed"), "{}", text(&out));
+    let db = env.path("db");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(
+        db.join("X-1.json"),
+        r#"{"id":"X-1","modified":"2026-11-01T00:00:00Z","affected":[]}"#,
+    )
+    .unwrap();
+    let out = run(&[
+        "scan",
+        "-f",
+        list.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--skip-db-age-check",
+        "-r",
+        env.path("scan.csv").to_str().unwrap(),
+        "-o",
+        env.path("sf.txt").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "Scanned [{gone}/team/app:1@{}]",
+            sha(&pushed.bytes)
+        )),
+        "{}",
+        text(&out)
+    );
 }

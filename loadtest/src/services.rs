@@ -150,21 +150,30 @@ pub struct NatsProcess {
 
 impl NatsProcess {
     pub fn start() -> io::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("hangar-nats-").tempdir()?;
-        let (port, monitor) = (free_port()?, free_port()?);
-        let child = spawn_nats(dir.path(), port, monitor)?;
-        let mut nats = Self {
-            addr: format!("127.0.0.1:{port}"),
-            child,
-            dir,
-            port,
-            monitor,
-        };
-        if let Err(e) = wait_for_port(&nats.addr, Duration::from_secs(15)) {
-            let _ = nats.child.kill();
-            return Err(e);
+        // A free port can be taken by another test between asking and binding: a server
+        // that does not come up is started again on new ports.
+        let mut last = None;
+        for _ in 0..3 {
+            let dir = tempfile::Builder::new().prefix("hangar-nats-").tempdir()?;
+            let (port, monitor) = (free_port()?, free_port()?);
+            let child = spawn_nats(dir.path(), port, monitor)?;
+            let mut nats = Self {
+                addr: format!("127.0.0.1:{port}"),
+                child,
+                dir,
+                port,
+                monitor,
+            };
+            match wait_for_port(&nats.addr, Duration::from_secs(15)) {
+                Ok(()) => return Ok(nats),
+                Err(e) => {
+                    let _ = nats.child.kill();
+                    let _ = nats.child.wait();
+                    last = Some(e);
+                }
+            }
         }
-        Ok(nats)
+        Err(last.unwrap_or_else(|| io::Error::other("nats-server did not start")))
     }
 
     pub fn url(&self) -> String {

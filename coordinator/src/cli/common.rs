@@ -63,13 +63,14 @@ pub struct RegistryArgs {
 }
 
 /// [`RegistryArgs`] as Hangar's skopeo-style commands take them (inspect, list-tags,
-/// delete, merge-manifest): `--tls-verify` is a plain boolean, `[default: true]` in their
-/// help. A second group rather than one, so that help stays as it was.
+/// delete, merge-manifest), with skopeo's help: true unless told, as skopeo does, and then
+/// `registries.conf` may mark a registry insecure.
 #[derive(Args, Debug, Clone)]
 pub struct VerifyingRegistryArgs {
-    /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP.
-    #[arg(long = "tls-verify", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
-    pub tls_verify: bool,
+    /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP [default: true;
+    /// left out, a registry registries.conf marks `insecure` is not verified].
+    #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: Option<bool>,
     /// Auth file to read registry credentials from first (`login` writes there).
     #[arg(long = "authfile")]
     pub authfile: Option<PathBuf>,

@@ -10,10 +10,7 @@ use crate::console::Console;
 pub async fn run(args: &DeleteArgs, console: &Console) -> Result<()> {
     let name = super::docker_reference(&args.reference, console)?;
     let r = ImageRef::parse(&name)?;
-    let pool = super::pool(
-        Some(args.access.tls_verify),
-        args.access.authfile.as_deref(),
-    );
+    let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
     let reg = pool.registry(&r.registry).await?;
     let Some(m) = reg
         .manifest_opt(&r.repository(), &r.manifest_reference(), Side::Destination)

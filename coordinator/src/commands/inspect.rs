@@ -25,18 +25,10 @@ fn host_arch() -> &'static str {
 pub async fn run(args: &InspectArgs, console: &Console) -> Result<()> {
     let name = super::docker_reference(&args.reference, console)?;
     let r = ImageRef::parse(&name)?;
-    let pool = super::pool(
-        Some(args.access.tls_verify),
-        args.access.authfile.as_deref(),
-    );
-    let reg = pool.registry(&r.registry).await?;
-    let repo = r.repository();
-    let Some(top) = reg
-        .manifest_opt(&repo, &r.manifest_reference(), Side::Source)
-        .await?
-    else {
-        bail!("manifest unknown: {r}");
-    };
+    let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
+    // Read where registries.conf says to pull it from (its mirrors first), named as asked.
+    let (reg, read_at, top) = crate::engine::pull_source::manifest_at(&pool, &r).await?;
+    let repo = read_at.repository();
     if args.raw {
         std::io::stdout().write_all(&top.bytes)?;
         return Ok(());
@@ -102,7 +94,7 @@ pub async fn run(args: &InspectArgs, console: &Console) -> Result<()> {
     }
     let cfg: Value = serde_json::from_slice(&config).unwrap_or(Value::Null);
     let info = json!({
-        "Name": format!("{}/{}", r.registry, repo),
+        "Name": format!("{}/{}", r.registry, r.repository()),
         "Digest": top.digest.to_string(),
         "Tag": r.tag.clone().unwrap_or_default(),
         "Created": cfg.get("created").cloned().unwrap_or(Value::Null),

@@ -57,7 +57,7 @@ pub async fn run(args: &InspectListArgs, debug: bool, console: &Console) -> Resu
         jobs: args.jobs,
         timeout: args.timeout.clone(),
         access: RegistryArgs {
-            tls_verify: Some(args.access.tls_verify),
+            tls_verify: args.access.tls_verify,
             authfile: args.access.authfile.clone(),
         },
         skip_login: false,
@@ -66,10 +66,7 @@ pub async fn run(args: &InspectListArgs, debug: bool, console: &Console) -> Resu
         bus: Default::default(),
     };
     let t = super::targets::targets(&list, debug, console)?;
-    let pool = super::pool(
-        Some(args.access.tls_verify),
-        args.access.authfile.as_deref(),
-    );
+    let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
     let pool = &pool;
     let (timeout, every) = (t.timeout, PlatformFilter::default());
     let every = &every;

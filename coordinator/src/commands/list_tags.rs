@@ -9,10 +9,7 @@ use crate::console::Console;
 pub async fn run(args: &RepoArgs, console: &Console) -> Result<()> {
     let name = super::docker_reference(&args.repository, console)?;
     let r = ImageRef::parse(&name)?;
-    let pool = super::pool(
-        Some(args.access.tls_verify),
-        args.access.authfile.as_deref(),
-    );
+    let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
     let reg = pool.registry(&r.registry).await?;
     let tags = reg.tags(&r.repository()).await?;
     println!("{}", serde_json::to_string_pretty(&tags)?);

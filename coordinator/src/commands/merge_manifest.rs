@@ -33,7 +33,7 @@ pub async fn run(args: &MergeManifestArgs, console: &Console) -> Result<()> {
             );
         }
     }
-    let pool = super::pool(Some(args.access.tls_verify), None);
+    let pool = super::pool(args.access.tls_verify, None);
     let reg = pool.registry(&target.registry).await?;
     let repo = target.repository();
     let mut added = Vec::new();

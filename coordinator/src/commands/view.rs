@@ -69,10 +69,7 @@ pub async fn run(args: &ViewArgs, kind: Kind, console: &Console) -> Result<()> {
     if let Some(out) = &args.output {
         super::may_overwrite(&out.display().to_string(), args.yes)?;
     }
-    let pool = super::pool(
-        Some(args.access.tls_verify),
-        args.access.authfile.as_deref(),
-    );
+    let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
     let reg = pool.registry(&r.registry).await?;
     let repo = r.repository();
     let Some(top) = reg

@@ -9,9 +9,10 @@
 
 use hangar_shared::cache::BlobCache;
 use hangar_shared::error::{Error, Result};
-use hangar_shared::manifest::PlatformFilter;
+use hangar_shared::manifest::{PlatformFilter, RawManifest};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::RegistriesConf;
+use hangar_shared::registry::Side;
 use hangar_shared::store::{RegistryPool, RepoRef};
 
 use crate::engine::planner::{self, ImageJob, Planned};
@@ -95,6 +96,74 @@ impl Planning<'_> {
         )
         .await
     }
+}
+
+/// Reads `image`'s selection where `registries.conf` says to pull it from: its mirrors in
+/// order, then the registry itself, the first that has it winning (a failure is passed over,
+/// the last one is the image's). Returns where it was read, for the tasks that read it again.
+pub async fn select_at(
+    pool: &RegistryPool,
+    cache: Option<&BlobCache>,
+    image: &ImageRef,
+    filter: &PlatformFilter,
+    provenance: bool,
+) -> Result<(ImageRef, planner::Selection)> {
+    let candidates = candidates(image)?;
+    let last = candidates.len() - 1;
+    for (n, candidate) in candidates.into_iter().enumerate() {
+        let selected = async {
+            let store = pool.registry(&candidate.registry).await?;
+            planner::select(store.as_ref(), cache, &candidate, filter, provenance).await
+        }
+        .await;
+        match selected {
+            Ok(selection) => return Ok((candidate, selection)),
+            Err(e) if n < last => {
+                tracing::debug!(image = %image, from = %candidate, "passed over (registries.conf): {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::internal("no source to read from"))
+}
+
+/// `image`'s top manifest where `registries.conf` says to pull it from (mirrors first, the
+/// first that has it), with the registry and the name it was read at.
+pub async fn manifest_at(
+    pool: &RegistryPool,
+    image: &ImageRef,
+) -> Result<(
+    std::sync::Arc<hangar_shared::registry::Registry>,
+    ImageRef,
+    RawManifest,
+)> {
+    let candidates = candidates(image)?;
+    let last = candidates.len() - 1;
+    for (n, candidate) in candidates.into_iter().enumerate() {
+        let found = async {
+            let reg = pool.registry(&candidate.registry).await?;
+            let top = reg
+                .manifest_opt(
+                    &candidate.repository(),
+                    &candidate.manifest_reference(),
+                    Side::Source,
+                )
+                .await?;
+            Ok::<_, Error>((reg, top))
+        }
+        .await;
+        match found {
+            Ok((reg, Some(top))) => return Ok((reg, candidate, top)),
+            Ok((_, None)) if n == last => {
+                return Err(Error::not_found(format!("manifest unknown: {image}")));
+            }
+            Err(e) if n == last => return Err(e),
+            Ok((_, None)) | Err(_) => {
+                tracing::debug!(image = %image, from = %candidate, "passed over (registries.conf)");
+            }
+        }
+    }
+    Err(Error::internal("no source to read from"))
 }
 
 /// Where to read `image` from, in order; just `image` when the configuration says nothing.

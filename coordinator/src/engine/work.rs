@@ -16,8 +16,8 @@ use hangar_shared::store::{ImageStore, RegistryPool, RepoRef, StoreRef};
 use hangar_shared::task::{CheckTask, ManifestBody, Outcome, ScanTask, SignTask, Task};
 use serde::{Deserialize, Serialize};
 
-use super::planner;
 use super::tasks::{self, Bus, PerImage, Planned};
+use super::{planner, pull_source};
 
 /// One image's end: each task's outcome with the manifest it was for, in planned order
 /// (none: nothing selected, a skip), or why the image failed.
@@ -97,29 +97,35 @@ pub async fn plan(
             public_key,
             identity,
             with_index,
-        } => Ok(subjects(pool, image, filter, *with_index)
-            .await?
-            .into_iter()
-            .map(|d| {
-                let task = Task::Check(CheckTask::Signature {
-                    store: at.clone(),
-                    digest: d.digest.clone(),
-                    public_key: public_key.clone(),
-                    identity: identity.clone(),
-                });
-                (d, task)
-            })
-            .collect()),
+        } => {
+            // Signatures are read where the image is read (registries.conf's mirrors first).
+            let (read_at, selection) =
+                pull_source::select_at(pool, None, image, filter, false).await?;
+            let at = RepoRef::registry(&read_at.registry, &read_at.repository());
+            Ok(subjects_of(selection, *with_index)
+                .into_iter()
+                .map(|d| {
+                    let task = Task::Check(CheckTask::Signature {
+                        store: at.clone(),
+                        digest: d.digest.clone(),
+                        public_key: public_key.clone(),
+                        identity: identity.clone(),
+                    });
+                    (d, task)
+                })
+                .collect())
+        }
         Work::Scan { cache } => {
-            let store = pool.registry(&image.registry).await?;
-            let sel =
-                planner::select(store.as_ref(), cache.as_deref(), image, filter, false).await?;
+            let (read_at, sel) =
+                pull_source::select_at(pool, cache.as_deref(), image, filter, false).await?;
+            let store = pool.registry(&read_at.registry).await?;
+            let at = RepoRef::registry(&read_at.registry, &read_at.repository());
             let mut out = Vec::new();
             for e in sel.entries.iter().filter(|e| !e.is_attestation()) {
                 let manifest = match (&sel.top, sel.single) {
                     (Some(top), true) => top.clone(),
                     _ => store
-                        .get_manifest(&image.repository(), &e.digest.to_string(), Side::Source)
+                        .get_manifest(&read_at.repository(), &e.digest.to_string(), Side::Source)
                         .await?
                         .ok_or_else(|| {
                             Error::not_found(format!("{image}: manifest {} is missing", e.digest))
@@ -151,9 +157,8 @@ pub async fn plan(
             Ok(vec![(first, Task::Check(check))])
         }
         Work::Holds { store, provenance } => {
-            let source = pool.registry(&image.registry).await?;
-            let selection =
-                planner::select(source.as_ref(), None, image, filter, *provenance).await?;
+            let (_, selection) =
+                pull_source::select_at(pool, None, image, filter, *provenance).await?;
             let Some(top) = selection.top.as_ref() else {
                 return Ok(Vec::new());
             };
@@ -174,9 +179,8 @@ pub async fn plan(
                 .dest
                 .as_ref()
                 .ok_or_else(|| Error::internal("a mirror check without a destination"))?;
-            let source = pool.registry(&image.registry).await?;
-            let selection =
-                planner::select(source.as_ref(), None, image, filter, *provenance).await?;
+            let (_, selection) =
+                pull_source::select_at(pool, None, image, filter, *provenance).await?;
             let Some(top) = selection.top.as_ref() else {
                 return Ok(Vec::new());
             };
@@ -207,6 +211,10 @@ async fn subjects(
 ) -> Result<Vec<Descriptor>> {
     let store = pool.registry(&image.registry).await?;
     let sel = planner::select(store.as_ref(), None, image, filter, false).await?;
+    Ok(subjects_of(sel, with_index))
+}
+
+fn subjects_of(sel: planner::Selection, with_index: bool) -> Vec<Descriptor> {
     let mut out = Vec::new();
     if let Some(top) = &sel.top
         && !sel.single
@@ -215,7 +223,7 @@ async fn subjects(
         out.push(top.descriptor());
     }
     out.extend(sel.entries.into_iter().filter(|e| !e.is_attestation()));
-    Ok(out)
+    out
 }
 
 /// Plans and runs `work` on every target, telling `finished` of each image once.
