@@ -192,8 +192,10 @@ mod tests {
         }
     }
 
+    /// Left out, skopeo-style commands verify unless registries.conf marks the registry
+    /// insecure (as skopeo does); given, the flag decides.
     #[test]
-    fn tls_verify_defaults_to_true_where_it_is_a_boolean() {
+    fn tls_verify_left_out_lets_registries_conf_decide() {
         let tls = |args: &[&str]| match parse(args) {
             Command::Inspect(a) => a.access.tls_verify,
             Command::ListTags(a) => a.access.tls_verify,
@@ -208,9 +210,17 @@ mod tests {
             &["delete", "r/a:t"],
             &merge,
         ] {
-            assert!(tls(cmd), "{cmd:?}");
-            assert!(tls(&[cmd, &["--tls-verify"]].concat()), "{cmd:?}");
-            assert!(!tls(&[cmd, &["--tls-verify=false"]].concat()), "{cmd:?}");
+            assert_eq!(tls(cmd), None, "{cmd:?}");
+            assert_eq!(
+                tls(&[cmd, &["--tls-verify"]].concat()),
+                Some(true),
+                "{cmd:?}"
+            );
+            assert_eq!(
+                tls(&[cmd, &["--tls-verify=false"]].concat()),
+                Some(false),
+                "{cmd:?}"
+            );
         }
     }
 
