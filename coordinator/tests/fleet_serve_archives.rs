@@ -1,4 +1,4 @@
-//! `save`, `sync` and `load` through `serve`: the coordinator names archives only inside its
+//! `save`, `sync` and `load` (and their validations) through `serve`: the coordinator names archives only inside its
 //! `--archive-root`, its workers gather, write and read them, and the command that asked
 //! follows the job and writes its failed list. Real nats-server, Garage and registries.
 
@@ -117,6 +117,41 @@ async fn save_sync_and_load_run_through_serve_inside_its_archive_root() {
         let loaded = skopeo_raw(&line.replace(&env.src.addr, &env.dst.addr)).expect("loaded");
         assert_eq!(index_digests(&loaded), vec![sha(&source)], "{line}");
     }
+
+    // The load checked: the coordinator reads the archive's index, its workers the
+    // destination; this command renders each image's verdict by the names it was given.
+    let (ok, out) = run(&[
+        "load",
+        "validate",
+        "-s",
+        &archive,
+        "-d",
+        &env.dst.addr,
+        "-o",
+        env.path("lvf.txt").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("3 passed, 0 failed"), "{out}");
+    assert!(out.contains(&format!("PASS: [{}]", lines[0])), "{out}");
+    let (ok, out) = run(&[
+        "load",
+        "validate",
+        "-s",
+        &archive,
+        "-d",
+        &env.dst.addr,
+        "--project",
+        "elsewhere",
+        "-o",
+        env.path("lvf2.txt").to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("0 passed, 3 failed") && out.contains("destination image does not exist"),
+        "{out}"
+    );
+    let failed = std::fs::read_to_string(env.path("lvf2.txt")).unwrap();
+    assert_eq!(failed.lines().count(), 3, "{failed}");
 
     // Validating it: the coordinator's workers read the archive.
     let all = env.write_list("all.txt", &lines);

@@ -284,37 +284,31 @@ pub async fn load(
     super::finish(&console, &args.failed, &failed, "copy")
 }
 
-/// `load validate`: every archived platform digest that passes `--arch/--os` (and each
-/// kept attestation, with `--provenance`) must be in the destination's index at the tag.
-/// Every image the archive holds (or `-f` selects) must be in the destination's index at
-/// its tag: a check task per image, here or on the fleet (`--nats`).
-pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result<()> {
-    if args.fleet.remote.server.is_some() {
-        bail!("load validate runs here or on the fleet's workers (--nats), not through --server");
-    }
-    let (location, dest) = endpoints(args)?;
-    let archive = ArchiveReader::open(&location).await?;
-    let selected = select(&archive, args, &dest, debug, &console)?;
-    let (backend, pool) = super::backend(
-        &args.fleet.bus,
-        args.access.tls_verify,
-        args.access.authfile.as_deref(),
-        &args.rate,
-    )
-    .await?;
+/// What `load validate` checks: the archive's images (all, or those of `-f`) with their
+/// destinations, each with what its copy should hold (the archive's own entries: nothing
+/// but the destination is read).
+pub(crate) struct Checks {
+    pub jobs: Vec<ImageJob>,
+    pub targets: Vec<work::Target>,
+    /// List lines naming images the archive does not hold.
+    pub failed: Vec<String>,
+    pub filter: PlatformFilter,
+    pub planners: usize,
+    pub timeout: Option<std::time::Duration>,
+}
+
+pub(crate) fn checks(
+    archive: &ArchiveReader,
+    args: &LoadArgs,
+    debug: bool,
+    console: &Console,
+) -> Result<Checks> {
+    let (_, dest) = endpoints(args)?;
+    let selected = select(archive, args, &dest, debug, console)?;
     let timeout = humantime::parse_duration(&args.timeout)
         .map_err(|e| anyhow::anyhow!("invalid --timeout {:?}: {e}", args.timeout))?;
-    let timeout = (!timeout.is_zero()).then_some(timeout);
-    let mut here = Here::new(pool.clone());
-    here.task_timeout = timeout;
-    // Tasks at once: as many as the images planned at once can give (three each).
-    here.transfers = selected.jobs_at_once.max(4) * 3;
-    let job_id = job::new_job_id();
-    let bus = Bus::open(backend, &job_id, here, &console).await?;
     let (filter, provenance) = (&selected.filter, args.provenance);
-    // What each copy should hold is the archive's own entries: nothing is read but the
-    // destination.
-    let targets: Vec<work::Target> = selected
+    let targets = selected
         .jobs
         .iter()
         .map(|job| work::Target {
@@ -334,18 +328,38 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
             ),
         })
         .collect();
-    let mut failed = selected.failed.clone();
-    let mut passed = 0;
-    let jobs = &selected.jobs;
-    let finished = |i: usize, result: work::ImageOutcomes| {
-        let job = &jobs[i];
-        let n = Some(job.entry.index);
+    Ok(Checks {
+        targets,
+        planners: selected.jobs_at_once.max(4),
+        filter: selected.filter,
+        failed: selected.failed,
+        jobs: selected.jobs,
+        timeout: (!timeout.is_zero()).then_some(timeout),
+    })
+}
+
+/// `load validate`'s verdicts, as they come.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    /// One image's end: `n` its `[IMG:N]`, `line` its list line.
+    fn record(
+        &mut self,
+        console: &Console,
+        (n, source, dest, line): (usize, &str, &str, &str),
+        result: work::ImageOutcomes,
+    ) {
+        let n = Some(n);
         match result.map(|mut o| o.pop().map(|(_, o)| o)) {
             Ok(Some(Outcome::Checked {
                 verdict: Verdict::Pass { .. },
             })) => {
-                passed += 1;
-                console.info(n, format!("PASS: [{}] == [{}]", job.source, job.dest))
+                self.passed += 1;
+                console.info(n, format!("PASS: [{source}] == [{dest}]"))
             }
             Ok(other) => {
                 let why = match other {
@@ -355,33 +369,124 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
                     None => "the archive selects nothing of it".to_owned(),
                     Some(other) => format!("unexpected outcome {other:?}"),
                 };
-                console.error(
-                    n,
-                    format!("FAILED: [{}] != [{}]: {why}", job.source, job.dest),
-                );
-                failed.push(job.entry.original.clone());
+                console.error(n, format!("FAILED: [{source}] != [{dest}]: {why}"));
+                self.failed.push(line.to_owned());
             }
             Err(e) => {
                 console.error(
                     n,
-                    format!(
-                        "FAILED: [{}] => [{}]: {}: {}",
-                        job.source, job.dest, e.class, e.message
-                    ),
+                    format!("FAILED: [{source}] => [{dest}]: {}: {}", e.class, e.message),
                 );
-                failed.push(job.entry.original.clone());
+                self.failed.push(line.to_owned());
             }
         }
-    };
-    let how = PerImage {
-        job: &job_id,
-        planners: selected.jobs_at_once.max(4),
-        timeout,
-        trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
-        interruptible: true,
-    };
-    let work = Work::Contains { provenance };
-    work::run(&work, &targets, filter, &pool, bus, how, finished).await?;
-    super::verdicts(&console, passed, failed.len(), 0);
-    super::finish(&console, &args.failed, &failed, "validate")
+    }
+}
+
+/// Every image the archive holds (or `-f` selects) must be in the destination's index at
+/// its tag (every archived platform digest passing `--arch/--os`, and each kept attestation
+/// with `--provenance`): a check task per image, here, on the fleet (`--nats`), or on a
+/// coordinator's fleet (`--server`: it reads the archive, inside its `--archive-root`).
+pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Result<()> {
+    let mut tally = Tally::default();
+    if let Some(server) = &args.fleet.remote.server {
+        let list = match &args.file {
+            Some(f) => std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read image list {}", f.display()))?,
+            None => String::new(),
+        };
+        let mut spec = crate::spec::JobSpec::load(list, args);
+        spec.kind = crate::spec::JobKind::LoadValidate;
+        let outage = humantime::parse_duration(&args.timeout)
+            .map_err(|e| anyhow::anyhow!("invalid --timeout {:?}: {e}", args.timeout))?;
+        let outage = if outage.is_zero() {
+            std::time::Duration::from_secs(600)
+        } else {
+            outage
+        };
+        let (snap, reports) =
+            super::remote::run_images((server, &args.fleet.remote.api), &spec, outage, &console)
+                .await?;
+        // Lines refused before any work (the archive does not hold them) are in the job's
+        // failed lines without an image of their own.
+        let reported: std::collections::HashSet<String> = reports
+            .iter()
+            .filter_map(|r| r.image.as_ref().map(|i| i.line.clone()))
+            .collect();
+        for line in snap.failed_lines.iter().filter(|l| !reported.contains(*l)) {
+            console.error(
+                None,
+                format!("FAILED: [{line}]: not loaded from the archive"),
+            );
+            tally.failed.push(line.clone());
+        }
+        for report in reports {
+            let Some(image) = report.image.clone() else {
+                bail!(
+                    "job {}: the coordinator's results do not name their images",
+                    snap.id
+                );
+            };
+            let dest = image.dest.clone().unwrap_or_default();
+            let names = (
+                image.entry,
+                image.source.as_str(),
+                dest.as_str(),
+                image.line.as_str(),
+            );
+            tally.record(&console, names, report.outcomes());
+        }
+    } else {
+        let (location, _) = endpoints(args)?;
+        let archive = ArchiveReader::open(&location).await?;
+        let checks = checks(&archive, args, debug, &console)?;
+        tally.failed.extend(checks.failed.iter().cloned());
+        let (backend, pool) = super::backend(
+            &args.fleet.bus,
+            args.access.tls_verify,
+            args.access.authfile.as_deref(),
+            &args.rate,
+        )
+        .await?;
+        let mut here = Here::new(pool.clone());
+        here.task_timeout = checks.timeout;
+        // Tasks at once: as many as the images planned at once can give (three each).
+        here.transfers = checks.planners * 3;
+        let job_id = job::new_job_id();
+        let bus = Bus::open(backend, &job_id, here, &console).await?;
+        let jobs = &checks.jobs;
+        let finished = |i: usize, result: work::ImageOutcomes| {
+            let job = &jobs[i];
+            let (source, dest) = (job.source.to_string(), job.dest.to_string());
+            let names = (
+                job.entry.index,
+                source.as_str(),
+                dest.as_str(),
+                job.entry.original.as_str(),
+            );
+            tally.record(&console, names, result);
+        };
+        let how = PerImage {
+            job: &job_id,
+            planners: checks.planners,
+            timeout: checks.timeout,
+            trace: hangar_shared::telemetry::traceparent(&tracing::Span::current()),
+            interruptible: true,
+        };
+        let work = Work::Contains {
+            provenance: args.provenance,
+        };
+        work::run(
+            &work,
+            &checks.targets,
+            &checks.filter,
+            &pool,
+            bus,
+            how,
+            finished,
+        )
+        .await?;
+    }
+    super::verdicts(&console, tally.passed, tally.failed.len(), 0);
+    super::finish(&console, &args.failed, &tally.failed, "validate")
 }

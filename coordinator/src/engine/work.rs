@@ -251,10 +251,25 @@ pub async fn run(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageReport {
     pub item: usize,
+    /// The image as the list named it, for a client that does not plan it itself (the
+    /// archive a `load-validate` reads is the coordinator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ReportedImage>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<(Descriptor, Outcome)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ReportedError>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportedImage {
+    /// Its `[IMG:N]` number.
+    pub entry: usize,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest: Option<String>,
+    /// The list's line, for the failed list.
+    pub line: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -268,11 +283,13 @@ impl ImageReport {
         match outcomes {
             Ok(o) => Self {
                 item,
+                image: None,
                 outcomes: o.clone(),
                 error: None,
             },
             Err(e) => Self {
                 item,
+                image: None,
                 outcomes: Vec::new(),
                 error: Some(ReportedError {
                     class: e.class,

@@ -78,7 +78,7 @@ fn archive_list_args(server: &Server, spec: &JobSpec, list: std::path::PathBuf) 
     }
 }
 
-fn load_args(
+pub(super) fn load_args(
     server: &Server,
     spec: &JobSpec,
     location: String,

@@ -13,7 +13,7 @@ use super::{JobRequest, Refusal, Running, Server, auth};
 use crate::commands::{mirror, targets};
 use crate::engine::job::{Backend, JobSnapshot};
 use crate::engine::tasks::{Bus, Here, PerImage};
-use crate::engine::work::{self, ImageOutcomes, ImageReport, Work};
+use crate::engine::work::{self, ImageOutcomes, ImageReport, ReportedImage, Work};
 use crate::spec::JobKind;
 
 /// A job's images as planned here, with what the job needs beside them.
@@ -21,6 +21,8 @@ struct Planned {
     targets: Vec<work::Target>,
     /// Each target's original list line, for the failed list.
     lines: Vec<String>,
+    /// Each target's `[IMG:N]` number.
+    entries: Vec<usize>,
     /// Lines refused before any work.
     rejected: Vec<String>,
     filter: hangar_shared::manifest::PlatformFilter,
@@ -53,6 +55,7 @@ fn plan_list(server: &Server, id: &str, request: &JobRequest) -> Result<Planned,
                 .iter()
                 .map(|j| j.entry.original.clone())
                 .collect(),
+            entries: prepared.images.iter().map(|j| j.entry.index).collect(),
             rejected: prepared
                 .rejected
                 .iter()
@@ -68,10 +71,52 @@ fn plan_list(server: &Server, id: &str, request: &JobRequest) -> Result<Planned,
     Ok(Planned {
         targets: t.work(),
         lines: t.items.iter().map(|i| i.entry.original.clone()).collect(),
+        entries: t.items.iter().map(|i| i.entry.index).collect(),
         rejected: t.failed,
         filter: t.filter,
         planners: t.jobs,
         timeout: t.timeout,
+    })
+}
+
+/// A load-validate job's images: the archive's (inside the coordinator's roots), each with
+/// what its copy should hold, read from the archive's index here.
+async fn plan_load_validate(server: &Server, request: &JobRequest) -> Result<Planned, Refusal> {
+    let spec = &request.spec;
+    let roots = server.archive_roots.as_deref().ok_or_else(|| {
+        Refusal::Invalid("load-validate jobs need `hangar-coord serve --archive-root`".into())
+    })?;
+    let named = spec.source.archive.clone().unwrap_or_default();
+    let location = roots
+        .check("archive", &named)
+        .map_err(|e| Refusal::Forbidden(e.message))?;
+    let invalid = |e: anyhow::Error| Refusal::Invalid(format!("{e:#}"));
+    let archive = hangar_shared::archive::ArchiveReader::open(&location)
+        .await
+        .map_err(|e| Refusal::Invalid(e.message))?;
+    let dir = tempfile::tempdir().map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let list = (!spec.list.trim().is_empty())
+        .then(|| {
+            let path = dir.path().join("list.txt");
+            std::fs::write(&path, &spec.list).map(|()| path)
+        })
+        .transpose()
+        .map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let args = super::archives::load_args(server, spec, location, list, dir.path().join("f"));
+    let checks =
+        crate::commands::load::checks(&archive, &args, false, &server.console).map_err(invalid)?;
+    Ok(Planned {
+        lines: checks
+            .jobs
+            .iter()
+            .map(|j| j.entry.original.clone())
+            .collect(),
+        entries: checks.jobs.iter().map(|j| j.entry.index).collect(),
+        targets: checks.targets,
+        rejected: checks.failed,
+        filter: checks.filter,
+        planners: checks.planners,
+        timeout: checks.timeout,
     })
 }
 
@@ -125,7 +170,7 @@ fn work_of(server: &Server, request: &JobRequest) -> Result<Work, Refusal> {
                 None => None,
             },
         },
-        JobKind::MirrorValidate => Work::Contains {
+        JobKind::MirrorValidate | JobKind::LoadValidate => Work::Contains {
             provenance: request.spec.options.provenance,
         },
         // The workers read the archive; the coordinator names it only inside its roots.
@@ -188,7 +233,10 @@ impl Server {
         mut request: JobRequest,
         caller: Option<&auth::Caller>,
     ) -> Result<(), Refusal> {
-        let planned = plan_list(self, &id, &request)?;
+        let planned = match request.spec.kind {
+            JobKind::LoadValidate => plan_load_validate(self, &request).await?,
+            _ => plan_list(self, &id, &request)?,
+        };
         if let Some(caller) = caller {
             authorise(
                 caller,
@@ -260,7 +308,15 @@ impl Server {
                                 count(&mut s, &planned.lines[i], &r);
                             }
                             if let Ok(mut k) = kept.lock() {
-                                k.push(ImageReport::new(i, &r));
+                                let mut report = ImageReport::new(i, &r);
+                                let target = &planned.targets[i];
+                                report.image = Some(ReportedImage {
+                                    entry: planned.entries[i],
+                                    source: target.image.to_string(),
+                                    dest: target.dest.as_ref().map(|d| d.to_string()),
+                                    line: planned.lines[i].clone(),
+                                });
+                                k.push(report);
                             }
                         },
                     )
