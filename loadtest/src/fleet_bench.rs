@@ -108,7 +108,10 @@ pub async fn run(
                 .stderr(Stdio::null());
             if let Some(opts) = link_opts {
                 let l = link::start(opts).await?;
-                cmd.env("HTTP_PROXY", &l.url);
+                // An inherited NO_PROXY (often `localhost,127.0.0.1`) would bypass the link.
+                cmd.env("HTTP_PROXY", &l.url)
+                    .env_remove("NO_PROXY")
+                    .env_remove("no_proxy");
                 links.push(l);
             }
             procs.push(cmd.spawn()?);
@@ -119,7 +122,9 @@ pub async fn run(
         } else if let Some(opts) = link_opts {
             // Embedded, the command's own transfers take the one link.
             let l = link::start(opts).await?;
-            cmd.env("HTTP_PROXY", &l.url);
+            cmd.env("HTTP_PROXY", &l.url)
+                .env_remove("NO_PROXY")
+                .env_remove("no_proxy");
             links.push(l);
         }
         cmd.stderr(Stdio::null());
@@ -151,6 +156,20 @@ pub async fn run(
             coordinator_cpu: profile.cpu,
             coordinator_rss_kib: profile.peak_rss_kib,
         });
+        // Every blob crossed a link both ways, or the row measured something else.
+        if link_opts.is_some() {
+            let (up, down) = links
+                .iter()
+                .map(|l| l.carried())
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            if up < bytes || down < bytes {
+                bail!(
+                    "{} workers: the links carried {up} bytes up and {down} down, less than the \
+                     {bytes} bytes of the list: traffic bypassed them",
+                    n
+                );
+            }
+        }
         drop(links);
     }
     Ok(out)

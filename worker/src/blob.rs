@@ -19,9 +19,19 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
     let digest = &task.desc.digest;
     // An archive a task names is read only inside this worker's archive roots, as one it
     // writes: a task from outside the coordinator gets no other file read.
-    if let (Some(policy), StoreRef::Archive { location }) = (&ctx.policy, &task.source.store) {
-        policy.archives.check("source archive", location)?;
-    }
+    // What was checked is what is opened: the normalised location, not the task's words.
+    let checked;
+    let task = match (&ctx.policy, &task.source.store) {
+        (Some(policy), StoreRef::Archive { location }) => {
+            let mut t = task.clone();
+            t.source.store = StoreRef::Archive {
+                location: policy.archives.check("source archive", location)?,
+            };
+            checked = t;
+            &checked
+        }
+        _ => task,
+    };
     if task.dest.store == StoreRef::Cache {
         return into_cache(ctx, task).await;
     }

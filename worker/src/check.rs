@@ -38,9 +38,17 @@ pub async fn check(ctx: &Context, task: &CheckTask) -> Result<Outcome> {
         | CheckTask::Present { store, .. }
         | CheckTask::Signature { store, .. } => store,
     };
-    if let (Some(policy), StoreRef::Archive { location }) = (&ctx.policy, &store.store) {
-        policy.archives.check("archive", location)?;
-    }
+    // What was checked is what is opened: the normalised location, not the task's words.
+    let checked = match (&ctx.policy, &store.store) {
+        (Some(policy), StoreRef::Archive { location }) => Some(StoreRef::Archive {
+            location: policy.archives.check("archive", location)?,
+        }),
+        _ => None,
+    };
+    let resolved = ctx
+        .stores
+        .resolve(checked.as_ref().unwrap_or(&store.store))
+        .await?;
     let verdict = match task {
         CheckTask::Contains {
             store,
@@ -48,7 +56,6 @@ pub async fn check(ctx: &Context, task: &CheckTask) -> Result<Outcome> {
             expect,
             whole,
         } => {
-            let resolved = ctx.stores.resolve(&store.store).await?;
             let what = format!("read {store}:{reference}");
             let found = ctx
                 .retry
@@ -73,7 +80,6 @@ pub async fn check(ctx: &Context, task: &CheckTask) -> Result<Outcome> {
             }
         }
         CheckTask::Present { store, expect } => {
-            let resolved = ctx.stores.resolve(&store.store).await?;
             let mut found = Vec::new();
             for e in expect {
                 let what = format!("read {store}@{}", e.digest);
@@ -97,7 +103,6 @@ pub async fn check(ctx: &Context, task: &CheckTask) -> Result<Outcome> {
             identity,
         } => {
             let key = PublicKey::from_pem(public_key, "the check's public key")?;
-            let resolved = ctx.stores.resolve(&store.store).await?;
             let what = format!("verify {store}@{digest}");
             let verdict = ctx
                 .retry

@@ -104,6 +104,10 @@ pub struct MirrorArgs {
     /// This process's own business: a job sent to `serve` runs under the server's limits.
     #[command(flatten)]
     pub rate: RateArgs,
+    /// Not a flag: the images go into an archive (save, sync), so no registry destination
+    /// is missing.
+    #[arg(skip)]
+    pub into_archive: bool,
 }
 
 impl Default for MirrorArgs {

@@ -208,7 +208,8 @@ pub async fn load(
         overwrite: args.overwrite,
         task_timeout: (!timeout.is_zero()).then_some(timeout),
         retry: RetryPolicy::default(),
-        interruptible: true,
+        // Under `serve` (a watched job) signals are the service's.
+        interruptible: watch.is_none(),
         cache: None,
         ends: Ends {
             source: Some(StoreRef::Archive {

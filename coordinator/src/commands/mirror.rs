@@ -56,6 +56,7 @@ pub fn prepare_list(
         (!s.is_empty()).then(|| s.to_owned())
     };
     if some(&args.destination).is_none()
+        && !args.into_archive
         && list
             .entries
             .iter()
@@ -175,7 +176,9 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
             args.provenance,
             prepared.jobs,
             pool,
-            super::plan::Target::Registry,
+            super::plan::Target::Registry {
+                look_first: !args.overwrite && args.sign_key.is_none() && args.scan_db.is_none(),
+            },
             &console,
         )
         .await;

@@ -22,8 +22,13 @@ use crate::engine::planner::{self, ImageJob, ImagePlan, Planned};
 
 /// What the plan is for.
 pub enum Target {
-    Registry,
-    Archive { part_size: Option<u64> },
+    /// A registry; `look_first` as the copy would look at each destination tag first.
+    Registry {
+        look_first: bool,
+    },
+    Archive {
+        part_size: Option<u64>,
+    },
 }
 
 /// Bytes per second reading up to 16 MiB of the largest blob from its source.
@@ -54,7 +59,7 @@ pub async fn run(
 ) -> Result<()> {
     // A plan of a copy nothing can land in is no plan: the destinations are asked first.
     let mut unreachable = Vec::new();
-    if let Target::Registry = target {
+    if let Target::Registry { .. } = target {
         let hosts: std::collections::BTreeSet<&str> =
             images.iter().map(|j| j.dest.registry.as_str()).collect();
         for host in hosts {
@@ -75,8 +80,9 @@ pub async fn run(
             filter: filter.clone(),
             provenance,
             signatures: false,
-            // As the copy would: a re-run's images are found at their tags.
-            look_first: matches!(target, Target::Registry),
+            // As the copy would: a re-run's images are found at their tags (not when the
+            // copy would act on images already there: --overwrite, signing, scanning).
+            look_first: matches!(target, Target::Registry { look_first: true }),
             planners: jobs,
             bound: None,
         },
@@ -105,7 +111,7 @@ pub async fn run(
                     .map(|b| b.size)
                     .sum();
                 let to = match target {
-                    Target::Registry => job.dest.to_string(),
+                    Target::Registry { .. } => job.dest.to_string(),
                     Target::Archive { .. } => "the archive".to_owned(),
                 };
                 console.info(
@@ -153,7 +159,7 @@ pub async fn run(
         for b in p.platforms.iter().flat_map(|x| x.blobs.iter()) {
             naive += b.size;
             let key = match target {
-                Target::Registry => (job.dest.registry.clone(), b.digest.clone()),
+                Target::Registry { .. } => (job.dest.registry.clone(), b.digest.clone()),
                 Target::Archive { .. } => (String::new(), b.digest.clone()),
             };
             unique.entry(key).or_insert_with(|| {
@@ -171,7 +177,7 @@ pub async fn run(
     let unique_bytes: u64 = unique.values().map(|(_, d, _, _)| d.size).sum();
     let mut held = 0u64;
     let mut held_count = 0usize;
-    if let Target::Registry = target {
+    if let Target::Registry { .. } = target {
         let checks = futures_util::stream::iter(unique.iter())
             .map(|((host, digest), (repo, desc, _, _))| {
                 let pool = pool.clone();

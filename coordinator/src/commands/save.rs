@@ -49,6 +49,7 @@ fn mirror_args(list: &ArchiveListArgs) -> MirrorArgs {
         authfile: list.access.authfile.clone(),
         cache: list.cache.clone(),
         transfers: list.transfers,
+        into_archive: true,
         ..Default::default()
     }
 }
@@ -160,6 +161,8 @@ async fn gather(
         None => None,
     };
     let (mut spec, rejected) = super::mirror::spec(prepared, &margs);
+    // Under `serve` (a watched job) signals are the service's.
+    spec.interruptible = watch.is_none();
     spec.ends.to_cache = true;
     spec.ends.scan = scan_db.is_some();
     // Archives never carry signatures (Hangar's save removes them).

@@ -227,11 +227,13 @@ where
                 }
                 Some((i, Ok(planned))) => {
                     let mut outcomes = Vec::with_capacity(planned.len());
+                    let mut published = Ok(());
                     for (k, (meta, task)) in planned.into_iter().enumerate() {
                         next_id += 1;
                         tasks.insert(next_id, (i, k));
                         outcomes.push((meta, None));
-                        bus.queue
+                        published = bus
+                            .queue
                             .publish(TaskEnvelope {
                                 job: run.job.to_owned(),
                                 id: next_id,
@@ -239,7 +241,19 @@ where
                                 trace: run.trace.clone(),
                                 task,
                             })
-                            .await?;
+                            .await;
+                        if published.is_err() {
+                            break;
+                        }
+                    }
+                    if let Err(e) = published {
+                        // The bus is gone (past its patience): this image and every one
+                        // still open fail with it, and the run stops.
+                        finished(i, Err(e.clone()));
+                        for (j, _) in open.drain() {
+                            finished(j, Err(e.clone()));
+                        }
+                        break;
                     }
                     let left = outcomes.len();
                     open.insert(i, Open { outcomes, left });

@@ -34,6 +34,17 @@ fn list_reads(spec: &JobSpec) -> Vec<String> {
         .collect()
 }
 
+/// The repositories an archive's images were saved from: what a load of it reads.
+fn archive_reads(archive: &ArchiveReader) -> Vec<String> {
+    archive
+        .index
+        .list
+        .iter()
+        .filter_map(|i| ImageRef::parse(&i.source).ok())
+        .map(|r| repo(&r))
+        .collect()
+}
+
 /// The repositories a load writes: each archived image under the destination registry,
 /// `--project` applied.
 fn load_writes(spec: &JobSpec, archive: &ArchiveReader) -> Vec<String> {
@@ -141,17 +152,21 @@ impl Server {
             .map_err(|e| Refusal::Forbidden(e.message))?;
         if let Some(caller) = caller {
             let (reads, writes) = match spec.kind {
+                // A load reads what the archive holds (saved by whoever) and writes it.
                 JobKind::Load => {
                     let archive = ArchiveReader::open(&location)
                         .await
                         .map_err(|e| Refusal::Invalid(e.message))?;
-                    (Vec::new(), load_writes(&spec, &archive))
+                    (archive_reads(&archive), load_writes(&spec, &archive))
                 }
                 _ => (list_reads(&spec), Vec::new()),
             };
             let key = spec.options.sign_key.as_deref();
             caller
                 .authorise_images(&reads, &writes, key)
+                .map_err(Refusal::Forbidden)?;
+            caller
+                .authorise_overwrite(spec.options.overwrite)
                 .map_err(Refusal::Forbidden)?;
         }
         let snapshot = Arc::new(Mutex::new(JobSnapshot {
@@ -178,6 +193,9 @@ impl Server {
                 // state inside their streams), so the job runs on a runtime of its own, on a
                 // thread of its own; this task waits for it (and a cancel stops waiting).
                 let (tx, rx) = tokio::sync::oneshot::channel();
+                // Held by this task: a cancel aborts it, which drops this and stops the job's
+                // run where it is (its futures dropped) on its own runtime.
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                 let (s, sp) = (server.clone(), spec.clone());
                 let w = watch.clone();
                 std::thread::spawn(move || {
@@ -186,9 +204,17 @@ impl Server {
                         .enable_all()
                         .build()
                         .map_err(anyhow::Error::from)
-                        .and_then(|rt| rt.block_on(run(&s, &sp, location, &w)));
+                        .and_then(|rt| {
+                            rt.block_on(async {
+                                tokio::select! {
+                                    r = run(&s, &sp, location, &w) => r,
+                                    _ = stopped => Err(anyhow::anyhow!("cancelled")),
+                                }
+                            })
+                        });
                     let _ = tx.send(ran);
                 });
+                let _stop = stop;
                 let outcome = rx.await.unwrap_or_else(|_| {
                     Err(anyhow::anyhow!("the job's thread ended without a word"))
                 });

@@ -156,8 +156,13 @@ impl Caller {
         let reads: Vec<String> = images.iter().map(|i| repo(&i.source)).collect();
         let writes: Vec<String> = images.iter().map(|i| repo(&i.dest)).collect();
         self.authorise_images(&reads, &writes, args.sign_key.as_deref())?;
+        self.authorise_overwrite(args.overwrite)
+    }
+
+    /// Replacing destination indexes (`--overwrite`) is allowed by `policy.overwrite`.
+    pub fn authorise_overwrite(&self, overwrite: bool) -> Result<(), String> {
         let admin = self.role == Role::Admin;
-        if args.overwrite && !self.policy.overwrite.unwrap_or(admin) {
+        if overwrite && !self.policy.overwrite.unwrap_or(admin) {
             return Err(format!(
                 "token {:?} may not overwrite destination indexes: policy.overwrite is not true",
                 self.name

@@ -154,7 +154,7 @@ pub(super) async fn results(
             let all = kept.lock().map(|k| k.clone()).unwrap_or_default();
             Json(all).into_response()
         }
-        None if snap.kind.is_empty() || snap.kind == "mirror" => refuse(
+        None if matches!(snap.kind.as_str(), "" | "mirror" | "save" | "sync" | "load") => refuse(
             StatusCode::NOT_FOUND,
             format!("job {id} copies images: its figures are the job itself"),
         ),

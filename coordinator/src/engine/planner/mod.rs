@@ -106,8 +106,9 @@ pub const INLINE_LIMIT: usize = 256 << 10;
 pub const NO_PLATFORM: &str = "no available image for specified arch and os";
 
 /// Whether the destination's manifest at the image's tag already holds the selection: the
-/// very source index for a complete one, an index listing every selected digest for a
-/// subset (one the merge would leave as it is; a registry holds what its indexes list).
+/// very source index for a complete one; for a subset, an index listing every selected
+/// digest that the copy's merge would leave exactly as it is (a registry holds what its
+/// indexes list).
 async fn already_present(
     dest: &dyn ImageStore,
     job: &ImageJob,
@@ -134,12 +135,13 @@ async fn already_present(
     let Ok(Manifest::Index(index)) = found.parse() else {
         return Ok(None);
     };
+    // Present only if the merge the copy would make leaves the index as it is: every
+    // selected digest listed, nothing the merge would drop or reorder, already OCI.
     let listed = |d: &Digest| index.manifests.iter().any(|m| &m.digest == d);
-    Ok(selection
-        .entries
-        .iter()
-        .all(|e| listed(&e.digest))
-        .then_some(found.digest))
+    let all_listed = selection.entries.iter().all(|e| listed(&e.digest));
+    let unchanged =
+        !hangar_shared::index_builder::build(Some(&index), &selection.entries, false).changed;
+    Ok((all_listed && unchanged).then_some(found.digest))
 }
 
 /// Resolves everything one image needs. `dest`: the destination to look at first (a registry destination of a plain copy), so
