@@ -88,6 +88,8 @@ async fn the_api_authenticates_and_authorises_every_request() {
             .arg(&cert)
             .arg("--tls-key")
             .arg(&key)
+            .arg("--archive-root")
+            .arg(env.path("archives"))
             .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -272,6 +274,73 @@ async fn the_api_authenticates_and_authorises_every_request() {
         let copied = skopeo_raw(&format!("{}/mirror/{name}", env.dst.addr)).expect("copied");
         assert_eq!(index_digests(&copied), vec![sha(&source)], "{line}");
     }
+    // A load is authorised for what the archive holds: images saved from the destination
+    // (which `ci` may write to but not read from) are refused, and so is `--overwrite`.
+    std::fs::create_dir_all(env.path("archives")).unwrap();
+    let archive = env.path("archives").join("from-dst.zip");
+    let saved: Vec<String> = lines
+        .iter()
+        .map(|l| format!("{}/mirror/{}", env.dst.addr, l.rsplit('/').next().unwrap()))
+        .collect();
+    let saved_list = env.write_list("saved.txt", &saved);
+    let out = hangar(&[
+        "save",
+        "--tls-verify=false",
+        "-f",
+        saved_list.to_str().unwrap(),
+        "-d",
+        archive.to_str().unwrap(),
+        "-o",
+        env.path("sf.txt").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let load = |options: serde_json::Value| {
+        serde_json::json!({
+            "version": 1, "kind": "load", "list": "",
+            "source": {"archive": archive.to_str().unwrap()},
+            "destination": {"registry": env.dst.addr, "project": "mirror"},
+            "options": options,
+        })
+    };
+    let (status, answer) = post("ci-secret-token", load(serde_json::json!({}))).await;
+    assert_eq!(status, 403, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("policy.sources") && error.contains("read from"),
+        "{error}"
+    );
+    let (status, answer) = post(
+        "other-secret-token",
+        load(serde_json::json!({"overwrite": true})),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("policy.overwrite"),
+        "{answer}"
+    );
+    // Outside the coordinator's archive root: refused naming it.
+    let (status, answer) = post(
+        "other-secret-token",
+        serde_json::json!({
+            "version": 1, "kind": "load", "list": "",
+            "source": {"archive": "/etc/passwd"},
+            "destination": {"registry": env.dst.addr},
+        }),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hangar-coord serve --archive-root"),
+        "{answer}"
+    );
+
     // The same command without a token is refused with the coordinator's answer.
     let out = hangar(&[
         "status",
