@@ -72,6 +72,9 @@ pub struct Bus {
     pub queue: Arc<dyn TaskQueue>,
     pub events: mpsc::UnboundedReceiver<Event>,
     workers: Option<tokio::task::JoinHandle<()>>,
+    /// On the fleet: the client and run, so that an interrupted run's queued tasks are
+    /// purged rather than left for the workers.
+    fleet: Option<(async_nats::Client, String)>,
 }
 
 impl Bus {
@@ -115,24 +118,33 @@ impl Bus {
                     queue,
                     events,
                     workers: Some(workers),
+                    fleet: None,
                 })
             }
             Backend::Fleet(client) => {
                 let events = jetstream::follow_events(client.clone(), job_id).await?;
-                let queue: Arc<dyn TaskQueue> = Arc::new(JetStreamQueue::publisher(client).await?);
+                let queue: Arc<dyn TaskQueue> =
+                    Arc::new(JetStreamQueue::publisher(client.clone()).await?);
                 console.info(None, format!("Job {job_id} runs on the fleet"));
                 Ok(Self {
                     queue,
                     events,
                     workers: None,
+                    fleet: Some((client, job_id.to_owned())),
                 })
             }
         }
     }
 
-    /// No more tasks; waits for the embedded handlers to drain (or stops them).
+    /// No more tasks; waits for the embedded handlers to drain (or stops them). An
+    /// interrupted fleet run's queued tasks are purged: nobody follows them any more.
     pub async fn close(self, interrupted: bool) {
         self.queue.close().await;
+        if let (true, Some((client, job))) = (interrupted, &self.fleet)
+            && let Err(e) = jetstream::purge_job(client.clone(), job).await
+        {
+            tracing::warn!("purging the interrupted run {job}: {e}");
+        }
         if let Some(workers) = self.workers {
             if interrupted {
                 workers.abort();
@@ -348,6 +360,7 @@ mod tests {
             queue: queue.clone(),
             events,
             workers: None,
+            fleet: None,
         };
         (bus, queue, tx)
     }

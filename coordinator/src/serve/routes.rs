@@ -150,10 +150,15 @@ pub(super) async fn results(
         );
     }
     match kept {
-        Some(kept) => {
-            let all = kept.lock().map(|k| k.clone()).unwrap_or_default();
-            Json(all).into_response()
-        }
+        // Encoded under the lock, not copied out first: a large job's outcomes (scan
+        // inventories) are held once.
+        Some(kept) => match kept.lock().map(|k| serde_json::to_vec(&*k)) {
+            Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            _ => refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the results of job {id} cannot be read"),
+            ),
+        },
         None if matches!(snap.kind.as_str(), "" | "mirror" | "save" | "sync" | "load") => refuse(
             StatusCode::NOT_FOUND,
             format!("job {id} copies images: its figures are the job itself"),
