@@ -258,7 +258,12 @@ pub async fn load(
         )
         .await?,
     );
-    let id = job::new_job_id();
+    // Under `serve`, the job's own id, so that its cancel purges this run's queued tasks;
+    // a fresh run, so that a resumed job's tasks are not taken for the earlier run's.
+    let (id, run) = match watch.and_then(|w| w.lock().ok().map(|s| s.id.clone())) {
+        Some(served) => (served, job::new_job_id()),
+        None => (job::new_job_id(), "1".to_owned()),
+    };
     let backend = match fleet {
         Some(client) => Backend::Fleet(client),
         None => Backend::Embedded,
@@ -275,7 +280,7 @@ pub async fn load(
         pool,
         console.clone(),
         backend,
-        (&id, "1"),
+        (&id, &run),
         watch.cloned(),
     )
     .await?;

@@ -186,7 +186,12 @@ async fn gather(
             spec.transfers
         ),
     );
-    let id = job::new_job_id();
+    // Under `serve`, the job's own id, so that its cancel purges this run's queued tasks;
+    // a fresh run, so that a resumed job's tasks are not taken for the earlier run's.
+    let (id, run) = match watch.and_then(|w| w.lock().ok().map(|s| s.id.clone())) {
+        Some(served) => (served, job::new_job_id()),
+        None => (job::new_job_id(), "1".to_owned()),
+    };
     let backend = match &fleet {
         Some(client) => Backend::Fleet(client.clone()),
         None => Backend::Embedded,
@@ -211,7 +216,7 @@ async fn gather(
         pool,
         console.clone(),
         backend,
-        (&id, "1"),
+        (&id, &run),
         watch.cloned(),
     )
     .await?;

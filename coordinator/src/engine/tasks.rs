@@ -141,7 +141,7 @@ impl Bus {
     pub async fn close(self, interrupted: bool) {
         self.queue.close().await;
         if let (true, Some((client, job))) = (interrupted, &self.fleet)
-            && let Err(e) = jetstream::purge_job(client.clone(), job).await
+            && let Err(e) = jetstream::purge_run(client.clone(), job).await
         {
             tracing::warn!("purging the interrupted run {job}: {e}");
         }

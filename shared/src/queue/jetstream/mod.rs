@@ -71,6 +71,19 @@ pub async fn purge_job(client: async_nats::Client, job: &str) -> Result<u64> {
     Ok(purged.purged)
 }
 
+/// Drops the queued tasks of one run (`<job>.<run>`, or a job id of its own): an
+/// interrupted run's, which nobody follows any more.
+pub async fn purge_run(client: async_nats::Client, run: &str) -> Result<u64> {
+    let js = jetstream::new(client);
+    let stream = js.get_stream(TASK_STREAM).await.map_err(bus)?;
+    let purged = stream
+        .purge()
+        .filter(format!("hangar.task.*.{run}"))
+        .await
+        .map_err(bus)?;
+    Ok(purged.purged)
+}
+
 pub fn event_subject(job: &str) -> String {
     format!("hangar.event.{job}")
 }
