@@ -264,3 +264,69 @@ async fn a_worker_stops_within_its_grace_period_on_sigterm_and_nothing_is_lost()
     assert!(out.status.success(), "{}", text(&out));
     assert_all_copied(&env, 4);
 }
+
+/// Ctrl-C on a fleet run nobody is serving (no worker takes sign tasks): the run stops,
+/// says so, and purges its queued tasks instead of leaving them for a worker that comes
+/// later.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_fleet_run_leaves_no_task_queued() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let lines = seed_shared_repos(&env, 2).await;
+    let list = env.write_list("list.txt", &lines);
+    let log = env.path("sign.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "sign",
+            "--tls-verify=false",
+            "-p",
+            "release",
+            "--nats",
+            &nats.url(),
+        ])
+        .arg("-f")
+        .arg(&list)
+        .arg("-o")
+        .arg(env.path("failed.txt"))
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(env.path("sign.err")).unwrap())
+        .spawn()
+        .expect("hangar-coord sign");
+    let http = reqwest::Client::new();
+    let queued = || {
+        let http = http.clone();
+        let url = format!("{}/jsz?streams=true", nats.monitor_url());
+        async move {
+            let jsz: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            jsz["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+                .find(|s| s["name"] == "HANGAR_TASKS")
+                .and_then(|s| s["state"]["messages"].as_u64())
+                .unwrap_or(0)
+        }
+    };
+    // Each image's index and platform digest: queued, with nobody to take them.
+    let started = std::time::Instant::now();
+    while queued().await < 2 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no task queued: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let out = std::fs::read_to_string(&log).unwrap_or_default()
+        + &std::fs::read_to_string(env.path("sign.err")).unwrap_or_default();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("interrupted"), "{out}");
+    assert_eq!(queued().await, 0, "the run's tasks were purged: {out}");
+}

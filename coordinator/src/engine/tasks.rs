@@ -225,6 +225,13 @@ where
     let mut tasks: HashMap<TaskId, (usize, usize)> = HashMap::new();
     let (mut next_id, mut done, mut planned_all) = (0u64, 0usize, false);
     let mut interrupted = false;
+    // Listening from the start (a `ctrl_c()` future registers only once polled, and a
+    // select may not poll it before the first tasks are out): Ctrl-C always stops the run
+    // cleanly, its queued tasks purged.
+    let mut sigint = match run.interruptible {
+        true => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok(),
+        false => None,
+    };
     while done < count {
         tokio::select! {
             next = planning.next(), if !planned_all => match next {
@@ -309,7 +316,12 @@ where
                     _ => {}
                 }
             }
-            _ = tokio::signal::ctrl_c(), if run.interruptible => {
+            Some(()) = async {
+                match sigint.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 interrupted = true;
                 for (i, _) in open.drain() {
                     finished(i, Err(stopped("interrupted")));
