@@ -25,16 +25,18 @@ pub(super) const TRANSIENT_REJECTION: &str =
 /// distribution answers `DIGEST_INVALID` / `MANIFEST_BLOB_UNKNOWN` to a manifest PUT that
 /// races an identical write (its storage is not atomic there); such a rejection is worth
 /// retrying. A truly missing blob still fails once the retries are spent.
-pub(super) fn transient_rejection(e: Error) -> Error {
+/// Returns the error to retry with, and whether it is such a rejection.
+pub(super) fn transient_rejection(e: Error) -> (Error, bool) {
     let racy = e.class == FailureClass::DestinationRejected
         && (e.message.contains("DIGEST_INVALID") || e.message.contains("MANIFEST_BLOB_UNKNOWN"));
     if racy {
-        Error::new(
+        let retried = Error::new(
             FailureClass::Server,
             format!("{TRANSIENT_REJECTION}{}", e.message),
-        )
+        );
+        (retried, true)
     } else {
-        e
+        (e, false)
     }
 }
 

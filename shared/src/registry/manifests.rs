@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use oci_client::RegistryOperation;
 use oci_client::secrets::RegistryAuth;
 
-use super::classify::{TRANSIENT_REJECTION, status_error, transient_rejection};
+use super::classify::{status_error, transient_rejection};
 use super::{Call, Registry, Side, conf};
 use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
@@ -76,20 +76,36 @@ impl Registry {
                     manifest.media_type
                 ))
             })?;
+        // Whether the last attempt's failure was a racy rejection, retried as transient: once
+        // the retries are spent it is the rejection it was (kept as a flag, not read back
+        // out of the message).
+        let racy = std::sync::atomic::AtomicBool::new(false);
         self.retry
             .run(&format!("put manifest {what}"), || async {
-                self.send(
-                    Call::push("manifest-put", &what, &r),
-                    self.client
-                        .push_manifest_raw(&r, manifest.bytes.clone(), content_type.clone()),
-                )
-                .await
-                .map(drop)
-                .map_err(transient_rejection)
+                let sent = self
+                    .send(
+                        Call::push("manifest-put", &what, &r),
+                        self.client.push_manifest_raw(
+                            &r,
+                            manifest.bytes.clone(),
+                            content_type.clone(),
+                        ),
+                    )
+                    .await
+                    .map(drop);
+                let (result, was_racy) = match sent {
+                    Ok(()) => (Ok(()), false),
+                    Err(e) => {
+                        let (e, was_racy) = transient_rejection(e);
+                        (Err(e), was_racy)
+                    }
+                };
+                racy.store(was_racy, std::sync::atomic::Ordering::Relaxed);
+                result
             })
             .await
             .map_err(|mut e| {
-                if e.message.starts_with(TRANSIENT_REJECTION) {
+                if racy.load(std::sync::atomic::Ordering::Relaxed) {
                     e.class = FailureClass::DestinationRejected;
                 }
                 e
