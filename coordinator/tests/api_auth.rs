@@ -322,6 +322,23 @@ async fn the_api_authenticates_and_authorises_every_request() {
             .contains("policy.overwrite"),
         "{answer}"
     );
+    // A save is authorised for what its list reads, `-s` applied as its run applies it.
+    let (status, answer) = post(
+        "ci-secret-token",
+        serde_json::json!({
+            "version": 1, "kind": "save", "list": "team/app:1\n",
+            "source": {"registry": "private.example"},
+            "destination": {"archive": env.path("archives").join("x.zip").to_str().unwrap()},
+        }),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("policy.sources") && error.contains("private.example/team/app"),
+        "{error}"
+    );
+
     // Outside the coordinator's archive root: refused naming it.
     let (status, answer) = post(
         "other-secret-token",

@@ -55,7 +55,7 @@ fn mirror_args(list: &ArchiveListArgs) -> MirrorArgs {
 }
 
 /// The list's default-format lines as jobs (mirror-format lines are skipped, as in Hangar).
-pub(super) fn read_jobs(
+pub(crate) fn read_jobs(
     list: &ArchiveListArgs,
     debug: bool,
     console: &Console,

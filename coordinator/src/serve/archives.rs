@@ -7,7 +7,6 @@
 use std::sync::{Arc, Mutex};
 
 use hangar_shared::archive::ArchiveReader;
-use hangar_shared::imagelist::{ImageList, LineKind};
 use hangar_shared::reference::ImageRef;
 use hangar_worker::context::policy::ArchiveRoots;
 use tracing::Instrument;
@@ -21,17 +20,17 @@ fn repo(r: &ImageRef) -> String {
     format!("{}/{}", r.registry, r.repository())
 }
 
-/// The repositories a save or sync reads: each default-format line, `-s` applied.
-fn list_reads(spec: &JobSpec) -> Vec<String> {
-    let registry = spec.source.registry.as_deref();
-    ImageList::parse(&spec.list)
-        .entries
-        .iter()
-        .filter_map(|e| match &e.kind {
-            LineKind::Default(r) => Some(repo(&r.clone().with_registry(registry))),
-            _ => None,
-        })
-        .collect()
+/// The repositories a save or sync reads, resolved by the very code its run uses (`-s`
+/// applied, mirror-format lines skipped), so what is authorised is what is read.
+fn list_reads(server: &Server, spec: &JobSpec) -> Result<Vec<String>, Refusal> {
+    let refuse = |e: &dyn std::fmt::Display| Refusal::Invalid(format!("{e:#}"));
+    let dir = tempfile::tempdir().map_err(|e| refuse(&e))?;
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, &spec.list).map_err(|e| refuse(&e))?;
+    let args = archive_list_args(server, spec, list);
+    let prepared = crate::commands::save::read_jobs(&args, false, &server.console)
+        .map_err(|e| Refusal::Invalid(format!("{e:#}")))?;
+    Ok(prepared.images.iter().map(|j| repo(&j.source)).collect())
 }
 
 /// The repositories an archive's images were saved from: what a load of it reads.
@@ -159,7 +158,7 @@ impl Server {
                         .map_err(|e| Refusal::Invalid(e.message))?;
                     (archive_reads(&archive), load_writes(&spec, &archive))
                 }
-                _ => (list_reads(&spec), Vec::new()),
+                _ => (list_reads(self, &spec)?, Vec::new()),
             };
             let key = spec.options.sign_key.as_deref();
             caller
