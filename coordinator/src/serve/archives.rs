@@ -4,16 +4,12 @@
 //! archives only inside its `--archive-root`, as a worker writes only inside its own: a
 //! caller of the API gets no other file read or written.
 
-use std::sync::{Arc, Mutex};
-
 use hangar_shared::archive::ArchiveReader;
 use hangar_shared::reference::ImageRef;
 use hangar_worker::context::policy::ArchiveRoots;
-use tracing::Instrument;
 
-use super::{JobRequest, Refusal, Running, Server, auth};
+use super::{JobRequest, Refusal, Server, auth};
 use crate::cli::{ArchiveListArgs, LoadArgs, PlatformArgs, SaveArgs, SyncArgs};
-use crate::engine::job::JobSnapshot;
 use crate::spec::{JobKind, JobSpec};
 
 fn repo(r: &ImageRef) -> String {
@@ -168,84 +164,37 @@ impl Server {
                 .authorise_overwrite(spec.options.overwrite)
                 .map_err(Refusal::Forbidden)?;
         }
-        let snapshot = Arc::new(Mutex::new(JobSnapshot {
-            id: id.clone(),
-            kind: spec.kind.as_str().into(),
-            state: "running".into(),
-            started: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            ..Default::default()
-        }));
-        let first = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-        self.try_save(&id, &request, &first)
-            .await
-            .map_err(Refusal::Invalid)?;
-        let span =
-            tracing::info_span!("serve job", otel.name = %format!("serve job {id}"), job = %id);
-        hangar_shared::telemetry::adopt(&span, request.trace.as_deref());
-        let (server, watch, job) = (self.clone(), snapshot.clone(), id.clone());
-        let (schedule, owner) = (request.schedule.clone(), request.owner.clone());
-        let task = tokio::spawn(
-            async move {
-                // The commands' futures are not provably `Send` (closures over borrowed
-                // state inside their streams), so the job runs on a runtime of its own, on a
-                // thread of its own; this task waits for it (and a cancel stops waiting).
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                // Held by this task: a cancel aborts it, which drops this and stops the job's
-                // run where it is (its futures dropped) on its own runtime.
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let (s, sp) = (server.clone(), spec.clone());
-                let w = watch.clone();
-                std::thread::spawn(move || {
-                    let ran = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(2)
-                        .enable_all()
-                        .build()
-                        .map_err(anyhow::Error::from)
-                        .and_then(|rt| {
-                            rt.block_on(async {
-                                tokio::select! {
-                                    r = run(&s, &sp, location, &w) => r,
-                                    _ = stopped => Err(anyhow::anyhow!("cancelled")),
-                                }
-                            })
-                        });
-                    let _ = tx.send(ran);
-                });
-                let _stop = stop;
-                let outcome = rx.await.unwrap_or_else(|_| {
-                    Err(anyhow::anyhow!("the job's thread ended without a word"))
-                });
-                let last = {
-                    let Ok(mut s) = watch.lock() else { return };
-                    match outcome {
-                        Ok(()) if s.failed == 0 => s.state = "succeeded".into(),
-                        Ok(()) => s.state = "failed".into(),
-                        Err(e) => {
-                            s.state = "failed".into();
-                            s.message = Some(format!("{e:#}"));
-                        }
-                    }
-                    s.clone()
-                };
-                server.save(&job, &request, &last).await;
-            }
-            .instrument(span),
-        );
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.insert(
-                id,
-                Running {
-                    snapshot,
-                    task: Some(task),
-                    schedule,
-                    owner,
-                    results: None,
-                },
-            );
-        }
-        Ok(())
+        let first = super::running(&id, spec.kind, 0, Vec::new());
+        let server = self.clone();
+        self.launch(id, request, first, None, move |watch, _| async move {
+            // The commands' futures are not provably `Send` (closures over borrowed state
+            // inside their streams), so the job runs on a runtime of its own, on a thread of
+            // its own; this task waits for it.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // Held by this task: a cancel aborts it, which drops this and stops the job's
+            // run where it is (its futures dropped) on its own runtime.
+            let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                let ran = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| {
+                        rt.block_on(async {
+                            tokio::select! {
+                                r = run(&server, &spec, location, &watch) => r,
+                                _ = stopped => Err(anyhow::anyhow!("cancelled")),
+                            }
+                        })
+                    });
+                let _ = tx.send(ran);
+            });
+            rx.await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the job's thread ended without a word")))
+                .map_err(|e| format!("{e:#}"))
+        })
+        .await
     }
 }
 

@@ -3,13 +3,12 @@
 //! outcomes are kept for the client that asked (`GET /jobs/{id}/results`), which writes
 //! the reports itself: the server keeps no report file and needs no database.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hangar_shared::imagelist::ImageList;
 use hangar_shared::task::{Outcome, Verdict};
-use tracing::Instrument;
 
-use super::{JobRequest, Refusal, Running, Server, auth};
+use super::{JobRequest, Refusal, Server, auth};
 use crate::commands::{mirror, targets};
 use crate::engine::job::{Backend, JobSnapshot};
 use crate::engine::tasks::{Bus, Here, PerImage};
@@ -230,7 +229,7 @@ impl Server {
     pub(super) async fn start_images(
         &self,
         id: String,
-        mut request: JobRequest,
+        request: JobRequest,
         caller: Option<&auth::Caller>,
     ) -> Result<(), Refusal> {
         let planned = match request.spec.kind {
@@ -246,112 +245,69 @@ impl Server {
             )?;
         }
         let work = work_of(self, &request)?;
-        let snapshot = Arc::new(Mutex::new(JobSnapshot {
-            id: id.clone(),
-            kind: request.spec.kind.as_str().into(),
-            state: "running".into(),
-            total: planned.targets.len() + planned.rejected.len(),
-            failed: planned.rejected.len(),
-            failed_lines: planned.rejected.clone(),
-            started: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            ..Default::default()
-        }));
-        let span =
-            tracing::info_span!("serve job", otel.name = %format!("serve job {id}"), job = %id);
-        hangar_shared::telemetry::adopt(&span, request.trace.as_deref());
-        if request.trace.is_none() {
-            request.trace = hangar_shared::telemetry::traceparent(&span);
-        }
-        let first = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-        self.try_save(&id, &request, &first)
-            .await
-            .map_err(Refusal::Invalid)?;
-        let results: Arc<Mutex<Vec<ImageReport>>> = Arc::default();
-        let (server, watch, kept, job) =
-            (self.clone(), snapshot.clone(), results.clone(), id.clone());
-        let schedule = request.schedule.clone();
-        let owner = request.owner.clone();
-        let task = tokio::spawn(
-            async move {
+        let first = super::running(
+            &id,
+            request.spec.kind,
+            planned.targets.len() + planned.rejected.len(),
+            planned.rejected.clone(),
+        );
+        let results: super::Results = Arc::default();
+        let (server, kept, job) = (self.clone(), results.clone(), id.clone());
+        self.launch(
+            id,
+            request,
+            first,
+            Some(results),
+            move |watch, trace| async move {
                 let pool = Arc::new(crate::commands::gated_pool(
                     server.defaults.tls_verify,
                     server.defaults.authfile.as_deref(),
                     server.gate.clone(),
                 ));
                 let run_id = format!("{job}.{}", server.run);
-                let outcome = async {
-                    let bus = Bus::open(
-                        Backend::Fleet(server.nats.clone()),
-                        &run_id,
-                        Here::new(pool.clone()),
-                        &server.console,
-                    )
-                    .await?;
-                    let how = PerImage {
-                        job: &run_id,
-                        planners: planned.planners,
-                        timeout: planned.timeout,
-                        trace: request.trace.clone(),
-                        interruptible: false,
-                    };
-                    work::run(
-                        &work,
-                        &planned.targets,
-                        &planned.filter,
-                        &pool,
-                        bus,
-                        how,
-                        |i, r| {
-                            if let Ok(mut s) = watch.lock() {
-                                count(&mut s, &planned.lines[i], &r);
-                            }
-                            if let Ok(mut k) = kept.lock() {
-                                let mut report = ImageReport::new(i, &r);
-                                let target = &planned.targets[i];
-                                report.image = Some(ReportedImage {
-                                    entry: planned.entries[i],
-                                    source: target.image.to_string(),
-                                    dest: target.dest.as_ref().map(|d| d.to_string()),
-                                    line: planned.lines[i].clone(),
-                                });
-                                k.push(report);
-                            }
-                        },
-                    )
-                    .await
-                }
-                .await;
-                let last = {
-                    let Ok(mut s) = watch.lock() else { return };
-                    match outcome {
-                        Ok(()) => {
-                            s.state = if s.failed == 0 { "succeeded" } else { "failed" }.into()
-                        }
-                        Err(e) => {
-                            s.state = "failed".into();
-                            s.message = Some(e.to_string());
-                        }
-                    }
-                    s.clone()
+                let bus = Bus::open(
+                    Backend::Fleet(server.nats.clone()),
+                    &run_id,
+                    Here::new(pool.clone()),
+                    &server.console,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let how = PerImage {
+                    job: &run_id,
+                    planners: planned.planners,
+                    timeout: planned.timeout,
+                    trace,
+                    interruptible: false,
                 };
-                server.save(&job, &request, &last).await;
-            }
-            .instrument(span),
-        );
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.insert(
-                id,
-                Running {
-                    snapshot,
-                    task: Some(task),
-                    schedule,
-                    owner,
-                    results: Some(results),
-                },
-            );
-        }
-        Ok(())
+                work::run(
+                    &work,
+                    &planned.targets,
+                    &planned.filter,
+                    &pool,
+                    bus,
+                    how,
+                    |i, r| {
+                        if let Ok(mut s) = watch.lock() {
+                            count(&mut s, &planned.lines[i], &r);
+                        }
+                        if let Ok(mut k) = kept.lock() {
+                            let mut report = ImageReport::new(i, &r);
+                            let target = &planned.targets[i];
+                            report.image = Some(ReportedImage {
+                                entry: planned.entries[i],
+                                source: target.image.to_string(),
+                                dest: target.dest.as_ref().map(|d| d.to_string()),
+                                line: planned.lines[i].clone(),
+                            });
+                            k.push(report);
+                        }
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())
+            },
+        )
+        .await
     }
 }

@@ -73,7 +73,31 @@ struct Running {
     owner: Option<String>,
     /// Each image's outcomes, for jobs over images where they are (sign, scan, …): held
     /// in memory for the client to render, not kept in the bucket.
-    results: Option<Arc<Mutex<Vec<crate::engine::work::ImageReport>>>>,
+    results: Option<Results>,
+}
+
+/// A job's per-image outcomes, as they come.
+type Results = Arc<Mutex<Vec<crate::engine::work::ImageReport>>>;
+
+/// A job's first snapshot: running since now, `failed_lines` refused before any work.
+fn running(
+    id: &str,
+    kind: crate::spec::JobKind,
+    total: usize,
+    failed_lines: Vec<String>,
+) -> JobSnapshot {
+    JobSnapshot {
+        id: id.to_owned(),
+        kind: kind.as_str().into(),
+        state: "running".into(),
+        total,
+        failed: failed_lines.len(),
+        failed_lines,
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        ..Default::default()
+    }
 }
 
 /// Why a job was not started.
@@ -156,7 +180,7 @@ impl Server {
     async fn start(
         &self,
         id: String,
-        mut request: JobRequest,
+        request: JobRequest,
         caller: Option<&auth::Caller>,
     ) -> Result<(), Refusal> {
         request.spec.check().map_err(Refusal::Invalid)?;
@@ -188,70 +212,89 @@ impl Server {
         }
         let (mut spec, rejected) = mirror::spec(prepared, &args);
         spec.interruptible = false;
-        let snapshot = Arc::new(Mutex::new(JobSnapshot {
-            id: id.clone(),
-            kind: request.spec.kind.as_str().into(),
-            state: "running".into(),
-            total: spec.images.len() + rejected.len(),
-            failed: rejected.len(),
-            failed_lines: rejected.iter().map(|(e, _)| e.original.clone()).collect(),
-            started: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            ..Default::default()
-        }));
+        let first = running(
+            &id,
+            request.spec.kind,
+            spec.images.len() + rejected.len(),
+            rejected.iter().map(|(e, _)| e.original.clone()).collect(),
+        );
+        let server = self.clone();
+        let run_id = id.clone();
+        self.launch(id, request, first, None, move |watch, _| async move {
+            let pool = Arc::new(crate::commands::gated_pool(
+                args.tls_verify,
+                args.authfile.as_deref(),
+                server.gate.clone(),
+            ));
+            let report = job::run_mirror(
+                spec,
+                pool,
+                server.console.clone(),
+                Backend::Fleet(server.nats.clone()),
+                (&run_id, &server.run),
+                Some(watch.clone()),
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+            if let Ok(mut s) = watch.lock() {
+                // The figures the command line's summary gives.
+                s.bytes_copied = report.stats.bytes_copied;
+                s.blobs_copied = report.blobs.copied;
+                s.blobs_from_cache = report.blobs.from_cache;
+                // Every mount, into further repositories too: each saved a fetch.
+                s.blobs_mounted = report.blobs.mounted + report.blobs.extra_mounts;
+                s.blobs_present = report.blobs.present;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs a job that was checked and planned: stored first (a job that cannot be stored
+    /// could not be resumed, so it is refused rather than run), then `work` — given the
+    /// snapshot to keep current and the job's trace — spawned under the job's span; its end
+    /// (`Err`: why the run failed) is recorded in the snapshot and stored.
+    async fn launch<F>(
+        &self,
+        id: String,
+        mut request: JobRequest,
+        first: JobSnapshot,
+        results: Option<Results>,
+        work: impl FnOnce(Arc<Mutex<JobSnapshot>>, Option<String>) -> F,
+    ) -> Result<(), Refusal>
+    where
+        F: std::future::Future<Output = std::result::Result<(), String>> + Send + 'static,
+    {
         let span =
             tracing::info_span!("serve job", otel.name = %format!("serve job {id}"), job = %id);
         hangar_shared::telemetry::adopt(&span, request.trace.as_deref());
         if request.trace.is_none() {
             request.trace = hangar_shared::telemetry::traceparent(&span);
         }
-        let first = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
         self.try_save(&id, &request, &first)
             .await
             .map_err(Refusal::Invalid)?;
-        let schedule = request.schedule.clone();
-        let owner = request.owner.clone();
-        let server = self.clone();
-        let watch = snapshot.clone();
-        let task_id = id.clone();
+        let snapshot = Arc::new(Mutex::new(first));
+        let run = work(snapshot.clone(), request.trace.clone());
+        let (schedule, owner) = (request.schedule.clone(), request.owner.clone());
+        let (server, watch, job) = (self.clone(), snapshot.clone(), id.clone());
         let task = tokio::spawn(
             async move {
-                let pool = Arc::new(crate::commands::gated_pool(
-                    args.tls_verify,
-                    args.authfile.as_deref(),
-                    server.gate.clone(),
-                ));
-                let outcome = job::run_mirror(
-                    spec,
-                    pool,
-                    server.console.clone(),
-                    Backend::Fleet(server.nats.clone()),
-                    (&task_id, &server.run),
-                    Some(watch.clone()),
-                )
-                .await;
+                let outcome = run.await;
                 let last = {
                     let Ok(mut s) = watch.lock() else { return };
                     match outcome {
-                        Ok(report) => {
-                            // The figures the command line's summary gives.
-                            s.bytes_copied = report.stats.bytes_copied;
-                            s.blobs_copied = report.blobs.copied;
-                            s.blobs_from_cache = report.blobs.from_cache;
-                            // Every mount, into further repositories too: each saved a fetch.
-                            s.blobs_mounted = report.blobs.mounted + report.blobs.extra_mounts;
-                            s.blobs_present = report.blobs.present;
-                            s.state = if s.failed == 0 { "succeeded" } else { "failed" }.into();
+                        Ok(()) => {
+                            s.state = if s.failed == 0 { "succeeded" } else { "failed" }.into()
                         }
-                        Err(e) => {
+                        Err(why) => {
                             s.state = "failed".into();
-                            s.message = Some(format!("{e:#}"));
+                            s.message = Some(why);
                         }
                     }
                     s.clone()
                 };
-                server.save(&task_id, &request, &last).await;
+                server.save(&job, &request, &last).await;
             }
             .instrument(span),
         );
@@ -263,7 +306,7 @@ impl Server {
                     task: Some(task),
                     schedule,
                     owner,
-                    results: None,
+                    results,
                 },
             );
         }
