@@ -39,6 +39,14 @@ pub enum StoreRef {
     },
 }
 
+impl StoreRef {
+    /// Images are named in it by tag (a registry). The blob cache and archives hold content
+    /// by digest; an archive's names are written by its assembler.
+    pub fn holds_tags(&self) -> bool {
+        matches!(self, StoreRef::Registry { .. })
+    }
+}
+
 /// A repository inside a store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RepoRef {
@@ -57,19 +65,43 @@ impl RepoRef {
     }
 }
 
-impl fmt::Display for RepoRef {
+impl fmt::Display for StoreRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.store {
-            StoreRef::Registry { host } => write!(f, "{host}/{}", self.repo),
+        match self {
+            StoreRef::Registry { host } => write!(f, "{host}"),
             StoreRef::Cache => write!(f, "cache"),
             StoreRef::Archive { location } => write!(f, "{location}"),
         }
     }
 }
 
+impl fmt::Display for RepoRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.store {
+            StoreRef::Registry { host } => write!(f, "{host}/{}", self.repo),
+            store => write!(f, "{store}"),
+        }
+    }
+}
+
+/// What a store can do beyond the common calls. Task handlers ask a store this instead of
+/// branching on what kind of store it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Abilities {
+    /// Blobs move between its repositories without a copy (a registry's cross-repository mount).
+    pub mounts: bool,
+    /// Its reads are local and verified already: staging them in the blob cache would add
+    /// a hop, not safety.
+    pub local_reads: bool,
+    /// Shared by the fleet, and filled under the fleet's blob leases so that one worker
+    /// fetches a digest while the others wait for it (the blob cache).
+    pub leased_fills: bool,
+}
+
 /// Blobs and manifests by digest, in repositories.
 #[async_trait]
 pub trait ImageStore: Send + Sync + fmt::Debug {
+    fn abilities(&self) -> Abilities;
     async fn blob_exists(&self, repo: &str, digest: &Digest, side: Side) -> Result<bool>;
     /// A stream verified against `desc`: it fails rather than yield wrong bytes.
     async fn get_blob(
@@ -95,6 +127,12 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
 
 #[async_trait]
 impl ImageStore for Registry {
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            mounts: true,
+            ..Abilities::default()
+        }
+    }
     async fn blob_exists(&self, repo: &str, digest: &Digest, side: Side) -> Result<bool> {
         Registry::blob_exists(self, repo, digest, side).await
     }

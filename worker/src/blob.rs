@@ -32,21 +32,24 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
         }
         _ => task,
     };
-    if task.dest.store == StoreRef::Cache {
+    let dest = ctx.stores.resolve(&task.dest.store).await?;
+    let can = dest.abilities();
+    if can.leased_fills {
+        // The destination is the fleet's blob cache (`save` gathers there for the
+        // assembler): filling it is the copy, under the lease on the digest.
         return into_cache(ctx, task).await;
     }
-    let dest = ctx.stores.resolve(&task.dest.store).await?;
     if dest
         .blob_exists(&task.dest.repo, digest, Side::Destination)
         .await?
     {
         return Ok(Outcome::BlobPresent);
     }
-    for candidate in task
+    let candidates = task
         .mount_from
         .iter()
-        .filter(|c| c.store == task.dest.store && c.repo != task.dest.repo)
-    {
+        .filter(|c| can.mounts && c.store == task.dest.store && c.repo != task.dest.repo);
+    for candidate in candidates {
         if dest
             .mount_blob(&task.dest.repo, &candidate.repo, digest)
             .await?
@@ -76,13 +79,12 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
             cached: false,
         });
     }
-    // An archive is already a local, verified copy: the cache would only add a hop.
+    let source = ctx.stores.resolve(&task.source.store).await?;
     if let Some(cache) = &ctx.cache
-        && !matches!(task.source.store, StoreRef::Archive { .. })
+        && !source.abilities().local_reads
     {
         return through_cache(ctx, cache, task, dest.as_ref()).await;
     }
-    let source = ctx.stores.resolve(&task.source.store).await?;
     let what = format!("copy blob {digest} {} -> {}", task.source, task.dest);
     ctx.retry
         .run(&what, || async {

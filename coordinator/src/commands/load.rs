@@ -11,7 +11,6 @@ use hangar_shared::archive::{ArchiveImage, ArchiveReader};
 use hangar_shared::imagelist::{ImageList, LineKind, ListEntry};
 use hangar_shared::manifest::PlatformFilter;
 use hangar_shared::retry::RetryPolicy;
-use hangar_shared::store::StoreRef;
 
 use crate::cli::LoadArgs;
 use crate::console::Console;
@@ -37,6 +36,7 @@ fn filter(args: &LoadArgs) -> PlatformFilter {
 /// The archive's images to load (all, or those of `-f`), with their destinations.
 fn select(
     archive: &ArchiveReader,
+    location: &str,
     args: &LoadArgs,
     dest_registry: &str,
     debug: bool,
@@ -122,12 +122,13 @@ fn select(
             .clone()
             .with_registry(Some(dest_registry))
             .with_project(some(&args.project).as_deref());
-        jobs.push(ImageJob {
+        jobs.push(ImageJob::from_archive(
             entry,
+            location,
+            Arc::new(image.clone()),
             source,
             dest,
-            archived: Some(Arc::new(image.clone())),
-        });
+        ));
     }
     let at_once = super::clamp_jobs(args.jobs, debug, console);
     Ok(Selected {
@@ -183,11 +184,11 @@ pub async fn load(
     }
     let (location, dest) = endpoints(args)?;
     let archive = Arc::new(ArchiveReader::open(&location).await?);
-    let selected = select(&archive, args, &dest, debug, &console)?;
+    let selected = select(&archive, &location, args, &dest, debug, &console)?;
     let projects: BTreeSet<String> = selected
         .jobs
         .iter()
-        .map(|j| j.dest.project.clone())
+        .map(|j| j.name.dest.project.clone())
         .collect();
     super::harbor::ensure_projects(
         &dest,
@@ -212,9 +213,6 @@ pub async fn load(
         interruptible: watch.is_none(),
         cache: None,
         ends: Ends {
-            source: Some(StoreRef::Archive {
-                location: location.clone(),
-            }),
             sign_key: args.sign_key.clone(),
             ..Default::default()
         },
@@ -309,8 +307,8 @@ pub(crate) fn checks(
     debug: bool,
     console: &Console,
 ) -> Result<Checks> {
-    let (_, dest) = endpoints(args)?;
-    let selected = select(archive, args, &dest, debug, console)?;
+    let (location, dest) = endpoints(args)?;
+    let selected = select(archive, &location, args, &dest, debug, console)?;
     let timeout = humantime::parse_duration(&args.timeout)
         .map_err(|e| anyhow::anyhow!("invalid --timeout {:?}: {e}", args.timeout))?;
     let (filter, provenance) = (&selected.filter, args.provenance);
@@ -318,8 +316,8 @@ pub(crate) fn checks(
         .jobs
         .iter()
         .map(|job| work::Target {
-            image: job.source.clone(),
-            dest: Some(job.dest.clone()),
+            image: job.name.source.clone(),
+            dest: Some(job.name.dest.clone()),
             expect: Some(
                 job.archived
                     .as_ref()

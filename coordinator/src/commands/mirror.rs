@@ -115,12 +115,7 @@ pub fn prepare_list(
                 .with_registry(some(&args.source).as_deref())
                 .with_project(some(&args.source_project).as_deref());
             let dest = dest.with_project(some(&args.destination_project).as_deref());
-            Some(ImageJob {
-                entry: entry.clone(),
-                source,
-                dest,
-                archived: None,
-            })
+            Some(ImageJob::between_registries(entry.clone(), source, dest))
         })
         .collect::<Vec<_>>();
     let jobs = super::clamp_jobs(args.jobs, debug, console);

@@ -60,8 +60,10 @@ pub async fn run(
     // A plan of a copy nothing can land in is no plan: the destinations are asked first.
     let mut unreachable = Vec::new();
     if let Target::Registry { .. } = target {
-        let hosts: std::collections::BTreeSet<&str> =
-            images.iter().map(|j| j.dest.registry.as_str()).collect();
+        let hosts: std::collections::BTreeSet<&str> = images
+            .iter()
+            .map(|j| j.name.dest.registry.as_str())
+            .collect();
         for host in hosts {
             if let Err(e) = pool.registry(host).await.and_then(|r| r.reachable()) {
                 console.error(None, &e.message);
@@ -159,7 +161,7 @@ pub async fn run(
         for b in p.platforms.iter().flat_map(|x| x.blobs.iter()) {
             naive += b.size;
             let key = match target {
-                Target::Registry { .. } => (job.dest.registry.clone(), b.digest.clone()),
+                Target::Registry { .. } => (job.name.dest.registry.clone(), b.digest.clone()),
                 Target::Archive { .. } => (String::new(), b.digest.clone()),
             };
             unique.entry(key).or_insert_with(|| {
@@ -168,9 +170,12 @@ pub async fn run(
                         store: StoreRef::Registry { host },
                         repo,
                     }) => (host.clone(), repo.clone()),
-                    _ => (job.source.registry.clone(), job.source.repository()),
+                    _ => (
+                        job.name.source.registry.clone(),
+                        job.name.source.repository(),
+                    ),
                 };
-                (job.dest.repository(), b.clone(), host, repo)
+                (job.name.dest.repository(), b.clone(), host, repo)
             });
         }
     }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::engine::planner::ImageJob;
 use anyhow::{Context as _, Result, bail};
 use hangar_shared::archive::writer::{
     ArchiveWriter, Written, plan_volumes, volume_path, write_archive,
@@ -163,7 +164,7 @@ async fn gather(
     let (mut spec, rejected) = super::mirror::spec(prepared, &margs);
     // Under `serve` (a watched job) signals are the service's.
     spec.interruptible = watch.is_none();
-    spec.ends.to_cache = true;
+    spec.images = spec.images.into_iter().map(ImageJob::into_cache).collect();
     spec.ends.scan = scan_db.is_some();
     // Archives never carry signatures (Hangar's save removes them).
     spec.signatures = false;

@@ -109,7 +109,7 @@ pub async fn run(
         let bus = Bus::open(backend, &job_id, here, &console).await?;
         let targets: Vec<work::Target> = images
             .iter()
-            .map(|j| work::Target::at(j.source.clone()))
+            .map(|j| work::Target::at(j.name.source.clone()))
             .collect();
         let how = PerImage {
             job: &job_id,

@@ -102,8 +102,8 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         let targets: Vec<work::Target> = images
             .iter()
             .map(|j| work::Target {
-                image: j.source.clone(),
-                dest: Some(j.dest.clone()),
+                image: j.name.source.clone(),
+                dest: Some(j.name.dest.clone()),
                 expect: None,
             })
             .collect();

@@ -11,7 +11,7 @@ use hangar_shared::archive::ArchiveReader;
 use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::manifest::PlatformFilter;
 use hangar_shared::retry::RetryPolicy;
-use hangar_shared::store::RegistryPool;
+use hangar_shared::store::{RegistryPool, StoreRef};
 use tokio::sync::mpsc;
 
 pub use super::tasks::Backend;
@@ -237,7 +237,7 @@ pub fn planning(
                         // the signature policy's transport default applies, before anything
                         // of it is planned.
                         let allowed = crate::commands::signature_policy().and_then(|policy| {
-                            policy.map_or(Ok(()), |p| p.check_archived(&job.source))
+                            policy.map_or(Ok(()), |p| p.check_archived(&job.name.source))
                         });
                         allowed?;
                         return planner::plan_archive(
@@ -302,11 +302,14 @@ pub async fn run_mirror(
     // Here (not on the fleet, whose workers may reach what this process cannot), every
     // destination registry is asked once before any work: one that does not answer fails
     // the job in seconds, one line each, rather than every image after its retries.
-    if matches!(backend, Backend::Embedded) && !spec.ends.to_cache {
+    if matches!(backend, Backend::Embedded) {
         let hosts: std::collections::BTreeSet<&str> = spec
             .images
             .iter()
-            .map(|j| j.dest.registry.as_str())
+            .filter_map(|j| match &j.dest.store {
+                StoreRef::Registry { host } => Some(host.as_str()),
+                _ => None,
+            })
             .collect();
         let probes = hosts
             .iter()
@@ -360,7 +363,6 @@ pub async fn run_mirror(
             provenance: spec.provenance,
             signatures: spec.signatures,
             look_first: here_only
-                && !spec.ends.to_cache
                 && !spec.overwrite
                 && spec.ends.sign_key.is_none()
                 && !spec.ends.scan,

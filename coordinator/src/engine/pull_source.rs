@@ -13,7 +13,7 @@ use hangar_shared::manifest::{PlatformFilter, RawManifest};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::RegistriesConf;
 use hangar_shared::registry::Side;
-use hangar_shared::store::{RegistryPool, RepoRef};
+use hangar_shared::store::{RegistryPool, RepoRef, StoreRef};
 
 use crate::engine::planner::{self, ImageJob, Planned};
 
@@ -31,11 +31,11 @@ pub struct Planning<'a> {
 
 impl Planning<'_> {
     pub async fn plan(&self, job: &ImageJob) -> Result<Planned> {
-        let candidates = candidates(&job.source)?;
+        let candidates = candidates(&job.name.source)?;
         let last = candidates.len() - 1;
         let mut outcome = None;
         for (n, candidate) in candidates.into_iter().enumerate() {
-            let mirrored = candidate != job.source;
+            let mirrored = candidate != job.name.source;
             let attempt = self.plan_from(job, &candidate).await;
             match attempt {
                 Err(e) if n < last => {
@@ -74,15 +74,17 @@ impl Planning<'_> {
             // The scope and identity are the image's own name; its signatures are read
             // where the image is read.
             policy
-                .check_at(store.as_ref(), candidate, &job.source)
+                .check_at(store.as_ref(), candidate, &job.name.source)
                 .await?;
         }
         let mut at = job.clone();
-        at.source = candidate.clone();
+        at.source = RepoRef::registry(&candidate.registry, &candidate.repository());
+        at.name.source = candidate.clone();
         // A destination this process cannot reach is the workers' business: no look.
-        let dest = match self.look_first {
-            true => self.pool.registry(&job.dest.registry).await.ok(),
-            false => None,
+        // Only a store that names images by tag can already hold this one at its tag.
+        let dest = match &job.dest.store {
+            StoreRef::Registry { host } if self.look_first => self.pool.registry(host).await.ok(),
+            _ => None,
         };
         planner::plan(
             store.as_ref(),

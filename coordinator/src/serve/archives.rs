@@ -26,7 +26,11 @@ fn list_reads(server: &Server, spec: &JobSpec) -> Result<Vec<String>, Refusal> {
     let args = archive_list_args(server, spec, list);
     let prepared = crate::commands::save::read_jobs(&args, false, &server.console)
         .map_err(|e| Refusal::Invalid(format!("{e:#}")))?;
-    Ok(prepared.images.iter().map(|j| repo(&j.source)).collect())
+    Ok(prepared
+        .images
+        .iter()
+        .map(|j| repo(&j.name.source))
+        .collect())
 }
 
 /// The repositories an archive's images were saved from: what a load of it reads.

@@ -153,8 +153,8 @@ impl Caller {
     pub fn authorise_job(&self, images: &[ImageJob], args: &MirrorArgs) -> Result<(), String> {
         let repo =
             |r: &hangar_shared::reference::ImageRef| format!("{}/{}", r.registry, r.repository());
-        let reads: Vec<String> = images.iter().map(|i| repo(&i.source)).collect();
-        let writes: Vec<String> = images.iter().map(|i| repo(&i.dest)).collect();
+        let reads: Vec<String> = images.iter().map(|i| repo(&i.name.source)).collect();
+        let writes: Vec<String> = images.iter().map(|i| repo(&i.name.dest)).collect();
         self.authorise_images(&reads, &writes, args.sign_key.as_deref())?;
         self.authorise_overwrite(args.overwrite)
     }
@@ -332,8 +332,8 @@ tokens:
     }
 
     fn job(src: &str, dst: &str) -> ImageJob {
-        ImageJob {
-            entry: ListEntry {
+        ImageJob::between_registries(
+            ListEntry {
                 index: 1,
                 line_no: 1,
                 original: src.into(),
@@ -341,10 +341,9 @@ tokens:
                     ImageRef::parse(src).expect("ref"),
                 ),
             },
-            source: ImageRef::parse(src).expect("ref"),
-            dest: ImageRef::parse(dst).expect("ref"),
-            archived: None,
-        }
+            ImageRef::parse(src).expect("ref"),
+            ImageRef::parse(dst).expect("ref"),
+        )
     }
 
     #[test]

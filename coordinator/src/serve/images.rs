@@ -44,8 +44,8 @@ fn plan_list(server: &Server, id: &str, request: &JobRequest) -> Result<Planned,
                 .images
                 .iter()
                 .map(|j| work::Target {
-                    image: j.source.clone(),
-                    dest: Some(j.dest.clone()),
+                    image: j.name.source.clone(),
+                    dest: Some(j.name.dest.clone()),
                     expect: None,
                 })
                 .collect(),

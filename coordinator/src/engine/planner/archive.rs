@@ -75,7 +75,7 @@ pub async fn plan_archive(
             push_tag: None,
         });
     }
-    let top = match &job.dest.tag {
+    let top = match &job.name.dest.tag {
         Some(tag) => TopPlan::Index {
             tag: tag.clone(),
             source_index: None,
@@ -131,7 +131,12 @@ async fn plan_archived_chart(
             blobs.push(b.clone());
         }
     }
-    let tag = job.dest.tag.clone().unwrap_or_else(|| image.tag.clone());
+    let tag = job
+        .name
+        .dest
+        .tag
+        .clone()
+        .unwrap_or_else(|| image.tag.clone());
     Ok(Planned::Plan(ImagePlan {
         platforms: vec![PlatformPlan {
             entry: spec.descriptor(manifest.bytes.len() as u64),
@@ -164,7 +169,7 @@ pub fn archive_image(job: &ImageJob, plan: &ImagePlan) -> Result<ArchiveImage> {
             layers,
         ));
     }
-    let source = &job.source;
+    let source = &job.name.source;
     let tag = source
         .tag
         .clone()

@@ -20,19 +20,75 @@ use hangar_shared::imagelist::ListEntry;
 use hangar_shared::manifest::{Descriptor, Manifest, PlatformFilter, RawManifest};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::Side;
-use hangar_shared::store::{ImageStore, RepoRef};
+use hangar_shared::store::{ImageStore, RepoRef, StoreRef};
 
 pub use archive::{archive_image, plan_archive};
 pub use select::{read_config, select};
 
-/// One list entry with its resolved endpoints.
+/// One list entry with its resolved endpoints: the repository it is read from and the one
+/// it goes to, each in a store of any kind (a registry, an archive, the blob cache).
 #[derive(Debug, Clone)]
 pub struct ImageJob {
     pub entry: ListEntry,
+    pub source: RepoRef,
+    pub dest: RepoRef,
+    /// How the list names the image at either end.
+    pub name: Names,
+    /// The image's entry in the archive it is loaded from: what plans it.
+    pub archived: Option<Arc<ArchiveImage>>,
+}
+
+/// An image's names at its two ends: the source's tag or digest (and the registry whose
+/// `registries.conf` mirrors read it), the destination's tag, and how logs and reports say it.
+#[derive(Debug, Clone)]
+pub struct Names {
     pub source: ImageRef,
     pub dest: ImageRef,
-    /// The image's entry in the archive it is loaded from.
-    pub archived: Option<Arc<ArchiveImage>>,
+}
+
+impl ImageJob {
+    /// Registry to registry (`mirror`).
+    pub fn between_registries(entry: ListEntry, source: ImageRef, dest: ImageRef) -> Self {
+        Self {
+            entry,
+            source: RepoRef::registry(&source.registry, &source.repository()),
+            dest: RepoRef::registry(&dest.registry, &dest.repository()),
+            name: Names { source, dest },
+            archived: None,
+        }
+    }
+
+    /// Read from the archive at `location` (`load`), planned by the archive's own entry.
+    pub fn from_archive(
+        entry: ListEntry,
+        location: &str,
+        image: Arc<ArchiveImage>,
+        source: ImageRef,
+        dest: ImageRef,
+    ) -> Self {
+        Self {
+            entry,
+            source: RepoRef {
+                store: StoreRef::Archive {
+                    location: location.to_owned(),
+                },
+                repo: source.repository(),
+            },
+            dest: RepoRef::registry(&dest.registry, &dest.repository()),
+            name: Names { source, dest },
+            archived: Some(image),
+        }
+    }
+
+    /// Gathered into the blob cache for an archive's assembler (`save`, `sync`) instead of
+    /// pushed to the registry its name points at.
+    pub fn into_cache(mut self) -> Self {
+        self.dest = RepoRef {
+            store: StoreRef::Cache,
+            repo: String::new(),
+        };
+        self
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -116,8 +172,8 @@ async fn already_present(
 ) -> Result<Option<Digest>> {
     let Some(found) = dest
         .get_manifest(
-            &job.dest.repository(),
-            &job.dest.manifest_reference(),
+            &job.name.dest.repository(),
+            &job.name.dest.manifest_reference(),
             Side::Destination,
         )
         .await?
@@ -156,7 +212,7 @@ pub async fn plan(
     signatures: bool,
     dest: Option<&dyn ImageStore>,
 ) -> Result<Planned> {
-    let source = &job.source;
+    let source = &job.name.source;
     if source.is_signature_tag() {
         return Err(Error::invalid(format!(
             "{source}: image is a sigstore signature"
@@ -171,7 +227,7 @@ pub async fn plan(
     };
     let repo = source.repository();
     if let Some(dest) = dest
-        && job.dest.tag.is_some()
+        && job.name.dest.tag.is_some()
     {
         // Both looks at once: the destination's tag, and what a copy would carry beside it.
         let mut kept: Vec<Digest> = selection.entries.iter().map(|e| e.digest.clone()).collect();
@@ -257,7 +313,7 @@ pub async fn plan(
             push_tag: None,
         });
     }
-    let top_plan = match &job.dest.tag {
+    let top_plan = match &job.name.dest.tag {
         Some(tag) => TopPlan::Index {
             tag: tag.clone(),
             source_index: selection.complete.then_some(top),

@@ -340,6 +340,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_image_read_from_an_archive_copies_its_blobs_from_the_archive_to_its_registry() {
+        let image = job("src.io/lib/app:1", "dst.io/proj/app:1");
+        let entry =
+            hangar_shared::archive::ArchiveImage::new("src.io/lib/app".into(), "1".into(), vec![]);
+        let archived = crate::engine::planner::ImageJob::from_archive(
+            image.entry,
+            "/srv/saved.zip",
+            std::sync::Arc::new(entry),
+            image.name.source,
+            image.name.dest,
+        );
+        let mut h = Harness::new(vec![archived], Ends::default());
+        h.add(0, tagged("1", vec![platform("amd64", &[blob("config")])]))
+            .await;
+        let tasks = h.take();
+        let blobs = blob_tasks(&tasks);
+        assert_eq!(blobs.len(), 1);
+        assert_eq!(
+            blobs[0].source.store,
+            hangar_shared::store::StoreRef::Archive {
+                location: "/srv/saved.zip".into()
+            }
+        );
+        assert_eq!(blobs[0].dest, RepoRef::registry("dst.io", "proj/app"));
+    }
+
+    #[tokio::test]
     async fn a_blob_shared_by_two_images_of_one_repository_is_published_once() {
         let mut h = Harness::new(
             vec![

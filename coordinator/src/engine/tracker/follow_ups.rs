@@ -43,8 +43,8 @@ impl Tracker {
         let dest = self.dest_repo(image);
         let job = &self.images[image].job;
         let identity = hangar_shared::sign::cosign::docker_reference(
-            &job.dest.registry,
-            &job.dest.repository(),
+            &job.name.dest.registry,
+            &job.name.dest.repository(),
         );
         self.images[image].pending_follow_ups += 1;
         let name = format!("sign/{dest}@{digest}");

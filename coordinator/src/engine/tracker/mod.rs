@@ -92,14 +92,10 @@ pub trait Observer: Send {
     fn image_finished(&mut self, job: &ImageJob, result: &ImageResult);
 }
 
-/// Where a job's images come from and go to, when not registry → registry.
+/// What a job does beside carrying its images from end to end (each image names its
+/// ends: [`ImageJob::source`], [`ImageJob::dest`]).
 #[derive(Debug, Clone, Default)]
 pub struct Ends {
-    /// The store every image is read from (`load`: the archive); registries otherwise.
-    pub source: Option<StoreRef>,
-    /// Gather blobs and manifests in the blob cache for the assembler (`save`, `sync`)
-    /// instead of pushing them to a registry.
-    pub to_cache: bool,
     /// How logs name the destination when it is not a registry (the archive's path).
     pub dest_label: Option<String>,
     /// Sign every platform manifest and index as it lands, with the workers' key of this name.
@@ -210,26 +206,11 @@ impl Tracker {
     }
 
     fn source_repo(&self, image: usize) -> RepoRef {
-        let job = &self.images[image].job;
-        match &self.ends.source {
-            Some(store) => RepoRef {
-                store: store.clone(),
-                repo: job.source.repository(),
-            },
-            None => RepoRef::registry(&job.source.registry, &job.source.repository()),
-        }
+        self.images[image].job.source.clone()
     }
 
     fn dest_repo(&self, image: usize) -> RepoRef {
-        let job = &self.images[image].job;
-        if self.ends.to_cache {
-            RepoRef {
-                store: StoreRef::Cache,
-                repo: String::new(),
-            }
-        } else {
-            RepoRef::registry(&job.dest.registry, &job.dest.repository())
-        }
+        self.images[image].job.dest.clone()
     }
 
     fn finish(&mut self, image: usize, result: ImageResult, obs: &mut dyn Observer) {

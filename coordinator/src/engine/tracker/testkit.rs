@@ -73,17 +73,16 @@ pub(crate) fn tagged(tag: &str, platforms: Vec<PlatformPlan>) -> Planned {
 
 pub(crate) fn job(src: &str, dst: &str) -> ImageJob {
     let source = ImageRef::parse(src).expect("source reference");
-    ImageJob {
-        entry: ListEntry {
+    ImageJob::between_registries(
+        ListEntry {
             index: 1,
             line_no: 1,
             original: src.into(),
             kind: LineKind::Default(source.clone()),
         },
         source,
-        dest: ImageRef::parse(dst).expect("destination reference"),
-        archived: None,
-    }
+        ImageRef::parse(dst).expect("destination reference"),
+    )
 }
 
 /// Images as they finished, by destination.

@@ -9,7 +9,6 @@
 use std::collections::VecDeque;
 
 use hangar_shared::error::{Error, Result};
-use hangar_shared::store::StoreRef;
 use hangar_shared::task::{IndexTask, ManifestBody, ManifestTask, Outcome, Task};
 
 use super::{ImageResult, Observer, TaskRef, Tracker};
@@ -32,11 +31,9 @@ impl Tracker {
                 .unwrap_or_else(|| p.manifest.digest.to_string()),
             manifest: ManifestBody::from(&p.manifest),
         });
-        let store = match &dest.store {
-            StoreRef::Registry { host } => host.clone(),
-            _ => "cache".to_owned(),
-        };
-        let key = format!("manifest/{store}@{}", p.manifest.digest);
+        // A digest is written once per store: concurrent PUTs of one manifest race in
+        // distribution's storage, across its repositories too.
+        let key = format!("manifest/{}@{}", dest.store, p.manifest.digest);
         self.write(
             task,
             TaskRef::Manifest {
@@ -103,7 +100,7 @@ impl Tracker {
         let Some(plan) = &state.plan else {
             return Ok(());
         };
-        if self.ends.to_cache {
+        if !self.dest_repo(image).store.holds_tags() {
             // Archives keep platform manifests only; the assembler writes the rest.
             self.complete(
                 image,
@@ -134,7 +131,7 @@ impl Tracker {
                 }),
             ),
             TopPlan::ByDigest(index) => (
-                format!("manifest/{}@{}", state.job.dest.registry, index.digest),
+                format!("manifest/{}@{}", dest.store, index.digest),
                 Task::Manifest(ManifestTask {
                     dest: dest.clone(),
                     reference: index.digest.to_string(),
@@ -384,11 +381,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_save_finishes_an_image_once_its_platform_manifests_are_in_the_cache() {
-        let ends = Ends {
-            to_cache: true,
-            ..Ends::default()
-        };
-        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], ends);
+        let image = job("src.io/lib/a:1", "dst.io/proj/a:1").into_cache();
+        let mut h = Harness::new(vec![image], Ends::default());
         h.add(0, tagged("1", vec![platform("amd64", &[blob("config")])]))
             .await;
         let blobs = h.take();
