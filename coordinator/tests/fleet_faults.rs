@@ -294,22 +294,7 @@ async fn an_interrupted_fleet_run_leaves_no_task_queued() {
         .stderr(std::fs::File::create(env.path("sign.err")).unwrap())
         .spawn()
         .expect("hangar-coord sign");
-    let http = reqwest::Client::new();
-    let queued = || {
-        let http = http.clone();
-        let url = format!("{}/jsz?streams=true", nats.monitor_url());
-        async move {
-            let jsz: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
-            jsz["account_details"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
-                .find(|s| s["name"] == "HANGAR_TASKS")
-                .and_then(|s| s["state"]["messages"].as_u64())
-                .unwrap_or(0)
-        }
-    };
+    let queued = || queued_tasks(&nats);
     // Each image's index and platform digest: queued, with nobody to take them.
     let started = std::time::Instant::now();
     while queued().await < 2 {
@@ -329,4 +314,115 @@ async fn an_interrupted_fleet_run_leaves_no_task_queued() {
     assert!(!status.success(), "{out}");
     assert!(out.contains("interrupted"), "{out}");
     assert_eq!(queued().await, 0, "the run's tasks were purged: {out}");
+}
+
+/// Tasks in the task stream, and the names of its consumers, from the server's monitor.
+async fn task_stream(nats: &NatsProcess) -> (u64, Vec<String>) {
+    let url = format!("{}/jsz?streams=true&consumers=true", nats.monitor_url());
+    let jsz: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let stream = jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+        .find(|s| s["name"] == "HANGAR_TASKS");
+    let Some(stream) = stream else {
+        return (0, Vec::new());
+    };
+    let consumers = stream["consumer_detail"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    (stream["state"]["messages"].as_u64().unwrap_or(0), consumers)
+}
+
+async fn queued_tasks(nats: &NatsProcess) -> u64 {
+    task_stream(nats).await.0
+}
+
+/// A kind of task no live worker takes: the worker that took check tasks is gone (its
+/// durable consumer stays) and the one left was started with `--check-concurrency 0`. The
+/// run does not wait forever: it fails once no worker has pulled its checks for the
+/// fleet's patience (30 s), says which flag makes a worker take them, and purges its tasks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kind_no_live_worker_takes_fails_the_run_and_names_the_flag() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let lines = seed_shared_repos(&env, 2).await;
+    let list = env.write_list("list.txt", &lines);
+    let taker = common::fleet::worker(&nats.url(), &env.path("taker.log"), &[], &[]);
+    let started = std::time::Instant::now();
+    while !task_stream(&nats)
+        .await
+        .1
+        .iter()
+        .any(|c| c == "hangar-check")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the first worker never made its check consumer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(taker);
+    let _copier = common::fleet::worker(
+        &nats.url(),
+        &env.path("copier.log"),
+        &["--check-concurrency", "0"],
+        &[],
+    );
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "mirror",
+            "validate",
+            "--tls-verify=false",
+            "-d",
+            &env.dst.addr,
+        ])
+        .arg("-f")
+        .arg(&list)
+        .args(["--nats", &nats.url(), "-o"])
+        .arg(env.path("failed.txt"))
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hangar-coord mirror validate");
+    // Without the watch the run would wait for ever: it is stopped, and the test fails.
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let text = text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("no worker took this job's check tasks for 30s")
+            && text.contains("--check-concurrency above 0"),
+        "{text}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(120),
+        "gave up after {took:?}"
+    );
+    let failed = std::fs::read_to_string(env.path("failed.txt")).unwrap_or_default();
+    for line in &lines {
+        assert!(
+            failed.contains(line.as_str()),
+            "{line} not in the failed list: {failed}"
+        );
+    }
+    assert_eq!(
+        queued_tasks(&nats).await,
+        0,
+        "the run's tasks were purged: {text}"
+    );
 }

@@ -12,7 +12,7 @@ use crate::store::RepoRef;
 pub type JobId = String;
 pub type TaskId = u64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TaskKind {
     Blob,
@@ -35,6 +35,19 @@ impl TaskKind {
             Self::Sign => "sign",
             Self::Scan => "scan",
             Self::Check => "check",
+        }
+    }
+
+    /// What makes a `hangar-worker` take tasks of this kind.
+    pub fn how_to_take(self) -> &'static str {
+        match self {
+            Self::Blob => "--blob-concurrency above 0",
+            Self::Manifest => "--manifest-concurrency above 0",
+            Self::Index => "--index-concurrency above 0",
+            Self::Assemble => "--cache and --assemble-concurrency above 0",
+            Self::Sign => "--sign-key naming the job's key, and --sign-concurrency above 0",
+            Self::Scan => "--scan-concurrency above 0",
+            Self::Check => "--check-concurrency above 0",
         }
     }
 }

@@ -15,7 +15,7 @@ use hangar_shared::store::{RegistryPool, StoreRef};
 use tokio::sync::mpsc;
 
 pub use super::tasks::Backend;
-use super::tasks::{Bus, Here};
+use super::tasks::{Bus, Here, News};
 use crate::console::{Console, Progress};
 use crate::engine::planner::{self, ImageJob, ImagePlan};
 use crate::engine::tracker::{Ends, ImageResult, Observer, Stats, Tracker};
@@ -400,8 +400,8 @@ pub async fn run_mirror(
     while !tracker.is_finished() {
         tokio::select! {
             Some((i, planned)) = plans.recv() => tracker.add_plan(i, planned, &mut obs).await?,
-            event = bus.events.recv() => match event {
-                Some(event) => {
+            news = bus.next() => match news {
+                News::Event(event) => {
                     in_flight.observe(&event);
                     tracker.on_event(event, &mut obs).await?;
                     if let Some(w) = &watch
@@ -410,9 +410,11 @@ pub async fn run_mirror(
                         snap.in_flight = in_flight.view(|t| tracker.describe(t));
                     }
                 }
-                None => {
-                    // No worker can report anything any more: what is unfinished stays so.
-                    tracker.abandon("the workers stopped before these images were done", &mut obs);
+                News::Stopped { why, purge } => {
+                    // No event can come any more: what is unfinished stays so.
+                    console.error(None, &why);
+                    tracker.abandon(&why, &mut obs);
+                    interrupted |= purge;
                 }
             },
             _ = tokio::signal::ctrl_c(), if spec.interruptible => {

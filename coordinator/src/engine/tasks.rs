@@ -29,6 +29,10 @@ use crate::console::Console;
 /// backoff; one redelivery covers a handler that failed as a whole.
 pub const MAX_DELIVER: u32 = 2;
 
+/// How long a kind of task may wait with no worker pulling it before the run gives up on
+/// it: the time after which the fleet also takes a silent worker for gone (its leases).
+pub const UNSERVED_PATIENCE: Duration = hangar_shared::lease::LEASE_TTL;
+
 /// Where the tasks run.
 pub enum Backend {
     /// Worker handlers in this process, on the in-process queue.
@@ -70,8 +74,11 @@ impl Here {
 /// One run's queue and the events of its tasks.
 pub struct Bus {
     pub queue: Arc<dyn TaskQueue>,
-    pub events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
     workers: Option<tokio::task::JoinHandle<()>>,
+    /// On the fleet: says why the run cannot go on when a kind of its tasks has had no
+    /// worker pulling it for [`UNSERVED_PATIENCE`].
+    unserved: Option<(mpsc::Receiver<String>, tokio::task::JoinHandle<()>)>,
     /// On the fleet: the client and run, so that an interrupted run's queued tasks are
     /// purged rather than left for the workers.
     fleet: Option<(async_nats::Client, String)>,
@@ -118,27 +125,53 @@ impl Bus {
                     queue,
                     events,
                     workers: Some(workers),
+                    unserved: None,
                     fleet: None,
                 })
             }
             Backend::Fleet(client) => {
                 let events = jetstream::follow_events(client.clone(), job_id).await?;
-                let queue: Arc<dyn TaskQueue> =
-                    Arc::new(JetStreamQueue::publisher(client.clone()).await?);
+                let publisher = Arc::new(JetStreamQueue::publisher(client.clone()).await?);
+                let (tx, rx) = mpsc::channel(1);
+                let watch = tokio::spawn(watch_unserved(publisher.clone(), UNSERVED_PATIENCE, tx));
                 console.info(None, format!("Job {job_id} runs on the fleet"));
                 Ok(Self {
-                    queue,
+                    queue: publisher,
                     events,
                     workers: None,
+                    unserved: Some((rx, watch)),
                     fleet: Some((client, job_id.to_owned())),
                 })
             }
         }
     }
 
+    /// The next event of the run's tasks, or why none can come any more.
+    pub async fn next(&mut self) -> News {
+        let unserved = async {
+            match self.unserved.as_mut() {
+                Some((rx, _)) => rx.recv().await,
+                None => None,
+            }
+        };
+        tokio::select! {
+            event = self.events.recv() => match event {
+                Some(event) => News::Event(event),
+                None => News::Stopped {
+                    why: "the workers stopped before this image was done".into(),
+                    purge: false,
+                },
+            },
+            Some(why) = unserved => News::Stopped { why, purge: true },
+        }
+    }
+
     /// No more tasks; waits for the embedded handlers to drain (or stops them). An
     /// interrupted fleet run's queued tasks are purged: nobody follows them any more.
     pub async fn close(self, interrupted: bool) {
+        if let Some((_, watch)) = &self.unserved {
+            watch.abort();
+        }
         self.queue.close().await;
         if let (true, Some((client, job))) = (interrupted, &self.fleet)
             && let Err(e) = jetstream::purge_run(client.clone(), job).await
@@ -151,6 +184,45 @@ impl Bus {
             } else {
                 // The queue is closed and drained once every task has ended.
                 let _ = workers.await;
+            }
+        }
+    }
+}
+
+/// What [`Bus::next`] brings.
+pub enum News {
+    Event(Event),
+    /// No event can come any more: `why`; `purge` when the run's queued tasks must go.
+    Stopped {
+        why: String,
+        purge: bool,
+    },
+}
+
+/// Tells `tx` once some kind of the run's tasks has had no worker pulling it for
+/// `patience` in a row. Moments NATS cannot answer (it restarts) prove nothing either way.
+async fn watch_unserved(queue: Arc<JetStreamQueue>, patience: Duration, tx: mpsc::Sender<String>) {
+    let poll = (patience / 10).max(Duration::from_millis(200));
+    let mut since: HashMap<hangar_shared::task::TaskKind, tokio::time::Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(poll).await;
+        let Ok(kinds) = queue.unserved().await else {
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        since.retain(|k, _| kinds.contains(k));
+        for kind in kinds {
+            let first = *since.entry(kind).or_insert(now);
+            if now.duration_since(first) >= patience {
+                let _ = tx
+                    .send(format!(
+                        "no worker took this job's {} tasks for {}: start workers that take them ({})",
+                        kind.as_str(),
+                        humantime::format_duration(patience),
+                        kind.how_to_take()
+                    ))
+                    .await;
+                return;
             }
         }
     }
@@ -278,13 +350,16 @@ where
                     open.insert(i, Open { outcomes, left });
                 }
             },
-            event = bus.events.recv() => {
-                let Some(event) = event else {
-                    // Nobody can report anything any more: what is unfinished stays so.
-                    for (i, _) in open.drain() {
-                        finished(i, Err(stopped("the workers stopped before this image was done")));
+            news = bus.next() => {
+                let event = match news {
+                    News::Event(event) => event,
+                    News::Stopped { why, purge } => {
+                        interrupted = purge;
+                        for (i, _) in open.drain() {
+                            finished(i, Err(stopped(&why)));
+                        }
+                        break;
                     }
-                    break;
                 };
                 let Some(&(i, k)) = tasks.get(&event.task) else { continue };
                 match event.kind {
@@ -372,6 +447,7 @@ mod tests {
             queue: queue.clone(),
             events,
             workers: None,
+            unserved: None,
             fleet: None,
         };
         (bus, queue, tx)

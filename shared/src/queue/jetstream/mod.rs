@@ -26,6 +26,7 @@ use crate::task::{TaskEnvelope, TaskKind};
 
 mod connect;
 mod events;
+pub mod unserved;
 
 pub use connect::{NatsOptions, connect, inbox_prefix, redact_url};
 pub use events::{JetStreamSink, follow_events};
@@ -118,6 +119,8 @@ pub struct JetStreamQueue {
     js: jetstream::Context,
     ack_wait: Duration,
     sent: SentTasks,
+    /// Kinds of the tasks this publisher sent, for [`Self::unserved`].
+    kinds: std::sync::Mutex<std::collections::BTreeSet<TaskKind>>,
     /// Deliveries pulled by the per-kind fetchers, for `next`.
     incoming: Mutex<Option<mpsc::Receiver<Delivery>>>,
     fetchers: Vec<tokio::task::JoinHandle<()>>,
@@ -149,6 +152,7 @@ impl JetStreamQueue {
             incoming: Mutex::new(None),
             fetchers: vec![watcher],
             sent,
+            kinds: Default::default(),
         })
     }
 
@@ -192,11 +196,22 @@ impl JetStreamQueue {
             incoming: Mutex::new(Some(rx)),
             fetchers,
             sent: Arc::default(),
+            kinds: Default::default(),
         })
     }
 }
 
 impl JetStreamQueue {
+    /// The kinds of the tasks this publisher sent that no worker pulls now
+    /// ([`unserved::kinds`]).
+    pub async fn unserved(&self) -> Result<Vec<TaskKind>> {
+        let sent: Vec<TaskKind> = match self.kinds.lock() {
+            Ok(k) => k.iter().copied().collect(),
+            Err(_) => Vec::new(),
+        };
+        unserved::kinds(&self.js, &sent).await
+    }
+
     /// Per kind: tasks waiting in the stream, and tasks delivered but not yet acked.
     pub async fn pending(&self) -> Result<Vec<(TaskKind, u64, u64)>> {
         let stream = self.js.get_stream(TASK_STREAM).await.map_err(bus)?;
@@ -312,6 +327,9 @@ impl DeliveryHandle for JsHandle {
 #[async_trait]
 impl TaskQueue for JetStreamQueue {
     async fn publish(&self, mut task: TaskEnvelope) -> Result<()> {
+        if let Ok(mut kinds) = self.kinds.lock() {
+            kinds.insert(task.task.kind());
+        }
         // The trace context travels as a header, where NATS tooling and other services look.
         let trace = task.trace.take();
         let payload = serde_json::to_vec(&task).map_err(|e| Error::internal(e.to_string()))?;
