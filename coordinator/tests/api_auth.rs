@@ -156,6 +156,7 @@ async fn the_api_authenticates_and_authorises_every_request() {
             ("GET", "/jobs"),
             ("POST", "/jobs"),
             ("GET", "/jobs/j1"),
+            ("GET", "/jobs/j1/results"),
             ("DELETE", "/jobs/j1"),
         ] {
             let mut req = http.request(method.parse().unwrap(), format!("{base}{path}"));
@@ -402,6 +403,60 @@ async fn the_api_authenticates_and_authorises_every_request() {
     assert!(body.contains("only its own jobs"), "{body}");
     let (status, body) = cancel("ops-secret-token").await;
     assert_eq!(status, 200, "{body}");
+    // A job's per-image outcomes are its submitter's (and an admin's) to read, not every
+    // reader's: they say what images hold.
+    let mut validate = good.clone();
+    validate["kind"] = serde_json::json!("mirror-validate");
+    let (status, answer) = post("other-secret-token", validate).await;
+    assert_eq!(status, 201, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    loop {
+        let state = http
+            .get(format!("{base}/jobs/{id}"))
+            .bearer_auth("other-secret-token")
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap();
+        if state["state"] != "running" && state["state"] != "queued" {
+            assert_eq!(state["state"], "succeeded", "{state}");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{state}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let results = |token: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/jobs/{id}/results");
+        async move {
+            let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+            (
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    for token in ["reader-secret-token", "ci-secret-token"] {
+        let (status, body) = results(token).await;
+        assert_eq!(status, 403, "{token}: {body}");
+        assert!(body.contains("only of its own jobs"), "{body}");
+    }
+    for token in ["other-secret-token", "ops-secret-token"] {
+        let (status, body) = results(token).await;
+        assert_eq!(status, 200, "{token}: {body}");
+        let outcomes: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            outcomes.as_array().map(Vec::len),
+            Some(lines.len()),
+            "{body}"
+        );
+    }
     // The reader reads.
     let resp = http
         .get(format!("{base}/jobs"))

@@ -148,6 +148,20 @@ impl Caller {
         }
     }
 
+    /// Whether this caller may read the per-image outcomes of a job submitted by `owner`.
+    pub fn may_read_results(&self, owner: Option<&str>) -> Result<(), String> {
+        self.require(Role::Read, "reading a job")?;
+        if self.role == Role::Admin || owner == Some(self.name.as_str()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "token {:?} may read the results only of its own jobs (this one was submitted by {})",
+                self.name,
+                owner.unwrap_or("another caller")
+            ))
+        }
+    }
+
     /// Checks a job against the caller's role and policy: every source and destination
     /// repository, the signing key, overwrite.
     pub fn authorise_job(&self, images: &[ImageJob], args: &MirrorArgs) -> Result<(), String> {

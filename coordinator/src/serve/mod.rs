@@ -74,10 +74,17 @@ struct Running {
     /// Each image's outcomes, for jobs over images where they are (sign, scan, …): held
     /// in memory for the client to render, not kept in the bucket.
     results: Option<Results>,
+    /// Its outcomes were dropped to hold newer jobs' ([`HELD_RESULTS`]).
+    results_dropped: bool,
 }
 
 /// A job's per-image outcomes, as they come.
 type Results = Arc<Mutex<Vec<crate::engine::work::ImageReport>>>;
+
+/// Finished jobs whose outcomes are held for their clients, the newest by start; an older
+/// one's are dropped (its client is told they are gone): memory stays bounded however
+/// many jobs run.
+const HELD_RESULTS: usize = 16;
 
 /// A job's first snapshot: running since now, `failed_lines` refused before any work.
 fn running(
@@ -97,6 +104,25 @@ fn running(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         ..Default::default()
+    }
+}
+
+/// Drops the outcomes of finished jobs beyond the newest `keep` of them.
+fn drop_old_results(jobs: &mut HashMap<String, Running>, keep: usize) {
+    let mut finished: Vec<(u64, String)> = jobs
+        .iter()
+        .filter(|(_, r)| r.results.is_some())
+        .filter_map(|(id, r)| {
+            let s = r.snapshot.lock().ok()?;
+            (s.state != "running" && s.state != "queued").then(|| (s.started, id.clone()))
+        })
+        .collect();
+    finished.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, id) in finished.into_iter().skip(keep) {
+        if let Some(r) = jobs.get_mut(&id) {
+            r.results = None;
+            r.results_dropped = true;
+        }
     }
 }
 
@@ -307,8 +333,10 @@ impl Server {
                     schedule,
                     owner,
                     results,
+                    results_dropped: false,
                 },
             );
+            drop_old_results(&mut jobs, HELD_RESULTS);
         }
         Ok(())
     }
@@ -371,6 +399,7 @@ impl Server {
                         schedule: stored.request.schedule.clone(),
                         owner: stored.request.owner.clone(),
                         results: None,
+                        results_dropped: false,
                     },
                 );
             }
@@ -527,4 +556,41 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(started: u64, state: &str) -> Running {
+        Running {
+            snapshot: Arc::new(Mutex::new(JobSnapshot {
+                started,
+                state: state.into(),
+                ..Default::default()
+            })),
+            task: None,
+            schedule: None,
+            owner: None,
+            results: Some(Results::default()),
+            results_dropped: false,
+        }
+    }
+
+    #[test]
+    fn only_the_newest_finished_jobs_keep_their_outcomes() {
+        let mut jobs = HashMap::new();
+        for (id, started, state) in [
+            ("old", 1, "succeeded"),
+            ("mid", 2, "failed"),
+            ("new", 3, "succeeded"),
+            ("running", 0, "running"),
+        ] {
+            jobs.insert(id.to_owned(), job(started, state));
+        }
+        drop_old_results(&mut jobs, 2);
+        let held = |id: &str| jobs[id].results.is_some();
+        assert!(held("new") && held("mid") && held("running"));
+        assert!(!held("old") && jobs["old"].results_dropped);
+    }
 }

@@ -133,16 +133,19 @@ pub(super) async fn results(
     Extension(caller): Extension<Arc<auth::Caller>>,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(e) = caller.require(auth::Role::Read, "reading a job") {
-        return refuse(StatusCode::FORBIDDEN, e);
-    }
     let found = server.jobs.lock().ok().and_then(|j| {
-        j.get(&id)
-            .map(|r| (snapshot_of(r), r.results.as_ref().map(Arc::clone)))
+        j.get(&id).map(|r| {
+            let kept = r.results.as_ref().map(Arc::clone);
+            (snapshot_of(r), kept, r.owner.clone(), r.results_dropped)
+        })
     });
-    let Some((snap, kept)) = found else {
+    let Some((snap, kept, owner, dropped)) = found else {
         return refuse(StatusCode::NOT_FOUND, format!("no job {id}"));
     };
+    // Outcomes say what images hold (packages, signatures): its submitter's to read.
+    if let Err(e) = caller.may_read_results(owner.as_deref()) {
+        return refuse(StatusCode::FORBIDDEN, e);
+    }
     if snap.state == "running" || snap.state == "queued" {
         return refuse(
             StatusCode::CONFLICT,
@@ -162,6 +165,13 @@ pub(super) async fn results(
         None if matches!(snap.kind.as_str(), "" | "mirror" | "save" | "sync" | "load") => refuse(
             StatusCode::NOT_FOUND,
             format!("job {id} copies images: its figures are the job itself"),
+        ),
+        None if dropped => refuse(
+            StatusCode::GONE,
+            format!(
+                "the results of job {id} are no longer held: the coordinator holds those of the newest {} finished jobs",
+                super::HELD_RESULTS
+            ),
         ),
         None => refuse(
             StatusCode::GONE,
