@@ -118,6 +118,29 @@ async fn save_sync_and_load_run_through_serve_inside_its_archive_root() {
         assert_eq!(index_digests(&loaded), vec![sha(&source)], "{line}");
     }
 
+    // A line naming an image the archive does not hold is refused before any work: it is
+    // in the job's snapshot from the start, so in this client's failed list, and counted.
+    let absent = format!("{}/served/absent:v9", env.src.addr);
+    let partial = env.write_list("partial.txt", &[lines[0].clone(), absent.clone()]);
+    let (ok, out) = run(&[
+        "load",
+        "-s",
+        &archive,
+        "-f",
+        partial.to_str().unwrap(),
+        "-d",
+        &env.dst.addr,
+        "-o",
+        env.path("pf.txt").to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("1/2 images done (1 failed)") || out.contains("1 failed"),
+        "{out}"
+    );
+    let failed = std::fs::read_to_string(env.path("pf.txt")).unwrap_or_default();
+    assert_eq!(failed.trim(), absent, "{out}");
+
     // The load checked: the coordinator reads the archive's index, its workers the
     // destination; this command renders each image's verdict by the names it was given.
     let (ok, out) = run(&[

@@ -185,6 +185,7 @@ pub async fn load(
     let (location, dest) = endpoints(args)?;
     let archive = Arc::new(ArchiveReader::open(&location).await?);
     let selected = select(&archive, &location, args, &dest, debug, &console)?;
+    super::save::watch_begins(watch, selected.jobs.len(), selected.failed.clone());
     let projects: BTreeSet<String> = selected
         .jobs
         .iter()

@@ -165,6 +165,11 @@ async fn gather(
     // Under `serve` (a watched job) signals are the service's.
     spec.interruptible = watch.is_none();
     spec.images = spec.images.into_iter().map(ImageJob::into_cache).collect();
+    watch_begins(
+        watch,
+        spec.images.len(),
+        rejected.iter().map(|(e, _)| e.original.clone()).collect(),
+    );
     spec.ends.scan = scan_db.is_some();
     // Archives never carry signatures (Hangar's save removes them).
     spec.signatures = false;
@@ -369,6 +374,18 @@ async fn remote_copy(
 
 /// A job's snapshot, kept up to date while it runs (`serve`).
 pub type Watch = Arc<std::sync::Mutex<crate::engine::job::JobSnapshot>>;
+
+/// Tells a watched job its size before its run: the images it runs, and the lines refused
+/// before any work (failed from the start, as a mirror's are).
+pub fn watch_begins(watch: Option<&Watch>, images: usize, refused: Vec<String>) {
+    if let Some(w) = watch
+        && let Ok(mut s) = w.lock()
+    {
+        s.total = images + refused.len();
+        s.failed += refused.len();
+        s.failed_lines.extend(refused);
+    }
+}
 
 pub async fn save(
     args: &SaveArgs,
