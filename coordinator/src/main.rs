@@ -233,6 +233,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             commands::within(&a.timeout, commands::merge_manifest::run(&a, &console)).await
         }
         Command::ConvertList(a) => commands::convert_list::run(&a, &console),
+        Command::GenerateList(a) => commands::generate_list::run(&a, &console).await,
         Command::Login(a) => commands::login::login(&a, &console).await,
         Command::Logout(a) => commands::login::logout(&a, &console),
         Command::Version => {

@@ -4,6 +4,7 @@
 mod archive;
 mod common;
 mod fleet;
+mod generate_list;
 mod mirror;
 mod registry;
 mod sign_scan;
@@ -12,6 +13,7 @@ mod view;
 pub use archive::*;
 pub use common::*;
 pub use fleet::*;
+pub use generate_list::*;
 pub use mirror::*;
 pub use registry::*;
 pub use sign_scan::*;
@@ -101,6 +103,8 @@ pub enum Command {
     MergeManifest(MergeManifestArgs),
     /// Convert a default-format list into mirror format.
     ConvertList(ConvertListArgs),
+    /// Generate a Rancher version's image lists from KDM data and chart repositories.
+    GenerateList(GenerateListArgs),
     /// Store registry credentials.
     Login(LoginArgs),
     /// Remove stored registry credentials.

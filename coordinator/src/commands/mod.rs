@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod convert_list;
 pub mod delete;
+pub mod generate_list;
 pub mod harbor;
 pub mod inspect;
 pub mod inspect_list;

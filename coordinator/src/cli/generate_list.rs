@@ -1,0 +1,69 @@
+//! `generate-list`: Hangar's flags and defaults.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct GenerateListArgs {
+    /// Rancher version (`v` added when missing; a `-ent` suffix means a Rancher Prime
+    /// Manager GC build).
+    #[arg(long = "rancher")]
+    pub rancher: Option<String>,
+    /// Linux image list (default: RANCHER-images.txt).
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// Windows image list.
+    #[arg(long = "output-windows")]
+    pub output_windows: Option<PathBuf>,
+    /// `IMAGE SOURCE,…` lines: where each image was found.
+    #[arg(long = "output-source")]
+    pub output_source: Option<PathBuf>,
+    /// K3s, RKE2 and RKE versions supported (default: RANCHER-versions.txt).
+    #[arg(long = "output-versions")]
+    pub output_versions: Option<PathBuf>,
+    /// RKE1 Linux images from KDM.
+    #[arg(long = "rke-images")]
+    pub rke_images: Option<PathBuf>,
+    /// RKE2 Linux images from KDM.
+    #[arg(long = "rke2-images")]
+    pub rke2_images: Option<PathBuf>,
+    /// RKE2 Windows images from KDM.
+    #[arg(long = "rke2-windows-images")]
+    pub rke2_windows_images: Option<PathBuf>,
+    /// K3s Linux images from KDM.
+    #[arg(long = "k3s-images")]
+    pub k3s_images: Option<PathBuf>,
+    /// KDM data.json: a path, or an http(s) URL.
+    #[arg(long = "kdm")]
+    pub kdm: Option<String>,
+    /// Cloned chart repository (repeatable, or comma-separated).
+    #[arg(long = "chart")]
+    pub charts: Vec<String>,
+    /// Cloned system-chart repository (repeatable, or comma-separated).
+    #[arg(long = "system-chart")]
+    pub system_charts: Vec<String>,
+    /// Dev branches instead of release branches (only when the repositories are fetched,
+    /// which this build does not do).
+    #[arg(long = "dev")]
+    pub dev: bool,
+    /// Keep only the newest patch of each K3s/RKE2 minor.
+    #[arg(long = "kdm-remove-deprecated", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub kdm_remove_deprecated: bool,
+    /// Minimum RKE1 Kubernetes version (checked, and without effect, as in Hangar v1.9.3+).
+    #[arg(long = "min-kube-version")]
+    pub min_kube_version: Option<String>,
+    /// Registry put on every image written.
+    #[arg(long = "registry", default_value = "")]
+    pub registry: String,
+    /// Where K3s and RKE2 release image lists are downloaded from: GitHub, or a mirror of
+    /// its release downloads (`BASE/k3s-io/k3s/releases/download/VERSION/k3s-images.txt`).
+    #[arg(long = "release-base", default_value = "https://github.com")]
+    pub release_base: String,
+    /// Check the TLS certificates of the KDM URL and the release downloads.
+    #[arg(long = "tls-verify", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// Overwrite output files without asking.
+    #[arg(short = 'y', long = "auto-yes")]
+    pub yes: bool,
+}

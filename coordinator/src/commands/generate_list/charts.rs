@@ -1,0 +1,412 @@
+//! Images from a chart repository on disk: its charts found through its `index.yaml` (the
+//! shortest-path one) or through the `Chart.yaml` directories under it, the newest version
+//! of each chart that the Rancher version satisfies, and in each the image maps of every
+//! `values.yaml` (subcharts and packaged `.tgz` charts included).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use serde_yaml_ng::Value;
+
+use super::constraint;
+use super::{Found, Lists};
+use crate::console::Console;
+
+/// The largest `values.yaml`, `Chart.yaml`, `questions.yaml` or `index.yaml` read, and the
+/// most a packaged chart may unpack to: a repository is input like any other.
+const MAX_FILE: u64 = 16 << 20;
+const MAX_PACKAGE: u64 = 256 << 20;
+
+/// One version of one chart.
+struct Version {
+    name: String,
+    version: semver::Version,
+    text: String,
+    /// A chart directory or packaged `.tgz`, relative to the repository.
+    path: PathBuf,
+    rancher_constraint: Option<String>,
+}
+
+/// A repository's kind: system charts check every version of `rancher-monitoring`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Default,
+    System,
+}
+
+/// Adds the images of the charts in `repo` that `rancher` supports to `found`.
+pub fn collect(
+    repo: &Path,
+    kind: Kind,
+    rancher: &semver::Version,
+    found: &mut Found,
+    console: &Console,
+) -> Result<()> {
+    refuse_symlinks(repo)?;
+    let mut versions = match shortest_index(repo)? {
+        Some(index) => from_index(repo, &index, console)?,
+        None => from_chart_dirs(repo, console)?,
+    };
+    versions.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| b.version.cmp(&a.version)));
+    let mut i = 0;
+    while i < versions.len() {
+        let name = versions[i].name.clone();
+        let all = kind == Kind::System && name == "rancher-monitoring";
+        let mut first = true;
+        while i < versions.len() && versions[i].name == name {
+            let v = &versions[i];
+            i += 1;
+            // Only the newest version is a candidate (as Rancher's tools decide).
+            if !(first || all) {
+                continue;
+            }
+            first = false;
+            let constraint = match &v.rancher_constraint {
+                Some(c) => Some(c.clone()),
+                None => questions_range(&repo.join(&v.path))?,
+            };
+            if let Some(c) = constraint {
+                let ok = constraint::satisfied(&c, rancher).map_err(|e| {
+                    anyhow::anyhow!("failed to check constraint of chart {:?}: {e}", v.name)
+                })?;
+                if !ok {
+                    continue;
+                }
+            }
+            let source = format!("[{};{}:{}]", repo.display(), v.name, v.text);
+            match values_files(&repo.join(&v.path)) {
+                Ok(files) => {
+                    for (file, text) in files {
+                        match serde_yaml_ng::from_str::<Value>(&text) {
+                            Ok(values @ Value::Mapping(_)) => {
+                                images(&values, &source, found, console)
+                            }
+                            Ok(_) => console
+                                .warn(None, format!("{file}: values are not a mapping; skipped")),
+                            Err(e) => console
+                                .warn(None, format!("Failed to get values from {file:?}: {e}")),
+                        }
+                    }
+                }
+                Err(e) => console.warn(None, format!("{}: {e:#}; skipped", v.path.display())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A repository is read as it is: a symlink could lead out of it, or around in a loop.
+fn refuse_symlinks(dir: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("chart repository {}", dir.display()))?;
+    if meta.file_type().is_symlink() {
+        bail!("symlink found at path {}", dir.display());
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            refuse_symlinks(&entry?.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn read_bounded(path: &Path) -> Result<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .take(MAX_FILE + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if text.len() as u64 > MAX_FILE {
+        bail!("{} is larger than {} MiB", path.display(), MAX_FILE >> 20);
+    }
+    Ok(text)
+}
+
+/// The `index.yaml` nearest the repository's root, if any (depth first, names in order).
+fn shortest_index(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut best: Option<PathBuf> = None;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&d)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "index.yaml")
+                && best
+                    .as_ref()
+                    .is_none_or(|b| p.as_os_str().len() < b.as_os_str().len())
+            {
+                best = Some(p);
+            }
+        }
+    }
+    Ok(best)
+}
+
+fn from_index(repo: &Path, index: &Path, console: &Console) -> Result<Vec<Version>> {
+    let text = read_bounded(index)?;
+    let doc: Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{}: not a chart repository index", index.display()))?;
+    let mut out = Vec::new();
+    let Some(entries) = doc.get("entries").and_then(Value::as_mapping) else {
+        bail!(
+            "{}: a chart repository index needs `entries`",
+            index.display()
+        );
+    };
+    let base = index
+        .parent()
+        .unwrap_or(repo)
+        .strip_prefix(repo)
+        .unwrap_or(Path::new(""))
+        .to_owned();
+    for (name, list) in entries {
+        let Some(name) = name.as_str() else { continue };
+        for entry in list.as_sequence().into_iter().flatten() {
+            let text = entry
+                .get("version")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let url = entry
+                .get("urls")
+                .and_then(Value::as_sequence)
+                .and_then(|u| u.first())
+                .and_then(Value::as_str);
+            let (Some(version), Some(url)) = (super::version::parse(text), url) else {
+                console.warn(
+                    None,
+                    format!(
+                        "{}: chart {name} {text:?} has no version or URL; skipped",
+                        index.display()
+                    ),
+                );
+                continue;
+            };
+            // Charts named by URL are read from this repository, never fetched.
+            if url.contains("://")
+                || Path::new(url).is_absolute()
+                || url.split('/').any(|s| s == "..")
+            {
+                console.warn(
+                    None,
+                    format!(
+                        "{}: chart {name} {text} lies outside the repository ({url}); skipped",
+                        index.display()
+                    ),
+                );
+                continue;
+            }
+            out.push(Version {
+                name: name.to_owned(),
+                version,
+                text: text.to_owned(),
+                path: base.join(url),
+                rancher_constraint: rancher_annotation(entry),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn rancher_annotation(meta: &Value) -> Option<String> {
+    meta.get("annotations")
+        .and_then(|a| a.get("catalog.cattle.io/rancher-version"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// Every directory holding a `Chart.yaml` with a name, not descending into it.
+fn from_chart_dirs(repo: &Path, console: &Console) -> Result<Vec<Version>> {
+    let mut out = Vec::new();
+    let mut stack = vec![repo.to_owned()];
+    while let Some(d) = stack.pop() {
+        let chart = d.join("Chart.yaml");
+        if chart.is_file() {
+            let meta: Value =
+                match read_bounded(&chart).and_then(|t| Ok(serde_yaml_ng::from_str(&t)?)) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        console.warn(None, format!("{}: {e:#}; skipped", chart.display()));
+                        continue;
+                    }
+                };
+            let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+            let text = meta
+                .get("version")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            match super::version::parse(text) {
+                Some(version) if !name.is_empty() => out.push(Version {
+                    name: name.to_owned(),
+                    version,
+                    text: text.to_owned(),
+                    path: d.strip_prefix(repo).unwrap_or(&d).to_owned(),
+                    rancher_constraint: rancher_annotation(&meta),
+                }),
+                _ => console.warn(
+                    None,
+                    format!(
+                        "{}: a chart needs a name and a semantic version; skipped",
+                        chart.display()
+                    ),
+                ),
+            }
+            continue;
+        }
+        for entry in std::fs::read_dir(&d)? {
+            let p = entry?.path();
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A system chart's `questions.yaml` (or `.yml`) range of Rancher versions, as a constraint.
+fn questions_range(chart: &Path) -> Result<Option<String>> {
+    if !chart.is_dir() {
+        return Ok(None);
+    }
+    let Some(file) = ["questions.yaml", "questions.yml"]
+        .iter()
+        .map(|n| chart.join(n))
+        .find(|p| p.is_file())
+    else {
+        return Ok(None);
+    };
+    let doc: Value = match serde_yaml_ng::from_str(&read_bounded(&file)?) {
+        Ok(d) => d,
+        Err(_) => return Ok(None),
+    };
+    let field = |k: &str| {
+        doc.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    Ok(
+        match (field("rancher_min_version"), field("rancher_max_version")) {
+            (Some(min), Some(max)) => Some(format!("{min} - {max}")),
+            (Some(min), None) => Some(format!(">= {min}")),
+            (None, Some(max)) => Some(format!("<= {max}")),
+            (None, None) => None,
+        },
+    )
+}
+
+/// Every `values.yaml`/`values.yml` of a chart directory or packaged chart, with its name.
+fn values_files(path: &Path) -> Result<Vec<(String, String)>> {
+    let is_values = |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| n == "values.yaml" || n == "values.yml")
+    };
+    let mut out = Vec::new();
+    if path.is_dir() {
+        let mut stack = vec![path.to_owned()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d)? {
+                let p = entry?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if is_values(&p) {
+                    out.push((p.display().to_string(), read_bounded(&p)?));
+                }
+            }
+        }
+        out.sort();
+        return Ok(out);
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let gz = flate2::read::GzDecoder::new(file).take(MAX_PACKAGE);
+    let mut tar = tar::Archive::new(hangar_shared::scan::tar_guard::TarGuard::new(gz));
+    for entry in tar
+        .entries()
+        .with_context(|| format!("{} is not a packaged chart", path.display()))?
+    {
+        let entry = entry.with_context(|| format!("reading {}", path.display()))?;
+        let name = entry.path()?.into_owned();
+        if !entry.header().entry_type().is_file() || !is_values(&name) {
+            continue;
+        }
+        if entry.size() > MAX_FILE {
+            bail!(
+                "{}: {} is larger than {} MiB",
+                path.display(),
+                name.display(),
+                MAX_FILE >> 20
+            );
+        }
+        let mut text = String::new();
+        entry.take(MAX_FILE).read_to_string(&mut text)?;
+        out.push((format!("{}:{}", path.display(), name.display()), text));
+    }
+    Ok(out)
+}
+
+/// Every mapping with a `repository` and a `tag` names an image, on the systems its `os`
+/// lists (Linux when it lists none).
+fn images(node: &Value, source: &str, found: &mut Found, console: &Console) {
+    match node {
+        Value::Mapping(m) => {
+            let repo = m
+                .get("repository")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty());
+            if let (Some(repo), Some(tag)) = (repo, m.get("tag")) {
+                let tag = match tag {
+                    Value::String(s) if s.is_empty() => Some("latest".to_owned()),
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    Value::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                };
+                match tag {
+                    Some(tag) => {
+                        let image = format!("{repo}:{tag}");
+                        match m.get("os") {
+                            Some(Value::String(os)) => {
+                                for part in os.split(',').map(str::trim) {
+                                    if part.eq_ignore_ascii_case("linux") {
+                                        found.add(Lists::Linux, &image, source);
+                                    } else if part.eq_ignore_ascii_case("windows") {
+                                        found.add(Lists::Windows, &image, source);
+                                    }
+                                }
+                            }
+                            None | Some(Value::Null) => found.add(Lists::Linux, &image, source),
+                            Some(_) => {
+                                console.error(
+                                    None,
+                                    format!(
+                                        "field 'os:' for image {image} neither a string nor nil"
+                                    ),
+                                );
+                                found.add(Lists::Linux, &image, source);
+                            }
+                        }
+                    }
+                    None => console.warn(
+                        None,
+                        format!("{source}: image {repo} has a tag that is not a value; skipped"),
+                    ),
+                }
+            }
+            for (_, v) in m {
+                images(v, source, found, console);
+            }
+        }
+        Value::Sequence(items) => {
+            for v in items {
+                images(v, source, found, console);
+            }
+        }
+        Value::Tagged(t) => images(&t.value, source, found, console),
+        _ => {}
+    }
+}

@@ -1,0 +1,409 @@
+//! `generate-list`: the image list of a Rancher version, from its KDM data (K3s, RKE2 and
+//! RKE1 images) and its chart repositories, written as Hangar writes it: sorted lists with
+//! no trailing newline, sources per image, the supported Kubernetes versions, and one list
+//! per distribution.
+//!
+//! Deliberate differences from Hangar: absolute paths are paths (Hangar takes anything
+//! starting with `/` for a URL), release image lists are downloaded with the usual
+//! certificate checks (Hangar inverts `--tls-verify` there) and from `--release-base` when
+//! given (a mirror of GitHub's release downloads, for sites that cannot reach GitHub), a
+//! numeric tag is written as its number, an image a Rancher GC build renames keeps its
+//! sources, and `--registry` never swallows a one-segment image with a tag. Cloning
+//! Rancher's chart repositories from GitHub when no source is given is not done: clone
+//! them, and name them with `--chart`/`--system-chart`.
+
+mod charts;
+mod constraint;
+mod kdm;
+mod version;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::StreamExt;
+
+use crate::cli::GenerateListArgs;
+use crate::console::Console;
+use kdm::{Distro, Kdm};
+
+/// The largest KDM document and release image list read (the real ones are a few MiB and
+/// a few KiB): a server answering without end cannot take the memory.
+const MAX_KDM: u64 = 64 << 20;
+const MAX_IMAGE_LIST: u64 = 4 << 20;
+
+/// The main lists images go to.
+#[derive(Clone, Copy)]
+pub enum Lists {
+    Linux,
+    Windows,
+}
+
+/// What the sources yield: images with where each came from, per-distribution lists and
+/// the Kubernetes versions supported.
+#[derive(Default)]
+pub struct Found {
+    linux: BTreeMap<String, BTreeSet<String>>,
+    windows: BTreeMap<String, BTreeSet<String>>,
+    rke1_linux: BTreeSet<String>,
+    k3s_linux: BTreeSet<String>,
+    rke2_linux: BTreeSet<String>,
+    rke2_windows: BTreeSet<String>,
+    rke1_versions: BTreeSet<String>,
+    k3s_versions: Vec<String>,
+    rke2_versions: Vec<String>,
+}
+
+impl Found {
+    pub fn add(&mut self, list: Lists, image: &str, source: &str) {
+        let set = match list {
+            Lists::Linux => &mut self.linux,
+            Lists::Windows => &mut self.windows,
+        };
+        set.entry(image.to_owned())
+            .or_default()
+            .insert(source.to_owned());
+    }
+}
+
+pub async fn run(args: &GenerateListArgs, console: &Console) -> Result<()> {
+    let Some(given) = args.rancher.as_deref().filter(|r| !r.trim().is_empty()) else {
+        bail!("rancher version not specified, use '--rancher' to specify the rancher version");
+    };
+    let named = match given.trim().starts_with('v') {
+        true => given.trim().to_owned(),
+        false => format!("v{}", given.trim()),
+    };
+    let gc = named.contains("-ent");
+    let stripped = named.split("-ent").next().unwrap_or(&named).to_owned();
+    let Some(rancher) = version::parse(&stripped).filter(|_| stripped.starts_with('v')) else {
+        bail!("{stripped:?} is not a valid semver version");
+    };
+    if gc {
+        console.info(None, "Set to Rancher Prime Manager GC version");
+    }
+    if let Some(min) = &args.min_kube_version
+        && !min.is_empty()
+        && version::parse(min)
+            .filter(|_| min.starts_with('v'))
+            .is_none()
+    {
+        bail!("invalid min-kube-version provided: {min}");
+    }
+    if args.kdm.is_none() && args.charts.is_empty() && args.system_charts.is_empty() {
+        bail!(
+            "give the sources to read: --kdm (a data.json path or URL), --chart and --system-chart \
+             (cloned chart repositories); fetching Rancher's repositories from GitHub is not done here"
+        );
+    }
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .timeout(std::time::Duration::from_secs(120))
+        .danger_accept_invalid_certs(!args.tls_verify)
+        .build()?;
+
+    let mut found = Found::default();
+    for (repos, kind) in [
+        (&args.charts, charts::Kind::Default),
+        (&args.system_charts, charts::Kind::System),
+    ] {
+        for repo in repos
+            .iter()
+            .flat_map(|r| r.split(','))
+            .filter(|r| !r.is_empty())
+        {
+            if repo.contains("://") {
+                bail!("chart url is not supported, please provide the cloned chart path: {repo}");
+            }
+            charts::collect(Path::new(repo), kind, &rancher, &mut found, console)
+                .with_context(|| format!("chart repository {repo}"))?;
+        }
+    }
+    if let Some(location) = &args.kdm {
+        let bytes = read_source(&http, location, MAX_KDM).await?;
+        let data = Kdm::parse(&bytes, location)?;
+        for distro in [Distro::K3s, Distro::Rke2] {
+            let versions = data.releases(distro, &rancher, args.kdm_remove_deprecated)?;
+            if versions.is_empty() {
+                console.info(
+                    None,
+                    format!(
+                        "skipping {} image generation since no compatible releases were found for version: {stripped}",
+                        distro.name()
+                    ),
+                );
+            }
+            release_images(&http, args, distro, &versions, &mut found).await?;
+            match distro {
+                Distro::K3s => found.k3s_versions = versions,
+                Distro::Rke2 => found.rke2_versions = versions,
+            }
+        }
+        if version::cmp(&rancher, &semver::Version::parse("2.12.0-0")?).is_lt() {
+            data.rke1(&rancher, &mut found);
+        }
+    }
+    if gc && version::cmp(&rancher, &semver::Version::new(2, 7, 2)).is_gt() {
+        rename_webhook(&mut found, console);
+    }
+    write_outputs(args, &named, &stripped, found, console)
+}
+
+/// A K3s or RKE2 release's images: its upgrade and installer images, and its image lists.
+async fn release_images(
+    http: &reqwest::Client,
+    args: &GenerateListArgs,
+    distro: Distro,
+    versions: &[String],
+    found: &mut Found,
+) -> Result<()> {
+    let name = distro.name();
+    for ver in versions {
+        let tag = ver.replace('+', "-");
+        let (upgrade, release) = (
+            format!("[{name}-upgrade(rancher)]"),
+            format!("[{name}-release(rancher)]"),
+        );
+        let mut linux = vec![
+            (format!("rancher/{name}-upgrade:{tag}"), upgrade),
+            (
+                format!("rancher/system-agent-installer-{name}:{tag}"),
+                release.clone(),
+            ),
+        ];
+        let (linux_list, windows_list) = distro.image_lists(&args.release_base, ver);
+        let text = fetch_text(http, &linux_list).await?;
+        linux.extend(
+            kdm::list_lines(&text)
+                .into_iter()
+                .map(|i| (i, release.clone())),
+        );
+        for (image, source) in linux {
+            found.add(Lists::Linux, &image, &source);
+            match distro {
+                Distro::K3s => found.k3s_linux.insert(image),
+                Distro::Rke2 => found.rke2_linux.insert(image),
+            };
+        }
+        if let Some(url) = windows_list {
+            for image in kdm::list_lines(&fetch_text(http, &url).await?) {
+                found.add(Lists::Windows, &image, &release);
+                found.rke2_windows.insert(image);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A local file, or an http(s) URL, read whole up to `cap` bytes.
+async fn read_source(http: &reqwest::Client, location: &str, cap: u64) -> Result<Vec<u8>> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return fetch(http, location, cap).await;
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(location)
+        .with_context(|| format!("opening {location}"))?
+        .take(cap + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {location}"))?;
+    if bytes.len() as u64 > cap {
+        bail!("{location} is larger than {} MiB", cap >> 20);
+    }
+    Ok(bytes)
+}
+
+async fn fetch(http: &reqwest::Client, url: &str, cap: u64) -> Result<Vec<u8>> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("failed to get url {url:?}"))?;
+    if !resp.status().is_success() {
+        bail!("failed to get url {url:?}: {}", resp.status());
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.with_context(|| format!("reading {url}"))?;
+        if (body.len() + chunk.len()) as u64 > cap {
+            bail!("{url} answered more than {} MiB", cap >> 20);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn fetch_text(http: &reqwest::Client, url: &str) -> Result<String> {
+    String::from_utf8(fetch(http, url, MAX_IMAGE_LIST).await?)
+        .with_context(|| format!("{url} is not text"))
+}
+
+/// A Rancher GC build runs its own webhook: `rancher/rancher-webhook` becomes
+/// `cnrancher/rancher-webhook` in the Linux list.
+fn rename_webhook(found: &mut Found, console: &Console) {
+    let renames: Vec<String> = found
+        .linux
+        .keys()
+        .filter(|i| {
+            let parts: Vec<&str> = i.split('/').collect();
+            parts.len() >= 2
+                && parts[parts.len() - 2] == "rancher"
+                && parts[parts.len() - 1].split(':').next() == Some("rancher-webhook")
+        })
+        .cloned()
+        .collect();
+    for old in renames {
+        let new = old.replacen("rancher/rancher-webhook", "cnrancher/rancher-webhook", 1);
+        if let Some(sources) = found.linux.remove(&old) {
+            console.info(None, format!("Replaced {old:?} to {new:?}"));
+            found.linux.entry(new).or_default().extend(sources);
+        }
+    }
+}
+
+/// `--registry`: a first segment naming a registry is replaced, otherwise the registry is
+/// put in front.
+fn with_registry(image: &str, registry: &str) -> String {
+    if registry.is_empty() {
+        return image.to_owned();
+    }
+    let parts: Vec<&str> = image.split('/').filter(|p| !p.is_empty()).collect();
+    match parts.as_slice() {
+        [first, rest @ ..]
+            if !rest.is_empty() && (first.contains(['.', ':']) || *first == "localhost") =>
+        {
+            format!("{registry}/{}", rest.join("/"))
+        }
+        _ => format!("{registry}/{}", parts.join("/")),
+    }
+}
+
+fn write_outputs(
+    args: &GenerateListArgs,
+    named: &str,
+    stripped: &str,
+    found: Found,
+    console: &Console,
+) -> Result<()> {
+    let reg = |i: &String| with_registry(i, &args.registry);
+    let sorted = |set: &mut dyn Iterator<Item = String>| {
+        let mut v: Vec<String> = set.collect();
+        v.sort();
+        v
+    };
+    let linux = sorted(&mut found.linux.keys().map(reg));
+    let windows = sorted(&mut found.windows.keys().map(reg));
+    let mut sources: Vec<String> = found
+        .linux
+        .iter()
+        .chain(found.windows.iter())
+        .map(|(image, from)| {
+            format!(
+                "{} {}",
+                reg(image),
+                from.iter().cloned().collect::<Vec<_>>().join(",")
+            )
+        })
+        .collect();
+    sources.sort();
+    let mut versions = vec![
+        match found.rke1_versions.is_empty() {
+            true => format!("K3s, RKE2 versions for Rancher {stripped}:"),
+            false => format!("K3s, RKE2, RKE versions for Rancher {stripped}:"),
+        },
+        String::new(),
+        "K3s Versions:".into(),
+    ];
+    versions.extend(found.k3s_versions.iter().cloned());
+    versions.extend([String::new(), "RKE2 Versions:".into()]);
+    versions.extend(found.rke2_versions.iter().cloned());
+    if !found.rke1_versions.is_empty() {
+        let mut rke: Vec<&String> = found.rke1_versions.iter().collect();
+        rke.sort_by(|a, b| match (version::parse(a), version::parse(b)) {
+            (Some(x), Some(y)) => version::cmp(&y, &x),
+            _ => b.cmp(a),
+        });
+        versions.extend([String::new(), "RKE Versions:".into()]);
+        versions.extend(rke.into_iter().cloned());
+    }
+    let default = |given: &Option<PathBuf>, suffix: &str| {
+        given
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from(format!("{named}-{suffix}")))
+    };
+    let optional = |given: &Option<PathBuf>| given.clone().filter(|p| !p.as_os_str().is_empty());
+    let outputs: Vec<(Option<PathBuf>, Vec<String>, &str)> = vec![
+        (
+            Some(default(&args.output, "images.txt")),
+            linux,
+            "Rancher linux images",
+        ),
+        (
+            optional(&args.output_windows),
+            windows,
+            "Rancher windows images",
+        ),
+        (
+            optional(&args.output_source),
+            sources,
+            "Rancher images sources",
+        ),
+        (
+            Some(default(&args.output_versions, "versions.txt")),
+            versions,
+            "Rancher supported versions",
+        ),
+        (
+            optional(&args.rke_images),
+            sorted(&mut found.rke1_linux.iter().map(reg)),
+            "RKE1 Linux images",
+        ),
+        (
+            optional(&args.k3s_images),
+            sorted(&mut found.k3s_linux.iter().map(reg)),
+            "K3s Linux images",
+        ),
+        (
+            optional(&args.rke2_images),
+            sorted(&mut found.rke2_linux.iter().map(reg)),
+            "RKE2 Linux images",
+        ),
+        (
+            optional(&args.rke2_windows_images),
+            sorted(&mut found.rke2_windows.iter().map(reg)),
+            "RKE2 Windows images",
+        ),
+    ];
+    for (path, lines, what) in outputs {
+        let Some(path) = path else { continue };
+        let shown = path.display().to_string();
+        super::may_overwrite(&shown, args.yes)
+            .map_err(|e| anyhow::anyhow!("failed to write file {shown:?}: {e}"))?;
+        hangar_shared::atomic::write(&path, lines.join("\n").as_bytes(), Some(0o644))
+            .with_context(|| format!("failed to write file {shown:?}"))?;
+        console.info(None, format!("Exported {what} into {shown}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_registry;
+
+    #[test]
+    fn a_registry_replaces_a_registry_and_prefixes_a_project() {
+        assert_eq!(
+            with_registry("rancher/foo:v1", "r:5000"),
+            "r:5000/rancher/foo:v1"
+        );
+        assert_eq!(
+            with_registry("docker.io/rancher/foo:v1", "r"),
+            "r/rancher/foo:v1"
+        );
+        assert_eq!(with_registry("quay.io/a/b:1", "r"), "r/a/b:1");
+        assert_eq!(with_registry("nginx:1.0", "r"), "r/nginx:1.0");
+        assert_eq!(with_registry("nginx", ""), "nginx");
+    }
+}
