@@ -462,7 +462,7 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
         let jobs = &checks.jobs;
         let finished = |i: usize, result: work::ImageOutcomes| {
             let job = &jobs[i];
-            let (source, dest) = (job.source.to_string(), job.dest.to_string());
+            let (source, dest) = (job.name.source.to_string(), job.name.dest.to_string());
             let names = (
                 job.entry.index,
                 source.as_str(),

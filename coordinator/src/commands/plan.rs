@@ -113,14 +113,14 @@ pub async fn run(
                     .map(|b| b.size)
                     .sum();
                 let to = match target {
-                    Target::Registry { .. } => job.dest.to_string(),
+                    Target::Registry { .. } => job.name.dest.to_string(),
                     Target::Archive { .. } => "the archive".to_owned(),
                 };
                 console.info(
                     n,
                     format!(
                         "Plan [{}] => [{to}]: {} ({})",
-                        job.source,
+                        job.name.source,
                         platforms.join(", "),
                         HumanBytes(bytes)
                     ),
@@ -129,7 +129,7 @@ pub async fn run(
             }
             Ok(Planned::Skip(why)) => {
                 skipped += 1;
-                console.warn(n, format!("Plan [{}]: skipped: {why}", job.source));
+                console.warn(n, format!("Plan [{}]: skipped: {why}", job.name.source));
             }
             Ok(Planned::Present(digest)) => {
                 present += 1;
@@ -137,7 +137,7 @@ pub async fn run(
                     n,
                     format!(
                         "Plan [{}] => [{}]: already present ({digest}), nothing to copy",
-                        job.source, job.dest
+                        job.name.source, job.name.dest
                     ),
                 );
             }
@@ -145,7 +145,7 @@ pub async fn run(
                 failed += 1;
                 console.error(
                     n,
-                    format!("Plan [{}]: {}: {}", job.source, e.class, e.message),
+                    format!("Plan [{}]: {}: {}", job.name.source, e.class, e.message),
                 );
             }
         }

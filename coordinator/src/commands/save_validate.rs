@@ -40,7 +40,7 @@ pub async fn run(
                     n,
                     format!(
                         "Skip validate image [{}]: {}",
-                        job.source,
+                        job.name.source,
                         planner::NO_PLATFORM
                     ),
                 )
@@ -49,7 +49,7 @@ pub async fn run(
                 verdict: Verdict::Pass { .. },
             })) => {
                 passed += 1;
-                console.info(n, format!("PASS: [{}] == [{label}]", job.source));
+                console.info(n, format!("PASS: [{}] == [{label}]", job.name.source));
             }
             Ok(Some(other)) => {
                 let why = match other {
@@ -58,13 +58,13 @@ pub async fn run(
                     } => why,
                     other => format!("unexpected outcome {other:?}"),
                 };
-                console.error(n, format!("FAILED: [{}] != [{label}]: {why}", job.source));
+                console.error(n, format!("FAILED: [{}] != [{label}]: {why}", job.name.source));
                 failed.push(job.entry.original.clone());
             }
             Err(e) => {
                 console.error(
                     n,
-                    format!("FAILED: [{}]: {}: {}", job.source, e.class, e.message),
+                    format!("FAILED: [{}]: {}: {}", job.name.source, e.class, e.message),
                 );
                 failed.push(job.entry.original.clone());
             }

@@ -29,14 +29,14 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
                 skipped += 1;
                 console.warn(
                     n,
-                    format!("Skip validate image [{}]: {NO_PLATFORM}", job.source),
+                    format!("Skip validate image [{}]: {NO_PLATFORM}", job.name.source),
                 )
             }
             Ok(Some(Outcome::Checked {
                 verdict: Verdict::Pass { .. },
             })) => {
                 passed += 1;
-                console.info(n, format!("PASS: [{}] == [{}]", job.source, job.dest))
+                console.info(n, format!("PASS: [{}] == [{}]", job.name.source, job.name.dest))
             }
             Ok(Some(other)) => {
                 let why = match other {
@@ -47,7 +47,7 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
                 };
                 console.error(
                     n,
-                    format!("FAILED: [{}] != [{}]: {why}", job.source, job.dest),
+                    format!("FAILED: [{}] != [{}]: {why}", job.name.source, job.name.dest),
                 );
                 failed.push(job.entry.original.clone());
             }
@@ -61,7 +61,7 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
                     n,
                     format!(
                         "FAILED: [{}] => [{}]: {class}: {}",
-                        job.source, job.dest, e.message
+                        job.name.source, job.name.dest, e.message
                     ),
                 );
                 failed.push(job.entry.original.clone());

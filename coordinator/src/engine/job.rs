@@ -98,7 +98,7 @@ impl Observer for LogObserver<'_> {
                 ..
             } => self.console.info(
                 n,
-                format!("Already present: [{}] == [{}] ({d})", job.source, job.dest),
+                format!("Already present: [{}] == [{}] ({d})", job.name.source, job.name.dest),
             ),
             ImageResult::Copied {
                 digest, preserved, ..
@@ -111,24 +111,24 @@ impl Observer for LogObserver<'_> {
                 self.console.info(
                     n,
                     match self.dest_label {
-                        Some(label) => format!("Saved image [{}] => [{label}]", job.source),
-                        None => format!("Copied image [{}] => [{}]{detail}", job.source, job.dest),
+                        Some(label) => format!("Saved image [{}] => [{label}]", job.name.source),
+                        None => format!("Copied image [{}] => [{}]{detail}", job.name.source, job.name.dest),
                     },
                 );
             }
             ImageResult::Skipped(why) => self
                 .console
-                .warn(n, format!("Skip copy image [{}]: {why}", job.source)),
+                .warn(n, format!("Skip copy image [{}]: {why}", job.name.source)),
             ImageResult::Failed(e) => self.console.error(
                 n,
                 match self.dest_label {
                     Some(label) => format!(
                         "Failed to save image [{}] => [{label}]: {}: {}",
-                        job.source, e.class, e.message
+                        job.name.source, e.class, e.message
                     ),
                     None => format!(
                         "Failed to copy image [{}] => [{}]: {}: {}",
-                        job.source, job.dest, e.class, e.message
+                        job.name.source, job.name.dest, e.class, e.message
                     ),
                 },
             ),
@@ -226,7 +226,7 @@ pub fn planning(
         .map(move |(i, job)| {
             let how = how.clone();
             async move {
-                let source = job.source.clone();
+                let source = job.name.source.clone();
                 // `--timeout` bounds an image's planning as a whole, every manifest, config
                 // and signature read of it with their retries: a registry that answers one
                 // byte at a time cannot hold the job.

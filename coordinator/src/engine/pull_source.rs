@@ -40,14 +40,14 @@ impl Planning<'_> {
             match attempt {
                 Err(e) if n < last => {
                     tracing::debug!(
-                        image = %job.source,
+                        image = %job.name.source,
                         from = %candidate,
                         "passed over (registries.conf): {e}"
                     );
                 }
                 Ok(Planned::Plan(mut plan)) => {
                     if mirrored {
-                        tracing::debug!(image = %job.source, from = %candidate, "read through registries.conf");
+                        tracing::debug!(image = %job.name.source, from = %candidate, "read through registries.conf");
                         plan.source = Some(RepoRef::registry(
                             &candidate.registry,
                             &candidate.repository(),

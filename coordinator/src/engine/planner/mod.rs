@@ -245,7 +245,7 @@ pub async fn plan(
         // The look is a shortcut, not a step: a destination this process may not read (on
         // the fleet only the workers may hold its credentials) is planned as ever.
         let present = present.unwrap_or_else(|e| {
-            tracing::debug!(image = %job.dest, "the destination's tag could not be read: {e}");
+            tracing::debug!(image = %job.name.dest, "the destination's tag could not be read: {e}");
             None
         });
         if let (Some(digest), true) = (present, nothing_carried?) {

@@ -291,8 +291,8 @@ impl Tracker {
             TaskRef::Blob((repo, digest)) => format!("blob {digest} → {repo}"),
             TaskRef::Manifest { key, .. } => format!("manifest {key}"),
             TaskRef::Top { key, .. } => format!("index {key}"),
-            TaskRef::Sign { image } => format!("sign {}", self.images[*image].job.dest),
-            TaskRef::Scan { image, .. } => format!("scan {}", self.images[*image].job.dest),
+            TaskRef::Sign { image } => format!("sign {}", self.images[*image].job.name.dest),
+            TaskRef::Scan { image, .. } => format!("scan {}", self.images[*image].job.name.dest),
         })
     }
 

@@ -1,0 +1,248 @@
+//! Where `archive store chart` finds a chart besides a packaged `.tgz` or a chart
+//! directory: a Helm repository (its `index.yaml`, on disk or over http(s)) by name and
+//! version, and an OCI registry (`oci://`), whose chart is copied as it is, digests kept.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::StreamExt;
+use hangar_shared::archive::custom::{HELM_CONFIG, StagedBlobs, StoredFile};
+use hangar_shared::archive::{ArchiveImage, ImageSpec};
+use hangar_shared::manifest::Manifest;
+use hangar_shared::registry::Side;
+use hangar_shared::store::RegistryPool;
+use serde_yaml_ng::Value;
+use tokio::io::AsyncWriteExt as _;
+
+/// The largest repository index and packaged chart read: Helm's own limit on a chart is
+/// far below the second, and an index of every chart of a large repository is a few MiB.
+const MAX_INDEX: u64 = 32 << 20;
+pub const MAX_CHART: u64 = 256 << 20;
+/// A chart's config is its Chart.yaml as JSON.
+const MAX_CONFIG: u64 = 1 << 20;
+
+/// One chart of a repository's index: its version and where its package is.
+struct Entry {
+    version: String,
+    url: String,
+}
+
+/// Chooses `name` (at `version`, else its newest release) in a repository's index.
+fn choose(index: &[u8], name: &str, version: Option<&str>, repo: &str) -> Result<Entry> {
+    let doc: Value = serde_yaml_ng::from_slice(index)
+        .with_context(|| format!("{repo}: index.yaml is not a Helm repository index"))?;
+    let Some(versions) = doc
+        .get("entries")
+        .and_then(|e| e.get(name))
+        .and_then(Value::as_sequence)
+    else {
+        bail!("{repo}: the repository has no chart {name:?}");
+    };
+    let mut found: Vec<(semver::Version, Entry)> = versions
+        .iter()
+        .filter_map(|v| {
+            let text = v.get("version").and_then(Value::as_str)?;
+            let url = v
+                .get("urls")
+                .and_then(Value::as_sequence)
+                .and_then(|u| u.first())
+                .and_then(Value::as_str)?;
+            let parsed = semver::Version::parse(text.trim_start_matches('v')).ok()?;
+            Some((
+                parsed,
+                Entry {
+                    version: text.to_owned(),
+                    url: url.to_owned(),
+                },
+            ))
+        })
+        .collect();
+    if let Some(wanted) = version {
+        return found
+            .into_iter()
+            .map(|(_, e)| e)
+            .find(|e| e.version == wanted || e.version.trim_start_matches('v') == wanted.trim_start_matches('v'))
+            .with_context(|| format!("{repo}: chart {name:?} has no version {wanted:?}"));
+    }
+    // As Helm: the newest release; a prerelease only when there is nothing else.
+    found.sort_by(|a, b| (a.0.pre.is_empty(), &a.0).cmp(&(b.0.pre.is_empty(), &b.0)));
+    found
+        .pop()
+        .map(|(_, e)| e)
+        .with_context(|| format!("{repo}: chart {name:?} has no version with a package"))
+}
+
+/// A chart from the Helm repository in the local directory `repo`: its package, inside it.
+pub fn from_local_repository(repo: &Path, name: &str, version: Option<&str>) -> Result<PathBuf> {
+    let index = repo.join("index.yaml");
+    let bytes = read_bounded(&index, MAX_INDEX)?;
+    let entry = choose(&bytes, name, version, &repo.display().to_string())?;
+    let rel = Path::new(&entry.url);
+    if entry.url.contains("://")
+        || rel.is_absolute()
+        || rel.components().any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        bail!(
+            "{}: chart {name:?} {} lies outside the repository ({})",
+            repo.display(),
+            entry.version,
+            entry.url
+        );
+    }
+    Ok(repo.join(rel))
+}
+
+/// A chart from the Helm repository at `url` (`index.yaml` under it), downloaded to `to`.
+pub async fn from_http_repository(
+    http: &reqwest::Client,
+    url: &str,
+    name: &str,
+    version: Option<&str>,
+    to: &Path,
+) -> Result<()> {
+    let base = reqwest::Url::parse(&format!("{}/", url.trim_end_matches('/')))
+        .with_context(|| format!("{url} is not a URL"))?;
+    let index_url = base.join("index.yaml")?;
+    let index = download(http, index_url.as_str(), None, MAX_INDEX).await?;
+    let entry = choose(&index, name, version, url)?;
+    let chart = base
+        .join(&entry.url)
+        .with_context(|| format!("{url}: chart URL {:?}", entry.url))?;
+    download(http, chart.as_str(), Some(to), MAX_CHART).await?;
+    Ok(())
+}
+
+fn read_bounded(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .take(cap + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        bail!("{} is larger than {} MiB", path.display(), cap >> 20);
+    }
+    Ok(bytes)
+}
+
+/// A GET of at most `cap` bytes: into `to`, or returned.
+async fn download(http: &reqwest::Client, url: &str, to: Option<&Path>, cap: u64) -> Result<Vec<u8>> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("failed to get url {url:?}"))?;
+    if !resp.status().is_success() {
+        bail!("failed to get url {url:?}: {}", resp.status());
+    }
+    let mut file = match to {
+        Some(p) => Some(tokio::fs::File::create(p).await.with_context(|| p.display().to_string())?),
+        None => None,
+    };
+    let (mut body, mut seen) = (Vec::new(), 0u64);
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.with_context(|| format!("reading {url}"))?;
+        seen += chunk.len() as u64;
+        if seen > cap {
+            bail!("{url} answered more than {} MiB", cap >> 20);
+        }
+        match file.as_mut() {
+            Some(f) => f.write_all(&chunk).await?,
+            None => body.extend_from_slice(&chunk),
+        }
+    }
+    if let Some(f) = file.as_mut() {
+        f.flush().await?;
+    }
+    Ok(body)
+}
+
+/// The chart at `oci://HOST/PATH` (`/NAME` added when `name` is given and the path does
+/// not end in it), at `version` (Helm writes `+` as `_` in tags) or its newest version,
+/// copied as it is: manifest, config and layers, digests kept. Its blobs are staged in
+/// `work`.
+pub async fn from_oci(
+    pool: &RegistryPool,
+    url: &str,
+    name: Option<&str>,
+    version: Option<&str>,
+    work: &Path,
+) -> Result<StoredFile> {
+    let rest = url.trim_start_matches("oci://").trim_end_matches('/');
+    let Some((host, path)) = rest.split_once('/') else {
+        bail!("{url}: an OCI chart is oci://REGISTRY/REPOSITORY[/NAME]");
+    };
+    let repo = match name {
+        Some(n) if path.rsplit('/').next() != Some(n) => format!("{path}/{n}"),
+        _ => path.to_owned(),
+    };
+    let registry = pool.registry(host).await?;
+    let tag = match version {
+        Some(v) => v.replace('+', "_"),
+        None => {
+            let tags = registry.tags(&repo).await?;
+            let newest = tags
+                .iter()
+                .filter_map(|t| semver::Version::parse(&t.replace('_', "+")).ok().map(|v| (v, t)))
+                .max_by(|a, b| (a.0.pre.is_empty(), &a.0).cmp(&(b.0.pre.is_empty(), &b.0)));
+            match newest {
+                Some((_, t)) => t.clone(),
+                None => bail!("{url}: {host}/{repo} has no chart version (no semantic-version tag)"),
+            }
+        }
+    };
+    let Some(manifest) = registry.manifest_opt(&repo, &tag, Side::Source).await? else {
+        bail!("{url}: {host}/{repo}:{tag} not found");
+    };
+    let Manifest::Image(parsed) = manifest.parse()? else {
+        bail!("{url}: {host}/{repo}:{tag} is not a Helm chart (not an image manifest)");
+    };
+    if parsed.config.media_type != HELM_CONFIG {
+        bail!(
+            "{url}: {host}/{repo}:{tag} is not a Helm chart (its config is {})",
+            parsed.config.media_type
+        );
+    }
+    if parsed.config.size > MAX_CONFIG {
+        bail!("{url}: the chart's config claims {} bytes", parsed.config.size);
+    }
+    let mut blobs = StagedBlobs::default();
+    blobs.memory(manifest.digest.clone(), manifest.bytes.clone());
+    for (n, desc) in parsed.blobs().enumerate() {
+        if desc.size > MAX_CHART {
+            bail!("{url}: blob {} claims {} bytes", desc.digest, desc.size);
+        }
+        // Verified against its digest and size as it streams.
+        let mut stream = registry.blob_stream(&repo, desc, None).await?;
+        let path = work.join(format!("oci-{n}-{}", desc.digest.hex()));
+        let mut file = tokio::fs::File::create(&path).await?;
+        while let Some(chunk) = stream.next().await {
+            file.write_all(&chunk?).await?;
+        }
+        file.flush().await?;
+        blobs.file(desc.digest.clone(), path, desc.size);
+    }
+    let annotations = serde_json::from_slice::<serde_json::Value>(&manifest.bytes)
+        .ok()
+        .and_then(|m| serde_json::from_value(m["annotations"].clone()).ok())
+        .unwrap_or_default();
+    let spec = ImageSpec {
+        media_type: manifest.media_type.clone(),
+        layers: parsed.layers.iter().map(|l| l.digest.clone()).collect(),
+        config: Some(parsed.config.digest.clone()),
+        annotations,
+        ..ImageSpec::bare(manifest.digest.clone())
+    };
+    Ok(StoredFile {
+        // No arch and no OS: a custom entry, which `load` pushes at its tag.
+        image: ArchiveImage {
+            source: format!("{host}/{repo}"),
+            tag,
+            arch_list: Vec::new(),
+            os_list: Vec::new(),
+            images: vec![spec],
+        },
+        blobs,
+    })
+}
