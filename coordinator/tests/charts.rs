@@ -92,20 +92,6 @@ async fn store_list_verify_and_load_charts() {
         &s(&tgz),
     ]);
     assert!(!out.status.success());
-    let out = hangar(&[
-        "archive",
-        "store",
-        "chart",
-        "-f",
-        &s(&archive),
-        "oci://example.com/charts/x",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("oci://example.com/charts/x") && text(&out).contains("not supported"),
-        "{}",
-        text(&out)
-    );
 
     let ls = hangar(&["archive", "ls", &s(&archive)]);
     assert!(ls.status.success(), "{}", text(&ls));
@@ -164,4 +150,215 @@ async fn store_list_verify_and_load_charts() {
     }
     // The custom file is not an image: skipped, not pushed.
     assert!(skopeo_raw(&format!("{}/hangar-file/notes.txt:latest", env.dst.addr)).is_none());
+}
+
+/// Charts chosen from Helm repositories by name (and version), on disk and over http, and
+/// an OCI chart copied from a registry as it is: its manifest's digest is the one `load`
+/// pushes. A repository index pointing outside its directory is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn charts_from_helm_repositories_and_oci_registries() {
+    use hangar_loadtest::seed;
+    let env = Env::new();
+    let archive = env.path("repos.zip");
+    assert!(hangar(&["archive", "init", &s(&archive)]).status.success());
+
+    // A repository directory: index.yaml and the packages beside it.
+    let repo = env.path("helm-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let newest = chart_tgz(&repo, "packed");
+    let index = "apiVersion: v1\nentries:\n  packed:\n  - name: packed\n    version: 1.2.3+build\n    urls: [packed-1.2.3+build.tgz]\n  - name: packed\n    version: 2.0.0-rc.1\n    urls: [missing-rc.tgz]\n  - name: packed\n    version: 0.1.0\n    urls: [missing-old.tgz]\n";
+    std::fs::write(repo.join("index.yaml"), index).unwrap();
+    let out = hangar(&[
+        "archive",
+        "store",
+        "chart",
+        "-f",
+        &s(&archive),
+        "-n",
+        "packed",
+        &s(&repo),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("docker.io/hangar-helm/packed:1.2.3-build"),
+        "{}",
+        text(&out)
+    );
+    let out = hangar(&["archive", "store", "chart", "-f", &s(&archive), &s(&repo)]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("-n NAME"), "{}", text(&out));
+
+    // The same repository over http, the version asked for.
+    let served = repo.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let path = served.join(uri.path().trim_start_matches("/charts/"));
+        async move {
+            match std::fs::read(&path) {
+                Ok(b) => (axum::http::StatusCode::OK, b),
+                Err(_) => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/charts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http_archive = env.path("http.zip");
+    assert!(
+        hangar(&["archive", "init", &s(&http_archive)])
+            .status
+            .success()
+    );
+    let out = hangar(&[
+        "archive",
+        "store",
+        "chart",
+        "-f",
+        &s(&http_archive),
+        "-n",
+        "packed",
+        "-v",
+        "1.2.3+build",
+        &base,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = hangar(&[
+        "archive",
+        "store",
+        "chart",
+        "-f",
+        &s(&http_archive),
+        "-n",
+        "packed",
+        "-v",
+        "9.9.9",
+        &base,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("has no version \"9.9.9\""),
+        "{}",
+        text(&out)
+    );
+
+    // An index naming a package outside its repository is refused.
+    std::fs::write(
+        repo.join("index.yaml"),
+        "apiVersion: v1\nentries:\n  packed:\n  - name: packed\n    version: 3.0.0\n    urls: [../../etc/passwd]\n",
+    )
+    .unwrap();
+    let out = hangar(&[
+        "archive",
+        "store",
+        "chart",
+        "-f",
+        &s(&archive),
+        "-n",
+        "packed",
+        &s(&repo),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("lies outside the repository"),
+        "{}",
+        text(&out)
+    );
+
+    // An OCI chart in a registry, as `helm push` makes it.
+    let src = registry(&env.src.addr).await;
+    let tgz = bytes::Bytes::from(std::fs::read(&newest).unwrap());
+    let config = bytes::Bytes::from_static(
+        br#"{"name":"ocichart","version":"0.1.0+up1","apiVersion":"v2"}"#,
+    );
+    let repo_name = "charts/ocichart";
+    let config_desc = seed::push_bytes(
+        &src,
+        repo_name,
+        "application/vnd.cncf.helm.config.v1+json",
+        config,
+    )
+    .await
+    .unwrap();
+    let layer_desc = seed::push_bytes(
+        &src,
+        repo_name,
+        "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+        tgz,
+    )
+    .await
+    .unwrap();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config_desc,
+        "layers": [layer_desc],
+        "annotations": {"org.opencontainers.image.title": "ocichart"},
+    });
+    let pushed = seed::push_manifest(
+        &src,
+        repo_name,
+        "0.1.0_up1",
+        "application/vnd.oci.image.manifest.v1+json",
+        bytes::Bytes::from(serde_json::to_vec(&manifest).unwrap()),
+    )
+    .await
+    .unwrap();
+    let oci_archive = env.path("oci.zip");
+    assert!(
+        hangar(&["archive", "init", &s(&oci_archive)])
+            .status
+            .success()
+    );
+    let out = hangar(&[
+        "archive",
+        "store",
+        "chart",
+        "--tls-verify=false",
+        "-f",
+        &s(&oci_archive),
+        &format!("oci://{}/charts", env.src.addr),
+        "-n",
+        "ocichart",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows =
+        String::from_utf8_lossy(&hangar(&["archive", "ls", &s(&oci_archive)]).stdout).into_owned();
+    assert!(
+        rows.lines().any(
+            |l| l.contains(&format!("{}/charts/ocichart:0.1.0_up1", env.src.addr))
+                && l.ends_with("(helm chart)")
+        ),
+        "{rows}"
+    );
+    let out = hangar(&[
+        "load",
+        "--tls-verify=false",
+        "-s",
+        &s(&oci_archive),
+        "-d",
+        &env.dst.addr,
+        "-o",
+        &s(&env.path("oci-failed.txt")),
+    ]);
+    assert!(out.status.success(), "load: {}", text(&out));
+    let loaded =
+        skopeo_raw(&format!("{}/charts/ocichart:0.1.0_up1", env.dst.addr)).expect("loaded");
+    assert_eq!(
+        sha(&loaded),
+        pushed.digest.to_string(),
+        "the chart's digest is kept"
+    );
+    // Not a chart: refused by name.
+    let out = hangar(&[
+        "archive",
+        "store",
+        "chart",
+        "--tls-verify=false",
+        "-f",
+        &s(&oci_archive),
+        &format!("oci://{}/charts/absent", env.src.addr),
+        "-v",
+        "1.0.0",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("oci://"), "{}", text(&out));
 }

@@ -61,7 +61,10 @@ fn choose(index: &[u8], name: &str, version: Option<&str>, repo: &str) -> Result
         return found
             .into_iter()
             .map(|(_, e)| e)
-            .find(|e| e.version == wanted || e.version.trim_start_matches('v') == wanted.trim_start_matches('v'))
+            .find(|e| {
+                e.version == wanted
+                    || e.version.trim_start_matches('v') == wanted.trim_start_matches('v')
+            })
             .with_context(|| format!("{repo}: chart {name:?} has no version {wanted:?}"));
     }
     // As Helm: the newest release; a prerelease only when there is nothing else.
@@ -80,7 +83,9 @@ pub fn from_local_repository(repo: &Path, name: &str, version: Option<&str>) -> 
     let rel = Path::new(&entry.url);
     if entry.url.contains("://")
         || rel.is_absolute()
-        || rel.components().any(|c| matches!(c, std::path::Component::ParentDir))
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
     {
         bail!(
             "{}: chart {name:?} {} lies outside the repository ({})",
@@ -112,6 +117,11 @@ pub async fn from_http_repository(
     Ok(())
 }
 
+/// A packaged chart at `url`, into `to`, up to [`MAX_CHART`] bytes.
+pub async fn download_chart(http: &reqwest::Client, url: &str, to: &Path) -> Result<()> {
+    download(http, url, Some(to), MAX_CHART).await.map(drop)
+}
+
 fn read_bounded(path: &Path, cap: u64) -> Result<Vec<u8>> {
     use std::io::Read as _;
     let mut bytes = Vec::new();
@@ -126,7 +136,12 @@ fn read_bounded(path: &Path, cap: u64) -> Result<Vec<u8>> {
 }
 
 /// A GET of at most `cap` bytes: into `to`, or returned.
-async fn download(http: &reqwest::Client, url: &str, to: Option<&Path>, cap: u64) -> Result<Vec<u8>> {
+async fn download(
+    http: &reqwest::Client,
+    url: &str,
+    to: Option<&Path>,
+    cap: u64,
+) -> Result<Vec<u8>> {
     let resp = http
         .get(url)
         .send()
@@ -136,7 +151,11 @@ async fn download(http: &reqwest::Client, url: &str, to: Option<&Path>, cap: u64
         bail!("failed to get url {url:?}: {}", resp.status());
     }
     let mut file = match to {
-        Some(p) => Some(tokio::fs::File::create(p).await.with_context(|| p.display().to_string())?),
+        Some(p) => Some(
+            tokio::fs::File::create(p)
+                .await
+                .with_context(|| p.display().to_string())?,
+        ),
         None => None,
     };
     let (mut body, mut seen) = (Vec::new(), 0u64);
@@ -184,11 +203,17 @@ pub async fn from_oci(
             let tags = registry.tags(&repo).await?;
             let newest = tags
                 .iter()
-                .filter_map(|t| semver::Version::parse(&t.replace('_', "+")).ok().map(|v| (v, t)))
+                .filter_map(|t| {
+                    semver::Version::parse(&t.replace('_', "+"))
+                        .ok()
+                        .map(|v| (v, t))
+                })
                 .max_by(|a, b| (a.0.pre.is_empty(), &a.0).cmp(&(b.0.pre.is_empty(), &b.0)));
             match newest {
                 Some((_, t)) => t.clone(),
-                None => bail!("{url}: {host}/{repo} has no chart version (no semantic-version tag)"),
+                None => {
+                    bail!("{url}: {host}/{repo} has no chart version (no semantic-version tag)")
+                }
             }
         }
     };
@@ -205,7 +230,10 @@ pub async fn from_oci(
         );
     }
     if parsed.config.size > MAX_CONFIG {
-        bail!("{url}: the chart's config claims {} bytes", parsed.config.size);
+        bail!(
+            "{url}: the chart's config claims {} bytes",
+            parsed.config.size
+        );
     }
     let mut blobs = StagedBlobs::default();
     blobs.memory(manifest.digest.clone(), manifest.bytes.clone());

@@ -58,7 +58,10 @@ pub async fn run(
                     } => why,
                     other => format!("unexpected outcome {other:?}"),
                 };
-                console.error(n, format!("FAILED: [{}] != [{label}]: {why}", job.name.source));
+                console.error(
+                    n,
+                    format!("FAILED: [{}] != [{label}]: {why}", job.name.source),
+                );
                 failed.push(job.entry.original.clone());
             }
             Err(e) => {

@@ -279,14 +279,22 @@ pub fn report_job(
     for (job, e) in &report.scan_failures {
         console.warn(
             None,
-            format!("Failed to scan [{}]: {}: {}", job.name.dest, e.class, e.message),
+            format!(
+                "Failed to scan [{}]: {}: {}",
+                job.name.dest, e.class, e.message
+            ),
         );
     }
     let mut scanned: Vec<Scanned> = report
         .scans
         .iter()
         .map(|(job, entry, inv)| {
-            let reference = if by_source { &job.name.source } else { &job.name.dest }.to_string();
+            let reference = if by_source {
+                &job.name.source
+            } else {
+                &job.name.dest
+            }
+            .to_string();
             let matched = matcher::matched(inv, db);
             for w in &matched.unparsed {
                 console.warn(None, format!("[{reference}@{}] {w}", entry.digest));

@@ -157,6 +157,7 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
     let base = open_existing(archive).await?;
     let work = tempfile::tempdir().context("a directory for charts")?;
     let http = http_client(args.tls_verify)?;
+    let pool = super::pool(Some(args.tls_verify), None);
     let created = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut blobs = StagedBlobs::default();
     let mut images = Vec::new();
@@ -164,29 +165,61 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
         let failed = || format!("failed to add chart {url:?}");
         let is_http = url.starts_with("http://") || url.starts_with("https://");
         let path = if url.starts_with("oci://") {
-            bail!("failed to add chart {url:?}: oci:// charts are not supported yet");
+            // Copied as it is, digests kept (as containers/image copies it for Hangar).
+            let stored = super::chart_sources::from_oci(
+                &pool,
+                url,
+                args.name.as_deref(),
+                args.version.as_deref(),
+                work.path(),
+            )
+            .await
+            .with_context(failed)?;
+            blobs.extend(stored.blobs);
+            images.push(stored.image);
+            continue;
         } else if is_http {
             let lower = url.to_ascii_lowercase();
-            if !(lower.ends_with(".tgz") || lower.ends_with(".tar.gz")) {
-                bail!(
-                    "failed to add chart {url:?}: Helm repository indexes are not supported yet (give the chart's .tgz URL)"
-                );
-            }
             let to = work.path().join(format!("{n}.tgz"));
-            custom::download(&http, url, &to)
+            if lower.ends_with(".tgz") || lower.ends_with(".tar.gz") {
+                super::chart_sources::download_chart(&http, url, &to)
+                    .await
+                    .with_context(failed)?;
+            } else {
+                let Some(name) = args.name.as_deref() else {
+                    bail!(
+                        "failed to add chart {url:?}: a Helm repository needs the chart's name (-n NAME)"
+                    );
+                };
+                super::chart_sources::from_http_repository(
+                    &http,
+                    url,
+                    name,
+                    args.version.as_deref(),
+                    &to,
+                )
                 .await
                 .with_context(failed)?;
+            }
             to
         } else {
             let path = Path::new(url);
             let meta = std::fs::metadata(path)
                 .with_context(|| format!("failed to add chart {url:?}: invalid path"))?;
-            if meta.is_dir() {
-                if !path.join("Chart.yaml").is_file() {
+            if meta.is_dir() && !path.join("Chart.yaml").is_file() {
+                if !path.join("index.yaml").is_file() {
                     bail!(
-                        "failed to add chart {url:?}: no Chart.yaml in it (Helm repository directories are not supported yet)"
+                        "failed to add chart {url:?}: neither a chart (Chart.yaml) nor a Helm repository (index.yaml)"
                     );
                 }
+                let Some(name) = args.name.as_deref() else {
+                    bail!(
+                        "failed to add chart {url:?}: a Helm repository needs the chart's name (-n NAME)"
+                    );
+                };
+                super::chart_sources::from_local_repository(path, name, args.version.as_deref())
+                    .with_context(failed)?
+            } else if meta.is_dir() {
                 let yaml = std::fs::read(path.join("Chart.yaml")).with_context(failed)?;
                 let name = chart_metadata(&yaml).with_context(failed)?.name;
                 let to = work.path().join(format!("{n}.tgz"));

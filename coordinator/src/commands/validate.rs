@@ -36,7 +36,10 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
                 verdict: Verdict::Pass { .. },
             })) => {
                 passed += 1;
-                console.info(n, format!("PASS: [{}] == [{}]", job.name.source, job.name.dest))
+                console.info(
+                    n,
+                    format!("PASS: [{}] == [{}]", job.name.source, job.name.dest),
+                )
             }
             Ok(Some(other)) => {
                 let why = match other {
@@ -47,7 +50,10 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
                 };
                 console.error(
                     n,
-                    format!("FAILED: [{}] != [{}]: {why}", job.name.source, job.name.dest),
+                    format!(
+                        "FAILED: [{}] != [{}]: {why}",
+                        job.name.source, job.name.dest
+                    ),
                 );
                 failed.push(job.entry.original.clone());
             }

@@ -98,7 +98,10 @@ impl Observer for LogObserver<'_> {
                 ..
             } => self.console.info(
                 n,
-                format!("Already present: [{}] == [{}] ({d})", job.name.source, job.name.dest),
+                format!(
+                    "Already present: [{}] == [{}] ({d})",
+                    job.name.source, job.name.dest
+                ),
             ),
             ImageResult::Copied {
                 digest, preserved, ..
@@ -112,7 +115,10 @@ impl Observer for LogObserver<'_> {
                     n,
                     match self.dest_label {
                         Some(label) => format!("Saved image [{}] => [{label}]", job.name.source),
-                        None => format!("Copied image [{}] => [{}]{detail}", job.name.source, job.name.dest),
+                        None => format!(
+                            "Copied image [{}] => [{}]{detail}",
+                            job.name.source, job.name.dest
+                        ),
                     },
                 );
             }

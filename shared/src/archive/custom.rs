@@ -296,6 +296,16 @@ impl StagedBlobs {
         self.0.insert(digest, blob);
     }
 
+    /// Bytes held here (a manifest, a config).
+    pub fn memory(&mut self, digest: Digest, bytes: Bytes) {
+        self.put(digest, Staged::Memory(bytes));
+    }
+
+    /// A file of `size` bytes, checked against `digest` when it is written out.
+    pub fn file(&mut self, digest: Digest, path: PathBuf, size: u64) {
+        self.put(digest, Staged::File(path, size));
+    }
+
     pub fn extend(&mut self, other: StagedBlobs) {
         self.0.extend(other.0);
     }
