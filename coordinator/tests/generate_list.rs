@@ -328,7 +328,8 @@ async fn releases_and_packaged_charts() {
             release("v1.30.5+rke2r1"),
         ),
     );
-    let files: std::collections::HashMap<String, String> = [
+    let index_yaml = std::fs::read(root.join("charts/index.yaml")).unwrap();
+    let mut files: std::collections::HashMap<String, Vec<u8>> = [
         (
             "/k3s-io/k3s/releases/download/v1.30.5+k3s1/k3s-images.txt",
             "docker.io/rancher/mirrored-pause:3.6\ndocker.io/rancher/klipper-lb:v0.4.9\n",
@@ -347,14 +348,23 @@ async fn releases_and_packaged_charts() {
         ),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
     .collect();
+    // The chart repository served too, as an http(s) repository is.
+    files.insert("/charts/index.yaml".into(), index_yaml);
+    files.insert(
+        "/charts/assets/rancher-webhook/rancher-webhook-104.0.0+up0.5.0.tgz".into(),
+        tgz.clone(),
+    );
     let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
         let body = files.get(uri.path()).cloned();
         async move {
             match body {
                 Some(b) => (axum::http::StatusCode::OK, b),
-                None => (axum::http::StatusCode::NOT_FOUND, "no such release".into()),
+                None => (
+                    axum::http::StatusCode::NOT_FOUND,
+                    b"no such release".to_vec(),
+                ),
             }
         }
     });
@@ -412,6 +422,34 @@ async fn releases_and_packaged_charts() {
     assert_eq!(
         read(root, "v2.9.1-ent-versions.txt"),
         "K3s, RKE2 versions for Rancher v2.9.1:\n\nK3s Versions:\nv1.30.5+k3s1\nv1.29.9+k3s1\n\nRKE2 Versions:\nv1.30.5+rke2r1"
+    );
+
+    // The same charts from the repository over http: the source names its URL.
+    let out = run([
+        "--rancher",
+        "2.9.1",
+        "--chart",
+        &format!("{base}/charts"),
+        "-o",
+        "http.txt",
+        "--output-source",
+        "http-source.txt",
+        "-y",
+    ]
+    .map(String::from)
+    .to_vec())
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        read(root, "http.txt"),
+        "rancher/rancher-webhook:v0.5.0\nrancher/sub:7"
+    );
+    let sources = read(root, "http-source.txt");
+    assert!(
+        sources.contains(&format!(
+            "rancher/sub:7 [{base}/charts;rancher-webhook:104.0.0+up0.5.0]"
+        )),
+        "{sources}"
     );
 
     // A release whose list is missing fails the run naming the URL and status; a server
@@ -496,13 +534,8 @@ fn bad_input_is_refused_by_name() {
             "invalid min-kube-version provided: 1.28",
         ),
         (
-            vec![
-                "--rancher",
-                "2.9.1",
-                "--chart",
-                "https://github.com/rancher/charts",
-            ],
-            "chart url is not supported",
+            vec!["--rancher", "2.9.1", "--chart", "oci://example.com/charts"],
+            "only paths and http(s) URLs are read",
         ),
         (vec!["--rancher", "2.9.1"], "give the sources to read"),
         (

@@ -37,10 +37,12 @@ pub struct GenerateListArgs {
     /// KDM data.json: a path, or an http(s) URL.
     #[arg(long = "kdm")]
     pub kdm: Option<String>,
-    /// Cloned chart repository (repeatable, or comma-separated).
+    /// Chart repository: a cloned directory, or an http(s) URL serving its index.yaml
+    /// (repeatable, or comma-separated).
     #[arg(long = "chart")]
     pub charts: Vec<String>,
-    /// Cloned system-chart repository (repeatable, or comma-separated).
+    /// System-chart repository: a cloned directory, or an http(s) URL (repeatable, or
+    /// comma-separated).
     #[arg(long = "system-chart")]
     pub system_charts: Vec<String>,
     /// Dev branches instead of release branches (only when the repositories are fetched,

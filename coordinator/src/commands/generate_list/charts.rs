@@ -35,18 +35,63 @@ pub enum Kind {
     System,
 }
 
+/// A chart repository: cloned on disk, or served over http(s) (its `index.yaml`, the
+/// packages it names downloaded as they are chosen).
+pub enum Repo<'a> {
+    Dir(&'a Path),
+    Http {
+        url: &'a str,
+        http: &'a reqwest::Client,
+        work: &'a Path,
+    },
+}
+
 /// Adds the images of the charts in `repo` that `rancher` supports to `found`.
-pub fn collect(
-    repo: &Path,
+pub async fn collect(
+    repo: Repo<'_>,
     kind: Kind,
     rancher: &semver::Version,
     found: &mut Found,
     console: &Console,
 ) -> Result<()> {
-    refuse_symlinks(repo)?;
-    let mut versions = match shortest_index(repo)? {
-        Some(index) => from_index(repo, &index, console)?,
-        None => from_chart_dirs(repo, console)?,
+    let (dir, mut versions) = match &repo {
+        Repo::Dir(dir) => {
+            refuse_symlinks(dir)?;
+            let versions = match shortest_index(dir)? {
+                Some(index) => {
+                    let base = index
+                        .parent()
+                        .unwrap_or(dir)
+                        .strip_prefix(dir)
+                        .unwrap_or(Path::new(""))
+                        .to_owned();
+                    from_index(
+                        &read_bounded(&index)?,
+                        &index.display().to_string(),
+                        console,
+                    )?
+                    .into_iter()
+                    .map(|mut v| {
+                        v.path = base.join(&v.path);
+                        v
+                    })
+                    .collect()
+                }
+                None => from_chart_dirs(dir, console)?,
+            };
+            (dir.to_path_buf(), versions)
+        }
+        Repo::Http { url, http, work } => {
+            let index_url = format!("{}/index.yaml", url.trim_end_matches('/'));
+            let bytes = super::fetch(http, &index_url, MAX_FILE).await?;
+            let text =
+                String::from_utf8(bytes).with_context(|| format!("{index_url} is not text"))?;
+            (work.to_path_buf(), from_index(&text, &index_url, console)?)
+        }
+    };
+    let repo_name = match &repo {
+        Repo::Dir(d) => d.display().to_string(),
+        Repo::Http { url, .. } => url.to_string(),
     };
     versions.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| b.version.cmp(&a.version)));
     let mut i = 0;
@@ -62,9 +107,11 @@ pub fn collect(
                 continue;
             }
             first = false;
-            let constraint = match &v.rancher_constraint {
-                Some(c) => Some(c.clone()),
-                None => questions_range(&repo.join(&v.path))?,
+            let constraint = match (&v.rancher_constraint, &repo) {
+                (Some(c), _) => Some(c.clone()),
+                (None, Repo::Dir(_)) => questions_range(&dir.join(&v.path))?,
+                // A package has no questions file beside it.
+                (None, Repo::Http { .. }) => None,
             };
             if let Some(c) = constraint {
                 let ok = constraint::satisfied(&c, rancher).map_err(|e| {
@@ -74,8 +121,19 @@ pub fn collect(
                     continue;
                 }
             }
-            let source = format!("[{};{}:{}]", repo.display(), v.name, v.text);
-            match values_files(&repo.join(&v.path)) {
+            let source = format!("[{repo_name};{}:{}]", v.name, v.text);
+            let local = match &repo {
+                Repo::Dir(_) => dir.join(&v.path),
+                Repo::Http { url, http, work } => {
+                    let base = reqwest::Url::parse(&format!("{}/", url.trim_end_matches('/')))?;
+                    let chart = base.join(&v.path.to_string_lossy())?;
+                    let to = work.join(format!("chart-{i}.tgz"));
+                    let bytes = super::fetch(http, chart.as_str(), MAX_PACKAGE).await?;
+                    std::fs::write(&to, bytes)?;
+                    to
+                }
+            };
+            match values_files(&local) {
                 Ok(files) => {
                     for (file, text) in files {
                         match serde_yaml_ng::from_str::<Value>(&text) {
@@ -148,23 +206,15 @@ fn shortest_index(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(best)
 }
 
-fn from_index(repo: &Path, index: &Path, console: &Console) -> Result<Vec<Version>> {
-    let text = read_bounded(index)?;
-    let doc: Value = serde_yaml_ng::from_str(&text)
-        .with_context(|| format!("{}: not a chart repository index", index.display()))?;
+/// The charts an index names; each version's `path` is its first URL as written, which
+/// must stay inside the repository.
+fn from_index(text: &str, index: &str, console: &Console) -> Result<Vec<Version>> {
+    let doc: Value = serde_yaml_ng::from_str(text)
+        .with_context(|| format!("{index}: not a chart repository index"))?;
     let mut out = Vec::new();
     let Some(entries) = doc.get("entries").and_then(Value::as_mapping) else {
-        bail!(
-            "{}: a chart repository index needs `entries`",
-            index.display()
-        );
+        bail!("{index}: a chart repository index needs `entries`");
     };
-    let base = index
-        .parent()
-        .unwrap_or(repo)
-        .strip_prefix(repo)
-        .unwrap_or(Path::new(""))
-        .to_owned();
     for (name, list) in entries {
         let Some(name) = name.as_str() else { continue };
         for entry in list.as_sequence().into_iter().flatten() {
@@ -180,14 +230,10 @@ fn from_index(repo: &Path, index: &Path, console: &Console) -> Result<Vec<Versio
             let (Some(version), Some(url)) = (super::version::parse(text), url) else {
                 console.warn(
                     None,
-                    format!(
-                        "{}: chart {name} {text:?} has no version or URL; skipped",
-                        index.display()
-                    ),
+                    format!("{index}: chart {name} {text:?} has no version or URL; skipped"),
                 );
                 continue;
             };
-            // Charts named by URL are read from this repository, never fetched.
             if url.contains("://")
                 || Path::new(url).is_absolute()
                 || url.split('/').any(|s| s == "..")
@@ -195,8 +241,7 @@ fn from_index(repo: &Path, index: &Path, console: &Console) -> Result<Vec<Versio
                 console.warn(
                     None,
                     format!(
-                        "{}: chart {name} {text} lies outside the repository ({url}); skipped",
-                        index.display()
+                        "{index}: chart {name} {text} lies outside the repository ({url}); skipped"
                     ),
                 );
                 continue;
@@ -205,7 +250,7 @@ fn from_index(repo: &Path, index: &Path, console: &Console) -> Result<Vec<Versio
                 name: name.to_owned(),
                 version,
                 text: text.to_owned(),
-                path: base.join(url),
+                path: PathBuf::from(url),
                 rancher_constraint: rancher_annotation(entry),
             });
         }

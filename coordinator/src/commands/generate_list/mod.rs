@@ -4,13 +4,14 @@
 //! per distribution.
 //!
 //! Deliberate differences from Hangar: absolute paths are paths (Hangar takes anything
-//! starting with `/` for a URL), release image lists are downloaded with the usual
+//! starting with `/` for a URL), a chart repository may be an http(s) URL (its
+//! `index.yaml`, and the packages chosen from it; Hangar refuses URLs), release image lists are downloaded with the usual
 //! certificate checks (Hangar inverts `--tls-verify` there) and from `--release-base` when
 //! given (a mirror of GitHub's release downloads, for sites that cannot reach GitHub), a
 //! numeric tag is written as its number, an image a Rancher GC build renames keeps its
 //! sources, and `--registry` never swallows a one-segment image with a tag. Cloning
 //! Rancher's chart repositories from GitHub when no source is given is not done: clone
-//! them, and name them with `--chart`/`--system-chart`.
+//! them (or serve them), and name them with `--chart`/`--system-chart`.
 
 mod charts;
 mod constraint;
@@ -103,6 +104,7 @@ pub async fn run(args: &GenerateListArgs, console: &Console) -> Result<()> {
         .danger_accept_invalid_certs(!args.tls_verify)
         .build()?;
 
+    let work = tempfile::tempdir().context("a directory for downloaded charts")?;
     let mut found = Found::default();
     for (repos, kind) in [
         (&args.charts, charts::Kind::Default),
@@ -113,10 +115,19 @@ pub async fn run(args: &GenerateListArgs, console: &Console) -> Result<()> {
             .flat_map(|r| r.split(','))
             .filter(|r| !r.is_empty())
         {
-            if repo.contains("://") {
-                bail!("chart url is not supported, please provide the cloned chart path: {repo}");
-            }
-            charts::collect(Path::new(repo), kind, &rancher, &mut found, console)
+            let source = if repo.starts_with("http://") || repo.starts_with("https://") {
+                charts::Repo::Http {
+                    url: repo,
+                    http: &http,
+                    work: work.path(),
+                }
+            } else if repo.contains("://") {
+                bail!("chart repository {repo}: only paths and http(s) URLs are read");
+            } else {
+                charts::Repo::Dir(Path::new(repo))
+            };
+            charts::collect(source, kind, &rancher, &mut found, console)
+                .await
                 .with_context(|| format!("chart repository {repo}"))?;
         }
     }
