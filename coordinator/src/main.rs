@@ -49,6 +49,7 @@ async fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    hangar_shared::memory::cap_arenas();
     // Usage errors exit 1, as Hangar's (clap's own is 2); help and version exit 0.
     let cli = match cli_command()
         .try_get_matches()

@@ -86,7 +86,7 @@ pub struct Options {
     pub overwrite: bool,
     /// Leave cosign signatures and attestations behind.
     pub remove_signatures: bool,
-    /// Blob and manifest transfers at once (default three per image).
+    /// Blob and manifest transfers at once (default two per image; one for save and sync).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfers: Option<usize>,
     /// Sign every image as it lands (mirror), or sign the list's images (sign), with the

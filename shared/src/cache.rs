@@ -30,7 +30,15 @@ pub struct BlobMeta {
 pub struct BlobCache {
     store: Arc<dyn ObjectStore>,
     label: String,
+    /// Bytes gathered before a fill writes them: S3's smallest part for a bucket; small
+    /// for a directory, where a part is one write and memory is what a fill holds.
+    part_size: usize,
 }
+
+/// S3's smallest multipart part (but the last).
+const S3_PART: usize = 5 << 20;
+/// A directory cache's writes: what a fill holds at most, times the two in flight.
+const LOCAL_PART: usize = 256 << 10;
 
 fn cache_err(e: impl std::fmt::Display) -> Error {
     Error::new(FailureClass::Network, format!("blob cache: {e}"))
@@ -157,8 +165,10 @@ pub(crate) fn s3_store(bucket: &str, query: &str, url: &str) -> Result<Arc<dyn O
 impl BlobCache {
     /// `s3://bucket?endpoint=URL&region=R`, `file:///dir`, or a directory path.
     pub fn open(url: &str) -> Result<Self> {
+        let mut part_size = LOCAL_PART;
         let store: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
+            part_size = S3_PART;
             s3_store(bucket.trim_end_matches('/'), query, url)?
         } else {
             let dir = url.strip_prefix("file://").unwrap_or(url);
@@ -172,6 +182,7 @@ impl BlobCache {
         Ok(Self {
             store,
             label: url.to_owned(),
+            part_size,
         })
     }
 
@@ -218,7 +229,7 @@ impl BlobCache {
             .put_multipart(&blob_path(&desc.digest))
             .await
             .map_err(cache_err)?;
-        let mut writer = WriteMultipart::new(upload);
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
         let mut crc = crc32fast::Hasher::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {

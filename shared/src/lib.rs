@@ -13,6 +13,7 @@ pub mod imagelist;
 pub mod index_builder;
 pub mod lease;
 pub mod manifest;
+pub mod memory;
 pub mod policy;
 pub mod queue;
 pub mod ratelimit;

@@ -122,6 +122,11 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
     async fn put_manifest(&self, repo: &str, reference: &str, manifest: &RawManifest)
     -> Result<()>;
     async fn list_tags(&self, repo: &str) -> Result<Vec<String>>;
+    /// Every tag of `repo` when they fit in one page of `n` (one request); `None` when
+    /// there may be more, or the store cannot say in one request.
+    async fn tags_upto(&self, _repo: &str, _n: usize) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
     async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()>;
 }
 
@@ -168,6 +173,9 @@ impl ImageStore for Registry {
     }
     async fn list_tags(&self, repo: &str) -> Result<Vec<String>> {
         self.tags(repo).await
+    }
+    async fn tags_upto(&self, repo: &str, n: usize) -> Result<Option<Vec<String>>> {
+        Registry::tags_upto(self, repo, n).await
     }
     async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()> {
         Registry::delete_manifest(self, repo, digest).await

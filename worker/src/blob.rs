@@ -1,5 +1,5 @@
-//! Ensure one blob is in one destination repository: HEAD first, then a cross-repository
-//! mount when a candidate shares the registry, else one verified stream source → dest.
+//! Ensure one blob is in one destination repository: a cross-repository mount when a
+//! candidate shares the registry, else a HEAD, else one verified stream source → dest.
 
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -39,12 +39,8 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
         // assembler): filling it is the copy, under the lease on the digest.
         return into_cache(ctx, task).await;
     }
-    if dest
-        .blob_exists(&task.dest.repo, digest, Side::Destination)
-        .await?
-    {
-        return Ok(Outcome::BlobPresent);
-    }
+    // A mount needs no look first: it links the blob whether or not the repository
+    // already had it, in one request (the look would be a second, on every mount).
     let candidates = task
         .mount_from
         .iter()
@@ -58,6 +54,12 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
                 from: candidate.to_string(),
             });
         }
+    }
+    if dest
+        .blob_exists(&task.dest.repo, digest, Side::Destination)
+        .await?
+    {
+        return Ok(Outcome::BlobPresent);
     }
     if let Some(bytes) = &task.inline {
         let what = format!("push blob {digest} -> {}", task.dest);

@@ -155,6 +155,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    hangar_shared::memory::cap_arenas();
     let _telemetry = hangar_shared::telemetry::init("hangar-worker", "info")?;
     let args = Args::parse();
     let timeout = humantime::parse_duration(&args.timeout)

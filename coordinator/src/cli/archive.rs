@@ -40,7 +40,7 @@ pub struct ArchiveListArgs {
     /// the archive, removed afterwards).
     #[arg(long = "cache", env = "HANGAR_CACHE")]
     pub cache: Option<String>,
-    /// Blob transfers at once (beyond Hangar; default 3 x jobs).
+    /// Blob transfers at once (beyond Hangar; default: jobs for save and sync, 2 x jobs for load).
     #[arg(long = "transfers")]
     pub transfers: Option<usize>,
     /// Scan every saved image against this OSV database (see `scan --db`), reading each
@@ -173,7 +173,7 @@ pub struct LoadArgs {
     /// Accepted for Hangar compatibility.
     #[arg(long = "skip-login")]
     pub skip_login: bool,
-    /// Blob transfers at once (beyond Hangar; default 3 x jobs).
+    /// Blob transfers at once (beyond Hangar; default: jobs for save and sync, 2 x jobs for load).
     #[arg(long = "transfers")]
     pub transfers: Option<usize>,
     /// Sign every image as it lands: here, a cosign key file; on the fleet, the name of a

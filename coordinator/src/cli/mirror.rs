@@ -42,7 +42,7 @@ pub struct MirrorArgs {
     /// File that receives the lines that failed.
     #[arg(short = 'o', long = "failed", default_value = "mirror-failed.txt")]
     pub failed: PathBuf,
-    /// Images handled at once (1-20); transfers default to three per job.
+    /// Images handled at once (1-20); transfers default to two per job.
     #[arg(
         short = 'j',
         long = "jobs",
@@ -76,7 +76,7 @@ pub struct MirrorArgs {
     /// Blobs go through it, and what it holds is never fetched from the source again.
     #[arg(long = "cache", env = "HANGAR_CACHE")]
     pub cache: Option<String>,
-    /// Blob and manifest transfers at once (beyond Hangar; default 3 x jobs).
+    /// Blob and manifest transfers at once (beyond Hangar; default 2 x jobs).
     #[arg(long = "transfers")]
     pub transfers: Option<usize>,
     /// Sign every image as it lands (beyond Hangar): here, a cosign key file; on the fleet,

@@ -130,6 +130,25 @@ impl Registry {
         Ok(tags)
     }
 
+    /// The repository's tags when they fit in one page of `n`; `None` when there may be
+    /// more (the registry paged them). One request.
+    pub async fn tags_upto(&self, repo: &str, n: usize) -> Result<Option<Vec<String>>> {
+        let r = self.repo_ref(repo);
+        let what = format!("{}/{repo}", self.host);
+        let tags = self
+            .retry
+            .run(&format!("list tags {what}"), || async {
+                self.send(
+                    Call::pull("tags", Side::Source, &what, &r),
+                    self.client.list_tags(&r, &self.auth, Some(n), None),
+                )
+                .await
+                .map(|(t, _)| t.tags)
+            })
+            .await?;
+        Ok((tags.len() < n).then_some(tags))
+    }
+
     /// Deletes a manifest by digest (oci-client has no DELETE).
     pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()> {
         let r = self.reference(repo, &digest.to_string());

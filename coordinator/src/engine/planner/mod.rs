@@ -354,18 +354,29 @@ pub async fn plan(
     }))
 }
 
+/// Tags listed in one request to learn which attachments a repository holds; a repository
+/// with more is asked tag by tag.
+const TAG_PAGE: usize = 1000;
+
 /// The cosign signatures and attestations (`sha256-<hex>.sig`, `.att`) the source holds for
-/// `digests`, looked up all at once. (A tag listing would be one request, but registries
-/// page long tag lists, and popular repositories have thousands of tags.)
+/// `digests`. When the repository's tags fit in one page, that listing answers for every
+/// digest (one request instead of two per digest, each a 404 on most repositories);
+/// otherwise — registries page long lists, popular repositories have thousands of tags —
+/// each tag is looked up, all at once.
 async fn attachments(
     store: &dyn ImageStore,
     repo: &str,
     digests: &[Digest],
 ) -> Result<Vec<PlatformPlan>> {
-    let tags: Vec<String> = digests
+    let mut tags: Vec<String> = digests
         .iter()
         .flat_map(|d| ["sig", "att"].map(|s| format!("{}.{s}", d.tag_form())))
         .collect();
+    // A listing refused or failed is no answer: the lookups decide.
+    if let Ok(Some(listed)) = store.tags_upto(repo, TAG_PAGE).await {
+        let listed: std::collections::HashSet<String> = listed.into_iter().collect();
+        tags.retain(|t| listed.contains(t));
+    }
     let found = futures_util::future::try_join_all(
         tags.iter()
             .map(|tag| store.get_manifest(repo, tag, Side::Source)),
