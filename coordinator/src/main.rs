@@ -164,10 +164,18 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             if a.mirror.file.is_some() {
                 anyhow::bail!("give the list as the argument of submit, not with -f");
             }
-            a.mirror.file = Some(a.list.clone());
             if a.mirror.failed.as_os_str() == "mirror-failed.txt" {
                 a.mirror.failed = "submit-failed.txt".into();
             }
+            if let Some(spec) = &a.spec {
+                let Some(server) = a.mirror.fleet.remote.server.clone() else {
+                    anyhow::bail!(
+                        "--spec sends a job to a coordinator: give --server (with --nats, use the command of the job's kind)"
+                    );
+                };
+                return commands::submit_spec::submit_spec(&server, spec, &a.mirror, console).await;
+            }
+            a.mirror.file = a.list.clone();
             commands::mirror::run(&a.mirror, cli.debug, console).await
         }
         Command::Serve(a) => {

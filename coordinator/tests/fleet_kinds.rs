@@ -461,6 +461,57 @@ async fn per_image_kinds_on_the_fleet(through_serve: bool) {
     assert!(!ok, "{out}");
     assert!(out.contains("destination image does not exist"), "{out}");
 
+    // Any kind sent as a specification (`submit --spec`): each image's end reported here,
+    // the failed lines written here.
+    if through_serve {
+        let submit = |name: &str, project: &str| {
+            let spec = env.path(name);
+            let doc = serde_json::json!({
+                "version": 1, "kind": "mirror-validate", "list": lines.join("\n"),
+                "destination": {"registry": env.dst.addr, "project": project},
+            });
+            std::fs::write(&spec, doc.to_string()).unwrap();
+            let failed = env.path(&format!("{name}.failed"));
+            let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+                .args(["submit", "--spec"])
+                .arg(&spec)
+                .args(["--server", server.as_str(), "-o"])
+                .arg(&failed)
+                .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+                .stdin(Stdio::null())
+                .output()
+                .expect("hangar-coord submit --spec");
+            let failed = std::fs::read_to_string(&failed).unwrap_or_default();
+            (out.status.success(), text(&out), failed)
+        };
+        let (ok, out, failed) = submit("pass.json", "");
+        assert!(ok, "{out}");
+        assert!(out.contains("/results") && out.contains("Done: ["), "{out}");
+        assert!(failed.is_empty(), "{failed}");
+        let (ok, out, failed) = submit("fail.json", "nowhere");
+        assert!(!ok, "{out}");
+        assert!(out.contains("some images failed to validate"), "{out}");
+        for line in &lines {
+            assert!(failed.contains(line.as_str()), "{line} not in {failed}");
+        }
+        let (ok, out, _) = {
+            std::fs::write(
+                env.path("bad.json"),
+                r#"{"version": 1, "kind": "mirror", "lisst": ""}"#,
+            )
+            .unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+                .args(["submit", "--spec"])
+                .arg(env.path("bad.json"))
+                .args(["--server", server.as_str()])
+                .output()
+                .expect("hangar-coord submit --spec");
+            (out.status.success(), text(&out), ())
+        };
+        assert!(!ok);
+        assert!(out.contains("bad.json") && out.contains("lisst"), "{out}");
+    }
+
     drop(workers);
     let logs: String = (0..2)
         .map(|i| std::fs::read_to_string(env.path(&format!("w{i}.log"))).unwrap_or_default())

@@ -91,7 +91,12 @@ pub struct ApiClientArgs {
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     /// The image list.
-    pub list: PathBuf,
+    #[arg(required_unless_present = "spec")]
+    pub list: Option<PathBuf>,
+    /// A job specification of any kind (JSON, docs/API.md) to send to --server as it is,
+    /// instead of a list (beyond Hangar).
+    #[arg(long = "spec", conflicts_with = "list")]
+    pub spec: Option<PathBuf>,
     #[command(flatten)]
     pub mirror: MirrorArgs,
 }

@@ -21,6 +21,7 @@ pub mod scan;
 pub mod sign;
 pub mod status_table;
 pub mod stored;
+pub mod submit_spec;
 pub mod targets;
 pub mod validate;
 pub mod view;
