@@ -247,7 +247,7 @@ pub fn planning(
                         });
                         allowed?;
                         return planner::plan_archive(
-                            archive,
+                            archive.as_ref(),
                             image,
                             &job,
                             &how.filter,

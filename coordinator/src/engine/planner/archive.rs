@@ -1,18 +1,39 @@
 //! Planning from an archive (`load`), and the archive entry of an image `save` copied.
 
-use hangar_shared::archive::{ArchiveImage, ArchiveReader, blob_entry};
-use hangar_shared::error::{Error, FailureClass, Result};
-use hangar_shared::manifest::{Descriptor, Manifest, PlatformFilter};
-
+use hangar_shared::archive::{ArchiveImage, blob_entry};
 use hangar_shared::digest::Digest;
+use hangar_shared::error::{Error, FailureClass, Result};
+use hangar_shared::manifest::{Descriptor, Manifest, PlatformFilter, RawManifest};
+use hangar_shared::registry::Side;
+use hangar_shared::store::ImageStore;
 
 use super::{ImageJob, ImagePlan, NO_PLATFORM, Planned, PlatformPlan, TopPlan};
 
+/// What an archived image's store holds, asked through the store trait (any store that
+/// keeps blobs and manifests by digest would do).
+struct Held<'a> {
+    store: &'a dyn ImageStore,
+    repo: &'a str,
+}
+
+impl Held<'_> {
+    async fn has(&self, digest: &Digest) -> Result<bool> {
+        self.store.blob_exists(self.repo, digest, Side::Source).await
+    }
+
+    async fn manifest(&self, digest: &Digest) -> Result<Option<RawManifest>> {
+        self.store
+            .get_manifest(self.repo, &digest.to_string(), Side::Source)
+            .await
+    }
+}
+
 /// Plans one archived image for `load`: the platform manifests its index entry lists,
-/// filtered by `--arch/--os`, read from the archive. The archive keeps no source index, so
-/// the destination index is built from these, as Hangar does.
+/// filtered by `--arch/--os`, read from the store the job names as its source (the
+/// archive). The archive keeps no source index, so the destination index is built from
+/// these, as Hangar does.
 pub async fn plan_archive(
-    archive: &ArchiveReader,
+    store: &dyn ImageStore,
     image: &ArchiveImage,
     job: &ImageJob,
     filter: &PlatformFilter,
@@ -24,8 +45,12 @@ pub async fn plan_archive(
             "{name}: image is a sigstore signature; load does not load signatures by themselves"
         )));
     }
+    let held = Held {
+        store,
+        repo: &job.source.repo,
+    };
     if image.is_custom() {
-        return plan_archived_chart(archive, image, job).await;
+        return plan_archived_chart(&held, image, job).await;
     }
     let specs = image.selected(filter, provenance);
     if !specs.iter().any(|s| !s.is_attestation()) {
@@ -34,21 +59,23 @@ pub async fn plan_archive(
     let missing = |d: &Digest, what: &str| {
         Error::invalid(format!(
             "{name}: archive {}: entry {:?} ({what} {d}) is missing",
-            archive.label(),
+            job.source,
             blob_entry(d)
         ))
     };
     let mut platforms = Vec::with_capacity(specs.len());
     for spec in specs {
-        if !archive.has_blob(&spec.digest) {
+        if !held.has(&spec.digest).await? {
             return Err(missing(&spec.digest, "manifest"));
         }
         for d in spec.blobs() {
-            if !archive.has_blob(d) {
+            if !held.has(d).await? {
                 return Err(missing(d, "blob"));
             }
         }
-        let manifest = archive.manifest(&spec.digest).await?;
+        let Some(manifest) = held.manifest(&spec.digest).await? else {
+            return Err(missing(&spec.digest, "manifest"));
+        };
         let Manifest::Image(parsed) = manifest.parse()? else {
             return Err(Error::new(
                 FailureClass::UnsupportedMediaType,
@@ -60,7 +87,7 @@ pub async fn plan_archive(
         };
         let mut blobs: Vec<Descriptor> = Vec::new();
         for b in parsed.blobs() {
-            if !archive.has_blob(&b.digest) {
+            if !held.has(&b.digest).await? {
                 return Err(missing(&b.digest, "blob"));
             }
             if !blobs.iter().any(|x| x.digest == b.digest) {
@@ -92,7 +119,7 @@ pub async fn plan_archive(
 /// A stored Helm chart (`archive store chart`) is pushed as it is, digests preserved, at
 /// `dest:<tag>` without an index (as Hangar does); stored custom files are skipped.
 async fn plan_archived_chart(
-    archive: &ArchiveReader,
+    held: &Held<'_>,
     image: &ArchiveImage,
     job: &ImageJob,
 ) -> Result<Planned> {
@@ -104,10 +131,9 @@ async fn plan_archived_chart(
     let [spec] = image.images.as_slice() else {
         return skip();
     };
-    if !archive.has_blob(&spec.digest) {
+    let Some(manifest) = held.manifest(&spec.digest).await? else {
         return skip();
-    }
-    let manifest = archive.manifest(&spec.digest).await?;
+    };
     let Manifest::Image(parsed) = manifest.parse()? else {
         return skip();
     };
@@ -118,11 +144,11 @@ async fn plan_archived_chart(
     }
     let mut blobs: Vec<Descriptor> = Vec::new();
     for b in parsed.blobs() {
-        if !archive.has_blob(&b.digest) {
+        if !held.has(&b.digest).await? {
             return Err(Error::invalid(format!(
                 "{}: archive {}: entry {:?} (blob {}) is missing",
                 image.name(),
-                archive.label(),
+                job.source,
                 blob_entry(&b.digest),
                 b.digest
             )));
