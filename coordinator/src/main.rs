@@ -41,15 +41,28 @@ fn cli_command() -> clap::Command {
     Cli::command().name(name).bin_name(name)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // Output piped into `head` ends with a closed pipe: end quietly, as other tools do,
     // instead of panicking in the first print after it.
     // SAFETY: setting a signal's disposition to its default before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Before the runtime's threads exist: arenas are made per thread as it first allocates.
     hangar_shared::memory::cap_arenas();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(start()),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start() -> ExitCode {
     // Usage errors exit 1, as Hangar's (clap's own is 2); help and version exit 0.
     let cli = match cli_command()
         .try_get_matches()

@@ -262,6 +262,51 @@ async fn charts_from_helm_repositories_and_oci_registries() {
         "{}",
         text(&out)
     );
+    // A package that is not what its index says (Helm's `digest`) is refused; so is one
+    // reached through a symbolic link out of the repository.
+    std::fs::write(
+        repo.join("index.yaml"),
+        format!(
+            "apiVersion: v1\nentries:\n  packed:\n  - name: packed\n    version: 1.2.3+build\n    digest: {}\n    urls: [packed-1.2.3+build.tgz]\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let out = hangar(&[
+        "archive",
+        "store",
+        "chart",
+        "-f",
+        &s(&archive),
+        "-n",
+        "packed",
+        &s(&repo),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("the index says"), "{}", text(&out));
+    std::fs::copy(&newest, env.path("outside.tgz")).unwrap();
+    std::os::unix::fs::symlink(env.path("outside.tgz"), repo.join("linked.tgz")).unwrap();
+    std::fs::write(
+        repo.join("index.yaml"),
+        "apiVersion: v1\nentries:\n  packed:\n  - name: packed\n    version: 1.2.3+build\n    urls: [linked.tgz]\n",
+    )
+    .unwrap();
+    let out = hangar(&[
+        "archive",
+        "store",
+        "chart",
+        "-f",
+        &s(&archive),
+        "-n",
+        "packed",
+        &s(&repo),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("lies outside the repository"),
+        "{}",
+        text(&out)
+    );
 
     // An OCI chart in a registry, as `helm push` makes it.
     let src = registry(&env.src.addr).await;

@@ -353,13 +353,6 @@ impl crate::archive::BlobSource for BlobCache {
 /// it). Content-addressed, so repositories do not matter and a "mount" is a lookup.
 #[async_trait::async_trait]
 impl crate::store::ImageStore for BlobCache {
-    fn abilities(&self) -> crate::store::Abilities {
-        crate::store::Abilities {
-            mounts: false,
-            local_reads: true,
-            leased_fills: true,
-        }
-    }
     async fn blob_exists(
         &self,
         _repo: &str,

@@ -45,6 +45,26 @@ impl StoreRef {
     pub fn holds_tags(&self) -> bool {
         matches!(self, StoreRef::Registry { .. })
     }
+
+    /// What the store can do, known without reaching it (a handler decides its path before
+    /// connecting anywhere: a cached blob is not held up by a source that is down).
+    pub fn abilities(&self) -> Abilities {
+        match self {
+            StoreRef::Registry { .. } => Abilities {
+                mounts: true,
+                ..Abilities::default()
+            },
+            StoreRef::Cache => Abilities {
+                mounts: false,
+                local_reads: true,
+                leased_fills: true,
+            },
+            StoreRef::Archive { .. } => Abilities {
+                local_reads: true,
+                ..Abilities::default()
+            },
+        }
+    }
 }
 
 /// A repository inside a store.
@@ -84,8 +104,8 @@ impl fmt::Display for RepoRef {
     }
 }
 
-/// What a store can do beyond the common calls. Task handlers ask a store this instead of
-/// branching on what kind of store it is.
+/// What a store can do beyond the common calls ([`StoreRef::abilities`]). Task handlers
+/// ask this instead of branching on what kind of store it is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Abilities {
     /// Blobs move between its repositories without a copy (a registry's cross-repository mount).
@@ -101,7 +121,6 @@ pub struct Abilities {
 /// Blobs and manifests by digest, in repositories.
 #[async_trait]
 pub trait ImageStore: Send + Sync + fmt::Debug {
-    fn abilities(&self) -> Abilities;
     async fn blob_exists(&self, repo: &str, digest: &Digest, side: Side) -> Result<bool>;
     /// A stream verified against `desc`: it fails rather than yield wrong bytes.
     async fn get_blob(
@@ -132,12 +151,6 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
 
 #[async_trait]
 impl ImageStore for Registry {
-    fn abilities(&self) -> Abilities {
-        Abilities {
-            mounts: true,
-            ..Abilities::default()
-        }
-    }
     async fn blob_exists(&self, repo: &str, digest: &Digest, side: Side) -> Result<bool> {
         Registry::blob_exists(self, repo, digest, side).await
     }

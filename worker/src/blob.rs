@@ -32,13 +32,13 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
         }
         _ => task,
     };
-    let dest = ctx.stores.resolve(&task.dest.store).await?;
-    let can = dest.abilities();
+    let can = task.dest.store.abilities();
     if can.leased_fills {
         // The destination is the fleet's blob cache (`save` gathers there for the
         // assembler): filling it is the copy, under the lease on the digest.
         return into_cache(ctx, task).await;
     }
+    let dest = ctx.stores.resolve(&task.dest.store).await?;
     // A mount needs no look first: it links the blob whether or not the repository
     // already had it, in one request (the look would be a second, on every mount).
     let candidates = task
@@ -81,12 +81,12 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
             cached: false,
         });
     }
-    let source = ctx.stores.resolve(&task.source.store).await?;
     if let Some(cache) = &ctx.cache
-        && !source.abilities().local_reads
+        && !task.source.store.abilities().local_reads
     {
         return through_cache(ctx, cache, task, dest.as_ref()).await;
     }
+    let source = ctx.stores.resolve(&task.source.store).await?;
     let what = format!("copy blob {digest} {} -> {}", task.source, task.dest);
     ctx.retry
         .run(&what, || async {

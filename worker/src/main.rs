@@ -153,9 +153,16 @@ struct Args {
     grace: String,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // Before the runtime's threads exist: arenas are made per thread as it first allocates.
     hangar_shared::memory::cap_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> Result<()> {
     let _telemetry = hangar_shared::telemetry::init("hangar-worker", "info")?;
     let args = Args::parse();
     let timeout = humantime::parse_duration(&args.timeout)

@@ -21,10 +21,55 @@ pub const MAX_CHART: u64 = 256 << 20;
 /// A chart's config is its Chart.yaml as JSON.
 const MAX_CONFIG: u64 = 1 << 20;
 
-/// One chart of a repository's index: its version and where its package is.
+/// One chart of a repository's index: its version, where its package is, and the
+/// package's SHA-256 when the index gives it.
 struct Entry {
     version: String,
     url: String,
+    digest: Option<String>,
+}
+
+/// Where a package a repository's index names really is. A relative name stays under the
+/// repository (`..`, `\\` and their encodings resolved first, as a URL parser reads them);
+/// an absolute one may point elsewhere, as Helm allows, but never from https down to http.
+pub fn package_url(base: &reqwest::Url, written: &str) -> Result<reqwest::Url> {
+    let url = base
+        .join(written)
+        .with_context(|| format!("package URL {written:?}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("package URL {written:?}: only http(s) is read");
+    }
+    if base.scheme() == "https" && url.scheme() != "https" {
+        bail!(
+            "package URL {written:?}: an https repository's package over {}",
+            url.scheme()
+        );
+    }
+    let relative = reqwest::Url::parse(written).is_err();
+    if relative && (url.origin() != base.origin() || !url.path().starts_with(base.path())) {
+        bail!("package URL {written:?} lies outside the repository {base} (it resolves to {url})");
+    }
+    Ok(url)
+}
+
+/// Checks a package against the digest its index gives (Helm's `digest`, hex SHA-256).
+pub fn check_digest(
+    expected: Option<&str>,
+    got: &hangar_shared::digest::Digest,
+    what: &str,
+) -> Result<()> {
+    if let Some(hex) = expected
+        && !hex.is_empty()
+        && !got
+            .hex()
+            .eq_ignore_ascii_case(hex.trim_start_matches("sha256:"))
+    {
+        bail!(
+            "{what}: the package's SHA-256 is {}, the index says {hex}",
+            got.hex()
+        );
+    }
+    Ok(())
 }
 
 /// Chooses `name` (at `version`, else its newest release) in a repository's index.
@@ -48,11 +93,13 @@ fn choose(index: &[u8], name: &str, version: Option<&str>, repo: &str) -> Result
                 .and_then(|u| u.first())
                 .and_then(Value::as_str)?;
             let parsed = semver::Version::parse(text.trim_start_matches('v')).ok()?;
+            let digest = v.get("digest").and_then(Value::as_str).map(str::to_owned);
             Some((
                 parsed,
                 Entry {
                     version: text.to_owned(),
                     url: url.to_owned(),
+                    digest,
                 },
             ))
         })
@@ -75,9 +122,26 @@ fn choose(index: &[u8], name: &str, version: Option<&str>, repo: &str) -> Result
         .with_context(|| format!("{repo}: chart {name:?} has no version with a package"))
 }
 
-/// A chart from the Helm repository in the local directory `repo`: its package, inside it.
-pub fn from_local_repository(repo: &Path, name: &str, version: Option<&str>) -> Result<PathBuf> {
-    let index = repo.join("index.yaml");
+/// A chart from the Helm repository in the local directory `repo`: its package, inside it
+/// (symbolic links resolved: one leading out of the repository is refused).
+pub async fn from_local_repository(
+    repo: &Path,
+    name: &str,
+    version: Option<&str>,
+) -> Result<PathBuf> {
+    let root = std::fs::canonicalize(repo).with_context(|| repo.display().to_string())?;
+    let inside = |p: &Path, what: &str| -> Result<PathBuf> {
+        let real = std::fs::canonicalize(p).with_context(|| format!("{what} {}", p.display()))?;
+        if !real.starts_with(&root) {
+            bail!(
+                "{}: {what} {} lies outside the repository",
+                repo.display(),
+                p.display()
+            );
+        }
+        Ok(real)
+    };
+    let index = inside(&repo.join("index.yaml"), "index")?;
     let bytes = read_bounded(&index, MAX_INDEX)?;
     let entry = choose(&bytes, name, version, &repo.display().to_string())?;
     let rel = Path::new(&entry.url);
@@ -94,7 +158,14 @@ pub fn from_local_repository(repo: &Path, name: &str, version: Option<&str>) -> 
             entry.url
         );
     }
-    Ok(repo.join(rel))
+    let package = inside(&repo.join(rel), "package")?;
+    let (digest, _) = hangar_shared::archive::custom::hash_file(&package).await?;
+    check_digest(
+        entry.digest.as_deref(),
+        &digest,
+        &package.display().to_string(),
+    )?;
+    Ok(package)
 }
 
 /// A chart from the Helm repository at `url` (`index.yaml` under it), downloaded to `to`.
@@ -110,10 +181,10 @@ pub async fn from_http_repository(
     let index_url = base.join("index.yaml")?;
     let index = download(http, index_url.as_str(), None, MAX_INDEX).await?;
     let entry = choose(&index, name, version, url)?;
-    let chart = base
-        .join(&entry.url)
-        .with_context(|| format!("{url}: chart URL {:?}", entry.url))?;
+    let chart = package_url(&base, &entry.url).with_context(|| url.to_owned())?;
     download(http, chart.as_str(), Some(to), MAX_CHART).await?;
+    let (digest, _) = hangar_shared::archive::custom::hash_file(to).await?;
+    check_digest(entry.digest.as_deref(), &digest, chart.as_str())?;
     Ok(())
 }
 
@@ -135,8 +206,27 @@ fn read_bounded(path: &Path, cap: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// A GET of at most `cap` bytes: into `to`, or returned.
+/// How long one download may take as a whole (the client bounds each read, not a server
+/// that sends a byte at a time).
+const DOWNLOAD_TIME: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A GET of at most `cap` bytes within [`DOWNLOAD_TIME`]: into `to`, or returned.
 async fn download(
+    http: &reqwest::Client,
+    url: &str,
+    to: Option<&Path>,
+    cap: u64,
+) -> Result<Vec<u8>> {
+    match tokio::time::timeout(DOWNLOAD_TIME, download_once(http, url, to, cap)).await {
+        Ok(done) => done,
+        Err(_) => bail!(
+            "{url}: not downloaded within {}",
+            humantime::format_duration(DOWNLOAD_TIME)
+        ),
+    }
+}
+
+async fn download_once(
     http: &reqwest::Client,
     url: &str,
     to: Option<&Path>,
@@ -200,7 +290,9 @@ pub async fn from_oci(
     let tag = match version {
         Some(v) => v.replace('+', "_"),
         None => {
-            let tags = registry.tags(&repo).await?;
+            let Some(tags) = registry.tags_upto(&repo, 1000).await? else {
+                bail!("{url}: {host}/{repo} has more tags than one page: give the version (-v)");
+            };
             let newest = tags
                 .iter()
                 .filter_map(|t| {
@@ -233,6 +325,14 @@ pub async fn from_oci(
         bail!(
             "{url}: the chart's config claims {} bytes",
             parsed.config.size
+        );
+    }
+    // A chart is its package and, at most, its provenance file.
+    let total: u64 = parsed.layers.iter().map(|l| l.size).sum();
+    if parsed.layers.len() > 2 || total > MAX_CHART {
+        bail!(
+            "{url}: {} layers of {total} bytes is not a Helm chart's (its package and provenance)",
+            parsed.layers.len()
         );
     }
     let mut blobs = StagedBlobs::default();
@@ -273,4 +373,34 @@ pub async fn from_oci(
         },
         blobs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::package_url;
+
+    #[test]
+    fn a_package_named_relative_to_its_repository_stays_under_it() {
+        let base = reqwest::Url::parse("https://charts.example/stable/").expect("url");
+        let ok = package_url(&base, "assets/a/a-1.0.0.tgz").expect("inside");
+        assert_eq!(
+            ok.as_str(),
+            "https://charts.example/stable/assets/a/a-1.0.0.tgz"
+        );
+        for escape in [
+            "../other/a.tgz",
+            "..\\..\\x.tgz",
+            "%2e%2e/x.tgz",
+            "\\\\evil.example\\x.tgz",
+            "//evil.example/x.tgz",
+            "http:\\\\evil.example\\x.tgz",
+        ] {
+            assert!(package_url(&base, escape).is_err(), "{escape}");
+        }
+        // Named in full, a package may live elsewhere (as Helm allows), but not over a
+        // weaker scheme than its index.
+        assert!(package_url(&base, "https://github.example/r/a-1.0.0.tgz").is_ok());
+        assert!(package_url(&base, "http://github.example/r/a-1.0.0.tgz").is_err());
+        assert!(package_url(&base, "file:///etc/passwd").is_err());
+    }
 }

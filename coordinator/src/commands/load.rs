@@ -203,7 +203,10 @@ pub async fn load(
         .map_err(|e| anyhow::anyhow!("invalid --timeout {:?}: {e}", args.timeout))?;
     let spec = MirrorSpec {
         planners: selected.jobs_at_once,
-        transfers: args.transfers.unwrap_or(selected.jobs_at_once * 2).max(1),
+        transfers: args
+            .transfers
+            .unwrap_or((selected.jobs_at_once * 2).max(3))
+            .max(1),
         images: selected.jobs,
         filter: selected.filter,
         provenance: args.provenance,

@@ -142,7 +142,7 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntr
         provenance: args.provenance,
         overwrite: args.overwrite,
         planners: prepared.jobs,
-        transfers: args.transfers.unwrap_or(prepared.jobs * 2).max(1),
+        transfers: args.transfers.unwrap_or((prepared.jobs * 2).max(3)).max(1),
         task_timeout: prepared.timeout,
         retry: RetryPolicy::default(),
         cache: prepared.cache,

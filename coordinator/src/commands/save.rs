@@ -168,7 +168,7 @@ async fn gather(
     if margs.transfers.is_none() {
         // The archive is written one entry at a time: more transfers than images at once
         // only hold more buffers (measured: the same wall time from 5 to 60 transfers).
-        spec.transfers = spec.planners;
+        spec.transfers = spec.planners.max(3);
     }
     watch_begins(
         watch,
@@ -380,15 +380,17 @@ async fn remote_copy(
 /// A job's snapshot, kept up to date while it runs (`serve`).
 pub type Watch = Arc<std::sync::Mutex<crate::engine::job::JobSnapshot>>;
 
-/// Tells a watched job its size before its run: the images it runs, and the lines refused
-/// before any work (failed from the start, as a mirror's are).
+/// Tells a watched job its size as its run starts: the images it runs, and the lines
+/// refused before any work (failed from the start, as a mirror's are). A run started again
+/// (a damaged cache refetched) starts its figures again.
 pub fn watch_begins(watch: Option<&Watch>, images: usize, refused: Vec<String>) {
     if let Some(w) = watch
         && let Ok(mut s) = w.lock()
     {
         s.total = images + refused.len();
-        s.failed += refused.len();
-        s.failed_lines.extend(refused);
+        s.failed = refused.len();
+        s.failed_lines = refused;
+        (s.copied, s.present, s.skipped) = (0, 0, 0);
     }
 }
 

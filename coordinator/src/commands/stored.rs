@@ -218,6 +218,7 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
                     );
                 };
                 super::chart_sources::from_local_repository(path, name, args.version.as_deref())
+                    .await
                     .with_context(failed)?
             } else if meta.is_dir() {
                 let yaml = std::fs::read(path.join("Chart.yaml")).with_context(failed)?;

@@ -192,6 +192,13 @@ pub struct JobSnapshot {
     /// an ETA.
     #[serde(default)]
     pub started: u64,
+    /// When it ended, likewise (0 while it runs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ended: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl JobSnapshot {

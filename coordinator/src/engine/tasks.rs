@@ -206,7 +206,13 @@ async fn watch_unserved(queue: Arc<JetStreamQueue>, patience: Duration, tx: mpsc
     let mut since: HashMap<hangar_shared::task::TaskKind, tokio::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(poll).await;
+        // The run is over (its bus dropped, even on an early return): nothing to watch.
+        if tx.is_closed() {
+            return;
+        }
         let Ok(kinds) = queue.unserved().await else {
+            // NATS cannot say (it restarts): the time without an answer proves nothing.
+            since.clear();
             continue;
         };
         let now = tokio::time::Instant::now();

@@ -107,14 +107,15 @@ fn running(
     }
 }
 
-/// Drops the outcomes of finished jobs beyond the newest `keep` of them.
+/// Drops the outcomes of finished jobs beyond the `keep` that ended last (a long job just
+/// ended keeps its own for its client).
 fn drop_old_results(jobs: &mut HashMap<String, Running>, keep: usize) {
     let mut finished: Vec<(u64, String)> = jobs
         .iter()
         .filter(|(_, r)| r.results.is_some())
         .filter_map(|(id, r)| {
             let s = r.snapshot.lock().ok()?;
-            (s.state != "running" && s.state != "queued").then(|| (s.started, id.clone()))
+            (s.state != "running" && s.state != "queued").then(|| (s.ended, id.clone()))
         })
         .collect();
     finished.sort_unstable_by(|a, b| b.cmp(a));
@@ -309,6 +310,9 @@ impl Server {
                 let outcome = run.await;
                 let last = {
                     let Ok(mut s) = watch.lock() else { return };
+                    s.ended = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
                     match outcome {
                         Ok(()) => {
                             s.state = if s.failed == 0 { "succeeded" } else { "failed" }.into()
@@ -562,10 +566,10 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn job(started: u64, state: &str) -> Running {
+    fn job(ended: u64, state: &str) -> Running {
         Running {
             snapshot: Arc::new(Mutex::new(JobSnapshot {
-                started,
+                ended,
                 state: state.into(),
                 ..Default::default()
             })),
@@ -580,13 +584,13 @@ mod tests {
     #[test]
     fn only_the_newest_finished_jobs_keep_their_outcomes() {
         let mut jobs = HashMap::new();
-        for (id, started, state) in [
+        for (id, ended, state) in [
             ("old", 1, "succeeded"),
             ("mid", 2, "failed"),
             ("new", 3, "succeeded"),
             ("running", 0, "running"),
         ] {
-            jobs.insert(id.to_owned(), job(started, state));
+            jobs.insert(id.to_owned(), job(ended, state));
         }
         drop_old_results(&mut jobs, 2);
         let held = |id: &str| jobs[id].results.is_some();

@@ -337,12 +337,6 @@ fn read_only() -> Error {
 /// An archive as the source of a copy (`load`): blobs and manifests by digest.
 #[async_trait]
 impl ImageStore for ArchiveReader {
-    fn abilities(&self) -> crate::store::Abilities {
-        crate::store::Abilities {
-            local_reads: true,
-            ..Default::default()
-        }
-    }
     async fn blob_exists(&self, _repo: &str, digest: &Digest, _side: Side) -> Result<bool> {
         Ok(self.has_blob(digest))
     }

@@ -155,8 +155,10 @@ impl Registry {
             )) => Ok(false),
             Ok(Err(e)) => {
                 let e = classify(e, Side::Destination, what);
-                // Any other refusal is a decline: the caller uploads instead.
-                if e.class.is_retryable() || e.class == FailureClass::Auth {
+                // Any other refusal is a decline, a refused reading of the other repository
+                // included: the caller looks and uploads instead, where a real want of
+                // rights shows.
+                if e.class.is_retryable() {
                     Err(e)
                 } else {
                     Ok(false)

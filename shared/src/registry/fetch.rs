@@ -69,6 +69,51 @@ impl Registry {
         }
     }
 
+    /// One page of `repo`'s tags by our own request (oci-client drops the `Link` header that
+    /// says more follow): `None` when the registry says, or the count suggests, there are
+    /// more than this page.
+    pub(super) async fn fetch_tags_page(
+        &self,
+        repo: &str,
+        n: usize,
+        what: &str,
+    ) -> Result<Option<Vec<String>>> {
+        let url = format!(
+            "{}://{}/v2/{repo}/tags/list?n={n}",
+            self.scheme, self.api_host
+        );
+        let mut req = self.http.get(&url);
+        req = match self.pull_auth(repo).await? {
+            Some(PullAuth::Bearer(t)) => req.bearer_auth(t),
+            Some(PullAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|e| {
+            Error::new(
+                FailureClass::Network,
+                format!("{what}: {}", classify::request_error_text(&e)),
+            )
+        })?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = read_capped(resp, MAX_ERROR_BODY, what)
+                .await
+                .unwrap_or_default();
+            return Err(classify_answer(status, &body, Side::Source, what));
+        }
+        let paged = resp.headers().contains_key(reqwest::header::LINK);
+        let body = read_capped(resp, MAX_MANIFEST_BYTES, what).await?;
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let page: Page = serde_json::from_slice(&body)
+            .map_err(|e| Error::invalid(format!("{what}: not a tag list: {e}")))?;
+        let tags = page.tags.unwrap_or_default();
+        Ok((!paged && tags.len() < n).then_some(tags))
+    }
+
     /// How to authorise a pull of `repo`: a bearer token from the registry's token service,
     /// Basic credentials, or nothing for a registry that challenges nobody.
     async fn pull_auth(&self, repo: &str) -> Result<Option<PullAuth>> {

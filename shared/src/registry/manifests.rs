@@ -133,20 +133,26 @@ impl Registry {
     /// The repository's tags when they fit in one page of `n`; `None` when there may be
     /// more (the registry paged them). One request.
     pub async fn tags_upto(&self, repo: &str, n: usize) -> Result<Option<Vec<String>>> {
-        let r = self.repo_ref(repo);
-        let what = format!("{}/{repo}", self.host);
-        let tags = self
-            .retry
-            .run(&format!("list tags {what}"), || async {
-                self.send(
-                    Call::pull("tags", Side::Source, &what, &r),
-                    self.client.list_tags(&r, &self.auth, Some(n), None),
+        let what = format!("list tags {}/{repo}", self.host);
+        self.retry
+            .run(&what, || async {
+                let _permit = self.admit(1).await;
+                let started = Instant::now();
+                let answer = tokio::time::timeout(
+                    self.request_timeout,
+                    self.fetch_tags_page(repo, n, &what),
                 )
                 .await
-                .map(|(t, _)| t.tags)
+                .unwrap_or_else(|_| Err(self.timed_out(&what)));
+                self.observe(
+                    "tags",
+                    started.elapsed(),
+                    answer.as_ref().err().map(|e| e.class),
+                )
+                .await;
+                answer
             })
-            .await?;
-        Ok((tags.len() < n).then_some(tags))
+            .await
     }
 
     /// Deletes a manifest by digest (oci-client has no DELETE).

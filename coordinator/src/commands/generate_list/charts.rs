@@ -26,6 +26,8 @@ struct Version {
     /// A chart directory or packaged `.tgz`, relative to the repository.
     path: PathBuf,
     rancher_constraint: Option<String>,
+    /// The package's SHA-256, when the repository's index gives it.
+    digest: Option<String>,
 }
 
 /// A repository's kind: system charts check every version of `rancher-monitoring`.
@@ -42,7 +44,6 @@ pub enum Repo<'a> {
     Http {
         url: &'a str,
         http: &'a reqwest::Client,
-        work: &'a Path,
     },
 }
 
@@ -81,12 +82,12 @@ pub async fn collect(
             };
             (dir.to_path_buf(), versions)
         }
-        Repo::Http { url, http, work } => {
+        Repo::Http { url, http } => {
             let index_url = format!("{}/index.yaml", url.trim_end_matches('/'));
             let bytes = super::fetch(http, &index_url, MAX_FILE).await?;
             let text =
                 String::from_utf8(bytes).with_context(|| format!("{index_url} is not text"))?;
-            (work.to_path_buf(), from_index(&text, &index_url, console)?)
+            (PathBuf::new(), from_index(&text, &index_url, console)?)
         }
     };
     let repo_name = match &repo {
@@ -122,18 +123,24 @@ pub async fn collect(
                 }
             }
             let source = format!("[{repo_name};{}:{}]", v.name, v.text);
-            let local = match &repo {
-                Repo::Dir(_) => dir.join(&v.path),
-                Repo::Http { url, http, work } => {
+            let values = match &repo {
+                Repo::Dir(_) => values_files(&dir.join(&v.path)),
+                Repo::Http { url, http } => {
                     let base = reqwest::Url::parse(&format!("{}/", url.trim_end_matches('/')))?;
-                    let chart = base.join(&v.path.to_string_lossy())?;
-                    let to = work.join(format!("chart-{i}.tgz"));
+                    let chart = crate::commands::chart_sources::package_url(
+                        &base,
+                        &v.path.to_string_lossy(),
+                    )?;
                     let bytes = super::fetch(http, chart.as_str(), MAX_PACKAGE).await?;
-                    std::fs::write(&to, bytes)?;
-                    to
+                    crate::commands::chart_sources::check_digest(
+                        v.digest.as_deref(),
+                        &hangar_shared::digest::Digest::of(&bytes),
+                        chart.as_str(),
+                    )?;
+                    values_in_package(std::io::Cursor::new(bytes), chart.as_str())
                 }
             };
-            match values_files(&local) {
+            match values {
                 Ok(files) => {
                     for (file, text) in files {
                         match serde_yaml_ng::from_str::<Value>(&text) {
@@ -252,6 +259,10 @@ fn from_index(text: &str, index: &str, console: &Console) -> Result<Vec<Version>
                 text: text.to_owned(),
                 path: PathBuf::from(url),
                 rancher_constraint: rancher_annotation(entry),
+                digest: entry
+                    .get("digest")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
             });
         }
     }
@@ -292,6 +303,7 @@ fn from_chart_dirs(repo: &Path, console: &Console) -> Result<Vec<Version>> {
                     text: text.to_owned(),
                     path: d.strip_prefix(repo).unwrap_or(&d).to_owned(),
                     rancher_constraint: rancher_annotation(&meta),
+                    digest: None,
                 }),
                 _ => console.warn(
                     None,
@@ -368,28 +380,38 @@ fn values_files(path: &Path) -> Result<Vec<(String, String)>> {
         return Ok(out);
     }
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let gz = flate2::read::GzDecoder::new(file).take(MAX_PACKAGE);
+    values_in_package(file, &path.display().to_string())
+}
+
+/// Every `values.yaml`/`values.yml` of a packaged chart (`label` names it), bounded as the
+/// scanner bounds layers.
+fn values_in_package(package: impl Read, label: &str) -> Result<Vec<(String, String)>> {
+    let is_values = |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| n == "values.yaml" || n == "values.yml")
+    };
+    let mut out = Vec::new();
+    let gz = flate2::read::GzDecoder::new(package).take(MAX_PACKAGE);
     let mut tar = tar::Archive::new(hangar_shared::scan::tar_guard::TarGuard::new(gz));
     for entry in tar
         .entries()
-        .with_context(|| format!("{} is not a packaged chart", path.display()))?
+        .with_context(|| format!("{label} is not a packaged chart"))?
     {
-        let entry = entry.with_context(|| format!("reading {}", path.display()))?;
+        let entry = entry.with_context(|| format!("reading {label}"))?;
         let name = entry.path()?.into_owned();
         if !entry.header().entry_type().is_file() || !is_values(&name) {
             continue;
         }
         if entry.size() > MAX_FILE {
             bail!(
-                "{}: {} is larger than {} MiB",
-                path.display(),
+                "{label}: {} is larger than {} MiB",
                 name.display(),
                 MAX_FILE >> 20
             );
         }
         let mut text = String::new();
         entry.take(MAX_FILE).read_to_string(&mut text)?;
-        out.push((format!("{}:{}", path.display(), name.display()), text));
+        out.push((format!("{label}:{}", name.display()), text));
     }
     Ok(out)
 }

@@ -104,7 +104,6 @@ pub async fn run(args: &GenerateListArgs, console: &Console) -> Result<()> {
         .danger_accept_invalid_certs(!args.tls_verify)
         .build()?;
 
-    let work = tempfile::tempdir().context("a directory for downloaded charts")?;
     let mut found = Found::default();
     for (repos, kind) in [
         (&args.charts, charts::Kind::Default),
@@ -119,7 +118,6 @@ pub async fn run(args: &GenerateListArgs, console: &Console) -> Result<()> {
                 charts::Repo::Http {
                     url: repo,
                     http: &http,
-                    work: work.path(),
                 }
             } else if repo.contains("://") {
                 bail!("chart repository {repo}: only paths and http(s) URLs are read");

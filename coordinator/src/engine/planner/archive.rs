@@ -18,7 +18,9 @@ struct Held<'a> {
 
 impl Held<'_> {
     async fn has(&self, digest: &Digest) -> Result<bool> {
-        self.store.blob_exists(self.repo, digest, Side::Source).await
+        self.store
+            .blob_exists(self.repo, digest, Side::Source)
+            .await
     }
 
     async fn manifest(&self, digest: &Digest) -> Result<Option<RawManifest>> {

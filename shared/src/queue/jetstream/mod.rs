@@ -119,8 +119,8 @@ pub struct JetStreamQueue {
     js: jetstream::Context,
     ack_wait: Duration,
     sent: SentTasks,
-    /// Kinds of the tasks this publisher sent, for [`Self::unserved`].
-    kinds: std::sync::Mutex<std::collections::BTreeSet<TaskKind>>,
+    /// The kinds and runs of the tasks this publisher sent, for [`Self::unserved`].
+    kinds: std::sync::Mutex<std::collections::BTreeSet<(TaskKind, String)>>,
     /// Deliveries pulled by the per-kind fetchers, for `next`.
     incoming: Mutex<Option<mpsc::Receiver<Delivery>>>,
     fetchers: Vec<tokio::task::JoinHandle<()>>,
@@ -205,8 +205,8 @@ impl JetStreamQueue {
     /// The kinds of the tasks this publisher sent that no worker pulls now
     /// ([`unserved::kinds`]).
     pub async fn unserved(&self) -> Result<Vec<TaskKind>> {
-        let sent: Vec<TaskKind> = match self.kinds.lock() {
-            Ok(k) => k.iter().copied().collect(),
+        let sent: Vec<(TaskKind, String)> = match self.kinds.lock() {
+            Ok(k) => k.iter().cloned().collect(),
             Err(_) => Vec::new(),
         };
         unserved::kinds(&self.js, &sent).await
@@ -328,7 +328,7 @@ impl DeliveryHandle for JsHandle {
 impl TaskQueue for JetStreamQueue {
     async fn publish(&self, mut task: TaskEnvelope) -> Result<()> {
         if let Ok(mut kinds) = self.kinds.lock() {
-            kinds.insert(task.task.kind());
+            kinds.insert((task.task.kind(), task.job.clone()));
         }
         // The trace context travels as a header, where NATS tooling and other services look.
         let trace = task.trace.take();

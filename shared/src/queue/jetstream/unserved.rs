@@ -1,31 +1,46 @@
 //! Which kinds of task no worker pulls. A worker pulls each kind it takes through that
 //! kind's durable consumer, with a pull request always waiting while it has a free slot;
-//! a kind whose tasks wait with no pull request and none out on delivery has no live
-//! worker taking it: every worker was started without it (`--check-concurrency 0`), or
-//! every worker that took it is gone. Without this a run of such tasks waits forever: a
-//! message never delivered raises no max-deliveries advisory.
+//! a run whose own tasks of a kind wait in the stream while that kind's consumer has no
+//! pull request and nothing out on delivery has no live worker taking them: every worker
+//! was started without the kind (`--check-concurrency 0`), or every one that took it is
+//! gone. Without this such a run waits forever: a message never delivered raises no
+//! max-deliveries advisory.
 
 use async_nats::jetstream::{self, context::ConsumerInfoErrorKind};
+use futures_util::TryStreamExt;
 
-use super::{TASK_STREAM, bus};
+use super::{TASK_STREAM, bus, task_subject};
 use crate::error::Result;
 use crate::task::TaskKind;
 
-/// Of `kinds`, those with no worker pulling them now. An answer NATS cannot give (it is
+/// Of the kinds a run sent (`sent`: kind and the run's id), those whose tasks of this run
+/// are still queued with no worker pulling them now. An answer NATS cannot give (it is
 /// restarting) is an error, never "unserved".
-pub async fn kinds(js: &jetstream::Context, kinds: &[TaskKind]) -> Result<Vec<TaskKind>> {
-    if kinds.is_empty() {
+pub async fn kinds(js: &jetstream::Context, sent: &[(TaskKind, String)]) -> Result<Vec<TaskKind>> {
+    if sent.is_empty() {
         return Ok(Vec::new());
     }
     let stream = js.get_stream(TASK_STREAM).await.map_err(bus)?;
     let mut unserved = Vec::new();
-    for kind in kinds {
+    for (kind, run) in sent {
+        // A work queue keeps a message until it is acked: this run's own backlog of the kind.
+        let mut subjects = stream
+            .info_with_subjects(task_subject(*kind, run))
+            .await
+            .map_err(bus)?;
+        let mut queued = 0usize;
+        while let Some((_, n)) = subjects.try_next().await.map_err(bus)? {
+            queued += n;
+        }
+        if queued == 0 {
+            continue;
+        }
         match stream
             .consumer_info(format!("hangar-{}", kind.as_str()))
             .await
         {
             Ok(info) => {
-                if info.num_pending > 0 && info.num_waiting == 0 && info.num_ack_pending == 0 {
+                if info.num_waiting == 0 && info.num_ack_pending == 0 {
                     unserved.push(*kind);
                 }
             }
