@@ -344,8 +344,9 @@ async fn queued_tasks(nats: &NatsProcess) -> u64 {
 
 /// A kind of task no live worker takes: the worker that took check tasks is gone (its
 /// durable consumer stays) and the one left was started with `--check-concurrency 0`. The
-/// run does not wait forever: it fails once no worker has pulled its checks for the
-/// fleet's patience (30 s), says which flag makes a worker take them, and purges its tasks.
+/// run does not wait forever: it fails once no worker has pulled its checks for its
+/// patience (`--unserved-timeout`, 5 s here; 30 s by default), says which flag makes a
+/// worker take them, and purges its tasks.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kind_no_live_worker_takes_fails_the_run_and_names_the_flag() {
     let env = Env::new();
@@ -384,7 +385,7 @@ async fn a_kind_no_live_worker_takes_fails_the_run_and_names_the_flag() {
         ])
         .arg("-f")
         .arg(&list)
-        .args(["--nats", &nats.url(), "-o"])
+        .args(["--nats", &nats.url(), "--unserved-timeout", "5s", "-o"])
         .arg(env.path("failed.txt"))
         .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
         .stdin(Stdio::null())
@@ -405,7 +406,7 @@ async fn a_kind_no_live_worker_takes_fails_the_run_and_names_the_flag() {
     let text = text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(
-        text.contains("no worker took this job's check tasks for 30s")
+        text.contains("no worker took this job's check tasks for 5s")
             && text.contains("--check-concurrency above 0"),
         "{text}"
     );

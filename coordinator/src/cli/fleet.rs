@@ -33,6 +33,14 @@ pub struct BusArgs {
     /// `tls://host:4222` requires TLS).
     #[arg(long = "nats", env = "HANGAR_NATS")]
     pub nats: Option<String>,
+    /// How long a run's tasks of a kind may wait with no worker taking that kind before the
+    /// run fails, naming the worker flag that takes it (`0`: wait for ever).
+    #[arg(
+        long = "unserved-timeout",
+        env = "HANGAR_UNSERVED_TIMEOUT",
+        default_value = "30s"
+    )]
+    pub unserved_timeout: String,
     /// NATS user name (with --nats-password): the identity the server's permissions name.
     #[arg(long = "nats-user", env = "HANGAR_NATS_USER")]
     pub nats_user: Option<String>,

@@ -240,6 +240,9 @@ pub async fn fleet_client(f: &crate::cli::BusArgs) -> Result<async_nats::Client>
     let Some(url) = &f.nats else {
         bail!("--nats is required");
     };
+    let patience = humantime::parse_duration(&f.unserved_timeout)
+        .with_context(|| format!("invalid --unserved-timeout {:?}", f.unserved_timeout))?;
+    crate::engine::tasks::set_unserved_patience(patience);
     Ok(jetstream::connect(&NatsOptions {
         url: url.clone(),
         user: f.nats_user.clone(),

@@ -30,8 +30,25 @@ use crate::console::Console;
 pub const MAX_DELIVER: u32 = 2;
 
 /// How long a kind of task may wait with no worker pulling it before the run gives up on
-/// it: the time after which the fleet also takes a silent worker for gone (its leases).
+/// it, by default: the time after which the fleet also takes a silent worker for gone (its
+/// leases). The process's `--unserved-timeout` replaces it; zero waits for ever.
 pub const UNSERVED_PATIENCE: Duration = hangar_shared::lease::LEASE_TTL;
+
+static PATIENCE_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(UNSERVED_PATIENCE.as_millis() as u64);
+
+/// Sets this process's patience for kinds of task no worker takes (`--unserved-timeout`),
+/// read by every fleet run it opens.
+pub fn set_unserved_patience(patience: Duration) {
+    PATIENCE_MS.store(
+        patience.as_millis().min(u64::MAX as u128) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+fn unserved_patience() -> Duration {
+    Duration::from_millis(PATIENCE_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
 
 /// Where the tasks run.
 pub enum Backend {
@@ -77,7 +94,7 @@ pub struct Bus {
     events: mpsc::UnboundedReceiver<Event>,
     workers: Option<tokio::task::JoinHandle<()>>,
     /// On the fleet: says why the run cannot go on when a kind of its tasks has had no
-    /// worker pulling it for [`UNSERVED_PATIENCE`].
+    /// worker pulling it for the process's patience (`--unserved-timeout`).
     unserved: Option<(mpsc::Receiver<String>, tokio::task::JoinHandle<()>)>,
     /// On the fleet: the client and run, so that an interrupted run's queued tasks are
     /// purged rather than left for the workers.
@@ -133,7 +150,12 @@ impl Bus {
                 let events = jetstream::follow_events(client.clone(), job_id).await?;
                 let publisher = Arc::new(JetStreamQueue::publisher(client.clone()).await?);
                 let (tx, rx) = mpsc::channel(1);
-                let watch = tokio::spawn(watch_unserved(publisher.clone(), UNSERVED_PATIENCE, tx));
+                let (patience, watched) = (unserved_patience(), publisher.clone());
+                let watch = tokio::spawn(async move {
+                    if !patience.is_zero() {
+                        watch_unserved(watched, patience, tx).await;
+                    }
+                });
                 console.info(None, format!("Job {job_id} runs on the fleet"));
                 Ok(Self {
                     queue: publisher,
