@@ -14,7 +14,7 @@ use hangar_shared::retry::RetryPolicy;
 
 use crate::cli::LoadArgs;
 use crate::console::Console;
-use crate::engine::job::{self, Backend, MirrorSpec};
+use crate::engine::job::{self, Backend, CopySpec};
 use crate::engine::planner::ImageJob;
 use crate::engine::tasks::{Bus, Here, PerImage};
 use crate::engine::tracker::Ends;
@@ -201,7 +201,7 @@ pub async fn load(
     .await;
     let timeout = humantime::parse_duration(&args.timeout)
         .map_err(|e| anyhow::anyhow!("invalid --timeout {:?}: {e}", args.timeout))?;
-    let spec = MirrorSpec {
+    let spec = CopySpec {
         planners: selected.jobs_at_once,
         transfers: args
             .transfers
@@ -277,7 +277,7 @@ pub async fn load(
             args.sign_passphrase_file.as_deref(),
         )?;
     }
-    let report = job::run_mirror(
+    let report = job::run_copy(
         spec,
         pool,
         console.clone(),

@@ -14,7 +14,7 @@ use hangar_shared::retry::RetryPolicy;
 
 use crate::cli::MirrorArgs;
 use crate::console::Console;
-use crate::engine::job::{self, Backend, MirrorSpec};
+use crate::engine::job::{self, Backend, CopySpec};
 use crate::engine::planner::ImageJob;
 
 pub struct Prepared {
@@ -135,8 +135,8 @@ pub fn prepare_list(
 }
 
 /// The job to run, and the lines rejected before it.
-pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (MirrorSpec, Vec<(ListEntry, String)>) {
-    let spec = MirrorSpec {
+pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (CopySpec, Vec<(ListEntry, String)>) {
+    let spec = CopySpec {
         images: prepared.images,
         filter: prepared.filter,
         provenance: args.provenance,
@@ -224,7 +224,7 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         None => None,
     };
     let id = job::new_job_id();
-    let report = job::run_mirror(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
+    let report = job::run_copy(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
     if let Some(db) = &scan_db {
         super::scan::report_job(&report, db, &args.scan_report, false, &console)?;
     }

@@ -222,7 +222,7 @@ async fn gather(
         }
         _ => None,
     };
-    let report = job::run_mirror(
+    let report = job::run_copy(
         spec,
         pool,
         console.clone(),

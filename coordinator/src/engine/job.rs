@@ -20,7 +20,9 @@ use crate::console::{Console, Progress};
 use crate::engine::planner::{self, ImageJob, ImagePlan};
 use crate::engine::tracker::{Ends, ImageResult, Observer, Stats, Tracker};
 
-pub struct MirrorSpec {
+/// A copy job: every image from its source to its destination, whatever stores those are
+/// (`mirror`, `save`, `sync`, `load`).
+pub struct CopySpec {
     pub images: Vec<ImageJob>,
     pub filter: PlatformFilter,
     pub provenance: bool,
@@ -295,8 +297,8 @@ pub fn planning(
 
 /// `run` names this execution of the job: task message ids and the event subject carry
 /// `<job>.<run>`, so a resumed job never confuses its events with an earlier run's.
-pub async fn run_mirror(
-    spec: MirrorSpec,
+pub async fn run_copy(
+    spec: CopySpec,
     pool: Arc<RegistryPool>,
     console: Arc<Console>,
     backend: Backend,

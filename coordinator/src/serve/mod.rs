@@ -253,7 +253,7 @@ impl Server {
                 args.authfile.as_deref(),
                 server.gate.clone(),
             ));
-            let report = job::run_mirror(
+            let report = job::run_copy(
                 spec,
                 pool,
                 server.console.clone(),
