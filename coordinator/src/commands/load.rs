@@ -17,7 +17,7 @@ use crate::console::Console;
 use crate::engine::job::{self, Backend, CopySpec};
 use crate::engine::planner::ImageJob;
 use crate::engine::tasks::{Bus, Here, PerImage};
-use crate::engine::tracker::Ends;
+use crate::engine::tracker::Extras;
 use crate::engine::work::{self, Work};
 use hangar_shared::task::{Outcome, Verdict};
 
@@ -216,7 +216,7 @@ pub async fn load(
         // Under `serve` (a watched job) signals are the service's.
         interruptible: watch.is_none(),
         cache: None,
-        ends: Ends {
+        extras: Extras {
             sign_key: args.sign_key.clone(),
             ..Default::default()
         },

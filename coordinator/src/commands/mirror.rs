@@ -147,7 +147,7 @@ pub fn spec(prepared: Prepared, args: &MirrorArgs) -> (CopySpec, Vec<(ListEntry,
         retry: RetryPolicy::default(),
         cache: prepared.cache,
         interruptible: true,
-        ends: crate::engine::tracker::Ends {
+        extras: crate::engine::tracker::Extras {
             sign_key: args.sign_key.clone(),
             scan: args.scan_db.is_some(),
             ..Default::default()

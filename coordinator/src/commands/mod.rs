@@ -293,7 +293,7 @@ pub fn report_rejected(
         .collect()
 }
 
-/// Ends a list command: `Done`, or the failed lines written whole to `path` and Hangar's
+/// Extras a list command: `Done`, or the failed lines written whole to `path` and Hangar's
 /// `some images failed to <verb>`.
 pub fn finish(
     console: &crate::console::Console,

@@ -175,10 +175,10 @@ async fn gather(
         spec.images.len(),
         rejected.iter().map(|(e, _)| e.original.clone()).collect(),
     );
-    spec.ends.scan = scan_db.is_some();
+    spec.extras.scan = scan_db.is_some();
     // Archives never carry signatures (Hangar's save removes them).
     spec.signatures = false;
-    spec.ends.dest_label = Some(archive.to_owned());
+    spec.extras.dest_label = Some(archive.to_owned());
     let pool = Arc::new(
         super::limited_pool(
             list.access.tls_verify,

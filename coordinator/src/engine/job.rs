@@ -18,7 +18,7 @@ pub use super::tasks::Backend;
 use super::tasks::{Bus, Here, News};
 use crate::console::{Console, Progress};
 use crate::engine::planner::{self, ImageJob, ImagePlan};
-use crate::engine::tracker::{Ends, ImageResult, Observer, Stats, Tracker};
+use crate::engine::tracker::{Extras, ImageResult, Observer, Stats, Tracker};
 
 /// A copy job: every image from its source to its destination, whatever stores those are
 /// (`mirror`, `save`, `sync`, `load`).
@@ -38,10 +38,10 @@ pub struct CopySpec {
     /// The embedded workers' blob cache (`--cache`); fleet workers have their own.
     pub cache: Option<Arc<hangar_shared::cache::BlobCache>>,
     /// Where images come from and go to when not registry → registry.
-    pub ends: Ends,
+    pub extras: Extras,
     /// Copy cosign signatures and attestations along (mirror without --remove-signatures).
     pub signatures: bool,
-    /// The embedded workers' signing keys, by name (`ends.sign_key` names one).
+    /// The embedded workers' signing keys, by name (`extras.sign_key` names one).
     pub sign_keys: std::collections::HashMap<String, Arc<hangar_shared::sign::KeyPair>>,
     /// The archive images are loaded from (its index plans them; its entries feed the copy).
     pub archive: Option<(String, Arc<ArchiveReader>)>,
@@ -307,7 +307,7 @@ pub async fn run_copy(
 ) -> Result<JobReport> {
     let started = Instant::now();
     let job_id = format!("{}.{}", job.0, job.1);
-    // Ends when this function returns: the job's span, every task's span is its child.
+    // Extras when this function returns: the job's span, every task's span is its child.
     let span = tracing::info_span!(
         "job",
         otel.name = %format!("job {}", job.0),
@@ -379,8 +379,8 @@ pub async fn run_copy(
             signatures: spec.signatures,
             look_first: here_only
                 && !spec.overwrite
-                && spec.ends.sign_key.is_none()
-                && !spec.ends.scan,
+                && spec.extras.sign_key.is_none()
+                && !spec.extras.scan,
             planners: spec.planners,
             bound: spec.task_timeout,
         },
@@ -399,10 +399,10 @@ pub async fn run_copy(
         queue.clone(),
         spec.images,
         spec.overwrite,
-        spec.ends.clone(),
+        spec.extras.clone(),
     );
     tracker.trace = hangar_shared::telemetry::traceparent(&span);
-    let dest_label = spec.ends.dest_label.clone();
+    let dest_label = spec.extras.dest_label.clone();
     let mut obs = LogObserver {
         dest_label: dest_label.as_deref(),
         console: &console,

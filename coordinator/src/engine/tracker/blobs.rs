@@ -319,13 +319,13 @@ mod tests {
     use hangar_shared::task::Outcome;
 
     use super::super::testkit::{Harness, blob, blob_tasks, job, kinds, platform, tagged};
-    use super::super::{Ends, ImageResult};
+    use super::super::{Extras, ImageResult};
 
     #[tokio::test]
     async fn blobs_are_read_from_the_mirror_that_planned_the_image() {
         let mut h = Harness::new(
             vec![job("docker.io/library/app:1", "dst.io/proj/app:1")],
-            Ends::default(),
+            Extras::default(),
         );
         let mirror = RepoRef::registry("mirror.local:5000", "hub/library/app");
         let mut planned = tagged("1", vec![platform("amd64", &[blob("config")])]);
@@ -351,7 +351,7 @@ mod tests {
             image.name.source,
             image.name.dest,
         );
-        let mut h = Harness::new(vec![archived], Ends::default());
+        let mut h = Harness::new(vec![archived], Extras::default());
         h.add(0, tagged("1", vec![platform("amd64", &[blob("config")])]))
             .await;
         let tasks = h.take();
@@ -373,7 +373,7 @@ mod tests {
                 job("src.io/lib/app:1", "dst.io/proj/app:1"),
                 job("src.io/lib/app:2", "dst.io/proj/app:2"),
             ],
-            Ends::default(),
+            Extras::default(),
         );
         let (shared, own) = (blob("shared"), blob("own"));
         h.add(0, tagged("1", vec![platform("amd64", from_ref(&shared))]))
@@ -404,7 +404,7 @@ mod tests {
                 job("src.io/lib/a:1", "dst.io/proj/a:1"),
                 job("src.io/lib/b:1", "dst.io/proj/b:1"),
             ],
-            Ends::default(),
+            Extras::default(),
         );
         let layer = blob("layer");
         h.add(0, tagged("1", vec![platform("amd64", from_ref(&layer))]))
@@ -433,7 +433,7 @@ mod tests {
     async fn a_source_on_the_destination_registry_is_a_mount_candidate_from_the_start() {
         let mut h = Harness::new(
             vec![job("dst.io/lib/a:1", "dst.io/proj/a:1")],
-            Ends::default(),
+            Extras::default(),
         );
         h.add(0, tagged("1", vec![platform("amd64", &[blob("layer")])]))
             .await;
@@ -448,7 +448,7 @@ mod tests {
     async fn a_blob_already_present_counts_as_present_and_unblocks_its_manifest() {
         let mut h = Harness::new(
             vec![job("src.io/lib/a:1", "dst.io/proj/a:1")],
-            Ends::default(),
+            Extras::default(),
         );
         h.add(0, tagged("1", vec![platform("amd64", &[blob("layer")])]))
             .await;
@@ -469,7 +469,7 @@ mod tests {
                 job("src.io/lib/a:1", "dst.io/proj/a:1"),
                 job("src.io/lib/a:2", "dst.io/proj/a:2"),
             ],
-            Ends::default(),
+            Extras::default(),
         );
         let layer = blob("layer");
         h.add(0, tagged("1", vec![platform("amd64", from_ref(&layer))]))
@@ -488,7 +488,7 @@ mod tests {
     async fn a_transient_failure_is_not_final_and_a_last_one_fails_the_image_with_its_class() {
         let mut h = Harness::new(
             vec![job("src.io/lib/a:1", "dst.io/proj/a:1")],
-            Ends::default(),
+            Extras::default(),
         );
         h.add(0, tagged("1", vec![platform("amd64", &[blob("layer")])]))
             .await;
@@ -511,7 +511,7 @@ mod tests {
                 job("src.io/lib/a:1", "dst.io/proj/a:1"),
                 job("src.io/lib/b:1", "dst.io/proj/b:1"),
             ],
-            Ends::default(),
+            Extras::default(),
         );
         let layer = blob("layer");
         h.add(0, tagged("1", vec![platform("amd64", from_ref(&layer))]))
@@ -536,7 +536,7 @@ mod tests {
                 job("src.io/lib/a:1", "dst.io/proj/a:1"),
                 job("mirror.io/lib/a:1", "dst.io/proj/a:2"),
             ],
-            Ends::default(),
+            Extras::default(),
         );
         let layer = blob("layer");
         h.add(0, tagged("1", vec![platform("amd64", from_ref(&layer))]))

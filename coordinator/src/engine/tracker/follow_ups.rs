@@ -25,7 +25,7 @@ impl Tracker {
         });
         if let Some(digest) = signable {
             self.publish_sign(image, digest).await?;
-            if self.ends.scan {
+            if self.extras.scan {
                 self.publish_scan(image, platform).await?;
             }
         }
@@ -34,7 +34,7 @@ impl Tracker {
 
     /// Signs `digest` in the image's destination with the job's key, if it has one.
     pub(super) async fn publish_sign(&mut self, image: usize, digest: Digest) -> Result<()> {
-        let Some(key) = self.ends.sign_key.clone() else {
+        let Some(key) = self.extras.sign_key.clone() else {
             return Ok(());
         };
         if self.images[image].result.is_some() {
@@ -140,12 +140,12 @@ mod tests {
     use hangar_shared::task::{Outcome, Task, TaskEnvelope};
 
     use super::super::testkit::{Harness, blob, job, kinds, platform, tagged};
-    use super::super::{Ends, ImageResult};
+    use super::super::{Extras, ImageResult};
 
-    fn signing() -> Ends {
-        Ends {
+    fn signing() -> Extras {
+        Extras {
             sign_key: Some("release".into()),
-            ..Ends::default()
+            ..Extras::default()
         }
     }
 
@@ -221,11 +221,11 @@ mod tests {
 
     #[tokio::test]
     async fn attachments_and_attestations_are_neither_signed_nor_scanned() {
-        let ends = Ends {
+        let extras = Extras {
             scan: true,
             ..signing()
         };
-        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], ends);
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], extras);
         let image = platform("amd64", &[blob("config")]);
         let mut attestation = platform("unknown", &[blob("att-config")]);
         attestation.entry.annotations = Some(
@@ -269,11 +269,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_scan_is_reported_with_the_scan_and_the_copy_stands() {
-        let ends = Ends {
+        let extras = Extras {
             scan: true,
-            ..Ends::default()
+            ..Extras::default()
         };
-        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], ends);
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], extras);
         h.add(0, tagged("1", vec![platform("amd64", &[blob("config")])]))
             .await;
         for t in &h.take() {
@@ -293,11 +293,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_image_gets_no_follow_ups_for_platforms_landing_afterwards() {
-        let ends = Ends {
+        let extras = Extras {
             scan: true,
             ..signing()
         };
-        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], ends);
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], extras);
         h.add(
             0,
             tagged(
@@ -342,11 +342,11 @@ mod tests {
         assert!(h.tracker.is_finished());
 
         // Waiting on a scan only: the copy stands, the scan is reported cancelled.
-        let ends = Ends {
+        let extras = Extras {
             scan: true,
-            ..Ends::default()
+            ..Extras::default()
         };
-        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], ends);
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], extras);
         h.add(0, tagged("1", vec![platform("amd64", &[blob("config")])]))
             .await;
         for t in &h.take() {

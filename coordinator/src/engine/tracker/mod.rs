@@ -95,7 +95,7 @@ pub trait Observer: Send {
 /// What a job does beside carrying its images from end to end (each image names its
 /// ends: [`ImageJob::source`], [`ImageJob::dest`]).
 #[derive(Debug, Clone, Default)]
-pub struct Ends {
+pub struct Extras {
     /// How logs name the destination when it is not a registry (the archive's path).
     pub dest_label: Option<String>,
     /// Sign every platform manifest and index as it lands, with the workers' key of this name.
@@ -108,7 +108,7 @@ pub struct Tracker {
     job: JobId,
     queue: Arc<dyn TaskQueue>,
     overwrite: bool,
-    ends: Ends,
+    extras: Extras,
     /// Images copied, in the order they finished (Hangar writes archives in this order).
     completed: Vec<usize>,
     inventories: Vec<(usize, usize, hangar_shared::scan::Inventory)>,
@@ -135,7 +135,7 @@ impl Tracker {
         queue: Arc<dyn TaskQueue>,
         jobs: Vec<ImageJob>,
         overwrite: bool,
-        ends: Ends,
+        extras: Extras,
     ) -> Self {
         let unfinished = jobs.len();
         let images = jobs
@@ -154,7 +154,7 @@ impl Tracker {
             job,
             queue,
             overwrite,
-            ends,
+            extras,
             completed: Vec::new(),
             inventories: Vec::new(),
             scan_failures: Vec::new(),
@@ -418,7 +418,7 @@ mod tests {
     use hangar_shared::task::{Event, EventKind};
 
     use super::testkit::{Harness, blob, job, kinds, platform, tagged};
-    use super::{Ends, ImageResult};
+    use super::{Extras, ImageResult};
     use crate::engine::planner::Planned;
 
     fn three_images() -> Harness {
@@ -426,7 +426,7 @@ mod tests {
             (1..=3)
                 .map(|n| job(&format!("src.io/lib/a:{n}"), &format!("dst.io/proj/a:{n}")))
                 .collect(),
-            Ends::default(),
+            Extras::default(),
         )
     }
 

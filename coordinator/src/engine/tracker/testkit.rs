@@ -15,7 +15,7 @@ use hangar_shared::queue::{MemoryQueue, TaskQueue};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::task::{Event, Outcome, Task, TaskEnvelope};
 
-use super::{Ends, ImageResult, Observer, Tracker};
+use super::{Extras, ImageResult, Observer, Tracker};
 use crate::engine::planner::{ImageJob, ImagePlan, Planned, PlatformPlan, TopPlan};
 
 /// A layer blob whose digest and size come from `name`.
@@ -113,9 +113,9 @@ pub(super) struct Harness {
 }
 
 impl Harness {
-    pub fn new(jobs: Vec<ImageJob>, ends: Ends) -> Self {
+    pub fn new(jobs: Vec<ImageJob>, extras: Extras) -> Self {
         let queue = Arc::new(MemoryQueue::new(3));
-        let tracker = Tracker::new("job".into(), queue.clone(), jobs, false, ends);
+        let tracker = Tracker::new("job".into(), queue.clone(), jobs, false, extras);
         Self {
             tracker,
             queue,

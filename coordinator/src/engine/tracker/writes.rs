@@ -211,14 +211,14 @@ mod tests {
     use hangar_shared::task::{Outcome, Task};
 
     use super::super::testkit::{Harness, blob, job, kinds, platform, tagged};
-    use super::super::{Ends, ImageResult};
+    use super::super::{Extras, ImageResult};
     use crate::engine::planner::{ImagePlan, Planned, TopPlan};
 
     #[tokio::test]
     async fn a_manifest_is_published_only_after_all_its_blobs() {
         let mut h = Harness::new(
             vec![job("src.io/lib/a:1", "dst.io/proj/a:1")],
-            Ends::default(),
+            Extras::default(),
         );
         let amd64 = platform("amd64", &[blob("config"), blob("layer")]);
         let digest = amd64.manifest.digest.clone();
@@ -240,7 +240,7 @@ mod tests {
     async fn the_index_is_published_after_every_platform_and_finishes_the_image() {
         let mut h = Harness::new(
             vec![job("src.io/lib/a:1", "dst.io/proj/a:1")],
-            Ends::default(),
+            Extras::default(),
         );
         let platforms = vec![
             platform("amd64", &[blob("c-amd64")]),
@@ -284,7 +284,7 @@ mod tests {
                 job("src.io/lib/a:1", "dst.io/proj/a:1"),
                 job("src.io/lib/a:1", "dst.io/proj/b:1"),
             ],
-            Ends::default(),
+            Extras::default(),
         );
         let amd64 = platform("amd64", &[blob("config")]);
         h.add(0, tagged("1", vec![amd64.clone()])).await;
@@ -316,7 +316,7 @@ mod tests {
                 job("src.io/lib/a:1", "dst.io/proj/a:1"),
                 job("src.io/lib/a:2", "dst.io/proj/a:2"),
             ],
-            Ends::default(),
+            Extras::default(),
         );
         h.add(0, tagged("1", vec![platform("amd64", &[blob("c1")])]))
             .await;
@@ -343,7 +343,7 @@ mod tests {
                 job("src.io/lib/a:1", "dst.io/proj/a:1"),
                 job("src.io/lib/a:2", "dst.io/proj/a:2"),
             ],
-            Ends::default(),
+            Extras::default(),
         );
         let amd64 = platform("amd64", &[blob("config")]);
         h.add(0, tagged("1", vec![amd64.clone()])).await;
@@ -362,7 +362,7 @@ mod tests {
     async fn a_digest_pinned_single_image_is_copied_once_its_manifest_is_in() {
         let mut h = Harness::new(
             vec![job("src.io/lib/a:1", "dst.io/proj/a:1")],
-            Ends::default(),
+            Extras::default(),
         );
         let amd64 = platform("amd64", &[blob("config")]);
         let digest = amd64.manifest.digest.clone();
@@ -382,7 +382,7 @@ mod tests {
     #[tokio::test]
     async fn a_save_finishes_an_image_once_its_platform_manifests_are_in_the_cache() {
         let image = job("src.io/lib/a:1", "dst.io/proj/a:1").into_cache();
-        let mut h = Harness::new(vec![image], Ends::default());
+        let mut h = Harness::new(vec![image], Extras::default());
         h.add(0, tagged("1", vec![platform("amd64", &[blob("config")])]))
             .await;
         let blobs = h.take();
