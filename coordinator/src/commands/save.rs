@@ -25,8 +25,9 @@ use indicatif::HumanBytes;
 use crate::cli::{ArchiveListArgs, MirrorArgs, SaveArgs, SyncArgs};
 use crate::console::Console;
 use crate::engine::job::{self, Backend};
+use crate::engine::per_image::{self, PerImage};
 use crate::engine::planner;
-use crate::engine::tasks::{self, Bus, Here, PerImage};
+use crate::engine::tasks::{Bus, Here};
 use crate::spec::{JobKind, JobSpec};
 
 /// A cache directory that exists for one command and is removed with it.
@@ -297,7 +298,7 @@ async fn assemble(
         interruptible: true,
     };
     let mut ended = None;
-    tasks::per_image(
+    per_image::per_image(
         bus,
         how,
         1,

@@ -13,8 +13,9 @@ use hangar_shared::task::{Outcome, Verdict};
 use super::save::{list_text, read_jobs};
 use crate::cli::ArchiveListArgs;
 use crate::console::Console;
+use crate::engine::per_image::PerImage;
 use crate::engine::planner;
-use crate::engine::tasks::{Bus, Here, PerImage};
+use crate::engine::tasks::{Bus, Here};
 use crate::engine::work::{self, Work};
 use crate::spec::{JobKind, JobSpec};
 

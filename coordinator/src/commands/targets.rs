@@ -107,8 +107,8 @@ impl Targets {
     }
 
     /// How the engine runs them: `-j` images planned at once, each within `--timeout`.
-    pub fn per_image<'a>(&self, job: &'a str) -> crate::engine::tasks::PerImage<'a> {
-        crate::engine::tasks::PerImage {
+    pub fn per_image<'a>(&self, job: &'a str) -> crate::engine::per_image::PerImage<'a> {
+        crate::engine::per_image::PerImage {
             job,
             planners: self.jobs,
             timeout: self.timeout,

@@ -10,8 +10,9 @@ use hangar_shared::task::{Outcome, Verdict};
 
 use crate::cli::MirrorArgs;
 use crate::console::Console;
+use crate::engine::per_image::PerImage;
 use crate::engine::planner::NO_PLATFORM;
-use crate::engine::tasks::{Bus, Here, PerImage};
+use crate::engine::tasks::{Bus, Here};
 use crate::engine::work::{self, Work};
 use crate::spec::{JobKind, JobSpec};
 

@@ -6,6 +6,7 @@
 
 pub mod in_flight;
 pub mod job;
+pub mod per_image;
 pub mod planner;
 pub mod pull_source;
 pub mod tasks;

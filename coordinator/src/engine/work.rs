@@ -16,7 +16,8 @@ use hangar_shared::store::{ImageStore, RegistryPool, RepoRef, StoreRef};
 use hangar_shared::task::{CheckTask, ManifestBody, Outcome, ScanTask, SignTask, Task};
 use serde::{Deserialize, Serialize};
 
-use super::tasks::{self, Bus, PerImage, Planned};
+use super::per_image::{self, PerImage, Planned};
+use super::tasks::Bus;
 use super::{planner, pull_source};
 
 /// One image's end: each task's outcome with the manifest it was for, in planned order
@@ -236,7 +237,7 @@ pub async fn run(
     how: PerImage<'_>,
     finished: impl FnMut(usize, ImageOutcomes),
 ) -> Result<()> {
-    tasks::per_image(
+    per_image::per_image(
         bus,
         how,
         targets.len(),

@@ -11,7 +11,8 @@ use hangar_shared::task::{Outcome, Verdict};
 use super::{JobRequest, Refusal, Server, auth};
 use crate::commands::{mirror, targets};
 use crate::engine::job::{Backend, JobSnapshot};
-use crate::engine::tasks::{Bus, Here, PerImage};
+use crate::engine::per_image::PerImage;
+use crate::engine::tasks::{Bus, Here};
 use crate::engine::work::{self, ImageOutcomes, ImageReport, ReportedImage, Work};
 use crate::spec::JobKind;
 
