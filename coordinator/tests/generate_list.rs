@@ -509,6 +509,21 @@ async fn releases_and_packaged_charts() {
         text(&out)
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    // The same server as the KDM data and as a chart repository: cut at their bounds.
+    for (flag, bound) in [("--kdm", "64 MiB"), ("--chart", "16 MiB")] {
+        let out = run(
+            ["--rancher", "2.9.1", flag, &format!("{hostile}/data"), "-y"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .await;
+        assert!(!out.status.success(), "{flag}");
+        assert!(
+            text(&out).contains(&format!("answered more than {bound}")),
+            "{flag}: {}",
+            text(&out)
+        );
+    }
 }
 
 #[test]

@@ -123,12 +123,13 @@ fn choose(index: &[u8], name: &str, version: Option<&str>, repo: &str) -> Result
 }
 
 /// A chart from the Helm repository in the local directory `repo`: its package, inside it
-/// (symbolic links resolved: one leading out of the repository is refused).
-pub async fn from_local_repository(
+/// (symbolic links resolved: one leading out of the repository is refused), and the
+/// SHA-256 the index gives it, for [`check_digest`] once the package is hashed.
+pub fn from_local_repository(
     repo: &Path,
     name: &str,
     version: Option<&str>,
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, Option<String>)> {
     let root = std::fs::canonicalize(repo).with_context(|| repo.display().to_string())?;
     let inside = |p: &Path, what: &str| -> Result<PathBuf> {
         let real = std::fs::canonicalize(p).with_context(|| format!("{what} {}", p.display()))?;
@@ -142,7 +143,7 @@ pub async fn from_local_repository(
         Ok(real)
     };
     let index = inside(&repo.join("index.yaml"), "index")?;
-    let bytes = read_bounded(&index, MAX_INDEX)?;
+    let bytes = super::bounded::read_file(&index, MAX_INDEX)?;
     let entry = choose(&bytes, name, version, &repo.display().to_string())?;
     let rel = Path::new(&entry.url);
     if entry.url.contains("://")
@@ -158,113 +159,33 @@ pub async fn from_local_repository(
             entry.url
         );
     }
-    let package = inside(&repo.join(rel), "package")?;
-    let (digest, _) = hangar_shared::archive::custom::hash_file(&package).await?;
-    check_digest(
-        entry.digest.as_deref(),
-        &digest,
-        &package.display().to_string(),
-    )?;
-    Ok(package)
+    Ok((inside(&repo.join(rel), "package")?, entry.digest))
 }
 
-/// A chart from the Helm repository at `url` (`index.yaml` under it), downloaded to `to`.
+/// A chart from the Helm repository at `url` (`index.yaml` under it), downloaded to `to`;
+/// the SHA-256 the index gives it, for [`check_digest`] once the package is hashed.
 pub async fn from_http_repository(
     http: &reqwest::Client,
     url: &str,
     name: &str,
     version: Option<&str>,
     to: &Path,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let base = reqwest::Url::parse(&format!("{}/", url.trim_end_matches('/')))
         .with_context(|| format!("{url} is not a URL"))?;
     let index_url = base.join("index.yaml")?;
-    let index = download(http, index_url.as_str(), None, MAX_INDEX).await?;
+    let index = super::bounded::get(http, index_url.as_str(), None, MAX_INDEX).await?;
     let entry = choose(&index, name, version, url)?;
     let chart = package_url(&base, &entry.url).with_context(|| url.to_owned())?;
-    download(http, chart.as_str(), Some(to), MAX_CHART).await?;
-    let (digest, _) = hangar_shared::archive::custom::hash_file(to).await?;
-    check_digest(entry.digest.as_deref(), &digest, chart.as_str())?;
-    Ok(())
+    super::bounded::get(http, chart.as_str(), Some(to), MAX_CHART).await?;
+    Ok(entry.digest)
 }
 
 /// A packaged chart at `url`, into `to`, up to [`MAX_CHART`] bytes.
 pub async fn download_chart(http: &reqwest::Client, url: &str, to: &Path) -> Result<()> {
-    download(http, url, Some(to), MAX_CHART).await.map(drop)
-}
-
-fn read_bounded(path: &Path, cap: u64) -> Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .with_context(|| format!("opening {}", path.display()))?
-        .take(cap + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > cap {
-        bail!("{} is larger than {} MiB", path.display(), cap >> 20);
-    }
-    Ok(bytes)
-}
-
-/// How long one download may take as a whole (the client bounds each read, not a server
-/// that sends a byte at a time).
-const DOWNLOAD_TIME: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// A GET of at most `cap` bytes within [`DOWNLOAD_TIME`]: into `to`, or returned.
-async fn download(
-    http: &reqwest::Client,
-    url: &str,
-    to: Option<&Path>,
-    cap: u64,
-) -> Result<Vec<u8>> {
-    match tokio::time::timeout(DOWNLOAD_TIME, download_once(http, url, to, cap)).await {
-        Ok(done) => done,
-        Err(_) => bail!(
-            "{url}: not downloaded within {}",
-            humantime::format_duration(DOWNLOAD_TIME)
-        ),
-    }
-}
-
-async fn download_once(
-    http: &reqwest::Client,
-    url: &str,
-    to: Option<&Path>,
-    cap: u64,
-) -> Result<Vec<u8>> {
-    let resp = http
-        .get(url)
-        .send()
+    super::bounded::get(http, url, Some(to), MAX_CHART)
         .await
-        .with_context(|| format!("failed to get url {url:?}"))?;
-    if !resp.status().is_success() {
-        bail!("failed to get url {url:?}: {}", resp.status());
-    }
-    let mut file = match to {
-        Some(p) => Some(
-            tokio::fs::File::create(p)
-                .await
-                .with_context(|| p.display().to_string())?,
-        ),
-        None => None,
-    };
-    let (mut body, mut seen) = (Vec::new(), 0u64);
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.with_context(|| format!("reading {url}"))?;
-        seen += chunk.len() as u64;
-        if seen > cap {
-            bail!("{url} answered more than {} MiB", cap >> 20);
-        }
-        match file.as_mut() {
-            Some(f) => f.write_all(&chunk).await?,
-            None => body.extend_from_slice(&chunk),
-        }
-    }
-    if let Some(f) = file.as_mut() {
-        f.flush().await?;
-    }
-    Ok(body)
+        .map(drop)
 }
 
 /// The chart at `oci://HOST/PATH` (`/NAME` added when `name` is given and the path does

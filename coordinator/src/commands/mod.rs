@@ -1,6 +1,7 @@
 //! One file per command, each thin over the shared engine.
 
 pub mod archive;
+pub mod bounded;
 pub mod chart_sources;
 pub mod convert_list;
 pub mod delete;

@@ -164,6 +164,8 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
     for (n, url) in args.urls.iter().enumerate() {
         let failed = || format!("failed to add chart {url:?}");
         let is_http = url.starts_with("http://") || url.starts_with("https://");
+        // The package's SHA-256 as a repository's index gives it, checked once it is hashed.
+        let mut expected = None;
         let path = if url.starts_with("oci://") {
             // Copied as it is, digests kept (as containers/image copies it for Hangar).
             let stored = super::chart_sources::from_oci(
@@ -191,7 +193,7 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
                         "failed to add chart {url:?}: a Helm repository needs the chart's name (-n NAME)"
                     );
                 };
-                super::chart_sources::from_http_repository(
+                expected = super::chart_sources::from_http_repository(
                     &http,
                     url,
                     name,
@@ -217,9 +219,14 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
                         "failed to add chart {url:?}: a Helm repository needs the chart's name (-n NAME)"
                     );
                 };
-                super::chart_sources::from_local_repository(path, name, args.version.as_deref())
-                    .await
-                    .with_context(failed)?
+                let (package, digest) = super::chart_sources::from_local_repository(
+                    path,
+                    name,
+                    args.version.as_deref(),
+                )
+                .with_context(failed)?;
+                expected = digest;
+                package
             } else if meta.is_dir() {
                 let yaml = std::fs::read(path.join("Chart.yaml")).with_context(failed)?;
                 let name = chart_metadata(&yaml).with_context(failed)?.name;
@@ -253,6 +260,8 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
             );
         }
         let (digest, size) = custom::hash_file(&path).await.with_context(failed)?;
+        super::chart_sources::check_digest(expected.as_deref(), &digest, url)
+            .with_context(failed)?;
         let info = custom::ChartInfo {
             name: &meta.name,
             version: &meta.version,

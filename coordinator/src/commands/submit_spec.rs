@@ -86,20 +86,16 @@ pub async fn submit_spec(
             } if !matches!(kind, JobKind::SignValidate) => Some("absent".to_owned()),
             _ => None,
         });
-        match (&report.error, against) {
-            (Some(e), _) => {
-                console.error(n, format!("FAILED: [{name}]: {:?}: {}", e.class, e.message));
-                if let Some(i) = &report.image {
-                    failed.push(i.line.clone());
-                }
-            }
-            (None, Some(why)) => {
+        let why = match &report.error {
+            Some(e) => Some(format!("{:?}: {}", e.class, e.message)),
+            None => against,
+        };
+        match why {
+            Some(why) => {
                 console.error(n, format!("FAILED: [{name}]: {why}"));
-                if let Some(i) = &report.image {
-                    failed.push(i.line.clone());
-                }
+                failed.extend(report.image.as_ref().map(|i| i.line.clone()));
             }
-            (None, None) => console.info(
+            None => console.info(
                 n,
                 format!("Done: [{name}]: {} outcomes", report.outcomes.len()),
             ),

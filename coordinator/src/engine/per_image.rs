@@ -213,12 +213,12 @@ mod tests {
     use crate::engine::tasks::MAX_DELIVER;
     use hangar_shared::digest::Digest;
     use hangar_shared::queue::{MemoryQueue, TaskQueue};
-    use hangar_shared::task::Event;
-    use std::sync::Arc;
-    use tokio::sync::mpsc;
     use hangar_shared::store::RepoRef;
+    use hangar_shared::task::Event;
     use hangar_shared::task::SignTask;
+    use std::sync::Arc;
     use std::sync::Mutex;
+    use tokio::sync::mpsc;
 
     fn sign(n: u8) -> Task {
         Task::Sign(SignTask {

@@ -1,4 +1,5 @@
-//! Manifests read by our own request rather than oci-client's (which reads any body whole):
+//! Manifests and tag pages read by our own request rather than oci-client's (which reads
+//! any body whole, and drops the `Link` header of a tag page):
 //! authorised as oci-client would (a bearer token from the registry's token service, Basic
 //! credentials, or nothing), the answer read up to [`MAX_MANIFEST_BYTES`] as it streams, an
 //! error answer's body up to 64 KiB for its message, a stale token renewed once.
@@ -13,8 +14,7 @@ use crate::manifest::ACCEPTED;
 
 impl Registry {
     /// One manifest GET of our own (oci-client reads any body whole): the answer's body is
-    /// read up to [`MAX_MANIFEST_BYTES`], an error answer's up to 64 KiB, and a stale pull
-    /// token is renewed once.
+    /// read up to [`MAX_MANIFEST_BYTES`].
     pub(super) async fn fetch_manifest(
         &self,
         repo: &str,
@@ -26,12 +26,55 @@ impl Registry {
             "{}://{}/v2/{repo}/manifests/{reference}",
             self.scheme, self.api_host
         );
+        let accept = ACCEPTED.join(", ");
+        let resp = self.pull_get(&url, Some(&accept), repo, side, what).await?;
+        read_capped(resp, MAX_MANIFEST_BYTES, what).await
+    }
+
+    /// One page of `repo`'s tags by our own request (oci-client drops the `Link` header that
+    /// says more follow): `None` when the registry says, or the count suggests, there are
+    /// more than this page.
+    pub(super) async fn fetch_tags_page(
+        &self,
+        repo: &str,
+        n: usize,
+        what: &str,
+    ) -> Result<Option<Vec<String>>> {
+        let url = format!(
+            "{}://{}/v2/{repo}/tags/list?n={n}",
+            self.scheme, self.api_host
+        );
+        let resp = self.pull_get(&url, None, repo, Side::Source, what).await?;
+        let paged = resp.headers().contains_key(reqwest::header::LINK);
+        let body = read_capped(resp, MAX_MANIFEST_BYTES, what).await?;
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let page: Page = serde_json::from_slice(&body)
+            .map_err(|e| Error::invalid(format!("{what}: not a tag list: {e}")))?;
+        let tags = page.tags.unwrap_or_default();
+        Ok((!paged && tags.len() < n).then_some(tags))
+    }
+
+    /// A GET of `url` authorised to pull `repo`: a 2xx answer, its body unread; an error
+    /// answer classified from its status and body (read up to 64 KiB); a stale pull token
+    /// renewed once.
+    async fn pull_get(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        repo: &str,
+        side: Side,
+        what: &str,
+    ) -> Result<reqwest::Response> {
         let mut renewed = false;
         loop {
-            let mut req = self
-                .http
-                .get(&url)
-                .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+            let mut req = self.http.get(url);
+            if let Some(accept) = accept {
+                req = req.header(reqwest::header::ACCEPT, accept);
+            }
             req = match self.pull_auth(repo).await? {
                 Some(PullAuth::Bearer(t)) => req.bearer_auth(t),
                 Some(PullAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
@@ -65,53 +108,8 @@ impl Registry {
                 e.retry_after = retry_after;
                 return Err(e);
             }
-            return read_capped(resp, MAX_MANIFEST_BYTES, what).await;
+            return Ok(resp);
         }
-    }
-
-    /// One page of `repo`'s tags by our own request (oci-client drops the `Link` header that
-    /// says more follow): `None` when the registry says, or the count suggests, there are
-    /// more than this page.
-    pub(super) async fn fetch_tags_page(
-        &self,
-        repo: &str,
-        n: usize,
-        what: &str,
-    ) -> Result<Option<Vec<String>>> {
-        let url = format!(
-            "{}://{}/v2/{repo}/tags/list?n={n}",
-            self.scheme, self.api_host
-        );
-        let mut req = self.http.get(&url);
-        req = match self.pull_auth(repo).await? {
-            Some(PullAuth::Bearer(t)) => req.bearer_auth(t),
-            Some(PullAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
-            None => req,
-        };
-        let resp = req.send().await.map_err(|e| {
-            Error::new(
-                FailureClass::Network,
-                format!("{what}: {}", classify::request_error_text(&e)),
-            )
-        })?;
-        let status = resp.status().as_u16();
-        if !(200..300).contains(&status) {
-            let body = read_capped(resp, MAX_ERROR_BODY, what)
-                .await
-                .unwrap_or_default();
-            return Err(classify_answer(status, &body, Side::Source, what));
-        }
-        let paged = resp.headers().contains_key(reqwest::header::LINK);
-        let body = read_capped(resp, MAX_MANIFEST_BYTES, what).await?;
-        #[derive(serde::Deserialize)]
-        struct Page {
-            #[serde(default)]
-            tags: Option<Vec<String>>,
-        }
-        let page: Page = serde_json::from_slice(&body)
-            .map_err(|e| Error::invalid(format!("{what}: not a tag list: {e}")))?;
-        let tags = page.tags.unwrap_or_default();
-        Ok((!paged && tags.len() < n).then_some(tags))
     }
 
     /// How to authorise a pull of `repo`: a bearer token from the registry's token service,

@@ -84,7 +84,7 @@ pub async fn collect(
         }
         Repo::Http { url, http } => {
             let index_url = format!("{}/index.yaml", url.trim_end_matches('/'));
-            let bytes = super::fetch(http, &index_url, MAX_FILE).await?;
+            let bytes = crate::commands::bounded::get(http, &index_url, None, MAX_FILE).await?;
             let text =
                 String::from_utf8(bytes).with_context(|| format!("{index_url} is not text"))?;
             (PathBuf::new(), from_index(&text, &index_url, console)?)
@@ -131,7 +131,9 @@ pub async fn collect(
                         &base,
                         &v.path.to_string_lossy(),
                     )?;
-                    let bytes = super::fetch(http, chart.as_str(), MAX_PACKAGE).await?;
+                    let bytes =
+                        crate::commands::bounded::get(http, chart.as_str(), None, MAX_PACKAGE)
+                            .await?;
                     crate::commands::chart_sources::check_digest(
                         v.digest.as_deref(),
                         &hangar_shared::digest::Digest::of(&bytes),
@@ -177,16 +179,7 @@ fn refuse_symlinks(dir: &Path) -> Result<()> {
 }
 
 fn read_bounded(path: &Path) -> Result<String> {
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .with_context(|| format!("opening {}", path.display()))?
-        .take(MAX_FILE + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if text.len() as u64 > MAX_FILE {
-        bail!("{} is larger than {} MiB", path.display(), MAX_FILE >> 20);
-    }
-    Ok(text)
+    crate::commands::bounded::read_text(path, MAX_FILE)
 }
 
 /// The `index.yaml` nearest the repository's root, if any (depth first, names in order).
@@ -357,12 +350,13 @@ fn questions_range(chart: &Path) -> Result<Option<String>> {
     )
 }
 
+fn is_values(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n == "values.yaml" || n == "values.yml")
+}
+
 /// Every `values.yaml`/`values.yml` of a chart directory or packaged chart, with its name.
 fn values_files(path: &Path) -> Result<Vec<(String, String)>> {
-    let is_values = |p: &Path| {
-        p.file_name()
-            .is_some_and(|n| n == "values.yaml" || n == "values.yml")
-    };
     let mut out = Vec::new();
     if path.is_dir() {
         let mut stack = vec![path.to_owned()];
@@ -386,10 +380,6 @@ fn values_files(path: &Path) -> Result<Vec<(String, String)>> {
 /// Every `values.yaml`/`values.yml` of a packaged chart (`label` names it), bounded as the
 /// scanner bounds layers.
 fn values_in_package(package: impl Read, label: &str) -> Result<Vec<(String, String)>> {
-    let is_values = |p: &Path| {
-        p.file_name()
-            .is_some_and(|n| n == "values.yaml" || n == "values.yml")
-    };
     let mut out = Vec::new();
     let gz = flate2::read::GzDecoder::new(package).take(MAX_PACKAGE);
     let mut tar = tar::Archive::new(hangar_shared::scan::tar_guard::TarGuard::new(gz));

@@ -19,11 +19,9 @@ mod kdm;
 mod version;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use futures_util::StreamExt;
 
 use crate::cli::GenerateListArgs;
 use crate::console::Console;
@@ -208,43 +206,13 @@ async fn release_images(
 /// A local file, or an http(s) URL, read whole up to `cap` bytes.
 async fn read_source(http: &reqwest::Client, location: &str, cap: u64) -> Result<Vec<u8>> {
     if location.starts_with("http://") || location.starts_with("https://") {
-        return fetch(http, location, cap).await;
+        return super::bounded::get(http, location, None, cap).await;
     }
-    let mut bytes = Vec::new();
-    std::fs::File::open(location)
-        .with_context(|| format!("opening {location}"))?
-        .take(cap + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {location}"))?;
-    if bytes.len() as u64 > cap {
-        bail!("{location} is larger than {} MiB", cap >> 20);
-    }
-    Ok(bytes)
-}
-
-async fn fetch(http: &reqwest::Client, url: &str, cap: u64) -> Result<Vec<u8>> {
-    let resp = http
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("failed to get url {url:?}"))?;
-    if !resp.status().is_success() {
-        bail!("failed to get url {url:?}: {}", resp.status());
-    }
-    let mut body = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.with_context(|| format!("reading {url}"))?;
-        if (body.len() + chunk.len()) as u64 > cap {
-            bail!("{url} answered more than {} MiB", cap >> 20);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    super::bounded::read_file(Path::new(location), cap)
 }
 
 async fn fetch_text(http: &reqwest::Client, url: &str) -> Result<String> {
-    String::from_utf8(fetch(http, url, MAX_IMAGE_LIST).await?)
+    String::from_utf8(super::bounded::get(http, url, None, MAX_IMAGE_LIST).await?)
         .with_context(|| format!("{url} is not text"))
 }
 

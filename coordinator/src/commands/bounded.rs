@@ -1,0 +1,90 @@
+//! Reads of outside input with a bound on their size (and, over http, their time): a
+//! file or an answer larger than the caller's `cap` is refused as it comes, never held.
+
+use std::io::Read as _;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt as _;
+
+/// How long one download may take as a whole (the client bounds each read, not a server
+/// that sends a byte at a time).
+const DOWNLOAD_TIME: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A local file, whole, up to `cap` bytes.
+pub fn read_file(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .take(cap + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > cap {
+        bail!("{} is larger than {} MiB", path.display(), cap >> 20);
+    }
+    Ok(bytes)
+}
+
+/// A local text file, whole, up to `cap` bytes.
+pub fn read_text(path: &Path, cap: u64) -> Result<String> {
+    String::from_utf8(read_file(path, cap)?)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))
+}
+
+/// A GET of at most `cap` bytes within [`DOWNLOAD_TIME`]: written to `to`, or returned.
+pub async fn get(
+    http: &reqwest::Client,
+    url: &str,
+    to: Option<&Path>,
+    cap: u64,
+) -> Result<Vec<u8>> {
+    match tokio::time::timeout(DOWNLOAD_TIME, get_once(http, url, to, cap)).await {
+        Ok(done) => done,
+        Err(_) => bail!(
+            "{url}: not downloaded within {}",
+            humantime::format_duration(DOWNLOAD_TIME)
+        ),
+    }
+}
+
+async fn get_once(
+    http: &reqwest::Client,
+    url: &str,
+    to: Option<&Path>,
+    cap: u64,
+) -> Result<Vec<u8>> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("failed to get url {url:?}"))?;
+    if !resp.status().is_success() {
+        bail!("failed to get url {url:?}: {}", resp.status());
+    }
+    let mut file = match to {
+        Some(p) => Some(
+            tokio::fs::File::create(p)
+                .await
+                .with_context(|| p.display().to_string())?,
+        ),
+        None => None,
+    };
+    let (mut body, mut seen) = (Vec::new(), 0u64);
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.with_context(|| format!("reading {url}"))?;
+        seen += chunk.len() as u64;
+        if seen > cap {
+            bail!("{url} answered more than {} MiB", cap >> 20);
+        }
+        match file.as_mut() {
+            Some(f) => f.write_all(&chunk).await?,
+            None => body.extend_from_slice(&chunk),
+        }
+    }
+    if let Some(f) = file.as_mut() {
+        f.flush().await?;
+    }
+    Ok(body)
+}
