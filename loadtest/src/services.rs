@@ -43,6 +43,8 @@ pub struct RegistryConfig<'a> {
     pub tls: Option<(&'a Path, &'a Path)>,
     /// Require bearer tokens from a token server.
     pub token: Option<TokenAuth<'a>>,
+    /// Accept signed Docker schema 1 manifests (distribution refuses them by default).
+    pub schema1: bool,
 }
 
 /// Docker token auth: tokens from `realm`, signed by a key whose certificate is in `roots`.
@@ -86,8 +88,12 @@ impl RegistryProcess {
             ),
             None => String::new(),
         };
+        let compatibility = match cfg.schema1 {
+            true => "compatibility:\n  schema1:\n    enabled: true\n",
+            false => "",
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{auth}http:\n  addr: {addr}\n{tls}",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{auth}{compatibility}http:\n  addr: {addr}\n{tls}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");

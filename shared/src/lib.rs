@@ -21,6 +21,7 @@ pub mod reference;
 pub mod registry;
 pub mod retry;
 pub mod scan;
+pub mod schema1;
 pub mod sign;
 pub mod store;
 pub mod task;

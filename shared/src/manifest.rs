@@ -189,7 +189,15 @@ impl RawManifest {
     /// registry's Content-Type is not available through every client), and checks the bytes
     /// against `expected` when the manifest was asked for by digest.
     pub fn from_bytes(bytes: Bytes, expected: Option<&Digest>) -> Result<Self> {
-        let digest = Digest::of(&bytes);
+        let probe: Option<Probe> = serde_json::from_slice(&bytes).ok();
+        // A signed schema 1 manifest is named by its payload, without the signatures.
+        let digest = match probe.as_ref().map(|p| p.schema_version) {
+            Some(1) => match crate::schema1::signed_payload(&bytes)? {
+                Some(payload) => Digest::of(&payload),
+                None => Digest::of(&bytes),
+            },
+            _ => Digest::of(&bytes),
+        };
         if let Some(expected) = expected
             && *expected != digest
         {
@@ -198,8 +206,11 @@ impl RawManifest {
                 format!("manifest {expected} was served with digest {digest}"),
             ));
         }
-        let probe: Probe = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::invalid(format!("manifest {digest} is not valid JSON: {e}")))?;
+        let probe: Probe = match probe {
+            Some(p) => p,
+            None => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::invalid(format!("manifest {digest} is not valid JSON: {e}")))?,
+        };
         let media_type = match (probe.schema_version, probe.media_type) {
             (1, _) => DOCKER_SCHEMA1_SIGNED.to_owned(),
             (_, Some(m)) if !m.is_empty() => m,

@@ -147,6 +147,13 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
         Ok(None)
     }
     async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()>;
+    /// A blob's size when only its digest is known (a schema 1 manifest's layers); `None`
+    /// when the store does not hold it.
+    async fn blob_size(&self, _repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        Err(Error::internal(format!(
+            "blob {digest}: this store cannot say a blob's size by its digest alone"
+        )))
+    }
 }
 
 #[async_trait]
@@ -192,6 +199,9 @@ impl ImageStore for Registry {
     }
     async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()> {
         Registry::delete_manifest(self, repo, digest).await
+    }
+    async fn blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        Registry::blob_size(self, repo, digest).await
     }
 }
 

@@ -74,7 +74,15 @@ pub async fn run(args: &InspectListArgs, debug: bool, console: &Console) -> Resu
         .map(|target| async move {
             let work = async {
                 let store = pool.registry(&target.image.registry).await?;
-                planner::select(store.as_ref(), None, &target.image, every, false).await
+                planner::select(
+                    store.as_ref(),
+                    None,
+                    &target.image,
+                    every,
+                    false,
+                    planner::Schema1Use::Refuse,
+                )
+                .await
             };
             (target, super::targets::with_timeout(timeout, work).await)
         })

@@ -109,13 +109,22 @@ pub async fn select_at(
     image: &ImageRef,
     filter: &PlatformFilter,
     provenance: bool,
+    schema1: planner::Schema1Use,
 ) -> Result<(ImageRef, planner::Selection)> {
     let candidates = candidates(image)?;
     let last = candidates.len() - 1;
     for (n, candidate) in candidates.into_iter().enumerate() {
         let selected = async {
             let store = pool.registry(&candidate.registry).await?;
-            planner::select(store.as_ref(), cache, &candidate, filter, provenance).await
+            planner::select(
+                store.as_ref(),
+                cache,
+                &candidate,
+                filter,
+                provenance,
+                schema1,
+            )
+            .await
         }
         .await;
         match selected {

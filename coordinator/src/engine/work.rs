@@ -17,6 +17,7 @@ use hangar_shared::task::{CheckTask, ManifestBody, Outcome, ScanTask, SignTask, 
 use serde::{Deserialize, Serialize};
 
 use super::per_image::{self, PerImage, Planned};
+use super::planner::Schema1Use;
 use super::tasks::Bus;
 use super::{planner, pull_source};
 
@@ -101,7 +102,8 @@ pub async fn plan(
         } => {
             // Signatures are read where the image is read (registries.conf's mirrors first).
             let (read_at, selection) =
-                pull_source::select_at(pool, None, image, filter, false).await?;
+                pull_source::select_at(pool, None, image, filter, false, Schema1Use::Refuse)
+                    .await?;
             let at = RepoRef::registry(&read_at.registry, &read_at.repository());
             Ok(subjects_of(selection, *with_index)
                 .into_iter()
@@ -117,8 +119,15 @@ pub async fn plan(
                 .collect())
         }
         Work::Scan { cache } => {
-            let (read_at, sel) =
-                pull_source::select_at(pool, cache.as_deref(), image, filter, false).await?;
+            let (read_at, sel) = pull_source::select_at(
+                pool,
+                cache.as_deref(),
+                image,
+                filter,
+                false,
+                Schema1Use::Refuse,
+            )
+            .await?;
             let store = pool.registry(&read_at.registry).await?;
             let at = RepoRef::registry(&read_at.registry, &read_at.repository());
             let mut out = Vec::new();
@@ -159,7 +168,8 @@ pub async fn plan(
         }
         Work::Holds { store, provenance } => {
             let (_, selection) =
-                pull_source::select_at(pool, None, image, filter, *provenance).await?;
+                pull_source::select_at(pool, None, image, filter, *provenance, Schema1Use::Convert)
+                    .await?;
             let Some(top) = selection.top.as_ref() else {
                 return Ok(Vec::new());
             };
@@ -181,7 +191,8 @@ pub async fn plan(
                 .as_ref()
                 .ok_or_else(|| Error::internal("a mirror check without a destination"))?;
             let (_, selection) =
-                pull_source::select_at(pool, None, image, filter, *provenance).await?;
+                pull_source::select_at(pool, None, image, filter, *provenance, Schema1Use::Convert)
+                    .await?;
             let Some(top) = selection.top.as_ref() else {
                 return Ok(Vec::new());
             };
@@ -211,7 +222,15 @@ async fn subjects(
     with_index: bool,
 ) -> Result<Vec<Descriptor>> {
     let store = pool.registry(&image.registry).await?;
-    let sel = planner::select(store.as_ref(), None, image, filter, false).await?;
+    let sel = planner::select(
+        store.as_ref(),
+        None,
+        image,
+        filter,
+        false,
+        Schema1Use::Refuse,
+    )
+    .await?;
     Ok(subjects_of(sel, with_index))
 }
 

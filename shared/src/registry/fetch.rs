@@ -1,5 +1,6 @@
-//! Manifests and tag pages read by our own request rather than oci-client's (which reads
-//! any body whole, and drops the `Link` header of a tag page):
+//! Manifests, tag pages and blob sizes read by our own request rather than oci-client's
+//! (which reads any body whole, drops the `Link` header of a tag page, and does not say a
+//! blob's size):
 //! authorised as oci-client would (a bearer token from the registry's token service, Basic
 //! credentials, or nothing), the answer read up to [`MAX_MANIFEST_BYTES`] as it streams, an
 //! error answer's body up to 64 KiB for its message, a stale token renewed once.
@@ -9,6 +10,7 @@ use oci_client::secrets::RegistryAuth;
 
 use super::classify::{self, classify_answer, parse_retry_after};
 use super::{MAX_ERROR_BODY, MAX_MANIFEST_BYTES, Registry, Side};
+use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
 use crate::manifest::ACCEPTED;
 
@@ -27,7 +29,9 @@ impl Registry {
             self.scheme, self.api_host
         );
         let accept = ACCEPTED.join(", ");
-        let resp = self.pull_get(&url, Some(&accept), repo, side, what).await?;
+        let resp = self
+            .pull_send(reqwest::Method::GET, &url, Some(&accept), repo, side, what)
+            .await?;
         read_capped(resp, MAX_MANIFEST_BYTES, what).await
     }
 
@@ -44,7 +48,9 @@ impl Registry {
             "{}://{}/v2/{repo}/tags/list?n={n}",
             self.scheme, self.api_host
         );
-        let resp = self.pull_get(&url, None, repo, Side::Source, what).await?;
+        let resp = self
+            .pull_send(reqwest::Method::GET, &url, None, repo, Side::Source, what)
+            .await?;
         let paged = resp.headers().contains_key(reqwest::header::LINK);
         let body = read_capped(resp, MAX_MANIFEST_BYTES, what).await?;
         #[derive(serde::Deserialize)]
@@ -58,11 +64,51 @@ impl Registry {
         Ok((!paged && tags.len() < n).then_some(tags))
     }
 
-    /// A GET of `url` authorised to pull `repo`: a 2xx answer, its body unread; an error
+    /// A blob's size by a HEAD request of our own (oci-client's says only whether it is
+    /// there): `None` when the registry does not hold it. What a schema 1 manifest does not
+    /// say, and a verified read needs.
+    pub async fn blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        let url = format!(
+            "{}://{}/v2/{repo}/blobs/{digest}",
+            self.scheme, self.api_host
+        );
+        let what = format!("{}/{repo}@{digest}", self.host);
+        self.retry
+            .run(&format!("head blob {what}"), || async {
+                let _permit = self.admit(1).await;
+                let answer = tokio::time::timeout(
+                    self.request_timeout,
+                    self.pull_send(reqwest::Method::HEAD, &url, None, repo, Side::Source, &what),
+                )
+                .await
+                .unwrap_or_else(|_| Err(self.timed_out(&what)));
+                match answer {
+                    // The header itself: reqwest's `content_length` is the body's, none
+                    // for a HEAD.
+                    Ok(resp) => resp
+                        .headers()
+                        .get(reqwest::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(Some)
+                        .ok_or_else(|| {
+                            Error::invalid(format!(
+                                "{what}: the registry did not say the blob's size"
+                            ))
+                        }),
+                    Err(e) if e.class == FailureClass::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+    }
+
+    /// A request of `url` authorised to pull `repo`: a 2xx answer, its body unread; an error
     /// answer classified from its status and body (read up to 64 KiB); a stale pull token
     /// renewed once.
-    async fn pull_get(
+    async fn pull_send(
         &self,
+        method: reqwest::Method,
         url: &str,
         accept: Option<&str>,
         repo: &str,
@@ -71,7 +117,7 @@ impl Registry {
     ) -> Result<reqwest::Response> {
         let mut renewed = false;
         loop {
-            let mut req = self.http.get(url);
+            let mut req = self.http.request(method.clone(), url);
             if let Some(accept) = accept {
                 req = req.header(reqwest::header::ACCEPT, accept);
             }

@@ -7,6 +7,7 @@
 //! read from an archive (`load`) and the archive entry of an image saved.
 
 mod archive;
+mod schema1;
 mod select;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use hangar_shared::registry::Side;
 use hangar_shared::store::{ImageStore, RepoRef, StoreRef};
 
 pub use archive::{archive_image, plan_archive};
+pub use schema1::Schema1Use;
 pub use select::{read_config, select};
 
 /// One list entry with its resolved endpoints: the repository it is read from and the one
@@ -218,7 +220,15 @@ pub async fn plan(
             "{source}: image is a sigstore signature"
         )));
     }
-    let selection = select(store, cache, source, filter, provenance).await?;
+    let selection = select(
+        store,
+        cache,
+        source,
+        filter,
+        provenance,
+        Schema1Use::Convert,
+    )
+    .await?;
     if !selection.entries.iter().any(|e| !e.is_attestation()) {
         return Ok(Planned::Skip(NO_PLATFORM.to_owned()));
     }

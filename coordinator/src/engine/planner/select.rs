@@ -4,7 +4,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use hangar_shared::cache::BlobCache;
 use hangar_shared::error::{Error, FailureClass, Result};
-use hangar_shared::manifest::{Descriptor, ImageConfig, Manifest, PlatformFilter};
+use hangar_shared::manifest::{Descriptor, ImageConfig, Manifest, PlatformFilter, RawManifest};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::Side;
 use hangar_shared::retry::RetryPolicy;
@@ -12,6 +12,7 @@ use hangar_shared::store::ImageStore;
 use hangar_shared::verify::verified;
 
 use super::Selection;
+use super::schema1::Schema1Use;
 
 /// Reads a small JSON blob (an image config) fully, verified; returns it parsed and raw.
 /// With a blob cache, the config is read from it when there and kept in it otherwise, so
@@ -77,6 +78,7 @@ pub async fn select(
     source: &ImageRef,
     filter: &PlatformFilter,
     provenance: bool,
+    schema1: Schema1Use,
 ) -> Result<Selection> {
     let repo = source.repository();
     let top = store
@@ -134,28 +136,43 @@ pub async fn select(
             })
         }
         Manifest::Image(image) => {
-            let (config, raw_config) = read_config(store, cache, &repo, &image.config).await?;
-            let platform = config.platform();
-            let mut entry = top.descriptor();
-            entry.platform = Some(platform.clone());
-            let entries = if filter.matches(&platform) {
-                vec![entry]
-            } else {
-                Vec::new()
-            };
-            Ok(Selection {
-                top: Some(top),
-                entries,
-                complete: false,
-                single: true,
-                config: Some(raw_config),
-            })
+            let (_, raw_config) = read_config(store, cache, &repo, &image.config).await?;
+            single(top, raw_config, filter)
+        }
+        Manifest::Schema1 if schema1 == Schema1Use::Convert => {
+            let (converted, config) = super::schema1::convert(store, source, &top).await?;
+            single(converted, config, filter)
         }
         Manifest::Schema1 => Err(Error::new(
             FailureClass::UnsupportedMediaType,
             format!(
-                "{source}: Docker schema1 manifests are not supported (Hangar converts them to schema2, which changes the digest)"
+                "{source}: a Docker schema1 image is converted to schema2 only where it is copied to (mirror, save, sync); this command does not take it"
             ),
         )),
     }
+}
+
+/// A single platform manifest's selection: its platform is its config's.
+fn single(top: RawManifest, raw_config: Bytes, filter: &PlatformFilter) -> Result<Selection> {
+    let config: ImageConfig = serde_json::from_slice(&raw_config).map_err(|e| {
+        Error::invalid(format!(
+            "config of manifest {} is not a valid image config: {e}",
+            top.digest
+        ))
+    })?;
+    let platform = config.platform();
+    let mut entry = top.descriptor();
+    entry.platform = Some(platform.clone());
+    let entries = if filter.matches(&platform) {
+        vec![entry]
+    } else {
+        Vec::new()
+    };
+    Ok(Selection {
+        top: Some(top),
+        entries,
+        complete: false,
+        single: true,
+        config: Some(raw_config),
+    })
 }
