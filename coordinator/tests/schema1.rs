@@ -282,14 +282,7 @@ async fn a_schema1_source_is_converted_to_schema2_by_mirror_save_and_load() {
     assert!(v.status.success(), "save validate: {}", text(&v));
     assert_eq!(text(&v).matches("PASS").count(), 1, "{}", text(&v));
     let third = RegistryProcess::start().unwrap();
-    let loaded = hangar(&[
-        "load",
-        "--tls-verify=false",
-        "-s",
-        a,
-        "-d",
-        &third.addr,
-    ]);
+    let loaded = hangar(&["load", "--tls-verify=false", "-s", a, "-d", &third.addr]);
     assert!(loaded.status.success(), "load: {}", text(&loaded));
     let (loaded_digest, _, _) = converted_at(&third.addr, "lib/old");
     assert_eq!(loaded_digest, digest);

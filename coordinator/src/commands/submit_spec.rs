@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::remote::{Remote, copy_job, run_images};
 use crate::cli::MirrorArgs;
@@ -25,20 +25,8 @@ pub async fn submit_spec(
     args: &MirrorArgs,
     console: Arc<Console>,
 ) -> Result<()> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    std::fs::File::open(file)
-        .with_context(|| format!("cannot read job specification {}", file.display()))?
-        .take(MAX_SPEC + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read job specification {}", file.display()))?;
-    if bytes.len() as u64 > MAX_SPEC {
-        bail!(
-            "job specification {} is larger than {} MiB",
-            file.display(),
-            MAX_SPEC >> 20
-        );
-    }
+    let bytes = super::bounded::read_file(file, MAX_SPEC)
+        .with_context(|| format!("job specification {}", file.display()))?;
     let spec = crate::spec::JobSpec::from_json(&bytes)
         .map_err(|e| anyhow::anyhow!("job specification {}: {e}", file.display()))?;
     spec.check()

@@ -5,8 +5,10 @@
 
 pub mod fleet;
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hangar_loadtest::seed::{self, Format};
@@ -312,4 +314,71 @@ pub async fn burst_limited_source(
         .map(|l| l.replace(&env.src.addr, &proxy.addr))
         .collect();
     (proxy, through)
+}
+
+/// What a run of `hangar-coord` did: exit success, output, wall time, peak RSS in bytes.
+pub struct Measured {
+    pub success: bool,
+    pub output: String,
+    pub elapsed: Duration,
+    pub peak_rss: u64,
+}
+
+/// Runs `hangar-coord ARGS`, polling its peak RSS (`VmHWM`) until it exits; killed (and
+/// the test failed) after `limit`.
+pub fn run_measured(args: &[&str], limit: Duration) -> Measured {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args(args)
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/hangar-test-auth.json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hangar-coord");
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    // Drained on threads, so a chatty child never blocks on a full pipe.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path)
+            && let Some(kib) = text
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        {
+            peak = peak.max(kib * 1024);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hangar-coord {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = format!(
+        "{}{}",
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default()
+    );
+    Measured {
+        success: status.success(),
+        output,
+        elapsed: started.elapsed(),
+        peak_rss: peak,
+    }
 }

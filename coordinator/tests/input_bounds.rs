@@ -1,0 +1,108 @@
+//! Bounds on outside input that is not a registry's answer, each against a hostile peer
+//! written here: a job specification file past its 64 MiB, a Helm repository whose package
+//! never ends (cut at 256 MiB, streamed to disk, the archive left as it was). Each asserts
+//! the error naming the input, the time and the process's peak memory.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const MB: u64 = 1 << 20;
+
+#[test]
+fn a_job_specification_past_its_bound_is_refused_before_anything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("huge.json");
+    let file = std::fs::File::create(&spec).unwrap();
+    file.set_len(64 * MB + 1).unwrap();
+    // Nothing listens on port 9 of the loopback: a request would fail differently.
+    let run = run_measured(
+        &[
+            "submit",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--server",
+            "http://127.0.0.1:9",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output.contains("job specification")
+            && run.output.contains("huge.json is larger than 64 MiB"),
+        "{}",
+        run.output
+    );
+    assert!(run.elapsed < Duration::from_secs(20), "{:?}", run.elapsed);
+    assert!(
+        run.peak_rss < 160 * MB,
+        "peak RSS {} MiB",
+        run.peak_rss / MB
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_chart_package_is_cut_at_its_bound_and_the_archive_is_left_as_it_was() {
+    let env = Env::new();
+    let archive = env.path("charts.zip");
+    assert!(
+        hangar(&["archive", "init", archive.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let before = std::fs::read(&archive).unwrap();
+    let index = "apiVersion: v1\nentries:\n  big:\n  - name: big\n    version: 1.0.0\n    urls: [big-1.0.0.tgz]\n";
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| async move {
+        if uri.path().ends_with("/index.yaml") {
+            return axum::body::Body::from(index);
+        }
+        let chunk = bytes::Bytes::from(vec![0x1f; 64 << 10]);
+        axum::body::Body::from_stream(futures_util::stream::repeat_with(move || {
+            Ok::<_, std::io::Error>(chunk.clone())
+        }))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/charts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let args: Vec<String> = [
+        "archive",
+        "store",
+        "chart",
+        "-f",
+        archive.to_str().unwrap(),
+        "-n",
+        "big",
+        "-v",
+        "1.0.0",
+        &base,
+    ]
+    .map(String::from)
+    .to_vec();
+    let run = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_measured(&args, Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output
+            .contains("big-1.0.0.tgz answered more than 256 MiB"),
+        "{}",
+        run.output
+    );
+    assert!(run.elapsed < Duration::from_secs(60), "{:?}", run.elapsed);
+    // Streamed to a file as it comes, never held.
+    assert!(
+        run.peak_rss < 100 * MB,
+        "peak RSS {} MiB",
+        run.peak_rss / MB
+    );
+    assert_eq!(
+        std::fs::read(&archive).unwrap(),
+        before,
+        "the archive is unchanged"
+    );
+}
