@@ -14,7 +14,7 @@ use hangar_shared::manifest::Descriptor;
 use hangar_shared::reference::ImageRef;
 use tokio::io::AsyncWriteExt;
 
-use crate::bench::{BenchSpec, Measurement, raw_copy, run_measured, unique_blobs};
+use crate::bench::{BenchSpec, Measurement, raw_copy, run_measured, run_profiled, unique_blobs};
 use crate::services::RegistryProcess;
 
 /// Every unique blob GET into its own file, `parallel` at a time.
@@ -59,6 +59,17 @@ fn row(tool: &str, seconds: f64, bytes: u64, rss: Option<u64>) -> Measurement {
     }
 }
 
+/// Issue 16 asks how many bytes a save writes per byte of archive (the archive once, plus
+/// whatever it staged): `wchar` over the zip's size.
+fn written_per_byte(tool: &str, written: u64, archive: &std::path::Path) {
+    if let Ok(size) = std::fs::metadata(archive).map(|m| m.len()) {
+        println!(
+            "{tool}: {written} bytes written for a {size}-byte archive, {:.2} per byte saved",
+            written as f64 / size as f64
+        );
+    }
+}
+
 pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
     let reg = crate::seed::connect(&spec.source).await?;
     let blobs = unique_blobs(&reg, &spec.lines).await?;
@@ -76,8 +87,36 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
         .arg("-o")
         .arg(work.join("save-failed.txt"))
         .stdout(std::process::Stdio::null());
-    let (t, rss) = tokio::task::block_in_place(|| run_measured(&mut save))?;
-    out.push(row("hangar save (zip)", t.as_secs_f64(), bytes, rss));
+    let p = tokio::task::block_in_place(|| run_profiled(&mut save))?;
+    out.push(row(
+        "hangar save (zip)",
+        p.elapsed.as_secs_f64(),
+        bytes,
+        p.peak_rss_kib,
+    ));
+    written_per_byte("hangar save (zip)", p.written, &archive);
+
+    // The same save gathering every blob into a cache first (as `--cache` does): the
+    // streamed save's comparison in the same run.
+    let staged = work.join("staged.zip");
+    let cache = work.join("bench-cache");
+    let mut cached = Command::new(&spec.hangar);
+    cached
+        .args(["save", "--tls-verify=false", "-y", "-j", &jobs, "-f"])
+        .arg(&spec.list)
+        .arg("-d")
+        .arg(&staged)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("-o")
+        .arg(work.join("save-failed.txt"))
+        .stdout(std::process::Stdio::null());
+    let p = tokio::task::block_in_place(|| run_profiled(&mut cached))?;
+    let tool = "hangar save (zip) --cache, gathered first";
+    out.push(row(tool, p.elapsed.as_secs_f64(), bytes, p.peak_rss_kib));
+    written_per_byte(tool, p.written, &staged);
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir_all(&cache);
 
     // Over a WAN-like link fetching is the slow part, and writing the zip as images
     // complete hides behind it.
@@ -106,16 +145,13 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
         .arg("-o")
         .arg(work.join("save-failed.txt"))
         .stdout(std::process::Stdio::null());
-    let (t, rss) = tokio::task::block_in_place(|| run_measured(&mut far_save))?;
-    out.push(row(
-        &format!(
-            "hangar save (zip) via a {} ms proxy",
-            spec.delay.as_millis()
-        ),
-        t.as_secs_f64(),
-        bytes,
-        rss,
-    ));
+    let p = tokio::task::block_in_place(|| run_profiled(&mut far_save))?;
+    let tool = format!(
+        "hangar save (zip) via a {} ms proxy",
+        spec.delay.as_millis()
+    );
+    out.push(row(&tool, p.elapsed.as_secs_f64(), bytes, p.peak_rss_kib));
+    written_per_byte(&tool, p.written, &work.join("far.zip"));
     let _ = std::fs::remove_file(work.join("far.zip"));
 
     for (tool, transport) in [("skopeo → oci:", "oci"), ("skopeo → dir:", "dir")] {

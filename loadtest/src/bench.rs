@@ -38,6 +38,18 @@ pub struct Profile {
     pub peak_rss_kib: Option<u64>,
     /// User + system CPU time, as last seen before it exited (20 ms polls).
     pub cpu: Duration,
+    /// Bytes it passed to `write` (files and pipes: `wchar`), read as it exited.
+    pub written: u64,
+}
+
+/// A numeric field of `/proc/PID/io` (`name: value`).
+fn io_field(pid: u32, name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 /// Runs `cmd` to its end, polling its peak RSS and CPU time.
@@ -48,7 +60,18 @@ pub fn run_profiled(cmd: &mut Command) -> Result<Profile> {
     let stat_path = format!("/proc/{}/stat", child.id());
     let mut peak = None;
     let mut cpu = Duration::ZERO;
+    let mut written = 0;
+    let pid = child.id();
     loop {
+        // Read once more while it is a zombie, before it is reaped: its last writes count.
+        let exited = std::fs::read_to_string(&stat_path).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        });
+        if let Some(w) = io_field(pid, "wchar:") {
+            written = written.max(w);
+        }
         if let Ok(text) = std::fs::read_to_string(&status_path)
             && let Some(kib) = text
                 .lines()
@@ -72,9 +95,12 @@ pub fn run_profiled(cmd: &mut Command) -> Result<Profile> {
                 elapsed: start.elapsed(),
                 peak_rss_kib: peak,
                 cpu,
+                written,
             });
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if !exited {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

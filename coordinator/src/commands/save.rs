@@ -1,8 +1,10 @@
 //! `save` and `sync`: the list's images are gathered into the blob cache by the same
 //! pipeline as `mirror` (its destination is the cache), and the assembler writes the
 //! archive from the cache: image by image as they complete, while later ones are still
-//! being fetched, when it writes one archive here; once all are gathered when it writes
-//! volumes (their split needs every size) or runs on a worker of the fleet. `sync` is the same write with the old archive's entries first,
+//! being fetched, when it writes one archive here (then, without a cache of the user's,
+//! layers are streamed from their source into the zip instead of gathered first:
+//! `archive::streamed`); once all are gathered when it writes volumes (their split needs
+//! every size) or runs on a worker of the fleet. `sync` is the same write with the old archive's entries first,
 //! into a new file renamed over the old one: killing it at any moment leaves the old
 //! archive or the new one, never a broken zip (unlike Hangar, cnrancher/hangar#152).
 
@@ -12,6 +14,7 @@ use std::sync::Arc;
 
 use crate::engine::planner::ImageJob;
 use anyhow::{Context as _, Result, bail};
+use hangar_shared::archive::streamed::StreamedSource;
 use hangar_shared::archive::writer::{
     ArchiveWriter, Written, plan_volumes, volume_path, write_archive,
 };
@@ -210,12 +213,31 @@ async fn gather(
     };
     let writer = match (writing, &backend) {
         (Writing::AsTheyComplete(base), Backend::Embedded) => {
-            let source: Arc<dyn BlobSource> = cache.clone();
+            // Without a cache of the user's (and nothing to scan from one), layers go from
+            // their source straight into the zip: written to disk once, not twice.
+            let streamed = match (&temp, &scan_db) {
+                (Some(staging), None) => Some(Arc::new(StreamedSource::new(
+                    cache.clone(),
+                    pool.clone(),
+                    spec.transfers,
+                    spec.retry.clone(),
+                    staging.0.clone(),
+                ))),
+                _ => None,
+            };
+            spec.extras.streamed = streamed.is_some();
+            let source: Arc<dyn BlobSource> = match &streamed {
+                Some(s) => s.clone(),
+                None => cache.clone(),
+            };
             let mut writer = ArchiveWriter::create(archive, base.cloned(), source).await?;
             let (tx, mut completed) = tokio::sync::mpsc::unbounded_channel();
             spec.completions = Some(tx);
             Some(tokio::spawn(async move {
                 while let Some((job, plan)) = completed.recv().await {
+                    if let Some(streamed) = &streamed {
+                        expect_streamed(streamed, &job, &plan);
+                    }
                     writer.add(&planner::archive_image(&job, &plan)?).await?;
                 }
                 Ok::<_, hangar_shared::Error>(writer)
@@ -259,6 +281,18 @@ async fn gather(
         written,
         _temp: temp,
     })
+}
+
+/// Tells the streamed source where each of the plan's blobs is read: those the planner did
+/// not carry inline (the tracker left them to the writer, `Extras::streamed`).
+fn expect_streamed(streamed: &StreamedSource, job: &ImageJob, plan: &planner::ImagePlan) {
+    let from = plan.source.as_ref().unwrap_or(&job.source);
+    for platform in &plan.platforms {
+        let inline = platform.inline.as_ref().map(|(d, _)| d);
+        for desc in platform.blobs.iter().filter(|d| Some(&d.digest) != inline) {
+            streamed.expect(from, desc);
+        }
+    }
 }
 
 /// Writes one archive: here, or on the fleet by a worker's assemble task.

@@ -316,16 +316,29 @@ pub async fn burst_limited_source(
     (proxy, through)
 }
 
-/// What a run of `hangar-coord` did: exit success, output, wall time, peak RSS in bytes.
+/// What a run of `hangar-coord` did: exit success, output, wall time, peak RSS in bytes,
+/// and the bytes it wrote (`wchar`: every `write`, files and pipes alike).
 pub struct Measured {
     pub success: bool,
     pub output: String,
     pub elapsed: Duration,
     pub peak_rss: u64,
+    pub written: u64,
 }
 
-/// Runs `hangar-coord ARGS`, polling its peak RSS (`VmHWM`) until it exits; killed (and
-/// the test failed) after `limit`.
+/// A field of `/proc/PID/FILE` (`Name: value …`), as a number.
+fn proc_field(pid: u32, file: &str, name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Runs `hangar-coord ARGS`, polling its peak RSS (`VmHWM`) and bytes written until it
+/// exits (read once more while it is a zombie, so the last writes count); killed (and the
+/// test failed) after `limit`.
 pub fn run_measured(args: &[&str], limit: Duration) -> Measured {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
@@ -335,8 +348,8 @@ pub fn run_measured(args: &[&str], limit: Duration) -> Measured {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn hangar-coord");
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak = 0u64;
+    let pid = child.id();
+    let (mut peak, mut written) = (0u64, 0u64);
     // Drained on threads, so a chatty child never blocks on a full pipe.
     let mut stdout = child.stdout.take().expect("stdout");
     let mut stderr = child.stderr.take().expect("stderr");
@@ -351,14 +364,22 @@ pub fn run_measured(args: &[&str], limit: Duration) -> Measured {
         s
     });
     let status = loop {
-        if let Ok(text) = std::fs::read_to_string(&status_path)
-            && let Some(kib) = text
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        {
+        if let Some(kib) = proc_field(pid, "status", "VmHWM:") {
             peak = peak.max(kib * 1024);
+        }
+        let exited = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        });
+        if let Some(w) = proc_field(pid, "io", "wchar:") {
+            written = written.max(w);
+        }
+        if !exited {
+            std::thread::sleep(Duration::from_millis(20));
+            if started.elapsed() <= limit {
+                continue;
+            }
         }
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
@@ -368,7 +389,6 @@ pub fn run_measured(args: &[&str], limit: Duration) -> Measured {
             let _ = child.wait();
             panic!("hangar-coord {args:?} still running after {limit:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
     };
     let output = format!(
         "{}{}",
@@ -380,5 +400,6 @@ pub fn run_measured(args: &[&str], limit: Duration) -> Measured {
         output,
         elapsed: started.elapsed(),
         peak_rss: peak,
+        written,
     }
 }

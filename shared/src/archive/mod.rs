@@ -8,6 +8,7 @@ pub mod custom;
 pub mod index;
 pub mod reader;
 mod sink;
+pub mod streamed;
 mod volumes;
 pub mod writer;
 
@@ -38,6 +39,11 @@ pub trait BlobSource: Send + Sync {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
     /// The blob's bytes, verified against its digest.
     async fn blob_stream(&self, digest: &Digest, size: u64) -> Result<ByteStream>;
+    /// The writer will read `digest` after every blob announced before it: a source that
+    /// fetches from afar may start now. May wait for earlier blobs to be read.
+    async fn will_read(&self, _digest: &Digest) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Entry names a reader must refuse: they would escape a directory when extracted, and

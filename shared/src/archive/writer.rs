@@ -148,6 +148,7 @@ impl ArchiveWriter {
             let name = blob_entry(d);
             if self.written.insert(name.clone()) {
                 let size = size_of(self.source.as_ref(), d, image).await?;
+                self.source.will_read(d).await?;
                 self.send(Item::Blob(name, d.clone(), size)).await?;
             }
         }

@@ -155,22 +155,36 @@ impl Tracker {
                         self.images[image].pending_blobs[p] += 1;
                     }
                     None => {
+                        let inline = platform
+                            .inline
+                            .as_ref()
+                            .filter(|(d, _)| *d == desc.digest)
+                            .map(|(_, b)| b.clone());
+                        // Left to the archive writer, which fetches it when it writes it.
+                        let streamed = self.extras.streamed && inline.is_none();
                         self.blobs.insert(
                             key.clone(),
                             BlobState {
                                 desc: desc.clone(),
-                                inline: platform
-                                    .inline
-                                    .as_ref()
-                                    .filter(|(d, _)| *d == desc.digest)
-                                    .map(|(_, b)| b.clone()),
+                                inline,
                                 source: source_repo.clone(),
-                                status: BlobStatus::Waiting,
+                                status: match streamed {
+                                    true => BlobStatus::Done,
+                                    false => BlobStatus::Waiting,
+                                },
                                 error: None,
-                                waiters: vec![(image, p)],
-                                handled: None,
+                                waiters: match streamed {
+                                    true => Vec::new(),
+                                    false => vec![(image, p)],
+                                },
+                                handled: streamed.then_some(Handling::Copied),
                             },
                         );
+                        if streamed {
+                            self.stats.blobs_copied += 1;
+                            self.stats.bytes_copied += desc.size;
+                            continue;
+                        }
                         self.images[image].pending_blobs[p] += 1;
                         to_start.push(key);
                     }

@@ -102,6 +102,10 @@ pub struct Extras {
     pub sign_key: Option<String>,
     /// Read every platform manifest's package inventory as it lands.
     pub scan: bool,
+    /// Blobs the planner does not hold are not copied by tasks: the archive writer reads
+    /// them from their source as it writes them (`save`/`sync` without a cache), so each
+    /// byte reaches the disk once.
+    pub streamed: bool,
 }
 
 pub struct Tracker {

@@ -1,0 +1,388 @@
+//! Blobs read from their source registry as the archive writer reaches them, so that `save`
+//! and `sync` without a cache write a byte to disk once (into the zip) when it arrives in
+//! its turn, and twice only when it arrives before (staged, then copied into the zip).
+//!
+//! The writer announces each blob in the order it will read it ([`BlobSource::will_read`]);
+//! up to `transfers` (at most [`MAX_FETCHES`]) announced blobs are fetched at once. Each fetch hands the writer a
+//! little ahead in memory ([`AHEAD`] pieces); what arrives beyond that before the writer's
+//! turn comes is staged in a file of the run's staging directory, which the writer reads
+//! when its turn comes, and the rest follows from the network. A fetch cut short is taken
+//! up again (a fresh verified stream whose first bytes are compared with those already
+//! taken, by their SHA-256, and not taken again). What the planner wrote into the cache
+//! (manifests, configs) is read from there.
+//!
+//! The price: a blob that cannot be read for good once its image is being written fails
+//! the whole archive, where a cache would have failed that image alone.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::BlobSource;
+use crate::cache::BlobCache;
+use crate::digest::Digest;
+use crate::error::{Error, FailureClass, Result};
+use crate::manifest::Descriptor;
+use crate::retry::RetryPolicy;
+use crate::store::{RegistryPool, RepoRef, StoreRef};
+use crate::verify::ByteStream;
+
+/// Bytes gathered into one piece: the writer's thread takes each with a wakeup, and the
+/// network's chunks come in a few KiB.
+const PIECE: usize = 128 << 10;
+/// Pieces one fetch holds in memory ahead of the writer; more is staged on disk.
+const AHEAD: usize = 2;
+/// Fetches at once at most, whatever the transfers: each costs its connection's buffers
+/// too (about 1.5 MB measured on loopback at `-j 20`); with staging none waits for the
+/// writer. Measured (BENCHMARKS.md): 8 keep a loopback save as fast as 20 at 60 MB, but
+/// slow one through a 25 ms link by half; 12 are the middle.
+const MAX_FETCHES: usize = 12;
+
+/// What the writer takes from a fetch, in order.
+enum Piece {
+    Bytes(Bytes),
+    /// Everything staged before the writer's turn came, this long, read before what follows.
+    Staged(PathBuf, u64),
+}
+
+pub struct StreamedSource {
+    cache: Arc<BlobCache>,
+    registries: Arc<RegistryPool>,
+    retry: RetryPolicy,
+    /// Where each streamed blob is read.
+    known: Mutex<HashMap<Digest, (RepoRef, Descriptor)>>,
+    /// Fetches started ahead of the writer, by digest.
+    fetching: Mutex<HashMap<Digest, mpsc::Receiver<Result<Piece>>>>,
+    /// Told to each fetch when the writer reaches its blob.
+    turns: Mutex<HashMap<Digest, oneshot::Sender<()>>>,
+    /// Fetches still downloading, each holding one.
+    fetches: Arc<Semaphore>,
+    /// Where blobs arriving before their turn are staged.
+    staging: PathBuf,
+}
+
+impl StreamedSource {
+    /// `staging`: a directory of this run's own (removed with it).
+    pub fn new(
+        cache: Arc<BlobCache>,
+        registries: Arc<RegistryPool>,
+        transfers: usize,
+        retry: RetryPolicy,
+        staging: PathBuf,
+    ) -> Self {
+        Self {
+            cache,
+            registries,
+            retry,
+            known: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
+            fetches: Arc::new(Semaphore::new(transfers.clamp(1, MAX_FETCHES))),
+            staging,
+        }
+    }
+
+    /// `desc` is read from `from` (a registry repository) when the writer wants it.
+    pub fn expect(&self, from: &RepoRef, desc: &Descriptor) {
+        if let Ok(mut known) = self.known.lock() {
+            known
+                .entry(desc.digest.clone())
+                .or_insert_with(|| (from.clone(), desc.clone()));
+        }
+    }
+
+    fn location(&self, digest: &Digest) -> Option<(RepoRef, Descriptor)> {
+        self.known.lock().ok()?.get(digest).cloned()
+    }
+
+    async fn permit(&self) -> Result<OwnedSemaphorePermit> {
+        self.fetches
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("streamed source closed"))
+    }
+
+    /// Starts fetching `digest` under a permit already held; `turn`: the writer is reading
+    /// it already.
+    fn start(
+        &self,
+        digest: &Digest,
+        permit: OwnedSemaphorePermit,
+        turn: bool,
+    ) -> Result<mpsc::Receiver<Result<Piece>>> {
+        let (from, desc) = self.location(digest).ok_or_else(|| {
+            Error::internal(format!("{digest}: neither in the cache nor announced"))
+        })?;
+        let StoreRef::Registry { host } = &from.store else {
+            return Err(Error::internal(format!(
+                "{digest}: streamed from {from}, which is not a registry"
+            )));
+        };
+        let (tx, rx) = mpsc::channel(AHEAD);
+        let (told, turn_rx) = oneshot::channel();
+        if turn {
+            let _ = told.send(());
+        } else if let Ok(mut turns) = self.turns.lock() {
+            turns.insert(digest.clone(), told);
+        }
+        let fetch = Fetch {
+            registries: self.registries.clone(),
+            host: host.clone(),
+            repo: from.repo.clone(),
+            staged_at: self.staging.join(format!("staged-{}", desc.digest.hex())),
+            desc,
+            retry: self.retry.clone(),
+            tx,
+        };
+        tokio::spawn(fetch.run(permit, turn_rx));
+        Ok(rx)
+    }
+}
+
+#[async_trait]
+impl BlobSource for StreamedSource {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        if let Some((_, desc)) = self.location(digest) {
+            return Ok(Some(desc.size));
+        }
+        self.cache.blob_size(digest).await
+    }
+
+    async fn will_read(&self, digest: &Digest) -> Result<()> {
+        if self.location(digest).is_none() {
+            return Ok(());
+        }
+        // Taken in the writer's order (the semaphore is fair): the blobs it reads first
+        // start first.
+        let permit = self.permit().await?;
+        let rx = self.start(digest, permit, false)?;
+        if let Ok(mut fetching) = self.fetching.lock() {
+            fetching.insert(digest.clone(), rx);
+        }
+        Ok(())
+    }
+
+    async fn blob_stream(&self, digest: &Digest, size: u64) -> Result<ByteStream> {
+        let ahead = self.fetching.lock().ok().and_then(|mut f| f.remove(digest));
+        let rx = match ahead {
+            Some(rx) => {
+                if let Some(told) = self.turns.lock().ok().and_then(|mut t| t.remove(digest)) {
+                    let _ = told.send(());
+                }
+                rx
+            }
+            None if self.location(digest).is_some() => {
+                let permit = self.permit().await?;
+                self.start(digest, permit, true)?
+            }
+            None => return self.cache.blob_stream(digest, size).await,
+        };
+        Ok(pieces(rx))
+    }
+}
+
+/// A staged file being read: the file, its path, the bytes left.
+type Reading = Option<(tokio::fs::File, PathBuf, u64)>;
+
+/// The bytes of a fetch's pieces; a staged file is read in 1 MiB blocks and removed once read.
+fn pieces(rx: mpsc::Receiver<Result<Piece>>) -> ByteStream {
+    let state: (mpsc::Receiver<Result<Piece>>, Reading) = (rx, None);
+    futures_util::stream::unfold(state, |(mut rx, mut reading)| async move {
+        loop {
+            if let Some((file, path, left)) = &mut reading {
+                if *left == 0 {
+                    let _ = tokio::fs::remove_file(&*path).await;
+                    reading = None;
+                    continue;
+                }
+                use tokio::io::AsyncReadExt as _;
+                let mut block = vec![0u8; (*left).min(1 << 20) as usize];
+                let read = file.read_exact(&mut block).await.map_err(|e| {
+                    Error::internal(format!("reading staged {}: {e}", path.display()))
+                });
+                *left -= block.len() as u64;
+                return Some((read.map(|_| Bytes::from(block)), (rx, reading)));
+            }
+            match rx.recv().await? {
+                Ok(Piece::Bytes(b)) => return Some((Ok(b), (rx, reading))),
+                Ok(Piece::Staged(path, len)) => match tokio::fs::File::open(&path).await {
+                    Ok(file) => reading = Some((file, path, len)),
+                    Err(e) => {
+                        let e = Error::internal(format!("opening staged {}: {e}", path.display()));
+                        return Some((Err(e), (rx, None)));
+                    }
+                },
+                Err(e) => return Some((Err(e), (rx, reading))),
+            }
+        }
+    })
+    .boxed()
+}
+
+/// One blob's fetch, resumed after a transient failure.
+struct Fetch {
+    registries: Arc<RegistryPool>,
+    host: String,
+    repo: String,
+    desc: Descriptor,
+    retry: RetryPolicy,
+    tx: mpsc::Sender<Result<Piece>>,
+    staged_at: PathBuf,
+}
+
+/// What a fetch has taken: its SHA-256 and count (to resume after), the staging file once
+/// started, and whether the writer's turn has come.
+struct Taken {
+    hashed: Sha256,
+    count: u64,
+    staged: Option<(std::fs::File, u64)>,
+    turn: oneshot::Receiver<()>,
+    turn_came: bool,
+}
+
+impl Fetch {
+    async fn run(self, permit: OwnedSemaphorePermit, turn: oneshot::Receiver<()>) {
+        let mut taken = Taken {
+            hashed: Sha256::new(),
+            count: 0,
+            staged: None,
+            turn,
+            turn_came: false,
+        };
+        let mut attempt = 0u32;
+        let failure = loop {
+            let failure = match self.attempt(&mut taken).await {
+                Ok(()) => break None,
+                Err(e) => e,
+            };
+            attempt += 1;
+            if !failure.class.is_retryable() || attempt >= self.retry.attempts {
+                break Some(failure);
+            }
+            tracing::debug!(digest = %self.desc.digest, taken = taken.count, "blob read cut short, taken up again: {failure}");
+            tokio::time::sleep(self.retry.delay(attempt - 1, failure.retry_after)).await;
+        };
+        // Downloaded (or failed for good): the next fetch may start while this one waits
+        // for its turn.
+        drop(permit);
+        let handed = self.hand_staged(&mut taken).await;
+        if let Some(e) = failure.or(handed.err()) {
+            let _ = self.tx.send(Err(e)).await;
+        }
+    }
+
+    /// Once the writer's turn comes, tells it of what was staged (before what follows).
+    async fn hand_staged(&self, taken: &mut Taken) -> Result<()> {
+        let Some((file, len)) = taken.staged.take() else {
+            return Ok(());
+        };
+        drop(file);
+        if !taken.turn_came {
+            if (&mut taken.turn).await.is_err() {
+                // The writer went away (its archive failed): nothing to hand.
+                let _ = std::fs::remove_file(&self.staged_at);
+                return Ok(());
+            }
+            taken.turn_came = true;
+        }
+        let _ = self
+            .tx
+            .send(Ok(Piece::Staged(self.staged_at.clone(), len)))
+            .await;
+        Ok(())
+    }
+
+    /// Reads the blob once more from its start: the bytes already taken are compared with
+    /// it, the rest taken. `Ok` once all of it is (or the writer left).
+    async fn attempt(&self, taken: &mut Taken) -> Result<()> {
+        let registry = self.registries.registry(&self.host).await?;
+        let mut stream = registry.blob_stream(&self.repo, &self.desc, None).await?;
+        let mut again = Sha256::new();
+        let mut skip = taken.count;
+        let mut gathered = bytes::BytesMut::with_capacity(PIECE);
+        while let Some(chunk) = stream.next().await {
+            let mut chunk = chunk?;
+            if skip > 0 {
+                let n = (skip as usize).min(chunk.len());
+                again.update(&chunk[..n]);
+                chunk = chunk.slice(n..);
+                skip -= n as u64;
+                if skip == 0 && again.clone().finalize() != taken.hashed.clone().finalize() {
+                    return Err(Error::new(
+                        FailureClass::DigestMismatch,
+                        format!(
+                            "{}/{}@{}: read again, its first {} bytes differ",
+                            self.host, self.repo, self.desc.digest, taken.count
+                        ),
+                    ));
+                }
+            }
+            gathered.extend_from_slice(&chunk);
+            if gathered.len() >= PIECE {
+                let piece = std::mem::replace(&mut gathered, bytes::BytesMut::with_capacity(PIECE));
+                if !self.take(piece.freeze(), taken).await? {
+                    return Ok(());
+                }
+            }
+        }
+        if !gathered.is_empty() {
+            self.take(gathered.freeze(), taken).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes `piece`: to the writer once its turn came or while its channel has room, else
+    /// to the staging file. `false` when the writer is gone. Bytes gathered and not taken
+    /// are read again after a failure.
+    async fn take(&self, piece: Bytes, taken: &mut Taken) -> Result<bool> {
+        taken.hashed.update(&piece);
+        taken.count += piece.len() as u64;
+        if !taken.turn_came && taken.turn.try_recv().is_ok() {
+            taken.turn_came = true;
+        }
+        if taken.turn_came {
+            // What was staged goes first.
+            self.hand_staged(taken).await?;
+            return Ok(self.tx.send(Ok(Piece::Bytes(piece))).await.is_ok());
+        }
+        if taken.staged.is_none() {
+            match self.tx.try_send(Ok(Piece::Bytes(piece))) {
+                Ok(()) => return Ok(true),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(false),
+                Err(mpsc::error::TrySendError::Full(full)) => {
+                    let file = std::fs::File::create(&self.staged_at)
+                        .map_err(|e| self.staging_failed(e))?;
+                    taken.staged = Some((file, 0));
+                    if let Ok(Piece::Bytes(piece)) = full {
+                        self.stage(&piece, taken)?;
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+        self.stage(&piece, taken)?;
+        Ok(true)
+    }
+
+    /// Appends `piece` to the staging file: a blocking write the page cache takes at
+    /// memory speed.
+    fn stage(&self, piece: &[u8], taken: &mut Taken) -> Result<()> {
+        use std::io::Write as _;
+        if let Some((file, len)) = &mut taken.staged {
+            file.write_all(piece).map_err(|e| self.staging_failed(e))?;
+            *len += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn staging_failed(&self, e: std::io::Error) -> Error {
+        Error::internal(format!("staging {}: {e}", self.staged_at.display()))
+    }
+}
