@@ -1,7 +1,8 @@
 //! Bounds on outside input that is not a registry's answer, each against a hostile peer
 //! written here: a job specification file past its 64 MiB, a Helm repository whose package
-//! never ends (cut at 256 MiB, streamed to disk, the archive left as it was). Each asserts
-//! the error naming the input, the time and the process's peak memory.
+//! never ends (cut at 256 MiB, streamed to disk, the archive left as it was), a coordinator
+//! whose job snapshot or results never end (cut at 64 and 512 MiB). Each asserts the error
+//! naming the input, the time and the process's peak memory.
 
 mod common;
 
@@ -104,5 +105,102 @@ async fn an_endless_chart_package_is_cut_at_its_bound_and_the_archive_is_left_as
         std::fs::read(&archive).unwrap(),
         before,
         "the archive is unchanged"
+    );
+}
+
+/// A coordinator that takes any job as `j`, then answers its snapshot endlessly — or, with
+/// `finished`, answers a finished snapshot and then endless results.
+async fn endless_coordinator(finished: bool) -> String {
+    let endless = || {
+        let chunk = bytes::Bytes::from(vec![b' '; 64 << 10]);
+        axum::body::Body::from_stream(futures_util::stream::repeat_with(move || {
+            Ok::<_, std::io::Error>(chunk.clone())
+        }))
+    };
+    let app = axum::Router::new()
+        .route(
+            "/jobs",
+            axum::routing::post(|| async { axum::body::Body::from(r#"{"id":"j"}"#) }),
+        )
+        .route(
+            "/jobs/j",
+            axum::routing::get(move || async move {
+                match finished {
+                    true => axum::body::Body::from(
+                        r#"{"id":"j","state":"succeeded","total":1,"copied":1,"failed":0,"skipped":0,"bytes_copied":0,"failed_lines":[]}"#,
+                    ),
+                    false => endless(),
+                }
+            }),
+        )
+        .route("/jobs/j/results", axum::routing::get(move || async move { endless() }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_answering_endlessly_is_cut_at_the_clients_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "127.0.0.1:9/lib/a:1\n").unwrap();
+    let list = list.display().to_string();
+
+    let server = endless_coordinator(false).await;
+    let args: Vec<String> = ["submit", &list, "--server", &server, "-d", "127.0.0.1:9"]
+        .map(String::from)
+        .to_vec();
+    let run = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_measured(&args, Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output
+            .contains("/jobs/j: the answer is over 64 MiB; refused"),
+        "{}",
+        run.output
+    );
+    assert!(run.elapsed < Duration::from_secs(30), "{:?}", run.elapsed);
+    assert!(
+        run.peak_rss < 200 * MB,
+        "peak RSS {} MiB",
+        run.peak_rss / MB
+    );
+
+    let server = endless_coordinator(true).await;
+    let args: Vec<String> = [
+        "mirror",
+        "validate",
+        "-f",
+        &list,
+        "--server",
+        &server,
+        "-d",
+        "127.0.0.1:9",
+    ]
+    .map(String::from)
+    .to_vec();
+    let run = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_measured(&args, Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output.contains("/jobs/j/results") && run.output.contains("over 512 MiB; refused"),
+        "{}",
+        run.output
+    );
+    assert!(run.elapsed < Duration::from_secs(60), "{:?}", run.elapsed);
+    // The bound itself, held once.
+    assert!(
+        run.peak_rss < 800 * MB,
+        "peak RSS {} MiB",
+        run.peak_rss / MB
     );
 }

@@ -74,8 +74,14 @@ async fn ask<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) 
         Err(e) => return Answer::Unreachable(anyhow::Error::new(e).context(format!("GET {url}"))),
     };
     let status = resp.status();
-    let body = match resp.bytes().await {
-        Ok(b) => b,
+    let body = match read_capped(resp, SNAPSHOT_LIMIT).await {
+        Ok(Body::Read(b)) => b,
+        Ok(Body::TooLarge) => {
+            return Answer::Refused(anyhow::anyhow!(
+                "GET {url}: the answer is over {} MiB; refused",
+                SNAPSHOT_LIMIT >> 20
+            ));
+        }
         Err(e) => return Answer::Unreachable(anyhow::Error::new(e).context(format!("GET {url}"))),
     };
     if !status.is_success() {
@@ -106,6 +112,11 @@ async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &
 
 /// The most a job's results may weigh (scan inventories are tens of KB per image).
 const RESULTS_LIMIT: usize = 512 << 20;
+/// The most a job's snapshot (or the list of jobs) may weigh: its failed lines, at a few
+/// hundred bytes each, for a hundred thousand images.
+const SNAPSHOT_LIMIT: usize = 64 << 20;
+/// The most any other answer may weigh (a job id, a refusal).
+const ANSWER_LIMIT: usize = 1 << 20;
 
 /// Runs a per-image job (sign, sign validate, scan, mirror validate) on the coordinator
 /// and hands back each image's outcomes for this process to render, as if its own.
@@ -145,6 +156,8 @@ pub async fn run_images(
     let status = resp.status();
     let body = read_capped(resp, RESULTS_LIMIT)
         .await
+        .with_context(|| format!("GET {results_url}"))?
+        .or_refuse(RESULTS_LIMIT)
         .with_context(|| format!("GET {results_url}"))?;
     if !status.is_success() {
         bail!(
@@ -205,15 +218,35 @@ pub async fn replay(
 }
 
 /// A response's body, refused once it passes `limit` bytes.
-async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
+/// An answer's body, read up to a bound.
+enum Body {
+    Read(Vec<u8>),
+    /// Longer than the bound (by its `Content-Length`, or as it came): not read further.
+    TooLarge,
+}
+
+impl Body {
+    fn or_refuse(self, limit: usize) -> Result<Vec<u8>> {
+        match self {
+            Body::Read(b) => Ok(b),
+            Body::TooLarge => bail!("the answer is over {} MiB; refused", limit >> 20),
+        }
+    }
+}
+
+/// Reads at most `limit` bytes of an answer; a failed read is the connection's error.
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> reqwest::Result<Body> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(Body::TooLarge);
+    }
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if body.len() + chunk.len() > limit {
-            bail!("the answer is over {limit} bytes; refused");
+            return Ok(Body::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok(Body::Read(body))
 }
 
 /// Backoff between attempts to reach a coordinator that is away: 0.5 s doubling to 5 s.
@@ -307,8 +340,12 @@ async fn post_job(
         }
     };
     let status = resp.status();
-    let answer: serde_json::Value =
-        serde_json::from_slice(&resp.bytes().await?).unwrap_or_default();
+    let body = read_capped(resp, ANSWER_LIMIT)
+        .await
+        .with_context(|| format!("POST {url}"))?
+        .or_refuse(ANSWER_LIMIT)
+        .with_context(|| format!("POST {url}"))?;
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if !status.is_success() {
         bail!(
             "the coordinator refused the job: {}",
@@ -477,7 +514,11 @@ pub async fn cancel(server: &str, api: &ApiClientArgs, job: &str) -> Result<()> 
         .await
         .with_context(|| format!("DELETE {url}"))?;
     let status = resp.status();
-    let body = resp.bytes().await?;
+    let body = read_capped(resp, ANSWER_LIMIT)
+        .await
+        .with_context(|| format!("DELETE {url}"))?
+        .or_refuse(ANSWER_LIMIT)
+        .with_context(|| format!("DELETE {url}"))?;
     if !status.is_success() {
         bail!(
             "cancel {job}: HTTP {status}: {}",
