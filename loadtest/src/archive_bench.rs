@@ -60,14 +60,63 @@ fn row(tool: &str, seconds: f64, bytes: u64, rss: Option<u64>) -> Measurement {
 }
 
 /// Issue 16 asks how many bytes a save writes per byte of archive (the archive once, plus
-/// whatever it staged): `wchar` over the zip's size.
-fn written_per_byte(tool: &str, written: u64, archive: &std::path::Path) {
+/// whatever it staged): `wchar` over the zip's size; and the disk space it used beside the
+/// archive at most.
+fn written_per_byte(tool: &str, written: u64, archive: &std::path::Path, beside: u64) {
     if let Ok(size) = std::fs::metadata(archive).map(|m| m.len()) {
         println!(
-            "{tool}: {written} bytes written for a {size}-byte archive, {:.2} per byte saved",
-            written as f64 / size as f64
+            "{tool}: {written} bytes written for a {size}-byte archive, {:.2} per byte saved; \
+             at most {beside} bytes on disk beside the archive ({:.2} of it)",
+            written as f64 / size as f64,
+            beside as f64 / size as f64
         );
     }
+}
+
+/// Bytes in the files under `dir`, recursively.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Runs `f` while polling (every 20 ms) the disk space a save uses beside its archive: its
+/// temporary cache and staging (`.hangar-cache-*`) and `bench-cache` under `work`. The
+/// most seen, with `f`'s result.
+fn with_disk_peak<T>(work: &std::path::Path, f: impl FnOnce() -> T) -> (T, u64) {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (done, work) = (done.clone(), work.to_owned());
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let used: u64 = std::fs::read_dir(&work)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.ok())
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.starts_with(".hangar-cache-") || name == "bench-cache"
+                    })
+                    .map(|e| dir_bytes(&e.path()))
+                    .sum();
+                peak = peak.max(used);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let out = f();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    (out, watcher.join().unwrap_or(0))
 }
 
 pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
@@ -87,14 +136,16 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
         .arg("-o")
         .arg(work.join("save-failed.txt"))
         .stdout(std::process::Stdio::null());
-    let p = tokio::task::block_in_place(|| run_profiled(&mut save))?;
+    let (p, disk) =
+        tokio::task::block_in_place(|| with_disk_peak(work, || run_profiled(&mut save)));
+    let p = p?;
     out.push(row(
         "hangar save (zip)",
         p.elapsed.as_secs_f64(),
         bytes,
         p.peak_rss_kib,
     ));
-    written_per_byte("hangar save (zip)", p.written, &archive);
+    written_per_byte("hangar save (zip)", p.written, &archive, disk);
 
     // The same save gathering every blob into a cache first (as `--cache` does): the
     // streamed save's comparison in the same run.
@@ -111,10 +162,12 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
         .arg("-o")
         .arg(work.join("save-failed.txt"))
         .stdout(std::process::Stdio::null());
-    let p = tokio::task::block_in_place(|| run_profiled(&mut cached))?;
+    let (p, disk) =
+        tokio::task::block_in_place(|| with_disk_peak(work, || run_profiled(&mut cached)));
+    let p = p?;
     let tool = "hangar save (zip) --cache, gathered first";
     out.push(row(tool, p.elapsed.as_secs_f64(), bytes, p.peak_rss_kib));
-    written_per_byte(tool, p.written, &staged);
+    written_per_byte(tool, p.written, &staged, disk);
     let _ = std::fs::remove_file(&staged);
     let _ = std::fs::remove_dir_all(&cache);
 
@@ -145,13 +198,15 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
         .arg("-o")
         .arg(work.join("save-failed.txt"))
         .stdout(std::process::Stdio::null());
-    let p = tokio::task::block_in_place(|| run_profiled(&mut far_save))?;
+    let (p, disk) =
+        tokio::task::block_in_place(|| with_disk_peak(work, || run_profiled(&mut far_save)));
+    let p = p?;
     let tool = format!(
         "hangar save (zip) via a {} ms proxy",
         spec.delay.as_millis()
     );
     out.push(row(&tool, p.elapsed.as_secs_f64(), bytes, p.peak_rss_kib));
-    written_per_byte(&tool, p.written, &work.join("far.zip"));
+    written_per_byte(&tool, p.written, &work.join("far.zip"), disk);
     let _ = std::fs::remove_file(work.join("far.zip"));
 
     for (tool, transport) in [("skopeo → oci:", "oci"), ("skopeo → dir:", "dir")] {
