@@ -45,10 +45,22 @@ pub struct GenerateListArgs {
     /// comma-separated).
     #[arg(long = "system-chart")]
     pub system_charts: Vec<String>,
-    /// Dev branches instead of release branches (only when the repositories are fetched,
-    /// which this build does not do).
+    /// Dev branches instead of release branches (when Rancher's repositories are read:
+    /// no --kdm, --chart or --system-chart given).
     #[arg(long = "dev")]
     pub dev: bool,
+    /// Where Rancher's chart repositories are cloned from when no source is given
+    /// (`BASE/rancher/charts`, `BASE/rancher/system-charts`): GitHub, or a mirror of it.
+    #[arg(long = "git-base", default_value = "https://github.com")]
+    pub git_base: String,
+    /// Where Rancher's KDM data is read from when no source is given
+    /// (`BASE/release-vX.Y/data.json`): Rancher's release site, a mirror of it, or a
+    /// directory laid out the same way.
+    #[arg(
+        long = "kdm-base",
+        default_value = "https://releases.rancher.com/kontainer-driver-metadata"
+    )]
+    pub kdm_base: String,
     /// Keep only the newest patch of each K3s/RKE2 minor.
     #[arg(long = "kdm-remove-deprecated", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub kdm_remove_deprecated: bool,

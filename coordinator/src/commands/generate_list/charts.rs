@@ -47,9 +47,11 @@ pub enum Repo<'a> {
     },
 }
 
-/// Adds the images of the charts in `repo` that `rancher` supports to `found`.
+/// Adds the images of the charts in `repo` that `rancher` supports to `found`, their
+/// sources naming the repository as `label`.
 pub async fn collect(
     repo: Repo<'_>,
+    label: &str,
     kind: Kind,
     rancher: &semver::Version,
     found: &mut Found,
@@ -90,10 +92,6 @@ pub async fn collect(
             (PathBuf::new(), from_index(&text, &index_url, console)?)
         }
     };
-    let repo_name = match &repo {
-        Repo::Dir(d) => d.display().to_string(),
-        Repo::Http { url, .. } => url.to_string(),
-    };
     versions.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| b.version.cmp(&a.version)));
     let mut i = 0;
     while i < versions.len() {
@@ -122,7 +120,7 @@ pub async fn collect(
                     continue;
                 }
             }
-            let source = format!("[{repo_name};{}:{}]", v.name, v.text);
+            let source = format!("[{label};{}:{}]", v.name, v.text);
             let values = match &repo {
                 Repo::Dir(_) => values_files(&dir.join(&v.path)),
                 Repo::Http { url, http } => {

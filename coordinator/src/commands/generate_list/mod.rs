@@ -9,13 +9,15 @@
 //! certificate checks (Hangar inverts `--tls-verify` there) and from `--release-base` when
 //! given (a mirror of GitHub's release downloads, for sites that cannot reach GitHub), a
 //! numeric tag is written as its number, an image a Rancher GC build renames keeps its
-//! sources, and `--registry` never swallows a one-segment image with a tag. Cloning
-//! Rancher's chart repositories from GitHub when no source is given is not done: clone
-//! them (or serve them), and name them with `--chart`/`--system-chart`.
+//! sources, and `--registry` never swallows a one-segment image with a tag. Given only
+//! `--rancher`, Rancher's repositories are cloned with the `git` command (Hangar uses
+//! go-git) from GitHub or `--git-base`, and its KDM data read from `--kdm-base`
+//! (`rancher_sources`); a GC build's are not guessed.
 
 mod charts;
 mod constraint;
 mod kdm;
+mod rancher_sources;
 mod version;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,44 +92,77 @@ pub async fn run(args: &GenerateListArgs, console: &Console) -> Result<()> {
     {
         bail!("invalid min-kube-version provided: {min}");
     }
-    if args.kdm.is_none() && args.charts.is_empty() && args.system_charts.is_empty() {
-        bail!(
-            "give the sources to read: --kdm (a data.json path or URL), --chart and --system-chart \
-             (cloned chart repositories); fetching Rancher's repositories from GitHub is not done here"
-        );
-    }
     let http = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(30))
         .timeout(std::time::Duration::from_secs(120))
         .danger_accept_invalid_certs(!args.tls_verify)
         .build()?;
 
-    let mut found = Found::default();
-    for (repos, kind) in [
-        (&args.charts, charts::Kind::Default),
-        (&args.system_charts, charts::Kind::System),
-    ] {
-        for repo in repos
+    // (how sources name it, where it was cloned, its kind)
+    let mut repos: Vec<(String, Option<PathBuf>, charts::Kind)> = Vec::new();
+    let mut kdm = args.kdm.clone();
+    let _clones = if args.kdm.is_none() && args.charts.is_empty() && args.system_charts.is_empty() {
+        let sources =
+            rancher_sources::for_version(&rancher, gc, args.dev, &args.git_base, &args.kdm_base)?;
+        let dir = tempfile::Builder::new()
+            .prefix("hangar-charts-")
+            .tempdir()
+            .context("a directory to clone chart repositories into")?;
+        let all = sources
+            .charts
             .iter()
-            .flat_map(|r| r.split(','))
-            .filter(|r| !r.is_empty())
-        {
-            let source = if repo.starts_with("http://") || repo.starts_with("https://") {
+            .map(|r| (r, charts::Kind::Default))
+            .chain(
+                sources
+                    .system_charts
+                    .iter()
+                    .map(|r| (r, charts::Kind::System)),
+            );
+        for (n, ((url, branch), kind)) in all.enumerate() {
+            console.info(None, format!("Cloning {url} (branch {branch})"));
+            let into = dir.path().join(n.to_string());
+            rancher_sources::clone(url, branch, &into).await?;
+            repos.push((url.clone(), Some(into), kind));
+        }
+        console.info(None, format!("Reading KDM data from {}", sources.kdm));
+        kdm = Some(sources.kdm);
+        Some(dir)
+    } else {
+        for (given, kind) in [
+            (&args.charts, charts::Kind::Default),
+            (&args.system_charts, charts::Kind::System),
+        ] {
+            for repo in given
+                .iter()
+                .flat_map(|r| r.split(','))
+                .filter(|r| !r.is_empty())
+            {
+                repos.push((repo.to_owned(), None, kind));
+            }
+        }
+        None
+    };
+
+    let mut found = Found::default();
+    for (repo, cloned, kind) in &repos {
+        let source = match cloned {
+            Some(dir) => charts::Repo::Dir(dir),
+            None if repo.starts_with("http://") || repo.starts_with("https://") => {
                 charts::Repo::Http {
                     url: repo,
                     http: &http,
                 }
-            } else if repo.contains("://") {
-                bail!("chart repository {repo}: only paths and http(s) URLs are read");
-            } else {
-                charts::Repo::Dir(Path::new(repo))
-            };
-            charts::collect(source, kind, &rancher, &mut found, console)
-                .await
-                .with_context(|| format!("chart repository {repo}"))?;
-        }
+            }
+            None if repo.contains("://") => {
+                bail!("chart repository {repo}: only paths and http(s) URLs are read")
+            }
+            None => charts::Repo::Dir(Path::new(repo)),
+        };
+        charts::collect(source, repo, *kind, &rancher, &mut found, console)
+            .await
+            .with_context(|| format!("chart repository {repo}"))?;
     }
-    if let Some(location) = &args.kdm {
+    if let Some(location) = &kdm {
         let bytes = read_source(&http, location, MAX_KDM).await?;
         let data = Kdm::parse(&bytes, location)?;
         for distro in [Distro::K3s, Distro::Rke2] {
