@@ -1392,3 +1392,50 @@ async fn store_file_and_export_file() {
     assert!(!out.status.success());
     assert!(text(&out).contains("\"missing.txt\""), "{}", text(&out));
 }
+
+/// One config named by an index's platform (left to the streamed writer) and by a single
+/// image (carried inline by the planner), listed in either order: the save reads it from
+/// where it is, and both images load. (Which of the two the tracker meets first is the
+/// planners' race; the writer must not depend on it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_both_inline_and_streamed_is_saved_once() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let single = push_image(
+        &src,
+        env.dir.path(),
+        "lib/app",
+        Some("single"),
+        Format::Docker,
+        "amd64",
+        (&[41, 42], 20_000),
+    )
+    .await;
+    push_index(
+        &src,
+        "lib/app",
+        "multi",
+        Format::Docker,
+        &[(single.clone(), seed::platform("amd64"), None)],
+    )
+    .await;
+    for (n, order) in [["multi", "single"], ["single", "multi"]]
+        .iter()
+        .enumerate()
+    {
+        let lines: Vec<String> = order
+            .iter()
+            .map(|t| format!("{}/lib/app:{t}", env.src.addr))
+            .collect();
+        let list = env.write_list(&format!("list{n}.txt"), &lines);
+        let archive = env.path(&format!("both{n}.zip"));
+        let out = save(&env, &list, &archive, &["-j", "2"]);
+        assert!(out.status.success(), "{order:?}: {}", text(&out));
+        let out = load(&env, &archive, &[]);
+        assert!(out.status.success(), "{order:?}: {}", text(&out));
+        for tag in order {
+            let top = skopeo_raw(&format!("{}/lib/app:{tag}", env.dst.addr)).expect("loaded");
+            assert_eq!(index_digests(&top), vec![sha(&single.bytes)], "{tag}");
+        }
+    }
+}

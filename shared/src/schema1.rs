@@ -5,8 +5,10 @@
 //! schema 1 image has no config blob for the new manifest to keep.
 //!
 //! A signed manifest (`…+prettyjws`) is named by the digest of its payload, the document
-//! without its JWS signatures, as registries name it. Signatures are not verified: they are
-//! libtrust keys nobody distributes, and Hangar does not verify them either.
+//! without its JWS signatures, as registries name it, and only that payload is read.
+//! Signatures are not verified: they are libtrust keys nobody distributes, and Hangar does
+//! not verify them either. The layout is containers/image's, the bytes not exactly: nested
+//! objects keep serde's order and escaping, so a converted digest may differ from Hangar's.
 
 use std::io::Write;
 
@@ -24,6 +26,7 @@ use crate::verify::ByteStream;
 
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
 /// Layers one schema 1 manifest may list (Docker capped images at 127; the 4 MiB manifest
 /// limit holds far more).
@@ -52,8 +55,14 @@ pub fn signed_payload(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
     let bad = |why: String| Error::invalid(format!("signed schema1 manifest: {why}"));
     let signed: Signed =
         serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    if signed.signatures.len() > MAX_SIGNATURES {
+        return Err(bad(format!(
+            "{} signatures; at most {MAX_SIGNATURES} are accepted",
+            signed.signatures.len()
+        )));
+    }
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut payload: Option<Vec<u8>> = None;
+    let mut format: Option<(usize, Vec<u8>)> = None;
     for s in &signed.signatures {
         let header = b64
             .decode(s.protected.trim_end_matches('='))
@@ -63,22 +72,25 @@ pub fn signed_payload(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
         let tail = b64
             .decode(header.format_tail.trim_end_matches('='))
             .map_err(|e| bad(format!("formatTail is not base64url: {e}")))?;
-        let head = bytes.get(..header.format_length).ok_or_else(|| {
-            bad(format!(
+        if header.format_length > bytes.len() {
+            return Err(bad(format!(
                 "formatLength {} is past the document's end",
                 header.format_length
-            ))
-        })?;
-        let this = [head, &tail].concat();
-        match &payload {
-            Some(p) if *p != this => {
+            )));
+        }
+        let this = (header.format_length, tail);
+        match &format {
+            Some(first) if *first != this => {
                 return Err(bad("its signatures sign different payloads".into()));
             }
-            _ => payload = Some(this),
+            _ => format = Some(this),
         }
     }
-    Ok(payload)
+    Ok(format.map(|(len, tail)| [&bytes[..len], &tail].concat()))
 }
+
+/// Signatures a signed manifest may carry (Docker signed with one key).
+const MAX_SIGNATURES: usize = 16;
 
 /// The fields of a schema 1 manifest the conversion reads.
 #[derive(Debug, Clone)]
@@ -121,6 +133,8 @@ pub struct Layer {
     pub blob: Digest,
     pub size: u64,
     pub diff_id: Digest,
+    /// Stored gzip (the rule); else a plain tar.
+    pub gzip: bool,
 }
 
 /// The converted image: its config blob and its schema 2 manifest.
@@ -164,6 +178,7 @@ struct Schema2<'a> {
 }
 
 impl Schema1 {
+    /// Parses what `bytes`' digest covers: a signed manifest's payload, without the rest.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         #[derive(Deserialize)]
         struct Doc {
@@ -183,6 +198,9 @@ impl Schema1 {
             v1_compatibility: String,
         }
         let bad = |why: String| Error::invalid(format!("schema1 manifest: {why}"));
+        // What the digest covers, and nothing else: a signed manifest's payload.
+        let payload = signed_payload(bytes)?;
+        let bytes = payload.as_deref().unwrap_or(bytes);
         let doc: Doc = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         if doc.fs_layers.is_empty() {
             return Err(bad("it lists no layers".into()));
@@ -277,7 +295,10 @@ impl Schema1 {
             layers: layers
                 .iter()
                 .map(|l| Schema2Descriptor {
-                    media_type: DOCKER_LAYER_GZIP,
+                    media_type: match l.gzip {
+                        true => DOCKER_LAYER_GZIP,
+                        false => DOCKER_LAYER_TAR,
+                    },
                     size: l.size,
                     digest: &l.blob,
                 })
@@ -301,37 +322,71 @@ impl Converted {
     }
 }
 
-/// The digest of a gzip layer's uncompressed bytes, read from `stream` (already verified
-/// against the layer's own digest). A layer that is not gzip is refused: schema 1 layers
-/// always were.
-pub async fn diff_id(mut stream: ByteStream, what: &str) -> Result<Digest> {
-    struct Hashing(Sha256);
-    impl Write for Hashing {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.update(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let not_gzip = |e: std::io::Error| Error::invalid(format!("{what}: not a gzip layer: {e}"));
-    let mut decoder = flate2::write::MultiGzDecoder::new(Hashing(Sha256::new()));
-    let mut first = true;
-    while let Some(chunk) = stream.next().await {
+/// The most bytes one layer may inflate to while its digest is computed (a gzip bomb's
+/// cost is hashing time; the image's `--timeout` bounds that too).
+pub const MAX_INFLATED: u64 = 64 << 30;
+
+/// A layer's digest uncompressed, read from `stream` (verified against `blob`, its own
+/// digest), and whether it is gzip. A layer that is not gzip is a tar whose digest is its
+/// own. Inflating and hashing run on a blocking thread.
+pub async fn diff_id(mut stream: ByteStream, blob: &Digest, what: &str) -> Result<(Digest, bool)> {
+    let mut first: Vec<Bytes> = Vec::new();
+    let mut head = Vec::with_capacity(2);
+    while head.len() < 2 {
+        let Some(chunk) = stream.next().await else {
+            break;
+        };
         let chunk = chunk?;
-        if first && !chunk.is_empty() {
-            if !chunk.starts_with(&[0x1f, 0x8b]) {
-                return Err(Error::invalid(format!(
-                    "{what}: not a gzip layer (schema1 layers are gzip)"
-                )));
-            }
-            first = false;
-        }
-        decoder.write_all(&chunk).map_err(not_gzip)?;
+        head.extend(chunk.iter().take(2 - head.len()));
+        first.push(chunk);
     }
-    let hashing = decoder.finish().map_err(not_gzip)?;
-    Ok(Digest::from_sha256(hashing.0.finalize().as_slice()))
+    if !head.starts_with(&[0x1f, 0x8b]) {
+        // Read to its end all the same: the stream checks the bytes against `blob`.
+        while let Some(chunk) = stream.next().await {
+            chunk?;
+        }
+        return Ok((blob.clone(), false));
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let label = what.to_owned();
+    let inflating = tokio::task::spawn_blocking(move || {
+        struct Hashing(Sha256, u64);
+        impl Write for Hashing {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.1 += buf.len() as u64;
+                if self.1 > MAX_INFLATED {
+                    return Err(std::io::Error::other(format!(
+                        "it inflates to more than {} GiB",
+                        MAX_INFLATED >> 30
+                    )));
+                }
+                self.0.update(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let bad = |e: std::io::Error| Error::invalid(format!("{label}: not a gzip layer: {e}"));
+        let mut decoder = flate2::write::MultiGzDecoder::new(Hashing(Sha256::new(), 0));
+        while let Some(chunk) = rx.blocking_recv() {
+            decoder.write_all(&chunk).map_err(bad)?;
+        }
+        let hashing = decoder.finish().map_err(bad)?;
+        Ok::<_, Error>(Digest::from_sha256(hashing.0.finalize().as_slice()))
+    });
+    let mut chunks = futures_util::stream::iter(first.into_iter().map(Ok)).chain(stream);
+    while let Some(chunk) = chunks.next().await {
+        // A closed channel: the inflater stopped, and says why below.
+        if tx.send(chunk?).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let digest = inflating
+        .await
+        .map_err(|e| Error::internal(format!("{what}: inflating: {e}")))??;
+    Ok((digest, true))
 }
 
 #[cfg(test)]
@@ -374,11 +429,13 @@ mod tests {
                 blob: digest(1),
                 size: 10,
                 diff_id: digest(11),
+                gzip: true,
             },
             Layer {
                 blob: digest(2),
                 size: 20,
                 diff_id: digest(12),
+                gzip: false,
             },
         ];
         let out = s1.to_schema2(&layers).unwrap();
@@ -401,6 +458,8 @@ mod tests {
         assert_eq!(m["config"]["digest"], Digest::of(&out.config).to_string());
         assert_eq!(m["layers"][1]["digest"], digest(2).to_string());
         assert_eq!(m["layers"][1]["size"], 20);
+        assert_eq!(m["layers"][0]["mediaType"], DOCKER_LAYER_GZIP);
+        assert_eq!(m["layers"][1]["mediaType"], DOCKER_LAYER_TAR);
         // The same manifest converts to the same bytes: validation relies on it.
         assert_eq!(s1.to_schema2(&layers).unwrap().manifest, out.manifest);
     }
@@ -443,27 +502,45 @@ mod tests {
         assert!(signed_payload(past.as_bytes()).is_err());
     }
 
+    #[test]
+    fn only_the_signed_payload_is_read() {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = manifest();
+        let cut = payload.len() - 1;
+        let protected = b64.encode(format!(
+            "{{\"formatLength\":{cut},\"formatTail\":\"{}\"}}",
+            b64.encode(&payload[cut..])
+        ));
+        // Layers of someone else's after the payload, outside what the digest covers.
+        let signed = format!(
+            "{},\"fsLayers\":[{{\"blobSum\":\"{}\"}}],\"history\":[{{\"v1Compatibility\":\"{{}}\"}}],\"signatures\":[{{\"protected\":\"{protected}\"}}]}}",
+            String::from_utf8_lossy(&payload[..cut]),
+            digest(9)
+        );
+        let s1 = Schema1::parse(signed.as_bytes()).unwrap();
+        assert_eq!(s1.layer_blobs(), vec![digest(1), digest(2)]);
+    }
+
     #[tokio::test]
-    async fn diff_id_is_the_uncompressed_digest_and_plain_tar_is_refused() {
+    async fn diff_id_is_the_uncompressed_digest_and_a_plain_tar_its_own() {
         let plain = b"layer bytes".repeat(1000);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
-        let chunks: Vec<Result<Bytes>> = gz
-            .chunks(100)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
-        let got = diff_id(futures_util::stream::iter(chunks).boxed(), "l")
+        // One byte first: the gzip magic spans chunks.
+        let mut chunks: Vec<Result<Bytes>> = vec![Ok(Bytes::copy_from_slice(&gz[..1]))];
+        chunks.extend(gz[1..].chunks(100).map(|c| Ok(Bytes::copy_from_slice(c))));
+        let blob = Digest::of(&gz);
+        let got = diff_id(futures_util::stream::iter(chunks).boxed(), &blob, "l")
             .await
             .unwrap();
-        assert_eq!(got, Digest::of(&plain));
+        assert_eq!(got, (Digest::of(&plain), true));
+        let tar = Digest::of(&plain);
         let raw = futures_util::stream::iter(vec![Ok(Bytes::from(plain))]).boxed();
-        assert!(
-            diff_id(raw, "l")
-                .await
-                .unwrap_err()
-                .message
-                .contains("not a gzip layer")
-        );
+        assert_eq!(diff_id(raw, &tar, "l").await.unwrap(), (tar, false));
+        let broken = [&gz[..20], b"not deflate at all".as_slice()].concat();
+        let broken = futures_util::stream::iter(vec![Ok(Bytes::from(broken))]).boxed();
+        let e = diff_id(broken, &blob, "l").await.unwrap_err();
+        assert!(e.message.contains("not a gzip layer"), "{e}");
     }
 }

@@ -76,6 +76,9 @@ async fn ask<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) 
     let status = resp.status();
     let body = match read_capped(resp, SNAPSHOT_LIMIT).await {
         Ok(Body::Read(b)) => b,
+        Ok(Body::TooLarge) if status.is_server_error() => {
+            return Answer::Unreachable(anyhow::anyhow!("GET {url}: HTTP {status}"));
+        }
         Ok(Body::TooLarge) => {
             return Answer::Refused(anyhow::anyhow!(
                 "GET {url}: the answer is over {} MiB; refused",
@@ -85,10 +88,7 @@ async fn ask<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) 
         Err(e) => return Answer::Unreachable(anyhow::Error::new(e).context(format!("GET {url}"))),
     };
     if !status.is_success() {
-        let e = anyhow::anyhow!(
-            "GET {url}: HTTP {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        let e = anyhow::anyhow!("GET {url}: HTTP {status}: {}", said(&body));
         return if status.is_server_error() || status.as_u16() == 429 {
             Answer::Unreachable(e)
         } else {
@@ -160,10 +160,7 @@ pub async fn run_images(
         .or_refuse(RESULTS_LIMIT)
         .with_context(|| format!("GET {results_url}"))?;
     if !status.is_success() {
-        bail!(
-            "GET {results_url}: HTTP {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        bail!("GET {results_url}: HTTP {status}: {}", said(&body));
     }
     let results = serde_json::from_slice(&body)
         .with_context(|| format!("GET {results_url}: unexpected answer"))?;
@@ -218,6 +215,11 @@ pub async fn replay(
 }
 
 /// A response's body, refused once it passes `limit` bytes.
+/// An error answer's body for a message: its first 4 KiB.
+fn said(body: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(&body[..body.len().min(4096)])
+}
+
 /// An answer's body, read up to a bound.
 enum Body {
     Read(Vec<u8>),
@@ -520,10 +522,7 @@ pub async fn cancel(server: &str, api: &ApiClientArgs, job: &str) -> Result<()> 
         .or_refuse(ANSWER_LIMIT)
         .with_context(|| format!("DELETE {url}"))?;
     if !status.is_success() {
-        bail!(
-            "cancel {job}: HTTP {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        bail!("cancel {job}: HTTP {status}: {}", said(&body));
     }
     println!("{}", String::from_utf8_lossy(&body));
     Ok(())

@@ -33,6 +33,16 @@ use crate::engine::planner;
 use crate::engine::tasks::{Bus, Here};
 use crate::spec::{JobKind, JobSpec};
 
+/// The archive writer's task, stopped with its gathering when that fails (its fetches
+/// with it), rather than left writing beside a cache directory being removed.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A cache directory that exists for one command and is removed with it.
 struct TempCache(PathBuf);
 
@@ -233,7 +243,7 @@ async fn gather(
             let mut writer = ArchiveWriter::create(archive, base.cloned(), source).await?;
             let (tx, mut completed) = tokio::sync::mpsc::unbounded_channel();
             spec.completions = Some(tx);
-            Some(tokio::spawn(async move {
+            Some(AbortOnDrop(tokio::spawn(async move {
                 while let Some((job, plan)) = completed.recv().await {
                     if let Some(streamed) = &streamed {
                         expect_streamed(streamed, &job, &plan);
@@ -241,7 +251,7 @@ async fn gather(
                     writer.add(&planner::archive_image(&job, &plan)?).await?;
                 }
                 Ok::<_, hangar_shared::Error>(writer)
-            }))
+            })))
         }
         _ => None,
     };
@@ -261,7 +271,7 @@ async fn gather(
     }
     // The job is over, so is the list of completed images: the archive can be closed.
     let written = match writer {
-        Some(task) => Some(task.await??.finish().await?),
+        Some(mut task) => Some((&mut task.0).await??.finish().await?),
         None => None,
     };
     let mut failed = super::report_rejected(&console, &rejected, "save");
@@ -283,15 +293,15 @@ async fn gather(
     })
 }
 
-/// Tells the streamed source where each of the plan's blobs is read: those the planner did
-/// not carry inline (the tracker left them to the writer, `Extras::streamed`).
+/// Tells the streamed source where each of the plan's blobs is read. Every one: a config
+/// one image carries inline may be one another image left to the writer
+/// (`Extras::streamed`, decided by the first to name it); the source reads the cache
+/// first, which holds whatever the pipeline wrote (a schema 1 image's converted config,
+/// which its source does not hold, among them).
 fn expect_streamed(streamed: &StreamedSource, job: &ImageJob, plan: &planner::ImagePlan) {
     let from = plan.source.as_ref().unwrap_or(&job.source);
-    for platform in &plan.platforms {
-        let inline = platform.inline.as_ref().map(|(d, _)| d);
-        for desc in platform.blobs.iter().filter(|d| Some(&d.digest) != inline) {
-            streamed.expect(from, desc);
-        }
+    for desc in plan.platforms.iter().flat_map(|p| p.blobs.iter()) {
+        streamed.expect(from, desc);
     }
 }
 

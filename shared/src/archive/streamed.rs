@@ -8,8 +8,10 @@
 //! turn comes is staged in a file of the run's staging directory, which the writer reads
 //! when its turn comes, and the rest follows from the network. A fetch cut short is taken
 //! up again (a fresh verified stream whose first bytes are compared with those already
-//! taken, by their SHA-256, and not taken again). What the planner wrote into the cache
-//! (manifests, configs) is read from there.
+//! taken, by their SHA-256, and not taken again). What the pipeline wrote into the cache
+//! (manifests, configs the planner held) is read from there; everything else is announced
+//! with where it is read (`StreamedSource::expect`). A fetch holds its permit until the
+//! writer's turn comes, so what is fetched or staged ahead is at most `transfers` blobs.
 //!
 //! The price: a blob that cannot be read for good once its image is being written fails
 //! the whole archive, where a cache would have failed that image alone.
@@ -109,12 +111,12 @@ impl StreamedSource {
             .map_err(|_| Error::internal("streamed source closed"))
     }
 
-    /// Starts fetching `digest` under a permit already held; `turn`: the writer is reading
-    /// it already.
+    /// Starts fetching `digest` (under a permit already held, when announced ahead);
+    /// `turn`: the writer is reading it already.
     fn start(
         &self,
         digest: &Digest,
-        permit: OwnedSemaphorePermit,
+        permit: Option<OwnedSemaphorePermit>,
         turn: bool,
     ) -> Result<mpsc::Receiver<Result<Piece>>> {
         let (from, desc) = self.location(digest).ok_or_else(|| {
@@ -156,13 +158,13 @@ impl BlobSource for StreamedSource {
     }
 
     async fn will_read(&self, digest: &Digest) -> Result<()> {
-        if self.location(digest).is_none() {
+        if self.location(digest).is_none() || self.cache.meta(digest).await?.is_some() {
             return Ok(());
         }
         // Taken in the writer's order (the semaphore is fair): the blobs it reads first
         // start first.
         let permit = self.permit().await?;
-        let rx = self.start(digest, permit, false)?;
+        let rx = self.start(digest, Some(permit), false)?;
         if let Ok(mut fetching) = self.fetching.lock() {
             fetching.insert(digest.clone(), rx);
         }
@@ -178,9 +180,10 @@ impl BlobSource for StreamedSource {
                 }
                 rx
             }
-            None if self.location(digest).is_some() => {
-                let permit = self.permit().await?;
-                self.start(digest, permit, true)?
+            // Not announced: read now, without a permit (those are held by the fetches
+            // ahead, which wait for the writer).
+            None if self.location(digest).is_some() && self.cache.meta(digest).await?.is_none() => {
+                self.start(digest, None, true)?
             }
             None => return self.cache.blob_stream(digest, size).await,
         };
@@ -245,16 +248,28 @@ struct Taken {
     staged: Option<(std::fs::File, u64)>,
     turn: oneshot::Receiver<()>,
     turn_came: bool,
+    /// Held until the writer's turn comes (or the fetch ends with nothing staged), so that
+    /// at most `transfers` blobs are fetched or staged ahead of the writer, whatever their
+    /// size and however slow the writer.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Taken {
+    fn turn_came(&mut self) {
+        self.turn_came = true;
+        self.permit = None;
+    }
 }
 
 impl Fetch {
-    async fn run(self, permit: OwnedSemaphorePermit, turn: oneshot::Receiver<()>) {
+    async fn run(self, permit: Option<OwnedSemaphorePermit>, turn: oneshot::Receiver<()>) {
         let mut taken = Taken {
             hashed: Sha256::new(),
             count: 0,
             staged: None,
             turn,
             turn_came: false,
+            permit,
         };
         let mut attempt = 0u32;
         let failure = loop {
@@ -269,9 +284,10 @@ impl Fetch {
             tracing::debug!(digest = %self.desc.digest, taken = taken.count, "blob read cut short, taken up again: {failure}");
             tokio::time::sleep(self.retry.delay(attempt - 1, failure.retry_after)).await;
         };
-        // Downloaded (or failed for good): the next fetch may start while this one waits
-        // for its turn.
-        drop(permit);
+        // Nothing on disk: the next fetch may start while this one's pieces wait.
+        if taken.staged.is_none() {
+            taken.permit = None;
+        }
         let handed = self.hand_staged(&mut taken).await;
         if let Some(e) = failure.or(handed.err()) {
             let _ = self.tx.send(Err(e)).await;
@@ -290,12 +306,12 @@ impl Fetch {
                 let _ = std::fs::remove_file(&self.staged_at);
                 return Ok(());
             }
-            taken.turn_came = true;
+            taken.turn_came();
         }
-        let _ = self
-            .tx
-            .send(Ok(Piece::Staged(self.staged_at.clone(), len)))
-            .await;
+        let marker = Piece::Staged(self.staged_at.clone(), len);
+        if self.tx.send(Ok(marker)).await.is_err() {
+            let _ = std::fs::remove_file(&self.staged_at);
+        }
         Ok(())
     }
 
@@ -345,7 +361,11 @@ impl Fetch {
         taken.hashed.update(&piece);
         taken.count += piece.len() as u64;
         if !taken.turn_came && taken.turn.try_recv().is_ok() {
-            taken.turn_came = true;
+            taken.turn_came();
+        }
+        // The writer gave up (its archive failed): fetch no more.
+        if self.tx.is_closed() {
+            return Ok(false);
         }
         if taken.turn_came {
             // What was staged goes first.

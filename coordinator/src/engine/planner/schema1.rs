@@ -49,7 +49,7 @@ pub async fn convert(
             .await?
             .ok_or_else(|| Error::not_found(format!("{what}: blob unknown to the registry")))?;
         // A consumed stream cannot be replayed: the read is retried whole.
-        let diff_id = RetryPolicy::default()
+        let (diff_id, gzip) = RetryPolicy::default()
             .run(&what, || {
                 uncompressed_digest(store, &repo, &blob, size, &what)
             })
@@ -58,6 +58,7 @@ pub async fn convert(
             blob: blob.clone(),
             size,
             diff_id,
+            gzip,
         };
         measured.insert(blob, layer.clone());
         layers.push(layer);
@@ -84,7 +85,7 @@ async fn uncompressed_digest(
     blob: &Digest,
     size: u64,
     what: &str,
-) -> Result<Digest> {
+) -> Result<(Digest, bool)> {
     let desc = Descriptor {
         media_type: DOCKER_LAYER_GZIP.into(),
         digest: blob.clone(),
@@ -94,5 +95,5 @@ async fn uncompressed_digest(
         platform: None,
     };
     let stream = store.get_blob(repo, &desc, None).await?;
-    schema1::diff_id(stream, what).await
+    schema1::diff_id(stream, blob, what).await
 }
