@@ -18,6 +18,7 @@ pub mod plan;
 pub mod remote;
 pub mod save;
 pub mod save_validate;
+mod save_writer;
 pub mod scan;
 pub mod sign;
 pub mod status_table;

@@ -1,10 +1,10 @@
 //! `save` and `sync`: the list's images are gathered into the blob cache by the same
 //! pipeline as `mirror` (its destination is the cache), and the assembler writes the
 //! archive from the cache: image by image as they complete, while later ones are still
-//! being fetched, when it writes one archive here (then, without a cache of the user's,
-//! layers are streamed from their source into the zip instead of gathered first:
-//! `archive::streamed`); once all are gathered when it writes volumes (their split needs
-//! every size) or runs on a worker of the fleet. `sync` is the same write with the old archive's entries first,
+//! being fetched, when it writes one archive here (`save_writer`; then, without a cache of
+//! the user's, layers are streamed from their source into the zip instead of gathered
+//! first); once all are gathered when it writes volumes (their split needs every size) or
+//! runs on a worker of the fleet. `sync` is the same write with the old archive's entries first,
 //! into a new file renamed over the old one: killing it at any moment leaves the old
 //! archive or the new one, never a broken zip (unlike Hangar, cnrancher/hangar#152).
 
@@ -14,11 +14,8 @@ use std::sync::Arc;
 
 use crate::engine::planner::ImageJob;
 use anyhow::{Context as _, Result, bail};
-use hangar_shared::archive::streamed::StreamedSource;
-use hangar_shared::archive::writer::{
-    ArchiveWriter, Written, plan_volumes, volume_path, write_archive,
-};
-use hangar_shared::archive::{ArchiveImage, ArchiveReader, BlobSource};
+use hangar_shared::archive::writer::{Written, plan_volumes, volume_path, write_archive};
+use hangar_shared::archive::{ArchiveImage, ArchiveReader};
 use hangar_shared::cache::BlobCache;
 use hangar_shared::digest::Digest;
 use hangar_shared::imagelist::{ImageList, LineKind};
@@ -32,16 +29,6 @@ use crate::engine::per_image::{self, PerImage};
 use crate::engine::planner;
 use crate::engine::tasks::{Bus, Here};
 use crate::spec::{JobKind, JobSpec};
-
-/// The archive writer's task, stopped with its gathering when that fails (its fetches
-/// with it), rather than left writing beside a cache directory being removed.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// A cache directory that exists for one command and is removed with it.
 struct TempCache(PathBuf);
@@ -225,33 +212,16 @@ async fn gather(
         (Writing::AsTheyComplete(base), Backend::Embedded) => {
             // Without a cache of the user's (and nothing to scan from one), layers go from
             // their source straight into the zip: written to disk once, not twice.
-            let streamed = match (&temp, &scan_db) {
-                (Some(staging), None) => Some(Arc::new(StreamedSource::new(
-                    cache.clone(),
-                    pool.clone(),
-                    spec.transfers,
-                    spec.retry.clone(),
-                    staging.0.clone(),
-                ))),
+            let staging = match (&temp, &scan_db) {
+                (Some(t), None) => Some(t.0.clone()),
                 _ => None,
             };
-            spec.extras.streamed = streamed.is_some();
-            let source: Arc<dyn BlobSource> = match &streamed {
-                Some(s) => s.clone(),
-                None => cache.clone(),
+            let to = super::save_writer::Archive {
+                location: archive,
+                base: base.cloned(),
+                cache: cache.clone(),
             };
-            let mut writer = ArchiveWriter::create(archive, base.cloned(), source).await?;
-            let (tx, mut completed) = tokio::sync::mpsc::unbounded_channel();
-            spec.completions = Some(tx);
-            Some(AbortOnDrop(tokio::spawn(async move {
-                while let Some((job, plan)) = completed.recv().await {
-                    if let Some(streamed) = &streamed {
-                        expect_streamed(streamed, &job, &plan);
-                    }
-                    writer.add(&planner::archive_image(&job, &plan)?).await?;
-                }
-                Ok::<_, hangar_shared::Error>(writer)
-            })))
+            Some(super::save_writer::start(to, staging, pool.clone(), &mut spec).await?)
         }
         _ => None,
     };
@@ -271,7 +241,7 @@ async fn gather(
     }
     // The job is over, so is the list of completed images: the archive can be closed.
     let written = match writer {
-        Some(mut task) => Some((&mut task.0).await??.finish().await?),
+        Some(writer) => Some(writer.finish().await?),
         None => None,
     };
     let mut failed = super::report_rejected(&console, &rejected, "save");
@@ -291,18 +261,6 @@ async fn gather(
         written,
         _temp: temp,
     })
-}
-
-/// Tells the streamed source where each of the plan's blobs is read. Every one: a config
-/// one image carries inline may be one another image left to the writer
-/// (`Extras::streamed`, decided by the first to name it); the source reads the cache
-/// first, which holds whatever the pipeline wrote (a schema 1 image's converted config,
-/// which its source does not hold, among them).
-fn expect_streamed(streamed: &StreamedSource, job: &ImageJob, plan: &planner::ImagePlan) {
-    let from = plan.source.as_ref().unwrap_or(&job.source);
-    for desc in plan.platforms.iter().flat_map(|p| p.blobs.iter()) {
-        streamed.expect(from, desc);
-    }
 }
 
 /// Writes one archive: here, or on the fleet by a worker's assemble task.
