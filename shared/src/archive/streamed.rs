@@ -40,11 +40,12 @@ use crate::verify::ByteStream;
 const PIECE: usize = 128 << 10;
 /// Pieces one fetch holds in memory ahead of the writer; more is staged on disk.
 const AHEAD: usize = 2;
-/// Fetches at once at most, whatever the transfers: each costs its connection's buffers
-/// too (about 1.5 MB measured on loopback at `-j 20`); with staging none waits for the
-/// writer. Measured (BENCHMARKS.md): 8 keep a loopback save as fast as 20 at 60 MB, but
-/// slow one through a 25 ms link by half; 12 are the middle.
-const MAX_FETCHES: usize = 12;
+/// Blobs fetched or staged ahead of the writer at most, whatever the transfers: each costs
+/// its connection's buffers too (about 1.5 MB measured on loopback at `-j 20`), and a
+/// fetch waits for the writer's turn before the next may start. Measured (BENCHMARKS.md):
+/// 20 keep a save through a 25 ms link fastest (2.3 s) but reach 65 MB; 12 stay at 50 MB
+/// and take 2.6 s; 16 are the middle.
+const MAX_FETCHES: usize = 16;
 
 /// What the writer takes from a fetch, in order.
 enum Piece {
