@@ -323,3 +323,52 @@ async fn a_schema1_image_is_refused_by_commands_that_act_where_it_is() {
         text(&out)
     );
 }
+
+/// On the fleet the converted config travels inline in the platform's tasks (the source
+/// has no such blob): a worker lands the same digest an embedded mirror does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleet_lands_a_converted_schema1_image_at_the_same_digest() {
+    let src = RegistryProcess::start_with(RegistryConfig {
+        schema1: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let env = Env::new();
+    push_schema1(&src.addr, env.dir.path(), "lib/old").await;
+    let list = env.write_list("list.txt", &[format!("{}/lib/old:v1", src.addr)]);
+    let out = env.mirror(&list, &[]);
+    assert!(out.status.success(), "embedded mirror: {}", text(&out));
+    let (embedded, _, _) = converted_at(&env.dst.addr, "lib/old");
+
+    let nats = hangar_loadtest::services::NatsProcess::start().expect("nats-server");
+    let authfile = env.path("auth.json");
+    std::fs::write(&authfile, r#"{"auths":{}}"#).unwrap();
+    let port = hangar_loadtest::services::free_port().unwrap();
+    let _worker = common::fleet::start_worker(
+        &nats.url(),
+        &authfile,
+        env.path("worker.log"),
+        &format!("127.0.0.1:{port}"),
+    );
+    let fleet_dst = RegistryProcess::start().unwrap();
+    let out = hangar(&[
+        "submit",
+        list.to_str().unwrap(),
+        "--tls-verify=false",
+        "-d",
+        &fleet_dst.addr,
+        "--nats",
+        &nats.url(),
+        "-o",
+        env.path("fleet-failed.txt").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "fleet: {}\nworker: {}",
+        text(&out),
+        std::fs::read_to_string(env.path("worker.log")).unwrap_or_default()
+    );
+    let (fleet, _, config) = converted_at(&fleet_dst.addr, "lib/old");
+    assert_eq!(fleet, embedded);
+    assert_eq!(config["rootfs"]["type"], "layers");
+}
