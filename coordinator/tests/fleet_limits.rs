@@ -10,8 +10,15 @@ use hangar_loadtest::services::{NatsProcess, RegistryProcess};
 /// Fleet-wide rate control: a destination that answers 429 to more than 15 requests a
 /// second. Without a budget, two workers trip it; with `--rate-limit HOST=7` (for the
 /// whole fleet, kept in NATS KV) they never exceed it and see no 429.
+/// These tests measure what a fleet does to a registry (requests per second, requests in
+/// flight, a slowing registry): run one at a time, so that one's workers do not load the
+/// machine under another's measurement (the in-flight cap once read one over its limit
+/// while the three ran together on this 2-core machine; alone it held in every run).
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_budget_keeps_the_workers_under_a_registrys_limit() {
+    let _alone = ALONE.lock().await;
     let env = Env::new();
     let nats = NatsProcess::start().expect("nats-server");
     let lines = seed_shared_repos(&env, 4).await;
@@ -102,6 +109,7 @@ async fn a_fleet_budget_keeps_the_workers_under_a_registrys_limit() {
 /// metrics.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_in_flight_cap_holds_across_workers() {
+    let _alone = ALONE.lock().await;
     let env = Env::new();
     let nats = NatsProcess::start().expect("nats-server");
     let lines = seed_shared_repos(&env, 4).await;
@@ -212,6 +220,7 @@ async fn a_fleet_in_flight_cap_holds_across_workers() {
 /// and the job still completes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_slowing_down_holds_the_fleet_back() {
+    let _alone = ALONE.lock().await;
     let env = Env::new();
     let nats = NatsProcess::start().expect("nats-server");
     let lines = seed_shared_repos(&env, 6).await;
