@@ -54,16 +54,18 @@ enum Piece {
     Staged(PathBuf, u64),
 }
 
+/// A fetch as the writer takes it: its pieces, and how it is told the writer's turn came.
+type Started = (mpsc::Receiver<Result<Piece>>, oneshot::Sender<()>);
+
 pub struct StreamedSource {
     cache: Arc<BlobCache>,
     registries: Arc<RegistryPool>,
     retry: RetryPolicy,
     /// Where each streamed blob is read.
     known: Mutex<HashMap<Digest, (RepoRef, Descriptor)>>,
-    /// Fetches started ahead of the writer, by digest.
-    fetching: Mutex<HashMap<Digest, mpsc::Receiver<Result<Piece>>>>,
-    /// Told to each fetch when the writer reaches its blob.
-    turns: Mutex<HashMap<Digest, oneshot::Sender<()>>>,
+    /// Fetches started ahead of the writer, by digest: their pieces, and how each is told
+    /// that the writer has reached its blob.
+    ahead: Mutex<HashMap<Digest, Started>>,
     /// Fetches still downloading, each holding one.
     fetches: Arc<Semaphore>,
     /// Where blobs arriving before their turn are staged.
@@ -84,8 +86,7 @@ impl StreamedSource {
             registries,
             retry,
             known: Mutex::new(HashMap::new()),
-            fetching: Mutex::new(HashMap::new()),
-            turns: Mutex::new(HashMap::new()),
+            ahead: Mutex::new(HashMap::new()),
             fetches: Arc::new(Semaphore::new(transfers.clamp(1, MAX_FETCHES))),
             staging,
         }
@@ -112,14 +113,9 @@ impl StreamedSource {
             .map_err(|_| Error::internal("streamed source closed"))
     }
 
-    /// Starts fetching `digest` (under a permit already held, when announced ahead);
-    /// `turn`: the writer is reading it already.
-    fn start(
-        &self,
-        digest: &Digest,
-        permit: Option<OwnedSemaphorePermit>,
-        turn: bool,
-    ) -> Result<mpsc::Receiver<Result<Piece>>> {
+    /// Starts fetching `digest` (under a permit already held, when announced ahead): its
+    /// pieces, and the sender that tells it the writer's turn has come.
+    fn start(&self, digest: &Digest, permit: Option<OwnedSemaphorePermit>) -> Result<Started> {
         let (from, desc) = self.location(digest).ok_or_else(|| {
             Error::internal(format!("{digest}: neither in the cache nor announced"))
         })?;
@@ -130,11 +126,6 @@ impl StreamedSource {
         };
         let (tx, rx) = mpsc::channel(AHEAD);
         let (told, turn_rx) = oneshot::channel();
-        if turn {
-            let _ = told.send(());
-        } else if let Ok(mut turns) = self.turns.lock() {
-            turns.insert(digest.clone(), told);
-        }
         let fetch = Fetch {
             registries: self.registries.clone(),
             host: host.clone(),
@@ -145,7 +136,7 @@ impl StreamedSource {
             tx,
         };
         tokio::spawn(fetch.run(permit, turn_rx));
-        Ok(rx)
+        Ok((rx, told))
     }
 }
 
@@ -165,29 +156,27 @@ impl BlobSource for StreamedSource {
         // Taken in the writer's order (the semaphore is fair): the blobs it reads first
         // start first.
         let permit = self.permit().await?;
-        let rx = self.start(digest, Some(permit), false)?;
-        if let Ok(mut fetching) = self.fetching.lock() {
-            fetching.insert(digest.clone(), rx);
+        let started = self.start(digest, Some(permit))?;
+        if let Ok(mut ahead) = self.ahead.lock() {
+            ahead.insert(digest.clone(), started);
         }
         Ok(())
     }
 
     async fn blob_stream(&self, digest: &Digest, size: u64) -> Result<ByteStream> {
-        let ahead = self.fetching.lock().ok().and_then(|mut f| f.remove(digest));
-        let rx = match ahead {
-            Some(rx) => {
-                if let Some(told) = self.turns.lock().ok().and_then(|mut t| t.remove(digest)) {
-                    let _ = told.send(());
+        let ahead = self.ahead.lock().ok().and_then(|mut a| a.remove(digest));
+        let (rx, told) = match ahead {
+            Some(started) => started,
+            None => match self.cache.blob_stream(digest, size).await {
+                // Not announced, and not in the cache: read now, without a permit (those
+                // are held by the fetches ahead, which wait for the writer).
+                Err(e) if e.class == FailureClass::NotFound && self.location(digest).is_some() => {
+                    self.start(digest, None)?
                 }
-                rx
-            }
-            // Not announced: read now, without a permit (those are held by the fetches
-            // ahead, which wait for the writer).
-            None if self.location(digest).is_some() && self.cache.meta(digest).await?.is_none() => {
-                self.start(digest, None, true)?
-            }
-            None => return self.cache.blob_stream(digest, size).await,
+                cached => return cached,
+            },
         };
+        let _ = told.send(());
         Ok(pieces(rx))
     }
 }
@@ -256,7 +245,7 @@ struct Taken {
 }
 
 impl Taken {
-    fn turn_came(&mut self) {
+    fn turn_has_come(&mut self) {
         self.turn_came = true;
         self.permit = None;
     }
@@ -307,7 +296,7 @@ impl Fetch {
                 let _ = std::fs::remove_file(&self.staged_at);
                 return Ok(());
             }
-            taken.turn_came();
+            taken.turn_has_come();
         }
         let marker = Piece::Staged(self.staged_at.clone(), len);
         if self.tx.send(Ok(marker)).await.is_err() {
@@ -362,7 +351,7 @@ impl Fetch {
         taken.hashed.update(&piece);
         taken.count += piece.len() as u64;
         if !taken.turn_came && taken.turn.try_recv().is_ok() {
-            taken.turn_came();
+            taken.turn_has_come();
         }
         // The writer gave up (its archive failed): fetch no more.
         if self.tx.is_closed() {

@@ -75,14 +75,9 @@ impl Registry {
         let what = format!("{}/{repo}@{digest}", self.host);
         self.retry
             .run(&format!("head blob {what}"), || async {
-                let _permit = self.admit(1).await;
-                let answer = tokio::time::timeout(
-                    self.request_timeout,
-                    self.pull_send(reqwest::Method::HEAD, &url, None, repo, Side::Source, &what),
-                )
-                .await
-                .unwrap_or_else(|_| Err(self.timed_out(&what)));
-                match answer {
+                let head =
+                    self.pull_send(reqwest::Method::HEAD, &url, None, repo, Side::Source, &what);
+                match self.own_request("blob-head", &what, head).await {
                     // The header itself: reqwest's `content_length` is the body's, none
                     // for a HEAD.
                     Ok(resp) => resp
@@ -101,6 +96,36 @@ impl Registry {
                 }
             })
             .await
+    }
+
+    /// One request of our own under the gate (oci-client's go through [`Registry::send`]):
+    /// admitted, bounded by the request timeout, timed for the gate, and a 429 holding the
+    /// fleet back from the registry.
+    pub(super) async fn own_request<T>(
+        &self,
+        op: &'static str,
+        what: &str,
+        request: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let _permit = self.admit(1).await;
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.request_timeout, request)
+            .await
+            .unwrap_or_else(|_| Err(self.timed_out(what)));
+        self.observe(
+            op,
+            started.elapsed(),
+            answer.as_ref().err().map(|e| e.class),
+        )
+        .await;
+        if let Err(e) = &answer
+            && e.class == FailureClass::RateLimited
+            && let Some(g) = &self.gate
+        {
+            let wait = e.retry_after.unwrap_or(std::time::Duration::from_secs(1));
+            g.back_off(&self.host, wait).await;
+        }
+        answer
     }
 
     /// A request of `url` authorised to pull `repo`: a 2xx answer, its body unread; an error

@@ -1,7 +1,5 @@
 //! Manifest operations: read (bounded, by our own request), push, list tags, delete.
 
-use std::time::{Duration, Instant};
-
 use oci_client::RegistryOperation;
 use oci_client::secrets::RegistryAuth;
 
@@ -21,27 +19,13 @@ impl Registry {
         let what = format!("{}/{repo}:{reference}", self.host);
         self.retry
             .run(&format!("get manifest {what}"), || async {
-                let _permit = self.admit(1).await;
-                let started = Instant::now();
-                let answer = tokio::time::timeout(
-                    self.request_timeout,
-                    self.fetch_manifest(repo, reference, side, &what),
-                )
-                .await
-                .unwrap_or_else(|_| Err(self.timed_out(&what)));
-                self.observe(
-                    "manifest-get",
-                    started.elapsed(),
-                    answer.as_ref().err().map(|e| e.class),
-                )
-                .await;
-                if let Err(e) = &answer
-                    && e.class == FailureClass::RateLimited
-                    && let Some(g) = &self.gate
-                {
-                    g.back_off(&self.host, e.retry_after.unwrap_or(Duration::from_secs(1)))
-                        .await;
-                }
+                let answer = self
+                    .own_request(
+                        "manifest-get",
+                        &what,
+                        self.fetch_manifest(repo, reference, side, &what),
+                    )
+                    .await;
                 RawManifest::from_bytes(answer?, expected.as_ref()).map_err(|e| e.context(&what))
             })
             .await
@@ -135,22 +119,8 @@ impl Registry {
     pub async fn tags_upto(&self, repo: &str, n: usize) -> Result<Option<Vec<String>>> {
         let what = format!("list tags {}/{repo}", self.host);
         self.retry
-            .run(&what, || async {
-                let _permit = self.admit(1).await;
-                let started = Instant::now();
-                let answer = tokio::time::timeout(
-                    self.request_timeout,
-                    self.fetch_tags_page(repo, n, &what),
-                )
-                .await
-                .unwrap_or_else(|_| Err(self.timed_out(&what)));
-                self.observe(
-                    "tags",
-                    started.elapsed(),
-                    answer.as_ref().err().map(|e| e.class),
-                )
-                .await;
-                answer
+            .run(&what, || {
+                self.own_request("tags", &what, self.fetch_tags_page(repo, n, &what))
             })
             .await
     }

@@ -58,13 +58,15 @@ pub async fn read_config(
             bytes
         }
     };
-    let config = serde_json::from_slice(&bytes).map_err(|e| {
+    Ok((parse_config(&bytes, &desc.digest)?, bytes))
+}
+
+fn parse_config(bytes: &[u8], digest: &hangar_shared::digest::Digest) -> Result<ImageConfig> {
+    serde_json::from_slice(bytes).map_err(|e| {
         Error::invalid(format!(
-            "config blob {} is not a valid image config: {e}",
-            desc.digest
+            "config blob {digest} is not a valid image config: {e}"
         ))
-    })?;
-    Ok((config, bytes))
+    })
 }
 
 /// The most manifests an index may list (distribution's 4 MiB manifest limit holds about
@@ -136,12 +138,14 @@ pub async fn select(
             })
         }
         Manifest::Image(image) => {
-            let (_, raw_config) = read_config(store, cache, &repo, &image.config).await?;
-            single(top, raw_config, filter)
+            let (config, raw_config) = read_config(store, cache, &repo, &image.config).await?;
+            Ok(single(top, &config, raw_config, filter))
         }
         Manifest::Schema1 if schema1 == Schema1Use::Convert => {
-            let (converted, config) = super::schema1::convert(store, source, &top).await?;
-            single(converted, config, filter)
+            let (converted, raw_config) = super::schema1::convert(store, source, &top).await?;
+            let config =
+                parse_config(&raw_config, &hangar_shared::digest::Digest::of(&raw_config))?;
+            Ok(single(converted, &config, raw_config, filter))
         }
         Manifest::Schema1 => Err(Error::new(
             FailureClass::UnsupportedMediaType,
@@ -153,13 +157,12 @@ pub async fn select(
 }
 
 /// A single platform manifest's selection: its platform is its config's.
-fn single(top: RawManifest, raw_config: Bytes, filter: &PlatformFilter) -> Result<Selection> {
-    let config: ImageConfig = serde_json::from_slice(&raw_config).map_err(|e| {
-        Error::invalid(format!(
-            "config of manifest {} is not a valid image config: {e}",
-            top.digest
-        ))
-    })?;
+fn single(
+    top: RawManifest,
+    config: &ImageConfig,
+    raw_config: Bytes,
+    filter: &PlatformFilter,
+) -> Selection {
     let platform = config.platform();
     let mut entry = top.descriptor();
     entry.platform = Some(platform.clone());
@@ -168,11 +171,11 @@ fn single(top: RawManifest, raw_config: Bytes, filter: &PlatformFilter) -> Resul
     } else {
         Vec::new()
     };
-    Ok(Selection {
+    Selection {
         top: Some(top),
         entries,
         complete: false,
         single: true,
         config: Some(raw_config),
-    })
+    }
 }
