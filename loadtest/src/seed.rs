@@ -228,9 +228,18 @@ pub async fn push_layer_file(
     {
         return Ok(desc);
     }
-    reg.push_blob(repo, &desc, file_stream(layer.path.clone()))
-        .await?;
-    Ok(desc)
+    // An upload is one attempt in the registry client (a stream cannot be replayed); the
+    // file can, so a connection the registry dropped under a loaded machine is tried again.
+    let mut attempt = 0;
+    loop {
+        match reg
+            .push_blob(repo, &desc, file_stream(layer.path.clone()))
+            .await
+        {
+            Err(e) if e.class.is_retryable() && attempt < 2 => attempt += 1,
+            done => return done.map(|()| desc),
+        }
+    }
 }
 
 pub fn config_json(platform: &Platform, diff_ids: &[Digest]) -> Bytes {
