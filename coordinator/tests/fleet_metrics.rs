@@ -129,9 +129,11 @@ async fn prometheus_scrapes_the_fleet_during_a_job() {
     let query = |q: &'static str| {
         let http = http.clone();
         async move {
+            let mut url =
+                reqwest::Url::parse(&format!("http://127.0.0.1:{prom_port}/api/v1/query")).unwrap();
+            url.query_pairs_mut().append_pair("query", q);
             let v: serde_json::Value = http
-                .get(format!("http://127.0.0.1:{prom_port}/api/v1/query"))
-                .query(&[("query", q)])
+                .get(url)
                 .send()
                 .await
                 .unwrap()

@@ -1,17 +1,16 @@
-//! Blobs: existence, a verified stream by whole-blob range request, a monolithic upload with
-//! a known length, and cross-repository mounts — each under the gate, retried where a
-//! request can be repeated (a consumed stream cannot: the copy is retried whole).
+//! Blobs: existence and size, a verified stream, a monolithic upload with a known length,
+//! and cross-repository mounts — each under the gate, retried where a request can be
+//! repeated (a consumed stream cannot: the copy is retried whole).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::RegistryOperation;
-use oci_client::client::BlobResponse;
-use oci_client::errors::OciDistributionError;
+use reqwest::{Method, StatusCode, Url};
 
-use super::{Call, Registry, Side, classify};
+use super::classify::request_error_text;
+use super::fetch::{Target, answer, network};
+use super::{Registry, Side};
 use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
 use crate::manifest::Descriptor;
@@ -19,159 +18,190 @@ use crate::verify::{ByteStream, verified};
 
 impl Registry {
     pub async fn blob_exists(&self, repo: &str, digest: &Digest, side: Side) -> Result<bool> {
-        let r = self.repo_ref(repo);
+        Ok(self.head_blob(repo, digest, side).await?.is_some())
+    }
+
+    /// A blob's size by a HEAD request: `None` when the registry does not hold it. What a
+    /// schema 1 manifest does not say, and a verified read needs.
+    pub async fn blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        let what = format!("{}/{repo}@{digest}", self.host);
+        match self.head_blob(repo, digest, Side::Source).await? {
+            None => Ok(None),
+            Some(Some(size)) => Ok(Some(size)),
+            Some(None) => Err(Error::invalid(format!(
+                "{what}: the registry did not say the blob's size"
+            ))),
+        }
+    }
+
+    /// `None` when the blob is not there; else its `Content-Length`, if the registry said it.
+    async fn head_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        side: Side,
+    ) -> Result<Option<Option<u64>>> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         let what = format!("{}/{repo}@{digest}", self.host);
         self.retry
             .run(&format!("head blob {what}"), || async {
-                self.send(
-                    Call::pull("blob-head", side, &what, &r),
-                    self.client.blob_exists(&r, &digest.to_string()),
-                )
-                .await
-                .map(|(found, _)| found)
+                let head = self.send(Method::HEAD, &url, Target::pull(repo, side, &what), |r| r);
+                match self.own_request("blob-head", &what, head).await {
+                    // The header itself: reqwest's `content_length` is the body's, none
+                    // for a HEAD.
+                    Ok(resp) => Ok(Some(
+                        resp.headers()
+                            .get(reqwest::header::CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok()),
+                    )),
+                    Err(e) if e.class == FailureClass::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
             })
             .await
     }
 
     /// Opens a blob as a stream verified against `desc` (size and digest). One attempt:
-    /// the caller retries the whole copy, since a consumed stream cannot be replayed.
+    /// the caller retries the whole copy, since a consumed stream cannot be replayed. The
+    /// request is bounded up to its answer; its body by a read timeout (a body that stops
+    /// moving), not as a whole.
     pub async fn blob_stream(
         &self,
         repo: &str,
         desc: &Descriptor,
         progress: Option<Arc<AtomicU64>>,
     ) -> Result<ByteStream> {
-        let r = self.repo_ref(repo);
         let what = format!("{}/{repo}@{}", self.host, desc.digest);
-        let digest = desc.digest.to_string();
-        // A whole-blob range request: oci-client does not re-hash a 206 answer, and
-        // `verified` below hashes every byte once. A registry that ignores Range answers
-        // 200, which oci-client verifies as well.
-        let request = async {
-            if desc.size == 0 {
-                self.client.pull_blob_stream(&r, digest.as_str()).await
-            } else {
-                match self
-                    .client
-                    .pull_blob_stream_partial(&r, digest.as_str(), 0, Some(desc.size))
-                    .await
-                {
-                    Ok(BlobResponse::Full(s) | BlobResponse::Partial(s)) => Ok(s),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        let (sized, permit) = self
-            .send(Call::pull("blob-get", Side::Source, &what, &r), request)
-            .await?;
-        let what_stream = what.clone();
-        let raw = sized
-            .stream
+        let url = self.url(&format!("/v2/{repo}/blobs/{}", desc.digest));
+        let get = self.send(
+            Method::GET,
+            &url,
+            Target::pull(repo, Side::Source, &what),
+            |r| r,
+        );
+        let (resp, permit) = self.send_held("blob-get", &what, get).await?;
+        if resp.content_length().is_some_and(|n| n != desc.size) {
+            return Err(Error::new(
+                FailureClass::DigestMismatch,
+                format!(
+                    "{what}: the registry sends {} bytes where the manifest says {}",
+                    resp.content_length().unwrap_or_default(),
+                    desc.size
+                ),
+            ));
+        }
+        let reading = what.clone();
+        let raw = resp
+            .bytes_stream()
             // The request holds its concurrency slot until its body is read or dropped.
             .inspect(move |_| {
                 let _held = &permit;
             })
             .map_err(move |e| {
-                // oci-client checks the digest at the end of the stream too.
-                let class = match e
-                    .get_ref()
-                    .map(|inner| inner.is::<oci_client::errors::DigestError>())
-                {
-                    Some(true) => FailureClass::DigestMismatch,
-                    _ => FailureClass::Network,
-                };
-                Error::new(class, format!("reading {what_stream}: {e}"))
+                Error::new(
+                    FailureClass::Network,
+                    format!("reading {reading}: {}", request_error_text(&e)),
+                )
             })
             .boxed();
         Ok(verified(raw, desc.digest.clone(), desc.size, progress))
     }
 
-    /// Uploads a blob from a stream in one PUT with a known length. If the stream fails
-    /// (including a digest mismatch on its last chunk) the upload is abandoned unfinished.
+    /// Uploads a blob from a stream: a POST for an upload location, then one PUT of the
+    /// whole body with its length. If the stream fails (a digest mismatch on its last chunk
+    /// included) the upload is abandoned unfinished, and the stream's own error returned.
     pub async fn push_blob(&self, repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()> {
-        let r = self.repo_ref(repo);
         let what = format!("{}/{repo}@{}", self.host, desc.digest);
+        let target = Target::push(repo, &what);
+        let start = self.url(&format!("/v2/{repo}/blobs/uploads/"));
+        let post = self.send(Method::POST, &start, target, |r| {
+            r.header(reqwest::header::CONTENT_LENGTH, 0)
+        });
+        let opened = self.own_request("blob-upload", &what, post).await?;
+        let mut location = upload_location(&opened, &what)?;
+        location
+            .query_pairs_mut()
+            .append_pair("digest", &desc.digest.to_string());
         let failure = Arc::new(std::sync::Mutex::new(None::<Error>));
         let seen = failure.clone();
-        let body = stream.map_err(move |e: Error| {
-            let msg = e.message.clone();
+        let body = stream.inspect_err(move |e: &Error| {
             if let Ok(mut slot) = seen.lock() {
-                *slot = Some(e);
+                *slot = Some(e.clone());
             }
-            OciDistributionError::GenericError(Some(msg))
         });
-        // An upload is a POST and a PUT.
-        let res = self
-            .send(
-                Call {
-                    requests: 2,
-                    bounded: false,
-                    ..Call::push("blob-put", &what, &r)
-                },
-                self.client
-                    .push_blob_stream(&r, body, &desc.digest.to_string(), Some(desc.size)),
-            )
-            .await;
+        let req = self
+            .http
+            .put(location.clone())
+            .header(reqwest::header::CONTENT_LENGTH, desc.size)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(body));
+        let req = self.authorised(req, location.as_str(), target).await?;
+        // The PUT's body is the blob: not bounded as a whole (the copy is, as a task).
+        let _permit = self.admit(1).await;
+        let started = std::time::Instant::now();
+        let sent = match req.send().await {
+            Ok(resp) => answer(resp, target).await.map(drop),
+            Err(e) => Err(network(&e, target)),
+        };
         if let Some(e) = failure.lock().ok().and_then(|mut s| s.take()) {
             return Err(e);
         }
-        res.map(drop)
+        self.observe(
+            "blob-put",
+            started.elapsed(),
+            sent.as_ref().err().map(|e| e.class),
+        )
+        .await;
+        self.hold_back_on_429(&sent).await;
+        sent
     }
 
     /// Cross-repository mount. `Ok(false)` when the registry declined (it then expects an
     /// ordinary upload).
     pub async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool> {
         let what = format!("{}/{repo} mount {digest} from {from_repo}", self.host);
+        let mut url = Url::parse(&self.url(&format!("/v2/{repo}/blobs/uploads/")))
+            .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from_repo);
         // Transient answers (5xx, 429, cut connections) are retried like every other
         // request; only a refusal is a decline.
         self.retry
-            .run(&what, || self.mount_once(repo, from_repo, digest, &what))
+            .run(&what, || async {
+                let post = self.send(Method::POST, url.as_str(), Target::push(repo, &what), |r| {
+                    r.header(reqwest::header::CONTENT_LENGTH, 0)
+                });
+                match self.own_request("blob-mount", &what, post).await {
+                    Ok(resp) => Ok(resp.status() == StatusCode::CREATED),
+                    // Any other refusal is a decline, a refused reading of the other
+                    // repository included: the caller looks and uploads instead, where a
+                    // real want of rights shows.
+                    Err(e) if !e.class.is_retryable() => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
             .await
     }
+}
 
-    async fn mount_once(
-        &self,
-        repo: &str,
-        from_repo: &str,
-        digest: &Digest,
-        what: &str,
-    ) -> Result<bool> {
-        let r = self.repo_ref(repo);
-        let from = self.repo_ref(from_repo);
-        self.authorise(&r, RegistryOperation::Push).await?;
-        let _permit = self.admit(1).await;
-        let started = Instant::now();
-        let mounted = tokio::time::timeout(
-            self.request_timeout,
-            self.client.mount_blob(&r, &from, &digest.to_string()),
+/// Where an opened upload continues: its `Location`, relative to the request's URL.
+fn upload_location(resp: &reqwest::Response, what: &str) -> Result<Url> {
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            Error::new(
+                FailureClass::DestinationRejected,
+                format!("{what}: the registry opened an upload without saying where"),
+            )
+        })?;
+    resp.url().join(location).map_err(|e| {
+        Error::new(
+            FailureClass::DestinationRejected,
+            format!("{what}: the upload location is not a URL: {e}"),
         )
-        .await;
-        let result = match mounted {
-            Err(_) => Err(self.timed_out(what)),
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(
-                OciDistributionError::SpecViolationError(_)
-                | OciDistributionError::RegistryNoLocationError,
-            )) => Ok(false),
-            Ok(Err(e)) => {
-                let e = classify(e, Side::Destination, what);
-                // Any other refusal is a decline, a refused reading of the other repository
-                // included: the caller looks and uploads instead, where a real want of
-                // rights shows.
-                if e.class.is_retryable() {
-                    Err(e)
-                } else {
-                    Ok(false)
-                }
-            }
-        };
-        let class = result.as_ref().err().map(|e| e.class);
-        self.observe("blob-mount", started.elapsed(), class).await;
-        if class == Some(FailureClass::RateLimited)
-            && let Some(g) = &self.gate
-        {
-            g.back_off(&self.host, Duration::from_secs(1)).await;
-        }
-        result
-    }
+    })
 }

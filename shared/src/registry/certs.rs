@@ -1,14 +1,31 @@
-//! Certificates to trust for one registry, where containers/image (and so Hangar, skopeo,
-//! podman) looks for them: `--cert-dir DIR` when given, else the first of
+//! Certificates for one registry, where containers/image (and so Hangar, skopeo, podman)
+//! looks for them: `--cert-dir DIR` when given, else the first of
 //! `$HOME/.config/containers/certs.d/HOST[:PORT]/`, `/etc/containers/certs.d/HOST[:PORT]/`,
-//! `/etc/docker/certs.d/HOST[:PORT]/` that exists. In it, `*.crt` files are CAs — the usual
-//! way a private Harbor with its own CA is trusted. `*.cert`/`*.key` pairs are client
-//! certificates, which the registry client (oci-client) cannot present: they are refused
-//! with a clear error rather than silently not sent.
+//! `/etc/docker/certs.d/HOST[:PORT]/` that exists. In it, `*.crt` files are CAs to trust —
+//! the usual way a private Harbor with its own CA is trusted — and a `NAME.cert` with its
+//! `NAME.key` is a client certificate presented to a registry that asks for one. A
+//! certificate without its key, or a key without its certificate, is an error naming it,
+//! as containers/image makes it.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// What a registry's certificate directory holds.
+#[derive(Default)]
+pub(super) struct Trust {
+    /// CA certificates, PEM, one each.
+    pub cas: Vec<Vec<u8>>,
+    /// The client certificate to present.
+    pub client: Option<ClientCert>,
+}
+
+pub(super) struct ClientCert {
+    /// The certificate's file, for messages.
+    pub cert: PathBuf,
+    /// The certificate (chain) and its private key, PEM, one after the other.
+    pub pem: Vec<u8>,
+}
 
 /// The directory of certificates for `host`, if any.
 pub(super) fn dir_for(host: &str, cert_dir: Option<&Path>) -> Option<PathBuf> {
@@ -24,8 +41,13 @@ pub(super) fn dir_for(host: &str, cert_dir: Option<&Path>) -> Option<PathBuf> {
     roots.into_iter().map(|r| r.join(host)).find(|d| d.is_dir())
 }
 
-/// The CA certificates (PEM, one certificate each) in `dir`.
-pub(super) fn cas(dir: &Path) -> Result<Vec<Vec<u8>>> {
+/// The largest certificate or key file read.
+const MAX_FILE: u64 = 1 << 20;
+
+/// The CA certificates and the client certificate in `dir`. Of several client certificates
+/// the first by name is presented (the TLS client here takes one), and the others named in
+/// a warning.
+pub(super) fn read(dir: &Path) -> Result<Trust> {
     let unreadable =
         |e: std::io::Error| Error::invalid(format!("certificate directory {}: {e}", dir.display()));
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -33,30 +55,73 @@ pub(super) fn cas(dir: &Path) -> Result<Vec<Vec<u8>>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     names.sort();
-    let mut out = Vec::new();
-    for path in names {
+    let mut trust = Trust::default();
+    for path in &names {
         match path.extension().and_then(|e| e.to_str()) {
             Some("crt") => {
-                let pem = std::fs::read(&path).map_err(unreadable)?;
-                let certs = split_pem(&pem);
+                let certs = split_pem(&read_file(path)?);
                 if certs.is_empty() {
                     return Err(Error::invalid(format!(
                         "{}: no PEM certificate in it",
                         path.display()
                     )));
                 }
-                out.extend(certs);
+                trust.cas.extend(certs);
             }
-            Some("cert") | Some("key") => {
+            Some("cert") => {
+                let key = path.with_extension("key");
+                if !key.is_file() {
+                    return Err(Error::invalid(format!(
+                        "{}: a client certificate without its key {}",
+                        path.display(),
+                        key.display()
+                    )));
+                }
+                if trust.client.is_some() {
+                    tracing::warn!(
+                        cert = %path.display(),
+                        "a second client certificate in the directory: only the first by name is presented"
+                    );
+                    continue;
+                }
+                let mut pem = read_file(path)?;
+                pem.push(b'\n');
+                pem.extend(read_file(&key)?);
+                trust.client = Some(ClientCert {
+                    cert: path.clone(),
+                    pem,
+                });
+            }
+            Some("key") if !path.with_extension("cert").is_file() => {
                 return Err(Error::invalid(format!(
-                    "{}: client certificates (*.cert/*.key) are not supported yet; only CA certificates (*.crt) are read",
-                    path.display()
+                    "{}: a client key without its certificate {}",
+                    path.display(),
+                    path.with_extension("cert").display()
                 )));
             }
             _ => {}
         }
     }
-    Ok(out)
+    Ok(trust)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let unreadable = |e: std::io::Error| Error::invalid(format!("{}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(unreadable)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(Error::invalid(format!(
+            "{}: larger than {} KiB, not a certificate or key",
+            path.display(),
+            MAX_FILE >> 10
+        )));
+    }
+    Ok(bytes)
 }
 
 /// The `CERTIFICATE` blocks of a PEM bundle, each on its own.
@@ -82,16 +147,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bundles_split_and_client_certificates_are_refused() {
+    fn bundles_split_and_client_certificates_pair_with_their_keys() {
         let one = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert_eq!(split_pem(format!("junk\n{one}{one}").as_bytes()).len(), 2);
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("ca.crt"), one.repeat(2)).expect("ca");
         std::fs::write(dir.path().join("README"), "ignored").expect("other");
-        assert_eq!(cas(dir.path()).expect("cas").len(), 2);
+        let trust = read(dir.path()).expect("cas");
+        assert_eq!(trust.cas.len(), 2);
+        assert!(trust.client.is_none());
+        // A certificate without its key, then a key without its certificate.
         std::fs::write(dir.path().join("client.cert"), one).expect("cert");
-        let e = cas(dir.path()).unwrap_err();
-        assert!(e.message.contains("client certificates"), "{}", e.message);
+        let e = read(dir.path()).err().expect("no key");
+        assert!(e.message.contains("client.key"), "{}", e.message);
+        std::fs::rename(
+            dir.path().join("client.cert"),
+            dir.path().join("other.cert"),
+        )
+        .expect("rename");
+        std::fs::write(dir.path().join("client.key"), "KEY").expect("key");
+        let e = read(dir.path()).err().expect("no cert");
+        assert!(e.message.contains("client.cert"), "{}", e.message);
+        std::fs::rename(
+            dir.path().join("other.cert"),
+            dir.path().join("client.cert"),
+        )
+        .expect("rename");
+        let client = read(dir.path()).expect("pair").client.expect("client");
+        assert_eq!(client.cert, dir.path().join("client.cert"));
+        assert!(String::from_utf8_lossy(&client.pem).ends_with("KEY"));
         assert_eq!(dir_for("x", Some(dir.path())), Some(dir.path().to_owned()));
     }
 }

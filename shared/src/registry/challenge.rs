@@ -1,6 +1,6 @@
 //! What a registry's `/v2/` says before any credentials are sent: which scheme it speaks,
 //! whether it challenges, and where its bearer tokens come from. A token realm is where
-//! oci-client sends the user's Basic credentials, so it is checked before they go there.
+//! the user's Basic credentials are sent, so it is checked before they go there.
 
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ pub(super) struct Challenge {
     pub unreachable: Option<String>,
 }
 
-/// Asks `/v2/`. A registry that cannot be asked counts as challenging (credentials are
-/// then handed to oci-client, which asks again itself).
+/// Asks `/v2/`. A registry that cannot be asked counts as challenging (its requests then
+/// carry the user's credentials, if any).
 pub(super) async fn probe(http: &reqwest::Client, scheme: &str, host: &str) -> Challenge {
     let url = format!("{scheme}://{host}/v2/");
     match tokio::time::timeout(Duration::from_secs(10), http.get(&url).send()).await {

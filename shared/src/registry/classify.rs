@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
-
 use super::Side;
 use crate::error::{Error, FailureClass};
 
@@ -97,82 +95,47 @@ fn tls_hint(text: &str) -> Option<&'static str> {
     }
 }
 
-/// Assigns a [`FailureClass`] to an oci-client error.
-pub fn classify(err: OciDistributionError, side: Side, what: &str) -> Error {
-    use OciDistributionError as E;
-    let (class, detail) = match &err {
-        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
-            (FailureClass::Auth, err.to_string())
-        }
-        E::ImageManifestNotFoundError(_) => (FailureClass::NotFound, err.to_string()),
-        // oci-client builds an envelope only from a 4xx answer (a 5xx is a `ServerError`
-        // with its status), so the code refines a client error here.
-        E::RegistryError { envelope, .. } => (
-            envelope_class(envelope, side).unwrap_or(FailureClass::Internal),
-            envelope_text(envelope),
-        ),
-        E::ServerError { code, message, .. } => {
-            let e = status_error(*code, side, what);
-            // The body is the server's: cut it on a character boundary.
-            (e.class, format!("HTTP {code} {}", cut(message, 200)))
-        }
-        E::RequestError(re) => {
-            let class = if re.is_connect()
-                || re.is_timeout()
-                || re.is_request()
-                || re.is_body()
-                || re.is_decode()
-            {
-                FailureClass::Network
-            } else {
-                match re.status() {
-                    Some(s) => status_error(s.as_u16(), side, what).class,
-                    None => FailureClass::Network,
-                }
-            };
-            (class, request_error_text(re))
-        }
-        E::IoError(_) => (FailureClass::Network, err.to_string()),
-        E::DigestError(_) => (FailureClass::DigestMismatch, err.to_string()),
-        E::UnsupportedMediaTypeError(_) | E::IncompatibleLayerMediaTypeError(_) => {
-            (FailureClass::UnsupportedMediaType, err.to_string())
-        }
-        E::SpecViolationError(_) | E::RegistryNoLocationError | E::RegistryNoDigestError
-            if side == Side::Destination =>
-        {
-            (FailureClass::DestinationRejected, err.to_string())
-        }
-        _ => (FailureClass::Internal, err.to_string()),
-    };
-    Error::new(class, format!("{what}: {detail}"))
-}
-
 /// The class an error envelope's first code gives a 4xx answer; `None` for an empty one.
-fn envelope_class(envelope: &OciEnvelope, side: Side) -> Option<FailureClass> {
-    envelope.errors.first().map(|e| match &e.code {
-        OciErrorCode::BlobUnknown
-        | OciErrorCode::ManifestUnknown
-        | OciErrorCode::NameUnknown
-        | OciErrorCode::NotFound
-        | OciErrorCode::BlobUploadUnknown => FailureClass::NotFound,
-        OciErrorCode::Unauthorized | OciErrorCode::Denied => FailureClass::Auth,
-        OciErrorCode::Toomanyrequests => FailureClass::RateLimited,
-        OciErrorCode::DigestInvalid if side == Side::Source => FailureClass::DigestMismatch,
-        // distribution's codes for its own failures, should a proxy relay them with a 4xx.
-        OciErrorCode::Other(code) if code == "UNAVAILABLE" || code == "UNKNOWN" => {
-            FailureClass::Server
-        }
-        _ if side == Side::Destination => FailureClass::DestinationRejected,
-        _ => FailureClass::InvalidInput,
-    })
+fn envelope_class(envelope: &Envelope, side: Side) -> Option<FailureClass> {
+    envelope
+        .errors
+        .first()
+        .map(|e| match e.code.to_ascii_uppercase().as_str() {
+            "BLOB_UNKNOWN"
+            | "MANIFEST_UNKNOWN"
+            | "NAME_UNKNOWN"
+            | "NOT_FOUND"
+            | "BLOB_UPLOAD_UNKNOWN" => FailureClass::NotFound,
+            "UNAUTHORIZED" | "DENIED" => FailureClass::Auth,
+            "TOOMANYREQUESTS" => FailureClass::RateLimited,
+            "DIGEST_INVALID" if side == Side::Source => FailureClass::DigestMismatch,
+            // distribution's codes for its own failures, should a proxy relay them with a 4xx.
+            "UNAVAILABLE" | "UNKNOWN" => FailureClass::Server,
+            _ if side == Side::Destination => FailureClass::DestinationRejected,
+            _ => FailureClass::InvalidInput,
+        })
 }
 
-fn envelope_text(envelope: &OciEnvelope) -> String {
+/// The error envelope of the distribution spec: `{"errors":[{"code":…,"message":…}]}`.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    errors: Vec<EnvelopeError>,
+}
+
+#[derive(serde::Deserialize)]
+struct EnvelopeError {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+fn envelope_text(envelope: &Envelope) -> String {
     let msgs: Vec<String> = envelope
         .errors
         .iter()
         .take(4)
-        .map(|e| format!("{:?}: {}", e.code, cut(&e.message, 200)))
+        .map(|e| format!("{}: {}", cut(&e.code, 40), cut(&e.message, 200)))
         .collect();
     msgs.join("; ")
 }
@@ -190,7 +153,7 @@ pub(super) fn cut(text: &str, n: usize) -> &str {
 /// bounded prefix of) its body.
 pub(super) fn classify_answer(status: u16, body: &[u8], side: Side, what: &str) -> Error {
     let by_status = status_error(status, side, what);
-    let envelope = serde_json::from_slice::<OciEnvelope>(body).ok();
+    let envelope = serde_json::from_slice::<Envelope>(body).ok();
     let detail = match &envelope {
         Some(env) => envelope_text(env),
         None => cut(&String::from_utf8_lossy(body), 200).to_owned(),

@@ -1,22 +1,49 @@
-//! Manifests, tag pages and blob sizes read by our own request rather than oci-client's
-//! (which reads any body whole, drops the `Link` header of a tag page, and does not say a
-//! blob's size):
-//! authorised as oci-client would (a bearer token from the registry's token service, Basic
-//! credentials, or nothing), the answer read up to [`MAX_MANIFEST_BYTES`] as it streams, an
-//! error answer's body up to 64 KiB for its message, a stale token renewed once.
+//! The one way a request reaches a registry: authorised (a bearer token from the registry's
+//! token service, Basic credentials, or nothing), admitted by the fleet's gate, bounded by
+//! the request timeout up to its answer, a non-2xx answer classified from its status and
+//! its body (read up to 64 KiB), a stale token renewed once, a 429 holding the fleet back.
+//! Bodies are read up to a bound ([`read_capped`]) or streamed by the caller.
 
-use oci_client::RegistryOperation;
-use oci_client::secrets::RegistryAuth;
+use reqwest::{Method, RequestBuilder, Response, Url};
 
 use super::classify::{self, classify_answer, parse_retry_after};
 use super::{MAX_ERROR_BODY, MAX_MANIFEST_BYTES, Registry, Side};
-use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
 use crate::manifest::ACCEPTED;
+use crate::ratelimit::Permit;
+
+/// What a request is for: its repository and access (which token), the side of the copy
+/// it is on (how a 4xx is classified), and its name in messages.
+#[derive(Clone, Copy)]
+pub(super) struct Target<'a> {
+    pub repo: &'a str,
+    pub push: bool,
+    pub side: Side,
+    pub what: &'a str,
+}
+
+impl<'a> Target<'a> {
+    pub fn pull(repo: &'a str, side: Side, what: &'a str) -> Self {
+        Self {
+            repo,
+            push: false,
+            side,
+            what,
+        }
+    }
+
+    pub fn push(repo: &'a str, what: &'a str) -> Self {
+        Self {
+            repo,
+            push: true,
+            side: Side::Destination,
+            what,
+        }
+    }
+}
 
 impl Registry {
-    /// One manifest GET of our own (oci-client reads any body whole): the answer's body is
-    /// read up to [`MAX_MANIFEST_BYTES`].
+    /// One manifest GET, its body read up to [`MAX_MANIFEST_BYTES`].
     pub(super) async fn fetch_manifest(
         &self,
         repo: &str,
@@ -24,34 +51,39 @@ impl Registry {
         side: Side,
         what: &str,
     ) -> Result<bytes::Bytes> {
-        let url = format!(
-            "{}://{}/v2/{repo}/manifests/{reference}",
-            self.scheme, self.api_host
-        );
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
         let accept = ACCEPTED.join(", ");
         let resp = self
-            .pull_send(reqwest::Method::GET, &url, Some(&accept), repo, side, what)
+            .send(Method::GET, &url, Target::pull(repo, side, what), |r| {
+                r.header(reqwest::header::ACCEPT, &accept)
+            })
             .await?;
         read_capped(resp, MAX_MANIFEST_BYTES, what).await
     }
 
-    /// One page of `repo`'s tags by our own request (oci-client drops the `Link` header that
-    /// says more follow): `None` when the registry says, or the count suggests, there are
-    /// more than this page.
+    /// One page of tags at `url`: the tags, and the next page's address when the registry
+    /// names one (a `Link` header, RFC 8288, as distribution sends it).
     pub(super) async fn fetch_tags_page(
         &self,
         repo: &str,
-        n: usize,
+        url: &str,
         what: &str,
-    ) -> Result<Option<Vec<String>>> {
-        let url = format!(
-            "{}://{}/v2/{repo}/tags/list?n={n}",
-            self.scheme, self.api_host
-        );
+    ) -> Result<(Vec<String>, Option<String>)> {
         let resp = self
-            .pull_send(reqwest::Method::GET, &url, None, repo, Side::Source, what)
+            .send(
+                Method::GET,
+                url,
+                Target::pull(repo, Side::Source, what),
+                |r| r,
+            )
             .await?;
-        let paged = resp.headers().contains_key(reqwest::header::LINK);
+        let next = resp
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link)
+            .and_then(|link| resp.url().join(&link).ok())
+            .map(String::from);
         let body = read_capped(resp, MAX_MANIFEST_BYTES, what).await?;
         #[derive(serde::Deserialize)]
         struct Page {
@@ -60,54 +92,30 @@ impl Registry {
         }
         let page: Page = serde_json::from_slice(&body)
             .map_err(|e| Error::invalid(format!("{what}: not a tag list: {e}")))?;
-        let tags = page.tags.unwrap_or_default();
-        Ok((!paged && tags.len() < n).then_some(tags))
+        Ok((page.tags.unwrap_or_default(), next))
     }
 
-    /// A blob's size by a HEAD request of our own (oci-client's says only whether it is
-    /// there): `None` when the registry does not hold it. What a schema 1 manifest does not
-    /// say, and a verified read needs.
-    pub async fn blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
-        let url = format!(
-            "{}://{}/v2/{repo}/blobs/{digest}",
-            self.scheme, self.api_host
-        );
-        let what = format!("{}/{repo}@{digest}", self.host);
-        self.retry
-            .run(&format!("head blob {what}"), || async {
-                let head =
-                    self.pull_send(reqwest::Method::HEAD, &url, None, repo, Side::Source, &what);
-                match self.own_request("blob-head", &what, head).await {
-                    // The header itself: reqwest's `content_length` is the body's, none
-                    // for a HEAD.
-                    Ok(resp) => resp
-                        .headers()
-                        .get(reqwest::header::CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .map(Some)
-                        .ok_or_else(|| {
-                            Error::invalid(format!(
-                                "{what}: the registry did not say the blob's size"
-                            ))
-                        }),
-                    Err(e) if e.class == FailureClass::NotFound => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .await
-    }
-
-    /// One request of our own under the gate (oci-client's go through [`Registry::send`]):
-    /// admitted, bounded by the request timeout, timed for the gate, and a 429 holding the
-    /// fleet back from the registry.
+    /// One request under the gate, bounded by the request timeout up to its answer (see
+    /// [`Self::send_held`]).
     pub(super) async fn own_request<T>(
         &self,
         op: &'static str,
         what: &str,
         request: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        let _permit = self.admit(1).await;
+        self.send_held(op, what, request).await.map(|(v, _)| v)
+    }
+
+    /// One request under the gate: admitted, bounded by the request timeout up to its
+    /// answer, timed for the gate, a 429 holding the fleet back from the registry. The
+    /// permit comes back with the answer, for a body still to be read.
+    pub(super) async fn send_held<T>(
+        &self,
+        op: &'static str,
+        what: &str,
+        request: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<(T, Permit)> {
+        let permit = self.admit(1).await;
         let started = std::time::Instant::now();
         let answer = tokio::time::timeout(self.request_timeout, request)
             .await
@@ -118,97 +126,115 @@ impl Registry {
             answer.as_ref().err().map(|e| e.class),
         )
         .await;
-        if let Err(e) = &answer
+        self.hold_back_on_429(&answer).await;
+        answer.map(|v| (v, permit))
+    }
+
+    pub(super) async fn hold_back_on_429<T>(&self, answer: &Result<T>) {
+        if let Err(e) = answer
             && e.class == FailureClass::RateLimited
             && let Some(g) = &self.gate
         {
             let wait = e.retry_after.unwrap_or(std::time::Duration::from_secs(1));
             g.back_off(&self.host, wait).await;
         }
-        answer
     }
 
-    /// A request of `url` authorised to pull `repo`: a 2xx answer, its body unread; an error
-    /// answer classified from its status and body (read up to 64 KiB); a stale pull token
-    /// renewed once.
-    async fn pull_send(
+    /// Sends `method url` for `target`, built further by `build` (called again when a stale
+    /// token is renewed): a 2xx answer, its body unread, or the error the answer means.
+    pub(super) async fn send(
         &self,
-        method: reqwest::Method,
+        method: Method,
         url: &str,
-        accept: Option<&str>,
-        repo: &str,
-        side: Side,
-        what: &str,
-    ) -> Result<reqwest::Response> {
+        target: Target<'_>,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response> {
         let mut renewed = false;
         loop {
-            let mut req = self.http.request(method.clone(), url);
-            if let Some(accept) = accept {
-                req = req.header(reqwest::header::ACCEPT, accept);
-            }
-            req = match self.pull_auth(repo).await? {
-                Some(PullAuth::Bearer(t)) => req.bearer_auth(t),
-                Some(PullAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
-                None => req,
-            };
-            let resp = req.send().await.map_err(|e| {
-                Error::new(
-                    FailureClass::Network,
-                    format!("{what}: {}", classify::request_error_text(&e)),
-                )
-            })?;
-            let status = resp.status().as_u16();
-            if status == 401
+            let req = self
+                .authorised(self.http.request(method.clone(), url), url, target)
+                .await?;
+            let resp = build(req).send().await.map_err(|e| network(&e, target))?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED
                 && let Some(tokens) = &self.tokens
                 && !renewed
             {
-                tokens.forget(repo).await;
+                tokens.forget(target.repo).await;
                 renewed = true;
                 continue;
             }
-            if !(200..300).contains(&status) {
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-                let body = read_capped(resp, MAX_ERROR_BODY, what)
-                    .await
-                    .unwrap_or_default();
-                let mut e = classify_answer(status, &body, side, what);
-                e.retry_after = retry_after;
-                return Err(e);
-            }
-            return Ok(resp);
+            return answer(resp, target).await;
         }
     }
 
-    /// How to authorise a pull of `repo`: a bearer token from the registry's token service,
-    /// Basic credentials, or nothing for a registry that challenges nobody.
-    async fn pull_auth(&self, repo: &str) -> Result<Option<PullAuth>> {
-        let r = self.repo_ref(repo);
-        if let Some(token) = self.authorise(&r, RegistryOperation::Pull).await? {
-            return Ok(Some(PullAuth::Bearer(token)));
+    /// `req` with the credentials `target` needs, when `url` is the registry's own: a
+    /// bearer token, or Basic credentials (for a pull only where the registry asked for
+    /// them; a registry may read anonymously and still want them for a push).
+    pub(super) async fn authorised(
+        &self,
+        req: RequestBuilder,
+        url: &str,
+        target: Target<'_>,
+    ) -> Result<RequestBuilder> {
+        if !Url::parse(url).is_ok_and(|u| self.is_own(&u)) {
+            return Ok(req);
         }
-        Ok(match &self.auth {
-            RegistryAuth::Basic(u, p) if self.challenged => {
-                Some(PullAuth::Basic(u.clone(), p.clone()))
-            }
-            _ => None,
+        if let Some(token) = self.authorise(target.repo, target.push).await? {
+            return Ok(req.bearer_auth(token));
+        }
+        Ok(match &self.creds {
+            Some((u, p)) if self.challenged || target.push => req.basic_auth(u, Some(p)),
+            _ => req,
         })
     }
 }
 
-/// How one manifest read is authorised.
-enum PullAuth {
-    Bearer(String),
-    Basic(String, String),
+/// A request that got no answer, as a network failure; its text without the URL (a
+/// redirected blob URL may be pre-signed, and its signature must not reach logs).
+pub(super) fn network(e: &reqwest::Error, target: Target<'_>) -> Error {
+    Error::new(
+        FailureClass::Network,
+        format!("{}: {}", target.what, classify::request_error_text(e)),
+    )
+}
+
+/// A 2xx answer as it is; any other as the error it means, from its status, its
+/// `Retry-After` and the start of its body.
+pub(super) async fn answer(resp: Response, target: Target<'_>) -> Result<Response> {
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(resp);
+    }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+    let body = read_capped(resp, MAX_ERROR_BODY, target.what)
+        .await
+        .unwrap_or_default();
+    let mut e = classify_answer(status, &body, target.side, target.what);
+    e.retry_after = retry_after;
+    Err(e)
+}
+
+/// The target of a `Link` header's `rel="next"`.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let next = params.split(';').any(|p| {
+            let p = p.trim().to_ascii_lowercase();
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        next.then(|| target.to_owned())
+    })
 }
 
 /// Reads a body of at most `cap` bytes; a longer one (by its `Content-Length`, or as it
 /// streams) is refused without reading further.
 pub(super) async fn read_capped(
-    mut resp: reqwest::Response,
+    mut resp: Response,
     cap: usize,
     what: &str,
 ) -> Result<bytes::Bytes> {

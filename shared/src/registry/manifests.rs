@@ -1,10 +1,10 @@
-//! Manifest operations: read (bounded, by our own request), push, list tags, delete.
+//! Manifest operations: read (bounded), push, list tags (page by page, bounded), delete.
 
-use oci_client::RegistryOperation;
-use oci_client::secrets::RegistryAuth;
+use reqwest::Method;
 
-use super::classify::{status_error, transient_rejection};
-use super::{Call, Registry, Side, conf};
+use super::classify::transient_rejection;
+use super::fetch::Target;
+use super::{Registry, Side, conf};
 use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
 use crate::manifest::RawManifest;
@@ -51,8 +51,8 @@ impl Registry {
         reference: &str,
         manifest: &RawManifest,
     ) -> Result<()> {
-        let r = self.reference(repo, reference);
         let what = format!("{}/{repo}:{reference}", self.host);
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
         let content_type: reqwest::header::HeaderValue =
             manifest.media_type.parse().map_err(|_| {
                 Error::invalid(format!(
@@ -66,19 +66,12 @@ impl Registry {
         let racy = std::sync::atomic::AtomicBool::new(false);
         self.retry
             .run(&format!("put manifest {what}"), || async {
-                let sent = self
-                    .send(
-                        Call::push("manifest-put", &what, &r),
-                        self.client.push_manifest_raw(
-                            &r,
-                            manifest.bytes.clone(),
-                            content_type.clone(),
-                        ),
-                    )
-                    .await
-                    .map(drop);
-                let (result, was_racy) = match sent {
-                    Ok(()) => (Ok(()), false),
+                let put = self.send(Method::PUT, &url, Target::push(repo, &what), |r| {
+                    r.header(reqwest::header::CONTENT_TYPE, content_type.clone())
+                        .body(manifest.bytes.clone())
+                });
+                let (result, was_racy) = match self.own_request("manifest-put", &what, put).await {
+                    Ok(_) => (Ok(()), false),
                     Err(e) => {
                         let (e, was_racy) = transient_rejection(e);
                         (Err(e), was_racy)
@@ -96,21 +89,31 @@ impl Registry {
             })
     }
 
+    /// Every tag of `repo`, sorted, following the registry's pages (at most
+    /// [`MAX_TAG_PAGES`], each read up to 4 MiB).
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
-        let r = self.repo_ref(repo);
-        let what = format!("{}/{repo}", self.host);
-        let mut tags = self
-            .retry
-            .run(&format!("list tags {what}"), || async {
-                self.send(
-                    Call::pull("tags", Side::Source, &what, &r),
-                    self.client.list_tags(&r, &self.auth, None, None),
-                )
-                .await
-                .map(|(t, _)| t.tags)
-            })
-            .await?;
+        let what = format!("list tags {}/{repo}", self.host);
+        let mut tags = Vec::new();
+        let mut next = Some(self.url(&format!("/v2/{repo}/tags/list")));
+        let mut pages = 0;
+        while let Some(url) = next {
+            pages += 1;
+            if pages > MAX_TAG_PAGES {
+                return Err(Error::invalid(format!(
+                    "{what}: more than {MAX_TAG_PAGES} pages of tags"
+                )));
+            }
+            let (page, after) = self
+                .retry
+                .run(&what, || {
+                    self.own_request("tags", &what, self.fetch_tags_page(repo, &url, &what))
+                })
+                .await?;
+            tags.extend(page);
+            next = after;
+        }
         tags.sort();
+        tags.dedup();
         Ok(tags)
     }
 
@@ -118,39 +121,26 @@ impl Registry {
     /// more (the registry paged them). One request.
     pub async fn tags_upto(&self, repo: &str, n: usize) -> Result<Option<Vec<String>>> {
         let what = format!("list tags {}/{repo}", self.host);
-        self.retry
+        let url = self.url(&format!("/v2/{repo}/tags/list?n={n}"));
+        let (tags, next) = self
+            .retry
             .run(&what, || {
-                self.own_request("tags", &what, self.fetch_tags_page(repo, n, &what))
+                self.own_request("tags", &what, self.fetch_tags_page(repo, &url, &what))
             })
-            .await
+            .await?;
+        Ok((next.is_none() && tags.len() < n).then_some(tags))
     }
 
-    /// Deletes a manifest by digest (oci-client has no DELETE).
+    /// Deletes a manifest by digest.
     pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()> {
-        let r = self.reference(repo, &digest.to_string());
-        let what = format!("{}/{repo}@{digest}", self.host);
-        let token = self.authorise(&r, RegistryOperation::Push).await?;
-        let url = format!(
-            "{}://{}/v2/{repo}/manifests/{digest}",
-            self.scheme, self.api_host
-        );
-        let mut req = self.http.delete(&url);
-        req = match (&token, &self.auth) {
-            (Some(t), _) => req.bearer_auth(t),
-            (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
-            _ => req,
-        };
-        let resp = req
-            .send()
+        let what = format!("delete {}/{repo}@{digest}", self.host);
+        let url = self.url(&format!("/v2/{repo}/manifests/{digest}"));
+        let delete = self.send(Method::DELETE, &url, Target::push(repo, &what), |r| r);
+        self.own_request("manifest-delete", &what, delete)
             .await
-            .map_err(|e| Error::new(FailureClass::Network, format!("delete {what}: {e}")))?;
-        match resp.status().as_u16() {
-            200..=299 => Ok(()),
-            code => Err(status_error(
-                code,
-                Side::Destination,
-                &format!("delete {what}"),
-            )),
-        }
+            .map(drop)
     }
 }
+
+/// How many pages of tags one listing follows: a registry that pages forever is cut off.
+pub const MAX_TAG_PAGES: usize = 10_000;

@@ -1,9 +1,10 @@
-//! A registry, over oci-client: anonymous, basic or bearer-token auth (oci-client answers
-//! the `WWW-Authenticate` challenge), plain HTTP or TLS with or without verification,
-//! streamed blobs, raw manifests. oci-client does not retry; [`crate::retry`] does, on the
-//! failure classes this module assigns ([`classify`]). Manifests are read by our own
-//! bounded request ([`Registry::manifest`]): at most 4 MiB, under the request timeout,
-//! classified by status first.
+//! A registry, spoken to by our own HTTP requests (reqwest): anonymous, Basic or
+//! bearer-token auth, plain HTTP or TLS with or without verification, CA certificates and a
+//! client certificate from `certs.d`, streamed blobs, bounded manifests and tag pages.
+//! Every request goes under the fleet's gate, is bounded in time (blob bodies by a read
+//! timeout instead) and is classified by its status first ([`classify`]); [`crate::retry`]
+//! retries on the classes it assigns. oci-client did this before; it cannot present a
+//! client certificate, reads any answer whole and keeps response headers to itself.
 
 mod blobs;
 mod certs;
@@ -15,15 +16,9 @@ mod fetch;
 mod manifests;
 mod token;
 
-pub use classify::classify;
-use classify::{parse_retry_after, status_error};
+use classify::status_error;
 
-use std::time::{Duration, Instant};
-
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
+use std::time::Duration;
 
 use crate::auth::Credentials;
 use crate::error::{Error, FailureClass, Result};
@@ -38,6 +33,8 @@ pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 const MAX_ERROR_BODY: usize = 64 << 10;
 /// The bound on one request (not a blob's body) when the command gives none.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest a body may go without a byte arriving.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
@@ -64,10 +61,9 @@ pub enum Side {
 
 pub struct Registry {
     host: String,
-    client: Client,
-    auth: RegistryAuth,
+    /// The user's credentials for it, if any.
+    creds: Option<(String, String)>,
     retry: RetryPolicy,
-    /// Also used for the few calls oci-client lacks (manifest DELETE).
     http: reqwest::Client,
     scheme: &'static str,
     /// The registry asks for credentials (a `WWW-Authenticate` challenge on `/v2/`).
@@ -101,21 +97,32 @@ impl Registry {
             // Left out: registries.conf decides, as containers/image does.
             None => conf::RegistriesConf::global()?.insecure(host),
         };
-        let cas = match certs::dir_for(host, opts.cert_dir.as_deref()) {
+        let trust = match certs::dir_for(host, opts.cert_dir.as_deref()) {
             Some(dir) => {
-                tracing::debug!(host, dir = %dir.display(), "trusting the CA certificates there");
-                certs::cas(&dir)?
+                tracing::debug!(host, dir = %dir.display(), "reading the certificates there");
+                certs::read(&dir)?
             }
-            None => Vec::new(),
+            None => certs::Trust::default(),
         };
         let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .tls_danger_accept_invalid_certs(insecure)
-            .connect_timeout(Duration::from_secs(30));
-        for pem in &cas {
+            .connect_timeout(Duration::from_secs(30))
+            // A body that stops moving: what bounds a blob, whose whole read is not.
+            .read_timeout(BODY_READ_TIMEOUT);
+        for pem in &trust.cas {
             let cert = reqwest::Certificate::from_pem(pem)
                 .map_err(|e| Error::invalid(format!("{host}: a CA certificate: {e}")))?;
             builder = builder.add_root_certificate(cert);
+        }
+        if let Some(client) = &trust.client {
+            let identity = reqwest::Identity::from_pem(&client.pem).map_err(|e| {
+                Error::invalid(format!(
+                    "{}: not a usable client certificate and key: {e}",
+                    client.cert.display()
+                ))
+            })?;
+            builder = builder.identity(identity);
         }
         let http = builder
             .build()
@@ -125,78 +132,32 @@ impl Registry {
         } else {
             "https"
         };
-        let config = ClientConfig {
-            protocol: if scheme == "http" {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: insecure,
-            use_monolithic_push: true,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(300)),
-            user_agent: USER_AGENT,
-            platform_resolver: None,
-            extra_root_certificates: cas
-                .into_iter()
-                .map(|data| oci_client::client::Certificate {
-                    encoding: oci_client::client::CertificateEncoding::Pem,
-                    data,
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let client = Client::try_from(config).map_err(|e| classify(e, Side::Source, host))?;
-        let auth = match creds {
-            Some(c) => RegistryAuth::Basic(c.username, c.password),
-            None => RegistryAuth::Anonymous,
-        };
-        // oci-client asks `/v2/` for a challenge before every request of a registry it holds
-        // auth for, and caches nothing when there is none. A registry that challenges
-        // nobody therefore gets no auth at all: that saves a round trip per request.
-        let probe = Reference::with_tag(host.to_owned(), "library/probe".into(), "latest".into());
-        let api_host = probe.resolve_registry().to_owned();
+        let api_host = api_host(host);
         let probed = challenge::probe(&http, scheme, &api_host).await;
-        let challenged = probed.challenged;
-        let unreachable = probed.unreachable.clone();
-        let creds = match &auth {
-            RegistryAuth::Basic(u, p) => Some((u.clone(), p.clone())),
-            _ => None,
-        };
+        let creds = creds.map(|c| (c.username, c.password));
         let tokens = match probed.realm {
             Some(realm) => {
                 challenge::check_realm(&realm, scheme, &api_host)?;
-                // oci-client gets every token from us before the request that needs it
-                // (`Registry::authorise`); what it stores for the registry is only ever
-                // consulted if that token left its cache, and then fails rather than
-                // sending the credentials anywhere.
-                client
-                    .store_auth_if_needed(&api_host, &RegistryAuth::Bearer(String::new()))
-                    .await;
-                Some(token::TokenService::new(realm, probed.service, creds))
+                Some(token::TokenService::new(
+                    realm,
+                    probed.service,
+                    creds.clone(),
+                ))
             }
-            None => {
-                // Credentials are always handed over: a registry may read anonymously at
-                // `/v2/` and still want them (Basic) for pushes.
-                if challenged || creds.is_some() {
-                    client.store_auth_if_needed(&api_host, &auth).await;
-                }
-                None
-            }
+            None => None,
         };
         Ok(Self {
             host: host.to_owned(),
-            client,
-            auth,
+            creds,
             retry: opts.retry.clone(),
             http,
             scheme,
-            challenged,
+            challenged: probed.challenged,
             api_host,
             gate: opts.gate.clone(),
             request_timeout: opts.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
             tokens,
-            unreachable,
+            unreachable: probed.unreachable,
         })
     }
 
@@ -222,65 +183,17 @@ impl Registry {
         }
     }
 
-    /// Sends one request under the gate: waits to be admitted, times it to its answer,
-    /// turns a failure into ours (holding the fleet back on a 429) and tells the gate how it
-    /// went. The permit comes back with the answer, for a body still to be read.
-    async fn send<T>(
-        &self,
-        call: Call<'_>,
-        request: impl std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
-    ) -> Result<(T, Permit)> {
-        self.authorise(call.r, call.access).await?;
-        let permit = self.admit(call.requests).await;
-        let started = Instant::now();
-        let answer = match call.bounded {
-            true => match tokio::time::timeout(self.request_timeout, request).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    let e = self.timed_out(call.what);
-                    self.observe(call.op, started.elapsed(), Some(e.class))
-                        .await;
-                    return Err(e);
-                }
-            },
-            false => request.await,
-        };
-        // Timed to the answer, not to the Retry-After probe or_fail may add.
-        let elapsed = started.elapsed();
-        let result = self
-            .or_fail(answer, call.side, call.what, call.r, call.access)
-            .await;
-        self.observe(call.op, elapsed, result.as_ref().err().map(|e| e.class))
-            .await;
-        result.map(|v| (v, permit))
-    }
-
-    /// Makes sure oci-client holds a bearer token for `r`'s repository and `op` before a
-    /// request that needs one, fetching it ourselves (bounded, from the checked realm).
-    /// Gives the token, for our own requests; `None` for a registry without a token service.
-    async fn authorise(&self, r: &Reference, op: RegistryOperation) -> Result<Option<String>> {
+    /// A bearer token for `repo` (to pull, or to pull and push) from the registry's token
+    /// service, fetched by us (bounded, from the realm checked at connect); `None` for a
+    /// registry without one.
+    async fn authorise(&self, repo: &str, push: bool) -> Result<Option<String>> {
         let Some(tokens) = &self.tokens else {
             return Ok(None);
         };
-        let push = matches!(op, RegistryOperation::Push);
-        let (token, fresh) = tokens
-            .token(
-                &self.http,
-                &self.host,
-                r.repository(),
-                push,
-                self.request_timeout,
-            )
-            .await?;
-        if fresh {
-            // With a Bearer auth oci-client asks nobody: it only files the token under
-            // (registry, repository, operation) for the requests that follow.
-            let _ = self
-                .client
-                .auth(r, &RegistryAuth::Bearer(token.clone()), op)
-                .await;
-        }
-        Ok(Some(token))
+        tokens
+            .token(&self.http, &self.host, repo, push, self.request_timeout)
+            .await
+            .map(Some)
     }
 
     fn timed_out(&self, what: &str) -> Error {
@@ -296,7 +209,7 @@ impl Registry {
     /// Checks that the stored credentials are accepted (for `login`): the `/v2/` endpoint
     /// with Basic auth, or the token endpoint when the registry asks for a bearer token.
     pub async fn verify_login(&self) -> Result<()> {
-        let RegistryAuth::Basic(user, pass) = &self.auth else {
+        let Some((user, pass)) = &self.creds else {
             return Ok(());
         };
         let url = format!("{}://{}/v2/", self.scheme, self.api_host);
@@ -315,97 +228,19 @@ impl Registry {
             .is_some_and(|v| v.to_ascii_lowercase().starts_with("bearer"));
         match status {
             200..=299 => Ok(()),
-            401 if bearer => {
-                let probe = self.repo_ref("library/hangar-login-probe");
-                match self.authorise(&probe, RegistryOperation::Pull).await? {
-                    Some(_) => Ok(()),
-                    None => Err(Error::new(
-                        FailureClass::Auth,
-                        format!("login to {}: the registry names no token realm", self.host),
-                    )),
-                }
-            }
+            401 if bearer => match self.authorise("library/hangar-login-probe", false).await? {
+                Some(_) => Ok(()),
+                None => Err(Error::new(
+                    FailureClass::Auth,
+                    format!("login to {}: the registry names no token realm", self.host),
+                )),
+            },
             code => Err(status_error(
                 code,
                 Side::Destination,
                 &format!("login to {}", self.host),
             )),
         }
-    }
-
-    /// Classifies an oci-client failure. oci-client keeps response headers to itself, so on
-    /// a 429 the same URL is asked once more with HEAD, same credentials, for the server's
-    /// `Retry-After`, which the retry policy then waits at least.
-    async fn or_fail<T>(
-        &self,
-        res: std::result::Result<T, OciDistributionError>,
-        side: Side,
-        what: &str,
-        r: &Reference,
-        op: RegistryOperation,
-    ) -> Result<T> {
-        let e = match res {
-            Ok(v) => return Ok(v),
-            Err(e) => e,
-        };
-        let url = match &e {
-            OciDistributionError::ServerError { url, .. }
-            | OciDistributionError::RegistryError { url, .. } => Some(url.clone()),
-            OciDistributionError::RequestError(re) => re.url().map(|u| u.to_string()),
-            _ => None,
-        };
-        let mut err = classify(e, side, what);
-        if err.class == FailureClass::RateLimited
-            && let Some(url) = url
-        {
-            err.retry_after = self.ask_retry_after(&url, r, op).await;
-        }
-        if err.class == FailureClass::RateLimited
-            && let Some(g) = &self.gate
-        {
-            g.back_off(
-                &self.host,
-                err.retry_after.unwrap_or(Duration::from_secs(1)),
-            )
-            .await;
-        }
-        Err(err)
-    }
-
-    async fn ask_retry_after(
-        &self,
-        url: &str,
-        r: &Reference,
-        op: RegistryOperation,
-    ) -> Option<Duration> {
-        let mut req = self.http.head(url);
-        // Never hand credentials to another host (a redirect target such as a CDN).
-        let same_host = reqwest::Url::parse(url)
-            .ok()
-            .and_then(|u| {
-                u.host_str().map(|h| match u.port() {
-                    Some(p) => format!("{h}:{p}"),
-                    None => h.to_owned(),
-                })
-            })
-            .is_some_and(|h| h == self.host || h == self.api_host);
-        if self.challenged && same_host {
-            req = match (self.authorise(r, op).await, &self.auth) {
-                (Ok(Some(token)), _) => req.bearer_auth(token),
-                (_, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
-                _ => req,
-            };
-        }
-        let resp = tokio::time::timeout(Duration::from_secs(5), req.send())
-            .await
-            .ok()?
-            .ok()?;
-        let value = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)?
-            .to_str()
-            .ok()?;
-        parse_retry_after(value, std::time::SystemTime::now())
     }
 
     pub fn host(&self) -> &str {
@@ -425,55 +260,26 @@ impl Registry {
         }
     }
 
-    fn reference(&self, repo: &str, reference: &str) -> Reference {
-        let registry = self.host.clone();
-        if reference.starts_with("sha256:") {
-            Reference::with_digest(registry, repo.to_owned(), reference.to_owned())
-        } else {
-            Reference::with_tag(registry, repo.to_owned(), reference.to_owned())
-        }
+    /// The registry's address for `path` (starting with `/v2/`).
+    fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme, self.api_host)
     }
 
-    fn repo_ref(&self, repo: &str) -> Reference {
-        self.reference(repo, "latest")
+    /// Whether `url` is the registry's own (same scheme, host and port): only there are
+    /// credentials sent. An upload location or a tag page elsewhere gets none.
+    fn is_own(&self, url: &reqwest::Url) -> bool {
+        let authority = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_owned(),
+        };
+        url.scheme() == self.scheme && authority.eq_ignore_ascii_case(&self.api_host)
     }
 }
 
-/// One request, as the gate, the metrics and the error messages name it.
-struct Call<'a> {
-    op: &'static str,
-    /// How many requests it makes (an upload is two).
-    requests: u32,
-    /// Whether the request timeout bounds it (all but an upload, whose body is the blob).
-    bounded: bool,
-    side: Side,
-    what: &'a str,
-    r: &'a Reference,
-    access: RegistryOperation,
-}
-
-impl<'a> Call<'a> {
-    fn pull(op: &'static str, side: Side, what: &'a str, r: &'a Reference) -> Self {
-        Self {
-            op,
-            requests: 1,
-            bounded: true,
-            side,
-            what,
-            r,
-            access: RegistryOperation::Pull,
-        }
-    }
-
-    fn push(op: &'static str, what: &'a str, r: &'a Reference) -> Self {
-        Self {
-            op,
-            requests: 1,
-            bounded: true,
-            side: Side::Destination,
-            what,
-            r,
-            access: RegistryOperation::Push,
-        }
+/// Where a registry's API really lives: Docker Hub's is `index.docker.io`.
+fn api_host(host: &str) -> String {
+    match host {
+        "docker.io" => "index.docker.io".to_owned(),
+        other => other.to_owned(),
     }
 }

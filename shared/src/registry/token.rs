@@ -1,7 +1,6 @@
-//! Bearer tokens, fetched by us rather than by oci-client: from the realm checked at connect
-//! ([`super::challenge::check_realm`]), under the request timeout, the answer read up to
-//! 4 MiB. oci-client is handed each token before the request that needs it (its own token
-//! cache, keyed by repository and operation, then has it), so it never asks a realm itself.
+//! Bearer tokens: from the realm checked at connect ([`super::challenge::check_realm`]),
+//! under the request timeout, the answer read up to 4 MiB, reused for a while per
+//! repository and access.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use super::{MAX_MANIFEST_BYTES, Side};
 use crate::error::{Error, FailureClass, Result};
 
 /// How long a token is reused. Registries issue them for at least 60 s (the token spec's
-/// default); oci-client keeps a handed-over token that long or to its `exp`.
+/// default).
 pub(super) const TOKEN_REUSE: Duration = Duration::from_secs(45);
 
 /// A registry's token service: where to ask, with what, and what it gave.
@@ -38,8 +37,7 @@ impl TokenService {
         }
     }
 
-    /// A token for `repo` (pull, or pull and push) and whether it was just fetched (and
-    /// so must be handed to oci-client).
+    /// A token for `repo` (pull, or pull and push).
     pub(super) async fn token(
         &self,
         http: &reqwest::Client,
@@ -47,12 +45,12 @@ impl TokenService {
         repo: &str,
         push: bool,
         timeout: Duration,
-    ) -> Result<(String, bool)> {
+    ) -> Result<String> {
         let key = (repo.to_owned(), push);
         if let Some((token, at)) = self.cache.lock().await.get(&key)
             && at.elapsed() < TOKEN_REUSE
         {
-            return Ok((token.clone(), false));
+            return Ok(token.clone());
         }
         let what = format!("{host}/{repo}: token from {}", self.realm_host());
         let token = tokio::time::timeout(timeout, self.fetch(http, repo, push, &what))
@@ -67,7 +65,7 @@ impl TokenService {
             .lock()
             .await
             .insert(key, (token.clone(), Instant::now()));
-        Ok((token, true))
+        Ok(token)
     }
 
     /// Forgets `repo`'s tokens (the registry refused one).
@@ -94,11 +92,13 @@ impl TokenService {
         } else {
             format!("repository:{repo}:pull")
         };
-        let mut query = vec![("scope", scope.as_str())];
+        let mut url = reqwest::Url::parse(&self.realm)
+            .map_err(|e| Error::new(FailureClass::Auth, format!("{what}: {e}")))?;
+        url.query_pairs_mut().append_pair("scope", &scope);
         if let Some(s) = &self.service {
-            query.push(("service", s.as_str()));
+            url.query_pairs_mut().append_pair("service", s);
         }
-        let mut req = http.get(&self.realm).query(&query);
+        let mut req = http.get(url);
         if let Some((user, pass)) = &self.creds {
             req = req.basic_auth(user, Some(pass));
         }
