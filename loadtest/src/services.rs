@@ -41,6 +41,8 @@ pub struct RegistryConfig<'a> {
     pub htpasswd: Option<&'a Path>,
     /// Serve TLS with this certificate and key (PEM).
     pub tls: Option<(&'a Path, &'a Path)>,
+    /// With `tls`: require a client certificate signed by one of these CAs (PEM).
+    pub client_cas: Option<&'a Path>,
     /// Require bearer tokens from a token server.
     pub token: Option<TokenAuth<'a>>,
     /// Accept signed Docker schema 1 manifests (distribution refuses them by default).
@@ -82,9 +84,12 @@ impl RegistryProcess {
         };
         let tls = match cfg.tls {
             Some((cert, key)) => format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
+                "  tls:\n    certificate: {}\n    key: {}\n{}",
                 cert.display(),
-                key.display()
+                key.display(),
+                cfg.client_cas
+                    .map(|cas| format!("    clientcas:\n      - {}\n", cas.display()))
+                    .unwrap_or_default()
             ),
             None => String::new(),
         };

@@ -72,8 +72,9 @@ pub(super) fn request_error_text(re: &reqwest::Error) -> String {
     text
 }
 
-/// What to do about a TLS failure, for the two a user meets first: TLS spoken to a
-/// plain-HTTP registry, and a certificate nobody here trusts.
+/// What to do about a TLS failure, for the three a user meets first: TLS spoken to a
+/// plain-HTTP registry, a registry asking for a client certificate, and a certificate
+/// nobody here trusts.
 fn tls_hint(text: &str) -> Option<&'static str> {
     let t = text.to_ascii_lowercase();
     if t.contains("invalidcontenttype")
@@ -82,6 +83,10 @@ fn tls_hint(text: &str) -> Option<&'static str> {
     {
         Some(
             "the registry does not speak TLS (plain HTTP?): use --tls-verify=false or mark it insecure in registries.conf (on the fleet, the workers' own: hangar-worker --tls-verify=false)",
+        )
+    } else if t.contains("certificaterequired") || t.contains("badcertificate") {
+        Some(
+            "the registry asks for a client certificate: put NAME.cert and NAME.key in its certs.d directory or --cert-dir",
         )
     } else if t.contains("invalid peer certificate")
         || t.contains("unknownissuer")
@@ -201,6 +206,8 @@ mod tests {
         );
         let untrusted = super::tls_hint("invalid peer certificate: UnknownIssuer");
         assert!(untrusted.is_some_and(|h| h.contains("--cert-dir")));
+        let client = super::tls_hint("received fatal alert: CertificateRequired");
+        assert!(client.is_some_and(|h| h.contains("NAME.cert")));
         assert!(super::tls_hint("connection refused").is_none());
     }
 

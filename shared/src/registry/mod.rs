@@ -6,6 +6,7 @@
 //! retries on the classes it assigns. oci-client did this before; it cannot present a
 //! client certificate, reads any answer whole and keeps response headers to itself.
 
+mod asks_cert;
 mod blobs;
 mod certs;
 mod challenge;
@@ -146,6 +147,16 @@ impl Registry {
             }
             None => None,
         };
+        let mut unreachable = probed.unreachable;
+        if let Some(why) = &mut unreachable
+            && scheme == "https"
+            && trust.client.is_none()
+            && asks_cert::asks_for_client_cert(&api_host).await
+        {
+            why.push_str(
+                " — the registry asks for a client certificate: put NAME.cert and NAME.key in its certs.d directory or --cert-dir",
+            );
+        }
         Ok(Self {
             host: host.to_owned(),
             creds,
@@ -157,7 +168,7 @@ impl Registry {
             gate: opts.gate.clone(),
             request_timeout: opts.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
             tokens,
-            unreachable: probed.unreachable,
+            unreachable,
         })
     }
 

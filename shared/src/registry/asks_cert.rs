@@ -1,0 +1,134 @@
+//! Whether a TLS server asks for a client certificate. A registry that wants one and gets
+//! none ends the connection with an alert the HTTP client reports only as a closed
+//! connection or channel; when `/v2/` cannot be asked over TLS and no certificate was
+//! given, one handshake of our own tells the user what is really missing. Nothing is
+//! sent but the handshake: the server's certificate is not checked (no credentials follow
+//! it) and no client certificate is offered.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WantsClientCert};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{ConfigBuilder, DigitallySignedStruct, SignatureScheme};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether `host` (`name[:port]`, 443 when none) asks for a client certificate during the
+/// TLS handshake. `false` when that cannot be told (no connection, no TLS, a timeout).
+pub(super) async fn asks_for_client_cert(host: &str) -> bool {
+    let host = host.to_owned();
+    tokio::task::spawn_blocking(move || handshake(&host).unwrap_or(false))
+        .await
+        .unwrap_or(false)
+}
+
+fn handshake(host: &str) -> Option<bool> {
+    let (name, addr) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') || name.ends_with(']') => {
+            (name, format!("{name}:{port}"))
+        }
+        _ => (host, format!("{host}:443")),
+    };
+    let name = ServerName::try_from(name.trim_start_matches('[').trim_end_matches(']'))
+        .ok()?
+        .to_owned();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let asked = Arc::new(Asked::default());
+    let config = builder(provider.clone())?.with_client_cert_resolver(asked.clone());
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    let addr = addr.to_socket_addrs().ok()?.next()?;
+    let mut sock = TcpStream::connect_timeout(&addr, TIMEOUT).ok()?;
+    sock.set_read_timeout(Some(TIMEOUT)).ok()?;
+    sock.set_write_timeout(Some(TIMEOUT)).ok()?;
+    let mut rounds = 0;
+    while conn.is_handshaking() && !asked.0.load(Ordering::Relaxed) && rounds < 32 {
+        rounds += 1;
+        if conn.complete_io(&mut sock).is_err() {
+            break;
+        }
+    }
+    Some(asked.0.load(Ordering::Relaxed))
+}
+
+fn builder(
+    provider: Arc<CryptoProvider>,
+) -> Option<ConfigBuilder<rustls::ClientConfig, WantsClientCert>> {
+    Some(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider))),
+    )
+}
+
+/// Notes that the server asked for a certificate, and offers none.
+#[derive(Debug, Default)]
+struct Asked(AtomicBool);
+
+impl ResolvesClientCert for Asked {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.store(true, Ordering::Relaxed);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Accepts any server certificate (nothing but the handshake is sent), checking only that
+/// its handshake signatures are sound.
+#[derive(Debug)]
+struct AnyServer(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
