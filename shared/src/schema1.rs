@@ -329,7 +329,16 @@ pub const MAX_INFLATED: u64 = 64 << 30;
 /// A layer's digest uncompressed, read from `stream` (verified against `blob`, its own
 /// digest), and whether it is gzip. A layer that is not gzip is a tar whose digest is its
 /// own. Inflating and hashing run on a blocking thread.
-pub async fn diff_id(mut stream: ByteStream, blob: &Digest, what: &str) -> Result<(Digest, bool)> {
+pub async fn diff_id(stream: ByteStream, blob: &Digest, what: &str) -> Result<(Digest, bool)> {
+    diff_id_within(stream, blob, what, MAX_INFLATED).await
+}
+
+async fn diff_id_within(
+    mut stream: ByteStream,
+    blob: &Digest,
+    what: &str,
+    cap: u64,
+) -> Result<(Digest, bool)> {
     let mut first: Vec<Bytes> = Vec::new();
     let mut head = Vec::with_capacity(2);
     while head.len() < 2 {
@@ -350,14 +359,15 @@ pub async fn diff_id(mut stream: ByteStream, blob: &Digest, what: &str) -> Resul
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let label = what.to_owned();
     let inflating = tokio::task::spawn_blocking(move || {
-        struct Hashing(Sha256, u64);
+        /// The hash, the bytes inflated so far, and the most allowed.
+        struct Hashing(Sha256, u64, u64);
         impl Write for Hashing {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
                 self.1 += buf.len() as u64;
-                if self.1 > MAX_INFLATED {
+                if self.1 > self.2 {
                     return Err(std::io::Error::other(format!(
-                        "it inflates to more than {} GiB",
-                        MAX_INFLATED >> 30
+                        "it inflates to more than {} MiB",
+                        self.2 >> 20
                     )));
                 }
                 self.0.update(buf);
@@ -368,7 +378,7 @@ pub async fn diff_id(mut stream: ByteStream, blob: &Digest, what: &str) -> Resul
             }
         }
         let bad = |e: std::io::Error| Error::invalid(format!("{label}: not a gzip layer: {e}"));
-        let mut decoder = flate2::write::MultiGzDecoder::new(Hashing(Sha256::new(), 0));
+        let mut decoder = flate2::write::MultiGzDecoder::new(Hashing(Sha256::new(), 0, cap));
         while let Some(chunk) = rx.blocking_recv() {
             decoder.write_all(&chunk).map_err(bad)?;
         }
@@ -519,6 +529,63 @@ mod tests {
         );
         let s1 = Schema1::parse(signed.as_bytes()).unwrap();
         assert_eq!(s1.layer_blobs(), vec![digest(1), digest(2)]);
+    }
+
+    #[test]
+    fn more_signatures_than_sixteen_are_refused() {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = b"{\n   \"schemaVersion\": 1\n}".to_vec();
+        let cut = payload.len() - 2;
+        let protected = b64.encode(format!(
+            "{{\"formatLength\":{cut},\"formatTail\":\"{}\"}}",
+            b64.encode(&payload[cut..])
+        ));
+        let one = format!("{{\"protected\": \"{protected}\", \"signature\": \"x\"}}");
+        let signed = |n: usize| {
+            format!(
+                "{},\n   \"signatures\": [{}]\n}}",
+                String::from_utf8_lossy(&payload[..cut]),
+                vec![one.as_str(); n].join(",")
+            )
+        };
+        assert_eq!(
+            signed_payload(signed(MAX_SIGNATURES).as_bytes()).unwrap(),
+            Some(payload.clone())
+        );
+        let e = signed_payload(signed(MAX_SIGNATURES + 1).as_bytes()).unwrap_err();
+        assert!(e.message.contains("17 signatures"), "{e}");
+    }
+
+    /// A gzip bomb (64 MiB of zeros in about 64 KiB) stops at the cap, having inflated no
+    /// more than it, with an error saying so.
+    #[tokio::test]
+    async fn a_layer_inflating_past_the_cap_is_refused() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() < 1 << 20, "{}", gz.len());
+        let blob = Digest::of(&gz);
+        let chunks: Vec<Result<Bytes>> = gz
+            .chunks(8192)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let started = std::time::Instant::now();
+        let e = diff_id_within(
+            futures_util::stream::iter(chunks).boxed(),
+            &blob,
+            "bomb",
+            4 << 20,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.message.contains("bomb") && e.message.contains("more than 4 MiB"),
+            "{e}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 
     #[tokio::test]

@@ -219,7 +219,7 @@ pub(super) async fn answer(resp: Response, target: Target<'_>) -> Result<Respons
 }
 
 /// The target of a `Link` header's `rel="next"`.
-fn next_link(header: &str) -> Option<String> {
+pub(super) fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|link| {
         let (target, params) = link.trim().split_once(';')?;
         let next = params.split(';').any(|p| {
@@ -260,83 +260,4 @@ pub(super) async fn read_capped(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::super::{Registry, RegistryOptions};
-
-    /// A registry of two repositories' tag lists: `paged` says more follow (a `Link`
-    /// header), `whole` does not. Answers every request on a connection, kept alive.
-    async fn registry() -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let Ok(n) = conn.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        // A TLS handshake (the client tries https first): not spoken here.
-                        if buf.first() == Some(&0x16) {
-                            return;
-                        }
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                            buf.drain(..end + 4);
-                            let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-                            let (link, body) = if path.starts_with("/v2/paged/tags/list") {
-                                (
-                                    "Link: </v2/paged/tags/list?n=1000&last=b>; rel=\"next\"\r\n",
-                                    r#"{"name":"paged","tags":["a","b"]}"#,
-                                )
-                            } else if path.starts_with("/v2/whole/tags/list") {
-                                ("", r#"{"name":"whole","tags":["a","b"]}"#)
-                            } else {
-                                ("", "{}")
-                            };
-                            let answer = format!(
-                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{link}Content-Length: {}\r\n\r\n{body}",
-                                body.len()
-                            );
-                            if conn.write_all(answer.as_bytes()).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        addr
-    }
-
-    #[tokio::test]
-    async fn a_tag_page_the_registry_says_continues_is_not_taken_for_the_whole_list() {
-        let addr = registry().await;
-        let opts = RegistryOptions {
-            tls_verify: Some(false),
-            ..Default::default()
-        };
-        let reg = Registry::connect(&addr, &opts, None)
-            .await
-            .expect("connect");
-        assert_eq!(
-            reg.tags_upto("whole", 1000).await.expect("whole"),
-            Some(vec!["a".to_owned(), "b".to_owned()])
-        );
-        assert_eq!(reg.tags_upto("paged", 1000).await.expect("paged"), None);
-        // A full page may be followed by more, whatever the registry says.
-        assert_eq!(reg.tags_upto("whole", 2).await.expect("full page"), None);
-    }
 }

@@ -92,15 +92,19 @@ impl Registry {
     /// Every tag of `repo`, sorted, following the registry's pages (at most
     /// [`MAX_TAG_PAGES`], each read up to 4 MiB).
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
+        self.tags_within(repo, MAX_TAG_PAGES).await
+    }
+
+    pub(super) async fn tags_within(&self, repo: &str, max_pages: usize) -> Result<Vec<String>> {
         let what = format!("list tags {}/{repo}", self.host);
         let mut tags = Vec::new();
         let mut next = Some(self.url(&format!("/v2/{repo}/tags/list")));
         let mut pages = 0;
         while let Some(url) = next {
             pages += 1;
-            if pages > MAX_TAG_PAGES {
+            if pages > max_pages {
                 return Err(Error::invalid(format!(
-                    "{what}: more than {MAX_TAG_PAGES} pages of tags"
+                    "{what}: more than {max_pages} pages of tags"
                 )));
             }
             let (page, after) = self

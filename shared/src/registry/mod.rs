@@ -15,6 +15,8 @@ mod conf;
 pub use conf::RegistriesConf;
 mod fetch;
 mod manifests;
+#[cfg(test)]
+mod tests;
 mod token;
 
 use classify::status_error;

@@ -1,0 +1,209 @@
+//! The registry client against peers written here: each answers by a function of the
+//! request's path and headers, so a test can page without end, point elsewhere, or look
+//! at what credentials arrive.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Registry, RegistryOptions};
+use crate::auth::Credentials;
+
+/// One request as the peer saw it: its path and its `Authorization` header, if any.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    authorization: Option<String>,
+}
+
+type Answer = Arc<dyn Fn(&str, u16) -> (u16, String, String) + Send + Sync>;
+
+/// A plain-HTTP peer on a free port: `answer(path, own port)` gives the status, extra
+/// header lines and body. Every request is recorded. Connections are kept alive.
+async fn peer(answer: Answer) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answer = answer.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    // A TLS handshake (the client tries https first): not spoken here.
+                    if buf.first() == Some(&0x16) {
+                        return;
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        let authorization = head.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("authorization")
+                                .then(|| v.trim().to_owned())
+                        });
+                        log.lock().expect("log").push(Seen {
+                            path: path.clone(),
+                            authorization,
+                        });
+                        let (status, headers, body) = answer(&path, port);
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if conn.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("127.0.0.1:{port}"), seen)
+}
+
+fn plain_http() -> RegistryOptions {
+    RegistryOptions {
+        tls_verify: Some(false),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_tag_page_the_registry_says_continues_is_not_taken_for_the_whole_list() {
+    let (addr, _) = peer(Arc::new(|path: &str, _| {
+        let (link, body) = if path.starts_with("/v2/paged/tags/list") {
+            (
+                "Link: </v2/paged/tags/list?n=1000&last=b>; rel=\"next\"\r\n",
+                r#"{"name":"paged","tags":["a","b"]}"#,
+            )
+        } else if path.starts_with("/v2/whole/tags/list") {
+            ("", r#"{"name":"whole","tags":["a","b"]}"#)
+        } else {
+            ("", "{}")
+        };
+        (200, link.to_owned(), body.to_owned())
+    }))
+    .await;
+    let reg = Registry::connect(&addr, &plain_http(), None)
+        .await
+        .expect("connect");
+    let ab = Some(vec!["a".to_owned(), "b".to_owned()]);
+    assert_eq!(reg.tags_upto("whole", 1000).await.expect("whole"), ab);
+    assert_eq!(reg.tags_upto("paged", 1000).await.expect("paged"), None);
+    // A full page may be followed by more, whatever the registry says.
+    assert_eq!(reg.tags_upto("whole", 2).await.expect("full page"), None);
+}
+
+/// A listing follows the registry's pages to the end, and stops at the cap when the pages
+/// never end (each page names the next).
+#[tokio::test]
+async fn tag_pages_are_followed_and_endless_ones_cut_off() {
+    let (addr, seen) = peer(Arc::new(|path: &str, _| {
+        let page: usize = path
+            .split("last=")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if path.starts_with("/v2/three/tags/list") && page >= 2 {
+            return (200, String::new(), format!(r#"{{"tags":["t{page}"]}}"#));
+        }
+        let next = format!(
+            "Link: <{}?last={}>; rel=\"next\"\r\n",
+            path.split('?').next().unwrap_or(""),
+            page + 1
+        );
+        (200, next, format!(r#"{{"tags":["t{page}"]}}"#))
+    }))
+    .await;
+    let reg = Registry::connect(&addr, &plain_http(), None)
+        .await
+        .expect("connect");
+    assert_eq!(reg.tags("three").await.expect("three"), ["t0", "t1", "t2"]);
+    let started = std::time::Instant::now();
+    let e = reg.tags_within("endless", 50).await.unwrap_err();
+    assert!(e.message.contains("more than 50 pages"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let asked = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .filter(|s| s.path.starts_with("/v2/endless/"))
+        .count();
+    assert_eq!(asked, 50);
+}
+
+/// Credentials go to the registry's own origin only: a tag page named on another host (as
+/// a hostile or misconfigured registry may name it) is asked for without them.
+#[tokio::test]
+async fn credentials_are_not_sent_to_a_page_on_another_host() {
+    let (elsewhere, elsewhere_seen) = peer(Arc::new(|_: &str, _| {
+        (200, String::new(), r#"{"tags":["stolen"]}"#.to_owned())
+    }))
+    .await;
+    let (addr, seen) = peer(Arc::new(move |path: &str, _| {
+        if path == "/v2/" {
+            return (
+                401,
+                "WWW-Authenticate: Basic realm=\"test\"\r\n".to_owned(),
+                "{}".to_owned(),
+            );
+        }
+        (
+            200,
+            format!("Link: <http://{elsewhere}/v2/app/tags/list?last=a>; rel=\"next\"\r\n"),
+            r#"{"tags":["a"]}"#.to_owned(),
+        )
+    }))
+    .await;
+    let creds = Credentials {
+        username: "user".into(),
+        password: "secret".into(),
+    };
+    let reg = Registry::connect(&addr, &plain_http(), Some(creds))
+        .await
+        .expect("connect");
+    assert_eq!(reg.tags("app").await.expect("tags"), ["a", "stolen"]);
+    let own = seen.lock().expect("seen").clone();
+    let page = own
+        .iter()
+        .find(|s| s.path.starts_with("/v2/app/"))
+        .expect("asked");
+    assert!(
+        page.authorization
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Basic ")),
+        "{own:?}"
+    );
+    let other = elsewhere_seen.lock().expect("seen").clone();
+    assert_eq!(other.len(), 1, "{other:?}");
+    assert_eq!(other[0].authorization, None, "{other:?}");
+}
+
+#[test]
+fn the_next_link_is_read_from_a_link_header() {
+    use super::fetch::next_link;
+    assert_eq!(
+        next_link("</v2/a/tags/list?last=x&n=2>; rel=\"next\"").as_deref(),
+        Some("/v2/a/tags/list?last=x&n=2")
+    );
+    assert_eq!(
+        next_link("<https://x/prev>; rel=\"prev\", <https://x/next>; rel=next").as_deref(),
+        Some("https://x/next")
+    );
+    assert_eq!(next_link("<https://x/prev>; rel=\"prev\""), None);
+    assert_eq!(next_link("garbage"), None);
+}
