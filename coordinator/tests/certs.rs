@@ -287,3 +287,97 @@ async fn a_client_certificate_in_certs_d_is_presented() {
     std::fs::write(with_client.join("client.key"), &pki.client_key).unwrap();
     assert!(!skopeo_inspect(&with_client, "no-key").status.success());
 }
+
+/// `insecure = true` on a repository prefix in registries.conf, as containers/image reads
+/// it: that prefix's images are read from a registry whose CA nobody here trusts, while
+/// the registry's other repositories keep their certificate checks (and fail).
+#[tokio::test(flavor = "multi_thread")]
+async fn insecure_on_a_repository_prefix_is_that_prefix_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let private = RegistryProcess::start_with(RegistryConfig {
+        tls: Some((&pki.server.0, &pki.server.1)),
+        ..Default::default()
+    })
+    .unwrap();
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let pushed = push_image(
+        &src,
+        env.dir.path(),
+        "team/app",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        (&[600], 10_000),
+    )
+    .await;
+    let given = dir.path().join("given");
+    std::fs::create_dir_all(&given).unwrap();
+    std::fs::write(given.join("ca.crt"), &pki.ca_pem).unwrap();
+    for project in ["lab", "prod"] {
+        let put = Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false", "--dest-cert-dir"])
+            .arg(&given)
+            .arg(format!("docker://{}/team/app:1", env.src.addr))
+            .arg(format!("docker://{}/{project}/app:1", private.addr))
+            .output()
+            .expect("skopeo");
+        assert!(put.status.success(), "{}", text(&put));
+    }
+    let conf = env.path("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nlocation = \"{}/lab\"\ninsecure = true\n\n[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+            private.addr, env.dst.addr
+        ),
+    )
+    .unwrap();
+    let home = dir.path().join("home");
+    let list = env.write_list(
+        "list.txt",
+        &[
+            format!("{}/lab/app:1", private.addr),
+            format!("{}/prod/app:1", private.addr),
+        ],
+    );
+    let failed = env.path("failed.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args(["mirror", "-f"])
+        .arg(&list)
+        .args(["-d", &env.dst.addr, "-o"])
+        .arg(&failed)
+        .env("HOME", &home)
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .output()
+        .expect("hangar-coord");
+    // lab is copied; prod, whose certificate is checked, is not, and says why.
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("prod/app") && text(&out).contains("certificate is not trusted"),
+        "{}",
+        text(&out)
+    );
+    let failed_lines = std::fs::read_to_string(&failed).unwrap();
+    assert_eq!(
+        failed_lines.trim(),
+        format!("{}/prod/app:1", private.addr),
+        "{}",
+        text(&out)
+    );
+    let copied = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/lab/app:1", env.dst.addr))
+        .output()
+        .expect("skopeo");
+    assert!(copied.status.success(), "{}", text(&copied));
+    assert_eq!(index_digests(&copied.stdout), vec![sha(&pushed.bytes)]);
+    let absent = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/prod/app:1", env.dst.addr))
+        .output()
+        .expect("skopeo");
+    assert!(!absent.status.success(), "{}", text(&absent));
+}

@@ -131,7 +131,7 @@ impl Registry {
             }
         });
         let req = self
-            .http
+            .client_for(repo)?
             .put(location.clone())
             .header(reqwest::header::CONTENT_LENGTH, desc.size)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")

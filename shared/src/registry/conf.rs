@@ -4,11 +4,13 @@
 //! `/etc/containers/registries.conf.d/` and `$HOME/.config/containers/registries.conf.d/`
 //! in name order, a later `[[registry]]` replacing an earlier one of the same prefix.
 //!
-//! What is honoured: `insecure` (plain HTTP and unverified TLS for a registry, when the
-//! command's `--tls-verify` was left out), `blocked` (its images are not read), `location`
-//! (where a prefix is really read from) and `[[registry.mirror]]` (`location`, `insecure`,
-//! `pull-from-mirror`; `mirror-by-digest-only`), tried in order before the registry, in the
-//! v2 `[[registry]]` form and the v1 `[registries.insecure]`/`[registries.block]` lists.
+//! What is honoured: `insecure` (plain HTTP and unverified TLS for a registry or a
+//! repository prefix, when the command's `--tls-verify` was left out), `blocked` (its
+//! images are not read), `location` (where a prefix is really read from) and
+//! `[[registry.mirror]]` (`location`, `insecure`, `pull-from-mirror`;
+//! `mirror-by-digest-only`), tried in order before the registry, in the v2 `[[registry]]`
+//! form and the v1 `[registries.insecure]`/`[registries.block]` lists. An `insecure`
+//! mirror or `location` makes its whole host insecure (the endpoint is reached by host).
 //! Other keys (search registries, short names, aliases) concern short names, which lists
 //! never hold.
 
@@ -49,8 +51,6 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct RegistriesConf {
     entries: Vec<Entry>,
-    /// Things configured and not followed, each said once when the configuration is read.
-    pub ignored: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -109,15 +109,9 @@ impl RegistriesConf {
     /// asked for, naming the file and line.
     pub fn global() -> Result<&'static RegistriesConf> {
         static CONF: OnceLock<std::result::Result<RegistriesConf, String>> = OnceLock::new();
-        CONF.get_or_init(|| {
-            let conf = Self::load(&files()).map_err(|e| e.message)?;
-            for line in &conf.ignored {
-                tracing::warn!("{line}");
-            }
-            Ok(conf)
-        })
-        .as_ref()
-        .map_err(|m| Error::invalid(m.clone()))
+        CONF.get_or_init(|| Self::load(&files()).map_err(|e| e.message))
+            .as_ref()
+            .map_err(|m| Error::invalid(m.clone()))
     }
 
     /// Reads `paths` in order, later entries replacing earlier ones of the same prefix.
@@ -206,14 +200,7 @@ impl RegistriesConf {
                     tag_only,
                 });
             }
-            let insecure = if table.insecure && prefix.contains('/') {
-                self.ignored.push(format!(
-                    "{shown}: insecure = true on {prefix} is ignored: connections are per registry here; set it on the registry's own entry"
-                ));
-                false
-            } else {
-                table.insecure
-            };
+            let insecure = table.insecure;
             found.push(Entry {
                 prefix,
                 location,
@@ -256,6 +243,30 @@ impl RegistriesConf {
                 (e.insecure && e.location.as_deref().is_some_and(on))
                     || e.mirrors.iter().any(|m| m.insecure && on(&m.location))
             })
+    }
+
+    /// Whether `repo` on `host` may skip certificate checks (and use plain HTTP, where the
+    /// registry speaks only that): the most specific entry for it without a `location`,
+    /// else the host's own answer ([`Self::insecure`]). A repository prefix may say
+    /// otherwise than its registry, either way.
+    pub fn insecure_repo(&self, host: &str, repo: &str) -> bool {
+        match self.find(&format!("{host}/{repo}")) {
+            Some(e) if e.prefix.contains('/') && e.location.is_none() => e.insecure,
+            _ => self.insecure(host),
+        }
+    }
+
+    /// Whether some repository prefix on `host` says otherwise than the host about
+    /// `insecure`: its connections then need a client of each kind.
+    pub fn insecure_varies(&self, host: &str) -> bool {
+        let whole = self.insecure(host);
+        self.entries.iter().any(|e| {
+            e.location.is_none()
+                && e.insecure != whole
+                && e.prefix
+                    .strip_prefix(host)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
     }
 
     /// Where to read `name` (`host/repository`) from, in order: the mirrors that serve it
@@ -414,7 +425,36 @@ insecure = true
         assert!(c.check_not_blocked("docker.io", "evil").is_err());
         assert!(c.check_not_blocked("docker.io", "evilcorp/x").is_ok());
         assert!(c.check_not_blocked("docker.io", "library/alpine").is_ok());
-        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+    }
+
+    #[test]
+    fn insecure_on_a_repository_prefix_either_way() {
+        let c = conf(
+            r#"
+[[registry]]
+location = "harbor:5000/lab"
+insecure = true
+
+[[registry]]
+location = "plain:5000"
+insecure = true
+
+[[registry]]
+location = "plain:5000/prod"
+insecure = false
+"#,
+        )
+        .unwrap();
+        assert!(!c.insecure("harbor:5000"));
+        assert!(c.insecure_varies("harbor:5000"));
+        assert!(c.insecure_repo("harbor:5000", "lab/app"));
+        assert!(c.insecure_repo("harbor:5000", "lab"));
+        assert!(!c.insecure_repo("harbor:5000", "laboratory/app"));
+        assert!(!c.insecure_repo("harbor:5000", "prod/app"));
+        assert!(c.insecure("plain:5000") && c.insecure_varies("plain:5000"));
+        assert!(!c.insecure_repo("plain:5000", "prod/app"));
+        assert!(c.insecure_repo("plain:5000", "dev/app"));
+        assert!(!c.insecure_varies("other:5000"));
     }
 
     #[test]
@@ -479,7 +519,6 @@ location = "cache.local/quay-team"
         );
         assert!(c.insecure("m1.local:5000"));
         assert!(!c.insecure("m2.local"));
-        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
         let e = conf("[[registry]]\nprefix = \"*.x.io\"\n[[registry.mirror]]\nlocation = \"m\"\n")
             .unwrap_err();
         assert!(e.message.contains("wildcard"), "{e}");

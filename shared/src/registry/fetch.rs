@@ -152,7 +152,11 @@ impl Registry {
         let mut renewed = false;
         loop {
             let req = self
-                .authorised(self.http.request(method.clone(), url), url, target)
+                .authorised(
+                    self.client_for(target.repo)?.request(method.clone(), url),
+                    url,
+                    target,
+                )
                 .await?;
             let resp = build(req).send().await.map_err(|e| network(&e, target))?;
             if resp.status() == reqwest::StatusCode::UNAUTHORIZED

@@ -67,7 +67,13 @@ pub struct Registry {
     /// The user's credentials for it, if any.
     creds: Option<(String, String)>,
     retry: RetryPolicy,
+    /// The client for the registry as `--tls-verify` or registries.conf says of its host.
     http: reqwest::Client,
+    /// The other kind (checking certificates or not), for repositories whose prefix in
+    /// registries.conf says otherwise than the host ([`Registry::client_for`]).
+    other: Option<reqwest::Client>,
+    /// Whether `http` skips certificate checks (and may speak plain HTTP).
+    insecure: bool,
     scheme: &'static str,
     /// The registry asks for credentials (a `WWW-Authenticate` challenge on `/v2/`).
     challenged: bool,
@@ -88,17 +94,21 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// Connects to `host`, deciding the scheme once: TLS, or with `--tls-verify=false`
-    /// plain HTTP when the registry does not speak TLS.
+    /// Connects to `host`, deciding the scheme once: TLS, or plain HTTP when the registry
+    /// does not speak TLS and may be reached insecurely (`--tls-verify=false`, or
+    /// registries.conf for the host or one of its repository prefixes).
     pub async fn connect(
         host: &str,
         opts: &RegistryOptions,
         creds: Option<Credentials>,
     ) -> Result<Self> {
-        let insecure = match opts.tls_verify {
-            Some(verify) => !verify,
+        let (insecure, varies) = match opts.tls_verify {
+            Some(verify) => (!verify, false),
             // Left out: registries.conf decides, as containers/image does.
-            None => conf::RegistriesConf::global()?.insecure(host),
+            None => {
+                let conf = conf::RegistriesConf::global()?;
+                (conf.insecure(host), conf.insecure_varies(host))
+            }
         };
         let trust = match certs::dir_for(host, opts.cert_dir.as_deref()) {
             Some(dir) => {
@@ -107,36 +117,25 @@ impl Registry {
             }
             None => certs::Trust::default(),
         };
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .tls_danger_accept_invalid_certs(insecure)
-            .connect_timeout(Duration::from_secs(30))
-            // A body that stops moving: what bounds a blob, whose whole read is not.
-            .read_timeout(BODY_READ_TIMEOUT);
-        for pem in &trust.cas {
-            let cert = reqwest::Certificate::from_pem(pem)
-                .map_err(|e| Error::invalid(format!("{host}: a CA certificate: {e}")))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        if let Some(client) = &trust.client {
-            let identity = reqwest::Identity::from_pem(&client.pem).map_err(|e| {
-                Error::invalid(format!(
-                    "{}: not a usable client certificate and key: {e}",
-                    client.cert.display()
-                ))
-            })?;
-            builder = builder.identity(identity);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| Error::internal(format!("http client: {e}")))?;
-        let scheme = if insecure {
-            challenge::probe_scheme(&http, host).await
+        let http = http_client(host, &trust, insecure)?;
+        // A repository prefix that says otherwise than its registry gets a client of its
+        // own kind.
+        let other = match varies {
+            true => Some(http_client(host, &trust, !insecure)?),
+            false => None,
+        };
+        let lax = if insecure {
+            Some(&http)
         } else {
-            "https"
+            other.as_ref()
+        };
+        let scheme = match lax {
+            Some(lax) => challenge::probe_scheme(lax, host).await,
+            None => "https",
         };
         let api_host = api_host(host);
-        let probed = challenge::probe(&http, scheme, &api_host).await;
+        // The probe sends no credentials: the lax client may ask it.
+        let probed = challenge::probe(lax.unwrap_or(&http), scheme, &api_host).await;
         let creds = creds.map(|c| (c.username, c.password));
         let tokens = match probed.realm {
             Some(realm) => {
@@ -164,6 +163,8 @@ impl Registry {
             creds,
             retry: opts.retry.clone(),
             http,
+            other,
+            insecure,
             scheme,
             challenged: probed.challenged,
             api_host,
@@ -204,7 +205,13 @@ impl Registry {
             return Ok(None);
         };
         tokens
-            .token(&self.http, &self.host, repo, push, self.request_timeout)
+            .token(
+                self.client_for(repo)?,
+                &self.host,
+                repo,
+                push,
+                self.request_timeout,
+            )
             .await
             .map(Some)
     }
@@ -273,6 +280,30 @@ impl Registry {
         }
     }
 
+    /// The client for requests about `repo`: the host's, or the other kind where a
+    /// repository prefix in registries.conf says otherwise. A repository that must be
+    /// reached securely is refused when the registry speaks only plain HTTP.
+    pub(super) fn client_for(&self, repo: &str) -> Result<&reqwest::Client> {
+        let Some(other) = &self.other else {
+            return Ok(&self.http);
+        };
+        let lax = conf::RegistriesConf::global()?.insecure_repo(&self.host, repo);
+        if !lax && self.scheme == "http" {
+            return Err(Error::new(
+                FailureClass::InvalidInput,
+                format!(
+                    "{}/{repo}: the registry speaks plain HTTP, and registries.conf marks only some of its repositories insecure, not this one",
+                    self.host
+                ),
+            ));
+        }
+        Ok(if lax == self.insecure {
+            &self.http
+        } else {
+            other
+        })
+    }
+
     /// The registry's address for `path` (starting with `/v2/`).
     fn url(&self, path: &str) -> String {
         format!("{}://{}{path}", self.scheme, self.api_host)
@@ -287,6 +318,34 @@ impl Registry {
         };
         url.scheme() == self.scheme && authority.eq_ignore_ascii_case(&self.api_host)
     }
+}
+
+/// An HTTP client for `host`: its CAs and client certificate, certificate checks on unless
+/// `insecure`, connections bounded, a body that stops moving cut off.
+fn http_client(host: &str, trust: &certs::Trust, insecure: bool) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .tls_danger_accept_invalid_certs(insecure)
+        .connect_timeout(Duration::from_secs(30))
+        // What bounds a blob's body, whose whole read is not.
+        .read_timeout(BODY_READ_TIMEOUT);
+    for pem in &trust.cas {
+        let cert = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| Error::invalid(format!("{host}: a CA certificate: {e}")))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    if let Some(client) = &trust.client {
+        let identity = reqwest::Identity::from_pem(&client.pem).map_err(|e| {
+            Error::invalid(format!(
+                "{}: not a usable client certificate and key: {e}",
+                client.cert.display()
+            ))
+        })?;
+        builder = builder.identity(identity);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::internal(format!("http client: {e}")))
 }
 
 /// Where a registry's API really lives: Docker Hub's is `index.docker.io`.
