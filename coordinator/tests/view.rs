@@ -32,17 +32,21 @@ fn sbom_predicate() -> Value {
     })
 }
 
+const PROVENANCE: &str = "https://slsa.dev/provenance/v0.2";
+const SBOM: &str = "https://spdx.dev/Document";
+
+fn statement_of(image: &RawManifest, predicate_type: &str, predicate: Value) -> Value {
+    json!({
+        "_type": "https://in-toto.io/Statement/v0.1",
+        "predicateType": predicate_type,
+        "subject": [{"name": "pkg:docker/test/app@v1?platform=linux%2Famd64",
+                     "digest": {"sha256": image.digest.hex()}}],
+        "predicate": predicate,
+    })
+}
+
 fn statement(image: &RawManifest, predicate_type: &str, predicate: Value) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&json!({
-            "_type": "https://in-toto.io/Statement/v0.1",
-            "predicateType": predicate_type,
-            "subject": [{"name": "pkg:docker/test/app@v1?platform=linux%2Famd64",
-                         "digest": {"sha256": image.digest.hex()}}],
-            "predicate": predicate,
-        }))
-        .unwrap(),
-    )
+    Bytes::from(serde_json::to_vec(&statement_of(image, predicate_type, predicate)).unwrap())
 }
 
 /// A buildx-style attestation manifest for `image`, its two layers the statements.
@@ -61,8 +65,8 @@ async fn push_attestation(
     .expect("push config");
     let mut layers = Vec::new();
     for (ty, predicate) in [
-        ("https://slsa.dev/provenance/v0.2", provenance_predicate()),
-        ("https://spdx.dev/Document", sbom_predicate()),
+        (PROVENANCE, provenance_predicate()),
+        (SBOM, sbom_predicate()),
     ] {
         let desc = seed::push_bytes(reg, repo, IN_TOTO, statement(image, ty, predicate))
             .await
@@ -149,13 +153,25 @@ async fn view_prints_provenance_and_sbom_and_fails_without_attestations() {
     args.extend(platform);
     let out = hangar(&args);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(json_of(&out.stdout), provenance_predicate());
+    assert_eq!(
+        json_of(&out.stdout),
+        statement_of(&amd, PROVENANCE, provenance_predicate())
+    );
+    // As Hangar prints it: the whole statement, two-space indent, keys in order.
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.starts_with("{\n  \"_type\": "), "{printed}");
+    let at = |key: &str| printed.find(&format!("\n  \"{key}\": ")).expect(key);
+    assert!(at("_type") < at("predicate") && at("predicate") < at("predicateType"));
+    assert!(at("predicateType") < at("subject"), "{printed}");
 
     let mut args = vec!["view", "sbom", "--tls-verify=false", &image];
     args.extend(platform);
     let out = hangar(&args);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(json_of(&out.stdout), sbom_predicate());
+    assert_eq!(
+        json_of(&out.stdout),
+        statement_of(&amd, SBOM, sbom_predicate())
+    );
 
     // -o writes the same JSON to a file (docker:// given explicitly).
     let file = env.path("sbom.json");
@@ -173,7 +189,10 @@ async fn view_prints_provenance_and_sbom_and_fails_without_attestations() {
     let out = hangar(&args);
     assert!(out.status.success(), "{}", text(&out));
     let written = std::fs::read(&file).expect("-o file written");
-    assert_eq!(json_of(&written), sbom_predicate());
+    assert_eq!(
+        json_of(&written),
+        statement_of(&amd, SBOM, sbom_predicate())
+    );
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("SPDX-2.3"),
         "with -o nothing goes to stdout"

@@ -1,7 +1,9 @@
 //! `view provenance IMAGE` and `view sbom IMAGE`: finds the attestation of the platform
 //! image (a buildx attestation manifest in the index, else the cosign-style
 //! `sha256-<hex>.att` tag), picks its in-toto statement of the wanted kind and prints the
-//! statement's predicate as pretty JSON.
+//! whole statement as Hangar prints it: JSON indented by two spaces, keys in order (Go
+//! prints a map so). A cosign DSSE envelope is opened and its statement printed (Hangar
+//! prints the envelope, its statement in base64).
 
 use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
@@ -118,8 +120,9 @@ pub async fn run(args: &ViewArgs, kind: Kind, console: &Console) -> Result<()> {
     }
 
     for raw in &attestations {
-        if let Some(predicate) = find_statement(&reg, &repo, raw, kind).await? {
-            let mut text = serde_json::to_string_pretty(&predicate)?;
+        if let Some(statement) = find_statement(&reg, &repo, raw, kind).await? {
+            // serde_json's map is ordered by key, as Go's encoder orders a map.
+            let mut text = serde_json::to_string_pretty(&statement)?;
             text.push('\n');
             match &args.output {
                 Some(path) => {
@@ -143,8 +146,8 @@ pub async fn run(args: &ViewArgs, kind: Kind, console: &Console) -> Result<()> {
     )
 }
 
-/// The predicate of the first statement of `kind` in an attestation manifest (a buildx
-/// attestation or a cosign `.att` image).
+/// The first statement of `kind` in an attestation manifest (a buildx attestation or a
+/// cosign `.att` image).
 async fn find_statement(
     reg: &Registry,
     repo: &str,
@@ -182,12 +185,7 @@ async fn find_statement(
         if !kind.matches(&predicate_type) {
             continue;
         }
-        return Ok(Some(
-            statement
-                .get_mut("predicate")
-                .map(Value::take)
-                .unwrap_or(statement),
-        ));
+        return Ok(Some(statement));
     }
     Ok(None)
 }
