@@ -53,6 +53,10 @@ pub struct GenerateListArgs {
     /// (`BASE/rancher/charts`, `BASE/rancher/system-charts`): GitHub, or a mirror of it.
     #[arg(long = "git-base", default_value = "https://github.com")]
     pub git_base: String,
+    /// The longest one download (KDM data, a chart index or package, a release image list)
+    /// or one git clone may take (default: 10m a download, 30m a clone).
+    #[arg(long = "timeout")]
+    pub timeout: Option<String>,
     /// Where Rancher's KDM data is read from when no source is given
     /// (`BASE/release-vX.Y/data.json`): Rancher's release site, a mirror of it, or a
     /// directory laid out the same way.

@@ -39,12 +39,34 @@ pub async fn get(
     to: Option<&Path>,
     cap: u64,
 ) -> Result<Vec<u8>> {
-    match tokio::time::timeout(DOWNLOAD_TIME, get_once(http, url, to, cap)).await {
-        Ok(done) => done,
-        Err(_) => bail!(
-            "{url}: not downloaded within {}",
-            humantime::format_duration(DOWNLOAD_TIME)
-        ),
+    Downloads::new(http.clone(), None).get(url, to, cap).await
+}
+
+/// Downloads, each bounded in time as a whole (the caller bounds each in size).
+#[derive(Clone)]
+pub struct Downloads {
+    http: reqwest::Client,
+    within: std::time::Duration,
+}
+
+impl Downloads {
+    /// `within` each, or [`DOWNLOAD_TIME`].
+    pub fn new(http: reqwest::Client, within: Option<std::time::Duration>) -> Self {
+        Self {
+            http,
+            within: within.unwrap_or(DOWNLOAD_TIME),
+        }
+    }
+
+    /// A GET of at most `cap` bytes: written to `to`, or returned.
+    pub async fn get(&self, url: &str, to: Option<&Path>, cap: u64) -> Result<Vec<u8>> {
+        match tokio::time::timeout(self.within, get_once(&self.http, url, to, cap)).await {
+            Ok(done) => done,
+            Err(_) => bail!(
+                "{url}: not downloaded within {}",
+                humantime::format_duration(self.within)
+            ),
+        }
     }
 }
 

@@ -43,7 +43,7 @@ pub enum Repo<'a> {
     Dir(&'a Path),
     Http {
         url: &'a str,
-        http: &'a reqwest::Client,
+        http: &'a crate::commands::bounded::Downloads,
     },
 }
 
@@ -86,7 +86,7 @@ pub async fn collect(
         }
         Repo::Http { url, http } => {
             let index_url = format!("{}/index.yaml", url.trim_end_matches('/'));
-            let bytes = crate::commands::bounded::get(http, &index_url, None, MAX_FILE).await?;
+            let bytes = http.get(&index_url, None, MAX_FILE).await?;
             let text =
                 String::from_utf8(bytes).with_context(|| format!("{index_url} is not text"))?;
             (PathBuf::new(), from_index(&text, &index_url, console)?)
@@ -129,9 +129,7 @@ pub async fn collect(
                         &base,
                         &v.path.to_string_lossy(),
                     )?;
-                    let bytes =
-                        crate::commands::bounded::get(http, chart.as_str(), None, MAX_PACKAGE)
-                            .await?;
+                    let bytes = http.get(chart.as_str(), None, MAX_PACKAGE).await?;
                     crate::commands::chart_sources::check_digest(
                         v.digest.as_deref(),
                         &hangar_shared::digest::Digest::of(&bytes),

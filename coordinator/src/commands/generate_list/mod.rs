@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
+use super::bounded::Downloads;
 use crate::cli::GenerateListArgs;
 use crate::console::Console;
 use kdm::{Distro, Kdm};
@@ -92,11 +93,18 @@ pub async fn run(args: &GenerateListArgs, console: &Console) -> Result<()> {
     {
         bail!("invalid min-kube-version provided: {min}");
     }
+    let within = args
+        .timeout
+        .as_deref()
+        .map(|t| humantime::parse_duration(t).with_context(|| format!("--timeout {t:?}")))
+        .transpose()?;
     let http = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(30))
-        .timeout(std::time::Duration::from_secs(120))
+        // A body that stops moving; the whole download is bounded by `Downloads`.
+        .read_timeout(std::time::Duration::from_secs(120))
         .danger_accept_invalid_certs(!args.tls_verify)
         .build()?;
+    let http = super::bounded::Downloads::new(http, within);
 
     // (how sources name it, where it was cloned, its kind)
     let mut repos: Vec<(String, Option<PathBuf>, charts::Kind)> = Vec::new();
@@ -121,7 +129,7 @@ pub async fn run(args: &GenerateListArgs, console: &Console) -> Result<()> {
         for (n, ((url, branch), kind)) in all.enumerate() {
             console.info(None, format!("Cloning {url} (branch {branch})"));
             let into = dir.path().join(n.to_string());
-            rancher_sources::clone(url, branch, &into).await?;
+            rancher_sources::clone(url, branch, &into, within).await?;
             repos.push((url.clone(), Some(into), kind));
         }
         console.info(None, format!("Reading KDM data from {}", sources.kdm));
@@ -194,7 +202,7 @@ pub async fn run(args: &GenerateListArgs, console: &Console) -> Result<()> {
 
 /// A K3s or RKE2 release's images: its upgrade and installer images, and its image lists.
 async fn release_images(
-    http: &reqwest::Client,
+    http: &Downloads,
     args: &GenerateListArgs,
     distro: Distro,
     versions: &[String],
@@ -239,15 +247,15 @@ async fn release_images(
 }
 
 /// A local file, or an http(s) URL, read whole up to `cap` bytes.
-async fn read_source(http: &reqwest::Client, location: &str, cap: u64) -> Result<Vec<u8>> {
+async fn read_source(http: &Downloads, location: &str, cap: u64) -> Result<Vec<u8>> {
     if location.starts_with("http://") || location.starts_with("https://") {
-        return super::bounded::get(http, location, None, cap).await;
+        return http.get(location, None, cap).await;
     }
     super::bounded::read_file(Path::new(location), cap)
 }
 
-async fn fetch_text(http: &reqwest::Client, url: &str) -> Result<String> {
-    String::from_utf8(super::bounded::get(http, url, None, MAX_IMAGE_LIST).await?)
+async fn fetch_text(http: &Downloads, url: &str) -> Result<String> {
+    String::from_utf8(http.get(url, None, MAX_IMAGE_LIST).await?)
         .with_context(|| format!("{url} is not text"))
 }
 

@@ -55,8 +55,10 @@ pub fn for_version(
     })
 }
 
-/// Clones one commit of `branch` of `url` into `into` with git, within [`CLONE_TIME`].
-pub async fn clone(url: &str, branch: &str, into: &Path) -> Result<()> {
+/// Clones one commit of `branch` of `url` into `into` with git, `within` the given time
+/// or [`CLONE_TIME`]; git is killed when the time is up.
+pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration>) -> Result<()> {
+    let within = within.unwrap_or(CLONE_TIME);
     let mut git = tokio::process::Command::new("git");
     git.args([
         "clone",
@@ -72,17 +74,33 @@ pub async fn clone(url: &str, branch: &str, into: &Path) -> Result<()> {
     .arg(into)
     .env("GIT_TERMINAL_PROMPT", "0")
     .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    // Its own process group: git runs helpers (`git-remote-https`) that must go with it.
+    .process_group(0)
     .kill_on_drop(true);
-    let run = git.output();
-    let out = match tokio::time::timeout(CLONE_TIME, run).await {
-        Err(_) => bail!(
-            "cloning {url} ({branch}): not done within {}",
-            humantime::format_duration(CLONE_TIME)
-        ),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+    let child = match git.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "cloning {url}: git is not installed (install it, or clone the repository and give \
              it with --chart/--system-chart)"
         ),
+        Err(e) => return Err(e).with_context(|| format!("running git clone {url}")),
+    };
+    let group = child.id();
+    let out = match tokio::time::timeout(within, child.wait_with_output()).await {
+        Err(_) => {
+            if let Some(group) = group.and_then(|g| i32::try_from(g).ok()) {
+                // SAFETY: a signal to the process group git leads; no memory is touched.
+                unsafe {
+                    libc::killpg(group, libc::SIGKILL);
+                }
+            }
+            bail!(
+                "cloning {url} ({branch}): not done within {}",
+                humantime::format_duration(within)
+            )
+        }
         Ok(out) => out.with_context(|| format!("running git clone {url}"))?,
     };
     if !out.status.success() {
