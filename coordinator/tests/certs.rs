@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use common::{Env, index_digests, push_image, registry, sha, text};
 use hangar_loadtest::seed::Format;
 use hangar_loadtest::services::{RegistryConfig, RegistryProcess};
+use hangar_shared::manifest::RawManifest;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
@@ -63,15 +64,17 @@ fn hangar(home: &Path, args: &[&str]) -> Output {
         .expect("hangar-coord")
 }
 
-/// A registry with its own CA (made here), trusted the way a private Harbor is: the CA in
-/// the user's certs.d directory for that host, or in --cert-dir. Without it the copy is
-/// refused (certificate checks stay on).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_private_ca_is_trusted_from_certs_d_and_cert_dir() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = pki(dir.path());
+/// A registry serving TLS with a certificate of the CA in `pki` (and, with `clients`,
+/// asking every client for a certificate signed by it), the test's registries, and an
+/// image pushed to the source one as `team/app:1`.
+async fn private_registry(
+    pki: &Pki,
+    clients: bool,
+    layers: &[u64],
+) -> (RegistryProcess, Env, RawManifest) {
     let private = RegistryProcess::start_with(RegistryConfig {
         tls: Some((&pki.server.0, &pki.server.1)),
+        client_cas: clients.then_some(pki.ca_file.as_path()),
         ..Default::default()
     })
     .unwrap();
@@ -84,12 +87,33 @@ async fn a_private_ca_is_trusted_from_certs_d_and_cert_dir() {
         Some("1"),
         Format::Oci,
         "amd64",
-        (&[650], 10_000),
+        (layers, 10_000),
     )
     .await;
-    let given = dir.path().join("given");
-    std::fs::create_dir_all(&given).unwrap();
-    std::fs::write(given.join("private-ca.crt"), &pki.ca_pem).unwrap();
+    (private, env, pushed)
+}
+
+/// A directory of certificates for a registry: `files` (name, contents).
+fn cert_dir(at: &Path, files: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(at).unwrap();
+    for (name, body) in files {
+        std::fs::write(at.join(name), body).unwrap();
+    }
+    at.to_owned()
+}
+
+/// A registry with its own CA (made here), trusted the way a private Harbor is: the CA in
+/// the user's certs.d directory for that host, or in --cert-dir. Without it the copy is
+/// refused (certificate checks stay on).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_ca_is_trusted_from_certs_d_and_cert_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let (private, env, pushed) = private_registry(&pki, false, &[650]).await;
+    let given = cert_dir(
+        &dir.path().join("given"),
+        &[("private-ca.crt", &pki.ca_pem)],
+    );
     // Into the private registry with skopeo, an independent client trusting the CA.
     let put = Command::new("skopeo")
         .args([
@@ -170,32 +194,16 @@ async fn a_private_ca_is_trusted_from_certs_d_and_cert_dir() {
 async fn a_client_certificate_in_certs_d_is_presented() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let private = RegistryProcess::start_with(RegistryConfig {
-        tls: Some((&pki.server.0, &pki.server.1)),
-        client_cas: Some(&pki.ca_file),
-        ..Default::default()
-    })
-    .unwrap();
-    let env = Env::new();
-    let src = registry(&env.src.addr).await;
-    let pushed = push_image(
-        &src,
-        env.dir.path(),
-        "team/app",
-        Some("1"),
-        Format::Docker,
-        "amd64",
-        (&[700, 300], 20_000),
-    )
-    .await;
-    let ca_only = dir.path().join("ca-only");
-    std::fs::create_dir_all(&ca_only).unwrap();
-    std::fs::write(ca_only.join("ca.crt"), &pki.ca_pem).unwrap();
-    let with_client = dir.path().join("with-client");
-    std::fs::create_dir_all(&with_client).unwrap();
-    std::fs::write(with_client.join("ca.crt"), &pki.ca_pem).unwrap();
-    std::fs::write(with_client.join("client.cert"), &pki.client_cert).unwrap();
-    std::fs::write(with_client.join("client.key"), &pki.client_key).unwrap();
+    let (private, env, pushed) = private_registry(&pki, true, &[700, 300]).await;
+    let ca_only = cert_dir(&dir.path().join("ca-only"), &[("ca.crt", &pki.ca_pem)]);
+    let with_client = cert_dir(
+        &dir.path().join("with-client"),
+        &[
+            ("ca.crt", &pki.ca_pem),
+            ("client.cert", &pki.client_cert),
+            ("client.key", &pki.client_key),
+        ],
+    );
     let skopeo_inspect = |cert_dir: &Path, project: &str| {
         Command::new("skopeo")
             .args(["inspect", "--raw", "--cert-dir", cert_dir.to_str().unwrap()])
@@ -295,26 +303,8 @@ async fn a_client_certificate_in_certs_d_is_presented() {
 async fn insecure_on_a_repository_prefix_is_that_prefix_only() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let private = RegistryProcess::start_with(RegistryConfig {
-        tls: Some((&pki.server.0, &pki.server.1)),
-        ..Default::default()
-    })
-    .unwrap();
-    let env = Env::new();
-    let src = registry(&env.src.addr).await;
-    let pushed = push_image(
-        &src,
-        env.dir.path(),
-        "team/app",
-        Some("1"),
-        Format::Oci,
-        "amd64",
-        (&[600], 10_000),
-    )
-    .await;
-    let given = dir.path().join("given");
-    std::fs::create_dir_all(&given).unwrap();
-    std::fs::write(given.join("ca.crt"), &pki.ca_pem).unwrap();
+    let (private, env, pushed) = private_registry(&pki, false, &[600]).await;
+    let given = cert_dir(&dir.path().join("given"), &[("ca.crt", &pki.ca_pem)]);
     for project in ["lab", "prod"] {
         let put = Command::new("skopeo")
             .args(["copy", "--src-tls-verify=false", "--dest-cert-dir"])

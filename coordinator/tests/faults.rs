@@ -252,12 +252,7 @@ async fn save_streams_every_layer_through_a_flaky_source() {
     ]
     .map(String::from)
     .to_vec();
-    let run = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_measured(&args, std::time::Duration::from_secs(300))
-    })
-    .await
-    .expect("save");
+    let run = run_measured_async(args, std::time::Duration::from_secs(300)).await;
     eprintln!("source proxy injected: {}", proxy.injected);
     assert!(run.success, "save failed:\n{}", run.output);
     assert!(

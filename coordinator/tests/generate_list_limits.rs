@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::run_measured;
+use common::run_measured_async;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A server on a free port: each connection's request is read, then `answer` runs on it.
@@ -55,30 +55,21 @@ async fn a_trickling_download_ends_at_the_timeout() {
     std::fs::create_dir_all(&charts).unwrap();
     let out = dir.path().join("list.txt");
     let kdm = format!("http://127.0.0.1:{port}/data.json");
-    let run = tokio::task::spawn_blocking({
-        let (charts, out) = (charts.clone(), out.clone());
-        move || {
-            run_measured(
-                &[
-                    "generate-list",
-                    "--rancher",
-                    "v2.9.1",
-                    "--kdm",
-                    &kdm,
-                    "--chart",
-                    charts.to_str().unwrap(),
-                    "-o",
-                    out.to_str().unwrap(),
-                    "--timeout",
-                    "2s",
-                    "-y",
-                ],
-                Duration::from_secs(60),
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let args = [
+        "generate-list",
+        "--rancher",
+        "v2.9.1",
+        "--kdm",
+        &kdm,
+        "--chart",
+        charts.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--timeout",
+        "2s",
+        "-y",
+    ];
+    let run = run_measured_async(args.map(String::from).to_vec(), Duration::from_secs(60)).await;
     assert!(!run.success, "{}", run.output);
     assert!(
         run.output.contains("data.json") && run.output.contains("not downloaded within 2s"),
@@ -104,30 +95,21 @@ async fn a_clone_that_never_ends_is_given_up_and_git_is_gone() {
     let out = dir.path().join("list.txt");
     let git_base = format!("http://127.0.0.1:{port}");
     let kdm_base = dir.path().display().to_string();
-    let run = tokio::task::spawn_blocking({
-        let (git_base, out) = (git_base.clone(), out.clone());
-        move || {
-            run_measured(
-                &[
-                    "generate-list",
-                    "--rancher",
-                    "v2.9.1",
-                    "--git-base",
-                    &git_base,
-                    "--kdm-base",
-                    &kdm_base,
-                    "-o",
-                    out.to_str().unwrap(),
-                    "--timeout",
-                    "2s",
-                    "-y",
-                ],
-                Duration::from_secs(60),
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let args = [
+        "generate-list",
+        "--rancher",
+        "v2.9.1",
+        "--git-base",
+        &git_base,
+        "--kdm-base",
+        &kdm_base,
+        "-o",
+        out.to_str().unwrap(),
+        "--timeout",
+        "2s",
+        "-y",
+    ];
+    let run = run_measured_async(args.map(String::from).to_vec(), Duration::from_secs(60)).await;
     assert!(!run.success, "{}", run.output);
     assert!(
         run.output.contains(&format!("{git_base}/rancher/charts"))

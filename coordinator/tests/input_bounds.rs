@@ -81,12 +81,7 @@ async fn an_endless_chart_package_is_cut_at_its_bound_and_the_archive_is_left_as
     ]
     .map(String::from)
     .to_vec();
-    let run = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_measured(&args, Duration::from_secs(120))
-    })
-    .await
-    .unwrap();
+    let run = run_measured_async(args, Duration::from_secs(120)).await;
     assert!(!run.success, "{}", run.output);
     assert!(
         run.output
@@ -151,12 +146,7 @@ async fn a_coordinator_answering_endlessly_is_cut_at_the_clients_bounds() {
     let args: Vec<String> = ["submit", &list, "--server", &server, "-d", "127.0.0.1:9"]
         .map(String::from)
         .to_vec();
-    let run = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_measured(&args, Duration::from_secs(120))
-    })
-    .await
-    .unwrap();
+    let run = run_measured_async(args, Duration::from_secs(120)).await;
     assert!(!run.success, "{}", run.output);
     assert!(
         run.output
@@ -184,12 +174,7 @@ async fn a_coordinator_answering_endlessly_is_cut_at_the_clients_bounds() {
     ]
     .map(String::from)
     .to_vec();
-    let run = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_measured(&args, Duration::from_secs(120))
-    })
-    .await
-    .unwrap();
+    let run = run_measured_async(args, Duration::from_secs(120)).await;
     assert!(!run.success, "{}", run.output);
     assert!(
         run.output.contains("/jobs/j/results") && run.output.contains("over 512 MiB; refused"),

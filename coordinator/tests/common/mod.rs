@@ -336,6 +336,18 @@ fn proc_field(pid: u32, file: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// [`run_measured`] from async code: on a blocking thread, so the test's own servers keep
+/// running meanwhile.
+#[allow(dead_code)]
+pub async fn run_measured_async(args: Vec<String>, limit: Duration) -> Measured {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_measured(&args, limit)
+    })
+    .await
+    .expect("run_measured")
+}
+
 /// Runs `hangar-coord ARGS`, polling its peak RSS (`VmHWM`) and bytes written until it
 /// exits (read once more while it is a zombie, so the last writes count); killed (and the
 /// test failed) after `limit`.
