@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
-use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -131,16 +130,6 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
         progress: Option<Arc<AtomicU64>>,
     ) -> Result<ByteStream>;
     async fn put_blob(&self, repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()>;
-    /// Like [`Self::put_blob`], from a stream still being opened: a store that must
-    /// prepare an upload (a registry's POST) does so meanwhile, a round trip saved.
-    async fn put_blob_from(
-        &self,
-        repo: &str,
-        desc: &Descriptor,
-        open: BoxFuture<'_, Result<ByteStream>>,
-    ) -> Result<()> {
-        self.put_blob(repo, desc, open.await?).await
-    }
     /// `Ok(false)` when the store cannot mount and the blob must be copied.
     async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool>;
     async fn get_manifest(
@@ -182,14 +171,6 @@ impl ImageStore for Registry {
     }
     async fn put_blob(&self, repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()> {
         self.push_blob(repo, desc, stream).await
-    }
-    async fn put_blob_from(
-        &self,
-        repo: &str,
-        desc: &Descriptor,
-        open: BoxFuture<'_, Result<ByteStream>>,
-    ) -> Result<()> {
-        self.push_blob_from(repo, desc, open).await
     }
     async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool> {
         Registry::mount_blob(self, repo, from_repo, digest).await

@@ -90,12 +90,14 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
     let what = format!("copy blob {digest} {} -> {}", task.source, task.dest);
     ctx.retry
         .run(&what, || async {
-            let open = source.get_blob(
-                &task.source.repo,
-                &task.desc,
-                Some(crate::progress::counter(ctx)),
-            );
-            dest.put_blob_from(&task.dest.repo, &task.desc, open).await
+            let stream = source
+                .get_blob(
+                    &task.source.repo,
+                    &task.desc,
+                    Some(crate::progress::counter(ctx)),
+                )
+                .await?;
+            dest.put_blob(&task.dest.repo, &task.desc, stream).await
         })
         .await?;
     Ok(Outcome::BlobCopied {

@@ -112,29 +112,14 @@ impl Registry {
     /// whole body with its length. If the stream fails (a digest mismatch on its last chunk
     /// included) the upload is abandoned unfinished, and the stream's own error returned.
     pub async fn push_blob(&self, repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()> {
-        self.push_blob_from(repo, desc, Box::pin(std::future::ready(Ok(stream))))
-            .await
-    }
-
-    /// [`Self::push_blob`] from a stream still being opened (a source's GET): the upload's
-    /// POST goes meanwhile, so the two round trips overlap.
-    pub async fn push_blob_from(
-        &self,
-        repo: &str,
-        desc: &Descriptor,
-        open: futures_util::future::BoxFuture<'_, Result<ByteStream>>,
-    ) -> Result<()> {
         let what = format!("{}/{repo}@{}", self.host, desc.digest);
         let target = Target::push(repo, &what);
         let start = self.url(&format!("/v2/{repo}/blobs/uploads/"));
         let post = self.send(Method::POST, &start, target, |r| {
             r.header(reqwest::header::CONTENT_LENGTH, 0)
         });
-        let opening = async {
-            let opened = self.own_request("blob-upload", &what, post).await?;
-            upload_location(&opened, &what)
-        };
-        let (mut location, stream) = tokio::try_join!(opening, open)?;
+        let opened = self.own_request("blob-upload", &what, post).await?;
+        let mut location = upload_location(&opened, &what)?;
         location
             .query_pairs_mut()
             .append_pair("digest", &desc.digest.to_string());
