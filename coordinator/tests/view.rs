@@ -16,7 +16,7 @@ const IN_TOTO: &str = "application/vnd.in-toto+json";
 
 fn provenance_predicate() -> Value {
     json!({
-        "builder": {"id": "https://github.com/example/builder@v1"},
+        "builder": {"id": "https://github.com/example/builder@v1?a=1&b=<2>"},
         "buildType": "https://mobyproject.org/buildkit@v1",
         "invocation": {"configSource": {"entryPoint": "Dockerfile"}},
         "metadata": {"buildStartedOn": "2025-01-01T00:00:00Z", "reproducible": false}
@@ -163,6 +163,11 @@ async fn view_prints_provenance_and_sbom_and_fails_without_attestations() {
     let at = |key: &str| printed.find(&format!("\n  \"{key}\": ")).expect(key);
     assert!(at("_type") < at("predicate") && at("predicate") < at("predicateType"));
     assert!(at("predicateType") < at("subject"), "{printed}");
+    // And Go's escapes of `&`, `<`, `>`.
+    assert!(
+        printed.contains(r"builder@v1?a=1\u0026b=\u003c2\u003e"),
+        "{printed}"
+    );
 
     let mut args = vec!["view", "sbom", "--tls-verify=false", &image];
     args.extend(platform);

@@ -365,9 +365,12 @@ async fn diff_id_within(
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
                 self.1 += buf.len() as u64;
                 if self.1 > self.2 {
+                    let most = match self.2 >> 30 {
+                        0 => format!("{} MiB", self.2 >> 20),
+                        gib => format!("{gib} GiB"),
+                    };
                     return Err(std::io::Error::other(format!(
-                        "it inflates to more than {} MiB",
-                        self.2 >> 20
+                        "it inflates to more than {most}"
                     )));
                 }
                 self.0.update(buf);

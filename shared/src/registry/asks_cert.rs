@@ -17,15 +17,14 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ConfigBuilder, DigitallySignedStruct, SignatureScheme};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether `host` (`name[:port]`, 443 when none) asks for a client certificate during the
 /// TLS handshake. `false` when that cannot be told (no connection, no TLS, a timeout).
 pub(super) async fn asks_for_client_cert(host: &str) -> bool {
     let host = host.to_owned();
-    tokio::task::spawn_blocking(move || handshake(&host).unwrap_or(false))
-        .await
-        .unwrap_or(false)
+    let asked = tokio::task::spawn_blocking(move || handshake(&host).unwrap_or(false));
+    matches!(tokio::time::timeout(3 * TIMEOUT, asked).await, Ok(Ok(true)))
 }
 
 fn handshake(host: &str) -> Option<bool> {
@@ -46,8 +45,14 @@ fn handshake(host: &str) -> Option<bool> {
     let mut sock = TcpStream::connect_timeout(&addr, TIMEOUT).ok()?;
     sock.set_read_timeout(Some(TIMEOUT)).ok()?;
     sock.set_write_timeout(Some(TIMEOUT)).ok()?;
+    // A server trickling its handshake is given up as a whole, not read by read.
+    let deadline = std::time::Instant::now() + 2 * TIMEOUT;
     let mut rounds = 0;
-    while conn.is_handshaking() && !asked.0.load(Ordering::Relaxed) && rounds < 32 {
+    while conn.is_handshaking()
+        && !asked.0.load(Ordering::Relaxed)
+        && rounds < 32
+        && std::time::Instant::now() < deadline
+    {
         rounds += 1;
         if conn.complete_io(&mut sock).is_err() {
             break;

@@ -105,6 +105,7 @@ impl Registry {
                 )
             })
             .boxed();
+        let raw = idle_bounded(raw, super::BODY_READ_TIMEOUT, what);
         Ok(verified(raw, desc.digest.clone(), desc.size, progress))
     }
 
@@ -137,7 +138,8 @@ impl Registry {
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::Body::wrap_stream(body));
         let req = self.authorised(req, location.as_str(), target).await?;
-        // The PUT's body is the blob: not bounded as a whole (the copy is, as a task).
+        // The PUT's body is the blob: not bounded as a whole here (the copy is, as a task,
+        // and its source between chunks).
         let _permit = self.admit(1).await;
         let started = std::time::Instant::now();
         let sent = match req.send().await {
@@ -184,6 +186,28 @@ impl Registry {
             })
             .await
     }
+}
+
+/// `stream`, failing when no chunk arrives for `idle`: a body that stops moving.
+fn idle_bounded(stream: ByteStream, idle: std::time::Duration, what: String) -> ByteStream {
+    futures_util::stream::unfold(Some(stream), move |state| {
+        let what = what.clone();
+        async move {
+            let mut stream = state?;
+            match tokio::time::timeout(idle, stream.next()).await {
+                Ok(Some(item)) => Some((item, Some(stream))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(Error::new(
+                        FailureClass::Network,
+                        format!("reading {what}: nothing arrived for {}s", idle.as_secs()),
+                    )),
+                    None,
+                )),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Where an opened upload continues: its `Location`, relative to the request's URL.

@@ -134,6 +134,26 @@ pub(super) fn check_realm(realm: &str, scheme: &str, host: &str) -> Result<(), E
     Ok(())
 }
 
+/// Refuses a realm that is not on the registry's own host (for a realm learned over a
+/// connection whose certificate was not checked).
+pub(super) fn check_realm_is_own(realm: &str, host: &str) -> Result<(), Error> {
+    let realm_host = reqwest::Url::parse(realm)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let registry_host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    if realm_host.eq_ignore_ascii_case(registry_host) {
+        return Ok(());
+    }
+    Err(Error::new(
+        FailureClass::Auth,
+        format!(
+            "{host}: its token realm is on another host ({}), named over a connection whose certificate was not checked; refusing to send credentials there",
+            cut(&realm_host, 100)
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +196,9 @@ mod tests {
         // A plain-HTTP registry (--tls-verify=false) has nothing to protect by TLS.
         assert!(check_realm("http://reg.example:5000/token", "http", "reg.example:5000").is_ok());
         assert!(check_realm("not a url", "https", "reg.example").is_err());
+        // Learned over an unchecked connection: the registry's own host only.
+        assert!(check_realm_is_own("https://reg.example/service/token", "reg.example:443").is_ok());
+        let e = check_realm_is_own("https://evil.example/token", "reg.example").unwrap_err();
+        assert!(e.message.contains("evil.example"), "{}", e.message);
     }
 }

@@ -8,14 +8,21 @@ use super::Side;
 use crate::error::{Error, FailureClass};
 
 /// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3), relative to `now`.
+/// At most [`MAX_RETRY_AFTER`]: a registry's answer must not hold the fleet back for a day.
 pub(super) fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
+
+/// The longest `Retry-After` honoured (the retry policy's own longest wait).
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 pub(super) const TRANSIENT_REJECTION: &str =
     "rejected, perhaps while the same content was being written: ";
@@ -195,6 +202,10 @@ mod tests {
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", SystemTime::now()), None);
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(super::MAX_RETRY_AFTER)
+        );
     }
 
     #[test]

@@ -90,7 +90,8 @@ impl Registry {
     }
 
     /// Every tag of `repo`, sorted, following the registry's pages (at most
-    /// [`MAX_TAG_PAGES`], each read up to 4 MiB).
+    /// [`MAX_TAG_PAGES`], each read up to 4 MiB, [`MAX_TAG_BYTES`] of names in all, no page
+    /// asked twice).
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
         self.tags_within(repo, MAX_TAG_PAGES).await
     }
@@ -98,13 +99,18 @@ impl Registry {
     pub(super) async fn tags_within(&self, repo: &str, max_pages: usize) -> Result<Vec<String>> {
         let what = format!("list tags {}/{repo}", self.host);
         let mut tags = Vec::new();
+        let mut bytes = 0usize;
+        let mut asked = std::collections::HashSet::new();
         let mut next = Some(self.url(&format!("/v2/{repo}/tags/list")));
-        let mut pages = 0;
         while let Some(url) = next {
-            pages += 1;
-            if pages > max_pages {
+            if asked.len() >= max_pages {
                 return Err(Error::invalid(format!(
                     "{what}: more than {max_pages} pages of tags"
+                )));
+            }
+            if !asked.insert(url.clone()) {
+                return Err(Error::invalid(format!(
+                    "{what}: the registry names a page of tags it gave already"
                 )));
             }
             let (page, after) = self
@@ -113,6 +119,13 @@ impl Registry {
                     self.own_request("tags", &what, self.fetch_tags_page(repo, &url, &what))
                 })
                 .await?;
+            bytes += page.iter().map(String::len).sum::<usize>();
+            if bytes > MAX_TAG_BYTES {
+                return Err(Error::invalid(format!(
+                    "{what}: more than {} MiB of tags",
+                    MAX_TAG_BYTES >> 20
+                )));
+            }
             tags.extend(page);
             next = after;
         }
@@ -148,3 +161,5 @@ impl Registry {
 
 /// How many pages of tags one listing follows: a registry that pages forever is cut off.
 pub const MAX_TAG_PAGES: usize = 10_000;
+/// How many bytes of tag names one listing keeps (a million tags of 64 characters).
+pub const MAX_TAG_BYTES: usize = 64 << 20;

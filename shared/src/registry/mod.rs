@@ -1,9 +1,9 @@
 //! A registry, spoken to by our own HTTP requests (reqwest): anonymous, Basic or
 //! bearer-token auth, plain HTTP or TLS with or without verification, CA certificates and a
 //! client certificate from `certs.d`, streamed blobs, bounded manifests and tag pages.
-//! Every request goes under the fleet's gate, is bounded in time (blob bodies by a read
-//! timeout instead) and is classified by its status first ([`classify`]); [`crate::retry`]
-//! retries on the classes it assigns. oci-client did this before; it cannot present a
+//! Every request about a repository goes under the fleet's gate; every request is bounded
+//! in time (a blob's body between chunks instead) and classified by its status first
+//! ([`classify`]); [`crate::retry`] retries on the classes it assigns. oci-client did this before; it cannot present a
 //! client certificate, reads any answer whole and keeps response headers to itself.
 
 mod asks_cert;
@@ -36,7 +36,7 @@ pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 const MAX_ERROR_BODY: usize = 64 << 10;
 /// The bound on one request (not a blob's body) when the command gives none.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-/// The longest a body may go without a byte arriving.
+/// The longest a blob's body may go without a byte arriving.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How to reach registries.
@@ -124,22 +124,37 @@ impl Registry {
             true => Some(http_client(host, &trust, !insecure)?),
             false => None,
         };
-        let lax = if insecure {
-            Some(&http)
-        } else {
-            other.as_ref()
-        };
-        let scheme = match lax {
-            Some(lax) => challenge::probe_scheme(lax, host).await,
-            None => "https",
+        // A secure host is reached over TLS whatever its prefixes say: plain HTTP is tried
+        // only for a host that may be reached insecurely as a whole.
+        let scheme = match insecure {
+            true => challenge::probe_scheme(&http, host).await,
+            false => "https",
         };
         let api_host = api_host(host);
-        // The probe sends no credentials: the lax client may ask it.
-        let probed = challenge::probe(lax.unwrap_or(&http), scheme, &api_host).await;
+        let mut probed = challenge::probe(&http, scheme, &api_host).await;
+        // What `/v2/` said was heard over a connection whose certificate was not checked
+        // (the probe itself sends no credentials).
+        let mut unverified = insecure;
+        if probed.unreachable.is_some()
+            && let Some(other) = other.as_ref().filter(|_| !insecure)
+        {
+            // A secure host with an insecure prefix may have a certificate nobody trusts:
+            // its insecure repositories are still read.
+            let again = challenge::probe(other, scheme, &api_host).await;
+            if again.unreachable.is_none() {
+                probed = again;
+                unverified = true;
+            }
+        }
         let creds = creds.map(|c| (c.username, c.password));
         let tokens = match probed.realm {
             Some(realm) => {
                 challenge::check_realm(&realm, scheme, &api_host)?;
+                if unverified && varies {
+                    // Credentials for the secure repositories would follow a realm anyone
+                    // on the path could have named: only the registry's own host is taken.
+                    challenge::check_realm_is_own(&realm, &api_host)?;
+                }
                 Some(token::TokenService::new(
                     realm,
                     probed.service,
@@ -149,9 +164,12 @@ impl Registry {
             None => None,
         };
         let mut unreachable = probed.unreachable;
+        // Not after a timeout: a host that does not answer would cost the wait again.
         if let Some(why) = &mut unreachable
             && scheme == "https"
             && trust.client.is_none()
+            && !why.contains(" within ")
+            && !why.contains("timed out")
             && asks_cert::asks_for_client_cert(&api_host).await
         {
             why.push_str(
@@ -237,9 +255,15 @@ impl Registry {
             .http
             .get(&url)
             .basic_auth(user, Some(pass))
+            .timeout(self.request_timeout)
             .send()
             .await
-            .map_err(|e| Error::new(FailureClass::Network, format!("{url}: {e}")))?;
+            .map_err(|e| {
+                Error::new(
+                    FailureClass::Network,
+                    format!("{url}: {}", classify::request_error_text(&e)),
+                )
+            })?;
         let status = resp.status().as_u16();
         let bearer = resp
             .headers()
@@ -312,11 +336,15 @@ impl Registry {
     /// Whether `url` is the registry's own (same scheme, host and port): only there are
     /// credentials sent. An upload location or a tag page elsewhere gets none.
     fn is_own(&self, url: &reqwest::Url) -> bool {
-        let authority = match url.port() {
-            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_owned(),
-        };
-        url.scheme() == self.scheme && authority.eq_ignore_ascii_case(&self.api_host)
+        let own = reqwest::Url::parse(&self.url("/"));
+        own.is_ok_and(|own| {
+            url.scheme() == own.scheme()
+                && url
+                    .host_str()
+                    .zip(own.host_str())
+                    .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+                && url.port_or_known_default() == own.port_or_known_default()
+        })
     }
 }
 
@@ -326,9 +354,10 @@ fn http_client(host: &str, trust: &certs::Trust, insecure: bool) -> Result<reqwe
     let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .tls_danger_accept_invalid_certs(insecure)
-        .connect_timeout(Duration::from_secs(30))
-        // What bounds a blob's body, whose whole read is not.
-        .read_timeout(BODY_READ_TIMEOUT);
+        // No read timeout here: reqwest's runs from the send to the answer's head, so it
+        // would cut an upload whose body takes longer. Each request bounds its answer;
+        // a blob's body is bounded between chunks (`blobs::idle_bounded`).
+        .connect_timeout(Duration::from_secs(30));
     for pem in &trust.cas {
         let cert = reqwest::Certificate::from_pem(pem)
             .map_err(|e| Error::invalid(format!("{host}: a CA certificate: {e}")))?;

@@ -118,6 +118,10 @@ async fn tag_pages_are_followed_and_endless_ones_cut_off() {
             .nth(1)
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
+        if path.starts_with("/v2/loop/") {
+            let again = format!("Link: <{path}>; rel=\"next\"\r\n");
+            return (200, again, r#"{"tags":["x"]}"#.to_owned());
+        }
         if path.starts_with("/v2/three/tags/list") && page >= 2 {
             return (200, String::new(), format!(r#"{{"tags":["t{page}"]}}"#));
         }
@@ -144,6 +148,9 @@ async fn tag_pages_are_followed_and_endless_ones_cut_off() {
         .filter(|s| s.path.starts_with("/v2/endless/"))
         .count();
     assert_eq!(asked, 50);
+    // A page naming itself as the next is not asked again.
+    let e = reg.tags("loop").await.unwrap_err();
+    assert!(e.message.contains("gave already"), "{e}");
 }
 
 /// Credentials go to the registry's own origin only: a tag page named on another host (as

@@ -56,7 +56,7 @@ pub fn for_version(
 }
 
 /// Clones one commit of `branch` of `url` into `into` with git, `within` the given time
-/// or [`CLONE_TIME`]; git is killed when the time is up.
+/// or [`CLONE_TIME`]; git and its helpers are killed when the time is up or on Ctrl-C.
 pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration>) -> Result<()> {
     let within = within.unwrap_or(CLONE_TIME);
     let mut git = tokio::process::Command::new("git");
@@ -87,21 +87,18 @@ pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration
         ),
         Err(e) => return Err(e).with_context(|| format!("running git clone {url}")),
     };
-    let group = child.id();
-    let out = match tokio::time::timeout(within, child.wait_with_output()).await {
-        Err(_) => {
-            if let Some(group) = group.and_then(|g| i32::try_from(g).ok()) {
-                // SAFETY: a signal to the process group git leads; no memory is touched.
-                unsafe {
-                    libc::killpg(group, libc::SIGKILL);
-                }
-            }
-            bail!(
+    // Whatever ends the wait (the time, Ctrl-C, an error) ends git and its helpers too.
+    let _group = child.id().and_then(|g| i32::try_from(g).ok()).map(Group);
+    let out = tokio::select! {
+        out = tokio::time::timeout(within, child.wait_with_output()) => match out {
+            Err(_) => bail!(
                 "cloning {url} ({branch}): not done within {}",
                 humantime::format_duration(within)
-            )
-        }
-        Ok(out) => out.with_context(|| format!("running git clone {url}"))?,
+            ),
+            Ok(out) => out.with_context(|| format!("running git clone {url}"))?,
+        },
+        // git no longer hears the terminal's Ctrl-C (its own process group): we do.
+        _ = tokio::signal::ctrl_c() => bail!("cloning {url}: interrupted"),
     };
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
@@ -109,6 +106,18 @@ pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration
         bail!("cloning {url} (branch {branch}) failed: {said}");
     }
     Ok(())
+}
+
+/// A process group, killed when this is dropped (a group already gone is no matter).
+struct Group(i32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: a signal to the process group git leads; no memory is touched.
+        unsafe {
+            libc::killpg(self.0, libc::SIGKILL);
+        }
+    }
 }
 
 #[cfg(test)]
