@@ -229,3 +229,46 @@ fn upload_location(resp: &reqwest::Response, what: &str) -> Result<Url> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+
+    use super::idle_bounded;
+    use crate::error::FailureClass;
+
+    /// A body that sends one chunk and then nothing ends at the idle bound, naming the
+    /// blob; one that keeps moving is read to its end however long it takes.
+    #[tokio::test]
+    async fn a_body_that_stops_moving_ends_at_the_idle_bound() {
+        let stalled = futures_util::stream::once(async { Ok(Bytes::from_static(b"first")) })
+            .chain(futures_util::stream::pending())
+            .boxed();
+        let started = Instant::now();
+        let mut read = idle_bounded(stalled, Duration::from_millis(200), "reg/app@x".into());
+        assert_eq!(
+            read.next().await.expect("chunk").expect("ok").as_ref(),
+            b"first"
+        );
+        let e = read.next().await.expect("error").unwrap_err();
+        assert_eq!(e.class, FailureClass::Network);
+        assert!(e.message.contains("reg/app@x") && e.message.contains("nothing arrived"));
+        assert!(read.next().await.is_none(), "nothing after the error");
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let slow = futures_util::stream::iter(0..5)
+            .then(|i| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(Bytes::from(vec![i; 3]))
+            })
+            .boxed();
+        let chunks: Vec<_> = idle_bounded(slow, Duration::from_millis(300), "b".into())
+            .collect()
+            .await;
+        assert_eq!(chunks.len(), 5);
+        assert!(chunks.iter().all(|c| c.is_ok()));
+    }
+}
