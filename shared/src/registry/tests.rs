@@ -48,13 +48,22 @@ async fn peer(answer: Answer) -> (String, Arc<Mutex<Vec<Seen>>>) {
                     }
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end + 4);
+                        let header = |name: &str| {
+                            head.lines().find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                            })
+                        };
+                        // A request's body is read whole before it is answered.
+                        let length: usize = header("content-length")
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + length {
+                            break;
+                        }
+                        buf.drain(..end + 4 + length);
                         let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-                        let authorization = head.lines().find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("authorization")
-                                .then(|| v.trim().to_owned())
-                        });
+                        let authorization = header("authorization");
                         log.lock().expect("log").push(Seen {
                             path: path.clone(),
                             authorization,
@@ -213,4 +222,92 @@ fn the_next_link_is_read_from_a_link_header() {
     );
     assert_eq!(next_link("<https://x/prev>; rel=\"prev\""), None);
     assert_eq!(next_link("garbage"), None);
+}
+
+/// An upload whose location the registry puts on another host gets the blob without the
+/// credentials, which only the registry's own POST carried.
+#[tokio::test]
+async fn an_upload_location_on_another_host_gets_no_credentials() {
+    let (elsewhere, elsewhere_seen) =
+        peer(Arc::new(|_: &str, _| (201, String::new(), String::new()))).await;
+    let (addr, seen) = peer(Arc::new(move |path: &str, _| match path {
+        "/v2/" => (
+            401,
+            "WWW-Authenticate: Basic realm=\"test\"\r\n".to_owned(),
+            "{}".to_owned(),
+        ),
+        _ => (
+            202,
+            format!("Location: http://{elsewhere}/upload/1?state=abc\r\n"),
+            String::new(),
+        ),
+    }))
+    .await;
+    let creds = Credentials {
+        username: "user".into(),
+        password: "secret".into(),
+    };
+    let reg = Registry::connect(&addr, &plain_http(), Some(creds))
+        .await
+        .expect("connect");
+    let body = bytes::Bytes::from_static(b"layer bytes");
+    let desc = crate::manifest::Descriptor {
+        media_type: "application/octet-stream".into(),
+        digest: crate::digest::Digest::of(&body),
+        size: body.len() as u64,
+        urls: None,
+        annotations: None,
+        platform: None,
+    };
+    let stream = crate::verify::verified(
+        futures_util::StreamExt::boxed(futures_util::stream::iter([Ok(body)])),
+        desc.digest.clone(),
+        desc.size,
+        None,
+    );
+    reg.push_blob("app", &desc, stream).await.expect("upload");
+    let own = seen.lock().expect("seen").clone();
+    let post = own
+        .iter()
+        .find(|s| s.path == "/v2/app/blobs/uploads/")
+        .expect("posted");
+    assert!(post.authorization.is_some(), "{own:?}");
+    let other = elsewhere_seen.lock().expect("seen").clone();
+    assert_eq!(other.len(), 1, "{other:?}");
+    assert!(
+        other[0]
+            .path
+            .starts_with("/upload/1?state=abc&digest=sha256%3A"),
+        "{other:?}"
+    );
+    assert_eq!(other[0].authorization, None, "{other:?}");
+}
+
+/// A blob answered with another length than its descriptor's is refused before a byte is
+/// taken.
+#[tokio::test]
+async fn a_blob_of_the_wrong_length_is_refused() {
+    let (addr, _) = peer(Arc::new(|path: &str, _| match path {
+        "/v2/" => (200, String::new(), "{}".to_owned()),
+        _ => (200, String::new(), "0123456789".to_owned()),
+    }))
+    .await;
+    let reg = Registry::connect(&addr, &plain_http(), None)
+        .await
+        .expect("connect");
+    let desc = crate::manifest::Descriptor {
+        media_type: "application/octet-stream".into(),
+        digest: crate::digest::Digest::of(b"01234"),
+        size: 5,
+        urls: None,
+        annotations: None,
+        platform: None,
+    };
+    let e = reg
+        .blob_stream("app", &desc, None)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(e.class, crate::error::FailureClass::DigestMismatch);
+    assert!(e.message.contains("sends 10 bytes"), "{e}");
 }
