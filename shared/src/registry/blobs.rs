@@ -120,7 +120,8 @@ impl Registry {
             r.header(reqwest::header::CONTENT_LENGTH, 0)
         });
         let opened = self.own_request("blob-upload", &what, post).await?;
-        let mut location = upload_location(&opened, &what)?;
+        let opened = upload_location(&opened, &what)?;
+        let mut location = opened.clone();
         location
             .query_pairs_mut()
             .append_pair("digest", &desc.digest.to_string());
@@ -140,12 +141,16 @@ impl Registry {
         let req = self.authorised(req, location.as_str(), target).await?;
         // The PUT's body is the blob: not bounded as a whole here (the copy is, as a task,
         // and its source between chunks).
-        let _permit = self.admit(1).await;
+        let permit = self.admit(1).await;
         let started = std::time::Instant::now();
         let sent = match req.send().await {
             Ok(resp) => answer(resp, target).await.map(drop),
             Err(e) => Err(network(&e, target)),
         };
+        drop(permit);
+        if sent.is_err() {
+            self.abandon_upload(&opened, target).await;
+        }
         if let Some(e) = failure.lock().ok().and_then(|mut s| s.take()) {
             return Err(e);
         }
@@ -176,7 +181,15 @@ impl Registry {
                     r.header(reqwest::header::CONTENT_LENGTH, 0)
                 });
                 match self.own_request("blob-mount", &what, post).await {
-                    Ok(resp) => Ok(resp.status() == StatusCode::CREATED),
+                    Ok(resp) if resp.status() == StatusCode::CREATED => Ok(true),
+                    Ok(resp) => {
+                        // Declined: the upload it opened instead is not the one we make.
+                        if let Ok(location) = upload_location(&resp, &what) {
+                            self.abandon_upload(&location, Target::push(repo, &what))
+                                .await;
+                        }
+                        Ok(false)
+                    }
                     // Any other refusal is a decline, a refused reading of the other
                     // repository included: the caller looks and uploads instead, where a
                     // real want of rights shows.
@@ -185,6 +198,21 @@ impl Registry {
                 }
             })
             .await
+    }
+}
+
+impl Registry {
+    /// Ends an upload the registry opened and nobody will finish, so that it does not keep
+    /// it (distribution purges them only after a week). One try, bounded; its failure is
+    /// no one's concern.
+    async fn abandon_upload(&self, location: &Url, target: Target<'_>) {
+        let delete = self.send(Method::DELETE, location.as_str(), target, |r| r);
+        if let Err(e) = self
+            .own_request("blob-upload-cancel", target.what, delete)
+            .await
+        {
+            tracing::debug!(upload = target.what, error = %e, "an abandoned upload was not ended");
+        }
     }
 }
 

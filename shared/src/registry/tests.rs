@@ -12,6 +12,7 @@ use crate::auth::Credentials;
 /// One request as the peer saw it: its path and its `Authorization` header, if any.
 #[derive(Debug, Clone)]
 struct Seen {
+    method: String,
     path: String,
     authorization: Option<String>,
 }
@@ -65,6 +66,7 @@ async fn peer(answer: Answer) -> (String, Arc<Mutex<Vec<Seen>>>) {
                         let path = head.split(' ').nth(1).unwrap_or("").to_owned();
                         let authorization = header("authorization");
                         log.lock().expect("log").push(Seen {
+                            method: head.split(' ').next().unwrap_or("").to_owned(),
                             path: path.clone(),
                             authorization,
                         });
@@ -310,4 +312,33 @@ async fn a_blob_of_the_wrong_length_is_refused() {
         .expect("refused");
     assert_eq!(e.class, crate::error::FailureClass::DigestMismatch);
     assert!(e.message.contains("sends 10 bytes"), "{e}");
+}
+
+/// A mount the registry declines by opening an upload (202) ends that upload, so that the
+/// registry does not keep it; the caller then uploads as usual.
+#[tokio::test]
+async fn a_declined_mount_ends_the_upload_it_opened() {
+    let (addr, seen) = peer(Arc::new(|path: &str, _| {
+        if path.starts_with("/v2/app/blobs/uploads/?mount=") {
+            let at = "Location: /v2/app/blobs/uploads/u1?_state=s\r\n".to_owned();
+            return (202, at, String::new());
+        }
+        (204, String::new(), String::new())
+    }))
+    .await;
+    let reg = Registry::connect(&addr, &plain_http(), None)
+        .await
+        .expect("connect");
+    let digest = crate::digest::Digest::of(b"x");
+    assert!(
+        !reg.mount_blob("app", "other", &digest)
+            .await
+            .expect("declined")
+    );
+    let seen = seen.lock().expect("seen").clone();
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "DELETE" && s.path == "/v2/app/blobs/uploads/u1?_state=s"),
+        "{seen:?}"
+    );
 }
