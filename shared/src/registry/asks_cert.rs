@@ -42,19 +42,16 @@ fn handshake(host: &str) -> Option<bool> {
     let config = builder(provider.clone())?.with_client_cert_resolver(asked.clone());
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
     let addr = addr.to_socket_addrs().ok()?.next()?;
-    let mut sock = TcpStream::connect_timeout(&addr, TIMEOUT).ok()?;
-    sock.set_read_timeout(Some(TIMEOUT)).ok()?;
-    sock.set_write_timeout(Some(TIMEOUT)).ok()?;
+    let sock = TcpStream::connect_timeout(&addr, TIMEOUT).ok()?;
     // A server trickling its handshake is given up as a whole, not read by read.
-    let deadline = std::time::Instant::now() + 2 * TIMEOUT;
+    let mut io = Deadline {
+        sock,
+        at: std::time::Instant::now() + 2 * TIMEOUT,
+    };
     let mut rounds = 0;
-    while conn.is_handshaking()
-        && !asked.0.load(Ordering::Relaxed)
-        && rounds < 32
-        && std::time::Instant::now() < deadline
-    {
+    while conn.is_handshaking() && !asked.0.load(Ordering::Relaxed) && rounds < 32 {
         rounds += 1;
-        if conn.complete_io(&mut sock).is_err() {
+        if conn.complete_io(&mut io).is_err() {
             break;
         }
     }
@@ -71,6 +68,39 @@ fn builder(
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyServer(provider))),
     )
+}
+
+/// The socket, each read and write given only the time left before `at`.
+struct Deadline {
+    sock: TcpStream,
+    at: std::time::Instant,
+}
+
+impl Deadline {
+    fn left(&self) -> std::io::Result<Duration> {
+        self.at
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))
+    }
+}
+
+impl std::io::Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.sock.set_read_timeout(Some(self.left()?))?;
+        self.sock.read(buf)
+    }
+}
+
+impl std::io::Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sock.set_write_timeout(Some(self.left()?))?;
+        self.sock.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.sock.flush()
+    }
 }
 
 /// Notes that the server asked for a certificate, and offers none.

@@ -64,8 +64,8 @@ impl Registry {
 
     /// Opens a blob as a stream verified against `desc` (size and digest). One attempt:
     /// the caller retries the whole copy, since a consumed stream cannot be replayed. The
-    /// request is bounded up to its answer; its body by a read timeout (a body that stops
-    /// moving), not as a whole.
+    /// request is bounded up to its answer; its body between chunks ([`idle_bounded`]),
+    /// not as a whole.
     pub async fn blob_stream(
         &self,
         repo: &str,
@@ -148,12 +148,6 @@ impl Registry {
             Err(e) => Err(network(&e, target)),
         };
         drop(permit);
-        if sent.is_err() {
-            self.abandon_upload(&opened, target).await;
-        }
-        if let Some(e) = failure.lock().ok().and_then(|mut s| s.take()) {
-            return Err(e);
-        }
         self.observe(
             "blob-put",
             started.elapsed(),
@@ -161,6 +155,12 @@ impl Registry {
         )
         .await;
         self.hold_back_on_429(&sent).await;
+        if sent.is_err() {
+            self.abandon_upload(&opened, target).await;
+        }
+        if let Some(e) = failure.lock().ok().and_then(|mut s| s.take()) {
+            return Err(e);
+        }
         sent
     }
 
@@ -182,6 +182,7 @@ impl Registry {
                 });
                 match self.own_request("blob-mount", &what, post).await {
                     Ok(resp) if resp.status() == StatusCode::CREATED => Ok(true),
+                    Ok(resp) if resp.status() != StatusCode::ACCEPTED => Ok(false),
                     Ok(resp) => {
                         // Declined: the upload it opened instead is not the one we make.
                         if let Ok(location) = upload_location(&resp, &what) {
@@ -204,9 +205,20 @@ impl Registry {
 impl Registry {
     /// Ends an upload the registry opened and nobody will finish, so that it does not keep
     /// it (distribution purges them only after a week). One try, bounded; its failure is
-    /// no one's concern.
+    /// no one's concern. Only an upload session of `target`'s repository is ended, and not where bearer
+    /// tokens are needed: a push token does not allow a DELETE (distribution wants its own
+    /// `delete` action), and a refusal must not cost the repository its tokens.
     async fn abandon_upload(&self, location: &Url, target: Target<'_>) {
-        let delete = self.send(Method::DELETE, location.as_str(), target, |r| r);
+        let session = format!("/v2/{}/blobs/uploads/", target.repo);
+        if self.tokens.is_some() || !location.path().starts_with(&session) {
+            return;
+        }
+        let delete = async {
+            let client = self.client_for(target.repo)?;
+            let req = client.delete(location.clone());
+            let req = self.authorised(req, location.as_str(), target).await?;
+            req.send().await.map_err(|e| network(&e, target))
+        };
         if let Err(e) = self
             .own_request("blob-upload-cancel", target.what, delete)
             .await

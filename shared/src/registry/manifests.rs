@@ -119,7 +119,11 @@ impl Registry {
                     self.own_request("tags", &what, self.fetch_tags_page(repo, &url, &what))
                 })
                 .await?;
-            bytes += page.iter().map(String::len).sum::<usize>();
+            // What a name costs held, not only its characters (empty names are not free).
+            bytes += page
+                .iter()
+                .map(|t| t.len() + std::mem::size_of::<String>())
+                .sum::<usize>();
             if bytes > MAX_TAG_BYTES {
                 return Err(Error::invalid(format!(
                     "{what}: more than {} MiB of tags",

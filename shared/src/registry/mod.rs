@@ -83,6 +83,9 @@ pub struct Registry {
     request_timeout: Duration,
     /// The registry's bearer-token service, when it names one: every token comes from it.
     tokens: Option<token::TokenService>,
+    /// Why the token realm is refused to the repositories whose certificates are checked:
+    /// it is on another host and was named over a connection not checked.
+    foreign_realm: Option<Error>,
     /// Why the registry did not answer `/v2/` at connect, if it did not.
     unreachable: Option<String>,
 }
@@ -96,7 +99,7 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// Connects to `host`, deciding the scheme once: TLS, or plain HTTP when the registry
     /// does not speak TLS and may be reached insecurely (`--tls-verify=false`, or
-    /// registries.conf for the host or one of its repository prefixes).
+    /// registries.conf for the host as a whole).
     pub async fn connect(
         host: &str,
         opts: &RegistryOptions,
@@ -131,29 +134,47 @@ impl Registry {
             false => "https",
         };
         let api_host = api_host(host);
-        let mut probed = challenge::probe(&http, scheme, &api_host).await;
-        // What `/v2/` said was heard over a connection whose certificate was not checked
-        // (the probe itself sends no credentials).
-        let mut unverified = insecure;
-        if probed.unreachable.is_some()
-            && let Some(other) = other.as_ref().filter(|_| !insecure)
+        // `/v2/` is asked with the client that checks certificates where there is one: what
+        // it says (the token realm) then stands for every repository.
+        let checking = if insecure {
+            other.as_ref()
+        } else {
+            Some(&http)
+        };
+        let lax = if insecure {
+            Some(&http)
+        } else {
+            other.as_ref()
+        };
+        let (mut probed, mut unverified) = match checking.filter(|_| scheme == "https") {
+            Some(client) => (challenge::probe(client, scheme, &api_host).await, false),
+            None => (challenge::probe(&http, scheme, &api_host).await, insecure),
+        };
+        if !unverified
+            && probed
+                .unreachable
+                .as_deref()
+                .is_some_and(|why| !why.contains(" within ") && !why.contains("timed out"))
+            && let Some(lax) = lax
         {
-            // A secure host with an insecure prefix may have a certificate nobody trusts:
-            // its insecure repositories are still read.
-            let again = challenge::probe(other, scheme, &api_host).await;
+            // A certificate nobody trusts: the repositories that may skip the check are
+            // still read (the probe itself sends no credentials).
+            let again = challenge::probe(lax, scheme, &api_host).await;
             if again.unreachable.is_none() {
                 probed = again;
                 unverified = true;
             }
         }
         let creds = creds.map(|c| (c.username, c.password));
+        let mut foreign_realm = None;
         let tokens = match probed.realm {
             Some(realm) => {
                 challenge::check_realm(&realm, scheme, &api_host)?;
                 if unverified && varies {
-                    // Credentials for the secure repositories would follow a realm anyone
-                    // on the path could have named: only the registry's own host is taken.
-                    challenge::check_realm_is_own(&realm, &api_host)?;
+                    // Heard where anyone on the path could have named it: the repositories
+                    // whose certificates are checked send no credentials to a realm on
+                    // another host.
+                    foreign_realm = challenge::check_realm_is_own(&realm, &api_host).err();
                 }
                 Some(token::TokenService::new(
                     realm,
@@ -189,6 +210,7 @@ impl Registry {
             gate: opts.gate.clone(),
             request_timeout: opts.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
             tokens,
+            foreign_realm,
             unreachable,
         })
     }
@@ -222,6 +244,11 @@ impl Registry {
         let Some(tokens) = &self.tokens else {
             return Ok(None);
         };
+        if let Some(refusal) = &self.foreign_realm
+            && self.checks_certificates(repo)?
+        {
+            return Err(refusal.clone());
+        }
         tokens
             .token(
                 self.client_for(repo)?,
@@ -304,6 +331,14 @@ impl Registry {
         }
     }
 
+    /// Whether requests about `repo` check the registry's certificate.
+    fn checks_certificates(&self, repo: &str) -> Result<bool> {
+        Ok(match &self.other {
+            None => !self.insecure,
+            Some(_) => !conf::RegistriesConf::global()?.insecure_repo(&self.host, repo),
+        })
+    }
+
     /// The client for requests about `repo`: the host's, or the other kind where a
     /// repository prefix in registries.conf says otherwise. A repository that must be
     /// reached securely is refused when the registry speaks only plain HTTP.
@@ -349,7 +384,7 @@ impl Registry {
 }
 
 /// An HTTP client for `host`: its CAs and client certificate, certificate checks on unless
-/// `insecure`, connections bounded, a body that stops moving cut off.
+/// `insecure`, connections bounded.
 fn http_client(host: &str, trust: &certs::Trust, insecure: bool) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)

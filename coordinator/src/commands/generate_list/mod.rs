@@ -70,6 +70,16 @@ impl Found {
 }
 
 pub async fn run(args: &GenerateListArgs, console: &Console) -> Result<()> {
+    // Ctrl-C ends the run as a whole, so that what it holds (a clone's git, temporary
+    // directories) is dropped and cleaned up: git runs in a process group of its own and no
+    // longer hears the terminal.
+    tokio::select! {
+        done = generate(args, console) => done,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    }
+}
+
+async fn generate(args: &GenerateListArgs, console: &Console) -> Result<()> {
     let Some(given) = args.rancher.as_deref().filter(|r| !r.trim().is_empty()) else {
         bail!("rancher version not specified, use '--rancher' to specify the rancher version");
     };

@@ -73,6 +73,11 @@ pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration
     .args(["--template=", "--", url])
     .arg(into)
     .env("GIT_TERMINAL_PROMPT", "0")
+    // In its own process group git has no terminal: ssh must not ask one either.
+    .env(
+        "GIT_SSH_COMMAND",
+        std::env::var("GIT_SSH_COMMAND").unwrap_or_else(|_| "ssh -o BatchMode=yes".into()),
+    )
     .stdin(std::process::Stdio::null())
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped())
@@ -87,18 +92,15 @@ pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration
         ),
         Err(e) => return Err(e).with_context(|| format!("running git clone {url}")),
     };
-    // Whatever ends the wait (the time, Ctrl-C, an error) ends git and its helpers too.
+    // Whatever ends the wait (the time, Ctrl-C dropping the run, an error) ends git and
+    // its helpers too.
     let _group = child.id().and_then(|g| i32::try_from(g).ok()).map(Group);
-    let out = tokio::select! {
-        out = tokio::time::timeout(within, child.wait_with_output()) => match out {
-            Err(_) => bail!(
-                "cloning {url} ({branch}): not done within {}",
-                humantime::format_duration(within)
-            ),
-            Ok(out) => out.with_context(|| format!("running git clone {url}"))?,
-        },
-        // git no longer hears the terminal's Ctrl-C (its own process group): we do.
-        _ = tokio::signal::ctrl_c() => bail!("cloning {url}: interrupted"),
+    let out = match tokio::time::timeout(within, child.wait_with_output()).await {
+        Err(_) => bail!(
+            "cloning {url} ({branch}): not done within {}",
+            humantime::format_duration(within)
+        ),
+        Ok(out) => out.with_context(|| format!("running git clone {url}"))?,
     };
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
