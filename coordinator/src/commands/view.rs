@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
+use hangar_shared::archive::index::go_escape;
 use hangar_shared::digest::Digest;
 use hangar_shared::manifest::{Descriptor, Manifest, PlatformFilter, RawManifest};
 use hangar_shared::reference::ImageRef;
@@ -122,7 +123,7 @@ pub async fn run(args: &ViewArgs, kind: Kind, console: &Console) -> Result<()> {
     for raw in &attestations {
         if let Some(statement) = find_statement(&reg, &repo, raw, kind).await? {
             // serde_json's map is ordered by key, as Go's encoder orders a map.
-            let mut text = go_escaped(&serde_json::to_string_pretty(&statement)?);
+            let mut text = go_escape(&serde_json::to_string_pretty(&statement)?);
             text.push('\n');
             match &args.output {
                 Some(path) => {
@@ -144,23 +145,6 @@ pub async fn run(args: &ViewArgs, kind: Kind, console: &Console) -> Result<()> {
         "{r}: no {} attestation found for {os}/{arch} (image {image}; looked in its index and at tag {att_tag})",
         kind.name()
     )
-}
-
-/// JSON as Go's encoder writes it: `<`, `>`, `&`, U+2028 and U+2029 escaped. They can only
-/// stand inside strings, so every one is replaced.
-fn go_escaped(json: &str) -> String {
-    let mut out = String::with_capacity(json.len());
-    for c in json.chars() {
-        match c {
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The first statement of `kind` in an attestation manifest (a buildx attestation or a

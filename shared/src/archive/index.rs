@@ -304,7 +304,7 @@ pub(crate) fn go_json<T: Serialize>(value: &T, indent: bool) -> Result<Vec<u8>> 
 }
 
 /// Go escapes these inside strings; they never occur outside one in JSON.
-fn go_escape(json: &str) -> String {
+pub fn go_escape(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     for c in json.chars() {
         match c {
