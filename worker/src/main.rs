@@ -306,7 +306,7 @@ async fn run() -> Result<()> {
             tls_verify: args.tls_verify,
             retry: retry.clone(),
             gate: Some(Arc::new(hangar_worker::metrics::MeteredGate {
-                inner: Arc::new(gate),
+                inner: gate,
                 metrics: metrics.clone(),
             })),
             request_timeout: None,

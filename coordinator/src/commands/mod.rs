@@ -168,9 +168,7 @@ pub async fn rate_gate(
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
             let holder = format!("coord-{}-{nanos:x}", std::process::id());
-            Some(Arc::new(
-                RateGate::fleet(client.clone(), limits, &holder).await?,
-            ))
+            Some(RateGate::fleet(client.clone(), limits, &holder).await?)
         }
         None if limits.budgets.is_empty() && limits.concurrency.is_empty() => None,
         None => Some(Arc::new(RateGate::local(limits))),

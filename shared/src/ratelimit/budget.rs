@@ -22,7 +22,7 @@ pub(super) struct Window {
 impl RateGate {
     /// Waits for a place in `host`'s one-second window for `requests` requests.
     pub(super) async fn spend(&self, host: &str, k: &str, requests: u32) {
-        let Some(&limit) = self.limits.budgets.get(host) else {
+        let Some(limit) = self.budget(host) else {
             self.wait_out_hold(host, k).await;
             return;
         };

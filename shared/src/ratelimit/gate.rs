@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
@@ -39,7 +39,10 @@ impl Limits {
 
 pub struct RateGate {
     pub(super) ledger: Arc<dyn Ledger>,
+    /// The limits this process was given (it publishes them to the fleet).
     pub(super) limits: Limits,
+    /// What its requests obey: per host, the lowest of its own and every live process's.
+    pub(super) effective: RwLock<Limits>,
     /// Tells this process's slot holders apart from every other worker's.
     pub(super) holder: String,
     pub(super) next_slot: AtomicU64,
@@ -58,8 +61,12 @@ impl std::fmt::Debug for RateGate {
 
 impl RateGate {
     /// The fleet's gate: limits and holds shared through NATS KV. `holder` names this
-    /// process (unique in the fleet) in the slots it takes.
-    pub async fn fleet(client: async_nats::Client, limits: Limits, holder: &str) -> Result<Self> {
+    /// process (unique in the fleet) in the slots it takes and the limits it publishes.
+    pub async fn fleet(
+        client: async_nats::Client,
+        limits: Limits,
+        holder: &str,
+    ) -> Result<Arc<Self>> {
         let js = jetstream::new(client);
         let kv = match js.get_key_value(RATE_BUCKET).await {
             Ok(kv) => kv,
@@ -73,7 +80,11 @@ impl RateGate {
                 .await
                 .map_err(|e| Error::new(FailureClass::Network, format!("rate bucket: {e}")))?,
         };
-        Ok(Self::with_ledger(Arc::new(KvLedger(kv)), limits, holder))
+        let gate = Arc::new(Self::with_ledger(Arc::new(KvLedger(kv)), limits, holder));
+        // Before the first request: the fleet's caps hold from it on.
+        gate.exchange_limits(true).await;
+        Self::keep_limits_current(&gate);
+        Ok(gate)
     }
 
     /// The same rules for one process alone.
@@ -81,9 +92,10 @@ impl RateGate {
         Self::with_ledger(Arc::new(MemoryLedger::default()), limits, "local")
     }
 
-    fn with_ledger(ledger: Arc<dyn Ledger>, limits: Limits, holder: &str) -> Self {
+    pub(super) fn with_ledger(ledger: Arc<dyn Ledger>, limits: Limits, holder: &str) -> Self {
         Self {
             ledger,
+            effective: RwLock::new(limits.clone()),
             limits,
             holder: holder.to_owned(),
             next_slot: AtomicU64::new(0),

@@ -10,6 +10,9 @@
 //!   a second) has passed, and so does a registry whose answers slow down sharply (the median
 //!   of the last small requests several times its usual latency), for about the slowdown.
 //!
+//! Limits are the fleet's: one given to any live process (a worker's `--max-in-flight`)
+//! holds for all of them, the coordinator's planning requests included; the lowest wins.
+//!
 //! When NATS cannot be reached the gate lets requests through rather than stop the copy.
 //! A process without a fleet keeps the same ledger in memory: the same limits, for itself.
 //!
@@ -21,6 +24,8 @@
 //!   [`Limits`]; it asks the rules below in turn;
 //! - `ledger.rs`: where windows and slots are kept, a compare-and-swap map (NATS KV, or
 //!   memory for a process alone);
+//! - `fleet_limits.rs`: each process's limits published under a lease, and the lowest of
+//!   them obeyed by all;
 //! - `budget.rs`: the request budget, one-second windows;
 //! - `slots.rs`: requests in flight, leased slots, and [`one_task`] (a task counts its slots
 //!   once);
@@ -28,6 +33,7 @@
 //! - `latency.rs`: the watch on a registry's latency that calls a slowdown.
 
 mod budget;
+mod fleet_limits;
 mod gate;
 mod hold;
 mod latency;

@@ -54,7 +54,7 @@ impl RateGate {
     /// Waits for one of `host`'s concurrency slots; `None` when it has no limit, when the
     /// current task holds one there already, or when the ledger cannot be reached.
     pub(super) async fn take_slot(&self, host: &str, k: &str) -> Option<SlotHolder> {
-        let limit = *self.limits.concurrency.get(host)? as usize;
+        let limit = self.concurrency(host)? as usize;
         if holding(host) {
             return None;
         }

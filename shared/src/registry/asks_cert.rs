@@ -23,11 +23,12 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// TLS handshake. `false` when that cannot be told (no connection, no TLS, a timeout).
 pub(super) async fn asks_for_client_cert(host: &str) -> bool {
     let host = host.to_owned();
-    let asked = tokio::task::spawn_blocking(move || handshake(&host).unwrap_or(false));
+    let asked = tokio::task::spawn_blocking(move || handshake(&host, TIMEOUT).unwrap_or(false));
     matches!(tokio::time::timeout(3 * TIMEOUT, asked).await, Ok(Ok(true)))
 }
 
-fn handshake(host: &str) -> Option<bool> {
+/// One handshake: connecting within `timeout`, all of it within twice that.
+fn handshake(host: &str, timeout: Duration) -> Option<bool> {
     let (name, addr) = match host.rsplit_once(':') {
         Some((name, port)) if !name.contains(':') || name.ends_with(']') => {
             (name, format!("{name}:{port}"))
@@ -42,11 +43,11 @@ fn handshake(host: &str) -> Option<bool> {
     let config = builder(provider.clone())?.with_client_cert_resolver(asked.clone());
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
     let addr = addr.to_socket_addrs().ok()?.next()?;
-    let sock = TcpStream::connect_timeout(&addr, TIMEOUT).ok()?;
+    let sock = TcpStream::connect_timeout(&addr, timeout).ok()?;
     // A server trickling its handshake is given up as a whole, not read by read.
     let mut io = Deadline {
         sock,
-        at: std::time::Instant::now() + 2 * TIMEOUT,
+        at: std::time::Instant::now() + 2 * timeout,
     };
     let mut rounds = 0;
     while conn.is_handshaking() && !asked.0.load(Ordering::Relaxed) && rounds < 32 {
@@ -165,5 +166,54 @@ impl ServerCertVerifier for AnyServer {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A server that answers the ClientHello with a record header announcing 16 KiB and
+    /// then one byte every 50 ms, for ever: the probe gives up at its deadline.
+    #[test]
+    fn a_server_trickling_its_handshake_is_given_up_at_the_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let trickler = std::thread::spawn(move || {
+            let Ok((mut sock, _)) = listener.accept() else {
+                return 0usize;
+            };
+            let mut hello = [0u8; 512];
+            let _ = sock.read(&mut hello);
+            let mut sent = 0;
+            if sock.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]).is_err() {
+                return sent;
+            }
+            while sock.write_all(&[0x02]).is_ok() && sent < 400 {
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sent
+        });
+        let started = Instant::now();
+        let asked = handshake(
+            &format!("localhost:{}", addr.port()),
+            Duration::from_millis(500),
+        );
+        let took = started.elapsed();
+        assert_eq!(asked, Some(false));
+        assert!(
+            took >= Duration::from_millis(900),
+            "ended by the deadline: {took:?}"
+        );
+        assert!(took < Duration::from_secs(5), "not read by read: {took:?}");
+        let sent = trickler.join().expect("trickler");
+        assert!(
+            sent < 400,
+            "the probe hung up on the trickler ({sent} bytes)"
+        );
     }
 }

@@ -178,4 +178,24 @@ mod tests {
         assert!(String::from_utf8_lossy(&client.pem).ends_with("KEY"));
         assert_eq!(dir_for("x", Some(dir.path())), Some(dir.path().to_owned()));
     }
+
+    /// A CA file that never ends (a link to `/dev/zero`) is refused by name after 1 MiB.
+    #[cfg(unix)]
+    #[test]
+    fn an_endless_certificate_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("endless.crt")).expect("link");
+        let e = read(dir.path()).err().expect("refused");
+        assert!(e.message.contains("endless.crt"), "{}", e.message);
+        assert!(e.message.contains("larger than 1024 KiB"), "{}", e.message);
+        std::fs::remove_file(dir.path().join("endless.crt")).expect("unlink");
+        std::fs::write(
+            dir.path().join("big.key"),
+            vec![b'A'; (MAX_FILE + 1) as usize],
+        )
+        .expect("key");
+        std::fs::write(dir.path().join("big.cert"), "x").expect("cert");
+        let e = read(dir.path()).err().expect("refused");
+        assert!(e.message.contains("big.key"), "{}", e.message);
+    }
 }
