@@ -19,6 +19,34 @@ pub(super) struct Window {
     pub(super) blocked_until: u64,
 }
 
+/// No hold is written longer than a capped `Retry-After`; this leaves a few seconds for
+/// clocks that differ between processes.
+const MAX_HOLD_MS: u64 = 125_000;
+
+impl Window {
+    /// The window as read from the ledger, which is bus data: a hold further away than
+    /// any process writes (a clock hours ahead, or a hostile writer) is no hold, and a
+    /// window that starts in the future is over.
+    pub(super) fn sane(self, now: u64) -> Self {
+        Self {
+            blocked_until: if self.blocked_until > now + MAX_HOLD_MS {
+                0
+            } else {
+                self.blocked_until
+            },
+            ..if self.start > now + 1000 {
+                Self {
+                    start: 0,
+                    count: 0,
+                    ..self
+                }
+            } else {
+                self
+            }
+        }
+    }
+}
+
 impl RateGate {
     /// Waits for a place in `host`'s one-second window for `requests` requests.
     pub(super) async fn spend(&self, host: &str, k: &str, requests: u32) {
@@ -32,6 +60,7 @@ impl RateGate {
                 return;
             };
             let now = now_ms();
+            let w = w.sane(now);
             if w.blocked_until > now {
                 crate::waiting::on(format!(
                     "{host}: a fleet-wide hold (after a 429 or answers slowing down)"
@@ -85,5 +114,33 @@ mod tests {
         gate.back_off("s.example", Duration::from_secs(1)).await;
         let held = tokio::time::timeout(Duration::from_millis(300), gate.admit("s.example", 1));
         assert!(held.await.is_err(), "held after a 429");
+    }
+
+    /// The ledger is bus data: a hold a day away (a clock ahead, a hostile writer) and a
+    /// window that starts in an hour neither stop a registry's requests nor keep a real
+    /// 429's hold from being written.
+    #[tokio::test]
+    async fn a_hold_or_window_from_far_in_the_future_is_not_obeyed() {
+        let gate = RateGate::local(Limits {
+            budgets: HashMap::from([("r.example".to_owned(), 5)]),
+            ..Default::default()
+        });
+        let day = 86_400_000;
+        for host in ["r.example", "s.example"] {
+            let hostile = Window {
+                start: now_ms() + 3_600_000,
+                count: 5,
+                blocked_until: now_ms() + day,
+            };
+            assert!(swap(&*gate.ledger, &super::super::ledger::key(host), &hostile, 0).await);
+            let admitted = tokio::time::timeout(Duration::from_secs(2), gate.admit(host, 1));
+            assert!(
+                admitted.await.is_ok(),
+                "{host}: not held by a hold a day away"
+            );
+        }
+        gate.back_off("s.example", Duration::from_secs(2)).await;
+        let held = tokio::time::timeout(Duration::from_millis(500), gate.admit("s.example", 1));
+        assert!(held.await.is_err(), "a real 429 still holds");
     }
 }

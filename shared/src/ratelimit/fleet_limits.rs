@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gate::{Limits, RateGate};
 use super::ledger::{now_ms, read, swap};
+use super::slots::CLOCK_SLACK_MS;
 
 /// Not a registry's key: those never hold a `.` (see `ledger::key`), slots end in `.slots`.
 const LIMITS_KEY: &str = "fleet.limits";
@@ -58,7 +59,10 @@ impl RateGate {
                 return;
             };
             let now = now_ms();
-            published.holders.retain(|_, e| e.until > now);
+            let latest = now + LIMITS_LEASE.as_millis() as u64 + CLOCK_SLACK_MS;
+            published
+                .holders
+                .retain(|_, e| e.until > now && e.until <= latest);
             if publish {
                 published.holders.insert(
                     self.holder.clone(),
@@ -190,19 +194,30 @@ mod tests {
         assert_eq!(merged.budgets.get("b"), Some(&7));
     }
 
-    /// A publisher whose lease ran out (a worker gone) no longer limits anyone.
+    /// A publisher whose lease ran out (a worker gone) no longer limits anyone, nor one
+    /// whose lease ends next year (a clock ahead, a hostile writer).
     #[tokio::test]
-    async fn a_gone_process_limits_nobody_once_its_lease_ends() {
+    async fn a_gone_process_limits_nobody_once_its_lease_ends_nor_a_lease_from_the_future() {
         let ledger: Arc<dyn super::super::ledger::Ledger> = Arc::new(MemoryLedger::default());
         let stale = Published {
-            holders: BTreeMap::from([(
-                "gone".to_owned(),
-                Entry {
-                    until: now_ms().saturating_sub(1),
-                    concurrency: BTreeMap::from([("r.example".into(), 1)]),
-                    ..Default::default()
-                },
-            )]),
+            holders: BTreeMap::from([
+                (
+                    "gone".to_owned(),
+                    Entry {
+                        until: now_ms().saturating_sub(1),
+                        concurrency: BTreeMap::from([("r.example".into(), 1)]),
+                        ..Default::default()
+                    },
+                ),
+                (
+                    "squatter".to_owned(),
+                    Entry {
+                        until: now_ms() + 31_536_000_000,
+                        concurrency: BTreeMap::from([("r.example".into(), 1)]),
+                        ..Default::default()
+                    },
+                ),
+            ]),
         };
         assert!(swap(&*ledger, LIMITS_KEY, &stale, 0).await);
         let gate = RateGate::with_ledger(ledger, Limits::default(), "c");

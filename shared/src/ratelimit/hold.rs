@@ -20,7 +20,7 @@ impl RateGate {
             _ => {
                 let until = read::<Window>(&*self.ledger, k)
                     .await
-                    .map_or(0, |(w, _)| w.blocked_until);
+                    .map_or(0, |(w, _)| w.sane(now).blocked_until);
                 if let Ok(mut m) = self.seen.lock() {
                     m.insert(k.to_owned(), (until, now));
                 }
@@ -43,6 +43,7 @@ impl RateGate {
             let Some((w, revision)) = read::<Window>(&*self.ledger, &k).await else {
                 return;
             };
+            let w = w.sane(now_ms());
             if w.blocked_until >= until {
                 return;
             }

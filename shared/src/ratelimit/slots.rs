@@ -17,6 +17,8 @@ use super::ledger::{Ledger, now_ms, read, swap};
 
 /// A concurrency slot is leased for this long and renewed while its request runs.
 const SLOT_LEASE: Duration = Duration::from_secs(30);
+/// How far apart the clocks of a fleet's processes may be, as leases in the ledger go.
+pub(super) const CLOCK_SLACK_MS: u64 = 5_000;
 
 tokio::task_local! {
     /// Per host, the slots the current task holds. A copy within one registry reads its body
@@ -68,7 +70,12 @@ impl RateGate {
         loop {
             let (mut slots, revision) = read::<Slots>(&*self.ledger, &k).await?;
             let now = now_ms();
-            slots.held.retain(|_, until| *until > now);
+            // A lease further away than any process writes (a clock ahead, a hostile
+            // writer) would keep its slot for good: it is no lease.
+            let latest = now + SLOT_LEASE.as_millis() as u64 + CLOCK_SLACK_MS;
+            slots
+                .held
+                .retain(|_, until| *until > now && *until <= latest);
             if slots.held.len() < limit {
                 slots
                     .held
@@ -178,6 +185,21 @@ mod tests {
         }
         while tasks.join_next().await.is_some() {}
         assert_eq!(peak.load(Ordering::SeqCst), 3);
+        // A slot leased until next year by a hostile writer is no slot held.
+        let hostile = Slots {
+            held: BTreeMap::from([("squatter".to_owned(), now_ms() + 31_536_000_000)]),
+        };
+        let k = "r_example.slots";
+        let (_, revision) = read::<Slots>(&*gate.ledger, k).await.expect("ledger");
+        assert!(swap(&*gate.ledger, k, &hostile, revision).await);
+        let permits = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                held.push(gate.admit("r.example", 1).await);
+            }
+            held
+        });
+        assert!(permits.await.is_ok(), "all three slots are free");
         // Other registries are not held by this one's cap.
         let free = tokio::time::timeout(Duration::from_secs(1), gate.admit("other", 1)).await;
         assert!(free.is_ok());
