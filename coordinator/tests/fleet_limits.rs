@@ -106,8 +106,7 @@ async fn a_fleet_budget_keeps_the_workers_under_a_registrys_limit() {
 /// included: two workers with eight blob slots each stay within three at the registry's
 /// door (counted there, by a proxy that follows every exchange to its last byte), where
 /// without the cap they go well past it; and every request shows in the workers' per-registry
-/// metrics. Only the workers are given the cap: `submit`'s own look at the destination while
-/// it plans keeps to it too (the fleet's limits, published by the workers).
+/// metrics.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_in_flight_cap_holds_across_workers() {
     let _alone = ALONE.lock().await;
