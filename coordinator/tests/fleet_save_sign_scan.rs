@@ -380,3 +380,94 @@ async fn workers_scan_during_a_mirror_reading_each_layer_once() {
     let r = std::fs::read_to_string(env.path("s3scan.json")).unwrap();
     assert_eq!(r.matches("\"id\": \"DEBIAN-CVE-2024-9\"").count(), 2, "{r}");
 }
+
+/// A scan whose result is too large for the bus (an inventory of 3,000 packages where NATS
+/// carries 64 KiB a message) fails that scan for good at once, naming `max_payload`, and
+/// is not delivered again to end the same way; the image is still copied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scan_result_too_large_for_the_bus_fails_its_scan_at_once() {
+    let env = Env::new();
+    let nats = NatsProcess::start_with_config("max_payload: 65536").expect("nats-server");
+    let garage = hangar_loadtest::services::GarageProcess::start()
+        .expect("garage (scripts/dev-services.sh installs it)");
+    let cache = garage.cache_url();
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", garage.key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret.clone()),
+    ];
+    let envs: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _worker = spawn_worker(
+        &nats.url(),
+        env.path("w.log"),
+        &["--listen", "127.0.0.1:0", "--cache", &cache],
+        &envs,
+    );
+    let status: String = (0..3000)
+        .map(|i| {
+            format!(
+                "Package: pkg{i}\nStatus: install ok installed\nVersion: 1.0-{i}\nSource: src{i}\n\n"
+            )
+        })
+        .collect();
+    push_files_image(
+        &env.src.addr,
+        "scanbig/a",
+        vec![files_layer(&[
+            ("etc/os-release", b"ID=debian\nVERSION_ID=12\n"),
+            ("var/lib/dpkg/status", status.as_bytes()),
+        ])],
+    )
+    .await;
+    let db = env.path("osv");
+    std::fs::create_dir_all(&db).unwrap();
+    let now = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap()
+        .stdout;
+    std::fs::write(
+        db.join("r.json"),
+        format!(
+            r#"{{"id":"DEBIAN-CVE-2024-1","modified":"{}","affected":[{{"package":{{"ecosystem":"Debian:12","name":"src1"}},"ranges":[{{"type":"ECOSYSTEM","events":[{{"introduced":"0"}},{{"fixed":"2.0"}}]}}]}}]}}"#,
+            String::from_utf8_lossy(&now).trim()
+        ),
+    )
+    .unwrap();
+    let image = format!("{}/scanbig/a:1", env.src.addr);
+    let list = env.write_list("list.txt", std::slice::from_ref(&image));
+    let run = run_measured(
+        &[
+            "submit",
+            list.to_str().unwrap(),
+            "--tls-verify=false",
+            "-d",
+            &env.dst.addr,
+            "--nats",
+            &nats.url(),
+            "--scan-db",
+            db.to_str().unwrap(),
+            "--scan-report",
+            env.path("scan.json").to_str().unwrap(),
+            "-o",
+            env.path("failed.txt").to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(150),
+    );
+    assert!(run.output.contains("max_payload 65536"), "{}", run.output);
+    let log = std::fs::read_to_string(env.path("w.log")).unwrap_or_default();
+    assert_eq!(
+        log.matches("task started kind=\"scan\"").count(),
+        1,
+        "one delivery of the scan: {log}"
+    );
+    assert!(
+        skopeo_raw(&image.replace(&env.src.addr, &env.dst.addr)).is_some(),
+        "the image is copied"
+    );
+    // Not three deliveries' ack waits and back-offs.
+    assert!(
+        run.elapsed < std::time::Duration::from_secs(60),
+        "{:?}",
+        run.elapsed
+    );
+}

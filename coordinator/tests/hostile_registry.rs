@@ -445,3 +445,72 @@ async fn a_stalled_blob_copy_is_given_up_for_another_delivery() {
     // Three deliveries of a few seconds each and their back-off, not ten minutes.
     assert!(run.elapsed < Duration::from_secs(60), "{:?}", run.elapsed);
 }
+
+/// A registry's index too large for the bus (NATS carries 64 KiB a message here; the index
+/// holds a 100 KB annotation) fails that image at once, naming `max_payload`, and not the
+/// job: the other image of the list is copied, and nothing waits out the publish patience.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_too_large_for_the_bus_fails_its_image_only() {
+    let env = Env::new();
+    let nats = hangar_loadtest::services::NatsProcess::start_with_config("max_payload: 65536")
+        .expect("nats-server");
+    let _worker = common::fleet::worker(&nats.url(), &env.path("worker.log"), &[], &[]);
+    let reg = common::registry(&env.src.addr).await;
+    let seeds: &[u64] = &[71];
+    common::push_image(
+        &reg,
+        env.dir.path(),
+        "small/app",
+        Some("1"),
+        hangar_loadtest::seed::Format::Oci,
+        "amd64",
+        (seeds, 4096),
+    )
+    .await;
+    let amd64 = common::push_image(
+        &reg,
+        env.dir.path(),
+        "big/app",
+        None,
+        hangar_loadtest::seed::Format::Oci,
+        "amd64",
+        (seeds, 4096),
+    )
+    .await;
+    let pad = serde_json::json!({ "pad": "x".repeat(100_000) });
+    common::push_index(
+        &reg,
+        "big/app",
+        "1",
+        hangar_loadtest::seed::Format::Oci,
+        &[(amd64, hangar_loadtest::seed::platform("amd64"), Some(pad))],
+    )
+    .await;
+    let big = format!("{}/big/app:1", env.src.addr);
+    let small = format!("{}/small/app:1", env.src.addr);
+    let list = env.write_list("list.txt", &[big.clone(), small.clone()]);
+    let failed = env.path("failed.txt");
+    let run = run_measured(
+        &[
+            "submit",
+            list.to_str().expect("utf-8"),
+            "--nats",
+            &nats.url(),
+            "--tls-verify=false",
+            "-d",
+            &env.dst.addr,
+            "-o",
+            failed.to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(!run.success, "{}", run.output);
+    assert!(run.output.contains("max_payload 65536"), "{}", run.output);
+    let failed = std::fs::read_to_string(&failed).expect("failed list");
+    assert_eq!(failed.lines().collect::<Vec<_>>(), vec![big.as_str()]);
+    assert!(
+        common::skopeo_raw(&small.replace(&env.src.addr, &env.dst.addr)).is_some(),
+        "the other image is copied"
+    );
+    assert!(run.elapsed < Duration::from_secs(45), "{:?}", run.elapsed);
+}

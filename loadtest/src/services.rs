@@ -161,12 +161,19 @@ pub struct NatsProcess {
 
 impl NatsProcess {
     pub fn start() -> io::Result<Self> {
+        Self::start_with_config("")
+    }
+
+    /// The same server with `config` (nats-server's configuration syntax, e.g.
+    /// `max_payload: 65536`) under the command line's options.
+    pub fn start_with_config(config: &str) -> io::Result<Self> {
         // A free port can be taken by another test between asking and binding: a server
         // that does not come up is started again on new ports.
         let mut last = None;
         for _ in 0..3 {
             let dir = tempfile::Builder::new().prefix("hangar-nats-").tempdir()?;
             let (port, monitor) = (free_port()?, free_port()?);
+            std::fs::write(dir.path().join("nats.conf"), config)?;
             let child = spawn_nats(dir.path(), port, monitor)?;
             let mut nats = Self {
                 addr: format!("127.0.0.1:{port}"),
@@ -208,6 +215,7 @@ impl NatsProcess {
 
 fn spawn_nats(dir: &Path, port: u16, monitor: u16) -> io::Result<Child> {
     let mut cmd = Command::new(nats_binary());
+    cmd.arg("-c").arg(dir.join("nats.conf"));
     cmd.args([
         "-js",
         "-a",

@@ -122,6 +122,15 @@ where
                             break;
                         }
                     }
+                    if let Err(e) = published.as_ref()
+                        && e.class == FailureClass::InvalidInput
+                    {
+                        // A task the bus will never carry: this image fails, not the run;
+                        // its tasks already sent find it closed.
+                        done += 1;
+                        finished(i, Err(e.clone()));
+                        continue;
+                    }
                     if let Err(e) = published {
                         // The bus is gone (past its patience): this image and every one
                         // still open fail with it, and the run stops.

@@ -131,6 +131,9 @@ pub struct Tracker {
     pub stats: Stats,
     /// The job's trace context, handed to every task it publishes.
     pub trace: Option<String>,
+    /// Tasks the queue refused for good (too large for the bus), settled as failed tasks
+    /// once the step that published them is over.
+    refused: Vec<Event>,
 }
 
 impl Tracker {
@@ -165,6 +168,7 @@ impl Tracker {
             next_id: 0,
             tasks: HashMap::new(),
             trace: None,
+            refused: Vec::new(),
             images,
             blobs: HashMap::new(),
             groups: HashMap::new(),
@@ -234,7 +238,8 @@ impl Tracker {
         self.next_id += 1;
         let id = self.next_id;
         self.tasks.insert(id, r);
-        self.queue
+        let published = self
+            .queue
             .publish(TaskEnvelope {
                 job: self.job.clone(),
                 id,
@@ -242,11 +247,47 @@ impl Tracker {
                 trace: self.trace.clone(),
                 task,
             })
-            .await
+            .await;
+        match published {
+            // A task the bus will never carry fails as the task would have: its images,
+            // not the job (a registry's oversized manifest must not stop everyone's copy).
+            Err(e) if e.class == FailureClass::InvalidInput => {
+                self.refused.push(Event {
+                    job: self.job.clone(),
+                    task: id,
+                    kind: EventKind::Failed {
+                        class: e.class,
+                        message: e.message,
+                        attempt: 1,
+                        last: true,
+                    },
+                });
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Settles the tasks the queue refused, and whatever settling them refuses in turn.
+    async fn settle_refused(&mut self, obs: &mut dyn Observer) -> Result<()> {
+        while let Some(event) = self.refused.pop() {
+            self.fold(event, obs).await?;
+        }
+        Ok(())
     }
 
     /// Takes one image's plan (or its planning failure).
     pub async fn add_plan(
+        &mut self,
+        image: usize,
+        planned: Result<Planned>,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        self.take_plan(image, planned, obs).await?;
+        self.settle_refused(obs).await
+    }
+
+    async fn take_plan(
         &mut self,
         image: usize,
         planned: Result<Planned>,
@@ -302,6 +343,11 @@ impl Tracker {
 
     /// Folds one event in, publishing whatever it unblocks.
     pub async fn on_event(&mut self, event: Event, obs: &mut dyn Observer) -> Result<()> {
+        self.fold(event, obs).await?;
+        self.settle_refused(obs).await
+    }
+
+    async fn fold(&mut self, event: Event, obs: &mut dyn Observer) -> Result<()> {
         let (outcome, error) = match event.kind {
             // Notices for the in-flight view (`crate::engine::in_flight`), nothing to settle.
             EventKind::Started { .. } | EventKind::Waiting { .. } => return Ok(()),

@@ -7,10 +7,10 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{EVENT_STREAM, PUBLISH_PATIENCE, bus, ensure_streams, event_subject};
+use super::{EVENT_STREAM, PUBLISH_PATIENCE, bus, ensure_streams, event_subject, fits};
 use crate::error::{Error, Result};
 use crate::queue::EventSink;
-use crate::task::Event;
+use crate::task::{Event, EventKind};
 
 /// Publishes events to `hangar.event.<job>`, waiting for the stream's ack (retrying
 /// through a short NATS outage) before the caller may ack the task.
@@ -39,7 +39,22 @@ impl EventSink for JetStreamSink {
     }
 
     async fn emit(&self, event: Event) -> Result<()> {
-        let payload = serde_json::to_vec(&event).map_err(|e| Error::internal(e.to_string()))?;
+        let mut payload = serde_json::to_vec(&event).map_err(|e| Error::internal(e.to_string()))?;
+        // A result too large for the bus (a scan's inventory of a huge image) fails its task
+        // for good, said in a message that fits: redelivering it would only end the same way.
+        if let Err(e) = fits(&self.js, "the task's result", payload.len()) {
+            let failed = Event {
+                kind: EventKind::Failed {
+                    class: e.class,
+                    message: e.message,
+                    attempt: 1,
+                    last: true,
+                },
+                job: event.job.clone(),
+                task: event.task,
+            };
+            payload = serde_json::to_vec(&failed).map_err(|e| Error::internal(e.to_string()))?;
+        }
         let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
         let mut delay = Duration::from_millis(100);
         loop {

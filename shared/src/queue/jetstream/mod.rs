@@ -54,6 +54,26 @@ fn bus(e: impl std::fmt::Display) -> Error {
     Error::new(FailureClass::Network, format!("nats: {e}"))
 }
 
+/// Room kept in a message for its headers (message id, trace context).
+const HEADER_ROOM: usize = 1024;
+
+/// Refuses, at once and for good, a message the server would not take: `what` is `len`
+/// bytes and the server carries at most `max_payload` in one message. Retrying it would only
+/// wait out [`PUBLISH_PATIENCE`] and then fail the whole job.
+fn fits(js: &jetstream::Context, what: &str, len: usize) -> Result<()> {
+    let max = js.client().server_info().max_payload;
+    if max == 0 || len + HEADER_ROOM <= max {
+        return Ok(());
+    }
+    Err(Error::new(
+        FailureClass::InvalidInput,
+        format!(
+            "{what} is {len} bytes, more than NATS carries in one message (max_payload {max}): \
+             raise max_payload on the NATS server, or run this without the fleet"
+        ),
+    ))
+}
+
 /// `hangar.task.<kind>.<job>`: the job in the subject lets a cancel purge just its tasks.
 pub fn task_subject(kind: TaskKind, job: &str) -> String {
     format!("hangar.task.{}.{job}", kind.as_str())
@@ -333,6 +353,7 @@ impl TaskQueue for JetStreamQueue {
         // The trace context travels as a header, where NATS tooling and other services look.
         let trace = task.trace.take();
         let payload = serde_json::to_vec(&task).map_err(|e| Error::internal(e.to_string()))?;
+        fits(&self.js, &format!("task {}", task.key), payload.len())?;
         let mut publish = jetstream::message::PublishMessage::build()
             .payload(payload.into())
             .message_id(format!("{}/{}", task.job, task.id));
