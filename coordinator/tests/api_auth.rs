@@ -492,3 +492,98 @@ fn without_a_token_file_the_api_stays_on_loopback() {
     // Refused before anything is reached.
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// The API's connections are bounded before any handler or token check: a client that
+/// trickles its request head is cut off at 10 s, not served for ever; past
+/// `--max-connections` a connection is closed as it arrives, and a place frees when one
+/// closes; a request body past 2 MiB is refused with 413.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_heads_too_many_connections_and_huge_bodies_are_refused() {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let nats = NatsProcess::start().expect("nats-server");
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port().unwrap());
+    let _coord = Killed(
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(["serve", "--listen", &listen, "--max-connections", "3"])
+            .args(["--nats", &nats.url()])
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("coord.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("coord.err")).unwrap())
+            .spawn()
+            .expect("hangar-coord serve"),
+    );
+    wait_for_port(&listen, Duration::from_secs(30)).unwrap();
+    // wait_for_port's own connection must be gone before places are counted.
+    std::thread::sleep(Duration::from_millis(300));
+    let closed_within = |sock: &mut TcpStream, limit: Duration| -> bool {
+        sock.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match sock.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                }
+            }
+        }
+    };
+
+    // Three connections that say nothing hold every place; the fourth is closed at once.
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(&listen).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fourth = TcpStream::connect(&listen).unwrap();
+    assert!(
+        closed_within(&mut fourth, Duration::from_secs(3)),
+        "a connection past --max-connections is closed"
+    );
+    idle.pop();
+    std::thread::sleep(Duration::from_millis(300));
+    let health = reqwest::get(format!("http://{listen}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "a place freed by a closed connection");
+
+    // A head trickled a byte every 500 ms is cut off at 10 s.
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut slow = TcpStream::connect(&listen).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(500));
+        if slow.write_all(b"X").is_err() || closed_within(&mut slow, Duration::from_millis(1)) {
+            cut = true;
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(cut, "a trickled head is cut off");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(14),
+        "cut off at the head timeout: {took:?}"
+    );
+
+    // A body past 2 MiB.
+    let big = vec![b' '; 3 << 20];
+    let answer = reqwest::Client::new()
+        .post(format!("http://{listen}/jobs"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+}

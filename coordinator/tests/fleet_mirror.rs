@@ -110,6 +110,30 @@ async fn three_workers_mirror_a_list_fetching_each_blob_once_and_no_secret_on_th
         gets.values().all(|n| *n == 1),
         "each unique blob fetched exactly once across the fleet: {gets:?}"
     );
+    // A worker's metrics port holds at most 64 connections: a client holding them all
+    // cannot take the worker's file descriptors; the 65th is closed as it arrives.
+    {
+        use std::io::Read as _;
+        let addr = format!("127.0.0.1:{}", ports[0]);
+        let held: Vec<std::net::TcpStream> = (0..64)
+            .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+        extra
+            .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let read = extra.read(&mut buf).map_err(|e| e.kind());
+        assert!(
+            matches!(read, Ok(0))
+                || matches!(read, Err(k) if k != std::io::ErrorKind::WouldBlock
+                    && k != std::io::ErrorKind::TimedOut),
+            "the 65th connection is closed, not left waiting: {read:?}"
+        );
+        drop(held);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
     // Each worker reports what it did on /metrics; together they copied every blob.
     let http = reqwest::Client::new();
     let mut copied = 0u64;

@@ -6,6 +6,7 @@ pub mod archive;
 pub mod atomic;
 pub mod auth;
 pub mod cache;
+pub mod connections;
 pub mod digest;
 pub mod error;
 pub mod glob;

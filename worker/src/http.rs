@@ -40,15 +40,19 @@ async fn readyz(State(p): State<Probe>) -> impl IntoResponse {
 
 /// Binds `addr` and serves until the process ends; returns the bound address.
 pub async fn serve(addr: SocketAddr, probe: Probe) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(probe);
+    // Scrapes and probes need few connections; a client holding many must not take the
+    // worker's file descriptors from its registry connections.
+    let server = hangar_shared::connections::bound(axum_server::from_tcp(listener)?, 64);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = server.serve(app.into_make_service()).await {
             tracing::error!("http server: {e}");
         }
     });

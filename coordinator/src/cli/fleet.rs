@@ -146,6 +146,10 @@ pub struct ServeArgs {
     /// inside these. Without it, those jobs are refused.
     #[arg(long = "archive-root")]
     pub archive_root: Vec<String>,
+    /// Connections the API holds open at once; one more is closed as it arrives. Each must
+    /// send a request's head within 10 s.
+    #[arg(long = "max-connections", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     #[command(flatten)]
     pub fleet: FleetArgs,
     #[command(flatten)]

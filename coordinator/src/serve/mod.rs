@@ -420,6 +420,8 @@ pub struct Access {
     pub insecure_no_auth: bool,
     /// `--tls-cert`, `--tls-key` (PEM).
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `--max-connections` (see [`hangar_shared::connections`]).
+    pub max_connections: usize,
 }
 
 impl Access {
@@ -547,16 +549,24 @@ pub async fn run(
                 None,
                 format!("Serving on https://{bound} ({resumed} jobs resumed)"),
             );
-            axum_server::from_tcp_rustls(listener, config)?
-                .serve(app.into_make_service())
-                .await?;
+            hangar_shared::connections::bound(
+                axum_server::from_tcp_rustls(listener, config)?,
+                access.max_connections,
+            )
+            .serve(app.into_make_service())
+            .await?;
         }
         None => {
             console.info(
                 None,
                 format!("Serving on http://{bound} ({resumed} jobs resumed)"),
             );
-            axum::serve(tokio::net::TcpListener::from_std(listener)?, app).await?;
+            hangar_shared::connections::bound(
+                axum_server::from_tcp(listener)?,
+                access.max_connections,
+            )
+            .serve(app.into_make_service())
+            .await?;
         }
     }
     Ok(())
