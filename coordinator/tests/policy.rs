@@ -385,3 +385,96 @@ async fn the_fleet_honours_the_policy_too() {
     assert!(skopeo_raw(&format!("{}/library/signed:v1", env.dst.addr)).is_some());
     assert!(skopeo_raw(&format!("{}/library/plain:v1", env.dst.addr)).is_none());
 }
+
+/// A source registry whose `.sig` holds 100 signatures (none valid) costs at most 64
+/// fetched and checked payloads, whatever it holds: the image is refused saying so, and
+/// the last 36 payloads are never asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_signatures_is_checked_up_to_sixty_four() {
+    let env = Env::new();
+    let home = Home::new();
+    let src = registry(&env.src.addr).await;
+    let image = push_image(
+        &src,
+        env.dir.path(),
+        "library/flood",
+        Some("v1"),
+        Format::Oci,
+        "amd64",
+        (&[430], 10_000),
+    )
+    .await;
+    let (_, public) = generate(env.dir.path(), "trusted");
+    let config = hangar_loadtest::seed::push_bytes(
+        &src,
+        "library/flood",
+        "application/vnd.oci.image.config.v1+json",
+        bytes::Bytes::from_static(b"{}"),
+    )
+    .await
+    .expect("config");
+    let mut payloads = Vec::new();
+    for i in 0..100 {
+        let body = format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"x"}},"image":{{"docker-manifest-digest":"{}"}},"type":"cosign container image signature"}},"optional":{{"n":{i}}}}}"#,
+            image.digest
+        );
+        payloads.push(
+            hangar_loadtest::seed::push_bytes(
+                &src,
+                "library/flood",
+                hangar_shared::sign::cosign::SIMPLE_SIGNING,
+                bytes::Bytes::from(body),
+            )
+            .await
+            .expect("payload"),
+        );
+    }
+    let garbage = base64::engine::general_purpose::STANDARD.encode([7u8; 70]);
+    let layers: Vec<serde_json::Value> = payloads
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "mediaType": d.media_type, "digest": d.digest.to_string(), "size": d.size,
+                "annotations": {"dev.cosignproject.cosign/signature": garbage}
+            })
+        })
+        .collect();
+    let sig = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": config.media_type, "digest": config.digest.to_string(), "size": config.size},
+        "layers": layers,
+    });
+    hangar_loadtest::seed::push_manifest(
+        &src,
+        "library/flood",
+        &format!("sha256-{}.sig", image.digest.hex()),
+        "application/vnd.oci.image.manifest.v1+json",
+        bytes::Bytes::from(sig.to_string()),
+    )
+    .await
+    .expect("sig manifest");
+    home.set(serde_json::json!({
+        "default": [{"type": "reject"}],
+        "transports": {"docker": {env.src.addr.clone(): [{
+            "type": "sigstoreSigned",
+            "keyPath": s(&public),
+            "signedIdentity": {"type": "matchRepository"}
+        }]}}
+    }));
+    let line = format!("{}/library/flood:v1", env.src.addr);
+    let list = env.write_list("list.txt", std::slice::from_ref(&line));
+    let out = home.mirror(&env, &list, &[]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("100 signatures on sha256-") && log.contains("only the first 64 were checked"),
+        "{log}"
+    );
+    let gets = blob_gets(&env.src.log());
+    let fetched: Vec<usize> = (0..100)
+        .filter(|i| gets.contains_key(&payloads[*i].digest.to_string()))
+        .collect();
+    assert_eq!(fetched, (0..64).collect::<Vec<_>>(), "payloads fetched");
+}

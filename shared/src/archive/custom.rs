@@ -233,12 +233,22 @@ pub const MAX_CHART_YAML: u64 = 1 << 20;
 /// A chart's archive is outside input: its extension headers are bounded as the scanner's
 /// are ([`crate::scan::tar_guard`]), and its Chart.yaml to [`MAX_CHART_YAML`].
 pub fn chart_yaml_in_tgz(path: &std::path::Path) -> Result<Vec<u8>> {
+    chart_yaml_within(path, MAX_CHART_INFLATED)
+}
+
+/// How far a chart archive is inflated while its Chart.yaml is looked for (Helm refuses
+/// charts past 100 MiB decompressed): a small gzip bomb must not cost hours of CPU.
+pub const MAX_CHART_INFLATED: u64 = 100 << 20;
+
+fn chart_yaml_within(path: &std::path::Path, inflated: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let fail = |e: std::io::Error| Error::invalid(format!("{}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(fail)?;
-    let mut tar = tar::Archive::new(crate::scan::tar_guard::TarGuard::new(
-        flate2::read::GzDecoder::new(file),
-    ));
+    let mut tar = tar::Archive::new(crate::scan::tar_guard::TarGuard::new(Inflated {
+        inner: flate2::read::GzDecoder::new(file),
+        left: inflated,
+        cap: inflated,
+    }));
     for entry in tar.entries().map_err(fail)? {
         let entry = entry.map_err(fail)?;
         let name = entry.path().map_err(fail)?.into_owned();
@@ -263,6 +273,23 @@ pub fn chart_yaml_in_tgz(path: &std::path::Path) -> Result<Vec<u8>> {
         "{}: no Chart.yaml in the chart archive",
         path.display()
     )))
+}
+
+/// A decompressing reader that fails once it has given `cap` bytes.
+struct Inflated<R> {
+    inner: R,
+    left: u64,
+    cap: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Inflated<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            std::io::Error::other(format!("the chart inflates past {} MiB", self.cap >> 20))
+        })?;
+        Ok(n)
+    }
 }
 
 /// Packages the chart directory `dir` into the `.tgz` `to` with every entry under `<name>/`,
@@ -425,5 +452,38 @@ mod tests {
         let big = tgz(dir.path(), &vec![b' '; 2 << 20]);
         let e = chart_yaml_in_tgz(&big).expect_err("refused");
         assert!(e.message.contains("larger than 1024 KiB"), "{e}");
+    }
+
+    /// A gzip bomb before the Chart.yaml (8 MiB of zeros in a few KiB; the cap lowered to
+    /// 2 MiB here) is refused once the cap is inflated, naming the archive.
+    #[test]
+    fn a_chart_that_inflates_past_the_cap_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let to = dir.path().join("bomb.tgz");
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&to).expect("create"),
+            flate2::Compression::best(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        for (name, body) in [
+            ("c/zeros", vec![0u8; 8 << 20]),
+            ("c/Chart.yaml", b"name: c\n".to_vec()),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, name, body.as_slice())
+                .expect("append");
+        }
+        tar.into_inner().expect("tar").finish().expect("gz");
+        assert!(std::fs::metadata(&to).expect("size").len() < 64 << 10);
+        let e = chart_yaml_within(&to, 2 << 20).expect_err("refused");
+        assert!(e.message.contains("inflates past 2 MiB"), "{e}");
+        assert!(e.message.contains("bomb.tgz"), "{e}");
+        assert_eq!(
+            chart_yaml_within(&to, 16 << 20).expect("read"),
+            b"name: c\n"
+        );
     }
 }

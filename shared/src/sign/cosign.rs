@@ -21,6 +21,9 @@ pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 pub const PAYLOAD_TYPE: &str = "cosign container image signature";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const PAYLOAD_LIMIT: u64 = 1 << 20;
+/// Signatures checked per image and key. A `.sig` manifest is the source registry's to
+/// write: thousands of layers would each be fetched and verified, once per key.
+pub const MAX_SIGNATURES: usize = 64;
 
 /// `sha256-<hex>.sig`: where cosign keeps the signatures of `digest`.
 pub fn signature_tag(digest: &Digest) -> String {
@@ -250,10 +253,18 @@ pub async fn verify(
         return Ok(Verdict::NoSignature);
     };
     let mut reasons = Vec::new();
-    for layer in layers_of(&manifest)? {
-        if layer.desc.media_type != SIMPLE_SIGNING {
-            continue;
-        }
+    let signatures: Vec<SigLayer> = layers_of(&manifest)?
+        .into_iter()
+        .filter(|l| l.desc.media_type == SIMPLE_SIGNING)
+        .collect();
+    if signatures.len() > MAX_SIGNATURES {
+        reasons.push(format!(
+            "{} signatures on {}: only the first {MAX_SIGNATURES} were checked",
+            signatures.len(),
+            signature_tag(digest)
+        ));
+    }
+    for layer in signatures.into_iter().take(MAX_SIGNATURES) {
         let Some(signature) = &layer.signature else {
             reasons.push(format!("layer {} has no signature", layer.desc.digest));
             continue;
