@@ -238,7 +238,13 @@ impl RegistryPool {
             .or_default()
             .clone();
         cell.get_or_try_init(|| async {
-            let creds = crate::auth::lookup(self.authfile.as_deref(), host, None)?;
+            // A credential helper is another program (up to 30 s): not on a runtime thread.
+            let (authfile, name) = (self.authfile.clone(), host.to_owned());
+            let creds = tokio::task::spawn_blocking(move || {
+                crate::auth::lookup(authfile.as_deref(), &name, None)
+            })
+            .await
+            .map_err(|e| crate::error::Error::internal(format!("credentials lookup: {e}")))??;
             Ok::<_, crate::error::Error>(Arc::new(
                 Registry::connect(host, &self.options, creds).await?,
             ))

@@ -27,15 +27,27 @@ fn server_url(registry: &str) -> String {
 /// Asks helper `name` for `registry`'s credentials; `None` when it has none.
 pub fn get(name: &str, registry: &str) -> Result<Option<Credentials>> {
     let program = format!("docker-credential-{name}");
-    let fail = |why: String| Error::invalid(format!("credential helper {program}: {why}"));
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(fail("not a helper name".into()));
+        return Err(Error::invalid(format!(
+            "credential helper {program}: not a helper name"
+        )));
     }
-    let mut child = Command::new(&program)
+    ask(&program, registry, TIME_LIMIT)
+}
+
+/// Runs `program get` for `registry`, all of it — its answer read to the end included —
+/// within `limit`. The helper runs in a process group of its own, killed whole when the
+/// time is up: a helper that leaves a background child holding its output (a script
+/// starting an agent) is not waited for past the limit.
+fn ask(program: &str, registry: &str, limit: Duration) -> Result<Option<Credentials>> {
+    use std::os::unix::process::CommandExt as _;
+    let fail = |why: String| Error::invalid(format!("credential helper {program}: {why}"));
+    let mut child = Command::new(program)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
@@ -43,6 +55,7 @@ pub fn get(name: &str, registry: &str) -> Result<Option<Credentials>> {
             }
             _ => fail(format!("cannot run it: {e}")),
         })?;
+    let group = Group(child.id() as i32);
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading its input is judged by its exit status.
         let _ = stdin.write_all(server_url(registry).as_bytes());
@@ -57,29 +70,38 @@ pub fn get(name: &str, registry: &str) -> Result<Option<Credentials>> {
             .take()
             .ok_or_else(|| fail("no stderr".into()))?,
     );
-    let reader = std::thread::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut answer = Vec::new();
         let _ = (&mut out).take(MAX_ANSWER + 1).read_to_end(&mut answer);
         let mut message = Vec::new();
         let _ = (&mut err).take(4096).read_to_end(&mut message);
-        (answer, message)
+        let _ = tx.send((answer, message));
     });
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > TIME_LIMIT => {
-                let _ = child.kill();
+            Ok(None) if started.elapsed() > limit => {
+                group.kill();
                 let _ = child.wait();
-                return Err(fail(format!("no answer within {}s", TIME_LIMIT.as_secs())));
+                return Err(fail(format!("no answer within {}s", limit.as_secs_f32())));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => return Err(fail(format!("waiting for it: {e}"))),
         }
     };
-    let (answer, message) = reader
-        .join()
-        .map_err(|_| fail("reading its answer failed".into()))?;
+    let left = limit.saturating_sub(started.elapsed());
+    let (answer, message) = match rx.recv_timeout(left.max(Duration::from_millis(100))) {
+        Ok(read) => read,
+        Err(_) => {
+            group.kill();
+            return Err(fail(format!(
+                "it exited, but its output stayed open past {}s (a process it started holds it)",
+                limit.as_secs_f32()
+            )));
+        }
+    };
     let said = String::from_utf8_lossy(&answer).to_string() + &String::from_utf8_lossy(&message);
     if !status.success() {
         // Docker's helpers say this when they hold nothing for the server.
@@ -108,4 +130,90 @@ pub fn get(name: &str, registry: &str) -> Result<Option<Credentials>> {
         username: a.username,
         password: a.secret,
     }))
+}
+
+/// A helper's process group, killed whole: what it started goes with it.
+struct Group(i32);
+
+impl Group {
+    fn kill(&self) {
+        if self.0 > 0 {
+            // SAFETY: killpg only sends a signal; the group is the helper's own (it was
+            // started as its leader), never this process's.
+            unsafe {
+                libc::killpg(self.0, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(dir: &std::path::Path, body: &str) -> String {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join("docker-credential-test");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path.display().to_string()
+    }
+
+    /// A helper that answers, exits, and leaves a child holding its output is given up at
+    /// the limit (its child killed with it), not waited for until the child ends.
+    #[test]
+    fn a_helper_whose_child_holds_its_output_is_given_up_at_the_limit() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pidfile = dir.path().join("child.pid");
+        let helper = script(
+            dir.path(),
+            &format!(
+                "echo '{{\"Username\":\"u\",\"Secret\":\"s\"}}'\nsh -c 'echo $$ > {}; exec sleep 30' &\nsleep 0.2\nexit 0\n",
+                pidfile.display()
+            ),
+        );
+        let started = Instant::now();
+        let e = ask(&helper, "r.example", Duration::from_secs(1)).expect_err("given up");
+        assert!(e.message.contains("output stayed open"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let pid = std::fs::read_to_string(&pidfile).expect("the child started");
+        std::thread::sleep(Duration::from_millis(300));
+        // Gone, or a zombie waiting to be reaped: not running.
+        let alive = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .map(|stat| !stat.contains(") Z "))
+            .unwrap_or(false);
+        assert!(!alive, "the helper's child was killed with its group");
+    }
+
+    /// A helper that floods its output and never exits ends at the limit; one that answers
+    /// in time is read.
+    #[test]
+    fn a_flooding_helper_ends_at_the_limit_and_an_answer_is_read() {
+        let dir = tempfile::tempdir().expect("dir");
+        let flood = script(dir.path(), "yes\n");
+        let started = Instant::now();
+        let e = ask(&flood, "r.example", Duration::from_secs(1)).expect_err("given up");
+        assert!(e.message.contains("no answer within"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        let good = script(
+            dir.path(),
+            "cat >/dev/null\necho '{\"Username\":\"u\",\"Secret\":\"s\"}'\n",
+        );
+        let creds = ask(&good, "r.example", Duration::from_secs(5))
+            .expect("answer")
+            .expect("credentials");
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("u", "s")
+        );
+    }
 }
