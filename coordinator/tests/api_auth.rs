@@ -587,3 +587,104 @@ async fn slow_heads_too_many_connections_and_huge_bodies_are_refused() {
         .unwrap();
     assert_eq!(answer.status(), 413);
 }
+
+/// One caller cannot fill the service: its 17th job while 16 run is refused with 429 (and
+/// another caller's is not), a job that would not bound its planning (`timeout` 0 or over
+/// an hour) is refused with 400, and a place frees when one of its jobs is cancelled.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_caller_runs_at_most_sixteen_jobs_and_bounds_their_planning() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let tokens = env.path("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "tokens:\n  - name: busy\n    sha256: {}\n    role: submit\n    policy:\n      sources: [\"**\"]\n      destinations: [\"**\"]\n  - name: other\n    sha256: {}\n    role: submit\n    policy:\n      sources: [\"**\"]\n      destinations: [\"**\"]\n",
+            token_hash("busy-secret-token"),
+            token_hash("other-secret-token"),
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port().unwrap());
+    // No worker: every job stays running, waiting for one.
+    let _coord = Killed(
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(["serve", "--tls-verify=false", "--listen", &listen])
+            .args(["--nats", &nats.url()])
+            .arg("--api-tokens")
+            .arg(&tokens)
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(env.path("coord.log")).unwrap())
+            .stderr(std::fs::File::create(env.path("coord.err")).unwrap())
+            .spawn()
+            .expect("hangar-coord serve"),
+    );
+    wait_for_port(&listen, std::time::Duration::from_secs(30)).unwrap();
+    let lines = seed_shared_repos(&env, 1).await;
+    let http = reqwest::Client::new();
+    let submit = |token: &'static str, options: serde_json::Value| {
+        let spec = serde_json::json!({
+            "version": 1, "kind": "mirror", "list": lines.join("\n"),
+            "destination": {"registry": env.dst.addr},
+            "options": options,
+        });
+        let req = http
+            .post(format!("http://{listen}/jobs"))
+            .bearer_auth(token)
+            .json(&spec);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (
+                status,
+                resp.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    for bad in ["0", "2h"] {
+        let (status, body) = submit("busy-secret-token", serde_json::json!({"timeout": bad})).await;
+        assert_eq!(status, 400, "timeout {bad}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("options.timeout"),
+            "{body}"
+        );
+    }
+    let mut ids = Vec::new();
+    for n in 0..16 {
+        let (status, body) = submit("busy-secret-token", serde_json::json!({})).await;
+        assert_eq!(status, 201, "job {n}: {body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (status, body) = submit("busy-secret-token", serde_json::json!({})).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("16 jobs"),
+        "{body}"
+    );
+    let (status, body) = submit("other-secret-token", serde_json::json!({})).await;
+    assert_eq!(
+        status, 201,
+        "another caller is not held by the first: {body}"
+    );
+    let cancel = http
+        .delete(format!("http://{listen}/jobs/{}", ids[0]))
+        .bearer_auth("busy-secret-token")
+        .send()
+        .await
+        .unwrap();
+    assert!(cancel.status().is_success(), "{}", cancel.status());
+    let mut admitted = false;
+    for _ in 0..50 {
+        let (status, _) = submit("busy-secret-token", serde_json::json!({})).await;
+        if status == 201 {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(admitted, "a cancelled job frees its place");
+}

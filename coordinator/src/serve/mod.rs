@@ -13,6 +13,7 @@
 mod archives;
 pub mod auth;
 mod images;
+mod limits;
 mod routes;
 
 use std::collections::HashMap;
@@ -170,6 +171,36 @@ fn snapshot_of(r: &Running) -> JobSnapshot {
 }
 
 impl Server {
+    /// How many of `owner`'s jobs are queued or running.
+    fn running_of(&self, owner: &str) -> usize {
+        let Ok(jobs) = self.jobs.lock() else { return 0 };
+        jobs.values()
+            .filter(|r| r.owner.as_deref() == Some(owner))
+            .map(snapshot_of)
+            .filter(|s| s.state == "running" || s.state == "queued")
+            .count()
+    }
+
+    /// Forgets the finished jobs past the newest [`limits::KEPT_JOBS`], here and in the
+    /// bucket: neither grows with every job ever run.
+    fn forget_old_jobs(&self, jobs: &mut HashMap<String, Running>) {
+        let gone = limits::oldest_finished(jobs, limits::KEPT_JOBS);
+        if gone.is_empty() {
+            return;
+        }
+        for id in &gone {
+            jobs.remove(id);
+        }
+        let kv = self.kv.clone();
+        tokio::spawn(async move {
+            for id in gone {
+                if let Err(e) = kv.purge(&id).await {
+                    tracing::warn!("forgetting job {id}: {e}");
+                }
+            }
+        });
+    }
+
     /// Whether a job started by schedule `name` is still queued or running.
     fn busy(&self, name: &str) -> Option<String> {
         let jobs = self.jobs.lock().ok()?;
@@ -341,6 +372,7 @@ impl Server {
                 },
             );
             drop_old_results(&mut jobs, HELD_RESULTS);
+            self.forget_old_jobs(&mut jobs);
         }
         Ok(())
     }
@@ -407,6 +439,9 @@ impl Server {
                     },
                 );
             }
+        }
+        if let Ok(mut jobs) = self.jobs.lock() {
+            self.forget_old_jobs(&mut jobs);
         }
         Ok(resumed)
     }
@@ -589,6 +624,21 @@ mod tests {
             results: Some(Results::default()),
             results_dropped: false,
         }
+    }
+
+    #[test]
+    fn only_the_newest_finished_jobs_are_remembered() {
+        let mut jobs = HashMap::new();
+        for (id, ended, state) in [
+            ("old", 1, "succeeded"),
+            ("mid", 2, "failed"),
+            ("new", 3, "succeeded"),
+            ("run", 0, "running"),
+        ] {
+            jobs.insert(id.to_owned(), job(ended, state));
+        }
+        assert_eq!(limits::oldest_finished(&jobs, 2), vec!["old".to_owned()]);
+        assert!(limits::oldest_finished(&jobs, 3).is_empty());
     }
 
     #[test]

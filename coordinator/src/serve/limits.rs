@@ -1,0 +1,66 @@
+//! What one caller of the API may hold of the service: jobs running at once, the planning
+//! time each image may take, and how many finished jobs the service remembers (in memory
+//! and in the `hangar-jobs` bucket) — none of it grows with what callers send.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{Running, snapshot_of};
+use crate::spec::JobSpec;
+
+/// Jobs one caller (one token) may have queued or running at once; one more is 429.
+pub(super) const RUNNING_PER_CALLER: usize = 16;
+/// Finished jobs remembered, the newest by their end; older ones are forgotten.
+pub(super) const KEPT_JOBS: usize = 1000;
+/// The longest a client may let one image's planning take (`options.timeout`).
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A client's `options.timeout` must bound planning: `0` (no bound) or more than an hour
+/// would let one job hold the service's planners for as long as it likes.
+pub(super) fn timeout_allowed(spec: &JobSpec) -> Result<(), String> {
+    let given = &spec.options.timeout;
+    let t =
+        humantime::parse_duration(given).map_err(|e| format!("options.timeout {given:?}: {e}"))?;
+    if t.is_zero() || t > MAX_TIMEOUT {
+        return Err(format!(
+            "options.timeout {given:?}: a job on the service bounds each image's planning, \
+             at most {}",
+            humantime::format_duration(MAX_TIMEOUT)
+        ));
+    }
+    Ok(())
+}
+
+/// The finished jobs past the `keep` that ended last.
+pub(super) fn oldest_finished(jobs: &HashMap<String, Running>, keep: usize) -> Vec<String> {
+    let mut finished: Vec<(u64, String)> = jobs
+        .iter()
+        .map(|(id, r)| (snapshot_of(r), id))
+        .filter(|(s, _)| s.state != "running" && s.state != "queued")
+        .map(|(s, id)| (s.ended, id.clone()))
+        .collect();
+    if finished.len() <= keep {
+        return Vec::new();
+    }
+    finished.sort_unstable_by(|a, b| b.cmp(a));
+    finished.into_iter().skip(keep).map(|(_, id)| id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_timeout_must_bound_planning() {
+        let mut spec = JobSpec::from_json(br#"{"version":1,"kind":"mirror","list":"a/b:c","destination":{"registry":"r.example"}}"#)
+            .expect("spec");
+        assert!(timeout_allowed(&spec).is_ok(), "the default");
+        for bad in ["0", "0s", "2h", "soon"] {
+            spec.options.timeout = bad.into();
+            let e = timeout_allowed(&spec).expect_err(bad);
+            assert!(e.contains("options.timeout"), "{e}");
+        }
+        spec.options.timeout = "30m".into();
+        assert!(timeout_allowed(&spec).is_ok());
+    }
+}
