@@ -61,7 +61,7 @@ impl Schedule {
 
 /// Reads and checks a schedule file: names unique, expressions valid, lists readable.
 pub fn load(path: &Path) -> Result<Vec<Schedule>> {
-    let text = std::fs::read_to_string(path)
+    let text = hangar_shared::local_file::read_text(path, hangar_shared::local_file::CONFIG)
         .with_context(|| format!("reading schedule file {}", path.display()))?;
     let entries: Vec<Schedule> = serde_yaml_ng::from_str(&text)
         .with_context(|| format!("{}: not a list of schedules", path.display()))?;
@@ -124,7 +124,10 @@ where
                 );
                 continue;
             }
-            let list = match std::fs::read_to_string(&s.list) {
+            let list = match hangar_shared::local_file::read_text(
+                &s.list,
+                hangar_shared::local_file::LIST,
+            ) {
                 Ok(l) => l,
                 Err(e) => {
                     console.error(

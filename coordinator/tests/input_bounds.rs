@@ -1,8 +1,9 @@
 //! Bounds on outside input that is not a registry's answer, each against a hostile peer
 //! written here: a job specification file past its 64 MiB, a Helm repository whose package
 //! never ends (cut at 256 MiB, streamed to disk, the archive left as it was), a coordinator
-//! whose job snapshot or results never end (cut at 64 and 512 MiB). Each asserts the error
-//! naming the input, the time and the process's peak memory.
+//! whose job snapshot or results never end (cut at 64 and 512 MiB), files named on the
+//! command line or by configuration that never end (a list, a policy, a key). Each asserts
+//! the error naming the input, the time and the process's peak memory.
 
 mod common;
 
@@ -32,7 +33,7 @@ fn a_job_specification_past_its_bound_is_refused_before_anything_is_sent() {
     assert!(!run.success, "{}", run.output);
     assert!(
         run.output.contains("job specification")
-            && run.output.contains("huge.json is larger than 64 MiB"),
+            && run.output.contains("huge.json: larger than 64 MiB"),
         "{}",
         run.output
     );
@@ -41,6 +42,94 @@ fn a_job_specification_past_its_bound_is_refused_before_anything_is_sent() {
         run.peak_rss < 160 * MB,
         "peak RSS {} MiB",
         run.peak_rss / MB
+    );
+}
+
+/// A list, a `policy.json` and a signing key that are links to `/dev/zero`: each refused
+/// naming it at its cap (64 MiB for lists, 4 MiB for configuration), not read for ever.
+#[test]
+fn endless_local_files_are_refused_at_their_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    std::os::unix::fs::symlink("/dev/zero", &list).unwrap();
+    let run = run_measured(
+        &[
+            "mirror",
+            "-f",
+            list.to_str().unwrap(),
+            "-d",
+            "127.0.0.1:9",
+            "-o",
+            dir.path().join("failed.txt").to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output.contains("list.txt") && run.output.contains("larger than 64 MiB"),
+        "{}",
+        run.output
+    );
+    assert!(
+        run.peak_rss < 200 * MB,
+        "peak RSS {} MiB",
+        run.peak_rss / MB
+    );
+    let key = dir.path().join("cosign.key");
+    std::os::unix::fs::symlink("/dev/zero", &key).unwrap();
+    let good = dir.path().join("good.txt");
+    std::fs::write(&good, "127.0.0.1:9/a/b:c\n").unwrap();
+    let run = run_measured(
+        &[
+            "sign",
+            "-f",
+            good.to_str().unwrap(),
+            "-p",
+            key.to_str().unwrap(),
+            "-o",
+            dir.path().join("sign-failed.txt").to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output.contains("cosign.key") && run.output.contains("larger than 4 MiB"),
+        "{}",
+        run.output
+    );
+}
+
+/// A `policy.json` that is a link to `/dev/zero` fails the image it would judge, naming the
+/// file, at 4 MiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_policy_file_is_refused_at_its_cap() {
+    let env = Env::new();
+    let lines = seed_shared_repos(&env, 1).await;
+    let list = env.write_list("list.txt", &lines);
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".config/containers")).unwrap();
+    std::os::unix::fs::symlink(
+        "/dev/zero",
+        home.path().join(".config/containers/policy.json"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args(["mirror", "--tls-verify=false", "-f", list.to_str().unwrap()])
+        .args([
+            "-d",
+            &env.dst.addr,
+            "-o",
+            env.path("failed.txt").to_str().unwrap(),
+        ])
+        .env("HOME", home.path())
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("policy.json") && said.contains("larger than 4 MiB"),
+        "{said}"
     );
 }
 

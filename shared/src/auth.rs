@@ -86,7 +86,7 @@ pub fn lookup(
     repository: Option<&str>,
 ) -> Result<Option<Credentials>> {
     for path in read_candidates(explicit) {
-        let text = match std::fs::read_to_string(&path) {
+        let text = match crate::local_file::read_text(&path, crate::local_file::CONFIG) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -222,7 +222,7 @@ impl AuthFile {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        match std::fs::read_to_string(path) {
+        match crate::local_file::read_text(path, crate::local_file::CONFIG) {
             Ok(t) => {
                 Self::parse(&t).map_err(|e| e.context(format!("auth file {}", path.display())))
             }

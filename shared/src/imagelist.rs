@@ -54,7 +54,7 @@ pub struct ImageList {
 
 impl ImageList {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::local_file::read_text(path, crate::local_file::LIST).map_err(|e| {
             Error::invalid(format!("cannot read image list {}: {e}", path.display()))
         })?;
         Ok(Self::parse(&text))

@@ -13,6 +13,7 @@ pub mod glob;
 pub mod imagelist;
 pub mod index_builder;
 pub mod lease;
+pub mod local_file;
 pub mod manifest;
 pub mod memory;
 pub mod policy;

@@ -388,7 +388,7 @@ fn load_sign_keys(
         return Ok(keys);
     }
     let pass = match passphrase_file {
-        Some(f) => std::fs::read_to_string(f)
+        Some(f) => hangar_shared::local_file::read_text(f, hangar_shared::local_file::CONFIG)
             .with_context(|| format!("reading {}", f.display()))?
             .trim()
             .to_owned(),
@@ -400,7 +400,8 @@ fn load_sign_keys(
         let Some((name, path)) = spec.split_once('=') else {
             anyhow::bail!("--sign-key {spec:?}: expected NAME=PATH");
         };
-        let pem = std::fs::read_to_string(path).with_context(|| format!("reading key {name:?}"))?;
+        let pem = hangar_shared::local_file::read_text(path, hangar_shared::local_file::CONFIG)
+            .with_context(|| format!("reading key {name:?}"))?;
         let key = hangar_shared::sign::KeyPair::from_encrypted_pem(
             &pem,
             pass.as_bytes(),

@@ -1,7 +1,6 @@
 //! Reads of outside input with a bound on their size (and, over http, their time): a
 //! file or an answer larger than the caller's `cap` is refused as it comes, never held.
 
-use std::io::Read as _;
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
@@ -14,22 +13,14 @@ const DOWNLOAD_TIME: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A local file, whole, up to `cap` bytes.
 pub fn read_file(path: &Path, cap: u64) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .with_context(|| format!("opening {}", path.display()))?
-        .take(cap + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() as u64 > cap {
-        bail!("{} is larger than {} MiB", path.display(), cap >> 20);
-    }
-    Ok(bytes)
+    hangar_shared::local_file::read(path, cap)
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// A local text file, whole, up to `cap` bytes.
 pub fn read_text(path: &Path, cap: u64) -> Result<String> {
-    String::from_utf8(read_file(path, cap)?)
-        .with_context(|| format!("{} is not UTF-8 text", path.display()))
+    hangar_shared::local_file::read_text(path, cap)
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// A GET of at most `cap` bytes within [`DOWNLOAD_TIME`]: written to `to`, or returned.

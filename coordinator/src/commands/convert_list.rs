@@ -52,7 +52,7 @@ pub fn convert_line(line: &str, source: &str, dest: &str) -> Option<String> {
 }
 
 pub fn run(args: &ConvertListArgs, console: &Console) -> Result<()> {
-    let text = std::fs::read_to_string(&args.input)
+    let text = hangar_shared::local_file::read_text(&args.input, hangar_shared::local_file::LIST)
         .with_context(|| format!("reading {}", args.input.display()))?;
     let output = args
         .output

@@ -26,8 +26,9 @@ fn base(server: &str) -> String {
 fn api_client(api: &ApiClientArgs) -> Result<reqwest::Client> {
     let token = match (&api.token_file, &api.token) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read token file {}", path.display()))?;
+            let text =
+                hangar_shared::local_file::read_text(path, hangar_shared::local_file::CONFIG)
+                    .with_context(|| format!("cannot read token file {}", path.display()))?;
             let token = text.lines().next().unwrap_or_default().trim().to_owned();
             if token.is_empty() {
                 bail!("token file {} is empty", path.display());
@@ -49,7 +50,7 @@ fn api_client(api: &ApiClientArgs) -> Result<reqwest::Client> {
         builder = builder.default_headers(headers);
     }
     if let Some(ca) = &api.server_ca {
-        let pem = std::fs::read(ca)
+        let pem = hangar_shared::local_file::read(ca, hangar_shared::local_file::CONFIG)
             .with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
         let cert = reqwest::Certificate::from_pem(&pem)
             .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
@@ -366,7 +367,7 @@ pub async fn submit(server: &str, args: &MirrorArgs, console: Arc<Console>) -> R
     let Some(file) = &args.file else {
         bail!("no list")
     };
-    let list = std::fs::read_to_string(file)
+    let list = hangar_shared::local_file::read_text(file, hangar_shared::local_file::LIST)
         .with_context(|| format!("cannot read image list {}", file.display()))?;
     if args.scan_db.is_some() {
         bail!(

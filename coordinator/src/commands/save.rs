@@ -351,7 +351,7 @@ pub(super) fn list_text(list: &ArchiveListArgs) -> Result<String> {
     let Some(file) = &list.file else {
         bail!("image list file not provided: use -f/--file");
     };
-    std::fs::read_to_string(file)
+    hangar_shared::local_file::read_text(file, hangar_shared::local_file::LIST)
         .with_context(|| format!("cannot read image list {}", file.display()))
 }
 

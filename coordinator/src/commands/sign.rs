@@ -21,7 +21,7 @@ use crate::spec::{JobKind, JobSpec};
 /// when creating a key).
 fn passphrase(file: Option<&Path>, creating: bool) -> Result<Vec<u8>> {
     if let Some(f) = file {
-        let text = std::fs::read_to_string(f)
+        let text = hangar_shared::local_file::read_text(f, hangar_shared::local_file::CONFIG)
             .with_context(|| format!("reading passphrase file {}", f.display()))?;
         return Ok(text.trim().as_bytes().to_vec());
     }
@@ -57,8 +57,8 @@ pub fn keys_here(
 }
 
 pub fn load_key(path: &Path, passphrase_file: Option<&Path>) -> Result<KeyPair> {
-    let pem =
-        std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    let pem = hangar_shared::local_file::read_text(path, hangar_shared::local_file::CONFIG)
+        .with_context(|| format!("reading key {}", path.display()))?;
     let pass = passphrase(passphrase_file, false)?;
     Ok(KeyPair::from_encrypted_pem(
         &pem,
@@ -213,7 +213,7 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
     let Some(key_path) = &args.key else {
         bail!("the public key is required: use -k/--key");
     };
-    let pem = std::fs::read_to_string(key_path)
+    let pem = hangar_shared::local_file::read_text(key_path, hangar_shared::local_file::CONFIG)
         .with_context(|| format!("reading key {}", key_path.display()))?;
     // Read here so a bad key file fails the command at once, naming it; the checks
     // carry its PEM (a public key is no secret).

@@ -157,7 +157,7 @@ pub fn list_text(list: &ListArgs) -> Result<String> {
     let Some(file) = &list.file else {
         bail!("image list file not provided: use -f/--file");
     };
-    std::fs::read_to_string(file)
+    hangar_shared::local_file::read_text(file, hangar_shared::local_file::LIST)
         .with_context(|| format!("cannot read image list {}", file.display()))
 }
 

@@ -79,7 +79,7 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         let Some(file) = &args.file else {
             anyhow::bail!("image list file not provided: use -f/--file");
         };
-        let list = std::fs::read_to_string(file)
+        let list = hangar_shared::local_file::read_text(file, hangar_shared::local_file::LIST)
             .with_context(|| format!("cannot read image list {}", file.display()))?;
         let mut spec = JobSpec::mirror(list, args);
         spec.kind = JobKind::MirrorValidate;

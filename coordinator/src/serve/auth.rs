@@ -241,10 +241,11 @@ pub struct Tokens {
 
 impl Tokens {
     pub fn load(path: &Path) -> Result<Self, TokenFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = hangar_shared::local_file::read_text(path, hangar_shared::local_file::CONFIG)
+            .map_err(|source| TokenFileError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
         Self::parse(&text).map_err(|message| TokenFileError::Invalid {
             path: path.display().to_string(),
             message,

@@ -128,7 +128,8 @@ impl KeySource {
         match self {
             Self::Path(p) => {
                 let what = format!("keyPath {}", p.display());
-                let text = std::fs::read_to_string(p).map_err(|e| format!("{what}: {e}"))?;
+                let text = crate::local_file::read_text(p, crate::local_file::CONFIG)
+                    .map_err(|e| format!("{what}: {e}"))?;
                 PublicKey::from_pem(&text, &what).map_err(|e| e.message)
             }
             Self::Data(b64, n) => {
@@ -184,7 +185,7 @@ impl Policy {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::local_file::read_text(path, crate::local_file::CONFIG)
             .map_err(|e| Error::invalid(format!("policy {}: {e}", path.display())))?;
         Self::parse(path, &text)
     }

@@ -106,22 +106,8 @@ pub(super) fn read(dir: &Path) -> Result<Trust> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read as _;
-    let unreadable = |e: std::io::Error| Error::invalid(format!("{}: {e}", path.display()));
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(unreadable)?
-        .take(MAX_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(unreadable)?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(Error::invalid(format!(
-            "{}: larger than {} KiB, not a certificate or key",
-            path.display(),
-            MAX_FILE >> 10
-        )));
-    }
-    Ok(bytes)
+    crate::local_file::read(path, MAX_FILE)
+        .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
 }
 
 /// The `CERTIFICATE` blocks of a PEM bundle, each on its own.
@@ -187,7 +173,7 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", dir.path().join("endless.crt")).expect("link");
         let e = read(dir.path()).err().expect("refused");
         assert!(e.message.contains("endless.crt"), "{}", e.message);
-        assert!(e.message.contains("larger than 1024 KiB"), "{}", e.message);
+        assert!(e.message.contains("larger than 1 MiB"), "{}", e.message);
         std::fs::remove_file(dir.path().join("endless.crt")).expect("unlink");
         std::fs::write(
             dir.path().join("big.key"),

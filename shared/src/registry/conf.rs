@@ -14,7 +14,6 @@
 //! Other keys (search registries, short names, aliases) concern short names, which lists
 //! never hold.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -331,20 +330,8 @@ fn check_prefix(path: &Path, prefix: &str) -> Result<()> {
 }
 
 fn read(path: &Path) -> Result<String> {
-    let unreadable = |e: std::io::Error| Error::invalid(format!("{}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(unreadable)?;
-    let mut text = String::new();
-    file.take(MAX_FILE + 1)
-        .read_to_string(&mut text)
-        .map_err(unreadable)?;
-    if text.len() as u64 > MAX_FILE {
-        return Err(Error::invalid(format!(
-            "{}: larger than {} KiB",
-            path.display(),
-            MAX_FILE >> 10
-        )));
-    }
-    Ok(text)
+    crate::local_file::read_text(path, MAX_FILE)
+        .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
 }
 
 /// The files containers/image would read, in order.

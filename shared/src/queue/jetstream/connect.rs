@@ -127,7 +127,7 @@ pub fn inbox_prefix(user: &str) -> String {
 /// `path` is readable and holds a PEM block of `kind` (a substring of its label, so
 /// "PRIVATE KEY" accepts PKCS#8, RSA and EC keys).
 fn check_pem(path: &std::path::Path, flag: &str, kind: &str) -> Result<()> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::local_file::read_text(path, crate::local_file::CONFIG)
         .map_err(|e| Error::invalid(format!("{flag} {}: {e}", path.display())))?;
     let found = text
         .lines()
