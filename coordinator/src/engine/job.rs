@@ -417,7 +417,11 @@ pub async fn run_copy(
             Some((i, planned)) = plans.recv() => tracker.add_plan(i, planned, &mut obs).await?,
             news = bus.next() => match news {
                 News::Event(event) => {
-                    in_flight.observe(&event);
+                    // Only tasks this job published: a stray task id on the bus must not
+                    // grow the view.
+                    if tracker.describe(event.task).is_some() {
+                        in_flight.observe(&event);
+                    }
                     tracker.on_event(event, &mut obs).await?;
                     if let Some(w) = &watch
                         && let Ok(mut snap) = w.lock()

@@ -95,19 +95,46 @@ pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration
     // Whatever ends the wait (the time, Ctrl-C dropping the run, an error) ends git and
     // its helpers too.
     let _group = child.id().and_then(|g| i32::try_from(g).ok()).map(Group);
-    let out = match tokio::time::timeout(within, child.wait_with_output()).await {
+    let mut child = child;
+    // What git says is the server's to fill (its sideband messages): kept up to 64 KiB,
+    // the rest read and dropped so that git never waits on a full pipe.
+    let said = child.stderr.take().map(|e| tokio::spawn(keep_head(e)));
+    let out = child.stdout.take().map(|o| tokio::spawn(keep_head(o)));
+    let status = match tokio::time::timeout(within, child.wait()).await {
         Err(_) => bail!(
             "cloning {url} ({branch}): not done within {}",
             humantime::format_duration(within)
         ),
-        Ok(out) => out.with_context(|| format!("running git clone {url}"))?,
+        Ok(status) => status.with_context(|| format!("running git clone {url}"))?,
     };
-    if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stderr);
+    drop(out);
+    if !status.success() {
+        let said = match said {
+            Some(task) => task.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let said = String::from_utf8_lossy(&said);
         let said: String = said.trim().chars().take(2000).collect();
         bail!("cloning {url} (branch {branch}) failed: {said}");
     }
     Ok(())
+}
+
+/// The first 64 KiB of `from`, reading the rest to its end and dropping it.
+async fn keep_head(mut from: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    const KEPT: usize = 64 << 10;
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = KEPT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
 }
 
 /// A process group, killed when this is dropped (a group already gone is no matter).
