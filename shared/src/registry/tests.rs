@@ -342,3 +342,53 @@ async fn a_declined_mount_ends_the_upload_it_opened() {
         "{seen:?}"
     );
 }
+
+/// A destination that says a repository does not exist (`NAME_UNKNOWN`) is not asked for
+/// its blobs before they are uploaded; one that says only the tag is unknown
+/// (`MANIFEST_UNKNOWN`: the repository exists and may hold them) is.
+#[tokio::test]
+async fn blobs_of_a_repository_the_registry_does_not_have_are_not_looked_for() {
+    let (addr, seen) = peer(Arc::new(|path: &str, _| {
+        let unknown = |code: &str| {
+            (
+                404,
+                String::new(),
+                format!(r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#),
+            )
+        };
+        if path == "/v2/" {
+            (200, String::new(), "{}".to_owned())
+        } else if path.starts_with("/v2/new/manifests/") {
+            unknown("NAME_UNKNOWN")
+        } else if path.starts_with("/v2/old/manifests/") {
+            unknown("MANIFEST_UNKNOWN")
+        } else {
+            unknown("BLOB_UNKNOWN")
+        }
+    }))
+    .await;
+    let reg = Registry::connect(&addr, &plain_http(), None)
+        .await
+        .expect("connect");
+    let digest = crate::digest::Digest::of(b"layer");
+    for repo in ["new", "old"] {
+        let found = reg
+            .manifest_opt(repo, "v1", super::Side::Destination)
+            .await
+            .expect("look");
+        assert!(found.is_none());
+        assert!(
+            !reg.blob_exists(repo, &digest, super::Side::Destination)
+                .await
+                .expect("exists")
+        );
+    }
+    let heads: Vec<String> = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .filter(|s| s.method == "HEAD")
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(heads, vec![format!("/v2/old/blobs/{digest}")]);
+}
