@@ -41,9 +41,6 @@ impl Registry {
         digest: &Digest,
         side: Side,
     ) -> Result<Option<Option<u64>>> {
-        if side == Side::Destination && self.absent.holds(repo) {
-            return Ok(None);
-        }
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         let what = format!("{}/{repo}@{digest}", self.host);
         self.retry

@@ -40,12 +40,7 @@ impl Registry {
     ) -> Result<Option<RawManifest>> {
         match self.manifest(repo, reference, side).await {
             Ok(m) => Ok(Some(m)),
-            Err(e) if e.class == FailureClass::NotFound => {
-                if side == Side::Destination && super::absent::says_name_unknown(&e.message) {
-                    self.absent.note(repo);
-                }
-                Ok(None)
-            }
+            Err(e) if e.class == FailureClass::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -6,7 +6,6 @@
 //! ([`classify`]); [`crate::retry`] retries on the classes it assigns. oci-client did this before; it cannot present a
 //! client certificate, reads any answer whole and keeps response headers to itself.
 
-mod absent;
 mod asks_cert;
 mod blobs;
 mod certs;
@@ -89,8 +88,6 @@ pub struct Registry {
     foreign_realm: Option<Error>,
     /// Why the registry did not answer `/v2/` at connect, if it did not.
     unreachable: Option<String>,
-    /// Repositories it said it does not have ([`absent`]).
-    absent: absent::Absent,
 }
 
 impl std::fmt::Debug for Registry {
@@ -215,7 +212,6 @@ impl Registry {
             tokens,
             foreign_realm,
             unreachable,
-            absent: absent::Absent::default(),
         })
     }
 
