@@ -2,7 +2,8 @@
 //! bounded before any handler sees them: at most a given number at once (one past them is
 //! closed as it arrives), a TLS handshake within 10 s, and each request's head within
 //! [`HEAD_TIMEOUT`] — a client trickling its headers, or opening connections and saying
-//! nothing, holds a connection that long and no longer.
+//! nothing, holds a connection that long and no longer. A connection past the limit is
+//! answered `503` with `Retry-After` and closed. HTTP/1 only (see [`bound`]).
 
 use std::io;
 use std::pin::Pin;
@@ -35,11 +36,15 @@ impl<A> Limited<A> {
     }
 }
 
+/// What a connection past the limit is told before it is closed: plain HTTP, so that a
+/// client (the project's own `submit` among them) knows nothing was sent and may retry.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
 impl<A, I, S> Accept<I, S> for Limited<A>
 where
     A: Accept<I, S> + Clone + Send + Sync + 'static,
     A::Future: Send,
-    I: Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Send + 'static,
 {
     type Stream = Counted<A::Stream>;
@@ -50,8 +55,12 @@ where
         let slot = self.slots.clone().try_acquire_owned();
         let inner = self.inner.clone();
         Box::pin(async move {
-            // Dropping the stream closes it: a client past the limit learns at once.
-            let slot = slot.map_err(|_| io::Error::other("too many connections"))?;
+            let Ok(slot) = slot else {
+                // A TLS client reads the answer as a failed handshake.
+                let mut stream = stream;
+                busy(&mut stream).await;
+                return Err(io::Error::other("too many connections"));
+            };
             let (stream, service) = inner.accept(stream, service).await?;
             Ok((
                 Counted {
@@ -62,6 +71,39 @@ where
             ))
         })
     }
+}
+
+/// Tells a connection past the limit [`BUSY`] once its request's head is in (an answer
+/// before the request reads, to an HTTP client, as a broken connection), each step within
+/// a second whatever the client does, then reads what it still sends (a body) and drops
+/// it: closing with it unread would reset the connection, and the answer with it.
+async fn busy(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let step = Duration::from_secs(1);
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(step, async {
+        while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let _ = tokio::time::timeout(step, async {
+        let _ = stream.write_all(BUSY).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    let _ = tokio::time::timeout(step, async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A connection holding its place under the limit until it is closed.
@@ -118,7 +160,10 @@ pub fn bound<A: axum_server::Address, Acc>(
 where
     Acc: Clone,
 {
+    // HTTP/1 only: its head timeout ends idle connections; HTTP/2's would stay open idle
+    // for ever, each holding a place under the limit.
     let mut server = server
+        .http1_only()
         .first_request_timeout(HEAD_TIMEOUT)
         .map(|inner| Limited::new(inner, max));
     server

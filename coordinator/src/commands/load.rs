@@ -165,7 +165,7 @@ pub async fn load(
     // its fleet loads it: nothing of it is read here.
     if let Some(server) = &args.fleet.remote.server {
         let list = match &args.file {
-            Some(f) => hangar_shared::local_file::read_text(f, hangar_shared::local_file::CONFIG)
+            Some(f) => hangar_shared::local_file::read_text(f, hangar_shared::local_file::LIST)
                 .with_context(|| format!("cannot read image list {}", f.display()))?,
             None => String::new(),
         };
@@ -400,7 +400,7 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
     let mut tally = Tally::default();
     if let Some(server) = &args.fleet.remote.server {
         let list = match &args.file {
-            Some(f) => hangar_shared::local_file::read_text(f, hangar_shared::local_file::CONFIG)
+            Some(f) => hangar_shared::local_file::read_text(f, hangar_shared::local_file::LIST)
                 .with_context(|| format!("cannot read image list {}", f.display()))?,
             None => String::new(),
         };

@@ -322,8 +322,9 @@ async fn post_job(
     if let Some(parent) = hangar_shared::telemetry::traceparent(&tracing::Span::current()) {
         request = request.header("traceparent", parent);
     }
-    // Retried only while the coordinator cannot be connected to: the job was not sent. An
-    // answer lost after that could mean a job running twice, so it is not retried.
+    // Retried only while the coordinator cannot be connected to, or turns the connection
+    // away (503): the job was not sent. An answer lost after that could mean a job running
+    // twice, so it is not retried.
     let started = std::time::Instant::now();
     let mut attempt = 0u32;
     let resp = loop {
@@ -331,6 +332,17 @@ async fn post_job(
             bail!("POST {url}: the request cannot be repeated");
         };
         match req.body(body.clone()).send().await {
+            // The coordinator's connections are all taken: it read nothing of the job.
+            Ok(resp)
+                if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    && started.elapsed() < outage =>
+            {
+                if attempt == 0 {
+                    console.warn(None, format!("{server} is busy (503); retrying"));
+                }
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
             Ok(resp) => break resp,
             Err(e) if e.is_connect() && started.elapsed() < outage => {
                 if attempt == 0 {

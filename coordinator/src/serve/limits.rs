@@ -3,6 +3,7 @@
 //! and in the `hangar-jobs` bucket) — none of it grows with what callers send.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Running, snapshot_of};
@@ -12,10 +13,40 @@ use crate::spec::JobSpec;
 pub(super) const RUNNING_PER_CALLER: usize = 16;
 /// Finished jobs remembered, the newest by their end; older ones are forgotten.
 pub(super) const KEPT_JOBS: usize = 1000;
-/// The longest a client may let one image's planning take (`options.timeout`).
-const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest a client may give `options.timeout`: it bounds one image's planning and one
+/// transfer attempt, and a large layer over a slow link may take hours.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-/// A client's `options.timeout` must bound planning: `0` (no bound) or more than an hour
+/// One of a caller's places among its running jobs, held while its job is started (and
+/// counted until then, as the job is once started).
+pub(super) struct Place {
+    admitting: Arc<Mutex<HashMap<String, usize>>>,
+    owner: String,
+}
+
+impl Place {
+    pub(super) fn new(admitting: Arc<Mutex<HashMap<String, usize>>>, owner: &str) -> Self {
+        Self {
+            admitting,
+            owner: owner.to_owned(),
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Ok(mut admitting) = self.admitting.lock()
+            && let Some(n) = admitting.get_mut(&self.owner)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                admitting.remove(&self.owner);
+            }
+        }
+    }
+}
+
+/// A client's `options.timeout` must bound its job: `0` (no bound) or more than a day
 /// would let one job hold the service's planners for as long as it likes.
 pub(super) fn timeout_allowed(spec: &JobSpec) -> Result<(), String> {
     let given = &spec.options.timeout;
@@ -23,8 +54,8 @@ pub(super) fn timeout_allowed(spec: &JobSpec) -> Result<(), String> {
         humantime::parse_duration(given).map_err(|e| format!("options.timeout {given:?}: {e}"))?;
     if t.is_zero() || t > MAX_TIMEOUT {
         return Err(format!(
-            "options.timeout {given:?}: a job on the service bounds each image's planning, \
-             at most {}",
+            "options.timeout {given:?}: a job on the service bounds each image's planning \
+             and each transfer attempt, more than 0 and at most {}",
             humantime::format_duration(MAX_TIMEOUT)
         ));
     }
@@ -55,12 +86,12 @@ mod tests {
         let mut spec = JobSpec::from_json(br#"{"version":1,"kind":"mirror","list":"a/b:c","destination":{"registry":"r.example"}}"#)
             .expect("spec");
         assert!(timeout_allowed(&spec).is_ok(), "the default");
-        for bad in ["0", "0s", "2h", "soon"] {
+        for bad in ["0", "0s", "25h", "soon"] {
             spec.options.timeout = bad.into();
             let e = timeout_allowed(&spec).expect_err(bad);
             assert!(e.contains("options.timeout"), "{e}");
         }
-        spec.options.timeout = "30m".into();
+        spec.options.timeout = "3h".into();
         assert!(timeout_allowed(&spec).is_ok());
     }
 }

@@ -164,6 +164,8 @@ struct Server {
     metrics: Arc<crate::metrics::Metrics>,
     /// `--archive-root`: where save, sync and load jobs may name archives.
     archive_roots: Option<Arc<hangar_worker::context::policy::ArchiveRoots>>,
+    /// Per caller, the jobs being started now (see [`limits::Place`]).
+    admitting: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 fn snapshot_of(r: &Running) -> JobSnapshot {
@@ -171,6 +173,20 @@ fn snapshot_of(r: &Running) -> JobSnapshot {
 }
 
 impl Server {
+    /// A place for one more of `owner`'s jobs, or how many it has: the check and the
+    /// taking under one lock, so that requests at once cannot all pass the check.
+    fn place_for(&self, owner: &str) -> Result<limits::Place, usize> {
+        let Ok(mut admitting) = self.admitting.lock() else {
+            return Err(0);
+        };
+        let held = self.running_of(owner) + admitting.get(owner).copied().unwrap_or(0);
+        if held >= limits::RUNNING_PER_CALLER {
+            return Err(held);
+        }
+        *admitting.entry(owner.to_owned()).or_default() += 1;
+        Ok(limits::Place::new(self.admitting.clone(), owner))
+    }
+
     /// How many of `owner`'s jobs are queued or running.
     fn running_of(&self, owner: &str) -> usize {
         let Ok(jobs) = self.jobs.lock() else { return 0 };
@@ -502,6 +518,7 @@ pub async fn run(
         nats,
         kv,
         jobs: Arc::new(Mutex::new(HashMap::new())),
+        admitting: Arc::new(Mutex::new(HashMap::new())),
         defaults: Arc::new(defaults),
         console: console.clone(),
         run: Arc::new(format!("r{}", job::new_job_id())),
@@ -571,15 +588,24 @@ pub async fn run(
     let bound = listener.local_addr()?;
     match access.tls {
         Some((cert, key)) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "reading the API's TLS certificate {} and key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
+            let pem = |p: &std::path::Path| {
+                hangar_shared::local_file::read(p, hangar_shared::local_file::CONFIG)
+            };
+            let config = async {
+                axum_server::tls_rustls::RustlsConfig::from_pem(pem(&cert)?, pem(&key)?).await
+            }
+            .await
+            .with_context(|| {
+                format!(
+                    "reading the API's TLS certificate {} and key {}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            // HTTP/1.1 only, as the server speaks (see hangar_shared::connections).
+            let mut tls = (*config.get_inner()).clone();
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
             console.info(
                 None,
                 format!("Serving on https://{bound} ({resumed} jobs resumed)"),

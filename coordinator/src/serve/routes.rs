@@ -30,17 +30,19 @@ pub(super) async fn submit(
     if let Err(e) = super::limits::timeout_allowed(&spec) {
         return refuse(StatusCode::BAD_REQUEST, e);
     }
-    let running = server.running_of(&caller.name);
-    if running >= super::limits::RUNNING_PER_CALLER {
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "{running} jobs of {:?} are running, the most one caller may run at once: \
-                 wait for one to end, or cancel one",
-                caller.name
-            ),
-        );
-    }
+    let _place = match server.place_for(&caller.name) {
+        Ok(place) => place,
+        Err(running) => {
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{running} jobs of {:?} are running, the most one caller may run at once: \
+                     wait for one to end, or cancel one",
+                    caller.name
+                ),
+            );
+        }
+    };
     let id = job::new_job_id();
     // Only the server's own schedules name a schedule (a client's would make the real cron
     // run think itself busy and skip), and only the server says who submitted.

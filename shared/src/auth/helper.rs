@@ -40,22 +40,28 @@ pub fn get(name: &str, registry: &str) -> Result<Option<Credentials>> {
 /// time is up: a helper that leaves a background child holding its output (a script
 /// starting an agent) is not waited for past the limit.
 fn ask(program: &str, registry: &str, limit: Duration) -> Result<Option<Credentials>> {
+    use std::io::IsTerminal as _;
     use std::os::unix::process::CommandExt as _;
     let fail = |why: String| Error::invalid(format!("credential helper {program}: {why}"));
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                fail("not found on PATH (install it, or remove it from the auth file)".into())
-            }
-            _ => fail(format!("cannot run it: {e}")),
-        })?;
-    let group = Group(child.id() as i32);
+        .stderr(Stdio::piped());
+    // At a terminal the helper stays in its group: one that asks there (a one-time code)
+    // must not be stopped as a background job; the limit then kills it alone.
+    let grouped = !std::io::stdin().is_terminal();
+    if grouped {
+        command.process_group(0);
+    }
+    let mut child = command.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            fail("not found on PATH (install it, or remove it from the auth file)".into())
+        }
+        _ => fail(format!("cannot run it: {e}")),
+    })?;
+    let group = Group(if grouped { child.id() as i32 } else { 0 });
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading its input is judged by its exit status.
         let _ = stdin.write_all(server_url(registry).as_bytes());
@@ -84,6 +90,7 @@ fn ask(program: &str, registry: &str, limit: Duration) -> Result<Option<Credenti
             Ok(Some(status)) => break status,
             Ok(None) if started.elapsed() > limit => {
                 group.kill();
+                let _ = child.kill();
                 let _ = child.wait();
                 return Err(fail(format!("no answer within {}s", limit.as_secs_f32())));
             }

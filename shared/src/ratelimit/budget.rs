@@ -26,7 +26,7 @@ const MAX_HOLD_MS: u64 = 125_000;
 impl Window {
     /// The window as read from the ledger, which is bus data: a hold further away than
     /// any process writes (a clock hours ahead, or a hostile writer) is no hold, and a
-    /// window that starts in the future is over.
+    /// window that starts further ahead than clocks differ is over.
     pub(super) fn sane(self, now: u64) -> Self {
         Self {
             blocked_until: if self.blocked_until > now + MAX_HOLD_MS {
@@ -34,7 +34,7 @@ impl Window {
             } else {
                 self.blocked_until
             },
-            ..if self.start > now + 1000 {
+            ..if self.start > now + super::slots::CLOCK_SLACK_MS {
                 Self {
                     start: 0,
                     count: 0,

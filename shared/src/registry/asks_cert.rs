@@ -200,7 +200,7 @@ mod tests {
         });
         let started = Instant::now();
         let asked = handshake(
-            &format!("localhost:{}", addr.port()),
+            &format!("127.0.0.1:{}", addr.port()),
             Duration::from_millis(500),
         );
         let took = started.elapsed();

@@ -259,12 +259,14 @@ pub async fn verify(
         .collect();
     if signatures.len() > MAX_SIGNATURES {
         reasons.push(format!(
-            "{} signatures on {}: only the first {MAX_SIGNATURES} were checked",
+            "{} signatures on {}: only the newest {MAX_SIGNATURES} were checked",
             signatures.len(),
             signature_tag(digest)
         ));
     }
-    for layer in signatures.into_iter().take(MAX_SIGNATURES) {
+    // Newest first: cosign (and `sign`) add a signature at the end, so after a key's
+    // rotation the one that counts is among the last.
+    for layer in signatures.into_iter().rev().take(MAX_SIGNATURES) {
         let Some(signature) = &layer.signature else {
             reasons.push(format!("layer {} has no signature", layer.desc.digest));
             continue;

@@ -94,7 +94,7 @@ pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration
     };
     // Whatever ends the wait (the time, Ctrl-C dropping the run, an error) ends git and
     // its helpers too.
-    let _group = child.id().and_then(|g| i32::try_from(g).ok()).map(Group);
+    let group = child.id().and_then(|g| i32::try_from(g).ok()).map(Group);
     let mut child = child;
     // What git says is the server's to fill (its sideband messages): kept up to 64 KiB,
     // the rest read and dropped so that git never waits on a full pipe.
@@ -108,9 +108,16 @@ pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration
         Ok(status) => status.with_context(|| format!("running git clone {url}"))?,
     };
     drop(out);
+    // Git is done: what it started (a credential helper holding its stderr) goes too, so
+    // that its words can be read to their end.
+    drop(group);
     if !status.success() {
         let said = match said {
-            Some(task) => task.await.unwrap_or_default(),
+            Some(task) => tokio::time::timeout(std::time::Duration::from_secs(5), task)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
             None => Vec::new(),
         };
         let said = String::from_utf8_lossy(&said);

@@ -65,10 +65,11 @@ pub async fn connect(opts: &NatsOptions) -> Result<async_nats::Client> {
         o = o.token(t.clone());
     }
     if let Some(c) = &opts.creds {
-        o = o
-            .credentials_file(c)
-            .await
-            .map_err(|e| Error::invalid(format!("NATS credentials file {}: {e}", c.display())))?;
+        let bad = |e: std::io::Error| {
+            Error::invalid(format!("NATS credentials file {}: {e}", c.display()))
+        };
+        let text = crate::local_file::read_text(c, crate::local_file::CONFIG).map_err(bad)?;
+        o = o.credentials(&text).map_err(bad)?;
     }
     // Bad TLS files would otherwise surface as an endless reconnect loop: check them here.
     if let Some(ca) = &opts.ca {
