@@ -537,32 +537,44 @@ async fn slow_heads_too_many_connections_and_huge_bodies_are_refused() {
         }
     };
 
-    // Three connections that say nothing hold every place; the fourth is told 503 and
-    // closed at once, and the project's own client would retry it.
-    let mut idle: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(&listen).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut fourth = TcpStream::connect(&listen).unwrap();
-    fourth
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let mut answer = String::new();
-    let read = fourth.read_to_string(&mut answer);
+    // Connections that say nothing take every place; one more is told 503 (with
+    // Retry-After) and closed at once — and the project's own client retries that. Filled
+    // until a probe is told so: a closed connection frees its place only once the server
+    // has seen it close.
+    let full = |idle: &mut Vec<TcpStream>| {
+        for _ in 0..20 {
+            idle.push(TcpStream::connect(&listen).unwrap());
+            std::thread::sleep(Duration::from_millis(300));
+            let mut probe = TcpStream::connect(&listen).unwrap();
+            probe
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            probe
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut answer = String::new();
+            let _ = probe.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 503") && answer.contains("Retry-After") {
+                return true;
+            }
+        }
+        false
+    };
+    let mut idle = Vec::new();
     assert!(
-        read.is_ok() && answer.starts_with("HTTP/1.1 503") && answer.contains("Retry-After"),
-        "a connection past --max-connections is told 503 and closed: {read:?} {answer:?}"
+        full(&mut idle),
+        "a connection past --max-connections is told 503 and closed"
     );
-    idle.pop();
+    assert!(idle.len() <= 4, "{} connections held", idle.len());
+    idle.clear();
     std::thread::sleep(Duration::from_millis(300));
     let health = reqwest::get(format!("http://{listen}/healthz"))
         .await
         .unwrap();
-    assert_eq!(health.status(), 200, "a place freed by a closed connection");
+    assert_eq!(health.status(), 200, "places freed by closed connections");
 
     // `submit` meets the full server, is told 503, and retries until a place frees.
-    idle.push(TcpStream::connect(&listen).unwrap());
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(full(&mut idle), "the server fills again");
     let list = dir.path().join("list.txt");
     std::fs::write(&list, "127.0.0.1:9/a/b:c\n").unwrap();
     let freer = std::thread::spawn(move || {
@@ -571,6 +583,8 @@ async fn slow_heads_too_many_connections_and_huge_bodies_are_refused() {
     });
     let submitted = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
         .args(["submit", list.to_str().unwrap(), "-d", "127.0.0.1:9"])
+        .arg("-o")
+        .arg(dir.path().join("submit-failed.txt"))
         .args(["--server", &format!("http://{listen}")])
         .output()
         .expect("submit");

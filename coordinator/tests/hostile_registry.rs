@@ -317,6 +317,8 @@ async fn a_manifest_sent_a_byte_at_a_time_ends_at_the_timeout() {
             list.to_str().expect("utf-8"),
             "-d",
             &env.dst.addr,
+            "-o",
+            env.path("validate-failed.txt").to_str().expect("utf-8"),
         ],
         Duration::from_secs(60),
     );
