@@ -12,6 +12,35 @@ use common::*;
 use futures_util::StreamExt;
 use hangar_loadtest::services::NatsProcess;
 
+/// An OSV database directory under `env` holding one Debian 12 record, modified now:
+/// `package` before `fixed` is vulnerable.
+fn osv_db(env: &Env, id: &str, package: &str, fixed: &str) -> PathBuf {
+    let db = env.path("osv");
+    std::fs::create_dir_all(&db).unwrap();
+    let now = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap()
+        .stdout;
+    std::fs::write(
+        db.join("r.json"),
+        format!(
+            r#"{{"id":"{id}","modified":"{}","affected":[{{"package":{{"ecosystem":"Debian:12","name":"{package}"}},"ranges":[{{"type":"ECOSYSTEM","events":[{{"introduced":"0"}},{{"fixed":"{fixed}"}}]}}]}}]}}"#,
+            String::from_utf8_lossy(&now).trim()
+        ),
+    )
+    .unwrap();
+    db
+}
+
+/// The AWS_* variables that let a process reach `garage`'s bucket.
+fn garage_env(garage: &hangar_loadtest::services::GarageProcess) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", garage.key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret.clone()),
+    ]
+}
+
 /// `save --nats`: workers gather the blobs into the shared Garage bucket, one of them writes
 /// the archive as an S3 multipart upload; `load` then reads it from S3 by range.
 #[tokio::test(flavor = "multi_thread")]
@@ -21,10 +50,7 @@ async fn workers_save_an_archive_to_s3_and_it_loads_from_there() {
     let garage = hangar_loadtest::services::GarageProcess::start()
         .expect("garage (scripts/dev-services.sh installs it)");
     let cache = garage.cache_url();
-    let aws = [
-        ("AWS_ACCESS_KEY_ID", garage.key_id.clone()),
-        ("AWS_SECRET_ACCESS_KEY", garage.secret.clone()),
-    ];
+    let aws = garage_env(&garage);
     let envs: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let _workers: Vec<Worker> = (0..3)
         .map(|i| {
@@ -236,10 +262,7 @@ async fn workers_scan_during_a_mirror_reading_each_layer_once() {
     let garage = hangar_loadtest::services::GarageProcess::start()
         .expect("garage (scripts/dev-services.sh installs it)");
     let cache = garage.cache_url();
-    let aws = [
-        ("AWS_ACCESS_KEY_ID", garage.key_id.clone()),
-        ("AWS_SECRET_ACCESS_KEY", garage.secret.clone()),
-    ];
+    let aws = garage_env(&garage);
     let envs: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let _workers: Vec<Worker> = (0..2)
         .map(|i| {
@@ -262,24 +285,7 @@ async fn workers_scan_during_a_mirror_reading_each_layer_once() {
         )
         .await;
     }
-    let db = env.path("osv");
-    std::fs::create_dir_all(&db).unwrap();
-    let now = String::from_utf8(
-        Command::new("date")
-            .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    std::fs::write(
-        db.join("r.json"),
-        format!(
-            r#"{{"id":"DEBIAN-CVE-2024-9","modified":"{}","affected":[{{"package":{{"ecosystem":"Debian:12","name":"openssl"}},"ranges":[{{"type":"ECOSYSTEM","events":[{{"introduced":"0"}},{{"fixed":"3.0.11-1~deb12u3"}}]}}]}}]}}"#,
-            now.trim()
-        ),
-    )
-    .unwrap();
+    let db = osv_db(&env, "DEBIAN-CVE-2024-9", "openssl", "3.0.11-1~deb12u3");
     let list = env.write_list(
         "list.txt",
         &[
@@ -391,10 +397,7 @@ async fn a_scan_result_too_large_for_the_bus_fails_its_scan_at_once() {
     let garage = hangar_loadtest::services::GarageProcess::start()
         .expect("garage (scripts/dev-services.sh installs it)");
     let cache = garage.cache_url();
-    let aws = [
-        ("AWS_ACCESS_KEY_ID", garage.key_id.clone()),
-        ("AWS_SECRET_ACCESS_KEY", garage.secret.clone()),
-    ];
+    let aws = garage_env(&garage);
     let envs: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let _worker = spawn_worker(
         &nats.url(),
@@ -418,21 +421,7 @@ async fn a_scan_result_too_large_for_the_bus_fails_its_scan_at_once() {
         ])],
     )
     .await;
-    let db = env.path("osv");
-    std::fs::create_dir_all(&db).unwrap();
-    let now = Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .unwrap()
-        .stdout;
-    std::fs::write(
-        db.join("r.json"),
-        format!(
-            r#"{{"id":"DEBIAN-CVE-2024-1","modified":"{}","affected":[{{"package":{{"ecosystem":"Debian:12","name":"src1"}},"ranges":[{{"type":"ECOSYSTEM","events":[{{"introduced":"0"}},{{"fixed":"2.0"}}]}}]}}]}}"#,
-            String::from_utf8_lossy(&now).trim()
-        ),
-    )
-    .unwrap();
+    let db = osv_db(&env, "DEBIAN-CVE-2024-1", "src1", "2.0");
     let image = format!("{}/scanbig/a:1", env.src.addr);
     let list = env.write_list("list.txt", std::slice::from_ref(&image));
     let run = run_measured(

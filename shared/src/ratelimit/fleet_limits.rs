@@ -124,10 +124,7 @@ fn lowest<'a>(own: &Limits, others: impl Iterator<Item = &'a Entry>) -> Limits {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
-    use crate::ratelimit::Gate;
     use crate::ratelimit::ledger::MemoryLedger;
 
     fn cap(host: &str, n: u32) -> Limits {
@@ -152,25 +149,13 @@ mod tests {
         worker.exchange_limits(true).await;
         coordinator.exchange_limits(true).await;
         assert_eq!(coordinator.concurrency("r.example"), Some(2));
-        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..12 {
-            let gate = if i % 2 == 0 {
-                worker.clone()
-            } else {
-                coordinator.clone()
-            };
-            let (now, peak) = (now.clone(), peak.clone());
-            tasks.spawn(async move {
-                let _permit = gate.admit("r.example", 1).await;
-                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(n, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                now.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        assert_eq!(peak.load(Ordering::SeqCst), 2);
+        let peak = super::super::slots::peak_in_flight(
+            &[worker.clone(), coordinator.clone()],
+            "r.example",
+            12,
+        )
+        .await;
+        assert_eq!(peak, 2);
     }
 
     #[test]

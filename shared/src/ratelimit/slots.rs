@@ -158,9 +158,31 @@ async fn update_slot(ledger: &dyn Ledger, key: &str, id: &str, keep: bool) {
     }
 }
 
+/// The most requests in flight at once when `n` of them, 30 ms each, go to `host` through
+/// `gates` in turn.
+#[cfg(test)]
+pub(super) async fn peak_in_flight(gates: &[Arc<RateGate>], host: &'static str, n: usize) -> usize {
+    use super::Gate as _;
+    use std::sync::atomic::AtomicUsize;
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let gate = gates[i % gates.len()].clone();
+        let (now, peak) = (now.clone(), peak.clone());
+        tasks.spawn(async move {
+            let _permit = gate.admit(host, 1).await;
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            now.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    peak.load(Ordering::SeqCst)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
 
     use super::*;
     use crate::ratelimit::{Gate, Limits};
@@ -171,20 +193,10 @@ mod tests {
             concurrency: HashMap::from([("r.example".to_owned(), 3)]),
             ..Default::default()
         }));
-        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..12 {
-            let (gate, now, peak) = (gate.clone(), now.clone(), peak.clone());
-            tasks.spawn(async move {
-                let _permit = gate.admit("r.example", 1).await;
-                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(n, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                now.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        assert_eq!(peak.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            peak_in_flight(std::slice::from_ref(&gate), "r.example", 12).await,
+            3
+        );
         // A slot leased until next year by a hostile writer is no slot held.
         let hostile = Slots {
             held: BTreeMap::from([("squatter".to_owned(), now_ms() + 31_536_000_000)]),
