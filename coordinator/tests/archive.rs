@@ -738,6 +738,23 @@ async fn damaged_archives_fail_clearly_and_tag_nothing() {
             .success()
     );
 
+    // A manifest past the 4 MiB a registry's is read up to: refused by name, nothing tagged.
+    let big = env.path("bigmanifest.zip");
+    let made = make_archive("bigmanifest", &big, "docker.io/library/big", "1");
+    let out = load(&env, &big, &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let manifest_hex = made["manifest"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    assert!(
+        text(&out).contains(&manifest_hex) && text(&out).contains("too large for a manifest"),
+        "{}",
+        text(&out)
+    );
+    assert!(!tag_exists(&format!("{}/library/big:1", env.dst.addr)));
+
     // An index version older than v1.2.0.
     let old = env.path("old.zip");
     let script = "import sys,zipfile\nz=zipfile.ZipFile(sys.argv[1],'w')\nz.writestr('index.json','{\"version\":\"v1.1.0\",\"time\":\"2024-01-01T00:00:00Z\"}')";

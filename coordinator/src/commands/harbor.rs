@@ -39,7 +39,18 @@ pub async fn ensure_projects(
         return;
     };
     console.info(None, format!("Destination {registry} is Harbor v2"));
-    let creds = match hangar_shared::auth::lookup(authfile, registry, None) {
+    // A credential helper is another program (up to 30 s): not on a runtime thread.
+    let (file, name) = (authfile.map(Path::to_path_buf), registry.to_owned());
+    let looked_up = tokio::task::spawn_blocking(move || {
+        hangar_shared::auth::lookup(file.as_deref(), &name, None)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(hangar_shared::Error::internal(format!(
+            "credentials lookup: {e}"
+        )))
+    });
+    let creds = match looked_up {
         Ok(c) => c,
         Err(e) => {
             console.warn(None, format!("reading credentials for {registry}: {e}"));

@@ -23,8 +23,11 @@ use crate::registry::Side;
 use crate::store::ImageStore;
 use crate::verify::{ByteStream, verified};
 
-/// The largest JSON document (index or manifest) read whole.
+/// The largest JSON document (an index) read whole.
 const JSON_LIMIT: u64 = 256 << 20;
+/// The largest manifest: what a registry's is read up to, so no archive this writes holds a
+/// larger one, and one that does is not a thing a registry would take.
+const MANIFEST_LIMIT: u64 = crate::registry::MAX_MANIFEST_BYTES as u64;
 const WINDOW: u64 = 64 << 10;
 
 #[derive(Debug, Clone)]
@@ -308,8 +311,14 @@ impl ArchiveReader {
                 self.label
             ))
         })?;
-        if size > JSON_LIMIT {
-            return Err(self.damaged(&name, "too large for a manifest"));
+        if size > MANIFEST_LIMIT {
+            return Err(self.damaged(
+                &name,
+                &format!(
+                    "too large for a manifest (over {} KiB)",
+                    MANIFEST_LIMIT >> 10
+                ),
+            ));
         }
         let chunks: Vec<Bytes> = self.blob(digest, None).await?.try_collect().await?;
         let mut raw = RawManifest::from_bytes(Bytes::from(chunks.concat()), Some(digest))?;
