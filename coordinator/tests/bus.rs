@@ -294,7 +294,7 @@ fn envelope(job: &str, id: u64, task: Task) -> TaskEnvelope {
 }
 
 /// The next final event of `job`.
-async fn final_event(events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Event {
+async fn final_event(events: &mut tokio::sync::mpsc::Receiver<Event>) -> Event {
     loop {
         let e = tokio::time::timeout(Duration::from_secs(60), events.recv())
             .await
@@ -823,4 +823,40 @@ async fn serve_keeps_lists_and_cancels_jobs_within_its_permissions() {
         .filter(|l| !(l.contains("user:worker") && l.contains("$JS.API.STREAM.CREATE.HANGAR_")))
         .collect();
     assert!(stray.is_empty(), "{stray:#?}");
+}
+
+/// A run's events are read from the stream no faster than the run takes them in: 3,000
+/// events waiting while the run is busy all arrive, in order, once it reads (the reader
+/// holds at most its bounded channel's worth, the stream keeps the rest).
+#[tokio::test(flavor = "multi_thread")]
+async fn events_waiting_on_a_busy_run_all_arrive_in_order() {
+    use hangar_shared::queue::EventSink as _;
+    let nats = hangar_loadtest::services::NatsProcess::start().expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut events = jetstream::follow_events(client.clone(), "busy.r1")
+        .await
+        .expect("follow");
+    let sink = jetstream::JetStreamSink::new(client.clone());
+    for id in 1..=3000u64 {
+        let env = envelope(
+            "busy.r1",
+            id,
+            Task::Index(hangar_shared::task::IndexTask {
+                dest: RepoRef::registry("r.example", "p/n"),
+                tag: "t".into(),
+                added: Vec::new(),
+                source_index: None,
+                overwrite: false,
+            }),
+        );
+        sink.emit(Event::started(&env, "w", 1)).await.expect("emit");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in 1..=3000u64 {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("an event within 30 s")
+            .expect("stream open");
+        assert_eq!(e.task, id);
+    }
 }

@@ -85,10 +85,27 @@ impl Here {
     }
 }
 
+/// Where a run's events come from: this process's own handlers, or the fleet's stream,
+/// read no faster than the run takes them in (a bounded channel: the stream keeps what
+/// waits, not this process's memory).
+enum Events {
+    Here(mpsc::UnboundedReceiver<Event>),
+    Fleet(mpsc::Receiver<Event>),
+}
+
+impl Events {
+    async fn recv(&mut self) -> Option<Event> {
+        match self {
+            Events::Here(rx) => rx.recv().await,
+            Events::Fleet(rx) => rx.recv().await,
+        }
+    }
+}
+
 /// One run's queue and the events of its tasks.
 pub struct Bus {
     pub queue: Arc<dyn TaskQueue>,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: Events,
     workers: Option<tokio::task::JoinHandle<()>>,
     /// On the fleet: says why the run cannot go on when a kind of its tasks has had no
     /// worker pulling it for the process's patience (`--unserved-timeout`).
@@ -137,7 +154,7 @@ impl Bus {
                 ));
                 Ok(Self {
                     queue,
-                    events,
+                    events: Events::Here(events),
                     workers: Some(workers),
                     unserved: None,
                     fleet: None,
@@ -156,7 +173,7 @@ impl Bus {
                 console.info(None, format!("Job {job_id} runs on the fleet"));
                 Ok(Self {
                     queue: publisher,
-                    events,
+                    events: Events::Fleet(events),
                     workers: None,
                     unserved: Some((rx, watch)),
                     fleet: Some((client, job_id.to_owned())),
@@ -214,7 +231,7 @@ impl Bus {
     pub(crate) fn fed_by(queue: Arc<MemoryQueue>, events: mpsc::UnboundedReceiver<Event>) -> Self {
         Self {
             queue,
-            events,
+            events: Events::Here(events),
             workers: None,
             unserved: None,
             fleet: None,

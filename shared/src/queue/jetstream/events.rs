@@ -78,11 +78,12 @@ impl EventSink for JetStreamSink {
     }
 }
 
-/// Follows a job's events from the start of the stream into a channel.
-pub async fn follow_events(
-    client: async_nats::Client,
-    job: &str,
-) -> Result<mpsc::UnboundedReceiver<Event>> {
+/// Events read ahead of the run that takes them in; past them the stream is not read on.
+const EVENTS_AHEAD: usize = 1024;
+
+/// Follows a job's events from the start of the stream into a channel, no faster than
+/// the receiver takes them (however many the bus holds, only [`EVENTS_AHEAD`] are here).
+pub async fn follow_events(client: async_nats::Client, job: &str) -> Result<mpsc::Receiver<Event>> {
     let js = jetstream::new(client);
     ensure_streams(&js).await?;
     let stream = js.get_stream(EVENT_STREAM).await.map_err(bus)?;
@@ -94,12 +95,12 @@ pub async fn follow_events(
         .await
         .map_err(bus)?;
     let mut messages = consumer.messages().await.map_err(bus)?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(EVENTS_AHEAD);
     tokio::spawn(async move {
         while let Some(msg) = messages.next().await {
             let Ok(msg) = msg else { continue };
             if let Ok(event) = serde_json::from_slice::<Event>(&msg.payload)
-                && tx.send(event).is_err()
+                && tx.send(event).await.is_err()
             {
                 return;
             }
