@@ -202,6 +202,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
                 insecure_no_auth: a.insecure_no_auth,
                 tls: a.tls_cert.clone().zip(a.tls_key.clone()),
                 max_connections: a.max_connections as usize,
+                keep_jobs: a.keep_jobs as usize,
             };
             access.check()?;
             let nats = commands::mirror::fleet_client(&a.fleet.bus).await?;

@@ -751,3 +751,90 @@ async fn one_caller_runs_at_most_sixteen_jobs_and_bounds_their_planning() {
     }
     assert!(admitted, "a cancelled job frees its place");
 }
+
+/// The service remembers the newest `--keep-jobs` finished jobs and forgets the rest, in
+/// memory and in its bucket — the key purged from the stream, not left as a marker.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_newest_finished_jobs_are_remembered() {
+    let nats = NatsProcess::start().expect("nats-server");
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port().unwrap());
+    let _coord = Killed(
+        Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(["serve", "--listen", &listen, "--keep-jobs", "2"])
+            .args(["--nats", &nats.url()])
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("coord.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("coord.err")).unwrap())
+            .spawn()
+            .expect("hangar-coord serve"),
+    );
+    wait_for_port(&listen, std::time::Duration::from_secs(30)).unwrap();
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        // A source nobody answers: the job fails at once, and is finished.
+        let spec = serde_json::json!({
+            "version": 1, "kind": "mirror", "list": format!("127.0.0.1:9/a/b:{n}"),
+            "destination": {"registry": "127.0.0.1:9"},
+        });
+        let resp = http
+            .post(format!("http://{listen}/jobs"))
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let id = resp.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut finished = false;
+        for _ in 0..100 {
+            let s: serde_json::Value = http
+                .get(format!("http://{listen}/jobs/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if s["state"] != "running" && s["state"] != "queued" {
+                finished = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(finished, "job {id} ends");
+        ids.push(id);
+        // Distinct end times, so that "newest" is well defined.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let listed: serde_json::Value = http
+        .get(format!("http://{listen}/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = listed.to_string();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(text.contains(id.as_str()), i >= 2, "job {i} listed: {text}");
+    }
+    let gone = http
+        .get(format!("http://{listen}/jobs/{}", ids[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("KV_hangar-jobs")
+        .await
+        .unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.state.messages, 2, "two jobs in the bucket, no markers");
+}

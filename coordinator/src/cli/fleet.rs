@@ -150,6 +150,10 @@ pub struct ServeArgs {
     /// send a request's head within 10 s.
     #[arg(long = "max-connections", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Finished jobs the service remembers (in memory and in its bucket), the newest;
+    /// older ones are forgotten.
+    #[arg(long = "keep-jobs", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_jobs: u32,
     #[command(flatten)]
     pub fleet: FleetArgs,
     #[command(flatten)]

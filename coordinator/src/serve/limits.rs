@@ -1,6 +1,7 @@
 //! What one caller of the API may hold of the service: jobs running at once, the planning
-//! time each image may take, and how many finished jobs the service remembers (in memory
-//! and in the `hangar-jobs` bucket) — none of it grows with what callers send.
+//! time each image may take, and which finished jobs the service remembers (the newest
+//! `--keep-jobs`, in memory and in the `hangar-jobs` bucket) — none of it grows with what
+//! callers send.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,6 @@ use crate::spec::JobSpec;
 
 /// Jobs one caller (one token) may have queued or running at once; one more is 429.
 pub(super) const RUNNING_PER_CALLER: usize = 16;
-/// Finished jobs remembered, the newest by their end; older ones are forgotten.
-pub(super) const KEPT_JOBS: usize = 1000;
 /// The longest a client may give `options.timeout`: it bounds one image's planning and one
 /// transfer attempt, and a large layer over a slow link may take hours.
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);

@@ -166,6 +166,8 @@ struct Server {
     archive_roots: Option<Arc<hangar_worker::context::policy::ArchiveRoots>>,
     /// Per caller, the jobs being started now (see [`limits::Place`]).
     admitting: Arc<Mutex<HashMap<String, usize>>>,
+    /// `--keep-jobs`: finished jobs remembered.
+    keep_jobs: usize,
 }
 
 fn snapshot_of(r: &Running) -> JobSnapshot {
@@ -197,20 +199,26 @@ impl Server {
             .count()
     }
 
-    /// Forgets the finished jobs past the newest [`limits::KEPT_JOBS`], here and in the
-    /// bucket: neither grows with every job ever run.
+    /// Forgets the finished jobs past the newest `--keep-jobs`, here and in the bucket:
+    /// neither grows with every job ever run. In the bucket a job's key is purged from the
+    /// stream underneath, marker and all (a KV purge would leave a marker per job).
     fn forget_old_jobs(&self, jobs: &mut HashMap<String, Running>) {
-        let gone = limits::oldest_finished(jobs, limits::KEPT_JOBS);
+        let gone = limits::oldest_finished(jobs, self.keep_jobs);
         if gone.is_empty() {
             return;
         }
         for id in &gone {
             jobs.remove(id);
         }
-        let kv = self.kv.clone();
+        let js = jetstream::new(self.nats.clone());
         tokio::spawn(async move {
+            let stream = match js.get_stream(format!("KV_{JOB_BUCKET}")).await {
+                Ok(stream) => stream,
+                Err(e) => return tracing::warn!("forgetting {} jobs: {e}", gone.len()),
+            };
             for id in gone {
-                if let Err(e) = kv.purge(&id).await {
+                let subject = format!("$KV.{JOB_BUCKET}.{id}");
+                if let Err(e) = stream.purge().filter(subject).await {
                     tracing::warn!("forgetting job {id}: {e}");
                 }
             }
@@ -372,6 +380,9 @@ impl Server {
                     s.clone()
                 };
                 server.save(&job, &request, &last).await;
+                if let Ok(mut jobs) = server.jobs.lock() {
+                    server.forget_old_jobs(&mut jobs);
+                }
             }
             .instrument(span),
         );
@@ -473,6 +484,8 @@ pub struct Access {
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// `--max-connections` (see [`hangar_shared::connections`]).
     pub max_connections: usize,
+    /// `--keep-jobs`: finished jobs remembered, the newest.
+    pub keep_jobs: usize,
 }
 
 impl Access {
@@ -519,6 +532,7 @@ pub async fn run(
         kv,
         jobs: Arc::new(Mutex::new(HashMap::new())),
         admitting: Arc::new(Mutex::new(HashMap::new())),
+        keep_jobs: access.keep_jobs,
         defaults: Arc::new(defaults),
         console: console.clone(),
         run: Arc::new(format!("r{}", job::new_job_id())),
