@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Running, snapshot_of};
+use super::Running;
 use crate::spec::JobSpec;
 
 /// Jobs one caller (one token) may have queued or running at once; one more is 429.
@@ -61,19 +61,33 @@ pub(super) fn timeout_allowed(spec: &JobSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// The finished jobs past the `keep` that ended last.
-pub(super) fn oldest_finished(jobs: &HashMap<String, Running>, keep: usize) -> Vec<String> {
-    let mut finished: Vec<(u64, String)> = jobs
-        .iter()
-        .map(|(id, r)| (snapshot_of(r), id))
-        .filter(|(s, _)| s.state != "running" && s.state != "queued")
-        .map(|(s, id)| (s.ended, id.clone()))
-        .collect();
+/// Whether a job in `state` has yet to end.
+pub(super) fn open(state: &str) -> bool {
+    state == "running" || state == "queued"
+}
+
+/// When `r` ended; `None` while it is queued or running. Read in place, not copied.
+pub(super) fn ended(r: &Running) -> Option<u64> {
+    let s = r.snapshot.lock().ok()?;
+    (!open(&s.state)).then_some(s.ended)
+}
+
+/// Of `jobs`, the finished ones past the `keep` that ended last.
+pub(super) fn oldest_finished<'a>(
+    jobs: impl Iterator<Item = (&'a String, &'a Running)>,
+    keep: usize,
+) -> Vec<String> {
+    let mut finished: Vec<(u64, &String)> =
+        jobs.filter_map(|(id, r)| Some((ended(r)?, id))).collect();
     if finished.len() <= keep {
         return Vec::new();
     }
     finished.sort_unstable_by(|a, b| b.cmp(a));
-    finished.into_iter().skip(keep).map(|(_, id)| id).collect()
+    finished
+        .into_iter()
+        .skip(keep)
+        .map(|(_, id)| id.clone())
+        .collect()
 }
 
 #[cfg(test)]

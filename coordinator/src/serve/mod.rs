@@ -114,16 +114,8 @@ fn running(
 /// Drops the outcomes of finished jobs beyond the `keep` that ended last (a long job just
 /// ended keeps its own for its client).
 fn drop_old_results(jobs: &mut HashMap<String, Running>, keep: usize) {
-    let mut finished: Vec<(u64, String)> = jobs
-        .iter()
-        .filter(|(_, r)| r.results.is_some())
-        .filter_map(|(id, r)| {
-            let s = r.snapshot.lock().ok()?;
-            (s.state != "running" && s.state != "queued").then(|| (s.ended, id.clone()))
-        })
-        .collect();
-    finished.sort_unstable_by(|a, b| b.cmp(a));
-    for (_, id) in finished.into_iter().skip(keep) {
+    let old = limits::oldest_finished(jobs.iter().filter(|(_, r)| r.results.is_some()), keep);
+    for id in old {
         if let Some(r) = jobs.get_mut(&id) {
             r.results = None;
             r.results_dropped = true;
@@ -196,9 +188,7 @@ impl Server {
     fn running_of(&self, owner: &str) -> usize {
         let Ok(jobs) = self.jobs.lock() else { return 0 };
         jobs.values()
-            .filter(|r| r.owner.as_deref() == Some(owner))
-            .map(snapshot_of)
-            .filter(|s| s.state == "running" || s.state == "queued")
+            .filter(|r| r.owner.as_deref() == Some(owner) && limits::ended(r).is_none())
             .count()
     }
 
@@ -206,7 +196,7 @@ impl Server {
     /// neither grows with every job ever run. In the bucket a job's key is purged from the
     /// stream underneath, marker and all (a KV purge would leave a marker per job).
     fn forget_old_jobs(&self, jobs: &mut HashMap<String, Running>) {
-        let gone = limits::oldest_finished(jobs, self.keep_jobs);
+        let gone = limits::oldest_finished(jobs.iter(), self.keep_jobs);
         if gone.is_empty() {
             return;
         }
@@ -231,11 +221,9 @@ impl Server {
     /// Whether a job started by schedule `name` is still queued or running.
     fn busy(&self, name: &str) -> Option<String> {
         let jobs = self.jobs.lock().ok()?;
-        jobs.values()
-            .filter(|r| r.schedule.as_deref() == Some(name))
-            .map(snapshot_of)
-            .find(|s| s.state == "running" || s.state == "queued")
-            .map(|s| s.id)
+        jobs.iter()
+            .find(|(_, r)| r.schedule.as_deref() == Some(name) && limits::ended(r).is_none())
+            .map(|(id, _)| id.clone())
     }
 
     async fn save(&self, id: &str, request: &JobRequest, snapshot: &JobSnapshot) {
@@ -507,8 +495,11 @@ mod tests {
         ] {
             jobs.insert(id.to_owned(), job(ended, state));
         }
-        assert_eq!(limits::oldest_finished(&jobs, 2), vec!["old".to_owned()]);
-        assert!(limits::oldest_finished(&jobs, 3).is_empty());
+        assert_eq!(
+            limits::oldest_finished(jobs.iter(), 2),
+            vec!["old".to_owned()]
+        );
+        assert!(limits::oldest_finished(jobs.iter(), 3).is_empty());
     }
 
     #[test]

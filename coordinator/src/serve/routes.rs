@@ -162,7 +162,7 @@ pub(super) async fn results(
     if let Err(e) = caller.may_read_results(owner.as_deref()) {
         return refuse(StatusCode::FORBIDDEN, e);
     }
-    if snap.state == "running" || snap.state == "queued" {
+    if super::limits::open(&snap.state) {
         return refuse(
             StatusCode::CONFLICT,
             format!("job {id} is still {}", snap.state),

@@ -27,23 +27,14 @@ impl Window {
     /// The window as read from the ledger, which is bus data: a hold further away than
     /// any process writes (a clock hours ahead, or a hostile writer) is no hold, and a
     /// window that starts further ahead than clocks differ is over.
-    pub(super) fn sane(self, now: u64) -> Self {
-        Self {
-            blocked_until: if self.blocked_until > now + MAX_HOLD_MS {
-                0
-            } else {
-                self.blocked_until
-            },
-            ..if self.start > now + super::slots::CLOCK_SLACK_MS {
-                Self {
-                    start: 0,
-                    count: 0,
-                    ..self
-                }
-            } else {
-                self
-            }
+    pub(super) fn sane(mut self, now: u64) -> Self {
+        if self.blocked_until > now + MAX_HOLD_MS {
+            self.blocked_until = 0;
         }
+        if self.start > now + super::slots::CLOCK_SLACK_MS {
+            (self.start, self.count) = (0, 0);
+        }
+        self
     }
 }
 
