@@ -278,3 +278,84 @@ async fn a_coordinator_answering_endlessly_is_cut_at_the_clients_bounds() {
         run.peak_rss / MB
     );
 }
+
+/// `archive store file` of a URL that never ends is refused at `--max-size`, and one that
+/// trickles at `--timeout`; each as it comes (the file streamed to disk, never held), the
+/// archive left as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_file_past_its_size_or_time_is_refused_and_the_archive_is_left_as_it_was() {
+    let env = Env::new();
+    let archive = env.path("files.zip");
+    assert!(
+        hangar(&["archive", "init", archive.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let before = std::fs::read(&archive).unwrap();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| async move {
+        let chunk = bytes::Bytes::from(vec![b'x'; 64 << 10]);
+        if uri.path().ends_with("/endless.bin") {
+            return axum::body::Body::from_stream(futures_util::stream::repeat_with(move || {
+                Ok::<_, std::io::Error>(chunk.clone())
+            }));
+        }
+        // A byte every 200 ms: each read well inside the client's read timeout.
+        axum::body::Body::from_stream(futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")), ()))
+        }))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let store = |url: String, bound: [&str; 2]| -> Vec<String> {
+        let mut args = vec!["archive", "store", "file", "-f", archive.to_str().unwrap()];
+        args.extend(bound);
+        args.iter().map(|s| s.to_string()).chain([url]).collect()
+    };
+
+    let endless = format!("{base}/endless.bin");
+    let run = run_measured_async(
+        store(endless.clone(), ["--max-size", "64M"]),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output
+            .contains(&format!("{endless} answered more than 64 MiB")),
+        "{}",
+        run.output
+    );
+    assert!(run.output.contains("--max-size 64M"), "{}", run.output);
+    assert!(run.elapsed < Duration::from_secs(60), "{:?}", run.elapsed);
+    assert!(
+        run.peak_rss < 100 * MB,
+        "peak RSS {} MiB",
+        run.peak_rss / MB
+    );
+
+    let trickled = format!("{base}/trickled.bin");
+    let run = run_measured_async(
+        store(trickled.clone(), ["--timeout", "3s"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output
+            .contains(&format!("{trickled}: not downloaded within 3s")),
+        "{}",
+        run.output
+    );
+    assert!(
+        run.elapsed >= Duration::from_secs(3) && run.elapsed < Duration::from_secs(15),
+        "{:?}",
+        run.elapsed
+    );
+    assert_eq!(
+        std::fs::read(&archive).unwrap(),
+        before,
+        "the archive is unchanged"
+    );
+}

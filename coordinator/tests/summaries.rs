@@ -81,3 +81,67 @@ async fn a_rerun_is_already_present_and_the_blob_line_adds_up() {
         text(&validated)
     );
 }
+
+/// An image whose tag is gone from the destination but whose blobs are still there (an
+/// interrupted run, a deleted tag) is copied again without a blob sent or fetched: each
+/// blob is asked for once, as a mount from its own repository, and found present — no
+/// HEAD first, no upload.
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_already_at_the_destination_are_found_in_one_request_and_not_sent() {
+    let env = Env::new();
+    let lines = seed_shared_repos(&env, 2).await;
+    let list = env.write_list("list.txt", &lines);
+    let first = env.mirror(&list, &[]);
+    assert!(first.status.success(), "{}", text(&first));
+    // A fresh destination: every blob looked for with the upload's own POST, none with a HEAD.
+    let log = env.dst.log();
+    assert!(!log.contains("\"HEAD /v2/shared/"), "{log}");
+
+    let dst = common::registry(&env.dst.addr).await;
+    let tagged = dst
+        .manifest_opt(
+            "shared/app-0",
+            "v1",
+            hangar_shared::registry::Side::Destination,
+        )
+        .await
+        .expect("read")
+        .expect("tagged");
+    dst.delete_manifest("shared/app-0", &tagged.digest)
+        .await
+        .expect("delete");
+    let puts_before = log.matches("\"PUT /v2/shared/app-0/blobs/uploads/").count();
+    let gets_before = env.src.log().matches("/blobs/sha256:").count();
+
+    let again = env.mirror(&list, &[]);
+    let log = text(&again);
+    assert!(again.status.success(), "{log}");
+    assert!(
+        log.contains("Images: 1 copied, 1 already present, 0 failed"),
+        "{log}"
+    );
+    // The copied image's 2 shared layers, its own layer and its config: all present.
+    let [unique, copied, cache, mounted, present] = blob_line(&log);
+    assert_eq!(
+        (unique, copied, cache, mounted, present),
+        (4, 0, 0, 0, 4),
+        "{log}"
+    );
+    let dst_log = env.dst.log();
+    assert_eq!(
+        dst_log
+            .matches("\"PUT /v2/shared/app-0/blobs/uploads/")
+            .count(),
+        puts_before,
+        "{dst_log}"
+    );
+    assert!(!dst_log.contains("\"HEAD /v2/shared/"), "{dst_log}");
+    // Only the planner's read of each image's config (for its platform), no layer.
+    assert_eq!(
+        env.src.log().matches("/blobs/sha256:").count(),
+        gets_before + 2,
+        "no blob read again from the source for the copy"
+    );
+    // And the image is whole again at its tag, as an independent client reads it.
+    assert!(common::skopeo_raw(&format!("{}/shared/app-0:v1", env.dst.addr)).is_some());
+}

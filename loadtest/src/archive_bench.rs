@@ -14,7 +14,9 @@ use hangar_shared::manifest::Descriptor;
 use hangar_shared::reference::ImageRef;
 use tokio::io::AsyncWriteExt;
 
-use crate::bench::{BenchSpec, Measurement, raw_copy, run_measured, run_profiled, unique_blobs};
+use crate::bench::{
+    BenchSpec, Measurement, raw_copy, run_measured, run_profiled, settle, unique_blobs,
+};
 use crate::services::RegistryProcess;
 
 /// Every unique blob GET into its own file, `parallel` at a time.
@@ -136,6 +138,7 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
         .arg("-o")
         .arg(work.join("save-failed.txt"))
         .stdout(std::process::Stdio::null());
+    tokio::task::block_in_place(settle);
     let (p, disk) =
         tokio::task::block_in_place(|| with_disk_peak(work, || run_profiled(&mut save)));
     let p = p?;
@@ -162,6 +165,7 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
         .arg("-o")
         .arg(work.join("save-failed.txt"))
         .stdout(std::process::Stdio::null());
+    tokio::task::block_in_place(settle);
     let (p, disk) =
         tokio::task::block_in_place(|| with_disk_peak(work, || run_profiled(&mut cached)));
     let p = p?;
@@ -198,6 +202,7 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
         .arg("-o")
         .arg(work.join("save-failed.txt"))
         .stdout(std::process::Stdio::null());
+    tokio::task::block_in_place(settle);
     let (p, disk) =
         tokio::task::block_in_place(|| with_disk_peak(work, || run_profiled(&mut far_save)));
     let p = p?;
@@ -212,6 +217,7 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
     for (tool, transport) in [("skopeo → oci:", "oci"), ("skopeo → dir:", "dir")] {
         let target = work.join(format!("skopeo-{transport}"));
         std::fs::create_dir_all(&target)?;
+        tokio::task::block_in_place(settle);
         let start = Instant::now();
         let mut peak = 0;
         for (n, line) in spec.lines.iter().enumerate() {
@@ -238,6 +244,7 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
 
     let raw_dir = work.join("raw-save");
     std::fs::create_dir_all(&raw_dir)?;
+    tokio::task::block_in_place(settle);
     let start = Instant::now();
     raw_save(&spec.source, &blobs, &raw_dir, 32).await?;
     out.push(row(
@@ -255,11 +262,13 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
         .args(["-d", &dest.addr, "-o"])
         .arg(work.join("load-failed.txt"))
         .stdout(std::process::Stdio::null());
+    tokio::task::block_in_place(settle);
     let (t, rss) = tokio::task::block_in_place(|| run_measured(&mut load))?;
     out.push(row("hangar load (zip)", t.as_secs_f64(), bytes, rss));
     drop(dest);
 
     let dest = RegistryProcess::start()?;
+    tokio::task::block_in_place(settle);
     let start = Instant::now();
     raw_copy(&spec.source, &dest.addr, &blobs, 32).await?;
     out.push(row(

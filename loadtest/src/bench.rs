@@ -27,6 +27,13 @@ pub struct Measurement {
 }
 
 /// Runs a child, polling its peak RSS (VmHWM) until it exits.
+/// Writes the page cache's dirty pages out before a timed run, so that what earlier steps
+/// wrote (the seeded images, the tool before) is not written back during the next tool's
+/// time: on this machine the registries' disk is the machine's.
+pub fn settle() {
+    let _ = Command::new("sync").status();
+}
+
 pub fn run_measured(cmd: &mut Command) -> Result<(Duration, Option<u64>)> {
     let p = run_profiled(cmd)?;
     Ok((p.elapsed, p.peak_rss_kib))
@@ -259,6 +266,7 @@ pub async fn run_network(
         let dest = RegistryProcess::start()?;
         let dst_proxy = proxy::start("127.0.0.1:0", &dest.addr, opts).await?;
         let (src, dst) = (src_proxy.addr.clone(), dst_proxy.addr.clone());
+        tokio::task::block_in_place(settle);
         let (elapsed, rss) = match tool {
             "hangar" => {
                 let mut cmd = spec.mirror_command(&list, &dst);

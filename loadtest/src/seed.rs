@@ -200,7 +200,7 @@ pub async fn push_bytes(
         .await?
     {
         let stream = futures_util::stream::once(async move { Ok(bytes) }).boxed();
-        reg.push_blob(repo, &desc, stream).await?;
+        reg.push_blob(repo, &desc, stream, None).await?;
     }
     Ok(desc)
 }
@@ -233,7 +233,7 @@ pub async fn push_layer_file(
     let mut attempt = 0;
     loop {
         match reg
-            .push_blob(repo, &desc, file_stream(layer.path.clone()))
+            .push_blob(repo, &desc, file_stream(layer.path.clone()), None)
             .await
         {
             Err(e) if e.class.is_retryable() && attempt < 2 => attempt += 1,

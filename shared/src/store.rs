@@ -118,6 +118,18 @@ pub struct Abilities {
     pub leased_fills: bool,
 }
 
+/// What a store said of a blob before it is put there.
+#[derive(Debug)]
+pub enum BlobLook {
+    Present,
+    /// Not there; the upload the store opened on the way, if it did.
+    Absent(Option<OpenedUpload>),
+}
+
+/// An upload a registry opened for one blob of one repository: where its `PUT` goes.
+#[derive(Debug)]
+pub struct OpenedUpload(pub(crate) reqwest::Url);
+
 /// Blobs and manifests by digest, in repositories.
 #[async_trait]
 pub trait ImageStore: Send + Sync + fmt::Debug {
@@ -130,6 +142,28 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
         progress: Option<Arc<AtomicU64>>,
     ) -> Result<ByteStream>;
     async fn put_blob(&self, repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()>;
+    /// Whether `repo` holds the blob, asked before it is put there; with its upload already
+    /// opened when the store answers both in one request.
+    async fn look_before_put(&self, repo: &str, digest: &Digest) -> Result<BlobLook> {
+        Ok(
+            match self.blob_exists(repo, digest, Side::Destination).await? {
+                true => BlobLook::Present,
+                false => BlobLook::Absent(None),
+            },
+        )
+    }
+    /// Ends an upload [`ImageStore::look_before_put`] opened that no copy will finish.
+    async fn drop_upload(&self, _repo: &str, _opened: OpenedUpload) {}
+    /// [`ImageStore::put_blob`] into the upload [`ImageStore::look_before_put`] opened.
+    async fn put_blob_opened(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        stream: ByteStream,
+        _opened: OpenedUpload,
+    ) -> Result<()> {
+        self.put_blob(repo, desc, stream).await
+    }
     /// `Ok(false)` when the store cannot mount and the blob must be copied.
     async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool>;
     async fn get_manifest(
@@ -170,7 +204,22 @@ impl ImageStore for Registry {
         self.blob_stream(repo, desc, progress).await
     }
     async fn put_blob(&self, repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()> {
-        self.push_blob(repo, desc, stream).await
+        self.push_blob(repo, desc, stream, None).await
+    }
+    async fn look_before_put(&self, repo: &str, digest: &Digest) -> Result<BlobLook> {
+        self.look_or_open(repo, digest).await
+    }
+    async fn put_blob_opened(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        stream: ByteStream,
+        opened: OpenedUpload,
+    ) -> Result<()> {
+        self.push_blob(repo, desc, stream, Some(opened)).await
+    }
+    async fn drop_upload(&self, repo: &str, opened: OpenedUpload) {
+        self.abandon_opened(repo, opened).await
     }
     async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool> {
         Registry::mount_blob(self, repo, from_repo, digest).await

@@ -1,5 +1,6 @@
 //! Ensure one blob is in one destination repository: a cross-repository mount when a
-//! candidate shares the registry, else a HEAD, else one verified stream source → dest.
+//! candidate shares the registry, else a look (which a registry answers with the upload
+//! already opened), else one verified stream source → dest.
 
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -8,10 +9,10 @@ use std::sync::atomic::AtomicU64;
 use hangar_shared::cache::BlobCache;
 use hangar_shared::error::{FailureClass, Result};
 use hangar_shared::lease::BlobLeases;
-use hangar_shared::registry::Side;
-use hangar_shared::store::{ImageStore, StoreRef};
+use hangar_shared::manifest::Descriptor;
+use hangar_shared::store::{BlobLook, ImageStore, OpenedUpload, StoreRef};
 use hangar_shared::task::{BlobTask, Outcome};
-use hangar_shared::verify::verified;
+use hangar_shared::verify::{ByteStream, verified};
 
 use crate::Context;
 
@@ -55,12 +56,24 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
             });
         }
     }
-    if dest
-        .blob_exists(&task.dest.repo, digest, Side::Destination)
-        .await?
-    {
-        return Ok(Outcome::BlobPresent);
-    }
+    let opened = match dest.look_before_put(&task.dest.repo, digest).await? {
+        BlobLook::Present => return Ok(Outcome::BlobPresent),
+        BlobLook::Absent(opened) => Opened(std::sync::Mutex::new(opened)),
+    };
+    let copied = put(ctx, task, dest.as_ref(), &opened).await;
+    opened.close(dest.as_ref(), &task.dest.repo).await;
+    copied
+}
+
+/// The blob into `dest`, which does not hold it: the task's inline bytes, through the
+/// cache, or streamed from the source.
+async fn put(
+    ctx: &Context,
+    task: &BlobTask,
+    dest: &dyn ImageStore,
+    opened: &Opened,
+) -> Result<Outcome> {
+    let digest = &task.desc.digest;
     if let Some(bytes) = &task.inline {
         let what = format!("push blob {digest} -> {}", task.dest);
         ctx.retry
@@ -73,7 +86,7 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
                     task.desc.size,
                     Some(crate::progress::counter(ctx)),
                 );
-                dest.put_blob(&task.dest.repo, &task.desc, stream).await
+                opened.put(dest, &task.dest.repo, &task.desc, stream).await
             })
             .await?;
         return Ok(Outcome::BlobCopied {
@@ -84,7 +97,7 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
     if let Some(cache) = &ctx.cache
         && !task.source.store.abilities().local_reads
     {
-        return through_cache(ctx, cache, task, dest.as_ref()).await;
+        return through_cache(ctx, cache, task, dest, opened).await;
     }
     let source = ctx.stores.resolve(&task.source.store).await?;
     let what = format!("copy blob {digest} {} -> {}", task.source, task.dest);
@@ -97,13 +110,39 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
                     Some(crate::progress::counter(ctx)),
                 )
                 .await?;
-            dest.put_blob(&task.dest.repo, &task.desc, stream).await
+            opened.put(dest, &task.dest.repo, &task.desc, stream).await
         })
         .await?;
     Ok(Outcome::BlobCopied {
         bytes: task.desc.size,
         cached: false,
     })
+}
+
+/// The upload the destination opened when it was asked for the blob: the first attempt's
+/// PUT goes there, a retry opens its own, and one left unused is ended.
+struct Opened(std::sync::Mutex<Option<OpenedUpload>>);
+
+impl Opened {
+    async fn put(
+        &self,
+        dest: &dyn ImageStore,
+        repo: &str,
+        desc: &Descriptor,
+        stream: ByteStream,
+    ) -> Result<()> {
+        let opened = self.0.lock().ok().and_then(|mut o| o.take());
+        match opened {
+            Some(opened) => dest.put_blob_opened(repo, desc, stream, opened).await,
+            None => dest.put_blob(repo, desc, stream).await,
+        }
+    }
+
+    async fn close(self, dest: &dyn ImageStore, repo: &str) {
+        if let Some(opened) = self.0.into_inner().ok().flatten() {
+            dest.drop_upload(repo, opened).await;
+        }
+    }
 }
 
 /// Source → cache only (`save`: the assembler writes the archive from the cache).
@@ -180,6 +219,7 @@ async fn through_cache(
     cache: &BlobCache,
     task: &BlobTask,
     dest: &dyn ImageStore,
+    opened: &Opened,
 ) -> Result<Outcome> {
     let digest = &task.desc.digest;
     let hit = ensure_cached(ctx, cache, task, None).await?;
@@ -187,7 +227,7 @@ async fn through_cache(
         let stream = cache
             .get(&task.desc, Some(crate::progress::counter(ctx)))
             .await?;
-        dest.put_blob(&task.dest.repo, &task.desc, stream).await
+        opened.put(dest, &task.dest.repo, &task.desc, stream).await
     };
     let what = format!("copy blob {digest} via the cache -> {}", task.dest);
     match ctx.retry.run(&what, deliver).await {

@@ -262,6 +262,13 @@ pub struct StoreFileArgs {
     /// Verify certificates of https URLs.
     #[arg(long = "tls-verify", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub tls_verify: bool,
+    /// The largest file taken from a URL (e.g. 16G, 700M); a larger one is refused as it
+    /// comes, and the archive left as it was.
+    #[arg(long = "max-size", default_value = "16G")]
+    pub max_size: String,
+    /// Bound on each URL's download as a whole, e.g. 1h, 90s.
+    #[arg(long = "timeout", default_value = "1h")]
+    pub timeout: String,
     /// Local files or http(s) URLs.
     #[arg(required = true)]
     pub urls: Vec<String>,

@@ -22,8 +22,11 @@ use crate::console::Console;
 pub async fn store_files(args: &StoreFileArgs, console: &Console) -> Result<()> {
     let archive = args.file.as_str();
     let base = open_existing(archive).await?;
-    let downloads = tempfile::tempdir().context("a directory for downloads")?;
-    let http = http_client(args.tls_verify)?;
+    let staging = tempfile::tempdir().context("a directory for downloads")?;
+    let max_size = super::parse_size(&args.max_size).context("--max-size")?;
+    let within = humantime::parse_duration(&args.timeout)
+        .with_context(|| format!("--timeout {:?}", args.timeout))?;
+    let downloads = super::bounded::Downloads::new(http_client(args.tls_verify)?, Some(within));
     let created = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut blobs = StagedBlobs::default();
     let mut images = Vec::new();
@@ -36,8 +39,17 @@ pub async fn store_files(args: &StoreFileArgs, console: &Console) -> Result<()> 
         let (path, (digest, size)) = if url.starts_with("oci://") {
             bail!("failed to add {url:?}: file protocol does not support Helm OCI image");
         } else if url.starts_with("http://") || url.starts_with("https://") {
-            let to = downloads.path().join(n.to_string());
-            let got = custom::download(&http, url, &to)
+            let to = staging.path().join(n.to_string());
+            downloads
+                .get(url, Some(&to), max_size)
+                .await
+                .with_context(|| {
+                    format!(
+                        "failed to add {url:?} (--max-size {}, --timeout {})",
+                        args.max_size, args.timeout
+                    )
+                })?;
+            let got = custom::hash_file(&to)
                 .await
                 .with_context(|| format!("failed to add {url:?}"))?;
             (to, got)

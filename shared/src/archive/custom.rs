@@ -387,38 +387,6 @@ pub async fn hash_file(path: &std::path::Path) -> Result<(Digest, u64)> {
     .map_err(|e| Error::internal(format!("hashing a file: {e}")))?
 }
 
-/// Downloads `url` into the file `to`, hashing on the way: its digest and size.
-pub async fn download(
-    http: &reqwest::Client,
-    url: &str,
-    to: &std::path::Path,
-) -> Result<(Digest, u64)> {
-    use sha2::Digest as _;
-    use tokio::io::AsyncWriteExt;
-    let net =
-        |e: reqwest::Error| Error::new(crate::error::FailureClass::Network, format!("{url}: {e}"));
-    let resp = http.get(url).send().await.map_err(net)?;
-    if resp.status() != reqwest::StatusCode::OK {
-        return Err(Error::not_found(format!(
-            "failed to get url {url:?}: {}",
-            resp.status()
-        )));
-    }
-    let fail = |e: std::io::Error| Error::invalid(format!("{}: {e}", to.display()));
-    let mut file = tokio::fs::File::create(to).await.map_err(fail)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut size = 0u64;
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(net)?;
-        hasher.update(&chunk);
-        size += chunk.len() as u64;
-        file.write_all(&chunk).await.map_err(fail)?;
-    }
-    file.flush().await.map_err(fail)?;
-    Ok((Digest::from_sha256(&hasher.finalize()), size))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! repeated (a consumed stream cannot: the copy is retried whole).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::{StreamExt, TryStreamExt};
 use reqwest::{Method, StatusCode, Url};
@@ -14,6 +14,7 @@ use super::{Registry, Side};
 use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
 use crate::manifest::Descriptor;
+use crate::store::{BlobLook, OpenedUpload};
 use crate::verify::{ByteStream, verified};
 
 impl Registry {
@@ -112,15 +113,28 @@ impl Registry {
     /// Uploads a blob from a stream: a POST for an upload location, then one PUT of the
     /// whole body with its length. If the stream fails (a digest mismatch on its last chunk
     /// included) the upload is abandoned unfinished, and the stream's own error returned.
-    pub async fn push_blob(&self, repo: &str, desc: &Descriptor, stream: ByteStream) -> Result<()> {
+    ///
+    /// `opened`: the upload [`Registry::look_or_open`] opened, used instead of a POST.
+    pub async fn push_blob(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        stream: ByteStream,
+        opened: Option<OpenedUpload>,
+    ) -> Result<()> {
         let what = format!("{}/{repo}@{}", self.host, desc.digest);
         let target = Target::push(repo, &what);
-        let start = self.url(&format!("/v2/{repo}/blobs/uploads/"));
-        let post = self.send(Method::POST, &start, target, |r| {
-            r.header(reqwest::header::CONTENT_LENGTH, 0)
-        });
-        let opened = self.own_request("blob-upload", &what, post).await?;
-        let opened = upload_location(&opened, &what)?;
+        let opened = match opened {
+            Some(OpenedUpload(location)) => location,
+            None => {
+                let start = self.url(&format!("/v2/{repo}/blobs/uploads/"));
+                let post = self.send(Method::POST, &start, target, |r| {
+                    r.header(reqwest::header::CONTENT_LENGTH, 0)
+                });
+                let opened = self.own_request("blob-upload", &what, post).await?;
+                upload_location(&opened, &what)?
+            }
+        };
         let mut location = opened.clone();
         location
             .query_pairs_mut()
@@ -184,6 +198,10 @@ impl Registry {
                     Ok(resp) if resp.status() == StatusCode::CREATED => Ok(true),
                     Ok(resp) if resp.status() != StatusCode::ACCEPTED => Ok(false),
                     Ok(resp) => {
+                        // A repository this job already put the blob in, declined: the
+                        // registry does not mount, and a mount's answer says nothing of
+                        // what it holds ([`Registry::look_or_open`]).
+                        self.mounts_declined.store(true, Ordering::Relaxed);
                         // Declined: the upload it opened instead is not the one we make.
                         if let Ok(location) = upload_location(&resp, &what) {
                             self.abandon_upload(&location, Target::push(repo, &what))
@@ -200,9 +218,62 @@ impl Registry {
             })
             .await
     }
+
+    /// Whether `repo` holds the blob, asked as a mount from `repo` itself: a registry that
+    /// holds it links it again (201, nothing to send), one that does not opens the upload
+    /// the copy needs (202) — one request where a look and an upload's start are two.
+    /// A registry that declined a real mount, or refuses the question, is looked at with a
+    /// HEAD instead: its 202 would not say the blob is missing.
+    pub async fn look_or_open(&self, repo: &str, digest: &Digest) -> Result<BlobLook> {
+        if !self.mounts_declined.load(Ordering::Relaxed) {
+            let what = format!("{}/{repo} look for {digest}", self.host);
+            let mut url = Url::parse(&self.url(&format!("/v2/{repo}/blobs/uploads/")))
+                .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+            url.query_pairs_mut()
+                .append_pair("mount", &digest.to_string())
+                .append_pair("from", repo);
+            let asked = self
+                .retry
+                .run(&what, || async {
+                    let post =
+                        self.send(Method::POST, url.as_str(), Target::push(repo, &what), |r| {
+                            r.header(reqwest::header::CONTENT_LENGTH, 0)
+                        });
+                    match self.own_request("blob-look", &what, post).await {
+                        Ok(resp) if resp.status() == StatusCode::CREATED => {
+                            Ok(Some(BlobLook::Present))
+                        }
+                        Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
+                            let location = upload_location(&resp, &what)?;
+                            Ok(Some(BlobLook::Absent(Some(OpenedUpload(location)))))
+                        }
+                        Ok(_) => Ok(None),
+                        Err(e) if !e.class.is_retryable() => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                })
+                .await?;
+            if let Some(look) = asked {
+                return Ok(look);
+            }
+        }
+        Ok(
+            match self.blob_exists(repo, digest, Side::Destination).await? {
+                true => BlobLook::Present,
+                false => BlobLook::Absent(None),
+            },
+        )
+    }
 }
 
 impl Registry {
+    /// Ends an upload [`Registry::look_or_open`] opened that no copy will finish.
+    pub async fn abandon_opened(&self, repo: &str, opened: OpenedUpload) {
+        let what = format!("{}/{repo} upload", self.host);
+        self.abandon_upload(&opened.0, Target::push(repo, &what))
+            .await
+    }
+
     /// Ends an upload the registry opened and nobody will finish, so that it does not keep
     /// it (distribution purges them only after a week). One try, bounded; its failure is
     /// no one's concern. Only an upload session of `target`'s repository is ended, and not where bearer

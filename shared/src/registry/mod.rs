@@ -88,6 +88,9 @@ pub struct Registry {
     foreign_realm: Option<Error>,
     /// Why the registry did not answer `/v2/` at connect, if it did not.
     unreachable: Option<String>,
+    /// The registry answered a cross-repository mount with an upload: it does not mount
+    /// (or not for us), so a blob is looked for with a HEAD.
+    mounts_declined: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -212,6 +215,7 @@ impl Registry {
             tokens,
             foreign_realm,
             unreachable,
+            mounts_declined: Default::default(),
         })
     }
 

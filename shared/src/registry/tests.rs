@@ -267,7 +267,9 @@ async fn an_upload_location_on_another_host_gets_no_credentials() {
         desc.size,
         None,
     );
-    reg.push_blob("app", &desc, stream).await.expect("upload");
+    reg.push_blob("app", &desc, stream, None)
+        .await
+        .expect("upload");
     let own = seen.lock().expect("seen").clone();
     let post = own
         .iter()
@@ -341,4 +343,88 @@ async fn a_declined_mount_ends_the_upload_it_opened() {
             .any(|s| s.method == "DELETE" && s.path == "/v2/app/blobs/uploads/u1?_state=s"),
         "{seen:?}"
     );
+}
+
+/// A blob is looked for as a mount from its own repository: a 201 says it is there (no
+/// HEAD, no upload), a 202 opens the upload its PUT then uses (one POST in all). Once the
+/// registry has declined a real mount, its 202 says nothing and a HEAD decides instead.
+#[tokio::test]
+async fn a_blob_is_looked_for_by_a_mount_from_its_own_repository() {
+    let (addr, seen) = peer(Arc::new(|path: &str, _| {
+        let opened = "Location: /v2/app/blobs/uploads/u1?_state=s\r\n".to_owned();
+        match path {
+            p if p.contains("mount=sha256%3A") && p.contains("from=app") => {
+                // Holds what it is asked for from `app` itself; mounts from nowhere else.
+                match p.contains(crate::digest::Digest::of(b"held").hex()) {
+                    true => (201, String::new(), String::new()),
+                    false => (202, opened, String::new()),
+                }
+            }
+            p if p.contains("mount=") => (202, opened, String::new()),
+            p if p.starts_with("/v2/app/blobs/sha256:") => (404, String::new(), String::new()),
+            p if p.starts_with("/v2/app/blobs/uploads/u1") => (201, String::new(), String::new()),
+            _ => (200, String::new(), "{}".to_owned()),
+        }
+    }))
+    .await;
+    let reg = Registry::connect(&addr, &plain_http(), None)
+        .await
+        .expect("connect");
+    let held = crate::digest::Digest::of(b"held");
+    assert!(matches!(
+        reg.look_or_open("app", &held).await.expect("look"),
+        crate::store::BlobLook::Present
+    ));
+    let body = bytes::Bytes::from_static(b"new");
+    let desc = crate::manifest::Descriptor {
+        media_type: "application/octet-stream".into(),
+        digest: crate::digest::Digest::of(&body),
+        size: body.len() as u64,
+        urls: None,
+        annotations: None,
+        platform: None,
+    };
+    let crate::store::BlobLook::Absent(Some(opened)) =
+        reg.look_or_open("app", &desc.digest).await.expect("look")
+    else {
+        panic!("the upload the look opened is kept");
+    };
+    let stream = crate::verify::verified(
+        futures_util::StreamExt::boxed(futures_util::stream::iter([Ok(body)])),
+        desc.digest.clone(),
+        desc.size,
+        None,
+    );
+    reg.push_blob("app", &desc, stream, Some(opened))
+        .await
+        .expect("upload");
+    let log = seen.lock().expect("seen").clone();
+    let posts = log.iter().filter(|s| s.method == "POST").count();
+    assert_eq!(
+        posts, 2,
+        "one look each, no second POST for the upload: {log:?}"
+    );
+    assert!(!log.iter().any(|s| s.method == "HEAD"), "{log:?}");
+    assert!(
+        log.iter().any(|s| s.method == "PUT"
+            && s.path
+                .starts_with("/v2/app/blobs/uploads/u1?_state=s&digest=")),
+        "{log:?}"
+    );
+
+    // A declined mount from another repository: the registry does not mount.
+    assert!(
+        !reg.mount_blob("app", "other", &held)
+            .await
+            .expect("declined")
+    );
+    let before = seen.lock().expect("seen").len();
+    let look = reg.look_or_open("app", &held).await.expect("look");
+    assert!(
+        matches!(look, crate::store::BlobLook::Absent(None)),
+        "{look:?}"
+    );
+    let after = seen.lock().expect("seen")[before..].to_vec();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].method, "HEAD", "{after:?}");
 }

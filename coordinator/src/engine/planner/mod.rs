@@ -12,6 +12,8 @@ mod select;
 
 use std::sync::Arc;
 
+use futures_util::{StreamExt, TryStreamExt};
+
 use bytes::Bytes;
 use hangar_shared::archive::ArchiveImage;
 use hangar_shared::cache::BlobCache;
@@ -163,35 +165,21 @@ pub const INLINE_LIMIT: usize = 256 << 10;
 
 pub const NO_PLATFORM: &str = "no available image for specified arch and os";
 
-/// Whether the destination's manifest at the image's tag already holds the selection: the
-/// very source index for a complete one; for a subset, an index listing every selected
-/// digest that the copy's merge would leave exactly as it is (a registry holds what its
-/// indexes list).
-async fn already_present(
-    dest: &dyn ImageStore,
-    job: &ImageJob,
-    selection: &Selection,
-) -> Result<Option<Digest>> {
-    let Some(found) = dest
-        .get_manifest(
-            &job.name.dest.repository(),
-            &job.name.dest.manifest_reference(),
-            Side::Destination,
-        )
-        .await?
-    else {
-        return Ok(None);
-    };
+/// Whether the destination's manifest at the image's tag (`found`) already holds the
+/// selection: the very source index for a complete one; for a subset, an index listing
+/// every selected digest that the copy's merge would leave exactly as it is (a registry
+/// holds what its indexes list).
+fn already_present(found: RawManifest, selection: &Selection) -> Option<Digest> {
     // A complete selection is copied as the source index itself: only that is present.
     if selection.complete {
         let same = selection
             .top
             .as_ref()
             .is_some_and(|t| t.digest == found.digest);
-        return Ok(same.then_some(found.digest));
+        return same.then_some(found.digest);
     }
     let Ok(Manifest::Index(index)) = found.parse() else {
-        return Ok(None);
+        return None;
     };
     // Present only if the merge the copy would make leaves the index as it is: every
     // selected digest listed, nothing the merge would drop or reorder, already OCI.
@@ -199,12 +187,20 @@ async fn already_present(
     let all_listed = selection.entries.iter().all(|e| listed(&e.digest));
     let unchanged =
         !hangar_shared::index_builder::build(Some(&index), &selection.entries, false).changed;
-    Ok((all_listed && unchanged).then_some(found.digest))
+    (all_listed && unchanged).then_some(found.digest)
 }
+
+/// Platform manifests read at once per image: an index's selected platforms are fetched
+/// together (one round trip, not one each), a hostile index's hundreds a few at a time.
+const MANIFESTS_AT_ONCE: usize = 8;
 
 /// Resolves everything one image needs. `dest`: the destination to look at first (a registry destination of a plain copy), so
 /// that an image whose tag already lists its selection is found present — when the source
 /// holds no signature or attestation for it that a copy would carry.
+///
+/// Each round trip is made once and as early as it can be: the destination's tag is read
+/// while the source's is, and the source's attachments are listed once, while its platform
+/// manifests are read.
 pub async fn plan(
     store: &dyn ImageStore,
     cache: Option<&BlobCache>,
@@ -220,15 +216,29 @@ pub async fn plan(
             "{source}: image is a sigstore signature"
         )));
     }
-    let selection = select(
+    let looked_at = async {
+        match dest.filter(|_| job.name.dest.tag.is_some()) {
+            Some(dest) => Some(
+                dest.get_manifest(
+                    &job.name.dest.repository(),
+                    &job.name.dest.manifest_reference(),
+                    Side::Destination,
+                )
+                .await,
+            ),
+            None => None,
+        }
+    };
+    let selecting = select(
         store,
         cache,
         source,
         filter,
         provenance,
         Schema1Use::Convert,
-    )
-    .await?;
+    );
+    let (selection, looked_at) = futures_util::future::join(selecting, looked_at).await;
+    let selection = selection?;
     if !selection.entries.iter().any(|e| !e.is_attestation()) {
         return Ok(Planned::Skip(NO_PLATFORM.to_owned()));
     }
@@ -236,47 +246,44 @@ pub async fn plan(
         return Err(Error::internal("selection without a manifest"));
     };
     let repo = source.repository();
-    if let Some(dest) = dest
-        && job.name.dest.tag.is_some()
-    {
-        // Both looks at once: the destination's tag, and what a copy would carry beside it.
-        let mut kept: Vec<Digest> = selection.entries.iter().map(|e| e.digest.clone()).collect();
-        if selection.complete {
-            kept.push(top.digest.clone());
-        }
-        let carried = async {
-            match signatures {
-                true => attachments(store, &repo, &kept).await.map(|a| a.is_empty()),
-                false => Ok(true),
-            }
-        };
-        let (present, nothing_carried) =
-            futures_util::future::join(already_present(dest, job, &selection), carried).await;
-        // The look is a shortcut, not a step: a destination this process may not read (on
-        // the fleet only the workers may hold its credentials) is planned as ever.
-        let present = present.unwrap_or_else(|e| {
+    // Digests that keep their identity at the destination: every selected platform
+    // manifest, and the index when it is copied whole.
+    let mut kept: Vec<Digest> = selection.entries.iter().map(|e| e.digest.clone()).collect();
+    if selection.complete {
+        kept.push(top.digest.clone());
+    }
+    // The look is a shortcut, not a step: a destination this process may not read (on the
+    // fleet only the workers may hold its credentials) is planned as ever.
+    let present = match looked_at {
+        Some(Ok(Some(found))) => already_present(found, &selection),
+        Some(Err(e)) => {
             tracing::debug!(image = %job.name.dest, "the destination's tag could not be read: {e}");
             None
-        });
-        if let (Some(digest), true) = (present, nothing_carried?) {
-            return Ok(Planned::Present(digest));
         }
-    }
+        _ => None,
+    };
+    let listing = async {
+        match signatures {
+            true => attachments(store, &repo, &kept).await,
+            false => Ok(Vec::new()),
+        }
+    };
+    let reading = platform_manifests(store, &repo, source, &selection, &top);
+    let (carried, manifests) = match present {
+        Some(digest) => {
+            let carried = listing.await?;
+            if carried.is_empty() {
+                return Ok(Planned::Present(digest));
+            }
+            (carried, reading.await?)
+        }
+        None => {
+            let (carried, manifests) = futures_util::future::join(listing, reading).await;
+            (carried?, manifests?)
+        }
+    };
     let mut platforms = Vec::with_capacity(selection.entries.len());
-    for entry in &selection.entries {
-        let manifest = if selection.single {
-            top.clone()
-        } else {
-            store
-                .get_manifest(&repo, &entry.digest.to_string(), Side::Source)
-                .await?
-                .ok_or_else(|| {
-                    Error::not_found(format!(
-                        "{source}: platform manifest {} is missing",
-                        entry.digest
-                    ))
-                })?
-        };
+    for (entry, manifest) in selection.entries.iter().zip(manifests) {
         let image = match manifest.parse()? {
             Manifest::Image(i) => i,
             Manifest::Index(_) => {
@@ -341,9 +348,9 @@ pub async fn plan(
         }
     };
     if signatures {
-        // Digests that keep their identity at the destination: every platform manifest, and
-        // the index when it is pushed unchanged.
-        let mut kept: Vec<Digest> = platforms
+        // The attachments were listed for the selected digests; a platform manifest that
+        // is not the entry that named it (a converted schema 1) is listed again.
+        let mut pushed: Vec<Digest> = platforms
             .iter()
             .map(|p| p.manifest.digest.clone())
             .collect();
@@ -352,16 +359,54 @@ pub async fn plan(
                 source_index: Some(i),
                 ..
             }
-            | TopPlan::ByDigest(i) => kept.push(i.digest.clone()),
+            | TopPlan::ByDigest(i) => pushed.push(i.digest.clone()),
             _ => {}
         }
-        platforms.extend(attachments(store, &repo, &kept).await?);
+        match pushed == kept {
+            true => platforms.extend(carried),
+            false => platforms.extend(attachments(store, &repo, &pushed).await?),
+        }
     }
     Ok(Planned::Plan(ImagePlan {
         platforms,
         top: top_plan,
         source: None,
     }))
+}
+
+/// The selection's platform manifests, in its order: the top manifest itself for a single
+/// image, else each entry read from `repo`.
+async fn platform_manifests(
+    store: &dyn ImageStore,
+    repo: &str,
+    source: &ImageRef,
+    selection: &Selection,
+    top: &RawManifest,
+) -> Result<Vec<RawManifest>> {
+    if selection.single {
+        return Ok(selection.entries.iter().map(|_| top.clone()).collect());
+    }
+    // Built before they are streamed: a stream's own `map` closure here makes the planner's
+    // future lose `Send` (rustc's higher-ranked lifetime limits).
+    let reads: Vec<_> = selection
+        .entries
+        .iter()
+        .map(|entry| async move {
+            store
+                .get_manifest(repo, &entry.digest.to_string(), Side::Source)
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "{source}: platform manifest {} is missing",
+                        entry.digest
+                    ))
+                })
+        })
+        .collect();
+    futures_util::stream::iter(reads)
+        .buffered(MANIFESTS_AT_ONCE)
+        .try_collect()
+        .await
 }
 
 /// Tags listed in one request to learn which attachments a repository holds; a repository
