@@ -96,6 +96,8 @@ async fn blobs_already_at_the_destination_are_found_in_one_request_and_not_sent(
     // A fresh destination: every blob looked for with the upload's own POST, none with a HEAD.
     let log = env.dst.log();
     assert!(!log.contains("\"HEAD /v2/shared/"), "{log}");
+    // The source's tags listed once per image, for its signatures and attestations.
+    assert_eq!(env.src.log().matches("/tags/list").count(), 2);
 
     let dst = common::registry(&env.dst.addr).await;
     let tagged = dst
