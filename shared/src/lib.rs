@@ -17,6 +17,7 @@ pub mod local_file;
 pub mod manifest;
 pub mod memory;
 pub mod policy;
+pub mod process_group;
 pub mod queue;
 pub mod ratelimit;
 pub mod reference;

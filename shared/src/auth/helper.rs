@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::Credentials;
 use crate::error::{Error, Result};
+use crate::process_group::ProcessGroup;
 
 const MAX_ANSWER: u64 = 64 << 10;
 const TIME_LIMIT: Duration = Duration::from_secs(30);
@@ -61,7 +62,7 @@ fn ask(program: &str, registry: &str, limit: Duration) -> Result<Option<Credenti
         }
         _ => fail(format!("cannot run it: {e}")),
     })?;
-    let group = Group(if grouped { child.id() as i32 } else { 0 });
+    let group = grouped.then(|| ProcessGroup::led_by(child.id())).flatten();
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading its input is judged by its exit status.
         let _ = stdin.write_all(server_url(registry).as_bytes());
@@ -89,7 +90,9 @@ fn ask(program: &str, registry: &str, limit: Duration) -> Result<Option<Credenti
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if started.elapsed() > limit => {
-                group.kill();
+                if let Some(g) = &group {
+                    g.kill();
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(fail(format!("no answer within {}s", limit.as_secs_f32())));
@@ -102,7 +105,9 @@ fn ask(program: &str, registry: &str, limit: Duration) -> Result<Option<Credenti
     let (answer, message) = match rx.recv_timeout(left.max(Duration::from_millis(100))) {
         Ok(read) => read,
         Err(_) => {
-            group.kill();
+            if let Some(g) = &group {
+                g.kill();
+            }
             return Err(fail(format!(
                 "it exited, but its output stayed open past {}s (a process it started holds it)",
                 limit.as_secs_f32()
@@ -137,21 +142,6 @@ fn ask(program: &str, registry: &str, limit: Duration) -> Result<Option<Credenti
         username: a.username,
         password: a.secret,
     }))
-}
-
-/// A helper's process group, killed whole: what it started goes with it.
-struct Group(i32);
-
-impl Group {
-    fn kill(&self) {
-        if self.0 > 0 {
-            // SAFETY: killpg only sends a signal; the group is the helper's own (it was
-            // started as its leader), never this process's.
-            unsafe {
-                libc::killpg(self.0, libc::SIGKILL);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

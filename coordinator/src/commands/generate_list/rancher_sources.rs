@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use hangar_shared::process_group::ProcessGroup;
 
 /// How long one clone may take: Rancher's chart repository is a few hundred MB at depth 1.
 const CLONE_TIME: Duration = Duration::from_secs(30 * 60);
@@ -94,7 +95,10 @@ pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration
     };
     // Whatever ends the wait (the time, Ctrl-C dropping the run, an error) ends git and
     // its helpers too.
-    let group = child.id().and_then(|g| i32::try_from(g).ok()).map(Group);
+    let group = child
+        .id()
+        .and_then(ProcessGroup::led_by)
+        .map(ProcessGroup::killed_on_drop);
     let mut child = child;
     // What git says is the server's to fill (its sideband messages): kept up to 64 KiB,
     // the rest read and dropped so that git never waits on a full pipe.
@@ -140,18 +144,6 @@ async fn keep_head(mut from: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
                 let room = KEPT.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
             }
-        }
-    }
-}
-
-/// A process group, killed when this is dropped (a group already gone is no matter).
-struct Group(i32);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        // SAFETY: a signal to the process group git leads; no memory is touched.
-        unsafe {
-            libc::killpg(self.0, libc::SIGKILL);
         }
     }
 }
