@@ -26,7 +26,6 @@ pub struct Measurement {
     pub peak_rss_kib: Option<u64>,
 }
 
-/// Runs a child, polling its peak RSS (VmHWM) until it exits.
 /// Writes the page cache's dirty pages out before a timed run, so that what earlier steps
 /// wrote (the seeded images, the tool before) is not written back during the next tool's
 /// time: on this machine the registries' disk is the machine's.
@@ -34,6 +33,7 @@ pub fn settle() {
     let _ = Command::new("sync").status();
 }
 
+/// Runs a child, polling its peak RSS (VmHWM) until it exits.
 pub fn run_measured(cmd: &mut Command) -> Result<(Duration, Option<u64>)> {
     let p = run_profiled(cmd)?;
     Ok((p.elapsed, p.peak_rss_kib))

@@ -266,8 +266,9 @@ pub struct StoreFileArgs {
     /// comes, and the archive left as it was.
     #[arg(long = "max-size", default_value = "16G")]
     pub max_size: String,
-    /// Bound on each URL's download as a whole, e.g. 1h, 90s.
-    #[arg(long = "timeout", default_value = "1h")]
+    /// Bound on each URL's download as a whole, e.g. 6h, 90s (16 GiB in 6 hours needs
+    /// about 6.5 Mbit/s).
+    #[arg(long = "timeout", default_value = "6h")]
     pub timeout: String,
     /// Local files or http(s) URLs.
     #[arg(required = true)]

@@ -72,7 +72,8 @@ async fn get_once(
         .send()
         .await
         .with_context(|| format!("failed to get url {url:?}"))?;
-    if !resp.status().is_success() {
+    // Only a whole answer: a partial one (206) or none (204) is not the file.
+    if resp.status() != reqwest::StatusCode::OK {
         bail!("failed to get url {url:?}: {}", resp.status());
     }
     let mut file = match to {

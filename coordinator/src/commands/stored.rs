@@ -104,8 +104,8 @@ async fn open_existing(archive: &str) -> Result<Arc<ArchiveReader>> {
 }
 
 fn http_client(tls_verify: bool) -> Result<reqwest::Client> {
-    // Bounds on connecting and on each read, not on the whole download: a large file on a
-    // slow link takes as long as it takes.
+    // Bounds on connecting and on each read; the download as a whole is the caller's to
+    // bound (`archive store file --timeout`, charts' ten minutes).
     Ok(reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(30))
         .read_timeout(std::time::Duration::from_secs(30))

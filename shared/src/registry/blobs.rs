@@ -124,6 +124,7 @@ impl Registry {
     ) -> Result<()> {
         let what = format!("{}/{repo}@{}", self.host, desc.digest);
         let target = Target::push(repo, &what);
+        let given = opened.is_some();
         let opened = match opened {
             Some(OpenedUpload(location)) => location,
             None => {
@@ -162,6 +163,18 @@ impl Registry {
             Err(e) => Err(network(&e, target)),
         };
         drop(permit);
+        // An upload opened when the blob was looked for may have expired while the blob
+        // was fetched (a slow source, the cache filled first): a retry opens a new one.
+        let sent = match sent {
+            Err(e) if given && e.class == FailureClass::NotFound => Err(Error::new(
+                FailureClass::Network,
+                format!(
+                    "{what}: the upload opened when the blob was looked for is gone: {}",
+                    e.message
+                ),
+            )),
+            sent => sent,
+        };
         self.observe(
             "blob-put",
             started.elapsed(),
@@ -195,13 +208,16 @@ impl Registry {
                     r.header(reqwest::header::CONTENT_LENGTH, 0)
                 });
                 match self.own_request("blob-mount", &what, post).await {
-                    Ok(resp) if resp.status() == StatusCode::CREATED => Ok(true),
+                    Ok(resp) if resp.status() == StatusCode::CREATED => {
+                        self.mounts.store(MOUNTS_HONOURED, Ordering::Relaxed);
+                        Ok(true)
+                    }
                     Ok(resp) if resp.status() != StatusCode::ACCEPTED => Ok(false),
                     Ok(resp) => {
                         // A repository this job already put the blob in, declined: the
                         // registry does not mount, and a mount's answer says nothing of
                         // what it holds ([`Registry::look_or_open`]).
-                        self.mounts_declined.store(true, Ordering::Relaxed);
+                        self.mounts.store(MOUNTS_DECLINED, Ordering::Relaxed);
                         // Declined: the upload it opened instead is not the one we make.
                         if let Ok(location) = upload_location(&resp, &what) {
                             self.abandon_upload(&location, Target::push(repo, &what))
@@ -222,49 +238,85 @@ impl Registry {
     /// Whether `repo` holds the blob, asked as a mount from `repo` itself: a registry that
     /// holds it links it again (201, nothing to send), one that does not opens the upload
     /// the copy needs (202) — one request where a look and an upload's start are two.
-    /// A registry that declined a real mount, or refuses the question, is looked at with a
-    /// HEAD instead: its 202 would not say the blob is missing.
+    ///
+    /// A registry that ignores the question (some answer 202 to every mount, holding the
+    /// blob or not) must not have present blobs sent again, so a 202 is believed only from
+    /// a registry that has answered a mount with 201 in this process: until then a HEAD
+    /// goes beside the POST (at once, no round trip more), and a HEAD that finds what the
+    /// POST did not marks the registry as one that does not mount — HEAD alone from then
+    /// on, as for one that declined a cross-repository mount or refuses the question.
     pub async fn look_or_open(&self, repo: &str, digest: &Digest) -> Result<BlobLook> {
-        if !self.mounts_declined.load(Ordering::Relaxed) {
-            let what = format!("{}/{repo} look for {digest}", self.host);
-            let mut url = Url::parse(&self.url(&format!("/v2/{repo}/blobs/uploads/")))
-                .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
-            url.query_pairs_mut()
-                .append_pair("mount", &digest.to_string())
-                .append_pair("from", repo);
-            let asked = self
-                .retry
-                .run(&what, || async {
-                    let post =
-                        self.send(Method::POST, url.as_str(), Target::push(repo, &what), |r| {
-                            r.header(reqwest::header::CONTENT_LENGTH, 0)
-                        });
-                    match self.own_request("blob-look", &what, post).await {
-                        Ok(resp) if resp.status() == StatusCode::CREATED => {
-                            Ok(Some(BlobLook::Present))
+        let head = || async {
+            Ok(
+                match self.blob_exists(repo, digest, Side::Destination).await? {
+                    true => BlobLook::Present,
+                    false => BlobLook::Absent(None),
+                },
+            )
+        };
+        match self.mounts.load(Ordering::Relaxed) {
+            MOUNTS_DECLINED => head().await,
+            MOUNTS_HONOURED => match self.mount_from_itself(repo, digest).await? {
+                Some(look) => Ok(look),
+                None => head().await,
+            },
+            _ => {
+                let (asked, looked) =
+                    futures_util::future::join(self.mount_from_itself(repo, digest), head()).await;
+                match (asked?, looked?) {
+                    (Some(BlobLook::Present), _) => Ok(BlobLook::Present),
+                    (Some(BlobLook::Absent(opened)), BlobLook::Present) => {
+                        self.mounts.store(MOUNTS_DECLINED, Ordering::Relaxed);
+                        if let Some(opened) = opened {
+                            self.abandon_opened(repo, opened).await;
                         }
-                        Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
-                            let location = upload_location(&resp, &what)?;
-                            Ok(Some(BlobLook::Absent(Some(OpenedUpload(location)))))
-                        }
-                        Ok(_) => Ok(None),
-                        Err(e) if !e.class.is_retryable() => Ok(None),
-                        Err(e) => Err(e),
+                        Ok(BlobLook::Present)
                     }
-                })
-                .await?;
-            if let Some(look) = asked {
-                return Ok(look);
+                    (Some(absent), BlobLook::Absent(_)) => Ok(absent),
+                    (None, looked) => Ok(looked),
+                }
             }
         }
-        Ok(
-            match self.blob_exists(repo, digest, Side::Destination).await? {
-                true => BlobLook::Present,
-                false => BlobLook::Absent(None),
-            },
-        )
+    }
+
+    /// `POST …/uploads/?mount=<digest>&from=<repo>`: 201 present, 202 absent with the
+    /// upload opened; `None` when the registry refuses the question or answers it
+    /// otherwise.
+    async fn mount_from_itself(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLook>> {
+        let what = format!("{}/{repo} look for {digest}", self.host);
+        let mut url = Url::parse(&self.url(&format!("/v2/{repo}/blobs/uploads/")))
+            .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", repo);
+        self.retry
+            .run(&what, || async {
+                let post = self.send(Method::POST, url.as_str(), Target::push(repo, &what), |r| {
+                    r.header(reqwest::header::CONTENT_LENGTH, 0)
+                });
+                match self.own_request("blob-look", &what, post).await {
+                    Ok(resp) if resp.status() == StatusCode::CREATED => {
+                        self.mounts.store(MOUNTS_HONOURED, Ordering::Relaxed);
+                        Ok(Some(BlobLook::Present))
+                    }
+                    Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
+                        Ok(upload_location(&resp, &what)
+                            .ok()
+                            .map(|at| BlobLook::Absent(Some(OpenedUpload(at)))))
+                    }
+                    Ok(_) => Ok(None),
+                    Err(e) if !e.class.is_retryable() => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
     }
 }
+
+/// What a registry has shown of its mounts in this process ([`Registry::look_or_open`]).
+pub(super) const MOUNTS_UNKNOWN: u8 = 0;
+const MOUNTS_HONOURED: u8 = 1;
+const MOUNTS_DECLINED: u8 = 2;
 
 impl Registry {
     /// Ends an upload [`Registry::look_or_open`] opened that no copy will finish.

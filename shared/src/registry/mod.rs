@@ -88,9 +88,10 @@ pub struct Registry {
     foreign_realm: Option<Error>,
     /// Why the registry did not answer `/v2/` at connect, if it did not.
     unreachable: Option<String>,
-    /// The registry answered a cross-repository mount with an upload: it does not mount
-    /// (or not for us), so a blob is looked for with a HEAD.
-    mounts_declined: std::sync::atomic::AtomicBool,
+    /// Whether the registry has shown that it mounts (a 201), or that it does not (an
+    /// upload for a cross-repository mount, or for a blob a HEAD finds): how a blob is
+    /// looked for ([`Registry::look_or_open`]).
+    mounts: std::sync::atomic::AtomicU8,
 }
 
 impl std::fmt::Debug for Registry {
@@ -215,7 +216,7 @@ impl Registry {
             tokens,
             foreign_realm,
             unreachable,
-            mounts_declined: Default::default(),
+            mounts: std::sync::atomic::AtomicU8::new(blobs::MOUNTS_UNKNOWN),
         })
     }
 

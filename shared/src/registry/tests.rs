@@ -345,37 +345,36 @@ async fn a_declined_mount_ends_the_upload_it_opened() {
     );
 }
 
-/// A blob is looked for as a mount from its own repository: a 201 says it is there (no
-/// HEAD, no upload), a 202 opens the upload its PUT then uses (one POST in all). Once the
-/// registry has declined a real mount, its 202 says nothing and a HEAD decides instead.
-#[tokio::test]
-async fn a_blob_is_looked_for_by_a_mount_from_its_own_repository() {
-    let (addr, seen) = peer(Arc::new(|path: &str, _| {
+/// A registry answering mounts as distribution does, or as one that ignores them (202 to
+/// every mount, whatever it holds); it holds the blob `held`, and its uploads' PUTs answer
+/// `put_status`.
+async fn mounting_peer(honours: bool, put_status: u16) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let held = crate::digest::Digest::of(b"held").hex().to_owned();
+    peer(Arc::new(move |path: &str, _| {
         let opened = "Location: /v2/app/blobs/uploads/u1?_state=s\r\n".to_owned();
         match path {
-            p if p.contains("mount=sha256%3A") && p.contains("from=app") => {
-                // Holds what it is asked for from `app` itself; mounts from nowhere else.
-                match p.contains(crate::digest::Digest::of(b"held").hex()) {
+            p if p.contains("mount=") => {
+                let from_itself = p.contains("from=app") && p.contains(&held);
+                match honours && from_itself {
                     true => (201, String::new(), String::new()),
                     false => (202, opened, String::new()),
                 }
             }
-            p if p.contains("mount=") => (202, opened, String::new()),
-            p if p.starts_with("/v2/app/blobs/sha256:") => (404, String::new(), String::new()),
-            p if p.starts_with("/v2/app/blobs/uploads/u1") => (201, String::new(), String::new()),
+            p if p.starts_with("/v2/app/blobs/sha256:") => match p.contains(&held) {
+                true => (200, "Content-Length: 4\r\n".to_owned(), String::new()),
+                false => (404, String::new(), String::new()),
+            },
+            p if p.starts_with("/v2/app/blobs/uploads/u1") => {
+                (put_status, String::new(), String::new())
+            }
             _ => (200, String::new(), "{}".to_owned()),
         }
     }))
-    .await;
-    let reg = Registry::connect(&addr, &plain_http(), None)
-        .await
-        .expect("connect");
-    let held = crate::digest::Digest::of(b"held");
-    assert!(matches!(
-        reg.look_or_open("app", &held).await.expect("look"),
-        crate::store::BlobLook::Present
-    ));
-    let body = bytes::Bytes::from_static(b"new");
+    .await
+}
+
+fn blob(bytes: &'static [u8]) -> (crate::manifest::Descriptor, crate::verify::ByteStream) {
+    let body = bytes::Bytes::from_static(bytes);
     let desc = crate::manifest::Descriptor {
         media_type: "application/octet-stream".into(),
         digest: crate::digest::Digest::of(&body),
@@ -384,47 +383,112 @@ async fn a_blob_is_looked_for_by_a_mount_from_its_own_repository() {
         annotations: None,
         platform: None,
     };
-    let crate::store::BlobLook::Absent(Some(opened)) =
-        reg.look_or_open("app", &desc.digest).await.expect("look")
-    else {
-        panic!("the upload the look opened is kept");
-    };
     let stream = crate::verify::verified(
         futures_util::StreamExt::boxed(futures_util::stream::iter([Ok(body)])),
         desc.digest.clone(),
         desc.size,
         None,
     );
+    (desc, stream)
+}
+
+fn methods(seen: &Arc<Mutex<Vec<Seen>>>, from: usize) -> Vec<String> {
+    let seen = seen.lock().expect("seen");
+    let mut m: Vec<String> = seen[from..].iter().map(|s| s.method.clone()).collect();
+    m.sort();
+    m
+}
+
+/// A blob is looked for as a mount from its own repository. Until the registry has shown
+/// it mounts, a HEAD goes beside that POST; after a 201, the POST alone (its 202 opens the
+/// upload the PUT then uses); after a declined cross-repository mount, the HEAD alone.
+#[tokio::test]
+async fn a_blob_is_looked_for_by_a_mount_from_its_own_repository() {
+    use crate::store::BlobLook;
+    let (addr, seen) = mounting_peer(true, 201).await;
+    let reg = Registry::connect(&addr, &plain_http(), None)
+        .await
+        .expect("connect");
+    let held = crate::digest::Digest::of(b"held");
+    let at = seen.lock().expect("seen").len();
+    let look = reg.look_or_open("app", &held).await.expect("look");
+    assert!(matches!(look, BlobLook::Present), "{look:?}");
+    assert_eq!(methods(&seen, at), ["HEAD", "POST"]);
+
+    let (desc, stream) = blob(b"new");
+    let at = seen.lock().expect("seen").len();
+    let BlobLook::Absent(Some(opened)) = reg.look_or_open("app", &desc.digest).await.expect("look")
+    else {
+        panic!("a registry that mounts opens the upload with the look");
+    };
     reg.push_blob("app", &desc, stream, Some(opened))
         .await
         .expect("upload");
-    let log = seen.lock().expect("seen").clone();
-    let posts = log.iter().filter(|s| s.method == "POST").count();
     assert_eq!(
-        posts, 2,
-        "one look each, no second POST for the upload: {log:?}"
+        methods(&seen, at),
+        ["POST", "PUT"],
+        "no HEAD, no second POST"
     );
-    assert!(!log.iter().any(|s| s.method == "HEAD"), "{log:?}");
+    let put = seen.lock().expect("seen").last().expect("put").path.clone();
     assert!(
-        log.iter().any(|s| s.method == "PUT"
-            && s.path
-                .starts_with("/v2/app/blobs/uploads/u1?_state=s&digest=")),
-        "{log:?}"
+        put.starts_with("/v2/app/blobs/uploads/u1?_state=s&digest="),
+        "{put}"
     );
 
-    // A declined mount from another repository: the registry does not mount.
+    // A cross-repository mount declined: the registry's 202s say nothing any more.
     assert!(
         !reg.mount_blob("app", "other", &held)
             .await
             .expect("declined")
     );
-    let before = seen.lock().expect("seen").len();
+    let at = seen.lock().expect("seen").len();
+    let look = reg.look_or_open("app", &desc.digest).await.expect("look");
+    assert!(matches!(look, BlobLook::Absent(None)), "{look:?}");
+    assert_eq!(methods(&seen, at), ["HEAD"]);
+}
+
+/// A registry that answers 202 to every mount while it holds the blob: the HEAD beside the
+/// first look finds it (not sent again), its upload is ended, and later looks are HEADs.
+#[tokio::test]
+async fn a_registry_that_ignores_mounts_has_its_blobs_found_by_a_head() {
+    use crate::store::BlobLook;
+    let (addr, seen) = mounting_peer(false, 201).await;
+    let reg = Registry::connect(&addr, &plain_http(), None)
+        .await
+        .expect("connect");
+    let held = crate::digest::Digest::of(b"held");
+    let at = seen.lock().expect("seen").len();
     let look = reg.look_or_open("app", &held).await.expect("look");
-    assert!(
-        matches!(look, crate::store::BlobLook::Absent(None)),
-        "{look:?}"
+    assert!(matches!(look, BlobLook::Present), "{look:?}");
+    assert_eq!(
+        methods(&seen, at),
+        ["DELETE", "HEAD", "POST"],
+        "the upload it opened is ended"
     );
-    let after = seen.lock().expect("seen")[before..].to_vec();
-    assert_eq!(after.len(), 1, "{after:?}");
-    assert_eq!(after[0].method, "HEAD", "{after:?}");
+    let at = seen.lock().expect("seen").len();
+    let look = reg.look_or_open("app", &held).await.expect("look");
+    assert!(matches!(look, BlobLook::Present), "{look:?}");
+    assert_eq!(methods(&seen, at), ["HEAD"]);
+}
+
+/// An upload opened by the look and gone by the time of its PUT (404) fails the attempt as
+/// one to retry, which opens a new upload — not as a missing blob.
+#[tokio::test]
+async fn an_upload_opened_by_the_look_and_gone_is_retried() {
+    let (addr, _) = mounting_peer(true, 404).await;
+    let reg = Registry::connect(&addr, &plain_http(), None)
+        .await
+        .expect("connect");
+    let (desc, stream) = blob(b"new");
+    let Ok(crate::store::BlobLook::Absent(Some(opened))) =
+        reg.look_or_open("app", &desc.digest).await
+    else {
+        panic!("an upload opened");
+    };
+    let e = reg
+        .push_blob("app", &desc, stream, Some(opened))
+        .await
+        .expect_err("gone");
+    assert!(e.class.is_retryable(), "{e}");
+    assert!(e.message.contains("is gone"), "{e}");
 }

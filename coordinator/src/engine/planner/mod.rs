@@ -279,7 +279,9 @@ pub async fn plan(
         }
         None => {
             let (carried, manifests) = futures_util::future::join(listing, reading).await;
-            (carried?, manifests?)
+            // The image's own manifests first: their failure is the one to report.
+            let manifests = manifests?;
+            (carried?, manifests)
         }
     };
     let mut platforms = Vec::with_capacity(selection.entries.len());
