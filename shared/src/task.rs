@@ -180,6 +180,17 @@ pub enum Task {
 }
 
 impl Task {
+    /// A task that reads no blob from a source and that an image waits on to finish: a
+    /// manifest, an index, a signature, a mount (or a blob whose few bytes the task
+    /// carries). The embedded queue serves these before copies.
+    pub fn is_quick(&self) -> bool {
+        match self {
+            Self::Blob(b) => !b.mount_from.is_empty() || b.inline.is_some(),
+            Self::Manifest(_) | Self::Index(_) | Self::Sign(_) => true,
+            Self::Assemble(_) | Self::Scan(_) | Self::Check(_) => false,
+        }
+    }
+
     pub fn kind(&self) -> TaskKind {
         match self {
             Self::Blob(_) => TaskKind::Blob,

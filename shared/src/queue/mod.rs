@@ -99,10 +99,38 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    tasks: VecDeque<(TaskEnvelope, u32)>,
+    tasks: Lanes,
     /// naked tasks waiting out their delay; the queue is not drained until they are back.
     delayed: usize,
     closed: bool,
+}
+
+/// Queued tasks in two lanes: quick ones ([`crate::task::Task::is_quick`]: manifests,
+/// indexes, mounts, signatures — what finishes an image) are served before copies, each
+/// lane in order. A run's images then finish as their blobs land, not all after the last
+/// copy: measured on the mirror bench at 25 ms, every image's mount of the shared base
+/// layers waited behind the whole list's copies.
+#[derive(Default)]
+struct Lanes {
+    quick: VecDeque<(TaskEnvelope, u32)>,
+    copies: VecDeque<(TaskEnvelope, u32)>,
+}
+
+impl Lanes {
+    fn push(&mut self, task: TaskEnvelope, attempt: u32) {
+        match task.task.is_quick() {
+            true => self.quick.push_back((task, attempt)),
+            false => self.copies.push_back((task, attempt)),
+        }
+    }
+
+    fn pop(&mut self) -> Option<(TaskEnvelope, u32)> {
+        self.quick.pop_front().or_else(|| self.copies.pop_front())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.quick.is_empty() && self.copies.is_empty()
+    }
 }
 
 impl MemoryQueue {
@@ -120,7 +148,7 @@ impl MemoryQueue {
 impl Shared {
     fn push(&self, task: TaskEnvelope, attempt: u32) {
         if let Ok(mut st) = self.state.lock() {
-            st.tasks.push_back((task, attempt));
+            st.tasks.push(task, attempt);
         }
         self.ready.notify_one();
     }
@@ -145,7 +173,7 @@ impl DeliveryHandle for MemoryHandle {
             tokio::time::sleep(delay).await;
             if let Ok(mut st) = shared.state.lock() {
                 st.delayed -= 1;
-                st.tasks.push_back((task, attempt + 1));
+                st.tasks.push(task, attempt + 1);
             }
             shared.ready.notify_one();
         });
@@ -169,7 +197,7 @@ impl TaskQueue for MemoryQueue {
             let notified = self.inner.ready.notified();
             {
                 let mut st = self.inner.state.lock().ok()?;
-                if let Some((task, attempt)) = st.tasks.pop_front() {
+                if let Some((task, attempt)) = st.tasks.pop() {
                     if !st.tasks.is_empty() {
                         // Wake another consumer for the rest.
                         self.inner.ready.notify_one();
@@ -239,6 +267,45 @@ mod tests {
                 overwrite: false,
             }),
         }
+    }
+
+    /// A blob copy from another registry: what the queue serves after quick tasks.
+    fn copy(id: u64, mount_from: Vec<RepoRef>) -> TaskEnvelope {
+        let desc = crate::manifest::Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: crate::digest::Digest::of(id.to_string().as_bytes()),
+            size: 1,
+            urls: None,
+            annotations: None,
+            platform: None,
+        };
+        TaskEnvelope {
+            task: Task::Blob(Box::new(crate::task::BlobTask {
+                desc,
+                source: RepoRef::registry("src", "p/n"),
+                dest: RepoRef::registry("r", "p/n"),
+                mount_from,
+                inline: None,
+            })),
+            ..task(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn quick_tasks_are_served_before_queued_copies_each_lane_in_order() {
+        let q = MemoryQueue::new(3);
+        q.publish(copy(1, vec![])).await.unwrap();
+        q.publish(copy(2, vec![])).await.unwrap();
+        q.publish(task(3)).await.unwrap();
+        q.publish(copy(4, vec![RepoRef::registry("r", "p/other")]))
+            .await
+            .unwrap();
+        q.publish(task(5)).await.unwrap();
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            order.push(q.next().await.unwrap().task.id);
+        }
+        assert_eq!(order, [3, 4, 5, 1, 2]);
     }
 
     #[tokio::test]
