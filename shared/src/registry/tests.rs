@@ -252,21 +252,7 @@ async fn an_upload_location_on_another_host_gets_no_credentials() {
     let reg = Registry::connect(&addr, &plain_http(), Some(creds))
         .await
         .expect("connect");
-    let body = bytes::Bytes::from_static(b"layer bytes");
-    let desc = crate::manifest::Descriptor {
-        media_type: "application/octet-stream".into(),
-        digest: crate::digest::Digest::of(&body),
-        size: body.len() as u64,
-        urls: None,
-        annotations: None,
-        platform: None,
-    };
-    let stream = crate::verify::verified(
-        futures_util::StreamExt::boxed(futures_util::stream::iter([Ok(body)])),
-        desc.digest.clone(),
-        desc.size,
-        None,
-    );
+    let (desc, stream) = blob(b"layer bytes");
     reg.push_blob("app", &desc, stream, None)
         .await
         .expect("upload");
