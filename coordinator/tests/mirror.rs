@@ -943,3 +943,53 @@ async fn mirror_keeps_to_a_registrys_budget_and_in_flight_cap() {
     assert!(*limited_peak <= 2, "in flight: {limited_peak}");
     assert!(*free_peak > 2, "without the cap more overlap: {free_peak}");
 }
+
+/// A copy that fails after the destination opened its upload (the source has lost a
+/// layer) ends the upload its look opened: every upload opened and not used by a PUT gets
+/// a DELETE the registry accepts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_copy_ends_the_upload_its_look_opened() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    push_image(
+        &src,
+        env.dir.path(),
+        "team/lost",
+        Some("v1"),
+        Format::Docker,
+        "amd64",
+        (&[300, 301], 20_000),
+    )
+    .await;
+    let lost = seed::write_layer(env.dir.path(), 301, 20_000)
+        .unwrap()
+        .digest
+        .to_string();
+    let link = env.src.storage().join(format!(
+        "data/docker/registry/v2/repositories/team/lost/_layers/sha256/{}/link",
+        lost.trim_start_matches("sha256:")
+    ));
+    std::fs::remove_file(&link).expect("the layer's link in the source repository");
+    let list = env.write_list("list.txt", &[format!("{}/team/lost:v1", env.src.addr)]);
+    let out = env.mirror(&list, &[]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("Images: 0 copied, 0 already present, 1 failed"),
+        "{said}"
+    );
+    let log = env.dst.log();
+    let count = |method: &str, status: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("\"{method} /v2/team/lost/blobs/uploads/")))
+            .filter(|l| l.contains(&format!("\" {status} ")))
+            .count()
+    };
+    let (opened, used, ended) = (
+        count("POST", "202"),
+        count("PUT", "201"),
+        count("DELETE", "204"),
+    );
+    assert!(opened > used, "the lost layer's upload was opened: {log}");
+    assert_eq!(ended, opened - used, "every unused upload ended: {log}");
+}
