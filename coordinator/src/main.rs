@@ -9,6 +9,7 @@ mod metrics;
 mod schedule;
 mod serve;
 mod spec;
+mod stdout;
 
 use std::process::ExitCode;
 
@@ -42,12 +43,6 @@ fn cli_command() -> clap::Command {
 }
 
 fn main() -> ExitCode {
-    // Output piped into `head` ends with a closed pipe: end quietly, as other tools do,
-    // instead of panicking in the first print after it.
-    // SAFETY: setting a signal's disposition to its default before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     // Before the runtime's threads exist: arenas are made per thread as it first allocates.
     hangar_shared::memory::cap_arenas();
     match tokio::runtime::Builder::new_multi_thread()
@@ -121,7 +116,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
     commands::set_cert_dir(cli.cert_dir.clone());
     commands::set_policy(cli.insecure_policy);
     if cli.version {
-        println!("{}", version_line());
+        stdout::outln!("{}", version_line())?;
         return Ok(());
     }
     let Some(command) = cli.command else {
@@ -260,18 +255,11 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
         Command::GenerateList(a) => commands::generate_list::run(&a, &console).await,
         Command::Login(a) => commands::login::login(&a, &console).await,
         Command::Logout(a) => commands::login::logout(&a, &console),
-        Command::Version => {
-            println!("{}", version_line());
-            Ok(())
-        }
+        Command::Version => Ok(stdout::outln!("{}", version_line())?),
         Command::Completion { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut cli_command(),
-                invoked_name(),
-                &mut std::io::stdout(),
-            );
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli_command(), invoked_name(), &mut script);
+            Ok(stdout::write(&script)?)
         }
     }
 }

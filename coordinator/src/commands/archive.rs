@@ -142,12 +142,12 @@ async fn ls(args: &ArchiveLsArgs, console: &Console) -> Result<()> {
     let archive = ArchiveReader::open(file).await?;
     let index = &archive.index;
     if args.json {
-        print!("{}", index.to_go_json_pretty()?);
+        crate::stdout::write(index.to_go_json_pretty()?.as_bytes())?;
         return Ok(());
     }
     if args.image_only {
         for image in &index.list {
-            println!("{}", image.name());
+            crate::stdout::outln!("{}", image.name())?;
         }
         return Ok(());
     }
@@ -156,7 +156,7 @@ async fn ls(args: &ArchiveLsArgs, console: &Console) -> Result<()> {
     console.info(None, format!("Index version: {}", index.version));
     console.info(None, "Images:");
     for (n, image) in index.list.iter().enumerate() {
-        println!("{}", ls_row(n + 1, image, &archive).await);
+        crate::stdout::outln!("{}", ls_row(n + 1, image, &archive).await)?;
     }
     Ok(())
 }

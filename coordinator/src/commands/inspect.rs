@@ -1,8 +1,6 @@
 //! `inspect REF`: `--raw` prints the manifest exactly as served, `--config` the config
 //! blob, and by default a summary like skopeo's (`ImageInspectInfo`).
 
-use std::io::Write;
-
 use anyhow::{Result, bail};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -30,7 +28,7 @@ pub async fn run(args: &InspectArgs, console: &Console) -> Result<()> {
     let (reg, read_at, top) = crate::engine::pull_source::manifest_at(&pool, &r).await?;
     let repo = read_at.repository();
     if args.raw {
-        std::io::stdout().write_all(&top.bytes)?;
+        crate::stdout::write(&top.bytes)?;
         return Ok(());
     }
     let want = Platform {
@@ -89,7 +87,7 @@ pub async fn run(args: &InspectArgs, console: &Console) -> Result<()> {
     };
     let config = read_blob(&reg, &repo, &image_manifest.config).await?;
     if args.config {
-        std::io::stdout().write_all(&config)?;
+        crate::stdout::write(&config)?;
         return Ok(());
     }
     let cfg: Value = serde_json::from_slice(&config).unwrap_or(Value::Null);
@@ -110,7 +108,7 @@ pub async fn run(args: &InspectArgs, console: &Console) -> Result<()> {
         })).collect::<Vec<_>>(),
         "Env": cfg.pointer("/config/Env").cloned().unwrap_or(Value::Null),
     });
-    println!("{}", serde_json::to_string_pretty(&info)?);
+    crate::stdout::outln!("{}", serde_json::to_string_pretty(&info)?)?;
     Ok(())
 }
 

@@ -12,6 +12,6 @@ pub async fn run(args: &RepoArgs, console: &Console) -> Result<()> {
     let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
     let reg = pool.registry(&r.registry).await?;
     let tags = reg.tags(&r.repository()).await?;
-    println!("{}", serde_json::to_string_pretty(&tags)?);
+    crate::stdout::outln!("{}", serde_json::to_string_pretty(&tags)?)?;
     Ok(())
 }

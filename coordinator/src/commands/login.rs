@@ -25,7 +25,7 @@ pub async fn login(args: &LoginArgs, console: &Console) -> Result<()> {
         .trim_end_matches('/');
     if args.get_login {
         match auth::lookup(args.access.authfile.as_deref(), registry, None)? {
-            Some(c) => println!("{}", c.username),
+            Some(c) => crate::stdout::outln!("{}", c.username)?,
             None => bail!("not logged into {registry}"),
         }
         return Ok(());

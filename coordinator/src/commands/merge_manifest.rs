@@ -2,8 +2,6 @@
 //! manifest contributes itself with its config's platform, an index its entries), built
 //! with the mirror's index builder, pushed at TARGET or printed with `--dry-run`.
 
-use std::io::Write;
-
 use anyhow::{Result, bail};
 use hangar_shared::digest::Digest;
 use hangar_shared::index_builder;
@@ -56,8 +54,8 @@ pub async fn run(args: &MergeManifestArgs, console: &Console) -> Result<()> {
     let built = index_builder::build(None, &added, true);
     let bytes = index_builder::serialize(&built.index);
     if args.dry_run {
-        std::io::stdout().write_all(&bytes)?;
-        println!();
+        crate::stdout::write(&bytes)?;
+        crate::stdout::write(b"\n")?;
         return Ok(());
     }
     let raw = RawManifest {

@@ -499,7 +499,7 @@ pub async fn status(args: &crate::cli::StatusArgs, console: &Console) -> Result<
 /// The coordinator's answer: as it is with `--json`, else as a table.
 fn print_status(v: &serde_json::Value, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        crate::stdout::outln!("{}", serde_json::to_string_pretty(v)?)?;
         return Ok(());
     }
     let now = std::time::SystemTime::now()
@@ -517,7 +517,7 @@ fn print_status(v: &serde_json::Value, json: bool) -> Result<()> {
             super::status_table::job(&one, now)
         }
     };
-    print!("{text}");
+    crate::stdout::write(text.as_bytes())?;
     Ok(())
 }
 
@@ -537,6 +537,6 @@ pub async fn cancel(server: &str, api: &ApiClientArgs, job: &str) -> Result<()> 
     if !status.is_success() {
         bail!("cancel {job}: HTTP {status}: {}", said(&body));
     }
-    println!("{}", String::from_utf8_lossy(&body));
+    crate::stdout::outln!("{}", String::from_utf8_lossy(&body))?;
     Ok(())
 }

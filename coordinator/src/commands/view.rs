@@ -134,8 +134,7 @@ pub async fn run(args: &ViewArgs, kind: Kind, console: &Console) -> Result<()> {
                     );
                 }
                 None => {
-                    use std::io::Write;
-                    std::io::stdout().write_all(text.as_bytes())?;
+                    crate::stdout::write(text.as_bytes())?;
                 }
             }
             return Ok(());
