@@ -195,40 +195,61 @@ impl Registry {
     /// ordinary upload).
     pub async fn mount_blob(&self, repo: &str, from_repo: &str, digest: &Digest) -> Result<bool> {
         let what = format!("{}/{repo} mount {digest} from {from_repo}", self.host);
+        Ok(
+            match self
+                .mount(repo, from_repo, digest, "blob-mount", &what)
+                .await?
+            {
+                Mounted::Linked => true,
+                Mounted::Opened(location) => {
+                    // A repository this job already put the blob in, declined: the registry
+                    // does not mount, and a mount's answer says nothing of what it holds
+                    // ([`Registry::look_or_open`]).
+                    self.mounts.store(MOUNTS_DECLINED, Ordering::Relaxed);
+                    // Declined: the upload it opened instead is not the one we make.
+                    if let Some(location) = location {
+                        self.abandon_upload(&location, Target::push(repo, &what))
+                            .await;
+                    }
+                    false
+                }
+                Mounted::Declined => false,
+            },
+        )
+    }
+
+    /// `POST …/uploads/?mount=<digest>&from=<from_repo>`, retried on transient answers
+    /// (5xx, 429, cut connections) like every other request. Any other refusal is a
+    /// decline, a refused reading of the other repository included: the caller looks and
+    /// uploads instead, where a real want of rights shows.
+    async fn mount(
+        &self,
+        repo: &str,
+        from_repo: &str,
+        digest: &Digest,
+        op: &'static str,
+        what: &str,
+    ) -> Result<Mounted> {
         let mut url = Url::parse(&self.url(&format!("/v2/{repo}/blobs/uploads/")))
             .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
         url.query_pairs_mut()
             .append_pair("mount", &digest.to_string())
             .append_pair("from", from_repo);
-        // Transient answers (5xx, 429, cut connections) are retried like every other
-        // request; only a refusal is a decline.
         self.retry
-            .run(&what, || async {
-                let post = self.send(Method::POST, url.as_str(), Target::push(repo, &what), |r| {
+            .run(what, || async {
+                let post = self.send(Method::POST, url.as_str(), Target::push(repo, what), |r| {
                     r.header(reqwest::header::CONTENT_LENGTH, 0)
                 });
-                match self.own_request("blob-mount", &what, post).await {
+                match self.own_request(op, what, post).await {
                     Ok(resp) if resp.status() == StatusCode::CREATED => {
                         self.mounts.store(MOUNTS_HONOURED, Ordering::Relaxed);
-                        Ok(true)
+                        Ok(Mounted::Linked)
                     }
-                    Ok(resp) if resp.status() != StatusCode::ACCEPTED => Ok(false),
-                    Ok(resp) => {
-                        // A repository this job already put the blob in, declined: the
-                        // registry does not mount, and a mount's answer says nothing of
-                        // what it holds ([`Registry::look_or_open`]).
-                        self.mounts.store(MOUNTS_DECLINED, Ordering::Relaxed);
-                        // Declined: the upload it opened instead is not the one we make.
-                        if let Ok(location) = upload_location(&resp, &what) {
-                            self.abandon_upload(&location, Target::push(repo, &what))
-                                .await;
-                        }
-                        Ok(false)
+                    Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
+                        Ok(Mounted::Opened(upload_location(&resp, what).ok()))
                     }
-                    // Any other refusal is a decline, a refused reading of the other
-                    // repository included: the caller looks and uploads instead, where a
-                    // real want of rights shows.
-                    Err(e) if !e.class.is_retryable() => Ok(false),
+                    Ok(_) => Ok(Mounted::Declined),
+                    Err(e) if !e.class.is_retryable() => Ok(Mounted::Declined),
                     Err(e) => Err(e),
                 }
             })
@@ -279,38 +300,28 @@ impl Registry {
         }
     }
 
-    /// `POST …/uploads/?mount=<digest>&from=<repo>`: 201 present, 202 absent with the
-    /// upload opened; `None` when the registry refuses the question or answers it
-    /// otherwise.
+    /// A mount from `repo` itself: 201 present, 202 absent with the upload opened; `None`
+    /// when the registry refuses the question or answers it otherwise.
     async fn mount_from_itself(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLook>> {
         let what = format!("{}/{repo} look for {digest}", self.host);
-        let mut url = Url::parse(&self.url(&format!("/v2/{repo}/blobs/uploads/")))
-            .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
-        url.query_pairs_mut()
-            .append_pair("mount", &digest.to_string())
-            .append_pair("from", repo);
-        self.retry
-            .run(&what, || async {
-                let post = self.send(Method::POST, url.as_str(), Target::push(repo, &what), |r| {
-                    r.header(reqwest::header::CONTENT_LENGTH, 0)
-                });
-                match self.own_request("blob-look", &what, post).await {
-                    Ok(resp) if resp.status() == StatusCode::CREATED => {
-                        self.mounts.store(MOUNTS_HONOURED, Ordering::Relaxed);
-                        Ok(Some(BlobLook::Present))
-                    }
-                    Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
-                        Ok(upload_location(&resp, &what)
-                            .ok()
-                            .map(|at| BlobLook::Absent(Some(OpenedUpload(at)))))
-                    }
-                    Ok(_) => Ok(None),
-                    Err(e) if !e.class.is_retryable() => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .await
+        Ok(
+            match self.mount(repo, repo, digest, "blob-look", &what).await? {
+                Mounted::Linked => Some(BlobLook::Present),
+                Mounted::Opened(Some(at)) => Some(BlobLook::Absent(Some(OpenedUpload(at)))),
+                Mounted::Opened(None) | Mounted::Declined => None,
+            },
+        )
     }
+}
+
+/// A registry's answer to a mount.
+enum Mounted {
+    /// 201: the blob is in the repository now.
+    Linked,
+    /// 202: an upload opened instead (where, if the registry said).
+    Opened(Option<Url>),
+    /// Any other answer, or a refusal.
+    Declined,
 }
 
 /// What a registry has shown of its mounts in this process ([`Registry::look_or_open`]).
