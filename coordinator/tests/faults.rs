@@ -322,7 +322,7 @@ async fn a_streamed_save_from_a_source_serving_wrong_bytes_leaves_nothing() {
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
     assert!(
-        log.contains("[FATA] blob sha256:") && log.contains("bytes hash to"),
+        log.contains("[FATA] ") && log.contains("@sha256:") && log.contains("bytes hash to"),
         "{log}"
     );
     let left: Vec<String> = std::fs::read_dir(&out_dir)

@@ -20,7 +20,7 @@ use crate::bench::{
 use crate::services::RegistryProcess;
 
 /// Every unique blob GET into its own file, `parallel` at a time.
-async fn raw_save(
+pub async fn raw_save(
     src: &str,
     blobs: &BTreeMap<String, (String, Descriptor)>,
     dir: &std::path::Path,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use hangar_loadtest::{bench, proxy, seed, services::RegistryProcess};
+use hangar_loadtest::{archive_bench, bench, proxy, seed, services::RegistryProcess};
 
 #[derive(Parser)]
 #[command(
@@ -116,7 +116,8 @@ enum Cmd {
         #[command(flatten)]
         spec: SeedArgs,
     },
-    /// Copy every unique blob of a list GET→PUT in parallel, unverified (the raw bound).
+    /// Copy every unique blob of a list GET→PUT in parallel, unverified (the raw bound);
+    /// with --save-dir, GET each into a file of that directory instead (the save's bound).
     Raw {
         /// The image list (as `seed` writes it).
         #[arg(long)]
@@ -125,8 +126,11 @@ enum Cmd {
         #[arg(long)]
         source: String,
         /// Destination registry (host:port).
-        #[arg(long)]
-        dest: String,
+        #[arg(long, required_unless_present = "save_dir")]
+        dest: Option<String>,
+        /// GET every blob into a file of this directory instead of copying.
+        #[arg(long, conflicts_with = "dest")]
+        save_dir: Option<PathBuf>,
         /// Blob copies at once.
         #[arg(long, default_value_t = 32)]
         parallel: usize,
@@ -270,8 +274,8 @@ async fn main() -> Result<()> {
                 return Ok(());
             }
             if archive {
-                let rows = hangar_loadtest::archive_bench::run(&b).await?;
-                println!("{}", hangar_loadtest::archive_bench::table(&rows));
+                let rows = archive_bench::run(&b).await?;
+                println!("{}", archive_bench::table(&rows));
                 return Ok(());
             }
             if fleet {
@@ -293,6 +297,7 @@ async fn main() -> Result<()> {
             list,
             source,
             dest,
+            save_dir,
             parallel,
         } => {
             let text = std::fs::read_to_string(&list)
@@ -305,7 +310,15 @@ async fn main() -> Result<()> {
             let reg = seed::connect(&source).await?;
             let blobs = bench::unique_blobs(&reg, &lines).await?;
             let start = std::time::Instant::now();
-            bench::raw_copy(&source, &dest, &blobs, parallel).await?;
+            match (&dest, &save_dir) {
+                (_, Some(dir)) => {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    archive_bench::raw_save(&source, &blobs, dir, parallel).await?;
+                }
+                (Some(dest), None) => bench::raw_copy(&source, dest, &blobs, parallel).await?,
+                (None, None) => anyhow::bail!("--dest or --save-dir"),
+            }
             println!(
                 "raw: {} blobs in {:.2}s",
                 blobs.len(),

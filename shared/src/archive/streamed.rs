@@ -306,50 +306,80 @@ impl Fetch {
     }
 
     /// Reads the blob once more from its start: the bytes already taken are compared with
-    /// it, the rest taken. `Ok` once all of it is (or the writer left).
+    /// it, the rest taken. `Ok` once all of it is (or the writer left). The fetch hashes
+    /// what it takes itself (one SHA-256 of every byte, which also serves to take a cut read
+    /// up again) and holds back its last piece until the whole blob's size and digest are
+    /// right, so the writer never reads a complete blob whose bytes are wrong.
     async fn attempt(&self, taken: &mut Taken) -> Result<()> {
         let registry = self.registries.registry(&self.host).await?;
-        let mut stream = registry.blob_stream(&self.repo, &self.desc, None).await?;
+        let mut stream = registry
+            .unverified_blob_stream(&self.repo, &self.desc)
+            .await?;
         let mut again = Sha256::new();
         let mut skip = taken.count;
+        let mut read = 0u64;
         let mut gathered = bytes::BytesMut::with_capacity(PIECE);
         while let Some(chunk) = stream.next().await {
             let mut chunk = chunk?;
+            read += chunk.len() as u64;
+            if read > self.desc.size {
+                return Err(
+                    self.mismatch(format!("more than the expected {} bytes", self.desc.size))
+                );
+            }
             if skip > 0 {
                 let n = (skip as usize).min(chunk.len());
                 again.update(&chunk[..n]);
                 chunk = chunk.slice(n..);
                 skip -= n as u64;
                 if skip == 0 && again.clone().finalize() != taken.hashed.clone().finalize() {
-                    return Err(Error::new(
-                        FailureClass::DigestMismatch,
-                        format!(
-                            "{}/{}@{}: read again, its first {} bytes differ",
-                            self.host, self.repo, self.desc.digest, taken.count
-                        ),
-                    ));
+                    return Err(self.mismatch(format!(
+                        "read again, its first {} bytes differ",
+                        taken.count
+                    )));
                 }
             }
             gathered.extend_from_slice(&chunk);
-            if gathered.len() >= PIECE {
+            // The last piece waits for the digest.
+            if gathered.len() >= PIECE && read < self.desc.size {
                 let piece = std::mem::replace(&mut gathered, bytes::BytesMut::with_capacity(PIECE));
+                taken.hashed.update(&piece);
+                taken.count += piece.len() as u64;
                 if !self.take(piece.freeze(), taken).await? {
                     return Ok(());
                 }
             }
         }
+        if read != self.desc.size {
+            return Err(self.mismatch(format!("{read} bytes, expected {}", self.desc.size)));
+        }
+        // Taken (hashed and counted) only once the whole blob is known to be right: what
+        // was taken is what a retry compares and skips.
+        let mut whole = taken.hashed.clone();
+        whole.update(&gathered);
+        let got = Digest::from_sha256(whole.clone().finalize().as_slice());
+        if got != self.desc.digest {
+            return Err(self.mismatch(format!("bytes hash to {got}")));
+        }
+        taken.hashed = whole;
+        taken.count += gathered.len() as u64;
         if !gathered.is_empty() {
             self.take(gathered.freeze(), taken).await?;
         }
         Ok(())
     }
 
-    /// Takes `piece`: to the writer once its turn came or while its channel has room, else
-    /// to the staging file. `false` when the writer is gone. Bytes gathered and not taken
-    /// are read again after a failure.
+    fn mismatch(&self, what: String) -> Error {
+        Error::new(
+            FailureClass::DigestMismatch,
+            format!("{}/{}@{}: {what}", self.host, self.repo, self.desc.digest),
+        )
+    }
+
+    /// Takes `piece` (already hashed and counted): to the writer once its turn came or
+    /// while its channel has room, else to the staging file. `false` when the writer is
+    /// gone. Bytes gathered and not taken are read again after a failure.
     async fn take(&self, piece: Bytes, taken: &mut Taken) -> Result<bool> {
-        taken.hashed.update(&piece);
-        taken.count += piece.len() as u64;
         if !taken.turn_came && taken.turn.try_recv().is_ok() {
             taken.turn_has_come();
         }

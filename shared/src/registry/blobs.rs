@@ -73,6 +73,20 @@ impl Registry {
         desc: &Descriptor,
         progress: Option<Arc<AtomicU64>>,
     ) -> Result<ByteStream> {
+        let raw = self.unverified_blob_stream(repo, desc).await?;
+        Ok(verified(raw, desc.digest.clone(), desc.size, progress))
+    }
+
+    /// The blob's bytes as the registry sends them: its length checked against `desc` when
+    /// it says one, the body bounded between chunks, and nothing else. For a reader that
+    /// hashes what it takes itself (the streamed save, which must know the hash of a cut
+    /// read's first bytes to take it up again) and would otherwise hash every byte twice;
+    /// it must bound the size and compare the digest.
+    pub(crate) async fn unverified_blob_stream(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+    ) -> Result<ByteStream> {
         let what = format!("{}/{repo}@{}", self.host, desc.digest);
         let url = self.url(&format!("/v2/{repo}/blobs/{}", desc.digest));
         let get = self.send(
@@ -106,8 +120,7 @@ impl Registry {
                 )
             })
             .boxed();
-        let raw = idle_bounded(raw, super::BODY_READ_TIMEOUT, what);
-        Ok(verified(raw, desc.digest.clone(), desc.size, progress))
+        Ok(idle_bounded(raw, super::BODY_READ_TIMEOUT, what))
     }
 
     /// Uploads a blob from a stream: a POST for an upload location, then one PUT of the

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::writeback::WritingBack;
 use super::{Task, write_items};
 use crate::archive::BlobSource;
 use crate::archive::reader::ArchiveReader;
@@ -40,6 +41,7 @@ pub(super) fn start(
         let written = (|| {
             let file = crate::atomic::create_new(&t, None).map_err(|e| io_err(&t, e))?;
             let label = t.display().to_string();
+            let file = WritingBack::new(file).map_err(|e| io_err(&t, e))?;
             let out = std::io::BufWriter::with_capacity(1 << 20, file);
             let out = write_items(
                 out,
@@ -49,7 +51,10 @@ pub(super) fn start(
                 source.as_ref(),
                 &handle,
             )?;
-            let file = out.into_inner().map_err(|e| io_err(&t, e.error()))?;
+            let file = out
+                .into_inner()
+                .map_err(|e| io_err(&t, e.error()))?
+                .finish();
             file.sync_all().map_err(|e| io_err(&t, e))?;
             Ok(file.metadata().map_err(|e| io_err(&t, e))?.len())
         })();

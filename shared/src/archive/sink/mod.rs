@@ -9,6 +9,7 @@
 
 mod file;
 mod s3;
+mod writeback;
 
 use std::io::Write;
 use std::path::PathBuf;
