@@ -96,7 +96,10 @@ async fn start() -> ExitCode {
     } else {
         tracing::info_span!("command", otel.name = %format!("hangar-coord {command}"))
     };
-    match run(cli, console.clone()).instrument(span).await {
+    let ran = run(cli, console.clone()).instrument(span).await;
+    // A copy dropped at its timeout may have its upload's DELETE still on its way.
+    hangar_shared::registry::uploads_ended(std::time::Duration::from_secs(5)).await;
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<commands::scan::ExitWith>().is_some() => {
             let code = e

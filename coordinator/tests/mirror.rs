@@ -993,3 +993,71 @@ async fn a_failed_copy_ends_the_upload_its_look_opened() {
     assert!(opened > used, "the lost layer's upload was opened: {log}");
     assert_eq!(ended, opened - used, "every unused upload ended: {log}");
 }
+
+/// A copy dropped at its task's timeout (`--timeout`) while its source has not answered yet
+/// ends the upload its look opened at the destination: every upload opened and not used got
+/// a DELETE the registry accepted, and none is left open in its storage when the mirror
+/// has given up.
+/// (One dropped mid-PUT is not: distribution refuses to end an upload whose bytes no
+/// longer match the state its location carries, and keeps it until its purge.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_dropped_at_its_timeout_leaves_no_upload_behind() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    push_image(
+        &src,
+        env.dir.path(),
+        "team/slow",
+        Some("v1"),
+        Format::Docker,
+        "amd64",
+        (&[310], 50_000),
+    )
+    .await;
+    // The source's answers once the planner's four requests (`/v2/`, the tag, the config,
+    // the tag listing for attachments) are made and a fifth is, 3 s late: the layer's copy
+    // is dropped at 2 s with its upload open and nothing sent into it.
+    const PLANNING_REQUESTS: u64 = 4;
+    let slow = proxy::start(
+        "127.0.0.1:0",
+        &env.src.addr,
+        ProxyOptions {
+            slow_from: Some((PLANNING_REQUESTS + 1, std::time::Duration::from_secs(3))),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let list = env.write_list("list.txt", &[format!("{}/team/slow:v1", slow.addr)]);
+    let out = tokio::task::block_in_place(|| env.mirror(&list, &["--timeout", "2s"]));
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("timed out after 2s"), "{said}");
+    let log = env.dst.log();
+    let count = |method: &str, status: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("\"{method} /v2/team/slow/blobs/uploads/")))
+            .filter(|l| l.contains(&format!("\" {status} ")))
+            .count()
+    };
+    let (opened, used, ended) = (
+        count("POST", "202"),
+        count("PUT", "201"),
+        count("DELETE", "204"),
+    );
+    assert!(opened > used, "the layer's upload was opened: {log}");
+    assert_eq!(ended, opened - used, "every unused upload was ended: {log}");
+    // A cancelled upload keeps only its hash state's small file in distribution's storage;
+    // its `data` (what was sent) and `startedat` go.
+    let uploads = env
+        .dst
+        .storage()
+        .join("data/docker/registry/v2/repositories/team/slow/_uploads");
+    let kept: Vec<_> = std::fs::read_dir(&uploads)
+        .map(|d| d.flatten().map(|e| e.path().join("startedat")).collect())
+        .unwrap_or_else(|_| Vec::new())
+        .into_iter()
+        .filter(|p: &std::path::PathBuf| p.exists())
+        .collect();
+    assert!(kept.is_empty(), "uploads left open: {kept:?}");
+}

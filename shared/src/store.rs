@@ -126,9 +126,13 @@ pub enum BlobLook {
     Absent(Option<OpenedUpload>),
 }
 
-/// An upload a registry opened for one blob of one repository: where its `PUT` goes.
+/// An upload a registry opened for one blob of one repository: where its `PUT` goes, and
+/// the request that ends it if it is dropped unused.
 #[derive(Debug)]
-pub struct OpenedUpload(pub(crate) reqwest::Url);
+pub struct OpenedUpload {
+    pub(crate) at: reqwest::Url,
+    pub(crate) end: crate::registry::UploadEnd,
+}
 
 /// Blobs and manifests by digest, in repositories.
 #[async_trait]

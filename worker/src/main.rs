@@ -159,8 +159,17 @@ fn main() -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run())
+        .block_on(async {
+            let ran = run().await;
+            // A task dropped at its timeout or at the grace's end may have an upload's DELETE
+            // still on its way.
+            hangar_shared::registry::uploads_ended(UPLOADS_ENDED_WAIT).await;
+            ran
+        })
 }
+
+/// How long an exiting process waits for the DELETEs of uploads dropped unfinished.
+const UPLOADS_ENDED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn run() -> Result<()> {
     let _telemetry = hangar_shared::telemetry::init("hangar-worker", "info")?;

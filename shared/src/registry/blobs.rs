@@ -138,15 +138,17 @@ impl Registry {
         let what = format!("{}/{repo}@{}", self.host, desc.digest);
         let target = Target::push(repo, &what);
         let given = opened.is_some();
-        let opened = match opened {
-            Some(OpenedUpload(location)) => location,
+        let OpenedUpload { at: opened, end } = match opened {
+            Some(opened) => opened,
             None => {
                 let start = self.url(&format!("/v2/{repo}/blobs/uploads/"));
                 let post = self.send(Method::POST, &start, target, |r| {
                     r.header(reqwest::header::CONTENT_LENGTH, 0)
                 });
                 let opened = self.own_request("blob-upload", &what, post).await?;
-                upload_location(&opened, &what)?
+                let at = upload_location(&opened, &what)?;
+                let end = self.upload_end(&at, target).await;
+                OpenedUpload { at, end }
             }
         };
         let mut location = opened.clone();
@@ -195,8 +197,9 @@ impl Registry {
         )
         .await;
         self.hold_back_on_429(&sent).await;
-        if sent.is_err() {
-            self.abandon_upload(&opened, target).await;
+        match sent {
+            Ok(()) => end.disarm(),
+            Err(_) => self.end_upload(end, target).await,
         }
         if let Some(e) = failure.lock().ok().and_then(|mut s| s.take()) {
             return Err(e);
@@ -214,15 +217,14 @@ impl Registry {
                 .await?
             {
                 Mounted::Linked => true,
-                Mounted::Opened(location) => {
+                Mounted::Opened(opened) => {
                     // A repository this job already put the blob in, declined: the registry
                     // does not mount, and a mount's answer says nothing of what it holds
                     // ([`Registry::look_or_open`]).
                     self.mounts.store(MOUNTS_DECLINED, Ordering::Relaxed);
                     // Declined: the upload it opened instead is not the one we make.
-                    if let Some(location) = location {
-                        self.abandon_upload(&location, Target::push(repo, &what))
-                            .await;
+                    if let Some(opened) = opened {
+                        self.end_upload(opened.end, Target::push(repo, &what)).await;
                     }
                     false
                 }
@@ -259,7 +261,13 @@ impl Registry {
                         Ok(Mounted::Linked)
                     }
                     Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
-                        Ok(Mounted::Opened(upload_location(&resp, what).ok()))
+                        Ok(Mounted::Opened(match upload_location(&resp, what) {
+                            Ok(at) => {
+                                let end = self.upload_end(&at, Target::push(repo, what)).await;
+                                Some(OpenedUpload { at, end })
+                            }
+                            Err(_) => None,
+                        }))
                     }
                     Ok(_) => Ok(Mounted::Declined),
                     Err(e) if !e.class.is_retryable() => Ok(Mounted::Declined),
@@ -320,7 +328,7 @@ impl Registry {
         Ok(
             match self.mount(repo, repo, digest, "blob-look", &what).await? {
                 Mounted::Linked => Some(BlobLook::Present),
-                Mounted::Opened(Some(at)) => Some(BlobLook::Absent(Some(OpenedUpload(at)))),
+                Mounted::Opened(Some(opened)) => Some(BlobLook::Absent(Some(opened))),
                 Mounted::Opened(None) | Mounted::Declined => None,
             },
         )
@@ -331,8 +339,8 @@ impl Registry {
 enum Mounted {
     /// 201: the blob is in the repository now.
     Linked,
-    /// 202: an upload opened instead (where, if the registry said).
-    Opened(Option<Url>),
+    /// 202: an upload opened instead (if the registry said where).
+    Opened(Option<OpenedUpload>),
     /// Any other answer, or a refusal.
     Declined,
 }
@@ -346,32 +354,7 @@ impl Registry {
     /// Ends an upload [`Registry::look_or_open`] opened that no copy will finish.
     pub async fn abandon_opened(&self, repo: &str, opened: OpenedUpload) {
         let what = format!("{}/{repo} upload", self.host);
-        self.abandon_upload(&opened.0, Target::push(repo, &what))
-            .await
-    }
-
-    /// Ends an upload the registry opened and nobody will finish, so that it does not keep
-    /// it (distribution purges them only after a week). One try, bounded; its failure is
-    /// no one's concern. Only an upload session of `target`'s repository is ended, and not where bearer
-    /// tokens are needed: a push token does not allow a DELETE (distribution wants its own
-    /// `delete` action), and a refusal must not cost the repository its tokens.
-    async fn abandon_upload(&self, location: &Url, target: Target<'_>) {
-        let session = format!("/v2/{}/blobs/uploads/", target.repo);
-        if self.tokens.is_some() || !location.path().starts_with(&session) {
-            return;
-        }
-        let delete = async {
-            let client = self.client_for(target.repo)?;
-            let req = client.delete(location.clone());
-            let req = self.authorised(req, location.as_str(), target).await?;
-            req.send().await.map_err(|e| network(&e, target))
-        };
-        if let Err(e) = self
-            .own_request("blob-upload-cancel", target.what, delete)
-            .await
-        {
-            tracing::debug!(upload = target.what, error = %e, "an abandoned upload was not ended");
-        }
+        self.end_upload(opened.end, Target::push(repo, &what)).await
     }
 }
 

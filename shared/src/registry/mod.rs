@@ -18,6 +18,9 @@ mod manifests;
 #[cfg(test)]
 mod tests;
 mod token;
+mod upload_end;
+pub(crate) use upload_end::UploadEnd;
+pub use upload_end::uploads_ended;
 
 use classify::status_error;
 
