@@ -1,9 +1,13 @@
 //! Uploads nobody will finish are ended (`DELETE` on their location) rather than left to
 //! the registry, which keeps them (distribution purges them only after a week) with what
 //! was sent into them. An upload is ended on purpose when its copy fails, and on its own
-//! when the copy is dropped — at its task's timeout, mid-PUT or while its source is still
-//! being read: [`UploadEnd`] sends the request from its `Drop`, and the process waits for
-//! such requests before it exits ([`uploads_ended`]).
+//! when the copy is dropped (at its task's timeout): [`UploadEnd`] sends the request from
+//! its `Drop`, and the process waits for such requests before it exits ([`uploads_ended`]).
+//!
+//! Distribution ends only an upload whose bytes still match the state its location carries:
+//! one dropped mid-PUT (some bytes sent, the answer with a new location never read) is
+//! refused (404) and stays until its purge. One dropped before its PUT sent anything —
+//! its source slow to answer, the commonest way a copy reaches its timeout — is ended.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
