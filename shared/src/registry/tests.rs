@@ -478,3 +478,71 @@ async fn an_upload_opened_by_the_look_and_gone_is_retried() {
     assert!(e.class.is_retryable(), "{e}");
     assert!(e.message.contains("is gone"), "{e}");
 }
+
+/// A registry that opens the look's upload (202) without saying where: the look is not an
+/// error and not taken for "absent" on the POST's word — the HEAD answers, beside the POST
+/// while the registry's mounts are unknown, after it once they are honoured.
+#[tokio::test]
+async fn a_look_answered_202_without_a_location_falls_back_to_the_head() {
+    use crate::store::BlobLook;
+    let held = crate::digest::Digest::of(b"held").hex().to_owned();
+    let (addr, seen) = peer(Arc::new(move |path: &str, _| match path {
+        p if p.contains("mount=") && p.contains(&held) => (201, String::new(), String::new()),
+        p if p.contains("mount=") => (202, String::new(), String::new()),
+        p if p.starts_with("/v2/app/blobs/sha256:") => match p.contains(&held) {
+            true => (200, "Content-Length: 4\r\n".to_owned(), String::new()),
+            false => (404, String::new(), String::new()),
+        },
+        _ => (200, String::new(), "{}".to_owned()),
+    }))
+    .await;
+    let reg = Registry::connect(&addr, &plain_http(), None)
+        .await
+        .expect("connect");
+    let new = crate::digest::Digest::of(b"new");
+    let at = seen.lock().expect("seen").len();
+    let look = reg.look_or_open("app", &new).await.expect("look");
+    assert!(matches!(look, BlobLook::Absent(None)), "{look:?}");
+    assert_eq!(methods(&seen, at), ["HEAD", "POST"]);
+
+    // A 201 for a blob it holds: mounts are honoured, the POST goes alone, and its 202
+    // without a location is followed by a HEAD.
+    let held = crate::digest::Digest::of(b"held");
+    let look = reg.look_or_open("app", &held).await.expect("look");
+    assert!(matches!(look, BlobLook::Present), "{look:?}");
+    let at = seen.lock().expect("seen").len();
+    let look = reg.look_or_open("app", &new).await.expect("look");
+    assert!(matches!(look, BlobLook::Absent(None)), "{look:?}");
+    let seen = seen.lock().expect("seen")[at..].to_vec();
+    let order: Vec<&str> = seen.iter().map(|s| s.method.as_str()).collect();
+    assert_eq!(order, ["POST", "HEAD"], "{seen:?}");
+}
+
+/// An upload the look opened and dropped unused (its copy dropped at a timeout) is ended
+/// from its `Drop`, and `uploads_ended` waits for that DELETE's answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_opened_upload_dropped_unused_is_ended() {
+    use crate::store::BlobLook;
+    let (addr, seen) = mounting_peer(true, 201).await;
+    let reg = Registry::connect(&addr, &plain_http(), None)
+        .await
+        .expect("connect");
+    let held = crate::digest::Digest::of(b"held");
+    assert!(matches!(
+        reg.look_or_open("app", &held).await.expect("look"),
+        BlobLook::Present
+    ));
+    let new = crate::digest::Digest::of(b"new");
+    let BlobLook::Absent(Some(opened)) = reg.look_or_open("app", &new).await.expect("look") else {
+        panic!("an upload opened by the look");
+    };
+    let at = seen.lock().expect("seen").len();
+    drop(opened);
+    super::uploads_ended(std::time::Duration::from_secs(5)).await;
+    let seen = seen.lock().expect("seen")[at..].to_vec();
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "DELETE" && s.path == "/v2/app/blobs/uploads/u1?_state=s"),
+        "{seen:?}"
+    );
+}
