@@ -56,22 +56,42 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
             });
         }
     }
-    let opened = match dest.look_before_put(&task.dest.repo, digest).await? {
+    // A blob streamed from its source is asked for while the destination is looked at, once
+    // the looks have shown they find little there ([`crate::context::looks`]).
+    let streamed =
+        task.inline.is_none() && (ctx.cache.is_none() || task.source.store.abilities().local_reads);
+    let (look, early) = if streamed && ctx.looks.mostly_absent() {
+        let source = ctx.stores.resolve(&task.source.store).await?;
+        let progress = Some(crate::progress::counter(ctx));
+        let (look, early) = futures_util::future::join(
+            dest.look_before_put(&task.dest.repo, digest),
+            source.get_blob(&task.source.repo, &task.desc, progress),
+        )
+        .await;
+        (look?, Some(early))
+    } else {
+        (dest.look_before_put(&task.dest.repo, digest).await?, None)
+    };
+    ctx.looks.record(matches!(look, BlobLook::Present));
+    let opened = match look {
+        // The early read, if any, is dropped unread.
         BlobLook::Present => return Ok(Outcome::BlobPresent),
         BlobLook::Absent(opened) => Opened(std::sync::Mutex::new(opened)),
     };
-    let copied = put(ctx, task, dest.as_ref(), &opened).await;
+    let copied = put(ctx, task, dest.as_ref(), &opened, early).await;
     opened.close(dest.as_ref(), &task.dest.repo).await;
     copied
 }
 
 /// The blob into `dest`, which does not hold it: the task's inline bytes, through the
-/// cache, or streamed from the source.
+/// cache, or streamed from the source (the first attempt from `early`, the source's answer
+/// asked for during the look, when there is one).
 async fn put(
     ctx: &Context,
     task: &BlobTask,
     dest: &dyn ImageStore,
     opened: &Opened,
+    early: Option<Result<ByteStream>>,
 ) -> Result<Outcome> {
     let digest = &task.desc.digest;
     if let Some(bytes) = &task.inline {
@@ -101,15 +121,22 @@ async fn put(
     }
     let source = ctx.stores.resolve(&task.source.store).await?;
     let what = format!("copy blob {digest} {} -> {}", task.source, task.dest);
+    let early = std::sync::Mutex::new(early);
     ctx.retry
         .run(&what, || async {
-            let stream = source
-                .get_blob(
-                    &task.source.repo,
-                    &task.desc,
-                    Some(crate::progress::counter(ctx)),
-                )
-                .await?;
+            let first = early.lock().ok().and_then(|mut e| e.take());
+            let stream = match first {
+                Some(stream) => stream?,
+                None => {
+                    source
+                        .get_blob(
+                            &task.source.repo,
+                            &task.desc,
+                            Some(crate::progress::counter(ctx)),
+                        )
+                        .await?
+                }
+            };
             opened.put(dest, &task.dest.repo, &task.desc, stream).await
         })
         .await?;

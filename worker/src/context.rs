@@ -8,6 +8,8 @@ use std::time::Duration;
 use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::StoreResolver;
 
+/// What the recent looks at destinations found (whether copies read their source early).
+pub mod looks;
 /// The daemon's limits on what a task may ask (`--archive-root`, `--sign-scope`).
 pub mod policy;
 
@@ -34,4 +36,5 @@ pub struct Context {
     /// What a task may ask of this process (`--archive-root`, `--sign-scope`): set by the
     /// fleet daemon; `None` in the embedded mode, whose tasks its own user planned.
     pub policy: Option<Arc<policy::Policy>>,
+    pub looks: looks::LookHistory,
 }

@@ -344,6 +344,7 @@ async fn run() -> Result<()> {
         },
         sign_keys,
         policy: Some(policy),
+        looks: Default::default(),
     });
     let total = concurrency.iter().map(|(_, n)| n).sum();
     ready.store(true, std::sync::atomic::Ordering::Relaxed);

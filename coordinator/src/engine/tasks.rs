@@ -145,6 +145,7 @@ impl Bus {
                     leases: None,
                     sign_keys: here.sign_keys,
                     policy: None,
+                    looks: Default::default(),
                 });
                 let workers = tokio::spawn(hangar_worker::run(
                     queue.clone(),
