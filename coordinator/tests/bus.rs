@@ -465,7 +465,7 @@ async fn a_task_from_an_identity_without_publish_rights_never_runs() {
     let lines = seed_shared_repos(&env, 1).await;
     let (desc, task) = blob_task(&env, &lines[0], "stolen/by-intruder").await;
     let payload = serde_json::to_vec(&envelope("evil.r1", 1, task.clone())).unwrap();
-    let subject = jetstream::task_subject(TaskKind::Blob, "evil.r1");
+    let subject = jetstream::task_subject(TaskKind::Blob.into(), "evil.r1");
 
     // Two identities that hold a valid login but not the right to publish tasks: an
     // outsider allowed only its own subjects, and a worker (as if one were compromised).

@@ -427,3 +427,52 @@ async fn a_kind_no_live_worker_takes_fails_the_run_and_names_the_flag() {
         "the run's tasks were purged: {text}"
     );
 }
+
+/// On the bus, quick blob tasks (a mount here) have a lane and slots of their own: a
+/// worker whose only copy slot is held by a copy still takes a mount published after it,
+/// which in one lane would wait for that copy's end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mount_is_taken_while_a_copy_holds_the_only_copy_slot() {
+    use hangar_shared::queue::TaskQueue;
+    use hangar_shared::queue::jetstream::{self, JetStreamQueue, NatsOptions};
+    use hangar_shared::task::{Task, TaskKind};
+
+    let nats = NatsProcess::start().expect("nats-server");
+    let client = jetstream::connect(&NatsOptions {
+        url: nats.url(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let worker = JetStreamQueue::consumer(
+        client.clone(),
+        &[(TaskKind::Blob, 1)],
+        jetstream::ACK_WAIT,
+    )
+    .await
+    .unwrap();
+    let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
+    let copy = hangar_loadtest::queue_bench::sample_task("lanes.r1", 1);
+    let mut mount = hangar_loadtest::queue_bench::sample_task("lanes.r1", 2);
+    if let Task::Blob(b) = &mut mount.task {
+        b.mount_from = vec![hangar_shared::store::RepoRef::registry(
+            "dst.example",
+            "bench/other",
+        )];
+    }
+    publisher.publish(copy).await.unwrap();
+    let held = tokio::time::timeout(std::time::Duration::from_secs(30), worker.next())
+        .await
+        .expect("the copy is delivered")
+        .expect("a delivery");
+    assert_eq!(held.task.id, 1);
+    publisher.publish(mount).await.unwrap();
+    // The copy is held (not acked): its slot stays taken.
+    let quick = tokio::time::timeout(std::time::Duration::from_secs(30), worker.next())
+        .await
+        .expect("the mount is delivered while the copy holds its slot")
+        .expect("a delivery");
+    assert_eq!(quick.task.id, 2);
+    assert!(quick.task.task.is_quick());
+    drop(held);
+}

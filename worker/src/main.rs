@@ -346,7 +346,10 @@ async fn run() -> Result<()> {
         policy: Some(policy),
         looks: Default::default(),
     });
-    let total = concurrency.iter().map(|(_, n)| n).sum();
+    let total = hangar_shared::queue::jetstream::Lane::for_worker(&concurrency)
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(nats = %hangar_shared::queue::jetstream::redact_url(&args.nats), slots = total, "worker ready");
     let mut running = tokio::spawn(hangar_worker::run(queue.clone(), events, ctx, total));

@@ -2,9 +2,11 @@
 //!
 //! | what | name | settings |
 //! |---|---|---|
-//! | task stream | `HANGAR_TASKS`, subjects `hangar.task.<kind>.<job>` | work-queue retention, file storage, 2 min duplicate window |
-//! | task consumers | durable `hangar-<kind>`, one per kind, filter `hangar.task.<kind>.>` | pull, explicit ack, `ack_wait` 60 s, `max_deliver` 3 |
+//! | task stream | `HANGAR_TASKS`, subjects `hangar.task.<lane>.<job>` | work-queue retention, file storage, 2 min duplicate window |
+//! | task consumers | durable `hangar-<lane>`, one per lane, filter `hangar.task.<lane>.>` | pull, explicit ack, `ack_wait` 60 s, `max_deliver` 3 |
 //! | event stream | `HANGAR_EVENTS`, subjects `hangar.event.<job>` | limits retention, file storage, 24 h max age |
+//!
+//! A lane is a task kind, and for blobs a second one for the quick blob tasks (`lane.rs`).
 //!
 //! Everything is created idempotently at start (`get_or_create`). Each task is published
 //! with `Nats-Msg-Id` = `<job>/<task id>`, so a re-publish inside the window is dropped by
@@ -26,10 +28,12 @@ use crate::task::{TaskEnvelope, TaskKind};
 
 mod connect;
 mod events;
+mod lane;
 pub mod unserved;
 
 pub use connect::{NatsOptions, connect, inbox_prefix, redact_url};
 pub use events::{JetStreamSink, follow_events};
+pub use lane::{Lane, QUICK_BLOB_SLOTS};
 
 pub const TASK_STREAM: &str = "HANGAR_TASKS";
 pub const EVENT_STREAM: &str = "HANGAR_EVENTS";
@@ -74,9 +78,9 @@ fn fits(js: &jetstream::Context, what: &str, len: usize) -> Result<()> {
     ))
 }
 
-/// `hangar.task.<kind>.<job>`: the job in the subject lets a cancel purge just its tasks.
-pub fn task_subject(kind: TaskKind, job: &str) -> String {
-    format!("hangar.task.{}.{job}", kind.as_str())
+/// `hangar.task.<lane>.<job>`: the job in the subject lets a cancel purge just its tasks.
+pub fn task_subject(lane: Lane, job: &str) -> String {
+    format!("hangar.task.{}.{job}", lane.name())
 }
 
 /// Drops every queued task of every run of `job` (a cancelled job); task subjects are
@@ -139,8 +143,8 @@ pub struct JetStreamQueue {
     js: jetstream::Context,
     ack_wait: Duration,
     sent: SentTasks,
-    /// The kinds and runs of the tasks this publisher sent, for [`Self::unserved`].
-    kinds: std::sync::Mutex<std::collections::BTreeSet<(TaskKind, String)>>,
+    /// The lanes and runs of the tasks this publisher sent, for [`Self::unserved`].
+    kinds: std::sync::Mutex<std::collections::BTreeSet<(Lane, String)>>,
     /// Deliveries pulled by the per-kind fetchers, for `next`.
     incoming: Mutex<Option<mpsc::Receiver<Delivery>>>,
     fetchers: Vec<tokio::task::JoinHandle<()>>,
@@ -176,8 +180,9 @@ impl JetStreamQueue {
         })
     }
 
-    /// A consumer (a worker) pulling up to `concurrency[kind]` tasks of each kind at once.
-    /// `ack_wait` applies when this call creates the consumers (the first worker does).
+    /// A consumer (a worker) pulling up to `concurrency[kind]` tasks of each kind at once,
+    /// and quick blob tasks in their own lane ([`Lane::for_worker`]). `ack_wait` applies
+    /// when this call creates the consumers (the first worker does).
     pub async fn consumer(
         client: async_nats::Client,
         concurrency: &[(TaskKind, usize)],
@@ -185,19 +190,20 @@ impl JetStreamQueue {
     ) -> Result<Self> {
         let js = jetstream::new(client);
         ensure_streams(&js).await?;
-        let total: usize = concurrency.iter().map(|(_, n)| n).sum();
+        let lanes = Lane::for_worker(concurrency);
+        let total: usize = lanes.iter().map(|(_, n)| n).sum();
         let (tx, rx) = mpsc::channel(total.max(1));
         let stream = js.get_stream(TASK_STREAM).await.map_err(bus)?;
         let mut fetchers = Vec::new();
         let mut effective_ack_wait = ack_wait;
-        for (kind, n) in concurrency.iter().copied().filter(|(_, n)| *n > 0) {
-            let name = format!("hangar-{}", kind.as_str());
+        for (lane, n) in lanes {
+            let name = lane.consumer();
             let consumer: jetstream::consumer::PullConsumer = stream
                 .get_or_create_consumer(
                     &name,
                     pull::Config {
                         durable_name: Some(name.clone()),
-                        filter_subject: format!("hangar.task.{}.>", kind.as_str()),
+                        filter_subject: format!("hangar.task.{}.>", lane.name()),
                         ack_policy: jetstream::consumer::AckPolicy::Explicit,
                         ack_wait,
                         max_deliver: MAX_DELIVER as i64,
@@ -225,23 +231,28 @@ impl JetStreamQueue {
     /// The kinds of the tasks this publisher sent that no worker pulls now
     /// ([`unserved::kinds`]).
     pub async fn unserved(&self) -> Result<Vec<TaskKind>> {
-        let sent: Vec<(TaskKind, String)> = match self.kinds.lock() {
+        let sent: Vec<(Lane, String)> = match self.kinds.lock() {
             Ok(k) => k.iter().cloned().collect(),
             Err(_) => Vec::new(),
         };
         unserved::kinds(&self.js, &sent).await
     }
 
-    /// Per kind: tasks waiting in the stream, and tasks delivered but not yet acked.
+    /// Per kind (its lanes together): tasks waiting in the stream, and tasks delivered but
+    /// not yet acked.
     pub async fn pending(&self) -> Result<Vec<(TaskKind, u64, u64)>> {
         let stream = self.js.get_stream(TASK_STREAM).await.map_err(bus)?;
-        let mut out = Vec::new();
-        for kind in KINDS {
-            if let Ok(info) = stream
-                .consumer_info(format!("hangar-{}", kind.as_str()))
-                .await
-            {
-                out.push((kind, info.num_pending, info.num_ack_pending as u64));
+        let mut out: Vec<(TaskKind, u64, u64)> = Vec::new();
+        for lane in Lane::all() {
+            if let Ok(info) = stream.consumer_info(lane.consumer()).await {
+                let (pending, unacked) = (info.num_pending, info.num_ack_pending as u64);
+                match out.iter_mut().find(|(k, _, _)| *k == lane.kind) {
+                    Some((_, p, u)) => {
+                        *p += pending;
+                        *u += unacked;
+                    }
+                    None => out.push((lane.kind, pending, unacked)),
+                }
             }
         }
         Ok(out)
@@ -348,7 +359,7 @@ impl DeliveryHandle for JsHandle {
 impl TaskQueue for JetStreamQueue {
     async fn publish(&self, mut task: TaskEnvelope) -> Result<()> {
         if let Ok(mut kinds) = self.kinds.lock() {
-            kinds.insert((task.task.kind(), task.job.clone()));
+            kinds.insert((Lane::of(&task.task), task.job.clone()));
         }
         // The trace context travels as a header, where NATS tooling and other services look.
         let trace = task.trace.take();
@@ -367,7 +378,10 @@ impl TaskQueue for JetStreamQueue {
         loop {
             let attempt = async {
                 self.js
-                    .send_publish(task_subject(task.task.kind(), &task.job), publish.clone())
+                    .send_publish(
+                        task_subject(Lane::of(&task.task), &task.job),
+                        publish.clone(),
+                    )
                     .await
                     .map_err(bus)?
                     .await

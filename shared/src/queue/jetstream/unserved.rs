@@ -9,23 +9,23 @@
 use async_nats::jetstream::{self, context::ConsumerInfoErrorKind};
 use futures_util::TryStreamExt;
 
-use super::{TASK_STREAM, bus, task_subject};
+use super::{Lane, TASK_STREAM, bus, task_subject};
 use crate::error::Result;
 use crate::task::TaskKind;
 
-/// Of the kinds a run sent (`sent`: kind and the run's id), those whose tasks of this run
-/// are still queued with no worker pulling them now. An answer NATS cannot give (it is
-/// restarting) is an error, never "unserved".
-pub async fn kinds(js: &jetstream::Context, sent: &[(TaskKind, String)]) -> Result<Vec<TaskKind>> {
+/// Of the lanes a run sent tasks in (`sent`: lane and the run's id), the kinds of those
+/// whose tasks of this run are still queued with no worker pulling them now. An answer
+/// NATS cannot give (it is restarting) is an error, never "unserved".
+pub async fn kinds(js: &jetstream::Context, sent: &[(Lane, String)]) -> Result<Vec<TaskKind>> {
     if sent.is_empty() {
         return Ok(Vec::new());
     }
     let stream = js.get_stream(TASK_STREAM).await.map_err(bus)?;
     let mut unserved = Vec::new();
-    for (kind, run) in sent {
+    for (lane, run) in sent {
         // A work queue keeps a message until it is acked: this run's own backlog of the kind.
         let mut subjects = stream
-            .info_with_subjects(task_subject(*kind, run))
+            .info_with_subjects(task_subject(*lane, run))
             .await
             .map_err(bus)?;
         let mut queued = 0usize;
@@ -35,18 +35,14 @@ pub async fn kinds(js: &jetstream::Context, sent: &[(TaskKind, String)]) -> Resu
         if queued == 0 {
             continue;
         }
-        match stream
-            .consumer_info(format!("hangar-{}", kind.as_str()))
-            .await
-        {
-            Ok(info) => {
-                if info.num_waiting == 0 && info.num_ack_pending == 0 {
-                    unserved.push(*kind);
-                }
-            }
-            // No worker taking this kind has ever started.
-            Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => unserved.push(*kind),
+        let none = match stream.consumer_info(lane.consumer()).await {
+            Ok(info) => info.num_waiting == 0 && info.num_ack_pending == 0,
+            // No worker taking this lane has ever started.
+            Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => true,
             Err(e) => return Err(bus(e)),
+        };
+        if none && !unserved.contains(&lane.kind) {
+            unserved.push(lane.kind);
         }
     }
     Ok(unserved)
