@@ -444,13 +444,10 @@ async fn a_mount_is_taken_while_a_copy_holds_the_only_copy_slot() {
     })
     .await
     .unwrap();
-    let worker = JetStreamQueue::consumer(
-        client.clone(),
-        &[(TaskKind::Blob, 1)],
-        jetstream::ACK_WAIT,
-    )
-    .await
-    .unwrap();
+    let worker =
+        JetStreamQueue::consumer(client.clone(), &[(TaskKind::Blob, 1)], jetstream::ACK_WAIT)
+            .await
+            .unwrap();
     let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
     let copy = hangar_loadtest::queue_bench::sample_task("lanes.r1", 1);
     let mut mount = hangar_loadtest::queue_bench::sample_task("lanes.r1", 2);
