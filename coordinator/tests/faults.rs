@@ -331,3 +331,69 @@ async fn a_streamed_save_from_a_source_serving_wrong_bytes_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "left beside the archive: {left:?}\n{log}");
 }
+
+/// A layer that arrives before the writer's turn is staged on disk once the writer has kept
+/// it waiting, and read back from there when its turn comes: through a source that sends
+/// each connection 200 KB a second, an image's two 1 MB layers come in together, so the
+/// second one in the archive's order waits for the first and is staged meanwhile (the
+/// process writes more than the archive), and the archive loads with every digest intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_arriving_before_its_turn_is_staged_and_read_back() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    push_image(
+        &src,
+        env.dir.path(),
+        "team/two",
+        Some("v1"),
+        Format::Docker,
+        "amd64",
+        (&[4100, 4101], 1_000_000),
+    )
+    .await;
+    let slow = faulty(
+        &env.src.addr,
+        ProxyOptions {
+            rate_limit: Some(200_000),
+            ..Default::default()
+        },
+    )
+    .await;
+    let list = env.write_list("list.txt", &[format!("{}/team/two:v1", slow.addr)]);
+    let archive = env.path("two.zip");
+    let args: Vec<String> = [
+        "save",
+        "--tls-verify=false",
+        "-y",
+        "-f",
+        &list.display().to_string(),
+        "-d",
+        &archive.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let run = run_measured_async(args, std::time::Duration::from_secs(120)).await;
+    assert!(run.success, "save failed:\n{}", run.output);
+    let size = std::fs::metadata(&archive).expect("archive").len();
+    assert!(
+        run.written > size + 256 * 1024,
+        "{} bytes written for an archive of {size}: nothing staged?",
+        run.written
+    );
+    let args: Vec<String> = [
+        "load",
+        "--tls-verify=false",
+        "-s",
+        &archive.display().to_string(),
+        "-d",
+        &env.dst.addr,
+        "-o",
+        &env.path("failed.txt").display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = tokio::task::spawn_blocking(move || hangar(&args))
+        .await
+        .expect("load");
+    assert_all_landed(&env, &["team/two:v1".to_owned()], &out, false).await;
+}
