@@ -348,14 +348,22 @@ impl Fetch {
                     )));
                 }
             }
-            gathered.extend_from_slice(&chunk);
-            // The last piece waits for the digest.
-            if gathered.len() >= PIECE && read < self.desc.size {
-                let piece = std::mem::replace(&mut gathered, bytes::BytesMut::with_capacity(PIECE));
-                taken.hashed.update(&piece);
-                taken.count += piece.len() as u64;
-                if !self.take(piece.freeze(), taken).await? {
-                    return Ok(());
+            // Pieces of exactly PIECE bytes (a chunk across two is split), each allocated
+            // only once the last is taken: what a fetch holds is bounded by its pieces.
+            while !chunk.is_empty() {
+                let n = (PIECE - gathered.len()).min(chunk.len());
+                gathered.extend_from_slice(&chunk[..n]);
+                chunk = chunk.slice(n..);
+                // The last piece waits for the digest.
+                let more = !chunk.is_empty() || read < self.desc.size;
+                if gathered.len() == PIECE && more {
+                    let piece = std::mem::take(&mut gathered);
+                    taken.hashed.update(&piece);
+                    taken.count += piece.len() as u64;
+                    if !self.take(piece.freeze(), taken).await? {
+                        return Ok(());
+                    }
+                    gathered.reserve(PIECE);
                 }
             }
         }
