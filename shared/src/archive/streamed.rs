@@ -228,6 +228,34 @@ fn pieces(rx: mpsc::Receiver<Result<Piece>>) -> ByteStream {
     .boxed()
 }
 
+/// A blob's bytes cut into pieces of exactly [`PIECE`] bytes as they arrive (a chunk across
+/// two is split), each allocated only when its first bytes come — after the last was taken
+/// — so that what a fetch holds is bounded by its pieces: a buffer a chunk overfilled would
+/// grow to twice its size.
+#[derive(Default)]
+struct Gathering(bytes::BytesMut);
+
+impl Gathering {
+    /// Takes bytes of `chunk` (leaving the rest in it) until a piece is full; the full
+    /// piece, unless it holds the blob's last bytes (`after`: bytes still to come after
+    /// `chunk`), which wait for the digest ([`Gathering::last`]).
+    fn fill(&mut self, chunk: &mut Bytes, after: u64) -> Option<Bytes> {
+        if self.0.capacity() == 0 {
+            self.0.reserve(PIECE);
+        }
+        let n = (PIECE - self.0.len()).min(chunk.len());
+        self.0.extend_from_slice(&chunk[..n]);
+        *chunk = chunk.slice(n..);
+        let more = !chunk.is_empty() || after > 0;
+        (self.0.len() == PIECE && more).then(|| std::mem::take(&mut self.0).freeze())
+    }
+
+    /// What is left once every chunk came: the blob's last bytes.
+    fn last(self) -> Bytes {
+        self.0.freeze()
+    }
+}
+
 /// One blob's fetch, resumed after a transient failure.
 struct Fetch {
     registries: Arc<RegistryPool>,
@@ -327,7 +355,7 @@ impl Fetch {
         let mut again = Sha256::new();
         let mut skip = taken.count;
         let mut read = 0u64;
-        let mut gathered = bytes::BytesMut::with_capacity(PIECE);
+        let mut gathering = Gathering::default();
         while let Some(chunk) = stream.next().await {
             let mut chunk = chunk?;
             read += chunk.len() as u64;
@@ -348,22 +376,14 @@ impl Fetch {
                     )));
                 }
             }
-            // Pieces of exactly PIECE bytes (a chunk across two is split), each allocated
-            // only once the last is taken: what a fetch holds is bounded by its pieces.
             while !chunk.is_empty() {
-                let n = (PIECE - gathered.len()).min(chunk.len());
-                gathered.extend_from_slice(&chunk[..n]);
-                chunk = chunk.slice(n..);
-                // The last piece waits for the digest.
-                let more = !chunk.is_empty() || read < self.desc.size;
-                if gathered.len() == PIECE && more {
-                    let piece = std::mem::take(&mut gathered);
-                    taken.hashed.update(&piece);
-                    taken.count += piece.len() as u64;
-                    if !self.take(piece.freeze(), taken).await? {
-                        return Ok(());
-                    }
-                    gathered.reserve(PIECE);
+                let Some(piece) = gathering.fill(&mut chunk, self.desc.size - read) else {
+                    continue;
+                };
+                taken.hashed.update(&piece);
+                taken.count += piece.len() as u64;
+                if !self.take(piece, taken).await? {
+                    return Ok(());
                 }
             }
         }
@@ -372,6 +392,7 @@ impl Fetch {
         }
         // Taken (hashed and counted) only once the whole blob is known to be right: what
         // was taken is what a retry compares and skips.
+        let gathered = gathering.last();
         let mut whole = taken.hashed.clone();
         whole.update(&gathered);
         let got = Digest::from_sha256(whole.clone().finalize().as_slice());
@@ -381,7 +402,7 @@ impl Fetch {
         taken.hashed = whole;
         taken.count += gathered.len() as u64;
         if !gathered.is_empty() {
-            self.take(gathered.freeze(), taken).await?;
+            self.take(gathered, taken).await?;
         }
         Ok(())
     }
@@ -451,5 +472,46 @@ impl Fetch {
 
     fn staging_failed(&self, e: std::io::Error) -> Error {
         Error::internal(format!("staging {}: {e}", self.staged_at.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the chunks, every piece handed on is exactly PIECE bytes, the last bytes are
+    /// held back (never empty for a blob that has bytes), and together they are the blob.
+    #[test]
+    fn pieces_are_whole_and_the_last_bytes_wait() {
+        for size in [0, 1, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE, 3 * PIECE + 17] {
+            let blob: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            for chunk_len in [1000, PIECE - 3, PIECE, PIECE + 5, 2 * PIECE + 1] {
+                let mut gathering = Gathering::default();
+                let mut out = Vec::new();
+                let mut read = 0;
+                for chunk in blob.chunks(chunk_len) {
+                    read += chunk.len();
+                    let mut chunk = Bytes::copy_from_slice(chunk);
+                    while !chunk.is_empty() {
+                        if let Some(piece) = gathering.fill(&mut chunk, (size - read) as u64) {
+                            assert_eq!(piece.len(), PIECE, "size {size}, chunks of {chunk_len}");
+                            out.extend_from_slice(&piece);
+                        }
+                    }
+                }
+                let last = gathering.last();
+                assert_eq!(
+                    last.is_empty(),
+                    size == 0,
+                    "size {size}, chunks of {chunk_len}"
+                );
+                assert!(last.len() <= PIECE);
+                out.extend_from_slice(&last);
+                assert!(
+                    out == blob,
+                    "size {size}, chunks of {chunk_len}: bytes differ"
+                );
+            }
+        }
     }
 }
