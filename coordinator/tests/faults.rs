@@ -397,3 +397,43 @@ async fn a_layer_arriving_before_its_turn_is_staged_and_read_back() {
         .expect("load");
     assert_all_landed(&env, &["team/two:v1".to_owned()], &out, false).await;
 }
+
+/// On a fast link the writer reaches each layer well within the wait before staging: an
+/// image's two 2 MB layers, fetched together, are written once each (into the zip), where
+/// staging at once wrote the second one's bytes twice more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_save_on_a_fast_link_writes_each_byte_once() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    push_image(
+        &src,
+        env.dir.path(),
+        "team/fast",
+        Some("v1"),
+        Format::Oci,
+        "amd64",
+        (&[4200, 4201], 2_000_000),
+    )
+    .await;
+    let list = env.write_list("list.txt", &[format!("{}/team/fast:v1", env.src.addr)]);
+    let archive = env.path("fast.zip");
+    let args: Vec<String> = [
+        "save",
+        "--tls-verify=false",
+        "-y",
+        "-f",
+        &list.display().to_string(),
+        "-d",
+        &archive.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let run = run_measured_async(args, std::time::Duration::from_secs(120)).await;
+    assert!(run.success, "save failed:\n{}", run.output);
+    let size = std::fs::metadata(&archive).expect("archive").len();
+    assert!(
+        run.written < size + 512 * 1024,
+        "{} bytes written for an archive of {size}: staged although the writer came soon",
+        run.written
+    );
+}

@@ -3,6 +3,7 @@
 //! already opened), else one verified stream source → dest.
 
 use futures_util::StreamExt;
+use futures_util::future::Either;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -56,19 +57,34 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
             });
         }
     }
+    // Copies keep to the worker's copy slots, from whichever lane they came.
+    let _slot = match task.inline {
+        None => copy_slot(ctx).await,
+        Some(_) => None,
+    };
     // A blob streamed from its source is asked for while the destination is looked at, once
     // the looks have shown they find little there ([`crate::context::looks`]).
     let streamed =
         task.inline.is_none() && (ctx.cache.is_none() || task.source.store.abilities().local_reads);
     let (look, early) = if streamed && ctx.looks.mostly_absent() {
-        let source = ctx.stores.resolve(&task.source.store).await?;
-        let progress = Some(crate::progress::counter(ctx));
-        let (look, early) = futures_util::future::join(
-            dest.look_before_put(&task.dest.repo, digest),
-            source.get_blob(&task.source.repo, &task.desc, progress),
-        )
-        .await;
-        (look?, Some(early))
+        let reading = async {
+            let source = ctx.stores.resolve(&task.source.store).await?;
+            let progress = Some(crate::progress::counter(ctx));
+            source
+                .get_blob(&task.source.repo, &task.desc, progress)
+                .await
+        };
+        let looking = dest.look_before_put(&task.dest.repo, digest);
+        tokio::pin!(reading, looking);
+        // The look decides: a blob already there does not wait for the source's answer
+        // (the read is dropped unread).
+        match futures_util::future::select(looking, reading).await {
+            Either::Left((look, reading)) => match look? {
+                BlobLook::Present => (BlobLook::Present, None),
+                absent => (absent, Some(reading.await)),
+            },
+            Either::Right((early, looking)) => (looking.await?, Some(early)),
+        }
     } else {
         (dest.look_before_put(&task.dest.repo, digest).await?, None)
     };
@@ -81,6 +97,18 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
     let copied = put(ctx, task, dest.as_ref(), &opened, early).await;
     opened.close(dest.as_ref(), &task.dest.repo).await;
     copied
+}
+
+/// One of the worker's copy slots, if it counts them; waiting for one is not a stall.
+async fn copy_slot(ctx: &Context) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slots = ctx.copy_slots.as_ref()?;
+    match slots.clone().try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) => {
+            hangar_shared::waiting::on("a copy slot (--blob-concurrency)");
+            slots.clone().acquire_owned().await.ok()
+        }
+    }
 }
 
 /// The blob into `dest`, which does not hold it: the task's inline bytes, through the

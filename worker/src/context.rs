@@ -37,4 +37,8 @@ pub struct Context {
     /// fleet daemon; `None` in the embedded mode, whose tasks its own user planned.
     pub policy: Option<Arc<policy::Policy>>,
     pub looks: looks::LookHistory,
+    /// `--blob-concurrency` on the fleet: held by every copy (not a mount), so that the
+    /// quick blob lane's tasks whose mount is declined copy within it. `None` embedded,
+    /// where both lanes share the process's slots.
+    pub copy_slots: Option<Arc<tokio::sync::Semaphore>>,
 }

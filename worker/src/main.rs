@@ -345,6 +345,9 @@ async fn run() -> Result<()> {
         sign_keys,
         policy: Some(policy),
         looks: Default::default(),
+        copy_slots: Some(Arc::new(tokio::sync::Semaphore::new(
+            args.blob_concurrency.max(1),
+        ))),
     });
     let total = hangar_shared::queue::jetstream::Lane::for_worker(&concurrency)
         .iter()
@@ -352,7 +355,20 @@ async fn run() -> Result<()> {
         .sum();
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(nats = %hangar_shared::queue::jetstream::redact_url(&args.nats), slots = total, "worker ready");
-    let mut running = tokio::spawn(hangar_worker::run(queue.clone(), events, ctx, total));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        // Only a sent stop counts: the sender lives until then.
+        if stopped.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut running = tokio::spawn(hangar_worker::run(
+        queue.clone(),
+        events,
+        ctx,
+        total,
+        stopped,
+    ));
     tokio::select! {
         _ = &mut running => return Ok(()),
         _ = shutdown_signal() => {}
@@ -362,7 +378,8 @@ async fn run() -> Result<()> {
     queue.close().await;
     if tokio::time::timeout(grace, &mut running).await.is_err() {
         tracing::warn!("grace period over; unfinished tasks will be redelivered");
-        running.abort();
+        let _ = stop.send(());
+        let _ = running.await;
     }
     Ok(())
 }

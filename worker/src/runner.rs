@@ -36,12 +36,15 @@ pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
     }
 }
 
-/// Runs `concurrency` consumers until the queue is closed and drained.
+/// Runs `concurrency` consumers until the queue is closed and drained, or until `stop`:
+/// then every task in hand is dropped, and this returns once all of them are (what they
+/// leave to end — an upload's DELETE — is on its way by then).
 pub async fn run(
     queue: Arc<dyn TaskQueue>,
     events: Arc<dyn EventSink>,
     ctx: Arc<Context>,
     concurrency: usize,
+    stop: impl std::future::Future<Output = ()> + Send,
 ) {
     let mut consumers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
@@ -64,7 +67,20 @@ pub async fn run(
             }
         });
     }
-    while consumers.join_next().await.is_some() {}
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            joined = consumers.join_next() => {
+                if joined.is_none() {
+                    return;
+                }
+            }
+            () = &mut stop => {
+                consumers.shutdown().await;
+                return;
+            }
+        }
+    }
 }
 
 /// One delivery, start to settlement, inside its task span.

@@ -18,7 +18,7 @@ use hangar_shared::sign::KeyPair;
 use hangar_shared::store::{RegistryPool, Stores};
 use hangar_shared::task::Event;
 use hangar_worker::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::console::Console;
 
@@ -106,7 +106,8 @@ impl Events {
 pub struct Bus {
     pub queue: Arc<dyn TaskQueue>,
     events: Events,
-    workers: Option<tokio::task::JoinHandle<()>>,
+    /// The embedded handlers, and what stops them (dropping their tasks in hand).
+    workers: Option<(tokio::task::JoinHandle<()>, oneshot::Sender<()>)>,
     /// On the fleet: says why the run cannot go on when a kind of its tasks has had no
     /// worker pulling it for the process's patience (`--unserved-timeout`).
     unserved: Option<(mpsc::Receiver<String>, tokio::task::JoinHandle<()>)>,
@@ -146,17 +147,26 @@ impl Bus {
                     sign_keys: here.sign_keys,
                     policy: None,
                     looks: Default::default(),
+                    copy_slots: None,
                 });
+                let (stop, stopped) = oneshot::channel::<()>();
+                let stopped = async {
+                    // Only a sent stop counts: the sender lives until then.
+                    if stopped.await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 let workers = tokio::spawn(hangar_worker::run(
                     queue.clone(),
                     Arc::new(ChannelSink(event_tx)),
                     ctx,
                     here.transfers,
+                    stopped,
                 ));
                 Ok(Self {
                     queue,
                     events: Events::Here(events),
-                    workers: Some(workers),
+                    workers: Some((workers, stop)),
                     unserved: None,
                     fleet: None,
                 })
@@ -215,9 +225,11 @@ impl Bus {
         {
             tracing::warn!("purging the interrupted run {job}: {e}");
         }
-        if let Some(workers) = self.workers {
+        if let Some((workers, stop)) = self.workers {
             if interrupted {
-                workers.abort();
+                // The tasks in hand are dropped, and this waits until they are.
+                let _ = stop.send(());
+                let _ = workers.await;
             } else {
                 // The queue is closed and drained once every task has ended.
                 let _ = workers.await;

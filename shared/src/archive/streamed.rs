@@ -6,8 +6,8 @@
 //! up to `transfers` (at most [`MAX_FETCHES`]) announced blobs are fetched at once. Each
 //! fetch hands the writer a little ahead in memory ([`AHEAD`] pieces), then stops reading
 //! for up to [`WAIT_BEFORE_STAGING`] (what the source sends meanwhile waits in the socket's
-//! buffer, and the source waits on the connection); if the writer's turn has not come by
-//! then, what arrives before it is staged in a file of the run's staging directory, which
+//! buffer, and the source waits on the connection); if the writer has not taken a piece
+//! by then (its turn has not come), what arrives before it is staged in a file of the run's staging directory, which
 //! the writer reads when its turn comes, and the rest follows from the network. A fetch
 //! cut short is taken up again (a fresh read whose first bytes are compared with those
 //! already taken, by their SHA-256, and not taken again). What the pipeline wrote into the
@@ -415,8 +415,9 @@ impl Fetch {
     }
 
     /// Takes `piece` (already hashed and counted): to the writer once its turn came or
-    /// while its channel has room, else to the staging file. `false` when the writer is
-    /// gone. Bytes gathered and not taken are read again after a failure.
+    /// while its channel has room, else — after waiting up to [`WAIT_BEFORE_STAGING`] for
+    /// room — to the staging file. `false` when the writer is gone. Bytes gathered and not
+    /// taken are read again after a failure.
     async fn take(&self, piece: Bytes, taken: &mut Taken) -> Result<bool> {
         if !taken.turn_came && taken.turn.try_recv().is_ok() {
             taken.turn_has_come();

@@ -178,6 +178,14 @@ impl Registry {
             Err(e) => Err(network(&e, target)),
         };
         drop(permit);
+        // Finished: nothing to end, whatever happens to this future from here on.
+        let end = match &sent {
+            Ok(()) => {
+                end.disarm();
+                None
+            }
+            Err(_) => Some(end),
+        };
         // An upload opened when the blob was looked for may have expired while the blob
         // was fetched (a slow source, the cache filled first): a retry opens a new one.
         let sent = match sent {
@@ -197,9 +205,8 @@ impl Registry {
         )
         .await;
         self.hold_back_on_429(&sent).await;
-        match sent {
-            Ok(()) => end.disarm(),
-            Err(_) => self.end_upload(end, target).await,
+        if let Some(end) = end {
+            self.end_upload(end, target).await;
         }
         if let Some(e) = failure.lock().ok().and_then(|mut s| s.take()) {
             return Err(e);

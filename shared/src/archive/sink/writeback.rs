@@ -47,7 +47,8 @@ impl WritingBack {
         })
     }
 
-    /// Stops the hints (waiting for one being acted on); the file, for its `fsync`.
+    /// Stops the hints (the thread acts on those already queued, and is waited for); the
+    /// file, for its `fsync`.
     /// Dropped without this, the thread ends with its channel.
     pub(super) fn finish(self) -> File {
         let Self {
