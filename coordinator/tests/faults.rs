@@ -75,6 +75,36 @@ fn faulty(upstream: &str, opts: ProxyOptions) -> impl std::future::Future<Output
     }
 }
 
+/// `hangar-coord save --tls-verify=false -y -f LIST -d ARCHIVE EXTRA…`.
+fn save_args(list: &std::path::Path, archive: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["save", "--tls-verify=false", "-y", "-f"]
+        .map(String::from)
+        .to_vec();
+    args.push(list.display().to_string());
+    args.extend(["-d".to_owned(), archive.display().to_string()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// `hangar-coord load` of `archive` into the destination registry.
+async fn load_into_dest(env: &Env, archive: &std::path::Path) -> std::process::Output {
+    let args: Vec<String> = [
+        "load",
+        "--tls-verify=false",
+        "-s",
+        &archive.display().to_string(),
+        "-d",
+        &env.dst.addr,
+        "-o",
+        &env.path("failed.txt").display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    tokio::task::spawn_blocking(move || hangar(&args))
+        .await
+        .expect("load")
+}
+
 fn raw(reference: &str) -> Vec<u8> {
     skopeo_raw(reference).unwrap_or_else(|| panic!("skopeo inspect --raw {reference}"))
 }
@@ -237,21 +267,7 @@ async fn save_streams_every_layer_through_a_flaky_source() {
         .collect();
     let list = env.write_list("list.txt", &lines);
     let archive = env.path("saved.zip");
-    let args: Vec<String> = [
-        "save",
-        "--tls-verify=false",
-        "-y",
-        "-j",
-        "4",
-        "-f",
-        &list.display().to_string(),
-        "-s",
-        &proxy.addr,
-        "-d",
-        &archive.display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = save_args(&list, &archive, &["-j", "4", "-s", &proxy.addr]);
     let run = run_measured_async(args, std::time::Duration::from_secs(300)).await;
     eprintln!("source proxy injected: {}", proxy.injected);
     assert!(run.success, "save failed:\n{}", run.output);
@@ -266,21 +282,7 @@ async fn save_streams_every_layer_through_a_flaky_source() {
         "{} bytes written for an archive of {size}: staged before the zip?",
         run.written
     );
-    let args: Vec<String> = [
-        "load",
-        "--tls-verify=false",
-        "-s",
-        &archive.display().to_string(),
-        "-d",
-        &env.dst.addr,
-        "-o",
-        &env.path("failed.txt").display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let out = tokio::task::spawn_blocking(move || hangar(&args))
-        .await
-        .expect("load");
+    let out = load_into_dest(&env, &archive).await;
     assert_all_landed(&env, &images, &out, false).await;
 }
 
@@ -303,19 +305,7 @@ async fn a_streamed_save_from_a_source_serving_wrong_bytes_leaves_nothing() {
     let out_dir = env.path("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let archive = out_dir.join("bad.zip");
-    let args: Vec<String> = [
-        "save",
-        "--tls-verify=false",
-        "-y",
-        "-f",
-        &list.display().to_string(),
-        "-s",
-        &proxy.addr,
-        "-d",
-        &archive.display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = save_args(&list, &archive, &["-s", &proxy.addr]);
     let out = tokio::task::spawn_blocking(move || hangar(&args))
         .await
         .expect("save");
@@ -361,17 +351,7 @@ async fn a_layer_arriving_before_its_turn_is_staged_and_read_back() {
     .await;
     let list = env.write_list("list.txt", &[format!("{}/team/two:v1", slow.addr)]);
     let archive = env.path("two.zip");
-    let args: Vec<String> = [
-        "save",
-        "--tls-verify=false",
-        "-y",
-        "-f",
-        &list.display().to_string(),
-        "-d",
-        &archive.display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = save_args(&list, &archive, &[]);
     let run = run_measured_async(args, std::time::Duration::from_secs(120)).await;
     assert!(run.success, "save failed:\n{}", run.output);
     let size = std::fs::metadata(&archive).expect("archive").len();
@@ -380,21 +360,7 @@ async fn a_layer_arriving_before_its_turn_is_staged_and_read_back() {
         "{} bytes written for an archive of {size}: nothing staged?",
         run.written
     );
-    let args: Vec<String> = [
-        "load",
-        "--tls-verify=false",
-        "-s",
-        &archive.display().to_string(),
-        "-d",
-        &env.dst.addr,
-        "-o",
-        &env.path("failed.txt").display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let out = tokio::task::spawn_blocking(move || hangar(&args))
-        .await
-        .expect("load");
+    let out = load_into_dest(&env, &archive).await;
     assert_all_landed(&env, &["team/two:v1".to_owned()], &out, false).await;
 }
 
@@ -417,17 +383,7 @@ async fn a_save_on_a_fast_link_writes_each_byte_once() {
     .await;
     let list = env.write_list("list.txt", &[format!("{}/team/fast:v1", env.src.addr)]);
     let archive = env.path("fast.zip");
-    let args: Vec<String> = [
-        "save",
-        "--tls-verify=false",
-        "-y",
-        "-f",
-        &list.display().to_string(),
-        "-d",
-        &archive.display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = save_args(&list, &archive, &[]);
     let run = run_measured_async(args, std::time::Duration::from_secs(120)).await;
     assert!(run.success, "save failed:\n{}", run.output);
     let size = std::fs::metadata(&archive).expect("archive").len();

@@ -944,6 +944,22 @@ async fn mirror_keeps_to_a_registrys_budget_and_in_flight_cap() {
     assert!(*free_peak > 2, "without the cap more overlap: {free_peak}");
 }
 
+/// Of `repo`'s uploads in a registry's access log: how many were opened (POST 202), used
+/// (PUT 201) and ended (DELETE 204).
+fn uploads(log: &str, repo: &str) -> (usize, usize, usize) {
+    let count = |method: &str, status: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("\"{method} /v2/{repo}/blobs/uploads/")))
+            .filter(|l| l.contains(&format!("\" {status} ")))
+            .count()
+    };
+    (
+        count("POST", "202"),
+        count("PUT", "201"),
+        count("DELETE", "204"),
+    )
+}
+
 /// A copy that fails after the destination opened its upload (the source has lost a
 /// layer) ends the upload its look opened: every upload opened and not used by a PUT gets
 /// a DELETE the registry accepts.
@@ -979,17 +995,7 @@ async fn a_failed_copy_ends_the_upload_its_look_opened() {
         "{said}"
     );
     let log = env.dst.log();
-    let count = |method: &str, status: &str| {
-        log.lines()
-            .filter(|l| l.contains(&format!("\"{method} /v2/team/lost/blobs/uploads/")))
-            .filter(|l| l.contains(&format!("\" {status} ")))
-            .count()
-    };
-    let (opened, used, ended) = (
-        count("POST", "202"),
-        count("PUT", "201"),
-        count("DELETE", "204"),
-    );
+    let (opened, used, ended) = uploads(&log, "team/lost");
     assert!(opened > used, "the lost layer's upload was opened: {log}");
     assert_eq!(ended, opened - used, "every unused upload ended: {log}");
 }
@@ -1034,17 +1040,7 @@ async fn a_copy_dropped_at_its_timeout_leaves_no_upload_behind() {
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("timed out after 2s"), "{said}");
     let log = env.dst.log();
-    let count = |method: &str, status: &str| {
-        log.lines()
-            .filter(|l| l.contains(&format!("\"{method} /v2/team/slow/blobs/uploads/")))
-            .filter(|l| l.contains(&format!("\" {status} ")))
-            .count()
-    };
-    let (opened, used, ended) = (
-        count("POST", "202"),
-        count("PUT", "201"),
-        count("DELETE", "204"),
-    );
+    let (opened, used, ended) = uploads(&log, "team/slow");
     assert!(opened > used, "the layer's upload was opened: {log}");
     assert_eq!(ended, opened - used, "every unused upload was ended: {log}");
     // A cancelled upload keeps only its hash state's small file in distribution's storage;
