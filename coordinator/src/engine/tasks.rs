@@ -266,29 +266,29 @@ pub enum News {
 /// `patience` in a row. Moments NATS cannot answer (it restarts) prove nothing either way.
 async fn watch_unserved(queue: Arc<JetStreamQueue>, patience: Duration, tx: mpsc::Sender<String>) {
     let poll = (patience / 10).max(Duration::from_millis(200));
-    let mut since: HashMap<hangar_shared::task::TaskKind, tokio::time::Instant> = HashMap::new();
+    let mut since: HashMap<jetstream::Lane, tokio::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(poll).await;
         // The run is over (its bus dropped, even on an early return): nothing to watch.
         if tx.is_closed() {
             return;
         }
-        let Ok(kinds) = queue.unserved().await else {
+        let Ok(lanes) = queue.unserved().await else {
             // NATS cannot say (it restarts): the time without an answer proves nothing.
             since.clear();
             continue;
         };
         let now = tokio::time::Instant::now();
-        since.retain(|k, _| kinds.contains(k));
-        for kind in kinds {
-            let first = *since.entry(kind).or_insert(now);
+        since.retain(|l, _| lanes.contains(l));
+        for lane in lanes {
+            let first = *since.entry(lane).or_insert(now);
             if now.duration_since(first) >= patience {
                 let _ = tx
                     .send(format!(
                         "no worker took this job's {} tasks for {}: start workers that take them ({})",
-                        kind.as_str(),
+                        lane.name(),
                         humantime::format_duration(patience),
-                        kind.how_to_take()
+                        lane.how_to_take()
                     ))
                     .await;
                 return;

@@ -41,6 +41,17 @@ impl Lane {
         }
     }
 
+    /// What makes a `hangar-worker` pull this lane.
+    pub fn how_to_take(self) -> &'static str {
+        match self.quick {
+            true => {
+                "--blob-concurrency above 0, on workers that pull the quick blob lane \
+                 (hangar-blob-quick; older workers do not)"
+            }
+            false => self.kind.how_to_take(),
+        }
+    }
+
     pub fn consumer(self) -> String {
         format!("hangar-{}", self.name())
     }
@@ -82,5 +93,8 @@ mod tests {
         assert_eq!(named, [("blob", 20), ("blob-quick", 8), ("manifest", 4)]);
         let names: std::collections::BTreeSet<&str> = Lane::all().map(Lane::name).collect();
         assert_eq!(names.len(), super::super::KINDS.len() + 1);
+        // A run waiting on the quick lane (workers older than it) is told which lane.
+        assert!(lanes[1].0.how_to_take().contains("hangar-blob-quick"));
+        assert_eq!(lanes[0].0.how_to_take(), TaskKind::Blob.how_to_take());
     }
 }

@@ -228,14 +228,14 @@ impl JetStreamQueue {
 }
 
 impl JetStreamQueue {
-    /// The kinds of the tasks this publisher sent that no worker pulls now
-    /// ([`unserved::kinds`]).
-    pub async fn unserved(&self) -> Result<Vec<TaskKind>> {
+    /// The lanes of the tasks this publisher sent that no worker pulls now
+    /// ([`unserved::lanes`]).
+    pub async fn unserved(&self) -> Result<Vec<Lane>> {
         let sent: Vec<(Lane, String)> = match self.kinds.lock() {
             Ok(k) => k.iter().cloned().collect(),
             Err(_) => Vec::new(),
         };
-        unserved::kinds(&self.js, &sent).await
+        unserved::lanes(&self.js, &sent).await
     }
 
     /// Per kind (its lanes together): tasks waiting in the stream, and tasks delivered but

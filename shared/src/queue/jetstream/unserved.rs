@@ -1,4 +1,4 @@
-//! Which kinds of task no worker pulls. A worker pulls each kind it takes through that
+//! Which lanes of tasks no worker pulls. A worker pulls each kind it takes through that
 //! kind's durable consumer, with a pull request always waiting while it has a free slot;
 //! a run whose own tasks of a kind wait in the stream while that kind's consumer has no
 //! pull request and nothing out on delivery has no live worker taking them: every worker
@@ -11,12 +11,11 @@ use futures_util::TryStreamExt;
 
 use super::{Lane, TASK_STREAM, bus, task_subject};
 use crate::error::Result;
-use crate::task::TaskKind;
 
-/// Of the lanes a run sent tasks in (`sent`: lane and the run's id), the kinds of those
-/// whose tasks of this run are still queued with no worker pulling them now. An answer
-/// NATS cannot give (it is restarting) is an error, never "unserved".
-pub async fn kinds(js: &jetstream::Context, sent: &[(Lane, String)]) -> Result<Vec<TaskKind>> {
+/// Of the lanes a run sent tasks in (`sent`: lane and the run's id), those whose tasks of
+/// this run are still queued with no worker pulling them now. An answer NATS cannot give
+/// (it is restarting) is an error, never "unserved".
+pub async fn lanes(js: &jetstream::Context, sent: &[(Lane, String)]) -> Result<Vec<Lane>> {
     if sent.is_empty() {
         return Ok(Vec::new());
     }
@@ -41,8 +40,8 @@ pub async fn kinds(js: &jetstream::Context, sent: &[(Lane, String)]) -> Result<V
             Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => true,
             Err(e) => return Err(bus(e)),
         };
-        if none && !unserved.contains(&lane.kind) {
-            unserved.push(lane.kind);
+        if none && !unserved.contains(lane) {
+            unserved.push(*lane);
         }
     }
     Ok(unserved)
