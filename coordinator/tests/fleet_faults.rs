@@ -157,16 +157,11 @@ async fn a_coordinator_restarted_mid_run_resumes_its_job() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_no_worker_answers_is_reported_failed_after_max_deliveries() {
     use hangar_shared::queue::TaskQueue;
-    use hangar_shared::queue::jetstream::{self, JetStreamQueue, NatsOptions};
+    use hangar_shared::queue::jetstream::{self, JetStreamQueue};
     use hangar_shared::task::{EventKind, TaskKind};
 
     let nats = NatsProcess::start().expect("nats-server");
-    let client = jetstream::connect(&NatsOptions {
-        url: nats.url(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let client = nats_client(&nats).await;
     // A hung worker: it takes deliveries and never answers them.
     let hung = JetStreamQueue::consumer(
         client.clone(),
@@ -434,16 +429,11 @@ async fn a_kind_no_live_worker_takes_fails_the_run_and_names_the_flag() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mount_is_taken_while_a_copy_holds_the_only_copy_slot() {
     use hangar_shared::queue::TaskQueue;
-    use hangar_shared::queue::jetstream::{self, JetStreamQueue, NatsOptions};
+    use hangar_shared::queue::jetstream::{self, JetStreamQueue};
     use hangar_shared::task::{Task, TaskKind};
 
     let nats = NatsProcess::start().expect("nats-server");
-    let client = jetstream::connect(&NatsOptions {
-        url: nats.url(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let client = nats_client(&nats).await;
     let worker =
         JetStreamQueue::consumer(client.clone(), &[(TaskKind::Blob, 1)], jetstream::ACK_WAIT)
             .await
@@ -472,4 +462,15 @@ async fn a_mount_is_taken_while_a_copy_holds_the_only_copy_slot() {
     assert_eq!(quick.task.id, 2);
     assert!(quick.task.task.is_quick());
     drop(held);
+}
+
+/// A plain client of the test's nats-server.
+async fn nats_client(nats: &NatsProcess) -> async_nats::Client {
+    use hangar_shared::queue::jetstream::{self, NatsOptions};
+    jetstream::connect(&NatsOptions {
+        url: nats.url(),
+        ..Default::default()
+    })
+    .await
+    .expect("connect to nats-server")
 }

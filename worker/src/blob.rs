@@ -64,8 +64,7 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
     };
     // A blob streamed from its source is asked for while the destination is looked at, once
     // the looks have shown they find little there ([`crate::context::looks`]).
-    let streamed =
-        task.inline.is_none() && (ctx.cache.is_none() || task.source.store.abilities().local_reads);
+    let streamed = task.inline.is_none() && !through_the_cache(ctx, task);
     let (look, early) = if streamed && ctx.looks.mostly_absent() {
         let reading = async {
             let source = ctx.stores.resolve(&task.source.store).await?;
@@ -97,6 +96,12 @@ pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
     let copied = put(ctx, task, dest.as_ref(), &opened, early).await;
     opened.close(dest.as_ref(), &task.dest.repo).await;
     copied
+}
+
+/// Whether a copied blob goes source → cache → destination: with a cache, unless the
+/// source is read locally (an archive).
+fn through_the_cache(ctx: &Context, task: &BlobTask) -> bool {
+    ctx.cache.is_some() && !task.source.store.abilities().local_reads
 }
 
 /// One of the worker's copy slots, if it counts them; waiting for one is not a stall.
@@ -142,8 +147,10 @@ async fn put(
             cached: false,
         });
     }
-    if let Some(cache) = &ctx.cache
-        && !task.source.store.abilities().local_reads
+    if let Some(cache) = ctx
+        .cache
+        .as_deref()
+        .filter(|_| through_the_cache(ctx, task))
     {
         return through_cache(ctx, cache, task, dest, opened).await;
     }

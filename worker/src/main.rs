@@ -356,12 +356,6 @@ async fn run() -> Result<()> {
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(nats = %hangar_shared::queue::jetstream::redact_url(&args.nats), slots = total, "worker ready");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let stopped = async {
-        // Only a sent stop counts: the sender lives until then.
-        if stopped.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
     let mut running = tokio::spawn(hangar_worker::run(
         queue.clone(),
         events,

@@ -36,15 +36,16 @@ pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
     }
 }
 
-/// Runs `concurrency` consumers until the queue is closed and drained, or until `stop`:
-/// then every task in hand is dropped, and this returns once all of them are (what they
-/// leave to end — an upload's DELETE — is on its way by then).
+/// Runs `concurrency` consumers until the queue is closed and drained, or until `stop` is
+/// sent (its sender dropped unsent stops nothing): then every task in hand is dropped, and
+/// this returns once all of them are (what they leave to end — an upload's DELETE — is on
+/// its way by then).
 pub async fn run(
     queue: Arc<dyn TaskQueue>,
     events: Arc<dyn EventSink>,
     ctx: Arc<Context>,
     concurrency: usize,
-    stop: impl std::future::Future<Output = ()> + Send,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut consumers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
@@ -67,7 +68,6 @@ pub async fn run(
             }
         });
     }
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             joined = consumers.join_next() => {
@@ -75,7 +75,7 @@ pub async fn run(
                     return;
                 }
             }
-            () = &mut stop => {
+            Ok(()) = &mut stop => {
                 consumers.shutdown().await;
                 return;
             }

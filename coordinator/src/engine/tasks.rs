@@ -150,12 +150,6 @@ impl Bus {
                     copy_slots: None,
                 });
                 let (stop, stopped) = oneshot::channel::<()>();
-                let stopped = async {
-                    // Only a sent stop counts: the sender lives until then.
-                    if stopped.await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                };
                 let workers = tokio::spawn(hangar_worker::run(
                     queue.clone(),
                     Arc::new(ChannelSink(event_tx)),

@@ -146,9 +146,7 @@ impl Registry {
                     r.header(reqwest::header::CONTENT_LENGTH, 0)
                 });
                 let opened = self.own_request("blob-upload", &what, post).await?;
-                let at = upload_location(&opened, &what)?;
-                let end = self.upload_end(&at, target).await;
-                OpenedUpload { at, end }
+                self.opened_upload(&opened, target).await?
             }
         };
         let mut location = opened.clone();
@@ -268,13 +266,8 @@ impl Registry {
                         Ok(Mounted::Linked)
                     }
                     Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
-                        Ok(Mounted::Opened(match upload_location(&resp, what) {
-                            Ok(at) => {
-                                let end = self.upload_end(&at, Target::push(repo, what)).await;
-                                Some(OpenedUpload { at, end })
-                            }
-                            Err(_) => None,
-                        }))
+                        let opened = self.opened_upload(&resp, Target::push(repo, what)).await;
+                        Ok(Mounted::Opened(opened.ok()))
                     }
                     Ok(_) => Ok(Mounted::Declined),
                     Err(e) if !e.class.is_retryable() => Ok(Mounted::Declined),
@@ -385,6 +378,20 @@ fn idle_bounded(stream: ByteStream, idle: std::time::Duration, what: String) -> 
         }
     })
     .boxed()
+}
+
+impl Registry {
+    /// The upload a 202 opened: where it continues, and the DELETE that ends it unused
+    /// ([`Registry::upload_end`]).
+    async fn opened_upload(
+        &self,
+        resp: &reqwest::Response,
+        target: Target<'_>,
+    ) -> Result<OpenedUpload> {
+        let at = upload_location(resp, target.what)?;
+        let end = self.upload_end(&at, target).await;
+        Ok(OpenedUpload { at, end })
+    }
 }
 
 /// Where an opened upload continues: its `Location`, relative to the request's URL.

@@ -86,6 +86,13 @@ async fn peer(answer: Answer) -> (String, Arc<Mutex<Vec<Seen>>>) {
     (format!("127.0.0.1:{port}"), seen)
 }
 
+/// A plain-HTTP client of the peer at `addr`.
+async fn connected(addr: &str) -> Registry {
+    Registry::connect(addr, &plain_http(), None)
+        .await
+        .expect("connect")
+}
+
 fn plain_http() -> RegistryOptions {
     RegistryOptions {
         tls_verify: Some(false),
@@ -109,9 +116,7 @@ async fn a_tag_page_the_registry_says_continues_is_not_taken_for_the_whole_list(
         (200, link.to_owned(), body.to_owned())
     }))
     .await;
-    let reg = Registry::connect(&addr, &plain_http(), None)
-        .await
-        .expect("connect");
+    let reg = connected(&addr).await;
     let ab = Some(vec!["a".to_owned(), "b".to_owned()]);
     assert_eq!(reg.tags_upto("whole", 1000).await.expect("whole"), ab);
     assert_eq!(reg.tags_upto("paged", 1000).await.expect("paged"), None);
@@ -144,9 +149,7 @@ async fn tag_pages_are_followed_and_endless_ones_cut_off() {
         (200, next, format!(r#"{{"tags":["t{page}"]}}"#))
     }))
     .await;
-    let reg = Registry::connect(&addr, &plain_http(), None)
-        .await
-        .expect("connect");
+    let reg = connected(&addr).await;
     assert_eq!(reg.tags("three").await.expect("three"), ["t0", "t1", "t2"]);
     let started = std::time::Instant::now();
     let e = reg.tags_within("endless", 50).await.unwrap_err();
@@ -282,9 +285,7 @@ async fn a_blob_of_the_wrong_length_is_refused() {
         _ => (200, String::new(), "0123456789".to_owned()),
     }))
     .await;
-    let reg = Registry::connect(&addr, &plain_http(), None)
-        .await
-        .expect("connect");
+    let reg = connected(&addr).await;
     let desc = crate::manifest::Descriptor {
         media_type: "application/octet-stream".into(),
         digest: crate::digest::Digest::of(b"01234"),
@@ -314,9 +315,7 @@ async fn a_declined_mount_ends_the_upload_it_opened() {
         (204, String::new(), String::new())
     }))
     .await;
-    let reg = Registry::connect(&addr, &plain_http(), None)
-        .await
-        .expect("connect");
+    let reg = connected(&addr).await;
     let digest = crate::digest::Digest::of(b"x");
     assert!(
         !reg.mount_blob("app", "other", &digest)
@@ -392,9 +391,7 @@ fn methods(seen: &Arc<Mutex<Vec<Seen>>>, from: usize) -> Vec<String> {
 async fn a_blob_is_looked_for_by_a_mount_from_its_own_repository() {
     use crate::store::BlobLook;
     let (addr, seen) = mounting_peer(true, 201).await;
-    let reg = Registry::connect(&addr, &plain_http(), None)
-        .await
-        .expect("connect");
+    let reg = connected(&addr).await;
     let held = crate::digest::Digest::of(b"held");
     let at = seen.lock().expect("seen").len();
     let look = reg.look_or_open("app", &held).await.expect("look");
@@ -439,9 +436,7 @@ async fn a_blob_is_looked_for_by_a_mount_from_its_own_repository() {
 async fn a_registry_that_ignores_mounts_has_its_blobs_found_by_a_head() {
     use crate::store::BlobLook;
     let (addr, seen) = mounting_peer(false, 201).await;
-    let reg = Registry::connect(&addr, &plain_http(), None)
-        .await
-        .expect("connect");
+    let reg = connected(&addr).await;
     let held = crate::digest::Digest::of(b"held");
     let at = seen.lock().expect("seen").len();
     let look = reg.look_or_open("app", &held).await.expect("look");
@@ -462,9 +457,7 @@ async fn a_registry_that_ignores_mounts_has_its_blobs_found_by_a_head() {
 #[tokio::test]
 async fn an_upload_opened_by_the_look_and_gone_is_retried() {
     let (addr, _) = mounting_peer(true, 404).await;
-    let reg = Registry::connect(&addr, &plain_http(), None)
-        .await
-        .expect("connect");
+    let reg = connected(&addr).await;
     let (desc, stream) = blob(b"new");
     let Ok(crate::store::BlobLook::Absent(Some(opened))) =
         reg.look_or_open("app", &desc.digest).await
@@ -496,9 +489,7 @@ async fn a_look_answered_202_without_a_location_falls_back_to_the_head() {
         _ => (200, String::new(), "{}".to_owned()),
     }))
     .await;
-    let reg = Registry::connect(&addr, &plain_http(), None)
-        .await
-        .expect("connect");
+    let reg = connected(&addr).await;
     let new = crate::digest::Digest::of(b"new");
     let at = seen.lock().expect("seen").len();
     let look = reg.look_or_open("app", &new).await.expect("look");
@@ -524,9 +515,7 @@ async fn a_look_answered_202_without_a_location_falls_back_to_the_head() {
 async fn an_opened_upload_dropped_unused_is_ended() {
     use crate::store::BlobLook;
     let (addr, seen) = mounting_peer(true, 201).await;
-    let reg = Registry::connect(&addr, &plain_http(), None)
-        .await
-        .expect("connect");
+    let reg = connected(&addr).await;
     let held = crate::digest::Digest::of(b"held");
     assert!(matches!(
         reg.look_or_open("app", &held).await.expect("look"),

@@ -64,9 +64,10 @@ impl Registry {
 }
 
 /// The DELETE ending an upload the registry opened, sent on its own if it is dropped
-/// unsent: a copy dropped at its task's timeout (mid-PUT, or while its source is still
-/// being read) leaves no upload behind. Disarmed once the upload is finished; unarmed
-/// where no DELETE may be sent ([`Registry::upload_end`]).
+/// unsent: a copy dropped at its task's timeout leaves no upload behind (one dropped
+/// mid-PUT only where the registry still accepts the DELETE; see the module's note).
+/// Disarmed once the upload is finished; unarmed where no DELETE may be sent
+/// ([`Registry::upload_end`]).
 #[derive(Debug)]
 pub(crate) struct UploadEnd(Option<Box<reqwest::RequestBuilder>>);
 
