@@ -202,8 +202,17 @@ mod tests {
             held: BTreeMap::from([("squatter".to_owned(), now_ms() + 31_536_000_000)]),
         };
         let k = "r_example.slots";
-        let (_, revision) = read::<Slots>(&*gate.ledger, k).await.expect("ledger");
-        assert!(swap(&*gate.ledger, k, &hostile, revision).await);
+        // The peak's last releases may still be writing the ledger: write over them.
+        let mut written = false;
+        for _ in 0..50 {
+            let (_, revision) = read::<Slots>(&*gate.ledger, k).await.expect("ledger");
+            written = swap(&*gate.ledger, k, &hostile, revision).await;
+            if written {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(written, "the hostile lease was written");
         let permits = tokio::time::timeout(Duration::from_secs(2), async {
             let mut held = Vec::new();
             for _ in 0..3 {
