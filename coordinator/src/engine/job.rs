@@ -326,6 +326,19 @@ pub async fn run_copy(
                 _ => None,
             })
             .collect();
+        // The sources are connected meanwhile (their probes are the first thing every plan
+        // waits for), not waited for here: a source's failure is its images' to report.
+        let sources: std::collections::BTreeSet<String> = spec
+            .images
+            .iter()
+            .filter(|j| matches!(j.source.store, StoreRef::Registry { .. }))
+            .filter_map(|j| crate::engine::pull_source::first_host(&j.name.source))
+            .filter(|h| !hosts.contains(h.as_str()))
+            .collect();
+        for host in sources {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.registry(&host).await.map(drop) });
+        }
         let probes = hosts
             .iter()
             .map(|h| async { (*h, pool.registry(h).await.and_then(|r| r.reachable())) });

@@ -178,6 +178,15 @@ pub async fn manifest_at(
 }
 
 /// Where to read `image` from, in order; just `image` when the configuration says nothing.
+/// The registry an image is read from first (`registries.conf`'s first mirror, or its own).
+pub fn first_host(image: &ImageRef) -> Option<String> {
+    candidates(image)
+        .ok()?
+        .into_iter()
+        .next()
+        .map(|c| c.registry)
+}
+
 fn candidates(image: &ImageRef) -> Result<Vec<ImageRef>> {
     let name = format!("{}/{}", image.registry, image.repository());
     let sources = RegistriesConf::global()?.pull_sources(&name, image.digest.is_some());

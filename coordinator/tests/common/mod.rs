@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod hostile;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};

@@ -136,11 +136,14 @@ impl Registry {
         };
         // A secure host is reached over TLS whatever its prefixes say: plain HTTP is tried
         // only for a host that may be reached insecurely as a whole.
-        let scheme = match insecure {
-            true => challenge::probe_scheme(&http, host).await,
-            false => "https",
-        };
         let api_host = api_host(host);
+        let (scheme, asked) = match insecure {
+            true => {
+                let (scheme, answer) = challenge::probe_insecure(&http, &api_host).await;
+                (scheme, Some(answer))
+            }
+            false => ("https", None),
+        };
         // `/v2/` is asked with the client that checks certificates where there is one: what
         // it says (the token realm) then stands for every repository.
         let checking = if insecure {
@@ -155,7 +158,11 @@ impl Registry {
         };
         let (mut probed, mut unverified) = match checking.filter(|_| scheme == "https") {
             Some(client) => (challenge::probe(client, scheme, &api_host).await, false),
-            None => (challenge::probe(&http, scheme, &api_host).await, insecure),
+            // The insecure probe asked `/v2/` with this very client and scheme.
+            None => match asked {
+                Some(answer) => (answer, insecure),
+                None => (challenge::probe(&http, scheme, &api_host).await, insecure),
+            },
         };
         if !unverified
             && probed

@@ -535,3 +535,62 @@ async fn an_opened_upload_dropped_unused_is_ended() {
         "{seen:?}"
     );
 }
+
+/// A registry that may be reached insecurely is asked over TLS and plain HTTP at once: the
+/// peer holds the TLS attempt open until the plain `/v2/` has arrived (3 s at most), so a
+/// client that asks one after the other is seen asking plain HTTP only after the TLS
+/// attempt ended.
+#[tokio::test]
+async fn connecting_asks_tls_and_plain_http_at_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let plain = Arc::new(tokio::sync::Notify::new());
+    let tls_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let overlapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (p, t, o) = (plain.clone(), tls_open.clone(), overlapped.clone());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (plain, tls_open, overlapped) = (p.clone(), t.clone(), o.clone());
+            tokio::spawn(async move {
+                use std::sync::atomic::Ordering;
+                let mut first = [0u8; 1];
+                if conn.peek(&mut first).await.is_err() {
+                    return;
+                }
+                if first[0] == 0x16 {
+                    tls_open.fetch_add(1, Ordering::SeqCst);
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_secs(3), plain.notified())
+                            .await;
+                    tls_open.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                if conn.read(&mut buf).await.is_err() {
+                    return;
+                }
+                // The TLS attempt may be accepted a moment after this one.
+                for _ in 0..300 {
+                    if tls_open.load(Ordering::SeqCst) > 0 {
+                        overlapped.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                plain.notify_one();
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    .await;
+            });
+        }
+    });
+    let reg = connected(&addr).await;
+    assert_eq!(format!("{reg:?}"), format!("Registry(http://{addr})"));
+    reg.reachable().expect("reachable");
+    assert!(
+        overlapped.load(std::sync::atomic::Ordering::SeqCst),
+        "plain HTTP was asked only after the TLS attempt ended"
+    );
+}

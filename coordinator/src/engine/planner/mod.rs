@@ -198,9 +198,8 @@ const MANIFESTS_AT_ONCE: usize = 8;
 /// that an image whose tag already lists its selection is found present — when the source
 /// holds no signature or attestation for it that a copy would carry.
 ///
-/// Each round trip is made once and as early as it can be: the destination's tag is read
-/// while the source's is, and the source's attachments are listed once, while its platform
-/// manifests are read.
+/// Each round trip is made once and as early as it can be: the destination's tag is read,
+/// and the source's tags listed (for its attachments), while the source's tag is read.
 pub async fn plan(
     store: &dyn ImageStore,
     cache: Option<&BlobCache>,
@@ -229,6 +228,13 @@ pub async fn plan(
             None => None,
         }
     };
+    let repo = source.repository();
+    let listing = async {
+        match signatures {
+            true => listed_tags(store, &repo).await,
+            false => None,
+        }
+    };
     let selecting = select(
         store,
         cache,
@@ -237,7 +243,8 @@ pub async fn plan(
         provenance,
         Schema1Use::Convert,
     );
-    let (selection, looked_at) = futures_util::future::join(selecting, looked_at).await;
+    let (selection, looked_at, listed) =
+        futures_util::future::join3(selecting, looked_at, listing).await;
     let selection = selection?;
     if !selection.entries.iter().any(|e| !e.is_attestation()) {
         return Ok(Planned::Skip(NO_PLATFORM.to_owned()));
@@ -245,7 +252,6 @@ pub async fn plan(
     let Some(top) = selection.top.clone() else {
         return Err(Error::internal("selection without a manifest"));
     };
-    let repo = source.repository();
     // Digests that keep their identity at the destination: every selected platform
     // manifest, and the index when it is copied whole.
     let mut kept: Vec<Digest> = selection.entries.iter().map(|e| e.digest.clone()).collect();
@@ -264,7 +270,7 @@ pub async fn plan(
     };
     let listing = async {
         match signatures {
-            true => attachments(store, &repo, &kept).await,
+            true => attachments(store, &repo, &kept, listed.as_ref()).await,
             false => Ok(Vec::new()),
         }
     };
@@ -366,7 +372,7 @@ pub async fn plan(
         }
         match pushed == kept {
             true => platforms.extend(carried),
-            false => platforms.extend(attachments(store, &repo, &pushed).await?),
+            false => platforms.extend(attachments(store, &repo, &pushed, listed.as_ref()).await?),
         }
     }
     Ok(Planned::Plan(ImagePlan {
@@ -415,23 +421,34 @@ async fn platform_manifests(
 /// with more is asked tag by tag.
 const TAG_PAGE: usize = 1000;
 
+/// `repo`'s tags when they fit in one page; `None` when there are more, or the listing is
+/// refused or fails (no answer: the lookups decide).
+async fn listed_tags(
+    store: &dyn ImageStore,
+    repo: &str,
+) -> Option<std::collections::HashSet<String>> {
+    match store.tags_upto(repo, TAG_PAGE).await {
+        Ok(Some(tags)) => Some(tags.into_iter().collect()),
+        _ => None,
+    }
+}
+
 /// The cosign signatures and attestations (`sha256-<hex>.sig`, `.att`) the source holds for
-/// `digests`. When the repository's tags fit in one page, that listing answers for every
-/// digest (one request instead of two per digest, each a 404 on most repositories);
+/// `digests`. When the repository's tags fit in one page (`listed`), that listing answers for
+/// every digest (one request instead of two per digest, each a 404 on most repositories);
 /// otherwise — registries page long lists, popular repositories have thousands of tags —
 /// each tag is looked up, all at once.
 async fn attachments(
     store: &dyn ImageStore,
     repo: &str,
     digests: &[Digest],
+    listed: Option<&std::collections::HashSet<String>>,
 ) -> Result<Vec<PlatformPlan>> {
     let mut tags: Vec<String> = digests
         .iter()
         .flat_map(|d| ["sig", "att"].map(|s| format!("{}.{s}", d.tag_form())))
         .collect();
-    // A listing refused or failed is no answer: the lookups decide.
-    if let Ok(Some(listed)) = store.tags_upto(repo, TAG_PAGE).await {
-        let listed: std::collections::HashSet<String> = listed.into_iter().collect();
+    if let Some(listed) = listed {
         tags.retain(|t| listed.contains(t));
     }
     let found = futures_util::future::try_join_all(
