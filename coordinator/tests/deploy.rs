@@ -775,3 +775,28 @@ fn compose_keeps_nats_passwords_and_ports_private() {
         );
     }
 }
+
+/// KEDA scales the workers on consumers the queue really creates, the blob lanes (copies and
+/// their quick lane) and manifests among them.
+#[test]
+fn keda_scales_on_the_consumers_the_queue_creates() {
+    let path = deploy().join("k8s/worker-keda.yaml");
+    let mut named = BTreeSet::new();
+    for doc in docs(&path) {
+        for t in doc["spec"]["triggers"].as_sequence().into_iter().flatten() {
+            let consumer = t["metadata"]["consumer"].as_str().expect("a consumer");
+            assert_eq!(t["metadata"]["stream"].as_str(), Some("HANGAR_TASKS"));
+            named.insert(consumer.to_owned());
+        }
+    }
+    let created: BTreeSet<String> = hangar_shared::queue::jetstream::Lane::all()
+        .map(|l| l.consumer())
+        .collect();
+    assert!(
+        named.is_subset(&created),
+        "{named:?} not all in {created:?}"
+    );
+    for lane in ["hangar-blob", "hangar-blob-quick", "hangar-manifest"] {
+        assert!(named.contains(lane), "no trigger on {lane}: {named:?}");
+    }
+}

@@ -464,6 +464,83 @@ async fn a_mount_is_taken_while_a_copy_holds_the_only_copy_slot() {
     drop(held);
 }
 
+/// A destination that declines every mount (each is opened as a plain upload, as registries
+/// that do not mount across repositories do) still receives every image from a worker with
+/// one copy slot: each declined mount, taken in the quick lane, becomes a copy (which waits
+/// for that slot), and the uploads the declines opened are ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn declined_mounts_become_copies_on_the_fleet() {
+    use hangar_loadtest::proxy::{self, ProxyOptions};
+    let env = Env::new();
+    let lines = seed_shared_repos(&env, 3).await;
+    let dest = proxy::start(
+        "127.0.0.1:0",
+        &env.dst.addr,
+        ProxyOptions {
+            decline_mounts: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("proxy");
+    let nats = NatsProcess::start().expect("nats-server");
+    let _worker = common::fleet::worker(
+        &nats.url(),
+        &env.path("worker.log"),
+        &["--blob-concurrency", "1"],
+        &[],
+    );
+    let list = env.write_list("declined.txt", &lines);
+    let out = hangar(&[
+        "submit",
+        list.to_str().expect("utf-8"),
+        "--tls-verify=false",
+        "--nats",
+        &nats.url(),
+        "-d",
+        &dest.addr,
+        "-o",
+        env.path("failed.txt").to_str().expect("utf-8"),
+    ]);
+    let log = std::fs::read_to_string(env.path("worker.log")).unwrap_or_default();
+    assert!(out.status.success(), "{}\n{log}", text(&out));
+    for i in 0..3 {
+        let src = skopeo_raw(&format!("{}/shared/app-{i}:v1", env.src.addr)).expect("source");
+        let dst = skopeo_raw(&format!("{}/shared/app-{i}:v1", env.dst.addr)).expect("copied");
+        assert_eq!(index_digests(&dst), vec![sha(&src)], "shared/app-{i}");
+    }
+    let declined = dest
+        .injected
+        .declined_mounts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // Every blob's look is a mount (from its own repository), and the shared base layers
+    // are mounted into the other two repositories.
+    assert!(declined >= 9, "only {declined} mounts were declined");
+    // An ended upload keeps only its hash state's small file in distribution's storage.
+    let repositories = env
+        .dst
+        .storage()
+        .join("data/docker/registry/v2/repositories");
+    let open: Vec<_> = walk(&repositories)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/_uploads/") && p.ends_with("startedat"))
+        .collect();
+    assert!(open.is_empty(), "uploads left open: {open:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        match p.is_dir() {
+            true => out.extend(walk(&p)),
+            false => out.push(p),
+        }
+    }
+    out
+}
+
 /// A plain client of the test's nats-server.
 async fn nats_client(nats: &NatsProcess) -> async_nats::Client {
     use hangar_shared::queue::jetstream::{self, NatsOptions};

@@ -272,3 +272,60 @@ async fn a_manifest_too_large_for_the_bus_fails_its_image_only() {
     );
     assert!(run.elapsed < Duration::from_secs(45), "{:?}", run.elapsed);
 }
+
+/// A layer sent chunked (no length said up front) and without end is cut at its size, in a
+/// save (whose fetch reads the registry's bytes unverified and counts them itself) as in a
+/// copy: the image fails naming the layer, in seconds, with memory bounded, and no archive
+/// is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_longer_than_its_size_is_cut_at_its_size() {
+    let env = Env::new();
+    let hostile = start_hostile().await;
+    let layer = sha(b"a layer that never arrives");
+    let list = env.write_list("longer.txt", &[format!("{}/longer/app:1", hostile.addr)]);
+    let archive = env.path("longer.zip");
+    let failed = env.path("longer-failed.txt");
+    let save = run_measured(
+        &[
+            "save",
+            "--tls-verify=false",
+            "--timeout",
+            "60s",
+            "-f",
+            list.to_str().expect("utf-8"),
+            "-d",
+            archive.to_str().expect("utf-8"),
+            "-o",
+            failed.to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(120),
+    );
+    let copy = mirror_one(
+        &env,
+        &hostile.addr,
+        "longer",
+        "60s",
+        Duration::from_secs(120),
+    );
+    for (what, run) in [("save", &save), ("mirror", &copy)] {
+        assert!(!run.success, "{what}: {}", run.output);
+        assert!(
+            run.output.contains(&layer) && run.output.contains("more than the expected"),
+            "{what}: {}",
+            run.output
+        );
+        assert!(
+            run.elapsed < Duration::from_secs(30),
+            "{what}: {:?}",
+            run.elapsed
+        );
+        assert!(
+            run.peak_rss < COPY_RSS_BOUND,
+            "{what}: peak RSS {} MB",
+            run.peak_rss / MB
+        );
+    }
+    assert!(!archive.exists(), "a half-written archive was left");
+    let failed = std::fs::read_to_string(&failed).unwrap_or_default();
+    assert!(failed.contains("longer/app:1"), "{failed}");
+}

@@ -144,21 +144,8 @@ async fn serve(mut conn: TcpStream, small: Arc<Small>, seen: Arc<Seen>, realm: O
         } else if path.starts_with("/token")
             || (path.starts_with("/v2/endless/") && path.contains("/manifests/"))
         {
-            // Chunked, for ever: one MiB after another until the client hangs up.
-            let header = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {OCI_MANIFEST}\r\nTransfer-Encoding: chunked\r\n\r\n"
-            );
-            if conn.write_all(header.as_bytes()).await.is_err() {
-                return;
-            }
-            let chunk = vec![b' '; MB as usize];
-            loop {
-                let framed =
-                    [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
-                if conn.write_all(&framed).await.is_err() {
-                    return;
-                }
-            }
+            endless(&mut conn, OCI_MANIFEST).await;
+            return;
         } else if path.starts_with("/v2/declared/") && path.contains("/manifests/") {
             // Says 1 GiB up front, then sends it.
             let header = format!(
@@ -191,6 +178,14 @@ async fn serve(mut conn: TcpStream, small: Arc<Small>, seen: Arc<Seen>, realm: O
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
+            return;
+        } else if path.starts_with("/v2/longer/") && path.contains("/manifests/") {
+            plain(200, OCI_MANIFEST, &small.stalling_manifest())
+        } else if path.starts_with("/v2/longer/") && path.ends_with(&config) {
+            plain(200, "application/octet-stream", &small.config)
+        } else if path.starts_with("/v2/longer/") && path.contains("/blobs/") {
+            // The 10 MB layer, chunked (no length said up front) and without end.
+            endless(&mut conn, "application/octet-stream").await;
             return;
         } else if path.starts_with("/v2/stall/") && path.contains("/manifests/") {
             plain(200, OCI_MANIFEST, &small.stalling_manifest())
@@ -258,6 +253,19 @@ async fn serve(mut conn: TcpStream, small: Arc<Small>, seen: Arc<Seen>, realm: O
             return;
         }
     }
+}
+
+/// Chunked, for ever: one MiB after another until the client hangs up.
+async fn endless(conn: &mut TcpStream, content_type: &str) {
+    let header = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    if conn.write_all(header.as_bytes()).await.is_err() {
+        return;
+    }
+    let chunk = vec![b' '; MB as usize];
+    let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+    while conn.write_all(&framed).await.is_ok() {}
 }
 
 /// Holds a `/v2/` until another peer's arrives (5 s at most), or releases the one held.

@@ -26,6 +26,8 @@ pub struct Injected {
     pub cut_bodies: AtomicU64,
     /// Of the errors answered, those to writes (PUT, POST, PATCH, DELETE).
     pub on_writes: AtomicU64,
+    /// Mounts forwarded as plain uploads (`decline_mounts`).
+    pub declined_mounts: AtomicU64,
 }
 
 impl Injected {
@@ -50,14 +52,15 @@ impl std::fmt::Display for Injected {
         write!(
             f,
             "500 UNKNOWN {}, 503 UNAVAILABLE {}, 429 with Retry-After {}, 429 without {}, \
-             503 with a 4xx code {}, cut bodies {} (to writes {})",
+             503 with a 4xx code {}, cut bodies {} (to writes {}), declined mounts {}",
             n(&self.unknown_500),
             n(&self.unavailable_503),
             n(&self.too_many_429),
             n(&self.too_many_bare_429),
             n(&self.misleading_503),
             n(&self.cut_bodies),
-            n(&self.on_writes)
+            n(&self.on_writes),
+            n(&self.declined_mounts)
         )
     }
 }
@@ -174,6 +177,23 @@ pub(super) fn error_answer(
 
 /// Whether a client chunk starts a request (the proxy sees request heads whole: clients
 /// write them in one piece).
+/// A mount request (`POST …/blobs/uploads/?mount=…`) with its query removed from the request
+/// line, the rest of the chunk as it was; `None` for anything else.
+pub(super) fn without_mount(chunk: &[u8]) -> Option<Vec<u8>> {
+    let line_end = chunk.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&chunk[..line_end]).ok()?;
+    let mut words = line.split(' ');
+    let (method, target, version) = (words.next()?, words.next()?, words.next()?);
+    let (path, query) = target.split_once('?')?;
+    let mounts = query.split('&').any(|p| p.starts_with("mount="));
+    if method != "POST" || !path.ends_with("/blobs/uploads/") || !mounts {
+        return None;
+    }
+    let mut out = format!("{method} {path} {version}").into_bytes();
+    out.extend_from_slice(&chunk[line_end..]);
+    Some(out)
+}
+
 pub(super) fn is_request(chunk: &[u8]) -> bool {
     [
         &b"GET "[..],

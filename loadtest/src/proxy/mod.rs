@@ -28,7 +28,7 @@ use tokio::time::Instant;
 mod faults;
 
 pub use faults::Injected;
-use faults::{Faults, RequestBody, Verdict, is_request};
+use faults::{Faults, RequestBody, Verdict, is_request, without_mount};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProxyOptions {
@@ -57,6 +57,9 @@ pub struct ProxyOptions {
     /// `(ratio, seed)`: of the blob GETs forwarded, cut this fraction of answers (200 or 206
     /// with a `Content-Length`) after half their body: the connection is closed there.
     pub cut_blob_bodies: Option<(f64, u64)>,
+    /// Forward every mount (`POST …/blobs/uploads/?mount=…`) without its query: the registry
+    /// opens a plain upload (202), as one that does not mount across repositories does.
+    pub decline_mounts: bool,
 }
 
 pub struct Proxy {
@@ -380,6 +383,15 @@ async fn read(
                         continue;
                     }
                 }
+                if faults.opts.decline_mounts
+                    && let Some(plain) = without_mount(&chunk)
+                {
+                    chunk = plain;
+                    faults
+                        .injected
+                        .declined_mounts
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 match faults.judge(&chunk) {
                     Verdict::Forward => {
                         if is_request(&chunk)
@@ -442,6 +454,29 @@ mod tests {
 
     fn now(x: &Exchanges) -> u64 {
         x.in_flight.now.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_mount_is_forwarded_as_a_plain_upload() {
+        let mount =
+            b"POST /v2/a/b/blobs/uploads/?mount=sha256:ab&from=c/d HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            without_mount(mount).as_deref(),
+            Some(&b"POST /v2/a/b/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n\r\n"[..])
+        );
+        for other in [
+            &b"POST /v2/a/b/blobs/uploads/ HTTP/1.1\r\n\r\n"[..],
+            b"GET /v2/a/b/blobs/uploads/?mount=sha256:ab HTTP/1.1\r\n\r\n",
+            b"POST /v2/a/b/blobs/uploads/?digest=sha256:ab HTTP/1.1\r\n\r\n",
+            b"POST /v2/a/b/blobs/uploads/?mount=sha256:ab",
+        ] {
+            assert_eq!(
+                without_mount(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 
     #[test]
