@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod archive;
+pub mod deploy;
 pub mod fleet;
 pub mod hostile;
 
