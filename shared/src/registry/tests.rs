@@ -515,7 +515,17 @@ async fn a_look_answered_202_without_a_location_falls_back_to_the_head() {
 async fn an_opened_upload_dropped_unused_is_ended() {
     use crate::store::BlobLook;
     let (addr, seen) = mounting_peer(true, 201).await;
-    let reg = connected(&addr).await;
+    let gate = Arc::new(CountingGate::default());
+    let reg = Registry::connect(
+        &addr,
+        &RegistryOptions {
+            gate: Some(gate.clone()),
+            ..plain_http()
+        },
+        None,
+    )
+    .await
+    .expect("connect");
     let held = crate::digest::Digest::of(b"held");
     assert!(matches!(
         reg.look_or_open("app", &held).await.expect("look"),
@@ -526,6 +536,7 @@ async fn an_opened_upload_dropped_unused_is_ended() {
         panic!("an upload opened by the look");
     };
     let at = seen.lock().expect("seen").len();
+    let admitted = gate.admitted();
     drop(opened);
     super::uploads_ended(std::time::Duration::from_secs(5)).await;
     let seen = seen.lock().expect("seen")[at..].to_vec();
@@ -534,6 +545,31 @@ async fn an_opened_upload_dropped_unused_is_ended() {
             .any(|s| s.method == "DELETE" && s.path == "/v2/app/blobs/uploads/u1?_state=s"),
         "{seen:?}"
     );
+    // The DELETE sent from the `Drop` waited for the registry's gate like any request.
+    assert_eq!(gate.admitted(), admitted + 1);
+}
+
+/// A gate that admits everything and counts what it admits.
+#[derive(Debug, Default)]
+struct CountingGate(std::sync::atomic::AtomicU32);
+
+impl CountingGate {
+    fn admitted(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::ratelimit::Gate for CountingGate {
+    async fn admit(&self, _host: &str, requests: u32) -> crate::ratelimit::Permit {
+        self.0
+            .fetch_add(requests, std::sync::atomic::Ordering::SeqCst);
+        crate::ratelimit::Permit::default()
+    }
+    async fn back_off(&self, _host: &str, _wait: std::time::Duration) {}
+    async fn observe(&self, _host: &str, _request: crate::ratelimit::Request) -> bool {
+        false
+    }
 }
 
 /// A registry that may be reached insecurely is asked over TLS and plain HTTP at once: the

@@ -9,6 +9,7 @@
 //! refused (404) and stays until its purge. One dropped before its PUT sent anything —
 //! its source slow to answer, the commonest way a copy reaches its timeout — is ended.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 
 use super::Registry;
 use super::fetch::{Target, network};
+use crate::ratelimit::Gate;
 
 /// DELETEs sent from a `Drop` and not answered yet, in this process.
 static ENDING: AtomicUsize = AtomicUsize::new(0);
@@ -39,21 +41,22 @@ impl Registry {
         let delete = client
             .delete(location.clone())
             .timeout(self.request_timeout);
+        let gate = self.gate.clone().map(|g| (g, self.host.clone()));
         UploadEnd(
             self.authorised(delete, location.as_str(), target)
                 .await
                 .ok()
-                .map(Box::new),
+                .map(|delete| Box::new(Armed { delete, gate })),
         )
     }
 
     /// Ends an upload now, under the gate like any request. One try, bounded; its failure
     /// is no one's concern.
     pub(super) async fn end_upload(&self, mut end: UploadEnd, target: Target<'_>) {
-        let Some(delete) = end.0.take() else {
+        let Some(armed) = end.0.take() else {
             return;
         };
-        let sent = async { (*delete).send().await.map_err(|e| network(&e, target)) };
+        let sent = async { armed.delete.send().await.map_err(|e| network(&e, target)) };
         if let Err(e) = self
             .own_request("blob-upload-cancel", target.what, sent)
             .await
@@ -69,7 +72,15 @@ impl Registry {
 /// Disarmed once the upload is finished; unarmed where no DELETE may be sent
 /// ([`Registry::upload_end`]).
 #[derive(Debug)]
-pub(crate) struct UploadEnd(Option<Box<reqwest::RequestBuilder>>);
+pub(crate) struct UploadEnd(Option<Box<Armed>>);
+
+/// The DELETE, and the gate it waits for when sent from a `Drop` (the registry's limits
+/// hold for it as for any request).
+#[derive(Debug)]
+struct Armed {
+    delete: reqwest::RequestBuilder,
+    gate: Option<(Arc<dyn Gate>, String)>,
+}
 
 impl UploadEnd {
     pub(super) fn disarm(mut self) {
@@ -79,14 +90,19 @@ impl UploadEnd {
 
 impl Drop for UploadEnd {
     fn drop(&mut self) {
-        let Some(delete) = self.0.take() else {
+        let Some(armed) = self.0.take() else {
             return;
         };
         // Outside a runtime (the process is ending) it is left to the registry's purge.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let ending = Ending::start();
             runtime.spawn(async move {
-                if let Err(e) = (*delete).send().await {
+                let Armed { delete, gate } = *armed;
+                let _permit = match &gate {
+                    Some((gate, host)) => Some(gate.admit(host, 1).await),
+                    None => None,
+                };
+                if let Err(e) = delete.send().await {
                     tracing::debug!(error = %e, "a dropped upload was not ended");
                 }
                 drop(ending);
