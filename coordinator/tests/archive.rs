@@ -33,6 +33,20 @@ async fn save_ls_validate_load_validate_preserves_platform_digests() {
     let archive = env.path("out.zip");
     let out = save(&env, &list, &archive, &["-j", "2"]);
     assert!(out.status.success(), "save: {}", text(&out));
+    // Each image is said saved once, when its layers are in the zip.
+    for image in ["library/multi:v1", "team/single:2.0"] {
+        let said = format!(
+            "Saved image [{}/{image}] => [{}]",
+            env.src.addr,
+            s(&archive)
+        );
+        assert_eq!(
+            text(&out).matches(&said).count(),
+            1,
+            "{said}\n{}",
+            text(&out)
+        );
+    }
 
     // Hangar's layout, stored entries, every blob once, index last.
     let names = zip_names(&archive);

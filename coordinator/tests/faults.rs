@@ -287,7 +287,8 @@ async fn save_streams_every_layer_through_a_flaky_source() {
 }
 
 /// A source serving wrong bytes for its layers fails a streamed save as a whole: nothing at
-/// the archive's path, nothing staged left beside it, and the error says what was wrong.
+/// the archive's path, nothing staged left beside it, the error says what was wrong, no
+/// image is said to be saved, and every line of the list is in the failed list.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_streamed_save_from_a_source_serving_wrong_bytes_leaves_nothing() {
     let env = Env::new();
@@ -305,7 +306,9 @@ async fn a_streamed_save_from_a_source_serving_wrong_bytes_leaves_nothing() {
     let out_dir = env.path("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let archive = out_dir.join("bad.zip");
-    let args = save_args(&list, &archive, &["-s", &proxy.addr]);
+    let failed = env.path("failed.txt");
+    let failed_arg = failed.display().to_string();
+    let args = save_args(&list, &archive, &["-s", &proxy.addr, "-o", &failed_arg]);
     let out = tokio::task::spawn_blocking(move || hangar(&args))
         .await
         .expect("save");
@@ -315,6 +318,14 @@ async fn a_streamed_save_from_a_source_serving_wrong_bytes_leaves_nothing() {
         log.contains("[FATA] ") && log.contains("@sha256:") && log.contains("bytes hash to"),
         "{log}"
     );
+    assert!(
+        !log.contains("Saved image") && log.contains("No archive was written"),
+        "{log}"
+    );
+    let failed = std::fs::read_to_string(&failed).expect("a failed list");
+    for line in &images {
+        assert!(failed.lines().any(|l| l == line), "{line} not in {failed}");
+    }
     let left: Vec<String> = std::fs::read_dir(&out_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

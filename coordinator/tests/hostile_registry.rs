@@ -284,7 +284,7 @@ async fn a_layer_longer_than_its_size_is_cut_at_its_size() {
     let layer = sha(b"a layer that never arrives");
     let list = env.write_list("longer.txt", &[format!("{}/longer/app:1", hostile.addr)]);
     let archive = env.path("longer.zip");
-    let failed = env.path("longer-failed.txt");
+    let failed = env.path("longer-save-failed.txt");
     let save = run_measured(
         &[
             "save",
@@ -326,6 +326,13 @@ async fn a_layer_longer_than_its_size_is_cut_at_its_size() {
         );
     }
     assert!(!archive.exists(), "a half-written archive was left");
-    let failed = std::fs::read_to_string(&failed).unwrap_or_default();
-    assert!(failed.contains("longer/app:1"), "{failed}");
+    assert!(
+        !save.output.contains("Saved image") && save.output.contains("No archive was written"),
+        "{}",
+        save.output
+    );
+    for failed in [failed, env.path("longer-failed.txt")] {
+        let failed = std::fs::read_to_string(&failed).unwrap_or_default();
+        assert!(failed.contains("longer/app:1"), "{failed}\n{}", save.output);
+    }
 }

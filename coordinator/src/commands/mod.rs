@@ -305,6 +305,16 @@ pub fn finish(
         console.info(None, "Done");
         return Ok(());
     }
+    write_failed(console, path, failed)?;
+    anyhow::bail!("some images failed to {verb}")
+}
+
+/// Writes the failed list (one line each) and says where.
+pub fn write_failed(
+    console: &crate::console::Console,
+    path: &Path,
+    failed: &[String],
+) -> Result<()> {
     let mut text = failed.join("\n");
     text.push('\n');
     write_atomically(path, &text)?;
@@ -315,7 +325,7 @@ pub fn finish(
             path.display().to_string()
         ),
     );
-    anyhow::bail!("some images failed to {verb}")
+    Ok(())
 }
 
 /// Logs the lines a list reader skipped, naming the list and line.

@@ -119,6 +119,7 @@ async fn gather(
     debug: bool,
     console: Arc<Console>,
     watch: Option<&Watch>,
+    failed_file: &Path,
 ) -> Result<Gathered> {
     let margs = mirror_args(list);
     let fleet = match &list.fleet.bus.nats {
@@ -220,11 +221,17 @@ async fn gather(
                 location: archive,
                 base: base.cloned(),
                 cache: cache.clone(),
+                console: console.clone(),
             };
             Some(super::save_writer::start(to, staging, pool.clone(), &mut spec).await?)
         }
         _ => None,
     };
+    let lines: Vec<String> = spec
+        .images
+        .iter()
+        .map(|j| j.entry.original.clone())
+        .collect();
     let report = job::run_copy(
         spec,
         pool,
@@ -241,7 +248,21 @@ async fn gather(
     }
     // The job is over, so is the list of completed images: the archive can be closed.
     let written = match writer {
-        Some(writer) => Some(writer.finish().await?),
+        Some(writer) => match writer.finish().await {
+            Ok(written) => Some(written),
+            // No archive: no image of the list was saved.
+            Err(e) => {
+                console.error(
+                    None,
+                    format!("No archive was written to {archive}: no image of the list is saved"),
+                );
+                let mut failed: Vec<String> =
+                    rejected.iter().map(|(e, _)| e.original.clone()).collect();
+                failed.extend(lines);
+                super::write_failed(&console, failed_file, &failed)?;
+                return Err(e);
+            }
+        },
         None => None,
     };
     let mut failed = super::report_rejected(&console, &rejected, "save");
@@ -432,13 +453,28 @@ pub async fn save(
         return remote_copy(server, &args.list, spec, "save-failed.txt", &console).await;
     }
     super::may_overwrite(dest, args.yes)?;
+    let failed_file = args
+        .list
+        .failed
+        .clone()
+        .unwrap_or_else(|| "save-failed.txt".into());
     let mut retried = false;
     let writing = match (part_size, &args.list.fleet.bus.nats) {
         (None, None) => Writing::AsTheyComplete(None),
         _ => Writing::AtTheEnd,
     };
     let g = loop {
-        let g = match gather(&args.list, dest, writing, debug, console.clone(), watch).await {
+        let g = match gather(
+            &args.list,
+            dest,
+            writing,
+            debug,
+            console.clone(),
+            watch,
+            &failed_file,
+        )
+        .await
+        {
             Err(e) if !retried && damaged_cache(&e) => {
                 console.warn(None, format!("{e:#}; fetching it again"));
                 retried = true;
@@ -455,11 +491,6 @@ pub async fn save(
             Ok(()) => break g,
         }
     };
-    let failed_file = args
-        .list
-        .failed
-        .clone()
-        .unwrap_or_else(|| "save-failed.txt".into());
     super::finish(&console, &failed_file, &g.failed, "copy")
 }
 
@@ -541,13 +572,28 @@ pub async fn sync(
     }
     // Opened first so a damaged archive is refused before anything is fetched.
     let base = Arc::new(ArchiveReader::open(dest).await?);
+    let failed_file = args
+        .list
+        .failed
+        .clone()
+        .unwrap_or_else(|| "sync-failed.txt".into());
     let mut retried = false;
     let writing = match &args.list.fleet.bus.nats {
         None => Writing::AsTheyComplete(Some(&base)),
         Some(_) => Writing::AtTheEnd,
     };
     let (g, w) = loop {
-        let g = match gather(&args.list, dest, writing, debug, console.clone(), watch).await {
+        let g = match gather(
+            &args.list,
+            dest,
+            writing,
+            debug,
+            console.clone(),
+            watch,
+            &failed_file,
+        )
+        .await
+        {
             Err(e) if !retried && damaged_cache(&e) => {
                 console.warn(None, format!("{e:#}; fetching it again"));
                 retried = true;
@@ -578,10 +624,5 @@ pub async fn sync(
             HumanBytes(w.bytes)
         ),
     );
-    let failed_file = args
-        .list
-        .failed
-        .clone()
-        .unwrap_or_else(|| "sync-failed.txt".into());
     super::finish(&console, &failed_file, &g.failed, "copy")
 }

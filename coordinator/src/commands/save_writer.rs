@@ -12,6 +12,7 @@ use hangar_shared::archive::{ArchiveReader, BlobSource};
 use hangar_shared::cache::BlobCache;
 use hangar_shared::store::RegistryPool;
 
+use crate::console::Console;
 use crate::engine::job::CopySpec;
 use crate::engine::planner::{self, ImageJob, ImagePlan};
 
@@ -22,6 +23,8 @@ pub struct Archive<'a> {
     pub base: Option<Arc<ArchiveReader>>,
     /// What the gathering writes (manifests, configs; every blob when not streamed).
     pub cache: Arc<BlobCache>,
+    /// Where a streamed save says each image is saved, once its layers are in the zip.
+    pub console: Arc<Console>,
 }
 
 /// The writer's task, fed by the copy's completions; aborted (its fetches with it) when
@@ -68,13 +71,28 @@ pub async fn start(
     let mut writer = ArchiveWriter::create(to.location, to.base, source).await?;
     let (tx, mut completed) = tokio::sync::mpsc::unbounded_channel();
     spec.completions = Some(tx);
+    let (console, label) = (to.console, to.location.to_owned());
     Ok(Writer(tokio::spawn(async move {
+        // Streamed, an image is saved only once its layers, read as they are written, are
+        // in the zip: each is said then, not when its plan completed or its entries queued.
+        let mut saying = tokio::task::JoinSet::new();
         while let Some((job, plan)) = completed.recv().await {
-            if let Some(streamed) = &streamed {
-                expect(streamed, &job, &plan);
-            }
+            let Some(streamed) = &streamed else {
+                writer.add(&planner::archive_image(&job, &plan)?).await?;
+                continue;
+            };
+            expect(streamed, &job, &plan);
             writer.add(&planner::archive_image(&job, &plan)?).await?;
+            let written = writer.written().await?;
+            let (console, label) = (console.clone(), label.clone());
+            saying.spawn(async move {
+                if written.await.is_ok() {
+                    let n = Some(job.entry.index);
+                    console.info(n, format!("Saved image [{}] => [{label}]", job.name.source));
+                }
+            });
         }
+        saying.join_all().await;
         Ok(writer)
     })))
 }

@@ -13,6 +13,7 @@ use hangar_shared::manifest::PlatformFilter;
 use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::{RegistryPool, StoreRef};
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 pub use super::tasks::Backend;
 use super::tasks::{Bus, Here, News};
@@ -69,6 +70,8 @@ pub struct JobReport {
 struct LogObserver<'a> {
     /// Names the destination when it is not the image's registry (an archive).
     dest_label: Option<&'a str>,
+    /// The archive's writer says when an image is saved (its layers are read as it writes).
+    saved_by_writer: bool,
     console: &'a Console,
     progress: &'a Progress,
     watch: Option<Arc<std::sync::Mutex<JobSnapshot>>>,
@@ -113,6 +116,10 @@ impl Observer for LogObserver<'_> {
                     Some(d) => format!(" ({d})"),
                     None => String::new(),
                 };
+                if self.saved_by_writer {
+                    self.progress.image_done();
+                    return;
+                }
                 self.console.info(
                     n,
                     match self.dest_label {
@@ -317,6 +324,9 @@ pub async fn run_copy(
     // Here (not on the fleet, whose workers may reach what this process cannot), every
     // destination registry is asked once before any work: one that does not answer fails
     // the job in seconds, one line each, rather than every image after its retries.
+    // Connections made ahead of the plans; what is still connecting when the job returns
+    // is dropped with it.
+    let mut warming = tokio::task::JoinSet::new();
     if matches!(backend, Backend::Embedded) {
         let hosts: std::collections::BTreeSet<&str> = spec
             .images
@@ -337,7 +347,14 @@ pub async fn run_copy(
             .collect();
         for host in sources {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.registry(&host).await.map(drop) });
+            warming.spawn(
+                async move {
+                    if let Err(e) = pool.registry(&host).await {
+                        tracing::debug!(host, "connecting ahead of the plans: {e}");
+                    }
+                }
+                .in_current_span(),
+            );
         }
         let probes = hosts
             .iter()
@@ -418,6 +435,7 @@ pub async fn run_copy(
     let dest_label = spec.extras.dest_label.clone();
     let mut obs = LogObserver {
         dest_label: dest_label.as_deref(),
+        saved_by_writer: spec.extras.streamed,
         console: &console,
         progress: &progress,
         watch: watch.clone(),

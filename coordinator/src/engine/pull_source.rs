@@ -177,7 +177,6 @@ pub async fn manifest_at(
     Err(Error::internal("no source to read from"))
 }
 
-/// Where to read `image` from, in order; just `image` when the configuration says nothing.
 /// The registry an image is read from first (`registries.conf`'s first mirror, or its own).
 pub fn first_host(image: &ImageRef) -> Option<String> {
     candidates(image)
@@ -187,6 +186,7 @@ pub fn first_host(image: &ImageRef) -> Option<String> {
         .map(|c| c.registry)
 }
 
+/// Where to read `image` from, in order; just `image` when the configuration says nothing.
 fn candidates(image: &ImageRef) -> Result<Vec<ImageRef>> {
     let name = format!("{}/{}", image.registry, image.repository());
     let sources = RegistriesConf::global()?.pull_sources(&name, image.digest.is_some());

@@ -70,8 +70,9 @@ pub struct Seen {
     pub platform_gets: AtomicUsize,
     /// `waits/app`'s tags have been listed.
     pub waits_listed: AtomicBool,
-    /// ... before its tag's manifest was answered.
+    /// ... before its tag's manifest was first answered.
     pub waits_listed_before_tag: AtomicBool,
+    pub waits_tag_reads: AtomicUsize,
     /// Peers sharing this hold each `/v2/` (5 s at most) until another peer's arrives.
     pub hold_v2: bool,
     pub v2_held: AtomicUsize,
@@ -217,7 +218,10 @@ async fn serve(mut conn: TcpStream, small: Arc<Small>, seen: Arc<Seen>, realm: O
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if seen.waits_listed.load(Ordering::SeqCst) {
+            // Only the first read of the tag tells: a later one may come after any listing.
+            if seen.waits_tag_reads.fetch_add(1, Ordering::SeqCst) == 0
+                && seen.waits_listed.load(Ordering::SeqCst)
+            {
                 seen.waits_listed_before_tag.store(true, Ordering::SeqCst);
             }
             plain(200, OCI_MANIFEST, &small.manifest)
@@ -270,11 +274,12 @@ async fn endless(conn: &mut TcpStream, content_type: &str) {
 
 /// Holds a `/v2/` until another peer's arrives (5 s at most), or releases the one held.
 async fn hold_v2(seen: &Seen) {
-    if seen.v2_held.load(Ordering::SeqCst) > 0 {
+    // Counted before it looks: of two arriving together, one holds and one releases.
+    if seen.v2_held.fetch_add(1, Ordering::SeqCst) > 0 {
         seen.v2_overlapped.store(true, Ordering::SeqCst);
+        seen.v2_held.fetch_sub(1, Ordering::SeqCst);
         return;
     }
-    seen.v2_held.fetch_add(1, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !seen.v2_overlapped.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;

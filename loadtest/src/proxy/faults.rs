@@ -28,6 +28,8 @@ pub struct Injected {
     pub on_writes: AtomicU64,
     /// Mounts forwarded as plain uploads (`decline_mounts`).
     pub declined_mounts: AtomicU64,
+    /// ... of them, mounts from another repository (not a look in the blob's own).
+    pub declined_cross_repo: AtomicU64,
 }
 
 impl Injected {
@@ -175,11 +177,10 @@ pub(super) fn error_answer(
     answer.into_bytes()
 }
 
-/// Whether a client chunk starts a request (the proxy sees request heads whole: clients
-/// write them in one piece).
 /// A mount request (`POST …/blobs/uploads/?mount=…`) with its query removed from the request
-/// line, the rest of the chunk as it was; `None` for anything else.
-pub(super) fn without_mount(chunk: &[u8]) -> Option<Vec<u8>> {
+/// line, the rest of the chunk as it was, and whether it mounts from another repository;
+/// `None` for anything else.
+pub(super) fn without_mount(chunk: &[u8]) -> Option<(Vec<u8>, bool)> {
     let line_end = chunk.windows(2).position(|w| w == b"\r\n")?;
     let line = std::str::from_utf8(&chunk[..line_end]).ok()?;
     let mut words = line.split(' ');
@@ -189,11 +190,18 @@ pub(super) fn without_mount(chunk: &[u8]) -> Option<Vec<u8>> {
     if method != "POST" || !path.ends_with("/blobs/uploads/") || !mounts {
         return None;
     }
+    let repo = path.strip_prefix("/v2/")?.strip_suffix("/blobs/uploads/")?;
+    let cross_repo = query
+        .split('&')
+        .filter_map(|p| p.strip_prefix("from="))
+        .any(|from| from.replace("%2F", "/") != repo);
     let mut out = format!("{method} {path} {version}").into_bytes();
     out.extend_from_slice(&chunk[line_end..]);
-    Some(out)
+    Some((out, cross_repo))
 }
 
+/// Whether a client chunk starts a request (the proxy sees request heads whole: clients
+/// write them in one piece).
 pub(super) fn is_request(chunk: &[u8]) -> bool {
     [
         &b"GET "[..],

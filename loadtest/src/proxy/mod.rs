@@ -384,13 +384,14 @@ async fn read(
                     }
                 }
                 if faults.opts.decline_mounts
-                    && let Some(plain) = without_mount(&chunk)
+                    && let Some((plain, cross_repo)) = without_mount(&chunk)
                 {
                     chunk = plain;
-                    faults
-                        .injected
-                        .declined_mounts
-                        .fetch_add(1, Ordering::Relaxed);
+                    let injected = &faults.injected;
+                    injected.declined_mounts.fetch_add(1, Ordering::Relaxed);
+                    if cross_repo {
+                        injected.declined_cross_repo.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 match faults.judge(&chunk) {
                     Verdict::Forward => {
@@ -461,9 +462,14 @@ mod tests {
         let mount =
             b"POST /v2/a/b/blobs/uploads/?mount=sha256:ab&from=c/d HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(
-            without_mount(mount).as_deref(),
-            Some(&b"POST /v2/a/b/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n\r\n"[..])
+            without_mount(mount),
+            Some((
+                b"POST /v2/a/b/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                true
+            ))
         );
+        let look = b"POST /v2/a/b/blobs/uploads/?mount=sha256:ab&from=a/b HTTP/1.1\r\n\r\n";
+        assert_eq!(without_mount(look).map(|(_, cross)| cross), Some(false));
         for other in [
             &b"POST /v2/a/b/blobs/uploads/ HTTP/1.1\r\n\r\n"[..],
             b"GET /v2/a/b/blobs/uploads/?mount=sha256:ab HTTP/1.1\r\n\r\n",

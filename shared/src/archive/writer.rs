@@ -39,6 +39,8 @@ pub(super) enum Item {
     Blob(String, Digest, u64),
     /// Everything is queued: complete the zip. A queue that closes without it is abandoned.
     End,
+    /// Not an entry: answered once every item before it is written.
+    Written(tokio::sync::oneshot::Sender<()>),
 }
 
 /// `<hex>/index.json` as containers/image's OCI layout writes it: one untagged descriptor.
@@ -154,6 +156,15 @@ impl ArchiveWriter {
         }
         self.index.list.push(image.clone());
         Ok(())
+    }
+
+    /// Answers once every entry queued so far is written into the zip (dropped unanswered
+    /// if the writing fails first): what `add` queued is only queued.
+    pub async fn written(&mut self) -> Result<tokio::sync::oneshot::Receiver<()>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Item::Written(tx)).await?;
+        self.entries -= 1;
+        Ok(rx)
     }
 
     /// Drops `source:tag` from the index being written (its entries stay, unreferenced):

@@ -59,14 +59,36 @@ pub(super) async fn probe_insecure(
     http: &reqwest::Client,
     host: &str,
 ) -> (&'static str, Challenge) {
-    let (tls, plain) = tokio::join!(probe(http, "https", host), probe(http, "http", host));
-    match tls.unreachable {
-        None => ("https", tls),
-        Some(_) => {
-            tracing::debug!(host, "registry does not answer over TLS; using plain HTTP");
-            ("http", plain)
-        }
+    let (scheme, answer) = tls_first(probe(http, "https", host), probe(http, "http", host)).await;
+    if scheme == "http" {
+        tracing::debug!(host, "registry does not answer over TLS; using plain HTTP");
     }
+    (scheme, answer)
+}
+
+/// TLS's answer as soon as it comes, without waiting for plain HTTP's (a host's port 80
+/// may drop what it is sent: its probe would take its whole timeout); plain HTTP's only
+/// when TLS got none.
+async fn tls_first(
+    tls: impl std::future::Future<Output = Challenge>,
+    plain: impl std::future::Future<Output = Challenge>,
+) -> (&'static str, Challenge) {
+    tokio::pin!(tls, plain);
+    let mut plain_answer = None;
+    let tls_answer = loop {
+        tokio::select! {
+            answer = &mut tls => break answer,
+            answer = &mut plain, if plain_answer.is_none() => plain_answer = Some(answer),
+        }
+    };
+    if tls_answer.unreachable.is_none() {
+        return ("https", tls_answer);
+    }
+    let plain_answer = match plain_answer {
+        Some(answer) => answer,
+        None => plain.await,
+    };
+    ("http", plain_answer)
 }
 
 /// The parameters of a `Bearer` challenge (RFC 6750 §3; values quoted or bare), names
@@ -161,6 +183,40 @@ pub(super) fn check_realm_is_own(realm: &str, host: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unreachable() -> Challenge {
+        Challenge {
+            unreachable: Some("refused".into()),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_that_answers_does_not_wait_for_plain_http() {
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            tls_first(async { Challenge::default() }, std::future::pending()),
+        )
+        .await
+        .expect("TLS's answer without plain HTTP's");
+        assert_eq!(got.0, "https");
+    }
+
+    #[tokio::test]
+    async fn plain_http_answers_when_tls_gets_none_whichever_comes_first() {
+        let late_tls = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            unreachable()
+        };
+        let (scheme, answer) = tls_first(late_tls, async { Challenge::default() }).await;
+        assert_eq!((scheme, answer.unreachable), ("http", None));
+        let late_plain = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Challenge::default()
+        };
+        let (scheme, answer) = tls_first(async { unreachable() }, late_plain).await;
+        assert_eq!((scheme, answer.unreachable), ("http", None));
+    }
 
     fn bearer_realm(header: &str) -> Option<String> {
         bearer_params(header)?.remove("realm")

@@ -630,3 +630,41 @@ async fn connecting_asks_tls_and_plain_http_at_once() {
         "plain HTTP was asked only after the TLS attempt ended"
     );
 }
+
+/// Requests for one repository that ask at once share one bearer token fetch: the plan's
+/// tag read and tag listing go out together.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_asking_at_once_share_one_token() {
+    let (addr, seen) = peer(Arc::new(|path: &str, port| {
+        if path == "/v2/" {
+            let challenge = format!(
+                "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"peer\"\r\n"
+            );
+            return (401, challenge, "{}".to_owned());
+        }
+        if path.starts_with("/token") {
+            return (200, String::new(), r#"{"token":"t"}"#.to_owned());
+        }
+        if path.starts_with("/v2/app/tags/list") {
+            return (200, String::new(), r#"{"name":"app","tags":["1"]}"#.to_owned());
+        }
+        (404, String::new(), r#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#.to_owned())
+    }))
+    .await;
+    let reg = connected(&addr).await;
+    let (tags, manifest) = tokio::join!(
+        reg.tags_upto("app", 10),
+        reg.manifest_opt("app", "1", super::Side::Source)
+    );
+    assert_eq!(tags.expect("tags"), Some(vec!["1".to_owned()]));
+    assert!(manifest.expect("an answer").is_none());
+    let seen = seen.lock().expect("seen").clone();
+    let tokens = seen.iter().filter(|s| s.path.starts_with("/token")).count();
+    assert_eq!(tokens, 1, "{seen:?}");
+    assert!(
+        seen.iter()
+            .filter(|s| s.path.starts_with("/v2/app/"))
+            .all(|s| s.authorization.as_deref() == Some("Bearer t")),
+        "{seen:?}"
+    );
+}

@@ -3,6 +3,7 @@
 //! repository and access.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::classify::{classify_answer, request_error_text};
@@ -19,9 +20,12 @@ pub(super) struct TokenService {
     realm: String,
     service: Option<String>,
     creds: Option<(String, String)>,
-    /// By (repository, push), with when each was issued.
-    cache: tokio::sync::Mutex<HashMap<(String, bool), (String, Instant)>>,
+    /// By (repository, push): the token and when it was issued, behind a lock of its own
+    /// that a fetch holds, so that requests asking at once share one fetch.
+    cache: std::sync::Mutex<HashMap<(String, bool), Arc<Slot>>>,
 }
+
+type Slot = tokio::sync::Mutex<Option<(String, Instant)>>;
 
 impl TokenService {
     pub(super) fn new(
@@ -47,7 +51,12 @@ impl TokenService {
         timeout: Duration,
     ) -> Result<String> {
         let key = (repo.to_owned(), push);
-        if let Some((token, at)) = self.cache.lock().await.get(&key)
+        let slot = match self.cache.lock() {
+            Ok(mut cache) => cache.entry(key).or_default().clone(),
+            Err(_) => return Err(Error::internal("token cache poisoned")),
+        };
+        let mut held = slot.lock().await;
+        if let Some((token, at)) = held.as_ref()
             && at.elapsed() < TOKEN_REUSE
         {
             return Ok(token.clone());
@@ -61,16 +70,15 @@ impl TokenService {
                     format!("{what}: no complete answer within {}s", timeout.as_secs()),
                 )
             })??;
-        self.cache
-            .lock()
-            .await
-            .insert(key, (token.clone(), Instant::now()));
+        *held = Some((token.clone(), Instant::now()));
         Ok(token)
     }
 
     /// Forgets `repo`'s tokens (the registry refused one).
     pub(super) async fn forget(&self, repo: &str) {
-        self.cache.lock().await.retain(|(r, _), _| r != repo);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|(r, _), _| r != repo);
+        }
     }
 
     fn realm_host(&self) -> String {

@@ -216,7 +216,7 @@ pub async fn plan(
         )));
     }
     let looked_at = async {
-        match dest.filter(|_| job.name.dest.tag.is_some()) {
+        Ok::<_, Error>(match dest.filter(|_| job.name.dest.tag.is_some()) {
             Some(dest) => Some(
                 dest.get_manifest(
                     &job.name.dest.repository(),
@@ -226,14 +226,14 @@ pub async fn plan(
                 .await,
             ),
             None => None,
-        }
+        })
     };
     let repo = source.repository();
     let listing = async {
-        match signatures {
+        Ok::<_, Error>(match signatures {
             true => listed_tags(store, &repo).await,
             false => None,
-        }
+        })
     };
     let selecting = select(
         store,
@@ -243,9 +243,9 @@ pub async fn plan(
         provenance,
         Schema1Use::Convert,
     );
+    // The image's own failure ends the plan at once, the look and the listing dropped.
     let (selection, looked_at, listed) =
-        futures_util::future::join3(selecting, looked_at, listing).await;
-    let selection = selection?;
+        futures_util::future::try_join3(selecting, looked_at, listing).await?;
     if !selection.entries.iter().any(|e| !e.is_attestation()) {
         return Ok(Planned::Skip(NO_PLATFORM.to_owned()));
     }

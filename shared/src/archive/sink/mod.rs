@@ -67,8 +67,16 @@ fn write_items<W: Write>(
                 format!("{label}: abandoned before it was complete"),
             ));
         };
+        let item = match item {
+            Item::Written(tx) => {
+                let _ = tx.send(());
+                continue;
+            }
+            item => item,
+        };
         let (name, size) = match &item {
             Item::End => break,
+            Item::Written(_) => continue,
             Item::Base(n, size) => (n, *size),
             Item::Inline(n, data) => (n, data.len() as u64),
             Item::Blob(n, _, size) => (n, *size),
@@ -90,7 +98,7 @@ fn write_items<W: Write>(
                 handle.block_on(base.entry_stream(n))?
             }
             Item::Blob(_, d, size) => handle.block_on(source.blob_stream(d, *size))?,
-            Item::End => break,
+            Item::End | Item::Written(_) => break,
         };
         let mut copied = 0u64;
         while let Some(chunk) = handle.block_on(stream.next()) {
