@@ -206,3 +206,42 @@ async fn a_config_both_inline_and_streamed_is_saved_once() {
         }
     }
 }
+
+/// A layer its source no longer has fails its image, not the archive (as Hangar's save
+/// does): the other image is saved and loads, the archive lists only it, the failed list
+/// only the lost one, and each is said as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_the_source_lost_fails_its_image_and_the_rest_is_saved() {
+    let env = Env::new();
+    let hostile = common::hostile::start_hostile().await;
+    let src = registry(&env.src.addr).await;
+    push_image(
+        &src,
+        env.dir.path(),
+        "team/kept",
+        Some("1"),
+        Format::Docker,
+        "amd64",
+        (&[61, 62], 20_000),
+    )
+    .await;
+    let kept = format!("{}/team/kept:1", env.src.addr);
+    let gone = format!("{}/gone/app:1", hostile.addr);
+    let list = env.write_list("list.txt", &[gone.clone(), kept.clone()]);
+    let archive = env.path("partial.zip");
+    let out = save(&env, &list, &archive, &[]);
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("Failed to save image [{gone}]")),
+        "{log}"
+    );
+    assert!(log.contains(&format!("Saved image [{kept}]")), "{log}");
+    assert!(!log.contains(&format!("Saved image [{gone}]")), "{log}");
+    let failed = std::fs::read_to_string(env.path("save-failed.txt")).expect("failed list");
+    assert_eq!(failed.lines().collect::<Vec<_>>(), vec![gone.as_str()]);
+    assert_eq!(ls_images(&archive), vec![kept.clone()]);
+    let loaded = load(&env, &archive, &[]);
+    assert!(loaded.status.success(), "{}", text(&loaded));
+    assert!(tag_exists(&format!("{}/team/kept:1", env.dst.addr)));
+}

@@ -286,7 +286,8 @@ async fn save_streams_every_layer_through_a_flaky_source() {
     assert_all_landed(&env, &images, &out, false).await;
 }
 
-/// A source serving wrong bytes for its layers fails a streamed save as a whole: nothing at
+/// A source serving wrong bytes for every layer fails each image of a streamed save (its
+/// layers, smaller than a piece, are refused before a byte of them is written): nothing at
 /// the archive's path, nothing staged left beside it, the error says what was wrong, no
 /// image is said to be saved, and every line of the list is in the failed list.
 #[tokio::test(flavor = "multi_thread")]

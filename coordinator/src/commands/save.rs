@@ -247,9 +247,13 @@ async fn gather(
         super::scan::report_job(&report, db, &list.scan_report, true, &console)?;
     }
     // The job is over, so is the list of completed images: the archive can be closed.
+    let mut report = report;
     let written = match writer {
         Some(writer) => match writer.finish().await {
-            Ok(written) => Some(written),
+            Ok((written, unsaved)) => {
+                leave_out(&mut report, unsaved);
+                Some(written)
+            }
             // No archive: no image of the list was saved.
             Err(e) => {
                 console.error(
@@ -282,6 +286,20 @@ async fn gather(
         written,
         _temp: temp,
     })
+}
+
+/// Images the archive's writer left out (a blob it could not read) are failures, not
+/// completions.
+fn leave_out(report: &mut job::JobReport, unsaved: super::save_writer::Unsaved) {
+    use crate::engine::tracker::ImageResult;
+    for (n, e) in unsaved {
+        report.completed.retain(|(job, _)| job.entry.index != n);
+        for (job, result) in &mut report.results {
+            if job.entry.index == n {
+                *result = ImageResult::Failed(e.clone());
+            }
+        }
+    }
 }
 
 /// Writes one archive: here, or on the fleet by a worker's assemble task.

@@ -29,8 +29,12 @@ pub struct Archive<'a> {
 
 /// The writer's task, fed by the copy's completions; aborted (its fetches with it) when
 /// dropped unfinished, as when the gathering fails, rather than left writing beside a
-/// cache directory being removed.
-pub struct Writer(tokio::task::JoinHandle<hangar_shared::Result<ArchiveWriter>>);
+/// cache directory being removed. It ends with the images whose blobs could not be read
+/// (streamed), by their list entry's index.
+pub struct Writer(tokio::task::JoinHandle<hangar_shared::Result<(ArchiveWriter, Unsaved)>>);
+
+/// Images left out of a streamed archive: their list entry's index, and why.
+pub type Unsaved = Vec<(usize, hangar_shared::Error)>;
 
 impl Drop for Writer {
     fn drop(&mut self) {
@@ -39,10 +43,11 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Once the copy is over (no more completions): the archive closed and in place.
-    pub async fn finish(mut self) -> anyhow::Result<Written> {
-        let writer = (&mut self.0).await??;
-        Ok(writer.finish().await?)
+    /// Once the copy is over (no more completions): the archive closed and in place, and
+    /// the images left out of it.
+    pub async fn finish(mut self) -> anyhow::Result<(Written, Unsaved)> {
+        let (writer, unsaved) = (&mut self.0).await??;
+        Ok((writer.finish().await?, unsaved))
     }
 }
 
@@ -71,29 +76,50 @@ pub async fn start(
     let mut writer = ArchiveWriter::create(to.location, to.base, source).await?;
     let (tx, mut completed) = tokio::sync::mpsc::unbounded_channel();
     spec.completions = Some(tx);
+    if streamed.is_some() {
+        writer.isolate_images().await?;
+    }
     let (console, label) = (to.console, to.location.to_owned());
     Ok(Writer(tokio::spawn(async move {
         // Streamed, an image is saved only once its layers, read as they are written, are
-        // in the zip: each is said then, not when its plan completed or its entries queued.
+        // in the zip: each is said then, not when its plan completed or its entries queued;
+        // one whose blob could not be read is left out, and said failed.
         let mut saying = tokio::task::JoinSet::new();
         while let Some((job, plan)) = completed.recv().await {
+            let image = planner::archive_image(&job, &plan)?;
             let Some(streamed) = &streamed else {
-                writer.add(&planner::archive_image(&job, &plan)?).await?;
+                writer.add(&image).await?;
                 continue;
             };
             expect(streamed, &job, &plan);
-            writer.add(&planner::archive_image(&job, &plan)?).await?;
-            let written = writer.written().await?;
+            writer.add(&image).await?;
+            let written = writer.written(&image).await?;
             let (console, label) = (console.clone(), label.clone());
             saying.spawn(async move {
-                if written.await.is_ok() {
-                    let n = Some(job.entry.index);
-                    console.info(n, format!("Saved image [{}] => [{label}]", job.name.source));
+                let n = job.entry.index;
+                let source = &job.name.source;
+                match written.await {
+                    Ok(None) => {
+                        console.info(Some(n), format!("Saved image [{source}] => [{label}]"));
+                        None
+                    }
+                    Ok(Some(e)) => {
+                        console.error(
+                            Some(n),
+                            format!(
+                                "Failed to save image [{source}] => [{label}]: {}: {}",
+                                e.class, e.message
+                            ),
+                        );
+                        Some((n, e))
+                    }
+                    // The archive failed as a whole: said where it fails.
+                    Err(_) => None,
                 }
             });
         }
-        saying.join_all().await;
-        Ok(writer)
+        let unsaved = saying.join_all().await.into_iter().flatten().collect();
+        Ok((writer, unsaved))
     })))
 }
 

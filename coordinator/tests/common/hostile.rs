@@ -180,6 +180,11 @@ async fn serve(mut conn: TcpStream, small: Arc<Small>, seen: Arc<Seen>, realm: O
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
             return;
+        } else if path.starts_with("/v2/gone/") && path.contains("/manifests/") {
+            // Its layer is not there: the GET falls through to a 404.
+            plain(200, OCI_MANIFEST, &small.stalling_manifest())
+        } else if path.starts_with("/v2/gone/") && path.ends_with(&config) {
+            plain(200, "application/octet-stream", &small.config)
         } else if path.starts_with("/v2/longer/") && path.contains("/manifests/") {
             plain(200, OCI_MANIFEST, &small.stalling_manifest())
         } else if path.starts_with("/v2/longer/") && path.ends_with(&config) {

@@ -8,7 +8,7 @@
 //! here so callers keep one path. `sync` is the same write with the old archive's entries
 //! copied first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -39,8 +39,15 @@ pub(super) enum Item {
     Blob(String, Digest, u64),
     /// Everything is queued: complete the zip. A queue that closes without it is abandoned.
     End,
-    /// Not an entry: answered once every item before it is written.
-    Written(tokio::sync::oneshot::Sender<()>),
+    /// Not entries. From here on a blob that cannot be read at all fails the images that
+    /// name it, not the archive.
+    Isolate,
+    /// Answered once every item before it is written: why one of these blobs could not be
+    /// read, if one could not.
+    Written(Vec<Digest>, tokio::sync::oneshot::Sender<Option<Error>>),
+    /// Answered with the blobs that could not be read and why, once every item before it is
+    /// done.
+    Unread(tokio::sync::oneshot::Sender<HashMap<Digest, Error>>),
 }
 
 /// `<hex>/index.json` as containers/image's OCI layout writes it: one untagged descriptor.
@@ -86,6 +93,8 @@ pub struct ArchiveWriter {
     task: Option<Task>,
     /// A local archive's temporary file and final path; `None` for S3.
     local: Option<(PathBuf, PathBuf)>,
+    /// A blob that cannot be read fails only the images naming it ([`Self::isolate_images`]).
+    isolated: bool,
 }
 
 impl ArchiveWriter {
@@ -110,6 +119,7 @@ impl ArchiveWriter {
             tx: Some(tx),
             task: Some(task),
             local,
+            isolated: false,
         };
         if let Some(base) = &base {
             for e in base.entries() {
@@ -158,13 +168,38 @@ impl ArchiveWriter {
         Ok(())
     }
 
+    /// From now on a blob that cannot be read at all (its source has lost it, refuses it)
+    /// fails the images that name it, which [`Self::written`] then says and the index leaves
+    /// out, instead of the archive. Bytes already in an entry when a blob fails still fail
+    /// the archive: the zip is written straight through.
+    pub async fn isolate_images(&mut self) -> Result<()> {
+        self.isolated = true;
+        self.send_mark(Item::Isolate).await
+    }
+
     /// Answers once every entry queued so far is written into the zip (dropped unanswered
-    /// if the writing fails first): what `add` queued is only queued.
-    pub async fn written(&mut self) -> Result<tokio::sync::oneshot::Receiver<()>> {
+    /// if the writing fails first; what `add` queued is only queued): `None` when `image` is
+    /// whole, or why one of its blobs could not be read.
+    pub async fn written(
+        &mut self,
+        image: &ArchiveImage,
+    ) -> Result<tokio::sync::oneshot::Receiver<Option<Error>>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Item::Written(tx)).await?;
-        self.entries -= 1;
+        let blobs = image
+            .images
+            .iter()
+            .flat_map(|s| s.blobs())
+            .cloned()
+            .collect();
+        self.send_mark(Item::Written(blobs, tx)).await?;
         Ok(rx)
+    }
+
+    /// Queues what is not an entry.
+    async fn send_mark(&mut self, item: Item) -> Result<()> {
+        self.send(item).await?;
+        self.entries -= 1;
+        Ok(())
     }
 
     /// Drops `source:tag` from the index being written (its entries stay, unreferenced):
@@ -177,8 +212,36 @@ impl ArchiveWriter {
         self.index.list.len() != before
     }
 
-    /// Writes the index, completes the zip and puts it in place.
+    /// Writes the index, completes the zip and puts it in place. Isolated, the images
+    /// naming a blob that could not be read are left out of the index.
     pub async fn finish(mut self) -> Result<Written> {
+        if self.isolated {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.send_mark(Item::Unread(tx)).await?;
+            let unread = match rx.await {
+                Ok(unread) => unread,
+                Err(_) => return Err(self.stopped().await),
+            };
+            let whole = |i: &ArchiveImage| {
+                !i.images
+                    .iter()
+                    .flat_map(|s| s.blobs())
+                    .any(|d| unread.contains_key(d))
+            };
+            self.index.list.retain(whole);
+            // Nothing left to carry: no archive (dropped, its temporary file goes).
+            if self.index.list.is_empty()
+                && let Some(e) = unread.into_values().next()
+            {
+                return Err(Error::new(
+                    e.class,
+                    format!(
+                        "{}: no image could be written into it; {}",
+                        self.location, e.message
+                    ),
+                ));
+            }
+        }
         let index = self.index.to_go_json()?;
         self.send(Item::Inline(INDEX_NAME.to_owned(), index))
             .await?;
@@ -207,11 +270,15 @@ impl ArchiveWriter {
             self.entries += 1;
             return Ok(());
         }
-        // The writer stopped: its error says why.
+        Err(self.stopped().await)
+    }
+
+    /// Why the writer thread stopped: its error says.
+    async fn stopped(&mut self) -> Error {
         self.tx = None;
         match self.join().await {
-            Err(e) => Err(e),
-            Ok(_) => Err(Error::internal("the archive writer ended early")),
+            Err(e) => e,
+            Ok(_) => Error::internal("the archive writer ended early"),
         }
     }
 

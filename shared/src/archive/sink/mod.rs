@@ -11,6 +11,7 @@ mod file;
 mod s3;
 mod writeback;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use futures_util::StreamExt;
 use super::BlobSource;
 use super::reader::ArchiveReader;
 use super::writer::Item;
+use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
 
 pub(super) use file::put_in_place;
@@ -47,6 +49,16 @@ pub(super) async fn start(
     }
 }
 
+/// A stored entry's options: no compression, DOS attributes, a fixed time (as Hangar's Go
+/// writer leaves them), zip64 when its size needs it.
+fn entry_options(size: u64) -> zip::write::SimpleFileOptions {
+    zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .system(zip::System::Dos)
+        .last_modified_time(zip::DateTime::default())
+        .large_file(size >= zip::ZIP64_BYTES_THR)
+}
+
 /// Streams every item into a zip on `out`. The zip crate's streaming mode writes each
 /// entry's sizes and CRC in a data descriptor after its bytes, as Go's writer (Hangar's)
 /// does, so nothing is sought back and the same code feeds a file or an upload.
@@ -60,6 +72,10 @@ fn write_items<W: Write>(
 ) -> Result<W> {
     let mut zip = zip::ZipWriter::new_stream(out);
     let werr = |e: &dyn std::fmt::Display| Error::invalid(format!("{label}: {e}"));
+    // Images isolated (a blob that cannot be read fails its images, not the archive), and
+    // the blobs that could not be read.
+    let mut isolated = false;
+    let mut unread: HashMap<Digest, Error> = HashMap::new();
     loop {
         let Some(item) = items.blocking_recv() else {
             return Err(Error::new(
@@ -67,39 +83,53 @@ fn write_items<W: Write>(
                 format!("{label}: abandoned before it was complete"),
             ));
         };
-        let item = match item {
-            Item::Written(tx) => {
-                let _ = tx.send(());
-                continue;
-            }
-            item => item,
-        };
-        let (name, size) = match &item {
+        let (name, size, mut stream) = match item {
             Item::End => break,
-            Item::Written(_) => continue,
-            Item::Base(n, size) => (n, *size),
-            Item::Inline(n, data) => (n, data.len() as u64),
-            Item::Blob(n, _, size) => (n, *size),
-        };
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored)
-            .system(zip::System::Dos)
-            .last_modified_time(zip::DateTime::default())
-            .large_file(size >= zip::ZIP64_BYTES_THR);
-        zip.start_file(name.as_str(), options)
-            .map_err(|e| werr(&e))?;
-        let mut stream = match &item {
-            Item::Inline(_, data) => {
-                zip.write_all(data).map_err(|e| werr(&e))?;
+            Item::Isolate => {
+                isolated = true;
                 continue;
             }
-            Item::Base(n, _) => {
-                let base = base.ok_or_else(|| Error::internal("base entry without a base"))?;
-                handle.block_on(base.entry_stream(n))?
+            Item::Written(blobs, tx) => {
+                let _ = tx.send(blobs.iter().find_map(|d| unread.get(d).cloned()));
+                continue;
             }
-            Item::Blob(_, d, size) => handle.block_on(source.blob_stream(d, *size))?,
-            Item::End | Item::Written(_) => break,
+            Item::Unread(tx) => {
+                let _ = tx.send(unread.clone());
+                continue;
+            }
+            Item::Inline(name, data) => {
+                zip.start_file(name.as_str(), entry_options(data.len() as u64))
+                    .map_err(|e| werr(&e))?;
+                zip.write_all(&data).map_err(|e| werr(&e))?;
+                continue;
+            }
+            Item::Base(name, size) => {
+                let base = base.ok_or_else(|| Error::internal("base entry without a base"))?;
+                let stream = handle.block_on(base.entry_stream(&name))?;
+                (name, size, stream)
+            }
+            Item::Blob(name, d, size) => {
+                // Its first bytes before its entry: a blob that cannot be read at all
+                // leaves no entry behind, and, isolated, only fails the images naming it.
+                let opened = handle.block_on(async {
+                    let mut stream = source.blob_stream(&d, size).await?;
+                    let first = stream.next().await.transpose()?;
+                    Ok::<_, Error>((stream, first))
+                });
+                let (rest, first) = match opened {
+                    Ok(opened) => opened,
+                    Err(e) if isolated => {
+                        unread.insert(d, e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let first = futures_util::stream::iter(first.map(Ok));
+                (name, size, first.chain(rest).boxed())
+            }
         };
+        zip.start_file(name.as_str(), entry_options(size))
+            .map_err(|e| werr(&e))?;
         let mut copied = 0u64;
         while let Some(chunk) = handle.block_on(stream.next()) {
             let chunk = chunk?;
