@@ -251,7 +251,7 @@ async fn gather(
     let written = match writer {
         Some(writer) => match writer.finish().await {
             Ok((written, unsaved)) => {
-                leave_out(&mut report, unsaved);
+                leave_out(&mut report, unsaved, watch);
                 Some(written)
             }
             // No archive: no image of the list was saved.
@@ -289,14 +289,24 @@ async fn gather(
 }
 
 /// Images the archive's writer left out (a blob it could not read) are failures, not
-/// completions.
-fn leave_out(report: &mut job::JobReport, unsaved: super::save_writer::Unsaved) {
+/// completions: in the report, and in a watched job's counts.
+fn leave_out(
+    report: &mut job::JobReport,
+    unsaved: super::save_writer::Unsaved,
+    watch: Option<&Watch>,
+) {
     use crate::engine::tracker::ImageResult;
     for (n, e) in unsaved {
         report.completed.retain(|(job, _)| job.entry.index != n);
         for (job, result) in &mut report.results {
-            if job.entry.index == n {
-                *result = ImageResult::Failed(e.clone());
+            if job.entry.index != n {
+                continue;
+            }
+            *result = ImageResult::Failed(e.clone());
+            if let Some(mut snap) = watch.and_then(|w| w.lock().ok()) {
+                snap.copied = snap.copied.saturating_sub(1);
+                snap.failed += 1;
+                snap.failed_lines.push(job.entry.original.clone());
             }
         }
     }
