@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::deploy::*;
@@ -283,17 +283,6 @@ fn network_policies_admit_only_the_named_peers() {
     );
 }
 
-fn nats_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("HANGAR_NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
-    if venv.exists() {
-        return venv;
-    }
-    PathBuf::from("nats-server")
-}
-
 /// The deployed nats.conf, as nats-server itself reads it (`-t`), with its TLS files and
 /// store moved to a temporary directory; passwords only through the environment.
 #[test]
@@ -329,7 +318,7 @@ fn nats_server_accepts_the_deployed_config() {
     std::fs::write(dir.path().join("nats.conf"), moved).unwrap();
     std::fs::write(dir.path().join("permissions.conf"), permissions).unwrap();
     let check = |with_passwords: bool| {
-        let mut cmd = Command::new(nats_binary());
+        let mut cmd = Command::new(hangar_loadtest::services::nats_binary());
         cmd.arg("-c").arg(dir.path().join("nats.conf")).arg("-t");
         if with_passwords {
             cmd.env("HANGAR_NATS_COORDINATOR_PASSWORD", "a")

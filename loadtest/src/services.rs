@@ -239,7 +239,7 @@ impl Drop for NatsProcess {
 
 /// `HANGAR_NATS_SERVER`, else the project's `.venv` (where dev-services.sh installs it),
 /// else `nats-server` on the PATH.
-fn nats_binary() -> PathBuf {
+pub fn nats_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("HANGAR_NATS_SERVER") {
         return PathBuf::from(p);
     }

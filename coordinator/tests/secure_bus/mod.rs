@@ -128,7 +128,7 @@ authorization {{
         std::fs::write(&conf, config).unwrap();
         let log = dir.join("nats.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(nats_binary())
+        let child = Command::new(hangar_loadtest::services::nats_binary())
             .arg("-c")
             .arg(&conf)
             // The passwords reach the server as the deployments give them: from the
@@ -209,17 +209,6 @@ impl Drop for SecureNats {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn nats_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("HANGAR_NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
-    if venv.exists() {
-        return venv;
-    }
-    PathBuf::from("nats-server")
 }
 
 /// A `hangar-worker` process, killed when dropped.
