@@ -44,6 +44,8 @@ async fn a_damaged_cached_blob_is_evicted_and_fetched_again() {
     let out = save(&env, &list, &second, &["--cache", &s(&cache)]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("is damaged"), "{}", text(&out));
+    // The first attempt's failure is not the run's: no failed list is left behind.
+    assert!(!env.path("save-failed.txt").exists(), "{}", text(&out));
     let gets_after = blob_gets(&env.src.log())
         .get(&layer.to_string())
         .copied()

@@ -28,6 +28,7 @@ use crate::engine::job::{self, Backend};
 use crate::engine::per_image::{self, PerImage};
 use crate::engine::planner;
 use crate::engine::tasks::{Bus, Here};
+use crate::engine::tracker::ImageResult;
 use crate::spec::{JobKind, JobSpec};
 
 /// A cache directory that exists for one command and is removed with it.
@@ -119,7 +120,7 @@ async fn gather(
     debug: bool,
     console: Arc<Console>,
     watch: Option<&Watch>,
-    failed_file: &Path,
+    failed: FailedList<'_>,
 ) -> Result<Gathered> {
     let margs = mirror_args(list);
     let fleet = match &list.fleet.bus.nats {
@@ -227,11 +228,6 @@ async fn gather(
         }
         _ => None,
     };
-    let lines: Vec<String> = spec
-        .images
-        .iter()
-        .map(|j| j.entry.original.clone())
-        .collect();
     let report = job::run_copy(
         spec,
         pool,
@@ -254,16 +250,35 @@ async fn gather(
                 leave_out(&mut report, unsaved, watch);
                 Some(written)
             }
-            // No archive: no image of the list was saved.
+            // No archive: no image of the list was saved (unless a damaged cache entry is
+            // fetched again, and the run with it).
             Err(e) => {
+                if failed.retry_left && damaged_cache(&e) {
+                    return Err(e);
+                }
                 console.error(
                     None,
                     format!("No archive was written to {archive}: no image of the list is saved"),
                 );
-                let mut failed: Vec<String> =
+                // Every line but those skipped (no platform to save: not a failure).
+                let mut all: Vec<String> =
                     rejected.iter().map(|(e, _)| e.original.clone()).collect();
-                failed.extend(lines);
-                super::write_failed(&console, failed_file, &failed)?;
+                all.extend(
+                    report
+                        .results
+                        .iter()
+                        .filter(|(_, r)| !matches!(r, ImageResult::Skipped(_)))
+                        .map(|(job, _)| job.entry.original.clone()),
+                );
+                if let Some(mut snap) = watch.and_then(|w| w.lock().ok()) {
+                    snap.copied = 0;
+                    snap.present = 0;
+                    snap.failed = all.len();
+                    snap.failed_lines = all.clone();
+                }
+                if let Err(w) = super::write_failed(&console, failed.path, &all) {
+                    console.error(None, format!("{w:#}"));
+                }
                 return Err(e);
             }
         },
@@ -288,6 +303,13 @@ async fn gather(
     })
 }
 
+/// Where a run's failed list goes, and whether a damaged cache entry may still be fetched
+/// again (the run is then made again, and writes its own list).
+struct FailedList<'a> {
+    path: &'a Path,
+    retry_left: bool,
+}
+
 /// Images the archive's writer left out (a blob it could not read) are failures, not
 /// completions: in the report, and in a watched job's counts.
 fn leave_out(
@@ -295,16 +317,25 @@ fn leave_out(
     unsaved: super::save_writer::Unsaved,
     watch: Option<&Watch>,
 ) {
-    use crate::engine::tracker::ImageResult;
     for (n, e) in unsaved {
         report.completed.retain(|(job, _)| job.entry.index != n);
         for (job, result) in &mut report.results {
             if job.entry.index != n {
                 continue;
             }
+            let present = matches!(
+                result,
+                ImageResult::Copied {
+                    already_present: true,
+                    ..
+                }
+            );
             *result = ImageResult::Failed(e.clone());
             if let Some(mut snap) = watch.and_then(|w| w.lock().ok()) {
-                snap.copied = snap.copied.saturating_sub(1);
+                match present {
+                    true => snap.present = snap.present.saturating_sub(1),
+                    false => snap.copied = snap.copied.saturating_sub(1),
+                }
                 snap.failed += 1;
                 snap.failed_lines.push(job.entry.original.clone());
             }
@@ -499,7 +530,10 @@ pub async fn save(
             debug,
             console.clone(),
             watch,
-            &failed_file,
+            FailedList {
+                path: &failed_file,
+                retry_left: !retried,
+            },
         )
         .await
         {
@@ -618,7 +652,10 @@ pub async fn sync(
             debug,
             console.clone(),
             watch,
-            &failed_file,
+            FailedList {
+                path: &failed_file,
+                retry_left: !retried,
+            },
         )
         .await
         {

@@ -160,7 +160,7 @@ impl ArchiveWriter {
             let name = blob_entry(d);
             if self.written.insert(name.clone()) {
                 let size = size_of(self.source.as_ref(), d, image).await?;
-                self.source.will_read(d).await?;
+                self.will_read(d).await?;
                 self.send(Item::Blob(name, d.clone(), size)).await?;
             }
         }
@@ -195,6 +195,24 @@ impl ArchiveWriter {
         Ok(rx)
     }
 
+    /// Tells the source `d` is next but one, or fails with the writer thread's error if it
+    /// stops meanwhile: a source waiting for room (its fetches ahead waiting for a turn
+    /// that a dead writer will never give) would wait for ever.
+    async fn will_read(&mut self, d: &Digest) -> Result<()> {
+        let Some(tx) = self.tx.clone() else {
+            return Err(self.stopped().await);
+        };
+        let source = self.source.clone();
+        let told = tokio::select! {
+            told = source.will_read(d) => Some(told),
+            () = tx.closed() => None,
+        };
+        match told {
+            Some(told) => told,
+            None => Err(self.stopped().await),
+        }
+    }
+
     /// Queues what is not an entry.
     async fn send_mark(&mut self, item: Item) -> Result<()> {
         self.send(item).await?;
@@ -222,6 +240,8 @@ impl ArchiveWriter {
                 Ok(unread) => unread,
                 Err(_) => return Err(self.stopped().await),
             };
+            // A blob not read is no entry.
+            self.entries -= unread.len();
             let whole = |i: &ArchiveImage| {
                 !i.images
                     .iter()

@@ -124,8 +124,13 @@ fn write_items<W: Write>(
                     }
                     Err(e) => return Err(e),
                 };
-                let first = futures_util::stream::iter(first.map(Ok));
-                (name, size, first.chain(rest).boxed())
+                // An empty blob's stream has ended: it is not asked again (unfold-built
+                // streams panic when polled past their end).
+                let stream = match first {
+                    Some(first) => futures_util::stream::iter([Ok(first)]).chain(rest).boxed(),
+                    None => futures_util::stream::empty().boxed(),
+                };
+                (name, size, stream)
             }
         };
         zip.start_file(name.as_str(), entry_options(size))
@@ -205,6 +210,45 @@ mod tests {
             std::process::id(),
             std::time::SystemTime::now()
         ))
+    }
+
+    /// Serves every blob as an empty stream built as the real sources build theirs
+    /// (`unfold`, which panics when polled past its end).
+    struct Empty(Vec<Digest>);
+
+    #[async_trait::async_trait]
+    impl BlobSource for Empty {
+        async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
+            Ok(self.0.contains(d).then_some(0))
+        }
+        async fn blob_stream(&self, _d: &Digest, _size: u64) -> Result<crate::verify::ByteStream> {
+            Ok(futures_util::stream::unfold((), |()| async { None }).boxed())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_empty_blob_is_an_empty_entry() {
+        let (manifest, layer) = (Digest::of(b"manifest"), Digest::of(b""));
+        let source = Arc::new(Empty(vec![manifest.clone(), layer.clone()]));
+        let spec = ImageSpec {
+            layers: vec![layer.clone()],
+            arch: "amd64".into(),
+            os: "linux".into(),
+            ..ImageSpec::bare(manifest.clone())
+        };
+        let images = vec![ArchiveImage::new(
+            "docker.io/library/empty".into(),
+            "1".into(),
+            vec![spec],
+        )];
+        let out = temp("empty");
+        write_archive(out.to_str().unwrap(), None, &images, source)
+            .await
+            .expect("written");
+        let reader = ArchiveReader::open(out.to_str().unwrap()).await.unwrap();
+        assert_eq!(reader.blob_size(&layer), Some(0));
+        assert_eq!(reader.index.list, images);
+        let _ = std::fs::remove_file(out);
     }
 
     #[tokio::test(flavor = "multi_thread")]
