@@ -17,6 +17,7 @@ pub mod mirror;
 pub mod plan;
 pub mod remote;
 pub mod save;
+mod save_gather;
 pub mod save_validate;
 mod save_writer;
 pub mod scan;

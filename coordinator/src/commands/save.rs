@@ -9,339 +9,24 @@
 //! archive or the new one, never a broken zip (unlike Hangar, cnrancher/hangar#152).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::engine::planner::ImageJob;
 use anyhow::{Context as _, Result, bail};
 use hangar_shared::archive::writer::{Written, plan_volumes, volume_path, write_archive};
 use hangar_shared::archive::{ArchiveImage, ArchiveReader};
-use hangar_shared::cache::BlobCache;
 use hangar_shared::digest::Digest;
-use hangar_shared::imagelist::{ImageList, LineKind};
 use hangar_shared::task::{AssembleTask, Outcome, Task};
 use indicatif::HumanBytes;
 
-use crate::cli::{ArchiveListArgs, MirrorArgs, SaveArgs, SyncArgs};
+pub(crate) use super::save_gather::read_jobs;
+use super::save_gather::{FailedList, Gathered, Writing, damaged_cache, gather};
+use crate::cli::{ArchiveListArgs, SaveArgs, SyncArgs};
 use crate::console::Console;
-use crate::engine::job::{self, Backend};
+use crate::engine::job::Backend;
 use crate::engine::per_image::{self, PerImage};
-use crate::engine::planner;
 use crate::engine::tasks::{Bus, Here};
-use crate::engine::tracker::ImageResult;
 use crate::spec::{JobKind, JobSpec};
-
-/// A cache directory that exists for one command and is removed with it.
-struct TempCache(PathBuf);
-
-impl Drop for TempCache {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn mirror_args(list: &ArchiveListArgs) -> MirrorArgs {
-    MirrorArgs {
-        file: list.file.clone(),
-        platforms: list.platforms.clone(),
-        source: list.source.clone(),
-        jobs: list.jobs,
-        timeout: list.timeout.clone(),
-        provenance: list.provenance,
-        tls_verify: list.access.tls_verify,
-        authfile: list.access.authfile.clone(),
-        cache: list.cache.clone(),
-        transfers: list.transfers,
-        into_archive: true,
-        ..Default::default()
-    }
-}
-
-/// The list's default-format lines as jobs (mirror-format lines are skipped, as in Hangar).
-pub(crate) fn read_jobs(
-    list: &ArchiveListArgs,
-    debug: bool,
-    console: &Console,
-) -> Result<crate::commands::mirror::Prepared> {
-    let Some(file) = &list.file else {
-        bail!("image list file not provided: use -f/--file");
-    };
-    let mut parsed = ImageList::read(file)?;
-    parsed.entries.retain(|e| {
-        let mirror_format = matches!(e.kind, LineKind::Mirror { .. });
-        if mirror_format {
-            console.warn(
-                Some(e.index),
-                format!(
-                    "Skip image list line {:?} ({}:{}): archives take the default list format only",
-                    e.original,
-                    file.display(),
-                    e.line_no
-                ),
-            );
-        }
-        !mirror_format
-    });
-    super::mirror::prepare_list(
-        parsed,
-        &file.display().to_string(),
-        &mirror_args(list),
-        debug,
-        console,
-    )
-}
-
-struct Gathered {
-    images: Vec<ArchiveImage>,
-    failed: Vec<String>,
-    cache: Arc<BlobCache>,
-    fleet: Option<async_nats::Client>,
-    job: String,
-    /// The archive, when it was written as the images completed.
-    written: Option<Written>,
-    _temp: Option<TempCache>,
-}
-
-/// When the archive is written.
-#[derive(Clone, Copy)]
-enum Writing<'a> {
-    /// Image by image as they complete, after `base`'s entries (one archive, written here).
-    AsTheyComplete(Option<&'a Arc<ArchiveReader>>),
-    /// Once everything is gathered.
-    AtTheEnd,
-}
-
-/// Copies the list's images into the blob cache; returns their index entries in the order
-/// they finished.
-async fn gather(
-    list: &ArchiveListArgs,
-    archive: &str,
-    writing: Writing<'_>,
-    debug: bool,
-    console: Arc<Console>,
-    watch: Option<&Watch>,
-    failed: FailedList<'_>,
-) -> Result<Gathered> {
-    let margs = mirror_args(list);
-    let fleet = match &list.fleet.bus.nats {
-        Some(_) if list.cache.is_none() => {
-            bail!("on the fleet (--nats), --cache must name the workers' shared cache (s3://…)")
-        }
-        Some(_) => Some(super::mirror::fleet_client(&list.fleet.bus).await?),
-        None => None,
-    };
-    let mut prepared = read_jobs(list, debug, &console)?;
-    let temp = match &prepared.cache {
-        Some(_) => None,
-        None => {
-            let temp_root = std::env::temp_dir();
-            let parent = match archive.starts_with("s3://") {
-                true => temp_root.as_path(),
-                false => Path::new(archive)
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new(".")),
-            };
-            hangar_shared::archive::writer::remove_stale(parent, ".hangar-cache-");
-            let dir = parent.join(format!(".hangar-cache-{}", std::process::id()));
-            prepared.cache = Some(Arc::new(BlobCache::open(&dir.display().to_string())?));
-            Some(TempCache(dir))
-        }
-    };
-    let Some(cache) = prepared.cache.clone() else {
-        bail!("no blob cache");
-    };
-    let scan_db = match &list.scan_db {
-        Some(location) => Some(
-            super::scan::open_db(
-                location,
-                list.access.tls_verify,
-                list.access.authfile.as_deref(),
-                Some("30d"),
-                &console,
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    let (mut spec, rejected) = super::mirror::spec(prepared, &margs);
-    // Under `serve` (a watched job) signals are the service's.
-    spec.interruptible = watch.is_none();
-    spec.images = spec.images.into_iter().map(ImageJob::into_cache).collect();
-    if margs.transfers.is_none() {
-        // The archive is written one entry at a time: more transfers than images at once
-        // only hold more buffers (measured: the same wall time from 5 to 60 transfers).
-        spec.transfers = spec.planners.max(3);
-    }
-    watch_begins(
-        watch,
-        spec.images.len(),
-        rejected.iter().map(|(e, _)| e.original.clone()).collect(),
-    );
-    spec.extras.scan = scan_db.is_some();
-    // Archives never carry signatures (Hangar's save removes them).
-    spec.signatures = false;
-    spec.extras.dest_label = Some(archive.to_owned());
-    let pool = Arc::new(
-        super::limited_pool(
-            list.access.tls_verify,
-            list.access.authfile.as_deref(),
-            &list.rate,
-            fleet.as_ref(),
-        )
-        .await?,
-    );
-    console.info(
-        None,
-        format!(
-            "Saving {} images into {} with {} transfers at once",
-            spec.images.len(),
-            archive,
-            spec.transfers
-        ),
-    );
-    // Under `serve`, the job's own id, so that its cancel purges this run's queued tasks;
-    // a fresh run, so that a resumed job's tasks are not taken for the earlier run's.
-    let (id, run) = match watch.and_then(|w| w.lock().ok().map(|s| s.id.clone())) {
-        Some(served) => (served, job::new_job_id()),
-        None => (job::new_job_id(), "1".to_owned()),
-    };
-    let backend = match &fleet {
-        Some(client) => Backend::Fleet(client.clone()),
-        None => Backend::Embedded,
-    };
-    let writer = match (writing, &backend) {
-        (Writing::AsTheyComplete(base), Backend::Embedded) => {
-            // Without a cache of the user's (and nothing to scan from one), layers go from
-            // their source straight into the zip: written to disk once, not twice.
-            let staging = match (&temp, &scan_db) {
-                (Some(t), None) => Some(t.0.clone()),
-                _ => None,
-            };
-            let to = super::save_writer::Archive {
-                location: archive,
-                base: base.cloned(),
-                cache: cache.clone(),
-                console: console.clone(),
-            };
-            Some(super::save_writer::start(to, staging, pool.clone(), &mut spec).await?)
-        }
-        _ => None,
-    };
-    let report = job::run_copy(
-        spec,
-        pool,
-        console.clone(),
-        backend,
-        (&id, &run),
-        watch.cloned(),
-    )
-    .await?;
-    // The scan report first: a save that cannot write it leaves no archive, as before the
-    // archive was written image by image (dropped unfinished, the writer abandons it).
-    if let Some(db) = &scan_db {
-        super::scan::report_job(&report, db, &list.scan_report, true, &console)?;
-    }
-    // The job is over, so is the list of completed images: the archive can be closed.
-    let mut report = report;
-    let written = match writer {
-        Some(writer) => match writer.finish().await {
-            Ok((written, unsaved)) => {
-                leave_out(&mut report, unsaved, watch);
-                Some(written)
-            }
-            // No archive: no image of the list was saved (unless a damaged cache entry is
-            // fetched again, and the run with it).
-            Err(e) => {
-                if failed.retry_left && damaged_cache(&e) {
-                    return Err(e);
-                }
-                console.error(
-                    None,
-                    format!("No archive was written to {archive}: no image of the list is saved"),
-                );
-                // Every line but those skipped (no platform to save: not a failure).
-                let mut all: Vec<String> =
-                    rejected.iter().map(|(e, _)| e.original.clone()).collect();
-                all.extend(
-                    report
-                        .results
-                        .iter()
-                        .filter(|(_, r)| !matches!(r, ImageResult::Skipped(_)))
-                        .map(|(job, _)| job.entry.original.clone()),
-                );
-                if let Some(mut snap) = watch.and_then(|w| w.lock().ok()) {
-                    snap.copied = 0;
-                    snap.present = 0;
-                    snap.failed = all.len();
-                    snap.failed_lines = all.clone();
-                }
-                if let Err(w) = super::write_failed(&console, failed.path, &all) {
-                    console.error(None, format!("{w:#}"));
-                }
-                return Err(e);
-            }
-        },
-        None => None,
-    };
-    let mut failed = super::report_rejected(&console, &rejected, "save");
-    let more = super::summarise(&console, &report, "saved", failed.len());
-    failed.extend(more);
-    let images = report
-        .completed
-        .iter()
-        .map(|(job, plan)| planner::archive_image(job, plan))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Gathered {
-        images,
-        failed,
-        cache,
-        fleet,
-        job: id,
-        written,
-        _temp: temp,
-    })
-}
-
-/// Where a run's failed list goes, and whether a damaged cache entry may still be fetched
-/// again (the run is then made again, and writes its own list).
-struct FailedList<'a> {
-    path: &'a Path,
-    retry_left: bool,
-}
-
-/// Images the archive's writer left out (a blob it could not read) are failures, not
-/// completions: in the report, and in a watched job's counts.
-fn leave_out(
-    report: &mut job::JobReport,
-    unsaved: super::save_writer::Unsaved,
-    watch: Option<&Watch>,
-) {
-    for (n, e) in unsaved {
-        report.completed.retain(|(job, _)| job.entry.index != n);
-        for (job, result) in &mut report.results {
-            if job.entry.index != n {
-                continue;
-            }
-            let present = matches!(
-                result,
-                ImageResult::Copied {
-                    already_present: true,
-                    ..
-                }
-            );
-            *result = ImageResult::Failed(e.clone());
-            if let Some(mut snap) = watch.and_then(|w| w.lock().ok()) {
-                match present {
-                    true => snap.present = snap.present.saturating_sub(1),
-                    false => snap.copied = snap.copied.saturating_sub(1),
-                }
-                snap.failed += 1;
-                snap.failed_lines.push(job.entry.original.clone());
-            }
-        }
-    }
-}
 
 /// Writes one archive: here, or on the fleet by a worker's assemble task.
 async fn assemble(
@@ -415,15 +100,6 @@ async fn assemble(
         }
         None => bail!("the fleet's events ended before {location} was written"),
     }
-}
-
-/// A cached blob failed its CRC on the way into the archive; the cache evicted it, so one
-/// more gathering fetches it again.
-fn damaged_cache(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<hangar_shared::Error>()
-            .is_some_and(|e| e.class == hangar_shared::FailureClass::CacheDamaged)
-    })
 }
 
 /// The list's text, for a job specification.
@@ -517,43 +193,46 @@ pub async fn save(
         .failed
         .clone()
         .unwrap_or_else(|| "save-failed.txt".into());
-    let mut retried = false;
     let writing = match (part_size, &args.list.fleet.bus.nats) {
         (None, None) => Writing::AsTheyComplete(None),
         _ => Writing::AtTheEnd,
     };
-    let g = loop {
-        let g = match gather(
+    let g = refetching_once(&console, async |retry_left| {
+        let failed = FailedList {
+            path: &failed_file,
+            retry_left,
+        };
+        let g = gather(
             &args.list,
             dest,
             writing,
             debug,
             console.clone(),
             watch,
-            FailedList {
-                path: &failed_file,
-                retry_left: !retried,
-            },
+            failed,
         )
-        .await
-        {
-            Err(e) if !retried && damaged_cache(&e) => {
-                console.warn(None, format!("{e:#}; fetching it again"));
-                retried = true;
-                continue;
-            }
-            g => g?,
-        };
-        match write_save(&g, dest, part_size, args.yes, &console).await {
-            Err(e) if !retried && damaged_cache(&e) => {
-                console.warn(None, format!("{e:#}; fetching it again"));
-                retried = true;
-            }
-            Err(e) => return Err(e),
-            Ok(()) => break g,
-        }
-    };
+        .await?;
+        write_save(&g, dest, part_size, args.yes, &console).await?;
+        Ok(g)
+    })
+    .await?;
     super::finish(&console, &failed_file, &g.failed, "copy")
+}
+
+/// Runs `attempt` (gather, then write) once more when a damaged cache entry failed it: the
+/// cache evicted the entry, so the second gathering fetches it again. `attempt` is told
+/// whether that second chance is still to come.
+async fn refetching_once<T>(
+    console: &Console,
+    mut attempt: impl AsyncFnMut(bool) -> Result<T>,
+) -> Result<T> {
+    match attempt(true).await {
+        Err(e) if damaged_cache(&e) => {
+            console.warn(None, format!("{e:#}; fetching it again"));
+            attempt(false).await
+        }
+        other => other,
+    }
 }
 
 async fn write_save(
@@ -639,46 +318,32 @@ pub async fn sync(
         .failed
         .clone()
         .unwrap_or_else(|| "sync-failed.txt".into());
-    let mut retried = false;
     let writing = match &args.list.fleet.bus.nats {
         None => Writing::AsTheyComplete(Some(&base)),
         Some(_) => Writing::AtTheEnd,
     };
-    let (g, w) = loop {
-        let g = match gather(
+    let (g, w) = refetching_once(&console, async |retry_left| {
+        let failed = FailedList {
+            path: &failed_file,
+            retry_left,
+        };
+        let g = gather(
             &args.list,
             dest,
             writing,
             debug,
             console.clone(),
             watch,
-            FailedList {
-                path: &failed_file,
-                retry_left: !retried,
-            },
+            failed,
         )
-        .await
-        {
-            Err(e) if !retried && damaged_cache(&e) => {
-                console.warn(None, format!("{e:#}; fetching it again"));
-                retried = true;
-                continue;
-            }
-            g => g?,
+        .await?;
+        let w = match &g.written {
+            Some(w) => w.clone(),
+            None => assemble(&console, &g, 1, dest, Some(&base), &g.images).await?,
         };
-        let assembled = match &g.written {
-            Some(w) => Ok(w.clone()),
-            None => assemble(&console, &g, 1, dest, Some(&base), &g.images).await,
-        };
-        match assembled {
-            Err(e) if !retried && damaged_cache(&e) => {
-                console.warn(None, format!("{e:#}; fetching it again"));
-                retried = true;
-            }
-            Err(e) => return Err(e),
-            Ok(w) => break (g, w),
-        }
-    };
+        Ok((g, w))
+    })
+    .await?;
     console.info(
         None,
         format!(
