@@ -161,7 +161,9 @@ mod tests {
     use crate::archive::{ArchiveImage, ImageSpec};
     use crate::digest::Digest;
 
-    /// Serves blobs of zeros (the writer trusts its source; verification is the source's).
+    /// Serves blobs of zeros (the writer trusts its source; verification is the source's),
+    /// built as the real sources build theirs: `unfold`, which panics when polled past its
+    /// end.
     struct Zeros(std::collections::HashMap<Digest, u64>);
 
     #[async_trait::async_trait]
@@ -171,14 +173,14 @@ mod tests {
         }
         async fn blob_stream(&self, _d: &Digest, size: u64) -> Result<crate::verify::ByteStream> {
             let chunk = bytes::Bytes::from(vec![0u8; 1 << 20]);
-            let full = size / chunk.len() as u64;
-            let rest = (size % chunk.len() as u64) as usize;
-            let mut chunks: Vec<Result<bytes::Bytes>> =
-                (0..full).map(|_| Ok(chunk.clone())).collect();
-            if rest > 0 {
-                chunks.push(Ok(chunk.slice(..rest)));
-            }
-            Ok(futures_util::stream::iter(chunks).boxed())
+            let pieces = futures_util::stream::unfold(size, move |left| {
+                let chunk = chunk.clone();
+                async move {
+                    let n = left.min(chunk.len() as u64);
+                    (n > 0).then(|| (Ok(chunk.slice(..n as usize)), left - n))
+                }
+            });
+            Ok(pieces.boxed())
         }
     }
 
@@ -212,24 +214,10 @@ mod tests {
         ))
     }
 
-    /// Serves every blob as an empty stream built as the real sources build theirs
-    /// (`unfold`, which panics when polled past its end).
-    struct Empty(Vec<Digest>);
-
-    #[async_trait::async_trait]
-    impl BlobSource for Empty {
-        async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
-            Ok(self.0.contains(d).then_some(0))
-        }
-        async fn blob_stream(&self, _d: &Digest, _size: u64) -> Result<crate::verify::ByteStream> {
-            Ok(futures_util::stream::unfold((), |()| async { None }).boxed())
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread")]
     async fn an_empty_blob_is_an_empty_entry() {
         let (manifest, layer) = (Digest::of(b"manifest"), Digest::of(b""));
-        let source = Arc::new(Empty(vec![manifest.clone(), layer.clone()]));
+        let source = Arc::new(Zeros([(manifest.clone(), 100), (layer.clone(), 0)].into()));
         let spec = ImageSpec {
             layers: vec![layer.clone()],
             arch: "amd64".into(),
