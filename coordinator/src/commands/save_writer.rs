@@ -13,7 +13,7 @@ use hangar_shared::cache::BlobCache;
 use hangar_shared::store::RegistryPool;
 
 use crate::console::Console;
-use crate::engine::job::CopySpec;
+use crate::engine::job::{self, CopySpec};
 use crate::engine::planner::{self, ImageJob, ImagePlan};
 
 /// Where the archive goes and what it starts from.
@@ -100,17 +100,11 @@ pub async fn start(
                 let source = &job.name.source;
                 match written.await {
                     Ok(None) => {
-                        console.info(Some(n), format!("Saved image [{source}] => [{label}]"));
+                        console.info(Some(n), job::saved(source, &label));
                         None
                     }
                     Ok(Some(e)) => {
-                        console.error(
-                            Some(n),
-                            format!(
-                                "Failed to save image [{source}] => [{label}]: {}: {}",
-                                e.class, e.message
-                            ),
-                        );
+                        console.error(Some(n), job::not_saved(source, &label, &e));
                         Some((n, e))
                     }
                     // The archive failed as a whole: said where it fails.

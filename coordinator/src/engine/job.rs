@@ -108,6 +108,8 @@ impl Observer for LogObserver<'_> {
                     job.name.source, job.name.dest
                 ),
             ),
+            // Said by the archive's writer once the image is in the zip.
+            ImageResult::Copied { .. } if self.saved_by_writer => {}
             ImageResult::Copied {
                 digest, preserved, ..
             } => {
@@ -116,14 +118,10 @@ impl Observer for LogObserver<'_> {
                     Some(d) => format!(" ({d})"),
                     None => String::new(),
                 };
-                if self.saved_by_writer {
-                    self.progress.image_done();
-                    return;
-                }
                 self.console.info(
                     n,
                     match self.dest_label {
-                        Some(label) => format!("Saved image [{}] => [{label}]", job.name.source),
+                        Some(label) => saved(&job.name.source, label),
                         None => format!(
                             "Copied image [{}] => [{}]{detail}",
                             job.name.source, job.name.dest
@@ -137,10 +135,7 @@ impl Observer for LogObserver<'_> {
             ImageResult::Failed(e) => self.console.error(
                 n,
                 match self.dest_label {
-                    Some(label) => format!(
-                        "Failed to save image [{}] => [{label}]: {}: {}",
-                        job.name.source, e.class, e.message
-                    ),
+                    Some(label) => not_saved(&job.name.source, label, e),
                     None => format!(
                         "Failed to copy image [{}] => [{}]: {}: {}",
                         job.name.source, job.name.dest, e.class, e.message
@@ -150,6 +145,19 @@ impl Observer for LogObserver<'_> {
         }
         self.progress.image_done();
     }
+}
+
+/// Hangar's line for an image saved into the archive `label`.
+pub fn saved(source: &impl std::fmt::Display, label: &str) -> String {
+    format!("Saved image [{source}] => [{label}]")
+}
+
+/// Hangar's line for an image that could not be saved into the archive `label`.
+pub fn not_saved(source: &impl std::fmt::Display, label: &str, e: &Error) -> String {
+    format!(
+        "Failed to save image [{source}] => [{label}]: {}: {}",
+        e.class, e.message
+    )
 }
 
 /// A job id that is unique across runs and a valid NATS subject token.
@@ -321,12 +329,12 @@ pub async fn run_copy(
         job = %job_id,
         images = spec.images.len(),
     );
-    // Here (not on the fleet, whose workers may reach what this process cannot), every
-    // destination registry is asked once before any work: one that does not answer fails
-    // the job in seconds, one line each, rather than every image after its retries.
     // Connections made ahead of the plans; what is still connecting when the job returns
     // is dropped with it.
     let mut warming = tokio::task::JoinSet::new();
+    // Here (not on the fleet, whose workers may reach what this process cannot), every
+    // destination registry is asked once before any work: one that does not answer fails
+    // the job in seconds, one line each, rather than every image after its retries.
     if matches!(backend, Backend::Embedded) {
         let hosts: std::collections::BTreeSet<&str> = spec
             .images
