@@ -42,7 +42,9 @@ pub(super) fn start(
             let file = crate::atomic::create_new(&t, None).map_err(|e| io_err(&t, e))?;
             let label = t.display().to_string();
             let file = WritingBack::new(file).map_err(|e| io_err(&t, e))?;
-            let out = std::io::BufWriter::with_capacity(1 << 20, file);
+            // Smaller than a streamed piece (128 KiB), which then goes to the file as it is
+            // instead of being copied into the buffer first; entry headers are gathered.
+            let out = std::io::BufWriter::with_capacity(64 << 10, file);
             let out = write_items(
                 out,
                 &label,
