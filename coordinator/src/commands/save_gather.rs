@@ -170,6 +170,8 @@ pub(super) async fn gather(
     // Archives never carry signatures (Hangar's save removes them).
     spec.signatures = false;
     spec.extras.dest_label = Some(archive.to_owned());
+    // The archive's index is made of the copied images' plans.
+    spec.extras.keep_plans = true;
     let pool = Arc::new(
         super::limited_pool(
             list.access.tls_verify,

@@ -493,30 +493,16 @@ pub async fn run_copy(
     planning.abort();
     bus.close(interrupted).await;
     console.stop_progress(progress);
-    let results = tracker
-        .results()
-        .filter_map(|(job, r)| r.map(|r| (job.clone(), r.clone())))
-        .collect();
     let blobs = tracker.blob_summary();
-    let completed = tracker
-        .completed()
-        .map(|(j, p)| (j.clone(), p.clone()))
-        .collect();
-    let scans = tracker
-        .inventories()
-        .map(|(j, p, inv)| (j.clone(), p.entry.clone(), inv.clone()))
-        .collect();
-    let scan_failures = tracker
-        .scan_failures()
-        .map(|(j, e)| (j.clone(), e.clone()))
-        .collect();
+    let stats = tracker.stats.clone();
+    let finished = tracker.into_finished();
     Ok(JobReport {
-        results,
-        stats: tracker.stats.clone(),
+        results: finished.results,
+        stats,
         blobs,
         elapsed: started.elapsed(),
-        completed,
-        scans,
-        scan_failures,
+        completed: finished.completed,
+        scans: finished.scans,
+        scan_failures: finished.scan_failures,
     })
 }

@@ -40,6 +40,13 @@ pub(super) struct BlobState {
     handled: Option<Handling>,
 }
 
+impl BlobState {
+    #[cfg(test)]
+    pub(super) fn holds_inline(&self) -> bool {
+        self.inline.is_some()
+    }
+}
+
 /// How a blob reached its destination repository, least work first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Handling {
@@ -94,21 +101,30 @@ impl Tracker {
             }
         }
         s.extra_mounts = mount_keys.saturating_sub(s.mounted);
-        let mut needed = 0u64;
+        let mut needed = self.needed_of_dropped;
         for (i, image) in self.images.iter().enumerate() {
-            let Some(plan) = &image.plan else { continue };
-            let repo = self.dest_repo(i);
-            let mut seen = std::collections::HashSet::new();
-            for desc in plan.platforms.iter().flat_map(|p| p.blobs.iter()) {
-                let key = (repo.clone(), desc.digest.clone());
-                let handled = self.blobs.get(&key).and_then(|b| b.handled);
-                if seen.insert(&desc.digest) && handled.is_some_and(|h| h != Handling::Present) {
-                    needed += desc.size;
-                }
+            if let Some(plan) = &image.plan {
+                needed += self.needed_bytes(i, plan);
             }
         }
         s.saved_bytes = needed.saturating_sub(self.stats.bytes_copied);
         s
+    }
+
+    /// What an image-by-image copier would have moved for `image`: each of its blobs once,
+    /// those already at the destination left out.
+    pub(super) fn needed_bytes(&self, image: usize, plan: &ImagePlan) -> u64 {
+        let repo = self.dest_repo(image);
+        let mut seen = std::collections::HashSet::new();
+        let mut needed = 0;
+        for desc in plan.platforms.iter().flat_map(|p| p.blobs.iter()) {
+            let key = (repo.clone(), desc.digest.clone());
+            let handled = self.blobs.get(&key).and_then(|b| b.handled);
+            if seen.insert(&desc.digest) && handled.is_some_and(|h| h != Handling::Present) {
+                needed += desc.size;
+            }
+        }
+        needed
     }
 }
 
@@ -259,6 +275,9 @@ impl Tracker {
         let waiters = match self.blobs.get_mut(&key) {
             Some(b) => {
                 b.status = BlobStatus::Done;
+                // Landed: its bytes are not sent again (a config up to 256 KiB per image
+                // would otherwise stay for the whole job).
+                b.inline = None;
                 std::mem::take(&mut b.waiters)
             }
             None => Vec::new(),

@@ -5,11 +5,14 @@
 //! It is one state machine split by concept, each part an `impl Tracker` over the fields
 //! declared here: [`blobs`] registers and schedules blobs per destination and digest,
 //! [`writes`] runs manifest and index writes one at a time per key, [`follow_ups`] signs and
-//! scans what landed and holds an image's result until they are done. This file keeps the
-//! public API, the per-image state and the event dispatch, so one event's path reads top
-//! down from [`Tracker::on_event`].
+//! scans what landed and holds an image's result until they are done, [`finished`] hands
+//! the report what a job's end keeps. This file keeps the public API, the per-image state
+//! and the event dispatch, so one event's path reads top down from [`Tracker::on_event`].
+//! A copied image's plan is dropped as it finishes unless the caller keeps plans
+//! ([`Extras::keep_plans`]), so a long list costs its results and blobs, not its manifests.
 
 mod blobs;
+mod finished;
 mod follow_ups;
 #[cfg(test)]
 pub(crate) mod testkit;
@@ -106,6 +109,10 @@ pub struct Extras {
     /// them from their source as it writes them (`save`/`sync` without a cache), so each
     /// byte reaches the disk once.
     pub streamed: bool,
+    /// The caller reads the copied images' plans once the job is over (an archive's
+    /// index). Otherwise a copied image's plan is dropped as it finishes, so that what a job
+    /// holds grows with its images in flight and its blobs, not with its list's manifests.
+    pub keep_plans: bool,
 }
 
 pub struct Tracker {
@@ -128,6 +135,9 @@ pub struct Tracker {
     /// get identical indexes).
     writes: HashMap<String, VecDeque<(Task, TaskRef)>>,
     unfinished: usize,
+    /// Bytes of copied images whose plans were dropped that a per-image copier would have
+    /// moved (their part of [`BlobSummary::saved_bytes`]).
+    needed_of_dropped: u64,
     pub stats: Stats,
     /// The job's trace context, handed to every task it publishes.
     pub trace: Option<String>,
@@ -174,6 +184,7 @@ impl Tracker {
             groups: HashMap::new(),
             writes: HashMap::new(),
             unfinished,
+            needed_of_dropped: 0,
             stats: Stats::default(),
         }
     }
@@ -190,16 +201,8 @@ impl Tracker {
         digests.len()
     }
 
-    pub fn results(&self) -> impl Iterator<Item = (&ImageJob, Option<&ImageResult>)> {
-        self.images.iter().map(|i| (&i.job, i.result.as_ref()))
-    }
-
-    /// Copied images with their plans, in the order they finished.
-    pub fn completed(&self) -> impl Iterator<Item = (&ImageJob, &ImagePlan)> {
-        self.completed_since(0)
-    }
-
-    /// Like [`Self::completed`], from the `n`th on.
+    /// Copied images whose plans are kept ([`Extras::keep_plans`]), in the order they
+    /// finished, from the `n`th on.
     pub fn completed_since(&self, n: usize) -> impl Iterator<Item = (&ImageJob, &ImagePlan)> {
         self.completed[n.min(self.completed.len())..]
             .iter()
@@ -226,12 +229,21 @@ impl Tracker {
         if state.result.is_some() {
             return;
         }
-        if matches!(result, ImageResult::Copied { .. }) {
-            self.completed.push(image);
-        }
+        let copied = matches!(result, ImageResult::Copied { .. });
         obs.image_finished(&state.job, &result);
         state.result = Some(result);
         self.unfinished -= 1;
+        if !copied {
+            return;
+        }
+        self.completed.push(image);
+        // Every blob of a copied image is settled: its part of the summary is final.
+        if !self.extras.keep_plans
+            && !self.extras.scan
+            && let Some(plan) = self.images[image].plan.take()
+        {
+            self.needed_of_dropped += self.needed_bytes(image, &plan);
+        }
     }
 
     async fn publish(&mut self, key: String, task: Task, r: TaskRef) -> Result<()> {
@@ -293,7 +305,7 @@ impl Tracker {
         planned: Result<Planned>,
         obs: &mut dyn Observer,
     ) -> Result<()> {
-        let plan = match planned {
+        let mut plan = match planned {
             Ok(Planned::Plan(p)) => p,
             Ok(Planned::Skip(why)) => {
                 self.finish(image, ImageResult::Skipped(why), obs);
@@ -315,6 +327,10 @@ impl Tracker {
         };
         self.images[image].pending_manifests = plan.platforms.len();
         let to_start = self.register_blobs(image, &plan);
+        // Blob bytes the planner held are the blobs' records' now, until each lands.
+        for platform in &mut plan.platforms {
+            platform.inline = None;
+        }
         self.images[image].plan = Some(plan);
         for key in to_start {
             self.schedule_blob(key).await?;
@@ -399,30 +415,6 @@ impl Tracker {
                 Ok(())
             }
         }
-    }
-
-    /// Inventories read by scan tasks: (image, platform index, inventory).
-    pub fn inventories(
-        &self,
-    ) -> impl Iterator<
-        Item = (
-            &ImageJob,
-            &crate::engine::planner::PlatformPlan,
-            &hangar_shared::scan::Inventory,
-        ),
-    > {
-        self.inventories.iter().filter_map(|(i, p, inv)| {
-            let s = &self.images[*i];
-            s.plan
-                .as_ref()
-                .map(|plan| (&s.job, &plan.platforms[*p], inv))
-        })
-    }
-
-    pub fn scan_failures(&self) -> impl Iterator<Item = (&ImageJob, &Error)> {
-        self.scan_failures
-            .iter()
-            .map(|(i, e)| (&self.images[*i].job, e))
     }
 
     /// Gives up on unfinished images (cancellation).
