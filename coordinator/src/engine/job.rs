@@ -493,16 +493,5 @@ pub async fn run_copy(
     planning.abort();
     bus.close(interrupted).await;
     console.stop_progress(progress);
-    let blobs = tracker.blob_summary();
-    let stats = tracker.stats.clone();
-    let finished = tracker.into_finished();
-    Ok(JobReport {
-        results: finished.results,
-        stats,
-        blobs,
-        elapsed: started.elapsed(),
-        completed: finished.completed,
-        scans: finished.scans,
-        scan_failures: finished.scan_failures,
-    })
+    Ok(tracker.into_report(started.elapsed()))
 }

@@ -2,28 +2,21 @@
 //! copied (a list's results and plans would otherwise be held twice at the job's end), and
 //! the same seen in place by the tracker's tests.
 
+use std::time::Duration;
+
+#[cfg(test)]
 use hangar_shared::error::Error;
 
 use super::{ImageResult, Tracker};
+use crate::engine::job::JobReport;
 use crate::engine::planner::{ImageJob, ImagePlan};
 
-/// A finished job's images ([`Tracker::into_finished`]).
-pub struct FinishedJob {
-    pub results: Vec<(ImageJob, ImageResult)>,
-    pub completed: Vec<(ImageJob, ImagePlan)>,
-    pub scans: Vec<(
-        ImageJob,
-        hangar_shared::manifest::Descriptor,
-        hangar_shared::scan::Inventory,
-    )>,
-    pub scan_failures: Vec<(ImageJob, Error)>,
-}
-
 impl Tracker {
-    /// What the job's report keeps once it is over, moved out rather than copied: the
-    /// results, the copied images with their kept plans in the order they finished, the
-    /// inventories and the scans that failed.
-    pub fn into_finished(self) -> FinishedJob {
+    /// The job's report once it is over, `elapsed` after it started: the summary's counts,
+    /// and the results, the copied images with their kept plans in the order they
+    /// finished, the inventories and the scans that failed, moved out rather than copied.
+    pub fn into_report(self, elapsed: Duration) -> JobReport {
+        let blobs = self.blob_summary();
         let mut images: Vec<(ImageJob, Option<ImageResult>, Option<ImagePlan>)> = self
             .images
             .into_iter()
@@ -55,8 +48,11 @@ impl Tracker {
             .into_iter()
             .filter_map(|(job, result, _)| Some((job, result?)))
             .collect();
-        FinishedJob {
+        JobReport {
             results,
+            stats: self.stats,
+            blobs,
+            elapsed,
             completed,
             scans,
             scan_failures,
@@ -110,6 +106,8 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use bytes::Bytes;
     use hangar_shared::digest::Digest;
     use hangar_shared::task::{Outcome, Task};
@@ -191,7 +189,13 @@ mod tests {
         let summary = dropped.tracker.blob_summary();
         assert_eq!(summary, kept.tracker.blob_summary());
         assert_eq!(summary.saved_bytes, "a shared base layer".len() as u64);
-        assert_eq!(kept.tracker.into_finished().completed.len(), 2);
-        assert!(dropped.tracker.into_finished().completed.is_empty());
+        assert_eq!(kept.tracker.into_report(Duration::ZERO).completed.len(), 2);
+        assert!(
+            dropped
+                .tracker
+                .into_report(Duration::ZERO)
+                .completed
+                .is_empty()
+        );
     }
 }
