@@ -56,7 +56,8 @@ pub struct JobReport {
     /// The run's blobs, each unique digest counted once.
     pub blobs: crate::engine::tracker::BlobSummary,
     pub elapsed: Duration,
-    /// Copied images with their plans, in the order they finished.
+    /// Copied images with their plans, in the order they finished, when the job kept
+    /// plans (`Extras::keep_plans`, or a scan); empty otherwise.
     pub completed: Vec<(ImageJob, ImagePlan)>,
     /// Package inventories read by scan tasks: image, platform entry, inventory.
     pub scans: Vec<(
@@ -432,13 +433,10 @@ pub async fn run_copy(
     });
 
     let progress = console.start_progress(spec.images.len() as u64, bytes_moved);
-    let mut tracker = Tracker::new(
-        job_id,
-        queue.clone(),
-        spec.images,
-        spec.overwrite,
-        spec.extras.clone(),
-    );
+    let mut extras = spec.extras.clone();
+    // Whoever is told of completed images is told of their plans.
+    extras.keep_plans |= spec.completions.is_some();
+    let mut tracker = Tracker::new(job_id, queue.clone(), spec.images, spec.overwrite, extras);
     tracker.trace = hangar_shared::telemetry::traceparent(&span);
     let dest_label = spec.extras.dest_label.clone();
     let mut obs = LogObserver {
