@@ -15,7 +15,11 @@ pub fn free_port() -> io::Result<u16> {
 pub fn wait_for_port(addr: &str, limit: Duration) -> io::Result<()> {
     let start = Instant::now();
     while start.elapsed() < limit {
-        if TcpStream::connect(addr).is_ok() {
+        // A connection to a free port in the ephemeral range can land on itself (TCP's
+        // simultaneous open): that answer is nobody's, the service is not up yet.
+        if let Ok(s) = TcpStream::connect(addr)
+            && s.local_addr().ok() != s.peer_addr().ok()
+        {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
