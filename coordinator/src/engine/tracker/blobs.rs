@@ -24,10 +24,12 @@ pub(super) type BlobKey = (RepoRef, Digest);
 enum BlobStatus {
     Waiting,
     Queued,
-    Done,
     Failed,
 }
 
+/// A blob on its way to one destination repository (or failed there, to be tried again from
+/// another image's source). Once it lands, only how it got there is kept (`Tracker::landed`):
+/// a long list's landed blobs cost their keys, not their descriptors and sources.
 pub(super) struct BlobState {
     desc: Descriptor,
     inline: Option<bytes::Bytes>,
@@ -36,8 +38,6 @@ pub(super) struct BlobState {
     error: Option<Error>,
     /// (image, platform) pairs waiting for this blob.
     waiters: Vec<(usize, usize)>,
-    /// How it got there, once it did.
-    handled: Option<Handling>,
 }
 
 impl BlobState {
@@ -80,8 +80,7 @@ impl Tracker {
     pub fn blob_summary(&self) -> BlobSummary {
         let mut best: std::collections::HashMap<&Digest, Handling> = Default::default();
         let mut mount_keys = 0u64;
-        for ((_, digest), state) in &self.blobs {
-            let Some(h) = state.handled else { continue };
+        for ((_, digest), &h) in &self.landed {
             if h == Handling::Mounted {
                 mount_keys += 1;
             }
@@ -119,8 +118,8 @@ impl Tracker {
         let mut needed = 0;
         for desc in plan.platforms.iter().flat_map(|p| p.blobs.iter()) {
             let key = (repo.clone(), desc.digest.clone());
-            let handled = self.blobs.get(&key).and_then(|b| b.handled);
-            if seen.insert(&desc.digest) && handled.is_some_and(|h| h != Handling::Present) {
+            let handled = self.landed.get(&key);
+            if seen.insert(&desc.digest) && handled.is_some_and(|h| *h != Handling::Present) {
                 needed += desc.size;
             }
         }
@@ -154,8 +153,10 @@ impl Tracker {
             for desc in &platform.blobs {
                 self.stats.bytes_naive += desc.size;
                 let key = (dest_repo.clone(), desc.digest.clone());
+                if self.landed.contains_key(&key) {
+                    continue;
+                }
                 match self.blobs.get_mut(&key) {
-                    Some(b) if b.status == BlobStatus::Done => {}
                     Some(b) if b.status == BlobStatus::Failed => {
                         // Another image may reach it from another source: try again from
                         // this one's.
@@ -177,30 +178,23 @@ impl Tracker {
                             .filter(|(d, _)| *d == desc.digest)
                             .map(|(_, b)| b.clone());
                         // Left to the archive writer, which fetches it when it writes it.
-                        let streamed = self.extras.streamed && inline.is_none();
+                        if self.extras.streamed && inline.is_none() {
+                            self.landed.insert(key, Handling::Copied);
+                            self.stats.blobs_copied += 1;
+                            self.stats.bytes_copied += desc.size;
+                            continue;
+                        }
                         self.blobs.insert(
                             key.clone(),
                             BlobState {
                                 desc: desc.clone(),
                                 inline,
                                 source: source_repo.clone(),
-                                status: match streamed {
-                                    true => BlobStatus::Done,
-                                    false => BlobStatus::Waiting,
-                                },
+                                status: BlobStatus::Waiting,
                                 error: None,
-                                waiters: match streamed {
-                                    true => Vec::new(),
-                                    false => vec![(image, p)],
-                                },
-                                handled: streamed.then_some(Handling::Copied),
+                                waiters: vec![(image, p)],
                             },
                         );
-                        if streamed {
-                            self.stats.blobs_copied += 1;
-                            self.stats.bytes_copied += desc.size;
-                            continue;
-                        }
                         self.images[image].pending_blobs[p] += 1;
                         to_start.push(key);
                     }
@@ -269,19 +263,14 @@ impl Tracker {
                 Handling::Present
             }
         };
-        if let Some(b) = self.blobs.get_mut(&key) {
-            b.handled = Some(b.handled.map_or(handled, |h| h.max(handled)));
-        }
-        let waiters = match self.blobs.get_mut(&key) {
-            Some(b) => {
-                b.status = BlobStatus::Done;
-                // Landed: its bytes are not sent again (a config up to 256 KiB per image
-                // would otherwise stay for the whole job).
-                b.inline = None;
-                std::mem::take(&mut b.waiters)
-            }
+        // Landed: only how is kept; its descriptor, source and bytes (a config up to
+        // 256 KiB per image) are not needed again.
+        let waiters = match self.blobs.remove(&key) {
+            Some(b) => b.waiters,
             None => Vec::new(),
         };
+        let was = self.landed.entry(key.clone()).or_insert(handled);
+        *was = (*was).max(handled);
         let released = {
             let group = self
                 .groups

@@ -29,7 +29,7 @@ use hangar_shared::task::{Event, EventKind, JobId, Task, TaskEnvelope, TaskId};
 
 use crate::engine::planner::{ImageJob, ImagePlan, Planned};
 pub use blobs::BlobSummary;
-use blobs::{BlobKey, BlobState, Group};
+use blobs::{BlobKey, BlobState, Group, Handling};
 
 #[derive(Debug, Clone)]
 pub enum ImageResult {
@@ -127,7 +127,10 @@ pub struct Tracker {
     next_id: TaskId,
     tasks: HashMap<TaskId, TaskRef>,
     images: Vec<ImageState>,
+    /// Blobs on their way to a destination repository, or failed there.
     blobs: HashMap<BlobKey, BlobState>,
+    /// Blobs in their destination repository, and how they got there.
+    landed: HashMap<BlobKey, Handling>,
     groups: HashMap<(StoreRef, Digest), Group>,
     /// Manifest writes to one key run one at a time: a digest on a registry (concurrent
     /// PUTs of the same manifest race inside distribution's storage, across repositories
@@ -181,6 +184,7 @@ impl Tracker {
             refused: Vec::new(),
             images,
             blobs: HashMap::new(),
+            landed: HashMap::new(),
             groups: HashMap::new(),
             writes: HashMap::new(),
             unfinished,
@@ -195,7 +199,8 @@ impl Tracker {
 
     #[cfg(test)]
     pub fn unique_blobs(&self) -> usize {
-        let mut digests: Vec<&Digest> = self.blobs.keys().map(|(_, d)| d).collect();
+        let keys = self.blobs.keys().chain(self.landed.keys());
+        let mut digests: Vec<&Digest> = keys.map(|(_, d)| d).collect();
         digests.sort();
         digests.dedup();
         digests.len()
