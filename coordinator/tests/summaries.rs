@@ -144,3 +144,32 @@ async fn blobs_already_at_the_destination_are_found_and_not_sent() {
     // And the image is whole again at its tag, as an independent client reads it.
     assert!(common::skopeo_raw(&format!("{}/shared/app-0:v1", env.dst.addr)).is_some());
 }
+
+/// A copy job holds at most eight images per planner planned and unfinished: with `-j 1`,
+/// a list of twenty is planned in turns as images finish, the shared layers of later ones
+/// mounted from where earlier ones' copies landed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_longer_than_the_images_in_progress_is_copied_whole_and_deduplicated() {
+    let env = Env::new();
+    let lines = seed_shared_repos(&env, 20).await;
+    let list = env.write_list("list.txt", &lines);
+    let out = env.mirror(&list, &["-j", "1"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("Images: 20 copied, 0 already present, 0 failed"),
+        "{log}"
+    );
+    let [unique, copied, cache, mounted, present] = blob_line(&log);
+    // 2 shared layers, 20 own layers and 20 configs, each fetched once; the shared ones
+    // mounted into the 19 other repositories.
+    assert_eq!(
+        (unique, copied, cache, mounted, present),
+        (42, 42, 0, 0, 0),
+        "{log}"
+    );
+    assert!(
+        log.contains("(and 38 mounts into further repositories)"),
+        "{log}"
+    );
+}

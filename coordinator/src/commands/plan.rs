@@ -87,9 +87,10 @@ pub async fn run(
             look_first: matches!(target, Target::Registry { look_first: true }),
             planners: jobs,
             bound: None,
+            places: None,
         },
     )
-    .map(|(i, r)| (images[i].clone(), r));
+    .map(|(i, r, _)| (images[i].clone(), r));
     let (mut skipped, mut failed, mut present) = (0usize, 0usize, 0usize);
     while let Some((job, r)) = results.next().await {
         let n = Some(job.entry.index);

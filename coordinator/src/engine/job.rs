@@ -242,6 +242,22 @@ pub struct Planning {
     pub planners: usize,
     /// `--timeout`: bounds each image's planning as a whole.
     pub bound: Option<Duration>,
+    /// Places for images planned and not finished: one is taken before an image is
+    /// planned and comes with its plan, for the job to give back when the image finishes.
+    pub places: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// An image's place among those a copy job holds planned and unfinished ([`Planning::places`]).
+pub type Place = Option<tokio::sync::OwnedSemaphorePermit>;
+
+/// Images a copy job holds planned and unfinished at most, for `planners` planned at once:
+/// so that a long list whose copies are slower than its plans holds a window of plans and
+/// queued tasks, not the whole list's. Eight per planner keep the transfers busy (an image
+/// brings two blobs or more; transfers are twice the planners). A place is taken before
+/// an image's planning starts, never by a planning under way: a read it has started holds
+/// a request slot of its registry that the copies may be waiting for.
+pub fn images_in_progress(planners: usize) -> usize {
+    planners.max(1) * 8
 }
 
 /// The job's planning stream: each image (by its position in `images`) planned from its
@@ -250,13 +266,17 @@ pub struct Planning {
 pub fn planning(
     images: Vec<ImageJob>,
     how: Planning,
-) -> futures_util::stream::BoxStream<'static, (usize, Result<planner::Planned>)> {
+) -> futures_util::stream::BoxStream<'static, (usize, Result<planner::Planned>, Place)> {
     let planners = how.planners.max(1);
     let how = Arc::new(how);
     futures_util::stream::iter(images.into_iter().enumerate())
         .map(move |(i, job)| {
             let how = how.clone();
             async move {
+                let place = match &how.places {
+                    Some(places) => places.clone().acquire_owned().await.ok(),
+                    None => None,
+                };
                 let source = job.name.source.clone();
                 // `--timeout` bounds an image's planning as a whole, every manifest, config
                 // and signature read of it with their retries: a registry that answers one
@@ -304,7 +324,7 @@ pub fn planning(
                         ))
                     }),
                 };
-                (i, planned)
+                (i, planned, place)
             }
         })
         .buffer_unordered(planners)
@@ -422,6 +442,9 @@ pub async fn run_copy(
                 && !spec.extras.scan,
             planners: spec.planners,
             bound: spec.task_timeout,
+            places: Some(Arc::new(tokio::sync::Semaphore::new(images_in_progress(
+                spec.planners,
+            )))),
         },
     );
     let planning = tokio::spawn(async move {
@@ -451,7 +474,10 @@ pub async fn run_copy(
     let mut in_flight = crate::engine::in_flight::InFlight::default();
     while !tracker.is_finished() {
         tokio::select! {
-            Some((i, planned)) = plans.recv() => tracker.add_plan(i, planned, &mut obs).await?,
+            Some((i, planned, place)) = plans.recv() => {
+                tracker.hold_place(i, place);
+                tracker.add_plan(i, planned, &mut obs).await?
+            }
             news = bus.next() => match news {
                 News::Event(event) => {
                     // Only tasks this job published: a stray task id on the bus must not

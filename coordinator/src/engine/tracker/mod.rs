@@ -88,6 +88,8 @@ struct ImageState {
     pending_follow_ups: usize,
     held: Option<ImageResult>,
     result: Option<ImageResult>,
+    /// Its place among the images planned and unfinished, given back as it finishes.
+    place: crate::engine::job::Place,
 }
 
 /// Receives images as they finish.
@@ -168,6 +170,7 @@ impl Tracker {
                 pending_follow_ups: 0,
                 held: None,
                 result: None,
+                place: None,
             })
             .collect();
         Self {
@@ -237,6 +240,7 @@ impl Tracker {
         let copied = matches!(result, ImageResult::Copied { .. });
         obs.image_finished(&state.job, &result);
         state.result = Some(result);
+        state.place = None;
         self.unfinished -= 1;
         if !copied {
             return;
@@ -291,6 +295,16 @@ impl Tracker {
             self.fold(event, obs).await?;
         }
         Ok(())
+    }
+
+    /// Holds `image`'s place until it finishes (taken before its plan, see
+    /// [`crate::engine::job::images_in_progress`]).
+    pub fn hold_place(&mut self, image: usize, place: crate::engine::job::Place) {
+        if let Some(state) = self.images.get_mut(image)
+            && state.result.is_none()
+        {
+            state.place = place;
+        }
     }
 
     /// Takes one image's plan (or its planning failure).
