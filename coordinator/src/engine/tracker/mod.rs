@@ -514,6 +514,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_image_gives_its_place_back_as_it_finishes() {
+        let places = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+        let mut h = three_images();
+        for (i, planned) in [
+            tagged("1", vec![platform("amd64", &[blob("config")])]),
+            Planned::Skip("no platform".into()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let place = places.clone().try_acquire_owned().expect("a free place");
+            h.tracker.hold_place(i, Some(place));
+            h.add(i, planned).await;
+        }
+        assert_eq!(
+            places.available_permits(),
+            1,
+            "the skipped image gave it back"
+        );
+        h.settle().await;
+        assert_eq!(places.available_permits(), 2, "so did the copied one");
+    }
+
+    #[tokio::test]
     async fn a_planning_failure_or_skip_finishes_the_image_without_tasks() {
         let mut h = three_images();
         h.add(0, Planned::Skip("no platform".into())).await;
