@@ -214,21 +214,26 @@ mod tests {
         ))
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn an_empty_blob_is_an_empty_entry() {
-        let (manifest, layer) = (Digest::of(b"manifest"), Digest::of(b""));
-        let source = Arc::new(Zeros([(manifest.clone(), 100), (layer.clone(), 0)].into()));
+    /// `docker.io/library/<name>:1`, one linux/amd64 platform of `manifest` and `layers`.
+    fn one_image(name: &str, manifest: &Digest, layers: Vec<Digest>) -> Vec<ArchiveImage> {
         let spec = ImageSpec {
-            layers: vec![layer.clone()],
+            layers,
             arch: "amd64".into(),
             os: "linux".into(),
             ..ImageSpec::bare(manifest.clone())
         };
-        let images = vec![ArchiveImage::new(
-            "docker.io/library/empty".into(),
+        vec![ArchiveImage::new(
+            format!("docker.io/library/{name}"),
             "1".into(),
             vec![spec],
-        )];
+        )]
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_empty_blob_is_an_empty_entry() {
+        let (manifest, layer) = (Digest::of(b"manifest"), Digest::of(b""));
+        let source = Arc::new(Zeros([(manifest.clone(), 100), (layer.clone(), 0)].into()));
+        let images = one_image("empty", &manifest, vec![layer.clone()]);
         let out = temp("empty");
         write_archive(out.to_str().unwrap(), None, &images, source)
             .await
@@ -246,17 +251,7 @@ mod tests {
         let source = Arc::new(Zeros(
             [(manifest.clone(), 100), (layer.clone(), big)].into(),
         ));
-        let spec = ImageSpec {
-            layers: vec![layer.clone()],
-            arch: "amd64".into(),
-            os: "linux".into(),
-            ..ImageSpec::bare(manifest.clone())
-        };
-        let images = vec![ArchiveImage::new(
-            "docker.io/library/big".into(),
-            "1".into(),
-            vec![spec],
-        )];
+        let images = one_image("big", &manifest, vec![layer.clone()]);
         let out = temp("big");
         let written = write_archive(out.to_str().unwrap(), None, &images, source)
             .await
@@ -281,17 +276,7 @@ mod tests {
         let mut sizes: std::collections::HashMap<Digest, u64> =
             layers.iter().map(|d| (d.clone(), 3)).collect();
         sizes.insert(manifest.clone(), 10);
-        let spec = ImageSpec {
-            layers: layers.clone(),
-            arch: "amd64".into(),
-            os: "linux".into(),
-            ..ImageSpec::bare(manifest.clone())
-        };
-        let images = vec![ArchiveImage::new(
-            "docker.io/library/many".into(),
-            "1".into(),
-            vec![spec],
-        )];
+        let images = one_image("many", &manifest, layers.clone());
         let out = temp("many");
         write_archive(out.to_str().unwrap(), None, &images, Arc::new(Zeros(sizes)))
             .await

@@ -95,6 +95,17 @@ async fn connected(addr: &str) -> Registry {
         .expect("connect")
 }
 
+/// A plain-HTTP client of the peer at `addr`, holding the password of `user`.
+async fn connected_as_user(addr: &str) -> Registry {
+    let creds = Credentials {
+        username: "user".into(),
+        password: "secret".into(),
+    };
+    Registry::connect(addr, &plain_http(), Some(creds))
+        .await
+        .expect("connect")
+}
+
 fn plain_http() -> RegistryOptions {
     RegistryOptions {
         tls_verify: Some(false),
@@ -192,13 +203,7 @@ async fn credentials_are_not_sent_to_a_page_on_another_host() {
         )
     }))
     .await;
-    let creds = Credentials {
-        username: "user".into(),
-        password: "secret".into(),
-    };
-    let reg = Registry::connect(&addr, &plain_http(), Some(creds))
-        .await
-        .expect("connect");
+    let reg = connected_as_user(&addr).await;
     assert_eq!(reg.tags("app").await.expect("tags"), ["a", "stolen"]);
     let own = seen.lock().expect("seen").clone();
     let page = own
@@ -250,13 +255,7 @@ async fn an_upload_location_on_another_host_gets_no_credentials() {
         ),
     }))
     .await;
-    let creds = Credentials {
-        username: "user".into(),
-        password: "secret".into(),
-    };
-    let reg = Registry::connect(&addr, &plain_http(), Some(creds))
-        .await
-        .expect("connect");
+    let reg = connected_as_user(&addr).await;
     let (desc, stream) = blob(b"layer bytes");
     reg.push_blob("app", &desc, stream, None)
         .await
