@@ -132,7 +132,7 @@ pub(super) async fn gather(
             };
             hangar_shared::archive::writer::remove_stale(parent, ".hangar-cache-");
             let dir = parent.join(format!(".hangar-cache-{}", std::process::id()));
-            prepared.cache = Some(Arc::new(BlobCache::open(&dir.display().to_string())?));
+            prepared.cache = Some(Arc::new(BlobCache::for_run(&dir.display().to_string())?));
             Some(TempCache(dir))
         }
     };

@@ -5,7 +5,10 @@
 //! byte is read. A blob is written by multipart upload and completed only once the stream
 //! has passed digest verification (the verifier holds the last chunk back); otherwise the
 //! upload is aborted and nothing is committed. Writes of one digest are idempotent, so
-//! no locks are needed.
+//! no locks are needed. A run's own cache (`BlobCache::for_run`) holds small blobs in memory
+//! instead ([`held`]).
+
+mod held;
 
 use std::sync::Arc;
 
@@ -33,12 +36,17 @@ pub struct BlobCache {
     /// Bytes gathered before a fill writes them: S3's smallest part for a bucket; small
     /// for a directory, where a part is one write and memory is what a fill holds.
     part_size: usize,
+    /// Small blobs kept in memory: a run's own cache only, whose entries die with it.
+    held: Option<Arc<held::Held>>,
 }
 
 /// S3's smallest multipart part (but the last).
 const S3_PART: usize = 5 << 20;
 /// A directory cache's writes: what a fill holds at most, times the two in flight.
 const LOCAL_PART: usize = 256 << 10;
+/// What a run's own cache holds in memory at most: the manifests and configs of a few
+/// thousand images; the rest goes to its directory.
+const RUN_HELD: u64 = 8 << 20;
 
 fn cache_err(e: impl std::fmt::Display) -> Error {
     Error::new(FailureClass::Network, format!("blob cache: {e}"))
@@ -183,7 +191,21 @@ impl BlobCache {
             store,
             label: url.to_owned(),
             part_size,
+            held: None,
         })
+    }
+
+    /// A cache in `dir` that lives only as long as this run: its small blobs are held in
+    /// memory (up to a budget), the rest written to `dir`.
+    pub fn for_run(dir: &str) -> Result<Self> {
+        Ok(Self {
+            held: Some(Arc::new(held::Held::new(RUN_HELD))),
+            ..Self::open(dir)?
+        })
+    }
+
+    fn held_blob(&self, digest: &Digest) -> Option<(Bytes, BlobMeta)> {
+        self.held.as_ref()?.get(digest)
     }
 
     pub fn label(&self) -> &str {
@@ -192,6 +214,9 @@ impl BlobCache {
 
     /// The blob's recorded size and CRC-32, if the cache holds it whole.
     pub async fn meta(&self, digest: &Digest) -> Result<Option<BlobMeta>> {
+        if let Some(held) = &self.held {
+            return Ok(held.meta(digest));
+        }
         let bytes = match self.store.get(&meta_path(digest)).await {
             Ok(r) => r.bytes().await.map_err(cache_err)?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -206,6 +231,10 @@ impl BlobCache {
         desc: &Descriptor,
         progress: Option<Arc<std::sync::atomic::AtomicU64>>,
     ) -> Result<ByteStream> {
+        if let Some((bytes, _)) = self.held_blob(&desc.digest) {
+            let once = futures_util::stream::once(std::future::ready(Ok(bytes))).boxed();
+            return Ok(verified(once, desc.digest.clone(), desc.size, progress));
+        }
         let got = match self.store.get(&blob_path(&desc.digest)).await {
             Ok(g) => g,
             // The sidecar said it was there: a damaged entry, to be evicted and refetched.
@@ -224,6 +253,31 @@ impl BlobCache {
     /// Writes a blob from `stream` (which should be verified); completes only if the
     /// stream ends without error, and records the sidecar last.
     pub async fn fill(&self, desc: &Descriptor, mut stream: ByteStream) -> Result<BlobMeta> {
+        if let Some(room) = self.held.as_ref().and_then(|h| h.reserve(desc.size)) {
+            let mut bytes = bytes::BytesMut::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                if (bytes.len() + chunk.len()) as u64 > desc.size {
+                    return Err(Error::new(
+                        FailureClass::DigestMismatch,
+                        format!("{}: more than its {} bytes", desc.digest, desc.size),
+                    ));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            if bytes.len() as u64 != desc.size {
+                return Err(Error::new(
+                    FailureClass::DigestMismatch,
+                    format!(
+                        "{}: {} bytes, {} expected",
+                        desc.digest,
+                        bytes.len(),
+                        desc.size
+                    ),
+                ));
+            }
+            return Ok(room.keep(desc.digest.clone(), bytes.freeze()));
+        }
         let upload = self
             .store
             .put_multipart(&blob_path(&desc.digest))
@@ -259,6 +313,9 @@ impl BlobCache {
             .put(&meta_path(&desc.digest), PutPayload::from(json))
             .await
             .map_err(cache_err)?;
+        if let Some(held) = &self.held {
+            held.written(&desc.digest, meta);
+        }
         Ok(meta)
     }
 
@@ -292,6 +349,9 @@ impl BlobCache {
 
     /// Forgets a blob (one that failed verification on the way out).
     pub async fn evict(&self, digest: &Digest) {
+        if let Some(held) = &self.held {
+            held.remove(digest);
+        }
         let _ = self.store.delete(&meta_path(digest)).await;
         let _ = self.store.delete(&blob_path(digest)).await;
     }
@@ -329,6 +389,9 @@ impl crate::archive::BlobSource for BlobCache {
                     meta.size
                 ),
             ));
+        }
+        if let Some((bytes, _)) = self.held_blob(digest) {
+            return Ok(futures_util::stream::once(std::future::ready(Ok(bytes))).boxed());
         }
         let got = match self.store.get(&blob_path(digest)).await {
             Ok(g) => g,
