@@ -41,6 +41,10 @@ use crate::verify::ByteStream;
 /// Bytes gathered into one piece: the writer's thread takes each with a wakeup, and the
 /// network's chunks come in a few KiB.
 const PIECE: usize = 128 << 10;
+/// A piece once the writer's turn has come. One blob is in its turn at a time, so larger
+/// pieces cost memory once, and each saves the writer three wakeups (thread wakeups were a
+/// tenth of a save's CPU, one per piece).
+const IN_TURN_PIECE: usize = 512 << 10;
 /// How long a fetch whose pieces the writer has not taken yet stops reading before it
 /// stages what follows on disk: the writer usually reaches it sooner, and a byte read only
 /// then is written once (into the zip) instead of staged, read back and written again.
@@ -232,27 +236,48 @@ fn pieces(rx: mpsc::Receiver<Result<Piece>>) -> ByteStream {
 /// two is split), each allocated only when its first bytes come — after the last was taken
 /// — so that what a fetch holds is bounded by its pieces: a buffer a chunk overfilled would
 /// grow to twice its size.
-#[derive(Default)]
-struct Gathering(bytes::BytesMut);
+struct Gathering {
+    buf: bytes::BytesMut,
+    /// The size of the piece being gathered.
+    target: usize,
+    /// The size of the next.
+    next: usize,
+}
+
+impl Default for Gathering {
+    fn default() -> Self {
+        Self {
+            buf: bytes::BytesMut::new(),
+            target: PIECE,
+            next: PIECE,
+        }
+    }
+}
 
 impl Gathering {
+    /// Pieces from the next on are [`IN_TURN_PIECE`] bytes.
+    fn in_turn(&mut self) {
+        self.next = IN_TURN_PIECE;
+    }
+
     /// Takes bytes of `chunk` (leaving the rest in it) until a piece is full; the full
     /// piece, unless it holds the blob's last bytes (`after`: bytes still to come after
     /// `chunk`), which wait for the digest ([`Gathering::last`]).
     fn fill(&mut self, chunk: &mut Bytes, after: u64) -> Option<Bytes> {
-        if self.0.capacity() == 0 {
-            self.0.reserve(PIECE);
+        if self.buf.capacity() == 0 {
+            self.target = self.next;
+            self.buf.reserve(self.target);
         }
-        let n = (PIECE - self.0.len()).min(chunk.len());
-        self.0.extend_from_slice(&chunk[..n]);
+        let n = (self.target - self.buf.len()).min(chunk.len());
+        self.buf.extend_from_slice(&chunk[..n]);
         *chunk = chunk.slice(n..);
         let more = !chunk.is_empty() || after > 0;
-        (self.0.len() == PIECE && more).then(|| std::mem::take(&mut self.0).freeze())
+        (self.buf.len() == self.target && more).then(|| std::mem::take(&mut self.buf).freeze())
     }
 
     /// What is left once every chunk came: the blob's last bytes.
     fn last(self) -> Bytes {
-        self.0.freeze()
+        self.buf.freeze()
     }
 }
 
@@ -376,6 +401,9 @@ impl Fetch {
                     )));
                 }
             }
+            if taken.turn_came {
+                gathering.in_turn();
+            }
             while !chunk.is_empty() {
                 let Some(piece) = gathering.fill(&mut chunk, self.desc.size - read) else {
                     continue;
@@ -480,23 +508,34 @@ impl Fetch {
 mod tests {
     use super::*;
 
-    /// Whatever the chunks, every piece handed on is exactly PIECE bytes, the last bytes are
-    /// held back (never empty for a blob that has bytes), and together they are the blob.
+    /// Whatever the chunks, every piece handed on is exactly PIECE bytes until the turn
+    /// comes and IN_TURN_PIECE bytes after, the last bytes are held back (never empty for a
+    /// blob that has bytes), and together they are the blob.
     #[test]
     fn pieces_are_whole_and_the_last_bytes_wait() {
-        for size in [0, 1, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE, 3 * PIECE + 17] {
+        let sizes = [0, 1, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE, 3 * PIECE + 17];
+        let sizes = sizes.into_iter().chain([IN_TURN_PIECE * 2 + PIECE * 2 + 5]);
+        for size in sizes {
             let blob: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
             for chunk_len in [1000, PIECE - 3, PIECE, PIECE + 5, 2 * PIECE + 1] {
                 let mut gathering = Gathering::default();
                 let mut out = Vec::new();
                 let mut read = 0;
+                let mut expected = PIECE;
                 for chunk in blob.chunks(chunk_len) {
                     read += chunk.len();
                     let mut chunk = Bytes::copy_from_slice(chunk);
                     while !chunk.is_empty() {
                         if let Some(piece) = gathering.fill(&mut chunk, (size - read) as u64) {
-                            assert_eq!(piece.len(), PIECE, "size {size}, chunks of {chunk_len}");
+                            let what = format!("size {size}, chunks of {chunk_len}");
+                            assert_eq!(piece.len(), expected, "{what}");
                             out.extend_from_slice(&piece);
+                            // The turn comes after the second piece (the one being
+                            // gathered stays as it began).
+                            if out.len() == 2 * PIECE {
+                                gathering.in_turn();
+                                expected = IN_TURN_PIECE;
+                            }
                         }
                     }
                 }
@@ -506,7 +545,7 @@ mod tests {
                     size == 0,
                     "size {size}, chunks of {chunk_len}"
                 );
-                assert!(last.len() <= PIECE);
+                assert!(last.len() <= IN_TURN_PIECE);
                 out.extend_from_slice(&last);
                 assert!(
                     out == blob,
