@@ -121,6 +121,60 @@ fn with_disk_peak<T>(work: &std::path::Path, f: impl FnOnce() -> T) -> (T, u64) 
     (out, watcher.join().unwrap_or(0))
 }
 
+/// `hangar-coord save` of the list into `archive`, streamed (no `--cache`).
+fn save_command(spec: &BenchSpec, archive: &std::path::Path) -> Command {
+    let mut save = Command::new(&spec.hangar);
+    save.args([
+        "save",
+        "--tls-verify=false",
+        "-y",
+        "-j",
+        &spec.jobs.to_string(),
+        "-f",
+    ])
+    .arg(&spec.list)
+    .arg("-d")
+    .arg(archive)
+    .arg("-o")
+    .arg(spec.workdir.join("save-failed.txt"))
+    .stdout(std::process::Stdio::null());
+    save
+}
+
+/// `spec.rounds` more streamed saves and raw saves, back to back, the raw bound first in
+/// even rounds: (hangar's seconds, the bound's) per round.
+pub async fn save_rounds(spec: &BenchSpec) -> Result<Vec<(f64, f64)>> {
+    let reg = crate::seed::connect(&spec.source).await?;
+    let blobs = unique_blobs(&reg, &spec.lines).await?;
+    let archive = spec.workdir.join("rounds.zip");
+    let raw_dir = spec.workdir.join("raw-rounds");
+    let mut pairs = Vec::new();
+    for round in 0..spec.rounds {
+        let mut seconds = [0.0; 2];
+        for raw in [round % 2 == 0, round % 2 != 0] {
+            tokio::task::block_in_place(settle);
+            seconds[usize::from(raw)] = match raw {
+                true => {
+                    std::fs::create_dir_all(&raw_dir)?;
+                    let start = Instant::now();
+                    raw_save(&spec.source, &blobs, &raw_dir, 32).await?;
+                    start.elapsed().as_secs_f64()
+                }
+                false => {
+                    let mut save = save_command(spec, &archive);
+                    tokio::task::block_in_place(|| run_profiled(&mut save))?
+                        .elapsed
+                        .as_secs_f64()
+                }
+            };
+            let _ = std::fs::remove_dir_all(&raw_dir);
+            let _ = std::fs::remove_file(&archive);
+        }
+        pairs.push((seconds[0], seconds[1]));
+    }
+    Ok(pairs)
+}
+
 pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
     let reg = crate::seed::connect(&spec.source).await?;
     let blobs = unique_blobs(&reg, &spec.lines).await?;
@@ -130,14 +184,7 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
     let jobs = spec.jobs.to_string();
 
     let archive = work.join("bench.zip");
-    let mut save = Command::new(&spec.hangar);
-    save.args(["save", "--tls-verify=false", "-y", "-j", &jobs, "-f"])
-        .arg(&spec.list)
-        .arg("-d")
-        .arg(&archive)
-        .arg("-o")
-        .arg(work.join("save-failed.txt"))
-        .stdout(std::process::Stdio::null());
+    let mut save = save_command(spec, &archive);
     tokio::task::block_in_place(settle);
     let (p, disk) =
         tokio::task::block_in_place(|| with_disk_peak(work, || run_profiled(&mut save)));

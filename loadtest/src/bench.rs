@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
-use hangar_shared::manifest::{Descriptor, Manifest};
+use hangar_shared::manifest::{Descriptor, ImageManifest, Manifest};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::{Registry, Side};
 
@@ -120,12 +120,12 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(user + system)
 }
 
-/// Every unique blob of the list, with the repository it lives in.
-pub async fn unique_blobs(
+/// Each line's platform manifests, with its repository.
+async fn platform_manifests(
     reg: &Registry,
     lines: &[String],
-) -> Result<BTreeMap<String, (String, Descriptor)>> {
-    let mut out = BTreeMap::new();
+) -> Result<Vec<(String, Vec<ImageManifest>)>> {
+    let mut out = Vec::new();
     for line in lines {
         let r = ImageRef::parse(line)?;
         let repo = r.repository();
@@ -145,16 +145,46 @@ pub async fn unique_blobs(
             }
             _ => vec![top],
         };
+        let mut images = Vec::new();
         for c in children {
             if let Manifest::Image(img) = c.parse()? {
-                for b in img.blobs() {
-                    out.entry(b.digest.to_string())
-                        .or_insert_with(|| (repo.clone(), b.clone()));
-                }
+                images.push(img);
+            }
+        }
+        out.push((repo, images));
+    }
+    Ok(out)
+}
+
+/// Every unique blob of the list, with the repository it lives in.
+pub async fn unique_blobs(
+    reg: &Registry,
+    lines: &[String],
+) -> Result<BTreeMap<String, (String, Descriptor)>> {
+    let mut out = BTreeMap::new();
+    for (repo, images) in platform_manifests(reg, lines).await? {
+        for img in images {
+            for b in img.blobs() {
+                out.entry(b.digest.to_string())
+                    .or_insert_with(|| (repo.clone(), b.clone()));
             }
         }
     }
     Ok(out)
+}
+
+/// Bytes of the configs a fleet's coordinator carries in its tasks (a single-platform
+/// image's, read while planning, up to 256 KiB), which no worker downloads.
+pub async fn carried_configs(reg: &Registry, lines: &[String]) -> Result<u64> {
+    let mut configs = BTreeMap::new();
+    for (_, images) in platform_manifests(reg, lines).await? {
+        if let [img] = images.as_slice()
+            && img.config.size <= 256 << 10
+        {
+            configs.insert(img.config.digest.to_string(), img.config.size);
+        }
+    }
+    Ok(configs.values().sum())
 }
 
 /// GET→PUT every blob with `parallel` at once, no verification: the bound a copier could reach.
@@ -215,6 +245,8 @@ pub struct BenchSpec {
     pub delay: Duration,
     pub jobs: usize,
     pub workdir: PathBuf,
+    /// More rounds of hangar against its raw bound after the table (`--rounds`).
+    pub rounds: usize,
 }
 
 impl BenchSpec {
@@ -263,49 +295,7 @@ pub async fn run_network(
     rewrite_list(&spec.lines, &spec.source, &src_proxy.addr, &list)?;
 
     for tool in ["hangar", "skopeo", "raw"] {
-        let dest = RegistryProcess::start()?;
-        let dst_proxy = proxy::start("127.0.0.1:0", &dest.addr, opts).await?;
-        let (src, dst) = (src_proxy.addr.clone(), dst_proxy.addr.clone());
-        tokio::task::block_in_place(settle);
-        let (elapsed, rss) = match tool {
-            "hangar" => {
-                let mut cmd = spec.mirror_command(&list, &dst);
-                tokio::task::block_in_place(|| run_measured(&mut cmd))?
-            }
-            "skopeo" => {
-                let start = Instant::now();
-                let mut peak = 0;
-                for line in &spec.lines {
-                    let r = ImageRef::parse(line)?;
-                    let mut cmd = Command::new("skopeo");
-                    cmd.args([
-                        "copy",
-                        "--all",
-                        "--src-tls-verify=false",
-                        "--dest-tls-verify=false",
-                        "-q",
-                    ])
-                    .arg(format!(
-                        "docker://{src}/{}:{}",
-                        r.repository(),
-                        r.manifest_reference()
-                    ))
-                    .arg(format!(
-                        "docker://{dst}/{}:{}",
-                        r.repository(),
-                        r.manifest_reference()
-                    ));
-                    let (_, rss) = tokio::task::block_in_place(|| run_measured(&mut cmd))?;
-                    peak = peak.max(rss.unwrap_or(0));
-                }
-                (start.elapsed(), Some(peak))
-            }
-            _ => {
-                let start = Instant::now();
-                raw_copy(&src, &dst, &blobs, 32).await?;
-                (start.elapsed(), None)
-            }
-        };
+        let (elapsed, rss) = one_copy(spec, tool, &src_proxy.addr, &list, &blobs, opts).await?;
         out.push(Measurement {
             network: network.to_owned(),
             tool: tool.to_owned(),
@@ -313,10 +303,126 @@ pub async fn run_network(
             bytes,
             peak_rss_kib: rss,
         });
-        drop(dst_proxy);
-        drop(dest);
     }
     Ok(out)
+}
+
+/// One tool's copy of the list (through the source's proxy at `src_addr`) into a fresh
+/// destination behind a proxy of its own: its wall time and peak RSS.
+async fn one_copy(
+    spec: &BenchSpec,
+    tool: &str,
+    src_addr: &str,
+    list: &Path,
+    blobs: &BTreeMap<String, (String, Descriptor)>,
+    opts: ProxyOptions,
+) -> Result<(Duration, Option<u64>)> {
+    let dest = RegistryProcess::start()?;
+    let dst_proxy = proxy::start("127.0.0.1:0", &dest.addr, opts).await?;
+    let (src, dst) = (src_addr.to_owned(), dst_proxy.addr.clone());
+    tokio::task::block_in_place(settle);
+    let (elapsed, rss) = match tool {
+        "hangar" => {
+            let mut cmd = spec.mirror_command(list, &dst);
+            tokio::task::block_in_place(|| run_measured(&mut cmd))?
+        }
+        "skopeo" => {
+            let start = Instant::now();
+            let mut peak = 0;
+            for line in &spec.lines {
+                let r = ImageRef::parse(line)?;
+                let mut cmd = Command::new("skopeo");
+                cmd.args([
+                    "copy",
+                    "--all",
+                    "--src-tls-verify=false",
+                    "--dest-tls-verify=false",
+                    "-q",
+                ])
+                .arg(format!(
+                    "docker://{src}/{}:{}",
+                    r.repository(),
+                    r.manifest_reference()
+                ))
+                .arg(format!(
+                    "docker://{dst}/{}:{}",
+                    r.repository(),
+                    r.manifest_reference()
+                ));
+                let (_, rss) = tokio::task::block_in_place(|| run_measured(&mut cmd))?;
+                peak = peak.max(rss.unwrap_or(0));
+            }
+            (start.elapsed(), Some(peak))
+        }
+        _ => {
+            let start = Instant::now();
+            raw_copy(&src, &dst, blobs, 32).await?;
+            (start.elapsed(), None)
+        }
+    };
+    drop(dst_proxy);
+    drop(dest);
+    Ok((elapsed, rss))
+}
+
+/// `spec.rounds` more copies by hangar and by the raw bound at `delay` each way, back to
+/// back, the raw bound first in even rounds: (hangar's seconds, the bound's) per round.
+pub async fn mirror_rounds(spec: &BenchSpec, delay: Duration) -> Result<Vec<(f64, f64)>> {
+    let reg = crate::seed::connect(&spec.source).await?;
+    let blobs = unique_blobs(&reg, &spec.lines).await?;
+    let opts = ProxyOptions {
+        delay,
+        ..Default::default()
+    };
+    let src_proxy = proxy::start("127.0.0.1:0", &spec.source, opts).await?;
+    let list = spec.workdir.join("list-rounds.txt");
+    rewrite_list(&spec.lines, &spec.source, &src_proxy.addr, &list)?;
+    let mut pairs = Vec::new();
+    for round in 0..spec.rounds {
+        let order = match round % 2 {
+            0 => ["raw", "hangar"],
+            _ => ["hangar", "raw"],
+        };
+        let mut seconds = [0.0; 2];
+        for tool in order {
+            let (elapsed, _) = one_copy(spec, tool, &src_proxy.addr, &list, &blobs, opts).await?;
+            seconds[usize::from(tool == "raw")] = elapsed.as_secs_f64();
+        }
+        pairs.push((seconds[0], seconds[1]));
+    }
+    Ok(pairs)
+}
+
+/// Each round's times and ratio to the raw bound, and the median ratio: on this machine a
+/// single run's ratio moved by ±15 % (the raw bound's own time by as much), so one round
+/// cannot tell 0.7 from 0.8.
+pub fn rounds_report(what: &str, pairs: &[(f64, f64)]) -> String {
+    let mut s = format!(
+        "{what}, rounds: {} (hangar s, raw bound s, ratio)\n",
+        pairs.len()
+    );
+    let mut ratios: Vec<f64> = pairs.iter().map(|(h, r)| r / h).collect();
+    for (n, ((h, r), ratio)) in pairs.iter().zip(&ratios).enumerate() {
+        s.push_str(&format!(
+            "  round {}: {h:.2} s, {r:.2} s, {ratio:.2}x\n",
+            n + 1
+        ));
+    }
+    ratios.sort_by(f64::total_cmp);
+    if let Some(median) = median(&ratios) {
+        s.push_str(&format!("  median ratio: {median:.2}x\n"));
+    }
+    s
+}
+
+/// The middle of sorted `values` (the mean of the two middle ones for an even count).
+fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
 }
 
 pub fn table(rows: &[Measurement]) -> String {

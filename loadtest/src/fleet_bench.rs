@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{BenchSpec, run_profiled, unique_blobs};
+use crate::bench::{BenchSpec, carried_configs, run_profiled, unique_blobs};
 use crate::link::{self, LinkOptions};
 use crate::services::{NatsProcess, RegistryProcess};
 
@@ -91,8 +91,10 @@ pub async fn run(
         );
     }
     let http = reqwest::Client::builder().no_proxy().build()?;
-    let blobs = unique_blobs(&crate::seed::connect(&spec.source).await?, &spec.lines).await?;
+    let source = crate::seed::connect(&spec.source).await?;
+    let blobs = unique_blobs(&source, &spec.lines).await?;
     let bytes: u64 = blobs.values().map(|(_, d)| d.size).sum();
+    let downloaded = bytes - carried_configs(&source, &spec.lines).await?;
     let mut out = Vec::new();
     for &n in std::iter::once(&0).chain(workers) {
         let dest = RegistryProcess::start()?;
@@ -162,10 +164,11 @@ pub async fn run(
                 .iter()
                 .map(|l| l.carried())
                 .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-            if up < bytes || down < bytes {
+            if up < bytes || down < downloaded {
                 bail!(
                     "{} workers: the links carried {up} bytes up and {down} down, less than the \
-                     {bytes} bytes of the list: traffic bypassed them",
+                     {bytes} bytes of the list ({downloaded} of them downloaded by workers): \
+                     traffic bypassed them",
                     n
                 );
             }

@@ -113,6 +113,11 @@ enum Cmd {
         /// Blob copies at once per fleet worker.
         #[arg(long, default_value_t = 16)]
         worker_concurrency: usize,
+        /// Mirror and archive benches: after the table, this many more rounds of hangar and
+        /// its raw bound back to back (in alternating order), each round's ratio and their
+        /// median printed.
+        #[arg(long, default_value_t = 0)]
+        rounds: usize,
         #[command(flatten)]
         spec: SeedArgs,
     },
@@ -238,6 +243,7 @@ async fn main() -> Result<()> {
             scan,
             noop,
             worker_concurrency,
+            rounds,
             spec: a,
         } => {
             let source = RegistryProcess::start()?;
@@ -254,6 +260,7 @@ async fn main() -> Result<()> {
                 delay: Duration::from_millis(delay_ms),
                 jobs,
                 workdir: dir.path().to_owned(),
+                rounds,
             };
             if noop {
                 let rows = hangar_loadtest::noop_bench::run(&b, &source).await?;
@@ -276,6 +283,10 @@ async fn main() -> Result<()> {
             if archive {
                 let rows = archive_bench::run(&b).await?;
                 println!("{}", archive_bench::table(&rows));
+                if rounds > 0 {
+                    let pairs = archive_bench::save_rounds(&b).await?;
+                    println!("{}", bench::rounds_report("save (zip), streamed", &pairs));
+                }
                 return Ok(());
             }
             if fleet {
@@ -289,9 +300,19 @@ async fn main() -> Result<()> {
                 println!("{}", hangar_loadtest::fleet_bench::table(&rows));
                 return Ok(());
             }
+            let far = format!("{delay_ms} ms each way");
             let mut rows = bench::run_network(&b, "loopback", Duration::ZERO).await?;
-            rows.extend(bench::run_network(&b, &format!("{delay_ms} ms each way"), b.delay).await?);
+            rows.extend(bench::run_network(&b, &far, b.delay).await?);
             println!("{}", bench::table(&rows));
+            if rounds > 0 {
+                for (network, delay) in [("loopback", Duration::ZERO), (far.as_str(), b.delay)] {
+                    let pairs = bench::mirror_rounds(&b, delay).await?;
+                    println!(
+                        "{}",
+                        bench::rounds_report(&format!("mirror, {network}"), &pairs)
+                    );
+                }
+            }
         }
         Cmd::Raw {
             list,
