@@ -45,6 +45,7 @@ fn cli_command() -> clap::Command {
 fn main() -> ExitCode {
     // Before the runtime's threads exist: arenas are made per thread as it first allocates.
     hangar_shared::memory::cap_arenas();
+    hangar_shared::memory::trim_now_and_then();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -110,8 +110,9 @@ enum Cmd {
         /// `mirror validate` with nothing to do, at --delay-ms each way.
         #[arg(long)]
         noop: bool,
-        /// Blob copies at once per fleet worker.
-        #[arg(long, default_value_t = 16)]
+        /// Blob copies at once per fleet worker (`--blob-concurrency`; the worker's own
+        /// default).
+        #[arg(long, default_value_t = 8)]
         worker_concurrency: usize,
         /// Mirror and archive benches: after the table, this many more rounds of hangar and
         /// its raw bound back to back (in alternating order), each round's ratio and their
