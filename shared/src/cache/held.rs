@@ -128,21 +128,10 @@ mod tests {
     use futures_util::{StreamExt, TryStreamExt};
 
     use super::super::BlobCache;
+    use super::super::tests::{desc, tempfile_dir};
     use super::*;
     use crate::error::FailureClass;
-    use crate::manifest::Descriptor;
     use crate::verify::verified;
-
-    fn desc(bytes: &[u8]) -> Descriptor {
-        Descriptor {
-            media_type: "application/octet-stream".into(),
-            digest: Digest::of(bytes),
-            size: bytes.len() as u64,
-            urls: None,
-            annotations: None,
-            platform: None,
-        }
-    }
 
     async fn fill(cache: &BlobCache, bytes: &[u8]) -> crate::error::Result<BlobMeta> {
         let d = desc(bytes);
@@ -166,13 +155,9 @@ mod tests {
         })
     }
 
-    fn run_dir(name: &str) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("hangar-held-{name}-{}", std::process::id()))
-    }
-
     #[tokio::test]
     async fn a_runs_small_blobs_stay_in_memory_and_its_layers_go_to_disk() {
-        let dir = run_dir("split");
+        let dir = tempfile_dir();
         let cache = BlobCache::for_run(dir.to_str().unwrap()).unwrap();
         let config = b"{\"architecture\":\"amd64\"}".to_vec();
         let layer = vec![7u8; HELD_MAX as usize + 1];
@@ -212,7 +197,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_its_budget_a_run_writes_small_blobs_to_disk() {
-        let dir = run_dir("budget");
+        let dir = tempfile_dir();
         let held = Held::new(100);
         let first = held.reserve(60).unwrap();
         assert!(held.reserve(41).is_none(), "100 bytes in all");
@@ -242,7 +227,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_or_overlong_bytes_are_not_held() {
-        let dir = run_dir("wrong");
+        let dir = tempfile_dir();
         let cache = BlobCache::for_run(dir.to_str().unwrap()).unwrap();
         let d = desc(b"hello cache");
         let wrong =

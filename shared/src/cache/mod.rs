@@ -490,15 +490,9 @@ mod tests {
 
     use super::*;
 
-    fn desc(bytes: &[u8]) -> Descriptor {
-        Descriptor {
-            media_type: "application/octet-stream".into(),
-            digest: Digest::of(bytes),
-            size: bytes.len() as u64,
-            urls: None,
-            annotations: None,
-            platform: None,
-        }
+    /// A descriptor of `bytes`, as the cache's own are.
+    pub(super) fn desc(bytes: &[u8]) -> Descriptor {
+        octet(&Digest::of(bytes), bytes.len() as u64)
     }
 
     fn stream_of(bytes: &'static [u8]) -> ByteStream {
@@ -559,7 +553,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    fn tempfile_dir() -> std::path::PathBuf {
+    pub(super) fn tempfile_dir() -> std::path::PathBuf {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
