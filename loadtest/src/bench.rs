@@ -120,11 +120,11 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(user + system)
 }
 
-/// Each line's platform manifests, with its repository.
+/// Each line's platform manifests, with its repository and whether the tag names an index.
 async fn platform_manifests(
     reg: &Registry,
     lines: &[String],
-) -> Result<Vec<(String, Vec<ImageManifest>)>> {
+) -> Result<Vec<(String, Vec<ImageManifest>, bool)>> {
     let mut out = Vec::new();
     for line in lines {
         let r = ImageRef::parse(line)?;
@@ -132,7 +132,7 @@ async fn platform_manifests(
         let top = reg
             .manifest(&repo, &r.manifest_reference(), Side::Source)
             .await?;
-        let children = match top.parse()? {
+        let (children, index) = match top.parse()? {
             Manifest::Index(i) => {
                 let mut v = Vec::new();
                 for m in i.manifests {
@@ -141,9 +141,9 @@ async fn platform_manifests(
                             .await?,
                     );
                 }
-                v
+                (v, true)
             }
-            _ => vec![top],
+            _ => (vec![top], false),
         };
         let mut images = Vec::new();
         for c in children {
@@ -151,7 +151,7 @@ async fn platform_manifests(
                 images.push(img);
             }
         }
-        out.push((repo, images));
+        out.push((repo, images, index));
     }
     Ok(out)
 }
@@ -162,7 +162,7 @@ pub async fn unique_blobs(
     lines: &[String],
 ) -> Result<BTreeMap<String, (String, Descriptor)>> {
     let mut out = BTreeMap::new();
-    for (repo, images) in platform_manifests(reg, lines).await? {
+    for (repo, images, _) in platform_manifests(reg, lines).await? {
         for img in images {
             for b in img.blobs() {
                 out.entry(b.digest.to_string())
@@ -173,12 +173,13 @@ pub async fn unique_blobs(
     Ok(out)
 }
 
-/// Bytes of the configs a fleet's coordinator carries in its tasks (a single-platform
-/// image's, read while planning, up to 256 KiB), which no worker downloads.
+/// Bytes of the configs a fleet's coordinator carries in its tasks (a tag naming one image
+/// manifest, not an index: its config is read while planning, up to 256 KiB), which no
+/// worker downloads.
 pub async fn carried_configs(reg: &Registry, lines: &[String]) -> Result<u64> {
     let mut configs = BTreeMap::new();
-    for (_, images) in platform_manifests(reg, lines).await? {
-        if let [img] = images.as_slice()
+    for (_, images, index) in platform_manifests(reg, lines).await? {
+        if let ([img], false) = (images.as_slice(), index)
             && img.config.size <= 256 << 10
         {
             configs.insert(img.config.digest.to_string(), img.config.size);
@@ -453,4 +454,23 @@ pub fn table(rows: &[Measurement]) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_is_the_middle_or_the_mean_of_the_two_middle_values() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[0.7]), Some(0.7));
+        assert_eq!(median(&[0.6, 0.8]), Some(0.7));
+        assert_eq!(median(&[0.5, 0.7, 0.9]), Some(0.7));
+        let report = rounds_report("x", &[(1.0, 0.5), (1.0, 0.9), (1.0, 0.7)]);
+        assert!(report.ends_with("median ratio: 0.70x\n"), "{report}");
+        assert!(
+            report.contains("round 2: 1.00 s, 0.90 s, 0.90x"),
+            "{report}"
+        );
+    }
 }

@@ -232,10 +232,10 @@ fn pieces(rx: mpsc::Receiver<Result<Piece>>) -> ByteStream {
     .boxed()
 }
 
-/// A blob's bytes cut into pieces of exactly [`PIECE`] bytes as they arrive (a chunk across
-/// two is split), each allocated only when its first bytes come — after the last was taken
-/// — so that what a fetch holds is bounded by its pieces: a buffer a chunk overfilled would
-/// grow to twice its size.
+/// A blob's bytes cut into pieces of exactly [`PIECE`] bytes as they arrive ([`IN_TURN_PIECE`]
+/// once the writer's turn has come; a chunk across two is split), each allocated only when
+/// its first bytes come — after the last was taken — so that what a fetch holds is bounded
+/// by its pieces: a buffer a chunk overfilled would grow to twice its size.
 struct Gathering {
     buf: bytes::BytesMut,
     /// The size of the piece being gathered.
@@ -266,7 +266,10 @@ impl Gathering {
     fn fill(&mut self, chunk: &mut Bytes, after: u64) -> Option<Bytes> {
         if self.buf.capacity() == 0 {
             self.target = self.next;
-            self.buf.reserve(self.target);
+            // No more than the blob has left: its last piece is held until the digest is
+            // checked, and a small one should not hold a whole piece's room.
+            let left = (chunk.len() as u64).saturating_add(after);
+            self.buf.reserve(left.min(self.target as u64) as usize);
         }
         let n = (self.target - self.buf.len()).min(chunk.len());
         self.buf.extend_from_slice(&chunk[..n]);

@@ -106,8 +106,9 @@ impl Room<'_> {
         if let Ok(mut inner) = self.held.inner.lock()
             && !inner.blobs.contains_key(&digest)
         {
-            // The room becomes the blob's: what it did not use is given back.
-            inner.used -= self.size.saturating_sub(meta.size);
+            // The room becomes the blob's: what it did not use is given back (the count
+            // stays exact even if the blob outgrew its room, which `fill` refuses).
+            inner.used = inner.used - self.size + meta.size;
             inner.blobs.insert(digest, (bytes, meta));
             self.size = 0;
         }

@@ -254,7 +254,9 @@ impl BlobCache {
     /// stream ends without error, and records the sidecar last.
     pub async fn fill(&self, desc: &Descriptor, mut stream: ByteStream) -> Result<BlobMeta> {
         if let Some(room) = self.held.as_ref().and_then(|h| h.reserve(desc.size)) {
-            let mut bytes = bytes::BytesMut::new();
+            // Its whole size at once: a buffer grown by doubling would keep up to twice the
+            // bytes the budget counts.
+            let mut bytes = bytes::BytesMut::with_capacity(desc.size as usize);
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
                 if (bytes.len() + chunk.len()) as u64 > desc.size {
