@@ -121,8 +121,8 @@ fn with_disk_peak<T>(work: &std::path::Path, f: impl FnOnce() -> T) -> (T, u64) 
     (out, watcher.join().unwrap_or(0))
 }
 
-/// `hangar-coord save` of the list into `archive`, streamed (no `--cache`).
-fn save_command(spec: &BenchSpec, archive: &std::path::Path) -> Command {
+/// `hangar-coord save` of `list` into `archive` (streamed, unless the caller adds `--cache`).
+fn save_command(spec: &BenchSpec, list: &std::path::Path, archive: &std::path::Path) -> Command {
     let mut save = Command::new(&spec.hangar);
     save.args([
         "save",
@@ -132,7 +132,7 @@ fn save_command(spec: &BenchSpec, archive: &std::path::Path) -> Command {
         &spec.jobs.to_string(),
         "-f",
     ])
-    .arg(&spec.list)
+    .arg(list)
     .arg("-d")
     .arg(archive)
     .arg("-o")
@@ -161,7 +161,7 @@ pub async fn save_rounds(spec: &BenchSpec) -> Result<Vec<(f64, f64)>> {
                     start.elapsed().as_secs_f64()
                 }
                 false => {
-                    let mut save = save_command(spec, &archive);
+                    let mut save = save_command(spec, &spec.list, &archive);
                     tokio::task::block_in_place(|| run_profiled(&mut save))?
                         .elapsed
                         .as_secs_f64()
@@ -184,7 +184,7 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
     let jobs = spec.jobs.to_string();
 
     let archive = work.join("bench.zip");
-    let mut save = save_command(spec, &archive);
+    let mut save = save_command(spec, &spec.list, &archive);
     tokio::task::block_in_place(settle);
     let (p, disk) =
         tokio::task::block_in_place(|| with_disk_peak(work, || run_profiled(&mut save)));
@@ -201,17 +201,8 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
     // streamed save's comparison in the same run.
     let staged = work.join("staged.zip");
     let cache = work.join("bench-cache");
-    let mut cached = Command::new(&spec.hangar);
-    cached
-        .args(["save", "--tls-verify=false", "-y", "-j", &jobs, "-f"])
-        .arg(&spec.list)
-        .arg("-d")
-        .arg(&staged)
-        .arg("--cache")
-        .arg(&cache)
-        .arg("-o")
-        .arg(work.join("save-failed.txt"))
-        .stdout(std::process::Stdio::null());
+    let mut cached = save_command(spec, &spec.list, &staged);
+    cached.arg("--cache").arg(&cache);
     tokio::task::block_in_place(settle);
     let (p, disk) =
         tokio::task::block_in_place(|| with_disk_peak(work, || run_profiled(&mut cached)));
@@ -240,15 +231,7 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
         .collect();
     let far_list = work.join("far-list.txt");
     std::fs::write(&far_list, far.join("\n") + "\n")?;
-    let mut far_save = Command::new(&spec.hangar);
-    far_save
-        .args(["save", "--tls-verify=false", "-y", "-j", &jobs, "-f"])
-        .arg(&far_list)
-        .arg("-d")
-        .arg(work.join("far.zip"))
-        .arg("-o")
-        .arg(work.join("save-failed.txt"))
-        .stdout(std::process::Stdio::null());
+    let mut far_save = save_command(spec, &far_list, &work.join("far.zip"));
     tokio::task::block_in_place(settle);
     let (p, disk) =
         tokio::task::block_in_place(|| with_disk_peak(work, || run_profiled(&mut far_save)));

@@ -60,8 +60,9 @@ impl Held {
         Some(Room { held: self, size })
     }
 
-    pub fn get(&self, digest: &Digest) -> Option<(Bytes, BlobMeta)> {
-        self.inner.lock().ok()?.blobs.get(digest).cloned()
+    pub fn get(&self, digest: &Digest) -> Option<Bytes> {
+        let inner = self.inner.lock().ok()?;
+        inner.blobs.get(digest).map(|(bytes, _)| bytes.clone())
     }
 
     /// The record of a blob held in memory or written to the run's directory: a run's
@@ -129,7 +130,7 @@ mod tests {
     use futures_util::{StreamExt, TryStreamExt};
 
     use super::super::BlobCache;
-    use super::super::tests::{desc, tempfile_dir};
+    use super::super::tests::{desc, stream_of, tempfile_dir};
     use super::*;
     use crate::error::FailureClass;
     use crate::verify::verified;
@@ -231,9 +232,7 @@ mod tests {
         let dir = tempfile_dir();
         let cache = BlobCache::for_run(dir.to_str().unwrap()).unwrap();
         let d = desc(b"hello cache");
-        let wrong =
-            futures_util::stream::once(std::future::ready(Ok(Bytes::from_static(b"hellO cache"))))
-                .boxed();
+        let wrong = stream_of(b"hellO cache");
         let err = cache
             .fill(&d, verified(wrong, d.digest.clone(), d.size, None))
             .await

@@ -204,7 +204,7 @@ impl BlobCache {
         })
     }
 
-    fn held_blob(&self, digest: &Digest) -> Option<(Bytes, BlobMeta)> {
+    fn held_blob(&self, digest: &Digest) -> Option<Bytes> {
         self.held.as_ref()?.get(digest)
     }
 
@@ -231,7 +231,7 @@ impl BlobCache {
         desc: &Descriptor,
         progress: Option<Arc<std::sync::atomic::AtomicU64>>,
     ) -> Result<ByteStream> {
-        if let Some((bytes, _)) = self.held_blob(&desc.digest) {
+        if let Some(bytes) = self.held_blob(&desc.digest) {
             let once = futures_util::stream::once(std::future::ready(Ok(bytes))).boxed();
             return Ok(verified(once, desc.digest.clone(), desc.size, progress));
         }
@@ -392,7 +392,7 @@ impl crate::archive::BlobSource for BlobCache {
                 ),
             ));
         }
-        if let Some((bytes, _)) = self.held_blob(digest) {
+        if let Some(bytes) = self.held_blob(digest) {
             return Ok(futures_util::stream::once(std::future::ready(Ok(bytes))).boxed());
         }
         let got = match self.store.get(&blob_path(digest)).await {
@@ -497,7 +497,7 @@ mod tests {
         octet(&Digest::of(bytes), bytes.len() as u64)
     }
 
-    fn stream_of(bytes: &'static [u8]) -> ByteStream {
+    pub(super) fn stream_of(bytes: &'static [u8]) -> ByteStream {
         futures_util::stream::iter(vec![
             Ok(Bytes::from_static(&bytes[..3])),
             Ok(Bytes::from_static(&bytes[3..])),
