@@ -1,7 +1,9 @@
-//! The mirror benchmark: the same seeded list copied three ways into fresh registries —
+//! The mirror benchmark: the same seeded list copied four ways into fresh registries —
 //! `hangar-coord mirror`, skopeo (`skopeo copy --all` per image, one after another, as a
-//! skopeo user scripts it), and a raw bound (every unique blob GET→PUT in parallel, no
-//! verification, no manifests) — on loopback and through the delay proxy.
+//! skopeo user scripts it), a raw bound (every unique blob GET→PUT in parallel, no
+//! verification, no manifests) and the copy floor (the raw bound and the mounts and
+//! manifests a complete copy needs, [`crate::floor`]) — on loopback and through the delay
+//! proxy.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use hangar_shared::manifest::{Descriptor, ImageManifest, Manifest};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::{Registry, Side};
 
+use crate::floor::{self, ImageCopy};
 use crate::proxy::{self, ProxyOptions};
 use crate::services::RegistryProcess;
 
@@ -285,6 +288,7 @@ pub async fn run_network(
 ) -> Result<Vec<Measurement>> {
     let reg = crate::seed::connect(&spec.source).await?;
     let blobs = unique_blobs(&reg, &spec.lines).await?;
+    let images = floor::read_images(&reg, &spec.lines).await?;
     let bytes: u64 = blobs.values().map(|(_, d)| d.size).sum();
     let mut out = Vec::new();
     let opts = ProxyOptions {
@@ -295,8 +299,9 @@ pub async fn run_network(
     let list = spec.workdir.join(format!("list-{network}.txt"));
     rewrite_list(&spec.lines, &spec.source, &src_proxy.addr, &list)?;
 
-    for tool in ["hangar", "skopeo", "raw"] {
-        let (elapsed, rss) = one_copy(spec, tool, &src_proxy.addr, &list, &blobs, opts).await?;
+    for tool in ["hangar", "skopeo", "raw", "floor"] {
+        let copy = (&blobs, images.as_slice());
+        let (elapsed, rss) = one_copy(spec, tool, &src_proxy.addr, &list, copy, opts).await?;
         out.push(Measurement {
             network: network.to_owned(),
             tool: tool.to_owned(),
@@ -315,7 +320,7 @@ async fn one_copy(
     tool: &str,
     src_addr: &str,
     list: &Path,
-    blobs: &BTreeMap<String, (String, Descriptor)>,
+    (blobs, images): (&BTreeMap<String, (String, Descriptor)>, &[ImageCopy]),
     opts: ProxyOptions,
 ) -> Result<(Duration, Option<u64>)> {
     let dest = RegistryProcess::start()?;
@@ -355,6 +360,14 @@ async fn one_copy(
             }
             (start.elapsed(), Some(peak))
         }
+        "floor" => {
+            let start = Instant::now();
+            floor::floor_copy(&src, &dst, blobs, images, 32).await?;
+            let elapsed = start.elapsed();
+            let copied = crate::seed::connect(&dest.addr).await?;
+            floor::check_copied(&copied, images).await?;
+            (elapsed, None)
+        }
         _ => {
             let start = Instant::now();
             raw_copy(&src, &dst, blobs, 32).await?;
@@ -366,11 +379,13 @@ async fn one_copy(
     Ok((elapsed, rss))
 }
 
-/// `spec.rounds` more copies by hangar and by the raw bound at `delay` each way, back to
-/// back, the raw bound first in even rounds: (hangar's seconds, the bound's) per round.
-pub async fn mirror_rounds(spec: &BenchSpec, delay: Duration) -> Result<Vec<(f64, f64)>> {
+/// `spec.rounds` more copies by hangar, by the raw bound and by the copy floor at `delay`
+/// each way, back to back, the first of them a different one each round: (hangar's
+/// seconds, the raw bound's, the floor's) per round.
+pub async fn mirror_rounds(spec: &BenchSpec, delay: Duration) -> Result<Vec<[f64; 3]>> {
     let reg = crate::seed::connect(&spec.source).await?;
     let blobs = unique_blobs(&reg, &spec.lines).await?;
+    let images = floor::read_images(&reg, &spec.lines).await?;
     let opts = ProxyOptions {
         delay,
         ..Default::default()
@@ -378,28 +393,28 @@ pub async fn mirror_rounds(spec: &BenchSpec, delay: Duration) -> Result<Vec<(f64
     let src_proxy = proxy::start("127.0.0.1:0", &spec.source, opts).await?;
     let list = spec.workdir.join("list-rounds.txt");
     rewrite_list(&spec.lines, &spec.source, &src_proxy.addr, &list)?;
-    let mut pairs = Vec::new();
+    let tools = ["hangar", "raw", "floor"];
+    let mut rounds = Vec::new();
     for round in 0..spec.rounds {
-        let order = match round % 2 {
-            0 => ["raw", "hangar"],
-            _ => ["hangar", "raw"],
-        };
-        let mut seconds = [0.0; 2];
-        for tool in order {
-            let (elapsed, _) = one_copy(spec, tool, &src_proxy.addr, &list, &blobs, opts).await?;
-            seconds[usize::from(tool == "raw")] = elapsed.as_secs_f64();
+        let mut seconds = [0.0; 3];
+        for n in 0..tools.len() {
+            let at = (round + n) % tools.len();
+            let copy = (&blobs, images.as_slice());
+            let (elapsed, _) =
+                one_copy(spec, tools[at], &src_proxy.addr, &list, copy, opts).await?;
+            seconds[at] = elapsed.as_secs_f64();
         }
-        pairs.push((seconds[0], seconds[1]));
+        rounds.push(seconds);
     }
-    Ok(pairs)
+    Ok(rounds)
 }
 
-/// Each round's times and ratio to the raw bound, and the median ratio: on this machine a
-/// single run's ratio moved by ±15 % (the raw bound's own time by as much), so one round
-/// cannot tell 0.7 from 0.8.
-pub fn rounds_report(what: &str, pairs: &[(f64, f64)]) -> String {
+/// Each round's times and ratio to `bound` (whose seconds are each pair's second), and the
+/// median ratio: on this machine a single run's ratio moved by ±15 % (the raw bound's own
+/// time by as much), so one round cannot tell 0.7 from 0.8.
+pub fn rounds_report(what: &str, bound: &str, pairs: &[(f64, f64)]) -> String {
     let mut s = format!(
-        "{what}, rounds: {} (hangar s, raw bound s, ratio)\n",
+        "{what}, rounds: {} (hangar s, {bound} s, ratio)\n",
         pairs.len()
     );
     let mut ratios: Vec<f64> = pairs.iter().map(|(h, r)| r / h).collect();
@@ -428,7 +443,7 @@ fn median(sorted: &[f64]) -> Option<f64> {
 
 pub fn table(rows: &[Measurement]) -> String {
     let mut s = String::from(
-        "| network | tool | wall s | MB/s | vs skopeo | vs raw bound | peak RSS |\n|---|---|---|---|---|---|---|\n",
+        "| network | tool | wall s | MB/s | vs skopeo | vs raw bound | vs copy floor | peak RSS |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let find = |tool: &str| {
@@ -441,13 +456,14 @@ pub fn table(rows: &[Measurement]) -> String {
                 .unwrap_or_default()
         };
         s.push_str(&format!(
-            "| {} | {} | {:.2} | {:.0} | {} | {} | {} |\n",
+            "| {} | {} | {:.2} | {:.0} | {} | {} | {} | {} |\n",
             r.network,
             r.tool,
             r.seconds,
             r.bytes as f64 / 1e6 / r.seconds,
             ratio(find("skopeo")),
             ratio(find("raw")),
+            ratio(find("floor")),
             r.peak_rss_kib
                 .map(|k| format!("{:.1} MB", k as f64 / 1024.0))
                 .unwrap_or_else(|| "-".into()),
@@ -466,7 +482,7 @@ mod tests {
         assert_eq!(median(&[0.7]), Some(0.7));
         assert_eq!(median(&[0.6, 0.8]), Some(0.7));
         assert_eq!(median(&[0.5, 0.7, 0.9]), Some(0.7));
-        let report = rounds_report("x", &[(1.0, 0.5), (1.0, 0.9), (1.0, 0.7)]);
+        let report = rounds_report("x", "raw bound", &[(1.0, 0.5), (1.0, 0.9), (1.0, 0.7)]);
         assert!(report.ends_with("median ratio: 0.70x\n"), "{report}");
         assert!(
             report.contains("round 2: 1.00 s, 0.90 s, 0.90x"),

@@ -71,7 +71,7 @@ enum Cmd {
         #[arg(long, default_value_t = 25)]
         delay_ms: u64,
     },
-    /// Mirror one seeded list three ways (hangar, skopeo, raw bound), on loopback and via the proxy.
+    /// Mirror one seeded list four ways (hangar, skopeo, the raw bound, the copy floor), on loopback and via the proxy.
     Bench {
         /// The hangar-coord binary to measure (use a release build).
         #[arg(long, default_value = "target/release/hangar-coord")]
@@ -286,7 +286,8 @@ async fn main() -> Result<()> {
                 println!("{}", archive_bench::table(&rows));
                 if rounds > 0 {
                     let pairs = archive_bench::save_rounds(&b).await?;
-                    println!("{}", bench::rounds_report("save (zip), streamed", &pairs));
+                    let report = bench::rounds_report("save (zip), streamed", "raw bound", &pairs);
+                    println!("{report}");
                 }
                 return Ok(());
             }
@@ -307,11 +308,12 @@ async fn main() -> Result<()> {
             println!("{}", bench::table(&rows));
             if rounds > 0 {
                 for (network, delay) in [("loopback", Duration::ZERO), (far.as_str(), b.delay)] {
-                    let pairs = bench::mirror_rounds(&b, delay).await?;
-                    println!(
-                        "{}",
-                        bench::rounds_report(&format!("mirror, {network}"), &pairs)
-                    );
+                    let rounds = bench::mirror_rounds(&b, delay).await?;
+                    for (bound, at) in [("raw bound", 1), ("copy floor", 2)] {
+                        let pairs: Vec<(f64, f64)> = rounds.iter().map(|r| (r[0], r[at])).collect();
+                        let what = format!("mirror, {network}, vs the {bound}");
+                        println!("{}", bench::rounds_report(&what, bound, &pairs));
+                    }
                 }
             }
         }

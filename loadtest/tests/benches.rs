@@ -115,13 +115,19 @@ fn rounds(out: &str, what: &str, expected: usize) {
 }
 
 #[test]
-fn the_mirror_bench_measures_three_tools_on_both_networks_and_its_rounds() {
-    let out = bench(&["--rounds", "3"]);
+fn the_mirror_bench_measures_four_tools_on_both_networks_and_its_rounds() {
+    // One image of the two an index (seeded the same every run): the floor copies both kinds.
+    let out = bench(&["--rounds", "3", "--multiarch", "0.7"]);
     for network in ["loopback", "5 ms each way"] {
-        for tool in ["hangar", "skopeo", "raw"] {
+        for tool in ["hangar", "skopeo", "raw", "floor"] {
             seconds(row(&out, &[network, tool])[2]);
         }
-        rounds(&out, &format!("mirror, {network}"), 3);
+        // Each row's ratio to the floor (its time over the row's): the floor's own is 1.
+        assert_eq!(row(&out, &[network, "floor"])[6], "1.00x", "{out}");
+        assert!(row(&out, &[network, "hangar"])[6].ends_with('x'), "{out}");
+        for bound in ["raw bound", "copy floor"] {
+            rounds(&out, &format!("mirror, {network}, vs the {bound}"), 3);
+        }
     }
 }
 

@@ -1,0 +1,149 @@
+//! The copy floor: the fewest requests a complete copy of a list into a fresh registry
+//! makes — every unique blob GET→PUT once (the raw bound), then for each image a mount of
+//! each blob its repository lacks, its platform manifests by digest and its tag — with no
+//! verification and no look at the destination. The raw bound leaves the destination
+//! without a manifest; this does not, so hangar's ratio to it is hangar's own cost, and its
+//! ratio to the raw bound that cost plus the destination's answers to what a copy must ask.
+//! Hangar's semantics ask two things more of each image, which the floor leaves out: its
+//! tag read before it is written (the merge), and for a single-platform image an index of
+//! its own at the tag.
+
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::StreamExt;
+use hangar_shared::digest::Digest;
+use hangar_shared::manifest::{Descriptor, Manifest, RawManifest};
+use hangar_shared::reference::ImageRef;
+use hangar_shared::registry::{Registry, Side};
+
+use crate::bench::raw_copy;
+
+/// One line of the list as the floor copies it.
+pub struct ImageCopy {
+    repo: String,
+    tag: String,
+    top: RawManifest,
+    /// An index's platform manifests, in its order; empty for a single manifest.
+    children: Vec<RawManifest>,
+    blobs: Vec<Digest>,
+}
+
+/// Every line's manifests and blobs, read from the source (before any clock starts).
+pub async fn read_images(reg: &Registry, lines: &[String]) -> Result<Vec<ImageCopy>> {
+    let mut out = Vec::new();
+    for line in lines {
+        let r = ImageRef::parse(line)?;
+        let repo = r.repository();
+        let tag = r.manifest_reference();
+        let top = reg.manifest(&repo, &tag, Side::Source).await?;
+        let mut children = Vec::new();
+        if let Manifest::Index(index) = top.parse()? {
+            for m in index.manifests {
+                let child = reg
+                    .manifest(&repo, &m.digest.to_string(), Side::Source)
+                    .await?;
+                children.push(child);
+            }
+        }
+        let mut blobs = Vec::new();
+        for m in children.iter().chain(children.is_empty().then_some(&top)) {
+            if let Manifest::Image(img) = m.parse()? {
+                blobs.extend(img.blobs().map(|b| b.digest.clone()));
+            }
+        }
+        out.push(ImageCopy {
+            repo,
+            tag,
+            top,
+            children,
+            blobs,
+        });
+    }
+    Ok(out)
+}
+
+/// The floor's copy into `dst`, `parallel` requests at once: the raw bound's blobs, then
+/// each image's mounts and manifests.
+pub async fn floor_copy(
+    src: &str,
+    dst: &str,
+    blobs: &BTreeMap<String, (String, Descriptor)>,
+    images: &[ImageCopy],
+    parallel: usize,
+) -> Result<()> {
+    raw_copy(src, dst, blobs, parallel).await?;
+    let http = reqwest::Client::new();
+    // Each blob into each repository once, however many of its lines name it.
+    let mut mounted = HashSet::new();
+    let mut mounts = Vec::new();
+    for image in images {
+        for digest in &image.blobs {
+            let key = digest.to_string();
+            let Some((from, _)) = blobs.get(&key) else {
+                bail!("{}: blob {key} was not copied", image.repo);
+            };
+            if from != &image.repo && mounted.insert((image.repo.clone(), key.clone())) {
+                mounts.push((image.repo.as_str(), from.as_str(), key));
+            }
+        }
+    }
+    let mounting = futures_util::stream::iter(mounts).map(|(repo, from, digest)| {
+        let http = http.clone();
+        async move {
+            let url = format!("http://{dst}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}");
+            let answer = http.post(url).send().await?;
+            if answer.status() != reqwest::StatusCode::CREATED {
+                bail!("{repo}: mount of {digest} from {from}: {}", answer.status());
+            }
+            Ok(())
+        }
+    });
+    let results: Vec<Result<()>> = mounting.buffer_unordered(parallel).collect().await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let pushing = futures_util::stream::iter(images).map(|image| {
+        let http = http.clone();
+        async move {
+            for (m, reference) in image
+                .children
+                .iter()
+                .map(|c| (c, c.digest.to_string()))
+                .chain([(&image.top, image.tag.clone())])
+            {
+                http.put(format!(
+                    "http://{dst}/v2/{}/manifests/{reference}",
+                    image.repo
+                ))
+                .header("content-type", &m.media_type)
+                .body(m.bytes.clone())
+                .send()
+                .await?
+                .error_for_status()
+                .with_context(|| format!("{}: manifest {reference}", image.repo))?;
+            }
+            Ok(())
+        }
+    });
+    let results: Vec<Result<()>> = pushing.buffer_unordered(parallel).collect().await;
+    results.into_iter().collect()
+}
+
+/// Whether `dst` holds every image's tag as the source does: the floor's copy is complete
+/// (checked after its clock stops).
+pub async fn check_copied(dst: &Registry, images: &[ImageCopy]) -> Result<()> {
+    for image in images {
+        let found = dst
+            .manifest(&image.repo, &image.tag, Side::Destination)
+            .await?;
+        if found.digest != image.top.digest {
+            bail!(
+                "{}:{} is {} at the destination, {} at the source",
+                image.repo,
+                image.tag,
+                found.digest,
+                image.top.digest
+            );
+        }
+    }
+    Ok(())
+}
