@@ -2,7 +2,8 @@
 //! by hangar, beside skopeo copying the same images into an `oci:` layout and `dir:`
 //! directories (one `skopeo copy --all` per image, as a script would), and raw bounds:
 //! every unique blob GET to a file (save) or GET→PUT between registries (load), 32 at a
-//! time, unverified.
+//! time, unverified; and the save floor, the raw save bound with the manifest reads a save
+//! needs inside its clock ([`crate::floor`]).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -49,6 +50,18 @@ pub async fn raw_save(
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+/// The save floor into `dir`: the list's manifests read, then [`raw_save`]; how many
+/// manifests.
+async fn floor_save(
+    spec: &BenchSpec,
+    blobs: &BTreeMap<String, (String, Descriptor)>,
+    dir: &std::path::Path,
+) -> Result<usize> {
+    let manifests = crate::floor::read_manifests(&spec.source, &spec.lines, 32).await?;
+    raw_save(&spec.source, blobs, dir, 32).await?;
+    Ok(manifests)
 }
 
 fn row(tool: &str, seconds: f64, bytes: u64, rss: Option<u64>) -> Measurement {
@@ -141,38 +154,36 @@ fn save_command(spec: &BenchSpec, list: &std::path::Path, archive: &std::path::P
     save
 }
 
-/// `spec.rounds` more streamed saves and raw saves, back to back, the raw bound first in
-/// even rounds: (hangar's seconds, the bound's) per round.
-pub async fn save_rounds(spec: &BenchSpec) -> Result<Vec<(f64, f64)>> {
+/// `spec.rounds` more streamed saves, raw saves and save floors, back to back, a different
+/// one first each round: (hangar's seconds, the raw bound's, the floor's) per round.
+pub async fn save_rounds(spec: &BenchSpec) -> Result<Vec<[f64; 3]>> {
     let reg = crate::seed::connect(&spec.source).await?;
     let blobs = unique_blobs(&reg, &spec.lines).await?;
     let archive = spec.workdir.join("rounds.zip");
     let raw_dir = spec.workdir.join("raw-rounds");
-    let mut pairs = Vec::new();
+    let mut rounds = Vec::new();
     for round in 0..spec.rounds {
-        let mut seconds = [0.0; 2];
-        for raw in [round % 2 == 0, round % 2 != 0] {
+        let mut seconds = [0.0; 3];
+        for n in 0..3 {
+            let at = (round + n) % 3;
             tokio::task::block_in_place(settle);
-            seconds[usize::from(raw)] = match raw {
-                true => {
-                    std::fs::create_dir_all(&raw_dir)?;
-                    let start = Instant::now();
-                    raw_save(&spec.source, &blobs, &raw_dir, 32).await?;
-                    start.elapsed().as_secs_f64()
-                }
-                false => {
+            std::fs::create_dir_all(&raw_dir)?;
+            let start = Instant::now();
+            match at {
+                0 => {
                     let mut save = save_command(spec, &spec.list, &archive);
-                    tokio::task::block_in_place(|| run_profiled(&mut save))?
-                        .elapsed
-                        .as_secs_f64()
+                    tokio::task::block_in_place(|| run_profiled(&mut save))?;
                 }
-            };
+                1 => raw_save(&spec.source, &blobs, &raw_dir, 32).await?,
+                _ => drop(floor_save(spec, &blobs, &raw_dir).await?),
+            }
+            seconds[at] = start.elapsed().as_secs_f64();
             let _ = std::fs::remove_dir_all(&raw_dir);
             let _ = std::fs::remove_file(&archive);
         }
-        pairs.push((seconds[0], seconds[1]));
+        rounds.push(seconds);
     }
-    Ok(pairs)
+    Ok(rounds)
 }
 
 pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
@@ -279,6 +290,18 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
     raw_save(&spec.source, &blobs, &raw_dir, 32).await?;
     out.push(row(
         "raw save (GET → files)",
+        start.elapsed().as_secs_f64(),
+        bytes,
+        None,
+    ));
+    let _ = std::fs::remove_dir_all(&raw_dir);
+    std::fs::create_dir_all(&raw_dir)?;
+    tokio::task::block_in_place(settle);
+    let start = Instant::now();
+    let manifests = floor_save(spec, &blobs, &raw_dir).await?;
+    println!("save floor: {manifests} manifests read");
+    out.push(row(
+        "save floor (manifests, GET → files)",
         start.elapsed().as_secs_f64(),
         bytes,
         None,

@@ -1,19 +1,24 @@
-//! The copy floor: the fewest requests a complete copy of a list into a fresh registry
-//! makes — every unique blob GET→PUT once (the raw bound), then for each image a mount of
-//! each blob its repository lacks, its platform manifests by digest and its tag — with no
-//! verification and no look at the destination. The raw bound leaves the destination
-//! without a manifest; this does not, so hangar's ratio to it is hangar's own cost, and its
-//! ratio to the raw bound that cost plus the destination's answers to what a copy must ask.
-//! Hangar's semantics ask two things more of each image, which the floor leaves out: its
-//! tag read before it is written (the merge), and for a single-platform image an index of
-//! its own at the tag.
+//! The floors: the fewest requests a complete job over a list makes, with no
+//! verification and no look at the destination, against which the benches measure
+//! hangar's own cost apart from the cost of what any such job must ask.
+//!
+//! The copy floor: every unique blob GET→PUT once (the raw bound), then for each image a
+//! mount of each blob its repository lacks, its platform manifests by digest and its tag.
+//! The raw bound leaves the destination without a manifest; this does not, so hangar's
+//! ratio to it is hangar's own cost, and its ratio to the raw bound that cost plus the
+//! destination's answers to what a copy must ask. Hangar's semantics ask two things more
+//! of each image, which the floor leaves out: its tag read before it is written (the
+//! merge), and for a single-platform image an index of its own at the tag.
+//!
+//! The save floor: every line's manifests read (the raw save bound reads them before its
+//! clock starts), then the raw bound's GET of every unique blob into a file.
 
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
 use hangar_shared::digest::Digest;
-use hangar_shared::manifest::{Descriptor, Manifest, RawManifest};
+use hangar_shared::manifest::{ACCEPTED, Descriptor, Manifest, RawManifest};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::{Registry, Side};
 
@@ -146,4 +151,70 @@ pub async fn check_copied(dst: &Registry, images: &[ImageCopy]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every line's manifests as a save must read them before its blobs — each tag, then each
+/// index's platform manifests — `parallel` requests at once, unverified: how many.
+pub async fn read_manifests(src: &str, lines: &[String], parallel: usize) -> Result<usize> {
+    let http = reqwest::Client::new();
+    let accept = ACCEPTED.join(", ");
+    let get = |repo: String, reference: String| {
+        let (http, accept) = (http.clone(), accept.clone());
+        async move {
+            let answer = http
+                .get(format!("http://{src}/v2/{repo}/manifests/{reference}"))
+                .header("accept", accept)
+                .send()
+                .await?
+                .error_for_status()
+                .with_context(|| format!("{repo}: manifest {reference}"))?;
+            let media_type = answer
+                .headers()
+                .get("content-type")
+                .and_then(|t| t.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let bytes = answer.bytes().await?;
+            let digest = Digest::of(&bytes);
+            anyhow::Ok((
+                repo,
+                RawManifest {
+                    media_type,
+                    bytes,
+                    digest,
+                },
+            ))
+        }
+    };
+    let mut tops = Vec::new();
+    for line in lines {
+        let r = ImageRef::parse(line)?;
+        tops.push((r.repository(), r.manifest_reference()));
+    }
+    let read = tops.len();
+    let tops: Vec<Result<(String, RawManifest)>> = futures_util::stream::iter(tops)
+        .map(|(repo, reference)| get(repo, reference))
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let mut children = Vec::new();
+    for top in tops {
+        let (repo, top) = top?;
+        if let Manifest::Index(index) = top.parse()? {
+            children.extend(
+                index
+                    .manifests
+                    .iter()
+                    .map(|m| (repo.clone(), m.digest.to_string())),
+            );
+        }
+    }
+    let count = read + children.len();
+    let children: Vec<Result<(String, RawManifest)>> = futures_util::stream::iter(children)
+        .map(|(repo, reference)| get(repo, reference))
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    children.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(count)
 }
