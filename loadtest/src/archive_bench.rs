@@ -164,8 +164,7 @@ pub async fn save_rounds(spec: &BenchSpec) -> Result<Vec<[f64; 3]>> {
     let mut rounds = Vec::new();
     for round in 0..spec.rounds {
         let mut seconds = [0.0; 3];
-        for n in 0..3 {
-            let at = (round + n) % 3;
+        for at in crate::bench::round_order(round) {
             tokio::task::block_in_place(settle);
             std::fs::create_dir_all(&raw_dir)?;
             let start = Instant::now();

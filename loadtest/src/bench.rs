@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
-use hangar_shared::manifest::{Descriptor, ImageManifest, Manifest};
+use hangar_shared::manifest::Descriptor;
 use hangar_shared::reference::ImageRef;
-use hangar_shared::registry::{Registry, Side};
+use hangar_shared::registry::Registry;
 
 use crate::floor::{self, ImageCopy};
 use crate::proxy::{self, ProxyOptions};
@@ -123,53 +123,22 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(user + system)
 }
 
-/// Each line's platform manifests, with its repository and whether the tag names an index.
-async fn platform_manifests(
-    reg: &Registry,
-    lines: &[String],
-) -> Result<Vec<(String, Vec<ImageManifest>, bool)>> {
-    let mut out = Vec::new();
-    for line in lines {
-        let r = ImageRef::parse(line)?;
-        let repo = r.repository();
-        let top = reg
-            .manifest(&repo, &r.manifest_reference(), Side::Source)
-            .await?;
-        let (children, index) = match top.parse()? {
-            Manifest::Index(i) => {
-                let mut v = Vec::new();
-                for m in i.manifests {
-                    v.push(
-                        reg.manifest(&repo, &m.digest.to_string(), Side::Source)
-                            .await?,
-                    );
-                }
-                (v, true)
-            }
-            _ => (vec![top], false),
-        };
-        let mut images = Vec::new();
-        for c in children {
-            if let Manifest::Image(img) = c.parse()? {
-                images.push(img);
-            }
-        }
-        out.push((repo, images, index));
-    }
-    Ok(out)
-}
-
 /// Every unique blob of the list, with the repository it lives in.
 pub async fn unique_blobs(
     reg: &Registry,
     lines: &[String],
 ) -> Result<BTreeMap<String, (String, Descriptor)>> {
+    blobs_of(&floor::read_images(reg, lines).await?)
+}
+
+/// Every unique blob of `images`, with the first repository that holds it.
+pub fn blobs_of(images: &[ImageCopy]) -> Result<BTreeMap<String, (String, Descriptor)>> {
     let mut out = BTreeMap::new();
-    for (repo, images, _) in platform_manifests(reg, lines).await? {
-        for img in images {
+    for image in images {
+        for img in image.platforms()? {
             for b in img.blobs() {
                 out.entry(b.digest.to_string())
-                    .or_insert_with(|| (repo.clone(), b.clone()));
+                    .or_insert_with(|| (image.repo.clone(), b.clone()));
             }
         }
     }
@@ -181,8 +150,8 @@ pub async fn unique_blobs(
 /// worker downloads.
 pub async fn carried_configs(reg: &Registry, lines: &[String]) -> Result<u64> {
     let mut configs = BTreeMap::new();
-    for (_, images, index) in platform_manifests(reg, lines).await? {
-        if let ([img], false) = (images.as_slice(), index)
+    for image in floor::read_images(reg, lines).await? {
+        if let ([img], false) = (image.platforms()?.as_slice(), image.is_index())
             && img.config.size <= 256 << 10
         {
             configs.insert(img.config.digest.to_string(), img.config.size);
@@ -249,7 +218,8 @@ pub struct BenchSpec {
     pub delay: Duration,
     pub jobs: usize,
     pub workdir: PathBuf,
-    /// More rounds of hangar against its raw bound after the table (`--rounds`).
+    /// More rounds of hangar against its raw bound and its floor after the table
+    /// (`--rounds`).
     pub rounds: usize,
 }
 
@@ -280,15 +250,15 @@ fn rewrite_list(lines: &[String], from: &str, to: &str, path: &Path) -> Result<(
     Ok(())
 }
 
-/// One network setting: three tools, each into a fresh destination registry.
+/// One network setting: four tools, each into a fresh destination registry.
 pub async fn run_network(
     spec: &BenchSpec,
     network: &str,
     delay: Duration,
 ) -> Result<Vec<Measurement>> {
     let reg = crate::seed::connect(&spec.source).await?;
-    let blobs = unique_blobs(&reg, &spec.lines).await?;
     let images = floor::read_images(&reg, &spec.lines).await?;
+    let blobs = blobs_of(&images)?;
     let bytes: u64 = blobs.values().map(|(_, d)| d.size).sum();
     let mut out = Vec::new();
     let opts = ProxyOptions {
@@ -362,8 +332,9 @@ async fn one_copy(
         }
         "floor" => {
             let start = Instant::now();
-            floor::floor_copy(&src, &dst, blobs, images, 32).await?;
+            let (mounts, manifests) = floor::floor_copy(&src, &dst, blobs, images, 32).await?;
             let elapsed = start.elapsed();
+            println!("copy floor: {mounts} mounts, {manifests} manifests pushed");
             let copied = crate::seed::connect(&dest.addr).await?;
             floor::check_copied(&copied, images).await?;
             (elapsed, None)
@@ -384,8 +355,8 @@ async fn one_copy(
 /// seconds, the raw bound's, the floor's) per round.
 pub async fn mirror_rounds(spec: &BenchSpec, delay: Duration) -> Result<Vec<[f64; 3]>> {
     let reg = crate::seed::connect(&spec.source).await?;
-    let blobs = unique_blobs(&reg, &spec.lines).await?;
     let images = floor::read_images(&reg, &spec.lines).await?;
+    let blobs = blobs_of(&images)?;
     let opts = ProxyOptions {
         delay,
         ..Default::default()
@@ -397,8 +368,7 @@ pub async fn mirror_rounds(spec: &BenchSpec, delay: Duration) -> Result<Vec<[f64
     let mut rounds = Vec::new();
     for round in 0..spec.rounds {
         let mut seconds = [0.0; 3];
-        for n in 0..tools.len() {
-            let at = (round + n) % tools.len();
+        for at in round_order(round) {
             let copy = (&blobs, images.as_slice());
             let (elapsed, _) =
                 one_copy(spec, tools[at], &src_proxy.addr, &list, copy, opts).await?;
@@ -407,6 +377,28 @@ pub async fn mirror_rounds(spec: &BenchSpec, delay: Duration) -> Result<Vec<[f64
         rounds.push(seconds);
     }
     Ok(rounds)
+}
+
+/// The order of hangar (0), its raw bound (1) and its floor (2) in round `round`: each of
+/// the six in turn, so that over six rounds each runs first, and right after each other,
+/// equally often (what ran before warms or loads the machine for what follows).
+pub fn round_order(round: usize) -> [usize; 3] {
+    const ORDERS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [0, 2, 1],
+        [2, 1, 0],
+        [1, 0, 2],
+    ];
+    ORDERS[round % ORDERS.len()]
+}
+
+/// Rounds of (hangar, raw bound, floor) seconds as (hangar, bound) pairs for each bound,
+/// named: the raw bound, then the floor as `floor`.
+pub fn against_bounds<'a>(rounds: &[[f64; 3]], floor: &'a str) -> [(&'a str, Vec<(f64, f64)>); 2] {
+    let pairs = |at: usize| rounds.iter().map(|r| (r[0], r[at])).collect();
+    [("raw bound", pairs(1)), (floor, pairs(2))]
 }
 
 /// Each round's times and ratio to `bound` (whose seconds are each pair's second), and the
@@ -475,6 +467,33 @@ pub fn table(rows: &[Measurement]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_pair_hangar_with_each_bound_and_vary_their_order() {
+        let rounds = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]];
+        let [(raw, to_raw), (floor, to_floor)] = against_bounds(&rounds, "copy floor");
+        assert_eq!((raw, floor), ("raw bound", "copy floor"));
+        assert_eq!(to_raw, [(1.0, 2.0), (4.0, 5.0)]);
+        assert_eq!(to_floor, [(1.0, 3.0), (4.0, 6.0)]);
+        let orders: Vec<[usize; 3]> = (0..6).map(round_order).collect();
+        for order in &orders {
+            let mut sorted = *order;
+            sorted.sort();
+            assert_eq!(sorted, [0, 1, 2], "{order:?} runs each once");
+        }
+        // Each ordered pair of neighbours equally often: every tool follows every other.
+        for a in 0..3 {
+            for b in (0..3).filter(|b| *b != a) {
+                let follows = orders
+                    .iter()
+                    .filter(|o| o.windows(2).any(|w| w == [a, b]))
+                    .count();
+                assert_eq!(follows, 2, "{b} right after {a}");
+            }
+            assert_eq!(orders.iter().filter(|o| o[0] == a).count(), 2, "{a} first");
+        }
+        assert_eq!(round_order(6), round_order(0));
+    }
 
     #[test]
     fn the_median_is_the_middle_or_the_mean_of_the_two_middle_values() {

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
 use hangar_shared::digest::Digest;
-use hangar_shared::manifest::{ACCEPTED, Descriptor, Manifest, RawManifest};
+use hangar_shared::manifest::{ACCEPTED, Descriptor, ImageManifest, Manifest, RawManifest};
 use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::{Registry, Side};
 
@@ -26,12 +26,32 @@ use crate::bench::raw_copy;
 
 /// One line of the list as the floor copies it.
 pub struct ImageCopy {
-    repo: String,
+    pub repo: String,
     tag: String,
     top: RawManifest,
     /// An index's platform manifests, in its order; empty for a single manifest.
     children: Vec<RawManifest>,
-    blobs: Vec<Digest>,
+}
+
+impl ImageCopy {
+    pub fn is_index(&self) -> bool {
+        !self.children.is_empty()
+    }
+
+    /// The image manifests of its platforms (the top one for a single manifest).
+    pub fn platforms(&self) -> Result<Vec<ImageManifest>> {
+        let mut out = Vec::new();
+        for m in self
+            .children
+            .iter()
+            .chain((!self.is_index()).then_some(&self.top))
+        {
+            if let Manifest::Image(img) = m.parse()? {
+                out.push(img);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Every line's manifests and blobs, read from the source (before any clock starts).
@@ -51,45 +71,38 @@ pub async fn read_images(reg: &Registry, lines: &[String]) -> Result<Vec<ImageCo
                 children.push(child);
             }
         }
-        let mut blobs = Vec::new();
-        for m in children.iter().chain(children.is_empty().then_some(&top)) {
-            if let Manifest::Image(img) = m.parse()? {
-                blobs.extend(img.blobs().map(|b| b.digest.clone()));
-            }
-        }
         out.push(ImageCopy {
             repo,
             tag,
             top,
             children,
-            blobs,
         });
     }
     Ok(out)
 }
 
 /// The floor's copy into `dst`, `parallel` requests at once: the raw bound's blobs, then
-/// each image's mounts and manifests.
+/// each image's mounts and manifests. How many mounts and manifests it made.
 pub async fn floor_copy(
     src: &str,
     dst: &str,
     blobs: &BTreeMap<String, (String, Descriptor)>,
     images: &[ImageCopy],
     parallel: usize,
-) -> Result<()> {
+) -> Result<(usize, usize)> {
     raw_copy(src, dst, blobs, parallel).await?;
     let http = reqwest::Client::new();
     // Each blob into each repository once, however many of its lines name it.
     let mut mounted = HashSet::new();
     let mut mounts = Vec::new();
     for image in images {
-        for digest in &image.blobs {
-            let key = digest.to_string();
+        for digest in image.platforms()?.iter().flat_map(|p| p.blobs()) {
+            let key = digest.digest.to_string();
             let Some((from, _)) = blobs.get(&key) else {
                 bail!("{}: blob {key} was not copied", image.repo);
             };
             if from != &image.repo && mounted.insert((image.repo.clone(), key.clone())) {
-                mounts.push((image.repo.as_str(), from.as_str(), key));
+                mounts.push((image.repo.clone(), from.as_str(), key));
             }
         }
     }
@@ -104,8 +117,10 @@ pub async fn floor_copy(
             Ok(())
         }
     });
+    let mounted = mounted.len();
     let results: Vec<Result<()>> = mounting.buffer_unordered(parallel).collect().await;
     results.into_iter().collect::<Result<Vec<()>>>()?;
+    let manifests = images.iter().map(|i| i.children.len() + 1).sum();
     let pushing = futures_util::stream::iter(images).map(|image| {
         let http = http.clone();
         async move {
@@ -130,11 +145,13 @@ pub async fn floor_copy(
         }
     });
     let results: Vec<Result<()>> = pushing.buffer_unordered(parallel).collect().await;
-    results.into_iter().collect()
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok((mounted, manifests))
 }
 
-/// Whether `dst` holds every image's tag as the source does: the floor's copy is complete
-/// (checked after its clock stops).
+/// Whether `dst` holds every image's tag as the source does (checked after the floor's
+/// clock stops). The rest of the copy is the registry's own check: it refuses a manifest
+/// whose blobs or platform manifests its repository does not hold.
 pub async fn check_copied(dst: &Registry, images: &[ImageCopy]) -> Result<()> {
     for image in images {
         let found = dst

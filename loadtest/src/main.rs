@@ -106,7 +106,7 @@ enum Cmd {
         /// Instead of mirroring: scan the list, then scan again (re-match only).
         #[arg(long)]
         scan: bool,
-        /// Instead of the three-way mirror: mirror the list once, then time a re-run and a
+        /// Instead of the four-way mirror: mirror the list once, then time a re-run and a
         /// `mirror validate` with nothing to do, at --delay-ms each way.
         #[arg(long)]
         noop: bool,
@@ -114,9 +114,9 @@ enum Cmd {
         /// default).
         #[arg(long, default_value_t = 8)]
         worker_concurrency: usize,
-        /// Mirror and archive benches: after the table, this many more rounds of hangar and
-        /// its raw bound back to back (in alternating order), each round's ratio and their
-        /// median printed.
+        /// Mirror and archive benches: after the table, this many more rounds of hangar, its
+        /// raw bound and its floor back to back (each order of the three in turn), each
+        /// round's ratios and their medians printed.
         #[arg(long, default_value_t = 0)]
         rounds: usize,
         #[command(flatten)]
@@ -286,8 +286,7 @@ async fn main() -> Result<()> {
                 println!("{}", archive_bench::table(&rows));
                 if rounds > 0 {
                     let rounds = archive_bench::save_rounds(&b).await?;
-                    for (bound, at) in [("raw bound", 1), ("save floor", 2)] {
-                        let pairs: Vec<(f64, f64)> = rounds.iter().map(|r| (r[0], r[at])).collect();
+                    for (bound, pairs) in bench::against_bounds(&rounds, "save floor") {
                         let what = format!("save (zip), streamed, vs the {bound}");
                         println!("{}", bench::rounds_report(&what, bound, &pairs));
                     }
@@ -312,8 +311,7 @@ async fn main() -> Result<()> {
             if rounds > 0 {
                 for (network, delay) in [("loopback", Duration::ZERO), (far.as_str(), b.delay)] {
                     let rounds = bench::mirror_rounds(&b, delay).await?;
-                    for (bound, at) in [("raw bound", 1), ("copy floor", 2)] {
-                        let pairs: Vec<(f64, f64)> = rounds.iter().map(|r| (r[0], r[at])).collect();
+                    for (bound, pairs) in bench::against_bounds(&rounds, "copy floor") {
                         let what = format!("mirror, {network}, vs the {bound}");
                         println!("{}", bench::rounds_report(&what, bound, &pairs));
                     }

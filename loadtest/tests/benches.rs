@@ -118,13 +118,16 @@ fn rounds(out: &str, what: &str, expected: usize) {
 fn the_mirror_bench_measures_four_tools_on_both_networks_and_its_rounds() {
     // One image of the two an index (seeded the same every run): the floor copies both kinds.
     let out = bench(&["--rounds", "3", "--multiarch", "0.7"]);
+    // The shared layer mounted into the second repository; a manifest for the first image,
+    // the index and its two platforms for the second.
+    assert!(
+        out.contains("copy floor: 1 mounts, 4 manifests pushed\n"),
+        "{out}"
+    );
     for network in ["loopback", "5 ms each way"] {
         for tool in ["hangar", "skopeo", "raw", "floor"] {
             seconds(row(&out, &[network, tool])[2]);
         }
-        // Each row's ratio to the floor (its time over the row's): the floor's own is 1.
-        assert_eq!(row(&out, &[network, "floor"])[6], "1.00x", "{out}");
-        assert!(row(&out, &[network, "hangar"])[6].ends_with('x'), "{out}");
         for bound in ["raw bound", "copy floor"] {
             rounds(&out, &format!("mirror, {network}, vs the {bound}"), 3);
         }

@@ -2,7 +2,8 @@
 //! its CPU-jitter collector, that first use costs ~50 ms of CPU, and every run's first probe
 //! waited for it; `.cargo/config.toml` builds aws-lc without the collector (the OS's
 //! `getrandom` alone, as ring and BoringSSL use). This checks that the build took the
-//! setting, in the very binary the test runs.
+//! setting, in the very binary the test runs (a debug build of the same crates; the
+//! release binaries take the same environment from the same file).
 
 use rustls::crypto::aws_lc_rs::default_provider;
 
@@ -16,7 +17,16 @@ fn random_generator_is_seeded_from_the_os_without_the_jitter_collector() {
     assert!(bytes.iter().any(|b| *b != 0), "random bytes are all zero");
     let exe = std::env::current_exe().expect("the test binary's path");
     let binary = std::fs::read(&exe).expect("the test binary is readable");
-    // Joined at run time: a literal of the whole name would be in this binary itself.
+    // Names joined at run time: a literal of a whole name would be in this binary itself.
+    // First that aws-lc is linked into it with its symbols (not stripped, not a system
+    // library), which the absence below would otherwise prove nothing about: a function of
+    // its entropy sources compiled with or without the collector.
+    let own = ["opt", "out", "cpu", "jitter", "get", "seed", "wrap"].join("_");
+    assert!(
+        memchr::memmem::find(&binary, own.as_bytes()).is_some(),
+        "{} does not hold aws-lc's own symbols: the check below would prove nothing",
+        exe.display()
+    );
     let collector = ["jent", "entropy", "collector", "alloc"].join("_");
     assert!(
         memchr::memmem::find(&binary, collector.as_bytes()).is_none(),
