@@ -66,8 +66,17 @@ async fn mirror(env: &Env, images: &[String], source: &str, dest: &str) -> std::
         .expect("mirror")
 }
 
+/// A proxy in front of `upstream` with `opts`, at most two faults in a row to one request:
+/// hangar tries a request four times (the retry policy's default), so every image must get
+/// through whichever retries the seed's faults land on (which request gets which ordinal
+/// depends on timing: in one full run of the suite a copy's four tries all met faults).
+/// Faults without end are a registry that is down, which these tests are not about.
 fn faulty(upstream: &str, opts: ProxyOptions) -> impl std::future::Future<Output = Proxy> {
     let upstream = upstream.to_owned();
+    let opts = ProxyOptions {
+        faults_in_a_row: opts.faults_in_a_row.or(Some(2)),
+        ..opts
+    };
     async move {
         proxy::start("127.0.0.1:0", &upstream, opts)
             .await

@@ -1,6 +1,7 @@
 //! The faults the proxy injects: byte corruption, resets, 429 throttling and bursts,
 //! slowdowns, and the seeded flaky-registry mode (its own error answers, cut bodies).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -81,6 +82,22 @@ pub(super) struct Faults {
     pub(super) judged: AtomicU64,
     pub(super) rotation: AtomicU64,
     pub(super) blob_gets: AtomicU64,
+    /// Faults in a row by request line (`faults_in_a_row`).
+    pub(super) streaks: Mutex<HashMap<String, u32>>,
+}
+
+/// A request's method and path, its query left out: what a client's retry asks again.
+fn request_line(chunk: &[u8]) -> String {
+    let line = chunk.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut words = line.split(|b| *b == b' ');
+    let method = String::from_utf8_lossy(words.next().unwrap_or_default());
+    let target = words.next().unwrap_or_default();
+    let path = target.split(|b| *b == b'?').next().unwrap_or_default();
+    format!("{method} {}", String::from_utf8_lossy(path))
+}
+
+fn is_blob_get(chunk: &[u8]) -> bool {
+    chunk.starts_with(b"GET ") && chunk.windows(14).any(|w| w == b"/blobs/sha256:")
 }
 
 /// A uniform number in [0, 1) from a seed and an ordinal (splitmix64).
@@ -224,6 +241,49 @@ pub(super) enum Verdict {
 }
 
 impl Faults {
+    pub(super) fn new(
+        opts: ProxyOptions,
+        throttled: Arc<AtomicU64>,
+        peak: Arc<AtomicU64>,
+        injected: Arc<Injected>,
+    ) -> Self {
+        Self {
+            opts,
+            resets_left: AtomicU64::new(opts.reset_blob_gets),
+            throttle_until: Mutex::new(None),
+            throttled,
+            burst: Mutex::new((Instant::now(), 0)),
+            peak,
+            requests: AtomicU64::new(0),
+            injected,
+            judged: AtomicU64::new(0),
+            rotation: AtomicU64::new(0),
+            blob_gets: AtomicU64::new(0),
+            streaks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `line` has had as many faults in a row as `faults_in_a_row` allows.
+    fn at_limit(&self, line: &str) -> bool {
+        let Some(limit) = self.opts.faults_in_a_row else {
+            return false;
+        };
+        let streaks = self.streaks.lock().unwrap_or_else(|e| e.into_inner());
+        streaks.get(line).is_some_and(|n| *n >= limit)
+    }
+
+    /// One more fault in a row for `line`, or the end of its run.
+    fn note(&self, line: String, faulted: bool) {
+        if self.opts.faults_in_a_row.is_none() {
+            return;
+        }
+        let mut streaks = self.streaks.lock().unwrap_or_else(|e| e.into_inner());
+        match faulted {
+            true => *streaks.entry(line).or_default() += 1,
+            false => drop(streaks.remove(&line)),
+        }
+    }
+
     pub(super) fn judge(&self, chunk: &[u8]) -> Verdict {
         match self.judge_limits(chunk) {
             Verdict::Forward if is_request(chunk) => self.fail(chunk),
@@ -241,9 +301,15 @@ impl Faults {
             return Verdict::Forward;
         };
         let n = self.judged.fetch_add(1, Ordering::Relaxed);
-        if unit(seed, n) >= ratio {
+        let request = request_line(chunk);
+        if self.at_limit(&request) || unit(seed, n) >= ratio {
+            // A blob GET's run ends, or goes on, with `cut`.
+            if !is_blob_get(chunk) {
+                self.note(request, false);
+            }
             return Verdict::Forward;
         }
+        self.note(request, true);
         let line = String::from_utf8_lossy(&chunk[..head_end]);
         let path = line.split_whitespace().nth(1).unwrap_or("");
         let head = chunk.starts_with(b"HEAD ");
@@ -319,14 +385,19 @@ impl Faults {
 
     /// `cut_blob_bodies`: whether this forwarded request's answer is cut halfway.
     pub(super) fn cut(&self, chunk: &[u8]) -> bool {
-        let Some((ratio, seed)) = self.opts.cut_blob_bodies else {
-            return false;
-        };
-        if !chunk.starts_with(b"GET ") || !chunk.windows(14).any(|w| w == b"/blobs/sha256:") {
+        if !is_blob_get(chunk) {
             return false;
         }
-        let n = self.blob_gets.fetch_add(1, Ordering::Relaxed);
-        unit(seed ^ 0x5EED_CB0D, n) < ratio
+        let request = request_line(chunk);
+        let cut = match self.opts.cut_blob_bodies {
+            Some((ratio, seed)) => {
+                let n = self.blob_gets.fetch_add(1, Ordering::Relaxed);
+                !self.at_limit(&request) && unit(seed ^ 0x5EED_CB0D, n) < ratio
+            }
+            None => false,
+        };
+        self.note(request, cut);
+        cut
     }
 
     /// `burst_limit`, `reset_blob_gets` and `throttle_blobs`.

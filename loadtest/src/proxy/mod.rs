@@ -60,6 +60,11 @@ pub struct ProxyOptions {
     /// Forward every mount (`POST …/blobs/uploads/?mount=…`) without its query: the registry
     /// opens a plain upload (202), as one that does not mount across repositories does.
     pub decline_mounts: bool,
+    /// With `fail_ratio` or `cut_blob_bodies`: at most this many faults in a row to one
+    /// request line (method and path, the query left out); the next such request goes
+    /// through whole. A flaky registry's faults are transient, and a test that its client
+    /// gets through them must not depend on which retry the seed's next fault lands on.
+    pub faults_in_a_row: Option<u32>,
 }
 
 pub struct Proxy {
@@ -90,19 +95,12 @@ pub async fn start(listen: &str, upstream: &str, opts: ProxyOptions) -> io::Resu
     let throttled = Arc::new(AtomicU64::new(0));
     let peak = Arc::new(AtomicU64::new(0));
     let injected = Arc::new(Injected::default());
-    let faults = Arc::new(Faults {
+    let faults = Arc::new(Faults::new(
         opts,
-        resets_left: AtomicU64::new(opts.reset_blob_gets),
-        throttle_until: Mutex::new(None),
-        throttled: throttled.clone(),
-        burst: Mutex::new((Instant::now(), 0)),
-        peak: peak.clone(),
-        requests: AtomicU64::new(0),
-        injected: injected.clone(),
-        judged: AtomicU64::new(0),
-        rotation: AtomicU64::new(0),
-        blob_gets: AtomicU64::new(0),
-    });
+        throttled.clone(),
+        peak.clone(),
+        injected.clone(),
+    ));
     let counter = connections.clone();
     let in_flight = Arc::new(InFlight::default());
     let in_flight_peak = in_flight.peak.clone();
@@ -549,6 +547,57 @@ mod tests {
         let mut body = RequestBody::after_head(chunked, end);
         assert!(!body.done());
         assert_eq!(body.eat(b"0\r\n\r\n"), Some(5));
+    }
+
+    #[test]
+    fn no_request_line_gets_more_faults_in_a_row_than_allowed() {
+        let opts = ProxyOptions {
+            fail_ratio: Some((1.0, 1)),
+            cut_blob_bodies: Some((1.0, 1)),
+            faults_in_a_row: Some(2),
+            ..Default::default()
+        };
+        let faults = Faults::new(
+            opts,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        );
+        let failed = |req: &[u8]| !matches!(faults.judge(req), Verdict::Forward);
+        let manifest = b"GET /v2/a/manifests/v1 HTTP/1.1\r\nhost: x\r\n\r\n";
+        let other = b"GET /v2/b/manifests/v1 HTTP/1.1\r\nhost: x\r\n\r\n";
+        // Every request would fail: two do, the third goes through, then two again.
+        let seen: Vec<bool> = (0..6).map(|_| failed(manifest)).collect();
+        assert_eq!(seen, [true, true, false, true, true, false]);
+        assert!(failed(other), "another path keeps its own count");
+        // A blob GET forwarded by `fail` at its limit is not cut either (the query does
+        // not make it another line); after it, the count starts again.
+        let blob = |q: &str| format!("GET /v2/a/blobs/sha256:00?{q} HTTP/1.1\r\nhost: x\r\n\r\n");
+        assert!(failed(blob("a").as_bytes()) && failed(blob("b").as_bytes()));
+        assert!(!failed(blob("c").as_bytes()) && !faults.cut(blob("c").as_bytes()));
+        assert!(failed(blob("d").as_bytes()));
+        // Cuts count as faults in a row too.
+        let cutting = Faults::new(
+            ProxyOptions {
+                fail_ratio: None,
+                ..opts
+            },
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        );
+        let cuts: Vec<bool> = (0..4).map(|_| cutting.cut(blob("").as_bytes())).collect();
+        assert_eq!(cuts, [true, true, false, true]);
+        let unlimited = Faults::new(
+            ProxyOptions {
+                faults_in_a_row: None,
+                ..opts
+            },
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        );
+        assert!((0..6).all(|_| !matches!(unlimited.judge(manifest), Verdict::Forward)));
     }
 
     #[test]
