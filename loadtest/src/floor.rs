@@ -54,7 +54,7 @@ impl ImageCopy {
     }
 }
 
-/// Every line's manifests and blobs, read from the source (before any clock starts).
+/// Every line's manifests, read from the source (before any clock starts).
 pub async fn read_images(reg: &Registry, lines: &[String]) -> Result<Vec<ImageCopy>> {
     let mut out = Vec::new();
     for line in lines {
