@@ -66,19 +66,14 @@ fn io_field(pid: u32, name: &str) -> Option<u64> {
 pub fn run_profiled(cmd: &mut Command) -> Result<Profile> {
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-    let status_path = format!("/proc/{}/status", child.id());
-    let stat_path = format!("/proc/{}/stat", child.id());
+    let pid = child.id();
+    let ended = exit_watch(pid);
+    let status_path = format!("/proc/{pid}/status");
+    let stat_path = format!("/proc/{pid}/stat");
     let mut peak = None;
     let mut cpu = Duration::ZERO;
     let mut written = 0;
-    let pid = child.id();
     loop {
-        // Read once more while it is a zombie, before it is reaped: its last writes count.
-        let exited = std::fs::read_to_string(&stat_path).is_ok_and(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        });
         if let Some(w) = io_field(pid, "wchar:") {
             written = written.max(w);
         }
@@ -97,21 +92,56 @@ pub fn run_profiled(cmd: &mut Command) -> Result<Profile> {
             // The kernel's USER_HZ is 100 on Linux.
             cpu = Duration::from_millis(ticks * 10);
         }
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                bail!("{cmd:?} failed: {status}");
-            }
-            return Ok(Profile {
-                elapsed: start.elapsed(),
-                peak_rss_kib: peak,
-                cpu,
-                written,
-            });
+        let at = match ended.recv_timeout(Duration::from_millis(20)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Ok(at) => at,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+        };
+        // Exited and not reaped yet: read once more, its last writes count.
+        if let Some(w) = io_field(pid, "wchar:") {
+            written = written.max(w);
         }
-        if !exited {
-            std::thread::sleep(Duration::from_millis(20));
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("{cmd:?} failed: {status}");
         }
+        return Ok(Profile {
+            elapsed: at.unwrap_or_else(Instant::now) - start,
+            peak_rss_kib: peak,
+            cpu,
+            written,
+        });
     }
+}
+
+/// When the child `pid` exits, told by a thread that waits for it without reaping it
+/// (`waitid` with `WNOWAIT`): the run's time is its exit's moment, not up to a poll later
+/// (20 ms, where a save takes about 1.3 s), and its `/proc` entries can still be read.
+/// `None` if the wait failed.
+fn exit_watch(pid: u32) -> std::sync::mpsc::Receiver<Option<Instant>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let exited = loop {
+            // SAFETY: an all-zero `siginfo_t` is a valid value, and `waitid` writes only
+            // into it, which outlives the call.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let waited = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            match waited {
+                0 => break Some(Instant::now()),
+                _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+                _ => break None,
+            }
+        };
+        let _ = tx.send(exited);
+    });
+    rx
 }
 
 /// utime + stime of a `/proc/PID/stat` line (fields 14 and 15, after the command name).
@@ -467,6 +497,22 @@ pub fn table(rows: &[Measurement]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profiled_run_ends_when_its_command_does_and_counts_its_last_writes() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 0.05; exec head -c 300000 /dev/zero"])
+            .stdout(std::process::Stdio::null());
+        let p = run_profiled(&mut cmd).expect("run");
+        assert!(p.elapsed >= Duration::from_millis(50), "{:?}", p.elapsed);
+        assert!(p.written >= 300_000, "{} bytes written", p.written);
+        let mut failing = Command::new("sh");
+        failing.args(["-c", "exit 3"]);
+        let e = run_profiled(&mut failing)
+            .err()
+            .expect("a failed command is an error");
+        assert!(e.to_string().contains("exit status: 3"), "{e}");
+    }
 
     #[test]
     fn rounds_pair_hangar_with_each_bound_and_vary_their_order() {
