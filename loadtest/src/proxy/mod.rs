@@ -448,7 +448,6 @@ async fn read(
 
 #[cfg(test)]
 mod tests {
-    use super::faults::unit;
     use super::*;
 
     fn now(x: &Exchanges) -> u64 {
@@ -547,67 +546,5 @@ mod tests {
         let mut body = RequestBody::after_head(chunked, end);
         assert!(!body.done());
         assert_eq!(body.eat(b"0\r\n\r\n"), Some(5));
-    }
-
-    #[test]
-    fn no_request_line_gets_more_faults_in_a_row_than_allowed() {
-        let opts = ProxyOptions {
-            fail_ratio: Some((1.0, 1)),
-            cut_blob_bodies: Some((1.0, 1)),
-            faults_in_a_row: Some(2),
-            ..Default::default()
-        };
-        let faults = Faults::new(
-            opts,
-            Default::default(),
-            Default::default(),
-            Default::default(),
-        );
-        let failed = |req: &[u8]| !matches!(faults.judge(req), Verdict::Forward);
-        let manifest = b"GET /v2/a/manifests/v1 HTTP/1.1\r\nhost: x\r\n\r\n";
-        let other = b"GET /v2/b/manifests/v1 HTTP/1.1\r\nhost: x\r\n\r\n";
-        // Every request would fail: two do, the third goes through, then two again.
-        let seen: Vec<bool> = (0..6).map(|_| failed(manifest)).collect();
-        assert_eq!(seen, [true, true, false, true, true, false]);
-        assert!(failed(other), "another path keeps its own count");
-        // A blob GET forwarded by `fail` at its limit is not cut either (the query does
-        // not make it another line); after it, the count starts again.
-        let blob = |q: &str| format!("GET /v2/a/blobs/sha256:00?{q} HTTP/1.1\r\nhost: x\r\n\r\n");
-        assert!(failed(blob("a").as_bytes()) && failed(blob("b").as_bytes()));
-        assert!(!failed(blob("c").as_bytes()) && !faults.cut(blob("c").as_bytes()));
-        assert!(failed(blob("d").as_bytes()));
-        // Cuts count as faults in a row too.
-        let cutting = Faults::new(
-            ProxyOptions {
-                fail_ratio: None,
-                ..opts
-            },
-            Default::default(),
-            Default::default(),
-            Default::default(),
-        );
-        let cuts: Vec<bool> = (0..4).map(|_| cutting.cut(blob("").as_bytes())).collect();
-        assert_eq!(cuts, [true, true, false, true]);
-        let unlimited = Faults::new(
-            ProxyOptions {
-                faults_in_a_row: None,
-                ..opts
-            },
-            Default::default(),
-            Default::default(),
-            Default::default(),
-        );
-        assert!((0..6).all(|_| !matches!(unlimited.judge(manifest), Verdict::Forward)));
-    }
-
-    #[test]
-    fn faults_come_from_the_seed_at_the_ratio_asked() {
-        let hits = |seed| (0..10_000).filter(|n| unit(seed, *n) < 0.08).count();
-        let a = hits(7);
-        assert_eq!(a, hits(7), "same seed, same faults");
-        assert!((650..950).contains(&a), "{a} of 10000 at 8 %");
-        let same: Vec<bool> = (0..64).map(|n| unit(7, n) < 0.5).collect();
-        let other: Vec<bool> = (0..64).map(|n| unit(8, n) < 0.5).collect();
-        assert_ne!(same, other);
     }
 }
