@@ -283,29 +283,23 @@ pub async fn run(spec: &BenchSpec) -> Result<Vec<Measurement>> {
     }
 
     let raw_dir = work.join("raw-save");
-    std::fs::create_dir_all(&raw_dir)?;
-    tokio::task::block_in_place(settle);
-    let start = Instant::now();
-    raw_save(&spec.source, &blobs, &raw_dir, 32).await?;
-    out.push(row(
-        "raw save (GET → files)",
-        start.elapsed().as_secs_f64(),
-        bytes,
-        None,
-    ));
-    let _ = std::fs::remove_dir_all(&raw_dir);
-    std::fs::create_dir_all(&raw_dir)?;
-    tokio::task::block_in_place(settle);
-    let start = Instant::now();
-    let manifests = floor_save(spec, &blobs, &raw_dir).await?;
-    println!("save floor: {manifests} manifests read");
-    out.push(row(
-        "save floor (manifests, GET → files)",
-        start.elapsed().as_secs_f64(),
-        bytes,
-        None,
-    ));
-    let _ = std::fs::remove_dir_all(&raw_dir);
+    for (tool, floor) in [
+        ("raw save (GET → files)", false),
+        ("save floor (manifests, GET → files)", true),
+    ] {
+        std::fs::create_dir_all(&raw_dir)?;
+        tokio::task::block_in_place(settle);
+        let start = Instant::now();
+        match floor {
+            false => raw_save(&spec.source, &blobs, &raw_dir, 32).await?,
+            true => {
+                let manifests = floor_save(spec, &blobs, &raw_dir).await?;
+                println!("save floor: {manifests} manifests read");
+            }
+        }
+        out.push(row(tool, start.elapsed().as_secs_f64(), bytes, None));
+        let _ = std::fs::remove_dir_all(&raw_dir);
+    }
 
     let dest = RegistryProcess::start()?;
     let mut load = Command::new(&spec.hangar);

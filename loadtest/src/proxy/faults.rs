@@ -263,9 +263,15 @@ impl Faults {
         }
     }
 
+    /// The request line `chunk`'s faults in a row are counted under; `None` when they are
+    /// not counted (no `faults_in_a_row`), so a proxy without the cap reads no more of it.
+    fn streak_of(&self, chunk: &[u8]) -> Option<String> {
+        self.opts.faults_in_a_row.map(|_| request_line(chunk))
+    }
+
     /// Whether `line` has had as many faults in a row as `faults_in_a_row` allows.
-    fn at_limit(&self, line: &str) -> bool {
-        let Some(limit) = self.opts.faults_in_a_row else {
+    fn at_limit(&self, line: Option<&String>) -> bool {
+        let (Some(limit), Some(line)) = (self.opts.faults_in_a_row, line) else {
             return false;
         };
         let streaks = self.streaks.lock().unwrap_or_else(|e| e.into_inner());
@@ -273,10 +279,10 @@ impl Faults {
     }
 
     /// One more fault in a row for `line`, or the end of its run.
-    fn note(&self, line: String, faulted: bool) {
-        if self.opts.faults_in_a_row.is_none() {
+    fn note(&self, line: Option<String>, faulted: bool) {
+        let Some(line) = line else {
             return;
-        }
+        };
         let mut streaks = self.streaks.lock().unwrap_or_else(|e| e.into_inner());
         match faulted {
             true => *streaks.entry(line).or_default() += 1,
@@ -301,8 +307,8 @@ impl Faults {
             return Verdict::Forward;
         };
         let n = self.judged.fetch_add(1, Ordering::Relaxed);
-        let request = request_line(chunk);
-        if self.at_limit(&request) || unit(seed, n) >= ratio {
+        let request = self.streak_of(chunk);
+        if self.at_limit(request.as_ref()) || unit(seed, n) >= ratio {
             // A blob GET's run ends, or goes on, with `cut`.
             if !is_blob_get(chunk) {
                 self.note(request, false);
@@ -388,11 +394,11 @@ impl Faults {
         if !is_blob_get(chunk) {
             return false;
         }
-        let request = request_line(chunk);
+        let request = self.streak_of(chunk);
         let cut = match self.opts.cut_blob_bodies {
             Some((ratio, seed)) => {
                 let n = self.blob_gets.fetch_add(1, Ordering::Relaxed);
-                !self.at_limit(&request) && unit(seed ^ 0x5EED_CB0D, n) < ratio
+                !self.at_limit(request.as_ref()) && unit(seed ^ 0x5EED_CB0D, n) < ratio
             }
             None => false,
         };
