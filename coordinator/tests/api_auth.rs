@@ -231,6 +231,28 @@ async fn the_api_authenticates_and_authorises_every_request() {
         let error = answer["error"].as_str().unwrap_or_default();
         assert!(error.contains(rule) && error.contains("\"ci\""), "{error}");
     }
+    // A project with a `..` segment would pass the policy's glob as `dst/mirror/../prod`
+    // and reach `prod` once the URL resolves it: refused before anything runs.
+    for project in ["mirror/../prod", "mirror/%2e%2e/prod", "mirror/./x"] {
+        let body = request(
+            &format!("{}/{project}", env.dst.addr),
+            serde_json::json!({}),
+        );
+        let (status, answer) = post("ci-secret-token", body).await;
+        assert_eq!(status, 400, "{project}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("--destination-project") && error.contains("invalid repository"),
+            "{project}: {error}"
+        );
+    }
+    let catalog: serde_json::Value = reqwest::get(format!("http://{}/v2/_catalog", env.dst.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!([]), "{catalog}");
     let (status, answer) = post("reader-secret-token", good.clone()).await;
     assert_eq!(status, 403);
     assert!(

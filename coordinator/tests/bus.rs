@@ -375,6 +375,51 @@ async fn workers_refuse_archives_outside_their_roots_and_signatures_outside_scop
         }
         assert!(!sig_tag(repo, digest), "{repo}: a signature appeared");
     }
+    // A `..` segment matches `signed/**` as text and resolves to `unsigned/app` in a URL.
+    // The unscoped key meets the registry client's own refusal.
+    let up = format!("{dst}/signed/../unsigned/app");
+    for (repo, identity, key) in [
+        ("signed/../unsigned/app", up.clone(), "release"),
+        (
+            "signed/%2e%2e/unsigned/app",
+            format!("{dst}/signed/app"),
+            "release",
+        ),
+        ("signed/app", up.clone(), "release"),
+        (
+            "signed/../unsigned/app",
+            format!("{dst}/unsigned/app"),
+            "dev",
+        ),
+    ] {
+        id += 1;
+        let mut task = sign(repo, &identity, &digests[1]);
+        if let Task::Sign(s) = &mut task {
+            s.key = key.into();
+        }
+        queue.publish(envelope(job, id, task)).await.unwrap();
+        let e = final_event(&mut events).await;
+        match &e.kind {
+            EventKind::Failed {
+                message,
+                last: true,
+                ..
+            } => {
+                // The worker's scope refuses first; the registry client refuses whatever
+                // an unscoped key would send.
+                let by = match key {
+                    "release" => "signs named repositories only",
+                    _ => ": refused: repository",
+                };
+                assert!(
+                    message.contains(by) && message.contains("invalid repository name"),
+                    "{repo} as {identity}: {message}"
+                )
+            }
+            other => panic!("{repo} as {identity}: {other:?}"),
+        }
+        assert!(!sig_tag("unsigned/app", &digests[1]), "{repo}: signed");
+    }
     id += 1;
     queue
         .publish(envelope(

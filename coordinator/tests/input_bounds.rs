@@ -359,3 +359,34 @@ async fn a_stored_file_past_its_size_or_time_is_refused_and_the_archive_is_left_
         "the archive is unchanged"
     );
 }
+
+/// A project flag is a repository path: one with a `..` or `.` segment (percent-encoded or
+/// not), which a URL would resolve to another repository, fails the command naming the
+/// flag before any registry is asked (nothing listens on port 9).
+#[test]
+fn project_flags_that_would_resolve_elsewhere_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "127.0.0.1:9/team/app:v1\n").unwrap();
+    for flag in ["--destination-project", "--source-project"] {
+        for project in ["mirror/../prod", "mirror/%2e%2e/prod", "./x", "a//b"] {
+            let out = hangar(&[
+                "mirror",
+                "-f",
+                list.to_str().unwrap(),
+                "-d",
+                "127.0.0.1:9",
+                flag,
+                project,
+            ]);
+            let text = text(&out);
+            assert!(!out.status.success(), "{flag} {project}: {text}");
+            assert!(
+                text.contains(&format!("{flag}: repository"))
+                    && text.contains("invalid repository name component"),
+                "{flag} {project}: {text}"
+            );
+            assert!(!text.contains("127.0.0.1:9: "), "{flag} {project}: {text}");
+        }
+    }
+}

@@ -134,11 +134,17 @@ impl ImageRef {
         self
     }
 
-    pub fn with_project(mut self, project: Option<&str>) -> Self {
+    /// Replaces the project (`-p/--project`, `--destination-project`, a job's `project`):
+    /// refused unless the repository it makes is in distribution's grammar, so that no
+    /// `..` segment can resolve it to another repository than the one a policy checked.
+    pub fn with_project(mut self, project: Option<&str>) -> Result<Self> {
         if let Some(p) = project.filter(|p| !p.is_empty()) {
-            self.project = p.trim_matches('/').to_owned();
+            let p = p.trim_matches('/');
+            validate_repository(p).map_err(|e| e.context("project"))?;
+            self.project = p.to_owned();
+            validate_repository(&self.repository())?;
         }
-        self
+        Ok(self)
     }
 
     /// A cosign signature tag (`sha256-<hex>.sig`): Hangar refuses to copy these directly.
@@ -263,8 +269,29 @@ pub fn validate_tag(tag: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(format!("invalid tag {tag:?}")))
+        Err(Error::invalid(format!(
+            "invalid tag {:?}",
+            shorten(tag, 80)
+        )))
     }
+}
+
+/// A repository inside a registry: path components in distribution's grammar joined by
+/// `/`, at most [`MAX_NAME_LEN`] characters. What the registry client puts in a URL: a `.`
+/// or `..` segment would be resolved away, reaching another repository than the one named.
+pub fn validate_repository(repo: &str) -> Result<()> {
+    if repo.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "repository {:?} is {} characters long; at most {MAX_NAME_LEN} are allowed",
+            shorten(repo, 80),
+            repo.len()
+        )));
+    }
+    for part in repo.split('/') {
+        validate_component(part)
+            .map_err(|e| e.context(format!("repository {:?}", shorten(repo, 80))))?;
+    }
+    Ok(())
 }
 
 /// Distribution's path-component grammar: runs of lowercase alphanumerics joined by one
@@ -286,7 +313,8 @@ fn validate_component(part: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "invalid repository name component {part:?}"
+            "invalid repository name component {:?}",
+            shorten(part, 80)
         )))
     }
 }
@@ -416,8 +444,36 @@ mod tests {
         let r = ImageRef::parse("reg.io/user/nginx:1")
             .unwrap()
             .with_registry(Some("dst:5000"))
-            .with_project(Some("mirror"));
+            .with_project(Some("mirror"))
+            .unwrap();
         assert_eq!(r.to_string(), "dst:5000/mirror/nginx:1");
+    }
+
+    /// A project is a repository path: a `..` or `.` segment (which a URL resolves away,
+    /// reaching another repository than a policy checked), an empty segment or a name
+    /// past the length distribution takes is refused, naming the project.
+    #[test]
+    fn projects_are_repository_paths() {
+        let r = || ImageRef::parse("reg.io/user/nginx:1").unwrap();
+        let ok = r().with_project(Some("/team/sub/")).unwrap();
+        assert_eq!(ok.repository(), "team/sub/nginx");
+        for bad in [
+            "mirror/../prod",
+            "..",
+            "a/./b",
+            "a//b",
+            "UP",
+            "a b",
+            "%2e%2e",
+        ] {
+            let e = r().with_project(Some(bad)).unwrap_err();
+            assert!(e.message.starts_with("project: "), "{bad}: {}", e.message);
+        }
+        let long = "a".repeat(250);
+        let e = r().with_project(Some(&long)).unwrap_err();
+        assert!(e.message.contains("at most 255"), "{}", e.message);
+        assert!(validate_repository("prod/../dev/app").is_err());
+        assert!(validate_repository("library/nginx").is_ok());
     }
 
     #[test]

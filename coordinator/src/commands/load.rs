@@ -43,6 +43,7 @@ fn select(
     debug: bool,
     console: &Console,
 ) -> Result<Selected> {
+    super::check_project("--project", &args.project)?;
     let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
     let mut wanted: Vec<(ListEntry, Option<&ArchiveImage>)> = Vec::new();
     let mut failed = Vec::new();
@@ -119,10 +120,21 @@ fn select(
         if let LineKind::Invalid(_) = entry.kind {
             entry.kind = LineKind::Default(source.clone());
         }
-        let dest = source
+        let dest = match source
             .clone()
             .with_registry(Some(dest_registry))
-            .with_project(some(&args.project).as_deref());
+            .with_project(some(&args.project).as_deref())
+        {
+            Ok(dest) => dest,
+            Err(e) => {
+                console.error(
+                    Some(entry.index),
+                    format!("Failed to load image [{}]: {e}", image.name()),
+                );
+                failed.push(entry.original.clone());
+                continue;
+            }
+        };
         jobs.push(ImageJob::from_archive(
             entry,
             location,

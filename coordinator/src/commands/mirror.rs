@@ -76,6 +76,12 @@ pub fn prepare_list(
                 .map_err(|e| anyhow::anyhow!("{flag}: {}", e.message))?;
         }
     }
+    for (flag, value) in [
+        ("--source-project", &args.source_project),
+        ("--destination-project", &args.destination_project),
+    ] {
+        super::check_project(flag, value)?;
+    }
     let mut rejected = Vec::new();
     let images = list
         .entries
@@ -115,7 +121,16 @@ pub fn prepare_list(
                 .with_registry(some(&args.source).as_deref())
                 .with_project(some(&args.source_project).as_deref());
             let dest = dest.with_project(some(&args.destination_project).as_deref());
-            Some(ImageJob::between_registries(entry.clone(), source, dest))
+            match (source, dest) {
+                (Ok(source), Ok(dest)) => {
+                    Some(ImageJob::between_registries(entry.clone(), source, dest))
+                }
+                // The projects are checked above: what is left is a name made too long.
+                (Err(e), _) | (_, Err(e)) => {
+                    rejected.push((entry.clone(), e.message));
+                    None
+                }
+            }
         })
         .collect::<Vec<_>>();
     let jobs = super::clamp_jobs(args.jobs, debug, console);

@@ -347,6 +347,17 @@ pub fn report_list_warnings(
 }
 
 /// `-j`: Hangar's range (1–20, else 1 with a warning); `--debug` forces 1.
+/// A project flag (`--project`, `--source-project`, `--destination-project`): empty, or a
+/// repository path in distribution's grammar — nothing a URL would resolve elsewhere.
+pub fn check_project(flag: &str, value: &str) -> Result<()> {
+    let value = value.trim().trim_matches('/');
+    if value.is_empty() {
+        return Ok(());
+    }
+    hangar_shared::reference::validate_repository(value)
+        .map_err(|e| anyhow::anyhow!("{flag}: {}", e.message))
+}
+
 pub fn clamp_jobs(jobs: i64, debug: bool, console: &crate::console::Console) -> usize {
     if debug {
         return 1;

@@ -42,6 +42,7 @@ pub fn resolve(
     debug: bool,
     console: &Console,
 ) -> Result<Targets> {
+    super::check_project("--project", &list.project)?;
     super::report_list_warnings(console, &parsed, label);
     let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
     let mut items = Vec::new();
@@ -72,9 +73,20 @@ pub fn resolve(
                 continue;
             }
         };
-        let image = image
+        let image = match image
             .with_registry(some(&list.registry).as_deref())
-            .with_project(some(&list.project).as_deref());
+            .with_project(some(&list.project).as_deref())
+        {
+            Ok(image) => image,
+            Err(e) => {
+                console.error(
+                    Some(entry.index),
+                    format!("Failed [{}] (line {}): {e}", entry.original, entry.line_no),
+                );
+                failed.push(entry.original.clone());
+                continue;
+            }
+        };
         if image.is_signature_tag() {
             console.error(
                 Some(entry.index),

@@ -46,7 +46,7 @@ fn archive_reads(archive: &ArchiveReader) -> Vec<String> {
 
 /// The repositories a load writes: each archived image under the destination registry,
 /// `--project` applied.
-fn load_writes(spec: &JobSpec, archive: &ArchiveReader) -> Vec<String> {
+fn load_writes(spec: &JobSpec, archive: &ArchiveReader) -> Result<Vec<String>, String> {
     let (registry, project) = (
         spec.destination.registry.as_deref(),
         spec.destination.project.as_deref(),
@@ -56,7 +56,12 @@ fn load_writes(spec: &JobSpec, archive: &ArchiveReader) -> Vec<String> {
         .list
         .iter()
         .filter_map(|i| ImageRef::parse(&i.source).ok())
-        .map(|r| repo(&r.with_registry(registry).with_project(project)))
+        .map(|r| {
+            r.with_registry(registry)
+                .with_project(project)
+                .map(|r| repo(&r))
+                .map_err(|e| e.message)
+        })
         .collect()
 }
 
@@ -156,7 +161,8 @@ impl Server {
                     let archive = ArchiveReader::open(&location)
                         .await
                         .map_err(|e| Refusal::Invalid(e.message))?;
-                    (archive_reads(&archive), load_writes(&spec, &archive))
+                    let writes = load_writes(&spec, &archive).map_err(Refusal::Invalid)?;
+                    (archive_reads(&archive), writes)
                 }
                 _ => (list_reads(self, &spec)?, Vec::new()),
             };

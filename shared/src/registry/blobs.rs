@@ -42,7 +42,7 @@ impl Registry {
         digest: &Digest,
         side: Side,
     ) -> Result<Option<Option<u64>>> {
-        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let url = self.repo_url(repo, &format!("blobs/{digest}"))?;
         let what = format!("{}/{repo}@{digest}", self.host);
         self.retry
             .run(&format!("head blob {what}"), || async {
@@ -88,7 +88,7 @@ impl Registry {
         desc: &Descriptor,
     ) -> Result<ByteStream> {
         let what = format!("{}/{repo}@{}", self.host, desc.digest);
-        let url = self.url(&format!("/v2/{repo}/blobs/{}", desc.digest));
+        let url = self.repo_url(repo, &format!("blobs/{}", desc.digest))?;
         let get = self.send(
             Method::GET,
             &url,
@@ -141,7 +141,7 @@ impl Registry {
         let OpenedUpload { at: opened, end } = match opened {
             Some(opened) => opened,
             None => {
-                let start = self.url(&format!("/v2/{repo}/blobs/uploads/"));
+                let start = self.repo_url(repo, "blobs/uploads/")?;
                 let post = self.send(Method::POST, &start, target, |r| {
                     r.header(reqwest::header::CONTENT_LENGTH, 0)
                 });
@@ -250,7 +250,7 @@ impl Registry {
         op: &'static str,
         what: &str,
     ) -> Result<Mounted> {
-        let mut url = Url::parse(&self.url(&format!("/v2/{repo}/blobs/uploads/")))
+        let mut url = Url::parse(&self.repo_url(repo, "blobs/uploads/")?)
             .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
         url.query_pairs_mut()
             .append_pair("mount", &digest.to_string())

@@ -51,7 +51,7 @@ impl Registry {
         side: Side,
         what: &str,
     ) -> Result<bytes::Bytes> {
-        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let url = self.manifest_url(repo, reference)?;
         let accept = ACCEPTED.join(", ");
         let resp = self
             .send(Method::GET, &url, Target::pull(repo, side, what), |r| {

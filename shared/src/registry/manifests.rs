@@ -52,7 +52,7 @@ impl Registry {
         manifest: &RawManifest,
     ) -> Result<()> {
         let what = format!("{}/{repo}:{reference}", self.host);
-        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let url = self.manifest_url(repo, reference)?;
         let content_type: reqwest::header::HeaderValue =
             manifest.media_type.parse().map_err(|_| {
                 Error::invalid(format!(
@@ -101,7 +101,7 @@ impl Registry {
         let mut tags = Vec::new();
         let mut bytes = 0usize;
         let mut asked = std::collections::HashSet::new();
-        let mut next = Some(self.url(&format!("/v2/{repo}/tags/list")));
+        let mut next = Some(self.repo_url(repo, "tags/list")?);
         while let Some(url) = next {
             if asked.len() >= max_pages {
                 return Err(Error::invalid(format!(
@@ -142,7 +142,7 @@ impl Registry {
     /// more (the registry paged them). One request.
     pub async fn tags_upto(&self, repo: &str, n: usize) -> Result<Option<Vec<String>>> {
         let what = format!("list tags {}/{repo}", self.host);
-        let url = self.url(&format!("/v2/{repo}/tags/list?n={n}"));
+        let url = self.repo_url(repo, &format!("tags/list?n={n}"))?;
         let (tags, next) = self
             .retry
             .run(&what, || {
@@ -155,7 +155,7 @@ impl Registry {
     /// Deletes a manifest by digest.
     pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()> {
         let what = format!("delete {}/{repo}@{digest}", self.host);
-        let url = self.url(&format!("/v2/{repo}/manifests/{digest}"));
+        let url = self.repo_url(repo, &format!("manifests/{digest}"))?;
         let delete = self.send(Method::DELETE, &url, Target::push(repo, &what), |r| r);
         self.own_request("manifest-delete", &what, delete)
             .await

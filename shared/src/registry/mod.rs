@@ -383,6 +383,26 @@ impl Registry {
         format!("{}://{}{path}", self.scheme, self.api_host)
     }
 
+    /// The address of `rest` under repository `repo` (`/v2/<repo>/<rest>`). Every request
+    /// naming a repository is built here, and a repository outside distribution's grammar
+    /// is refused: the URL would resolve a `..` or `.` segment away and reach another
+    /// repository than the one a policy (the API's, a worker's sign scope) checked.
+    fn repo_url(&self, repo: &str, rest: &str) -> Result<String> {
+        crate::reference::validate_repository(repo)
+            .map_err(|e| e.context(format!("{}: refused", self.host)))?;
+        Ok(self.url(&format!("/v2/{repo}/{rest}")))
+    }
+
+    /// A manifest's address: `reference` is a digest or a tag in distribution's grammar
+    /// (a tag a registry listed is not trusted to be one).
+    fn manifest_url(&self, repo: &str, reference: &str) -> Result<String> {
+        if reference.parse::<crate::digest::Digest>().is_err() {
+            crate::reference::validate_tag(reference)
+                .map_err(|e| e.context(format!("{}/{repo}: refused", self.host)))?;
+        }
+        self.repo_url(repo, &format!("manifests/{reference}"))
+    }
+
     /// Whether `url` is the registry's own (same scheme, host and port): only there are
     /// credentials sent. An upload location or a tag page elsewhere gets none.
     fn is_own(&self, url: &reqwest::Url) -> bool {

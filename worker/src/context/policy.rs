@@ -373,6 +373,17 @@ impl SignScopes {
         let StoreRef::Registry { host } = &dest.store else {
             return Err(refuse("in", &dest.to_string()));
         };
+        // A `..` or `.` segment (or one percent-encoded) matches a pattern as text, and a
+        // URL resolves it to another repository: only names in distribution's grammar are
+        // matched at all.
+        let path = identity.split_once('/').map_or("", |(_, path)| path);
+        for name in [dest.repo.as_str(), path] {
+            hangar_shared::reference::validate_repository(name).map_err(|e| {
+                e.context(format!(
+                    "refused: key {key:?} signs named repositories only"
+                ))
+            })?;
+        }
         let target = canonical_repo(&format!("{host}/{}", dest.repo));
         if !any_matches(globs, &target) {
             return Err(refuse("in", &target));
