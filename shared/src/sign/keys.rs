@@ -67,6 +67,11 @@ mod b64 {
     }
 }
 
+/// The most memory (128·N·r bytes) a key file's scrypt parameters may ask for.
+const MAX_SCRYPT_MEMORY: u128 = 256 << 20;
+const MAX_SCRYPT_R: u32 = 32;
+const MAX_SCRYPT_P: u32 = 16;
+
 fn scrypt_key(passphrase: &[u8], salt: &[u8], log_n: u8, r: u32, p: u32) -> Result<[u8; 32]> {
     let params = scrypt::Params::new(log_n, r, p)
         .map_err(|e| Error::invalid(format!("scrypt parameters: {e}")))?;
@@ -147,17 +152,22 @@ impl KeyPair {
                 env.kdf.name, env.cipher.name
             )));
         }
-        let n = env.kdf.params.n;
+        let ScryptParams { n, r, p } = env.kdf.params;
         if !n.is_power_of_two() || n < 2 {
             return Err(bad(format!("scrypt N={n} is not a power of two")));
         }
-        let key = scrypt_key(
-            passphrase,
-            &env.kdf.salt,
-            n.trailing_zeros() as u8,
-            env.kdf.params.r,
-            env.kdf.params.p,
-        )?;
+        // scrypt takes 128·N·r bytes and p times the work: a key file may not make reading
+        // it cost gigabytes or hours (cosign writes N=32768, r=8, p=1: 32 MiB).
+        let memory = 128u128 * u128::from(n) * u128::from(r);
+        if r == 0 || p == 0 || r > MAX_SCRYPT_R || p > MAX_SCRYPT_P || memory > MAX_SCRYPT_MEMORY {
+            return Err(bad(format!(
+                "scrypt parameters N={n}, r={r}, p={p} are past this tool's bounds \
+                 (1 ≤ r ≤ {MAX_SCRYPT_R}, 1 ≤ p ≤ {MAX_SCRYPT_P}, 128·N·r ≤ {} MiB; \
+                 cosign writes N=32768, r=8, p=1)",
+                MAX_SCRYPT_MEMORY >> 20
+            )));
+        }
+        let key = scrypt_key(passphrase, &env.kdf.salt, n.trailing_zeros() as u8, r, p)?;
         if env.cipher.nonce.len() != 24 {
             return Err(bad("the nonce is not 24 bytes".into()));
         }
@@ -230,6 +240,46 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    /// The same key with its envelope's scrypt parameters replaced.
+    fn with_params(pem: &str, n: u64, r: u32, p: u32) -> String {
+        let (_, body) = p256::pkcs8::der::pem::decode_vec(pem.trim().as_bytes()).unwrap();
+        let mut env: Envelope = serde_json::from_slice(&body).unwrap();
+        env.kdf.params = ScryptParams { n, r, p };
+        let json = serde_json::to_vec(&env).unwrap();
+        p256::pkcs8::der::pem::encode_string(PRIVATE_KEY_LABEL, LineEnding::LF, &json).unwrap()
+    }
+
+    /// A key file asking scrypt for a petabyte, overflowing r·p, or for endless work is
+    /// refused before scrypt runs, naming the file; cosign's own parameters still read.
+    #[test]
+    fn a_key_files_scrypt_parameters_are_bounded() {
+        let pair = KeyPair::generate();
+        let pem = pair.encrypted_pem(b"pw").unwrap();
+        let same = with_params(&pem, 1 << SCRYPT_LOG_N, 8, 1);
+        let back = KeyPair::from_encrypted_pem(&same, b"pw", "k.key").unwrap();
+        assert_eq!(back.public(), pair.public());
+        let started = std::time::Instant::now();
+        for (n, r, p) in [
+            (1 << 40, 8, 1),
+            (1 << 15, 65536, 65536),
+            (1 << 15, 8, 100_000_000),
+            (1 << 22, 8, 1),
+            (1 << 15, 0, 1),
+            (1 << 15, 8, 0),
+        ] {
+            let hostile = with_params(&pem, n, r, p);
+            let e = KeyPair::from_encrypted_pem(&hostile, b"pw", "k.key").unwrap_err();
+            assert!(
+                e.message.starts_with("k.key: scrypt parameters") && e.message.contains("bounds"),
+                "N={n} r={r} p={p}: {}",
+                e.message
+            );
+        }
+        // Refused without running scrypt: six refusals take far less than one derivation
+        // at the largest parameters allowed.
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]
