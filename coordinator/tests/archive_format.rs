@@ -216,6 +216,33 @@ async fn damaged_archives_fail_clearly_and_tag_nothing() {
     assert!(!v.status.success());
     assert!(text(&v).contains(&name), "{}", text(&v));
 
+    // Two entries named `index.json`: which one a reader takes differs between zip
+    // libraries (Go's takes the first, the zip crate the last), so it is refused.
+    let twice = env.path("twice.zip");
+    std::fs::copy(&good, &twice).expect("copy");
+    let appended = std::process::Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import sys,zipfile\nz=zipfile.ZipFile(sys.argv[1],'a'); z.writestr('index.json','{\"version\":\"v1.2.0\",\"list\":[]}'); z.close()",
+            &s(&twice),
+        ])
+        .status()
+        .expect("python3");
+    assert!(appended.success());
+    let out = load(&env, &twice, &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("twice.zip") && text(&out).contains("more than one entry named"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !tag_exists(&dest_ref),
+        "nothing tagged from an ambiguous archive"
+    );
+
     // Unsafe entry names.
     for (mode, shown) in [("traversal", "a/../../evil"), ("absolute", "/etc/evil")] {
         let bad = env.path(&format!("{mode}.zip"));

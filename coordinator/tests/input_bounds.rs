@@ -390,3 +390,70 @@ fn project_flags_that_would_resolve_elsewhere_are_refused() {
         }
     }
 }
+
+/// An archive's `index.json` is read whole and parsed into a struct per entry, so short
+/// JSON entries would cost many times their bytes: more than 100,000 images, or an index
+/// past 32 MiB, is refused naming the archive, with the parse's memory bounded.
+#[test]
+fn a_hostile_archive_index_is_refused_within_its_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str, index: &str| {
+        let zip = dir.path().join(name);
+        let status = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys,zipfile\nz=zipfile.ZipFile(sys.argv[1],'w'); z.writestr('index.json', open(sys.argv[2]).read()); z.close()",
+                zip.to_str().unwrap(),
+                index,
+            ])
+            .status()
+            .expect("python3");
+        assert!(status.success());
+        zip
+    };
+    // 2,000,000 images of the shortest entry a parse takes: 30 MB of JSON.
+    let many = dir.path().join("many.json");
+    let entries = vec![r#"{"source":"a"}"#; 2_000_000].join(",");
+    std::fs::write(
+        &many,
+        format!(r#"{{"version":"v1.2.0","list":[{entries}]}}"#),
+    )
+    .unwrap();
+    // Past the size bound: one long source.
+    let big = dir.path().join("big.json");
+    let long = "a".repeat(33 << 20);
+    std::fs::write(
+        &big,
+        format!(r#"{{"version":"v1.2.0","list":[{{"source":"{long}"}}]}}"#),
+    )
+    .unwrap();
+    for (zip, expected) in [
+        (
+            make("many.zip", many.to_str().unwrap()),
+            "more than 100000 entries",
+        ),
+        (
+            make("big.zip", big.to_str().unwrap()),
+            "too large for a JSON document",
+        ),
+    ] {
+        let run = run_measured(
+            &["archive", "ls", zip.to_str().unwrap()],
+            Duration::from_secs(60),
+        );
+        assert!(!run.success, "{}", run.output);
+        let name = zip.file_name().unwrap().to_str().unwrap();
+        assert!(
+            run.output.contains(name) && run.output.contains(expected),
+            "{}",
+            run.output
+        );
+        assert!(run.elapsed < Duration::from_secs(30), "{:?}", run.elapsed);
+        // The JSON's bytes twice (read, then joined) and the entries parsed up to the bound.
+        assert!(
+            run.peak_rss < 160 * MB,
+            "{name}: peak {} MB",
+            run.peak_rss / MB
+        );
+    }
+}

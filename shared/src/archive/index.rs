@@ -16,9 +16,53 @@ use crate::manifest::{
 /// The index version this project writes; readers refuse anything lower.
 pub const INDEX_VERSION: &str = "v1.2.0";
 
+/// The most images an index lists: far past any real archive's (a full Rancher list is a
+/// few thousand), and what bounds the memory a hostile `index.json` costs, since every
+/// entry, however short its JSON, is a struct of its own.
+pub const MAX_INDEX_IMAGES: usize = 100_000;
+/// The most entries of one image's lists (platforms, layers, architectures, …): more than
+/// a manifest within the 4 MiB a registry's is read up to can list (each entry is 70 bytes
+/// of its JSON at least).
+pub const MAX_IMAGE_LIST: usize = 100_000;
+
+/// A JSON list of at most `N` elements; more fails the parse where the list is.
+fn at_most<'de, D, T, const N: usize>(d: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T, const N: usize>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>, const N: usize> serde::de::Visitor<'de> for Bounded<T, N> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {N} entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Vec<T>, A::Error> {
+            let mut list = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if list.len() == N {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {N} entries in one list"
+                    )));
+                }
+                list.push(item);
+            }
+            Ok(list)
+        }
+    }
+    d.deserialize_seq(Bounded::<T, N>(std::marker::PhantomData))
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArchiveIndex {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "at_most::<_, _, MAX_INDEX_IMAGES>"
+    )]
     pub list: Vec<ArchiveImage>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
@@ -34,11 +78,25 @@ pub struct ArchiveImage {
     pub source: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tag: String,
-    #[serde(rename = "archList", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "archList",
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "at_most::<_, _, MAX_IMAGE_LIST>"
+    )]
     pub arch_list: Vec<String>,
-    #[serde(rename = "osList", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "osList",
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "at_most::<_, _, MAX_IMAGE_LIST>"
+    )]
     pub os_list: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "at_most::<_, _, MAX_IMAGE_LIST>"
+    )]
     pub images: Vec<ImageSpec>,
 }
 
@@ -55,7 +113,12 @@ pub struct ImageSpec {
         skip_serializing_if = "String::is_empty"
     )]
     pub os_version: String,
-    #[serde(rename = "osFeatures", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "osFeatures",
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "at_most::<_, _, MAX_IMAGE_LIST>"
+    )]
     pub os_features: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub variant: String,
@@ -65,7 +128,11 @@ pub struct ImageSpec {
         skip_serializing_if = "String::is_empty"
     )]
     pub media_type: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "at_most::<_, _, MAX_IMAGE_LIST>"
+    )]
     pub layers: Vec<Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Digest>,

@@ -23,8 +23,10 @@ use crate::registry::Side;
 use crate::store::ImageStore;
 use crate::verify::{ByteStream, verified};
 
-/// The largest JSON document (an index) read whole.
-const JSON_LIMIT: u64 = 256 << 20;
+/// The largest JSON document (an index) read whole: about 50,000 images' entries, while a
+/// hostile one's parse stays within a few hundred MB (its lists are bounded too,
+/// `index::MAX_INDEX_IMAGES`).
+const JSON_LIMIT: u64 = 32 << 20;
 /// The largest manifest: what a registry's is read up to, so no archive this writes holds a
 /// larger one, and one that does is not a thing a registry would take.
 const MANIFEST_LIMIT: u64 = crate::registry::MAX_MANIFEST_BYTES as u64;
@@ -44,7 +46,7 @@ pub struct ArchiveReader {
     store: Arc<dyn ObjectStore>,
     path: Path,
     file_size: u64,
-    /// Central-directory order; the first of duplicate names wins, as in Hangar.
+    /// Central-directory order; names are unique (an archive repeating one is refused).
     entries: Vec<Entry>,
     by_name: HashMap<String, usize>,
     data_starts: Mutex<HashMap<usize, u64>>,
@@ -95,6 +97,14 @@ impl ArchiveReader {
                     "archive {l} is not a valid zip file (truncated or damaged?): {e}"
                 ))
             })?;
+            // Which of two same-named entries a reader takes differs between zip libraries
+            // (Go's, Hangar's, the first; this one the last): such an archive means two
+            // things, and is refused.
+            if zip.has_duplicate_names() {
+                return Err(Error::invalid(format!(
+                    "archive {l}: more than one entry named the same; an archive names each entry once"
+                )));
+            }
             let meta = zip.metadata();
             let mut out = Vec::with_capacity(meta.len());
             for i in 0..meta.len() {
