@@ -39,7 +39,8 @@ fn serve(nats: &NatsProcess, dir: &Path, args: &[&str]) -> (Killed, String) {
 /// The API's connections are bounded before any handler or token check: a client that
 /// trickles its request head is cut off at 10 s, not served for ever; past
 /// `--max-connections` a connection is answered 503 and closed as it arrives, and a place
-/// frees when one closes; a request body past 2 MiB is refused with 413.
+/// frees when one closes; a request body that trickles is answered 408 at 20 s, and one
+/// past 2 MiB is refused with 413.
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_heads_too_many_connections_and_huge_bodies_are_refused() {
     use std::io::{Read as _, Write as _};
@@ -145,6 +146,43 @@ async fn slow_heads_too_many_connections_and_huge_bodies_are_refused() {
     assert!(
         took >= Duration::from_secs(9) && took < Duration::from_secs(14),
         "cut off at the head timeout: {took:?}"
+    );
+
+    // A body trickled a byte every 500 ms is answered 408 and the place freed at 20 s.
+    let mut slow = TcpStream::connect(&listen).unwrap();
+    slow.write_all(
+        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n{",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    while started.elapsed() < Duration::from_secs(40) {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = slow.write_all(b" ");
+        slow.set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        if !answer.is_empty() && closed_within(&mut slow, Duration::from_millis(200)) {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 20 s"), "{answer}");
+    assert!(
+        took >= Duration::from_secs(19) && took < Duration::from_secs(26),
+        "cut off at the body's time: {took:?}"
     );
 
     // HTTP/2 (whose idle connections no head timeout would end) is not spoken.

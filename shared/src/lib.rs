@@ -20,6 +20,7 @@ pub mod policy;
 pub mod process_group;
 pub mod queue;
 pub mod ratelimit;
+pub mod redact;
 pub mod reference;
 pub mod registry;
 pub mod retry;

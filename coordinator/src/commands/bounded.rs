@@ -54,7 +54,8 @@ impl Downloads {
         match tokio::time::timeout(self.within, get_once(&self.http, url, to, cap)).await {
             Ok(done) => done,
             Err(_) => bail!(
-                "{url}: not downloaded within {}",
+                "{}: not downloaded within {}",
+                hangar_shared::redact::redact_url(url),
                 humantime::format_duration(self.within)
             ),
         }
@@ -67,14 +68,16 @@ async fn get_once(
     to: Option<&Path>,
     cap: u64,
 ) -> Result<Vec<u8>> {
+    // Shown without a URL's credentials (reqwest takes them as Basic auth).
+    let shown = hangar_shared::redact::redact_url(url);
     let resp = http
         .get(url)
         .send()
         .await
-        .with_context(|| format!("failed to get url {url:?}"))?;
+        .with_context(|| format!("failed to get url {shown:?}"))?;
     // Only a whole answer: a partial one (206) or none (204) is not the file.
     if resp.status() != reqwest::StatusCode::OK {
-        bail!("failed to get url {url:?}: {}", resp.status());
+        bail!("failed to get url {shown:?}: {}", resp.status());
     }
     let mut file = match to {
         Some(p) => Some(
@@ -87,10 +90,10 @@ async fn get_once(
     let (mut body, mut seen) = (Vec::new(), 0u64);
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.with_context(|| format!("reading {url}"))?;
+        let chunk = chunk.with_context(|| format!("reading {shown}"))?;
         seen += chunk.len() as u64;
         if seen > cap {
-            bail!("{url} answered more than {} MiB", cap >> 20);
+            bail!("{shown} answered more than {} MiB", cap >> 20);
         }
         match file.as_mut() {
             Some(f) => f.write_all(&chunk).await?,

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use hangar_shared::archive::custom::{HELM_CONFIG, StagedBlobs, StoredFile};
 use hangar_shared::archive::{ArchiveImage, ImageSpec};
 use hangar_shared::manifest::Manifest;
+use hangar_shared::redact::redact_url;
 use hangar_shared::registry::Side;
 use hangar_shared::store::RegistryPool;
 use serde_yaml_ng::Value;
@@ -47,7 +48,11 @@ pub fn package_url(base: &reqwest::Url, written: &str) -> Result<reqwest::Url> {
     }
     let relative = reqwest::Url::parse(written).is_err();
     if relative && (url.origin() != base.origin() || !url.path().starts_with(base.path())) {
-        bail!("package URL {written:?} lies outside the repository {base} (it resolves to {url})");
+        bail!(
+            "package URL {written:?} lies outside the repository {} (it resolves to {})",
+            redact_url(base.as_str()),
+            redact_url(url.as_str())
+        );
     }
     Ok(url)
 }
@@ -171,12 +176,13 @@ pub async fn from_http_repository(
     version: Option<&str>,
     to: &Path,
 ) -> Result<Option<String>> {
+    let shown = redact_url(url);
     let base = reqwest::Url::parse(&format!("{}/", url.trim_end_matches('/')))
-        .with_context(|| format!("{url} is not a URL"))?;
+        .with_context(|| format!("{shown} is not a URL"))?;
     let index_url = base.join("index.yaml")?;
     let index = super::bounded::get(http, index_url.as_str(), None, MAX_INDEX).await?;
-    let entry = choose(&index, name, version, url)?;
-    let chart = package_url(&base, &entry.url).with_context(|| url.to_owned())?;
+    let entry = choose(&index, name, version, &shown)?;
+    let chart = package_url(&base, &entry.url).with_context(|| shown.clone())?;
     super::bounded::get(http, chart.as_str(), Some(to), MAX_CHART).await?;
     Ok(entry.digest)
 }

@@ -12,13 +12,24 @@ use crate::cli::{ApiClientArgs, MirrorArgs};
 use crate::console::Console;
 use crate::engine::job::JobSnapshot;
 
-fn base(server: &str) -> String {
+/// The coordinator's base URL. Its API takes a bearer token (`--token-file`, `--token`):
+/// credentials written into the URL would go out as Basic auth, which it refuses, and
+/// show in every message, so they are refused here.
+fn base(server: &str) -> Result<String> {
     let s = server.trim_end_matches('/');
-    if s.starts_with("http://") || s.starts_with("https://") {
+    let url = if s.starts_with("http://") || s.starts_with("https://") {
         s.to_owned()
     } else {
         format!("http://{s}")
+    };
+    let shown = hangar_shared::redact::redact_url(&url);
+    if shown != url {
+        bail!(
+            "--server {shown}: the coordinator's API takes a bearer token (--token-file), \
+             not credentials in its URL"
+        );
     }
+    Ok(url)
 }
 
 /// An HTTP client that sends the caller's bearer token with every request (marked
@@ -314,7 +325,7 @@ async fn post_job(
     outage: Duration,
     console: &Console,
 ) -> Result<(String, String)> {
-    let url = format!("{}/jobs", base(server));
+    let url = format!("{}/jobs", base(server)?);
     let body = serde_json::to_vec(spec)?;
     let mut request = http
         .post(&url)
@@ -448,8 +459,8 @@ pub async fn copy_job(
 pub async fn status(args: &crate::cli::StatusArgs, console: &Console) -> Result<()> {
     let http = api_client(&args.api)?;
     let url = match &args.job {
-        Some(id) => format!("{}/jobs/{id}", base(&args.server)),
-        None => format!("{}/jobs", base(&args.server)),
+        Some(id) => format!("{}/jobs/{id}", base(&args.server)?),
+        None => format!("{}/jobs", base(&args.server)?),
     };
     if args.watch {
         let Some(id) = &args.job else {
@@ -522,7 +533,7 @@ fn print_status(v: &serde_json::Value, json: bool) -> Result<()> {
 }
 
 pub async fn cancel(server: &str, api: &ApiClientArgs, job: &str) -> Result<()> {
-    let url = format!("{}/jobs/{job}", base(server));
+    let url = format!("{}/jobs/{job}", base(server)?);
     let resp = api_client(api)?
         .delete(&url)
         .send()

@@ -106,6 +106,8 @@ async fn load_db(
     tls_verify: Option<bool>,
     authfile: Option<&std::path::Path>,
 ) -> Result<Database> {
+    // Shown and used as the database's label without a URL's credentials.
+    let shown = hangar_shared::redact::redact_location(location);
     let limits = DbLimits::default();
     if let Some(rest) = location.strip_prefix("oci://") {
         let r = hangar_shared::reference::ImageRef::parse(rest)?;
@@ -114,18 +116,18 @@ async fn load_db(
         let m = reg
             .manifest_opt(&r.repository(), &r.manifest_reference(), Side::Source)
             .await?
-            .with_context(|| format!("{location}: no such artifact"))?;
+            .with_context(|| format!("{shown}: no such artifact"))?;
         let hangar_shared::manifest::Manifest::Image(img) = m.parse()? else {
-            bail!("{location}: not a single-manifest artifact");
+            bail!("{shown}: not a single-manifest artifact");
         };
         let layer = img
             .layers
             .first()
-            .with_context(|| format!("{location}: no layer"))?;
-        check_size(location, Some(layer.size), limits.file)?;
+            .with_context(|| format!("{shown}: no layer"))?;
+        check_size(&shown, Some(layer.size), limits.file)?;
         let stream = reg.blob_stream(&r.repository(), layer, None).await?;
-        let file = spool(stream, limits.file, location).await?;
-        return parse_file(file, location, limits).await;
+        let file = spool(stream, limits.file, &shown).await?;
+        return parse_file(file, &shown, limits).await;
     }
     if location.starts_with("http://") || location.starts_with("https://") {
         let client = reqwest::Client::builder()
@@ -139,19 +141,19 @@ async fn load_db(
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("downloading {location}"))?;
-        check_size(location, response.content_length(), limits.file)?;
-        let file = spool(response.bytes_stream(), limits.file, location).await?;
-        return parse_file(file, location, limits).await;
+            .with_context(|| format!("downloading {shown}"))?;
+        check_size(&shown, response.content_length(), limits.file)?;
+        let file = spool(response.bytes_stream(), limits.file, &shown).await?;
+        return parse_file(file, &shown, limits).await;
     }
     if location.starts_with("s3://") {
         let (store, path) = hangar_shared::archive::locate(location)?;
         let got = object_store::ObjectStoreExt::get(store.as_ref(), &path)
             .await
-            .with_context(|| format!("reading {location}"))?;
-        check_size(location, Some(got.meta.size), limits.file)?;
-        let file = spool(got.into_stream(), limits.file, location).await?;
-        return parse_file(file, location, limits).await;
+            .with_context(|| format!("reading {shown}"))?;
+        check_size(&shown, Some(got.meta.size), limits.file)?;
+        let file = spool(got.into_stream(), limits.file, &shown).await?;
+        return parse_file(file, &shown, limits).await;
     }
     let path = std::path::PathBuf::from(location);
     if path.is_dir() {
@@ -160,13 +162,13 @@ async fn load_db(
             .context("reading the vulnerability database")??;
         return Ok(db);
     }
-    let file = std::fs::File::open(&path).with_context(|| format!("reading {location}"))?;
+    let file = std::fs::File::open(&path).with_context(|| format!("reading {shown}"))?;
     let len = file
         .metadata()
-        .with_context(|| format!("reading {location}"))?
+        .with_context(|| format!("reading {shown}"))?
         .len();
-    check_size(location, Some(len), limits.file)?;
-    parse_file(file, location, limits).await
+    check_size(&shown, Some(len), limits.file)?;
+    parse_file(file, &shown, limits).await
 }
 
 /// Loads the database, reports its size and age, and refuses one with no usable record or
@@ -179,11 +181,12 @@ pub async fn open_db(
     max_age: Option<&str>,
     console: &Console,
 ) -> Result<Database> {
+    let shown = hangar_shared::redact::redact_location(location);
     let db = load_db(location, tls_verify, authfile).await?;
     for w in &db.warnings {
         console.warn(None, w);
     }
-    db.check_usable(location)?;
+    db.check_usable(&shown)?;
     let limit = match max_age {
         Some(a) => Some(
             humantime::parse_duration(a).with_context(|| format!("invalid --db-max-age {a:?}"))?,
@@ -200,7 +203,7 @@ pub async fn open_db(
             console.info(
                 None,
                 format!(
-                    "Vulnerability database {location}: {} records{withdrawn}, newest {} ({} days old)",
+                    "Vulnerability database {shown}: {} records{withdrawn}, newest {} ({} days old)",
                     db.records.len(),
                     newest.format("%Y-%m-%d"),
                     age.num_days()
@@ -210,7 +213,7 @@ pub async fn open_db(
                 && age.to_std().unwrap_or_default() > limit
             {
                 bail!(
-                    "the vulnerability database {location} is {} days old (newest record modified \
+                    "the vulnerability database {shown} is {} days old (newest record modified \
                      {}), older than --db-max-age {}; bring in a newer one or pass --skip-db-age-check",
                     age.num_days(),
                     newest.format("%Y-%m-%d"),
@@ -219,12 +222,12 @@ pub async fn open_db(
             }
         }
         None if limit.is_some() => bail!(
-            "the vulnerability database {location} has no dated records; pass --skip-db-age-check to use it"
+            "the vulnerability database {shown} has no dated records; pass --skip-db-age-check to use it"
         ),
         None => console.info(
             None,
             format!(
-                "Vulnerability database {location}: {} records{withdrawn}, undated",
+                "Vulnerability database {shown}: {} records{withdrawn}, undated",
                 db.records.len()
             ),
         ),

@@ -31,13 +31,15 @@ pub async fn store_files(args: &StoreFileArgs, console: &Console) -> Result<()> 
     let mut blobs = StagedBlobs::default();
     let mut images = Vec::new();
     for (n, url) in args.urls.iter().enumerate() {
-        let name = Path::new(url.trim_end_matches('/'))
+        // What is shown and recorded: a URL's credentials stay out of both.
+        let shown = hangar_shared::redact::redact_location(url);
+        let name = Path::new(shown.trim_end_matches('/'))
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .filter(|n| !n.is_empty())
-            .with_context(|| format!("failed to add {url:?}: it names no file"))?;
+            .with_context(|| format!("failed to add {shown:?}: it names no file"))?;
         let (path, (digest, size)) = if url.starts_with("oci://") {
-            bail!("failed to add {url:?}: file protocol does not support Helm OCI image");
+            bail!("failed to add {shown:?}: file protocol does not support Helm OCI image");
         } else if url.starts_with("http://") || url.starts_with("https://") {
             let to = staging.path().join(n.to_string());
             downloads
@@ -45,27 +47,27 @@ pub async fn store_files(args: &StoreFileArgs, console: &Console) -> Result<()> 
                 .await
                 .with_context(|| {
                     format!(
-                        "failed to add {url:?} (--max-size {}, --timeout {})",
+                        "failed to add {shown:?} (--max-size {}, --timeout {})",
                         args.max_size, args.timeout
                     )
                 })?;
             let got = custom::hash_file(&to)
                 .await
-                .with_context(|| format!("failed to add {url:?}"))?;
+                .with_context(|| format!("failed to add {shown:?}"))?;
             (to, got)
         } else {
             let path = Path::new(url);
             match std::fs::metadata(path) {
-                Ok(m) if m.is_dir() => bail!("failed to add {url:?}: {url} is a directory"),
+                Ok(m) if m.is_dir() => bail!("failed to add {shown:?}: {shown} is a directory"),
                 Ok(_) => {}
-                Err(e) => bail!("failed to add {url:?}: invalid URL {url:?}: {e}"),
+                Err(e) => bail!("failed to add {shown:?}: invalid URL {shown:?}: {e}"),
             }
             let got = custom::hash_file(path)
                 .await
-                .with_context(|| format!("failed to add {url:?}"))?;
+                .with_context(|| format!("failed to add {shown:?}"))?;
             (path.to_owned(), got)
         };
-        let stored = custom::store_file(&name, url, (digest, size, path), &created)?;
+        let stored = custom::store_file(&name, &shown, (digest, size, path), &created)?;
         blobs.extend(stored.blobs);
         images.push(stored.image);
     }
@@ -174,7 +176,8 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
     let mut blobs = StagedBlobs::default();
     let mut images = Vec::new();
     for (n, url) in args.urls.iter().enumerate() {
-        let failed = || format!("failed to add chart {url:?}");
+        let shown = hangar_shared::redact::redact_location(url);
+        let failed = || format!("failed to add chart {shown:?}");
         let is_http = url.starts_with("http://") || url.starts_with("https://");
         // The package's SHA-256 as a repository's index gives it, checked once it is hashed.
         let mut expected = None;
@@ -202,7 +205,7 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
             } else {
                 let Some(name) = args.name.as_deref() else {
                     bail!(
-                        "failed to add chart {url:?}: a Helm repository needs the chart's name (-n NAME)"
+                        "failed to add chart {shown:?}: a Helm repository needs the chart's name (-n NAME)"
                     );
                 };
                 expected = super::chart_sources::from_http_repository(
@@ -219,16 +222,16 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
         } else {
             let path = Path::new(url);
             let meta = std::fs::metadata(path)
-                .with_context(|| format!("failed to add chart {url:?}: invalid path"))?;
+                .with_context(|| format!("failed to add chart {shown:?}: invalid path"))?;
             if meta.is_dir() && !path.join("Chart.yaml").is_file() {
                 if !path.join("index.yaml").is_file() {
                     bail!(
-                        "failed to add chart {url:?}: neither a chart (Chart.yaml) nor a Helm repository (index.yaml)"
+                        "failed to add chart {shown:?}: neither a chart (Chart.yaml) nor a Helm repository (index.yaml)"
                     );
                 }
                 let Some(name) = args.name.as_deref() else {
                     bail!(
-                        "failed to add chart {url:?}: a Helm repository needs the chart's name (-n NAME)"
+                        "failed to add chart {shown:?}: a Helm repository needs the chart's name (-n NAME)"
                     );
                 };
                 let (package, digest) = super::chart_sources::from_local_repository(
@@ -261,18 +264,18 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
         let meta = chart_metadata(&yaml).with_context(failed)?;
         if let Some(name) = args.name.as_deref().filter(|n| *n != meta.name) {
             bail!(
-                "failed to add chart {url:?}: it is chart {:?}, not {name:?}",
+                "failed to add chart {shown:?}: it is chart {:?}, not {name:?}",
                 meta.name
             );
         }
         if let Some(version) = args.version.as_deref().filter(|v| *v != meta.version) {
             bail!(
-                "failed to add chart {url:?}: it is version {:?}, not {version:?}",
+                "failed to add chart {shown:?}: it is version {:?}, not {version:?}",
                 meta.version
             );
         }
         let (digest, size) = custom::hash_file(&path).await.with_context(failed)?;
-        super::chart_sources::check_digest(expected.as_deref(), &digest, url)
+        super::chart_sources::check_digest(expected.as_deref(), &digest, &shown)
             .with_context(failed)?;
         let info = custom::ChartInfo {
             name: &meta.name,

@@ -124,12 +124,14 @@ pub async fn run(
             }
         });
     }
-    // Bodies are bounded: a list is at most the bucket's 1 MB value plus its flags.
+    // Bodies are bounded in size and time (`routes::submit`).
     let jobs = Router::new()
         .route("/jobs", get(list).post(submit))
         .route("/jobs/{id}", get(status).delete(cancel))
         .route("/jobs/{id}/results", get(results))
-        .layer(axum::extract::DefaultBodyLimit::max(2 << 20))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            super::routes::BODY_LIMIT,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             server.clone(),
             authenticate,

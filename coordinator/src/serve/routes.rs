@@ -14,15 +14,42 @@ use super::{JobRequest, Refusal, Server, StoredJob, auth, refuse, snapshot_of};
 use crate::engine::job::{self, JobSnapshot};
 use crate::spec::JobSpec;
 
+/// The most a job specification may be: a list is at most the bucket's 1 MB value plus
+/// its flags.
+pub(super) const BODY_LIMIT: usize = 2 << 20;
+/// How long a job specification may take to arrive: the connection's head is bounded
+/// (10 s), and a caller trickling a body would otherwise hold one of the places
+/// (`--max-connections`) for ever. 2 MiB in 20 s is 100 KB/s.
+const BODY_TIME: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub(super) async fn submit(
     State(server): State<Server>,
     Extension(caller): Extension<Arc<auth::Caller>>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    // The role before the body: a reader's token does not get to send one.
     if let Err(e) = caller.require(auth::Role::Submit, "submitting a job") {
         return refuse(StatusCode::FORBIDDEN, e);
     }
+    let body = match tokio::time::timeout(BODY_TIME, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("job specification: {e} (at most {} MiB)", BODY_LIMIT >> 20),
+            );
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the job specification did not arrive within {} s",
+                    BODY_TIME.as_secs()
+                ),
+            );
+        }
+    };
     let spec = match JobSpec::from_json(&body) {
         Ok(spec) => spec,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("job specification: {e}")),
