@@ -41,6 +41,7 @@ impl Console {
     }
 
     pub fn log(&self, level: Level, img: Option<usize>, msg: impl Display) {
+        let msg = fit_for_terminal(&msg.to_string());
         let tag = match level {
             Level::Info => "INFO",
             Level::Warn => "WARN",
@@ -139,5 +140,49 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.inc(1);
         }
+    }
+}
+
+/// The most of one message printed: a list line or a registry's error body can be
+/// megabytes.
+const MESSAGE_LIMIT: usize = 16 << 10;
+
+/// `msg` as a terminal may show it: control characters other than newline and tab (an
+/// escape sequence in a list line or a registry's error body would drive the terminal)
+/// written as Rust escapes, and no more than [`MESSAGE_LIMIT`] bytes of it.
+fn fit_for_terminal(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(MESSAGE_LIMIT) + 32);
+    for (at, c) in msg.char_indices() {
+        if out.len() >= MESSAGE_LIMIT {
+            out.push_str(&format!("… ({} more bytes)", msg.len() - at));
+            break;
+        }
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_for_terminal;
+
+    #[test]
+    fn messages_cannot_drive_the_terminal_or_flood_it() {
+        assert_eq!(
+            fit_for_terminal("Failed [\u{1b}]0;pwned\u{7}\u{1b}[2J] (line 3)\r\nnext\tü"),
+            "Failed [\\u{1b}]0;pwned\\u{7}\\u{1b}[2J] (line 3)\\r\nnext\tü"
+        );
+        let long = "é".repeat(1 << 20);
+        let shown = fit_for_terminal(&long);
+        assert!(shown.len() < (16 << 10) + 64, "{}", shown.len());
+        assert!(
+            shown.ends_with(" more bytes)"),
+            "{}",
+            &shown[shown.len() - 40..]
+        );
     }
 }

@@ -457,3 +457,36 @@ fn a_hostile_archive_index_is_refused_within_its_bounds() {
         );
     }
 }
+
+/// What a list line says reaches the terminal escaped and bounded: an escape sequence in a
+/// line (which would retitle or clear the terminal) is printed as text, and a line of a
+/// megabyte costs a message of a few hundred bytes.
+#[test]
+fn list_lines_cannot_drive_or_flood_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    let long = "x".repeat(1 << 20);
+    std::fs::write(
+        &list,
+        format!("reg.io/a/\u{1b}]0;pwned\u{7}b:1\n{long}@sha256:00\n"),
+    )
+    .unwrap();
+    let failed = dir.path().join("failed.txt");
+    let out = hangar(&[
+        "mirror",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        "127.0.0.1:9",
+        "-o",
+        failed.to_str().unwrap(),
+    ]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        !said.contains('\u{1b}') && !said.contains('\u{7}'),
+        "{said:?}"
+    );
+    assert!(said.contains("\\u{1b}]0;pwned\\u{7}"), "{said}");
+    assert!(said.len() < 64 << 10, "{} bytes said", said.len());
+}

@@ -40,14 +40,17 @@ impl FromStr for Digest {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
+        // What errors quote: the text may come from a hostile list, archive or registry.
+        let shown = crate::reference::shorten(s, 100);
         let Some((algo, hex)) = s.split_once(':') else {
             return Err(Error::invalid(format!(
-                "invalid digest {s:?}: missing algorithm"
+                "invalid digest {shown:?}: missing algorithm"
             )));
         };
         if algo != "sha256" {
             return Err(Error::invalid(format!(
-                "unsupported digest algorithm {algo:?} in {s:?} (only sha256)"
+                "unsupported digest algorithm {:?} in {shown:?} (only sha256)",
+                crate::reference::shorten(algo, 20)
             )));
         }
         if hex.len() != 64
@@ -56,7 +59,7 @@ impl FromStr for Digest {
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(Error::invalid(format!(
-                "invalid digest {s:?}: expected 64 lowercase hex characters"
+                "invalid digest {shown:?}: expected 64 lowercase hex characters"
             )));
         }
         Ok(Self {

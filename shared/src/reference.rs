@@ -49,9 +49,11 @@ impl ImageRef {
         if input.is_empty() {
             return Err(Error::invalid("empty image reference"));
         }
+        // What errors quote: a list line may be megabytes.
+        let input_shown = shorten(input, 200);
         if input.chars().any(char::is_whitespace) {
             return Err(Error::invalid(format!(
-                "image reference {input:?} contains whitespace"
+                "image reference {input_shown:?} contains whitespace"
             )));
         }
         let (named, digest) = match input.split_once('@') {
@@ -61,7 +63,7 @@ impl ImageRef {
         let mut segments: Vec<&str> = named.split('/').filter(|s| !s.is_empty()).collect();
         let Some(last) = segments.pop() else {
             return Err(Error::invalid(format!(
-                "image reference {input:?} has no name"
+                "image reference {input_shown:?} has no name"
             )));
         };
         let (last, tag) = match last.rsplit_once(':') {
@@ -69,20 +71,20 @@ impl ImageRef {
             None => (last, None),
         };
         if let Some(tag) = tag {
-            validate_tag(tag).map_err(|e| e.context(format!("image reference {input:?}")))?;
+            validate_tag(tag).map_err(|e| e.context(format!("image reference {input_shown:?}")))?;
         }
         if last.is_empty() {
             return Err(Error::invalid(format!(
-                "image reference {input:?} has an empty name"
+                "image reference {input_shown:?} has an empty name"
             )));
         }
         segments.push(last);
         let (registry, project, name) = split_segments(&segments);
         validate_registry(&registry)
-            .map_err(|e| e.context(format!("image reference {input:?}")))?;
+            .map_err(|e| e.context(format!("image reference {input_shown:?}")))?;
         for part in project.split('/').chain(name.split('/')) {
             validate_component(part)
-                .map_err(|e| e.context(format!("image reference {input:?}")))?;
+                .map_err(|e| e.context(format!("image reference {input_shown:?}")))?;
         }
         let full = registry.len() + 1 + project.len() + 1 + name.len();
         if full > MAX_NAME_LEN {
@@ -189,7 +191,7 @@ fn split_segments(segments: &[&str]) -> (String, String, String) {
 }
 
 /// At most `n` characters of `text` for a message, marked when cut.
-fn shorten(text: &str, n: usize) -> String {
+pub(crate) fn shorten(text: &str, n: usize) -> String {
     match text.char_indices().nth(n) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),
