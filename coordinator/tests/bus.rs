@@ -16,8 +16,8 @@ use hangar_loadtest::services::free_port;
 use hangar_shared::digest::Digest;
 use hangar_shared::queue::TaskQueue;
 use hangar_shared::queue::jetstream::{self, JetStreamQueue};
-use hangar_shared::store::RepoRef;
-use hangar_shared::task::{AssembleTask, Event, EventKind, SignTask, Task, TaskKind};
+use hangar_shared::store::{RepoRef, StoreRef};
+use hangar_shared::task::{AssembleTask, Event, EventKind, IndexTask, SignTask, Task, TaskKind};
 use secure_bus::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -308,6 +308,38 @@ async fn workers_refuse_archives_outside_their_roots_and_signatures_outside_scop
             other => panic!("{output}: {other:?}"),
         }
     }
+    // Any task naming an archive meets the same roots (an index task writing into one
+    // outside them here), not only those that write or copy archives.
+    let stray = std::fs::File::create(outside.join("stray.zip")).unwrap();
+    drop(stray);
+    id += 1;
+    let stray_at = outside.join("stray.zip").display().to_string();
+    let index = Task::Index(IndexTask {
+        dest: RepoRef {
+            store: StoreRef::Archive {
+                location: stray_at.clone(),
+            },
+            repo: "library/app".into(),
+        },
+        tag: "v1".into(),
+        added: Vec::new(),
+        source_index: None,
+        overwrite: false,
+    });
+    queue.publish(envelope(job, id, index)).await.unwrap();
+    match &final_event(&mut events).await.kind {
+        EventKind::Failed {
+            message,
+            last: true,
+            ..
+        } => assert!(
+            message.contains("refused: the archive") && message.contains(&stray_at),
+            "{message}"
+        ),
+        other => panic!("an index task into {stray_at}: {other:?}"),
+    }
+    assert_eq!(std::fs::metadata(&stray_at).unwrap().len(), 0);
+    std::fs::remove_file(&stray_at).unwrap();
     let left_outside: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().collect();
     assert!(left_outside.is_empty(), "{left_outside:?}");
     assert!(!cache.join("x.zip").exists());

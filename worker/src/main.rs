@@ -18,7 +18,7 @@ use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::{RegistryPool, Stores};
 use hangar_shared::task::TaskKind;
 use hangar_worker::Context;
-use hangar_worker::context::policy::{ArchiveRoots, Policy, SignScopes};
+use hangar_worker::context::policy::{ArchiveRoots, Confined, Policy, SignScopes};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -333,7 +333,10 @@ async fn run() -> Result<()> {
     };
     let ctx = Arc::new(Context {
         name: holder.clone(),
-        stores: Arc::new(Stores::new(Arc::new(pool), cache.clone())),
+        stores: Arc::new(Confined {
+            inner: Arc::new(Stores::new(Arc::new(pool), cache.clone())),
+            roots: policy.clone(),
+        }),
         retry,
         bytes_moved: Arc::new(AtomicU64::new(0)),
         task_timeout: (!timeout.is_zero()).then_some(timeout),

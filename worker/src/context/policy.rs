@@ -12,7 +12,7 @@ use std::path::{Component, PathBuf};
 
 use hangar_shared::error::{Error, Result};
 use hangar_shared::glob::{Glob, any_matches};
-use hangar_shared::store::{RepoRef, StoreRef};
+use hangar_shared::store::{RepoRef, StoreRef, StoreResolver};
 
 #[derive(Debug, Default)]
 pub struct Policy {
@@ -393,6 +393,31 @@ impl SignScopes {
             return Err(refuse("for the identity", &named));
         }
         Ok(())
+    }
+}
+
+/// Stores as a fleet worker resolves them for any task: an archive only inside its archive
+/// roots, at the normalised location that was checked, whatever the task's kind. (The
+/// copy, check and assemble handlers check their archives by name too, for their own
+/// messages; this is what keeps every other handler, and any written later, within them.)
+pub struct Confined {
+    pub inner: std::sync::Arc<dyn StoreResolver>,
+    pub roots: std::sync::Arc<Policy>,
+}
+
+#[async_trait::async_trait]
+impl StoreResolver for Confined {
+    async fn resolve(
+        &self,
+        store: &StoreRef,
+    ) -> Result<std::sync::Arc<dyn hangar_shared::store::ImageStore>> {
+        match store {
+            StoreRef::Archive { location } => {
+                let location = self.roots.archives.check("archive", location)?;
+                self.inner.resolve(&StoreRef::Archive { location }).await
+            }
+            other => self.inner.resolve(other).await,
+        }
     }
 }
 
