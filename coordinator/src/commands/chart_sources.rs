@@ -255,7 +255,11 @@ pub async fn from_oci(
         );
     }
     // A chart is its package and, at most, its provenance file.
-    let total: u64 = parsed.layers.iter().map(|l| l.size).sum();
+    // Sizes are the registry's word: summed without overflow.
+    let total = parsed
+        .layers
+        .iter()
+        .fold(0u64, |sum, l| sum.saturating_add(l.size));
     if parsed.layers.len() > 2 || total > MAX_CHART {
         bail!(
             "{url}: {} layers of {total} bytes is not a Helm chart's (its package and provenance)",

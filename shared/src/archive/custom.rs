@@ -244,11 +244,10 @@ fn chart_yaml_within(path: &std::path::Path, inflated: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let fail = |e: std::io::Error| Error::invalid(format!("{}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(fail)?;
-    let mut tar = tar::Archive::new(crate::scan::tar_guard::TarGuard::new(Inflated {
-        inner: flate2::read::GzDecoder::new(file),
-        left: inflated,
-        cap: inflated,
-    }));
+    let mut tar = tar::Archive::new(crate::scan::tar_guard::TarGuard::new(Inflated::new(
+        flate2::read::GzDecoder::new(file),
+        inflated,
+    )));
     for entry in tar.entries().map_err(fail)? {
         let entry = entry.map_err(fail)?;
         let name = entry.path().map_err(fail)?.into_owned();
@@ -275,11 +274,22 @@ fn chart_yaml_within(path: &std::path::Path, inflated: u64) -> Result<Vec<u8>> {
     )))
 }
 
-/// A decompressing reader that fails once it has given `cap` bytes.
-struct Inflated<R> {
+/// A decompressing reader that fails once it has given `cap` bytes — where `take` would
+/// end it quietly, and a tar reader would take the cut for the archive's end.
+pub struct Inflated<R> {
     inner: R,
     left: u64,
     cap: u64,
+}
+
+impl<R> Inflated<R> {
+    pub fn new(inner: R, cap: u64) -> Self {
+        Self {
+            inner,
+            left: cap,
+            cap,
+        }
+    }
 }
 
 impl<R: std::io::Read> std::io::Read for Inflated<R> {

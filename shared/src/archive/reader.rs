@@ -206,8 +206,10 @@ impl ArchiveReader {
         let start = match known {
             Some(s) => s,
             None => {
+                // Offsets and sizes are the archive's own (zip64 fields the zip crate does
+                // not bound): every sum is checked.
                 let h = entry.header_start;
-                if h + 30 > self.file_size {
+                if h.checked_add(30).is_none_or(|end| end > self.file_size) {
                     return Err(self.damaged(name, "its local header lies past the end"));
                 }
                 let header = self
@@ -227,7 +229,10 @@ impl ArchiveReader {
                 start
             }
         };
-        if start + entry.size > self.file_size {
+        if start
+            .checked_add(entry.size)
+            .is_none_or(|end| end > self.file_size)
+        {
             return Err(self.damaged(name, "its data runs past the end (truncated archive?)"));
         }
         Ok((start, entry.size))

@@ -376,8 +376,15 @@ fn values_files(path: &Path) -> Result<Vec<(String, String)>> {
 /// Every `values.yaml`/`values.yml` of a packaged chart (`label` names it), bounded as the
 /// scanner bounds layers.
 fn values_in_package(package: impl Read, label: &str) -> Result<Vec<(String, String)>> {
+    values_within(package, label, MAX_PACKAGE)
+}
+
+fn values_within(package: impl Read, label: &str, cap: u64) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    let gz = flate2::read::GzDecoder::new(package).take(MAX_PACKAGE);
+    // Past its bound the read fails: `take` would end it quietly, and tar would read the
+    // cut as the archive's end, leaving the values files after it out of the list.
+    let gz =
+        hangar_shared::archive::custom::Inflated::new(flate2::read::GzDecoder::new(package), cap);
     let mut tar = tar::Archive::new(hangar_shared::scan::tar_guard::TarGuard::new(gz));
     for entry in tar
         .entries()
@@ -461,5 +468,40 @@ fn images(node: &Value, source: &str, found: &mut Found, console: &Console) {
         }
         Value::Tagged(t) => images(&t.value, source, found, console),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    /// A package that inflates past its bound fails, naming it — even where the cut falls
+    /// between two entries, which a reader ended by `take` took for the archive's end,
+    /// leaving out the values files after it.
+    #[test]
+    fn a_package_past_its_bound_fails_instead_of_ending_early() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, name, data).unwrap();
+        };
+        // A header and 65,024 bytes: the values file's header begins at 64 KiB.
+        add("app/big.bin", &vec![0u8; 65_024]);
+        add(
+            "app/values.yaml",
+            b"image: {repository: rancher/app, tag: v1}\n",
+        );
+        let raw = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw).unwrap();
+        let package = gz.finish().unwrap();
+        let whole = super::values_within(std::io::Cursor::new(&package), "app.tgz", 1 << 20);
+        assert_eq!(whole.unwrap().len(), 1);
+        let cut = super::values_within(std::io::Cursor::new(&package), "app.tgz", 64 << 10);
+        let e = format!("{:#}", cut.unwrap_err());
+        assert!(e.contains("app.tgz") && e.contains("inflates past"), "{e}");
     }
 }

@@ -88,12 +88,17 @@ impl Partial {
         v
     }
 
-    /// The first version past every one this names (`2.9` → `2.10.0`).
+    /// The first version past every one this names (`2.9` → `2.10.0`). Saturating: the
+    /// numbers are a chart's own (`>= 18446744073709551615` must not overflow).
     fn past(&self) -> Version {
         match self.parts.len() {
-            1 => Version::new(self.parts[0] + 1, 0, 0),
-            2 => Version::new(self.parts[0], self.parts[1] + 1, 0),
-            _ => Version::new(self.parts[0], self.parts[1], self.parts[2] + 1),
+            1 => Version::new(self.parts[0].saturating_add(1), 0, 0),
+            2 => Version::new(self.parts[0], self.parts[1].saturating_add(1), 0),
+            _ => Version::new(
+                self.parts[0],
+                self.parts[1],
+                self.parts[2].saturating_add(1),
+            ),
         }
     }
 
@@ -180,16 +185,16 @@ fn term(token: &str) -> Result<Term, String> {
         },
         "~" | "~>" => {
             let upper = match p.parts.len() {
-                1 => Version::new(p.parts[0] + 1, 0, 0),
-                _ => Version::new(p.parts[0], p.parts[1] + 1, 0),
+                1 => Version::new(p.parts[0].saturating_add(1), 0, 0),
+                _ => Version::new(p.parts[0], p.parts[1].saturating_add(1), 0),
             };
             range(Some((low, true)), Some((upper, false)))
         }
         "^" => {
             let upper = match (p.parts[0], p.parts.get(1), p.parts.get(2)) {
-                (0, Some(0), Some(z)) => Version::new(0, 0, z + 1),
-                (0, Some(y), _) => Version::new(0, y + 1, 0),
-                (x, _, _) => Version::new(x + 1, 0, 0),
+                (0, Some(0), Some(z)) => Version::new(0, 0, z.saturating_add(1)),
+                (0, Some(y), _) => Version::new(0, y.saturating_add(1), 0),
+                (x, _, _) => Version::new(x.saturating_add(1), 0, 0),
             };
             range(Some((low, true)), Some((upper, false)))
         }
@@ -220,5 +225,24 @@ mod tests {
         assert!(ok("< 2.8 || >= 2.9", "v2.9.0") && !ok("< 2.8 || >= 2.9", "v2.8.3"));
         assert!(ok("*", "v2.12.0"));
         assert!(satisfied(">= two", &version::parse("2.9.0").unwrap()).is_err());
+    }
+
+    /// A chart's numbers at the top of their range neither panic nor wrap to zero.
+    #[test]
+    fn the_largest_numbers_do_not_overflow() {
+        let max = u64::MAX;
+        for c in [
+            format!(">= {max}"),
+            format!("<= {max}"),
+            format!("~{max}"),
+            format!("^{max}"),
+            format!("^0.{max}"),
+            format!("^0.0.{max}"),
+            format!("{max}.{max}.x"),
+        ] {
+            let _ = satisfied(&c, &version::parse("2.9.0").unwrap());
+        }
+        assert!(!ok(&format!(">= {max}"), "v2.9.0"));
+        assert!(!ok(&format!("^{max}"), "v2.9.0"));
     }
 }
