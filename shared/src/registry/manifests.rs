@@ -90,8 +90,8 @@ impl Registry {
     }
 
     /// Every tag of `repo`, sorted, following the registry's pages (at most
-    /// [`MAX_TAG_PAGES`], each read up to 4 MiB, [`MAX_TAG_BYTES`] of names in all, no page
-    /// asked twice).
+    /// [`MAX_TAG_PAGES`], each read up to 4 MiB, [`MAX_TAG_BYTES`] of names and page
+    /// addresses in all, no page asked twice).
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
         self.tags_within(repo, MAX_TAG_PAGES).await
     }
@@ -108,6 +108,9 @@ impl Registry {
                     "{what}: more than {max_pages} pages of tags"
                 )));
             }
+            // The pages' addresses are the registry's words and are kept: they count
+            // against the same budget as the names.
+            bytes += url.len() + std::mem::size_of::<String>();
             if !asked.insert(url.clone()) {
                 return Err(Error::invalid(format!(
                     "{what}: the registry names a page of tags it gave already"

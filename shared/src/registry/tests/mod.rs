@@ -145,8 +145,18 @@ async fn tag_pages_are_followed_and_endless_ones_cut_off() {
         let page: usize = path
             .split("last=")
             .nth(1)
+            .and_then(|n| n.split('&').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
+        if path.starts_with("/v2/padded/") {
+            // No tags, and a next page named by an address of 60 KB (a URI is at most 64 KiB).
+            let next = format!(
+                "Link: </v2/padded/tags/list?last={}&pad={}>; rel=\"next\"\r\n",
+                page + 1,
+                "p".repeat(60_000)
+            );
+            return (200, next, r#"{"tags":[]}"#.to_owned());
+        }
         if path.starts_with("/v2/loop/") {
             let again = format!("Link: <{path}>; rel=\"next\"\r\n");
             return (200, again, r#"{"tags":["x"]}"#.to_owned());
@@ -175,6 +185,17 @@ async fn tag_pages_are_followed_and_endless_ones_cut_off() {
         .filter(|s| s.path.starts_with("/v2/endless/"))
         .count();
     assert_eq!(asked, 50);
+    // Pages of no tags whose addresses are huge: the addresses kept count against the
+    // same 64 MiB, well before the page cap.
+    let e = reg.tags("padded").await.unwrap_err();
+    assert!(e.message.contains("more than 64 MiB of tags"), "{e}");
+    let asked = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .filter(|s| s.path.starts_with("/v2/padded/"))
+        .count();
+    assert!((1000..=1200).contains(&asked), "{asked} pages asked");
     // A page naming itself as the next is not asked again.
     let e = reg.tags("loop").await.unwrap_err();
     assert!(e.message.contains("gave already"), "{e}");
