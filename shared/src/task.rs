@@ -237,12 +237,17 @@ impl From<&RawManifest> for ManifestBody {
 }
 
 impl ManifestBody {
-    pub fn to_raw(&self) -> RawManifest {
-        RawManifest {
+    /// The manifest, once its bytes are checked against its digest: a task's body is a
+    /// message's words, and the digest is what outcomes report and indexes name.
+    /// (A signed schema 1 manifest is named by its payload, as `RawManifest::from_bytes`
+    /// works it out.)
+    pub fn to_raw(&self) -> crate::error::Result<RawManifest> {
+        let checked = RawManifest::from_bytes(self.bytes.clone(), Some(&self.digest))
+            .map_err(|e| e.context("a task's manifest"))?;
+        Ok(RawManifest {
             media_type: self.media_type.clone(),
-            digest: self.digest.clone(),
-            bytes: self.bytes.clone(),
-        }
+            ..checked
+        })
     }
 }
 
@@ -411,6 +416,12 @@ mod tests {
         let body = ManifestBody::from(&raw);
         let json = serde_json::to_string(&body).unwrap();
         let back: ManifestBody = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.to_raw(), raw);
+        assert_eq!(back.to_raw().unwrap(), raw);
+        let forged = ManifestBody {
+            bytes: Bytes::from_static(b"{}"),
+            ..back
+        };
+        let e = forged.to_raw().unwrap_err();
+        assert_eq!(e.class, crate::error::FailureClass::DigestMismatch);
     }
 }

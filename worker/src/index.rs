@@ -13,6 +13,7 @@ use hangar_shared::task::{IndexTask, Outcome};
 use crate::Context;
 
 pub async fn write(ctx: &Context, task: &IndexTask) -> Result<Outcome> {
+    let source_index = task.source_index.as_ref().map(|s| s.to_raw()).transpose()?;
     let dest = ctx.stores.resolve(&task.dest.store).await?;
     let existing = dest
         .get_manifest(&task.dest.repo, &task.tag, Side::Destination)
@@ -21,7 +22,7 @@ pub async fn write(ctx: &Context, task: &IndexTask) -> Result<Outcome> {
         Some(Ok(Manifest::Index(i))) => Some(i),
         _ => None,
     };
-    if let Some(source) = &task.source_index {
+    if let Some(source) = &source_index {
         let holds_nothing_else = task.overwrite
             || match (&existing, &existing_index) {
                 (None, _) => true,
@@ -38,7 +39,7 @@ pub async fn write(ctx: &Context, task: &IndexTask) -> Result<Outcome> {
                     digest: source.digest.clone(),
                 });
             }
-            dest.put_manifest(&task.dest.repo, &task.tag, &source.to_raw())
+            dest.put_manifest(&task.dest.repo, &task.tag, source)
                 .await?;
             return Ok(Outcome::IndexPushed {
                 digest: source.digest.clone(),

@@ -7,8 +7,9 @@ use hangar_shared::task::{ManifestTask, Outcome};
 use crate::Context;
 
 pub async fn push(ctx: &Context, task: &ManifestTask) -> Result<Outcome> {
+    let manifest = task.manifest.to_raw()?;
     let dest = ctx.stores.resolve(&task.dest.store).await?;
-    dest.put_manifest(&task.dest.repo, &task.reference, &task.manifest.to_raw())
+    dest.put_manifest(&task.dest.repo, &task.reference, &manifest)
         .await?;
     Ok(Outcome::ManifestPushed)
 }

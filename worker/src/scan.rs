@@ -14,7 +14,7 @@ pub async fn scan(ctx: &Context, task: &ScanTask) -> Result<Outcome> {
         store.as_ref(),
         ctx.cache.as_deref(),
         &task.store.repo,
-        &task.manifest.to_raw(),
+        &task.manifest.to_raw()?,
     )
     .await?;
     Ok(Outcome::Scanned {
