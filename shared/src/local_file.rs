@@ -27,8 +27,22 @@ pub fn read(path: impl AsRef<Path>, cap: u64) -> std::io::Result<Vec<u8>> {
 
 /// `path` whole as UTF-8 text, if it holds at most `cap` bytes.
 pub fn read_text(path: impl AsRef<Path>, cap: u64) -> std::io::Result<String> {
-    String::from_utf8(read(path, cap)?)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+    String::from_utf8(read(path, cap)?).map_err(|e| {
+        // Where: a list's one bad line should not leave its author searching the file.
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = at
+            - bytes[..at]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1)
+            + 1;
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (line {line}, byte {column} of the line)"),
+        )
+    })
 }
 
 fn size(bytes: u64) -> String {
@@ -56,7 +70,12 @@ mod tests {
         std::fs::write(&p, [0xff, 0xfe]).expect("write");
         assert_eq!(
             read_text(&p, 6).expect_err("bytes").to_string(),
-            "not UTF-8 text"
+            "not UTF-8 text (line 1, byte 1 of the line)"
+        );
+        std::fs::write(&p, b"a/b:c\nd/\xc3\xa9:1\nd/e\xff:2\n").expect("write");
+        assert_eq!(
+            read_text(&p, 64).expect_err("bytes").to_string(),
+            "not UTF-8 text (line 3, byte 4 of the line)"
         );
     }
 }
