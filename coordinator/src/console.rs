@@ -151,9 +151,20 @@ const MESSAGE_LIMIT: usize = 16 << 10;
 /// escape sequence in a list line or a registry's error body would drive the terminal)
 /// written as Rust escapes, and no more than [`MESSAGE_LIMIT`] bytes of it.
 fn fit_for_terminal(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len().min(MESSAGE_LIMIT) + 32);
+    escaped(msg, MESSAGE_LIMIT)
+}
+
+/// Text from outside (an archive's image names, a coordinator's answer) printed as a
+/// command's output: its control characters escaped as [`fit_for_terminal`] escapes them,
+/// its length as it is.
+pub fn escape_controls(text: &str) -> String {
+    escaped(text, usize::MAX)
+}
+
+fn escaped(msg: &str, limit: usize) -> String {
+    let mut out = String::with_capacity(msg.len().min(limit) + 32);
     for (at, c) in msg.char_indices() {
-        if out.len() >= MESSAGE_LIMIT {
+        if out.len() >= limit {
             out.push_str(&format!("… ({} more bytes)", msg.len() - at));
             break;
         }

@@ -452,6 +452,34 @@ async fn releases_and_packaged_charts() {
         "{sources}"
     );
 
+    // Credentials in the repository's URL are used, and neither printed nor recorded in
+    // the source file.
+    let with_password = base.replacen("http://", "http://u:s3cret-pw@", 1);
+    let out = run([
+        "--rancher",
+        "2.9.1",
+        "--chart",
+        &format!("{with_password}/charts"),
+        "-o",
+        "http-pw.txt",
+        "--output-source",
+        "http-pw-source.txt",
+        "-y",
+    ]
+    .map(String::from)
+    .to_vec())
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("s3cret-pw"), "{}", text(&out));
+    assert_eq!(read(root, "http-pw.txt"), read(root, "http.txt"));
+    let sources = read(root, "http-pw-source.txt");
+    let shown = base.replacen("http://", "http://<redacted>@", 1);
+    assert!(
+        sources.contains(&format!("rancher/sub:7 [{shown}/charts;"))
+            && !sources.contains("s3cret-pw"),
+        "{sources}"
+    );
+
     // A release whose list is missing fails the run naming the URL and status; a server
     // that never stops answering is cut at the list's bound, in bounded time.
     write(

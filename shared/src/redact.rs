@@ -10,7 +10,15 @@ pub fn redact_url(url: &str) -> String {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, url),
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // In a URL that parses, the user information cannot hold a `/`, `?` or `#`, so the
+    // authority ends at the first of them. One that does not parse may be a password
+    // written with them unencoded (`u:ab/cd@h`): everything up to its last `@` goes.
+    let well_formed = scheme.is_some() && reqwest::Url::parse(url).is_ok();
+    let end = if well_formed {
+        rest.find(['/', '?', '#']).unwrap_or(rest.len())
+    } else {
+        rest.len()
+    };
     let (authority, tail) = rest.split_at(end);
     let Some((_, host)) = authority.rsplit_once('@') else {
         return url.to_owned();
@@ -54,11 +62,19 @@ mod tests {
                 "oci://reg.io/charts/app@sha256:00",
                 "oci://reg.io/charts/app@sha256:00",
             ),
-            ("./local/file@1.bin", "./local/file@1.bin"),
+            (
+                "https://u:ab/cd@h.example/f",
+                "https://<redacted>@h.example/f",
+            ),
+            (
+                "https://u:a?b#c@h.example/f",
+                "https://<redacted>@h.example/f",
+            ),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
         }
         assert_eq!(redact_location("a@b/db.zip"), "a@b/db.zip");
+        assert_eq!(redact_location("./local/file@1.bin"), "./local/file@1.bin");
         assert_eq!(
             redact_location("https://t@h/db.zip"),
             "https://<redacted>@h/db.zip"

@@ -23,7 +23,7 @@ use indicatif::HumanBytes;
 use crate::cli::{
     ArchiveCmd, ArchiveExportArgs, ArchiveLsArgs, ArchiveMergeArgs, ExportSub, StoreCmd,
 };
-use crate::console::Console;
+use crate::console::{Console, escape_controls};
 
 pub async fn run(cmd: ArchiveCmd, console: &Console) -> Result<()> {
     match cmd {
@@ -98,10 +98,10 @@ async fn ls_row(n: usize, image: &ArchiveImage, archive: &ArchiveReader) -> Stri
         .filter(|o| *o != "unknown")
         .collect();
     let layers: HashSet<&Digest> = image.images.iter().flat_map(|s| s.layers.iter()).collect();
-    let size: u64 = layers
+    let size = layers
         .iter()
         .filter_map(|d| archive.entry(&blob_entry(d)).map(|e| e.size))
-        .sum();
+        .fold(0u64, u64::saturating_add);
     let (arch, os, note) = if archs.is_empty() && oses.is_empty() {
         let note = match image.images.as_slice() {
             [one] => match archive.manifest(&one.digest).await.map(|m| m.parse()) {
@@ -147,7 +147,7 @@ async fn ls(args: &ArchiveLsArgs, console: &Console) -> Result<()> {
     }
     if args.image_only {
         for image in &index.list {
-            crate::stdout::outln!("{}", image.name())?;
+            crate::stdout::outln!("{}", escape_controls(&image.name()))?;
         }
         return Ok(());
     }
@@ -156,7 +156,9 @@ async fn ls(args: &ArchiveLsArgs, console: &Console) -> Result<()> {
     console.info(None, format!("Index version: {}", index.version));
     console.info(None, "Images:");
     for (n, image) in index.list.iter().enumerate() {
-        crate::stdout::outln!("{}", ls_row(n + 1, image, &archive).await)?;
+        // The index is the archive's words: its names may hold escape sequences.
+        let row = ls_row(n + 1, image, &archive).await;
+        crate::stdout::outln!("{}", escape_controls(&row))?;
     }
     Ok(())
 }
@@ -233,7 +235,8 @@ async fn export(args: &ArchiveExportArgs, console: &Console) -> Result<()> {
                 Some(entry.index),
                 format!(
                     "Failed to export [{}] (line {}): export takes the default list format only",
-                    entry.original, entry.line_no
+                    crate::commands::quoted_line(&entry.original),
+                    entry.line_no
                 ),
             );
             failed.push(entry.original.clone());

@@ -57,7 +57,8 @@ fn select(
                         Some(entry.index),
                         format!(
                             "Failed to load image [{}] (line {}): load takes the default list format only",
-                            entry.original, entry.line_no
+                            crate::commands::quoted_line(&entry.original),
+                    entry.line_no
                         ),
                     );
                     failed.push(entry.original.clone());
@@ -82,7 +83,7 @@ fn select(
                             Some(entry.index),
                             format!(
                                 "Failed to load image [{}]: not found in archive {}",
-                                entry.original,
+                                crate::commands::quoted_line(&entry.original),
                                 archive.label()
                             ),
                         );

@@ -286,7 +286,8 @@ pub fn report_rejected(
                 Some(entry.index),
                 format!(
                     "Failed to {verb} image [{}] (line {}): invalid-input: {why}",
-                    entry.original, entry.line_no
+                    crate::commands::quoted_line(&entry.original),
+                    entry.line_no
                 ),
             );
             entry.original.clone()
@@ -347,6 +348,15 @@ pub fn report_list_warnings(
 }
 
 /// `-j`: Hangar's range (1–20, else 1 with a warning); `--debug` forces 1.
+/// A list line as a message quotes it: at most 200 characters (a line may be megabytes;
+/// the failed list keeps it whole).
+pub fn quoted_line(original: &str) -> std::borrow::Cow<'_, str> {
+    match original.char_indices().nth(200) {
+        Some((end, _)) => format!("{}… ({} bytes)", &original[..end], original.len()).into(),
+        None => original.into(),
+    }
+}
+
 /// A project flag (`--project`, `--source-project`, `--destination-project`): empty, or a
 /// repository path in distribution's grammar — nothing a URL would resolve elsewhere.
 pub fn check_project(flag: &str, value: &str) -> Result<()> {

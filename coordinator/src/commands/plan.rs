@@ -107,12 +107,11 @@ pub async fn run(
                             .unwrap_or_else(|| "unknown".into())
                     })
                     .collect();
-                let bytes: u64 = p
+                let bytes = p
                     .platforms
                     .iter()
                     .flat_map(|x| x.blobs.iter())
-                    .map(|b| b.size)
-                    .sum();
+                    .fold(0u64, |sum, b| sum.saturating_add(b.size));
                 let to = match target {
                     Target::Registry { .. } => job.name.dest.to_string(),
                     Target::Archive { .. } => "the archive".to_owned(),
@@ -180,7 +179,10 @@ pub async fn run(
             });
         }
     }
-    let unique_bytes: u64 = unique.values().map(|(_, d, _, _)| d.size).sum();
+    // Sizes are the registries' words: summed without overflow.
+    let unique_bytes = unique
+        .values()
+        .fold(0u64, |sum, (_, d, _, _)| sum.saturating_add(d.size));
     let mut held = 0u64;
     let mut held_count = 0usize;
     if let Target::Registry { .. } = target {
@@ -278,7 +280,7 @@ pub async fn run(
             None,
             format!(
                 "Plan: the archive will be about {} in {volumes} volume(s), {} entries",
-                HumanBytes(unique_bytes + overhead),
+                HumanBytes(unique_bytes.saturating_add(overhead)),
                 entries.len() + volumes
             ),
         );

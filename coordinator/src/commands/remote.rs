@@ -528,7 +528,8 @@ fn print_status(v: &serde_json::Value, json: bool) -> Result<()> {
             super::status_table::job(&one, now)
         }
     };
-    crate::stdout::write(text.as_bytes())?;
+    // The coordinator's words (messages, failed list lines) may hold escape sequences.
+    crate::stdout::write(crate::console::escape_controls(&text).as_bytes())?;
     Ok(())
 }
 
@@ -548,6 +549,9 @@ pub async fn cancel(server: &str, api: &ApiClientArgs, job: &str) -> Result<()> 
     if !status.is_success() {
         bail!("cancel {job}: HTTP {status}: {}", said(&body));
     }
-    crate::stdout::outln!("{}", String::from_utf8_lossy(&body))?;
+    crate::stdout::outln!(
+        "{}",
+        crate::console::escape_controls(&String::from_utf8_lossy(&body))
+    )?;
     Ok(())
 }

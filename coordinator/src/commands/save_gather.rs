@@ -62,7 +62,7 @@ pub(crate) fn read_jobs(
                 Some(e.index),
                 format!(
                     "Skip image list line {:?} ({}:{}): archives take the default list format only",
-                    e.original,
+                    crate::commands::quoted_line(&e.original),
                     file.display(),
                     e.line_no
                 ),

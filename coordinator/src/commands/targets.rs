@@ -55,7 +55,8 @@ pub fn resolve(
                     Some(entry.index),
                     format!(
                         "Failed [{}] (line {}): only the default list format is read here",
-                        entry.original, entry.line_no
+                        crate::commands::quoted_line(&entry.original),
+                        entry.line_no
                     ),
                 );
                 failed.push(entry.original.clone());
@@ -66,7 +67,8 @@ pub fn resolve(
                     Some(entry.index),
                     format!(
                         "Failed [{}] (line {}): {why}",
-                        entry.original, entry.line_no
+                        crate::commands::quoted_line(&entry.original),
+                        entry.line_no
                     ),
                 );
                 failed.push(entry.original.clone());
@@ -81,7 +83,11 @@ pub fn resolve(
             Err(e) => {
                 console.error(
                     Some(entry.index),
-                    format!("Failed [{}] (line {}): {e}", entry.original, entry.line_no),
+                    format!(
+                        "Failed [{}] (line {}): {e}",
+                        crate::commands::quoted_line(&entry.original),
+                        entry.line_no
+                    ),
                 );
                 failed.push(entry.original.clone());
                 continue;
@@ -90,7 +96,10 @@ pub fn resolve(
         if image.is_signature_tag() {
             console.error(
                 Some(entry.index),
-                format!("Failed [{}]: image is a sigstore signature", entry.original),
+                format!(
+                    "Failed [{}]: image is a sigstore signature",
+                    crate::commands::quoted_line(&entry.original)
+                ),
             );
             failed.push(entry.original.clone());
             continue;

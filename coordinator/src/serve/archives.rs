@@ -47,9 +47,10 @@ fn archive_reads(archive: &ArchiveReader) -> Vec<String> {
 /// The repositories a load writes: each archived image under the destination registry,
 /// `--project` applied.
 fn load_writes(spec: &JobSpec, archive: &ArchiveReader) -> Result<Vec<String>, String> {
+    // Trimmed as the load itself trims its flags.
     let (registry, project) = (
-        spec.destination.registry.as_deref(),
-        spec.destination.project.as_deref(),
+        spec.destination.registry.as_deref().map(str::trim),
+        spec.destination.project.as_deref().map(str::trim),
     );
     archive
         .index

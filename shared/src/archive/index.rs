@@ -25,6 +25,9 @@ pub const MAX_INDEX_IMAGES: usize = 100_000;
 /// of its JSON at least).
 pub const MAX_IMAGE_LIST: usize = 100_000;
 
+/// The most names in an image's architecture, OS and OS-feature lists.
+pub const MAX_PLATFORM_NAMES: usize = 256;
+
 /// A JSON list of at most `N` elements; more fails the parse where the list is.
 fn at_most<'de, D, T, const N: usize>(d: D) -> std::result::Result<Vec<T>, D::Error>
 where
@@ -82,14 +85,14 @@ pub struct ArchiveImage {
         rename = "archList",
         default,
         skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "at_most::<_, _, MAX_IMAGE_LIST>"
+        deserialize_with = "at_most::<_, _, MAX_PLATFORM_NAMES>"
     )]
     pub arch_list: Vec<String>,
     #[serde(
         rename = "osList",
         default,
         skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "at_most::<_, _, MAX_IMAGE_LIST>"
+        deserialize_with = "at_most::<_, _, MAX_PLATFORM_NAMES>"
     )]
     pub os_list: Vec<String>,
     #[serde(
@@ -117,7 +120,7 @@ pub struct ImageSpec {
         rename = "osFeatures",
         default,
         skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "at_most::<_, _, MAX_IMAGE_LIST>"
+        deserialize_with = "at_most::<_, _, MAX_PLATFORM_NAMES>"
     )]
     pub os_features: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]

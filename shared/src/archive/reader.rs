@@ -23,10 +23,11 @@ use crate::registry::Side;
 use crate::store::ImageStore;
 use crate::verify::{ByteStream, verified};
 
-/// The largest JSON document (an index) read whole: about 50,000 images' entries, while a
-/// hostile one's parse stays within a few hundred MB (its lists are bounded too,
+/// The largest JSON document (an index) read whole, and written (`writer`): some 10,000
+/// multi-platform images of a dozen layers (about 5 KiB of index each), while a hostile
+/// one's parse stays within some hundreds of MB (its lists are bounded too,
 /// `index::MAX_INDEX_IMAGES`).
-const JSON_LIMIT: u64 = 32 << 20;
+pub(super) const JSON_LIMIT: u64 = 64 << 20;
 /// The largest manifest: what a registry's is read up to, so no archive this writes holds a
 /// larger one, and one that does is not a thing a registry would take.
 const MANIFEST_LIMIT: u64 = crate::registry::MAX_MANIFEST_BYTES as u64;

@@ -22,13 +22,13 @@ pub fn plan_volumes(
     let mut used = 0u64;
     for image in images {
         let own: HashSet<&Digest> = image.images.iter().flat_map(|s| s.blobs()).collect();
-        let alone: u64 = own.iter().map(|d| size(d)).sum();
-        let added: u64 = own
+        // Sizes are registries' and archives' words: summed without overflow.
+        let alone = own.iter().fold(0u64, |sum, d| sum.saturating_add(size(d)));
+        let added = own
             .iter()
             .filter(|d| !in_volume.contains(**d))
-            .map(|d| size(d))
-            .sum();
-        if !current.is_empty() && used + added > part_size {
+            .fold(0u64, |sum, d| sum.saturating_add(size(d)));
+        if !current.is_empty() && used.saturating_add(added) > part_size {
             volumes.push(std::mem::take(&mut current));
             in_volume.clear();
             used = 0;
@@ -40,11 +40,10 @@ pub fn plan_volumes(
                 image.name()
             ));
         }
-        used += own
+        used = own
             .iter()
             .filter(|d| in_volume.insert((**d).clone()))
-            .map(|d| size(d))
-            .sum::<u64>();
+            .fold(used, |sum, d| sum.saturating_add(size(d)));
         current.push(image.clone());
     }
     if !current.is_empty() {

@@ -263,6 +263,17 @@ impl ArchiveWriter {
             }
         }
         let index = self.index.to_go_json()?;
+        // What a reader takes (`reader::JSON_LIMIT`): an archive this writes must read back.
+        // Failing here leaves no archive (its temporary file goes), not one no load reads.
+        if index.len() as u64 > super::reader::JSON_LIMIT {
+            return Err(Error::invalid(format!(
+                "{}: its index.json would be {} MiB, past the {} MiB an archive's index may be; \
+                 save the images into more than one archive",
+                self.location,
+                index.len() >> 20,
+                super::reader::JSON_LIMIT >> 20
+            )));
+        }
         self.send(Item::Inline(INDEX_NAME.to_owned(), index))
             .await?;
         let entries = self.entries;

@@ -252,6 +252,11 @@ impl Registry {
     ) -> Result<Mounted> {
         let mut url = Url::parse(&self.repo_url(repo, "blobs/uploads/")?)
             .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+        // The repository mounted from is named to the registry as well: held to the same
+        // grammar, or not asked (the caller uploads instead).
+        if crate::reference::validate_repository(from_repo).is_err() {
+            return Ok(Mounted::Declined);
+        }
         url.query_pairs_mut()
             .append_pair("mount", &digest.to_string())
             .append_pair("from", from_repo);

@@ -87,9 +87,9 @@ pub async fn collect(
         Repo::Http { url, http } => {
             let index_url = format!("{}/index.yaml", url.trim_end_matches('/'));
             let bytes = http.get(&index_url, None, MAX_FILE).await?;
-            let text =
-                String::from_utf8(bytes).with_context(|| format!("{index_url} is not text"))?;
-            (PathBuf::new(), from_index(&text, &index_url, console)?)
+            let shown = hangar_shared::redact::redact_url(&index_url);
+            let text = String::from_utf8(bytes).with_context(|| format!("{shown} is not text"))?;
+            (PathBuf::new(), from_index(&text, &shown, console)?)
         }
     };
     versions.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| b.version.cmp(&a.version)));
@@ -130,12 +130,13 @@ pub async fn collect(
                         &v.path.to_string_lossy(),
                     )?;
                     let bytes = http.get(chart.as_str(), None, MAX_PACKAGE).await?;
+                    let shown = hangar_shared::redact::redact_url(chart.as_str());
                     crate::commands::chart_sources::check_digest(
                         v.digest.as_deref(),
                         &hangar_shared::digest::Digest::of(&bytes),
-                        chart.as_str(),
+                        &shown,
                     )?;
-                    values_in_package(std::io::Cursor::new(bytes), chart.as_str())
+                    values_in_package(std::io::Cursor::new(bytes), &shown)
                 }
             };
             match values {

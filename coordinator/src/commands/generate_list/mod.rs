@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+use hangar_shared::redact::redact_location;
 
 use super::bounded::Downloads;
 use crate::cli::GenerateListArgs;
@@ -137,12 +138,18 @@ async fn generate(args: &GenerateListArgs, console: &Console) -> Result<()> {
                     .map(|r| (r, charts::Kind::System)),
             );
         for (n, ((url, branch), kind)) in all.enumerate() {
-            console.info(None, format!("Cloning {url} (branch {branch})"));
+            console.info(
+                None,
+                format!("Cloning {} (branch {branch})", redact_location(url)),
+            );
             let into = dir.path().join(n.to_string());
             rancher_sources::clone(url, branch, &into, within).await?;
             repos.push((url.clone(), Some(into), kind));
         }
-        console.info(None, format!("Reading KDM data from {}", sources.kdm));
+        console.info(
+            None,
+            format!("Reading KDM data from {}", redact_location(&sources.kdm)),
+        );
         kdm = Some(sources.kdm);
         Some(dir)
     } else {
@@ -163,6 +170,8 @@ async fn generate(args: &GenerateListArgs, console: &Console) -> Result<()> {
 
     let mut found = Found::default();
     for (repo, cloned, kind) in &repos {
+        // Named without a URL's credentials in messages and in the sources it records.
+        let shown = redact_location(repo);
         let source = match cloned {
             Some(dir) => charts::Repo::Dir(dir),
             None if repo.starts_with("http://") || repo.starts_with("https://") => {
@@ -172,17 +181,17 @@ async fn generate(args: &GenerateListArgs, console: &Console) -> Result<()> {
                 }
             }
             None if repo.contains("://") => {
-                bail!("chart repository {repo}: only paths and http(s) URLs are read")
+                bail!("chart repository {shown}: only paths and http(s) URLs are read")
             }
             None => charts::Repo::Dir(Path::new(repo)),
         };
-        charts::collect(source, repo, *kind, &rancher, &mut found, console)
+        charts::collect(source, &shown, *kind, &rancher, &mut found, console)
             .await
-            .with_context(|| format!("chart repository {repo}"))?;
+            .with_context(|| format!("chart repository {shown}"))?;
     }
     if let Some(location) = &kdm {
         let bytes = read_source(&http, location, MAX_KDM).await?;
-        let data = Kdm::parse(&bytes, location)?;
+        let data = Kdm::parse(&bytes, &redact_location(location))?;
         for distro in [Distro::K3s, Distro::Rke2] {
             let versions = data.releases(distro, &rancher, args.kdm_remove_deprecated)?;
             if versions.is_empty() {
@@ -266,7 +275,7 @@ async fn read_source(http: &Downloads, location: &str, cap: u64) -> Result<Vec<u
 
 async fn fetch_text(http: &Downloads, url: &str) -> Result<String> {
     String::from_utf8(http.get(url, None, MAX_IMAGE_LIST).await?)
-        .with_context(|| format!("{url} is not text"))
+        .with_context(|| format!("{} is not text", redact_location(url)))
 }
 
 /// A Rancher GC build runs its own webhook: `rancher/rancher-webhook` becomes

@@ -91,7 +91,14 @@ pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration
             "cloning {url}: git is not installed (install it, or clone the repository and give \
              it with --chart/--system-chart)"
         ),
-        Err(e) => return Err(e).with_context(|| format!("running git clone {url}")),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "running git clone {}",
+                    hangar_shared::redact::redact_location(url)
+                )
+            });
+        }
     };
     // Whatever ends the wait (the time, Ctrl-C dropping the run, an error) ends git and
     // its helpers too.
@@ -109,7 +116,12 @@ pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration
             "cloning {url} ({branch}): not done within {}",
             humantime::format_duration(within)
         ),
-        Ok(status) => status.with_context(|| format!("running git clone {url}"))?,
+        Ok(status) => status.with_context(|| {
+            format!(
+                "running git clone {}",
+                hangar_shared::redact::redact_location(url)
+            )
+        })?,
     };
     drop(out);
     // Git is done: what it started (a credential helper holding its stderr) goes too, so
@@ -126,7 +138,10 @@ pub async fn clone(url: &str, branch: &str, into: &Path, within: Option<Duration
         };
         let said = String::from_utf8_lossy(&said);
         let said: String = said.trim().chars().take(2000).collect();
-        bail!("cloning {url} (branch {branch}) failed: {said}");
+        bail!(
+            "cloning {} (branch {branch}) failed: {said}",
+            hangar_shared::redact::redact_location(url)
+        );
     }
     Ok(())
 }

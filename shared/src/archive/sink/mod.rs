@@ -267,6 +267,28 @@ mod tests {
         let _ = std::fs::remove_file(out);
     }
 
+    /// An archive whose index a reader would refuse (past 64 MiB) is not written: the
+    /// write fails naming the size, and nothing is left at the destination.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_index_past_what_readers_take_is_not_written() {
+        let (manifest, layer) = (Digest::of(b"manifest"), Digest::of(b"layer"));
+        let source = Arc::new(Zeros([(manifest.clone(), 10), (layer.clone(), 10)].into()));
+        let mut images = one_image("huge", &manifest, vec![layer]);
+        images[0].images[0]
+            .annotations
+            .insert("note".into(), "a".repeat(65 << 20));
+        let out = temp("huge-index");
+        let e = write_archive(out.to_str().unwrap(), None, &images, source)
+            .await
+            .unwrap_err();
+        assert!(
+            e.message.contains("index.json would be 65 MiB"),
+            "{}",
+            e.message
+        );
+        assert!(!out.exists());
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn zip64_when_entries_pass_65535() {
         let manifest = Digest::of(b"manifest");
