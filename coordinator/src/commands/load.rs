@@ -107,8 +107,15 @@ fn select(
     let mut jobs = Vec::new();
     for (mut entry, image) in wanted {
         let Some(image) = image else { continue };
-        let source = match image.reference() {
-            Ok(r) => r,
+        let named = image.reference().and_then(|source| {
+            let dest = source
+                .clone()
+                .with_registry(Some(dest_registry))
+                .with_project(some(&args.project).as_deref())?;
+            Ok((source, dest))
+        });
+        let (source, dest) = match named {
+            Ok(named) => named,
             Err(e) => {
                 console.error(
                     Some(entry.index),
@@ -121,21 +128,6 @@ fn select(
         if let LineKind::Invalid(_) = entry.kind {
             entry.kind = LineKind::Default(source.clone());
         }
-        let dest = match source
-            .clone()
-            .with_registry(Some(dest_registry))
-            .with_project(some(&args.project).as_deref())
-        {
-            Ok(dest) => dest,
-            Err(e) => {
-                console.error(
-                    Some(entry.index),
-                    format!("Failed to load image [{}]: {e}", image.name()),
-                );
-                failed.push(entry.original.clone());
-                continue;
-            }
-        };
         jobs.push(ImageJob::from_archive(
             entry,
             location,
