@@ -192,7 +192,10 @@ fn convert_list_writes_mirror_lines_like_hangar() {
     let input = dir.path().join("list.txt");
     std::fs::write(
         &input,
-        "# comment\nalpine:3\nlibrary/mysql:5.7.5\na b c\nbad line here too\n",
+        format!(
+            "\u{feff}alpine:3\nlibrary/mysql:5.7.5\na b c\nbad line here too\napp@sha256:{}\n",
+            "a".repeat(64)
+        ),
     )
     .unwrap();
     let out = hangar(&[
@@ -211,8 +214,14 @@ fn convert_list_writes_mirror_lines_like_hangar() {
         "example.io/alpine docker.io/alpine 3\nexample.io/library/mysql docker.io/library/mysql 5.7.5"
     );
     assert!(
-        text(&out).contains("list.txt:5"),
+        text(&out).contains("list.txt:4"),
         "invalid line named: {}",
+        text(&out)
+    );
+    // A digest pin has no mirror-format line: skipped, named, not half-converted.
+    assert!(
+        text(&out).contains("list.txt:5): a digest-pinned image has no tag"),
+        "{}",
         text(&out)
     );
 }

@@ -169,6 +169,33 @@ fn generated_keys_have_cosigns_format_and_modes() {
         &s(&dir.path().join("pass.txt")),
     ]);
     assert!(forced.status.success(), "{}", text(&forced));
+    // A pair that cannot be written whole (its public half's path is a directory) leaves
+    // the old pair as it was, and no temporary file behind.
+    let prefix = dir.path().join("half");
+    let key_file = dir.path().join("half.key");
+    std::fs::write(&key_file, "old private key").unwrap();
+    std::fs::create_dir(dir.path().join("half.pub")).unwrap();
+    let failed = hangar(&[
+        "generate-sigstore-key",
+        "-y",
+        "-p",
+        &s(&prefix),
+        "--passphrase-file",
+        &s(&dir.path().join("pass.txt")),
+    ]);
+    assert!(!failed.status.success(), "{}", text(&failed));
+    assert!(text(&failed).contains("half.pub"), "{}", text(&failed));
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        "old private key"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test]

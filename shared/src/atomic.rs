@@ -59,6 +59,32 @@ pub fn write(dest: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()
     written
 }
 
+/// Writes several files that belong together (a key and its public half): every one is
+/// written whole to its temporary file first, and only then are they renamed into place,
+/// in the order given, so a failure while writing replaces none of them.
+pub fn write_together(files: &[(&Path, &[u8], Option<u32>)]) -> std::io::Result<()> {
+    let mut temps = Vec::with_capacity(files.len());
+    let written = (|| {
+        for (dest, bytes, mode) in files {
+            let temp = temp_path(dest);
+            let mut f = create_new(&temp, *mode)?;
+            temps.push(temp);
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        for (temp, (dest, _, _)) in temps.iter().zip(files) {
+            commit(temp, dest)?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        for temp in &temps {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+    written
+}
+
 /// Renames a finished temporary file over `dest` (a symlink there is replaced, not
 /// followed) and makes the rename durable.
 pub fn commit(temp: &Path, dest: &Path) -> std::io::Result<()> {

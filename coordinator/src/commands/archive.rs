@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
 use hangar_shared::archive::writer::write_archive;
@@ -53,17 +53,17 @@ fn init(files: &[PathBuf], console: &Console) -> Result<()> {
     }
     for file in files {
         let json = ArchiveIndex::new().to_go_json()?;
-        let tmp = hangar_shared::atomic::temp_path(file);
-        let out = hangar_shared::atomic::create_new(&tmp, None)?;
-        let mut zip = zip::ZipWriter::new(out);
+        // Made in memory (a few hundred bytes), then written whole or not at all.
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored)
             .system(zip::System::Dos)
             .last_modified_time(zip::DateTime::default());
         zip.start_file(INDEX_NAME, options)?;
         std::io::Write::write_all(&mut zip, &json)?;
-        zip.finish()?.sync_all()?;
-        hangar_shared::atomic::commit(&tmp, file)?;
+        let bytes = zip.finish()?.into_inner();
+        hangar_shared::atomic::write(file, &bytes, None)
+            .with_context(|| format!("writing {}", file.display()))?;
         console.info(None, format!("Created archive {}", file.display()));
     }
     Ok(())

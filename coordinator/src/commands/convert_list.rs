@@ -68,9 +68,26 @@ pub fn run(args: &ConvertListArgs, console: &Console) -> Result<()> {
         bail!("cancelled");
     }
     let mut out = Vec::new();
+    // A byte-order mark is not part of the first line (as `ImageList::parse` has it).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with("//") {
+            continue;
+        }
+        // A digest pin has no tag for the mirror format's third column; Hangar, splitting
+        // on `:`, writes `app@sha256 … <hex>`, a line no mirror reads.
+        if line.contains('@') {
+            console.warn(
+                None,
+                format!(
+                    "Ignore image list line {:?} ({}:{}): a digest-pinned image has no tag \
+                     for the mirror format",
+                    line,
+                    args.input.display(),
+                    i + 1
+                ),
+            );
             continue;
         }
         let fields = line.split(' ').filter(|f| !f.is_empty()).count();

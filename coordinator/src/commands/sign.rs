@@ -80,19 +80,19 @@ pub fn generate_key(args: &GenerateKeyArgs, console: &Console) -> Result<()> {
         console.warn(None, "The passphrase is shorter than 5 characters");
     }
     let pair = KeyPair::generate();
-    write_mode(&key_path, pair.encrypted_pem(&pass)?.as_bytes(), 0o600)?;
-    write_mode(&pub_path, pair.public().to_pem()?.as_bytes(), 0o644)?;
+    let (private, public) = (pair.encrypted_pem(&pass)?, pair.public().to_pem()?);
+    // Both written before either replaces an old one, the public half first: a failure
+    // leaves the old pair as it was, never a new private key beside an old public one.
+    hangar_shared::atomic::write_together(&[
+        (Path::new(&pub_path), public.as_bytes(), Some(0o644)),
+        (Path::new(&key_path), private.as_bytes(), Some(0o600)),
+    ])
+    .with_context(|| format!("writing {key_path} and {pub_path}"))?;
     console.info(
         None,
         format!("Private key written to {key_path}, public key to {pub_path}"),
     );
     Ok(())
-}
-
-/// Writes a file whole with `mode`, through a temporary file created with that mode.
-fn write_mode(path: &str, bytes: &[u8], mode: u32) -> Result<()> {
-    hangar_shared::atomic::write(std::path::Path::new(path), bytes, Some(mode))
-        .with_context(|| format!("writing {path}"))
 }
 
 pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result<()> {
