@@ -59,6 +59,42 @@ where
     d.deserialize_seq(Bounded::<T, N>(std::marker::PhantomData))
 }
 
+/// The most annotations one platform entry carries (an index descriptor's: a few).
+pub const MAX_ANNOTATIONS: usize = 256;
+
+/// A JSON object of at most `N` string members, as [`at_most`] bounds a list: a map of
+/// short members costs many times its JSON.
+fn at_most_members<'de, D, const N: usize>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Bounded<const N: usize>;
+    impl<'de, const N: usize> serde::de::Visitor<'de> for Bounded<N> {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "an object of at most {N} string members")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut members = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if members.len() == N {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {N} members in one object"
+                    )));
+                }
+                members.insert(k, v);
+            }
+            Ok(members)
+        }
+    }
+    d.deserialize_map(Bounded::<N>)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArchiveIndex {
     #[serde(
@@ -140,7 +176,11 @@ pub struct ImageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Digest>,
     pub digest: Digest,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "at_most_members::<_, MAX_ANNOTATIONS>"
+    )]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -468,6 +508,38 @@ mod tests {
             assert_eq!(
                 e.message,
                 format!("this tool does not support index version {v}")
+            );
+        }
+    }
+
+    /// Every list and object of an entry is bounded where it is parsed; within the bounds
+    /// an index reads as it did.
+    #[test]
+    fn an_entrys_lists_and_annotations_are_bounded() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let spec = |annotations: usize, features: usize| {
+            let a: Vec<String> = (0..annotations).map(|i| format!("\"k{i}\":\"\"")).collect();
+            let f = vec!["\"f\""; features].join(",");
+            format!(
+                r#"{{"version":"v1.2.0","list":[{{"source":"docker.io/library/a","tag":"1","images":[{{"digest":"{digest}","osFeatures":[{f}],"annotations":{{{}}}}}]}}]}}"#,
+                a.join(",")
+            )
+        };
+        let ok = ArchiveIndex::parse(
+            spec(MAX_ANNOTATIONS, MAX_PLATFORM_NAMES).as_bytes(),
+            "a.zip",
+        )
+        .unwrap();
+        assert_eq!(ok.list[0].images[0].annotations.len(), MAX_ANNOTATIONS);
+        for (json, what) in [
+            (spec(MAX_ANNOTATIONS + 1, 1), "members in one object"),
+            (spec(1, MAX_PLATFORM_NAMES + 1), "entries in one list"),
+        ] {
+            let e = ArchiveIndex::parse(json.as_bytes(), "a.zip").unwrap_err();
+            assert!(
+                e.message.starts_with("a.zip: ") && e.message.contains(what),
+                "{}",
+                e.message
             );
         }
     }
