@@ -35,10 +35,15 @@ pub(super) async fn submit(
     let body = match tokio::time::timeout(BODY_TIME, axum::body::to_bytes(body, BODY_LIMIT)).await {
         Ok(Ok(body)) => body,
         Ok(Err(e)) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("job specification: {e} (at most {} MiB)", BODY_LIMIT >> 20),
-            );
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return match too_large {
+                true => refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("job specification: {e} (at most {} MiB)", BODY_LIMIT >> 20),
+                ),
+                false => refuse(StatusCode::BAD_REQUEST, format!("job specification: {e}")),
+            };
         }
         Err(_) => {
             return refuse(
