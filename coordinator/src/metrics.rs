@@ -73,7 +73,8 @@ impl Metrics {
             self.images
                 .with_label_values(&["pending"])
                 .add(pending as i64);
-            self.bytes.add(s.bytes_copied as i64);
+            self.bytes
+                .add(i64::try_from(s.bytes_copied).unwrap_or(i64::MAX));
             for (result, n) in [
                 ("copied", s.blobs_copied),
                 ("from_cache", s.blobs_from_cache),

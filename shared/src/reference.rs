@@ -191,7 +191,9 @@ fn split_segments(segments: &[&str]) -> (String, String, String) {
 }
 
 /// At most `n` characters of `text` for a message, marked when cut.
-pub(crate) fn shorten(text: &str, n: usize) -> String {
+/// `text` cut to its first `n` characters (`…` marks the cut): what a message quotes of an
+/// outside string.
+pub fn shorten(text: &str, n: usize) -> String {
     match text.char_indices().nth(n) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),

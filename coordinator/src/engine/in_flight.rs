@@ -37,6 +37,14 @@ pub struct InFlight {
 /// The most tasks a snapshot lists (the longest-running first): a view, not a dump.
 pub const SHOWN: usize = 50;
 
+/// What a snapshot keeps of a worker's words (its name, what it waits on, why it failed):
+/// 200 characters, so that a job's snapshot stays within the job bucket's 1 MB value
+/// whatever a worker sends (a snapshot that did not fit was not saved, and a cancelled
+/// job came back on restart).
+fn shown(text: &str) -> String {
+    hangar_shared::reference::shorten(text, 200)
+}
+
 impl InFlight {
     pub fn observe(&mut self, event: &Event) {
         match &event.kind {
@@ -44,7 +52,7 @@ impl InFlight {
                 self.tasks.insert(
                     event.task,
                     Entry {
-                        worker: worker.clone(),
+                        worker: shown(worker),
                         attempt: *attempt,
                         since: Instant::now(),
                         waiting_on: None,
@@ -53,7 +61,7 @@ impl InFlight {
             }
             EventKind::Waiting { on } => {
                 if let Some(e) = self.tasks.get_mut(&event.task) {
-                    e.waiting_on = Some(on.clone());
+                    e.waiting_on = Some(shown(on));
                 }
             }
             EventKind::Failed {
@@ -62,7 +70,7 @@ impl InFlight {
                 ..
             } => {
                 if let Some(e) = self.tasks.get_mut(&event.task) {
-                    e.waiting_on = Some(format!("its next delivery, after: {message}"));
+                    e.waiting_on = Some(format!("its next delivery, after: {}", shown(message)));
                 }
             }
             EventKind::Done { .. } | EventKind::Failed { .. } => {
@@ -158,5 +166,42 @@ mod tests {
         assert_eq!(f.len(), 1);
         // Tasks the tracker no longer knows are not shown.
         assert!(f.view(|_| None).is_empty());
+    }
+
+    /// A worker's words are kept to 200 characters each: 50 tasks shown of a megabyte each
+    /// would not fit the job bucket's 1 MB value, and a snapshot not saved brought a
+    /// cancelled job back on restart.
+    #[test]
+    fn a_workers_words_are_kept_short() {
+        let mut f = InFlight::default();
+        let huge = "w".repeat(1 << 20);
+        f.observe(&event(
+            1,
+            EventKind::Started {
+                worker: huge.clone(),
+                attempt: 1,
+            },
+        ));
+        f.observe(&event(
+            2,
+            EventKind::Started {
+                worker: "w".into(),
+                attempt: 1,
+            },
+        ));
+        f.observe(&event(1, EventKind::Waiting { on: huge.clone() }));
+        f.observe(&event(
+            2,
+            EventKind::Failed {
+                class: hangar_shared::error::FailureClass::Network,
+                message: huge,
+                attempt: 1,
+                last: false,
+            },
+        ));
+        for t in f.view(|_| Some(String::new())) {
+            assert!(t.worker.len() <= 210, "{}", t.worker.len());
+            assert!(t.waiting_on.is_some_and(|w| w.len() <= 260));
+        }
     }
 }

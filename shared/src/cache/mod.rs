@@ -48,6 +48,23 @@ const LOCAL_PART: usize = 256 << 10;
 /// thousand images; the rest goes to its directory.
 const RUN_HELD: u64 = 8 << 20;
 
+/// The largest sidecar record read (a size and a CRC-32 in JSON: some 40 bytes).
+const META_LIMIT: u64 = 4 << 10;
+/// The largest document read whole (a job's archive plan, an image's inventory).
+const DOC_LIMIT: u64 = 64 << 20;
+
+/// An object read whole only within `cap`: the bucket is written by every worker, and one
+/// object of gigabytes must not take the memory of each process that looks it up.
+async fn capped(got: object_store::GetResult, cap: u64, path: &Path) -> Result<Bytes> {
+    if got.meta.size > cap {
+        return Err(Error::invalid(format!(
+            "blob cache: {path} is {} bytes, more than the {cap} it may be",
+            got.meta.size
+        )));
+    }
+    got.bytes().await.map_err(cache_err)
+}
+
 fn cache_err(e: impl std::fmt::Display) -> Error {
     Error::new(FailureClass::Network, format!("blob cache: {e}"))
 }
@@ -218,7 +235,10 @@ impl BlobCache {
             return Ok(held.meta(digest));
         }
         let bytes = match self.store.get(&meta_path(digest)).await {
-            Ok(r) => r.bytes().await.map_err(cache_err)?,
+            // A record larger than any record is no record: the blob is fetched again,
+            // and its fill writes a true one.
+            Ok(r) if r.meta.size > META_LIMIT => return Ok(None),
+            Ok(r) => capped(r, META_LIMIT, &meta_path(digest)).await?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(cache_err(e)),
         };
@@ -341,7 +361,7 @@ impl BlobCache {
 
     pub async fn get_named(&self, key: &str) -> Result<Bytes> {
         match self.store.get(&Path::from(key)).await {
-            Ok(r) => r.bytes().await.map_err(cache_err),
+            Ok(r) => capped(r, DOC_LIMIT, &Path::from(key)).await,
             Err(object_store::Error::NotFound { .. }) => {
                 Err(Error::not_found(format!("blob cache: no {key}")))
             }
@@ -503,6 +523,27 @@ mod tests {
             Ok(Bytes::from_static(&bytes[3..])),
         ])
         .boxed()
+    }
+
+    /// The bucket is every worker's to write: a sidecar or a document past what one can
+    /// be is not read whole (a sidecar so large is no record; a document is refused).
+    #[tokio::test]
+    async fn objects_past_their_size_are_not_read_whole() {
+        let dir = tempfile_dir();
+        let cache = BlobCache::open(dir.to_str().unwrap()).unwrap();
+        let d = desc(b"hello cache");
+        let big = vec![b' '; (META_LIMIT + 1) as usize];
+        cache
+            .put_named(meta_path(&d.digest).as_ref(), big)
+            .await
+            .unwrap();
+        assert!(cache.meta(&d.digest).await.unwrap().is_none());
+        std::fs::create_dir_all(dir.join("archives")).unwrap();
+        let file = std::fs::File::create(dir.join("archives/huge.json")).unwrap();
+        file.set_len(DOC_LIMIT + 1).unwrap();
+        let e = cache.get_doc("huge.json").await.unwrap_err();
+        assert!(e.message.contains("more than the"), "{}", e.message);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

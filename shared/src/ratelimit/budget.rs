@@ -64,7 +64,7 @@ impl RateGate {
             } else {
                 (w.start, w.count)
             };
-            if count + requests > limit {
+            if count.saturating_add(requests) > limit {
                 crate::waiting::on(format!(
                     "{host}: its request budget (--rate-limit {limit}/s)"
                 ));

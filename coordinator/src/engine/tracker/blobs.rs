@@ -247,7 +247,8 @@ impl Tracker {
                 if *cached {
                     self.stats.blobs_from_cache += 1;
                 }
-                self.stats.bytes_copied += bytes;
+                // A worker's count: summed without overflow.
+                self.stats.bytes_copied = self.stats.bytes_copied.saturating_add(*bytes);
                 if *cached {
                     Handling::FromCache
                 } else {
