@@ -223,6 +223,7 @@ async fn a_task_whose_deliveries_ran_out_unheard_still_ends() {
         .publish(TaskEnvelope {
             job: "job-x".into(),
             id: 7,
+            nonce: 7,
             key: "assemble/x".into(),
             trace: None,
             task: Task::Assemble(AssembleTask {

@@ -28,6 +28,7 @@ pub fn sample_task(job: &str, id: u64) -> TaskEnvelope {
     TaskEnvelope {
         job: job.into(),
         id,
+        nonce: hangar_shared::task::new_nonce(),
         key: format!("{job}/{id}"),
         trace: None,
         task: Task::Blob(Box::new(BlobTask {

@@ -208,6 +208,12 @@ impl Task {
 pub struct TaskEnvelope {
     pub job: JobId,
     pub id: TaskId,
+    /// A random number the coordinator gives each task it publishes and every event about
+    /// it must carry back ([`Event::about`]): task ids are a count, and without it any
+    /// worker could report on tasks it was never given (fail images, pass checks, name the
+    /// digest a sign task signs).
+    #[serde(default)]
+    pub nonce: u64,
     /// Stable across re-publication: the de-duplication key on the bus.
     pub key: String,
     /// W3C `traceparent` of the job's trace, when tracing is on. On NATS it travels in the
@@ -365,40 +371,53 @@ pub enum EventKind {
 pub struct Event {
     pub job: JobId,
     pub task: TaskId,
+    /// The task's [`TaskEnvelope::nonce`]: an event without the right one is not about a
+    /// task its sender was given, and is ignored.
+    #[serde(default)]
+    pub nonce: u64,
     pub kind: EventKind,
 }
 
+/// A task's nonce: random, so that it cannot be guessed from the tasks one was given.
+pub fn new_nonce() -> u64 {
+    rand::random()
+}
+
 impl Event {
-    pub fn done(env: &TaskEnvelope, outcome: Outcome) -> Self {
+    /// An event about the task `env` carries.
+    pub fn about(env: &TaskEnvelope, kind: EventKind) -> Self {
         Self {
             job: env.job.clone(),
             task: env.id,
-            kind: EventKind::Done { outcome },
+            nonce: env.nonce,
+            kind,
         }
+    }
+
+    pub fn done(env: &TaskEnvelope, outcome: Outcome) -> Self {
+        Self::about(env, EventKind::Done { outcome })
     }
 
     pub fn started(env: &TaskEnvelope, worker: &str, attempt: u32) -> Self {
-        Self {
-            job: env.job.clone(),
-            task: env.id,
-            kind: EventKind::Started {
+        Self::about(
+            env,
+            EventKind::Started {
                 worker: worker.to_owned(),
                 attempt,
             },
-        }
+        )
     }
 
     pub fn failed(env: &TaskEnvelope, err: &Error, attempt: u32, last: bool) -> Self {
-        Self {
-            job: env.job.clone(),
-            task: env.id,
-            kind: EventKind::Failed {
+        Self::about(
+            env,
+            EventKind::Failed {
                 class: err.class,
                 message: err.message.clone(),
                 attempt,
                 last,
             },
-        }
+        )
     }
 }
 

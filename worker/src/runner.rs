@@ -96,7 +96,8 @@ async fn process(
         .await;
     // What the handler waits on goes to the job's view as it happens.
     let waiting = {
-        let (events, job, task) = (events.clone(), delivery.task.job.clone(), delivery.task.id);
+        let env = &delivery.task;
+        let (events, job, task, nonce) = (events.clone(), env.job.clone(), env.id, env.nonce);
         move |on: String| {
             let (events, job) = (events.clone(), job.clone());
             tokio::spawn(async move {
@@ -104,6 +105,7 @@ async fn process(
                     .notify(Event {
                         job,
                         task,
+                        nonce,
                         kind: EventKind::Waiting { on },
                     })
                     .await;

@@ -115,6 +115,7 @@ mod tests {
         Event {
             job: "j".into(),
             task,
+            nonce: 0,
             kind,
         }
     }

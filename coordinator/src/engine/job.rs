@@ -480,9 +480,9 @@ pub async fn run_copy(
             }
             news = bus.next() => match news {
                 News::Event(event) => {
-                    // Only tasks this job published: a stray task id on the bus must not
-                    // grow the view.
-                    if tracker.describe(event.task).is_some() {
+                    // Only tasks this job published, with their nonce: a stray or forged
+                    // event must not grow or rewrite the view.
+                    if tracker.expects(&event) {
                         in_flight.observe(&event);
                     }
                     tracker.on_event(event, &mut obs).await?;

@@ -79,7 +79,8 @@ where
         }
         finished(i, r)
     };
-    let mut tasks: HashMap<TaskId, (usize, usize)> = HashMap::new();
+    // Each task's image and place in it, and the nonce its events must carry.
+    let mut tasks: HashMap<TaskId, (usize, usize, u64)> = HashMap::new();
     let (mut next_id, mut done, mut planned_all) = (0u64, 0usize, false);
     let mut interrupted = false;
     // Listening from the start (a `ctrl_c()` future registers only once polled, and a
@@ -106,13 +107,15 @@ where
                     let mut published = Ok(());
                     for (k, (meta, task)) in planned.into_iter().enumerate() {
                         next_id += 1;
-                        tasks.insert(next_id, (i, k));
+                        let nonce = hangar_shared::task::new_nonce();
+                        tasks.insert(next_id, (i, k, nonce));
                         outcomes.push((meta, None));
                         published = bus
                             .queue
                             .publish(TaskEnvelope {
                                 job: run.job.to_owned(),
                                 id: next_id,
+                                nonce,
                                 key: format!("{}/{next_id}", run.job),
                                 trace: run.trace.clone(),
                                 task,
@@ -155,7 +158,13 @@ where
                         break;
                     }
                 };
-                let Some(&(i, k)) = tasks.get(&event.task) else { continue };
+                // Only an event with the task's nonce is about it (see `TaskEnvelope`).
+                let Some(&(i, k, _)) = tasks
+                    .get(&event.task)
+                    .filter(|(_, _, nonce)| *nonce == event.nonce)
+                else {
+                    continue;
+                };
                 match event.kind {
                     EventKind::Done { outcome } => {
                         let Some(o) = open.get_mut(&i) else { continue };
@@ -318,6 +327,7 @@ mod tests {
             let fail = |env: &TaskEnvelope, last| Event {
                 job: env.job.clone(),
                 task: env.id,
+                nonce: env.nonce,
                 kind: EventKind::Failed {
                     class: FailureClass::Auth,
                     message: "denied".into(),

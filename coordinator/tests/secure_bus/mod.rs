@@ -267,6 +267,7 @@ pub fn envelope(job: &str, id: u64, task: Task) -> TaskEnvelope {
     TaskEnvelope {
         job: job.into(),
         id,
+        nonce: hangar_shared::task::new_nonce(),
         key: format!("bus-test/{id}"),
         trace: None,
         task,

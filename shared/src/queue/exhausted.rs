@@ -28,6 +28,7 @@ fn advisory_subject() -> String {
 pub struct Sent {
     pub job: String,
     pub id: TaskId,
+    pub nonce: u64,
 }
 
 pub type SentTasks = Arc<std::sync::Mutex<HashMap<u64, Sent>>>;
@@ -103,6 +104,7 @@ async fn fail_for_good(js: &jetstream::Context, task: Sent, deliveries: u32) {
     let event = Event {
         job: task.job.clone(),
         task: task.id,
+        nonce: task.nonce,
         kind: EventKind::Failed {
             class: FailureClass::Internal,
             message: format!(

@@ -252,6 +252,7 @@ mod tests {
         TaskEnvelope {
             job: "j".into(),
             id,
+            nonce: id,
             key: format!("k{id}"),
             trace: None,
             task: Task::Index(IndexTask {

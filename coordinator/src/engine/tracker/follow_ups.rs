@@ -77,10 +77,19 @@ impl Tracker {
         outcome: Option<Outcome>,
         obs: &mut dyn Observer,
     ) {
-        if let Some(Outcome::Signed { added: true }) = outcome {
-            self.stats.signatures_added += 1;
+        match outcome {
+            Some(Outcome::Signed { added }) => {
+                if added {
+                    self.stats.signatures_added += 1;
+                }
+                self.follow_up_done(image, obs);
+            }
+            // Only a signature answers a sign task.
+            other => {
+                let e = Error::internal(format!("a sign task was answered with {other:?}"));
+                self.sign_failed(image, e, obs);
+            }
         }
-        self.follow_up_done(image, obs);
     }
 
     /// A signature that could not be written fails the image, whatever else is pending.
@@ -135,9 +144,9 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use hangar_shared::digest::Digest;
-    use hangar_shared::error::FailureClass;
+    use hangar_shared::error::{Error, FailureClass};
     use hangar_shared::manifest::{ANNOTATION_REFERENCE_TYPE, ATTESTATION_MANIFEST};
-    use hangar_shared::task::{Outcome, Task, TaskEnvelope};
+    use hangar_shared::task::{Event, Outcome, Task, TaskEnvelope};
 
     use super::super::testkit::{Harness, blob, job, kinds, platform, tagged};
     use super::super::{Extras, ImageResult};
@@ -200,6 +209,40 @@ mod tests {
             ImageResult::Copied { digest: Some(d), .. } if *d == index_digest
         ));
         assert_eq!(h.tracker.stats.signatures_added, 1, "one was there already");
+    }
+
+    /// Only an event with its task's nonce is about it: a worker that was not given the
+    /// task cannot settle it, whatever it says.
+    #[tokio::test]
+    async fn an_event_without_its_tasks_nonce_is_ignored() {
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], signing());
+        let (sign_platform, index) = up_to_the_index(&mut h).await;
+        let mut forged = Event::done(&sign_platform, Outcome::Signed { added: true });
+        forged.nonce ^= 1;
+        h.event(forged).await;
+        assert!(
+            h.tracker.describe(sign_platform.id).is_some(),
+            "still outstanding"
+        );
+        let mut forged = Event::failed(&index, &Error::new(FailureClass::Auth, "forged"), 1, true);
+        forged.nonce = forged.nonce.wrapping_add(1);
+        h.event(forged).await;
+        assert!(h.finished.0.is_empty(), "a forged failure fails nothing");
+        assert!(h.tracker.describe(index.id).is_some());
+    }
+
+    /// A sign task is answered by a signature: any other outcome (a worker's mistake or
+    /// its lie) fails the image instead of counting as signed.
+    #[tokio::test]
+    async fn a_sign_task_answered_otherwise_fails_the_image() {
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], signing());
+        let (sign_platform, _index) = up_to_the_index(&mut h).await;
+        h.done(&sign_platform, Outcome::BlobPresent).await;
+        let ImageResult::Failed(e) = &h.finished.0[0].1 else {
+            panic!("failed: {:?}", h.finished.0);
+        };
+        assert!(e.message.contains("a sign task was answered with"), "{e}");
+        assert_eq!(h.tracker.stats.signatures_added, 0);
     }
 
     #[tokio::test]

@@ -127,7 +127,8 @@ pub struct Tracker {
     inventories: Vec<(usize, usize, hangar_shared::scan::Inventory)>,
     scan_failures: Vec<(usize, Error)>,
     next_id: TaskId,
-    tasks: HashMap<TaskId, TaskRef>,
+    /// The tasks outstanding, each with the nonce its events must carry.
+    tasks: HashMap<TaskId, (u64, TaskRef)>,
     images: Vec<ImageState>,
     /// Blobs on their way to a destination repository, or failed there.
     blobs: HashMap<BlobKey, BlobState>,
@@ -258,12 +259,14 @@ impl Tracker {
     async fn publish(&mut self, key: String, task: Task, r: TaskRef) -> Result<()> {
         self.next_id += 1;
         let id = self.next_id;
-        self.tasks.insert(id, r);
+        let nonce = hangar_shared::task::new_nonce();
+        self.tasks.insert(id, (nonce, r));
         let published = self
             .queue
             .publish(TaskEnvelope {
                 job: self.job.clone(),
                 id,
+                nonce,
                 key: format!("{}/{key}", self.job),
                 trace: self.trace.clone(),
                 task,
@@ -276,6 +279,7 @@ impl Tracker {
                 self.refused.push(Event {
                     job: self.job.clone(),
                     task: id,
+                    nonce,
                     kind: EventKind::Failed {
                         class: e.class,
                         message: e.message,
@@ -365,9 +369,16 @@ impl Tracker {
         Ok(())
     }
 
+    /// Whether `event` is about a task outstanding, with the nonce it was given.
+    pub fn expects(&self, event: &Event) -> bool {
+        self.tasks
+            .get(&event.task)
+            .is_some_and(|(nonce, _)| *nonce == event.nonce)
+    }
+
     /// What a task of this job is, for the in-flight view; `None` once it is finished.
     pub fn describe(&self, task: TaskId) -> Option<String> {
-        Some(match self.tasks.get(&task)? {
+        Some(match &self.tasks.get(&task)?.1 {
             TaskRef::Blob((repo, digest)) => format!("blob {digest} → {repo}"),
             TaskRef::Manifest { key, .. } => format!("manifest {key}"),
             TaskRef::Top { key, .. } => format!("index {key}"),
@@ -383,6 +394,11 @@ impl Tracker {
     }
 
     async fn fold(&mut self, event: Event, obs: &mut dyn Observer) -> Result<()> {
+        // Only an event carrying the task's nonce is about it: another is ignored whatever
+        // it says (a worker reporting on a task it was never given).
+        if !self.expects(&event) {
+            return Ok(());
+        }
         let (outcome, error) = match event.kind {
             // Notices for the in-flight view (`crate::engine::in_flight`), nothing to settle.
             EventKind::Started { .. } | EventKind::Waiting { .. } => return Ok(()),
@@ -399,7 +415,7 @@ impl Tracker {
             }
             EventKind::Failed { class, message, .. } => (None, Some(Error::new(class, message))),
         };
-        let Some(r) = self.tasks.remove(&event.task) else {
+        let Some((_, r)) = self.tasks.remove(&event.task) else {
             return Ok(());
         };
         match (r, error) {
@@ -457,7 +473,7 @@ impl Tracker {
             let signing = self
                 .tasks
                 .values()
-                .any(|t| matches!(t, TaskRef::Sign { image } if *image == i));
+                .any(|(_, t)| matches!(t, TaskRef::Sign { image } if *image == i));
             if signing {
                 let e = Error::new(
                     FailureClass::Cancelled,
@@ -559,14 +575,13 @@ mod tests {
         let id = blobs[0].id;
         let what = h.tracker.describe(id).expect("in flight");
         assert!(what.starts_with("blob sha256:"), "{what}");
-        h.event(Event {
-            job: "job".into(),
-            task: id,
-            kind: EventKind::Started {
+        h.event(Event::about(
+            &blobs[0],
+            EventKind::Started {
                 worker: "w".into(),
                 attempt: 1,
             },
-        })
+        ))
         .await;
         assert!(h.take().is_empty(), "a notice settles nothing");
         h.ok(&blobs[0]).await;

@@ -52,6 +52,7 @@ impl EventSink for JetStreamSink {
                 },
                 job: event.job.clone(),
                 task: event.task,
+                nonce: event.nonce,
             };
             payload = serde_json::to_vec(&failed).map_err(|e| Error::internal(e.to_string()))?;
         }

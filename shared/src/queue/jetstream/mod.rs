@@ -395,6 +395,7 @@ impl TaskQueue for JetStreamQueue {
                             Sent {
                                 job: task.job.clone(),
                                 id: task.id,
+                                nonce: task.nonce,
                             },
                         );
                     }
