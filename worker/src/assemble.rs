@@ -7,9 +7,12 @@
 use std::sync::Arc;
 
 use hangar_shared::archive::writer::write_archive;
-use hangar_shared::archive::{ArchiveImage, ArchiveReader};
+use hangar_shared::archive::{ArchiveImage, ArchiveReader, BlobSource};
+use hangar_shared::cache::BlobCache;
+use hangar_shared::digest::Digest;
 use hangar_shared::error::{Error, Result};
 use hangar_shared::task::{AssembleTask, Outcome};
+use hangar_shared::verify::{ByteStream, verified};
 
 use crate::Context;
 
@@ -37,10 +40,117 @@ pub async fn write(ctx: &Context, task: &AssembleTask) -> Result<Outcome> {
         Some(location) => Some(Arc::new(ArchiveReader::open(location).await?)),
         None => None,
     };
-    let written = write_archive(&output, base, &images, cache.clone()).await?;
+    // On a fleet worker the bucket is every worker's to write, sidecars included: each
+    // blob is checked against its digest, not only against its sidecar's size and CRC-32.
+    let source: Arc<dyn BlobSource> = match &ctx.policy {
+        Some(_) => Arc::new(Verifying(cache.clone())),
+        None => cache.clone(),
+    };
+    let written = write_archive(&output, base, &images, source).await?;
     Ok(Outcome::Assembled {
         images: written.images,
         entries: written.entries,
         bytes: written.bytes,
     })
+}
+
+/// The shared cache as a fleet assembler reads it: every blob verified against its digest
+/// as it streams into the archive (a mismatch fails the archive, which is then not put in
+/// place).
+struct Verifying(Arc<BlobCache>);
+
+#[async_trait::async_trait]
+impl BlobSource for Verifying {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.0.blob_size(digest).await
+    }
+
+    async fn blob_stream(&self, digest: &Digest, size: u64) -> Result<ByteStream> {
+        let stream = self.0.blob_stream(digest, size).await?;
+        Ok(verified(stream, digest.clone(), size, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use futures_util::TryStreamExt as _;
+    use hangar_shared::archive::BlobSource;
+    use hangar_shared::cache::BlobCache;
+    use hangar_shared::digest::Digest;
+    use hangar_shared::error::FailureClass;
+    use hangar_shared::manifest::Descriptor;
+    use hangar_shared::verify::verified;
+    use std::sync::Arc;
+
+    fn desc(bytes: &[u8]) -> Descriptor {
+        Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            urls: None,
+            annotations: None,
+            platform: None,
+        }
+    }
+
+    async fn fill(cache: &BlobCache, bytes: &'static [u8]) -> hangar_shared::cache::BlobMeta {
+        let d = desc(bytes);
+        let stream = futures_util::stream::iter([Ok(Bytes::from_static(bytes))]);
+        cache
+            .fill(
+                &d,
+                verified(Box::pin(stream), d.digest.clone(), d.size, None),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// A worker with the bucket's credentials can replace a blob's bytes and its sidecar
+    /// together: the sidecar's size and CRC-32 then pass, the digest does not.
+    #[tokio::test]
+    async fn a_blob_replaced_with_its_sidecar_is_refused() {
+        let dir = std::env::temp_dir().join(format!(
+            "hangar-assemble-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = Arc::new(BlobCache::open(dir.to_str().unwrap()).unwrap());
+        let (good, evil): (&[u8], &[u8]) = (b"the real layer", b"another layer!");
+        fill(&cache, good).await;
+        let forged_meta = fill(&cache, evil).await;
+        let hex = Digest::of(good).hex().to_owned();
+        cache
+            .put_named(&format!("blobs/sha256/{hex}"), evil.to_vec())
+            .await
+            .unwrap();
+        cache
+            .put_named(
+                &format!("blobs/sha256/{hex}.meta"),
+                serde_json::to_vec(&forged_meta).unwrap(),
+            )
+            .await
+            .unwrap();
+        let size = good.len() as u64;
+        // The sidecar alone is satisfied...
+        let by_crc: Vec<Bytes> = cache
+            .blob_stream(&Digest::of(good), size)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(by_crc.concat(), evil);
+        // ...the assembler's reading is not.
+        let e = super::Verifying(cache.clone())
+            .blob_stream(&Digest::of(good), size)
+            .await
+            .unwrap()
+            .try_collect::<Vec<Bytes>>()
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, FailureClass::DigestMismatch, "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
