@@ -46,17 +46,7 @@ pub fn create_new(path: &Path, mode: Option<u32>) -> std::io::Result<File> {
 
 /// Writes `bytes` to `dest` whole or not at all (see the module's description).
 pub fn write(dest: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
-    let temp = temp_path(dest);
-    let written = (|| {
-        let mut f = create_new(&temp, mode)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        commit(&temp, dest)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written
+    write_together(&[(dest, bytes, mode)])
 }
 
 /// Writes several files that belong together (a key and its public half): every one is

@@ -11,7 +11,7 @@ use hangar_shared::cache::BlobCache;
 use hangar_shared::error::{FailureClass, Result};
 use hangar_shared::lease::BlobLeases;
 use hangar_shared::manifest::Descriptor;
-use hangar_shared::store::{BlobLook, ImageStore, OpenedUpload, StoreRef};
+use hangar_shared::store::{BlobLook, ImageStore, OpenedUpload};
 use hangar_shared::task::{BlobTask, Outcome};
 use hangar_shared::verify::{ByteStream, verified};
 
@@ -19,21 +19,8 @@ use crate::Context;
 
 pub async fn copy(ctx: &Context, task: &BlobTask) -> Result<Outcome> {
     let digest = &task.desc.digest;
-    // An archive a task names is read only inside this worker's archive roots, as one it
-    // writes: a task from outside the coordinator gets no other file read.
-    // What was checked is what is opened: the normalised location, not the task's words.
-    let checked;
-    let task = match (&ctx.policy, &task.source.store) {
-        (Some(policy), StoreRef::Archive { location }) => {
-            let mut t = task.clone();
-            t.source.store = StoreRef::Archive {
-                location: policy.archives.check("source archive", location)?,
-            };
-            checked = t;
-            &checked
-        }
-        _ => task,
-    };
+    // A source archive is read only inside a fleet worker's archive roots: its store
+    // resolver (`policy::Confined`) checks every archive a task names.
     let can = task.dest.store.abilities();
     if can.leased_fills {
         // The destination is the fleet's blob cache (`save` gathers there for the

@@ -7,7 +7,6 @@ use hangar_shared::manifest::{Descriptor, Manifest};
 use hangar_shared::registry::Side;
 use hangar_shared::sign::PublicKey;
 use hangar_shared::sign::cosign;
-use hangar_shared::store::StoreRef;
 use hangar_shared::task::{CheckTask, Outcome, Verdict};
 
 use crate::Context;
@@ -32,23 +31,14 @@ fn missing(expect: &[Descriptor], present: impl Fn(&Digest) -> bool) -> Verdict 
 }
 
 pub async fn check(ctx: &Context, task: &CheckTask) -> Result<Outcome> {
-    // An archive is read only inside this worker's archive roots, as for a copy.
     let store = match task {
         CheckTask::Contains { store, .. }
         | CheckTask::Present { store, .. }
         | CheckTask::Signature { store, .. } => store,
     };
-    // What was checked is what is opened: the normalised location, not the task's words.
-    let checked = match (&ctx.policy, &store.store) {
-        (Some(policy), StoreRef::Archive { location }) => Some(StoreRef::Archive {
-            location: policy.archives.check("archive", location)?,
-        }),
-        _ => None,
-    };
-    let resolved = ctx
-        .stores
-        .resolve(checked.as_ref().unwrap_or(&store.store))
-        .await?;
+    // On a fleet worker an archive is opened only inside the archive roots, at the
+    // location checked (`policy::Confined`, its store resolver).
+    let resolved = ctx.stores.resolve(&store.store).await?;
     let verdict = match task {
         CheckTask::Contains {
             store,

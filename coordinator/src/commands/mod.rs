@@ -347,7 +347,6 @@ pub fn report_list_warnings(
     }
 }
 
-/// `-j`: Hangar's range (1–20, else 1 with a warning); `--debug` forces 1.
 /// A list line as a message quotes it: at most 200 characters (a line may be megabytes;
 /// the failed list keeps it whole).
 pub fn quoted_line(original: &str) -> std::borrow::Cow<'_, str> {
@@ -368,6 +367,7 @@ pub fn check_project(flag: &str, value: &str) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{flag}: {}", e.message))
 }
 
+/// `-j`: Hangar's range (1–20, else 1 with a warning); `--debug` forces 1.
 pub fn clamp_jobs(jobs: i64, debug: bool, console: &crate::console::Console) -> usize {
     if debug {
         return 1;

@@ -337,6 +337,10 @@ mod tests {
             };
             tx.send(fail(&a.task, false)).expect("send");
             tx.send(fail(&a.task, true)).expect("send");
+            // Without task 2's nonce a failure says nothing about it.
+            let mut forged = fail(&b.task, true);
+            forged.nonce = forged.nonce.wrapping_add(1);
+            tx.send(forged).expect("send");
             tx.send(Event::done(&b.task, Outcome::Signed { added: true }))
                 .expect("send");
             a.ack().await.expect("ack");

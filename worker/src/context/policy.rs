@@ -398,8 +398,8 @@ impl SignScopes {
 
 /// Stores as a fleet worker resolves them for any task: an archive only inside its archive
 /// roots, at the normalised location that was checked, whatever the task's kind. (The
-/// copy, check and assemble handlers check their archives by name too, for their own
-/// messages; this is what keeps every other handler, and any written later, within them.)
+/// assembler checks the archive it writes, and its base, itself: it opens no store for
+/// them.)
 pub struct Confined {
     pub inner: std::sync::Arc<dyn StoreResolver>,
     pub roots: std::sync::Arc<Policy>,
