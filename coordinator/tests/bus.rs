@@ -377,6 +377,7 @@ async fn workers_refuse_archives_outside_their_roots_and_signatures_outside_scop
             digest: digest.clone(),
             identity: identity.into(),
             key: "release".into(),
+            index_of: None,
         })
     };
     let sig_tag = |repo: &str, d: &Digest| {

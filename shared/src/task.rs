@@ -110,6 +110,10 @@ pub struct SignTask {
     /// The repository the signature names (cosign's `docker-reference`).
     pub identity: String,
     pub key: String,
+    /// Set when `digest` is an index a worker wrote and reported: the child manifests the
+    /// job planned, which bound what the key will vouch for ([`crate::sign::vouch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_of: Option<Vec<Digest>>,
 }
 
 /// Read the package inventory of one platform image (its layers, from the worker's cache

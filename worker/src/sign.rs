@@ -1,9 +1,11 @@
 //! Sign one digest with one of this worker's keys, cosign-style; nothing is added when the
 //! key's signature is already there, so a redelivered task is harmless. A key given a
-//! `--sign-scope` signs only inside it.
+//! `--sign-scope` signs only inside it, and an index a worker reported only when it lists
+//! what its job planned ([`vouch`]).
 
 use hangar_shared::error::{Error, Result};
 use hangar_shared::sign::cosign::{self, Signed};
+use hangar_shared::sign::vouch;
 use hangar_shared::task::{Outcome, SignTask};
 
 use crate::Context;
@@ -24,7 +26,17 @@ pub async fn sign(ctx: &Context, task: &SignTask) -> Result<Outcome> {
     let what = format!("sign {}@{}", task.dest, task.digest);
     let signed = ctx
         .retry
-        .run(&what, || {
+        .run(&what, || async {
+            if let Some(planned) = &task.index_of {
+                vouch::check_index(
+                    store.as_ref(),
+                    &task.dest.repo,
+                    &task.digest,
+                    planned,
+                    &key.public(),
+                )
+                .await?;
+            }
             cosign::sign(
                 store.as_ref(),
                 &task.dest.repo,
@@ -32,6 +44,7 @@ pub async fn sign(ctx: &Context, task: &SignTask) -> Result<Outcome> {
                 &task.identity,
                 key,
             )
+            .await
         })
         .await?;
     Ok(Outcome::Signed {

@@ -244,6 +244,7 @@ mod tests {
             digest: Digest::of(&[n]),
             identity: "reg/app".into(),
             key: "k".into(),
+            index_of: None,
         })
     }
 

@@ -90,6 +90,7 @@ pub async fn plan(
                         digest: d.digest.clone(),
                         identity: identity.clone(),
                         key: key.clone(),
+                        index_of: None,
                     });
                     (d, task)
                 })

@@ -1,6 +1,9 @@
-//! The locked-down bus for the tests in `bus.rs`: a throwaway PKI, nats-server with TLS and
-//! the deployed permissions, a worker and `serve` with their identities, and the helpers
-//! that publish a task and read its final event.
+//! The locked-down bus for the tests in `bus.rs` and `sign_index.rs`: a throwaway PKI,
+//! nats-server with TLS and the deployed permissions, a worker and `serve` with their
+//! identities, and the helpers that publish a task and read its final event.
+
+// Each test file uses some of the helpers.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

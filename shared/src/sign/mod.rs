@@ -3,5 +3,6 @@
 
 pub mod cosign;
 pub mod keys;
+pub mod vouch;
 
 pub use keys::{KeyPair, PublicKey};

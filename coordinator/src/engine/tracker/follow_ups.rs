@@ -24,7 +24,7 @@ impl Tracker {
             (!p.is_attachment() && !p.entry.is_attestation()).then(|| p.manifest.digest.clone())
         });
         if let Some(digest) = signable {
-            self.publish_sign(image, digest).await?;
+            self.publish_sign(image, digest, None).await?;
             if self.extras.scan {
                 self.publish_scan(image, platform).await?;
             }
@@ -32,8 +32,14 @@ impl Tracker {
         Ok(())
     }
 
-    /// Signs `digest` in the image's destination with the job's key, if it has one.
-    pub(super) async fn publish_sign(&mut self, image: usize, digest: Digest) -> Result<()> {
+    /// Signs `digest` in the image's destination with the job's key, if it has one;
+    /// `index_of`: the children planned for an index whose digest a worker reported.
+    pub(super) async fn publish_sign(
+        &mut self,
+        image: usize,
+        digest: Digest,
+        index_of: Option<Vec<Digest>>,
+    ) -> Result<()> {
         let Some(key) = self.extras.sign_key.clone() else {
             return Ok(());
         };
@@ -53,8 +59,23 @@ impl Tracker {
             digest,
             identity,
             key,
+            index_of,
         });
         self.publish(name, task, TaskRef::Sign { image }).await
+    }
+
+    /// Every manifest digest the image's plan copies to its destination.
+    pub(super) fn planned_children(&self, image: usize) -> Vec<Digest> {
+        self.images[image]
+            .plan
+            .as_ref()
+            .map(|p| {
+                p.platforms
+                    .iter()
+                    .map(|p| p.manifest.digest.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Reads the package inventory of a platform manifest just written.
@@ -197,6 +218,17 @@ mod tests {
             index_digest,
             "the index is signed too"
         );
+        // The index's digest is the worker's word: the signer checks it lists only the
+        // planned platform. The platform's digest is the plan's own.
+        let (Task::Sign(for_index), Task::Sign(for_platform)) =
+            (&step[0].task, &sign_platform.task)
+        else {
+            panic!("sign tasks: {step:?}");
+        };
+        let planned = h.tracker.planned_children(0);
+        assert_eq!(planned, std::slice::from_ref(&for_platform.digest));
+        assert_eq!(for_index.index_of.as_deref(), Some(&planned[..]));
+        assert_eq!(for_platform.index_of, None);
         assert!(h.finished.0.is_empty(), "held for the signatures");
         h.ok(&sign_platform).await;
         assert!(

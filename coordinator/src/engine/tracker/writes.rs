@@ -164,7 +164,7 @@ impl Tracker {
         obs: &mut dyn Observer,
     ) -> Result<()> {
         self.release(key).await?;
-        let result = match outcome {
+        let result = match outcome.clone() {
             Some(Outcome::IndexPushed { digest, preserved }) => ImageResult::Copied {
                 digest: Some(digest),
                 preserved,
@@ -193,11 +193,17 @@ impl Tracker {
                 }
             }
         };
+        // A digest the worker reported is signed only as an index of what was planned.
+        let reported = matches!(
+            outcome,
+            Some(Outcome::IndexPushed { .. } | Outcome::IndexUnchanged { .. })
+        );
         if let ImageResult::Copied {
             digest: Some(d), ..
         } = &result
         {
-            self.publish_sign(image, d.clone()).await?;
+            let index_of = reported.then(|| self.planned_children(image));
+            self.publish_sign(image, d.clone(), index_of).await?;
         }
         self.complete(image, result, obs);
         Ok(())
