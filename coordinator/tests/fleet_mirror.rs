@@ -373,17 +373,6 @@ async fn a_blob_lease_is_renewed_while_held_and_expires_when_its_holder_dies() {
     let nats = NatsProcess::start().expect("nats-server");
     let client = async_nats::connect(nats.url()).await.unwrap();
     let ttl = std::time::Duration::from_secs(2);
-    // A bucket left by an older fleet, whose leases lived ten minutes, is brought to the
-    // new max age: a lease lives as long as its last renewal, not the bucket's history.
-    async_nats::jetstream::new(client.clone())
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: hangar_shared::lease::LEASE_BUCKET.into(),
-            history: 1,
-            max_age: std::time::Duration::from_secs(600),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
     let a = std::sync::Arc::new(
         BlobLeases::open_with_ttl(client.clone(), "worker-a", ttl)
             .await

@@ -34,42 +34,20 @@ impl BlobLeases {
         Self::open_with_ttl(client, holder, LEASE_TTL).await
     }
 
-    /// `ttl` is the bucket's max age when this call creates it (an existing bucket keeps
-    /// its own): how long a dead holder's lease outlives it.
+    /// `ttl` is the bucket's max age when this call creates it: how long a dead holder's
+    /// lease outlives it. An existing bucket keeps its own (the coordinator brings it to
+    /// [`LEASE_TTL`]; a worker may not change it).
     pub async fn open_with_ttl(
         client: async_nats::Client,
         holder: &str,
         ttl: Duration,
     ) -> Result<Self> {
         let js = jetstream::new(client);
-        let kv = match js.get_key_value(LEASE_BUCKET).await {
-            Ok(kv) => {
-                // A bucket made with another max age (10 min before leases were renewed
-                // every 10 s) is brought to this one: the age is the lease's life.
-                if let Ok(mut stream) = js.get_stream(format!("KV_{LEASE_BUCKET}")).await
-                    && let Ok(info) = stream.info().await
-                    && info.config.max_age != ttl
-                {
-                    let mut config = info.config.clone();
-                    config.max_age = ttl;
-                    // NATS refuses a duplicate window longer than the max age.
-                    config.duplicate_window = config.duplicate_window.min(ttl);
-                    if let Err(e) = js.update_stream(config).await {
-                        tracing::warn!("setting the lease bucket's max age to {ttl:?}: {e}");
-                    }
-                }
-                kv
-            }
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: LEASE_BUCKET.into(),
-                    history: 1,
-                    max_age: ttl,
-                    ..Default::default()
-                })
-                .await
-                .map_err(bus)?,
+        let config = kv::Config {
+            max_age: ttl,
+            ..crate::queue::jetstream::storage::lease_bucket()
         };
+        let kv = crate::queue::jetstream::storage::bucket(&js, config).await?;
         // Renewed at the pace of the shorter of the two lives, should the bucket keep a
         // shorter max age than asked for (made by hand, or not ours to change).
         let ttl = match kv.status().await {

@@ -53,6 +53,8 @@ pub async fn ensure_stream(js: &jetstream::Context) -> Result<u64> {
             subjects: vec![advisory_subject()],
             storage: stream::StorageType::File,
             max_age: Duration::from_secs(24 * 3600),
+            // One small advisory per task whose deliveries ran out.
+            max_bytes: 64 << 20,
             ..Default::default()
         })
         .await

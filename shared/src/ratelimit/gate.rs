@@ -8,13 +8,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use async_trait::async_trait;
 
 use super::latency::LatencyWatch;
-use super::ledger::{KvLedger, Ledger, MemoryLedger, RATE_BUCKET, key};
+use super::ledger::{KvLedger, Ledger, MemoryLedger, key};
 use super::{Gate, Permit, Request};
-use crate::error::{Error, FailureClass, Result};
+use crate::error::{Error, Result};
+use crate::queue::jetstream::storage;
 
 /// Per-registry limits, as given to a worker.
 #[derive(Debug, Default, Clone)]
@@ -68,18 +69,7 @@ impl RateGate {
         holder: &str,
     ) -> Result<Arc<Self>> {
         let js = jetstream::new(client);
-        let kv = match js.get_key_value(RATE_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: RATE_BUCKET.into(),
-                    history: 1,
-                    max_age: Duration::from_secs(3600),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| Error::new(FailureClass::Network, format!("rate bucket: {e}")))?,
-        };
+        let kv = storage::bucket(&js, storage::rate_bucket()).await?;
         let gate = Arc::new(Self::with_ledger(Arc::new(KvLedger(kv)), limits, holder));
         // Before the first request: the fleet's caps hold from it on.
         gate.exchange_limits(true).await;

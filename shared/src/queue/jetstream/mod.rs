@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | task stream | `HANGAR_TASKS`, subjects `hangar.task.<lane>.<job>` | work-queue retention, file storage, 2 min duplicate window |
 //! | task consumers | durable `hangar-<lane>`, one per lane, filter `hangar.task.<lane>.>` | pull, explicit ack, `ack_wait` 60 s, `max_deliver` 3 |
-//! | event stream | `HANGAR_EVENTS`, subjects `hangar.event.<job>` | limits retention, file storage, 24 h max age |
+//! | event stream | `HANGAR_EVENTS`, subjects `hangar.event.<job>` | limits retention, file storage, 24 h max age, 1 GiB, 1 MiB per event |
 //!
 //! A lane is a task kind, and for blobs a second one for the quick blob tasks (`lane.rs`).
 //!
@@ -29,6 +29,7 @@ use crate::task::{TaskEnvelope, TaskKind};
 mod connect;
 mod events;
 mod lane;
+pub mod storage;
 pub mod unserved;
 
 pub use connect::{NatsOptions, connect, inbox_prefix, redact_url};
@@ -113,8 +114,11 @@ pub fn event_subject(job: &str) -> String {
     format!("hangar.event.{job}")
 }
 
-/// Creates (or finds) both streams.
+/// Creates (or finds) both streams, and before them the buckets workers share: a worker
+/// that finds the streams finds the buckets ([`storage`]).
 pub async fn ensure_streams(js: &jetstream::Context) -> Result<()> {
+    storage::bucket(js, storage::lease_bucket()).await?;
+    storage::bucket(js, storage::rate_bucket()).await?;
     js.get_or_create_stream(stream::Config {
         name: TASK_STREAM.into(),
         subjects: vec!["hangar.task.>".into()],
@@ -125,15 +129,9 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<()> {
     })
     .await
     .map_err(bus)?;
-    js.get_or_create_stream(stream::Config {
-        name: EVENT_STREAM.into(),
-        subjects: vec!["hangar.event.>".into()],
-        storage: stream::StorageType::File,
-        max_age: Duration::from_secs(24 * 3600),
-        ..Default::default()
-    })
-    .await
-    .map_err(bus)?;
+    js.get_or_create_stream(storage::events_stream())
+        .await
+        .map_err(bus)?;
     Ok(())
 }
 
@@ -167,6 +165,7 @@ impl JetStreamQueue {
     ) -> Result<Self> {
         let js = jetstream::new(client);
         ensure_streams(&js).await?;
+        storage::bring_to_bounds(&js).await?;
         let start = exhausted::ensure_stream(&js).await?;
         let sent: SentTasks = Arc::default();
         let watcher = tokio::spawn(exhausted::watch(js.clone(), sent.clone(), start, delay));
