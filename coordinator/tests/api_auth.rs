@@ -345,6 +345,55 @@ async fn the_api_authenticates_and_authorises_every_request() {
             .contains("policy.overwrite"),
         "{answer}"
     );
+    // A project that makes an archived image's name longer than a repository name may be
+    // fails that image when the load runs, as on the command line, not the job at the door.
+    let mut long = load(serde_json::json!({}));
+    let project = format!("{}project12", "deep1234/".repeat(27));
+    long["destination"]["project"] = serde_json::json!(project);
+    let (status, answer) = post("other-secret-token", long).await;
+    assert_eq!(status, 201, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let state = loop {
+        let state = http
+            .get(format!("{base}/jobs/{id}"))
+            .bearer_auth("other-secret-token")
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap();
+        if state["state"] != "running" && state["state"] != "queued" {
+            break state;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{state}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (&state["state"], &state["failed"], &state["total"]),
+        (
+            &serde_json::json!("failed"),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
+        "{state}"
+    );
+    // A project that is no repository path is refused at the door.
+    let mut dotdot = load(serde_json::json!({}));
+    dotdot["destination"]["project"] = serde_json::json!("mirror/../prod");
+    let (status, answer) = post("other-secret-token", dotdot).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("project: "),
+        "{answer}"
+    );
     // A save is authorised for what its list reads, `-s` applied as its run applies it.
     let (status, answer) = post(
         "ci-secret-token",

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use common::fleet::{self, Proc};
 use common::{Env, index_digests, sha, skopeo_raw, text};
 use hangar_loadtest::services::{GarageProcess, NatsProcess, free_port};
+use hangar_shared::store::ImageStore;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn save_sync_and_load_run_through_serve_inside_its_archive_root() {
@@ -49,7 +50,11 @@ async fn save_sync_and_load_run_through_serve_inside_its_archive_root() {
     let src = common::registry(&env.src.addr).await;
     let mut lines = Vec::new();
     for i in 0..3u64 {
-        let repo = format!("served/app-{i}");
+        // The last name is longer: a long enough project makes it no repository name.
+        let repo = match i {
+            2 => "served/app-2-with-a-longer-name".to_owned(),
+            _ => format!("served/app-{i}"),
+        };
         common::push_image(
             &src,
             env.dir.path(),
@@ -175,6 +180,41 @@ async fn save_sync_and_load_run_through_serve_inside_its_archive_root() {
     );
     let failed = std::fs::read_to_string(env.path("lvf2.txt")).unwrap();
     assert_eq!(failed.lines().count(), 3, "{failed}");
+
+    // A project that makes one image's name longer than a repository name may be fails
+    // that image alone, as on the command line; the job and the other images go on.
+    let project = format!("{}{}", "deep1234/".repeat(27), "projec");
+    assert_eq!(project.len() + "/app-0".len(), 255);
+    let (ok, out) = run(&[
+        "load",
+        "-s",
+        &archive,
+        "-d",
+        &env.dst.addr,
+        "--project",
+        &project,
+        "-o",
+        env.path("lpf.txt").to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("2 copied") && out.contains("1 failed"),
+        "{out}"
+    );
+    let failed = std::fs::read_to_string(env.path("lpf.txt")).unwrap_or_default();
+    assert_eq!(failed.trim(), lines[2], "{out}");
+    // skopeo counts the registry's host in a name's 255 characters, so the registry is
+    // asked directly.
+    let dst = common::registry(&env.dst.addr).await;
+    let loaded = dst
+        .get_manifest(
+            &format!("{project}/app-0"),
+            "v1",
+            hangar_shared::registry::Side::Source,
+        )
+        .await
+        .unwrap();
+    assert!(loaded.is_some(), "{out}");
 
     // Validating it: the coordinator's workers read the archive.
     let all = env.write_list("all.txt", &lines);

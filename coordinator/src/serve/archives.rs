@@ -5,7 +5,7 @@
 //! caller of the API gets no other file read or written.
 
 use hangar_shared::archive::ArchiveReader;
-use hangar_shared::reference::ImageRef;
+use hangar_shared::reference::{ImageRef, validate_repository};
 use hangar_worker::context::policy::ArchiveRoots;
 
 use super::{JobRequest, Refusal, Server, auth};
@@ -39,31 +39,32 @@ fn archive_reads(archive: &ArchiveReader) -> Vec<String> {
         .index
         .list
         .iter()
-        .filter_map(|i| ImageRef::parse(&i.source).ok())
+        .filter_map(|i| i.reference().ok())
         .map(|r| repo(&r))
         .collect()
 }
 
 /// The repositories a load writes: each archived image under the destination registry,
-/// `--project` applied.
+/// `--project` applied. A project that is no repository path refuses the job; an image
+/// whose name the project makes too long is left out, since the load fails that image
+/// alone and writes nothing of it (as the command line does).
 fn load_writes(spec: &JobSpec, archive: &ArchiveReader) -> Result<Vec<String>, String> {
     // Trimmed as the load itself trims its flags.
     let (registry, project) = (
         spec.destination.registry.as_deref().map(str::trim),
         spec.destination.project.as_deref().map(str::trim),
     );
-    archive
+    if let Some(p) = project.filter(|p| !p.is_empty()) {
+        validate_repository(p.trim_matches('/')).map_err(|e| format!("project: {}", e.message))?;
+    }
+    Ok(archive
         .index
         .list
         .iter()
-        .filter_map(|i| ImageRef::parse(&i.source).ok())
-        .map(|r| {
-            r.with_registry(registry)
-                .with_project(project)
-                .map(|r| repo(&r))
-                .map_err(|e| e.message)
-        })
-        .collect()
+        .filter_map(|i| i.reference().ok())
+        .filter_map(|r| r.with_registry(registry).with_project(project).ok())
+        .map(|r| repo(&r))
+        .collect())
 }
 
 fn archive_list_args(server: &Server, spec: &JobSpec, list: std::path::PathBuf) -> ArchiveListArgs {
