@@ -145,6 +145,10 @@ async fn save_sync_and_load_run_through_serve_inside_its_archive_root() {
     );
     let failed = std::fs::read_to_string(env.path("pf.txt")).unwrap_or_default();
     assert_eq!(failed.trim(), absent, "{out}");
+    assert!(
+        out.contains(&format!("Failed: [{absent}]: not found in archive")),
+        "{out}"
+    );
 
     // The load checked: the coordinator reads the archive's index, its workers the
     // destination; this command renders each image's verdict by the names it was given.
@@ -199,6 +203,12 @@ async fn save_sync_and_load_run_through_serve_inside_its_archive_root() {
     assert!(!ok, "{out}");
     assert!(
         out.contains("2 copied") && out.contains("1 failed"),
+        "{out}"
+    );
+    // The client did not run the job, and says why the image failed all the same.
+    assert!(
+        out.contains(&format!("Failed: [{}]: ", lines[2]))
+            && out.contains("at most 255 are allowed"),
         "{out}"
     );
     let failed = std::fs::read_to_string(env.path("lpf.txt")).unwrap_or_default();

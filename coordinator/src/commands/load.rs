@@ -24,8 +24,9 @@ use hangar_shared::task::{Outcome, Verdict};
 
 struct Selected {
     jobs: Vec<ImageJob>,
-    /// List lines naming images the archive does not hold.
-    failed: Vec<String>,
+    /// List lines refused before any work (naming images the archive does not hold, or
+    /// that cannot be named at the destination), and why.
+    failed: Vec<(String, String)>,
     filter: PlatformFilter,
     jobs_at_once: usize,
 }
@@ -53,15 +54,16 @@ fn select(
             super::report_list_warnings(console, &list, &file.display().to_string());
             for entry in list.entries {
                 let LineKind::Default(r) = &entry.kind else {
+                    let why = "load takes the default list format only";
                     console.error(
                         Some(entry.index),
                         format!(
-                            "Failed to load image [{}] (line {}): load takes the default list format only",
+                            "Failed to load image [{}] (line {}): {why}",
                             crate::commands::quoted_line(&entry.original),
-                    entry.line_no
+                            entry.line_no
                         ),
                     );
-                    failed.push(entry.original.clone());
+                    failed.push((entry.original.clone(), why.to_owned()));
                     continue;
                 };
                 let r = r
@@ -79,15 +81,15 @@ fn select(
                 match found {
                     Some(i) => wanted.push((entry, Some(i))),
                     None => {
+                        let why = format!("not found in archive {}", archive.label());
                         console.error(
                             Some(entry.index),
                             format!(
-                                "Failed to load image [{}]: not found in archive {}",
+                                "Failed to load image [{}]: {why}",
                                 crate::commands::quoted_line(&entry.original),
-                                archive.label()
                             ),
                         );
-                        failed.push(entry.original.clone());
+                        failed.push((entry.original.clone(), why));
                     }
                 }
             }
@@ -121,7 +123,7 @@ fn select(
                     Some(entry.index),
                     format!("Failed to load image [{}]: {e}", image.name()),
                 );
-                failed.push(entry.original.clone());
+                failed.push((entry.original.clone(), e.to_string()));
                 continue;
             }
         };
@@ -191,7 +193,7 @@ pub async fn load(
     let (location, dest) = endpoints(args)?;
     let archive = Arc::new(ArchiveReader::open(&location).await?);
     let selected = select(&archive, &location, args, &dest, debug, &console)?;
-    super::save::watch_begins(watch, selected.jobs.len(), selected.failed.clone());
+    super::save::watch_begins(watch, selected.jobs.len(), &selected.failed);
     let projects: BTreeSet<String> = selected
         .jobs
         .iter()
@@ -292,7 +294,7 @@ pub async fn load(
         watch.cloned(),
     )
     .await?;
-    let mut failed = selected.failed;
+    let mut failed: Vec<String> = selected.failed.into_iter().map(|(line, _)| line).collect();
     let more = super::summarise(&console, &report, "loaded", failed.len());
     failed.extend(more);
     super::finish(&console, &args.failed, &failed, "copy")
@@ -346,7 +348,7 @@ pub(crate) fn checks(
         targets,
         planners: selected.jobs_at_once.max(4),
         filter: selected.filter,
-        failed: selected.failed,
+        failed: selected.failed.into_iter().map(|(line, _)| line).collect(),
         jobs: selected.jobs,
         timeout: (!timeout.is_zero()).then_some(timeout),
     })

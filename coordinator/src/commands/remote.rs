@@ -449,6 +449,18 @@ pub async fn copy_job(
     if snap.state == "cancelled" {
         bail!("job {id} was cancelled");
     }
+    for f in &snap.failures {
+        console.error(None, format!("Failed: [{}]: {}", f.line, f.error));
+    }
+    if snap.failed > snap.failures.len() {
+        console.error(
+            None,
+            format!(
+                "{} more failed: the coordinator's log says why",
+                snap.failed - snap.failures.len()
+            ),
+        );
+    }
     super::finish(console, failed, &snap.failed_lines, "copy")?;
     if snap.state != "succeeded" {
         bail!("job {id} {}", snap.state);

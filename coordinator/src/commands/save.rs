@@ -140,15 +140,17 @@ async fn remote_copy(
 pub type Watch = Arc<std::sync::Mutex<crate::engine::job::JobSnapshot>>;
 
 /// Tells a watched job its size as its run starts: the images it runs, and the lines
-/// refused before any work (failed from the start, as a mirror's are). A run started again
-/// (a damaged cache refetched) starts its figures again.
-pub fn watch_begins(watch: Option<&Watch>, images: usize, refused: Vec<String>) {
+/// refused before any work with why (failed from the start, as a mirror's are). A run
+/// started again (a damaged cache refetched) starts its figures again.
+pub fn watch_begins(watch: Option<&Watch>, images: usize, refused: &[(String, String)]) {
     if let Some(w) = watch
         && let Ok(mut s) = w.lock()
     {
         s.total = images + refused.len();
-        s.failed = refused.len();
-        s.failed_lines = refused;
+        (s.failed, s.failed_lines, s.failures) = (0, Vec::new(), Vec::new());
+        for (line, why) in refused {
+            s.image_failed(line, Some(why));
+        }
         (s.copied, s.present, s.skipped) = (0, 0, 0);
     }
 }

@@ -161,11 +161,11 @@ pub(super) async fn gather(
         // only hold more buffers (measured: the same wall time from 5 to 60 transfers).
         spec.transfers = spec.planners.max(3);
     }
-    watch_begins(
-        watch,
-        spec.images.len(),
-        rejected.iter().map(|(e, _)| e.original.clone()).collect(),
-    );
+    let refused: Vec<(String, String)> = rejected
+        .iter()
+        .map(|(e, why)| (e.original.clone(), why.clone()))
+        .collect();
+    watch_begins(watch, spec.images.len(), &refused);
     spec.extras.scan = scan_db.is_some();
     // Archives never carry signatures (Hangar's save removes them).
     spec.signatures = false;
@@ -263,8 +263,11 @@ pub(super) async fn gather(
                 if let Some(mut snap) = watch.and_then(|w| w.lock().ok()) {
                     snap.copied = 0;
                     snap.present = 0;
-                    snap.failed = all.len();
-                    snap.failed_lines = all.clone();
+                    (snap.failed, snap.failed_lines, snap.failures) = (0, Vec::new(), Vec::new());
+                    let why = format!("no archive was written: {e:#}");
+                    for line in &all {
+                        snap.image_failed(line, Some(&why));
+                    }
                 }
                 if let Err(w) = super::write_failed(&console, failed.path, &all) {
                     console.error(None, format!("{w:#}"));
@@ -326,8 +329,10 @@ fn leave_out(
                     true => snap.present = snap.present.saturating_sub(1),
                     false => snap.copied = snap.copied.saturating_sub(1),
                 }
-                snap.failed += 1;
-                snap.failed_lines.push(job.entry.original.clone());
+                snap.image_failed(
+                    &job.entry.original,
+                    Some(&crate::engine::job::failure_text(&e)),
+                );
             }
         }
     }

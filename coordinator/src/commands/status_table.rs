@@ -88,7 +88,14 @@ pub fn job(s: &JobSnapshot, now: u64) -> String {
     if !s.failed_lines.is_empty() {
         let _ = writeln!(out, "failed:");
         for l in &s.failed_lines {
-            let _ = writeln!(out, "  {l}");
+            match s.failure_of(l) {
+                Some(why) => {
+                    let _ = writeln!(out, "  {l}: {why}");
+                }
+                None => {
+                    let _ = writeln!(out, "  {l}");
+                }
+            }
         }
     }
     out
@@ -100,23 +107,25 @@ mod tests {
 
     #[test]
     fn a_running_job_shows_progress_bytes_and_an_eta() {
-        let s = JobSnapshot {
+        let mut s = JobSnapshot {
             id: "j1".into(),
             state: "running".into(),
             total: 10,
             copied: 4,
-            failed: 1,
             bytes_copied: 3 << 20,
             started: 1000,
-            failed_lines: vec!["a/b:1".into()],
             ..Default::default()
         };
+        s.image_failed("a/b:1", Some("not-found: manifest unknown"));
         let text = job(&s, 1100);
         assert!(text.contains("5/10"), "{text}");
         assert!(text.contains("3.00 MiB"), "{text}");
         // 100 s for 5 images: 100 s more for the other 5.
         assert_eq!(text.matches("1m40s").count(), 2, "{text}");
-        assert!(text.contains("failed:\n  a/b:1"), "{text}");
+        assert!(
+            text.contains("failed:\n  a/b:1: not-found: manifest unknown"),
+            "{text}"
+        );
         let done = JobSnapshot {
             state: "succeeded".into(),
             ..s

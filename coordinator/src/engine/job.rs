@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use hangar_shared::archive::ArchiveReader;
 use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::manifest::PlatformFilter;
+use hangar_shared::reference::shorten;
 use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::{RegistryPool, StoreRef};
 use tokio::sync::mpsc;
@@ -90,9 +91,8 @@ impl Observer for LogObserver<'_> {
                 } => snap.present += 1,
                 ImageResult::Copied { .. } => snap.copied += 1,
                 ImageResult::Skipped(_) => snap.skipped += 1,
-                ImageResult::Failed(_) => {
-                    snap.failed += 1;
-                    snap.failed_lines.push(job.entry.original.clone());
+                ImageResult::Failed(e) => {
+                    snap.image_failed(&job.entry.original, Some(&failure_text(e)));
                 }
             }
         }
@@ -138,8 +138,10 @@ impl Observer for LogObserver<'_> {
                 match self.dest_label {
                     Some(label) => not_saved(&job.name.source, label, e),
                     None => format!(
-                        "Failed to copy image [{}] => [{}]: {}: {}",
-                        job.name.source, job.name.dest, e.class, e.message
+                        "Failed to copy image [{}] => [{}]: {}",
+                        job.name.source,
+                        job.name.dest,
+                        failure_text(e)
                     ),
                 },
             ),
@@ -153,11 +155,16 @@ pub fn saved(source: &impl std::fmt::Display, label: &str) -> String {
     format!("Saved image [{source}] => [{label}]")
 }
 
+/// An image's failure as the logs say it (class and message).
+pub fn failure_text(e: &Error) -> String {
+    format!("{}: {}", e.class, e.message)
+}
+
 /// Hangar's line for an image that could not be saved into the archive `label`.
 pub fn not_saved(source: &impl std::fmt::Display, label: &str, e: &Error) -> String {
     format!(
-        "Failed to save image [{source}] => [{label}]: {}: {}",
-        e.class, e.message
+        "Failed to save image [{source}] => [{label}]: {}",
+        failure_text(e)
     )
 }
 
@@ -200,6 +207,10 @@ pub struct JobSnapshot {
     pub blobs_present: u64,
     /// The failed images' original list lines.
     pub failed_lines: Vec<String>,
+    /// Why the first of them failed ([`KEPT_FAILURES`], each shortened): what a client
+    /// that did not run the job shows. The lines are all in `failed_lines`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<Failure>,
     /// Tasks a worker is running now (the longest-running first, at most 50), with what
     /// each waits on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -219,10 +230,45 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// A failed image's list line and why it failed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub line: String,
+    pub error: String,
+}
+
+/// Failures a snapshot says why of: a snapshot is stored whole in a NATS message.
+pub const KEPT_FAILURES: usize = 100;
+/// Characters kept of a failure's line and of its reason.
+const FAILURE_LINE: usize = 200;
+const FAILURE_REASON: usize = 400;
+
 impl JobSnapshot {
     /// Images finished, whichever way.
     pub fn done(&self) -> usize {
         self.copied + self.present + self.failed + self.skipped
+    }
+
+    /// Counts one failed image: its line, and why when known and there is room.
+    pub fn image_failed(&mut self, line: &str, why: Option<&str>) {
+        self.failed += 1;
+        self.failed_lines.push(line.to_owned());
+        if let Some(why) = why
+            && self.failures.len() < KEPT_FAILURES
+        {
+            self.failures.push(Failure {
+                line: shorten(line, FAILURE_LINE),
+                error: shorten(why, FAILURE_REASON),
+            });
+        }
+    }
+
+    /// Why `line` failed, when this snapshot kept it.
+    pub fn failure_of(&self, line: &str) -> Option<&str> {
+        self.failures
+            .iter()
+            .find(|f| f.line == shorten(line, FAILURE_LINE))
+            .map(|f| f.error.as_str())
     }
 }
 
@@ -518,4 +564,29 @@ pub async fn run_copy(
     bus.close(interrupted).await;
     console.stop_progress(progress);
     Ok(tracker.into_report(started.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot is stored whole in one NATS message: however many images fail, it keeps
+    /// every line and the reasons of the first few, each shortened.
+    #[test]
+    fn a_snapshot_keeps_every_failed_line_and_the_first_reasons() {
+        let mut s = JobSnapshot::default();
+        let long = "x".repeat(10_000);
+        s.image_failed("refused/before:work", None);
+        for n in 0..1_000 {
+            s.image_failed(&format!("reg/app-{n}:v1"), Some(&long));
+        }
+        assert_eq!((s.failed, s.failed_lines.len()), (1_001, 1_001));
+        assert_eq!(s.failures.len(), KEPT_FAILURES);
+        assert!(s.failures.iter().all(|f| f.error.chars().count() <= 401));
+        assert_eq!(s.failure_of("refused/before:work"), None);
+        assert!(s.failure_of("reg/app-0:v1").is_some());
+        assert_eq!(s.failure_of("reg/app-999:v1"), None, "past the first 100");
+        let stored = serde_json::to_vec(&s).unwrap();
+        assert!(stored.len() < 100_000, "{} bytes", stored.len());
+    }
 }

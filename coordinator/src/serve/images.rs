@@ -203,19 +203,21 @@ fn work_of(server: &Server, request: &JobRequest) -> Result<Work, Refusal> {
 /// missing signature or no selected platform skips it, anything else is done.
 fn count(snapshot: &mut JobSnapshot, line: &str, outcomes: &ImageOutcomes) {
     match outcomes {
-        Err(_) => {
-            snapshot.failed += 1;
-            snapshot.failed_lines.push(line.to_owned());
-        }
+        Err(e) => snapshot.image_failed(line, Some(&crate::engine::job::failure_text(e))),
         Ok(o) if o.is_empty() => snapshot.skipped += 1,
         Ok(o) => {
             let verdict = |want: fn(&Verdict) -> bool| {
                 o.iter()
                     .any(|(_, x)| matches!(x, Outcome::Checked { verdict } if want(verdict)))
             };
-            if verdict(|v| matches!(v, Verdict::Fail { .. })) {
-                snapshot.failed += 1;
-                snapshot.failed_lines.push(line.to_owned());
+            let failed = o.iter().find_map(|(_, x)| match x {
+                Outcome::Checked {
+                    verdict: Verdict::Fail { why },
+                } => Some(why.as_str()),
+                _ => None,
+            });
+            if let Some(why) = failed {
+                snapshot.image_failed(line, Some(why));
             } else if verdict(|v| matches!(v, Verdict::Absent)) {
                 snapshot.skipped += 1;
             } else {
@@ -246,11 +248,12 @@ impl Server {
             )?;
         }
         let work = work_of(self, &request)?;
+        let refused = planned.rejected.iter().map(|l| (l.clone(), None)).collect();
         let first = super::running(
             &id,
             request.spec.kind,
             planned.targets.len() + planned.rejected.len(),
-            planned.rejected.clone(),
+            refused,
         );
         let results: super::Results = Arc::default();
         let (server, kept, job) = (self.clone(), results.clone(), id.clone());

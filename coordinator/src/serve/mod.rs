@@ -90,25 +90,28 @@ type Results = Arc<Mutex<Vec<crate::engine::work::ImageReport>>>;
 /// many jobs run.
 const HELD_RESULTS: usize = 16;
 
-/// A job's first snapshot: running since now, `failed_lines` refused before any work.
+/// A job's first snapshot: running since now, the lines `refused` before any work failed
+/// (with why, where the refusal said).
 fn running(
     id: &str,
     kind: crate::spec::JobKind,
     total: usize,
-    failed_lines: Vec<String>,
+    refused: Vec<(String, Option<String>)>,
 ) -> JobSnapshot {
-    JobSnapshot {
+    let mut first = JobSnapshot {
         id: id.to_owned(),
         kind: kind.as_str().into(),
         state: "running".into(),
         total,
-        failed: failed_lines.len(),
-        failed_lines,
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         ..Default::default()
+    };
+    for (line, why) in refused {
+        first.image_failed(&line, why.as_deref());
     }
+    first
 }
 
 /// Drops the outcomes of finished jobs beyond the `keep` that ended last (a long job just
@@ -289,7 +292,10 @@ impl Server {
             &id,
             request.spec.kind,
             spec.images.len() + rejected.len(),
-            rejected.iter().map(|(e, _)| e.original.clone()).collect(),
+            rejected
+                .iter()
+                .map(|(e, why)| (e.original.clone(), Some(why.clone())))
+                .collect(),
         );
         let server = self.clone();
         let run_id = id.clone();
