@@ -41,4 +41,8 @@ pub struct Context {
     /// quick blob lane's tasks whose mount is declined copy within it. `None` embedded,
     /// where both lanes share the process's slots.
     pub copy_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Take package inventories the cache holds instead of reading the layers again: the
+    /// embedded mode's own cache, or a fleet whose workers all trust each other
+    /// (`--reuse-inventories`).
+    pub reuse_inventories: bool,
 }

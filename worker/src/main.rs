@@ -98,6 +98,11 @@ struct Args {
     /// Image inventories read at once (scanning).
     #[arg(long, default_value_t = 2)]
     scan_concurrency: usize,
+    /// Take package inventories the shared cache holds instead of reading the layers
+    /// again. Off by default: anyone holding the bucket's credentials (any worker) could
+    /// leave an empty inventory that hides an image's packages from every later scan.
+    #[arg(long)]
+    reuse_inventories: bool,
     /// Read-only checks run at once (mirror validate, sign validate).
     #[arg(long, default_value_t = 8)]
     check_concurrency: usize,
@@ -355,6 +360,7 @@ async fn run() -> Result<()> {
         copy_slots: Some(Arc::new(tokio::sync::Semaphore::new(
             args.blob_concurrency.max(1),
         ))),
+        reuse_inventories: args.reuse_inventories,
     });
     let total = hangar_shared::queue::jetstream::Lane::for_worker(&concurrency)
         .iter()

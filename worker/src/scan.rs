@@ -1,6 +1,7 @@
 //! Read one platform image's package inventory: layers from this worker's cache when there
-//! (a mirror through the cache has just put them there), else from the store; the
-//! inventory is kept in the cache by manifest digest, so no image is read twice.
+//! (a mirror through the cache has just put them there, checked against their digests),
+//! else from the store; the inventory is kept in the cache by manifest digest, and taken
+//! from there where this worker trusts the cache with it (`--reuse-inventories`).
 
 use hangar_shared::error::Result;
 use hangar_shared::scan::image;
@@ -15,6 +16,7 @@ pub async fn scan(ctx: &Context, task: &ScanTask) -> Result<Outcome> {
         ctx.cache.as_deref(),
         &task.store.repo,
         &task.manifest.to_raw()?,
+        ctx.reuse_inventories,
     )
     .await?;
     Ok(Outcome::Scanned {

@@ -148,6 +148,8 @@ impl Bus {
                     policy: None,
                     looks: Default::default(),
                     copy_slots: None,
+                    // The user's own cache, written by this process and its runs alone.
+                    reuse_inventories: true,
                 });
                 let (stop, stopped) = oneshot::channel::<()>();
                 let workers = tokio::spawn(hangar_worker::run(

@@ -1,13 +1,14 @@
 //! The inventory of one platform image: its layers applied in order, read from the blob
 //! cache when there (a layer copied once is not downloaded again), else from the registry.
 //! With a cache the inventory itself is kept by manifest digest, so scanning again with a
-//! newer database re-matches without reading a layer.
+//! newer database re-matches without reading a layer, where the cache is trusted with it.
 //!
 //! Layers are read and parsed on blocking threads, so a caller's timeout around
 //! [`inventory`] can fire; dropping its future cancels that work, which stops at its next
 //! step (a chunk of a layer, a tar entry, a file, an rpm query).
 
 use std::io::Read;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -30,6 +31,9 @@ struct StreamReader {
     chunk: Bytes,
     handle: tokio::runtime::Handle,
     cancel: Cancel,
+    /// Why the bytes stopped, kept with its class: the tar reader sees only an I/O error
+    /// and would read a layer cut short (or not the layer named) as a damaged one.
+    failed: Arc<Mutex<Option<Error>>>,
 }
 
 /// How often a reader waiting for the next chunk looks at its cancel flag.
@@ -49,7 +53,13 @@ impl Read for StreamReader {
             {
                 Err(_) => continue,
                 Ok(Some(Ok(c))) => self.chunk = c,
-                Ok(Some(Err(e))) => return Err(std::io::Error::other(e.message)),
+                Ok(Some(Err(e))) => {
+                    let message = e.message.clone();
+                    if let Ok(mut failed) = self.failed.lock() {
+                        failed.get_or_insert(e);
+                    }
+                    return Err(std::io::Error::other(message));
+                }
                 Ok(None) => return Ok(0),
             }
         }
@@ -68,14 +78,20 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Returns the inventory and whether it came from the cache.
+/// Returns the inventory and whether it came from the cache. `reuse`: take an inventory
+/// the cache holds. Only a cache nobody else writes may be trusted with that: on a
+/// shared bucket, anyone holding its credentials could leave an empty inventory that hides
+/// an image's packages from every later scan. Layers are checked against their digests
+/// wherever they are read from (the cache's sidecar is as writable as its bytes), and a
+/// layer that fails the check, or cannot be read to its end, fails the scan.
 pub async fn inventory(
     store: &dyn ImageStore,
     cache: Option<&BlobCache>,
     repo: &str,
     manifest: &RawManifest,
+    reuse: bool,
 ) -> Result<(Inventory, bool)> {
-    if let Some(cache) = cache
+    if let Some(cache) = cache.filter(|_| reuse)
         && let Ok(doc) = cache.get_named(&inventory_key(manifest)).await
         && let Ok(inv) = serde_json::from_slice::<Inventory>(&doc)
     {
@@ -99,11 +115,13 @@ pub async fn inventory(
             Some(s) => s,
             None => store.get_blob(repo, layer, None).await?,
         };
+        let failed = Arc::new(Mutex::new(None));
         let reader = StreamReader {
             stream,
             chunk: Bytes::new(),
             handle: tokio::runtime::Handle::current(),
             cancel: cancel.clone(),
+            failed: failed.clone(),
         };
         let name = layer.digest.to_string();
         files = tokio::task::spawn_blocking(move || {
@@ -113,6 +131,12 @@ pub async fn inventory(
         })
         .await
         .map_err(|e| Error::internal(format!("reading a layer: {e}")))?;
+        // A layer whose bytes could not all be read, or were not the layer's, fails the
+        // scan: an inventory of part of it would hide what the rest holds. A layer that
+        // is what its digest says but no valid tar stays a warning.
+        if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
+            return Err(e.context(format!("layer {}", layer.digest)));
+        }
     }
     let inv = tokio::task::spawn_blocking(move || Inventory::from_files(&files))
         .await
@@ -124,4 +148,102 @@ pub async fn inventory(
         }
     }
     Ok((inv, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::error::FailureClass;
+    use crate::manifest::{Descriptor, OCI_MANIFEST};
+    use crate::verify::verified;
+
+    const STATUS: &str =
+        "Package: libssl3\nStatus: install ok installed\nVersion: 3.0.11-1~deb12u2\n";
+
+    fn layer(status: &str) -> Bytes {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(status.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "var/lib/dpkg/status", status.as_bytes())
+            .unwrap();
+        Bytes::from(b.into_inner().unwrap())
+    }
+
+    fn desc(media_type: &str, bytes: &[u8]) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            urls: None,
+            annotations: None,
+            platform: None,
+        }
+    }
+
+    async fn fill(cache: &BlobCache, bytes: Bytes) -> crate::cache::BlobMeta {
+        let d = desc("application/vnd.oci.image.layer.v1.tar", &bytes);
+        let stream = futures_util::stream::iter([Ok(bytes)]);
+        let checked = verified(Box::pin(stream), d.digest.clone(), d.size, None);
+        cache.fill(&d, checked).await.unwrap()
+    }
+
+    /// What a worker holding the shared bucket's credentials can leave there: an empty
+    /// inventory under an image's manifest, and a layer's bytes replaced along with their
+    /// sidecar. Neither reaches a scan that does not trust the cache with inventories.
+    #[tokio::test]
+    async fn a_shared_cache_cannot_hide_packages_from_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path().to_str().unwrap()).unwrap();
+        // The forged layer is the real one's size: only its digest tells them apart.
+        let (good, empty) = (layer(STATUS), layer(&STATUS.replace("libssl3", "libfoo3")));
+        assert_eq!(good.len(), empty.len());
+        fill(&cache, good.clone()).await;
+        let config = Bytes::from_static(b"{}");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": desc("application/vnd.oci.image.config.v1+json", &config),
+            "layers": [desc("application/vnd.oci.image.layer.v1.tar", &good)],
+        });
+        let manifest = RawManifest::from_bytes(Bytes::from(manifest.to_string()), None).unwrap();
+        cache
+            .put_named(&inventory_key(&manifest), br#"{"packages":[]}"#.to_vec())
+            .await
+            .unwrap();
+
+        let (trusted, cached) = inventory(&cache, Some(&cache), "app", &manifest, true)
+            .await
+            .unwrap();
+        assert!(
+            cached && trusted.packages.is_empty(),
+            "the knob reuses what is there"
+        );
+        let (read, cached) = inventory(&cache, Some(&cache), "app", &manifest, false)
+            .await
+            .unwrap();
+        assert!(!cached);
+        assert_eq!(read.packages.len(), 1, "{read:?}");
+
+        // The layer replaced by an empty one, its sidecar rewritten to match.
+        let forged = fill(&cache, empty.clone()).await;
+        let hex = Digest::of(&good).hex().to_owned();
+        cache
+            .put_named(&format!("blobs/sha256/{hex}"), empty.to_vec())
+            .await
+            .unwrap();
+        cache
+            .put_named(
+                &format!("blobs/sha256/{hex}.meta"),
+                serde_json::to_vec(&forged).unwrap(),
+            )
+            .await
+            .unwrap();
+        let e = inventory(&cache, Some(&cache), "app", &manifest, false)
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, FailureClass::DigestMismatch, "{e}");
+    }
 }
