@@ -280,6 +280,7 @@ async fn workers_refuse_archives_outside_their_roots_and_signatures_outside_scop
             output,
             base: None,
             images: "bus/plan.json".into(),
+            images_digest: Digest::of(b"[]"),
         })
     };
     let real_root = root.canonicalize().unwrap();

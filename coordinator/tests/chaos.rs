@@ -230,6 +230,7 @@ async fn a_task_whose_deliveries_ran_out_unheard_still_ends() {
                 output: "/nowhere/x.zip".into(),
                 base: None,
                 images: "archives/x.json".into(),
+                images_digest: hangar_shared::digest::Digest::of(b"[]"),
             }),
         })
         .await

@@ -99,6 +99,9 @@ pub struct AssembleTask {
     pub base: Option<String>,
     /// The cache key of the index entries to write (JSON).
     pub images: String,
+    /// Their bytes' digest: the bucket is every worker's to write, and a plan rewritten
+    /// there would put other images into the archive under the names asked for.
+    pub images_digest: Digest,
 }
 
 /// Sign `digest` in `dest` with the worker's key named `key` (the worker maps names to its

@@ -1,6 +1,7 @@
 //! Write an archive from blobs in this worker's cache: the fleet's assembler. The images
-//! come from a document the coordinator left in the shared cache; a `sync` base is opened
-//! afresh here, so a retried task never writes from a stale copy of it. On a fleet worker
+//! come from a document the coordinator left in the shared cache (taken only with the
+//! digest the task names); a `sync` base is opened afresh here, so a retried task never
+//! writes from a stale copy of it. On a fleet worker
 //! the archive (and its base) must lie under the worker's `--archive-root`s, and what is
 //! written is the location as checked (normalised, links resolved), not the task's text.
 
@@ -10,7 +11,7 @@ use hangar_shared::archive::writer::write_archive;
 use hangar_shared::archive::{ArchiveImage, ArchiveReader, BlobSource};
 use hangar_shared::cache::BlobCache;
 use hangar_shared::digest::Digest;
-use hangar_shared::error::{Error, Result};
+use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::task::{AssembleTask, Outcome};
 use hangar_shared::verify::{ByteStream, verified};
 
@@ -33,9 +34,7 @@ pub async fn write(ctx: &Context, task: &AssembleTask) -> Result<Outcome> {
         ),
         None => (task.output.clone(), task.base.clone()),
     };
-    let doc = cache.get_doc(&task.images).await?;
-    let images: Vec<ArchiveImage> = serde_json::from_slice(&doc)
-        .map_err(|e| Error::invalid(format!("archive plan {}: {e}", task.images)))?;
+    let images = read_plan(cache, &task.images, &task.images_digest).await?;
     let base = match &base {
         Some(location) => Some(Arc::new(ArchiveReader::open(location).await?)),
         None => None,
@@ -52,6 +51,20 @@ pub async fn write(ctx: &Context, task: &AssembleTask) -> Result<Outcome> {
         entries: written.entries,
         bytes: written.bytes,
     })
+}
+
+/// The archive's images as the coordinator planned them: the plan is read from the shared
+/// bucket, and taken only if its bytes are the ones the task names.
+async fn read_plan(cache: &BlobCache, key: &str, digest: &Digest) -> Result<Vec<ArchiveImage>> {
+    let doc = cache.get_doc(key).await?;
+    let found = Digest::of(&doc);
+    if found != *digest {
+        return Err(Error::new(
+            FailureClass::DigestMismatch,
+            format!("archive plan {key}: its bytes hash to {found}, the task names {digest}"),
+        ));
+    }
+    serde_json::from_slice(&doc).map_err(|e| Error::invalid(format!("archive plan {key}: {e}")))
 }
 
 /// The shared cache as a fleet assembler reads it: every blob verified against its digest
@@ -151,6 +164,29 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.class, FailureClass::DigestMismatch, "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The plan is the bucket's to rewrite too: only the bytes the task names are taken.
+    #[tokio::test]
+    async fn a_plan_rewritten_in_the_bucket_is_refused() {
+        let dir = std::env::temp_dir().join(format!("hangar-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = BlobCache::open(dir.to_str().unwrap()).unwrap();
+        let planned = b"[]".to_vec();
+        cache.put_doc("job/0.json", planned.clone()).await.unwrap();
+        let digest = Digest::of(&planned);
+        let images = super::read_plan(&cache, "job/0.json", &digest)
+            .await
+            .unwrap();
+        assert!(images.is_empty());
+        let forged = br#"[{"source":"evil/app","tag":"v1"}]"#.to_vec();
+        cache.put_doc("job/0.json", forged).await.unwrap();
+        let e = super::read_plan(&cache, "job/0.json", &digest)
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, FailureClass::DigestMismatch, "{e}");
+        assert!(e.message.contains("job/0.json"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -41,7 +41,9 @@ async fn assemble(
         return Ok(write_archive(location, base.cloned(), images, g.cache.clone()).await?);
     };
     let key = format!("{}/{n}.json", g.job);
-    g.cache.put_doc(&key, serde_json::to_vec(images)?).await?;
+    let plan = serde_json::to_vec(images)?;
+    let images_digest = hangar_shared::digest::Digest::of(&plan);
+    g.cache.put_doc(&key, plan).await?;
     let job_id = format!("{}.a{n}", g.job);
     // Followed by the engine like any task: the archive's end is its one image's end.
     let bus = Bus::open(
@@ -56,6 +58,7 @@ async fn assemble(
         // The worker opens the archive itself, by its location.
         base: base.map(|b| b.label().to_owned()),
         images: key,
+        images_digest,
     });
     let how = PerImage {
         job: &job_id,
