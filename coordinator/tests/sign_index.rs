@@ -7,6 +7,7 @@
 mod common;
 mod secure_bus;
 
+use common::signing::generate;
 use common::*;
 use hangar_loadtest::seed::{Format, platform};
 use hangar_shared::digest::Digest;
@@ -26,25 +27,15 @@ async fn an_index_is_signed_only_when_it_lists_what_was_planned_or_signed() {
     jetstream::ensure_streams(&async_nats::jetstream::new(coordinator.clone()))
         .await
         .unwrap();
-    let pass = env.path("pass.txt");
-    std::fs::write(&pass, "index-key-passphrase\n").unwrap();
-    let prefix = env.path("k");
-    let out = hangar(&[
-        "generate-sigstore-key",
-        "-p",
-        prefix.to_str().unwrap(),
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let (key, _) = generate(env.dir.path(), "k");
     let worker = Worker::start(
         &nats,
         env.path("worker.log"),
         &[
             "--sign-key",
-            &format!("release={}.key", prefix.display()),
+            &format!("release={}", key.display()),
             "--sign-passphrase-file",
-            pass.to_str().unwrap(),
+            env.path("pass.txt").to_str().unwrap(),
         ],
     );
     worker.wait_ready().await;

@@ -6,7 +6,9 @@
 pub mod archive;
 pub mod deploy;
 pub mod fleet;
+pub mod generate_list;
 pub mod hostile;
+pub mod signing;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
