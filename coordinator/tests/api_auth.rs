@@ -194,6 +194,33 @@ async fn the_api_authenticates_and_authorises_every_request() {
             )
         }
     };
+    // A job's snapshot once it has ended, read by its submitter `other`.
+    let ended = |id: String| {
+        let http = http.clone();
+        let url = format!("{base}/jobs/{id}");
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                let state = http
+                    .get(&url)
+                    .bearer_auth("other-secret-token")
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<serde_json::Value>()
+                    .await
+                    .unwrap();
+                if state["state"] != "running" && state["state"] != "queued" {
+                    return state;
+                }
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(60),
+                    "{state}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
     // Outside the policy: 403, naming the rule.
     for (body, rule) in [
         (
@@ -353,26 +380,7 @@ async fn the_api_authenticates_and_authorises_every_request() {
     let (status, answer) = post("other-secret-token", long).await;
     assert_eq!(status, 201, "{answer}");
     let id = answer["id"].as_str().unwrap().to_owned();
-    let started = std::time::Instant::now();
-    let state = loop {
-        let state = http
-            .get(format!("{base}/jobs/{id}"))
-            .bearer_auth("other-secret-token")
-            .send()
-            .await
-            .unwrap()
-            .json::<serde_json::Value>()
-            .await
-            .unwrap();
-        if state["state"] != "running" && state["state"] != "queued" {
-            break state;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "{state}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let state = ended(id).await;
     assert_eq!(
         (&state["state"], &state["failed"], &state["total"]),
         (
@@ -481,27 +489,8 @@ async fn the_api_authenticates_and_authorises_every_request() {
     let (status, answer) = post("other-secret-token", validate).await;
     assert_eq!(status, 201, "{answer}");
     let id = answer["id"].as_str().unwrap().to_owned();
-    let started = std::time::Instant::now();
-    loop {
-        let state = http
-            .get(format!("{base}/jobs/{id}"))
-            .bearer_auth("other-secret-token")
-            .send()
-            .await
-            .unwrap()
-            .json::<serde_json::Value>()
-            .await
-            .unwrap();
-        if state["state"] != "running" && state["state"] != "queued" {
-            assert_eq!(state["state"], "succeeded", "{state}");
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "{state}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let state = ended(id.clone()).await;
+    assert_eq!(state["state"], "succeeded", "{state}");
     let results = |token: &'static str| {
         let http = http.clone();
         let url = format!("{base}/jobs/{id}/results");

@@ -28,21 +28,7 @@ fn kdm_and_chart_repositories_give_hangars_files() {
     args.extend(ALL_OUTPUTS);
     let out = generate(root, &args);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        read(root, "out/linux.txt"),
-        [
-            "rancher/bar:1.2",
-            "rancher/empty-tag:latest",
-            "rancher/foo:v1.0.0",
-            "rancher/hyperkube:v1.28.15-rancher1",
-            "rancher/mirrored-coredns-coredns:1.10.1",
-            "rancher/mirrored-coreos-etcd:v3.5.10",
-            "rancher/mirrored-pause:3.7",
-            "rancher/rke-tools:v0.1.100",
-            "rancher/sys:v0.1.0",
-        ]
-        .join("\n")
-    );
+    assert_eq!(read(root, "out/linux.txt"), FIXTURE_LINUX.join("\n"));
     assert_eq!(
         read(root, "out/windows.txt"),
         [

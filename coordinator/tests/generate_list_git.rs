@@ -89,21 +89,7 @@ fn only_rancher_given_clones_its_repositories_and_reads_its_kdm_data() {
         "{}",
         text(&out)
     );
-    assert_eq!(
-        read(root, "out/linux.txt"),
-        [
-            "rancher/bar:1.2",
-            "rancher/empty-tag:latest",
-            "rancher/foo:v1.0.0",
-            "rancher/hyperkube:v1.28.15-rancher1",
-            "rancher/mirrored-coredns-coredns:1.10.1",
-            "rancher/mirrored-coreos-etcd:v3.5.10",
-            "rancher/mirrored-pause:3.7",
-            "rancher/rke-tools:v0.1.100",
-            "rancher/sys:v0.1.0",
-        ]
-        .join("\n")
-    );
+    assert_eq!(read(root, "out/linux.txt"), FIXTURE_LINUX.join("\n"));
     assert!(
         read(root, "out/source.txt").contains(&format!(
             "rancher/sys:v0.1.0 [{git_base}/rancher/system-charts;sys:0.1.0]"

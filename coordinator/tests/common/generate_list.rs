@@ -128,3 +128,16 @@ pub const ALL_OUTPUTS: [&str; 16] = [
     "--rke2-windows-images",
     "out/rke2w.txt",
 ];
+
+/// The Linux images the fixture gives for Rancher v2.9, sorted as Hangar writes them.
+pub const FIXTURE_LINUX: [&str; 9] = [
+    "rancher/bar:1.2",
+    "rancher/empty-tag:latest",
+    "rancher/foo:v1.0.0",
+    "rancher/hyperkube:v1.28.15-rancher1",
+    "rancher/mirrored-coredns-coredns:1.10.1",
+    "rancher/mirrored-coreos-etcd:v3.5.10",
+    "rancher/mirrored-pause:3.7",
+    "rancher/rke-tools:v0.1.100",
+    "rancher/sys:v0.1.0",
+];
