@@ -79,7 +79,7 @@ async fn a_coordinator_and_a_worker_with_their_identities_mirror_over_tls() {
     let early = |l: &str| {
         l.contains("user:worker")
             && (l.contains("$JS.API.STREAM.CREATE.HANGAR_")
-                || l.contains("$JS.API.STREAM.CREATE.KV_hangar-blob-leases"))
+                || l.contains("$JS.API.STREAM.CREATE.KV_hangar-"))
     };
     let stray: Vec<&str> = server_log
         .lines()

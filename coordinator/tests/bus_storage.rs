@@ -46,6 +46,14 @@ async fn the_coordinator_bounds_the_bus_and_workers_cannot_change_it() {
     })
     .await
     .unwrap();
+    cjs.create_stream(stream::Config {
+        name: "HANGAR_ADVISORIES".into(),
+        subjects: vec!["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.HANGAR_TASKS.*".into()],
+        max_age: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let _publisher = JetStreamQueue::publisher(coordinator.clone())
         .await
         .unwrap();
@@ -55,6 +63,8 @@ async fn the_coordinator_bounds_the_bus_and_workers_cannot_change_it() {
         (events.max_bytes, events.max_message_size),
         (storage::EVENTS_MAX_BYTES, storage::EVENT_MAX_SIZE)
     );
+    let advisories = config(&cjs, "HANGAR_ADVISORIES").await;
+    assert_eq!(advisories.max_bytes, storage::ADVISORIES_MAX_BYTES);
     let leases = config(&cjs, &format!("KV_{LEASE_BUCKET}")).await;
     assert_eq!(
         (leases.max_age, leases.max_bytes, leases.max_message_size),

@@ -11,7 +11,7 @@ use common::signing::generate;
 use common::*;
 use hangar_loadtest::seed::{Format, platform};
 use hangar_shared::digest::Digest;
-use hangar_shared::manifest::{Platform, RawManifest};
+use hangar_shared::manifest::{Descriptor, Platform, RawManifest};
 use hangar_shared::queue::TaskQueue;
 use hangar_shared::queue::jetstream::{self, JetStreamQueue};
 use hangar_shared::store::RepoRef;
@@ -96,7 +96,7 @@ async fn an_index_is_signed_only_when_it_lists_what_was_planned_or_signed() {
         .await
         .unwrap();
     let mut id = 0;
-    let mut sign = async |digest: &Digest, index_of: Option<Vec<Digest>>| {
+    let mut sign = async |digest: &Digest, index_of: Option<Vec<Descriptor>>| {
         id += 1;
         let task = Task::Sign(SignTask {
             dest: RepoRef::registry(&dst, repo),
@@ -118,7 +118,10 @@ async fn an_index_is_signed_only_when_it_lists_what_was_planned_or_signed() {
         } => assert!(message.contains(needle), "{needle}: {message}"),
         other => panic!("refused for {needle}: {other:?}"),
     };
-    let planned_only = Some(vec![planned.digest.clone()]);
+    // The entry the job planned: the amd64 manifest, under its platform.
+    let mut entry = planned.descriptor();
+    entry.platform = Some(planned_at.clone());
+    let planned_only = Some(vec![entry]);
 
     // The index the job planned is signed.
     let e = sign(&only_planned, planned_only.clone()).await;
@@ -128,7 +131,10 @@ async fn an_index_is_signed_only_when_it_lists_what_was_planned_or_signed() {
     // a plain manifest reported as the index, nor a digest the registry does not hold.
     refused(
         sign(&with_other, planned_only.clone()).await,
-        &format!("it lists {}, which this job did not copy", other.digest),
+        &format!(
+            "it lists {} (linux/arm64/v8), which this job did not copy there",
+            other.digest
+        ),
     );
     refused(
         sign(&other.digest, planned_only.clone()).await,
@@ -142,12 +148,35 @@ async fn an_index_is_signed_only_when_it_lists_what_was_planned_or_signed() {
     for d in [&with_other, &other.digest, &absent, &with_its_attestation] {
         assert!(!signed(d), "{d} was signed");
     }
-    // An attestation of an unvouched manifest fails the index even with its subject signed
-    // later: the check runs on what the key vouches for at signing time.
+    // The unsigned platform fails the index whatever else it lists (its attestation too).
     refused(
         sign(&with_its_attestation, planned_only.clone()).await,
-        &other.digest.to_string(),
+        &format!("it lists {} (linux/arm64/v8)", other.digest),
     );
+    // The planned manifest under another platform is not what was planned: a client
+    // choosing by platform would run it there.
+    let elsewhere = index("elsewhere", vec![(planned.clone(), other_at.clone(), None)]).await;
+    refused(
+        sign(&elsewhere, planned_only.clone()).await,
+        &format!("it lists {} (linux/arm64/v8)", planned.digest),
+    );
+    // Nor is a manifest of the writer's own, annotated as an attestation of the planned one
+    // but listed under a platform clients run.
+    let disguised = index(
+        "disguised",
+        vec![
+            (att.clone(), planned_at.clone(), attestation_of(&planned)),
+            (planned.clone(), planned_at.clone(), None),
+        ],
+    )
+    .await;
+    refused(
+        sign(&disguised, planned_only.clone()).await,
+        &format!("it lists the attestation {} (linux/amd64)", att.digest),
+    );
+    for d in [&elsewhere, &disguised] {
+        assert!(!signed(d), "{d} was signed");
+    }
 
     // Once the key has signed the other platform (an earlier run's copy, merged into the
     // tag), the merged index and the attestation of that platform are vouched for.

@@ -14,7 +14,8 @@ pub struct BuiltIndex {
     pub changed: bool,
 }
 
-fn same_platform(a: &Descriptor, b: &Descriptor) -> bool {
+/// The same platform as Hangar's builder sees it.
+pub fn same_platform(a: &Descriptor, b: &Descriptor) -> bool {
     let empty = Platform::default();
     let pa = a.platform.as_ref().unwrap_or(&empty);
     let pb = b.platform.as_ref().unwrap_or(&empty);

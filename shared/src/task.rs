@@ -113,10 +113,10 @@ pub struct SignTask {
     /// The repository the signature names (cosign's `docker-reference`).
     pub identity: String,
     pub key: String,
-    /// Set when `digest` is an index a worker wrote and reported: the child manifests the
-    /// job planned, which bound what the key will vouch for ([`crate::sign::vouch`]).
+    /// Set when `digest` is an index a worker wrote and reported: the entries the job
+    /// planned for it, which bound what the key will vouch for ([`crate::sign::vouch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index_of: Option<Vec<Digest>>,
+    pub index_of: Option<Vec<Descriptor>>,
 }
 
 /// Read the package inventory of one platform image (its layers, from the worker's cache

@@ -142,14 +142,15 @@ impl Bus {
                     // One process: another delivery would be this same process again.
                     stall_after: None,
                     metrics: None,
-                    cache: here.cache,
+                    cache: here.cache.clone(),
                     leases: None,
                     sign_keys: here.sign_keys,
                     policy: None,
                     looks: Default::default(),
                     copy_slots: None,
-                    // The user's own cache, written by this process and its runs alone.
-                    reuse_inventories: true,
+                    // A directory is the user's own; a bucket may be a fleet's, which any
+                    // holder of its credentials writes.
+                    reuse_inventories: !here.cache.as_ref().is_some_and(|c| c.is_shared()),
                 });
                 let (stop, stopped) = oneshot::channel::<()>();
                 let workers = tokio::spawn(hangar_worker::run(

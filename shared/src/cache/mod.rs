@@ -199,6 +199,11 @@ impl BlobCache {
         &self.label
     }
 
+    /// A bucket (`s3://`), which others may write, rather than a directory of this machine.
+    pub fn is_shared(&self) -> bool {
+        self.label.starts_with("s3://")
+    }
+
     /// The blob's recorded size and CRC-32, if the cache holds it whole.
     pub async fn meta(&self, digest: &Digest) -> Result<Option<BlobMeta>> {
         if let Some(held) = &self.held {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull, stream};
 use futures_util::StreamExt;
 
-use super::jetstream::{TASK_STREAM, event_subject};
+use super::jetstream::{TASK_STREAM, event_subject, storage};
 use crate::error::{Error, FailureClass, Result};
 use crate::task::{Event, EventKind, TaskId};
 
@@ -52,9 +52,8 @@ pub async fn ensure_stream(js: &jetstream::Context) -> Result<u64> {
             name: ADVISORY_STREAM.into(),
             subjects: vec![advisory_subject()],
             storage: stream::StorageType::File,
-            max_age: Duration::from_secs(24 * 3600),
-            // One small advisory per task whose deliveries ran out.
-            max_bytes: 64 << 20,
+            max_age: storage::ADVISORIES_MAX_AGE,
+            max_bytes: storage::ADVISORIES_MAX_BYTES,
             ..Default::default()
         })
         .await

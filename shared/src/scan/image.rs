@@ -125,8 +125,11 @@ pub async fn inventory(
         };
         let name = layer.digest.to_string();
         files = tokio::task::spawn_blocking(move || {
-            let mut files = files;
-            files.apply(&name, reader);
+            let (mut files, mut reader) = (files, reader);
+            files.apply(&name, &mut reader);
+            // A tar ends at its end-of-archive blocks and a gzip stream at its member's
+            // end: the rest of the layer is read too, so that all of it meets the digest.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
             files
         })
         .await
@@ -161,15 +164,16 @@ mod tests {
     const STATUS: &str =
         "Package: libssl3\nStatus: install ok installed\nVersion: 3.0.11-1~deb12u2\n";
 
-    fn layer(status: &str) -> Bytes {
+    fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(status.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, "var/lib/dpkg/status", status.as_bytes())
-            .unwrap();
-        Bytes::from(b.into_inner().unwrap())
+        for (path, body) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, *body).unwrap();
+        }
+        b.into_inner().unwrap()
     }
 
     fn desc(media_type: &str, bytes: &[u8]) -> Descriptor {
@@ -197,9 +201,18 @@ mod tests {
     async fn a_shared_cache_cannot_hide_packages_from_a_scan() {
         let dir = tempfile::tempdir().unwrap();
         let cache = BlobCache::open(dir.path().to_str().unwrap()).unwrap();
-        // The forged layer is the real one's size: only its digest tells them apart.
-        let (good, empty) = (layer(STATUS), layer(&STATUS.replace("libssl3", "libfoo3")));
-        assert_eq!(good.len(), empty.len());
+        // The real layer spans several reads; the forged one is the same size, a tar that
+        // ends after its first file and zeros after it, so a reader that stops at the end
+        // of the tar never reaches the bytes that fail the digest.
+        let big = vec![0u8; 3 << 20];
+        let good = Bytes::from(layer(&[
+            ("var/lib/dpkg/status", STATUS.as_bytes()),
+            ("usr/share/big", &big),
+        ]));
+        let forged_status = STATUS.replace("libssl3", "libfoo3");
+        let mut empty = layer(&[("var/lib/dpkg/status", forged_status.as_bytes())]);
+        empty.resize(good.len(), 0);
+        let empty = Bytes::from(empty);
         fill(&cache, good.clone()).await;
         let config = Bytes::from_static(b"{}");
         let manifest = serde_json::json!({

@@ -6,6 +6,7 @@
 
 use hangar_shared::digest::Digest;
 use hangar_shared::error::{Error, Result};
+use hangar_shared::manifest::Descriptor;
 use hangar_shared::task::{ManifestBody, Outcome, ScanTask, SignTask, Task};
 
 use super::{ImageResult, Observer, TaskRef, Tracker};
@@ -33,12 +34,12 @@ impl Tracker {
     }
 
     /// Signs `digest` in the image's destination with the job's key, if it has one;
-    /// `index_of`: the children planned for an index whose digest a worker reported.
+    /// `index_of`: the entries planned for an index whose digest a worker reported.
     pub(super) async fn publish_sign(
         &mut self,
         image: usize,
         digest: Digest,
-        index_of: Option<Vec<Digest>>,
+        index_of: Option<Vec<Descriptor>>,
     ) -> Result<()> {
         let Some(key) = self.extras.sign_key.clone() else {
             return Ok(());
@@ -64,15 +65,17 @@ impl Tracker {
         self.publish(name, task, TaskRef::Sign { image }).await
     }
 
-    /// Every manifest digest the image's plan copies to its destination.
-    pub(super) fn planned_children(&self, image: usize) -> Vec<Digest> {
+    /// The entries the image's plan lists in its index (its attachments live at tags of
+    /// their own).
+    pub(super) fn planned_children(&self, image: usize) -> Vec<Descriptor> {
         self.images[image]
             .plan
             .as_ref()
             .map(|p| {
                 p.platforms
                     .iter()
-                    .map(|p| p.manifest.digest.clone())
+                    .filter(|p| !p.is_attachment())
+                    .map(|p| p.entry.clone())
                     .collect()
             })
             .unwrap_or_default()
@@ -226,8 +229,14 @@ mod tests {
             panic!("sign tasks: {step:?}");
         };
         let planned = h.tracker.planned_children(0);
-        assert_eq!(planned, std::slice::from_ref(&for_platform.digest));
-        assert_eq!(for_index.index_of.as_deref(), Some(&planned[..]));
+        let digests: Vec<&Digest> = planned.iter().map(|d| &d.digest).collect();
+        assert_eq!(digests, [&for_platform.digest]);
+        assert!(planned[0].platform.is_some(), "planned with its platform");
+        let index_of = for_index.index_of.as_ref().expect("the planned entries");
+        assert_eq!(
+            serde_json::to_value(index_of).unwrap(),
+            serde_json::to_value(&planned).unwrap()
+        );
         assert_eq!(for_platform.index_of, None);
         assert!(h.finished.0.is_empty(), "held for the signatures");
         h.ok(&sign_platform).await;

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | task stream | `HANGAR_TASKS`, subjects `hangar.task.<lane>.<job>` | work-queue retention, file storage, 2 min duplicate window |
 //! | task consumers | durable `hangar-<lane>`, one per lane, filter `hangar.task.<lane>.>` | pull, explicit ack, `ack_wait` 60 s, `max_deliver` 3 |
-//! | event stream | `HANGAR_EVENTS`, subjects `hangar.event.<job>` | limits retention, file storage, 24 h max age, 1 GiB, 1 MiB per event |
+//! | event stream | `HANGAR_EVENTS`, subjects `hangar.event.<job>` | limits retention, file storage, 24 h max age, 512 MiB, 1 MiB per event |
 //!
 //! A lane is a task kind, and for blobs a second one for the quick blob tasks (`lane.rs`).
 //!
@@ -165,8 +165,12 @@ impl JetStreamQueue {
     ) -> Result<Self> {
         let js = jetstream::new(client);
         ensure_streams(&js).await?;
-        storage::bring_to_bounds(&js).await?;
         let start = exhausted::ensure_stream(&js).await?;
+        // An older version's unbounded streams still work: a server that cannot reserve
+        // the sizes is said, not a reason to fail every job.
+        if let Err(e) = storage::bring_to_bounds(&js).await {
+            tracing::warn!("bounding the bus's streams and buckets: {e}");
+        }
         let sent: SentTasks = Arc::default();
         let watcher = tokio::spawn(exhausted::watch(js.clone(), sent.clone(), start, delay));
         Ok(Self {

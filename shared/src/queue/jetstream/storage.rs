@@ -15,10 +15,12 @@ use async_nats::jetstream::{self, kv, stream};
 use super::{EVENT_STREAM, bus};
 use crate::error::Result;
 use crate::lease::{LEASE_BUCKET, LEASE_TTL};
+use crate::queue::exhausted::ADVISORY_STREAM;
 use crate::ratelimit::RATE_BUCKET;
 
-/// A day of events at their largest is far beyond any job's, so old events go first.
-pub const EVENTS_MAX_BYTES: i64 = 1 << 30;
+/// Events are read as they come; a day of them beyond this drops the oldest first. NATS
+/// reserves every stream's size on its disk (about 0.9 GiB for these four together).
+pub const EVENTS_MAX_BYTES: i64 = 512 << 20;
 /// An event is a task's outcome: a scan inventory is the largest (tens of KB).
 pub const EVENT_MAX_SIZE: i32 = 1 << 20;
 /// A lease is a holder's name under a digest: 64 MiB is some 300,000 at once.
@@ -30,6 +32,10 @@ pub const LEASE_MAX_VALUE: i32 = 1 << 10;
 /// otherwise retry a write the server always refuses.
 pub const RATE_MAX_BYTES: i64 = 256 << 20;
 pub const RATE_MAX_VALUE: i32 = 1 << 20;
+/// The server's max-deliveries advisories: one small message per task whose deliveries
+/// ran out.
+pub const ADVISORIES_MAX_BYTES: i64 = 64 << 20;
+pub const ADVISORIES_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// How long a registry's rate state outlives its last write.
 const RATE_MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -75,8 +81,8 @@ pub async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::S
     }
 }
 
-/// Brings the events stream and the shared buckets, made by an older version or by hand,
-/// to this version's age and sizes. The coordinator's to do.
+/// Brings the events and advisory streams and the shared buckets, made by an older version
+/// or by hand, to this version's age and sizes. The coordinator's to do.
 pub async fn bring_to_bounds(js: &jetstream::Context) -> Result<()> {
     let events = events_stream();
     let wanted = [
@@ -85,6 +91,12 @@ pub async fn bring_to_bounds(js: &jetstream::Context) -> Result<()> {
             events.max_age,
             events.max_bytes,
             events.max_message_size,
+        ),
+        (
+            ADVISORY_STREAM.to_owned(),
+            ADVISORIES_MAX_AGE,
+            ADVISORIES_MAX_BYTES,
+            -1,
         ),
         kv_bounds(&lease_bucket()),
         kv_bounds(&rate_bucket()),
