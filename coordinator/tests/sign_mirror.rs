@@ -147,3 +147,44 @@ async fn mirror_signs_what_it_copies_with_sign_key() {
         text(&out)
     );
 }
+
+/// Embedded, the index a mirror merged into a tag is signed whatever else the tag held
+/// (as Hangar signs it): the process wrote it itself. Only the fleet checks another
+/// worker's index against the plan (`sign_index.rs`).
+#[tokio::test]
+async fn an_index_merged_over_an_unsigned_platform_is_signed_embedded() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let (_, amd, arm) =
+        push_multiarch(&src, env.dir.path(), "library/mm", "v1", Format::Oci, 181).await;
+    let (key, _) = generate(env.dir.path(), "k");
+    let list = env.write_list("l.txt", &[format!("{}/library/mm:v1", env.src.addr)]);
+    // An earlier run copied arm64 alone, unsigned.
+    let out = env.mirror(&list, &["--arch", "arm64"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env.mirror(
+        &list,
+        &[
+            "--arch",
+            "amd64",
+            "--sign-key",
+            &s(&key),
+            "--sign-passphrase-file",
+            &s(&env.path("pass.txt")),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let index = skopeo_raw(&format!("{}/library/mm:v1", env.dst.addr)).expect("index");
+    let listed = index_digests(&index);
+    assert!(
+        listed.contains(&amd.digest.to_string()) && listed.contains(&arm.digest.to_string()),
+        "merged: {listed:?}"
+    );
+    let sig = |d: &str| skopeo_raw(&format!("{}/library/mm:{}", env.dst.addr, sig_tag(d)));
+    assert!(sig(&sha(&index)).is_some(), "the merged index is signed");
+    assert!(sig(&amd.digest.to_string()).is_some());
+    assert!(
+        sig(&arm.digest.to_string()).is_none(),
+        "the earlier run's stays unsigned"
+    );
+}
