@@ -34,6 +34,9 @@ struct StreamReader {
     /// Why the bytes stopped, kept with its class: the tar reader sees only an I/O error
     /// and would read a layer cut short (or not the layer named) as a damaged one.
     failed: Arc<Mutex<Option<Error>>>,
+    /// The stream has ended (or failed): it is not polled again, which a stream need not
+    /// allow.
+    ended: bool,
 }
 
 /// How often a reader waiting for the next chunk looks at its cancel flag.
@@ -42,6 +45,9 @@ const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 impl Read for StreamReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.chunk.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
             if self.cancel.is_cancelled() {
                 return Err(std::io::Error::other("scan abandoned (timed out)"));
             }
@@ -54,13 +60,17 @@ impl Read for StreamReader {
                 Err(_) => continue,
                 Ok(Some(Ok(c))) => self.chunk = c,
                 Ok(Some(Err(e))) => {
+                    self.ended = true;
                     let message = e.message.clone();
                     if let Ok(mut failed) = self.failed.lock() {
                         failed.get_or_insert(e);
                     }
                     return Err(std::io::Error::other(message));
                 }
-                Ok(None) => return Ok(0),
+                Ok(None) => {
+                    self.ended = true;
+                    return Ok(0);
+                }
             }
         }
         let n = buf.len().min(self.chunk.len());
@@ -122,6 +132,7 @@ pub async fn inventory(
             handle: tokio::runtime::Handle::current(),
             cancel: cancel.clone(),
             failed: failed.clone(),
+            ended: false,
         };
         let name = layer.digest.to_string();
         files = tokio::task::spawn_blocking(move || {
