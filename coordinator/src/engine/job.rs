@@ -10,7 +10,6 @@ use futures_util::StreamExt;
 use hangar_shared::archive::ArchiveReader;
 use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::manifest::PlatformFilter;
-use hangar_shared::reference::shorten;
 use hangar_shared::retry::RetryPolicy;
 use hangar_shared::store::{RegistryPool, StoreRef};
 use tokio::sync::mpsc;
@@ -20,6 +19,7 @@ pub use super::tasks::Backend;
 use super::tasks::{Bus, Here, News};
 use crate::console::{Console, Progress};
 use crate::engine::planner::{self, ImageJob, ImagePlan};
+pub use crate::engine::snapshot::JobSnapshot;
 use crate::engine::tracker::{Extras, ImageResult, Observer, Stats, Tracker};
 
 /// A copy job: every image from its source to its destination, whatever stores those are
@@ -175,101 +175,6 @@ pub fn new_job_id() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("j{nanos:x}{:x}", std::process::id())
-}
-
-/// What a job looks like from outside while it runs (the server's status API).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct JobSnapshot {
-    pub id: String,
-    /// What the job does (mirror, sign, scan, …); `copied` counts its images done, for
-    /// every kind.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub kind: String,
-    /// queued, running, succeeded, failed, cancelled
-    pub state: String,
-    pub total: usize,
-    pub copied: usize,
-    pub failed: usize,
-    pub skipped: usize,
-    /// Images the destination already held exactly (a re-run's no-ops), not copied.
-    #[serde(default)]
-    pub present: usize,
-    pub bytes_copied: u64,
-    /// Blob tasks by what they did; `from_cache` + `mounted` + `present` are upstream
-    /// fetches saved.
-    #[serde(default)]
-    pub blobs_copied: u64,
-    #[serde(default)]
-    pub blobs_from_cache: u64,
-    #[serde(default)]
-    pub blobs_mounted: u64,
-    #[serde(default)]
-    pub blobs_present: u64,
-    /// The failed images' original list lines.
-    pub failed_lines: Vec<String>,
-    /// Why the first of them failed ([`KEPT_FAILURES`], each shortened): what a client
-    /// that did not run the job shows. The lines are all in `failed_lines`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failures: Vec<Failure>,
-    /// Tasks a worker is running now (the longest-running first, at most 50), with what
-    /// each waits on.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub in_flight: Vec<crate::engine::in_flight::TaskView>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// When the job (this run of it) started, in seconds since 1970: for elapsed time and
-    /// an ETA.
-    #[serde(default)]
-    pub started: u64,
-    /// When it ended, likewise (0 while it runs).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub ended: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// A failed image's list line and why it failed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Failure {
-    pub line: String,
-    pub error: String,
-}
-
-/// Failures a snapshot says why of: a snapshot is stored whole in a NATS message.
-pub const KEPT_FAILURES: usize = 100;
-/// Characters kept of a failure's line and of its reason.
-const FAILURE_LINE: usize = 200;
-const FAILURE_REASON: usize = 400;
-
-impl JobSnapshot {
-    /// Images finished, whichever way.
-    pub fn done(&self) -> usize {
-        self.copied + self.present + self.failed + self.skipped
-    }
-
-    /// Counts one failed image: its line, and why when known and there is room.
-    pub fn image_failed(&mut self, line: &str, why: Option<&str>) {
-        self.failed += 1;
-        self.failed_lines.push(line.to_owned());
-        if let Some(why) = why
-            && self.failures.len() < KEPT_FAILURES
-        {
-            self.failures.push(Failure {
-                line: shorten(line, FAILURE_LINE),
-                error: shorten(why, FAILURE_REASON),
-            });
-        }
-    }
-
-    /// Why `line` failed, when this snapshot kept it.
-    pub fn failure_of(&self, line: &str) -> Option<&str> {
-        self.failures
-            .iter()
-            .find(|f| f.line == shorten(line, FAILURE_LINE))
-            .map(|f| f.error.as_str())
-    }
 }
 
 /// How a job plans its images (`--dry-run` plans with the same).
@@ -564,29 +469,4 @@ pub async fn run_copy(
     bus.close(interrupted).await;
     console.stop_progress(progress);
     Ok(tracker.into_report(started.elapsed()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A snapshot is stored whole in one NATS message: however many images fail, it keeps
-    /// every line and the reasons of the first few, each shortened.
-    #[test]
-    fn a_snapshot_keeps_every_failed_line_and_the_first_reasons() {
-        let mut s = JobSnapshot::default();
-        let long = "x".repeat(10_000);
-        s.image_failed("refused/before:work", None);
-        for n in 0..1_000 {
-            s.image_failed(&format!("reg/app-{n}:v1"), Some(&long));
-        }
-        assert_eq!((s.failed, s.failed_lines.len()), (1_001, 1_001));
-        assert_eq!(s.failures.len(), KEPT_FAILURES);
-        assert!(s.failures.iter().all(|f| f.error.chars().count() <= 401));
-        assert_eq!(s.failure_of("refused/before:work"), None);
-        assert!(s.failure_of("reg/app-0:v1").is_some());
-        assert_eq!(s.failure_of("reg/app-999:v1"), None, "past the first 100");
-        let stored = serde_json::to_vec(&s).unwrap();
-        assert!(stored.len() < 100_000, "{} bytes", stored.len());
-    }
 }

@@ -9,6 +9,7 @@ pub mod job;
 pub mod per_image;
 pub mod planner;
 pub mod pull_source;
+pub mod snapshot;
 pub mod tasks;
 pub mod tracker;
 pub mod work;

@@ -63,6 +63,9 @@ pub struct JobRequest {
     pub owner: Option<String>,
 }
 
+/// The largest stored job: NATS's default largest message, less room for its headers.
+const STORED_JOB_MAX: usize = (1 << 20) - 4096;
+
 /// What the bucket keeps per job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredJob {
@@ -241,9 +244,11 @@ impl Server {
         request: &JobRequest,
         snapshot: &JobSnapshot,
     ) -> Result<(), String> {
+        // A job is one message: a snapshot of more failed lines than fit keeps the first.
+        let request_size = serde_json::to_vec(request).map_or(0, |b| b.len());
         let stored = StoredJob {
             request: request.clone(),
-            snapshot: snapshot.clone(),
+            snapshot: snapshot.within(STORED_JOB_MAX.saturating_sub(request_size + 64)),
         };
         let bytes = serde_json::to_vec(&stored).map_err(|e| format!("encoding job {id}: {e}"))?;
         self.kv.put(id, bytes.into()).await.map(drop).map_err(|e| {
