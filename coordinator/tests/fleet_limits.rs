@@ -274,3 +274,39 @@ async fn a_registry_slowing_down_holds_the_fleet_back() {
     let log = std::fs::read_to_string(env.path("slow.log")).unwrap();
     assert!(log.contains("answers slowing down"), "{log}");
 }
+
+/// A rate write the bucket always refuses (here a value past the bucket's size, made so by
+/// hand) lets the request through with a warning, as a ledger that cannot be read does: a
+/// compare-and-swap loop that read again after every refusal asked for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_write_the_bucket_refuses_lets_the_request_through() {
+    use hangar_shared::ratelimit::{Gate, Limits, RATE_BUCKET, RateGate};
+    let nats = NatsProcess::start().expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    async_nats::jetstream::new(client.clone())
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: RATE_BUCKET.into(),
+            history: 1,
+            max_value_size: 8,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut limits = Limits::default();
+    limits.budgets.insert("reg.example".into(), 100);
+    limits.concurrency.insert("reg.example".into(), 2);
+    let gate = RateGate::fleet(client, limits, "refused-writes")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let admitted = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            gate.admit("reg.example", 1),
+        )
+        .await;
+        assert!(
+            admitted.is_ok(),
+            "the request waited on a write that cannot succeed"
+        );
+    }
+}
