@@ -155,7 +155,14 @@ async fn an_index_is_signed_only_when_it_lists_what_was_planned_or_signed() {
     );
     // The planned manifest under another platform is not what was planned: a client
     // choosing by platform would run it there.
-    let elsewhere = index("elsewhere", vec![(planned.clone(), other_at.clone(), None)]).await;
+    let elsewhere = index(
+        "elsewhere",
+        vec![
+            (planned.clone(), planned_at.clone(), None),
+            (planned.clone(), other_at.clone(), None),
+        ],
+    )
+    .await;
     refused(
         sign(&elsewhere, planned_only.clone()).await,
         &format!("it lists {} (linux/arm64/v8)", planned.digest),

@@ -50,10 +50,13 @@ pub async fn check_index(
             .iter()
             .any(|p| p.digest == c.digest && same_platform(p, c) && p.attests() == c.attests())
     };
+    // Manifests vouched for, as attestations' subjects; `signed`: those the key had signed
+    // (whatever platform they are listed under: the key vouched for their content).
     let mut vouched: Vec<&Digest> = Vec::new();
+    let mut signed: Vec<&Digest> = Vec::new();
     let mut looked_up = 0;
     for child in index.manifests.iter().filter(|c| !c.is_attestation()) {
-        if as_planned(child) || vouched.contains(&&child.digest) {
+        if as_planned(child) || signed.contains(&&child.digest) {
             vouched.push(&child.digest);
             continue;
         }
@@ -64,7 +67,10 @@ pub async fn check_index(
             )));
         }
         match cosign::verify(store, repo, &child.digest, key, None).await? {
-            Verdict::Verified { .. } => vouched.push(&child.digest),
+            Verdict::Verified { .. } => {
+                signed.push(&child.digest);
+                vouched.push(&child.digest);
+            }
             _ => {
                 return Err(refuse(format!(
                     "it lists {} ({}), which this job did not copy there and this key has \
