@@ -464,10 +464,10 @@ async fn per_image_kinds_on_the_fleet(through_serve: bool) {
     // Any kind sent as a specification (`submit --spec`): each image's end reported here,
     // the failed lines written here.
     if through_serve {
-        let submit = |name: &str, project: &str| {
+        let submit = |name: &str, project: &str, extra: &str| {
             let spec = env.path(name);
             let doc = serde_json::json!({
-                "version": 1, "kind": "mirror-validate", "list": lines.join("\n"),
+                "version": 1, "kind": "mirror-validate", "list": lines.join("\n") + extra,
                 "destination": {"registry": env.dst.addr, "project": project},
             });
             std::fs::write(&spec, doc.to_string()).unwrap();
@@ -484,16 +484,42 @@ async fn per_image_kinds_on_the_fleet(through_serve: bool) {
             let failed = std::fs::read_to_string(&failed).unwrap_or_default();
             (out.status.success(), text(&out), failed)
         };
-        let (ok, out, failed) = submit("pass.json", "");
+        let (ok, out, failed) = submit("pass.json", "", "");
         assert!(ok, "{out}");
         assert!(out.contains("/results") && out.contains("Done: ["), "{out}");
         assert!(failed.is_empty(), "{failed}");
-        let (ok, out, failed) = submit("fail.json", "nowhere");
+        let (ok, out, failed) = submit("fail.json", "nowhere", "\nNot/Lower:Case");
         assert!(!ok, "{out}");
         assert!(out.contains("some images failed to validate"), "{out}");
         for line in &lines {
             assert!(failed.contains(line.as_str()), "{line} not in {failed}");
         }
+        // A line the coordinator refuses before any work says why in the job's status.
+        let id = out
+            .split_whitespace()
+            .skip_while(|w| *w != "Job")
+            .nth(1)
+            .unwrap_or_else(|| panic!("a job id in {out}"))
+            .to_owned();
+        let status = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(["status", &id, "--server", server.as_str()])
+            .output()
+            .expect("hangar-coord status");
+        let shown = text(&status);
+        for line in &lines {
+            assert!(
+                shown.contains(&format!("  {line}: ")),
+                "{line} and why in {shown}"
+            );
+        }
+        assert!(
+            shown.contains("  Not/Lower:Case: ") && failed.contains("Not/Lower:Case"),
+            "the refused line and why in {shown}"
+        );
+        assert!(
+            out.contains("FAILED: [Not/Lower:Case]: image reference"),
+            "{out}"
+        );
         let (ok, out, _) = {
             std::fs::write(
                 env.path("bad.json"),

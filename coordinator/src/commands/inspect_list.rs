@@ -87,7 +87,7 @@ pub async fn run(args: &InspectListArgs, debug: bool, console: &Console) -> Resu
             (target, super::targets::with_timeout(timeout, work).await)
         })
         .buffer_unordered(t.jobs);
-    let mut failed = t.failed;
+    let mut failed = t.failed_lines();
     let mut inspected: Vec<(usize, ArchiveImage)> = Vec::new();
     while let Some((target, result)) = results.next().await {
         let n = Some(target.entry.index);

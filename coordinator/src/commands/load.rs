@@ -306,8 +306,9 @@ pub async fn load(
 pub(crate) struct Checks {
     pub jobs: Vec<ImageJob>,
     pub targets: Vec<work::Target>,
-    /// List lines naming images the archive does not hold.
-    pub failed: Vec<String>,
+    /// List lines refused before any work (naming images the archive does not hold), and
+    /// why.
+    pub failed: Vec<(String, String)>,
     pub filter: PlatformFilter,
     pub planners: usize,
     pub timeout: Option<std::time::Duration>,
@@ -348,7 +349,7 @@ pub(crate) fn checks(
         targets,
         planners: selected.jobs_at_once.max(4),
         filter: selected.filter,
-        failed: selected.failed.into_iter().map(|(line, _)| line).collect(),
+        failed: selected.failed,
         jobs: selected.jobs,
         timeout: (!timeout.is_zero()).then_some(timeout),
     })
@@ -456,7 +457,9 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
         let (location, _) = endpoints(args)?;
         let archive = ArchiveReader::open(&location).await?;
         let checks = checks(&archive, args, debug, &console)?;
-        tally.failed.extend(checks.failed.iter().cloned());
+        tally
+            .failed
+            .extend(checks.failed.iter().map(|(line, _)| line.clone()));
         let (backend, pool) = super::backend(
             &args.fleet.bus,
             args.access.tls_verify,

@@ -382,7 +382,7 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
     let work = Work::Scan {
         cache: cache.clone(),
     };
-    let mut failed = t.failed.clone();
+    let mut failed = t.failed_lines();
     let items = &t.items;
     // Each image's inventories, in the order the images finished.
     let mut read: Vec<(usize, Vec<ReadInventory>)> = Vec::new();

@@ -122,7 +122,7 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
         key: key.clone(),
         with_index: args.sign_manifest_index,
     };
-    let mut failed = t.failed.clone();
+    let mut failed = t.failed_lines();
     let items = &t.items;
     let finished = |i: usize, result: ImageOutcomes| {
         let target = &items[i];
@@ -225,7 +225,7 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
         identity: args.exact_repository.clone(),
         with_index: args.validate_manifest_index,
     };
-    let mut failed = t.failed.clone();
+    let mut failed = t.failed_lines();
     let mut rows: Vec<Row> = Vec::new();
     let (mut passed, mut unsigned_images) = (0, 0);
     let items = &t.items;

@@ -89,6 +89,22 @@ pub async fn submit_spec(
             ),
         }
     }
+    // Lines the coordinator refused before any work have no image of their own.
+    let reported: std::collections::HashSet<&str> = results
+        .iter()
+        .filter_map(|r| r.image.as_ref().map(|i| i.line.as_str()))
+        .collect();
+    for line in snap
+        .failed_lines
+        .iter()
+        .filter(|l| !reported.contains(l.as_str()))
+    {
+        let why = snap
+            .failure_of(line)
+            .unwrap_or("refused by the coordinator");
+        console.error(None, format!("FAILED: [{line}]: {why}"));
+        failed.push(line.clone());
+    }
     console.info(
         None,
         format!(

@@ -19,7 +19,8 @@ pub struct Target {
 
 pub struct Targets {
     pub items: Vec<Target>,
-    pub failed: Vec<String>,
+    /// Lines refused before any work, and why.
+    pub failed: Vec<(String, String)>,
     pub filter: PlatformFilter,
     pub jobs: usize,
     pub timeout: Option<Duration>,
@@ -47,31 +48,26 @@ pub fn resolve(
     let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
     let mut items = Vec::new();
     let mut failed = Vec::new();
+    let mut refuse = |entry: &ListEntry, why: String| {
+        console.error(
+            Some(entry.index),
+            format!(
+                "Failed [{}] (line {}): {why}",
+                crate::commands::quoted_line(&entry.original),
+                entry.line_no
+            ),
+        );
+        failed.push((entry.original.clone(), why));
+    };
     for entry in parsed.entries {
         let image = match &entry.kind {
             LineKind::Default(r) => r.clone(),
             LineKind::Mirror { .. } => {
-                console.error(
-                    Some(entry.index),
-                    format!(
-                        "Failed [{}] (line {}): only the default list format is read here",
-                        crate::commands::quoted_line(&entry.original),
-                        entry.line_no
-                    ),
-                );
-                failed.push(entry.original.clone());
+                refuse(&entry, "only the default list format is read here".into());
                 continue;
             }
             LineKind::Invalid(why) => {
-                console.error(
-                    Some(entry.index),
-                    format!(
-                        "Failed [{}] (line {}): {why}",
-                        crate::commands::quoted_line(&entry.original),
-                        entry.line_no
-                    ),
-                );
-                failed.push(entry.original.clone());
+                refuse(&entry, why.clone());
                 continue;
             }
         };
@@ -81,27 +77,12 @@ pub fn resolve(
         {
             Ok(image) => image,
             Err(e) => {
-                console.error(
-                    Some(entry.index),
-                    format!(
-                        "Failed [{}] (line {}): {e}",
-                        crate::commands::quoted_line(&entry.original),
-                        entry.line_no
-                    ),
-                );
-                failed.push(entry.original.clone());
+                refuse(&entry, e.to_string());
                 continue;
             }
         };
         if image.is_signature_tag() {
-            console.error(
-                Some(entry.index),
-                format!(
-                    "Failed [{}]: image is a sigstore signature",
-                    crate::commands::quoted_line(&entry.original)
-                ),
-            );
-            failed.push(entry.original.clone());
+            refuse(&entry, "image is a sigstore signature".into());
             continue;
         }
         items.push(Target { entry, image });
@@ -119,6 +100,11 @@ pub fn resolve(
 }
 
 impl Targets {
+    /// The refused lines, for a failed list.
+    pub fn failed_lines(&self) -> Vec<String> {
+        self.failed.iter().map(|(line, _)| line.clone()).collect()
+    }
+
     /// The images as the engine takes them.
     pub fn work(&self) -> Vec<crate::engine::work::Target> {
         self.items

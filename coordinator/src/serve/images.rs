@@ -24,7 +24,8 @@ struct Planned {
     /// Each target's `[IMG:N]` number.
     entries: Vec<usize>,
     /// Lines refused before any work.
-    rejected: Vec<String>,
+    /// Lines refused before any work, and why.
+    rejected: Vec<(String, String)>,
     filter: hangar_shared::manifest::PlatformFilter,
     planners: usize,
     timeout: Option<std::time::Duration>,
@@ -59,7 +60,7 @@ fn plan_list(server: &Server, id: &str, request: &JobRequest) -> Result<Planned,
             rejected: prepared
                 .rejected
                 .iter()
-                .map(|(e, _)| e.original.clone())
+                .map(|(e, why)| (e.original.clone(), why.clone()))
                 .collect(),
             filter: prepared.filter,
             planners: prepared.jobs.max(4),
@@ -248,7 +249,11 @@ impl Server {
             )?;
         }
         let work = work_of(self, &request)?;
-        let refused = planned.rejected.iter().map(|l| (l.clone(), None)).collect();
+        let refused = planned
+            .rejected
+            .iter()
+            .map(|(line, why)| (line.clone(), Some(why.clone())))
+            .collect();
         let first = super::running(
             &id,
             request.spec.kind,
