@@ -7,9 +7,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound and released; good enough for tests on one machine).
+/// A free loopback port (bound and released), never one this process handed out before:
+/// tests running at once in one process were sometimes given the same port, and one
+/// test's registry answered another's coordinator.
 pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..64 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other(
+        "no free port that this process has not handed out",
+    ))
 }
 
 pub fn wait_for_port(addr: &str, limit: Duration) -> io::Result<()> {
