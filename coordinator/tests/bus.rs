@@ -115,10 +115,7 @@ async fn a_coordinator_and_a_worker_with_their_identities_mirror_over_tls() {
 async fn a_task_from_an_identity_without_publish_rights_never_runs() {
     let env = Env::new();
     let nats = SecureNats::start(env.dir.path());
-    let coordinator = nats.coordinator().await;
-    jetstream::ensure_streams(&async_nats::jetstream::new(coordinator.clone()))
-        .await
-        .unwrap();
+    let coordinator = nats.coordinator_with_streams().await;
     let worker = Worker::start(&nats, env.path("worker.log"), &[]);
     worker.wait_ready().await;
     let lines = seed_shared_repos(&env, 1).await;
@@ -212,10 +209,7 @@ async fn a_task_from_an_identity_without_publish_rights_never_runs() {
 async fn workers_refuse_archives_outside_their_roots_and_signatures_outside_scope() {
     let env = Env::new();
     let nats = SecureNats::start(env.dir.path());
-    let coordinator = nats.coordinator().await;
-    jetstream::ensure_streams(&async_nats::jetstream::new(coordinator.clone()))
-        .await
-        .unwrap();
+    let coordinator = nats.coordinator_with_streams().await;
     let pass = env.path("pass.txt");
     std::fs::write(&pass, "bus-key-passphrase\n").unwrap();
     let prefix = env.path("bus-key");

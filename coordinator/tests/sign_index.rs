@@ -23,10 +23,7 @@ use serde_json::{Value, json};
 async fn an_index_is_signed_only_when_it_lists_what_was_planned_or_signed() {
     let env = Env::new();
     let nats = SecureNats::start(env.dir.path());
-    let coordinator = nats.coordinator().await;
-    jetstream::ensure_streams(&async_nats::jetstream::new(coordinator.clone()))
-        .await
-        .unwrap();
+    let coordinator = nats.coordinator_with_streams().await;
     let (key, _) = generate(env.dir.path(), "k");
     let worker = Worker::start(
         &nats,

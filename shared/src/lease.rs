@@ -14,6 +14,7 @@ use async_nats::jetstream::{self, kv};
 
 use crate::digest::Digest;
 use crate::error::{Error, FailureClass, Result};
+use crate::queue::jetstream::storage;
 
 pub const LEASE_BUCKET: &str = "hangar-blob-leases";
 /// How long a lease outlives its last renewal: a dead holder holds others up this long.
@@ -45,9 +46,9 @@ impl BlobLeases {
         let js = jetstream::new(client);
         let config = kv::Config {
             max_age: ttl,
-            ..crate::queue::jetstream::storage::lease_bucket()
+            ..storage::lease_bucket()
         };
-        let kv = crate::queue::jetstream::storage::bucket(&js, config).await?;
+        let kv = storage::bucket(&js, config).await?;
         // Renewed at the pace of the shorter of the two lives, should the bucket keep a
         // shorter max age than asked for (made by hand, or not ours to change).
         let ttl = match kv.status().await {

@@ -150,7 +150,7 @@ pub fn watch_begins(watch: Option<&Watch>, images: usize, refused: &[(String, St
         && let Ok(mut s) = w.lock()
     {
         s.total = images + refused.len();
-        (s.failed, s.failed_lines, s.failures) = (0, Vec::new(), Vec::new());
+        s.clear_failed();
         for (line, why) in refused {
             s.image_failed(line, Some(why));
         }

@@ -263,7 +263,7 @@ pub(super) async fn gather(
                 if let Some(mut snap) = watch.and_then(|w| w.lock().ok()) {
                     snap.copied = 0;
                     snap.present = 0;
-                    (snap.failed, snap.failed_lines, snap.failures) = (0, Vec::new(), Vec::new());
+                    snap.clear_failed();
                     let why = format!("no archive was written: {e:#}");
                     for line in &all {
                         snap.image_failed(line, Some(&why));

@@ -76,6 +76,11 @@ impl JobSnapshot {
         self.copied + self.present + self.failed + self.skipped
     }
 
+    /// Forgets every failure counted (a run that starts its figures again).
+    pub fn clear_failed(&mut self) {
+        (self.failed, self.failed_lines, self.failures) = (0, Vec::new(), Vec::new());
+    }
+
     /// Counts one failed image: its line, and why when known and there is room.
     pub fn image_failed(&mut self, line: &str, why: Option<&str>) {
         self.failed += 1;

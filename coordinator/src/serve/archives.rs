@@ -5,7 +5,7 @@
 //! caller of the API gets no other file read or written.
 
 use hangar_shared::archive::ArchiveReader;
-use hangar_shared::reference::{ImageRef, validate_repository};
+use hangar_shared::reference::ImageRef;
 use hangar_worker::context::policy::ArchiveRoots;
 
 use super::{JobRequest, Refusal, Server, auth};
@@ -54,9 +54,8 @@ fn load_writes(spec: &JobSpec, archive: &ArchiveReader) -> Result<Vec<String>, S
         spec.destination.registry.as_deref().map(str::trim),
         spec.destination.project.as_deref().map(str::trim),
     );
-    if let Some(p) = project.filter(|p| !p.is_empty()) {
-        validate_repository(p.trim_matches('/')).map_err(|e| format!("project: {}", e.message))?;
-    }
+    crate::commands::check_project("project", project.unwrap_or_default())
+        .map_err(|e| e.to_string())?;
     Ok(archive
         .index
         .list
@@ -176,7 +175,7 @@ impl Server {
                 .authorise_overwrite(spec.options.overwrite)
                 .map_err(Refusal::Forbidden)?;
         }
-        let first = super::running(&id, spec.kind, 0, Vec::new());
+        let first = super::running(&id, spec.kind, 0, &[]);
         let server = self.clone();
         self.launch(id, request, first, None, move |watch, _| async move {
             // The commands' futures are not provably `Send` (closures over borrowed state

@@ -249,16 +249,11 @@ impl Server {
             )?;
         }
         let work = work_of(self, &request)?;
-        let refused = planned
-            .rejected
-            .iter()
-            .map(|(line, why)| (line.clone(), Some(why.clone())))
-            .collect();
         let first = super::running(
             &id,
             request.spec.kind,
             planned.targets.len() + planned.rejected.len(),
-            refused,
+            &planned.rejected,
         );
         let results: super::Results = Arc::default();
         let (server, kept, job) = (self.clone(), results.clone(), id.clone());

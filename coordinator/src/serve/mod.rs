@@ -93,13 +93,13 @@ type Results = Arc<Mutex<Vec<crate::engine::work::ImageReport>>>;
 /// many jobs run.
 const HELD_RESULTS: usize = 16;
 
-/// A job's first snapshot: running since now, the lines `refused` before any work failed
-/// (with why, where the refusal said).
+/// A job's first snapshot: running since now, the lines `refused` before any work failed,
+/// with why.
 fn running(
     id: &str,
     kind: crate::spec::JobKind,
     total: usize,
-    refused: Vec<(String, Option<String>)>,
+    refused: &[(String, String)],
 ) -> JobSnapshot {
     let mut first = JobSnapshot {
         id: id.to_owned(),
@@ -112,7 +112,7 @@ fn running(
         ..Default::default()
     };
     for (line, why) in refused {
-        first.image_failed(&line, why.as_deref());
+        first.image_failed(line, Some(why));
     }
     first
 }
@@ -297,10 +297,10 @@ impl Server {
             &id,
             request.spec.kind,
             spec.images.len() + rejected.len(),
-            rejected
+            &rejected
                 .iter()
-                .map(|(e, why)| (e.original.clone(), Some(why.clone())))
-                .collect(),
+                .map(|(e, why)| (e.original.clone(), why.clone()))
+                .collect::<Vec<_>>(),
         );
         let server = self.clone();
         let run_id = id.clone();

@@ -199,6 +199,16 @@ authorization {{
             .await
             .expect("the coordinator connects")
     }
+
+    /// The coordinator's connection once it has made the streams and buckets, as
+    /// `hangar-coord` does before a worker may find them.
+    pub async fn coordinator_with_streams(&self) -> async_nats::Client {
+        let client = self.coordinator().await;
+        jetstream::ensure_streams(&async_nats::jetstream::new(client.clone()))
+            .await
+            .expect("the coordinator makes the streams");
+        client
+    }
 }
 
 impl Drop for SecureNats {

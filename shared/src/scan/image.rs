@@ -8,7 +8,6 @@
 //! step (a chunk of a layer, a tar entry, a file, an rpm query).
 
 use std::io::Read;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -33,7 +32,7 @@ struct StreamReader {
     cancel: Cancel,
     /// Why the bytes stopped, kept with its class: the tar reader sees only an I/O error
     /// and would read a layer cut short (or not the layer named) as a damaged one.
-    failed: Arc<Mutex<Option<Error>>>,
+    failed: Option<Error>,
     /// The stream has ended (or failed): it is not polled again, which a stream need not
     /// allow.
     ended: bool,
@@ -62,9 +61,7 @@ impl Read for StreamReader {
                 Ok(Some(Err(e))) => {
                     self.ended = true;
                     let message = e.message.clone();
-                    if let Ok(mut failed) = self.failed.lock() {
-                        failed.get_or_insert(e);
-                    }
+                    self.failed = Some(e);
                     return Err(std::io::Error::other(message));
                 }
                 Ok(None) => {
@@ -125,30 +122,30 @@ pub async fn inventory(
             Some(s) => s,
             None => store.get_blob(repo, layer, None).await?,
         };
-        let failed = Arc::new(Mutex::new(None));
         let reader = StreamReader {
             stream,
             chunk: Bytes::new(),
             handle: tokio::runtime::Handle::current(),
             cancel: cancel.clone(),
-            failed: failed.clone(),
+            failed: None,
             ended: false,
         };
         let name = layer.digest.to_string();
-        files = tokio::task::spawn_blocking(move || {
+        let failed;
+        (files, failed) = tokio::task::spawn_blocking(move || {
             let (mut files, mut reader) = (files, reader);
             files.apply(&name, &mut reader);
             // A tar ends at its end-of-archive blocks and a gzip stream at its member's
             // end: the rest of the layer is read too, so that all of it meets the digest.
             let _ = std::io::copy(&mut reader, &mut std::io::sink());
-            files
+            (files, reader.failed)
         })
         .await
         .map_err(|e| Error::internal(format!("reading a layer: {e}")))?;
         // A layer whose bytes could not all be read, or were not the layer's, fails the
         // scan: an inventory of part of it would hide what the rest holds. A layer that
         // is what its digest says but no valid tar stays a warning.
-        if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
+        if let Some(e) = failed {
             return Err(e.context(format!("layer {}", layer.digest)));
         }
     }

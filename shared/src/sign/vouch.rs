@@ -31,11 +31,9 @@ pub async fn check_index(
         .get_manifest(repo, &digest.to_string(), Side::Destination)
         .await?
         .ok_or_else(|| refuse("no manifest has this digest".into()))?;
-    if Digest::of(&raw.bytes) != *digest {
-        return Err(refuse(format!(
-            "the manifest served has digest {}",
-            Digest::of(&raw.bytes)
-        )));
+    let served = Digest::of(&raw.bytes);
+    if served != *digest {
+        return Err(refuse(format!("the manifest served has digest {served}")));
     }
     let Ok(Manifest::Index(index)) = raw.parse() else {
         return Err(refuse(format!(

@@ -164,7 +164,12 @@ impl Tracker {
         obs: &mut dyn Observer,
     ) -> Result<()> {
         self.release(key).await?;
-        let result = match outcome.clone() {
+        // A digest the worker reported is signed only as an index of what was planned.
+        let reported = matches!(
+            outcome,
+            Some(Outcome::IndexPushed { .. } | Outcome::IndexUnchanged { .. })
+        );
+        let result = match outcome {
             Some(Outcome::IndexPushed { digest, preserved }) => ImageResult::Copied {
                 digest: Some(digest),
                 preserved,
@@ -193,11 +198,6 @@ impl Tracker {
                 }
             }
         };
-        // A digest the worker reported is signed only as an index of what was planned.
-        let reported = matches!(
-            outcome,
-            Some(Outcome::IndexPushed { .. } | Outcome::IndexUnchanged { .. })
-        );
         if let ImageResult::Copied {
             digest: Some(d), ..
         } = &result
