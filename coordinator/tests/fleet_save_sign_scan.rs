@@ -10,6 +10,7 @@ use std::process::Command;
 use common::fleet::{Killed as Worker, spawn_worker};
 use common::*;
 use futures_util::StreamExt;
+use hangar_loadtest::seed::Format;
 use hangar_loadtest::services::NatsProcess;
 
 /// An OSV database directory under `env` holding one Debian 12 record, modified now:
@@ -184,7 +185,28 @@ async fn workers_sign_during_a_mirror_and_the_key_never_travels() {
         })
         .collect();
     let lines = seed_shared_repos(&env, 4).await;
-    let list = env.write_list("list.txt", &lines);
+    // Two lines writing one tag: the second index merges the first line's platform, which
+    // the signer must take as planned even while that platform's own signature is running.
+    let src = registry(&env.src.addr).await;
+    let mut all = lines.clone();
+    for (name, arch, seed) in [("a", "amd64", 300), ("b", "arm64", 301)] {
+        let repo = format!("merge/{name}");
+        push_image(
+            &src,
+            env.dir.path(),
+            &repo,
+            Some("v1"),
+            Format::Oci,
+            arch,
+            (&[seed], 20_000),
+        )
+        .await;
+        all.push(format!(
+            "{}/{repo} {}/proj/merged v1",
+            env.src.addr, env.dst.addr
+        ));
+    }
+    let list = env.write_list("list.txt", &all);
     let out = hangar(&[
         "submit",
         list.to_str().unwrap(),
@@ -209,10 +231,11 @@ async fn workers_sign_during_a_mirror_and_the_key_never_travels() {
         })
         .count();
     assert!(signers >= 1, "workers ran sign tasks");
-    let dst_lines: Vec<String> = lines
+    let mut dst_lines: Vec<String> = lines
         .iter()
         .map(|l| l.replace(&env.src.addr, &env.dst.addr))
         .collect();
+    dst_lines.push(format!("{}/proj/merged:v1", env.dst.addr));
     let dst_list = env.write_list("dst.txt", &dst_lines);
     let v = hangar(&[
         "sign",
@@ -228,7 +251,21 @@ async fn workers_sign_during_a_mirror_and_the_key_never_travels() {
         env.path("vf.txt").to_str().unwrap(),
     ]);
     assert!(v.status.success(), "{}", text(&v));
-    assert_eq!(text(&v).matches("PASS").count(), 4, "{}", text(&v));
+    assert_eq!(text(&v).matches("PASS").count(), 5, "{}", text(&v));
+    let merged = skopeo_raw(&format!("{}/proj/merged:v1", env.dst.addr)).expect("the merged tag");
+    let merged: serde_json::Value = serde_json::from_slice(&merged).unwrap();
+    let mut arches: Vec<&str> = merged["manifests"]
+        .as_array()
+        .expect("an index at the merged tag")
+        .iter()
+        .filter_map(|d| d["platform"]["architecture"].as_str())
+        .collect();
+    arches.sort();
+    assert_eq!(
+        arches,
+        ["amd64", "arm64"],
+        "both lines' platforms at one tag"
+    );
     assert!(!text(&v).contains("No signature found"), "{}", text(&v));
     // The spy stops after 8 s of silence, which polling workers never leave.
     drop(workers);

@@ -4,12 +4,30 @@
 //! result waits in `held` until the last of them is done. A failed signature fails the
 //! image; a failed scan is reported with the scan and leaves the copy standing.
 
+use std::collections::HashMap;
+
 use hangar_shared::digest::Digest;
 use hangar_shared::error::{Error, Result};
 use hangar_shared::manifest::Descriptor;
+use hangar_shared::store::RepoRef;
 use hangar_shared::task::{ManifestBody, Outcome, ScanTask, SignTask, Task};
 
-use super::{ImageResult, Observer, TaskRef, Tracker};
+use super::{ImageResult, ImageState, Observer, TaskRef, Tracker};
+
+/// Images of a job that write one destination tag, where more than one does.
+pub(super) type TagPeers = HashMap<(RepoRef, String), Vec<usize>>;
+
+pub(super) fn tag_peers(images: &[ImageState]) -> TagPeers {
+    let mut by_tag = TagPeers::new();
+    for (i, s) in images.iter().enumerate() {
+        if let Some(tag) = &s.job.name.dest.tag {
+            let key = (s.job.dest.clone(), tag.clone());
+            by_tag.entry(key).or_default().push(i);
+        }
+    }
+    by_tag.retain(|_, writers| writers.len() > 1);
+    by_tag
+}
 
 impl Tracker {
     /// Follow-ups of platform `platform` just written: attachments and attestations are
@@ -65,20 +83,24 @@ impl Tracker {
         self.publish(name, task, TaskRef::Sign { image }).await
     }
 
-    /// The entries the image's plan lists in its index (its attachments live at tags of
-    /// their own).
+    /// The entries the job planned for the image's index: its own plan's, and those of the
+    /// other images writing the same tag, whose platforms the index merges (their own
+    /// signatures may still be on their way). Attachments live at tags of their own.
     pub(super) fn planned_children(&self, image: usize) -> Vec<Descriptor> {
-        self.images[image]
-            .plan
+        let job = &self.images[image].job;
+        let peers = job
+            .name
+            .dest
+            .tag
             .as_ref()
-            .map(|p| {
-                p.platforms
-                    .iter()
-                    .filter(|p| !p.is_attachment())
-                    .map(|p| p.entry.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .and_then(|tag| self.tag_peers.get(&(job.dest.clone(), tag.clone())));
+        let writers = peers.map_or(std::slice::from_ref(&image), Vec::as_slice);
+        writers
+            .iter()
+            .filter_map(|i| self.images[*i].plan.as_ref())
+            .flat_map(|p| p.platforms.iter().filter(|p| !p.is_attachment()))
+            .map(|p| p.entry.clone())
+            .collect()
     }
 
     /// Reads the package inventory of a platform manifest just written.
@@ -250,6 +272,42 @@ mod tests {
             ImageResult::Copied { digest: Some(d), .. } if *d == index_digest
         ));
         assert_eq!(h.tracker.stats.signatures_added, 1, "one was there already");
+    }
+
+    /// Two lines of a job writing one tag: the second index merges the first line's
+    /// platform, whose own signature may still be on its way; the signer must find it among
+    /// the planned entries, or it refuses the second image's index as "not signed".
+    #[tokio::test]
+    async fn an_index_merging_another_lines_platform_is_planned_with_it() {
+        let mut h = Harness::new(
+            vec![
+                job("src.io/lib/a:1", "dst.io/proj/app:1"),
+                job("src.io/lib/b:1", "dst.io/proj/app:1"),
+                job("src.io/lib/c:1", "dst.io/proj/other:1"),
+            ],
+            signing(),
+        );
+        h.add(0, tagged("1", vec![platform("amd64", &[blob("a-config")])]))
+            .await;
+        h.add(1, tagged("1", vec![platform("arm64", &[blob("b-config")])]))
+            .await;
+        h.add(2, tagged("1", vec![platform("s390x", &[blob("c-config")])]))
+            .await;
+        let arches = |planned: Vec<hangar_shared::manifest::Descriptor>| -> Vec<String> {
+            let mut a: Vec<String> = planned
+                .into_iter()
+                .filter_map(|d| d.platform.map(|p| p.architecture))
+                .collect();
+            a.sort();
+            a
+        };
+        assert_eq!(arches(h.tracker.planned_children(1)), ["amd64", "arm64"]);
+        assert_eq!(arches(h.tracker.planned_children(0)), ["amd64", "arm64"]);
+        assert_eq!(
+            arches(h.tracker.planned_children(2)),
+            ["s390x"],
+            "another tag's index lists its own"
+        );
     }
 
     /// Only an event with its task's nonce is about it: a worker that was not given the
