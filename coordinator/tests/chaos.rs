@@ -70,7 +70,12 @@ async fn submit_and_status_watch_outlive_a_coordinator_restart() {
     let env = Env::new();
     let nats = NatsProcess::start().expect("nats-server");
     let (lines, proxy) = slow_source(&env, 4, 1_500_000).await;
-    let list = env.write_list("list.txt", &lines);
+    // A list longer than one NATS message (comments here): the coordinator keeps it in
+    // parts, and the restarted one resumes the job from them.
+    let mut padded = lines.clone();
+    padded.extend((0..12_000).map(|i| format!("# {i:05} {}", "x".repeat(100))));
+    let list = env.write_list("list.txt", &padded);
+    assert!(std::fs::metadata(&list).unwrap().len() > 1 << 20);
     let listen = format!("127.0.0.1:{}", free_port().unwrap());
     let base = format!("http://{listen}");
     let mut coord = fleet::serve(&nats.url(), &listen, &env.path("coord.log"), &[], &[]);
@@ -163,10 +168,11 @@ async fn submit_and_status_watch_outlive_a_coordinator_restart() {
     let submitted = wait(&mut submit);
     let watched = wait(&mut watch);
     let logs = std::fs::read_to_string(env.path("submit.log")).unwrap_or_default();
+    let coord_log = std::fs::read_to_string(env.path("coord.log")).unwrap_or_default();
+    assert!(submitted.success(), "{logs}\n{coord_log}");
     assert!(
-        submitted.success(),
-        "{logs}\n{}",
-        std::fs::read_to_string(env.path("coord.log")).unwrap_or_default()
+        coord_log.contains(&format!("Resuming job {id}")),
+        "{coord_log}"
     );
     assert!(
         logs.contains("retrying") || logs.contains("answers again"),

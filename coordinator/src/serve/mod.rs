@@ -20,6 +20,7 @@ mod images;
 mod limits;
 mod listen;
 mod routes;
+mod stored;
 
 pub use listen::{Access, run};
 
@@ -61,16 +62,6 @@ pub struct JobRequest {
     /// only it or an admin may cancel the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-}
-
-/// The largest stored job: NATS's default largest message, less room for its headers.
-const STORED_JOB_MAX: usize = (1 << 20) - 4096;
-
-/// What the bucket keeps per job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredJob {
-    request: JobRequest,
-    snapshot: JobSnapshot,
 }
 
 struct Running {
@@ -216,9 +207,10 @@ impl Server {
                 Err(e) => return tracing::warn!("forgetting {} jobs: {e}", gone.len()),
             };
             for id in gone {
-                let subject = format!("$KV.{JOB_BUCKET}.{id}");
-                if let Err(e) = stream.purge().filter(subject).await {
-                    tracing::warn!("forgetting job {id}: {e}");
+                for subject in stored::subjects(JOB_BUCKET, &id) {
+                    if let Err(e) = stream.purge().filter(subject).await {
+                        tracing::warn!("forgetting job {id}: {e}");
+                    }
                 }
             }
         });
@@ -244,16 +236,7 @@ impl Server {
         request: &JobRequest,
         snapshot: &JobSnapshot,
     ) -> Result<(), String> {
-        // A job is one message: a snapshot of more failed lines than fit keeps the first.
-        let request_size = serde_json::to_vec(request).map_or(0, |b| b.len());
-        let stored = StoredJob {
-            request: request.clone(),
-            snapshot: snapshot.within(STORED_JOB_MAX.saturating_sub(request_size + 64)),
-        };
-        let bytes = serde_json::to_vec(&stored).map_err(|e| format!("encoding job {id}: {e}"))?;
-        self.kv.put(id, bytes.into()).await.map(drop).map_err(|e| {
-            format!("saving job {id} (is the list larger than the bucket's 1 MB limit?): {e}")
-        })
+        stored::put(&self.kv, id, request, snapshot).await
     }
 
     /// Starts (or resumes) a job in the background.
@@ -429,11 +412,16 @@ impl Server {
         let mut resumed = 0;
         while let Some(key) = keys.next().await {
             let Ok(key) = key else { continue };
-            let Ok(Some(entry)) = self.kv.get(&key).await else {
+            if !stored::is_job_key(&key) {
                 continue;
-            };
-            let Ok(stored) = serde_json::from_slice::<StoredJob>(&entry) else {
-                continue;
+            }
+            let stored = match stored::get(&self.kv, &key).await {
+                Ok(Some(stored)) => stored,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.console.error(None, format!("cannot resume: {e}"));
+                    continue;
+                }
             };
             if stored.snapshot.state == "running" {
                 self.console.info(None, format!("Resuming job {key}"));

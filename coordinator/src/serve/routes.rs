@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hangar_shared::queue::jetstream::purge_job;
 
-use super::{JobRequest, Refusal, Server, StoredJob, auth, refuse, snapshot_of};
+use super::{JobRequest, Refusal, Server, auth, refuse, snapshot_of};
 use crate::engine::job::{self, JobSnapshot};
 use crate::spec::JobSpec;
 
@@ -270,10 +270,7 @@ pub(super) async fn cancel(
         let _ = task.await;
     }
     let purged = purge_job(server.nats.clone(), &id).await.unwrap_or(0);
-    if let Ok(Some(entry)) = server.kv.get(&id).await
-        && let Ok(mut stored) = serde_json::from_slice::<StoredJob>(&entry)
-    {
-        stored.snapshot = snap.clone();
+    if let Ok(Some(stored)) = super::stored::get(&server.kv, &id).await {
         server.save(&id, &stored.request, &snap).await;
     }
     Json(serde_json::json!({ "id": id, "state": snap.state, "purged_tasks": purged }))
