@@ -349,6 +349,52 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// Whether this answers a task of `kind`. A worker answering otherwise (an index write
+    /// with "manifest pushed", which would skip the index's signature) did not do the task
+    /// it was given, and the task fails.
+    pub fn answers(&self, kind: TaskKind) -> bool {
+        let of = match self {
+            Self::BlobCopied { .. } | Self::BlobPresent | Self::BlobMounted { .. } => {
+                TaskKind::Blob
+            }
+            Self::ManifestPushed => TaskKind::Manifest,
+            Self::IndexPushed { .. } | Self::IndexUnchanged { .. } => TaskKind::Index,
+            Self::Assembled { .. } => TaskKind::Assemble,
+            Self::Signed { .. } => TaskKind::Sign,
+            Self::Scanned { .. } => TaskKind::Scan,
+            Self::Checked { .. } => TaskKind::Check,
+        };
+        of == kind
+    }
+
+    /// The outcome's name on the bus, for errors (without what it carries).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::BlobCopied { .. } => "blob-copied",
+            Self::BlobPresent => "blob-present",
+            Self::BlobMounted { .. } => "blob-mounted",
+            Self::ManifestPushed => "manifest-pushed",
+            Self::IndexPushed { .. } => "index-pushed",
+            Self::IndexUnchanged { .. } => "index-unchanged",
+            Self::Assembled { .. } => "assembled",
+            Self::Signed { .. } => "signed",
+            Self::Scanned { .. } => "scanned",
+            Self::Checked { .. } => "checked",
+        }
+    }
+
+    /// A task of `kind` answered with this: the task failed (a worker that did something
+    /// else, or nothing).
+    pub fn mismatch(&self, kind: TaskKind) -> crate::error::Error {
+        crate::error::Error::internal(format!(
+            "a {} task was answered {:?}, which is no answer to it",
+            kind.as_str(),
+            self.name()
+        ))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum EventKind {

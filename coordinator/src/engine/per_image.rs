@@ -80,7 +80,8 @@ where
         finished(i, r)
     };
     // Each task's image and place in it, and the nonce its events must carry.
-    let mut tasks: HashMap<TaskId, (usize, usize, u64)> = HashMap::new();
+    let mut tasks: HashMap<TaskId, (usize, usize, u64, hangar_shared::task::TaskKind)> =
+        HashMap::new();
     let (mut next_id, mut done, mut planned_all) = (0u64, 0usize, false);
     let mut interrupted = false;
     // Listening from the start (a `ctrl_c()` future registers only once polled, and a
@@ -108,7 +109,7 @@ where
                     for (k, (meta, task)) in planned.into_iter().enumerate() {
                         next_id += 1;
                         let nonce = hangar_shared::task::new_nonce();
-                        tasks.insert(next_id, (i, k, nonce));
+                        tasks.insert(next_id, (i, k, nonce, task.kind()));
                         outcomes.push((meta, None));
                         published = bus
                             .queue
@@ -159,13 +160,20 @@ where
                     }
                 };
                 // Only an event with the task's nonce is about it (see `TaskEnvelope`).
-                let Some(&(i, k, _)) = tasks
+                let Some(&(i, k, _, kind)) = tasks
                     .get(&event.task)
-                    .filter(|(_, _, nonce)| *nonce == event.nonce)
+                    .filter(|(_, _, nonce, _)| *nonce == event.nonce)
                 else {
                     continue;
                 };
                 match event.kind {
+                    EventKind::Done { outcome }
+                        if !outcome.answers(kind) && open.remove(&i).is_some() =>
+                    {
+                        done += 1;
+                        finished(i, Err(outcome.mismatch(kind)));
+                    }
+                    EventKind::Done { outcome } if !outcome.answers(kind) => {}
                     EventKind::Done { outcome } => {
                         let Some(o) = open.get_mut(&i) else { continue };
                         if o.outcomes[k].1.is_none() {
@@ -315,6 +323,43 @@ mod tests {
         let e = seen[1].1.as_ref().expect_err("image 1 failed");
         assert_eq!(e.class, FailureClass::NotFound);
         assert!(seen[2].1.as_ref().expect("image 2 skipped").is_empty());
+    }
+
+    /// A sign task answered "checked" was not signed: the image fails, naming the mismatch.
+    #[tokio::test]
+    async fn a_task_answered_with_another_kinds_outcome_fails_its_image() {
+        let (bus, queue, tx) = bus();
+        let seen: Seen = Arc::default();
+        let record = seen.clone();
+        let worker = tokio::spawn(async move {
+            for n in 0..2 {
+                let d = queue.next().await.expect("a task");
+                let task = d.task.clone();
+                d.ack().await.expect("ack");
+                let outcome = if n == 0 {
+                    Outcome::Checked {
+                        verdict: hangar_shared::task::Verdict::Absent,
+                    }
+                } else {
+                    Outcome::Signed { added: true }
+                };
+                tx.send(Event::done(&task, outcome)).expect("send");
+            }
+        });
+        per_image(bus, run("j"), 1, plan, |i, r| {
+            record.lock().expect("lock").push((i, r))
+        })
+        .await
+        .expect("run");
+        worker.await.expect("worker");
+        let seen = seen.lock().expect("lock");
+        let [(0, Err(e))] = seen.as_slice() else {
+            panic!("image 0 fails once: {seen:?}");
+        };
+        assert!(
+            e.message.contains("sign task was answered \"checked\""),
+            "{e}"
+        );
     }
 
     #[tokio::test]

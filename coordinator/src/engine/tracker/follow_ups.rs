@@ -132,7 +132,10 @@ impl Tracker {
             }
             // Only a signature answers a sign task.
             other => {
-                let e = Error::internal(format!("a sign task was answered with {other:?}"));
+                let e = Error::internal(format!(
+                    "a sign task was answered with {:?}",
+                    other.as_ref().map(Outcome::name)
+                ));
                 self.sign_failed(image, e, obs);
             }
         }
@@ -274,6 +277,29 @@ mod tests {
         assert_eq!(h.tracker.stats.signatures_added, 1, "one was there already");
     }
 
+    /// The worker given the index write answers "manifest pushed": had that counted, the
+    /// image would be reported copied with no index signature asked for. Any answer that
+    /// is not one to its task fails it.
+    #[tokio::test]
+    async fn an_index_write_answered_otherwise_fails_and_is_not_signed_unasked() {
+        let mut h = Harness::new(vec![job("src.io/lib/a:1", "dst.io/proj/a:1")], signing());
+        let (sign_platform, index) = up_to_the_index(&mut h).await;
+        h.done(&index, Outcome::ManifestPushed).await;
+        assert!(
+            h.take().is_empty(),
+            "no index signature for an index not written"
+        );
+        h.ok(&sign_platform).await;
+        let [(_, ImageResult::Failed(e))] = h.finished.0.as_slice() else {
+            panic!("the image fails: {:?}", h.finished.0);
+        };
+        assert!(
+            e.message
+                .contains("index task was answered \"manifest-pushed\""),
+            "{e}"
+        );
+    }
+
     /// Two lines of a job writing one tag: the second index merges the first line's
     /// platform, whose own signature may still be on its way; the signer must find it among
     /// the planned entries, or it refuses the second image's index as "not signed".
@@ -340,7 +366,11 @@ mod tests {
         let ImageResult::Failed(e) = &h.finished.0[0].1 else {
             panic!("failed: {:?}", h.finished.0);
         };
-        assert!(e.message.contains("a sign task was answered with"), "{e}");
+        assert!(
+            e.message
+                .contains("a sign task was answered \"blob-present\""),
+            "{e}"
+        );
         assert_eq!(h.tracker.stats.signatures_added, 0);
     }
 

@@ -25,7 +25,7 @@ use hangar_shared::digest::Digest;
 use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::queue::TaskQueue;
 use hangar_shared::store::{RepoRef, StoreRef};
-use hangar_shared::task::{Event, EventKind, JobId, Task, TaskEnvelope, TaskId};
+use hangar_shared::task::{Event, EventKind, JobId, Task, TaskEnvelope, TaskId, TaskKind};
 
 use crate::engine::planner::{ImageJob, ImagePlan, Planned};
 pub use blobs::BlobSummary;
@@ -127,8 +127,8 @@ pub struct Tracker {
     inventories: Vec<(usize, usize, hangar_shared::scan::Inventory)>,
     scan_failures: Vec<(usize, Error)>,
     next_id: TaskId,
-    /// The tasks outstanding, each with the nonce its events must carry.
-    tasks: HashMap<TaskId, (u64, TaskRef)>,
+    /// The tasks outstanding, each with the nonce its events must carry and its kind.
+    tasks: HashMap<TaskId, (u64, TaskKind, TaskRef)>,
     images: Vec<ImageState>,
     /// Blobs on their way to a destination repository, or failed there.
     blobs: HashMap<BlobKey, BlobState>,
@@ -268,7 +268,7 @@ impl Tracker {
         self.next_id += 1;
         let id = self.next_id;
         let nonce = hangar_shared::task::new_nonce();
-        self.tasks.insert(id, (nonce, r));
+        self.tasks.insert(id, (nonce, task.kind(), r));
         let published = self
             .queue
             .publish(TaskEnvelope {
@@ -381,12 +381,12 @@ impl Tracker {
     pub fn expects(&self, event: &Event) -> bool {
         self.tasks
             .get(&event.task)
-            .is_some_and(|(nonce, _)| *nonce == event.nonce)
+            .is_some_and(|(nonce, ..)| *nonce == event.nonce)
     }
 
     /// What a task of this job is, for the in-flight view; `None` once it is finished.
     pub fn describe(&self, task: TaskId) -> Option<String> {
-        Some(match &self.tasks.get(&task)?.1 {
+        Some(match &self.tasks.get(&task)?.2 {
             TaskRef::Blob((repo, digest)) => format!("blob {digest} → {repo}"),
             TaskRef::Manifest { key, .. } => format!("manifest {key}"),
             TaskRef::Top { key, .. } => format!("index {key}"),
@@ -423,8 +423,12 @@ impl Tracker {
             }
             EventKind::Failed { class, message, .. } => (None, Some(Error::new(class, message))),
         };
-        let Some((_, r)) = self.tasks.remove(&event.task) else {
+        let Some((_, kind, r)) = self.tasks.remove(&event.task) else {
             return Ok(());
+        };
+        let (outcome, error) = match outcome {
+            Some(o) if !o.answers(kind) => (None, Some(o.mismatch(kind))),
+            _ => (outcome, error),
         };
         match (r, error) {
             (TaskRef::Blob(key), None) => self.blob_done(key, outcome).await,
@@ -481,7 +485,7 @@ impl Tracker {
             let signing = self
                 .tasks
                 .values()
-                .any(|(_, t)| matches!(t, TaskRef::Sign { image } if *image == i));
+                .any(|(.., t)| matches!(t, TaskRef::Sign { image } if *image == i));
             if signing {
                 let e = Error::new(
                     FailureClass::Cancelled,
