@@ -72,6 +72,40 @@ async fn a_second_job_through_the_cache_fetches_nothing_and_a_damaged_entry_is_r
         base.to_string(),
         "the cache entry was rewritten whole and right"
     );
+
+    // A destination without one image's project (Harbor answers its uploads 404
+    // NAME_UNKNOWN): that image fails, and the cache, which did nothing wrong, keeps its
+    // entries: nothing is evicted or fetched again.
+    let fourth_dst = hangar_loadtest::services::RegistryProcess::start().unwrap();
+    let no_project = hangar_loadtest::proxy::start(
+        "127.0.0.1:0",
+        &fourth_dst.addr,
+        hangar_loadtest::proxy::ProxyOptions {
+            refuse_uploads_to: Some("shared/app-0"),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let before = blob_gets(&env.src.log());
+    let out = run(&no_project.addr);
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("shared/app-0") && log.contains("NAME_UNKNOWN"),
+        "{log}"
+    );
+    assert!(!log.contains("is damaged"), "{log}");
+    assert_eq!(blob_gets(&env.src.log()), before, "nothing fetched again");
+    assert_eq!(
+        sha(&std::fs::read(&cached).unwrap()),
+        base.to_string(),
+        "the shared base layer is still cached"
+    );
+    for line in &lines[1..] {
+        let dst = line.replace(&env.src.addr, &fourth_dst.addr);
+        assert!(skopeo_raw(&dst).is_some(), "{dst} copied: {log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

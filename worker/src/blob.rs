@@ -5,7 +5,7 @@
 use futures_util::StreamExt;
 use futures_util::future::Either;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use hangar_shared::cache::BlobCache;
 use hangar_shared::error::{FailureClass, Result};
@@ -272,16 +272,37 @@ async fn through_cache(
 ) -> Result<Outcome> {
     let digest = &task.desc.digest;
     let hit = ensure_cached(ctx, cache, task, None).await?;
-    let deliver = || async {
-        let stream = cache
-            .get(&task.desc, Some(crate::progress::counter(ctx)))
-            .await?;
-        opened.put(dest, &task.dest.repo, &task.desc, stream).await
+    // Whether the last attempt failed on the cache's side (its entry gone, its bytes not
+    // their digest): only that says the entry is damaged. A destination's 404 (a project
+    // it does not have) or its own digest complaint says nothing about the cache.
+    let cache_failed = Arc::new(AtomicBool::new(false));
+    let deliver = || {
+        let cache_failed = cache_failed.clone();
+        async move {
+            cache_failed.store(false, Ordering::Relaxed);
+            let failed = |_: &_| cache_failed.store(true, Ordering::Relaxed);
+            let stream = cache
+                .get(&task.desc, Some(crate::progress::counter(ctx)))
+                .await
+                .inspect_err(failed)?;
+            let watched = {
+                let cache_failed = cache_failed.clone();
+                stream
+                    .inspect(move |chunk| {
+                        if chunk.is_err() {
+                            cache_failed.store(true, Ordering::Relaxed);
+                        }
+                    })
+                    .boxed()
+            };
+            opened.put(dest, &task.dest.repo, &task.desc, watched).await
+        }
     };
     let what = format!("copy blob {digest} via the cache -> {}", task.dest);
     match ctx.retry.run(&what, deliver).await {
         Err(e)
             if hit
+                && cache_failed.load(Ordering::Relaxed)
                 && matches!(
                     e.class,
                     FailureClass::DigestMismatch | FailureClass::NotFound

@@ -291,10 +291,34 @@ impl Faults {
     }
 
     pub(super) fn judge(&self, chunk: &[u8]) -> Verdict {
+        if let Some(refused) = self.refused_upload(chunk) {
+            return refused;
+        }
         match self.judge_limits(chunk) {
             Verdict::Forward if is_request(chunk) => self.fail(chunk),
             v => v,
         }
+    }
+
+    /// `refuse_uploads_to`: an upload into a repository the registry does not have.
+    fn refused_upload(&self, chunk: &[u8]) -> Option<Verdict> {
+        let prefix = self.opts.refuse_uploads_to?;
+        let head_end = chunk.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let line = String::from_utf8_lossy(&chunk[..head_end]);
+        let path = line.split_whitespace().nth(1)?;
+        let refused = chunk.starts_with(b"POST ")
+            && path.contains("/blobs/uploads/")
+            && path.starts_with(&format!("/v2/{prefix}"));
+        refused.then(|| {
+            let answer = error_answer(
+                "404 Not Found",
+                false,
+                "NAME_UNKNOWN",
+                "repository name not known to registry",
+                false,
+            );
+            Verdict::AnswerAfter(RequestBody::after_head(chunk, head_end + 4), answer)
+        })
     }
 
     /// `fail_ratio`: whether this request is answered with an error of the proxy's own.

@@ -65,6 +65,10 @@ pub struct ProxyOptions {
     /// through whole. A flaky registry's faults are transient, and a test that its client
     /// gets through them must not depend on which retry the seed's next fault lands on.
     pub faults_in_a_row: Option<u32>,
+    /// Answer `404 NAME_UNKNOWN` to every upload (`POST …/blobs/uploads/`) into a
+    /// repository whose path starts with this: a registry without that project, as
+    /// Harbor answers.
+    pub refuse_uploads_to: Option<&'static str>,
 }
 
 pub struct Proxy {
