@@ -55,6 +55,116 @@ async fn a_damaged_cached_blob_is_evicted_and_fetched_again() {
     assert!(v.status.success(), "{}", text(&v));
 }
 
+/// A shared bucket is everyone's to write who holds its keys: a layer replaced together
+/// with its sidecar passes the sidecar's size and CRC-32. `save` through such a cache
+/// checks each blob against its digest, evicts the forged one and fetches it again; the
+/// archive holds the real layer.
+#[tokio::test]
+async fn a_layer_forged_with_its_sidecar_in_a_shared_bucket_is_not_saved() {
+    let env = Env::new();
+    let garage = hangar_loadtest::services::GarageProcess::start()
+        .expect("garage (scripts/dev-services.sh installs it)");
+    let src = registry(&env.src.addr).await;
+    push_image(
+        &src,
+        env.dir.path(),
+        "library/f",
+        Some("1"),
+        Format::Docker,
+        "amd64",
+        (&[140], 60_000),
+    )
+    .await;
+    let list = env.write_list("l.txt", &[format!("{}/library/f:1", env.src.addr)]);
+    let with_bucket = |args: &[String]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+            .env("AWS_ACCESS_KEY_ID", &garage.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &garage.secret)
+            .output()
+            .expect("hangar-coord")
+    };
+    let save_via_bucket = |archive: &std::path::Path| {
+        with_bucket(&[
+            "save".into(),
+            "--tls-verify=false".into(),
+            "-y".into(),
+            "-f".into(),
+            s(&list),
+            "-d".into(),
+            s(archive),
+            "-o".into(),
+            s(&env.path("save-failed.txt")),
+            "--cache".into(),
+            garage.cache_url(),
+        ])
+    };
+    let out = save_via_bucket(&env.path("first.zip"));
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Another holder of the keys rewrites the layer and its sidecar together (the sidecar
+    // made the way the cache makes one, for the forged bytes).
+    let layer = seed::write_layer(env.dir.path(), 140, 60_000).expect("layer");
+    let forged = vec![7u8; layer.size as usize];
+    let layer = layer.digest;
+    let local = hangar_shared::cache::BlobCache::open(&s(&env.path("forger"))).unwrap();
+    let desc = hangar_shared::manifest::Descriptor {
+        media_type: "application/octet-stream".into(),
+        digest: hangar_shared::digest::Digest::of(&forged),
+        size: forged.len() as u64,
+        urls: None,
+        annotations: None,
+        platform: None,
+    };
+    let once = futures_util::stream::iter([Ok(bytes::Bytes::from(forged.clone()))]);
+    local
+        .fill(&desc, Box::pin(once))
+        .await
+        .expect("the forger's sidecar");
+    let forged_file = env.path("forged.bin");
+    std::fs::write(&forged_file, &forged).unwrap();
+    let meta_file = env
+        .path("forger/blobs/sha256")
+        .join(format!("{}.meta", desc.digest.hex()));
+    for (file, key) in [
+        (&forged_file, format!("blobs/sha256/{}", layer.hex())),
+        (&meta_file, format!("blobs/sha256/{}.meta", layer.hex())),
+    ] {
+        let location = garage.cache_url().replacen(
+            &format!("s3://{}", garage.bucket),
+            &format!("s3://{}/{key}", garage.bucket),
+            1,
+        );
+        // Built beside this package's binaries (`cargo build --workspace`).
+        let loadtest = std::path::PathBuf::from(env!("CARGO_BIN_EXE_hangar-coord"))
+            .with_file_name("hangar-loadtest");
+        let put = std::process::Command::new(loadtest)
+            .args(["put-object", &location, &s(file)])
+            .env("AWS_ACCESS_KEY_ID", &garage.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &garage.secret)
+            .output()
+            .expect("put-object");
+        assert!(put.status.success(), "{}", text(&put));
+    }
+
+    let gets_before = blob_gets(&env.src.log())
+        .get(&layer.to_string())
+        .copied()
+        .unwrap_or(0);
+    let second = env.path("second.zip");
+    let out = save_via_bucket(&second);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("evicted"), "{}", text(&out));
+    let gets_after = blob_gets(&env.src.log())
+        .get(&layer.to_string())
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(gets_after, gets_before + 1, "fetched again, once");
+    let v = hangar(&["archive", "verify", &s(&second)]);
+    assert!(v.status.success(), "{}", text(&v));
+}
+
 /// `save` writes each image into the zip as soon as it is gathered: with one image behind a
 /// slow link, the fast one is in the archive's temporary file seconds before the save ends
 /// (an assembler that waited for everything would write it all in the last moment).

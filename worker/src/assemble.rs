@@ -9,11 +9,10 @@ use std::sync::Arc;
 
 use hangar_shared::archive::writer::write_archive;
 use hangar_shared::archive::{ArchiveImage, ArchiveReader, BlobSource};
-use hangar_shared::cache::BlobCache;
+use hangar_shared::cache::{BlobCache, DigestChecked};
 use hangar_shared::digest::Digest;
 use hangar_shared::error::{Error, FailureClass, Result};
 use hangar_shared::task::{AssembleTask, Outcome};
-use hangar_shared::verify::{ByteStream, verified};
 
 use crate::Context;
 
@@ -42,7 +41,7 @@ pub async fn write(ctx: &Context, task: &AssembleTask) -> Result<Outcome> {
     // On a fleet worker the bucket is every worker's to write, sidecars included: each
     // blob is checked against its digest, not only against its sidecar's size and CRC-32.
     let source: Arc<dyn BlobSource> = match &ctx.policy {
-        Some(_) => Arc::new(Verifying(cache.clone())),
+        Some(_) => Arc::new(DigestChecked(cache.clone())),
         None => cache.clone(),
     };
     let written = write_archive(&output, base, &images, source).await?;
@@ -67,29 +66,12 @@ async fn read_plan(cache: &BlobCache, key: &str, digest: &Digest) -> Result<Vec<
     serde_json::from_slice(&doc).map_err(|e| Error::invalid(format!("archive plan {key}: {e}")))
 }
 
-/// The shared cache as a fleet assembler reads it: every blob verified against its digest
-/// as it streams into the archive (a mismatch fails the archive, which is then not put in
-/// place).
-struct Verifying(Arc<BlobCache>);
-
-#[async_trait::async_trait]
-impl BlobSource for Verifying {
-    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        self.0.blob_size(digest).await
-    }
-
-    async fn blob_stream(&self, digest: &Digest, size: u64) -> Result<ByteStream> {
-        let stream = self.0.blob_stream(digest, size).await?;
-        Ok(verified(stream, digest.clone(), size, None))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
     use futures_util::TryStreamExt as _;
     use hangar_shared::archive::BlobSource;
-    use hangar_shared::cache::BlobCache;
+    use hangar_shared::cache::{BlobCache, DigestChecked};
     use hangar_shared::digest::Digest;
     use hangar_shared::error::FailureClass;
     use hangar_shared::manifest::Descriptor;
@@ -155,15 +137,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(by_crc.concat(), evil);
-        // ...the assembler's reading is not.
-        let e = super::Verifying(cache.clone())
+        // ...the assembler's reading is not, and the entry is evicted to be fetched again.
+        let e = DigestChecked(cache.clone())
             .blob_stream(&Digest::of(good), size)
             .await
             .unwrap()
             .try_collect::<Vec<Bytes>>()
             .await
             .unwrap_err();
-        assert_eq!(e.class, FailureClass::DigestMismatch, "{e}");
+        assert_eq!(e.class, FailureClass::CacheDamaged, "{e}");
+        assert!(e.message.contains("evicted"), "{e}");
+        assert_eq!(cache.meta(&Digest::of(good)).await.unwrap(), None);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -38,7 +38,8 @@ async fn assemble(
     images: &[ArchiveImage],
 ) -> Result<Written> {
     let Some(client) = &g.fleet else {
-        return Ok(write_archive(location, base.cloned(), images, g.cache.clone()).await?);
+        let source = hangar_shared::cache::archive_source(g.cache.clone());
+        return Ok(write_archive(location, base.cloned(), images, source).await?);
     };
     let key = format!("{}/{n}.json", g.job);
     let plan = serde_json::to_vec(images)?;

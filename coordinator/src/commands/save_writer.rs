@@ -71,7 +71,7 @@ pub async fn start(
     spec.extras.streamed = streamed.is_some();
     let source: Arc<dyn BlobSource> = match &streamed {
         Some(s) => s.clone(),
-        None => to.cache.clone(),
+        None => hangar_shared::cache::archive_source(to.cache.clone()),
     };
     let mut writer = ArchiveWriter::create(to.location, to.base, source).await?;
     let (tx, mut completed) = tokio::sync::mpsc::unbounded_channel();

@@ -11,6 +11,8 @@
 mod held;
 mod stores;
 
+pub use stores::{DigestChecked, archive_source};
+
 use std::sync::Arc;
 
 use bytes::Bytes;

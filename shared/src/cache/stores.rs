@@ -101,6 +101,53 @@ impl crate::archive::BlobSource for BlobCache {
     }
 }
 
+/// The cache as an archive's blob source when others write it too (a shared bucket, a
+/// fleet's): each blob is checked against its digest as it streams, not only against its
+/// sidecar's size and CRC-32, which whoever rewrote the blob could rewrite with it. A
+/// mismatch evicts the entry and fails as [`FailureClass::CacheDamaged`], so one more
+/// gathering fetches it again instead of every later archive failing on it.
+pub struct DigestChecked(pub Arc<BlobCache>);
+
+#[async_trait::async_trait]
+impl crate::archive::BlobSource for DigestChecked {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.0.blob_size(digest).await
+    }
+
+    async fn blob_stream(&self, digest: &Digest, size: u64) -> Result<ByteStream> {
+        let stream = self.0.blob_stream(digest, size).await?;
+        let (cache, digest) = (self.0.clone(), digest.clone());
+        let checked = verified(stream, digest.clone(), size, None);
+        Ok(checked
+            .then(move |chunk| {
+                let (cache, digest) = (cache.clone(), digest.clone());
+                async move {
+                    match chunk {
+                        Err(e) if e.class == FailureClass::DigestMismatch => {
+                            cache.evict(&digest).await;
+                            Err(Error::new(
+                                FailureClass::CacheDamaged,
+                                format!("blob cache: {}; evicted", e.message),
+                            ))
+                        }
+                        other => other,
+                    }
+                }
+            })
+            .boxed())
+    }
+}
+
+/// The cache as the source of an archive this process writes: checked by digest when the
+/// cache is a shared bucket, by its sidecars when it is this machine's directory.
+pub fn archive_source(cache: Arc<BlobCache>) -> Arc<dyn crate::archive::BlobSource> {
+    if cache.is_shared() {
+        Arc::new(DigestChecked(cache))
+    } else {
+        cache
+    }
+}
+
 /// The cache as a destination (`save` fills it; the assembler then writes the archive from
 /// it). Content-addressed, so repositories do not matter and a "mount" is a lookup.
 #[async_trait::async_trait]
