@@ -3,24 +3,10 @@
 
 mod common;
 
-use std::path::Path;
 
 use common::archive::*;
 use common::*;
 use hangar_loadtest::seed::{self, Format};
-
-fn make_archive(mode: &str, out: &Path, source: &str, tag: &str) -> serde_json::Value {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/make_archive.py"
-    );
-    let o = std::process::Command::new("python3")
-        .args([script, mode, &s(out), source, tag])
-        .output()
-        .expect("python3");
-    assert!(o.status.success(), "{}", text(&o));
-    serde_json::from_slice(&o.stdout).expect("script output")
-}
 
 #[tokio::test]
 async fn an_archive_written_by_an_independent_writer_loads() {

@@ -280,6 +280,10 @@ async fn export(args: &ArchiveExportArgs, console: &Console) -> Result<()> {
     super::finish(console, &args.failed, &failed, "copy")
 }
 
+/// The most problems one archive's verification lists (the first found; a damaged
+/// archive can have as many as it has entries and manifest lines).
+const MAX_PROBLEMS: usize = 1000;
+
 /// Re-hashes every blob, checks every other entry's CRC-32, and checks that everything
 /// the index names (and everything its manifests name) is there.
 async fn verify_one(location: &str, console: &Console) -> Result<Vec<String>> {
@@ -315,6 +319,7 @@ async fn verify_one(location: &str, console: &Console) -> Result<Vec<String>> {
             Err(err) => problems.push(format!("entry {:?}: {}", e.name, err.message)),
         }
     }
+    let mut checked = std::collections::HashSet::new();
     for image in &archive.index.list {
         // A stored file or chart is named by its file name, not an image reference.
         if !image.is_custom()
@@ -323,6 +328,15 @@ async fn verify_one(location: &str, console: &Console) -> Result<Vec<String>> {
             problems.push(e.message);
         }
         for spec in &image.images {
+            // A manifest listed by many images (or many times) is checked once: a hostile
+            // index repeating one that names 40,000 missing layers would otherwise say so
+            // again for every listing.
+            if !checked.insert(&spec.digest) {
+                continue;
+            }
+            if problems.len() >= MAX_PROBLEMS {
+                break;
+            }
             let hex = spec.digest.hex();
             for name in [format!("{hex}/index.json"), format!("{hex}/oci-layout")] {
                 if archive.entry(&name).is_none() {
@@ -357,6 +371,11 @@ async fn verify_one(location: &str, console: &Console) -> Result<Vec<String>> {
     }
     problems.sort();
     problems.dedup();
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(format!("and more: {more} problems not listed beyond these"));
+    }
     if problems.is_empty() {
         console.info(
             None,

@@ -85,3 +85,19 @@ pub fn load_to(env: &Env, archive: &Path, addr: &str) -> std::process::Output {
         &s(&env.path("f2.txt")),
     ])
 }
+
+/// An archive written by `tests/fixtures/make_archive.py` in `mode` (an independent
+/// writer, and the maker of hostile archives); what it made, as the script prints it.
+#[allow(dead_code)]
+pub fn make_archive(mode: &str, out: &Path, source: &str, tag: &str) -> serde_json::Value {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/make_archive.py"
+    );
+    let o = std::process::Command::new("python3")
+        .args([script, mode, &s(out), source, tag])
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).expect("script output")
+}

@@ -25,6 +25,10 @@ pub const MAX_INDEX_IMAGES: usize = 100_000;
 /// of its JSON at least).
 pub const MAX_IMAGE_LIST: usize = 100_000;
 
+/// The most platform entries of one image: what a registry's index is accepted with
+/// (the planner's `MAX_INDEX_ENTRIES`); a real image lists a few dozen.
+pub const MAX_IMAGE_PLATFORMS: usize = 1000;
+
 /// The most names in an image's architecture, OS and OS-feature lists.
 pub const MAX_PLATFORM_NAMES: usize = 256;
 
@@ -134,7 +138,7 @@ pub struct ArchiveImage {
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "at_most::<_, _, MAX_IMAGE_LIST>"
+        deserialize_with = "at_most::<_, _, MAX_IMAGE_PLATFORMS>"
     )]
     pub images: Vec<ImageSpec>,
 }
@@ -299,10 +303,13 @@ impl ArchiveImage {
     /// The platform images `--arch/--os` select, then (with `provenance`) the attestations
     /// of those: what load copies and load validate checks.
     pub fn selected(&self, filter: &PlatformFilter, provenance: bool) -> Vec<&ImageSpec> {
+        // A manifest listed twice is one platform: read, copied and indexed once.
+        let mut seen = std::collections::HashSet::new();
         let mut out: Vec<&ImageSpec> = self
             .images
             .iter()
             .filter(|s| !s.is_attestation() && filter.matches(&s.platform()))
+            .filter(|s| seen.insert(&s.digest))
             .collect();
         if provenance {
             let kept: Vec<&Digest> = out.iter().map(|s| &s.digest).collect();
@@ -316,6 +323,7 @@ impl ArchiveImage {
                         .and_then(|d| d.parse::<Digest>().ok())
                         .is_some_and(|d| kept.contains(&&d))
                 })
+                .filter(|s| seen.insert(&s.digest))
                 .collect();
             out.extend(attestations);
         }

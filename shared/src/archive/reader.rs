@@ -32,6 +32,13 @@ pub(super) const JSON_LIMIT: u64 = 64 << 20;
 /// larger one, and one that does is not a thing a registry would take.
 const MANIFEST_LIMIT: u64 = crate::registry::MAX_MANIFEST_BYTES as u64;
 const WINDOW: u64 = 64 << 10;
+/// The most of the file read while the central directory is parsed: some 130,000 entries
+/// (a full Rancher archive has a few thousand), and what bounds the memory a directory of
+/// millions of tiny entries would cost (the zip crate keeps a few hundred bytes for each).
+const DIRECTORY_LIMIT: u64 = 16 << 20;
+/// Manifests kept once read: an index may name one manifest for many images, each of which
+/// would otherwise read and hash it again (100,000 images of one 4 MiB manifest, 400 GB).
+const MANIFESTS_KEPT: u64 = 64 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -40,6 +47,9 @@ pub struct Entry {
     /// Stored size (entries are uncompressed, so also the data size).
     pub size: u64,
     pub crc32: u32,
+    /// Where the next entry's local header begins (the file's end for the last): its data
+    /// must end before, or two entries would share bytes.
+    limit: u64,
 }
 
 pub struct ArchiveReader {
@@ -51,6 +61,8 @@ pub struct ArchiveReader {
     entries: Vec<Entry>,
     by_name: HashMap<String, usize>,
     data_starts: Mutex<HashMap<usize, u64>>,
+    /// Manifests read so far, and their bytes, up to [`MANIFESTS_KEPT`].
+    manifests: Mutex<(HashMap<Digest, RawManifest>, u64)>,
     pub index: ArchiveIndex,
     media_types: HashMap<Digest, String>,
 }
@@ -61,6 +73,31 @@ impl std::fmt::Debug for ArchiveReader {
             .field("archive", &self.label)
             .finish()
     }
+}
+
+/// Gives each entry the offset its data must end before (the next local header's), and
+/// refuses an archive whose entries cannot fit between their neighbours: entries sharing
+/// bytes would let a small archive name terabytes (every prefix of one blob, each a valid
+/// digest of its own).
+fn bound_by_neighbours(entries: &mut [Entry], label: &str) -> Result<()> {
+    let mut by_offset: Vec<usize> = (0..entries.len()).collect();
+    by_offset.sort_by_key(|i| entries[*i].header_start);
+    for pair in by_offset.windows(2) {
+        let (this, next) = (pair[0], pair[1]);
+        let limit = entries[next].header_start;
+        let least_end = entries[this]
+            .header_start
+            .checked_add(30 + entries[this].name.len() as u64)
+            .and_then(|s| s.checked_add(entries[this].size));
+        if least_end.is_none_or(|end| end > limit) {
+            return Err(Error::invalid(format!(
+                "archive {label}: entries {:?} and {:?} overlap; each entry's bytes are its own",
+                entries[this].name, entries[next].name
+            )));
+        }
+        entries[this].limit = limit;
+    }
+    Ok(())
 }
 
 fn read_err(label: &str, e: impl std::fmt::Display) -> Error {
@@ -83,6 +120,7 @@ impl ArchiveReader {
         };
         let handle = tokio::runtime::Handle::current();
         let (s, p, l) = (store.clone(), path.clone(), label.clone());
+        let exhausted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let entries = tokio::task::spawn_blocking(move || -> Result<Vec<Entry>> {
             let reader = RangeReader {
                 store: s,
@@ -92,11 +130,21 @@ impl ArchiveReader {
                 window: Bytes::new(),
                 window_start: 0,
                 handle,
+                fetch_left: DIRECTORY_LIMIT,
+                exhausted: exhausted.clone(),
             };
             let zip = zip::ZipArchive::new(reader).map_err(|e| {
-                Error::invalid(format!(
-                    "archive {l} is not a valid zip file (truncated or damaged?): {e}"
-                ))
+                if exhausted.load(std::sync::atomic::Ordering::Relaxed) {
+                    Error::invalid(format!(
+                        "archive {l}: its central directory is larger than {} MiB, more \
+                         entries than an archive this tool reads",
+                        DIRECTORY_LIMIT >> 20
+                    ))
+                } else {
+                    Error::invalid(format!(
+                        "archive {l} is not a valid zip file (truncated or damaged?): {e}"
+                    ))
+                }
             })?;
             // Which of two same-named entries a reader takes differs between zip libraries
             // (Go's, Hangar's, the first; this one the last): such an archive means two
@@ -132,8 +180,10 @@ impl ArchiveReader {
                     header_start: entry.header_start(),
                     size: entry.compressed_size(),
                     crc32: entry.crc32(),
+                    limit: file_size,
                 });
             }
+            bound_by_neighbours(&mut out, &l)?;
             Ok(out)
         })
         .await
@@ -150,6 +200,7 @@ impl ArchiveReader {
             entries,
             by_name,
             data_starts: Mutex::new(HashMap::new()),
+            manifests: Mutex::new((HashMap::new(), 0)),
             index: ArchiveIndex::default(),
             media_types: HashMap::new(),
         };
@@ -230,11 +281,17 @@ impl ArchiveReader {
                 start
             }
         };
-        if start
-            .checked_add(entry.size)
-            .is_none_or(|end| end > self.file_size)
-        {
-            return Err(self.damaged(name, "its data runs past the end (truncated archive?)"));
+        match start.checked_add(entry.size) {
+            Some(end) if end <= entry.limit => {}
+            Some(end) if end <= self.file_size => {
+                return Err(self.damaged(
+                    name,
+                    "its data runs into the next entry's (entries overlap)",
+                ));
+            }
+            _ => {
+                return Err(self.damaged(name, "its data runs past the end (truncated archive?)"));
+            }
         }
         Ok((start, entry.size))
     }
@@ -320,6 +377,14 @@ impl ArchiveReader {
 
     /// A manifest blob, with the media type the index records for it.
     pub async fn manifest(&self, digest: &Digest) -> Result<RawManifest> {
+        let kept = self
+            .manifests
+            .lock()
+            .ok()
+            .and_then(|m| m.0.get(digest).cloned());
+        if let Some(raw) = kept {
+            return Ok(raw);
+        }
         let name = blob_entry(digest);
         let size = self.blob_size(digest).ok_or_else(|| {
             Error::not_found(format!(
@@ -340,6 +405,13 @@ impl ArchiveReader {
         let mut raw = RawManifest::from_bytes(Bytes::from(chunks.concat()), Some(digest))?;
         if let Some(t) = self.media_types.get(digest) {
             raw.media_type = t.clone();
+        }
+        if let Ok(mut kept) = self.manifests.lock() {
+            let size = raw.bytes.len() as u64;
+            if kept.1 + size <= MANIFESTS_KEPT {
+                kept.1 += size;
+                kept.0.insert(digest.clone(), raw.clone());
+            }
         }
         Ok(raw)
     }
@@ -433,6 +505,9 @@ struct RangeReader {
     window: Bytes,
     window_start: u64,
     handle: tokio::runtime::Handle,
+    /// Bytes it may still fetch ([`DIRECTORY_LIMIT`]), and whether it ran out.
+    fetch_left: u64,
+    exhausted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Read for RangeReader {
@@ -444,6 +519,11 @@ impl Read for RangeReader {
             && self.pos < self.window_start + self.window.len() as u64;
         if !in_window {
             let end = (self.pos + WINDOW.max(buf.len() as u64)).min(self.size);
+            self.fetch_left = self.fetch_left.checked_sub(end - self.pos).ok_or_else(|| {
+                self.exhausted
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                std::io::Error::other("the central directory's read budget ran out")
+            })?;
             let range = self.pos..end;
             self.window = self
                 .handle
