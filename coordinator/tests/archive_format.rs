@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use common::archive::*;
 use common::*;
 use hangar_loadtest::seed::{self, Format};
