@@ -142,6 +142,24 @@ async fn an_index_is_deduplicated_and_capped() {
     assert_eq!(hostile.seen.platform_gets.load(Ordering::SeqCst), 1);
     let copied = common::skopeo_raw(&format!("{}/dup/app:1", env.dst.addr)).expect("copied");
     assert_eq!(sha(&copied), sha(&Small::new().index(500)));
+
+    // 20 distinct platform manifests of 1 MiB each: past the 16 MiB an image's platforms
+    // may come to (1,000 entries of 4 MiB would be 4 GiB per image planned).
+    let run = mirror_one(&env, &hostile.addr, "heavy", "60s", Duration::from_secs(60));
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output
+            .contains("heavy/app:1: its platform manifests come to more than 16 MiB"),
+        "{}",
+        run.output
+    );
+    assert!(run.elapsed < Duration::from_secs(20), "{:?}", run.elapsed);
+    assert!(
+        run.peak_rss < COPY_RSS_BOUND,
+        "peak RSS {} MB",
+        run.peak_rss / MB
+    );
+    assert!(common::skopeo_raw(&format!("{}/heavy/app:1", env.dst.addr)).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]

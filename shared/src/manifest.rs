@@ -130,6 +130,15 @@ impl ImageManifest {
     pub fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
         std::iter::once(&self.config).chain(self.layers.iter().filter(|l| !l.is_foreign()))
     }
+
+    /// [`Self::blobs`], each digest once (a manifest may list a layer twice), in order.
+    pub fn unique_blobs(&self) -> Vec<Descriptor> {
+        let mut seen = std::collections::HashSet::new();
+        self.blobs()
+            .filter(|b| seen.insert(&b.digest))
+            .cloned()
+            .collect()
+    }
 }
 
 /// The handful of config fields the planner needs (platform of a single-manifest image).

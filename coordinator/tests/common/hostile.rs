@@ -19,6 +19,8 @@ pub const MB: u64 = 1024 * 1024;
 pub struct Small {
     config: Vec<u8>,
     manifest: Vec<u8>,
+    /// The "heavy" index's platform manifests (digest, bytes), made when first asked for.
+    heavy: std::sync::OnceLock<Vec<(String, Vec<u8>)>>,
 }
 
 impl Small {
@@ -30,7 +32,49 @@ impl Small {
             config.len()
         )
         .into_bytes();
-        Self { config, manifest }
+        Self {
+            config,
+            manifest,
+            heavy: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// 20 platform manifests of 1 MiB each (an annotation pads them), each distinct.
+    fn heavy(&self) -> &[(String, Vec<u8>)] {
+        self.heavy.get_or_init(|| {
+            (0..20)
+                .map(|i| {
+                    let m = format!(
+                        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[],"annotations":{{"n":"{i}","pad":"{}"}}}}"#,
+                        sha(&self.config),
+                        self.config.len(),
+                        "x".repeat(MB as usize)
+                    )
+                    .into_bytes();
+                    (sha(&m), m)
+                })
+                .collect()
+        })
+    }
+
+    /// An index of the [`Small::heavy`] manifests, each under a platform of its own.
+    fn heavy_index(&self) -> Vec<u8> {
+        let entries: Vec<String> = self
+            .heavy()
+            .iter()
+            .enumerate()
+            .map(|(i, (digest, m))| {
+                format!(
+                    r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{digest}","size":{},"platform":{{"architecture":"amd64","os":"linux","variant":"v{i}"}}}}"#,
+                    m.len()
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            entries.join(",")
+        )
+        .into_bytes()
     }
 
     /// A manifest whose one layer (10 MB, never sent whole) stalls after its first KiB.
@@ -232,6 +276,15 @@ async fn serve(mut conn: TcpStream, small: Arc<Small>, seen: Arc<Seen>, realm: O
             plain(200, OCI_MANIFEST, &small.manifest)
         } else if path.starts_with("/v2/waits/") && path.ends_with(&config) {
             plain(200, "application/octet-stream", &small.config)
+        } else if path.starts_with("/v2/heavy/") && path.ends_with("/manifests/1") {
+            plain(200, OCI_INDEX, &small.heavy_index())
+        } else if path.starts_with("/v2/heavy/")
+            && let Some((_, m)) = small
+                .heavy()
+                .iter()
+                .find(|(d, _)| path.ends_with(&format!("/manifests/{d}")))
+        {
+            plain(200, OCI_MANIFEST, m)
         } else if path.starts_with("/v2/many/") && path.ends_with("/manifests/1") {
             plain(200, OCI_INDEX, &small.index(5000))
         } else if path.starts_with("/v2/dup/") && path.ends_with("/manifests/1") {

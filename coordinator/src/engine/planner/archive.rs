@@ -3,7 +3,7 @@
 use hangar_shared::archive::{ArchiveImage, blob_entry};
 use hangar_shared::digest::Digest;
 use hangar_shared::error::{Error, FailureClass, Result};
-use hangar_shared::manifest::{Descriptor, Manifest, PlatformFilter, RawManifest};
+use hangar_shared::manifest::{Manifest, PlatformFilter, RawManifest};
 use hangar_shared::registry::Side;
 use hangar_shared::store::ImageStore;
 
@@ -87,13 +87,10 @@ pub async fn plan_archive(
                 ),
             ));
         };
-        let mut blobs: Vec<Descriptor> = Vec::new();
-        for b in parsed.blobs() {
+        let blobs = parsed.unique_blobs();
+        for b in &blobs {
             if !held.has(&b.digest).await? {
                 return Err(missing(&b.digest, "blob"));
-            }
-            if !blobs.iter().any(|x| x.digest == b.digest) {
-                blobs.push(b.clone());
             }
         }
         platforms.push(PlatformPlan {
@@ -144,8 +141,8 @@ async fn plan_archived_chart(
     {
         return skip();
     }
-    let mut blobs: Vec<Descriptor> = Vec::new();
-    for b in parsed.blobs() {
+    let blobs = parsed.unique_blobs();
+    for b in &blobs {
         if !held.has(&b.digest).await? {
             return Err(Error::invalid(format!(
                 "{}: archive {}: entry {:?} (blob {}) is missing",
@@ -154,9 +151,6 @@ async fn plan_archived_chart(
                 blob_entry(&b.digest),
                 b.digest
             )));
-        }
-        if !blobs.iter().any(|x| x.digest == b.digest) {
-            blobs.push(b.clone());
         }
     }
     let tag = job

@@ -12,7 +12,7 @@ mod select;
 
 use std::sync::Arc;
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 
 use bytes::Bytes;
 use hangar_shared::archive::ArchiveImage;
@@ -193,6 +193,9 @@ fn already_present(found: RawManifest, selection: &Selection) -> Option<Digest> 
 /// Platform manifests read at once per image: an index's selected platforms are fetched
 /// together (one round trip, not one each), a hostile index's hundreds a few at a time.
 const MANIFESTS_AT_ONCE: usize = 8;
+/// The most bytes one image's platform manifests may come to: an index of 1,000 entries of
+/// 4 MiB each would hold 4 GiB per image planned, and several images are planned at once.
+const IMAGE_MANIFESTS_LIMIT: usize = 16 << 20;
 
 /// Resolves everything one image needs. `dest`: the destination to look at first (a registry destination of a plain copy), so
 /// that an image whose tag already lists its selection is found present — when the source
@@ -313,12 +316,7 @@ pub async fn plan(
                 ));
             }
         };
-        let mut blobs: Vec<Descriptor> = Vec::new();
-        for b in image.blobs() {
-            if !blobs.iter().any(|x| x.digest == b.digest) {
-                blobs.push(b.clone());
-            }
-        }
+        let blobs = image.unique_blobs();
         let mut entry = entry.clone();
         entry.media_type = manifest.media_type.clone();
         entry.size = manifest.bytes.len() as u64;
@@ -411,10 +409,21 @@ async fn platform_manifests(
                 })
         })
         .collect();
-    futures_util::stream::iter(reads)
-        .buffered(MANIFESTS_AT_ONCE)
-        .try_collect()
-        .await
+    let mut read = futures_util::stream::iter(reads).buffered(MANIFESTS_AT_ONCE);
+    let (mut out, mut total) = (Vec::with_capacity(selection.entries.len()), 0);
+    while let Some(manifest) = read.next().await {
+        let manifest: RawManifest = manifest?;
+        total += manifest.bytes.len();
+        if total > IMAGE_MANIFESTS_LIMIT {
+            return Err(Error::invalid(format!(
+                "{source}: its platform manifests come to more than {} MiB; a real image's \
+                 are some tens of KB",
+                IMAGE_MANIFESTS_LIMIT >> 20
+            )));
+        }
+        out.push(manifest);
+    }
+    Ok(out)
 }
 
 /// Tags listed in one request to learn which attachments a repository holds; a repository
@@ -451,11 +460,26 @@ async fn attachments(
     if let Some(listed) = listed {
         tags.retain(|t| listed.contains(t));
     }
-    let found = futures_util::future::try_join_all(
-        tags.iter()
-            .map(|tag| store.get_manifest(repo, tag, Side::Source)),
-    )
-    .await?;
+    // Two lookups per platform of an index of up to 1,000: a few at a time, their
+    // manifests within the image's budget.
+    let lookups: Vec<_> = tags
+        .iter()
+        .map(|tag| store.get_manifest(repo, tag, Side::Source))
+        .collect();
+    let mut read = futures_util::stream::iter(lookups).buffered(MANIFESTS_AT_ONCE);
+    let (mut found, mut total) = (Vec::with_capacity(tags.len()), 0);
+    while let Some(manifest) = read.next().await {
+        let manifest = manifest?;
+        total += manifest.as_ref().map_or(0, |m| m.bytes.len());
+        if total > IMAGE_MANIFESTS_LIMIT {
+            return Err(Error::invalid(format!(
+                "{repo}: its signatures and attestations come to more than {} MiB",
+                IMAGE_MANIFESTS_LIMIT >> 20
+            )));
+        }
+        found.push(manifest);
+    }
+    drop(read);
     let mut out = Vec::new();
     for (tag, manifest) in tags.into_iter().zip(found) {
         {
@@ -465,12 +489,7 @@ async fn attachments(
             let Manifest::Image(image) = manifest.parse()? else {
                 continue;
             };
-            let mut blobs: Vec<Descriptor> = Vec::new();
-            for b in image.blobs() {
-                if !blobs.iter().any(|x| x.digest == b.digest) {
-                    blobs.push(b.clone());
-                }
-            }
+            let blobs = image.unique_blobs();
             out.push(PlatformPlan {
                 entry: manifest.descriptor(),
                 manifest,
