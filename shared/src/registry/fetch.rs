@@ -82,8 +82,19 @@ impl Registry {
             .get(reqwest::header::LINK)
             .and_then(|v| v.to_str().ok())
             .and_then(next_link)
-            .and_then(|link| resp.url().join(&link).ok())
-            .map(String::from);
+            .and_then(|link| resp.url().join(&link).ok());
+        // The next page is the registry's own: a hostile registry naming a page elsewhere
+        // would have this process ask whatever its network reaches.
+        if let Some(link) = &next
+            && link.origin() != resp.url().origin()
+        {
+            return Err(Error::invalid(format!(
+                "{what}: the registry names the next page of tags on another host ({}); \
+                 refused",
+                link.host_str().unwrap_or("none")
+            )));
+        }
+        let next = next.map(String::from);
         let body = read_capped(resp, MAX_MANIFEST_BYTES, what).await?;
         #[derive(serde::Deserialize)]
         struct Page {
