@@ -200,6 +200,25 @@ async fn damaged_archives_fail_clearly_and_tag_nothing() {
     let v = hangar(&["archive", "verify", &s(&corrupt)]);
     assert!(!v.status.success());
     assert!(text(&v).contains(&name), "{}", text(&v));
+    // `sync` onto it does not carry the damaged entry forward under a fresh CRC of its
+    // own: it fails naming the entry, and the archive is left as it was.
+    let out = hangar(&[
+        "sync",
+        "--tls-verify=false",
+        "-f",
+        &s(&list),
+        "-d",
+        &s(&corrupt),
+        "-o",
+        &s(&env.path("sync-failed.txt")),
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&name) && text(&out).contains("does not match its CRC-32"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read(&corrupt).expect("still there"), flipped);
 
     // Two entries named `index.json`: which one a reader takes differs between zip
     // libraries (Go's takes the first, the zip crate the last), so it is refused.

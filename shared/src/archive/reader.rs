@@ -322,6 +322,44 @@ impl ArchiveReader {
         Ok(crate::cache::body_stream(got, move |e| read_err(&label, e)))
     }
 
+    /// An entry's bytes, failing at their end unless they match its CRC-32 record: what
+    /// `sync` carries over from the archive it extends (re-hashing every blob would cost
+    /// SHA-256 of the whole archive; the CRC finds what storage damaged, which the zip
+    /// writer would otherwise record under a fresh CRC of its own).
+    pub async fn crc_checked_stream(&self, name: &str) -> Result<ByteStream> {
+        let expected = self
+            .entry(name)
+            .ok_or_else(|| Error::not_found(format!("archive {}: no entry {name:?}", self.label)))?
+            .crc32;
+        let inner = self.entry_stream(name).await?;
+        let damaged: Arc<str> = format!(
+            "archive {}: entry {name:?} does not match its CRC-32 (damaged)",
+            self.label
+        )
+        .into();
+        let state = (Some(inner), crc32fast::Hasher::new());
+        Ok(
+            futures_util::stream::try_unfold(state, move |(inner, mut crc)| {
+                let damaged = damaged.clone();
+                async move {
+                    let Some(mut inner) = inner else {
+                        return Ok(None);
+                    };
+                    match inner.next().await {
+                        Some(chunk) => {
+                            let chunk = chunk?;
+                            crc.update(&chunk);
+                            Ok(Some((chunk, (Some(inner), crc))))
+                        }
+                        None if crc.finalize() == expected => Ok(None),
+                        None => Err(Error::new(FailureClass::DigestMismatch, &*damaged)),
+                    }
+                }
+            })
+            .boxed(),
+        )
+    }
+
     /// A small entry read whole, CRC-checked.
     pub async fn read_entry(&self, name: &str) -> Result<Bytes> {
         let size = self

@@ -105,7 +105,7 @@ fn write_items<W: Write>(
             }
             Item::Base(name, size) => {
                 let base = base.ok_or_else(|| Error::internal("base entry without a base"))?;
-                let stream = handle.block_on(base.entry_stream(&name))?;
+                let stream = handle.block_on(base.crc_checked_stream(&name))?;
                 (name, size, stream)
             }
             Item::Blob(name, d, size) => {
