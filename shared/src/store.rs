@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -307,12 +308,34 @@ impl RegistryPool {
     }
 }
 
+/// How long an opened archive is read before the store is asked whether the object is
+/// still the one opened (a worker lives for days; archives are rewritten in place).
+const ARCHIVE_RECHECK: Duration = Duration::from_secs(30);
+/// Archives kept open at once; beyond, those no task is reading are closed.
+const OPEN_ARCHIVES: usize = 16;
+
 /// Every kind of store a process can reach: registries with its own credentials, its
-/// blob cache, and archives (each opened once).
+/// blob cache, and archives (each opened once while it stays the same object).
 pub struct Stores {
     pub registries: Arc<RegistryPool>,
     pub cache: Option<Arc<BlobCache>>,
-    archives: Mutex<HashMap<String, Arc<OnceCell<Arc<ArchiveReader>>>>>,
+    archives: Mutex<HashMap<String, OpenArchive>>,
+    recheck: Duration,
+}
+
+/// An archive opened (or being opened), and when its object was last found unchanged.
+struct OpenArchive {
+    cell: Arc<OnceCell<Arc<ArchiveReader>>>,
+    checked: Instant,
+}
+
+impl OpenArchive {
+    fn new(cell: Arc<OnceCell<Arc<ArchiveReader>>>) -> Self {
+        Self {
+            cell,
+            checked: Instant::now(),
+        }
+    }
 }
 
 impl Stores {
@@ -321,27 +344,59 @@ impl Stores {
             registries,
             cache,
             archives: Mutex::new(HashMap::new()),
+            recheck: ARCHIVE_RECHECK,
         }
     }
 
-    /// The archive at `location`, opened (directory and index read) once.
+    /// The archive at `location`, opened (directory and index read) once, and again when
+    /// the object was replaced since.
     pub async fn archive(&self, location: &str) -> Result<Arc<ArchiveReader>> {
-        let cell = self
-            .archives
-            .lock()
-            .await
-            .entry(location.to_owned())
-            .or_default()
-            .clone();
+        let (cell, due) = {
+            let mut open = self.archives.lock().await;
+            if !open.contains_key(location) && open.len() >= OPEN_ARCHIVES {
+                // Closed unless a task holds it (the map's is then the only reference).
+                open.retain(|_, a| Arc::strong_count(&a.cell) > 1);
+            }
+            let slot = open
+                .entry(location.to_owned())
+                .or_insert_with(|| OpenArchive::new(Arc::default()));
+            (slot.cell.clone(), slot.checked.elapsed() >= self.recheck)
+        };
+        // A store that cannot say keeps the reader: its reads fail on their own.
+        let cell = if due
+            && let Some(reader) = cell.get()
+            && let Ok(unchanged) = reader.unchanged().await
+        {
+            let fresh = match unchanged {
+                true => OpenArchive::new(cell.clone()),
+                false => OpenArchive::new(Arc::default()),
+            };
+            let cell = fresh.cell.clone();
+            self.archives
+                .lock()
+                .await
+                .insert(location.to_owned(), fresh);
+            cell
+        } else {
+            cell
+        };
         cell.get_or_try_init(|| async { Ok(Arc::new(ArchiveReader::open(location).await?)) })
             .await
             .cloned()
     }
 
+    /// Asks after an opened archive's object this often instead ([`ARCHIVE_RECHECK`]).
+    #[cfg(test)]
+    pub(crate) fn rechecking_every(mut self, every: Duration) -> Self {
+        self.recheck = every;
+        self
+    }
+
     /// Registers an archive already opened, so its directory is not read again.
     pub async fn add_archive(&self, location: &str, archive: Arc<ArchiveReader>) {
         let cell = Arc::new(OnceCell::new_with(Some(archive)));
-        self.archives.lock().await.insert(location.to_owned(), cell);
+        let mut open = self.archives.lock().await;
+        open.insert(location.to_owned(), OpenArchive::new(cell));
     }
 }
 

@@ -61,6 +61,9 @@ pub struct ArchiveReader {
     entries: Vec<Entry>,
     by_name: HashMap<String, usize>,
     data_starts: Mutex<HashMap<usize, u64>>,
+    /// What the store said of the object when it was opened: a process that keeps the
+    /// reader asks again before trusting its directory for an object replaced since.
+    version: Version,
     /// Manifests read so far, and their bytes, up to [`MANIFESTS_KEPT`].
     manifests: Mutex<(HashMap<Digest, RawManifest>, u64)>,
     pub index: ArchiveIndex,
@@ -100,6 +103,24 @@ fn bound_by_neighbours(entries: &mut [Entry], label: &str) -> Result<()> {
     Ok(())
 }
 
+/// An object as its store describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    size: u64,
+    e_tag: Option<String>,
+    modified: Option<i64>,
+}
+
+impl Version {
+    fn of(meta: &object_store::ObjectMeta) -> Self {
+        Self {
+            size: meta.size,
+            e_tag: meta.e_tag.clone(),
+            modified: meta.last_modified.timestamp_nanos_opt(),
+        }
+    }
+}
+
 fn read_err(label: &str, e: impl std::fmt::Display) -> Error {
     Error::new(FailureClass::Network, format!("{label}: {e}"))
 }
@@ -111,13 +132,14 @@ impl ArchiveReader {
     pub async fn open(location: &str) -> Result<Self> {
         let (store, path) = super::locate(location)?;
         let label = location.to_owned();
-        let file_size = match store.head(&path).await {
-            Ok(m) => m.size,
+        let version = match store.head(&path).await {
+            Ok(m) => Version::of(&m),
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(Error::not_found(format!("archive {label} does not exist")));
             }
             Err(e) => return Err(read_err(&label, e)),
         };
+        let file_size = version.size;
         let handle = tokio::runtime::Handle::current();
         let (s, p, l) = (store.clone(), path.clone(), label.clone());
         let exhausted = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -200,6 +222,7 @@ impl ArchiveReader {
             entries,
             by_name,
             data_starts: Mutex::new(HashMap::new()),
+            version,
             manifests: Mutex::new((HashMap::new(), 0)),
             index: ArchiveIndex::default(),
             media_types: HashMap::new(),
@@ -320,6 +343,17 @@ impl ArchiveReader {
             .await
             .map_err(|e| read_err(&label, e))?;
         Ok(crate::cache::body_stream(got, move |e| read_err(&label, e)))
+    }
+
+    /// Whether the object is still the one this reader opened (same size, tag and time):
+    /// an archive rewritten in place (a later `save` or `sync` to the same location) is
+    /// opened again rather than read through a directory that no longer describes it.
+    pub async fn unchanged(&self) -> Result<bool> {
+        match self.store.head(&self.path).await {
+            Ok(m) => Ok(Version::of(&m) == self.version),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(read_err(&self.label, e)),
+        }
     }
 
     /// An entry's bytes, failing at their end unless they match its CRC-32 record: what

@@ -453,6 +453,25 @@ mod tests {
                 .contains("partial")),
             "no temporary file left"
         );
+
+        // A process that keeps archives open (a worker) reads one rewritten in place (a
+        // later save to the same location) through its new directory, not the old one.
+        let pool = Arc::new(crate::store::RegistryPool::new(Default::default(), None));
+        let stores =
+            crate::store::Stores::new(pool, None).rechecking_every(std::time::Duration::ZERO);
+        let location = out.to_str().unwrap();
+        assert_eq!(stores.archive(location).await.unwrap().index.list.len(), 2);
+        let again = dir.join("again.zip");
+        write_archive(again.to_str().unwrap(), None, &images[..1], cache.clone())
+            .await
+            .unwrap();
+        std::fs::rename(&again, &out).unwrap();
+        let reopened = stores.archive(location).await.unwrap();
+        assert_eq!(
+            reopened.index.list,
+            images[..1],
+            "read through its new directory"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }
