@@ -363,22 +363,64 @@ impl Registry {
     }
 }
 
-/// `stream`, failing when no chunk arrives for `idle`: a body that stops moving.
+/// How a blob's body must keep moving: a chunk at least every `idle`, and at least `least`
+/// bytes in every `window` spent waiting on it (time the reader spends elsewhere, held
+/// back by its own writer, does not count). The second bounds a body that drips a byte
+/// just often enough to never be idle: at the default, slower than 1 KiB/s for a minute.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    idle: std::time::Duration,
+    window: std::time::Duration,
+    least: u64,
+}
+
+const DRIP_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+const DRIP_LEAST: u64 = 64 << 10;
+
+/// `stream`, failing when no chunk arrives for `idle`, or too little in a minute of
+/// waiting: a body that stops moving, or only pretends to move.
 fn idle_bounded(stream: ByteStream, idle: std::time::Duration, what: String) -> ByteStream {
-    futures_util::stream::unfold(Some(stream), move |state| {
+    paced(
+        stream,
+        Pace {
+            idle,
+            window: DRIP_WINDOW,
+            least: DRIP_LEAST,
+        },
+        what,
+    )
+}
+
+fn paced(stream: ByteStream, pace: Pace, what: String) -> ByteStream {
+    let state = (stream, std::time::Duration::ZERO, 0u64);
+    futures_util::stream::unfold(Some(state), move |state| {
         let what = what.clone();
         async move {
-            let mut stream = state?;
-            match tokio::time::timeout(idle, stream.next()).await {
-                Ok(Some(item)) => Some((item, Some(stream))),
+            let (mut stream, mut waited, mut moved) = state?;
+            let asked = tokio::time::Instant::now();
+            let next = tokio::time::timeout(pace.idle, stream.next()).await;
+            waited += asked.elapsed();
+            let fail = |why: String| {
+                let e = Error::new(FailureClass::Network, format!("reading {what}: {why}"));
+                Some((Err(e), None))
+            };
+            match next {
+                Ok(Some(item)) => {
+                    moved += item.as_ref().map_or(0, |c| c.len() as u64);
+                    if waited >= pace.window {
+                        if moved < pace.least {
+                            return fail(format!(
+                                "{moved} bytes arrived in {}s of waiting (a body this slow is \
+                                 treated as stalled)",
+                                waited.as_secs()
+                            ));
+                        }
+                        (waited, moved) = (std::time::Duration::ZERO, 0);
+                    }
+                    Some((item, Some((stream, waited, moved))))
+                }
                 Ok(None) => None,
-                Err(_) => Some((
-                    Err(Error::new(
-                        FailureClass::Network,
-                        format!("reading {what}: nothing arrived for {}s", idle.as_secs()),
-                    )),
-                    None,
-                )),
+                Err(_) => fail(format!("nothing arrived for {}s", pace.idle.as_secs())),
             }
         }
     })
@@ -426,7 +468,7 @@ mod tests {
     use bytes::Bytes;
     use futures_util::StreamExt;
 
-    use super::idle_bounded;
+    use super::{Pace, idle_bounded, paced};
     use crate::error::FailureClass;
 
     /// A body that sends one chunk and then nothing ends at the idle bound, naming the
@@ -459,5 +501,41 @@ mod tests {
             .await;
         assert_eq!(chunks.len(), 5);
         assert!(chunks.iter().all(|c| c.is_ok()));
+    }
+
+    /// A body that drips a byte just often enough never to be idle ends once a window of
+    /// waiting brought less than its least; a slow one that moves enough is read to its end.
+    #[tokio::test]
+    async fn a_body_that_drips_ends_at_its_least_pace() {
+        let pace = Pace {
+            idle: Duration::from_millis(200),
+            window: Duration::from_millis(500),
+            least: 100,
+        };
+        let drip = futures_util::stream::iter(0..1000)
+            .then(|_| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(Bytes::from_static(b"x"))
+            })
+            .boxed();
+        let started = Instant::now();
+        let read: Vec<_> = paced(drip, pace, "reg/app@drip".into()).collect().await;
+        let e = read.last().expect("items").as_ref().unwrap_err();
+        assert!(
+            e.message.contains("reg/app@drip") && e.message.contains("treated as stalled"),
+            "{e}"
+        );
+        assert!(read.len() < 20, "{} bytes let through", read.len());
+        assert!(started.elapsed() < Duration::from_secs(3));
+
+        let steady = futures_util::stream::iter(0..30)
+            .then(|_| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(Bytes::from(vec![0u8; 64]))
+            })
+            .boxed();
+        let read: Vec<_> = paced(steady, pace, "b".into()).collect().await;
+        assert_eq!(read.len(), 30);
+        assert!(read.iter().all(|c| c.is_ok()));
     }
 }
