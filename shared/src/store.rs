@@ -354,8 +354,9 @@ impl Stores {
         let (cell, due) = {
             let mut open = self.archives.lock().await;
             if !open.contains_key(location) && open.len() >= OPEN_ARCHIVES {
-                // Closed unless a task holds it (the map's is then the only reference).
-                open.retain(|_, a| Arc::strong_count(&a.cell) > 1);
+                // Closed unless it is being opened or a task holds its reader (the map's
+                // is then not the only reference).
+                open.retain(|_, a| a.cell.get().is_none_or(|r| Arc::strong_count(r) > 1));
             }
             let slot = open
                 .entry(location.to_owned())
@@ -371,12 +372,16 @@ impl Stores {
                 true => OpenArchive::new(cell.clone()),
                 false => OpenArchive::new(Arc::default()),
             };
-            let cell = fresh.cell.clone();
-            self.archives
-                .lock()
-                .await
-                .insert(location.to_owned(), fresh);
-            cell
+            let mut open = self.archives.lock().await;
+            match open.get(location) {
+                // Another caller found it replaced meanwhile: its reader is the newer.
+                Some(slot) if !Arc::ptr_eq(&slot.cell, &cell) => slot.cell.clone(),
+                _ => {
+                    let cell = fresh.cell.clone();
+                    open.insert(location.to_owned(), fresh);
+                    cell
+                }
+            }
         } else {
             cell
         };

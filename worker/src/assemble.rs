@@ -148,6 +148,25 @@ mod tests {
         assert_eq!(e.class, FailureClass::CacheDamaged, "{e}");
         assert!(e.message.contains("evicted"), "{e}");
         assert_eq!(cache.meta(&Digest::of(good)).await.unwrap(), None);
+
+        // A sidecar recording another size is damage found before any byte: evicted too.
+        let mut longer = fill(&cache, good).await;
+        longer.size += 1;
+        cache
+            .put_named(
+                &format!("blobs/sha256/{hex}.meta"),
+                serde_json::to_vec(&longer).unwrap(),
+            )
+            .await
+            .unwrap();
+        let Err(e) = DigestChecked(cache.clone())
+            .blob_stream(&Digest::of(good), size)
+            .await
+        else {
+            panic!("a sidecar of another size is refused");
+        };
+        assert_eq!(e.class, FailureClass::CacheDamaged, "{e}");
+        assert_eq!(cache.meta(&Digest::of(good)).await.unwrap(), None);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -303,13 +303,20 @@ impl ArchiveImage {
     /// The platform images `--arch/--os` select, then (with `provenance`) the attestations
     /// of those: what load copies and load validate checks.
     pub fn selected(&self, filter: &PlatformFilter, provenance: bool) -> Vec<&ImageSpec> {
-        // A manifest listed twice is one platform: read, copied and indexed once.
+        // A manifest listed twice under one platform is one entry: read, copied and indexed
+        // once (under two platforms, it is two entries of the index, as Hangar builds it).
         let mut seen = std::collections::HashSet::new();
+        let mut once = |s: &&ImageSpec| {
+            seen.insert((
+                s.digest.clone(),
+                [&s.arch, &s.os, &s.variant, &s.os_version].map(String::clone),
+            ))
+        };
         let mut out: Vec<&ImageSpec> = self
             .images
             .iter()
             .filter(|s| !s.is_attestation() && filter.matches(&s.platform()))
-            .filter(|s| seen.insert(&s.digest))
+            .filter(&mut once)
             .collect();
         if provenance {
             let kept: Vec<&Digest> = out.iter().map(|s| &s.digest).collect();
@@ -323,7 +330,7 @@ impl ArchiveImage {
                         .and_then(|d| d.parse::<Digest>().ok())
                         .is_some_and(|d| kept.contains(&&d))
                 })
-                .filter(|s| seen.insert(&s.digest))
+                .filter(&mut once)
                 .collect();
             out.extend(attestations);
         }

@@ -38,7 +38,8 @@ const WINDOW: u64 = 64 << 10;
 const DIRECTORY_LIMIT: u64 = 16 << 20;
 /// Manifests kept once read: an index may name one manifest for many images, each of which
 /// would otherwise read and hash it again (100,000 images of one 4 MiB manifest, 400 GB).
-const MANIFESTS_KEPT: u64 = 64 << 20;
+/// Thousands of real ones fit; a worker keeps several archives open.
+const MANIFESTS_KEPT: u64 = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Entry {

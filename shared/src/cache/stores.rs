@@ -115,7 +115,23 @@ impl crate::archive::BlobSource for DigestChecked {
     }
 
     async fn blob_stream(&self, digest: &Digest, size: u64) -> Result<ByteStream> {
-        let stream = self.0.blob_stream(digest, size).await?;
+        // A sidecar of another size, or an entry listed but gone: damaged before any byte.
+        let stream = match self.0.blob_stream(digest, size).await {
+            Ok(stream) => stream,
+            Err(e)
+                if matches!(
+                    e.class,
+                    FailureClass::DigestMismatch | FailureClass::NotFound
+                ) =>
+            {
+                self.0.evict(digest).await;
+                return Err(Error::new(
+                    FailureClass::CacheDamaged,
+                    format!("{}; evicted", e.message),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         let (cache, digest) = (self.0.clone(), digest.clone());
         let checked = verified(stream, digest.clone(), size, None);
         Ok(checked

@@ -120,7 +120,7 @@ impl Registry {
                 )
             })
             .boxed();
-        Ok(idle_bounded(raw, super::BODY_READ_TIMEOUT, what))
+        Ok(idle_bounded(raw, super::BODY_READ_TIMEOUT, desc.size, what))
     }
 
     /// Uploads a blob from a stream: a POST for an upload location, then one PUT of the
@@ -364,9 +364,11 @@ impl Registry {
 }
 
 /// How a blob's body must keep moving: a chunk at least every `idle`, and at least `least`
-/// bytes in every `window` spent waiting on it (time the reader spends elsewhere, held
-/// back by its own writer, does not count). The second bounds a body that drips a byte
-/// just often enough to never be idle: at the default, slower than 1 KiB/s for a minute.
+/// bytes (or the rest of the blob, if less) in every `window` spent waiting on it (time
+/// the reader spends elsewhere, held back by its own writer, does not count). The second
+/// bounds a body that drips a byte just often enough never to be idle; its window is twice
+/// the idle bound, so one stall the idle bound allows never fails a body that otherwise
+/// moves (at the default, about 110 bytes a second over ten minutes).
 #[derive(Debug, Clone, Copy)]
 struct Pace {
     idle: std::time::Duration,
@@ -374,29 +376,33 @@ struct Pace {
     least: u64,
 }
 
-const DRIP_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+const DRIP_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 const DRIP_LEAST: u64 = 64 << 10;
 
-/// `stream`, failing when no chunk arrives for `idle`, or too little in a minute of
-/// waiting: a body that stops moving, or only pretends to move.
-fn idle_bounded(stream: ByteStream, idle: std::time::Duration, what: String) -> ByteStream {
-    paced(
-        stream,
-        Pace {
-            idle,
-            window: DRIP_WINDOW,
-            least: DRIP_LEAST,
-        },
-        what,
-    )
+/// `stream` (a body of `size` bytes), failing when no chunk arrives for `idle`, or too
+/// little in ten minutes of waiting: a body that stops moving, or only pretends to move.
+fn idle_bounded(
+    stream: ByteStream,
+    idle: std::time::Duration,
+    size: u64,
+    what: String,
+) -> ByteStream {
+    let pace = Pace {
+        idle,
+        window: DRIP_WINDOW,
+        least: DRIP_LEAST,
+    };
+    paced(stream, pace, size, what)
 }
 
-fn paced(stream: ByteStream, pace: Pace, what: String) -> ByteStream {
-    let state = (stream, std::time::Duration::ZERO, 0u64);
+fn paced(stream: ByteStream, pace: Pace, size: u64, what: String) -> ByteStream {
+    // The body, the time waited on it and the bytes it brought in this window, and the
+    // bytes before the window.
+    let state = (stream, std::time::Duration::ZERO, 0u64, 0u64);
     futures_util::stream::unfold(Some(state), move |state| {
         let what = what.clone();
         async move {
-            let (mut stream, mut waited, mut moved) = state?;
+            let (mut stream, mut waited, mut moved, mut before) = state?;
             let asked = tokio::time::Instant::now();
             let next = tokio::time::timeout(pace.idle, stream.next()).await;
             waited += asked.elapsed();
@@ -408,16 +414,17 @@ fn paced(stream: ByteStream, pace: Pace, what: String) -> ByteStream {
                 Ok(Some(item)) => {
                     moved += item.as_ref().map_or(0, |c| c.len() as u64);
                     if waited >= pace.window {
-                        if moved < pace.least {
+                        if moved < pace.least.min(size.saturating_sub(before)) {
                             return fail(format!(
                                 "{moved} bytes arrived in {}s of waiting (a body this slow is \
                                  treated as stalled)",
                                 waited.as_secs()
                             ));
                         }
+                        before += moved;
                         (waited, moved) = (std::time::Duration::ZERO, 0);
                     }
-                    Some((item, Some((stream, waited, moved))))
+                    Some((item, Some((stream, waited, moved, before))))
                 }
                 Ok(None) => None,
                 Err(_) => fail(format!("nothing arrived for {}s", pace.idle.as_secs())),
@@ -479,7 +486,12 @@ mod tests {
             .chain(futures_util::stream::pending())
             .boxed();
         let started = Instant::now();
-        let mut read = idle_bounded(stalled, Duration::from_millis(200), "reg/app@x".into());
+        let mut read = idle_bounded(
+            stalled,
+            Duration::from_millis(200),
+            1 << 20,
+            "reg/app@x".into(),
+        );
         assert_eq!(
             read.next().await.expect("chunk").expect("ok").as_ref(),
             b"first"
@@ -496,7 +508,7 @@ mod tests {
                 Ok(Bytes::from(vec![i; 3]))
             })
             .boxed();
-        let chunks: Vec<_> = idle_bounded(slow, Duration::from_millis(300), "b".into())
+        let chunks: Vec<_> = idle_bounded(slow, Duration::from_millis(300), 15, "b".into())
             .collect()
             .await;
         assert_eq!(chunks.len(), 5);
@@ -519,7 +531,9 @@ mod tests {
             })
             .boxed();
         let started = Instant::now();
-        let read: Vec<_> = paced(drip, pace, "reg/app@drip".into()).collect().await;
+        let read: Vec<_> = paced(drip, pace, 1000, "reg/app@drip".into())
+            .collect()
+            .await;
         let e = read.last().expect("items").as_ref().unwrap_err();
         assert!(
             e.message.contains("reg/app@drip") && e.message.contains("treated as stalled"),
@@ -534,8 +548,23 @@ mod tests {
                 Ok(Bytes::from(vec![0u8; 64]))
             })
             .boxed();
-        let read: Vec<_> = paced(steady, pace, "b".into()).collect().await;
+        let read: Vec<_> = paced(steady, pace, 30 * 64, "b".into()).collect().await;
         assert_eq!(read.len(), 30);
         assert!(read.iter().all(|c| c.is_ok()));
+
+        // A small blob held back for longer than a window, then sent whole: its rest was
+        // less than the least, and it all came.
+        let held = futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            Ok(Bytes::from_static(b"small"))
+        })
+        .boxed();
+        let pace = Pace {
+            window: Duration::from_millis(100),
+            ..pace
+        };
+        let read: Vec<_> = paced(held, pace, 5, "small".into()).collect().await;
+        assert_eq!(read.len(), 1);
+        assert!(read.iter().all(|c| c.is_ok()), "{read:?}");
     }
 }
