@@ -26,6 +26,40 @@ struct State {
     progress: Option<Arc<AtomicU64>>,
 }
 
+/// `inner`, failing at its end unless its bytes come to `size` with CRC-32 `crc`: a check
+/// of stored bytes against their record (a zip entry's, a cache sidecar's), a fraction of
+/// SHA-256's cost. The error is the one `damaged` makes, which may first evict what held
+/// the bytes.
+pub fn crc_checked<F, Fut>(inner: ByteStream, size: u64, crc: u32, damaged: F) -> ByteStream
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Error> + Send,
+{
+    let state = (Some(inner), crc32fast::Hasher::new(), 0u64, Some(damaged));
+    futures_util::stream::try_unfold(
+        state,
+        move |(inner, mut hasher, seen, damaged)| async move {
+            let Some(mut inner) = inner else {
+                return Ok(None);
+            };
+            match inner.next().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    hasher.update(&chunk);
+                    let seen = seen + chunk.len() as u64;
+                    Ok(Some((chunk, (Some(inner), hasher, seen, damaged))))
+                }
+                None if seen == size && hasher.finalize() == crc => Ok(None),
+                None => Err(match damaged {
+                    Some(damaged) => damaged().await,
+                    None => Error::internal("a damaged stream ended twice"),
+                }),
+            }
+        },
+    )
+    .boxed()
+}
+
 /// Wraps `inner`, failing with [`FailureClass::DigestMismatch`] if its bytes are not
 /// exactly `size` bytes hashing to `expected`. `progress` counts bytes passed on.
 pub fn verified(

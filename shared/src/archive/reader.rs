@@ -362,37 +362,21 @@ impl ArchiveReader {
     /// SHA-256 of the whole archive; the CRC finds what storage damaged, which the zip
     /// writer would otherwise record under a fresh CRC of its own).
     pub async fn crc_checked_stream(&self, name: &str) -> Result<ByteStream> {
-        let expected = self
-            .entry(name)
-            .ok_or_else(|| Error::not_found(format!("archive {}: no entry {name:?}", self.label)))?
-            .crc32;
-        let inner = self.entry_stream(name).await?;
-        let damaged: Arc<str> = format!(
+        let entry = self.entry(name).ok_or_else(|| {
+            Error::not_found(format!("archive {}: no entry {name:?}", self.label))
+        })?;
+        let (size, crc) = (entry.size, entry.crc32);
+        let damaged = format!(
             "archive {}: entry {name:?} does not match its CRC-32 (damaged)",
             self.label
-        )
-        .into();
-        let state = (Some(inner), crc32fast::Hasher::new());
-        Ok(
-            futures_util::stream::try_unfold(state, move |(inner, mut crc)| {
-                let damaged = damaged.clone();
-                async move {
-                    let Some(mut inner) = inner else {
-                        return Ok(None);
-                    };
-                    match inner.next().await {
-                        Some(chunk) => {
-                            let chunk = chunk?;
-                            crc.update(&chunk);
-                            Ok(Some((chunk, (Some(inner), crc))))
-                        }
-                        None if crc.finalize() == expected => Ok(None),
-                        None => Err(Error::new(FailureClass::DigestMismatch, &*damaged)),
-                    }
-                }
-            })
-            .boxed(),
-        )
+        );
+        let inner = self.entry_stream(name).await?;
+        Ok(crate::verify::crc_checked(
+            inner,
+            size,
+            crc,
+            move || async move { Error::new(FailureClass::DigestMismatch, damaged) },
+        ))
     }
 
     /// A small entry read whole, CRC-checked.

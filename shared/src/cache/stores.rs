@@ -18,32 +18,16 @@ use crate::verify::{ByteStream, verified};
 /// Fails at the end of `inner` unless its bytes match `meta`'s size and CRC-32; a damaged
 /// entry is evicted, so the next fill fetches it again.
 fn crc_checked(inner: ByteStream, digest: Digest, meta: BlobMeta, cache: BlobCache) -> ByteStream {
-    let state = (Some(inner), crc32fast::Hasher::new(), 0u64);
-    futures_util::stream::try_unfold(state, move |(inner, mut crc, seen)| {
-        let (digest, cache) = (digest.clone(), cache.clone());
-        async move {
-            let Some(mut inner) = inner else {
-                return Ok(None);
-            };
-            match inner.next().await {
-                Some(chunk) => {
-                    let chunk = chunk?;
-                    crc.update(&chunk);
-                    let seen = seen + chunk.len() as u64;
-                    Ok(Some((chunk, (Some(inner), crc, seen))))
-                }
-                None if seen == meta.size && crc.clone().finalize() == meta.crc32 => Ok(None),
-                None => {
-                    cache.evict(&digest).await;
-                    Err(Error::new(
-                    FailureClass::CacheDamaged,
-                    format!("blob cache: {digest} is damaged (size or CRC-32 differs from its record); evicted"),
-                ))
-                }
-            }
-        }
+    crate::verify::crc_checked(inner, meta.size, meta.crc32, move || async move {
+        cache.evict(&digest).await;
+        Error::new(
+            FailureClass::CacheDamaged,
+            format!(
+                "blob cache: {digest} is damaged (size or CRC-32 differs from its record); \
+                 evicted"
+            ),
+        )
     })
-    .boxed()
 }
 
 pub(super) fn octet(digest: &Digest, size: u64) -> Descriptor {
