@@ -32,10 +32,12 @@ pub(super) const JSON_LIMIT: u64 = 64 << 20;
 /// larger one, and one that does is not a thing a registry would take.
 const MANIFEST_LIMIT: u64 = crate::registry::MAX_MANIFEST_BYTES as u64;
 const WINDOW: u64 = 64 << 10;
-/// The most of the file read while the central directory is parsed: some 130,000 entries
-/// (a full Rancher archive has a few thousand), and what bounds the memory a directory of
-/// millions of tiny entries would cost (the zip crate keeps a few hundred bytes for each).
-const DIRECTORY_LIMIT: u64 = 16 << 20;
+/// The most of the file read while the central directory is parsed: some 400,000 entries
+/// of this format's names, what the largest index [`JSON_LIMIT`] allows needs (10,000
+/// two-platform images of a dozen layers; a full Rancher archive has a few thousand), and
+/// what bounds the memory a directory of millions of tiny entries would cost (the zip
+/// crate keeps a few hundred bytes for each).
+const DIRECTORY_LIMIT: u64 = 48 << 20;
 /// Manifests kept once read: an index may name one manifest for many images, each of which
 /// would otherwise read and hash it again (100,000 images of one 4 MiB manifest, 400 GB).
 /// Thousands of real ones fit; a worker keeps several archives open.
