@@ -166,14 +166,20 @@ where
                 else {
                     continue;
                 };
-                match event.kind {
-                    EventKind::Done { outcome }
-                        if !outcome.answers(kind) && open.remove(&i).is_some() =>
-                    {
-                        done += 1;
-                        finished(i, Err(outcome.mismatch(kind)));
+                // An answer of another kind is no answer: the task failed.
+                let said = match event.kind {
+                    EventKind::Done { outcome } if !outcome.answers(kind) => {
+                        let e = outcome.mismatch(kind);
+                        EventKind::Failed {
+                            class: e.class,
+                            message: e.message,
+                            attempt: 1,
+                            last: true,
+                        }
                     }
-                    EventKind::Done { outcome } if !outcome.answers(kind) => {}
+                    said => said,
+                };
+                match said {
                     EventKind::Done { outcome } => {
                         let Some(o) = open.get_mut(&i) else { continue };
                         if o.outcomes[k].1.is_none() {

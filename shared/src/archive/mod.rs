@@ -5,6 +5,7 @@
 //! only when it is complete, so an interrupted save or sync never leaves a broken archive.
 
 pub mod custom;
+mod directory;
 pub mod index;
 pub mod reader;
 mod sink;

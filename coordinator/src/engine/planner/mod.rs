@@ -409,15 +409,25 @@ async fn platform_manifests(
                 })
         })
         .collect();
+    let found = within_budget(reads, &format!("{source}: its platform manifests")).await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// Runs manifest reads a few at a time, in order, failing once what they brought comes to
+/// more than one image's budget ([`IMAGE_MANIFESTS_LIMIT`]); `what` names them.
+async fn within_budget<F, M>(reads: Vec<F>, what: &str) -> Result<Vec<Option<RawManifest>>>
+where
+    F: std::future::Future<Output = Result<M>>,
+    M: Into<Option<RawManifest>>,
+{
     let mut read = futures_util::stream::iter(reads).buffered(MANIFESTS_AT_ONCE);
-    let (mut out, mut total) = (Vec::with_capacity(selection.entries.len()), 0);
+    let (mut out, mut total) = (Vec::new(), 0);
     while let Some(manifest) = read.next().await {
-        let manifest: RawManifest = manifest?;
-        total += manifest.bytes.len();
+        let manifest: Option<RawManifest> = manifest?.into();
+        total += manifest.as_ref().map_or(0, |m| m.bytes.len());
         if total > IMAGE_MANIFESTS_LIMIT {
             return Err(Error::invalid(format!(
-                "{source}: its platform manifests come to more than {} MiB; a real image's \
-                 are some tens of KB",
+                "{what} come to more than {} MiB; a real image's are some tens of KB",
                 IMAGE_MANIFESTS_LIMIT >> 20
             )));
         }
@@ -466,20 +476,7 @@ async fn attachments(
         .iter()
         .map(|tag| store.get_manifest(repo, tag, Side::Source))
         .collect();
-    let mut read = futures_util::stream::iter(lookups).buffered(MANIFESTS_AT_ONCE);
-    let (mut found, mut total) = (Vec::with_capacity(tags.len()), 0);
-    while let Some(manifest) = read.next().await {
-        let manifest = manifest?;
-        total += manifest.as_ref().map_or(0, |m| m.bytes.len());
-        if total > IMAGE_MANIFESTS_LIMIT {
-            return Err(Error::invalid(format!(
-                "{repo}: its signatures and attestations come to more than {} MiB",
-                IMAGE_MANIFESTS_LIMIT >> 20
-            )));
-        }
-        found.push(manifest);
-    }
-    drop(read);
+    let found = within_budget(lookups, &format!("{repo}: its signatures and attestations")).await?;
     let mut out = Vec::new();
     for (tag, manifest) in tags.into_iter().zip(found) {
         {
