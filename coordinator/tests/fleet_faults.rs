@@ -3,51 +3,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::fleet::{
-    Killed as Worker, job_state, slow_source, spawn_worker, start_coordinator,
-    start_fast_failover_worker,
+    Killed as Worker, assert_all_copied, job_state, nats_client, slow_source, spawn_worker,
+    start_coordinator, start_fast_failover_worker, submit_child,
 };
 use common::*;
 use hangar_loadtest::services::NatsProcess;
-
-/// `submit` of `list` through the fleet at `nats` into the destination's `chaos` project, as
-/// a child process with its output piped.
-fn submit_child(env: &Env, list: &std::path::Path, nats: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
-        .args([
-            "submit",
-            list.to_str().unwrap(),
-            "--tls-verify=false",
-            "-j",
-            "4",
-            "--destination-project",
-            "chaos",
-        ])
-        .args([
-            "-d",
-            &env.dst.addr,
-            "--nats",
-            nats,
-            "-o",
-            env.path("failed.txt").to_str().unwrap(),
-        ])
-        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("submit")
-}
-
-/// Every image of `slow_source(env, n)` is in the destination with the source's digest.
-fn assert_all_copied(env: &Env, n: u64) {
-    for i in 0..n {
-        let src = skopeo_raw(&format!("{}/chaos/app-{i}:v1", env.src.addr)).unwrap();
-        let dst = skopeo_raw(&format!("{}/chaos/app-{i}:v1", env.dst.addr)).expect("copied");
-        assert_eq!(index_digests(&dst), vec![sha(&src)], "chaos/app-{i}");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_blob_loses_nothing() {
@@ -544,15 +507,4 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
-}
-
-/// A plain client of the test's nats-server.
-async fn nats_client(nats: &NatsProcess) -> async_nats::Client {
-    use hangar_shared::queue::jetstream::{self, NatsOptions};
-    jetstream::connect(&NatsOptions {
-        url: nats.url(),
-        ..Default::default()
-    })
-    .await
-    .expect("connect to nats-server")
 }

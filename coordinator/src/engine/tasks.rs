@@ -3,7 +3,7 @@
 //! through the tracker (`job`); per-image work that copies nothing is followed by
 //! [`super::per_image`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -90,7 +90,7 @@ impl Here {
 /// waits, not this process's memory).
 enum Events {
     Here(mpsc::UnboundedReceiver<Event>),
-    Fleet(mpsc::Receiver<Event>),
+    Fleet(jetstream::EventFeed),
 }
 
 impl Events {
@@ -111,10 +111,24 @@ pub struct Bus {
     /// On the fleet: says why the run cannot go on when a kind of its tasks has had no
     /// worker pulling it for the process's patience (`--unserved-timeout`).
     unserved: Option<(mpsc::Receiver<String>, tokio::task::JoinHandle<()>)>,
-    /// On the fleet: the client and run, so that an interrupted run's queued tasks are
-    /// purged rather than left for the workers.
-    fleet: Option<(async_nats::Client, String)>,
+    fleet: Option<Fleet>,
+    /// Final failures of tasks whose answers went missing, for [`Bus::next`] to hand on.
+    lost: VecDeque<Event>,
 }
+
+/// A run on the fleet.
+struct Fleet {
+    /// The client and run, so that an interrupted run's queued tasks are purged rather
+    /// than left for the workers.
+    client: async_nats::Client,
+    job: String,
+    /// What the run sent and has had no answer for ([`jetstream::ledger`]).
+    publisher: Arc<JetStreamQueue>,
+}
+
+/// How long a fleet run goes without an event before it looks for tasks that left the
+/// queue with no answer, and again as long as it stays quiet.
+const QUIET: Duration = Duration::from_secs(10);
 
 impl Bus {
     /// Opens the queue of run `job_id`: with embedded handlers running on `here`, or
@@ -166,6 +180,7 @@ impl Bus {
                     workers: Some((workers, stop)),
                     unserved: None,
                     fleet: None,
+                    lost: VecDeque::new(),
                 })
             }
             Backend::Fleet(client) => {
@@ -180,11 +195,16 @@ impl Bus {
                 });
                 console.info(None, format!("Job {job_id} runs on the fleet"));
                 Ok(Self {
-                    queue: publisher,
+                    queue: publisher.clone(),
                     events: Events::Fleet(events),
                     workers: None,
                     unserved: Some((rx, watch)),
-                    fleet: Some((client, job_id.to_owned())),
+                    fleet: Some(Fleet {
+                        client,
+                        job: job_id.to_owned(),
+                        publisher,
+                    }),
+                    lost: VecDeque::new(),
                 })
             }
         }
@@ -192,21 +212,57 @@ impl Bus {
 
     /// The next event of the run's tasks, or why none can come any more.
     pub async fn next(&mut self) -> News {
-        let unserved = async {
-            match self.unserved.as_mut() {
-                Some((rx, _)) => rx.recv().await,
-                None => None,
+        loop {
+            if let Some(event) = self.lost.pop_front() {
+                return News::Event(event);
             }
-        };
-        tokio::select! {
-            event = self.events.recv() => match event {
-                Some(event) => News::Event(event),
-                None => News::Stopped {
-                    why: "the workers stopped before this image was done".into(),
-                    purge: false,
+            let unserved = async {
+                match self.unserved.as_mut() {
+                    Some((rx, _)) => rx.recv().await,
+                    None => None,
+                }
+            };
+            let quiet = async {
+                match self.fleet {
+                    Some(_) => tokio::time::sleep(QUIET).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = self.events.recv() => return match event {
+                    Some(event) => {
+                        if let Some(fleet) = &self.fleet {
+                            fleet.publisher.answered(&event);
+                        }
+                        News::Event(event)
+                    }
+                    None => News::Stopped {
+                        why: "the workers stopped before this image was done".into(),
+                        purge: false,
+                    },
                 },
-            },
-            Some(why) = unserved => News::Stopped { why, purge: true },
+                Some(why) = unserved => return News::Stopped { why, purge: true },
+                () = quiet => self.look_for_lost().await,
+            }
+        }
+    }
+
+    /// Publishes again the tasks that left the queue with no answer the run could still
+    /// read, or takes in their failures ([`jetstream::ledger`]). Only once the run has
+    /// read every event stored for it when they were found gone; until then, the next
+    /// quiet moment asks again.
+    async fn look_for_lost(&mut self) {
+        let (Some(fleet), Events::Fleet(feed)) = (&self.fleet, &self.events) else {
+            return;
+        };
+        match fleet.publisher.missing(&fleet.job).await {
+            Ok(missing) if missing.gone.is_empty() => {}
+            Ok(missing) if feed.read_through() >= missing.through => {
+                let failed = fleet.publisher.recover(missing).await;
+                self.lost.extend(failed);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("looking for tasks whose answers went missing: {e}"),
         }
     }
 
@@ -217,7 +273,7 @@ impl Bus {
             watch.abort();
         }
         self.queue.close().await;
-        if let (true, Some((client, job))) = (interrupted, &self.fleet)
+        if let (true, Some(Fleet { client, job, .. })) = (interrupted, &self.fleet)
             && let Err(e) = jetstream::purge_run(client.clone(), job).await
         {
             tracing::warn!("purging the interrupted run {job}: {e}");
@@ -245,6 +301,7 @@ impl Bus {
             workers: None,
             unserved: None,
             fleet: None,
+            lost: VecDeque::new(),
         }
     }
 }

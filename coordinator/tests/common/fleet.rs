@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{Env, push_image, registry};
+use super::{Env, index_digests, push_image, registry, sha, skopeo_raw};
 
 /// Any child process, killed (SIGKILL) and reaped when dropped.
 pub struct Killed(pub Child);
@@ -294,4 +294,52 @@ pub fn serve(nats: &str, listen: &str, log: &Path, args: &[&str], envs: &[(&str,
         let _ = hangar_loadtest::services::wait_for_port(&listen_at, Duration::from_secs(30));
         child
     }))
+}
+
+/// `submit` of `list` through the fleet at `nats` into the destination's `chaos` project, as
+/// a child process with its output piped.
+pub fn submit_child(env: &Env, list: &std::path::Path, nats: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "submit",
+            list.to_str().unwrap(),
+            "--tls-verify=false",
+            "-j",
+            "4",
+            "--destination-project",
+            "chaos",
+        ])
+        .args([
+            "-d",
+            &env.dst.addr,
+            "--nats",
+            nats,
+            "-o",
+            env.path("failed.txt").to_str().unwrap(),
+        ])
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("submit")
+}
+
+/// Every image of `slow_source(env, n)` is in the destination with the source's digest.
+pub fn assert_all_copied(env: &Env, n: u64) {
+    for i in 0..n {
+        let src = skopeo_raw(&format!("{}/chaos/app-{i}:v1", env.src.addr)).unwrap();
+        let dst = skopeo_raw(&format!("{}/chaos/app-{i}:v1", env.dst.addr)).expect("copied");
+        assert_eq!(index_digests(&dst), vec![sha(&src)], "chaos/app-{i}");
+    }
+}
+
+/// A plain client of the test's nats-server.
+pub async fn nats_client(nats: &hangar_loadtest::services::NatsProcess) -> async_nats::Client {
+    use hangar_shared::queue::jetstream::{self, NatsOptions};
+    jetstream::connect(&NatsOptions {
+        url: nats.url(),
+        ..Default::default()
+    })
+    .await
+    .expect("connect to nats-server")
 }

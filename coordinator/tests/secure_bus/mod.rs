@@ -288,7 +288,7 @@ pub fn envelope(job: &str, id: u64, task: Task) -> TaskEnvelope {
 }
 
 /// The next final event of `job`.
-pub async fn final_event(events: &mut tokio::sync::mpsc::Receiver<Event>) -> Event {
+pub async fn final_event(events: &mut hangar_shared::queue::jetstream::EventFeed) -> Event {
     loop {
         let e = tokio::time::timeout(Duration::from_secs(60), events.recv())
             .await

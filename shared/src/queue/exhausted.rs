@@ -6,16 +6,16 @@
 //! their own, `HANGAR_ADVISORIES`, and the publisher reads it from where it started: an
 //! advisory sent while it was away is read when it is back.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull, stream};
 use futures_util::StreamExt;
 
+use super::jetstream::ledger::{Ledger, Sent};
 use super::jetstream::{TASK_STREAM, event_subject, storage};
 use crate::error::{Error, FailureClass, Result};
-use crate::task::{Event, EventKind, TaskId};
+use crate::task::{Event, EventKind};
 
 pub const ADVISORY_STREAM: &str = "HANGAR_ADVISORIES";
 
@@ -23,15 +23,7 @@ fn advisory_subject() -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASK_STREAM}.*")
 }
 
-/// A task this process published, by its stream sequence.
-#[derive(Debug, Clone)]
-pub struct Sent {
-    pub job: String,
-    pub id: TaskId,
-    pub nonce: u64,
-}
-
-pub type SentTasks = Arc<std::sync::Mutex<HashMap<u64, Sent>>>;
+pub type SentTasks = Arc<std::sync::Mutex<Ledger>>;
 
 #[derive(serde::Deserialize)]
 struct MaxDeliveries {
@@ -93,7 +85,7 @@ async fn read(js: &jetstream::Context, sent: &SentTasks, start: u64) -> Result<(
         let Ok(adv) = serde_json::from_slice::<MaxDeliveries>(&msg.payload) else {
             continue;
         };
-        let Some(task) = sent.lock().ok().and_then(|mut s| s.remove(&adv.stream_seq)) else {
+        let Some(task) = sent.lock().ok().and_then(|mut s| s.take(adv.stream_seq)) else {
             continue;
         };
         fail_for_good(js, task, adv.deliveries as u32).await;

@@ -82,9 +82,34 @@ impl EventSink for JetStreamSink {
 /// Events read ahead of the run that takes them in; past them the stream is not read on.
 const EVENTS_AHEAD: usize = 1024;
 
+/// A job's events as the run takes them in, and how far into the stream that is.
+pub struct EventFeed {
+    rx: mpsc::Receiver<(u64, Option<Event>)>,
+    read_through: u64,
+}
+
+impl EventFeed {
+    /// The next event, or `None` once the stream can no longer be read.
+    pub async fn recv(&mut self) -> Option<Event> {
+        loop {
+            let (seq, event) = self.rx.recv().await?;
+            self.read_through = seq;
+            if let Some(event) = event {
+                return Some(event);
+            }
+        }
+    }
+
+    /// The stream sequence of the last message of the job's subject taken in (an
+    /// unreadable one too: whatever is stored after it is still to come).
+    pub fn read_through(&self) -> u64 {
+        self.read_through
+    }
+}
+
 /// Follows a job's events from the start of the stream into a channel, no faster than
 /// the receiver takes them (however many the bus holds, only [`EVENTS_AHEAD`] are here).
-pub async fn follow_events(client: async_nats::Client, job: &str) -> Result<mpsc::Receiver<Event>> {
+pub async fn follow_events(client: async_nats::Client, job: &str) -> Result<EventFeed> {
     let js = jetstream::new(client);
     ensure_streams(&js).await?;
     let stream = js.get_stream(EVENT_STREAM).await.map_err(bus)?;
@@ -100,12 +125,17 @@ pub async fn follow_events(client: async_nats::Client, job: &str) -> Result<mpsc
     tokio::spawn(async move {
         while let Some(msg) = messages.next().await {
             let Ok(msg) = msg else { continue };
-            if let Ok(event) = serde_json::from_slice::<Event>(&msg.payload)
-                && tx.send(event).await.is_err()
-            {
+            let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
+                continue;
+            };
+            let event = serde_json::from_slice::<Event>(&msg.payload).ok();
+            if tx.send((seq, event)).await.is_err() {
                 return;
             }
         }
     });
-    Ok(rx)
+    Ok(EventFeed {
+        rx,
+        read_through: 0,
+    })
 }

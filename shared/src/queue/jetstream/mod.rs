@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{Mutex, mpsc};
 
@@ -29,11 +30,12 @@ use crate::task::{TaskEnvelope, TaskKind};
 mod connect;
 mod events;
 mod lane;
+pub mod ledger;
 pub mod storage;
 pub mod unserved;
 
 pub use connect::{NatsOptions, connect, inbox_prefix, redact_url};
-pub use events::{JetStreamSink, follow_events};
+pub use events::{EventFeed, JetStreamSink, follow_events};
 pub use lane::{Lane, QUICK_BLOB_SLOTS};
 
 pub const TASK_STREAM: &str = "HANGAR_TASKS";
@@ -135,12 +137,14 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<()> {
     Ok(())
 }
 
-use super::exhausted::{self, Sent, SentTasks};
+use super::exhausted;
+use ledger::Sent;
 
 pub struct JetStreamQueue {
     js: jetstream::Context,
     ack_wait: Duration,
-    sent: SentTasks,
+    /// What this publisher sent and has had no answer for ([`ledger`]).
+    sent: exhausted::SentTasks,
     /// The lanes and runs of the tasks this publisher sent, for [`Self::unserved`].
     kinds: std::sync::Mutex<std::collections::BTreeSet<(Lane, String)>>,
     /// Deliveries pulled by the per-kind fetchers, for `next`.
@@ -171,7 +175,7 @@ impl JetStreamQueue {
         if let Err(e) = storage::bring_to_bounds(&js).await {
             tracing::warn!("bounding the bus's streams and buckets: {e}");
         }
-        let sent: SentTasks = Arc::default();
+        let sent: exhausted::SentTasks = Arc::default();
         let watcher = tokio::spawn(exhausted::watch(js.clone(), sent.clone(), start, delay));
         Ok(Self {
             js,
@@ -231,6 +235,38 @@ impl JetStreamQueue {
 }
 
 impl JetStreamQueue {
+    /// Publishes `publish` on `subject` and gives its sequence in the task stream. A server
+    /// restart is survived: the client reconnects and the same message id makes a repeated
+    /// publish harmless.
+    async fn send(
+        &self,
+        subject: String,
+        publish: jetstream::message::PublishMessage,
+        key: &str,
+    ) -> Result<u64> {
+        let mut delay = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        loop {
+            let attempt = async {
+                self.js
+                    .send_publish(subject.clone(), publish.clone())
+                    .await
+                    .map_err(bus)?
+                    .await
+                    .map_err(bus)
+            };
+            match attempt.await {
+                Ok(ack) => return Ok(ack.sequence),
+                Err(e) if tokio::time::Instant::now() + delay > deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!("publishing task {key}: {e}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     /// The lanes of the tasks this publisher sent that no worker pulls now
     /// ([`unserved::lanes`]).
     pub async fn unserved(&self) -> Result<Vec<Lane>> {
@@ -368,50 +404,30 @@ impl TaskQueue for JetStreamQueue {
         let trace = task.trace.take();
         let payload = serde_json::to_vec(&task).map_err(|e| Error::internal(e.to_string()))?;
         fits(&self.js, &format!("task {}", task.key), payload.len())?;
+        let payload = Bytes::from(payload);
         let mut publish = jetstream::message::PublishMessage::build()
-            .payload(payload.into())
+            .payload(payload.clone())
             .message_id(format!("{}/{}", task.job, task.id));
-        if let Some(trace) = trace {
+        if let Some(trace) = &trace {
             publish = publish.header(TRACEPARENT_HEADER, trace.as_str());
         }
-        // A server restart is survived: the client reconnects and the same message id
-        // makes a repeated publish harmless.
-        let mut delay = Duration::from_millis(100);
-        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
-        loop {
-            let attempt = async {
-                self.js
-                    .send_publish(
-                        task_subject(Lane::of(&task.task), &task.job),
-                        publish.clone(),
-                    )
-                    .await
-                    .map_err(bus)?
-                    .await
-                    .map_err(bus)
-            };
-            match attempt.await {
-                Ok(ack) => {
-                    if let Ok(mut sent) = self.sent.lock() {
-                        sent.insert(
-                            ack.sequence,
-                            Sent {
-                                job: task.job.clone(),
-                                id: task.id,
-                                nonce: task.nonce,
-                            },
-                        );
-                    }
-                    return Ok(());
-                }
-                Err(e) if tokio::time::Instant::now() + delay > deadline => return Err(e),
-                Err(e) => {
-                    tracing::warn!("publishing task {}: {e}; retrying in {delay:?}", task.key);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
+        let subject = task_subject(Lane::of(&task.task), &task.job);
+        let seq = self.send(subject.clone(), publish, &task.key).await?;
+        if let Ok(mut sent) = self.sent.lock() {
+            sent.insert(
+                seq,
+                Sent {
+                    job: task.job.clone(),
+                    id: task.id,
+                    nonce: task.nonce,
+                    subject,
+                    payload,
+                    trace,
+                    again: 0,
+                },
+            );
         }
+        Ok(())
     }
 
     async fn next(&self) -> Option<Delivery> {

@@ -1,0 +1,194 @@
+//! A task that leaves the queue with no answer: a holder of the workers' login that
+//! acknowledges tasks without answering them, or an events stream flooded past its size
+//! that drops answers unread. Either way the task is gone and nothing would settle it; the
+//! run must not wait for ever.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fleet::{assert_all_copied, nats_client, start_fast_failover_worker, submit_child};
+use common::*;
+use hangar_loadtest::queue_bench::sample_task;
+use hangar_loadtest::services::NatsProcess;
+use hangar_shared::queue::jetstream::{self, JetStreamQueue, JetStreamSink};
+use hangar_shared::queue::{EventSink, TaskQueue};
+use hangar_shared::task::{Event, EventKind, Outcome, TaskKind};
+
+async fn next(queue: &JetStreamQueue) -> hangar_shared::queue::Delivery {
+    tokio::time::timeout(Duration::from_secs(30), queue.next())
+        .await
+        .expect("a delivery within 30 s")
+        .expect("the queue is open")
+}
+
+/// The publisher's side: a task in hand is not missing; acknowledged with no answer, it
+/// is found gone and published once more (same id and nonce); lost again, it is reported
+/// failed. A task whose answer is stored is missing only until the run has read that far.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_acknowledged_without_an_answer_is_published_again_then_failed() {
+    let nats = NatsProcess::start().expect("nats-server");
+    let client = nats_client(&nats).await;
+    let rogue = JetStreamQueue::consumer(
+        client.clone(),
+        &[(TaskKind::Blob, 1)],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
+    let mut events = jetstream::follow_events(client.clone(), "lost.r1")
+        .await
+        .unwrap();
+    let task = sample_task("lost.r1", 7);
+    publisher.publish(task.clone()).await.unwrap();
+
+    let first = next(&rogue).await;
+    assert_eq!(first.task.id, 7);
+    let missing = publisher.missing("lost.r1").await.unwrap();
+    assert!(missing.gone.is_empty(), "in a worker's hands: {missing:?}");
+    first.ack().await.unwrap();
+
+    let missing = publisher.missing("lost.r1").await.unwrap();
+    assert_eq!(missing.gone.len(), 1, "acknowledged, unanswered");
+    assert_eq!(missing.through, 0, "no event was stored for the run");
+    assert!(
+        publisher.recover(missing).await.is_empty(),
+        "published again, not failed"
+    );
+    let again = next(&rogue).await;
+    assert_eq!(
+        (again.task.id, again.task.nonce, again.attempt),
+        (7, task.nonce, 1),
+        "the same task, as a new message"
+    );
+    again.ack().await.unwrap();
+
+    let failed = publisher
+        .recover(publisher.missing("lost.r1").await.unwrap())
+        .await;
+    assert_eq!(failed.len(), 1, "lost twice: {failed:?}");
+    assert_eq!((failed[0].task, failed[0].nonce), (7, task.nonce));
+    match &failed[0].kind {
+        EventKind::Failed { last, message, .. } => {
+            assert!(last);
+            assert!(message.contains("left the queue 2 times"), "{message}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(
+        publisher.missing("lost.r1").await.unwrap().gone.is_empty(),
+        "a task reported failed is looked after no more"
+    );
+
+    // Answered as workers do: the event is stored, then the task acknowledged.
+    let answered = sample_task("lost.r1", 8);
+    publisher.publish(answered.clone()).await.unwrap();
+    let d = next(&rogue).await;
+    JetStreamSink::new(client.clone())
+        .emit(Event::done(&answered, Outcome::BlobPresent))
+        .await
+        .unwrap();
+    d.ack().await.unwrap();
+    let missing = publisher.missing("lost.r1").await.unwrap();
+    assert_eq!(missing.gone.len(), 1, "its answer is not read yet");
+    assert!(missing.through > events.read_through());
+    let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+        .await
+        .expect("the answer within 30 s")
+        .expect("stream open");
+    assert!(events.read_through() >= missing.through);
+    publisher.answered(&event);
+    assert!(
+        publisher.missing("lost.r1").await.unwrap().gone.is_empty(),
+        "answered"
+    );
+
+    // Answered, then the answer dropped unread, as a flooded events stream drops its
+    // oldest: the task is published again.
+    let dropped = sample_task("lost.r1", 9);
+    publisher.publish(dropped.clone()).await.unwrap();
+    let d = next(&rogue).await;
+    JetStreamSink::new(client.clone())
+        .emit(Event::done(&dropped, Outcome::BlobPresent))
+        .await
+        .unwrap();
+    d.ack().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(jetstream::EVENT_STREAM).await.unwrap();
+    let last = stream
+        .get_last_raw_message_by_subject("hangar.event.lost.r1")
+        .await
+        .unwrap();
+    stream.delete_message(last.sequence).await.unwrap();
+    let missing = publisher.missing("lost.r1").await.unwrap();
+    assert_eq!(missing.gone.len(), 1);
+    assert!(
+        events.read_through() >= missing.through,
+        "every event still stored is read"
+    );
+    assert!(publisher.recover(missing).await.is_empty());
+    let again = next(&rogue).await;
+    assert_eq!((again.task.id, again.task.nonce), (9, dropped.nonce));
+}
+
+/// A whole run: before any worker starts, a rogue holding the workers' login takes the
+/// first blob task and acknowledges it without a word. The job still ends, every image
+/// copied: once the run is quiet, the lost task is published again and a real worker does
+/// it. (Without this the run waited for ever.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_task_a_rogue_acknowledged_still_copies_everything() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let src = registry(&env.src.addr).await;
+    let mut lines = Vec::new();
+    for i in 0..3u64 {
+        push_image(
+            &src,
+            env.dir.path(),
+            &format!("chaos/app-{i}"),
+            Some("v1"),
+            hangar_loadtest::seed::Format::Oci,
+            "amd64",
+            (&[2000 + i], 200_000),
+        )
+        .await;
+        lines.push(format!("{}/chaos/app-{i}:v1", env.src.addr));
+    }
+    let list = env.write_list("list.txt", &lines);
+    let client = nats_client(&nats).await;
+    let rogue = JetStreamQueue::consumer(
+        client.clone(),
+        &[(TaskKind::Blob, 1)],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let mut submit = submit_child(&env, &list, &nats.url());
+    let taken = next(&rogue).await;
+    taken.ack().await.unwrap();
+    // What else it pulled goes back to the queue.
+    rogue.close().await;
+    let _worker = start_fast_failover_worker(&nats.url(), env.path("worker.log"));
+
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = submit.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = submit.kill();
+            let out = submit.wait_with_output().unwrap();
+            panic!("the run waited on its lost task:\n{}", text(&out));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let out = submit.wait_with_output().unwrap();
+    assert!(status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("published again"),
+        "the run says what it did:\n{}",
+        text(&out)
+    );
+    assert_all_copied(&env, 3);
+}

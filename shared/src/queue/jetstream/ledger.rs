@@ -1,0 +1,285 @@
+//! What a publisher sent and has had no answer for, and what it does about a task that
+//! left the queue without one.
+//!
+//! A worker acknowledges a task only once its answer is stored in the events stream, so a
+//! task gone from the work queue has its answer there, stored before the moment it was
+//! found gone. Two things break that: a holder of the workers' login that acknowledges a
+//! task without answering, and an events stream flooded past its size, which drops its
+//! oldest events whether or not anyone read them. Either way the run would wait for ever.
+//!
+//! So when a run has been quiet, its publisher looks at its oldest unanswered tasks
+//! ([`JetStreamQueue::missing`]). A task gone from the queue whose answer the run has not
+//! read, though it has read every event stored for it up to then, is published once more;
+//! lost a second time, it is reported failed ([`JetStreamQueue::recover`]). Tasks are
+//! idempotent, and its nonce is the one it had: an answer to the first publication that
+//! turns up after all settles it just the same.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
+use bytes::Bytes;
+
+use super::{EVENT_STREAM, TASK_STREAM, bus, event_subject};
+use crate::error::{FailureClass, Result};
+use crate::task::{Event, EventKind, TaskId};
+
+/// Unanswered tasks looked at in one check, the oldest first: one request each.
+const LOOKED_AT: usize = 256;
+/// Publications of one task whose answers went missing before it is reported failed.
+const REPUBLISHED_AT_MOST: u32 = 1;
+
+/// A task this process published and has had no answer for.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub job: String,
+    pub id: TaskId,
+    pub nonce: u64,
+    /// Where and what it was published: what a second publication sends.
+    pub subject: String,
+    pub payload: Bytes,
+    pub trace: Option<String>,
+    /// Times it was published again after its answer went missing.
+    pub again: u32,
+}
+
+/// Unanswered tasks by their sequence in the task stream (which is what the server's
+/// max-deliveries advisories name) and by job and id (which is what events name).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    by_seq: BTreeMap<u64, Sent>,
+    by_task: HashMap<(String, TaskId), u64>,
+}
+
+impl Ledger {
+    pub fn insert(&mut self, seq: u64, sent: Sent) {
+        if let Some(old) = self.by_task.insert((sent.job.clone(), sent.id), seq) {
+            self.by_seq.remove(&old);
+        }
+        self.by_seq.insert(seq, sent);
+    }
+
+    /// The task published at `seq`, no longer looked after here.
+    pub fn take(&mut self, seq: u64) -> Option<Sent> {
+        let sent = self.by_seq.remove(&seq)?;
+        self.by_task.remove(&(sent.job.clone(), sent.id));
+        Some(sent)
+    }
+
+    /// Settles the task `event` answers, when it carries the task's nonce: an event without
+    /// it is not about the task, whatever it says.
+    pub fn answered(&mut self, event: &Event) {
+        let answers = matches!(
+            event.kind,
+            EventKind::Done { .. } | EventKind::Failed { last: true, .. }
+        );
+        if !answers {
+            return;
+        }
+        let Some(&seq) = self.by_task.get(&(event.job.clone(), event.task)) else {
+            return;
+        };
+        if self
+            .by_seq
+            .get(&seq)
+            .is_some_and(|s| s.nonce == event.nonce)
+        {
+            self.take(seq);
+        }
+    }
+
+    fn oldest(&self, job: &str, n: usize) -> Vec<u64> {
+        self.by_seq
+            .iter()
+            .filter(|(_, s)| s.job == job)
+            .map(|(seq, _)| *seq)
+            .take(n)
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_seq.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+}
+
+/// Unanswered tasks gone from the task queue, and the last event stored for their run
+/// when they were found gone: once the run has read that far, their answers are lost.
+#[derive(Debug, Default)]
+pub struct Missing {
+    pub gone: Vec<u64>,
+    pub through: u64,
+}
+
+impl super::JetStreamQueue {
+    /// Settles, in this publisher's ledger, the task `event` answers.
+    pub fn answered(&self, event: &Event) {
+        if let Ok(mut ledger) = self.sent.lock() {
+            ledger.answered(event);
+        }
+    }
+
+    /// Of `job`'s oldest unanswered tasks ([`LOOKED_AT`] at most), those no longer in the
+    /// task queue; then the last event stored for `job`, asked after them so that every
+    /// answer they were given comes before it.
+    pub async fn missing(&self, job: &str) -> Result<Missing> {
+        let oldest = match self.sent.lock() {
+            Ok(ledger) => ledger.oldest(job, LOOKED_AT),
+            Err(_) => return Ok(Missing::default()),
+        };
+        if oldest.is_empty() {
+            return Ok(Missing::default());
+        }
+        let tasks = self.js.get_stream(TASK_STREAM).await.map_err(bus)?;
+        let mut gone = Vec::new();
+        for seq in oldest {
+            match tasks.get_raw_message(seq).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => gone.push(seq),
+                Err(e) => return Err(bus(e)),
+            }
+        }
+        if gone.is_empty() {
+            return Ok(Missing::default());
+        }
+        let events = self.js.get_stream(EVENT_STREAM).await.map_err(bus)?;
+        let through = match events
+            .get_last_raw_message_by_subject(&event_subject(job))
+            .await
+        {
+            Ok(last) => last.sequence,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(e) => return Err(bus(e)),
+        };
+        Ok(Missing { gone, through })
+    }
+
+    /// Publishes again each task of `missing` still unanswered, under a message id of its
+    /// own (the first one's would be taken for a duplicate); gives a final failure for each
+    /// one already published again.
+    pub async fn recover(&self, missing: Missing) -> Vec<Event> {
+        let mut failed = Vec::new();
+        for seq in missing.gone {
+            let Some(mut sent) = self.sent.lock().ok().and_then(|mut l| l.take(seq)) else {
+                continue;
+            };
+            if sent.again >= REPUBLISHED_AT_MOST {
+                tracing::warn!(
+                    "task {}/{} left the queue again with no answer: reported failed",
+                    sent.job,
+                    sent.id
+                );
+                failed.push(lost_for_good(&sent));
+                continue;
+            }
+            sent.again += 1;
+            tracing::warn!(
+                "task {}/{} left the queue with no answer in the events stream: published again",
+                sent.job,
+                sent.id
+            );
+            let mut publish = jetstream::message::PublishMessage::build()
+                .payload(sent.payload.clone())
+                .message_id(format!("{}/{}/again-{}", sent.job, sent.id, sent.again));
+            if let Some(trace) = &sent.trace {
+                publish = publish.header(super::TRACEPARENT_HEADER, trace.as_str());
+            }
+            let key = format!("{}/{}", sent.job, sent.id);
+            match self.send(sent.subject.clone(), publish, &key).await {
+                Ok(seq) => {
+                    if let Ok(mut ledger) = self.sent.lock() {
+                        ledger.insert(seq, sent);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("publishing task {key} again: {e}");
+                    failed.push(lost_for_good(&sent));
+                }
+            }
+        }
+        failed
+    }
+}
+
+fn lost_for_good(sent: &Sent) -> Event {
+    Event {
+        job: sent.job.clone(),
+        task: sent.id,
+        nonce: sent.nonce,
+        kind: EventKind::Failed {
+            class: FailureClass::Internal,
+            message: format!(
+                "this task left the queue {} times with no answer: a worker acknowledged it \
+                 without answering, or the events stream dropped its answer (its size is \
+                 shared by every holder of the workers' login)",
+                sent.again + 1
+            ),
+            attempt: sent.again + 1,
+            last: true,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(id: TaskId, nonce: u64) -> Sent {
+        Sent {
+            job: "j.r1".into(),
+            id,
+            nonce,
+            subject: "hangar.task.blob.j.r1".into(),
+            payload: Bytes::new(),
+            trace: None,
+            again: 0,
+        }
+    }
+
+    fn done(id: TaskId, nonce: u64) -> Event {
+        Event {
+            job: "j.r1".into(),
+            task: id,
+            nonce,
+            kind: EventKind::Done {
+                outcome: crate::task::Outcome::BlobPresent,
+            },
+        }
+    }
+
+    #[test]
+    fn only_an_answer_with_the_tasks_nonce_settles_it() {
+        let mut ledger = Ledger::default();
+        ledger.insert(10, sent(1, 77));
+        ledger.insert(11, sent(2, 88));
+        ledger.answered(&done(1, 78));
+        assert_eq!(ledger.len(), 2, "a forged nonce settles nothing");
+        let mut retry = done(1, 77);
+        retry.kind = EventKind::Failed {
+            class: FailureClass::Network,
+            message: "again".into(),
+            attempt: 1,
+            last: false,
+        };
+        ledger.answered(&retry);
+        assert_eq!(ledger.len(), 2, "a failure to be retried is no answer");
+        ledger.answered(&done(1, 77));
+        assert_eq!(ledger.oldest("j.r1", 10), vec![11]);
+        assert!(ledger.take(10).is_none());
+    }
+
+    #[test]
+    fn a_task_published_again_is_known_by_its_new_sequence_only() {
+        let mut ledger = Ledger::default();
+        ledger.insert(10, sent(1, 77));
+        let mut again = ledger.take(10).expect("sent");
+        again.again = 1;
+        ledger.insert(30, again);
+        assert!(ledger.take(10).is_none());
+        assert_eq!(ledger.oldest("j.r1", 10), vec![30]);
+        ledger.answered(&done(1, 77));
+        assert!(ledger.is_empty());
+    }
+}
