@@ -67,6 +67,10 @@ impl Ledger {
 
     /// Settles the task `event` answers, when it carries the task's nonce: an event without
     /// it is not about the task, whatever it says.
+    ///
+    /// An answer taken before its task's [`Ledger::insert`] would leave an entry nothing
+    /// settles: runs publish and read events in one loop, so an answer is taken only once
+    /// its publication has returned.
     pub fn answered(&mut self, event: &Event) {
         let answers = matches!(
             event.kind,
@@ -159,47 +163,61 @@ impl super::JetStreamQueue {
     /// Publishes again each task of `missing` still unanswered, under a message id of its
     /// own (the first one's would be taken for a duplicate); gives a final failure for each
     /// one already published again.
+    ///
+    /// Safe to drop at any await (a run's `select!` does): the ledger changes only once a
+    /// publication is acknowledged, and the failures are taken out of it in one go at the
+    /// end. Sent again after a drop, a publication keeps its message id, so the server
+    /// keeps one of the two.
     pub async fn recover(&self, missing: Missing) -> Vec<Event> {
-        let mut failed = Vec::new();
+        let mut lost = Vec::new();
         for seq in missing.gone {
-            let Some(mut sent) = self.sent.lock().ok().and_then(|mut l| l.take(seq)) else {
+            let Some(sent) = self
+                .sent
+                .lock()
+                .ok()
+                .and_then(|l| l.by_seq.get(&seq).cloned())
+            else {
                 continue;
             };
+            let key = format!("{}/{}", sent.job, sent.id);
             if sent.again >= REPUBLISHED_AT_MOST {
-                tracing::warn!(
-                    "task {}/{} left the queue again with no answer: reported failed",
-                    sent.job,
-                    sent.id
-                );
-                failed.push(lost_for_good(&sent));
+                tracing::warn!("task {key} left the queue again with no answer: reported failed");
+                lost.push(seq);
                 continue;
             }
-            sent.again += 1;
-            tracing::warn!(
-                "task {}/{} left the queue with no answer in the events stream: published again",
-                sent.job,
-                sent.id
-            );
+            let again = sent.again + 1;
             let mut publish = jetstream::message::PublishMessage::build()
                 .payload(sent.payload.clone())
-                .message_id(format!("{}/{}/again-{}", sent.job, sent.id, sent.again));
+                .message_id(format!("{key}/again-{again}"));
             if let Some(trace) = &sent.trace {
                 publish = publish.header(super::TRACEPARENT_HEADER, trace.as_str());
             }
-            let key = format!("{}/{}", sent.job, sent.id);
             match self.send(sent.subject.clone(), publish, &key).await {
-                Ok(seq) => {
-                    if let Ok(mut ledger) = self.sent.lock() {
-                        ledger.insert(seq, sent);
+                Ok(new_seq) => {
+                    tracing::warn!(
+                        "task {key} left the queue with no answer in the events stream: \
+                         published again"
+                    );
+                    if let Ok(mut ledger) = self.sent.lock()
+                        && let Some(mut sent) = ledger.take(seq)
+                    {
+                        sent.again = again;
+                        ledger.insert(new_seq, sent);
                     }
                 }
                 Err(e) => {
                     tracing::warn!("publishing task {key} again: {e}");
-                    failed.push(lost_for_good(&sent));
+                    lost.push(seq);
                 }
             }
         }
-        failed
+        let Ok(mut ledger) = self.sent.lock() else {
+            return Vec::new();
+        };
+        lost.into_iter()
+            .filter_map(|seq| ledger.take(seq))
+            .map(|sent| lost_for_good(&sent))
+            .collect()
     }
 }
 
