@@ -192,3 +192,64 @@ async fn a_run_whose_task_a_rogue_acknowledged_still_copies_everything() {
     );
     assert_all_copied(&env, 3);
 }
+
+/// A task whose deliveries ran out is reported failed from the server's advisory; when
+/// that failure is dropped unread (a flooded events stream), the run still ends it: the
+/// ledger keeps the task until its failure is read, and a quiet run takes it from there.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exhausted_tasks_failure_dropped_unread_is_still_taken_in() {
+    let nats = NatsProcess::start().expect("nats-server");
+    let client = nats_client(&nats).await;
+    let hung = JetStreamQueue::consumer(
+        client.clone(),
+        &[(TaskKind::Blob, 1)],
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
+    let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
+    let task = sample_task("drop.r1", 5);
+    publisher.publish(task.clone()).await.unwrap();
+    let taker = tokio::spawn(async move {
+        while let Some(d) = hung.next().await {
+            drop(d);
+        }
+    });
+    // The advisory's failure lands in the events stream; a flood drops it.
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(jetstream::EVENT_STREAM).await.unwrap();
+    let started = std::time::Instant::now();
+    let failure = loop {
+        if let Ok(m) = stream
+            .get_last_raw_message_by_subject("hangar.event.drop.r1")
+            .await
+        {
+            break m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no advisory failure"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stream.delete_message(failure.sequence).await.unwrap();
+    taker.abort();
+
+    let missing = publisher.missing("drop.r1").await.unwrap();
+    assert_eq!(
+        missing.gone.len(),
+        1,
+        "still in the queue, but never delivered again"
+    );
+    assert_eq!(missing.through, 0, "no event left for the run");
+    let failed = publisher.recover(missing).await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((failed[0].task, failed[0].nonce), (5, task.nonce));
+    match &failed[0].kind {
+        EventKind::Failed { last, message, .. } => {
+            assert!(last);
+            assert!(message.contains("no worker answered"), "{message}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}

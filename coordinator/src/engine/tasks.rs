@@ -124,10 +124,14 @@ struct Fleet {
     job: String,
     /// What the run sent and has had no answer for ([`jetstream::ledger`]).
     publisher: Arc<JetStreamQueue>,
+    /// When the run looks for tasks that left the queue with no answer, unless an answer
+    /// settles one of its tasks before. Only an answer moves it: anyone holding the
+    /// workers' login can send the run other events, forged ones included.
+    look_at: tokio::time::Instant,
 }
 
-/// How long a fleet run goes without an event before it looks for tasks that left the
-/// queue with no answer, and again as long as it stays quiet.
+/// How long a fleet run goes without an answer before it looks for tasks that left the
+/// queue with no answer, and again as long as none comes.
 const QUIET: Duration = Duration::from_secs(10);
 
 impl Bus {
@@ -203,6 +207,7 @@ impl Bus {
                         client,
                         job: job_id.to_owned(),
                         publisher,
+                        look_at: tokio::time::Instant::now() + QUIET,
                     }),
                     lost: VecDeque::new(),
                 })
@@ -222,17 +227,20 @@ impl Bus {
                     None => None,
                 }
             };
+            let look_at = self.fleet.as_ref().map(|f| f.look_at);
             let quiet = async {
-                match self.fleet {
-                    Some(_) => tokio::time::sleep(QUIET).await,
+                match look_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 event = self.events.recv() => return match event {
                     Some(event) => {
-                        if let Some(fleet) = &self.fleet {
-                            fleet.publisher.answered(&event);
+                        if let Some(fleet) = &mut self.fleet
+                            && fleet.publisher.answered(&event)
+                        {
+                            fleet.look_at = tokio::time::Instant::now() + QUIET;
                         }
                         News::Event(event)
                     }
@@ -252,9 +260,12 @@ impl Bus {
     /// read every event stored for it when they were found gone; until then, the next
     /// quiet moment asks again.
     async fn look_for_lost(&mut self) {
-        let (Some(fleet), Events::Fleet(feed)) = (&self.fleet, &self.events) else {
+        let (Some(fleet), Events::Fleet(feed)) = (&mut self.fleet, &self.events) else {
             return;
         };
+        // Set first: a look dropped half-way (the run's `select!` drops `next`) waits its
+        // turn like any other.
+        fleet.look_at = tokio::time::Instant::now() + QUIET;
         match fleet.publisher.missing(&fleet.job).await {
             Ok(missing) if missing.gone.is_empty() => {}
             Ok(missing) if feed.read_through() >= missing.through => {
@@ -348,5 +359,69 @@ async fn watch_unserved(queue: Arc<JetStreamQueue>, patience: Duration, tx: mpsc
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_loadtest::queue_bench::sample_task;
+    use hangar_loadtest::services::NatsProcess;
+    use hangar_shared::queue::EventSink;
+    use hangar_shared::queue::jetstream::JetStreamSink;
+    use hangar_shared::registry::RegistryOptions;
+    use hangar_shared::task::{Outcome, TaskKind};
+
+    /// A task answered and acknowledged whose answer the run has not taken in yet is not
+    /// lost: the run looks, finds it gone from the queue, sees the run's last event is
+    /// further than it has read, and publishes nothing. Once it has read the answer, the
+    /// task is settled.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_quiet_run_publishes_nothing_again_for_an_answer_it_has_not_read() {
+        let nats = NatsProcess::start().expect("nats-server");
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let worker = JetStreamQueue::consumer(
+            client.clone(),
+            &[(TaskKind::Blob, 1)],
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("consumer");
+        let pool = Arc::new(RegistryPool::new(RegistryOptions::default(), None));
+        let mut bus = Bus::open(
+            Backend::Fleet(client.clone()),
+            "late.r1",
+            Here::new(pool),
+            &Console::new(true),
+        )
+        .await
+        .expect("bus");
+        let task = sample_task("late.r1", 1);
+        bus.queue.publish(task.clone()).await.expect("publish");
+        let delivery = tokio::time::timeout(Duration::from_secs(30), worker.next())
+            .await
+            .expect("delivered")
+            .expect("open");
+        JetStreamSink::new(client.clone())
+            .emit(Event::done(&task, Outcome::BlobPresent))
+            .await
+            .expect("answer");
+        delivery.ack().await.expect("ack");
+
+        bus.look_for_lost().await;
+        assert!(bus.lost.is_empty());
+        let again = tokio::time::timeout(Duration::from_secs(2), worker.next()).await;
+        assert!(
+            again.is_err(),
+            "published again while its answer waited unread"
+        );
+
+        match tokio::time::timeout(Duration::from_secs(30), bus.next()).await {
+            Ok(News::Event(event)) => assert_eq!((event.task, event.nonce), (1, task.nonce)),
+            _ => panic!("the answer"),
+        }
+        let fleet = bus.fleet.as_ref().expect("fleet");
+        let missing = fleet.publisher.missing("late.r1").await.expect("look");
+        assert!(missing.gone.is_empty(), "settled: {missing:?}");
     }
 }

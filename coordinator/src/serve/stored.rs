@@ -1,10 +1,11 @@
 //! How a job is kept in the `hangar-jobs` bucket, so that a restarted coordinator resumes
-//! it. A value is one NATS message (1 MiB by default) and the API takes lists of 2 MiB, so
-//! a list longer than half a message is kept in parts beside its job (`<id>.list.<n>`),
-//! which names their count, size and digest. A list never changes, so every save writes
-//! the same parts: a coordinator killed mid-save leaves the parts the job names. Read back,
-//! they are checked against it: the bucket is the coordinator's alone, but a value that
-//! does not add up is an error naming the job, never a different list.
+//! it. A value is one NATS message (1 MiB by default), the API takes lists of 2 MiB and a
+//! schedule reads them up to 64 MiB, so a list longer than half a message is kept in parts
+//! beside its job (`<id>.list.<n>`), which names their count, size and digest. A list never
+//! changes, so every save writes the same parts: a coordinator killed mid-save leaves the
+//! parts the job names. Read back, they are checked against it: the bucket is the
+//! coordinator's alone, but a value that does not add up is an error naming the job, never
+//! a different list.
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -18,8 +19,13 @@ use crate::engine::job::JobSnapshot;
 const VALUE_MAX: usize = (1 << 20) - 4096;
 /// A list beyond this goes into parts, leaving its job's value room for the snapshot.
 const LIST_INLINE_MAX: usize = VALUE_MAX / 2;
-/// Parts of one list: enough for the largest body the API takes.
-const LIST_PARTS_MAX: usize = super::routes::BODY_LIMIT.div_ceil(VALUE_MAX);
+/// Parts of one list: enough for the largest list a schedule reads (64 MiB; the API takes
+/// 2 MiB bodies).
+const LIST_PARTS_MAX: usize = {
+    let largest = hangar_shared::local_file::LIST as usize;
+    let api = super::routes::BODY_LIMIT;
+    (if largest > api { largest } else { api }).div_ceil(VALUE_MAX)
+};
 
 /// What the bucket keeps per job.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,10 +12,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull, stream};
 use futures_util::StreamExt;
 
-use super::jetstream::ledger::{Ledger, Sent};
+use super::jetstream::ledger::Ledger;
 use super::jetstream::{TASK_STREAM, event_subject, storage};
 use crate::error::{Error, FailureClass, Result};
-use crate::task::{Event, EventKind};
 
 pub const ADVISORY_STREAM: &str = "HANGAR_ADVISORIES";
 
@@ -85,31 +84,22 @@ async fn read(js: &jetstream::Context, sent: &SentTasks, start: u64) -> Result<(
         let Ok(adv) = serde_json::from_slice::<MaxDeliveries>(&msg.payload) else {
             continue;
         };
-        let Some(task) = sent.lock().ok().and_then(|mut s| s.take(adv.stream_seq)) else {
+        // Kept in the ledger until the failure is read back: should it not arrive (a
+        // flooded events stream), the run takes it in from there once quiet.
+        let Some(failure) = sent
+            .lock()
+            .ok()
+            .and_then(|mut s| s.exhausted(adv.stream_seq, adv.deliveries as u32))
+        else {
             continue;
         };
-        fail_for_good(js, task, adv.deliveries as u32).await;
+        if let Ok(payload) = serde_json::to_vec(&failure)
+            && let Ok(ack) = js
+                .publish(event_subject(&failure.job), payload.into())
+                .await
+        {
+            let _ = ack.await;
+        }
     }
     Ok(())
-}
-
-async fn fail_for_good(js: &jetstream::Context, task: Sent, deliveries: u32) {
-    let event = Event {
-        job: task.job.clone(),
-        task: task.id,
-        nonce: task.nonce,
-        kind: EventKind::Failed {
-            class: FailureClass::Internal,
-            message: format!(
-                "no worker answered for this task in {deliveries} deliveries (workers died or hung)"
-            ),
-            attempt: deliveries,
-            last: true,
-        },
-    };
-    if let Ok(payload) = serde_json::to_vec(&event)
-        && let Ok(ack) = js.publish(event_subject(&task.job), payload.into()).await
-    {
-        let _ = ack.await;
-    }
 }

@@ -40,6 +40,9 @@ pub struct Sent {
     pub trace: Option<String>,
     /// Times it was published again after its answer went missing.
     pub again: u32,
+    /// Deliveries after which the server stopped delivering it (its max-deliveries
+    /// advisory): its message stays in the queue, and only its failure can end it.
+    pub exhausted: Option<u32>,
 }
 
 /// Unanswered tasks by their sequence in the task stream (which is what the server's
@@ -71,16 +74,18 @@ impl Ledger {
     /// An answer taken before its task's [`Ledger::insert`] would leave an entry nothing
     /// settles: runs publish and read events in one loop, so an answer is taken only once
     /// its publication has returned.
-    pub fn answered(&mut self, event: &Event) {
+    ///
+    /// Whether it settled one.
+    pub fn answered(&mut self, event: &Event) -> bool {
         let answers = matches!(
             event.kind,
             EventKind::Done { .. } | EventKind::Failed { last: true, .. }
         );
         if !answers {
-            return;
+            return false;
         }
         let Some(&seq) = self.by_task.get(&(event.job.clone(), event.task)) else {
-            return;
+            return false;
         };
         if self
             .by_seq
@@ -88,14 +93,29 @@ impl Ledger {
             .is_some_and(|s| s.nonce == event.nonce)
         {
             self.take(seq);
+            return true;
         }
+        false
     }
 
-    fn oldest(&self, job: &str, n: usize) -> Vec<u64> {
+    /// Marks the task published at `seq` as one the server stopped delivering after
+    /// `deliveries`, and gives its final failure (`None`: not one of ours, or marked
+    /// already).
+    pub fn exhausted(&mut self, seq: u64, deliveries: u32) -> Option<Event> {
+        let sent = self.by_seq.get_mut(&seq)?;
+        if sent.exhausted.is_some() {
+            return None;
+        }
+        sent.exhausted = Some(deliveries);
+        Some(final_failure(sent))
+    }
+
+    /// The first `n` of `job`'s tasks, and whether each is exhausted.
+    fn oldest(&self, job: &str, n: usize) -> Vec<(u64, bool)> {
         self.by_seq
             .iter()
             .filter(|(_, s)| s.job == job)
-            .map(|(seq, _)| *seq)
+            .map(|(seq, s)| (*seq, s.exhausted.is_some()))
             .take(n)
             .collect()
     }
@@ -118,16 +138,16 @@ pub struct Missing {
 }
 
 impl super::JetStreamQueue {
-    /// Settles, in this publisher's ledger, the task `event` answers.
-    pub fn answered(&self, event: &Event) {
-        if let Ok(mut ledger) = self.sent.lock() {
-            ledger.answered(event);
-        }
+    /// Settles, in this publisher's ledger, the task `event` answers; whether it did.
+    pub fn answered(&self, event: &Event) -> bool {
+        self.sent
+            .lock()
+            .is_ok_and(|mut ledger| ledger.answered(event))
     }
 
     /// Of `job`'s oldest unanswered tasks ([`LOOKED_AT`] at most), those no longer in the
-    /// task queue; then the last event stored for `job`, asked after them so that every
-    /// answer they were given comes before it.
+    /// task queue, and those the server stopped delivering; then the last event stored for
+    /// `job`, asked after them so that every answer they were given comes before it.
     pub async fn missing(&self, job: &str) -> Result<Missing> {
         let oldest = match self.sent.lock() {
             Ok(ledger) => ledger.oldest(job, LOOKED_AT),
@@ -138,7 +158,11 @@ impl super::JetStreamQueue {
         }
         let tasks = self.js.get_stream(TASK_STREAM).await.map_err(bus)?;
         let mut gone = Vec::new();
-        for seq in oldest {
+        for (seq, exhausted) in oldest {
+            if exhausted {
+                gone.push(seq);
+                continue;
+            }
             match tasks.get_raw_message(seq).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => gone.push(seq),
@@ -180,6 +204,10 @@ impl super::JetStreamQueue {
                 continue;
             };
             let key = format!("{}/{}", sent.job, sent.id);
+            if sent.exhausted.is_some() {
+                lost.push(seq);
+                continue;
+            }
             if sent.again >= REPUBLISHED_AT_MOST {
                 tracing::warn!("task {key} left the queue again with no answer: reported failed");
                 lost.push(seq);
@@ -216,25 +244,39 @@ impl super::JetStreamQueue {
         };
         lost.into_iter()
             .filter_map(|seq| ledger.take(seq))
-            .map(|sent| lost_for_good(&sent))
+            .map(|sent| final_failure(&sent))
             .collect()
     }
 }
 
-fn lost_for_good(sent: &Sent) -> Event {
+/// How a task the run gives up on ends: its deliveries ran out, or it left the queue once
+/// more than it was published again, each time with no answer.
+fn final_failure(sent: &Sent) -> Event {
+    let (message, attempt) = match sent.exhausted {
+        Some(deliveries) => (
+            format!(
+                "no worker answered for this task in {deliveries} deliveries (workers died or hung)"
+            ),
+            deliveries,
+        ),
+        None => (
+            format!(
+                "this task left the queue {} times with no answer: a worker acknowledged it \
+                 without answering or could not read it, or the events stream dropped its \
+                 answer (its size is shared by every holder of the workers' login)",
+                sent.again + 1
+            ),
+            sent.again + 1,
+        ),
+    };
     Event {
         job: sent.job.clone(),
         task: sent.id,
         nonce: sent.nonce,
         kind: EventKind::Failed {
             class: FailureClass::Internal,
-            message: format!(
-                "this task left the queue {} times with no answer: a worker acknowledged it \
-                 without answering, or the events stream dropped its answer (its size is \
-                 shared by every holder of the workers' login)",
-                sent.again + 1
-            ),
-            attempt: sent.again + 1,
+            message,
+            attempt,
             last: true,
         },
     }
@@ -253,6 +295,7 @@ mod tests {
             payload: Bytes::new(),
             trace: None,
             again: 0,
+            exhausted: None,
         }
     }
 
@@ -284,7 +327,7 @@ mod tests {
         ledger.answered(&retry);
         assert_eq!(ledger.len(), 2, "a failure to be retried is no answer");
         ledger.answered(&done(1, 77));
-        assert_eq!(ledger.oldest("j.r1", 10), vec![11]);
+        assert_eq!(ledger.oldest("j.r1", 10), vec![(11, false)]);
         assert!(ledger.take(10).is_none());
     }
 
@@ -296,8 +339,23 @@ mod tests {
         again.again = 1;
         ledger.insert(30, again);
         assert!(ledger.take(10).is_none());
-        assert_eq!(ledger.oldest("j.r1", 10), vec![30]);
+        assert_eq!(ledger.oldest("j.r1", 10), vec![(30, false)]);
         ledger.answered(&done(1, 77));
+        assert!(ledger.is_empty());
+    }
+
+    #[test]
+    fn an_exhausted_task_stays_until_its_failure_is_read() {
+        let mut ledger = Ledger::default();
+        ledger.insert(10, sent(1, 77));
+        let failure = ledger.exhausted(10, 3).expect("ours");
+        assert!(ledger.exhausted(10, 3).is_none(), "said once");
+        assert!(ledger.exhausted(11, 3).is_none(), "not ours");
+        assert_eq!(ledger.oldest("j.r1", 10), vec![(10, true)]);
+        assert!(
+            ledger.answered(&failure),
+            "its failure, read back, settles it"
+        );
         assert!(ledger.is_empty());
     }
 }

@@ -424,6 +424,7 @@ impl TaskQueue for JetStreamQueue {
                     payload,
                     trace,
                     again: 0,
+                    exhausted: None,
                 },
             );
         }
