@@ -22,6 +22,22 @@ async fn next(queue: &JetStreamQueue) -> hangar_shared::queue::Delivery {
         .expect("the queue is open")
 }
 
+/// Takes the next delivery and answers it as workers do: the event stored, then the task
+/// acknowledged.
+async fn answer_next(
+    client: &async_nats::Client,
+    queue: &JetStreamQueue,
+    task: &hangar_shared::task::TaskEnvelope,
+) {
+    let delivery = next(queue).await;
+    assert_eq!(delivery.task.id, task.id);
+    JetStreamSink::new(client.clone())
+        .emit(Event::done(task, Outcome::BlobPresent))
+        .await
+        .unwrap();
+    delivery.ack().await.unwrap();
+}
+
 /// The publisher's side: a task in hand is not missing; acknowledged with no answer, it
 /// is found gone and published once more (same id and nonce); lost again, it is reported
 /// failed. A task whose answer is stored is missing only until the run has read that far.
@@ -84,12 +100,7 @@ async fn a_task_acknowledged_without_an_answer_is_published_again_then_failed() 
     // Answered as workers do: the event is stored, then the task acknowledged.
     let answered = sample_task("lost.r1", 8);
     publisher.publish(answered.clone()).await.unwrap();
-    let d = next(&rogue).await;
-    JetStreamSink::new(client.clone())
-        .emit(Event::done(&answered, Outcome::BlobPresent))
-        .await
-        .unwrap();
-    d.ack().await.unwrap();
+    answer_next(&client, &rogue, &answered).await;
     let missing = publisher.missing("lost.r1").await.unwrap();
     assert_eq!(missing.gone.len(), 1, "its answer is not read yet");
     assert!(missing.through > events.read_through());
@@ -108,12 +119,7 @@ async fn a_task_acknowledged_without_an_answer_is_published_again_then_failed() 
     // oldest: the task is published again.
     let dropped = sample_task("lost.r1", 9);
     publisher.publish(dropped.clone()).await.unwrap();
-    let d = next(&rogue).await;
-    JetStreamSink::new(client.clone())
-        .emit(Event::done(&dropped, Outcome::BlobPresent))
-        .await
-        .unwrap();
-    d.ack().await.unwrap();
+    answer_next(&client, &rogue, &dropped).await;
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream(jetstream::EVENT_STREAM).await.unwrap();
     let last = stream
