@@ -259,3 +259,72 @@ async fn an_exhausted_tasks_failure_dropped_unread_is_still_taken_in() {
         other => panic!("expected a failure, got {other:?}"),
     }
 }
+
+/// A worker holding a task for ever (here a nak with a delay of a day; work in progress
+/// sent without end is the same) no longer holds its run: the task queue has a max age (a
+/// day; given to a stream an older version made, too), past which the message is gone
+/// with no answer, and the run publishes it again. The test shortens the age, as an
+/// operator could.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_held_for_ever_leaves_the_queue_at_its_max_age_and_is_published_again() {
+    use async_nats::jetstream::stream;
+    let nats = NatsProcess::start().expect("nats-server");
+    let client = nats_client(&nats).await;
+    let js = async_nats::jetstream::new(client.clone());
+    // The task stream as an older version made it: no max age.
+    js.create_stream(stream::Config {
+        name: jetstream::TASK_STREAM.into(),
+        subjects: vec!["hangar.task.>".into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rogue = JetStreamQueue::consumer(
+        client.clone(),
+        &[(TaskKind::Blob, 1)],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
+    let mut tasks = js.get_stream(jetstream::TASK_STREAM).await.unwrap();
+    let config = tasks.info().await.unwrap().config.clone();
+    assert_eq!(config.max_age, jetstream::storage::TASKS_MAX_AGE);
+    let shortened = |age: Duration| stream::Config {
+        max_age: age,
+        duplicate_window: age.min(Duration::from_secs(120)),
+        ..config.clone()
+    };
+    js.update_stream(shortened(Duration::from_secs(2)))
+        .await
+        .unwrap();
+
+    let task = sample_task("held.r1", 3);
+    publisher.publish(task.clone()).await.unwrap();
+    let held = next(&rogue).await;
+    held.nak(Duration::from_secs(24 * 3600)).await.unwrap();
+    let started = std::time::Instant::now();
+    let missing = loop {
+        let missing = publisher.missing("held.r1").await.unwrap();
+        if !missing.gone.is_empty() {
+            break missing;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the held task never left the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    js.update_stream(shortened(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert!(publisher.recover(missing).await.is_empty());
+    let again = next(&rogue).await;
+    assert_eq!(
+        (again.task.id, again.task.nonce, again.attempt),
+        (3, task.nonce, 1)
+    );
+}

@@ -273,7 +273,12 @@ impl Bus {
                 self.lost.extend(failed);
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!("looking for tasks whose answers went missing: {e}"),
+            // NATS restarting, or a coordinator whose permissions predate the look: said,
+            // and asked again in a minute rather than every quiet moment.
+            Err(e) => {
+                tracing::warn!("looking for tasks whose answers went missing: {e}");
+                fleet.look_at = tokio::time::Instant::now() + 6 * QUIET;
+            }
         }
     }
 

@@ -3,9 +3,11 @@
 //!
 //! A worker acknowledges a task only once its answer is stored in the events stream, so a
 //! task gone from the work queue has its answer there, stored before the moment it was
-//! found gone. Two things break that: a holder of the workers' login that acknowledges a
-//! task without answering, and an events stream flooded past its size, which drops its
-//! oldest events whether or not anyone read them. Either way the run would wait for ever.
+//! found gone. Three things break that: a holder of the workers' login that acknowledges a
+//! task without answering, an events stream flooded past its size, which drops its oldest
+//! events whether or not anyone read them, and a task held past the queue's max age
+//! ([`super::storage::TASKS_MAX_AGE`]: held for ever, it would end nowhere else). Any way,
+//! the run would wait for ever.
 //!
 //! So when a run has been quiet, its publisher looks at its oldest unanswered tasks
 //! ([`JetStreamQueue::missing`]). A task gone from the queue whose answer the run has not
@@ -262,8 +264,9 @@ fn final_failure(sent: &Sent) -> Event {
         None => (
             format!(
                 "this task left the queue {} times with no answer: a worker acknowledged it \
-                 without answering or could not read it, or the events stream dropped its \
-                 answer (its size is shared by every holder of the workers' login)",
+                 without answering or could not read it, the events stream dropped its answer \
+                 (its size is shared by every holder of the workers' login), or a worker held \
+                 it past the queue's max age (a day)",
                 sent.again + 1
             ),
             sent.again + 1,

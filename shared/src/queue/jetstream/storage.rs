@@ -36,6 +36,12 @@ pub const RATE_MAX_VALUE: i32 = 1 << 20;
 /// ran out.
 pub const ADVISORIES_MAX_BYTES: i64 = 64 << 20;
 pub const ADVISORIES_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// A task older than this leaves the queue whatever its state. A worker holding one for
+/// ever (work in progress sent without end, a nak with a delay of years) would hold its
+/// run for ever; past this, the task is gone with no answer, which its run publishes again
+/// and then fails ([`super::ledger`]). A legitimate task waits far less: a run publishes
+/// the tasks of the images it has in progress, not its whole list.
+pub const TASKS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// How long a registry's rate state outlives its last write.
 const RATE_MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -81,8 +87,8 @@ pub async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::S
     }
 }
 
-/// Brings the events and advisory streams and the shared buckets, made by an older version
-/// or by hand, to this version's age and sizes. The coordinator's to do.
+/// Brings the events, advisory and task streams and the shared buckets, made by an older
+/// version or by hand, to this version's age and sizes. The coordinator's to do.
 pub async fn bring_to_bounds(js: &jetstream::Context) -> Result<()> {
     let events = events_stream();
     let wanted = [
@@ -100,6 +106,8 @@ pub async fn bring_to_bounds(js: &jetstream::Context) -> Result<()> {
         ),
         kv_bounds(&lease_bucket()),
         kv_bounds(&rate_bucket()),
+        // Last: a coordinator whose permissions predate this bound still bounds the rest.
+        (super::TASK_STREAM.to_owned(), TASKS_MAX_AGE, -1, -1),
     ];
     for (name, max_age, max_bytes, max_message_size) in wanted {
         let mut stream = js.get_stream(&name).await.map_err(bus)?;
