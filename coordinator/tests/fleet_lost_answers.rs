@@ -163,16 +163,19 @@ async fn a_run_whose_task_a_rogue_acknowledged_still_copies_everything() {
     }
     let list = env.write_list("list.txt", &lines);
     let client = nats_client(&nats).await;
+    // The blob lanes' consumers take this ack wait: what the rogue pulled but never saw
+    // (its fetch cut short by `close`) comes back in 3 s, as from the workers below.
     let rogue = JetStreamQueue::consumer(
         client.clone(),
         &[(TaskKind::Blob, 1)],
-        Duration::from_secs(30),
+        Duration::from_secs(3),
     )
     .await
     .unwrap();
     let mut submit = submit_child(&env, &list, &nats.url());
     let taken = next(&rogue).await;
     taken.ack().await.unwrap();
+    let fault = std::time::Instant::now();
     // What else it pulled goes back to the queue.
     rogue.close().await;
     let _worker = start_fast_failover_worker(&nats.url(), env.path("worker.log"));
@@ -189,6 +192,7 @@ async fn a_run_whose_task_a_rogue_acknowledged_still_copies_everything() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let ended = fault.elapsed();
     let out = submit.wait_with_output().unwrap();
     assert!(status.success(), "{}", text(&out));
     assert!(
@@ -197,6 +201,11 @@ async fn a_run_whose_task_a_rogue_acknowledged_still_copies_everything() {
         text(&out)
     );
     assert_all_copied(&env, 3);
+    // For BENCHMARKS.md's chaos table (`--nocapture`).
+    eprintln!(
+        "the job ended {:.1} s after the rogue's ack",
+        ended.as_secs_f64()
+    );
 }
 
 /// A task whose deliveries ran out is reported failed from the server's advisory; when
