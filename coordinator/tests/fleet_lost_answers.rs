@@ -22,6 +22,23 @@ async fn next(queue: &JetStreamQueue) -> hangar_shared::queue::Delivery {
         .expect("the queue is open")
 }
 
+/// What `publisher` finds missing of `job` once some task is gone: a message acked or
+/// aged out leaves the stream as the server gets to it.
+async fn once_gone(publisher: &JetStreamQueue, job: &str) -> jetstream::ledger::Missing {
+    let started = std::time::Instant::now();
+    loop {
+        let missing = publisher.missing(job).await.unwrap();
+        if !missing.gone.is_empty() {
+            return missing;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no task of {job} left the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Takes the next delivery and answers it as workers do: the event stored, then the task
 /// acknowledged.
 async fn answer_next(
@@ -65,7 +82,7 @@ async fn a_task_acknowledged_without_an_answer_is_published_again_then_failed() 
     assert!(missing.gone.is_empty(), "in a worker's hands: {missing:?}");
     first.ack().await.unwrap();
 
-    let missing = publisher.missing("lost.r1").await.unwrap();
+    let missing = once_gone(&publisher, "lost.r1").await;
     assert_eq!(missing.gone.len(), 1, "acknowledged, unanswered");
     assert_eq!(missing.through, 0, "no event was stored for the run");
     assert!(
@@ -81,7 +98,7 @@ async fn a_task_acknowledged_without_an_answer_is_published_again_then_failed() 
     again.ack().await.unwrap();
 
     let failed = publisher
-        .recover(publisher.missing("lost.r1").await.unwrap())
+        .recover(once_gone(&publisher, "lost.r1").await)
         .await;
     assert_eq!(failed.len(), 1, "lost twice: {failed:?}");
     assert_eq!((failed[0].task, failed[0].nonce), (7, task.nonce));
@@ -101,7 +118,7 @@ async fn a_task_acknowledged_without_an_answer_is_published_again_then_failed() 
     let answered = sample_task("lost.r1", 8);
     publisher.publish(answered.clone()).await.unwrap();
     answer_next(&client, &rogue, &answered).await;
-    let missing = publisher.missing("lost.r1").await.unwrap();
+    let missing = once_gone(&publisher, "lost.r1").await;
     assert_eq!(missing.gone.len(), 1, "its answer is not read yet");
     assert!(missing.through > events.read_through());
     let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
@@ -127,7 +144,7 @@ async fn a_task_acknowledged_without_an_answer_is_published_again_then_failed() 
         .await
         .unwrap();
     stream.delete_message(last.sequence).await.unwrap();
-    let missing = publisher.missing("lost.r1").await.unwrap();
+    let missing = once_gone(&publisher, "lost.r1").await;
     assert_eq!(missing.gone.len(), 1);
     assert!(
         events.read_through() >= missing.through,
@@ -271,9 +288,9 @@ async fn an_exhausted_tasks_failure_dropped_unread_is_still_taken_in() {
 
 /// A worker holding a task for ever (here a nak with a delay of a day; work in progress
 /// sent without end is the same) no longer holds its run: the task queue has a max age (a
-/// day; given to a stream an older version made, too), past which the message is gone
+/// week; given to a stream an older version made, too), past which the message is gone
 /// with no answer, and the run publishes it again. The test shortens the age, as an
-/// operator could.
+/// operator may (a shorter age is kept).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_held_for_ever_leaves_the_queue_at_its_max_age_and_is_published_again() {
     use async_nats::jetstream::stream;
@@ -307,26 +324,22 @@ async fn a_task_held_for_ever_leaves_the_queue_at_its_max_age_and_is_published_a
         duplicate_window: age.min(Duration::from_secs(120)),
         ..config.clone()
     };
-    js.update_stream(shortened(Duration::from_secs(2)))
-        .await
-        .unwrap();
 
     let task = sample_task("held.r1", 3);
     publisher.publish(task.clone()).await.unwrap();
     let held = next(&rogue).await;
+    // Shortened once the task is in hand, so it cannot age out before.
+    js.update_stream(shortened(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let _next_run = JetStreamQueue::publisher(client.clone()).await.unwrap();
+    assert_eq!(
+        tasks.info().await.unwrap().config.max_age,
+        Duration::from_secs(2),
+        "an operator's shorter age is kept"
+    );
     held.nak(Duration::from_secs(24 * 3600)).await.unwrap();
-    let started = std::time::Instant::now();
-    let missing = loop {
-        let missing = publisher.missing("held.r1").await.unwrap();
-        if !missing.gone.is_empty() {
-            break missing;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the held task never left the queue"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let missing = once_gone(&publisher, "held.r1").await;
     js.update_stream(shortened(Duration::from_secs(3600)))
         .await
         .unwrap();

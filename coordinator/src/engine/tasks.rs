@@ -128,6 +128,10 @@ struct Fleet {
     /// settles one of its tasks before. Only an answer moves it: anyone holding the
     /// workers' login can send the run other events, forged ones included.
     look_at: tokio::time::Instant,
+    /// Tasks found gone, waiting for the run to read through the last event stored when
+    /// they were: asked once, so that events sent on and on (forged ones too) cannot keep
+    /// that mark ahead of the run.
+    gone: Option<jetstream::ledger::Missing>,
 }
 
 /// How long a fleet run goes without an answer before it looks for tasks that left the
@@ -208,6 +212,7 @@ impl Bus {
                         job: job_id.to_owned(),
                         publisher,
                         look_at: tokio::time::Instant::now() + QUIET,
+                        gone: None,
                     }),
                     lost: VecDeque::new(),
                 })
@@ -257,8 +262,9 @@ impl Bus {
 
     /// Publishes again the tasks that left the queue with no answer the run could still
     /// read, or takes in their failures ([`jetstream::ledger`]). Only once the run has
-    /// read every event stored for it when they were found gone; until then, the next
-    /// quiet moment asks again.
+    /// read every event stored for it when they were found gone (or that event is gone
+    /// from the stream too, so nothing before it can still come); until then, the next
+    /// look asks again.
     async fn look_for_lost(&mut self) {
         let (Some(fleet), Events::Fleet(feed)) = (&mut self.fleet, &self.events) else {
             return;
@@ -266,19 +272,32 @@ impl Bus {
         // Set first: a look dropped half-way (the run's `select!` drops `next`) waits its
         // turn like any other.
         fleet.look_at = tokio::time::Instant::now() + QUIET;
-        match fleet.publisher.missing(&fleet.job).await {
-            Ok(missing) if missing.gone.is_empty() => {}
-            Ok(missing) if feed.read_through() >= missing.through => {
-                let failed = fleet.publisher.recover(missing).await;
-                self.lost.extend(failed);
-            }
-            Ok(_) => {}
+        let looked = match fleet.gone.take() {
+            Some(gone) => Ok(gone),
+            None => fleet.publisher.missing(&fleet.job).await,
+        };
+        let gone = match looked {
+            Ok(gone) if gone.gone.is_empty() => return,
+            Ok(gone) => gone,
             // NATS restarting, or a coordinator whose permissions predate the look: said,
             // and asked again in a minute rather than every quiet moment.
             Err(e) => {
                 tracing::warn!("looking for tasks whose answers went missing: {e}");
                 fleet.look_at = tokio::time::Instant::now() + 6 * QUIET;
+                return;
             }
+        };
+        let read = feed.read_through() >= gone.through
+            || fleet
+                .publisher
+                .event_dropped(gone.through)
+                .await
+                .unwrap_or(false);
+        if read {
+            let failed = fleet.publisher.recover(gone).await;
+            self.lost.extend(failed);
+        } else {
+            fleet.gone = Some(gone);
         }
     }
 
@@ -377,13 +396,12 @@ mod tests {
     use hangar_shared::registry::RegistryOptions;
     use hangar_shared::task::{Outcome, TaskKind};
 
-    /// A task answered and acknowledged whose answer the run has not taken in yet is not
-    /// lost: the run looks, finds it gone from the queue, sees the run's last event is
-    /// further than it has read, and publishes nothing. Once it has read the answer, the
-    /// task is settled.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_quiet_run_publishes_nothing_again_for_an_answer_it_has_not_read() {
-        let nats = NatsProcess::start().expect("nats-server");
+    /// A fleet bus for run `job`, a worker's queue, and a task it took, answered and
+    /// acknowledged, the answer not yet taken in by the run.
+    async fn answered_unread(
+        nats: &NatsProcess,
+        job: &str,
+    ) -> (Bus, JetStreamQueue, hangar_shared::task::TaskEnvelope) {
         let client = async_nats::connect(nats.url()).await.expect("connect");
         let worker = JetStreamQueue::consumer(
             client.clone(),
@@ -393,15 +411,15 @@ mod tests {
         .await
         .expect("consumer");
         let pool = Arc::new(RegistryPool::new(RegistryOptions::default(), None));
-        let mut bus = Bus::open(
+        let bus = Bus::open(
             Backend::Fleet(client.clone()),
-            "late.r1",
+            job,
             Here::new(pool),
             &Console::new(true),
         )
         .await
         .expect("bus");
-        let task = sample_task("late.r1", 1);
+        let task = sample_task(job, 1);
         bus.queue.publish(task.clone()).await.expect("publish");
         let delivery = tokio::time::timeout(Duration::from_secs(30), worker.next())
             .await
@@ -412,6 +430,17 @@ mod tests {
             .await
             .expect("answer");
         delivery.ack().await.expect("ack");
+        (bus, worker, task)
+    }
+
+    /// A task answered and acknowledged whose answer the run has not taken in yet is not
+    /// lost: the run looks, finds it gone from the queue, sees the run's last event is
+    /// further than it has read, and publishes nothing. Once it has read the answer, the
+    /// task is settled.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_quiet_run_publishes_nothing_again_for_an_answer_it_has_not_read() {
+        let nats = NatsProcess::start().expect("nats-server");
+        let (mut bus, worker, task) = answered_unread(&nats, "late.r1").await;
 
         bus.look_for_lost().await;
         assert!(bus.lost.is_empty());
@@ -428,5 +457,49 @@ mod tests {
         let fleet = bus.fleet.as_ref().expect("fleet");
         let missing = fleet.publisher.missing("late.r1").await.expect("look");
         assert!(missing.gone.is_empty(), "settled: {missing:?}");
+    }
+
+    /// The mark a look waits for is kept, not asked again (events sent on and on would
+    /// keep a fresh one ahead of the run); and when the event at that mark is dropped from
+    /// the stream before the run read it, nothing before it can come: the task is
+    /// published again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_look_waits_for_its_mark_and_not_once_the_mark_is_dropped() {
+        let nats = NatsProcess::start().expect("nats-server");
+        let (mut bus, worker, task) = answered_unread(&nats, "flood.r1").await;
+        bus.look_for_lost().await;
+        let mark = bus
+            .fleet
+            .as_ref()
+            .and_then(|f| f.gone.as_ref())
+            .map(|g| g.through)
+            .expect("a mark to wait for");
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let sink = JetStreamSink::new(client.clone());
+        sink.emit(Event::started(&task, "forger", 1))
+            .await
+            .expect("a later event");
+        bus.look_for_lost().await;
+        assert_eq!(
+            bus.fleet
+                .as_ref()
+                .and_then(|f| f.gone.as_ref())
+                .map(|g| g.through),
+            Some(mark),
+            "the same mark"
+        );
+
+        let js = async_nats::jetstream::new(client);
+        let events = js
+            .get_stream(jetstream::EVENT_STREAM)
+            .await
+            .expect("stream");
+        events.delete_message(mark).await.expect("dropped");
+        bus.look_for_lost().await;
+        let again = tokio::time::timeout(Duration::from_secs(30), worker.next())
+            .await
+            .expect("published again")
+            .expect("open");
+        assert_eq!((again.task.id, again.task.nonce), (1, task.nonce));
     }
 }

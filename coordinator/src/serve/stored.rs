@@ -5,7 +5,9 @@
 //! changes, so every save writes the same parts: a coordinator killed mid-save leaves the
 //! parts the job names. Read back, they are checked against it: the bucket is the
 //! coordinator's alone, but a value that does not add up is an error naming the job, never
-//! a different list.
+//! a different list. Only a job still to run is resumed, so a finished job is kept without
+//! its list (its parts dropped): what the bucket holds grows with the jobs running, not
+//! with the thousand kept.
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -66,7 +68,13 @@ pub(super) async fn put(
     let list = request.spec.list.as_bytes();
     let mut request = request.clone();
     let mut list_parts = None;
-    if list.len() > LIST_INLINE_MAX {
+    // Only a job still to run is resumed, and only then is its list read back: a finished
+    // one keeps its snapshot alone, so that the kept jobs (`--keep-jobs`) do not each hold
+    // a list of up to 64 MiB.
+    let finished = !matches!(snapshot.state.as_str(), "running" | "queued");
+    if finished {
+        request.spec.list = String::new();
+    } else if list.len() > LIST_INLINE_MAX {
         let parts: Vec<&[u8]> = list.chunks(VALUE_MAX).collect();
         if parts.len() > LIST_PARTS_MAX {
             return Err(format!(
@@ -96,8 +104,16 @@ pub(super) async fn put(
     let bytes = serde_json::to_vec(&stored).map_err(|e| format!("encoding job {id}: {e}"))?;
     kv.put(id, bytes.into())
         .await
-        .map(drop)
-        .map_err(|e| format!("saving job {id}: {e}"))
+        .map_err(|e| format!("saving job {id}: {e}"))?;
+    if finished && list.len() > LIST_INLINE_MAX {
+        let [_, parts] = subjects(&kv.name, id);
+        kv.stream
+            .purge()
+            .filter(parts)
+            .await
+            .map_err(|e| format!("dropping the list of finished job {id}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The job `id` as stored, its list put back together; `None` if there is none.
@@ -231,10 +247,32 @@ mod tests {
         let e = get(&kv, "j3").await.expect_err("more parts than a job has");
         assert!(e.contains("more than a job has"), "{e}");
 
+        // Finished, a job keeps its snapshot and drops its list: only a running job is
+        // resumed, and a thousand kept jobs would otherwise hold a list each.
+        let list = (0..40_000)
+            .map(|i| format!("registry.example/p/image-{i:05}:v2\n"))
+            .collect::<String>();
+        put(&kv, "j5", &request(list.clone()), &snapshot)
+            .await
+            .expect("stored");
+        assert!(kv.get("j5.list.0").await.unwrap().is_some(), "in parts");
+        let done = JobSnapshot {
+            state: "succeeded".into(),
+            ..snapshot.clone()
+        };
+        put(&kv, "j5", &request(list), &done).await.expect("stored");
+        let back = get(&kv, "j5").await.unwrap().expect("the job");
+        assert_eq!(back.snapshot.state, "succeeded");
+        assert_eq!(back.request.spec.list, "");
+        assert!(
+            kv.get("j5.list.0").await.unwrap().is_none(),
+            "parts dropped"
+        );
+
         let too_long = "x".repeat(LIST_PARTS_MAX * VALUE_MAX + 1);
         let e = put(&kv, "j4", &request(too_long), &snapshot)
             .await
-            .expect_err("longer than the API takes");
+            .expect_err("longer than a schedule reads");
         assert!(e.contains("at most"), "{e}");
     }
 }

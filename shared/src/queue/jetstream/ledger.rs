@@ -186,6 +186,17 @@ impl super::JetStreamQueue {
         Ok(Missing { gone, through })
     }
 
+    /// Whether the event stored at `seq` is gone from the events stream (its limits
+    /// dropped it): a run that has not read that far never will.
+    pub async fn event_dropped(&self, seq: u64) -> Result<bool> {
+        let events = self.js.get_stream(EVENT_STREAM).await.map_err(bus)?;
+        match events.get_raw_message(seq).await {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(true),
+            Err(e) => Err(bus(e)),
+        }
+    }
+
     /// Publishes again each task of `missing` still unanswered, under a message id of its
     /// own (the first one's would be taken for a duplicate); gives a final failure for each
     /// one already published again.
@@ -266,7 +277,7 @@ fn final_failure(sent: &Sent) -> Event {
                 "this task left the queue {} times with no answer: a worker acknowledged it \
                  without answering or could not read it, the events stream dropped its answer \
                  (its size is shared by every holder of the workers' login), or a worker held \
-                 it past the queue's max age (a day)",
+                 it past the queue's max age (a week)",
                 sent.again + 1
             ),
             sent.again + 1,

@@ -2,7 +2,7 @@
 //!
 //! | what | name | settings |
 //! |---|---|---|
-//! | task stream | `HANGAR_TASKS`, subjects `hangar.task.<lane>.<job>` | work-queue retention, file storage, 24 h max age, 2 min duplicate window |
+//! | task stream | `HANGAR_TASKS`, subjects `hangar.task.<lane>.<job>` | work-queue retention, file storage, 7 day max age, 2 min duplicate window |
 //! | task consumers | durable `hangar-<lane>`, one per lane, filter `hangar.task.<lane>.>` | pull, explicit ack, `ack_wait` 60 s, `max_deliver` 3 |
 //! | event stream | `HANGAR_EVENTS`, subjects `hangar.event.<job>` | limits retention, file storage, 24 h max age, 512 MiB, 1 MiB per event |
 //!

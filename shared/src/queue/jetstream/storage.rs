@@ -39,9 +39,10 @@ pub const ADVISORIES_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// A task older than this leaves the queue whatever its state. A worker holding one for
 /// ever (work in progress sent without end, a nak with a delay of years) would hold its
 /// run for ever; past this, the task is gone with no answer, which its run publishes again
-/// and then fails ([`super::ledger`]). A legitimate task waits far less: a run publishes
-/// the tasks of the images it has in progress, not its whole list.
-pub const TASKS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// and then fails ([`super::ledger`]). A week: well past three deliveries of the longest
+/// timeout a job may set (a day each), and a run publishes the tasks of the images it has
+/// in progress, not its whole list. An operator's shorter age is kept.
+pub const TASKS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a registry's rate state outlives its last write.
 const RATE_MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -106,27 +107,61 @@ pub async fn bring_to_bounds(js: &jetstream::Context) -> Result<()> {
         ),
         kv_bounds(&lease_bucket()),
         kv_bounds(&rate_bucket()),
-        // Last: a coordinator whose permissions predate this bound still bounds the rest.
-        (super::TASK_STREAM.to_owned(), TASKS_MAX_AGE, -1, -1),
     ];
+    // Each stream on its own: one the server cannot bound does not leave the others as
+    // they were.
+    let mut first_error = None;
     for (name, max_age, max_bytes, max_message_size) in wanted {
-        let mut stream = js.get_stream(&name).await.map_err(bus)?;
-        let mut config = stream.info().await.map_err(bus)?.config.clone();
-        if (config.max_age, config.max_bytes, config.max_message_size)
-            == (max_age, max_bytes, max_message_size)
-        {
-            continue;
+        let bounded = bound(js, &name, |config| {
+            (config.max_age, config.max_bytes, config.max_message_size) =
+                (max_age, max_bytes, max_message_size);
+        });
+        if let Err(e) = bounded.await {
+            tracing::warn!(stream = %name, "{e}");
+            first_error.get_or_insert(e);
         }
-        tracing::info!(stream = %name, "bringing the stream to max age {max_age:?}, {max_bytes} bytes, {max_message_size} per message");
-        config.max_age = max_age;
-        config.max_bytes = max_bytes;
-        config.max_message_size = max_message_size;
-        // NATS refuses a duplicate window longer than the max age.
-        if !max_age.is_zero() {
-            config.duplicate_window = config.duplicate_window.min(max_age);
-        }
-        js.update_stream(config).await.map_err(bus)?;
     }
+    // The task stream is given its max age only: its sizes are the operator's, and so is a
+    // shorter age.
+    let aged = bound(js, super::TASK_STREAM, |config| {
+        if config.max_age.is_zero() || config.max_age > TASKS_MAX_AGE {
+            config.max_age = TASKS_MAX_AGE;
+        }
+    });
+    if let Err(e) = aged.await {
+        tracing::warn!(stream = %super::TASK_STREAM, "{e}");
+        first_error.get_or_insert(e);
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Applies `change` to stream `name`'s configuration, and updates the stream if it changed.
+async fn bound(
+    js: &jetstream::Context,
+    name: &str,
+    change: impl FnOnce(&mut stream::Config),
+) -> Result<()> {
+    let mut stream = js.get_stream(name).await.map_err(bus)?;
+    let config = stream.info().await.map_err(bus)?.config.clone();
+    let mut wanted = config.clone();
+    change(&mut wanted);
+    // NATS refuses a duplicate window longer than the max age.
+    if !wanted.max_age.is_zero() {
+        wanted.duplicate_window = wanted.duplicate_window.min(wanted.max_age);
+    }
+    if (wanted.max_age, wanted.max_bytes, wanted.max_message_size)
+        == (config.max_age, config.max_bytes, config.max_message_size)
+    {
+        return Ok(());
+    }
+    tracing::info!(
+        stream = %name,
+        "bringing the stream to max age {:?}, {} bytes, {} per message",
+        wanted.max_age,
+        wanted.max_bytes,
+        wanted.max_message_size
+    );
+    js.update_stream(wanted).await.map_err(bus)?;
     Ok(())
 }
 
