@@ -272,13 +272,17 @@ impl Bus {
         // Set first: a look dropped half-way (the run's `select!` drops `next`) waits its
         // turn like any other.
         fleet.look_at = tokio::time::Instant::now() + QUIET;
-        let looked = match fleet.gone.take() {
+        // Kept until recovered: a look dropped half-way waits for the same mark.
+        let looked = match fleet.gone.clone() {
             Some(gone) => Ok(gone),
             None => fleet.publisher.missing(&fleet.job).await,
         };
         let gone = match looked {
             Ok(gone) if gone.gone.is_empty() => return,
-            Ok(gone) => gone,
+            Ok(gone) => {
+                fleet.gone = Some(gone.clone());
+                gone
+            }
             // NATS restarting, or a coordinator whose permissions predate the look: said,
             // and asked again in a minute rather than every quiet moment.
             Err(e) => {
@@ -294,10 +298,9 @@ impl Bus {
                 .await
                 .unwrap_or(false);
         if read {
+            fleet.gone = None;
             let failed = fleet.publisher.recover(gone).await;
             self.lost.extend(failed);
-        } else {
-            fleet.gone = Some(gone);
         }
     }
 

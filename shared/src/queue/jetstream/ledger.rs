@@ -133,7 +133,7 @@ impl Ledger {
 
 /// Unanswered tasks gone from the task queue, and the last event stored for their run
 /// when they were found gone: once the run has read that far, their answers are lost.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Missing {
     pub gone: Vec<u64>,
     pub through: u64,
