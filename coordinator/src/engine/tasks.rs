@@ -128,6 +128,12 @@ struct Fleet {
     /// settles one of its tasks before. Only an answer moves it: anyone holding the
     /// workers' login can send the run other events, forged ones included.
     look_at: tokio::time::Instant,
+    /// When the last look began: a run whose answers keep coming still looks every
+    /// [`BUSY`], so a lost task is not left until the rest of the run is done.
+    looked: tokio::time::Instant,
+    /// [`QUIET`] and [`BUSY`], as this run keeps them (tests shorten them).
+    quiet: Duration,
+    busy: Duration,
     /// Tasks found gone, waiting for the run to read through the last event stored when
     /// they were: asked once, so that events sent on and on (forged ones too) cannot keep
     /// that mark ahead of the run.
@@ -137,6 +143,9 @@ struct Fleet {
 /// How long a fleet run goes without an answer before it looks for tasks that left the
 /// queue with no answer, and again as long as none comes.
 const QUIET: Duration = Duration::from_secs(10);
+/// How often a run whose answers keep coming looks all the same: a look is up to 256
+/// requests, and the run reads no event while it looks.
+const BUSY: Duration = Duration::from_secs(60);
 
 impl Bus {
     /// Opens the queue of run `job_id`: with embedded handlers running on `here`, or
@@ -212,6 +221,9 @@ impl Bus {
                         job: job_id.to_owned(),
                         publisher,
                         look_at: tokio::time::Instant::now() + QUIET,
+                        looked: tokio::time::Instant::now(),
+                        quiet: QUIET,
+                        busy: BUSY,
                         gone: None,
                     }),
                     lost: VecDeque::new(),
@@ -245,7 +257,8 @@ impl Bus {
                         if let Some(fleet) = &mut self.fleet
                             && fleet.publisher.answered(&event)
                         {
-                            fleet.look_at = tokio::time::Instant::now() + QUIET;
+                            let now = tokio::time::Instant::now();
+                            fleet.look_at = (now + fleet.quiet).min(fleet.looked + fleet.busy);
                         }
                         News::Event(event)
                     }
@@ -271,7 +284,8 @@ impl Bus {
         };
         // Set first: a look dropped half-way (the run's `select!` drops `next`) waits its
         // turn like any other.
-        fleet.look_at = tokio::time::Instant::now() + QUIET;
+        fleet.looked = tokio::time::Instant::now();
+        fleet.look_at = fleet.looked + fleet.quiet;
         // Kept until recovered: a look dropped half-way waits for the same mark.
         let looked = match fleet.gone.clone() {
             Some(gone) => Ok(gone),
@@ -287,7 +301,7 @@ impl Bus {
             // and asked again in a minute rather than every quiet moment.
             Err(e) => {
                 tracing::warn!("looking for tasks whose answers went missing: {e}");
-                fleet.look_at = tokio::time::Instant::now() + 6 * QUIET;
+                fleet.look_at = tokio::time::Instant::now() + BUSY;
                 return;
             }
         };
@@ -504,5 +518,71 @@ mod tests {
             .expect("published again")
             .expect("open");
         assert_eq!((again.task.id, again.task.nonce), (1, task.nonce));
+    }
+
+    /// A run whose answers keep coming still looks (every `busy`): a task a rogue
+    /// acknowledged is published again while the others are answered, not once they stop.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_busy_run_still_finds_a_lost_task() {
+        let nats = NatsProcess::start().expect("nats-server");
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let worker = JetStreamQueue::consumer(
+            client.clone(),
+            &[(TaskKind::Blob, 1)],
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("consumer");
+        let pool = Arc::new(RegistryPool::new(RegistryOptions::default(), None));
+        let mut bus = Bus::open(
+            Backend::Fleet(client.clone()),
+            "busy.r1",
+            Here::new(pool),
+            &Console::new(true),
+        )
+        .await
+        .expect("bus");
+        if let Some(fleet) = bus.fleet.as_mut() {
+            (fleet.quiet, fleet.busy) = (Duration::from_secs(2), Duration::from_secs(3));
+            fleet.look_at = tokio::time::Instant::now() + fleet.quiet;
+        }
+        let lost = sample_task("busy.r1", 1);
+        bus.queue.publish(lost.clone()).await.expect("publish");
+        let taken = tokio::time::timeout(Duration::from_secs(30), worker.next())
+            .await
+            .expect("delivered")
+            .expect("open");
+        taken.ack().await.expect("acknowledged without an answer");
+
+        // Another task answered every half second, for twelve seconds.
+        let sink = JetStreamSink::new(client.clone());
+        let started = tokio::time::Instant::now();
+        let mut id = 1;
+        let mut republished = None;
+        while started.elapsed() < Duration::from_secs(12) && republished.is_none() {
+            id += 1;
+            let busy = sample_task("busy.r1", id);
+            bus.queue.publish(busy.clone()).await.expect("publish");
+            let d = tokio::time::timeout(Duration::from_secs(30), worker.next())
+                .await
+                .expect("delivered")
+                .expect("open");
+            if d.task.id == 1 {
+                republished = Some(started.elapsed());
+                break;
+            }
+            sink.emit(Event::done(&d.task, Outcome::BlobPresent))
+                .await
+                .expect("answer");
+            d.ack().await.expect("ack");
+            let until = tokio::time::Instant::now() + Duration::from_millis(500);
+            while let Ok(news) = tokio::time::timeout_at(until, bus.next()).await {
+                assert!(matches!(news, News::Event(_)));
+            }
+        }
+        assert!(
+            republished.is_some(),
+            "the lost task waited while the run was busy"
+        );
     }
 }
