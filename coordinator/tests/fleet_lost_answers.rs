@@ -22,6 +22,14 @@ async fn next(queue: &JetStreamQueue) -> hangar_shared::queue::Delivery {
         .expect("the queue is open")
 }
 
+/// A worker's queue with one blob copy slot (and the quick lane's), as a holder of the
+/// workers' login may make; `ack_wait` applies when it makes the consumers.
+async fn blob_taker(client: &async_nats::Client, ack_wait: Duration) -> JetStreamQueue {
+    JetStreamQueue::consumer(client.clone(), &[(TaskKind::Blob, 1)], ack_wait)
+        .await
+        .unwrap()
+}
+
 /// What `publisher` finds missing of `job` once some task is gone: a message acked or
 /// aged out leaves the stream as the server gets to it.
 async fn once_gone(publisher: &JetStreamQueue, job: &str) -> jetstream::ledger::Missing {
@@ -62,13 +70,7 @@ async fn answer_next(
 async fn a_task_acknowledged_without_an_answer_is_published_again_then_failed() {
     let nats = NatsProcess::start().expect("nats-server");
     let client = nats_client(&nats).await;
-    let rogue = JetStreamQueue::consumer(
-        client.clone(),
-        &[(TaskKind::Blob, 1)],
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let rogue = blob_taker(&client, Duration::from_secs(30)).await;
     let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
     let mut events = jetstream::follow_events(client.clone(), "lost.r1")
         .await
@@ -182,13 +184,7 @@ async fn a_run_whose_task_a_rogue_acknowledged_still_copies_everything() {
     let client = nats_client(&nats).await;
     // The blob lanes' consumers take this ack wait: what the rogue pulled but never saw
     // (its fetch cut short by `close`) comes back in 3 s, as from the workers below.
-    let rogue = JetStreamQueue::consumer(
-        client.clone(),
-        &[(TaskKind::Blob, 1)],
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap();
+    let rogue = blob_taker(&client, Duration::from_secs(3)).await;
     let mut submit = submit_child(&env, &list, &nats.url());
     let taken = next(&rogue).await;
     taken.ack().await.unwrap();
@@ -232,13 +228,7 @@ async fn a_run_whose_task_a_rogue_acknowledged_still_copies_everything() {
 async fn an_exhausted_tasks_failure_dropped_unread_is_still_taken_in() {
     let nats = NatsProcess::start().expect("nats-server");
     let client = nats_client(&nats).await;
-    let hung = JetStreamQueue::consumer(
-        client.clone(),
-        &[(TaskKind::Blob, 1)],
-        Duration::from_millis(500),
-    )
-    .await
-    .unwrap();
+    let hung = blob_taker(&client, Duration::from_millis(500)).await;
     let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
     let task = sample_task("drop.r1", 5);
     publisher.publish(task.clone()).await.unwrap();
@@ -308,13 +298,7 @@ async fn a_task_held_for_ever_leaves_the_queue_at_its_max_age_and_is_published_a
     })
     .await
     .unwrap();
-    let rogue = JetStreamQueue::consumer(
-        client.clone(),
-        &[(TaskKind::Blob, 1)],
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let rogue = blob_taker(&client, Duration::from_secs(30)).await;
     let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
     let mut tasks = js.get_stream(jetstream::TASK_STREAM).await.unwrap();
     let config = tasks.info().await.unwrap().config.clone();

@@ -9,12 +9,8 @@ use hangar_shared::queue::jetstream::JetStreamSink;
 use hangar_shared::registry::RegistryOptions;
 use hangar_shared::task::{Outcome, TaskKind};
 
-/// A fleet bus for run `job`, a worker's queue, and a task it took, answered and
-/// acknowledged, the answer not yet taken in by the run.
-async fn answered_unread(
-    nats: &NatsProcess,
-    job: &str,
-) -> (Bus, JetStreamQueue, hangar_shared::task::TaskEnvelope) {
+/// A client, a worker's queue (one copy slot) and a fleet bus for run `job`.
+async fn fleet_bus(nats: &NatsProcess, job: &str) -> (async_nats::Client, JetStreamQueue, Bus) {
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let worker = JetStreamQueue::consumer(
         client.clone(),
@@ -32,6 +28,16 @@ async fn answered_unread(
     )
     .await
     .expect("bus");
+    (client, worker, bus)
+}
+
+/// A fleet bus for run `job`, a worker's queue, and a task it took, answered and
+/// acknowledged, the answer not yet taken in by the run.
+async fn answered_unread(
+    nats: &NatsProcess,
+    job: &str,
+) -> (Bus, JetStreamQueue, hangar_shared::task::TaskEnvelope) {
+    let (client, worker, bus) = fleet_bus(nats, job).await;
     let task = sample_task(job, 1);
     bus.queue.publish(task.clone()).await.expect("publish");
     let delivery = tokio::time::timeout(Duration::from_secs(30), worker.next())
@@ -121,23 +127,7 @@ async fn a_look_waits_for_its_mark_and_not_once_the_mark_is_dropped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_run_still_finds_a_lost_task() {
     let nats = NatsProcess::start().expect("nats-server");
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let worker = JetStreamQueue::consumer(
-        client.clone(),
-        &[(TaskKind::Blob, 1)],
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("consumer");
-    let pool = Arc::new(RegistryPool::new(RegistryOptions::default(), None));
-    let mut bus = Bus::open(
-        Backend::Fleet(client.clone()),
-        "busy.r1",
-        Here::new(pool),
-        &Console::new(true),
-    )
-    .await
-    .expect("bus");
+    let (client, worker, mut bus) = fleet_bus(&nats, "busy.r1").await;
     if let Some(fleet) = bus.fleet.as_mut() {
         (fleet.quiet, fleet.busy) = (Duration::from_secs(2), Duration::from_secs(3));
         fleet.look_at = tokio::time::Instant::now() + fleet.quiet;
