@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::fleet::{assert_all_copied, nats_client, start_fast_failover_worker, submit_child};
+use common::fleet::{
+    assert_all_copied, nats_client, push_apps, start_fast_failover_worker, submit_child,
+};
 use common::*;
 use hangar_loadtest::queue_bench::sample_task;
 use hangar_loadtest::services::NatsProcess;
@@ -165,21 +167,10 @@ async fn a_task_acknowledged_without_an_answer_is_published_again_then_failed() 
 async fn a_run_whose_task_a_rogue_acknowledged_still_copies_everything() {
     let env = Env::new();
     let nats = NatsProcess::start().expect("nats-server");
-    let src = registry(&env.src.addr).await;
-    let mut lines = Vec::new();
-    for i in 0..3u64 {
-        push_image(
-            &src,
-            env.dir.path(),
-            &format!("chaos/app-{i}"),
-            Some("v1"),
-            hangar_loadtest::seed::Format::Oci,
-            "amd64",
-            (&[2000 + i], 200_000),
-        )
-        .await;
-        lines.push(format!("{}/chaos/app-{i}:v1", env.src.addr));
-    }
+    push_apps(&env, 3, 2000, 200_000).await;
+    let lines: Vec<String> = (0..3)
+        .map(|i| format!("{}/chaos/app-{i}:v1", env.src.addr))
+        .collect();
     let list = env.write_list("list.txt", &lines);
     let client = nats_client(&nats).await;
     // The blob lanes' consumers take this ack wait: what the rogue pulled but never saw

@@ -71,7 +71,7 @@ pub(super) async fn put(
     // Only a job still to run is resumed, and only then is its list read back: a finished
     // one keeps its snapshot alone, so that the kept jobs (`--keep-jobs`) do not each hold
     // a list of up to 64 MiB.
-    let finished = !matches!(snapshot.state.as_str(), "running" | "queued");
+    let finished = !super::limits::open(&snapshot.state);
     if finished {
         request.spec.list = String::new();
     } else if list.len() > LIST_INLINE_MAX {

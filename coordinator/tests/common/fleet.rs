@@ -181,9 +181,9 @@ pub fn start_fast_failover_worker(nats: &str, log: PathBuf) -> Killed {
     )
 }
 
-/// Images with one 6 MB layer each behind a proxy capped at 3 MB/s per connection: each
-/// blob copy takes about two seconds, long enough to break something in the middle.
-pub async fn slow_source(env: &Env, n: u64) -> (Vec<String>, hangar_loadtest::proxy::Proxy) {
+/// `chaos/app-<i>:v1` for `i` below `n` in the source, each with one layer of `size`
+/// bytes seeded from `seed + i`.
+pub async fn push_apps(env: &Env, n: u64, seed: u64, size: u64) {
     let src = registry(&env.src.addr).await;
     for i in 0..n {
         push_image(
@@ -193,10 +193,16 @@ pub async fn slow_source(env: &Env, n: u64) -> (Vec<String>, hangar_loadtest::pr
             Some("v1"),
             hangar_loadtest::seed::Format::Oci,
             "amd64",
-            (&[1000 + i], 6_000_000),
+            (&[seed + i], size),
         )
         .await;
     }
+}
+
+/// Images with one 6 MB layer each behind a proxy capped at 3 MB/s per connection: each
+/// blob copy takes about two seconds, long enough to break something in the middle.
+pub async fn slow_source(env: &Env, n: u64) -> (Vec<String>, hangar_loadtest::proxy::Proxy) {
+    push_apps(env, n, 1000, 6_000_000).await;
     let proxy = hangar_loadtest::proxy::start(
         "127.0.0.1:0",
         &env.src.addr,

@@ -6,13 +6,12 @@
 //! their own, `HANGAR_ADVISORIES`, and the publisher reads it from where it started: an
 //! advisory sent while it was away is read when it is back.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull, stream};
 use futures_util::StreamExt;
 
-use super::jetstream::ledger::Ledger;
+use super::jetstream::ledger::SentTasks;
 use super::jetstream::{TASK_STREAM, event_subject, storage};
 use crate::error::{Error, FailureClass, Result};
 
@@ -21,8 +20,6 @@ pub const ADVISORY_STREAM: &str = "HANGAR_ADVISORIES";
 fn advisory_subject() -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASK_STREAM}.*")
 }
-
-pub type SentTasks = Arc<std::sync::Mutex<Ledger>>;
 
 #[derive(serde::Deserialize)]
 struct MaxDeliveries {

@@ -3,14 +3,14 @@
 //!
 //! A worker acknowledges a task only once its answer is stored in the events stream, so a
 //! task gone from the work queue has its answer there, stored before the moment it was
-//! found gone. Three things break that: a holder of the workers' login that acknowledges a
-//! task without answering, an events stream flooded past its size, which drops its oldest
-//! events whether or not anyone read them, and a task held past the queue's max age
-//! ([`super::storage::TASKS_MAX_AGE`]: held for ever, it would end nowhere else). Any way,
-//! the run would wait for ever.
+//! found gone. Four things break that: a holder of the workers' login that acknowledges a
+//! task without answering, a worker ending a message it cannot read, an events stream
+//! flooded past its size, which drops its oldest events whether or not anyone read them,
+//! and a task held past the queue's max age ([`super::storage::TASKS_MAX_AGE`]: held for
+//! ever, it would end nowhere else). Any way, the run would wait for ever.
 //!
-//! So when a run has been quiet, its publisher looks at its oldest unanswered tasks
-//! ([`JetStreamQueue::missing`]). A task gone from the queue whose answer the run has not
+//! So when a run has been quiet (and every minute while it is busy), its publisher looks
+//! at its oldest unanswered tasks ([`JetStreamQueue::missing`]). A task gone from the queue whose answer the run has not
 //! read, though it has read every event stored for it up to then, is published once more;
 //! lost a second time, it is reported failed ([`JetStreamQueue::recover`]). Tasks are
 //! idempotent, and its nonce is the one it had: an answer to the first publication that
@@ -47,6 +47,9 @@ pub struct Sent {
     pub exhausted: Option<u32>,
 }
 
+/// A publisher's ledger, shared with its advisory reader ([`crate::queue::exhausted`]).
+pub type SentTasks = std::sync::Arc<std::sync::Mutex<Ledger>>;
+
 /// Unanswered tasks by their sequence in the task stream (which is what the server's
 /// max-deliveries advisories name) and by job and id (which is what events name).
 #[derive(Debug, Default)]
@@ -70,14 +73,12 @@ impl Ledger {
         Some(sent)
     }
 
-    /// Settles the task `event` answers, when it carries the task's nonce: an event without
-    /// it is not about the task, whatever it says.
+    /// Settles the task `event` answers, when it carries the task's nonce (an event without
+    /// it is not about the task, whatever it says); whether it settled one.
     ///
     /// An answer taken before its task's [`Ledger::insert`] would leave an entry nothing
     /// settles: runs publish and read events in one loop, so an answer is taken only once
     /// its publication has returned.
-    ///
-    /// Whether it settled one.
     pub fn answered(&mut self, event: &Event) -> bool {
         let answers = matches!(
             event.kind,

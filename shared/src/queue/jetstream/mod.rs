@@ -145,7 +145,7 @@ pub struct JetStreamQueue {
     js: jetstream::Context,
     ack_wait: Duration,
     /// What this publisher sent and has had no answer for ([`ledger`]).
-    sent: exhausted::SentTasks,
+    sent: ledger::SentTasks,
     /// The lanes and runs of the tasks this publisher sent, for [`Self::unserved`].
     kinds: std::sync::Mutex<std::collections::BTreeSet<(Lane, String)>>,
     /// Deliveries pulled by the per-kind fetchers, for `next`.
@@ -171,12 +171,8 @@ impl JetStreamQueue {
         let js = jetstream::new(client);
         ensure_streams(&js).await?;
         let start = exhausted::ensure_stream(&js).await?;
-        // An older version's unbounded streams still work: a server that cannot reserve
-        // the sizes is said, not a reason to fail every job.
-        if let Err(e) = storage::bring_to_bounds(&js).await {
-            tracing::warn!("bounding the bus's streams and buckets: {e}");
-        }
-        let sent: exhausted::SentTasks = Arc::default();
+        storage::bring_to_bounds(&js).await;
+        let sent: ledger::SentTasks = Arc::default();
         let watcher = tokio::spawn(exhausted::watch(js.clone(), sent.clone(), start, delay));
         Ok(Self {
             js,

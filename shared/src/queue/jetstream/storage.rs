@@ -89,8 +89,11 @@ pub async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::S
 }
 
 /// Brings the events, advisory and task streams and the shared buckets, made by an older
-/// version or by hand, to this version's age and sizes. The coordinator's to do.
-pub async fn bring_to_bounds(js: &jetstream::Context) -> Result<()> {
+/// version or by hand, to this version's age and sizes. The coordinator's to do. Each
+/// stream on its own, and what fails is said, not a reason to fail the run: an older
+/// version's unbounded streams still work (a server that cannot reserve the sizes, a
+/// coordinator whose permissions predate a bound).
+pub async fn bring_to_bounds(js: &jetstream::Context) {
     let events = events_stream();
     let wanted = [
         (
@@ -108,41 +111,39 @@ pub async fn bring_to_bounds(js: &jetstream::Context) -> Result<()> {
         kv_bounds(&lease_bucket()),
         kv_bounds(&rate_bucket()),
     ];
-    // Each stream on its own: one the server cannot bound does not leave the others as
-    // they were.
-    let mut first_error = None;
     for (name, max_age, max_bytes, max_message_size) in wanted {
-        let bounded = bound(js, &name, |config| {
+        bound(js, &name, |config| {
             (config.max_age, config.max_bytes, config.max_message_size) =
                 (max_age, max_bytes, max_message_size);
-        });
-        if let Err(e) = bounded.await {
-            tracing::warn!(stream = %name, "{e}");
-            first_error.get_or_insert(e);
-        }
+        })
+        .await;
     }
     // The task stream is given its max age only: its sizes are the operator's, and so is a
     // shorter age.
-    let aged = bound(js, super::TASK_STREAM, |config| {
+    bound(js, super::TASK_STREAM, |config| {
         if config.max_age.is_zero() || config.max_age > TASKS_MAX_AGE {
             config.max_age = TASKS_MAX_AGE;
         }
-    });
-    if let Err(e) = aged.await {
-        tracing::warn!(stream = %super::TASK_STREAM, "{e}");
-        first_error.get_or_insert(e);
-    }
-    first_error.map_or(Ok(()), Err)
+    })
+    .await;
 }
 
-/// Applies `change` to stream `name`'s configuration, and updates the stream if it changed.
-async fn bound(
+/// Applies `change` to stream `name`'s configuration, and updates the stream if it changed;
+/// a failure is said.
+async fn bound(js: &jetstream::Context, name: &str, change: impl FnOnce(&mut stream::Config)) {
+    if let Err(e) = try_bound(js, name, change).await {
+        tracing::warn!(stream = %name, "bounding the stream: {e}");
+    }
+}
+
+async fn try_bound(
     js: &jetstream::Context,
     name: &str,
     change: impl FnOnce(&mut stream::Config),
 ) -> Result<()> {
-    let mut stream = js.get_stream(name).await.map_err(bus)?;
-    let config = stream.info().await.map_err(bus)?.config.clone();
+    // The stream's configuration comes with it: no second request.
+    let stream = js.get_stream(name).await.map_err(bus)?;
+    let config = stream.cached_info().config.clone();
     let mut wanted = config.clone();
     change(&mut wanted);
     // NATS refuses a duplicate window longer than the max age.
