@@ -223,6 +223,73 @@ async fn a_worker_stops_within_its_grace_period_on_sigterm_and_nothing_is_lost()
     assert_all_copied(&env, 4);
 }
 
+/// A worker whose grace ends with blob tasks still in hand hands them back: the other
+/// worker takes them at once, where before they waited out their lease (`ack_wait`,
+/// 60 s here).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_past_its_grace_hands_its_tasks_back_at_once() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let (lines, _proxy) = slow_source(&env, 4).await;
+    let list = env.write_list("list.txt", &lines);
+    // The first worker makes the consumers, with the default 60 s lease.
+    let worker = |log: &str| {
+        spawn_worker(
+            &nats.url(),
+            env.path(log),
+            &[
+                "--blob-concurrency",
+                "2",
+                "--listen",
+                "127.0.0.1:0",
+                "--grace",
+                "1s",
+            ],
+            &[],
+        )
+    };
+    let mut leaving = worker("leaving.log");
+    let submit = submit_child(&env, &list, &nats.url());
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(env.path("leaving.log"))
+        .unwrap_or_default()
+        .contains("kind=\"blob\"")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the leaving worker never took a blob task"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _staying = worker("staying.log");
+    // Six-megabyte blobs at 3 MB/s: the leaving worker's are far from done when its
+    // one-second grace ends.
+    let sent = std::time::Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &leaving.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = leaving.0.wait().unwrap();
+    assert!(status.success(), "a clean exit after SIGTERM");
+    let log = std::fs::read_to_string(env.path("leaving.log")).unwrap();
+    assert!(log.contains("grace period over"), "{log}");
+    assert!(log.contains("stopping: task handed back"), "{log}");
+    let out = submit.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_all_copied(&env, 4);
+    let staying = std::fs::read_to_string(env.path("staying.log")).unwrap_or_default();
+    assert!(
+        staying.contains("attempt=2"),
+        "the handed-back tasks went to the staying worker:\n{staying}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(40),
+        "the run waited out the leases of the handed-back tasks: {took:?}"
+    );
+}
+
 /// Ctrl-C on a fleet run nobody is serving (no worker takes sign tasks): the run stops,
 /// says so, and purges its queued tasks instead of leaving them for a worker that comes
 /// later.

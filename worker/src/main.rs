@@ -1,7 +1,7 @@
 //! `hangar-worker`: a stateless fleet worker. It pulls tasks from JetStream, runs the same
 //! handlers as the embedded mode with registry credentials from its own auth file (never
 //! from the bus), and reports events. On SIGTERM or Ctrl-C it stops pulling, lets what it
-//! holds finish for a grace period, and exits; anything unfinished is redelivered.
+//! holds finish for a grace period, hands back what is still unfinished, and exits.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -156,7 +156,8 @@ struct Args {
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9464", env = "HANGAR_WORKER_LISTEN")]
     listen: std::net::SocketAddr,
-    /// How long in-flight tasks may run on after SIGTERM before the worker exits anyway.
+    /// How long in-flight tasks may run on after SIGTERM; then they are handed back to the
+    /// queue, for another worker at once, and the worker exits.
     #[arg(long, default_value = "30s")]
     grace: String,
 }
@@ -384,9 +385,18 @@ async fn run() -> Result<()> {
     tracing::info!("stopping: no new tasks; {grace:?} for the ones in hand");
     queue.close().await;
     if tokio::time::timeout(grace, &mut running).await.is_err() {
-        tracing::warn!("grace period over; unfinished tasks will be redelivered");
+        tracing::warn!("grace period over; handing back the tasks still in hand");
         let _ = stop.send(());
         let _ = running.await;
+    }
+    // The hand-backs are published, not yet written: write them before the process ends.
+    if tokio::time::timeout(Duration::from_secs(2), client.flush())
+        .await
+        .map_or(true, |flushed| flushed.is_err())
+    {
+        tracing::warn!(
+            "NATS did not take the last messages; their tasks come back once their leases run out"
+        );
     }
     Ok(())
 }

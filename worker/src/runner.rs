@@ -37,9 +37,10 @@ pub async fn handle(ctx: &Context, task: &Task) -> Result<Outcome> {
 }
 
 /// Runs `concurrency` consumers until the queue is closed and drained, or until `stop` is
-/// sent (its sender dropped unsent stops nothing): then every task in hand is dropped, and
-/// this returns once all of them are (what they leave to end — an upload's DELETE — is on
-/// its way by then).
+/// sent (its sender dropped unsent stops nothing): then every task in hand is dropped and
+/// handed back to the queue at once — another worker takes it now, not once its lease
+/// (`ack_wait`) runs out — and this returns once all of them are (what they leave to end,
+/// an upload's DELETE, is on its way by then).
 pub async fn run(
     queue: Arc<dyn TaskQueue>,
     events: Arc<dyn EventSink>,
@@ -47,11 +48,18 @@ pub async fn run(
     concurrency: usize,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let (give_back, given_back) = tokio::sync::watch::channel(false);
     let mut consumers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let (queue, events, ctx) = (queue.clone(), events.clone(), ctx.clone());
+        let mut give_back = given_back.clone();
         consumers.spawn(async move {
-            while let Some(delivery) = queue.next().await {
+            loop {
+                let delivery = tokio::select! {
+                    d = queue.next() => d,
+                    _ = stopping(&mut give_back) => None,
+                };
+                let Some(delivery) = delivery else { return };
                 let span = tracing::info_span!(
                     "task",
                     otel.name = %format!("{} task", delivery.task.task.kind().as_str()),
@@ -62,7 +70,7 @@ pub async fn run(
                     otel.status_message = tracing::field::Empty,
                 );
                 hangar_shared::telemetry::adopt(&span, delivery.task.trace.as_deref());
-                process(&*queue, &events, &ctx, delivery)
+                process(&*queue, &events, &ctx, delivery, give_back.clone())
                     .instrument(span)
                     .await;
             }
@@ -75,13 +83,29 @@ pub async fn run(
                     return;
                 }
             }
-            Ok(()) = &mut stop => {
-                consumers.shutdown().await;
-                return;
-            }
+            Ok(()) = &mut stop => break,
         }
     }
+    let _ = give_back.send(true);
+    // Handing back is one message per task; a consumer that cannot (NATS gone) is not
+    // waited for: its task comes back once its lease runs out.
+    let handed_back = async { while consumers.join_next().await.is_some() {} };
+    if tokio::time::timeout(HAND_BACK_WAIT, handed_back)
+        .await
+        .is_err()
+    {
+        consumers.shutdown().await;
+    }
 }
+
+/// Resolves once the worker stops. (`wait_for`'s guard is not `Send`: it must not be
+/// held by the consumers' futures.)
+async fn stopping(give_back: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = give_back.wait_for(|stop| *stop).await;
+}
+
+/// How long a stopping worker waits for the tasks in hand to be handed back.
+const HAND_BACK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One delivery, start to settlement, inside its task span.
 async fn process(
@@ -89,6 +113,7 @@ async fn process(
     events: &Arc<dyn EventSink>,
     ctx: &Context,
     delivery: hangar_shared::queue::Delivery,
+    mut give_back: tokio::sync::watch::Receiver<bool>,
 ) {
     let started = std::time::Instant::now();
     events
@@ -140,19 +165,20 @@ async fn process(
         };
         let result = loop {
             tokio::select! {
-                r = &mut work => break r,
+                r = &mut work => break Some(r),
+                _ = stopping(&mut give_back) => break None,
                 _ = tick.tick() => {
                     watch.drain(ctx);
                     if let Some(limit) = stall
                         && watch.stalled(limit)
                     {
-                        break Err(Error::new(
+                        break Some(Err(Error::new(
                             FailureClass::Network,
                             format!(
                                 "no byte moved for {}s (--stall-timeout): given up for another delivery",
                                 limit.as_secs()
                             ),
-                        ));
+                        )));
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -164,6 +190,18 @@ async fn process(
         };
         watch.drain(ctx);
         result
+    };
+    let Some(result) = result else {
+        // The worker is stopping: the handler is dropped (its upload ended) and the task
+        // goes back to the queue with no failure of its own reported.
+        let key = delivery.task.key.clone();
+        match delivery.nak(std::time::Duration::ZERO).await {
+            Ok(()) => tracing::info!(%key, "stopping: task handed back"),
+            Err(e) => {
+                tracing::warn!(%key, "stopping: task not handed back ({e}); it comes back once its lease runs out")
+            }
+        }
+        return;
     };
     tracing::debug!(
         kind = delivery.task.task.kind().as_str(),
