@@ -186,6 +186,68 @@ async fn list_tags_delete_and_merge_manifest() {
     );
 }
 
+/// The single-image commands read references as containers/image does: a registry's
+/// namespace-less repository (`host/pause`) is `pause`, not `library/pause` — which may
+/// hold another image, the one a `delete` must not touch.
+#[tokio::test(flavor = "multi_thread")]
+async fn single_image_commands_take_a_namespace_less_repository_as_named() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    let dir = env.dir.path();
+    let bare = push_image(
+        &src,
+        dir,
+        "pause",
+        Some("3.9"),
+        Format::Oci,
+        "amd64",
+        (&[601], 1_000),
+    )
+    .await;
+    let other = push_image(
+        &src,
+        dir,
+        "library/pause",
+        Some("3.9"),
+        Format::Oci,
+        "amd64",
+        (&[602], 1_000),
+    )
+    .await;
+    let named = format!("{}/pause:3.9", env.src.addr);
+
+    let raw = hangar(&["inspect", "--tls-verify=false", "--raw", &named]);
+    assert!(raw.status.success(), "{}", text(&raw));
+    assert_eq!(
+        raw.stdout,
+        bare.bytes.to_vec(),
+        "the repository named, not library/pause"
+    );
+    assert!(
+        text(&raw).contains(&format!(
+            "Image reference protocol not provided, use 'docker' as default: docker://{named}"
+        )),
+        "{}",
+        text(&raw)
+    );
+    let tags = hangar(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("{}/pause", env.src.addr),
+    ]);
+    assert!(tags.status.success(), "{}", text(&tags));
+    assert_eq!(String::from_utf8_lossy(&tags.stdout), "[\n  \"3.9\"\n]\n");
+
+    let del = hangar(&["delete", "--tls-verify=false", "-y", &named]);
+    assert!(del.status.success(), "{}", text(&del));
+    assert!(skopeo_raw(&named).is_none(), "pause:3.9 deleted");
+    assert_eq!(
+        skopeo_raw(&format!("{}/library/pause:3.9", env.src.addr)),
+        Some(other.bytes.to_vec()),
+        "library/pause:3.9 untouched"
+    );
+}
+
 #[test]
 fn convert_list_writes_mirror_lines_like_hangar() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,10 @@
 //! | `reg.io/nginx` | reg.io | library | nginx |
 //! | `reg.io/a/b/c/img` | reg.io | a | b/c/img |
 //! | `a/b/c/img` | docker.io | a | b/c/img |
+//!
+//! The single-image commands (`inspect`, `list-tags`, `delete`, `merge-manifest`, `view`)
+//! take containers/image references instead ([`ImageRef::parse_docker`]): `library/` only
+//! on docker.io, so `reg.io/nginx` is the repository `nginx`.
 
 use std::fmt;
 
@@ -45,6 +49,17 @@ pub fn has_explicit_registry(name: &str) -> bool {
 impl ImageRef {
     /// Parses one image name with Hangar's rules, accepting `@sha256:…` pins.
     pub fn parse(input: &str) -> Result<Self> {
+        Self::parse_with(input, split_segments)
+    }
+
+    /// Parses a reference as containers/image does (what Hangar's single-image commands
+    /// use): a registry given keeps its path as it is; only a docker.io one-segment
+    /// name gains `library/`. The project is empty for a one-segment repository.
+    pub fn parse_docker(input: &str) -> Result<Self> {
+        Self::parse_with(input, split_docker)
+    }
+
+    fn parse_with(input: &str, split: fn(&[&str]) -> (String, String, String)) -> Result<Self> {
         let input = input.trim();
         if input.is_empty() {
             return Err(Error::invalid("empty image reference"));
@@ -79,10 +94,11 @@ impl ImageRef {
             )));
         }
         segments.push(last);
-        let (registry, project, name) = split_segments(&segments);
+        let (registry, project, name) = split(&segments);
         validate_registry(&registry)
             .map_err(|e| e.context(format!("image reference {input_shown:?}")))?;
-        for part in project.split('/').chain(name.split('/')) {
+        let project_parts = project.split('/').filter(|_| !project.is_empty());
+        for part in project_parts.chain(name.split('/')) {
             validate_component(part)
                 .map_err(|e| e.context(format!("image reference {input_shown:?}")))?;
         }
@@ -107,9 +123,13 @@ impl ImageRef {
         })
     }
 
-    /// `project/name`, the repository path inside the registry.
+    /// `project/name`, the repository path inside the registry (`name` alone when there
+    /// is no project, a [`Self::parse_docker`] reference).
     pub fn repository(&self) -> String {
-        format!("{}/{}", self.project, self.name)
+        match self.project.is_empty() {
+            true => self.name.clone(),
+            false => format!("{}/{}", self.project, self.name),
+        }
     }
 
     /// What to ask the registry for: the digest when pinned, else the tag.
@@ -190,7 +210,27 @@ fn split_segments(segments: &[&str]) -> (String, String, String) {
     }
 }
 
-/// At most `n` characters of `text` for a message, marked when cut.
+/// containers/image's split: the first segment is a registry when it has a `.` or `:`, is
+/// `localhost` or is not lowercase, and more follow; `index.docker.io` is docker.io.
+fn split_docker(segments: &[&str]) -> (String, String, String) {
+    let first = segments[0];
+    let (registry, path) = match segments.len() > 1
+        && (first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first)
+    {
+        true if first == "index.docker.io" => (DEFAULT_REGISTRY, &segments[1..]),
+        true => (first, &segments[1..]),
+        false => (DEFAULT_REGISTRY, segments),
+    };
+    match path {
+        [name] if registry == DEFAULT_REGISTRY => {
+            (registry.into(), DEFAULT_PROJECT.into(), (*name).into())
+        }
+        [name] => (registry.into(), String::new(), (*name).into()),
+        [project, rest @ ..] => (registry.into(), (*project).into(), rest.join("/")),
+        [] => (registry.into(), String::new(), String::new()),
+    }
+}
+
 /// `text` cut to its first `n` characters (`…` marks the cut): what a message quotes of an
 /// outside string.
 pub fn shorten(text: &str, n: usize) -> String {
@@ -377,6 +417,56 @@ mod tests {
 
     fn t(a: &str, b: &str, c: &str, d: &str) -> (String, String, String, String) {
         (a.into(), b.into(), c.into(), d.into())
+    }
+
+    #[test]
+    fn single_image_references_normalise_like_containers_image() {
+        let docker = |s: &str| {
+            let r = ImageRef::parse_docker(s).unwrap();
+            (r.registry.clone(), r.repository(), r.to_string())
+        };
+        let want = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+        assert_eq!(
+            docker("127.0.0.1:5999/pause:3.9"),
+            want("127.0.0.1:5999", "pause", "127.0.0.1:5999/pause:3.9")
+        );
+        assert_eq!(
+            docker("registry.k8s.io/pause"),
+            want("registry.k8s.io", "pause", "registry.k8s.io/pause:latest")
+        );
+        assert_eq!(
+            docker("localhost/a/b/c"),
+            want("localhost", "a/b/c", "localhost/a/b/c:latest")
+        );
+        assert_eq!(
+            docker("nginx"),
+            want(
+                "docker.io",
+                "library/nginx",
+                "docker.io/library/nginx:latest"
+            )
+        );
+        assert_eq!(
+            docker("docker.io/nginx"),
+            want(
+                "docker.io",
+                "library/nginx",
+                "docker.io/library/nginx:latest"
+            )
+        );
+        assert_eq!(
+            docker("index.docker.io/user/x:1"),
+            want("docker.io", "user/x", "docker.io/user/x:1")
+        );
+        assert_eq!(
+            docker("user/x"),
+            want("docker.io", "user/x", "docker.io/user/x:latest")
+        );
+        // Hangar's list rule is unchanged.
+        assert_eq!(parts("reg.io/nginx").1, "library");
+        for bad in ["reg.io/../x", "reg.io/UP", "", "reg.io/a/../b"] {
+            assert!(ImageRef::parse_docker(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -1,15 +1,13 @@
 //! `delete REF`: fetch the manifest (it must exist), confirm, delete it by digest.
 
 use anyhow::{Result, bail};
-use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::Side;
 
 use crate::cli::DeleteArgs;
 use crate::console::Console;
 
 pub async fn run(args: &DeleteArgs, console: &Console) -> Result<()> {
-    let name = super::docker_reference(&args.reference, console)?;
-    let r = ImageRef::parse(&name)?;
+    let r = super::docker_reference(&args.reference, console)?;
     let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
     let reg = pool.registry(&r.registry).await?;
     let Some(m) = reg

@@ -5,7 +5,6 @@ use anyhow::{Result, bail};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use hangar_shared::manifest::{Manifest, Platform, PlatformFilter};
-use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::{Registry, Side};
 use serde_json::{Value, json};
 
@@ -21,8 +20,7 @@ fn host_arch() -> &'static str {
 }
 
 pub async fn run(args: &InspectArgs, console: &Console) -> Result<()> {
-    let name = super::docker_reference(&args.reference, console)?;
-    let r = ImageRef::parse(&name)?;
+    let r = super::docker_reference(&args.reference, console)?;
     let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
     // Read where registries.conf says to pull it from (its mirrors first), named as asked.
     let (reg, read_at, top) = crate::engine::pull_source::manifest_at(&pool, &r).await?;

@@ -1,14 +1,12 @@
 //! `list-tags REPO`: sorted tags as a 2-space-indented JSON array (`[]` when empty).
 
 use anyhow::Result;
-use hangar_shared::reference::ImageRef;
 
 use crate::cli::RepoArgs;
 use crate::console::Console;
 
 pub async fn run(args: &RepoArgs, console: &Console) -> Result<()> {
-    let name = super::docker_reference(&args.repository, console)?;
-    let r = ImageRef::parse(&name)?;
+    let r = super::docker_reference(&args.repository, console)?;
     let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
     let reg = pool.registry(&r.registry).await?;
     let tags = reg.tags(&r.repository()).await?;

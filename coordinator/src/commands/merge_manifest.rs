@@ -6,7 +6,6 @@ use anyhow::{Result, bail};
 use hangar_shared::digest::Digest;
 use hangar_shared::index_builder;
 use hangar_shared::manifest::{Manifest, OCI_INDEX, RawManifest};
-use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::Side;
 
 use crate::cli::MergeManifestArgs;
@@ -17,7 +16,7 @@ pub async fn run(args: &MergeManifestArgs, console: &Console) -> Result<()> {
     let refs = args
         .refs
         .iter()
-        .map(|r| Ok(ImageRef::parse(&super::docker_reference(r, console)?)?))
+        .map(|r| super::docker_reference(r, console))
         .collect::<Result<Vec<_>>>()?;
     let (target, sources) = refs
         .split_first()

@@ -34,14 +34,16 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use hangar_shared::ratelimit::{Gate, Limits, RateGate};
+use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::RegistryOptions;
 use hangar_shared::store::RegistryPool;
 
-/// Strips `docker://`, warning as Hangar does when no transport was given; refuses the
-/// transports this tool does not read.
-pub fn docker_reference(input: &str, console: &crate::console::Console) -> Result<String> {
+/// A single-image command's reference, read as containers/image reads it: `docker://`
+/// stripped (Hangar's warning when no transport was given), the transports this tool does
+/// not read refused.
+pub fn docker_reference(input: &str, console: &crate::console::Console) -> Result<ImageRef> {
     if let Some(rest) = input.strip_prefix("docker://") {
-        return Ok(rest.to_owned());
+        return Ok(ImageRef::parse_docker(rest)?);
     }
     for t in [
         "docker-daemon:",
@@ -56,9 +58,9 @@ pub fn docker_reference(input: &str, console: &crate::console::Console) -> Resul
     }
     console.warn(
         None,
-        format!("No transport specified for {input:?}, using docker://"),
+        format!("Image reference protocol not provided, use 'docker' as default: docker://{input}"),
     );
-    Ok(input.to_owned())
+    Ok(ImageRef::parse_docker(input)?)
 }
 
 pub fn pool(tls_verify: Option<bool>, authfile: Option<&Path>) -> RegistryPool {

@@ -12,7 +12,6 @@ use futures_util::TryStreamExt;
 use hangar_shared::archive::index::go_escape;
 use hangar_shared::digest::Digest;
 use hangar_shared::manifest::{Descriptor, Manifest, PlatformFilter, RawManifest};
-use hangar_shared::reference::ImageRef;
 use hangar_shared::registry::{Registry, Side};
 use serde_json::Value;
 
@@ -57,8 +56,7 @@ fn host_arch() -> &'static str {
 }
 
 pub async fn run(args: &ViewArgs, kind: Kind, console: &Console) -> Result<()> {
-    let name = super::docker_reference(&args.reference, console)?;
-    let r = ImageRef::parse(&name)?;
+    let r = super::docker_reference(&args.reference, console)?;
     let arch = if args.override_arch.is_empty() {
         host_arch().to_owned()
     } else {
