@@ -32,6 +32,11 @@ impl Console {
         })
     }
 
+    /// `--hide-log-time`: what prints a time of its own leaves it out too.
+    pub fn hides_time(&self) -> bool {
+        self.hide_time
+    }
+
     fn stamp(&self) -> String {
         if self.hide_time {
             return "-".to_owned();

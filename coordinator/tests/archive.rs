@@ -70,6 +70,17 @@ async fn save_ls_validate_load_validate_preserves_platform_digests() {
 
     let ls = hangar(&["archive", "ls", &s(&archive)]);
     assert!(ls.status.success(), "{}", text(&ls));
+    assert!(
+        text(&ls).contains("[INFO] Created time: 20"),
+        "{}",
+        text(&ls)
+    );
+    let hidden = hangar(&["--hide-log-time", "archive", "ls", &s(&archive)]);
+    let hidden = String::from_utf8_lossy(&hidden.stdout).to_string();
+    assert!(
+        hidden.starts_with("- [INFO] Index version: v1.2.0\n- [INFO] Images:\n"),
+        "Hangar leaves the created time out with --hide-log-time:\n{hidden}"
+    );
     let rows: Vec<String> = String::from_utf8_lossy(&ls.stdout)
         .lines()
         .filter(|l| l.contains(" | "))
@@ -109,6 +120,23 @@ async fn save_ls_validate_load_validate_preserves_platform_digests() {
 
     let out = load(&env, &archive, &["-j", "2"]);
     assert!(out.status.success(), "load: {}", text(&out));
+    // load -f skips a mirror-format line with Hangar's warning, and loads the rest.
+    let part = env.write_list(
+        "part.txt",
+        &[
+            "a.io/x b.io/x 1".to_owned(),
+            format!("{}/team/single:2.0", env.src.addr),
+        ],
+    );
+    let out = load(&env, &archive, &["-f", &s(&part), "--project", "part"]);
+    assert!(out.status.success(), "load -f: {}", text(&out));
+    assert!(
+        text(&out)
+            .contains("[WARN] [IMG:1] Ignore image list line \"a.io/x b.io/x 1\": invalid format"),
+        "{}",
+        text(&out)
+    );
+    assert!(skopeo_raw(&format!("{}/part/single:2.0", env.dst.addr)).is_some());
     let v = hangar(&[
         "load",
         "validate",
@@ -332,8 +360,31 @@ async fn merge_and_export() {
         "the shared layer once"
     );
     assert!(hangar(&["archive", "verify", &s(&merged)]).status.success());
+    // Hangar's -f is a string slice: a comma list works as well.
+    let commas = env.path("merged-commas.zip");
+    let out = hangar(&[
+        "archive",
+        "merge",
+        "-f",
+        &format!("{},{}", s(&x), s(&y)),
+        "-o",
+        &s(&commas),
+    ]);
+    assert!(out.status.success(), "merge -f a,b: {}", text(&out));
+    let mut listed = ls_images(&commas);
+    listed[..2].sort();
+    assert_eq!(listed, vec![line("m1"), line("m2"), line("m3")]);
 
-    let export_list = env.write_list("export.txt", &[line("m3"), line("m1"), line("nothere")]);
+    // A mirror-format line is skipped with Hangar's warning, not failed.
+    let export_list = env.write_list(
+        "export.txt",
+        &[
+            line("m3"),
+            line("m1"),
+            "a.io/x b.io/x 1".to_owned(),
+            line("nothere"),
+        ],
+    );
     let exported = env.path("exported.zip");
     let failed = env.path("export-failed.txt");
     let out = hangar(&[
@@ -349,6 +400,16 @@ async fn merge_and_export() {
         &s(&failed),
     ]);
     assert!(!out.status.success(), "a missing image fails the export");
+    assert!(
+        text(&out).contains("Ignore image list line \"a.io/x b.io/x 1\": invalid format"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("[FATA] some images failed to export"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         std::fs::read_to_string(&failed)
             .expect("failed list")

@@ -313,7 +313,7 @@ pub struct ArchiveLsArgs {
 #[derive(Args, Debug)]
 pub struct ArchiveMergeArgs {
     /// Input archives (two or more).
-    #[arg(short = 'f', long = "file")]
+    #[arg(short = 'f', long = "file", value_delimiter = ',')]
     pub files: Vec<String>,
     /// The merged archive to write (required).
     #[arg(short = 'o', long = "output")]

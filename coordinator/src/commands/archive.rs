@@ -151,8 +151,10 @@ async fn ls(args: &ArchiveLsArgs, console: &Console) -> Result<()> {
         }
         return Ok(());
     }
-    let created = index.time.split('T').next().unwrap_or_default();
-    console.info(None, format!("Created time: {created}"));
+    if !console.hides_time() {
+        let created = index.time.split('T').next().unwrap_or_default();
+        console.info(None, format!("Created time: {created}"));
+    }
     console.info(None, format!("Index version: {}", index.version));
     console.info(None, "Images:");
     for (n, image) in index.list.iter().enumerate() {
@@ -231,15 +233,7 @@ async fn export(args: &ArchiveExportArgs, console: &Console) -> Result<()> {
     let mut failed = Vec::new();
     for entry in &list.entries {
         let LineKind::Default(r) = &entry.kind else {
-            console.error(
-                Some(entry.index),
-                format!(
-                    "Failed to export [{}] (line {}): export takes the default list format only",
-                    crate::commands::quoted_line(&entry.original),
-                    entry.line_no
-                ),
-            );
-            failed.push(entry.original.clone());
+            super::ignore_mirror_line(console, entry, list_file, "export");
             continue;
         };
         let r = r
@@ -277,7 +271,7 @@ async fn export(args: &ArchiveExportArgs, console: &Console) -> Result<()> {
             HumanBytes(w.bytes)
         ),
     );
-    super::finish(console, &args.failed, &failed, "copy")
+    super::finish(console, &args.failed, &failed, "export")
 }
 
 /// The most problems one archive's verification lists (the first found; a damaged

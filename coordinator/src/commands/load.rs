@@ -54,16 +54,7 @@ fn select(
             super::report_list_warnings(console, &list, &file.display().to_string());
             for entry in list.entries {
                 let LineKind::Default(r) = &entry.kind else {
-                    let why = "load takes the default list format only";
-                    console.error(
-                        Some(entry.index),
-                        format!(
-                            "Failed to load image [{}] (line {}): {why}",
-                            crate::commands::quoted_line(&entry.original),
-                            entry.line_no
-                        ),
-                    );
-                    failed.push((entry.original.clone(), why.to_owned()));
+                    super::ignore_mirror_line(console, &entry, file, "load");
                     continue;
                 };
                 let r = r

@@ -358,6 +358,25 @@ pub fn quoted_line(original: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Hangar's warning for a mirror-format line given to a command that takes the default
+/// format only (save, sync, load, export): the line is skipped, not failed.
+pub fn ignore_mirror_line(
+    console: &crate::console::Console,
+    entry: &hangar_shared::imagelist::ListEntry,
+    file: &Path,
+    command: &str,
+) {
+    console.warn(
+        Some(entry.index),
+        format!(
+            "Ignore image list line \"{}\": invalid format ({}:{}: {command} takes the default list format only)",
+            quoted_line(&entry.original),
+            file.display(),
+            entry.line_no
+        ),
+    );
+}
+
 /// A project flag (`--project`, `--source-project`, `--destination-project`): empty, or a
 /// repository path in distribution's grammar — nothing a URL would resolve elsewhere.
 pub fn check_project(flag: &str, value: &str) -> Result<()> {

@@ -58,15 +58,7 @@ pub(crate) fn read_jobs(
     parsed.entries.retain(|e| {
         let mirror_format = matches!(e.kind, LineKind::Mirror { .. });
         if mirror_format {
-            console.warn(
-                Some(e.index),
-                format!(
-                    "Skip image list line {:?} ({}:{}): archives take the default list format only",
-                    crate::commands::quoted_line(&e.original),
-                    file.display(),
-                    e.line_no
-                ),
-            );
+            crate::commands::ignore_mirror_line(console, e, file, "an archive");
         }
         !mirror_format
     });
