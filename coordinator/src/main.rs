@@ -171,6 +171,9 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             None => commands::sign::sign(&s.args, cli.debug, console).await,
         },
         Command::Scan(a) => commands::scan::run(&a, cli.debug, console).await,
+        Command::Signv1 { .. } => Err(anyhow::anyhow!(
+            "signv1 (Hangar's sign v1, deprecated since v1.9) is not supported: sign with `hangar sign -f LIST -p cosign.key`, check with `hangar sign validate -f LIST -k cosign.pub`; their signatures are the same cosign `sha256-<hex>.sig` attachments"
+        )),
         Command::Archive(a) => commands::archive::run(a, &console).await,
         Command::Submit(mut a) => {
             if a.mirror.file.is_some() {
@@ -257,8 +260,8 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
         }
         Command::ConvertList(a) => commands::convert_list::run(&a, &console),
         Command::GenerateList(a) => commands::generate_list::run(&a, &console).await,
-        Command::Login(a) => commands::login::login(&a, &console).await,
-        Command::Logout(a) => commands::login::logout(&a, &console),
+        Command::Login(a) => commands::login::login(&a).await,
+        Command::Logout(a) => commands::login::logout(&a),
         Command::Version => Ok(stdout::outln!("{}", version_line())?),
         Command::Completion { shell } => {
             let mut script = Vec::new();

@@ -352,6 +352,7 @@ async fn login_logout_and_mirror_into_a_basic_auth_registry() {
     assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
     assert!(!authfile.exists(), "nothing stored for a rejected login");
 
+    // Hangar's whole login flag set (containers/common's).
     let ok = hangar(&[
         "login",
         &secured.addr,
@@ -362,8 +363,18 @@ async fn login_logout_and_mirror_into_a_basic_auth_registry() {
         "--authfile",
         af,
         "--tls-verify=false",
+        "--retry-times",
+        "5",
+        "--timeout",
+        "30s",
+        "-v",
     ]);
     assert!(ok.status.success(), "{}", text(&ok));
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout),
+        format!("Used: {af}\nLogin Succeeded!\n"),
+        "containers/common's lines, bare"
+    );
     let stored = std::fs::read_to_string(&authfile).unwrap();
     assert!(
         stored.contains(&secured.addr) && !stored.contains("s3cret-pass"),
@@ -409,6 +420,123 @@ async fn login_logout_and_mirror_into_a_basic_auth_registry() {
     );
     let again = hangar(&["logout", &secured.addr, "--authfile", af]);
     assert_eq!(again.status.code(), Some(1));
+
+    // --compat-auth-file: a Docker config of its own, written and cleared there only.
+    let compat = dir.path().join("docker-config.json");
+    let cf = compat.to_str().unwrap();
+    let ok = hangar(&[
+        "login",
+        &secured.addr,
+        "-u",
+        "mirror-user",
+        "--password-stdin",
+        "--compat-auth-file",
+        cf,
+        "--tls-verify=false",
+    ]);
+    assert!(!ok.status.success(), "no password on stdin: refused");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "login",
+            &secured.addr,
+            "-u",
+            "mirror-user",
+            "--password-stdin",
+        ])
+        .args(["--compat-auth-file", cf, "--tls-verify=false"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret-pass\n")
+        .unwrap();
+    let ok = child.wait_with_output().unwrap();
+    assert!(ok.status.success(), "{}", text(&ok));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&compat).unwrap()).unwrap();
+    assert!(v["auths"][&secured.addr]["auth"].is_string(), "{v}");
+    assert!(
+        !std::fs::read_to_string(&authfile)
+            .unwrap()
+            .contains(&secured.addr),
+        "the auth file untouched"
+    );
+    let out = hangar(&[
+        "logout",
+        &secured.addr,
+        "--compat-auth-file",
+        cf,
+        "--tls-verify=false",
+        "--timeout",
+        "5s",
+        "--retry-times",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("Removed login credentials for {}\n", secured.addr)
+    );
+    assert!(
+        !std::fs::read_to_string(&compat)
+            .unwrap()
+            .contains(&secured.addr)
+    );
+}
+
+/// A registry that takes the connection and never answers: `login --timeout` ends the
+/// check at its bound, and stores nothing.
+#[test]
+fn login_gives_up_on_a_silent_registry_at_its_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let authfile = dir.path().join("auth.json");
+    let started = std::time::Instant::now();
+    let out = hangar(&[
+        "login",
+        &addr,
+        "-u",
+        "u",
+        "-p",
+        "p",
+        "--authfile",
+        authfile.to_str().unwrap(),
+        "--tls-verify=false",
+        "--timeout",
+        "2s",
+    ]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("within 2s"), "{}", text(&out));
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    assert!(!authfile.exists(), "nothing stored");
+}
+
+#[test]
+fn signv1_is_refused_with_what_to_use_instead() {
+    for args in [
+        &["signv1", "-f", "l.txt", "-k", "k.key"][..],
+        &["signv1", "validate", "-p", "k.pub", "-f", "l.txt"][..],
+    ] {
+        let out = hangar(args);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains("signv1 (Hangar's sign v1, deprecated since v1.9) is not supported: sign with `hangar sign"),
+            "{}",
+            text(&out)
+        );
+    }
 }
 
 #[test]

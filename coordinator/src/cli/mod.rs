@@ -83,6 +83,13 @@ pub enum Command {
     /// Sign the images of a list with a cosign key.
     #[command(args_conflicts_with_subcommands = true)]
     Sign(Box<SignCmd>),
+    /// Hangar's deprecated sign v1 (sigstore attachments through registries.d): refused,
+    /// with what to use instead.
+    #[command(hide = true, disable_help_flag = true)]
+    Signv1 {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
+    },
     /// Scan the images of a list for vulnerabilities (offline, OSV data).
     Scan(Box<ScanArgs>),
     /// Print a manifest, a config or a summary of an image; `inspect list` reports on a list.

@@ -143,6 +143,18 @@ pub struct LoginArgs {
     /// Print the stored username for the registry.
     #[arg(long = "get-login")]
     pub get_login: bool,
+    /// Say which auth file was written.
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    /// Bound on the login check, e.g. 30s (0: none).
+    #[arg(long = "timeout", default_value = "0")]
+    pub timeout: String,
+    /// Retries of the login check after a transient failure (a connection error, a 5xx).
+    #[arg(long = "retry-times", default_value_t = 3)]
+    pub retry_times: u32,
+    /// Write the credentials to this Docker-format config file instead of the auth file.
+    #[arg(long = "compat-auth-file", conflicts_with = "authfile")]
+    pub compat_auth_file: Option<PathBuf>,
     #[command(flatten)]
     pub access: RegistryArgs,
 }
@@ -157,4 +169,16 @@ pub struct LogoutArgs {
     /// Remove every stored credential.
     #[arg(short = 'a', long = "all")]
     pub all: bool,
+    /// Remove the credentials from this Docker-format config file instead of the auth file.
+    #[arg(long = "compat-auth-file", conflicts_with = "authfile")]
+    pub compat_auth_file: Option<PathBuf>,
+    /// Taken for Hangar's scripts: logout asks no registry, so TLS does not apply.
+    #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub tls_verify: Option<bool>,
+    /// Taken for Hangar's scripts: logout asks no registry.
+    #[arg(long = "timeout", hide = true)]
+    pub timeout: Option<String>,
+    /// Taken for Hangar's scripts: logout asks no registry.
+    #[arg(long = "retry-times", hide = true)]
+    pub retry_times: Option<u32>,
 }

@@ -8,7 +8,6 @@ use hangar_shared::auth::{self, AuthFile, Credentials};
 use hangar_shared::registry::{Registry, RegistryOptions};
 
 use crate::cli::{LoginArgs, LogoutArgs};
-use crate::console::Console;
 
 fn read_line(prompt: &str) -> Result<String> {
     eprint!("{prompt}");
@@ -18,7 +17,7 @@ fn read_line(prompt: &str) -> Result<String> {
     Ok(s.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-pub async fn login(args: &LoginArgs, console: &Console) -> Result<()> {
+pub async fn login(args: &LoginArgs) -> Result<()> {
     let registry = args
         .registry
         .trim_start_matches("docker://")
@@ -47,34 +46,68 @@ pub async fn login(args: &LoginArgs, console: &Console) -> Result<()> {
         bail!("--password or --password-stdin is required when stdin is not a terminal");
     };
     let creds = Credentials { username, password };
+    let timeout = match args.timeout.trim() {
+        "0" => None,
+        t => Some(
+            humantime::parse_duration(t)
+                .map_err(|e| anyhow::anyhow!("invalid --timeout {t:?}: {e}"))?,
+        ),
+    };
     let options = RegistryOptions {
         tls_verify: args.access.tls_verify,
         cert_dir: super::cert_dir(),
+        retry: hangar_shared::retry::RetryPolicy {
+            attempts: args.retry_times.saturating_add(1),
+            ..Default::default()
+        },
+        request_timeout: timeout,
         ..Default::default()
     };
-    let reg = Registry::connect(registry, &options, Some(creds.clone())).await?;
-    reg.verify_login().await.context("login failed")?;
-    let path = auth::write_location(args.access.authfile.as_deref());
+    let check = async {
+        let reg = Registry::connect(registry, &options, Some(creds.clone())).await?;
+        reg.verify_login().await
+    };
+    match timeout {
+        Some(t) => tokio::time::timeout(t, check)
+            .await
+            .map_err(|_| anyhow::anyhow!("login failed: no answer from {registry} within {t:?}"))?,
+        None => check.await,
+    }
+    .context("login failed")?;
+    let path = written_file(
+        args.compat_auth_file.as_deref(),
+        args.access.authfile.as_deref(),
+    );
     let mut file = AuthFile::load(&path)?;
     file.set(registry, &creds);
     file.save(&path)?;
-    console.info(None, "Login Succeeded!");
+    if args.verbose {
+        crate::stdout::outln!("Used: {}", path.display())?;
+    }
+    // containers/common's words, bare on stdout: scripts match the line exactly.
+    crate::stdout::outln!("Login Succeeded!")?;
     Ok(())
 }
 
-pub fn logout(args: &LogoutArgs, console: &Console) -> Result<()> {
-    let path = auth::write_location(args.authfile.as_deref());
+/// Where login writes and logout removes: `--compat-auth-file` (the auth file's format is
+/// Docker's `auths` already), else the auth file.
+fn written_file(
+    compat: Option<&std::path::Path>,
+    authfile: Option<&std::path::Path>,
+) -> std::path::PathBuf {
+    match compat {
+        Some(p) => p.to_path_buf(),
+        None => auth::write_location(authfile),
+    }
+}
+
+pub fn logout(args: &LogoutArgs) -> Result<()> {
+    let path = written_file(args.compat_auth_file.as_deref(), args.authfile.as_deref());
     let mut file = AuthFile::load(&path)?;
     if args.all {
         file.clear();
         file.save(&path)?;
-        console.info(
-            None,
-            format!(
-                "Removed login credentials for all registries from {}",
-                path.display()
-            ),
-        );
+        crate::stdout::outln!("Removed login credentials for all registries")?;
         return Ok(());
     }
     let Some(registry) = &args.registry else {
@@ -87,6 +120,6 @@ pub fn logout(args: &LogoutArgs, console: &Console) -> Result<()> {
         bail!("not logged into {registry}");
     }
     file.save(&path)?;
-    console.info(None, format!("Removed login credentials for {registry}"));
+    crate::stdout::outln!("Removed login credentials for {registry}")?;
     Ok(())
 }
