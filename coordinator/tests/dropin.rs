@@ -275,6 +275,68 @@ async fn tls_to_a_plain_http_registry_names_tls_verify_false() {
 
 /// A closed port fails in seconds with one line naming the registry, not a retry round per
 /// request; the dry run fails the same way and names each image's destination.
+/// Hangar runs an empty list to its end (a pipeline's list of new images may be empty):
+/// mirror, its validation and save exit 0, save with an archive of no image.
+#[test]
+fn an_empty_list_runs_to_its_end() {
+    let env = common::Env::new();
+    let empty = env.write_list("empty.txt", &["# nothing new today".to_owned()]);
+    let empty = empty.to_str().expect("utf-8");
+    let failed = env.path("f.txt");
+    let failed = failed.to_str().expect("utf-8");
+    let dst = env.dst.addr.as_str();
+    let archive = env.path("empty.zip");
+    let archive = archive.to_str().expect("utf-8");
+    for args in [
+        &[
+            "mirror",
+            "--tls-verify=false",
+            "-f",
+            empty,
+            "-d",
+            dst,
+            "-o",
+            failed,
+        ][..],
+        &[
+            "mirror",
+            "validate",
+            "--tls-verify=false",
+            "-f",
+            empty,
+            "-d",
+            dst,
+            "-o",
+            failed,
+        ][..],
+        &[
+            "save",
+            "--tls-verify=false",
+            "-f",
+            empty,
+            "-d",
+            archive,
+            "-o",
+            failed,
+        ][..],
+    ] {
+        let out = common::hangar(args);
+        let text = common::text(&out);
+        assert!(out.status.success(), "{args:?}: {text}");
+        assert!(text.contains("No images in list"), "{text}");
+        assert!(text.contains("[INFO] Done"), "{text}");
+    }
+    assert!(!std::path::Path::new(failed).exists(), "nothing failed");
+    let ls = common::hangar(&["archive", "ls", "--image-only", archive]);
+    assert!(ls.status.success(), "{}", common::text(&ls));
+    assert!(ls.stdout.is_empty(), "{}", common::text(&ls));
+    assert!(
+        common::hangar(&["archive", "verify", archive])
+            .status
+            .success()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_registry_fails_fast_with_one_line() {
     let env = common::Env::new();
@@ -309,6 +371,13 @@ async fn an_unreachable_registry_fails_fast_with_one_line() {
         !text.contains("WARN") && !text.contains("retrying"),
         "{text}"
     );
+    // Nothing was copied: every line is in the failed list, for the retry with -f.
+    let failed = std::fs::read_to_string(env.path("f.txt")).expect("the failed list");
+    let mut failed: Vec<&str> = failed.lines().collect();
+    failed.sort();
+    let mut want: Vec<&str> = lines.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(failed, want);
     // A source that does not answer fails its images at once, the others go on.
     let mixed = env.write_list(
         "mixed.txt",

@@ -276,6 +276,12 @@ pub async fn load(
             args.sign_passphrase_file.as_deref(),
         )?;
     }
+    let mut failed: Vec<String> = selected.failed.into_iter().map(|(line, _)| line).collect();
+    let every_line: Vec<String> = failed
+        .iter()
+        .cloned()
+        .chain(spec.images.iter().map(|j| j.entry.original.clone()))
+        .collect();
     let report = job::run_copy(
         spec,
         pool,
@@ -284,8 +290,8 @@ pub async fn load(
         (&id, &run),
         watch.cloned(),
     )
-    .await?;
-    let mut failed: Vec<String> = selected.failed.into_iter().map(|(line, _)| line).collect();
+    .await
+    .map_err(|e| super::all_failed(&console, &args.failed, &every_line, e))?;
     let more = super::summarise(&console, &report, "loaded", failed.len());
     failed.extend(more);
     super::finish(&console, &args.failed, &failed, "copy")

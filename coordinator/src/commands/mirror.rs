@@ -45,8 +45,9 @@ pub fn prepare_list(
     console: &Console,
 ) -> Result<Prepared> {
     super::report_list_warnings(console, &list, label);
+    // Hangar runs an empty list to its end: a pipeline's list of new images may be empty.
     if list.entries.is_empty() {
-        bail!("no images in list {label}");
+        console.warn(None, format!("No images in list {label}"));
     }
     let some = |s: &str| {
         let s = s
@@ -239,7 +240,14 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         None => None,
     };
     let id = job::new_job_id();
-    let report = job::run_copy(spec, pool, console.clone(), backend, (&id, "1"), None).await?;
+    let every_line: Vec<String> = prepared_rejected
+        .iter()
+        .map(|(entry, _)| entry.original.clone())
+        .chain(spec.images.iter().map(|j| j.entry.original.clone()))
+        .collect();
+    let report = job::run_copy(spec, pool, console.clone(), backend, (&id, "1"), None)
+        .await
+        .map_err(|e| super::all_failed(&console, &args.failed, &every_line, e))?;
     if let Some(db) = &scan_db {
         super::scan::report_job(&report, db, &args.scan_report, false, &console)?;
     }

@@ -313,6 +313,23 @@ pub fn finish(
     anyhow::bail!("some images failed to {verb}")
 }
 
+/// A job that ended in an error (a destination that cannot be reached, the fleet lost)
+/// vouches for no line: every one goes to the failed list, so that Hangar's retry with
+/// `-f <failed file>` has its list. Gives the job's error back.
+pub fn all_failed(
+    console: &crate::console::Console,
+    path: &Path,
+    lines: &[String],
+    error: hangar_shared::error::Error,
+) -> anyhow::Error {
+    if !lines.is_empty()
+        && let Err(e) = write_failed(console, path, lines)
+    {
+        console.error(None, format!("{e:#}"));
+    }
+    error.into()
+}
+
 /// Writes the failed list (one line each) and says where.
 pub fn write_failed(
     console: &crate::console::Console,
