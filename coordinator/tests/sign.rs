@@ -112,7 +112,20 @@ async fn sign_validate_tamper_other_key_unsigned_and_no_duplicates() {
         "signed.txt",
         &[format!("{}/library/signed:v1", env.src.addr)],
     );
-    let out = sign(&env, &signed_list, &key, &["-j", "2"]);
+    // Hangar's keyless flags beside a key are taken, as Hangar takes them.
+    let out = sign(
+        &env,
+        &signed_list,
+        &key,
+        &[
+            "-j",
+            "2",
+            "--oidc-issuer",
+            "https://oauth2.sigstore.dev/auth",
+            "--oidc-client-id",
+            "sigstore",
+        ],
+    );
     assert!(out.status.success(), "sign: {}", text(&out));
 
     // Index and both platforms signed; the independent verifier agrees.
@@ -147,7 +160,7 @@ async fn sign_validate_tamper_other_key_unsigned_and_no_duplicates() {
         );
     }
 
-    let out = validate(&env, &signed_list, &public, &[]);
+    let out = validate(&env, &signed_list, &public, &["--offline=true"]);
     assert!(out.status.success(), "validate: {}", text(&out));
     assert!(text(&out).contains("PASS"), "{}", text(&out));
     assert!(

@@ -228,9 +228,10 @@ pub enum StoreCmd {
     /// Add local files or http(s) URLs, each as `docker.io/hangar-file/<name>:latest`.
     #[command(visible_aliases = ["files", "f"])]
     File(StoreFileArgs),
-    /// Add Helm charts (a packaged `.tgz`, a chart directory, or an http(s) `.tgz` URL),
-    /// each as `docker.io/hangar-helm/<chart>:<version>` (repository indexes and `oci://`
-    /// charts are not supported yet).
+    /// Add Helm charts — a packaged `.tgz` (a path or an http(s) URL), a chart directory, a
+    /// Helm repository (a directory or URL with `index.yaml`) with `-n NAME [-v VERSION]`,
+    /// or `oci://REGISTRY/REPO[/NAME]` — each as `docker.io/hangar-helm/<chart>:<version>`
+    /// (an `oci://` chart under its own repository, its digest kept).
     #[command(visible_aliases = ["charts", "c"])]
     Chart(StoreChartArgs),
 }

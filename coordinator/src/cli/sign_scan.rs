@@ -100,6 +100,15 @@ pub struct SignArgs {
     /// Fulcio URL, for keyless signing (not supported here).
     #[arg(long = "fulcio-url", default_value = "https://fulcio.sigstore.dev")]
     pub fulcio_url: String,
+    /// OIDC issuer, for keyless signing (not supported here; accepted beside a key).
+    #[arg(
+        long = "oidc-issuer",
+        default_value = "https://oauth2.sigstore.dev/auth"
+    )]
+    pub oidc_issuer: String,
+    /// OIDC client id, for keyless signing (not supported here; accepted beside a key).
+    #[arg(long = "oidc-client-id", default_value = "sigstore")]
+    pub oidc_client_id: String,
     /// Also sign the index (manifest list) digest.
     #[arg(long = "sign-manifest-index", hide = true, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub sign_manifest_index: bool,
@@ -130,6 +139,9 @@ pub struct SignValidateArgs {
     /// Accepted: transparency-log entries are never required here.
     #[arg(long = "insecure-ignore-tlog")]
     pub insecure_ignore_tlog: bool,
+    /// Accepted: verification is always offline here (no transparency log is fetched).
+    #[arg(long = "offline", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub offline: Option<bool>,
     /// Also verify the index (manifest list) digest.
     #[arg(long = "validate-manifest-index", hide = true, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub validate_manifest_index: bool,
