@@ -337,6 +337,55 @@ fn an_empty_list_runs_to_its_end() {
     );
 }
 
+/// A destination that takes the connection and never answers keeps the first look waiting
+/// up to its timeout: Ctrl-C ends that wait at once, and the failed list holds the list.
+#[test]
+fn ctrl_c_while_a_silent_destination_is_asked_ends_the_run() {
+    let env = common::Env::new();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let line = format!("{}/x/y:1", env.src.addr);
+    let list = env.write_list("list.txt", std::slice::from_ref(&line));
+    let failed = env.path("f.txt");
+    let child = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args(["mirror", "--tls-verify=false", "-f"])
+        .arg(&list)
+        .args(["-d", &addr, "-o"])
+        .arg(&failed)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let sent = std::time::Instant::now();
+    let int = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(int.success());
+    let out = child.wait_with_output().expect("wait");
+    let took = sent.elapsed();
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("[FATA] interrupted while the destination was asked"),
+        "{text}"
+    );
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}: {text}");
+    assert_eq!(
+        std::fs::read_to_string(&failed)
+            .expect("failed list")
+            .trim(),
+        line
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_registry_fails_fast_with_one_line() {
     let env = common::Env::new();

@@ -339,8 +339,18 @@ pub async fn run_copy(
         let probes = hosts
             .iter()
             .map(|h| async { (*h, pool.registry(h).await.and_then(|r| r.reachable())) });
-        let unreachable: Vec<(&str, Error)> = futures_util::future::join_all(probes)
-            .await
+        let probed = futures_util::future::join_all(probes);
+        // A silent destination takes its whole probe timeout: Ctrl-C ends the wait.
+        let probed = tokio::select! {
+            probed = probed => probed,
+            _ = tokio::signal::ctrl_c(), if spec.interruptible => {
+                return Err(Error::new(
+                    FailureClass::Network,
+                    "interrupted while the destination was asked whether it answers; nothing was copied",
+                ));
+            }
+        };
+        let unreachable: Vec<(&str, Error)> = probed
             .into_iter()
             .filter_map(|(h, r)| r.err().map(|e| (h, e)))
             .collect();
