@@ -267,13 +267,27 @@ async fn an_exhausted_tasks_failure_dropped_unread_is_still_taken_in() {
     }
 }
 
-/// A worker holding a task for ever (here a nak with a delay of a day; work in progress
-/// sent without end is the same) no longer holds its run: the task queue has a max age (a
-/// week; given to a stream an older version made, too), past which the message is gone
-/// with no answer, and the run publishes it again. The test shortens the age, as an
-/// operator may (a shorter age is kept).
+/// A worker holding a task for ever — a nak with a delay of a day, or "in progress" sent
+/// without end — no longer holds its run: the task queue has a max age (a week; given to
+/// a stream an older version made, too), past which the message is gone with no answer,
+/// and the run publishes it again. The tests shorten the age, as an operator may (a
+/// shorter age is kept).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_held_for_ever_leaves_the_queue_at_its_max_age_and_is_published_again() {
+    held_for_ever(Hold::NakForADay).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_kept_in_progress_for_ever_leaves_the_queue_at_its_max_age() {
+    held_for_ever(Hold::InProgressWithoutEnd).await;
+}
+
+enum Hold {
+    NakForADay,
+    InProgressWithoutEnd,
+}
+
+async fn held_for_ever(hold: Hold) {
     use async_nats::jetstream::stream;
     let nats = NatsProcess::start().expect("nats-server");
     let client = nats_client(&nats).await;
@@ -313,13 +327,29 @@ async fn a_task_held_for_ever_leaves_the_queue_at_its_max_age_and_is_published_a
         Duration::from_secs(2),
         "an operator's shorter age is kept"
     );
-    held.nak(Duration::from_secs(24 * 3600)).await.unwrap();
+    let keeping = match hold {
+        Hold::NakForADay => {
+            held.nak(Duration::from_secs(24 * 3600)).await.unwrap();
+            None
+        }
+        Hold::InProgressWithoutEnd => Some(tokio::spawn(async move {
+            loop {
+                held.in_progress().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })),
+    };
     let missing = once_gone(&publisher, "held.r1").await;
     js.update_stream(shortened(Duration::from_secs(3600)))
         .await
         .unwrap();
     assert!(publisher.recover(missing).await.is_empty());
-    let again = next(&rogue).await;
+    // The rogue still keeping its one slot busy, another worker takes the task.
+    let other = match &keeping {
+        Some(_) => Some(blob_taker(&client, Duration::from_secs(30)).await),
+        None => None,
+    };
+    let again = next(other.as_ref().unwrap_or(&rogue)).await;
     assert_eq!(
         (again.task.id, again.task.nonce, again.attempt),
         (3, task.nonce, 1)
