@@ -424,17 +424,6 @@ async fn login_logout_and_mirror_into_a_basic_auth_registry() {
     // --compat-auth-file: a Docker config of its own, written and cleared there only.
     let compat = dir.path().join("docker-config.json");
     let cf = compat.to_str().unwrap();
-    let ok = hangar(&[
-        "login",
-        &secured.addr,
-        "-u",
-        "mirror-user",
-        "--password-stdin",
-        "--compat-auth-file",
-        cf,
-        "--tls-verify=false",
-    ]);
-    assert!(!ok.status.success(), "no password on stdin: refused");
     let mut child = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
         .args([
             "login",
@@ -459,6 +448,19 @@ async fn login_logout_and_mirror_into_a_basic_auth_registry() {
     assert!(ok.status.success(), "{}", text(&ok));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&compat).unwrap()).unwrap();
     assert!(v["auths"][&secured.addr]["auth"].is_string(), "{v}");
+    let who = hangar(&[
+        "login",
+        &secured.addr,
+        "--get-login",
+        "--compat-auth-file",
+        cf,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&who.stdout),
+        "mirror-user\n",
+        "{}",
+        text(&who)
+    );
     assert!(
         !std::fs::read_to_string(&authfile)
             .unwrap()

@@ -237,6 +237,8 @@ async fn registries_conf_mirrors_serve_an_unreachable_registry() {
             "[[registry]]\nprefix = \"{gone}/team\"\nlocation = \"{gone}/team\"\n\n\
              [[registry.mirror]]\nlocation = \"{src}/empty/team\"\ninsecure = true\n\n\
              [[registry.mirror]]\nlocation = \"{src}/hub/team\"\ninsecure = true\n\n\
+             [[registry]]\nprefix = \"{gone}/solo\"\nlocation = \"{gone}/solo\"\n\n\
+             [[registry.mirror]]\nlocation = \"{src}/solo\"\ninsecure = true\n\n\
              [[registry]]\nlocation = \"{dst}\"\ninsecure = true\n",
             src = env.src.addr,
             dst = env.dst.addr
@@ -300,6 +302,20 @@ async fn registries_conf_mirrors_serve_an_unreachable_registry() {
         "read through the mirror, named as asked: {}",
         text(&out)
     );
+    // A one-segment repository (as inspect reads `host/solo`), through a one-segment mirror.
+    let solo = push_image(
+        &src,
+        env.dir.path(),
+        "solo",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        (&[701], 2_000),
+    )
+    .await;
+    let out = run(&["inspect", "--raw", &format!("{gone}/solo:1")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.stdout, solo.bytes.to_vec());
     let out = run(&[
         "mirror",
         "validate",

@@ -273,8 +273,6 @@ async fn tls_to_a_plain_http_registry_names_tls_verify_false() {
     );
 }
 
-/// A closed port fails in seconds with one line naming the registry, not a retry round per
-/// request; the dry run fails the same way and names each image's destination.
 /// Hangar runs an empty list to its end (a pipeline's list of new images may be empty):
 /// mirror, its validation and save exit 0, save with an archive of no image.
 #[test]
@@ -344,10 +342,12 @@ fn ctrl_c_while_a_silent_destination_is_asked_ends_the_run() {
     let env = common::Env::new();
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = silent.local_addr().expect("addr").to_string();
+    let (asked, asking) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for c in silent.incoming().flatten() {
             held.push(c);
+            let _ = asked.send(());
         }
     });
     let line = format!("{}/x/y:1", env.src.addr);
@@ -362,7 +362,11 @@ fn ctrl_c_while_a_silent_destination_is_asked_ends_the_run() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // SIGINT once the probe is under way (the listener holds its connection).
+    asking
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the destination was never asked");
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let sent = std::time::Instant::now();
     let int = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -386,6 +390,8 @@ fn ctrl_c_while_a_silent_destination_is_asked_ends_the_run() {
     );
 }
 
+/// A closed port fails in seconds with one line naming the registry, not a retry round per
+/// request; the dry run fails the same way and names each image's destination.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_registry_fails_fast_with_one_line() {
     let env = common::Env::new();

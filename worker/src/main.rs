@@ -377,17 +377,19 @@ async fn run() -> Result<()> {
         total,
         stopped,
     ));
-    tokio::select! {
-        _ = &mut running => return Ok(()),
-        _ = shutdown_signal() => {}
-    }
-    ready.store(false, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!("stopping: no new tasks; {grace:?} for the ones in hand");
-    queue.close().await;
-    if tokio::time::timeout(grace, &mut running).await.is_err() {
-        tracing::warn!("grace period over; handing back the tasks still in hand");
-        let _ = stop.send(());
-        let _ = running.await;
+    let signalled = tokio::select! {
+        _ = &mut running => false,
+        _ = shutdown_signal() => true,
+    };
+    if signalled {
+        ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("stopping: no new tasks; {grace:?} for the ones in hand");
+        queue.close().await;
+        if tokio::time::timeout(grace, &mut running).await.is_err() {
+            tracing::warn!("grace period over; handing back the tasks still in hand");
+            let _ = stop.send(());
+            let _ = running.await;
+        }
     }
     // The hand-backs are published, not yet written: write them before the process ends.
     if tokio::time::timeout(Duration::from_secs(2), client.flush())

@@ -55,9 +55,11 @@ pub async fn run(
         let mut give_back = given_back.clone();
         consumers.spawn(async move {
             loop {
+                // Stopping first: a worker that stops takes no new task.
                 let delivery = tokio::select! {
-                    d = queue.next() => d,
+                    biased;
                     _ = stopping(&mut give_back) => None,
+                    d = queue.next() => d,
                 };
                 let Some(delivery) = delivery else { return };
                 let span = tracing::info_span!(
@@ -164,7 +166,9 @@ async fn process(
             _ => None,
         };
         let result = loop {
+            // The work first: a task that finished as the worker stopped is reported.
             tokio::select! {
+                biased;
                 r = &mut work => break Some(r),
                 _ = stopping(&mut give_back) => break None,
                 _ = tick.tick() => {

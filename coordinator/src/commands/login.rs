@@ -23,7 +23,11 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
         .trim_start_matches("docker://")
         .trim_end_matches('/');
     if args.get_login {
-        match auth::lookup(args.access.authfile.as_deref(), registry, None)? {
+        let file = args
+            .compat_auth_file
+            .as_deref()
+            .or(args.access.authfile.as_deref());
+        match auth::lookup(file, registry, None)? {
             Some(c) => crate::stdout::outln!("{}", c.username)?,
             None => bail!("not logged into {registry}"),
         }
@@ -53,19 +57,22 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("invalid --timeout {t:?}: {e}"))?,
         ),
     };
+    let retry = hangar_shared::retry::RetryPolicy {
+        attempts: args.retry_times.saturating_add(1),
+        ..Default::default()
+    };
     let options = RegistryOptions {
         tls_verify: args.access.tls_verify,
         cert_dir: super::cert_dir(),
-        retry: hangar_shared::retry::RetryPolicy {
-            attempts: args.retry_times.saturating_add(1),
-            ..Default::default()
-        },
         request_timeout: timeout,
         ..Default::default()
     };
     let check = async {
         let reg = Registry::connect(registry, &options, Some(creds.clone())).await?;
-        reg.verify_login().await
+        // A registry that did not answer its first look fails at once, not after the
+        // login request's own timeout.
+        reg.reachable()?;
+        retry.run("login", || reg.verify_login()).await
     };
     match timeout {
         Some(t) => tokio::time::timeout(t, check)

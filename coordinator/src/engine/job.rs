@@ -304,6 +304,7 @@ pub async fn run_copy(
     // Connections made ahead of the plans; what is still connecting when the job returns
     // is dropped with it.
     let mut warming = tokio::task::JoinSet::new();
+    let mut sigint = super::listen_for_ctrl_c(spec.interruptible);
     // Here (not on the fleet, whose workers may reach what this process cannot), every
     // destination registry is asked once before any work: one that does not answer fails
     // the job in seconds, one line each, rather than every image after its retries.
@@ -343,7 +344,7 @@ pub async fn run_copy(
         // A silent destination takes its whole probe timeout: Ctrl-C ends the wait.
         let probed = tokio::select! {
             probed = probed => probed,
-            _ = tokio::signal::ctrl_c(), if spec.interruptible => {
+            _ = super::ctrl_c(&mut sigint) => {
                 return Err(Error::new(
                     FailureClass::Network,
                     "interrupted while the destination was asked whether it answers; nothing was copied",
@@ -460,7 +461,7 @@ pub async fn run_copy(
                     interrupted |= purge;
                 }
             },
-            _ = tokio::signal::ctrl_c(), if spec.interruptible => {
+            _ = super::ctrl_c(&mut sigint) => {
                 console.warn(None, "Interrupted: stopping; unfinished images are reported failed");
                 tracker.abandon("interrupted", &mut obs);
                 interrupted = true;

@@ -13,3 +13,23 @@ pub mod snapshot;
 pub mod tasks;
 pub mod tracker;
 pub mod work;
+
+/// Ctrl-C, listened for from `on`'s start when a command runs the job (a service's jobs
+/// leave signals to the service). A `ctrl_c()` future registers only once polled: a
+/// SIGINT before a select first polled it would be lost, or, once another listener had
+/// registered, ignored.
+pub(crate) fn listen_for_ctrl_c(on: bool) -> Option<tokio::signal::unix::Signal> {
+    on.then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok())
+        .flatten()
+}
+
+/// Resolves at the next Ctrl-C `sigint` hears; never without a listener.
+pub(crate) async fn ctrl_c(sigint: &mut Option<tokio::signal::unix::Signal>) {
+    let heard = match sigint {
+        Some(s) => s.recv().await.is_some(),
+        None => false,
+    };
+    if !heard {
+        std::future::pending::<()>().await;
+    }
+}

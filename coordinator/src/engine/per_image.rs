@@ -84,13 +84,8 @@ where
         HashMap::new();
     let (mut next_id, mut done, mut planned_all) = (0u64, 0usize, false);
     let mut interrupted = false;
-    // Listening from the start (a `ctrl_c()` future registers only once polled, and a
-    // select may not poll it before the first tasks are out): Ctrl-C always stops the run
-    // cleanly, its queued tasks purged.
-    let mut sigint = match run.interruptible {
-        true => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok(),
-        false => None,
-    };
+    // Listening from the start: Ctrl-C always stops the run cleanly, its queued tasks purged.
+    let mut sigint = super::listen_for_ctrl_c(run.interruptible);
     while done < count {
         tokio::select! {
             next = planning.next(), if !planned_all => match next {
@@ -208,12 +203,7 @@ where
                     _ => {}
                 }
             }
-            Some(()) = async {
-                match sigint.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            _ = super::ctrl_c(&mut sigint) => {
                 interrupted = true;
                 for (i, _) in open.drain() {
                     finished(i, Err(stopped("interrupted")));

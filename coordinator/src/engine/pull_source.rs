@@ -199,7 +199,9 @@ fn candidates(image: &ImageRef) -> Result<Vec<ImageRef>> {
         let at = source
             .split_once('/')
             .and_then(|(registry, repository)| {
-                let (project, name) = repository.split_once('/')?;
+                // A one-segment repository (`host/name`) has no project.
+                let (project, name) = repository.split_once('/').unwrap_or(("", repository));
+                (!name.is_empty()).then_some(())?;
                 Some(ImageRef {
                     registry: registry.to_owned(),
                     project: project.to_owned(),
@@ -210,7 +212,7 @@ fn candidates(image: &ImageRef) -> Result<Vec<ImageRef>> {
             })
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "registries.conf: {name} is to be read from {source}, which is not `host/project/name`"
+                    "registries.conf: {name} is to be read from {source}, which is not `host/repository`"
                 ))
             })?;
         out.push(at);

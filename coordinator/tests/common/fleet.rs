@@ -202,7 +202,16 @@ pub async fn push_apps(env: &Env, n: u64, seed: u64, size: u64) {
 /// Images with one 6 MB layer each behind a proxy capped at 3 MB/s per connection: each
 /// blob copy takes about two seconds, long enough to break something in the middle.
 pub async fn slow_source(env: &Env, n: u64) -> (Vec<String>, hangar_loadtest::proxy::Proxy) {
-    push_apps(env, n, 1000, 6_000_000).await;
+    slow_source_of(env, n, 6_000_000).await
+}
+
+/// [`slow_source`] with layers of `size` bytes.
+pub async fn slow_source_of(
+    env: &Env,
+    n: u64,
+    size: u64,
+) -> (Vec<String>, hangar_loadtest::proxy::Proxy) {
+    push_apps(env, n, 1000, size).await;
     let proxy = hangar_loadtest::proxy::start(
         "127.0.0.1:0",
         &env.src.addr,
