@@ -338,6 +338,7 @@ async fn workers_refuse_archives_outside_their_roots_and_signatures_outside_scop
         added: Vec::new(),
         source_index: None,
         overwrite: false,
+        absent: false,
     });
     queue.publish(envelope(job, id, index)).await.unwrap();
     match &final_event(&mut events).await.kind {
@@ -561,6 +562,7 @@ async fn events_waiting_on_a_busy_run_all_arrive_in_order() {
                 added: Vec::new(),
                 source_index: None,
                 overwrite: false,
+                absent: false,
             }),
         );
         sink.emit(Event::started(&env, "w", 1)).await.expect("emit");

@@ -86,6 +86,10 @@ pub struct IndexTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_index: Option<ManifestBody>,
     pub overwrite: bool,
+    /// The tag held nothing when the run looked at it, and no other image of the run
+    /// writes it: the index goes up without the tag being read again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
 }
 
 /// Write an archive (or one volume) from blobs in the worker's cache. The images to write

@@ -1,7 +1,9 @@
 //! Write the destination index at a tag. When the source index is complete and the tag
 //! holds nothing it lacks, the source index goes up unchanged (its digest preserved, which
 //! Hangar never does); otherwise Hangar's builder merges with what is there (§4.3).
-//! The existing index is read at push time, so a redelivered task merges correctly.
+//! The existing index is read at push time, so a redelivered task merges correctly —
+//! unless the run saw the tag empty and no other image of it writes there (`absent`): the
+//! index is then what this image alone makes, the same bytes on every delivery.
 
 use hangar_shared::digest::Digest;
 use hangar_shared::error::Result;
@@ -15,9 +17,13 @@ use crate::Context;
 pub async fn write(ctx: &Context, task: &IndexTask) -> Result<Outcome> {
     let source_index = task.source_index.as_ref().map(|s| s.to_raw()).transpose()?;
     let dest = ctx.stores.resolve(&task.dest.store).await?;
-    let existing = dest
-        .get_manifest(&task.dest.repo, &task.tag, Side::Destination)
-        .await?;
+    let existing = match task.absent {
+        true => None,
+        false => {
+            dest.get_manifest(&task.dest.repo, &task.tag, Side::Destination)
+                .await?
+        }
+    };
     let existing_index: Option<Index> = match existing.as_ref().map(RawManifest::parse) {
         Some(Ok(Manifest::Index(i))) => Some(i),
         _ => None,

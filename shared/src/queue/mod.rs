@@ -266,6 +266,7 @@ mod tests {
                 .manifests,
                 source_index: None,
                 overwrite: false,
+                absent: false,
             }),
         }
     }

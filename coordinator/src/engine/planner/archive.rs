@@ -105,6 +105,7 @@ pub async fn plan_archive(
         Some(tag) => TopPlan::Index {
             tag: tag.clone(),
             source_index: None,
+            absent: false,
         },
         None => TopPlan::Nothing,
     };

@@ -133,6 +133,8 @@ pub enum TopPlan {
     Index {
         tag: String,
         source_index: Option<RawManifest>,
+        /// The destination held nothing at `tag` when the plan looked.
+        absent: bool,
     },
     /// A digest-pinned line without a tag: the complete source index, by digest.
     ByDigest(RawManifest),
@@ -263,6 +265,7 @@ pub async fn plan(
     }
     // The look is a shortcut, not a step: a destination this process may not read (on the
     // fleet only the workers may hold its credentials) is planned as ever.
+    let absent = matches!(looked_at, Some(Ok(None)));
     let present = match looked_at {
         Some(Ok(Some(found))) => already_present(found, &selection),
         Some(Err(e)) => {
@@ -340,6 +343,7 @@ pub async fn plan(
         Some(tag) => TopPlan::Index {
             tag: tag.clone(),
             source_index: selection.complete.then_some(top),
+            absent,
         },
         None if selection.complete => TopPlan::ByDigest(top),
         None if selection.single => TopPlan::Nothing,

@@ -176,11 +176,7 @@ impl Tracker {
                 place: None,
             })
             .collect();
-        let tag_peers = if extras.sign_key.is_some() {
-            follow_ups::tag_peers(&images)
-        } else {
-            Default::default()
-        };
+        let tag_peers = follow_ups::tag_peers(&images);
         Self {
             job,
             queue,

@@ -66,6 +66,7 @@ pub(crate) fn tagged(tag: &str, platforms: Vec<PlatformPlan>) -> Planned {
         top: TopPlan::Index {
             tag: tag.into(),
             source_index: None,
+            absent: false,
         },
         source: None,
     })

@@ -115,7 +115,11 @@ impl Tracker {
         }
         let dest = self.dest_repo(image);
         let (key, task) = match &plan.top {
-            TopPlan::Index { tag, source_index } => (
+            TopPlan::Index {
+                tag,
+                source_index,
+                absent,
+            } => (
                 format!("index/{dest}"),
                 Task::Index(IndexTask {
                     dest: dest.clone(),
@@ -128,6 +132,8 @@ impl Tracker {
                         .collect(),
                     source_index: source_index.as_ref().map(ManifestBody::from),
                     overwrite: self.overwrite,
+                    // Another image of the run writing the tag may have written it since.
+                    absent: *absent && !self.tag_peers.contains_key(&(dest.clone(), tag.clone())),
                 }),
             ),
             TopPlan::ByDigest(index) => (
