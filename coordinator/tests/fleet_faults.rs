@@ -296,7 +296,7 @@ async fn a_worker_stopped_past_its_grace_hands_its_tasks_back_at_once() {
     eprintln!("the run ended {took:?} after SIGTERM");
     assert!(
         took < std::time::Duration::from_secs(45),
-        "the run waited out the leases of the handed-back tasks: {took:?}"
+        "the run waited out the leases of the handed-back tasks: {took:?}\nleaving:\n{log}\nstaying:\n{staying}"
     );
 }
 

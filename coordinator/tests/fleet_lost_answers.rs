@@ -173,8 +173,8 @@ async fn a_run_whose_task_a_rogue_acknowledged_still_copies_everything() {
         .collect();
     let list = env.write_list("list.txt", &lines);
     let client = nats_client(&nats).await;
-    // The blob lanes' consumers take this ack wait: what the rogue pulled but never saw
-    // (its fetch cut short by `close`) comes back in 3 s, as from the workers below.
+    // The blob lanes' consumers take this ack wait, as the workers below have it; what the
+    // rogue pulled but never saw, its `close` hands back.
     let rogue = blob_taker(&client, Duration::from_secs(3)).await;
     let mut submit = submit_child(&env, &list, &nats.url());
     let taken = next(&rogue).await;

@@ -290,9 +290,10 @@ async fn run() -> Result<()> {
     let queue: Arc<dyn TaskQueue> = js_queue.clone();
     // Queue depth for /metrics, refreshed in the background.
     let gauges = metrics.clone();
+    let depth = js_queue.clone();
     tokio::spawn(async move {
         loop {
-            if let Ok(kinds) = js_queue.pending().await {
+            if let Ok(kinds) = depth.pending().await {
                 for (kind, pending, unacked) in kinds {
                     gauges.set_queue(kind, pending, unacked);
                 }
@@ -391,6 +392,10 @@ async fn run() -> Result<()> {
             let _ = running.await;
         }
     }
+    // The fetch loops read their last requests out, handing back what arrives there.
+    js_queue
+        .drained(hangar_shared::queue::jetstream::PULL_EXPIRES + Duration::from_secs(1))
+        .await;
     // The hand-backs are published, not yet written: write them before the process ends.
     if tokio::time::timeout(Duration::from_secs(2), client.flush())
         .await

@@ -17,18 +17,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::{Mutex, mpsc};
 
-use super::{Delivery, DeliveryHandle, TaskQueue};
+use super::{Delivery, TaskQueue};
 use crate::error::{Error, FailureClass, Result};
 use crate::task::{TaskEnvelope, TaskKind};
 
 mod connect;
 mod events;
+mod fetch;
 mod lane;
 pub mod ledger;
 pub mod storage;
@@ -36,6 +36,7 @@ pub mod unserved;
 
 pub use connect::{NatsOptions, connect, inbox_prefix, redact_url};
 pub use events::{EventFeed, JetStreamSink, follow_events};
+pub use fetch::PULL_EXPIRES;
 pub use lane::{Lane, QUICK_BLOB_SLOTS};
 
 pub const TASK_STREAM: &str = "HANGAR_TASKS";
@@ -150,7 +151,11 @@ pub struct JetStreamQueue {
     kinds: std::sync::Mutex<std::collections::BTreeSet<(Lane, String)>>,
     /// Deliveries pulled by the per-kind fetchers, for `next`.
     incoming: Mutex<Option<mpsc::Receiver<Delivery>>>,
-    fetchers: Vec<tokio::task::JoinHandle<()>>,
+    /// The publisher's advisory watcher; ended with the queue.
+    watcher: Option<tokio::task::JoinHandle<()>>,
+    /// A worker's per-lane fetch loops ([`fetch`]); they end on `stop`.
+    fetchers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl JetStreamQueue {
@@ -178,7 +183,9 @@ impl JetStreamQueue {
             js,
             ack_wait: ACK_WAIT,
             incoming: Mutex::new(None),
-            fetchers: vec![watcher],
+            watcher: Some(watcher),
+            fetchers: Default::default(),
+            stop: tokio::sync::watch::Sender::new(false),
             sent,
             kinds: Default::default(),
         })
@@ -198,6 +205,7 @@ impl JetStreamQueue {
         let total: usize = lanes.iter().map(|(_, n)| n).sum();
         let (tx, rx) = mpsc::channel(total.max(1));
         let stream = js.get_stream(TASK_STREAM).await.map_err(bus)?;
+        let stop = tokio::sync::watch::Sender::new(false);
         let mut fetchers = Vec::new();
         let mut effective_ack_wait = ack_wait;
         for (lane, n) in lanes {
@@ -218,13 +226,20 @@ impl JetStreamQueue {
                 .map_err(bus)?;
             // The consumer may predate this worker: its own ack_wait is what counts.
             effective_ack_wait = effective_ack_wait.min(consumer.cached_info().config.ack_wait);
-            fetchers.push(tokio::spawn(fetch_loop(consumer, n, tx.clone())));
+            fetchers.push(tokio::spawn(fetch::fetch_loop(
+                consumer,
+                n,
+                tx.clone(),
+                stop.subscribe(),
+            )));
         }
         Ok(Self {
             js,
             ack_wait: effective_ack_wait,
             incoming: Mutex::new(Some(rx)),
-            fetchers,
+            watcher: None,
+            fetchers: std::sync::Mutex::new(fetchers),
+            stop,
             sent: Arc::default(),
             kinds: Default::default(),
         })
@@ -295,99 +310,31 @@ impl JetStreamQueue {
     }
 }
 
+impl JetStreamQueue {
+    /// Waits, `within` at most, for the fetch loops a [`TaskQueue::close`] stopped to read
+    /// their last requests to the end (a [`PULL_EXPIRES`] at most): what arrives there is
+    /// handed back before the process goes. What is left then is ended.
+    pub async fn drained(&self, within: Duration) {
+        let fetchers = match self.fetchers.lock() {
+            Ok(mut f) => std::mem::take(&mut *f),
+            Err(_) => return,
+        };
+        let aborts: Vec<_> = fetchers.iter().map(|f| f.abort_handle()).collect();
+        let all = futures_util::future::join_all(fetchers);
+        if tokio::time::timeout(within, all).await.is_err() {
+            aborts.iter().for_each(|a| a.abort());
+        }
+    }
+}
+
 impl Drop for JetStreamQueue {
     fn drop(&mut self) {
-        for f in &self.fetchers {
-            f.abort();
+        if let Some(w) = &self.watcher {
+            w.abort();
         }
-    }
-}
-
-/// Pulls as many messages as there are free slots, in one request, and hands them on;
-/// stops when nobody listens. A slot is freed when its delivery is settled.
-async fn fetch_loop(
-    consumer: jetstream::consumer::PullConsumer,
-    slots: usize,
-    tx: mpsc::Sender<Delivery>,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(slots));
-    loop {
-        let Ok(first) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut permits = vec![first];
-        while let Ok(p) = slots.clone().try_acquire_owned() {
-            permits.push(p);
+        if let Ok(fetchers) = self.fetchers.lock() {
+            fetchers.iter().for_each(|f| f.abort());
         }
-        let batch = consumer
-            .fetch()
-            .max_messages(permits.len())
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!("pulling tasks: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(msg) = batch.next().await {
-            let Ok(msg) = msg else { continue };
-            let attempt = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
-            let mut task: TaskEnvelope = match serde_json::from_slice(&msg.payload) {
-                Ok(t) => t,
-                Err(e) => {
-                    // A message we cannot read will never become readable: end it.
-                    tracing::error!("dropping unreadable task message: {e}");
-                    let _ = msg.ack_with(AckKind::Term).await;
-                    continue;
-                }
-            };
-            task.trace = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(TRACEPARENT_HEADER))
-                .map(|v| v.as_str().to_owned());
-            let Some(permit) = permits.pop() else { break };
-            let handle = Box::new(JsHandle {
-                msg,
-                _permit: permit,
-            });
-            if tx.send(Delivery::new(task, attempt, handle)).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-struct JsHandle {
-    msg: jetstream::Message,
-    /// Frees a fetch slot when the delivery is settled.
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-#[async_trait]
-impl DeliveryHandle for JsHandle {
-    async fn ack(self: Box<Self>) -> Result<()> {
-        self.msg.double_ack().await.map_err(bus)
-    }
-
-    async fn nak(
-        self: Box<Self>,
-        _task: TaskEnvelope,
-        _attempt: u32,
-        delay: Duration,
-    ) -> Result<()> {
-        self.msg
-            .ack_with(AckKind::Nak(Some(delay)))
-            .await
-            .map_err(bus)
-    }
-
-    async fn in_progress(&self) -> Result<()> {
-        self.msg.ack_with(AckKind::Progress).await.map_err(bus)
     }
 }
 
@@ -433,12 +380,14 @@ impl TaskQueue for JetStreamQueue {
         guard.as_mut()?.recv().await
     }
 
-    /// Stops pulling and hands back at once what was pulled but not started, so a worker
-    /// restart does not leave those tasks waiting out `ack_wait`.
+    /// Stops pulling and hands back at once what was pulled but not started (and, as the
+    /// fetch loops read their last requests out, what still arrives: [`fetch`]), so a
+    /// worker restart does not leave those tasks waiting out `ack_wait`.
     async fn close(&self) {
-        for f in &self.fetchers {
-            f.abort();
+        if let Some(w) = &self.watcher {
+            w.abort();
         }
+        self.stop.send_replace(true);
         if let Some(mut rx) = self.incoming.lock().await.take() {
             rx.close();
             while let Ok(d) = rx.try_recv() {

@@ -1,0 +1,153 @@
+//! A worker's pulling: one loop per lane asks for as many messages as it has free slots, in
+//! one request, and hands them to the worker's consumers. A stopping worker stops asking
+//! and reads its last request to its end, handing back (a nak with no delay) what arrives:
+//! a message the server sent to a request nobody reads any more would wait out its
+//! `ack_wait` before another worker could take it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use super::super::{Delivery, DeliveryHandle};
+use super::{TRACEPARENT_HEADER, bus};
+use crate::error::Result;
+use crate::task::TaskEnvelope;
+
+/// How long one pull request waits for messages: also the longest a stopping worker reads
+/// its last request on.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// Pulls as many messages as there are free slots, in one request, and hands them on,
+/// until `stop` (or nobody listens). A slot is freed when its delivery is settled.
+pub(super) async fn fetch_loop(
+    consumer: jetstream::consumer::PullConsumer,
+    slots: usize,
+    tx: mpsc::Sender<Delivery>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(slots));
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let batch = consumer
+            .fetch()
+            .max_messages(permits.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("pulling tasks: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut handing_back = *stop.borrow();
+        loop {
+            let next = match handing_back {
+                // The request is read to its end (its expiry at most): the server sends
+                // nothing more to it after that.
+                true => batch.next().await,
+                false => tokio::select! {
+                    biased;
+                    m = batch.next() => m,
+                    _ = stopped(&mut stop) => {
+                        handing_back = true;
+                        continue;
+                    }
+                },
+            };
+            let Some(msg) = next else { break };
+            let Ok(msg) = msg else { continue };
+            if handing_back {
+                hand_back(&msg).await;
+                continue;
+            }
+            let attempt = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+            let mut task: TaskEnvelope = match serde_json::from_slice(&msg.payload) {
+                Ok(t) => t,
+                Err(e) => {
+                    // A message we cannot read will never become readable: end it.
+                    tracing::error!("dropping unreadable task message: {e}");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+            task.trace = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(TRACEPARENT_HEADER))
+                .map(|v| v.as_str().to_owned());
+            let Some(permit) = permits.pop() else {
+                hand_back(&msg).await;
+                continue;
+            };
+            let handle = Box::new(JsHandle {
+                msg,
+                _permit: permit,
+            });
+            // Nobody takes deliveries any more (the queue was closed): this one goes back.
+            if let Err(mpsc::error::SendError(unsent)) =
+                tx.send(Delivery::new(task, attempt, handle)).await
+            {
+                let _ = unsent.nak(Duration::ZERO).await;
+                handing_back = true;
+            }
+        }
+    }
+}
+
+/// Resolves once the queue stops pulling (or is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn hand_back(msg: &jetstream::Message) {
+    if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+        tracing::warn!("handing back a task pulled while stopping: {e}");
+    }
+}
+
+pub(super) struct JsHandle {
+    msg: jetstream::Message,
+    /// Frees a fetch slot when the delivery is settled.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl DeliveryHandle for JsHandle {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        self.msg.double_ack().await.map_err(bus)
+    }
+
+    async fn nak(
+        self: Box<Self>,
+        _task: TaskEnvelope,
+        _attempt: u32,
+        delay: Duration,
+    ) -> Result<()> {
+        self.msg
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(bus)
+    }
+
+    async fn in_progress(&self) -> Result<()> {
+        self.msg.ack_with(AckKind::Progress).await.map_err(bus)
+    }
+}
