@@ -170,6 +170,24 @@ async fn a_task_no_worker_answers_is_reported_failed_after_max_deliveries() {
     taker.abort();
 }
 
+/// Sends SIGTERM to `worker` and waits, `patience` at most, for its clean exit.
+fn sigterm_and_wait(worker: &mut Worker, patience: std::time::Duration) {
+    let sent = std::time::Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &worker.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = loop {
+        if let Some(s) = worker.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(sent.elapsed() < patience, "the worker did not stop in time");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "a clean exit after SIGTERM");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_stops_within_its_grace_period_on_sigterm_and_nothing_is_lost() {
     let env = Env::new();
@@ -195,22 +213,7 @@ async fn a_worker_stops_within_its_grace_period_on_sigterm_and_nothing_is_lost()
     let submit = submit_child(&env, &list, &nats.url());
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let sent = std::time::Instant::now();
-    let term = Command::new("kill")
-        .args(["-TERM", &leaving.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = loop {
-        if let Some(s) = leaving.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            sent.elapsed() < std::time::Duration::from_secs(10),
-            "the worker did not stop in time"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    assert!(status.success(), "a clean exit after SIGTERM");
+    sigterm_and_wait(&mut leaving, std::time::Duration::from_secs(10));
     assert!(
         sent.elapsed() < std::time::Duration::from_secs(5),
         "stopped within the grace period: {:?}",
@@ -265,22 +268,7 @@ async fn a_worker_stopped_past_its_grace_hands_its_tasks_back_at_once() {
     }
     let _staying = worker("staying.log");
     let sent = std::time::Instant::now();
-    let term = Command::new("kill")
-        .args(["-TERM", &leaving.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = loop {
-        if let Some(s) = leaving.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            sent.elapsed() < std::time::Duration::from_secs(30),
-            "the worker did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    assert!(status.success(), "a clean exit after SIGTERM");
+    sigterm_and_wait(&mut leaving, std::time::Duration::from_secs(30));
     let log = std::fs::read_to_string(env.path("leaving.log")).unwrap();
     assert!(log.contains("grace period over"), "{log}");
     assert!(log.contains("stopping: task handed back"), "{log}");
