@@ -355,3 +355,38 @@ async fn held_for_ever(hold: Hold) {
         (3, task.nonce, 1)
     );
 }
+
+/// A worker's queue closed while a consumer waits for a task: the wait ends at once with no
+/// task (a stopping worker takes none), `close` does not wait behind it, and a task
+/// published meanwhile goes to another worker, not to the closed queue's last pull request
+/// (read out and handed back) to wait out a 60 s lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_queue_takes_no_task_and_keeps_none() {
+    let nats = NatsProcess::start().expect("nats-server");
+    let client = nats_client(&nats).await;
+    let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
+    let closing = std::sync::Arc::new(blob_taker(&client, Duration::from_secs(60)).await);
+    let waiting = {
+        let closing = closing.clone();
+        tokio::spawn(async move { closing.next().await.map(|d| d.task.id) })
+    };
+    // Its pull requests are out.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    closing.close().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "close waited: {:?}",
+        started.elapsed()
+    );
+    let taken = tokio::time::timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("the waiting consumer was let go")
+        .unwrap();
+    assert_eq!(taken, None, "no task after close");
+    let task = sample_task("closed.r1", 7);
+    publisher.publish(task.clone()).await.unwrap();
+    let other = blob_taker(&client, Duration::from_secs(60)).await;
+    let delivery = next(&other).await;
+    assert_eq!((delivery.task.id, delivery.task.nonce), (7, task.nonce));
+}

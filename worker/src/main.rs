@@ -283,24 +283,6 @@ async fn run() -> Result<()> {
             }
         }
     };
-    let js_queue = tokio::select! {
-        q = setup => Arc::new(q),
-        _ = shutdown_signal() => return Ok(()),
-    };
-    let queue: Arc<dyn TaskQueue> = js_queue.clone();
-    // Queue depth for /metrics, refreshed in the background.
-    let gauges = metrics.clone();
-    let depth = js_queue.clone();
-    tokio::spawn(async move {
-        loop {
-            if let Ok(kinds) = depth.pending().await {
-                for (kind, pending, unacked) in kinds {
-                    gauges.set_queue(kind, pending, unacked);
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    });
     let events = Arc::new(JetStreamSink::new(client.clone()));
     // Every retry, in the registry client and in the handlers, is counted by class.
     let retry = RetryPolicy {
@@ -348,7 +330,7 @@ async fn run() -> Result<()> {
         bytes_moved: Arc::new(AtomicU64::new(0)),
         task_timeout: (!timeout.is_zero()).then_some(timeout),
         stall_after: (!stall.is_zero()).then_some(stall),
-        metrics: Some(metrics),
+        metrics: Some(metrics.clone()),
         cache,
         leases: match &args.cache {
             Some(_) => Some(Arc::new(
@@ -363,6 +345,26 @@ async fn run() -> Result<()> {
             args.blob_concurrency.max(1),
         ))),
         reuse_inventories: args.reuse_inventories,
+    });
+    // The consumers last: once they exist they pull, and a setup step failing after them
+    // would leave what they pulled to wait out its lease.
+    let js_queue = tokio::select! {
+        q = setup => Arc::new(q),
+        _ = shutdown_signal() => return Ok(()),
+    };
+    let queue: Arc<dyn TaskQueue> = js_queue.clone();
+    // Queue depth for /metrics, refreshed in the background.
+    let gauges = metrics.clone();
+    let depth = js_queue.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Ok(kinds) = depth.pending().await {
+                for (kind, pending, unacked) in kinds {
+                    gauges.set_queue(kind, pending, unacked);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
     });
     let total = hangar_shared::queue::jetstream::Lane::for_worker(&concurrency)
         .iter()
@@ -382,10 +384,10 @@ async fn run() -> Result<()> {
         _ = &mut running => false,
         _ = shutdown_signal() => true,
     };
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    queue.close().await;
     if signalled {
-        ready.store(false, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("stopping: no new tasks; {grace:?} for the ones in hand");
-        queue.close().await;
         if tokio::time::timeout(grace, &mut running).await.is_err() {
             tracing::warn!("grace period over; handing back the tasks still in hand");
             let _ = stop.send(());

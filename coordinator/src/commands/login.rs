@@ -67,13 +67,13 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
         request_timeout: timeout,
         ..Default::default()
     };
-    let check = async {
+    // Each try connects afresh: a registry that did not answer its first look is tried
+    // again (not held for the login request's own 300 s), as a 5xx is.
+    let check = retry.run("login", || async {
         let reg = Registry::connect(registry, &options, Some(creds.clone())).await?;
-        // A registry that did not answer its first look fails at once, not after the
-        // login request's own timeout.
         reg.reachable()?;
-        retry.run("login", || reg.verify_login()).await
-    };
+        reg.verify_login().await
+    });
     match timeout {
         Some(t) => tokio::time::timeout(t, check)
             .await

@@ -14,14 +14,21 @@ use hangar_shared::task::{ManifestBody, Outcome, ScanTask, SignTask, Task};
 
 use super::{ImageResult, ImageState, Observer, TaskRef, Tracker};
 
-/// Images of a job that write one destination tag, where more than one does.
-pub(super) type TagPeers = HashMap<(RepoRef, String), Vec<usize>>;
+/// Images of a job that write one destination tag, where more than one does: keyed by
+/// repository and tag alone, so that one registry written two ways (`Reg.io`, `reg.io:443`)
+/// cannot hide two writers of a tag from each other. Images of other registries that share
+/// a repository and tag count as peers too: a read too many, never a merge lost.
+pub(super) type TagPeers = HashMap<(String, String), Vec<usize>>;
+
+pub(super) fn tag_key(dest: &RepoRef, tag: &str) -> (String, String) {
+    (dest.repo.clone(), tag.to_owned())
+}
 
 pub(super) fn tag_peers(images: &[ImageState]) -> TagPeers {
     let mut by_tag = TagPeers::new();
     for (i, s) in images.iter().enumerate() {
         if let Some(tag) = &s.job.name.dest.tag {
-            let key = (s.job.dest.clone(), tag.clone());
+            let key = tag_key(&s.job.dest, tag);
             by_tag.entry(key).or_default().push(i);
         }
     }
@@ -93,7 +100,7 @@ impl Tracker {
             .dest
             .tag
             .as_ref()
-            .and_then(|tag| self.tag_peers.get(&(job.dest.clone(), tag.clone())));
+            .and_then(|tag| self.tag_peers.get(&tag_key(&job.dest, tag)));
         let writers = peers.map_or(std::slice::from_ref(&image), Vec::as_slice);
         writers
             .iter()

@@ -133,7 +133,10 @@ impl Tracker {
                     source_index: source_index.as_ref().map(ManifestBody::from),
                     overwrite: self.overwrite,
                     // Another image of the run writing the tag may have written it since.
-                    absent: *absent && !self.tag_peers.contains_key(&(dest.clone(), tag.clone())),
+                    absent: *absent
+                        && !self
+                            .tag_peers
+                            .contains_key(&super::follow_ups::tag_key(&dest, tag)),
                 }),
             ),
             TopPlan::ByDigest(index) => (

@@ -63,13 +63,14 @@ pub(super) async fn fetch_loop(
                 // The request is read to its end (its expiry at most): the server sends
                 // nothing more to it after that.
                 true => batch.next().await,
+                // Stopping first: nothing is handed on once the worker stops.
                 false => tokio::select! {
                     biased;
-                    m = batch.next() => m,
                     _ = stopped(&mut stop) => {
                         handing_back = true;
                         continue;
                     }
+                    m = batch.next() => m,
                 },
             };
             let Some(msg) = next else { break };
@@ -113,7 +114,7 @@ pub(super) async fn fetch_loop(
 }
 
 /// Resolves once the queue stops pulling (or is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 

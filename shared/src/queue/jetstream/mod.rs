@@ -375,9 +375,21 @@ impl TaskQueue for JetStreamQueue {
         Ok(())
     }
 
+    /// `None` once the queue is closed: a stopping worker takes no new task (`close` hands
+    /// back what is left), and no consumer waits on the lock `close` needs.
     async fn next(&self) -> Option<Delivery> {
-        let mut guard = self.incoming.lock().await;
-        guard.as_mut()?.recv().await
+        let mut stop = self.stop.subscribe();
+        let mut guard = tokio::select! {
+            biased;
+            _ = fetch::stopped(&mut stop) => return None,
+            guard = self.incoming.lock() => guard,
+        };
+        let incoming = guard.as_mut()?;
+        tokio::select! {
+            biased;
+            _ = fetch::stopped(&mut stop) => None,
+            delivery = incoming.recv() => delivery,
+        }
     }
 
     /// Stops pulling and hands back at once what was pulled but not started (and, as the
