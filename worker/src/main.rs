@@ -283,71 +283,6 @@ async fn run() -> Result<()> {
             }
         }
     };
-    let events = Arc::new(JetStreamSink::new(client.clone()));
-    // Every retry, in the registry client and in the handlers, is counted by class.
-    let retry = RetryPolicy {
-        observer: Some(metrics.clone()),
-        ..Default::default()
-    };
-    // Rate control is shared through NATS: budgets and in-flight caps where given, and a
-    // 429 or a sharp slowdown seen by any worker holds every worker's requests to that
-    // registry.
-    let mut limits = Limits::default();
-    for spec in &args.rate_limits {
-        let (host, n) = Limits::parse_entry("--rate-limit", spec)?;
-        limits.budgets.insert(host, n);
-    }
-    for spec in &args.max_in_flight {
-        let (host, n) = Limits::parse_entry("--max-in-flight", spec)?;
-        limits.concurrency.insert(host, n);
-    }
-    let holder = format!("worker-{}-{:016x}", std::process::id(), rand_id());
-    let gate = hangar_shared::ratelimit::RateGate::fleet(client.clone(), limits, &holder).await?;
-    let pool = RegistryPool::new(
-        RegistryOptions {
-            tls_verify: args.tls_verify,
-            retry: retry.clone(),
-            gate: Some(Arc::new(hangar_worker::metrics::MeteredGate {
-                inner: gate,
-                metrics: metrics.clone(),
-            })),
-            request_timeout: None,
-            cert_dir: args.cert_dir.clone(),
-        },
-        args.authfile.clone(),
-    );
-    let cache = match &args.cache {
-        Some(url) => Some(Arc::new(hangar_shared::cache::BlobCache::open(url)?)),
-        None => None,
-    };
-    let ctx = Arc::new(Context {
-        name: holder.clone(),
-        stores: Arc::new(Confined {
-            inner: Arc::new(Stores::new(Arc::new(pool), cache.clone())),
-            roots: policy.clone(),
-        }),
-        retry,
-        bytes_moved: Arc::new(AtomicU64::new(0)),
-        task_timeout: (!timeout.is_zero()).then_some(timeout),
-        stall_after: (!stall.is_zero()).then_some(stall),
-        metrics: Some(metrics.clone()),
-        cache,
-        leases: match &args.cache {
-            Some(_) => Some(Arc::new(
-                hangar_shared::lease::BlobLeases::open(client.clone(), &holder).await?,
-            )),
-            None => None,
-        },
-        sign_keys,
-        policy: Some(policy),
-        looks: Default::default(),
-        copy_slots: Some(Arc::new(tokio::sync::Semaphore::new(
-            args.blob_concurrency.max(1),
-        ))),
-        reuse_inventories: args.reuse_inventories,
-    });
-    // The consumers last: once they exist they pull, and a setup step failing after them
-    // would leave what they pulled to wait out its lease.
     let js_queue = tokio::select! {
         q = setup => Arc::new(q),
         _ = shutdown_signal() => return Ok(()),
@@ -366,6 +301,87 @@ async fn run() -> Result<()> {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
+    // The consumers wait for the streams and buckets (the coordinator makes them on a
+    // locked-down bus), so they exist before the rest; once they exist they pull: a step
+    // failing now hands back what they pulled before the worker exits.
+    let prepared = async {
+        let events = Arc::new(JetStreamSink::new(client.clone()));
+        // Every retry, in the registry client and in the handlers, is counted by class.
+        let retry = RetryPolicy {
+            observer: Some(metrics.clone()),
+            ..Default::default()
+        };
+        // Rate control is shared through NATS: budgets and in-flight caps where given, and a
+        // 429 or a sharp slowdown seen by any worker holds every worker's requests to that
+        // registry.
+        let mut limits = Limits::default();
+        for spec in &args.rate_limits {
+            let (host, n) = Limits::parse_entry("--rate-limit", spec)?;
+            limits.budgets.insert(host, n);
+        }
+        for spec in &args.max_in_flight {
+            let (host, n) = Limits::parse_entry("--max-in-flight", spec)?;
+            limits.concurrency.insert(host, n);
+        }
+        let holder = format!("worker-{}-{:016x}", std::process::id(), rand_id());
+        let gate =
+            hangar_shared::ratelimit::RateGate::fleet(client.clone(), limits, &holder).await?;
+        let pool = RegistryPool::new(
+            RegistryOptions {
+                tls_verify: args.tls_verify,
+                retry: retry.clone(),
+                gate: Some(Arc::new(hangar_worker::metrics::MeteredGate {
+                    inner: gate,
+                    metrics: metrics.clone(),
+                })),
+                request_timeout: None,
+                cert_dir: args.cert_dir.clone(),
+            },
+            args.authfile.clone(),
+        );
+        let cache = match &args.cache {
+            Some(url) => Some(Arc::new(hangar_shared::cache::BlobCache::open(url)?)),
+            None => None,
+        };
+        let ctx = Arc::new(Context {
+            name: holder.clone(),
+            stores: Arc::new(Confined {
+                inner: Arc::new(Stores::new(Arc::new(pool), cache.clone())),
+                roots: policy.clone(),
+            }),
+            retry,
+            bytes_moved: Arc::new(AtomicU64::new(0)),
+            task_timeout: (!timeout.is_zero()).then_some(timeout),
+            stall_after: (!stall.is_zero()).then_some(stall),
+            metrics: Some(metrics.clone()),
+            cache,
+            leases: match &args.cache {
+                Some(_) => Some(Arc::new(
+                    hangar_shared::lease::BlobLeases::open(client.clone(), &holder).await?,
+                )),
+                None => None,
+            },
+            sign_keys,
+            policy: Some(policy),
+            looks: Default::default(),
+            copy_slots: Some(Arc::new(tokio::sync::Semaphore::new(
+                args.blob_concurrency.max(1),
+            ))),
+            reuse_inventories: args.reuse_inventories,
+        });
+        Ok::<_, anyhow::Error>((events, ctx))
+    };
+    let (events, ctx) = match prepared.await {
+        Ok(ready) => ready,
+        Err(e) => {
+            js_queue.close().await;
+            js_queue
+                .drained(hangar_shared::queue::jetstream::PULL_EXPIRES + Duration::from_secs(1))
+                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+            return Err(e);
+        }
+    };
     let total = hangar_shared::queue::jetstream::Lane::for_worker(&concurrency)
         .iter()
         .map(|(_, n)| n)
