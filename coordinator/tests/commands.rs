@@ -502,17 +502,10 @@ async fn mirror_into_a_bearer_token_registry() {
     let ok = mirror(&authfile);
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(!text(&ok).contains("t0ken-pass"));
-    let check = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            "--creds",
-            "token-user:t0ken-pass",
-        ])
-        .arg(format!("docker://{}/team/tokened:1", secured.addr))
-        .output()
-        .unwrap();
+    let check = skopeo_inspect(
+        &format!("{}/team/tokened:1", secured.addr),
+        &["--creds", "token-user:t0ken-pass"],
+    );
     assert!(check.status.success(), "{}", text(&check));
     assert_eq!(index_digests(&check.stdout), vec![m.digest.to_string()]);
 }

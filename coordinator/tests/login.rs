@@ -40,18 +40,21 @@ async fn login_logout_and_mirror_into_a_basic_auth_registry() {
     let authfile = dir.path().join("auth.json");
     let af = authfile.to_str().unwrap();
 
-    let denied = hangar(&[
-        "mirror",
-        "--tls-verify=false",
-        "-f",
-        list.to_str().unwrap(),
-        "-d",
-        &secured.addr,
-        "-o",
-        env.path("f.txt").to_str().unwrap(),
-        "--authfile",
-        af,
-    ]);
+    let mirror = || {
+        hangar(&[
+            "mirror",
+            "--tls-verify=false",
+            "-f",
+            list.to_str().unwrap(),
+            "-d",
+            &secured.addr,
+            "-o",
+            env.path("f.txt").to_str().unwrap(),
+            "--authfile",
+            af,
+        ])
+    };
+    let denied = mirror();
     assert_eq!(denied.status.code(), Some(1));
     assert!(
         text(&denied).contains("auth"),
@@ -102,34 +105,16 @@ async fn login_logout_and_mirror_into_a_basic_auth_registry() {
         "stored base64 in auths: {stored}"
     );
 
-    let mirrored = hangar(&[
-        "mirror",
-        "--tls-verify=false",
-        "-f",
-        list.to_str().unwrap(),
-        "-d",
-        &secured.addr,
-        "-o",
-        env.path("f.txt").to_str().unwrap(),
-        "--authfile",
-        af,
-    ]);
+    let mirrored = mirror();
     assert!(mirrored.status.success(), "{}", text(&mirrored));
     assert!(
         !text(&mirrored).contains("s3cret-pass"),
         "password never logged"
     );
-    let check = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            "--creds",
-            "mirror-user:s3cret-pass",
-        ])
-        .arg(format!("docker://{}/team/private:1", secured.addr))
-        .output()
-        .unwrap();
+    let check = skopeo_inspect(
+        &format!("{}/team/private:1", secured.addr),
+        &["--creds", "mirror-user:s3cret-pass"],
+    );
     assert!(check.status.success(), "{}", text(&check));
 
     let out = hangar(&["logout", &secured.addr, "--authfile", af]);

@@ -374,11 +374,7 @@ async fn run() -> Result<()> {
     let (events, ctx) = match prepared.await {
         Ok(ready) => ready,
         Err(e) => {
-            js_queue.close().await;
-            js_queue
-                .drained(hangar_shared::queue::jetstream::PULL_EXPIRES + Duration::from_secs(1))
-                .await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+            js_queue.leave().await;
             return Err(e);
         }
     };
@@ -401,7 +397,7 @@ async fn run() -> Result<()> {
         _ = shutdown_signal() => true,
     };
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
-    queue.close().await;
+    js_queue.close().await;
     if signalled {
         tracing::info!("stopping: no new tasks; {grace:?} for the ones in hand");
         if tokio::time::timeout(grace, &mut running).await.is_err() {
@@ -410,19 +406,7 @@ async fn run() -> Result<()> {
             let _ = running.await;
         }
     }
-    // The fetch loops read their last requests out, handing back what arrives there.
-    js_queue
-        .drained(hangar_shared::queue::jetstream::PULL_EXPIRES + Duration::from_secs(1))
-        .await;
-    // The hand-backs are published, not yet written: write them before the process ends.
-    if tokio::time::timeout(Duration::from_secs(2), client.flush())
-        .await
-        .map_or(true, |flushed| flushed.is_err())
-    {
-        tracing::warn!(
-            "NATS did not take the last messages; their tasks come back once their leases run out"
-        );
-    }
+    js_queue.leave().await;
     Ok(())
 }
 

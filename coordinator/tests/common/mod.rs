@@ -81,12 +81,18 @@ pub fn text(out: &Output) -> String {
 
 /// `skopeo inspect --raw` of `docker://REF`.
 pub fn skopeo_raw(reference: &str) -> Option<Vec<u8>> {
-    let out = Command::new("skopeo")
+    let out = skopeo_inspect(reference, &[]);
+    out.status.success().then_some(out.stdout)
+}
+
+/// `skopeo inspect --raw` of `reference` (no TLS check) with `extra` flags, e.g. `--creds`.
+pub fn skopeo_inspect(reference: &str, extra: &[&str]) -> std::process::Output {
+    Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
+        .args(extra)
         .arg(format!("docker://{reference}"))
         .output()
-        .expect("run skopeo");
-    out.status.success().then_some(out.stdout)
+        .expect("run skopeo")
 }
 
 pub fn sha(bytes: &[u8]) -> String {

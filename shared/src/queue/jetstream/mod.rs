@@ -311,10 +311,25 @@ impl JetStreamQueue {
 }
 
 impl JetStreamQueue {
+    /// A worker's last words on the bus: the queue closed (a second close changes nothing),
+    /// its fetch loops read out, handing back what arrives there, and the hand-backs, which
+    /// are published but not yet written, flushed before the process ends.
+    pub async fn leave(&self) {
+        self.close().await;
+        self.drained(PULL_EXPIRES + Duration::from_secs(1)).await;
+        let client = self.js.client();
+        let flushed = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+        if flushed.map_or(true, |f| f.is_err()) {
+            tracing::warn!(
+                "NATS did not take the last messages; their tasks come back once their leases run out"
+            );
+        }
+    }
+
     /// Waits, `within` at most, for the fetch loops a [`TaskQueue::close`] stopped to read
     /// their last requests to the end (a [`PULL_EXPIRES`] at most): what arrives there is
     /// handed back before the process goes. What is left then is ended.
-    pub async fn drained(&self, within: Duration) {
+    async fn drained(&self, within: Duration) {
         let fetchers = match self.fetchers.lock() {
             Ok(mut f) => std::mem::take(&mut *f),
             Err(_) => return,
