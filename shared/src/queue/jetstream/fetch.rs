@@ -3,11 +3,16 @@
 //! and reads its last request to its end, handing back (a nak with no delay) what arrives:
 //! a message the server sent to a request nobody reads any more would wait out its
 //! `ack_wait` before another worker could take it.
+//!
+//! A request the server refuses (its consumer deleted, JetStream not yet up after a restart)
+//! is answered at once; asked again at once, a worker would spin thousands of requests a
+//! second at a consumer that is gone. It waits, longer each time, and makes the consumer
+//! again before it asks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -21,15 +26,38 @@ use crate::task::TaskEnvelope;
 /// its last request on.
 pub const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
+/// The first pause after a refused request, and the longest: a worker refused for long
+/// asks as often as an idle one, whose requests wait [`PULL_EXPIRES`] for a message.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = PULL_EXPIRES;
+
+/// A lane's durable consumer, as the worker makes it (or finds it) again.
+pub(super) struct LaneConsumer {
+    pub stream: jetstream::stream::Stream,
+    pub config: pull::Config,
+}
+
+impl LaneConsumer {
+    pub async fn get(&self) -> Result<PullConsumer> {
+        let name = self.config.durable_name.clone().unwrap_or_default();
+        self.stream
+            .get_or_create_consumer(&name, self.config.clone())
+            .await
+            .map_err(bus)
+    }
+}
+
 /// Pulls as many messages as there are free slots, in one request, and hands them on,
 /// until `stop` (or nobody listens). A slot is freed when its delivery is settled.
 pub(super) async fn fetch_loop(
-    consumer: jetstream::consumer::PullConsumer,
+    source: LaneConsumer,
+    mut consumer: PullConsumer,
     slots: usize,
     tx: mpsc::Sender<Delivery>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(slots));
+    let mut retry = RETRY_FIRST;
     loop {
         let first = tokio::select! {
             biased;
@@ -49,11 +77,22 @@ pub(super) async fn fetch_loop(
             .expires(PULL_EXPIRES)
             .messages()
             .await;
+        let mut refused = None;
         let mut batch = match batch {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!("pulling tasks: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(permits);
+                if !pause(
+                    &source,
+                    &mut consumer,
+                    &e.to_string(),
+                    &mut retry,
+                    &mut stop,
+                )
+                .await
+                {
+                    return;
+                }
                 continue;
             }
         };
@@ -74,7 +113,13 @@ pub(super) async fn fetch_loop(
                 },
             };
             let Some(msg) = next else { break };
-            let Ok(msg) = msg else { continue };
+            let msg = match msg {
+                Ok(msg) => msg,
+                Err(e) => {
+                    refused = Some(e.to_string());
+                    continue;
+                }
+            };
             if handing_back {
                 hand_back(&msg).await;
                 continue;
@@ -110,7 +155,43 @@ pub(super) async fn fetch_loop(
                 handing_back = true;
             }
         }
+        drop(permits);
+        match refused {
+            Some(e) => {
+                if !pause(&source, &mut consumer, &e, &mut retry, &mut stop).await {
+                    return;
+                }
+            }
+            None => retry = RETRY_FIRST,
+        }
     }
+}
+
+/// After a refused request: waits `retry` (doubled for the next time, up to
+/// [`RETRY_MAX`]), then makes the consumer again, as it may be gone. False once the queue
+/// stops.
+async fn pause(
+    source: &LaneConsumer,
+    consumer: &mut PullConsumer,
+    error: &str,
+    retry: &mut Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    tracing::warn!(
+        "pulling tasks of {}: {error}; asking again in {retry:?}",
+        source.config.durable_name.as_deref().unwrap_or_default()
+    );
+    tokio::select! {
+        biased;
+        _ = stopped(stop) => return false,
+        _ = tokio::time::sleep(*retry) => {}
+    }
+    *retry = (*retry * 2).min(RETRY_MAX);
+    match source.get().await {
+        Ok(made) => *consumer = made,
+        Err(e) => tracing::warn!("making the consumer again: {e}"),
+    }
+    true
 }
 
 /// Resolves once the queue stops pulling (or is gone).

@@ -210,23 +210,22 @@ impl JetStreamQueue {
         let mut effective_ack_wait = ack_wait;
         for (lane, n) in lanes {
             let name = lane.consumer();
-            let consumer: jetstream::consumer::PullConsumer = stream
-                .get_or_create_consumer(
-                    &name,
-                    pull::Config {
-                        durable_name: Some(name.clone()),
-                        filter_subject: format!("hangar.task.{}.>", lane.name()),
-                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                        ack_wait,
-                        max_deliver: MAX_DELIVER as i64,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(bus)?;
+            let source = fetch::LaneConsumer {
+                stream: stream.clone(),
+                config: pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: format!("hangar.task.{}.>", lane.name()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait,
+                    max_deliver: MAX_DELIVER as i64,
+                    ..Default::default()
+                },
+            };
+            let consumer = source.get().await?;
             // The consumer may predate this worker: its own ack_wait is what counts.
             effective_ack_wait = effective_ack_wait.min(consumer.cached_info().config.ack_wait);
             fetchers.push(tokio::spawn(fetch::fetch_loop(
+                source,
                 consumer,
                 n,
                 tx.clone(),
