@@ -357,3 +357,95 @@ async fn a_layer_the_source_lost_fails_its_image_and_the_rest_is_saved() {
     assert!(loaded.status.success(), "{}", text(&loaded));
     assert!(tag_exists(&format!("{}/team/kept:1", env.dst.addr)));
 }
+
+/// With `--part-size` the volumes are written once every image is gathered. A Ctrl-C
+/// then (here while they are read from a cache behind a slow link) stops the writing at
+/// once, and no volume nor temporary file is left: by then the copy's own listener is gone
+/// and Ctrl-C no longer ends the process by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_while_the_volumes_are_written_stops_them() {
+    let env = Env::new();
+    let garage = hangar_loadtest::services::GarageProcess::start()
+        .expect("garage (scripts/dev-services.sh installs it)");
+    let src = registry(&env.src.addr).await;
+    push_image(
+        &src,
+        env.dir.path(),
+        "team/big",
+        Some("1"),
+        Format::Docker,
+        "amd64",
+        (&[151], 4_000_000),
+    )
+    .await;
+    let upstream = garage.endpoint.trim_start_matches("http://").to_owned();
+    let slow = hangar_loadtest::proxy::start(
+        "127.0.0.1:0",
+        &upstream,
+        hangar_loadtest::proxy::ProxyOptions {
+            rate_limit: Some(500_000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cache = garage
+        .cache_url()
+        .replace(&garage.endpoint, &format!("http://{}", slow.addr));
+    let list = env.write_list("list.txt", &[format!("{}/team/big:1", env.src.addr)]);
+    let out_dir = env.path("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let log = env.path("save.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args([
+            "save",
+            "--tls-verify=false",
+            "-y",
+            "--part-size",
+            "100M",
+            "-f",
+        ])
+        .arg(&list)
+        .arg("-d")
+        .arg(out_dir.join("vol.zip"))
+        .arg("-o")
+        .arg(env.path("save-failed.txt"))
+        .args(["--cache", &cache])
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/hangar-test-auth.json")
+        .env("AWS_ACCESS_KEY_ID", &garage.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &garage.secret)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    // The copy's summary is the last line before the volumes are written.
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Blobs: ")
+    {
+        assert!(child.try_wait().unwrap().is_none(), "ended before writing");
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let sent = std::time::Instant::now();
+    let int = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(int.success());
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("interrupted while"), "{text}");
+    // Reading the 4 MB layer through the link takes 8 s.
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}: {text}");
+    let left: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

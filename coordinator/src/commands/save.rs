@@ -28,7 +28,11 @@ use crate::engine::per_image::{self, PerImage};
 use crate::engine::tasks::{Bus, Here};
 use crate::spec::{JobKind, JobSpec};
 
-/// Writes one archive: here, or on the fleet by a worker's assemble task.
+type Sigint = Option<tokio::signal::unix::Signal>;
+
+/// Writes one archive: here, or on the fleet by a worker's assemble task. Here, a Ctrl-C
+/// that `sigint` hears drops the writing unfinished (its temporary file removed, an upload
+/// aborted); on the fleet the assemble task's run hears Ctrl-C itself.
 async fn assemble(
     console: &Console,
     g: &Gathered,
@@ -36,10 +40,16 @@ async fn assemble(
     location: &str,
     base: Option<&Arc<ArchiveReader>>,
     images: &[ArchiveImage],
+    sigint: &mut Sigint,
 ) -> Result<Written> {
     let Some(client) = &g.fleet else {
         let source = hangar_shared::cache::archive_source(g.cache.clone());
-        return Ok(write_archive(location, base.cloned(), images, source).await?);
+        return tokio::select! {
+            written = write_archive(location, base.cloned(), images, source) => Ok(written?),
+            _ = crate::engine::ctrl_c(sigint) => {
+                bail!("interrupted while {location} was written; it was not written")
+            }
+        };
     };
     let key = format!("{}/{n}.json", g.job);
     let plan = serde_json::to_vec(images)?;
@@ -203,6 +213,9 @@ pub async fn save(
         (None, None) => Writing::AsTheyComplete(None),
         _ => Writing::AtTheEnd,
     };
+    // From the start, so that a Ctrl-C between the copy and the writing is not lost: the
+    // job's own listener is gone by then, and Ctrl-C no longer ends the process.
+    let mut sigint = crate::engine::listen_for_ctrl_c(watch.is_none());
     let g = refetching_once(&console, async |retry_left| {
         let failed = FailedList {
             path: &failed_file,
@@ -218,7 +231,9 @@ pub async fn save(
             failed,
         )
         .await?;
-        write_save(&g, dest, part_size, args.yes, &console).await?;
+        // A Ctrl-C the job heard stopped the copy; the images it completed are written.
+        crate::engine::forget_ctrl_c(&mut sigint);
+        write_save(&g, dest, part_size, args.yes, &console, &mut sigint).await?;
         Ok(g)
     })
     .await?;
@@ -247,11 +262,12 @@ async fn write_save(
     part_size: Option<u64>,
     yes: bool,
     console: &Console,
+    sigint: &mut Sigint,
 ) -> Result<()> {
     let Some(part) = part_size else {
         let w = match &g.written {
             Some(w) => w.clone(),
-            None => assemble(console, g, 1, dest, None, &g.images).await?,
+            None => assemble(console, g, 1, dest, None, &g.images, sigint).await?,
         };
         console.info(
             None,
@@ -286,7 +302,7 @@ async fn write_save(
     for (n, volume) in volumes.iter().enumerate() {
         let path = volume_path(dest, n + 1);
         super::may_overwrite(&path, yes)?;
-        let w = assemble(console, g, n + 1, &path, None, volume).await?;
+        let w = assemble(console, g, n + 1, &path, None, volume, sigint).await?;
         console.info(
             None,
             format!(
@@ -345,7 +361,8 @@ pub async fn sync(
         .await?;
         let w = match &g.written {
             Some(w) => w.clone(),
-            None => assemble(&console, &g, 1, dest, Some(&base), &g.images).await?,
+            // Only on the fleet: here the archive was written as images completed.
+            None => assemble(&console, &g, 1, dest, Some(&base), &g.images, &mut None).await?,
         };
         Ok((g, w))
     })

@@ -23,6 +23,14 @@ pub(crate) fn listen_for_ctrl_c(on: bool) -> Option<tokio::signal::unix::Signal>
         .flatten()
 }
 
+/// Forgets the Ctrl-C `sigint` heard so far: one a job has already acted on.
+pub(crate) fn forget_ctrl_c(sigint: &mut Option<tokio::signal::unix::Signal>) {
+    use futures_util::FutureExt;
+    if let Some(s) = sigint {
+        while let Some(Some(())) = s.recv().now_or_never() {}
+    }
+}
+
 /// Resolves at the next Ctrl-C `sigint` hears; never without a listener.
 pub(crate) async fn ctrl_c(sigint: &mut Option<tokio::signal::unix::Signal>) {
     let heard = match sigint {
