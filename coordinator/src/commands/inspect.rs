@@ -1,12 +1,16 @@
 //! `inspect REF`: `--raw` prints the manifest exactly as served, `--config` the config
-//! blob, and by default a summary like skopeo's (`ImageInspectInfo`).
+//! blob, and by default Hangar's summary (containers/image's `ImageInspectInfo`). Where
+//! Hangar refuses an index, the platform `--override-*` (or this machine's) names is shown.
 
 use anyhow::{Result, bail};
 use bytes::Bytes;
+use chrono::DateTime;
 use futures_util::TryStreamExt;
+use hangar_shared::archive::index::{go_escape, go_time};
 use hangar_shared::manifest::{Manifest, Platform, PlatformFilter};
 use hangar_shared::registry::{Registry, Side};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::cli::InspectArgs;
 use crate::console::Console;
@@ -88,26 +92,90 @@ pub async fn run(args: &InspectArgs, console: &Console) -> Result<()> {
         crate::stdout::write(&config)?;
         return Ok(());
     }
-    let cfg: Value = serde_json::from_slice(&config).unwrap_or(Value::Null);
-    let info = json!({
-        "Name": format!("{}/{}", r.registry, r.repository()),
-        "Digest": top.digest.to_string(),
-        "Tag": r.tag.clone().unwrap_or_default(),
-        "Created": cfg.get("created").cloned().unwrap_or(Value::Null),
-        "DockerVersion": cfg.get("docker_version").cloned().unwrap_or(Value::String(String::new())),
-        "Labels": cfg.pointer("/config/Labels").cloned().unwrap_or(Value::Null),
-        "Architecture": cfg.get("architecture").cloned().unwrap_or(Value::Null),
-        "Variant": cfg.get("variant").cloned().unwrap_or(Value::String(String::new())),
-        "Os": cfg.get("os").cloned().unwrap_or(Value::Null),
-        "Layers": image_manifest.layers.iter().map(|l| l.digest.to_string()).collect::<Vec<_>>(),
-        "LayersData": image_manifest.layers.iter().map(|l| json!({
-            "MIMEType": l.media_type, "Digest": l.digest.to_string(), "Size": l.size,
-            "Annotations": l.annotations.clone(),
-        })).collect::<Vec<_>>(),
-        "Env": cfg.pointer("/config/Env").cloned().unwrap_or(Value::Null),
-    });
-    crate::stdout::outln!("{}", serde_json::to_string_pretty(&info)?)?;
+    let cfg: ImageConfig = serde_json::from_slice(&config)
+        .map_err(|e| anyhow::anyhow!("{r}: parsing the image's config: {e}"))?;
+    let run = cfg.config.unwrap_or_default();
+    let info = InspectInfo {
+        tag: String::new(),
+        created: cfg.created.map(|c| match DateTime::parse_from_rfc3339(&c) {
+            Ok(t) => go_time(&t),
+            Err(_) => c,
+        }),
+        docker_version: cfg.docker_version.unwrap_or_default(),
+        labels: run.labels,
+        architecture: cfg.architecture.unwrap_or_default(),
+        variant: cfg.variant.unwrap_or_default(),
+        os: cfg.os.unwrap_or_default(),
+        layers: image_manifest
+            .layers
+            .iter()
+            .map(|l| l.digest.to_string())
+            .collect(),
+        layers_data: image_manifest
+            .layers
+            .iter()
+            .map(|l| LayerData {
+                mime_type: l.media_type.clone(),
+                digest: l.digest.to_string(),
+                size: l.size,
+                annotations: l.annotations.clone(),
+            })
+            .collect(),
+        env: run.env,
+        author: cfg.author.unwrap_or_default(),
+    };
+    let json = serde_json::to_string_pretty(&info)?;
+    crate::stdout::outln!("{}", go_escape(&json))?;
     Ok(())
+}
+
+/// containers/image's `ImageInspectInfo` as Hangar prints it (`json.MarshalIndent`): Go's
+/// field order, every field (none is `omitempty`), `Tag` empty but for schema 1.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectInfo {
+    tag: String,
+    created: Option<String>,
+    docker_version: String,
+    labels: Option<BTreeMap<String, String>>,
+    architecture: String,
+    variant: String,
+    os: String,
+    layers: Vec<String>,
+    layers_data: Vec<LayerData>,
+    env: Option<Vec<String>>,
+    author: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct LayerData {
+    #[serde(rename = "MIMEType")]
+    mime_type: String,
+    digest: String,
+    size: u64,
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+/// The parts of an image's config (Docker's or OCI's) the summary shows.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ImageConfig {
+    // Options throughout: Go reads a `null` as the field's zero value.
+    created: Option<String>,
+    docker_version: Option<String>,
+    architecture: Option<String>,
+    variant: Option<String>,
+    os: Option<String>,
+    author: Option<String>,
+    config: Option<RunConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct RunConfig {
+    labels: Option<BTreeMap<String, String>>,
+    env: Option<Vec<String>>,
 }
 
 async fn read_blob(

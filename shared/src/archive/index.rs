@@ -446,15 +446,18 @@ pub fn go_escape(json: &str) -> String {
 
 /// `time.Now()` marshalled by Go: RFC 3339, nanoseconds without trailing zeros, local offset.
 pub fn go_time_now() -> String {
-    let now = chrono::Local::now();
-    let base = now.format("%Y-%m-%dT%H:%M:%S").to_string();
-    let nanos = format!("{:09}", now.timestamp_subsec_nanos());
+    go_time(&chrono::Local::now().fixed_offset())
+}
+
+/// A time as Go marshals it (`time.RFC3339Nano`): nanoseconds without trailing zeros, `Z`
+/// for a zero offset.
+pub fn go_time(t: &chrono::DateTime<chrono::FixedOffset>) -> String {
+    let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let nanos = format!("{:09}", t.timestamp_subsec_nanos());
     let nanos = nanos.trim_end_matches('0');
-    let offset = now.format("%:z").to_string();
-    let offset = if offset == "+00:00" {
-        "Z".to_owned()
-    } else {
-        offset
+    let offset = match t.offset().local_minus_utc() {
+        0 => "Z".to_owned(),
+        _ => t.format("%:z").to_string(),
     };
     if nanos.is_empty() {
         format!("{base}{offset}")
@@ -556,6 +559,22 @@ mod tests {
                 "{}",
                 e.message
             );
+        }
+    }
+
+    #[test]
+    fn go_time_is_rfc3339_nano() {
+        for (given, go) in [
+            ("2024-01-02T03:04:05.120000000Z", "2024-01-02T03:04:05.12Z"),
+            ("2024-01-02T03:04:05+00:00", "2024-01-02T03:04:05Z"),
+            (
+                "2024-01-02T03:04:05.000000001+08:00",
+                "2024-01-02T03:04:05.000000001+08:00",
+            ),
+            ("2024-01-02T03:04:05.5-05:30", "2024-01-02T03:04:05.5-05:30"),
+        ] {
+            let t = chrono::DateTime::parse_from_rfc3339(given).unwrap();
+            assert_eq!(go_time(&t), go, "{given}");
         }
     }
 
