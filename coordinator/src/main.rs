@@ -60,8 +60,10 @@ fn main() -> ExitCode {
 
 async fn start() -> ExitCode {
     // Usage errors exit 1, as Hangar's (clap's own is 2); help and version exit 0.
-    let cli = match cli_command()
-        .try_get_matches()
+    let command = cli_command();
+    let args = cli::subcommand_first(&command, std::env::args_os().collect());
+    let cli = match command
+        .try_get_matches_from(args)
         .and_then(|m| Cli::from_arg_matches(&m))
     {
         Ok(cli) => cli,

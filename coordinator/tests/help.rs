@@ -210,3 +210,25 @@ fn insecure_points_at_tls_verify_false() {
     assert!(err.contains("--tls-verify=false"), "{err}");
     assert!(!err.contains("--index-concurrency"), "{err}");
 }
+
+/// cobra finds `validate` after the flags too, as Hangar's users write it: the run is
+/// `mirror validate`'s (it reads the list), not a usage error.
+#[test]
+fn a_subcommand_after_the_flags_is_found() {
+    for args in [
+        &["mirror", "-f", "/nonexistent/list.txt", "validate"][..],
+        &["save", "--tls-verify=false", "-f", "/nonexistent/list.txt", "validate"],
+    ] {
+        let out = run("hangar-coord", args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot read image list /nonexistent/list.txt"),
+            "{args:?}: {err}"
+        );
+    }
+    // A flag's value spelt like the subcommand stays the value.
+    let out = run("hangar-coord", &["mirror", "-f", "validate", "-d", "127.0.0.1:9"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read image list validate"), "{err}");
+}

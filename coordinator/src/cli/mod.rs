@@ -2,6 +2,7 @@
 //! (marked "beyond Hangar" in their help).
 
 mod archive;
+mod cobra_order;
 mod common;
 mod fleet;
 mod generate_list;
@@ -11,6 +12,7 @@ mod sign_scan;
 mod view;
 
 pub use archive::*;
+pub use cobra_order::subcommand_first;
 pub use common::*;
 pub use fleet::*;
 pub use generate_list::*;
