@@ -265,10 +265,29 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
         Command::Login(a) => commands::login::login(&a).await,
         Command::Logout(a) => commands::login::logout(&a),
         Command::Version => Ok(stdout::outln!("{}", version_line())?),
-        Command::Completion { shell } => {
+        Command::Completion {
+            shell,
+            no_descriptions,
+        } => {
+            let mut command = cli_command();
+            if no_descriptions {
+                // Built first, so that clap's own help flags and subcommands are there.
+                command.build();
+                command = without_descriptions(command);
+            }
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut cli_command(), invoked_name(), &mut script);
+            clap_complete::generate(shell, &mut command, invoked_name(), &mut script);
             Ok(stdout::write(&script)?)
         }
     }
+}
+
+/// `command` with no description on it or any subcommand, flag or argument (cobra's
+/// `completion --no-descriptions`).
+fn without_descriptions(command: clap::Command) -> clap::Command {
+    let command = command
+        .about(None)
+        .long_about(None)
+        .mut_args(|a| a.help(None).long_help(None));
+    command.mut_subcommands(without_descriptions)
 }

@@ -35,6 +35,21 @@ fn the_hangar_name_version_and_completions() {
         script.contains("complete -F _hangar") && script.contains(" hangar"),
         "{script}"
     );
+    // cobra's --no-descriptions: the same completions, none described.
+    let fish = |extra: &[&str]| {
+        let out = Command::new(&hangar)
+            .args(["completion", "fish"])
+            .args(extra)
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (described, bare) = (fish(&[]), fish(&["--no-descriptions"]));
+    assert!(described.contains(" -d 'Print help'"), "{described}");
+    assert!(!bare.contains(" -d '"), "{bare}");
+    assert_eq!(described.lines().count(), bare.lines().count());
+    assert!(bare.contains("-l destination"), "{bare}");
     let out = Command::new(&hangar).arg("--help").output().expect("run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: hangar "));
     // Under its own name, its own name.

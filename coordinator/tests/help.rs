@@ -217,7 +217,13 @@ fn insecure_points_at_tls_verify_false() {
 fn a_subcommand_after_the_flags_is_found() {
     for args in [
         &["mirror", "-f", "/nonexistent/list.txt", "validate"][..],
-        &["save", "--tls-verify=false", "-f", "/nonexistent/list.txt", "validate"],
+        &[
+            "save",
+            "--tls-verify=false",
+            "-f",
+            "/nonexistent/list.txt",
+            "validate",
+        ],
     ] {
         let out = run("hangar-coord", args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -228,7 +234,10 @@ fn a_subcommand_after_the_flags_is_found() {
         );
     }
     // A flag's value spelt like the subcommand stays the value.
-    let out = run("hangar-coord", &["mirror", "-f", "validate", "-d", "127.0.0.1:9"]);
+    let out = run(
+        "hangar-coord",
+        &["mirror", "-f", "validate", "-d", "127.0.0.1:9"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot read image list validate"), "{err}");
 }

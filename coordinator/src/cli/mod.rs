@@ -133,6 +133,9 @@ pub enum Command {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+        /// Leave commands' and flags' descriptions out of the script.
+        #[arg(long)]
+        no_descriptions: bool,
     },
 }
 
