@@ -139,6 +139,27 @@ fn failed_copies_say_failed_to_copy_whatever_the_command() {
         "{}",
         common::text(&out)
     );
+    // Hangar names the platforms it selects before the run, as given.
+    let mirror = common::hangar(&[
+        "mirror",
+        "--tls-verify=false",
+        "-f",
+        list.to_str().expect("utf-8"),
+        "-d",
+        &env.dst.addr,
+        "--arch",
+        "arm64,amd64",
+        "-o",
+        env.path("mirror-failed.txt").to_str().expect("utf-8"),
+    ]);
+    for (out, arch) in [(&out, "amd64,arm64"), (&mirror, "arm64,amd64")] {
+        let text = common::text(out);
+        assert!(
+            text.contains(&format!("[INFO] Arch List: [{arch}]")),
+            "{text}"
+        );
+        assert!(text.contains("[INFO] OS List: [linux]"), "{text}");
+    }
 }
 
 /// Hangar's Trivy flags: those that only tune online updates are accepted and said to be

@@ -34,6 +34,12 @@ impl PlatformArgs {
     pub fn filter(&self) -> hangar_shared::manifest::PlatformFilter {
         hangar_shared::manifest::PlatformFilter::from_flags(&self.arch, &self.os)
     }
+
+    /// Hangar's two lines naming the selection before a run.
+    pub fn log(&self, console: &crate::console::Console) {
+        console.info(None, format!("Arch List: [{}]", self.arch.join(",")));
+        console.info(None, format!("OS List: [{}]", self.os.join(",")));
+    }
 }
 
 /// Limits on the requests this process sends to a registry. With a fleet they are kept in

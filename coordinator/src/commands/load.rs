@@ -184,6 +184,9 @@ pub async fn load(
     let (location, dest) = endpoints(args)?;
     let archive = Arc::new(ArchiveReader::open(&location).await?);
     let selected = select(&archive, &location, args, &dest, debug, &console)?;
+    if watch.is_none() {
+        args.platforms.log(&console);
+    }
     super::save::watch_begins(watch, selected.jobs.len(), &selected.failed);
     let projects: BTreeSet<String> = selected
         .jobs

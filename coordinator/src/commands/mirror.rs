@@ -33,7 +33,9 @@ pub fn prepare(args: &MirrorArgs, debug: bool, console: &Console) -> Result<Prep
         bail!("image list file not provided: use -f/--file");
     };
     let list = ImageList::read(file)?;
-    prepare_list(list, &file.display().to_string(), args, debug, console)
+    let prepared = prepare_list(list, &file.display().to_string(), args, debug, console)?;
+    args.platforms.log(console);
+    Ok(prepared)
 }
 
 /// Works out each entry's source and destination; `label` names the list in messages.

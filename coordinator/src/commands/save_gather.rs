@@ -111,6 +111,9 @@ pub(super) async fn gather(
         None => None,
     };
     let mut prepared = read_jobs(list, debug, &console)?;
+    if watch.is_none() {
+        list.platforms.log(&console);
+    }
     let temp = match &prepared.cache {
         Some(_) => None,
         None => {

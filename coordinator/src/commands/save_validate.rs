@@ -27,6 +27,7 @@ pub async fn run(
     console: Arc<Console>,
 ) -> Result<()> {
     let prepared = read_jobs(list, debug, &console)?;
+    list.platforms.log(&console);
     let mut failed = super::report_rejected(&console, &prepared.rejected, "validate");
     let label = archive.to_owned();
     let (mut passed, mut skipped) = (0, 0);

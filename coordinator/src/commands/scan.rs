@@ -377,6 +377,7 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
     };
     let list = &args.list;
     let t = super::targets::targets(list, debug, &console)?;
+    list.platforms.log(&console);
     // The inventories are read where the tasks run (this process, with `--cache`, or the
     // fleet's workers with theirs) and matched here, where the database is.
     let work = Work::Scan {

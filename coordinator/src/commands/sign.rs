@@ -115,6 +115,7 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
     };
     let list = &args.list;
     let t = super::targets::targets(list, debug, &console)?;
+    list.platforms.log(&console);
     // Here `-p` is a key file, read now; on the fleet it names the workers' key
     // (`hangar-worker --sign-key NAME=PATH`), and no key material leaves them.
     let key = key_path.display().to_string();
@@ -220,6 +221,7 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
     PublicKey::from_pem(&pem, &key_path.display().to_string())?;
     let list = &args.list;
     let t = super::targets::targets(list, debug, &console)?;
+    list.platforms.log(&console);
     let work = Work::Verify {
         public_key: pem.clone(),
         identity: args.exact_repository.clone(),
