@@ -38,6 +38,8 @@ async fn inspect_prints_raw_manifest_config_and_summary() {
     assert!(summary.status.success(), "{}", text(&summary));
     let v: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
     assert_eq!(v["Architecture"], "amd64");
+    // OCI's config has an optional time: absent, it is null.
+    assert_eq!(v["Created"], serde_json::Value::Null);
     let amd_manifest: serde_json::Value = serde_json::from_slice(&amd.bytes).unwrap();
     let layers: Vec<&str> = amd_manifest["layers"]
         .as_array()
@@ -99,6 +101,26 @@ async fn inspect_prints_raw_manifest_config_and_summary() {
         sha(&amd_cfg.stdout),
         amd_manifest["config"]["digest"].as_str().unwrap()
     );
+
+    // Docker's has a plain one: absent, Go prints its zero.
+    push_image(
+        &src,
+        env.dir.path(),
+        "library/dock",
+        Some("v1"),
+        Format::Docker,
+        "amd64",
+        (&[7], 300),
+    )
+    .await;
+    let docker = hangar(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("{}/library/dock:v1", env.src.addr),
+    ]);
+    assert!(docker.status.success(), "{}", text(&docker));
+    let v: serde_json::Value = serde_json::from_slice(&docker.stdout).unwrap();
+    assert_eq!(v["Created"], "0001-01-01T00:00:00Z");
 
     let missing = hangar(&[
         "inspect",

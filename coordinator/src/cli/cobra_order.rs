@@ -9,7 +9,9 @@
 use std::ffi::{OsStr, OsString};
 
 /// `args` (the program's name first) with each subcommand moved before the flags that
-/// precede it.
+/// precede it. A line clap reads as it is is left as it is: the subcommand moves only
+/// past flags it takes too (its own or global ones), never past a cluster like `-yd`, and
+/// clap's `help` never moves.
 pub fn subcommand_first(cmd: &clap::Command, args: Vec<OsString>) -> Vec<OsString> {
     let mut args = args;
     // Built, so that globals are on every subcommand and each flag's value count is known.
@@ -19,26 +21,38 @@ pub fn subcommand_first(cmd: &clap::Command, args: Vec<OsString>) -> Vec<OsStrin
     // Where the current command's own words start.
     let mut start = 1;
     loop {
-        let Some(current) = path.last() else {
+        let (Some(current), Some(words)) = (path.last(), args.get(start..)) else {
             return args;
         };
-        let Some((at, sub)) = find_subcommand(&path, current, &args[start..]) else {
+        let Some(found) = find_subcommand(&path, current, words) else {
             return args;
         };
-        let word = args.remove(start + at);
+        if found.at > 0 && !found.flags_before.iter().all(|f| takes(&found.sub, f)) {
+            return args;
+        }
+        let word = args.remove(start + found.at);
         args.insert(start, word);
         start += 1;
-        path.push(sub);
+        path.push(found.sub);
     }
 }
 
-/// The first word of `words` naming a subcommand of `current`, with its position; `None`
-/// at a positional that names none (the command's own argument) or at `--`.
+/// A subcommand named among a command's words.
+struct Found {
+    at: usize,
+    sub: clap::Command,
+    /// The flags before it, as written (`--name`, `-n`, `-abc`), without values.
+    flags_before: Vec<String>,
+}
+
+/// The first word of `words` naming a subcommand of `current`; `None` at a positional
+/// that names none (the command's own argument) or at `--`.
 fn find_subcommand(
     path: &[clap::Command],
     current: &clap::Command,
     words: &[OsString],
-) -> Option<(usize, clap::Command)> {
+) -> Option<Found> {
+    let mut flags_before = Vec::new();
     let mut i = 0;
     while i < words.len() {
         let word = words[i].to_string_lossy();
@@ -46,9 +60,11 @@ fn find_subcommand(
             return None;
         }
         if let Some(long) = word.strip_prefix("--") {
-            if !long.contains('=') && !is_switch(path, |a| a.get_long() == Some(long)) {
+            let name = long.split('=').next().unwrap_or_default();
+            if !long.contains('=') && !is_switch(path, |a| a.get_long() == Some(name)) {
                 i += 1;
             }
+            flags_before.push(format!("--{name}"));
         } else if let Some(short) = word.strip_prefix('-') {
             let mut chars = short.chars();
             if let (Some(c), None) = (chars.next(), chars.next())
@@ -56,12 +72,29 @@ fn find_subcommand(
             {
                 i += 1;
             }
+            flags_before.push(word.into_owned());
         } else if !word.is_empty() {
-            return named(current, &words[i]).map(|sub| (i, sub));
+            return named(current, &words[i]).map(|sub| Found {
+                at: i,
+                sub,
+                flags_before,
+            });
         }
         i += 1;
     }
     None
+}
+
+/// Whether `sub` takes the flag `written` (`--name` or `-n`; a cluster it does not).
+fn takes(sub: &clap::Command, written: &str) -> bool {
+    let found = |a: &clap::Arg| match written.strip_prefix("--") {
+        Some(long) => a.get_long() == Some(long),
+        None => {
+            let mut chars = written.chars().skip(1);
+            matches!((chars.next(), chars.next()), (Some(c), None) if a.get_short() == Some(c))
+        }
+    };
+    sub.get_arguments().any(found)
 }
 
 /// Whether the flag `matches` finds on the command or an ancestor takes no value. A flag
@@ -76,9 +109,11 @@ fn is_switch(path: &[clap::Command], matches: impl Fn(&clap::Arg) -> bool) -> bo
         })
 }
 
+/// The subcommand of `cmd` that `word` names; clap's own `help` is never one to move.
 fn named(cmd: &clap::Command, word: &OsStr) -> Option<clap::Command> {
     let word = word.to_str()?;
     cmd.get_subcommands()
+        .filter(|s| s.get_name() != "help")
         .find(|s| s.get_name() == word || s.get_all_aliases().any(|a| a == word))
         .cloned()
 }
@@ -120,9 +155,24 @@ mod tests {
             // An image reference is the command's own argument: nothing after it is looked at.
             ("inspect --raw r/a:1", "inspect --raw r/a:1"),
             ("mirror -- validate", "mirror -- validate"),
+            // clap's help reads every word after it as a command name: it stays put.
+            ("--debug help mirror", "--debug help mirror"),
+            ("inspect --raw help", "inspect --raw help"),
+            // Past a flag the subcommand does not take (root's -v), or a cluster: as written.
+            ("-v mirror", "-v mirror"),
+            ("save -yd validate", "save -yd validate"),
+            (
+                "mirror --file=l.txt validate",
+                "mirror validate --file=l.txt",
+            ),
         ] {
             assert_eq!(reordered(given), expected, "{given}");
         }
+    }
+
+    #[test]
+    fn an_empty_line_is_left_alone() {
+        assert!(subcommand_first(&crate::cli::Cli::command(), Vec::new()).is_empty());
     }
 
     #[test]

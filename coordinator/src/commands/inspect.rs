@@ -9,6 +9,7 @@ use futures_util::TryStreamExt;
 use hangar_shared::archive::index::{go_escape, go_time};
 use hangar_shared::manifest::{Manifest, Platform, PlatformFilter};
 use hangar_shared::registry::{Registry, Side};
+use hangar_shared::schema1::DOCKER_CONFIG;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -95,12 +96,20 @@ pub async fn run(args: &InspectArgs, console: &Console) -> Result<()> {
     let cfg: ImageConfig = serde_json::from_slice(&config)
         .map_err(|e| anyhow::anyhow!("{r}: parsing the image's config: {e}"))?;
     let run = cfg.config.unwrap_or_default();
+    // Go reads the time as it reads the config: one that does not parse fails the inspect.
+    let created = match &cfg.created {
+        Some(c) => Some(go_time(&DateTime::parse_from_rfc3339(c).map_err(|e| {
+            anyhow::anyhow!("{r}: parsing the image's config: created {c:?}: {e}")
+        })?)),
+        // Docker's config has a plain time (its zero when absent), OCI's an optional one.
+        None if image_manifest.config.media_type == DOCKER_CONFIG => {
+            Some("0001-01-01T00:00:00Z".to_owned())
+        }
+        None => None,
+    };
     let info = InspectInfo {
         tag: String::new(),
-        created: cfg.created.map(|c| match DateTime::parse_from_rfc3339(&c) {
-            Ok(t) => go_time(&t),
-            Err(_) => c,
-        }),
+        created,
         docker_version: cfg.docker_version.unwrap_or_default(),
         labels: run.labels,
         architecture: cfg.architecture.unwrap_or_default(),

@@ -457,6 +457,7 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
         let (location, _) = endpoints(args)?;
         let archive = ArchiveReader::open(&location).await?;
         let checks = checks(&archive, args, debug, &console)?;
+        args.platforms.log(&console);
         tally
             .failed
             .extend(checks.failed.iter().map(|(line, _)| line.clone()));

@@ -183,6 +183,7 @@ pub async fn save(
         .transpose()?;
     if args.dry_run {
         let prepared = read_jobs(&args.list, debug, &console)?;
+        args.list.platforms.log(&console);
         let pool = Arc::new(super::pool(
             args.list.access.tls_verify,
             args.list.access.authfile.as_deref(),
@@ -216,6 +217,9 @@ pub async fn save(
     // From the start, so that a Ctrl-C between the copy and the writing is not lost: the
     // job's own listener is gone by then, and Ctrl-C no longer ends the process.
     let mut sigint = crate::engine::listen_for_ctrl_c(watch.is_none());
+    if watch.is_none() {
+        args.list.platforms.log(&console);
+    }
     let g = refetching_once(&console, async |retry_left| {
         let failed = FailedList {
             path: &failed_file,
@@ -231,8 +235,10 @@ pub async fn save(
             failed,
         )
         .await?;
-        // A Ctrl-C the job heard stopped the copy; the images it completed are written.
-        crate::engine::forget_ctrl_c(&mut sigint);
+        // A Ctrl-C the copy heard stopped it; the images it completed are written.
+        if g.interrupted {
+            crate::engine::forget_ctrl_c(&mut sigint);
+        }
         write_save(&g, dest, part_size, args.yes, &console, &mut sigint).await?;
         Ok(g)
     })
@@ -344,6 +350,9 @@ pub async fn sync(
         None => Writing::AsTheyComplete(Some(&base)),
         Some(_) => Writing::AtTheEnd,
     };
+    if watch.is_none() {
+        args.list.platforms.log(&console);
+    }
     let (g, w) = refetching_once(&console, async |retry_left| {
         let failed = FailedList {
             path: &failed_file,

@@ -79,6 +79,8 @@ pub(super) struct Gathered {
     pub(super) job: String,
     /// The archive, when it was written as the images completed.
     pub(super) written: Option<Written>,
+    /// A Ctrl-C stopped the copy.
+    pub(super) interrupted: bool,
     _temp: Option<TempCache>,
 }
 
@@ -111,9 +113,6 @@ pub(super) async fn gather(
         None => None,
     };
     let mut prepared = read_jobs(list, debug, &console)?;
-    if watch.is_none() {
-        list.platforms.log(&console);
-    }
     let temp = match &prepared.cache {
         Some(_) => None,
         None => {
@@ -287,6 +286,7 @@ pub(super) async fn gather(
         fleet,
         job: id,
         written,
+        interrupted: report.interrupted,
         _temp: temp,
     })
 }

@@ -67,6 +67,8 @@ pub struct JobReport {
         hangar_shared::scan::Inventory,
     )>,
     pub scan_failures: Vec<(ImageJob, hangar_shared::error::Error)>,
+    /// A Ctrl-C stopped the run (its unfinished images are failed).
+    pub interrupted: bool,
 }
 
 struct LogObserver<'a> {
@@ -431,7 +433,7 @@ pub async fn run_copy(
         progress: &progress,
         watch: watch.clone(),
     };
-    let mut interrupted = false;
+    let (mut interrupted, mut heard_ctrl_c) = (false, false);
     let mut announced = 0;
     let mut in_flight = crate::engine::in_flight::InFlight::default();
     while !tracker.is_finished() {
@@ -465,6 +467,7 @@ pub async fn run_copy(
                 console.warn(None, "Interrupted: stopping; unfinished images are reported failed");
                 tracker.abandon("interrupted", &mut obs);
                 interrupted = true;
+                heard_ctrl_c = true;
             }
         }
         if let Some(tx) = &spec.completions {
@@ -479,5 +482,7 @@ pub async fn run_copy(
     planning.abort();
     bus.close(interrupted).await;
     console.stop_progress(progress);
-    Ok(tracker.into_report(started.elapsed()))
+    let mut report = tracker.into_report(started.elapsed());
+    report.interrupted = heard_ctrl_c;
+    Ok(report)
 }

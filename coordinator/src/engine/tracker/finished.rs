@@ -56,6 +56,7 @@ impl Tracker {
             completed,
             scans,
             scan_failures,
+            interrupted: false,
         }
     }
 

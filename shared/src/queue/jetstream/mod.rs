@@ -210,7 +210,7 @@ impl JetStreamQueue {
         let mut effective_ack_wait = ack_wait;
         for (lane, n) in lanes {
             let name = lane.consumer();
-            let source = fetch::LaneConsumer {
+            let mut source = fetch::LaneConsumer {
                 stream: stream.clone(),
                 config: pull::Config {
                     durable_name: Some(name.clone()),
@@ -222,8 +222,11 @@ impl JetStreamQueue {
                 },
             };
             let consumer = source.get().await?;
-            // The consumer may predate this worker: its own ack_wait is what counts.
-            effective_ack_wait = effective_ack_wait.min(consumer.cached_info().config.ack_wait);
+            // The consumer may predate this worker: its own ack_wait is what counts, and
+            // what it is made again with (the other workers' heartbeats keep to it).
+            let lane_ack_wait = consumer.cached_info().config.ack_wait;
+            source.config.ack_wait = lane_ack_wait;
+            effective_ack_wait = effective_ack_wait.min(lane_ack_wait);
             fetchers.push(tokio::spawn(fetch::fetch_loop(
                 source,
                 consumer,
