@@ -134,10 +134,22 @@ fn failed_copies_say_failed_to_copy_whatever_the_command() {
         env.path("save-failed.txt").to_str().expect("utf-8"),
     ]);
     assert_eq!(out.status.code(), Some(1));
+    let text = common::text(&out);
+    assert!(text.contains("[FATA] some images failed to copy"), "{text}");
+    // The failed lines logged as Hangar logs them, then where they went.
+    let line = format!("{}/no/such:1", env.src.addr);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        common::text(&out).contains("[FATA] some images failed to copy"),
-        "{}",
-        common::text(&out)
+        stderr.contains(&format!("[ERRO] Save failed image list: \n{line}\n")),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "[INFO] Failed image list exported to {:?}",
+            env.path("save-failed.txt").display().to_string()
+        )),
+        "{stdout}"
     );
     // Hangar names the platforms it selects before the run, as given.
     let mirror = common::hangar(&[
@@ -160,6 +172,11 @@ fn failed_copies_say_failed_to_copy_whatever_the_command() {
         );
         assert!(text.contains("[INFO] OS List: [linux]"), "{text}");
     }
+    let text = common::text(&mirror);
+    assert!(
+        text.contains(&format!("[ERRO] Copy failed image list: \n{line}")),
+        "{text}"
+    );
 }
 
 /// Hangar's Trivy flags: those that only tune online updates are accepted and said to be
@@ -283,6 +300,12 @@ async fn mirror_and_load_sign_as_they_land_with_hangars_hidden_flags() {
         let text = common::text(&out);
         assert!(out.status.success(), "{project}: {text}");
         assert!(!text.contains("No signature found"), "{project}: {text}");
+        let report = env.path(&format!("{project}-report.json"));
+        assert_eq!(
+            common::signing::unsigned_in_report(&report),
+            Vec::<String>::new(),
+            "{project}: {text}"
+        );
     }
 }
 

@@ -394,9 +394,15 @@ async fn findings_reports_filters_cache_and_bad_input() {
         &env,
         &list,
         &db,
-        &["--format", "spdx-json", "-r", &s(&env.path("r.spdx.json"))],
+        // Hangar's `[FORMAT]`, in a given name too: `spdx.json` for this format.
+        &["--format", "spdx-json", "-r", &s(&env.path("r.[FORMAT]"))],
     );
     assert!(out.status.success());
+    assert!(
+        common::text(&out).contains("[INFO] Output Format: [spdx-json]"),
+        "{}",
+        common::text(&out)
+    );
     let spdx: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.path("r.spdx.json")).expect("spdx"))
             .expect("json");

@@ -204,10 +204,20 @@ async fn sign_validate_tamper_other_key_unsigned_and_no_duplicates() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let yaml = std::fs::read_to_string(env.path("r.yaml")).expect("yaml");
+    // Hangar's YAML names the list `result`.
     assert!(
-        yaml.contains("results:") && yaml.contains("tlogVerified: false"),
+        yaml.contains("\nresult:\n") && yaml.contains("tlogVerified: false"),
         "{yaml}"
     );
+    // `[FORMAT]` in a given name is the format, as in Hangar.
+    let out = validate(
+        &env,
+        &signed_list,
+        &public,
+        &["--format", "csv", "-r", &s(&env.path("named.[FORMAT]"))],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(env.path("named.csv").exists(), "{}", text(&out));
 
     // Signing again adds nothing.
     let out = sign(&env, &signed_list, &key, &[]);
@@ -236,9 +246,17 @@ async fn sign_validate_tamper_other_key_unsigned_and_no_duplicates() {
     let out = validate(&env, &plain_list, &public, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("No signature found of image"),
+        text(&out).contains(&format!(
+            "No signature found of image [{}/library/plain:1]",
+            env.src.addr
+        )),
         "{}",
         text(&out)
+    );
+    assert_eq!(
+        unsigned_in_report(&env.path("report.json")).len(),
+        1,
+        "cosign's words as the payload"
     );
 
     // A tampered signature: fails.

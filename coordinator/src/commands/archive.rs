@@ -271,7 +271,7 @@ async fn export(args: &ArchiveExportArgs, console: &Console) -> Result<()> {
             HumanBytes(w.bytes)
         ),
     );
-    super::finish(console, &args.failed, &failed, "export")
+    super::finish(console, &args.failed, &failed, super::ListRun::Export)
 }
 
 /// The most problems one archive's verification lists (the first found; a damaged

@@ -143,7 +143,7 @@ pub async fn run(args: &InspectListArgs, debug: bool, console: &Console) -> Resu
         None,
         format!("Report saved to {:?}", report.display().to_string()),
     );
-    super::finish(console, &args.failed, &failed, "inspect")
+    super::finish(console, &args.failed, &failed, super::ListRun::Inspect)
 }
 
 /// One platform manifest as the report lists it: platform, media type, digest and the

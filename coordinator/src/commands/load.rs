@@ -294,10 +294,10 @@ pub async fn load(
         watch.cloned(),
     )
     .await
-    .map_err(|e| super::all_failed(&console, &args.failed, &every_line, e))?;
+    .map_err(|e| super::all_failed(&console, &args.failed, &every_line, e, super::ListRun::Copy))?;
     let more = super::summarise(&console, &report, "loaded", failed.len());
     failed.extend(more);
-    super::finish(&console, &args.failed, &failed, "copy")
+    super::finish(&console, &args.failed, &failed, super::ListRun::Copy)
 }
 
 /// What `load validate` checks: the archive's images (all, or those of `-f`) with their
@@ -508,5 +508,10 @@ pub async fn validate(args: &LoadArgs, debug: bool, console: Arc<Console>) -> Re
         .await?;
     }
     super::verdicts(&console, tally.passed, tally.failed.len(), 0);
-    super::finish(&console, &args.failed, &tally.failed, "validate")
+    super::finish(
+        &console,
+        &args.failed,
+        &tally.failed,
+        super::ListRun::Validate,
+    )
 }

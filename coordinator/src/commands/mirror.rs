@@ -249,7 +249,9 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         .collect();
     let report = job::run_copy(spec, pool, console.clone(), backend, (&id, "1"), None)
         .await
-        .map_err(|e| super::all_failed(&console, &args.failed, &every_line, e))?;
+        .map_err(|e| {
+            super::all_failed(&console, &args.failed, &every_line, e, super::ListRun::Copy)
+        })?;
     if let Some(db) = &scan_db {
         super::scan::report_job(&report, db, &args.scan_report, false, &console)?;
     }
@@ -257,7 +259,7 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
     let mut failed_lines = super::report_rejected(&console, &prepared_rejected, "copy");
     let more = super::summarise(&console, &report, "copied", failed_lines.len());
     failed_lines.extend(more);
-    super::finish(&console, &args.failed, &failed_lines, "copy")
+    super::finish(&console, &args.failed, &failed_lines, super::ListRun::Copy)
 }
 
 /// Connects to the fleet's NATS with the `--nats*` flags.

@@ -22,6 +22,7 @@ pub mod save_validate;
 mod save_writer;
 pub mod scan;
 pub mod sign;
+mod sign_report;
 pub mod status_table;
 pub mod stored;
 pub mod submit_spec;
@@ -297,20 +298,76 @@ pub fn report_rejected(
         .collect()
 }
 
-/// Extras a list command: `Done`, or the failed lines written whole to `path` and Hangar's
+/// A report's file: `-r` or Hangar's default, its `[FORMAT]` replaced by `extension`
+/// (Hangar replaces it in a given name too).
+pub fn report_path(given: Option<&Path>, default: &str, extension: &str) -> std::path::PathBuf {
+    match given {
+        Some(p) => match p.to_str() {
+            Some(s) => s.replace("[FORMAT]", extension).into(),
+            None => p.to_path_buf(),
+        },
+        None => default.replace("[FORMAT]", extension).into(),
+    }
+}
+
+/// What a list command did, in Hangar's words: the title of its failed list in the log
+/// and the verb of its error.
+#[derive(Clone, Copy, Debug)]
+pub enum ListRun {
+    /// `mirror`, `load`.
+    Copy,
+    Save,
+    Sync,
+    /// The `validate` subcommands but `sign validate`.
+    Validate,
+    Sign,
+    SignatureValidate,
+    Scan,
+    Inspect,
+    Export,
+}
+
+impl ListRun {
+    fn title(self) -> &'static str {
+        match self {
+            Self::Copy => "Copy",
+            Self::Save => "Save",
+            Self::Sync => "Sync",
+            Self::Validate => "Validate",
+            Self::Sign => "Sign",
+            Self::SignatureValidate => "Signature validate",
+            Self::Scan => "Scan",
+            Self::Inspect => "Inspect",
+            Self::Export => "Export",
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Copy | Self::Save | Self::Sync => "copy",
+            Self::Validate | Self::SignatureValidate => "validate",
+            Self::Sign => "sign",
+            Self::Scan => "scan",
+            Self::Inspect => "inspect",
+            Self::Export => "export",
+        }
+    }
+}
+
+/// Ends a list command: `Done`, or the failed lines written whole to `path` and Hangar's
 /// `some images failed to <verb>`.
 pub fn finish(
     console: &crate::console::Console,
     path: &Path,
     failed: &[String],
-    verb: &str,
+    run: ListRun,
 ) -> Result<()> {
     if failed.is_empty() {
         console.info(None, "Done");
         return Ok(());
     }
-    write_failed(console, path, failed)?;
-    anyhow::bail!("some images failed to {verb}")
+    write_failed(console, path, failed, run)?;
+    anyhow::bail!("some images failed to {}", run.verb())
 }
 
 /// A job that ended in an error (a destination that cannot be reached, the fleet lost)
@@ -321,31 +378,38 @@ pub fn all_failed(
     path: &Path,
     lines: &[String],
     error: hangar_shared::error::Error,
+    run: ListRun,
 ) -> anyhow::Error {
     if !lines.is_empty()
-        && let Err(e) = write_failed(console, path, lines)
+        && let Err(e) = write_failed(console, path, lines, run)
     {
         console.error(None, format!("{e:#}"));
     }
     error.into()
 }
 
-/// Writes the failed list (one line each) and says where.
+/// Writes the failed list, one line each, and logs it as Hangar does: the lines (as an
+/// error), then where they went. `archive export`'s list has no last newline, as Hangar's.
 pub fn write_failed(
     console: &crate::console::Console,
     path: &Path,
     failed: &[String],
+    run: ListRun,
 ) -> Result<()> {
     let mut text = failed.join("\n");
-    text.push('\n');
+    if !matches!(run, ListRun::Export) {
+        text.push('\n');
+    }
     write_atomically(path, &text)?;
+    let shown = path.display().to_string();
     console.error(
         None,
-        format!(
-            "Failed images are written to {:?}",
-            path.display().to_string()
-        ),
+        format!("{} failed image list: \n{}", run.title(), failed.join("\n")),
     );
+    match run {
+        ListRun::Export => console.error(None, format!("Export failed images saved to {shown:?}")),
+        _ => console.info(None, format!("Failed image list exported to {shown:?}")),
+    }
     Ok(())
 }
 
@@ -417,8 +481,8 @@ pub fn clamp_jobs(jobs: i64, debug: bool, console: &crate::console::Console) -> 
     jobs as usize
 }
 
-// The report helpers are the scan reports' own: one CSV quoting, one grouping by reference.
-pub use hangar_shared::scan::report::{by_reference, csv_line};
+// The CSV quoting is the scan reports' own.
+pub use hangar_shared::scan::report::csv_line;
 
 /// `4G`, `700M`, `1.5G`, `512Ki`, `1000` (bytes); binary units.
 pub fn parse_size(text: &str) -> Result<u64> {

@@ -461,7 +461,7 @@ pub async fn copy_job(
             ),
         );
     }
-    super::finish(console, failed, &snap.failed_lines, "copy")?;
+    super::finish(console, failed, &snap.failed_lines, super::ListRun::Copy)?;
     if snap.state != "succeeded" {
         bail!("job {id} {}", snap.state);
     }

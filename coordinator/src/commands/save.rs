@@ -224,6 +224,7 @@ pub async fn save(
         let failed = FailedList {
             path: &failed_file,
             retry_left,
+            run: super::ListRun::Save,
         };
         let g = gather(
             &args.list,
@@ -243,7 +244,7 @@ pub async fn save(
         Ok(g)
     })
     .await?;
-    super::finish(&console, &failed_file, &g.failed, "copy")
+    super::finish(&console, &failed_file, &g.failed, super::ListRun::Save)
 }
 
 /// Runs `attempt` (gather, then write) once more when a damaged cache entry failed it: the
@@ -357,6 +358,7 @@ pub async fn sync(
         let failed = FailedList {
             path: &failed_file,
             retry_left,
+            run: super::ListRun::Sync,
         };
         let g = gather(
             &args.list,
@@ -386,5 +388,5 @@ pub async fn sync(
             HumanBytes(w.bytes)
         ),
     );
-    super::finish(&console, &failed_file, &g.failed, "copy")
+    super::finish(&console, &failed_file, &g.failed, super::ListRun::Sync)
 }

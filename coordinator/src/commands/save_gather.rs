@@ -263,7 +263,7 @@ pub(super) async fn gather(
                         snap.image_failed(line, Some(&why));
                     }
                 }
-                if let Err(w) = super::write_failed(&console, failed.path, &all) {
+                if let Err(w) = super::write_failed(&console, failed.path, &all, failed.run) {
                     console.error(None, format!("{w:#}"));
                 }
                 return Err(e);
@@ -296,6 +296,8 @@ pub(super) async fn gather(
 pub(super) struct FailedList<'a> {
     pub(super) path: &'a Path,
     pub(super) retry_left: bool,
+    /// Save or sync: how the list is named in the log.
+    pub(super) run: super::ListRun,
 }
 
 /// Images the archive's writer left out (a blob it could not read) are failures, not

@@ -133,5 +133,5 @@ pub async fn run(
     }
     let failed_file = list.failed.clone().unwrap_or_else(|| default_failed.into());
     super::verdicts(&console, passed, failed.len(), skipped);
-    super::finish(&console, &failed_file, &failed, "validate")
+    super::finish(&console, &failed_file, &failed, super::ListRun::Validate)
 }

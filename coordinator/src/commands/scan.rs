@@ -378,6 +378,8 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
     let list = &args.list;
     let t = super::targets::targets(list, debug, &console)?;
     list.platforms.log(&console);
+    console.info(None, format!("Scanners: [{}]", args.scanner));
+    console.info(None, format!("Output Format: [{}]", args.format));
     // The inventories are read where the tasks run (this process, with `--cache`, or the
     // fleet's workers with theirs) and matched here, where the database is.
     let work = Work::Scan {
@@ -518,10 +520,11 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
         }
     }
     scanned.sort_by(|a, b| (&a.reference, &a.digest).cmp(&(&b.reference, &b.digest)));
-    let report = args
-        .report
-        .clone()
-        .unwrap_or_else(|| format!("scan-report.{}", format.extension()).into());
+    let report = super::report_path(
+        args.report.as_deref(),
+        "scan-report.[FORMAT]",
+        format.extension(),
+    );
     super::write_atomically(&report, &render(&scanned, format)?)?;
     console.info(
         None,
@@ -532,7 +535,7 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
         .failed
         .clone()
         .unwrap_or_else(|| "scan-failed.txt".into());
-    super::finish(&console, &failed_file, &failed, "scan")?;
+    super::finish(&console, &failed_file, &failed, super::ListRun::Scan)?;
     let found: usize = scanned.iter().map(|s| s.findings.len()).sum();
     if found > 0 && args.exit_code != 0 {
         return Err(ExitWith {

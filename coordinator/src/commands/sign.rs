@@ -6,11 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use hangar_shared::manifest::Descriptor;
 use hangar_shared::sign::{KeyPair, PublicKey};
 use hangar_shared::task::{Outcome, Verdict};
-use serde_json::json;
 
+use super::sign_report::{NO_SIGNATURES, Row, render};
 use crate::cli::{GenerateKeyArgs, SignArgs, SignValidateArgs};
 use crate::console::Console;
 use crate::engine::planner;
@@ -190,14 +189,7 @@ pub async fn sign(args: &SignArgs, debug: bool, console: Arc<Console>) -> Result
         .failed
         .clone()
         .unwrap_or_else(|| "sign-failed.txt".into());
-    super::finish(&console, &failed_file, &failed, "sign")
-}
-
-/// A report row: one digest of one image.
-struct Row {
-    reference: String,
-    subject: Descriptor,
-    payload: String,
+    super::finish(&console, &failed_file, &failed, super::ListRun::Sign)
 }
 
 pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console>) -> Result<()> {
@@ -222,6 +214,7 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
     let list = &args.list;
     let t = super::targets::targets(list, debug, &console)?;
     list.platforms.log(&console);
+    console.info(None, format!("Output Format: [{}]", args.format));
     let work = Work::Verify {
         public_key: pem.clone(),
         identity: args.exact_repository.clone(),
@@ -247,21 +240,19 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
             }
         };
         let mut bad = Vec::new();
-        let mut unsigned = false;
+        // Hangar passes an image any of whose digests is signed.
+        let mut signed = false;
         for (subject, outcome) in checked {
-            let at = format!("{}@{}", target.image.name_and_tag(), subject.digest);
             let payload = match outcome {
                 Outcome::Checked {
                     verdict: Verdict::Pass { payload },
-                } => payload.unwrap_or_default(),
+                } => {
+                    signed = true;
+                    payload.unwrap_or_default()
+                }
                 Outcome::Checked {
                     verdict: Verdict::Absent,
-                } => {
-                    unsigned = true;
-                    let text = format!("No signature found of image [{at}]");
-                    console.warn(n, &text);
-                    text
-                }
+                } => NO_SIGNATURES.to_owned(),
                 Outcome::Checked {
                     verdict: Verdict::Fail { why },
                 } => {
@@ -281,11 +272,12 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
             });
         }
         if bad.is_empty() {
-            if unsigned {
-                unsigned_images += 1;
-            } else {
+            if signed {
                 passed += 1;
                 console.info(n, format!("PASS: [{reference}]"));
+            } else {
+                unsigned_images += 1;
+                console.warn(n, format!("No signature found of image [{reference}]"));
             }
         } else {
             console.error(n, format!("FAILED: [{reference}]: {}", bad.join("; ")));
@@ -323,17 +315,16 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
             .await?;
         }
     }
-    let report = args
-        .report
-        .clone()
-        .unwrap_or_else(|| format!("sign-validate-report.{format}").into());
+    let report = super::report_path(
+        args.report.as_deref(),
+        "sign-validate-report.[FORMAT]",
+        &format,
+    );
     super::write_atomically(&report, &render(&rows, &format)?)?;
+    // Hangar's words, its copy of scan's.
     console.info(
         None,
-        format!(
-            "Sign validate report output to {:?}",
-            report.display().to_string()
-        ),
+        format!("Scan report output to {:?}", report.display().to_string()),
     );
     let failed_file = list
         .failed
@@ -341,53 +332,10 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
         .unwrap_or_else(|| "sign-failed.txt".into());
     // Unsigned images are warned about, not failed (as Hangar): counted as skipped.
     super::verdicts(&console, passed, failed.len(), unsigned_images);
-    super::finish(&console, &failed_file, &failed, "validate")
-}
-
-/// The report (schema of Hangar's §7.2): JSON, YAML, or CSV with Hangar's header.
-fn render(rows: &[Row], format: &str) -> Result<String> {
-    if format == "csv" {
-        let mut out = String::from(
-            "image,arch,os,payload,digest,tlogVerify,mediaType,certificateIssuer,certificateSubject,\
-             githubWorkflowName,githubWorkflowRef,githubWorkflowRepository,githubWorkflowSha,\
-             githubWorkflowTrigger\n",
-        );
-        for r in rows {
-            let p = r.subject.platform.clone().unwrap_or_default();
-            let cells = [
-                r.reference.clone(),
-                p.architecture,
-                p.os,
-                r.payload.clone(),
-                r.subject.digest.to_string(),
-                "false".into(),
-                r.subject.media_type.clone(),
-            ];
-            // No certificate or workflow columns: signatures here are key-based.
-            out.push_str(&super::csv_line(
-                cells
-                    .into_iter()
-                    .chain(std::iter::repeat_n(String::new(), 7)),
-            ));
-        }
-        return Ok(out);
-    }
-    let results = super::by_reference(rows.iter().map(|r| {
-        let image = json!({
-            "digest": r.subject.digest.to_string(),
-            "mediaType": r.subject.media_type,
-            "platform": r.subject.platform,
-            "tlogVerified": false,
-            "payload": r.payload,
-        });
-        (r.reference.clone(), image)
-    }));
-    let doc = json!({
-        "time": hangar_shared::archive::index::go_time_now(),
-        "results": results,
-    });
-    Ok(match format {
-        "yaml" => serde_yaml_ng::to_string(&doc)?,
-        _ => serde_json::to_string_pretty(&doc)?,
-    })
+    super::finish(
+        &console,
+        &failed_file,
+        &failed,
+        super::ListRun::SignatureValidate,
+    )
 }

@@ -38,7 +38,7 @@ pub async fn submit_spec(
     } else {
         outage
     };
-    let verb = match spec.kind {
+    let run = match spec.kind {
         JobKind::Mirror | JobKind::Save | JobKind::Sync | JobKind::Load => {
             let remote = Remote {
                 server,
@@ -48,9 +48,10 @@ pub async fn submit_spec(
             };
             return copy_job(remote, &args.failed, &console).await;
         }
-        JobKind::Sign => "sign",
-        JobKind::Scan => "scan",
-        _ => "validate",
+        JobKind::Sign => super::ListRun::Sign,
+        JobKind::Scan => super::ListRun::Scan,
+        JobKind::SignValidate => super::ListRun::SignatureValidate,
+        _ => super::ListRun::Validate,
     };
     let kind = spec.kind;
     let (snap, mut results) =
@@ -112,5 +113,5 @@ pub async fn submit_spec(
             snap.id, snap.total, snap.id
         ),
     );
-    super::finish(&console, &args.failed, &failed, verb)
+    super::finish(&console, &args.failed, &failed, run)
 }

@@ -122,3 +122,18 @@ pub fn sig_layers(raw: &[u8]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// The digests `sign validate`'s JSON report at `report` found unsigned (Hangar passes an
+/// image any of whose digests is signed: the report says which were not).
+pub fn unsigned_in_report(report: &Path) -> Vec<String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report).expect("the report")).expect("JSON");
+    doc["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["images"].as_array().into_iter().flatten())
+        .filter(|i| i["payload"] == "no signatures found")
+        .map(|i| i["digest"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
