@@ -251,9 +251,7 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
             };
             commands::within(&a.timeout, commands::view::run(a, kind, &console)).await
         }
-        Command::ListTags(a) => {
-            commands::within(&a.timeout, commands::list_tags::run(&a, &console)).await
-        }
+        Command::ListTags(a) => commands::within(&a.timeout, commands::list_tags::run(&a)).await,
         Command::Delete(a) => {
             commands::within(&a.timeout, commands::delete::run(&a, &console)).await
         }

@@ -161,6 +161,28 @@ async fn list_tags_delete_and_merge_manifest() {
     )
     .await;
     let repo = format!("{}/team/merge", env.src.addr);
+    // An OCI manifest with annotations of its own: Hangar puts them on its entry.
+    let oci = push_image(
+        &src,
+        dir,
+        "team/merge",
+        None,
+        Format::Oci,
+        "s390x",
+        (&[502], 1_000),
+    )
+    .await;
+    let mut body: serde_json::Value = serde_json::from_slice(&oci.bytes).unwrap();
+    body["annotations"] = serde_json::json!({"org.example.note": "kept"});
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&body).unwrap());
+    let annotated = hangar_shared::manifest::RawManifest {
+        media_type: hangar_shared::manifest::OCI_MANIFEST.into(),
+        digest: hangar_shared::digest::Digest::of(&bytes),
+        bytes,
+    };
+    src.put_manifest("team/merge", "annotated", &annotated)
+        .await
+        .unwrap();
 
     let dry = hangar(&[
         "merge-manifest",
@@ -169,11 +191,31 @@ async fn list_tags_delete_and_merge_manifest() {
         &format!("{repo}:all"),
         &format!("{repo}:amd64"),
         &format!("{repo}:arm64"),
+        &format!("{repo}:annotated"),
     ]);
     assert!(dry.status.success(), "{}", text(&dry));
+    // Hangar's log lines come first on stdout (its INFO lines go there), then the index.
+    let printed = String::from_utf8_lossy(&dry.stdout).into_owned();
+    let index = &printed[printed.find("\n{").expect("the index") + 1..];
     assert_eq!(
-        index_digests(&dry.stdout),
-        vec![amd.digest.to_string(), arm.digest.to_string()]
+        index_digests(index.as_bytes()),
+        vec![
+            amd.digest.to_string(),
+            arm.digest.to_string(),
+            annotated.digest.to_string()
+        ]
+    );
+    let v: serde_json::Value = serde_json::from_str(index).unwrap();
+    assert_eq!(
+        v["manifests"][2]["annotations"],
+        serde_json::json!({"org.example.note": "kept"})
+    );
+    assert!(
+        text(&dry).contains(&format!(
+            "Image \"docker://{repo}:annotated\" is \"application/vnd.oci.image.manifest.v1+json\""
+        )),
+        "{}",
+        text(&dry)
     );
     assert!(
         skopeo_raw(&format!("{repo}:all")).is_none(),
@@ -188,6 +230,13 @@ async fn list_tags_delete_and_merge_manifest() {
         &format!("{repo}:arm64"),
     ]);
     assert!(merged.status.success(), "{}", text(&merged));
+    assert!(
+        text(&merged).contains(&format!(
+            "Pushing image manifest index docker://{repo}:all with 2 contents"
+        )),
+        "{}",
+        text(&merged)
+    );
     let all = skopeo_raw(&format!("{repo}:all")).expect("merged index pushed");
     assert_eq!(
         index_digests(&all),
@@ -204,7 +253,7 @@ async fn list_tags_delete_and_merge_manifest() {
     assert!(tags.status.success(), "{}", text(&tags));
     assert_eq!(
         String::from_utf8_lossy(&tags.stdout),
-        "[\n  \"all\",\n  \"amd64\",\n  \"arm64\"\n]\n"
+        "[\n  \"all\",\n  \"amd64\",\n  \"annotated\",\n  \"arm64\"\n]\n"
     );
 
     let del = hangar(&[
@@ -293,6 +342,8 @@ async fn single_image_commands_take_a_namespace_less_repository_as_named() {
     ]);
     assert!(tags.status.success(), "{}", text(&tags));
     assert_eq!(String::from_utf8_lossy(&tags.stdout), "[\n  \"3.9\"\n]\n");
+    // Only inspect warns; Hangar's other commands add the transport silently.
+    assert!(tags.stderr.is_empty(), "{}", text(&tags));
 
     let del = hangar(&["delete", "--tls-verify=false", "-y", &named]);
     assert!(del.status.success(), "{}", text(&del));

@@ -7,7 +7,7 @@ use crate::cli::DeleteArgs;
 use crate::console::Console;
 
 pub async fn run(args: &DeleteArgs, console: &Console) -> Result<()> {
-    let r = super::docker_reference(&args.reference, console)?;
+    let r = super::docker_reference(&args.reference, None)?;
     let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
     let reg = pool.registry(&r.registry).await?;
     let Some(m) = reg

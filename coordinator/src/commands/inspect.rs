@@ -25,7 +25,7 @@ fn host_arch() -> &'static str {
 }
 
 pub async fn run(args: &InspectArgs, console: &Console) -> Result<()> {
-    let r = super::docker_reference(&args.reference, console)?;
+    let r = super::docker_reference(&args.reference, Some(console))?;
     let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
     // Read where registries.conf says to pull it from (its mirrors first), named as asked.
     let (reg, read_at, top) = crate::engine::pull_source::manifest_at(&pool, &r).await?;

@@ -3,10 +3,9 @@
 use anyhow::Result;
 
 use crate::cli::RepoArgs;
-use crate::console::Console;
 
-pub async fn run(args: &RepoArgs, console: &Console) -> Result<()> {
-    let r = super::docker_reference(&args.repository, console)?;
+pub async fn run(args: &RepoArgs) -> Result<()> {
+    let r = super::docker_reference(&args.repository, None)?;
     let pool = super::pool(args.access.tls_verify, args.access.authfile.as_deref());
     let reg = pool.registry(&r.registry).await?;
     let tags = reg.tags(&r.repository()).await?;

@@ -5,7 +5,7 @@
 use anyhow::{Result, bail};
 use hangar_shared::digest::Digest;
 use hangar_shared::index_builder;
-use hangar_shared::manifest::{Manifest, OCI_INDEX, RawManifest};
+use hangar_shared::manifest::{Manifest, OCI_INDEX, OCI_MANIFEST, RawManifest};
 use hangar_shared::registry::Side;
 
 use crate::cli::MergeManifestArgs;
@@ -16,7 +16,7 @@ pub async fn run(args: &MergeManifestArgs, console: &Console) -> Result<()> {
     let refs = args
         .refs
         .iter()
-        .map(|r| super::docker_reference(r, console))
+        .map(|r| super::docker_reference(r, None))
         .collect::<Result<Vec<_>>>()?;
     let (target, sources) = refs
         .split_first()
@@ -34,17 +34,26 @@ pub async fn run(args: &MergeManifestArgs, console: &Console) -> Result<()> {
     let reg = pool.registry(&target.registry).await?;
     let repo = target.repository();
     let mut added = Vec::new();
-    for s in sources {
+    for (s, given) in sources.iter().zip(&args.refs[1..]) {
         let m = reg
             .manifest_opt(&repo, &s.manifest_reference(), Side::Source)
             .await?
             .ok_or_else(|| anyhow::anyhow!("manifest unknown: {s}"))?;
+        console.info(
+            None,
+            format!("Image {:?} is {:?}", with_transport(given), m.media_type),
+        );
         match m.parse()? {
+            // Docker's list carries no annotations; OCI's index keeps its entries'.
             Manifest::Index(idx) => added.extend(idx.manifests),
             Manifest::Image(img) => {
                 let (cfg, _) = read_config(reg.as_ref(), None, &repo, &img.config).await?;
                 let mut d = m.descriptor();
                 d.platform = Some(cfg.platform());
+                // An OCI manifest's own annotations go on its entry, as in Hangar.
+                if m.media_type == OCI_MANIFEST {
+                    d.annotations = serde_json::from_slice::<Annotated>(&m.bytes)?.annotations;
+                }
                 added.push(d);
             }
             Manifest::Schema1 => bail!("{s}: Docker schema1 manifests are not supported"),
@@ -66,7 +75,30 @@ pub async fn run(args: &MergeManifestArgs, console: &Console) -> Result<()> {
         .tag
         .clone()
         .ok_or_else(|| anyhow::anyhow!("TARGET needs a tag"))?;
+    console.info(
+        None,
+        format!(
+            "Pushing image manifest index {} with {} contents",
+            with_transport(&args.refs[0]),
+            built.index.manifests.len()
+        ),
+    );
     reg.put_manifest(&repo, &tag, &raw).await?;
     console.info(None, format!("Pushed index {} to {target}", raw.digest));
     Ok(())
+}
+
+/// A reference as Hangar names it in its log: with `docker://`.
+fn with_transport(given: &str) -> String {
+    match given.starts_with("docker://") {
+        true => given.to_owned(),
+        false => format!("docker://{given}"),
+    }
+}
+
+/// A manifest's own annotations.
+#[derive(serde::Deserialize)]
+struct Annotated {
+    #[serde(default)]
+    annotations: Option<std::collections::BTreeMap<String, String>>,
 }

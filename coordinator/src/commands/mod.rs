@@ -40,9 +40,10 @@ use hangar_shared::registry::RegistryOptions;
 use hangar_shared::store::RegistryPool;
 
 /// A single-image command's reference, read as containers/image reads it: `docker://`
-/// stripped (Hangar's warning when no transport was given), the transports this tool does
-/// not read refused.
-pub fn docker_reference(input: &str, console: &crate::console::Console) -> Result<ImageRef> {
+/// stripped, the transports this tool does not read refused. Given `warn` (only `inspect`
+/// does: Hangar's other commands add the transport silently), a reference without one
+/// gets Hangar's warning.
+pub fn docker_reference(input: &str, warn: Option<&crate::console::Console>) -> Result<ImageRef> {
     if let Some(rest) = input.strip_prefix("docker://") {
         return Ok(ImageRef::parse_docker(rest)?);
     }
@@ -57,10 +58,14 @@ pub fn docker_reference(input: &str, console: &crate::console::Console) -> Resul
             anyhow::bail!("transport {t:?} is not supported: only docker:// registries");
         }
     }
-    console.warn(
-        None,
-        format!("Image reference protocol not provided, use 'docker' as default: docker://{input}"),
-    );
+    if let Some(console) = warn {
+        console.warn(
+            None,
+            format!(
+                "Image reference protocol not provided, use 'docker' as default: docker://{input}"
+            ),
+        );
+    }
     Ok(ImageRef::parse_docker(input)?)
 }
 

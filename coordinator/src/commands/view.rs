@@ -56,7 +56,7 @@ fn host_arch() -> &'static str {
 }
 
 pub async fn run(args: &ViewArgs, kind: Kind, console: &Console) -> Result<()> {
-    let r = super::docker_reference(&args.reference, console)?;
+    let r = super::docker_reference(&args.reference, None)?;
     let arch = if args.override_arch.is_empty() {
         host_arch().to_owned()
     } else {
