@@ -105,12 +105,9 @@ pub async fn run(args: &InspectListArgs, debug: bool, console: &Console) -> Resu
                 failed.push(target.entry.original.clone());
             }
             Ok(sel) => {
-                let specs: Vec<ImageSpec> = sel
-                    .entries
-                    .iter()
-                    .filter(|e| !e.is_attestation())
-                    .map(spec)
-                    .collect();
+                // Every entry, attestations too (Hangar's `ImageBySet(nil, …)`); the txt
+                // report and the log leave `unknown/unknown` out.
+                let specs: Vec<ImageSpec> = sel.entries.iter().map(spec).collect();
                 if specs.is_empty() {
                     console.warn(n, format!("Skip [{name}]: no images found"));
                     continue;
@@ -166,15 +163,51 @@ fn platform(s: &ImageSpec) -> String {
     format!("{}/{}{}", s.os, s.arch, s.variant)
 }
 
+/// The platforms an image names, attestations' `unknown/unknown` left out, each once.
 fn platforms(image: &ArchiveImage) -> Vec<String> {
-    image.images.iter().map(platform).collect()
+    let mut seen = Vec::new();
+    for s in &image.images {
+        let attestation = s.arch == "unknown" && s.os == "unknown";
+        let p = platform(s);
+        if !attestation && !seen.contains(&p) {
+            seen.push(p);
+        }
+    }
+    seen
 }
 
-/// The report text, ending in one newline.
+/// The index as Hangar's YAML has it: its YAML tags name the media type `mime`.
+fn yaml(index: &ArchiveIndex) -> Result<String> {
+    use serde_yaml_ng::Value;
+    let mut doc = serde_yaml_ng::to_value(index)?;
+    let images = doc
+        .get_mut("list")
+        .and_then(Value::as_sequence_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get_mut("images").and_then(Value::as_sequence_mut))
+        .flatten();
+    for spec in images {
+        if let Value::Mapping(m) = spec {
+            // Rebuilt, so the key keeps its place.
+            *m = std::mem::take(m)
+                .into_iter()
+                .map(|(k, v)| match k.as_str() {
+                    Some("mediaType") => (Value::from("mime"), v),
+                    _ => (k, v),
+                })
+                .collect();
+        }
+    }
+    Ok(serde_yaml_ng::to_string(&doc)?)
+}
+
+/// The report text and a newline after it, as Hangar writes it (txt, csv and yaml end
+/// in a blank line).
 fn render(index: &ArchiveIndex, format: &str) -> Result<String> {
     let mut out = match format {
         "json" => index.to_go_json_pretty()?,
-        "yaml" => serde_yaml_ng::to_string(index)?,
+        "yaml" => yaml(index)?,
         "csv" => {
             let mut out = super::csv_line([
                 "image",
@@ -212,9 +245,7 @@ fn render(index: &ArchiveIndex, format: &str) -> Result<String> {
             })
             .collect(),
     };
-    if !out.ends_with('\n') {
-        out.push('\n');
-    }
+    out.push('\n');
     Ok(out)
 }
 
@@ -266,14 +297,28 @@ mod tests {
     fn txt_rows_name_platforms() {
         assert_eq!(
             render(&index(), "txt").unwrap(),
-            "   1 | r.io/library/multi:v1 | linux/amd64,linux/armv7\n   2 | r.io/library/win:v2 | windows/amd64\n"
+            "   1 | r.io/library/multi:v1 | linux/amd64,linux/armv7\n   2 | r.io/library/win:v2 | windows/amd64\n\n"
         );
+    }
+
+    #[test]
+    fn an_attestation_is_listed_but_not_named_a_platform() {
+        let mut index = index();
+        let mut att = ImageSpec::bare(format!("sha256:{}", "d".repeat(64)).parse().unwrap());
+        (att.arch, att.os) = ("unknown".into(), "unknown".into());
+        index.list[1].images.push(att);
+        assert_eq!(
+            render(&index, "txt").unwrap(),
+            "   1 | r.io/library/multi:v1 | linux/amd64,linux/armv7\n   2 | r.io/library/win:v2 | windows/amd64\n\n"
+        );
+        let csv = render(&index, "csv").unwrap();
+        assert!(csv.contains(",unknown/unknown,"), "{csv}");
     }
 
     #[test]
     fn csv_has_one_row_per_platform() {
         let csv = render(&index(), "csv").unwrap();
-        let lines: Vec<&str> = csv.lines().collect();
+        let lines: Vec<&str> = csv.lines().filter(|l| !l.is_empty()).collect();
         assert_eq!(
             lines[0],
             "image,digest,platform,osVersion,osFeature,mediaType"
@@ -298,6 +343,16 @@ mod tests {
             assert_eq!(v["list"][0]["source"], "r.io/library/multi", "{format}");
             assert_eq!(v["list"][0]["images"][1]["variant"], "v7", "{format}");
             assert!(v["list"][0].get("archList").is_none(), "{format}");
+            // Hangar's YAML tag for the media type is `mime`.
+            let key = if format == "yaml" {
+                "mime"
+            } else {
+                "mediaType"
+            };
+            assert_eq!(
+                v["list"][0]["images"][0][key], "application/vnd.oci.image.manifest.v1+json",
+                "{format}: {text}"
+            );
         }
     }
 }
