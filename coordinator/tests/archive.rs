@@ -524,7 +524,16 @@ fn init_writes_an_empty_index_and_ls_json_prints_the_index() {
         json.contains("\n  \"version\": \"v1.2.0\""),
         "2-space indent: {json}"
     );
+    // Go's writer (Hangar's) puts each entry's sizes in a data descriptor: flag bit 3 of
+    // the local header.
+    let bytes = std::fs::read(&a).unwrap();
+    assert_eq!(&bytes[..4], b"PK\x03\x04");
+    assert_ne!(u16::from_le_bytes([bytes[6], bytes[7]]) & 0x8, 0);
     let again = hangar(&["archive", "init", &s(&a)]);
     assert!(!again.status.success(), "init refuses an existing file");
-    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    assert!(
+        text(&again).contains(&format!("file {:?} already exists", s(&a))),
+        "{}",
+        text(&again)
+    );
 }

@@ -80,7 +80,9 @@ async fn store_list_verify_and_load_charts() {
     let out = hangar(&["archive", "store", "file", "-f", &s(&archive), &s(&note)]);
     assert!(out.status.success(), "store file: {}", text(&out));
 
-    // Wrong -n / unsupported sources fail, naming the URL; the archive stays as it was.
+    // A chart named directly is taken as it is: -n and -v choose from repositories only
+    // (Hangar ignores them here too).
+    let second = chart_tgz(env.dir.path(), "second");
     let out = hangar(&[
         "archive",
         "store",
@@ -89,14 +91,21 @@ async fn store_list_verify_and_load_charts() {
         &s(&archive),
         "-n",
         "other",
-        &s(&tgz),
+        "-v",
+        "9.9.9",
+        &s(&second),
     ]);
-    assert!(!out.status.success());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Add OCI Helm Chart [docker.io/hangar-helm/second:1.2.3-build]"),
+        "{}",
+        text(&out)
+    );
 
     let ls = hangar(&["archive", "ls", &s(&archive)]);
     assert!(ls.status.success(), "{}", text(&ls));
     let rows = String::from_utf8_lossy(&ls.stdout).into_owned();
-    for name in ["packed", "fromdir"] {
+    for name in ["packed", "fromdir", "second"] {
         let row = rows
             .lines()
             .find(|l| l.contains(&format!("docker.io/hangar-helm/{name}:1.2.3-build")))

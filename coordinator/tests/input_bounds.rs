@@ -490,3 +490,35 @@ fn list_lines_cannot_drive_or_flood_the_terminal() {
     assert!(said.contains("\\u{1b}]0;pwned\\u{7}"), "{said}");
     assert!(said.len() < 4 << 10, "{} bytes said", said.len());
 }
+
+/// A list that fails whole is named in the log as Hangar names it, its first 100 lines
+/// only: the failed list holds every one.
+#[test]
+fn the_logged_failed_list_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    let lines: Vec<String> = (0..150).map(|i| format!("reg.io/Bad..{i}:1")).collect();
+    std::fs::write(&list, lines.join("\n")).unwrap();
+    let failed = dir.path().join("failed.txt");
+    let out = hangar(&[
+        "mirror",
+        "-f",
+        list.to_str().unwrap(),
+        "-d",
+        "127.0.0.1:9",
+        "-o",
+        failed.to_str().unwrap(),
+    ]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("Copy failed image list: \n"), "{said}");
+    assert!(
+        said.contains(&format!("… and 50 more, in {}", failed.display())),
+        "{said}"
+    );
+    assert!(!said.contains("\nreg.io/Bad..100:1\n"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(&failed).unwrap().lines().count(),
+        150
+    );
+}

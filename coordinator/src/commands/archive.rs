@@ -48,13 +48,14 @@ pub async fn run(cmd: ArchiveCmd, console: &Console) -> Result<()> {
 fn init(files: &[PathBuf], console: &Console) -> Result<()> {
     for file in files {
         if file.exists() {
-            bail!("{} already exists", file.display());
+            bail!("file {:?} already exists", file.display().to_string());
         }
     }
     for file in files {
         let json = ArchiveIndex::new().to_go_json()?;
-        // Made in memory (a few hundred bytes), then written whole or not at all.
-        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        // Made in memory (a few hundred bytes), then written whole or not at all; streamed
+        // as Go writes it (sizes in a data descriptor after the entry).
+        let mut zip = zip::ZipWriter::new_stream(Vec::new());
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored)
             .system(zip::System::Dos)
@@ -64,7 +65,7 @@ fn init(files: &[PathBuf], console: &Console) -> Result<()> {
         let bytes = zip.finish()?.into_inner();
         hangar_shared::atomic::write(file, &bytes, None)
             .with_context(|| format!("writing {}", file.display()))?;
-        console.info(None, format!("Created archive {}", file.display()));
+        console.info(None, format!("Create [{}]", file.display()));
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ pub async fn run(args: &DeleteArgs, console: &Console) -> Result<()> {
         bail!("image \"docker://{r}\" not found");
     };
     if !args.yes && !super::confirm(&format!("Image \"docker://{r}\" will be deleted! proceed?")) {
-        bail!("cancelled");
+        bail!("abort by user");
     }
     reg.delete_manifest(&r.repository(), &m.digest).await?;
     console.info(

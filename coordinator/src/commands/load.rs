@@ -376,7 +376,7 @@ impl Tally {
                 verdict: Verdict::Pass { .. },
             })) => {
                 self.passed += 1;
-                console.info(n, format!("PASS: [{source}] == [{dest}]"))
+                console.info(n, format!("PASS: [{source}]"))
             }
             Ok(other) => {
                 let why = match other {

@@ -393,6 +393,9 @@ pub fn all_failed(
     error.into()
 }
 
+/// Failed lines a command's log lists; Hangar lists all.
+const LOGGED_FAILED: usize = 100;
+
 /// Writes the failed list, one line each, and logs it as Hangar does: the lines (as an
 /// error), then where they went. `archive export`'s list has no last newline, as Hangar's.
 pub fn write_failed(
@@ -407,9 +410,22 @@ pub fn write_failed(
     }
     write_atomically(path, &text)?;
     let shown = path.display().to_string();
+    // Bounded, as every message quoting a list line: each line cut at 200 characters,
+    // the first LOGGED_FAILED of them (the file holds them all).
+    let mut listed: Vec<String> = failed
+        .iter()
+        .take(LOGGED_FAILED)
+        .map(|l| quoted_line(l).into_owned())
+        .collect();
+    if failed.len() > LOGGED_FAILED {
+        listed.push(format!(
+            "… and {} more, in {shown}",
+            failed.len() - LOGGED_FAILED
+        ));
+    }
     console.error(
         None,
-        format!("{} failed image list: \n{}", run.title(), failed.join("\n")),
+        format!("{} failed image list: \n{}", run.title(), listed.join("\n")),
     );
     match run {
         ListRun::Export => console.error(None, format!("Export failed images saved to {shown:?}")),
@@ -525,16 +541,11 @@ pub fn may_overwrite(location: &str, yes: bool) -> Result<()> {
     if yes || location.starts_with("s3://") || !path.exists() {
         return Ok(());
     }
-    if confirm(&format!(
-        "File {:?} already exists! Overwrite?",
-        path.display().to_string()
-    )) {
+    let shown = path.display().to_string();
+    if confirm(&format!("File {shown:?} already exists! Overwrite?")) {
         return Ok(());
     }
-    anyhow::bail!(
-        "{} already exists and was left as it is (use -y to overwrite)",
-        path.display()
-    )
+    anyhow::bail!("file {shown:?} already exists")
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub async fn run(
                 verdict: Verdict::Pass { .. },
             })) => {
                 passed += 1;
-                console.info(n, format!("PASS: [{}] == [{label}]", job.name.source));
+                console.info(n, format!("PASS: [{}]", job.name.source));
             }
             Ok(Some(other)) => {
                 let why = match other {

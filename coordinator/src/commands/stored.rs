@@ -181,6 +181,9 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
         let is_http = url.starts_with("http://") || url.starts_with("https://");
         // The package's SHA-256 as a repository's index gives it, checked once it is hashed.
         let mut expected = None;
+        // -n/-v chose the chart from a repository: what came must be it. A chart named
+        // directly (a .tgz, a chart directory) is taken as it is, as Hangar does.
+        let mut chosen_by_name = false;
         let path = if url.starts_with("oci://") {
             // Copied as it is, digests kept (as containers/image copies it for Hangar).
             let stored = super::chart_sources::from_oci(
@@ -208,6 +211,7 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
                         "failed to add chart {shown:?}: a Helm repository needs the chart's name (-n NAME)"
                     );
                 };
+                chosen_by_name = true;
                 expected = super::chart_sources::from_http_repository(
                     &http,
                     url,
@@ -240,6 +244,7 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
                     args.version.as_deref(),
                 )
                 .with_context(failed)?;
+                chosen_by_name = true;
                 expected = digest;
                 package
             } else if meta.is_dir() {
@@ -262,13 +267,21 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
                 .with_context(failed)?
         };
         let meta = chart_metadata(&yaml).with_context(failed)?;
-        if let Some(name) = args.name.as_deref().filter(|n| *n != meta.name) {
+        if let Some(name) = args
+            .name
+            .as_deref()
+            .filter(|n| chosen_by_name && *n != meta.name)
+        {
             bail!(
                 "failed to add chart {shown:?}: it is chart {:?}, not {name:?}",
                 meta.name
             );
         }
-        if let Some(version) = args.version.as_deref().filter(|v| *v != meta.version) {
+        if let Some(version) = args
+            .version
+            .as_deref()
+            .filter(|v| chosen_by_name && *v != meta.version)
+        {
             bail!(
                 "failed to add chart {shown:?}: it is version {:?}, not {version:?}",
                 meta.version
@@ -289,7 +302,7 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
     }
     write_stored(archive, base, blobs, &images, console).await?;
     for image in &images {
-        console.info(None, format!("Add Helm Chart [{}]", image.name()));
+        console.info(None, format!("Add OCI Helm Chart [{}]", image.name()));
     }
     Ok(())
 }
