@@ -73,7 +73,7 @@ async fn store_list_verify_and_load_charts() {
     ]);
     assert!(out.status.success(), "store chart: {}", text(&out));
     assert!(
-        text(&out).contains("docker.io/hangar-helm/packed:1.2.3-build"),
+        text(&out).contains("Add OCI Helm Chart [docker.io/hangar-helm/packed]"),
         "{}",
         text(&out)
     );
@@ -97,7 +97,7 @@ async fn store_list_verify_and_load_charts() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("Add OCI Helm Chart [docker.io/hangar-helm/second:1.2.3-build]"),
+        text(&out).contains("Add OCI Helm Chart [docker.io/hangar-helm/second]\n"),
         "{}",
         text(&out)
     );
@@ -189,7 +189,7 @@ async fn charts_from_helm_repositories_and_oci_registries() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("docker.io/hangar-helm/packed:1.2.3-build"),
+        text(&out).contains("Add OCI Helm Chart [docker.io/hangar-helm/packed]"),
         "{}",
         text(&out)
     );

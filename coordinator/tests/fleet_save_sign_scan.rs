@@ -266,12 +266,9 @@ async fn workers_sign_during_a_mirror_and_the_key_never_travels() {
         ["amd64", "arm64"],
         "both lines' platforms at one tag"
     );
-    assert_eq!(
-        common::signing::unsigned_in_report(&env.path("report.json")),
-        Vec::<String>::new(),
-        "{}",
-        text(&v)
-    );
+    let (digests, unsigned) = common::signing::report_verdicts(&env.path("report.json"));
+    assert!(digests >= 5, "{digests} digests: {}", text(&v));
+    assert_eq!(unsigned, Vec::<String>::new(), "{}", text(&v));
     // The spy stops after 8 s of silence, which polling workers never leave.
     drop(workers);
     let messages = collected.await.unwrap();

@@ -491,13 +491,15 @@ fn list_lines_cannot_drive_or_flood_the_terminal() {
     assert!(said.len() < 4 << 10, "{} bytes said", said.len());
 }
 
-/// A list that fails whole is named in the log as Hangar names it, its first 100 lines
-/// only: the failed list holds every one.
+/// A list that fails whole is named in the log as Hangar names it, as many lines as fit
+/// in 8 KiB, each cut at 200 characters: the failed list holds every one, whole.
 #[test]
 fn the_logged_failed_list_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("list.txt");
-    let lines: Vec<String> = (0..150).map(|i| format!("reg.io/Bad..{i}:1")).collect();
+    let lines: Vec<String> = (0..150)
+        .map(|i| format!("reg.io/Bad..{i}:{}", "x".repeat(400)))
+        .collect();
     std::fs::write(&list, lines.join("\n")).unwrap();
     let failed = dir.path().join("failed.txt");
     let out = hangar(&[
@@ -511,14 +513,29 @@ fn the_logged_failed_list_is_bounded() {
     ]);
     let said = text(&out);
     assert!(!out.status.success(), "{said}");
-    assert!(said.contains("Copy failed image list: \n"), "{said}");
+    let listed = said
+        .split("Copy failed image list: \n")
+        .nth(1)
+        .expect("the failed list logged");
+    let shown = listed
+        .lines()
+        .take_while(|l| l.starts_with("reg.io/Bad.."))
+        .count();
+    assert!((30..60).contains(&shown), "{shown} lines: {said}");
     assert!(
-        said.contains(&format!("… and 50 more, in {}", failed.display())),
+        listed.contains(&format!(
+            "… and {} more, in {}",
+            150 - shown,
+            failed.display()
+        )),
         "{said}"
     );
-    assert!(!said.contains("\nreg.io/Bad..100:1\n"), "{said}");
+    assert!(
+        listed.lines().next().unwrap().ends_with("… (414 bytes)"),
+        "{said}"
+    );
     assert_eq!(
-        std::fs::read_to_string(&failed).unwrap().lines().count(),
-        150
+        std::fs::read_to_string(&failed).unwrap(),
+        lines.join("\n") + "\n"
     );
 }

@@ -3,9 +3,10 @@
 //! single manifest), written as a report: txt, json, yaml or csv (reference §1.6).
 //!
 //! The json and yaml reports are Hangar's archive index structure (`list` / `version` /
-//! `time`; each image's `source`, `tag` and `images` with platform fields, `mediaType`,
-//! `digest` and the index entry's `annotations`), without `archList`/`osList`, as Hangar
-//! clears them. Attestation manifests are left out, as Hangar's inspector leaves them out.
+//! `time`; each image's `source`, `tag` and `images` with platform fields, `mediaType`
+//! (`mime` in YAML, Hangar's tag), `digest` and the index entry's `annotations`), without
+//! `archList`/`osList`, as Hangar clears them. Attestation manifests are listed (Hangar
+//! reads every entry); the txt report and the log name no `unknown/unknown` platform.
 //! Images are reported in list order (Hangar's is the order they finished in).
 
 use anyhow::Result;

@@ -306,24 +306,31 @@ pub fn report_rejected(
 /// A report's file: `-r` or Hangar's default, its `[FORMAT]` replaced by `extension`
 /// (Hangar replaces it in a given name too).
 pub fn report_path(given: Option<&Path>, default: &str, extension: &str) -> std::path::PathBuf {
-    match given {
-        Some(p) => match p.to_str() {
-            Some(s) => s.replace("[FORMAT]", extension).into(),
-            None => p.to_path_buf(),
-        },
-        None => default.replace("[FORMAT]", extension).into(),
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let Some(given) = given else {
+        return default.replace("[FORMAT]", extension).into();
+    };
+    // By bytes, as Go's strings.ReplaceAll: a name need not be UTF-8.
+    let (bytes, mut out) = (given.as_os_str().as_bytes(), Vec::new());
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(8).position(|w| w == b"[FORMAT]") {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(extension.as_bytes());
+        rest = &rest[at + 8..];
     }
+    out.extend_from_slice(rest);
+    std::ffi::OsString::from_vec(out).into()
 }
 
 /// What a list command did, in Hangar's words: the title of its failed list in the log
 /// and the verb of its error.
 #[derive(Clone, Copy, Debug)]
 pub enum ListRun {
-    /// `mirror`, `load`.
+    /// `mirror`, `mirror validate`, `load`.
     Copy,
     Save,
     Sync,
-    /// The `validate` subcommands but `sign validate`.
+    /// `save`, `sync` and `load validate` (`mirror validate` is `Copy` in Hangar's words).
     Validate,
     Sign,
     SignatureValidate,
@@ -333,6 +340,21 @@ pub enum ListRun {
 }
 
 impl ListRun {
+    /// A job's, as the command that runs it here would say.
+    pub fn of(kind: crate::spec::JobKind) -> Self {
+        use crate::spec::JobKind as K;
+        match kind {
+            // Hangar's mirror validate says "Copy" and "failed to copy".
+            K::Mirror | K::Load | K::MirrorValidate => Self::Copy,
+            K::Save => Self::Save,
+            K::Sync => Self::Sync,
+            K::SaveValidate | K::SyncValidate | K::LoadValidate => Self::Validate,
+            K::Sign => Self::Sign,
+            K::SignValidate => Self::SignatureValidate,
+            K::Scan => Self::Scan,
+        }
+    }
+
     fn title(self) -> &'static str {
         match self {
             Self::Copy => "Copy",
@@ -349,8 +371,9 @@ impl ListRun {
 
     fn verb(self) -> &'static str {
         match self {
-            Self::Copy | Self::Save | Self::Sync => "copy",
-            Self::Validate | Self::SignatureValidate => "validate",
+            // Hangar's sign validate ends in its copy error.
+            Self::Copy | Self::Save | Self::Sync | Self::SignatureValidate => "copy",
+            Self::Validate => "validate",
             Self::Sign => "sign",
             Self::Scan => "scan",
             Self::Inspect => "inspect",
@@ -393,8 +416,9 @@ pub fn all_failed(
     error.into()
 }
 
-/// Failed lines a command's log lists; Hangar lists all.
-const LOGGED_FAILED: usize = 100;
+/// Bytes of failed lines a command's log lists (within the console's message limit);
+/// Hangar lists all.
+const LOGGED_FAILED: usize = 8 << 10;
 
 /// Writes the failed list, one line each, and logs it as Hangar does: the lines (as an
 /// error), then where they went. `archive export`'s list has no last newline, as Hangar's.
@@ -411,22 +435,25 @@ pub fn write_failed(
     write_atomically(path, &text)?;
     let shown = path.display().to_string();
     // Bounded, as every message quoting a list line: each line cut at 200 characters,
-    // the first LOGGED_FAILED of them (the file holds them all).
-    let mut listed: Vec<String> = failed
-        .iter()
-        .take(LOGGED_FAILED)
-        .map(|l| quoted_line(l).into_owned())
-        .collect();
-    if failed.len() > LOGGED_FAILED {
-        listed.push(format!(
-            "… and {} more, in {shown}",
-            failed.len() - LOGGED_FAILED
-        ));
+    // as many as fit in LOGGED_FAILED bytes (the file holds them all).
+    let mut listed = String::new();
+    let mut shown_lines = 0;
+    for line in failed {
+        let quoted = quoted_line(line);
+        if listed.len() + quoted.len() + 1 > LOGGED_FAILED {
+            break;
+        }
+        listed.push('\n');
+        listed.push_str(&quoted);
+        shown_lines += 1;
     }
-    console.error(
-        None,
-        format!("{} failed image list: \n{}", run.title(), listed.join("\n")),
-    );
+    console.error(None, format!("{} failed image list: {listed}", run.title()));
+    if failed.len() > shown_lines {
+        console.error(
+            None,
+            format!("… and {} more, in {shown}", failed.len() - shown_lines),
+        );
+    }
     match run {
         ListRun::Export => console.error(None, format!("Export failed images saved to {shown:?}")),
         _ => console.info(None, format!("Failed image list exported to {shown:?}")),
@@ -452,11 +479,17 @@ pub fn report_list_warnings(
 }
 
 /// A list line as a message quotes it: at most 200 characters (a line may be megabytes;
-/// the failed list keeps it whole).
+/// the failed list keeps it whole), on one line.
 pub fn quoted_line(original: &str) -> std::borrow::Cow<'_, str> {
-    match original.char_indices().nth(200) {
+    let cut: std::borrow::Cow<'_, str> = match original.char_indices().nth(200) {
         Some((end, _)) => format!("{}… ({} bytes)", &original[..end], original.len()).into(),
         None => original.into(),
+    };
+    // A line from a file has no line break; one a coordinator reports might, and would
+    // start a log line of its own.
+    match cut.contains(['\n', '\r']) {
+        true => cut.replace('\n', "\\n").replace('\r', "\\r").into(),
+        false => cut,
     }
 }
 
@@ -550,6 +583,39 @@ pub fn may_overwrite(location: &str, yes: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_jobs_failed_list_is_named_as_its_command_names_it() {
+        use super::ListRun;
+        use crate::spec::JobKind as K;
+        for (kind, title, verb) in [
+            (K::Mirror, "Copy", "copy"),
+            (K::MirrorValidate, "Copy", "copy"),
+            (K::Load, "Copy", "copy"),
+            (K::Save, "Save", "copy"),
+            (K::Sync, "Sync", "copy"),
+            (K::SaveValidate, "Validate", "validate"),
+            (K::LoadValidate, "Validate", "validate"),
+            (K::Sign, "Sign", "sign"),
+            (K::SignValidate, "Signature validate", "copy"),
+            (K::Scan, "Scan", "scan"),
+        ] {
+            let run = ListRun::of(kind);
+            assert_eq!((run.title(), run.verb()), (title, verb), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn report_names_take_the_format() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"r\xff.[FORMAT]");
+        let path = super::report_path(Some(std::path::Path::new(odd)), "d.[FORMAT]", "csv");
+        assert_eq!(path.as_os_str().as_bytes(), b"r\xff.csv");
+        assert_eq!(
+            super::report_path(None, "d.[FORMAT]", "json"),
+            std::path::PathBuf::from("d.json")
+        );
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(super::parse_size("4G").unwrap(), 4 << 30);

@@ -418,6 +418,7 @@ pub async fn copy_job(
 ) -> Result<()> {
     let http = api_client(remote.api)?;
     let outage = remote.outage;
+    let run = super::ListRun::of(remote.spec.kind);
     let (url, id) = post_job(&http, remote.server, &remote.spec, outage, console).await?;
     let mut shown = 0;
     let snap = follow(&http, &format!("{url}/{id}"), outage, console, |snap| {
@@ -461,7 +462,7 @@ pub async fn copy_job(
             ),
         );
     }
-    super::finish(console, failed, &snap.failed_lines, super::ListRun::Copy)?;
+    super::finish(console, failed, &snap.failed_lines, run)?;
     if snap.state != "succeeded" {
         bail!("job {id} {}", snap.state);
     }

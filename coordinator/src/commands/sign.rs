@@ -242,6 +242,7 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
         let mut bad = Vec::new();
         // Hangar passes an image any of whose digests is signed.
         let mut signed = false;
+        let mut verdicts = Vec::new();
         for (subject, outcome) in checked {
             let payload = match outcome {
                 Outcome::Checked {
@@ -265,11 +266,16 @@ pub async fn validate(args: &SignValidateArgs, debug: bool, console: Arc<Console
                     why
                 }
             };
-            rows.push(Row {
+            verdicts.push(Row {
                 reference: reference.clone(),
                 subject,
                 payload,
             });
+        }
+        // A failed image is not in the report, as in Hangar (its payloads would read as
+        // signatures to a script that checks for the unsigned words).
+        if bad.is_empty() {
+            rows.extend(verdicts);
         }
         if bad.is_empty() {
             if signed {

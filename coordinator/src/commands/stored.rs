@@ -302,7 +302,7 @@ pub async fn store_charts(args: &StoreChartArgs, console: &Console) -> Result<()
     }
     write_stored(archive, base, blobs, &images, console).await?;
     for image in &images {
-        console.info(None, format!("Add OCI Helm Chart [{}]", image.name()));
+        console.info(None, format!("Add OCI Helm Chart [{}]", image.source));
     }
     Ok(())
 }

@@ -38,21 +38,19 @@ pub async fn submit_spec(
     } else {
         outage
     };
-    let run = match spec.kind {
-        JobKind::Mirror | JobKind::Save | JobKind::Sync | JobKind::Load => {
-            let remote = Remote {
-                server,
-                api: &args.fleet.remote.api,
-                spec,
-                outage,
-            };
-            return copy_job(remote, &args.failed, &console).await;
-        }
-        JobKind::Sign => super::ListRun::Sign,
-        JobKind::Scan => super::ListRun::Scan,
-        JobKind::SignValidate => super::ListRun::SignatureValidate,
-        _ => super::ListRun::Validate,
-    };
+    let run = super::ListRun::of(spec.kind);
+    if matches!(
+        spec.kind,
+        JobKind::Mirror | JobKind::Save | JobKind::Sync | JobKind::Load
+    ) {
+        let remote = Remote {
+            server,
+            api: &args.fleet.remote.api,
+            spec,
+            outage,
+        };
+        return copy_job(remote, &args.failed, &console).await;
+    }
     let kind = spec.kind;
     let (snap, mut results) =
         run_images((server, &args.fleet.remote.api), &spec, outage, &console).await?;

@@ -127,5 +127,5 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
         work::run(&work, &targets, &prepared.filter, &pool, bus, how, finished).await?;
     }
     super::verdicts(&console, passed, failed.len(), skipped);
-    super::finish(&console, &args.failed, &failed, super::ListRun::Validate)
+    super::finish(&console, &args.failed, &failed, super::ListRun::Copy)
 }

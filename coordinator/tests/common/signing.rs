@@ -123,17 +123,22 @@ pub fn sig_layers(raw: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The digests `sign validate`'s JSON report at `report` found unsigned (Hangar passes an
-/// image any of whose digests is signed: the report says which were not).
-pub fn unsigned_in_report(report: &Path) -> Vec<String> {
+/// How many digests `sign validate`'s JSON report at `report` lists, and those it found
+/// unsigned (Hangar passes an image any of whose digests is signed: the report says which
+/// were not).
+pub fn report_verdicts(report: &Path) -> (usize, Vec<String>) {
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(report).expect("the report")).expect("JSON");
-    doc["results"]
+    let images: Vec<&serde_json::Value> = doc["results"]
         .as_array()
         .into_iter()
         .flatten()
         .flat_map(|r| r["images"].as_array().into_iter().flatten())
+        .collect();
+    let unsigned = images
+        .iter()
         .filter(|i| i["payload"] == "no signatures found")
         .map(|i| i["digest"].as_str().unwrap_or_default().to_owned())
-        .collect()
+        .collect();
+    (images.len(), unsigned)
 }
