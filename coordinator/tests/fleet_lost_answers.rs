@@ -159,6 +159,38 @@ async fn a_task_acknowledged_without_an_answer_is_published_again_then_failed() 
     assert_eq!((again.task.id, again.task.nonce), (9, dropped.nonce));
 }
 
+/// One look asks about a run's oldest 256 unanswered tasks at most (a request each): more
+/// tasks gone than that are found by the next look, none forgotten.
+#[tokio::test(flavor = "multi_thread")]
+async fn more_tasks_gone_than_one_look_asks_about_are_found_by_the_next() {
+    let nats = NatsProcess::start().expect("nats-server");
+    let client = nats_client(&nats).await;
+    let rogue = blob_taker(&client, Duration::from_secs(30)).await;
+    let publisher = JetStreamQueue::publisher(client.clone()).await.unwrap();
+    for id in 0..300 {
+        publisher.publish(sample_task("many.r1", id)).await.unwrap();
+    }
+    for _ in 0..300 {
+        next(&rogue).await.ack().await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let first = loop {
+        let missing = publisher.missing("many.r1").await.unwrap();
+        if missing.gone.len() >= 256 {
+            break missing;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{missing:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(first.gone.len(), 256, "the look's bound");
+    assert!(publisher.recover(first).await.is_empty(), "published again");
+    // The 44 left are the oldest now; beside them, the first 212 published again, which
+    // the rogue holds unacknowledged (in the queue still).
+    let second = publisher.missing("many.r1").await.unwrap();
+    assert_eq!(second.gone.len(), 44, "the rest, at the next look");
+    rogue.close().await;
+}
+
 /// A whole run: before any worker starts, a rogue holding the workers' login takes the
 /// first blob task and acknowledges it without a word. The job still ends, every image
 /// copied: once the run is quiet, the lost task is published again and a real worker does
