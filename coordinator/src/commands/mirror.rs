@@ -230,7 +230,7 @@ pub async fn run(args: &MirrorArgs, debug: bool, console: Arc<Console>) -> Resul
     // Loaded before any copy, so a missing or stale database fails the command early.
     let scan_db = match &args.scan_db {
         Some(location) => Some(
-            super::scan::open_db(
+            super::scan_db::open_db(
                 location,
                 args.tls_verify,
                 args.authfile.as_deref(),

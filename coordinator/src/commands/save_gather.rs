@@ -135,7 +135,7 @@ pub(super) async fn gather(
     };
     let scan_db = match &list.scan_db {
         Some(location) => Some(
-            super::scan::open_db(
+            super::scan_db::open_db(
                 location,
                 list.access.tls_verify,
                 list.access.authfile.as_deref(),
