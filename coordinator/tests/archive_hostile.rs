@@ -61,6 +61,42 @@ async fn a_platform_listed_900_times_is_read_and_loaded_once() {
     );
 }
 
+/// The same 3.5 MiB manifest under 900 variants: 900 entries of the index, each a plan of
+/// its own (3 GB of manifests and descriptor copies). `load` refuses the image once its
+/// manifests pass one image's 16 MiB, naming it and the archive; listing and verifying it
+/// read the manifest once.
+#[tokio::test]
+async fn one_manifest_under_900_variants_is_refused_by_load_within_its_budget() {
+    let env = Env::new();
+    let archive = env.path("variants.zip");
+    make_archive("variants", &archive, "docker.io/library/var", "v1");
+    for (what, m) in each_reader(&env, &archive) {
+        assert!(m.peak_rss < 150 * MB, "{what}: {} MB", m.peak_rss / MB);
+        assert!(
+            m.elapsed < Duration::from_secs(30),
+            "{what}: {:?}",
+            m.elapsed
+        );
+        if what == "load" {
+            assert!(!m.success, "{what}: {}", m.output);
+            assert!(
+                m.output.contains("library/var:v1")
+                    && m.output.contains("variants.zip")
+                    && m.output
+                        .contains("platform manifests come to more than 16 MiB"),
+                "{what}: {}",
+                m.output
+            );
+        } else {
+            assert!(m.success, "{what}: {}", m.output);
+        }
+    }
+    assert!(
+        skopeo_raw(&format!("{}/library/var:v1", env.dst.addr)).is_none(),
+        "nothing pushed at the tag"
+    );
+}
+
 /// Past the 1,000 platforms a registry's index is accepted with, an image is a hostile
 /// index: the archive is refused, naming it.
 #[tokio::test]

@@ -354,3 +354,38 @@ async fn a_layer_longer_than_its_size_is_cut_at_its_size() {
         assert!(failed.contains("longer/app:1"), "{failed}\n{}", save.output);
     }
 }
+
+/// A config that is not JSON, its digest right, holding an escape sequence that would
+/// retitle and clear the terminal: `inspect --config` shows it escaped, and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_that_is_not_json_cannot_drive_the_terminal() {
+    use hangar_loadtest::seed::{self, Format};
+    let env = Env::new();
+    let reg = common::registry(&env.src.addr).await;
+    let repo = "odd/config";
+    let config = seed::push_bytes(
+        &reg,
+        repo,
+        "application/vnd.example.config",
+        bytes::Bytes::from_static(b"title \x1b]0;pwned\x07\x1b[2J end"),
+    )
+    .await
+    .expect("config");
+    let body = seed::manifest_json(Format::Oci, &config, &[]);
+    seed::push_manifest(&reg, repo, "1", Format::Oci.manifest_type(), body)
+        .await
+        .expect("manifest");
+    let reference = format!("docker://{}/{repo}:1", env.src.addr);
+    let out = common::hangar(&["inspect", "--tls-verify=false", "--config", &reference]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(!out.stdout.contains(&0x1b), "{:?}", out.stdout);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "title \\u{1b}]0;pwned\\u{7}\\u{1b}[2J end"
+    );
+    assert!(
+        common::text(&out).contains("its config (application/vnd.example.config) is not JSON"),
+        "{}",
+        common::text(&out)
+    );
+}

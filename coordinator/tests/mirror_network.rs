@@ -151,3 +151,44 @@ async fn mirror_keeps_to_a_registrys_budget_and_in_flight_cap() {
     assert!(*limited_peak <= 2, "in flight: {limited_peak}");
     assert!(*free_peak > 2, "without the cap more overlap: {free_peak}");
 }
+
+/// `--dry-run` measures the source's bandwidth by reading up to 16 MiB of the largest
+/// blob. Behind a link of 300 KB/s that read alone would take a minute (and a source that
+/// trickles within the stream's pace bound, hours); the probe stops after 5 s and reports
+/// what it measured.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_runs_bandwidth_probe_of_a_slow_source_ends_in_seconds() {
+    let env = Env::new();
+    let src = registry(&env.src.addr).await;
+    push_image(
+        &src,
+        env.dir.path(),
+        "team/big",
+        Some("1"),
+        Format::Oci,
+        "amd64",
+        (&[801], 20_000_000),
+    )
+    .await;
+    let slow = proxy::start(
+        "127.0.0.1:0",
+        &env.src.addr,
+        ProxyOptions {
+            rate_limit: Some(300_000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let list = env.write_list("list.txt", &[format!("{}/team/big:1", slow.addr)]);
+    let started = std::time::Instant::now();
+    let out = env.mirror(&list, &["--dry-run"]);
+    let took = started.elapsed();
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("Plan: measured"), "{log}");
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "the dry run took {took:?}: {log}"
+    );
+}

@@ -330,3 +330,76 @@ async fn an_osv_zip_whose_entries_inflate_to_gigabytes_is_bounded() {
     assert!(m.log.contains("1 records"), "the rest loads: {}", m.log);
     assert!(m.log.contains("Scanned ["), "{}", m.log);
 }
+
+/// A dpkg status of `n` packages, each built from `source`; `version` gives the i-th its
+/// version.
+fn dpkg_status(n: usize, source: &str, version: impl Fn(usize) -> String) -> Vec<u8> {
+    let mut out = String::new();
+    for i in 0..n {
+        out.push_str(&format!(
+            "Package: {source}-{i}\nVersion: {}\nSource: {source}\n\n",
+            version(i)
+        ));
+    }
+    out.into_bytes()
+}
+
+/// Packages multiplied by records: 90,000 binary packages of one source against its 2,000
+/// records are 180 million findings (about 70 GB) when the same version, and 180 million
+/// range evaluations (hours of one core in this debug build) when each has its own. Each scan stops at
+/// its bound, naming the image; the other images of the list are not held up.
+#[tokio::test]
+async fn a_package_list_made_to_multiply_with_the_database_is_stopped() {
+    let env = Env::new();
+    let db = env.path("osv-multiply");
+    std::fs::create_dir_all(&db).expect("db dir");
+    for i in 0..2000 {
+        for (source, events) in [
+            ("linux", r#"[{"introduced":"0"}]"#),
+            ("kernel", r#"[{"introduced":"0"},{"fixed":"0.1"}]"#),
+        ] {
+            let record = format!(
+                r#"{{"id":"DEBIAN-{source}-{i}","modified":"2025-01-01T00:00:00Z","affected":[{{"package":{{"ecosystem":"Debian:12","name":"{source}"}},"ranges":[{{"type":"ECOSYSTEM","events":{events}}}]}}]}}"#
+            );
+            std::fs::write(db.join(format!("{source}-{i}.json")), record).expect("record");
+        }
+    }
+    let os: (&str, &[u8]) = ("etc/os-release", b"ID=debian\nVERSION_ID=12\n");
+    let same = dpkg_status(90_000, "linux", |_| "6.1".to_owned());
+    let each_own = dpkg_status(90_000, "kernel", |i| format!("1.{i}"));
+    for (name, status, bound) in [
+        (
+            "same",
+            same,
+            "more than 200000 vulnerability findings in one image",
+        ),
+        (
+            "ownversion",
+            each_own,
+            "more than 1000000 vulnerability records to check in one image",
+        ),
+    ] {
+        push_files_image(
+            &env.src.addr,
+            &format!("limits/{name}"),
+            vec![files_layer(&[os, ("var/lib/dpkg/status", &status)])],
+        )
+        .await;
+        let image = format!("{}/limits/{name}:1", env.src.addr);
+        let m = scan_within(&env, name, &image, &db, 60);
+        assert!(
+            m.log.contains(&format!("Failed to scan [{image}@sha256:"))
+                && m.log.contains(bound)
+                && m.log.contains("matching stopped"),
+            "{name}: {}",
+            m.log
+        );
+        let failed =
+            std::fs::read_to_string(env.path(&format!("{name}-failed.txt"))).expect("failed list");
+        assert_eq!(
+            failed.trim(),
+            image,
+            "{name}: the image is in the failed list"
+        );
+    }
+}

@@ -90,7 +90,22 @@ pub async fn run(args: &InspectArgs, console: &Console) -> Result<()> {
     };
     let config = read_blob(&reg, &repo, &image_manifest.config).await?;
     if args.config {
-        crate::stdout::write(&config)?;
+        // The registry chose these bytes and the digest they are checked against. JSON
+        // cannot hold a raw control character; anything else is shown with them escaped,
+        // so a config cannot drive the terminal it is printed on.
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&config).is_ok() {
+            crate::stdout::write(&config)?;
+        } else {
+            console.warn(
+                None,
+                format!(
+                    "{r}: its config ({}) is not JSON: shown with its control characters escaped",
+                    image_manifest.config.media_type
+                ),
+            );
+            let shown = crate::console::escape_controls(&String::from_utf8_lossy(&config));
+            crate::stdout::write(shown.as_bytes())?;
+        }
         return Ok(());
     }
     let cfg: ImageConfig = serde_json::from_slice(&config)

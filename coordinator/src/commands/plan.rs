@@ -31,14 +31,27 @@ pub enum Target {
     },
 }
 
-/// Bytes per second reading up to 16 MiB of the largest blob from its source.
+/// How long the bandwidth probe reads at most: an estimate needs no more, and a source
+/// that sends a trickle (which the stream's own pace bound allows for hours) cannot hold
+/// the plan.
+const PROBE_TIME: Duration = Duration::from_secs(5);
+
+/// Bytes per second reading up to 16 MiB of the largest blob from its source, for at most
+/// [`PROBE_TIME`].
 async fn measure(pool: &RegistryPool, blob: &(String, String, Descriptor)) -> Option<f64> {
     let (host, repo, desc) = blob;
-    let reg = pool.registry(host).await.ok()?;
     let start = Instant::now();
-    let mut stream = reg.blob_stream(repo, desc, None).await.ok()?;
+    let until = tokio::time::Instant::from_std(start + PROBE_TIME);
+    let reg = tokio::time::timeout_at(until, pool.registry(host))
+        .await
+        .ok()?
+        .ok()?;
+    let mut stream = tokio::time::timeout_at(until, reg.blob_stream(repo, desc, None))
+        .await
+        .ok()?
+        .ok()?;
     let mut seen = 0u64;
-    while let Some(Ok(chunk)) = stream.next().await {
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(until, stream.next()).await {
         seen += chunk.len() as u64;
         if seen >= 16 << 20 {
             break;

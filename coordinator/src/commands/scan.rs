@@ -49,29 +49,36 @@ pub fn report_job(
             ),
         );
     }
-    let mut scanned: Vec<Scanned> = report
-        .scans
-        .iter()
-        .map(|(job, entry, inv)| {
-            let reference = if by_source {
-                &job.name.source
-            } else {
-                &job.name.dest
+    let mut budget = matcher::RunBudget::default();
+    let mut scanned: Vec<Scanned> = Vec::with_capacity(report.scans.len());
+    for (job, entry, inv) in &report.scans {
+        let reference = if by_source {
+            &job.name.source
+        } else {
+            &job.name.dest
+        }
+        .to_string();
+        let matched = match budget.matched(inv, db) {
+            Ok(m) => m,
+            Err(e) => {
+                console.warn(
+                    None,
+                    format!("Failed to scan [{reference}@{}]: {e}", entry.digest),
+                );
+                continue;
             }
-            .to_string();
-            let matched = matcher::matched(inv, db);
-            for w in &matched.unparsed {
-                console.warn(None, format!("[{reference}@{}] {w}", entry.digest));
-            }
-            Scanned {
-                reference,
-                digest: entry.digest.to_string(),
-                platform: entry.platform.clone().unwrap_or_default(),
-                findings: matched.findings,
-                inventory: inv.clone(),
-            }
-        })
-        .collect();
+        };
+        for w in &matched.unparsed {
+            console.warn(None, format!("[{reference}@{}] {w}", entry.digest));
+        }
+        scanned.push(Scanned {
+            reference,
+            digest: entry.digest.to_string(),
+            platform: entry.platform.clone().unwrap_or_default(),
+            findings: matched.findings,
+            inventory: inv.clone(),
+        });
+    }
     scanned.sort_by(|a, b| (&a.reference, &a.digest).cmp(&(&b.reference, &b.digest)));
     let found: usize = scanned.iter().map(|s| s.findings.len()).sum();
     super::write_atomically(path, &render(&scanned, Format::Json)?)?;
@@ -207,12 +214,13 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
     let matched = {
         let db = db.clone();
         tokio::task::spawn_blocking(move || {
+            let mut budget = matcher::RunBudget::default();
             read.into_iter()
                 .map(|(i, images)| {
                     let images: Vec<_> = images
                         .into_iter()
                         .map(|(entry, inventory, cached)| {
-                            let m = matcher::matched(&inventory, &db);
+                            let m = budget.matched(&inventory, &db);
                             (entry, inventory, cached, m)
                         })
                         .collect();
@@ -237,7 +245,21 @@ pub async fn run(args: &ScanArgs, debug: bool, console: Arc<Console>) -> Result<
                 ),
             );
         }
+        let mut image_failed = false;
         for (entry, inventory, cached, matched) in images {
+            let matched = match matched {
+                Ok(m) => m,
+                Err(e) => {
+                    console.error(
+                        n,
+                        format!("Failed to scan [{}@{}]: {e}", target.image, entry.digest),
+                    );
+                    if !std::mem::replace(&mut image_failed, true) {
+                        failed.push(target.entry.original.clone());
+                    }
+                    continue;
+                }
+            };
             let mut s = Scanned {
                 reference: target.image.to_string(),
                 digest: entry.digest.to_string(),

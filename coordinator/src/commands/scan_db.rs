@@ -20,7 +20,14 @@ const DB_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Writes a downloaded database to an unnamed temporary file, refusing it once it passes
 /// `cap` bytes, so a database of any size costs disk up to the cap and no memory.
-async fn spool<S, E>(mut stream: S, cap: u64, location: &str) -> Result<std::fs::File>
+/// The download ends by `until` ([`DB_DOWNLOAD_TIMEOUT`] after it began), however slowly
+/// its source keeps sending.
+async fn spool<S, E>(
+    mut stream: S,
+    cap: u64,
+    location: &str,
+    until: tokio::time::Instant,
+) -> Result<std::fs::File>
 where
     S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
@@ -29,7 +36,16 @@ where
     let file = tempfile::tempfile().context("a temporary file for the vulnerability database")?;
     let mut out = tokio::fs::File::from_std(file);
     let mut n = 0u64;
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout_at(until, stream.next()).await else {
+            bail!(
+                "{location}: the vulnerability database's download did not end within {}; given up",
+                humantime::format_duration(DB_DOWNLOAD_TIMEOUT)
+            );
+        };
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk = chunk.with_context(|| format!("downloading {location}"))?;
         n += chunk.len() as u64;
         if n > cap {
@@ -86,6 +102,7 @@ async fn load_db(
     // Shown and used as the database's label without a URL's credentials.
     let shown = hangar_shared::redact::redact_location(location);
     let limits = DbLimits::default();
+    let until = tokio::time::Instant::now() + DB_DOWNLOAD_TIMEOUT;
     if let Some(rest) = location.strip_prefix("oci://") {
         let r = hangar_shared::reference::ImageRef::parse(rest)?;
         let pool = super::pool(tls_verify, authfile);
@@ -103,7 +120,7 @@ async fn load_db(
             .with_context(|| format!("{shown}: no layer"))?;
         check_size(&shown, Some(layer.size), limits.file)?;
         let stream = reg.blob_stream(&r.repository(), layer, None).await?;
-        let file = spool(stream, limits.file, &shown).await?;
+        let file = spool(stream, limits.file, &shown, until).await?;
         return parse_file(file, &shown, limits).await;
     }
     if location.starts_with("http://") || location.starts_with("https://") {
@@ -120,7 +137,7 @@ async fn load_db(
             .and_then(reqwest::Response::error_for_status)
             .with_context(|| format!("downloading {shown}"))?;
         check_size(&shown, response.content_length(), limits.file)?;
-        let file = spool(response.bytes_stream(), limits.file, &shown).await?;
+        let file = spool(response.bytes_stream(), limits.file, &shown, until).await?;
         return parse_file(file, &shown, limits).await;
     }
     if location.starts_with("s3://") {
@@ -129,7 +146,7 @@ async fn load_db(
             .await
             .with_context(|| format!("reading {shown}"))?;
         check_size(&shown, Some(got.meta.size), limits.file)?;
-        let file = spool(got.into_stream(), limits.file, &shown).await?;
+        let file = spool(got.into_stream(), limits.file, &shown, until).await?;
         return parse_file(file, &shown, limits).await;
     }
     let path = std::path::PathBuf::from(location);
@@ -262,17 +279,44 @@ mod tests {
         )
     }
 
+    fn later() -> tokio::time::Instant {
+        tokio::time::Instant::now() + DB_DOWNLOAD_TIMEOUT
+    }
+
     #[tokio::test]
     async fn a_download_is_spooled_up_to_its_cap() {
-        let mut f = spool(chunks(&[4, 4]), 8, "http://db").await.unwrap();
+        let mut f = spool(chunks(&[4, 4]), 8, "http://db", later())
+            .await
+            .unwrap();
         let mut body = String::new();
         std::io::Read::read_to_string(&mut f, &mut body).unwrap();
         assert_eq!(body, "xxxxxxxx");
-        let err = spool(chunks(&[4, 4, 1]), 8, "http://db").await.unwrap_err();
+        let err = spool(chunks(&[4, 4, 1]), 8, "http://db", later())
+            .await
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "http://db: the vulnerability database is over 8 bytes; refused"
         );
+    }
+
+    /// A source that sends a byte now and then keeps each read alive; the download as a
+    /// whole still ends at its deadline (paused time: the hour passes at once).
+    #[tokio::test(start_paused = true)]
+    async fn a_download_that_never_ends_is_given_up_at_its_deadline() {
+        let started = tokio::time::Instant::now();
+        let trickle = Box::pin(futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")), ()))
+        }));
+        let err = spool(trickle, 1 << 30, "oci://r/db:1", later())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "oci://r/db:1: the vulnerability database's download did not end within 1h; given up"
+        );
+        assert_eq!(started.elapsed(), DB_DOWNLOAD_TIMEOUT);
     }
 
     #[test]

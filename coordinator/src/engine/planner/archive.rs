@@ -66,6 +66,9 @@ pub async fn plan_archive(
         ))
     };
     let mut platforms = Vec::with_capacity(specs.len());
+    // Each entry's plan holds its manifest and a copy of its descriptors: bounded as an
+    // image read from a registry is, whatever the archive repeats under other platforms.
+    let mut manifests_bytes = 0usize;
     for spec in specs {
         if !held.has(&spec.digest).await? {
             return Err(missing(&spec.digest, "manifest"));
@@ -78,6 +81,15 @@ pub async fn plan_archive(
         let Some(manifest) = held.manifest(&spec.digest).await? else {
             return Err(missing(&spec.digest, "manifest"));
         };
+        manifests_bytes += manifest.bytes.len();
+        if manifests_bytes > super::IMAGE_MANIFESTS_LIMIT {
+            return Err(Error::invalid(format!(
+                "{name}: archive {}: its platform manifests come to more than {} MiB; a real \
+                 image's are some tens of KB",
+                job.source,
+                super::IMAGE_MANIFESTS_LIMIT >> 20
+            )));
+        }
         let Manifest::Image(parsed) = manifest.parse()? else {
             return Err(Error::new(
                 FailureClass::UnsupportedMediaType,
