@@ -207,6 +207,11 @@ async fn run(cli: Cli, console: std::sync::Arc<console::Console>) -> anyhow::Res
                 tls: a.tls_cert.clone().zip(a.tls_key.clone()),
                 max_connections: a.max_connections as usize,
                 keep_jobs: a.keep_jobs as usize,
+                results_memory: usize::try_from(anyhow::Context::context(
+                    commands::parse_size(&a.results_memory),
+                    "--results-memory",
+                )?)
+                .unwrap_or(usize::MAX),
             };
             access.check()?;
             let nats = commands::mirror::fleet_client(&a.fleet.bus).await?;

@@ -213,3 +213,63 @@ async fn scheduled_runs_start_and_skip_while_the_previous_is_busy() {
         assert!(skopeo_raw(&line.replace(&env.src.addr, &env.dst.addr)).is_some());
     }
 }
+
+/// The outcomes `serve` holds for its clients share one budget (`--results-memory`): a scan
+/// whose inventories pass it has them dropped — the job itself runs to its end — and its
+/// client is told why, naming the flag, instead of the service holding them without bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn outcomes_past_the_services_budget_are_dropped_and_the_client_told() {
+    let env = Env::new();
+    let nats = NatsProcess::start().expect("nats-server");
+    let listen = format!(
+        "127.0.0.1:{}",
+        hangar_loadtest::services::free_port().unwrap()
+    );
+    let _coord = common::fleet::serve(
+        &nats.url(),
+        &listen,
+        &env.path("coord.log"),
+        &["--results-memory", "4K"],
+        &[],
+    );
+    let _worker = common::fleet::worker(&nats.url(), &env.path("w.log"), &[], &[]);
+    // Each image's inventory: 100 packages, some 9 KB encoded.
+    let mut status = String::new();
+    for i in 0..100 {
+        status.push_str(&format!("Package: pkg{i}\nVersion: 1.{i}\n\n"));
+    }
+    let (layer, diff) = files_layer(&[
+        ("etc/os-release", b"ID=debian\nVERSION_ID=12\n"),
+        ("var/lib/dpkg/status", status.as_bytes()),
+    ]);
+    push_files_image(&env.src.addr, "held/big", vec![(layer, diff)]).await;
+    let db = env.path("osv");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(
+        db.join("X-1.json"),
+        r#"{"id":"X-1","modified":"2025-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"Debian:12","name":"pkg1"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"}]}]}]}"#,
+    )
+    .unwrap();
+    let list = env.write_list("list.txt", &[format!("{}/held/big:1", env.src.addr)]);
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar-coord"))
+        .args(["scan", "--tls-verify=false", "--skip-db-age-check", "-f"])
+        .arg(&list)
+        .arg("--db")
+        .arg(&db)
+        .arg("-r")
+        .arg(env.path("report.json"))
+        .args(["--coordinator", &format!("http://{listen}")])
+        .env("REGISTRY_AUTH_FILE", "/nonexistent/auth.json")
+        .stdin(Stdio::null())
+        .output()
+        .expect("hangar-coord scan");
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("were dropped")
+            && log.contains("(4096 bytes, --results-memory)")
+            && log.contains("HTTP 410"),
+        "{log}"
+    );
+    assert!(!env.path("report.json").exists(), "no report from nothing");
+}

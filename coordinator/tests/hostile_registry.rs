@@ -389,3 +389,28 @@ async fn a_config_that_is_not_json_cannot_drive_the_terminal() {
         common::text(&out)
     );
 }
+
+/// A registry that redirects its tag listing to another host, whose page names its next
+/// page there: the next page is refused (it is not the registry's own), and never asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_page_redirected_elsewhere_cannot_lead_the_listing_there() {
+    let elsewhere = start_hostile().await;
+    let hostile = start_hostile().await;
+    let port = elsewhere.addr.rsplit(':').next().unwrap_or_default();
+    let reference = format!("docker://{}/redirect/{port}/app", hostile.addr);
+    let run = run_measured(
+        &["list-tags", "--tls-verify=false", &reference],
+        Duration::from_secs(60),
+    );
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output
+            .contains("names the next page of tags on another host (127.0.0.1); refused"),
+        "{}",
+        run.output
+    );
+    assert!(
+        !elsewhere.seen.second_page.load(Ordering::SeqCst),
+        "the other host's next page was asked for"
+    );
+}

@@ -403,3 +403,74 @@ async fn a_package_list_made_to_multiply_with_the_database_is_stopped() {
         );
     }
 }
+
+/// An OSV zip whose central directory is past its 64 MiB bound (70,000 entries of
+/// 1,000-byte names, 73 MB of directory): refused before any entry is read, naming the
+/// file. The zip crate keeps each entry's name three times, so a file of millions of tiny
+/// entries within the 2 GiB file bound would be gigabytes of memory.
+#[tokio::test]
+async fn an_osv_zip_with_a_central_directory_past_its_bound_is_refused() {
+    let env = Env::new();
+    push_files_image(
+        &env.src.addr,
+        "limits/dir",
+        vec![files_layer(&[(
+            "etc/os-release",
+            b"ID=alpine\nVERSION_ID=3.20.0\n",
+        )])],
+    )
+    .await;
+    let zip = env.path("many.zip");
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile\n\
+             with zipfile.ZipFile(sys.argv[1], 'w') as z:\n\
+             \x20   for i in range(70000):\n\
+             \x20       z.writestr(zipfile.ZipInfo('%06d-' % i + 'x' * 993 + '.txt'), b'')\n",
+        ])
+        .arg(&zip)
+        .output()
+        .expect("python3");
+    assert!(py.status.success(), "{}", text(&py));
+    let image = format!("{}/limits/dir:1", env.src.addr);
+    let list = env.write_list("dir.txt", std::slice::from_ref(&image));
+    let args: Vec<String> = [
+        "scan",
+        "--tls-verify=false",
+        "--skip-db-age-check",
+        "-f",
+        &s(&list),
+        "--db",
+        &s(&zip),
+        "-r",
+        &s(&env.path("dir.json")),
+        "-o",
+        &s(&env.path("dir-failed.txt")),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let m = run_measured(&env, "dir", &args, Duration::from_secs(120));
+    eprintln!(
+        "{:?}, peak RSS {} MiB\n{}",
+        m.elapsed,
+        m.peak_kib / 1024,
+        m.log
+    );
+    assert!(!m.killed, "still running after {:?}", m.elapsed);
+    assert!(
+        m.log.contains(&format!(
+            "{}: the zip's central directory is over 64 MiB",
+            s(&zip)
+        )),
+        "{}",
+        m.log
+    );
+    assert!(
+        m.peak_kib > 0 && m.peak_kib < RSS_LIMIT_KIB / 2,
+        "peak RSS {} KiB",
+        m.peak_kib
+    );
+    assert!(m.elapsed < Duration::from_secs(30), "{:?}", m.elapsed);
+}

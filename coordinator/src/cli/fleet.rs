@@ -154,6 +154,11 @@ pub struct ServeArgs {
     /// older ones are forgotten.
     #[arg(long = "keep-jobs", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_jobs: u32,
+    /// Memory for the per-image outcomes held for clients (scan inventories, signatures),
+    /// every job's together, e.g. 1G or 512M. A job whose outcomes would pass it has them
+    /// dropped (the job runs on; its client is told).
+    #[arg(long = "results-memory", default_value = "1G")]
+    pub results_memory: String,
     #[command(flatten)]
     pub fleet: FleetArgs,
     #[command(flatten)]

@@ -255,7 +255,9 @@ impl Server {
             planned.targets.len() + planned.rejected.len(),
             &planned.rejected,
         );
-        let results: super::Results = Arc::default();
+        let results: super::Results = Arc::new(std::sync::Mutex::new(super::held::Held::new(
+            self.results_budget.clone(),
+        )));
         let (server, kept, job) = (self.clone(), results.clone(), id.clone());
         self.launch(
             id,

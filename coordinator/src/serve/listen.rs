@@ -29,6 +29,8 @@ pub struct Access {
     pub max_connections: usize,
     /// `--keep-jobs`: finished jobs remembered, the newest.
     pub keep_jobs: usize,
+    /// `--results-memory`: bytes every job's held outcomes may weigh together.
+    pub results_memory: usize,
 }
 
 impl Access {
@@ -76,6 +78,7 @@ pub async fn run(
         jobs: Arc::new(Mutex::new(HashMap::new())),
         admitting: Arc::new(Mutex::new(HashMap::new())),
         keep_jobs: access.keep_jobs,
+        results_budget: super::held::Budget::new(access.results_memory),
         defaults: Arc::new(defaults),
         console: console.clone(),
         run: Arc::new(format!("r{}", job::new_job_id())),

@@ -16,6 +16,7 @@
 
 mod archives;
 pub mod auth;
+mod held;
 mod images;
 mod limits;
 mod listen;
@@ -76,8 +77,8 @@ struct Running {
     results_dropped: bool,
 }
 
-/// A job's per-image outcomes, as they come.
-type Results = Arc<Mutex<Vec<crate::engine::work::ImageReport>>>;
+/// A job's per-image outcomes, as they come, within the service's budget for them.
+type Results = Arc<Mutex<held::Held>>;
 
 /// Finished jobs whose outcomes are held for their clients, the newest by start; an older
 /// one's are dropped (its client is told they are gone): memory stays bounded however
@@ -160,6 +161,8 @@ struct Server {
     admitting: Arc<Mutex<HashMap<String, usize>>>,
     /// `--keep-jobs`: finished jobs remembered.
     keep_jobs: usize,
+    /// `--results-memory`: what every job's held outcomes may weigh together.
+    results_budget: Arc<held::Budget>,
 }
 
 fn snapshot_of(r: &Running) -> JobSnapshot {
@@ -478,7 +481,9 @@ mod tests {
             task: None,
             schedule: None,
             owner: None,
-            results: Some(Results::default()),
+            results: Some(Arc::new(Mutex::new(held::Held::new(held::Budget::new(
+                usize::MAX,
+            ))))),
             results_dropped: false,
         }
     }

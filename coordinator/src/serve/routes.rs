@@ -203,8 +203,19 @@ pub(super) async fn results(
     match kept {
         // Encoded under the lock, not copied out first: a large job's outcomes (scan
         // inventories) are held once.
-        Some(kept) => match kept.lock().map(|k| serde_json::to_vec(&*k)) {
-            Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Some(kept) => match kept.lock().map(|k| (!k.over()).then(|| k.encode())) {
+            Ok(Some(Ok(body))) => {
+                ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+            }
+            Ok(None) => refuse(
+                StatusCode::GONE,
+                format!(
+                    "the results of job {id} were dropped: with the other jobs' they came to \
+                     more than the coordinator holds for results ({} bytes, --results-memory); \
+                     run it with fewer images",
+                    server.results_budget.limit()
+                ),
+            ),
             _ => refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("the results of job {id} cannot be read"),

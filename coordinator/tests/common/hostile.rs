@@ -122,6 +122,8 @@ pub struct Seen {
     pub v2_held: AtomicUsize,
     /// A `/v2/` arrived while another peer's was held.
     pub v2_overlapped: AtomicBool,
+    /// `paged/app`'s second page of tags was asked for.
+    pub second_page: AtomicBool,
 }
 
 pub async fn start_hostile() -> Hostile {
@@ -276,6 +278,32 @@ async fn serve(mut conn: TcpStream, small: Arc<Small>, seen: Arc<Seen>, realm: O
             plain(200, OCI_MANIFEST, &small.manifest)
         } else if path.starts_with("/v2/waits/") && path.ends_with(&config) {
             plain(200, "application/octet-stream", &small.config)
+        } else if let Some(rest) = path.strip_prefix("/v2/redirect/")
+            && let Some((port, tail)) = rest.split_once('/')
+        {
+            // Any request of `redirect/PORT/<repo>` sent on to `<repo>` at another peer.
+            let to = format!("http://127.0.0.1:{port}/v2/paged/{tail}");
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n"
+            )
+            .into_bytes()
+        } else if path.starts_with("/v2/paged/app/tags/list?") {
+            seen.second_page.store(true, Ordering::SeqCst);
+            plain(
+                200,
+                "application/json",
+                br#"{"name":"paged/app","tags":["2"]}"#,
+            )
+        } else if path.starts_with("/v2/paged/app/tags/list") {
+            // A page that names its next on this peer.
+            let body = br#"{"name":"paged/app","tags":["1"]}"#;
+            let mut head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLink: </v2/paged/app/tags/list?last=1&n=1>; rel=\"next\"\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            head.extend_from_slice(body);
+            head
         } else if path.starts_with("/v2/heavy/") && path.ends_with("/manifests/1") {
             plain(200, OCI_INDEX, &small.heavy_index())
         } else if path.starts_with("/v2/heavy/")

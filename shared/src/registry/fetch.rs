@@ -84,9 +84,10 @@ impl Registry {
             .and_then(next_link)
             .and_then(|link| resp.url().join(&link).ok());
         // The next page is the registry's own: a hostile registry naming a page elsewhere
-        // would have this process ask whatever its network reaches.
+        // would have this process ask whatever its network reaches. Its own, not the
+        // answer's: an answer redirected elsewhere would make that host its own.
         if let Some(link) = &next
-            && link.origin() != resp.url().origin()
+            && !self.is_own(link)
         {
             return Err(Error::invalid(format!(
                 "{what}: the registry names the next page of tags on another host ({}); \

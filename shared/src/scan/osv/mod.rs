@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
@@ -67,6 +69,11 @@ pub struct DbLimits {
     pub document: u64,
     /// Warnings kept; beyond them one line counts the rest: 100.
     pub warnings: usize,
+    /// The most of a zip read while its central directory is parsed: 64 MiB, about 900,000
+    /// entries of osv.dev's names (its all-ecosystem export has some 500,000). The zip
+    /// crate keeps a few hundred bytes for each entry before any is read, so within `file`
+    /// alone 20 million tiny entries would be gigabytes.
+    pub directory: u64,
 }
 
 impl Default for DbLimits {
@@ -78,7 +85,35 @@ impl Default for DbLimits {
             file: 2 << 30,
             document: 64 * MIB,
             warnings: 100,
+            directory: 64 * MIB,
         }
+    }
+}
+
+/// A reader that gives at most `left` bytes (`u64::MAX`: no bound), then fails.
+struct DirectoryBudget<R> {
+    inner: R,
+    left: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for DirectoryBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left.load(Ordering::Relaxed);
+        if left == 0 {
+            return Err(std::io::Error::other("past the central directory's bound"));
+        }
+        let room = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..room])?;
+        if left != u64::MAX {
+            self.left.store(left - n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for DirectoryBudget<R> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
     }
 }
 
@@ -164,8 +199,24 @@ impl Loader {
     /// is not a zip is an error naming it: a truncated download must not pass for a
     /// database with fewer records.
     fn zip<R: Read + Seek>(&mut self, reader: R, label: &str) -> Result<()> {
-        let mut zip = zip::ZipArchive::new(reader)
-            .map_err(|e| Error::invalid(format!("{label}: not a zip of OSV records: {e}")))?;
+        let left = Arc::new(AtomicU64::new(self.limits.directory));
+        let reader = DirectoryBudget {
+            inner: reader,
+            left: left.clone(),
+        };
+        let mut zip = zip::ZipArchive::new(reader).map_err(|e| {
+            if left.load(Ordering::Relaxed) == 0 {
+                Error::invalid(format!(
+                    "{label}: the zip's central directory is over {} (a database of millions \
+                     of entries); refused",
+                    size(self.limits.directory)
+                ))
+            } else {
+                Error::invalid(format!("{label}: not a zip of OSV records: {e}"))
+            }
+        })?;
+        // The directory is read; the entries are bounded one by one.
+        left.store(u64::MAX, Ordering::Relaxed);
         for i in 0..zip.len() {
             let f = match zip.by_index(i) {
                 Ok(f) => f,

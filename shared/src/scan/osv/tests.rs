@@ -26,6 +26,7 @@ fn small() -> DbLimits {
         file: 1 << 20,
         document: 2000,
         warnings: 3,
+        directory: 1 << 20,
     }
 }
 
@@ -259,4 +260,31 @@ fn a_database_without_records_is_an_error_naming_it() {
         "{}",
         err.message
     );
+}
+
+#[test]
+fn a_zip_whose_central_directory_is_past_its_bound_is_refused_before_any_entry() {
+    let names: Vec<String> = (0..100)
+        .map(|i| format!("{i:03}-{}.txt", "x".repeat(100)))
+        .collect();
+    let mut entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+    let ok = record("OK-1");
+    entries.push(("OK-1.json", ok.as_bytes()));
+    let zip = zip_of(&entries);
+    // About 15 KB of directory: 100 entries of 46 bytes and a 108-byte name each.
+    let at = |directory: u64| {
+        let limits = DbLimits {
+            directory,
+            ..small()
+        };
+        Database::from_reader(std::io::Cursor::new(zip.clone()), "db.zip", &limits)
+    };
+    let err = at(10_000).unwrap_err();
+    assert_eq!(
+        err.message,
+        "db.zip: the zip's central directory is over 10000 bytes (a database of millions of \
+         entries); refused"
+    );
+    let db = at(64 << 10).unwrap();
+    assert_eq!(db.records.len(), 1);
 }
